@@ -1,0 +1,1 @@
+//! The VM's side of a vhost-user-blk channel, in userspace.

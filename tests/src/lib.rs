@@ -1,0 +1,1 @@
+//! Helpers shared by Keel's whole-system tests and benchmarks.
