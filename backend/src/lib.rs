@@ -2,4 +2,5 @@
 //! `vhost` (socket, virtqueues, request parsing) -> `engine` (null, raw, keel)
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
+pub mod control;
 pub mod device;
