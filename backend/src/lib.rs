@@ -2,4 +2,7 @@
 //! `vhost` (socket, virtqueues, request parsing) -> `engine` (null, raw, keel)
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
+pub mod config;
 pub mod device;
+pub mod engine;
+pub mod vhost;
