@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use thiserror::Error;
@@ -42,6 +43,9 @@ pub enum ServerError {
 const EV_LISTENER: u64 = 1;
 const EV_STOP: u64 = 2;
 const EV_ENDED: u64 = 3;
+/// How long a new connection waits for the attached frontend to finish disconnecting before it
+/// is refused as a second frontend.
+const RECONNECT_GRACE: Duration = Duration::from_millis(500);
 
 /// A running disk server; [`DiskServer::stop`] ends it.
 pub struct DiskServer {
@@ -87,7 +91,7 @@ impl DiskServer {
         info!("disk {}: serving on {}", ctx.name, socket.display());
         Ok(Self {
             ctx,
-            stop: stop,
+            stop,
             thread: Some(thread),
         })
     }
@@ -138,8 +142,14 @@ struct Acceptor {
 impl Acceptor {
     fn run(&mut self) {
         let mut events = [EpollEvent::default(); 4];
+        // Set while a connection waits for the attached frontend to finish leaving.
+        let mut grace: Option<Instant> = None;
         'serve: loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout = grace.map_or(-1, |deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            });
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -147,6 +157,12 @@ impl Acceptor {
                     break;
                 }
             };
+            if n == 0 && grace.is_some_and(|d| Instant::now() >= d) {
+                // The attached frontend stayed: the newcomer is a second frontend.
+                grace = None;
+                self.refuse();
+                self.watch_listener(true);
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     EV_STOP => break 'serve,
@@ -156,8 +172,16 @@ impl Acceptor {
                             let _ = s.waiter.join();
                         }
                         info!("disk {}: frontend detached; listening again", self.ctx.name);
+                        if grace.take().is_some() {
+                            self.watch_listener(true);
+                        }
                     }
-                    EV_LISTENER if self.session.is_some() => self.refuse(),
+                    EV_LISTENER if self.session.is_some() => {
+                        // Often the attached frontend is just leaving (a reconnect): give it a
+                        // moment before calling the newcomer a second frontend.
+                        grace = Some(Instant::now() + RECONNECT_GRACE);
+                        self.watch_listener(false);
+                    }
                     EV_LISTENER => {
                         if let Err(e) = self.attach() {
                             error!("{e}");
@@ -175,6 +199,19 @@ impl Acceptor {
         }
         let _ = std::fs::remove_file(&self.socket);
         info!("disk {}: stopped", self.ctx.name);
+    }
+
+    /// Adds the listening socket to (or removes it from) the epoll set.
+    fn watch_listener(&self, watch: bool) {
+        let op = if watch {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        let ev = EpollEvent::new(EventSet::IN, EV_LISTENER);
+        if let Err(e) = self.epoll.ctl(op, self.listener.as_raw_fd(), ev) {
+            error!("disk {}: epoll: {e}", self.ctx.name);
+        }
     }
 
     /// Accepts and closes a connection: a frontend is already attached.
