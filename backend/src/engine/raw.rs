@@ -66,7 +66,8 @@ impl RawFiles {
     pub fn fd_for(&self, req: &IoRequest, offset: u64) -> (RawFd, bool) {
         match &self.direct {
             Some(f)
-                if offset % DIRECT_ALIGN as u64 == 0 && req.buffers.is_aligned(DIRECT_ALIGN) =>
+                if offset.is_multiple_of(DIRECT_ALIGN as u64)
+                    && req.buffers.is_aligned(DIRECT_ALIGN) =>
             {
                 (f.as_raw_fd(), true)
             }
@@ -163,16 +164,18 @@ impl RawEngine {
         }
         let buffered = open_file(path, opts.read_only, false).map_err(open_err)?;
         let is_regular = buffered.metadata().map_err(open_err)?.is_file();
-        if exists && opts.resize && is_regular {
-            if let Some(size) = opts.size {
-                if opts.read_only {
-                    return Err(EngineError::Setup {
-                        path: path.clone(),
-                        message: "cannot resize a read-only disk".into(),
-                    });
-                }
-                buffered.set_len(size).map_err(open_err)?;
+        if exists
+            && opts.resize
+            && is_regular
+            && let Some(size) = opts.size
+        {
+            if opts.read_only {
+                return Err(EngineError::Setup {
+                    path: path.clone(),
+                    message: "cannot resize a read-only disk".into(),
+                });
             }
+            buffered.set_len(size).map_err(open_err)?;
         }
         let direct = if opts.direct {
             match open_file(path, opts.read_only, true) {
@@ -198,13 +201,14 @@ impl RawEngine {
                 message: "is empty".into(),
             });
         }
-        if let Some(size) = opts.size {
-            if is_regular && size != len {
-                return Err(EngineError::Setup {
-                    path: path.clone(),
-                    message: format!("is {len} bytes, not {size}"),
-                });
-            }
+        if let Some(size) = opts.size
+            && is_regular
+            && size != len
+        {
+            return Err(EngineError::Setup {
+                path: path.clone(),
+                message: format!("is {len} bytes, not {size}"),
+            });
         }
         let use_uring = UringQueue::available();
         let engine = Self {

@@ -324,10 +324,10 @@ impl QueueEngine for UringQueue {
     fn wait(&mut self, done: &mut Vec<Completion>) {
         if self.done.is_empty() && !self.slots.is_empty() && self.ring.completion().is_empty() {
             self.flush_backlog();
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    error!("io_uring wait: {e}");
-                }
+            if let Err(e) = self.ring.submit_and_wait(1)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                error!("io_uring wait: {e}");
             }
         }
         self.reap(done);

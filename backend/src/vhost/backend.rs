@@ -301,12 +301,11 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        if let Some(slot) = self.workers.get(queue_index as usize) {
-            if let Ok(mut guard) = slot.lock() {
-                if let Some(worker) = guard.as_mut() {
-                    worker.drain_all();
-                }
-            }
+        if let Some(slot) = self.workers.get(queue_index as usize)
+            && let Ok(mut guard) = slot.lock()
+            && let Some(worker) = guard.as_mut()
+        {
+            worker.drain_all();
         }
         Ok(())
     }

@@ -322,7 +322,7 @@ fn expect_empty(request: &'static str, bytes: u64) -> Result<(), RequestError> {
 
 /// Checks a transfer of `len` bytes at `sector` and returns its byte offset.
 fn check_rw(limits: &Limits, sector: u64, len: u64) -> Result<u64, RequestError> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::NotSectorMultiple { len });
     }
     let overflow = RequestError::OffsetOverflow { sector, len };
@@ -348,7 +348,7 @@ fn read_segments(
     max: u32,
 ) -> Result<Vec<DiscardSegment>, RequestError> {
     let n = len / DISCARD_SEGMENT_SIZE as u64;
-    if len == 0 || len % DISCARD_SEGMENT_SIZE as u64 != 0 || n > u64::from(max) {
+    if len == 0 || !len.is_multiple_of(DISCARD_SEGMENT_SIZE as u64) || n > u64::from(max) {
         return Err(RequestError::BadSegmentCount {
             what,
             bytes: len,

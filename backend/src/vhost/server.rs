@@ -109,10 +109,10 @@ impl DiskServer {
 
     fn halt(&mut self) {
         let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                error!("disk {}: listener thread panicked", self.ctx.name);
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("disk {}: listener thread panicked", self.ctx.name);
         }
     }
 }
