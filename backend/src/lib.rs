@@ -3,4 +3,7 @@
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
 pub mod control;
+pub mod config;
 pub mod device;
+pub mod engine;
+pub mod vhost;
