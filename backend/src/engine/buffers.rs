@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -31,7 +32,8 @@ struct Segment {
 /// Data buffers of one request, as host iovecs into guest memory.
 #[derive(Debug)]
 pub struct GuestBuffers {
-    iovecs: Vec<libc::iovec>,
+    /// Inline for the common one-to-four-segment request: no allocation per request.
+    iovecs: SmallVec<[libc::iovec; 4]>,
     len: usize,
     /// Keeps every region the iovecs point into mapped.
     _memory: Option<Arc<GuestMemory>>,
@@ -47,7 +49,7 @@ impl GuestBuffers {
     /// No data (flush, get-id without room, discard ranges carried elsewhere).
     pub fn empty() -> Self {
         Self {
-            iovecs: Vec::new(),
+            iovecs: SmallVec::new(),
             len: 0,
             _memory: None,
         }
@@ -60,7 +62,7 @@ impl GuestBuffers {
         memory: &Arc<GuestMemory>,
         ranges: impl IntoIterator<Item = (GuestAddress, u32)>,
     ) -> Result<Self, BufferError> {
-        let mut iovecs = Vec::new();
+        let mut iovecs = SmallVec::new();
         let mut total = 0usize;
         for (addr, len) in ranges {
             if len == 0 {

@@ -267,6 +267,7 @@ impl Acceptor {
             .try_clone()
             .map_err(|e| fail(format!("eventfd: {e}")))?;
         let name = self.ctx.name.clone();
+        let stats = Arc::clone(&self.ctx.stats);
         let waiter = thread::Builder::new()
             .name(format!("keel-{}-conn", self.ctx.name))
             .spawn(move || {
@@ -277,6 +278,19 @@ impl Acceptor {
                     )) => {}
                     Err(e) => warn!("disk {name}: connection ended: {e}"),
                 }
+                let s = stats.snapshot();
+                info!(
+                    "disk {name}: totals: {} reads, {} writes, {} flushes, {} refused, {} I/O \
+                     errors, {} batches (mean {:.1} requests), {} notifications",
+                    s.reads,
+                    s.writes,
+                    s.flushes,
+                    s.rejected,
+                    s.io_errors,
+                    s.batches,
+                    s.batched_requests as f64 / s.batches.max(1) as f64,
+                    s.notifications
+                );
                 // Dropping the daemon stops and joins its worker threads; then finish the I/O
                 // they left in flight before the guest memory goes away.
                 drop(daemon);

@@ -91,7 +91,7 @@ impl QueueWorker {
         if !state.get_queue().ready() {
             return;
         }
-        let mem = self.memory.memory().into_inner();
+        let mut mem = self.memory.memory().into_inner();
         loop {
             if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
                 debug!(
@@ -101,7 +101,7 @@ impl QueueWorker {
             }
             self.run_once(&mut state, &mem);
             if !self.ctx.poll.is_zero() {
-                self.poll(&mut state, &mem);
+                self.poll(&mut state, &mut mem);
             }
             match state.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
@@ -128,9 +128,15 @@ impl QueueWorker {
     }
 
     /// Keeps serving without sleeping until `poll` passes with nothing to do.
-    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) {
+    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &mut Arc<GuestMemory>) {
         let mut deadline = Instant::now() + self.ctx.poll;
         loop {
+            // The frontend may change the memory table while we spin (e.g. a client mapping its
+            // buffers after start): always parse against the current map.
+            let current = self.memory.memory();
+            if !std::ptr::eq(&*current, &**mem) {
+                *mem = current.into_inner();
+            }
             let queue = state.get_queue();
             if !queue.ready() {
                 return;
