@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -32,8 +31,9 @@ struct Segment {
 /// Data buffers of one request, as host iovecs into guest memory.
 #[derive(Debug)]
 pub struct GuestBuffers {
-    /// Inline for the common one-to-four-segment request: no allocation per request.
-    iovecs: SmallVec<[libc::iovec; 4]>,
+    /// On the heap on purpose: the array keeps its address when the request moves (into an
+    /// engine's in-flight table, say), so iovec pointers handed to the kernel stay valid.
+    iovecs: Vec<libc::iovec>,
     len: usize,
     /// Keeps every region the iovecs point into mapped.
     _memory: Option<Arc<GuestMemory>>,
@@ -49,7 +49,7 @@ impl GuestBuffers {
     /// No data (flush, get-id without room, discard ranges carried elsewhere).
     pub fn empty() -> Self {
         Self {
-            iovecs: SmallVec::new(),
+            iovecs: Vec::new(),
             len: 0,
             _memory: None,
         }
@@ -62,7 +62,7 @@ impl GuestBuffers {
         memory: &Arc<GuestMemory>,
         ranges: impl IntoIterator<Item = (GuestAddress, u32)>,
     ) -> Result<Self, BufferError> {
-        let mut iovecs = SmallVec::new();
+        let mut iovecs = Vec::with_capacity(2);
         let mut total = 0usize;
         for (addr, len) in ranges {
             if len == 0 {
@@ -103,8 +103,9 @@ impl GuestBuffers {
         self.len == 0
     }
 
-    /// The iovecs for vectored system calls or io_uring. The memory they describe stays valid
-    /// while `self` lives; the caller must not keep them past that.
+    /// The iovecs for vectored system calls or io_uring. The memory they describe, and the
+    /// array itself, stay valid and in place while `self` lives, even if `self` is moved; the
+    /// caller must not keep them past that.
     pub fn iovecs(&self) -> &[libc::iovec] {
         &self.iovecs
     }
