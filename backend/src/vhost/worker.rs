@@ -19,7 +19,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::backend::{DiskContext, SessionState};
-use super::request::{self, RequestKind};
+use super::request::{self, RequestError, RequestKind};
 use super::stats::BatchCounts;
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
 
@@ -91,7 +91,7 @@ impl QueueWorker {
         if !state.get_queue().ready() {
             return;
         }
-        let mem = self.memory.memory().into_inner();
+        let mut mem = self.memory.memory().into_inner();
         loop {
             if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
                 debug!(
@@ -101,7 +101,7 @@ impl QueueWorker {
             }
             self.run_once(&mut state, &mem);
             if !self.ctx.poll.is_zero() {
-                self.poll(&mut state, &mem);
+                self.poll(&mut state, &mut mem);
             }
             match state.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
@@ -128,9 +128,15 @@ impl QueueWorker {
     }
 
     /// Keeps serving without sleeping until `poll` passes with nothing to do.
-    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) {
+    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &mut Arc<GuestMemory>) {
         let mut deadline = Instant::now() + self.ctx.poll;
         loop {
+            // The frontend may change the memory table while we spin (e.g. a client mapping its
+            // buffers after start): always parse against the current map.
+            let current = self.memory.memory();
+            if !std::ptr::eq(&*current, &**mem) {
+                *mem = current.into_inner();
+            }
             let queue = state.get_queue();
             if !queue.ready() {
                 return;
@@ -166,9 +172,24 @@ impl QueueWorker {
                 return 0;
             }
         };
+        // The map requests are parsed against. The frontend may have added a memory region
+        // (and the guest used it) between our load of the map and our read of the ring: a
+        // request that looks outside guest memory is parsed once more against the current map.
+        let mut map = Arc::clone(mem);
         for chain in iter {
             counts.requests += 1;
-            match request::parse(chain, mem, &ctx.limits, write_through) {
+            let again = chain.clone();
+            let mut parsed = request::parse(chain, &map, &ctx.limits, write_through);
+            if let Err(rej) = &parsed
+                && matches!(rej.error, RequestError::OutsideGuestMemory(_))
+            {
+                let current = self.memory.memory();
+                if !std::ptr::eq(&*current, &*map) {
+                    map = current.into_inner();
+                    parsed = request::parse(again, &map, &ctx.limits, write_through);
+                }
+            }
+            match parsed {
                 Ok(req) => match req.kind {
                     RequestKind::Io { op, buffers } => {
                         match &op {
@@ -188,7 +209,7 @@ impl QueueWorker {
                             head: req.head,
                             status: req.status,
                             used_len: req.used_len,
-                            memory: Arc::clone(mem),
+                            memory: Arc::clone(&map),
                         }) as u64;
                         self.batch.push(IoRequest { token, op, buffers });
                     }
@@ -196,7 +217,7 @@ impl QueueWorker {
                         counts.get_ids += 1;
                         let n = buffers.len().min(ID_BYTES);
                         buffers.write_from(&ctx.serial[..n]);
-                        write_status(mem, req.status, Status::Ok);
+                        write_status(&map, req.status, Status::Ok);
                         self.answered.push((req.head, req.used_len));
                     }
                 },
@@ -214,7 +235,7 @@ impl QueueWorker {
                     }
                     let used = match rej.status {
                         Some(addr) => {
-                            write_status(mem, addr, rej.error.status());
+                            write_status(&map, addr, rej.error.status());
                             1
                         }
                         None => 0,
