@@ -1,0 +1,1 @@
+//! Sizes and durations on the command line.
