@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod buffer;
 pub mod disk;
 pub mod error;
