@@ -26,6 +26,7 @@ pub mod negotiate;
 pub mod queue;
 pub mod request;
 pub mod ring;
+pub mod verify;
 
 pub use buffer::Buffer;
 pub use disk::{Disk, DiskInfo, DiskOptions};

@@ -134,6 +134,16 @@ impl Queue {
         self.setup.completions
     }
 
+    /// How many requests of `buffers` data buffers each fit the ring at once.
+    pub fn request_capacity(&self, buffers: usize) -> usize {
+        let size = usize::from(self.size());
+        if self.setup.indirect {
+            size
+        } else {
+            size / (buffers + 2)
+        }
+    }
+
     /// Requests submitted and not yet reaped.
     pub fn in_flight(&self) -> usize {
         usize::from(self.ring.outstanding())
