@@ -102,7 +102,7 @@ pub fn run(disk: &mut Disk, config: &BenchConfig, progress: &Progress) -> Result
         });
     }
     if config.block_size == 0
-        || config.block_size % 512 != 0
+        || !config.block_size.is_multiple_of(512)
         || config.size < config.block_size as u64
         || config.iodepth == 0
     {

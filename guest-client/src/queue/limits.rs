@@ -74,7 +74,7 @@ impl DeviceLimits {
                 let mut total = 0u64;
                 for b in buffers {
                     let len = b.len() as u64;
-                    if len % SECTOR_SIZE != 0 {
+                    if !len.is_multiple_of(SECTOR_SIZE) {
                         return Err(invalid(format!(
                             "buffer of {len} bytes is not whole sectors"
                         )));
@@ -142,7 +142,7 @@ impl DeviceLimits {
                     limits.max_sectors
                 )));
             }
-            if r.len % SECTOR_SIZE != 0 {
+            if !r.len.is_multiple_of(SECTOR_SIZE) {
                 return Err(invalid(format!(
                     "range of {} bytes is not whole sectors",
                     r.len
@@ -154,7 +154,7 @@ impl DeviceLimits {
     }
 
     fn check_extent(&self, offset: u64, len: u64) -> Result<()> {
-        if offset % SECTOR_SIZE != 0 {
+        if !offset.is_multiple_of(SECTOR_SIZE) {
             return Err(invalid(format!("offset {offset} is not sector-aligned")));
         }
         match offset.checked_add(len) {

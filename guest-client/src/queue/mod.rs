@@ -338,7 +338,7 @@ impl Queue {
                 while !self.ring.has_used()? {
                     std::hint::spin_loop();
                     spins = spins.wrapping_add(1);
-                    if spins % 1024 == 0 && last_check.elapsed().as_millis() >= 100 {
+                    if spins.is_multiple_of(1024) && last_check.elapsed().as_millis() >= 100 {
                         self.doorbell.check_hangup()?;
                         last_check = Instant::now();
                     }

@@ -59,7 +59,7 @@ pub struct VerifyConfig {
 
 impl VerifyConfig {
     pub fn validate(&self, capacity: u64) -> Result<()> {
-        if self.block_size < block::MIN_BLOCK || self.block_size % block::MIN_BLOCK != 0 {
+        if self.block_size < block::MIN_BLOCK || !self.block_size.is_multiple_of(block::MIN_BLOCK) {
             return Err(VerifyError::Config(format!(
                 "block size {} must be a multiple of {}",
                 self.block_size,
