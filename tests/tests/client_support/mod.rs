@@ -57,7 +57,10 @@ impl Qsd {
     /// Kills the daemon and starts a new one on the same image and socket path.
     pub fn restart(&mut self) {
         self.kill();
-        let image = self.image.clone().expect("restart needs a file-backed device");
+        let image = self
+            .image
+            .clone()
+            .expect("restart needs a file-backed device");
         let _ = std::fs::remove_file(&self.socket);
         let blockdev = format!("driver=file,filename={},node-name=disk", image.display());
         self.child = spawn(&blockdev, &self.socket, self.queues);
@@ -89,7 +92,11 @@ impl Qsd {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{QSD} exited before listening: {status}");
             }
-            assert!(Instant::now() < deadline, "{QSD} did not create {:?}", self.socket);
+            assert!(
+                Instant::now() < deadline,
+                "{QSD} did not create {:?}",
+                self.socket
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -113,7 +120,14 @@ pub fn keel_client() -> PathBuf {
     let target = target_dir();
     let bin = target.join("keel-client");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "keel-client", "--bin", "keel-client"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "keel-client",
+            "--bin",
+            "keel-client",
+        ])
         .args(if target.ends_with("release") {
             &["--release"][..]
         } else {
