@@ -1,0 +1,38 @@
+# Shared paths and helpers for the qemu/ scripts. Sourced, never run.
+
+QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_DIR=$(cd "$QEMU_DIR/.." && pwd)
+CACHE_DIR=${KEEL_QEMU_CACHE:-$QEMU_DIR/.cache}
+KERNEL_IMAGE=$CACHE_DIR/vmlinuz
+INITRAMFS_IMAGE=$CACHE_DIR/initramfs.cpio
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+# Major version of qemu-storage-daemon, or 0 when it is missing.
+qsd_major() {
+    local v
+    v=$(qemu-storage-daemon --version 2>/dev/null | sed -n 's/^qemu-storage-daemon version \([0-9]*\)\..*/\1/p')
+    echo "${v:-0}"
+}
+
+# Major version of qemu-system-x86_64, or 0 when it is missing.
+qemu_major() {
+    local v
+    v=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+    echo "${v:-0}"
+}
