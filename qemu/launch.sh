@@ -3,7 +3,7 @@
 #
 #   qemu/launch.sh --socket PATH --job NAME [--param key=value]... [--queues N] [--cpus N]
 #                  [--mem SIZE] [--log FILE] [--results DIR] [--timeout SECONDS]
-#                  [--reconnect-ms MS] [--kvm]
+#                  [--reconnect-ms MS] [--pidfile FILE] [--kvm]
 #
 # Guest RAM is a shared memfd (vhost-user needs the backend to map it). The serial console goes to
 # --log; every KEEL-RESULT-BEGIN/END block in it is written to --results/<name>. The exit status is
@@ -18,7 +18,7 @@ usage() {
     exit 2
 }
 
-socket='' job='' queues=1 cpus='' mem=512M log='' results='' timeout_s=300 reconnect='' accel=tcg
+pidfile='' socket='' job='' queues=1 cpus='' mem=512M log='' results='' timeout_s=300 reconnect='' accel=tcg
 params=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
     --results) results=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --reconnect-ms) reconnect=$2; shift 2 ;;
+    --pidfile) pidfile=$2; shift 2 ;;
     --kvm) accel=kvm; shift ;;
     -h | --help) usage ;;
     *) log "unknown argument: $1"; usage ;;
@@ -55,8 +56,11 @@ done
 if [ "$accel" = kvm ]; then
     accel_args=(-accel kvm -cpu host)
 else
+    # shellcheck disable=SC2054 # commas belong to the -accel option
     accel_args=(-accel tcg,thread=multi -cpu max)
 fi
+extra=()
+[ -n "$pidfile" ] && extra+=(-pidfile "$pidfile")
 chardev="socket,id=disk0,path=$socket"
 [ -n "$reconnect" ] && chardev+=",reconnect-ms=$reconnect"
 
@@ -71,7 +75,8 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
     -kernel "$KERNEL_IMAGE" -initrd "$INITRAMFS_IMAGE" -append "$cmdline" \
     -chardev "file,id=console,path=$log" -serial chardev:console \
     -chardev "$chardev" \
-    -device "vhost-user-blk-pci,chardev=disk0,num-queues=$queues"
+    -device "vhost-user-blk-pci,chardev=disk0,num-queues=$queues" \
+    "${extra[@]+"${extra[@]}"}"
 qemu_status=$?
 set -e
 
@@ -82,13 +87,13 @@ tr -d '\r' <"$log" | awk -v dir="$results" '
     /^KEEL-RESULT-END / { if (file != "") close(file); file = ""; next }
     file != "" { print >> file }'
 
-if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+if [ "$qemu_status" = 124 ]; then
     log "job $job: timed out after ${timeout_s}s"
     exit 124
 fi
 status=$(tr -d '\r' <"$log" | sed -n 's/^KEEL-STATUS \([0-9]*\)$/\1/p' | tail -n 1)
 if [ -z "$status" ]; then
-    log "job $job: the guest reported no status (qemu exit $qemu_status); last console lines:"
+    log "job $job: the guest reported no status (exit $qemu_status); last console lines:"
     tail -n 20 "$log" >&2
     exit 2
 fi

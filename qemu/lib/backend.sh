@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Starts and stops the vhost-user-blk server a guest boots on: keeld (Keel) or qemu-storage-daemon.
 # Sourced after lib/common.sh, never run.
 #
@@ -86,10 +87,10 @@ backend_stop() {
     if kill -0 "$pid" 2>/dev/null; then
         log "$BACKEND_KIND (pid $pid) ignored SIG$signal for 30 s; killing it"
         kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        { wait "$pid"; } 2>/dev/null || true
         return 1
     fi
-    wait "$pid" 2>/dev/null || status=$?
+    { wait "$pid"; } 2>/dev/null || status=$?
     log "$BACKEND_KIND (pid $pid) stopped by SIG$signal, exit status $status"
     return $status
 }

@@ -1,9 +1,13 @@
+# shellcheck shell=bash
 # Shared paths and helpers for the qemu/ scripts. Sourced, never run.
 
 QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034
 REPO_DIR=$(cd "$QEMU_DIR/.." && pwd)
 CACHE_DIR=${KEEL_QEMU_CACHE:-$QEMU_DIR/.cache}
+# shellcheck disable=SC2034
 KERNEL_IMAGE=$CACHE_DIR/vmlinuz
+# shellcheck disable=SC2034
 INITRAMFS_IMAGE=$CACHE_DIR/initramfs.cpio
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # One fio workload without verification, for benchmarks and the main job's short run.
 # Parameters: keel.rw (randread), keel.bs (4k), keel.iodepth (1), keel.runtime (seconds, 10),
 # keel.size (span of the disk used, 256M), keel.numjobs (1), keel.ioengine (libaio).
