@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 # shellcheck source=qemu/lib/backend.sh
 . qemu/lib/backend.sh
 
-backend=${KEEL_BACKEND:-qsd}
+backend=${KEEL_BACKEND:-$DEFAULT_BACKEND}
 dir=$REPO_DIR/run
 image=$dir/disk.img
 socket=$dir/vda.sock
@@ -21,9 +21,18 @@ kvm=()
 
 trap 'backend_stop KILL >/dev/null 2>&1 || true' EXIT
 
-qemu/prepare.sh
-[ "$backend" = keeld ] && backend_build_keeld
 mkdir -p "$dir"
+# The release build and the guest preparation (downloads, initramfs) overlap.
+build=''
+if [ "$backend" = keeld ]; then
+    backend_build_keeld >"$dir/build.log" 2>&1 &
+    build=$!
+fi
+qemu/prepare.sh
+if [ -n "$build" ] && ! wait "$build"; then
+    cat "$dir/build.log" >&2
+    die "building keeld failed"
+fi
 backend_start "$backend" "$dir" "$image" "$socket" 1 1G
 
 status=0

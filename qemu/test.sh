@@ -13,7 +13,7 @@ set -uo pipefail
 # shellcheck source=lib/backend.sh
 . "$QEMU_DIR/lib/backend.sh"
 
-BACKEND=${KEEL_BACKEND:-qsd}
+BACKEND=${KEEL_BACKEND:-$DEFAULT_BACKEND}
 WORK=$REPO_DIR/run/qemu-test
 GUEST_TIMEOUT=${KEEL_GUEST_TIMEOUT:-300}
 KVM_ARGS=()
