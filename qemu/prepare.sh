@@ -28,6 +28,13 @@ apt_install() {
         --no-install-recommends "$@" >&2
 }
 
+# apt-get download into the current directory (as root, apt's _apt user may not reach it).
+apt_download() {
+    local sandbox=()
+    [ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
+    apt-get download -qq "${sandbox[@]+"${sandbox[@]}"}" "$@"
+}
+
 is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
@@ -108,15 +115,15 @@ fetch_kernel() {
     rm -rf "$dir" "$debs"
     mkdir -p "$dir/root" "$debs"
     log "downloading the Debian kernel"
-    (cd "$debs" && apt-get download -qq linux-image-amd64) || {
+    (cd "$debs" && apt_download linux-image-amd64) || {
         apt_update_once
-        (cd "$debs" && apt-get download -qq linux-image-amd64)
+        (cd "$debs" && apt_download linux-image-amd64)
     }
     dep=$(dpkg-deb -f "$debs"/linux-image-amd64_*.deb Depends | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*-amd64 *(= *[^)]*)' | head -n 1)
     [ -n "$dep" ] || die "cannot resolve linux-image-amd64 to a kernel package"
     name=${dep%% *}
     version=$(echo "$dep" | sed 's/.*(= *\([^)]*\))/\1/')
-    (cd "$debs" && apt-get download -qq "$name=$version")
+    (cd "$debs" && apt_download "$name=$version")
     log "unpacking $name $version"
     dpkg-deb -x "$debs/${name}_"*.deb "$dir/root"
     release=$(ls "$dir/root/lib/modules" 2>/dev/null || ls "$dir/root/usr/lib/modules")
@@ -202,6 +209,9 @@ build_initramfs() {
 
 main() {
     mkdir -p "$CACHE_DIR"
+    # One preparation at a time: concurrent runs wait here and then find the work done.
+    exec 9>"$CACHE_DIR/.lock"
+    flock 9
     install_host_packages
     fetch_kernel
     build_initramfs
