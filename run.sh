@@ -15,7 +15,7 @@ cd "$(dirname "$0")"
 backend=${KEEL_BACKEND:-$DEFAULT_BACKEND}
 dir=$REPO_DIR/run
 image=$dir/disk.img
-socket=$dir/vda.sock
+socket=$(socket_path "$dir/vda.sock")
 kvm=()
 [ "${KEEL_KVM:-0}" = 1 ] && kvm=(--kvm)
 

@@ -18,6 +18,7 @@ set -euo pipefail
 runs=${KEEL_BENCH_RUNS:-3}
 runtime=${KEEL_BENCH_RUNTIME:-5}
 dir=$REPO_DIR/run/bench
+sock=$(socket_path "$dir/sock")
 kvm=()
 accel=tcg
 if [ "${KEEL_KVM:-0}" = 1 ]; then
@@ -40,8 +41,8 @@ truncate -s 1G "$dir/template.img"
 for run in $(seq 1 "$runs"); do
     for kind in keeld qsd; do
         cp --sparse=always "$dir/template.img" "$dir/disk.img"
-        backend_start "$kind" "$dir" "$dir/disk.img" "$dir/sock" 1 1G
-        "$QEMU_DIR/launch.sh" --socket "$dir/sock" --job bench --param "runtime=$runtime" \
+        backend_start "$kind" "$dir" "$dir/disk.img" "$sock" 1 1G
+        "$QEMU_DIR/launch.sh" --socket "$sock" --job bench --param "runtime=$runtime" \
             --log "$dir/$kind-$run.log" --results "$dir/$kind-$run" --timeout 600 "${kvm[@]+"${kvm[@]}"}"
         backend_stop TERM
         cp "$dir/$kind-$run/fio" "$dir/$kind-$run.json"

@@ -30,7 +30,7 @@ fail() {
 boot() {
     local name=$1 job=$2
     shift 2
-    "$QEMU_DIR/launch.sh" --socket "$T/sock" --job "$job" --log "$T/$name.log" \
+    "$QEMU_DIR/launch.sh" --socket "$S" --job "$job" --log "$T/$name.log" \
         --results "$T/$name" --timeout "$GUEST_TIMEOUT" "${KVM_ARGS[@]+"${KVM_ARGS[@]}"}" "$@"
 }
 
@@ -41,7 +41,7 @@ fio_clean() {
 # The fio write+verify job on one raw disk of the given backend: no verify error, clean stop.
 verify_on() {
     local kind=$1
-    backend_start "$kind" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$kind" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot verify fio-verify --param size=32M || fail "fio-verify on $kind failed" || return 1
     fio_clean "$T/verify/fio" || return 1
     backend_stop TERM || fail "$kind did not exit 0 on SIGTERM"
@@ -57,7 +57,7 @@ test_fio_verify_on_qsd() {
 
 # Boot 2 of the ext4 tests: fsck clean and every file as boot 1 recorded it.
 ext4_check_boot() {
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot check ext4-check || fail "ext4-check failed (fsck or checksums); see $T/check.log" || return 1
     grep -q '^fsck-status 0$' "$T/check/fsck" || fail "fsck.ext4 -n found problems" || return 1
     [ -s "$T/write/sums" ] || fail "boot 1 recorded no checksums" || return 1
@@ -67,7 +67,7 @@ ext4_check_boot() {
 }
 
 test_ext4_across_sigterm_restart() {
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot write ext4-write || fail "ext4-write failed" || return 1
     backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
     ext4_check_boot
@@ -78,7 +78,7 @@ test_ext4_across_sigterm_restart() {
 # journal replays to a clean state with every synced file intact.
 test_ext4_across_sigkill() {
     local launcher waited=0
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot write ext4-write --param hold=busy --pidfile "$T/qemu.pid" &
     launcher=$!
     until tr -d '\r' 2>/dev/null <"$T/write.log" | grep -q '^KEEL-MARK synced'; do
@@ -102,7 +102,7 @@ test_ext4_across_sigkill() {
 }
 
 test_multiqueue_two_queues() {
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 2 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 2 1G || return 1
     boot mq fio-multiqueue --queues 2 --cpus 2 || fail "fio-multiqueue failed; see $T/mq.log" || return 1
     fio_clean "$T/mq/fio" || return 1
     grep -q '^hw_queues 2$' "$T/mq/queues" || fail "the guest disk does not have 2 queues" || return 1
@@ -115,18 +115,18 @@ test_multiqueue_two_queues() {
 # Data written before a clean restart verifies after it; one corrupted block in the image is then
 # reported by the guest's fio (proof that a verify failure does fail the job).
 test_fio_data_survives_restart_and_corruption_is_caught() {
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot write fio-verify --param size=16M --param phase=write || fail "fio write phase failed" || return 1
     fio_clean "$T/write/fio" || return 1
     backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     boot verify fio-verify --param size=16M --param phase=verify ||
         fail "data written before the restart did not verify" || return 1
     fio_clean "$T/verify/fio" || return 1
     backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
     # 512 bytes of zeroes in the middle of the sequentially written first 16 MiB.
     dd if=/dev/zero of="$T/disk.img" bs=512 count=1 seek=$((5 * 2048 + 7)) conv=notrunc status=none
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$T/sock" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
     if boot corrupt fio-verify --param size=16M --param phase=verify; then
         fail "fio did not detect the corrupted block"
         return 1
@@ -140,6 +140,7 @@ test_fio_data_survives_restart_and_corruption_is_caught() {
 run_one() {
     local name=$1 start status
     T=$WORK/$name
+    S=$(socket_path "$T/sock")
     rm -rf "$T"
     mkdir -p "$T"
     start=$(date +%s)

@@ -43,3 +43,13 @@ qemu_major() {
     v=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
     echo "${v:-0}"
 }
+
+# A unix socket path no longer than the kernel's limit (108 bytes): PATH itself when it is short,
+# otherwise a name under $TMPDIR derived from it.
+socket_path() {
+    if [ ${#1} -lt 100 ]; then
+        echo "$1"
+    else
+        echo "${TMPDIR:-/tmp}/keel-$(echo "$1" | sha256sum | cut -c1-16).sock"
+    fi
+}
