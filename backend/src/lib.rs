@@ -2,4 +2,8 @@
 //! `vhost` (socket, virtqueues, request parsing) -> `engine` (null, raw, keel)
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
+pub mod config;
+pub mod control;
 pub mod device;
+pub mod engine;
+pub mod vhost;

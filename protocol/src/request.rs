@@ -171,7 +171,10 @@ mod tests {
             num_sectors: 16,
             flags: 0x2,
         };
-        assert_eq!(DiscardSegment::from_bytes(&seg.to_bytes()), Err(ReservedFlags(2)));
+        assert_eq!(
+            DiscardSegment::from_bytes(&seg.to_bytes()),
+            Err(ReservedFlags(2))
+        );
         let ok = DiscardSegment { flags: 1, ..seg };
         assert!(DiscardSegment::from_bytes(&ok.to_bytes()).unwrap().unmap());
     }

@@ -1,1 +1,4 @@
 //! Helpers shared by Keel's whole-system tests and benchmarks.
+
+pub mod client;
+pub mod keeld;

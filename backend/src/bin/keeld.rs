@@ -1,0 +1,82 @@
+//! keeld: serves the disks of a config file as vhost-user-blk devices until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use keel_backend::config::Config;
+use keel_backend::vhost::Daemon;
+use log::{error, info};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[derive(Parser)]
+#[command(version, about = "Keel's vhost-user-blk server")]
+struct Args {
+    /// The config file (see docs/config.md).
+    #[arg(short, long, default_value = "keel.toml")]
+    config: PathBuf,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keeld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.server.log_level.as_deref());
+    if args.check {
+        println!(
+            "{}: {} disk(s), OK",
+            args.config.display(),
+            config.disks.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Register before starting: a signal that arrives during startup is not lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("keeld: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daemon = match Daemon::start(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("keeld: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(sig) = signals.forever().next() {
+        info!("signal {sig}: shutting down");
+    }
+    match daemon.shutdown() {
+        Ok(()) => {
+            info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keeld: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `KEEL_LOG`, else `RUST_LOG`, else the config's `log_level`, else "info".
+fn init_logging(config_level: Option<&str>) {
+    let filter = std::env::var("KEEL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| config_level.unwrap_or("info").to_owned());
+    env_logger::Builder::new()
+        .parse_filters(&filter)
+        .format_timestamp_micros()
+        .init();
+}

@@ -1,0 +1,506 @@
+//! `keel.toml`: the disks `keeld` serves, parsed and checked before anything starts.
+//!
+//! Loading is all-or-nothing: a file with one bad value is refused with one message that names
+//! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
+
+mod size;
+
+pub use size::{SizeValue, parse_size};
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use keel_protocol::{ID_BYTES, SECTOR_SIZE};
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// Largest number of virtqueues a disk may offer (one worker thread each).
+pub const MAX_QUEUES: u16 = 64;
+/// Largest virtqueue size (the split-ring limit).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Longest adaptive polling window accepted, in microseconds.
+pub const MAX_POLL_US: u32 = 1_000_000;
+
+/// Why a config file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Which engine serves a disk's blocks. Adding an engine is one variant here and one match arm
+/// in [`crate::engine::open`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// A raw image file or block device, accessed with io_uring.
+    Raw,
+    /// No storage: reads return zeroes, writes are dropped. Measures the channel.
+    Null,
+}
+
+/// The `[server]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where the control API will listen (HTTP/JSON); resolved, not yet served by keeld itself.
+    pub control_socket: Option<PathBuf>,
+    /// Log filter used when neither `KEEL_LOG` nor `RUST_LOG` is set (e.g. "info", "keel=debug").
+    pub log_level: Option<String>,
+}
+
+/// One `[[disk]]`, with defaults applied and paths resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub name: String,
+    pub socket: PathBuf,
+    pub engine: EngineKind,
+    pub path: Option<PathBuf>,
+    /// Capacity in bytes; `None` for a raw disk that takes its size from the existing file.
+    pub size: Option<u64>,
+    pub resize: bool,
+    pub queues: u16,
+    pub queue_size: u16,
+    pub read_only: bool,
+    pub serial: String,
+    pub direct: bool,
+    pub logical_block_size: u32,
+    pub poll_us: u32,
+}
+
+/// A whole, checked config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub disks: Vec<DiskConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    disk: Vec<Spanned<RawDisk>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    control_socket: Option<Spanned<String>>,
+    log_level: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: Spanned<String>,
+    socket: Spanned<String>,
+    engine: Spanned<EngineKind>,
+    path: Option<Spanned<String>>,
+    size: Option<Spanned<SizeValue>>,
+    resize: Option<Spanned<bool>>,
+    queues: Option<Spanned<u16>>,
+    queue_size: Option<Spanned<u16>>,
+    read_only: Option<Spanned<bool>>,
+    serial: Option<Spanned<String>>,
+    direct: Option<Spanned<bool>>,
+    logical_block_size: Option<Spanned<u32>>,
+    poll_us: Option<Spanned<u32>>,
+}
+
+impl Config {
+    /// Reads, parses and checks `path`. Relative paths inside resolve against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses `text` as if read from `file`, resolving relative paths against `base`.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: file.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let checker = Checker { text, file, base };
+        checker.check(raw)
+    }
+}
+
+/// Validation state: turns spans into line numbers and paths into absolute ones.
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: std::ops::Range<usize>, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.to_owned(),
+            line: self.line_of(span),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
+            log_level: raw.server.log_level.map(Spanned::into_inner),
+        };
+        let mut disks = Vec::with_capacity(raw.disk.len());
+        let mut names = HashMap::new();
+        let mut sockets = HashMap::new();
+        let mut serials = HashMap::new();
+        let mut paths = HashMap::new();
+        for spanned in raw.disk {
+            let disk_span = spanned.span();
+            let raw_disk = spanned.into_inner();
+            let disk = self.check_disk(&raw_disk, disk_span.clone())?;
+            let dup = |map: &mut HashMap<String, usize>, key: &str, value: String, span| {
+                let line = self.line_of(span);
+                match map.insert(value.clone(), line) {
+                    Some(first) => Err(ConfigError::Invalid {
+                        path: self.file.to_owned(),
+                        line,
+                        key: key.to_owned(),
+                        message: format!("\"{value}\" is already used by the disk at line {first}"),
+                    }),
+                    None => Ok(()),
+                }
+            };
+            dup(&mut names, "name", disk.name.clone(), raw_disk.name.span())?;
+            let socket_span = raw_disk.socket.span();
+            dup(
+                &mut sockets,
+                "socket",
+                disk.socket.display().to_string(),
+                socket_span,
+            )?;
+            let serial_span = raw_disk
+                .serial
+                .as_ref()
+                .map_or(raw_disk.name.span(), Spanned::span);
+            dup(&mut serials, "serial", disk.serial.clone(), serial_span)?;
+            if let (Some(p), Some(raw_path)) = (&disk.path, &raw_disk.path) {
+                dup(&mut paths, "path", p.display().to_string(), raw_path.span())?;
+            }
+            disks.push(disk);
+        }
+        Ok(Config { server, disks })
+    }
+
+    fn check_disk(
+        &self,
+        raw: &RawDisk,
+        disk_span: std::ops::Range<usize>,
+    ) -> Result<DiskConfig, ConfigError> {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(self.err(
+                raw.name.span(),
+                "name",
+                "must be non-empty, without '/' or control characters".into(),
+            ));
+        }
+        let engine = *raw.engine.get_ref();
+
+        let logical_block_size = match &raw.logical_block_size {
+            None => SECTOR_SIZE as u32,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !n.is_power_of_two() || !(512..=65536).contains(&n) {
+                    return Err(self.err(
+                        v.span(),
+                        "logical_block_size",
+                        format!("{n} is not a power of two between 512 and 65536"),
+                    ));
+                }
+                n
+            }
+        };
+
+        let size = match &raw.size {
+            None => None,
+            Some(v) => {
+                let bytes = v
+                    .get_ref()
+                    .to_bytes()
+                    .map_err(|m| self.err(v.span(), "size", m))?;
+                if bytes == 0 || bytes % u64::from(logical_block_size) != 0 {
+                    return Err(self.err(
+                        v.span(),
+                        "size",
+                        format!(
+                            "{bytes} bytes is not a positive multiple of the logical block size \
+                             ({logical_block_size})"
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
+
+        let queues = raw.queues.as_ref().map_or(Ok(1), |v| {
+            let n = *v.get_ref();
+            if n == 0 || n > MAX_QUEUES {
+                Err(self.err(
+                    v.span(),
+                    "queues",
+                    format!("{n} is outside 1..={MAX_QUEUES}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let queue_size = raw.queue_size.as_ref().map_or(Ok(256), |v| {
+            let n = *v.get_ref();
+            if !n.is_power_of_two() || !(2..=MAX_QUEUE_SIZE).contains(&n) {
+                Err(self.err(
+                    v.span(),
+                    "queue_size",
+                    format!("{n} is not a power of two between 2 and {MAX_QUEUE_SIZE}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let poll_us = raw.poll_us.as_ref().map_or(Ok(0), |v| {
+            let n = *v.get_ref();
+            if n > MAX_POLL_US {
+                Err(self.err(
+                    v.span(),
+                    "poll_us",
+                    format!("{n} is above the limit of {MAX_POLL_US}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let serial = match &raw.serial {
+            Some(s) => {
+                if s.get_ref().len() > ID_BYTES {
+                    return Err(self.err(
+                        s.span(),
+                        "serial",
+                        format!("\"{}\" is longer than {ID_BYTES} bytes", s.get_ref()),
+                    ));
+                }
+                s.get_ref().clone()
+            }
+            None => {
+                if name.len() > ID_BYTES {
+                    return Err(self.err(
+                        raw.name.span(),
+                        "name",
+                        format!(
+                            "\"{name}\" is longer than {ID_BYTES} bytes and so cannot be the \
+                             serial: set `serial`"
+                        ),
+                    ));
+                }
+                name.clone()
+            }
+        };
+
+        let socket = self.resolve(raw.socket.get_ref());
+        self.check_socket_dir(&socket, raw.socket.span())?;
+
+        let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
+        let path = match (engine, &raw.path) {
+            (EngineKind::Null, Some(p)) => {
+                return Err(self.err(
+                    p.span(),
+                    "path",
+                    "the null engine stores nothing; remove `path`".into(),
+                ));
+            }
+            (EngineKind::Null, None) => {
+                if size.is_none() {
+                    return Err(self.err(
+                        disk_span,
+                        "size",
+                        "missing: the null engine needs a size".into(),
+                    ));
+                }
+                None
+            }
+            (EngineKind::Raw, None) => {
+                return Err(self.err(
+                    disk_span,
+                    "path",
+                    "missing: the raw engine needs a file or block device".into(),
+                ));
+            }
+            (EngineKind::Raw, Some(p)) => {
+                let resolved = self.resolve(p.get_ref());
+                self.check_raw_path(&resolved, p.span(), raw, size, resize, logical_block_size)?;
+                Some(resolved)
+            }
+        };
+
+        Ok(DiskConfig {
+            name,
+            socket,
+            engine,
+            path,
+            size,
+            resize,
+            queues,
+            queue_size,
+            read_only: raw.read_only.as_ref().is_some_and(|v| *v.get_ref()),
+            serial,
+            direct: raw.direct.as_ref().is_none_or(|v| *v.get_ref()),
+            logical_block_size,
+            poll_us,
+        })
+    }
+
+    /// The socket's directory must exist and be writable, or binding fails later.
+    fn check_socket_dir(
+        &self,
+        socket: &Path,
+        span: std::ops::Range<usize>,
+    ) -> Result<(), ConfigError> {
+        let dir = socket.parent().unwrap_or(Path::new("."));
+        check_writable_dir(dir).map_err(|m| self.err(span, "socket", m))
+    }
+
+    /// A raw disk's file either exists with the configured size (or `resize`), or can be created.
+    fn check_raw_path(
+        &self,
+        path: &Path,
+        span: std::ops::Range<usize>,
+        raw: &RawDisk,
+        size: Option<u64>,
+        resize: bool,
+        logical_block_size: u32,
+    ) -> Result<(), ConfigError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_block_device() => {
+                if raw.size.is_some() || resize {
+                    let key_span = raw.size.as_ref().map_or(span, Spanned::span);
+                    return Err(self.err(
+                        key_span,
+                        "size",
+                        format!("{} is a block device: its size is its own", path.display()),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(meta) if meta.is_file() => {
+                let actual = meta.len();
+                match size {
+                    Some(want) if want != actual && !resize => {
+                        let key_span = raw.size.as_ref().map_or(span, Spanned::span);
+                        Err(self.err(
+                            key_span,
+                            "size",
+                            format!(
+                                "{} is {actual} bytes, not {want}; set `resize = true` to change it",
+                                path.display()
+                            ),
+                        ))
+                    }
+                    None if actual == 0 || actual % u64::from(logical_block_size) != 0 => Err(self
+                        .err(
+                            span,
+                            "path",
+                            format!(
+                                "{} is {actual} bytes, not a positive multiple of the logical \
+                                 block size ({logical_block_size})",
+                                path.display()
+                            ),
+                        )),
+                    _ => Ok(()),
+                }
+            }
+            Ok(_) => Err(self.err(
+                span,
+                "path",
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if size.is_none() {
+                    return Err(self.err(
+                        span,
+                        "size",
+                        format!("{} does not exist and no `size` is given", path.display()),
+                    ));
+                }
+                let dir = path.parent().unwrap_or(Path::new("."));
+                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
+            }
+            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("directory {}: {e}", dir.display())),
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc != 0 {
+        return Err(format!(
+            "directory {} is not writable: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,341 @@
+use super::*;
+
+/// Parses `text` with paths relative to a fresh temporary directory.
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &dir.join("keel.toml"), dir)
+}
+
+fn parse(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = parse_in(dir.path(), text);
+    (dir, r)
+}
+
+/// Asserts the error names `key` at `line`.
+fn assert_invalid(r: Result<Config, ConfigError>, key: &str, line: usize) -> String {
+    match r {
+        Err(ConfigError::Invalid {
+            key: k,
+            line: l,
+            message,
+            ..
+        }) => {
+            assert_eq!((k.as_str(), l), (key, line), "message: {message}");
+            message
+        }
+        other => panic!("expected an error on `{key}` at line {line}, got {other:?}"),
+    }
+}
+
+const NULL_DISK: &str =
+    "[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n";
+
+#[test]
+fn minimal_null_disk_gets_defaults() {
+    let (dir, r) = parse(NULL_DISK);
+    let c = r.unwrap();
+    assert_eq!(c.disks.len(), 1);
+    let d = &c.disks[0];
+    assert_eq!(d.name, "n");
+    assert_eq!(d.socket, dir.path().join("n.sock"));
+    assert_eq!(d.size, Some(1 << 30));
+    assert_eq!((d.queues, d.queue_size), (1, 256));
+    assert_eq!(d.serial, "n");
+    assert!(d.direct && !d.read_only && !d.resize);
+    assert_eq!((d.logical_block_size, d.poll_us), (512, 0));
+    assert_eq!(c.server, ServerConfig::default());
+}
+
+#[test]
+fn full_raw_disk_and_server_section() {
+    let (dir, r) = parse(
+        r#"
+[server]
+control_socket = "run/keel.sock"
+log_level = "debug"
+
+[[disk]]
+name = "vm1"
+socket = "/tmp/vm1.sock"
+engine = "raw"
+path = "vm1.img"
+size = 4194304
+queues = 4
+queue_size = 128
+read_only = true
+serial = "SER1"
+direct = false
+logical_block_size = 4096
+poll_us = 50
+"#,
+    );
+    let c = r.unwrap();
+    assert_eq!(
+        c.server.control_socket,
+        Some(dir.path().join("run/keel.sock"))
+    );
+    assert_eq!(c.server.log_level.as_deref(), Some("debug"));
+    let d = &c.disks[0];
+    assert_eq!(d.socket, PathBuf::from("/tmp/vm1.sock"));
+    assert_eq!(d.path, Some(dir.path().join("vm1.img")));
+    assert_eq!(d.size, Some(4 << 20));
+    assert_eq!((d.queues, d.queue_size, d.poll_us), (4, 128, 50));
+    assert!(d.read_only && !d.direct);
+    assert_eq!((d.serial.as_str(), d.logical_block_size), ("SER1", 4096));
+}
+
+#[test]
+fn load_resolves_against_the_file_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    fs::write(&file, NULL_DISK).unwrap();
+    let c = Config::load(&file).unwrap();
+    assert_eq!(c.disks[0].socket, dir.path().join("n.sock"));
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let r = Config::load(Path::new("/nonexistent/keel.toml"));
+    assert!(matches!(r, Err(ConfigError::Read { .. })));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let (_d, r) = parse(&format!("{NULL_DISK}colour = \"red\"\n"));
+    match r {
+        Err(e @ ConfigError::Syntax { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("colour") && m.contains("line 6"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_section_is_refused() {
+    let (_d, r) = parse("[srever]\n");
+    assert!(matches!(r, Err(ConfigError::Syntax { .. })), "{r:?}");
+}
+
+#[test]
+fn unknown_engine_is_refused() {
+    let (_d, r) = parse("[[disk]]\nname = \"a\"\nsocket = \"a\"\nengine = \"fast\"\n");
+    let m = r.unwrap_err().to_string();
+    assert!(m.contains("fast") && m.contains("line 4"), "{m}");
+}
+
+#[test]
+fn missing_required_key_is_refused() {
+    let (_d, r) = parse("[[disk]]\nname = \"a\"\nengine = \"null\"\nsize = \"1M\"\n");
+    let m = r.unwrap_err().to_string();
+    assert!(m.contains("socket"), "{m}");
+}
+
+#[test]
+fn duplicate_name() {
+    let text = format!("{NULL_DISK}{}", NULL_DISK.replace("n.sock", "m.sock"));
+    let (_d, r) = parse(&text);
+    let m = assert_invalid(r, "name", 7);
+    assert!(m.contains("line 2"), "{m}");
+}
+
+#[test]
+fn duplicate_socket() {
+    let text = format!(
+        "{NULL_DISK}{}",
+        NULL_DISK.replace("name = \"n\"", "name = \"m\"")
+    );
+    let (_d, r) = parse(&text);
+    assert_invalid(r, "socket", 8);
+}
+
+#[test]
+fn duplicate_serial() {
+    let text = format!(
+        "{NULL_DISK}serial = \"s\"\n{}serial = \"s\"\n",
+        NULL_DISK
+            .replace("name = \"n\"", "name = \"m\"")
+            .replace("n.sock", "m.sock")
+    );
+    let (_d, r) = parse(&text);
+    assert_invalid(r, "serial", 12);
+}
+
+#[test]
+fn duplicate_path() {
+    let disk = |n: &str| {
+        format!(
+            "[[disk]]\nname = \"{n}\"\nsocket = \"{n}.sock\"\nengine = \"raw\"\npath = \"x.img\"\n\
+             size = \"1M\"\n"
+        )
+    };
+    let (_d, r) = parse(&format!("{}{}", disk("a"), disk("b")));
+    assert_invalid(r, "path", 11);
+}
+
+#[test]
+fn bad_size_text() {
+    let (_d, r) = parse(&NULL_DISK.replace("\"1G\"", "\"1Q\""));
+    assert_invalid(r, "size", 5);
+}
+
+#[test]
+fn size_not_a_multiple_of_the_block_size() {
+    let (_d, r) = parse(&NULL_DISK.replace("\"1G\"", "1000"));
+    assert_invalid(r, "size", 5);
+    let (_d, r) =
+        parse(&format!("{NULL_DISK}logical_block_size = 4096\n").replace("\"1G\"", "\"6K\""));
+    assert_invalid(r, "size", 5);
+}
+
+#[test]
+fn zero_size() {
+    let (_d, r) = parse(&NULL_DISK.replace("\"1G\"", "0"));
+    assert_invalid(r, "size", 5);
+}
+
+#[test]
+fn null_without_size() {
+    let (_d, r) = parse(&NULL_DISK.replace("size = \"1G\"\n", ""));
+    assert_invalid(r, "size", 1);
+}
+
+#[test]
+fn null_with_path() {
+    let (_d, r) = parse(&format!("{NULL_DISK}path = \"x.img\"\n"));
+    assert_invalid(r, "path", 6);
+}
+
+#[test]
+fn raw_without_path() {
+    let (_d, r) = parse(&NULL_DISK.replace("\"null\"", "\"raw\""));
+    assert_invalid(r, "path", 1);
+}
+
+#[test]
+fn raw_missing_file_without_size() {
+    let (_d, r) =
+        parse("[[disk]]\nname = \"a\"\nsocket = \"a.sock\"\nengine = \"raw\"\npath = \"a.img\"\n");
+    assert_invalid(r, "size", 5);
+}
+
+#[test]
+fn raw_existing_file_of_another_size() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.img"), vec![0u8; 4096]).unwrap();
+    let text = "[[disk]]\nname = \"a\"\nsocket = \"a.sock\"\nengine = \"raw\"\npath = \"a.img\"\nsize = 8192\n";
+    assert_invalid(parse_in(dir.path(), text), "size", 6);
+    let resized = parse_in(dir.path(), &format!("{text}resize = true\n")).unwrap();
+    assert_eq!(resized.disks[0].size, Some(8192));
+    let sized_by_file = parse_in(dir.path(), &text.replace("size = 8192\n", "")).unwrap();
+    assert_eq!(sized_by_file.disks[0].size, None);
+}
+
+#[test]
+fn raw_existing_file_of_odd_size_without_size_key() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.img"), vec![0u8; 1000]).unwrap();
+    let text = "[[disk]]\nname = \"a\"\nsocket = \"a.sock\"\nengine = \"raw\"\npath = \"a.img\"\n";
+    assert_invalid(parse_in(dir.path(), text), "path", 5);
+}
+
+#[test]
+fn raw_path_is_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("d")).unwrap();
+    let text = "[[disk]]\nname = \"a\"\nsocket = \"a.sock\"\nengine = \"raw\"\npath = \"d\"\n";
+    assert_invalid(parse_in(dir.path(), text), "path", 5);
+}
+
+#[test]
+fn raw_image_directory_missing() {
+    let (_d, r) = parse(
+        "[[disk]]\nname = \"a\"\nsocket = \"a.sock\"\nengine = \"raw\"\npath = \"no/such/a.img\"\nsize = \"1M\"\n",
+    );
+    assert_invalid(r, "path", 5);
+}
+
+#[test]
+fn socket_directory_missing() {
+    let (_d, r) = parse(&NULL_DISK.replace("n.sock", "missing/n.sock"));
+    assert_invalid(r, "socket", 3);
+}
+
+#[test]
+fn socket_directory_not_writable() {
+    // Root may write almost anywhere; procfs refuses even root new files in /proc/sys.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let (_d, r) = parse(&NULL_DISK.replace("n.sock", "/proc/sys/n.sock"));
+        assert_invalid(r, "socket", 3);
+        return;
+    }
+    let (_d, r) = parse(&NULL_DISK.replace("n.sock", "/n.sock"));
+    assert_invalid(r, "socket", 3);
+}
+
+#[test]
+fn queues_out_of_range() {
+    let (_d, r) = parse(&format!("{NULL_DISK}queues = 0\n"));
+    assert_invalid(r, "queues", 6);
+    let (_d, r) = parse(&format!("{NULL_DISK}queues = 65\n"));
+    assert_invalid(r, "queues", 6);
+}
+
+#[test]
+fn queue_size_not_power_of_two() {
+    let (_d, r) = parse(&format!("{NULL_DISK}queue_size = 100\n"));
+    assert_invalid(r, "queue_size", 6);
+}
+
+#[test]
+fn queue_size_wrong_type() {
+    let (_d, r) = parse(&format!("{NULL_DISK}queue_size = \"big\"\n"));
+    let m = r.unwrap_err().to_string();
+    assert!(m.contains("line 6"), "{m}");
+}
+
+#[test]
+fn serial_too_long() {
+    let (_d, r) = parse(&format!("{NULL_DISK}serial = \"123456789012345678901\"\n"));
+    assert_invalid(r, "serial", 6);
+}
+
+#[test]
+fn long_name_needs_a_serial() {
+    let text = NULL_DISK.replace("name = \"n\"", "name = \"a-very-long-disk-name-indeed\"");
+    let (_d, r) = parse(&text);
+    assert_invalid(r, "name", 2);
+    let (_d, r) = parse(&format!("{text}serial = \"short\"\n"));
+    assert_eq!(r.unwrap().disks[0].serial, "short");
+}
+
+#[test]
+fn bad_name() {
+    let (_d, r) = parse(&NULL_DISK.replace("name = \"n\"", "name = \"\""));
+    assert_invalid(r, "name", 2);
+    let (_d, r) = parse(&NULL_DISK.replace("name = \"n\"", "name = \"a/b\""));
+    assert_invalid(r, "name", 2);
+}
+
+#[test]
+fn bad_logical_block_size() {
+    let (_d, r) = parse(&format!("{NULL_DISK}logical_block_size = 1000\n"));
+    assert_invalid(r, "logical_block_size", 6);
+    let (_d, r) = parse(&format!("{NULL_DISK}logical_block_size = 256\n"));
+    assert_invalid(r, "logical_block_size", 6);
+}
+
+#[test]
+fn poll_us_too_large() {
+    let (_d, r) = parse(&format!("{NULL_DISK}poll_us = 2000000\n"));
+    assert_invalid(r, "poll_us", 6);
+}
+
+#[test]
+fn error_message_is_one_line_with_file_line_and_key() {
+    let (_d, r) = parse(&format!("{NULL_DISK}queues = 0\n"));
+    let m = r.unwrap_err().to_string();
+    assert!(m.contains("keel.toml:6: `queues`:"), "{m}");
+    assert!(!m.contains('\n'), "{m}");
+}

@@ -1,0 +1,336 @@
+//! The vhost-user-blk device model: features, config space, and the glue between the
+//! vhost-user-backend crate's worker threads and Keel's queue workers.
+//!
+//! One [`BlkBackend`] lives for one frontend connection; what outlives connections (the engine,
+//! the counters, the limits) is in [`DiskContext`].
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_protocol::features::{self as f, bit};
+use keel_protocol::{BlkConfig, ID_BYTES, SECTOR_SIZE};
+use log::{debug, warn};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use super::request::Limits;
+use super::stats::{DiskStats, RateLimit};
+use super::worker::{QueueWorker, Vring};
+use crate::config::DiskConfig;
+use crate::engine::{Engine, EngineError, GuestMemory};
+
+/// Byte offset of `writeback` (WCE) in the virtio-blk config space.
+pub const WCE_OFFSET: u32 = 32;
+/// Largest discard / write-zeroes segment offered: 1 GiB in sectors.
+const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
+/// Segments per discard / write-zeroes request.
+const MAX_DISCARD_SEG: u32 = 32;
+/// Largest single data segment advertised (SIZE_MAX).
+const SIZE_MAX: u32 = 1 << 20;
+
+/// What a disk keeps across frontend connections.
+pub struct DiskContext {
+    pub name: String,
+    pub engine: Arc<dyn Engine>,
+    pub stats: Arc<DiskStats>,
+    pub limits: Limits,
+    /// GET_ID answer: the serial, NUL-padded.
+    pub serial: [u8; ID_BYTES],
+    pub queues: u16,
+    pub queue_size: u16,
+    pub logical_block_size: u32,
+    pub poll: Duration,
+    pub log_limit: RateLimit,
+}
+
+impl DiskContext {
+    pub fn new(cfg: &DiskConfig, engine: Arc<dyn Engine>, stats: Arc<DiskStats>) -> Self {
+        let caps = engine.capabilities();
+        let read_only = cfg.read_only || caps.read_only;
+        let mut serial = [0u8; ID_BYTES];
+        let n = cfg.serial.len().min(ID_BYTES);
+        serial[..n].copy_from_slice(&cfg.serial.as_bytes()[..n]);
+        let limits = Limits {
+            capacity: engine.capacity(),
+            seg_max: u32::from(cfg.queue_size).saturating_sub(2).clamp(1, 1022),
+            max_discard_seg: MAX_DISCARD_SEG,
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+            max_write_zeroes_seg: MAX_DISCARD_SEG,
+            max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+            read_only,
+            discard: caps.discard && !read_only,
+            write_zeroes: caps.write_zeroes && !read_only,
+        };
+        Self {
+            name: cfg.name.clone(),
+            engine,
+            stats,
+            limits,
+            serial,
+            queues: cfg.queues,
+            queue_size: cfg.queue_size,
+            logical_block_size: cfg.logical_block_size,
+            poll: Duration::from_micros(u64::from(cfg.poll_us)),
+            log_limit: RateLimit::new(Duration::from_secs(1), 10),
+        }
+    }
+
+    /// The virtio feature bits offered.
+    pub fn features(&self) -> u64 {
+        let mut feats = bit(f::VERSION_1)
+            | bit(f::SEG_MAX)
+            | bit(f::SIZE_MAX)
+            | bit(f::BLK_SIZE)
+            | bit(f::TOPOLOGY)
+            | bit(f::FLUSH)
+            | bit(f::CONFIG_WCE)
+            | bit(f::MQ)
+            | bit(f::RING_EVENT_IDX)
+            | bit(f::RING_INDIRECT_DESC)
+            | bit(f::VHOST_USER_PROTOCOL_FEATURES);
+        if self.limits.read_only {
+            feats |= bit(f::RO);
+        }
+        if self.limits.discard {
+            feats |= bit(f::DISCARD);
+        }
+        if self.limits.write_zeroes {
+            feats |= bit(f::WRITE_ZEROES);
+        }
+        feats
+    }
+
+    /// The config space, with the write cache on (`wce`) or off.
+    pub fn blk_config(&self, wce: bool) -> BlkConfig {
+        let lbs = self.logical_block_size;
+        // Report 4 KiB physical blocks (or the logical size if larger) so guests align to them.
+        let physical = lbs.max(4096);
+        BlkConfig {
+            capacity: self.limits.capacity / SECTOR_SIZE,
+            size_max: SIZE_MAX,
+            seg_max: self.limits.seg_max,
+            blk_size: lbs,
+            physical_block_exp: (physical / lbs).trailing_zeros() as u8,
+            alignment_offset: 0,
+            min_io_size: 1,
+            opt_io_size: 0,
+            wce: u8::from(wce),
+            num_queues: self.queues,
+            max_discard_sectors: self.limits.max_discard_sectors,
+            max_discard_seg: self.limits.max_discard_seg,
+            discard_sector_alignment: lbs / SECTOR_SIZE as u32,
+            max_write_zeroes_sectors: self.limits.max_write_zeroes_sectors,
+            max_write_zeroes_seg: self.limits.max_write_zeroes_seg,
+            write_zeroes_may_unmap: 1,
+        }
+    }
+}
+
+/// State of one frontend connection that workers read.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// The guest turned the write cache off: writes must be durable when they complete.
+    pub write_through: AtomicBool,
+}
+
+/// The vhost-user backend of one disk for one frontend connection.
+pub struct BlkBackend {
+    ctx: Arc<DiskContext>,
+    session: Arc<SessionState>,
+    memory: GuestMemoryAtomic<GuestMemory>,
+    /// One per virtqueue; `workers[i]` is locked only by worker thread `i`, and by the frontend
+    /// thread when it stops ring `i`.
+    workers: Vec<Mutex<Option<QueueWorker>>>,
+    acked_features: AtomicU64,
+}
+
+/// Epoll id of the engine's completion fd in each worker thread (ids up to `num_queues` are the
+/// crate's).
+fn completion_event(queues: u16) -> u16 {
+    queues + 1
+}
+
+impl BlkBackend {
+    pub fn new(ctx: Arc<DiskContext>, memory: GuestMemoryAtomic<GuestMemory>) -> Self {
+        let workers = (0..ctx.queues).map(|_| Mutex::new(None)).collect();
+        Self {
+            ctx,
+            session: Arc::new(SessionState::default()),
+            memory,
+            workers,
+            acked_features: AtomicU64::new(0),
+        }
+    }
+
+    /// Creates each queue's engine half and registers its completion fd with the worker thread
+    /// that serves the queue.
+    pub fn install_workers(
+        &self,
+        handlers: &[Arc<VringEpollHandler<Arc<BlkBackend>>>],
+    ) -> Result<(), EngineError> {
+        for (index, slot) in self.workers.iter().enumerate() {
+            let engine = self.ctx.engine.queue(index)?;
+            let worker = QueueWorker::new(
+                index,
+                Arc::clone(&self.ctx),
+                Arc::clone(&self.session),
+                self.memory.clone(),
+                engine,
+            );
+            if let (Some(fd), Some(handler)) = (worker.completion_fd(), handlers.get(index)) {
+                handler
+                    .register_listener(
+                        fd,
+                        EventSet::IN,
+                        u64::from(completion_event(self.ctx.queues)),
+                    )
+                    .map_err(|source| EngineError::Queue {
+                        queue: index,
+                        source,
+                    })?;
+            }
+            if let Ok(mut guard) = slot.lock() {
+                *guard = Some(worker);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes every queue's in-flight requests and drops the queue halves (connection over).
+    pub fn shutdown(&self) {
+        for slot in &self.workers {
+            let worker = slot.lock().ok().and_then(|mut g| g.take());
+            if let Some(mut w) = worker {
+                w.drain_all();
+            }
+        }
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Relaxed)
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.ctx.queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.ctx.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.ctx.features()
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!("{}: guest acked {:?}", self.ctx.name, f::names(features));
+        self.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings track EVENT_IDX themselves; the workers' notification loop works either way.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let wce = !self.session.write_through.load(Ordering::Relaxed);
+        self.ctx
+            .blk_config(wce)
+            .read_window(offset as usize, size as usize)
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        match (offset, buf) {
+            (WCE_OFFSET, [wce]) => {
+                let write_through = *wce == 0;
+                debug!(
+                    "{}: guest set the write cache {}",
+                    self.ctx.name,
+                    if write_through { "off" } else { "on" }
+                );
+                self.session
+                    .write_through
+                    .store(write_through, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "only the write-cache byte is writable, not {offset}+{}",
+                    buf.len()
+                ),
+            )),
+        }
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        // The workers read the same GuestMemoryAtomic the frontend handler updates.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.ctx.queues).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                warn!("{}: cannot create a worker exit event: {e}", self.ctx.name);
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if let Some(slot) = self.workers.get(queue_index as usize)
+            && let Ok(mut guard) = slot.lock()
+            && let Some(worker) = guard.as_mut()
+        {
+            worker.drain_all();
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(slot), Some(vring)) = (self.workers.get(thread_id), vrings.first()) else {
+            return Ok(());
+        };
+        let Ok(mut guard) = slot.lock() else {
+            return Ok(());
+        };
+        let Some(worker) = guard.as_mut() else {
+            return Ok(());
+        };
+        match device_event {
+            0 => worker.process(vring, false),
+            e if e == completion_event(self.ctx.queues) => worker.process(vring, true),
+            other => debug!("{}: unexpected event {other}", self.ctx.name),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! keeld's top level: every disk of a config, started together and stopped together.
+
+use std::sync::Arc;
+
+use log::{error, info};
+use thiserror::Error;
+
+use super::backend::DiskContext;
+use super::server::{DiskServer, ServerError};
+use super::stats::DiskStats;
+use crate::config::Config;
+use crate::engine::{self, EngineError};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("disk {disk}: {source}")]
+    Engine { disk: String, source: EngineError },
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// The running disks.
+pub struct Daemon {
+    disks: Vec<DiskServer>,
+}
+
+impl Daemon {
+    /// Opens every disk's engine and starts serving its socket. If one disk fails, the ones
+    /// already started are stopped again and the error is returned.
+    pub fn start(config: &Config) -> Result<Self, DaemonError> {
+        let mut disks = Vec::with_capacity(config.disks.len());
+        for disk in &config.disks {
+            let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
+                disk: disk.name.clone(),
+                source,
+            })?;
+            let ctx = Arc::new(DiskContext::new(disk, engine, Arc::default()));
+            disks.push(DiskServer::start(ctx, disk.socket.clone())?);
+        }
+        info!("serving {} disk(s)", disks.len());
+        Ok(Self { disks })
+    }
+
+    /// Each disk's name and counters.
+    pub fn stats(&self) -> Vec<(String, Arc<DiskStats>)> {
+        self.disks
+            .iter()
+            .map(|d| (d.context().name.clone(), Arc::clone(&d.context().stats)))
+            .collect()
+    }
+
+    /// Stops every disk: no new connections, in-flight I/O finished, writes flushed.
+    /// Returns the first flush error after trying every disk.
+    pub fn shutdown(self) -> Result<(), DaemonError> {
+        let mut first = None;
+        for d in self.disks {
+            let name = d.context().name.clone();
+            if let Err(source) = d.stop() {
+                error!("disk {name}: flush at shutdown failed: {source}");
+                first.get_or_insert(DaemonError::Engine { disk: name, source });
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

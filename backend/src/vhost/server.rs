@@ -1,0 +1,290 @@
+//! One disk's socket: accepts one frontend at a time, listens again when it leaves.
+//!
+//! A listener thread per disk waits (epoll) on the socket, a stop event and a "session ended"
+//! event. A connection arriving while no frontend is attached starts a session: a fresh
+//! vhost-user backend with its worker threads, served until the frontend hangs up. A connection
+//! arriving while one is attached is accepted and closed at once, so it cannot disturb the
+//! attached frontend's rings or memory table.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use thiserror::Error;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::backend::{BlkBackend, DiskContext};
+use super::socket::bind_private;
+use crate::engine::GuestMemory;
+
+/// Errors of starting or running a disk's socket.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("disk {disk}: socket {path}: {source}")]
+    Socket {
+        disk: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("disk {disk}: {message}")]
+    Session { disk: String, message: String },
+}
+
+const EV_LISTENER: u64 = 1;
+const EV_STOP: u64 = 2;
+const EV_ENDED: u64 = 3;
+/// How long a new connection waits for the attached frontend to finish disconnecting before it
+/// is refused as a second frontend.
+const RECONNECT_GRACE: Duration = Duration::from_millis(500);
+
+/// A running disk server; [`DiskServer::stop`] ends it.
+pub struct DiskServer {
+    ctx: Arc<DiskContext>,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DiskServer {
+    /// Binds the disk's socket and starts its listener thread.
+    pub fn start(ctx: Arc<DiskContext>, socket: PathBuf) -> Result<Self, ServerError> {
+        let sock_err = |source| ServerError::Socket {
+            disk: ctx.name.clone(),
+            path: socket.clone(),
+            source,
+        };
+        let listener = bind_private(&socket).map_err(sock_err)?;
+        listener.set_nonblocking(true).map_err(sock_err)?;
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
+        let ended = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
+        let epoll = Epoll::new().map_err(sock_err)?;
+        for (fd, id) in [
+            (listener.as_raw_fd(), EV_LISTENER),
+            (stop.as_raw_fd(), EV_STOP),
+            (ended.as_raw_fd(), EV_ENDED),
+        ] {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, id))
+                .map_err(sock_err)?;
+        }
+        let mut acceptor = Acceptor {
+            ctx: Arc::clone(&ctx),
+            socket: socket.clone(),
+            listener,
+            epoll,
+            ended,
+            session: None,
+        };
+        let thread = thread::Builder::new()
+            .name(format!("keel-{}", ctx.name))
+            .spawn(move || acceptor.run())
+            .map_err(sock_err)?;
+        info!("disk {}: serving on {}", ctx.name, socket.display());
+        Ok(Self {
+            ctx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<DiskContext> {
+        &self.ctx
+    }
+
+    /// Stops accepting, ends the attached session (finishing its in-flight I/O), removes the
+    /// socket and makes completed writes durable.
+    pub fn stop(mut self) -> Result<(), crate::engine::EngineError> {
+        self.halt();
+        self.ctx.engine.flush()
+    }
+
+    fn halt(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("disk {}: listener thread panicked", self.ctx.name);
+        }
+    }
+}
+
+impl Drop for DiskServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// An attached frontend.
+struct Session {
+    shutdown: Option<ShutdownHandle>,
+    waiter: JoinHandle<()>,
+}
+
+/// The listener thread's state.
+struct Acceptor {
+    ctx: Arc<DiskContext>,
+    socket: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    ended: EventFd,
+    session: Option<Session>,
+}
+
+impl Acceptor {
+    fn run(&mut self) {
+        let mut events = [EpollEvent::default(); 4];
+        // Set while a connection waits for the attached frontend to finish leaving.
+        let mut grace: Option<Instant> = None;
+        'serve: loop {
+            let timeout = grace.map_or(-1, |deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            });
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("disk {}: epoll: {e}", self.ctx.name);
+                    break;
+                }
+            };
+            if n == 0 && grace.is_some_and(|d| Instant::now() >= d) {
+                // The attached frontend stayed: the newcomer is a second frontend.
+                grace = None;
+                self.refuse();
+                self.watch_listener(true);
+            }
+            for ev in &events[..n] {
+                match ev.data() {
+                    EV_STOP => break 'serve,
+                    EV_ENDED => {
+                        let _ = self.ended.read();
+                        if let Some(s) = self.session.take() {
+                            let _ = s.waiter.join();
+                        }
+                        info!("disk {}: frontend detached; listening again", self.ctx.name);
+                        if grace.take().is_some() {
+                            self.watch_listener(true);
+                        }
+                    }
+                    EV_LISTENER if self.session.is_some() => {
+                        // Often the attached frontend is just leaving (a reconnect): give it a
+                        // moment before calling the newcomer a second frontend.
+                        grace = Some(Instant::now() + RECONNECT_GRACE);
+                        self.watch_listener(false);
+                    }
+                    EV_LISTENER => {
+                        if let Err(e) = self.attach() {
+                            error!("{e}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(s) = self.session.take() {
+            if let Some(h) = &s.shutdown {
+                h.shutdown();
+            }
+            let _ = s.waiter.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        info!("disk {}: stopped", self.ctx.name);
+    }
+
+    /// Adds the listening socket to (or removes it from) the epoll set.
+    fn watch_listener(&self, watch: bool) {
+        let op = if watch {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        let ev = EpollEvent::new(EventSet::IN, EV_LISTENER);
+        if let Err(e) = self.epoll.ctl(op, self.listener.as_raw_fd(), ev) {
+            error!("disk {}: epoll: {e}", self.ctx.name);
+        }
+    }
+
+    /// Accepts and closes a connection: a frontend is already attached.
+    fn refuse(&self) {
+        while let Ok((conn, _)) = self.listener.accept() {
+            drop(conn);
+            self.ctx
+                .stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "disk {}: refused a second frontend; one is already attached",
+                self.ctx.name
+            );
+        }
+    }
+
+    /// Accepts a frontend and starts serving it on a fresh backend.
+    fn attach(&mut self) -> Result<(), ServerError> {
+        let disk = self.ctx.name.clone();
+        let fail = |message: String| ServerError::Session {
+            disk: disk.clone(),
+            message,
+        };
+        let memory = GuestMemoryAtomic::new(GuestMemory::default());
+        let backend = Arc::new(BlkBackend::new(Arc::clone(&self.ctx), memory.clone()));
+        let mut daemon = VhostUserDaemon::new(self.ctx.name.clone(), Arc::clone(&backend), memory)
+            .map_err(|e| fail(format!("cannot create the vhost-user device: {e}")))?;
+        backend
+            .install_workers(&daemon.get_epoll_handlers())
+            .map_err(|e| fail(e.to_string()))?;
+
+        // The epoll said a connection is pending and only this thread accepts, so a blocking
+        // accept returns at once. The descriptor is shared: restore non-blocking afterwards.
+        let clone = self
+            .listener
+            .try_clone()
+            .map_err(|e| fail(format!("listener: {e}")))?;
+        clone
+            .set_nonblocking(false)
+            .map_err(|e| fail(format!("listener: {e}")))?;
+        let mut vlistener = Listener::from(clone);
+        let started = daemon.start(&mut vlistener);
+        drop(vlistener);
+        let _ = self.listener.set_nonblocking(true);
+        started.map_err(|e| fail(format!("cannot accept the frontend: {e}")))?;
+
+        self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        info!("disk {}: frontend attached", self.ctx.name);
+        let shutdown = daemon.shutdown_handle();
+        let ended = self
+            .ended
+            .try_clone()
+            .map_err(|e| fail(format!("eventfd: {e}")))?;
+        let name = self.ctx.name.clone();
+        let waiter = thread::Builder::new()
+            .name(format!("keel-{}-conn", self.ctx.name))
+            .spawn(move || {
+                match daemon.wait() {
+                    Ok(())
+                    | Err(vhost_user_backend::Error::HandleRequest(
+                        VhostUserError::Disconnected | VhostUserError::PartialMessage,
+                    )) => {}
+                    Err(e) => warn!("disk {name}: connection ended: {e}"),
+                }
+                // Dropping the daemon stops and joins its worker threads; then finish the I/O
+                // they left in flight before the guest memory goes away.
+                drop(daemon);
+                backend.shutdown();
+                let _ = ended.write(1);
+            })
+            .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;
+        self.session = Some(Session { shutdown, waiter });
+        Ok(())
+    }
+}

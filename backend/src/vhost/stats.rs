@@ -1,0 +1,194 @@
+//! Per-disk counters, updated by the queue workers once per batch and readable at any time
+//! (the control API serves a [`StatsSnapshot`]).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Counters of one disk, shared by its queues.
+#[derive(Debug, Default)]
+pub struct DiskStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub discards: AtomicU64,
+    pub write_zeroes: AtomicU64,
+    pub get_ids: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Requests refused by parsing (malformed, out of range, unsupported).
+    pub rejected: AtomicU64,
+    /// Requests the engine failed.
+    pub io_errors: AtomicU64,
+    /// Times a worker took requests off the ring and submitted them together.
+    pub batches: AtomicU64,
+    /// Requests in all batches (batched_requests / batches = mean batch size).
+    pub batched_requests: AtomicU64,
+    pub max_batch: AtomicU64,
+    /// Guest notifications sent.
+    pub notifications: AtomicU64,
+    /// Frontend connections accepted / refused because one was already attached.
+    pub connections: AtomicU64,
+    pub refused_connections: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    pub write_zeroes: u64,
+    pub get_ids: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub rejected: u64,
+    pub io_errors: u64,
+    pub batches: u64,
+    pub batched_requests: u64,
+    pub max_batch: u64,
+    pub notifications: u64,
+    pub connections: u64,
+    pub refused_connections: u64,
+}
+
+/// Counts of one batch, gathered without atomics and published at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCounts {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    pub write_zeroes: u64,
+    pub get_ids: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub rejected: u64,
+    pub requests: u64,
+}
+
+impl DiskStats {
+    pub fn record_batch(&self, b: &BatchCounts) {
+        if b.requests == 0 {
+            return;
+        }
+        let add = |c: &AtomicU64, v: u64| {
+            if v != 0 {
+                c.fetch_add(v, Relaxed);
+            }
+        };
+        add(&self.reads, b.reads);
+        add(&self.writes, b.writes);
+        add(&self.flushes, b.flushes);
+        add(&self.discards, b.discards);
+        add(&self.write_zeroes, b.write_zeroes);
+        add(&self.get_ids, b.get_ids);
+        add(&self.bytes_read, b.bytes_read);
+        add(&self.bytes_written, b.bytes_written);
+        add(&self.rejected, b.rejected);
+        self.batches.fetch_add(1, Relaxed);
+        self.batched_requests.fetch_add(b.requests, Relaxed);
+        self.max_batch.fetch_max(b.requests, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            flushes: self.flushes.load(Relaxed),
+            discards: self.discards.load(Relaxed),
+            write_zeroes: self.write_zeroes.load(Relaxed),
+            get_ids: self.get_ids.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            io_errors: self.io_errors.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            batched_requests: self.batched_requests.load(Relaxed),
+            max_batch: self.max_batch.load(Relaxed),
+            notifications: self.notifications.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            refused_connections: self.refused_connections.load(Relaxed),
+        }
+    }
+}
+
+/// Lets a few messages per interval through, so a misbehaving guest cannot flood the log.
+#[derive(Debug)]
+pub struct RateLimit {
+    interval: Duration,
+    burst: u32,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLimit {
+    pub fn new(interval: Duration, burst: u32) -> Self {
+        Self {
+            interval,
+            burst,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether to log now; when a new interval starts, also how many were suppressed before.
+    pub fn allow(&self) -> Option<u64> {
+        let Ok(mut s) = self.state.lock() else {
+            return None;
+        };
+        let now = Instant::now();
+        if now.duration_since(s.0) >= self.interval {
+            let suppressed = s.2;
+            *s = (now, 1, 0);
+            return Some(suppressed);
+        }
+        if s.1 < self.burst {
+            s.1 += 1;
+            Some(0)
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_add_up() {
+        let s = DiskStats::default();
+        s.record_batch(&BatchCounts {
+            reads: 2,
+            bytes_read: 8192,
+            requests: 2,
+            ..Default::default()
+        });
+        s.record_batch(&BatchCounts {
+            writes: 5,
+            bytes_written: 5 * 512,
+            requests: 5,
+            ..Default::default()
+        });
+        s.record_batch(&BatchCounts::default());
+        let snap = s.snapshot();
+        assert_eq!((snap.reads, snap.writes, snap.bytes_read), (2, 5, 8192));
+        assert_eq!(
+            (snap.batches, snap.batched_requests, snap.max_batch),
+            (2, 7, 5)
+        );
+    }
+
+    #[test]
+    fn rate_limit_suppresses_after_burst() {
+        let rl = RateLimit::new(Duration::from_secs(3600), 3);
+        assert_eq!(
+            (0..5).filter(|_| rl.allow().is_some()).count(),
+            3,
+            "only the burst passes within one interval"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Starting keeld for tests and benchmarks: in-process from the library (fast), or as the real
+//! binary with a config file (signals, exit codes, error messages).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use keel_backend::config::Config;
+use keel_backend::vhost::Daemon;
+
+/// A `[[disk]]` table for a null disk named `name` with socket `<name>.sock`.
+pub fn null_disk(name: &str, size: &str, extra: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"{name}\"\nsocket = \"{name}.sock\"\nengine = \"null\"\nsize = \"{size}\"\n{extra}\n"
+    )
+}
+
+/// A `[[disk]]` table for a raw disk backed by `<name>.img`.
+pub fn raw_disk(name: &str, size: &str, extra: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"{name}\"\nsocket = \"{name}.sock\"\nengine = \"raw\"\npath = \"{name}.img\"\nsize = \"{size}\"\n{extra}\n"
+    )
+}
+
+/// Waits until a unix socket exists at `path` (the daemon is listening).
+pub fn wait_for_socket(path: &Path, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// keeld running inside the test process, with its config and files in a temporary directory.
+pub struct InProcess {
+    daemon: Option<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Writes `toml` as keel.toml in a fresh directory and starts every disk in it.
+    pub fn start(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, toml)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, toml: &str) -> Self {
+        let file = dir.path().join("keel.toml");
+        fs::write(&file, toml).expect("write config");
+        let config = Config::load(&file).expect("config");
+        let daemon = Daemon::start(&config).expect("start keeld");
+        Self {
+            daemon: Some(daemon),
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The socket of disk `name` (as `null_disk` / `raw_disk` name it).
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("running")
+    }
+
+    /// Stops the daemon (like SIGTERM) and hands back the directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().expect("clean shutdown");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            let _ = d.shutdown();
+        }
+    }
+}
+
+/// Path of the keeld binary, built (once per test process) with the same profile as the tests.
+pub fn keeld_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", "keeld"]);
+        if release {
+            cmd.arg("--release");
+        }
+        if let Some(target) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building keeld failed");
+        profile_dir.join("keeld")
+    })
+    .clone()
+}
+
+/// The keeld binary running as a child process.
+pub struct KeeldProcess {
+    child: Option<Child>,
+}
+
+impl KeeldProcess {
+    /// Starts `keeld --config <config>`; stderr is captured.
+    pub fn spawn(config: &Path) -> Self {
+        let child = Command::new(keeld_binary())
+            .arg("--config")
+            .arg(config)
+            .env("KEEL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keeld");
+        Self { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends `signal` and waits for the exit (at most `timeout`); returns status and stderr.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status, err);
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keeld did not exit within {timeout:?} of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for KeeldProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `keeld --config <config>` expecting it to refuse the file; returns (exit code, stderr).
+pub fn run_expecting_failure(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(keeld_binary())
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run keeld");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
