@@ -165,7 +165,8 @@ impl Client {
             if got > 0 {
                 return got;
             }
-            std::hint::spin_loop();
+            // Spinning, but never hogging a CPU the server may need.
+            std::thread::yield_now();
         }
     }
 

@@ -150,8 +150,11 @@ impl QueueWorker {
                 deadline = now + self.ctx.poll;
             } else if now >= deadline {
                 return;
+            } else {
+                // Idle spin: let another runnable thread on this CPU (often the guest's own vCPU
+                // or client on a busy host) go first instead of starving it for a time slice.
+                std::thread::yield_now();
             }
-            std::hint::spin_loop();
         }
     }
 
