@@ -6,7 +6,7 @@ QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_DIR=$(cd "$QEMU_DIR/.." && pwd)
 # The server guests boot on unless KEEL_BACKEND says otherwise: keeld or qsd (qemu-storage-daemon).
 # shellcheck disable=SC2034
-DEFAULT_BACKEND=qsd
+DEFAULT_BACKEND=keeld
 CACHE_DIR=${KEEL_QEMU_CACHE:-$QEMU_DIR/.cache}
 # shellcheck disable=SC2034
 KERNEL_IMAGE=$CACHE_DIR/vmlinuz
