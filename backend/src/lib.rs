@@ -3,3 +3,4 @@
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
 pub mod device;
+pub mod store;
