@@ -7,3 +7,4 @@ pub mod control;
 pub mod device;
 pub mod engine;
 pub mod vhost;
+pub mod store;
