@@ -59,6 +59,9 @@ pub(super) struct State {
     pub catching_up: bool,
 }
 
+/// Per delta (keyed by the component it stands in for): edge chunks to fill, with sources.
+type Fills = HashMap<usize, Vec<(u64, Vec<Arc<dyn BlockDevice>>)>>;
+
 /// Where one write or flush goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Target {
@@ -217,7 +220,7 @@ impl Shared {
     }
 
     /// Every target a write must reach, with its device.
-    fn write_targets(st: &State) -> Vec<(Target, Arc<dyn BlockDevice>)> {
+    pub(super) fn write_targets(st: &State) -> Vec<(Target, Arc<dyn BlockDevice>)> {
         let mut out = Vec::with_capacity(st.comps.len() + st.deltas.len());
         for (i, (rec, rt)) in st.view.components.iter().zip(&st.comps).enumerate() {
             if let Some(d) = rt.data.as_ref().filter(|_| rec.state.receives_writes()) {
@@ -296,20 +299,29 @@ impl Shared {
         let _gate = self.read_gate();
         let chunk = self.chunk_size;
         let (first, last) = (offset / chunk, (offset + len - 1) / chunk);
-        let (targets, lock_chunks) = {
+        let (targets, fills, lock_chunks) = {
             let mut st = self.lock_state();
+            let fills = self.delta_fills(&st, offset, len)?;
             st.dirty_cur.set_range(first, last);
             self.clock.next();
             self.cover_chunks(&mut st, first, last)?;
-            (Self::write_targets(&st), st.catching_up)
+            let lock = st.catching_up || !st.deltas.is_empty();
+            (Self::write_targets(&st), fills, lock)
         };
         if targets.is_empty() {
             return Err(MirrorError::NoUsableComponent.into());
         }
         let _chunks = lock_chunks.then(|| self.chunk_locks.lock_range(first, last));
-        let one = |dev: &Arc<dyn BlockDevice>| match data {
-            Some(buf) => dev.write_at(buf, offset),
-            None => dev.discard(offset, len),
+        let one = |(t, dev): &(Target, Arc<dyn BlockDevice>)| {
+            if let Target::Delta(c) = t
+                && let Some(edges) = fills.get(c)
+            {
+                return self.write_filled(dev.as_ref(), edges, data, offset, len);
+            }
+            match data {
+                Some(buf) => dev.write_at(buf, offset),
+                None => dev.discard(offset, len),
+            }
         };
         let parallel = self
             .options
@@ -319,9 +331,9 @@ impl Shared {
             std::thread::scope(|s| {
                 let rest: Vec<_> = targets[1..]
                     .iter()
-                    .map(|(_, d)| s.spawn(|| one(d)))
+                    .map(|t| s.spawn(|| one(t)))
                     .collect();
-                let mut out = vec![one(&targets[0].1)];
+                let mut out = vec![one(&targets[0])];
                 out.extend(rest.into_iter().map(|h| {
                     h.join()
                         .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
@@ -329,9 +341,96 @@ impl Shared {
                 out
             })
         } else {
-            targets.iter().map(|(_, d)| one(d)).collect()
+            targets.iter().map(one).collect()
         };
         self.settle(&targets, results, if data.is_some() { "write" } else { "discard" })
+    }
+
+    /// For each delta, the edge chunks of `[offset, offset+len)` that the write covers only in
+    /// part and that the delta does not hold yet, with the components to fill them from: a
+    /// delta holds whole chunks, so it can serve them alone and resync can copy them whole.
+    /// Fails when such a chunk has no source (the mirrors are gone; only the delta is left).
+    fn delta_fills(&self, st: &State, offset: u64, len: u64) -> Result<Fills, MirrorError> {
+        let mut out = Fills::new();
+        if st.deltas.is_empty() {
+            return Ok(out);
+        }
+        let chunk = self.chunk_size;
+        let (first, last) = (offset / chunk, (offset + len - 1) / chunk);
+        let end = offset + len;
+        for d in st.view.deltas.iter().filter(|d| !d.failed) {
+            let mut edges = Vec::new();
+            for k in [first, last] {
+                let (start, clen) = st.view.chunk_bytes(k);
+                let whole = offset <= start && end >= start + clen;
+                if whole || d.present.get(k) || edges.iter().any(|(e, _)| *e == k) {
+                    continue;
+                }
+                let sources: Vec<_> = Self::read_sources(st, k, k)
+                    .into_iter()
+                    .filter(|(t, _)| matches!(t, Target::Component(_)))
+                    .map(|(_, dev)| dev)
+                    .collect();
+                if sources.is_empty() {
+                    return Err(MirrorError::NoUsableComponent);
+                }
+                edges.push((k, sources));
+            }
+            if !edges.is_empty() {
+                out.insert(d.for_component, edges);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `[offset, offset+len)` to a delta widened to whole chunks, the edge chunks'
+    /// other bytes read from a component that holds them.
+    fn write_filled(
+        &self,
+        dev: &dyn BlockDevice,
+        edges: &[(u64, Vec<Arc<dyn BlockDevice>>)],
+        data: Option<&[u8]>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let chunk = self.chunk_size;
+        let (first, last) = (offset / chunk, (offset + len - 1) / chunk);
+        // Widen only at an edge being filled: a chunk the delta already holds keeps its bytes.
+        let start = if edges.iter().any(|(k, _)| *k == first) {
+            first * chunk
+        } else {
+            offset
+        };
+        let end = if edges.iter().any(|(k, _)| *k == last) {
+            ((last + 1) * chunk).min(self.len)
+        } else {
+            offset + len
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        for (k, sources) in edges {
+            let at = k * chunk;
+            let n = chunk.min(self.len - at) as usize;
+            let Some(slot) = at
+                .checked_sub(start)
+                .and_then(|rel| buf.get_mut(rel as usize..rel as usize + n))
+            else {
+                return Err(io::Error::other("delta fill outside the write"));
+            };
+            let mut filled = Err(io::Error::other("no source for a delta fill"));
+            for src in sources {
+                filled = src.read_at(slot, at);
+                if filled.is_ok() {
+                    break;
+                }
+            }
+            filled?;
+        }
+        let rel = (offset - start) as usize;
+        match data {
+            Some(d) => buf[rel..rel + d.len()].copy_from_slice(d),
+            None => buf[rel..rel + len as usize].fill(0),
+        }
+        dev.write_at(&buf, start)
     }
 
     /// Devices that hold current data for all of `first..=last`, in preference order.
@@ -396,7 +495,7 @@ impl Shared {
     /// Makes all completed writes durable on every target, then records the flushed LSN.
     pub fn flush_all(&self) -> io::Result<()> {
         let _one_flush = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (targets, lsn) = {
+        let (targets, lsn, present) = {
             let _gate = self.write_gate();
             let mut st = self.lock_state();
             let chunks = st.dirty_cur.chunks();
@@ -405,7 +504,13 @@ impl Shared {
                 Some(p) => p.union_with(&cur),
                 None => st.dirty_prev = Some(cur),
             }
-            (Self::write_targets(&st), self.clock.last())
+            let present: Vec<(usize, ChunkBitmap)> = st
+                .view
+                .deltas
+                .iter()
+                .map(|d| (d.for_component, d.present.clone()))
+                .collect();
+            (Self::write_targets(&st), self.clock.last(), present)
         };
         if targets.is_empty() {
             return Err(MirrorError::NoUsableComponent.into());
@@ -413,13 +518,25 @@ impl Shared {
         let results = targets.iter().map(|(_, d)| d.flush()).collect();
         self.settle(&targets, results, "flush")?;
         let mut st = self.lock_state();
-        if st.view.lsn != lsn {
+        let mut changed = false;
+        for (c, bits) in present {
+            if let Some(d) = st.view.delta_for_mut(c).filter(|d| !d.failed)
+                && !bits.is_subset_of(&d.durable)
+            {
+                d.durable.union_with(&bits);
+                changed = true;
+            }
+        }
+        if lsn > st.view.lsn {
             st.view.lsn = lsn;
             for rec in st.view.components.iter_mut() {
                 if rec.state == ComponentState::InSync {
                     rec.last_lsn = lsn;
                 }
             }
+            changed = true;
+        }
+        if changed {
             self.persist(&mut st)?;
         }
         st.dirty_prev = None;
@@ -648,8 +765,18 @@ impl MirrorDevice {
         if st.view.in_sync().next().is_none() {
             return Err(MirrorError::NoUsableComponent);
         }
+        repair_deltas(&shared, &mut st);
         st.catching_up = st.view.components.iter().any(|c| c.state.is_catching_up());
-        let lsn = st.view.lsn;
+        // Writes after the last flush may have used LSNs beyond it: never hand them out again.
+        let lsn = st
+            .view
+            .components
+            .iter()
+            .flat_map(|c| [Some(c.last_lsn), c.outage.as_ref().map(|o| o.start_lsn)])
+            .flatten()
+            .chain(st.view.deltas.iter().map(|d| d.start_lsn))
+            .fold(st.view.lsn, u64::max);
+        st.view.lsn = lsn;
         shared.persist(&mut st)?;
         let shared = Shared {
             clock: LsnClock::starting_after(lsn),
@@ -691,6 +818,62 @@ impl MirrorDevice {
     pub fn component_path(&self, n: usize) -> Option<PathBuf> {
         let st = self.shared.lock_state();
         st.view.components.get(n).map(|c| PathBuf::from(&c.path))
+    }
+}
+
+/// After an unclean stop, a delta's chunks first written after its last flush may not hold
+/// what their presence bit claims. With an in-sync mirror at hand they are copied again from
+/// it; without one they are dropped (the absent component still holds them as they were at
+/// the last flush, which is all a crash promises), including from a resync reading the delta.
+fn repair_deltas(shared: &Shared, st: &mut State) {
+    let mirror = st
+        .view
+        .in_sync()
+        .find_map(|i| st.comps.get(i).and_then(|r| r.data.clone()));
+    let (len, chunk) = (st.view.len, st.view.chunk_size);
+    for d in st.view.deltas.iter_mut().filter(|d| !d.failed) {
+        let mut tentative = d.present.clone();
+        tentative.subtract(&d.durable);
+        if tentative.is_clear() {
+            continue;
+        }
+        let Some(delta) = st.deltas.get(&d.for_component) else {
+            continue;
+        };
+        let mut repaired = mirror.is_some();
+        if let Some(m) = &mirror {
+            let mut buf = Vec::new();
+            for k in tentative.iter_set() {
+                let at = k * chunk;
+                buf.resize(chunk.min(len - at) as usize, 0);
+                if m.read_at(&mut buf, at).and_then(|()| delta.data.write_at(&buf, at)).is_err() {
+                    repaired = false;
+                    break;
+                }
+            }
+            repaired = repaired && delta.data.flush().is_ok();
+        }
+        if repaired {
+            d.durable = d.present.clone();
+            continue;
+        }
+        d.present = d.durable.clone();
+        shared.event(format!("delta {}: dropped {} unflushed chunks", d.path, tentative.count_ones()));
+        let Some(plan) = st
+            .view
+            .components
+            .get_mut(d.for_component)
+            .and_then(|c| c.outage.as_mut())
+            .and_then(|o| o.resync.as_mut())
+            .filter(|p| p.source == Source::Delta)
+        else {
+            continue;
+        };
+        let mut keep = d.durable.clone();
+        keep.union_with(&plan.done);
+        let mut drop = plan.work.clone();
+        drop.subtract(&keep);
+        plan.work.subtract(&drop);
     }
 }
 

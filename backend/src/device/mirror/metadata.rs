@@ -22,10 +22,11 @@ const VERSION: u32 = 1;
 const FIXED: usize = 32;
 
 /// Bytes of metadata device a mirror needs: two slots, each room for the JSON header and
-/// up to four bitmaps per component (tracking, resync work, sync, delta presence).
+/// up to five bitmaps per component (tracking, resync work, sync, delta presence and its
+/// durable part).
 pub fn metadata_len(len: u64, chunk_size: u64, components: usize) -> u64 {
     let bitmap = len.div_ceil(chunk_size.max(1)).div_ceil(8);
-    let slot = (64 << 10) + 4 * components as u64 * bitmap;
+    let slot = (64 << 10) + 5 * components as u64 * bitmap;
     2 * slot.div_ceil(4096) * 4096
 }
 
@@ -68,6 +69,7 @@ struct DeltaHeader {
     path: String,
     start_lsn: u64,
     present: usize,
+    durable: usize,
     failed: bool,
 }
 
@@ -104,6 +106,7 @@ pub fn encode(view: &MirrorView, index: usize) -> Result<Vec<u8>, MirrorError> {
             path: d.path.clone(),
             start_lsn: d.start_lsn,
             present: push(&d.present),
+            durable: push(&d.durable),
             failed: d.failed,
         })
         .collect();
@@ -214,6 +217,7 @@ pub fn decode(slot: &[u8]) -> Result<(MirrorView, usize), MirrorError> {
             path: d.path,
             start_lsn: d.start_lsn,
             present: bitmap(d.present)?,
+            durable: bitmap(d.durable)?,
             failed: d.failed,
         });
     }
@@ -317,6 +321,7 @@ mod tests {
             for_component: 1,
             path: "/x/delta".into(),
             start_lsn: 3,
+            durable: ChunkBitmap::new(1000),
             present: t,
             failed: false,
         });

@@ -45,13 +45,23 @@ impl Shared {
         let lsn = self.clock.last();
         let chunks = st.view.chunks();
         if current == ComponentState::InSync {
-            if let Some(d) = st.comps.get(n).and_then(|r| r.data.clone()) {
+            // Writes are drained: make everything durable on every target before `n` leaves,
+            // so `n` holds nothing that the others could still lose in a crash.
+            for (t, d) in Shared::write_targets(st) {
                 d.flush()
-                    .map_err(|e| MirrorError::io(format!("flushing component {n}"), e))?;
+                    .map_err(|e| MirrorError::io(format!("flushing {t:?}"), e))?;
             }
-            if let Some(rec) = st.view.components.get_mut(n) {
-                rec.last_lsn = lsn;
+            st.view.lsn = st.view.lsn.max(lsn);
+            for rec in st.view.components.iter_mut() {
+                if rec.state == ComponentState::InSync {
+                    rec.last_lsn = lsn;
+                }
             }
+            for d in st.view.deltas.iter_mut() {
+                d.durable = d.present.clone();
+            }
+            st.dirty_cur = ChunkBitmap::new(chunks);
+            st.dirty_prev = None;
             // Its own metadata records the LSN it is current to: its stale LSN on return.
             self.persist(st)?;
         }
@@ -134,6 +144,7 @@ impl MirrorDevice {
             path: delta_path.to_string_lossy().into_owned(),
             start_lsn,
             present: ChunkBitmap::new(chunks),
+            durable: ChunkBitmap::new(chunks),
             failed: false,
         });
         st.deltas.insert(

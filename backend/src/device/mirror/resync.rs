@@ -122,24 +122,18 @@ impl Shared {
         }))
     }
 
-    /// Flushes the target and records `copied` chunks as done, durably.
+    /// Flushes the whole set, then records `copied` chunks as done, durably. The whole set:
+    /// a copied chunk may carry guest writes not yet flushed on the source, and the target
+    /// must not keep what another component could still lose in a crash.
     fn checkpoint(&self, n: usize, copied: &mut Vec<u64>) -> Result<(), MirrorError> {
         if copied.is_empty() {
             return Ok(());
         }
-        let to = self.lock_state().comps.get(n).and_then(|r| r.data.clone());
-        let Some(to) = to else {
+        if let Err(e) = self.flush_all() {
             copied.clear();
-            return Ok(());
-        };
-        let flushed = to.flush();
-        let mut st = self.lock_state();
-        if let Err(e) = flushed {
-            self.take_out(&mut st, Target::Component(n), &format!("resync flush: {e}"));
-            copied.clear();
-            self.persist(&mut st)?;
-            return Err(MirrorError::io(format!("flushing component {n}"), e));
+            return Err(MirrorError::io("flushing before a resync checkpoint", e));
         }
+        let mut st = self.lock_state();
         if let Some(plan) = st
             .view
             .components

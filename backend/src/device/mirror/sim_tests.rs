@@ -193,7 +193,7 @@ fn failed_component_mid_load_then_resync_copies_only_dirty_chunks() {
             since_flush.clear();
         }
         if step % 10 == 0 {
-            assert_eq!(read_all(&dev), model.current, "seed {seed} step {step}");
+            assert!(read_all(&dev) == model.current, "seed {seed} step {step}");
         }
     }
     let st = dev.status();
@@ -213,7 +213,7 @@ fn failed_component_mid_load_then_resync_copies_only_dirty_chunks() {
     assert_eq!(st.components[1].resync_bytes_copied, tracked * CHUNK);
     assert!(st.components.iter().all(|c| c.state == ComponentState::InSync));
     dev.flush().unwrap();
-    assert_eq!(read_all(&dev), model.current);
+    assert!(read_all(&dev) == model.current, "disk differs from the model");
     assert_components_match(&p, 2, &model.current, seed);
 }
 
@@ -244,7 +244,7 @@ fn crash_while_degraded_resumes_from_tracking_bitmap() {
     p.set_dead(&path(1), false);
     let dev = open(&p, 2, chunks);
     assert_eq!(state(&dev, 1), ComponentState::Failed, "the outage survives the crash");
-    assert_eq!(read_all(&dev), model.durable, "seed {seed}");
+    assert!(read_all(&dev) == model.durable, "seed {seed}: disk differs from the model");
     let dirty = dev.status().components[1].dirty_chunks;
     assert!(dirty > 0 && dirty < chunks, "{dirty} dirty chunks: no full resync");
     dev.online(1).unwrap();
@@ -300,7 +300,7 @@ fn crash_during_resync_resumes_instead_of_restarting() {
     assert_eq!(st.components[1].state, ComponentState::Stale);
     let progress = st.components[1].resync.clone().expect("resync survives the crash");
     assert_eq!((progress.total_chunks, progress.done_chunks), (dirty, 60));
-    assert_eq!(read_all(&dev), model.durable);
+    assert!(read_all(&dev) == model.durable, "disk differs from the model");
     let out = dev.run_resync(1).unwrap();
     assert_eq!(out, ResyncOutcome::Completed { bytes: (dirty - 60) * CHUNK });
     assert_components_match(&p, 2, &model.durable, seed);
@@ -324,15 +324,30 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     dev.maintenance(1, Path::new(delta)).unwrap();
     assert_eq!(state(&dev, 1), ComponentState::Maintenance);
     let mut maintained = BTreeSet::new();
-    for step in 0..60 {
-        if step == 45 {
-            p.set_dead(&path(0), true);
-        }
+    for _ in 0..45 {
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
-        dev.write_at(&data, off).expect("the delta takes the write");
+        dev.write_at(&data, off).expect("both the mirror and the delta take the write");
         model.write(off as usize, &data);
         maintained.extend(chunks_of(off, data.len()));
     }
+    p.set_dead(&path(0), true);
+    // The last mirror is gone: whole chunks, and parts of chunks the delta holds, still work.
+    for step in 0..15u64 {
+        let c = (step * 7) % chunks;
+        let (off, data) = if maintained.contains(&c) {
+            (c * CHUNK + 512, vec![step as u8 + 1; 1024])
+        } else {
+            (c * CHUNK, vec![step as u8 + 1; CHUNK as usize])
+        };
+        dev.write_at(&data, off).expect("the delta takes the write");
+        model.write(off as usize, &data);
+        maintained.insert(c);
+    }
+    let outside = (0..chunks).find(|c| !maintained.contains(c)).unwrap();
+    assert!(
+        dev.write_at(&[1; 512], outside * CHUNK).is_err(),
+        "a partial write to a chunk only the absent component holds cannot be kept whole"
+    );
     let st = dev.status();
     assert_eq!(st.components[0].state, ComponentState::Failed);
     assert_eq!(st.deltas[0].chunks_held, maintained.len() as u64);
@@ -340,13 +355,18 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     let c = *maintained.iter().next().unwrap();
     let mut buf = vec![0u8; CHUNK as usize];
     dev.read_at(&mut buf, c * CHUNK).unwrap();
-    assert_eq!(buf, model.current[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize]);
+    assert!(buf == model.current[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize]);
 
     dev.online(1).unwrap();
     let out = dev.run_resync(1).unwrap();
     assert_eq!(out, ResyncOutcome::Completed { bytes: maintained.len() as u64 * CHUNK });
     assert!(!p.exists(delta), "the delta is removed once the component is back");
-    assert_eq!(read_all(&dev), model.current, "seed {seed}");
+    let disk = read_all(&dev);
+    assert!(
+        disk == model.current,
+        "seed {seed}: disk differs from the model in chunks {:?}",
+        differing_chunks(&disk, &model.current)
+    );
 
     p.set_dead(&path(0), false);
     dev.online(0).unwrap();
@@ -382,7 +402,7 @@ fn both_components_failing_returns_errors_and_corrupts_nothing() {
     );
     p.set_dead(&path(0), false);
     p.set_dead(&path(1), false);
-    assert_eq!(read_all(&dev), model.current);
+    assert!(read_all(&dev) == model.current, "disk differs from the model");
     dev.write_at(&[0x11; 512], 512).unwrap();
     model.write(512, &[0x11; 512]);
     dev.flush().unwrap();
@@ -411,7 +431,7 @@ fn replace_copies_everything_onto_a_new_component() {
         ResyncOutcome::Completed { bytes: chunks * CHUNK }
     );
     dev.flush().unwrap();
-    assert_eq!(p.data("/sim/new1").contents(), model.current);
+    assert!(p.data("/sim/new1").contents() == model.current);
     assert_eq!(dev.component_path(1), Some(PathBuf::from("/sim/new1")));
     assert!(matches!(dev.replace(0, Path::new("/sim/x")), Ok(())));
     assert!(matches!(dev.offline(1), Err(MirrorError::LastInSync(1))));
@@ -474,7 +494,11 @@ fn fresh_set_without_assume_clean_copies_component_zero() {
 /// least one in-sync component is healthy, so every guest request must succeed.
 #[test]
 fn randomized_model_check() {
-    for seed in 0..24u64 {
+    let seeds = match std::env::var("KEEL_SIM_SEED") {
+        Ok(s) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
+        Err(_) => 0..24u64,
+    };
+    for seed in seeds {
         run_model(seed, 3, 64, 400);
     }
 }
@@ -496,7 +520,12 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
         };
         let i = rng.below(n as u64) as usize;
         let ctx = format!("seed {seed} op {op}");
-        match rng.below(100) {
+        let kind = rng.below(100);
+        if std::env::var_os("KEEL_SIM_TRACE").is_some() {
+            let states: Vec<_> = st.components.iter().map(|c| c.state.as_str()).collect();
+            eprintln!("{ctx}: kind {kind} comp {i} broken {broken:?} states {states:?}");
+        }
+        match kind {
             0..60 => {
                 let (off, data) = random_write(&mut rng, len);
                 dev.write_at(&data, off).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
@@ -507,7 +536,32 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
                 let mut buf = vec![0u8; data.len()];
                 dev.read_at(&mut buf, off).unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
                 let want = &model.current[off as usize..off as usize + buf.len()];
-                assert!(buf == want, "{ctx}: read at {off} differs");
+                if buf != want {
+                    for c in 0..n {
+                        let img = p.data(&path(c)).contents();
+                        let same = &img[off as usize..off as usize + buf.len()] == want;
+                        eprintln!("component {c} matches model: {same}");
+                    }
+                    eprintln!("{:?}", dev.status());
+                    for c in 0..n {
+                        eprintln!("c{c} differs in {:?}", differing_chunks(&p.data(&path(c)).contents(), &model.current));
+                    }
+                    for d in dev.status().deltas {
+                        eprintln!("delta differs in {:?}", differing_chunks(&p.data(&d.path).contents(), &model.current));
+                    }
+                    let st = dev.shared.lock_state();
+                    for (c, rec) in st.view.components.iter().enumerate() {
+                        if let Some(o) = &rec.outage {
+                            eprintln!("c{c} tracking {:?}", o.tracking.iter_set().collect::<Vec<_>>());
+                            if let Some(plan) = &o.resync {
+                                eprintln!("c{c} work {:?}", plan.work.iter_set().collect::<Vec<_>>());
+                                eprintln!("c{c} done {:?}", plan.done.iter_set().collect::<Vec<_>>());
+                            }
+                        }
+                    }
+                    drop(st);
+                    panic!("{ctx}: read at {off}+{} differs", buf.len());
+                }
             }
             72..78 => {
                 dev.flush().unwrap_or_else(|e| panic!("{ctx}: flush: {e}"));
@@ -524,11 +578,16 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
             }
             85..88 if broken != Some(i) && healthy_in_sync(i) && st.components[i].state.receives_writes() => {
                 dev.offline(i).unwrap_or_else(|e| panic!("{ctx}: offline: {e}"));
+                if st.components[i].state == ComponentState::InSync {
+                    // Taking an in-sync component out flushes the set first.
+                    model.durable = model.current.clone();
+                }
             }
             88..90 if broken != Some(i) && healthy_in_sync(i) && st.components[i].state == ComponentState::InSync => {
                 deltas += 1;
                 let d = format!("/sim/delta{i}-{deltas}");
                 dev.maintenance(i, Path::new(&d)).unwrap_or_else(|e| panic!("{ctx}: maintenance: {e}"));
+                model.durable = model.current.clone();
             }
             90..94 if broken != Some(i) && st.components[i].state.is_absent() => {
                 dev.online(i).unwrap_or_else(|e| panic!("{ctx}: online: {e}"));
@@ -537,6 +596,16 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
                 // Errors are allowed only if the target itself is broken.
                 let r = dev.resync_step(i, 1 + rng.below(20));
                 assert!(r.is_ok() || broken == Some(i), "{ctx}: resync: {r:?}");
+                if let Ok(
+                    ResyncOutcome::Completed { bytes }
+                    | ResyncOutcome::Paused { bytes }
+                    | ResyncOutcome::Interrupted { bytes },
+                ) = r
+                    && bytes > 0
+                {
+                    // Every sync-bitmap checkpoint flushes the set.
+                    model.durable = model.current.clone();
+                }
             }
             98..100 => {
                 drop(dev);
@@ -563,6 +632,11 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
     let st = dev.status();
     assert!(st.components.iter().all(|c| c.state == ComponentState::InSync), "seed {seed}: {st:?}");
     assert!(st.deltas.is_empty(), "seed {seed}: deltas left behind");
-    assert_eq!(read_all(&dev), model.current, "seed {seed}");
+    let disk = read_all(&dev);
+    assert!(
+        disk == model.current,
+        "seed {seed}: disk differs from the model in chunks {:?}",
+        differing_chunks(&disk, &model.current)
+    );
     assert_components_match(&p, n, &model.current, seed);
 }

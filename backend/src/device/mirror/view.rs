@@ -68,6 +68,10 @@ pub struct DeltaRecord {
     pub start_lsn: u64,
     /// The delta's own tracking bitmap: chunks it holds current data for.
     pub present: ChunkBitmap,
+    /// The part of `present` known durable (as of the delta's last completed flush). After a
+    /// crash only these are trusted: a chunk first written after that flush may have lost
+    /// the write, and the absent component still holds the chunk as it was.
+    pub durable: ChunkBitmap,
     /// A delta that missed a write can no longer serve as a source.
     pub failed: bool,
 }
@@ -219,6 +223,7 @@ pub(crate) mod tests {
             for_component: 1,
             path: "d".into(),
             start_lsn: 7,
+            durable: present.clone(),
             present,
             failed: false,
         });
