@@ -2,7 +2,7 @@
 //! component, bring it back online (resync), replace it, and report status.
 
 use super::chunk_bitmap::ChunkBitmap;
-use super::device::{DeltaRuntime, MirrorDevice, Shared, State, start_outage};
+use super::device::{DeltaRuntime, MirrorDevice, Shared, State, Target, start_outage};
 use super::error::MirrorError;
 use super::metadata::MetadataStore;
 use super::state::ComponentState;
@@ -47,9 +47,22 @@ impl Shared {
         if current == ComponentState::InSync {
             // Writes are drained: make everything durable on every target before `n` leaves,
             // so `n` holds nothing that the others could still lose in a crash.
+            let mut failed = Vec::new();
             for (t, d) in Shared::write_targets(st) {
-                d.flush()
-                    .map_err(|e| MirrorError::io(format!("flushing {t:?}"), e))?;
+                match d.flush() {
+                    Ok(()) => {}
+                    Err(e) if t == Target::Component(n) => {
+                        return Err(MirrorError::io(format!("flushing component {n}"), e));
+                    }
+                    Err(e) => failed.push((t, e)),
+                }
+            }
+            for (t, e) in failed {
+                self.take_out(st, t, &format!("flush error: {e}"));
+            }
+            if st.view.in_sync().all(|i| i == n) {
+                self.persist(st)?;
+                return Err(MirrorError::LastInSync(n));
             }
             st.view.lsn = st.view.lsn.max(lsn);
             for rec in st.view.components.iter_mut() {
@@ -65,9 +78,18 @@ impl Shared {
             // Its own metadata records the LSN it is current to: its stale LSN on return.
             self.persist(st)?;
         }
+        // A component that was catching up was not flushed above: what it took since the
+        // last flush may not be on its media.
+        let mut seed = ChunkBitmap::new(chunks);
+        if current != ComponentState::InSync {
+            seed.union_with(&st.dirty_cur);
+            if let Some(p) = &st.dirty_prev {
+                seed.union_with(p);
+            }
+        }
         let durable = st.comps.get(n).map_or(0, |r| r.durable_lsn);
         if let Some(rec) = st.view.components.get_mut(n) {
-            start_outage(rec, state, durable, ChunkBitmap::new(chunks));
+            start_outage(rec, state, durable, seed);
         }
         if let Some(rt) = st.comps.get_mut(n) {
             rt.data = None;

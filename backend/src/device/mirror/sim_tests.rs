@@ -494,9 +494,11 @@ fn fresh_set_without_assume_clean_copies_component_zero() {
 /// least one in-sync component is healthy, so every guest request must succeed.
 #[test]
 fn randomized_model_check() {
-    let seeds = match std::env::var("KEEL_SIM_SEED") {
-        Ok(s) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
-        Err(_) => 0..24u64,
+    // KEEL_SIM_SEED=7 replays one seed; KEEL_SIM_SEEDS=1000 runs that many.
+    let seeds = match (std::env::var("KEEL_SIM_SEED"), std::env::var("KEEL_SIM_SEEDS")) {
+        (Ok(s), _) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
+        (_, Ok(n)) => 0..n.parse().unwrap_or(24),
+        _ => 0..24u64,
     };
     for seed in seeds {
         run_model(seed, 3, 64, 400);
