@@ -30,7 +30,9 @@ impl ChunkLocks {
         let mut idx: Vec<usize> = if last - first + 1 >= STRIPES as u64 {
             (0..STRIPES).collect()
         } else {
-            (first..=last).map(|c| (c % STRIPES as u64) as usize).collect()
+            (first..=last)
+                .map(|c| (c % STRIPES as u64) as usize)
+                .collect()
         };
         idx.sort_unstable();
         idx.dedup();

@@ -329,10 +329,7 @@ impl Shared {
             .is_some_and(|min| targets.len() > 1 && len as usize >= min);
         let results: Vec<io::Result<()>> = if parallel {
             std::thread::scope(|s| {
-                let rest: Vec<_> = targets[1..]
-                    .iter()
-                    .map(|t| s.spawn(|| one(t)))
-                    .collect();
+                let rest: Vec<_> = targets[1..].iter().map(|t| s.spawn(|| one(t))).collect();
                 let mut out = vec![one(&targets[0])];
                 out.extend(rest.into_iter().map(|h| {
                     h.join()
@@ -343,7 +340,11 @@ impl Shared {
         } else {
             targets.iter().map(one).collect()
         };
-        self.settle(&targets, results, if data.is_some() { "write" } else { "discard" })
+        self.settle(
+            &targets,
+            results,
+            if data.is_some() { "write" } else { "discard" },
+        )
     }
 
     /// For each delta, the edge chunks of `[offset, offset+len)` that the write covers only in
@@ -602,7 +603,11 @@ impl MirrorDevice {
             .map(|(i, p)| match provider.open_data(p, config.size) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    log::error!("mirror {}: component {i} ({}): {e}", config.name, p.display());
+                    log::error!(
+                        "mirror {}: component {i} ({}): {e}",
+                        config.name,
+                        p.display()
+                    );
                     None
                 }
             })
@@ -629,18 +634,23 @@ impl MirrorDevice {
         let mut metas: Vec<Option<MetadataStore>> = Vec::with_capacity(n);
         let mut loaded = Vec::with_capacity(n);
         for (i, (p, d)) in config.components.iter().zip(&data).enumerate() {
-            let m = d.as_ref().and_then(|_| match provider.open_meta(p, meta_len) {
-                Ok(m) => Some(MetadataStore::new(m)),
-                Err(e) => {
-                    log::error!("mirror {}: metadata of component {i}: {e}", config.name);
-                    None
-                }
-            });
+            let m = d
+                .as_ref()
+                .and_then(|_| match provider.open_meta(p, meta_len) {
+                    Ok(m) => Some(MetadataStore::new(m)),
+                    Err(e) => {
+                        log::error!("mirror {}: metadata of component {i}: {e}", config.name);
+                        None
+                    }
+                });
             let (m, l) = match m.as_ref().map(|m| m.load()) {
                 Some(Ok(l)) => (m, l),
                 Some(Err(e)) => {
                     // Unreadable metadata: the component is treated as unreachable.
-                    log::error!("mirror {}: reading metadata of component {i}: {e}", config.name);
+                    log::error!(
+                        "mirror {}: reading metadata of component {i}: {e}",
+                        config.name
+                    );
                     (None, None)
                 }
                 None => (None, None),
@@ -708,7 +718,12 @@ impl MirrorDevice {
             if rec.state.receives_writes() && !usable {
                 let msg = format!("component {i} is unreachable at open");
                 let chunks = len.div_ceil(chunk);
-                start_outage(rec, ComponentState::Failed, rec.last_lsn, ChunkBitmap::new(chunks));
+                start_outage(
+                    rec,
+                    ComponentState::Failed,
+                    rec.last_lsn,
+                    ChunkBitmap::new(chunks),
+                );
                 shared.event(msg);
             } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {
                 // Fresh metadata under a set that knows this component: a replaced disk.
@@ -735,7 +750,12 @@ impl MirrorDevice {
             });
             if needs_plan {
                 let plan = st.view.plan_resync(i, None);
-                if let Some(o) = st.view.components.get_mut(i).and_then(|r| r.outage.as_mut()) {
+                if let Some(o) = st
+                    .view
+                    .components
+                    .get_mut(i)
+                    .and_then(|r| r.outage.as_mut())
+                {
                     o.resync = plan;
                 }
             }
@@ -846,7 +866,10 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
             for k in tentative.iter_set() {
                 let at = k * chunk;
                 buf.resize(chunk.min(len - at) as usize, 0);
-                if m.read_at(&mut buf, at).and_then(|()| delta.data.write_at(&buf, at)).is_err() {
+                if m.read_at(&mut buf, at)
+                    .and_then(|()| delta.data.write_at(&buf, at))
+                    .is_err()
+                {
                     repaired = false;
                     break;
                 }
@@ -858,7 +881,11 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
             continue;
         }
         d.present = d.durable.clone();
-        shared.event(format!("delta {}: dropped {} unflushed chunks", d.path, tentative.count_ones()));
+        shared.event(format!(
+            "delta {}: dropped {} unflushed chunks",
+            d.path,
+            tentative.count_ones()
+        ));
         let Some(plan) = st
             .view
             .components
@@ -885,7 +912,11 @@ fn newest_view(loaded: &[Option<(MirrorView, usize)>]) -> Result<Option<MirrorVi
         .max_by_key(|(v, _)| v.generation)
         .map(|(v, _)| v.clone());
     if let Some(v) = &newest {
-        for (i, (other, _)) in loaded.iter().enumerate().filter_map(|(i, l)| Some((i, l.as_ref()?))) {
+        for (i, (other, _)) in loaded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+        {
             if other.set_id != v.set_id {
                 return Err(MirrorError::ForeignSet {
                     index: i,
@@ -933,7 +964,10 @@ fn check_view(
 /// maintenance): take it.
 fn newer_from_deltas(shared: &Shared, mut v: MirrorView) -> Result<MirrorView, MirrorError> {
     for d in v.deltas.clone().iter().filter(|d| !d.failed) {
-        let Ok(meta) = shared.provider.open_meta(Path::new(&d.path), shared.meta_len) else {
+        let Ok(meta) = shared
+            .provider
+            .open_meta(Path::new(&d.path), shared.meta_len)
+        else {
             continue;
         };
         if let Ok(Some((dv, _))) = MetadataStore::new(meta).load()

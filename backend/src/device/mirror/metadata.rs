@@ -181,7 +181,9 @@ pub fn decode(slot: &[u8]) -> Result<(MirrorView, usize), MirrorError> {
     let chunks = h.len.div_ceil(h.chunk_size);
     let bytes = chunks.div_ceil(8) as usize;
     let bitmap = |i: usize| -> Result<ChunkBitmap, MirrorError> {
-        let start = i.checked_mul(bytes).ok_or_else(|| corrupt("bitmap index"))?;
+        let start = i
+            .checked_mul(bytes)
+            .ok_or_else(|| corrupt("bitmap index"))?;
         blob.get(start..start + bytes)
             .and_then(|b| ChunkBitmap::from_bytes(b, chunks))
             .ok_or_else(|| corrupt("bitmap beyond body"))
@@ -276,7 +278,11 @@ impl MetadataStore {
         let a = self.read_slot(0)?;
         let b = self.read_slot(1)?;
         Ok(match (a, b) {
-            (Some(a), Some(b)) => Some(if a.0.generation >= b.0.generation { a } else { b }),
+            (Some(a), Some(b)) => Some(if a.0.generation >= b.0.generation {
+                a
+            } else {
+                b
+            }),
             (a, b) => a.or(b),
         })
     }

@@ -26,7 +26,12 @@ pub trait DeviceProvider: Send + Sync {
     /// Deletes a component (a finished delta) and its metadata.
     fn remove(&self, path: &Path) -> io::Result<()>;
 
-    fn open(&self, path: &Path, create_len: Option<u64>, meta_len: u64) -> io::Result<ComponentDevices> {
+    fn open(
+        &self,
+        path: &Path,
+        create_len: Option<u64>,
+        meta_len: u64,
+    ) -> io::Result<ComponentDevices> {
         Ok(ComponentDevices {
             data: self.open_data(path, create_len)?,
             meta: self.open_meta(path, meta_len)?,

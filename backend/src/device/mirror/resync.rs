@@ -93,7 +93,9 @@ impl Shared {
                 plan.work.union_with(&t);
             }
             plan.source = Source::Mirror(m);
-            self.event(format!("resync of component {n} now copies from component {m}"));
+            self.event(format!(
+                "resync of component {n} now copies from component {m}"
+            ));
         }
         let mut chunk = cursor;
         let found = loop {
@@ -263,11 +265,18 @@ impl Shared {
                     Source::Mirror(m) => Target::Component(m),
                     Source::Delta => Target::Delta(n),
                 };
-                let others = st.view.in_sync().filter(|&i| Target::Component(i) != source).count();
+                let others = st
+                    .view
+                    .in_sync()
+                    .filter(|&i| Target::Component(i) != source)
+                    .count();
                 if others == 0 && step.source != Source::Delta {
                     drop(st);
                     self.checkpoint(n, &mut copied)?;
-                    return Err(MirrorError::io(format!("resync read of chunk {}", step.chunk), e));
+                    return Err(MirrorError::io(
+                        format!("resync read of chunk {}", step.chunk),
+                        e,
+                    ));
                 }
                 self.take_out(&mut st, source, &format!("resync read error: {e}"));
                 self.persist(&mut st)?;
@@ -275,9 +284,16 @@ impl Shared {
             }
             if let Err(e) = wrote {
                 let mut st = self.lock_state();
-                self.take_out(&mut st, Target::Component(n), &format!("resync write error: {e}"));
+                self.take_out(
+                    &mut st,
+                    Target::Component(n),
+                    &format!("resync write error: {e}"),
+                );
                 self.persist(&mut st)?;
-                return Err(MirrorError::io(format!("resync write of chunk {}", step.chunk), e));
+                return Err(MirrorError::io(
+                    format!("resync write of chunk {}", step.chunk),
+                    e,
+                ));
             }
             copied.push(step.chunk);
             cursor = step.chunk + 1;

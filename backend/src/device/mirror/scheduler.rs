@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Resync priority; higher runs first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ResyncPriority {
     Low,
@@ -79,7 +81,11 @@ impl ResyncScheduler {
     }
 
     fn next_job(q: &mut Queues) -> Option<Job> {
-        let (&prio, disks) = q.by_priority.iter_mut().rev().find(|(_, d)| !d.is_empty())?;
+        let (&prio, disks) = q
+            .by_priority
+            .iter_mut()
+            .rev()
+            .find(|(_, d)| !d.is_empty())?;
         let disk = disks.pop_front()?;
         let jobs = q.by_disk.get_mut(&disk)?;
         let job = jobs.pop_front();
@@ -147,9 +153,14 @@ mod tests {
         let s = ResyncScheduler::new(1);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         // Occupies the only slot until released, so everything below queues.
-        s.submit("blocker", ResyncPriority::Low, "blocker".into(), move || {
-            let _ = release_rx.recv();
-        });
+        s.submit(
+            "blocker",
+            ResyncPriority::Low,
+            "blocker".into(),
+            move || {
+                let _ = release_rx.recv();
+            },
+        );
         let noop = || {};
         s.submit("a", ResyncPriority::Normal, "a1".into(), noop);
         s.submit("a", ResyncPriority::Normal, "a2".into(), noop);
@@ -169,13 +180,18 @@ mod tests {
         let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..8 {
             let (now, peak) = (now.clone(), peak.clone());
-            s.submit(&format!("disk{}", i % 3), ResyncPriority::Normal, format!("j{i}"), move || {
-                use std::sync::atomic::Ordering::SeqCst;
-                let n = now.fetch_add(1, SeqCst) + 1;
-                peak.fetch_max(n, SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                now.fetch_sub(1, SeqCst);
-            });
+            s.submit(
+                &format!("disk{}", i % 3),
+                ResyncPriority::Normal,
+                format!("j{i}"),
+                move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let n = now.fetch_add(1, SeqCst) + 1;
+                    peak.fetch_max(n, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    now.fetch_sub(1, SeqCst);
+                },
+            );
         }
         s.wait_idle();
         assert_eq!(s.started().len(), 8);

@@ -11,10 +11,13 @@ use std::sync::{Arc, Mutex};
 
 const CHUNK: u64 = 4096;
 
+/// A component's data and metadata devices.
+type DevicePair = (Arc<FaultyDevice>, Arc<FaultyDevice>);
+
 /// In-memory devices by path; they outlive mirror instances so a "crash" can reopen them.
 struct MemProvider {
     seed: u64,
-    devs: Mutex<HashMap<PathBuf, (Arc<FaultyDevice>, Arc<FaultyDevice>)>>,
+    devs: Mutex<HashMap<PathBuf, DevicePair>>,
 }
 
 impl MemProvider {
@@ -25,7 +28,7 @@ impl MemProvider {
         })
     }
 
-    fn pair(&self, path: &Path) -> Option<(Arc<FaultyDevice>, Arc<FaultyDevice>)> {
+    fn pair(&self, path: &Path) -> Option<DevicePair> {
         self.devs.lock().unwrap().get(path).cloned()
     }
 
@@ -60,7 +63,7 @@ impl DeviceProvider for MemProvider {
             return Ok(d.clone());
         }
         let len = create_len.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        let salt = self.seed ^ (devs.len() as u64 + 1) * 0x51;
+        let salt = self.seed ^ ((devs.len() as u64 + 1) * 0x51);
         let d = Arc::new(FaultyDevice::new(len as usize, salt));
         let m = Arc::new(FaultyDevice::new(0, salt));
         devs.insert(path.to_path_buf(), (d.clone(), m));
@@ -157,7 +160,10 @@ fn assert_components_match(p: &MemProvider, n: usize, expected: &[u8], seed: u64
     for i in 0..n {
         let got = p.data(&path(i)).contents();
         let diff = differing_chunks(&got, expected);
-        assert!(diff.is_empty(), "seed {seed}: component {i} differs in chunks {diff:?}");
+        assert!(
+            diff.is_empty(),
+            "seed {seed}: component {i} differs in chunks {diff:?}"
+        );
     }
 }
 
@@ -182,7 +188,8 @@ fn failed_component_mid_load_then_resync_copies_only_dirty_chunks() {
             expected_dirty = since_flush.clone();
         }
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
-        dev.write_at(&data, off).expect("a write succeeds while one component is good");
+        dev.write_at(&data, off)
+            .expect("a write succeeds while one component is good");
         model.write(off as usize, &data);
         since_flush.extend(chunks_of(off, data.len()));
         if step >= 150 {
@@ -201,19 +208,35 @@ fn failed_component_mid_load_then_resync_copies_only_dirty_chunks() {
     assert_eq!(st.components[1].state, ComponentState::Failed);
     assert!(st.events.iter().any(|e| e.contains("component 1 failed")));
     let tracked = st.components[1].dirty_chunks;
-    assert_eq!(tracked, expected_dirty.len() as u64, "tracking bitmap is exact");
+    assert_eq!(
+        tracked,
+        expected_dirty.len() as u64,
+        "tracking bitmap is exact"
+    );
     assert!(tracked < chunks, "not a full resync");
 
     p.set_dead(&path(1), false);
     dev.online(1).unwrap();
     assert_eq!(state(&dev, 1), ComponentState::Stale);
     let out = dev.run_resync(1).unwrap();
-    assert_eq!(out, ResyncOutcome::Completed { bytes: tracked * CHUNK });
+    assert_eq!(
+        out,
+        ResyncOutcome::Completed {
+            bytes: tracked * CHUNK
+        }
+    );
     let st = dev.status();
     assert_eq!(st.components[1].resync_bytes_copied, tracked * CHUNK);
-    assert!(st.components.iter().all(|c| c.state == ComponentState::InSync));
+    assert!(
+        st.components
+            .iter()
+            .all(|c| c.state == ComponentState::InSync)
+    );
     dev.flush().unwrap();
-    assert!(read_all(&dev) == model.current, "disk differs from the model");
+    assert!(
+        read_all(&dev) == model.current,
+        "disk differs from the model"
+    );
     assert_components_match(&p, 2, &model.current, seed);
 }
 
@@ -243,14 +266,26 @@ fn crash_while_degraded_resumes_from_tracking_bitmap() {
     }
     p.set_dead(&path(1), false);
     let dev = open(&p, 2, chunks);
-    assert_eq!(state(&dev, 1), ComponentState::Failed, "the outage survives the crash");
-    assert!(read_all(&dev) == model.durable, "seed {seed}: disk differs from the model");
+    assert_eq!(
+        state(&dev, 1),
+        ComponentState::Failed,
+        "the outage survives the crash"
+    );
+    assert!(
+        read_all(&dev) == model.durable,
+        "seed {seed}: disk differs from the model"
+    );
     let dirty = dev.status().components[1].dirty_chunks;
-    assert!(dirty > 0 && dirty < chunks, "{dirty} dirty chunks: no full resync");
+    assert!(
+        dirty > 0 && dirty < chunks,
+        "{dirty} dirty chunks: no full resync"
+    );
     dev.online(1).unwrap();
     assert_eq!(
         dev.run_resync(1).unwrap(),
-        ResyncOutcome::Completed { bytes: dirty * CHUNK }
+        ResyncOutcome::Completed {
+            bytes: dirty * CHUNK
+        }
     );
     assert_components_match(&p, 2, &model.durable, seed);
 }
@@ -298,11 +333,22 @@ fn crash_during_resync_resumes_instead_of_restarting() {
     let dev = open(&p, 2, chunks);
     let st = dev.status();
     assert_eq!(st.components[1].state, ComponentState::Stale);
-    let progress = st.components[1].resync.clone().expect("resync survives the crash");
+    let progress = st.components[1]
+        .resync
+        .clone()
+        .expect("resync survives the crash");
     assert_eq!((progress.total_chunks, progress.done_chunks), (dirty, 60));
-    assert!(read_all(&dev) == model.durable, "disk differs from the model");
+    assert!(
+        read_all(&dev) == model.durable,
+        "disk differs from the model"
+    );
     let out = dev.run_resync(1).unwrap();
-    assert_eq!(out, ResyncOutcome::Completed { bytes: (dirty - 60) * CHUNK });
+    assert_eq!(
+        out,
+        ResyncOutcome::Completed {
+            bytes: (dirty - 60) * CHUNK
+        }
+    );
     assert_components_match(&p, 2, &model.durable, seed);
 }
 
@@ -326,7 +372,8 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     let mut maintained = BTreeSet::new();
     for _ in 0..45 {
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
-        dev.write_at(&data, off).expect("both the mirror and the delta take the write");
+        dev.write_at(&data, off)
+            .expect("both the mirror and the delta take the write");
         model.write(off as usize, &data);
         maintained.extend(chunks_of(off, data.len()));
     }
@@ -359,8 +406,16 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
 
     dev.online(1).unwrap();
     let out = dev.run_resync(1).unwrap();
-    assert_eq!(out, ResyncOutcome::Completed { bytes: maintained.len() as u64 * CHUNK });
-    assert!(!p.exists(delta), "the delta is removed once the component is back");
+    assert_eq!(
+        out,
+        ResyncOutcome::Completed {
+            bytes: maintained.len() as u64 * CHUNK
+        }
+    );
+    assert!(
+        !p.exists(delta),
+        "the delta is removed once the component is back"
+    );
     let disk = read_all(&dev);
     assert!(
         disk == model.current,
@@ -397,12 +452,17 @@ fn both_components_failing_returns_errors_and_corrupts_nothing() {
     assert!(dev.flush().is_err());
     let st = dev.status();
     assert!(
-        st.components.iter().all(|c| c.state == ComponentState::InSync),
+        st.components
+            .iter()
+            .all(|c| c.state == ComponentState::InSync),
         "no component is taken out when none proved healthy"
     );
     p.set_dead(&path(0), false);
     p.set_dead(&path(1), false);
-    assert!(read_all(&dev) == model.current, "disk differs from the model");
+    assert!(
+        read_all(&dev) == model.current,
+        "disk differs from the model"
+    );
     dev.write_at(&[0x11; 512], 512).unwrap();
     model.write(512, &[0x11; 512]);
     dev.flush().unwrap();
@@ -428,7 +488,9 @@ fn replace_copies_everything_onto_a_new_component() {
     dev.replace(1, Path::new("/sim/new1")).unwrap();
     assert_eq!(
         dev.run_resync(1).unwrap(),
-        ResyncOutcome::Completed { bytes: chunks * CHUNK }
+        ResyncOutcome::Completed {
+            bytes: chunks * CHUNK
+        }
     );
     dev.flush().unwrap();
     assert!(p.data("/sim/new1").contents() == model.current);
@@ -442,16 +504,25 @@ fn operations_refuse_wrong_states() {
     let p = MemProvider::new(7);
     let dev = open(&p, 2, 16);
     assert!(matches!(dev.online(0), Err(MirrorError::WrongState { .. })));
-    assert!(matches!(dev.offline(5), Err(MirrorError::NoSuchComponent(5))));
+    assert!(matches!(
+        dev.offline(5),
+        Err(MirrorError::NoSuchComponent(5))
+    ));
     dev.offline(0).unwrap();
     assert!(matches!(dev.offline(1), Err(MirrorError::LastInSync(1))));
     assert!(matches!(
         dev.maintenance(1, Path::new("/sim/d")),
         Err(MirrorError::LastInSync(1))
     ));
-    assert!(matches!(dev.run_resync(1), Err(MirrorError::WrongState { .. })));
+    assert!(matches!(
+        dev.run_resync(1),
+        Err(MirrorError::WrongState { .. })
+    ));
     dev.online(0).unwrap();
-    assert_eq!(dev.run_resync(0).unwrap(), ResyncOutcome::Completed { bytes: 0 });
+    assert_eq!(
+        dev.run_resync(0).unwrap(),
+        ResyncOutcome::Completed { bytes: 0 }
+    );
 }
 
 #[test]
@@ -495,7 +566,10 @@ fn fresh_set_without_assume_clean_copies_component_zero() {
 #[test]
 fn randomized_model_check() {
     // KEEL_SIM_SEED=7 replays one seed; KEEL_SIM_SEEDS=1000 runs that many.
-    let seeds = match (std::env::var("KEEL_SIM_SEED"), std::env::var("KEEL_SIM_SEEDS")) {
+    let seeds = match (
+        std::env::var("KEEL_SIM_SEED"),
+        std::env::var("KEEL_SIM_SEEDS"),
+    ) {
         (Ok(s), _) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
         (_, Ok(n)) => 0..n.parse().unwrap_or(24),
         _ => 0..24u64,
@@ -516,9 +590,9 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
     for op in 0..ops {
         let st = dev.status();
         let healthy_in_sync = |except: usize| {
-            st.components
-                .iter()
-                .any(|c| c.index != except && c.state == ComponentState::InSync && broken != Some(c.index))
+            st.components.iter().any(|c| {
+                c.index != except && c.state == ComponentState::InSync && broken != Some(c.index)
+            })
         };
         let i = rng.below(n as u64) as usize;
         let ctx = format!("seed {seed} op {op}");
@@ -530,13 +604,15 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
         match kind {
             0..60 => {
                 let (off, data) = random_write(&mut rng, len);
-                dev.write_at(&data, off).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
+                dev.write_at(&data, off)
+                    .unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
                 model.write(off as usize, &data);
             }
             60..72 => {
                 let (off, data) = random_write(&mut rng, len);
                 let mut buf = vec![0u8; data.len()];
-                dev.read_at(&mut buf, off).unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
+                dev.read_at(&mut buf, off)
+                    .unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
                 let want = &model.current[off as usize..off as usize + buf.len()];
                 if buf != want {
                     for c in 0..n {
@@ -546,18 +622,33 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
                     }
                     eprintln!("{:?}", dev.status());
                     for c in 0..n {
-                        eprintln!("c{c} differs in {:?}", differing_chunks(&p.data(&path(c)).contents(), &model.current));
+                        eprintln!(
+                            "c{c} differs in {:?}",
+                            differing_chunks(&p.data(&path(c)).contents(), &model.current)
+                        );
                     }
                     for d in dev.status().deltas {
-                        eprintln!("delta differs in {:?}", differing_chunks(&p.data(&d.path).contents(), &model.current));
+                        eprintln!(
+                            "delta differs in {:?}",
+                            differing_chunks(&p.data(&d.path).contents(), &model.current)
+                        );
                     }
                     let st = dev.shared.lock_state();
                     for (c, rec) in st.view.components.iter().enumerate() {
                         if let Some(o) = &rec.outage {
-                            eprintln!("c{c} tracking {:?}", o.tracking.iter_set().collect::<Vec<_>>());
+                            eprintln!(
+                                "c{c} tracking {:?}",
+                                o.tracking.iter_set().collect::<Vec<_>>()
+                            );
                             if let Some(plan) = &o.resync {
-                                eprintln!("c{c} work {:?}", plan.work.iter_set().collect::<Vec<_>>());
-                                eprintln!("c{c} done {:?}", plan.done.iter_set().collect::<Vec<_>>());
+                                eprintln!(
+                                    "c{c} work {:?}",
+                                    plan.work.iter_set().collect::<Vec<_>>()
+                                );
+                                eprintln!(
+                                    "c{c} done {:?}",
+                                    plan.done.iter_set().collect::<Vec<_>>()
+                                );
                             }
                         }
                     }
@@ -578,21 +669,32 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
                     p.set_dead(&path(b), false);
                 }
             }
-            85..88 if broken != Some(i) && healthy_in_sync(i) && st.components[i].state.receives_writes() => {
-                dev.offline(i).unwrap_or_else(|e| panic!("{ctx}: offline: {e}"));
+            85..88
+                if broken != Some(i)
+                    && healthy_in_sync(i)
+                    && st.components[i].state.receives_writes() =>
+            {
+                dev.offline(i)
+                    .unwrap_or_else(|e| panic!("{ctx}: offline: {e}"));
                 if st.components[i].state == ComponentState::InSync {
                     // Taking an in-sync component out flushes the set first.
                     model.durable = model.current.clone();
                 }
             }
-            88..90 if broken != Some(i) && healthy_in_sync(i) && st.components[i].state == ComponentState::InSync => {
+            88..90
+                if broken != Some(i)
+                    && healthy_in_sync(i)
+                    && st.components[i].state == ComponentState::InSync =>
+            {
                 deltas += 1;
                 let d = format!("/sim/delta{i}-{deltas}");
-                dev.maintenance(i, Path::new(&d)).unwrap_or_else(|e| panic!("{ctx}: maintenance: {e}"));
+                dev.maintenance(i, Path::new(&d))
+                    .unwrap_or_else(|e| panic!("{ctx}: maintenance: {e}"));
                 model.durable = model.current.clone();
             }
             90..94 if broken != Some(i) && st.components[i].state.is_absent() => {
-                dev.online(i).unwrap_or_else(|e| panic!("{ctx}: online: {e}"));
+                dev.online(i)
+                    .unwrap_or_else(|e| panic!("{ctx}: online: {e}"));
             }
             94..98 if st.components[i].state.is_catching_up() => {
                 // Errors are allowed only if the target itself is broken.
@@ -624,15 +726,22 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
     }
     for i in 0..n {
         if dev.status().components[i].state.is_absent() {
-            dev.online(i).unwrap_or_else(|e| panic!("seed {seed}: final online {i}: {e}"));
+            dev.online(i)
+                .unwrap_or_else(|e| panic!("seed {seed}: final online {i}: {e}"));
         }
     }
     for i in dev.pending_resyncs() {
-        dev.run_resync(i).unwrap_or_else(|e| panic!("seed {seed}: final resync {i}: {e}"));
+        dev.run_resync(i)
+            .unwrap_or_else(|e| panic!("seed {seed}: final resync {i}: {e}"));
     }
     dev.flush().unwrap();
     let st = dev.status();
-    assert!(st.components.iter().all(|c| c.state == ComponentState::InSync), "seed {seed}: {st:?}");
+    assert!(
+        st.components
+            .iter()
+            .all(|c| c.state == ComponentState::InSync),
+        "seed {seed}: {st:?}"
+    );
     assert!(st.deltas.is_empty(), "seed {seed}: deltas left behind");
     let disk = read_all(&dev);
     assert!(

@@ -121,7 +121,10 @@ mod tests {
     fn rate_delay_spreads_bytes_over_time() {
         let s = Duration::from_secs(1);
         assert_eq!(Throttle::rate_delay(0, 1000, 1000, Duration::ZERO), s);
-        assert_eq!(Throttle::rate_delay(1000, 1000, 1000, s * 2), Duration::ZERO);
+        assert_eq!(
+            Throttle::rate_delay(1000, 1000, 1000, s * 2),
+            Duration::ZERO
+        );
         assert_eq!(Throttle::rate_delay(3000, 1000, 1000, s), s * 3);
     }
 

@@ -112,7 +112,9 @@ impl MirrorView {
     }
 
     pub fn delta_for_mut(&mut self, component: usize) -> Option<&mut DeltaRecord> {
-        self.deltas.iter_mut().find(|d| d.for_component == component)
+        self.deltas
+            .iter_mut()
+            .find(|d| d.for_component == component)
     }
 
     pub fn in_sync(&self) -> impl Iterator<Item = usize> + '_ {
