@@ -18,7 +18,7 @@ use vhost::{VhostBackend, VringConfigData};
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::error::{Error, Result};
-use crate::memory::{Carver, SharedMemory};
+use crate::memory::{Carver, SharedMemory, SharedRegion};
 use crate::negotiate::{self, RingFeatures};
 use crate::queue::{Completions, DeviceLimits, Doorbell, Hangup, Queue, QueueArea, QueueSetup};
 use crate::ring::RingLayout;
@@ -189,13 +189,13 @@ impl Disk {
                 .map_err(Error::protocol("SET_MEM_TABLE"))?;
         }
 
-        let mem = Arc::new(shm.memory().clone());
+        let mem = SharedRegion::new(shm.memory())?;
         let mut carver = Carver::new(shm.size());
         let areas = (0..queues)
             .map(|_| QueueArea::carve(&mut carver, size, max_segments))
             .collect::<Result<Vec<_>>>()?;
         let (pool_start, pool_len) = carver.rest();
-        let pool = BufferPool::new(Arc::clone(&mem), pool_start, pool_len);
+        let pool = BufferPool::new(mem.clone(), pool_start, pool_len);
 
         let conn = Arc::new(Connection {
             frontend: fe.clone(),
@@ -215,7 +215,7 @@ impl Disk {
             // The queue zeroes its ring before the server may look at it.
             let queue = Queue::new(
                 setup,
-                Arc::clone(&mem),
+                mem.clone(),
                 Arc::clone(&pool),
                 doorbell,
                 Some(Arc::clone(&conn) as Arc<dyn Send + Sync>),
