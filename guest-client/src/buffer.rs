@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::error::{Error, Result};
-use crate::memory::{PAGE, round_up};
+use crate::memory::{PAGE, SharedRegion, round_up};
 
 /// A first-fit allocator over one area of the shared memory, page-granular so every buffer
 /// is page-aligned (what a server doing O_DIRECT wants).
 pub struct BufferPool {
-    mem: Arc<GuestMemoryMmap>,
+    mem: SharedRegion,
     start: u64,
     len: u64,
     /// Free extents: start -> length, never adjacent (merged on release).
@@ -23,7 +23,7 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    pub fn new(mem: Arc<GuestMemoryMmap>, start: GuestAddress, len: u64) -> Arc<Self> {
+    pub fn new(mem: SharedRegion, start: GuestAddress, len: u64) -> Arc<Self> {
         let len = len / PAGE * PAGE;
         let mut free = BTreeMap::new();
         if len > 0 {
@@ -182,8 +182,8 @@ impl Buffer {
     }
 
     /// Whether this buffer lives in `pool`'s memory (a request may only carry those).
-    pub(crate) fn belongs_to(&self, mem: &Arc<GuestMemoryMmap>) -> bool {
-        Arc::ptr_eq(&self.pool.mem, mem) && self.pool.contains(self.addr, self.reserved)
+    pub(crate) fn belongs_to(&self, mem: &SharedRegion) -> bool {
+        self.pool.mem.same_memory(mem) && self.pool.contains(self.addr, self.reserved)
     }
 
     /// Gives up the buffer without returning its pages: used when the device may still write
@@ -202,11 +202,11 @@ impl Drop for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{GUEST_BASE, SharedMemory};
+    use crate::memory::{GUEST_BASE, SharedMemory, SharedRegion};
 
     fn pool(pages: u64) -> Arc<BufferPool> {
         let shm = SharedMemory::new(pages * PAGE).unwrap();
-        let mem = Arc::new(shm.memory().clone());
+        let mem = SharedRegion::new(shm.memory()).unwrap();
         BufferPool::new(mem, GuestAddress(GUEST_BASE), pages * PAGE)
     }
 

@@ -18,7 +18,7 @@ use vhost::{VhostBackend, VringConfigData};
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::error::{Error, Result};
-use crate::memory::{Carver, SharedMemory};
+use crate::memory::{Carver, SharedMemory, SharedRegion};
 use crate::negotiate::{self, RingFeatures};
 use crate::queue::{Completions, DeviceLimits, Doorbell, Hangup, Queue, QueueArea, QueueSetup};
 use crate::ring::RingLayout;
@@ -189,13 +189,13 @@ impl Disk {
                 .map_err(Error::protocol("SET_MEM_TABLE"))?;
         }
 
-        let mem = Arc::new(shm.memory().clone());
+        let mem = SharedRegion::new(shm.memory())?;
         let mut carver = Carver::new(shm.size());
         let areas = (0..queues)
             .map(|_| QueueArea::carve(&mut carver, size, max_segments))
             .collect::<Result<Vec<_>>>()?;
         let (pool_start, pool_len) = carver.rest();
-        let pool = BufferPool::new(Arc::clone(&mem), pool_start, pool_len);
+        let pool = BufferPool::new(mem.clone(), pool_start, pool_len);
 
         let conn = Arc::new(Connection {
             frontend: fe.clone(),
@@ -215,7 +215,7 @@ impl Disk {
             // The queue zeroes its ring before the server may look at it.
             let queue = Queue::new(
                 setup,
-                Arc::clone(&mem),
+                mem.clone(),
                 Arc::clone(&pool),
                 doorbell,
                 Some(Arc::clone(&conn) as Arc<dyn Send + Sync>),
@@ -308,4 +308,91 @@ fn start_ring(
     fe.set_vring_enable(i, true)
         .map_err(Error::protocol("SET_VRING_ENABLE"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_protocol::features::bit;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    const GET_FEATURES: u32 = 1;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    /// Header flags of a reply: version 1, REPLY.
+    const REPLY: u32 = 0x1 | 0x4;
+
+    /// A server that only answers the two feature queries, with the given bits.
+    fn fake_server(
+        features: u64,
+        protocol: u64,
+    ) -> (tempfile::TempDir, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hdr = [0u8; 12];
+            while s.read_exact(&mut hdr).is_ok() {
+                let req = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+                let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+                let mut body = vec![0u8; size as usize];
+                if s.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let value = match req {
+                    GET_FEATURES => features,
+                    GET_PROTOCOL_FEATURES => protocol,
+                    _ => continue,
+                };
+                let mut reply = Vec::new();
+                reply.extend_from_slice(&req.to_le_bytes());
+                reply.extend_from_slice(&REPLY.to_le_bytes());
+                reply.extend_from_slice(&8u32.to_le_bytes());
+                reply.extend_from_slice(&value.to_le_bytes());
+                if s.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        (dir, server)
+    }
+
+    #[test]
+    fn a_server_without_config_space_is_refused_by_name() {
+        let (dir, server) = fake_server(negotiate::REQUIRED, Proto::MQ.bits());
+        match Disk::connect(dir.path().join("s"), &DiskOptions::default()) {
+            Err(Error::RefusedProtocolFeatures(names)) => assert_eq!(names, "CONFIG"),
+            Err(e) => panic!("expected RefusedProtocolFeatures, got {e}"),
+            Ok(_) => panic!("expected RefusedProtocolFeatures, got a disk"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_without_version_1_is_refused_by_name() {
+        let features = bit(features::VHOST_USER_PROTOCOL_FEATURES) | bit(features::FLUSH);
+        let (dir, server) = fake_server(features, Proto::all().bits());
+        match Disk::connect(dir.path().join("s"), &DiskOptions::default()) {
+            Err(Error::MissingFeatures(names)) => assert_eq!(names, "VERSION_1"),
+            Err(e) => panic!("expected MissingFeatures, got {e}"),
+            Ok(_) => panic!("expected MissingFeatures, got a disk"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_connecting() {
+        let options = DiskOptions {
+            queue_size: 100,
+            ..DiskOptions::default()
+        };
+        assert!(matches!(
+            Disk::connect("/nonexistent", &options),
+            Err(Error::BadQueueSize(100))
+        ));
+        assert!(matches!(
+            Disk::connect("/nonexistent/socket", &DiskOptions::default()),
+            Err(Error::NoSocket(_))
+        ));
+    }
 }

@@ -4,11 +4,13 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    AtomicAccess, ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend,
+    GuestMemoryError, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 use crate::error::{Error, Result};
@@ -71,6 +73,89 @@ impl SharedMemory {
             .get_host_address(addr)
             .map(|p| p as u64)
             .map_err(|e| Error::Memory(format!("address {:#x}: {e}", addr.0)))
+    }
+}
+
+/// Checked access to the driver's single memory region, without the region lookup of
+/// `GuestMemoryMmap`: every access is one bounds check and one volatile copy or atomic
+/// operation. This is the data path's view of the memory; cloning it is cheap.
+#[derive(Clone)]
+pub struct SharedRegion {
+    region: Arc<GuestRegionMmap>,
+    start: u64,
+    len: u64,
+}
+
+impl SharedRegion {
+    /// The view of `mem`, which must consist of exactly one region.
+    pub fn new(mem: &GuestMemoryMmap) -> Result<Self> {
+        let mut regions = mem.iter();
+        let (Some(r), None) = (regions.next(), regions.next()) else {
+            return Err(Error::Memory(
+                "the driver needs exactly one memory region".into(),
+            ));
+        };
+        let region = GuestRegionMmap::with_arc(r.get_mmap(), r.start_addr())
+            .ok_or_else(|| Error::Memory("region address overflows".into()))?;
+        Ok(Self {
+            start: r.start_addr().0,
+            len: r.len(),
+            region: Arc::new(region),
+        })
+    }
+
+    fn at(&self, addr: GuestAddress, len: usize) -> Result<MemoryRegionAddress> {
+        let off = addr.0.checked_sub(self.start);
+        match off {
+            Some(off)
+                if off
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= self.len) =>
+            {
+                Ok(MemoryRegionAddress(off))
+            }
+            _ => Err(Error::GuestMemory(GuestMemoryError::InvalidGuestAddress(
+                addr,
+            ))),
+        }
+    }
+
+    pub fn write_slice(&self, buf: &[u8], addr: GuestAddress) -> Result<()> {
+        Ok(self.region.write_slice(buf, self.at(addr, buf.len())?)?)
+    }
+
+    pub fn read_slice(&self, buf: &mut [u8], addr: GuestAddress) -> Result<()> {
+        Ok(self.region.read_slice(buf, self.at(addr, buf.len())?)?)
+    }
+
+    pub fn write_obj<T: ByteValued>(&self, val: T, addr: GuestAddress) -> Result<()> {
+        self.write_slice(val.as_slice(), addr)
+    }
+
+    pub fn read_obj<T: ByteValued>(&self, addr: GuestAddress) -> Result<T> {
+        let mut v = T::zeroed();
+        self.read_slice(v.as_mut_slice(), addr)?;
+        Ok(v)
+    }
+
+    pub fn store<T: AtomicAccess>(
+        &self,
+        val: T,
+        addr: GuestAddress,
+        order: Ordering,
+    ) -> Result<()> {
+        let at = self.at(addr, std::mem::size_of::<T>())?;
+        Ok(self.region.store(val, at, order)?)
+    }
+
+    pub fn load<T: AtomicAccess>(&self, addr: GuestAddress, order: Ordering) -> Result<T> {
+        let at = self.at(addr, std::mem::size_of::<T>())?;
+        Ok(self.region.load(at, order)?)
+    }
+
+    /// Whether both views are of the same mapping.
+    pub fn same_memory(&self, other: &SharedRegion) -> bool {
+        Arc::ptr_eq(&self.region.get_mmap(), &other.region.get_mmap()) && self.start == other.start
     }
 }
 
@@ -146,6 +231,32 @@ mod tests {
         assert!(infos[0].mmap_handle >= 0);
         let host = shm.host_address(GuestAddress(GUEST_BASE + 10)).unwrap();
         assert_eq!(host, infos[0].userspace_addr + 10);
+    }
+
+    #[test]
+    fn shared_region_checks_every_access() {
+        let shm = SharedMemory::new(PAGE).unwrap();
+        let r = SharedRegion::new(shm.memory()).unwrap();
+        r.store(7u16, GuestAddress(GUEST_BASE + 2), Ordering::Release)
+            .unwrap();
+        assert_eq!(
+            shm.memory()
+                .read_obj::<u16>(GuestAddress(GUEST_BASE + 2))
+                .unwrap(),
+            7
+        );
+        assert!(
+            r.read_obj::<u64>(GuestAddress(GUEST_BASE + PAGE - 4))
+                .is_err()
+        );
+        assert!(r.write_slice(&[1], GuestAddress(GUEST_BASE - 1)).is_err());
+        assert!(
+            r.load::<u32>(GuestAddress(u64::MAX - 1), Ordering::Acquire)
+                .is_err()
+        );
+        let other = SharedMemory::new(PAGE).unwrap();
+        assert!(!r.same_memory(&SharedRegion::new(other.memory()).unwrap()));
+        assert!(r.same_memory(&r.clone()));
     }
 
     #[test]

@@ -52,10 +52,15 @@ pub struct BenchConfig {
     pub block_size: usize,
     /// Requests in flight per queue.
     pub iodepth: usize,
+    #[serde(rename = "runtime_s", serialize_with = "seconds")]
     pub runtime: Duration,
     /// Bytes of the disk the requests fall in (from offset 0).
     pub size: u64,
     pub seed: u64,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Counters the worker threads bump and a progress printer reads.

@@ -175,9 +175,8 @@ fn invalid(msg: String) -> Error {
 mod tests {
     use super::*;
     use crate::buffer::BufferPool;
-    use crate::memory::{GUEST_BASE, SharedMemory};
+    use crate::memory::{GUEST_BASE, SharedMemory, SharedRegion};
     use keel_protocol::features::bit;
-    use std::sync::Arc;
     use vm_memory::GuestAddress;
 
     fn limits() -> DeviceLimits {
@@ -194,10 +193,10 @@ mod tests {
         )
     }
 
-    fn pool() -> Arc<BufferPool> {
+    fn pool() -> std::sync::Arc<BufferPool> {
         let shm = SharedMemory::new(1 << 16).unwrap();
         BufferPool::new(
-            Arc::new(shm.memory().clone()),
+            SharedRegion::new(shm.memory()).unwrap(),
             GuestAddress(GUEST_BASE),
             1 << 16,
         )

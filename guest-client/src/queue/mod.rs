@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use keel_protocol::request::WRITE_ZEROES_FLAG_UNMAP;
 use keel_protocol::{DiscardSegment, RequestHeader, RequestType, Status};
-use vm_memory::{Bytes, GuestMemoryMmap};
 
 use crate::buffer::{Buffer, BufferPool};
 use crate::error::{Error, Result};
+use crate::memory::SharedRegion;
 use crate::request::{ByteRange, Completion, Request};
 use crate::ring::{Segment, SplitRing};
 pub use area::{MAX_RANGES, QueueArea};
@@ -68,7 +68,7 @@ struct InFlight {
 /// A request queue of a [`crate::Disk`].
 pub struct Queue {
     setup: QueueSetup,
-    mem: Arc<GuestMemoryMmap>,
+    mem: SharedRegion,
     pool: Arc<BufferPool>,
     ring: SplitRing,
     doorbell: Doorbell,
@@ -85,13 +85,13 @@ pub struct Queue {
 impl Queue {
     pub(crate) fn new(
         setup: QueueSetup,
-        mem: Arc<GuestMemoryMmap>,
+        mem: SharedRegion,
         pool: Arc<BufferPool>,
         doorbell: Doorbell,
         keep_alive: Option<Arc<dyn Send + Sync>>,
     ) -> Result<Self> {
         let size = setup.area.ring.size();
-        let mut ring = SplitRing::new(Arc::clone(&mem), setup.area.ring, setup.event_idx)?;
+        let mut ring = SplitRing::new(mem.clone(), setup.area.ring, setup.event_idx)?;
         if setup.completions == Completions::Poll {
             ring.suppress_interrupts()?;
         }

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::buffer::BufferPool;
-use crate::memory::{Carver, SharedMemory};
+use crate::memory::{Carver, SharedMemory, SharedRegion};
 
 const DISK: usize = 1 << 20;
 const SERIAL: &[u8] = b"fake-serial-0001";
@@ -74,10 +74,11 @@ fn rig(mode: Mode) -> Rig {
     let area_bytes = QueueArea::bytes(size, max_segments);
     let shm = SharedMemory::new(area_bytes + (4 << 20)).unwrap();
     let mem = Arc::new(shm.memory().clone());
+    let region = SharedRegion::new(&mem).unwrap();
     let mut carver = Carver::new(shm.size());
     let area = QueueArea::carve(&mut carver, size, max_segments).unwrap();
     let (start, len) = carver.rest();
-    let pool = BufferPool::new(Arc::clone(&mem), start, len);
+    let pool = BufferPool::new(region.clone(), start, len);
     let config = BlkConfig {
         capacity: (DISK / 512) as u64,
         max_discard_sectors: 1 << 16,
@@ -99,7 +100,7 @@ fn rig(mode: Mode) -> Rig {
     let doorbell = Doorbell::new(None).unwrap();
     let kick = doorbell.kick_fd().try_clone().unwrap();
     let call = doorbell.call_fd().try_clone().unwrap();
-    let queue = Queue::new(setup, Arc::clone(&mem), pool, doorbell, None).unwrap();
+    let queue = Queue::new(setup, region, pool, doorbell, None).unwrap();
 
     let mut dq = DeviceQueue::new(size).unwrap();
     dq.set_size(size);
@@ -366,7 +367,7 @@ fn invalid_requests_never_reach_the_ring() {
     // A buffer from another disk's memory is refused.
     let other = SharedMemory::new(1 << 16).unwrap();
     let foreign = BufferPool::new(
-        Arc::new(other.memory().clone()),
+        SharedRegion::new(other.memory()).unwrap(),
         vm_memory::GuestAddress(crate::memory::GUEST_BASE),
         1 << 16,
     );

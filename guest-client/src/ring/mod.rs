@@ -15,12 +15,12 @@
 
 mod layout;
 
-use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::error::{Error, Result};
+use crate::memory::SharedRegion;
 pub use layout::RingLayout;
 
 /// Size of one descriptor in the table.
@@ -51,7 +51,7 @@ pub struct Used {
 
 /// The driver's half of one split virtqueue.
 pub struct SplitRing {
-    mem: Arc<GuestMemoryMmap>,
+    mem: SharedRegion,
     layout: RingLayout,
     event_idx: bool,
     /// Free descriptor indices, used as a stack (the most recently freed is warm in cache).
@@ -69,11 +69,14 @@ pub struct SplitRing {
     last_used: u16,
     /// The device's `used.idx` as last read.
     used_seen: u16,
+    /// Reused per request, so adding a chain does not allocate.
+    scratch_indices: Vec<u16>,
+    scratch_table: Vec<u8>,
 }
 
 impl SplitRing {
     /// Takes over the ring at `layout`, zeroing its indices and flags.
-    pub fn new(mem: Arc<GuestMemoryMmap>, layout: RingLayout, event_idx: bool) -> Result<Self> {
+    pub fn new(mem: SharedRegion, layout: RingLayout, event_idx: bool) -> Result<Self> {
         let size = layout.size();
         mem.write_slice(&vec![0u8; layout.avail_bytes() as usize], layout.avail())?;
         mem.write_slice(&vec![0u8; layout.used_bytes() as usize], layout.used())?;
@@ -89,6 +92,8 @@ impl SplitRing {
             published: 0,
             last_used: 0,
             used_seen: 0,
+            scratch_indices: Vec::with_capacity(usize::from(size)),
+            scratch_table: Vec::new(),
         })
     }
 
@@ -119,7 +124,9 @@ impl SplitRing {
             return Ok(None);
         }
         let start = self.free.len() - n;
-        let indices: Vec<u16> = self.free.drain(start..).rev().collect();
+        let mut indices = std::mem::take(&mut self.scratch_indices);
+        indices.clear();
+        indices.extend(self.free[start..].iter().rev());
         for (k, (seg, &idx)) in segments.iter().zip(&indices).enumerate() {
             let next = indices.get(k + 1).copied();
             let mut flags = if seg.device_writes {
@@ -132,9 +139,16 @@ impl SplitRing {
             }
             let next = next.unwrap_or(0);
             self.next[usize::from(idx)] = next;
-            self.write_desc(self.layout.desc(idx), seg.addr.0, seg.len, flags, next)?;
+            if let Err(e) = self.write_desc(self.layout.desc(idx), seg.addr.0, seg.len, flags, next)
+            {
+                self.scratch_indices = indices;
+                return Err(e);
+            }
         }
+        // Only now, with every descriptor written, do the indices leave the free list.
+        self.free.truncate(start);
         let head = indices[0];
+        self.scratch_indices = indices;
         self.chain_len[usize::from(head)] = n as u16;
         self.push_avail(head)?;
         Ok(Some(head))
@@ -154,10 +168,12 @@ impl SplitRing {
                 self.layout.size()
             )));
         }
-        let Some(head) = self.free.pop() else {
+        let Some(&head) = self.free.last() else {
             return Ok(None);
         };
-        let mut bytes = vec![0u8; n * DESC_SIZE as usize];
+        let mut bytes = std::mem::take(&mut self.scratch_table);
+        bytes.clear();
+        bytes.resize(n * DESC_SIZE as usize, 0);
         for (k, (seg, raw)) in segments
             .iter()
             .zip(bytes.chunks_exact_mut(DESC_SIZE as usize))
@@ -175,8 +191,9 @@ impl SplitRing {
             let next = if last { 0 } else { (k + 1) as u16 };
             encode_desc(raw, seg.addr.0, seg.len, flags, next);
         }
-        self.mem.write_slice(&bytes, table)?;
-        self.next[usize::from(head)] = 0;
+        let written = self.mem.write_slice(&bytes, table);
+        self.scratch_table = bytes;
+        written?;
         self.write_desc(
             self.layout.desc(head),
             table.0,
@@ -184,6 +201,8 @@ impl SplitRing {
             VRING_DESC_F_INDIRECT,
             0,
         )?;
+        self.free.pop();
+        self.next[usize::from(head)] = 0;
         self.chain_len[usize::from(head)] = 1;
         self.push_avail(head)?;
         Ok(Some(head))

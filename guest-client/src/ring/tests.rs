@@ -8,6 +8,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::memory::SharedRegion;
 
 const SIZE: u16 = 16;
 
@@ -25,7 +26,7 @@ fn pair(size: u16, event_idx: bool) -> Pair {
         GuestAddress(0x2000),
         GuestAddress(0x3000),
     );
-    let driver = SplitRing::new(Arc::clone(&mem), layout, event_idx).unwrap();
+    let driver = SplitRing::new(SharedRegion::new(&mem).unwrap(), layout, event_idx).unwrap();
     let mut device = Queue::new(size).unwrap();
     device.set_size(size);
     device.set_desc_table_address(Some(0x1000), Some(0));
