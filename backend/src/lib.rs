@@ -3,6 +3,8 @@
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
 pub mod config;
+pub mod control;
 pub mod device;
 pub mod engine;
 pub mod vhost;
+pub mod store;

@@ -4,6 +4,7 @@
 //! server and the client agree byte for byte and neither needs `unsafe` to read it.
 
 pub mod blk_config;
+pub mod control;
 pub mod features;
 pub mod request;
 

@@ -1,0 +1,169 @@
+//! A minimal HTTP/1.1 client for the control socket: one request per connection.
+
+use keel_protocol::control::ErrorBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot reach keeld at {path}: {source} (is the daemon running?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to keeld: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("keeld sent a malformed answer: {0}")]
+    BadResponse(String),
+    /// The daemon answered with an error status.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+}
+
+/// Talks to one daemon's control socket.
+pub struct ControlClient {
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl ControlClient {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("GET", path, None::<&()>)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call("POST", path, Some(body))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call("DELETE", path, None::<&()>)
+    }
+
+    /// Sends one request and decodes a 200 answer as `T`; other statuses become [`ClientError::Api`].
+    pub fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(b) => {
+                serde_json::to_vec(b).map_err(|e| ClientError::BadResponse(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let (status, answer) = self.raw(method, path, &body)?;
+        if status != 200 {
+            let message = serde_json::from_slice::<ErrorBody>(&answer)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
+            return Err(ClientError::Api { status, message });
+        }
+        serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    /// Sends a request and returns the status code and body, whatever the status.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let mut stream =
+            UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+                path: self.path.clone(),
+                source,
+            })?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: keeld\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(ClientError::BadResponse("truncated header".into()));
+        }
+        Err(e) => return Err(ClientError::BadResponse(e.to_string())),
+    };
+    let status = response
+        .code
+        .ok_or_else(|| ClientError::BadResponse("no status code".into()))?;
+    let mut body = raw.get(head_len..).unwrap_or_default().to_vec();
+    let chunked = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    });
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+/// Decodes a chunked body (tiny_http may send one for larger answers).
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| ClientError::BadResponse("bad chunk header".into()))?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| ClientError::BadResponse(format!("bad chunk size {size_text:?}")))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = raw
+            .get(..size)
+            .ok_or_else(|| ClientError::BadResponse("truncated chunk".into()))?;
+        out.extend_from_slice(chunk);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_answers() {
+        let plain = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain).unwrap(), (404, b"{}".to_vec()));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
+        assert!(parse_response(b"garbage").is_err());
+    }
+}

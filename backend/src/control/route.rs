@@ -1,0 +1,282 @@
+//! Maps HTTP method + path + body to a typed [`ApiCall`]: the API's whole surface in one place.
+
+use super::ApiError;
+use keel_protocol::control::{
+    API_PREFIX, CloneDisk, CreateSnapshot, MirrorOpBody, ResizeDisk, RevertSnapshot,
+};
+use serde::de::DeserializeOwned;
+
+/// A mirror component operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorOp {
+    Offline,
+    Online,
+    /// Take the component down for service; a delta component at `delta` (or a chosen path)
+    /// takes its writes meanwhile.
+    Maintenance {
+        delta: Option<String>,
+    },
+    /// Copy the whole disk onto a new component at `path`.
+    Replace {
+        path: String,
+    },
+}
+
+/// One control request, parsed and validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiCall {
+    Version,
+    ListDisks,
+    DiskInfo {
+        disk: String,
+    },
+    DiskStats {
+        disk: String,
+    },
+    ListSnapshots {
+        disk: String,
+    },
+    CreateSnapshot {
+        disk: String,
+        name: String,
+    },
+    DeleteSnapshot {
+        disk: String,
+        name: String,
+    },
+    RevertSnapshot {
+        disk: String,
+        name: String,
+        force: bool,
+    },
+    Clone {
+        disk: String,
+        snapshot: String,
+        new_disk: String,
+    },
+    Resize {
+        disk: String,
+        size: u64,
+    },
+    MirrorStatus {
+        disk: String,
+    },
+    Mirror {
+        disk: String,
+        component: usize,
+        op: MirrorOp,
+    },
+}
+
+/// Parses a request. `method` is upper case; `url` may carry a query string, which is ignored.
+pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
+    let path = url.split('?').next().unwrap_or_default();
+    let rest = path
+        .strip_prefix(API_PREFIX)
+        .ok_or_else(|| not_found(method, path))?;
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let own = |s: &str| s.to_string();
+    let call = match (method, parts.as_slice()) {
+        ("GET", ["version"]) => ApiCall::Version,
+        ("GET", ["disks"]) => ApiCall::ListDisks,
+        ("GET", ["disks", d]) => ApiCall::DiskInfo { disk: own(d) },
+        ("GET", ["disks", d, "stats"]) => ApiCall::DiskStats { disk: own(d) },
+        ("GET", ["disks", d, "snapshots"]) => ApiCall::ListSnapshots { disk: own(d) },
+        ("POST", ["disks", d, "snapshots"]) => {
+            let b: CreateSnapshot = json(body)?;
+            check_name("snapshot", &b.name)?;
+            ApiCall::CreateSnapshot {
+                disk: own(d),
+                name: b.name,
+            }
+        }
+        ("DELETE", ["disks", d, "snapshots", s]) => ApiCall::DeleteSnapshot {
+            disk: own(d),
+            name: own(s),
+        },
+        ("POST", ["disks", d, "snapshots", s, "revert"]) => {
+            let b: RevertSnapshot = if body.is_empty() {
+                RevertSnapshot::default()
+            } else {
+                json(body)?
+            };
+            ApiCall::RevertSnapshot {
+                disk: own(d),
+                name: own(s),
+                force: b.force,
+            }
+        }
+        ("POST", ["disks", d, "clone"]) => {
+            let b: CloneDisk = json(body)?;
+            check_name("disk", &b.new_disk)?;
+            ApiCall::Clone {
+                disk: own(d),
+                snapshot: b.snapshot,
+                new_disk: b.new_disk,
+            }
+        }
+        ("POST", ["disks", d, "resize"]) => {
+            let b: ResizeDisk = json(body)?;
+            ApiCall::Resize {
+                disk: own(d),
+                size: b.size,
+            }
+        }
+        ("GET", ["disks", d, "mirror"]) => ApiCall::MirrorStatus { disk: own(d) },
+        ("POST", ["disks", d, "mirror", n, op]) => {
+            let component = n.parse::<usize>().map_err(|_| {
+                ApiError::BadRequest(format!("mirror component must be a number, not {n:?}"))
+            })?;
+            let b: MirrorOpBody = if body.is_empty() {
+                MirrorOpBody::default()
+            } else {
+                json(body)?
+            };
+            let op = match *op {
+                "offline" => MirrorOp::Offline,
+                "online" => MirrorOp::Online,
+                "maintenance" => MirrorOp::Maintenance { delta: b.path },
+                "replace" => MirrorOp::Replace {
+                    path: b.path.ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "replace needs a \"path\" for the new component".into(),
+                        )
+                    })?,
+                },
+                other => return Err(not_found(method, &format!("mirror op {other}"))),
+            };
+            ApiCall::Mirror {
+                disk: own(d),
+                component,
+                op,
+            }
+        }
+        _ => return Err(not_found(method, path)),
+    };
+    Ok(call)
+}
+
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
+}
+
+fn not_found(method: &str, path: &str) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {method} {path}"))
+}
+
+/// Names end up in paths and on disk: keep them to a safe alphabet.
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_every_endpoint() {
+        assert_eq!(route("GET", "/v1/version", b""), Ok(ApiCall::Version));
+        assert_eq!(route("GET", "/v1/disks?x=1", b""), Ok(ApiCall::ListDisks));
+        assert_eq!(
+            route("GET", "/v1/disks/vm1/stats", b""),
+            Ok(ApiCall::DiskStats { disk: "vm1".into() })
+        );
+        assert_eq!(
+            route("POST", "/v1/disks/vm1/snapshots", br#"{"name":"s1"}"#),
+            Ok(ApiCall::CreateSnapshot {
+                disk: "vm1".into(),
+                name: "s1".into()
+            })
+        );
+        assert_eq!(
+            route("POST", "/v1/disks/vm1/snapshots/s1/revert", b""),
+            Ok(ApiCall::RevertSnapshot {
+                disk: "vm1".into(),
+                name: "s1".into(),
+                force: false
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/v1/disks/vm1/snapshots/s1", b""),
+            Ok(ApiCall::DeleteSnapshot {
+                disk: "vm1".into(),
+                name: "s1".into()
+            })
+        );
+        assert_eq!(
+            route(
+                "POST",
+                "/v1/disks/vm1/clone",
+                br#"{"snapshot":"s1","new_disk":"vm2"}"#
+            ),
+            Ok(ApiCall::Clone {
+                disk: "vm1".into(),
+                snapshot: "s1".into(),
+                new_disk: "vm2".into()
+            })
+        );
+        assert_eq!(
+            route("POST", "/v1/disks/vm1/resize", br#"{"size":4096}"#),
+            Ok(ApiCall::Resize {
+                disk: "vm1".into(),
+                size: 4096
+            })
+        );
+        assert_eq!(
+            route("POST", "/v1/disks/db/mirror/1/maintenance", b""),
+            Ok(ApiCall::Mirror {
+                disk: "db".into(),
+                component: 1,
+                op: MirrorOp::Maintenance { delta: None }
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_paths_and_methods() {
+        assert!(matches!(
+            route("GET", "/v2/disks", b""),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            route("PUT", "/v1/disks", b""),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            route("POST", "/v1/disks/d/mirror/0/explode", b""),
+            Err(ApiError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_bodies_and_names() {
+        assert!(matches!(
+            route("POST", "/v1/disks/vm1/snapshots", b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            route("POST", "/v1/disks/vm1/snapshots", br#"{"name":"../x"}"#),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            route("POST", "/v1/disks/vm1/mirror/x/online", b""),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            route("POST", "/v1/disks/vm1/mirror/0/replace", b""),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}
