@@ -6,5 +6,5 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod engine;
-pub mod vhost;
 pub mod store;
+pub mod vhost;
