@@ -260,6 +260,7 @@ impl Acceptor {
         started.map_err(|e| fail(format!("cannot accept the frontend: {e}")))?;
 
         self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stats.attached.store(true, Ordering::Release);
         info!("disk {}: frontend attached", self.ctx.name);
         let shutdown = daemon.shutdown_handle();
         let ended = self
@@ -295,6 +296,7 @@ impl Acceptor {
                 // they left in flight before the guest memory goes away.
                 drop(daemon);
                 backend.shutdown();
+                stats.attached.store(false, Ordering::Release);
                 let _ = ended.write(1);
             })
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;

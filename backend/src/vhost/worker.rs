@@ -38,6 +38,8 @@ struct Pending {
     used_len: u32,
     /// The memory map the request was parsed against (its status byte lives there).
     memory: Arc<GuestMemory>,
+    /// When the request was taken off the ring (one clock read per batch).
+    taken: Instant,
 }
 
 pub struct QueueWorker {
@@ -188,6 +190,7 @@ impl QueueWorker {
         // (and the guest used it) between our load of the map and our read of the ring: a
         // request that looks outside guest memory is parsed once more against the current map.
         let mut map = Arc::clone(mem);
+        let taken = Instant::now();
         for chain in iter {
             counts.requests += 1;
             let again = chain.clone();
@@ -222,6 +225,7 @@ impl QueueWorker {
                             status: req.status,
                             used_len: req.used_len,
                             memory: Arc::clone(&map),
+                            taken,
                         }) as u64;
                         self.batch.push(IoRequest { token, op, buffers });
                     }
@@ -280,6 +284,7 @@ impl QueueWorker {
     fn finish(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) -> usize {
         let n = self.done.len();
         let queue = state.get_queue_mut();
+        let now = Instant::now();
         for c in self.done.drain(..) {
             let Some(p) = self.pending.try_remove(c.token as usize) else {
                 warn!(
@@ -303,6 +308,10 @@ impl QueueWorker {
                     (Status::IoErr, 1)
                 }
             };
+            self.ctx
+                .stats
+                .latency
+                .record(now.saturating_duration_since(p.taken), 1);
             write_status(&p.memory, p.status, status);
             if let Err(e) = queue.add_used(&**mem, p.head, len) {
                 warn!("{} q{}: add_used: {e}", self.ctx.name, self.index);
