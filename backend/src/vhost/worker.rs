@@ -535,4 +535,59 @@ mod tests {
         assert_eq!(q.used().idx().load(), 5);
         assert_eq!(ctx.stats.snapshot().notifications, 1);
     }
+
+    #[test]
+    fn event_idx_notifies_only_when_the_driver_asked_and_rearms_the_ring() {
+        let atomic = GuestMemoryAtomic::new(
+            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+        );
+        let guard = atomic.memory();
+        let mem: &GuestMemory = &guard;
+        let q = MockSplitQueue::new(mem, 16);
+        let flush = |slot: u64| {
+            let addr = DATA + slot * 0x1000;
+            let h = RequestHeader {
+                request_type: RequestType::Flush,
+                sector: 0,
+            };
+            mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+            chain(
+                2 * slot as u16,
+                &[(addr, 16, false), (addr + 0x800, 1, true)],
+            )
+        };
+        // used_event lives after the avail ring's entries; avail_event after the used ring's.
+        let used_event = GuestAddress(q.avail_addr().0 + 4 + 2 * 16);
+        let avail_event = GuestAddress(q.used_addr().0 + 4 + 8 * 16);
+
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_event_idx(true);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let ctx = context();
+        let engine = ctx.engine.queue(0).unwrap();
+        let mut worker =
+            QueueWorker::new(0, Arc::clone(&ctx), Arc::default(), atomic.clone(), engine);
+
+        // The driver wants an interrupt only after used entry 5: one completion is not enough.
+        mem.write_obj(5u16, used_event).unwrap();
+        q.add_desc_chains(&flush(0), 0).unwrap();
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 1);
+        assert_eq!(ctx.stats.snapshot().notifications, 0);
+        // Re-armed: the driver must kick for the next entry (avail_event = next_avail).
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 1);
+
+        // Now it asks for an interrupt at the next used entry.
+        mem.write_obj(1u16, used_event).unwrap();
+        q.add_desc_chains(&flush(1), 2).unwrap();
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 2);
+        assert_eq!(ctx.stats.snapshot().notifications, 1);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+    }
 }
