@@ -153,6 +153,7 @@ impl Client {
             self.comps.push(MaybeUninit::uninit());
         }
         let min = usize::from(!spin);
+        let since = std::time::Instant::now();
         loop {
             let got = self.queues[q]
                 .do_io(&mut self.comps[..want], min, None, None)
@@ -165,8 +166,13 @@ impl Client {
             if got > 0 {
                 return got;
             }
-            // Spinning, but never hogging a CPU the server may need.
-            std::thread::yield_now();
+            // Spin flat out briefly, then yield between checks: never hog a CPU the server
+            // may need.
+            if since.elapsed() < std::time::Duration::from_micros(10) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 

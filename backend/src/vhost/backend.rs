@@ -32,6 +32,8 @@ pub const WCE_OFFSET: u32 = 32;
 const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 /// Segments per discard / write-zeroes request.
 const MAX_DISCARD_SEG: u32 = 32;
+/// Most config-space bytes one GET_CONFIG answers (the vhost-user message limit).
+const MAX_CONFIG_READ: u32 = 256;
 /// Largest single data segment advertised (SIZE_MAX).
 const SIZE_MAX: u32 = 1 << 20;
 
@@ -252,6 +254,8 @@ impl VhostUserBackend for BlkBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let wce = !self.session.write_through.load(Ordering::Relaxed);
+        // vhost-user config messages carry at most 256 bytes; never build more than that.
+        let size = size.min(MAX_CONFIG_READ);
         self.ctx
             .blk_config(wce)
             .read_window(offset as usize, size as usize)
@@ -394,6 +398,11 @@ mod tests {
         assert_eq!((c.seg_max, c.num_queues, c.blk_size), (126, 2, 512));
         assert_eq!((c.wce, c.physical_block_exp), (1, 3));
         assert_eq!(b.get_config(WCE_OFFSET, 1), vec![1]);
+        assert_eq!(
+            b.get_config(0, u32::MAX).len(),
+            256,
+            "no huge allocation on request"
+        );
     }
 
     #[test]
