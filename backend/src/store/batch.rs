@@ -25,7 +25,7 @@ impl Op<'_> {
 
 /// Checks that `[offset, offset + len)` is sector-aligned and inside the disk.
 pub fn check_request(offset: u64, len: u64, capacity: u64) -> Result<()> {
-    if offset % SECTOR != 0 || len % SECTOR != 0 {
+    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
         return Err(StoreError::Misaligned { offset, len });
     }
     match offset.checked_add(len) {
@@ -124,16 +124,16 @@ fn current<'p>(
     lba: u64,
     read_block: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
 ) -> Result<&'p mut Vec<u8>> {
-    if !p.data.contains_key(&lba) {
-        let mut b = vec![0u8; BLOCK_SIZE];
-        if !unmapped.iter().any(|(s, e)| lba >= *s && lba < *e) {
-            read_block(lba, &mut b)?;
+    match p.data.entry(lba) {
+        std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let mut b = vec![0u8; BLOCK_SIZE];
+            if !unmapped.iter().any(|(s, e)| lba >= *s && lba < *e) {
+                read_block(lba, &mut b)?;
+            }
+            Ok(v.insert(b))
         }
-        p.data.insert(lba, b);
     }
-    p.data
-        .get_mut(&lba)
-        .ok_or_else(|| StoreError::Invalid("block vanished from the batch".into()))
 }
 
 #[cfg(test)]

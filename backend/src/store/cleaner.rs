@@ -96,16 +96,22 @@ impl Store {
         self.commit_filtered(moves, retired, true)
     }
 
-    /// Segments free for guest writes beyond the reserve.
+    /// Free segments (the reserve included).
     pub fn free_segments(&self) -> u64 {
         read(&self.state).sut.free_count()
+    }
+
+    /// Emptied segments waiting for the next checkpoint.
+    pub fn pending_segments(&self) -> u64 {
+        read(&self.state).sut.pending_count()
     }
 }
 
 /// When the background cleaner works.
 #[derive(Debug, Clone)]
 pub struct CleanerConfig {
-    /// Clean without pause when fewer than this many segments beyond the reserve are free.
+    /// Clean without pause when fewer than this many segments beyond the reserve are free;
+    /// half of it is how many cleaned segments wait before a checkpoint releases them.
     pub low_water: u64,
     /// Clean opportunistically when the guest has not written for this long.
     pub idle: Duration,
@@ -116,7 +122,7 @@ pub struct CleanerConfig {
 impl Default for CleanerConfig {
     fn default() -> Self {
         Self {
-            low_water: 8,
+            low_water: 24,
             idle: Duration::from_millis(200),
             pause: Duration::from_millis(20),
         }
@@ -167,7 +173,13 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         match store.clean_step() {
             Ok(Some(_)) => {
-                if urgent && let Err(e) = store.checkpoint() {
+                // Cleaned segments become free at a checkpoint; batch them, a checkpoint
+                // rewrites every dirty map node.
+                let pending = store.pending_segments();
+                let starving = store.free_segments() <= reserve + 1;
+                if (pending >= cfg.low_water / 2 || (starving && pending > 0))
+                    && let Err(e) = store.checkpoint()
+                {
                     log::warn!("cleaner: checkpoint failed: {e}");
                 }
                 if !urgent {

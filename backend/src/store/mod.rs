@@ -403,13 +403,15 @@ impl Store {
                 continue;
             }
             attempts += 1;
-            if attempts > 6 || !self.make_room(use_reserve)? {
+            if attempts > 64 || !self.make_room(use_reserve)? {
                 return Err(StoreError::NoSpace);
             }
         }
     }
 
     /// Frees segments for a writer that found none; false when nothing more can be done.
+    /// Cleaning gains less than a segment per victim, so several are cleaned before the
+    /// one checkpoint that releases them all.
     fn make_room(&self, for_cleaner: bool) -> Result<bool> {
         let pending = read(&self.state).sut.pending_count();
         if pending > 0 {
@@ -419,7 +421,14 @@ impl Store {
         if for_cleaner {
             return Ok(false);
         }
-        Ok(self.clean_step()?.is_some())
+        let mut cleaned = 0;
+        while cleaned < 8 && self.clean_step()?.is_some() {
+            cleaned += 1;
+        }
+        if cleaned > 0 {
+            self.checkpoint()?;
+        }
+        Ok(cleaned > 0)
     }
 
     /// Writes one journal record holding `entries`, then applies it to the maps.

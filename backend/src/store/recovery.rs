@@ -175,7 +175,7 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
 
 fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Result<Sut> {
     let n = root.sut_blocks as u64;
-    let end = root.sut_pba.checked_add(n).unwrap_or(u64::MAX);
+    let end = root.sut_pba.saturating_add(n);
     if n != Sut::encoded_blocks(geo)
         || !geo.is_data_block(root.sut_pba)
         || !geo.is_data_block(end - 1)

@@ -106,7 +106,7 @@ impl Superblock {
             && geometry.seg_blocks.is_power_of_two()
             && geometry.journal_segments >= 1
             && geometry.segments > geometry.first_data_segment()
-            && geometry.capacity % super::layout::BLOCK == 0
+            && geometry.capacity.is_multiple_of(super::layout::BLOCK)
             && geometry
                 .segments
                 .checked_mul(geometry.seg_blocks)

@@ -281,7 +281,7 @@ impl<V: TreeValue> Forest<V> {
         };
         let wc = self.writable(child, seq, frozen);
         let old = self.remove_rec(wc, key, seq, frozen);
-        let empty = self.node(wc).len() == 0;
+        let empty = self.node(wc).is_empty();
         if empty {
             self.release(wc);
         }

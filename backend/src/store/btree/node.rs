@@ -60,6 +60,10 @@ impl<V: TreeValue> Node<V> {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn first_key(&self) -> Option<u64> {
         match &self.body {
             Body::Leaf { keys, .. } | Body::Internal { keys, .. } => keys.first().copied(),
