@@ -84,6 +84,13 @@ impl ChunkBitmap {
         self.bits[..n] |= &other.bits[..n];
     }
 
+    /// Keeps only the chunks also set in `other`.
+    pub fn intersect_with(&mut self, other: &ChunkBitmap) {
+        let n = self.bits.len().min(other.bits.len());
+        self.bits[..n] &= &other.bits[..n];
+        self.bits[n..].fill(false);
+    }
+
     /// Clears every chunk set in `other`.
     pub fn subtract(&mut self, other: &ChunkBitmap) {
         for i in other.bits.iter_ones() {
@@ -142,6 +149,9 @@ mod tests {
         u.subtract(&a);
         assert_eq!(u.iter_set().collect::<Vec<_>>(), vec![5, 6, 7]);
         assert!(u.is_subset_of(&b) && !a.is_subset_of(&b));
+        let mut i = a.clone();
+        i.intersect_with(&b);
+        assert_eq!(i.iter_set().collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(ChunkBitmap::full(10).count_ones(), 10);
     }
 }

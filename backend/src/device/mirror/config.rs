@@ -39,6 +39,10 @@ pub struct MirrorOptions {
     pub scheduler: Option<Arc<ResyncScheduler>>,
     /// Chunks copied between two sync-bitmap checkpoints.
     pub checkpoint_chunks: u64,
+    /// Keep a write-intent bitmap so that copies diverging in unflushed chunks after a power
+    /// loss are brought back together at open (costs a metadata update on the first write to
+    /// a chunk in two flush epochs).
+    pub write_intent: bool,
 }
 
 impl Default for MirrorOptions {
@@ -51,6 +55,7 @@ impl Default for MirrorOptions {
             throttle: ThrottleConfig::default(),
             scheduler: None,
             checkpoint_chunks: 256,
+            write_intent: true,
         }
     }
 }

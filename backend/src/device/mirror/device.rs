@@ -253,6 +253,13 @@ impl Shared {
                 changed = true;
             }
         }
+        if self.options.write_intent
+            && !st.view.intent.all_set(first, last)
+            && Self::write_targets(st).len() > 1
+        {
+            st.view.intent.set_range(first, last);
+            changed = true;
+        }
         if changed {
             self.persist(st)?;
         }
@@ -528,6 +535,18 @@ impl Shared {
                 changed = true;
             }
         }
+        if self.options.write_intent {
+            // Keep the epoch just flushed as well as the current one: a chunk written again
+            // soon does not pay for another metadata update.
+            let mut intent = st.dirty_cur.clone();
+            if let Some(p) = &st.dirty_prev {
+                intent.union_with(p);
+            }
+            if intent != st.view.intent {
+                st.view.intent = intent;
+                changed = true;
+            }
+        }
         if lsn > st.view.lsn {
             st.view.lsn = lsn;
             for rec in st.view.components.iter_mut() {
@@ -675,6 +694,7 @@ impl MirrorDevice {
                     lsn: 0,
                     components: Vec::new(),
                     deltas: Vec::new(),
+                    intent: ChunkBitmap::new(0),
                 },
                 comps: Vec::new(),
                 deltas: HashMap::new(),
@@ -785,6 +805,7 @@ impl MirrorDevice {
         if st.view.in_sync().next().is_none() {
             return Err(MirrorError::NoUsableComponent);
         }
+        resync_intent(&shared, &mut st);
         repair_deltas(&shared, &mut st);
         st.catching_up = st.view.components.iter().any(|c| c.state.is_catching_up());
         // Writes after the last flush may have used LSNs beyond it: never hand them out again.
@@ -834,6 +855,23 @@ impl MirrorDevice {
             .collect()
     }
 
+    /// Shuts the mirror down cleanly: flushes, and clears the write-intent bitmap so the next
+    /// open has nothing to reconcile. Without it (a crash), the next open resyncs the chunks
+    /// that had writes in flight.
+    pub fn close(self) -> Result<(), MirrorError> {
+        let s = &self.shared;
+        s.flush_all()
+            .map_err(|e| MirrorError::io("flushing at close", e))?;
+        let _gate = s.write_gate();
+        let mut st = s.lock_state();
+        if !st.view.intent.is_clear() {
+            let chunks = st.view.chunks();
+            st.view.intent = ChunkBitmap::new(chunks);
+            s.persist(&mut st)?;
+        }
+        Ok(())
+    }
+
     /// Component `n`'s data path, as the set records it.
     pub fn component_path(&self, n: usize) -> Option<PathBuf> {
         let st = self.shared.lock_state();
@@ -851,9 +889,17 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
         .in_sync()
         .find_map(|i| st.comps.get(i).and_then(|r| r.data.clone()));
     let (len, chunk) = (st.view.len, st.view.chunk_size);
+    let intent = st.view.intent.clone();
     for d in st.view.deltas.iter_mut().filter(|d| !d.failed) {
         let mut tentative = d.present.clone();
         tentative.subtract(&d.durable);
+        let mut rewritten = intent.clone();
+        rewritten.intersect_with(&d.present);
+        if mirror.is_some() {
+            // Chunks the delta holds but that were written since the last flush may differ
+            // from the mirror's copy: refresh them too.
+            tentative.union_with(&rewritten);
+        }
         if tentative.is_clear() {
             continue;
         }
@@ -902,6 +948,47 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
         drop.subtract(&keep);
         plan.work.subtract(&drop);
     }
+}
+
+/// After an unclean stop, in-sync copies may differ in the chunks of the write-intent
+/// bitmap: the first in-sync component's copy is taken as the truth and the others resync
+/// those chunks from it (reads already prefer it, so the guest sees no change).
+fn resync_intent(shared: &Shared, st: &mut State) {
+    let chunks = st.view.chunks();
+    let intent = std::mem::replace(&mut st.view.intent, ChunkBitmap::new(chunks));
+    if intent.is_clear() {
+        return;
+    }
+    let Some(primary) = st.view.in_sync().next() else {
+        return;
+    };
+    let mut moved = 0;
+    for (i, rec) in st.view.components.iter_mut().enumerate() {
+        if i == primary || !rec.state.receives_writes() {
+            continue;
+        }
+        if rec.state == ComponentState::InSync {
+            rec.state = ComponentState::Stale;
+            rec.outage = Some(Outage {
+                start_lsn: rec.last_lsn,
+                tracking: intent.clone(),
+                resync: Some(ResyncPlan {
+                    source: Source::Mirror(primary),
+                    work: intent.clone(),
+                    done: ChunkBitmap::new(intent.chunks()),
+                }),
+            });
+            moved += 1;
+        } else if let Some(plan) = rec.outage.as_mut().and_then(|o| o.resync.as_mut()) {
+            plan.work.union_with(&intent);
+            plan.done.subtract(&intent);
+        }
+    }
+    st.catching_up = st.view.components.iter().any(|c| c.state.is_catching_up());
+    shared.event(format!(
+        "unclean stop: {} chunks with writes in flight resync from component {primary} to {moved} other(s)",
+        intent.count_ones()
+    ));
 }
 
 /// The highest-generation view among the components' metadata; all must be one set.
@@ -1025,6 +1112,7 @@ fn fresh_view(
         lsn: 0,
         components,
         deltas: Vec::new(),
+        intent: ChunkBitmap::new(chunks),
     })
 }
 

@@ -23,10 +23,10 @@ const FIXED: usize = 32;
 
 /// Bytes of metadata device a mirror needs: two slots, each room for the JSON header and
 /// up to five bitmaps per component (tracking, resync work, sync, delta presence and its
-/// durable part).
+/// durable part), plus the write-intent bitmap.
 pub fn metadata_len(len: u64, chunk_size: u64, components: usize) -> u64 {
     let bitmap = len.div_ceil(chunk_size.max(1)).div_ceil(8);
-    let slot = (64 << 10) + 5 * components as u64 * bitmap;
+    let slot = (64 << 10) + (5 * components as u64 + 1) * bitmap;
     2 * slot.div_ceil(4096) * 4096
 }
 
@@ -39,6 +39,7 @@ struct Header {
     lsn: u64,
     components: Vec<RecordHeader>,
     deltas: Vec<DeltaHeader>,
+    intent: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,6 +111,7 @@ pub fn encode(view: &MirrorView, index: usize) -> Result<Vec<u8>, MirrorError> {
             failed: d.failed,
         })
         .collect();
+    let intent = push(&view.intent);
     let header = Header {
         set_id: view.set_id.clone(),
         component_index: index,
@@ -118,6 +120,7 @@ pub fn encode(view: &MirrorView, index: usize) -> Result<Vec<u8>, MirrorError> {
         lsn: view.lsn,
         components,
         deltas,
+        intent,
     };
     let json = serde_json::to_vec(&header)
         .map_err(|e| MirrorError::MetadataCorrupt(format!("cannot encode: {e}")))?;
@@ -231,6 +234,7 @@ pub fn decode(slot: &[u8]) -> Result<(MirrorView, usize), MirrorError> {
         lsn: h.lsn,
         components,
         deltas,
+        intent: bitmap(h.intent)?,
     };
     Ok((view, h.component_index))
 }

@@ -19,7 +19,7 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
             rate_limit: None,
-            max_yield: Duration::from_millis(2),
+            max_yield: Duration::from_millis(10),
             guest_quiet: Duration::from_millis(1),
         }
     }

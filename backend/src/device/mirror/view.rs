@@ -87,6 +87,10 @@ pub struct MirrorView {
     pub lsn: u64,
     pub components: Vec<ComponentRecord>,
     pub deltas: Vec<DeltaRecord>,
+    /// Write-intent bitmap: chunks that may have writes not yet flushed on every copy. Set
+    /// before such a write, trimmed at flush; after an unclean stop these chunks are copied
+    /// from the first in-sync component to the others.
+    pub intent: ChunkBitmap,
 }
 
 impl MirrorView {
@@ -205,6 +209,7 @@ pub(crate) mod tests {
             lsn: 0,
             components: vec![rec("a"), rec("b")],
             deltas: vec![],
+            intent: ChunkBitmap::new(chunks),
         }
     }
 
