@@ -54,7 +54,7 @@ for p in "${params[@]+"${params[@]}"}"; do
 done
 
 if [ "$accel" = kvm ]; then
-    accel_args=(-accel kvm -cpu host)
+    accel_args=(-accel kvm -cpu "${KEEL_KVM_CPU:-host}")
 else
     # shellcheck disable=SC2054 # commas belong to the -accel option
     accel_args=(-accel tcg,thread=multi -cpu max)
