@@ -36,7 +36,7 @@ fi
 backend_start "$backend" "$dir" "$image" "$socket" 1 1G
 
 status=0
-qemu/launch.sh --socket "$socket" --job fio-verify --param size=32M --queues 1 \
+qemu/launch.sh --socket "$socket" --job fio-verify --param size=16M --queues 1 \
     --log "$dir/guest.log" --results "$dir/results" --timeout 300 "${kvm[@]+"${kvm[@]}"}" || status=$?
 
 backend_stop TERM || { log "$backend did not exit cleanly"; status=1; }

@@ -57,6 +57,6 @@ context=$(
         accel "$accel" runs "$runs" runtime_s "$runtime" guest_vcpus 1 queues 1 \
         host_cpus "$(nproc)" kernel "$(cat "$CACHE_DIR/kernel/RELEASE")" \
         qemu "$(qemu-system-x86_64 --version | head -n 1)" fio "$(fio --version)" \
-        date "$(date -u +%Y-%m-%dT%H:%MZ)"
+        date "$(date -u +%Y-%m-%dT%H:%MZ)" host_loadavg_at_end "$(cut -d" " -f1-3 /proc/loadavg)"
 )
 python3 "$QEMU_DIR/lib/bench_report.py" "$dir" "$context"

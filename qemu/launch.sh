@@ -54,7 +54,7 @@ for p in "${params[@]+"${params[@]}"}"; do
 done
 
 if [ "$accel" = kvm ]; then
-    accel_args=(-accel kvm -cpu host)
+    accel_args=(-accel kvm -cpu "${KEEL_KVM_CPU:-host}")
 else
     # shellcheck disable=SC2054 # commas belong to the -accel option
     accel_args=(-accel tcg,thread=multi -cpu max)
@@ -83,7 +83,7 @@ set -e
 rm -rf "$results"
 mkdir -p "$results"
 tr -d '\r' <"$log" | awk -v dir="$results" '
-    /^KEEL-RESULT-BEGIN / { name = $2; file = dir "/" name; printf "" > file; next }
+    /^KEEL-RESULT-BEGIN [A-Za-z0-9_-][A-Za-z0-9._-]*$/ { file = dir "/" $2; printf "" > file; next }
     /^KEEL-RESULT-END / { if (file != "") close(file); file = ""; next }
     file != "" { print >> file }'
 
