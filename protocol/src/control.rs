@@ -99,28 +99,6 @@ pub struct ResizeDisk {
     pub size: u64,
 }
 
-/// State of one mirror component.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ComponentStatus {
-    pub index: usize,
-    pub path: String,
-    /// One of `in_sync`, `offline`, `failed`, `maintenance`, `stale`, `resyncing`.
-    pub state: String,
-    pub last_lsn: u64,
-    pub dirty_chunks: u64,
-    pub resync_progress: Option<f64>,
-    pub resync_bytes_copied: u64,
-    pub resync_rate_bytes_per_sec: Option<f64>,
-    pub resync_eta_secs: Option<f64>,
-}
-
-/// `GET /v1/disks/{disk}/mirror`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MirrorStatus {
-    pub chunk_size: u64,
-    pub components: Vec<ComponentStatus>,
-}
-
 /// `POST /v1/disks/{disk}/mirror/{n}/{op}` body, for the ops that take a path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MirrorOpBody {

@@ -41,6 +41,9 @@ pub enum ConfigError {
     },
 }
 
+/// Default granularity of a mirror's tracking bitmaps.
+pub const DEFAULT_RESYNC_CHUNK: u64 = 64 * 1024;
+
 /// Which engine serves a disk's blocks. Adding an engine is one variant here and one match arm
 /// in [`crate::engine::open`].
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -50,6 +53,8 @@ pub enum EngineKind {
     Raw,
     /// No storage: reads return zeroes, writes are dropped. Measures the channel.
     Null,
+    /// Keel's storage core: a log-structured container with snapshots and checksums.
+    Keel,
 }
 
 /// The `[server]` section.
@@ -68,6 +73,10 @@ pub struct DiskConfig {
     pub socket: PathBuf,
     pub engine: EngineKind,
     pub path: Option<PathBuf>,
+    /// Mirror components (instead of `path`), in the order the control API numbers them.
+    pub mirror: Vec<PathBuf>,
+    /// Granularity of a mirror's tracking bitmaps, in bytes.
+    pub resync_chunk: u64,
     /// Capacity in bytes; `None` for a raw disk that takes its size from the existing file.
     pub size: Option<u64>,
     pub resize: bool,
@@ -110,6 +119,8 @@ struct RawDisk {
     socket: Spanned<String>,
     engine: Spanned<EngineKind>,
     path: Option<Spanned<String>>,
+    mirror: Option<Spanned<Vec<String>>>,
+    resync_chunk: Option<Spanned<SizeValue>>,
     size: Option<Spanned<SizeValue>>,
     resize: Option<Spanned<bool>>,
     queues: Option<Spanned<u16>>,
@@ -345,7 +356,16 @@ impl Checker<'_> {
         self.check_socket_dir(&socket, raw.socket.span())?;
 
         let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
+        let (mirror, resync_chunk) = self.check_mirror(raw, engine, size)?;
         let path = match (engine, &raw.path) {
+            (EngineKind::Raw | EngineKind::Keel, None) if !mirror.is_empty() => None,
+            (EngineKind::Raw | EngineKind::Keel, Some(p)) if !mirror.is_empty() => {
+                return Err(self.err(
+                    p.span(),
+                    "path",
+                    "give either `path` or `mirror`, not both".into(),
+                ));
+            }
             (EngineKind::Null, Some(p)) => {
                 return Err(self.err(
                     p.span(),
@@ -375,6 +395,18 @@ impl Checker<'_> {
                 self.check_raw_path(&resolved, p.span(), raw, size, resize, logical_block_size)?;
                 Some(resolved)
             }
+            (EngineKind::Keel, None) => {
+                return Err(self.err(
+                    disk_span,
+                    "path",
+                    "missing: the keel engine needs a container file or block device".into(),
+                ));
+            }
+            (EngineKind::Keel, Some(p)) => {
+                let resolved = self.resolve(p.get_ref());
+                self.check_container_path(&resolved, p.span(), size)?;
+                Some(resolved)
+            }
         };
 
         Ok(DiskConfig {
@@ -382,6 +414,8 @@ impl Checker<'_> {
             socket,
             engine,
             path,
+            mirror,
+            resync_chunk,
             size,
             resize,
             queues,
@@ -392,6 +426,102 @@ impl Checker<'_> {
             logical_block_size,
             poll_us,
         })
+    }
+
+    /// `mirror` and `resync_chunk`: at least two distinct components, for raw and keel disks.
+    fn check_mirror(
+        &self,
+        raw: &RawDisk,
+        engine: EngineKind,
+        size: Option<u64>,
+    ) -> Result<(Vec<PathBuf>, u64), ConfigError> {
+        let chunk = match &raw.resync_chunk {
+            None => DEFAULT_RESYNC_CHUNK,
+            Some(v) => {
+                let bytes = v
+                    .get_ref()
+                    .to_bytes()
+                    .map_err(|m| self.err(v.span(), "resync_chunk", m))?;
+                if !bytes.is_power_of_two() || !(4096..=(64 << 20)).contains(&bytes) {
+                    return Err(self.err(
+                        v.span(),
+                        "resync_chunk",
+                        format!("{bytes} bytes is not a power of two between 4K and 64M"),
+                    ));
+                }
+                if raw.mirror.is_none() {
+                    return Err(self.err(
+                        v.span(),
+                        "resync_chunk",
+                        "only mirrored disks (`mirror = [...]`) have a resync chunk".into(),
+                    ));
+                }
+                bytes
+            }
+        };
+        let Some(list) = &raw.mirror else {
+            return Ok((Vec::new(), chunk));
+        };
+        let span = list.span();
+        if engine == EngineKind::Null {
+            return Err(self.err(span, "mirror", "the null engine stores nothing".into()));
+        }
+        let paths: Vec<PathBuf> = list.get_ref().iter().map(|p| self.resolve(p)).collect();
+        if paths.len() < 2 {
+            return Err(self.err(
+                span,
+                "mirror",
+                format!("needs at least 2 components, got {}", paths.len()),
+            ));
+        }
+        for (i, p) in paths.iter().enumerate() {
+            if paths[..i].contains(p) {
+                return Err(self.err(
+                    span,
+                    "mirror",
+                    format!("{} is named twice", p.display()),
+                ));
+            }
+            let dir = p.parent().unwrap_or(Path::new("."));
+            check_writable_dir(dir).map_err(|m| self.err(span.clone(), "mirror", m))?;
+        }
+        if size.is_none() {
+            return Err(self.err(
+                span,
+                "size",
+                "missing: a mirrored disk needs a size".into(),
+            ));
+        }
+        Ok((paths, chunk))
+    }
+
+    /// A keel container either exists (its own header gives its size) or is created with `size`.
+    fn check_container_path(
+        &self,
+        path: &Path,
+        span: std::ops::Range<usize>,
+        size: Option<u64>,
+    ) -> Result<(), ConfigError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => Ok(()),
+            Ok(_) => Err(self.err(
+                span,
+                "path",
+                format!("{} is neither a regular file nor a block device", path.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if size.is_none() {
+                    return Err(self.err(
+                        span,
+                        "size",
+                        format!("{} does not exist and no `size` is given", path.display()),
+                    ));
+                }
+                let dir = path.parent().unwrap_or(Path::new("."));
+                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
+            }
+            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
+        }
     }
 
     /// The socket's directory must exist and be writable, or binding fails later.
@@ -511,6 +641,7 @@ impl EngineKind {
         match self {
             Self::Raw => "raw",
             Self::Null => "null",
+            Self::Keel => "keel",
         }
     }
 }
@@ -518,6 +649,9 @@ impl EngineKind {
 impl DiskConfig {
     /// The files the disk's data lives in (none for the null engine).
     pub fn backing_paths(&self) -> Vec<PathBuf> {
-        self.path.iter().cloned().collect()
+        match &self.path {
+            Some(p) => vec![p.clone()],
+            None => self.mirror.clone(),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! has a default that answers "not supported by this engine", so an engine implements only
 //! what it has.
 
-use keel_protocol::control::{MirrorStatus, SnapshotInfo};
+use keel_protocol::control::SnapshotInfo;
 use thiserror::Error;
 
 /// Why a management operation failed.
@@ -67,7 +67,8 @@ pub trait EngineAdmin: Send + Sync {
         unsupported("snapshots")
     }
 
-    fn mirror_status(&self) -> Result<MirrorStatus, AdminError> {
+    /// Per component: state, last LSN, dirty chunks, resync progress (JSON, as docs/api.md shows).
+    fn mirror_status(&self) -> Result<serde_json::Value, AdminError> {
         unsupported("mirroring")
     }
 

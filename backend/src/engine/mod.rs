@@ -20,7 +20,10 @@
 
 pub mod admin;
 pub mod buffers;
+pub mod device;
 mod file_ops;
+pub mod keel;
+pub mod mirrored;
 pub mod null;
 pub mod raw;
 mod sync_queue;
@@ -187,9 +190,15 @@ pub fn open(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
             disk.size.unwrap_or(0),
             disk.read_only,
         ))),
+        EngineKind::Raw if !disk.mirror.is_empty() => {
+            let size = disk.size.unwrap_or(0);
+            let dev = mirrored::open(disk, size)?;
+            Ok(Arc::new(device::MirroredRawEngine::new(dev, disk.read_only)))
+        }
         EngineKind::Raw => Ok(Arc::new(raw::RawEngine::open(
             &raw::RawOptions::from_disk(disk),
         )?)),
+        EngineKind::Keel => Ok(Arc::new(keel::KeelEngine::open(disk)?)),
     }
 }
 

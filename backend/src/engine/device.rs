@@ -1,0 +1,146 @@
+//! An engine over any [`BlockDevice`], run synchronously: how a raw disk is served from a
+//! mirror, which has no single file descriptor to hand to io_uring.
+
+use super::{
+    AdminError, Capabilities, Completion, Engine, EngineAdmin, EngineError, IoOp, IoRequest,
+    MirrorCommand, QueueEngine, mirrored,
+};
+use crate::device::BlockDevice;
+use crate::device::mirror::MirrorDevice;
+use std::io;
+use std::sync::Arc;
+
+/// A raw disk whose bytes live on a mirror.
+pub struct MirroredRawEngine {
+    dev: Arc<MirrorDevice>,
+    read_only: bool,
+}
+
+impl MirroredRawEngine {
+    pub fn new(dev: Arc<MirrorDevice>, read_only: bool) -> Self {
+        Self { dev, read_only }
+    }
+}
+
+impl Engine for MirroredRawEngine {
+    fn capacity(&self) -> u64 {
+        self.dev.len()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            read_only: self.read_only,
+            discard: !self.read_only,
+            write_zeroes: !self.read_only,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "raw engine on a mirror of {} components, {} bytes, synchronous I/O",
+            self.dev.status().components.len(),
+            self.dev.len()
+        )
+    }
+
+    fn queue(&self, _index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
+        Ok(Box::new(DeviceQueue {
+            dev: Arc::clone(&self.dev) as Arc<dyn BlockDevice>,
+            read_only: self.read_only,
+            done: Vec::new(),
+            scratch: Vec::new(),
+        }))
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.dev.flush().map_err(|source| EngineError::Io {
+            op: "flush",
+            source,
+        })
+    }
+
+    fn admin(&self) -> Option<&dyn EngineAdmin> {
+        Some(self)
+    }
+}
+
+impl EngineAdmin for MirroredRawEngine {
+    fn mirror_status(&self) -> Result<serde_json::Value, AdminError> {
+        mirrored::status(&self.dev)
+    }
+
+    fn mirror_command(&self, component: usize, cmd: MirrorCommand) -> Result<(), AdminError> {
+        mirrored::command(&self.dev, component, cmd)
+    }
+}
+
+/// One queue: every request runs to completion inside `submit`, through a bounce buffer.
+struct DeviceQueue {
+    dev: Arc<dyn BlockDevice>,
+    read_only: bool,
+    done: Vec<Completion>,
+    scratch: Vec<u8>,
+}
+
+impl DeviceQueue {
+    fn execute(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+        let io = |op: &'static str| move |source: io::Error| EngineError::Io { op, source };
+        if self.read_only && !matches!(req.op, IoOp::Read { .. } | IoOp::Flush) {
+            return Err(EngineError::ReadOnly { op: req.op.name() });
+        }
+        match &req.op {
+            IoOp::Read { offset } => {
+                self.scratch.resize(req.buffers.len(), 0);
+                self.dev.read_at(&mut self.scratch, *offset).map_err(io("read"))?;
+                req.buffers.write_from(&self.scratch);
+            }
+            IoOp::Write { offset, durable } => {
+                self.scratch.resize(req.buffers.len(), 0);
+                req.buffers.read_into(&mut self.scratch);
+                self.dev.write_at(&self.scratch, *offset).map_err(io("write"))?;
+                if *durable {
+                    self.dev.flush().map_err(io("write"))?;
+                }
+            }
+            IoOp::Flush => self.dev.flush().map_err(io("flush"))?,
+            IoOp::Discard { ranges } => {
+                for r in ranges {
+                    self.dev.discard(r.offset, r.len).map_err(io("discard"))?;
+                }
+            }
+            // A device's discard reads back as zeroes, so it serves both kinds of zeroing.
+            IoOp::WriteZeroes { ranges } => {
+                for z in ranges {
+                    self.dev
+                        .discard(z.range.offset, z.range.len)
+                        .map_err(io("write-zeroes"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QueueEngine for DeviceQueue {
+    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
+        for mut req in batch.drain(..) {
+            let result = self.execute(&mut req);
+            self.done.push(Completion {
+                token: req.token,
+                result,
+            });
+        }
+    }
+
+    fn reap(&mut self, done: &mut Vec<Completion>) {
+        done.append(&mut self.done);
+    }
+
+    fn wait(&mut self, done: &mut Vec<Completion>) {
+        self.reap(done);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}
