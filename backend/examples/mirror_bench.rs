@@ -2,7 +2,8 @@
 //! outage that wrote 1% of a 4 GiB disk against a full copy, and depth-1 write latency while
 //! a resync runs.
 //!
-//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|latency]`
+//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|latency|writes]`
+//! (`KEEL_BENCH_NO_INTENT=1` turns the write-intent bitmap off.)
 
 use keel_backend::device::BlockDevice;
 use keel_backend::device::FileDevice;
@@ -41,6 +42,7 @@ fn open(
     c.options.assume_clean = true;
     c.options.parallel_write_min = parallel.then_some(0);
     c.options.scheduler = sched;
+    c.options.write_intent = std::env::var_os("KEEL_BENCH_NO_INTENT").is_none();
     MirrorDevice::open(c).expect("open mirror")
 }
 
@@ -236,9 +238,13 @@ fn main() {
     );
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     std::fs::create_dir_all(&dir).expect("bench directory");
-    if args.nth(1).as_deref() != Some("latency") {
-        write_bench(&dir, secs);
-        resync_bench(&dir);
+    match args.nth(1).as_deref() {
+        Some("latency") => latency_bench(&dir, secs),
+        Some("writes") => write_bench(&dir, secs),
+        _ => {
+            write_bench(&dir, secs);
+            resync_bench(&dir);
+            latency_bench(&dir, secs);
+        }
     }
-    latency_bench(&dir, secs);
 }

@@ -43,6 +43,11 @@ pub struct MirrorOptions {
     /// loss are brought back together at open (costs a metadata update on the first write to
     /// a chunk in two flush epochs).
     pub write_intent: bool,
+    /// Granularity of the write-intent bitmap in bytes (a multiple of the chunk size): a
+    /// region's bits are set all at once, so only the first write to a region in two flush
+    /// epochs pays for a metadata update, at the price of resyncing whole regions after a
+    /// power loss.
+    pub intent_region: u64,
 }
 
 impl Default for MirrorOptions {
@@ -56,6 +61,7 @@ impl Default for MirrorOptions {
             scheduler: None,
             checkpoint_chunks: 256,
             write_intent: true,
+            intent_region: 64 << 20,
         }
     }
 }

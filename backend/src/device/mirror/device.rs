@@ -253,17 +253,46 @@ impl Shared {
                 changed = true;
             }
         }
+        let (rfirst, rlast) = self.intent_span(first, last);
         if self.options.write_intent
-            && !st.view.intent.all_set(first, last)
+            && !st.view.intent.all_set(rfirst, rlast)
             && Self::write_targets(st).len() > 1
         {
-            st.view.intent.set_range(first, last);
+            st.view.intent.set_range(rfirst, rlast);
             changed = true;
         }
         if changed {
             self.persist(st)?;
         }
         Ok(())
+    }
+
+    /// Chunks per write-intent region.
+    fn intent_region_chunks(&self) -> u64 {
+        (self.options.intent_region / self.chunk_size).max(1)
+    }
+
+    /// `first..=last` widened to whole write-intent regions (clamped to the disk).
+    fn intent_span(&self, first: u64, last: u64) -> (u64, u64) {
+        let r = self.intent_region_chunks();
+        let chunks = self.len.div_ceil(self.chunk_size);
+        (
+            first / r * r,
+            ((last / r + 1) * r).min(chunks).saturating_sub(1),
+        )
+    }
+
+    /// Every write-intent region holding a chunk set in `bits`, as chunks.
+    fn intent_regions_of(&self, bits: &ChunkBitmap) -> ChunkBitmap {
+        let r = self.intent_region_chunks();
+        let mut out = ChunkBitmap::new(bits.chunks());
+        let mut at = 0;
+        while let Some(c) = bits.next_set(at) {
+            let (a, b) = self.intent_span(c, c);
+            out.set_range(a, b);
+            at = (c / r + 1) * r;
+        }
+        out
     }
 
     /// Takes out every target that failed while another succeeded; an error only if all failed.
@@ -538,10 +567,11 @@ impl Shared {
         if self.options.write_intent {
             // Keep the epoch just flushed as well as the current one: a chunk written again
             // soon does not pay for another metadata update.
-            let mut intent = st.dirty_cur.clone();
+            let mut dirty = st.dirty_cur.clone();
             if let Some(p) = &st.dirty_prev {
-                intent.union_with(p);
+                dirty.union_with(p);
             }
+            let intent = self.intent_regions_of(&dirty);
             if intent != st.view.intent {
                 st.view.intent = intent;
                 changed = true;
@@ -979,9 +1009,18 @@ fn resync_intent(shared: &Shared, st: &mut State) {
                 }),
             });
             moved += 1;
-        } else if let Some(plan) = rec.outage.as_mut().and_then(|o| o.resync.as_mut()) {
-            plan.work.union_with(&intent);
-            plan.done.subtract(&intent);
+        } else if let Some(o) = rec.outage.as_mut() {
+            let tracking = o.tracking.clone();
+            if let Some(plan) = o.resync.as_mut() {
+                // The intent chunks come from the primary, which holds every chunk: a delta
+                // source would not. The mirror then also covers the whole tracking bitmap.
+                if plan.source == Source::Delta {
+                    plan.work.union_with(&tracking);
+                }
+                plan.source = Source::Mirror(primary);
+                plan.work.union_with(&intent);
+                plan.done.subtract(&intent);
+            }
         }
     }
     st.catching_up = st.view.components.iter().any(|c| c.state.is_catching_up());
