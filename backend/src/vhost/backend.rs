@@ -351,6 +351,8 @@ mod tests {
             socket: "d.sock".into(),
             engine: EngineKind::Null,
             path: None,
+            mirror: Vec::new(),
+            resync_chunk: crate::config::DEFAULT_RESYNC_CHUNK,
             size: Some(1 << 30),
             resize: false,
             queues: 2,

@@ -386,6 +386,8 @@ mod tests {
             socket: "w.sock".into(),
             engine: EngineKind::Null,
             path: None,
+            mirror: Vec::new(),
+            resync_chunk: crate::config::DEFAULT_RESYNC_CHUNK,
             size: Some(1 << 20),
             resize: false,
             queues: 1,
