@@ -476,21 +476,13 @@ impl Checker<'_> {
         }
         for (i, p) in paths.iter().enumerate() {
             if paths[..i].contains(p) {
-                return Err(self.err(
-                    span,
-                    "mirror",
-                    format!("{} is named twice", p.display()),
-                ));
+                return Err(self.err(span, "mirror", format!("{} is named twice", p.display())));
             }
             let dir = p.parent().unwrap_or(Path::new("."));
             check_writable_dir(dir).map_err(|m| self.err(span.clone(), "mirror", m))?;
         }
         if size.is_none() {
-            return Err(self.err(
-                span,
-                "size",
-                "missing: a mirrored disk needs a size".into(),
-            ));
+            return Err(self.err(span, "size", "missing: a mirrored disk needs a size".into()));
         }
         Ok((paths, chunk))
     }
@@ -507,7 +499,10 @@ impl Checker<'_> {
             Ok(_) => Err(self.err(
                 span,
                 "path",
-                format!("{} is neither a regular file nor a block device", path.display()),
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if size.is_none() {

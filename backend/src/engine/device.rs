@@ -91,13 +91,17 @@ impl DeviceQueue {
         match &req.op {
             IoOp::Read { offset } => {
                 self.scratch.resize(req.buffers.len(), 0);
-                self.dev.read_at(&mut self.scratch, *offset).map_err(io("read"))?;
+                self.dev
+                    .read_at(&mut self.scratch, *offset)
+                    .map_err(io("read"))?;
                 req.buffers.write_from(&self.scratch);
             }
             IoOp::Write { offset, durable } => {
                 self.scratch.resize(req.buffers.len(), 0);
                 req.buffers.read_into(&mut self.scratch);
-                self.dev.write_at(&self.scratch, *offset).map_err(io("write"))?;
+                self.dev
+                    .write_at(&self.scratch, *offset)
+                    .map_err(io("write"))?;
                 if *durable {
                     self.dev.flush().map_err(io("write"))?;
                 }

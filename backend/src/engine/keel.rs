@@ -12,7 +12,9 @@ use super::{
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
-use crate::store::{CleanerConfig, CleanerHandle, CreateOptions, Op, Store, StoreError, StoreOptions};
+use crate::store::{
+    CleanerConfig, CleanerHandle, CreateOptions, Op, Store, StoreError, StoreOptions,
+};
 use keel_protocol::control::SnapshotInfo;
 use std::io;
 use std::path::PathBuf;
@@ -48,9 +50,15 @@ impl KeelEngine {
         let (store, mirror, where_) = if disk.mirror.is_empty() {
             let path = disk.path.clone().unwrap_or_default();
             if !path.exists() {
-                let size = disk.size.ok_or_else(|| setup(&path, "no size to create it with"))?;
-                Store::create_path(&path, &CreateOptions::new(size)).map_err(|e| setup(&path, e))?;
-                log::info!("{}: created a keel container of {size} bytes", path.display());
+                let size = disk
+                    .size
+                    .ok_or_else(|| setup(&path, "no size to create it with"))?;
+                Store::create_path(&path, &CreateOptions::new(size))
+                    .map_err(|e| setup(&path, e))?;
+                log::info!(
+                    "{}: created a keel container of {size} bytes",
+                    path.display()
+                );
             }
             let store = Store::open_path(&path, opts).map_err(|e| setup(&path, e))?;
             (store, None, path.display().to_string())
@@ -94,9 +102,14 @@ impl KeelEngine {
         opts: StoreOptions,
     ) -> Result<(Store, Option<Arc<MirrorDevice>>, String), EngineError> {
         let first = disk.mirror.first().cloned().unwrap_or_default();
-        let size = disk.size.ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
+        let size = disk
+            .size
+            .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
         let create = CreateOptions::new(size);
-        let container = create.geometry().map_err(|e| setup(&first, e))?.container_bytes();
+        let container = create
+            .geometry()
+            .map_err(|e| setup(&first, e))?
+            .container_bytes();
         let fresh = disk.mirror.iter().all(|p| !p.exists());
         let dev = mirrored::open(disk, container)?;
         if fresh {

@@ -52,7 +52,9 @@ pub fn command(dev: &MirrorDevice, n: usize, cmd: MirrorCommand) -> Result<(), A
 
 /// `<component>.delta` beside the component, when the caller names no path.
 fn default_delta_path(dev: &MirrorDevice, n: usize) -> PathBuf {
-    let base = dev.component_path(n).unwrap_or_else(|| PathBuf::from("component"));
+    let base = dev
+        .component_path(n)
+        .unwrap_or_else(|| PathBuf::from("component"));
     let mut name = base.file_name().unwrap_or_default().to_os_string();
     name.push(".delta");
     base.with_file_name(name)

@@ -193,7 +193,10 @@ pub fn open(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
         EngineKind::Raw if !disk.mirror.is_empty() => {
             let size = disk.size.unwrap_or(0);
             let dev = mirrored::open(disk, size)?;
-            Ok(Arc::new(device::MirroredRawEngine::new(dev, disk.read_only)))
+            Ok(Arc::new(device::MirroredRawEngine::new(
+                dev,
+                disk.read_only,
+            )))
         }
         EngineKind::Raw => Ok(Arc::new(raw::RawEngine::open(
             &raw::RawOptions::from_disk(disk),
