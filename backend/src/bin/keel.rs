@@ -1,8 +1,10 @@
 //! `keel`: Keel's admin CLI. Works offline on a container nobody has open (it takes the
-//! container's exclusive lock and says so when keeld holds it).
+//! container's exclusive lock and says so when keeld holds it), and online on a running keeld
+//! through its control socket (disks, stats, snapshots, mirrors).
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -13,6 +15,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "keel", version, about = "Administer Keel disk containers")]
 struct Cli {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,25 +50,65 @@ enum Cmd {
     },
     /// Copy a container's contents out to a raw image (sparse; must not exist).
     Export { path: PathBuf, raw: PathBuf },
-    /// Snapshots of a container.
+    /// Snapshots: of a served disk (with a daemon named) or of a container file (without).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// The disks a running keeld serves.
+    Disks {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A served disk's counters and latency.
+    Stats {
+        disk: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new served disk from a snapshot.
+    Clone {
+        disk: String,
+        snapshot: String,
+        new_disk: String,
+    },
+    /// Mirror components of a served disk.
+    #[command(subcommand)]
+    Mirror(MirrorCmd),
 }
 
 #[derive(Subcommand)]
 enum SnapshotCmd {
     /// Freeze the current contents under a name.
-    Create { path: PathBuf, name: String },
+    Create { target: String, name: String },
     /// List snapshots, oldest first.
     List {
-        path: PathBuf,
+        target: String,
         #[arg(long)]
         json: bool,
     },
-    /// Delete a snapshot, freeing the blocks only it held.
-    Delete { path: PathBuf, id: u64 },
+    /// Delete a snapshot (by name, or by id offline), freeing the blocks only it held.
+    Delete { target: String, name: String },
     /// Make the disk's contents those of a snapshot again.
-    Revert { path: PathBuf, id: u64 },
+    Revert {
+        target: String,
+        name: String,
+        /// Revert a served disk even while a guest is attached (its view becomes stale).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A snapshot named by its name, or by its id when the argument is a number.
+fn snapshot_id(store: &Store, name: &str) -> Result<u64, String> {
+    let list = store.list_snapshots();
+    list.iter()
+        .find(|s| s.name == name)
+        .or_else(|| {
+            name.parse::<u64>()
+                .ok()
+                .and_then(|id| list.iter().find(|s| s.id == id))
+        })
+        .map(|s| s.id)
+        .ok_or_else(|| format!("no snapshot {name:?}"))
 }
 
 #[derive(Args)]
@@ -287,7 +331,33 @@ fn info(path: &Path, json: bool) -> Result<(), String> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    let daemon = cli.daemon;
     match cli.cmd {
+        Cmd::Disks { json } => online::list_disks(&daemon.client()?, json)?,
+        Cmd::Stats { disk, json } => online::stats(&daemon.client()?, &disk, json)?,
+        Cmd::Clone {
+            disk,
+            snapshot,
+            new_disk,
+        } => online::clone(&daemon.client()?, &disk, &snapshot, &new_disk)?,
+        Cmd::Mirror(m) => online::mirror(&daemon.client()?, m)?,
+        Cmd::Snapshot(s) if daemon.socket()?.is_some() => {
+            let c = daemon.client()?;
+            match s {
+                SnapshotCmd::Create { target, name } => {
+                    online::snapshot_create(&c, &target, &name)?
+                }
+                SnapshotCmd::List { target, json } => online::snapshot_list(&c, &target, json)?,
+                SnapshotCmd::Delete { target, name } => {
+                    online::snapshot_delete(&c, &target, &name)?
+                }
+                SnapshotCmd::Revert {
+                    target,
+                    name,
+                    force,
+                } => online::snapshot_revert(&c, &target, &name, force)?,
+            }
+        }
         Cmd::Create { path, geometry } => {
             let size = geometry.size.ok_or("--size is required")?;
             let g = Store::create_path(&path, &geometry.options(size))
@@ -332,14 +402,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => import(&raw, &path, &geometry)?,
         Cmd::Export { path, raw } => export(&path, &raw)?,
         Cmd::Snapshot(s) => match s {
-            SnapshotCmd::Create { path, name } => {
-                let id = open(&path)?
+            SnapshotCmd::Create { target, name } => {
+                let id = open(Path::new(&target))?
                     .create_snapshot(&name)
                     .map_err(|e| e.to_string())?;
                 println!("snapshot {id} created");
             }
-            SnapshotCmd::List { path, json } => {
-                let l = open(&path)?.list_snapshots();
+            SnapshotCmd::List { target, json } => {
+                let l = open(Path::new(&target))?.list_snapshots();
                 if json {
                     print_json(&l)?;
                 } else {
@@ -348,12 +418,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     }
                 }
             }
-            SnapshotCmd::Delete { path, id } => open(&path)?
-                .delete_snapshot(id)
-                .map_err(|e| e.to_string())?,
-            SnapshotCmd::Revert { path, id } => open(&path)?
-                .revert_to_snapshot(id)
-                .map_err(|e| e.to_string())?,
+            SnapshotCmd::Delete { target, name } => {
+                let store = open(Path::new(&target))?;
+                let id = snapshot_id(&store, &name)?;
+                store.delete_snapshot(id).map_err(|e| e.to_string())?
+            }
+            SnapshotCmd::Revert { target, name, .. } => {
+                let store = open(Path::new(&target))?;
+                let id = snapshot_id(&store, &name)?;
+                store.revert_to_snapshot(id).map_err(|e| e.to_string())?
+            }
         },
     }
     Ok(ExitCode::SUCCESS)

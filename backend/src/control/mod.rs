@@ -4,6 +4,7 @@
 //! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what
 //! `keel` uses to talk to it.
 
+pub mod cli;
 pub mod client;
 mod route;
 mod server;
