@@ -1,0 +1,362 @@
+//! Keel's storage core (engine "keel") against qemu-storage-daemon on a raw file and on a qcow2
+//! image: the same client, the same workloads, the same run. See docs/benchmarks.md.
+//!
+//! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--no-amp]
+//! Prints a markdown table and, after a line "JSON:", the raw numbers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_backend::control::client::ControlClient;
+use keel_protocol::control::DiskStats;
+use keel_tests::bench::{self, Measurement, Pattern, Workload};
+use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
+use serde::Serialize;
+
+struct Args {
+    runs: usize,
+    runtime: Duration,
+    dir: PathBuf,
+    size: u64,
+    amp: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        runs: 3,
+        runtime: Duration::from_secs(5),
+        dir: std::env::temp_dir().join("keel-store-bench"),
+        size: 1 << 30,
+        amp: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => a.runs = val().parse().expect("--runs N"),
+            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
+            "--dir" => a.dir = PathBuf::from(val()),
+            "--size-mib" => a.size = val().parse::<u64>().expect("--size-mib N") << 20,
+            "--no-amp" => a.amp = false,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+enum Server {
+    /// keeld, engine "keel", container file opened O_DIRECT.
+    Keel,
+    /// qemu-storage-daemon, raw file, io_uring, O_DIRECT.
+    QsdRaw,
+    /// qemu-storage-daemon, qcow2 image (metadata preallocated), io_uring, O_DIRECT.
+    QsdQcow2,
+}
+
+/// A running server, stopped with SIGTERM (then SIGKILL) on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..1000 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    _proc: Running,
+    sock: PathBuf,
+    control: Option<ControlClient>,
+}
+
+/// Starts `server` on a fresh image of `size` bytes.
+fn start(server: Server, dir: &Path, size: u64) -> Setup {
+    let sock = dir.join(format!("{server:?}.sock").to_lowercase());
+    let _ = fs::remove_file(&sock);
+    let (child, control) = match server {
+        Server::Keel => {
+            let path = dir.join("bench.keel");
+            let _ = fs::remove_file(&path);
+            let ctl = dir.join("control.sock");
+            let cfg = dir.join("keel-store-bench.toml");
+            fs::write(
+                &cfg,
+                format!(
+                    "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n",
+                    ctl.display(),
+                    sock.display(),
+                    path.display()
+                ),
+            )
+            .expect("write config");
+            let child = Command::new(keeld_binary_near_exe())
+                .arg("--config")
+                .arg(&cfg)
+                .env("KEEL_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start keeld");
+            (child, Some(ControlClient::new(&ctl)))
+        }
+        Server::QsdRaw | Server::QsdQcow2 => {
+            let (fmt, name) = if server == Server::QsdRaw {
+                ("raw", "bench.img")
+            } else {
+                ("qcow2", "bench.qcow2")
+            };
+            let image = dir.join(name);
+            let _ = fs::remove_file(&image);
+            let mut create = Command::new("qemu-img");
+            create.args(["create", "-q", "-f", fmt]);
+            if server == Server::QsdQcow2 {
+                create.args(["-o", "preallocation=metadata"]);
+            } else {
+                create.args(["-o", "preallocation=falloc"]);
+            }
+            let ok = create
+                .arg(&image)
+                .arg(size.to_string())
+                .status()
+                .expect("qemu-img");
+            assert!(ok.success(), "qemu-img create failed");
+            let blockdev = if server == Server::QsdRaw {
+                format!(
+                    "driver=file,filename={},aio=io_uring,cache.direct=on,node-name=n",
+                    image.display()
+                )
+            } else {
+                format!(
+                    "driver=qcow2,node-name=n,file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=on",
+                    image.display()
+                )
+            };
+            let child = Command::new("qemu-storage-daemon")
+                .arg("--blockdev")
+                .arg(blockdev)
+                .arg("--export")
+                .arg(format!(
+                    "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},writable=on,num-queues=1",
+                    sock.display()
+                ))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start qemu-storage-daemon");
+            (child, None)
+        }
+    };
+    let running = Running(child);
+    assert!(
+        wait_for_socket(&sock, Duration::from_secs(30)),
+        "{server:?} did not listen"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    Setup {
+        _proc: running,
+        sock,
+        control,
+    }
+}
+
+fn stats(s: &Setup) -> Option<DiskStats> {
+    s.control
+        .as_ref()
+        .and_then(|c| c.get("/v1/disks/b/stats").ok())
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct RunResult {
+    fill_seq: Measurement,
+    randread_after_seq: Measurement,
+    randwrite: Measurement,
+    randread_after_random: Measurement,
+    /// Keel only: journal records per guest write during the random-write phase.
+    metadata_per_write: Option<f64>,
+}
+
+fn one_run(server: Server, a: &Args) -> RunResult {
+    let s = start(server, &a.dir, a.size);
+    let wl = |pattern, block_size, queue_depth, runtime| Workload {
+        pattern,
+        block_size,
+        queue_depth,
+        span: a.size,
+        runtime,
+        warmup: Duration::from_millis(500),
+    };
+    let run = |w: &Workload| {
+        let m = bench::run(&s.sock, w, false)
+            .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
+        std::thread::sleep(Duration::from_millis(100));
+        eprintln!(
+            "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us",
+            w.label(),
+            m.iops,
+            m.mib_per_s,
+            m.lat_p50_us
+        );
+        m
+    };
+    // Lay the disk out sequentially first, so reads hit written blocks on every server.
+    let fill_time = Duration::from_secs_f64(a.runtime.as_secs_f64().max(4.0));
+    let fill_seq = run(&wl(Pattern::SeqWrite, 1 << 20, 4, fill_time));
+    let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let before = stats(&s);
+    let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
+    let after = stats(&s);
+    let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let metadata_per_write = before.zip(after).map(|(b, a)| {
+        (a.metadata_transactions - b.metadata_transactions) as f64
+            / (a.writes - b.writes).max(1) as f64
+    });
+    RunResult {
+        fill_seq,
+        randread_after_seq,
+        randwrite,
+        randread_after_random,
+        metadata_per_write,
+    }
+}
+
+/// Random 4 KiB writes on a keel disk until the guest has written twice its size:
+/// bytes the engine wrote to the container per byte the guest wrote.
+fn write_amplification(a: &Args) -> (f64, u64, u64) {
+    let s = start(Server::Keel, &a.dir, a.size);
+    let w = Workload {
+        pattern: Pattern::RandWrite,
+        block_size: 4096,
+        queue_depth: 32,
+        span: a.size,
+        runtime: Duration::from_secs(5),
+        warmup: Duration::ZERO,
+    };
+    let start_stats = stats(&s).expect("keeld stats");
+    loop {
+        bench::run(&s.sock, &w, false).expect("random writes");
+        let now = stats(&s).expect("keeld stats");
+        let guest = now.written_bytes - start_stats.written_bytes;
+        let device = now.device_bytes_written - start_stats.device_bytes_written;
+        eprintln!(
+            "fill: guest {} MiB, container {} MiB",
+            guest >> 20,
+            device >> 20
+        );
+        if guest >= 2 * a.size {
+            return (device as f64 / guest as f64, guest, device);
+        }
+    }
+}
+
+fn median(ms: &[Measurement]) -> Measurement {
+    let med = |f: fn(&Measurement) -> f64| {
+        let mut v: Vec<f64> = ms.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    };
+    Measurement {
+        iops: med(|m| m.iops),
+        mib_per_s: med(|m| m.mib_per_s),
+        lat_mean_us: med(|m| m.lat_mean_us),
+        lat_p50_us: med(|m| m.lat_p50_us),
+        lat_p99_us: med(|m| m.lat_p99_us),
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    runs: Vec<(Server, Vec<RunResult>)>,
+    write_amplification: Option<(f64, u64, u64)>,
+}
+
+fn main() {
+    let a = parse_args();
+    fs::create_dir_all(&a.dir).expect("bench dir");
+    let servers = [Server::Keel, Server::QsdRaw, Server::QsdQcow2];
+    let mut runs: Vec<(Server, Vec<RunResult>)> =
+        servers.iter().map(|s| (*s, Vec::new())).collect();
+    for r in 0..a.runs {
+        eprintln!("== run {}", r + 1);
+        for (server, results) in runs.iter_mut() {
+            results.push(one_run(*server, &a));
+        }
+    }
+    let write_amplification = a.amp.then(|| write_amplification(&a));
+
+    let pick = |rs: &[RunResult], f: fn(&RunResult) -> Measurement| {
+        median(&rs.iter().map(f).collect::<Vec<_>>())
+    };
+    type Getter = fn(&RunResult) -> Measurement;
+    let rows: [(&str, Getter); 4] = [
+        ("1M seq write qd4 (fill)", |r| r.fill_seq),
+        ("4k randread qd32, data written sequentially", |r| {
+            r.randread_after_seq
+        }),
+        ("4k randwrite qd32", |r| r.randwrite),
+        ("4k randread qd32, data written randomly", |r| {
+            r.randread_after_random
+        }),
+    ];
+    println!(
+        "Median of {} runs, {} s each, 1 queue, blkio client, {} MiB disk, O_DIRECT everywhere.\n",
+        a.runs,
+        a.runtime.as_secs_f64(),
+        a.size >> 20
+    );
+    println!(
+        "| workload | Keel (keel) IOPS | QSD raw IOPS | QSD qcow2 IOPS | Keel/raw | Keel/qcow2 | Keel p50 us | raw p50 us | qcow2 p50 us |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, f) in rows {
+        let k = pick(&runs[0].1, f);
+        let r = pick(&runs[1].1, f);
+        let q = pick(&runs[2].1, f);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            k.iops,
+            r.iops,
+            q.iops,
+            k.iops / r.iops.max(1.0),
+            k.iops / q.iops.max(1.0),
+            k.lat_p50_us,
+            r.lat_p50_us,
+            q.lat_p50_us
+        );
+    }
+    let mut meta: Vec<f64> = runs[0]
+        .1
+        .iter()
+        .filter_map(|r| r.metadata_per_write)
+        .collect();
+    meta.sort_by(|a, b| a.total_cmp(b));
+    if let Some(m) = meta.get(meta.len() / 2) {
+        println!(
+            "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {m:.4}"
+        );
+    }
+    if let Some((amp, guest, device)) = write_amplification {
+        println!(
+            "write amplification, random 4k writes filling the disk twice: {amp:.3} ({} MiB guest, {} MiB to the container)",
+            guest >> 20,
+            device >> 20
+        );
+    }
+    println!("\nJSON:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Report {
+            runs,
+            write_amplification
+        })
+        .unwrap_or_default()
+    );
+}
