@@ -2,3 +2,4 @@
 
 pub mod client;
 pub mod keeld;
+pub mod raw_frontend;
