@@ -4,5 +4,6 @@
 
 pub mod bytes;
 pub mod chain;
+pub mod frontend;
 pub mod guest;
 pub mod seeds;

@@ -29,3 +29,9 @@ fn desc_chain_corpus() {
     });
     assert!(n > 0, "no desc_chain inputs found");
 }
+
+#[test]
+fn vhost_frontend_corpus() {
+    let n = replay("vhost_frontend", keel_fuzz::frontend::run);
+    assert!(n > 0, "no vhost_frontend inputs found");
+}

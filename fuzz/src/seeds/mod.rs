@@ -2,6 +2,7 @@
 //! Seeds start the fuzzer at well-formed and classic hostile inputs instead of at empty bytes.
 
 pub mod chain;
+pub mod frontend;
 
 use std::fs;
 use std::io;
@@ -12,6 +13,9 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut out = Vec::new();
     for (name, s) in chain::seeds() {
         out.push(("desc_chain", name, s.encode()));
+    }
+    for (name, msgs) in frontend::seeds() {
+        out.push(("vhost_frontend", name, keel_tests::raw_frontend::encode(&msgs)));
     }
     out
 }
