@@ -6,4 +6,5 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod engine;
+pub mod store;
 pub mod vhost;

@@ -14,6 +14,8 @@ pub struct Client {
     queues: Vec<Blkioq>,
     region: MemoryRegion,
     per_queue: usize,
+    /// Reused completion buffer of `wait_some`.
+    comps: Vec<MaybeUninit<Completion>>,
 }
 
 /// How to connect.
@@ -83,6 +85,7 @@ impl Client {
             queues: started.queues,
             region,
             per_queue,
+            comps: Vec::new(),
         })
     }
 
@@ -134,6 +137,43 @@ impl Client {
             }
         }
         out
+    }
+
+    /// Waits for at least one completion of queue `q` (blocking, or spinning if `spin`) and
+    /// appends (user data, result) pairs to `out`. Returns how many arrived.
+    pub fn wait_some(
+        &mut self,
+        q: usize,
+        max: usize,
+        spin: bool,
+        out: &mut Vec<(usize, i32)>,
+    ) -> usize {
+        let want = max.max(1);
+        while self.comps.len() < want {
+            self.comps.push(MaybeUninit::uninit());
+        }
+        let min = usize::from(!spin);
+        let since = std::time::Instant::now();
+        loop {
+            let got = self.queues[q]
+                .do_io(&mut self.comps[..want], min, None, None)
+                .expect("do_io");
+            for c in &self.comps[..got] {
+                // SAFETY: do_io initialised the first `got` entries.
+                let c = unsafe { c.assume_init_ref() };
+                out.push((c.user_data, c.ret));
+            }
+            if got > 0 {
+                return got;
+            }
+            // Spin flat out briefly, then yield between checks: never hog a CPU the server
+            // may need.
+            if since.elapsed() < std::time::Duration::from_micros(10) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 
     fn one(&mut self, q: usize) -> Result<(), RequestFailed> {

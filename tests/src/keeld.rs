@@ -188,3 +188,15 @@ pub fn run_expecting_failure(config: &Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Path of a keeld binary next to the running executable (same target profile), for tools that
+/// are run after `cargo build` rather than from `cargo test`.
+pub fn keeld_binary_near_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    let direct = dir.join("keeld");
+    if direct.exists() {
+        return direct;
+    }
+    dir.parent().map_or(direct.clone(), |p| p.join("keeld"))
+}

@@ -504,3 +504,20 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+impl EngineKind {
+    /// The name the config file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Null => "null",
+        }
+    }
+}
+
+impl DiskConfig {
+    /// The files the disk's data lives in (none for the null engine).
+    pub fn backing_paths(&self) -> Vec<PathBuf> {
+        self.path.iter().cloned().collect()
+    }
+}

@@ -8,6 +8,9 @@ pub mod client;
 mod route;
 mod server;
 
+mod handler;
+
+pub use handler::{DaemonControl, DiskEntry};
 pub use route::{ApiCall, MirrorOp, route};
 pub use server::ControlServer;
 

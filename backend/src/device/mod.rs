@@ -3,7 +3,9 @@
 //! The store only ever talks to a [`BlockDevice`], so a fault-injecting device or a mirror
 //! can stand in for a file without the store knowing.
 
+pub mod faulty;
 mod file;
+pub mod mirror;
 
 pub use file::FileDevice;
 

@@ -31,6 +31,8 @@ struct Segment {
 /// Data buffers of one request, as host iovecs into guest memory.
 #[derive(Debug)]
 pub struct GuestBuffers {
+    /// On the heap on purpose: the array keeps its address when the request moves (into an
+    /// engine's in-flight table, say), so iovec pointers handed to the kernel stay valid.
     iovecs: Vec<libc::iovec>,
     len: usize,
     /// Keeps every region the iovecs point into mapped.
@@ -60,7 +62,7 @@ impl GuestBuffers {
         memory: &Arc<GuestMemory>,
         ranges: impl IntoIterator<Item = (GuestAddress, u32)>,
     ) -> Result<Self, BufferError> {
-        let mut iovecs = Vec::new();
+        let mut iovecs = Vec::with_capacity(2);
         let mut total = 0usize;
         for (addr, len) in ranges {
             if len == 0 {
@@ -101,8 +103,9 @@ impl GuestBuffers {
         self.len == 0
     }
 
-    /// The iovecs for vectored system calls or io_uring. The memory they describe stays valid
-    /// while `self` lives; the caller must not keep them past that.
+    /// The iovecs for vectored system calls or io_uring. The memory they describe, and the
+    /// array itself, stay valid and in place while `self` lives, even if `self` is moved; the
+    /// caller must not keep them past that.
     pub fn iovecs(&self) -> &[libc::iovec] {
         &self.iovecs
     }

@@ -18,6 +18,7 @@
 //! Adding an engine: implement both traits, add a variant to [`EngineKind`], add its arm to
 //! [`open`].
 
+pub mod admin;
 pub mod buffers;
 mod file_ops;
 pub mod null;
@@ -25,6 +26,7 @@ pub mod raw;
 mod sync_queue;
 mod uring_queue;
 
+pub use admin::{AdminError, EngineAdmin, EngineCounters, MirrorCommand};
 pub use buffers::{BufferError, GuestBuffers, GuestMemory};
 
 use std::io;
@@ -145,6 +147,11 @@ pub trait Engine: Send + Sync {
 
     /// Makes every completed write durable (used at shutdown).
     fn flush(&self) -> Result<(), EngineError>;
+
+    /// Snapshots, mirrors and engine counters, for engines that have them.
+    fn admin(&self) -> Option<&dyn EngineAdmin> {
+        None
+    }
 }
 
 /// The per-queue half of an engine, owned by one worker thread.

@@ -244,7 +244,17 @@ impl UringQueue {
         let mut n = 0;
         loop {
             let cqe = self.ring.completion().next();
-            let Some(cqe) = cqe else { break };
+            let Some(cqe) = cqe else {
+                // Completions the kernel kept aside when the ring was full come back only
+                // through an enter; ask for them and keep reaping.
+                if self.ring.submission().cq_overflow() {
+                    self.submit_ring();
+                    if !self.ring.completion().is_empty() {
+                        continue;
+                    }
+                }
+                break;
+            };
             self.complete_entry(&cqe);
             n += 1;
         }

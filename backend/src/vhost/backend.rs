@@ -32,6 +32,8 @@ pub const WCE_OFFSET: u32 = 32;
 const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 /// Segments per discard / write-zeroes request.
 const MAX_DISCARD_SEG: u32 = 32;
+/// Most config-space bytes one GET_CONFIG answers (the vhost-user message limit).
+const MAX_CONFIG_READ: u32 = 256;
 /// Largest single data segment advertised (SIZE_MAX).
 const SIZE_MAX: u32 = 1 << 20;
 
@@ -252,6 +254,8 @@ impl VhostUserBackend for BlkBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let wce = !self.session.write_through.load(Ordering::Relaxed);
+        // vhost-user config messages carry at most 256 bytes; never build more than that.
+        let size = size.min(MAX_CONFIG_READ);
         self.ctx
             .blk_config(wce)
             .read_window(offset as usize, size as usize)
@@ -332,5 +336,92 @@ impl VhostUserBackend for BlkBackend {
             other => debug!("{}: unexpected event {other}", self.ctx.name),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineKind;
+    use crate::engine::null::NullEngine;
+
+    fn disk(read_only: bool) -> DiskConfig {
+        DiskConfig {
+            name: "d".into(),
+            socket: "d.sock".into(),
+            engine: EngineKind::Null,
+            path: None,
+            size: Some(1 << 30),
+            resize: false,
+            queues: 2,
+            queue_size: 128,
+            read_only,
+            serial: "SERIAL-1".into(),
+            direct: true,
+            logical_block_size: 512,
+            poll_us: 0,
+        }
+    }
+
+    fn backend(read_only: bool) -> BlkBackend {
+        let cfg = disk(read_only);
+        let engine = Arc::new(NullEngine::new(1 << 30, read_only));
+        let ctx = Arc::new(DiskContext::new(&cfg, engine, Arc::default()));
+        BlkBackend::new(ctx, GuestMemoryAtomic::new(GuestMemory::default()))
+    }
+
+    #[test]
+    fn features_follow_the_disk() {
+        let rw = backend(false).features();
+        assert!(f::has(rw, f::DISCARD) && f::has(rw, f::WRITE_ZEROES) && !f::has(rw, f::RO));
+        for feat in [
+            f::VERSION_1,
+            f::FLUSH,
+            f::CONFIG_WCE,
+            f::MQ,
+            f::RING_EVENT_IDX,
+            f::SEG_MAX,
+        ] {
+            assert!(f::has(rw, feat), "{feat}");
+        }
+        let ro = backend(true).features();
+        assert!(f::has(ro, f::RO) && !f::has(ro, f::DISCARD) && !f::has(ro, f::WRITE_ZEROES));
+    }
+
+    #[test]
+    fn config_space_describes_the_disk() {
+        let b = backend(false);
+        let raw = b.get_config(0, 80);
+        assert_eq!(raw.len(), 80, "longer reads are zero-filled, not truncated");
+        let c = BlkConfig::from_bytes(&raw);
+        assert_eq!(c.capacity, (1 << 30) / 512);
+        assert_eq!((c.seg_max, c.num_queues, c.blk_size), (126, 2, 512));
+        assert_eq!((c.wce, c.physical_block_exp), (1, 3));
+        assert_eq!(b.get_config(WCE_OFFSET, 1), vec![1]);
+        assert_eq!(
+            b.get_config(0, u32::MAX).len(),
+            256,
+            "no huge allocation on request"
+        );
+    }
+
+    #[test]
+    fn guest_toggles_the_write_cache_and_nothing_else() {
+        let b = backend(false);
+        b.set_config(WCE_OFFSET, &[0]).unwrap();
+        assert!(b.session.write_through.load(Ordering::Relaxed));
+        assert_eq!(b.get_config(WCE_OFFSET, 1), vec![0]);
+        b.set_config(WCE_OFFSET, &[1]).unwrap();
+        assert!(!b.session.write_through.load(Ordering::Relaxed));
+        assert!(b.set_config(0, &[0; 8]).is_err());
+        assert!(b.set_config(WCE_OFFSET, &[0, 0]).is_err());
+    }
+
+    #[test]
+    fn one_worker_thread_per_queue() {
+        let b = backend(false);
+        assert_eq!(b.queues_per_thread(), vec![0b01, 0b10]);
+        assert_eq!(b.num_queues(), 2);
+        assert_eq!(b.max_queue_size(), 128);
     }
 }

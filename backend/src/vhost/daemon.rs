@@ -9,6 +9,7 @@ use super::backend::DiskContext;
 use super::server::{DiskServer, ServerError};
 use super::stats::DiskStats;
 use crate::config::Config;
+use crate::control::{ControlServer, DaemonControl, DiskEntry};
 use crate::engine::{self, EngineError};
 
 #[derive(Debug, Error)]
@@ -17,11 +18,18 @@ pub enum DaemonError {
     Engine { disk: String, source: EngineError },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The running disks.
 pub struct Daemon {
     disks: Vec<DiskServer>,
+    /// The control API, when the config names a socket for it.
+    control: Option<ControlServer>,
 }
 
 impl Daemon {
@@ -29,16 +37,33 @@ impl Daemon {
     /// already started are stopped again and the error is returned.
     pub fn start(config: &Config) -> Result<Self, DaemonError> {
         let mut disks = Vec::with_capacity(config.disks.len());
+        let mut entries = Vec::with_capacity(config.disks.len());
         for disk in &config.disks {
             let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
                 disk: disk.name.clone(),
                 source,
             })?;
             let ctx = Arc::new(DiskContext::new(disk, engine, Arc::default()));
+            entries.push(DiskEntry {
+                config: disk.clone(),
+                engine: Arc::clone(&ctx.engine),
+                stats: Arc::clone(&ctx.stats),
+            });
             disks.push(DiskServer::start(ctx, disk.socket.clone())?);
         }
+        let control = match &config.server.control_socket {
+            Some(path) => Some(
+                ControlServer::start(path, Arc::new(DaemonControl::new(entries))).map_err(
+                    |source| DaemonError::Control {
+                        path: path.clone(),
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         info!("serving {} disk(s)", disks.len());
-        Ok(Self { disks })
+        Ok(Self { disks, control })
     }
 
     /// Each disk's name and counters.
@@ -51,7 +76,8 @@ impl Daemon {
 
     /// Stops every disk: no new connections, in-flight I/O finished, writes flushed.
     /// Returns the first flush error after trying every disk.
-    pub fn shutdown(self) -> Result<(), DaemonError> {
+    pub fn shutdown(mut self) -> Result<(), DaemonError> {
+        drop(self.control.take());
         let mut first = None;
         for d in self.disks {
             let name = d.context().name.clone();

@@ -13,9 +13,10 @@ use keel_protocol::request::{DISCARD_SEGMENT_SIZE, HEADER_SIZE, ReservedFlags};
 use keel_protocol::{
     DiscardSegment, RequestHeader, RequestType, SECTOR_SHIFT, SECTOR_SIZE, Status,
 };
+use smallvec::SmallVec;
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::engine::{BufferError, ByteRange, GuestBuffers, GuestMemory, IoOp, ZeroRange};
 
@@ -122,8 +123,8 @@ pub struct Rejected {
     pub error: RequestError,
 }
 
-/// Guest ranges as (address, length) pairs, in chain order.
-type Ranges = Vec<(GuestAddress, u32)>;
+/// Guest ranges as (address, length) pairs, in chain order (inline for typical chains).
+type Ranges = SmallVec<[(GuestAddress, u32); 4]>;
 
 /// Parses one descriptor chain. `write_through` marks writes durable (the guest cleared WCE).
 pub fn parse(
@@ -133,8 +134,8 @@ pub fn parse(
     write_through: bool,
 ) -> Result<Request, Rejected> {
     let head = chain.head_index();
-    let mut readable: Ranges = Vec::new();
-    let mut writable: Ranges = Vec::new();
+    let mut readable = Ranges::new();
+    let mut writable = Ranges::new();
     let mut count = 0usize;
     let mut order_error = None;
     for desc in chain {
@@ -208,7 +209,17 @@ fn parse_body(
         });
     }
     let mut raw = [0u8; HEADER_SIZE];
-    GuestBuffers::from_guest(memory, header_ranges)?.read_into(&mut raw);
+    let mut pos = 0;
+    for (addr, len) in header_ranges {
+        let dst = &mut raw[pos..pos + len as usize];
+        memory
+            .read_slice(dst, addr)
+            .map_err(|_| BufferError::OutsideGuestMemory {
+                addr: addr.raw_value(),
+                len,
+            })?;
+        pos += len as usize;
+    }
     let header = RequestHeader::from_bytes(&raw);
     let in_len = total(&readable);
     let out_len = total(&writable);
@@ -378,7 +389,7 @@ fn total(ranges: &Ranges) -> u64 {
 
 /// Removes the first `n` bytes from `ranges` and returns them as ranges.
 fn take_front(ranges: &mut Ranges, n: u64) -> Ranges {
-    let mut out = Vec::new();
+    let mut out = Ranges::new();
     let mut need = n;
     let mut consumed = 0;
     for r in ranges.iter_mut() {

@@ -160,7 +160,7 @@ impl Acceptor {
             if n == 0 && grace.is_some_and(|d| Instant::now() >= d) {
                 // The attached frontend stayed: the newcomer is a second frontend.
                 grace = None;
-                self.refuse();
+                self.refuse("another frontend is attached");
                 self.watch_listener(true);
             }
             for ev in &events[..n] {
@@ -185,6 +185,9 @@ impl Acceptor {
                     EV_LISTENER => {
                         if let Err(e) = self.attach() {
                             error!("{e}");
+                            // Do not leave the connection pending (the epoll would report it
+                            // again at once): close it; the frontend may retry.
+                            self.refuse("its session could not start");
                         }
                     }
                     _ => {}
@@ -214,18 +217,15 @@ impl Acceptor {
         }
     }
 
-    /// Accepts and closes a connection: a frontend is already attached.
-    fn refuse(&self) {
+    /// Accepts and closes every pending connection, logging `why`.
+    fn refuse(&self, why: &str) {
         while let Ok((conn, _)) = self.listener.accept() {
             drop(conn);
             self.ctx
                 .stats
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(
-                "disk {}: refused a second frontend; one is already attached",
-                self.ctx.name
-            );
+            warn!("disk {}: refused a frontend: {why}", self.ctx.name);
         }
     }
 
@@ -260,6 +260,7 @@ impl Acceptor {
         started.map_err(|e| fail(format!("cannot accept the frontend: {e}")))?;
 
         self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stats.attached.store(true, Ordering::Release);
         info!("disk {}: frontend attached", self.ctx.name);
         let shutdown = daemon.shutdown_handle();
         let ended = self
@@ -267,6 +268,7 @@ impl Acceptor {
             .try_clone()
             .map_err(|e| fail(format!("eventfd: {e}")))?;
         let name = self.ctx.name.clone();
+        let stats = Arc::clone(&self.ctx.stats);
         let waiter = thread::Builder::new()
             .name(format!("keel-{}-conn", self.ctx.name))
             .spawn(move || {
@@ -277,10 +279,24 @@ impl Acceptor {
                     )) => {}
                     Err(e) => warn!("disk {name}: connection ended: {e}"),
                 }
+                let s = stats.snapshot();
+                info!(
+                    "disk {name}: totals: {} reads, {} writes, {} flushes, {} refused, {} I/O \
+                     errors, {} batches (mean {:.1} requests), {} notifications",
+                    s.reads,
+                    s.writes,
+                    s.flushes,
+                    s.rejected,
+                    s.io_errors,
+                    s.batches,
+                    s.batched_requests as f64 / s.batches.max(1) as f64,
+                    s.notifications
+                );
                 // Dropping the daemon stops and joins its worker threads; then finish the I/O
                 // they left in flight before the guest memory goes away.
                 drop(daemon);
                 backend.shutdown();
+                stats.attached.store(false, Ordering::Release);
                 let _ = ended.write(1);
             })
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;

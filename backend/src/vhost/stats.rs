@@ -32,6 +32,51 @@ pub struct DiskStats {
     /// Frontend connections accepted / refused because one was already attached.
     pub connections: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Whether a frontend is attached now (the control API refuses some operations then).
+    pub attached: std::sync::atomic::AtomicBool,
+    /// Completion latency of requests the engine served.
+    pub latency: LatencyHistogram,
+}
+
+/// Buckets of the latency histogram: up to 2^0 .. 2^(N-1) microseconds, then everything longer.
+const LATENCY_BUCKETS: usize = 25;
+
+/// A lock-free latency histogram with power-of-two microsecond buckets.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    counts: [AtomicU64; LATENCY_BUCKETS + 1],
+}
+
+impl LatencyHistogram {
+    /// Counts `n` requests that took `took`.
+    pub fn record(&self, took: Duration, n: u64) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        // Bucket i holds latencies in (2^(i-1), 2^i] us; 0 and 1 us land in bucket 0.
+        let i = (u64::BITS - us.saturating_sub(1).leading_zeros()) as usize;
+        if let Some(c) = self.counts.get(i.min(LATENCY_BUCKETS)) {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Cumulative counts: requests that took at most `le_us` (the last bucket is u64::MAX).
+    pub fn buckets(&self) -> Vec<keel_protocol::control::LatencyBucket> {
+        let mut total = 0;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                total += c.load(Relaxed);
+                keel_protocol::control::LatencyBucket {
+                    le_us: if i < LATENCY_BUCKETS {
+                        1 << i
+                    } else {
+                        u64::MAX
+                    },
+                    count: total,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -157,6 +202,21 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_lands_in_power_of_two_buckets() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(1), 1);
+        h.record(Duration::from_micros(3), 2);
+        h.record(Duration::from_micros(4), 1);
+        h.record(Duration::from_secs(3600), 1);
+        let b = h.buckets();
+        let at = |le: u64| b.iter().find(|x| x.le_us == le).map(|x| x.count);
+        assert_eq!(at(1), Some(1));
+        assert_eq!(at(2), Some(1));
+        assert_eq!(at(4), Some(4));
+        assert_eq!(b.last().map(|x| (x.le_us, x.count)), Some((u64::MAX, 5)));
+    }
 
     #[test]
     fn batches_add_up() {

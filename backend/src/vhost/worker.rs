@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keel_protocol::{ID_BYTES, Status};
 use log::{debug, warn};
@@ -19,9 +19,13 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::backend::{DiskContext, SessionState};
-use super::request::{self, RequestKind};
+use super::request::{self, RequestError, RequestKind};
 use super::stats::BatchCounts;
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
+
+/// How long a polling worker spins flat out after its last work before it starts yielding
+/// the CPU between checks (the usual gap between a completion and the guest's next request).
+const PURE_SPIN: Duration = Duration::from_micros(10);
 
 /// The vring type Keel's backend uses.
 pub type Vring = VringMutex<GuestMemoryAtomic<GuestMemory>>;
@@ -34,6 +38,8 @@ struct Pending {
     used_len: u32,
     /// The memory map the request was parsed against (its status byte lives there).
     memory: Arc<GuestMemory>,
+    /// When the request was taken off the ring (one clock read per batch).
+    taken: Instant,
 }
 
 pub struct QueueWorker {
@@ -91,7 +97,7 @@ impl QueueWorker {
         if !state.get_queue().ready() {
             return;
         }
-        let mem = self.memory.memory().into_inner();
+        let mut mem = self.memory.memory().into_inner();
         loop {
             if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
                 debug!(
@@ -101,7 +107,7 @@ impl QueueWorker {
             }
             self.run_once(&mut state, &mem);
             if !self.ctx.poll.is_zero() {
-                self.poll(&mut state, &mem);
+                self.poll(&mut state, &mut mem);
             }
             match state.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
@@ -128,9 +134,16 @@ impl QueueWorker {
     }
 
     /// Keeps serving without sleeping until `poll` passes with nothing to do.
-    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) {
-        let mut deadline = Instant::now() + self.ctx.poll;
+    fn poll(&mut self, state: &mut VringGuard<'_>, mem: &mut Arc<GuestMemory>) {
+        let mut last_busy = Instant::now();
+        let mut deadline = last_busy + self.ctx.poll;
         loop {
+            // The frontend may change the memory table while we spin (e.g. a client mapping its
+            // buffers after start): always parse against the current map.
+            let current = self.memory.memory();
+            if !std::ptr::eq(&*current, &**mem) {
+                *mem = current.into_inner();
+            }
             let queue = state.get_queue();
             if !queue.ready() {
                 return;
@@ -141,11 +154,18 @@ impl QueueWorker {
             let busy = (avail || self.engine.in_flight() > 0) && self.run_once(state, mem);
             let now = Instant::now();
             if busy {
+                last_busy = now;
                 deadline = now + self.ctx.poll;
             } else if now >= deadline {
                 return;
+            } else if now.duration_since(last_busy) < PURE_SPIN {
+                std::hint::spin_loop();
+            } else {
+                // Idle for a while: let another runnable thread on this CPU (often the guest's
+                // vCPU or the client on a busy host) go first instead of starving it for a time
+                // slice, while still checking the ring between its turns.
+                std::thread::yield_now();
             }
-            std::hint::spin_loop();
         }
     }
 
@@ -166,9 +186,25 @@ impl QueueWorker {
                 return 0;
             }
         };
+        // The map requests are parsed against. The frontend may have added a memory region
+        // (and the guest used it) between our load of the map and our read of the ring: a
+        // request that looks outside guest memory is parsed once more against the current map.
+        let mut map = Arc::clone(mem);
+        let taken = Instant::now();
         for chain in iter {
             counts.requests += 1;
-            match request::parse(chain, mem, &ctx.limits, write_through) {
+            let again = chain.clone();
+            let mut parsed = request::parse(chain, &map, &ctx.limits, write_through);
+            if let Err(rej) = &parsed
+                && matches!(rej.error, RequestError::OutsideGuestMemory(_))
+            {
+                let current = self.memory.memory();
+                if !std::ptr::eq(&*current, &*map) {
+                    map = current.into_inner();
+                    parsed = request::parse(again, &map, &ctx.limits, write_through);
+                }
+            }
+            match parsed {
                 Ok(req) => match req.kind {
                     RequestKind::Io { op, buffers } => {
                         match &op {
@@ -188,7 +224,8 @@ impl QueueWorker {
                             head: req.head,
                             status: req.status,
                             used_len: req.used_len,
-                            memory: Arc::clone(mem),
+                            memory: Arc::clone(&map),
+                            taken,
                         }) as u64;
                         self.batch.push(IoRequest { token, op, buffers });
                     }
@@ -196,7 +233,7 @@ impl QueueWorker {
                         counts.get_ids += 1;
                         let n = buffers.len().min(ID_BYTES);
                         buffers.write_from(&ctx.serial[..n]);
-                        write_status(mem, req.status, Status::Ok);
+                        write_status(&map, req.status, Status::Ok);
                         self.answered.push((req.head, req.used_len));
                     }
                 },
@@ -214,7 +251,7 @@ impl QueueWorker {
                     }
                     let used = match rej.status {
                         Some(addr) => {
-                            write_status(mem, addr, rej.error.status());
+                            write_status(&map, addr, rej.error.status());
                             1
                         }
                         None => 0,
@@ -247,6 +284,7 @@ impl QueueWorker {
     fn finish(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) -> usize {
         let n = self.done.len();
         let queue = state.get_queue_mut();
+        let now = Instant::now();
         for c in self.done.drain(..) {
             let Some(p) = self.pending.try_remove(c.token as usize) else {
                 warn!(
@@ -270,6 +308,10 @@ impl QueueWorker {
                     (Status::IoErr, 1)
                 }
             };
+            self.ctx
+                .stats
+                .latency
+                .record(now.saturating_duration_since(p.taken), 1);
             write_status(&p.memory, p.status, status);
             if let Err(e) = queue.add_used(&**mem, p.head, len) {
                 warn!("{} q{}: add_used: {e}", self.ctx.name, self.index);
@@ -321,5 +363,231 @@ fn suppressed_note(suppressed: u64) -> String {
         String::new()
     } else {
         format!(" ({suppressed} similar messages suppressed)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DiskConfig, EngineKind};
+    use crate::engine::null::NullEngine;
+    use crate::vhost::backend::DiskContext;
+    use keel_protocol::{RequestHeader, RequestType};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+
+    const DATA: u64 = 0x10_0000;
+
+    fn context() -> Arc<DiskContext> {
+        let cfg = DiskConfig {
+            name: "w".into(),
+            socket: "w.sock".into(),
+            engine: EngineKind::Null,
+            path: None,
+            size: Some(1 << 20),
+            resize: false,
+            queues: 1,
+            queue_size: 16,
+            read_only: false,
+            serial: "WORKER".into(),
+            direct: true,
+            logical_block_size: 512,
+            poll_us: 0,
+        };
+        let engine = Arc::new(NullEngine::new(1 << 20, false));
+        Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
+    }
+
+    /// Descriptors of one chain starting at table index `base`: (addr, len, device-writable).
+    fn chain(base: u16, parts: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let last = i + 1 == parts.len();
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if !last {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                let next = if last { 0 } else { base + i as u16 + 1 };
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_wakeup_serves_every_chain_in_one_batch() {
+        let atomic = GuestMemoryAtomic::new(
+            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+        );
+        let guard = atomic.memory();
+        let mem: &GuestMemory = &guard;
+        let q = MockSplitQueue::new(mem, 16);
+        let hdr = |slot: u64, t: RequestType, sector: u64| {
+            let addr = DATA + slot * 0x10000;
+            let h = RequestHeader {
+                request_type: t,
+                sector,
+            };
+            mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+            addr
+        };
+        let status = |slot: u64| DATA + slot * 0x10000 + 0xf000;
+        let buf = |slot: u64| DATA + slot * 0x10000 + 0x1000;
+        mem.write_slice(&[0xff; 4096], GuestAddress(buf(0)))
+            .unwrap();
+        let mut descs = Vec::new();
+        // 0: read 4 KiB; 1: write 512 B; 2: get-id; 3: read beyond the end; 4: unknown type.
+        descs.extend(chain(
+            0,
+            &[
+                (hdr(0, RequestType::Read, 0), 16, false),
+                (buf(0), 4096, true),
+                (status(0), 1, true),
+            ],
+        ));
+        descs.extend(chain(
+            3,
+            &[
+                (hdr(1, RequestType::Write, 8), 16, false),
+                (buf(1), 512, false),
+                (status(1), 1, true),
+            ],
+        ));
+        descs.extend(chain(
+            6,
+            &[
+                (hdr(2, RequestType::GetId, 0), 16, false),
+                (buf(2), 20, true),
+                (status(2), 1, true),
+            ],
+        ));
+        descs.extend(chain(
+            9,
+            &[
+                (hdr(3, RequestType::Read, 2048), 16, false),
+                (buf(3), 512, true),
+                (status(3), 1, true),
+            ],
+        ));
+        descs.extend(chain(
+            12,
+            &[
+                (hdr(4, RequestType::Unsupported(99), 0), 16, false),
+                (status(4), 1, true),
+            ],
+        ));
+        q.add_desc_chains(&descs, 0).unwrap();
+        for slot in 0..5 {
+            mem.write_obj(0xaau8, GuestAddress(status(slot))).unwrap();
+        }
+
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+
+        let ctx = context();
+        let engine = ctx.engine.queue(0).unwrap();
+        let mut worker =
+            QueueWorker::new(0, Arc::clone(&ctx), Arc::default(), atomic.clone(), engine);
+        worker.process(&vring, false);
+
+        assert_eq!(q.used().idx().load(), 5, "every chain is answered");
+        let st = |slot| mem.read_obj::<u8>(GuestAddress(status(slot))).unwrap();
+        assert_eq!([st(0), st(1), st(2), st(3), st(4)], [0, 0, 0, 1, 2]);
+        let mut data = [0xeeu8; 4096];
+        mem.read_slice(&mut data, GuestAddress(buf(0))).unwrap();
+        assert!(data.iter().all(|&b| b == 0), "null reads return zeroes");
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(buf(2))).unwrap();
+        assert_eq!(&id[..6], b"WORKER");
+        assert!(id[6..].iter().all(|&b| b == 0));
+        let used: Vec<(u32, u32)> = (0..5)
+            .map(|i| {
+                let e = q.used().ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect();
+        assert!(used.contains(&(0, 4097)), "{used:?}");
+        assert!(used.contains(&(6, 21)), "{used:?}");
+
+        let s = ctx.stats.snapshot();
+        assert_eq!(
+            (s.batches, s.batched_requests, s.max_batch),
+            (1, 5, 5),
+            "{s:?}"
+        );
+        assert_eq!(
+            (s.reads, s.writes, s.get_ids, s.rejected),
+            (1, 1, 1, 2),
+            "{s:?}"
+        );
+        assert_eq!(s.notifications, 1, "one notification for the whole batch");
+
+        // Nothing new: another wakeup answers nothing and does not notify.
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 5);
+        assert_eq!(ctx.stats.snapshot().notifications, 1);
+    }
+
+    #[test]
+    fn event_idx_notifies_only_when_the_driver_asked_and_rearms_the_ring() {
+        let atomic = GuestMemoryAtomic::new(
+            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+        );
+        let guard = atomic.memory();
+        let mem: &GuestMemory = &guard;
+        let q = MockSplitQueue::new(mem, 16);
+        let flush = |slot: u64| {
+            let addr = DATA + slot * 0x1000;
+            let h = RequestHeader {
+                request_type: RequestType::Flush,
+                sector: 0,
+            };
+            mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+            chain(
+                2 * slot as u16,
+                &[(addr, 16, false), (addr + 0x800, 1, true)],
+            )
+        };
+        // used_event lives after the avail ring's entries; avail_event after the used ring's.
+        let used_event = GuestAddress(q.avail_addr().0 + 4 + 2 * 16);
+        let avail_event = GuestAddress(q.used_addr().0 + 4 + 8 * 16);
+
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_event_idx(true);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let ctx = context();
+        let engine = ctx.engine.queue(0).unwrap();
+        let mut worker =
+            QueueWorker::new(0, Arc::clone(&ctx), Arc::default(), atomic.clone(), engine);
+
+        // The driver wants an interrupt only after used entry 5: one completion is not enough.
+        mem.write_obj(5u16, used_event).unwrap();
+        q.add_desc_chains(&flush(0), 0).unwrap();
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 1);
+        assert_eq!(ctx.stats.snapshot().notifications, 0);
+        // Re-armed: the driver must kick for the next entry (avail_event = next_avail).
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 1);
+
+        // Now it asks for an interrupt at the next used entry.
+        mem.write_obj(1u16, used_event).unwrap();
+        q.add_desc_chains(&flush(1), 2).unwrap();
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 2);
+        assert_eq!(ctx.stats.snapshot().notifications, 1);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
     }
 }

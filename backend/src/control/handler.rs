@@ -1,0 +1,190 @@
+//! The daemon's side of the control API: carries out calls over the disks it serves.
+
+use super::{ApiCall, ApiError, ControlHandler, MirrorOp};
+use crate::config::DiskConfig;
+use crate::engine::{AdminError, Engine, EngineAdmin, MirrorCommand};
+use crate::vhost::stats::DiskStats;
+use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, VersionInfo};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// One served disk, as the control API sees it.
+pub struct DiskEntry {
+    pub config: DiskConfig,
+    pub engine: Arc<dyn Engine>,
+    pub stats: Arc<DiskStats>,
+}
+
+impl DiskEntry {
+    fn attached(&self) -> bool {
+        self.stats.attached.load(Ordering::Acquire)
+    }
+
+    fn info(&self) -> DiskInfo {
+        let c = &self.config;
+        DiskInfo {
+            name: c.name.clone(),
+            engine: c.engine.name().to_string(),
+            socket: c.socket.display().to_string(),
+            paths: c
+                .backing_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            size: self.engine.capacity(),
+            read_only: c.read_only,
+            queues: c.queues,
+            serial: c.serial.clone(),
+            connected: self.attached(),
+        }
+    }
+
+    fn stats(&self) -> StatsBody {
+        let s = self.stats.snapshot();
+        let e = self
+            .engine
+            .admin()
+            .map(|a| a.counters())
+            .unwrap_or_default();
+        StatsBody {
+            reads: s.reads,
+            writes: s.writes,
+            flushes: s.flushes,
+            discards: s.discards,
+            write_zeroes: s.write_zeroes,
+            get_ids: s.get_ids,
+            read_bytes: s.bytes_read,
+            written_bytes: s.bytes_written,
+            errors: s.io_errors,
+            unsupported: 0,
+            invalid_requests: s.rejected,
+            batches: s.batches,
+            metadata_transactions: e.metadata_transactions,
+            device_bytes_written: e.device_bytes_written,
+            checksum_errors: e.checksum_errors,
+            latency: self.stats.latency.buckets(),
+        }
+    }
+
+    fn admin(&self) -> Result<&dyn EngineAdmin, ApiError> {
+        self.engine.admin().ok_or_else(|| {
+            ApiError::Unsupported(format!(
+                "disk {}: the {} engine has no snapshots or mirrors",
+                self.config.name,
+                self.config.engine.name()
+            ))
+        })
+    }
+}
+
+/// Carries out control calls over a fixed set of disks.
+pub struct DaemonControl {
+    disks: Vec<DiskEntry>,
+}
+
+impl DaemonControl {
+    pub fn new(disks: Vec<DiskEntry>) -> Self {
+        Self { disks }
+    }
+
+    fn disk(&self, name: &str) -> Result<&DiskEntry, ApiError> {
+        self.disks
+            .iter()
+            .find(|d| d.config.name == name)
+            .ok_or_else(|| ApiError::NotFound(format!("no such disk: {name}")))
+    }
+}
+
+fn to_json<T: Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn from_admin(e: AdminError) -> ApiError {
+    match e {
+        AdminError::NotFound(m) => ApiError::NotFound(m),
+        AdminError::Conflict(m) => ApiError::Conflict(m),
+        AdminError::Unsupported(m) => ApiError::Unsupported(m),
+        AdminError::Invalid(m) => ApiError::BadRequest(m),
+        AdminError::Failed(m) => ApiError::Internal(m),
+    }
+}
+
+impl ControlHandler for DaemonControl {
+    fn call(&self, call: ApiCall) -> Result<serde_json::Value, ApiError> {
+        match call {
+            ApiCall::Version => to_json(VersionInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+            ApiCall::ListDisks => {
+                to_json(self.disks.iter().map(DiskEntry::info).collect::<Vec<_>>())
+            }
+            ApiCall::DiskInfo { disk } => to_json(self.disk(&disk)?.info()),
+            ApiCall::DiskStats { disk } => to_json(self.disk(&disk)?.stats()),
+            ApiCall::ListSnapshots { disk } => to_json(
+                self.disk(&disk)?
+                    .admin()?
+                    .list_snapshots()
+                    .map_err(from_admin)?,
+            ),
+            ApiCall::CreateSnapshot { disk, name } => {
+                let d = self.disk(&disk)?;
+                let snap = d.admin()?.create_snapshot(&name).map_err(from_admin)?;
+                log::info!("disk {disk}: snapshot {name} created (seq {})", snap.seq);
+                to_json(snap)
+            }
+            ApiCall::DeleteSnapshot { disk, name } => {
+                self.disk(&disk)?
+                    .admin()?
+                    .delete_snapshot(&name)
+                    .map_err(from_admin)?;
+                log::info!("disk {disk}: snapshot {name} deleted");
+                to_json(serde_json::json!({}))
+            }
+            ApiCall::RevertSnapshot { disk, name, force } => {
+                let d = self.disk(&disk)?;
+                if d.attached() && !force {
+                    return Err(ApiError::Conflict(format!(
+                        "disk {disk} has a frontend attached: detach it first, or force the \
+                         revert (the guest's cached view of the disk becomes stale)"
+                    )));
+                }
+                d.admin()?.revert_snapshot(&name).map_err(from_admin)?;
+                log::warn!("disk {disk}: reverted to snapshot {name}");
+                to_json(serde_json::json!({}))
+            }
+            ApiCall::Clone { disk, .. } => Err(ApiError::Unsupported(format!(
+                "disk {disk}: cloning a snapshot into a served disk is not available yet; \
+                 use `keel export` on a stopped container"
+            ))),
+            ApiCall::Resize { disk, .. } => Err(ApiError::Unsupported(format!(
+                "disk {disk}: online resize is not available yet"
+            ))),
+            ApiCall::MirrorStatus { disk } => to_json(
+                self.disk(&disk)?
+                    .admin()?
+                    .mirror_status()
+                    .map_err(from_admin)?,
+            ),
+            ApiCall::Mirror {
+                disk,
+                component,
+                op,
+            } => {
+                let cmd = match op {
+                    MirrorOp::Offline => MirrorCommand::Offline,
+                    MirrorOp::Online => MirrorCommand::Online,
+                    MirrorOp::Maintenance { delta } => MirrorCommand::Maintenance {
+                        delta: delta.map(Into::into),
+                    },
+                    MirrorOp::Replace { path } => MirrorCommand::Replace { path: path.into() },
+                };
+                self.disk(&disk)?
+                    .admin()?
+                    .mirror_command(component, cmd)
+                    .map_err(from_admin)?;
+                to_json(serde_json::json!({}))
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! A mirrored [`BlockDevice`](crate::device::BlockDevice) with bitmap-based resync.
+//!
+//! The modules, bottom-up:
+//! - [`state`], [`lsn`], [`chunk_bitmap`]: component states, write sequence numbers, and the
+//!   one-bit-per-chunk bitmaps used for tracking, sync progress and delta presence.
+//! - [`view`]: the set's shared state (who is current, outages, resyncs, deltas) and the
+//!   choice of resync source; [`metadata`] persists it in A/B checksummed slots.
+//! - [`provider`]: where component devices come from (files + `.keelmirror` sidecars).
+//! - `device`: [`MirrorDevice`] itself, the data path and failover; `ops`: offline, online,
+//!   maintenance, replace, status; `resync`: the copier.
+//! - [`chunk_locks`], [`throttle`], [`scheduler`]: what keeps the copier and the guest apart.
+//!
+//! docs/mirror.md describes the design and the on-disk format.
+
+pub mod chunk_bitmap;
+pub mod chunk_locks;
+pub mod config;
+mod device;
+pub mod error;
+pub mod lsn;
+pub mod metadata;
+mod ops;
+pub mod provider;
+mod resync;
+pub mod scheduler;
+pub mod state;
+pub mod status;
+pub mod throttle;
+pub mod view;
+
+#[cfg(test)]
+mod sim_tests;
+
+pub use config::{DEFAULT_CHUNK_SIZE, MirrorConfig, MirrorOptions};
+pub use device::MirrorDevice;
+pub use error::MirrorError;
+pub use provider::{ComponentDevices, DeviceProvider, FileProvider, sidecar_path};
+pub use resync::ResyncOutcome;
+pub use scheduler::{ResyncPriority, ResyncScheduler};
+pub use state::ComponentState;
+pub use status::{ComponentStatus, DeltaStatus, MirrorStatus, ResyncStatus};
+pub use throttle::ThrottleConfig;

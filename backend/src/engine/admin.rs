@@ -1,0 +1,77 @@
+//! Management operations beyond I/O that some engines support: snapshots, mirrors, counters.
+//!
+//! The control API reaches them through [`Engine::admin`](super::Engine::admin); every method
+//! has a default that answers "not supported by this engine", so an engine implements only
+//! what it has.
+
+use keel_protocol::control::{MirrorStatus, SnapshotInfo};
+use thiserror::Error;
+
+/// Why a management operation failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A mirror component operation, as the control API names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorCommand {
+    Offline,
+    Online,
+    Maintenance { delta: Option<std::path::PathBuf> },
+    Replace { path: std::path::PathBuf },
+}
+
+/// Counters only an engine knows (the vhost layer counts requests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub metadata_transactions: u64,
+    pub device_bytes_written: u64,
+    pub checksum_errors: u64,
+}
+
+fn unsupported<T>(what: &str) -> Result<T, AdminError> {
+    Err(AdminError::Unsupported(format!(
+        "{what} is not supported by this disk's engine"
+    )))
+}
+
+/// Optional management surface of an engine.
+pub trait EngineAdmin: Send + Sync {
+    fn counters(&self) -> EngineCounters {
+        EngineCounters::default()
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
+        unsupported("snapshots")
+    }
+
+    fn create_snapshot(&self, _name: &str) -> Result<SnapshotInfo, AdminError> {
+        unsupported("snapshots")
+    }
+
+    fn delete_snapshot(&self, _name: &str) -> Result<(), AdminError> {
+        unsupported("snapshots")
+    }
+
+    fn revert_snapshot(&self, _name: &str) -> Result<(), AdminError> {
+        unsupported("snapshots")
+    }
+
+    fn mirror_status(&self) -> Result<MirrorStatus, AdminError> {
+        unsupported("mirroring")
+    }
+
+    fn mirror_command(&self, _component: usize, _cmd: MirrorCommand) -> Result<(), AdminError> {
+        unsupported("mirroring")
+    }
+}

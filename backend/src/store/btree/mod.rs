@@ -1,0 +1,543 @@
+//! Copy-on-write B+tree with node sharing by operation sequence numbers.
+//!
+//! A [`Forest`] holds the nodes of several trees (the running point and frozen snapshots) in
+//! one arena. Every node records the sequence number of the operation that last wrote it.
+//! An update passes `frozen`, the sequence number of the newest snapshot: a node with
+//! `seq > frozen` belongs to the running point alone and is changed in place; an older node
+//! may be shared with a snapshot and is copied first (path copying up to the root).
+//!
+//! On disk every node is written out of place at each checkpoint: changing a clean node
+//! in place in memory makes its old block garbage, released when the next checkpoint commits.
+//!
+//! Deletion removes empty nodes but does not merge underfull ones; a tree keeps working
+//! with sparse nodes and the next splits refill them.
+
+mod node;
+
+pub use node::{Body, INTERNAL_CAP, Node, NodeId, TreeValue, leaf_cap};
+
+use super::error::{Result, StoreError};
+use std::collections::{HashMap, HashSet};
+
+/// Deepest tree accepted from disk; 8 levels of 127-way nodes hold far more than 2^64 keys.
+const MAX_DEPTH: usize = 12;
+
+/// Nodes of every tree of one kind, in one arena.
+pub struct Forest<V> {
+    nodes: Vec<Option<Node<V>>>,
+    free_ids: Vec<NodeId>,
+    /// Disk blocks of nodes superseded since the last checkpoint.
+    pub garbage: Vec<u64>,
+}
+
+impl<V: TreeValue> Default for Forest<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn route(keys: &[u64], key: u64) -> usize {
+    keys.get(1..)
+        .map_or(0, |rest| rest.partition_point(|k| *k <= key))
+}
+
+impl<V: TreeValue> Forest<V> {
+    pub fn new() -> Self {
+        Self {
+            nodes: Vec::new(),
+            free_ids: Vec::new(),
+            garbage: Vec::new(),
+        }
+    }
+
+    fn alloc(&mut self, n: Node<V>) -> NodeId {
+        if let Some(id) = self.free_ids.pop() {
+            self.nodes[id as usize] = Some(n);
+            id
+        } else {
+            self.nodes.push(Some(n));
+            (self.nodes.len() - 1) as NodeId
+        }
+    }
+
+    fn release(&mut self, id: NodeId) {
+        if let Some(slot) = self.nodes.get_mut(id as usize)
+            && let Some(n) = slot.take()
+        {
+            if let Some(p) = n.disk {
+                self.garbage.push(p);
+            }
+            self.free_ids.push(id);
+        }
+    }
+
+    /// The node `id`. Ids only come from this arena, so a missing node is a broken invariant.
+    pub fn node(&self, id: NodeId) -> &Node<V> {
+        match self.nodes.get(id as usize) {
+            Some(Some(n)) => n,
+            _ => panic!("B+tree invariant broken: node {id} is not live"),
+        }
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut Node<V> {
+        match self.nodes.get_mut(id as usize) {
+            Some(Some(n)) => n,
+            _ => panic!("B+tree invariant broken: node {id} is not live"),
+        }
+    }
+
+    /// A new empty leaf, the root of an empty tree.
+    pub fn new_leaf(&mut self, seq: u64) -> NodeId {
+        self.alloc(Node {
+            seq,
+            disk: None,
+            body: Body::Leaf {
+                keys: Vec::new(),
+                vals: Vec::new(),
+            },
+        })
+    }
+
+    /// Number of live nodes in the arena.
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.len() - self.free_ids.len()
+    }
+
+    pub fn get(&self, root: NodeId, key: u64) -> Option<V> {
+        let mut id = root;
+        loop {
+            match &self.node(id).body {
+                Body::Leaf { keys, vals } => {
+                    return keys
+                        .binary_search(&key)
+                        .ok()
+                        .and_then(|i| vals.get(i).copied());
+                }
+                Body::Internal { keys, children } => id = *children.get(route(keys, key))?,
+            }
+        }
+    }
+
+    /// Makes `id` writable by the operation `seq`: in place if it is newer than `frozen`,
+    /// otherwise as a private copy.
+    fn writable(&mut self, id: NodeId, seq: u64, frozen: u64) -> NodeId {
+        let n = self.node_mut(id);
+        if n.seq > frozen {
+            n.seq = seq;
+            if let Some(p) = n.disk.take() {
+                self.garbage.push(p);
+            }
+            id
+        } else {
+            let mut copy = n.clone();
+            copy.seq = seq;
+            copy.disk = None;
+            self.alloc(copy)
+        }
+    }
+
+    /// Maps `key` to `val` in the tree rooted at `*root`; returns the previous value.
+    pub fn insert(
+        &mut self,
+        root: &mut NodeId,
+        key: u64,
+        val: V,
+        seq: u64,
+        frozen: u64,
+    ) -> Option<V> {
+        if self.get(*root, key) == Some(val) {
+            return Some(val);
+        }
+        let r = self.writable(*root, seq, frozen);
+        *root = r;
+        let (old, split) = self.insert_rec(r, key, val, seq, frozen);
+        if let Some((sep, right)) = split {
+            let left_min = self.node(r).first_key().unwrap_or(0);
+            *root = self.alloc(Node {
+                seq,
+                disk: None,
+                body: Body::Internal {
+                    keys: vec![left_min, sep],
+                    children: vec![r, right],
+                },
+            });
+        }
+        old
+    }
+
+    fn insert_rec(
+        &mut self,
+        id: NodeId,
+        key: u64,
+        val: V,
+        seq: u64,
+        frozen: u64,
+    ) -> (Option<V>, Option<(u64, NodeId)>) {
+        let (idx, child) = match &mut self.node_mut(id).body {
+            Body::Leaf { keys, vals } => {
+                let old = match keys.binary_search(&key) {
+                    Ok(i) => Some(std::mem::replace(&mut vals[i], val)),
+                    Err(i) => {
+                        keys.insert(i, key);
+                        vals.insert(i, val);
+                        None
+                    }
+                };
+                let split = (keys.len() > leaf_cap::<V>()).then(|| {
+                    let at_end = keys.last() == Some(&key);
+                    let mid = if at_end {
+                        keys.len() - 1
+                    } else {
+                        keys.len() / 2
+                    };
+                    (keys.split_off(mid), vals.split_off(mid))
+                });
+                let split = split.map(|(k, v)| {
+                    let sep = k.first().copied().unwrap_or(key);
+                    let right = self.alloc(Node {
+                        seq,
+                        disk: None,
+                        body: Body::Leaf { keys: k, vals: v },
+                    });
+                    (sep, right)
+                });
+                return (old, split);
+            }
+            Body::Internal { keys, children } => {
+                let idx = route(keys, key);
+                if key < keys[idx] {
+                    keys[idx] = key;
+                }
+                (idx, children[idx])
+            }
+        };
+        let wc = self.writable(child, seq, frozen);
+        let (old, split) = self.insert_rec(wc, key, val, seq, frozen);
+        let Body::Internal { keys, children } = &mut self.node_mut(id).body else {
+            unreachable!("node {id} changed kind during insert")
+        };
+        children[idx] = wc;
+        if let Some((sep, right)) = split {
+            keys.insert(idx + 1, sep);
+            children.insert(idx + 1, right);
+        }
+        if keys.len() <= INTERNAL_CAP {
+            return (old, None);
+        }
+        let mid = keys.len() / 2;
+        let (rk, rc) = (keys.split_off(mid), children.split_off(mid));
+        let sep = rk[0];
+        let right = self.alloc(Node {
+            seq,
+            disk: None,
+            body: Body::Internal {
+                keys: rk,
+                children: rc,
+            },
+        });
+        (old, Some((sep, right)))
+    }
+
+    /// Removes `key` from the tree rooted at `*root`; returns the removed value.
+    pub fn remove(&mut self, root: &mut NodeId, key: u64, seq: u64, frozen: u64) -> Option<V> {
+        self.get(*root, key)?;
+        let r = self.writable(*root, seq, frozen);
+        *root = r;
+        let old = self.remove_rec(r, key, seq, frozen);
+        // Shrink the root while it is an internal node with a single child.
+        loop {
+            let n = self.node(*root);
+            match &n.body {
+                Body::Internal { children, .. } if children.len() == 1 => {
+                    let only = children[0];
+                    let old_root = *root;
+                    *root = only;
+                    if self.node(old_root).seq > frozen {
+                        self.release(old_root);
+                    }
+                }
+                Body::Internal { children, .. } if children.is_empty() => {
+                    let old_root = *root;
+                    *root = self.new_leaf(seq);
+                    self.release(old_root);
+                }
+                _ => break,
+            }
+        }
+        old
+    }
+
+    fn remove_rec(&mut self, id: NodeId, key: u64, seq: u64, frozen: u64) -> Option<V> {
+        let (idx, child) = match &mut self.node_mut(id).body {
+            Body::Leaf { keys, vals } => {
+                let i = keys.binary_search(&key).ok()?;
+                keys.remove(i);
+                return Some(vals.remove(i));
+            }
+            Body::Internal { keys, children } => {
+                let idx = route(keys, key);
+                (idx, children[idx])
+            }
+        };
+        let wc = self.writable(child, seq, frozen);
+        let old = self.remove_rec(wc, key, seq, frozen);
+        let empty = self.node(wc).is_empty();
+        if empty {
+            self.release(wc);
+        }
+        let Body::Internal { keys, children } = &mut self.node_mut(id).body else {
+            unreachable!("node {id} changed kind during remove")
+        };
+        if empty {
+            keys.remove(idx);
+            children.remove(idx);
+        } else {
+            children[idx] = wc;
+        }
+        old
+    }
+
+    /// Calls `f` for every entry with `lo <= key < hi`, in key order.
+    pub fn range(&self, root: NodeId, lo: u64, hi: u64, f: &mut dyn FnMut(u64, V)) {
+        match &self.node(root).body {
+            Body::Leaf { keys, vals } => {
+                let start = keys.partition_point(|k| *k < lo);
+                for (k, v) in keys[start..].iter().zip(&vals[start..]) {
+                    if *k >= hi {
+                        break;
+                    }
+                    f(*k, *v);
+                }
+            }
+            Body::Internal { keys, children } => {
+                for i in route(keys, lo)..children.len() {
+                    if i > 0 && keys[i] >= hi {
+                        break;
+                    }
+                    self.range(children[i], lo, hi, f);
+                }
+            }
+        }
+    }
+
+    /// All entries of a tree, in key order.
+    pub fn entries(&self, root: NodeId) -> Vec<(u64, V)> {
+        let mut out = Vec::new();
+        self.range(root, 0, u64::MAX, &mut |k, v| out.push((k, v)));
+        out
+    }
+
+    /// Dirty nodes of the tree, children before parents (the order they must be written in).
+    pub fn dirty_post_order(
+        &self,
+        root: NodeId,
+        out: &mut Vec<NodeId>,
+        seen: &mut HashSet<NodeId>,
+    ) {
+        let n = self.node(root);
+        if n.disk.is_some() || !seen.insert(root) {
+            return;
+        }
+        if let Body::Internal { children, .. } = &n.body {
+            for c in children {
+                self.dirty_post_order(*c, out, seen);
+            }
+        }
+        out.push(root);
+    }
+
+    /// Records that node `id` now lives at block `pba`.
+    pub fn set_disk(&mut self, id: NodeId, pba: u64) {
+        self.node_mut(id).disk = Some(pba);
+    }
+
+    /// Encodes node `id` (whose children all have disk addresses) for block `pba`.
+    pub fn encode_node(&self, id: NodeId, pba: u64, out: &mut [u8]) -> bool {
+        let child_pba = |c: NodeId| self.node(c).disk.unwrap_or(u64::MAX);
+        self.node(id).encode(pba, &child_pba, out)
+    }
+
+    /// Loads the tree whose root is at `pba`, reusing nodes already loaded (shared subtrees).
+    pub fn load(
+        &mut self,
+        pba: u64,
+        read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+        loaded: &mut HashMap<u64, NodeId>,
+    ) -> Result<NodeId> {
+        self.load_at(pba, read, loaded, 0)
+    }
+
+    fn load_at(
+        &mut self,
+        pba: u64,
+        read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+        loaded: &mut HashMap<u64, NodeId>,
+        depth: usize,
+    ) -> Result<NodeId> {
+        if let Some(id) = loaded.get(&pba) {
+            return Ok(*id);
+        }
+        if depth > MAX_DEPTH {
+            return Err(StoreError::corrupt(
+                "tree",
+                format!("deeper than {MAX_DEPTH} levels at block {pba}"),
+            ));
+        }
+        let block = read(pba)?;
+        let d = node::decode::<V>(pba, &block)?;
+        let body = match d.leaf_vals {
+            Some(vals) => Body::Leaf { keys: d.keys, vals },
+            None => {
+                let mut children = Vec::with_capacity(d.child_pbas.len());
+                for c in d.child_pbas {
+                    children.push(self.load_at(c, read, loaded, depth + 1)?);
+                }
+                Body::Internal {
+                    keys: d.keys,
+                    children,
+                }
+            }
+        };
+        let id = self.alloc(Node {
+            seq: d.seq,
+            disk: Some(pba),
+            body,
+        });
+        loaded.insert(pba, id);
+        Ok(id)
+    }
+
+    /// Every node reachable from `roots`.
+    pub fn reachable(&self, roots: &[NodeId]) -> HashSet<NodeId> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Body::Internal { children, .. } = &self.node(id).body {
+                stack.extend(children.iter().copied());
+            }
+        }
+        seen
+    }
+
+    /// Frees every node not reachable from `roots` (after a snapshot is dropped).
+    pub fn sweep(&mut self, roots: &[NodeId]) {
+        let keep = self.reachable(roots);
+        for id in 0..self.nodes.len() as NodeId {
+            if self.nodes[id as usize].is_some() && !keep.contains(&id) {
+                self.release(id);
+            }
+        }
+    }
+
+    /// Checks the tree's structure: sorted keys within their parent's bounds, non-empty
+    /// internal nodes, all leaves at one depth. Returns the number of entries.
+    pub fn verify(&self, root: NodeId, problems: &mut Vec<String>, name: &str) -> u64 {
+        self.verify_shared(root, problems, name, &mut HashSet::new())
+    }
+
+    /// [`verify`](Self::verify), skipping nodes already in `verified` (checked as part of
+    /// another tree that shares them) and adding the nodes it checks.
+    pub fn verify_shared(
+        &self,
+        root: NodeId,
+        problems: &mut Vec<String>,
+        name: &str,
+        verified: &mut HashSet<NodeId>,
+    ) -> u64 {
+        let mut leaf_depth = None;
+        self.verify_rec(
+            root,
+            0,
+            u64::MAX,
+            0,
+            &mut leaf_depth,
+            problems,
+            name,
+            verified,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify_rec(
+        &self,
+        id: NodeId,
+        lo: u64,
+        hi: u64,
+        depth: usize,
+        leaf_depth: &mut Option<usize>,
+        problems: &mut Vec<String>,
+        name: &str,
+        verified: &mut HashSet<NodeId>,
+    ) -> u64 {
+        if !verified.insert(id) {
+            return 0;
+        }
+        let n = self.node(id);
+        let where_ = || format!("{name}: node at {:?} (depth {depth})", n.disk);
+        let keys = match &n.body {
+            Body::Leaf { keys, .. } | Body::Internal { keys, .. } => keys,
+        };
+        if keys.windows(2).any(|w| w[0] >= w[1]) {
+            problems.push(format!("{} has keys out of order", where_()));
+        }
+        match &n.body {
+            Body::Leaf { keys, .. } => {
+                if keys.len() > leaf_cap::<V>() {
+                    problems.push(format!("{} overfull", where_()));
+                }
+                if keys.iter().any(|k| *k < lo || *k >= hi) {
+                    problems.push(format!("{} has keys outside [{lo}, {hi})", where_()));
+                }
+                match leaf_depth {
+                    None => *leaf_depth = Some(depth),
+                    Some(d) if *d != depth => {
+                        problems.push(format!("{} leaf at uneven depth", where_()))
+                    }
+                    _ => {}
+                }
+                keys.len() as u64
+            }
+            Body::Internal { keys, children } => {
+                if children.is_empty() || children.len() != keys.len() || keys.len() > INTERNAL_CAP
+                {
+                    problems.push(format!("{} has {} children", where_(), children.len()));
+                    return 0;
+                }
+                let mut total = 0;
+                for (i, c) in children.iter().enumerate() {
+                    let clo = if i == 0 { lo } else { keys[i].max(lo) };
+                    let chi = keys.get(i + 1).copied().unwrap_or(hi).min(hi);
+                    if i > 0 && (keys[i] < lo || keys[i] >= hi) {
+                        problems.push(format!(
+                            "{} separator {} outside [{lo}, {hi})",
+                            where_(),
+                            keys[i]
+                        ));
+                    }
+                    total += self.verify_rec(
+                        *c,
+                        clo,
+                        chi,
+                        depth + 1,
+                        leaf_depth,
+                        problems,
+                        name,
+                        verified,
+                    );
+                }
+                total
+            }
+        }
+    }
+}
+
+/// Decodes and verifies one on-disk node without loading its children.
+pub fn decode_only<V: TreeValue>(pba: u64, block: &[u8]) -> Result<()> {
+    node::decode::<V>(pba, block).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+use super::*;
+use crate::store::codec::{Get, Put};
+use crate::store::layout::BLOCK_SIZE;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct V(u64);
+
+impl TreeValue for V {
+    const SIZE: usize = 8;
+    const TREE_TAG: u8 = 99;
+    fn encode(&self, out: &mut Put<'_>) {
+        out.u64(self.0);
+    }
+    fn decode(g: &mut Get<'_>) -> Option<Self> {
+        g.u64().map(V)
+    }
+}
+
+#[test]
+fn insert_lookup_range_remove() {
+    let mut f = Forest::<V>::new();
+    let mut root = f.new_leaf(1);
+    for k in (0..5000u64).rev() {
+        assert_eq!(f.insert(&mut root, k * 3, V(k), 1, 0), None);
+    }
+    assert_eq!(f.get(root, 300), Some(V(100)));
+    assert_eq!(f.get(root, 301), None);
+    let mut got = Vec::new();
+    f.range(root, 10, 22, &mut |k, v| got.push((k, v.0)));
+    assert_eq!(got, vec![(12, 4), (15, 5), (18, 6), (21, 7)]);
+    let mut problems = Vec::new();
+    assert_eq!(f.verify(root, &mut problems, "t"), 5000);
+    assert!(problems.is_empty(), "{problems:?}");
+    for k in 0..5000u64 {
+        assert_eq!(f.remove(&mut root, k * 3, 2, 0), Some(V(k)));
+    }
+    assert!(f.entries(root).is_empty());
+    assert_eq!(
+        f.live_nodes(),
+        1,
+        "empty nodes are freed and the root collapses"
+    );
+}
+
+#[test]
+fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
+    let mut f = Forest::<V>::new();
+    let mut running = f.new_leaf(1);
+    for k in 0..1000 {
+        f.insert(&mut running, k, V(k), 1, 0);
+    }
+    // Snapshot at seq 1: the running point continues at seq 2.
+    let snap = running;
+    let before = f.live_nodes();
+    f.insert(&mut running, 5, V(555), 2, 1);
+    assert_ne!(running, snap, "a frozen root is copied");
+    assert_eq!(f.get(snap, 5), Some(V(5)), "the snapshot keeps its value");
+    assert_eq!(f.get(running, 5), Some(V(555)));
+    let copied = f.live_nodes() - before;
+    assert_eq!(copied, 2, "root and one leaf copied, the rest shared");
+    // The copies carry seq 2 > frozen 1 now: a second write changes them in place.
+    let root_after = running;
+    f.insert(&mut running, 6, V(666), 3, 1);
+    assert_eq!(running, root_after);
+    assert_eq!(f.live_nodes() - before, 2);
+    // Shared nodes are reachable from both roots.
+    let shared = f
+        .reachable(&[snap])
+        .intersection(&f.reachable(&[running]))
+        .count();
+    assert!(shared > 0);
+    // Dropping the snapshot frees exactly the nodes only it used.
+    f.sweep(&[running]);
+    assert_eq!(f.live_nodes(), f.reachable(&[running]).len());
+    assert_eq!(f.get(running, 7), Some(V(7)));
+}
+
+#[test]
+fn disk_round_trip_keeps_sharing() {
+    let mut f = Forest::<V>::new();
+    let mut running = f.new_leaf(1);
+    for k in 0..2000 {
+        f.insert(&mut running, k * 7, V(k), 1, 0);
+    }
+    let snap = running;
+    f.insert(&mut running, 7, V(1), 2, 1);
+    let mut disk: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut next = 100u64;
+    for root in [snap, running] {
+        let mut order = Vec::new();
+        f.dirty_post_order(root, &mut order, &mut HashSet::new());
+        for id in &order {
+            f.set_disk(*id, next);
+            next += 1;
+        }
+        for id in &order {
+            let pba = f.node(*id).disk.unwrap();
+            let mut b = vec![0u8; BLOCK_SIZE];
+            assert!(f.encode_node(*id, pba, &mut b));
+            disk.insert(pba, b);
+        }
+    }
+    let (sp, rp) = (f.node(snap).disk.unwrap(), f.node(running).disk.unwrap());
+    let mut g = Forest::<V>::new();
+    let mut loaded = HashMap::new();
+    let mut read = |p: u64| {
+        disk.get(&p)
+            .cloned()
+            .ok_or(StoreError::corrupt("x", "missing"))
+    };
+    let s2 = g.load(sp, &mut read, &mut loaded).unwrap();
+    let r2 = g.load(rp, &mut read, &mut loaded).unwrap();
+    assert_eq!(g.entries(s2), f.entries(snap));
+    assert_eq!(g.entries(r2), f.entries(running));
+    assert_eq!(g.live_nodes(), f.live_nodes(), "shared nodes load once");
+    // A flipped bit in a node is caught at load.
+    let mut bad = disk.clone();
+    bad.get_mut(&rp).unwrap()[40] ^= 1;
+    let mut read_bad = |p: u64| {
+        bad.get(&p)
+            .cloned()
+            .ok_or(StoreError::corrupt("x", "missing"))
+    };
+    let r = Forest::<V>::new().load(rp, &mut read_bad, &mut HashMap::new());
+    assert!(matches!(r, Err(StoreError::Corrupt { .. })));
+}
+
+proptest! {
+    #[test]
+    fn matches_a_btreemap(ops in proptest::collection::vec((0u8..3, 0u64..3000, any::<u64>()), 1..600)) {
+        let mut f = Forest::<V>::new();
+        let mut root = f.new_leaf(1);
+        let mut model = BTreeMap::new();
+        let mut snaps = Vec::new();
+        let mut frozen = 0u64;
+        for (i, (op, k, v)) in ops.into_iter().enumerate() {
+            let seq = i as u64 + 2;
+            match op {
+                0 => prop_assert_eq!(f.insert(&mut root, k, V(v), seq, frozen), model.insert(k, V(v))),
+                1 => prop_assert_eq!(f.remove(&mut root, k, seq, frozen), model.remove(&k)),
+                _ => if k % 50 == 0 {
+                    frozen = seq;
+                    snaps.push((root, f.entries(root)));
+                },
+            }
+        }
+        prop_assert_eq!(f.entries(root), model.into_iter().collect::<Vec<_>>());
+        for (r, e) in snaps {
+            prop_assert_eq!(f.entries(r), e);
+        }
+        let mut problems = Vec::new();
+        f.verify(root, &mut problems, "t");
+        prop_assert!(problems.is_empty(), "{:?}", problems);
+    }
+}

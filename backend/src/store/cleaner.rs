@@ -1,0 +1,196 @@
+//! The cleaner: copies the live blocks of sparse segments elsewhere, changing only the
+//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused after the
+//! next checkpoint.
+
+use super::buf::AlignedBuf;
+use super::codec::block_crc;
+use super::error::Result;
+use super::journal::Entry;
+use super::layout::BLOCK;
+use super::stats::Counters;
+use super::{Store, lock, now_millis_pub, read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// One cleaned segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanReport {
+    pub segment: u64,
+    /// Live blocks found in the segment.
+    pub live: u64,
+    /// Blocks copied and remapped (fewer if the guest overwrote some meanwhile).
+    pub moved: u64,
+}
+
+impl Store {
+    /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
+    /// The segment becomes free at the next checkpoint.
+    pub fn clean_step(&self) -> Result<Option<CleanReport>> {
+        self.ensure_ok()?;
+        let mut cw = lock(&self.cleaner_writer);
+        let seg_blocks = self.geo.seg_blocks;
+        let (seg, live) = {
+            let st = read(&self.state);
+            let Some(&(_, seg)) = st
+                .sut
+                .cleaning_candidates((seg_blocks * 9 / 10) as u32)
+                .first()
+            else {
+                return Ok(None);
+            };
+            let start = self.geo.segment_start(seg);
+            let live: Vec<(u64, u64, u32)> = (start..start + seg_blocks)
+                .filter_map(|pba| {
+                    let vba = st.maps.owner(pba)?;
+                    let e = st.maps.vba.get(st.maps.vba_root, vba)?;
+                    Some((pba, vba, e.crc))
+                })
+                .collect();
+            (seg, live)
+        };
+        let start = self.geo.segment_start(seg);
+        let mut src = AlignedBuf::blocks(seg_blocks as usize);
+        {
+            let _reuse = read(&self.reuse);
+            self.dev.read_at(&mut src, start * BLOCK)?;
+        }
+        let mut moves = Vec::with_capacity(live.len());
+        let mut i = 0;
+        while i < live.len() {
+            let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
+            let mut ab = AlignedBuf::blocks(n);
+            for j in 0..n {
+                let (pba, vba, crc) = live[i + j];
+                let block = src.block((pba - start) as usize);
+                if block_crc(vba, block) != crc {
+                    // Moved as it is: reads keep failing loudly instead of the damage spreading.
+                    Counters::add(&self.stats.checksum_errors, 1);
+                    log::error!("cleaner: VBA {vba} at block {pba} fails its checksum");
+                }
+                ab.block_mut(j).copy_from_slice(block);
+                moves.push(Entry::Move {
+                    vba,
+                    old_pba: pba,
+                    new_pba: dst + j as u64,
+                });
+            }
+            self.dev.write_at(&ab, dst * BLOCK)?;
+            Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
+            i += n;
+        }
+        let moved = self.commit_moves(moves, &mut cw.retired)?;
+        Counters::add(&self.stats.cleaner_moves, moved);
+        Counters::add(&self.stats.segments_cleaned, 1);
+        Ok(Some(CleanReport {
+            segment: seg,
+            live: live.len() as u64,
+            moved,
+        }))
+    }
+
+    /// Commits cleaner moves; those the guest overtook meanwhile (block overwritten or
+    /// unmapped) are dropped under the journal lock, so the record holds only valid moves.
+    fn commit_moves(&self, moves: Vec<Entry>, retired: &mut Vec<u64>) -> Result<u64> {
+        self.commit_filtered(moves, retired, true)
+    }
+
+    /// Free segments (the reserve included).
+    pub fn free_segments(&self) -> u64 {
+        read(&self.state).sut.free_count()
+    }
+
+    /// Emptied segments waiting for the next checkpoint.
+    pub fn pending_segments(&self) -> u64 {
+        read(&self.state).sut.pending_count()
+    }
+}
+
+/// When the background cleaner works.
+#[derive(Debug, Clone)]
+pub struct CleanerConfig {
+    /// Clean without pause when fewer than this many segments beyond the reserve are free;
+    /// half of it is how many cleaned segments wait before a checkpoint releases them.
+    pub low_water: u64,
+    /// Clean opportunistically when the guest has not written for this long.
+    pub idle: Duration,
+    /// Pause between steps when not urgent (the throttle against guest I/O).
+    pub pause: Duration,
+}
+
+impl Default for CleanerConfig {
+    fn default() -> Self {
+        Self {
+            low_water: 24,
+            idle: Duration::from_millis(200),
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A running background cleaner; stops and joins when dropped.
+pub struct CleanerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CleanerHandle {
+    /// Starts cleaning `store` in a background thread.
+    pub fn spawn(store: Arc<Store>, cfg: CleanerConfig) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("keel-cleaner".into())
+            .spawn(move || run(&store, &cfg, &flag))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for CleanerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let free = store.free_segments();
+        let reserve = store.geo.reserved_segments();
+        let urgent = free < reserve + cfg.low_water;
+        let idle_ms =
+            now_millis_pub().saturating_sub(store.last_guest_write.load(Ordering::Relaxed));
+        let idle = idle_ms >= cfg.idle.as_millis() as u64;
+        if !(urgent || idle) {
+            std::thread::sleep(cfg.pause);
+            continue;
+        }
+        match store.clean_step() {
+            Ok(Some(_)) => {
+                // Cleaned segments become free at a checkpoint; batch them, a checkpoint
+                // rewrites every dirty map node.
+                let pending = store.pending_segments();
+                let starving = store.free_segments() <= reserve + 1;
+                if (pending >= cfg.low_water / 2 || (starving && pending > 0))
+                    && let Err(e) = store.checkpoint()
+                {
+                    log::warn!("cleaner: checkpoint failed: {e}");
+                }
+                if !urgent {
+                    std::thread::sleep(cfg.pause);
+                }
+            }
+            Ok(None) => std::thread::sleep(cfg.pause * 5),
+            Err(e) => {
+                log::warn!("cleaner: {e}");
+                std::thread::sleep(cfg.pause * 5);
+            }
+        }
+    }
+}

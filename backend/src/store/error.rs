@@ -1,0 +1,43 @@
+//! The store's one error type; the engine maps every variant to a virtio status.
+
+use std::io;
+
+/// Everything the storage core can answer instead of data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("device I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the container is in use by another process (it is locked)")]
+    InUse,
+    #[error("no space left in the container")]
+    NoSpace,
+    #[error("data checksum mismatch in block at LBA {lba} (physical block {pba})")]
+    DataChecksum { lba: u64, pba: u64 },
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("unsupported container: {0}")]
+    Unsupported(String),
+    #[error("request {offset}+{len} is outside the disk's {capacity} bytes")]
+    OutOfRange {
+        offset: u64,
+        len: u64,
+        capacity: u64,
+    },
+    #[error("request {offset}+{len} is not aligned to 512-byte sectors")]
+    Misaligned { offset: u64, len: u64 },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("the store stopped after an earlier metadata write failed; reopen it to recover")]
+    Failed,
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            what,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,131 @@
+//! Creating a container: geometry from the requested size, then an empty checkpoint.
+
+use super::State;
+use super::alloc::SegmentWriter;
+use super::error::{Result, StoreError};
+use super::layout::{BLOCK, Geometry};
+use super::maps::Maps;
+use super::persist;
+use super::superblock::{COMPAT_SUPPORTED, FORMAT_VERSION, INCOMPAT_SUPPORTED, Superblock};
+use super::sut::Sut;
+use crate::device::BlockDevice;
+use std::hash::{BuildHasher, Hasher};
+
+/// What `keel create` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Guest-visible size in bytes (rounded up to 4 KiB).
+    pub capacity: u64,
+    /// Segment size in bytes: a power of two, at least 64 KiB.
+    pub segment_bytes: u64,
+    /// Journal size in bytes; by default 1/64 of the capacity, between 2 and 16 segments.
+    pub journal_bytes: Option<u64>,
+    /// Extra data space beyond the capacity, in percent, so the cleaner has room to work.
+    pub overprovision_percent: u64,
+}
+
+impl CreateOptions {
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            segment_bytes: 4 << 20,
+            journal_bytes: None,
+            overprovision_percent: 20,
+        }
+    }
+
+    /// The layout these options produce.
+    pub fn geometry(&self) -> Result<Geometry> {
+        let bad = |m: String| Err(StoreError::Invalid(m));
+        if !self.segment_bytes.is_power_of_two() || self.segment_bytes < 64 * 1024 {
+            return bad(format!(
+                "segment size {} must be a power of two >= 64 KiB",
+                self.segment_bytes
+            ));
+        }
+        if self.capacity == 0 || self.capacity > 1 << 50 {
+            return bad(format!(
+                "capacity {} must be between 4 KiB and 1 PiB",
+                self.capacity
+            ));
+        }
+        let seg_blocks = self.segment_bytes / BLOCK;
+        let capacity = self.capacity.div_ceil(BLOCK) * BLOCK;
+        let journal_segments = match self.journal_bytes {
+            Some(b) => b.div_ceil(self.segment_bytes).max(2),
+            None => (capacity / 64 / self.segment_bytes).clamp(2, 16),
+        };
+        let cap_blocks = capacity / BLOCK;
+        let data_blocks = cap_blocks + cap_blocks * self.overprovision_percent / 100;
+        let mut geo = Geometry {
+            seg_blocks,
+            segments: 0,
+            journal_segments,
+            capacity,
+        };
+        let data_segments = data_blocks.div_ceil(seg_blocks) + geo.reserved_segments() + 4;
+        geo.segments = 1 + journal_segments + data_segments;
+        if Sut::encoded_blocks(&geo) + 1 > seg_blocks {
+            return bad("segments are too small for this capacity; use larger segments".into());
+        }
+        Ok(geo)
+    }
+}
+
+fn random_uuid() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}
+
+/// Writes an empty container onto `dev`: an empty checkpoint and both superblocks.
+pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
+    let geo = opts.geometry()?;
+    if dev.len() < geo.container_bytes() {
+        return Err(StoreError::Invalid(format!(
+            "the device has {} bytes, the container needs {}",
+            dev.len(),
+            geo.container_bytes()
+        )));
+    }
+    let mut st = State {
+        maps: Maps::empty(geo.segments * geo.seg_blocks),
+        sut: Sut::new(geo),
+        ckpt_blocks: Vec::new(),
+    };
+    let mut meta = SegmentWriter::new(geo.seg_blocks);
+    // A device that held another container may have records at the journal's start.
+    let zero = super::buf::AlignedBuf::blocks(1);
+    dev.write_at(&zero, geo.journal_start() * BLOCK)?;
+    let generation = 1;
+    let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0)?;
+    persist::write_runs(dev, &prepared.runs)?;
+    let sb = Superblock {
+        version: FORMAT_VERSION,
+        incompat: INCOMPAT_SUPPORTED,
+        compat: COMPAT_SUPPORTED,
+        generation,
+        uuid: random_uuid(),
+        geometry: geo,
+        checkpoint_pba: prepared.root_pba,
+    };
+    // Slot A gets the same checkpoint one generation lower, so either copy can open it.
+    persist::write_superblock(
+        dev,
+        &Superblock {
+            generation: 0,
+            ..sb
+        },
+    )?;
+    persist::write_superblock(dev, &sb)?;
+    Ok(geo)
+}

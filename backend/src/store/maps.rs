@@ -1,0 +1,339 @@
+//! The two-level map: per-tree LBA -> VBA B+trees (running point and snapshots) and one
+//! VBA -> PBA map for the whole container, plus a reverse map PBA -> VBA for the cleaner.
+//!
+//! VBAs are handed out in increasing order and never reused, so "allocated after the newest
+//! snapshot" is a comparison with that snapshot's VBA watermark: such a VBA belongs to the
+//! running point alone and is freed as soon as the running point overwrites or unmaps it.
+//! The data checksum lives in the VBA entry and is seeded with the VBA, so it survives the
+//! cleaner moving the block and catches a block read from the wrong place.
+
+use super::btree::{Forest, NodeId, TreeValue};
+use super::codec::{Get, Put};
+use super::journal::Entry;
+use super::sut::{SegKind, Sut};
+
+/// LBA tree value: the block's virtual address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vba(pub u64);
+
+impl TreeValue for Vba {
+    const SIZE: usize = 8;
+    const TREE_TAG: u8 = 1;
+    fn encode(&self, out: &mut Put<'_>) {
+        out.u64(self.0);
+    }
+    fn decode(g: &mut Get<'_>) -> Option<Self> {
+        g.u64().map(Vba)
+    }
+}
+
+/// VBA map value: where the block is and the crc32c of its 4 KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VbaEntry {
+    pub pba: u64,
+    pub crc: u32,
+}
+
+impl TreeValue for VbaEntry {
+    const SIZE: usize = 12;
+    const TREE_TAG: u8 = 2;
+    fn encode(&self, out: &mut Put<'_>) {
+        out.u64(self.pba).u32(self.crc);
+    }
+    fn decode(g: &mut Get<'_>) -> Option<Self> {
+        Some(VbaEntry {
+            pba: g.u64()?,
+            crc: g.u32()?,
+        })
+    }
+}
+
+/// A frozen LBA tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: u64,
+    pub name: String,
+    /// Sequence number at which the tree was frozen.
+    pub seq: u64,
+    pub root: NodeId,
+    /// First VBA allocated after the freeze.
+    pub vba_watermark: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+const NO_VBA: u64 = u64::MAX;
+
+pub struct Maps {
+    pub lba: Forest<Vba>,
+    pub running: NodeId,
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+    pub vba: Forest<VbaEntry>,
+    pub vba_root: NodeId,
+    pub next_vba: u64,
+    pub seq: u64,
+    pub next_snapshot_id: u64,
+    /// PBA -> VBA for every live data block (NO_VBA elsewhere).
+    rmap: Vec<u64>,
+}
+
+impl Maps {
+    /// Empty maps for a container of `blocks` blocks.
+    pub fn empty(blocks: u64) -> Self {
+        let mut lba = Forest::new();
+        let mut vba = Forest::new();
+        let running = lba.new_leaf(1);
+        let vba_root = vba.new_leaf(1);
+        Self {
+            lba,
+            running,
+            snapshots: Vec::new(),
+            vba,
+            vba_root,
+            next_vba: 0,
+            seq: 1,
+            next_snapshot_id: 1,
+            rmap: vec![NO_VBA; blocks as usize],
+        }
+    }
+
+    /// Maps loaded from a checkpoint; the reverse map is rebuilt from the VBA map.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loaded(
+        lba: Forest<Vba>,
+        running: NodeId,
+        snapshots: Vec<Snapshot>,
+        vba: Forest<VbaEntry>,
+        vba_root: NodeId,
+        next_vba: u64,
+        seq: u64,
+        next_snapshot_id: u64,
+        blocks: u64,
+    ) -> Self {
+        let mut m = Self {
+            lba,
+            running,
+            snapshots,
+            vba,
+            vba_root,
+            next_vba,
+            seq,
+            next_snapshot_id,
+            rmap: vec![NO_VBA; blocks as usize],
+        };
+        m.rebuild_rmap();
+        m
+    }
+
+    /// Fills the reverse map from the VBA map (after loading a checkpoint).
+    pub fn rebuild_rmap(&mut self) {
+        self.rmap.fill(NO_VBA);
+        for (v, e) in self.vba.entries(self.vba_root) {
+            if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
+                *slot = v;
+            }
+        }
+    }
+
+    /// Sequence number of the newest snapshot (0 without snapshots).
+    pub fn frozen(&self) -> u64 {
+        self.snapshots.last().map_or(0, |s| s.seq)
+    }
+
+    fn watermark(&self) -> u64 {
+        self.snapshots.last().map_or(0, |s| s.vba_watermark)
+    }
+
+    /// The VBA and its entry the running point maps `lba` to.
+    pub fn lookup(&self, lba: u64) -> Option<(u64, VbaEntry)> {
+        let v = self.lba.get(self.running, lba)?;
+        self.vba.get(self.vba_root, v.0).map(|e| (v.0, e))
+    }
+
+    /// The VBA that currently owns data block `pba`.
+    pub fn owner(&self, pba: u64) -> Option<u64> {
+        self.rmap
+            .get(pba as usize)
+            .copied()
+            .filter(|v| *v != NO_VBA)
+    }
+
+    /// Applies one journal record's entries, in order.
+    pub fn apply(&mut self, entries: &[Entry], sut: &mut Sut) {
+        self.seq += 1;
+        for e in entries {
+            match *e {
+                Entry::Map { lba, vba, pba, crc } => self.map(lba, vba, pba, crc, sut),
+                Entry::Unmap { lba, count } => self.unmap(lba, count, sut),
+                Entry::Move {
+                    vba,
+                    old_pba,
+                    new_pba,
+                } => {
+                    self.relocate(vba, old_pba, new_pba, sut);
+                }
+            }
+        }
+    }
+
+    fn map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        let (seq, frozen) = (self.seq, self.frozen());
+        self.vba
+            .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
+        if let Some(slot) = self.rmap.get_mut(pba as usize) {
+            *slot = vba;
+        }
+        sut.add(pba, SegKind::Data);
+        self.next_vba = self.next_vba.max(vba + 1);
+        if let Some(old) = self
+            .lba
+            .insert(&mut self.running, lba, Vba(vba), seq, frozen)
+        {
+            self.release_if_exclusive(old.0, sut);
+        }
+    }
+
+    fn unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
+        let (seq, frozen) = (self.seq, self.frozen());
+        let mut found = Vec::new();
+        self.lba
+            .range(self.running, lba, lba.saturating_add(count), &mut |k, v| {
+                found.push((k, v))
+            });
+        for (k, v) in found {
+            self.lba.remove(&mut self.running, k, seq, frozen);
+            self.release_if_exclusive(v.0, sut);
+        }
+    }
+
+    /// Moves `vba` from `old_pba` to `new_pba`; false if it no longer lives at `old_pba`.
+    pub fn relocate(&mut self, vba: u64, old_pba: u64, new_pba: u64, sut: &mut Sut) -> bool {
+        let Some(e) = self.vba.get(self.vba_root, vba) else {
+            return false;
+        };
+        if e.pba != old_pba {
+            return false;
+        }
+        let seq = self.seq;
+        self.vba.insert(
+            &mut self.vba_root,
+            vba,
+            VbaEntry {
+                pba: new_pba,
+                crc: e.crc,
+            },
+            seq,
+            0,
+        );
+        if let Some(slot) = self.rmap.get_mut(old_pba as usize) {
+            *slot = NO_VBA;
+        }
+        if let Some(slot) = self.rmap.get_mut(new_pba as usize) {
+            *slot = vba;
+        }
+        sut.dec(old_pba);
+        sut.add(new_pba, SegKind::Data);
+        true
+    }
+
+    fn release_if_exclusive(&mut self, vba: u64, sut: &mut Sut) {
+        if vba >= self.watermark() {
+            self.free_vba(vba, sut);
+        }
+    }
+
+    fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
+        let seq = self.seq;
+        if let Some(e) = self.vba.remove(&mut self.vba_root, vba, seq, 0) {
+            if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
+                *slot = NO_VBA;
+            }
+            sut.dec(e.pba);
+        }
+    }
+
+    /// Freezes the running point as a new snapshot (O(1): the tree is shared, not copied).
+    pub fn create_snapshot(&mut self, name: &str, created: u64) -> u64 {
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        self.snapshots.push(Snapshot {
+            id,
+            name: name.to_string(),
+            seq: self.seq,
+            root: self.running,
+            vba_watermark: self.next_vba,
+            created,
+        });
+        self.seq += 1;
+        id
+    }
+
+    /// Deletes a snapshot: the VBAs it alone owned are collected, sorted and removed from
+    /// the VBA map in one pass; nodes no tree reaches any more are freed.
+    pub fn delete_snapshot(&mut self, id: u64, sut: &mut Sut) -> bool {
+        let Some(i) = self.snapshots.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        let snap = self.snapshots.remove(i);
+        let born_after = if i == 0 {
+            0
+        } else {
+            self.snapshots[i - 1].vba_watermark
+        };
+        let next_root = self.snapshots.get(i).map_or(self.running, |s| s.root);
+        let mut owned = Vec::new();
+        self.lba.range(snap.root, 0, u64::MAX, &mut |lba, v| {
+            if v.0 >= born_after && v.0 < snap.vba_watermark {
+                owned.push((lba, v.0));
+            }
+        });
+        let mut only_here: Vec<u64> = owned
+            .into_iter()
+            .filter(|(lba, v)| self.lba.get(next_root, *lba) != Some(Vba(*v)))
+            .map(|(_, v)| v)
+            .collect();
+        only_here.sort_unstable();
+        self.seq += 1;
+        for v in only_here {
+            self.free_vba(v, sut);
+        }
+        self.sweep();
+        true
+    }
+
+    /// Makes the running point a copy of snapshot `id` (shared until written).
+    pub fn revert_to(&mut self, id: u64, sut: &mut Sut) -> bool {
+        let Some(root) = self.snapshots.iter().find(|s| s.id == id).map(|s| s.root) else {
+            return false;
+        };
+        let wm = self.watermark();
+        let mut exclusive = Vec::new();
+        self.lba.range(self.running, 0, u64::MAX, &mut |_, v| {
+            if v.0 >= wm {
+                exclusive.push(v.0);
+            }
+        });
+        exclusive.sort_unstable();
+        self.seq += 1;
+        for v in exclusive {
+            self.free_vba(v, sut);
+        }
+        self.running = root;
+        self.sweep();
+        true
+    }
+
+    fn sweep(&mut self) {
+        let mut roots: Vec<NodeId> = self.snapshots.iter().map(|s| s.root).collect();
+        roots.push(self.running);
+        self.lba.sweep(&roots);
+    }
+
+    /// Every LBA tree root: the running point first, then the snapshots.
+    pub fn lba_roots(&self) -> Vec<NodeId> {
+        let mut r = vec![self.running];
+        r.extend(self.snapshots.iter().map(|s| s.root));
+        r
+    }
+}

@@ -1,0 +1,224 @@
+//! Writing a checkpoint: dirty tree nodes out of place, the SUT, a root block, then the
+//! superblock flip. Used by `Store::checkpoint` and by formatting a new container.
+
+use super::alloc::SegmentWriter;
+use super::buf::AlignedBuf;
+use super::checkpoint::{CheckpointRoot, SnapshotRecord};
+use super::error::{Result, StoreError};
+use super::layout::{BLOCK, BLOCK_SIZE, Geometry};
+use super::superblock::Superblock;
+use super::sut::{SegKind, Sut};
+use super::{JournalState, State, Store, write};
+use crate::device::BlockDevice;
+use std::collections::HashSet;
+
+/// Device writes a checkpoint made.
+pub struct Written {
+    pub writes: u64,
+    pub bytes: u64,
+}
+
+/// Blocks to write, in runs of contiguous addresses.
+pub struct Prepared {
+    pub runs: Vec<(u64, AlignedBuf)>,
+    pub root_pba: u64,
+    pub chain_seed: u32,
+}
+
+/// Takes `n` blocks for metadata; `contiguous` insists on one run inside one segment.
+fn take_meta(
+    st: &mut State,
+    meta: &mut SegmentWriter,
+    n: usize,
+    contiguous: bool,
+) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let want = n - out.len();
+        match meta.take(want) {
+            Some((p, got)) if !contiguous || got == want => out.extend(p..p + got as u64),
+            Some(_) => meta.retire(),
+            None => match st.sut.grab(SegKind::Meta, true) {
+                Some(seg) => meta.start(seg),
+                None => return Err(StoreError::NoSpace),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Assigns disk blocks to every dirty node and encodes the checkpoint. After this the
+/// in-memory state describes the new checkpoint; the caller writes it and flips the superblock.
+pub fn prepare(
+    st: &mut State,
+    meta: &mut SegmentWriter,
+    geo: &Geometry,
+    generation: u64,
+    lsn: u64,
+) -> Result<Prepared> {
+    let mut lba_dirty = Vec::new();
+    let mut seen = HashSet::new();
+    for r in st.maps.lba_roots() {
+        st.maps.lba.dirty_post_order(r, &mut lba_dirty, &mut seen);
+    }
+    let mut vba_dirty = Vec::new();
+    st.maps
+        .vba
+        .dirty_post_order(st.maps.vba_root, &mut vba_dirty, &mut HashSet::new());
+    let sut_blocks = Sut::encoded_blocks(geo) as usize;
+    let sut_pbas = take_meta(st, meta, sut_blocks + 1, true)?;
+    let node_pbas = take_meta(st, meta, lba_dirty.len() + vba_dirty.len(), false)?;
+    let mut blocks: Vec<(u64, Vec<u8>)> = Vec::with_capacity(node_pbas.len() + sut_pbas.len());
+    for (id, p) in lba_dirty.iter().zip(&node_pbas) {
+        st.maps.lba.set_disk(*id, *p);
+    }
+    for (id, p) in vba_dirty.iter().zip(&node_pbas[lba_dirty.len()..]) {
+        st.maps.vba.set_disk(*id, *p);
+    }
+    for (id, p) in lba_dirty.iter().zip(&node_pbas) {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        if !st.maps.lba.encode_node(*id, *p, &mut b) {
+            return Err(StoreError::Invalid("tree node does not encode".into()));
+        }
+        blocks.push((*p, b));
+    }
+    for (id, p) in vba_dirty.iter().zip(&node_pbas[lba_dirty.len()..]) {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        if !st.maps.vba.encode_node(*id, *p, &mut b) {
+            return Err(StoreError::Invalid("tree node does not encode".into()));
+        }
+        blocks.push((*p, b));
+    }
+    // Usage: the new blocks are live, the superseded ones die when this checkpoint commits.
+    for p in node_pbas.iter().chain(&sut_pbas) {
+        st.sut.add(*p, SegKind::Meta);
+    }
+    let mut garbage = std::mem::take(&mut st.maps.lba.garbage);
+    garbage.append(&mut st.maps.vba.garbage);
+    garbage.append(&mut st.ckpt_blocks);
+    for p in garbage {
+        st.sut.dec(p);
+    }
+    st.ckpt_blocks = sut_pbas.clone();
+    let mut sut_bytes = vec![0u8; sut_blocks * BLOCK_SIZE];
+    if !st.sut.encode(&mut sut_bytes) {
+        return Err(StoreError::Invalid(
+            "segment usage table does not encode".into(),
+        ));
+    }
+    for (i, p) in sut_pbas[..sut_blocks].iter().enumerate() {
+        blocks.push((*p, sut_bytes[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].to_vec()));
+    }
+    let root_pba = sut_pbas[sut_blocks];
+    let disk = |id| st.maps.lba.node(id).disk.unwrap_or(u64::MAX);
+    let chain_seed = crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
+        ^ crc32c::crc32c(&root_pba.to_le_bytes());
+    let root = CheckpointRoot {
+        generation,
+        lsn,
+        chain_seed,
+        next_vba: st.maps.next_vba,
+        seq: st.maps.seq,
+        next_snapshot_id: st.maps.next_snapshot_id,
+        running_root: disk(st.maps.running),
+        vba_root: st.maps.vba.node(st.maps.vba_root).disk.unwrap_or(u64::MAX),
+        sut_pba: sut_pbas[0],
+        sut_blocks: sut_blocks as u32,
+        sut_crc: crc32c::crc32c(&sut_bytes),
+        snapshots: st
+            .maps
+            .snapshots
+            .iter()
+            .map(|s| SnapshotRecord {
+                id: s.id,
+                seq: s.seq,
+                root: disk(s.root),
+                vba_watermark: s.vba_watermark,
+                created: s.created,
+                name: s.name.clone(),
+            })
+            .collect(),
+    };
+    let root_block = root
+        .encode(root_pba)
+        .ok_or_else(|| StoreError::Invalid("checkpoint root does not encode".into()))?;
+    blocks.push((root_pba, root_block.to_vec()));
+    blocks.sort_unstable_by_key(|(p, _)| *p);
+    let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
+    for (p, b) in &blocks {
+        match runs.last_mut() {
+            Some((start, v)) if *start + v.len() as u64 == *p && v.len() < 1024 => v.push(b),
+            _ => runs.push((*p, vec![b])),
+        }
+    }
+    let runs = runs
+        .into_iter()
+        .map(|(start, v)| {
+            let mut ab = AlignedBuf::blocks(v.len());
+            for (i, b) in v.iter().enumerate() {
+                ab.block_mut(i).copy_from_slice(b);
+            }
+            (start, ab)
+        })
+        .collect();
+    Ok(Prepared {
+        runs,
+        root_pba,
+        chain_seed,
+    })
+}
+
+/// Writes the prepared blocks and flushes.
+pub fn write_runs(dev: &dyn BlockDevice, runs: &[(u64, AlignedBuf)]) -> Result<Written> {
+    let mut w = Written {
+        writes: 0,
+        bytes: 0,
+    };
+    for (pba, ab) in runs {
+        dev.write_at(ab, pba * BLOCK)?;
+        w.writes += 1;
+        w.bytes += ab.len() as u64;
+    }
+    dev.flush()?;
+    Ok(w)
+}
+
+/// Writes `sb` to its slot and flushes: the moment the new checkpoint takes effect.
+pub fn write_superblock(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
+    let mut ab = AlignedBuf::blocks(1);
+    ab.copy_from_slice(&sb.encode());
+    dev.write_at(&ab, sb.slot() * BLOCK)?;
+    dev.flush()?;
+    Ok(())
+}
+
+/// One checkpoint of an open store; the caller holds the journal lock.
+pub fn checkpoint(store: &Store, j: &mut JournalState) -> Result<Written> {
+    let generation = j.superblock.generation + 1;
+    let lsn = j.cursor.next_lsn - 1;
+    let prepared = {
+        let mut st = write(&store.state);
+        prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
+    };
+    let mut written = write_runs(store.dev.as_ref(), &prepared.runs)?;
+    let sb = Superblock {
+        generation,
+        checkpoint_pba: prepared.root_pba,
+        ..j.superblock
+    };
+    write_superblock(store.dev.as_ref(), &sb)?;
+    written.writes += 1;
+    written.bytes += BLOCK;
+    j.superblock = sb;
+    j.cursor.pos = 0;
+    j.cursor.prev_crc = prepared.chain_seed;
+    j.cursor.records = 0;
+    // The new checkpoint is durable: segments emptied before it may be reused now.
+    let _reuse = write(&store.reuse);
+    let mut st = write(&store.state);
+    for seg in j.meta_writer.retired.drain(..) {
+        st.sut.close(seg);
+    }
+    st.sut.release_pending();
+    Ok(written)
+}

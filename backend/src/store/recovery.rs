@@ -1,0 +1,288 @@
+//! Opening a container: pick the newest valid superblock, load its checkpoint (trees, SUT),
+//! replay the journal tail, and discard the first torn record and everything after it.
+//!
+//! A record is torn when its own crc fails, when it does not chain to its predecessor, or
+//! when a data block it points at does not match the crc it carries (the data write and
+//! the record write were issued together and only one of them reached the disk).
+
+use super::State;
+use super::btree::Forest;
+use super::buf::AlignedBuf;
+use super::checkpoint::CheckpointRoot;
+use super::codec::block_crc;
+use super::error::{Result, StoreError};
+use super::journal::{self, Entry, JournalCursor};
+use super::layout::{BLOCK, Geometry};
+use super::maps::{Maps, Snapshot};
+use super::superblock::Superblock;
+use super::sut::Sut;
+use crate::device::BlockDevice;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What recovery did, for logs and `keel info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryReport {
+    pub superblock_generation: u64,
+    /// Problems with the other superblock copy (normal right after a torn flip).
+    pub other_superblock: Option<String>,
+    pub records_replayed: u64,
+    pub journal_blocks_replayed: u64,
+    /// Why replay stopped where it did.
+    pub stopped_because: String,
+    pub elapsed_micros: u64,
+}
+
+pub(crate) struct Loaded {
+    pub superblock: Superblock,
+    pub state: State,
+    pub cursor: JournalCursor,
+    pub report: RecoveryReport,
+}
+
+fn read_block(dev: &dyn BlockDevice, pba: u64) -> Result<AlignedBuf> {
+    let mut b = AlignedBuf::blocks(1);
+    dev.read_at(&mut b, pba * BLOCK)?;
+    Ok(b)
+}
+
+/// Reads both superblocks and returns the newest valid one.
+pub fn pick_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, Option<String>)> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for slot in 0..2u64 {
+        match read_block(dev, slot).and_then(|b| Superblock::decode(&b, dev.len())) {
+            Ok(sb) if sb.slot() == slot => found.push(sb),
+            Ok(sb) => errors.push((
+                slot,
+                StoreError::corrupt(
+                    "superblock",
+                    format!("generation {} in the wrong slot", sb.generation),
+                ),
+            )),
+            Err(e) => errors.push((slot, e)),
+        }
+    }
+    let name = |s: u64| if s == 0 { "A" } else { "B" };
+    match found.into_iter().max_by_key(|s| s.generation) {
+        Some(sb) => Ok((
+            sb,
+            errors
+                .first()
+                .map(|(s, e)| format!("superblock {}: {e}", name(*s))),
+        )),
+        None => {
+            if let Some((_, e @ StoreError::Unsupported(_))) = errors
+                .iter()
+                .find(|(_, e)| matches!(e, StoreError::Unsupported(_)))
+            {
+                return Err(StoreError::Unsupported(e.to_string()));
+            }
+            let detail = errors
+                .iter()
+                .map(|(s, e)| format!("{}: {e}", name(*s)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(StoreError::corrupt(
+                "superblocks",
+                format!("no valid copy ({detail})"),
+            ))
+        }
+    }
+}
+
+pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
+    let t0 = Instant::now();
+    let (sb, other) = pick_superblock(dev)?;
+    let geo = sb.geometry;
+    let root_block = read_block(dev, sb.checkpoint_pba)?;
+    let root = CheckpointRoot::decode(sb.checkpoint_pba, &root_block)?;
+    let sut = load_sut(dev, &geo, &root)?;
+    let mut read_node = |pba: u64| -> Result<Vec<u8>> {
+        if !geo.is_data_block(pba) {
+            return Err(StoreError::corrupt(
+                "tree",
+                format!("node address {pba} is outside the segments"),
+            ));
+        }
+        Ok(read_block(dev, pba)?.to_vec())
+    };
+    let mut lba = Forest::new();
+    let mut loaded = HashMap::new();
+    let running = lba.load(root.running_root, &mut read_node, &mut loaded)?;
+    let mut snapshots = Vec::with_capacity(root.snapshots.len());
+    for s in &root.snapshots {
+        snapshots.push(Snapshot {
+            id: s.id,
+            name: s.name.clone(),
+            seq: s.seq,
+            root: lba.load(s.root, &mut read_node, &mut loaded)?,
+            vba_watermark: s.vba_watermark,
+            created: s.created,
+        });
+    }
+    let mut vba = Forest::new();
+    let vba_root = vba.load(root.vba_root, &mut read_node, &mut HashMap::new())?;
+    let maps = Maps::loaded(
+        lba,
+        running,
+        snapshots,
+        vba,
+        vba_root,
+        root.next_vba,
+        root.seq,
+        root.next_snapshot_id,
+        geo.segments * geo.seg_blocks,
+    );
+    let mut ckpt_blocks: Vec<u64> = (root.sut_pba..root.sut_pba + root.sut_blocks as u64).collect();
+    ckpt_blocks.push(sb.checkpoint_pba);
+    let mut state = State {
+        maps,
+        sut,
+        ckpt_blocks,
+    };
+    let mut cursor = JournalCursor {
+        pos: 0,
+        next_lsn: root.lsn + 1,
+        prev_crc: root.chain_seed,
+        records: 0,
+    };
+    let stopped = replay(dev, &geo, &mut state, &mut cursor)?;
+    state.sut.rebuild_free();
+    let report = RecoveryReport {
+        superblock_generation: sb.generation,
+        other_superblock: other,
+        records_replayed: cursor.records,
+        journal_blocks_replayed: cursor.pos,
+        stopped_because: stopped,
+        elapsed_micros: t0.elapsed().as_micros() as u64,
+    };
+    log::info!(
+        "opened container generation {}: replayed {} journal records ({} blocks) in {:?}; stopped: {}",
+        sb.generation,
+        report.records_replayed,
+        report.journal_blocks_replayed,
+        t0.elapsed(),
+        report.stopped_because
+    );
+    Ok(Loaded {
+        superblock: sb,
+        state,
+        cursor,
+        report,
+    })
+}
+
+fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Result<Sut> {
+    let n = root.sut_blocks as u64;
+    let end = root.sut_pba.saturating_add(n);
+    if n != Sut::encoded_blocks(geo)
+        || !geo.is_data_block(root.sut_pba)
+        || !geo.is_data_block(end - 1)
+    {
+        return Err(StoreError::corrupt(
+            "checkpoint",
+            "segment usage table location is invalid",
+        ));
+    }
+    let mut b = AlignedBuf::blocks(n as usize);
+    dev.read_at(&mut b, root.sut_pba * BLOCK)?;
+    if crc32c::crc32c(&b) != root.sut_crc {
+        return Err(StoreError::corrupt(
+            "segment usage table",
+            "checksum mismatch",
+        ));
+    }
+    Sut::decode(*geo, &b)
+}
+
+/// Replays records from the journal start; returns why it stopped.
+fn replay(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    st: &mut State,
+    cur: &mut JournalCursor,
+) -> Result<String> {
+    let jblocks = geo.journal_blocks();
+    loop {
+        if cur.pos >= jblocks {
+            return Ok("end of the journal region".into());
+        }
+        let pba = geo.journal_start() + cur.pos;
+        let first = read_block(dev, pba)?;
+        let Some(h) = journal::decode_header(&first) else {
+            return Ok(format!("no record header at journal block {}", cur.pos));
+        };
+        if h.lsn != cur.next_lsn || h.prev_crc != cur.prev_crc {
+            return Ok(format!(
+                "record at journal block {} does not continue the chain (lsn {})",
+                cur.pos, h.lsn
+            ));
+        }
+        if cur.pos + h.len_blocks as u64 > jblocks {
+            return Ok(format!(
+                "record at journal block {} runs past the journal",
+                cur.pos
+            ));
+        }
+        let mut rec = AlignedBuf::blocks(h.len_blocks as usize);
+        dev.read_at(&mut rec, pba * BLOCK)?;
+        let Some((_, entries, crc)) = journal::decode(pba, &rec) else {
+            return Ok(format!("torn record (bad crc) lsn {}", h.lsn));
+        };
+        if let Some(why) = check_entries(dev, geo, st, &entries)? {
+            return Ok(format!("record lsn {} discarded: {why}", h.lsn));
+        }
+        let State { maps, sut, .. } = st;
+        maps.apply(&entries, sut);
+        cur.pos += h.len_blocks as u64;
+        cur.next_lsn += 1;
+        cur.prev_crc = crc;
+        cur.records += 1;
+    }
+}
+
+/// Checks that every entry is in range and every data block it names holds the data it
+/// describes; `Some(reason)` when the record must be discarded.
+fn check_entries(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    st: &State,
+    entries: &[Entry],
+) -> Result<Option<String>> {
+    let cap = geo.capacity_blocks();
+    for e in entries {
+        let (pba, vba, crc) = match *e {
+            Entry::Unmap { lba, count } => {
+                if lba.checked_add(count).is_none_or(|end| end > cap) {
+                    return Ok(Some(format!("unmap {lba}+{count} beyond the disk")));
+                }
+                continue;
+            }
+            Entry::Map { lba, vba, pba, crc } => {
+                if lba >= cap {
+                    return Ok(Some(format!("LBA {lba} beyond the disk")));
+                }
+                (pba, vba, crc)
+            }
+            Entry::Move {
+                vba,
+                old_pba,
+                new_pba,
+            } => match st.maps.vba.get(st.maps.vba_root, vba) {
+                Some(v) if v.pba == old_pba => (new_pba, vba, v.crc),
+                // Apply skips it the same way; the cleaner never journals one.
+                _ => continue,
+            },
+        };
+        if !geo.is_data_block(pba) {
+            return Ok(Some(format!("block {pba} outside the segments")));
+        }
+        if block_crc(vba, &read_block(dev, pba)?) != crc {
+            return Ok(Some(format!(
+                "data at block {pba} does not match its checksum"
+            )));
+        }
+    }
+    Ok(None)
+}

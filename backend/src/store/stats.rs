@@ -1,0 +1,98 @@
+//! Counters for the store's behaviour: guest I/O against device I/O, checksums, checkpoints.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters, updated with relaxed atomics on the I/O path.
+#[derive(Default)]
+pub struct Counters {
+    pub guest_writes: AtomicU64,
+    pub guest_write_bytes: AtomicU64,
+    pub guest_reads: AtomicU64,
+    pub guest_read_bytes: AtomicU64,
+    pub batches: AtomicU64,
+    pub data_writes: AtomicU64,
+    pub data_write_bytes: AtomicU64,
+    pub journal_writes: AtomicU64,
+    pub journal_write_bytes: AtomicU64,
+    pub checkpoint_writes: AtomicU64,
+    pub checkpoint_write_bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub cleaner_moves: AtomicU64,
+    pub cleaner_write_bytes: AtomicU64,
+    pub segments_cleaned: AtomicU64,
+    pub checksum_errors: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        Stats {
+            guest_writes: g(&self.guest_writes),
+            guest_write_bytes: g(&self.guest_write_bytes),
+            guest_reads: g(&self.guest_reads),
+            guest_read_bytes: g(&self.guest_read_bytes),
+            batches: g(&self.batches),
+            data_writes: g(&self.data_writes),
+            data_write_bytes: g(&self.data_write_bytes),
+            journal_writes: g(&self.journal_writes),
+            journal_write_bytes: g(&self.journal_write_bytes),
+            checkpoint_writes: g(&self.checkpoint_writes),
+            checkpoint_write_bytes: g(&self.checkpoint_write_bytes),
+            checkpoints: g(&self.checkpoints),
+            cleaner_moves: g(&self.cleaner_moves),
+            cleaner_write_bytes: g(&self.cleaner_write_bytes),
+            segments_cleaned: g(&self.segments_cleaned),
+            checksum_errors: g(&self.checksum_errors),
+            flushes: g(&self.flushes),
+        }
+    }
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Guest write-type operations (write, discard, write-zeroes) submitted.
+    pub guest_writes: u64,
+    pub guest_write_bytes: u64,
+    pub guest_reads: u64,
+    pub guest_read_bytes: u64,
+    /// `write_batch` calls that committed.
+    pub batches: u64,
+    /// Device writes of guest data (one per contiguous run).
+    pub data_writes: u64,
+    pub data_write_bytes: u64,
+    /// Journal record writes (one per batch, plus one per cleaner step).
+    pub journal_writes: u64,
+    pub journal_write_bytes: u64,
+    /// Device writes made by checkpoints (node runs, SUT, root block, superblock).
+    pub checkpoint_writes: u64,
+    pub checkpoint_write_bytes: u64,
+    pub checkpoints: u64,
+    pub cleaner_moves: u64,
+    pub cleaner_write_bytes: u64,
+    pub segments_cleaned: u64,
+    /// Data blocks whose crc32c did not match on read.
+    pub checksum_errors: u64,
+    pub flushes: u64,
+}
+
+impl Stats {
+    /// Metadata device writes (journal + checkpoint) per guest write.
+    pub fn metadata_writes_per_guest_write(&self) -> f64 {
+        (self.journal_writes + self.checkpoint_writes) as f64 / self.guest_writes.max(1) as f64
+    }
+
+    /// Bytes written to the device per byte written by the guest.
+    pub fn write_amplification(&self) -> f64 {
+        let dev = self.data_write_bytes
+            + self.journal_write_bytes
+            + self.checkpoint_write_bytes
+            + self.cleaner_write_bytes;
+        dev as f64 / self.guest_write_bytes.max(1) as f64
+    }
+}

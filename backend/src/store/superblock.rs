@@ -1,0 +1,182 @@
+//! The two superblocks (A at byte 0, B at byte 4096): the only fixed-place metadata.
+//!
+//! Generation `g` is written to slot `g % 2`, so a torn superblock write leaves the other
+//! slot, one generation older, intact. Open picks the valid one with the highest generation.
+
+use super::codec::{Get, Put};
+use super::error::{Result, StoreError};
+use super::layout::{BLOCK_SIZE, Geometry};
+
+pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"KEELSB\0\x01";
+/// On-disk format version written by this code.
+pub const FORMAT_VERSION: u32 = 1;
+/// Incompatible features this code understands; a container with any other bit set is refused.
+pub const INCOMPAT_SUPPORTED: u64 = 0;
+/// Compatible features this code writes (none yet); unknown ones are ignored.
+pub const COMPAT_SUPPORTED: u64 = 0;
+
+/// Byte offset of the CRC field; the CRC covers bytes `[0, CRC_OFFSET)`.
+const CRC_OFFSET: usize = 256;
+
+/// Decoded superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    pub version: u32,
+    pub incompat: u64,
+    pub compat: u64,
+    pub generation: u64,
+    pub uuid: [u8; 16],
+    pub geometry: Geometry,
+    /// Block of the current checkpoint's root block.
+    pub checkpoint_pba: u64,
+}
+
+impl Superblock {
+    /// Slot (0 = A, 1 = B) this generation is written to.
+    pub fn slot(&self) -> u64 {
+        self.generation % 2
+    }
+
+    pub fn encode(&self) -> [u8; BLOCK_SIZE] {
+        let mut b = [0u8; BLOCK_SIZE];
+        let g = &self.geometry;
+        let mut p = Put::new(&mut b);
+        p.bytes(SUPERBLOCK_MAGIC)
+            .u32(self.version)
+            .u32(BLOCK_SIZE as u32)
+            .u64(self.incompat)
+            .u64(self.compat)
+            .u64(self.generation)
+            .bytes(&self.uuid)
+            .u64(g.seg_blocks)
+            .u64(g.segments)
+            .u64(g.journal_segments)
+            .u64(g.capacity)
+            .u64(self.checkpoint_pba);
+        debug_assert!(p.ok() && p.pos() <= CRC_OFFSET);
+        let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
+        Put::at(&mut b, CRC_OFFSET).u32(crc);
+        b
+    }
+
+    /// Decodes and validates one superblock slot; `dev_len` is the container's byte size.
+    pub fn decode(b: &[u8], dev_len: u64) -> Result<Self> {
+        let bad = |d: &str| StoreError::corrupt("superblock", d.to_string());
+        if b.len() < BLOCK_SIZE {
+            return Err(bad("short block"));
+        }
+        let mut g = Get::new(b);
+        if g.bytes(8) != Some(SUPERBLOCK_MAGIC.as_slice()) {
+            return Err(bad("bad magic (not a Keel container?)"));
+        }
+        let stored = Get::at(b, CRC_OFFSET).u32().ok_or_else(|| bad("short"))?;
+        if crc32c::crc32c(&b[..CRC_OFFSET]) != stored {
+            return Err(bad("checksum mismatch"));
+        }
+        let short = || bad("truncated fields");
+        let version = g.u32().ok_or_else(short)?;
+        let block_size = g.u32().ok_or_else(short)?;
+        let incompat = g.u64().ok_or_else(short)?;
+        let compat = g.u64().ok_or_else(short)?;
+        let generation = g.u64().ok_or_else(short)?;
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(g.bytes(16).ok_or_else(short)?);
+        let geometry = Geometry {
+            seg_blocks: g.u64().ok_or_else(short)?,
+            segments: g.u64().ok_or_else(short)?,
+            journal_segments: g.u64().ok_or_else(short)?,
+            capacity: g.u64().ok_or_else(short)?,
+        };
+        let checkpoint_pba = g.u64().ok_or_else(short)?;
+        if version > FORMAT_VERSION {
+            return Err(StoreError::Unsupported(format!(
+                "format version {version} is newer than this Keel ({FORMAT_VERSION})"
+            )));
+        }
+        if incompat & !INCOMPAT_SUPPORTED != 0 {
+            return Err(StoreError::Unsupported(format!(
+                "incompatible features {:#x} are not supported",
+                incompat & !INCOMPAT_SUPPORTED
+            )));
+        }
+        if block_size as usize != BLOCK_SIZE {
+            return Err(bad("block size is not 4096"));
+        }
+        let sane = geometry.seg_blocks >= 16
+            && geometry.seg_blocks.is_power_of_two()
+            && geometry.journal_segments >= 1
+            && geometry.segments > geometry.first_data_segment()
+            && geometry.capacity.is_multiple_of(super::layout::BLOCK)
+            && geometry
+                .segments
+                .checked_mul(geometry.seg_blocks)
+                .and_then(|b| b.checked_mul(super::layout::BLOCK))
+                .is_some_and(|bytes| bytes <= dev_len)
+            && geometry.is_data_block(checkpoint_pba);
+        if !sane {
+            return Err(bad("geometry does not fit the device"));
+        }
+        Ok(Self {
+            version,
+            incompat,
+            compat,
+            generation,
+            uuid,
+            geometry,
+            checkpoint_pba,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            version: FORMAT_VERSION,
+            incompat: 0,
+            compat: 0,
+            generation: 7,
+            uuid: [3; 16],
+            geometry: Geometry {
+                seg_blocks: 256,
+                segments: 40,
+                journal_segments: 2,
+                capacity: 16 << 20,
+            },
+            checkpoint_pba: 3 * 256 + 5,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let b = s.encode();
+        assert_eq!(Superblock::decode(&b, 40 * 256 * 4096).unwrap(), s);
+        assert_eq!(s.slot(), 1);
+    }
+
+    #[test]
+    fn every_flipped_bit_in_the_covered_area_is_detected() {
+        let b = sample().encode();
+        for byte in (0..CRC_OFFSET + 4).step_by(3) {
+            let mut c = b;
+            c[byte] ^= 0x10;
+            assert!(
+                Superblock::decode(&c, 40 * 256 * 4096).is_err(),
+                "byte {byte}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_incompat_and_small_device() {
+        let mut s = sample();
+        s.incompat = 1 << 5;
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(r, Err(StoreError::Unsupported(_))));
+        let s = sample();
+        assert!(Superblock::decode(&s.encode(), 1 << 20).is_err());
+    }
+}

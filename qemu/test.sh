@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Whole-system tests in a real Linux guest: each boots QEMU (TCG unless KEEL_KVM=1) on a
+# vhost-user-blk server and checks what the guest saw. The server is KEEL_BACKEND (keeld, or qsd
+# for qemu-storage-daemon); one test always runs on qemu-storage-daemon as the reference.
+#
+#   qemu/test.sh [NAME...]     run every test, or only the named ones
+#
+# Prints "N passed, N failed" last and exits non-zero when any test failed. A missing tool is a
+# failure (prepare.sh installs what is missing), never a skip.
+set -uo pipefail
+# shellcheck source=lib/common.sh
+. "$(dirname "$0")/lib/common.sh"
+# shellcheck source=lib/backend.sh
+. "$QEMU_DIR/lib/backend.sh"
+
+BACKEND=${KEEL_BACKEND:-$DEFAULT_BACKEND}
+WORK=$REPO_DIR/run/qemu-test
+GUEST_TIMEOUT=${KEEL_GUEST_TIMEOUT:-300}
+KVM_ARGS=()
+[ "${KEEL_KVM:-0}" = 1 ] && KVM_ARGS=(--kvm)
+ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
+    fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd)
+
+fail() {
+    log "FAIL: $*"
+    return 1
+}
+
+# Boots one guest job; the remaining arguments go to launch.sh.
+boot() {
+    local name=$1 job=$2
+    shift 2
+    "$QEMU_DIR/launch.sh" --socket "$S" --job "$job" --log "$T/$name.log" \
+        --results "$T/$name" --timeout "$GUEST_TIMEOUT" "${KVM_ARGS[@]+"${KVM_ARGS[@]}"}" "$@"
+}
+
+fio_clean() {
+    python3 "$QEMU_DIR/lib/fio_summary.py" --check "$1" >&2 || fail "fio reported errors in $1"
+}
+
+# The fio write+verify job on one raw disk of the given backend: no verify error, clean stop.
+verify_on() {
+    local kind=$1
+    backend_start "$kind" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot verify fio-verify --param size=32M || fail "fio-verify on $kind failed" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    backend_stop TERM || fail "$kind did not exit 0 on SIGTERM"
+}
+
+test_fio_verify() {
+    verify_on "$BACKEND"
+}
+
+test_fio_verify_on_qsd() {
+    verify_on qsd
+}
+
+# Boot 2 of the ext4 tests: fsck clean and every file as boot 1 recorded it.
+ext4_check_boot() {
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot check ext4-check || fail "ext4-check failed (fsck or checksums); see $T/check.log" || return 1
+    grep -q '^fsck-status 0$' "$T/check/fsck" || fail "fsck.ext4 -n found problems" || return 1
+    [ -s "$T/write/sums" ] || fail "boot 1 recorded no checksums" || return 1
+    cmp -s "$T/write/sums" "$T/check/sums" || fail "checksums differ between boots" || return 1
+    log "fsck clean, $(wc -l <"$T/check/sums") files match their checksums"
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM"
+}
+
+test_ext4_across_sigterm_restart() {
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot write ext4-write || fail "ext4-write failed" || return 1
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
+    ext4_check_boot
+}
+
+# The server is killed (SIGKILL) while the guest, its sync done, keeps writing; then the guest is
+# killed too, as a host crash would. The restarted server must give back a file system whose
+# journal replays to a clean state with every synced file intact.
+test_ext4_across_sigkill() {
+    local launcher waited=0
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot write ext4-write --param hold=busy --pidfile "$T/qemu.pid" &
+    launcher=$!
+    until tr -d '\r' 2>/dev/null <"$T/write.log" | grep -q '^KEEL-MARK synced'; do
+        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
+            wait "$launcher"
+            fail "the guest never reported its sync; see $T/write.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    sleep 2
+    backend_stop KILL || true
+    [ -f "$T/qemu.pid" ] && kill -KILL "$(cat "$T/qemu.pid")" 2>/dev/null
+    if wait "$launcher"; then
+        fail "the guest finished although it was killed"
+        return 1
+    fi
+    log "server and guest killed after the guest's sync"
+    ext4_check_boot
+}
+
+test_multiqueue_two_queues() {
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 2 1G || return 1
+    boot mq fio-multiqueue --queues 2 --cpus 2 || fail "fio-multiqueue failed; see $T/mq.log" || return 1
+    fio_clean "$T/mq/fio" || return 1
+    grep -q '^hw_queues 2$' "$T/mq/queues" || fail "the guest disk does not have 2 queues" || return 1
+    [ "$(awk '$1 == "irqs" && $3 > 0' "$T/mq/queues" | wc -l)" = 2 ] ||
+        fail "not every queue completed I/O: $(cat "$T/mq/queues")" || return 1
+    log "$(tr '\n' ' ' <"$T/mq/queues")"
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM"
+}
+
+# Data written before a clean restart verifies after it; one corrupted block in the image is then
+# reported by the guest's fio (proof that a verify failure does fail the job).
+test_fio_data_survives_restart_and_corruption_is_caught() {
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot write fio-verify --param size=16M --param phase=write || fail "fio write phase failed" || return 1
+    fio_clean "$T/write/fio" || return 1
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    boot verify fio-verify --param size=16M --param phase=verify ||
+        fail "data written before the restart did not verify" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM" || return 1
+    # 512 bytes of zeroes in the middle of the sequentially written first 16 MiB.
+    dd if=/dev/zero of="$T/disk.img" bs=512 count=1 seek=$((5 * 2048 + 7)) conv=notrunc status=none
+    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    if boot corrupt fio-verify --param size=16M --param phase=verify; then
+        fail "fio did not detect the corrupted block"
+        return 1
+    fi
+    grep -q -i 'verify' "$T/corrupt.log" || fail "the failure was not a verify failure; see $T/corrupt.log" || return 1
+    log "the corrupted block was reported"
+    backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM"
+}
+
+# Runs one test in a subshell that always stops its server and guest.
+run_one() {
+    local name=$1 start status
+    T=$WORK/$name
+    S=$(socket_path "$T/sock")
+    rm -rf "$T"
+    mkdir -p "$T"
+    start=$(date +%s)
+    log "=== $name ($BACKEND)"
+    (
+        trap 'backend_stop KILL >/dev/null 2>&1; [ -f "$T/qemu.pid" ] && kill -KILL "$(cat "$T/qemu.pid")" 2>/dev/null; true' EXIT
+        "test_$name"
+    )
+    status=$?
+    if [ $status = 0 ]; then
+        log "PASS: $name ($(($(date +%s) - start)) s)"
+        passed=$((passed + 1))
+    else
+        log "FAIL: $name ($(($(date +%s) - start)) s), logs in $T"
+        failed=$((failed + 1))
+        failures+=("$name")
+    fi
+}
+
+main() {
+    local name tests=("$@")
+    passed=0 failed=0 failures=()
+    [ ${#tests[@]} -gt 0 ] || tests=("${ALL_TESTS[@]}")
+    "$QEMU_DIR/prepare.sh" || {
+        echo "0 passed, ${#tests[@]} failed"
+        exit 1
+    }
+    if [ "$BACKEND" = keeld ]; then
+        backend_build_keeld || {
+            echo "0 passed, ${#tests[@]} failed"
+            exit 1
+        }
+    fi
+    mkdir -p "$WORK"
+    for name in "${tests[@]}"; do
+        if declare -F "test_$name" >/dev/null; then
+            run_one "$name"
+        else
+            log "FAIL: no test named $name"
+            failed=$((failed + 1))
+            failures+=("$name")
+        fi
+    done
+    [ $failed = 0 ] || log "failed: ${failures[*]}"
+    echo "$passed passed, $failed failed"
+    [ $failed = 0 ]
+}
+
+main "$@"

@@ -1,0 +1,362 @@
+//! keeld against qemu-storage-daemon: the same workloads, the same client, the same run.
+//!
+//! Usage: vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--image-size GIB] [--no-fio]
+//! Prints a markdown table and, after a line "JSON:", the raw numbers. See docs/benchmarks.md.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_tests::bench::{self, Measurement, Pattern, Workload};
+use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
+use serde::Serialize;
+
+struct Args {
+    runs: usize,
+    runtime: Duration,
+    dir: PathBuf,
+    image_gib: u64,
+    fio: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        runs: 3,
+        runtime: Duration::from_secs(5),
+        dir: std::env::temp_dir().join("keel-bench"),
+        image_gib: 1,
+        fio: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => a.runs = val().parse().expect("--runs N"),
+            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
+            "--dir" => a.dir = PathBuf::from(val()),
+            "--image-size" => a.image_gib = val().parse().expect("--image-size GIB"),
+            "--no-fio" => a.fio = false,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+/// A server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+enum Server {
+    Keel,
+    KeelPoll,
+    Qsd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+enum Backing {
+    Null,
+    Raw,
+}
+
+/// A running server process, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const POLL_US: u32 = 100;
+
+fn start(
+    server: Server,
+    backing: Backing,
+    dir: &Path,
+    image: &Path,
+    size: u64,
+) -> (Running, PathBuf) {
+    let sock = dir.join(format!("{server:?}-{backing:?}.sock").to_lowercase());
+    let _ = fs::remove_file(&sock);
+    let child = match server {
+        Server::Keel | Server::KeelPoll => {
+            let poll = if server == Server::KeelPoll {
+                POLL_US
+            } else {
+                0
+            };
+            let disk = match backing {
+                Backing::Null => format!("engine = \"null\"\nsize = {size}\n"),
+                Backing::Raw => format!(
+                    "engine = \"raw\"\npath = \"{}\"\ndirect = true\n",
+                    image.display()
+                ),
+            };
+            let cfg = dir.join("keel-bench.toml");
+            fs::write(
+                &cfg,
+                format!(
+                    "[[disk]]\nname = \"b\"\nsocket = \"{}\"\n{disk}poll_us = {poll}\n",
+                    sock.display()
+                ),
+            )
+            .expect("write config");
+            Command::new(keeld_binary_near_exe())
+                .arg("--config")
+                .arg(&cfg)
+                .env("KEEL_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start keeld")
+        }
+        Server::Qsd => {
+            let blockdev = match backing {
+                Backing::Null => format!("driver=null-co,node-name=n,size={size},read-zeroes=on"),
+                Backing::Raw => format!(
+                    "driver=file,filename={},aio=io_uring,cache.direct=on,node-name=n",
+                    image.display()
+                ),
+            };
+            Command::new("qemu-storage-daemon")
+                .arg("--blockdev")
+                .arg(blockdev)
+                .arg("--export")
+                .arg(format!(
+                    "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},writable=on,num-queues=1",
+                    sock.display()
+                ))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start qemu-storage-daemon")
+        }
+    };
+    let running = Running(child);
+    assert!(
+        wait_for_socket(&sock, Duration::from_secs(20)),
+        "{server:?} did not listen"
+    );
+    // The probe connection above must be gone before the benchmark client attaches.
+    std::thread::sleep(Duration::from_millis(100));
+    (running, sock)
+}
+
+#[derive(Serialize)]
+struct Row {
+    backing: Backing,
+    workload: String,
+    keel: Measurement,
+    keel_poll_spin: Option<Measurement>,
+    qsd: Measurement,
+    qsd_spin: Option<Measurement>,
+    fio: Option<Measurement>,
+    keel_runs: Vec<Measurement>,
+    qsd_runs: Vec<Measurement>,
+}
+
+fn median(ms: &[Measurement]) -> Measurement {
+    let med = |f: fn(&Measurement) -> f64| {
+        let mut v: Vec<f64> = ms.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    };
+    Measurement {
+        iops: med(|m| m.iops),
+        mib_per_s: med(|m| m.mib_per_s),
+        lat_mean_us: med(|m| m.lat_mean_us),
+        lat_p50_us: med(|m| m.lat_p50_us),
+        lat_p99_us: med(|m| m.lat_p99_us),
+    }
+}
+
+fn fio(image: &Path, w: &Workload) -> Option<Measurement> {
+    let out = Command::new("fio")
+        .args([
+            "--name=host",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--time_based",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", image.display()))
+        .arg(format!("--rw={}", w.pattern.fio_name()))
+        .arg(format!("--bs={}", w.block_size))
+        .arg(format!("--iodepth={}", w.queue_depth))
+        .arg(format!("--size={}", w.span))
+        .arg(format!("--runtime={}", w.runtime.as_secs_f64()))
+        .arg(format!("--ramp_time={}", w.warmup.as_secs_f64()))
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let dir = if w.pattern == Pattern::RandRead {
+        "read"
+    } else {
+        "write"
+    };
+    let job = &v["jobs"][0][dir];
+    let pct = |p: &str| job["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+    let iops = job["iops"].as_f64()?;
+    Some(Measurement {
+        iops,
+        mib_per_s: iops * w.block_size as f64 / f64::from(1 << 20),
+        lat_mean_us: job["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        lat_p50_us: pct("50.000000"),
+        lat_p99_us: pct("99.000000"),
+    })
+}
+
+fn main() {
+    let args = parse_args();
+    fs::create_dir_all(&args.dir).expect("bench dir");
+    let size = args.image_gib << 30;
+    let image = args.dir.join("bench.img");
+    if fs::metadata(&image).map(|m| m.len()).unwrap_or(0) != size {
+        eprintln!(
+            "writing a {} GiB image (allocated, not sparse) ...",
+            args.image_gib
+        );
+        let status = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "oflag=direct", "status=none"])
+            .arg(format!("of={}", image.display()))
+            .arg(format!("count={}", size >> 20))
+            .status()
+            .expect("dd");
+        assert!(status.success());
+    }
+    let wl = |pattern, block_size, queue_depth| Workload {
+        pattern,
+        block_size,
+        queue_depth,
+        span: size,
+        runtime: args.runtime,
+        warmup: Duration::from_millis(500),
+    };
+    let groups: Vec<(Backing, Vec<Workload>)> = vec![
+        (
+            Backing::Null,
+            vec![
+                wl(Pattern::RandRead, 4096, 1),
+                wl(Pattern::RandRead, 4096, 32),
+                wl(Pattern::RandWrite, 4096, 1),
+                wl(Pattern::RandWrite, 4096, 32),
+            ],
+        ),
+        (
+            Backing::Raw,
+            vec![
+                wl(Pattern::RandRead, 4096, 1),
+                wl(Pattern::RandRead, 4096, 32),
+                wl(Pattern::RandWrite, 4096, 1),
+                wl(Pattern::RandWrite, 4096, 32),
+                wl(Pattern::SeqWrite, 1 << 20, 4),
+            ],
+        ),
+    ];
+    // results[group][workload][setup] = runs. Setups 2 and 3 measure depth-1 latency with a
+    // client that spins for completions (as a polling guest driver would): keeld polling the
+    // ring versus QSD, both seen by the same spinning client.
+    let setups = [
+        (Server::Keel, false),
+        (Server::Qsd, false),
+        (Server::KeelPoll, true),
+        (Server::Qsd, true),
+    ];
+    let mut results: Vec<Vec<Vec<Vec<Measurement>>>> = groups
+        .iter()
+        .map(|(_, ws)| ws.iter().map(|_| vec![Vec::new(); setups.len()]).collect())
+        .collect();
+    for run in 0..args.runs {
+        for (gi, (backing, workloads)) in groups.iter().enumerate() {
+            for (si, &(server, spin)) in setups.iter().enumerate() {
+                let (proc_, sock) = start(server, *backing, &args.dir, &image, size);
+                for (wi, w) in workloads.iter().enumerate() {
+                    // Spinning clients only measure depth-1 latency.
+                    if spin && w.queue_depth != 1 {
+                        continue;
+                    }
+                    let m = bench::run(&sock, w, spin)
+                        .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
+                    let client = if spin { "spinning client" } else { "" };
+                    eprintln!(
+                        "run {} {backing:?} {:<18} {server:?} {client}: {:>9.0} IOPS {:>8.1} MiB/s p50 {:>6.1} us",
+                        run + 1,
+                        w.label(),
+                        m.iops,
+                        m.mib_per_s,
+                        m.lat_p50_us
+                    );
+                    results[gi][wi][si].push(m);
+                    // Let the previous connection's teardown finish before the next client.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                drop(proc_);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (gi, (backing, workloads)) in groups.iter().enumerate() {
+        for (wi, w) in workloads.iter().enumerate() {
+            let r = &results[gi][wi];
+            let fio = if args.fio && *backing == Backing::Raw {
+                fio(&image, w)
+            } else {
+                None
+            };
+            rows.push(Row {
+                backing: *backing,
+                workload: w.label(),
+                keel: median(&r[0]),
+                qsd: median(&r[1]),
+                keel_poll_spin: (!r[2].is_empty()).then(|| median(&r[2])),
+                qsd_spin: (!r[3].is_empty()).then(|| median(&r[3])),
+                fio,
+                keel_runs: r[0].clone(),
+                qsd_runs: r[1].clone(),
+            });
+        }
+    }
+    println!(
+        "Median of {} runs, {} s each (+0.5 s warm-up), 1 queue, blkio client (virtio-blk-vhost-user), {} GiB span.\n",
+        args.runs,
+        args.runtime.as_secs_f64(),
+        args.image_gib
+    );
+    println!(
+        "| backing | workload | Keel IOPS | QSD IOPS | Keel/QSD | Keel p50 us | QSD p50 us | \
+         spinning client: Keel poll_us={POLL_US} p50 us | spinning client: QSD p50 us | \
+         host fio IOPS | host fio p50 us |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let opt = |m: &Option<Measurement>, f: fn(&Measurement) -> f64, prec: usize| {
+            m.as_ref()
+                .map_or("-".to_owned(), |m| format!("{:.*}", prec, f(m)))
+        };
+        println!(
+            "| {:?} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            r.backing,
+            r.workload,
+            r.keel.iops,
+            r.qsd.iops,
+            r.keel.iops / r.qsd.iops.max(1.0),
+            r.keel.lat_p50_us,
+            r.qsd.lat_p50_us,
+            opt(&r.keel_poll_spin, |m| m.lat_p50_us, 1),
+            opt(&r.qsd_spin, |m| m.lat_p50_us, 1),
+            opt(&r.fio, |m| m.iops, 0),
+            opt(&r.fio, |m| m.lat_p50_us, 1),
+        );
+    }
+    println!("\nJSON:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&rows).unwrap_or_default()
+    );
+}
