@@ -4,6 +4,7 @@
 
 pub mod bytes;
 pub mod chain;
+pub mod container;
 pub mod frontend;
 pub mod guest;
 pub mod seeds;

@@ -35,3 +35,9 @@ fn vhost_frontend_corpus() {
     let n = replay("vhost_frontend", keel_fuzz::frontend::run);
     assert!(n > 0, "no vhost_frontend inputs found");
 }
+
+#[test]
+fn container_corpus() {
+    let n = replay("container", keel_fuzz::container::run);
+    assert!(n > 0, "no container inputs found");
+}
