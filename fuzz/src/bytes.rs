@@ -96,7 +96,11 @@ mod tests {
     #[test]
     fn reads_back_what_was_written_then_zeroes() {
         let mut w = Writer::default();
-        w.u8(7).u16(0x1234).u32(0xdead_beef).u64(u64::MAX).bytes(b"ab");
+        w.u8(7)
+            .u16(0x1234)
+            .u32(0xdead_beef)
+            .u64(u64::MAX)
+            .bytes(b"ab");
         let mut r = Reader::new(&w.out);
         assert_eq!(r.u8(), 7);
         assert_eq!(r.u16(), 0x1234);

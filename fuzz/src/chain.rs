@@ -121,7 +121,11 @@ impl Scenario {
             max_write_zeroes_seg: 32,
             max_write_zeroes_sectors: 1 << 21,
             regions: vec![(RegionAt::Page(0x100), 15)],
-            ring_addrs: [Addr::Raw(DESC_TABLE), Addr::Raw(AVAIL_RING), Addr::Raw(USED_RING)],
+            ring_addrs: [
+                Addr::Raw(DESC_TABLE),
+                Addr::Raw(AVAIL_RING),
+                Addr::Raw(USED_RING),
+            ],
             descriptors: Vec::new(),
             next_avail: 0,
             avail_idx: 0,
@@ -162,7 +166,11 @@ impl Scenario {
         let ring_addrs = if flags & flag::RING_ADDRS != 0 {
             [read_addr(&mut r), read_addr(&mut r), read_addr(&mut r)]
         } else {
-            [Addr::Raw(DESC_TABLE), Addr::Raw(AVAIL_RING), Addr::Raw(USED_RING)]
+            [
+                Addr::Raw(DESC_TABLE),
+                Addr::Raw(AVAIL_RING),
+                Addr::Raw(USED_RING),
+            ]
         };
         let mut s = Self {
             flags,
@@ -351,8 +359,12 @@ pub fn run_scenario(s: &Scenario) -> Outcome {
         return out;
     };
     queue.set_size(size);
-    if queue.try_set_desc_table_address(GuestAddress(desc_table)).is_err()
-        || queue.try_set_avail_ring_address(GuestAddress(avail)).is_err()
+    if queue
+        .try_set_desc_table_address(GuestAddress(desc_table))
+        .is_err()
+        || queue
+            .try_set_avail_ring_address(GuestAddress(avail))
+            .is_err()
         || queue.try_set_used_ring_address(GuestAddress(used)).is_err()
     {
         return out;
@@ -557,7 +569,11 @@ fn serve(
     let mut done: Vec<Completion> = Vec::new();
     engine.reap(&mut done);
     engine::drain(engine, &mut done);
-    assert_eq!(done.len(), submitted, "every submitted request completes once");
+    assert_eq!(
+        done.len(),
+        submitted,
+        "every submitted request completes once"
+    );
     for c in done {
         let p = pending
             .get_mut(c.token as usize)
@@ -588,7 +604,10 @@ fn write_status(mem: &GuestMemory, addr: GuestAddress, status: Status) {
 
 fn check_rejected(rej: &Rejected, mem: &GuestMemory) {
     if let Some(addr) = rej.status {
-        assert!(mem.check_range(addr, 1), "rejected with a status outside memory");
+        assert!(
+            mem.check_range(addr, 1),
+            "rejected with a status outside memory"
+        );
     }
     let st = rej.error.status();
     assert!(matches!(st, Status::IoErr | Status::Unsupp), "{st:?}");
@@ -602,11 +621,16 @@ fn check_request(
     guest: &GuardedMemory,
     mem: &GuestMemory,
 ) {
-    assert!(mem.check_range(req.status, 1), "status outside guest memory");
+    assert!(
+        mem.check_range(req.status, 1),
+        "status outside guest memory"
+    );
     let in_capacity = |offset: u64, len: u64| {
         offset % SECTOR_SIZE == 0
             && len % SECTOR_SIZE == 0
-            && offset.checked_add(len).is_some_and(|e| e <= limits.capacity)
+            && offset
+                .checked_add(len)
+                .is_some_and(|e| e <= limits.capacity)
     };
     match &req.kind {
         RequestKind::Io { op, buffers } => {

@@ -36,10 +36,22 @@ fn pristine() -> &'static [u8] {
                 offset,
                 data: &block,
             };
-            store.write_batch(0, &[write(0), write(65536)]).expect("write");
+            store
+                .write_batch(0, &[write(0), write(65536)])
+                .expect("write");
             store.create_snapshot("base").expect("snapshot");
             store.checkpoint().expect("checkpoint");
-            store.write_batch(0, &[write(4096), Op::Discard { offset: 65536, len: 4096 }])
+            store
+                .write_batch(
+                    0,
+                    &[
+                        write(4096),
+                        Op::Discard {
+                            offset: 65536,
+                            len: 4096,
+                        },
+                    ],
+                )
                 .expect("write after checkpoint");
         }
         dev.image()
@@ -75,5 +87,11 @@ pub fn run(data: &[u8]) {
         let _ = store.read(offset, &mut buf);
     }
     let _ = store.fsck();
-    let _ = store.write_batch(0, &[Op::Write { offset: 8192, data: &buf[..4096] }]);
+    let _ = store.write_batch(
+        0,
+        &[Op::Write {
+            offset: 8192,
+            data: &buf[..4096],
+        }],
+    );
 }

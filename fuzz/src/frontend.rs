@@ -93,7 +93,10 @@ pub fn run(data: &[u8]) {
         let rig = slot.get_or_insert_with(start);
         let socket = rig.keeld.socket("a");
         let closed = raw_frontend::send_all(&socket, &msgs, PATIENCE).expect("connect to disk a");
-        assert!(closed, "keeld kept the connection open after the frontend hung up");
+        assert!(
+            closed,
+            "keeld kept the connection open after the frontend hung up"
+        );
         raw_frontend::handshake(&socket, PATIENCE).expect("disk a serves a frontend again");
         rig.round = rig.round.wrapping_add(1);
         let data = [rig.round; 4096];

@@ -124,7 +124,10 @@ impl GuardedMemory {
         iovecs.iter().all(|v| {
             let start = v.iov_base as usize;
             host.iter().any(|&(base, len)| {
-                start >= base && start.checked_add(v.iov_len).is_some_and(|e| e <= base + len)
+                start >= base
+                    && start
+                        .checked_add(v.iov_len)
+                        .is_some_and(|e| e <= base + len)
             })
         })
     }
@@ -147,11 +150,8 @@ mod tests {
 
     #[test]
     fn regions_are_usable_and_fenced() {
-        let g = GuardedMemory::new(&[
-            (GuestAddress(0x10000), 0x2000),
-            (GuestAddress(0x0), 0x1000),
-        ])
-        .unwrap();
+        let g = GuardedMemory::new(&[(GuestAddress(0x10000), 0x2000), (GuestAddress(0x0), 0x1000)])
+            .unwrap();
         let mem = g.memory();
         mem.write_obj(0xabu8, GuestAddress(0x11fff)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x11fff)).unwrap(), 0xab);

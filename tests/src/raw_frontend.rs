@@ -336,7 +336,11 @@ impl RawFrontend {
     /// Sends `msg` with its fds in one `sendmsg`. Errors (the server hung up) are returned,
     /// never raised as SIGPIPE.
     pub fn send(&mut self, msg: &Message) -> io::Result<()> {
-        let fds: Vec<OwnedFd> = msg.fds.iter().map(|f| make_fd(*f)).collect::<io::Result<_>>()?;
+        let fds: Vec<OwnedFd> = msg
+            .fds
+            .iter()
+            .map(|f| make_fd(*f))
+            .collect::<io::Result<_>>()?;
         let mut bytes = msg.header().to_vec();
         bytes.extend_from_slice(&msg.payload);
         send_with_fds(&self.sock, &bytes, &fds)
@@ -349,7 +353,10 @@ impl RawFrontend {
         let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let (code, flags, size) = (word(0), word(4), word(8));
         if size as usize > MAX_PAYLOAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "reply too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply too large",
+            ));
         }
         let mut payload = vec![0u8; size as usize];
         self.sock.read_exact(&mut payload)?;
@@ -555,12 +562,15 @@ mod tests {
         assert_eq!(m[0].code, code::SET_VRING_ADDR);
         assert_eq!(m[0].payload.len(), 40);
         assert_eq!(m[0].size, 40);
-        let t = Message::mem_table(2, &[Region {
-            guest_addr: 0,
-            size: 4096,
-            user_addr: 0,
-            mmap_offset: 0,
-        }]);
+        let t = Message::mem_table(
+            2,
+            &[Region {
+                guest_addr: 0,
+                size: 4096,
+                user_addr: 0,
+                mmap_offset: 0,
+            }],
+        );
         assert_eq!(t.payload.len(), 8 + 32);
     }
 }

@@ -10,7 +10,9 @@ use keel_backend::config::Config;
 
 /// A null disk with one line changed or added.
 fn null(extra: &str) -> String {
-    format!("[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n{extra}\n")
+    format!(
+        "[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n{extra}\n"
+    )
 }
 
 /// A null disk table without its `size` line and with `lines` instead.
@@ -133,7 +135,9 @@ fn every_broken_config_is_refused_with_its_message() {
         fs::write(&file, &text).unwrap();
         let got = match Config::load(&file) {
             Ok(c) => format!("ACCEPTED: {c:?}"),
-            Err(e) => e.to_string().replace(&dir.path().display().to_string(), "$DIR"),
+            Err(e) => e
+                .to_string()
+                .replace(&dir.path().display().to_string(), "$DIR"),
         };
         if print {
             println!("{name:?} => {got:?}");

@@ -28,16 +28,27 @@ fn abuse_and_check(keeld: &InProcess, other: &mut Client, round: u8, name: &str,
     let socket = keeld.socket("a");
     let closed = send_all(&socket, msgs, PATIENCE)
         .unwrap_or_else(|e| panic!("{name}: cannot connect to disk a: {e}"));
-    assert!(closed, "{name}: keeld kept the connection open after the frontend hung up");
+    assert!(
+        closed,
+        "{name}: keeld kept the connection open after the frontend hung up"
+    );
     healthy(&socket, name);
     other.write(0, 4096, &[round; 4096]).expect("disk b write");
-    assert_eq!(other.read(0, 4096, 4096).expect("disk b read"), vec![round; 4096], "{name}");
+    assert_eq!(
+        other.read(0, 4096, 4096).expect("disk b read"),
+        vec![round; 4096],
+        "{name}"
+    );
 }
 
 fn healthy(socket: &Path, name: &str) {
     let features = raw_frontend::handshake(socket, PATIENCE)
         .unwrap_or_else(|e| panic!("{name}: disk a no longer serves a frontend: {e}"));
-    assert_ne!(features & (1 << 32), 0, "{name}: VIRTIO_F_VERSION_1 missing");
+    assert_ne!(
+        features & (1 << 32),
+        0,
+        "{name}: VIRTIO_F_VERSION_1 missing"
+    );
 }
 
 fn header_only(code: u32, flags: u32, size: u32) -> Message {
@@ -100,10 +111,22 @@ fn cases() -> Vec<(&'static str, Vec<Message>)> {
         ("unknown code", vec![header_only(0xdead, 1, 0)]),
         ("code zero", vec![header_only(0, 1, 0)]),
         ("version 2", vec![header_only(code::GET_FEATURES, 2, 0)]),
-        ("reserved flag bits", vec![header_only(code::GET_FEATURES, 0xffff_fff1, 0)]),
-        ("reply flag from the frontend", vec![header_only(code::GET_FEATURES, 5, 0)]),
-        ("declared size beyond the limit", vec![header_only(code::SET_FEATURES, 1, 1 << 20)]),
-        ("declared size larger than sent", vec![header_only(code::SET_FEATURES, 1, 8)]),
+        (
+            "reserved flag bits",
+            vec![header_only(code::GET_FEATURES, 0xffff_fff1, 0)],
+        ),
+        (
+            "reply flag from the frontend",
+            vec![header_only(code::GET_FEATURES, 5, 0)],
+        ),
+        (
+            "declared size beyond the limit",
+            vec![header_only(code::SET_FEATURES, 1, 1 << 20)],
+        ),
+        (
+            "declared size larger than sent",
+            vec![header_only(code::SET_FEATURES, 1, 8)],
+        ),
         (
             "payload where none is allowed",
             vec![Message::u64(code::GET_FEATURES, 7)],
@@ -137,8 +160,11 @@ fn cases() -> Vec<(&'static str, Vec<Message>)> {
         (
             "mem table with more fds than regions",
             with_preamble(vec![
-                Message::mem_table(1, &[region(0, 4096, 0)])
-                    .with_fds(vec![Fd::MemFd(4096), Fd::MemFd(4096), Fd::EventFd]),
+                Message::mem_table(1, &[region(0, 4096, 0)]).with_fds(vec![
+                    Fd::MemFd(4096),
+                    Fd::MemFd(4096),
+                    Fd::EventFd,
+                ]),
             ]),
         ),
         (
@@ -345,7 +371,13 @@ fn seeded_random_sessions_leave_the_daemon_serving() {
             bytes = start;
         }
         let msgs = decode(&bytes);
-        abuse_and_check(&keeld, &mut other, seed as u8, &format!("seed {seed}"), &msgs);
+        abuse_and_check(
+            &keeld,
+            &mut other,
+            seed as u8,
+            &format!("seed {seed}"),
+            &msgs,
+        );
     }
 }
 
@@ -359,7 +391,8 @@ fn memory_table_larger_than_its_file() {
     let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
     let mut msgs = preamble();
     msgs.push(
-        Message::mem_table(1, &[region(0, MIB as u64, 0x7000_0000)]).with_fds(vec![Fd::MemFd(4096)]),
+        Message::mem_table(1, &[region(0, MIB as u64, 0x7000_0000)])
+            .with_fds(vec![Fd::MemFd(4096)]),
     );
     msgs.extend(started_ring(16));
     abuse_and_check(&keeld, &mut other, 1, "short memfd", &msgs);

@@ -38,8 +38,16 @@ fn symlink_at_the_socket_path_is_refused() {
     fs::write(dir.path().join("keel.toml"), null_disk("a", "1G", "")).unwrap();
     let config = Config::load(&dir.path().join("keel.toml")).unwrap();
     let err = Daemon::start(&config).err().expect("must refuse");
-    assert!(err.to_string().contains("exists and is not a socket"), "{err}");
-    assert!(fs::symlink_metadata(dir.path().join("a.sock")).unwrap().file_type().is_symlink());
+    assert!(
+        err.to_string().contains("exists and is not a socket"),
+        "{err}"
+    );
+    assert!(
+        fs::symlink_metadata(dir.path().join("a.sock"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(fs::read(&victim).unwrap(), b"keep");
 }
 

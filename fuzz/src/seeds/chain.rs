@@ -93,7 +93,12 @@ pub fn seeds() -> Vec<(&'static str, Scenario)> {
         ),
         (
             "write-through",
-            simple(flag::WRITE_THROUGH, RequestType::Write, 0, d(BUF, 512, 0, 0)),
+            simple(
+                flag::WRITE_THROUGH,
+                RequestType::Write,
+                0,
+                d(BUF, 512, 0, 0),
+            ),
         ),
         (
             "write-read-only",
@@ -285,8 +290,7 @@ pub fn seeds() -> Vec<(&'static str, Scenario)> {
         let len = if t == RequestType::Flush { 0 } else { 4096 };
         full.descriptors
             .push(d(BUF + 4096 * u64::from(i), len, dir | NEXT, base + 2));
-        full.descriptors
-            .push(d(STATUS + u64::from(i), 1, WRITE, 0));
+        full.descriptors.push(d(STATUS + u64::from(i), 1, WRITE, 0));
         full.heads.push(base);
     }
     full.avail_idx = full.next_avail.wrapping_add(8);
@@ -310,9 +314,17 @@ mod tests {
     fn expected(name: &str) -> Option<Vec<Status>> {
         use Status::{IoErr, Ok, Unsupp};
         Some(match name {
-            "read-4k" | "write-4k-raw" | "write-through" | "get-id" | "discard-2"
-            | "write-zeroes-unmap" | "flush-event-idx" | "write-header-and-data-in-one"
-            | "indirect-read" | "straddle-adjacent-regions" | "zero-lengths" => vec![Ok],
+            "read-4k"
+            | "write-4k-raw"
+            | "write-through"
+            | "get-id"
+            | "discard-2"
+            | "write-zeroes-unmap"
+            | "flush-event-idx"
+            | "write-header-and-data-in-one"
+            | "indirect-read"
+            | "straddle-adjacent-regions"
+            | "zero-lengths" => vec![Ok],
             "write-read-only"
             | "read-wrong-direction"
             | "read-beyond-capacity"

@@ -49,7 +49,10 @@ fn session(edit: impl FnOnce(&mut Vec<Message>)) -> Vec<Message> {
 pub fn seeds() -> Vec<(&'static str, Vec<Message>)> {
     vec![
         ("session", session(|_| {})),
-        ("session-need-reply", session(|v| v.iter_mut().for_each(|m| *m = m.clone().need_reply()))),
+        (
+            "session-need-reply",
+            session(|v| v.iter_mut().for_each(|m| *m = m.clone().need_reply())),
+        ),
         ("mem-table-no-fd", session(|v| v[5].fds.clear())),
         ("mem-table-count-9", session(|v| v[5].payload[0] = 9)),
         ("ring-index-99", session(|v| v[6].payload[0] = 99)),

@@ -23,17 +23,38 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         v
     };
     out.push(("container", "pristine", vec![0]));
-    out.push(("container", "superblock-zeroed", [vec![1], patch(0, 0, &[0; 64])].concat()));
-    out.push(("container", "flip-4k", [vec![1], patch(2, 4096, &[0xff; 8])].concat()));
-    out.push(("container", "flip-8k", [vec![1], patch(2, 8192, &[0x01; 32])].concat()));
+    out.push((
+        "container",
+        "superblock-zeroed",
+        [vec![1], patch(0, 0, &[0; 64])].concat(),
+    ));
+    out.push((
+        "container",
+        "flip-4k",
+        [vec![1], patch(2, 4096, &[0xff; 8])].concat(),
+    ));
+    out.push((
+        "container",
+        "flip-8k",
+        [vec![1], patch(2, 8192, &[0x01; 32])].concat(),
+    ));
     out.push((
         "container",
         "flip-scattered",
-        [vec![3], patch(3, 70000, &[0x80]), patch(3, 200_000, &[0x40; 4]), patch(2, 12288, &[1])]
-            .concat(),
+        [
+            vec![3],
+            patch(3, 70000, &[0x80]),
+            patch(3, 200_000, &[0x40; 4]),
+            patch(2, 12288, &[1]),
+        ]
+        .concat(),
     ));
     for (name, msgs) in frontend::seeds() {
-        out.push(("vhost_frontend", name, keel_tests::raw_frontend::encode(&msgs)));
+        out.push((
+            "vhost_frontend",
+            name,
+            keel_tests::raw_frontend::encode(&msgs),
+        ));
     }
     out
 }
