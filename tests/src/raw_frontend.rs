@@ -277,7 +277,7 @@ pub fn decode(data: &[u8]) -> Vec<Message> {
 pub fn encode(msgs: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in msgs {
-        if m.code < 0xf0 && m.code < code::END {
+        if m.code < code::END {
             out.push(m.code as u8);
         } else {
             out.push(0xff);
