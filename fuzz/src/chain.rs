@@ -268,7 +268,7 @@ impl Scenario {
         let mut prev_end = RING_REGION_SIZE;
         for &(at, pages) in &self.regions {
             let size = (u64::from(pages % 16) + 1) * PAGE;
-            let top_page = u64::MAX & !(PAGE - 1);
+            let top_page = !(PAGE - 1);
             let start = match at {
                 RegionAt::Adjacent => prev_end,
                 RegionAt::Page(n) => u64::from(n) * PAGE,
@@ -379,7 +379,6 @@ pub fn run_scenario(s: &Scenario) -> Outcome {
         let limits = limits(s, engine.capacity());
         serve(s, &guest, &mem, &mut queue, &limits, queue_engine, &mut out);
     });
-    drop(queue);
     assert_eq!(
         Arc::strong_count(&mem),
         2,
@@ -626,8 +625,8 @@ fn check_request(
         "status outside guest memory"
     );
     let in_capacity = |offset: u64, len: u64| {
-        offset % SECTOR_SIZE == 0
-            && len % SECTOR_SIZE == 0
+        offset.is_multiple_of(SECTOR_SIZE)
+            && len.is_multiple_of(SECTOR_SIZE)
             && offset
                 .checked_add(len)
                 .is_some_and(|e| e <= limits.capacity)

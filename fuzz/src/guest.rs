@@ -80,7 +80,7 @@ impl GuardedMemory {
         let mut reservations = Vec::with_capacity(sorted.len());
         let mut regions = Vec::with_capacity(sorted.len());
         for &(addr, size) in &sorted {
-            if size == 0 || size as u64 % PAGE != 0 {
+            if size == 0 || !(size as u64).is_multiple_of(PAGE) {
                 return None;
             }
             let res = Reservation::new(size)?;
