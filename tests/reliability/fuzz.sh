@@ -2,7 +2,7 @@
 # Runs every Keel fuzz target for a bounded time from the committed corpus, prints the executions
 # per target, and fails if any target crashes, hangs or leaks past its limits.
 #
-#   FUZZ_SECONDS=60 (per target)   FUZZ_TARGETS="desc_chain container vhost_frontend"
+#   FUZZ_SECONDS=60 (per target; KEEL_FUZZ_SECONDS is read too)   FUZZ_TARGETS="desc_chain container vhost_frontend"
 #   FUZZ_ALL=1: also run the targets listed in `known_broken` (they find an open bug within
 #   minutes; see docs/reliability.md), which are otherwise skipped with a notice.
 #
@@ -12,13 +12,15 @@
 # and add it under fuzz/regressions/<target>/ once fixed (replayed by `cargo test` in fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-seconds=${FUZZ_SECONDS:-60}
+seconds=${FUZZ_SECONDS:-${KEEL_FUZZ_SECONDS:-60}}
 [ -n "${FUZZ_TARGETS:-}" ] && FUZZ_TARGETS_EXPLICIT=1
 targets=${FUZZ_TARGETS:-$(cd fuzz && cargo fuzz list 2>/dev/null | tr '\n' ' ')}
 known_broken="vhost_frontend"
 export RUSTC_BOOTSTRAP=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+echo "== replaying the corpus and saved crashes on stable Rust"
+(cd fuzz && cargo test -q)
 status=0
 summary=""
 for t in $targets; do
