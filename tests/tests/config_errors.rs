@@ -1,0 +1,164 @@
+//! Broken keel.toml files, each refused with one exact message that names the file, the line and
+//! the key, before anything starts. `$DIR` in an expected message stands for the directory the
+//! file is in.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use keel_backend::config::Config;
+
+/// A null disk with one line changed or added.
+fn null(extra: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n{extra}\n"
+    )
+}
+
+/// A null disk table without its `size` line and with `lines` instead.
+fn null_with(lines: &str) -> String {
+    format!("[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\n{lines}\n")
+}
+
+fn raw(lines: &str) -> String {
+    format!("[[disk]]\nname = \"r\"\nsocket = \"r.sock\"\nengine = \"raw\"\n{lines}\n")
+}
+
+/// Files some cases need next to keel.toml.
+fn prepare(dir: &Path) {
+    fs::write(dir.join("odd.img"), vec![0u8; 1000]).unwrap();
+    fs::write(dir.join("small.img"), vec![0u8; 4096]).unwrap();
+    fs::create_dir(dir.join("adir")).unwrap();
+    fs::write(dir.join("afile"), b"").unwrap();
+    symlink("/nonexistent-target", dir.join("dangling")).unwrap();
+}
+
+/// (name, file contents, expected message).
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    vec![
+        (
+            "TOML syntax: unclosed table header",
+            "[[disk]\nname = \"n\"\n".into(),
+            "$DIR/keel.toml: TOML parse error at line 1, column 8\n  |\n1 | [[disk]\n  |        ^\nunclosed array table, expected `]`",
+        ),
+        (
+            "TOML syntax: missing value",
+            null("queues ="),
+            "$DIR/keel.toml: TOML parse error at line 6, column 9\n  |\n6 | queues =\n  |         ^\nstring values must be quoted, expected literal string",
+        ),
+        (
+            "TOML syntax: duplicate key",
+            null("size = \"2G\""),
+            "$DIR/keel.toml: TOML parse error at line 6, column 1\n  |\n6 | size = \"2G\"\n  | ^^^^\nduplicate key",
+        ),
+        (
+            "unknown top-level key",
+            format!("colour = \"red\"\n{}", null("")),
+            "$DIR/keel.toml: TOML parse error at line 1, column 1\n  |\n1 | colour = \"red\"\n  | ^^^^^^\nunknown field `colour`, expected `server` or `disk`",
+        ),
+        ("unknown disk key", null("colour = \"red\""), "$DIR/keel.toml: TOML parse error at line 6, column 1\n  |\n6 | colour = \"red\"\n  | ^^^^^^\nunknown field `colour`, expected one of `name`, `socket`, `engine`, `path`, `size`, `resize`, `queues`, `queue_size`, `read_only`, `serial`, `direct`, `logical_block_size`, `poll_us`"),
+        ("unknown server key", format!("[server]\nport = 80\n{}", null("")), "$DIR/keel.toml: TOML parse error at line 2, column 1\n  |\n2 | port = 80\n  | ^^^^\nunknown field `port`, expected `control_socket` or `log_level`"),
+        ("unknown section", format!("[disks]\n{}", null("")), "$DIR/keel.toml: TOML parse error at line 1, column 2\n  |\n1 | [disks]\n  |  ^^^^^\nunknown field `disks`, expected `server` or `disk`"),
+        ("disk is not a table array", "disk = 5\n".into(), "$DIR/keel.toml: TOML parse error at line 1, column 8\n  |\n1 | disk = 5\n  |        ^\ninvalid type: integer `5`, expected a sequence"),
+        ("missing name", "[[disk]]\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 1, column 1\n  |\n1 | [[disk]]\n  | ^^^^^^^^\nmissing field `name`"),
+        ("missing socket", "[[disk]]\nname = \"n\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 1, column 1\n  |\n1 | [[disk]]\n  | ^^^^^^^^\nmissing field `socket`"),
+        ("missing engine", "[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 1, column 1\n  |\n1 | [[disk]]\n  | ^^^^^^^^\nmissing field `engine`"),
+        ("unknown engine", "[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"qcow2\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 4, column 10\n  |\n4 | engine = \"qcow2\"\n  |          ^^^^^^^\nunknown variant `qcow2`, expected `raw` or `null`"),
+        ("wrong type: queues as string", null("queues = \"two\""), "$DIR/keel.toml: TOML parse error at line 6, column 10\n  |\n6 | queues = \"two\"\n  |          ^^^^^\ninvalid type: string \"two\", expected u16"),
+        ("wrong type: read_only as string", null("read_only = \"yes\""), "$DIR/keel.toml: TOML parse error at line 6, column 13\n  |\n6 | read_only = \"yes\"\n  |             ^^^^^\ninvalid type: string \"yes\", expected a boolean"),
+        ("wrong type: name as integer", "[[disk]]\nname = 7\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 2, column 8\n  |\n2 | name = 7\n  |        ^\ninvalid type: integer `7`, expected a string"),
+        ("wrong type: size as float", null_with("size = 1.5"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = 1.5\n  |        ^^^\ndata did not match any variant of untagged enum SizeValue"),
+        ("negative size", null_with("size = -4096"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = -4096\n  |        ^^^^^\ndata did not match any variant of untagged enum SizeValue"),
+        ("bad size unit", null_with("size = \"4X\""), "$DIR/keel.toml:5: `size`: \"4X\" has an unknown unit \"x\" (use K, M, G, T or P)"),
+        ("size without digits", null_with("size = \"G\""), "$DIR/keel.toml:5: `size`: \"G\" is not a size (expected e.g. 4G, 512M or 65536)"),
+        ("empty size", null_with("size = \"\""), "$DIR/keel.toml:5: `size`: \"\" is not a size (expected e.g. 4G, 512M or 65536)"),
+        ("size overflows u64", null_with("size = \"99999999999999999999\""), "$DIR/keel.toml:5: `size`: \"99999999999999999999\" is too large"),
+        ("size overflows with its unit", null_with("size = \"17000000P\""), "$DIR/keel.toml:5: `size`: \"17000000P\" is too large"),
+        ("zero size", null_with("size = 0"), "$DIR/keel.toml:5: `size`: 0 bytes is not a positive multiple of the logical block size (512)"),
+        ("size not a multiple of 512", null_with("size = 1000"), "$DIR/keel.toml:5: `size`: 1000 bytes is not a positive multiple of the logical block size (512)"),
+        (
+            "size not a multiple of the logical block size",
+            null_with("size = \"6K\"\nlogical_block_size = 4096"),
+            "$DIR/keel.toml:5: `size`: 6144 bytes is not a positive multiple of the logical block size (4096)",
+        ),
+        ("zero queues", null("queues = 0"), "$DIR/keel.toml:6: `queues`: 0 is outside 1..=64"),
+        ("too many queues", null("queues = 65"), "$DIR/keel.toml:6: `queues`: 65 is outside 1..=64"),
+        ("queues beyond u16", null("queues = 70000"), "$DIR/keel.toml: TOML parse error at line 6, column 10\n  |\n6 | queues = 70000\n  |          ^^^^^\ninvalid value: integer `70000`, expected u16"),
+        ("queue_size not a power of two", null("queue_size = 100"), "$DIR/keel.toml:6: `queue_size`: 100 is not a power of two between 2 and 32768"),
+        ("queue_size of one", null("queue_size = 1"), "$DIR/keel.toml:6: `queue_size`: 1 is not a power of two between 2 and 32768"),
+        ("queue_size beyond u16", null("queue_size = 65536"), "$DIR/keel.toml: TOML parse error at line 6, column 14\n  |\n6 | queue_size = 65536\n  |              ^^^^^\ninvalid value: integer `65536`, expected u16"),
+        ("logical_block_size not a power of two", null("logical_block_size = 1000"), "$DIR/keel.toml:6: `logical_block_size`: 1000 is not a power of two between 512 and 65536"),
+        ("logical_block_size too small", null("logical_block_size = 256"), "$DIR/keel.toml:6: `logical_block_size`: 256 is not a power of two between 512 and 65536"),
+        ("logical_block_size too large", null("logical_block_size = 131072"), "$DIR/keel.toml:6: `logical_block_size`: 131072 is not a power of two between 512 and 65536"),
+        ("poll_us too large", null("poll_us = 2000000"), "$DIR/keel.toml:6: `poll_us`: 2000000 is above the limit of 1000000"),
+        ("serial too long", null("serial = \"abcdefghijklmnopqrstu\""), "$DIR/keel.toml:6: `serial`: \"abcdefghijklmnopqrstu\" is longer than 20 bytes"),
+        (
+            "long name without a serial",
+            "[[disk]]\nname = \"abcdefghijklmnopqrstu\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(),
+            "$DIR/keel.toml:2: `name`: \"abcdefghijklmnopqrstu\" is longer than 20 bytes and so cannot be the serial: set `serial`",
+        ),
+        ("empty name", "[[disk]]\nname = \"\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: must be non-empty, without '/' or control characters"),
+        ("name with a slash", "[[disk]]\nname = \"a/b\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: must be non-empty, without '/' or control characters"),
+        ("duplicate name", format!("{}{}", null(""), null("").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"n\"\nserial = \"m\"")), "$DIR/keel.toml:8: `name`: \"n\" is already used by the disk at line 2"),
+        ("duplicate socket", format!("{}{}", null(""), null("").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:9: `socket`: \"$DIR/n.sock\" is already used by the disk at line 3"),
+        ("duplicate serial", format!("{}{}", null("serial = \"s\""), null("serial = \"s\"").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:12: `serial`: \"s\" is already used by the disk at line 6"),
+        (
+            "duplicate image path",
+            format!("{}{}", raw("path = \"x.img\"\nsize = \"1M\""), raw("path = \"x.img\"\nsize = \"1M\"").replace("r.sock", "s.sock").replace("name = \"r\"", "name = \"s\"")),
+            "$DIR/keel.toml:11: `path`: \"$DIR/x.img\" is already used by the disk at line 5",
+        ),
+        ("null engine with a path", null("path = \"x.img\""), "$DIR/keel.toml:6: `path`: the null engine stores nothing; remove `path`"),
+        ("null engine without a size", null_with(""), "$DIR/keel.toml:1: `size`: missing: the null engine needs a size"),
+        ("raw engine without a path", raw("size = \"1M\""), "$DIR/keel.toml:1: `path`: missing: the raw engine needs a file or block device"),
+        ("raw image missing and no size", raw("path = \"missing.img\""), "$DIR/keel.toml:5: `size`: $DIR/missing.img does not exist and no `size` is given"),
+        ("raw image is a directory", raw("path = \"adir\""), "$DIR/keel.toml:5: `path`: $DIR/adir is neither a regular file nor a block device"),
+        ("raw image of another size", raw("path = \"small.img\"\nsize = \"1M\""), "$DIR/keel.toml:6: `size`: $DIR/small.img is 4096 bytes, not 1048576; set `resize = true` to change it"),
+        ("raw image not a multiple of the block size", raw("path = \"odd.img\""), "$DIR/keel.toml:5: `path`: $DIR/odd.img is 1000 bytes, not a positive multiple of the logical block size (512)"),
+        ("raw image directory missing", raw("path = \"nodir/x.img\"\nsize = \"1M\""), "$DIR/keel.toml:5: `path`: directory $DIR/nodir: No such file or directory (os error 2)"),
+        ("raw image through a dangling symlink", raw("path = \"dangling\""), "$DIR/keel.toml:5: `size`: $DIR/dangling does not exist and no `size` is given"),
+        ("socket directory missing", null("").replace("n.sock", "nodir/n.sock"), "$DIR/keel.toml:3: `socket`: directory $DIR/nodir: No such file or directory (os error 2)"),
+        ("socket directory is a file", null("").replace("n.sock", "afile/n.sock"), "$DIR/keel.toml:3: `socket`: $DIR/afile is not a directory"),
+        ("socket directory not writable", null("").replace("n.sock", "/proc/1/n.sock"), "$DIR/keel.toml:3: `socket`: directory /proc/1 is not writable: Operation not permitted (os error 1)"),
+    ]
+}
+
+#[test]
+fn every_broken_config_is_refused_with_its_message() {
+    let print = std::env::var_os("KEEL_PRINT_MESSAGES").is_some();
+    let mut failures = Vec::new();
+    let all = cases();
+    assert!(all.len() >= 30);
+    for (name, text, want) in all {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
+        let file = dir.path().join("keel.toml");
+        fs::write(&file, &text).unwrap();
+        let got = match Config::load(&file) {
+            Ok(c) => format!("ACCEPTED: {c:?}"),
+            Err(e) => e
+                .to_string()
+                .replace(&dir.path().display().to_string(), "$DIR"),
+        };
+        if print {
+            println!("{name:?} => {got:?}");
+        }
+        if got != want {
+            failures.push(format!("{name}:\n  want {want:?}\n  got  {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("absent.toml");
+    let e = Config::load(&file).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "cannot read config file {}: No such file or directory (os error 2)",
+            file.display()
+        )
+    );
+}

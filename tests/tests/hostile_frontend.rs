@@ -1,0 +1,414 @@
+//! A hostile or broken VMM on a disk's socket: malformed headers, wrong sizes, bogus request
+//! codes, bad memory tables, out-of-range ring indexes, garbage rings. After each, the same socket
+//! must serve a well-behaved frontend again, and a second disk must keep serving its client
+//! throughout. (Some servers stop listening for good after one malformed SET_MEM_TABLE.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use keel_tests::client::Client;
+use keel_tests::keeld::{InProcess, null_disk, raw_disk};
+use keel_tests::raw_frontend::{self, Fd, Message, Region, code, decode, encode, send_all};
+
+const MIB: usize = 1 << 20;
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Disk `a` takes the abuse; disk `b` has a steady client.
+fn daemon() -> InProcess {
+    InProcess::start(&format!(
+        "{}{}",
+        null_disk("a", "64M", "queues = 2\nqueue_size = 1024"),
+        raw_disk("b", "4M", "")
+    ))
+}
+
+/// Sends `msgs` to disk `a`, then checks `a` answers a well-behaved handshake and `b` still
+/// reads back what its client wrote.
+fn abuse_and_check(keeld: &InProcess, other: &mut Client, round: u8, name: &str, msgs: &[Message]) {
+    let socket = keeld.socket("a");
+    let closed = send_all(&socket, msgs, PATIENCE)
+        .unwrap_or_else(|e| panic!("{name}: cannot connect to disk a: {e}"));
+    assert!(
+        closed,
+        "{name}: keeld kept the connection open after the frontend hung up"
+    );
+    healthy(&socket, name);
+    other.write(0, 4096, &[round; 4096]).expect("disk b write");
+    assert_eq!(
+        other.read(0, 4096, 4096).expect("disk b read"),
+        vec![round; 4096],
+        "{name}"
+    );
+}
+
+fn healthy(socket: &Path, name: &str) {
+    let features = raw_frontend::handshake(socket, PATIENCE)
+        .unwrap_or_else(|e| panic!("{name}: disk a no longer serves a frontend: {e}"));
+    assert_ne!(
+        features & (1 << 32),
+        0,
+        "{name}: VIRTIO_F_VERSION_1 missing"
+    );
+}
+
+fn header_only(code: u32, flags: u32, size: u32) -> Message {
+    Message {
+        code,
+        flags,
+        size,
+        payload: Vec::new(),
+        fds: Vec::new(),
+    }
+}
+
+fn region(guest_addr: u64, size: u64, user_addr: u64) -> Region {
+    Region {
+        guest_addr,
+        size,
+        user_addr,
+        mmap_offset: 0,
+    }
+}
+
+/// The start of a session that a real VMM would send, up to the memory table.
+fn preamble() -> Vec<Message> {
+    vec![
+        Message::new(code::SET_OWNER, Vec::new()),
+        Message::new(code::GET_FEATURES, Vec::new()),
+        Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
+        Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
+    ]
+}
+
+/// A memory table of one 1 MiB region at guest 0, user address 0x7000_0000, filled with `fill`.
+fn memory(fill: u8) -> Message {
+    Message::mem_table(1, &[region(0, MIB as u64, 0x7000_0000)])
+        .with_fds(vec![Fd::MemFdFilled(MIB as u64, fill)])
+}
+
+/// A started ring 0 of `num` entries over [`memory`], kicked at once.
+fn started_ring(num: u32) -> Vec<Message> {
+    vec![
+        Message::vring_state(code::SET_VRING_NUM, 0, num),
+        Message::vring_addr(0, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
+        Message::vring_state(code::SET_VRING_BASE, 0, 0),
+        Message::vring_fd(code::SET_VRING_CALL, 0),
+        Message::vring_fd(code::SET_VRING_KICK, 0),
+        Message::vring_state(code::SET_VRING_ENABLE, 0, 1),
+    ]
+}
+
+fn with_preamble(rest: Vec<Message>) -> Vec<Message> {
+    let mut v = preamble();
+    v.extend(rest);
+    v
+}
+
+/// Hand-made cases, each a named message sequence.
+fn cases() -> Vec<(&'static str, Vec<Message>)> {
+    let u64_max_region = region(0, u64::MAX, 0x1000);
+    let mut cases = vec![
+        ("unknown code", vec![header_only(0xdead, 1, 0)]),
+        ("code zero", vec![header_only(0, 1, 0)]),
+        ("version 2", vec![header_only(code::GET_FEATURES, 2, 0)]),
+        (
+            "reserved flag bits",
+            vec![header_only(code::GET_FEATURES, 0xffff_fff1, 0)],
+        ),
+        (
+            "reply flag from the frontend",
+            vec![header_only(code::GET_FEATURES, 5, 0)],
+        ),
+        (
+            "declared size beyond the limit",
+            vec![header_only(code::SET_FEATURES, 1, 1 << 20)],
+        ),
+        (
+            "declared size larger than sent",
+            vec![header_only(code::SET_FEATURES, 1, 8)],
+        ),
+        (
+            "payload where none is allowed",
+            vec![Message::u64(code::GET_FEATURES, 7)],
+        ),
+        (
+            "short SET_FEATURES",
+            vec![Message::new(code::SET_FEATURES, vec![1, 2, 3])],
+        ),
+        (
+            "fd on a message that takes none",
+            vec![Message::u64(code::SET_FEATURES, 0).with_fds(vec![Fd::EventFd])],
+        ),
+        (
+            "mem table counting zero regions",
+            with_preamble(vec![Message::mem_table(0, &[])]),
+        ),
+        (
+            "mem table counting more regions than sent",
+            with_preamble(vec![
+                Message::mem_table(9, &[region(0, 4096, 0)]).with_fds(vec![Fd::MemFd(4096)]),
+            ]),
+        ),
+        (
+            "mem table counting 255 regions",
+            with_preamble(vec![Message::mem_table(255, &[])]),
+        ),
+        (
+            "mem table without fds",
+            with_preamble(vec![Message::mem_table(1, &[region(0, 4096, 0)])]),
+        ),
+        (
+            "mem table with more fds than regions",
+            with_preamble(vec![
+                Message::mem_table(1, &[region(0, 4096, 0)]).with_fds(vec![
+                    Fd::MemFd(4096),
+                    Fd::MemFd(4096),
+                    Fd::EventFd,
+                ]),
+            ]),
+        ),
+        (
+            "mem table region of size zero",
+            with_preamble(vec![
+                Message::mem_table(1, &[region(0, 0, 0)]).with_fds(vec![Fd::MemFd(4096)]),
+            ]),
+        ),
+        (
+            "mem table region of u64::MAX bytes",
+            with_preamble(vec![
+                Message::mem_table(1, &[u64_max_region]).with_fds(vec![Fd::MemFd(4096)]),
+            ]),
+        ),
+        (
+            "mem table region wrapping the guest address space",
+            with_preamble(vec![
+                Message::mem_table(1, &[region(u64::MAX - 4095, 8192, 0)])
+                    .with_fds(vec![Fd::MemFd(8192)]),
+            ]),
+        ),
+        (
+            "mem table with overlapping regions",
+            with_preamble(vec![
+                Message::mem_table(2, &[region(0, 8192, 0), region(4096, 8192, 0x10000)])
+                    .with_fds(vec![Fd::MemFd(8192), Fd::MemFd(8192)]),
+            ]),
+        ),
+        (
+            "mem table backed by /dev/null",
+            with_preamble(vec![
+                Message::mem_table(1, &[region(0, 4096, 0)]).with_fds(vec![Fd::DevNull]),
+            ]),
+        ),
+        (
+            "mem table with an offset past the file",
+            with_preamble(vec![
+                Message::mem_table(
+                    1,
+                    &[Region {
+                        mmap_offset: u64::MAX - 4095,
+                        ..region(0, 4096, 0)
+                    }],
+                )
+                .with_fds(vec![Fd::MemFd(4096)]),
+            ]),
+        ),
+        (
+            "ring index out of range",
+            with_preamble(vec![
+                memory(0),
+                Message::vring_state(code::SET_VRING_NUM, 200, 16),
+                Message::vring_addr(77, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
+                Message::vring_state(code::SET_VRING_BASE, u32::MAX, 0),
+                Message::vring_state(code::GET_VRING_BASE, 1000, 0),
+                Message::vring_fd(code::SET_VRING_KICK, 0x7f),
+                Message::vring_fd(code::SET_VRING_CALL, 0xff),
+                Message::vring_fd(code::SET_VRING_ERR, 0x40),
+                Message::vring_state(code::SET_VRING_ENABLE, 1000, 1),
+            ]),
+        ),
+        (
+            "ring sizes zero, odd and huge",
+            with_preamble(vec![
+                Message::vring_state(code::SET_VRING_NUM, 0, 0),
+                Message::vring_state(code::SET_VRING_NUM, 0, 3),
+                Message::vring_state(code::SET_VRING_NUM, 0, 65535),
+                Message::vring_state(code::SET_VRING_NUM, 1, u32::MAX),
+            ]),
+        ),
+        (
+            "ring addresses outside the memory table",
+            with_preamble({
+                let mut v = vec![memory(0)];
+                v.extend(started_ring(16));
+                v[2] = Message::vring_addr(0, 0, 0xdead_0000, 0xbeef_0000, 0x1);
+                v
+            }),
+        ),
+        (
+            // Available index 0x0101 (within the 1024 entries), every descriptor garbage.
+            "ring with every byte 0x01",
+            with_preamble({
+                let mut v = vec![memory(0x01)];
+                v.extend(started_ring(1024));
+                v
+            }),
+        ),
+        (
+            "memory table replaced under a started ring",
+            with_preamble({
+                let mut v = vec![memory(0x01)];
+                v.extend(started_ring(1024));
+                v.push(Message::mem_table(0, &[]));
+                v.push(memory(0x02));
+                v
+            }),
+        ),
+        (
+            "kick without an fd",
+            with_preamble(vec![Message::u64(code::SET_VRING_KICK, 0x100)]),
+        ),
+        (
+            "kick with a socket instead of an eventfd",
+            with_preamble(vec![
+                Message::u64(code::SET_VRING_KICK, 0).with_fds(vec![Fd::Socket]),
+            ]),
+        ),
+        (
+            "config windows out of range",
+            with_preamble(vec![
+                Message::config(code::GET_CONFIG, u32::MAX, 8, &[0; 8]),
+                Message::config(code::GET_CONFIG, 0, 4096, &[]),
+                Message::config(code::GET_CONFIG, 0, 0, &[]),
+                Message::config(code::SET_CONFIG, 0, 8, &[0xff; 8]),
+                Message::config(code::SET_CONFIG, 32, 1, &[]),
+            ]),
+        ),
+        (
+            "inflight fd requests without the feature",
+            with_preamble(vec![
+                Message::new(code::GET_INFLIGHT_FD, vec![0; 24]),
+                Message::new(code::SET_INFLIGHT_FD, vec![0; 24]).with_fds(vec![Fd::MemFd(4096)]),
+            ]),
+        ),
+        (
+            "memory slots added and removed wrongly",
+            with_preamble(vec![
+                Message::new(code::GET_MAX_MEM_SLOTS, Vec::new()),
+                Message::new(code::ADD_MEM_REG, vec![0; 40]),
+                Message::new(code::ADD_MEM_REG, vec![0xff; 40]).with_fds(vec![Fd::MemFd(4096)]),
+                Message::new(code::REM_MEM_REG, vec![0; 40]),
+            ]),
+        ),
+        (
+            "log base and fd",
+            with_preamble(vec![
+                Message::new(code::SET_LOG_BASE, vec![0; 16]).with_fds(vec![Fd::MemFd(4096)]),
+                Message::u64(code::SET_LOG_FD, 0).with_fds(vec![Fd::EventFd]),
+            ]),
+        ),
+        (
+            "backend request channel",
+            with_preamble(vec![
+                Message::new(code::SET_BACKEND_REQ_FD, Vec::new()).with_fds(vec![Fd::Socket]),
+            ]),
+        ),
+        (
+            "reset owner mid-session",
+            with_preamble({
+                let mut v = vec![memory(0)];
+                v.extend(started_ring(16));
+                v.push(Message::new(code::RESET_OWNER, Vec::new()));
+                v.push(Message::vring_state(code::GET_VRING_BASE, 0, 0));
+                v
+            }),
+        ),
+    ];
+    for c in &mut cases {
+        for m in &mut c.1 {
+            // Ask for a reply everywhere: the server must answer or hang up, never wedge.
+            if m.flags == raw_frontend::VERSION_1 {
+                m.flags |= raw_frontend::NEED_REPLY;
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn hand_made_hostile_sessions_leave_the_daemon_serving() {
+    let keeld = daemon();
+    let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
+    healthy(&keeld.socket("a"), "before");
+    for (round, (name, msgs)) in cases().into_iter().enumerate() {
+        abuse_and_check(&keeld, &mut other, round as u8, name, &msgs);
+    }
+    let s = keeld.daemon().stats()[0].1.snapshot();
+    assert!(s.connections as usize >= cases().len(), "{s:?}");
+}
+
+/// xorshift64*: a small deterministic generator, so a failing seed replays exactly.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Random bytes through the fuzz target's decoder, seeds 1..=ROUNDS.
+#[test]
+fn seeded_random_sessions_leave_the_daemon_serving() {
+    const ROUNDS: u64 = 120;
+    let keeld = daemon();
+    let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
+    for seed in 1..=ROUNDS {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let len = (next(&mut state) % 2048) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+        // Start half the rounds with a well-formed preamble so the random part gets past it.
+        if seed % 2 == 0 {
+            let mut start = encode(&preamble());
+            start.append(&mut bytes);
+            bytes = start;
+        }
+        let msgs = decode(&bytes);
+        abuse_and_check(
+            &keeld,
+            &mut other,
+            seed as u8,
+            &format!("seed {seed}"),
+            &msgs,
+        );
+    }
+}
+
+/// A memory table whose backing file is smaller than the region it declares. Mapping succeeds
+/// (mmap does not check the file size) and the first access past the file's end raises SIGBUS,
+/// which kills the whole daemon.
+#[test]
+#[ignore = "known crash: keeld dies with SIGBUS; see docs/security.md (frontend memory smaller than its region)"]
+fn memory_table_larger_than_its_file() {
+    let keeld = daemon();
+    let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
+    let mut msgs = preamble();
+    msgs.push(
+        Message::mem_table(1, &[region(0, MIB as u64, 0x7000_0000)])
+            .with_fds(vec![Fd::MemFd(4096)]),
+    );
+    msgs.extend(started_ring(16));
+    abuse_and_check(&keeld, &mut other, 1, "short memfd", &msgs);
+}
+
+/// A ring whose available index is further ahead than the ring is long (every byte 0xff: index
+/// 0xffff on a 1024-entry ring). The worker's loop cannot read the ring, yet re-enabling
+/// notifications reports work pending, so it spins at 100% CPU for good; the frontend's
+/// disconnect then waits forever for that worker, and the disk never accepts a frontend again.
+#[test]
+#[ignore = "known hang: queue worker spins on an unreadable available ring; see docs/security.md"]
+fn available_index_beyond_the_ring_does_not_wedge_the_disk() {
+    let keeld = daemon();
+    let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
+    let mut msgs = preamble();
+    msgs.push(memory(0xff));
+    msgs.extend(started_ring(1024));
+    abuse_and_check(&keeld, &mut other, 1, "avail index 0xffff", &msgs);
+}
