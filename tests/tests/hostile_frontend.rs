@@ -385,7 +385,6 @@ fn seeded_random_sessions_leave_the_daemon_serving() {
 /// (mmap does not check the file size) and the first access past the file's end raises SIGBUS,
 /// which kills the whole daemon.
 #[test]
-#[ignore = "known crash: keeld dies with SIGBUS; see docs/security.md (frontend memory smaller than its region)"]
 fn memory_table_larger_than_its_file() {
     let keeld = daemon();
     let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
@@ -403,7 +402,6 @@ fn memory_table_larger_than_its_file() {
 /// notifications reports work pending, so it spins at 100% CPU for good; the frontend's
 /// disconnect then waits forever for that worker, and the disk never accepts a frontend again.
 #[test]
-#[ignore = "known hang: queue worker spins on an unreadable available ring; see docs/security.md"]
 fn available_index_beyond_the_ring_does_not_wedge_the_disk() {
     let keeld = daemon();
     let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");

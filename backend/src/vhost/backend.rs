@@ -285,8 +285,20 @@ impl VhostUserBackend for BlkBackend {
         }
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
-        // The workers read the same GuestMemoryAtomic the frontend handler updates.
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        // The workers read the same GuestMemoryAtomic the frontend handler updates. A region
+        // that runs past the end of its file would fault (SIGBUS) on first touch and kill the
+        // whole daemon: refuse the table and leave the session with no memory at all.
+        if let Err(e) = check_regions_inside_files(&vm_memory::GuestAddressSpace::memory(&mem)) {
+            warn!(
+                "{}: refusing the frontend's memory table: {e}",
+                self.ctx.name
+            );
+            mem.lock()
+                .map_err(|_| io::Error::other("guest memory lock poisoned"))?
+                .replace(GuestMemory::default());
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -337,6 +349,35 @@ impl VhostUserBackend for BlkBackend {
         }
         Ok(())
     }
+}
+
+/// Every file-backed region must lie inside its file: the kernel maps past EOF happily and
+/// faults only when the page is touched.
+fn check_regions_inside_files(mem: &GuestMemory) -> io::Result<()> {
+    use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion};
+    for region in mem.iter() {
+        let Some(fo) = region.file_offset() else {
+            continue;
+        };
+        let meta = fo.file().metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let end = fo.start().checked_add(region.len());
+        if end.is_none_or(|end| end > meta.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "region at guest address {:#x} maps {} bytes from offset {} of a {}-byte file",
+                    region.start_addr().0,
+                    region.len(),
+                    fo.start(),
+                    meta.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct QueueWorker {
     answered: Vec<(u16, u32)>,
     /// The ring served, kept from the first wakeup so a drain can complete onto it.
     vring: Option<Vring>,
+    /// The available ring made no sense (e.g. its index ran more than a ring ahead): the ring
+    /// is not served again until the frontend resets it, instead of spinning on it forever.
+    broken: bool,
 }
 
 impl QueueWorker {
@@ -77,6 +80,7 @@ impl QueueWorker {
             done: Vec::with_capacity(depth),
             answered: Vec::with_capacity(depth),
             vring: None,
+            broken: false,
         }
     }
 
@@ -95,6 +99,10 @@ impl QueueWorker {
         }
         let mut state = vring.get_mut();
         if !state.get_queue().ready() {
+            self.broken = false;
+            return;
+        }
+        if self.broken {
             return;
         }
         let mut mem = self.memory.memory().into_inner();
@@ -106,6 +114,9 @@ impl QueueWorker {
                 );
             }
             self.run_once(&mut state, &mem);
+            if self.broken {
+                break;
+            }
             if !self.ctx.poll.is_zero() {
                 self.poll(&mut state, &mut mem);
             }
@@ -183,6 +194,14 @@ impl QueueWorker {
                     "{} q{}: cannot read the available ring: {e}",
                     ctx.name, self.index
                 );
+                if matches!(e, virtio_queue::Error::InvalidAvailRingIndex) {
+                    warn!(
+                        "{} q{}: the available index is corrupt; the ring is not served until \
+                         the frontend resets it",
+                        ctx.name, self.index
+                    );
+                    self.broken = true;
+                }
                 return 0;
             }
         };
