@@ -69,7 +69,6 @@ fn dangling_symlink_at_a_new_image_path_is_not_followed() {
 /// to the link's target. Today the raw engine opens the path without O_NOFOLLOW and serves the
 /// target (see docs/security.md, "Paths and symlinks").
 #[test]
-#[ignore = "known gap: image path followed through a symlink planted after the config was checked"]
 fn image_swapped_for_a_symlink_is_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("victim");

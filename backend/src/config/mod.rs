@@ -391,7 +391,7 @@ impl Checker<'_> {
                 ));
             }
             (EngineKind::Raw, Some(p)) => {
-                let resolved = self.resolve(p.get_ref());
+                let resolved = canonical_if_exists(self.resolve(p.get_ref()));
                 self.check_raw_path(&resolved, p.span(), raw, size, resize, logical_block_size)?;
                 Some(resolved)
             }
@@ -403,7 +403,7 @@ impl Checker<'_> {
                 ));
             }
             (EngineKind::Keel, Some(p)) => {
-                let resolved = self.resolve(p.get_ref());
+                let resolved = canonical_if_exists(self.resolve(p.get_ref()));
                 self.check_container_path(&resolved, p.span(), size)?;
                 Some(resolved)
             }
@@ -600,6 +600,12 @@ impl Checker<'_> {
             Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
         }
     }
+}
+
+/// An existing path with its symlinks resolved now (a `/dev/disk/by-id/...` link names its
+/// device), so the engine can open it without following links later.
+fn canonical_if_exists(path: PathBuf) -> PathBuf {
+    fs::canonicalize(&path).unwrap_or(path)
 }
 
 fn check_writable_dir(dir: &Path) -> Result<(), String> {

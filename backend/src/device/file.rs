@@ -18,9 +18,12 @@ impl FileDevice {
     pub fn open(path: &Path, read_only: bool, direct: bool) -> io::Result<Self> {
         let mut opts = OpenOptions::new();
         opts.read(true).write(!read_only);
-        if direct {
-            opts.custom_flags(libc::O_DIRECT);
-        }
+        // Paths are resolved when a config is loaded; a symlink planted since is not followed.
+        opts.custom_flags(if direct {
+            libc::O_DIRECT | libc::O_NOFOLLOW
+        } else {
+            libc::O_NOFOLLOW
+        });
         let file = opts.open(path)?;
         let size = device_size(&file)?;
         Ok(Self { file, size })

@@ -234,9 +234,13 @@ impl RawEngine {
 fn open_file(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true).write(!read_only);
-    if direct {
-        o.custom_flags(libc::O_DIRECT);
-    }
+    // The config resolved symlinks when it was loaded; one planted since is not followed.
+    let nofollow = libc::O_NOFOLLOW;
+    o.custom_flags(if direct {
+        libc::O_DIRECT | nofollow
+    } else {
+        nofollow
+    });
     o.open(path)
 }
 
