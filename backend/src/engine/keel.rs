@@ -334,6 +334,84 @@ impl KeelQueue {
     }
 }
 
+/// Reads of one batch run on up to this many threads, so a deep guest queue keeps the device
+/// busy instead of being served one read at a time.
+const READ_THREADS: usize = 8;
+
+/// Reads one request's range from the store into its guest buffers.
+fn read_one(store: &Store, req: &mut IoRequest, scratch: &mut Vec<u8>) -> Result<(), EngineError> {
+    let IoOp::Read { offset } = req.op else {
+        return Ok(());
+    };
+    scratch.resize(req.buffers.len(), 0);
+    store
+        .read(offset, scratch)
+        .map_err(|e| store_err("read", e))?;
+    req.buffers.write_from(scratch);
+    Ok(())
+}
+
+impl KeelQueue {
+    /// Serves every read of the batch: in place for one, on scoped threads for several.
+    fn read_all(&mut self, batch: &mut [IoRequest]) {
+        let mut reads: Vec<&mut IoRequest> = batch
+            .iter_mut()
+            .filter(|r| matches!(r.op, IoOp::Read { .. }))
+            .collect();
+        if reads.len() <= 1 {
+            for req in reads {
+                let result = read_one(&self.store, req, &mut self.scratch);
+                self.done.push(Completion {
+                    token: req.token,
+                    result,
+                });
+            }
+            return;
+        }
+        let per_thread = reads.len().div_ceil(READ_THREADS);
+        let store = &*self.store;
+        let done = std::thread::scope(|scope| {
+            let handles: Vec<_> = reads
+                .chunks_mut(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut scratch = Vec::new();
+                        chunk
+                            .iter_mut()
+                            .map(|req| Completion {
+                                token: req.token,
+                                result: read_one(store, req, &mut scratch),
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        log::error!("a read thread panicked");
+                        Vec::new()
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        // A panicked read thread leaves its requests without a completion: fail them.
+        for req in reads.iter() {
+            if !done.iter().any(|c| c.token == req.token) {
+                self.done.push(Completion {
+                    token: req.token,
+                    result: Err(EngineError::Io {
+                        op: "read",
+                        source: io::Error::other("read thread failed"),
+                    }),
+                });
+            }
+        }
+        self.done.extend(done);
+    }
+}
+
 /// Engine errors carry an `io::Error`, which is not `Clone`: rebuild one with the same text.
 fn clone_err(e: &EngineError) -> EngineError {
     match e {
@@ -372,22 +450,7 @@ impl QueueEngine for KeelQueue {
                 });
             }
         }
-        for req in batch.iter_mut() {
-            if let IoOp::Read { offset } = req.op {
-                self.scratch.resize(req.buffers.len(), 0);
-                let result = self
-                    .store
-                    .read(offset, &mut self.scratch)
-                    .map(|()| {
-                        req.buffers.write_from(&self.scratch);
-                    })
-                    .map_err(|e| store_err("read", e));
-                self.done.push(Completion {
-                    token: req.token,
-                    result,
-                });
-            }
-        }
+        self.read_all(batch);
         if !flushes.is_empty() {
             // Every write this queue completed is in the store already; one flush covers all.
             let r = self.store.flush().map_err(|e| store_err("flush", e));
