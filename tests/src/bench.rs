@@ -171,3 +171,37 @@ pub fn run(socket: &Path, w: &Workload, spin: bool) -> Result<Measurement, Strin
         lat_p99_us: pct(0.99),
     })
 }
+
+/// The median of each field over `ms` (fields taken independently).
+pub fn median(ms: &[Measurement]) -> Measurement {
+    let med = |f: fn(&Measurement) -> f64| {
+        let mut v: Vec<f64> = ms.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    };
+    Measurement {
+        iops: med(|m| m.iops),
+        mib_per_s: med(|m| m.mib_per_s),
+        lat_mean_us: med(|m| m.lat_mean_us),
+        lat_p50_us: med(|m| m.lat_p50_us),
+        lat_p99_us: med(|m| m.lat_p99_us),
+    }
+}
+
+/// A server process under test: SIGTERM on drop, SIGKILL if it has not exited within 10 s.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..1000 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -7,17 +7,7 @@ use keel_tests::keeld::{InProcess, null_disk, raw_disk};
 
 const MIB: usize = 1 << 20;
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use keel_tests::pattern;
 
 #[test]
 fn raw_round_trips_many_sizes_and_offsets() {

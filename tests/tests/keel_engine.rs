@@ -18,17 +18,7 @@ fn with_control(disks: &str) -> String {
     format!("[server]\ncontrol_socket = \"keel.sock\"\n\n{disks}")
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use keel_tests::pattern;
 
 #[test]
 fn keel_disk_round_trips_and_survives_a_restart() {

@@ -4,10 +4,9 @@
 //! daemon's state changes (snapshots, mirror ops) naturally serialised.
 
 use super::{ApiError, ControlHandler, route};
+use crate::vhost::socket::bind_private;
 use keel_protocol::control::ErrorBody;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,30 +49,6 @@ impl Drop for ControlServer {
         }
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Binds a unix socket readable and writable by the owner only.
-///
-/// A stale socket file left by a dead daemon is replaced; a live one (something answers) is not.
-pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{} is in use by a running process", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 fn serve(server: &tiny_http::Server, handler: &dyn ControlHandler) {
@@ -137,6 +112,8 @@ mod tests {
     use crate::control::ApiCall;
     use crate::control::client::{ClientError, ControlClient};
     use keel_protocol::control::{CreateSnapshot, DiskInfo};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
     use std::sync::Mutex;
 
     /// Answers ListDisks with one disk and records snapshot creations.

@@ -6,12 +6,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
-use keel_tests::bench::{self, Measurement, Pattern, Workload};
+use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
 use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
 use serde::Serialize;
 
@@ -54,24 +54,6 @@ enum Server {
     QsdRaw,
     /// qemu-storage-daemon, qcow2 image (metadata preallocated), io_uring, O_DIRECT.
     QsdQcow2,
-}
-
-/// A running server, stopped with SIGTERM (then SIGKILL) on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child process.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        for _ in 0..1000 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Setup {
@@ -254,21 +236,6 @@ fn write_amplification(a: &Args) -> (f64, u64, u64) {
         if guest >= 2 * a.size {
             return (device as f64 / guest as f64, guest, device);
         }
-    }
-}
-
-fn median(ms: &[Measurement]) -> Measurement {
-    let med = |f: fn(&Measurement) -> f64| {
-        let mut v: Vec<f64> = ms.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-    };
-    Measurement {
-        iops: med(|m| m.iops),
-        mib_per_s: med(|m| m.mib_per_s),
-        lat_mean_us: med(|m| m.lat_mean_us),
-        lat_p50_us: med(|m| m.lat_p50_us),
-        lat_p99_us: med(|m| m.lat_p99_us),
     }
 }
 
