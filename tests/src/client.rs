@@ -126,9 +126,13 @@ impl Client {
         while out.len() < n {
             let want = n - out.len();
             let mut timeout = Duration::from_secs(30);
-            let got = self.queues[q]
-                .do_io(&mut comps[..want], want, Some(&mut timeout), None)
-                .expect("do_io");
+            let got = match self.queues[q].do_io(&mut comps[..want], want, Some(&mut timeout), None)
+            {
+                Ok(got) => got,
+                // A signal (a fuzzer's timer, a profiler) interrupted the wait: wait again.
+                Err(e) if e.errno() == blkio::Errno::INTR => continue,
+                Err(e) => panic!("do_io: {e:?}"),
+            };
             assert!(got > 0, "no completion within 30 s");
             for c in &comps[..got] {
                 // SAFETY: do_io initialised the first `got` entries.
