@@ -3,8 +3,8 @@
 //! Layers, top-down: [`Store`] (batches, reads, flush, checkpoints, the cleaner) ->
 //! [`journal`] records and [`maps`] (LBA -> VBA B+trees with snapshots, VBA -> PBA) ->
 //! [`alloc`] (per-writer segments) and [`sut`] (segment usage) -> the
-//! [`BlockDevice`](crate::device::BlockDevice). The on-disk format is described
-//! byte by byte in `docs/format.md`.
+//! [`BlockDevice`](crate::device::BlockDevice). The on-disk format is described by the
+//! module docs of `layout`, `superblock`, `journal`, `checkpoint` and `btree`.
 
 mod alloc;
 mod batch;
