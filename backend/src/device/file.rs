@@ -40,6 +40,31 @@ impl FileDevice {
         Ok(Self { file, size })
     }
 
+    /// Creates a file of `size` bytes with its space reserved (`fallocate`), so the first
+    /// write to each block does not have to allocate it; falls back to a sparse file where
+    /// the file system cannot reserve space. Fails if the file exists.
+    pub fn create_allocated(path: &Path, size: u64) -> io::Result<Self> {
+        let dev = Self::create(path, size)?;
+        if size > 0 {
+            // SAFETY: fallocate only reads its integer arguments; the descriptor is open.
+            let rc = unsafe { libc::fallocate(dev.file.as_raw_fd(), 0, 0, size as libc::off_t) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EOPNOTSUPP) => log::info!(
+                        "{}: the file system cannot reserve space; the file stays sparse",
+                        path.display()
+                    ),
+                    _ => {
+                        let _ = std::fs::remove_file(path);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(dev)
+    }
+
     /// The open file, for engines that submit I/O on its descriptor directly.
     pub fn file(&self) -> &File {
         &self.file
@@ -81,6 +106,10 @@ impl BlockDevice for FileDevice {
 
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

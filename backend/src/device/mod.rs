@@ -10,6 +10,7 @@ pub mod mirror;
 pub use file::FileDevice;
 
 use std::io;
+use std::os::fd::RawFd;
 
 /// Byte-addressed storage with explicit durability.
 ///
@@ -35,6 +36,13 @@ pub trait BlockDevice: Send + Sync {
 
     /// Tells the device a range's contents are no longer needed; it reads back as zeroes.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// The file descriptor behind the device, when reads and writes at an offset of it are
+    /// exactly this device's (a plain file or block device, opened as this device is), so
+    /// that a caller may issue them itself, e.g. on an io_uring.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies inside a device of `size` bytes.

@@ -4,6 +4,7 @@
 
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, BLOCK_SIZE, SECTOR};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One guest request of a batch.
@@ -40,9 +41,10 @@ pub fn check_request(offset: u64, len: u64, capacity: u64) -> Result<()> {
 
 /// The batch's effect, block by block.
 #[derive(Debug, Default)]
-pub struct Plan {
-    /// New contents of whole blocks, by LBA block number.
-    pub data: BTreeMap<u64, Vec<u8>>,
+pub struct Plan<'a> {
+    /// New contents of whole blocks, by LBA block number: the guest's bytes where a request
+    /// covers the whole block, a merged copy where it does not.
+    pub data: BTreeMap<u64, Cow<'a, [u8]>>,
     /// Block ranges `(first, count)` that read as zeroes afterwards, sorted and merged.
     /// They are applied before `data`; no block of `data` lies in them.
     pub unmap: Vec<(u64, u64)>,
@@ -51,11 +53,11 @@ pub struct Plan {
 }
 
 /// Builds the plan; `read_block(lba, buf)` supplies current contents for partial blocks.
-pub fn plan(
-    ops: &[Op<'_>],
+pub fn plan<'a>(
+    ops: &[Op<'a>],
     capacity: u64,
     read_block: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
-) -> Result<Plan> {
+) -> Result<Plan<'a>> {
     for op in ops {
         let (o, l) = op.range();
         check_request(o, l, capacity)?;
@@ -93,7 +95,7 @@ pub fn plan(
                     let src_lo = (lo - offset) as usize;
                     let src = &data[src_lo..src_lo + (hi - lo) as usize];
                     if whole {
-                        p.data.insert(lba, src.to_vec());
+                        p.data.insert(lba, Cow::Borrowed(src));
                     } else {
                         let block = current(&mut p, &unmapped, lba, read_block)?;
                         block[in_lo..in_hi].copy_from_slice(src);
@@ -119,19 +121,19 @@ pub fn plan(
 
 /// The block as this batch has left it so far, loading it from the store if untouched.
 fn current<'p>(
-    p: &'p mut Plan,
+    p: &'p mut Plan<'_>,
     unmapped: &[(u64, u64)],
     lba: u64,
     read_block: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
-) -> Result<&'p mut Vec<u8>> {
+) -> Result<&'p mut [u8]> {
     match p.data.entry(lba) {
-        std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut().to_mut()),
         std::collections::btree_map::Entry::Vacant(v) => {
             let mut b = vec![0u8; BLOCK_SIZE];
             if !unmapped.iter().any(|(s, e)| lba >= *s && lba < *e) {
                 read_block(lba, &mut b)?;
             }
-            Ok(v.insert(b))
+            Ok(v.insert(Cow::Owned(b)).to_mut())
         }
     }
 }

@@ -5,10 +5,16 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-/// A zero-initialised heap buffer aligned to [`BLOCK_SIZE`] whose length is a whole number of blocks.
+/// A heap buffer aligned to [`BLOCK_SIZE`] whose length is a whole number of blocks.
+///
+/// Buffers come from, and go back to, a small per-thread pool of power-of-two sizes: the
+/// data path allocates one per batch and per read, and fresh allocations of that size cost
+/// page faults and zeroing on every use.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// Allocated bytes: a power-of-two number of blocks, at least one block.
+    cap: usize,
 }
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
@@ -16,20 +22,75 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only give out &[u8], like a Vec<u8>.
 unsafe impl Sync for AlignedBuf {}
 
-impl AlignedBuf {
-    /// A zeroed buffer of `blocks` blocks (at least one block is allocated).
-    pub fn blocks(blocks: usize) -> Self {
-        let len = blocks.max(1) * BLOCK_SIZE;
-        let layout = Self::layout(len);
-        // SAFETY: layout has a non-zero size.
-        let raw = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        Self {
-            ptr,
-            len: blocks * BLOCK_SIZE,
+/// Size classes kept: 4 KiB .. 16 MiB.
+const CLASSES: usize = 13;
+/// Buffers kept per class, and bytes kept per thread in all.
+const PER_CLASS: usize = 64;
+const POOL_BYTES: usize = 64 << 20;
+
+struct Pool {
+    free: [Vec<NonNull<u8>>; CLASSES],
+    bytes: usize,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (class, list) in self.free.iter_mut().enumerate() {
+            let layout = AlignedBuf::layout(BLOCK_SIZE << class);
+            for ptr in list.drain(..) {
+                // SAFETY: every pooled pointer was allocated in `scratch` with this class's
+                // layout and is owned by the pool alone.
+                unsafe { dealloc(ptr.as_ptr(), layout) };
+            }
         }
+    }
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = const {
+        std::cell::RefCell::new(Pool { free: [const { Vec::new() }; CLASSES], bytes: 0 })
+    };
+}
+
+fn class_of(cap: usize) -> usize {
+    (cap / BLOCK_SIZE).trailing_zeros() as usize
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `blocks` blocks.
+    pub fn blocks(blocks: usize) -> Self {
+        let mut b = Self::scratch(blocks);
+        b.fill(0);
+        b
+    }
+
+    /// A buffer of `blocks` blocks whose contents are left over from an earlier use (or
+    /// zero): for callers that overwrite all of it, such as device reads and data copies.
+    pub fn scratch(blocks: usize) -> Self {
+        let len = blocks * BLOCK_SIZE;
+        let cap = blocks.max(1).next_power_of_two() * BLOCK_SIZE;
+        let class = class_of(cap);
+        let pooled = if class < CLASSES {
+            POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                let got = p.free[class].pop();
+                if got.is_some() {
+                    p.bytes -= cap;
+                }
+                got
+            })
+            .ok()
+            .flatten()
+        } else {
+            None
+        };
+        let ptr = pooled.unwrap_or_else(|| {
+            let layout = Self::layout(cap);
+            // SAFETY: layout has a non-zero size.
+            let raw = unsafe { alloc_zeroed(layout) };
+            NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        });
+        Self { ptr, len, cap }
     }
 
     fn layout(len: usize) -> Layout {
@@ -54,7 +115,8 @@ impl AlignedBuf {
 impl Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr points at an allocation of at least len initialised bytes owned by self.
+        // SAFETY: ptr points at an allocation of `cap >= len` initialised bytes (zeroed when
+        // allocated, written only through this type since) owned by self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -68,15 +130,46 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let alloc_len = self.len.max(BLOCK_SIZE);
-        // SAFETY: ptr was allocated in `blocks` with exactly this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(alloc_len)) };
+        let (ptr, cap) = (self.ptr, self.cap);
+        let class = class_of(cap);
+        let kept = class < CLASSES
+            && POOL
+                .try_with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.free[class].len() < PER_CLASS && p.bytes + cap <= POOL_BYTES {
+                        p.free[class].push(ptr);
+                        p.bytes += cap;
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .unwrap_or(false);
+        if !kept {
+            // SAFETY: ptr was allocated in `scratch` with exactly this layout.
+            unsafe { dealloc(ptr.as_ptr(), Self::layout(cap)) };
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reused_buffers_are_zeroed_by_blocks_and_kept_by_scratch() {
+        let mut a = AlignedBuf::scratch(3);
+        a.fill(7);
+        let p = a.as_ptr();
+        drop(a);
+        let b = AlignedBuf::scratch(4);
+        assert_eq!(b.as_ptr(), p, "same class, same thread: reused");
+        assert_eq!(b.len(), 4 * BLOCK_SIZE);
+        assert_eq!(b[0], 7);
+        drop(b);
+        let c = AlignedBuf::blocks(4);
+        assert!(c.iter().all(|&x| x == 0));
+    }
 
     #[test]
     fn aligned_and_zeroed() {

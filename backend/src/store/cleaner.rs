@@ -5,8 +5,10 @@
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::error::Result;
+use super::io::DeviceIo;
 use super::journal::Entry;
 use super::layout::BLOCK;
+use super::pins::PinGuard;
 use super::stats::Counters;
 use super::{Store, lock, now_millis_pub, read};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ impl Store {
         self.ensure_ok()?;
         let mut cw = lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
+        let mut pin = PinGuard::new(&self.pins);
         let (seg, live) = {
             let st = read(&self.state);
             let Some(&(_, seg)) = st
@@ -40,6 +43,9 @@ impl Store {
             else {
                 return Ok(None);
             };
+            // Pinned: should the guest overwrite all of it meanwhile, it is not reused under
+            // the read below.
+            pin.pin(seg);
             let start = self.geo.segment_start(seg);
             let live: Vec<(u64, u64, u32)> = (start..start + seg_blocks)
                 .filter_map(|pba| {
@@ -51,16 +57,14 @@ impl Store {
             (seg, live)
         };
         let start = self.geo.segment_start(seg);
-        let mut src = AlignedBuf::blocks(seg_blocks as usize);
-        {
-            let _reuse = read(&self.reuse);
-            self.dev.read_at(&mut src, start * BLOCK)?;
-        }
+        let mut src = AlignedBuf::scratch(seg_blocks as usize);
+        self.dev.read_at(&mut src, start * BLOCK)?;
         let mut moves = Vec::with_capacity(live.len());
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < live.len() {
             let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
-            let mut ab = AlignedBuf::blocks(n);
+            let mut ab = AlignedBuf::scratch(n);
             for j in 0..n {
                 let (pba, vba, crc) = live[i + j];
                 let block = src.block((pba - start) as usize);
@@ -76,11 +80,19 @@ impl Store {
                     new_pba: dst + j as u64,
                 });
             }
-            self.dev.write_at(&ab, dst * BLOCK)?;
             Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
+            runs.push((dst, ab));
             i += n;
         }
-        let moved = self.commit_moves(moves, &mut cw.retired)?;
+        drop(pin);
+        // The copies and the record that moves them are issued together, as a guest batch is.
+        let moved = self.commit_with(
+            moves,
+            &runs,
+            &mut cw.retired,
+            true,
+            &mut DeviceIo(self.dev.as_ref()),
+        )?;
         Counters::add(&self.stats.cleaner_moves, moved);
         Counters::add(&self.stats.segments_cleaned, 1);
         Ok(Some(CleanReport {
@@ -88,12 +100,6 @@ impl Store {
             live: live.len() as u64,
             moved,
         }))
-    }
-
-    /// Commits cleaner moves; those the guest overtook meanwhile (block overwritten or
-    /// unmapped) are dropped under the journal lock, so the record holds only valid moves.
-    fn commit_moves(&self, moves: Vec<Entry>, retired: &mut Vec<u64>) -> Result<u64> {
-        self.commit_filtered(moves, retired, true)
     }
 
     /// Free segments (the reserve included).
@@ -164,8 +170,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let free = store.free_segments();
         let reserve = store.geo.reserved_segments();
         let urgent = free < reserve + cfg.low_water;
-        let idle_ms =
-            now_millis_pub().saturating_sub(store.last_guest_write.load(Ordering::Relaxed));
+        let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
         let idle = idle_ms >= cfg.idle.as_millis() as u64;
         if !(urgent || idle) {
             std::thread::sleep(cfg.pause);

@@ -108,7 +108,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     dev.write_at(&zero, geo.journal_start() * BLOCK)?;
     let generation = 1;
     let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0)?;
-    persist::write_runs(dev, &prepared.runs)?;
+    persist::write_runs(dev, &mut super::io::DeviceIo(dev), &prepared.runs)?;
     let sb = Superblock {
         version: FORMAT_VERSION,
         incompat: INCOMPAT_SUPPORTED,

@@ -190,7 +190,7 @@ impl Maps {
             .lba
             .insert(&mut self.running, lba, Vba(vba), seq, frozen)
         {
-            self.release_if_exclusive(old.0, sut);
+            self.release_if_unshared(lba, old.0, sut);
         }
     }
 
@@ -203,7 +203,7 @@ impl Maps {
             });
         for (k, v) in found {
             self.lba.remove(&mut self.running, k, seq, frozen);
-            self.release_if_exclusive(v.0, sut);
+            self.release_if_unshared(k, v.0, sut);
         }
     }
 
@@ -237,8 +237,19 @@ impl Maps {
         true
     }
 
-    fn release_if_exclusive(&mut self, vba: u64, sut: &mut Sut) {
-        if vba >= self.watermark() {
+    /// Frees `vba`, which the running point no longer maps at `lba`, unless a snapshot does.
+    /// A VBA born after the newest snapshot is the running point's alone; an older one is
+    /// usually held by the newest snapshot (one lookup), but once the snapshots that held it
+    /// are deleted it may have been the running point's alone, and is freed here too.
+    fn release_if_unshared(&mut self, lba: u64, vba: u64, sut: &mut Sut) {
+        let held = vba < self.watermark()
+            && self
+                .snapshots
+                .iter()
+                .rev()
+                .take_while(|s| s.vba_watermark > vba)
+                .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)));
+        if !held {
             self.free_vba(vba, sut);
         }
     }
@@ -281,7 +292,12 @@ impl Maps {
         } else {
             self.snapshots[i - 1].vba_watermark
         };
-        let next_root = self.snapshots.get(i).map_or(self.running, |s| s.root);
+        // A VBA born while this snapshot was the running point can live on in any tree made
+        // later: the next snapshot usually, but after a revert the running point (or a
+        // snapshot taken from it) may descend from an older one. Earlier trees cannot hold it.
+        // A VBA is only ever mapped at the LBA it was written to, so one lookup per tree says.
+        let mut later: Vec<NodeId> = self.snapshots[i..].iter().map(|s| s.root).collect();
+        later.push(self.running);
         let mut owned = Vec::new();
         self.lba.range(snap.root, 0, u64::MAX, &mut |lba, v| {
             if v.0 >= born_after && v.0 < snap.vba_watermark {
@@ -290,7 +306,11 @@ impl Maps {
         });
         let mut only_here: Vec<u64> = owned
             .into_iter()
-            .filter(|(lba, v)| self.lba.get(next_root, *lba) != Some(Vba(*v)))
+            .filter(|(lba, v)| {
+                !later
+                    .iter()
+                    .any(|r| self.lba.get(*r, *lba) == Some(Vba(*v)))
+            })
             .map(|(_, v)| v)
             .collect();
         only_here.sort_unstable();
@@ -324,10 +344,14 @@ impl Maps {
         true
     }
 
+    /// Frees the nodes no tree reaches any more and gives the running point the nodes it no
+    /// longer shares (after a snapshot is deleted or the running point reverted).
     fn sweep(&mut self) {
         let mut roots: Vec<NodeId> = self.snapshots.iter().map(|s| s.root).collect();
         roots.push(self.running);
         self.lba.sweep(&roots);
+        roots.pop();
+        self.lba.claim(self.running, &roots, self.seq);
     }
 
     /// Every LBA tree root: the running point first, then the snapshots.

@@ -16,40 +16,46 @@ mod codec;
 mod error;
 mod format;
 mod fsck;
+mod io;
 pub mod journal;
 pub mod layout;
 pub mod maps;
 mod persist;
+mod pins;
+mod read;
 mod recovery;
 mod stats;
 mod superblock;
 mod sut;
 pub mod testing;
+mod write;
 
 #[cfg(test)]
 mod tests;
 
 pub use batch::Op;
+pub use buf::AlignedBuf;
 pub use cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use error::{Result, StoreError};
 pub use format::CreateOptions;
 pub use fsck::FsckReport;
+pub use io::{BatchIo, DeviceIo};
+pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
 pub use stats::Stats;
 
 use crate::device::{BlockDevice, FileDevice};
 use alloc::SegmentWriter;
-use batch::check_request;
-use buf::AlignedBuf;
-use codec::block_crc;
-use journal::{Entry, JournalCursor};
+use journal::JournalCursor;
 use layout::{BLOCK, Geometry};
 use maps::Maps;
+use pins::SegmentPins;
 use stats::Counters;
 use std::fs::File;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use superblock::Superblock;
 use sut::{SegKind, Sut};
 
@@ -84,7 +90,12 @@ pub(crate) struct State {
 
 /// The journal's write position and the checkpoint bookkeeping it serialises.
 pub(crate) struct JournalState {
+    /// Where the next record is reserved.
     pub cursor: JournalCursor,
+    /// The newest record applied to the maps; records apply in LSN order.
+    pub applied_lsn: u64,
+    /// Records reserved and not yet applied (their batches' writes are in flight).
+    pub in_flight: u64,
     pub superblock: Superblock,
     pub meta_writer: SegmentWriter,
 }
@@ -124,17 +135,20 @@ pub struct Store {
     geo: Geometry,
     state: RwLock<State>,
     journal: Mutex<JournalState>,
+    /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
+    /// waiting for the journal to be quiet).
+    journal_cv: Condvar,
     writers: Vec<Mutex<SegmentWriter>>,
     cleaner_writer: Mutex<SegmentWriter>,
-    /// Reads hold it shared while their I/O runs; releasing segments for reuse takes it
-    /// exclusively, so a read never sees a block recycled under it.
-    reuse: RwLock<()>,
+    /// Segments that reads in flight read from: not reused until released.
+    pins: Arc<SegmentPins>,
     stats: Counters,
     failed: AtomicBool,
     opts: StoreOptions,
     recovery: RecoveryReport,
-    /// Milliseconds since the Unix epoch of the last guest write (cleaner throttling).
-    last_guest_write: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last guest read or write: the cleaner's
+    /// idle-time work waits for real idleness, not just for the writes to stop.
+    last_guest_io: AtomicU64,
     /// Holds the container's exclusive flock while the store is open.
     _lock: Option<File>,
 }
@@ -171,10 +185,11 @@ impl Store {
         format::format(dev, opts)
     }
 
-    /// Creates a container file at `path` (it must not exist) and formats it.
+    /// Creates a container file at `path` (it must not exist), reserves its space and
+    /// formats it.
     pub fn create_path(path: &Path, opts: &CreateOptions) -> Result<Geometry> {
         let geo = opts.geometry()?;
-        let dev = FileDevice::create(path, geo.container_bytes())?;
+        let dev = FileDevice::create_allocated(path, geo.container_bytes())?;
         format::format(&dev, opts)
     }
 
@@ -211,18 +226,21 @@ impl Store {
             geo,
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
+                applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                in_flight: 0,
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
                 meta_writer: SegmentWriter::new(geo.seg_blocks),
             }),
+            journal_cv: Condvar::new(),
             writers,
             cleaner_writer: Mutex::new(SegmentWriter::new(geo.seg_blocks)),
-            reuse: RwLock::new(()),
+            pins: Arc::new(SegmentPins::new(geo.segments)),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
             opts,
             recovery: loaded.report,
-            last_guest_write: AtomicU64::new(0),
+            last_guest_io: AtomicU64::new(0),
             _lock: None,
         })
     }
@@ -234,6 +252,21 @@ impl Store {
 
     pub fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// The device the container lives on.
+    pub fn device(&self) -> &dyn BlockDevice {
+        self.dev.as_ref()
+    }
+
+    /// The container's file descriptor, when it is a plain file or block device, for queues
+    /// that issue the store's I/O on their own io_uring.
+    pub fn device_fd(&self) -> Option<RawFd> {
+        self.dev.raw_fd()
+    }
+
+    fn note_guest_io(&self) {
+        self.last_guest_io.store(now_millis(), Ordering::Relaxed);
     }
 
     /// A copy of the counters.
@@ -258,251 +291,6 @@ impl Store {
         self.failed.store(true, Ordering::Release);
     }
 
-    /// Reads `buf.len()` bytes at `offset` (both multiples of 512). Unwritten and discarded
-    /// blocks read as zeroes without I/O; a block whose checksum fails is an error.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        check_request(offset, buf.len() as u64, self.geo.capacity)?;
-        Counters::add(&self.stats.guest_reads, 1);
-        Counters::add(&self.stats.guest_read_bytes, buf.len() as u64);
-        self.read_into(offset, buf)
-    }
-
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let len = buf.len() as u64;
-        let first = offset / BLOCK;
-        let last = (offset + len - 1) / BLOCK;
-        let _reuse = read(&self.reuse);
-        let found: Vec<Option<(u64, maps::VbaEntry)>> = {
-            let st = read(&self.state);
-            (first..=last).map(|lba| st.maps.lookup(lba)).collect()
-        };
-        // Copies block `lba`'s bytes that the request covers.
-        let copy = |buf: &mut [u8], lba: u64, block: Option<&[u8]>| {
-            let bstart = lba * BLOCK;
-            let lo = offset.max(bstart);
-            let hi = (offset + len).min(bstart + BLOCK);
-            let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
-            match block {
-                Some(b) => dst.copy_from_slice(&b[(lo - bstart) as usize..(hi - bstart) as usize]),
-                None => dst.fill(0),
-            }
-        };
-        let mut i = 0;
-        while i < found.len() {
-            let lba = first + i as u64;
-            let Some((_, e)) = found[i] else {
-                copy(buf, lba, None);
-                i += 1;
-                continue;
-            };
-            let mut n = 1;
-            while i + n < found.len()
-                && n < 256
-                && found[i + n].is_some_and(|(_, x)| x.pba == e.pba + n as u64)
-            {
-                n += 1;
-            }
-            let mut ab = AlignedBuf::blocks(n);
-            self.dev.read_at(&mut ab, e.pba * BLOCK)?;
-            for j in 0..n {
-                let Some((vba, ej)) = found[i + j] else {
-                    continue;
-                };
-                let block = ab.block(j);
-                if block_crc(vba, block) != ej.crc {
-                    Counters::add(&self.stats.checksum_errors, 1);
-                    log::error!(
-                        "checksum mismatch: LBA {} at PBA {}",
-                        lba + j as u64,
-                        ej.pba
-                    );
-                    return Err(StoreError::DataChecksum {
-                        lba: lba + j as u64,
-                        pba: ej.pba,
-                    });
-                }
-                copy(buf, lba + j as u64, Some(block));
-            }
-            i += n;
-        }
-        Ok(())
-    }
-
-    /// Applies one batch of guest requests as one metadata transaction: the data is
-    /// appended to writer `writer`'s segment, every map change goes into one journal record.
-    pub fn write_batch(&self, writer: usize, ops: &[Op<'_>]) -> Result<()> {
-        self.ensure_ok()?;
-        let plan = batch::plan(ops, self.geo.capacity, &mut |lba, b| {
-            self.read_into(lba * BLOCK, b)
-        })?;
-        let slot = &self.writers[writer % self.writers.len()];
-        let mut w = lock(slot);
-        let mut entries: Vec<Entry> = plan
-            .unmap
-            .iter()
-            .map(|&(lba, count)| Entry::Unmap { lba, count })
-            .collect();
-        let blocks: Vec<(u64, &Vec<u8>)> = plan.data.iter().map(|(k, v)| (*k, v)).collect();
-        let mut i = 0;
-        while i < blocks.len() {
-            let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
-            let mut ab = AlignedBuf::blocks(n);
-            let vba0 = {
-                // VBAs are unique, never reused; the writer lock keeps them ordered with the
-                // commit (snapshot creation takes every writer lock).
-                let mut st = write(&self.state);
-                let v = st.maps.next_vba;
-                st.maps.next_vba += n as u64;
-                v
-            };
-            for j in 0..n {
-                let (lba, data) = blocks[i + j];
-                let blk = ab.block_mut(j);
-                blk.copy_from_slice(data);
-                let vba = vba0 + j as u64;
-                entries.push(Entry::Map {
-                    lba,
-                    vba,
-                    pba: pba + j as u64,
-                    crc: block_crc(vba, blk),
-                });
-            }
-            self.dev.write_at(&ab, pba * BLOCK)?;
-            Counters::add(&self.stats.data_writes, 1);
-            Counters::add(&self.stats.data_write_bytes, ab.len() as u64);
-            i += n;
-        }
-        self.commit(&entries, &mut w.retired)?;
-        drop(w);
-        Counters::add(&self.stats.batches, 1);
-        Counters::add(&self.stats.guest_writes, ops.len() as u64);
-        Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
-        self.last_guest_write.store(now_millis(), Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Takes up to `want` contiguous blocks from writer `w`, starting a new segment when
-    /// its current one is full and making room (checkpoint, cleaner) when none is free.
-    fn take_blocks(
-        &self,
-        w: &mut SegmentWriter,
-        want: usize,
-        use_reserve: bool,
-    ) -> Result<(u64, usize)> {
-        let mut attempts = 0;
-        loop {
-            if let Some(r) = w.take(want) {
-                return Ok(r);
-            }
-            let seg = write(&self.state).sut.grab(SegKind::Data, use_reserve);
-            if let Some(seg) = seg {
-                w.start(seg);
-                continue;
-            }
-            attempts += 1;
-            if attempts > 64 || !self.make_room(use_reserve)? {
-                return Err(StoreError::NoSpace);
-            }
-        }
-    }
-
-    /// Frees segments for a writer that found none; false when nothing more can be done.
-    /// Cleaning gains less than a segment per victim, so several are cleaned before the
-    /// one checkpoint that releases them all.
-    fn make_room(&self, for_cleaner: bool) -> Result<bool> {
-        let pending = read(&self.state).sut.pending_count();
-        if pending > 0 {
-            self.checkpoint()?;
-            return Ok(true);
-        }
-        if for_cleaner {
-            return Ok(false);
-        }
-        let mut cleaned = 0;
-        while cleaned < 8 && self.clean_step()?.is_some() {
-            cleaned += 1;
-        }
-        if cleaned > 0 {
-            self.checkpoint()?;
-        }
-        Ok(cleaned > 0)
-    }
-
-    /// Writes one journal record holding `entries`, then applies it to the maps.
-    fn commit(&self, entries: &[Entry], retired: &mut Vec<u64>) -> Result<()> {
-        self.commit_filtered(entries.to_vec(), retired, false)
-            .map(|_| ())
-    }
-
-    /// [`commit`](Self::commit); with `drop_stale_moves`, moves whose VBA left its old block
-    /// are removed first, under the journal lock. Returns the entries committed.
-    fn commit_filtered(
-        &self,
-        mut entries: Vec<Entry>,
-        retired: &mut Vec<u64>,
-        drop_stale_moves: bool,
-    ) -> Result<u64> {
-        let mut j = lock(&self.journal);
-        self.ensure_ok()?;
-        if drop_stale_moves {
-            let st = read(&self.state);
-            entries.retain(|e| match *e {
-                Entry::Move { vba, old_pba, .. } => st
-                    .maps
-                    .vba
-                    .get(st.maps.vba_root, vba)
-                    .is_some_and(|v| v.pba == old_pba),
-                _ => true,
-            });
-        }
-        if entries.is_empty() {
-            let mut st = write(&self.state);
-            for seg in retired.drain(..) {
-                st.sut.close(seg);
-            }
-            return Ok(0);
-        }
-        let entries = &entries[..];
-        let blocks = journal::record_blocks(entries) as u64;
-        if blocks > self.geo.journal_blocks() / 2 {
-            return Err(StoreError::Invalid(format!(
-                "a batch of {} map changes does not fit the journal",
-                entries.len()
-            )));
-        }
-        if j.cursor.pos + blocks > self.geo.journal_blocks() {
-            self.checkpoint_locked(&mut j)?;
-        }
-        let pba = self.geo.journal_start() + j.cursor.pos;
-        let mut ab = AlignedBuf::blocks(blocks as usize);
-        let crc = journal::encode(pba, j.cursor.next_lsn, j.cursor.prev_crc, entries, &mut ab)
-            .ok_or_else(|| StoreError::Invalid("journal record does not encode".into()))?;
-        self.dev.write_at(&ab, pba * BLOCK)?;
-        Counters::add(&self.stats.journal_writes, 1);
-        Counters::add(&self.stats.journal_write_bytes, ab.len() as u64);
-        {
-            let mut st = write(&self.state);
-            let State { maps, sut, .. } = &mut *st;
-            maps.apply(entries, sut);
-            for seg in retired.drain(..) {
-                sut.close(seg);
-            }
-        }
-        j.cursor.pos += blocks;
-        j.cursor.next_lsn += 1;
-        j.cursor.prev_crc = crc;
-        j.cursor.records += 1;
-        let threshold =
-            self.geo.journal_blocks() * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
-        if j.cursor.pos >= threshold {
-            self.checkpoint_locked(&mut j)?;
-        }
-        Ok(entries.len() as u64)
-    }
-
     /// Makes every write acknowledged before this call durable.
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
@@ -512,14 +300,19 @@ impl Store {
 
     /// Folds the journal into the maps on disk and truncates it.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut j = lock(&self.journal);
+        let mut j = self.quiet_journal();
         self.checkpoint_locked(&mut j)
     }
 
     fn checkpoint_locked(&self, j: &mut JournalState) -> Result<()> {
+        self.checkpoint_with(j, &mut DeviceIo(self.dev.as_ref()))
+    }
+
+    /// A checkpoint whose node writes are issued by `io`; the caller holds a quiet journal.
+    fn checkpoint_with(&self, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<()> {
         self.ensure_ok()?;
         let t0 = std::time::Instant::now();
-        match persist::checkpoint(self, j) {
+        match persist::checkpoint(self, j, io) {
             Ok(written) => {
                 Counters::add(&self.stats.checkpoints, 1);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
@@ -548,7 +341,7 @@ impl Store {
         // watermark is read: hold every writer.
         let _writers: Vec<_> = self.writers.iter().map(lock).collect();
         let _cleaner = lock(&self.cleaner_writer);
-        let mut j = lock(&self.journal);
+        let mut j = self.quiet_journal();
         {
             let st = read(&self.state);
             if st.maps.snapshots.len() >= checkpoint::MAX_SNAPSHOTS {
@@ -582,7 +375,7 @@ impl Store {
     /// Deletes snapshot `id`, freeing the blocks only it held; durable when this returns.
     pub fn delete_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
-        let mut j = lock(&self.journal);
+        let mut j = self.quiet_journal();
         let found = {
             let mut st = write(&self.state);
             let State { maps, sut, .. } = &mut *st;
@@ -597,7 +390,7 @@ impl Store {
     /// Makes the disk's contents those of snapshot `id` again; durable when this returns.
     pub fn revert_to_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
-        let mut j = lock(&self.journal);
+        let mut j = self.quiet_journal();
         let found = {
             let mut st = write(&self.state);
             let State { maps, sut, .. } = &mut *st;

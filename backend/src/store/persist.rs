@@ -5,6 +5,7 @@ use super::alloc::SegmentWriter;
 use super::buf::AlignedBuf;
 use super::checkpoint::{CheckpointRoot, SnapshotRecord};
 use super::error::{Result, StoreError};
+use super::io::BatchIo;
 use super::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use super::superblock::Superblock;
 use super::sut::{SegKind, Sut};
@@ -168,19 +169,19 @@ pub fn prepare(
     })
 }
 
-/// Writes the prepared blocks and flushes.
-pub fn write_runs(dev: &dyn BlockDevice, runs: &[(u64, AlignedBuf)]) -> Result<Written> {
-    let mut w = Written {
-        writes: 0,
-        bytes: 0,
-    };
-    for (pba, ab) in runs {
-        dev.write_at(ab, pba * BLOCK)?;
-        w.writes += 1;
-        w.bytes += ab.len() as u64;
-    }
+/// Writes the prepared blocks (all at once, through `io`) and flushes.
+pub fn write_runs(
+    dev: &dyn BlockDevice,
+    io: &mut dyn BatchIo,
+    runs: &[(u64, AlignedBuf)],
+) -> Result<Written> {
+    let writes: Vec<(u64, &[u8])> = runs.iter().map(|(p, b)| (p * BLOCK, &b[..])).collect();
+    io.write_all(&writes)?;
     dev.flush()?;
-    Ok(w)
+    Ok(Written {
+        writes: runs.len() as u64,
+        bytes: runs.iter().map(|(_, b)| b.len() as u64).sum(),
+    })
 }
 
 /// Writes `sb` to its slot and flushes: the moment the new checkpoint takes effect.
@@ -193,14 +194,14 @@ pub fn write_superblock(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
 }
 
 /// One checkpoint of an open store; the caller holds the journal lock.
-pub fn checkpoint(store: &Store, j: &mut JournalState) -> Result<Written> {
+pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<Written> {
     let generation = j.superblock.generation + 1;
     let lsn = j.cursor.next_lsn - 1;
     let prepared = {
         let mut st = write(&store.state);
         prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
     };
-    let mut written = write_runs(store.dev.as_ref(), &prepared.runs)?;
+    let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;
     let sb = Superblock {
         generation,
         checkpoint_pba: prepared.root_pba,
@@ -213,12 +214,12 @@ pub fn checkpoint(store: &Store, j: &mut JournalState) -> Result<Written> {
     j.cursor.pos = 0;
     j.cursor.prev_crc = prepared.chain_seed;
     j.cursor.records = 0;
-    // The new checkpoint is durable: segments emptied before it may be reused now.
-    let _reuse = write(&store.reuse);
+    // The new checkpoint is durable: segments emptied before it may be reused now, except
+    // those a read in flight still reads from (they wait for a later checkpoint).
     let mut st = write(&store.state);
     for seg in j.meta_writer.retired.drain(..) {
         st.sut.close(seg);
     }
-    st.sut.release_pending();
+    st.sut.release_pending(&|seg| store.pins.is_pinned(seg));
     Ok(written)
 }

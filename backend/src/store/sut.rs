@@ -130,10 +130,15 @@ impl Sut {
         }
     }
 
-    /// The checkpoint committed: pending segments are free now.
-    pub fn release_pending(&mut self) -> u64 {
+    /// The checkpoint committed: pending segments are free now, but for those `pinned`
+    /// says a read still uses, which stay pending.
+    pub fn release_pending(&mut self, pinned: &dyn Fn(u64) -> bool) -> u64 {
         let mut n = 0;
         for seg in std::mem::take(&mut self.pending) {
+            if pinned(seg) {
+                self.pending.insert(seg);
+                continue;
+            }
             if self.live(seg) == 0 && !self.open.contains(&seg) {
                 self.kind[seg as usize] = SegKind::Free;
                 self.free.push_back(seg);
@@ -234,7 +239,9 @@ mod tests {
         s.dec(pba + 1);
         assert_eq!(s.free_count(), free0 - 1, "not free before the checkpoint");
         assert_eq!(s.pending_count(), 1);
-        assert_eq!(s.release_pending(), 1);
+        assert_eq!(s.release_pending(&|seg| seg == pba / 16), 0, "pinned");
+        assert_eq!(s.pending_count(), 1);
+        assert_eq!(s.release_pending(&|_| false), 1);
         assert_eq!(s.free_count(), free0);
         s.dec(pba);
         assert_eq!(s.underflows, 1);

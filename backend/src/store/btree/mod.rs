@@ -422,6 +422,20 @@ impl<V: TreeValue> Forest<V> {
         seen
     }
 
+    /// Marks every node of the tree at `root` that none of `shared` reaches as written by
+    /// operation `seq`, i.e. the tree's own: after a snapshot is deleted or the running point
+    /// reverted, nodes the running point no longer shares with any snapshot must change in
+    /// place, or the copy a write makes would leave the original reachable by nothing.
+    pub fn claim(&mut self, root: NodeId, shared: &[NodeId], seq: u64) {
+        let shared = self.reachable(shared);
+        for id in self.reachable(&[root]) {
+            if !shared.contains(&id) {
+                let n = self.node_mut(id);
+                n.seq = n.seq.max(seq);
+            }
+        }
+    }
+
     /// Frees every node not reachable from `roots` (after a snapshot is dropped).
     pub fn sweep(&mut self, roots: &[NodeId]) {
         let keep = self.reachable(roots);

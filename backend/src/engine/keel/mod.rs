@@ -1,0 +1,257 @@
+//! The `keel` engine: a disk served by Keel's storage core (`crate::store`).
+//!
+//! Each virtqueue worker is one of the store's writers (its own open segment), and every kick's
+//! writes, discards and write-zeroes go to the store as **one** `write_batch`: one journal
+//! record, one metadata transaction, its data and record written together. The data is copied
+//! out of guest memory because the store checksums it and appends it to its log. Reads run
+//! asynchronously on the queue's own io_uring ([`ring`]), as many at once as the guest sends.
+
+mod queue;
+mod ring;
+
+use super::{
+    AdminError, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, MirrorCommand,
+    QueueEngine, mirrored,
+};
+use crate::config::DiskConfig;
+use crate::device::BlockDevice;
+use crate::device::mirror::MirrorDevice;
+use crate::store::{CleanerConfig, CleanerHandle, CreateOptions, Store, StoreError, StoreOptions};
+use keel_protocol::control::SnapshotInfo;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A disk in a keel container (a file, a block device, or a mirror of them).
+pub struct KeelEngine {
+    /// Stops the background cleaner before the store goes away (fields drop in order).
+    _cleaner: Option<CleanerHandle>,
+    store: Arc<Store>,
+    mirror: Option<Arc<MirrorDevice>>,
+    writers: usize,
+    read_only: bool,
+    where_: String,
+}
+
+fn setup(path: &std::path::Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Setup {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl KeelEngine {
+    /// Opens (creating if missing) the container `disk` names and recovers it.
+    pub fn open(disk: &DiskConfig) -> Result<Self, EngineError> {
+        let writers = usize::from(disk.queues.max(1));
+        let opts = StoreOptions {
+            writers,
+            direct_io: disk.direct,
+            ..StoreOptions::default()
+        };
+        let (store, mirror, where_) = if disk.mirror.is_empty() {
+            let path = disk.path.clone().unwrap_or_default();
+            if !path.exists() {
+                let size = disk
+                    .size
+                    .ok_or_else(|| setup(&path, "no size to create it with"))?;
+                Store::create_path(&path, &CreateOptions::new(size))
+                    .map_err(|e| setup(&path, e))?;
+                log::info!(
+                    "{}: created a keel container of {size} bytes",
+                    path.display()
+                );
+            }
+            let store = Store::open_path(&path, opts).map_err(|e| setup(&path, e))?;
+            (store, None, path.display().to_string())
+        } else {
+            Self::open_mirrored(disk, opts)?
+        };
+        if let Some(want) = disk.size
+            && want != store.capacity()
+        {
+            return Err(EngineError::Setup {
+                path: PathBuf::from(&where_),
+                message: format!(
+                    "the container holds a {}-byte disk, the config says {want}",
+                    store.capacity()
+                ),
+            });
+        }
+        let r = store.recovery_report();
+        log::info!("{where_}: keel container opened: {r:?}");
+        let store = Arc::new(store);
+        let cleaner = if disk.read_only {
+            None
+        } else {
+            Some(
+                CleanerHandle::spawn(Arc::clone(&store), CleanerConfig::default())
+                    .map_err(|e| setup(std::path::Path::new(&where_), e))?,
+            )
+        };
+        Ok(Self {
+            _cleaner: cleaner,
+            store,
+            mirror,
+            writers,
+            read_only: disk.read_only,
+            where_,
+        })
+    }
+
+    fn open_mirrored(
+        disk: &DiskConfig,
+        opts: StoreOptions,
+    ) -> Result<(Store, Option<Arc<MirrorDevice>>, String), EngineError> {
+        let first = disk.mirror.first().cloned().unwrap_or_default();
+        let size = disk
+            .size
+            .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
+        let create = CreateOptions::new(size);
+        let container = create
+            .geometry()
+            .map_err(|e| setup(&first, e))?
+            .container_bytes();
+        let fresh = disk.mirror.iter().all(|p| !p.exists());
+        let dev = mirrored::open(disk, container)?;
+        if fresh {
+            Store::format(dev.as_ref(), &create).map_err(|e| setup(&first, e))?;
+        }
+        let store = Store::open(Arc::clone(&dev) as Arc<dyn BlockDevice>, opts)
+            .map_err(|e| setup(&first, e))?;
+        let where_ = format!("mirror {}", disk.name);
+        Ok((store, Some(dev), where_))
+    }
+}
+
+impl Engine for KeelEngine {
+    fn capacity(&self) -> u64 {
+        self.store.capacity()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            read_only: self.read_only,
+            discard: !self.read_only,
+            write_zeroes: !self.read_only,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "keel engine on {}, {} bytes, {} writer(s)",
+            self.where_,
+            self.store.capacity(),
+            self.writers
+        )
+    }
+
+    fn queue(&self, index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
+        let q = queue::KeelQueue::new(&self.store, index % self.writers, self.read_only).map_err(
+            |source| EngineError::Queue {
+                queue: index,
+                source,
+            },
+        )?;
+        Ok(Box::new(q))
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.store.flush().map_err(|e| store_err("flush", e))
+    }
+
+    fn admin(&self) -> Option<&dyn EngineAdmin> {
+        Some(self)
+    }
+}
+
+pub(super) fn store_err(op: &'static str, e: StoreError) -> EngineError {
+    match e {
+        StoreError::Io(source) => EngineError::Io { op, source },
+        other => EngineError::Io {
+            op,
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn admin_err(e: StoreError) -> AdminError {
+    match e {
+        StoreError::Invalid(m) => AdminError::Invalid(m),
+        other => AdminError::Failed(other.to_string()),
+    }
+}
+
+impl KeelEngine {
+    fn snapshot_id(&self, name: &str) -> Result<u64, AdminError> {
+        self.store
+            .list_snapshots()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.id)
+            .ok_or_else(|| AdminError::NotFound(format!("no snapshot named {name}")))
+    }
+}
+
+impl EngineAdmin for KeelEngine {
+    fn counters(&self) -> EngineCounters {
+        let s = self.store.stats();
+        EngineCounters {
+            metadata_transactions: s.journal_writes,
+            device_bytes_written: s.data_write_bytes
+                + s.journal_write_bytes
+                + s.checkpoint_write_bytes
+                + s.cleaner_write_bytes,
+            checksum_errors: s.checksum_errors,
+        }
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
+        Ok(self
+            .store
+            .list_snapshots()
+            .into_iter()
+            .map(|s| SnapshotInfo {
+                name: s.name,
+                seq: s.id,
+                created: s.created,
+                owned_blocks: None,
+            })
+            .collect())
+    }
+
+    fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo, AdminError> {
+        if self.snapshot_id(name).is_ok() {
+            return Err(AdminError::Conflict(format!("snapshot {name} exists")));
+        }
+        let id = self.store.create_snapshot(name).map_err(admin_err)?;
+        self.list_snapshots()?
+            .into_iter()
+            .find(|s| s.seq == id)
+            .ok_or_else(|| AdminError::Failed(format!("snapshot {name} vanished")))
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        let id = self.snapshot_id(name)?;
+        self.store.delete_snapshot(id).map_err(admin_err)
+    }
+
+    fn revert_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        let id = self.snapshot_id(name)?;
+        self.store.revert_to_snapshot(id).map_err(admin_err)
+    }
+
+    fn mirror_status(&self) -> Result<serde_json::Value, AdminError> {
+        match &self.mirror {
+            Some(m) => mirrored::status(m),
+            None => Err(AdminError::Unsupported("this disk is not mirrored".into())),
+        }
+    }
+
+    fn mirror_command(&self, component: usize, cmd: MirrorCommand) -> Result<(), AdminError> {
+        match &self.mirror {
+            Some(m) => mirrored::command(m, component, cmd),
+            None => Err(AdminError::Unsupported("this disk is not mirrored".into())),
+        }
+    }
+}

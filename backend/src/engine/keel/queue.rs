@@ -1,0 +1,230 @@
+//! One virtqueue worker's half of the keel engine.
+//!
+//! A kick's writes, discards and write-zeroes become one store batch (one journal record),
+//! written through the queue's io_uring when the container is a plain file or block device
+//! and through the store's device otherwise; then the kick's FLUSHes complete (every write
+//! before them is in already); then its reads start. Reads complete asynchronously on the ring,
+//! or at once without one.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::ring::QueueRing;
+use super::store_err;
+use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
+use crate::store::{BatchIo, DeviceIo, Op, Store, StoreError};
+
+/// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
+const RING_DEPTH: u32 = 256;
+
+pub(super) struct KeelQueue {
+    store: Arc<Store>,
+    writer: usize,
+    read_only: bool,
+    ring: Option<QueueRing>,
+    /// Requests finished without the ring.
+    done: Vec<Completion>,
+    /// Copies of the batch's write data, reused across batches.
+    data: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+}
+
+impl KeelQueue {
+    pub fn new(store: &Arc<Store>, writer: usize, read_only: bool) -> io::Result<Self> {
+        Ok(Self {
+            store: Arc::clone(store),
+            writer,
+            read_only,
+            ring: QueueRing::new(store, RING_DEPTH)?,
+            done: Vec::new(),
+            data: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The store operations of one mutating request (`data` holds its bytes for a write).
+    fn ops_of<'a>(op: &IoOp, data: &'a [u8], out: &mut Vec<Op<'a>>) {
+        match op {
+            IoOp::Write { offset, .. } => out.push(Op::Write {
+                offset: *offset,
+                data,
+            }),
+            IoOp::Discard { ranges } => out.extend(ranges.iter().map(|r| Op::Discard {
+                offset: r.offset,
+                len: r.len,
+            })),
+            // The store unmaps zeroed whole blocks either way, so UNMAP changes nothing here.
+            IoOp::WriteZeroes { ranges } => out.extend(ranges.iter().map(|z| Op::WriteZeroes {
+                offset: z.range.offset,
+                len: z.range.len,
+            })),
+            IoOp::Read { .. } | IoOp::Flush => {}
+        }
+    }
+
+    /// Commits every write, discard and write-zeroes of the batch as one metadata transaction.
+    /// If the store refuses the batch, each request is retried alone so that only the ones at
+    /// fault fail.
+    fn commit_mutations(&mut self, reqs: &[&IoRequest]) -> Vec<Result<(), EngineError>> {
+        if self.data.len() < reqs.len() {
+            self.data.resize_with(reqs.len(), Vec::new);
+        }
+        for (req, buf) in reqs.iter().zip(self.data.iter_mut()) {
+            buf.clear();
+            if matches!(req.op, IoOp::Write { .. }) {
+                buf.resize(req.buffers.len(), 0);
+                req.buffers.read_into(buf);
+            }
+        }
+        let mut ops = Vec::with_capacity(reqs.len());
+        for (req, buf) in reqs.iter().zip(&self.data) {
+            Self::ops_of(&req.op, buf, &mut ops);
+        }
+        let durable = reqs
+            .iter()
+            .any(|r| matches!(r.op, IoOp::Write { durable: true, .. }));
+        let store = &*self.store;
+        let mut device_io = DeviceIo(store.device());
+        let io: &mut dyn BatchIo = match self.ring.as_mut() {
+            Some(r) => r,
+            None => &mut device_io,
+        };
+        let finish = |r: Result<(), StoreError>, op| {
+            r.and_then(|()| if durable { store.flush() } else { Ok(()) })
+                .map_err(|e| store_err(op, e))
+        };
+        match store.write_batch_with(self.writer, &ops, io) {
+            Ok(()) => {
+                let r = finish(Ok(()), "write");
+                reqs.iter()
+                    .map(|_| r.as_ref().map_err(clone_err).copied())
+                    .collect()
+            }
+            Err(_) if reqs.len() > 1 => reqs
+                .iter()
+                .zip(&self.data)
+                .map(|(req, buf)| {
+                    let mut one = Vec::new();
+                    Self::ops_of(&req.op, buf, &mut one);
+                    let r = store.write_batch_with(self.writer, &one, io);
+                    finish(r, req.op.name())
+                })
+                .collect(),
+            Err(e) => vec![Err(store_err(reqs[0].op.name(), e))],
+        }
+    }
+
+    /// Reads one request's range at once, without the ring.
+    fn read_now(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+        let IoOp::Read { offset } = req.op else {
+            return Ok(());
+        };
+        self.scratch.resize(req.buffers.len(), 0);
+        self.store
+            .read(offset, &mut self.scratch)
+            .map_err(|e| store_err("read", e))?;
+        req.buffers.write_from(&self.scratch);
+        Ok(())
+    }
+}
+
+/// Engine errors carry an `io::Error`, which is not `Clone`: rebuild one with the same text.
+fn clone_err(e: &EngineError) -> EngineError {
+    match e {
+        EngineError::Io { op, source } => EngineError::Io {
+            op,
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        other => EngineError::Io {
+            op: "write",
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
+
+impl QueueEngine for KeelQueue {
+    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
+        let mut mutations = Vec::new();
+        let mut flushes = Vec::new();
+        for req in batch.iter() {
+            match req.op {
+                IoOp::Read { .. } => {}
+                IoOp::Flush => flushes.push(req.token),
+                _ if self.read_only => self.done.push(Completion {
+                    token: req.token,
+                    result: Err(EngineError::ReadOnly { op: req.op.name() }),
+                }),
+                _ => mutations.push(req),
+            }
+        }
+        if !mutations.is_empty() {
+            let results = self.commit_mutations(&mutations);
+            for (req, result) in mutations.iter().zip(results) {
+                self.done.push(Completion {
+                    token: req.token,
+                    result,
+                });
+            }
+        }
+        if !flushes.is_empty() {
+            // Every write this queue completed is in the store already; one flush covers all.
+            let r = self.store.flush().map_err(|e| store_err("flush", e));
+            for token in flushes {
+                self.done.push(Completion {
+                    token,
+                    result: r.as_ref().map_err(clone_err).copied(),
+                });
+            }
+        }
+        for mut req in batch.drain(..) {
+            if !matches!(req.op, IoOp::Read { .. }) {
+                continue;
+            }
+            match self.ring.as_mut() {
+                Some(ring) => ring.start_read(req),
+                None => {
+                    let result = self.read_now(&mut req);
+                    self.done.push(Completion {
+                        token: req.token,
+                        result,
+                    });
+                }
+            }
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.submit();
+        }
+    }
+
+    fn reap(&mut self, done: &mut Vec<Completion>) {
+        done.append(&mut self.done);
+        if let Some(ring) = self.ring.as_mut() {
+            ring.reap(done);
+        }
+    }
+
+    fn wait(&mut self, done: &mut Vec<Completion>) {
+        if !self.done.is_empty() {
+            self.reap(done);
+            return;
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.wait(done);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len() + self.ring.as_ref().map_or(0, QueueRing::in_flight)
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        self.ring.as_ref().map(QueueRing::completion_fd)
+    }
+
+    fn ack_completion_fd(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.ack_completion_fd();
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! A keel queue's own io_uring on the container.
+//!
+//! Reads run asynchronously: each guest read becomes a [`ReadPlan`] and one entry per device
+//! run, and completes when its last run is in and its checksums pass, so a deep guest queue
+//! keeps as many device reads in flight. A write batch's data runs and journal record are
+//! pushed together and waited for as one ([`BatchIo`]); read completions that arrive
+//! meanwhile are kept.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::engine::{Completion, EngineError, IoOp, IoRequest};
+use crate::store::{AlignedBuf, BatchIo, ReadPlan, Store};
+
+use super::store_err;
+
+/// The container is registered as fixed file 0.
+const CONTAINER: types::Fixed = types::Fixed(0);
+/// User-data bit that marks a write of the batch being waited for.
+const WRITE_TAG: u64 = 1 << 63;
+
+/// A guest read whose device runs are in flight.
+struct ReadInFlight {
+    req: IoRequest,
+    plan: ReadPlan,
+    bufs: Vec<AlignedBuf>,
+    pending: usize,
+    error: Option<io::Error>,
+}
+
+pub(super) struct QueueRing {
+    ring: IoUring,
+    eventfd: EventFd,
+    fd: RawFd,
+    store: Arc<Store>,
+    reads: Slab<ReadInFlight>,
+    /// Entries that did not fit in the submission ring; pushed as room frees up.
+    backlog: VecDeque<squeue::Entry>,
+    done: Vec<Completion>,
+    scratch: Vec<u8>,
+}
+
+impl QueueRing {
+    /// A ring on the store's container, or `None` if the store is not on a plain descriptor.
+    pub fn new(store: &Arc<Store>, depth: u32) -> io::Result<Option<Self>> {
+        let Some(fd) = store.device_fd() else {
+            return Ok(None);
+        };
+        let entries = depth.clamp(64, 4096).next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        let eventfd = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        ring.submitter().register_files(&[fd])?;
+        Ok(Some(Self {
+            ring,
+            eventfd,
+            fd,
+            store: Arc::clone(store),
+            reads: Slab::new(),
+            backlog: VecDeque::new(),
+            done: Vec::new(),
+            scratch: Vec::new(),
+        }))
+    }
+
+    pub fn completion_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    pub fn ack_completion_fd(&mut self) {
+        let _ = self.eventfd.read();
+    }
+
+    /// Guest reads in flight plus completions not yet handed out.
+    pub fn in_flight(&self) -> usize {
+        self.reads.len() + self.done.len()
+    }
+
+    /// Starts a guest read.
+    pub fn start_read(&mut self, req: IoRequest) {
+        let IoOp::Read { offset } = req.op else {
+            return;
+        };
+        let plan = match self.store.plan_read(offset, req.buffers.len() as u64) {
+            Ok(p) => p,
+            Err(e) => {
+                self.done.push(Completion {
+                    token: req.token,
+                    result: Err(store_err("read", e)),
+                });
+                return;
+            }
+        };
+        let bufs = plan.buffers();
+        let offsets: Vec<u64> = plan.runs().iter().map(|r| r.offset()).collect();
+        let key = self.reads.insert(ReadInFlight {
+            req,
+            plan,
+            bufs,
+            pending: offsets.len(),
+            error: None,
+        });
+        if offsets.is_empty() {
+            self.finish_read(key);
+            return;
+        }
+        for (i, offset) in offsets.into_iter().enumerate() {
+            let b = &mut self.reads[key].bufs[i];
+            let entry = opcode::Read::new(CONTAINER, b.as_mut_ptr(), b.len() as u32)
+                .offset(offset)
+                .build()
+                .user_data(read_tag(key, i));
+            self.push(entry);
+        }
+    }
+
+    /// Hands the kernel everything pushed so far.
+    pub fn submit(&mut self) {
+        self.flush_backlog();
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
+                Err(e) => {
+                    log::error!("io_uring submit: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Collects finished reads without blocking.
+    pub fn reap(&mut self, done: &mut Vec<Completion>) {
+        self.drain_completions(&mut |_, _| {});
+        done.append(&mut self.done);
+    }
+
+    /// Blocks until some read finishes (if one is in flight), then collects.
+    pub fn wait(&mut self, done: &mut Vec<Completion>) {
+        if self.done.is_empty() && !self.reads.is_empty() && self.ring.completion().is_empty() {
+            self.flush_backlog();
+            if let Err(e) = self.ring.submit_and_wait(1)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                log::error!("io_uring wait: {e}");
+            }
+        }
+        self.reap(done);
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(entry);
+            return;
+        }
+        // SAFETY: every entry points into a buffer owned by `self.reads` (kept until its
+        // completion is reaped) or by the batch `write_all` waits for before returning; the
+        // registered descriptor belongs to the store, which `self.store` keeps open.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                self.backlog.push_back(entry);
+            }
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            // SAFETY: as in `push`.
+            if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                self.backlog.push_front(entry);
+                break;
+            }
+        }
+    }
+
+    /// Handles every completion in the ring; writes of a batch go to `on_write`.
+    fn drain_completions(&mut self, on_write: &mut dyn FnMut(usize, i32)) {
+        let mut n = 0;
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                if self.ring.submission().cq_overflow() {
+                    self.submit();
+                    if !self.ring.completion().is_empty() {
+                        continue;
+                    }
+                }
+                break;
+            };
+            n += 1;
+            self.complete(&cqe, on_write);
+        }
+        if n > 0 && !self.backlog.is_empty() {
+            self.submit();
+        }
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry, on_write: &mut dyn FnMut(usize, i32)) {
+        let data = cqe.user_data();
+        if data & WRITE_TAG != 0 {
+            on_write((data & !WRITE_TAG) as usize, cqe.result());
+            return;
+        }
+        let (key, run) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
+        let fd = self.fd;
+        let Some(r) = self.reads.get_mut(key) else {
+            log::error!("io_uring completion for unknown read {key}");
+            return;
+        };
+        let Some(buf) = r.bufs.get_mut(run) else {
+            return;
+        };
+        let res = cqe.result();
+        if res < 0 {
+            r.error.get_or_insert(io::Error::from_raw_os_error(-res));
+        } else if (res as usize) < buf.len() {
+            let offset = r.plan.runs()[run].offset();
+            if let Err(e) = read_rest(fd, buf, offset, res as usize) {
+                r.error.get_or_insert(e);
+            }
+        }
+        r.pending -= 1;
+        if r.pending == 0 {
+            self.finish_read(key);
+        }
+    }
+
+    fn finish_read(&mut self, key: usize) {
+        let mut r = self.reads.remove(key);
+        let result = match r.error.take() {
+            Some(source) => Err(EngineError::Io { op: "read", source }),
+            None => {
+                self.scratch.resize(r.req.buffers.len(), 0);
+                match self.store.finish_read(&r.plan, &r.bufs, &mut self.scratch) {
+                    Ok(()) => {
+                        r.req.buffers.write_from(&self.scratch);
+                        Ok(())
+                    }
+                    Err(e) => Err(store_err("read", e)),
+                }
+            }
+        };
+        self.done.push(Completion {
+            token: r.req.token,
+            result,
+        });
+    }
+}
+
+impl BatchIo for QueueRing {
+    fn write_all(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        for (i, (offset, bytes)) in writes.iter().enumerate() {
+            let entry = opcode::Write::new(CONTAINER, bytes.as_ptr(), bytes.len() as u32)
+                .offset(*offset)
+                .build()
+                .user_data(WRITE_TAG | i as u64);
+            self.push(entry);
+        }
+        self.submit();
+        let mut results: Vec<Option<i32>> = vec![None; writes.len()];
+        let mut left = writes.len();
+        while left > 0 {
+            self.drain_completions(&mut |i, res| {
+                if let Some(slot) = results.get_mut(i)
+                    && slot.is_none()
+                {
+                    *slot = Some(res);
+                    left -= 1;
+                }
+            });
+            if left == 0 {
+                break;
+            }
+            self.flush_backlog();
+            if let Err(e) = self.ring.submit_and_wait(1)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                // The entries may still be in the kernel's hands: their buffers must outlive
+                // them, so keep waiting rather than return.
+                log::error!("io_uring wait: {e}");
+            }
+        }
+        for ((offset, bytes), res) in writes.iter().zip(results) {
+            let res = res.unwrap_or(-libc::EIO);
+            if res < 0 {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            if (res as usize) < bytes.len() {
+                write_rest(self.fd, bytes, *offset, res as usize)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QueueRing {
+    /// Waits for every read the kernel still holds: its buffers and guest memory must
+    /// outlive the kernel's use of them.
+    fn drop(&mut self) {
+        let mut sink = Vec::new();
+        while !self.reads.is_empty() {
+            self.wait(&mut sink);
+            sink.clear();
+        }
+    }
+}
+
+fn read_tag(key: usize, run: usize) -> u64 {
+    ((key as u64) << 32) | (run as u64 & 0xffff_ffff)
+}
+
+/// Finishes a short read of `buf` at `offset` of which `done` bytes arrived.
+fn read_rest(fd: RawFd, buf: &mut [u8], offset: u64, done: usize) -> io::Result<()> {
+    let mut done = done;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is open.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finishes a short write of `bytes` at `offset` of which `done` bytes went out.
+fn write_rest(fd: RawFd, bytes: &[u8], offset: u64, done: usize) -> io::Result<()> {
+    let mut done = done;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; `fd` is open.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The write path: one batch of guest requests becomes data appended to the writer's open
+//! segment plus **one** journal record (one metadata transaction), issued together.
+//!
+//! A batch goes through three steps:
+//! 1. *prepare*, under the writer's lock: plan the batch (sorted, coalesced, overlaps resolved
+//!    in submission order), take blocks and VBAs, copy and checksum the data;
+//! 2. *reserve*, under the journal lock (briefly): take the record's LSN and place, encode it;
+//! 3. *write* the data runs and the record at once, without any lock, then *apply*: the map
+//!    changes take effect in LSN order, so the maps always agree with what recovery would
+//!    replay, whatever order the batches of different queues finish in.
+//!
+//! A checkpoint needs every reserved record applied, so it waits for the batches in flight
+//! (never for one that has not reserved yet); a batch that reserved never waits for one that
+//! has not.
+
+use super::alloc::SegmentWriter;
+use super::batch::{self, Op};
+use super::buf::AlignedBuf;
+use super::codec::block_crc;
+use super::error::{Result, StoreError};
+use super::io::{BatchIo, DeviceIo};
+use super::journal::{self, Entry};
+use super::layout::BLOCK;
+use super::stats::Counters;
+use super::sut::SegKind;
+use super::{JournalState, State, Store, lock, read, write};
+use std::sync::MutexGuard;
+
+/// A journal record placed and encoded, not yet applied.
+pub(super) struct Reserved {
+    lsn: u64,
+    pba: u64,
+    record: AlignedBuf,
+}
+
+impl Store {
+    /// Applies one batch of guest requests as one metadata transaction, writing through the
+    /// store's device one write after another.
+    pub fn write_batch(&self, writer: usize, ops: &[Op<'_>]) -> Result<()> {
+        self.write_batch_with(writer, ops, &mut DeviceIo(self.dev.as_ref()))
+    }
+
+    /// [`write_batch`](Self::write_batch), with the batch's device writes (data and journal
+    /// record together) issued by `io`.
+    pub fn write_batch_with(
+        &self,
+        writer: usize,
+        ops: &[Op<'_>],
+        io: &mut dyn BatchIo,
+    ) -> Result<()> {
+        self.ensure_ok()?;
+        let plan = batch::plan(ops, self.geo.capacity, &mut |lba, b| {
+            self.read_into(lba * BLOCK, b)
+        })?;
+        let slot = &self.writers[writer % self.writers.len()];
+        let mut w = lock(slot);
+        let mut entries: Vec<Entry> = plan
+            .unmap
+            .iter()
+            .map(|&(lba, count)| Entry::Unmap { lba, count })
+            .collect();
+        let blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
+        let mut runs: Vec<(u64, AlignedBuf)> = Vec::new();
+        let mut i = 0;
+        while i < blocks.len() {
+            let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
+            let mut ab = AlignedBuf::scratch(n);
+            let vba0 = {
+                // VBAs are unique, never reused; the writer lock, held until the batch is
+                // applied, keeps them ordered with the commit (snapshot creation takes every
+                // writer lock).
+                let mut st = write(&self.state);
+                let v = st.maps.next_vba;
+                st.maps.next_vba += n as u64;
+                v
+            };
+            for j in 0..n {
+                let (lba, data) = blocks[i + j];
+                let blk = ab.block_mut(j);
+                blk.copy_from_slice(data);
+                let vba = vba0 + j as u64;
+                entries.push(Entry::Map {
+                    lba,
+                    vba,
+                    pba: pba + j as u64,
+                    crc: block_crc(vba, blk),
+                });
+            }
+            runs.push((pba, ab));
+            i += n;
+        }
+        let data_bytes: u64 = runs.iter().map(|(_, b)| b.len() as u64).sum();
+        self.commit_with(entries, &runs, &mut w.retired, false, io)?;
+        drop(w);
+        Counters::add(&self.stats.data_writes, runs.len() as u64);
+        Counters::add(&self.stats.data_write_bytes, data_bytes);
+        Counters::add(&self.stats.batches, 1);
+        Counters::add(&self.stats.guest_writes, ops.len() as u64);
+        Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
+        self.note_guest_io();
+        Ok(())
+    }
+
+    /// Takes up to `want` contiguous blocks from writer `w`, starting a new segment when
+    /// its current one is full and making room (checkpoint, cleaner) when none is free.
+    pub(super) fn take_blocks(
+        &self,
+        w: &mut SegmentWriter,
+        want: usize,
+        use_reserve: bool,
+    ) -> Result<(u64, usize)> {
+        let mut attempts = 0;
+        loop {
+            if let Some(r) = w.take(want) {
+                return Ok(r);
+            }
+            let seg = write(&self.state).sut.grab(SegKind::Data, use_reserve);
+            if let Some(seg) = seg {
+                w.start(seg);
+                continue;
+            }
+            attempts += 1;
+            if attempts > 64 || !self.make_room(use_reserve)? {
+                return Err(StoreError::NoSpace);
+            }
+        }
+    }
+
+    /// Frees segments for a writer that found none; false when nothing more can be done.
+    /// Cleaning gains less than a segment per victim, so several are cleaned before the
+    /// one checkpoint that releases them all.
+    fn make_room(&self, for_cleaner: bool) -> Result<bool> {
+        let (pending, free) = {
+            let st = read(&self.state);
+            (st.sut.pending_count(), st.sut.free_count())
+        };
+        if pending > 0 {
+            self.checkpoint()?;
+            // Segments still pinned by reads stay pending: room only if some were released.
+            return Ok(read(&self.state).sut.free_count() > free);
+        }
+        if for_cleaner {
+            return Ok(false);
+        }
+        let mut cleaned = 0;
+        while cleaned < 8 && self.clean_step()?.is_some() {
+            cleaned += 1;
+        }
+        if cleaned > 0 {
+            self.checkpoint()?;
+        }
+        Ok(cleaned > 0)
+    }
+
+    /// Writes `runs` (block address, data) and one journal record holding `entries` through
+    /// `io`, then applies the record to the maps in LSN order. With `drop_stale_moves`,
+    /// cleaner moves whose VBA left its old block are removed first. Returns the entries
+    /// committed.
+    pub(super) fn commit_with(
+        &self,
+        mut entries: Vec<Entry>,
+        runs: &[(u64, AlignedBuf)],
+        retired: &mut Vec<u64>,
+        drop_stale_moves: bool,
+        io: &mut dyn BatchIo,
+    ) -> Result<u64> {
+        let j = lock(&self.journal);
+        self.ensure_ok()?;
+        if drop_stale_moves {
+            let st = read(&self.state);
+            entries.retain(|e| match *e {
+                Entry::Move { vba, old_pba, .. } => st
+                    .maps
+                    .vba
+                    .get(st.maps.vba_root, vba)
+                    .is_some_and(|v| v.pba == old_pba),
+                _ => true,
+            });
+        }
+        if entries.is_empty() {
+            drop(j);
+            let mut st = write(&self.state);
+            for seg in retired.drain(..) {
+                st.sut.close(seg);
+            }
+            return Ok(0);
+        }
+        let (j, reserved) = self.reserve(j, &entries, io)?;
+        drop(j);
+        let mut writes: Vec<(u64, &[u8])> = runs.iter().map(|(p, b)| (p * BLOCK, &b[..])).collect();
+        writes.push((reserved.pba * BLOCK, &reserved.record[..]));
+        let written = io.write_all(&writes);
+        Counters::add(&self.stats.journal_writes, 1);
+        Counters::add(
+            &self.stats.journal_write_bytes,
+            reserved.record.len() as u64,
+        );
+        self.apply_in_order(reserved.lsn, &entries, retired, written)?;
+        Ok(entries.len() as u64)
+    }
+
+    /// Places and encodes the next record, checkpointing first when the journal is past its
+    /// threshold or too full for it.
+    fn reserve<'a>(
+        &'a self,
+        mut j: MutexGuard<'a, JournalState>,
+        entries: &[Entry],
+        io: &mut dyn BatchIo,
+    ) -> Result<(MutexGuard<'a, JournalState>, Reserved)> {
+        let blocks = journal::record_blocks(entries) as u64;
+        let journal_blocks = self.geo.journal_blocks();
+        if blocks > journal_blocks / 2 {
+            return Err(StoreError::Invalid(format!(
+                "a batch of {} map changes does not fit the journal",
+                entries.len()
+            )));
+        }
+        let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
+        while j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {
+            j = self.wait_quiet(j);
+            if j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {
+                self.checkpoint_with(&mut j, io)?;
+            }
+        }
+        let pba = self.geo.journal_start() + j.cursor.pos;
+        let lsn = j.cursor.next_lsn;
+        let mut record = AlignedBuf::blocks(blocks as usize);
+        let crc = journal::encode(pba, lsn, j.cursor.prev_crc, entries, &mut record)
+            .ok_or_else(|| StoreError::Invalid("journal record does not encode".into()))?;
+        j.cursor.pos += blocks;
+        j.cursor.next_lsn += 1;
+        j.cursor.prev_crc = crc;
+        j.cursor.records += 1;
+        j.in_flight += 1;
+        Ok((j, Reserved { lsn, pba, record }))
+    }
+
+    /// Waits (releasing the journal lock meanwhile) until every reserved record is applied.
+    pub(super) fn wait_quiet<'a>(
+        &'a self,
+        mut j: MutexGuard<'a, JournalState>,
+    ) -> MutexGuard<'a, JournalState> {
+        while j.in_flight > 0 {
+            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
+        j
+    }
+
+    /// The journal lock with no record in flight: what a checkpoint needs.
+    pub(super) fn quiet_journal(&self) -> MutexGuard<'_, JournalState> {
+        self.wait_quiet(lock(&self.journal))
+    }
+
+    /// Applies record `lsn` once every earlier one is applied. A failed write fails the
+    /// store: the record may or may not be on the device, recovery decides.
+    fn apply_in_order(
+        &self,
+        lsn: u64,
+        entries: &[Entry],
+        retired: &mut Vec<u64>,
+        written: std::io::Result<()>,
+    ) -> Result<()> {
+        let mut j = lock(&self.journal);
+        while j.applied_lsn + 1 != lsn {
+            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
+        let outcome = match (&written, self.ensure_ok()) {
+            (Ok(()), Ok(())) => {
+                let mut st = write(&self.state);
+                let State { maps, sut, .. } = &mut *st;
+                maps.apply(entries, sut);
+                for seg in retired.drain(..) {
+                    sut.close(seg);
+                }
+                Ok(())
+            }
+            (Err(e), _) => {
+                let e = StoreError::Io(std::io::Error::new(e.kind(), e.to_string()));
+                self.fail(&e);
+                Err(e)
+            }
+            (_, Err(e)) => Err(e),
+        };
+        j.applied_lsn = lsn;
+        j.in_flight -= 1;
+        drop(j);
+        self.journal_cv.notify_all();
+        outcome
+    }
+}
