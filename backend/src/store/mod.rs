@@ -1,10 +1,10 @@
 //! Keel's storage core: a log-structured virtual disk in one container.
 //!
-//! Layers, top-down: [`Store`] (batches, reads, flush, checkpoints, the cleaner) ->
-//! [`journal`] records and [`maps`] (LBA -> VBA B+trees with snapshots, VBA -> PBA) ->
-//! [`alloc`] (per-writer segments) and [`sut`] (segment usage) -> the
-//! [`BlockDevice`](crate::device::BlockDevice). The on-disk format is described by the
-//! module docs of `layout`, `superblock`, `journal`, `checkpoint` and `btree`.
+//! Layers, top-down: [`Store`] (`write` batches, `read` plans, flush, checkpoints, the
+//! cleaner) -> [`journal`] records and [`maps`] (LBA -> VBA B+trees with snapshots,
+//! VBA -> PBA) -> [`alloc`] (per-writer segments), [`sut`] (segment usage) and `pins` (segments
+//! reads are using) -> [`BatchIo`] / the [`BlockDevice`](crate::device::BlockDevice). The
+//! on-disk format, byte by byte, is in docs/format.md.
 
 mod alloc;
 mod batch;
