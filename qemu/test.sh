@@ -19,7 +19,11 @@ GUEST_TIMEOUT=${KEEL_GUEST_TIMEOUT:-300}
 KVM_ARGS=()
 [ "${KEEL_KVM:-0}" = 1 ] && KVM_ARGS=(--kvm)
 ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
-    fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd)
+    fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
+    fio_verify_keel_engine ext4_keel_engine_across_sigkill)
+# The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
+ENGINE=raw
+IMAGE=disk.img
 
 fail() {
     log "FAIL: $*"
@@ -57,7 +61,7 @@ test_fio_verify_on_qsd() {
 
 # Boot 2 of the ext4 tests: fsck clean and every file as boot 1 recorded it.
 ext4_check_boot() {
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/$IMAGE" "$S" 1 1G "$ENGINE" || return 1
     boot check ext4-check || fail "ext4-check failed (fsck or checksums); see $T/check.log" || return 1
     grep -q '^fsck-status 0$' "$T/check/fsck" || fail "fsck.ext4 -n found problems" || return 1
     [ -s "$T/write/sums" ] || fail "boot 1 recorded no checksums" || return 1
@@ -78,7 +82,7 @@ test_ext4_across_sigterm_restart() {
 # journal replays to a clean state with every synced file intact.
 test_ext4_across_sigkill() {
     local launcher waited=0
-    backend_start "$BACKEND" "$T" "$T/disk.img" "$S" 1 1G || return 1
+    backend_start "$BACKEND" "$T" "$T/$IMAGE" "$S" 1 1G "$ENGINE" || return 1
     boot write ext4-write --param hold=busy --pidfile "$T/qemu.pid" &
     launcher=$!
     until tr -d '\r' 2>/dev/null <"$T/write.log" | grep -q '^KEEL-MARK synced'; do
@@ -99,6 +103,21 @@ test_ext4_across_sigkill() {
     fi
     log "server and guest killed after the guest's sync"
     ext4_check_boot
+}
+
+# The same fio write+verify job on a disk served by the storage core (engine "keel").
+test_fio_verify_keel_engine() {
+    backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    boot verify fio-verify --param size=32M || fail "fio-verify on the keel engine failed" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
+}
+
+# ext4 on the keel engine, keeld and the guest killed after the guest's sync: recovery replays
+# the journal and the file system checks clean with every synced file intact.
+test_ext4_keel_engine_across_sigkill() {
+    BACKEND=keeld ENGINE=keel IMAGE=disk.keel
+    test_ext4_across_sigkill
 }
 
 test_multiqueue_two_queues() {

@@ -43,7 +43,8 @@ EOF
 backend_start() {
     local kind=$1 dir=$2 image=$3 socket=$4 queues=$5 size=${6:-1G} engine=${7:-raw} waited=0
     mkdir -p "$dir"
-    [ -e "$image" ] || truncate -s "$size" "$image"
+    # A raw image is made here; keeld creates a missing keel container itself.
+    [ -e "$image" ] || [ "$engine" = keel ] || truncate -s "$size" "$image"
     rm -f "$socket"
     case $kind in
     keeld)

@@ -189,6 +189,7 @@ impl Maps {
         if let Some(old) = self
             .lba
             .insert(&mut self.running, lba, Vba(vba), seq, frozen)
+            .filter(|old| old.0 != vba)
         {
             self.release_if_unshared(lba, old.0, sut);
         }

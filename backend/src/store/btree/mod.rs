@@ -136,7 +136,8 @@ impl<V: TreeValue> Forest<V> {
         }
     }
 
-    /// Maps `key` to `val` in the tree rooted at `*root`; returns the previous value.
+    /// Maps `key` to `val` in the tree rooted at `*root`; returns the previous value (which
+    /// may equal `val`: the path is made writable either way).
     pub fn insert(
         &mut self,
         root: &mut NodeId,
@@ -145,9 +146,6 @@ impl<V: TreeValue> Forest<V> {
         seq: u64,
         frozen: u64,
     ) -> Option<V> {
-        if self.get(*root, key) == Some(val) {
-            return Some(val);
-        }
         let r = self.writable(*root, seq, frozen);
         *root = r;
         let (old, split) = self.insert_rec(r, key, val, seq, frozen);
@@ -425,13 +423,21 @@ impl<V: TreeValue> Forest<V> {
     /// Marks every node of the tree at `root` that none of `shared` reaches as written by
     /// operation `seq`, i.e. the tree's own: after a snapshot is deleted or the running point
     /// reverted, nodes the running point no longer shares with any snapshot must change in
-    /// place, or the copy a write makes would leave the original reachable by nothing.
+    /// place, or the copy a write makes would leave the original reachable by nothing. Claimed
+    /// nodes become dirty, so that the claim is written down with them.
     pub fn claim(&mut self, root: NodeId, shared: &[NodeId], seq: u64) {
         let shared = self.reachable(shared);
         for id in self.reachable(&[root]) {
-            if !shared.contains(&id) {
-                let n = self.node_mut(id);
-                n.seq = n.seq.max(seq);
+            if shared.contains(&id) {
+                continue;
+            }
+            let n = self.node_mut(id);
+            if n.seq < seq {
+                n.seq = seq;
+                // Rewritten at the next checkpoint, so the claim survives a reopen.
+                if let Some(p) = n.disk.take() {
+                    self.garbage.push(p);
+                }
             }
         }
     }
