@@ -158,12 +158,17 @@ fn stats(s: &Setup) -> Option<DiskStats> {
 
 #[derive(Clone, Debug, Default, Serialize)]
 struct RunResult {
+    /// Random writes on a new, empty disk: where a log-structured store turns random writes
+    /// into appends without having to clean yet.
+    randwrite_fresh: Measurement,
     fill_seq: Measurement,
     randread_after_seq: Measurement,
     randwrite: Measurement,
     randread_after_random: Measurement,
-    /// Keel only: journal records per guest write during the random-write phase.
+    /// Keel only: journal records per guest write during the fresh random-write phase.
     metadata_per_write: Option<f64>,
+    /// Keel only: the same while the disk is full and the cleaner works.
+    metadata_per_write_full: Option<f64>,
 }
 
 fn one_run(server: Server, a: &Args) -> RunResult {
@@ -189,24 +194,31 @@ fn one_run(server: Server, a: &Args) -> RunResult {
         );
         m
     };
-    // Lay the disk out sequentially first, so reads hit written blocks on every server.
+    let per_write = |b: Option<DiskStats>, a: Option<DiskStats>| {
+        b.zip(a).map(|(b, a)| {
+            (a.metadata_transactions - b.metadata_transactions) as f64
+                / (a.writes - b.writes).max(1) as f64
+        })
+    };
+    let before = stats(&s);
+    let randwrite_fresh = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
+    let metadata_per_write = per_write(before, stats(&s));
+    // Then lay the disk out sequentially, so reads hit written blocks on every server.
     let fill_time = Duration::from_secs_f64(a.runtime.as_secs_f64().max(4.0));
     let fill_seq = run(&wl(Pattern::SeqWrite, 1 << 20, 4, fill_time));
     let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
     let before = stats(&s);
     let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
-    let after = stats(&s);
+    let metadata_per_write_full = per_write(before, stats(&s));
     let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
-    let metadata_per_write = before.zip(after).map(|(b, a)| {
-        (a.metadata_transactions - b.metadata_transactions) as f64
-            / (a.writes - b.writes).max(1) as f64
-    });
     RunResult {
+        randwrite_fresh,
         fill_seq,
         randread_after_seq,
         randwrite,
         randread_after_random,
         metadata_per_write,
+        metadata_per_write_full,
     }
 }
 
@@ -263,12 +275,15 @@ fn main() {
         median(&rs.iter().map(f).collect::<Vec<_>>())
     };
     type Getter = fn(&RunResult) -> Measurement;
-    let rows: [(&str, Getter); 4] = [
+    let rows: [(&str, Getter); 5] = [
+        ("4k randwrite qd32, new disk", |r| r.randwrite_fresh),
         ("1M seq write qd4 (fill)", |r| r.fill_seq),
         ("4k randread qd32, data written sequentially", |r| {
             r.randread_after_seq
         }),
-        ("4k randwrite qd32", |r| r.randwrite),
+        ("4k randwrite qd32, full disk (keel: cleaner at work)", |r| {
+            r.randwrite
+        }),
         ("4k randread qd32, data written randomly", |r| {
             r.randread_after_random
         }),
@@ -280,15 +295,15 @@ fn main() {
         a.size >> 20
     );
     println!(
-        "| workload | Keel (keel) IOPS | QSD raw IOPS | QSD qcow2 IOPS | Keel/raw | Keel/qcow2 | Keel p50 us | raw p50 us | qcow2 p50 us |"
+        "| workload | Keel (keel) IOPS | QSD raw IOPS | QSD qcow2 IOPS | Keel/raw | Keel/qcow2 | Keel p50 us | raw p50 us | qcow2 p50 us | Keel p99 us | raw p99 us |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, f) in rows {
         let k = pick(&runs[0].1, f);
         let r = pick(&runs[1].1, f);
         let q = pick(&runs[2].1, f);
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
             k.iops,
             r.iops,
             q.iops,
@@ -296,18 +311,22 @@ fn main() {
             k.iops / q.iops.max(1.0),
             k.lat_p50_us,
             r.lat_p50_us,
-            q.lat_p50_us
+            q.lat_p50_us,
+            k.lat_p99_us,
+            r.lat_p99_us
         );
     }
-    let mut meta: Vec<f64> = runs[0]
-        .1
-        .iter()
-        .filter_map(|r| r.metadata_per_write)
-        .collect();
-    meta.sort_by(|a, b| a.total_cmp(b));
-    if let Some(m) = meta.get(meta.len() / 2) {
+    let median_of = |f: fn(&RunResult) -> Option<f64>| {
+        let mut v: Vec<f64> = runs[0].1.iter().filter_map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    if let (Some(fresh), Some(full)) = (
+        median_of(|r| r.metadata_per_write),
+        median_of(|r| r.metadata_per_write_full),
+    ) {
         println!(
-            "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {m:.4}"
+            "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {fresh:.4} on the new disk, {full:.4} on the full disk"
         );
     }
     if let Some((amp, guest, device)) = write_amplification {
