@@ -281,7 +281,11 @@ impl Maps {
         } else {
             self.snapshots[i - 1].vba_watermark
         };
-        let next_root = self.snapshots.get(i).map_or(self.running, |s| s.root);
+        // Trees made after this one may still hold its blocks: the next snapshot, and after
+        // a revert to this snapshot, the running point and any snapshot taken since.
+        let mut later: Vec<NodeId> = self.snapshots[i..].iter().map(|s| s.root).collect();
+        later.push(self.running);
+        later.dedup();
         let mut owned = Vec::new();
         self.lba.range(snap.root, 0, u64::MAX, &mut |lba, v| {
             if v.0 >= born_after && v.0 < snap.vba_watermark {
@@ -290,7 +294,11 @@ impl Maps {
         });
         let mut only_here: Vec<u64> = owned
             .into_iter()
-            .filter(|(lba, v)| self.lba.get(next_root, *lba) != Some(Vba(*v)))
+            .filter(|(lba, v)| {
+                !later
+                    .iter()
+                    .any(|r| self.lba.get(*r, *lba) == Some(Vba(*v)))
+            })
             .map(|(_, v)| v)
             .collect();
         only_here.sort_unstable();

@@ -12,6 +12,8 @@ pub mod btree;
 mod buf;
 mod checkpoint;
 mod cleaner;
+pub mod diff;
+pub mod diff_file;
 mod codec;
 mod error;
 mod format;
