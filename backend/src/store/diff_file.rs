@@ -393,6 +393,15 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<()> {
     })
 }
 
+/// True when `start` (the first 8 KiB of a file) holds a keel superblock in either slot:
+/// `keel apply` then treats the file as a container, never as a raw image.
+pub fn is_container_start(start: &[u8]) -> bool {
+    let magic = super::superblock::SUPERBLOCK_MAGIC;
+    [0, BLOCK as usize]
+        .iter()
+        .any(|&at| start.get(at..at + magic.len()) == Some(magic.as_slice()))
+}
+
 /// Reads a whole export file and checks it, without applying anything.
 pub fn verify<R: Read>(r: R) -> Result<(Header, Totals)> {
     let mut d = DiffReader::new(r)?;
