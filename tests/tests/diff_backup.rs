@@ -35,7 +35,10 @@ fn keel_binary() -> PathBuf {
         if let Some(target) = profile_dir.parent() {
             cmd.arg("--target-dir").arg(target);
         }
-        assert!(cmd.status().expect("cargo").success(), "building keel failed");
+        assert!(
+            cmd.status().expect("cargo").success(),
+            "building keel failed"
+        );
         profile_dir.join("keel")
     })
     .clone()
@@ -118,9 +121,12 @@ fn full_and_incremental_backups_restore_every_point() {
     let now = whole_disk(&mut c);
 
     // The changed extents, exactly: as JSON through the CLI and through the API.
-    let report: DiffReport =
-        serde_json::from_str(&ok(keel(&dir, Some(&ctl), &["diff", "k", "base", "incr", "--json"])))
-            .unwrap();
+    let report: DiffReport = serde_json::from_str(&ok(keel(
+        &dir,
+        Some(&ctl),
+        &["diff", "k", "base", "incr", "--json"],
+    )))
+    .unwrap();
     assert_eq!(
         report.extents,
         vec![
@@ -141,7 +147,10 @@ fn full_and_incremental_backups_restore_every_point() {
         ]
     );
     let table = ok(keel(&dir, Some(&ctl), &["diff", "k", "base", "incr"]));
-    assert!(table.contains("3 extents, 12288 bytes of data, 16384 bytes zeroed"), "{table}");
+    assert!(
+        table.contains("3 extents, 12288 bytes of data, 16384 bytes zeroed"),
+        "{table}"
+    );
 
     // Full backup, increment, and the running disk since the increment, streamed from keeld.
     for (from, to, file) in [
@@ -149,10 +158,18 @@ fn full_and_incremental_backups_restore_every_point() {
         ("base", "incr", "incr.kdiff"),
         ("incr", "@running", "now.kdiff"),
     ] {
-        let out = ok(keel(&dir, Some(&ctl), &["diff", "k", from, to, "--export", file]));
+        let out = ok(keel(
+            &dir,
+            Some(&ctl),
+            &["diff", "k", from, to, "--export", file],
+        ));
         assert!(out.starts_with(&format!("wrote {file}")), "{out}");
     }
-    let (code, _, err) = keel(&dir, Some(&ctl), &["diff", "k", "base", "--export", "full.kdiff"]);
+    let (code, _, err) = keel(
+        &dir,
+        Some(&ctl),
+        &["diff", "k", "base", "--export", "full.kdiff"],
+    );
     assert!(code != 0 && err.contains("exists"), "{err}");
 
     // Restore onto a new raw image, point by point.
@@ -193,9 +210,12 @@ fn full_and_incremental_backups_restore_every_point() {
 
     // Offline, on the stopped container: the same diff, and a restore into a new container.
     let dir_handle = keeld.stop();
-    let offline: DiffReport =
-        serde_json::from_str(&ok(keel(&dir, None, &["diff", "k.keel", "base", "incr", "--json"])))
-            .unwrap();
+    let offline: DiffReport = serde_json::from_str(&ok(keel(
+        &dir,
+        None,
+        &["diff", "k.keel", "base", "incr", "--json"],
+    )))
+    .unwrap();
     assert_eq!(offline.extents, report.extents);
     ok(keel(&dir, None, &["create", "copy.keel", "--size", "16M"]));
     for f in ["full.kdiff", "incr.kdiff", "now.kdiff"] {

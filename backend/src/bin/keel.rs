@@ -446,8 +446,8 @@ fn apply(file: &Path, target: &Path, json: bool) -> Result<(), String> {
             .open(target)
             .map_err(|e| format!("{}: {e}", target.display()))?;
         let mut end = &f;
-        let mut size = std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0))
-            .map_err(|e| e.to_string())?;
+        let mut size =
+            std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
         if size == 0 && f.metadata().is_ok_and(|m| m.is_file()) {
             f.set_len(header.disk_size).map_err(|e| e.to_string())?;
             size = header.disk_size;

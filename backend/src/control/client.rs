@@ -114,8 +114,7 @@ impl ControlClient {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
             return Err(ClientError::Api { status, message });
         }
-        let length =
-            length.ok_or_else(|| ClientError::BadResponse("no Content-Length".into()))?;
+        let length = length.ok_or_else(|| ClientError::BadResponse("no Content-Length".into()))?;
         let copied = std::io::copy(&mut r.take(length), out)?;
         if copied != length {
             return Err(ClientError::BadResponse(format!(

@@ -1,11 +1,11 @@
 //! The daemon's side of the control API: carries out calls over the disks it serves.
 
 use super::{ApiCall, ApiError, ControlHandler, Download, MirrorOp};
+use crate::config::DiskConfig;
+use crate::engine::{AdminError, Engine, EngineAdmin, MirrorCommand};
 use crate::store::diff::TreeRef;
 use crate::store::diff_file::{Exporter, Header, export_len};
 use crate::store::{Store, StoreError};
-use crate::config::DiskConfig;
-use crate::engine::{AdminError, Engine, EngineAdmin, MirrorCommand};
 use crate::vhost::stats::DiskStats;
 use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, VersionInfo};
 use serde::Serialize;

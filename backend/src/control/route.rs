@@ -1,10 +1,10 @@
 //! Maps HTTP method + path + body to a typed [`ApiCall`]: the API's whole surface in one place.
 
 use super::ApiError;
+use crate::store::diff::{EMPTY, RUNNING};
 use keel_protocol::control::{
     API_PREFIX, CloneDisk, CreateSnapshot, MirrorOpBody, ResizeDisk, RevertSnapshot,
 };
-use crate::store::diff::{EMPTY, RUNNING};
 use serde::de::DeserializeOwned;
 
 /// A mirror component operation.
@@ -381,7 +381,14 @@ mod tests {
             route("POST", "/v1/disks/vm1/mirror/0/replace", b""),
             Err(ApiError::BadRequest(_))
         ));
-        for q in ["", "?to=s1", "?from=../x", "?from=s1&size=3", "?from=%zz", "?from=@other"] {
+        for q in [
+            "",
+            "?to=s1",
+            "?from=../x",
+            "?from=s1&size=3",
+            "?from=%zz",
+            "?from=@other",
+        ] {
             assert!(
                 matches!(
                     route("GET", &format!("/v1/disks/vm1/diff{q}"), b""),

@@ -164,9 +164,9 @@ impl<'a> Cursor<'a> {
                     .rev()
                     .map(|(k, v)| Item::Entry(*k, v.0)),
             ),
-            Body::Internal { children, .. } => {
-                self.stack.extend(children.iter().rev().map(|c| Item::Node(*c)))
-            }
+            Body::Internal { children, .. } => self
+                .stack
+                .extend(children.iter().rev().map(|c| Item::Node(*c))),
         }
     }
 
@@ -363,7 +363,9 @@ impl Store {
         let mut i = 0;
         while i < entries.len() {
             let mut n = 1;
-            while i + n < entries.len() && n < 256 && entries[i + n].pba == entries[i].pba + n as u64
+            while i + n < entries.len()
+                && n < 256
+                && entries[i + n].pba == entries[i].pba + n as u64
             {
                 n += 1;
             }

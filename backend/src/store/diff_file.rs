@@ -457,7 +457,13 @@ impl ApplyTarget for Store {
         let mut off = offset;
         while off < offset + len {
             let n = (offset + len - off).min(64 << 20);
-            self.write_batch(0, &[Op::Discard { offset: off, len: n }])?;
+            self.write_batch(
+                0,
+                &[Op::Discard {
+                    offset: off,
+                    len: n,
+                }],
+            )?;
             off += n;
         }
         Ok(())

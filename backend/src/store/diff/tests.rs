@@ -2,10 +2,10 @@
 //! stores with random histories against a model that keeps a copy of the disk per snapshot.
 
 use super::*;
+use crate::store::CreateOptions;
 use crate::store::Op;
 use crate::store::testing::SplitMix;
 use crate::store::tests::{new_store, small_opts};
-use crate::store::CreateOptions;
 use std::collections::BTreeMap;
 
 /// Every entry of a tree (`None`: the empty tree).
@@ -160,8 +160,14 @@ fn cost_grows_with_the_changes_not_the_tree() {
 fn extents_merge_neighbours_of_one_kind() {
     let d = TreeDiff {
         blocks: vec![
-            ChangedBlock { lba: 1, vba: Some(7) },
-            ChangedBlock { lba: 2, vba: Some(3) },
+            ChangedBlock {
+                lba: 1,
+                vba: Some(7),
+            },
+            ChangedBlock {
+                lba: 2,
+                vba: Some(3),
+            },
             ChangedBlock { lba: 3, vba: None },
             ChangedBlock { lba: 5, vba: None },
             ChangedBlock { lba: 6, vba: None },
@@ -190,7 +196,9 @@ type Image = Vec<Option<Vec<u8>>>;
 
 fn block_of(seed: u64) -> Vec<u8> {
     let mut r = SplitMix::new(seed);
-    (0..BLOCK / 8).flat_map(|_| r.next_u64().to_le_bytes()).collect()
+    (0..BLOCK / 8)
+        .flat_map(|_| r.next_u64().to_le_bytes())
+        .collect()
 }
 
 /// Applies a diff onto `base` with the data read back from the store by VBA.
@@ -289,7 +297,11 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
                 (TreeRef::Empty, vec![None; blocks]),
                 (TreeRef::Running, now.clone()),
             ];
-            sides.extend(copies.iter().map(|(id, c)| (TreeRef::Snapshot(*id), c.clone())));
+            sides.extend(
+                copies
+                    .iter()
+                    .map(|(id, c)| (TreeRef::Snapshot(*id), c.clone())),
+            );
             for (from, from_img) in &sides {
                 for (to, to_img) in &sides {
                     let d = s.diff(*from, *to).unwrap();
@@ -297,9 +309,12 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
                     let root = |t: &TreeRef| match t {
                         TreeRef::Empty => None,
                         TreeRef::Running => Some(st.maps.running),
-                        TreeRef::Snapshot(id) => {
-                            st.maps.snapshots.iter().find(|x| x.id == *id).map(|x| x.root)
-                        }
+                        TreeRef::Snapshot(id) => st
+                            .maps
+                            .snapshots
+                            .iter()
+                            .find(|x| x.id == *id)
+                            .map(|x| x.root),
                     };
                     let exact = brute(&st.maps.lba, root(from), root(to));
                     drop(st);
@@ -357,7 +372,14 @@ fn names_resolve_and_stale_vbas_are_refused() {
 fn deleting_a_snapshot_the_disk_was_reverted_to_keeps_its_blocks() {
     let (_dev, s) = new_store(&small_opts());
     let w = |s: &Store, seed| {
-        s.write_batch(0, &[Op::Write { offset: 0, data: &block_of(seed) }]).unwrap()
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: 0,
+                data: &block_of(seed),
+            }],
+        )
+        .unwrap()
     };
     w(&s, 1);
     let s1 = s.create_snapshot("s1").unwrap();

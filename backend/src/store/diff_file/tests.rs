@@ -94,7 +94,10 @@ fn full_then_incremental_restores_each_snapshot() {
     assert!(img.0 == whole(&s), "full export restores the base snapshot");
     apply(&delta[..], &mut img).unwrap();
     s.revert_to_snapshot(incr).unwrap();
-    assert!(img.0 == whole(&s), "base + incremental restores the newer snapshot");
+    assert!(
+        img.0 == whole(&s),
+        "base + incremental restores the newer snapshot"
+    );
 
     // Onto another store: the same contents.
     let (_d2, mut other) = new_store(&small_opts());
@@ -113,7 +116,11 @@ fn refuses_damage_and_the_wrong_disk() {
     for i in 0..good.len() {
         let mut b = good.clone();
         b[i] ^= 0x40;
-        assert!(verify(&b[..]).is_err(), "flip at byte {i} of {}", good.len());
+        assert!(
+            verify(&b[..]).is_err(),
+            "flip at byte {i} of {}",
+            good.len()
+        );
     }
     // Truncated anywhere, or with bytes after the end record.
     for cut in [0, 10, HEADER_LEN, good.len() / 2, good.len() - 1] {
