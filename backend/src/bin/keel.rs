@@ -605,9 +605,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     println!("PROBLEM: {p}");
                 }
                 println!(
-                    "{}: {} trees, {} mapped blocks, {} VBAs, {} nodes and {} data blocks verified, {} problems",
+                    "{}: {} trees ({} tree nodes walked, {} shared ones met again), {} mapped blocks, {} VBAs, {} nodes and {} data blocks verified, {} problems",
                     path.display(),
                     r.trees,
+                    r.tree_nodes_walked,
+                    r.shared_nodes_skipped,
                     r.lba_entries,
                     r.vbas,
                     r.nodes_verified,
