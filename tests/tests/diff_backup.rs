@@ -226,3 +226,21 @@ fn full_and_incremental_backups_restore_every_point() {
     assert!(ok(keel(&dir, None, &["fsck", "copy.keel"])).contains(" 0 problems"));
     drop(dir_handle);
 }
+
+#[test]
+fn resize_refuses_shrinking_with_a_clear_error() {
+    let toml = "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
+                engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n";
+    let keeld = InProcess::start(toml);
+    let dir = keeld.dir().to_path_buf();
+    let ctl = dir.join("keel.sock");
+    let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "8M"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("shrinking to 8388608 is refused"), "{err}");
+    assert!(ok(keel(&dir, Some(&ctl), &["resize", "k", "16M"])).contains("16777216 bytes"));
+    let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "32M"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not available yet"), "{err}");
+    let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "nope", "32M"]);
+    assert!(code == 2 && err.contains("no such disk"), "{err}");
+}

@@ -88,6 +88,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Grow a served disk to SIZE (e.g. 20G); shrinking is refused.
+    Resize {
+        disk: String,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
     /// Make a new served disk from a snapshot.
     Clone {
         disk: String,
@@ -539,6 +545,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             new_disk,
         } => online::clone(&daemon.client()?, &disk, &snapshot, &new_disk)?,
         Cmd::Mirror(m) => online::mirror(&daemon.client()?, m)?,
+        Cmd::Resize { disk, size } => online::resize(&daemon.client()?, &disk, size)?,
         Cmd::Diff {
             target,
             from,

@@ -7,7 +7,8 @@ use super::client::{ClientError, ControlClient};
 use crate::config::Config;
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
-    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, RevertSnapshot, SnapshotInfo,
+    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeDisk, RevertSnapshot,
+    SnapshotInfo,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -282,6 +283,15 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
         MirrorCmd::Maintenance { disk, n, delta } => op(&disk, n, "maintenance", delta.as_deref()),
         MirrorCmd::Replace { disk, n, path } => op(&disk, n, "replace", Some(&path)),
     }
+}
+
+/// `keel resize DISK SIZE`: grow a served disk (shrinking is refused by the daemon).
+pub fn resize(c: &ControlClient, disk: &str, size: u64) -> Result<(), String> {
+    let _: serde_json::Value = c
+        .post(&format!("{}/resize", disk_path(disk)), &ResizeDisk { size })
+        .map_err(api)?;
+    println!("{disk} holds {size} bytes");
+    Ok(())
 }
 
 /// Prints a diff as a table of extents and a summary line, or as JSON.

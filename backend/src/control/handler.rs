@@ -206,9 +206,23 @@ impl ControlHandler for DaemonControl {
                 "disk {disk}: cloning a snapshot into a served disk is not available yet; \
                  use `keel export` on a stopped container"
             ))),
-            ApiCall::Resize { disk, .. } => Err(ApiError::Unsupported(format!(
-                "disk {disk}: online resize is not available yet"
-            ))),
+            ApiCall::Resize { disk, size } => {
+                let d = self.disk(&disk)?;
+                let now = d.engine.capacity();
+                if size < now {
+                    return Err(ApiError::BadRequest(format!(
+                        "disk {disk} holds {now} bytes: shrinking to {size} is refused (the \
+                         guest's data past the new end would be lost); only growing is allowed"
+                    )));
+                }
+                if size == now {
+                    return to_json(serde_json::json!({ "size": now }));
+                }
+                Err(ApiError::Unsupported(format!(
+                    "disk {disk}: growing from {now} to {size} bytes is not available yet (a \
+                     keel container's segments and usage table are sized at creation)"
+                )))
+            }
             ApiCall::Diff { disk, from, to } => {
                 let store = self.disk(&disk)?.store()?;
                 let d = store
