@@ -238,3 +238,39 @@ proptest::proptest! {
         proptest::prop_assert!(verify(&random[..]).is_err());
     }
 }
+
+#[test]
+fn an_apply_cut_short_by_a_crash_completes_when_run_again() {
+    use crate::store::StoreOptions;
+    use crate::store::testing::{CrashMode, FaultyDevice};
+    use std::sync::Arc;
+    let (s, base, incr) = history();
+    let full = export(&s, TreeRef::Empty, TreeRef::Snapshot(base));
+    let delta = export(&s, TreeRef::Snapshot(base), TreeRef::Snapshot(incr));
+    s.revert_to_snapshot(incr).unwrap();
+    let want = whole(&s);
+    let mut rng = SplitMix::new(5);
+    let mut cuts = 0;
+    for cut in 0..64u64 {
+        let (dev, mut t) = new_store(&small_opts());
+        apply(&full[..], &mut t).unwrap();
+        dev.fail_writes_after(Some(cut));
+        if apply(&delta[..], &mut t).is_ok() {
+            break; // every write of the apply fits before the cut: all cut points are done
+        }
+        cuts += 1;
+        drop(t);
+        let mode = if cut % 2 == 0 {
+            CrashMode::TornPrefix
+        } else {
+            CrashMode::RandomSubset
+        };
+        let dev = Arc::new(FaultyDevice::from_image(dev.crash_image(mode, &mut rng)));
+        let mut t = Store::open(dev, StoreOptions::default()).unwrap();
+        apply(&delta[..], &mut t).unwrap();
+        assert!(whole(&t) == want, "cut after {cut} writes");
+        let f = t.fsck();
+        assert!(f.is_clean(), "{:?}", f.problems);
+    }
+    assert!(cuts >= 4, "only {cuts} cut points");
+}
