@@ -228,7 +228,7 @@ fn full_and_incremental_backups_restore_every_point() {
 }
 
 #[test]
-fn resize_refuses_shrinking_with_a_clear_error() {
+fn resize_refuses_shrinking_and_grows_a_stopped_container() {
     let toml = "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
                 engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n";
     let keeld = InProcess::start(toml);
@@ -243,4 +243,23 @@ fn resize_refuses_shrinking_with_a_clear_error() {
     assert!(err.contains("not available yet"), "{err}");
     let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "nope", "32M"]);
     assert!(code == 2 && err.contains("no such disk"), "{err}");
+
+    // Offline, the stopped container grows into its spare space, and no further.
+    let dir_handle = keeld.stop();
+    let (code, _, err) = keel(&dir, None, &["resize", "k.keel", "8M"]);
+    assert!(code == 2 && err.contains("shrinking"), "{err}");
+    let (code, _, err) = keel(&dir, None, &["resize", "k.keel", "1G"]);
+    assert!(
+        code == 2 && err.contains("container itself must grow"),
+        "{err}"
+    );
+    let out = ok(keel(&dir, None, &["resize", "k.keel", "17M"]));
+    assert!(
+        out.contains("grown from 16777216 to 17825792 bytes"),
+        "{out}"
+    );
+    let info = ok(keel(&dir, None, &["info", "k.keel", "--json"]));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["capacity"], 17825792);
+    drop(dir_handle);
 }

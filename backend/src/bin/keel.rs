@@ -88,9 +88,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Grow a served disk to SIZE (e.g. 20G); shrinking is refused.
+    /// Grow a disk to SIZE (e.g. 20G): a served disk (with a daemon named), else a stopped
+    /// container, into the spare space it was created with. Shrinking is refused.
     Resize {
-        disk: String,
+        target: String,
         #[arg(value_parser = parse_size)]
         size: u64,
     },
@@ -545,7 +546,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             new_disk,
         } => online::clone(&daemon.client()?, &disk, &snapshot, &new_disk)?,
         Cmd::Mirror(m) => online::mirror(&daemon.client()?, m)?,
-        Cmd::Resize { disk, size } => online::resize(&daemon.client()?, &disk, size)?,
+        Cmd::Resize { target, size } => {
+            if daemon.socket()?.is_some() && !Path::new(&target).exists() {
+                online::resize(&daemon.client()?, &target, size)?
+            } else {
+                let store = open(Path::new(&target))?;
+                let old = store.capacity();
+                let new = store.grow_in_place(size).map_err(|e| e.to_string())?;
+                println!("{target}: disk grown from {old} to {new} bytes");
+            }
+        }
         Cmd::Diff {
             target,
             from,

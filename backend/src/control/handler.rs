@@ -219,8 +219,9 @@ impl ControlHandler for DaemonControl {
                     return to_json(serde_json::json!({ "size": now }));
                 }
                 Err(ApiError::Unsupported(format!(
-                    "disk {disk}: growing from {now} to {size} bytes is not available yet (a \
-                     keel container's segments and usage table are sized at creation)"
+                    "disk {disk}: growing a served disk from {now} to {size} bytes is not \
+                     available yet; stop it, run `keel resize PATH SIZE` on its container, and \
+                     set its `size` in the config"
                 )))
             }
             ApiCall::Diff { disk, from, to } => {

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod maps;
 mod persist;
 mod recovery;
+pub mod resize;
 mod stats;
 mod superblock;
 mod sut;
