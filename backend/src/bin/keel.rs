@@ -5,9 +5,11 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
+use keel_backend::store::diff::RUNNING;
+use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,6 +55,28 @@ enum Cmd {
     /// Snapshots: of a served disk (with a daemon named) or of a container file (without).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// The changed extents between two snapshots, or a snapshot and the disk as it is now;
+    /// with --export, also their data, for incremental backup (`keel apply` restores it).
+    Diff {
+        /// A disk keeld serves (with a daemon named), else a container file nobody has open.
+        target: String,
+        /// The older side: a snapshot name or id, or @empty (everything mapped: a full backup).
+        from: String,
+        /// The newer side: a snapshot name or id, or @running, the default (the disk now).
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Write the changed extents with their data to FILE (it must not exist).
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
+    /// Replay an export file onto a raw image (created if missing) or a stopped keel container.
+    Apply {
+        file: PathBuf,
+        target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The disks a running keeld serves.
     Disks {
         #[arg(long)]
@@ -63,6 +87,13 @@ enum Cmd {
         disk: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Grow a disk to SIZE (e.g. 20G): a served disk (with a daemon named), else a stopped
+    /// container, into the spare space it was created with. Shrinking is refused.
+    Resize {
+        target: String,
+        #[arg(value_parser = parse_size)]
+        size: u64,
     },
     /// Make a new served disk from a snapshot.
     Clone {
@@ -273,6 +304,180 @@ fn export(path: &Path, raw: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes an export file with `fill`, checks it by reading it back, and removes it on any
+/// failure so no half-written backup is left behind.
+fn write_export(
+    file: &Path,
+    fill: &mut dyn FnMut(&mut File) -> Result<(), String>,
+) -> Result<Totals, String> {
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let result = fill(&mut out)
+        .and_then(|_| out.sync_all().map_err(|e| e.to_string()))
+        .and_then(|_| {
+            let f = File::open(file).map_err(|e| e.to_string())?;
+            diff_file::verify(std::io::BufReader::new(f))
+                .map(|(_, t)| t)
+                .map_err(|e| format!("the export does not read back: {e}"))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(file);
+    }
+    result.map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn print_export(file: &Path, t: &Totals, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(t);
+    }
+    println!(
+        "wrote {}: {} records, {} of data, {} zeroed",
+        file.display(),
+        t.records,
+        human(t.data_bytes),
+        human(t.zero_bytes)
+    );
+    Ok(())
+}
+
+/// `keel diff` on a container file.
+fn diff_offline(
+    path: &Path,
+    from: &str,
+    to: &str,
+    json: bool,
+    export: Option<&Path>,
+) -> Result<(), String> {
+    let store = open(path)?;
+    let side = |n: &str| store.tree_ref(n).map_err(|e| e.to_string());
+    let d = store
+        .diff(side(from)?, side(to)?)
+        .map_err(|e| e.to_string())?;
+    let Some(file) = export else {
+        return online::print_diff(&d.report(from, to, store.capacity()), json);
+    };
+    let header = Header {
+        disk_size: store.capacity(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs()),
+        from: from.to_string(),
+        to: to.to_string(),
+    };
+    let mut ex = Some(Exporter::new(&store, &header, d));
+    let t = write_export(file, &mut |out| {
+        let mut w = std::io::BufWriter::with_capacity(CHUNK, out);
+        if let Some(mut ex) = ex.take() {
+            std::io::copy(&mut ex, &mut w).map_err(|e| e.to_string())?;
+        }
+        w.flush().map_err(|e| e.to_string())
+    })?;
+    print_export(file, &t, json)
+}
+
+/// A raw image (file or block device) as the target of `keel apply`.
+struct RawTarget {
+    file: File,
+    size: u64,
+}
+
+impl ApplyTarget for RawTarget {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> keel_backend::store::Result<()> {
+        Ok(self.file.write_all_at(data, offset)?)
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> keel_backend::store::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+        // `self.file`.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // Block devices and some filesystems cannot punch holes: write the zeroes.
+        let zeroes = vec![0u8; CHUNK];
+        let mut off = offset;
+        while off < offset + len {
+            let n = (offset + len - off).min(CHUNK as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> keel_backend::store::Result<()> {
+        Ok(self.file.sync_all()?)
+    }
+}
+
+/// True when `path` starts with a keel superblock (either copy).
+fn is_container(path: &Path) -> Result<bool, String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut b = vec![0u8; 8192];
+    let n = f.read_at(&mut b, 0).map_err(|e| e.to_string())?;
+    Ok(diff_file::is_container_start(&b[..n]))
+}
+
+fn apply(file: &Path, target: &Path, json: bool) -> Result<(), String> {
+    let reader = || -> Result<std::io::BufReader<File>, String> {
+        File::open(file)
+            .map(|f| std::io::BufReader::with_capacity(CHUNK, f))
+            .map_err(|e| format!("{}: {e}", file.display()))
+    };
+    // The whole file is checked before anything is written.
+    let (header, _) =
+        diff_file::verify(reader()?).map_err(|e| format!("{}: {e}", file.display()))?;
+    let totals = if target.exists() && is_container(target)? {
+        let mut store = open(target)?;
+        diff_file::apply(reader()?, &mut store)
+    } else {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut end = &f;
+        let mut size =
+            std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        if size == 0 && f.metadata().is_ok_and(|m| m.is_file()) {
+            f.set_len(header.disk_size).map_err(|e| e.to_string())?;
+            size = header.disk_size;
+        }
+        diff_file::apply(reader()?, &mut RawTarget { file: f, size })
+    }
+    .map_err(|e| format!("{}: {e}", target.display()))?;
+    if json {
+        return print_json(&totals);
+    }
+    println!(
+        "applied {} ({} to {}) onto {}: {} records, {} of data, {} zeroed",
+        file.display(),
+        header.from,
+        header.to,
+        target.display(),
+        totals.records,
+        human(totals.data_bytes),
+        human(totals.zero_bytes)
+    );
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     println!(
         "{}",
@@ -341,6 +546,42 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             new_disk,
         } => online::clone(&daemon.client()?, &disk, &snapshot, &new_disk)?,
         Cmd::Mirror(m) => online::mirror(&daemon.client()?, m)?,
+        Cmd::Resize { target, size } => {
+            if daemon.socket()?.is_some() && !Path::new(&target).exists() {
+                online::resize(&daemon.client()?, &target, size)?
+            } else {
+                let store = open(Path::new(&target))?;
+                let old = store.capacity();
+                let new = store.grow_in_place(size).map_err(|e| e.to_string())?;
+                println!("{target}: disk grown from {old} to {new} bytes");
+            }
+        }
+        Cmd::Diff {
+            target,
+            from,
+            to,
+            json,
+            export,
+        } => {
+            let to = to.unwrap_or_else(|| RUNNING.to_string());
+            if daemon.socket()?.is_some() && !Path::new(&target).exists() {
+                let c = daemon.client()?;
+                match export {
+                    None => online::diff(&c, &target, &from, &to, json)?,
+                    Some(file) => {
+                        let t = write_export(&file, &mut |out| {
+                            let mut w = std::io::BufWriter::with_capacity(CHUNK, out);
+                            online::diff_export(&c, &target, &from, &to, &mut w)?;
+                            w.flush().map_err(|e| e.to_string())
+                        })?;
+                        print_export(&file, &t, json)?;
+                    }
+                }
+            } else {
+                diff_offline(Path::new(&target), &from, &to, json, export.as_deref())?;
+            }
+        }
+        Cmd::Apply { file, target, json } => apply(&file, &target, json)?,
         Cmd::Snapshot(s) if daemon.socket()?.is_some() => {
             let c = daemon.client()?;
             match s {
@@ -381,9 +622,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     println!("PROBLEM: {p}");
                 }
                 println!(
-                    "{}: {} trees, {} mapped blocks, {} VBAs, {} nodes and {} data blocks verified, {} problems",
+                    "{}: {} trees ({} tree nodes walked, {} shared ones met again), {} mapped blocks, {} VBAs, {} nodes and {} data blocks verified, {} problems",
                     path.display(),
                     r.trees,
+                    r.tree_nodes_walked,
+                    r.shared_nodes_skipped,
                     r.lba_entries,
                     r.vbas,
                     r.nodes_verified,

@@ -5,8 +5,10 @@
 
 use super::client::{ClientError, ControlClient};
 use crate::config::Config;
+use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
-    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, RevertSnapshot, SnapshotInfo,
+    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeDisk, RevertSnapshot,
+    SnapshotInfo,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -281,4 +283,61 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
         MirrorCmd::Maintenance { disk, n, delta } => op(&disk, n, "maintenance", delta.as_deref()),
         MirrorCmd::Replace { disk, n, path } => op(&disk, n, "replace", Some(&path)),
     }
+}
+
+/// `keel resize DISK SIZE`: grow a served disk (shrinking is refused by the daemon).
+pub fn resize(c: &ControlClient, disk: &str, size: u64) -> Result<(), String> {
+    let _: serde_json::Value = c
+        .post(&format!("{}/resize", disk_path(disk)), &ResizeDisk { size })
+        .map_err(api)?;
+    println!("{disk} holds {size} bytes");
+    Ok(())
+}
+
+/// Prints a diff as a table of extents and a summary line, or as JSON.
+pub fn print_diff(r: &DiffReport, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(r);
+    }
+    println!("{:>16} {:>14}  kind", "offset", "length");
+    for e in &r.extents {
+        let kind = match e.kind {
+            ExtentKind::Data => "data",
+            ExtentKind::Zero => "zero",
+        };
+        println!("{:>16} {:>14}  {kind}", e.offset, e.length);
+    }
+    println!(
+        "{} to {}: {} extents, {} bytes of data, {} bytes zeroed ({} tree nodes opened, {} shared subtrees skipped)",
+        r.from,
+        r.to,
+        r.extents.len(),
+        r.data_bytes,
+        r.zero_bytes,
+        r.nodes_opened,
+        r.shared_skipped
+    );
+    Ok(())
+}
+
+fn diff_query(disk: &str, what: &str, from: &str, to: &str) -> String {
+    format!("{}/{what}?from={from}&to={to}", disk_path(disk))
+}
+
+/// `keel diff DISK FROM [TO]` on a served disk.
+pub fn diff(c: &ControlClient, disk: &str, from: &str, to: &str, json: bool) -> Result<(), String> {
+    let r: DiffReport = c.get(&diff_query(disk, "diff", from, to)).map_err(api)?;
+    print_diff(&r, json)
+}
+
+/// `keel diff DISK FROM [TO] --export FILE` on a served disk: streams the export into `out`.
+pub fn diff_export(
+    c: &ControlClient,
+    disk: &str,
+    from: &str,
+    to: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, String> {
+    c.download(&diff_query(disk, "export", from, to), out)
+        .map_err(api)
 }

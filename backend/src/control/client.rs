@@ -3,7 +3,7 @@
 use keel_protocol::control::ErrorBody;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,13 +78,53 @@ impl ControlClient {
         serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
 
-    /// Sends a request and returns the status code and body, whatever the status.
-    pub fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(u16, Vec<u8>), ClientError> {
+    /// GETs a binary answer (an export file) into `out`, streaming it; returns its length.
+    /// A transfer shorter than the announced length is an error.
+    pub fn download(&self, path: &str, out: &mut dyn Write) -> Result<u64, ClientError> {
+        let stream = self.send("GET", path, b"")?;
+        let mut r = std::io::BufReader::new(stream);
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line)? == 0 || head.len() > 64 << 10 {
+                return Err(ClientError::BadResponse("truncated header".into()));
+            }
+            head.extend_from_slice(&line);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        response
+            .parse(&head)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let status = response
+            .code
+            .ok_or_else(|| ClientError::BadResponse("no status code".into()))?;
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if status != 200 {
+            let mut raw = head;
+            r.read_to_end(&mut raw)?;
+            let (status, answer) = parse_response(&raw)?;
+            let message = serde_json::from_slice::<ErrorBody>(&answer)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
+            return Err(ClientError::Api { status, message });
+        }
+        let length = length.ok_or_else(|| ClientError::BadResponse("no Content-Length".into()))?;
+        let copied = std::io::copy(&mut r.take(length), out)?;
+        if copied != length {
+            return Err(ClientError::BadResponse(format!(
+                "the answer stopped after {copied} of {length} bytes (see keeld's log)"
+            )));
+        }
+        Ok(length)
+    }
+
+    fn send(&self, method: &str, path: &str, body: &[u8]) -> Result<UnixStream, ClientError> {
         let mut stream =
             UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
                 path: self.path.clone(),
@@ -97,6 +137,17 @@ impl ControlClient {
         );
         stream.write_all(head.as_bytes())?;
         stream.write_all(body)?;
+        Ok(stream)
+    }
+
+    /// Sends a request and returns the status code and body, whatever the status.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let mut stream = self.send(method, path, body)?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
         parse_response(&raw)

@@ -1,8 +1,11 @@
 //! The daemon's side of the control API: carries out calls over the disks it serves.
 
-use super::{ApiCall, ApiError, ControlHandler, MirrorOp};
+use super::{ApiCall, ApiError, ControlHandler, Download, MirrorOp};
 use crate::config::DiskConfig;
 use crate::engine::{AdminError, Engine, EngineAdmin, MirrorCommand};
+use crate::store::diff::TreeRef;
+use crate::store::diff_file::{Exporter, Header, export_len};
+use crate::store::{Store, StoreError};
 use crate::vhost::stats::DiskStats;
 use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, VersionInfo};
 use serde::Serialize;
@@ -67,6 +70,16 @@ impl DiskEntry {
         }
     }
 
+    fn store(&self) -> Result<Arc<Store>, ApiError> {
+        self.admin()?.store().ok_or_else(|| {
+            ApiError::Unsupported(format!(
+                "disk {}: the {} engine keeps no snapshot trees to diff",
+                self.config.name,
+                self.config.engine.name()
+            ))
+        })
+    }
+
     fn admin(&self) -> Result<&dyn EngineAdmin, ApiError> {
         self.engine.admin().ok_or_else(|| {
             ApiError::Unsupported(format!(
@@ -110,7 +123,43 @@ fn from_admin(e: AdminError) -> ApiError {
     }
 }
 
+fn from_store(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// A diff side of `store` by name; an unknown snapshot is a 404.
+fn side(store: &Store, name: &str) -> Result<TreeRef, ApiError> {
+    store
+        .tree_ref(name)
+        .map_err(|_| ApiError::NotFound(format!("no snapshot named {name}")))
+}
+
 impl ControlHandler for DaemonControl {
+    fn export(&self, disk: &str, from: &str, to: &str) -> Result<Download, ApiError> {
+        let store = self.disk(disk)?.store()?;
+        let d = store
+            .diff(side(&store, from)?, side(&store, to)?)
+            .map_err(from_store)?;
+        let header = Header {
+            disk_size: store.capacity(),
+            created: crate::store::now_secs(),
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        let len = export_len(&header, &d);
+        log::info!(
+            "disk {disk}: exporting {} changed blocks from {from} to {to} ({len} bytes)",
+            d.blocks.len()
+        );
+        Ok(Download {
+            len,
+            reader: Box::new(Exporter::new(store, &header, d)),
+        })
+    }
+
     fn call(&self, call: ApiCall) -> Result<serde_json::Value, ApiError> {
         match call {
             ApiCall::Version => to_json(VersionInfo {
@@ -157,8 +206,33 @@ impl ControlHandler for DaemonControl {
                 "disk {disk}: cloning a snapshot into a served disk is not available yet; \
                  use `keel export` on a stopped container"
             ))),
-            ApiCall::Resize { disk, .. } => Err(ApiError::Unsupported(format!(
-                "disk {disk}: online resize is not available yet"
+            ApiCall::Resize { disk, size } => {
+                let d = self.disk(&disk)?;
+                let now = d.engine.capacity();
+                if size < now {
+                    return Err(ApiError::BadRequest(format!(
+                        "disk {disk} holds {now} bytes: shrinking to {size} is refused (the \
+                         guest's data past the new end would be lost); only growing is allowed"
+                    )));
+                }
+                if size == now {
+                    return to_json(serde_json::json!({ "size": now }));
+                }
+                Err(ApiError::Unsupported(format!(
+                    "disk {disk}: growing a served disk from {now} to {size} bytes is not \
+                     available yet; stop it, run `keel resize PATH SIZE` on its container, and \
+                     set its `size` in the config"
+                )))
+            }
+            ApiCall::Diff { disk, from, to } => {
+                let store = self.disk(&disk)?.store()?;
+                let d = store
+                    .diff(side(&store, &from)?, side(&store, &to)?)
+                    .map_err(from_store)?;
+                to_json(d.report(&from, &to, store.capacity()))
+            }
+            ApiCall::Export { disk, .. } => Err(ApiError::BadRequest(format!(
+                "disk {disk}: an export is a binary answer, not a JSON call"
             ))),
             ApiCall::MirrorStatus { disk } => to_json(
                 self.disk(&disk)?

@@ -46,8 +46,21 @@ impl ApiError {
     }
 }
 
+/// A binary answer of known length, streamed to the client (an export file).
+pub struct Download {
+    pub len: u64,
+    pub reader: Box<dyn std::io::Read + Send>,
+}
+
 /// Carries out control calls; the daemon implements it over its disks.
 pub trait ControlHandler: Send + Sync {
     /// Answers one call with a JSON body, or an error.
     fn call(&self, call: ApiCall) -> Result<serde_json::Value, ApiError>;
+
+    /// Answers [`ApiCall::Export`] with the export file's bytes.
+    fn export(&self, disk: &str, _from: &str, _to: &str) -> Result<Download, ApiError> {
+        Err(ApiError::Unsupported(format!(
+            "disk {disk}: exports are not available here"
+        )))
+    }
 }

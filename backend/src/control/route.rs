@@ -1,6 +1,7 @@
 //! Maps HTTP method + path + body to a typed [`ApiCall`]: the API's whole surface in one place.
 
 use super::ApiError;
+use crate::store::diff::{EMPTY, RUNNING};
 use keel_protocol::control::{
     API_PREFIX, CloneDisk, CreateSnapshot, MirrorOpBody, ResizeDisk, RevertSnapshot,
 };
@@ -58,6 +59,18 @@ pub enum ApiCall {
         disk: String,
         size: u64,
     },
+    /// The changed extents between two snapshots (or a snapshot and the running point).
+    Diff {
+        disk: String,
+        from: String,
+        to: String,
+    },
+    /// The same, with the data, as an export file (a binary answer).
+    Export {
+        disk: String,
+        from: String,
+        to: String,
+    },
     MirrorStatus {
         disk: String,
     },
@@ -68,9 +81,10 @@ pub enum ApiCall {
     },
 }
 
-/// Parses a request. `method` is upper case; `url` may carry a query string, which is ignored.
+/// Parses a request. `method` is upper case; `url` may carry a query string, which only the
+/// diff and export calls read.
 pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
-    let path = url.split('?').next().unwrap_or_default();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let rest = path
         .strip_prefix(API_PREFIX)
         .ok_or_else(|| not_found(method, path))?;
@@ -122,6 +136,22 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> 
                 size: b.size,
             }
         }
+        ("GET", ["disks", d, "diff"]) => {
+            let (from, to) = diff_sides(query)?;
+            ApiCall::Diff {
+                disk: own(d),
+                from,
+                to,
+            }
+        }
+        ("GET", ["disks", d, "export"]) => {
+            let (from, to) = diff_sides(query)?;
+            ApiCall::Export {
+                disk: own(d),
+                from,
+                to,
+            }
+        }
         ("GET", ["disks", d, "mirror"]) => ApiCall::MirrorStatus { disk: own(d) },
         ("POST", ["disks", d, "mirror", n, op]) => {
             let component = n.parse::<usize>().map_err(|_| {
@@ -154,6 +184,63 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> 
         _ => return Err(not_found(method, path)),
     };
     Ok(call)
+}
+
+/// `from` (required) and `to` (default: the running point) of a diff query.
+fn diff_sides(query: &str) -> Result<(String, String), ApiError> {
+    let (mut from, mut to) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)?;
+        match k {
+            "from" => from = Some(v),
+            "to" => to = Some(v),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?} (use from and to)"
+                )));
+            }
+        }
+    }
+    let from = from.ok_or_else(|| {
+        ApiError::BadRequest("a diff needs ?from=SNAPSHOT (and optionally &to=SNAPSHOT)".into())
+    })?;
+    let to = to.unwrap_or_else(|| RUNNING.to_string());
+    for side in [&from, &to] {
+        if side != RUNNING && side != EMPTY {
+            check_name("snapshot", side)?;
+        }
+    }
+    Ok((from, to))
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) of a query value.
+fn percent_decode(v: &str) -> Result<String, ApiError> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::BadRequest(format!("bad escape in {v:?}")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::BadRequest(format!("{v:?} is not UTF-8")))
 }
 
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -235,6 +322,22 @@ mod tests {
             })
         );
         assert_eq!(
+            route("GET", "/v1/disks/vm1/diff?from=s1&to=s2", b""),
+            Ok(ApiCall::Diff {
+                disk: "vm1".into(),
+                from: "s1".into(),
+                to: "s2".into()
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/disks/vm1/export?from=%40empty", b""),
+            Ok(ApiCall::Export {
+                disk: "vm1".into(),
+                from: "@empty".into(),
+                to: "@running".into()
+            })
+        );
+        assert_eq!(
             route("POST", "/v1/disks/db/mirror/1/maintenance", b""),
             Ok(ApiCall::Mirror {
                 disk: "db".into(),
@@ -278,5 +381,21 @@ mod tests {
             route("POST", "/v1/disks/vm1/mirror/0/replace", b""),
             Err(ApiError::BadRequest(_))
         ));
+        for q in [
+            "",
+            "?to=s1",
+            "?from=../x",
+            "?from=s1&size=3",
+            "?from=%zz",
+            "?from=@other",
+        ] {
+            assert!(
+                matches!(
+                    route("GET", &format!("/v1/disks/vm1/diff{q}"), b""),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "{q}"
+            );
+        }
     }
 }

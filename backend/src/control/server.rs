@@ -3,7 +3,7 @@
 //! Control calls are rare and short next to guest I/O, so one thread is enough and keeps the
 //! daemon's state changes (snapshots, mirror ops) naturally serialised.
 
-use super::{ApiError, ControlHandler, route};
+use super::{ApiCall, ApiError, ControlHandler, Download, route};
 use crate::vhost::socket::bind_private;
 use keel_protocol::control::ErrorBody;
 use std::io::{self, Read};
@@ -55,28 +55,73 @@ fn serve(server: &tiny_http::Server, handler: &dyn ControlHandler) {
     for mut request in server.incoming_requests() {
         let method = request.method().as_str().to_ascii_uppercase();
         let url = request.url().to_string();
-        let answer = read_body(&mut request)
-            .and_then(|body| route(&method, &url, &body))
-            .and_then(|call| handler.call(call));
-        let (status, body) = match answer {
-            Ok(value) => (200, value.to_string()),
-            Err(e) => {
-                log::debug!("control {method} {url}: {e}");
-                let body = ErrorBody {
-                    error: e.to_string(),
-                };
-                (
-                    e.status(),
-                    serde_json::to_string(&body).unwrap_or_else(|_| "{}".into()),
-                )
+        let call = read_body(&mut request).and_then(|body| route(&method, &url, &body));
+        if let Ok(ApiCall::Export { disk, from, to }) = &call {
+            match handler.export(disk, from, to) {
+                Ok(d) => {
+                    send_download(request, d);
+                    continue;
+                }
+                Err(e) => {
+                    respond_error(request, &method, &url, &e);
+                    continue;
+                }
             }
-        };
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(json_header());
-        if let Err(e) = request.respond(response) {
-            log::debug!("control client went away: {e}");
         }
+        let answer = call.and_then(|call| handler.call(call));
+        match answer {
+            Ok(value) => respond(request, 200, value.to_string()),
+            Err(e) => respond_error(request, &method, &url, &e),
+        }
+    }
+}
+
+fn respond(request: tiny_http::Request, status: u16, body: String) {
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(json_header());
+    if let Err(e) = request.respond(response) {
+        log::debug!("control client went away: {e}");
+    }
+}
+
+fn respond_error(request: tiny_http::Request, method: &str, url: &str, e: &ApiError) {
+    log::debug!("control {method} {url}: {e}");
+    let body = ErrorBody {
+        error: e.to_string(),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    respond(request, e.status(), body);
+}
+
+/// Streams a binary answer on a thread of its own, so a long export does not hold up other
+/// calls. Its length is sent first: a transfer cut short by an error is seen as such.
+fn send_download(request: tiny_http::Request, d: Download) {
+    let spawned = std::thread::Builder::new()
+        .name("keel-export".into())
+        .spawn(move || {
+            let header = tiny_http::Header {
+                field: "Content-Type"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!("static header name")),
+                value: "application/octet-stream"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!("static header value")),
+            };
+            let response = tiny_http::Response::new(
+                tiny_http::StatusCode(200),
+                vec![header],
+                d.reader,
+                usize::try_from(d.len).ok(),
+                None,
+            )
+            .with_chunked_threshold(usize::MAX);
+            if let Err(e) = request.respond(response) {
+                log::warn!("control: export stopped: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("control: cannot start an export thread: {e}");
     }
 }
 
@@ -109,7 +154,6 @@ fn json_header() -> tiny_http::Header {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::ApiCall;
     use crate::control::client::{ClientError, ControlClient};
     use keel_protocol::control::{CreateSnapshot, DiskInfo};
     use std::os::unix::fs::PermissionsExt;

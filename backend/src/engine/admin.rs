@@ -75,4 +75,9 @@ pub trait EngineAdmin: Send + Sync {
     fn mirror_command(&self, _component: usize, _cmd: MirrorCommand) -> Result<(), AdminError> {
         unsupported("mirroring")
     }
+
+    /// The storage core behind the disk, for operations that read its trees (diff, export).
+    fn store(&self) -> Option<std::sync::Arc<crate::store::Store>> {
+        None
+    }
 }

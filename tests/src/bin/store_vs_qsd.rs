@@ -281,9 +281,10 @@ fn main() {
         ("4k randread qd32, data written sequentially", |r| {
             r.randread_after_seq
         }),
-        ("4k randwrite qd32, full disk (keel: cleaner at work)", |r| {
-            r.randwrite
-        }),
+        (
+            "4k randwrite qd32, full disk (keel: cleaner at work)",
+            |r| r.randwrite,
+        ),
         ("4k randread qd32, data written randomly", |r| {
             r.randread_after_random
         }),

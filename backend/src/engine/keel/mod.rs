@@ -254,4 +254,8 @@ impl EngineAdmin for KeelEngine {
             None => Err(AdminError::Unsupported("this disk is not mirrored".into())),
         }
     }
+
+    fn store(&self) -> Option<Arc<Store>> {
+        Some(Arc::clone(&self.store))
+    }
 }

@@ -1,0 +1,154 @@
+//! Growing a stopped container's disk into the spare data space it was created with.
+//!
+//! A container's segments are sized at creation: capacity plus overprovision (20% by default)
+//! plus the segments reserved for checkpoints and the cleaner. The capacity can grow in place
+//! as long as what is left still gives the cleaner [`MIN_SPARE_PERCENT`] of spare space;
+//! beyond that the container itself would have to grow (more segments, a larger usage table),
+//! which this does not do. Shrinking is refused: the guest's data past the new end would go.
+//!
+//! The new capacity is written in the superblock by a checkpoint; the store is consumed, so
+//! the next open sees the new geometry everywhere.
+
+use super::error::{Result, StoreError};
+use super::layout::{BLOCK, Geometry};
+use super::{Store, lock};
+
+/// Spare data space the cleaner keeps after growing, in percent of the capacity.
+pub const MIN_SPARE_PERCENT: u64 = 10;
+
+/// Whether geometry `geo` has room for a disk of `capacity` bytes.
+fn fits(geo: &Geometry, capacity: u64) -> bool {
+    let grown = Geometry { capacity, ..*geo };
+    let blocks = capacity / BLOCK;
+    let want = (blocks + blocks * MIN_SPARE_PERCENT / 100).div_ceil(geo.seg_blocks)
+        + grown.reserved_segments()
+        + 4;
+    want <= geo.data_segments()
+}
+
+impl Store {
+    /// The largest capacity this container can grow to in place (at least the current one).
+    pub fn max_capacity_in_place(&self) -> u64 {
+        let geo = self.geo;
+        // Capacity is monotone in the space it needs: binary search over whole blocks.
+        let (mut lo, mut hi) = (geo.capacity / BLOCK, geo.container_bytes() / BLOCK);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(&geo, mid * BLOCK) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo.max(geo.capacity / BLOCK) * BLOCK
+    }
+
+    /// Grows the disk to `capacity` bytes (rounded up to 4 KiB) and makes it durable; the
+    /// store is closed afterwards, reopen it to use the new size. Returns the new capacity.
+    pub fn grow_in_place(self, capacity: u64) -> Result<u64> {
+        self.ensure_ok()?;
+        let now = self.geo.capacity;
+        let capacity = capacity.div_ceil(BLOCK) * BLOCK;
+        if capacity < now {
+            return Err(StoreError::Invalid(format!(
+                "the disk holds {now} bytes: shrinking to {capacity} is refused (the data past \
+                 the new end would be lost); only growing is allowed"
+            )));
+        }
+        if capacity == now {
+            return Ok(now);
+        }
+        let max = self.max_capacity_in_place();
+        if capacity > max {
+            return Err(StoreError::Invalid(format!(
+                "this container has room for a disk of at most {max} bytes (keeping \
+                 {MIN_SPARE_PERCENT}% spare for the cleaner); for {capacity} the container \
+                 itself must grow: create a larger one and copy the disk into it (keel diff \
+                 PATH @empty @running --export FILE, keel create NEW --size SIZE, keel apply \
+                 FILE NEW)"
+            )));
+        }
+        let mut j = lock(&self.journal);
+        j.superblock.geometry.capacity = capacity;
+        self.checkpoint_locked(&mut j)?;
+        drop(j);
+        self.dev.flush()?;
+        log::info!("disk grown from {now} to {capacity} bytes");
+        Ok(capacity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Op;
+    use crate::store::diff::TreeRef;
+    use crate::store::tests::{new_store, small_opts};
+    use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn grows_into_the_spare_space_and_keeps_data_and_snapshots() {
+        let (dev, s) = new_store(&small_opts());
+        let old = s.capacity();
+        let data = vec![0x77u8; BLOCK as usize];
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: 0,
+                data: &data,
+            }],
+        )
+        .unwrap();
+        let snap = s.create_snapshot("before").unwrap();
+        let max = s.max_capacity_in_place();
+        assert!(max > old, "25% overprovision leaves room to grow: {max}");
+        assert!(max < s.geometry().data_segments() * s.geometry().seg_blocks * BLOCK);
+
+        let grown = s.grow_in_place(max).unwrap();
+        assert_eq!(grown, max);
+
+        let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+        assert_eq!(s.capacity(), max);
+        // The new end is writable; the old data and the snapshot are intact.
+        let last = max - BLOCK;
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: last,
+                data: &data,
+            }],
+        )
+        .unwrap();
+        let mut buf = vec![0u8; BLOCK as usize];
+        s.read(last, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        s.read(0, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        let d = s.diff(TreeRef::Snapshot(snap), TreeRef::Running).unwrap();
+        assert_eq!(d.blocks.len(), 1);
+        assert_eq!(d.blocks[0].lba, last / BLOCK);
+        let f = s.fsck();
+        assert!(f.is_clean(), "{:?}", f.problems);
+    }
+
+    #[test]
+    fn refuses_shrinking_and_growing_past_the_spare_space() {
+        let (_dev, s) = new_store(&small_opts());
+        let old = s.capacity();
+        let max = s.max_capacity_in_place();
+        let (dev2, s2) = new_store(&small_opts());
+        let e = s2.grow_in_place(old - BLOCK).unwrap_err().to_string();
+        assert!(e.contains("shrinking") && e.contains("refused"), "{e}");
+        let s2 = Store::open(dev2.clone(), StoreOptions::default()).unwrap();
+        assert_eq!(
+            s2.grow_in_place(old).unwrap(),
+            old,
+            "same size: nothing to do"
+        );
+        let e = s.grow_in_place(max + BLOCK).unwrap_err().to_string();
+        assert!(e.contains(&format!("at most {max} bytes")), "{e}");
+        assert!(e.contains("container itself must grow"), "{e}");
+        let s2 = Store::open(dev2, StoreOptions::default()).unwrap();
+        assert_eq!(s2.capacity(), old);
+    }
+}
