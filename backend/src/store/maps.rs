@@ -185,7 +185,7 @@ impl Maps {
             *slot = vba;
         }
         sut.add(pba, SegKind::Data);
-        self.next_vba = self.next_vba.max(vba + 1);
+        self.next_vba = self.next_vba.max(vba.saturating_add(1));
         if let Some(old) = self
             .lba
             .insert(&mut self.running, lba, Vba(vba), seq, frozen)

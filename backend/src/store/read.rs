@@ -74,10 +74,10 @@ impl Store {
         Counters::add(&self.stats.guest_reads, 1);
         Counters::add(&self.stats.guest_read_bytes, len);
         self.note_guest_io();
-        Ok(self.plan_read_unchecked(offset, len))
+        self.plan_read_unchecked(offset, len)
     }
 
-    pub(super) fn plan_read_unchecked(&self, offset: u64, len: u64) -> ReadPlan {
+    pub(super) fn plan_read_unchecked(&self, offset: u64, len: u64) -> Result<ReadPlan> {
         let mut pins = PinGuard::new(&self.pins);
         let mut blocks = Vec::new();
         let mut runs: Vec<ReadRun> = Vec::new();
@@ -91,6 +91,12 @@ impl Store {
                     blocks.push(None);
                     continue;
                 };
+                if !self.geo.is_data_block(e.pba) {
+                    return Err(StoreError::corrupt(
+                        "VBA map",
+                        format!("LBA {lba} maps to block {} outside the segments", e.pba),
+                    ));
+                }
                 let extends = runs.last().is_some_and(|r| {
                     r.pba + r.blocks as u64 == e.pba
                         && r.blocks < MAX_RUN_BLOCKS
@@ -116,13 +122,13 @@ impl Store {
                 }));
             }
         }
-        ReadPlan {
+        Ok(ReadPlan {
             offset,
             len,
             blocks,
             runs,
             _pins: pins,
-        }
+        })
     }
 
     /// Checks the blocks read for `plan` (one buffer per run, in order) and copies the
@@ -165,7 +171,7 @@ impl Store {
 
     /// A read for the store's own use (read-modify-write), not counted as guest I/O.
     pub(super) fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let plan = self.plan_read_unchecked(offset, buf.len() as u64);
+        let plan = self.plan_read_unchecked(offset, buf.len() as u64)?;
         self.read_plan(&plan, buf)
     }
 
