@@ -100,13 +100,9 @@ fn base_seed() -> u64 {
 /// the same guarantees as tmpfs here, and the verify state's fsyncs would otherwise leave only a
 /// few epochs per kill point.
 fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().expect("tempdir")
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir")
 }
 
 /// keeld as a child process whose stderr goes to one log file across restarts.
