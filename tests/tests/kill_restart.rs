@@ -166,6 +166,8 @@ struct Campaign {
     /// Writes in those epochs (an epoch at the end of a pass may be shorter: an upper bound).
     flushed_writes: u64,
     started: Instant,
+    /// How the last kill point ended keeld (named when the check after it fails).
+    last_kill: String,
 }
 
 impl Campaign {
@@ -200,6 +202,7 @@ impl Campaign {
             generations: 0,
             flushed_writes: 0,
             started: Instant::now(),
+            last_kill: "none yet".into(),
         }
     }
 
@@ -212,9 +215,11 @@ impl Campaign {
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
-            "{}: kill point {point}: {what}\nreplay: KEEL_KILL_SEED={} KEEL_KILL_POINTS={} \
-             cargo test -p keel-tests --test kill_restart\nkeeld log (last lines):\n{}",
+            "{}: kill point {point}: {what}\nthe kill before: {}\nreplay: KEEL_KILL_SEED={} \
+             KEEL_KILL_POINTS={} cargo test -p keel-tests --test kill_restart\n\
+             keeld log (last lines):\n{}",
             self.label,
+            self.last_kill,
             self.base_seed,
             points_total(),
             tail.join("\n")
@@ -297,6 +302,7 @@ impl Campaign {
             std::thread::sleep(Duration::from_millis(startup_delay));
             keeld.kill();
             self.kills_at_startup += 1;
+            self.last_kill = format!("point {point}: {startup_delay} ms after the spawn");
         }
 
         let keeld = self.start(point);
@@ -335,6 +341,7 @@ impl Campaign {
             Ok(_) => panic!("{}", self.replay_hint(point, "endless write ended")),
         }
         self.kills_under_load += 1;
+        self.last_kill = format!("point {point}: {what}");
         let epochs = state.last_generation.saturating_sub(before);
         self.generations += epochs;
         self.flushed_writes += epochs * flush_every as u64;
