@@ -54,9 +54,13 @@ impl Drop for ExitEvents {
 mod tests {
     use super::*;
 
-    fn is_open(fd: RawFd) -> bool {
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+    /// The kernel's id of the eventfd open at `fd`, if one is (another thread may reuse a
+    /// closed number, so the number alone says nothing).
+    fn eventfd_id(fd: RawFd) -> Option<String> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("eventfd-id:"))
+            .map(|id| id.trim().to_string())
     }
 
     #[test]
@@ -64,11 +68,12 @@ mod tests {
         use std::os::fd::IntoRawFd;
         let events = ExitEvents::default();
         let (consumer, notifier) = events.create().unwrap();
+        // What vhost-user-backend does with it.
         let fd = consumer.into_raw_fd();
         notifier.notify().unwrap();
-        assert!(is_open(fd));
+        let id = eventfd_id(fd).expect("an open eventfd");
         drop(notifier);
         drop(events);
-        assert!(!is_open(fd), "fd {fd} still open");
+        assert_ne!(eventfd_id(fd), Some(id), "fd {fd} still open");
     }
 }
