@@ -440,14 +440,15 @@ fn connections_give_back_every_file_descriptor() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(keeld_binary())
+    let child = std::process::Command::new(keeld_binary())
         .arg("--config")
         .arg(&config)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn keeld");
-    let pid = child.id() as i32;
+    let keeld = KillOnDrop(child);
+    let pid = keeld.0.id() as i32;
     let socket = dir.path().join("a.sock");
     assert!(wait_for_socket(&socket, PATIENCE), "keeld did not start");
     healthy(&socket, "before");
@@ -474,14 +475,23 @@ fn connections_give_back_every_file_descriptor() {
         }
     }
     let after = settled_fds(pid, Some(baseline));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(keeld);
     assert_eq!(
         after,
         baseline,
         "{sessions} connections left {} descriptors open",
         after as i64 - baseline as i64
     );
+}
+
+/// A child keeld that is killed and reaped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The descriptor count of `pid` once the last session has been torn down: the first value that

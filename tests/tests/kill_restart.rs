@@ -144,6 +144,16 @@ impl Keeld {
     }
 }
 
+/// A failing check must not leave keeld running.
+impl Drop for Keeld {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn kill9(pid: i32) {
     // SAFETY: kill(2) on our own child; it is reaped only after this returns, so the pid
     // cannot have been reused.
