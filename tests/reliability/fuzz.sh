@@ -3,8 +3,6 @@
 # per target, and fails if any target crashes, hangs or leaks past its limits.
 #
 #   FUZZ_SECONDS=60 (per target; KEEL_FUZZ_SECONDS is read too)   FUZZ_TARGETS="desc_chain container vhost_frontend"
-#   FUZZ_ALL=1: also run the targets listed in `known_broken` (they find an open bug within
-#   minutes; see docs/reliability.md), which are otherwise skipped with a notice.
 #
 # A longer campaign: FUZZ_SECONDS=3600 bash tests/reliability/fuzz.sh
 # Crash inputs land in fuzz/artifacts/<target>/; replay one with
@@ -13,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${FUZZ_SECONDS:-${KEEL_FUZZ_SECONDS:-60}}
-[ -n "${FUZZ_TARGETS:-}" ] && FUZZ_TARGETS_EXPLICIT=1
 targets=${FUZZ_TARGETS:-$(cd fuzz && cargo fuzz list 2>/dev/null | tr '\n' ' ')}
-known_broken="vhost_frontend"
 export RUSTC_BOOTSTRAP=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -24,11 +20,6 @@ echo "== replaying the corpus and saved crashes on stable Rust"
 status=0
 summary=""
 for t in $targets; do
-    if [ -z "${FUZZ_ALL:-}" ] && [ -z "${FUZZ_TARGETS_EXPLICIT:-}" ] && [[ " $known_broken " == *" $t "* ]]; then
-        echo "== $t: skipped (open: after some hostile sessions the next well-behaved frontend is refused, see docs/reliability.md; FUZZ_ALL=1 runs it)"
-        summary+=$(printf '%-16s %-6s' "$t" "skip")$'\n'
-        continue
-    fi
     mkdir -p "$work/$t" "fuzz/artifacts/$t"
     log="$work/$t.log"
     extra=()

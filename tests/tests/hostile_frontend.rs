@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keel_tests::client::Client;
-use keel_tests::keeld::{InProcess, null_disk, raw_disk};
+use keel_tests::keeld::{InProcess, keeld_binary, null_disk, raw_disk, wait_for_socket};
 use keel_tests::raw_frontend::{self, Fd, Message, Region, code, decode, encode, send_all};
 
 const MIB: usize = 1 << 20;
@@ -409,4 +409,109 @@ fn available_index_beyond_the_ring_does_not_wedge_the_disk() {
     msgs.push(memory(0xff));
     msgs.extend(started_ring(1024));
     abuse_and_check(&keeld, &mut other, 1, "avail index 0xffff", &msgs);
+}
+
+/// Descriptors keeld may open above its idle count: one session's memory table (at most 32
+/// fds with a message), rings and events fit; a leak of one per connection runs out within the
+/// first pass of the hand-made sessions.
+const FD_HEADROOM: usize = 64;
+
+/// Descriptors open in process `pid`.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Every connection, hostile or not, must give back all its file descriptors. (Each one used to
+/// leave its worker threads' exit events open, so after a few thousand connections keeld could
+/// not start a session and reset every new frontend, well-behaved ones too.) keeld runs as its
+/// own process with a descriptor limit `FD_HEADROOM` above what it needs idle: the hand-made hostile
+/// sessions, each followed by a well-behaved handshake, are sent three times over, then the
+/// count must be back where it started.
+#[test]
+fn connections_give_back_every_file_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlog_level = \"error\"\n\n{}{}",
+            null_disk("a", "64M", "queues = 2\nqueue_size = 1024"),
+            raw_disk("b", "4M", "")
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(keeld_binary())
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn keeld");
+    let keeld = KillOnDrop(child);
+    let pid = keeld.0.id() as i32;
+    let socket = dir.path().join("a.sock");
+    assert!(wait_for_socket(&socket, PATIENCE), "keeld did not start");
+    healthy(&socket, "before");
+    let mut other = Client::connect(&dir.path().join("b.sock"), 1, MIB).expect("client of b");
+    let baseline = settled_fds(pid, None);
+    let limit = libc::rlimit {
+        rlim_cur: (baseline + FD_HEADROOM) as u64,
+        rlim_max: (baseline + FD_HEADROOM) as u64,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid new limit and no old-limit pointer.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut sessions = 0;
+    for pass in 0..3 {
+        for (round, (name, msgs)) in cases().into_iter().enumerate() {
+            let name = format!("pass {pass}: {name}");
+            let closed = send_all(&socket, &msgs, PATIENCE).expect("connect to disk a");
+            assert!(closed, "{name}: keeld kept the connection open");
+            healthy(&socket, &name);
+            other
+                .write(0, 0, &[round as u8; 4096])
+                .expect("disk b write");
+            sessions += 2;
+        }
+    }
+    let after = settled_fds(pid, Some(baseline));
+    drop(keeld);
+    assert_eq!(
+        after,
+        baseline,
+        "{sessions} connections left {} descriptors open",
+        after as i64 - baseline as i64
+    );
+}
+
+/// A child keeld that is killed and reaped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The descriptor count of `pid` once the last session has been torn down: the first value that
+/// equals `target`, or that stays the same for 200 ms; at most 5 s.
+fn settled_fds(pid: i32, target: Option<usize>) -> usize {
+    let start = std::time::Instant::now();
+    let mut last = open_fds(pid);
+    let mut stable_since = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = open_fds(pid);
+        if Some(now) == target {
+            return now;
+        }
+        if now != last {
+            last = now;
+            stable_since = std::time::Instant::now();
+        } else if stable_since.elapsed() > Duration::from_millis(200) {
+            return now;
+        }
+    }
+    last
 }

@@ -16,10 +16,9 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use super::exit_events::ExitEvents;
 use super::request::Limits;
 use super::stats::{DiskStats, RateLimit};
 use super::worker::{QueueWorker, Vring};
@@ -151,6 +150,8 @@ pub struct BlkBackend {
     /// thread when it stops ring `i`.
     workers: Vec<Mutex<Option<QueueWorker>>>,
     acked_features: AtomicU64,
+    /// The worker threads' exit events, closed when this connection's backend is dropped.
+    exit_events: ExitEvents,
 }
 
 /// Epoll id of the engine's completion fd in each worker thread (ids up to `num_queues` are the
@@ -168,6 +169,7 @@ impl BlkBackend {
             memory,
             workers,
             acked_features: AtomicU64::new(0),
+            exit_events: ExitEvents::default(),
         }
     }
 
@@ -307,7 +309,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+        match self.exit_events.create() {
             Ok(pair) => Some(pair),
             Err(e) => {
                 warn!("{}: cannot create a worker exit event: {e}", self.ctx.name);

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod daemon;
+mod exit_events;
 pub mod request;
 pub mod server;
 pub mod socket;
