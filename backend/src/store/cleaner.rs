@@ -119,7 +119,7 @@ pub struct CleanerConfig {
     /// Clean without pause when fewer than this many segments beyond the reserve are free;
     /// half of it is how many cleaned segments wait before a checkpoint releases them.
     pub low_water: u64,
-    /// Clean opportunistically when the guest has not written for this long.
+    /// Clean opportunistically when the guest has done no I/O for this long.
     pub idle: Duration,
     /// Pause between steps when not urgent (the throttle against guest I/O).
     pub pause: Duration,
@@ -166,10 +166,24 @@ impl Drop for CleanerHandle {
 }
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
+    let mut release_helps = true;
     while !stop.load(Ordering::Acquire) {
         let free = store.free_segments();
         let reserve = store.geo.reserved_segments();
         let urgent = free < reserve + cfg.low_water;
+        if urgent && release_helps && store.pending_segments() > 0 {
+            // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
+            // frees nothing (reads still pin them), clean instead until something changes.
+            match store.checkpoint() {
+                Ok(()) => release_helps = store.free_segments() > free,
+                Err(e) => {
+                    log::warn!("cleaner: checkpoint failed: {e}");
+                    release_helps = false;
+                }
+            }
+            continue;
+        }
+        release_helps = true;
         let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
         let idle = idle_ms >= cfg.idle.as_millis() as u64;
         if !(urgent || idle) {
