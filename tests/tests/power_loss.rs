@@ -1,15 +1,14 @@
 //! Power loss through the whole stack: keel-client's verify writer (32 writes in flight, FLUSH
-//! every few dozen) talks vhost-user to a disk server whose raw engine sits on a mirror of
-//! in-memory fault-injecting devices. At a seeded random moment the power is cut: every device
+//! every few dozen) talks vhost-user to a disk server whose engine (raw, or keel: the storage
+//! core with its journal, checkpoints and cleaner) sits on a mirror of in-memory
+//! fault-injecting devices. At a seeded random moment the power is cut: every device
 //! stops at once and forgets its unflushed writes (or, in torn mode, keeps a random subset of
 //! them, some cut at a sector boundary). The disk is then served again from what survived, the
 //! mirror reconciles its copies, and every block must hold what the last completed FLUSH
 //! promised.
 //!
-//! Mirrors of one and of two components. The keel engine is not covered here: it opens its
-//! container only from a path, so it cannot be put on these devices yet.
-//!
-//! `KEEL_POWER_POINTS` (default 200) is the total over both layouts; `KEEL_POWER_SEED` replays.
+//! Mirrors of one and of two components, under each engine. `KEEL_POWER_POINTS` (default 200)
+//! is the total over the four layouts; `KEEL_POWER_SEED` replays.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,7 +20,9 @@ use keel_backend::config::{Config, DiskConfig};
 use keel_backend::device::BlockDevice;
 use keel_backend::device::faulty::{CrashMode, FaultyDevice};
 use keel_backend::device::mirror::{DeviceProvider, MirrorConfig, MirrorDevice, ResyncScheduler};
+use keel_backend::engine::Engine;
 use keel_backend::engine::device::MirroredRawEngine;
+use keel_backend::engine::keel::KeelEngine;
 use keel_backend::vhost::backend::DiskContext;
 use keel_backend::vhost::server::DiskServer;
 use keel_client::verify::check::Rules;
@@ -178,6 +179,8 @@ struct Campaign {
     base_seed: u64,
     seed: u64,
     components: usize,
+    /// The storage core instead of the raw engine.
+    keel: bool,
     flush_lies: bool,
     devices: Arc<Devices>,
     scheduler: Arc<ResyncScheduler>,
@@ -190,7 +193,7 @@ struct Campaign {
 }
 
 impl Campaign {
-    fn new(components: usize, salt: u64) -> Self {
+    fn new(components: usize, keel: bool, salt: u64) -> Self {
         let base_seed = base_seed();
         let seed = base_seed ^ salt;
         // The verify state is fsynced after every FLUSH: keep it in memory if possible.
@@ -207,7 +210,11 @@ impl Campaign {
         .unwrap();
         let disk = Config::load(&file).expect("config").disks.remove(0);
         Self {
-            label: format!("mirror of {components}"),
+            label: format!(
+                "{} engine, mirror of {components}",
+                if keel { "keel" } else { "raw" }
+            ),
+            keel,
             base_seed,
             seed,
             components,
@@ -260,14 +267,27 @@ impl Campaign {
             .map(|i| PathBuf::from(format!("c{i}")))
             .collect();
         let mut config = MirrorConfig::new("d", paths);
-        config.size = Some(DISK_BYTES);
+        config.size = Some(if self.keel {
+            KeelEngine::container_bytes(DISK_BYTES).expect("container size")
+        } else {
+            DISK_BYTES
+        });
         config.chunk_size = 64 << 10;
         config.options.assume_clean = self.boots == 0;
         config.options.scheduler = Some(Arc::clone(&self.scheduler));
         config.options.intent_region = 1 << 20;
         let dev = MirrorDevice::open_with(config, provider)
             .unwrap_or_else(|e| panic!("{}", self.hint(point, &format!("mirror open: {e}"))));
-        let engine = Arc::new(MirroredRawEngine::new(Arc::new(dev), false));
+        let engine: Arc<dyn Engine> = if self.keel {
+            let format = (self.boots == 0).then_some(DISK_BYTES);
+            Arc::new(
+                KeelEngine::on_device(Arc::new(dev), format, 1, false, "d").unwrap_or_else(|e| {
+                    panic!("{}", self.hint(point, &format!("container open: {e}")))
+                }),
+            )
+        } else {
+            Arc::new(MirroredRawEngine::new(Arc::new(dev), false))
+        };
         let ctx = Arc::new(DiskContext::new(&self.disk, engine, Arc::default()));
         let socket = self.dir.path().join("d.sock");
         let server = DiskServer::start(ctx, socket.clone()).expect("serve");
@@ -417,23 +437,33 @@ impl Campaign {
     }
 }
 
-fn campaign(components: usize, salt: u64) {
-    let points = points_total().div_ceil(2).max(1);
+fn campaign(components: usize, keel: bool, salt: u64) {
+    let points = points_total().div_ceil(4).max(1);
     println!(
         "power-loss seed {} (KEEL_POWER_SEED to replay)",
         base_seed()
     );
-    Campaign::new(components, salt).run(points);
+    Campaign::new(components, keel, salt).run(points);
 }
 
 #[test]
 fn raw_disk_on_one_device_keeps_every_flushed_write_across_power_loss() {
-    campaign(1, 0);
+    campaign(1, false, 0);
 }
 
 #[test]
 fn raw_disk_on_a_mirror_keeps_every_flushed_write_across_power_loss() {
-    campaign(2, 1 << 40);
+    campaign(2, false, 1 << 40);
+}
+
+#[test]
+fn keel_disk_on_one_device_keeps_every_flushed_write_across_power_loss() {
+    campaign(1, true, 3 << 40);
+}
+
+#[test]
+fn keel_disk_on_a_mirror_keeps_every_flushed_write_across_power_loss() {
+    campaign(2, true, 4 << 40);
 }
 
 /// The check can fail: on devices that answer FLUSH without making anything durable, the first
@@ -441,7 +471,7 @@ fn raw_disk_on_a_mirror_keeps_every_flushed_write_across_power_loss() {
 #[test]
 #[should_panic(expected = "after power came back")]
 fn a_device_that_ignores_flush_is_caught() {
-    let mut c = Campaign::new(1, 2 << 40);
+    let mut c = Campaign::new(1, false, 2 << 40);
     c.flush_lies = true;
     c.run(3);
 }

@@ -78,10 +78,49 @@ impl KeelEngine {
                 ),
             });
         }
+        Self::serve(store, mirror, writers, disk.read_only, where_)
+    }
+
+    /// Serves the container on `dev` (any block device: a file, a mirror, a fault-injecting
+    /// device in tests), formatting it first for a disk of `format_capacity` bytes if given.
+    pub fn on_device(
+        dev: Arc<dyn BlockDevice>,
+        format_capacity: Option<u64>,
+        writers: usize,
+        read_only: bool,
+        name: &str,
+    ) -> Result<Self, EngineError> {
+        let fail = |e: StoreError| setup(std::path::Path::new(name), e);
+        if let Some(capacity) = format_capacity {
+            Store::format(dev.as_ref(), &CreateOptions::new(capacity)).map_err(fail)?;
+        }
+        let opts = StoreOptions {
+            writers: writers.max(1),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dev, opts).map_err(fail)?;
+        Self::serve(store, None, writers.max(1), read_only, name.to_string())
+    }
+
+    /// The bytes a device must hold for a container of a `capacity`-byte disk.
+    pub fn container_bytes(capacity: u64) -> Result<u64, EngineError> {
+        CreateOptions::new(capacity)
+            .geometry()
+            .map(|g| g.container_bytes())
+            .map_err(|e| setup(std::path::Path::new("container"), e))
+    }
+
+    fn serve(
+        store: Store,
+        mirror: Option<Arc<MirrorDevice>>,
+        writers: usize,
+        read_only: bool,
+        where_: String,
+    ) -> Result<Self, EngineError> {
         let r = store.recovery_report();
         log::info!("{where_}: keel container opened: {r:?}");
         let store = Arc::new(store);
-        let cleaner = if disk.read_only {
+        let cleaner = if read_only {
             None
         } else {
             Some(
@@ -94,7 +133,7 @@ impl KeelEngine {
             store,
             mirror,
             writers,
-            read_only: disk.read_only,
+            read_only,
             where_,
         })
     }
