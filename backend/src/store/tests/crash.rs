@@ -195,7 +195,7 @@ fn crash_points_recover_to_a_flushed_prefix() {
     let points: u64 = std::env::var("KEEL_CRASH_POINTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(800);
     let seeds: Vec<u64> = match std::env::var("KEEL_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
