@@ -19,6 +19,37 @@ pub const RECORD_HEADER: usize = 32;
 const TAG_MAP: u8 = 1;
 const TAG_UNMAP: u8 = 2;
 const TAG_MOVE: u8 = 3;
+const TAG_SNAPSHOT: u8 = 4;
+
+/// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
+pub const SNAPSHOT_NAME_MAX: usize = 31;
+
+/// A snapshot name of at most [`SNAPSHOT_NAME_MAX`] bytes, stored inline so entries stay `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapName {
+    len: u8,
+    bytes: [u8; SNAPSHOT_NAME_MAX],
+}
+
+impl SnapName {
+    /// `name` cut to [`SNAPSHOT_NAME_MAX`] bytes on a character boundary.
+    pub fn new(name: &str) -> Self {
+        let mut end = name.len().min(SNAPSHOT_NAME_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; SNAPSHOT_NAME_MAX];
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Self {
+            len: end as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_str(&self) -> String {
+        String::from_utf8_lossy(&self.bytes[..self.len as usize]).into_owned()
+    }
+}
 
 /// One map change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +69,13 @@ pub enum Entry {
         old_pba: u64,
         new_pba: u64,
     },
+    /// The running point was frozen as snapshot `id` (the next id), named `name`, at
+    /// `created` (seconds since the Unix epoch).
+    Snapshot {
+        id: u64,
+        created: u64,
+        name: SnapName,
+    },
 }
 
 impl Entry {
@@ -46,6 +84,7 @@ impl Entry {
             Entry::Map { .. } => 1 + 8 + 8 + 8 + 4,
             Entry::Unmap { .. } => 1 + 8 + 8,
             Entry::Move { .. } => 1 + 8 + 8 + 8,
+            Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
         }
     }
 }
@@ -84,6 +123,12 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
                 old_pba,
                 new_pba,
             } => p.u8(TAG_MOVE).u64(vba).u64(old_pba).u64(new_pba),
+            Entry::Snapshot { id, created, name } => p
+                .u8(TAG_SNAPSHOT)
+                .u64(id)
+                .u64(created)
+                .u8(name.len)
+                .bytes(&name.bytes),
         };
     }
     if !p.ok() {
@@ -156,6 +201,20 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
                 old_pba: g.u64()?,
                 new_pba: g.u64()?,
             },
+            TAG_SNAPSHOT => {
+                let (id, created) = (g.u64()?, g.u64()?);
+                let len = g.u8()?;
+                if len as usize > SNAPSHOT_NAME_MAX {
+                    return None;
+                }
+                let mut bytes = [0u8; SNAPSHOT_NAME_MAX];
+                bytes.copy_from_slice(g.bytes(SNAPSHOT_NAME_MAX)?);
+                Entry::Snapshot {
+                    id,
+                    created,
+                    name: SnapName { len, bytes },
+                }
+            }
             _ => return None,
         };
         entries.push(e);
@@ -192,7 +251,20 @@ mod tests {
                 old_pba: 6,
                 new_pba: 7,
             },
+            Entry::Snapshot {
+                id: 3,
+                created: 1_700_000_000,
+                name: SnapName::new("nightly-ünïcode-name-that-is-too-long"),
+            },
         ]
+    }
+
+    #[test]
+    fn snapshot_names_are_cut_on_a_character_boundary() {
+        let n = SnapName::new("nightly-ünïcode-name-that-is-too-long");
+        assert!(n.as_str().len() <= SNAPSHOT_NAME_MAX);
+        assert!("nightly-ünïcode-name-that-is-too-long".starts_with(&n.as_str()));
+        assert_eq!(SnapName::new("a").as_str(), "a");
     }
 
     #[test]

@@ -173,6 +173,11 @@ impl Maps {
                 } => {
                     self.relocate(vba, old_pba, new_pba, sut);
                 }
+                // Recovery checked the id; a live store wrote the record with the next one.
+                Entry::Snapshot { id, created, name } if id == self.next_snapshot_id => {
+                    self.create_snapshot(&name.as_str(), created);
+                }
+                Entry::Snapshot { .. } => {}
             }
         }
     }

@@ -338,6 +338,10 @@ impl Store {
     }
 
     /// Freezes the running point as a snapshot named `name`; durable when this returns.
+    ///
+    /// O(1): one journal record (the trees are shared, not copied), written once the batches in
+    /// flight are applied, then a flush. A container made before snapshot records existed
+    /// takes a checkpoint instead, which also marks it as using them from then on.
     pub fn create_snapshot(&self, name: &str) -> Result<u64> {
         self.ensure_ok()?;
         // No batch may sit between taking its VBAs and committing them while the VBA
@@ -345,7 +349,7 @@ impl Store {
         let _writers: Vec<_> = self.writers.iter().map(lock).collect();
         let _cleaner = lock(&self.cleaner_writer);
         let mut j = self.quiet_journal();
-        {
+        let id = {
             let st = read(&self.state);
             if st.maps.snapshots.len() >= checkpoint::MAX_SNAPSHOTS {
                 return Err(StoreError::Invalid(format!(
@@ -353,11 +357,30 @@ impl Store {
                     checkpoint::MAX_SNAPSHOTS
                 )));
             }
+            st.maps.next_snapshot_id
+        };
+        if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_SNAPSHOTS == 0 {
+            j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_SNAPSHOTS;
+            write(&self.state)
+                .maps
+                .create_snapshot(&checkpoint::clamp_name(name), now_secs());
+            self.checkpoint_locked(&mut j)?;
+            return Ok(id);
         }
-        let id = write(&self.state)
-            .maps
-            .create_snapshot(&checkpoint::clamp_name(name), now_secs());
-        self.checkpoint_locked(&mut j)?;
+        drop(j);
+        let entry = journal::Entry::Snapshot {
+            id,
+            created: now_secs(),
+            name: journal::SnapName::new(name),
+        };
+        self.commit_with(
+            vec![entry],
+            &[],
+            &mut Vec::new(),
+            false,
+            &mut DeviceIo(self.dev.as_ref()),
+        )?;
+        self.flush()?;
         Ok(id)
     }
 

@@ -265,6 +265,17 @@ fn check_entries(
                 }
                 (pba, vba, crc)
             }
+            Entry::Snapshot { id, .. } => {
+                if id != st.maps.next_snapshot_id
+                    || st.maps.snapshots.len() >= super::checkpoint::MAX_SNAPSHOTS
+                {
+                    return Ok(Some(format!(
+                        "snapshot {id} out of sequence (next is {})",
+                        st.maps.next_snapshot_id
+                    )));
+                }
+                continue;
+            }
             Entry::Move {
                 vba,
                 old_pba,

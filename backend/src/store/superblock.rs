@@ -10,8 +10,12 @@ use super::layout::{BLOCK_SIZE, Geometry};
 pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"KEELSB\0\x01";
 /// On-disk format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
+/// Incompatible feature: journal records may hold snapshot entries (snapshot creation is one
+/// record, not a checkpoint). A Keel without it would take such a record for a torn one and
+/// drop the journal tail behind it, so it must refuse the container.
+pub const INCOMPAT_JOURNAL_SNAPSHOTS: u64 = 1 << 0;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 = 0;
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS;
 /// Compatible features this code writes (none yet); unknown ones are ignored.
 pub const COMPAT_SUPPORTED: u64 = 0;
 

@@ -23,6 +23,24 @@ fn block_hashes(img: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// Snapshot `id`'s contents, block hashes as `block_hashes` gives them.
+fn snapshot_hashes(store: &Store, id: u64) -> Result<Vec<u64>, String> {
+    use crate::store::diff::TreeRef;
+    let d = store
+        .diff(TreeRef::Empty, TreeRef::Snapshot(id))
+        .map_err(|e| format!("snapshot {id}: {e}"))?;
+    let mut img = vec![0u8; DISK];
+    for b in d.blocks {
+        if let Some(vba) = b.vba {
+            let at = b.lba as usize * 4096;
+            store
+                .read_vbas(&[vba], &mut img[at..at + 4096])
+                .map_err(|e| format!("snapshot {id}: {e}"))?;
+        }
+    }
+    Ok(block_hashes(&img))
+}
+
 fn read_all(store: &Store) -> Result<Vec<u8>, String> {
     let mut img = vec![0u8; DISK];
     store
@@ -105,6 +123,8 @@ fn run(seed: u64) -> Result<u64, String> {
     let mut dev = Arc::new(fresh);
     let mut model = vec![0u8; DISK];
     let mut crashes = 0;
+    // Snapshots whose creation returned: they must survive every crash, unchanged.
+    let mut snapshots: Vec<(u64, Vec<u64>)> = Vec::new();
     for cycle in 0..3 {
         let store = Store::open(
             dev.clone(),
@@ -146,6 +166,14 @@ fn run(seed: u64) -> Result<u64, String> {
                     }
                     allowed = vec![hashes.clone()];
                 }
+                17 if snapshots.len() < 6 => match store.create_snapshot("s") {
+                    // Durable when it returns, and it covers every write before it.
+                    Ok(id) => {
+                        snapshots.push((id, hashes.clone()));
+                        allowed = vec![hashes.clone()];
+                    }
+                    Err(_) => break,
+                },
                 _ => {
                     if store.clean_step().is_err() {
                         break;
@@ -178,6 +206,19 @@ fn run(seed: u64) -> Result<u64, String> {
             ));
         };
         let _ = which;
+        let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
+        for (id, want) in &snapshots {
+            if !listed.contains(id) {
+                return Err(format!(
+                    "cycle {cycle} ({mode:?}): snapshot {id} was created but is gone: {listed:?}"
+                ));
+            }
+            if snapshot_hashes(&store, *id)? != *want {
+                return Err(format!(
+                    "cycle {cycle} ({mode:?}): snapshot {id} does not hold what it froze"
+                ));
+            }
+        }
         let report = store.fsck();
         if !report.is_clean() {
             return Err(format!(
