@@ -1,11 +1,14 @@
-//! The checkpoint root block: everything needed to load the maps, written out of place at
-//! every checkpoint and pointed at by the superblock.
+//! The checkpoint root: everything needed to load the maps, written out of place at every
+//! checkpoint and pointed at by the superblock. One block, or a run of contiguous blocks when
+//! the snapshots do not fit in one.
 //!
-//! Layout (4 KiB): magic `KCK1` (4), crc32c (4, seeded with the block address, field zeroed),
-//! generation (8), lsn of the last record folded in (8), journal chain seed (4), SUT crc32c (4),
-//! next_vba (8), seq (8), next_snapshot_id (8), running root (8), VBA root (8), SUT first
-//! block (8), SUT blocks (4), snapshot count (4), then per snapshot: id (8), seq (8),
-//! root (8), VBA watermark (8), created (8), name length (1), name (31).
+//! Layout: magic `KCK1` (4), crc32c (4, over all the root's blocks, seeded with the first
+//! block's address, field zeroed), generation (8), lsn of the last record folded in (8),
+//! journal chain seed (4), SUT crc32c (4), next_vba (8), seq (8), next_snapshot_id (8), running
+//! root (8), VBA root (8), SUT first block (8), SUT blocks (4), snapshot count (4), root blocks
+//! (4; 0 in containers from before multi-block roots, meaning 1), 4 zero bytes, then per
+//! snapshot: id (8), seq (8), root (8), VBA watermark (8), created (8), name length (1),
+//! name (31).
 
 use super::codec::{Get, Put, block_crc};
 use super::error::{Result, StoreError};
@@ -15,8 +18,33 @@ pub const CHECKPOINT_MAGIC: &[u8; 4] = b"KCK1";
 const HEADER: usize = 96;
 const SNAP_BYTES: usize = 72;
 const NAME_MAX: usize = 31;
-/// Snapshots one checkpoint block holds.
-pub const MAX_SNAPSHOTS: usize = (BLOCK_SIZE - HEADER) / SNAP_BYTES;
+/// Snapshots a container holds at most.
+pub const MAX_SNAPSHOTS: usize = 1024;
+/// Longest root: room for [`MAX_SNAPSHOTS`].
+pub const MAX_ROOT_BLOCKS: usize = (HEADER + MAX_SNAPSHOTS * SNAP_BYTES).div_ceil(BLOCK_SIZE);
+
+/// Snapshots a container with `seg_blocks`-block segments holds: [`MAX_SNAPSHOTS`], or fewer
+/// when segments are too small for that long a root (the root lies inside one segment).
+pub fn max_snapshots(seg_blocks: u64) -> usize {
+    let room = (seg_blocks as usize * BLOCK_SIZE).saturating_sub(HEADER) / SNAP_BYTES;
+    room.min(MAX_SNAPSHOTS)
+}
+
+/// Blocks a root with `snapshots` snapshots takes.
+pub fn root_blocks(snapshots: usize) -> usize {
+    (HEADER + snapshots * SNAP_BYTES)
+        .div_ceil(BLOCK_SIZE)
+        .max(1)
+}
+
+/// Blocks of the root whose first block is `first`, read from its header (before the crc is
+/// checked: the caller reads that many and decodes them all).
+pub fn root_blocks_in(first: &[u8]) -> usize {
+    let n = first
+        .get(88..92)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    n.clamp(1, MAX_ROOT_BLOCKS)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
@@ -54,11 +82,13 @@ pub fn clamp_name(name: &str) -> String {
 }
 
 impl CheckpointRoot {
-    pub fn encode(&self, pba: u64) -> Option<[u8; BLOCK_SIZE]> {
+    /// Encodes the root for block `pba` onwards: [`root_blocks`] blocks.
+    pub fn encode(&self, pba: u64) -> Option<Vec<u8>> {
         if self.snapshots.len() > MAX_SNAPSHOTS {
             return None;
         }
-        let mut b = [0u8; BLOCK_SIZE];
+        let blocks = root_blocks(self.snapshots.len());
+        let mut b = vec![0u8; blocks * BLOCK_SIZE];
         let mut p = Put::new(&mut b);
         p.bytes(CHECKPOINT_MAGIC)
             .u32(0)
@@ -73,7 +103,8 @@ impl CheckpointRoot {
             .u64(self.vba_root)
             .u64(self.sut_pba)
             .u32(self.sut_blocks)
-            .u32(self.snapshots.len() as u32);
+            .u32(self.snapshots.len() as u32)
+            .u32(blocks as u32);
         let mut p = Put::at(p.into_inner(), HEADER);
         for s in &self.snapshots {
             let name = clamp_name(&s.name);
@@ -95,13 +126,16 @@ impl CheckpointRoot {
         Some(b)
     }
 
+    /// Decodes the root read from block `pba` onwards ([`root_blocks_in`] blocks).
     pub fn decode(pba: u64, b: &[u8]) -> Result<Self> {
         let bad = |d: &str| StoreError::corrupt("checkpoint", format!("block {pba}: {d}"));
-        if b.len() != BLOCK_SIZE || &b[..4] != CHECKPOINT_MAGIC {
+        if b.len() < BLOCK_SIZE || &b[..4] != CHECKPOINT_MAGIC {
             return Err(bad("bad magic"));
         }
-        let mut copy = [0u8; BLOCK_SIZE];
-        copy.copy_from_slice(b);
+        if b.len() != root_blocks_in(b) * BLOCK_SIZE {
+            return Err(bad("length does not match its header"));
+        }
+        let mut copy = b.to_vec();
         copy[4..8].fill(0);
         if block_crc(pba, &copy) != u32::from_le_bytes([b[4], b[5], b[6], b[7]]) {
             return Err(bad("checksum mismatch"));
@@ -120,7 +154,7 @@ impl CheckpointRoot {
         let sut_pba = g.u64().ok_or_else(short)?;
         let sut_blocks = g.u32().ok_or_else(short)?;
         let n = g.u32().ok_or_else(short)? as usize;
-        if n > MAX_SNAPSHOTS {
+        if n > MAX_SNAPSHOTS || HEADER + n * SNAP_BYTES > b.len() {
             return Err(bad("too many snapshots"));
         }
         let mut g = Get::at(b, HEADER);
@@ -188,11 +222,62 @@ mod tests {
             }],
         };
         let b = c.encode(500).unwrap();
+        assert_eq!(b.len(), BLOCK_SIZE);
         assert_eq!(CheckpointRoot::decode(500, &b).unwrap(), c);
         assert!(CheckpointRoot::decode(501, &b).is_err());
-        let mut f = b;
+        let mut f = b.clone();
         f[200] ^= 1;
         assert!(CheckpointRoot::decode(500, &f).is_err());
+        // A root from before multi-block roots says 0 blocks: one.
+        let mut old = b;
+        old[88..92].fill(0);
+        old[4..8].fill(0);
+        let crc = block_crc(500, &old);
+        old[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(CheckpointRoot::decode(500, &old).unwrap(), c);
         assert_eq!(clamp_name("é".repeat(20).as_str()).len(), 30);
+    }
+
+    #[test]
+    fn a_thousand_snapshots_span_several_blocks() {
+        let snap = |i: u64| SnapshotRecord {
+            id: i + 1,
+            seq: i * 2,
+            root: 10_000 + i,
+            vba_watermark: i * 100,
+            created: 1_700_000_000 + i,
+            name: format!("hourly-{i}"),
+        };
+        let c = CheckpointRoot {
+            generation: 9,
+            lsn: 1,
+            chain_seed: 2,
+            next_vba: 3,
+            seq: 4,
+            next_snapshot_id: 1025,
+            running_root: 5,
+            vba_root: 6,
+            sut_pba: 7,
+            sut_blocks: 1,
+            sut_crc: 8,
+            snapshots: (0..MAX_SNAPSHOTS as u64).map(snap).collect(),
+        };
+        let b = c.encode(900).unwrap();
+        assert_eq!(b.len(), MAX_ROOT_BLOCKS * BLOCK_SIZE);
+        assert_eq!(root_blocks_in(&b), MAX_ROOT_BLOCKS);
+        assert_eq!(CheckpointRoot::decode(900, &b).unwrap(), c);
+        let mut torn = b.clone();
+        torn[BLOCK_SIZE * 5 + 3] ^= 1;
+        assert!(
+            CheckpointRoot::decode(900, &torn).is_err(),
+            "every block is checksummed"
+        );
+        assert!(
+            CheckpointRoot::decode(900, &b[..BLOCK_SIZE]).is_err(),
+            "short"
+        );
+        let mut more = c;
+        more.snapshots.push(snap(5000));
+        assert!(more.encode(900).is_none());
     }
 }

@@ -351,10 +351,10 @@ impl Store {
         let mut j = self.quiet_journal();
         let id = {
             let st = read(&self.state);
-            if st.maps.snapshots.len() >= checkpoint::MAX_SNAPSHOTS {
+            let max = checkpoint::max_snapshots(self.geo.seg_blocks);
+            if st.maps.snapshots.len() >= max {
                 return Err(StoreError::Invalid(format!(
-                    "at most {} snapshots per container",
-                    checkpoint::MAX_SNAPSHOTS
+                    "at most {max} snapshots per container"
                 )));
             }
             st.maps.next_snapshot_id

@@ -3,7 +3,7 @@
 
 use super::alloc::SegmentWriter;
 use super::buf::AlignedBuf;
-use super::checkpoint::{CheckpointRoot, SnapshotRecord};
+use super::checkpoint::{self, CheckpointRoot, SnapshotRecord};
 use super::error::{Result, StoreError};
 use super::io::BatchIo;
 use super::layout::{BLOCK, BLOCK_SIZE, Geometry};
@@ -23,6 +23,7 @@ pub struct Written {
 pub struct Prepared {
     pub runs: Vec<(u64, AlignedBuf)>,
     pub root_pba: u64,
+    pub root_blocks: usize,
     pub chain_seed: u32,
 }
 
@@ -67,7 +68,12 @@ pub fn prepare(
         .vba
         .dirty_post_order(st.maps.vba_root, &mut vba_dirty, &mut HashSet::new());
     let sut_blocks = Sut::encoded_blocks(geo) as usize;
-    let sut_pbas = take_meta(st, meta, sut_blocks + 1, true)?;
+    let root_blocks = checkpoint::root_blocks(st.maps.snapshots.len());
+    // The table and the root each in one run inside a segment (they are read as runs).
+    let mut sut_pbas = take_meta(st, meta, sut_blocks, true)?;
+    let root_pbas = take_meta(st, meta, root_blocks, true)?;
+    let root_pba = root_pbas[0];
+    sut_pbas.extend(&root_pbas);
     let node_pbas = take_meta(st, meta, lba_dirty.len() + vba_dirty.len(), false)?;
     let mut blocks: Vec<(u64, Vec<u8>)> = Vec::with_capacity(node_pbas.len() + sut_pbas.len());
     for (id, p) in lba_dirty.iter().zip(&node_pbas) {
@@ -110,7 +116,6 @@ pub fn prepare(
     for (i, p) in sut_pbas[..sut_blocks].iter().enumerate() {
         blocks.push((*p, sut_bytes[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].to_vec()));
     }
-    let root_pba = sut_pbas[sut_blocks];
     let disk = |id| st.maps.lba.node(id).disk.unwrap_or(u64::MAX);
     let chain_seed = crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
         ^ crc32c::crc32c(&root_pba.to_le_bytes());
@@ -143,7 +148,9 @@ pub fn prepare(
     let root_block = root
         .encode(root_pba)
         .ok_or_else(|| StoreError::Invalid("checkpoint root does not encode".into()))?;
-    blocks.push((root_pba, root_block.to_vec()));
+    for (i, b) in root_block.chunks(BLOCK_SIZE).enumerate() {
+        blocks.push((root_pba + i as u64, b.to_vec()));
+    }
     blocks.sort_unstable_by_key(|(p, _)| *p);
     let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
     for (p, b) in &blocks {
@@ -165,6 +172,7 @@ pub fn prepare(
     Ok(Prepared {
         runs,
         root_pba,
+        root_blocks,
         chain_seed,
     })
 }
@@ -202,6 +210,11 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
         prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
     };
     let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;
+    if prepared.root_blocks > 1 {
+        // In place: from this checkpoint on, a Keel that reads only one-block roots refuses
+        // the container instead of calling the root corrupt.
+        j.superblock.incompat |= super::superblock::INCOMPAT_LONG_ROOT;
+    }
     let sb = Superblock {
         generation,
         checkpoint_pba: prepared.root_pba,

@@ -95,8 +95,21 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
     let t0 = Instant::now();
     let (sb, other) = pick_superblock(dev)?;
     let geo = sb.geometry;
-    let root_block = read_block(dev, sb.checkpoint_pba)?;
-    let root = CheckpointRoot::decode(sb.checkpoint_pba, &root_block)?;
+    let first = read_block(dev, sb.checkpoint_pba)?;
+    let root_blocks = super::checkpoint::root_blocks_in(&first) as u64;
+    let last = sb.checkpoint_pba + root_blocks - 1;
+    if geo.segment_of(last) != geo.segment_of(sb.checkpoint_pba) || !geo.is_data_block(last) {
+        return Err(StoreError::corrupt(
+            "checkpoint",
+            format!(
+                "root of {root_blocks} blocks at {} crosses its segment",
+                sb.checkpoint_pba
+            ),
+        ));
+    }
+    let mut root_bytes = AlignedBuf::blocks(root_blocks as usize);
+    dev.read_at(&mut root_bytes, sb.checkpoint_pba * BLOCK)?;
+    let root = CheckpointRoot::decode(sb.checkpoint_pba, &root_bytes)?;
     let sut = load_sut(dev, &geo, &root)?;
     let mut read_node = |pba: u64| -> Result<Vec<u8>> {
         if !geo.is_data_block(pba) {
@@ -135,7 +148,7 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
         geo.segments * geo.seg_blocks,
     );
     let mut ckpt_blocks: Vec<u64> = (root.sut_pba..root.sut_pba + root.sut_blocks as u64).collect();
-    ckpt_blocks.push(sb.checkpoint_pba);
+    ckpt_blocks.extend(sb.checkpoint_pba..sb.checkpoint_pba + root_blocks);
     let mut state = State {
         maps,
         sut,
@@ -267,7 +280,7 @@ fn check_entries(
             }
             Entry::Snapshot { id, .. } => {
                 if id != st.maps.next_snapshot_id
-                    || st.maps.snapshots.len() >= super::checkpoint::MAX_SNAPSHOTS
+                    || st.maps.snapshots.len() >= super::checkpoint::max_snapshots(geo.seg_blocks)
                 {
                     return Ok(Some(format!(
                         "snapshot {id} out of sequence (next is {})",

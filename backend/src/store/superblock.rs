@@ -14,8 +14,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// record, not a checkpoint). A Keel without it would take such a record for a torn one and
 /// drop the journal tail behind it, so it must refuse the container.
 pub const INCOMPAT_JOURNAL_SNAPSHOTS: u64 = 1 << 0;
+/// Incompatible feature: the checkpoint root may span several blocks (more snapshots than one
+/// block holds). A Keel without it would find such a root's checksum wrong.
+pub const INCOMPAT_LONG_ROOT: u64 = 1 << 1;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS;
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS | INCOMPAT_LONG_ROOT;
 /// Compatible features this code writes (none yet); unknown ones are ignored.
 pub const COMPAT_SUPPORTED: u64 = 0;
 
