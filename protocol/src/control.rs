@@ -70,6 +70,10 @@ pub struct SnapshotInfo {
     pub created: u64,
     /// Blocks only this snapshot holds (freed if it is deleted), when known.
     pub owned_blocks: Option<u64>,
+    /// In the answer to a create: microseconds guest writes were held back while the snapshot
+    /// was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_us: Option<u64>,
 }
 
 /// `POST /v1/disks/{disk}/snapshots`

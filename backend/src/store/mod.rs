@@ -152,6 +152,8 @@ pub struct Store {
     /// Milliseconds since the Unix epoch of the last guest read or write: the cleaner's
     /// idle-time work waits for real idleness, not just for the writes to stop.
     last_guest_io: AtomicU64,
+    /// Microseconds the last snapshot creation held the writers.
+    last_snapshot_pause_us: AtomicU64,
     /// Holds the container's exclusive flock while the store is open.
     _lock: Option<File>,
 }
@@ -244,6 +246,7 @@ impl Store {
             opts,
             recovery: loaded.report,
             last_guest_io: AtomicU64::new(0),
+            last_snapshot_pause_us: AtomicU64::new(0),
             _lock: None,
         })
     }
@@ -344,44 +347,61 @@ impl Store {
     /// takes a checkpoint instead, which also marks it as using them from then on.
     pub fn create_snapshot(&self, name: &str) -> Result<u64> {
         self.ensure_ok()?;
-        // No batch may sit between taking its VBAs and committing them while the VBA
-        // watermark is read: hold every writer.
-        let _writers: Vec<_> = self.writers.iter().map(lock).collect();
-        let _cleaner = lock(&self.cleaner_writer);
-        let mut j = self.quiet_journal();
+        let held = std::time::Instant::now();
         let id = {
-            let st = read(&self.state);
-            let max = checkpoint::max_snapshots(self.geo.seg_blocks);
-            if st.maps.snapshots.len() >= max {
-                return Err(StoreError::Invalid(format!(
-                    "at most {max} snapshots per container"
-                )));
+            // No batch may sit between taking its VBAs and committing them while the VBA
+            // watermark is read: hold every writer, until the record is applied.
+            let _writers: Vec<_> = self.writers.iter().map(lock).collect();
+            let _cleaner = lock(&self.cleaner_writer);
+            let mut j = self.quiet_journal();
+            let id = {
+                let st = read(&self.state);
+                let max = checkpoint::max_snapshots(self.geo.seg_blocks);
+                if st.maps.snapshots.len() >= max {
+                    return Err(StoreError::Invalid(format!(
+                        "at most {max} snapshots per container"
+                    )));
+                }
+                st.maps.next_snapshot_id
+            };
+            if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_SNAPSHOTS == 0 {
+                j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_SNAPSHOTS;
+                write(&self.state)
+                    .maps
+                    .create_snapshot(&checkpoint::clamp_name(name), now_secs());
+                self.checkpoint_locked(&mut j)?;
+                self.note_snapshot_pause(held.elapsed());
+                return Ok(id);
             }
-            st.maps.next_snapshot_id
+            drop(j);
+            let entry = journal::Entry::Snapshot {
+                id,
+                created: now_secs(),
+                name: journal::SnapName::new(name),
+            };
+            self.commit_with(
+                vec![entry],
+                &[],
+                &mut Vec::new(),
+                false,
+                &mut DeviceIo(self.dev.as_ref()),
+            )?;
+            id
         };
-        if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_SNAPSHOTS == 0 {
-            j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_SNAPSHOTS;
-            write(&self.state)
-                .maps
-                .create_snapshot(&checkpoint::clamp_name(name), now_secs());
-            self.checkpoint_locked(&mut j)?;
-            return Ok(id);
-        }
-        drop(j);
-        let entry = journal::Entry::Snapshot {
-            id,
-            created: now_secs(),
-            name: journal::SnapName::new(name),
-        };
-        self.commit_with(
-            vec![entry],
-            &[],
-            &mut Vec::new(),
-            false,
-            &mut DeviceIo(self.dev.as_ref()),
-        )?;
+        // Guest writes go on meanwhile: the flush only has to precede the answer.
+        self.note_snapshot_pause(held.elapsed());
         self.flush()?;
         Ok(id)
+    }
+
+    fn note_snapshot_pause(&self, d: std::time::Duration) {
+        self.last_snapshot_pause_us
+            .store(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the last snapshot creation held guest writes back, in microseconds.
+    pub fn last_snapshot_pause_us(&self) -> u64 {
+        self.last_snapshot_pause_us.load(Ordering::Relaxed)
     }
 
     /// Snapshots, oldest first.

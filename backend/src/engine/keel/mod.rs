@@ -255,6 +255,7 @@ impl EngineAdmin for KeelEngine {
                 seq: s.id,
                 created: s.created,
                 owned_blocks: None,
+                pause_us: None,
             })
             .collect())
     }
@@ -264,9 +265,11 @@ impl EngineAdmin for KeelEngine {
             return Err(AdminError::Conflict(format!("snapshot {name} exists")));
         }
         let id = self.store.create_snapshot(name).map_err(admin_err)?;
+        let pause_us = Some(self.store.last_snapshot_pause_us());
         self.list_snapshots()?
             .into_iter()
             .find(|s| s.seq == id)
+            .map(|s| SnapshotInfo { pause_us, ..s })
             .ok_or_else(|| AdminError::Failed(format!("snapshot {name} vanished")))
     }
 
