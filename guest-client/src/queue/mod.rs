@@ -154,7 +154,8 @@ impl Queue {
         self.pool.alloc(len)
     }
 
-    /// Puts a request on the ring without telling the device; call [`Self::kick`] after a batch.
+    /// Puts a request on the ring, visible to a device that is looking, without notifying it;
+    /// call [`Self::kick`] after a batch.
     pub fn push(&mut self, request: Request, token: u64) -> Result<Push> {
         self.push_inner(request, token, false)
     }
@@ -241,6 +242,9 @@ impl Queue {
             buffers,
             sync,
         });
+        // Visible at once, as Linux's driver does it: a device still busy with earlier requests
+        // takes this one in the same pass instead of going idle and waiting for a kick.
+        self.ring.expose()?;
         Ok(Push::Queued)
     }
 
@@ -286,7 +290,11 @@ impl Queue {
         while let Some(c) = self.ready.pop_front() {
             out.push(c);
         }
-        while let Some((c, _)) = self.pop_one()? {
+        // Only what the device had returned when we looked: a reap that chased a device still
+        // adding entries would hand back a whole batch late, and the device, finding no new
+        // requests when it finishes, would go idle and need a kick.
+        for _ in 0..self.ring.used_ready()? {
+            let Some((c, _)) = self.pop_one()? else { break };
             out.push(c);
         }
         if self.setup.completions == Completions::Poll {
