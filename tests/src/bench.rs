@@ -187,7 +187,11 @@ pub fn run(socket: &Path, w: &Workload, spin: bool) -> Result<Measurement, Strin
 
 /// Connects to `socket` as `opts` says and runs `w` on every queue at once.
 pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report, String> {
-    if w.block_size == 0 || w.block_size % 512 != 0 || w.queue_depth == 0 || opts.queues == 0 {
+    if w.block_size == 0
+        || !w.block_size.is_multiple_of(512)
+        || w.queue_depth == 0
+        || opts.queues == 0
+    {
         return Err(format!(
             "block size {} (whole sectors), queue depth {}, queues {} (at least 1)",
             w.block_size, w.queue_depth, opts.queues
@@ -223,7 +227,10 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("queue thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("queue thread panicked".into()))
+            })
             .collect()
     });
     let mut all = QueueStats::new();
@@ -237,7 +244,13 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
     let iops = all.ops as f64 / w.runtime.as_secs_f64();
     let us = |ns: u64| ns as f64 / 1000.0;
     let h = &all.latency;
-    let pct = |q: f64| if h.is_empty() { 0.0 } else { us(h.value_at_quantile(q)) };
+    let pct = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            us(h.value_at_quantile(q))
+        }
+    };
     Ok(Report {
         measurement: Measurement {
             iops,

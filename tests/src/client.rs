@@ -86,7 +86,11 @@ impl Client {
         blkio.map_mem_region(&region)?;
         Ok(Self {
             blkio,
-            queues: started.queues.into_iter().chain(started.poll_queues).collect(),
+            queues: started
+                .queues
+                .into_iter()
+                .chain(started.poll_queues)
+                .collect(),
             region,
             per_queue,
         })
@@ -245,7 +249,10 @@ pub struct QueueIo<'a> {
 
 impl QueueIo<'_> {
     fn ptr(&self, buf_off: usize, len: usize) -> *mut u8 {
-        assert!(buf_off + len <= self.len, "buffer range outside the queue's region");
+        assert!(
+            buf_off + len <= self.len,
+            "buffer range outside the queue's region"
+        );
         (self.buf + buf_off) as *mut u8
     }
 

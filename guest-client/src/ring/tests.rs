@@ -272,7 +272,11 @@ fn used_ready_counts_what_the_device_had_returned_when_asked() {
     assert_eq!(p.driver.pop_used().unwrap().unwrap().head, heads[0]);
     assert_eq!(p.driver.used_ready().unwrap(), 1);
     assert_eq!(p.driver.pop_used().unwrap().unwrap().head, heads[1]);
-    assert_eq!(p.driver.used_ready().unwrap(), 1, "the third, on a fresh look");
+    assert_eq!(
+        p.driver.used_ready().unwrap(),
+        1,
+        "the third, on a fresh look"
+    );
     assert_eq!(p.driver.pop_used().unwrap().unwrap().head, heads[2]);
     assert_eq!(p.driver.used_ready().unwrap(), 0);
 }
