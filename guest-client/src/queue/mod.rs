@@ -283,8 +283,8 @@ impl Queue {
         Ok(pushed)
     }
 
-    /// Moves every completion the device has returned into `out`, without blocking.
-    /// Returns how many were added.
+    /// Moves every completion the device had returned when this call looked at the used ring
+    /// into `out`, without blocking. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let before = out.len();
         while let Some(c) = self.ready.pop_front() {
