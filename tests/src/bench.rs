@@ -223,7 +223,9 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
         let handles: Vec<_> = queues
             .into_iter()
             .enumerate()
-            .map(|(i, mut q)| s.spawn(move || drive(q.as_mut(), w, i, opts.queues, window)))
+            .map(|(i, mut q)| {
+                s.spawn(move || drive(q.as_mut(), w, i, opts.queues, opts.poll, window))
+            })
             .collect();
         handles
             .into_iter()
@@ -282,6 +284,24 @@ impl QueueStats {
     }
 }
 
+/// How long a polling queue spins flat out before it yields the CPU between checks.
+const PURE_SPIN: Duration = Duration::from_micros(10);
+
+/// Submits, then checks the used ring until something completes: flat out for [`PURE_SPIN`],
+/// then yielding between checks. Both libraries' own polling waits never yield, which on a small
+/// machine can hold a CPU the server's polling thread needs for a whole time slice.
+fn wait_polling(q: &mut dyn QueueDriver, out: &mut Vec<(usize, bool)>) -> Result<(), String> {
+    let since = Instant::now();
+    while q.submit_and_reap(out)? == 0 {
+        if since.elapsed() < PURE_SPIN {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    Ok(())
+}
+
 /// Keeps `w.queue_depth` requests in flight on one queue; counts the completions that land in
 /// `window` (after the warm-up), then lets the rest drain.
 fn drive(
@@ -289,6 +309,7 @@ fn drive(
     w: &Workload,
     index: usize,
     queues: usize,
+    poll: bool,
     (measure_from, end): (Instant, Instant),
 ) -> Result<QueueStats, String> {
     let mut offsets = Offsets::new(w, index, queues);
@@ -304,7 +325,11 @@ fn drive(
     let mut stopping = false;
     while in_flight > 0 {
         done.clear();
-        q.submit_and_wait(&mut done)?;
+        if poll {
+            wait_polling(q, &mut done)?;
+        } else {
+            q.submit_and_wait(&mut done)?;
+        }
         let now = Instant::now();
         if now >= end {
             stopping = true;

@@ -24,12 +24,17 @@ pub use area::{MAX_RANGES, QueueArea};
 pub use doorbell::{Doorbell, Hangup, Wake};
 pub use limits::DeviceLimits;
 
+/// How long a polling wait spins flat out before it yields the CPU between checks (keeld's
+/// polling worker does the same).
+const PURE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+
 /// How a queue learns about completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completions {
     /// Sleep on the call eventfd; the device signals (EVENT_IDX-suppressed when possible).
     Interrupt,
-    /// Spin on the used ring; the device is asked never to signal.
+    /// Spin on the used ring (yielding the CPU between checks after 10 us); the device is
+    /// asked never to signal.
     Poll,
 }
 
@@ -297,10 +302,12 @@ impl Queue {
             let Some((c, _)) = self.pop_one()? else { break };
             out.push(c);
         }
-        if self.setup.completions == Completions::Poll {
+        let n = out.len() - before;
+        if self.setup.completions == Completions::Poll && n > 0 {
+            // Keep the device's signal point away from where we now read.
             self.ring.suppress_interrupts()?;
         }
-        Ok(out.len() - before)
+        Ok(n)
     }
 
     fn pop_one(&mut self) -> Result<Option<(Completion, bool)>> {
@@ -341,10 +348,18 @@ impl Queue {
     fn wait_for_used(&mut self) -> Result<()> {
         match self.setup.completions {
             Completions::Poll => {
-                let mut last_check = Instant::now();
+                let since = Instant::now();
+                let mut last_check = since;
                 let mut spins = 0u32;
                 while !self.ring.has_used()? {
-                    std::hint::spin_loop();
+                    // Flat out briefly, then yield between checks: a polling server on the same
+                    // CPU (keeld with poll_us on a small machine) must get to run, or every
+                    // request waits for the end of our time slice.
+                    if since.elapsed() < PURE_SPIN {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
                     spins = spins.wrapping_add(1);
                     if spins.is_multiple_of(1024) && last_check.elapsed().as_millis() >= 100 {
                         self.doorbell.check_hangup()?;

@@ -14,10 +14,13 @@ use crate::client::{Client, Options, QueueIo};
 pub trait QueueDriver: Send {
     /// Puts request `slot` on the ring without notifying the device.
     fn enqueue(&mut self, slot: usize, read: bool, offset: u64) -> Result<(), String>;
-    /// Notifies the device of what was enqueued, then waits (sleeping on the completion eventfd,
-    /// or spinning on the used ring in poll mode) for at least one completion. Appends the slots
-    /// that completed and whether they succeeded to `out`.
+    /// Notifies the device of what was enqueued, then sleeps on the completion eventfd until at
+    /// least one request completes. Appends the slots that completed and whether they succeeded
+    /// to `out`.
     fn submit_and_wait(&mut self, out: &mut Vec<(usize, bool)>) -> Result<(), String>;
+    /// Notifies the device of what was enqueued and takes what has completed, without waiting
+    /// (poll queues). Returns how many were appended to `out`.
+    fn submit_and_reap(&mut self, out: &mut Vec<(usize, bool)>) -> Result<usize, String>;
 }
 
 /// A connection and its queues; the queues borrow the connection.
@@ -136,12 +139,23 @@ impl QueueDriver for BlkioQueue<'_> {
     }
 
     fn submit_and_wait(&mut self, out: &mut Vec<(usize, bool)>) -> Result<(), String> {
+        self.do_io(1, out).map(|_| ())
+    }
+
+    fn submit_and_reap(&mut self, out: &mut Vec<(usize, bool)>) -> Result<usize, String> {
+        self.do_io(0, out)
+    }
+}
+
+impl BlkioQueue<'_> {
+    fn do_io(&mut self, min: usize, out: &mut Vec<(usize, bool)>) -> Result<usize, String> {
         self.done.clear();
-        self.io
-            .do_io(1, self.slots, &mut self.done)
+        let n = self
+            .io
+            .do_io(min, self.slots, &mut self.done)
             .map_err(|e| format!("do_io: {e:?}"))?;
         out.extend(self.done.iter().map(|&(slot, ret)| (slot, ret == 0)));
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -178,11 +192,26 @@ impl QueueDriver for KeelQueue {
         self.queue.kick().map_err(|e| e.to_string())?;
         self.done.clear();
         self.queue.wait(&mut self.done).map_err(|e| e.to_string())?;
+        self.hand_back(out);
+        Ok(())
+    }
+
+    fn submit_and_reap(&mut self, out: &mut Vec<(usize, bool)>) -> Result<usize, String> {
+        self.queue.kick().map_err(|e| e.to_string())?;
+        self.done.clear();
+        let n = self.queue.reap(&mut self.done).map_err(|e| e.to_string())?;
+        self.hand_back(out);
+        Ok(n)
+    }
+}
+
+impl KeelQueue {
+    /// Reports the completions and puts their buffers back in their slots.
+    fn hand_back(&mut self, out: &mut Vec<(usize, bool)>) {
         for mut c in self.done.drain(..) {
             let slot = c.token as usize;
             out.push((slot, c.result().is_ok()));
             self.slots[slot] = c.buffers.pop();
         }
-        Ok(())
     }
 }
