@@ -287,16 +287,23 @@ impl QueueStats {
 /// How long a polling queue spins flat out before it yields the CPU between checks.
 const PURE_SPIN: Duration = Duration::from_micros(10);
 
+/// How long a polling queue waits for a completion before it gives up (a dead server).
+const POLL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Submits, then checks the used ring until something completes: flat out for [`PURE_SPIN`],
-/// then yielding between checks. Both libraries' own polling waits never yield, which on a small
-/// machine can hold a CPU the server's polling thread needs for a whole time slice.
+/// then yielding between checks, as keel-client's and keeld's polling do. (libblkio's own
+/// polling wait never yields, which on a small machine can hold a CPU the server's polling
+/// thread needs for a whole time slice.) Both clients are polled this way.
 fn wait_polling(q: &mut dyn QueueDriver, out: &mut Vec<(usize, bool)>) -> Result<(), String> {
     let since = Instant::now();
     while q.submit_and_reap(out)? == 0 {
-        if since.elapsed() < PURE_SPIN {
+        let waited = since.elapsed();
+        if waited < PURE_SPIN {
             std::hint::spin_loop();
-        } else {
+        } else if waited < POLL_TIMEOUT {
             std::thread::yield_now();
+        } else {
+            return Err(format!("no completion within {} s", POLL_TIMEOUT.as_secs()));
         }
     }
     Ok(())
