@@ -1,33 +1,64 @@
 #!/usr/bin/env bash
-# Runs the same workloads through keel-client and through libblkio (blkio_bench) against one
-# qemu-storage-daemon, alternating the two clients, and prints a markdown table of median IOPS
-# and p99 latency per (backend, workload, completion mode).
+# keel-client against libblkio on the same server: the same load loop (blk_bench, one thread per
+# queue, a fixed number of requests in flight) through either client library, the two clients
+# alternating run by run. Servers: keeld (null engine, raw engine on an image with O_DIRECT) and
+# qemu-storage-daemon (null-co, file with io_uring and O_DIRECT), each with two queues.
+# Prints a markdown table of medians per (server, workload, completion mode), then the load
+# average. With PIN=1 (default) the server runs on CPU 0 and the client on CPU 1, so the two
+# clients meet the same scheduling on a small machine.
 #
-#   bash tests/bench/client_vs_blkio.sh [RUNTIME_S] [REPEATS]
+#   bash tests/bench/client_vs_blkio.sh [RUNTIME_S (3)] [REPEATS (3)]
+#   SERVERS="keeld-null qsd-null" MODES=poll bash tests/bench/client_vs_blkio.sh 2 3
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-RUNTIME=${1:-5}
+RUNTIME=${1:-3}
 REPEATS=${2:-3}
-cargo build --release --quiet -p keel-client --bin keel-client -p keel-tests --bin blkio_bench
-KC=target/release/keel-client
-BB=target/release/blkio_bench
+SERVERS=${SERVERS:-keeld-null keeld-raw qsd-null qsd-file}
+MODES=${MODES:-interrupt poll}
+PIN=${PIN:-1}
+command -v jq >/dev/null || { echo "jq not found" >&2; exit 1; }
+command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon not found" >&2; exit 1; }
+cargo build --release --quiet -p keel-backend --bin keeld -p keel-tests --bin blk_bench
+KEELD=$PWD/target/release/keeld
+BB=$PWD/target/release/blk_bench
 WORK=$(mktemp -d)
-QSD_PID=
+SERVER_PID=
 cleanup() {
-    if [ -n "$QSD_PID" ]; then kill "$QSD_PID" 2>/dev/null || true; wait "$QSD_PID" 2>/dev/null || true; fi
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-start_qsd() { # $1 = blockdev spec
+SERVER_CPU=(); CLIENT_CPU=()
+if [ "$PIN" = 1 ]; then SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); fi
+
+start_server() { # $1 = server name
     rm -f "$WORK/sock"
-    qemu-storage-daemon --blockdev "$1" \
-        --export "type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=$WORK/sock,writable=on,num-queues=2" &
-    QSD_PID=$!
-    for _ in $(seq 100); do [ -S "$WORK/sock" ] && return; sleep 0.05; done
-    echo "qemu-storage-daemon did not start" >&2; exit 1
+    case $1 in
+        keeld-null | keeld-raw)
+            local disk='engine = "null"
+size = 1073741824'
+            [ "$1" = keeld-raw ] && disk="engine = \"raw\"
+path = \"$WORK/disk.img\"
+direct = true"
+            printf '[[disk]]\nname = "b"\nsocket = "%s"\nqueues = 2\n%s\n' "$WORK/sock" "$disk" >"$WORK/keeld.toml"
+            KEEL_LOG=warn "${SERVER_CPU[@]}" "$KEELD" --config "$WORK/keeld.toml" >"$WORK/server.log" 2>&1 &
+            ;;
+        qsd-null | qsd-file)
+            local bd="driver=null-co,node-name=disk,size=1073741824,read-zeroes=on"
+            [ "$1" = qsd-file ] && bd="driver=file,filename=$WORK/disk.img,aio=io_uring,cache.direct=on,node-name=disk"
+            "${SERVER_CPU[@]}" qemu-storage-daemon --blockdev "$bd" \
+                --export "type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=$WORK/sock,writable=on,num-queues=2" \
+                >"$WORK/server.log" 2>&1 &
+            ;;
+        *) echo "unknown server $1" >&2; exit 1 ;;
+    esac
+    SERVER_PID=$! # taskset execs the server: this is the server's pid
+    for _ in $(seq 200); do [ -S "$WORK/sock" ] && break; sleep 0.05; done
+    [ -S "$WORK/sock" ] || { echo "$1 did not start:" >&2; cat "$WORK/server.log" >&2; exit 1; }
+    sleep 0.2
 }
-stop_qsd() { kill "$QSD_PID"; wait "$QSD_PID" 2>/dev/null || true; QSD_PID=; }
+stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -40,36 +71,42 @@ WORKLOADS=(
     "read 128k qd8|read|131072|8|1"
 )
 
-echo "| backend | workload | completions | keel-client IOPS | blkio IOPS | keel-client p99 us | blkio p99 us |"
-echo "|---|---|---|---:|---:|---:|---:|"
-for backend in null file; do
-    if [ "$backend" = null ]; then
-        start_qsd "driver=null-co,node-name=disk,size=$((4 << 30))"
-    else
-        truncate -s 1G "$WORK/disk.img"
-        # Fill the image so reads hit allocated blocks in the page cache, not holes.
-        dd if=/dev/urandom of="$WORK/disk.img" bs=1M count=1024 conv=notrunc status=none
-        start_qsd "driver=file,filename=$WORK/disk.img,node-name=disk"
-    fi
+if [[ " $SERVERS " == *" keeld-raw "* || " $SERVERS " == *" qsd-file "* ]]; then
+    # Allocated, not sparse, so reads hit real blocks.
+    dd if=/dev/urandom of="$WORK/disk.img" bs=1M count=1024 oflag=direct status=none
+fi
+
+echo "Median of $REPEATS runs of ${RUNTIME} s per client, clients alternating; blk_bench, --size 1G, $(date -u +%F)."
+echo
+echo "| server | workload | completions | keel-client IOPS | blkio IOPS | keel/blkio | keel-client p50 us | blkio p50 us | keel-client p99 us | blkio p99 us |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+loads=()
+for server in $SERVERS; do
+    start_server "$server"
     for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name rw bs depth queues <<<"$w"
-        for mode in interrupt poll; do
+        for mode in $MODES; do
             pollarg=(); [ "$mode" = poll ] && pollarg=(--poll)
-            kc_iops=(); bb_iops=(); kc_p99=(); bb_p99=()
+            declare -A iops=() p50=() p99=()
             for _ in $(seq "$REPEATS"); do
-                j=$($KC bench "$WORK/sock" --rw "$rw" --bs "$bs" --iodepth "$depth" --queues "$queues" \
-                    --runtime "${RUNTIME}s" --size 1G "${pollarg[@]}" --json)
-                kc_iops+=("$(jq '.iops' <<<"$j")")
-                kc_p99+=("$(jq '(.read // .write).lat_p99_us' <<<"$j")")
-                j=$($BB "$WORK/sock" --rw "$rw" --bs "$bs" --iodepth "$depth" --queues "$queues" \
-                    --runtime-s "$RUNTIME" --size $((1 << 30)) "${pollarg[@]}" --json)
-                bb_iops+=("$(jq '.iops' <<<"$j")")
-                bb_p99+=("$(jq '.lat_p99_us' <<<"$j")")
+                for client in keel blkio; do
+                    j=$("${CLIENT_CPU[@]}" "$BB" "$WORK/sock" --client "$client" --rw "$rw" --bs "$bs" --iodepth "$depth" \
+                        --queues "$queues" --runtime "$RUNTIME" --size $((1 << 30)) "${pollarg[@]}" --json)
+                    iops[$client]+="$(jq '.result.iops' <<<"$j") "
+                    p50[$client]+="$(jq '.result.lat_p50_us' <<<"$j") "
+                    p99[$client]+="$(jq '.result.lat_p99_us' <<<"$j") "
+                done
             done
-            printf "| %s | %s | %s | %.0f | %.0f | %.0f | %.0f |\n" "$backend" "$name" "$mode" \
-                "$(printf '%s\n' "${kc_iops[@]}" | median)" "$(printf '%s\n' "${bb_iops[@]}" | median)" \
-                "$(printf '%s\n' "${kc_p99[@]}" | median)" "$(printf '%s\n' "${bb_p99[@]}" | median)"
+            med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+            ki=$(med "${iops[keel]}"); bi=$(med "${iops[blkio]}")
+            printf "| %s | %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.0f | %.0f |\n" "$server" "$name" "$mode" \
+                "$ki" "$bi" "$(echo "$ki / $bi" | bc -l)" \
+                "$(med "${p50[keel]}")" "$(med "${p50[blkio]}")" "$(med "${p99[keel]}")" "$(med "${p99[blkio]}")"
+            unset iops p50 p99
         done
     done
-    stop_qsd
+    loads+=("$server: $(cut -d' ' -f1-3 /proc/loadavg)")
+    stop_server
 done
+echo
+echo "Load average (1/5/15 min) after each server: ${loads[*]}"

@@ -4,9 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::{Client, Options};
+mod driver;
+
+use driver::{Connection, QueueDriver, Shape};
 
 /// Access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -14,6 +17,7 @@ use crate::client::{Client, Options};
 pub enum Pattern {
     RandRead,
     RandWrite,
+    SeqRead,
     SeqWrite,
 }
 
@@ -22,6 +26,7 @@ impl Pattern {
         match self {
             Self::RandRead => "randread",
             Self::RandWrite => "randwrite",
+            Self::SeqRead => "read",
             Self::SeqWrite => "write",
         }
     }
@@ -63,6 +68,62 @@ pub struct Measurement {
     pub lat_p99_us: f64,
 }
 
+/// Which client library drives the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    /// Keel's own driver, `keel-client` (guest-client/).
+    Keel,
+    /// libblkio's pure-Rust `virtio-blk-vhost-user` driver (the `blkio` crate).
+    Blkio,
+}
+
+impl ClientKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Keel => "keel-client",
+            Self::Blkio => "blkio",
+        }
+    }
+}
+
+/// How to run a workload.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    pub client: ClientKind,
+    /// Queues, one thread each, every one running the whole workload.
+    pub queues: usize,
+    /// Poll the used rings (spinning) instead of sleeping on the completion eventfd.
+    pub poll: bool,
+    /// keel-client only: indirect descriptors and EVENT_IDX when the device offers them.
+    pub indirect: bool,
+    pub event_idx: bool,
+}
+
+impl RunOptions {
+    /// One queue through `client`, completions by eventfd or, if `poll`, by polling.
+    pub fn new(client: ClientKind, poll: bool) -> Self {
+        Self {
+            client,
+            queues: 1,
+            poll,
+            indirect: true,
+            event_idx: true,
+        }
+    }
+}
+
+/// A run's figures, with the tail of the latency distribution.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub measurement: Measurement,
+    /// Requests completed in the measured interval.
+    pub ops: u64,
+    pub lat_p999_us: f64,
+    pub lat_max_us: f64,
+}
+
 /// A tiny xorshift generator: cheap and reproducible offsets.
 struct Rng(u64);
 
@@ -75,101 +136,231 @@ impl Rng {
     }
 }
 
-/// Connects to `socket` and runs `w`; `spin` makes the client poll for completions.
+/// Where one queue's requests go: random blocks over the whole span, or, sequentially, the
+/// queue's own slice of it (so queues do not hit the same blocks).
+struct Offsets {
+    rng: Rng,
+    random: bool,
+    block_size: u64,
+    first: u64,
+    count: u64,
+    next: u64,
+}
+
+impl Offsets {
+    fn new(w: &Workload, index: usize, queues: usize) -> Self {
+        let blocks = (w.span / w.block_size as u64).max(1);
+        let random = matches!(w.pattern, Pattern::RandRead | Pattern::RandWrite);
+        let per = (blocks / queues as u64).max(1);
+        let (first, count) = if random {
+            (0, blocks)
+        } else {
+            ((index as u64 * per).min(blocks - 1), per.min(blocks))
+        };
+        Self {
+            rng: Rng(0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            random,
+            block_size: w.block_size as u64,
+            first,
+            count,
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        let block = if self.random {
+            self.rng.next() % self.count
+        } else {
+            let b = self.next;
+            self.next = (self.next + 1) % self.count;
+            b
+        };
+        (self.first + block) * self.block_size
+    }
+}
+
+/// Connects to `socket` with the blkio client and runs `w` on one queue; `spin` makes the
+/// client poll for completions.
 pub fn run(socket: &Path, w: &Workload, spin: bool) -> Result<Measurement, String> {
-    let opts = Options {
-        queues: 1,
-        buf_len: w.block_size * w.queue_depth,
-        queue_size: None,
-        read_only: false,
+    run_with(socket, w, &RunOptions::new(ClientKind::Blkio, spin)).map(|r| r.measurement)
+}
+
+/// Connects to `socket` as `opts` says and runs `w` on every queue at once.
+pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report, String> {
+    if w.block_size == 0
+        || !w.block_size.is_multiple_of(512)
+        || w.queue_depth == 0
+        || opts.queues == 0
+    {
+        return Err(format!(
+            "block size {} (whole sectors), queue depth {}, queues {} (at least 1)",
+            w.block_size, w.queue_depth, opts.queues
+        ));
+    }
+    let shape = Shape {
+        queues: opts.queues,
+        slots: w.queue_depth,
+        block_size: w.block_size,
+        poll: opts.poll,
+        indirect: opts.indirect,
+        event_idx: opts.event_idx,
     };
-    let mut c = Client::connect_with(socket, &opts).map_err(|e| format!("connect: {e:?}"))?;
-    let blocks = (w.span / w.block_size as u64).max(1);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let mut seq = 0u64;
-    let mut next_offset = |rng: &mut Rng| -> u64 {
-        match w.pattern {
-            Pattern::SeqWrite => {
-                let o = (seq % blocks) * w.block_size as u64;
-                seq += 1;
-                o
-            }
-            _ => (rng.next() % blocks) * w.block_size as u64,
+    let mut conn = match opts.client {
+        ClientKind::Blkio => Connection::blkio(socket, &shape)?,
+        ClientKind::Keel => Connection::keel(socket, &shape)?,
+    };
+    let capacity = conn.capacity();
+    if w.span > capacity || w.span < w.block_size as u64 {
+        return Err(format!(
+            "span {} must hold one block and fit the disk ({capacity} bytes)",
+            w.span
+        ));
+    }
+    let queues = conn.queues(&shape)?;
+    let begin = Instant::now();
+    let window = (begin + w.warmup, begin + w.warmup + w.runtime);
+    let results: Vec<Result<QueueStats, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut q)| {
+                s.spawn(move || drive(q.as_mut(), w, i, opts.queues, opts.poll, window))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("queue thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut all = QueueStats::new();
+    for r in results {
+        let q = r?;
+        all.ops += q.ops;
+        all.latency
+            .add(&q.latency)
+            .map_err(|e| format!("histogram: {e}"))?;
+    }
+    let iops = all.ops as f64 / w.runtime.as_secs_f64();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let h = &all.latency;
+    let pct = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            us(h.value_at_quantile(q))
         }
     };
-    for slot in 0..w.queue_depth {
-        c.buffer(0)[slot * w.block_size..(slot + 1) * w.block_size].fill(slot as u8 | 1);
-    }
-    let issue = |c: &mut Client, slot: usize, offset: u64| match w.pattern {
-        Pattern::RandRead => c.enqueue_read(0, offset, slot * w.block_size, w.block_size, slot),
-        _ => c.enqueue_write(0, offset, slot * w.block_size, w.block_size, slot),
-    };
+    Ok(Report {
+        measurement: Measurement {
+            iops,
+            mib_per_s: iops * w.block_size as f64 / f64::from(1 << 20),
+            lat_mean_us: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            lat_p50_us: pct(0.5),
+            lat_p99_us: pct(0.99),
+        },
+        ops: all.ops,
+        lat_p999_us: pct(0.999),
+        lat_max_us: us(h.max()),
+    })
+}
 
+struct QueueStats {
+    ops: u64,
+    /// Nanoseconds, submission to completion.
+    latency: Histogram<u64>,
+}
+
+impl QueueStats {
+    fn new() -> Self {
+        Self {
+            ops: 0,
+            // 1 ns .. 100 s, 3 significant digits.
+            latency: Histogram::new_with_bounds(1, 100_000_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+        }
+    }
+}
+
+/// How long a polling queue spins flat out before it yields the CPU between checks.
+const PURE_SPIN: Duration = Duration::from_micros(10);
+
+/// How long a polling queue waits for a completion before it gives up (a dead server).
+const POLL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Submits, then checks the used ring until something completes: flat out for [`PURE_SPIN`],
+/// then yielding between checks, as keel-client's and keeld's polling do. (libblkio's own
+/// polling wait never yields, which on a small machine can hold a CPU the server's polling
+/// thread needs for a whole time slice.) Both clients are polled this way.
+fn wait_polling(q: &mut dyn QueueDriver, out: &mut Vec<(usize, bool)>) -> Result<(), String> {
+    let since = Instant::now();
+    while q.submit_and_reap(out)? == 0 {
+        let waited = since.elapsed();
+        if waited < PURE_SPIN {
+            std::hint::spin_loop();
+        } else if waited < POLL_TIMEOUT {
+            std::thread::yield_now();
+        } else {
+            return Err(format!("no completion within {} s", POLL_TIMEOUT.as_secs()));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `w.queue_depth` requests in flight on one queue; counts the completions that land in
+/// `window` (after the warm-up), then lets the rest drain.
+fn drive(
+    q: &mut dyn QueueDriver,
+    w: &Workload,
+    index: usize,
+    queues: usize,
+    poll: bool,
+    (measure_from, end): (Instant, Instant),
+) -> Result<QueueStats, String> {
+    let mut offsets = Offsets::new(w, index, queues);
+    let read = matches!(w.pattern, Pattern::RandRead | Pattern::SeqRead);
+    let mut stats = QueueStats::new();
     let mut started = vec![Instant::now(); w.queue_depth];
-    for (slot, start) in started.iter_mut().enumerate() {
-        issue(&mut c, slot, next_offset(&mut rng));
-        *start = Instant::now();
+    for (slot, at) in started.iter_mut().enumerate() {
+        q.enqueue(slot, read, offsets.next())?;
+        *at = Instant::now();
     }
-    c.submit(0);
-
-    let begin = Instant::now();
-    let measure_from = begin + w.warmup;
-    let end = measure_from + w.runtime;
-    let mut lat_ns: Vec<u32> = Vec::with_capacity(1 << 20);
     let mut done = Vec::with_capacity(w.queue_depth);
-    let mut measured_ios = 0u64;
     let mut in_flight = w.queue_depth;
     let mut stopping = false;
     while in_flight > 0 {
         done.clear();
-        c.wait_some(0, w.queue_depth, spin, &mut done);
+        if poll {
+            wait_polling(q, &mut done)?;
+        } else {
+            q.submit_and_wait(&mut done)?;
+        }
         let now = Instant::now();
-        for &(slot, ret) in &done {
-            if ret != 0 {
-                return Err(format!("request failed: {ret}"));
+        if now >= end {
+            stopping = true;
+        }
+        for &(slot, ok) in &done {
+            if !ok {
+                return Err(format!("request failed (slot {slot})"));
             }
             in_flight -= 1;
-            if now >= measure_from && !stopping {
-                measured_ios += 1;
+            if now >= measure_from && now < end {
+                stats.ops += 1;
                 let ns = now.duration_since(started[slot]).as_nanos();
-                lat_ns.push(u32::try_from(ns).unwrap_or(u32::MAX));
-            }
-            if now >= end {
-                stopping = true;
+                stats
+                    .latency
+                    .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
             }
             if !stopping {
-                issue(&mut c, slot, next_offset(&mut rng));
+                q.enqueue(slot, read, offsets.next())?;
                 started[slot] = Instant::now();
                 in_flight += 1;
             }
         }
-        if !stopping {
-            c.submit(0);
-        }
     }
-    let secs = w.runtime.as_secs_f64();
-    lat_ns.sort_unstable();
-    let pct = |p: f64| {
-        if lat_ns.is_empty() {
-            0.0
-        } else {
-            let i = ((lat_ns.len() as f64 - 1.0) * p).round() as usize;
-            f64::from(lat_ns[i]) / 1000.0
-        }
-    };
-    let mean = if lat_ns.is_empty() {
-        0.0
-    } else {
-        lat_ns.iter().map(|&x| f64::from(x)).sum::<f64>() / lat_ns.len() as f64 / 1000.0
-    };
-    let iops = measured_ios as f64 / secs;
-    Ok(Measurement {
-        iops,
-        mib_per_s: iops * w.block_size as f64 / f64::from(1 << 20),
-        lat_mean_us: mean,
-        lat_p50_us: pct(0.5),
-        lat_p99_us: pct(0.99),
-    })
+    Ok(stats)
 }
 
 /// The median of each field over `ms` (fields taken independently).

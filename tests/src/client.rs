@@ -14,8 +14,6 @@ pub struct Client {
     queues: Vec<Blkioq>,
     region: MemoryRegion,
     per_queue: usize,
-    /// Reused completion buffer of `wait_some`.
-    comps: Vec<MaybeUninit<Completion>>,
 }
 
 /// How to connect.
@@ -28,6 +26,8 @@ pub struct Options {
     pub queue_size: Option<i32>,
     /// Open the device read-only (required when the server offers RO).
     pub read_only: bool,
+    /// Poll queues: no completion eventfd, waiting spins on the used ring.
+    pub poll: bool,
 }
 
 impl Default for Options {
@@ -37,6 +37,7 @@ impl Default for Options {
             buf_len: 1 << 20,
             queue_size: None,
             read_only: false,
+            poll: false,
         }
     }
 }
@@ -66,12 +67,15 @@ impl Client {
             buf_len,
             queue_size,
             read_only,
+            poll,
         } = *opts;
         let mut blkio = Blkio::new("virtio-blk-vhost-user")?;
         blkio.set_str("path", &path.to_string_lossy())?;
         blkio.set_bool("read-only", read_only)?;
         blkio.connect()?;
-        blkio.set_i32("num-queues", queues as i32)?;
+        let (normal, polled) = if poll { (0, queues) } else { (queues, 0) };
+        blkio.set_i32("num-queues", normal as i32)?;
+        blkio.set_i32("num-poll-queues", polled as i32)?;
         if let Some(size) = queue_size {
             blkio.set_i32("queue-size", size)?;
         }
@@ -82,10 +86,13 @@ impl Client {
         blkio.map_mem_region(&region)?;
         Ok(Self {
             blkio,
-            queues: started.queues,
+            queues: started
+                .queues
+                .into_iter()
+                .chain(started.poll_queues)
+                .collect(),
             region,
             per_queue,
-            comps: Vec::new(),
         })
     }
 
@@ -141,43 +148,6 @@ impl Client {
             }
         }
         out
-    }
-
-    /// Waits for at least one completion of queue `q` (blocking, or spinning if `spin`) and
-    /// appends (user data, result) pairs to `out`. Returns how many arrived.
-    pub fn wait_some(
-        &mut self,
-        q: usize,
-        max: usize,
-        spin: bool,
-        out: &mut Vec<(usize, i32)>,
-    ) -> usize {
-        let want = max.max(1);
-        while self.comps.len() < want {
-            self.comps.push(MaybeUninit::uninit());
-        }
-        let min = usize::from(!spin);
-        let since = std::time::Instant::now();
-        loop {
-            let got = self.queues[q]
-                .do_io(&mut self.comps[..want], min, None, None)
-                .expect("do_io");
-            for c in &self.comps[..got] {
-                // SAFETY: do_io initialised the first `got` entries.
-                let c = unsafe { c.assume_init_ref() };
-                out.push((c.user_data, c.ret));
-            }
-            if got > 0 {
-                return got;
-            }
-            // Spin flat out briefly, then yield between checks: never hog a CPU the server
-            // may need.
-            if since.elapsed() < std::time::Duration::from_micros(10) {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
     }
 
     fn one(&mut self, q: usize) -> Result<(), RequestFailed> {
@@ -248,6 +218,80 @@ impl Client {
         };
         self.queues[q].write_zeroes(offset, len, 0, flags);
         self.one(q)
+    }
+
+    /// Every queue with its own part of the buffer, each usable from its own thread while the
+    /// client is borrowed.
+    pub fn split(&mut self) -> Vec<QueueIo<'_>> {
+        let base = self.region.addr;
+        let per_queue = self.per_queue;
+        self.queues
+            .iter_mut()
+            .enumerate()
+            .map(|(i, queue)| QueueIo {
+                queue,
+                buf: base + i * per_queue,
+                len: per_queue,
+                comps: Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// One queue of a [`Client`] and its buffer, for one thread.
+pub struct QueueIo<'a> {
+    queue: &'a mut Blkioq,
+    /// Address of this queue's part of the mapped region.
+    buf: usize,
+    len: usize,
+    comps: Vec<MaybeUninit<Completion>>,
+}
+
+impl QueueIo<'_> {
+    fn ptr(&self, buf_off: usize, len: usize) -> *mut u8 {
+        assert!(
+            buf_off + len <= self.len,
+            "buffer range outside the queue's region"
+        );
+        (self.buf + buf_off) as *mut u8
+    }
+
+    /// Queues a read of `len` bytes at disk `offset` into this queue's buffer at `buf_off`.
+    pub fn enqueue_read(&mut self, offset: u64, buf_off: usize, len: usize, tag: usize) {
+        let p = self.ptr(buf_off, len);
+        self.queue.read(offset, p, len, tag, ReqFlags::empty());
+    }
+
+    /// Queues a write of `len` bytes from this queue's buffer at `buf_off` to disk `offset`.
+    pub fn enqueue_write(&mut self, offset: u64, buf_off: usize, len: usize, tag: usize) {
+        let p = self.ptr(buf_off, len);
+        self.queue.write(offset, p, len, tag, ReqFlags::empty());
+    }
+
+    /// Submits what was queued and waits (sleeping, or spinning on a poll queue) until at least
+    /// `min` requests complete; appends (tag, result) of up to `max` completions to `out`.
+    pub fn do_io(
+        &mut self,
+        min: usize,
+        max: usize,
+        out: &mut Vec<(usize, i32)>,
+    ) -> Result<usize, blkio::Error> {
+        while self.comps.len() < max {
+            self.comps.push(MaybeUninit::uninit());
+        }
+        let got = loop {
+            match self.queue.do_io(&mut self.comps[..max], min, None, None) {
+                // A signal (a profiler's timer) interrupted the wait: wait again.
+                Err(e) if e.errno() == blkio::Errno::INTR => continue,
+                r => break r?,
+            }
+        };
+        for c in &self.comps[..got] {
+            // SAFETY: do_io initialised the first `got` entries.
+            let c = unsafe { c.assume_init_ref() };
+            out.push((c.user_data, c.ret));
+        }
+        Ok(got)
     }
 }
 

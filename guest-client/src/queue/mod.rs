@@ -24,12 +24,17 @@ pub use area::{MAX_RANGES, QueueArea};
 pub use doorbell::{Doorbell, Hangup, Wake};
 pub use limits::DeviceLimits;
 
+/// How long a polling wait spins flat out before it yields the CPU between checks (keeld's
+/// polling worker does the same).
+const PURE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+
 /// How a queue learns about completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completions {
     /// Sleep on the call eventfd; the device signals (EVENT_IDX-suppressed when possible).
     Interrupt,
-    /// Spin on the used ring; the device is asked never to signal.
+    /// Spin on the used ring (yielding the CPU between checks after 10 us); the device is
+    /// asked never to signal.
     Poll,
 }
 
@@ -154,7 +159,8 @@ impl Queue {
         self.pool.alloc(len)
     }
 
-    /// Puts a request on the ring without telling the device; call [`Self::kick`] after a batch.
+    /// Puts a request on the ring, visible to a device that is looking, without notifying it;
+    /// call [`Self::kick`] after a batch.
     pub fn push(&mut self, request: Request, token: u64) -> Result<Push> {
         self.push_inner(request, token, false)
     }
@@ -241,6 +247,9 @@ impl Queue {
             buffers,
             sync,
         });
+        // Visible at once, as Linux's driver does it: a device still busy with earlier requests
+        // takes this one in the same pass instead of going idle and waiting for a kick.
+        self.ring.expose()?;
         Ok(Push::Queued)
     }
 
@@ -279,20 +288,26 @@ impl Queue {
         Ok(pushed)
     }
 
-    /// Moves every completion the device has returned into `out`, without blocking.
-    /// Returns how many were added.
+    /// Moves every completion the device had returned when this call looked at the used ring
+    /// into `out`, without blocking. Returns how many were added.
     pub fn reap(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
         let before = out.len();
         while let Some(c) = self.ready.pop_front() {
             out.push(c);
         }
-        while let Some((c, _)) = self.pop_one()? {
+        // Only what the device had returned when we looked: a reap that chased a device still
+        // adding entries would hand back a whole batch late, and the device, finding no new
+        // requests when it finishes, would go idle and need a kick.
+        for _ in 0..self.ring.used_ready()? {
+            let Some((c, _)) = self.pop_one()? else { break };
             out.push(c);
         }
-        if self.setup.completions == Completions::Poll {
+        let n = out.len() - before;
+        if self.setup.completions == Completions::Poll && n > 0 {
+            // Keep the device's signal point away from where we now read.
             self.ring.suppress_interrupts()?;
         }
-        Ok(out.len() - before)
+        Ok(n)
     }
 
     fn pop_one(&mut self) -> Result<Option<(Completion, bool)>> {
@@ -333,10 +348,18 @@ impl Queue {
     fn wait_for_used(&mut self) -> Result<()> {
         match self.setup.completions {
             Completions::Poll => {
-                let mut last_check = Instant::now();
+                let since = Instant::now();
+                let mut last_check = since;
                 let mut spins = 0u32;
                 while !self.ring.has_used()? {
-                    std::hint::spin_loop();
+                    // Flat out briefly, then yield between checks: a polling server on the same
+                    // CPU (keeld with poll_us on a small machine) must get to run, or every
+                    // request waits for the end of our time slice.
+                    if since.elapsed() < PURE_SPIN {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
                     spins = spins.wrapping_add(1);
                     if spins.is_multiple_of(1024) && last_check.elapsed().as_millis() >= 100 {
                         self.doorbell.check_hangup()?;

@@ -63,8 +63,10 @@ pub struct SplitRing {
     outstanding: u16,
     /// The avail index the next chain goes to (not yet visible to the device).
     avail_idx: u16,
-    /// The avail index the device last saw in `avail.idx`.
+    /// The avail index last stored in `avail.idx`.
     published: u16,
+    /// The avail index up to which the device has been notified, or found not to want it.
+    notified: u16,
     /// The next used entry to read.
     last_used: u16,
     /// The device's `used.idx` as last read.
@@ -90,6 +92,7 @@ impl SplitRing {
             outstanding: 0,
             avail_idx: 0,
             published: 0,
+            notified: 0,
             last_used: 0,
             used_seen: 0,
             scratch_indices: Vec::with_capacity(usize::from(size)),
@@ -230,17 +233,31 @@ impl SplitRing {
         Ok(())
     }
 
+    /// Makes every chain added so far visible to the device, without deciding about a kick. A
+    /// device that is busy (or polling) picks them up at once; [`Self::publish`] still tells it
+    /// about them if it asked.
+    pub fn expose(&mut self) -> Result<()> {
+        if self.avail_idx != self.published {
+            self.mem.store(
+                self.avail_idx.to_le(),
+                self.layout.avail_idx(),
+                Ordering::Release,
+            )?;
+            self.published = self.avail_idx;
+        }
+        Ok(())
+    }
+
     /// Makes every chain added since the last call visible to the device. Returns whether the
     /// device asked to be notified (kicked) about them.
     pub fn publish(&mut self) -> Result<bool> {
-        if self.avail_idx == self.published {
+        self.expose()?;
+        if self.avail_idx == self.notified {
             return Ok(false);
         }
-        let old = self.published;
+        let old = self.notified;
         let new = self.avail_idx;
-        self.mem
-            .store(new.to_le(), self.layout.avail_idx(), Ordering::Release)?;
-        self.published = new;
+        self.notified = new;
         // The device must see avail.idx before we read its suppression state, or it could
         // decide to sleep on an index we have already moved past (a store-load barrier).
         fence(Ordering::SeqCst);
@@ -290,6 +307,15 @@ impl SplitRing {
         Ok(self.last_used != self.used_seen)
     }
 
+    /// Reads `used.idx` once and returns how many entries it holds that were not yet popped:
+    /// that many [`Self::pop_used`] calls succeed without looking at the device's index again.
+    pub fn used_ready(&mut self) -> Result<u16> {
+        if self.last_used == self.used_seen {
+            self.used_seen = self.load_used_idx()?;
+        }
+        Ok(self.used_seen.wrapping_sub(self.last_used))
+    }
+
     fn load_used_idx(&self) -> Result<u16> {
         let idx = u16::from_le(
             self.mem
@@ -336,10 +362,13 @@ impl SplitRing {
     /// Tells the device not to signal completions: the driver polls the used ring.
     pub fn suppress_interrupts(&mut self) -> Result<()> {
         if self.event_idx {
-            // One behind the next entry we will read: the device only signals when its used
-            // index passes this value, which cannot happen before we move it again.
+            // Half the index space away from the next entry we will read. The device signals
+            // when its used index crosses this value between two of its checks; its index stays
+            // within one ring size of ours, so with rings up to 16384 entries it never does.
+            // (A value just behind ours is crossed whenever the device's batch began before our
+            // last reap, which made the server signal about one batch in fifteen.)
             self.mem.store(
-                self.last_used.wrapping_sub(1).to_le(),
+                self.last_used.wrapping_add(0x8000).to_le(),
                 self.layout.used_event(),
                 Ordering::Relaxed,
             )?;

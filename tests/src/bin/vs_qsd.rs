@@ -1,6 +1,7 @@
 //! keeld against qemu-storage-daemon: the same workloads, the same client, the same run.
 //!
 //! Usage: vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--image-size GIB] [--no-fio]
+//!               [--client blkio|keel]
 //! Prints a markdown table and, after a line "JSON:", the raw numbers. See docs/benchmarks.md.
 
 use std::fs;
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
+use keel_tests::bench::{
+    self, ClientKind, Measurement, Pattern, RunOptions, Running, Workload, median,
+};
 use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
 use serde::Serialize;
 
@@ -18,6 +21,7 @@ struct Args {
     dir: PathBuf,
     image_gib: u64,
     fio: bool,
+    client: ClientKind,
 }
 
 fn parse_args() -> Args {
@@ -27,6 +31,7 @@ fn parse_args() -> Args {
         dir: std::env::temp_dir().join("keel-bench"),
         image_gib: 1,
         fio: true,
+        client: ClientKind::Blkio,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -37,6 +42,13 @@ fn parse_args() -> Args {
             "--dir" => a.dir = PathBuf::from(val()),
             "--image-size" => a.image_gib = val().parse().expect("--image-size GIB"),
             "--no-fio" => a.fio = false,
+            "--client" => {
+                a.client = match val().as_str() {
+                    "blkio" => ClientKind::Blkio,
+                    "keel" => ClientKind::Keel,
+                    other => panic!("--client blkio|keel, not {other}"),
+                }
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -132,6 +144,7 @@ fn start(
 
 #[derive(Serialize)]
 struct Row {
+    client: ClientKind,
     backing: Backing,
     workload: String,
     keel: Measurement,
@@ -248,8 +261,9 @@ fn main() {
                     if spin && w.queue_depth != 1 {
                         continue;
                     }
-                    let m = bench::run(&sock, w, spin)
-                        .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
+                    let m = bench::run_with(&sock, w, &RunOptions::new(args.client, spin))
+                        .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()))
+                        .measurement;
                     let client = if spin { "spinning client" } else { "" };
                     eprintln!(
                         "run {} {backing:?} {:<18} {server:?} {client}: {:>9.0} IOPS {:>8.1} MiB/s p50 {:>6.1} us",
@@ -277,6 +291,7 @@ fn main() {
                 None
             };
             rows.push(Row {
+                client: args.client,
                 backing: *backing,
                 workload: w.label(),
                 keel: median(&r[0]),
@@ -290,14 +305,16 @@ fn main() {
         }
     }
     println!(
-        "Median of {} runs, {} s each (+0.5 s warm-up), 1 queue, blkio client (virtio-blk-vhost-user), {} GiB span.\n",
+        "Median of {} runs, {} s each (+0.5 s warm-up), 1 queue, client: {}, {} GiB span.\n",
         args.runs,
         args.runtime.as_secs_f64(),
+        args.client.name(),
         args.image_gib
     );
+    let spinning = format!("spinning {}", args.client.name());
     println!(
         "| backing | workload | Keel IOPS | QSD IOPS | Keel/QSD | Keel p50 us | QSD p50 us | \
-         spinning client: Keel poll_us={POLL_US} p50 us | spinning client: QSD p50 us | \
+         {spinning}: Keel poll_us={POLL_US} p50 us | {spinning}: QSD p50 us | \
          host fio IOPS | host fio p50 us |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
