@@ -347,11 +347,12 @@ impl Store {
     /// takes a checkpoint instead, which also marks it as using them from then on.
     pub fn create_snapshot(&self, name: &str) -> Result<u64> {
         self.ensure_ok()?;
-        let held = std::time::Instant::now();
         let id = {
             // No batch may sit between taking its VBAs and committing them while the VBA
-            // watermark is read: hold every writer, until the record is applied.
+            // watermark is read: hold every writer, until the record is applied. (Writers
+            // before the cleaner: a guest writer short of space runs a cleaner step.)
             let _writers: Vec<_> = self.writers.iter().map(lock).collect();
+            let held = std::time::Instant::now();
             let _cleaner = lock(&self.cleaner_writer);
             let mut j = self.quiet_journal();
             let id = {
@@ -386,10 +387,10 @@ impl Store {
                 false,
                 &mut DeviceIo(self.dev.as_ref()),
             )?;
+            self.note_snapshot_pause(held.elapsed());
             id
         };
         // Guest writes go on meanwhile: the flush only has to precede the answer.
-        self.note_snapshot_pause(held.elapsed());
         self.flush()?;
         Ok(id)
     }

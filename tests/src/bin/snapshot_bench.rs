@@ -92,7 +92,10 @@ fn start_keeld(dir: &Path, size: u64) -> Keeld {
         .spawn()
         .expect("start keeld");
     let proc = Running(child);
-    assert!(wait_for_socket(&sock, Duration::from_secs(60)), "keeld did not listen");
+    assert!(
+        wait_for_socket(&sock, Duration::from_secs(60)),
+        "keeld did not listen"
+    );
     Keeld {
         _proc: proc,
         sock,
@@ -270,7 +273,14 @@ fn qcow2_writes(a: &Args, size: u64, snapshots: usize) -> Measurement {
     let sock = a.dir.join("qsd.sock");
     let _ = fs::remove_file(&image);
     let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+        ])
         .arg(&image)
         .arg(disk_for(size).to_string())
         .status()
@@ -293,7 +303,10 @@ fn qcow2_writes(a: &Args, size: u64, snapshots: usize) -> Measurement {
             .spawn()
             .expect("start qemu-storage-daemon");
         let r = Running(child);
-        assert!(wait_for_socket(&sock, Duration::from_secs(30)), "qsd did not listen");
+        assert!(
+            wait_for_socket(&sock, Duration::from_secs(30)),
+            "qsd did not listen"
+        );
         r
     };
     {
@@ -370,7 +383,9 @@ fn main() {
         );
     }
     println!("\n4 KiB random writes, depth 32, 1 GiB disk, after a sequential fill:\n");
-    println!("| snapshots | keel IOPS | keel p99 us | keel / no snapshots | qcow2 IOPS | qcow2 p99 us | keel / qcow2 |");
+    println!(
+        "| snapshots | keel IOPS | keel p99 us | keel / no snapshots | qcow2 IOPS | qcow2 p99 us | keel / qcow2 |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let base = writes.first().map_or(1.0, |r| r.keel.iops.max(1.0));
     for r in &writes {
