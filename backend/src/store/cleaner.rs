@@ -10,7 +10,8 @@ use super::journal::Entry;
 use super::layout::BLOCK;
 use super::pins::PinGuard;
 use super::stats::Counters;
-use super::{Store, lock, now_millis_pub, read};
+use super::sut::SegKind;
+use super::{Store, lock, now_millis_pub, read, write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -102,6 +103,53 @@ impl Store {
         }))
     }
 
+    /// Frees sparse metadata segments. Tree nodes that do not change keep the segment they
+    /// were written to alive long after its other nodes were superseded; the nodes in segments
+    /// at most half live are marked dirty (with their ancestors) and the checkpoint taken here
+    /// writes them elsewhere, which empties those segments. Returns the nodes moved.
+    pub fn clean_meta(&self) -> Result<usize> {
+        self.ensure_ok()?;
+        let mut j = self.quiet_journal();
+        let moved = {
+            let mut st = write(&self.state);
+            let half = (self.geo.seg_blocks / 2) as u32;
+            let sparse: std::collections::HashSet<u64> = (self.geo.first_data_segment()
+                ..self.geo.segments)
+                .filter(|s| {
+                    st.sut.kind(*s) == SegKind::Meta
+                        && !st.sut.is_open(*s)
+                        && st.sut.live(*s) <= half
+                })
+                .collect();
+            if sparse.is_empty() {
+                return Ok(0);
+            }
+            let geo = self.geo;
+            let doomed = |pba: u64| sparse.contains(&geo.segment_of(pba));
+            let maps = &mut st.maps;
+            let roots = maps.lba_roots();
+            let vba_root = maps.vba_root;
+            maps.lba.evacuate(&roots, &doomed) + maps.vba.evacuate(&[vba_root], &doomed)
+        };
+        if moved > 0 {
+            self.checkpoint_locked(&mut j)?;
+        }
+        Ok(moved)
+    }
+
+    /// Whether enough metadata segments are sparse for [`clean_meta`](Self::clean_meta) to
+    /// be worth a checkpoint.
+    pub fn meta_sparse(&self) -> bool {
+        let st = read(&self.state);
+        let half = (self.geo.seg_blocks / 2) as u32;
+        (self.geo.first_data_segment()..self.geo.segments)
+            .filter(|s| {
+                st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
+            })
+            .nth(1)
+            .is_some()
+    }
+
     /// Free segments (the reserve included).
     pub fn free_segments(&self) -> u64 {
         read(&self.state).sut.free_count()
@@ -184,6 +232,13 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             continue;
         }
         release_helps = true;
+        if urgent && store.meta_sparse() {
+            if let Err(e) = store.clean_meta() {
+                log::warn!("cleaner: metadata segments: {e}");
+                std::thread::sleep(cfg.pause);
+            }
+            continue;
+        }
         let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
         let idle = idle_ms >= cfg.idle.as_millis() as u64;
         if !(urgent || idle) {

@@ -42,7 +42,10 @@ fn take_meta(
             Some(_) => meta.retire(),
             None => match st.sut.grab(SegKind::Meta, true) {
                 Some(seg) => meta.start(seg),
-                None => return Err(StoreError::NoSpace),
+                None => {
+                    log::debug!("no free segment for {n} metadata blocks");
+                    return Err(StoreError::NoSpace);
+                }
             },
         }
     }

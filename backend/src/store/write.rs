@@ -121,6 +121,26 @@ impl Store {
             }
             attempts += 1;
             if attempts > 64 || !self.make_room(use_reserve)? {
+                let st = read(&self.state);
+                let mut hist = [0u32; 11];
+                let mut meta = 0;
+                let mut open = 0;
+                for seg in self.geo.first_data_segment()..self.geo.segments {
+                    match st.sut.kind(seg) {
+                        SegKind::Data if st.sut.is_open(seg) => open += 1,
+                        SegKind::Data => {
+                            hist[(st.sut.live(seg) as u64 * 10 / self.geo.seg_blocks) as usize] += 1
+                        }
+                        SegKind::Meta => meta += 1,
+                        SegKind::Free => {}
+                    }
+                }
+                log::debug!(
+                    "no space after {attempts} attempts: {} free, {} pending, cleaner: {}, data segments by tenths live {hist:?}, {open} open, {meta} meta",
+                    st.sut.free_count(),
+                    st.sut.pending_count(),
+                    use_reserve
+                );
                 return Err(StoreError::NoSpace);
             }
         }
@@ -134,6 +154,10 @@ impl Store {
         if pending > 0 {
             // Releases them (those still pinned by a read stay pending; the caller retries).
             self.checkpoint()?;
+            return Ok(true);
+        }
+        // Superseded tree nodes scattered over metadata segments: cheap to gather.
+        if self.meta_sparse() && self.clean_meta()? > 0 {
             return Ok(true);
         }
         if for_cleaner {

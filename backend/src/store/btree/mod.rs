@@ -344,6 +344,55 @@ impl<V: TreeValue> Forest<V> {
         out.push(root);
     }
 
+    /// Marks dirty every node of the trees at `roots` that is stored where `doomed` says, and
+    /// every ancestor of one (a clean node must only have clean children: its block names
+    /// theirs), so that the next checkpoint writes them elsewhere and their old blocks die.
+    /// Returns the nodes newly marked.
+    pub fn evacuate(&mut self, roots: &[NodeId], doomed: &dyn Fn(u64) -> bool) -> usize {
+        let mut verdict: HashMap<NodeId, bool> = HashMap::new();
+        let mut marked = 0;
+        for &r in roots {
+            marked += self.evacuate_rec(r, doomed, &mut verdict).1;
+        }
+        marked
+    }
+
+    /// Whether `id` is dirty once evacuated, and how many nodes this call marked.
+    fn evacuate_rec(
+        &mut self,
+        id: NodeId,
+        doomed: &dyn Fn(u64) -> bool,
+        verdict: &mut HashMap<NodeId, bool>,
+    ) -> (bool, usize) {
+        if let Some(&d) = verdict.get(&id) {
+            return (d, 0);
+        }
+        let children = match &self.node(id).body {
+            Body::Internal { children, .. } => children.clone(),
+            Body::Leaf { .. } => Vec::new(),
+        };
+        let mut marked = 0;
+        let mut child_dirty = false;
+        for c in children {
+            let (d, m) = self.evacuate_rec(c, doomed, verdict);
+            child_dirty |= d;
+            marked += m;
+        }
+        let n = self.node_mut(id);
+        let dirty = match n.disk {
+            None => true,
+            Some(p) if child_dirty || doomed(p) => {
+                n.disk = None;
+                self.garbage.push(p);
+                marked += 1;
+                true
+            }
+            Some(_) => false,
+        };
+        verdict.insert(id, dirty);
+        (dirty, marked)
+    }
+
     /// Records that node `id` now lives at block `pba`.
     pub fn set_disk(&mut self, id: NodeId, pba: u64) {
         self.node_mut(id).disk = Some(pba);
