@@ -138,15 +138,17 @@ impl Store {
     }
 
     /// Whether enough metadata segments are sparse for [`clean_meta`](Self::clean_meta) to
-    /// be worth a checkpoint.
+    /// be worth its checkpoint (which rewrites every node it moves): as many as half the
+    /// reserve.
     pub fn meta_sparse(&self) -> bool {
         let st = read(&self.state);
         let half = (self.geo.seg_blocks / 2) as u32;
+        let enough = (self.geo.reserved_segments() / 2).max(2) as usize;
         (self.geo.first_data_segment()..self.geo.segments)
             .filter(|s| {
                 st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
             })
-            .nth(1)
+            .nth(enough - 1)
             .is_some()
     }
 
