@@ -295,6 +295,22 @@ impl Shared {
         out
     }
 
+    /// Adds the chunks written since the last completed flush to the write-intent bitmap (not
+    /// persisted). Called when a component starts taking writes again: writes made while the
+    /// set had a single target set no intent bits, and the resync may copy them to the
+    /// returning component before the source has them durably.
+    pub(super) fn intend_unflushed(&self, st: &mut State) {
+        if !self.options.write_intent {
+            return;
+        }
+        let mut dirty = st.dirty_cur.clone();
+        if let Some(p) = &st.dirty_prev {
+            dirty.union_with(p);
+        }
+        let regions = self.intent_regions_of(&dirty);
+        st.view.intent.union_with(&regions);
+    }
+
     /// Takes out every target that failed while another succeeded; an error only if all failed.
     fn settle(
         &self,
@@ -994,10 +1010,15 @@ fn resync_intent(shared: &Shared, st: &mut State) {
     };
     let mut moved = 0;
     for (i, rec) in st.view.components.iter_mut().enumerate() {
-        if i == primary || !rec.state.receives_writes() {
+        if i == primary {
             continue;
         }
-        if rec.state == ComponentState::InSync {
+        if let Some(o) = rec.outage.as_mut().filter(|_| rec.state.is_absent()) {
+            // It may have taken writes until the crash (it was found unreachable at this
+            // open) or hold a resync's copies of unflushed data: it catches up on the intent
+            // chunks too when it returns.
+            o.tracking.union_with(&intent);
+        } else if rec.state == ComponentState::InSync {
             rec.state = ComponentState::Stale;
             rec.outage = Some(Outage {
                 start_lsn: rec.last_lsn,
