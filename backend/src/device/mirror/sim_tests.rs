@@ -106,6 +106,13 @@ fn open(p: &Arc<MemProvider>, n: usize, chunks: u64) -> MirrorDevice {
     MirrorDevice::open_with(config(n, chunks), p.clone()).expect("open mirror")
 }
 
+/// Like [`open`], with every write fanned out to the components on writer threads.
+fn open_fanned_out(p: &Arc<MemProvider>, n: usize, chunks: u64) -> MirrorDevice {
+    let mut c = config(n, chunks);
+    c.options.parallel_write_min = Some(0);
+    MirrorDevice::open_with(c, p.clone()).expect("open mirror")
+}
+
 /// The bytes a correct disk holds: as acknowledged, and as of the last flush.
 struct Model {
     current: Vec<u8>,
@@ -628,11 +635,21 @@ fn randomized_model_check() {
         _ => 0..24u64,
     };
     for seed in seeds {
-        run_model(seed, 3, 64, 400);
+        run_model(seed, 3, 64, 400, open);
     }
 }
 
-fn run_model(seed: u64, n: usize, chunks: u64, ops: usize) {
+/// The same model check with writes fanned out on the writer threads.
+#[test]
+fn randomized_model_check_with_writer_threads() {
+    for seed in 1000..1008u64 {
+        run_model(seed, 3, 64, 400, open_fanned_out);
+    }
+}
+
+type Opener = fn(&Arc<MemProvider>, usize, u64) -> MirrorDevice;
+
+fn run_model(seed: u64, n: usize, chunks: u64, ops: usize, open: Opener) {
     let p = MemProvider::new(seed);
     let mut dev = open(&p, n, chunks);
     let mut rng = SimRng::new(seed);
