@@ -27,7 +27,10 @@ fn component(api: &ControlClient, n: usize) -> serde_json::Value {
 
 fn post(api: &ControlClient, what: &str) {
     let _: serde_json::Value = api
-        .post(&format!("/v1/disks/m/mirror/1/{what}"), &serde_json::json!({}))
+        .post(
+            &format!("/v1/disks/m/mirror/1/{what}"),
+            &serde_json::json!({}),
+        )
         .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
@@ -115,6 +118,9 @@ fn verify_passes_with_a_component_taken_offline_mid_write_and_brought_back() {
             .zip(b.chunks(chunk as usize))
             .filter(|(x, y)| x != y)
             .count();
-        assert_eq!(differing, 0, "{engine}: components differ in {differing} chunks");
+        assert_eq!(
+            differing, 0,
+            "{engine}: components differ in {differing} chunks"
+        );
     }
 }

@@ -362,6 +362,52 @@ fn crash_during_resync_resumes_instead_of_restarting() {
     assert_components_match(&p, 2, &model.durable, seed);
 }
 
+/// A write made while the set had one target sets no intent bit; the resync then copies it,
+/// unflushed on the source, to the returning component and flushes only that one. After a
+/// crash that drops it on the source, the copies must still agree.
+#[test]
+fn unflushed_data_copied_by_a_resync_is_reconciled_after_a_crash() {
+    let seed = 0x3103;
+    let chunks = 64;
+    let p = MemProvider::new(seed);
+    let mut model = Model::new((chunks * CHUNK) as usize);
+    {
+        let dev = open(&p, 2, chunks);
+        dev.offline(1).unwrap();
+        let data = vec![0x77u8; CHUNK as usize];
+        dev.write_at(&data, 5 * CHUNK).unwrap();
+        model.write(5 * CHUNK as usize, &data);
+        dev.online(1).unwrap();
+        assert!(matches!(
+            dev.run_resync(1).unwrap(),
+            ResyncOutcome::Completed { .. }
+        ));
+        // Completing flushes the set: the write is durable everywhere.
+        model.durable = model.current.clone();
+        dev.offline(1).unwrap();
+        let newer = vec![0x99u8; CHUNK as usize];
+        dev.write_at(&newer, 9 * CHUNK).unwrap();
+        dev.write_at(&newer, 40 * CHUNK).unwrap();
+        dev.online(1).unwrap();
+        // Copy chunk 9 and checkpoint, but stop before the end (which would flush the set).
+        assert!(matches!(
+            dev.resync_step(1, 1).unwrap(),
+            ResyncOutcome::Paused { .. }
+        ));
+        assert_eq!(p.data(&path(1)).contents()[9 * CHUNK as usize], 0x99);
+        p.crash_all(CrashMode::DropUnflushed);
+    }
+    let dev = open(&p, 2, chunks);
+    for i in dev.pending_resyncs() {
+        dev.run_resync(i).unwrap();
+    }
+    assert!(
+        read_all(&dev) == model.durable,
+        "disk differs from the model"
+    );
+    assert_components_match(&p, 2, &model.durable, seed);
+}
+
 #[test]
 fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     let seed = 0x4004;
