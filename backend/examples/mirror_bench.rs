@@ -2,8 +2,9 @@
 //! outage that wrote 1% of a 4 GiB disk against a full copy, and depth-1 write latency while
 //! a resync runs.
 //!
-//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|latency|writes]`
-//! (`KEEL_BENCH_NO_INTENT=1` turns the write-intent bitmap off.)
+//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|writes|resync|latency]`
+//! (`KEEL_BENCH_ROUNDS=N` sets the latency rounds, 5 by default; `KEEL_BENCH_NO_INTENT=1` turns
+//! the write-intent bitmap off.)
 
 use keel_backend::device::BlockDevice;
 use keel_backend::device::FileDevice;
