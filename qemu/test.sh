@@ -20,7 +20,7 @@ KVM_ARGS=()
 [ "${KEEL_KVM:-0}" = 1 ] && KVM_ARGS=(--kvm)
 ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
-    fio_verify_keel_engine ext4_keel_engine_across_sigkill)
+    fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -153,6 +153,95 @@ test_fio_data_survives_restart_and_corruption_is_caught() {
     grep -q -i 'verify' "$T/corrupt.log" || fail "the failure was not a verify failure; see $T/corrupt.log" || return 1
     log "the corrupted block was reported"
     backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM"
+}
+
+# keeld serving a raw disk mirrored on $T/a.img and $T/b.img, with a control socket at $C.
+mirror_start() {
+    local waited=0
+    [ -x "$KEELD_BIN" ] || backend_build_keeld
+    C=$(socket_path "$T/ctl")
+    rm -f "$S" "$C"
+    cat >"$T/keel.toml" <<END
+[server]
+control_socket = "$C"
+
+[[disk]]
+name = "vda"
+socket = "$S"
+engine = "raw"
+mirror = ["$T/a.img", "$T/b.img"]
+size = "1G"
+read_only = false
+direct = false
+END
+    RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
+    BACKEND_PID=$!
+    BACKEND_KIND=keeld
+    until [ -S "$S" ] && [ -S "$C" ]; do
+        if ! kill -0 "$BACKEND_PID" 2>/dev/null || [ $waited -ge 300 ]; then
+            fail "keeld did not start; see $T/keeld.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# One field of the mirror's status: "lsn", or "state" / "resync_bytes_copied" of component 1.
+mirror_field() {
+    "$KEEL_BIN" --control "$C" mirror status vda --json |
+        python3 -c "import json,sys; s=json.load(sys.stdin); print(s['$1'] if '$1' == 'lsn' else s['components'][1]['$1'])"
+}
+
+# Waits (up to 120 s) until the mirror's LSN passes $1.
+mirror_wait_lsn() {
+    local waited=0
+    until [ "$(mirror_field lsn)" -gt "$1" ]; do
+        if [ $waited -ge 1200 ]; then
+            fail "the guest made no writes"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# A mirrored disk: component 1 goes offline while the guest's fio writes, and comes back while
+# it goes on. fio sees no error, the resync copies only part of the disk, and the components
+# end identical.
+test_fio_verify_on_mirror() {
+    local launcher lsn copied waited=0
+    KEEL_BIN=$REPO_DIR/target/release/keel
+    if [ ! -x "$KEEL_BIN" ]; then
+        (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel" || return 1
+    fi
+    mirror_start || return 1
+    boot verify fio-verify --param size=32M &
+    launcher=$!
+    mirror_wait_lsn 200 || return 1
+    "$KEEL_BIN" --control "$C" mirror offline vda 1 || fail "offline failed" || return 1
+    lsn=$(mirror_field lsn)
+    mirror_wait_lsn $((lsn + 200)) || return 1
+    kill -0 "$launcher" 2>/dev/null || fail "the guest finished before component 1 came back" || return 1
+    "$KEEL_BIN" --control "$C" mirror online vda 1 || fail "online failed" || return 1
+    wait "$launcher" || fail "fio-verify on a mirror failed; see $T/verify.log" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    until [ "$(mirror_field state)" = in_sync ]; do
+        if [ $waited -ge 600 ]; then
+            fail "component 1 never came back in sync"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    copied=$(mirror_field resync_bytes_copied)
+    if [ "$copied" -le 0 ] || [ "$copied" -ge $((1 << 30)) ]; then
+        fail "resync copied $copied bytes (want more than 0, less than the disk)"
+        return 1
+    fi
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM" || return 1
+    cmp -s "$T/a.img" "$T/b.img" || fail "the components differ" || return 1
+    log "resync copied $copied bytes; components identical"
 }
 
 # Runs one test in a subshell that always stops its server and guest.

@@ -2,8 +2,9 @@
 //! outage that wrote 1% of a 4 GiB disk against a full copy, and depth-1 write latency while
 //! a resync runs.
 //!
-//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|latency|writes]`
-//! (`KEEL_BENCH_NO_INTENT=1` turns the write-intent bitmap off.)
+//! `cargo run --release -p keel-backend --example mirror_bench -- [dir] [seconds] [max_yield_ms] [all|writes|resync|latency]`
+//! (`KEEL_BENCH_ROUNDS=N` sets the latency rounds, 5 by default; `KEEL_BENCH_NO_INTENT=1` turns
+//! the write-intent bitmap off.)
 
 use keel_backend::device::BlockDevice;
 use keel_backend::device::FileDevice;
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
 const BLOCK: usize = 4096;
+/// The default `checkpoint_chunks`: one copier step in the latency bench is one checkpoint.
+const CHECKPOINT_CHUNKS: u64 = 256;
 
 fn remove(paths: &[PathBuf]) {
     for p in paths {
@@ -49,6 +52,8 @@ fn open(
 struct Lat {
     samples: Vec<Duration>,
     elapsed: Duration,
+    /// Resync bytes copied while these samples were taken.
+    copied: u64,
 }
 
 impl Lat {
@@ -72,6 +77,18 @@ impl Lat {
             self.pct(0.999)
         );
     }
+
+    fn line_with(&mut self, what: &str, copied: u64) {
+        self.copied = copied;
+        println!(
+            "| {what} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            self.iops(),
+            self.pct(0.5),
+            self.pct(0.99),
+            self.pct(0.999),
+            copied as f64 / 1e6
+        );
+    }
 }
 
 /// 4 KiB random writes at depth 1 for `secs` (or until `stop` says so).
@@ -90,6 +107,7 @@ fn random_writes(dev: &dyn BlockDevice, secs: f64, seed: u64, stop: &dyn Fn() ->
     Lat {
         samples,
         elapsed: start.elapsed(),
+        copied: 0,
     }
 }
 
@@ -187,44 +205,87 @@ fn resync_bench(dir: &Path) {
     remove(std::slice::from_ref(&fresh));
 }
 
-fn latency_bench(dir: &Path, secs: f64) {
+/// Depth-1 4 KiB writes with the copier paused ("idle") and running ("resync"), in
+/// alternating rounds on the same set, so both see the same files and the same machine load.
+fn latency_bench(dir: &Path, secs: f64, max_yield_ms: u64, rounds: usize) {
     let p = paths(dir, "r", 2);
     let fresh = dir.join("r-new.img");
     remove(&p);
     remove(std::slice::from_ref(&fresh));
-    println!("\n### Depth-1 4 KiB write latency: idle vs during a full-copy resync\n");
-    let sched = ResyncScheduler::new(1);
-    let dev = open(&p, 4 * GIB, false, Some(sched.clone()));
-    println!("| phase | IOPS | p50 us | p99 us | p99.9 us |");
-    println!("|---|---|---|---|---|");
-    let idle = random_writes(&dev, secs, 3, &|| false);
-    idle.line("idle");
-    // Start the resync from a flushed state, as a guest that flushes would leave it.
+    println!(
+        "\n### Depth-1 4 KiB write latency: copier paused vs running (full-copy resync, {rounds} rounds of {secs} s each, max_yield {max_yield_ms} ms)\n"
+    );
+    let mut c = MirrorConfig::new("bench", p.clone());
+    c.size = Some(4 * GIB);
+    c.options.assume_clean = true;
+    c.options.write_intent = std::env::var_os("KEEL_BENCH_NO_INTENT").is_none();
+    c.options.throttle.max_yield = Duration::from_millis(max_yield_ms);
+    let dev = Arc::new(MirrorDevice::open(c).expect("open mirror"));
+    // Start from a flushed state, as a guest that flushes would leave it.
     dev.flush().expect("flush");
     dev.replace(1, &fresh).expect("replace");
-    let busy = random_writes(&dev, secs, 4, &|| sched.running() == 0);
-    busy.line("during resync");
-    let st = dev.status();
-    let r = &st.components[1];
-    let progress = r
-        .resync
-        .as_ref()
-        .map(|x| {
-            format!(
-                "{}/{} chunks, {} MB/s",
-                x.done_chunks,
-                x.total_chunks,
-                x.rate_bytes_per_sec / 1_000_000
-            )
-        })
-        .unwrap_or_else(|| "done".into());
-    println!(
-        "\nduring the measurement the resync copied {} MB ({progress}); p50 ratio {:.2}, p99 ratio {:.2}",
-        r.resync_bytes_copied / 1_000_000,
-        busy.pct(0.5) / idle.pct(0.5),
-        busy.pct(0.99) / idle.pct(0.99)
+    println!("| round | phase | IOPS | p50 us | p99 us | p99.9 us | copied MB |");
+    println!("|---|---|---|---|---|---|---|");
+    let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let seed = 10 + round as u64 * 2;
+        let before = dev.status().components[1].resync_bytes_copied;
+        let mut lat = random_writes(dev.as_ref(), secs, seed, &|| false);
+        lat.line_with(&format!("{round} | idle"), 0);
+        idle.push(lat);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let copier = {
+            let (dev, stop) = (dev.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match dev.resync_step(1, CHECKPOINT_CHUNKS) {
+                        Ok(ResyncOutcome::Paused { .. }) => {}
+                        other => panic!("resync ended early: {other:?}"),
+                    }
+                }
+            })
+        };
+        let mut lat = random_writes(dev.as_ref(), secs, seed + 1, &|| false);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        copier.join().expect("copier thread");
+        let copied = dev.status().components[1].resync_bytes_copied - before;
+        lat.line_with(&format!("{round} | resync"), copied);
+        busy.push(lat);
+    }
+    let med = |v: &[Lat], p: f64| {
+        let mut x: Vec<f64> = v.iter().map(|l| l.pct(p)).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (i50, i99, b50, b99) = (
+        med(&idle, 0.5),
+        med(&idle, 0.99),
+        med(&busy, 0.5),
+        med(&busy, 0.99),
     );
-    sched.wait_idle();
+    // Each resync round against the idle round just before it: slow drifts in the machine's
+    // load cancel out.
+    let mut round_ratios: Vec<f64> = idle
+        .iter()
+        .zip(&busy)
+        .map(|(i, b)| b.pct(0.99) / i.pct(0.99))
+        .collect();
+    round_ratios.sort_by(f64::total_cmp);
+    let round_p99 = round_ratios[round_ratios.len() / 2];
+    let copied: u64 = busy.iter().map(|l| l.copied).sum();
+    let busy_secs: f64 = busy.iter().map(|l| l.elapsed.as_secs_f64()).sum();
+    println!(
+        "\nmedians: idle p50 {i50:.1} us, p99 {i99:.1} us; during resync p50 {b50:.1} us, p99 {b99:.1} us; ratios p50 {:.2}, p99 {:.2}; median of per-round p99 ratios {round_p99:.2}; copier {:.1} MB/s while the guest wrote",
+        b50 / i50,
+        b99 / i99,
+        copied as f64 / busy_secs / 1e6
+    );
+    println!(
+        "{{\"bench\":\"mirror_latency\",\"max_yield_ms\":{max_yield_ms},\"rounds\":{rounds},\"idle_p50_us\":{i50:.1},\"idle_p99_us\":{i99:.1},\"resync_p50_us\":{b50:.1},\"resync_p99_us\":{b99:.1},\"p50_ratio\":{:.3},\"p99_ratio\":{:.3},\"round_p99_ratio\":{round_p99:.3},\"copier_mb_s\":{:.2}}}",
+        b50 / i50,
+        b99 / i99,
+        copied as f64 / busy_secs / 1e6
+    );
     drop(dev);
     remove(&p);
     remove(std::slice::from_ref(&fresh));
@@ -238,13 +299,19 @@ fn main() {
     );
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     std::fs::create_dir_all(&dir).expect("bench directory");
-    match args.nth(1).as_deref() {
-        Some("latency") => latency_bench(&dir, secs),
+    let max_yield_ms: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let rounds: usize = std::env::var("KEEL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    match args.next().as_deref() {
+        Some("latency") => latency_bench(&dir, secs, max_yield_ms, rounds),
         Some("writes") => write_bench(&dir, secs),
+        Some("resync") => resync_bench(&dir),
         _ => {
             write_bench(&dir, secs);
             resync_bench(&dir);
-            latency_bench(&dir, secs);
+            latency_bench(&dir, secs, max_yield_ms, rounds);
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct MirrorOptions {
     pub assume_clean: bool,
     /// O_DIRECT on file components.
     pub direct: bool,
-    /// Fan writes out on scoped threads when at least this many bytes (`None`: always in turn).
+    /// Fan writes of at least this many bytes out to the components at once, on writer threads
+    /// started at open (`None`: no writer threads, always in turn).
     pub parallel_write_min: Option<usize>,
     pub priority: ResyncPriority,
     pub throttle: ThrottleConfig,

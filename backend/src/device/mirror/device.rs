@@ -16,6 +16,7 @@ use super::chunk_bitmap::ChunkBitmap;
 use super::chunk_locks::ChunkLocks;
 use super::config::{MirrorConfig, MirrorOptions};
 use super::error::MirrorError;
+use super::fanout::{FanOut, Job};
 use super::lsn::LsnClock;
 use super::metadata::{MetadataStore, metadata_len};
 use super::provider::{DeviceProvider, FileProvider};
@@ -83,6 +84,8 @@ pub(super) struct Shared {
     pub chunk_locks: ChunkLocks,
     pub guest: GuestActivity,
     pub events: Mutex<VecDeque<String>>,
+    /// Writer threads, when writes fan out (`parallel_write_min`).
+    pub fanout: Option<FanOut>,
 }
 
 /// A mirrored block device. Cheap to share: clone the `Arc` it usually lives in.
@@ -295,6 +298,22 @@ impl Shared {
         out
     }
 
+    /// Adds the chunks written since the last completed flush to the write-intent bitmap (not
+    /// persisted). Called when a component starts taking writes again: writes made while the
+    /// set had a single target set no intent bits, and the resync may copy them to the
+    /// returning component before the source has them durably.
+    pub(super) fn intend_unflushed(&self, st: &mut State) {
+        if !self.options.write_intent {
+            return;
+        }
+        let mut dirty = st.dirty_cur.clone();
+        if let Some(p) = &st.dirty_prev {
+            dirty.union_with(p);
+        }
+        let regions = self.intent_regions_of(&dirty);
+        st.view.intent.union_with(&regions);
+    }
+
     /// Takes out every target that failed while another succeeded; an error only if all failed.
     fn settle(
         &self,
@@ -363,18 +382,36 @@ impl Shared {
             .options
             .parallel_write_min
             .is_some_and(|min| targets.len() > 1 && len as usize >= min);
-        let results: Vec<io::Result<()>> = if parallel {
-            std::thread::scope(|s| {
-                let rest: Vec<_> = targets[1..].iter().map(|t| s.spawn(|| one(t))).collect();
-                let mut out = vec![one(&targets[0])];
-                out.extend(rest.into_iter().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
-                }));
-                out
-            })
-        } else {
-            targets.iter().map(one).collect()
+        let results: Vec<io::Result<()>> = match self.fanout.as_ref().filter(|_| parallel) {
+            Some(fanout) => {
+                // Components after the first go to the writers with a shared copy of the
+                // data; the first component, and deltas (which may need edge fills), are
+                // written here meanwhile.
+                let shared_data: Option<Arc<[u8]>> = data.map(Arc::from);
+                let mut jobs: Vec<(usize, Job)> = Vec::new();
+                for (slot, (t, dev)) in targets.iter().enumerate().skip(1) {
+                    if let Target::Component(_) = t {
+                        let (dev, d) = (Arc::clone(dev), shared_data.clone());
+                        let job: Job = Box::new(move || match d {
+                            Some(b) => dev.write_at(&b, offset),
+                            None => dev.discard(offset, len),
+                        });
+                        jobs.push((slot, job));
+                    }
+                }
+                let mut out: Vec<Option<io::Result<()>>> = targets.iter().map(|_| None).collect();
+                let pending = fanout.submit(jobs);
+                for (slot, t) in targets.iter().enumerate() {
+                    if slot == 0 || !matches!(t.0, Target::Component(_)) {
+                        out[slot] = Some(one(t));
+                    }
+                }
+                pending.wait(&mut out);
+                out.into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(io::Error::other("mirror writer lost"))))
+                    .collect()
+            }
+            None => targets.iter().map(one).collect(),
         };
         self.settle(
             &targets,
@@ -737,6 +774,14 @@ impl MirrorDevice {
             chunk_locks: ChunkLocks::default(),
             guest: GuestActivity::default(),
             events: Mutex::new(VecDeque::new()),
+            fanout: match config.options.parallel_write_min {
+                // One writer per component besides the one the writing thread serves.
+                Some(_) if n > 1 => Some(
+                    FanOut::new(&config.name, n - 1)
+                        .map_err(|e| MirrorError::io("starting the mirror's writer threads", e))?,
+                ),
+                _ => None,
+            },
         };
         let newest = newest_view(&loaded)?;
         let view = match newest {
@@ -994,10 +1039,15 @@ fn resync_intent(shared: &Shared, st: &mut State) {
     };
     let mut moved = 0;
     for (i, rec) in st.view.components.iter_mut().enumerate() {
-        if i == primary || !rec.state.receives_writes() {
+        if i == primary {
             continue;
         }
-        if rec.state == ComponentState::InSync {
+        if let Some(o) = rec.outage.as_mut().filter(|_| rec.state.is_absent()) {
+            // It may have taken writes until the crash (it was found unreachable at this
+            // open) or hold a resync's copies of unflushed data: it catches up on the intent
+            // chunks too when it returns.
+            o.tracking.union_with(&intent);
+        } else if rec.state == ComponentState::InSync {
             rec.state = ComponentState::Stale;
             rec.outage = Some(Outage {
                 start_lsn: rec.last_lsn,

@@ -9,6 +9,7 @@
 //! - `device`: [`MirrorDevice`] itself, the data path and failover; `ops`: offline, online,
 //!   maintenance, replace, status; `resync`: the copier.
 //! - [`chunk_locks`], [`throttle`], [`scheduler`]: what keeps the copier and the guest apart.
+//! - [`fanout`]: long-lived writer threads for writes that go to several components at once.
 //!
 //! docs/mirror.md describes the design and the on-disk format.
 
@@ -17,6 +18,7 @@ pub mod chunk_locks;
 pub mod config;
 mod device;
 pub mod error;
+pub mod fanout;
 pub mod lsn;
 pub mod metadata;
 mod ops;

@@ -256,6 +256,7 @@ impl MirrorDevice {
                 rt.meta = Some(meta);
             }
             st.catching_up = true;
+            s.intend_unflushed(&mut st);
             s.persist(&mut st)?;
             s.event(format!(
                 "component {n} online (stale LSN {stale_lsn:?}): {work} chunks to copy from {source:?}"
@@ -315,6 +316,7 @@ impl MirrorDevice {
                 rt.durable_lsn = 0;
             }
             st.catching_up = true;
+            s.intend_unflushed(&mut st);
             s.persist(&mut st)?;
             s.event(format!(
                 "component {n} replaced by {}: full copy queued",

@@ -4,12 +4,13 @@
 //! Each chunk is copied under its chunk lock, and guest writes to a catching-up component take
 //! the same lock, so a guest write is either before the copy (the source has it, the copy
 //! carries it) or after (it lands on the target itself). Sync bits are persisted only after the
-//! target is flushed, so a bit set on disk always means the chunk's copy is durable.
+//! target is flushed, so a bit set on disk always means the chunk's copy is durable. The copier
+//! runs in the batch scheduling class and pauses while the guest is busy (see `throttle`).
 
 use super::device::{MirrorDevice, Shared, Target};
 use super::error::MirrorError;
 use super::state::ComponentState;
-use super::throttle::Throttle;
+use super::throttle::{BatchScheduling, Throttle};
 use super::view::Source;
 use crate::device::BlockDevice;
 use std::path::Path;
@@ -124,14 +125,39 @@ impl Shared {
         }))
     }
 
-    /// Flushes the whole set, then records `copied` chunks as done, durably. The whole set:
-    /// a copied chunk may carry guest writes not yet flushed on the source, and the target
-    /// must not keep what another component could still lose in a crash.
+    /// Makes the copies of `copied` durable, then records them as done, durably.
+    ///
+    /// With the write-intent bitmap, only the target is flushed. A copied chunk may carry
+    /// guest writes not yet durable on the source, but every such chunk lies in the durable
+    /// intent bitmap (`online` and `replace` add the chunks written since the last flush),
+    /// and after a crash the open takes intent chunks out of the sync bitmap and copies them
+    /// again from the first in-sync component. Without the bitmap the whole set is flushed,
+    /// so the target never durably holds what another component could still lose. Flushing
+    /// only the target keeps the checkpoint from forcing out the guest's dirty data on the
+    /// in-sync components, and it leaves the guest's flush epochs alone.
     fn checkpoint(&self, n: usize, copied: &mut Vec<u64>) -> Result<(), MirrorError> {
         if copied.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.flush_all() {
+        if self.options.write_intent {
+            let target = self.lock_state().comps.get(n).and_then(|r| r.data.clone());
+            let Some(target) = target else {
+                // Taken out meanwhile: its progress no longer counts.
+                copied.clear();
+                return Ok(());
+            };
+            if let Err(e) = target.flush() {
+                copied.clear();
+                let mut st = self.lock_state();
+                self.take_out(
+                    &mut st,
+                    Target::Component(n),
+                    &format!("resync flush error: {e}"),
+                );
+                self.persist(&mut st)?;
+                return Err(MirrorError::io("flushing the resync target", e));
+            }
+        } else if let Err(e) = self.flush_all() {
             copied.clear();
             return Err(MirrorError::io("flushing before a resync checkpoint", e));
         }
@@ -152,8 +178,15 @@ impl Shared {
         self.persist(&mut st)
     }
 
-    /// Declares component `n` in sync and drops its outage and delta.
+    /// Declares component `n` in sync and drops its outage and delta. The set is flushed
+    /// first: the copies may hold guest writes that the source has not made durable yet, and
+    /// an in-sync component that holds writes the others could lose in a crash would, as the
+    /// lowest-numbered copy, win the reconciliation at the next open.
     fn complete(&self, n: usize) -> Result<bool, MirrorError> {
+        if self.options.write_intent {
+            self.flush_all()
+                .map_err(|e| MirrorError::io("flushing before a resync completes", e))?;
+        }
         let _gate = self.write_gate();
         let mut st = self.lock_state();
         let st = &mut *st;
@@ -216,6 +249,7 @@ impl Shared {
                 rt.counters.run_bytes = 0;
             }
         }
+        let _batch = BatchScheduling::enter();
         let mut throttle = Throttle::new(self.options.throttle);
         let mut copied: Vec<u64> = Vec::new();
         let mut cursor = 0u64;
