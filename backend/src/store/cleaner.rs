@@ -221,7 +221,10 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let free = store.free_segments();
         let reserve = store.geo.reserved_segments();
         let urgent = free < reserve + cfg.low_water;
-        if urgent && release_helps && store.pending_segments() > 0 {
+        let pending = store.pending_segments();
+        // A checkpoint rewrites every dirty map node: batch the releases, as below.
+        let worth = pending >= cfg.low_water / 2 || (pending > 0 && free <= reserve + 1);
+        if urgent && release_helps && worth {
             // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
             // frees nothing (reads still pin them), clean instead until something changes.
             match store.checkpoint() {
