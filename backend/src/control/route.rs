@@ -251,10 +251,18 @@ fn not_found(method: &str, path: &str) -> ApiError {
     ApiError::NotFound(format!("no such endpoint: {method} {path}"))
 }
 
+/// Longest snapshot name: what a keel container stores (longer ones would be cut and collide).
+const SNAPSHOT_NAME_MAX: usize = 31;
+
 /// Names end up in paths and on disk: keep them to a safe alphabet.
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let max = if what == "snapshot" {
+        SNAPSHOT_NAME_MAX
+    } else {
+        64
+    };
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= max
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -263,8 +271,21 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
-            "{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with '.'"
+            "{what} name {name:?} must be 1-{max} characters of A-Z a-z 0-9 - _ . and not start with '.'"
         )))
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_fit_the_container() {
+        assert!(check_name("snapshot", &"a".repeat(31)).is_ok());
+        let e = check_name("snapshot", &"a".repeat(32)).unwrap_err();
+        assert!(format!("{e:?}").contains("1-31 characters"), "{e:?}");
+        assert!(check_name("disk", &"a".repeat(64)).is_ok());
     }
 }
 
