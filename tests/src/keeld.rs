@@ -200,3 +200,39 @@ pub fn keeld_binary_near_exe() -> PathBuf {
     }
     dir.parent().map_or(direct.clone(), |p| p.join("keeld"))
 }
+
+/// Spawns the keeld binary next to the running executable, serving one keel-engine disk named
+/// `b` of `size` bytes from a new container `dir/<stem>.keel` (O_DIRECT) on `dir/<stem>.sock`,
+/// with its control socket at `dir/control.sock`; for benchmark programs. The child process is
+/// stopped when the returned [`Running`](crate::bench::Running) is dropped.
+pub fn spawn_keel_bench_disk(
+    dir: &Path,
+    stem: &str,
+    size: u64,
+) -> (crate::bench::Running, PathBuf, PathBuf) {
+    let sock = dir.join(format!("{stem}.sock"));
+    let ctl = dir.join("control.sock");
+    let path = dir.join(format!("{stem}.keel"));
+    let cfg = dir.join(format!("{stem}.toml"));
+    for p in [&sock, &ctl, &path] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n",
+            ctl.display(),
+            sock.display(),
+            path.display()
+        ),
+    )
+    .expect("write config");
+    let child = Command::new(keeld_binary_near_exe())
+        .arg("--config")
+        .arg(&cfg)
+        .env("KEEL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start keeld");
+    (crate::bench::Running(child), sock, ctl)
+}

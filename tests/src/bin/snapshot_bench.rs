@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::{CreateSnapshot, DiskStats, SnapshotInfo};
 use keel_tests::bench::{self, Measurement, Pattern, Running, Workload};
-use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
+use keel_tests::keeld::{spawn_keel_bench_disk, wait_for_socket};
 use serde::Serialize;
 
 struct Args {
@@ -67,31 +67,7 @@ struct Keeld {
 }
 
 fn start_keeld(dir: &Path, size: u64) -> Keeld {
-    let sock = dir.join("snap.sock");
-    let ctl = dir.join("control.sock");
-    let path = dir.join("snap.keel");
-    let cfg = dir.join("keel.toml");
-    for p in [&sock, &ctl, &path] {
-        let _ = fs::remove_file(p);
-    }
-    fs::write(
-        &cfg,
-        format!(
-            "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n",
-            ctl.display(),
-            sock.display(),
-            path.display()
-        ),
-    )
-    .expect("write config");
-    let child = Command::new(keeld_binary_near_exe())
-        .arg("--config")
-        .arg(&cfg)
-        .env("KEEL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start keeld");
-    let proc = Running(child);
+    let (proc, sock, ctl) = spawn_keel_bench_disk(dir, "snap", size);
     assert!(
         wait_for_socket(&sock, Duration::from_secs(60)),
         "keeld did not listen"

@@ -12,7 +12,7 @@ use std::time::Duration;
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
 use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
-use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
+use keel_tests::keeld::{spawn_keel_bench_disk, wait_for_socket};
 use serde::Serialize;
 
 struct Args {
@@ -68,28 +68,8 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
     let _ = fs::remove_file(&sock);
     let (child, control) = match server {
         Server::Keel => {
-            let path = dir.join("bench.keel");
-            let _ = fs::remove_file(&path);
-            let ctl = dir.join("control.sock");
-            let cfg = dir.join("keel-store-bench.toml");
-            fs::write(
-                &cfg,
-                format!(
-                    "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n",
-                    ctl.display(),
-                    sock.display(),
-                    path.display()
-                ),
-            )
-            .expect("write config");
-            let child = Command::new(keeld_binary_near_exe())
-                .arg("--config")
-                .arg(&cfg)
-                .env("KEEL_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start keeld");
-            (child, Some(ControlClient::new(&ctl)))
+            let (running, keel_sock, ctl) = spawn_keel_bench_disk(dir, "keel", size);
+            return finish_start(running, keel_sock, Some(ControlClient::new(&ctl)), server);
         }
         Server::QsdRaw | Server::QsdQcow2 => {
             let (fmt, name) = if server == Server::QsdRaw {
@@ -137,7 +117,16 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
             (child, None)
         }
     };
-    let running = Running(child);
+    finish_start(Running(child), sock, control, server)
+}
+
+/// Waits for the server to listen.
+fn finish_start(
+    running: Running,
+    sock: PathBuf,
+    control: Option<ControlClient>,
+    server: Server,
+) -> Setup {
     assert!(
         wait_for_socket(&sock, Duration::from_secs(30)),
         "{server:?} did not listen"
