@@ -26,6 +26,7 @@ pub mod keel;
 pub mod mirrored;
 pub mod null;
 pub mod raw;
+mod submit_ring;
 mod sync_queue;
 mod uring_queue;
 

@@ -9,12 +9,13 @@
 //! submitted before it on this ring has completed; writes of other queues that completed before
 //! the FLUSH are in the file already and covered by the fdatasync.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::submit_ring::SubmitRing;
 use log::{error, warn};
 use slab::Slab;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -37,12 +38,10 @@ struct InFlight {
 }
 
 pub(super) struct UringQueue {
-    ring: IoUring,
+    ring: SubmitRing,
     eventfd: EventFd,
     files: Arc<RawFiles>,
     slots: Slab<InFlight>,
-    /// Entries that did not fit in the submission ring; pushed as completions free room.
-    backlog: VecDeque<squeue::Entry>,
     /// Requests finished without the ring (errors, fallbacks), reported at the next reap.
     done: Vec<Completion>,
 }
@@ -61,20 +60,17 @@ impl UringQueue {
 
     pub fn new(files: Arc<RawFiles>, depth: u32) -> io::Result<Self> {
         let entries = depth.clamp(32, 4096).next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .build(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let ring = SubmitRing::new(entries, eventfd.as_raw_fd())?;
         let direct = files.direct.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-        ring.submitter()
+        ring.ring
+            .submitter()
             .register_files(&[files.buffered.as_raw_fd(), direct])?;
         Ok(Self {
             ring,
             eventfd,
             files,
             slots: Slab::with_capacity(entries as usize),
-            backlog: VecDeque::new(),
             done: Vec::new(),
         })
     }
@@ -120,47 +116,10 @@ impl UringQueue {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(entry);
-            return;
-        }
         // SAFETY: every entry's buffers (iovec arrays and the memory they name) belong to a
         // request held in `self.slots` until its completion is reaped, and the registered files
         // live in `self.files`; both outlive the kernel's use of the entry.
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
-            if let Err(e) = self.ring.submit() {
-                error!("io_uring submit: {e}");
-            }
-            // SAFETY: as above.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.backlog.push_back(entry);
-            }
-        }
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.pop_front() {
-            // SAFETY: as in `push`.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.backlog.push_front(entry);
-                break;
-            }
-        }
-    }
-
-    fn submit_ring(&mut self) {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
-                Err(e) => {
-                    error!("io_uring submit: {e}");
-                    return;
-                }
-            }
-        }
+        unsafe { self.ring.push(entry) };
     }
 
     /// Handles one completion entry.
@@ -243,13 +202,13 @@ impl UringQueue {
     fn reap_ring(&mut self) -> usize {
         let mut n = 0;
         loop {
-            let cqe = self.ring.completion().next();
+            let cqe = self.ring.ring.completion().next();
             let Some(cqe) = cqe else {
                 // Completions the kernel kept aside when the ring was full come back only
                 // through an enter; ask for them and keep reaping.
-                if self.ring.submission().cq_overflow() {
-                    self.submit_ring();
-                    if !self.ring.completion().is_empty() {
+                if self.ring.ring.submission().cq_overflow() {
+                    self.ring.submit();
+                    if !self.ring.ring.completion().is_empty() {
                         continue;
                     }
                 }
@@ -258,9 +217,9 @@ impl UringQueue {
             self.complete_entry(&cqe);
             n += 1;
         }
-        if n > 0 && (!self.backlog.is_empty() || !self.ring.submission().is_empty()) {
-            self.flush_backlog();
-            self.submit_ring();
+        if n > 0 && (self.ring.has_backlog() || !self.ring.ring.submission().is_empty()) {
+            self.ring.flush_backlog();
+            self.ring.submit();
         }
         n
     }
@@ -323,7 +282,7 @@ impl QueueEngine for UringQueue {
                 }
             }
         }
-        self.submit_ring();
+        self.ring.submit();
     }
 
     fn reap(&mut self, done: &mut Vec<Completion>) {
@@ -332,13 +291,9 @@ impl QueueEngine for UringQueue {
     }
 
     fn wait(&mut self, done: &mut Vec<Completion>) {
-        if self.done.is_empty() && !self.slots.is_empty() && self.ring.completion().is_empty() {
-            self.flush_backlog();
-            if let Err(e) = self.ring.submit_and_wait(1)
-                && e.raw_os_error() != Some(libc::EINTR)
-            {
-                error!("io_uring wait: {e}");
-            }
+        if self.done.is_empty() && !self.slots.is_empty() && self.ring.ring.completion().is_empty()
+        {
+            self.ring.wait_one();
         }
         self.reap(done);
     }

@@ -6,19 +6,20 @@
 //! pushed together and waited for as one ([`BatchIo`]); read completions that arrive
 //! meanwhile are kept.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
 use crate::store::{AlignedBuf, BatchIo, ReadPlan, Store};
 
 use super::store_err;
+use crate::engine::submit_ring::SubmitRing;
 
 /// The container is registered as fixed file 0.
 const CONTAINER: types::Fixed = types::Fixed(0);
@@ -35,13 +36,11 @@ struct ReadInFlight {
 }
 
 pub(super) struct QueueRing {
-    ring: IoUring,
+    ring: SubmitRing,
     eventfd: EventFd,
     fd: RawFd,
     store: Arc<Store>,
     reads: Slab<ReadInFlight>,
-    /// Entries that did not fit in the submission ring; pushed as room frees up.
-    backlog: VecDeque<squeue::Entry>,
     done: Vec<Completion>,
     scratch: Vec<u8>,
 }
@@ -53,19 +52,15 @@ impl QueueRing {
             return Ok(None);
         };
         let entries = depth.clamp(64, 4096).next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .build(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        ring.submitter().register_files(&[fd])?;
+        let ring = SubmitRing::new(entries, eventfd.as_raw_fd())?;
+        ring.ring.submitter().register_files(&[fd])?;
         Ok(Some(Self {
             ring,
             eventfd,
             fd,
             store: Arc::clone(store),
             reads: Slab::new(),
-            backlog: VecDeque::new(),
             done: Vec::new(),
             scratch: Vec::new(),
         }))
@@ -124,18 +119,8 @@ impl QueueRing {
 
     /// Hands the kernel everything pushed so far.
     pub fn submit(&mut self) {
-        self.flush_backlog();
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
-                Err(e) => {
-                    log::error!("io_uring submit: {e}");
-                    return;
-                }
-            }
-        }
+        self.ring.flush_backlog();
+        self.ring.submit();
     }
 
     /// Collects finished reads without blocking.
@@ -146,52 +131,28 @@ impl QueueRing {
 
     /// Blocks until some read finishes (if one is in flight), then collects.
     pub fn wait(&mut self, done: &mut Vec<Completion>) {
-        if self.done.is_empty() && !self.reads.is_empty() && self.ring.completion().is_empty() {
-            self.flush_backlog();
-            if let Err(e) = self.ring.submit_and_wait(1)
-                && e.raw_os_error() != Some(libc::EINTR)
-            {
-                log::error!("io_uring wait: {e}");
-            }
+        if self.done.is_empty() && !self.reads.is_empty() && self.ring.ring.completion().is_empty()
+        {
+            self.ring.wait_one();
         }
         self.reap(done);
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(entry);
-            return;
-        }
         // SAFETY: every entry points into a buffer owned by `self.reads` (kept until its
         // completion is reaped) or by the batch `write_all` waits for before returning; the
         // registered descriptor belongs to the store, which `self.store` keeps open.
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.submit();
-            // SAFETY: as above.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.backlog.push_back(entry);
-            }
-        }
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.pop_front() {
-            // SAFETY: as in `push`.
-            if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                self.backlog.push_front(entry);
-                break;
-            }
-        }
+        unsafe { self.ring.push(entry) };
     }
 
     /// Handles every completion in the ring; writes of a batch go to `on_write`.
     fn drain_completions(&mut self, on_write: &mut dyn FnMut(usize, i32)) {
         let mut n = 0;
         loop {
-            let Some(cqe) = self.ring.completion().next() else {
-                if self.ring.submission().cq_overflow() {
+            let Some(cqe) = self.ring.ring.completion().next() else {
+                if self.ring.ring.submission().cq_overflow() {
                     self.submit();
-                    if !self.ring.completion().is_empty() {
+                    if !self.ring.ring.completion().is_empty() {
                         continue;
                     }
                 }
@@ -200,7 +161,7 @@ impl QueueRing {
             n += 1;
             self.complete(&cqe, on_write);
         }
-        if n > 0 && !self.backlog.is_empty() {
+        if n > 0 && self.ring.has_backlog() {
             self.submit();
         }
     }
@@ -281,14 +242,9 @@ impl BatchIo for QueueRing {
             if left == 0 {
                 break;
             }
-            self.flush_backlog();
-            if let Err(e) = self.ring.submit_and_wait(1)
-                && e.raw_os_error() != Some(libc::EINTR)
-            {
-                // The entries may still be in the kernel's hands: their buffers must outlive
-                // them, so keep waiting rather than return.
-                log::error!("io_uring wait: {e}");
-            }
+            // The entries may still be in the kernel's hands: their buffers must outlive them,
+            // so keep waiting rather than return, whatever the wait says.
+            self.ring.wait_one();
         }
         for ((offset, bytes), res) in writes.iter().zip(results) {
             let res = res.unwrap_or(-libc::EIO);
@@ -321,56 +277,20 @@ fn read_tag(key: usize, run: usize) -> u64 {
 
 /// Finishes a short read of `buf` at `offset` of which `done` bytes arrived.
 fn read_rest(fd: RawFd, buf: &mut [u8], offset: u64, done: usize) -> io::Result<()> {
-    let mut done = done;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is open.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
+    let iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // `buf` is a live, writable buffer for the whole call.
+    file_ops::transfer_all(fd, &iov, offset, done, Direction::Read)
 }
 
 /// Finishes a short write of `bytes` at `offset` of which `done` bytes went out.
 fn write_rest(fd: RawFd, bytes: &[u8], offset: u64, done: usize) -> io::Result<()> {
-    let mut done = done;
-    while done < bytes.len() {
-        let rest = &bytes[done..];
-        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; `fd` is open.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
+    let iov = [libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    }];
+    // `bytes` stays valid for the whole call; a write only reads it.
+    file_ops::transfer_all(fd, &iov, offset, done, Direction::Write { dsync: false })
 }
