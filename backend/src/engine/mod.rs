@@ -114,6 +114,17 @@ pub struct Capabilities {
     pub write_zeroes: bool,
 }
 
+impl Capabilities {
+    /// Discard and write-zeroes on a writable disk, neither on a read-only one.
+    pub fn all_unless(read_only: bool) -> Self {
+        Self {
+            read_only,
+            discard: !read_only,
+            write_zeroes: !read_only,
+        }
+    }
+}
+
 /// Errors of engines, at open time and per request.
 #[derive(Debug, Error)]
 pub enum EngineError {

@@ -250,11 +250,7 @@ impl Engine for RawEngine {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            read_only: self.files.read_only,
-            discard: !self.files.read_only,
-            write_zeroes: !self.files.read_only,
-        }
+        Capabilities::all_unless(self.files.read_only)
     }
 
     fn describe(&self) -> String {

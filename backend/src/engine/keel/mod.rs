@@ -169,11 +169,7 @@ impl Engine for KeelEngine {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            read_only: self.read_only,
-            discard: !self.read_only,
-            write_zeroes: !self.read_only,
-        }
+        Capabilities::all_unless(self.read_only)
     }
 
     fn describe(&self) -> String {
