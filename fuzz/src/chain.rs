@@ -13,6 +13,7 @@ use std::sync::Arc;
 use keel_backend::engine::null::NullEngine;
 use keel_backend::engine::raw::{RawEngine, RawOptions};
 use keel_backend::engine::{self, Completion, Engine, GuestMemory, IoOp, IoRequest, QueueEngine};
+use keel_backend::vhost::inflight::HeadChain;
 use keel_backend::vhost::request::{self, Limits, Rejected, Request, RequestKind};
 use keel_protocol::{ID_BYTES, SECTOR_SIZE, Status};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -506,11 +507,23 @@ fn serve(
     let mut pending = Vec::new();
     let mut answered = Vec::new();
     let size = usize::from(queue.size());
+    let table = GuestAddress(queue.desc_table());
+    let ring = queue.size();
     if let Ok(iter) = queue.iter(&**mem) {
         for chain in iter {
             out.chains += 1;
             assert!(out.chains <= size, "more chains than the queue holds");
-            match request::parse(chain, mem, limits, write_through) {
+            let head = chain.head_index();
+            // A chain run again after a restart is walked from its head: it must be the same.
+            let walked: Vec<_> = HeadChain::new(mem, table, ring, head)
+                .map(|d| (d.addr(), d.len(), d.flags(), d.next()))
+                .collect();
+            let popped: Vec<_> = chain
+                .clone()
+                .map(|d| (d.addr(), d.len(), d.flags(), d.next()))
+                .collect();
+            assert_eq!(walked, popped, "walking chain {head} from its head differs");
+            match request::parse(head, chain, mem, limits, write_through) {
                 Ok(req) => {
                     out.parsed += 1;
                     check_request(&req, limits, write_through, guest, mem);

@@ -19,6 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::exit_events::ExitEvents;
+use super::inflight::InflightSlot;
 use super::request::Limits;
 use super::stats::{DiskStats, RateLimit};
 use super::worker::{QueueWorker, Vring};
@@ -139,6 +140,8 @@ impl DiskContext {
 pub struct SessionState {
     /// The guest turned the write cache off: writes must be durable when they complete.
     pub write_through: AtomicBool,
+    /// The frontend's inflight area, if it keeps one.
+    pub inflight: InflightSlot,
 }
 
 /// The vhost-user backend of one disk for one frontend connection.
@@ -217,6 +220,11 @@ impl BlkBackend {
         }
     }
 
+    /// The connection's state that workers read (the relay installs the inflight area there).
+    pub fn session(&self) -> &Arc<SessionState> {
+        &self.session
+    }
+
     pub fn acked_features(&self) -> u64 {
         self.acked_features.load(Ordering::Relaxed)
     }
@@ -248,6 +256,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {

@@ -9,6 +9,8 @@
 pub mod backend;
 pub mod daemon;
 mod exit_events;
+pub mod inflight;
+mod relay;
 pub mod request;
 pub mod server;
 pub mod socket;

@@ -15,7 +15,7 @@ use keel_protocol::{
 };
 use smallvec::SmallVec;
 use thiserror::Error;
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::engine::{BufferError, ByteRange, GuestBuffers, GuestMemory, IoOp, ZeroRange};
@@ -126,14 +126,16 @@ pub struct Rejected {
 /// Guest ranges as (address, length) pairs, in chain order (inline for typical chains).
 type Ranges = SmallVec<[(GuestAddress, u32); 4]>;
 
-/// Parses one descriptor chain. `write_through` marks writes durable (the guest cleared WCE).
+/// Parses one descriptor chain: the descriptors of the chain whose head is `head`, as a popped
+/// chain or [`HeadChain`](super::inflight::HeadChain) yields them. `write_through` marks writes
+/// durable (the guest cleared WCE).
 pub fn parse(
-    chain: DescriptorChain<&GuestMemory>,
+    head: u16,
+    chain: impl IntoIterator<Item = Descriptor>,
     memory: &Arc<GuestMemory>,
     limits: &Limits,
     write_through: bool,
 ) -> Result<Request, Rejected> {
-    let head = chain.head_index();
     let mut readable = Ranges::new();
     let mut writable = Ranges::new();
     let mut count = 0usize;

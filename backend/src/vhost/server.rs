@@ -10,20 +10,21 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use thiserror::Error;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::{BlkBackend, DiskContext};
+use super::relay::{self, Relay, Rendezvous};
 use super::socket::bind_private;
 use crate::engine::GuestMemory;
 
@@ -126,6 +127,8 @@ impl Drop for DiskServer {
 /// An attached frontend.
 struct Session {
     shutdown: Option<ShutdownHandle>,
+    /// Taken (and joined) by the waiter when the connection ends.
+    relay: Arc<Mutex<Option<Relay>>>,
     waiter: JoinHandle<()>,
 }
 
@@ -198,6 +201,9 @@ impl Acceptor {
             if let Some(h) = &s.shutdown {
                 h.shutdown();
             }
+            if let Some(r) = s.relay.lock().ok().as_ref().and_then(|r| r.as_ref()) {
+                r.close();
+            }
             let _ = s.waiter.join();
         }
         let _ = std::fs::remove_file(&self.socket);
@@ -244,20 +250,33 @@ impl Acceptor {
             .install_workers(&daemon.get_epoll_handlers())
             .map_err(|e| fail(e.to_string()))?;
 
-        // The epoll said a connection is pending and only this thread accepts, so a blocking
-        // accept returns at once. The descriptor is shared: restore non-blocking afterwards.
-        let clone = self
+        // The epoll said a connection is pending and only this thread accepts, so this accept
+        // finds it. The crate's handler gets the inner end of a private connection; the relay
+        // joins it to the frontend (see relay.rs).
+        let (frontend, _) = self
             .listener
-            .try_clone()
-            .map_err(|e| fail(format!("listener: {e}")))?;
-        clone
+            .accept()
+            .map_err(|e| fail(format!("cannot accept the frontend: {e}")))?;
+        frontend
             .set_nonblocking(false)
-            .map_err(|e| fail(format!("listener: {e}")))?;
-        let mut vlistener = Listener::from(clone);
-        let started = daemon.start(&mut vlistener);
-        drop(vlistener);
-        let _ = self.listener.set_nonblocking(true);
-        started.map_err(|e| fail(format!("cannot accept the frontend: {e}")))?;
+            .map_err(|e| fail(format!("frontend socket: {e}")))?;
+        let rendezvous = Rendezvous::bind(&self.socket)
+            .map_err(|e| fail(format!("cannot create the internal socket: {e}")))?;
+        let path = rendezvous.path().to_string_lossy().into_owned();
+        daemon
+            .start_client(&path)
+            .map_err(|e| fail(format!("cannot start the vhost-user handler: {e}")))?;
+        let inner = rendezvous
+            .accept_own()
+            .map_err(|e| fail(format!("internal socket: {e}")))?;
+        let relay = relay::start(
+            Arc::clone(&self.ctx),
+            Arc::clone(backend.session()),
+            frontend,
+            inner,
+        )
+        .map_err(|e| fail(format!("cannot start the control relay: {e}")))?;
+        let relay = Arc::new(Mutex::new(Some(relay)));
 
         self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.ctx.stats.attached.store(true, Ordering::Release);
@@ -269,6 +288,7 @@ impl Acceptor {
             .map_err(|e| fail(format!("eventfd: {e}")))?;
         let name = self.ctx.name.clone();
         let stats = Arc::clone(&self.ctx.stats);
+        let waiter_relay = Arc::clone(&relay);
         let waiter = thread::Builder::new()
             .name(format!("keel-{}-conn", self.ctx.name))
             .spawn(move || {
@@ -295,12 +315,19 @@ impl Acceptor {
                 // Dropping the daemon stops and joins its worker threads; then finish the I/O
                 // they left in flight before the guest memory goes away.
                 drop(daemon);
+                if let Some(r) = waiter_relay.lock().ok().and_then(|mut r| r.take()) {
+                    r.join();
+                }
                 backend.shutdown();
                 stats.attached.store(false, Ordering::Release);
                 let _ = ended.write(1);
             })
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;
-        self.session = Some(Session { shutdown, waiter });
+        self.session = Some(Session {
+            shutdown,
+            relay,
+            waiter,
+        });
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ pub struct DiskStats {
     /// Frontend connections accepted / refused because one was already attached.
     pub connections: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Requests run again after a restart because the frontend's inflight area marked them.
+    pub resubmitted: AtomicU64,
     /// Whether a frontend is attached now (the control API refuses some operations then).
     pub attached: std::sync::atomic::AtomicBool,
     /// Completion latency of requests the engine served.
@@ -98,6 +100,7 @@ pub struct StatsSnapshot {
     pub notifications: u64,
     pub connections: u64,
     pub refused_connections: u64,
+    pub resubmitted: u64,
 }
 
 /// Counts of one batch, gathered without atomics and published at once.
@@ -157,6 +160,7 @@ impl DiskStats {
             notifications: self.notifications.load(Relaxed),
             connections: self.connections.load(Relaxed),
             refused_connections: self.refused_connections.load(Relaxed),
+            resubmitted: self.resubmitted.load(Relaxed),
         }
     }
 }

@@ -12,13 +12,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use keel_protocol::{ID_BYTES, Status};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use slab::Slab;
 use vhost_user_backend::{VringMutex, VringStateMutGuard, VringT};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::backend::{DiskContext, SessionState};
+use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, RequestError, RequestKind};
 use super::stats::BatchCounts;
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
@@ -58,6 +60,10 @@ pub struct QueueWorker {
     /// The available ring made no sense (e.g. its index ran more than a ring ahead): the ring
     /// is not served again until the frontend resets it, instead of spinning on it forever.
     broken: bool,
+    /// This ring's part of the frontend's inflight area, when it keeps one.
+    inflight: Option<QueueInflight>,
+    /// The session's inflight generation `inflight` was taken from.
+    inflight_generation: u64,
 }
 
 impl QueueWorker {
@@ -81,6 +87,8 @@ impl QueueWorker {
             answered: Vec::with_capacity(depth),
             vring: None,
             broken: false,
+            inflight: None,
+            inflight_generation: 0,
         }
     }
 
@@ -106,6 +114,7 @@ impl QueueWorker {
             return;
         }
         let mut mem = self.memory.memory().into_inner();
+        self.adopt_inflight(&mut state, &mem);
         loop {
             if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
                 debug!(
@@ -183,7 +192,8 @@ impl QueueWorker {
     /// Pops every available chain, answers what needs no engine, submits the rest as one batch.
     /// Returns the number of chains taken.
     fn take_available(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) -> usize {
-        let ctx = &self.ctx;
+        let ctx = Arc::clone(&self.ctx);
+        let ctx = &ctx;
         let write_through = self.session.write_through.load(Ordering::Relaxed);
         let mut counts = BatchCounts::default();
         let queue = state.get_queue_mut();
@@ -211,84 +221,181 @@ impl QueueWorker {
         let mut map = Arc::clone(mem);
         let taken = Instant::now();
         for chain in iter {
-            counts.requests += 1;
-            let again = chain.clone();
-            let mut parsed = request::parse(chain, &map, &ctx.limits, write_through);
-            if let Err(rej) = &parsed
-                && matches!(rej.error, RequestError::OutsideGuestMemory(_))
-            {
-                let current = self.memory.memory();
-                if !std::ptr::eq(&*current, &*map) {
-                    map = current.into_inner();
-                    parsed = request::parse(again, &map, &ctx.limits, write_through);
-                }
+            let head = chain.head_index();
+            if let Some(track) = &mut self.inflight {
+                track.begin(head);
             }
-            match parsed {
-                Ok(req) => match req.kind {
-                    RequestKind::Io { op, buffers } => {
-                        match &op {
-                            IoOp::Read { .. } => {
-                                counts.reads += 1;
-                                counts.bytes_read += buffers.len() as u64;
-                            }
-                            IoOp::Write { .. } => {
-                                counts.writes += 1;
-                                counts.bytes_written += buffers.len() as u64;
-                            }
-                            IoOp::Flush => counts.flushes += 1,
-                            IoOp::Discard { .. } => counts.discards += 1,
-                            IoOp::WriteZeroes { .. } => counts.write_zeroes += 1,
-                        }
-                        let token = self.pending.insert(Pending {
-                            head: req.head,
-                            status: req.status,
-                            used_len: req.used_len,
-                            memory: Arc::clone(&map),
-                            taken,
-                        }) as u64;
-                        self.batch.push(IoRequest { token, op, buffers });
-                    }
-                    RequestKind::GetId { mut buffers } => {
-                        counts.get_ids += 1;
-                        let n = buffers.len().min(ID_BYTES);
-                        buffers.write_from(&ctx.serial[..n]);
-                        write_status(&map, req.status, Status::Ok);
-                        self.answered.push((req.head, req.used_len));
-                    }
-                },
-                Err(rej) => {
-                    counts.rejected += 1;
-                    if let Some(suppressed) = ctx.log_limit.allow() {
-                        warn!(
-                            "{} q{}: refused request (descriptor {}): {}{}",
-                            ctx.name,
-                            self.index,
-                            rej.head,
-                            rej.error,
-                            suppressed_note(suppressed)
-                        );
-                    }
-                    let used = match rej.status {
-                        Some(addr) => {
-                            write_status(&map, addr, rej.error.status());
-                            1
-                        }
-                        None => 0,
-                    };
-                    self.answered.push((rej.head, used));
-                }
-            }
+            self.take_chain(head, chain, &mut map, taken, write_through, &mut counts);
         }
         for (head, len) in self.answered.drain(..) {
-            if let Err(e) = queue.add_used(&**mem, head, len) {
-                warn!("{} q{}: add_used: {e}", ctx.name, self.index);
-            }
+            put_used(
+                self.inflight.as_ref(),
+                queue,
+                mem,
+                head,
+                len,
+                ctx,
+                self.index,
+            );
         }
         if !self.batch.is_empty() {
             self.engine.submit(&mut self.batch);
         }
         ctx.stats.record_batch(&counts);
         counts.requests as usize
+    }
+
+    /// Parses one chain taken off the ring (or handed back after a restart) and queues it for
+    /// the engine, or answers it at once (get-id, refused requests).
+    fn take_chain<I>(
+        &mut self,
+        head: u16,
+        descs: I,
+        map: &mut Arc<GuestMemory>,
+        taken: Instant,
+        write_through: bool,
+        counts: &mut BatchCounts,
+    ) where
+        I: Iterator<Item = Descriptor> + Clone,
+    {
+        let ctx = &self.ctx;
+        counts.requests += 1;
+        let again = descs.clone();
+        let mut parsed = request::parse(head, descs, map, &ctx.limits, write_through);
+        if let Err(rej) = &parsed
+            && matches!(rej.error, RequestError::OutsideGuestMemory(_))
+        {
+            let current = self.memory.memory();
+            if !std::ptr::eq(&*current, &**map) {
+                *map = current.into_inner();
+                parsed = request::parse(head, again, map, &ctx.limits, write_through);
+            }
+        }
+        match parsed {
+            Ok(req) => match req.kind {
+                RequestKind::Io { op, buffers } => {
+                    match &op {
+                        IoOp::Read { .. } => {
+                            counts.reads += 1;
+                            counts.bytes_read += buffers.len() as u64;
+                        }
+                        IoOp::Write { .. } => {
+                            counts.writes += 1;
+                            counts.bytes_written += buffers.len() as u64;
+                        }
+                        IoOp::Flush => counts.flushes += 1,
+                        IoOp::Discard { .. } => counts.discards += 1,
+                        IoOp::WriteZeroes { .. } => counts.write_zeroes += 1,
+                    }
+                    let token = self.pending.insert(Pending {
+                        head: req.head,
+                        status: req.status,
+                        used_len: req.used_len,
+                        memory: Arc::clone(map),
+                        taken,
+                    }) as u64;
+                    self.batch.push(IoRequest { token, op, buffers });
+                }
+                RequestKind::GetId { mut buffers } => {
+                    counts.get_ids += 1;
+                    let n = buffers.len().min(ID_BYTES);
+                    buffers.write_from(&ctx.serial[..n]);
+                    write_status(map, req.status, Status::Ok);
+                    self.answered.push((req.head, req.used_len));
+                }
+            },
+            Err(rej) => {
+                counts.rejected += 1;
+                if let Some(suppressed) = ctx.log_limit.allow() {
+                    warn!(
+                        "{} q{}: refused request (descriptor {}): {}{}",
+                        ctx.name,
+                        self.index,
+                        rej.head,
+                        rej.error,
+                        suppressed_note(suppressed)
+                    );
+                }
+                let used = match rej.status {
+                    Some(addr) => {
+                        write_status(map, addr, rej.error.status());
+                        1
+                    }
+                    None => 0,
+                };
+                self.answered.push((rej.head, used));
+            }
+        }
+    }
+
+    /// Takes up the inflight area the frontend handed over (if it changed since the last
+    /// wakeup): the chains it marks were taken by an earlier keeld that died before answering
+    /// them, so they run again, oldest first, and the ring continues after them.
+    fn adopt_inflight(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) {
+        let generation = self.session.inflight.generation();
+        if generation == self.inflight_generation {
+            return;
+        }
+        self.inflight_generation = generation;
+        self.inflight = self
+            .session
+            .inflight
+            .region()
+            .and_then(|region| QueueInflight::new(region, self.index as u16));
+        let Some(track) = &mut self.inflight else {
+            return;
+        };
+        if !self.pending.is_empty() {
+            // The area arrived while this keeld serves the ring: nothing to recover, but what
+            // is in flight now must be marked.
+            for (_, p) in &self.pending {
+                track.begin(p.head);
+            }
+            return;
+        }
+        let queue = state.get_queue_mut();
+        let used = queue.next_used();
+        let heads = track.recover(used, queue.size());
+        queue.set_next_avail(used.wrapping_add(heads.len() as u16));
+        if heads.is_empty() {
+            return;
+        }
+        info!(
+            "{} q{}: running {} requests again that were in flight when keeld stopped",
+            self.ctx.name,
+            self.index,
+            heads.len()
+        );
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        let write_through = self.session.write_through.load(Ordering::Relaxed);
+        let mut counts = BatchCounts::default();
+        let mut map = Arc::clone(mem);
+        let taken = Instant::now();
+        for head in heads {
+            let chain = HeadChain::new(mem, table, size, head);
+            self.take_chain(head, chain, &mut map, taken, write_through, &mut counts);
+        }
+        let queue = state.get_queue_mut();
+        for (head, len) in self.answered.drain(..) {
+            put_used(
+                self.inflight.as_ref(),
+                queue,
+                mem,
+                head,
+                len,
+                &self.ctx,
+                self.index,
+            );
+        }
+        if !self.batch.is_empty() {
+            self.engine.submit(&mut self.batch);
+        }
+        self.ctx
+            .stats
+            .resubmitted
+            .fetch_add(counts.requests, Ordering::Relaxed);
+        self.ctx.stats.record_batch(&counts);
     }
 
     /// Moves finished engine requests to the used ring. Returns how many.
@@ -332,9 +439,15 @@ impl QueueWorker {
                 .latency
                 .record(now.saturating_duration_since(p.taken), 1);
             write_status(&p.memory, p.status, status);
-            if let Err(e) = queue.add_used(&**mem, p.head, len) {
-                warn!("{} q{}: add_used: {e}", self.ctx.name, self.index);
-            }
+            put_used(
+                self.inflight.as_ref(),
+                queue,
+                mem,
+                p.head,
+                len,
+                &self.ctx,
+                self.index,
+            );
         }
         n
     }
@@ -371,6 +484,27 @@ impl QueueWorker {
     }
 }
 
+/// Puts a chain on the used ring, keeping the inflight area (if any) in step.
+fn put_used(
+    inflight: Option<&QueueInflight>,
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    head: u16,
+    len: u32,
+    ctx: &DiskContext,
+    index: usize,
+) {
+    if let Some(track) = inflight {
+        track.before_used(head);
+    }
+    if let Err(e) = queue.add_used(mem, head, len) {
+        warn!("{} q{index}: add_used: {e}", ctx.name);
+    }
+    if let Some(track) = inflight {
+        track.after_used(head, queue.next_used());
+    }
+}
+
 fn write_status(mem: &GuestMemory, addr: GuestAddress, status: Status) {
     // The parser checked the address; a failure here means the map changed, and the guest that
     // changed it gets no status, which is all it could expect.
@@ -391,6 +525,7 @@ mod tests {
     use crate::config::{DiskConfig, EngineKind};
     use crate::engine::null::NullEngine;
     use crate::vhost::backend::DiskContext;
+    use crate::vhost::inflight::InflightRegion;
     use keel_protocol::{RequestHeader, RequestType};
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
@@ -610,5 +745,127 @@ mod tests {
         assert_eq!(q.used().idx().load(), 2);
         assert_eq!(ctx.stats.snapshot().notifications, 1);
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+    }
+
+    /// An engine that finishes flushes at once and keeps writes forever (a keeld about to die).
+    #[derive(Default)]
+    struct HoldWrites {
+        held: usize,
+        done: Vec<Completion>,
+    }
+
+    impl QueueEngine for HoldWrites {
+        fn submit(&mut self, batch: &mut Vec<IoRequest>) {
+            for r in batch.drain(..) {
+                match r.op {
+                    IoOp::Write { .. } => self.held += 1,
+                    _ => self.done.push(Completion {
+                        token: r.token,
+                        result: Ok(()),
+                    }),
+                }
+            }
+        }
+        fn reap(&mut self, done: &mut Vec<Completion>) {
+            done.append(&mut self.done);
+        }
+        fn wait(&mut self, done: &mut Vec<Completion>) {
+            self.reap(done);
+        }
+        fn in_flight(&self) -> usize {
+            self.held + self.done.len()
+        }
+    }
+
+    #[test]
+    fn requests_in_flight_when_keeld_died_run_again_from_the_inflight_area() {
+        let atomic = GuestMemoryAtomic::new(
+            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+        );
+        let guard = atomic.memory();
+        let mem: &GuestMemory = &guard;
+        let q = MockSplitQueue::new(mem, 16);
+        let request = |slot: u64, t: RequestType, data: bool| {
+            let addr = DATA + slot * 0x10000;
+            let h = RequestHeader {
+                request_type: t,
+                sector: slot * 8,
+            };
+            mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+            mem.write_obj(0xaau8, GuestAddress(addr + 0xf000)).unwrap();
+            let mut parts = vec![(addr, 16, false)];
+            if data {
+                parts.push((addr + 0x1000, 4096, false));
+            }
+            parts.push((addr + 0xf000, 1, true));
+            parts
+        };
+        let status = |slot: u64| {
+            mem.read_obj::<u8>(GuestAddress(DATA + slot * 0x10000 + 0xf000))
+                .unwrap()
+        };
+        // write (descriptors 0-2), flush (3-4), write (5-7).
+        let mut descs = chain(0, &request(0, RequestType::Write, true));
+        descs.extend(chain(3, &request(1, RequestType::Flush, false)));
+        descs.extend(chain(5, &request(2, RequestType::Write, true)));
+        q.add_desc_chains(&descs, 0).unwrap();
+        let ring = |next_avail: u16| {
+            let vring = Vring::new(atomic.clone(), 16).unwrap();
+            vring.set_queue_size(16);
+            vring
+                .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+                .unwrap();
+            vring.set_queue_next_avail(next_avail);
+            vring.set_queue_next_used(q.used().idx().load());
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            vring
+        };
+
+        // The first keeld: the flush completes, both writes are still in flight when it dies.
+        let area = InflightRegion::create(1, 16, 1, 16).unwrap();
+        let file = area.file().try_clone().unwrap();
+        let message = area.message();
+        let first = Arc::new(SessionState::default());
+        first.inflight.install(area);
+        let mut worker = QueueWorker::new(
+            0,
+            context(),
+            first,
+            atomic.clone(),
+            Box::new(HoldWrites::default()),
+        );
+        worker.process(&ring(0), false);
+        assert_eq!(q.used().idx().load(), 1, "only the flush completed");
+        assert_eq!([status(0), status(1), status(2)], [0xaa, 0, 0xaa]);
+        std::mem::forget(worker);
+
+        // The frontend reconnects to a new keeld, sets the ring base to the used index (all it
+        // knows) and hands the area back.
+        let ctx = context();
+        let second = Arc::new(SessionState::default());
+        second
+            .inflight
+            .install(InflightRegion::open(file, &message, 1, 16).unwrap());
+        let engine = ctx.engine.queue(0).unwrap();
+        let mut worker = QueueWorker::new(0, Arc::clone(&ctx), second, atomic.clone(), engine);
+        let vring = ring(1);
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 3, "both writes ran again");
+        assert_eq!([status(0), status(1), status(2)], [0, 0, 0]);
+        let s = ctx.stats.snapshot();
+        assert_eq!((s.writes, s.flushes, s.resubmitted), (2, 0, 2), "{s:?}");
+        let used: Vec<u32> = (0..3)
+            .map(|i| q.used().ring().ref_at(i).unwrap().load().id())
+            .collect();
+        assert_eq!(used, [3, 0, 5], "the flush, then the writes oldest first");
+
+        // The ring continues after them: a new request is the next available entry.
+        q.add_desc_chains(&chain(8, &request(3, RequestType::Flush, false)), 8)
+            .unwrap();
+        worker.process(&vring, false);
+        assert_eq!(q.used().idx().load(), 4);
+        assert_eq!(status(3), 0);
+        assert_eq!(ctx.stats.snapshot().resubmitted, 2);
     }
 }

@@ -57,7 +57,7 @@ fn parse_with(
 ) -> Result<Request, Rejected> {
     let q = MockSplitQueue::new(&**mem, 16);
     let chain = q.build_desc_chain(descs).unwrap();
-    parse(chain, mem, limits, false)
+    parse(chain.head_index(), chain, mem, limits, false)
 }
 
 /// Builds a request of type `t` at `sector` and parses it with the default limits.
@@ -139,7 +139,7 @@ fn write_through_marks_writes_durable() {
     let chain = q
         .build_desc_chain(&[r(HDR, 16), r(BUF, 512), w(STATUS, 1)])
         .unwrap();
-    let req = parse(chain, &mem, &limits(), true).unwrap();
+    let req = parse(chain.head_index(), chain, &mem, &limits(), true).unwrap();
     assert!(matches!(
         req.kind,
         RequestKind::Io {
