@@ -20,7 +20,8 @@ KVM_ARGS=()
 [ "${KEEL_KVM:-0}" = 1 ] && KVM_ARGS=(--kvm)
 ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
-    fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror)
+    fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror
+    fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -242,6 +243,62 @@ test_fio_verify_on_mirror() {
     backend_stop TERM || fail "keeld did not exit 0 on SIGTERM" || return 1
     cmp -s "$T/a.img" "$T/b.img" || fail "the components differ" || return 1
     log "resync copied $copied bytes; components identical"
+}
+
+# keeld is killed (SIGKILL) KEEL_KILLS times (default 3) while the guest's fio write+verify has
+# requests in flight, and started again on the same disk each time. Every request takes at least
+# 20 ms (delay_us), so at any instant keeld holds the guest's whole queue depth. QEMU
+# (reconnect-ms on its chardev) reconnects and hands back the inflight area; keeld runs the
+# requests that were in flight when it died, and fio finishes with every block verifying: the
+# guest sees nothing but pauses.
+verify_across_kill() {
+    local engine=$1 image=$2 launcher waited=0 mark kill again total=0 restarts=0
+    local KEELD_DISK_EXTRA="delay_us = 20000"
+    backend_start keeld "$T" "$T/$image" "$S" 1 1G "$engine" || return 1
+    boot verify fio-verify --param size=16M --reconnect-ms 200 \
+        --pidfile "$T/qemu.pid" &
+    launcher=$!
+    until tr -d '\r' 2>/dev/null <"$T/verify.log" | grep -q '^KEEL-JOB-BEGIN fio-verify'; do
+        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
+            wait "$launcher"
+            fail "the guest never started fio; see $T/verify.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    for kill in $(seq "${KEEL_KILLS:-3}"); do
+        sleep 2.5
+        kill -0 "$launcher" 2>/dev/null || fail "the guest finished before kill $kill" || return 1
+        backend_stop KILL || true
+        mark=$(wc -l <"$T/keeld.log")
+        sleep 0.5
+        backend_start keeld "$T" "$T/$image" "$S" 1 1G "$engine" || return 1
+        # The frontend reconnects within reconnect-ms; the count is logged when the ring restarts.
+        sleep 1
+        again=$(tail -n +"$((mark + 1))" "$T/keeld.log" |
+            sed -n 's/.*running \([0-9]*\) requests again.*/\1/p' | head -n 1)
+        log "kill $kill: the restarted keeld ran ${again:-0} requests again"
+        if [ -n "$again" ]; then
+            total=$((total + again))
+            restarts=$((restarts + 1))
+        fi
+    done
+    wait "$launcher" || fail "fio-verify across the kills failed; see $T/verify.log" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    [ "$restarts" = "${KEEL_KILLS:-3}" ] ||
+        fail "only $restarts of ${KEEL_KILLS:-3} restarts found requests in flight; see $T/keeld.log" ||
+        return 1
+    log "$restarts of ${KEEL_KILLS:-3} restarts ran $total requests again; every block verified"
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
+}
+
+test_fio_verify_across_keeld_kill() {
+    verify_across_kill raw disk.img
+}
+
+test_fio_verify_keel_engine_across_keeld_kill() {
+    verify_across_kill keel disk.keel
 }
 
 # Runs one test in a subshell that always stops its server and guest.

@@ -6,6 +6,7 @@
 #       KIND is keeld or qsd. Creates IMAGE as a sparse file of SIZE (default 1G) when it is
 #       missing, starts the server in the background with its log in DIR/KIND.log and waits for
 #       SOCKET. Sets BACKEND_PID and BACKEND_KIND. ENGINE is keeld's engine (default raw).
+#       KEELD_DISK_EXTRA, if set, is appended to keeld's disk table (e.g. "delay_us = 20000").
 #   backend_stop [SIGNAL]
 #       Sends SIGNAL (default TERM) and waits for the server; returns its exit status (a TERM that
 #       does not end it within 30 s is followed by KILL and fails).
@@ -37,6 +38,7 @@ queues = $queues
 queue_size = 256
 read_only = false
 direct = true
+${KEELD_DISK_EXTRA:-}
 EOF
 }
 

@@ -64,6 +64,8 @@ pub enum Fd {
     DevNull,
     /// One end of a socket pair (backend request channel).
     Socket,
+    /// A memfd of this many bytes sealed against shrinking and growing (inflight areas).
+    SealedMemFd(u64),
 }
 
 /// One message, as sent: `size` may disagree with `payload.len()`.
@@ -254,9 +256,10 @@ pub fn decode(data: &[u8]) -> Vec<Message> {
         };
         let nfds = f.u8() % 5;
         let fds = (0..nfds)
-            .map(|_| match f.u8() % 5 {
+            .map(|_| match f.u8() % 6 {
                 0 => Fd::MemFd(u64::from(f.u16()) * 16),
                 4 => Fd::MemFdFilled(u64::from(f.u16()) * 16, f.u8()),
+                5 => Fd::SealedMemFd(u64::from(f.u16()) * 16),
                 1 => Fd::EventFd,
                 2 => Fd::DevNull,
                 _ => Fd::Socket,
@@ -312,6 +315,10 @@ pub fn encode(msgs: &[Message]) -> Vec<u8> {
                     out.push(4);
                     out.extend_from_slice(&((size / 16) as u16).to_le_bytes());
                     out.push(byte);
+                }
+                Fd::SealedMemFd(size) => {
+                    out.push(5);
+                    out.extend_from_slice(&((size / 16) as u16).to_le_bytes());
                 }
             }
         }
@@ -441,6 +448,15 @@ fn make_fd(kind: Fd) -> io::Result<OwnedFd> {
     match kind {
         Fd::MemFd(size) => memfd(size, 0),
         Fd::MemFdFilled(size, byte) => memfd(size, byte),
+        Fd::SealedMemFd(size) => {
+            let fd = memfd(size, 0)?;
+            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+            // SAFETY: fcntl on a descriptor we own with a valid command and argument.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(fd)
+        }
         Fd::EventFd => {
             // SAFETY: plain system call; result checked.
             let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -462,7 +478,12 @@ fn make_fd(kind: Fd) -> io::Result<OwnedFd> {
 
 fn memfd(size: u64, byte: u8) -> io::Result<OwnedFd> {
     // SAFETY: plain system call with a static NUL-terminated name; result checked.
-    let fd = unsafe { libc::memfd_create(c"keel-test".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe {
+        libc::memfd_create(
+            c"keel-test".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

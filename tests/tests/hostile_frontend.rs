@@ -104,10 +104,67 @@ fn with_preamble(rest: Vec<Message>) -> Vec<Message> {
     v
 }
 
+/// GET_INFLIGHT_FD / SET_INFLIGHT_FD body: mmap_size, mmap_offset, num_queues, queue_size (and
+/// the struct's 4 bytes of tail padding, as QEMU sends it).
+fn inflight(code: u32, size: u64, offset: u64, queues: u16, queue_size: u16) -> Message {
+    let mut p = size.to_le_bytes().to_vec();
+    p.extend_from_slice(&offset.to_le_bytes());
+    p.extend_from_slice(&queues.to_le_bytes());
+    p.extend_from_slice(&queue_size.to_le_bytes());
+    p.extend_from_slice(&[0; 4]);
+    Message::new(code, p)
+}
+
+/// Bytes keeld's inflight area takes for `queues` rings of 1024 descriptors.
+const AREA_1024: u64 = (16 + 16 * 1024u64).next_multiple_of(64);
+
 /// Hand-made cases, each a named message sequence.
 fn cases() -> Vec<(&'static str, Vec<Message>)> {
     let u64_max_region = region(0, u64::MAX, 0x1000);
     let mut cases = vec![
+        (
+            "GET_INFLIGHT_FD with a short payload",
+            with_preamble(vec![Message::new(code::GET_INFLIGHT_FD, vec![1, 2, 3])]),
+        ),
+        (
+            "GET_INFLIGHT_FD for more queues than the disk has",
+            with_preamble(vec![inflight(code::GET_INFLIGHT_FD, 0, 0, 200, 1024)]),
+        ),
+        (
+            "SET_INFLIGHT_FD without a descriptor",
+            with_preamble(vec![inflight(code::SET_INFLIGHT_FD, AREA_1024, 0, 1, 1024)]),
+        ),
+        (
+            "SET_INFLIGHT_FD with an area larger than its file",
+            with_preamble(vec![
+                inflight(code::SET_INFLIGHT_FD, AREA_1024 * 2, 0, 2, 1024)
+                    .with_fds(vec![Fd::SealedMemFd(AREA_1024)]),
+            ]),
+        ),
+        (
+            "SET_INFLIGHT_FD at an offset past its file, then a started ring",
+            with_preamble({
+                let mut v = vec![
+                    inflight(code::SET_INFLIGHT_FD, AREA_1024, 1 << 40, 1, 1024)
+                        .with_fds(vec![Fd::SealedMemFd(AREA_1024)]),
+                    memory(0),
+                ];
+                v.extend(started_ring(64));
+                v
+            }),
+        ),
+        (
+            "SET_INFLIGHT_FD with a garbage area, then a started ring over garbage",
+            with_preamble({
+                let mut v = vec![
+                    inflight(code::SET_INFLIGHT_FD, AREA_1024, 0, 1, 1024)
+                        .with_fds(vec![Fd::SealedMemFd(AREA_1024)]),
+                    memory(0xff),
+                ];
+                v.extend(started_ring(1024));
+                v
+            }),
+        ),
         ("unknown code", vec![header_only(0xdead, 1, 0)]),
         ("code zero", vec![header_only(0, 1, 0)]),
         ("version 2", vec![header_only(code::GET_FEATURES, 2, 0)]),
@@ -384,6 +441,67 @@ fn seeded_random_sessions_leave_the_daemon_serving() {
 /// A memory table whose backing file is smaller than the region it declares. Mapping succeeds
 /// (mmap does not check the file size) and the first access past the file's end raises SIGBUS,
 /// which kills the whole daemon.
+/// The inflight messages a frontend with VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD sends: keeld hands
+/// out an area sized for the request, takes back a sealed one and refuses one that could shrink
+/// under its mapping (a SIGBUS waiting to happen).
+#[test]
+fn inflight_area_is_handed_out_and_only_a_sealed_one_taken_back() {
+    let keeld = daemon();
+    let mut fe = raw_frontend::RawFrontend::connect(&keeld.socket("a")).unwrap();
+    for m in preamble() {
+        fe.send(&m).unwrap();
+    }
+    let (c, _, p) = fe.read_reply().unwrap();
+    assert_eq!(c, code::GET_FEATURES);
+    assert_eq!(p.len(), 8);
+    let reply_u64 = |fe: &mut raw_frontend::RawFrontend, code: u32| {
+        let (c, flags, p) = fe.read_reply().unwrap();
+        assert_eq!(c, code);
+        assert_ne!(flags & raw_frontend::REPLY, 0);
+        u64::from_le_bytes(p[..8].try_into().unwrap())
+    };
+    fe.send(&Message::new(code::GET_PROTOCOL_FEATURES, Vec::new()))
+        .unwrap();
+    let protocol = reply_u64(&mut fe, code::GET_PROTOCOL_FEATURES);
+    assert_ne!(protocol & (1 << 12), 0, "INFLIGHT_SHMFD offered");
+
+    fe.send(&inflight(code::GET_INFLIGHT_FD, 0, 0, 2, 1024))
+        .unwrap();
+    let (c, _, p) = fe.read_reply().unwrap();
+    assert_eq!((c, p.len()), (code::GET_INFLIGHT_FD, 24));
+    let field = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().unwrap());
+    assert_eq!((field(0), field(8)), (2 * AREA_1024, 0), "size and offset");
+
+    fe.send(&inflight(code::GET_INFLIGHT_FD, 0, 0, 3, 1024))
+        .unwrap();
+    let (_, _, p) = fe.read_reply().unwrap();
+    assert_eq!(
+        u64::from_le_bytes(p[..8].try_into().unwrap()),
+        0,
+        "no area for a third queue"
+    );
+
+    let set = |fd| {
+        inflight(code::SET_INFLIGHT_FD, 2 * AREA_1024, 0, 2, 1024)
+            .with_fds(vec![fd])
+            .need_reply()
+    };
+    fe.send(&set(Fd::SealedMemFd(2 * AREA_1024))).unwrap();
+    assert_eq!(
+        reply_u64(&mut fe, code::SET_INFLIGHT_FD),
+        0,
+        "sealed: taken"
+    );
+    fe.send(&set(Fd::MemFd(2 * AREA_1024))).unwrap();
+    assert_ne!(
+        reply_u64(&mut fe, code::SET_INFLIGHT_FD),
+        0,
+        "unsealed: refused"
+    );
+    assert!(fe.finish(PATIENCE));
+    healthy(&keeld.socket("a"), "after the inflight messages");
+}
+
 #[test]
 fn memory_table_larger_than_its_file() {
     let keeld = daemon();

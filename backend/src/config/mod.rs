@@ -24,6 +24,8 @@ pub const MAX_QUEUES: u16 = 64;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Longest adaptive polling window accepted, in microseconds.
 pub const MAX_POLL_US: u32 = 1_000_000;
+/// Longest `delay_us`: a second (a guest's I/O timeout is 30 s).
+pub const MAX_DELAY_US: u32 = 1_000_000;
 
 /// Why a config file was refused.
 #[derive(Debug, Error)]
@@ -87,6 +89,8 @@ pub struct DiskConfig {
     pub direct: bool,
     pub logical_block_size: u32,
     pub poll_us: u32,
+    /// Latency added to every request (testing and planning; 0 = none).
+    pub delay_us: u32,
 }
 
 /// A whole, checked config file.
@@ -130,6 +134,7 @@ struct RawDisk {
     direct: Option<Spanned<bool>>,
     logical_block_size: Option<Spanned<u32>>,
     poll_us: Option<Spanned<u32>>,
+    delay_us: Option<Spanned<u32>>,
 }
 
 impl Config {
@@ -326,6 +331,18 @@ impl Checker<'_> {
                 Ok(n)
             }
         })?;
+        let delay_us = raw.delay_us.as_ref().map_or(Ok(0), |v| {
+            let n = *v.get_ref();
+            if n > MAX_DELAY_US {
+                Err(self.err(
+                    v.span(),
+                    "delay_us",
+                    format!("{n} is above the limit of {MAX_DELAY_US}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
         let serial = match &raw.serial {
             Some(s) => {
                 if s.get_ref().len() > ID_BYTES {
@@ -425,6 +442,7 @@ impl Checker<'_> {
             direct: raw.direct.as_ref().is_none_or(|v| *v.get_ref()),
             logical_block_size,
             poll_us,
+            delay_us,
         })
     }
 

@@ -327,6 +327,18 @@ fn bad_logical_block_size() {
 }
 
 #[test]
+fn delay_us_too_large() {
+    let (_d, r) = parse(&format!("{NULL_DISK}delay_us = 1000001\n"));
+    assert_invalid(r, "delay_us", 6);
+}
+
+#[test]
+fn delay_us_is_read() {
+    let (_d, r) = parse(&format!("{NULL_DISK}delay_us = 2500\n"));
+    assert_eq!(r.unwrap().disks[0].delay_us, 2500);
+}
+
+#[test]
 fn poll_us_too_large() {
     let (_d, r) = parse(&format!("{NULL_DISK}poll_us = 2000000\n"));
     assert_invalid(r, "poll_us", 6);

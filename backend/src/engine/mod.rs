@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod buffers;
+pub mod delay;
 pub mod device;
 mod file_ops;
 pub mod keel;

@@ -24,6 +24,7 @@ use super::request::Limits;
 use super::stats::{DiskStats, RateLimit};
 use super::worker::{QueueWorker, Vring};
 use crate::config::DiskConfig;
+use crate::engine::delay::DelayQueue;
 use crate::engine::{Engine, EngineError, GuestMemory};
 
 /// Byte offset of `writeback` (WCE) in the virtio-blk config space.
@@ -49,6 +50,8 @@ pub struct DiskContext {
     pub queue_size: u16,
     pub logical_block_size: u32,
     pub poll: Duration,
+    /// Latency added to every request (`delay_us`).
+    pub delay: Duration,
     pub log_limit: RateLimit,
 }
 
@@ -80,6 +83,7 @@ impl DiskContext {
             queue_size: cfg.queue_size,
             logical_block_size: cfg.logical_block_size,
             poll: Duration::from_micros(u64::from(cfg.poll_us)),
+            delay: Duration::from_micros(u64::from(cfg.delay_us)),
             log_limit: RateLimit::new(Duration::from_secs(1), 10),
         }
     }
@@ -183,7 +187,15 @@ impl BlkBackend {
         handlers: &[Arc<VringEpollHandler<Arc<BlkBackend>>>],
     ) -> Result<(), EngineError> {
         for (index, slot) in self.workers.iter().enumerate() {
-            let engine = self.ctx.engine.queue(index)?;
+            let mut engine = self.ctx.engine.queue(index)?;
+            if !self.ctx.delay.is_zero() {
+                engine = Box::new(DelayQueue::new(engine, self.ctx.delay).map_err(|source| {
+                    EngineError::Queue {
+                        queue: index,
+                        source,
+                    }
+                })?);
+            }
             let worker = QueueWorker::new(
                 index,
                 Arc::clone(&self.ctx),
@@ -414,6 +426,7 @@ mod tests {
             direct: true,
             logical_block_size: 512,
             poll_us: 0,
+            delay_us: 0,
         }
     }
 

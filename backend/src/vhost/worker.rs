@@ -356,6 +356,12 @@ impl QueueWorker {
         let queue = state.get_queue_mut();
         let used = queue.next_used();
         let heads = track.recover(used, queue.size());
+        debug!(
+            "{} q{}: inflight area taken up: used index {used}, {} requests to run again",
+            self.ctx.name,
+            self.index,
+            heads.len()
+        );
         queue.set_next_avail(used.wrapping_add(heads.len() as u16));
         if heads.is_empty() {
             return;
@@ -551,6 +557,7 @@ mod tests {
             direct: true,
             logical_block_size: 512,
             poll_us: 0,
+            delay_us: 0,
         };
         let engine = Arc::new(NullEngine::new(1 << 20, false));
         Arc::new(DiskContext::new(&cfg, engine, Arc::default()))

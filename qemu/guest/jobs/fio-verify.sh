@@ -4,7 +4,8 @@
 # "all" only) a random 50/50 read/write mix.
 # Parameters: keel.size (bytes each section covers, default 64M), keel.iodepth (16),
 #   keel.phase: all (default: write, then verify, in one boot), write (write only), or verify
-#   (verify only: checks what an earlier "write" boot wrote, e.g. across a server restart).
+#   (verify only: checks what an earlier "write" boot wrote, e.g. across a server restart),
+#   keel.fsync (flush after every N writes; default 0, never).
 size=${KEEL_SIZE:-64M}
 phase=${KEEL_PHASE:-all}
 case $phase in
@@ -19,6 +20,7 @@ filename=/dev/vda
 ioengine=libaio
 direct=1
 iodepth=${KEEL_IODEPTH:-16}
+fsync=${KEEL_FSYNC:-0}
 verify=crc32c
 $mode
 verify_fatal=1
