@@ -1,7 +1,8 @@
 //! Added latency in front of any engine (a disk's `delay_us`), like SPDK's delay bdev.
 //!
-//! Requests go to the real engine at once; their completions are held back until `delay` after
-//! submission. It lets a test or a capacity plan see how a guest and keeld behave on a slow
+//! Requests go to the real engine at once; their completions are held back until between half and
+//! one and a half times `delay` after submission (spread by token, so they come back out of order,
+//! as from a real device). It lets a test or a capacity plan see how a guest and keeld behave on a slow
 //! device (timeouts, queue depth, requests in flight when keeld is killed) with real data.
 //!
 //! The worker sleeps on one completion fd: here an epoll set holding the real engine's fd (if
@@ -21,7 +22,7 @@ use super::{Completion, IoRequest, QueueEngine, Token};
 pub struct DelayQueue {
     inner: Box<dyn QueueEngine>,
     delay: Duration,
-    /// Submission times, oldest first (submission order is deadline order).
+    /// Deadlines of the requests the real engine has not finished, in submission order.
     submitted: VecDeque<(Token, Instant)>,
     /// Completions the real engine reported, waiting for their deadline.
     held: Vec<(Completion, Instant)>,
@@ -64,7 +65,7 @@ impl DelayQueue {
             let pos = self.submitted.iter().position(|&(t, _)| t == c.token);
             let deadline = pos
                 .and_then(|i| self.submitted.remove(i))
-                .map_or_else(Instant::now, |(_, at)| at + self.delay);
+                .map_or_else(Instant::now, |(_, deadline)| deadline);
             self.held.push((c, deadline));
         }
     }
@@ -95,7 +96,12 @@ impl DelayQueue {
 impl QueueEngine for DelayQueue {
     fn submit(&mut self, batch: &mut Vec<IoRequest>) {
         let now = Instant::now();
-        self.submitted.extend(batch.iter().map(|r| (r.token, now)));
+        let delay = self.delay;
+        self.submitted.extend(
+            batch
+                .iter()
+                .map(|r| (r.token, now + spread(delay, r.token))),
+        );
         self.inner.submit(batch);
     }
 
@@ -137,6 +143,16 @@ impl QueueEngine for DelayQueue {
     }
 }
 
+/// `delay` scaled by a factor in [0.5, 1.5) that depends on `token` alone.
+fn spread(delay: Duration, token: Token) -> Duration {
+    // splitmix64's finaliser: neighbouring tokens get unrelated factors.
+    let mut x = token.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    delay.mul_f64(0.5 + (x >> 11) as f64 / (1u64 << 53) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +160,21 @@ mod tests {
     use crate::engine::{Engine, GuestBuffers, IoOp};
 
     #[test]
-    fn completions_come_no_sooner_than_the_delay_and_all_of_them_come() {
+    fn delays_spread_between_half_and_one_and_a_half_times() {
+        let d = Duration::from_millis(20);
+        let spreads: Vec<Duration> = (0..1000).map(|t| spread(d, t)).collect();
+        assert!(spreads.iter().all(|&s| s >= d / 2 && s < d * 3 / 2));
+        let early = spreads.iter().filter(|&&s| s < d).count();
+        assert!(
+            (400..600).contains(&early),
+            "{early} of 1000 below the mean"
+        );
+        // Consecutive requests do not come back in order.
+        assert!(spreads.windows(2).filter(|w| w[1] < w[0]).count() > 300);
+    }
+
+    #[test]
+    fn completions_come_no_sooner_than_half_the_delay_and_all_of_them_come() {
         let engine = NullEngine::new(1 << 20, false);
         let delay = Duration::from_millis(30);
         let mut q = DelayQueue::new(engine.queue(0).unwrap(), delay).unwrap();
@@ -171,7 +201,9 @@ mod tests {
         assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1);
         q.ack_completion_fd();
         q.reap(&mut done);
-        assert!(start.elapsed() >= delay);
+        assert!(start.elapsed() >= delay / 2);
+        // The fd may fire for the earliest of the three: wait for the rest.
+        crate::engine::drain(&mut q, &mut done);
         let mut tokens: Vec<Token> = done.iter().map(|c| c.token).collect();
         tokens.sort_unstable();
         assert_eq!(tokens, [0, 1, 2]);
@@ -186,7 +218,7 @@ mod tests {
         q.submit(&mut batch);
         done.clear();
         crate::engine::drain(&mut q, &mut done);
-        assert!(t.elapsed() >= delay);
+        assert!(t.elapsed() >= delay / 2);
         assert_eq!(done.len(), 1);
     }
 }
