@@ -66,6 +66,8 @@ pub enum Fd {
     Socket,
     /// A memfd of this many bytes sealed against shrinking and growing (inflight areas).
     SealedMemFd(u64),
+    /// A duplicate of a descriptor the caller keeps (to change the file after sending it).
+    Dup(std::os::fd::RawFd),
 }
 
 /// One message, as sent: `size` may disagree with `payload.len()`.
@@ -320,6 +322,8 @@ pub fn encode(msgs: &[Message]) -> Vec<u8> {
                     out.push(5);
                     out.extend_from_slice(&((size / 16) as u16).to_le_bytes());
                 }
+                // A caller's descriptor has no encoding; /dev/null stands in.
+                Fd::Dup(_) => out.push(2),
             }
         }
     }
@@ -469,6 +473,11 @@ fn make_fd(kind: Fd) -> io::Result<OwnedFd> {
             Ok(file.into())
         }
         Fd::DevNull => Ok(File::open("/dev/null")?.into()),
+        Fd::Dup(fd) => {
+            // SAFETY: the caller keeps `fd` open while the message is sent.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            borrowed.try_clone_to_owned()
+        }
         Fd::Socket => {
             let (a, _b) = UnixStream::pair()?;
             Ok(a.into())

@@ -502,6 +502,83 @@ fn inflight_area_is_handed_out_and_only_a_sealed_one_taken_back() {
     healthy(&keeld.socket("a"), "after the inflight messages");
 }
 
+/// A frontend that truncates its guest memory after the table was checked: the request that
+/// touches the vanished pages completes (they read as zeroes), keeld and the other disk carry on.
+#[test]
+fn guest_memory_truncated_under_a_running_ring_does_not_end_keeld() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let keeld = daemon();
+    let mut other = Client::connect(&keeld.socket("b"), 1, MIB).expect("client of disk b");
+    // SAFETY: plain system call with a static NUL-terminated name; result checked.
+    let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor we own.
+    let mem = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    mem.set_len(MIB as u64).unwrap();
+    let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        mem.write_at(&d, i * 16).unwrap();
+    };
+    // A 4 KiB read whose buffer (at 960 KiB) will lie past the end of the file.
+    desc(0, 0x1_0000, 16, 1, 1);
+    desc(1, 0xF_0000, 4096, 1 | 2, 2);
+    desc(2, 0x2_0000, 1, 2, 0);
+    mem.write_at(&[0u8; 16], 0x1_0000).unwrap();
+    mem.write_at(&[0xaa], 0x2_0000).unwrap();
+    mem.write_at(&[0, 0, 1, 0, 0, 0], 0x4000).unwrap(); // avail: flags, idx 1, ring[0] 0
+    let before = keel_backend::vhost::sigbus::replaced_pages();
+
+    let mut fe = raw_frontend::RawFrontend::connect(&keeld.socket("a")).unwrap();
+    let mut msgs = preamble();
+    msgs.push(
+        Message::mem_table(1, &[region(0, MIB as u64, 0x7000_0000)])
+            .with_fds(vec![Fd::Dup(mem.as_raw_fd())]),
+    );
+    msgs.extend([
+        Message::vring_state(code::SET_VRING_NUM, 0, 16),
+        Message::vring_addr(0, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
+        Message::vring_state(code::SET_VRING_BASE, 0, 0),
+        Message::vring_fd(code::SET_VRING_CALL, 0),
+    ]);
+    for m in &msgs {
+        fe.send(m).unwrap();
+    }
+    let (c, _, _) = fe.read_reply().unwrap();
+    assert_eq!(c, code::GET_FEATURES);
+    // Give keeld time to map the table, then take the upper half away.
+    std::thread::sleep(Duration::from_millis(200));
+    mem.set_len(MIB as u64 / 2).unwrap();
+    fe.send(&Message::vring_fd(code::SET_VRING_KICK, 0))
+        .unwrap();
+    fe.send(&Message::vring_state(code::SET_VRING_ENABLE, 0, 1))
+        .unwrap();
+    let mut used = [0u8; 2];
+    let start = std::time::Instant::now();
+    while start.elapsed() < PATIENCE {
+        mem.read_at(&mut used, 0x8002).unwrap();
+        if used == [1, 0] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(used, [1, 0], "the read completed");
+    let mut status = [0xffu8];
+    mem.read_at(&mut status, 0x2_0000).unwrap();
+    assert_eq!(status, [0], "answered OK");
+    assert!(keel_backend::vhost::sigbus::replaced_pages() > before);
+    assert!(fe.finish(PATIENCE));
+    healthy(&keeld.socket("a"), "after truncated guest memory");
+    other.write(0, 4096, &[5; 4096]).expect("disk b write");
+    assert_eq!(
+        other.read(0, 4096, 4096).expect("disk b read"),
+        vec![5; 4096]
+    );
+}
+
 #[test]
 fn memory_table_larger_than_its_file() {
     let keeld = daemon();

@@ -13,6 +13,7 @@ pub mod inflight;
 mod relay;
 pub mod request;
 pub mod server;
+pub mod sigbus;
 pub mod socket;
 pub mod stats;
 pub mod worker;

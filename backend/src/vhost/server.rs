@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::{BlkBackend, DiskContext};
 use super::relay::{self, Relay, Rendezvous};
+use super::sigbus;
 use super::socket::bind_private;
 use crate::engine::GuestMemory;
 
@@ -63,6 +64,12 @@ impl DiskServer {
             path: socket.clone(),
             source,
         };
+        if let Err(e) = sigbus::install() {
+            warn!(
+                "cannot install the SIGBUS handler (a frontend truncating guest memory would end \
+                 keeld): {e}"
+            );
+        }
         let listener = bind_private(&socket).map_err(sock_err)?;
         listener.set_nonblocking(true).map_err(sock_err)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;

@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use super::backend::{DiskContext, SessionState};
 use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, RequestError, RequestKind};
+use super::sigbus;
 use super::stats::BatchCounts;
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
 
@@ -64,6 +65,8 @@ pub struct QueueWorker {
     inflight: Option<QueueInflight>,
     /// The session's inflight generation `inflight` was taken from.
     inflight_generation: u64,
+    /// Guest pages replaced after their file was truncated, as last reported.
+    replaced_pages: u64,
 }
 
 impl QueueWorker {
@@ -89,6 +92,7 @@ impl QueueWorker {
             broken: false,
             inflight: None,
             inflight_generation: 0,
+            replaced_pages: sigbus::replaced_pages(),
         }
     }
 
@@ -115,6 +119,7 @@ impl QueueWorker {
         }
         let mut mem = self.memory.memory().into_inner();
         self.adopt_inflight(&mut state, &mem);
+        self.report_replaced_pages();
         loop {
             if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
                 debug!(
@@ -140,6 +145,22 @@ impl QueueWorker {
                     break;
                 }
             }
+        }
+    }
+
+    /// Says so when guest memory was truncated under keeld (see `sigbus`). The count is the
+    /// process's; the worker that notices first reports it.
+    fn report_replaced_pages(&mut self) {
+        let now = sigbus::replaced_pages();
+        if now != self.replaced_pages {
+            warn!(
+                "{} q{}: the frontend truncated guest memory under a mapped region: {} pages \
+                 now read as zeroes ({now} in all)",
+                self.ctx.name,
+                self.index,
+                now - self.replaced_pages
+            );
+            self.replaced_pages = now;
         }
     }
 
