@@ -21,7 +21,7 @@ KVM_ARGS=()
 ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
     fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror
-    fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill)
+    fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -299,6 +299,64 @@ test_fio_verify_across_keeld_kill() {
 
 test_fio_verify_keel_engine_across_keeld_kill() {
     verify_across_kill keel disk.keel
+}
+
+# A keel disk grows while the guest runs (`keel resize`): keeld sends the config-change message,
+# QEMU rereads the config space and tells the guest, whose disk grows; a block written at the new
+# end reads back.
+test_online_grow_seen_by_the_guest() {
+    local launcher waited=0 out
+    KEEL_BIN=$REPO_DIR/target/release/keel
+    if [ ! -x "$KEEL_BIN" ]; then
+        (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel" || return 1
+    fi
+    C=$(socket_path "$T/ctl")
+    rm -f "$S" "$C"
+    cat >"$T/keel.toml" <<END
+[server]
+control_socket = "$C"
+
+[[disk]]
+name = "vda"
+socket = "$S"
+engine = "keel"
+path = "$T/disk.keel"
+size = "1G"
+END
+    RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
+    BACKEND_PID=$!
+    BACKEND_KIND=keeld
+    until [ -S "$S" ] && [ -S "$C" ]; do
+        if ! kill -0 "$BACKEND_PID" 2>/dev/null || [ $waited -ge 300 ]; then
+            fail "keeld did not start; see $T/keeld.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    boot grow grow-watch &
+    launcher=$!
+    waited=0
+    until tr -d '\r' 2>/dev/null <"$T/grow.log" | grep -q '^KEEL-MARK sized'; do
+        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
+            wait "$launcher"
+            fail "the guest never reported its size; see $T/grow.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    out=$("$KEEL_BIN" --control "$C" resize vda 1056M) || fail "keel resize failed: $out" || return 1
+    log "$out"
+    case $out in
+    *"the attached frontend was told"*) ;;
+    *) fail "keeld did not tell the frontend" || return 1 ;;
+    esac
+    wait "$launcher" || fail "grow-watch failed; see $T/grow.log" || return 1
+    [ "$(cat "$T/grow/size-before")" = $((1 << 21)) ] || fail "size before: $(cat "$T/grow/size-before")" || return 1
+    [ "$(cat "$T/grow/size-after")" = $((1056 << 11)) ] || fail "size after: $(cat "$T/grow/size-after")" || return 1
+    log "the guest's disk grew from $(cat "$T/grow/size-before") to $(cat "$T/grow/size-after") sectors"
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
 }
 
 # Runs one test in a subshell that always stops its server and guest.

@@ -103,6 +103,15 @@ pub struct ResizeDisk {
     pub size: u64,
 }
 
+/// `POST /v1/disks/{disk}/resize` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeAnswer {
+    /// The capacity now, in bytes.
+    pub size: u64,
+    /// Whether the attached frontend was sent a config-change message (it then tells the guest).
+    pub frontend_notified: bool,
+}
+
 /// `POST /v1/disks/{disk}/mirror/{n}/{op}` body, for the ops that take a path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MirrorOpBody {

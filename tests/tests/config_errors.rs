@@ -56,7 +56,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             format!("colour = \"red\"\n{}", null("")),
             "$DIR/keel.toml: TOML parse error at line 1, column 1\n  |\n1 | colour = \"red\"\n  | ^^^^^^\nunknown field `colour`, expected `server` or `disk`",
         ),
-        ("unknown disk key", null("colour = \"red\""), "$DIR/keel.toml: TOML parse error at line 6, column 1\n  |\n6 | colour = \"red\"\n  | ^^^^^^\nunknown field `colour`, expected one of `name`, `socket`, `engine`, `path`, `mirror`, `resync_chunk`, `size`, `resize`, `queues`, `queue_size`, `read_only`, `serial`, `direct`, `logical_block_size`, `poll_us`"),
+        ("unknown disk key", null("colour = \"red\""), "$DIR/keel.toml: TOML parse error at line 6, column 1\n  |\n6 | colour = \"red\"\n  | ^^^^^^\nunknown field `colour`, expected one of `name`, `socket`, `engine`, `path`, `mirror`, `resync_chunk`, `size`, `resize`, `queues`, `queue_size`, `read_only`, `serial`, `direct`, `logical_block_size`, `poll_us`, `delay_us`"),
         ("unknown server key", format!("[server]\nport = 80\n{}", null("")), "$DIR/keel.toml: TOML parse error at line 2, column 1\n  |\n2 | port = 80\n  | ^^^^\nunknown field `port`, expected `control_socket` or `log_level`"),
         ("unknown section", format!("[disks]\n{}", null("")), "$DIR/keel.toml: TOML parse error at line 1, column 2\n  |\n1 | [disks]\n  |  ^^^^^\nunknown field `disks`, expected `server` or `disk`"),
         ("disk is not a table array", "disk = 5\n".into(), "$DIR/keel.toml: TOML parse error at line 1, column 8\n  |\n1 | disk = 5\n  |        ^\ninvalid type: integer `5`, expected a sequence"),

@@ -228,7 +228,7 @@ fn full_and_incremental_backups_restore_every_point() {
 }
 
 #[test]
-fn resize_refuses_shrinking_and_grows_a_stopped_container() {
+fn resize_refuses_shrinking_and_grows_online_and_stopped() {
     let toml = "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
                 engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n";
     let keeld = InProcess::start(toml);
@@ -238,9 +238,24 @@ fn resize_refuses_shrinking_and_grows_a_stopped_container() {
     assert_eq!(code, 2);
     assert!(err.contains("shrinking to 8388608 is refused"), "{err}");
     assert!(ok(keel(&dir, Some(&ctl), &["resize", "k", "16M"])).contains("16777216 bytes"));
-    let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "32M"]);
+    // Online: into the container's spare space (nobody attached to tell), and no further.
+    let out = ok(keel(&dir, Some(&ctl), &["resize", "k", "17M"]));
+    assert!(
+        out.contains("k holds 17825792 bytes (no attached frontend to tell)"),
+        "{out}"
+    );
+    let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "1G"]);
     assert_eq!(code, 2);
-    assert!(err.contains("not available yet"), "{err}");
+    assert!(err.contains("container itself must grow"), "{err}");
+    let mut client = keel_tests::client::Client::connect(&keeld.socket("k"), 1, 1 << 20).unwrap();
+    assert_eq!(
+        client.capacity(),
+        17825792,
+        "a new frontend sees the new size"
+    );
+    client.write(0, 17825792 - 4096, &[7; 4096]).unwrap();
+    assert!(client.write(0, 17825792, &[7; 4096]).is_err());
+    drop(client);
     let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "nope", "32M"]);
     assert!(code == 2 && err.contains("no such disk"), "{err}");
 
@@ -255,8 +270,8 @@ fn resize_refuses_shrinking_and_grows_a_stopped_container() {
     );
     let out = ok(keel(&dir, None, &["resize", "k.keel", "17M"]));
     assert!(
-        out.contains("grown from 16777216 to 17825792 bytes"),
-        "{out}"
+        out.contains("grown from 17825792 to 17825792 bytes"),
+        "the online growth was made durable: {out}"
     );
     let info = ok(keel(&dir, None, &["info", "k.keel", "--json"]));
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();

@@ -7,8 +7,8 @@ use super::client::{ClientError, ControlClient};
 use crate::config::Config;
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
-    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeDisk, RevertSnapshot,
-    SnapshotInfo,
+    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeAnswer, ResizeDisk,
+    RevertSnapshot, SnapshotInfo,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -287,10 +287,15 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
 
 /// `keel resize DISK SIZE`: grow a served disk (shrinking is refused by the daemon).
 pub fn resize(c: &ControlClient, disk: &str, size: u64) -> Result<(), String> {
-    let _: serde_json::Value = c
+    let a: ResizeAnswer = c
         .post(&format!("{}/resize", disk_path(disk)), &ResizeDisk { size })
         .map_err(api)?;
-    println!("{disk} holds {size} bytes");
+    let told = if a.frontend_notified {
+        "the attached frontend was told"
+    } else {
+        "no attached frontend to tell"
+    };
+    println!("{disk} holds {} bytes ({told})", a.size);
     Ok(())
 }
 

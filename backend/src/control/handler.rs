@@ -2,12 +2,13 @@
 
 use super::{ApiCall, ApiError, ControlHandler, Download, MirrorOp};
 use crate::config::DiskConfig;
-use crate::engine::{AdminError, Engine, EngineAdmin, MirrorCommand};
+use crate::engine::{AdminError, Engine, EngineAdmin, EngineError, MirrorCommand};
 use crate::store::diff::TreeRef;
 use crate::store::diff_file::{Exporter, Header, export_len};
 use crate::store::{Store, StoreError};
+use crate::vhost::config_change::ConfigNotifier;
 use crate::vhost::stats::DiskStats;
-use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, VersionInfo};
+use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, ResizeAnswer, VersionInfo};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,8 @@ pub struct DiskEntry {
     pub config: DiskConfig,
     pub engine: Arc<dyn Engine>,
     pub stats: Arc<DiskStats>,
+    /// Tells the attached frontend the disk grew.
+    pub config_change: Arc<ConfigNotifier>,
 }
 
 impl DiskEntry {
@@ -209,20 +212,26 @@ impl ControlHandler for DaemonControl {
             ApiCall::Resize { disk, size } => {
                 let d = self.disk(&disk)?;
                 let now = d.engine.capacity();
-                if size < now {
-                    return Err(ApiError::BadRequest(format!(
-                        "disk {disk} holds {now} bytes: shrinking to {size} is refused (the \
-                         guest's data past the new end would be lost); only growing is allowed"
-                    )));
-                }
-                if size == now {
-                    return to_json(serde_json::json!({ "size": now }));
-                }
-                Err(ApiError::Unsupported(format!(
-                    "disk {disk}: growing a served disk from {now} to {size} bytes is not \
-                     available yet; stop it, run `keel resize PATH SIZE` on its container, and \
-                     set its `size` in the config"
-                )))
+                let grown = d.engine.grow(size).map_err(|e| match e {
+                    EngineError::Refused(m) => ApiError::BadRequest(format!("disk {disk}: {m}")),
+                    EngineError::Unsupported(m) => {
+                        ApiError::Unsupported(format!("disk {disk}: {m}"))
+                    }
+                    other => ApiError::Internal(format!("disk {disk}: {other}")),
+                })?;
+                let notified = if grown == now {
+                    false
+                } else {
+                    log::info!("disk {disk}: grown from {now} to {grown} bytes");
+                    d.config_change.notify().unwrap_or_else(|e| {
+                        log::warn!("disk {disk}: cannot tell the frontend it grew: {e}");
+                        false
+                    })
+                };
+                to_json(ResizeAnswer {
+                    size: grown,
+                    frontend_notified: notified,
+                })
             }
             ApiCall::Diff { disk, from, to } => {
                 let store = self.disk(&disk)?.store()?;

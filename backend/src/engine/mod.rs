@@ -145,6 +145,10 @@ pub enum EngineError {
     },
     #[error("{op} on a read-only disk")]
     ReadOnly { op: &'static str },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The per-disk half of an engine, shared by all queues.
@@ -168,6 +172,27 @@ pub trait Engine: Send + Sync {
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         None
     }
+
+    /// Grows the disk to at least `size` bytes while it is served; returns the new capacity.
+    /// [`capacity`](Self::capacity) reports it once this returns. Shrinking is refused.
+    fn grow(&self, size: u64) -> Result<u64, EngineError> {
+        let _ = size;
+        Err(EngineError::Unsupported(format!(
+            "{} cannot grow while served",
+            self.describe()
+        )))
+    }
+}
+
+/// Refuses a size below `now` (the guest's data past the new end would be lost).
+pub fn refuse_shrink(now: u64, size: u64) -> Result<(), EngineError> {
+    if size < now {
+        return Err(EngineError::Refused(format!(
+            "the disk holds {now} bytes: shrinking to {size} is refused (the guest's data past \
+             the new end would be lost); only growing is allowed"
+        )));
+    }
+    Ok(())
 }
 
 /// The per-queue half of an engine, owned by one worker thread.

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{info, warn};
 
@@ -128,7 +129,8 @@ impl RawFiles {
 /// A raw disk.
 pub struct RawEngine {
     files: Arc<RawFiles>,
-    capacity: u64,
+    /// Bytes; grows online (`grow`).
+    capacity: AtomicU64,
     use_uring: bool,
     queue_depth: u32,
 }
@@ -218,7 +220,7 @@ impl RawEngine {
                 buffered,
                 read_only: opts.read_only,
             }),
-            capacity,
+            capacity: AtomicU64::new(capacity),
             use_uring,
             queue_depth: opts.queue_depth.max(1),
         };
@@ -246,7 +248,37 @@ fn open_file(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
 
 impl Engine for RawEngine {
     fn capacity(&self) -> u64 {
-        self.capacity
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// Extends the image file (sparse) and takes the new size. Block devices and mirrors keep
+    /// their size.
+    fn grow(&self, size: u64) -> Result<u64, EngineError> {
+        let now = self.capacity();
+        super::refuse_shrink(now, size)?;
+        let size = size.div_ceil(512) * 512;
+        if size == now {
+            return Ok(now);
+        }
+        if self.files.read_only {
+            return Err(EngineError::ReadOnly { op: "grow" });
+        }
+        let io = |source| EngineError::Io { op: "grow", source };
+        let file = &self.files.buffered;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(EngineError::Unsupported(format!(
+                "{} is not a regular file: grow the device itself",
+                self.files.path.display()
+            )));
+        }
+        file.set_len(size).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        self.capacity.store(size, Ordering::Release);
+        info!(
+            "{}: grown from {now} to {size} bytes",
+            self.files.path.display()
+        );
+        Ok(size)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -257,7 +289,7 @@ impl Engine for RawEngine {
         format!(
             "raw engine on {} ({} bytes, {}, {})",
             self.files.path.display(),
-            self.capacity,
+            self.capacity(),
             if self.files.direct.is_some() {
                 "O_DIRECT"
             } else {

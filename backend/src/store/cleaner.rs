@@ -143,7 +143,7 @@ impl Store {
     pub fn meta_sparse(&self) -> bool {
         let st = read(&self.state);
         let half = (self.geo.seg_blocks / 2) as u32;
-        let enough = (self.geo.reserved_segments() / 2).max(2) as usize;
+        let enough = (self.geometry().reserved_segments() / 2).max(2) as usize;
         (self.geo.first_data_segment()..self.geo.segments)
             .filter(|s| {
                 st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
@@ -219,7 +219,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
     while !stop.load(Ordering::Acquire) {
         let free = store.free_segments();
-        let reserve = store.geo.reserved_segments();
+        let reserve = store.geometry().reserved_segments();
         let urgent = free < reserve + cfg.low_water;
         let pending = store.pending_segments();
         // A checkpoint rewrites every dirty map node: batch the releases, as below.

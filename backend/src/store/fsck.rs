@@ -73,7 +73,7 @@ impl Store {
     pub fn fsck(&self) -> FsckReport {
         let j = lock(&self.journal);
         let st = read(&self.state);
-        let geo = self.geo;
+        let geo = self.geometry();
         let mut r = FsckReport::default();
         let maps = &st.maps;
 

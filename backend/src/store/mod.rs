@@ -135,7 +135,10 @@ pub struct Info {
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
 pub struct Store {
     dev: Arc<dyn BlockDevice>,
+    /// The geometry opened; its capacity is the one at open (see `capacity`).
     geo: Geometry,
+    /// Guest-visible size in bytes: `geo.capacity` until the disk grows online.
+    capacity: AtomicU64,
     state: RwLock<State>,
     journal: Mutex<JournalState>,
     /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
@@ -229,6 +232,7 @@ impl Store {
         Ok(Self {
             dev,
             geo,
+            capacity: AtomicU64::new(geo.capacity),
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
@@ -251,13 +255,17 @@ impl Store {
         })
     }
 
-    /// Guest-visible size in bytes.
+    /// Guest-visible size in bytes (it grows online, see resize.rs).
     pub fn capacity(&self) -> u64 {
-        self.geo.capacity
+        self.capacity.load(Ordering::Acquire)
     }
 
+    /// The container's geometry with the current capacity.
     pub fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            capacity: self.capacity(),
+            ..self.geo
+        }
     }
 
     /// The device the container lives on.
@@ -453,7 +461,7 @@ impl Store {
     pub fn info(&self) -> Info {
         let j = lock(&self.journal);
         let st = read(&self.state);
-        let geo = self.geo;
+        let geo = self.geometry();
         let used: u64 = (geo.first_data_segment()..geo.segments)
             .filter(|s| st.sut.kind(*s) == SegKind::Data)
             .map(|s| st.sut.live(s) as u64)

@@ -70,7 +70,7 @@ impl Store {
     /// Looks up `[offset, offset + len)` (multiples of 512 inside the disk) and pins the
     /// segments it reads from.
     pub fn plan_read(&self, offset: u64, len: u64) -> Result<ReadPlan> {
-        check_request(offset, len, self.geo.capacity)?;
+        check_request(offset, len, self.capacity())?;
         Counters::add(&self.stats.guest_reads, 1);
         Counters::add(&self.stats.guest_read_bytes, len);
         self.note_guest_io();

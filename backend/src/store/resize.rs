@@ -1,4 +1,4 @@
-//! Growing a stopped container's disk into the spare data space it was created with.
+//! Growing a container's disk into the spare data space it was created with, stopped or online.
 //!
 //! A container's segments are sized at creation: capacity plus overprovision (20% by default)
 //! plus the segments reserved for checkpoints and the cleaner. The capacity can grow in place
@@ -6,12 +6,16 @@
 //! beyond that the container itself would have to grow (more segments, a larger usage table),
 //! which this does not do. Shrinking is refused: the guest's data past the new end would go.
 //!
-//! The new capacity is written in the superblock by a checkpoint; the store is consumed, so
-//! the next open sees the new geometry everywhere.
+//! The new capacity is written in the superblock by a checkpoint before any write may reach it,
+//! so a crash leaves either the old size or the new one with everything below it. Online, the
+//! store then takes the new capacity for its bounds checks, its reserve of segments and the
+//! segment usage table's; offline ([`Store::grow_in_place`]) the store is consumed.
 
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
-use super::{Store, lock};
+use std::sync::atomic::Ordering;
+
+use super::{Store, lock, write};
 
 /// Spare data space the cleaner keeps after growing, in percent of the capacity.
 pub const MIN_SPARE_PERCENT: u64 = 10;
@@ -29,7 +33,7 @@ fn fits(geo: &Geometry, capacity: u64) -> bool {
 impl Store {
     /// The largest capacity this container can grow to in place (at least the current one).
     pub fn max_capacity_in_place(&self) -> u64 {
-        let geo = self.geo;
+        let geo = self.geometry();
         // Capacity is monotone in the space it needs: binary search over whole blocks.
         let (mut lo, mut hi) = (geo.capacity / BLOCK, geo.container_bytes() / BLOCK);
         while lo < hi {
@@ -46,8 +50,14 @@ impl Store {
     /// Grows the disk to `capacity` bytes (rounded up to 4 KiB) and makes it durable; the
     /// store is closed afterwards, reopen it to use the new size. Returns the new capacity.
     pub fn grow_in_place(self, capacity: u64) -> Result<u64> {
+        self.grow(capacity)
+    }
+
+    /// Grows the disk to `capacity` bytes (rounded up to 4 KiB) while it is in use: writes up
+    /// to the new end are accepted once this returns. Returns the new capacity.
+    pub fn grow(&self, capacity: u64) -> Result<u64> {
         self.ensure_ok()?;
-        let now = self.geo.capacity;
+        let now = self.capacity();
         let capacity = capacity.div_ceil(BLOCK) * BLOCK;
         if capacity < now {
             return Err(StoreError::Invalid(format!(
@@ -70,9 +80,14 @@ impl Store {
         }
         let mut j = lock(&self.journal);
         j.superblock.geometry.capacity = capacity;
-        self.checkpoint_locked(&mut j)?;
+        if let Err(e) = self.checkpoint_locked(&mut j) {
+            j.superblock.geometry.capacity = now;
+            return Err(e);
+        }
         drop(j);
         self.dev.flush()?;
+        write(&self.state).sut.set_capacity(capacity);
+        self.capacity.store(capacity, Ordering::Release);
         log::info!("disk grown from {now} to {capacity} bytes");
         Ok(capacity)
     }
@@ -129,6 +144,43 @@ mod tests {
         assert_eq!(d.blocks[0].lba, last / BLOCK);
         let f = s.fsck();
         assert!(f.is_clean(), "{:?}", f.problems);
+    }
+
+    #[test]
+    fn grows_online_and_the_new_end_survives_a_reopen() {
+        let (dev, s) = new_store(&small_opts());
+        let old = s.capacity();
+        let data = vec![0x5au8; BLOCK as usize];
+        let at_new_end = |s: &Store, offset| {
+            s.write_batch(
+                0,
+                &[Op::Write {
+                    offset,
+                    data: &data,
+                }],
+            )
+        };
+        assert!(
+            at_new_end(&s, old).is_err(),
+            "beyond the end before growing"
+        );
+        let max = s.max_capacity_in_place();
+        assert_eq!(s.grow(max).unwrap(), max);
+        assert_eq!((s.capacity(), s.geometry().capacity), (max, max));
+        at_new_end(&s, max - BLOCK).unwrap();
+        at_new_end(&s, old).unwrap();
+        assert!(at_new_end(&s, max).is_err(), "beyond the new end");
+        let f = s.fsck();
+        assert!(f.is_clean(), "{:?}", f.problems);
+        drop(s);
+        let s = Store::open(dev, StoreOptions::default()).unwrap();
+        assert_eq!(s.capacity(), max);
+        let mut buf = vec![0u8; BLOCK as usize];
+        s.read(max - BLOCK, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        s.read(old, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        assert!(s.fsck().is_clean());
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct Sut {
 
 impl Sut {
     /// A table with every data segment free.
+    /// Takes the disk's new capacity (it sizes the reserve of free segments).
+    pub fn set_capacity(&mut self, capacity: u64) {
+        self.geo.capacity = capacity;
+    }
+
     pub fn new(geo: Geometry) -> Self {
         let n = geo.segments as usize;
         let mut s = Self {

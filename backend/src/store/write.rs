@@ -49,7 +49,7 @@ impl Store {
         io: &mut dyn BatchIo,
     ) -> Result<()> {
         self.ensure_ok()?;
-        let plan = batch::plan(ops, self.geo.capacity, &mut |lba, b| {
+        let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
             self.read_into(lba * BLOCK, b)
         })?;
         let slot = &self.writers[writer % self.writers.len()];

@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use super::config_change::ConfigNotifier;
 use super::exit_events::ExitEvents;
 use super::inflight::InflightSlot;
 use super::request::Limits;
@@ -52,6 +53,8 @@ pub struct DiskContext {
     pub poll: Duration,
     /// Latency added to every request (`delay_us`).
     pub delay: Duration,
+    /// The attached frontend's channel for config-change messages.
+    pub config_change: Arc<ConfigNotifier>,
     pub log_limit: RateLimit,
 }
 
@@ -84,6 +87,7 @@ impl DiskContext {
             logical_block_size: cfg.logical_block_size,
             poll: Duration::from_micros(u64::from(cfg.poll_us)),
             delay: Duration::from_micros(u64::from(cfg.delay_us)),
+            config_change: Arc::default(),
             log_limit: RateLimit::new(Duration::from_secs(1), 10),
         }
     }
@@ -113,13 +117,22 @@ impl DiskContext {
         feats
     }
 
+    /// The limits with the engine's capacity now (the disk may have grown since the session
+    /// started).
+    pub fn limits_now(&self) -> Limits {
+        Limits {
+            capacity: self.engine.capacity(),
+            ..self.limits
+        }
+    }
+
     /// The config space, with the write cache on (`wce`) or off.
     pub fn blk_config(&self, wce: bool) -> BlkConfig {
         let lbs = self.logical_block_size;
         // Report 4 KiB physical blocks (or the logical size if larger) so guests align to them.
         let physical = lbs.max(4096);
         BlkConfig {
-            capacity: self.limits.capacity / SECTOR_SIZE,
+            capacity: self.engine.capacity() / SECTOR_SIZE,
             size_max: SIZE_MAX,
             seg_max: self.limits.seg_max,
             blk_size: lbs,
@@ -269,6 +282,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
     fn set_event_idx(&self, _enabled: bool) {

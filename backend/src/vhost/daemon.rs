@@ -48,6 +48,7 @@ impl Daemon {
                 config: disk.clone(),
                 engine: Arc::clone(&ctx.engine),
                 stats: Arc::clone(&ctx.stats),
+                config_change: Arc::clone(&ctx.config_change),
             });
             disks.push(DiskServer::start(ctx, disk.socket.clone())?);
         }

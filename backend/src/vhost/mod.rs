@@ -7,6 +7,7 @@
 //! disk's engine.
 
 pub mod backend;
+pub mod config_change;
 pub mod daemon;
 mod exit_events;
 pub mod inflight;

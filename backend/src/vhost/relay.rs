@@ -32,6 +32,7 @@ const HEADER: usize = 12;
 const GET_INFLIGHT_FD: u32 = 31;
 const SET_INFLIGHT_FD: u32 = 32;
 const SET_VRING_KICK: u32 = 12;
+const SET_BACKEND_REQ_FD: u32 = 21;
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -263,6 +264,7 @@ impl RelayState {
         if let Err(e) = self.relay() {
             debug!("disk {}: control channel ended: {e}", self.ctx.name);
         }
+        self.ctx.config_change.install(None);
         let _ = self.frontend.shutdown(std::net::Shutdown::Both);
         let _ = self.backend.shutdown(std::net::Shutdown::Both);
     }
@@ -314,6 +316,19 @@ impl RelayState {
                 write_message(&self.backend, &msg)?;
                 self.kick_if_resuming(msg);
                 Ok(())
+            }
+            SET_BACKEND_REQ_FD => {
+                // Keep a copy for config-change messages (the crate's handler gets its own).
+                let channel = match msg.fds.as_slice() {
+                    [fd] => fd
+                        .try_clone()
+                        .ok()
+                        .map(UnixStream::from)
+                        .filter(|s| s.peer_addr().is_ok()),
+                    _ => None,
+                };
+                self.ctx.config_change.install(channel);
+                write_message(&self.backend, &msg)
             }
             _ => write_message(&self.backend, &msg),
         }

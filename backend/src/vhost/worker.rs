@@ -21,7 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::backend::{DiskContext, SessionState};
 use super::inflight::{HeadChain, QueueInflight};
-use super::request::{self, RequestError, RequestKind};
+use super::request::{self, Limits, RequestError, RequestKind};
 use super::sigbus;
 use super::stats::BatchCounts;
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
@@ -67,6 +67,8 @@ pub struct QueueWorker {
     inflight_generation: u64,
     /// Guest pages replaced after their file was truncated, as last reported.
     replaced_pages: u64,
+    /// What requests are checked against, refreshed every wakeup (the disk may grow).
+    limits: Limits,
 }
 
 impl QueueWorker {
@@ -80,7 +82,6 @@ impl QueueWorker {
         let depth = usize::from(ctx.queue_size);
         Self {
             index,
-            ctx,
             session,
             memory,
             engine,
@@ -93,6 +94,8 @@ impl QueueWorker {
             inflight: None,
             inflight_generation: 0,
             replaced_pages: sigbus::replaced_pages(),
+            limits: ctx.limits_now(),
+            ctx,
         }
     }
 
@@ -215,6 +218,7 @@ impl QueueWorker {
     fn take_available(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) -> usize {
         let ctx = Arc::clone(&self.ctx);
         let ctx = &ctx;
+        self.limits = ctx.limits_now();
         let write_through = self.session.write_through.load(Ordering::Relaxed);
         let mut counts = BatchCounts::default();
         let queue = state.get_queue_mut();
@@ -282,14 +286,14 @@ impl QueueWorker {
         let ctx = &self.ctx;
         counts.requests += 1;
         let again = descs.clone();
-        let mut parsed = request::parse(head, descs, map, &ctx.limits, write_through);
+        let mut parsed = request::parse(head, descs, map, &self.limits, write_through);
         if let Err(rej) = &parsed
             && matches!(rej.error, RequestError::OutsideGuestMemory(_))
         {
             let current = self.memory.memory();
             if !std::ptr::eq(&*current, &**map) {
                 *map = current.into_inner();
-                parsed = request::parse(head, again, map, &ctx.limits, write_through);
+                parsed = request::parse(head, again, map, &self.limits, write_through);
             }
         }
         match parsed {
@@ -395,6 +399,7 @@ impl QueueWorker {
         );
         let table = GuestAddress(queue.desc_table());
         let size = queue.size();
+        self.limits = self.ctx.limits_now();
         let write_through = self.session.write_through.load(Ordering::Relaxed);
         let mut counts = BatchCounts::default();
         let mut map = Arc::clone(mem);

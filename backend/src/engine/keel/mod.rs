@@ -168,6 +168,16 @@ impl Engine for KeelEngine {
         self.store.capacity()
     }
 
+    fn grow(&self, size: u64) -> Result<u64, EngineError> {
+        super::refuse_shrink(self.store.capacity(), size)?;
+        if self.read_only {
+            return Err(EngineError::ReadOnly { op: "grow" });
+        }
+        self.store
+            .grow(size)
+            .map_err(|e| EngineError::Refused(e.to_string()))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::all_unless(self.read_only)
     }
