@@ -295,7 +295,10 @@ pub fn resize(c: &ControlClient, disk: &str, size: u64) -> Result<(), String> {
     } else {
         "no attached frontend to tell"
     };
-    println!("{disk} holds {} bytes ({told})", a.size);
+    println!(
+        "{disk} holds {} bytes ({told}); keeld's config must say size = {} before its next start",
+        a.size, a.size
+    );
     Ok(())
 }
 
