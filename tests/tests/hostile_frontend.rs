@@ -645,7 +645,12 @@ fn connections_give_back_every_file_descriptor() {
     let keeld = KillOnDrop(child);
     let pid = keeld.0.id() as i32;
     let socket = dir.path().join("a.sock");
+    // Disks start one after the other: wait for both sockets.
     assert!(wait_for_socket(&socket, PATIENCE), "keeld did not start");
+    assert!(
+        wait_for_socket(&dir.path().join("b.sock"), PATIENCE),
+        "keeld did not start disk b"
+    );
     healthy(&socket, "before");
     let mut other = Client::connect(&dir.path().join("b.sock"), 1, MIB).expect("client of b");
     let baseline = settled_fds(pid, None);

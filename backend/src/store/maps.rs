@@ -248,16 +248,21 @@ impl Maps {
     /// usually held by the newest snapshot (one lookup), but once the snapshots that held it
     /// are deleted it may have been the running point's alone, and is freed here too.
     fn release_if_unshared(&mut self, lba: u64, vba: u64, sut: &mut Sut) {
-        let held = vba < self.watermark()
+        if !self.held_by_a_snapshot(lba, vba) {
+            self.free_vba(vba, sut);
+        }
+    }
+
+    /// Whether a snapshot maps `lba` to `vba`. Only snapshots taken after the VBA was born
+    /// can, newest first (usually the first one answers).
+    fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
+        vba < self.watermark()
             && self
                 .snapshots
                 .iter()
                 .rev()
                 .take_while(|s| s.vba_watermark > vba)
-                .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)));
-        if !held {
-            self.free_vba(vba, sut);
-        }
+                .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
     }
 
     fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
@@ -304,19 +309,37 @@ impl Maps {
         // A VBA is only ever mapped at the LBA it was written to, so one lookup per tree says.
         let mut later: Vec<NodeId> = self.snapshots[i..].iter().map(|s| s.root).collect();
         later.push(self.running);
+        // Older VBAs are normally held by the snapshot before too. Not after a revert: the
+        // running point then holds an older snapshot's VBAs that the ones in between dropped,
+        // and a snapshot taken from it may be the last tree holding them once that older
+        // snapshot is deleted. Those (in this tree, not in the previous one) are checked
+        // against every other tree.
+        let previous = i.checked_sub(1).map(|p| self.snapshots[p].root);
         let mut owned = Vec::new();
+        let mut inherited = Vec::new();
         self.lba.range(snap.root, 0, u64::MAX, &mut |lba, v| {
             if v.0 >= born_after && v.0 < snap.vba_watermark {
                 owned.push((lba, v.0));
+            } else if v.0 < born_after {
+                inherited.push((lba, v.0));
             }
         });
+        let held_by = |roots: &[NodeId], lba: u64, v: u64| {
+            roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
+        };
+        let others: Vec<NodeId> = self
+            .snapshots
+            .iter()
+            .map(|s| s.root)
+            .chain([self.running])
+            .collect();
         let mut only_here: Vec<u64> = owned
             .into_iter()
-            .filter(|(lba, v)| {
-                !later
-                    .iter()
-                    .any(|r| self.lba.get(*r, *lba) == Some(Vba(*v)))
-            })
+            .filter(|(lba, v)| !held_by(&later, *lba, *v))
+            .chain(inherited.into_iter().filter(|(lba, v)| {
+                previous.is_none_or(|p| self.lba.get(p, *lba) != Some(Vba(*v)))
+                    && !held_by(&others, *lba, *v)
+            }))
             .map(|(_, v)| v)
             .collect();
         only_here.sort_unstable();
@@ -333,13 +356,19 @@ impl Maps {
         let Some(root) = self.snapshots.iter().find(|s| s.id == id).map(|s| s.root) else {
             return false;
         };
+        // What the running point alone holds goes: everything born since the newest snapshot,
+        // and older VBAs no snapshot holds any more (a revert to an older snapshot, then its
+        // delete, leaves such VBAs to the running point).
         let wm = self.watermark();
-        let mut exclusive = Vec::new();
-        self.lba.range(self.running, 0, u64::MAX, &mut |_, v| {
-            if v.0 >= wm {
-                exclusive.push(v.0);
-            }
+        let mut mapped = Vec::new();
+        self.lba.range(self.running, 0, u64::MAX, &mut |lba, v| {
+            mapped.push((lba, v.0));
         });
+        let mut exclusive: Vec<u64> = mapped
+            .into_iter()
+            .filter(|&(lba, v)| v >= wm || !self.held_by_a_snapshot(lba, v))
+            .map(|(_, v)| v)
+            .collect();
         exclusive.sort_unstable();
         self.seq += 1;
         for v in exclusive {

@@ -1,13 +1,15 @@
 //! Seeded crash tests. Each run drives a store on a [`FaultyDevice`] with random batches,
-//! flushes, checkpoints and cleaner steps (sometimes with an injected write failure),
-//! pulls the plug, recovers, and checks:
+//! flushes, checkpoints, cleaner steps and snapshot create/delete/revert (sometimes with an
+//! injected write failure, which also cuts a delete or revert short), pulls the plug, recovers,
+//! and checks:
 //! - the disk equals the state after some batch at or after the last completed flush
 //!   (so every write acknowledged before that flush reads back, nothing torn or invented
 //!   reads back, and batches are atomic);
 //! - fsck is clean;
 //! - the recovered store keeps working through further crash cycles.
 //!
-//! `KEEL_CRASH_SEED=<n>` replays one run; `KEEL_CRASH_POINTS=<n>` sets how many runs.
+//! `KEEL_CRASH_SEED=<n>` replays one run; `KEEL_CRASH_POINTS=<n>` sets how many runs;
+//! `KEEL_CRASH_TRACE=1` prints each step and fscks the live store before it.
 
 use super::small_opts;
 use crate::store::testing::{CrashMode, FaultyDevice, SplitMix};
@@ -113,8 +115,18 @@ fn as_ops(reqs: &[(u8, u64, Vec<u8>)]) -> Vec<Op<'_>> {
         .collect()
 }
 
+/// A snapshot the test expects: its id, contents (hashes and bytes, for reverts) and whether a
+/// delete of it was cut short.
+struct Frozen {
+    id: u64,
+    hashes: Vec<u64>,
+    image: Vec<u8>,
+    maybe_deleted: bool,
+}
+
 /// Runs crash cycles for one seed; `Err` describes the first violation.
 fn run(seed: u64) -> Result<u64, String> {
+    let trace = std::env::var("KEEL_CRASH_TRACE").is_ok();
     let mut rng = SplitMix::new(seed);
     let opts = small_opts();
     let geo = opts.geometry().map_err(|e| e.to_string())?;
@@ -123,8 +135,9 @@ fn run(seed: u64) -> Result<u64, String> {
     let mut dev = Arc::new(fresh);
     let mut model = vec![0u8; DISK];
     let mut crashes = 0;
-    // Snapshots whose creation returned: they must survive every crash, unchanged.
-    let mut snapshots: Vec<(u64, Vec<u64>)> = Vec::new();
+    // Snapshots whose creation returned: they must survive every crash, unchanged, unless a
+    // delete of theirs returned (then they must be gone) or failed part-way (either is fine).
+    let mut snapshots: Vec<Frozen> = Vec::new();
     for cycle in 0..3 {
         let store = Store::open(
             dev.clone(),
@@ -142,7 +155,19 @@ fn run(seed: u64) -> Result<u64, String> {
         }
         let steps = 1 + rng.below(40);
         for step in 0..steps {
-            match rng.below(20) {
+            let pick = rng.below(22);
+            if trace {
+                // The first step after which the live store already fails fsck names the culprit.
+                eprintln!(
+                    "cycle {cycle} step {step}: op {pick} snapshots {:?}",
+                    snapshots.iter().map(|f| f.id).collect::<Vec<_>>()
+                );
+                let f = store.fsck();
+                if !f.is_clean() {
+                    eprintln!("  live fsck before this step: {:?}", f.problems);
+                }
+            }
+            match pick {
                 0..=13 => {
                     let reqs =
                         random_batch(&mut rng, &mut model, seed ^ (cycle << 40) ^ (step << 20));
@@ -169,11 +194,51 @@ fn run(seed: u64) -> Result<u64, String> {
                 17 if snapshots.len() < 6 => match store.create_snapshot("s") {
                     // Durable when it returns, and it covers every write before it.
                     Ok(id) => {
-                        snapshots.push((id, hashes.clone()));
+                        snapshots.push(Frozen {
+                            id,
+                            hashes: hashes.clone(),
+                            image: model.clone(),
+                            maybe_deleted: false,
+                        });
                         allowed = vec![hashes.clone()];
                     }
                     Err(_) => break,
                 },
+                18 if !snapshots.is_empty() && rng.chance(1, 2) => {
+                    let i = rng.below(snapshots.len() as u64) as usize;
+                    if snapshots[i].maybe_deleted {
+                        continue;
+                    }
+                    match store.delete_snapshot(snapshots[i].id) {
+                        // Durable when it returns (a checkpoint), the disk unchanged.
+                        Ok(()) => {
+                            snapshots.remove(i);
+                            allowed = vec![hashes.clone()];
+                        }
+                        Err(_) => {
+                            snapshots[i].maybe_deleted = true;
+                            break;
+                        }
+                    }
+                }
+                19 if !snapshots.is_empty() && rng.chance(1, 2) => {
+                    let i = rng.below(snapshots.len() as u64) as usize;
+                    if snapshots[i].maybe_deleted {
+                        continue;
+                    }
+                    let res = store.revert_to_snapshot(snapshots[i].id);
+                    // Cut short, the revert may or may not have happened.
+                    let before = allowed.clone();
+                    model.clone_from(&snapshots[i].image);
+                    hashes.clone_from(&snapshots[i].hashes);
+                    allowed = match res {
+                        Ok(()) => vec![hashes.clone()],
+                        Err(_) => before.into_iter().chain([hashes.clone()]).collect(),
+                    };
+                    if res.is_err() {
+                        break;
+                    }
+                }
                 _ => {
                     if store.clean_step().is_err() {
                         break;
@@ -207,17 +272,30 @@ fn run(seed: u64) -> Result<u64, String> {
         };
         let _ = which;
         let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
-        for (id, want) in &snapshots {
-            if !listed.contains(id) {
+        // A delete that failed part-way either happened or did not; from here on, it did not.
+        snapshots.retain(|f| !f.maybe_deleted || listed.contains(&f.id));
+        for f in &mut snapshots {
+            f.maybe_deleted = false;
+        }
+        for f in &snapshots {
+            let id = f.id;
+            if !listed.contains(&id) {
                 return Err(format!(
                     "cycle {cycle} ({mode:?}): snapshot {id} was created but is gone: {listed:?}"
                 ));
             }
-            if snapshot_hashes(&store, *id)? != *want {
+            if snapshot_hashes(&store, id)? != f.hashes {
                 return Err(format!(
                     "cycle {cycle} ({mode:?}): snapshot {id} does not hold what it froze"
                 ));
             }
+        }
+        if listed.len() != snapshots.len() {
+            return Err(format!(
+                "cycle {cycle} ({mode:?}): snapshots {listed:?} listed, {:?} expected (a \
+                 deleted one came back)",
+                snapshots.iter().map(|f| f.id).collect::<Vec<_>>()
+            ));
         }
         let report = store.fsck();
         if !report.is_clean() {

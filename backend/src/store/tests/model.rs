@@ -294,6 +294,51 @@ fn deleting_the_snapshot_a_revert_went_back_to_keeps_its_blocks() {
     assert!(r.is_clean(), "after reopen: {:?}", r.problems);
 }
 
+/// After a revert to an older snapshot and its delete, blocks of it live on only in the running
+/// point; a snapshot taken then is their last holder once the running point overwrites them,
+/// and deleting it must free them (they lie below its own range). Both found by the crash test.
+#[test]
+fn blocks_inherited_through_a_revert_are_freed_by_the_delete_of_their_last_holder() {
+    let (dev, store) = new_store(&small_opts());
+    write_block(&store, 7, 1);
+    let a = store.create_snapshot("a").unwrap();
+    write_block(&store, 7, 2);
+    let _b = store.create_snapshot("b").unwrap();
+    store.revert_to_snapshot(a).unwrap();
+    store.delete_snapshot(a).unwrap();
+    // Block 7 (version 1) is now held by the running point alone: b has version 2.
+    let c = store.create_snapshot("c").unwrap();
+    write_block(&store, 7, 3);
+    store.delete_snapshot(c).unwrap();
+    let r = store.fsck();
+    assert!(r.is_clean(), "delete of the last holder: {:?}", r.problems);
+    drop(store);
+    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let r = store.fsck();
+    assert!(r.is_clean(), "after reopen: {:?}", r.problems);
+}
+
+/// The same inherited block, dropped by a revert instead: the revert frees it.
+#[test]
+fn a_revert_frees_blocks_only_the_running_point_held() {
+    let (_dev, store) = new_store(&small_opts());
+    write_block(&store, 7, 1);
+    let a = store.create_snapshot("a").unwrap();
+    write_block(&store, 7, 2);
+    let b = store.create_snapshot("b").unwrap();
+    store.revert_to_snapshot(a).unwrap();
+    store.delete_snapshot(a).unwrap();
+    let used = store.info().used_data_bytes;
+    store.revert_to_snapshot(b).unwrap();
+    assert_eq!(
+        store.info().used_data_bytes,
+        used - 4096,
+        "version 1 of block 7 was the running point's alone"
+    );
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+}
+
 /// A block whose snapshots were all deleted is the running point's alone again: overwriting
 /// it frees it (the usage table and the maps agree, nothing leaks).
 #[test]
