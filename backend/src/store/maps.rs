@@ -9,6 +9,7 @@
 
 use super::btree::{Forest, NodeId, TreeValue};
 use super::codec::{Get, Put};
+use super::diff::diff_trees;
 use super::journal::Entry;
 use super::sut::{SegKind, Sut};
 
@@ -309,21 +310,22 @@ impl Maps {
         // A VBA is only ever mapped at the LBA it was written to, so one lookup per tree says.
         let mut later: Vec<NodeId> = self.snapshots[i..].iter().map(|s| s.root).collect();
         later.push(self.running);
-        // Older VBAs are normally held by the snapshot before too. Not after a revert: the
-        // running point then holds an older snapshot's VBAs that the ones in between dropped,
-        // and a snapshot taken from it may be the last tree holding them once that older
-        // snapshot is deleted. Those (in this tree, not in the previous one) are checked
-        // against every other tree.
+        // Only what differs from the previous snapshot can be freed (the previous one holds the
+        // rest): a diff that skips the subtrees both share, so the cost follows the blocks this
+        // snapshot changed, not the disk size. Older VBAs in the diff exist only after a
+        // revert: the running point then holds an older snapshot's VBAs that the ones in
+        // between dropped, and a snapshot taken from it may be their last holder once that
+        // older snapshot is deleted. Those are checked against every other tree.
         let previous = i.checked_sub(1).map(|p| self.snapshots[p].root);
         let mut owned = Vec::new();
         let mut inherited = Vec::new();
-        self.lba.range(snap.root, 0, u64::MAX, &mut |lba, v| {
-            if v.0 >= born_after && v.0 < snap.vba_watermark {
-                owned.push((lba, v.0));
-            } else if v.0 < born_after {
-                inherited.push((lba, v.0));
+        for b in diff_trees(&self.lba, previous, Some(snap.root)).blocks {
+            match b.vba {
+                Some(v) if v >= born_after => owned.push((b.lba, v)),
+                Some(v) => inherited.push((b.lba, v)),
+                None => {}
             }
-        });
+        }
         let held_by = |roots: &[NodeId], lba: u64, v: u64| {
             roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
         };
@@ -336,10 +338,11 @@ impl Maps {
         let mut only_here: Vec<u64> = owned
             .into_iter()
             .filter(|(lba, v)| !held_by(&later, *lba, *v))
-            .chain(inherited.into_iter().filter(|(lba, v)| {
-                previous.is_none_or(|p| self.lba.get(p, *lba) != Some(Vba(*v)))
-                    && !held_by(&others, *lba, *v)
-            }))
+            .chain(
+                inherited
+                    .into_iter()
+                    .filter(|(lba, v)| !held_by(&others, *lba, *v)),
+            )
             .map(|(_, v)| v)
             .collect();
         only_here.sort_unstable();
