@@ -39,6 +39,21 @@ boot() {
         --results "$T/$name" --timeout "$GUEST_TIMEOUT" "${KVM_ARGS[@]+"${KVM_ARGS[@]}"}" "$@"
 }
 
+# Waits until the guest console LOG has a line matching RE while the launcher PID runs (or the
+# guest timeout passes); otherwise reaps the launcher and fails with MESSAGE.
+wait_console() {
+    local log=$1 re=$2 pid=$3 message=$4 waited=0
+    until tr -d '\r' 2>/dev/null <"$log" | grep -q "$re"; do
+        if ! kill -0 "$pid" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
+            wait "$pid"
+            fail "$message"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
 fio_clean() {
     python3 "$QEMU_DIR/lib/fio_summary.py" --check "$1" >&2 || fail "fio reported errors in $1"
 }
@@ -82,19 +97,11 @@ test_ext4_across_sigterm_restart() {
 # killed too, as a host crash would. The restarted server must give back a file system whose
 # journal replays to a clean state with every synced file intact.
 test_ext4_across_sigkill() {
-    local launcher waited=0
+    local launcher
     backend_start "$BACKEND" "$T" "$T/$IMAGE" "$S" 1 1G "$ENGINE" || return 1
     boot write ext4-write --param hold=busy --pidfile "$T/qemu.pid" &
     launcher=$!
-    until tr -d '\r' 2>/dev/null <"$T/write.log" | grep -q '^KEEL-MARK synced'; do
-        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
-            wait "$launcher"
-            fail "the guest never reported its sync; see $T/write.log"
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    wait_console "$T/write.log" '^KEEL-MARK synced' "$launcher" "the guest never reported its sync; see $T/write.log" || return 1
     sleep 2
     backend_stop KILL || true
     [ -f "$T/qemu.pid" ] && kill -KILL "$(cat "$T/qemu.pid")" 2>/dev/null
@@ -158,7 +165,6 @@ test_fio_data_survives_restart_and_corruption_is_caught() {
 
 # keeld serving a raw disk mirrored on $T/a.img and $T/b.img, with a control socket at $C.
 mirror_start() {
-    local waited=0
     [ -x "$KEELD_BIN" ] || backend_build_keeld
     C=$(socket_path "$T/ctl")
     rm -f "$S" "$C"
@@ -175,6 +181,13 @@ size = "1G"
 read_only = false
 direct = false
 END
+    keeld_start_with_control
+}
+
+# Starts keeld on $T/keel.toml (written by the caller, with the control socket $C and the disk
+# socket $S) and waits for both sockets.
+keeld_start_with_control() {
+    local waited=0
     RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
     BACKEND_PID=$!
     BACKEND_KIND=keeld
@@ -252,21 +265,13 @@ test_fio_verify_on_mirror() {
 # requests that were in flight when it died, and fio finishes with every block verifying: the
 # guest sees nothing but pauses.
 verify_across_kill() {
-    local engine=$1 image=$2 launcher waited=0 mark kill again total=0 restarts=0
+    local engine=$1 image=$2 launcher mark kill again total=0 restarts=0
     local KEELD_DISK_EXTRA="delay_us = 20000"
     backend_start keeld "$T" "$T/$image" "$S" 1 1G "$engine" || return 1
     boot verify fio-verify --param size=16M --reconnect-ms 200 \
         --pidfile "$T/qemu.pid" &
     launcher=$!
-    until tr -d '\r' 2>/dev/null <"$T/verify.log" | grep -q '^KEEL-JOB-BEGIN fio-verify'; do
-        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
-            wait "$launcher"
-            fail "the guest never started fio; see $T/verify.log"
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    wait_console "$T/verify.log" '^KEEL-JOB-BEGIN fio-verify' "$launcher" "the guest never started fio; see $T/verify.log" || return 1
     for kill in $(seq "${KEEL_KILLS:-3}"); do
         sleep 2.5
         kill -0 "$launcher" 2>/dev/null || fail "the guest finished before kill $kill" || return 1
@@ -305,7 +310,7 @@ test_fio_verify_keel_engine_across_keeld_kill() {
 # QEMU rereads the config space and tells the guest, whose disk grows; a block written at the new
 # end reads back.
 test_online_grow_seen_by_the_guest() {
-    local launcher waited=0 out
+    local launcher out
     KEEL_BIN=$REPO_DIR/target/release/keel
     if [ ! -x "$KEEL_BIN" ]; then
         (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel" || return 1
@@ -323,29 +328,10 @@ engine = "keel"
 path = "$T/disk.keel"
 size = "1G"
 END
-    RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
-    BACKEND_PID=$!
-    BACKEND_KIND=keeld
-    until [ -S "$S" ] && [ -S "$C" ]; do
-        if ! kill -0 "$BACKEND_PID" 2>/dev/null || [ $waited -ge 300 ]; then
-            fail "keeld did not start; see $T/keeld.log"
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    keeld_start_with_control || return 1
     boot grow grow-watch &
     launcher=$!
-    waited=0
-    until tr -d '\r' 2>/dev/null <"$T/grow.log" | grep -q '^KEEL-MARK sized'; do
-        if ! kill -0 "$launcher" 2>/dev/null || [ $waited -ge $((GUEST_TIMEOUT * 10)) ]; then
-            wait "$launcher"
-            fail "the guest never reported its size; see $T/grow.log"
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    wait_console "$T/grow.log" '^KEEL-MARK sized' "$launcher" "the guest never reported its size; see $T/grow.log" || return 1
     out=$("$KEEL_BIN" --control "$C" resize vda 1056M) || fail "keel resize failed: $out" || return 1
     log "$out"
     case $out in

@@ -179,6 +179,24 @@ impl Checker<'_> {
             + 1
     }
 
+    /// An optional count (0 when absent) of at most `max`.
+    fn at_most(
+        &self,
+        value: &Option<Spanned<u32>>,
+        key: &str,
+        max: u32,
+    ) -> Result<u32, ConfigError> {
+        match value {
+            Some(v) if *v.get_ref() > max => Err(self.err(
+                v.span(),
+                key,
+                format!("{} is above the limit of {max}", v.get_ref()),
+            )),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(0),
+        }
+    }
+
     fn err(&self, span: std::ops::Range<usize>, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.file.to_owned(),
@@ -319,30 +337,8 @@ impl Checker<'_> {
                 Ok(n)
             }
         })?;
-        let poll_us = raw.poll_us.as_ref().map_or(Ok(0), |v| {
-            let n = *v.get_ref();
-            if n > MAX_POLL_US {
-                Err(self.err(
-                    v.span(),
-                    "poll_us",
-                    format!("{n} is above the limit of {MAX_POLL_US}"),
-                ))
-            } else {
-                Ok(n)
-            }
-        })?;
-        let delay_us = raw.delay_us.as_ref().map_or(Ok(0), |v| {
-            let n = *v.get_ref();
-            if n > MAX_DELAY_US {
-                Err(self.err(
-                    v.span(),
-                    "delay_us",
-                    format!("{n} is above the limit of {MAX_DELAY_US}"),
-                ))
-            } else {
-                Ok(n)
-            }
-        })?;
+        let poll_us = self.at_most(&raw.poll_us, "poll_us", MAX_POLL_US)?;
+        let delay_us = self.at_most(&raw.delay_us, "delay_us", MAX_DELAY_US)?;
         let serial = match &raw.serial {
             Some(s) => {
                 if s.get_ref().len() > ID_BYTES {

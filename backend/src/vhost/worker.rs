@@ -606,11 +606,35 @@ mod tests {
             .collect()
     }
 
+    /// 2 MiB of guest memory at address 0.
+    fn guest_memory() -> GuestMemoryAtomic<GuestMemory> {
+        GuestMemoryAtomic::new(GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap())
+    }
+
+    /// A started, enabled ring over `q`'s tables, continuing at `next_avail` and the used
+    /// index `q` shows (as a frontend's SET_VRING_BASE and SET_VRING_ADDR leave it).
+    fn ready_ring(
+        atomic: &GuestMemoryAtomic<GuestMemory>,
+        q: &MockSplitQueue<'_, GuestMemory>,
+        next_avail: u16,
+        event_idx: bool,
+    ) -> Vring {
+        let vring = Vring::new(atomic.clone(), 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+            .unwrap();
+        vring.set_queue_next_avail(next_avail);
+        vring.set_queue_next_used(q.used().idx().load());
+        vring.set_queue_event_idx(event_idx);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        vring
+    }
+
     #[test]
     fn one_wakeup_serves_every_chain_in_one_batch() {
-        let atomic = GuestMemoryAtomic::new(
-            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
-        );
+        let atomic = guest_memory();
         let guard = atomic.memory();
         let mem: &GuestMemory = &guard;
         let q = MockSplitQueue::new(mem, 16);
@@ -673,13 +697,7 @@ mod tests {
             mem.write_obj(0xaau8, GuestAddress(status(slot))).unwrap();
         }
 
-        let vring = Vring::new(atomic.clone(), 16).unwrap();
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-            .unwrap();
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
+        let vring = ready_ring(&atomic, &q, 0, false);
 
         let ctx = context();
         let engine = ctx.engine.queue(0).unwrap();
@@ -727,9 +745,7 @@ mod tests {
 
     #[test]
     fn event_idx_notifies_only_when_the_driver_asked_and_rearms_the_ring() {
-        let atomic = GuestMemoryAtomic::new(
-            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
-        );
+        let atomic = guest_memory();
         let guard = atomic.memory();
         let mem: &GuestMemory = &guard;
         let q = MockSplitQueue::new(mem, 16);
@@ -749,14 +765,7 @@ mod tests {
         let used_event = GuestAddress(q.avail_addr().0 + 4 + 2 * 16);
         let avail_event = GuestAddress(q.used_addr().0 + 4 + 8 * 16);
 
-        let vring = Vring::new(atomic.clone(), 16).unwrap();
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-            .unwrap();
-        vring.set_queue_event_idx(true);
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
+        let vring = ready_ring(&atomic, &q, 0, true);
         let ctx = context();
         let engine = ctx.engine.queue(0).unwrap();
         let mut worker =
@@ -812,9 +821,7 @@ mod tests {
 
     #[test]
     fn requests_in_flight_when_keeld_died_run_again_from_the_inflight_area() {
-        let atomic = GuestMemoryAtomic::new(
-            GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
-        );
+        let atomic = guest_memory();
         let guard = atomic.memory();
         let mem: &GuestMemory = &guard;
         let q = MockSplitQueue::new(mem, 16);
@@ -842,18 +849,7 @@ mod tests {
         descs.extend(chain(3, &request(1, RequestType::Flush, false)));
         descs.extend(chain(5, &request(2, RequestType::Write, true)));
         q.add_desc_chains(&descs, 0).unwrap();
-        let ring = |next_avail: u16| {
-            let vring = Vring::new(atomic.clone(), 16).unwrap();
-            vring.set_queue_size(16);
-            vring
-                .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-                .unwrap();
-            vring.set_queue_next_avail(next_avail);
-            vring.set_queue_next_used(q.used().idx().load());
-            vring.set_queue_ready(true);
-            vring.set_enabled(true);
-            vring
-        };
+        let ring = |next_avail: u16| ready_ring(&atomic, &q, next_avail, false);
 
         // The first keeld: the flush completes, both writes are still in flight when it dies.
         let area = InflightRegion::create(1, 16, 1, 16).unwrap();
