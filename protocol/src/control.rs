@@ -97,6 +97,18 @@ pub struct CloneDisk {
     pub new_disk: String,
 }
 
+/// `POST /v1/disks/{disk}/clone` answer: the new disk, served from now on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneAnswer {
+    pub disk: String,
+    /// Its container, beside the source's.
+    pub path: String,
+    /// Its vhost-user socket, beside the source's.
+    pub socket: String,
+    /// Blocks copied (those the snapshot maps).
+    pub blocks: u64,
+}
+
 /// `POST /v1/disks/{disk}/resize`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResizeDisk {

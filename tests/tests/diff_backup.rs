@@ -278,3 +278,53 @@ fn resize_refuses_shrinking_and_grows_online_and_stopped() {
     assert_eq!(info["capacity"], 17825792);
     drop(dir_handle);
 }
+
+/// `keel clone`: a snapshot of a served keel disk becomes a new disk, served at once on a socket
+/// beside the source's, holding the snapshot's data and not what came after; the two go their
+/// own ways. A taken name, an unknown snapshot and a raw disk are refused.
+#[test]
+fn clone_serves_a_snapshot_as_a_new_disk() {
+    let toml = format!(
+        "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
+         engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n{}",
+        raw_disk("r", "4M", "")
+    );
+    let keeld = InProcess::start(&toml);
+    let dir = keeld.dir().to_path_buf();
+    let ctl = dir.join("keel.sock");
+    let mut client = Client::connect(&keeld.socket("k"), 1, 1 << 20).unwrap();
+    client.write(0, 0, &[1; 8192]).unwrap();
+    client.write(0, 1 << 20, &[2; 4096]).unwrap();
+    client.flush(0).unwrap();
+    ok(keel(&dir, Some(&ctl), &["snapshot", "create", "k", "gold"]));
+    client.write(0, 0, &[3; 4096]).unwrap();
+
+    let out = ok(keel(&dir, Some(&ctl), &["clone", "k", "gold", "copy"]));
+    assert!(out.contains("copy cloned from k@gold (3 blocks)"), "{out}");
+    assert!(dir.join("copy.keel").exists());
+    let mut copy = Client::connect(&dir.join("copy.sock"), 1, 1 << 20).unwrap();
+    assert_eq!(copy.capacity(), 16 << 20);
+    assert_eq!(copy.read(0, 0, 8192).unwrap(), vec![1; 8192]);
+    assert_eq!(copy.read(0, 1 << 20, 4096).unwrap(), vec![2; 4096]);
+    copy.write(0, 4096, &[9; 4096]).unwrap();
+    assert_eq!(client.read(0, 0, 8192).unwrap()[..4096], [3; 4096]);
+    assert_eq!(client.read(0, 4096, 4096).unwrap(), vec![1; 4096]);
+    let list = ok(keel(&dir, Some(&ctl), &["disks"]));
+    assert!(list.contains("copy"), "{list}");
+
+    for (args, want) in [
+        (["clone", "k", "gold", "copy"], "disk copy exists"),
+        (["clone", "k", "nope", "other"], "no snapshot named nope"),
+        (["clone", "r", "gold", "other"], "snapshot"),
+        (["clone", "k", "gold", "r"], "disk r exists"),
+    ] {
+        let (code, _, err) = keel(&dir, Some(&ctl), &args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    drop((client, copy));
+    let dir_handle = keeld.stop();
+    // The clone's container is a keel container of its own, fsck clean.
+    assert!(ok(keel(&dir, None, &["fsck", "copy.keel"])).contains(" 0 problems"));
+    drop(dir_handle);
+}

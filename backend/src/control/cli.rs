@@ -7,8 +7,8 @@ use super::client::{ClientError, ControlClient};
 use crate::config::Config;
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
-    CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeAnswer, ResizeDisk,
-    RevertSnapshot, SnapshotInfo,
+    CloneAnswer, CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeAnswer,
+    ResizeDisk, RevertSnapshot, SnapshotInfo,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -220,7 +220,7 @@ pub fn snapshot_revert(
 }
 
 pub fn clone(c: &ControlClient, disk: &str, snapshot: &str, new_disk: &str) -> Result<(), String> {
-    let _: serde_json::Value = c
+    let a: CloneAnswer = c
         .post(
             &format!("{}/clone", disk_path(disk)),
             &CloneDisk {
@@ -229,7 +229,11 @@ pub fn clone(c: &ControlClient, disk: &str, snapshot: &str, new_disk: &str) -> R
             },
         )
         .map_err(api)?;
-    println!("{new_disk} cloned from {disk}@{snapshot}");
+    println!(
+        "{} cloned from {disk}@{snapshot} ({} blocks) into {}, serving on {}; add it to keeld's \
+         config to serve it after a restart",
+        a.disk, a.blocks, a.path, a.socket
+    );
     Ok(())
 }
 

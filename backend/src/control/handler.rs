@@ -6,12 +6,16 @@ use crate::engine::{AdminError, Engine, EngineAdmin, EngineError, MirrorCommand}
 use crate::store::diff::TreeRef;
 use crate::store::diff_file::{Exporter, Header, export_len};
 use crate::store::{Store, StoreError};
+use crate::vhost::backend::DiskContext;
 use crate::vhost::config_change::ConfigNotifier;
+use crate::vhost::server::DiskServer;
 use crate::vhost::stats::DiskStats;
-use keel_protocol::control::{DiskInfo, DiskStats as StatsBody, ResizeAnswer, VersionInfo};
+use keel_protocol::control::{
+    CloneAnswer, DiskInfo, DiskStats as StatsBody, ResizeAnswer, VersionInfo,
+};
 use serde::Serialize;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One served disk, as the control API sees it.
 pub struct DiskEntry {
@@ -96,19 +100,129 @@ impl DiskEntry {
 
 /// Carries out control calls over a fixed set of disks.
 pub struct DaemonControl {
-    disks: Vec<DiskEntry>,
+    disks: RwLock<Vec<Arc<DiskEntry>>>,
+    /// Servers of the disks cloned while keeld runs (the config's are the daemon's).
+    clones: Mutex<Vec<DiskServer>>,
 }
 
 impl DaemonControl {
     pub fn new(disks: Vec<DiskEntry>) -> Self {
-        Self { disks }
+        Self {
+            disks: RwLock::new(disks.into_iter().map(Arc::new).collect()),
+            clones: Mutex::default(),
+        }
     }
 
-    fn disk(&self, name: &str) -> Result<&DiskEntry, ApiError> {
+    fn disk(&self, name: &str) -> Result<Arc<DiskEntry>, ApiError> {
         self.disks
+            .read()
+            .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?
             .iter()
             .find(|d| d.config.name == name)
+            .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("no such disk: {name}")))
+    }
+
+    /// Stops the cloned disks' servers, flushing each; returns the failures (disk, error).
+    pub fn stop_clones(&self) -> Vec<(String, EngineError)> {
+        let servers = self
+            .clones
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        servers
+            .into_iter()
+            .filter_map(|s| {
+                let name = s.context().name.clone();
+                s.stop().err().map(|e| (name, e))
+            })
+            .collect()
+    }
+
+    /// Clones snapshot `snapshot` of `disk` into a new keel container beside it and serves it
+    /// as `new_disk` on a socket beside `disk`'s.
+    fn clone_disk(
+        &self,
+        disk: &str,
+        snapshot: &str,
+        new_disk: &str,
+    ) -> Result<CloneAnswer, ApiError> {
+        let src = self.disk(disk)?;
+        let store = src.store()?;
+        let TreeRef::Snapshot(id) = side(&store, snapshot)? else {
+            return Err(ApiError::BadRequest(format!(
+                "{snapshot} is not a snapshot of disk {disk}"
+            )));
+        };
+        // Holding the list's write lock keeps two clones from taking the same name.
+        let mut disks = self
+            .disks
+            .write()
+            .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?;
+        if disks.iter().any(|d| d.config.name == new_disk) {
+            return Err(ApiError::Conflict(format!("disk {new_disk} exists")));
+        }
+        let beside = |p: &std::path::Path, ext: &str| {
+            p.parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(format!("{new_disk}.{ext}"))
+        };
+        let container = src.config.path.as_deref().ok_or_else(|| {
+            ApiError::Unsupported(format!(
+                "disk {disk} has no single container to clone beside"
+            ))
+        })?;
+        let path = beside(container, "keel");
+        let socket = beside(&src.config.socket, "sock");
+        for p in [&path, &socket] {
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(ApiError::Conflict(format!(
+                    "{} exists: choose another name for the clone",
+                    p.display()
+                )));
+            }
+        }
+        let started = std::time::Instant::now();
+        let blocks = store.clone_snapshot(id, &path).map_err(from_store)?;
+        let mut config = src.config.clone();
+        config.name = new_disk.to_string();
+        config.socket = socket.clone();
+        config.path = Some(path.clone());
+        config.size = Some(store.capacity());
+        config.resize = false;
+        config.read_only = false;
+        config.serial = new_disk.chars().take(keel_protocol::ID_BYTES).collect();
+        let engine = crate::engine::open(&config).map_err(|e| {
+            ApiError::Internal(format!(
+                "clone {new_disk}: cannot open {}: {e}",
+                path.display()
+            ))
+        })?;
+        let ctx = Arc::new(DiskContext::new(&config, engine, Arc::default()));
+        let entry = DiskEntry {
+            config,
+            engine: Arc::clone(&ctx.engine),
+            stats: Arc::clone(&ctx.stats),
+            config_change: Arc::clone(&ctx.config_change),
+        };
+        let server = DiskServer::start(ctx, socket.clone())
+            .map_err(|e| ApiError::Internal(format!("clone {new_disk}: {e}")))?;
+        disks.push(Arc::new(entry));
+        if let Ok(mut c) = self.clones.lock() {
+            c.push(server);
+        }
+        log::info!(
+            "disk {new_disk}: cloned from {disk}@{snapshot} ({blocks} blocks in {:.1?}), \
+             serving on {}",
+            started.elapsed(),
+            socket.display()
+        );
+        Ok(CloneAnswer {
+            disk: new_disk.to_string(),
+            path: path.display().to_string(),
+            socket: socket.display().to_string(),
+            blocks,
+        })
     }
 }
 
@@ -169,7 +283,11 @@ impl ControlHandler for DaemonControl {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }),
             ApiCall::ListDisks => {
-                to_json(self.disks.iter().map(DiskEntry::info).collect::<Vec<_>>())
+                let disks = self
+                    .disks
+                    .read()
+                    .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?;
+                to_json(disks.iter().map(|d| d.info()).collect::<Vec<_>>())
             }
             ApiCall::DiskInfo { disk } => to_json(self.disk(&disk)?.info()),
             ApiCall::DiskStats { disk } => to_json(self.disk(&disk)?.stats()),
@@ -205,10 +323,11 @@ impl ControlHandler for DaemonControl {
                 log::warn!("disk {disk}: reverted to snapshot {name}");
                 to_json(serde_json::json!({}))
             }
-            ApiCall::Clone { disk, .. } => Err(ApiError::Unsupported(format!(
-                "disk {disk}: cloning a snapshot into a served disk is not available yet; \
-                 use `keel export` on a stopped container"
-            ))),
+            ApiCall::Clone {
+                disk,
+                snapshot,
+                new_disk,
+            } => to_json(self.clone_disk(&disk, &snapshot, &new_disk)?),
             ApiCall::Resize { disk, size } => {
                 let d = self.disk(&disk)?;
                 let now = d.engine.capacity();

@@ -12,6 +12,7 @@ pub mod btree;
 mod buf;
 mod checkpoint;
 mod cleaner;
+mod clone;
 mod codec;
 pub mod diff;
 pub mod diff_file;

@@ -30,6 +30,8 @@ pub struct Daemon {
     disks: Vec<DiskServer>,
     /// The control API, when the config names a socket for it.
     control: Option<ControlServer>,
+    /// What the control API serves (it also owns the disks cloned at run time).
+    handler: Option<Arc<DaemonControl>>,
 }
 
 impl Daemon {
@@ -52,19 +54,24 @@ impl Daemon {
             });
             disks.push(DiskServer::start(ctx, disk.socket.clone())?);
         }
+        let handler = Arc::new(DaemonControl::new(entries));
         let control = match &config.server.control_socket {
             Some(path) => Some(
-                ControlServer::start(path, Arc::new(DaemonControl::new(entries))).map_err(
-                    |source| DaemonError::Control {
+                ControlServer::start(path, Arc::clone(&handler) as _).map_err(|source| {
+                    DaemonError::Control {
                         path: path.clone(),
                         source,
-                    },
-                )?,
+                    }
+                })?,
             ),
             None => None,
         };
         info!("serving {} disk(s)", disks.len());
-        Ok(Self { disks, control })
+        Ok(Self {
+            disks,
+            control,
+            handler: Some(handler),
+        })
     }
 
     /// Each disk's name and counters.
@@ -80,6 +87,12 @@ impl Daemon {
     pub fn shutdown(mut self) -> Result<(), DaemonError> {
         drop(self.control.take());
         let mut first = None;
+        if let Some(h) = self.handler.take() {
+            for (disk, source) in h.stop_clones() {
+                error!("disk {disk}: flush at shutdown failed: {source}");
+                first.get_or_insert(DaemonError::Engine { disk, source });
+            }
+        }
         for d in self.disks {
             let name = d.context().name.clone();
             if let Err(source) = d.stop() {
