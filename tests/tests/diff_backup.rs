@@ -89,16 +89,22 @@ fn extent(offset: usize, length: usize, kind: ExtentKind) -> Extent {
     }
 }
 
-#[test]
-fn full_and_incremental_backups_restore_every_point() {
+/// keeld with a control socket and a 16 MiB keel disk `k` (plus `more` disks): the daemon, its
+/// directory and the control socket.
+fn keel_disk_k(more: &str) -> (InProcess, PathBuf, PathBuf) {
     let toml = format!(
         "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
-         engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n\n{}",
-        raw_disk("r", "1M", "")
+         engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n\n{more}"
     );
     let keeld = InProcess::start(&toml);
     let dir = keeld.dir().to_path_buf();
     let ctl = dir.join("keel.sock");
+    (keeld, dir, ctl)
+}
+
+#[test]
+fn full_and_incremental_backups_restore_every_point() {
+    let (keeld, dir, ctl) = keel_disk_k(&raw_disk("r", "1M", ""));
     let api = ControlClient::new(&ctl);
     let mut c = Client::connect(&keeld.socket("k"), 1, 2 * MIB).unwrap();
 
@@ -229,11 +235,7 @@ fn full_and_incremental_backups_restore_every_point() {
 
 #[test]
 fn resize_refuses_shrinking_and_grows_online_and_stopped() {
-    let toml = "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
-                engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n";
-    let keeld = InProcess::start(toml);
-    let dir = keeld.dir().to_path_buf();
-    let ctl = dir.join("keel.sock");
+    let (keeld, dir, ctl) = keel_disk_k("");
     let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "8M"]);
     assert_eq!(code, 2);
     assert!(err.contains("shrinking to 8388608 is refused"), "{err}");
@@ -284,14 +286,7 @@ fn resize_refuses_shrinking_and_grows_online_and_stopped() {
 /// own ways. A taken name, an unknown snapshot and a raw disk are refused.
 #[test]
 fn clone_serves_a_snapshot_as_a_new_disk() {
-    let toml = format!(
-        "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\n\
-         engine = \"keel\"\npath = \"k.keel\"\nsize = \"16M\"\ndirect = false\n{}",
-        raw_disk("r", "4M", "")
-    );
-    let keeld = InProcess::start(&toml);
-    let dir = keeld.dir().to_path_buf();
-    let ctl = dir.join("keel.sock");
+    let (keeld, dir, ctl) = keel_disk_k(&raw_disk("r", "4M", ""));
     let mut client = Client::connect(&keeld.socket("k"), 1, 1 << 20).unwrap();
     client.write(0, 0, &[1; 8192]).unwrap();
     client.write(0, 1 << 20, &[2; 4096]).unwrap();
