@@ -20,6 +20,7 @@ const TAG_MAP: u8 = 1;
 const TAG_UNMAP: u8 = 2;
 const TAG_MOVE: u8 = 3;
 const TAG_SNAPSHOT: u8 = 4;
+const TAG_DELETE_SNAPSHOT: u8 = 5;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
 pub const SNAPSHOT_NAME_MAX: usize = 31;
@@ -76,6 +77,8 @@ pub enum Entry {
         created: u64,
         name: SnapName,
     },
+    /// Snapshot `id` was deleted: the blocks only it held are free.
+    DeleteSnapshot { id: u64 },
 }
 
 impl Entry {
@@ -85,6 +88,7 @@ impl Entry {
             Entry::Unmap { .. } => 1 + 8 + 8,
             Entry::Move { .. } => 1 + 8 + 8 + 8,
             Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
+            Entry::DeleteSnapshot { .. } => 1 + 8,
         }
     }
 }
@@ -129,6 +133,7 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
                 .u64(created)
                 .u8(name.len)
                 .bytes(&name.bytes),
+            Entry::DeleteSnapshot { id } => p.u8(TAG_DELETE_SNAPSHOT).u64(id),
         };
     }
     if !p.ok() {
@@ -215,6 +220,7 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
                     name: SnapName { len, bytes },
                 }
             }
+            TAG_DELETE_SNAPSHOT => Entry::DeleteSnapshot { id: g.u64()? },
             _ => return None,
         };
         entries.push(e);
@@ -256,6 +262,7 @@ mod tests {
                 created: 1_700_000_000,
                 name: SnapName::new("nightly-ünïcode-name-that-is-too-long"),
             },
+            Entry::DeleteSnapshot { id: 2 },
         ]
     }
 

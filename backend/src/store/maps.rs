@@ -179,6 +179,10 @@ impl Maps {
                     self.create_snapshot(&name.as_str(), created);
                 }
                 Entry::Snapshot { .. } => {}
+                // Recovery checked the snapshot exists.
+                Entry::DeleteSnapshot { id } => {
+                    self.delete_snapshot(id, sut);
+                }
             }
         }
     }

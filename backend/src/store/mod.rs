@@ -140,6 +140,8 @@ pub struct Store {
     geo: Geometry,
     /// Guest-visible size in bytes: `geo.capacity` until the disk grows online.
     capacity: AtomicU64,
+    /// Held by snapshot operations that check, then journal (delete).
+    snapshot_ops: Mutex<()>,
     state: RwLock<State>,
     journal: Mutex<JournalState>,
     /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
@@ -234,6 +236,7 @@ impl Store {
             dev,
             geo,
             capacity: AtomicU64::new(geo.capacity),
+            snapshot_ops: Mutex::new(()),
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
@@ -429,18 +432,38 @@ impl Store {
     }
 
     /// Deletes snapshot `id`, freeing the blocks only it held; durable when this returns.
+    ///
+    /// The delete is one journal record, applied in order with the guest's batches (which go
+    /// on meanwhile) and replayed by recovery, so a crash leaves the snapshot either whole or
+    /// deleted; the blocks it frees are written down by the next checkpoint. A container
+    /// without that feature takes a checkpoint instead, which also marks it as using it.
     pub fn delete_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
-        let mut j = self.quiet_journal();
-        let found = {
-            let mut st = write(&self.state);
-            let State { maps, sut, .. } = &mut *st;
-            maps.delete_snapshot(id, sut)
-        };
-        if !found {
-            return Err(StoreError::Invalid(format!("no snapshot {id}")));
+        // One snapshot operation at a time: the snapshot checked here is the one deleted.
+        let _one = lock(&self.snapshot_ops);
+        {
+            let mut j = self.quiet_journal();
+            if !read(&self.state).maps.snapshots.iter().any(|s| s.id == id) {
+                return Err(StoreError::Invalid(format!("no snapshot {id}")));
+            }
+            if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_DELETES == 0 {
+                j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_DELETES;
+                {
+                    let mut st = write(&self.state);
+                    let State { maps, sut, .. } = &mut *st;
+                    maps.delete_snapshot(id, sut);
+                }
+                return self.checkpoint_locked(&mut j);
+            }
         }
-        self.checkpoint_locked(&mut j)
+        self.commit_with(
+            vec![journal::Entry::DeleteSnapshot { id }],
+            &[],
+            &mut Vec::new(),
+            false,
+            &mut DeviceIo(self.dev.as_ref()),
+        )?;
+        self.flush()
     }
 
     /// Makes the disk's contents those of snapshot `id` again; durable when this returns.

@@ -289,6 +289,14 @@ fn check_entries(
                 }
                 continue;
             }
+            Entry::DeleteSnapshot { id } => {
+                if !st.maps.snapshots.iter().any(|s| s.id == id) {
+                    return Ok(Some(format!(
+                        "delete of snapshot {id}, which does not exist"
+                    )));
+                }
+                continue;
+            }
             Entry::Move {
                 vba,
                 old_pba,

@@ -17,8 +17,12 @@ pub const INCOMPAT_JOURNAL_SNAPSHOTS: u64 = 1 << 0;
 /// Incompatible feature: the checkpoint root may span several blocks (more snapshots than one
 /// block holds). A Keel without it would find such a root's checksum wrong.
 pub const INCOMPAT_LONG_ROOT: u64 = 1 << 1;
+/// Incompatible feature: journal records may delete a snapshot (a delete is one record, not a
+/// checkpoint; recovery replays it).
+pub const INCOMPAT_JOURNAL_DELETES: u64 = 1 << 2;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS | INCOMPAT_LONG_ROOT;
+pub const INCOMPAT_SUPPORTED: u64 =
+    INCOMPAT_JOURNAL_SNAPSHOTS | INCOMPAT_LONG_ROOT | INCOMPAT_JOURNAL_DELETES;
 /// Compatible features this code writes (none yet); unknown ones are ignored.
 pub const COMPAT_SUPPORTED: u64 = 0;
 

@@ -463,3 +463,40 @@ fn random_then_sequential_overwrites_never_run_out_of_space() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+/// A container from before journaled deletes: its first delete takes a checkpoint and marks it
+/// as using them; later deletes are journal records that a reopen replays.
+#[test]
+fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
+    use crate::store::superblock::INCOMPAT_JOURNAL_DELETES;
+    let (dev, store) = new_store(&small_opts());
+    {
+        let mut j = crate::store::lock(&store.journal);
+        j.superblock.incompat &= !INCOMPAT_JOURNAL_DELETES;
+        store.checkpoint_locked(&mut j).unwrap();
+    }
+    write_block(&store, 1, 1);
+    let a = store.create_snapshot("a").unwrap();
+    write_block(&store, 1, 2);
+    let b = store.create_snapshot("b").unwrap();
+    write_block(&store, 1, 3);
+    let c = store.create_snapshot("c").unwrap();
+    store.delete_snapshot(a).unwrap();
+    let bit =
+        |s: &Store| crate::store::lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
+    assert_ne!(bit(&store), 0, "the first delete marks the container");
+    let records = crate::store::lock(&store.journal).cursor.records;
+    store.delete_snapshot(b).unwrap();
+    assert_eq!(
+        crate::store::lock(&store.journal).cursor.records,
+        records + 1,
+        "the second delete is one journal record"
+    );
+    drop(store);
+    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let ids: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
+    assert_eq!(ids, [c], "the replayed delete of b");
+    assert_ne!(bit(&store), 0);
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+}
