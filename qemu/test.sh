@@ -258,9 +258,10 @@ test_fio_verify_on_mirror() {
     log "resync copied $copied bytes; components identical"
 }
 
-# keeld is killed (SIGKILL) KEEL_KILLS times (default 3) while the guest's fio write+verify has
-# requests in flight, and started again on the same disk each time. Every request takes at least
-# 20 ms (delay_us), so at any instant keeld holds the guest's whole queue depth. QEMU
+# keeld is killed (SIGKILL) while the guest's fio write+verify has requests in flight, and
+# started again on the same disk each time, until KEEL_KILLS (default 3) restarts ran requests
+# again. Every request takes 10 to 30 ms (delay_us), so once fio runs keeld holds the guest's
+# whole queue depth at any instant, and completions come back out of order. QEMU
 # (reconnect-ms on its chardev) reconnects and hands back the inflight area; keeld runs the
 # requests that were in flight when it died, and fio finishes with every block verifying: the
 # guest sees nothing but pauses.
@@ -268,11 +269,16 @@ verify_across_kill() {
     local engine=$1 image=$2 launcher mark kill again total=0 restarts=0
     local KEELD_DISK_EXTRA="delay_us = 20000"
     backend_start keeld "$T" "$T/$image" "$S" 1 1G "$engine" || return 1
-    boot verify fio-verify --param size=16M --reconnect-ms 200 \
+    boot verify fio-verify --param size=32M --reconnect-ms 200 \
         --pidfile "$T/qemu.pid" &
     launcher=$!
     wait_console "$T/verify.log" '^KEEL-JOB-BEGIN fio-verify' "$launcher" "the guest never started fio; see $T/verify.log" || return 1
-    for kill in $(seq "${KEEL_KILLS:-3}"); do
+    # Until KEEL_KILLS restarts found requests in flight: a kill before fio's first write (the
+    # guest is slow to start it under TCG) finds none and does not count.
+    kill=0
+    while [ "$restarts" -lt "${KEEL_KILLS:-3}" ]; do
+        kill=$((kill + 1))
+        [ "$kill" -le $((2 * ${KEEL_KILLS:-3} + 2)) ] || fail "too many kills found nothing in flight" || return 1
         sleep 2.5
         kill -0 "$launcher" 2>/dev/null || fail "the guest finished before kill $kill" || return 1
         backend_stop KILL || true
@@ -291,10 +297,7 @@ verify_across_kill() {
     done
     wait "$launcher" || fail "fio-verify across the kills failed; see $T/verify.log" || return 1
     fio_clean "$T/verify/fio" || return 1
-    [ "$restarts" = "${KEEL_KILLS:-3}" ] ||
-        fail "only $restarts of ${KEEL_KILLS:-3} restarts found requests in flight; see $T/keeld.log" ||
-        return 1
-    log "$restarts of ${KEEL_KILLS:-3} restarts ran $total requests again; every block verified"
+    log "$restarts of $kill restarts ran $total requests again; every block verified"
     backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
 }
 

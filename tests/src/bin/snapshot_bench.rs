@@ -54,7 +54,16 @@ fn parse_args() -> Args {
             "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
             "--creates" => a.creates = val().parse().expect("--creates N"),
             "--dir" => a.dir = PathBuf::from(val()),
-            other => panic!("unknown argument {other}"),
+            other => {
+                if other != "--help" {
+                    eprintln!("snapshot_bench: unknown argument {other}");
+                }
+                eprintln!(
+                    "usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECONDS] [--creates N] \
+                     [--dir DIR]"
+                );
+                std::process::exit(if other == "--help" { 0 } else { 2 });
+            }
         }
     }
     a
