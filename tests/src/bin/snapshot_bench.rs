@@ -198,6 +198,15 @@ fn randwrite(sock: &Path, size: u64, runtime: Duration) -> Measurement {
     .expect("random writes")
 }
 
+/// Random writes for `runtime` with no warm-up: the short bursts between two snapshots.
+fn burst(sock: &Path, size: u64, runtime: Duration) {
+    let w = Workload {
+        warmup: Duration::ZERO,
+        ..workload(Pattern::RandWrite, 4096, 32, size, runtime)
+    };
+    bench::run(sock, &w, false).expect("random writes");
+}
+
 fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, Vec<DeleteRow>) {
     let k = start_keeld(&a.dir, disk_for(size));
     let written = || {
@@ -211,7 +220,7 @@ fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, Vec<DeleteRow
     let mut made = 0;
     for target in [0usize, 10, 100] {
         while made < target {
-            randwrite(&k.sock, size, burst);
+            self::burst(&k.sock, size, burst);
             create_snapshot(&k.ctl, &format!("s{made}"));
             made += 1;
         }
