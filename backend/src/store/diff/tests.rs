@@ -222,12 +222,15 @@ fn zeroes_as_none(img: &Image) -> Vec<Vec<u8>> {
 
 #[test]
 fn random_histories_against_a_model_with_a_copy_per_snapshot() {
+    // Steps: create (deleting the oldest past 5), delete, revert, clone, discard, write; every
+    // 25 steps each pair of trees is diffed against brute force.
     let opts = CreateOptions {
         capacity: 4 << 20,
         overprovision_percent: 100,
         ..small_opts()
     };
     let blocks = (opts.capacity / BLOCK) as usize;
+    let mut clones = 0;
     for seed in 0..6u64 {
         let (_dev, s) = new_store(&opts);
         let mut rng = SplitMix::new(100 + seed);
@@ -255,6 +258,25 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
                     let id = ids[rng.below(ids.len() as u64) as usize];
                     s.revert_to_snapshot(id).unwrap();
                     now = copies[&id].clone();
+                }
+                19 if !copies.is_empty() && rng.chance(1, 3) => {
+                    // A clone of a random snapshot is a new container holding its copy.
+                    let ids: Vec<u64> = copies.keys().copied().collect();
+                    let id = ids[rng.below(ids.len() as u64) as usize];
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("clone.keel");
+                    s.clone_snapshot(id, &path).unwrap();
+                    let c = Store::open_path(&path, crate::store::StoreOptions::default()).unwrap();
+                    let mut got = vec![0u8; BLOCK as usize];
+                    for (lba, want) in zeroes_as_none(&copies[&id]).iter().enumerate() {
+                        c.read(lba as u64 * BLOCK, &mut got).unwrap();
+                        assert_eq!(
+                            &got, want,
+                            "seed {seed} step {step}: clone of {id}, block {lba}"
+                        );
+                    }
+                    assert!(c.fsck().is_clean(), "seed {seed} step {step}: clone fsck");
+                    clones += 1;
                 }
                 3..=4 => {
                     let lba = rng.below(blocks as u64 - 8);
@@ -328,6 +350,7 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
             }
         }
     }
+    assert!(clones > 0, "the histories cloned no snapshot");
 }
 
 #[test]
