@@ -95,3 +95,120 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
     let report = store.fsck();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+/// A snapshot taken while writers run flat out holds every write that completed before the
+/// create was asked for, and none that started after it answered: each block reads as a version
+/// between the last one finished before the call and the last one begun before the answer.
+#[test]
+fn a_snapshot_under_full_speed_writes_holds_what_had_completed() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const WRITERS: usize = 3;
+    const PER_WRITER: u64 = 40;
+    // Room for what ten snapshots pin; a cleaner thread reclaims the rest as it goes.
+    let (_dev, s) = new_store(&crate::store::CreateOptions {
+        capacity: 16 << 20,
+        overprovision_percent: 100,
+        ..small_opts()
+    });
+    let s = Arc::new(s);
+    let blocks = WRITERS as u64 * PER_WRITER;
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..blocks).map(|_| AtomicU64::new(0)).collect());
+    let done: Arc<Vec<AtomicU64>> = Arc::new((0..blocks).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Version v of block b: every 8-byte word holds (b << 32) | v.
+    let content = |b: u64, v: u64| -> Vec<u8> {
+        std::iter::repeat_n(((b << 32) | v).to_le_bytes(), 512)
+            .flatten()
+            .collect()
+    };
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (s, started, done, stop) = (
+                Arc::clone(&s),
+                Arc::clone(&started),
+                Arc::clone(&done),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || {
+                let mut rng = SplitMix::new(w as u64 + 7);
+                let mut v = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    v += 1;
+                    let b = w as u64 * PER_WRITER + rng.below(PER_WRITER);
+                    started[b as usize].store(v, Ordering::SeqCst);
+                    let data = content(b, v);
+                    s.write_batch(
+                        w,
+                        &[Op::Write {
+                            offset: b * 4096,
+                            data: &data,
+                        }],
+                    )
+                    .unwrap();
+                    done[b as usize].fetch_max(v, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let cleaner = {
+        let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                if s.clean_step().ok().flatten().is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let mut checked = 0;
+    for round in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before: Vec<u64> = done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+        let id = s.create_snapshot(&format!("under-load-{round}")).unwrap();
+        let after: Vec<u64> = started.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+        let d = s
+            .diff(
+                crate::store::diff::TreeRef::Empty,
+                crate::store::diff::TreeRef::Snapshot(id),
+            )
+            .unwrap();
+        let mut held = vec![0u64; blocks as usize];
+        for c in d.blocks {
+            if let (Some(vba), true) = (c.vba, c.lba < blocks) {
+                let mut buf = vec![0u8; 4096];
+                s.read_vbas(&[vba], &mut buf).unwrap();
+                let word = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                assert_eq!(
+                    word >> 32,
+                    c.lba,
+                    "block {} holds another block's data",
+                    c.lba
+                );
+                assert_eq!(
+                    buf,
+                    content(c.lba, word & 0xffff_ffff),
+                    "block {} torn",
+                    c.lba
+                );
+                held[c.lba as usize] = word & 0xffff_ffff;
+            }
+        }
+        for b in 0..blocks as usize {
+            assert!(
+                before[b] <= held[b] && held[b] <= after[b],
+                "round {round}, block {b}: snapshot holds version {}, completed before the \
+                 create {}, begun before its answer {}",
+                held[b],
+                before[b],
+                after[b]
+            );
+            checked += usize::from(before[b] > 0);
+        }
+    }
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        h.join().unwrap();
+    }
+    cleaner.join().unwrap();
+    assert!(checked > 100, "the writers made progress: {checked}");
+}
