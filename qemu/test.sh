@@ -165,6 +165,17 @@ test_fio_data_survives_restart_and_corruption_is_caught() {
 
 # keeld serving a raw disk mirrored on $T/a.img and $T/b.img, with a control socket at $C.
 mirror_start() {
+    keeld_start_with_control 'engine = "raw"
+mirror = ["'"$T"'/a.img", "'"$T"'/b.img"]
+size = "1G"
+read_only = false
+direct = false'
+}
+
+# Starts keeld with the control socket $C and one disk "vda" on $S whose other keys are $1, and
+# waits for both sockets.
+keeld_start_with_control() {
+    local waited=0
     [ -x "$KEELD_BIN" ] || backend_build_keeld
     C=$(socket_path "$T/ctl")
     rm -f "$S" "$C"
@@ -175,19 +186,8 @@ control_socket = "$C"
 [[disk]]
 name = "vda"
 socket = "$S"
-engine = "raw"
-mirror = ["$T/a.img", "$T/b.img"]
-size = "1G"
-read_only = false
-direct = false
+$1
 END
-    keeld_start_with_control
-}
-
-# Starts keeld on $T/keel.toml (written by the caller, with the control socket $C and the disk
-# socket $S) and waits for both sockets.
-keeld_start_with_control() {
-    local waited=0
     RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
     BACKEND_PID=$!
     BACKEND_KIND=keeld
@@ -199,6 +199,13 @@ keeld_start_with_control() {
         sleep 0.1
         waited=$((waited + 1))
     done
+}
+
+# Builds the keel CLI (release) unless it is there, and sets KEEL_BIN.
+keel_cli() {
+    KEEL_BIN=$REPO_DIR/target/release/keel
+    [ -x "$KEEL_BIN" ] && return 0
+    (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel"
 }
 
 # One field of the mirror's status: "lsn", or "state" / "resync_bytes_copied" of component 1.
@@ -225,10 +232,7 @@ mirror_wait_lsn() {
 # end identical.
 test_fio_verify_on_mirror() {
     local launcher lsn copied waited=0
-    KEEL_BIN=$REPO_DIR/target/release/keel
-    if [ ! -x "$KEEL_BIN" ]; then
-        (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel" || return 1
-    fi
+    keel_cli || return 1
     mirror_start || return 1
     boot verify fio-verify --param size=32M &
     launcher=$!
@@ -314,24 +318,10 @@ test_fio_verify_keel_engine_across_keeld_kill() {
 # end reads back.
 test_online_grow_seen_by_the_guest() {
     local launcher out
-    KEEL_BIN=$REPO_DIR/target/release/keel
-    if [ ! -x "$KEEL_BIN" ]; then
-        (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel" || return 1
-    fi
-    C=$(socket_path "$T/ctl")
-    rm -f "$S" "$C"
-    cat >"$T/keel.toml" <<END
-[server]
-control_socket = "$C"
-
-[[disk]]
-name = "vda"
-socket = "$S"
-engine = "keel"
-path = "$T/disk.keel"
-size = "1G"
-END
-    keeld_start_with_control || return 1
+    keel_cli || return 1
+    keeld_start_with_control 'engine = "keel"
+path = "'"$T"'/disk.keel"
+size = "1G"' || return 1
     boot grow grow-watch &
     launcher=$!
     wait_console "$T/grow.log" '^KEEL-MARK sized' "$launcher" "the guest never reported its size; see $T/grow.log" || return 1

@@ -31,13 +31,10 @@ use super::socket::bind_private;
 const HEADER: usize = 12;
 const GET_INFLIGHT_FD: u32 = 31;
 const SET_INFLIGHT_FD: u32 = 32;
-const SET_VRING_KICK: u32 = 12;
 const SET_BACKEND_REQ_FD: u32 = 21;
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
-/// SET_VRING_KICK's payload bit saying no descriptor comes with it.
-const VRING_NOFD: u64 = 0x100;
 /// The inflight message's payload as frontends send it (the struct with its tail padding).
 const INFLIGHT_PAYLOAD: usize = std::mem::size_of::<VhostUserInflight>();
 
@@ -312,11 +309,6 @@ impl RelayState {
         match msg.code() {
             GET_INFLIGHT_FD => self.get_inflight(&msg),
             SET_INFLIGHT_FD => self.set_inflight(msg),
-            SET_VRING_KICK => {
-                write_message(&self.backend, &msg)?;
-                self.kick_if_resuming(msg);
-                Ok(())
-            }
             SET_BACKEND_REQ_FD => {
                 // Keep a copy for config-change messages (the crate's handler gets its own).
                 let channel = match msg.fds.as_slice() {
@@ -396,25 +388,6 @@ impl RelayState {
             write_message(&self.frontend, &msg.reply(status, Vec::new()))?;
         }
         Ok(())
-    }
-
-    /// A restarted keeld may hold requests to run again, but the guest, waiting for them, will
-    /// not kick: once the ring's kick descriptor is handed over, kick it once ourselves (the
-    /// worker serves the ring when the frontend enables it; an eventfd keeps the count).
-    fn kick_if_resuming(&self, msg: Message) {
-        let value = msg
-            .payload
-            .get(..8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-        if self.session.inflight.region().is_none()
-            || value.is_none_or(|v| v & VRING_NOFD != 0)
-            || msg.fds.len() != 1
-        {
-            return;
-        }
-        if let Some(fd) = msg.fds.into_iter().next() {
-            let _ = File::from(fd).write_all(&1u64.to_ne_bytes());
-        }
     }
 }
 

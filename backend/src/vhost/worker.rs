@@ -252,6 +252,13 @@ impl QueueWorker {
             }
             self.take_chain(head, chain, &mut map, taken, write_through, &mut counts);
         }
+        self.hand_over(queue, mem);
+        ctx.stats.record_batch(&counts);
+        counts.requests as usize
+    }
+
+    /// Puts the chains answered without the engine on the used ring and submits the batch.
+    fn hand_over(&mut self, queue: &mut Queue, mem: &GuestMemory) {
         for (head, len) in self.answered.drain(..) {
             put_used(
                 self.inflight.as_ref(),
@@ -259,15 +266,13 @@ impl QueueWorker {
                 mem,
                 head,
                 len,
-                ctx,
+                &self.ctx,
                 self.index,
             );
         }
         if !self.batch.is_empty() {
             self.engine.submit(&mut self.batch);
         }
-        ctx.stats.record_batch(&counts);
-        counts.requests as usize
     }
 
     /// Parses one chain taken off the ring (or handed back after a restart) and queues it for
@@ -408,21 +413,7 @@ impl QueueWorker {
             let chain = HeadChain::new(mem, table, size, head);
             self.take_chain(head, chain, &mut map, taken, write_through, &mut counts);
         }
-        let queue = state.get_queue_mut();
-        for (head, len) in self.answered.drain(..) {
-            put_used(
-                self.inflight.as_ref(),
-                queue,
-                mem,
-                head,
-                len,
-                &self.ctx,
-                self.index,
-            );
-        }
-        if !self.batch.is_empty() {
-            self.engine.submit(&mut self.batch);
-        }
+        self.hand_over(state.get_queue_mut(), mem);
         self.ctx
             .stats
             .resubmitted
