@@ -102,6 +102,16 @@ impl Store {
         r.problems.append(&mut tc.problems);
         let referenced = std::mem::take(&mut tc.referenced);
         maps.vba.verify(maps.vba_root, &mut r.problems, "VBA map");
+        // The in-memory reference counts (rebuilt at open, kept by every change since): a
+        // node no tree reaches, or a count off, would leak or free a shared node.
+        for (name, res) in [
+            ("LBA trees", maps.lba.check_refs(&roots)),
+            ("VBA map", maps.vba.check_refs(&[maps.vba_root])),
+        ] {
+            if let Err(e) = res {
+                r.problems.push(format!("{name}: node references: {e}"));
+            }
+        }
 
         // 3. VBA -> PBA: referenced, unique, inside data segments, reverse map agrees.
         let mut data_per_seg = vec![0u32; geo.segments as usize];

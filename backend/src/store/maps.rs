@@ -284,6 +284,7 @@ impl Maps {
     pub fn create_snapshot(&mut self, name: &str, created: u64) -> u64 {
         let id = self.next_snapshot_id;
         self.next_snapshot_id += 1;
+        self.lba.retain(self.running);
         self.snapshots.push(Snapshot {
             id,
             name: name.to_string(),
@@ -354,7 +355,9 @@ impl Maps {
         for v in only_here {
             self.free_vba(v, sut);
         }
-        self.sweep();
+        // Frees the nodes no other tree holds; the running point's nodes that only this
+        // snapshot shared now have one reference, so its next write changes them in place.
+        self.lba.unref(snap.root);
         true
     }
 
@@ -381,19 +384,10 @@ impl Maps {
         for v in exclusive {
             self.free_vba(v, sut);
         }
-        self.running = root;
-        self.sweep();
+        self.lba.retain(root);
+        let old = std::mem::replace(&mut self.running, root);
+        self.lba.unref(old);
         true
-    }
-
-    /// Frees the nodes no tree reaches any more and gives the running point the nodes it no
-    /// longer shares (after a snapshot is deleted or the running point reverted).
-    fn sweep(&mut self) {
-        let mut roots: Vec<NodeId> = self.snapshots.iter().map(|s| s.root).collect();
-        roots.push(self.running);
-        self.lba.sweep(&roots);
-        roots.pop();
-        self.lba.claim(self.running, &roots, self.seq);
     }
 
     /// Every LBA tree root: the running point first, then the snapshots.

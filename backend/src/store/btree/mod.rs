@@ -9,6 +9,12 @@
 //! On disk every node is written out of place at each checkpoint: changing a clean node
 //! in place in memory makes its old block garbage, released when the next checkpoint commits.
 //!
+//! Every node also counts the references to it (parents' child pointers and tree roots), in
+//! memory only (rebuilt when the trees are loaded). The count lets a node with `seq <= frozen`
+//! that no other tree shares any more (its snapshot was deleted) change in place, and makes
+//! dropping a tree free exactly the nodes no other tree holds, at a cost that grows with those
+//! nodes, not with the forest.
+//!
 //! Deletion removes empty nodes but does not merge underfull ones; a tree keeps working
 //! with sparse nodes and the next splits refill them.
 
@@ -25,6 +31,8 @@ const MAX_DEPTH: usize = 12;
 /// Nodes of every tree of one kind, in one arena.
 pub struct Forest<V> {
     nodes: Vec<Option<Node<V>>>,
+    /// References to each node: child pointers in live nodes plus tree roots held.
+    refs: Vec<u32>,
     free_ids: Vec<NodeId>,
     /// Disk blocks of nodes superseded since the last checkpoint.
     pub garbage: Vec<u64>,
@@ -45,30 +53,62 @@ impl<V: TreeValue> Forest<V> {
     pub fn new() -> Self {
         Self {
             nodes: Vec::new(),
+            refs: Vec::new(),
             free_ids: Vec::new(),
             garbage: Vec::new(),
         }
     }
 
+    /// A new node with one reference: the pointer (or root) its caller stores.
     fn alloc(&mut self, n: Node<V>) -> NodeId {
         if let Some(id) = self.free_ids.pop() {
             self.nodes[id as usize] = Some(n);
+            self.refs[id as usize] = 1;
             id
         } else {
             self.nodes.push(Some(n));
+            self.refs.push(1);
             (self.nodes.len() - 1) as NodeId
         }
     }
 
-    fn release(&mut self, id: NodeId) {
-        if let Some(slot) = self.nodes.get_mut(id as usize)
-            && let Some(n) = slot.take()
-        {
-            if let Some(p) = n.disk {
-                self.garbage.push(p);
-            }
-            self.free_ids.push(id);
+    /// One more reference to `id` (a snapshot taking a root, a copied parent's pointer).
+    pub fn retain(&mut self, id: NodeId) {
+        if let Some(r) = self.refs.get_mut(id as usize) {
+            *r += 1;
         }
+    }
+
+    /// Drops one reference to `id`; a node left with none is freed, and its children lose
+    /// the reference it held. Returns the number of nodes freed.
+    pub fn unref(&mut self, id: NodeId) -> usize {
+        let mut freed = 0;
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let Some(r) = self.refs.get_mut(id as usize) else {
+                continue;
+            };
+            *r = r.saturating_sub(1);
+            if *r > 0 {
+                continue;
+            }
+            if let Some(n) = self.nodes.get_mut(id as usize).and_then(Option::take) {
+                if let Some(p) = n.disk {
+                    self.garbage.push(p);
+                }
+                if let Body::Internal { children, .. } = n.body {
+                    stack.extend(children);
+                }
+                self.free_ids.push(id);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// References to node `id` (0 for a freed one).
+    pub fn refs(&self, id: NodeId) -> u32 {
+        self.refs.get(id as usize).copied().unwrap_or(0)
     }
 
     /// The node `id`. Ids only come from this arena, so a missing node is a broken invariant.
@@ -118,22 +158,31 @@ impl<V: TreeValue> Forest<V> {
         }
     }
 
-    /// Makes `id` writable by the operation `seq`: in place if it is newer than `frozen`,
-    /// otherwise as a private copy.
+    /// Makes `id` writable by the operation `seq`: in place if it is newer than `frozen`, or
+    /// if no other tree holds it any more (one reference, from a parent already private to
+    /// this tree: callers go top down), otherwise as a private copy that takes over the
+    /// caller's reference (the caller stores the id returned where `id` was).
     fn writable(&mut self, id: NodeId, seq: u64, frozen: u64) -> NodeId {
+        let only_here = self.refs(id) == 1;
         let n = self.node_mut(id);
-        if n.seq > frozen {
+        if n.seq > frozen || only_here {
             n.seq = seq;
             if let Some(p) = n.disk.take() {
                 self.garbage.push(p);
             }
-            id
-        } else {
-            let mut copy = n.clone();
-            copy.seq = seq;
-            copy.disk = None;
-            self.alloc(copy)
+            return id;
         }
+        let mut copy = n.clone();
+        copy.seq = seq;
+        copy.disk = None;
+        if let Body::Internal { children, .. } = &copy.body {
+            for c in children.clone() {
+                self.retain(c);
+            }
+        }
+        let copy = self.alloc(copy);
+        self.unref(id);
+        copy
     }
 
     /// Maps `key` to `val` in the tree rooted at `*root`; returns the previous value (which
@@ -250,14 +299,14 @@ impl<V: TreeValue> Forest<V> {
                     let only = children[0];
                     let old_root = *root;
                     *root = only;
-                    if self.node(old_root).seq > frozen {
-                        self.release(old_root);
-                    }
+                    // The tree's reference moves from the old root to its only child.
+                    self.retain(only);
+                    self.unref(old_root);
                 }
                 Body::Internal { children, .. } if children.is_empty() => {
                     let old_root = *root;
                     *root = self.new_leaf(seq);
-                    self.release(old_root);
+                    self.unref(old_root);
                 }
                 _ => break,
             }
@@ -281,7 +330,7 @@ impl<V: TreeValue> Forest<V> {
         let old = self.remove_rec(wc, key, seq, frozen);
         let empty = self.node(wc).is_empty();
         if empty {
-            self.release(wc);
+            self.unref(wc);
         }
         let Body::Internal { keys, children } = &mut self.node_mut(id).body else {
             unreachable!("node {id} changed kind during remove")
@@ -421,8 +470,10 @@ impl<V: TreeValue> Forest<V> {
         loaded: &mut HashMap<u64, NodeId>,
         depth: usize,
     ) -> Result<NodeId> {
-        if let Some(id) = loaded.get(&pba) {
-            return Ok(*id);
+        if let Some(&id) = loaded.get(&pba) {
+            // One more parent or root shares it.
+            self.retain(id);
+            return Ok(id);
         }
         if depth > MAX_DEPTH {
             return Err(StoreError::corrupt(
@@ -437,7 +488,8 @@ impl<V: TreeValue> Forest<V> {
             None => {
                 let mut children = Vec::with_capacity(d.child_pbas.len());
                 for c in d.child_pbas {
-                    children.push(self.load_at(c, read, loaded, depth + 1)?);
+                    let child = self.load_at(c, read, loaded, depth + 1)?;
+                    children.push(child);
                 }
                 Body::Internal {
                     keys: d.keys,
@@ -469,35 +521,33 @@ impl<V: TreeValue> Forest<V> {
         seen
     }
 
-    /// Marks every node of the tree at `root` that none of `shared` reaches as written by
-    /// operation `seq`, i.e. the tree's own: after a snapshot is deleted or the running point
-    /// reverted, nodes the running point no longer shares with any snapshot must change in
-    /// place, or the copy a write makes would leave the original reachable by nothing. Claimed
-    /// nodes become dirty, so that the claim is written down with them.
-    pub fn claim(&mut self, root: NodeId, shared: &[NodeId], seq: u64) {
-        let shared = self.reachable(shared);
-        for id in self.reachable(&[root]) {
-            if shared.contains(&id) {
-                continue;
-            }
-            let n = self.node_mut(id);
-            if n.seq < seq {
-                n.seq = seq;
-                // Rewritten at the next checkpoint, so the claim survives a reopen.
-                if let Some(p) = n.disk.take() {
-                    self.garbage.push(p);
+    /// Checks the reference counts against `roots` (each entry one tree's reference): every
+    /// live node is reachable and counts exactly its parents and roots. For tests and fsck.
+    pub fn check_refs(&self, roots: &[NodeId]) -> std::result::Result<(), String> {
+        let mut want: HashMap<NodeId, u32> = HashMap::new();
+        for r in roots {
+            *want.entry(*r).or_default() += 1;
+        }
+        for id in self.reachable(roots) {
+            if let Body::Internal { children, .. } = &self.node(id).body {
+                for c in children {
+                    *want.entry(*c).or_default() += 1;
                 }
             }
         }
-    }
-
-    /// Frees every node not reachable from `roots` (after a snapshot is dropped).
-    pub fn sweep(&mut self, roots: &[NodeId]) {
-        let keep = self.reachable(roots);
-        for id in 0..self.nodes.len() as NodeId {
-            if self.nodes[id as usize].is_some() && !keep.contains(&id) {
-                self.release(id);
-            }
+        if want.len() != self.live_nodes() {
+            return Err(format!(
+                "{} live nodes, {} reachable",
+                self.live_nodes(),
+                want.len()
+            ));
+        }
+        match want.iter().find(|(id, n)| self.refs(**id) != **n) {
+            Some((id, n)) => Err(format!(
+                "node {id} has {} references, {n} expected",
+                self.refs(*id)
+            )),
+            None => Ok(()),
         }
     }
 

@@ -53,6 +53,7 @@ fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
     }
     // Snapshot at seq 1: the running point continues at seq 2.
     let snap = running;
+    f.retain(snap);
     let before = f.live_nodes();
     f.insert(&mut running, 5, V(555), 2, 1);
     assert_ne!(running, snap, "a frozen root is copied");
@@ -71,10 +72,34 @@ fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
         .intersection(&f.reachable(&[running]))
         .count();
     assert!(shared > 0);
+    f.check_refs(&[running, snap]).unwrap();
     // Dropping the snapshot frees exactly the nodes only it used.
-    f.sweep(&[running]);
+    let freed = f.unref(snap);
+    assert_eq!(freed, 2, "the snapshot's own root and leaf");
     assert_eq!(f.live_nodes(), f.reachable(&[running]).len());
+    f.check_refs(&[running]).unwrap();
     assert_eq!(f.get(running, 7), Some(V(7)));
+}
+
+#[test]
+fn a_node_no_snapshot_holds_any_more_changes_in_place() {
+    let mut f = Forest::<V>::new();
+    let mut running = f.new_leaf(1);
+    for k in 0..1000 {
+        f.insert(&mut running, k, V(k), 1, 0);
+    }
+    let snap = running;
+    f.retain(snap);
+    // The snapshot is dropped; `frozen` still says 1, but nothing shares the nodes now.
+    f.unref(snap);
+    let before = (running, f.live_nodes());
+    f.insert(&mut running, 5, V(555), 2, 1);
+    assert_eq!(
+        (running, f.live_nodes()),
+        before,
+        "changed in place, nothing copied"
+    );
+    f.check_refs(&[running]).unwrap();
 }
 
 #[test]
@@ -85,6 +110,7 @@ fn disk_round_trip_keeps_sharing() {
         f.insert(&mut running, k * 7, V(k), 1, 0);
     }
     let snap = running;
+    f.retain(snap);
     f.insert(&mut running, 7, V(1), 2, 1);
     let mut disk: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut next = 100u64;
@@ -115,6 +141,7 @@ fn disk_round_trip_keeps_sharing() {
     assert_eq!(g.entries(s2), f.entries(snap));
     assert_eq!(g.entries(r2), f.entries(running));
     assert_eq!(g.live_nodes(), f.live_nodes(), "shared nodes load once");
+    g.check_refs(&[s2, r2]).unwrap();
     // A flipped bit in a node is caught at load.
     let mut bad = disk.clone();
     bad.get_mut(&rp).unwrap()[40] ^= 1;
@@ -129,7 +156,7 @@ fn disk_round_trip_keeps_sharing() {
 
 proptest! {
     #[test]
-    fn matches_a_btreemap(ops in proptest::collection::vec((0u8..3, 0u64..3000, any::<u64>()), 1..600)) {
+    fn matches_a_btreemap(ops in proptest::collection::vec((0u8..4, 0u64..3000, any::<u64>()), 1..600)) {
         let mut f = Forest::<V>::new();
         let mut root = f.new_leaf(1);
         let mut model = BTreeMap::new();
@@ -140,12 +167,21 @@ proptest! {
             match op {
                 0 => prop_assert_eq!(f.insert(&mut root, k, V(v), seq, frozen), model.insert(k, V(v))),
                 1 => prop_assert_eq!(f.remove(&mut root, k, seq, frozen), model.remove(&k)),
-                _ => if k % 50 == 0 {
+                2 => if k % 50 == 0 {
                     frozen = seq;
+                    f.retain(root);
                     snaps.push((root, f.entries(root)));
+                },
+                // Drop a snapshot: `frozen` stays, as for an older snapshot's delete.
+                _ => if k % 7 == 0 && !snaps.is_empty() {
+                    let (r, _) = snaps.remove(v as usize % snaps.len());
+                    f.unref(r);
                 },
             }
         }
+        let mut roots: Vec<NodeId> = snaps.iter().map(|(r, _)| *r).collect();
+        roots.push(root);
+        prop_assert_eq!(f.check_refs(&roots), Ok(()));
         prop_assert_eq!(f.entries(root), model.into_iter().collect::<Vec<_>>());
         for (r, e) in snaps {
             prop_assert_eq!(f.entries(r), e);

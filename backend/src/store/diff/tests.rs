@@ -73,6 +73,7 @@ impl Trees {
     }
 
     fn snapshot(&mut self) {
+        self.f.retain(self.running);
         self.snaps.push((self.seq, self.running));
         self.seq += 1;
     }
