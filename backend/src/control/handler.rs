@@ -14,6 +14,8 @@ use keel_protocol::control::{
     CloneAnswer, DiskInfo, DiskStats as StatsBody, ResizeAnswer, VersionInfo,
 };
 use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -101,6 +103,8 @@ impl DiskEntry {
 /// Carries out control calls over a fixed set of disks.
 pub struct DaemonControl {
     disks: RwLock<Vec<Arc<DiskEntry>>>,
+    /// Names of the clones being copied: held apart so a copy does not lock the disk list.
+    cloning: Mutex<HashSet<String>>,
     /// Servers of the disks cloned while keeld runs (the config's are the daemon's).
     clones: Mutex<Vec<DiskServer>>,
 }
@@ -109,6 +113,7 @@ impl DaemonControl {
     pub fn new(disks: Vec<DiskEntry>) -> Self {
         Self {
             disks: RwLock::new(disks.into_iter().map(Arc::new).collect()),
+            cloning: Mutex::default(),
             clones: Mutex::default(),
         }
     }
@@ -147,6 +152,19 @@ impl DaemonControl {
         snapshot: &str,
         new_disk: &str,
     ) -> Result<CloneAnswer, ApiError> {
+        self.clone_disk_with(disk, snapshot, new_disk, |store, id, path| {
+            store.clone_snapshot(id, path)
+        })
+    }
+
+    /// [`Self::clone_disk`] with the copy step given, so tests can act while a copy runs.
+    fn clone_disk_with(
+        &self,
+        disk: &str,
+        snapshot: &str,
+        new_disk: &str,
+        copy: impl FnOnce(&Store, u64, &Path) -> Result<u64, StoreError>,
+    ) -> Result<CloneAnswer, ApiError> {
         let src = self.disk(disk)?;
         let store = src.store()?;
         let TreeRef::Snapshot(id) = side(&store, snapshot)? else {
@@ -154,17 +172,10 @@ impl DaemonControl {
                 "{snapshot} is not a snapshot of disk {disk}"
             )));
         };
-        // Holding the list's write lock keeps two clones from taking the same name.
-        let mut disks = self
-            .disks
-            .write()
-            .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?;
-        if disks.iter().any(|d| d.config.name == new_disk) {
-            return Err(ApiError::Conflict(format!("disk {new_disk} exists")));
-        }
-        let beside = |p: &std::path::Path, ext: &str| {
+        let mut guard = self.reserve(new_disk)?;
+        let beside = |p: &Path, ext: &str| {
             p.parent()
-                .unwrap_or(std::path::Path::new("."))
+                .unwrap_or(Path::new("."))
                 .join(format!("{new_disk}.{ext}"))
         };
         let container = src.config.path.as_deref().ok_or_else(|| {
@@ -183,7 +194,21 @@ impl DaemonControl {
             }
         }
         let started = std::time::Instant::now();
-        let blocks = store.clone_snapshot(id, &path).map_err(from_store)?;
+        let blocks = match copy(&store, id, &path) {
+            Ok(blocks) => blocks,
+            // The file appeared since the check above: someone else's, so it stays.
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ApiError::Conflict(format!(
+                    "{} exists: choose another name for the clone",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                guard.container = Some(path);
+                return Err(from_store(e));
+            }
+        };
+        guard.container = Some(path.clone());
         let mut config = src.config.clone();
         config.name = new_disk.to_string();
         config.socket = socket.clone();
@@ -207,7 +232,11 @@ impl DaemonControl {
         };
         let server = DiskServer::start(ctx, socket.clone())
             .map_err(|e| ApiError::Internal(format!("clone {new_disk}: {e}")))?;
-        disks.push(Arc::new(entry));
+        self.disks
+            .write()
+            .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?
+            .push(Arc::new(entry));
+        guard.container = None;
         if let Ok(mut c) = self.clones.lock() {
             c.push(server);
         }
@@ -223,6 +252,61 @@ impl DaemonControl {
             socket: socket.display().to_string(),
             blocks,
         })
+    }
+
+    /// Takes `name` for a clone, or answers Conflict if a disk or another clone has it.
+    fn reserve(&self, name: &str) -> Result<CloneGuard<'_>, ApiError> {
+        let mut cloning = self
+            .cloning
+            .lock()
+            .map_err(|_| ApiError::Internal("the clone reservations are poisoned".into()))?;
+        let taken = self
+            .disks
+            .read()
+            .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?
+            .iter()
+            .any(|d| d.config.name == name);
+        if taken {
+            return Err(ApiError::Conflict(format!("disk {name} exists")));
+        }
+        if !cloning.insert(name.to_string()) {
+            return Err(ApiError::Conflict(format!(
+                "disk {name} is being cloned already"
+            )));
+        }
+        Ok(CloneGuard {
+            cloning: &self.cloning,
+            name: name.to_string(),
+            container: None,
+        })
+    }
+}
+
+/// A clone's hold on its new name until the disk is registered or the clone fails; a failed
+/// clone's container goes with it, so a retry under the same name can succeed.
+struct CloneGuard<'a> {
+    cloning: &'a Mutex<HashSet<String>>,
+    name: String,
+    /// The container this clone created and has not registered yet.
+    container: Option<PathBuf>,
+}
+
+impl Drop for CloneGuard<'_> {
+    fn drop(&mut self) {
+        // The file goes before the name, so a retry never finds this clone's leftovers.
+        if let Some(path) = self.container.take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!(
+                "clone {}: cannot remove the unfinished {}: {e}",
+                self.name,
+                path.display()
+            );
+        }
+        if let Ok(mut cloning) = self.cloning.lock() {
+            cloning.remove(&self.name);
+        }
     }
 }
 
@@ -388,5 +472,140 @@ impl ControlHandler for DaemonControl {
                 to_json(serde_json::json!({}))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A control API over one served keel disk `k` in `dir`, with a snapshot `gold`.
+    fn control_over_k(dir: &Path) -> DaemonControl {
+        let toml = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\n\
+                    path = \"k.keel\"\nsize = \"4M\"\ndirect = false\n";
+        let config = Config::parse(toml, &dir.join("keel.toml"), dir).unwrap();
+        let disk = config.disks[0].clone();
+        let ctx = DiskContext::new(&disk, crate::engine::open(&disk).unwrap(), Arc::default());
+        let control = DaemonControl::new(vec![DiskEntry {
+            config: disk,
+            engine: Arc::clone(&ctx.engine),
+            stats: Arc::clone(&ctx.stats),
+            config_change: Arc::clone(&ctx.config_change),
+        }]);
+        control
+            .call(ApiCall::CreateSnapshot {
+                disk: "k".into(),
+                name: "gold".into(),
+            })
+            .unwrap();
+        control
+    }
+
+    fn clone(control: &DaemonControl, new_disk: &str) -> Result<serde_json::Value, ApiError> {
+        control.call(ApiCall::Clone {
+            disk: "k".into(),
+            snapshot: "gold".into(),
+            new_disk: new_disk.into(),
+        })
+    }
+
+    fn disk_names(control: &DaemonControl) -> Vec<String> {
+        let list = control.call(ApiCall::ListDisks).unwrap();
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn stop(control: &DaemonControl) {
+        assert!(control.stop_clones().is_empty());
+    }
+
+    /// While a clone copies, another caller lists and snapshots the disks and clones under
+    /// another name; the name being cloned is refused with a Conflict.
+    #[test]
+    fn other_calls_answer_while_a_clone_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control_over_k(dir.path());
+        let answer = control
+            .clone_disk_with("k", "gold", "copy", |store, id, path| {
+                assert!(
+                    control.disks.try_write().is_ok(),
+                    "the copy runs without the disk list's lock"
+                );
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        assert_eq!(disk_names(&control), ["k"]);
+                        control
+                            .call(ApiCall::DiskStats { disk: "k".into() })
+                            .unwrap();
+                        control
+                            .call(ApiCall::CreateSnapshot {
+                                disk: "k".into(),
+                                name: "during".into(),
+                            })
+                            .unwrap();
+                        match clone(&control, "copy") {
+                            Err(ApiError::Conflict(m)) => {
+                                assert!(m.contains("being cloned"), "{m}")
+                            }
+                            other => panic!("a name being cloned was not refused: {other:?}"),
+                        }
+                        clone(&control, "other").unwrap();
+                    })
+                    .join()
+                    .unwrap();
+                });
+                store.clone_snapshot(id, path)
+            })
+            .unwrap();
+        assert_eq!(answer.disk, "copy");
+        assert!(dir.path().join("copy.keel").exists());
+        assert_eq!(disk_names(&control), ["copy", "k", "other"]);
+        assert!(control.cloning.lock().unwrap().is_empty());
+        match clone(&control, "copy") {
+            Err(ApiError::Conflict(m)) => assert!(m.contains("disk copy exists"), "{m}"),
+            other => panic!("a registered name was not refused: {other:?}"),
+        }
+        stop(&control);
+    }
+
+    /// A failed copy takes its partial container and its name with it, so the same clone can
+    /// be retried; a container someone else created meanwhile is left alone.
+    #[test]
+    fn a_failed_clone_frees_its_name_and_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = control_over_k(dir.path());
+        let container = dir.path().join("copy.keel");
+
+        let err = control
+            .clone_disk_with("k", "gold", "copy", |_, _, path| {
+                std::fs::write(path, b"half a container")?;
+                Err(StoreError::Failed)
+            })
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Internal(_)), "{err:?}");
+        assert!(!container.exists(), "the partial container was left behind");
+        assert!(control.cloning.lock().unwrap().is_empty());
+
+        let err = control
+            .clone_disk_with("k", "gold", "copy", |store, id, path| {
+                std::fs::write(path, b"not this clone's")?;
+                store.clone_snapshot(id, path)
+            })
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+        assert_eq!(std::fs::read(&container).unwrap(), b"not this clone's");
+        assert!(control.cloning.lock().unwrap().is_empty());
+        std::fs::remove_file(&container).unwrap();
+
+        clone(&control, "copy").unwrap();
+        assert_eq!(disk_names(&control), ["copy", "k"]);
+        stop(&control);
     }
 }
