@@ -56,6 +56,9 @@ pub struct DiskStats {
     pub device_bytes_written: u64,
     /// Data blocks whose checksum did not match on read.
     pub checksum_errors: u64,
+    /// Deleted snapshots whose blocks are still being given back (keel engine).
+    #[serde(default)]
+    pub snapshots_being_deleted: u64,
     /// Completion latency of reads and writes, cumulative buckets.
     pub latency: Vec<LatencyBucket>,
 }

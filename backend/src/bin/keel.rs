@@ -532,6 +532,12 @@ fn info(path: &Path, json: bool) -> Result<(), String> {
     for s in &i.snapshots {
         println!("  {:>4}  {}  created {}", s.id, s.name, s.created);
     }
+    if i.deleting_snapshots > 0 {
+        println!(
+            "being deleted    {} (blocks given back when keeld next serves the disk)",
+            i.deleting_snapshots
+        );
+    }
     Ok(())
 }
 
@@ -664,7 +670,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             SnapshotCmd::Delete { target, name } => {
                 let store = open(Path::new(&target))?;
                 let id = snapshot_id(&store, &name)?;
-                store.delete_snapshot(id).map_err(|e| e.to_string())?
+                // No cleaner runs offline: give the blocks back before the container closes.
+                store
+                    .delete_snapshot(id)
+                    .and_then(|()| store.reclaim_all())
+                    .and_then(|()| store.flush())
+                    .map_err(|e| e.to_string())?
             }
             SnapshotCmd::Revert { target, name, .. } => {
                 let store = open(Path::new(&target))?;

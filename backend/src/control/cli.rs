@@ -128,7 +128,7 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     if json {
         return print_json(&s);
     }
-    let rows: [(&str, u64); 14] = [
+    let rows: [(&str, u64); 15] = [
         ("reads", s.reads),
         ("writes", s.writes),
         ("flushes", s.flushes),
@@ -142,15 +142,16 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
         ("metadata transactions", s.metadata_transactions),
         ("device bytes written", s.device_bytes_written),
         ("checksum errors", s.checksum_errors),
+        ("snapshots being deleted", s.snapshots_being_deleted),
         ("get-id", s.get_ids),
     ];
     for (k, v) in rows {
-        println!("{k:<22} {v}");
+        println!("{k:<23} {v}");
     }
     let guest = s.writes + s.discards + s.write_zeroes;
     if guest > 0 && s.metadata_transactions > 0 {
         println!(
-            "{:<22} {:.4}",
+            "{:<23} {:.4}",
             "metadata per write",
             s.metadata_transactions as f64 / guest as f64
         );
@@ -160,7 +161,7 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
             let want = (total as f64 * q).ceil() as u64;
             if let Some(b) = s.latency.iter().find(|b| b.count >= want) {
                 println!(
-                    "{:<22} <= {} us",
+                    "{:<23} <= {} us",
                     format!("latency p{}", q * 100.0),
                     b.le_us
                 );

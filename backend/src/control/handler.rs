@@ -75,6 +75,7 @@ impl DiskEntry {
             metadata_transactions: e.metadata_transactions,
             device_bytes_written: e.device_bytes_written,
             checksum_errors: e.checksum_errors,
+            snapshots_being_deleted: e.snapshots_being_deleted,
             latency: self.stats.latency.buckets(),
         }
     }

@@ -37,6 +37,7 @@ pub struct EngineCounters {
     pub metadata_transactions: u64,
     pub device_bytes_written: u64,
     pub checksum_errors: u64,
+    pub snapshots_being_deleted: u64,
 }
 
 fn unsupported<T>(what: &str) -> Result<T, AdminError> {

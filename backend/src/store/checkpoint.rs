@@ -54,7 +54,12 @@ pub struct SnapshotRecord {
     pub vba_watermark: u64,
     pub created: u64,
     pub name: String,
+    /// Deleted, its blocks still being given back (bit 7 of the name length byte).
+    pub deleting: bool,
 }
+
+/// Bit of the name length byte that marks a snapshot being deleted.
+const DELETING: u8 = 0x80;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRoot {
@@ -115,7 +120,7 @@ impl CheckpointRoot {
                 .u64(s.root)
                 .u64(s.vba_watermark)
                 .u64(s.created)
-                .u8(name.len() as u8)
+                .u8(name.len() as u8 | if s.deleting { DELETING } else { 0 })
                 .bytes(&padded);
         }
         if !p.ok() {
@@ -165,7 +170,9 @@ impl CheckpointRoot {
             let root = g.u64().ok_or_else(short)?;
             let vba_watermark = g.u64().ok_or_else(short)?;
             let created = g.u64().ok_or_else(short)?;
-            let len = (g.u8().ok_or_else(short)? as usize).min(NAME_MAX);
+            let len_byte = g.u8().ok_or_else(short)?;
+            let deleting = len_byte & DELETING != 0;
+            let len = ((len_byte & !DELETING) as usize).min(NAME_MAX);
             let raw = g.bytes(NAME_MAX).ok_or_else(short)?;
             let name = String::from_utf8_lossy(&raw[..len]).into_owned();
             snapshots.push(SnapshotRecord {
@@ -175,6 +182,7 @@ impl CheckpointRoot {
                 vba_watermark,
                 created,
                 name,
+                deleting,
             });
         }
         Ok(Self {
@@ -212,14 +220,26 @@ mod tests {
             sut_pba: 402,
             sut_blocks: 2,
             sut_crc: 11,
-            snapshots: vec![SnapshotRecord {
-                id: 2,
-                seq: 40,
-                root: 300,
-                vba_watermark: 800,
-                created: 1_700_000_000,
-                name: "before-upgrade".into(),
-            }],
+            snapshots: vec![
+                SnapshotRecord {
+                    id: 2,
+                    seq: 40,
+                    root: 300,
+                    vba_watermark: 800,
+                    created: 1_700_000_000,
+                    name: "before-upgrade".into(),
+                    deleting: false,
+                },
+                SnapshotRecord {
+                    id: 3,
+                    seq: 41,
+                    root: 301,
+                    vba_watermark: 900,
+                    created: 1_700_000_100,
+                    name: "x".repeat(NAME_MAX),
+                    deleting: true,
+                },
+            ],
         };
         let b = c.encode(500).unwrap();
         assert_eq!(b.len(), BLOCK_SIZE);
@@ -247,6 +267,7 @@ mod tests {
             vba_watermark: i * 100,
             created: 1_700_000_000 + i,
             name: format!("hourly-{i}"),
+            deleting: i.is_multiple_of(3),
         };
         let c = CheckpointRoot {
             generation: 9,

@@ -246,6 +246,17 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
         let idle = idle_ms >= cfg.idle.as_millis() as u64;
+        // A deleted snapshot's blocks come back before any live block is moved: a chunk at a
+        // time, paced while the guest is busy (each chunk holds the maps about 1 ms).
+        if store.reclaim_pending() {
+            if let Err(e) = store.reclaim_step() {
+                log::warn!("cleaner: giving back a deleted snapshot's blocks: {e}");
+                std::thread::sleep(cfg.pause * 5);
+            } else if !(urgent || idle) {
+                std::thread::sleep(cfg.pause / 4);
+            }
+            continue;
+        }
         if !(urgent || idle) {
             std::thread::sleep(cfg.pause);
             continue;

@@ -100,7 +100,16 @@ impl Store {
         r.tree_nodes_walked = tc.walked;
         r.shared_nodes_skipped = tc.skipped;
         r.problems.append(&mut tc.problems);
-        let referenced = std::mem::take(&mut tc.referenced);
+        let mut referenced = std::mem::take(&mut tc.referenced);
+        // A snapshot being deleted: its structure only. Its VBAs may be freed already, and
+        // the ones left are still its own, not leaked.
+        for d in &maps.doomed {
+            let name = format!("snapshot {} ({}, being deleted)", d.id, d.name);
+            maps.lba.verify(d.root, &mut r.problems, &name);
+            maps.lba.range(d.root, 0, u64::MAX, &mut |_, v| {
+                referenced.insert(v.0);
+            });
+        }
         maps.vba.verify(maps.vba_root, &mut r.problems, "VBA map");
         // The in-memory reference counts (rebuilt at open, kept by every change since): a
         // node no tree reaches, or a count off, would leak or free a shared node.

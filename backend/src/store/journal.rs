@@ -21,6 +21,7 @@ const TAG_UNMAP: u8 = 2;
 const TAG_MOVE: u8 = 3;
 const TAG_SNAPSHOT: u8 = 4;
 const TAG_DELETE_SNAPSHOT: u8 = 5;
+const TAG_RELEASE: u8 = 6;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
 pub const SNAPSHOT_NAME_MAX: usize = 31;
@@ -77,8 +78,11 @@ pub enum Entry {
         created: u64,
         name: SnapName,
     },
-    /// Snapshot `id` was deleted: the blocks only it held are free.
+    /// Snapshot `id` was deleted: it is no longer listed, and the blocks only it held are
+    /// given back by Release records that follow.
     DeleteSnapshot { id: u64 },
+    /// `vba` is free: a deleted snapshot was its last holder (a no-op if it is gone already).
+    Release { vba: u64 },
 }
 
 impl Entry {
@@ -88,7 +92,7 @@ impl Entry {
             Entry::Unmap { .. } => 1 + 8 + 8,
             Entry::Move { .. } => 1 + 8 + 8 + 8,
             Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
-            Entry::DeleteSnapshot { .. } => 1 + 8,
+            Entry::DeleteSnapshot { .. } | Entry::Release { .. } => 1 + 8,
         }
     }
 }
@@ -134,6 +138,7 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
                 .u8(name.len)
                 .bytes(&name.bytes),
             Entry::DeleteSnapshot { id } => p.u8(TAG_DELETE_SNAPSHOT).u64(id),
+            Entry::Release { vba } => p.u8(TAG_RELEASE).u64(vba),
         };
     }
     if !p.ok() {
@@ -221,6 +226,7 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
                 }
             }
             TAG_DELETE_SNAPSHOT => Entry::DeleteSnapshot { id: g.u64()? },
+            TAG_RELEASE => Entry::Release { vba: g.u64()? },
             _ => return None,
         };
         entries.push(e);
@@ -263,6 +269,7 @@ mod tests {
                 name: SnapName::new("nightly-ünïcode-name-that-is-too-long"),
             },
             Entry::DeleteSnapshot { id: 2 },
+            Entry::Release { vba: 77 },
         ]
     }
 

@@ -70,6 +70,9 @@ pub struct Maps {
     pub running: NodeId,
     /// Oldest first.
     pub snapshots: Vec<Snapshot>,
+    /// Deleted snapshots whose blocks are still being given back, in the order deleted. Their
+    /// trees stay frozen (and count in `frozen`) until then; nothing reads them but that work.
+    pub doomed: Vec<Snapshot>,
     pub vba: Forest<VbaEntry>,
     pub vba_root: NodeId,
     pub next_vba: u64,
@@ -90,6 +93,7 @@ impl Maps {
             lba,
             running,
             snapshots: Vec::new(),
+            doomed: Vec::new(),
             vba,
             vba_root,
             next_vba: 0,
@@ -105,6 +109,7 @@ impl Maps {
         lba: Forest<Vba>,
         running: NodeId,
         snapshots: Vec<Snapshot>,
+        doomed: Vec<Snapshot>,
         vba: Forest<VbaEntry>,
         vba_root: NodeId,
         next_vba: u64,
@@ -116,6 +121,7 @@ impl Maps {
             lba,
             running,
             snapshots,
+            doomed,
             vba,
             vba_root,
             next_vba,
@@ -137,9 +143,11 @@ impl Maps {
         }
     }
 
-    /// Sequence number of the newest snapshot (0 without snapshots).
+    /// Sequence number of the newest frozen tree (0 without snapshots): a node written after
+    /// it belongs to the running point alone. Trees being deleted count until they are gone.
     pub fn frozen(&self) -> u64 {
-        self.snapshots.last().map_or(0, |s| s.seq)
+        let live = self.snapshots.last().map_or(0, |s| s.seq);
+        self.doomed.iter().map(|s| s.seq).fold(live, u64::max)
     }
 
     fn watermark(&self) -> u64 {
@@ -181,8 +189,9 @@ impl Maps {
                 Entry::Snapshot { .. } => {}
                 // Recovery checked the snapshot exists.
                 Entry::DeleteSnapshot { id } => {
-                    self.delete_snapshot(id, sut);
+                    self.delete_snapshot(id);
                 }
+                Entry::Release { vba } => self.free_vba(vba, sut),
             }
         }
     }
@@ -297,66 +306,83 @@ impl Maps {
         id
     }
 
-    /// Deletes a snapshot: the VBAs it alone owned are collected, sorted and removed from
-    /// the VBA map in one pass; nodes no tree reaches any more are freed.
-    pub fn delete_snapshot(&mut self, id: u64, sut: &mut Sut) -> bool {
+    /// Deletes a snapshot: it leaves the list at once (O(1)); its blocks are given back by
+    /// [`reclaim_candidates`](Self::reclaim_candidates), [`unheld`](Self::unheld) and Release
+    /// records, then [`drop_doomed`](Self::drop_doomed) frees its tree.
+    pub fn delete_snapshot(&mut self, id: u64) -> bool {
         let Some(i) = self.snapshots.iter().position(|s| s.id == id) else {
             return false;
         };
         let snap = self.snapshots.remove(i);
-        let born_after = if i == 0 {
-            0
-        } else {
-            self.snapshots[i - 1].vba_watermark
+        self.doomed.push(snap);
+        self.seq += 1;
+        true
+    }
+
+    /// What deleted snapshot `id` may be the last holder of, from a diff against the newest
+    /// live snapshot older than it (which holds the rest), so shared subtrees are skipped and
+    /// the cost follows the blocks the snapshot changed, not the disk size.
+    pub fn reclaim_candidates(&self, id: u64) -> Option<Reclaim> {
+        let snap = self.doomed.iter().find(|s| s.id == id)?;
+        let previous = self.snapshots.iter().rev().find(|s| s.seq < snap.seq);
+        let born_after = previous.map_or(0, |p| p.vba_watermark);
+        let mut r = Reclaim {
+            id,
+            seq: snap.seq,
+            owned: Vec::new(),
+            inherited: Vec::new(),
         };
-        // A VBA born while this snapshot was the running point can live on in any tree made
-        // later: the next snapshot usually, but after a revert the running point (or a
-        // snapshot taken from it) may descend from an older one. Earlier trees cannot hold it.
-        // A VBA is only ever mapped at the LBA it was written to, so one lookup per tree says.
-        let mut later: Vec<NodeId> = self.snapshots[i..].iter().map(|s| s.root).collect();
-        later.push(self.running);
-        // Only what differs from the previous snapshot can be freed (the previous one holds the
-        // rest): a diff that skips the subtrees both share, so the cost follows the blocks this
-        // snapshot changed, not the disk size. Older VBAs in the diff exist only after a
-        // revert: the running point then holds an older snapshot's VBAs that the ones in
-        // between dropped, and a snapshot taken from it may be their last holder once that
-        // older snapshot is deleted. Those are checked against every other tree.
-        let previous = i.checked_sub(1).map(|p| self.snapshots[p].root);
-        let mut owned = Vec::new();
-        let mut inherited = Vec::new();
-        for b in diff_trees(&self.lba, previous, Some(snap.root)).blocks {
+        for b in diff_trees(&self.lba, previous.map(|p| p.root), Some(snap.root)).blocks {
             match b.vba {
-                Some(v) if v >= born_after => owned.push((b.lba, v)),
-                Some(v) => inherited.push((b.lba, v)),
+                Some(v) if v >= born_after => r.owned.push((b.lba, v)),
+                Some(v) => r.inherited.push((b.lba, v)),
                 None => {}
             }
         }
-        let held_by = |roots: &[NodeId], lba: u64, v: u64| {
-            roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
-        };
-        let others: Vec<NodeId> = self
+        Some(r)
+    }
+
+    /// The candidates no live tree holds and the VBA map still has, sorted: what the next
+    /// Release record frees. A VBA born after the older snapshot can only live on in trees
+    /// made later (the next snapshot usually, or the running point). An older one is in the
+    /// diff only after a revert (the running point then holds an older snapshot's VBAs that
+    /// the ones between dropped), and is checked against every tree. A VBA is only ever
+    /// mapped at the LBA it was written to, so one lookup per tree says.
+    pub fn unheld(&self, seq: u64, owned: &[(u64, u64)], inherited: &[(u64, u64)]) -> Vec<u64> {
+        let later: Vec<NodeId> = self
             .snapshots
             .iter()
+            .filter(|s| s.seq > seq)
             .map(|s| s.root)
             .chain([self.running])
             .collect();
-        let mut only_here: Vec<u64> = owned
-            .into_iter()
+        let every: Vec<NodeId> = self.lba_live_roots();
+        let held_by = |roots: &[NodeId], lba: u64, v: u64| {
+            roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
+        };
+        let mut free: Vec<u64> = owned
+            .iter()
             .filter(|(lba, v)| !held_by(&later, *lba, *v))
             .chain(
                 inherited
-                    .into_iter()
-                    .filter(|(lba, v)| !held_by(&others, *lba, *v)),
+                    .iter()
+                    .filter(|(lba, v)| !held_by(&every, *lba, *v)),
             )
-            .map(|(_, v)| v)
+            .map(|(_, v)| *v)
+            .filter(|v| self.vba.get(self.vba_root, *v).is_some())
             .collect();
-        only_here.sort_unstable();
-        self.seq += 1;
-        for v in only_here {
-            self.free_vba(v, sut);
-        }
-        // Frees the nodes no other tree holds; the running point's nodes that only this
-        // snapshot shared now have one reference, so its next write changes them in place.
+        free.sort_unstable();
+        free
+    }
+
+    /// Frees the tree of deleted snapshot `id` once its blocks are given back: the nodes no
+    /// other tree holds go; the running point's nodes that only it shared now have one
+    /// reference, so the next write changes them in place.
+    pub fn drop_doomed(&mut self, id: u64) -> bool {
+        let Some(i) = self.doomed.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        let snap = self.doomed.remove(i);
         self.lba.unref(snap.root);
         true
     }
@@ -390,10 +416,29 @@ impl Maps {
         true
     }
 
-    /// Every LBA tree root: the running point first, then the snapshots.
+    /// Every LBA tree root: the running point first, then the snapshots, then the trees of
+    /// snapshots being deleted.
     pub fn lba_roots(&self) -> Vec<NodeId> {
+        let mut r = self.lba_live_roots();
+        r.extend(self.doomed.iter().map(|s| s.root));
+        r
+    }
+
+    /// The running point's and the live snapshots' roots.
+    fn lba_live_roots(&self) -> Vec<NodeId> {
         let mut r = vec![self.running];
         r.extend(self.snapshots.iter().map(|s| s.root));
         r
     }
+}
+
+/// A deleted snapshot's candidates for freeing, by kind (see [`Maps::unheld`]).
+#[derive(Debug, Clone, Default)]
+pub struct Reclaim {
+    pub id: u64,
+    pub seq: u64,
+    /// (LBA, VBA) born after the older snapshot.
+    pub owned: Vec<(u64, u64)>,
+    /// (LBA, VBA) older than that.
+    pub inherited: Vec<(u64, u64)>,
 }

@@ -26,6 +26,7 @@ pub mod maps;
 mod persist;
 mod pins;
 mod read;
+mod reclaim;
 mod recovery;
 pub mod resize;
 mod stats;
@@ -102,6 +103,11 @@ pub(crate) struct JournalState {
     pub in_flight: u64,
     pub superblock: Superblock,
     pub meta_writer: SegmentWriter,
+    /// Set at open: the next record must start a new chain (a checkpoint first). Past the
+    /// replayed tail the journal may hold records that were never acknowledged; a new record
+    /// identical to the first of them (a restarted delete's Release record is) would let the
+    /// chain run on into the rest at the next recovery.
+    pub fresh_chain: bool,
 }
 
 /// A snapshot as the API shows it.
@@ -130,6 +136,8 @@ pub struct Info {
     pub checkpoint_generation: u64,
     pub next_lsn: u64,
     pub snapshots: Vec<SnapshotInfo>,
+    /// Deleted snapshots whose blocks are still being given back.
+    pub deleting_snapshots: usize,
     pub recovery: RecoveryReport,
 }
 
@@ -142,6 +150,8 @@ pub struct Store {
     capacity: AtomicU64,
     /// Held by snapshot operations that check, then journal (delete).
     snapshot_ops: Mutex<()>,
+    /// The deleted snapshot whose blocks are being given back, and how far that got.
+    reclaim: Mutex<Option<reclaim::Progress>>,
     state: RwLock<State>,
     journal: Mutex<JournalState>,
     /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
@@ -237,6 +247,7 @@ impl Store {
             geo,
             capacity: AtomicU64::new(geo.capacity),
             snapshot_ops: Mutex::new(()),
+            reclaim: Mutex::new(None),
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
@@ -244,6 +255,7 @@ impl Store {
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
                 meta_writer: SegmentWriter::new(geo.seg_blocks),
+                fresh_chain: true,
             }),
             journal_cv: Condvar::new(),
             writers,
@@ -332,6 +344,7 @@ impl Store {
         let t0 = std::time::Instant::now();
         match persist::checkpoint(self, j, io) {
             Ok(written) => {
+                j.fresh_chain = false;
                 Counters::add(&self.stats.checkpoints, 1);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
@@ -370,7 +383,7 @@ impl Store {
             let id = {
                 let st = read(&self.state);
                 let max = checkpoint::max_snapshots(self.geo.seg_blocks);
-                if st.maps.snapshots.len() >= max {
+                if st.maps.snapshots.len() + st.maps.doomed.len() >= max {
                     return Err(StoreError::Invalid(format!(
                         "at most {max} snapshots per container"
                     )));
@@ -431,12 +444,14 @@ impl Store {
             .collect()
     }
 
-    /// Deletes snapshot `id`, freeing the blocks only it held; durable when this returns.
+    /// Deletes snapshot `id`; durable when this returns, the blocks only it held are given
+    /// back in the background ([`reclaim_step`](Self::reclaim_step)).
     ///
     /// The delete is one journal record, applied in order with the guest's batches (which go
     /// on meanwhile) and replayed by recovery, so a crash leaves the snapshot either whole or
-    /// deleted; the blocks it frees are written down by the next checkpoint. A container
-    /// without that feature takes a checkpoint instead, which also marks it as using it.
+    /// deleted; until its blocks are back, checkpoints list it as being deleted, and after a
+    /// crash the work resumes. A container without these features takes a checkpoint
+    /// instead, which also marks it as using them.
     pub fn delete_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
         // One snapshot operation at a time: the snapshot checked here is the one deleted.
@@ -446,13 +461,11 @@ impl Store {
             if !read(&self.state).maps.snapshots.iter().any(|s| s.id == id) {
                 return Err(StoreError::Invalid(format!("no snapshot {id}")));
             }
-            if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_DELETES == 0 {
-                j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_DELETES;
-                {
-                    let mut st = write(&self.state);
-                    let State { maps, sut, .. } = &mut *st;
-                    maps.delete_snapshot(id, sut);
-                }
+            let features =
+                superblock::INCOMPAT_JOURNAL_DELETES | superblock::INCOMPAT_BACKGROUND_DELETES;
+            if j.superblock.incompat & features != features {
+                j.superblock.incompat |= features;
+                write(&self.state).maps.delete_snapshot(id);
                 return self.checkpoint_locked(&mut j);
             }
         }
@@ -519,6 +532,7 @@ impl Store {
                     created: s.created,
                 })
                 .collect(),
+            deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
         }
     }

@@ -71,7 +71,7 @@ pub fn prepare(
         .vba
         .dirty_post_order(st.maps.vba_root, &mut vba_dirty, &mut HashSet::new());
     let sut_blocks = Sut::encoded_blocks(geo) as usize;
-    let root_blocks = checkpoint::root_blocks(st.maps.snapshots.len());
+    let root_blocks = checkpoint::root_blocks(st.maps.snapshots.len() + st.maps.doomed.len());
     // The table and the root each in one run inside a segment (they are read as runs).
     let mut sut_pbas = take_meta(st, meta, sut_blocks, true)?;
     let root_pbas = take_meta(st, meta, root_blocks, true)?;
@@ -134,17 +134,16 @@ pub fn prepare(
         sut_pba: sut_pbas[0],
         sut_blocks: sut_blocks as u32,
         sut_crc: crc32c::crc32c(&sut_bytes),
-        snapshots: st
-            .maps
-            .snapshots
-            .iter()
-            .map(|s| SnapshotRecord {
+        snapshots: (st.maps.snapshots.iter().map(|s| (s, false)))
+            .chain(st.maps.doomed.iter().map(|s| (s, true)))
+            .map(|(s, deleting)| SnapshotRecord {
                 id: s.id,
                 seq: s.seq,
                 root: disk(s.root),
                 vba_watermark: s.vba_watermark,
                 created: s.created,
                 name: s.name.clone(),
+                deleting,
             })
             .collect(),
     };

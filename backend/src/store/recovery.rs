@@ -124,15 +124,30 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
     let mut loaded = HashMap::new();
     let running = lba.load(root.running_root, &mut read_node, &mut loaded)?;
     let mut snapshots = Vec::with_capacity(root.snapshots.len());
+    let mut doomed = Vec::new();
     for s in &root.snapshots {
-        snapshots.push(Snapshot {
+        if s.deleting && sb.incompat & super::superblock::INCOMPAT_BACKGROUND_DELETES == 0 {
+            return Err(StoreError::corrupt(
+                "checkpoint",
+                format!(
+                    "snapshot {} is marked as being deleted in a container without background deletes",
+                    s.id
+                ),
+            ));
+        }
+        let snap = Snapshot {
             id: s.id,
             name: s.name.clone(),
             seq: s.seq,
             root: lba.load(s.root, &mut read_node, &mut loaded)?,
             vba_watermark: s.vba_watermark,
             created: s.created,
-        });
+        };
+        if s.deleting {
+            doomed.push(snap);
+        } else {
+            snapshots.push(snap);
+        }
     }
     let mut vba = Forest::new();
     let vba_root = vba.load(root.vba_root, &mut read_node, &mut HashMap::new())?;
@@ -140,6 +155,7 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
         lba,
         running,
         snapshots,
+        doomed,
         vba,
         vba_root,
         root.next_vba,
@@ -280,7 +296,8 @@ fn check_entries(
             }
             Entry::Snapshot { id, .. } => {
                 if id != st.maps.next_snapshot_id
-                    || st.maps.snapshots.len() >= super::checkpoint::max_snapshots(geo.seg_blocks)
+                    || st.maps.snapshots.len() + st.maps.doomed.len()
+                        >= super::checkpoint::max_snapshots(geo.seg_blocks)
                 {
                     return Ok(Some(format!(
                         "snapshot {id} out of sequence (next is {})",
@@ -297,6 +314,8 @@ fn check_entries(
                 }
                 continue;
             }
+            // Freeing a VBA that is gone already changes nothing.
+            Entry::Release { .. } => continue,
             Entry::Move {
                 vba,
                 old_pba,

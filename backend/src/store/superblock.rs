@@ -20,9 +20,16 @@ pub const INCOMPAT_LONG_ROOT: u64 = 1 << 1;
 /// Incompatible feature: journal records may delete a snapshot (a delete is one record, not a
 /// checkpoint; recovery replays it).
 pub const INCOMPAT_JOURNAL_DELETES: u64 = 1 << 2;
+/// Incompatible feature: a deleted snapshot gives its blocks back in the background. The
+/// checkpoint root may list snapshots being deleted (flagged), and journal records may hold
+/// Release entries (tag 6). A Keel without it would take such a snapshot for a live one whose
+/// blocks are partly gone.
+pub const INCOMPAT_BACKGROUND_DELETES: u64 = 1 << 3;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 =
-    INCOMPAT_JOURNAL_SNAPSHOTS | INCOMPAT_LONG_ROOT | INCOMPAT_JOURNAL_DELETES;
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
+    | INCOMPAT_LONG_ROOT
+    | INCOMPAT_JOURNAL_DELETES
+    | INCOMPAT_BACKGROUND_DELETES;
 /// Compatible features this code writes (none yet); unknown ones are ignored.
 pub const COMPAT_SUPPORTED: u64 = 0;
 

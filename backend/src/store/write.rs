@@ -163,6 +163,12 @@ impl Store {
         if for_cleaner {
             return Ok(false);
         }
+        // A deleted snapshot's blocks are cheaper to get back than live ones to move.
+        if self.reclaim_pending() {
+            self.reclaim_all()?;
+            self.checkpoint()?;
+            return Ok(true);
+        }
         let mut cleaned = 0;
         while cleaned < 8 && self.clean_step()?.is_some() {
             cleaned += 1;
@@ -237,6 +243,12 @@ impl Store {
             )));
         }
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
+        if j.fresh_chain {
+            j = self.wait_quiet(j);
+            if j.fresh_chain {
+                self.checkpoint_with(&mut j, io)?;
+            }
+        }
         while j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {
             j = self.wait_quiet(j);
             if j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {

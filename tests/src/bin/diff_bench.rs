@@ -103,6 +103,8 @@ fn main() {
             // A snapshot (seq 2 frozen), then `changes` random blocks rewritten.
             let mut run = running;
             let snap = running;
+            // The snapshot's reference, so the writes below copy its nodes.
+            f.retain(snap);
             let mut rng = SplitMix::new(size ^ changes);
             for i in 0..changes {
                 f.insert(&mut run, rng.below(size), Vba(size + i), 3, 2);
@@ -131,7 +133,8 @@ fn main() {
                 full_merge_median_us: median(full),
             });
             // Back to the snapshot's tree for the next change count: drop the copies.
-            f.sweep(&[running]);
+            f.unref(run);
+            f.unref(snap);
         }
     }
     println!("load average: {}", load.trim());

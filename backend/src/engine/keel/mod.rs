@@ -248,6 +248,7 @@ impl EngineAdmin for KeelEngine {
                 + s.checkpoint_write_bytes
                 + s.cleaner_write_bytes,
             checksum_errors: s.checksum_errors,
+            snapshots_being_deleted: self.store.deleting_snapshots() as u64,
         }
     }
 

@@ -153,9 +153,18 @@ fn run(seed: u64) -> Result<u64, String> {
         if rng.chance(1, 5) {
             dev.fail_writes_after(Some(rng.below(60)));
         }
+        if trace {
+            let now = block_hashes(&read_all(&store)?);
+            eprintln!(
+                "cycle {cycle} opened: matches the model: {}, deleting {}, {:?}",
+                now == allowed[0],
+                store.info().deleting_snapshots,
+                store.recovery_report()
+            );
+        }
         let steps = 1 + rng.below(40);
         for step in 0..steps {
-            let pick = rng.below(22);
+            let pick = rng.below(24);
             if trace {
                 // The first step after which the live store already fails fsck names the culprit.
                 eprintln!(
@@ -239,6 +248,13 @@ fn run(seed: u64) -> Result<u64, String> {
                         break;
                     }
                 }
+                // A deleted snapshot's blocks given back, a chunk at a time (the record of
+                // a chunk needs no flush: after a crash the work starts again).
+                20 | 21 => {
+                    if store.reclaim_step().is_err() {
+                        break;
+                    }
+                }
                 _ => {
                     if store.clean_step().is_err() {
                         break;
@@ -304,10 +320,42 @@ fn run(seed: u64) -> Result<u64, String> {
                 report.problems
             ));
         }
+        // Deletes the crash cut short finish after recovery, and then nothing is left over:
+        // every block is held by a live tree (fsck reports any other as leaked).
+        if rng.chance(1, 2) {
+            if trace {
+                eprintln!(
+                    "cycle {cycle}: recovered {:?}; finishing deletes",
+                    store.recovery_report()
+                );
+            }
+            store
+                .reclaim_all()
+                .and_then(|()| store.flush())
+                .map_err(|e| format!("cycle {cycle}: finishing deletes: {e}"))?;
+            if block_hashes(&read_all(&store)?) != got {
+                return Err(format!(
+                    "cycle {cycle} ({mode:?}): finishing the deletes changed the disk"
+                ));
+            }
+            let report = store.fsck();
+            if !report.is_clean() || store.info().deleting_snapshots != 0 {
+                return Err(format!(
+                    "cycle {cycle} ({mode:?}): after the deletes finished: {:?}",
+                    report.problems
+                ));
+            }
+        }
         model = img;
     }
     Ok(crashes)
 }
+
+/// Seeds that once failed, run every time. 118083237446732: a crash kept an unflushed record
+/// but not the one before it; after recovery a restarted delete wrote a record identical to
+/// that lost one, and the next recovery ran on into the stale record (fixed: the first record
+/// after an open starts a new chain, behind a checkpoint).
+const REGRESSIONS: &[u64] = &[118083237446732];
 
 #[test]
 fn crash_points_recover_to_a_flushed_prefix() {
@@ -322,7 +370,11 @@ fn crash_points_recover_to_a_flushed_prefix() {
         Some(s) => vec![s],
         None => {
             let base = 0x6b65_656c_0000u64;
-            (0..points).map(|i| base + i).collect()
+            REGRESSIONS
+                .iter()
+                .copied()
+                .chain((0..points).map(|i| base + i))
+                .collect()
         }
     };
     let mut crashes = 0;

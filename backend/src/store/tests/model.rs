@@ -22,6 +22,8 @@ enum Step {
     Snapshot,
     DeleteSnapshot(usize),
     Revert(usize),
+    /// One chunk of a deleted snapshot's blocks given back.
+    Reclaim,
 }
 
 const SECTORS: u64 = (1 << 20) / 512;
@@ -45,6 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Snapshot),
         1 => (0usize..4).prop_map(Step::DeleteSnapshot),
         1 => (0usize..4).prop_map(Step::Revert),
+        2 => Just(Step::Reclaim),
     ]
 }
 
@@ -144,6 +147,9 @@ proptest! {
                         model = img.clone();
                     }
                 }
+                Step::Reclaim => {
+                    store.reclaim_step().unwrap();
+                }
             }
             check(&store, &model)?;
         }
@@ -156,6 +162,12 @@ proptest! {
         check(&store, &model)?;
         let report = store.fsck();
         prop_assert!(report.is_clean(), "fsck after reopen: {:?}", report.problems);
+        // With every deleted snapshot's blocks given back, a block no tree holds is a leak.
+        store.reclaim_all().unwrap();
+        prop_assert_eq!(store.info().deleting_snapshots, 0);
+        check(&store, &model)?;
+        let report = store.fsck();
+        prop_assert!(report.is_clean(), "fsck after the deletes finished: {:?}", report.problems);
     }
 }
 
@@ -253,6 +265,12 @@ fn full_container_says_no_space_and_keeps_reading() {
 }
 
 /// One 4 KiB write of `fill` at block `blk`.
+/// Deletes a snapshot and gives its blocks back at once, as the cleaner would soon after.
+fn delete(store: &Store, id: u64) -> crate::store::Result<()> {
+    store.delete_snapshot(id)?;
+    store.reclaim_all()
+}
+
 fn write_block(store: &Store, blk: u64, fill: u8) {
     let d = pattern(blk * 8, 8, fill);
     store
@@ -280,7 +298,7 @@ fn deleting_the_snapshot_a_revert_went_back_to_keeps_its_blocks() {
     write_block(&store, 9, 2);
     let _b = store.create_snapshot("b").unwrap();
     store.revert_to_snapshot(a).unwrap();
-    store.delete_snapshot(a).unwrap();
+    delete(&store, a).unwrap();
     check(&store, &model).unwrap();
     write_block(&store, 0, 3);
     model[..4096].copy_from_slice(&pattern(0, 8, 3));
@@ -305,11 +323,11 @@ fn blocks_inherited_through_a_revert_are_freed_by_the_delete_of_their_last_holde
     write_block(&store, 7, 2);
     let _b = store.create_snapshot("b").unwrap();
     store.revert_to_snapshot(a).unwrap();
-    store.delete_snapshot(a).unwrap();
+    delete(&store, a).unwrap();
     // Block 7 (version 1) is now held by the running point alone: b has version 2.
     let c = store.create_snapshot("c").unwrap();
     write_block(&store, 7, 3);
-    store.delete_snapshot(c).unwrap();
+    delete(&store, c).unwrap();
     let r = store.fsck();
     assert!(r.is_clean(), "delete of the last holder: {:?}", r.problems);
     drop(store);
@@ -327,7 +345,7 @@ fn a_revert_frees_blocks_only_the_running_point_held() {
     write_block(&store, 7, 2);
     let b = store.create_snapshot("b").unwrap();
     store.revert_to_snapshot(a).unwrap();
-    store.delete_snapshot(a).unwrap();
+    delete(&store, a).unwrap();
     let used = store.info().used_data_bytes;
     store.revert_to_snapshot(b).unwrap();
     assert_eq!(
@@ -347,7 +365,7 @@ fn overwriting_a_block_its_snapshots_no_longer_hold_frees_it() {
     write_block(&store, 3, 1);
     let a = store.create_snapshot("a").unwrap();
     let _b = store.create_snapshot("b").unwrap();
-    store.delete_snapshot(a).unwrap();
+    delete(&store, a).unwrap();
     let used = store.info().used_data_bytes;
     write_block(&store, 3, 2);
     assert_eq!(
@@ -360,8 +378,8 @@ fn overwriting_a_block_its_snapshots_no_longer_hold_frees_it() {
     let a = store.create_snapshot("a").unwrap();
     let b = store.create_snapshot("b").unwrap();
     store.revert_to_snapshot(a).unwrap();
-    store.delete_snapshot(b).unwrap();
-    store.delete_snapshot(a).unwrap();
+    delete(&store, b).unwrap();
+    delete(&store, a).unwrap();
     let used = store.info().used_data_bytes;
     write_block(&store, 3, 2);
     assert_eq!(
@@ -497,6 +515,21 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     let ids: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
     assert_eq!(ids, [c], "the replayed delete of b");
     assert_ne!(bit(&store), 0);
+    assert_eq!(
+        store.info().deleting_snapshots,
+        2,
+        "a from the checkpoint, b from the replay"
+    );
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+    let used = store.info().used_data_bytes;
+    store.reclaim_all().unwrap();
+    assert_eq!(store.info().deleting_snapshots, 0);
+    assert_eq!(
+        store.info().used_data_bytes,
+        used - 2 * 4096,
+        "versions 1 and 2 of block 1 were a's and b's alone"
+    );
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
