@@ -1,7 +1,7 @@
 //! Snapshots on a live keel disk, and qemu-storage-daemon's qcow2 internal snapshots as the
 //! peer: the same blkio client and workloads in one run. See docs/benchmarks.md.
 //!
-//! Usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECS] [--creates N] [--dir DIR]
+//! Usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECS] [--creates N] [--runs N] [--dir DIR]
 //! Prints markdown tables and, after a line "JSON:", the raw numbers.
 //!
 //! Random writes go to the first `size` bytes (the data written first); the disks are 8 GiB
@@ -10,11 +10,15 @@
 //! - Create: on a disk holding `size` of data, while 4 KiB random writes run at depth 32,
 //!   snapshots are created one after another; each create's round trip through the control
 //!   API and the time keeld held guest writes back (`pause_us` in its answer).
-//! - Write IOPS with 0, 10 and 100 snapshots (1 GiB disk, each snapshot after a burst of
-//!   random writes so that they differ), against qcow2 with 0 and 10 internal snapshots made
-//!   with `qemu-img snapshot -c` before the run.
-//! - Delete: each of the 100 snapshots, oldest first, timed, with the blocks it changed from
-//!   its predecessor (what deleting it can free).
+//! - Write IOPS with 0, 10 and 100 snapshots: for every row a new 1 GiB disk with the same
+//!   history (filled, then 100 short bursts of random writes, a snapshot after each of the last
+//!   N bursts), so the rows differ only in their snapshots; rows interleaved over `--runs`
+//!   runs, medians reported. The peer is qcow2 with 0 and 10 internal snapshots made with
+//!   `qemu-img snapshot -c` before the run.
+//! - Delete: each of the 100 snapshots of the last run, oldest first, while random writes go
+//!   on: the API answer, then the time until its blocks are back (keeld's
+//!   `snapshots_being_deleted` drops to 0), with the blocks it changed from its successor
+//!   (what deleting it can free), and the guest writes' rate and p99 meanwhile.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,7 @@ struct Args {
     sizes: Vec<u64>,
     runtime: Duration,
     creates: usize,
+    runs: usize,
     dir: PathBuf,
 }
 
@@ -39,6 +44,7 @@ fn parse_args() -> Args {
         sizes: vec![1 << 30, 16 << 30],
         runtime: Duration::from_secs(4),
         creates: 20,
+        runs: 3,
         dir: std::env::temp_dir().join("keel-snapshot-bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +59,7 @@ fn parse_args() -> Args {
             }
             "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
             "--creates" => a.creates = val().parse().expect("--creates N"),
+            "--runs" => a.runs = val().parse::<usize>().expect("--runs N").max(1),
             "--dir" => a.dir = PathBuf::from(val()),
             other => {
                 if other != "--help" {
@@ -60,7 +67,7 @@ fn parse_args() -> Args {
                 }
                 eprintln!(
                     "usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECONDS] [--creates N] \
-                     [--dir DIR]"
+                     [--runs N] [--dir DIR]"
                 );
                 std::process::exit(if other == "--help" { 0 } else { 2 });
             }
@@ -177,7 +184,9 @@ fn create_run(a: &Args, size: u64) -> CreateRun {
 #[derive(Debug, Default, Serialize)]
 struct WriteRow {
     snapshots: usize,
+    /// The run with the median IOPS.
     keel: Measurement,
+    keel_runs_iops: Vec<f64>,
     qcow2: Option<Measurement>,
 }
 
@@ -186,7 +195,17 @@ struct DeleteRow {
     name: String,
     /// Blocks that differ between it and the next tree: what its deletion may free.
     changed_blocks: u64,
-    micros: u64,
+    /// The API's answer: the delete is durable, the snapshot gone from the list.
+    answer_us: u64,
+    /// Until keeld reports no snapshot being deleted: its blocks are free again.
+    reclaimed_us: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct DeletePhase {
+    deletes: Vec<DeleteRow>,
+    /// Random writes at depth 32 while the deletes ran.
+    writes_meanwhile: Measurement,
 }
 
 fn randwrite(sock: &Path, size: u64, runtime: Duration) -> Measurement {
@@ -207,7 +226,13 @@ fn burst(sock: &Path, size: u64, runtime: Duration) {
     bench::run(sock, &w, false).expect("random writes");
 }
 
-fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, Vec<DeleteRow>) {
+/// Bursts of random writes every row's disk gets, whatever its snapshots.
+const BURSTS: usize = 100;
+
+/// A new keel disk with the history every row shares (filled, then [`BURSTS`] bursts), a
+/// snapshot after each of the last `snapshots` bursts; then random writes measured.
+fn keel_row(a: &Args, size: u64, snapshots: usize) -> (Measurement, Keeld) {
+    let _ = fs::remove_file(a.dir.join("snap.keel"));
     let k = start_keeld(&a.dir, disk_for(size));
     let written = || {
         k.ctl
@@ -215,27 +240,34 @@ fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, Vec<DeleteRow
             .map_or(0, |s| s.written_bytes)
     };
     fill(&k.sock, size, written);
-    let burst = Duration::from_millis(20);
-    let mut rows = Vec::new();
-    let mut made = 0;
-    for target in [0usize, 10, 100] {
-        while made < target {
-            self::burst(&k.sock, size, burst);
-            create_snapshot(&k.ctl, &format!("s{made}"));
-            made += 1;
+    for i in 0..BURSTS {
+        self::burst(&k.sock, size, Duration::from_millis(20));
+        if i >= BURSTS - snapshots {
+            create_snapshot(&k.ctl, &format!("s{}", i + snapshots - BURSTS));
         }
-        let m = randwrite(&k.sock, size, a.runtime);
-        eprintln!("keel, {target} snapshots: {:.0} IOPS", m.iops);
-        rows.push(WriteRow {
-            snapshots: target,
-            keel: m,
-            qcow2: None,
-        });
     }
-    let mut deletes = Vec::new();
-    for i in 0..made {
+    let m = randwrite(&k.sock, size, a.runtime);
+    eprintln!("keel, {snapshots} snapshots: {:.0} IOPS", m.iops);
+    (m, k)
+}
+
+fn being_deleted(k: &Keeld) -> u64 {
+    k.ctl
+        .get::<DiskStats>("/v1/disks/b/stats")
+        .map_or(0, |s| s.snapshots_being_deleted)
+}
+
+/// Deletes `count` snapshots oldest first while random writes run, each timed to its answer
+/// and to the end of its background work.
+fn deletes(k: &Keeld, size: u64, count: usize) -> DeletePhase {
+    let load = workload(Pattern::RandWrite, 4096, 32, size, Duration::from_secs(6));
+    let sock = k.sock.clone();
+    let writer = std::thread::spawn(move || bench::run(&sock, &load, false).expect("load"));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut rows = Vec::new();
+    for i in 0..count {
         let name = format!("s{i}");
-        let next = if i + 1 < made {
+        let next = if i + 1 < count {
             format!("s{}", i + 1)
         } else {
             "@running".to_string()
@@ -252,13 +284,50 @@ fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, Vec<DeleteRow
         k.ctl
             .delete::<serde_json::Value>(&format!("/v1/disks/b/snapshots/{name}"))
             .unwrap_or_else(|e| panic!("delete {name}: {e}"));
-        deletes.push(DeleteRow {
+        let answer_us = t.elapsed().as_micros() as u64;
+        while being_deleted(k) > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rows.push(DeleteRow {
             name,
             changed_blocks: changed,
-            micros: t.elapsed().as_micros() as u64,
+            answer_us,
+            reclaimed_us: t.elapsed().as_micros() as u64,
         });
     }
-    (rows, deletes)
+    DeletePhase {
+        deletes: rows,
+        writes_meanwhile: writer.join().expect("load thread"),
+    }
+}
+
+fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, DeletePhase) {
+    let targets = [0usize, 10, 100];
+    let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+    let mut phase = DeletePhase::default();
+    for run in 0..a.runs {
+        for (t, &n) in targets.iter().enumerate() {
+            let (m, k) = keel_row(a, size, n);
+            runs[t].push(m);
+            if run + 1 == a.runs && n == BURSTS {
+                phase = deletes(&k, size, n);
+            }
+        }
+    }
+    let rows = targets
+        .iter()
+        .zip(runs)
+        .map(|(&n, mut ms)| {
+            ms.sort_by(|x, y| x.iops.total_cmp(&y.iops));
+            WriteRow {
+                snapshots: n,
+                keel_runs_iops: ms.iter().map(|m| m.iops).collect(),
+                keel: ms[ms.len() / 2],
+                qcow2: None,
+            }
+        })
+        .collect();
+    (rows, phase)
 }
 
 /// qemu-storage-daemon on a qcow2 image with `snapshots` internal snapshots.
@@ -344,7 +413,7 @@ fn pct(v: &[u64], q: f64) -> u64 {
 struct Report {
     creates: Vec<CreateRun>,
     writes: Vec<WriteRow>,
-    deletes: Vec<DeleteRow>,
+    deletes: DeletePhase,
 }
 
 fn main() {
@@ -376,11 +445,14 @@ fn main() {
             c.write_iops_during
         );
     }
-    println!("\n4 KiB random writes, depth 32, 1 GiB disk, after a sequential fill:\n");
     println!(
-        "| snapshots | keel IOPS | keel p99 us | keel / no snapshots | qcow2 IOPS | qcow2 p99 us | keel / qcow2 |"
+        "\n4 KiB random writes, depth 32, 1 GiB disk, after a sequential fill and {BURSTS} bursts (median of {} runs):\n",
+        a.runs
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| snapshots | keel IOPS | keel runs | keel p99 us | keel / no snapshots | qcow2 IOPS | qcow2 p99 us | keel / qcow2 |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
     let base = writes.first().map_or(1.0, |r| r.keel.iops.max(1.0));
     for r in &writes {
         let (q, qp, ratio) = match r.qcow2 {
@@ -391,24 +463,46 @@ fn main() {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
+        let each: Vec<String> = r.keel_runs_iops.iter().map(|v| format!("{v:.0}")).collect();
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {q} | {qp} | {ratio} |",
+            "| {} | {:.0} | {} | {:.0} | {:.2} | {q} | {qp} | {ratio} |",
             r.snapshots,
             r.keel.iops,
+            each.join(", "),
             r.keel.lat_p99_us,
             r.keel.iops / base
         );
     }
-    let times: Vec<u64> = deletes.iter().map(|d| d.micros).collect();
-    let changed: Vec<u64> = deletes.iter().map(|d| d.changed_blocks).collect();
+    let d = &deletes.deletes;
+    let answer: Vec<u64> = d.iter().map(|d| d.answer_us).collect();
+    let back: Vec<u64> = d.iter().map(|d| d.reclaimed_us).collect();
+    let changed: Vec<u64> = d.iter().map(|d| d.changed_blocks).collect();
     println!(
-        "\nDelete, {} snapshots oldest first: median {} us, max {} us; blocks changed after each: median {}, max {}",
-        deletes.len(),
-        pct(&times, 0.5),
-        pct(&times, 1.0),
+        "\nDelete, {} snapshots oldest first, while random writes run: answer median {} us, max {} us; blocks back after median {} us, max {} us; blocks changed after each: median {}, max {}",
+        d.len(),
+        pct(&answer, 0.5),
+        pct(&answer, 1.0),
+        pct(&back, 0.5),
+        pct(&back, 1.0),
         pct(&changed, 0.5),
         pct(&changed, 1.0)
     );
+    if let (Some(big), Some(r)) = (d.iter().max_by_key(|d| d.changed_blocks), writes.last()) {
+        println!(
+            "the largest: {} changed blocks back in {} us ({:.0} blocks/s)",
+            big.changed_blocks,
+            big.reclaimed_us,
+            big.changed_blocks as f64 / (big.reclaimed_us.max(1) as f64 / 1e6)
+        );
+        println!(
+            "random writes meanwhile: {:.0} IOPS, p99 {:.0} us (with {} snapshots and no delete: {:.0} IOPS, p99 {:.0} us)",
+            deletes.writes_meanwhile.iops,
+            deletes.writes_meanwhile.lat_p99_us,
+            r.snapshots,
+            r.keel.iops,
+            r.keel.lat_p99_us
+        );
+    }
     println!("\nJSON:");
     println!(
         "{}",
