@@ -188,7 +188,29 @@ impl Default for CleanerConfig {
 /// A running background cleaner; stops and joins when dropped.
 pub struct CleanerHandle {
     stop: Arc<AtomicBool>,
+    store: Arc<Store>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Pauses the cleaner for `d`, or until [`wake_cleaner`](Self::wake_cleaner).
+    fn cleaner_nap(&self, d: Duration) {
+        let (flag, cv) = &self.cleaner_wake;
+        let mut woken = lock(flag);
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, d)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        *woken = false;
+    }
+
+    /// Ends the cleaner's pause now: there is work (a deleted snapshot's blocks) or it stops.
+    pub(super) fn wake_cleaner(&self) {
+        let (flag, cv) = &self.cleaner_wake;
+        *lock(flag) = true;
+        cv.notify_all();
+    }
 }
 
 impl CleanerHandle {
@@ -196,11 +218,13 @@ impl CleanerHandle {
     pub fn spawn(store: Arc<Store>, cfg: CleanerConfig) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let worker = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("keel-cleaner".into())
-            .spawn(move || run(&store, &cfg, &flag))?;
+            .spawn(move || run(&worker, &cfg, &flag))?;
         Ok(Self {
             stop,
+            store,
             thread: Some(thread),
         })
     }
@@ -209,6 +233,7 @@ impl CleanerHandle {
 impl Drop for CleanerHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.store.wake_cleaner();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -240,7 +265,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         if urgent && store.meta_sparse() {
             if let Err(e) = store.clean_meta() {
                 log::warn!("cleaner: metadata segments: {e}");
-                std::thread::sleep(cfg.pause);
+                store.cleaner_nap(cfg.pause);
             }
             continue;
         }
@@ -251,14 +276,14 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         if store.reclaim_pending() {
             if let Err(e) = store.reclaim_step() {
                 log::warn!("cleaner: giving back a deleted snapshot's blocks: {e}");
-                std::thread::sleep(cfg.pause * 5);
+                store.cleaner_nap(cfg.pause * 5);
             } else if !(urgent || idle) {
-                std::thread::sleep(cfg.pause / 4);
+                store.cleaner_nap(cfg.pause / 4);
             }
             continue;
         }
         if !(urgent || idle) {
-            std::thread::sleep(cfg.pause);
+            store.cleaner_nap(cfg.pause);
             continue;
         }
         match store.clean_step() {
@@ -273,13 +298,13 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                     log::warn!("cleaner: checkpoint failed: {e}");
                 }
                 if !urgent {
-                    std::thread::sleep(cfg.pause);
+                    store.cleaner_nap(cfg.pause);
                 }
             }
-            Ok(None) => std::thread::sleep(cfg.pause * 5),
+            Ok(None) => store.cleaner_nap(cfg.pause * 5),
             Err(e) => {
                 log::warn!("cleaner: {e}");
-                std::thread::sleep(cfg.pause * 5);
+                store.cleaner_nap(cfg.pause * 5);
             }
         }
     }

@@ -319,12 +319,19 @@ impl Maps {
         true
     }
 
-    /// What deleted snapshot `id` may be the last holder of, from a diff against the newest
-    /// live snapshot older than it (which holds the rest), so shared subtrees are skipped and
-    /// the cost follows the blocks the snapshot changed, not the disk size.
+    /// What deleted snapshot `id` may be the last holder of: the blocks where it differs from
+    /// the next newer tree (the next live snapshot, or the running point), which holds the
+    /// rest. A diff skips the subtrees both share, so the cost follows what the snapshot alone
+    /// may hold, not the disk size. `born_after` is the watermark of the newest live snapshot
+    /// older than it: VBAs from then on are its own or later trees'.
     pub fn reclaim_candidates(&self, id: u64) -> Option<Reclaim> {
         let snap = self.doomed.iter().find(|s| s.id == id)?;
         let previous = self.snapshots.iter().rev().find(|s| s.seq < snap.seq);
+        let next = self
+            .snapshots
+            .iter()
+            .find(|s| s.seq > snap.seq)
+            .map_or(self.running, |s| s.root);
         let born_after = previous.map_or(0, |p| p.vba_watermark);
         let mut r = Reclaim {
             id,
@@ -332,7 +339,7 @@ impl Maps {
             owned: Vec::new(),
             inherited: Vec::new(),
         };
-        for b in diff_trees(&self.lba, previous.map(|p| p.root), Some(snap.root)).blocks {
+        for b in diff_trees(&self.lba, Some(next), Some(snap.root)).blocks {
             match b.vba {
                 Some(v) if v >= born_after => r.owned.push((b.lba, v)),
                 Some(v) => r.inherited.push((b.lba, v)),
@@ -344,10 +351,11 @@ impl Maps {
 
     /// The candidates no live tree holds and the VBA map still has, sorted: what the next
     /// Release record frees. A VBA born after the older snapshot can only live on in trees
-    /// made later (the next snapshot usually, or the running point). An older one is in the
-    /// diff only after a revert (the running point then holds an older snapshot's VBAs that
-    /// the ones between dropped), and is checked against every tree. A VBA is only ever
-    /// mapped at the LBA it was written to, so one lookup per tree says.
+    /// made later (after a revert, the running point or a snapshot taken from it may descend
+    /// from an older one). An older VBA is usually the older snapshot's too, so it is looked up
+    /// there first, then in every other tree (after a revert the running point may hold an
+    /// older snapshot's VBAs that the ones between dropped). A VBA is only ever mapped at the
+    /// LBA it was written to, so one lookup per tree says.
     pub fn unheld(&self, seq: u64, owned: &[(u64, u64)], inherited: &[(u64, u64)]) -> Vec<u64> {
         let later: Vec<NodeId> = self
             .snapshots
@@ -356,7 +364,14 @@ impl Maps {
             .map(|s| s.root)
             .chain([self.running])
             .collect();
-        let every: Vec<NodeId> = self.lba_live_roots();
+        let every: Vec<NodeId> = self
+            .snapshots
+            .iter()
+            .rev()
+            .filter(|s| s.seq < seq)
+            .map(|s| s.root)
+            .chain(later.iter().copied())
+            .collect();
         let held_by = |roots: &[NodeId], lba: u64, v: u64| {
             roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
         };

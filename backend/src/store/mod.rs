@@ -152,6 +152,8 @@ pub struct Store {
     snapshot_ops: Mutex<()>,
     /// The deleted snapshot whose blocks are being given back, and how far that got.
     reclaim: Mutex<Option<reclaim::Progress>>,
+    /// Wakes the background cleaner from its pause early (new work: a snapshot deleted).
+    cleaner_wake: (Mutex<bool>, Condvar),
     state: RwLock<State>,
     journal: Mutex<JournalState>,
     /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
@@ -248,6 +250,7 @@ impl Store {
             capacity: AtomicU64::new(geo.capacity),
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
+            cleaner_wake: (Mutex::new(false), Condvar::new()),
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
@@ -466,7 +469,9 @@ impl Store {
             if j.superblock.incompat & features != features {
                 j.superblock.incompat |= features;
                 write(&self.state).maps.delete_snapshot(id);
-                return self.checkpoint_locked(&mut j);
+                self.checkpoint_locked(&mut j)?;
+                self.wake_cleaner();
+                return Ok(());
             }
         }
         self.commit_with(
@@ -476,7 +481,9 @@ impl Store {
             false,
             &mut DeviceIo(self.dev.as_ref()),
         )?;
-        self.flush()
+        self.flush()?;
+        self.wake_cleaner();
+        Ok(())
     }
 
     /// Makes the disk's contents those of snapshot `id` again; durable when this returns.

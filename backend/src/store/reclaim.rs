@@ -1,8 +1,9 @@
 //! Giving back a deleted snapshot's blocks, in the background.
 //!
 //! A delete only takes the snapshot off the list (one journal record). Its tree stays, frozen,
-//! until this work is done: the candidates come from one diff against the older snapshot
-//! (sorted by kind, see [`Maps::unheld`](super::maps::Maps::unheld)); then, a chunk at a time,
+//! until this work is done: the candidates come from one diff against the next newer tree,
+//! which holds everything else (sorted by kind, see [`Maps::unheld`](super::maps::Maps::unheld));
+//! then, a chunk at a time,
 //! those no live tree holds are freed by one Release record, applied in order with the
 //! guest's batches like any other. When all are done the tree itself is dropped.
 //!

@@ -533,3 +533,56 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+/// Deleting the oldest of several snapshots on a full disk looks only at the blocks the next
+/// tree changed (what it may hold alone), not at the whole disk, and frees exactly those.
+#[test]
+fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
+    let opts = crate::store::CreateOptions {
+        capacity: 16 << 20,
+        segment_bytes: 256 << 10,
+        journal_bytes: Some(1 << 20),
+        overprovision_percent: 50,
+    };
+    let (_dev, store) = new_store(&opts);
+    let blocks = 4096u64;
+    let data = vec![7u8; 64 * 4096];
+    for first in (0..blocks).step_by(64) {
+        store
+            .write_batch(
+                0,
+                &[Op::Write {
+                    offset: first * 4096,
+                    data: &data,
+                }],
+            )
+            .unwrap();
+    }
+    let a = store.create_snapshot("a").unwrap();
+    for b in [3u64, 900, 2000] {
+        write_block(&store, b, 1);
+    }
+    let _b = store.create_snapshot("b").unwrap();
+    for b in [5u64, 901] {
+        write_block(&store, b, 2);
+    }
+    store.delete_snapshot(a).unwrap();
+    let plan = crate::store::read(&store.state)
+        .maps
+        .reclaim_candidates(a)
+        .unwrap();
+    assert_eq!(
+        plan.owned.len() + plan.inherited.len(),
+        3,
+        "the blocks b rewrote, of {blocks} on the disk"
+    );
+    let used = store.info().used_data_bytes;
+    store.reclaim_all().unwrap();
+    assert_eq!(
+        store.info().used_data_bytes,
+        used - 3 * 4096,
+        "a's versions of blocks 3, 900 and 2000 were its alone"
+    );
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+}
