@@ -230,7 +230,11 @@ pub fn spawn_keel_bench_disk(
     let child = Command::new(keeld_binary_near_exe())
         .arg("--config")
         .arg(&cfg)
-        .env("KEEL_LOG", "warn")
+        // KEEL_BENCH_LOG=debug shows what keeld does under a benchmark (on stderr).
+        .env(
+            "KEEL_LOG",
+            std::env::var("KEEL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start keeld");

@@ -56,10 +56,16 @@ pub struct SnapshotRecord {
     pub name: String,
     /// Deleted, its blocks still being given back (bit 7 of the name length byte).
     pub deleting: bool,
+    /// The running point was reverted between the tree before it and it (bit 6).
+    pub reverted_before: bool,
 }
 
 /// Bit of the name length byte that marks a snapshot being deleted.
 const DELETING: u8 = 0x80;
+/// Bit of the name length byte: a revert happened just before the snapshot was taken.
+const REVERTED_BEFORE: u8 = 0x40;
+/// Bit of the root's flags: the running point was reverted since the newest snapshot.
+const RUNNING_REVERTED: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRoot {
@@ -74,6 +80,7 @@ pub struct CheckpointRoot {
     pub sut_pba: u64,
     pub sut_blocks: u32,
     pub sut_crc: u32,
+    pub running_reverted: bool,
     pub snapshots: Vec<SnapshotRecord>,
 }
 
@@ -109,7 +116,12 @@ impl CheckpointRoot {
             .u64(self.sut_pba)
             .u32(self.sut_blocks)
             .u32(self.snapshots.len() as u32)
-            .u32(blocks as u32);
+            .u32(blocks as u32)
+            .u32(if self.running_reverted {
+                RUNNING_REVERTED
+            } else {
+                0
+            });
         let mut p = Put::at(p.into_inner(), HEADER);
         for s in &self.snapshots {
             let name = clamp_name(&s.name);
@@ -120,7 +132,13 @@ impl CheckpointRoot {
                 .u64(s.root)
                 .u64(s.vba_watermark)
                 .u64(s.created)
-                .u8(name.len() as u8 | if s.deleting { DELETING } else { 0 })
+                .u8(name.len() as u8
+                    | if s.deleting { DELETING } else { 0 }
+                    | if s.reverted_before {
+                        REVERTED_BEFORE
+                    } else {
+                        0
+                    })
                 .bytes(&padded);
         }
         if !p.ok() {
@@ -159,6 +177,8 @@ impl CheckpointRoot {
         let sut_pba = g.u64().ok_or_else(short)?;
         let sut_blocks = g.u32().ok_or_else(short)?;
         let n = g.u32().ok_or_else(short)? as usize;
+        let _root_blocks = g.u32().ok_or_else(short)?;
+        let flags = g.u32().ok_or_else(short)?;
         if n > MAX_SNAPSHOTS || HEADER + n * SNAP_BYTES > b.len() {
             return Err(bad("too many snapshots"));
         }
@@ -172,7 +192,8 @@ impl CheckpointRoot {
             let created = g.u64().ok_or_else(short)?;
             let len_byte = g.u8().ok_or_else(short)?;
             let deleting = len_byte & DELETING != 0;
-            let len = ((len_byte & !DELETING) as usize).min(NAME_MAX);
+            let reverted_before = len_byte & REVERTED_BEFORE != 0;
+            let len = ((len_byte & !(DELETING | REVERTED_BEFORE)) as usize).min(NAME_MAX);
             let raw = g.bytes(NAME_MAX).ok_or_else(short)?;
             let name = String::from_utf8_lossy(&raw[..len]).into_owned();
             snapshots.push(SnapshotRecord {
@@ -183,6 +204,7 @@ impl CheckpointRoot {
                 created,
                 name,
                 deleting,
+                reverted_before,
             });
         }
         Ok(Self {
@@ -197,6 +219,7 @@ impl CheckpointRoot {
             sut_pba,
             sut_blocks,
             sut_crc,
+            running_reverted: flags & RUNNING_REVERTED != 0,
             snapshots,
         })
     }
@@ -220,6 +243,7 @@ mod tests {
             sut_pba: 402,
             sut_blocks: 2,
             sut_crc: 11,
+            running_reverted: true,
             snapshots: vec![
                 SnapshotRecord {
                     id: 2,
@@ -229,6 +253,7 @@ mod tests {
                     created: 1_700_000_000,
                     name: "before-upgrade".into(),
                     deleting: false,
+                    reverted_before: true,
                 },
                 SnapshotRecord {
                     id: 3,
@@ -238,6 +263,7 @@ mod tests {
                     created: 1_700_000_100,
                     name: "x".repeat(NAME_MAX),
                     deleting: true,
+                    reverted_before: false,
                 },
             ],
         };
@@ -268,6 +294,7 @@ mod tests {
             created: 1_700_000_000 + i,
             name: format!("hourly-{i}"),
             deleting: i.is_multiple_of(3),
+            reverted_before: i.is_multiple_of(5),
         };
         let c = CheckpointRoot {
             generation: 9,
@@ -281,6 +308,7 @@ mod tests {
             sut_pba: 7,
             sut_blocks: 1,
             sut_crc: 8,
+            running_reverted: false,
             snapshots: (0..MAX_SNAPSHOTS as u64).map(snap).collect(),
         };
         let b = c.encode(900).unwrap();

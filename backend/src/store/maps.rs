@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub vba_watermark: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// The running point was reverted between the creation of the tree before this one and
+    /// this one's: only then can it hold a VBA the tree before it had dropped.
+    pub reverted_before: bool,
 }
 
 const NO_VBA: u64 = u64::MAX;
@@ -78,6 +81,8 @@ pub struct Maps {
     pub next_vba: u64,
     pub seq: u64,
     pub next_snapshot_id: u64,
+    /// The running point was reverted since the newest snapshot was taken.
+    pub running_reverted: bool,
     /// PBA -> VBA for every live data block (NO_VBA elsewhere).
     rmap: Vec<u64>,
 }
@@ -99,6 +104,7 @@ impl Maps {
             next_vba: 0,
             seq: 1,
             next_snapshot_id: 1,
+            running_reverted: false,
             rmap: vec![NO_VBA; blocks as usize],
         }
     }
@@ -115,6 +121,7 @@ impl Maps {
         next_vba: u64,
         seq: u64,
         next_snapshot_id: u64,
+        running_reverted: bool,
         blocks: u64,
     ) -> Self {
         let mut m = Self {
@@ -127,6 +134,7 @@ impl Maps {
             next_vba,
             seq,
             next_snapshot_id,
+            running_reverted,
             rmap: vec![NO_VBA; blocks as usize],
         };
         m.rebuild_rmap();
@@ -301,6 +309,7 @@ impl Maps {
             root: self.running,
             vba_watermark: self.next_vba,
             created,
+            reverted_before: std::mem::take(&mut self.running_reverted),
         });
         self.seq += 1;
         id
@@ -314,6 +323,11 @@ impl Maps {
             return false;
         };
         let snap = self.snapshots.remove(i);
+        // Its interval joins the next tree's: a revert before it happened before that one too.
+        match self.snapshots.get_mut(i) {
+            Some(next) => next.reverted_before |= snap.reverted_before,
+            None => self.running_reverted |= snap.reverted_before,
+        }
         self.doomed.push(snap);
         self.seq += 1;
         true
@@ -350,34 +364,41 @@ impl Maps {
     }
 
     /// The candidates no live tree holds and the VBA map still has, sorted: what the next
-    /// Release record frees. A VBA born after the older snapshot can only live on in trees
-    /// made later (after a revert, the running point or a snapshot taken from it may descend
-    /// from an older one). An older VBA is usually the older snapshot's too, so it is looked up
-    /// there first, then in every other tree (after a revert the running point may hold an
-    /// older snapshot's VBAs that the ones between dropped). A VBA is only ever mapped at the
-    /// LBA it was written to, so one lookup per tree says.
+    /// Release record frees. A VBA is only ever mapped at the LBA it was written to, so one
+    /// lookup per tree says, and few trees need asking:
+    /// - a VBA born after the older snapshot (`owned`) can only be in trees made later. The
+    ///   next one does not hold it (the diff says so); a tree after that can only if the
+    ///   running point was reverted since, to a tree that held it, so only trees made after a
+    ///   revert are asked (none, usually);
+    /// - an older VBA (`inherited`) is usually the older snapshot's too, asked first, then
+    ///   every other tree.
     pub fn unheld(&self, seq: u64, owned: &[(u64, u64)], inherited: &[(u64, u64)]) -> Vec<u64> {
-        let later: Vec<NodeId> = self
-            .snapshots
-            .iter()
-            .filter(|s| s.seq > seq)
-            .map(|s| s.root)
-            .chain([self.running])
-            .collect();
+        let mut after_a_revert = Vec::new();
+        let mut reverted = false;
+        for s in self.snapshots.iter().filter(|s| s.seq > seq).skip(1) {
+            reverted |= s.reverted_before;
+            if reverted {
+                after_a_revert.push(s.root);
+            }
+        }
+        if reverted || self.running_reverted {
+            after_a_revert.push(self.running);
+        }
         let every: Vec<NodeId> = self
             .snapshots
             .iter()
             .rev()
             .filter(|s| s.seq < seq)
+            .chain(self.snapshots.iter().filter(|s| s.seq > seq))
             .map(|s| s.root)
-            .chain(later.iter().copied())
+            .chain([self.running])
             .collect();
         let held_by = |roots: &[NodeId], lba: u64, v: u64| {
             roots.iter().any(|r| self.lba.get(*r, lba) == Some(Vba(v)))
         };
         let mut free: Vec<u64> = owned
             .iter()
-            .filter(|(lba, v)| !held_by(&later, *lba, *v))
+            .filter(|(lba, v)| !held_by(&after_a_revert, *lba, *v))
             .chain(
                 inherited
                     .iter()
@@ -428,6 +449,7 @@ impl Maps {
         self.lba.retain(root);
         let old = std::mem::replace(&mut self.running, root);
         self.lba.unref(old);
+        self.running_reverted = true;
         true
     }
 

@@ -123,6 +123,7 @@ pub fn prepare(
     let chain_seed = crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
         ^ crc32c::crc32c(&root_pba.to_le_bytes());
     let root = CheckpointRoot {
+        running_reverted: st.maps.running_reverted,
         generation,
         lsn,
         chain_seed,
@@ -144,6 +145,7 @@ pub fn prepare(
                 created: s.created,
                 name: s.name.clone(),
                 deleting,
+                reverted_before: s.reverted_before,
             })
             .collect(),
     };

@@ -125,6 +125,9 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
     let running = lba.load(root.running_root, &mut read_node, &mut loaded)?;
     let mut snapshots = Vec::with_capacity(root.snapshots.len());
     let mut doomed = Vec::new();
+    // A container from before background deletes kept no record of reverts: assume one
+    // before every tree (a delete then asks every later tree, as it always did).
+    let knows_reverts = sb.incompat & super::superblock::INCOMPAT_BACKGROUND_DELETES != 0;
     for s in &root.snapshots {
         if s.deleting && sb.incompat & super::superblock::INCOMPAT_BACKGROUND_DELETES == 0 {
             return Err(StoreError::corrupt(
@@ -142,6 +145,7 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
             root: lba.load(s.root, &mut read_node, &mut loaded)?,
             vba_watermark: s.vba_watermark,
             created: s.created,
+            reverted_before: s.reverted_before || !knows_reverts,
         };
         if s.deleting {
             doomed.push(snap);
@@ -161,6 +165,7 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
         root.next_vba,
         root.seq,
         root.next_snapshot_id,
+        root.running_reverted || !knows_reverts,
         geo.segments * geo.seg_blocks,
     );
     let mut ckpt_blocks: Vec<u64> = (root.sut_pba..root.sut_pba + root.sut_blocks as u64).collect();

@@ -586,3 +586,43 @@ fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+/// A block the next snapshot dropped can come back through a revert: a snapshot taken after
+/// the revert holds it, so deleting the first one must keep it. Without the revert, nothing
+/// later than the next snapshot is asked.
+#[test]
+fn a_block_a_revert_brought_back_survives_the_delete_of_its_first_holder() {
+    let (dev, store) = new_store(&small_opts());
+    write_block(&store, 7, 1);
+    let a = store.create_snapshot("a").unwrap();
+    write_block(&store, 7, 2);
+    let _b = store.create_snapshot("b").unwrap();
+    store.revert_to_snapshot(a).unwrap();
+    // c holds version 1 of block 7 again; b does not.
+    let c = store.create_snapshot("c").unwrap();
+    write_block(&store, 7, 3);
+    let want = pattern(7 * 8, 8, 1);
+    delete(&store, a).unwrap();
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+    // Reopened, the revert is still known, and c still reads version 1.
+    drop(store);
+    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let d = store
+        .diff(
+            crate::store::diff::TreeRef::Empty,
+            crate::store::diff::TreeRef::Snapshot(c),
+        )
+        .unwrap();
+    let vba = d
+        .blocks
+        .iter()
+        .find(|b| b.lba == 7)
+        .and_then(|b| b.vba)
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    store.read_vbas(&[vba], &mut got).unwrap();
+    assert_eq!(got, want, "c's block 7 is version 1");
+    let r = store.fsck();
+    assert!(r.is_clean(), "{:?}", r.problems);
+}
