@@ -129,15 +129,6 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
     // before every tree (a delete then asks every later tree, as it always did).
     let knows_reverts = sb.incompat & super::superblock::INCOMPAT_BACKGROUND_DELETES != 0;
     for s in &root.snapshots {
-        if s.deleting && sb.incompat & super::superblock::INCOMPAT_BACKGROUND_DELETES == 0 {
-            return Err(StoreError::corrupt(
-                "checkpoint",
-                format!(
-                    "snapshot {} is marked as being deleted in a container without background deletes",
-                    s.id
-                ),
-            ));
-        }
         let snap = Snapshot {
             id: s.id,
             name: s.name.clone(),
@@ -147,7 +138,9 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
             created: s.created,
             reverted_before: s.reverted_before || !knows_reverts,
         };
-        if s.deleting {
+        // Bits 6 and 7 of the name length mean nothing in an older container (as before,
+        // a long name length there is clamped, not an error).
+        if s.deleting && knows_reverts {
             doomed.push(snap);
         } else {
             snapshots.push(snap);

@@ -486,13 +486,17 @@ fn random_then_sequential_overwrites_never_run_out_of_space() {
 /// as using them; later deletes are journal records that a reopen replays.
 #[test]
 fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
-    use crate::store::superblock::INCOMPAT_JOURNAL_DELETES;
+    use crate::store::superblock::{INCOMPAT_BACKGROUND_DELETES, INCOMPAT_JOURNAL_DELETES};
     let (dev, store) = new_store(&small_opts());
     {
         let mut j = crate::store::lock(&store.journal);
-        j.superblock.incompat &= !INCOMPAT_JOURNAL_DELETES;
+        j.superblock.incompat &= !(INCOMPAT_JOURNAL_DELETES | INCOMPAT_BACKGROUND_DELETES);
         store.checkpoint_locked(&mut j).unwrap();
     }
+    // Opened as a container from before both features: no record of reverts either.
+    drop(store);
+    let store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    assert!(crate::store::read(&store.state).maps.running_reverted);
     write_block(&store, 1, 1);
     let a = store.create_snapshot("a").unwrap();
     write_block(&store, 1, 2);
@@ -503,6 +507,10 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     let bit =
         |s: &Store| crate::store::lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
     assert_ne!(bit(&store), 0, "the first delete marks the container");
+    assert_ne!(
+        crate::store::lock(&store.journal).superblock.incompat & INCOMPAT_BACKGROUND_DELETES,
+        0
+    );
     let records = crate::store::lock(&store.journal).cursor.records;
     store.delete_snapshot(b).unwrap();
     assert_eq!(
