@@ -1,7 +1,8 @@
 //! Snapshots on a live keel disk, and qemu-storage-daemon's qcow2 internal snapshots as the
 //! peer: the same blkio client and workloads in one run. See docs/benchmarks.md.
 //!
-//! Usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECS] [--creates N] [--runs N] [--dir DIR]
+//! Usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECS] [--creates N] [--runs N]
+//!                       [--rows 0,10,100] [--dir DIR]
 //! Prints markdown tables and, after a line "JSON:", the raw numbers.
 //!
 //! Random writes go to the first `size` bytes (the data written first); the disks are 8 GiB
@@ -11,11 +12,12 @@
 //!   snapshots are created one after another; each create's round trip through the control
 //!   API and the time keeld held guest writes back (`pause_us` in its answer).
 //! - Write IOPS with 0, 10 and 100 snapshots: for every row a new 1 GiB disk with the same
-//!   history (filled, then 100 short bursts of random writes, a snapshot after each of the last
-//!   N bursts), so the rows differ only in their snapshots; rows interleaved over `--runs`
+//!   history (filled, then as many short bursts of random writes as the largest row has
+//!   snapshots, a snapshot after each of the last N bursts), so the rows differ only in their
+//!   snapshots; rows interleaved over `--runs`
 //!   runs, medians reported. The peer is qcow2 with 0 and 10 internal snapshots made with
 //!   `qemu-img snapshot -c` before the run.
-//! - Delete: each of the 100 snapshots of the last run, oldest first, while random writes go
+//! - Delete: each snapshot of the last run's 100-snapshot row (else its largest), oldest first, while random writes go
 //!   on: the API answer, then the time until its blocks are back (keeld's
 //!   `snapshots_being_deleted` drops to 0), with the blocks it changed from its successor
 //!   (what deleting it can free), and the guest writes' rate and p99 meanwhile.
@@ -36,6 +38,8 @@ struct Args {
     runtime: Duration,
     creates: usize,
     runs: usize,
+    /// Snapshots per write row.
+    rows: Vec<usize>,
     dir: PathBuf,
 }
 
@@ -45,6 +49,7 @@ fn parse_args() -> Args {
         runtime: Duration::from_secs(4),
         creates: 20,
         runs: 3,
+        rows: vec![0, 10, 100],
         dir: std::env::temp_dir().join("keel-snapshot-bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -60,6 +65,12 @@ fn parse_args() -> Args {
             "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
             "--creates" => a.creates = val().parse().expect("--creates N"),
             "--runs" => a.runs = val().parse::<usize>().expect("--runs N").max(1),
+            "--rows" => {
+                a.rows = val()
+                    .split(',')
+                    .map(|s| s.parse().expect("--rows 0,10,100"))
+                    .collect()
+            }
             "--dir" => a.dir = PathBuf::from(val()),
             other => {
                 if other != "--help" {
@@ -67,7 +78,7 @@ fn parse_args() -> Args {
                 }
                 eprintln!(
                     "usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECONDS] [--creates N] \
-                     [--runs N] [--dir DIR]"
+                     [--runs N] [--rows 0,10,100] [--dir DIR]"
                 );
                 std::process::exit(if other == "--help" { 0 } else { 2 });
             }
@@ -226,24 +237,29 @@ fn burst(sock: &Path, size: u64, runtime: Duration) {
     bench::run(sock, &w, false).expect("random writes");
 }
 
-/// Bursts of random writes every row's disk gets, whatever its snapshots.
-const BURSTS: usize = 100;
+/// Bursts of random writes every row's disk gets, whatever its snapshots: one per snapshot of
+/// the largest row.
+fn bursts(a: &Args) -> usize {
+    a.rows.iter().copied().max().unwrap_or(0)
+}
 
-/// A new keel disk with the history every row shares (filled, then [`BURSTS`] bursts), a
-/// snapshot after each of the last `snapshots` bursts; then random writes measured.
+/// A new keel disk with the history every row shares (filled, then [`bursts`] bursts), a
+/// snapshot after each of the last `snapshots` bursts; then random writes measured. Each
+/// burst's overwrites may stay pinned: the disk has room for them.
 fn keel_row(a: &Args, size: u64, snapshots: usize) -> (Measurement, Keeld) {
     let _ = fs::remove_file(a.dir.join("snap.keel"));
-    let k = start_keeld(&a.dir, disk_for(size));
+    let bursts = bursts(a);
+    let k = start_keeld(&a.dir, disk_for(size).max(size + bursts as u64 * (12 << 20)));
     let written = || {
         k.ctl
             .get::<DiskStats>("/v1/disks/b/stats")
             .map_or(0, |s| s.written_bytes)
     };
     fill(&k.sock, size, written);
-    for i in 0..BURSTS {
+    for i in 0..bursts {
         self::burst(&k.sock, size, Duration::from_millis(20));
-        if i >= BURSTS - snapshots {
-            create_snapshot(&k.ctl, &format!("s{}", i + snapshots - BURSTS));
+        if i + snapshots >= bursts {
+            create_snapshot(&k.ctl, &format!("s{}", i + snapshots - bursts));
         }
     }
     let m = randwrite(&k.sock, size, a.runtime);
@@ -260,7 +276,8 @@ fn being_deleted(k: &Keeld) -> u64 {
 /// Deletes `count` snapshots oldest first while random writes run, each timed to its answer
 /// and to the end of its background work.
 fn deletes(k: &Keeld, size: u64, count: usize) -> DeletePhase {
-    let load = workload(Pattern::RandWrite, 4096, 32, size, Duration::from_secs(6));
+    let span = Duration::from_secs(6).max(Duration::from_millis(60) * count as u32);
+    let load = workload(Pattern::RandWrite, 4096, 32, size, span);
     let sock = k.sock.clone();
     let writer = std::thread::spawn(move || bench::run(&sock, &load, false).expect("load"));
     std::thread::sleep(Duration::from_millis(500));
@@ -303,14 +320,19 @@ fn deletes(k: &Keeld, size: u64, count: usize) -> DeletePhase {
 }
 
 fn keel_writes_and_deletes(a: &Args, size: u64) -> (Vec<WriteRow>, DeletePhase) {
-    let targets = [0usize, 10, 100];
+    let targets = a.rows.clone();
+    let deleted = if targets.contains(&100) {
+        100
+    } else {
+        bursts(a)
+    };
     let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
     let mut phase = DeletePhase::default();
     for run in 0..a.runs {
         for (t, &n) in targets.iter().enumerate() {
             let (m, k) = keel_row(a, size, n);
             runs[t].push(m);
-            if run + 1 == a.runs && n == BURSTS {
+            if run + 1 == a.runs && n == deleted {
                 phase = deletes(&k, size, n);
             }
         }
@@ -447,7 +469,8 @@ fn main() {
         );
     }
     println!(
-        "\n4 KiB random writes, depth 32, 1 GiB disk, after a sequential fill and {BURSTS} bursts (median of {} runs):\n",
+        "\n4 KiB random writes, depth 32, 1 GiB disk, after a sequential fill and {} bursts (median of {} runs):\n",
+        bursts(&a),
         a.runs
     );
     println!(
@@ -488,7 +511,8 @@ fn main() {
         pct(&changed, 0.5),
         pct(&changed, 1.0)
     );
-    if let (Some(big), Some(r)) = (d.iter().max_by_key(|d| d.changed_blocks), writes.last()) {
+    let same_row = writes.iter().find(|r| r.snapshots == d.len());
+    if let (Some(big), Some(r)) = (d.iter().max_by_key(|d| d.changed_blocks), same_row) {
         println!(
             "the largest: {} changed blocks back in {} us ({:.0} blocks/s)",
             big.changed_blocks,
