@@ -2,6 +2,7 @@
 //! superblock flip. Used by `Store::checkpoint` and by formatting a new container.
 
 use super::alloc::SegmentWriter;
+use super::btree::NodeId;
 use super::buf::AlignedBuf;
 use super::checkpoint::{self, CheckpointRoot, SnapshotRecord};
 use super::error::{Result, StoreError};
@@ -52,15 +53,35 @@ fn take_meta(
     Ok(out)
 }
 
-/// Assigns disk blocks to every dirty node and encodes the checkpoint. After this the
-/// in-memory state describes the new checkpoint; the caller writes it and flips the superblock.
-pub fn prepare(
+/// Where a block of a checkpoint comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    LbaNode(NodeId),
+    VbaNode(NodeId),
+    /// Block `i` of the table-and-root bytes encoded by [`assign`].
+    Table(usize),
+}
+
+/// A checkpoint with every block placed, not yet encoded.
+struct Layout {
+    /// (PBA, what goes there), in PBA order.
+    blocks: Vec<(u64, Source)>,
+    /// The usage table's blocks, then the root's.
+    table: Vec<u8>,
+    root_pba: u64,
+    root_blocks: usize,
+    chain_seed: u32,
+}
+
+/// Assigns disk blocks to every dirty node and encodes the usage table and the root: after
+/// this the in-memory state describes the new checkpoint; [`encode`] then encodes the nodes.
+fn assign(
     st: &mut State,
     meta: &mut SegmentWriter,
     geo: &Geometry,
     generation: u64,
     lsn: u64,
-) -> Result<Prepared> {
+) -> Result<Layout> {
     let mut lba_dirty = Vec::new();
     let mut seen = HashSet::new();
     for r in st.maps.lba_roots() {
@@ -78,26 +99,14 @@ pub fn prepare(
     let root_pba = root_pbas[0];
     sut_pbas.extend(&root_pbas);
     let node_pbas = take_meta(st, meta, lba_dirty.len() + vba_dirty.len(), false)?;
-    let mut blocks: Vec<(u64, Vec<u8>)> = Vec::with_capacity(node_pbas.len() + sut_pbas.len());
+    let mut blocks: Vec<(u64, Source)> = Vec::with_capacity(node_pbas.len() + sut_pbas.len());
     for (id, p) in lba_dirty.iter().zip(&node_pbas) {
         st.maps.lba.set_disk(*id, *p);
+        blocks.push((*p, Source::LbaNode(*id)));
     }
     for (id, p) in vba_dirty.iter().zip(&node_pbas[lba_dirty.len()..]) {
         st.maps.vba.set_disk(*id, *p);
-    }
-    for (id, p) in lba_dirty.iter().zip(&node_pbas) {
-        let mut b = vec![0u8; BLOCK_SIZE];
-        if !st.maps.lba.encode_node(*id, *p, &mut b) {
-            return Err(StoreError::Invalid("tree node does not encode".into()));
-        }
-        blocks.push((*p, b));
-    }
-    for (id, p) in vba_dirty.iter().zip(&node_pbas[lba_dirty.len()..]) {
-        let mut b = vec![0u8; BLOCK_SIZE];
-        if !st.maps.vba.encode_node(*id, *p, &mut b) {
-            return Err(StoreError::Invalid("tree node does not encode".into()));
-        }
-        blocks.push((*p, b));
+        blocks.push((*p, Source::VbaNode(*id)));
     }
     // Usage: the new blocks are live, the superseded ones die when this checkpoint commits.
     for p in node_pbas.iter().chain(&sut_pbas) {
@@ -110,15 +119,13 @@ pub fn prepare(
         st.sut.dec(p);
     }
     st.ckpt_blocks = sut_pbas.clone();
-    let mut sut_bytes = vec![0u8; sut_blocks * BLOCK_SIZE];
-    if !st.sut.encode(&mut sut_bytes) {
+    let mut table = vec![0u8; sut_blocks * BLOCK_SIZE];
+    if !st.sut.encode(&mut table) {
         return Err(StoreError::Invalid(
             "segment usage table does not encode".into(),
         ));
     }
-    for (i, p) in sut_pbas[..sut_blocks].iter().enumerate() {
-        blocks.push((*p, sut_bytes[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].to_vec()));
-    }
+    let sut_crc = crc32c::crc32c(&table);
     let disk = |id| st.maps.lba.node(id).disk.unwrap_or(u64::MAX);
     let chain_seed = crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
         ^ crc32c::crc32c(&root_pba.to_le_bytes());
@@ -134,7 +141,7 @@ pub fn prepare(
         vba_root: st.maps.vba.node(st.maps.vba_root).disk.unwrap_or(u64::MAX),
         sut_pba: sut_pbas[0],
         sut_blocks: sut_blocks as u32,
-        sut_crc: crc32c::crc32c(&sut_bytes),
+        sut_crc,
         snapshots: (st.maps.snapshots.iter().map(|s| (s, false)))
             .chain(st.maps.doomed.iter().map(|s| (s, true)))
             .map(|(s, deleting)| SnapshotRecord {
@@ -149,36 +156,72 @@ pub fn prepare(
             })
             .collect(),
     };
-    let root_block = root
+    let root_bytes = root
         .encode(root_pba)
         .ok_or_else(|| StoreError::Invalid("checkpoint root does not encode".into()))?;
-    for (i, b) in root_block.chunks(BLOCK_SIZE).enumerate() {
-        blocks.push((root_pba + i as u64, b.to_vec()));
+    table.extend_from_slice(&root_bytes);
+    for (i, p) in sut_pbas.iter().enumerate() {
+        blocks.push((*p, Source::Table(i)));
     }
     blocks.sort_unstable_by_key(|(p, _)| *p);
-    let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
-    for (p, b) in &blocks {
-        match runs.last_mut() {
-            Some((start, v)) if *start + v.len() as u64 == *p && v.len() < 1024 => v.push(b),
-            _ => runs.push((*p, vec![b])),
-        }
-    }
-    let runs = runs
-        .into_iter()
-        .map(|(start, v)| {
-            let mut ab = AlignedBuf::blocks(v.len());
-            for (i, b) in v.iter().enumerate() {
-                ab.block_mut(i).copy_from_slice(b);
-            }
-            (start, ab)
-        })
-        .collect();
-    Ok(Prepared {
-        runs,
+    Ok(Layout {
+        blocks,
+        table,
         root_pba,
         root_blocks,
         chain_seed,
     })
+}
+
+/// Encodes every block of `layout` straight into its run's buffer (runs of contiguous
+/// blocks, at most 1024), reading the nodes from `st`.
+fn encode(st: &State, layout: Layout) -> Result<Prepared> {
+    let mut spans: Vec<(u64, usize, usize)> = Vec::new();
+    for (i, (p, _)) in layout.blocks.iter().enumerate() {
+        match spans.last_mut() {
+            Some((start, _, n)) if *start + *n as u64 == *p && *n < 1024 => *n += 1,
+            _ => spans.push((*p, i, 1)),
+        }
+    }
+    let mut runs = Vec::with_capacity(spans.len());
+    for (start, first, n) in spans {
+        let mut ab = AlignedBuf::blocks(n);
+        for (k, (p, src)) in layout.blocks[first..first + n].iter().enumerate() {
+            let out = ab.block_mut(k);
+            let ok = match *src {
+                Source::LbaNode(id) => st.maps.lba.encode_node(id, *p, out),
+                Source::VbaNode(id) => st.maps.vba.encode_node(id, *p, out),
+                Source::Table(t) => {
+                    out.copy_from_slice(&layout.table[t * BLOCK_SIZE..(t + 1) * BLOCK_SIZE]);
+                    true
+                }
+            };
+            if !ok {
+                return Err(StoreError::Invalid("tree node does not encode".into()));
+            }
+        }
+        runs.push((start, ab));
+    }
+    Ok(Prepared {
+        runs,
+        root_pba: layout.root_pba,
+        root_blocks: layout.root_blocks,
+        chain_seed: layout.chain_seed,
+    })
+}
+
+/// Assigns disk blocks to every dirty node and encodes the checkpoint, each block straight
+/// into its run's buffer. After this the in-memory state describes the new checkpoint; the
+/// caller writes it and flips the superblock.
+pub fn prepare(
+    st: &mut State,
+    meta: &mut SegmentWriter,
+    geo: &Geometry,
+    generation: u64,
+    lsn: u64,
+) -> Result<Prepared> {
+    let layout = assign(st, meta, geo, generation, lsn)?;
+    encode(st, layout)
 }
 
 /// Writes the prepared blocks (all at once, through `io`) and flushes.
@@ -209,11 +252,18 @@ pub fn write_superblock(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
 pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<Written> {
     let generation = j.superblock.generation + 1;
     let lsn = j.cursor.next_lsn - 1;
+    let t0 = std::time::Instant::now();
     let prepared = {
         let mut st = write(&store.state);
         prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
     };
+    let encoded = t0.elapsed();
     let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;
+    log::debug!(
+        "checkpoint generation {generation}: {} runs encoded in {encoded:?}, written by {:?}",
+        prepared.runs.len(),
+        t0.elapsed()
+    );
     if prepared.root_blocks > 1 {
         // In place: from this checkpoint on, a Keel that reads only one-block roots refuses
         // the container instead of calling the root corrupt.
