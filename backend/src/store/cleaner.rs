@@ -271,6 +271,14 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
         let idle = idle_ms >= cfg.idle.as_millis() as u64;
+        // Snapshot trees' dirty leaves, written ahead so the next checkpoint is short.
+        if store.prewrite_pending() {
+            if let Err(e) = store.prewrite_frozen() {
+                log::warn!("cleaner: writing snapshot tree nodes ahead: {e}");
+                store.cleaner_nap(cfg.pause * 5);
+            }
+            continue;
+        }
         // A deleted snapshot's blocks come back before any live block is moved: a chunk at a
         // time, paced while the guest is busy (each chunk holds the maps about 1 ms).
         if store.reclaim_pending() {

@@ -72,6 +72,8 @@ impl Store {
     /// Checks the whole container; see [`FsckReport`].
     pub fn fsck(&self) -> FsckReport {
         let j = lock(&self.journal);
+        // A leaf written ahead counts once it is settled (see prewrite.rs).
+        let _prewriter = lock(&self.prewriter);
         let st = read(&self.state);
         let geo = self.geometry();
         let mut r = FsckReport::default();

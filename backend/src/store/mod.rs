@@ -25,6 +25,7 @@ pub mod layout;
 pub mod maps;
 mod persist;
 mod pins;
+mod prewrite;
 mod read;
 mod reclaim;
 mod recovery;
@@ -161,6 +162,10 @@ pub struct Store {
     journal_cv: Condvar,
     writers: Vec<Mutex<SegmentWriter>>,
     cleaner_writer: Mutex<SegmentWriter>,
+    /// Metadata blocks for snapshot trees' leaves written ahead of the checkpoint.
+    prewriter: Mutex<SegmentWriter>,
+    /// A snapshot froze dirty nodes since they were last written ahead.
+    prewrite_due: AtomicBool,
     /// Segments that reads in flight read from: not reused until released.
     pins: Arc<SegmentPins>,
     stats: Counters,
@@ -263,6 +268,9 @@ impl Store {
             journal_cv: Condvar::new(),
             writers,
             cleaner_writer: Mutex::new(SegmentWriter::new(geo.seg_blocks)),
+            prewriter: Mutex::new(SegmentWriter::new(geo.seg_blocks)),
+            // Replayed snapshot records may have frozen dirty nodes.
+            prewrite_due: AtomicBool::new(true),
             pins: Arc::new(SegmentPins::new(geo.segments)),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
@@ -418,6 +426,7 @@ impl Store {
             self.note_snapshot_pause(held.elapsed());
             id
         };
+        self.note_frozen_nodes();
         // Guest writes go on meanwhile: the flush only has to precede the answer.
         self.flush()?;
         Ok(id)

@@ -10,7 +10,7 @@ use super::io::BatchIo;
 use super::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use super::superblock::Superblock;
 use super::sut::{SegKind, Sut};
-use super::{JournalState, State, Store, write};
+use super::{JournalState, State, Store, lock, write};
 use crate::device::BlockDevice;
 use std::collections::HashSet;
 
@@ -29,7 +29,7 @@ pub struct Prepared {
 }
 
 /// Takes `n` blocks for metadata; `contiguous` insists on one run inside one segment.
-fn take_meta(
+pub(super) fn take_meta(
     st: &mut State,
     meta: &mut SegmentWriter,
     n: usize,
@@ -253,6 +253,8 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     let generation = j.superblock.generation + 1;
     let lsn = j.cursor.next_lsn - 1;
     let t0 = std::time::Instant::now();
+    // No leaf written ahead is placed but unsettled while this checkpoint runs.
+    let mut prewriter = lock(&store.prewriter);
     let prepared = {
         let mut st = write(&store.state);
         prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
@@ -284,7 +286,12 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     // The new checkpoint is durable: segments emptied before it may be reused now, except
     // those a read in flight still reads from (they wait for a later checkpoint).
     let mut st = write(&store.state);
-    for seg in j.meta_writer.retired.drain(..) {
+    for seg in j
+        .meta_writer
+        .retired
+        .drain(..)
+        .chain(prewriter.retired.drain(..))
+    {
         st.sut.close(seg);
     }
     st.sut.release_pending(&|seg| store.pins.is_pinned(seg));

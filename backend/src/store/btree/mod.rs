@@ -521,6 +521,34 @@ impl<V: TreeValue> Forest<V> {
         seen
     }
 
+    /// Dirty leaves reachable from `roots` (only dirty nodes are walked: a clean node has
+    /// clean children), with the sequence number of the operation that last wrote each.
+    pub fn dirty_leaves(&self, roots: &[NodeId]) -> Vec<(NodeId, u64)> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            let n = self.node(id);
+            if n.disk.is_some() || !seen.insert(id) {
+                continue;
+            }
+            match &n.body {
+                Body::Leaf { .. } => out.push((id, n.seq)),
+                Body::Internal { children, .. } => stack.extend(children.iter().copied()),
+            }
+        }
+        out
+    }
+
+    /// Whether `id` is still a dirty leaf last written by operation `seq`: not changed,
+    /// freed or written out since it was picked (a reused id carries a later `seq`).
+    pub fn is_dirty_leaf(&self, id: NodeId, seq: u64) -> bool {
+        matches!(
+            self.nodes.get(id as usize),
+            Some(Some(n)) if n.disk.is_none() && n.seq == seq && matches!(n.body, Body::Leaf { .. })
+        )
+    }
+
     /// Checks the reference counts against `roots` (each entry one tree's reference): every
     /// live node is reachable and counts exactly its parents and roots. For tests and fsck.
     pub fn check_refs(&self, roots: &[NodeId]) -> std::result::Result<(), String> {

@@ -255,6 +255,13 @@ fn run(seed: u64) -> Result<u64, String> {
                         break;
                     }
                 }
+                // Snapshot trees' leaves written ahead: nothing durable changes until a
+                // checkpoint names them.
+                22 => {
+                    if store.prewrite_frozen().is_err() {
+                        break;
+                    }
+                }
                 _ => {
                     if store.clean_step().is_err() {
                         break;
