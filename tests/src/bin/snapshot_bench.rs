@@ -249,7 +249,10 @@ fn bursts(a: &Args) -> usize {
 fn keel_row(a: &Args, size: u64, snapshots: usize) -> (Measurement, Keeld) {
     let _ = fs::remove_file(a.dir.join("snap.keel"));
     let bursts = bursts(a);
-    let k = start_keeld(&a.dir, disk_for(size).max(size + bursts as u64 * (12 << 20)));
+    let k = start_keeld(
+        &a.dir,
+        disk_for(size).max(size + bursts as u64 * (12 << 20)),
+    );
     let written = || {
         k.ctl
             .get::<DiskStats>("/v1/disks/b/stats")
