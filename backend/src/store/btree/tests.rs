@@ -44,16 +44,21 @@ fn insert_lookup_range_remove() {
     );
 }
 
-#[test]
-fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
+/// A tree of 1000 keys written at seq 1 and frozen as a snapshot: (forest, running, snapshot).
+fn snapshotted_tree() -> (Forest<V>, NodeId, NodeId) {
     let mut f = Forest::<V>::new();
     let mut running = f.new_leaf(1);
     for k in 0..1000 {
         f.insert(&mut running, k, V(k), 1, 0);
     }
+    f.retain(running);
+    (f, running, running)
+}
+
+#[test]
+fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
     // Snapshot at seq 1: the running point continues at seq 2.
-    let snap = running;
-    f.retain(snap);
+    let (mut f, mut running, snap) = snapshotted_tree();
     let before = f.live_nodes();
     f.insert(&mut running, 5, V(555), 2, 1);
     assert_ne!(running, snap, "a frozen root is copied");
@@ -83,13 +88,7 @@ fn frozen_nodes_are_copied_newer_nodes_change_in_place() {
 
 #[test]
 fn a_node_no_snapshot_holds_any_more_changes_in_place() {
-    let mut f = Forest::<V>::new();
-    let mut running = f.new_leaf(1);
-    for k in 0..1000 {
-        f.insert(&mut running, k, V(k), 1, 0);
-    }
-    let snap = running;
-    f.retain(snap);
+    let (mut f, mut running, snap) = snapshotted_tree();
     // The snapshot is dropped; `frozen` still says 1, but nothing shares the nodes now.
     f.unref(snap);
     let before = (running, f.live_nodes());

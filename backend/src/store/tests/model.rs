@@ -271,6 +271,28 @@ fn full_container_says_no_space_and_keeps_reading() {
 }
 
 /// One 4 KiB write of `fill` at block `blk`.
+/// A 16 MiB container (4096 blocks, 16 LBA leaves when full) with 256 KiB segments and a
+/// 1 MiB journal.
+fn mid_opts() -> crate::store::CreateOptions {
+    crate::store::CreateOptions {
+        capacity: 16 << 20,
+        segment_bytes: 256 << 10,
+        journal_bytes: Some(1 << 20),
+        overprovision_percent: 50,
+    }
+}
+
+/// Block 7 written, snapshot a, block 7 rewritten, snapshot b, then the running point reverted
+/// to a: the history after which a later tree can hold what the one before it dropped.
+fn reverted_past_a_second_version(store: &Store) -> (u64, u64) {
+    write_block(store, 7, 1);
+    let a = store.create_snapshot("a").unwrap();
+    write_block(store, 7, 2);
+    let b = store.create_snapshot("b").unwrap();
+    store.revert_to_snapshot(a).unwrap();
+    (a, b)
+}
+
 /// Deletes a snapshot and gives its blocks back at once, as the cleaner would soon after.
 fn delete(store: &Store, id: u64) -> crate::store::Result<()> {
     store.delete_snapshot(id)?;
@@ -324,11 +346,7 @@ fn deleting_the_snapshot_a_revert_went_back_to_keeps_its_blocks() {
 #[test]
 fn blocks_inherited_through_a_revert_are_freed_by_the_delete_of_their_last_holder() {
     let (dev, store) = new_store(&small_opts());
-    write_block(&store, 7, 1);
-    let a = store.create_snapshot("a").unwrap();
-    write_block(&store, 7, 2);
-    let _b = store.create_snapshot("b").unwrap();
-    store.revert_to_snapshot(a).unwrap();
+    let (a, _b) = reverted_past_a_second_version(&store);
     delete(&store, a).unwrap();
     // Block 7 (version 1) is now held by the running point alone: b has version 2.
     let c = store.create_snapshot("c").unwrap();
@@ -346,11 +364,7 @@ fn blocks_inherited_through_a_revert_are_freed_by_the_delete_of_their_last_holde
 #[test]
 fn a_revert_frees_blocks_only_the_running_point_held() {
     let (_dev, store) = new_store(&small_opts());
-    write_block(&store, 7, 1);
-    let a = store.create_snapshot("a").unwrap();
-    write_block(&store, 7, 2);
-    let b = store.create_snapshot("b").unwrap();
-    store.revert_to_snapshot(a).unwrap();
+    let (a, b) = reverted_past_a_second_version(&store);
     delete(&store, a).unwrap();
     let used = store.info().used_data_bytes;
     store.revert_to_snapshot(b).unwrap();
@@ -552,13 +566,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
 /// tree changed (what it may hold alone), not at the whole disk, and frees exactly those.
 #[test]
 fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
-    let opts = crate::store::CreateOptions {
-        capacity: 16 << 20,
-        segment_bytes: 256 << 10,
-        journal_bytes: Some(1 << 20),
-        overprovision_percent: 50,
-    };
-    let (_dev, store) = new_store(&opts);
+    let (_dev, store) = new_store(&mid_opts());
     let blocks = 4096u64;
     let data = vec![7u8; 64 * 4096];
     for first in (0..blocks).step_by(64) {
@@ -607,11 +615,7 @@ fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
 #[test]
 fn a_block_a_revert_brought_back_survives_the_delete_of_its_first_holder() {
     let (dev, store) = new_store(&small_opts());
-    write_block(&store, 7, 1);
-    let a = store.create_snapshot("a").unwrap();
-    write_block(&store, 7, 2);
-    let _b = store.create_snapshot("b").unwrap();
-    store.revert_to_snapshot(a).unwrap();
+    let (a, _b) = reverted_past_a_second_version(&store);
     // c holds version 1 of block 7 again; b does not.
     let c = store.create_snapshot("c").unwrap();
     write_block(&store, 7, 3);
@@ -648,13 +652,7 @@ fn leaves_written_ahead_shorten_the_checkpoint() {
     // The same history twice, with and without writing ahead: (leaves written ahead,
     // blocks the checkpoint then wrote).
     let run = |ahead: bool| {
-        let opts = crate::store::CreateOptions {
-            capacity: 16 << 20,
-            segment_bytes: 256 << 10,
-            journal_bytes: Some(1 << 20),
-            overprovision_percent: 50,
-        };
-        let (dev, store) = new_store(&opts);
+        let (dev, store) = new_store(&mid_opts());
         let mut model = vec![7u8; 16 << 20];
         // Every block mapped (16 leaves), then all clean.
         let data = vec![7u8; 64 * 4096];
