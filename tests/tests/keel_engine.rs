@@ -164,6 +164,41 @@ fn snapshots_through_the_control_api() {
     assert!(matches!(nodisk, Err(ClientError::Api { status: 404, .. })));
 }
 
+/// A delete answers once it is durable; keeld's cleaner thread then gives the snapshot's
+/// blocks back, and the stats say when that is done.
+#[test]
+fn a_deleted_snapshot_gives_its_blocks_back_in_the_background() {
+    let keeld = InProcess::start(&with_control(&keel_disk("k", "64M", "")));
+    let api = ControlClient::new(&keeld.dir().join("keel.sock"));
+    let mut c = Client::connect(&keeld.socket("k"), 1, 2 * MIB).unwrap();
+    c.write(0, 0, &pattern(1, MIB)).unwrap();
+    let _: SnapshotInfo = api
+        .post(
+            "/v1/disks/k/snapshots",
+            &CreateSnapshot { name: "s1".into() },
+        )
+        .unwrap();
+    // The snapshot now holds the first version of 256 blocks alone.
+    c.write(0, 0, &pattern(2, MIB)).unwrap();
+    let _: serde_json::Value = api.delete("/v1/disks/k/snapshots/s1").unwrap();
+    let list: Vec<SnapshotInfo> = api.get("/v1/disks/k/snapshots").unwrap();
+    assert!(
+        list.is_empty(),
+        "gone from the list when the delete answers"
+    );
+    let mut pending = u64::MAX;
+    for _ in 0..500 {
+        let s: DiskStats = api.get("/v1/disks/k/stats").unwrap();
+        pending = s.snapshots_being_deleted;
+        if pending == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pending, 0, "the cleaner thread did not finish the delete");
+    assert_eq!(c.read(0, 0, MIB).unwrap(), pattern(2, MIB));
+}
+
 #[test]
 fn mirrored_disks_keep_serving_with_a_component_offline() {
     for engine in ["raw", "keel"] {
