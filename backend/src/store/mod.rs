@@ -166,6 +166,9 @@ pub struct Store {
     prewriter: Mutex<SegmentWriter>,
     /// A snapshot froze dirty nodes since they were last written ahead.
     prewrite_due: AtomicBool,
+    /// Snapshots up to this `seq` had their frozen leaves written ahead (0 at open: all are
+    /// looked at once, replayed snapshot records may have frozen some).
+    prewritten_seq: AtomicU64,
     /// Segments that reads in flight read from: not reused until released.
     pins: Arc<SegmentPins>,
     stats: Counters,
@@ -271,6 +274,7 @@ impl Store {
             prewriter: Mutex::new(SegmentWriter::new(geo.seg_blocks)),
             // Replayed snapshot records may have frozen dirty nodes.
             prewrite_due: AtomicBool::new(true),
+            prewritten_seq: AtomicU64::new(0),
             pins: Arc::new(SegmentPins::new(geo.segments)),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
@@ -360,10 +364,11 @@ impl Store {
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
                 log::debug!(
-                    "checkpoint generation {}: {} blocks in {:?}",
+                    "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
                     j.superblock.generation,
                     written.bytes / BLOCK,
-                    t0.elapsed()
+                    t0.elapsed(),
+                    written.encoding
                 );
                 Ok(())
             }

@@ -38,8 +38,9 @@ impl Store {
         self.prewrite_due.load(Ordering::Acquire)
     }
 
-    /// Writes the dirty leaves of every snapshot tree (and of trees being deleted), a chunk
-    /// at a time; returns how many were written and marked clean.
+    /// Writes the dirty leaves of the snapshot trees taken since the last call (a tree only
+    /// gains frozen leaves when it is taken), a chunk at a time; returns how many were
+    /// written and marked clean.
     pub fn prewrite_frozen(&self) -> Result<usize> {
         self.ensure_ok()?;
         if !self.prewrite_due.swap(false, Ordering::AcqRel) {
@@ -47,10 +48,14 @@ impl Store {
         }
         let picked = {
             let st = read(&self.state);
-            let roots: Vec<NodeId> = (st.maps.snapshots.iter())
+            let after = self.prewritten_seq.load(Ordering::Acquire);
+            let new: Vec<_> = (st.maps.snapshots.iter())
                 .chain(st.maps.doomed.iter())
-                .map(|s| s.root)
+                .filter(|s| s.seq > after)
                 .collect();
+            let newest = new.iter().map(|s| s.seq).max().unwrap_or(after);
+            self.prewritten_seq.store(newest, Ordering::Release);
+            let roots: Vec<NodeId> = new.iter().map(|s| s.root).collect();
             st.maps.lba.dirty_leaves(&roots)
         };
         let mut done = 0;
