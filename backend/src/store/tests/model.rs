@@ -282,6 +282,25 @@ fn mid_opts() -> crate::store::CreateOptions {
     }
 }
 
+/// Finishes every pending delete; returns the data blocks that gave back.
+fn reclaimed_blocks(store: &Store) -> u64 {
+    let used = store.info().used_data_bytes;
+    store.reclaim_all().unwrap();
+    (used - store.info().used_data_bytes) / 4096
+}
+
+/// Writes the first `blocks` blocks with 7s, 64 blocks per batch.
+fn fill_with_sevens(store: &Store, blocks: u64) {
+    let data = vec![7u8; 64 * 4096];
+    for first in (0..blocks).step_by(64) {
+        let op = Op::Write {
+            offset: first * 4096,
+            data: &data,
+        };
+        store.write_batch(0, &[op]).unwrap();
+    }
+}
+
 /// Block 7 written, snapshot a, block 7 rewritten, snapshot b, then the running point reverted
 /// to a: the history after which a later tree can hold what the one before it dropped.
 fn reverted_past_a_second_version(store: &Store) -> (u64, u64) {
@@ -550,14 +569,12 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     );
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
-    let used = store.info().used_data_bytes;
-    store.reclaim_all().unwrap();
-    assert_eq!(store.info().deleting_snapshots, 0);
     assert_eq!(
-        store.info().used_data_bytes,
-        used - 2 * 4096,
+        reclaimed_blocks(&store),
+        2,
         "versions 1 and 2 of block 1 were a's and b's alone"
     );
+    assert_eq!(store.info().deleting_snapshots, 0);
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
@@ -568,18 +585,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
 fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
     let (_dev, store) = new_store(&mid_opts());
     let blocks = 4096u64;
-    let data = vec![7u8; 64 * 4096];
-    for first in (0..blocks).step_by(64) {
-        store
-            .write_batch(
-                0,
-                &[Op::Write {
-                    offset: first * 4096,
-                    data: &data,
-                }],
-            )
-            .unwrap();
-    }
+    fill_with_sevens(&store, blocks);
     let a = store.create_snapshot("a").unwrap();
     for b in [3u64, 900, 2000] {
         write_block(&store, b, 1);
@@ -598,11 +604,9 @@ fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
         3,
         "the blocks b rewrote, of {blocks} on the disk"
     );
-    let used = store.info().used_data_bytes;
-    store.reclaim_all().unwrap();
     assert_eq!(
-        store.info().used_data_bytes,
-        used - 3 * 4096,
+        reclaimed_blocks(&store),
+        3,
         "a's versions of blocks 3, 900 and 2000 were its alone"
     );
     let r = store.fsck();
@@ -655,14 +659,7 @@ fn leaves_written_ahead_shorten_the_checkpoint() {
         let (dev, store) = new_store(&mid_opts());
         let mut model = vec![7u8; 16 << 20];
         // Every block mapped (16 leaves), then all clean.
-        let data = vec![7u8; 64 * 4096];
-        for first in (0..4096u64).step_by(64) {
-            let op = Op::Write {
-                offset: first * 4096,
-                data: &data,
-            };
-            store.write_batch(0, &[op]).unwrap();
-        }
+        fill_with_sevens(&store, 4096);
         store.checkpoint().unwrap();
         // Fewer writes than a checkpoint takes (one record each), over every leaf.
         for b in (0..4096u64).step_by(41) {
