@@ -19,10 +19,12 @@
 //! with sparse nodes and the next splits refill them.
 
 mod node;
+mod search;
 
 pub use node::{Body, INTERNAL_CAP, Node, NodeId, TreeValue, leaf_cap};
 
 use super::error::{Result, StoreError};
+use search::{find, route};
 use std::collections::{HashMap, HashSet};
 
 /// Deepest tree accepted from disk; 8 levels of 127-way nodes hold far more than 2^64 keys.
@@ -42,11 +44,6 @@ impl<V: TreeValue> Default for Forest<V> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn route(keys: &[u64], key: u64) -> usize {
-    keys.get(1..)
-        .map_or(0, |rest| rest.partition_point(|k| *k <= key))
 }
 
 impl<V: TreeValue> Forest<V> {
@@ -148,8 +145,7 @@ impl<V: TreeValue> Forest<V> {
         loop {
             match &self.node(id).body {
                 Body::Leaf { keys, vals } => {
-                    return keys
-                        .binary_search(&key)
+                    return find(keys, key)
                         .ok()
                         .and_then(|i| vals.get(i).copied());
                 }
@@ -222,7 +218,7 @@ impl<V: TreeValue> Forest<V> {
     ) -> (Option<V>, Option<(u64, NodeId)>) {
         let (idx, child) = match &mut self.node_mut(id).body {
             Body::Leaf { keys, vals } => {
-                let old = match keys.binary_search(&key) {
+                let old = match find(keys, key) {
                     Ok(i) => Some(std::mem::replace(&mut vals[i], val)),
                     Err(i) => {
                         keys.insert(i, key);
@@ -317,7 +313,7 @@ impl<V: TreeValue> Forest<V> {
     fn remove_rec(&mut self, id: NodeId, key: u64, seq: u64, frozen: u64) -> Option<V> {
         let (idx, child) = match &mut self.node_mut(id).body {
             Body::Leaf { keys, vals } => {
-                let i = keys.binary_search(&key).ok()?;
+                let i = find(keys, key).ok()?;
                 keys.remove(i);
                 return Some(vals.remove(i));
             }
@@ -348,7 +344,7 @@ impl<V: TreeValue> Forest<V> {
     pub fn range(&self, root: NodeId, lo: u64, hi: u64, f: &mut dyn FnMut(u64, V)) {
         match &self.node(root).body {
             Body::Leaf { keys, vals } => {
-                let start = keys.partition_point(|k| *k < lo);
+                let start = find(keys, lo).unwrap_or_else(|i| i);
                 for (k, v) in keys[start..].iter().zip(&vals[start..]) {
                     if *k >= hi {
                         break;
