@@ -167,14 +167,20 @@ impl QueueWorker {
         }
     }
 
-    /// One round: take the ring's chains, submit, complete, notify. Returns whether any work was done.
+    /// One round: hand the guest what finished, take the ring's chains, submit, hand over what
+    /// finished meanwhile. Finished requests go out first so that the guest can refill its
+    /// queue while this round submits. Returns whether any work was done.
     fn run_once(&mut self, state: &mut VringGuard<'_>, mem: &Arc<GuestMemory>) -> bool {
+        let earlier = self.complete(state, mem);
+        if earlier > 0 {
+            self.notify(state, mem);
+        }
         let took = self.take_available(state, mem);
         let completed = self.complete(state, mem);
         if took + completed > 0 {
             self.notify(state, mem);
         }
-        took + completed > 0
+        earlier + took + completed > 0
     }
 
     /// Keeps serving without sleeping until `poll` passes with nothing to do.
