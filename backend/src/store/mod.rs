@@ -34,6 +34,7 @@ mod stats;
 mod superblock;
 mod sut;
 pub mod testing;
+mod unwritten;
 mod write;
 
 #[cfg(test)]
@@ -100,8 +101,15 @@ pub(crate) struct JournalState {
     pub cursor: JournalCursor,
     /// The newest record applied to the maps; records apply in LSN order.
     pub applied_lsn: u64,
-    /// Records reserved and not yet applied (their batches' writes are in flight).
+    /// Every record up to this one is written (its data and itself): a batch is answered
+    /// only once this reaches it.
+    pub written_lsn: u64,
+    /// Records written ahead of an earlier one still in flight.
+    pub written_ahead: std::collections::BTreeSet<u64>,
+    /// Records reserved whose writes have not finished.
     pub in_flight: u64,
+    /// Data segments a writer filled, with the record after which they may close.
+    pub retiring: Vec<(u64, u64)>,
     pub superblock: Superblock,
     pub meta_writer: SegmentWriter,
     /// Set at open: the next record must start a new chain (a checkpoint first). Past the
@@ -171,6 +179,8 @@ pub struct Store {
     prewritten_seq: AtomicU64,
     /// Segments that reads in flight read from: not reused until released.
     pins: Arc<SegmentPins>,
+    /// Blocks mapped by a batch whose writes are still in flight: readers wait for them.
+    unwritten: unwritten::Unwritten,
     stats: Counters,
     failed: AtomicBool,
     opts: StoreOptions,
@@ -262,7 +272,10 @@ impl Store {
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                written_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                written_ahead: Default::default(),
                 in_flight: 0,
+                retiring: Vec::new(),
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
                 meta_writer: SegmentWriter::new(geo.seg_blocks),
@@ -276,6 +289,7 @@ impl Store {
             prewrite_due: AtomicBool::new(true),
             prewritten_seq: AtomicU64::new(0),
             pins: Arc::new(SegmentPins::new(geo.segments)),
+            unwritten: unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
             opts,

@@ -122,6 +122,9 @@ impl Store {
                 }));
             }
         }
+        // A batch applies its map changes while its data is being written.
+        self.unwritten
+            .wait_for(runs.iter().map(|r| (r.pba, r.blocks as u64)));
         Ok(ReadPlan {
             offset,
             len,

@@ -15,7 +15,7 @@ use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use std::sync::atomic::Ordering;
 
-use super::{Store, lock, write};
+use super::{Store, write};
 
 /// Spare data space the cleaner keeps after growing, in percent of the capacity.
 pub const MIN_SPARE_PERCENT: u64 = 10;
@@ -78,7 +78,7 @@ impl Store {
                  FILE NEW)"
             )));
         }
-        let mut j = lock(&self.journal);
+        let mut j = self.quiet_journal();
         j.superblock.geometry.capacity = capacity;
         if let Err(e) = self.checkpoint_locked(&mut j) {
             j.superblock.geometry.capacity = now;

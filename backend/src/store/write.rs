@@ -1,15 +1,19 @@
 //! The write path: one batch of guest requests becomes data appended to the writer's open
 //! segment plus **one** journal record (one metadata transaction), issued together.
 //!
-//! A batch goes through three steps:
+//! A batch goes through four steps:
 //! 1. *prepare*, under the writer's lock: plan the batch (sorted, coalesced, overlaps resolved
 //!    in submission order), take blocks and VBAs, copy and checksum the data;
-//! 2. *reserve*, under the journal lock (briefly): take the record's LSN and place, encode it;
-//! 3. *write* the data runs and the record at once, without any lock, then *apply*: the map
-//!    changes take effect in LSN order, so the maps always agree with what recovery would
-//!    replay, whatever order the batches of different queues finish in.
+//! 2. *reserve*, under the journal lock (briefly): take the record's LSN and place, encode it,
+//!    and list the batch's blocks as being written ([`Unwritten`](super::unwritten));
+//! 3. *write* the data runs and the record at once, without any lock, and while they are in
+//!    flight *apply* the map changes, in LSN order, so that the maps always agree with what
+//!    recovery would replay, whatever order the batches of different queues finish in;
+//! 4. *finish* once the writes are done: the blocks read normally, and the batch is answered
+//!    when every earlier record is written too (an answered batch never depends on a record
+//!    that could still be lost).
 //!
-//! A checkpoint needs every reserved record applied, so it waits for the batches in flight
+//! A checkpoint needs every reserved record written, so it waits for the batches in flight
 //! (never for one that has not reserved yet); a batch that reserved never waits for one that
 //! has not.
 
@@ -20,7 +24,7 @@ use super::codec::block_crc;
 use super::error::{Result, StoreError};
 use super::io::{BatchIo, DeviceIo};
 use super::journal::{self, Entry};
-use super::layout::BLOCK;
+use super::layout::{BLOCK, BLOCK_SIZE};
 use super::stats::Counters;
 use super::sut::SegKind;
 use super::{JournalState, State, Store, lock, read, write};
@@ -180,9 +184,10 @@ impl Store {
     }
 
     /// Writes `runs` (block address, data) and one journal record holding `entries` through
-    /// `io`, then applies the record to the maps in LSN order. With `drop_stale_moves`,
-    /// cleaner moves whose VBA left its old block are removed first. Returns the entries
-    /// committed.
+    /// `io`, applying the record to the maps (in LSN order) while the writes are in flight.
+    /// With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
+    /// Segments in `retired` close once every record up to this one is written. Returns the
+    /// entries committed.
     pub(super) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
@@ -205,25 +210,53 @@ impl Store {
             });
         }
         if entries.is_empty() {
-            drop(j);
-            let mut st = write(&self.state);
-            for seg in retired.drain(..) {
-                st.sut.close(seg);
-            }
+            // The segments were filled by records already reserved.
+            let mut j = j;
+            let last = j.cursor.next_lsn.saturating_sub(1);
+            self.retire(&mut j, last, retired);
             return Ok(0);
         }
-        let (j, reserved) = self.reserve(j, &entries, io)?;
+        let (mut j, reserved) = self.reserve(j, &entries, io)?;
+        let lsn = reserved.lsn;
+        self.unwritten.add(
+            lsn,
+            runs.iter()
+                .map(|(p, b)| (*p, (b.len() / BLOCK_SIZE) as u64)),
+        );
+        self.retire(&mut j, lsn, retired);
         drop(j);
         let mut writes: Vec<(u64, &[u8])> = runs.iter().map(|(p, b)| (p * BLOCK, &b[..])).collect();
         writes.push((reserved.pba * BLOCK, &reserved.record[..]));
-        let written = io.write_all(&writes);
+        let written = io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
         Counters::add(&self.stats.journal_writes, 1);
         Counters::add(
             &self.stats.journal_write_bytes,
             reserved.record.len() as u64,
         );
-        self.apply_in_order(reserved.lsn, &entries, retired, written)?;
+        self.finish_commit(lsn, written)?;
         Ok(entries.len() as u64)
+    }
+
+    /// Lists `segments` (filled by a writer) to close once record `lsn` and every record
+    /// before it are written: only then can the cleaner read them whole.
+    fn retire(&self, j: &mut JournalState, lsn: u64, segments: &mut Vec<u64>) {
+        j.retiring.extend(segments.drain(..).map(|seg| (lsn, seg)));
+        self.close_retired(j);
+    }
+
+    fn close_retired(&self, j: &mut JournalState) {
+        if !j.retiring.iter().any(|&(lsn, _)| lsn <= j.written_lsn) {
+            return;
+        }
+        let mut st = write(&self.state);
+        let through = j.written_lsn;
+        j.retiring.retain(|&(lsn, seg)| {
+            let done = lsn <= through;
+            if done {
+                st.sut.close(seg);
+            }
+            !done
+        });
     }
 
     /// Places and encodes the next record, checkpointing first when the journal is past its
@@ -284,40 +317,55 @@ impl Store {
         self.wait_quiet(lock(&self.journal))
     }
 
-    /// Applies record `lsn` once every earlier one is applied. A failed write fails the
-    /// store: the record may or may not be on the device, recovery decides.
-    fn apply_in_order(
-        &self,
-        lsn: u64,
-        entries: &[Entry],
-        retired: &mut Vec<u64>,
-        written: std::io::Result<()>,
-    ) -> Result<()> {
+    /// Applies record `lsn` to the maps once every earlier one is applied (its writes may
+    /// still be in flight: readers of its blocks wait for them, see `unwritten`).
+    fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
         let mut j = lock(&self.journal);
         while j.applied_lsn + 1 != lsn {
             j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
         }
-        let outcome = match (&written, self.ensure_ok()) {
-            (Ok(()), Ok(())) => {
-                let mut st = write(&self.state);
-                let State { maps, sut, .. } = &mut *st;
-                maps.apply(entries, sut);
-                for seg in retired.drain(..) {
-                    sut.close(seg);
-                }
-                Ok(())
-            }
-            (Err(e), _) => {
-                let e = StoreError::Io(std::io::Error::new(e.kind(), e.to_string()));
-                self.fail(&e);
-                Err(e)
-            }
-            (_, Err(e)) => Err(e),
-        };
+        if self.ensure_ok().is_ok() {
+            let mut st = write(&self.state);
+            let State { maps, sut, .. } = &mut *st;
+            maps.apply(entries, sut);
+        }
         j.applied_lsn = lsn;
-        j.in_flight -= 1;
         drop(j);
         self.journal_cv.notify_all();
-        outcome
+    }
+
+    /// Record `lsn`'s writes have finished: its blocks read normally, and it returns once
+    /// every earlier record is written too. A failed write fails the store: the record may
+    /// or may not be on the device, recovery decides.
+    fn finish_commit(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
+        self.unwritten.remove(lsn);
+        let mut j = lock(&self.journal);
+        if lsn == j.written_lsn + 1 {
+            j.written_lsn = lsn;
+            loop {
+                let next = j.written_lsn + 1;
+                if !j.written_ahead.remove(&next) {
+                    break;
+                }
+                j.written_lsn = next;
+            }
+            self.close_retired(&mut j);
+        } else {
+            j.written_ahead.insert(lsn);
+        }
+        j.in_flight -= 1;
+        if let Err(e) = &written {
+            let e = StoreError::Io(std::io::Error::new(e.kind(), e.to_string()));
+            self.fail(&e);
+        }
+        self.journal_cv.notify_all();
+        while j.written_lsn < lsn {
+            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(j);
+        if let Err(e) = written {
+            return Err(StoreError::Io(e));
+        }
+        self.ensure_ok()
     }
 }

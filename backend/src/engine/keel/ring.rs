@@ -3,8 +3,8 @@
 //! Reads run asynchronously: each guest read becomes a [`ReadPlan`] and one entry per device
 //! run, and completes when its last run is in and its checksums pass, so a deep guest queue
 //! keeps as many device reads in flight. A write batch's data runs and journal record are
-//! pushed together and waited for as one ([`BatchIo`]); read completions that arrive
-//! meanwhile are kept.
+//! pushed together, the batch's map changes are applied while they are in flight, and then
+//! they are waited for as one ([`BatchIo`]); read completions that arrive meanwhile are kept.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -219,7 +219,11 @@ impl QueueRing {
 }
 
 impl BatchIo for QueueRing {
-    fn write_all(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+    fn write_all_while(
+        &mut self,
+        writes: &[(u64, &[u8])],
+        meanwhile: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         for (i, (offset, bytes)) in writes.iter().enumerate() {
             let entry = opcode::Write::new(CONTAINER, bytes.as_ptr(), bytes.len() as u32)
                 .offset(*offset)
@@ -228,6 +232,7 @@ impl BatchIo for QueueRing {
             self.push(entry);
         }
         self.submit();
+        meanwhile();
         let mut results: Vec<Option<i32>> = vec![None; writes.len()];
         let mut left = writes.len();
         while left > 0 {

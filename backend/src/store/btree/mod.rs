@@ -145,9 +145,7 @@ impl<V: TreeValue> Forest<V> {
         loop {
             match &self.node(id).body {
                 Body::Leaf { keys, vals } => {
-                    return find(keys, key)
-                        .ok()
-                        .and_then(|i| vals.get(i).copied());
+                    return find(keys, key).ok().and_then(|i| vals.get(i).copied());
                 }
                 Body::Internal { keys, children } => id = *children.get(route(keys, key))?,
             }

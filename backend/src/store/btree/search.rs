@@ -19,7 +19,11 @@ pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
     }
     if key >= last {
         let end = keys.len() - 1;
-        return if key == last { Ok(end) } else { Err(keys.len()) };
+        return if key == last {
+            Ok(end)
+        } else {
+            Err(keys.len())
+        };
     }
     // first < key < last, so the span is at least 2 and the guess lies in 0..len.
     let span = (last - first) as u128;
@@ -97,7 +101,17 @@ mod tests {
     fn clustered_keys_with_a_far_outlier_are_still_found() {
         let mut keys: Vec<u64> = (0..200).collect();
         keys.push(u64::MAX - 1);
-        for k in [0, 1, 100, 199, 200, 1 << 40, u64::MAX - 2, u64::MAX - 1, u64::MAX] {
+        for k in [
+            0,
+            1,
+            100,
+            199,
+            200,
+            1 << 40,
+            u64::MAX - 2,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert_eq!(find(&keys, k), keys.binary_search(&k), "key {k}");
         }
     }

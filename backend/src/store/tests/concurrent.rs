@@ -16,16 +16,31 @@ struct ShuffledIo<'a> {
 }
 
 impl BatchIo for ShuffledIo<'_> {
-    fn write_all(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+    fn write_all_while(
+        &mut self,
+        writes: &[(u64, &[u8])],
+        meanwhile: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         let mut order: Vec<usize> = (0..writes.len()).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, self.rng.below(i as u64 + 1) as usize);
         }
+        // The map changes apply before, between or after the writes.
+        let apply_at = self.rng.below(writes.len() as u64 + 1) as usize;
         std::thread::sleep(std::time::Duration::from_micros(self.rng.below(300)));
-        for i in order {
-            self.dev.write_at(writes[i].1, writes[i].0)?;
+        let mut written = Ok(());
+        for (n, i) in order.into_iter().enumerate() {
+            if n == apply_at {
+                meanwhile();
+            }
+            if written.is_ok() {
+                written = self.dev.write_at(writes[i].1, writes[i].0);
+            }
         }
-        Ok(())
+        if apply_at == writes.len() {
+            meanwhile();
+        }
+        written
     }
 }
 
