@@ -78,8 +78,14 @@ impl SubmitRing {
 
     /// Flushes the backlog, then blocks until at least one completion is ready.
     pub fn wait_one(&mut self) {
+        self.wait_for(1);
+    }
+
+    /// Flushes the backlog, then blocks until at least `n` completions are ready: one sleep
+    /// for a batch's writes instead of one per write.
+    pub fn wait_for(&mut self, n: usize) {
         self.flush_backlog();
-        if let Err(e) = self.ring.submit_and_wait(1)
+        if let Err(e) = self.ring.submit_and_wait(n.max(1))
             && e.raw_os_error() != Some(libc::EINTR)
         {
             log::error!("io_uring wait: {e}");

@@ -248,8 +248,9 @@ impl BatchIo for QueueRing {
                 break;
             }
             // The entries may still be in the kernel's hands: their buffers must outlive them,
-            // so keep waiting rather than return, whatever the wait says.
-            self.ring.wait_one();
+            // so keep waiting rather than return, whatever the wait says. Completions already
+            // reaped do not count toward the wait, so it cannot outlast the batch.
+            self.ring.wait_for(left);
         }
         for ((offset, bytes), res) in writes.iter().zip(results) {
             let res = res.unwrap_or(-libc::EIO);
