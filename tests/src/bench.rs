@@ -187,6 +187,29 @@ pub fn run(socket: &Path, w: &Workload, spin: bool) -> Result<Measurement, Strin
 
 /// Connects to `socket` as `opts` says and runs `w` on every queue at once.
 pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report, String> {
+    run_limited(socket, w, opts, None)
+}
+
+/// Runs `w` (one queue, libblkio) until `bytes` have been transferred, however long that
+/// takes (its runtime and warmup are ignored), and measures the whole of it. A disk filled
+/// this way gets the same bytes from every server, whatever their speed.
+pub fn run_bytes(socket: &Path, w: &Workload, bytes: u64) -> Result<Measurement, String> {
+    let w = Workload {
+        warmup: Duration::ZERO,
+        runtime: Duration::from_secs(3600),
+        ..*w
+    };
+    let opts = RunOptions::new(ClientKind::Blkio, false);
+    let ops = bytes.div_ceil(w.block_size as u64).max(1);
+    run_limited(socket, &w, &opts, Some(ops)).map(|r| r.measurement)
+}
+
+fn run_limited(
+    socket: &Path,
+    w: &Workload,
+    opts: &RunOptions,
+    ops_limit: Option<u64>,
+) -> Result<Report, String> {
     if w.block_size == 0
         || !w.block_size.is_multiple_of(512)
         || w.queue_depth == 0
@@ -224,7 +247,10 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
             .into_iter()
             .enumerate()
             .map(|(i, mut q)| {
-                s.spawn(move || drive(q.as_mut(), w, i, opts.queues, opts.poll, window))
+                s.spawn(move || {
+                    let limit = ops_limit.map(|n| n.div_ceil(opts.queues as u64));
+                    drive(q.as_mut(), w, i, opts.queues, opts.poll, window, limit)
+                })
             })
             .collect();
         handles
@@ -236,14 +262,20 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
             .collect()
     });
     let mut all = QueueStats::new();
+    let mut last = begin;
     for r in results {
         let q = r?;
+        last = last.max(q.last);
         all.ops += q.ops;
         all.latency
             .add(&q.latency)
             .map_err(|e| format!("histogram: {e}"))?;
     }
-    let iops = all.ops as f64 / w.runtime.as_secs_f64();
+    let elapsed = match ops_limit {
+        Some(_) => last.duration_since(begin),
+        None => w.runtime,
+    };
+    let iops = all.ops as f64 / elapsed.as_secs_f64().max(1e-9);
     let us = |ns: u64| ns as f64 / 1000.0;
     let h = &all.latency;
     let pct = |q: f64| {
@@ -269,6 +301,8 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
 
 struct QueueStats {
     ops: u64,
+    /// When the last request completed.
+    last: Instant,
     /// Nanoseconds, submission to completion.
     latency: Histogram<u64>,
 }
@@ -277,6 +311,7 @@ impl QueueStats {
     fn new() -> Self {
         Self {
             ops: 0,
+            last: Instant::now(),
             // 1 ns .. 100 s, 3 significant digits.
             latency: Histogram::new_with_bounds(1, 100_000_000_000, 3)
                 .expect("constant histogram bounds are valid"),
@@ -318,17 +353,24 @@ fn drive(
     queues: usize,
     poll: bool,
     (measure_from, end): (Instant, Instant),
+    ops_limit: Option<u64>,
 ) -> Result<QueueStats, String> {
     let mut offsets = Offsets::new(w, index, queues);
     let read = matches!(w.pattern, Pattern::RandRead | Pattern::SeqRead);
     let mut stats = QueueStats::new();
     let mut started = vec![Instant::now(); w.queue_depth];
+    let mut left = ops_limit.unwrap_or(u64::MAX);
+    let mut in_flight = 0;
     for (slot, at) in started.iter_mut().enumerate() {
+        if left == 0 {
+            break;
+        }
         q.enqueue(slot, read, offsets.next())?;
         *at = Instant::now();
+        in_flight += 1;
+        left -= 1;
     }
     let mut done = Vec::with_capacity(w.queue_depth);
-    let mut in_flight = w.queue_depth;
     let mut stopping = false;
     while in_flight > 0 {
         done.clear();
@@ -338,6 +380,7 @@ fn drive(
             q.submit_and_wait(&mut done)?;
         }
         let now = Instant::now();
+        stats.last = now;
         if now >= end {
             stopping = true;
         }
@@ -353,10 +396,11 @@ fn drive(
                     .latency
                     .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
             }
-            if !stopping {
+            if !stopping && left > 0 {
                 q.enqueue(slot, read, offsets.next())?;
                 started[slot] = Instant::now();
                 in_flight += 1;
+                left -= 1;
             }
         }
     }

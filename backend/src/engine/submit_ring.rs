@@ -17,6 +17,7 @@ impl SubmitRing {
     pub fn new(entries: u32, eventfd: i32) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_cqsize(entries * 4)
+            .setup_coop_taskrun()
             .build(entries)?;
         ring.submitter().register_eventfd(eventfd)?;
         Ok(Self {

@@ -1,7 +1,8 @@
 //! Keel's storage core (engine "keel") against qemu-storage-daemon on a raw file and on a qcow2
 //! image: the same client, the same workloads, the same run. See docs/benchmarks.md.
 //!
-//! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--no-amp]
+//! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--settle SECS]
+//! [--no-amp]
 //! Prints a markdown table and, after a line "JSON:", the raw numbers.
 
 use std::fs;
@@ -21,6 +22,8 @@ struct Args {
     dir: PathBuf,
     size: u64,
     amp: bool,
+    /// Pause after the fill, before the reads.
+    settle: Duration,
 }
 
 fn parse_args() -> Args {
@@ -28,8 +31,9 @@ fn parse_args() -> Args {
         runs: 3,
         runtime: Duration::from_secs(5),
         dir: std::env::temp_dir().join("keel-store-bench"),
-        size: 1 << 30,
+        size: 2 << 30,
         amp: true,
+        settle: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -40,6 +44,7 @@ fn parse_args() -> Args {
             "--dir" => a.dir = PathBuf::from(val()),
             "--size-mib" => a.size = val().parse::<u64>().expect("--size-mib N") << 20,
             "--no-amp" => a.amp = false,
+            "--settle" => a.settle = Duration::from_secs_f64(val().parse().expect("--settle S")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -192,9 +197,20 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     let before = stats(&s);
     let randwrite_fresh = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
     let metadata_per_write = per_write(before, stats(&s));
-    // Then lay the disk out sequentially, so reads hit written blocks on every server.
-    let fill_time = Duration::from_secs_f64(a.runtime.as_secs_f64().max(4.0));
-    let fill_seq = run(&wl(Pattern::SeqWrite, 1 << 20, 4, fill_time));
+    // Then lay the disk out sequentially, once over, so reads hit written blocks on every
+    // server and every server's device took the same bytes; then let the device settle
+    // (the host behind it may still be writing back).
+    let fill = wl(Pattern::SeqWrite, 1 << 20, 4, a.runtime);
+    let fill_seq = bench::run_bytes(&s.sock, &fill, a.size)
+        .unwrap_or_else(|e| panic!("{server:?} {}: {e}", fill.label()));
+    eprintln!(
+        "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us",
+        fill.label(),
+        fill_seq.iops,
+        fill_seq.mib_per_s,
+        fill_seq.lat_p50_us
+    );
+    std::thread::sleep(a.settle);
     let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
     let before = stats(&s);
     let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
@@ -279,9 +295,11 @@ fn main() {
         }),
     ];
     println!(
-        "Median of {} runs, {} s each, 1 queue, blkio client, {} MiB disk, O_DIRECT everywhere.\n",
+        "Median of {} runs, {} s each (the fill: the disk once over, then {} s to settle), 1 \
+         queue, blkio client, {} MiB disk, O_DIRECT everywhere.\n",
         a.runs,
         a.runtime.as_secs_f64(),
+        a.settle.as_secs_f64(),
         a.size >> 20
     );
     println!(
@@ -304,6 +322,19 @@ fn main() {
             q.lat_p50_us,
             k.lat_p99_us,
             r.lat_p99_us
+        );
+    }
+    let per_run = |f: Getter, peer: usize| {
+        (runs[0].1.iter().zip(&runs[peer].1))
+            .map(|(k, p)| format!("{:.2}", f(k).iops / f(p).iops.max(1.0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, f) in rows {
+        println!(
+            "\n{name}: Keel/raw per run {}; Keel/qcow2 per run {}",
+            per_run(f, 1),
+            per_run(f, 2)
         );
     }
     let median_of = |f: fn(&RunResult) -> Option<f64>| {
