@@ -227,3 +227,79 @@ fn a_snapshot_under_full_speed_writes_holds_what_had_completed() {
     cleaner.join().unwrap();
     assert!(checked > 100, "the writers made progress: {checked}");
 }
+
+/// Applies the batch's map changes first, then writes after a pause: the widest window in
+/// which another thread finds a block mapped whose data is not on the device yet.
+struct LateIo<'a> {
+    dev: &'a dyn BlockDevice,
+    applied: &'a std::sync::atomic::AtomicBool,
+}
+
+impl BatchIo for LateIo<'_> {
+    fn write_all_while(
+        &mut self,
+        writes: &[(u64, &[u8])],
+        meanwhile: &mut dyn FnMut(),
+    ) -> io::Result<()> {
+        meanwhile();
+        self.applied
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        writes
+            .iter()
+            .try_for_each(|(offset, bytes)| self.dev.write_at(bytes, *offset))
+    }
+}
+
+/// A reader that looks a block up while the batch that maps it is still being written waits
+/// for the write: it reads the new data, never what the new place held before (which fails
+/// its checksum) and never an error.
+#[test]
+fn a_read_of_a_block_being_written_waits_for_its_data() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    let old = vec![0x11u8; 4096];
+    s.write_batch(
+        0,
+        &[Op::Write {
+            offset: 0,
+            data: &old,
+        }],
+    )
+    .unwrap();
+    for round in 0..5u8 {
+        let new = vec![0x20 + round; 4096];
+        let applied = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (s, applied) = (Arc::clone(&s), Arc::clone(&applied));
+            std::thread::spawn(move || {
+                while !applied.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+                let mut got = vec![0u8; 4096];
+                s.read(0, &mut got).map(|()| got[0])
+            })
+        };
+        let mut io = LateIo {
+            dev: dev.as_ref(),
+            applied: &applied,
+        };
+        s.write_batch_with(
+            0,
+            &[Op::Write {
+                offset: 0,
+                data: &new,
+            }],
+            &mut io,
+        )
+        .unwrap();
+        let seen = reader.join().unwrap();
+        assert_eq!(
+            seen.map_err(|e| e.to_string()),
+            Ok(0x20 + round),
+            "round {round}: the reader went ahead of the write"
+        );
+    }
+    assert!(s.fsck().is_clean());
+}
