@@ -4,41 +4,63 @@
 //! data's checksums, so recovery can tell a record whose data never landed (it is torn and
 //! discarded). They are therefore issued together and the batch completes when all are done.
 //! While they are in flight the batch applies its map changes (`meanwhile`), so the tree
-//! updates overlap the device. [`DeviceIo`] does the writes one after another through any
-//! [`BlockDevice`]; a queue with its own io_uring (engine `keel`) submits them in one system
-//! call instead and runs `meanwhile` before it waits.
+//! updates overlap the device. A data run is gathered from the guest's own (block-aligned)
+//! copies of its blocks, in block order, so the data is copied once on its way to the device.
+//! [`DeviceIo`] does the writes one after another through any [`BlockDevice`]; a queue with
+//! its own io_uring (engine `keel`) submits them in one system call instead and runs
+//! `meanwhile` before it waits.
 
 use crate::device::BlockDevice;
+use crate::store::AlignedBuf;
 use std::io;
+
+/// One device write: `parts` (block-aligned buffers) written in order to consecutive bytes
+/// from byte `offset`.
+pub type Gather<'a> = (u64, Vec<&'a [u8]>);
 
 /// Issues a set of independent writes and returns when every one has finished.
 pub trait BatchIo {
-    /// Writes each `(byte offset, bytes)` (block-aligned buffers), calls `meanwhile` exactly
-    /// once, whatever happens to the writes, and returns when every write has finished.
+    /// Issues every write, calls `meanwhile` exactly once, whatever happens to the writes,
+    /// and returns when every write has finished.
     fn write_all_while(
         &mut self,
-        writes: &[(u64, &[u8])],
+        writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()>;
 
     /// Writes each `(byte offset, bytes)` and returns when every one has finished.
     fn write_all(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
-        self.write_all_while(writes, &mut || {})
+        let gathers: Vec<Gather<'_>> = writes.iter().map(|(o, b)| (*o, vec![*b])).collect();
+        self.write_all_while(&gathers, &mut || {})
     }
 }
 
-/// Writes through the [`BlockDevice`], one after another.
+/// Writes through the [`BlockDevice`], one after another (a gathered write is assembled in
+/// one buffer first: one device write per run).
 pub struct DeviceIo<'a>(pub &'a dyn BlockDevice);
 
 impl BatchIo for DeviceIo<'_> {
     fn write_all_while(
         &mut self,
-        writes: &[(u64, &[u8])],
+        writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
         let written = writes
             .iter()
-            .try_for_each(|(offset, bytes)| self.0.write_at(bytes, *offset));
+            .try_for_each(|(offset, parts)| match &parts[..] {
+                [one] => self.0.write_at(one, *offset),
+                parts => {
+                    let len: usize = parts.iter().map(|p| p.len()).sum();
+                    let mut buf =
+                        AlignedBuf::scratch(len.div_ceil(crate::store::layout::BLOCK_SIZE));
+                    let mut at = 0;
+                    for p in parts {
+                        buf[at..at + p.len()].copy_from_slice(p);
+                        at += p.len();
+                    }
+                    self.0.write_at(&buf[..len], *offset)
+                }
+            });
         meanwhile();
         written
     }

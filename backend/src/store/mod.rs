@@ -46,7 +46,7 @@ pub use cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use error::{Result, StoreError};
 pub use format::CreateOptions;
 pub use fsck::FsckReport;
-pub use io::{BatchIo, DeviceIo};
+pub use io::{BatchIo, DeviceIo, Gather};
 pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
 pub use stats::Stats;

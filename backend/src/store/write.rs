@@ -22,13 +22,16 @@ use super::batch::{self, Op};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::error::{Result, StoreError};
-use super::io::{BatchIo, DeviceIo};
+use super::io::{BatchIo, DeviceIo, Gather};
 use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
 use super::stats::Counters;
 use super::sut::SegKind;
 use super::{JournalState, State, Store, lock, read, write};
 use std::sync::MutexGuard;
+
+/// Parts of one gathered data write at most (the kernel takes up to 1024 iovecs per write).
+const MAX_PARTS: usize = 256;
 
 /// A journal record placed and encoded, not yet applied.
 pub(super) struct Reserved {
@@ -64,11 +67,24 @@ impl Store {
             .map(|&(lba, count)| Entry::Unmap { lba, count })
             .collect();
         let blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
-        let mut runs: Vec<(u64, AlignedBuf)> = Vec::new();
+        // Blocks whose bytes are not block-aligned in memory (merged partial writes, callers
+        // without aligned buffers) are copied once into an aligned buffer; the others are
+        // written straight from where they are.
+        let unaligned: Vec<usize> = (0..blocks.len())
+            .filter(|&i| !is_aligned(blocks[i].1))
+            .collect();
+        let mut copies = AlignedBuf::scratch(unaligned.len());
+        for (k, &i) in unaligned.iter().enumerate() {
+            copies.block_mut(k).copy_from_slice(blocks[i].1);
+        }
+        let mut sources: Vec<&[u8]> = blocks.iter().map(|(_, d)| *d).collect();
+        for (k, &i) in unaligned.iter().enumerate() {
+            sources[i] = copies.block(k);
+        }
+        let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
         let mut i = 0;
         while i < blocks.len() {
             let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
-            let mut ab = AlignedBuf::scratch(n);
             let vba0 = {
                 // VBAs are unique, never reused; the writer lock, held until the batch is
                 // applied, keeps them ordered with the commit (snapshot creation takes every
@@ -79,9 +95,8 @@ impl Store {
                 v
             };
             for j in 0..n {
-                let (lba, data) = blocks[i + j];
-                let blk = ab.block_mut(j);
-                blk.copy_from_slice(data);
+                let lba = blocks[i + j].0;
+                let blk = sources[i + j];
                 let vba = vba0 + j as u64;
                 entries.push(Entry::Map {
                     lba,
@@ -90,10 +105,12 @@ impl Store {
                     crc: block_crc(vba, blk),
                 });
             }
-            runs.push((pba, ab));
+            for (k, chunk) in sources[i..i + n].chunks(MAX_PARTS).enumerate() {
+                runs.push((pba + (k * MAX_PARTS) as u64, chunk.to_vec()));
+            }
             i += n;
         }
-        let data_bytes: u64 = runs.iter().map(|(_, b)| b.len() as u64).sum();
+        let data_bytes = BLOCK * blocks.len() as u64;
         self.commit_with(entries, &runs, &mut w.retired, false, io)?;
         drop(w);
         Counters::add(&self.stats.data_writes, runs.len() as u64);
@@ -191,7 +208,7 @@ impl Store {
     pub(super) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
-        runs: &[(u64, AlignedBuf)],
+        runs: &[(u64, Vec<&[u8]>)],
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
         io: &mut dyn BatchIo,
@@ -218,15 +235,14 @@ impl Store {
         }
         let (mut j, reserved) = self.reserve(j, &entries, io)?;
         let lsn = reserved.lsn;
-        self.unwritten.add(
-            lsn,
-            runs.iter()
-                .map(|(p, b)| (*p, (b.len() / BLOCK_SIZE) as u64)),
-        );
+        self.unwritten
+            .add(lsn, runs.iter().map(|(p, parts)| (*p, run_blocks(parts))));
         self.retire(&mut j, lsn, retired);
         drop(j);
-        let mut writes: Vec<(u64, &[u8])> = runs.iter().map(|(p, b)| (p * BLOCK, &b[..])).collect();
-        writes.push((reserved.pba * BLOCK, &reserved.record[..]));
+        let mut writes: Vec<Gather<'_>> = (runs.iter())
+            .map(|(p, parts)| (p * BLOCK, parts.clone()))
+            .collect();
+        writes.push((reserved.pba * BLOCK, vec![&reserved.record[..]]));
         let written = io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
         Counters::add(&self.stats.journal_writes, 1);
         Counters::add(
@@ -368,4 +384,14 @@ impl Store {
         }
         self.ensure_ok()
     }
+}
+
+/// Whether `bytes` may go to an O_DIRECT write as they are.
+fn is_aligned(bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(BLOCK_SIZE) && bytes.len().is_multiple_of(BLOCK_SIZE)
+}
+
+/// Blocks a gather list covers.
+pub(super) fn run_blocks(parts: &[&[u8]]) -> u64 {
+    parts.iter().map(|p| p.len() as u64).sum::<u64>() / BLOCK
 }

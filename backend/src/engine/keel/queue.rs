@@ -13,7 +13,8 @@ use std::sync::Arc;
 use super::ring::QueueRing;
 use super::store_err;
 use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
-use crate::store::{BatchIo, DeviceIo, Op, Store, StoreError};
+use crate::store::layout::BLOCK_SIZE;
+use crate::store::{AlignedBuf, BatchIo, DeviceIo, Op, Store, StoreError};
 
 /// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
 const RING_DEPTH: u32 = 256;
@@ -25,8 +26,9 @@ pub(super) struct KeelQueue {
     ring: Option<QueueRing>,
     /// Requests finished without the ring.
     done: Vec<Completion>,
-    /// Copies of the batch's write data, reused across batches.
-    data: Vec<Vec<u8>>,
+    /// Block-aligned copies of the batch's write data (the store writes whole blocks straight
+    /// from them), reused across batches.
+    data: Vec<AlignedBuf>,
     scratch: Vec<u8>,
 }
 
@@ -67,19 +69,25 @@ impl KeelQueue {
     /// If the store refuses the batch, each request is retried alone so that only the ones at
     /// fault fail.
     fn commit_mutations(&mut self, reqs: &[&IoRequest]) -> Vec<Result<(), EngineError>> {
-        if self.data.len() < reqs.len() {
-            self.data.resize_with(reqs.len(), Vec::new);
-        }
-        for (req, buf) in reqs.iter().zip(self.data.iter_mut()) {
-            buf.clear();
-            if matches!(req.op, IoOp::Write { .. }) {
-                buf.resize(req.buffers.len(), 0);
-                req.buffers.read_into(buf);
+        let mut lens = Vec::with_capacity(reqs.len());
+        self.data.truncate(reqs.len());
+        for (i, req) in reqs.iter().enumerate() {
+            let len = match req.op {
+                IoOp::Write { .. } => req.buffers.len(),
+                _ => 0,
+            };
+            let blocks = len.div_ceil(BLOCK_SIZE);
+            match self.data.get_mut(i) {
+                Some(b) if b.len() >= blocks * BLOCK_SIZE => {}
+                Some(b) => *b = AlignedBuf::scratch(blocks),
+                None => self.data.push(AlignedBuf::scratch(blocks)),
             }
+            req.buffers.read_into(&mut self.data[i][..len]);
+            lens.push(len);
         }
         let mut ops = Vec::with_capacity(reqs.len());
-        for (req, buf) in reqs.iter().zip(&self.data) {
-            Self::ops_of(&req.op, buf, &mut ops);
+        for ((req, buf), len) in reqs.iter().zip(&self.data).zip(&lens) {
+            Self::ops_of(&req.op, &buf[..*len], &mut ops);
         }
         let durable = reqs
             .iter()
@@ -104,9 +112,10 @@ impl KeelQueue {
             Err(_) if reqs.len() > 1 => reqs
                 .iter()
                 .zip(&self.data)
-                .map(|(req, buf)| {
+                .zip(&lens)
+                .map(|((req, buf), len)| {
                     let mut one = Vec::new();
-                    Self::ops_of(&req.op, buf, &mut one);
+                    Self::ops_of(&req.op, &buf[..*len], &mut one);
                     let r = store.write_batch_with(self.writer, &one, io);
                     finish(r, req.op.name())
                 })

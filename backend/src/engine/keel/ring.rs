@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
-use crate::store::{AlignedBuf, BatchIo, ReadPlan, Store};
+use crate::store::{AlignedBuf, BatchIo, Gather, ReadPlan, Store};
 
 use super::store_err;
 use crate::engine::submit_ring::SubmitRing;
@@ -140,8 +140,9 @@ impl QueueRing {
 
     fn push(&mut self, entry: squeue::Entry) {
         // SAFETY: every entry points into a buffer owned by `self.reads` (kept until its
-        // completion is reaped) or by the batch `write_all` waits for before returning; the
-        // registered descriptor belongs to the store, which `self.store` keeps open.
+        // completion is reaped) or into the buffers and iovecs of the batch `write_all_while`
+        // waits for before returning; the registered descriptor belongs to the store, which
+        // `self.store` keeps open.
         unsafe { self.ring.push(entry) };
     }
 
@@ -221,15 +222,32 @@ impl QueueRing {
 impl BatchIo for QueueRing {
     fn write_all_while(
         &mut self,
-        writes: &[(u64, &[u8])],
+        writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
-        for (i, (offset, bytes)) in writes.iter().enumerate() {
-            let entry = opcode::Write::new(CONTAINER, bytes.as_ptr(), bytes.len() as u32)
-                .offset(*offset)
-                .build()
-                .user_data(WRITE_TAG | i as u64);
-            self.push(entry);
+        // Gathered writes point the kernel at these iovecs: kept until every write is done.
+        let iovecs: Vec<Vec<libc::iovec>> = writes
+            .iter()
+            .map(|(_, parts)| {
+                parts
+                    .iter()
+                    .map(|p| libc::iovec {
+                        iov_base: p.as_ptr().cast_mut().cast(),
+                        iov_len: p.len(),
+                    })
+                    .collect()
+            })
+            .collect();
+        for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
+            let entry = match &iov[..] {
+                [one] => opcode::Write::new(CONTAINER, one.iov_base.cast(), one.iov_len as u32)
+                    .offset(*offset)
+                    .build(),
+                many => opcode::Writev::new(CONTAINER, many.as_ptr(), many.len() as u32)
+                    .offset(*offset)
+                    .build(),
+            };
+            self.push(entry.user_data(WRITE_TAG | i as u64));
         }
         self.submit();
         meanwhile();
@@ -252,13 +270,14 @@ impl BatchIo for QueueRing {
             // reaped do not count toward the wait, so it cannot outlast the batch.
             self.ring.wait_for(left);
         }
-        for ((offset, bytes), res) in writes.iter().zip(results) {
+        for (((offset, _), iov), res) in writes.iter().zip(&iovecs).zip(results) {
             let res = res.unwrap_or(-libc::EIO);
             if res < 0 {
                 return Err(io::Error::from_raw_os_error(-res));
             }
-            if (res as usize) < bytes.len() {
-                write_rest(self.fd, bytes, *offset, res as usize)?;
+            let len: usize = iov.iter().map(|v| v.iov_len).sum();
+            if (res as usize) < len {
+                write_rest(self.fd, iov, *offset, res as usize)?;
             }
         }
         Ok(())
@@ -291,12 +310,8 @@ fn read_rest(fd: RawFd, buf: &mut [u8], offset: u64, done: usize) -> io::Result<
     file_ops::transfer_all(fd, &iov, offset, done, Direction::Read)
 }
 
-/// Finishes a short write of `bytes` at `offset` of which `done` bytes went out.
-fn write_rest(fd: RawFd, bytes: &[u8], offset: u64, done: usize) -> io::Result<()> {
-    let iov = [libc::iovec {
-        iov_base: bytes.as_ptr().cast_mut().cast(),
-        iov_len: bytes.len(),
-    }];
-    // `bytes` stays valid for the whole call; a write only reads it.
-    file_ops::transfer_all(fd, &iov, offset, done, Direction::Write { dsync: false })
+/// Finishes a short write of `iov` at `offset` of which `done` bytes went out.
+fn write_rest(fd: RawFd, iov: &[libc::iovec], offset: u64, done: usize) -> io::Result<()> {
+    // The buffers `iov` names stay valid for the whole call; a write only reads them.
+    file_ops::transfer_all(fd, iov, offset, done, Direction::Write { dsync: false })
 }

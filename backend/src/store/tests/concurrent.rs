@@ -4,7 +4,7 @@
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
 use crate::store::testing::SplitMix;
-use crate::store::{BatchIo, Op, Store, StoreOptions};
+use crate::store::{BatchIo, Gather, Op, Store, StoreOptions};
 use std::io;
 use std::sync::{Arc, Barrier};
 
@@ -18,7 +18,7 @@ struct ShuffledIo<'a> {
 impl BatchIo for ShuffledIo<'_> {
     fn write_all_while(
         &mut self,
-        writes: &[(u64, &[u8])],
+        writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
         let mut order: Vec<usize> = (0..writes.len()).collect();
@@ -34,7 +34,7 @@ impl BatchIo for ShuffledIo<'_> {
                 meanwhile();
             }
             if written.is_ok() {
-                written = self.dev.write_at(writes[i].1, writes[i].0);
+                written = write_gather(self.dev, &writes[i]);
             }
         }
         if apply_at == writes.len() {
@@ -42,6 +42,16 @@ impl BatchIo for ShuffledIo<'_> {
         }
         written
     }
+}
+
+/// One gathered write, part after part.
+fn write_gather(dev: &dyn BlockDevice, (offset, parts): &Gather<'_>) -> io::Result<()> {
+    let mut at = *offset;
+    for p in parts {
+        dev.write_at(p, at)?;
+        at += p.len() as u64;
+    }
+    Ok(())
 }
 
 fn image(store: &Store) -> Vec<u8> {
@@ -238,16 +248,14 @@ struct LateIo<'a> {
 impl BatchIo for LateIo<'_> {
     fn write_all_while(
         &mut self,
-        writes: &[(u64, &[u8])],
+        writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
         meanwhile();
         self.applied
             .store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        writes
-            .iter()
-            .try_for_each(|(offset, bytes)| self.dev.write_at(bytes, *offset))
+        writes.iter().try_for_each(|w| write_gather(self.dev, w))
     }
 }
 
