@@ -165,6 +165,36 @@ impl Store {
         Ok(())
     }
 
+    /// When `plan` is whole blocks, every one written and all in its one run, checks their
+    /// checksums and returns the run's bytes: the caller copies them to the guest as they are,
+    /// without [`finish_read`](Self::finish_read)'s copy. `None` for any other plan.
+    pub fn finished_run<'b>(
+        &self,
+        plan: &ReadPlan,
+        bufs: &'b [AlignedBuf],
+    ) -> Option<Result<&'b [u8]>> {
+        let whole = plan.offset.is_multiple_of(BLOCK) && plan.len.is_multiple_of(BLOCK);
+        let [run] = plan.runs.as_slice() else {
+            return None;
+        };
+        let [buf] = bufs else {
+            return None;
+        };
+        if !whole || run.blocks != plan.blocks.len() || buf.len() != plan.len as usize {
+            return None;
+        }
+        for (i, src) in plan.blocks.iter().enumerate() {
+            let s = (*src)?;
+            if block_crc(s.vba, buf.block(s.index)) != s.crc {
+                Counters::add(&self.stats.checksum_errors, 1);
+                let lba = plan.offset / BLOCK + i as u64;
+                log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
+                return Some(Err(StoreError::DataChecksum { lba, pba: s.pba }));
+            }
+        }
+        Some(Ok(&buf[..]))
+    }
+
     /// Reads `buf.len()` bytes at `offset` (both multiples of 512). Unwritten and discarded
     /// blocks read as zeroes without I/O; a block whose checksum fails is an error.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -75,3 +75,46 @@ fn write_read_reopen() {
     assert!(f.is_clean(), "{:?}", f.problems);
     assert_eq!(f.lba_entries, 2);
 }
+
+/// A read of whole blocks from one run hands its bytes out as read, checksums checked; any
+/// other read (partial blocks, holes, several runs) takes the copying path.
+#[test]
+fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
+    use super::{AlignedBuf, Op};
+    use crate::device::BlockDevice;
+    let (dev, s) = new_store(&small_opts());
+    let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
+    s.write_batch(
+        0,
+        &[Op::Write {
+            offset: 8192,
+            data: &data,
+        }],
+    )
+    .unwrap();
+    let read_runs = |plan: &super::ReadPlan| -> Vec<AlignedBuf> {
+        let mut bufs = plan.buffers();
+        for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
+            dev.read_at(b, run.offset()).unwrap();
+        }
+        bufs
+    };
+    let plan = s.plan_read(8192, 8192).unwrap();
+    let bufs = read_runs(&plan);
+    let got = s.finished_run(&plan, &bufs).expect("one run").unwrap();
+    assert_eq!(got, &data[..]);
+    for (offset, len) in [(8192, 512), (4096, 8192), (8192 + 512, 4096)] {
+        let plan = s.plan_read(offset, len).unwrap();
+        assert!(
+            s.finished_run(&plan, &read_runs(&plan)).is_none(),
+            "{offset}+{len} is not one whole run"
+        );
+    }
+    let plan = s.plan_read(8192, 8192).unwrap();
+    let mut bufs = read_runs(&plan);
+    bufs[0][4096 + 7] ^= 1;
+    assert!(matches!(
+        s.finished_run(&plan, &bufs),
+        Some(Err(super::StoreError::DataChecksum { lba: 3, .. }))
+    ));
+}

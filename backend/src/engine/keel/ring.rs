@@ -201,6 +201,11 @@ impl QueueRing {
         let mut r = self.reads.remove(key);
         let result = match r.error.take() {
             Some(source) => Err(EngineError::Io { op: "read", source }),
+            None if let Some(run) = self.store.finished_run(&r.plan, &r.bufs) => run
+                .map(|bytes| {
+                    r.req.buffers.write_from(bytes);
+                })
+                .map_err(|e| store_err("read", e)),
             None => {
                 self.scratch.resize(r.req.buffers.len(), 0);
                 match self.store.finish_read(&r.plan, &r.bufs, &mut self.scratch) {
