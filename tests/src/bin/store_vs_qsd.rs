@@ -227,8 +227,8 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     }
 }
 
-/// Random 4 KiB writes on a keel disk until the guest has written twice its size:
-/// bytes the engine wrote to the container per byte the guest wrote.
+/// Random 4 KiB writes on a keel disk, one unbroken random sequence, until the guest has
+/// written twice its size: bytes the engine wrote to the container per byte the guest wrote.
 fn write_amplification(a: &Args) -> (f64, u64, u64) {
     let s = start(Server::Keel, &a.dir, a.size);
     let w = Workload {
@@ -236,24 +236,21 @@ fn write_amplification(a: &Args) -> (f64, u64, u64) {
         block_size: 4096,
         queue_depth: 32,
         span: a.size,
-        runtime: Duration::from_secs(5),
+        runtime: Duration::ZERO,
         warmup: Duration::ZERO,
     };
-    let start_stats = stats(&s).expect("keeld stats");
-    loop {
-        bench::run(&s.sock, &w, false).expect("random writes");
-        let now = stats(&s).expect("keeld stats");
-        let guest = now.written_bytes - start_stats.written_bytes;
-        let device = now.device_bytes_written - start_stats.device_bytes_written;
-        eprintln!(
-            "fill: guest {} MiB, container {} MiB",
-            guest >> 20,
-            device >> 20
-        );
-        if guest >= 2 * a.size {
-            return (device as f64 / guest as f64, guest, device);
-        }
-    }
+    let before = stats(&s).expect("keeld stats");
+    let m = bench::run_bytes(&s.sock, &w, 2 * a.size).expect("random writes");
+    let now = stats(&s).expect("keeld stats");
+    let guest = now.written_bytes - before.written_bytes;
+    let device = now.device_bytes_written - before.device_bytes_written;
+    eprintln!(
+        "write amplification run: guest {} MiB, container {} MiB, {:.0} IOPS",
+        guest >> 20,
+        device >> 20,
+        m.iops
+    );
+    (device as f64 / guest.max(1) as f64, guest, device)
 }
 
 #[derive(Serialize)]
