@@ -159,12 +159,9 @@ impl<'a> Cursor<'a> {
         };
         *opened += 1;
         match &self.f.node(id).body {
-            Body::Leaf { keys, vals } => self.stack.extend(
-                keys.iter()
-                    .zip(vals)
-                    .rev()
-                    .map(|(k, v)| Item::Entry(*k, v.0)),
-            ),
+            Body::Leaf { entries } => self
+                .stack
+                .extend(entries.iter().rev().map(|(k, v)| Item::Entry(*k, v.0))),
             Body::Internal { children, .. } => self
                 .stack
                 .extend(children.iter().rev().map(|c| Item::Node(*c))),
@@ -182,8 +179,13 @@ impl<'a> Cursor<'a> {
     fn edge(&self, mut id: NodeId, first: bool) -> Option<u64> {
         loop {
             match &self.f.node(id).body {
-                Body::Leaf { keys, .. } => {
-                    return if first { keys.first() } else { keys.last() }.copied();
+                Body::Leaf { entries } => {
+                    return if first {
+                        entries.first()
+                    } else {
+                        entries.last()
+                    }
+                    .map(|e| e.0);
                 }
                 Body::Internal { children, .. } => {
                     id = *if first {

@@ -24,7 +24,7 @@ mod search;
 pub use node::{Body, INTERNAL_CAP, Node, NodeId, TreeValue, leaf_cap};
 
 use super::error::{Result, StoreError};
-use search::{find, route};
+use search::{find_by, route};
 use std::collections::{HashMap, HashSet};
 
 /// Deepest tree accepted from disk; 8 levels of 127-way nodes hold far more than 2^64 keys.
@@ -129,8 +129,7 @@ impl<V: TreeValue> Forest<V> {
             seq,
             disk: None,
             body: Body::Leaf {
-                keys: Vec::new(),
-                vals: Vec::new(),
+                entries: Vec::new(),
             },
         })
     }
@@ -144,8 +143,8 @@ impl<V: TreeValue> Forest<V> {
         let mut id = root;
         loop {
             match &self.node(id).body {
-                Body::Leaf { keys, vals } => {
-                    return find(keys, key).ok().and_then(|i| vals.get(i).copied());
+                Body::Leaf { entries } => {
+                    return find_by(entries, key, |e| e.0).ok().map(|i| entries[i].1);
                 }
                 Body::Internal { keys, children } => id = *children.get(route(keys, key))?,
             }
@@ -215,30 +214,29 @@ impl<V: TreeValue> Forest<V> {
         frozen: u64,
     ) -> (Option<V>, Option<(u64, NodeId)>) {
         let (idx, child) = match &mut self.node_mut(id).body {
-            Body::Leaf { keys, vals } => {
-                let old = match find(keys, key) {
-                    Ok(i) => Some(std::mem::replace(&mut vals[i], val)),
+            Body::Leaf { entries } => {
+                let old = match find_by(entries, key, |e| e.0) {
+                    Ok(i) => Some(std::mem::replace(&mut entries[i].1, val)),
                     Err(i) => {
-                        keys.insert(i, key);
-                        vals.insert(i, val);
+                        entries.insert(i, (key, val));
                         None
                     }
                 };
-                let split = (keys.len() > leaf_cap::<V>()).then(|| {
-                    let at_end = keys.last() == Some(&key);
+                let split = (entries.len() > leaf_cap::<V>()).then(|| {
+                    let at_end = entries.last().map(|e| e.0) == Some(key);
                     let mid = if at_end {
-                        keys.len() - 1
+                        entries.len() - 1
                     } else {
-                        keys.len() / 2
+                        entries.len() / 2
                     };
-                    (keys.split_off(mid), vals.split_off(mid))
+                    entries.split_off(mid)
                 });
-                let split = split.map(|(k, v)| {
-                    let sep = k.first().copied().unwrap_or(key);
+                let split = split.map(|right| {
+                    let sep = right.first().map_or(key, |e| e.0);
                     let right = self.alloc(Node {
                         seq,
                         disk: None,
-                        body: Body::Leaf { keys: k, vals: v },
+                        body: Body::Leaf { entries: right },
                     });
                     (sep, right)
                 });
@@ -310,10 +308,9 @@ impl<V: TreeValue> Forest<V> {
 
     fn remove_rec(&mut self, id: NodeId, key: u64, seq: u64, frozen: u64) -> Option<V> {
         let (idx, child) = match &mut self.node_mut(id).body {
-            Body::Leaf { keys, vals } => {
-                let i = find(keys, key).ok()?;
-                keys.remove(i);
-                return Some(vals.remove(i));
+            Body::Leaf { entries } => {
+                let i = find_by(entries, key, |e| e.0).ok()?;
+                return Some(entries.remove(i).1);
             }
             Body::Internal { keys, children } => {
                 let idx = route(keys, key);
@@ -341,13 +338,13 @@ impl<V: TreeValue> Forest<V> {
     /// Calls `f` for every entry with `lo <= key < hi`, in key order.
     pub fn range(&self, root: NodeId, lo: u64, hi: u64, f: &mut dyn FnMut(u64, V)) {
         match &self.node(root).body {
-            Body::Leaf { keys, vals } => {
-                let start = find(keys, lo).unwrap_or_else(|i| i);
-                for (k, v) in keys[start..].iter().zip(&vals[start..]) {
-                    if *k >= hi {
+            Body::Leaf { entries } => {
+                let start = find_by(entries, lo, |e| e.0).unwrap_or_else(|i| i);
+                for &(k, v) in &entries[start..] {
+                    if k >= hi {
                         break;
                     }
-                    f(*k, *v);
+                    f(k, v);
                 }
             }
             Body::Internal { keys, children } => {
@@ -478,7 +475,9 @@ impl<V: TreeValue> Forest<V> {
         let block = read(pba)?;
         let d = node::decode::<V>(pba, &block)?;
         let body = match d.leaf_vals {
-            Some(vals) => Body::Leaf { keys: d.keys, vals },
+            Some(vals) => Body::Leaf {
+                entries: d.keys.into_iter().zip(vals).collect(),
+            },
             None => {
                 let mut children = Vec::with_capacity(d.child_pbas.len());
                 for c in d.child_pbas {
@@ -618,14 +617,15 @@ impl<V: TreeValue> Forest<V> {
         }
         let n = self.node(id);
         let where_ = || format!("{name}: node at {:?} (depth {depth})", n.disk);
-        let keys = match &n.body {
-            Body::Leaf { keys, .. } | Body::Internal { keys, .. } => keys,
+        let keys: Vec<u64> = match &n.body {
+            Body::Leaf { entries } => entries.iter().map(|e| e.0).collect(),
+            Body::Internal { keys, .. } => keys.clone(),
         };
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             problems.push(format!("{} has keys out of order", where_()));
         }
         match &n.body {
-            Body::Leaf { keys, .. } => {
+            Body::Leaf { .. } => {
                 if keys.len() > leaf_cap::<V>() {
                     problems.push(format!("{} overfull", where_()));
                 }

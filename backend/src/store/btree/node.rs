@@ -33,10 +33,8 @@ pub const fn leaf_cap<V: TreeValue>() -> usize {
 
 #[derive(Debug, Clone)]
 pub enum Body<V> {
-    Leaf {
-        keys: Vec<u64>,
-        vals: Vec<V>,
-    },
+    /// `(key, value)` pairs sorted by key: a lookup's key and value share a cache line.
+    Leaf { entries: Vec<(u64, V)> },
     /// `keys[i]` (i > 0) is the smallest key child `i` may hold; `keys[0]` is unused for routing.
     Internal {
         keys: Vec<u64>,
@@ -56,7 +54,8 @@ pub struct Node<V> {
 impl<V: TreeValue> Node<V> {
     pub fn len(&self) -> usize {
         match &self.body {
-            Body::Leaf { keys, .. } | Body::Internal { keys, .. } => keys.len(),
+            Body::Leaf { entries } => entries.len(),
+            Body::Internal { keys, .. } => keys.len(),
         }
     }
 
@@ -66,7 +65,8 @@ impl<V: TreeValue> Node<V> {
 
     pub fn first_key(&self) -> Option<u64> {
         match &self.body {
-            Body::Leaf { keys, .. } | Body::Internal { keys, .. } => keys.first().copied(),
+            Body::Leaf { entries } => entries.first().map(|e| e.0),
+            Body::Internal { keys, .. } => keys.first().copied(),
         }
     }
 
@@ -74,7 +74,7 @@ impl<V: TreeValue> Node<V> {
     pub fn encode(&self, pba: u64, child_pba: &dyn Fn(NodeId) -> u64, out: &mut [u8]) -> bool {
         out.fill(0);
         let (kind, count) = match &self.body {
-            Body::Leaf { keys, .. } => (0u8, keys.len()),
+            Body::Leaf { entries } => (0u8, entries.len()),
             Body::Internal { keys, .. } => (1u8, keys.len()),
         };
         let mut p = Put::new(out);
@@ -86,11 +86,11 @@ impl<V: TreeValue> Node<V> {
             .u64(self.seq);
         let mut p = Put::at(p_into(p), NODE_HEADER);
         match &self.body {
-            Body::Leaf { keys, vals } => {
-                keys.iter().for_each(|k| {
+            Body::Leaf { entries } => {
+                entries.iter().for_each(|(k, _)| {
                     p.u64(*k);
                 });
-                vals.iter().for_each(|v| v.encode(&mut p));
+                entries.iter().for_each(|(_, v)| v.encode(&mut p));
             }
             Body::Internal { keys, children } => {
                 keys.iter().for_each(|k| {

@@ -11,7 +11,14 @@
 /// Where `key` is in the sorted, duplicate-free `keys`: `Ok(index)` if present, else
 /// `Err(index it would be inserted at)`; the same answer as `keys.binary_search(&key)`.
 pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
-    let (Some(&first), Some(&last)) = (keys.first(), keys.last()) else {
+    find_by(keys, key, |k| *k)
+}
+
+/// [`find`] over items sorted by a key `key_of` reads out of each (a leaf's `(key, value)`
+/// pairs: the value found sits next to its key, in the same cache line).
+pub fn find_by<T>(keys: &[T], key: u64, key_of: impl Fn(&T) -> u64) -> Result<usize, usize> {
+    let k = |i: usize| key_of(&keys[i]);
+    let (Some(first), Some(last)) = (keys.first().map(&key_of), keys.last().map(&key_of)) else {
         return Err(0);
     };
     if key <= first {
@@ -28,11 +35,11 @@ pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
     // first < key < last, so the span is at least 2 and the guess lies in 0..len.
     let span = (last - first) as u128;
     let guess = ((key - first) as u128 * (keys.len() - 1) as u128 / span) as usize;
-    if keys[guess] == key {
+    if k(guess) == key {
         return Ok(guess);
     }
     // Gallop away from the guess until the key is bracketed, then binary-search the bracket.
-    let (lo, hi) = if keys[guess] < key {
+    let (lo, hi) = if k(guess) < key {
         let mut step = 1;
         let mut lo = guess + 1;
         loop {
@@ -40,7 +47,7 @@ pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
             if probe >= keys.len() {
                 break (lo, keys.len());
             }
-            if keys[probe] >= key {
+            if k(probe) >= key {
                 break (lo, probe + 1);
             }
             lo = probe + 1;
@@ -51,7 +58,7 @@ pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
         let mut hi = guess;
         loop {
             match guess.checked_sub(step) {
-                Some(probe) if keys[probe] > key => {
+                Some(probe) if k(probe) > key => {
                     hi = probe;
                     step *= 2;
                 }
@@ -60,7 +67,7 @@ pub fn find(keys: &[u64], key: u64) -> Result<usize, usize> {
             }
         }
     };
-    match keys[lo..hi].binary_search(&key) {
+    match keys[lo..hi].binary_search_by_key(&key, &key_of) {
         Ok(i) => Ok(lo + i),
         Err(i) => Err(lo + i),
     }

@@ -181,7 +181,9 @@ impl<'a> TreeChecker<'a> {
             ));
         }
         match &n.body {
-            Body::Leaf { keys, vals } => {
+            Body::Leaf { entries } => {
+                let keys: Vec<u64> = entries.iter().map(|e| e.0).collect();
+                let vals: Vec<Vba> = entries.iter().map(|e| e.1).collect();
                 if keys.windows(2).any(|w| w[0] >= w[1]) {
                     self.problems
                         .push(format!("{} has keys out of order", here()));
@@ -189,7 +191,7 @@ impl<'a> TreeChecker<'a> {
                 if keys.len() > leaf_cap::<Vba>() {
                     self.problems.push(format!("{} is overfull", here()));
                 }
-                for (k, v) in keys.iter().zip(vals) {
+                for (k, v) in keys.iter().zip(&vals) {
                     if *k >= self.capacity_blocks {
                         self.problems.push(format!("LBA {k} is beyond the disk"));
                     }
