@@ -87,11 +87,13 @@ impl Store {
         }
         drop(pin);
         // The copies and the record that moves them are issued together, as a guest batch is.
-        let gathers: Vec<(u64, Vec<&[u8]>)> =
-            runs.iter().map(|(p, b)| (*p, vec![&b[..]])).collect();
+        let gathers = runs
+            .iter()
+            .map(|(p, b)| (p * BLOCK, vec![&b[..]]))
+            .collect();
         let moved = self.commit_with(
             moves,
-            &gathers,
+            gathers,
             &mut cw.retired,
             true,
             &mut DeviceIo(self.dev.as_ref()),

@@ -437,7 +437,7 @@ impl Store {
             };
             self.commit_with(
                 vec![entry],
-                &[],
+                Vec::new(),
                 &mut Vec::new(),
                 false,
                 &mut DeviceIo(self.dev.as_ref()),
@@ -504,7 +504,7 @@ impl Store {
         }
         self.commit_with(
             vec![journal::Entry::DeleteSnapshot { id }],
-            &[],
+            Vec::new(),
             &mut Vec::new(),
             false,
             &mut DeviceIo(self.dev.as_ref()),

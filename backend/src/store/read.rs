@@ -155,11 +155,7 @@ impl Store {
                 continue;
             };
             let block = bufs[s.run].block(s.index);
-            if block_crc(s.vba, block) != s.crc {
-                Counters::add(&self.stats.checksum_errors, 1);
-                log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
-                return Err(StoreError::DataChecksum { lba, pba: s.pba });
-            }
+            self.check_block(lba, s, block)?;
             dst.copy_from_slice(&block[(lo - bstart) as usize..(hi - bstart) as usize]);
         }
         Ok(())
@@ -183,16 +179,27 @@ impl Store {
         if !whole || run.blocks != plan.blocks.len() || buf.len() != plan.len as usize {
             return None;
         }
-        for (i, src) in plan.blocks.iter().enumerate() {
-            let s = (*src)?;
-            if block_crc(s.vba, buf.block(s.index)) != s.crc {
-                Counters::add(&self.stats.checksum_errors, 1);
-                let lba = plan.offset / BLOCK + i as u64;
-                log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
-                return Some(Err(StoreError::DataChecksum { lba, pba: s.pba }));
+        if plan.blocks.iter().any(Option::is_none) {
+            return None;
+        }
+        let first = plan.offset / BLOCK;
+        for (i, s) in plan.blocks.iter().flatten().enumerate() {
+            if let Err(e) = self.check_block(first + i as u64, s, buf.block(s.index)) {
+                return Some(Err(e));
             }
         }
         Some(Ok(&buf[..]))
+    }
+
+    /// Checks one block read for LBA `lba` against its checksum; a mismatch is counted,
+    /// logged and an error.
+    fn check_block(&self, lba: u64, s: &Source, block: &[u8]) -> Result<()> {
+        if block_crc(s.vba, block) == s.crc {
+            return Ok(());
+        }
+        Counters::add(&self.stats.checksum_errors, 1);
+        log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
+        Err(StoreError::DataChecksum { lba, pba: s.pba })
     }
 
     /// Reads `buf.len()` bytes at `offset` (both multiples of 512). Unwritten and discarded

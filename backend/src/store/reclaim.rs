@@ -74,7 +74,7 @@ impl Store {
             let entries = free.iter().map(|&vba| Entry::Release { vba }).collect();
             self.commit_with(
                 entries,
-                &[],
+                Vec::new(),
                 &mut Vec::new(),
                 false,
                 &mut DeviceIo(self.dev.as_ref()),

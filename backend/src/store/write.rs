@@ -81,7 +81,7 @@ impl Store {
         for (k, &i) in unaligned.iter().enumerate() {
             sources[i] = copies.block(k);
         }
-        let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
+        let mut runs: Vec<Gather<'_>> = Vec::new();
         let mut i = 0;
         while i < blocks.len() {
             let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
@@ -106,14 +106,15 @@ impl Store {
                 });
             }
             for (k, chunk) in sources[i..i + n].chunks(MAX_PARTS).enumerate() {
-                runs.push((pba + (k * MAX_PARTS) as u64, chunk.to_vec()));
+                runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
             }
             i += n;
         }
         let data_bytes = BLOCK * blocks.len() as u64;
-        self.commit_with(entries, &runs, &mut w.retired, false, io)?;
+        let data_writes = runs.len() as u64;
+        self.commit_with(entries, runs, &mut w.retired, false, io)?;
         drop(w);
-        Counters::add(&self.stats.data_writes, runs.len() as u64);
+        Counters::add(&self.stats.data_writes, data_writes);
         Counters::add(&self.stats.data_write_bytes, data_bytes);
         Counters::add(&self.stats.batches, 1);
         Counters::add(&self.stats.guest_writes, ops.len() as u64);
@@ -200,7 +201,7 @@ impl Store {
         Ok(cleaned > 0)
     }
 
-    /// Writes `runs` (block address, data) and one journal record holding `entries` through
+    /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through
     /// `io`, applying the record to the maps (in LSN order) while the writes are in flight.
     /// With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
     /// Segments in `retired` close once every record up to this one is written. Returns the
@@ -208,7 +209,7 @@ impl Store {
     pub(super) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
-        runs: &[(u64, Vec<&[u8]>)],
+        runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
         io: &mut dyn BatchIo,
@@ -235,13 +236,15 @@ impl Store {
         }
         let (mut j, reserved) = self.reserve(j, &entries, io)?;
         let lsn = reserved.lsn;
-        self.unwritten
-            .add(lsn, runs.iter().map(|(p, parts)| (*p, run_blocks(parts))));
+        self.unwritten.add(
+            lsn,
+            runs.iter()
+                .map(|(at, parts)| (at / BLOCK, run_blocks(parts))),
+        );
         self.retire(&mut j, lsn, retired);
         drop(j);
-        let mut writes: Vec<Gather<'_>> = (runs.iter())
-            .map(|(p, parts)| (p * BLOCK, parts.clone()))
-            .collect();
+        // The runs' borrows outlive this call; the record's is this call's: one shorter list.
+        let mut writes: Vec<Gather<'_>> = runs;
         writes.push((reserved.pba * BLOCK, vec![&reserved.record[..]]));
         let written = io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
         Counters::add(&self.stats.journal_writes, 1);
@@ -392,6 +395,6 @@ fn is_aligned(bytes: &[u8]) -> bool {
 }
 
 /// Blocks a gather list covers.
-pub(super) fn run_blocks(parts: &[&[u8]]) -> u64 {
+fn run_blocks(parts: &[&[u8]]) -> u64 {
     parts.iter().map(|p| p.len() as u64).sum::<u64>() / BLOCK
 }

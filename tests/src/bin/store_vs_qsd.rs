@@ -175,10 +175,7 @@ fn one_run(server: Server, a: &Args) -> RunResult {
         runtime,
         warmup: Duration::from_millis(500),
     };
-    let run = |w: &Workload| {
-        let m = bench::run(&s.sock, w, false)
-            .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
-        std::thread::sleep(Duration::from_millis(100));
+    let show = |w: &Workload, m: &Measurement| {
         eprintln!(
             "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us",
             w.label(),
@@ -186,6 +183,12 @@ fn one_run(server: Server, a: &Args) -> RunResult {
             m.mib_per_s,
             m.lat_p50_us
         );
+    };
+    let run = |w: &Workload| {
+        let m = bench::run(&s.sock, w, false)
+            .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
+        std::thread::sleep(Duration::from_millis(100));
+        show(w, &m);
         m
     };
     let per_write = |b: Option<DiskStats>, a: Option<DiskStats>| {
@@ -203,13 +206,7 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     let fill = wl(Pattern::SeqWrite, 1 << 20, 4, a.runtime);
     let fill_seq = bench::run_bytes(&s.sock, &fill, a.size)
         .unwrap_or_else(|e| panic!("{server:?} {}: {e}", fill.label()));
-    eprintln!(
-        "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us",
-        fill.label(),
-        fill_seq.iops,
-        fill_seq.mib_per_s,
-        fill_seq.lat_p50_us
-    );
+    show(&fill, &fill_seq);
     std::thread::sleep(a.settle);
     let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
     let before = stats(&s);

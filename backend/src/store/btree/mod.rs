@@ -617,19 +617,19 @@ impl<V: TreeValue> Forest<V> {
         }
         let n = self.node(id);
         let where_ = || format!("{name}: node at {:?} (depth {depth})", n.disk);
-        let keys: Vec<u64> = match &n.body {
-            Body::Leaf { entries } => entries.iter().map(|e| e.0).collect(),
-            Body::Internal { keys, .. } => keys.clone(),
+        let ordered = match &n.body {
+            Body::Leaf { entries } => entries.windows(2).all(|w| w[0].0 < w[1].0),
+            Body::Internal { keys, .. } => keys.windows(2).all(|w| w[0] < w[1]),
         };
-        if keys.windows(2).any(|w| w[0] >= w[1]) {
+        if !ordered {
             problems.push(format!("{} has keys out of order", where_()));
         }
         match &n.body {
-            Body::Leaf { .. } => {
-                if keys.len() > leaf_cap::<V>() {
+            Body::Leaf { entries } => {
+                if entries.len() > leaf_cap::<V>() {
                     problems.push(format!("{} overfull", where_()));
                 }
-                if keys.iter().any(|k| *k < lo || *k >= hi) {
+                if entries.iter().any(|&(k, _)| k < lo || k >= hi) {
                     problems.push(format!("{} has keys outside [{lo}, {hi})", where_()));
                 }
                 match leaf_depth {
@@ -639,7 +639,7 @@ impl<V: TreeValue> Forest<V> {
                     }
                     _ => {}
                 }
-                keys.len() as u64
+                entries.len() as u64
             }
             Body::Internal { keys, children } => {
                 if children.is_empty() || children.len() != keys.len() || keys.len() > INTERNAL_CAP

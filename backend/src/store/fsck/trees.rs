@@ -182,17 +182,15 @@ impl<'a> TreeChecker<'a> {
         }
         match &n.body {
             Body::Leaf { entries } => {
-                let keys: Vec<u64> = entries.iter().map(|e| e.0).collect();
-                let vals: Vec<Vba> = entries.iter().map(|e| e.1).collect();
-                if keys.windows(2).any(|w| w[0] >= w[1]) {
+                if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
                     self.problems
                         .push(format!("{} has keys out of order", here()));
                 }
-                if keys.len() > leaf_cap::<Vba>() {
+                if entries.len() > leaf_cap::<Vba>() {
                     self.problems.push(format!("{} is overfull", here()));
                 }
-                for (k, v) in keys.iter().zip(&vals) {
-                    if *k >= self.capacity_blocks {
+                for &(k, v) in entries {
+                    if k >= self.capacity_blocks {
                         self.problems.push(format!("LBA {k} is beyond the disk"));
                     }
                     let first = self.referenced.insert(v.0);
@@ -203,9 +201,10 @@ impl<'a> TreeChecker<'a> {
                         ));
                     }
                 }
-                s.keys = keys.iter().min().copied().zip(keys.iter().max().copied());
-                s.max_vba = vals.iter().map(|v| v.0).max();
-                s.entries = keys.len() as u64;
+                let keys = entries.iter().map(|e| e.0);
+                s.keys = keys.clone().min().zip(keys.max());
+                s.max_vba = entries.iter().map(|e| e.1.0).max();
+                s.entries = entries.len() as u64;
                 if let Some((min, max)) = s.keys
                     && (min < lo || max >= hi)
                 {
