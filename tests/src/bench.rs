@@ -194,14 +194,24 @@ pub fn run_with(socket: &Path, w: &Workload, opts: &RunOptions) -> Result<Report
 /// takes (its runtime and warmup are ignored), and measures the whole of it. A disk filled
 /// this way gets the same bytes from every server, whatever their speed.
 pub fn run_bytes(socket: &Path, w: &Workload, bytes: u64) -> Result<Measurement, String> {
+    run_bytes_with(socket, w, &RunOptions::new(ClientKind::Blkio, false), bytes)
+        .map(|r| r.measurement)
+}
+
+/// [`run_bytes`] with the client and queues `opts` says.
+pub fn run_bytes_with(
+    socket: &Path,
+    w: &Workload,
+    opts: &RunOptions,
+    bytes: u64,
+) -> Result<Report, String> {
     let w = Workload {
         warmup: Duration::ZERO,
         runtime: Duration::from_secs(3600),
         ..*w
     };
-    let opts = RunOptions::new(ClientKind::Blkio, false);
     let ops = bytes.div_ceil(w.block_size as u64).max(1);
-    run_limited(socket, &w, &opts, Some(ops)).map(|r| r.measurement)
+    run_limited(socket, &w, opts, Some(ops))
 }
 
 fn run_limited(

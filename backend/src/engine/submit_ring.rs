@@ -61,6 +61,11 @@ impl SubmitRing {
         !self.backlog.is_empty()
     }
 
+    /// Whether entries wait to be handed to the kernel.
+    pub fn has_queued(&mut self) -> bool {
+        !self.backlog.is_empty() || !self.ring.submission().is_empty()
+    }
+
     /// Hands the kernel everything queued (retrying an interrupted call; a busy ring is
     /// retried at the next reap).
     pub fn submit(&mut self) {

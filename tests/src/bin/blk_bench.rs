@@ -3,7 +3,7 @@
 //!
 //! `blk_bench SOCKET [--client keel|blkio] [--rw randread|randwrite|read|write] [--bs 4096]
 //! [--iodepth 32] [--queues 1] [--runtime 10] [--warmup 0] [--size BYTES] [--poll]
-//! [--no-indirect] [--no-event-idx] [--json]`
+//! [--bytes N] [--no-indirect] [--no-event-idx] [--json]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,10 @@ struct Args {
     /// Bytes of the disk to address, from offset 0.
     #[arg(long, visible_alias = "span", default_value_t = 1 << 30)]
     size: u64,
+    /// Stop once this many bytes are transferred (runtime and warmup are then ignored): fills
+    /// a disk exactly, however fast the server is.
+    #[arg(long)]
+    bytes: Option<u64>,
     /// Poll the used rings instead of sleeping on the completion eventfd.
     #[arg(long, visible_alias = "spin")]
     poll: bool,
@@ -81,7 +85,11 @@ fn main() -> ExitCode {
         indirect: !args.no_indirect,
         event_idx: !args.no_event_idx,
     };
-    let r = match bench::run_with(&args.socket, &w, &opts) {
+    let r = match args.bytes {
+        Some(bytes) => bench::run_bytes_with(&args.socket, &w, &opts, bytes),
+        None => bench::run_with(&args.socket, &w, &opts),
+    };
+    let r = match r {
         Ok(r) => r,
         Err(e) => {
             eprintln!("blk_bench: {e}");

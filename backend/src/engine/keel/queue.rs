@@ -3,8 +3,8 @@
 //! A kick's writes, discards and write-zeroes become one store batch (one journal record),
 //! written through the queue's io_uring when the container is a plain file or block device
 //! and through the store's device otherwise; then the kick's FLUSHes complete (every write
-//! before them is in already); then its reads start. Reads complete asynchronously on the ring,
-//! or at once without one.
+//! before them is in already); then its reads start, handed to the device in doubling groups.
+//! Reads complete asynchronously on the ring, or at once without one.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -186,12 +186,23 @@ impl QueueEngine for KeelQueue {
                 });
             }
         }
+        // Reads go to the device in doubling groups, after the kick's 1st, 2nd, 4th, 8th...
+        // read: the device starts on the first while the rest are still being looked up, for
+        // about log2(n) submissions per kick. One submission per kick left the device idle
+        // until every read was planned (the block layer sends a submission's reads together).
+        let mut started: usize = 0;
         for mut req in batch.drain(..) {
             if !matches!(req.op, IoOp::Read { .. }) {
                 continue;
             }
             match self.ring.as_mut() {
-                Some(ring) => ring.start_read(req),
+                Some(ring) => {
+                    ring.start_read(req);
+                    started += 1;
+                    if started.is_power_of_two() {
+                        ring.submit_queued();
+                    }
+                }
                 None => {
                     let result = self.read_now(&mut req);
                     self.done.push(Completion {
@@ -202,7 +213,7 @@ impl QueueEngine for KeelQueue {
             }
         }
         if let Some(ring) = self.ring.as_mut() {
-            ring.submit();
+            ring.submit_queued();
         }
     }
 

@@ -123,6 +123,13 @@ impl QueueRing {
         self.ring.submit();
     }
 
+    /// [`submit`](Self::submit), without a system call when nothing was pushed since.
+    pub fn submit_queued(&mut self) {
+        if self.ring.has_queued() {
+            self.submit();
+        }
+    }
+
     /// Collects finished reads without blocking.
     pub fn reap(&mut self, done: &mut Vec<Completion>) {
         self.drain_completions(&mut |_, _| {});

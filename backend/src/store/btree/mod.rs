@@ -24,7 +24,7 @@ mod search;
 pub use node::{Body, INTERNAL_CAP, Node, NodeId, TreeValue, leaf_cap};
 
 use super::error::{Result, StoreError};
-use search::{find_by, route};
+use search::{Bounds, find_by, find_within, route, route_within};
 use std::collections::{HashMap, HashSet};
 
 /// Deepest tree accepted from disk; 8 levels of 127-way nodes hold far more than 2^64 keys.
@@ -141,12 +141,19 @@ impl<V: TreeValue> Forest<V> {
 
     pub fn get(&self, root: NodeId, key: u64) -> Option<V> {
         let mut id = root;
+        let mut bounds = Bounds::default();
         loop {
             match &self.node(id).body {
                 Body::Leaf { entries } => {
-                    return find_by(entries, key, |e| e.0).ok().map(|i| entries[i].1);
+                    return find_within(entries, key, |e| e.0, bounds)
+                        .ok()
+                        .map(|i| entries[i].1);
                 }
-                Body::Internal { keys, children } => id = *children.get(route(keys, key))?,
+                Body::Internal { keys, children } => {
+                    let idx = route_within(keys, key, bounds);
+                    bounds = bounds.child(keys, idx);
+                    id = *children.get(idx)?;
+                }
             }
         }
     }
