@@ -11,6 +11,7 @@ use super::layout::BLOCK;
 use super::pins::PinGuard;
 use super::stats::Counters;
 use super::sut::SegKind;
+use super::write::Issue;
 use super::{Store, lock, now_millis_pub, read, write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,13 +92,15 @@ impl Store {
             .iter()
             .map(|(p, b)| (p * BLOCK, vec![&b[..]]))
             .collect();
-        let moved = self.commit_with(
-            moves,
-            gathers,
-            &mut cw.retired,
-            true,
-            &mut DeviceIo(self.dev.as_ref()),
-        )?;
+        let moved = self
+            .commit_with(
+                moves,
+                gathers,
+                &mut cw.retired,
+                true,
+                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
+            )?
+            .entries;
         Counters::add(&self.stats.cleaner_moves, moved);
         Counters::add(&self.stats.segments_cleaned, 1);
         Ok(Some(CleanReport {

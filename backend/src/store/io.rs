@@ -35,6 +35,14 @@ pub trait BatchIo {
     }
 }
 
+/// Issues a batch's writes and returns at once; the caller learns later, on its own, when they
+/// are done (a queue's io_uring: see [`Store::start_batch`](super::Store::start_batch)).
+pub trait StartIo {
+    /// Issues every write without waiting for any. Every buffer named stays valid until the
+    /// caller has seen all of them finish. An error means none was issued.
+    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()>;
+}
+
 /// Writes through the [`BlockDevice`], one after another (a gathered write is assembled in
 /// one buffer first: one device write per run).
 pub struct DeviceIo<'a>(pub &'a dyn BlockDevice);

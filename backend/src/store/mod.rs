@@ -46,10 +46,12 @@ pub use cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use error::{Result, StoreError};
 pub use format::CreateOptions;
 pub use fsck::FsckReport;
-pub use io::{BatchIo, DeviceIo, Gather};
+pub use io::{BatchIo, DeviceIo, Gather, StartIo};
 pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
 pub use stats::Stats;
+pub use write::InFlight;
+use write::Issue;
 
 use crate::device::{BlockDevice, FileDevice};
 use alloc::SegmentWriter;
@@ -351,10 +353,24 @@ impl Store {
     }
 
     /// Makes every write acknowledged before this call durable.
+    /// Makes every write answered so far durable: waits for the writes of batches still in
+    /// flight, then flushes the device. Fails if any write failed (the store is then failed).
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
+        self.wait_written();
+        self.ensure_ok()?;
         self.dev.flush()?;
         Ok(())
+    }
+
+    /// [`checkpoint`](Self::checkpoint) unless a batch is in flight (false then): for a
+    /// caller that must not wait for queues that may never finish theirs (closing).
+    pub fn checkpoint_if_quiet(&self) -> Result<bool> {
+        let mut j = lock(&self.journal);
+        if j.in_flight > 0 {
+            return Ok(false);
+        }
+        self.checkpoint_locked(&mut j).map(|()| true)
     }
 
     /// Folds the journal into the maps on disk and truncates it.
@@ -440,7 +456,7 @@ impl Store {
                 Vec::new(),
                 &mut Vec::new(),
                 false,
-                &mut DeviceIo(self.dev.as_ref()),
+                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
             )?;
             self.note_snapshot_pause(held.elapsed());
             id
@@ -507,7 +523,7 @@ impl Store {
             Vec::new(),
             &mut Vec::new(),
             false,
-            &mut DeviceIo(self.dev.as_ref()),
+            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
         )?;
         self.flush()?;
         self.wake_cleaner();

@@ -15,6 +15,7 @@
 use super::io::DeviceIo;
 use super::journal::Entry;
 use super::maps::Reclaim;
+use super::write::Issue;
 use super::{Result, Store, lock, read, write};
 
 /// Candidates checked and freed per Release record: small enough that applying one holds
@@ -77,7 +78,7 @@ impl Store {
                 Vec::new(),
                 &mut Vec::new(),
                 false,
-                &mut DeviceIo(self.dev.as_ref()),
+                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
             )?;
         }
         Ok(true)

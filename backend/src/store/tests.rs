@@ -4,6 +4,7 @@
 mod concurrent;
 mod corruption;
 mod crash;
+mod in_flight;
 mod model;
 
 use super::testing::FaultyDevice;

@@ -13,6 +13,11 @@
 //!    when every earlier record is written too (an answered batch never depends on a record
 //!    that could still be lost).
 //!
+//! [`Store::start_batch`] stops after step 3 and hands back an [`InFlight`] batch: the caller
+//! may answer the guest at once (a write-back cache: the writes are not durable before a
+//! FLUSH either way) and calls [`Store::finish_batch`] when its writes are done. A FLUSH waits
+//! for every record reserved before it to be written, and fails if any write failed.
+//!
 //! A checkpoint needs every reserved record written, so it waits for the batches in flight
 //! (never for one that has not reserved yet); a batch that reserved never waits for one that
 //! has not.
@@ -22,7 +27,7 @@ use super::batch::{self, Op};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::error::{Result, StoreError};
-use super::io::{BatchIo, DeviceIo, Gather};
+use super::io::{BatchIo, DeviceIo, Gather, StartIo};
 use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
 use super::stats::Counters;
@@ -40,6 +45,44 @@ pub(super) struct Reserved {
     record: AlignedBuf,
 }
 
+/// A batch whose writes were issued and whose map changes are applied, its writes maybe still
+/// in flight. It owns the buffers the store wrote from (the record, copies of unaligned
+/// blocks): keep it until the writes are done, then give it to [`Store::finish_batch`].
+#[must_use = "a batch in flight must be finished"]
+pub struct InFlight {
+    lsn: Option<u64>,
+    _record: Option<AlignedBuf>,
+    _copies: AlignedBuf,
+}
+
+#[cfg(test)]
+impl InFlight {
+    /// Whether the bytes at `ptr..ptr + len` lie in a buffer this batch owns.
+    pub(crate) fn holds(&self, ptr: *const u8, len: usize) -> bool {
+        let within = |b: &AlignedBuf| {
+            let start = b.as_ptr() as usize;
+            (ptr as usize) >= start && (ptr as usize) + len <= start + b.len()
+        };
+        within(&self._copies) || self._record.as_ref().is_some_and(within)
+    }
+}
+
+/// How [`Store::commit_with`] issues a batch's writes.
+pub(super) enum Issue<'a> {
+    /// Write and wait.
+    Wait(&'a mut dyn BatchIo),
+    /// Start the writes and return; the record's buffer is handed back.
+    Start(&'a mut dyn StartIo),
+}
+
+/// What [`Store::commit_with`] did.
+pub(super) struct Committed {
+    /// Entries committed (0: nothing to commit).
+    pub entries: u64,
+    /// With [`Issue::Start`]: the record written and its buffer, to finish later.
+    pub started: Option<(u64, AlignedBuf)>,
+}
+
 impl Store {
     /// Applies one batch of guest requests as one metadata transaction, writing through the
     /// store's device one write after another.
@@ -55,6 +98,36 @@ impl Store {
         ops: &[Op<'_>],
         io: &mut dyn BatchIo,
     ) -> Result<()> {
+        self.batch(writer, ops, Issue::Wait(io)).map(|_| ())
+    }
+
+    /// Starts one batch of guest requests as one metadata transaction: its writes are issued
+    /// through `io` and its map changes applied (reads of its blocks wait for the writes);
+    /// returns without waiting for the writes. The batch's data buffers (`ops`) must stay
+    /// valid until they are done; then call [`finish_batch`](Self::finish_batch).
+    ///
+    /// The caller must not block on anything of the store's (another batch, a read, a flush)
+    /// while it has a batch in flight: the store may be waiting for that batch to finish.
+    pub fn start_batch(
+        &self,
+        writer: usize,
+        ops: &[Op<'_>],
+        io: &mut dyn StartIo,
+    ) -> Result<InFlight> {
+        self.batch(writer, ops, Issue::Start(io))
+    }
+
+    /// Ends a batch [`start_batch`](Self::start_batch) began, once its writes are done
+    /// (`written` says how they went). Never waits. A failed write fails the store: every
+    /// later request and FLUSH gets the error.
+    pub fn finish_batch(&self, batch: InFlight, written: std::io::Result<()>) -> Result<()> {
+        match batch.lsn {
+            Some(lsn) => self.note_written(lsn, written),
+            None => written.map_err(StoreError::Io),
+        }
+    }
+
+    fn batch(&self, writer: usize, ops: &[Op<'_>], issue: Issue<'_>) -> Result<InFlight> {
         self.ensure_ok()?;
         let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
             self.read_into(lba * BLOCK, b)
@@ -67,11 +140,16 @@ impl Store {
             .map(|&(lba, count)| Entry::Unmap { lba, count })
             .collect();
         let blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
-        // Blocks whose bytes are not block-aligned in memory (merged partial writes, callers
-        // without aligned buffers) are copied once into an aligned buffer; the others are
-        // written straight from where they are.
-        let unaligned: Vec<usize> = (0..blocks.len())
-            .filter(|&i| !is_aligned(blocks[i].1))
+        // Blocks merged here from partial writes (owned by the plan, which is gone when a
+        // started batch's writes are still in flight) and blocks not block-aligned in memory
+        // are copied once into an aligned buffer that lives as long as the batch; the others
+        // are written straight from the caller's buffers.
+        let unaligned: Vec<usize> = plan
+            .data
+            .values()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, std::borrow::Cow::Owned(_)) || !is_aligned(v))
+            .map(|(i, _)| i)
             .collect();
         let mut copies = AlignedBuf::scratch(unaligned.len());
         for (k, &i) in unaligned.iter().enumerate() {
@@ -112,7 +190,7 @@ impl Store {
         }
         let data_bytes = BLOCK * blocks.len() as u64;
         let data_writes = runs.len() as u64;
-        self.commit_with(entries, runs, &mut w.retired, false, io)?;
+        let committed = self.commit_with(entries, runs, &mut w.retired, false, issue)?;
         drop(w);
         Counters::add(&self.stats.data_writes, data_writes);
         Counters::add(&self.stats.data_write_bytes, data_bytes);
@@ -120,7 +198,12 @@ impl Store {
         Counters::add(&self.stats.guest_writes, ops.len() as u64);
         Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
         self.note_guest_io();
-        Ok(())
+        let (lsn, record) = committed.started.unzip();
+        Ok(InFlight {
+            lsn,
+            _record: record,
+            _copies: copies,
+        })
     }
 
     /// Takes up to `want` contiguous blocks from writer `w`, starting a new segment when
@@ -201,19 +284,18 @@ impl Store {
         Ok(cleaned > 0)
     }
 
-    /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through
-    /// `io`, applying the record to the maps (in LSN order) while the writes are in flight.
+    /// Writes `runs` (byte offset, parts) and one journal record holding `entries` as `issue`
+    /// says, applying the record to the maps (in LSN order) while the writes are in flight.
     /// With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
-    /// Segments in `retired` close once every record up to this one is written. Returns the
-    /// entries committed.
+    /// Segments in `retired` close once every record up to this one is written.
     pub(super) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
-        io: &mut dyn BatchIo,
-    ) -> Result<u64> {
+        mut issue: Issue<'_>,
+    ) -> Result<Committed> {
         let j = lock(&self.journal);
         self.ensure_ok()?;
         if drop_stale_moves {
@@ -232,9 +314,18 @@ impl Store {
             let mut j = j;
             let last = j.cursor.next_lsn.saturating_sub(1);
             self.retire(&mut j, last, retired);
-            return Ok(0);
+            return Ok(Committed {
+                entries: 0,
+                started: None,
+            });
         }
-        let (mut j, reserved) = self.reserve(j, &entries, io)?;
+        // A checkpoint the record may need first writes through the store's own device when
+        // the batch's writes are only started.
+        let mut device_io = DeviceIo(self.dev.as_ref());
+        let (mut j, reserved) = match issue {
+            Issue::Wait(ref mut io) => self.reserve(j, &entries, &mut **io)?,
+            Issue::Start(_) => self.reserve(j, &entries, &mut device_io)?,
+        };
         let lsn = reserved.lsn;
         self.unwritten.add(
             lsn,
@@ -246,14 +337,40 @@ impl Store {
         // The runs' borrows outlive this call; the record's is this call's: one shorter list.
         let mut writes: Vec<Gather<'_>> = runs;
         writes.push((reserved.pba * BLOCK, vec![&reserved.record[..]]));
-        let written = io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
         Counters::add(&self.stats.journal_writes, 1);
         Counters::add(
             &self.stats.journal_write_bytes,
             reserved.record.len() as u64,
         );
-        self.finish_commit(lsn, written)?;
-        Ok(entries.len() as u64)
+        let count = entries.len() as u64;
+        match issue {
+            Issue::Wait(io) => {
+                let written =
+                    io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
+                self.finish_commit(lsn, written)?;
+                Ok(Committed {
+                    entries: count,
+                    started: None,
+                })
+            }
+            Issue::Start(io) => {
+                let started = io.start_writes(&writes);
+                // Every reserved record is applied, whatever became of its writes: later
+                // records wait for it.
+                self.apply_in_order(lsn, &entries);
+                drop(writes);
+                if let Err(e) = started {
+                    self.note_written(lsn, Err(e))?;
+                    return Err(StoreError::Io(std::io::Error::other(
+                        "the batch's writes could not be issued",
+                    )));
+                }
+                Ok(Committed {
+                    entries: count,
+                    started: Some((lsn, reserved.record)),
+                })
+            }
+        }
     }
 
     /// Lists `segments` (filled by a writer) to close once record `lsn` and every record
@@ -357,6 +474,25 @@ impl Store {
     /// every earlier record is written too. A failed write fails the store: the record may
     /// or may not be on the device, recovery decides.
     fn finish_commit(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
+        let failed = written
+            .as_ref()
+            .err()
+            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        let noted = self.note_written(lsn, written);
+        let mut j = lock(&self.journal);
+        while j.written_lsn < lsn {
+            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(j);
+        if let Some(e) = failed {
+            return Err(StoreError::Io(e));
+        }
+        noted
+    }
+
+    /// Records that record `lsn`'s writes finished (advancing the written frontier), without
+    /// waiting for earlier records. A failed write fails the store.
+    fn note_written(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
         self.unwritten.remove(lsn);
         let mut j = lock(&self.journal);
         if lsn == j.written_lsn + 1 {
@@ -377,15 +513,21 @@ impl Store {
             let e = StoreError::Io(std::io::Error::new(e.kind(), e.to_string()));
             self.fail(&e);
         }
+        drop(j);
         self.journal_cv.notify_all();
-        while j.written_lsn < lsn {
+        match written {
+            Err(e) => Err(StoreError::Io(e)),
+            Ok(()) => self.ensure_ok(),
+        }
+    }
+
+    /// Waits until every record reserved so far is written (what a FLUSH covers).
+    pub(super) fn wait_written(&self) {
+        let mut j = lock(&self.journal);
+        let target = j.cursor.next_lsn.saturating_sub(1);
+        while j.written_lsn < target {
             j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
         }
-        drop(j);
-        if let Err(e) = written {
-            return Err(StoreError::Io(e));
-        }
-        self.ensure_ok()
     }
 }
 

@@ -172,11 +172,16 @@ impl Drop for KeelEngine {
             return;
         }
         let started = std::time::Instant::now();
-        match self.store.checkpoint() {
-            Ok(()) => log::info!(
+        match self.store.checkpoint_if_quiet() {
+            Ok(true) => log::info!(
                 "{}: closed with a checkpoint in {:?}",
                 self.where_,
                 started.elapsed()
+            ),
+            Ok(false) => log::info!(
+                "{}: closed with a batch still in flight on a queue; the next open replays \
+                 the journal",
+                self.where_
             ),
             Err(e) => log::warn!(
                 "{}: closed without a checkpoint ({e}); the next open replays the journal",

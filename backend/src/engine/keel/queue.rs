@@ -2,9 +2,17 @@
 //!
 //! A kick's writes, discards and write-zeroes become one store batch (one journal record),
 //! written through the queue's io_uring when the container is a plain file or block device
-//! and through the store's device otherwise; then the kick's FLUSHes complete (every write
-//! before them is in already); then its reads start, handed to the device in doubling groups.
-//! Reads complete asynchronously on the ring, or at once without one.
+//! and through the store's device otherwise; then the kick's FLUSHes complete; then its reads
+//! start, handed to the device in doubling groups. Reads complete asynchronously on the ring,
+//! or at once without one.
+//!
+//! With a ring and a write-back cache (the guest did not ask for write-through), a batch is
+//! answered as soon as its writes are issued and its map changes applied, and its writes are
+//! left in flight: while the device writes it, the guest gets its answers and sends the next
+//! kick, which is parsed and copied meanwhile. A FLUSH waits for them (and fails if they
+//! failed), as a disk's volatile cache would. One batch is in flight per queue: the queue
+//! finishes it before it starts another, reads, or flushes, so a queue never blocks on the
+//! store while the store may be waiting for its batch.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -14,7 +22,7 @@ use super::ring::QueueRing;
 use super::store_err;
 use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::store::layout::BLOCK_SIZE;
-use crate::store::{AlignedBuf, BatchIo, DeviceIo, Op, Store, StoreError};
+use crate::store::{AlignedBuf, BatchIo, DeviceIo, InFlight, Op, Store, StoreError};
 
 /// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
 const RING_DEPTH: u32 = 256;
@@ -29,6 +37,10 @@ pub(super) struct KeelQueue {
     /// Block-aligned copies of the batch's write data (the store writes whole blocks straight
     /// from them), reused across batches.
     data: Vec<AlignedBuf>,
+    /// The batch left in flight on the ring, and the data buffers its writes read (the two
+    /// sets of buffers change places whenever a batch is started).
+    flying: Option<InFlight>,
+    flying_data: Vec<AlignedBuf>,
     scratch: Vec<u8>,
 }
 
@@ -41,8 +53,44 @@ impl KeelQueue {
             ring: QueueRing::new(store, RING_DEPTH)?,
             done: Vec::new(),
             data: Vec::new(),
+            flying: None,
+            flying_data: Vec::new(),
             scratch: Vec::new(),
         })
+    }
+
+    /// Ends the batch left in flight once its writes are done, without waiting.
+    fn land(&mut self) {
+        if self.flying.is_none() {
+            return;
+        }
+        if let Some(written) = self.ring.as_mut().and_then(QueueRing::batch_result) {
+            self.finish_flying(written);
+        }
+    }
+
+    /// Waits for the batch left in flight, if any, and ends it.
+    fn settle(&mut self) {
+        if self.flying.is_none() {
+            return;
+        }
+        let written = match self.ring.as_mut() {
+            Some(ring) => ring.wait_batch(),
+            None => Ok(()),
+        };
+        self.finish_flying(written);
+    }
+
+    fn finish_flying(&mut self, written: io::Result<()>) {
+        let Some(batch) = self.flying.take() else {
+            return;
+        };
+        if let Err(e) = self.store.finish_batch(batch, written) {
+            // The store is failed now: later requests and the next FLUSH report it.
+            log::error!("a batch's writes failed after it was answered: {e}");
+        }
+        // Its buffers (still in `flying_data`) are free again: the next batch started takes
+        // them back in exchange for its own.
     }
 
     /// The store operations of one mutating request (`data` holds its bytes for a write).
@@ -85,6 +133,8 @@ impl KeelQueue {
             req.buffers.read_into(&mut self.data[i][..len]);
             lens.push(len);
         }
+        // The data is copied: now the batch before it must be done (the store may need it).
+        self.settle();
         let mut ops = Vec::with_capacity(reqs.len());
         for ((req, buf), len) in reqs.iter().zip(&self.data).zip(&lens) {
             Self::ops_of(&req.op, &buf[..*len], &mut ops);
@@ -92,6 +142,19 @@ impl KeelQueue {
         let durable = reqs
             .iter()
             .any(|r| matches!(r.op, IoOp::Write { durable: true, .. }));
+        if !durable && let Some(ring) = self.ring.as_mut() {
+            match self.store.start_batch(self.writer, &ops, ring) {
+                Ok(batch) => {
+                    self.flying = Some(batch);
+                    drop(ops);
+                    std::mem::swap(&mut self.data, &mut self.flying_data);
+                    return reqs.iter().map(|_| Ok(())).collect();
+                }
+                // Retried one by one below, waiting for each.
+                Err(_) if reqs.len() > 1 => {}
+                Err(e) => return vec![Err(store_err(reqs[0].op.name(), e))],
+            }
+        }
         let store = &*self.store;
         let mut device_io = DeviceIo(store.device());
         let io: &mut dyn BatchIo = match self.ring.as_mut() {
@@ -138,6 +201,13 @@ impl KeelQueue {
     }
 }
 
+impl Drop for KeelQueue {
+    /// The batch in flight is finished before its buffers go.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
 /// Engine errors carry an `io::Error`, which is not `Clone`: rebuild one with the same text.
 fn clone_err(e: &EngineError) -> EngineError {
     match e {
@@ -177,7 +247,8 @@ impl QueueEngine for KeelQueue {
             }
         }
         if !flushes.is_empty() {
-            // Every write this queue completed is in the store already; one flush covers all.
+            // One flush covers every write answered before it, on any queue.
+            self.settle();
             let r = self.store.flush().map_err(|e| store_err("flush", e));
             for token in flushes {
                 self.done.push(Completion {
@@ -190,6 +261,10 @@ impl QueueEngine for KeelQueue {
         // read: the device starts on the first while the rest are still being looked up, for
         // about log2(n) submissions per kick. One submission per kick left the device idle
         // until every read was planned (the block layer sends a submission's reads together).
+        if batch.iter().any(|r| matches!(r.op, IoOp::Read { .. })) {
+            // A read may want blocks the batch in flight is writing.
+            self.settle();
+        }
         let mut started: usize = 0;
         for mut req in batch.drain(..) {
             if !matches!(req.op, IoOp::Read { .. }) {
@@ -222,6 +297,7 @@ impl QueueEngine for KeelQueue {
         if let Some(ring) = self.ring.as_mut() {
             ring.reap(done);
         }
+        self.land();
     }
 
     fn wait(&mut self, done: &mut Vec<Completion>) {
@@ -232,6 +308,7 @@ impl QueueEngine for KeelQueue {
         if let Some(ring) = self.ring.as_mut() {
             ring.wait(done);
         }
+        self.land();
     }
 
     fn in_flight(&self) -> usize {

@@ -4,7 +4,8 @@
 //! run, and completes when its last run is in and its checksums pass, so a deep guest queue
 //! keeps as many device reads in flight. A write batch's data runs and journal record are
 //! pushed together, the batch's map changes are applied while they are in flight, and then
-//! they are waited for as one ([`BatchIo`]); read completions that arrive meanwhile are kept.
+//! they are waited for as one ([`BatchIo`]), or left in flight for the queue to finish later
+//! ([`StartIo`]); read completions that arrive meanwhile are kept.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,7 +17,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
-use crate::store::{AlignedBuf, BatchIo, Gather, ReadPlan, Store};
+use crate::store::{AlignedBuf, BatchIo, Gather, ReadPlan, StartIo, Store};
 
 use super::store_err;
 use crate::engine::submit_ring::SubmitRing;
@@ -25,6 +26,8 @@ use crate::engine::submit_ring::SubmitRing;
 const CONTAINER: types::Fixed = types::Fixed(0);
 /// User-data bit that marks a write of the batch being waited for.
 const WRITE_TAG: u64 = 1 << 63;
+/// User-data bit that marks a write of the batch left in flight ([`StartIo`]).
+const BATCH_TAG: u64 = 1 << 62;
 
 /// A guest read whose device runs are in flight.
 struct ReadInFlight {
@@ -35,8 +38,25 @@ struct ReadInFlight {
     error: Option<io::Error>,
 }
 
+/// The writes of a batch started with [`StartIo`] and not all done yet.
+struct BatchWrites {
+    /// Kept until every write is done: the kernel reads them.
+    iovecs: Vec<Vec<libc::iovec>>,
+    offsets: Vec<u64>,
+    results: Vec<Option<i32>>,
+    left: usize,
+}
+
+// SAFETY: the iovecs point into buffers the queue owns (its data buffers and the store's
+// in-flight batch), which move between threads with it; they are only handed to the kernel,
+// never dereferenced here.
+unsafe impl Send for BatchWrites {}
+
 pub(super) struct QueueRing {
     ring: SubmitRing,
+    batch: Option<BatchWrites>,
+    /// How the started batch's writes went, once all are done.
+    batch_done: Option<io::Result<()>>,
     eventfd: EventFd,
     fd: RawFd,
     store: Arc<Store>,
@@ -57,6 +77,8 @@ impl QueueRing {
         ring.ring.submitter().register_files(&[fd])?;
         Ok(Some(Self {
             ring,
+            batch: None,
+            batch_done: None,
             eventfd,
             fd,
             store: Arc::clone(store),
@@ -74,9 +96,34 @@ impl QueueRing {
         let _ = self.eventfd.read();
     }
 
-    /// Guest reads in flight plus completions not yet handed out.
+    /// Guest reads in flight plus completions not yet handed out, plus one for a started
+    /// batch not yet taken back.
     pub fn in_flight(&self) -> usize {
-        self.reads.len() + self.done.len()
+        self.reads.len() + self.done.len() + usize::from(self.has_batch())
+    }
+
+    /// Whether a batch started with [`StartIo`] has not been taken back yet.
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some() || self.batch_done.is_some()
+    }
+
+    /// How the started batch's writes went, once they are all done (collects first).
+    pub fn batch_result(&mut self) -> Option<io::Result<()>> {
+        self.drain_completions(&mut |_, _| {});
+        self.batch_done.take()
+    }
+
+    /// Blocks until the started batch's writes are all done; how they went.
+    pub fn wait_batch(&mut self) -> io::Result<()> {
+        loop {
+            if let Some(r) = self.batch_result() {
+                return r;
+            }
+            if self.batch.is_none() {
+                return Ok(());
+            }
+            self.ring.wait_one();
+        }
     }
 
     /// Starts a guest read.
@@ -138,7 +185,9 @@ impl QueueRing {
 
     /// Blocks until some read finishes (if one is in flight), then collects.
     pub fn wait(&mut self, done: &mut Vec<Completion>) {
-        if self.done.is_empty() && !self.reads.is_empty() && self.ring.ring.completion().is_empty()
+        if self.done.is_empty()
+            && (!self.reads.is_empty() || self.batch.is_some())
+            && self.ring.ring.completion().is_empty()
         {
             self.ring.wait_one();
         }
@@ -180,6 +229,10 @@ impl QueueRing {
             on_write((data & !WRITE_TAG) as usize, cqe.result());
             return;
         }
+        if data & BATCH_TAG != 0 {
+            self.batch_write_done((data & !BATCH_TAG) as usize, cqe.result());
+            return;
+        }
         let (key, run) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
         let fd = self.fd;
         let Some(r) = self.reads.get_mut(key) else {
@@ -202,6 +255,40 @@ impl QueueRing {
         if r.pending == 0 {
             self.finish_read(key);
         }
+    }
+
+    fn batch_write_done(&mut self, i: usize, res: i32) {
+        let Some(b) = self.batch.as_mut() else {
+            log::error!("io_uring completion for a batch write with no batch in flight");
+            return;
+        };
+        match b.results.get_mut(i) {
+            Some(slot @ None) => {
+                *slot = Some(res);
+                b.left -= 1;
+            }
+            _ => return,
+        }
+        if b.left > 0 {
+            return;
+        }
+        let b = self.batch.take().expect("the batch just completed");
+        let mut outcome = Ok(());
+        for ((iov, offset), res) in b.iovecs.iter().zip(&b.offsets).zip(&b.results) {
+            let res = res.unwrap_or(-libc::EIO);
+            let r = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else if (res as usize) < iov.iter().map(|v| v.iov_len).sum::<usize>() {
+                write_rest(self.fd, iov, *offset, res as usize)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                outcome = Err(e);
+                break;
+            }
+        }
+        self.batch_done = Some(outcome);
     }
 
     fn finish_read(&mut self, key: usize) {
@@ -238,28 +325,9 @@ impl BatchIo for QueueRing {
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
         // Gathered writes point the kernel at these iovecs: kept until every write is done.
-        let iovecs: Vec<Vec<libc::iovec>> = writes
-            .iter()
-            .map(|(_, parts)| {
-                parts
-                    .iter()
-                    .map(|p| libc::iovec {
-                        iov_base: p.as_ptr().cast_mut().cast(),
-                        iov_len: p.len(),
-                    })
-                    .collect()
-            })
-            .collect();
+        let iovecs = iovecs_of(writes);
         for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
-            let entry = match &iov[..] {
-                [one] => opcode::Write::new(CONTAINER, one.iov_base.cast(), one.iov_len as u32)
-                    .offset(*offset)
-                    .build(),
-                many => opcode::Writev::new(CONTAINER, many.as_ptr(), many.len() as u32)
-                    .offset(*offset)
-                    .build(),
-            };
-            self.push(entry.user_data(WRITE_TAG | i as u64));
+            self.push(write_entry(iov, *offset).user_data(WRITE_TAG | i as u64));
         }
         self.submit();
         meanwhile();
@@ -296,15 +364,68 @@ impl BatchIo for QueueRing {
     }
 }
 
+impl StartIo for QueueRing {
+    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
+        if self.has_batch() {
+            return Err(io::Error::other(
+                "a batch is in flight on this queue already",
+            ));
+        }
+        let iovecs = iovecs_of(writes);
+        for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
+            self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
+        }
+        self.batch = Some(BatchWrites {
+            offsets: writes.iter().map(|(o, _)| *o).collect(),
+            results: vec![None; writes.len()],
+            left: writes.len(),
+            iovecs,
+        });
+        self.submit();
+        Ok(())
+    }
+}
+
 impl Drop for QueueRing {
-    /// Waits for every read the kernel still holds: its buffers and guest memory must
-    /// outlive the kernel's use of them.
+    /// Waits for every read and write the kernel still holds: its buffers and guest memory
+    /// must outlive the kernel's use of them.
     fn drop(&mut self) {
+        if let Err(e) = self.wait_batch() {
+            log::error!("a batch's writes failed as its queue closed: {e}");
+        }
         let mut sink = Vec::new();
         while !self.reads.is_empty() {
             self.wait(&mut sink);
             sink.clear();
         }
+    }
+}
+
+/// The iovecs of each gathered write.
+fn iovecs_of(writes: &[Gather<'_>]) -> Vec<Vec<libc::iovec>> {
+    writes
+        .iter()
+        .map(|(_, parts)| {
+            parts
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_ptr().cast_mut().cast(),
+                    iov_len: p.len(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One write of `iov` at byte `offset` (a plain write for a single part).
+fn write_entry(iov: &[libc::iovec], offset: u64) -> squeue::Entry {
+    match iov {
+        [one] => opcode::Write::new(CONTAINER, one.iov_base.cast(), one.iov_len as u32)
+            .offset(offset)
+            .build(),
+        many => opcode::Writev::new(CONTAINER, many.as_ptr(), many.len() as u32)
+            .offset(offset)
+            .build(),
     }
 }
 

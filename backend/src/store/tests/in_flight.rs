@@ -1,0 +1,174 @@
+//! Batches answered before their writes are done ([`Store::start_batch`]): readers, FLUSH and
+//! failures while the writes are in flight.
+
+use super::{new_store, small_opts};
+use crate::device::BlockDevice;
+use crate::store::testing::FaultyDevice;
+use crate::store::{Gather, Op, StartIo, Store, StoreError};
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Holds a batch's writes (copies of their bytes) until the test lands them on the device,
+/// and where in memory each part was (a device reads them until the writes are done).
+#[derive(Default)]
+struct HeldIo {
+    writes: Vec<(u64, Vec<u8>)>,
+    parts: Vec<(usize, usize)>,
+}
+
+impl StartIo for HeldIo {
+    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
+        for (offset, parts) in writes {
+            self.writes.push((*offset, parts.concat()));
+            self.parts
+                .extend(parts.iter().map(|p| (p.as_ptr() as usize, p.len())));
+        }
+        Ok(())
+    }
+}
+
+impl HeldIo {
+    fn land(&mut self, dev: &FaultyDevice) -> io::Result<()> {
+        self.writes
+            .drain(..)
+            .try_for_each(|(offset, bytes)| dev.write_at(&bytes, offset))
+    }
+}
+
+fn write_op(lba: u64, data: &[u8]) -> Op<'_> {
+    Op::Write {
+        offset: lba * 4096,
+        data,
+    }
+}
+
+/// How long a thread that should be blocked is given to (wrongly) finish.
+const BLOCKED: Duration = Duration::from_millis(50);
+
+#[test]
+fn a_read_of_a_started_batch_waits_for_its_writes() {
+    let (dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    s.write_batch(0, &[write_op(0, &[0x11; 4096])]).unwrap();
+    let new = vec![0x22u8; 4096];
+    let mut io = HeldIo::default();
+    let batch = s.start_batch(0, &[write_op(0, &new)], &mut io).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 4096];
+            let r = s.read(0, &mut b).map(|()| b[0]);
+            tx.send(()).unwrap();
+            r
+        })
+    };
+    assert!(
+        rx.recv_timeout(BLOCKED).is_err(),
+        "the read went ahead of the writes"
+    );
+    io.land(&dev).unwrap();
+    s.finish_batch(batch, Ok(())).unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), 0x22);
+    assert!(s.fsck().is_clean());
+}
+
+#[test]
+fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
+    let (dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    let data = vec![0x33u8; 8192];
+    let mut io = HeldIo::default();
+    let batch = s.start_batch(0, &[write_op(2, &data)], &mut io).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let flusher = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let r = s.flush();
+            tx.send(()).unwrap();
+            r
+        })
+    };
+    assert!(
+        rx.recv_timeout(BLOCKED).is_err(),
+        "the flush returned with a batch's writes still in flight"
+    );
+    io.land(&dev).unwrap();
+    s.finish_batch(batch, Ok(())).unwrap();
+    flusher.join().unwrap().unwrap();
+    // Whatever the device did not make durable before the flush is lost; the batch is not.
+    let crashed = Arc::new(FaultyDevice::from_image(dev.image()));
+    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let mut b = vec![0u8; 8192];
+    s.read(2 * 4096, &mut b).unwrap();
+    assert!(b.iter().all(|x| *x == 0x33));
+}
+
+#[test]
+fn a_failed_write_after_the_answer_fails_the_next_flush_and_every_request() {
+    let (_dev, s) = new_store(&small_opts());
+    let mut io = HeldIo::default();
+    let batch = s
+        .start_batch(0, &[write_op(1, &[0x44; 4096])], &mut io)
+        .unwrap();
+    let failed = s.finish_batch(batch, Err(io::Error::from_raw_os_error(libc::EIO)));
+    assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
+    assert!(s.flush().is_err(), "a FLUSH after a lost write succeeded");
+    assert!(s.write_batch(0, &[write_op(3, &[1; 4096])]).is_err());
+}
+
+#[test]
+fn a_started_batch_never_reaches_the_disk_without_its_writes() {
+    let (dev, s) = new_store(&small_opts());
+    s.write_batch(0, &[write_op(0, &[0x55; 4096])]).unwrap();
+    s.flush().unwrap();
+    let mut io = HeldIo::default();
+    let batch = s
+        .start_batch(0, &[write_op(0, &[0x66; 4096])], &mut io)
+        .unwrap();
+    // Power lost before the writes landed: the batch is gone, the flushed data is not.
+    let crashed = Arc::new(FaultyDevice::from_image(dev.image()));
+    io.land(&dev).unwrap();
+    s.finish_batch(batch, Ok(())).unwrap();
+    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    s.read(0, &mut b).unwrap();
+    assert!(b.iter().all(|x| *x == 0x55));
+    assert!(s.fsck().is_clean());
+}
+
+/// A device reads a started batch's buffers until its writes are done, so every part must be
+/// in the caller's buffers or in the batch itself, never in memory the store frees when
+/// `start_batch` returns (blocks merged from partial writes).
+#[test]
+fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
+    let (dev, s) = new_store(&small_opts());
+    s.write_batch(0, &[write_op(2, &[0x77; 4096])]).unwrap();
+    let whole = crate::store::AlignedBuf::blocks(1);
+    let partial = vec![0x88u8; 512];
+    let ops = [
+        write_op(0, &whole),
+        Op::Write {
+            offset: 2 * 4096 + 1024,
+            data: &partial,
+        },
+    ];
+    let mut io = HeldIo::default();
+    let batch = s.start_batch(0, &ops, &mut io).unwrap();
+    let caller = whole.as_ptr() as usize..whole.as_ptr() as usize + whole.len();
+    for &(ptr, len) in &io.parts {
+        assert!(
+            caller.contains(&ptr) || batch.holds(ptr as *const u8, len),
+            "a part at {ptr:#x} (+{len}) is in memory the batch does not keep"
+        );
+    }
+    io.land(&dev).unwrap();
+    s.finish_batch(batch, Ok(())).unwrap();
+    let mut b = vec![0u8; 4096];
+    s.read(2 * 4096, &mut b).unwrap();
+    assert!(b[..1024].iter().all(|x| *x == 0x77));
+    assert!(b[1024..1536].iter().all(|x| *x == 0x88));
+    assert!(b[1536..].iter().all(|x| *x == 0x77));
+}
