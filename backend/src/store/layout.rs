@@ -75,12 +75,18 @@ impl Geometry {
     /// room for a complete second copy of both maps at half-full nodes plus a few segments
     /// for the cleaner's moves.
     pub fn reserved_segments(&self) -> u64 {
+        self.checkpoint_reserve() + 4
+    }
+
+    /// The part of the reserve the cleaner leaves to checkpoints: the segments it frees only
+    /// come back once a checkpoint commits, so a cleaner that used them up would leave no
+    /// room for the checkpoint that releases its work.
+    pub fn checkpoint_reserve(&self) -> u64 {
         let entries = self.capacity_blocks();
         // Half-full leaves of both maps (~254 and ~203 entries per leaf) plus internal nodes,
         // twice (the old checkpoint stays live until the new one commits).
         let tree_blocks = entries / 100 + entries / 80;
-        let meta = (2 * tree_blocks).div_ceil(self.seg_blocks) + 2;
-        meta + 4
+        (2 * tree_blocks).div_ceil(self.seg_blocks) + 2
     }
 }
 

@@ -116,9 +116,15 @@ impl Sut {
     }
 
     /// Takes a free segment for a writer. Guest writers (`use_reserve == false`) leave the
-    /// reserve to checkpoints and the cleaner.
+    /// reserve to checkpoints and the cleaner; the cleaner (data with `use_reserve`) leaves
+    /// the checkpoints' share of it; checkpoints (metadata) may take the last segment.
     pub fn grab(&mut self, kind: SegKind, use_reserve: bool) -> Option<u64> {
-        if !use_reserve && self.free_count() <= self.geo.reserved_segments() {
+        let keep = match (use_reserve, kind) {
+            (false, _) => self.geo.reserved_segments(),
+            (true, SegKind::Data) => self.geo.checkpoint_reserve() / 2,
+            (true, _) => 0,
+        };
+        if keep > 0 && self.free_count() <= keep {
             return None;
         }
         let seg = self.free.pop_front()?;

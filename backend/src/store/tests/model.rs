@@ -125,9 +125,15 @@ proptest! {
                 }
                 Step::Flush => store.flush().unwrap(),
                 Step::Checkpoint => store.checkpoint().unwrap(),
-                Step::Clean => {
-                    store.clean_step().unwrap();
-                }
+                Step::Clean => match store.clean_step() {
+                    Ok(_) => {}
+                    // With snapshots pinning a full container, the cleaner has nowhere to
+                    // move blocks to; it fails and changes nothing (checked below).
+                    Err(crate::store::StoreError::NoSpace) if !snaps.is_empty() => {
+                        check(&store, &model)?;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("clean: {e}"))),
+                },
                 Step::Reopen => {
                     drop(store);
                     store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
