@@ -47,6 +47,31 @@ fn write_op(lba: u64, data: &[u8]) -> Op<'_> {
 /// How long a thread that should be blocked is given to (wrongly) finish.
 const BLOCKED: Duration = Duration::from_millis(50);
 
+/// Runs `f` on `s` in a thread that must stay blocked until the batch in flight lands: checks
+/// that it does, lands it with `land`, and returns what `f` returned.
+fn blocked_until_landed<T: Send + 'static>(
+    s: &Arc<Store>,
+    what: &str,
+    f: impl FnOnce(&Store) -> T + Send + 'static,
+    land: impl FnOnce(),
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = {
+        let s = Arc::clone(s);
+        std::thread::spawn(move || {
+            let r = f(&s);
+            tx.send(()).unwrap();
+            r
+        })
+    };
+    assert!(
+        rx.recv_timeout(BLOCKED).is_err(),
+        "{what} went ahead of the batch's writes"
+    );
+    land();
+    worker.join().unwrap()
+}
+
 #[test]
 fn a_read_of_a_started_batch_waits_for_its_writes() {
     let (dev, s) = new_store(&small_opts());
@@ -55,23 +80,15 @@ fn a_read_of_a_started_batch_waits_for_its_writes() {
     let new = vec![0x22u8; 4096];
     let mut io = HeldIo::default();
     let batch = s.start_batch(0, &[write_op(0, &new)], &mut io).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = {
-        let s = Arc::clone(&s);
-        std::thread::spawn(move || {
-            let mut b = vec![0u8; 4096];
-            let r = s.read(0, &mut b).map(|()| b[0]);
-            tx.send(()).unwrap();
-            r
-        })
+    let read = |s: &Store| {
+        let mut b = vec![0u8; 4096];
+        s.read(0, &mut b).map(|()| b[0])
     };
-    assert!(
-        rx.recv_timeout(BLOCKED).is_err(),
-        "the read went ahead of the writes"
-    );
-    io.land(&dev).unwrap();
-    s.finish_batch(batch, Ok(())).unwrap();
-    assert_eq!(reader.join().unwrap().unwrap(), 0x22);
+    let seen = blocked_until_landed(&s, "the read", read, || {
+        io.land(&dev).unwrap();
+        s.finish_batch(batch, Ok(())).unwrap();
+    });
+    assert_eq!(seen.unwrap(), 0x22);
     assert!(s.fsck().is_clean());
 }
 
@@ -82,22 +99,11 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     let data = vec![0x33u8; 8192];
     let mut io = HeldIo::default();
     let batch = s.start_batch(0, &[write_op(2, &data)], &mut io).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let flusher = {
-        let s = Arc::clone(&s);
-        std::thread::spawn(move || {
-            let r = s.flush();
-            tx.send(()).unwrap();
-            r
-        })
-    };
-    assert!(
-        rx.recv_timeout(BLOCKED).is_err(),
-        "the flush returned with a batch's writes still in flight"
-    );
-    io.land(&dev).unwrap();
-    s.finish_batch(batch, Ok(())).unwrap();
-    flusher.join().unwrap().unwrap();
+    let flushed = blocked_until_landed(&s, "the flush", Store::flush, || {
+        io.land(&dev).unwrap();
+        s.finish_batch(batch, Ok(())).unwrap();
+    });
+    flushed.unwrap();
     // Whatever the device did not make durable before the flush is lost; the batch is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.image()));
     let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
