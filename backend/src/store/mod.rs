@@ -222,6 +222,13 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The temporary name a container at `path` is made under: `path` with `.creating` appended.
+fn creating_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    path.with_file_name(name)
+}
+
 impl Store {
     /// Writes a new, empty container onto `dev`.
     pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
@@ -230,10 +237,43 @@ impl Store {
 
     /// Creates a container file at `path` (it must not exist), reserves its space and
     /// formats it.
+    ///
+    /// The container is made under a temporary name next to `path` and linked into place only
+    /// once it is formatted and flushed: a crash while creating leaves no half-made container
+    /// at `path` for the next start to refuse (the leftover temporary is replaced next time).
     pub fn create_path(path: &Path, opts: &CreateOptions) -> Result<Geometry> {
         let geo = opts.geometry()?;
-        let dev = FileDevice::create_allocated(path, geo.container_bytes())?;
-        format::format(&dev, opts)
+        if path.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            )
+            .into());
+        }
+        let tmp = creating_path(path);
+        let _ = std::fs::remove_file(&tmp);
+        let made = FileDevice::create_allocated(&tmp, geo.container_bytes())
+            .map_err(StoreError::from)
+            .and_then(|dev| {
+                let geo = format::format(&dev, opts)?;
+                dev.flush()?;
+                Ok(geo)
+            })
+            // A hard link, unlike a rename, never replaces a file that appeared meanwhile; a
+            // file system without hard links gets the rename.
+            .and_then(|geo| match std::fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(geo),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e.into()),
+                Err(_) => Ok(std::fs::rename(&tmp, path).map(|()| geo)?),
+            });
+        let _ = std::fs::remove_file(&tmp);
+        let geo = made?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
+        Ok(geo)
     }
 
     /// Opens (and recovers) the container in the file or block device at `path`, holding

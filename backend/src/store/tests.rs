@@ -119,3 +119,22 @@ fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
         Some(Err(super::StoreError::DataChecksum { lba: 3, .. }))
     ));
 }
+
+/// A container is linked into place only once formatted: what a crash mid-create leaves (a
+/// partial temporary) is replaced by the next create, never found at the path itself.
+#[test]
+fn a_create_interrupted_by_a_crash_leaves_nothing_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.keel");
+    let leftover = dir.path().join("d.keel.creating");
+    std::fs::write(&leftover, vec![0xffu8; 8192]).unwrap();
+    assert!(!path.exists());
+    Store::create_path(&path, &small_opts()).unwrap();
+    assert!(!leftover.exists(), "the temporary outlived the create");
+    let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+    assert_eq!(s.capacity(), small_opts().capacity);
+    drop(s);
+    let again = Store::create_path(&path, &small_opts());
+    assert!(again.is_err(), "a second create replaced the container");
+    assert!(Store::open_path(&path, StoreOptions::default()).is_ok());
+}
