@@ -360,10 +360,8 @@ impl Store {
                 self.apply_in_order(lsn, &entries);
                 drop(writes);
                 if let Err(e) = started {
+                    // Fails the store and hands back the error.
                     self.note_written(lsn, Err(e))?;
-                    return Err(StoreError::Io(std::io::Error::other(
-                        "the batch's writes could not be issued",
-                    )));
                 }
                 Ok(Committed {
                     entries: count,
@@ -474,18 +472,10 @@ impl Store {
     /// every earlier record is written too. A failed write fails the store: the record may
     /// or may not be on the device, recovery decides.
     fn finish_commit(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
-        let failed = written
-            .as_ref()
-            .err()
-            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
         let noted = self.note_written(lsn, written);
         let mut j = lock(&self.journal);
         while j.written_lsn < lsn {
             j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
-        }
-        drop(j);
-        if let Some(e) = failed {
-            return Err(StoreError::Io(e));
         }
         noted
     }

@@ -127,24 +127,10 @@ fn flipped_journal_record_is_discarded_as_torn() {
 #[test]
 fn a_torn_block_inside_a_records_run_discards_the_record() {
     let (dev, s) = new_store(&small_opts());
-    let first = vec![3u8; 4096];
-    s.write_batch(
-        0,
-        &[Op::Write {
-            offset: 0,
-            data: &first,
-        }],
-    )
-    .unwrap();
+    let write = |offset: u64, data: &[u8]| s.write_batch(0, &[Op::Write { offset, data }]);
+    write(0, &[3u8; 4096]).unwrap();
     let run: Vec<u8> = (0..8 * 4096).map(|i| (i / 4096) as u8 + 10).collect();
-    s.write_batch(
-        0,
-        &[Op::Write {
-            offset: 4 * 4096,
-            data: &run,
-        }],
-    )
-    .unwrap();
+    write(4 * 4096, &run).unwrap();
     s.flush().unwrap();
     let pbas: Vec<u64> = (4..12)
         .map(|lba| read(&s.state).maps.lookup(lba).unwrap().1.pba)
