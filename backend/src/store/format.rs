@@ -103,9 +103,9 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         ckpt_blocks: Vec::new(),
     };
     let mut meta = SegmentWriter::new(geo.seg_blocks);
-    // A device that held another container may have records at the journal's start.
-    let zero = super::buf::AlignedBuf::blocks(1);
-    dev.write_at(&zero, geo.journal_start() * BLOCK)?;
+    // A device that held another container may hold intact records anywhere in the journal:
+    // recovery takes an intact record past the chain's end for damage, so none may remain.
+    super::tail::erase(dev, &geo, (0, geo.journal_blocks()))?;
     let generation = 1;
     let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0)?;
     persist::write_runs(dev, &mut super::io::DeviceIo(dev), &prepared.runs)?;
@@ -118,14 +118,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         geometry: geo,
         checkpoint_pba: prepared.root_pba,
     };
-    // Slot A gets the same checkpoint one generation lower, so either copy can open it.
-    persist::write_superblock(
-        dev,
-        &Superblock {
-            generation: 0,
-            ..sb
-        },
-    )?;
+    // Both slots get it.
     persist::write_superblock(dev, &sb)?;
     Ok(geo)
 }

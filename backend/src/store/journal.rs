@@ -22,6 +22,7 @@ const TAG_MOVE: u8 = 3;
 const TAG_SNAPSHOT: u8 = 4;
 const TAG_DELETE_SNAPSHOT: u8 = 5;
 const TAG_RELEASE: u8 = 6;
+const TAG_FLUSHED: u8 = 7;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
 pub const SNAPSHOT_NAME_MAX: usize = 31;
@@ -83,6 +84,10 @@ pub enum Entry {
     DeleteSnapshot { id: u64 },
     /// `vba` is free: a deleted snapshot was its last holder (a no-op if it is gone already).
     Release { vba: u64 },
+    /// Every record up to and including `lsn` was flushed (written after the flush returned).
+    /// Changes no map: it lets recovery tell a torn tail (never flushed, may be dropped) from
+    /// damage to acknowledged, flushed records (must never be dropped silently).
+    Flushed { lsn: u64 },
 }
 
 impl Entry {
@@ -92,7 +97,7 @@ impl Entry {
             Entry::Unmap { .. } => 1 + 8 + 8,
             Entry::Move { .. } => 1 + 8 + 8 + 8,
             Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
-            Entry::DeleteSnapshot { .. } | Entry::Release { .. } => 1 + 8,
+            Entry::DeleteSnapshot { .. } | Entry::Release { .. } | Entry::Flushed { .. } => 1 + 8,
         }
     }
 }
@@ -139,6 +144,7 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
                 .bytes(&name.bytes),
             Entry::DeleteSnapshot { id } => p.u8(TAG_DELETE_SNAPSHOT).u64(id),
             Entry::Release { vba } => p.u8(TAG_RELEASE).u64(vba),
+            Entry::Flushed { lsn } => p.u8(TAG_FLUSHED).u64(lsn),
         };
     }
     if !p.ok() {
@@ -227,6 +233,7 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
             }
             TAG_DELETE_SNAPSHOT => Entry::DeleteSnapshot { id: g.u64()? },
             TAG_RELEASE => Entry::Release { vba: g.u64()? },
+            TAG_FLUSHED => Entry::Flushed { lsn: g.u64()? },
             _ => return None,
         };
         entries.push(e);
@@ -270,6 +277,7 @@ mod tests {
             },
             Entry::DeleteSnapshot { id: 2 },
             Entry::Release { vba: 77 },
+            Entry::Flushed { lsn: 8 },
         ]
     }
 

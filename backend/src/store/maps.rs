@@ -200,6 +200,7 @@ impl Maps {
                     self.delete_snapshot(id);
                 }
                 Entry::Release { vba } => self.free_vba(vba, sut),
+                Entry::Flushed { .. } => {}
             }
         }
     }

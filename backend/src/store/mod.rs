@@ -33,6 +33,7 @@ pub mod resize;
 mod stats;
 mod superblock;
 mod sut;
+mod tail;
 pub mod testing;
 mod unwritten;
 mod write;
@@ -77,6 +78,10 @@ pub struct StoreOptions {
     pub checkpoint_percent: u8,
     /// Open the container file with O_DIRECT (falls back when the filesystem refuses).
     pub direct_io: bool,
+    /// Open even when recovery finds that acknowledged, flushed writes were damaged: keep the
+    /// last intact state and discard the rest (`keel recover --rewind`). Off, such a
+    /// container is refused.
+    pub rewind: bool,
 }
 
 impl Default for StoreOptions {
@@ -85,6 +90,7 @@ impl Default for StoreOptions {
             writers: 4,
             checkpoint_percent: 50,
             direct_io: true,
+            rewind: false,
         }
     }
 }
@@ -110,6 +116,8 @@ pub(crate) struct JournalState {
     pub written_ahead: std::collections::BTreeSet<u64>,
     /// Records reserved whose writes have not finished.
     pub in_flight: u64,
+    /// The newest record a Flushed mark covers, or the newest mark itself.
+    pub marked_lsn: u64,
     /// Data segments a writer filled, with the record after which they may close.
     pub retiring: Vec<(u64, u64)>,
     pub superblock: Superblock,
@@ -299,8 +307,22 @@ impl Store {
 
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
-        let loaded = recovery::load(dev.as_ref())?;
+        let mut loaded = recovery::load(dev.as_ref(), opts.rewind)?;
         let geo = loaded.superblock.geometry;
+        // Before anything new is written: the other superblock copy made current again, and
+        // the records recovery dropped erased, so no later recovery can mistake them.
+        if let Some(slot) = loaded.stale_slot {
+            if let Some(problem) = &loaded.report.other_superblock {
+                log::warn!("{problem}: rewritten from the valid copy");
+            }
+            persist::repair_superblock_copy(dev.as_ref(), &loaded.superblock, slot)?;
+        }
+        if let Some(range) = loaded.erase {
+            tail::erase(dev.as_ref(), &geo, range)?;
+        }
+        // From the next checkpoint on (the first record written takes one) the journal holds
+        // flush marks and no dropped record past its end.
+        loaded.superblock.incompat |= superblock::INCOMPAT_FLUSH_MARKS;
         let writers = (0..opts.writers.max(1))
             .map(|_| Mutex::new(SegmentWriter::new(geo.seg_blocks)))
             .collect();
@@ -317,6 +339,7 @@ impl Store {
                 written_lsn: loaded.cursor.next_lsn.saturating_sub(1),
                 written_ahead: Default::default(),
                 in_flight: 0,
+                marked_lsn: loaded.cursor.next_lsn.saturating_sub(1),
                 retiring: Vec::new(),
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
@@ -395,11 +418,44 @@ impl Store {
     /// Makes every write acknowledged before this call durable.
     /// Makes every write answered so far durable: waits for the writes of batches still in
     /// flight, then flushes the device. Fails if any write failed (the store is then failed).
+    ///
+    /// Then, when records were flushed that no mark covers yet, a one-entry record saying so
+    /// is written (not flushed: it only has to be there if the records it names are; see
+    /// tail.rs for what recovery makes of it).
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
-        self.wait_written();
+        let through = self.wait_written();
         self.ensure_ok()?;
         self.dev.flush()?;
+        // The records are durable whatever becomes of the mark: a failed mark write fails the
+        // store (the next request sees it), not this flush.
+        if let Err(e) = self.mark_flushed(through) {
+            log::warn!("flush mark after lsn {through} not written: {e}");
+        }
+        Ok(())
+    }
+
+    /// Writes a Flushed record for `through` unless the newest mark already covers it.
+    fn mark_flushed(&self, through: u64) -> Result<()> {
+        {
+            let j = lock(&self.journal);
+            if through <= j.marked_lsn
+                || j.superblock.incompat & superblock::INCOMPAT_FLUSH_MARKS == 0
+            {
+                return Ok(());
+            }
+        }
+        let committed = self.commit_with(
+            vec![journal::Entry::Flushed { lsn: through }],
+            Vec::new(),
+            &mut Vec::new(),
+            false,
+            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
+        )?;
+        Counters::add(&self.stats.flush_marks, 1);
+        let mut j = lock(&self.journal);
+        // The mark itself needs no mark: the next flush writes one only past it.
+        j.marked_lsn = j.marked_lsn.max(committed.lsn);
         Ok(())
     }
 

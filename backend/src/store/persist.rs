@@ -242,11 +242,24 @@ pub fn write_runs(
     })
 }
 
-/// Writes `sb` to its slot and flushes: the moment the new checkpoint takes effect.
+/// Writes `sb` to its slot and flushes (the moment the new checkpoint takes effect), then
+/// writes the same superblock to the other slot and flushes again: from then on one damaged
+/// copy cannot roll the container back to an older checkpoint.
 pub fn write_superblock(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
     let mut ab = AlignedBuf::blocks(1);
     ab.copy_from_slice(&sb.encode());
-    dev.write_at(&ab, sb.slot() * BLOCK)?;
+    for slot in [sb.slot(), 1 - sb.slot()] {
+        dev.write_at(&ab, slot * BLOCK)?;
+        dev.flush()?;
+    }
+    Ok(())
+}
+
+/// Rewrites the slot that does not hold `sb` (found damaged or stale at open) and flushes.
+pub fn repair_superblock_copy(dev: &dyn BlockDevice, sb: &Superblock, slot: u64) -> Result<()> {
+    let mut ab = AlignedBuf::blocks(1);
+    ab.copy_from_slice(&sb.encode());
+    dev.write_at(&ab, slot * BLOCK)?;
     dev.flush()?;
     Ok(())
 }
@@ -276,8 +289,8 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
         ..j.superblock
     };
     write_superblock(store.dev.as_ref(), &sb)?;
-    written.writes += 1;
-    written.bytes += BLOCK;
+    written.writes += 2;
+    written.bytes += 2 * BLOCK;
     j.superblock = sb;
     j.cursor.pos = 0;
     j.cursor.prev_crc = prepared.chain_seed;

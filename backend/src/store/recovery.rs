@@ -1,5 +1,6 @@
 //! Opening a container: pick the newest valid superblock, load its checkpoint (trees, SUT),
-//! replay the journal tail, and discard the first torn record and everything after it.
+//! replay the journal tail, and discard the first torn record and everything after it, unless
+//! what lies after it proves it was acknowledged and flushed ([`tail`](super::tail)).
 //!
 //! A record is torn when its own crc fails, when it does not chain to its predecessor, or
 //! when a data block it points at does not match the crc it carries (the data write and
@@ -14,8 +15,9 @@ use super::error::{Result, StoreError};
 use super::journal::{self, Entry, JournalCursor};
 use super::layout::{BLOCK, Geometry};
 use super::maps::{Maps, Snapshot};
-use super::superblock::Superblock;
+use super::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
 use super::sut::Sut;
+use super::tail;
 use crate::device::BlockDevice;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -30,6 +32,10 @@ pub struct RecoveryReport {
     pub journal_blocks_replayed: u64,
     /// Why replay stopped where it did.
     pub stopped_because: String,
+    /// Intact records found past the end of the chain and dropped (a torn tail's survivors).
+    pub discarded_records: u64,
+    /// Set when `rewind` accepted the loss of acknowledged writes: what was lost.
+    pub rewound: Option<String>,
     pub elapsed_micros: u64,
 }
 
@@ -38,6 +44,20 @@ pub(crate) struct Loaded {
     pub state: State,
     pub cursor: JournalCursor,
     pub report: RecoveryReport,
+    /// The superblock slot that does not hold the opened copy (damaged or one generation
+    /// older), to rewrite before the container changes.
+    pub stale_slot: Option<u64>,
+    /// Journal blocks holding dropped records, to erase before new records are written.
+    pub erase: Option<(u64, u64)>,
+}
+
+/// The superblock recovery opens and the state of the other copy.
+pub struct Picked {
+    pub superblock: Superblock,
+    /// What is wrong with the other copy, if it is unreadable.
+    pub other_problem: Option<String>,
+    /// The slot that does not hold an identical copy.
+    pub stale_slot: Option<u64>,
 }
 
 fn read_block(dev: &dyn BlockDevice, pba: u64) -> Result<AlignedBuf> {
@@ -46,54 +66,55 @@ fn read_block(dev: &dyn BlockDevice, pba: u64) -> Result<AlignedBuf> {
     Ok(b)
 }
 
-/// Reads both superblocks and returns the newest valid one.
-pub fn pick_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, Option<String>)> {
+/// Reads both superblocks and returns the newest valid one. A copy may sit in either slot
+/// (the second write of each checkpoint puts it in the other one too).
+pub fn pick_superblock(dev: &dyn BlockDevice) -> Result<Picked> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for slot in 0..2u64 {
         match read_block(dev, slot).and_then(|b| Superblock::decode(&b, dev.len())) {
-            Ok(sb) if sb.slot() == slot => found.push(sb),
-            Ok(sb) => errors.push((
-                slot,
-                StoreError::corrupt(
-                    "superblock",
-                    format!("generation {} in the wrong slot", sb.generation),
-                ),
-            )),
+            Ok(sb) => found.push((slot, sb)),
             Err(e) => errors.push((slot, e)),
         }
     }
     let name = |s: u64| if s == 0 { "A" } else { "B" };
-    match found.into_iter().max_by_key(|s| s.generation) {
-        Some(sb) => Ok((
-            sb,
-            errors
-                .first()
-                .map(|(s, e)| format!("superblock {}: {e}", name(*s))),
-        )),
-        None => {
-            if let Some((_, e @ StoreError::Unsupported(_))) = errors
-                .iter()
-                .find(|(_, e)| matches!(e, StoreError::Unsupported(_)))
-            {
-                return Err(StoreError::Unsupported(e.to_string()));
-            }
-            let detail = errors
-                .iter()
-                .map(|(s, e)| format!("{}: {e}", name(*s)))
-                .collect::<Vec<_>>()
-                .join("; ");
-            Err(StoreError::corrupt(
-                "superblocks",
-                format!("no valid copy ({detail})"),
-            ))
+    let Some(&(slot, sb)) = found
+        .iter()
+        .max_by_key(|(slot, s)| (s.generation, *slot == s.slot()))
+    else {
+        if let Some((_, e @ StoreError::Unsupported(_))) = errors
+            .iter()
+            .find(|(_, e)| matches!(e, StoreError::Unsupported(_)))
+        {
+            return Err(StoreError::Unsupported(e.to_string()));
         }
-    }
+        let detail = errors
+            .iter()
+            .map(|(s, e)| format!("{}: {e}", name(*s)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(StoreError::corrupt(
+            "superblocks",
+            format!("no valid copy ({detail})"),
+        ));
+    };
+    let other = 1 - slot;
+    let identical = found.iter().any(|&(s, o)| s == other && o == sb);
+    Ok(Picked {
+        superblock: sb,
+        other_problem: errors
+            .first()
+            .map(|(s, e)| format!("superblock {}: {e}", name(*s))),
+        stale_slot: (!identical).then_some(other),
+    })
 }
 
-pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
+/// Loads the container on `dev`. Damage that would silently lose acknowledged, flushed
+/// writes is an error, unless `rewind` accepts the loss (it is then reported).
+pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
     let t0 = Instant::now();
-    let (sb, other) = pick_superblock(dev)?;
+    let picked = pick_superblock(dev)?;
+    let sb = picked.superblock;
     let geo = sb.geometry;
     let first = read_block(dev, sb.checkpoint_pba)?;
     let root_blocks = super::checkpoint::root_blocks_in(&first) as u64;
@@ -175,13 +196,49 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
         records: 0,
     };
     let stopped = replay(dev, &geo, &mut state, &mut cursor)?;
+    let found = tail::scan(dev, &geo, cursor.pos, cursor.next_lsn)?;
+    let end = tail::ChainEnd {
+        pos: cursor.pos,
+        next_lsn: cursor.next_lsn,
+        prev_crc: cursor.prev_crc,
+    };
+    // Older containers may hold records an earlier recovery dropped: nothing can be proven.
+    let marks = sb.incompat & INCOMPAT_FLUSH_MARKS != 0;
+    let damage = if marks {
+        tail::damage(&found, end)
+    } else {
+        None
+    };
+    if let Some(why) = &damage {
+        if !rewind {
+            return Err(StoreError::corrupt(
+                "journal",
+                format!(
+                    "{why} (replay stopped: {stopped}); nothing was changed. `keel recover \
+                     --rewind` opens the container at the last intact state and discards the rest"
+                ),
+            ));
+        }
+        log::warn!("rewinding: {why}");
+    }
+    if !found.is_empty() {
+        log::warn!(
+            "dropped {} intact journal records (lsn {} to {}) past the end of the chain: \
+             written when the container was last closed uncleanly, never flushed",
+            found.len(),
+            found.iter().map(|f| f.lsn).min().unwrap_or(0),
+            found.iter().map(|f| f.lsn).max().unwrap_or(0)
+        );
+    }
     state.sut.rebuild_free();
     let report = RecoveryReport {
         superblock_generation: sb.generation,
-        other_superblock: other,
+        other_superblock: picked.other_problem,
         records_replayed: cursor.records,
         journal_blocks_replayed: cursor.pos,
         stopped_because: stopped,
+        discarded_records: found.len() as u64,
+        rewound: damage,
         elapsed_micros: t0.elapsed().as_micros() as u64,
     };
     log::info!(
@@ -197,6 +254,8 @@ pub(crate) fn load(dev: &dyn BlockDevice) -> Result<Loaded> {
         state,
         cursor,
         report,
+        stale_slot: picked.stale_slot,
+        erase: tail::erase_range(&found, end.pos),
     })
 }
 
@@ -240,6 +299,12 @@ fn replay(
         let Some(h) = journal::decode_header(&first) else {
             return Ok(format!("no record header at journal block {}", cur.pos));
         };
+        if h.lsn < cur.next_lsn {
+            return Ok(format!(
+                "end of the journal (block {} holds an older record, lsn {})",
+                cur.pos, h.lsn
+            ));
+        }
         if h.lsn != cur.next_lsn || h.prev_crc != cur.prev_crc {
             return Ok(format!(
                 "record at journal block {} does not continue the chain (lsn {})",
@@ -318,7 +383,7 @@ fn check_entries(
                 continue;
             }
             // Freeing a VBA that is gone already changes nothing.
-            Entry::Release { .. } => continue,
+            Entry::Release { .. } | Entry::Flushed { .. } => continue,
             Entry::Move {
                 vba,
                 old_pba,

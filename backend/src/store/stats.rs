@@ -22,6 +22,7 @@ pub struct Counters {
     pub segments_cleaned: AtomicU64,
     pub checksum_errors: AtomicU64,
     pub flushes: AtomicU64,
+    pub flush_marks: AtomicU64,
 }
 
 impl Counters {
@@ -49,6 +50,7 @@ impl Counters {
             segments_cleaned: g(&self.segments_cleaned),
             checksum_errors: g(&self.checksum_errors),
             flushes: g(&self.flushes),
+            flush_marks: g(&self.flush_marks),
         }
     }
 }
@@ -79,6 +81,8 @@ pub struct Stats {
     /// Data blocks whose crc32c did not match on read.
     pub checksum_errors: u64,
     pub flushes: u64,
+    /// Journal records written after a flush to say which records it made durable.
+    pub flush_marks: u64,
 }
 
 impl Stats {

@@ -1,7 +1,10 @@
 //! The two superblocks (A at byte 0, B at byte 4096): the only fixed-place metadata.
 //!
-//! Generation `g` is written to slot `g % 2`, so a torn superblock write leaves the other
-//! slot, one generation older, intact. Open picks the valid one with the highest generation.
+//! Generation `g` is written to slot `g % 2` first and, once that is durable, to the other
+//! slot too. A torn write of the first copy leaves the other slot, one generation older,
+//! intact (the checkpoint has not taken effect: nothing newer depends on it); once both are
+//! written, damage to either copy loses nothing. Open picks the valid copy with the highest
+//! generation, whichever slot holds it.
 
 use super::codec::{Get, Put};
 use super::error::{Result, StoreError};
@@ -25,11 +28,17 @@ pub const INCOMPAT_JOURNAL_DELETES: u64 = 1 << 2;
 /// Release entries (tag 6). A Keel without it would take such a snapshot for a live one whose
 /// blocks are partly gone.
 pub const INCOMPAT_BACKGROUND_DELETES: u64 = 1 << 3;
+/// Incompatible feature: journal records may hold Flushed entries (tag 7), and the journal
+/// past the replayed tail holds no intact record a recovery discarded (they are erased), so an
+/// intact later record means damage, not a torn tail. A Keel without it would take a record
+/// holding a Flushed entry for a torn one and drop it and everything after it.
+pub const INCOMPAT_FLUSH_MARKS: u64 = 1 << 4;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
-    | INCOMPAT_BACKGROUND_DELETES;
+    | INCOMPAT_BACKGROUND_DELETES
+    | INCOMPAT_FLUSH_MARKS;
 /// Compatible features this code writes (none yet); unknown ones are ignored.
 pub const COMPAT_SUPPORTED: u64 = 0;
 
@@ -50,7 +59,7 @@ pub struct Superblock {
 }
 
 impl Superblock {
-    /// Slot (0 = A, 1 = B) this generation is written to.
+    /// Slot (0 = A, 1 = B) this generation is written to first.
     pub fn slot(&self) -> u64 {
         self.generation % 2
     }

@@ -58,10 +58,22 @@ fn write_read_reopen() {
     assert!(r[3 * 4096 - 1] == 0xab);
     s.flush().unwrap();
     let st = s.stats();
-    assert_eq!((st.batches, st.journal_writes, st.guest_writes), (1, 1, 2));
+    // One record for the batch, one saying the flush made it durable.
+    assert_eq!(
+        (
+            st.batches,
+            st.journal_writes,
+            st.flush_marks,
+            st.guest_writes
+        ),
+        (1, 2, 1, 2)
+    );
+    // A second flush with nothing new to cover writes no mark.
+    s.flush().unwrap();
+    assert_eq!(s.stats().flush_marks, 1);
     drop(s);
     let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
-    assert_eq!(s.recovery_report().records_replayed, 1);
+    assert_eq!(s.recovery_report().records_replayed, 2);
     let mut r2 = vec![0u8; 3 * 4096];
     s.read(0, &mut r2).unwrap();
     assert_eq!(r, r2);

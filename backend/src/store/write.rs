@@ -79,6 +79,8 @@ pub(super) enum Issue<'a> {
 pub(super) struct Committed {
     /// Entries committed (0: nothing to commit).
     pub entries: u64,
+    /// The record's LSN (0 when nothing was committed).
+    pub lsn: u64,
     /// With [`Issue::Start`]: the record written and its buffer, to finish later.
     pub started: Option<(u64, AlignedBuf)>,
 }
@@ -316,6 +318,7 @@ impl Store {
             self.retire(&mut j, last, retired);
             return Ok(Committed {
                 entries: 0,
+                lsn: 0,
                 started: None,
             });
         }
@@ -350,6 +353,7 @@ impl Store {
                 self.finish_commit(lsn, written)?;
                 Ok(Committed {
                     entries: count,
+                    lsn,
                     started: None,
                 })
             }
@@ -365,6 +369,7 @@ impl Store {
                 }
                 Ok(Committed {
                     entries: count,
+                    lsn,
                     started: Some((lsn, reserved.record)),
                 })
             }
@@ -512,12 +517,14 @@ impl Store {
     }
 
     /// Waits until every record reserved so far is written (what a FLUSH covers).
-    pub(super) fn wait_written(&self) {
+    /// Waits until every record reserved so far is written; returns the newest one's LSN.
+    pub(super) fn wait_written(&self) -> u64 {
         let mut j = lock(&self.journal);
         let target = j.cursor.next_lsn.saturating_sub(1);
         while j.written_lsn < target {
             j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
         }
+        target
     }
 }
 

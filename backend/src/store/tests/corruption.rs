@@ -37,17 +37,21 @@ fn open(dev: &Arc<FaultyDevice>) -> crate::store::Result<Store> {
 fn flipped_superblocks() {
     let dev = populated();
     let gen_now = open(&dev).unwrap().info().checkpoint_generation;
-    // Damage the current copy: the other one (one generation older) is used instead.
+    // Damage the copy written first: the other slot holds the same generation, so nothing is
+    // rolled back, and opening rewrites the damaged copy.
     let current_slot = gen_now % 2;
     dev.corrupt(current_slot * BLOCK + 40, 0x01);
-    match open(&dev) {
-        Ok(s) => {
-            assert_eq!(s.info().checkpoint_generation, gen_now - 1);
-            assert!(s.recovery_report().other_superblock.is_some());
-        }
-        Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+    {
+        let s = open(&dev).unwrap();
+        assert_eq!(s.info().checkpoint_generation, gen_now);
+        assert!(s.recovery_report().other_superblock.is_some());
     }
+    let s = open(&dev).unwrap();
+    assert_eq!(s.info().checkpoint_generation, gen_now);
+    assert_eq!(s.recovery_report().other_superblock, None, "repaired");
+    drop(s);
     // Both copies damaged: a clear error.
+    dev.corrupt(current_slot * BLOCK + 40, 0x01);
     dev.corrupt((1 - current_slot) * BLOCK + 100, 0x80);
     match open(&dev) {
         Err(StoreError::Corrupt { what, detail }) => {
@@ -104,7 +108,7 @@ fn flipped_journal_record_is_discarded_as_torn() {
         }],
     )
     .unwrap();
-    s.flush().unwrap();
+    // Not flushed: the second record may have been in flight at a crash, so it may be torn.
     let second_record = s.geometry().journal_start() + 1;
     drop(s);
     dev.corrupt(second_record * BLOCK + 50, 0x10);
@@ -131,7 +135,7 @@ fn a_torn_block_inside_a_records_run_discards_the_record() {
     write(0, &[3u8; 4096]).unwrap();
     let run: Vec<u8> = (0..8 * 4096).map(|i| (i / 4096) as u8 + 10).collect();
     write(4 * 4096, &run).unwrap();
-    s.flush().unwrap();
+    // Not flushed: the record's data may not have landed before a crash.
     let pbas: Vec<u64> = (4..12)
         .map(|lba| read(&s.state).maps.lookup(lba).unwrap().1.pba)
         .collect();
@@ -218,4 +222,147 @@ fn random_metadata_damage_never_panics() {
         }
         assert!(d.len() > 0);
     }
+}
+
+fn write_at(s: &Store, lba: u64, byte: u8) {
+    let d = vec![byte; 4096];
+    s.write_batch(
+        0,
+        &[Op::Write {
+            offset: lba * 4096,
+            data: &d,
+        }],
+    )
+    .unwrap();
+}
+
+fn rewind(dev: &Arc<FaultyDevice>) -> crate::store::Result<Store> {
+    let opts = StoreOptions {
+        rewind: true,
+        ..StoreOptions::default()
+    };
+    Store::open(dev.clone(), opts)
+}
+
+/// A flushed record damaged later is not a torn tail: the flush's mark after it proves it was
+/// acknowledged. The container is refused (nothing changed), and a rewind opens it at the last
+/// intact state, saying what was lost.
+#[test]
+fn a_damaged_flushed_record_is_refused_until_rewound() {
+    let (dev, s) = new_store(&small_opts());
+    write_at(&s, 0, 5);
+    write_at(&s, 1, 6);
+    s.flush().unwrap();
+    let second_record = s.geometry().journal_start() + 1;
+    drop(s);
+    dev.corrupt(second_record * BLOCK + 50, 0x10);
+    let image = dev.image();
+    match open(&dev) {
+        Err(StoreError::Corrupt { what, detail }) => {
+            assert_eq!(what, "journal");
+            assert!(
+                detail.contains("through lsn 2 was flushed") && detail.contains("--rewind"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected a journal error, got {:?}", other.err()),
+    }
+    assert!(dev.image() == image, "a refused open writes nothing");
+    let s = rewind(&dev).unwrap();
+    let report = s.recovery_report().clone();
+    assert_eq!(report.records_replayed, 1);
+    assert!(
+        report
+            .rewound
+            .as_deref()
+            .unwrap()
+            .contains("1 flushed records")
+    );
+    let mut b = vec![0u8; 8192];
+    s.read(0, &mut b).unwrap();
+    assert_eq!(
+        (b[0], b[4096]),
+        (5, 0),
+        "the lost write is gone, the one before it stays"
+    );
+    assert!(s.fsck().is_clean());
+    drop(s);
+    // Rewound once: the dropped records are erased, so a plain open accepts it from now on.
+    let s = open(&dev).unwrap();
+    assert_eq!(s.recovery_report().rewound, None);
+    assert!(s.fsck().is_clean());
+}
+
+/// A flushed record whose data block is damaged is refused the same way.
+#[test]
+fn a_flushed_records_damaged_data_is_refused() {
+    let (dev, s) = new_store(&small_opts());
+    write_at(&s, 0, 3);
+    write_at(&s, 4, 9);
+    s.flush().unwrap();
+    let pba = read(&s.state).maps.lookup(4).unwrap().1.pba;
+    drop(s);
+    dev.corrupt(pba * BLOCK + 100, 0x40);
+    match open(&dev) {
+        Err(StoreError::Corrupt { what, detail }) => {
+            assert_eq!(what, "journal");
+            assert!(
+                detail.contains(&format!("data at block {pba} does not match")),
+                "{detail}"
+            );
+        }
+        other => panic!("expected a journal error, got {:?}", other.err()),
+    }
+}
+
+/// Records written after a newer checkpoint than the one the superblocks name (both copies
+/// of the newest superblock lost) prove the rollback: refused, never served as older data.
+#[test]
+fn a_lost_newest_checkpoint_is_refused_not_rolled_back() {
+    let (dev, s) = new_store(&small_opts());
+    write_at(&s, 0, 1);
+    s.checkpoint().unwrap();
+    let old_superblocks = dev.image()[..2 * BLOCK as usize].to_vec();
+    write_at(&s, 1, 2);
+    s.checkpoint().unwrap();
+    write_at(&s, 2, 3);
+    s.flush().unwrap();
+    drop(s);
+    dev.write_at(&old_superblocks, 0).unwrap();
+    match open(&dev) {
+        Err(StoreError::Corrupt { what, detail }) => {
+            assert_eq!(what, "journal");
+            assert!(detail.contains("newest checkpoint was lost"), "{detail}");
+        }
+        other => panic!("expected a journal error, got {:?}", other.err()),
+    }
+}
+
+/// Intact records a crash left past a torn one (never flushed) are dropped and erased, so a
+/// later recovery cannot take them for proof of damage.
+#[test]
+fn a_torn_tails_survivors_are_erased_at_open() {
+    let (dev, s) = new_store(&small_opts());
+    write_at(&s, 0, 1);
+    s.flush().unwrap();
+    write_at(&s, 1, 2);
+    write_at(&s, 2, 3);
+    let torn = {
+        let j = crate::store::lock(&s.journal);
+        s.geometry().journal_start() + j.cursor.pos - 2
+    };
+    drop(s);
+    dev.corrupt(torn * BLOCK + 60, 0x02);
+    let s = open(&dev).unwrap();
+    assert_eq!(
+        s.recovery_report().discarded_records,
+        1,
+        "the record after the torn one"
+    );
+    let mut b = vec![0u8; 3 * 4096];
+    s.read(0, &mut b).unwrap();
+    assert_eq!((b[0], b[4096], b[8192]), (1, 0, 0));
+    drop(s);
+    let s = open(&dev).unwrap();
+    assert_eq!(s.recovery_report().discarded_records, 0, "erased");
 }
