@@ -7,7 +7,7 @@ use keel_backend::control::client::{ClientError, ControlClient};
 use keel_backend::store::diff::{DiffReport, Extent, ExtentKind};
 use keel_protocol::control::CreateSnapshot;
 use keel_tests::client::Client;
-use keel_tests::keeld::{InProcess, raw_disk};
+use keel_tests::keeld::{InProcess, keel_binary, raw_disk};
 use keel_tests::pattern;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,33 +16,6 @@ use std::sync::OnceLock;
 const MIB: usize = 1 << 20;
 const SIZE: usize = 16 * MIB;
 
-/// The `keel` binary, built once with the tests' profile.
-fn keel_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", "keel"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target);
-        }
-        assert!(
-            cmd.status().expect("cargo").success(),
-            "building keel failed"
-        );
-        profile_dir.join("keel")
-    })
-    .clone()
-}
 
 /// Runs `keel ARGS` in `dir`; returns (exit code, stdout, stderr).
 fn keel(dir: &Path, control: Option<&Path>, args: &[&str]) -> (i32, String, String) {

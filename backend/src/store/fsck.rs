@@ -79,6 +79,12 @@ impl Store {
         let geo = self.geometry();
         let mut r = FsckReport::default();
         let maps = &st.maps;
+        // 0. Both superblock copies are current after every checkpoint: a damaged one is a
+        // problem even though the other kept the container whole (open rewrote it).
+        if let Some(p) = &self.recovery.other_superblock {
+            r.problems
+                .push(format!("{p} (rewritten from the valid copy when opened)"));
+        }
 
         // 1-2. The LBA trees, oldest snapshot first: structure, fit of shared nodes, and
         // every LBA -> VBA in range and present. Shared subtrees are walked once.
