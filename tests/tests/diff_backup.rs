@@ -11,7 +11,6 @@ use keel_tests::keeld::{InProcess, keel_binary, raw_disk};
 use keel_tests::pattern;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 const MIB: usize = 1 << 20;
 const SIZE: usize = 16 * MIB;
