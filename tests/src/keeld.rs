@@ -218,6 +218,16 @@ pub fn spawn_keel_bench_disk(
     stem: &str,
     size: u64,
 ) -> (crate::bench::Running, PathBuf, PathBuf) {
+    spawn_keel_bench_disk_with(&keeld_binary_near_exe(), dir, stem, size)
+}
+
+/// [`spawn_keel_bench_disk`] with the keeld binary `keeld` (to compare two builds).
+pub fn spawn_keel_bench_disk_with(
+    keeld: &Path,
+    dir: &Path,
+    stem: &str,
+    size: u64,
+) -> (crate::bench::Running, PathBuf, PathBuf) {
     let sock = dir.join(format!("{stem}.sock"));
     let ctl = dir.join("control.sock");
     let path = dir.join(format!("{stem}.keel"));
@@ -235,7 +245,7 @@ pub fn spawn_keel_bench_disk(
         ),
     )
     .expect("write config");
-    let child = Command::new(keeld_binary_near_exe())
+    let child = Command::new(keeld)
         .arg("--config")
         .arg(&cfg)
         // KEEL_BENCH_LOG=debug shows what keeld does under a benchmark (on stderr).

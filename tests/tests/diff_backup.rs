@@ -15,7 +15,6 @@ use std::process::Command;
 const MIB: usize = 1 << 20;
 const SIZE: usize = 16 * MIB;
 
-
 /// Runs `keel ARGS` in `dir`; returns (exit code, stdout, stderr).
 fn keel(dir: &Path, control: Option<&Path>, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(keel_binary());

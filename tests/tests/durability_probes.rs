@@ -121,16 +121,29 @@ fn a_damaged_flushed_journal_record_is_refused_until_rewound() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&started.stderr).into_owned();
-    assert!(!started.status.success(), "keeld served a damaged disk: {log}");
-    assert!(log.contains("was flushed") && log.contains("--rewind"), "{log}");
-    assert!(fs::read(&container).unwrap() == damaged, "a refused disk is not written");
+    assert!(
+        !started.status.success(),
+        "keeld served a damaged disk: {log}"
+    );
+    assert!(
+        log.contains("was flushed") && log.contains("--rewind"),
+        "{log}"
+    );
+    assert!(
+        fs::read(&container).unwrap() == damaged,
+        "a refused disk is not written"
+    );
 
     let out = keel(&["fsck", container.to_str().unwrap()]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("was flushed"), "{}", text(&out));
 
     let out = keel(&["recover", container.to_str().unwrap()]);
-    assert!(!out.status.success(), "recover without --rewind: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "recover without --rewind: {}",
+        text(&out)
+    );
     let out = keel(&["recover", "--rewind", container.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("discarded"), "{}", text(&out));
