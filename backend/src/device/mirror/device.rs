@@ -25,6 +25,7 @@ use super::status::ResyncCounters;
 use super::throttle::GuestActivity;
 use super::view::{ComponentRecord, MirrorView, Outage, ResyncPlan, Source};
 use crate::device::{BlockDevice, check_range};
+use crate::store::buf::AlignedBuf;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -387,7 +388,8 @@ impl Shared {
                 // Components after the first go to the writers with a shared copy of the
                 // data; the first component, and deltas (which may need edge fills), are
                 // written here meanwhile.
-                let shared_data: Option<Arc<[u8]>> = data.map(Arc::from);
+                let shared_data: Option<Arc<AlignedBuf>> =
+                    data.map(|d| Arc::new(AlignedBuf::copy_of(d)));
                 let mut jobs: Vec<(usize, Job)> = Vec::new();
                 for (slot, (t, dev)) in targets.iter().enumerate().skip(1) {
                     if let Target::Component(_) = t {
@@ -480,7 +482,7 @@ impl Shared {
         } else {
             offset + len
         };
-        let mut buf = vec![0u8; (end - start) as usize];
+        let mut buf = AlignedBuf::zeroed((end - start) as usize);
         for (k, sources) in edges {
             let at = k * chunk;
             let n = chunk.min(self.len - at) as usize;
@@ -983,12 +985,12 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
         };
         let mut repaired = mirror.is_some();
         if let Some(m) = &mirror {
-            let mut buf = Vec::new();
+            let mut chunk_buf = AlignedBuf::scratch_len(chunk as usize);
             for k in tentative.iter_set() {
                 let at = k * chunk;
-                buf.resize(chunk.min(len - at) as usize, 0);
-                if m.read_at(&mut buf, at)
-                    .and_then(|()| delta.data.write_at(&buf, at))
+                let buf = &mut chunk_buf[..chunk.min(len - at) as usize];
+                if m.read_at(buf, at)
+                    .and_then(|()| delta.data.write_at(buf, at))
                     .is_err()
                 {
                     repaired = false;
