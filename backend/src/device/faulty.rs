@@ -275,7 +275,11 @@ mod tests {
         let aligned = crate::store::buf::AlignedBuf::copy_of(&[3u8; 1024]);
         d.write_at(&aligned, 512).unwrap();
         let odd = vec![1u8; 1025];
-        for (buf, at) in [(&odd[1..], 512u64), (&aligned[..1000], 512), (&aligned[..], 100)] {
+        for (buf, at) in [
+            (&odd[1..], 512u64),
+            (&aligned[..1000], 512),
+            (&aligned[..], 100),
+        ] {
             let e = d.write_at(buf, at).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
         }

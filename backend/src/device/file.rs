@@ -144,9 +144,11 @@ impl BlockDevice for FileDevice {
         check_range(self.size, offset, buf.len() as u64)?;
         match self.fd_for(buf, offset) {
             (f, true) => match f.read_exact_at(buf, offset) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.buffered.as_ref().unwrap_or(f).read_exact_at(buf, offset)
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                    .buffered
+                    .as_ref()
+                    .unwrap_or(f)
+                    .read_exact_at(buf, offset),
                 other => other,
             },
             (f, false) => f.read_exact_at(buf, offset),
@@ -157,9 +159,11 @@ impl BlockDevice for FileDevice {
         check_range(self.size, offset, buf.len() as u64)?;
         match self.fd_for(buf, offset) {
             (f, true) => match f.write_all_at(buf, offset) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.buffered.as_ref().unwrap_or(f).write_all_at(buf, offset)
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                    .buffered
+                    .as_ref()
+                    .unwrap_or(f)
+                    .write_all_at(buf, offset),
                 other => other,
             },
             (f, false) => f.write_all_at(buf, offset),

@@ -61,6 +61,14 @@ impl Engine for MirroredRawEngine {
     }
 }
 
+impl Drop for MirroredRawEngine {
+    fn drop(&mut self) {
+        if !self.read_only {
+            mirrored::shut_down(&self.dev);
+        }
+    }
+}
+
 impl EngineAdmin for MirroredRawEngine {
     fn mirror_status(&self) -> Result<serde_json::Value, AdminError> {
         mirrored::status(&self.dev)

@@ -31,6 +31,18 @@ pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineErr
     Ok(Arc::new(dev))
 }
 
+/// A clean stop: flushes and clears the write-intent bitmap, so the next open copies nothing.
+pub fn shut_down(dev: &MirrorDevice) {
+    match dev.shut_down() {
+        Ok(()) => log::info!("mirror {}: closed cleanly", dev.name()),
+        Err(e) => log::warn!(
+            "mirror {}: not closed cleanly ({e}); the next open resyncs the chunks written \
+             since the last flush",
+            dev.name()
+        ),
+    }
+}
+
 /// The mirror's status as JSON (per component: state, LSN, dirty chunks, resync progress).
 pub fn status(dev: &MirrorDevice) -> Result<serde_json::Value, AdminError> {
     serde_json::to_value(dev.status()).map_err(|e| AdminError::Failed(e.to_string()))

@@ -910,6 +910,11 @@ impl MirrorDevice {
         Ok(dev)
     }
 
+    /// The disk's name, as logs and events give it.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// LSN of the last write handed out.
     pub fn lsn(&self) -> u64 {
         self.shared.clock.last()
@@ -936,6 +941,12 @@ impl MirrorDevice {
     /// open has nothing to reconcile. Without it (a crash), the next open resyncs the chunks
     /// that had writes in flight.
     pub fn close(self) -> Result<(), MirrorError> {
+        self.shut_down()
+    }
+
+    /// What [`close`](Self::close) does, for an owner that holds the device in an `Arc` and
+    /// stops using it (an engine being dropped). Writes after it set intent bits again.
+    pub fn shut_down(&self) -> Result<(), MirrorError> {
         let s = &self.shared;
         s.flush_all()
             .map_err(|e| MirrorError::io("flushing at close", e))?;
