@@ -5,6 +5,7 @@ use crate::config::DiskConfig;
 use crate::device::mirror::{MirrorConfig, MirrorDevice, MirrorError, ResyncScheduler};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Resync jobs of every mirrored disk of the process run here, at most this many at once.
 const RESYNC_JOBS: usize = 2;
@@ -50,6 +51,7 @@ pub fn status(dev: &MirrorDevice) -> Result<serde_json::Value, AdminError> {
 
 /// Carries out a component operation.
 pub fn command(dev: &MirrorDevice, n: usize, cmd: MirrorCommand) -> Result<(), AdminError> {
+    let cmd_starts_resync = matches!(cmd, MirrorCommand::Online | MirrorCommand::Replace { .. });
     let result = match cmd {
         MirrorCommand::Offline => dev.offline(n),
         MirrorCommand::Online => dev.online(n),
@@ -59,8 +61,15 @@ pub fn command(dev: &MirrorDevice, n: usize, cmd: MirrorCommand) -> Result<(), A
         }
         MirrorCommand::Replace { path } => dev.replace(n, &path),
     };
-    result.map_err(from_mirror)
+    result.map_err(from_mirror)?;
+    if cmd_starts_resync {
+        dev.watch_resync(n, RESYNC_WATCH).map_err(from_mirror)?;
+    }
+    Ok(())
 }
+
+/// How long `online` and `replace` watch the resync they queued before answering.
+const RESYNC_WATCH: Duration = Duration::from_millis(500);
 
 /// `<component>.delta` beside the component, when the caller names no path.
 fn default_delta_path(dev: &MirrorDevice, n: usize) -> PathBuf {

@@ -10,6 +10,7 @@ use super::status::{ComponentStatus, DeltaStatus, MirrorStatus, ResyncStatus};
 use super::view::{DeltaRecord, Outage, ResyncPlan, Source};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 impl Shared {
     fn state_of(st: &State, n: usize) -> Result<ComponentState, MirrorError> {
@@ -325,6 +326,43 @@ impl MirrorDevice {
         }
         self.queue_resync(n);
         Ok(())
+    }
+
+    /// Waits at most `within` until component `n`'s resync (queued by `online` or `replace`)
+    /// has copied a chunk, finished, or failed, and says which: a resync that cannot write to
+    /// the component fails on its first chunk, and whoever brought the component back must hear
+    /// of it. A resync still queued behind other jobs when the time is up counts as under way.
+    pub fn watch_resync(&self, n: usize, within: Duration) -> Result<(), MirrorError> {
+        let s = &self.shared;
+        let copied = |st: &State| st.comps.get(n).map(|r| r.counters.bytes_copied);
+        let before = copied(&s.lock_state()).ok_or(MirrorError::NoSuchComponent(n))?;
+        let until = Instant::now() + within;
+        loop {
+            {
+                let st = s.lock_state();
+                let state = Shared::state_of(&st, n)?;
+                if state == ComponentState::Failed {
+                    drop(st);
+                    let why = s
+                        .events
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .rev()
+                        .find(|e| e.contains(&format!("component {n} ")))
+                        .cloned()
+                        .unwrap_or_else(|| "it failed".into());
+                    return Err(MirrorError::ResyncFailed { index: n, why });
+                }
+                if !state.is_catching_up() || copied(&st) > Some(before) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Per-component state, LSNs, dirty chunks and resync progress.

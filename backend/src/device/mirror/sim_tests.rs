@@ -675,6 +675,37 @@ fn scheduler_runs_resyncs_in_the_background() {
 }
 
 #[test]
+fn watching_a_resync_reports_one_that_fails_at_once() {
+    let p = MemProvider::new(13);
+    let sched = ResyncScheduler::new(1);
+    let mut cfg = config(2, 64);
+    cfg.options.scheduler = Some(sched.clone());
+    let dev = MirrorDevice::open_with(cfg, p.clone()).unwrap();
+    dev.offline(1).unwrap();
+    dev.write_at(&filled(5, 8192), 4096 * 10).unwrap();
+    p.data(&path(1)).set_fail_writes(true);
+    dev.online(1).unwrap();
+    // The bound only matters if the scheduler never runs the job; the answer comes with the
+    // first chunk.
+    let e = dev
+        .watch_resync(1, std::time::Duration::from_secs(60))
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorError::ResyncFailed { index: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("write error"), "{e}");
+    sched.wait_idle();
+    p.data(&path(1)).set_fail_writes(false);
+    dev.online(1).unwrap();
+    dev.watch_resync(1, std::time::Duration::from_secs(60))
+        .unwrap();
+    sched.wait_idle();
+    assert_eq!(state(&dev, 1), ComponentState::InSync);
+    assert_components_match(&p, 2, &read_all(&dev), 13);
+}
+
+#[test]
 fn fresh_set_without_assume_clean_copies_component_zero() {
     let p = MemProvider::new(11);
     let mut cfg = config(2, 32);
