@@ -206,6 +206,7 @@ impl Shared {
                     return;
                 }
                 start_outage(rec, ComponentState::Failed, durable, seed);
+                rec.failed_why = Some(why.to_string());
                 if let Some(rt) = st.comps.get_mut(i) {
                     rt.data = None;
                     rt.meta = None;
@@ -801,6 +802,11 @@ impl MirrorDevice {
             deltas: HashMap::new(),
             view,
         };
+        for (i, rec) in st.view.components.iter().enumerate() {
+            if rec.state == ComponentState::Failed {
+                shared.event(still_failed(&config.name, i, rec.failed_why.as_deref()));
+            }
+        }
         for (i, (d, m)) in data.into_iter().zip(metas).enumerate() {
             let blank = loaded.get(i).is_some_and(|l| l.is_none());
             let Some(rec) = st.view.components.get_mut(i) else {
@@ -821,6 +827,7 @@ impl MirrorDevice {
                     rec.last_lsn,
                     ChunkBitmap::new(chunks),
                 );
+                rec.failed_why = Some("unreachable at open".into());
                 shared.event(msg);
             } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {
                 // Fresh metadata under a set that knows this component: a replaced disk.
@@ -965,6 +972,24 @@ impl MirrorDevice {
         let st = self.shared.lock_state();
         st.view.components.get(n).map(|c| PathBuf::from(&c.path))
     }
+}
+
+/// What the open says about a component that stayed failed from an earlier run: why, whose
+/// error that was, and how to bring it back. A failure is never cleared on its own, since the
+/// component may hold anything; but one caused by Keel (an I/O it issued was refused as
+/// invalid, EINVAL) says so, so it is not taken for a broken device.
+pub(super) fn still_failed(disk: &str, i: usize, why: Option<&str>) -> String {
+    let why = why.unwrap_or("no cause recorded");
+    let whose = if why.contains(&format!("os error {}", libc::EINVAL)) {
+        "the I/O Keel issued was refused as invalid: Keel's error, not the device's"
+    } else {
+        "check the device"
+    };
+    format!(
+        "component {i} is still failed from an earlier run ({why}; {whose}); its copy is not \
+         used. `keel mirror online {disk} {i}` brings it back and copies only the chunks \
+         written since"
+    )
 }
 
 /// After an unclean stop, a delta's chunks first written after its last flush may not hold
@@ -1203,6 +1228,7 @@ fn fresh_view(
                         done: ChunkBitmap::new(chunks),
                     }),
                 }),
+                failed_why: None,
             }
         })
         .collect();

@@ -56,6 +56,9 @@ struct RecordHeader {
     state: ComponentState,
     last_lsn: u64,
     outage: Option<OutageHeader>,
+    /// Absent in metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_why: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +108,7 @@ pub fn encode(view: &MirrorView, index: usize) -> Result<Vec<u8>, MirrorError> {
                     done: push(&p.done),
                 }),
             }),
+            failed_why: c.failed_why.clone(),
         })
         .collect();
     let deltas = view
@@ -221,6 +225,7 @@ pub fn decode(slot: &[u8]) -> Result<(MirrorView, usize), MirrorError> {
             state: c.state,
             last_lsn: c.last_lsn,
             outage,
+            failed_why: c.failed_why,
         });
     }
     let mut deltas = Vec::with_capacity(h.deltas.len());

@@ -245,6 +245,7 @@ impl MirrorDevice {
             let chunks = st.view.chunks();
             if let Some(rec) = st.view.components.get_mut(n) {
                 rec.state = ComponentState::Stale;
+                rec.failed_why = None;
                 let o = rec.outage.get_or_insert_with(|| Outage {
                     start_lsn: stale_lsn.unwrap_or(0),
                     tracking: ChunkBitmap::new(chunks),
@@ -300,6 +301,7 @@ impl MirrorDevice {
             if let Some(rec) = st.view.components.get_mut(n) {
                 rec.path = new_path.to_string_lossy().into_owned();
                 rec.state = ComponentState::Stale;
+                rec.failed_why = None;
                 rec.last_lsn = 0;
                 rec.outage = Some(Outage {
                     start_lsn: 0,

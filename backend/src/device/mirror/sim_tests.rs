@@ -702,7 +702,59 @@ fn watching_a_resync_reports_one_that_fails_at_once() {
         .unwrap();
     sched.wait_idle();
     assert_eq!(state(&dev, 1), ComponentState::InSync);
+    assert_eq!(
+        dev.status().components[1].resync_bytes_copied,
+        2 * CHUNK,
+        "after the failed attempt, still only the dirty chunks"
+    );
     assert_components_match(&p, 2, &read_all(&dev), 13);
+}
+
+#[test]
+fn a_component_failed_in_an_earlier_run_says_why_and_how_to_bring_it_back() {
+    let p = MemProvider::new(15);
+    let dev = open(&p, 2, 64);
+    dev.offline(1).unwrap();
+    dev.write_at(&filled(7, 8192), 4096 * 20).unwrap();
+    p.data(&path(1)).set_fail_writes(true);
+    dev.online(1).unwrap();
+    assert!(dev.run_resync(1).is_err());
+    dev.close().unwrap();
+    p.data(&path(1)).set_fail_writes(false);
+    let dev = open(&p, 2, 64);
+    assert_eq!(
+        state(&dev, 1),
+        ComponentState::Failed,
+        "never cleared on its own"
+    );
+    let events = dev.status().events;
+    let said = events
+        .iter()
+        .find(|e| e.contains("component 1 is still failed from an earlier run"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(
+        said.contains("resync write error: injected write error"),
+        "{said}"
+    );
+    assert!(said.contains("keel mirror online sim 1"), "{said}");
+    dev.online(1).unwrap();
+    assert_eq!(
+        dev.run_resync(1).unwrap(),
+        ResyncOutcome::Completed { bytes: 2 * CHUNK }
+    );
+    assert_components_match(&p, 2, &read_all(&dev), 15);
+}
+
+#[test]
+fn a_refused_io_is_called_keels_error_and_a_device_error_is_not() {
+    let einval = "resync write error: Invalid argument (os error 22)";
+    assert!(device::still_failed("d0", 1, Some(einval)).contains("Keel's error"));
+    let eio = "write error: Input/output error (os error 5)";
+    let said = device::still_failed("d0", 1, Some(eio));
+    assert!(
+        !said.contains("Keel's error") && said.contains("check the device"),
+        "{said}"
+    );
 }
 
 #[test]
