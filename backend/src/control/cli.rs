@@ -343,8 +343,8 @@ fn resync_started(disk: &str, n: usize, s: &serde_json::Value) -> Result<(), Str
     match state {
         "in_sync" => println!("{disk}: component {n} is in sync"),
         _ => println!(
-            "{disk}: component {n} is back ({state}): resyncing {} chunks in the background; \
-             follow it with `keel mirror status {disk}`",
+            "{disk}: component {n} is back ({state}); the resync copies {} chunks in the \
+             background: follow it with `keel mirror status {disk}`",
             chunks_to_copy(comp)
         ),
     }
