@@ -235,9 +235,9 @@ mirror_no_failure() {
     why=$("$KEEL_BIN" --control "$C" mirror status vda --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-bad = [f"component {c["index"]} is failed" for c in s["components"] if c["state"] == "failed"]
+bad = ["component %d is failed" % c["index"] for c in s["components"] if c["state"] == "failed"]
 bad += [e for e in s["events"] if "failed" in e or "stopped" in e]
-print("; ".join(bad))')
+print("; ".join(bad))') || fail "cannot read the mirror status" || return 1
     [ -z "$why" ] || fail "$why"
 }
 
