@@ -344,16 +344,8 @@ impl MirrorDevice {
                 let st = s.lock_state();
                 let state = Shared::state_of(&st, n)?;
                 if state == ComponentState::Failed {
-                    drop(st);
-                    let why = s
-                        .events
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .rev()
-                        .find(|e| e.contains(&format!("component {n} ")))
-                        .cloned()
-                        .unwrap_or_else(|| "it failed".into());
+                    let why = st.view.components.get(n).and_then(|c| c.failed_why.clone());
+                    let why = why.unwrap_or_else(|| "no cause recorded".into());
                     return Err(MirrorError::ResyncFailed { index: n, why });
                 }
                 if !state.is_catching_up() || copied(&st) > Some(before) {
