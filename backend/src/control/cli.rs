@@ -415,3 +415,43 @@ pub fn diff_export(
     c.download(&diff_query(disk, "export", from, to), out)
         .map_err(api)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_status_rows_line_up_and_end_in_a_newline() {
+        let status = serde_json::json!({
+            "components": [
+                {"index": 0, "state": "in_sync", "last_lsn": 67584, "dirty_chunks": 0,
+                 "resync": null, "resync_bytes_copied": 0, "path": "/d/a.img"},
+                {"index": 1, "state": "resyncing", "last_lsn": 7, "dirty_chunks": 128,
+                 "resync": {"total_chunks": 128, "done_chunks": 64},
+                 "resync_bytes_copied": 8388608, "path": "/d/b.img"}
+            ],
+            "events": []
+        });
+        let out = mirror_table(&status).render();
+        assert_eq!(
+            out,
+            "n  state      last LSN  dirty  resync  bytes copied  path\n\
+             0  in_sync       67584      0       -             0  /d/a.img\n\
+             1  resyncing         7    128   50.0%       8388608  /d/b.img\n"
+        );
+    }
+
+    #[test]
+    fn a_resync_that_failed_at_once_is_an_error() {
+        let status = |state: &str| {
+            serde_json::json!({
+                "components": [{}, {"state": state, "dirty_chunks": 3, "resync": null}],
+                "events": ["component 1 failed: resync write error: Invalid argument (os error 22)"]
+            })
+        };
+        let e = resync_started("d0", 1, &status("failed")).unwrap_err();
+        assert!(e.contains("os error 22"), "{e}");
+        assert!(resync_started("d0", 1, &status("stale")).is_ok());
+        assert_eq!(chunks_to_copy(&status("stale")["components"][1]), 3);
+    }
+}
