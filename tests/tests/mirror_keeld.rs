@@ -206,7 +206,12 @@ fn offline_write_online_in_the_default_config_copies_only_what_was_written() {
         let api = ControlClient::new(&keeld.dir().join("keel.sock"));
         verify("after.state", "256", "3", &["both"]);
         for n in 0..2 {
-            assert_eq!(component(&api, n)["state"], "in_sync", "{engine}");
+            let c = component(&api, n);
+            assert_eq!(c["state"], "in_sync", "{engine}: {c}");
+            assert_eq!(
+                c["resync_bytes_copied"], 0,
+                "{engine}: a clean restart copies nothing"
+            );
         }
         assert_nothing_failed(&api, engine);
         let dir = keeld.stop();
