@@ -21,7 +21,8 @@ KVM_ARGS=()
 ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue_two_queues
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
     fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror
-    fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest)
+    fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest
+    fio_mirror_outage_default_config)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -163,13 +164,12 @@ test_fio_data_survives_restart_and_corruption_is_caught() {
     backend_stop TERM || fail "$BACKEND did not exit 0 on SIGTERM"
 }
 
-# keeld serving a raw disk mirrored on $T/a.img and $T/b.img, with a control socket at $C.
+# keeld serving a raw disk mirrored on $T/a.img and $T/b.img, with a control socket at $C, as
+# a user writes it: `direct` (O_DIRECT), the chunk size and the rest left at their defaults.
 mirror_start() {
     keeld_start_with_control 'engine = "raw"
 mirror = ["'"$T"'/a.img", "'"$T"'/b.img"]
-size = "1G"
-read_only = false
-direct = false'
+size = "1G"'
 }
 
 # Starts keeld with the control socket $C and one disk "vda" on $S whose other keys are $1, and
@@ -208,10 +208,37 @@ keel_cli() {
     (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel"
 }
 
-# One field of the mirror's status: "lsn", or "state" / "resync_bytes_copied" of component 1.
+# One field of the mirror's status: "lsn", or "state" / "resync_bytes_copied" of component $2
+# (default 1).
 mirror_field() {
     "$KEEL_BIN" --control "$C" mirror status vda --json |
-        python3 -c "import json,sys; s=json.load(sys.stdin); print(s['$1'] if '$1' == 'lsn' else s['components'][1]['$1'])"
+        python3 -c "import json,sys; s=json.load(sys.stdin); print(s['$1'] if '$1' == 'lsn' else s['components'][${2:-1}]['$1'])"
+}
+
+# Waits (up to 60 s) until component $1 is in sync.
+mirror_wait_in_sync() {
+    local waited=0
+    until [ "$(mirror_field state "$1")" = in_sync ]; do
+        if [ $waited -ge 600 ]; then
+            fail "component $1 never came back in sync: $(mirror_field state "$1")"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# Fails if any component is failed, or any event tells of a failure or a stopped resync: the
+# tests inject no fault, so either would be Keel's own error.
+mirror_no_failure() {
+    local why
+    why=$("$KEEL_BIN" --control "$C" mirror status vda --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+bad = ["component %d is failed" % c["index"] for c in s["components"] if c["state"] == "failed"]
+bad += [e for e in s["events"] if "failed" in e or "stopped" in e]
+print("; ".join(bad))') || fail "cannot read the mirror status" || return 1
+    [ -z "$why" ] || fail "$why"
 }
 
 # Waits (up to 120 s) until the mirror's LSN passes $1.
@@ -231,7 +258,7 @@ mirror_wait_lsn() {
 # it goes on. fio sees no error, the resync copies only part of the disk, and the components
 # end identical.
 test_fio_verify_on_mirror() {
-    local launcher lsn copied waited=0
+    local launcher lsn copied
     keel_cli || return 1
     mirror_start || return 1
     boot verify fio-verify --param size=32M &
@@ -244,14 +271,8 @@ test_fio_verify_on_mirror() {
     "$KEEL_BIN" --control "$C" mirror online vda 1 || fail "online failed" || return 1
     wait "$launcher" || fail "fio-verify on a mirror failed; see $T/verify.log" || return 1
     fio_clean "$T/verify/fio" || return 1
-    until [ "$(mirror_field state)" = in_sync ]; do
-        if [ $waited -ge 600 ]; then
-            fail "component 1 never came back in sync"
-            return 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    mirror_wait_in_sync 1 || return 1
+    mirror_no_failure || return 1
     copied=$(mirror_field resync_bytes_copied)
     if [ "$copied" -le 0 ] || [ "$copied" -ge $((1 << 30)) ]; then
         fail "resync copied $copied bytes (want more than 0, less than the disk)"
@@ -260,6 +281,48 @@ test_fio_verify_on_mirror() {
     backend_stop TERM || fail "keeld did not exit 0 on SIGTERM" || return 1
     cmp -s "$T/a.img" "$T/b.img" || fail "the components differ" || return 1
     log "resync copied $copied bytes; components identical"
+}
+
+# A whole outage in the configuration users get (O_DIRECT), the guest's fio checking every block
+# (crc32c): the guest fills [0, 64M); component 1 goes offline; the guest writes [64M, 72M)
+# around it; `keel mirror online` brings it back (and must say the resync started); the guest
+# verifies every region while the resync runs. Then component 0 goes offline and the guest
+# verifies again, reading component 1 alone. The resync copies the 8 MiB dirtied (within 1.1x),
+# no component ever fails, and the component files end identical.
+test_fio_mirror_outage_default_config() {
+    local out copied dirtied=$((8 << 20))
+    keel_cli || return 1
+    mirror_start || return 1
+    boot fill fio-mirror --param phase=fill || fail "fio fill failed; see $T/fill.log" || return 1
+    fio_clean "$T/fill/fio" || return 1
+    "$KEEL_BIN" --control "$C" mirror offline vda 1 || fail "offline failed" || return 1
+    boot around fio-mirror --param phase=around || fail "fio around failed; see $T/around.log" || return 1
+    fio_clean "$T/around/fio" || return 1
+    out=$("$KEEL_BIN" --control "$C" mirror online vda 1) || fail "online failed: $out" || return 1
+    log "$out"
+    case $out in
+    *"in the background"* | *"is in sync"*) ;;
+    *) fail "online did not say the resync started" || return 1 ;;
+    esac
+    boot verify fio-mirror --param phase=verify || fail "fio verify failed; see $T/verify.log" || return 1
+    fio_clean "$T/verify/fio" || return 1
+    mirror_wait_in_sync 1 || return 1
+    copied=$(mirror_field resync_bytes_copied 1)
+    if [ "$copied" -lt "$dirtied" ] || [ "$copied" -gt $((dirtied * 11 / 10)) ]; then
+        fail "resync copied $copied bytes for $dirtied dirtied (want 1.0x to 1.1x)"
+        return 1
+    fi
+    "$KEEL_BIN" --control "$C" mirror offline vda 0 || fail "offline of component 0 failed" || return 1
+    boot alone fio-mirror --param phase=verify ||
+        fail "component 1 alone does not verify; see $T/alone.log" || return 1
+    fio_clean "$T/alone/fio" || return 1
+    "$KEEL_BIN" --control "$C" mirror online vda 0 || fail "online of component 0 failed" || return 1
+    mirror_wait_in_sync 0 || return 1
+    mirror_no_failure || return 1
+    "$KEEL_BIN" --control "$C" mirror status vda >&2 || fail "mirror status failed" || return 1
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM" || return 1
+    cmp -s "$T/a.img" "$T/b.img" || fail "the components differ" || return 1
+    log "resync copied $copied bytes for $dirtied dirtied ($(python3 -c "print(f'{$copied / $dirtied:.3f}')")x); components identical"
 }
 
 # keeld is killed (SIGKILL) while the guest's fio write+verify has requests in flight, and

@@ -203,7 +203,7 @@ fn a_deleted_snapshot_gives_its_blocks_back_in_the_background() {
 fn mirrored_disks_keep_serving_with_a_component_offline() {
     for engine in ["raw", "keel"] {
         let toml = with_control(&format!(
-            "[[disk]]\nname = \"m\"\nsocket = \"m.sock\"\nengine = \"{engine}\"\nmirror = [\"a.img\", \"b.img\"]\nsize = \"32M\"\ndirect = false\n"
+            "[[disk]]\nname = \"m\"\nsocket = \"m.sock\"\nengine = \"{engine}\"\nmirror = [\"a.img\", \"b.img\"]\nsize = \"32M\"\n"
         ));
         let keeld = InProcess::start(&toml);
         let api = ControlClient::new(&keeld.dir().join("keel.sock"));

@@ -68,12 +68,13 @@ fn config(engine: Engine, layout: Layout) -> String {
         Engine::Raw => "img",
         Engine::Keel => "keel",
     };
+    // Mirrors run as users get them, with O_DIRECT (`direct` left at its default).
     let storage = match layout {
-        Layout::Single => format!("path = \"d.{ext}\""),
+        Layout::Single => format!("path = \"d.{ext}\"\ndirect = false"),
         Layout::Mirror => format!("mirror = [\"d0.{ext}\", \"d1.{ext}\"]"),
     };
     format!(
-        "[server]\nlog_level = \"warn\"\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{}\"\n{storage}\nsize = \"{DISK_SIZE}\"\ndirect = false\n",
+        "[server]\nlog_level = \"warn\"\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{}\"\n{storage}\nsize = \"{DISK_SIZE}\"\n",
         engine.name()
     )
 }

@@ -4,6 +4,7 @@
 //! `[server] control_socket` of `--config FILE`.
 
 use super::client::{ClientError, ControlClient};
+use super::table::{Align, Table};
 use crate::config::Config;
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
@@ -246,48 +247,108 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
         let _: serde_json::Value = c
             .post(&format!("{}/mirror/{n}/{op}", disk_path(disk)), &body)
             .map_err(api)?;
-        println!("{disk}: component {n}: {op} done");
         Ok(())
+    };
+    let status = |disk: &str| -> Result<serde_json::Value, String> {
+        c.get(&format!("{}/mirror", disk_path(disk))).map_err(api)
     };
     match cmd {
         MirrorCmd::Status { disk, json } => {
-            let s: serde_json::Value = c
-                .get(&format!("{}/mirror", disk_path(&disk)))
-                .map_err(api)?;
+            let s = status(&disk)?;
             if json {
                 return print_json(&s);
             }
-            println!(
-                "{:>3} {:<11} {:>10} {:>8} {:>9} {:>14}  path",
-                "n", "state", "last LSN", "dirty", "resync", "bytes copied"
-            );
-            for comp in s["components"].as_array().into_iter().flatten() {
-                let progress = comp["resync"]
-                    .as_object()
-                    .map(|r| {
-                        let total = r["total_chunks"].as_u64().unwrap_or(0).max(1);
-                        let done = r["done_chunks"].as_u64().unwrap_or(0);
-                        format!("{:.1}%", 100.0 * done as f64 / total as f64)
-                    })
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{:>3} {:<11} {:>10} {:>8} {:>9} {:>14}  {}",
-                    comp["index"],
-                    comp["state"].as_str().unwrap_or("?"),
-                    comp["last_lsn"],
-                    comp["dirty_chunks"],
-                    progress,
-                    comp["resync_bytes_copied"],
-                    comp["path"].as_str().unwrap_or("?")
-                );
-            }
+            print!("{}", mirror_table(&s).render());
             Ok(())
         }
-        MirrorCmd::Offline { disk, n } => op(&disk, n, "offline", None),
-        MirrorCmd::Online { disk, n } => op(&disk, n, "online", None),
-        MirrorCmd::Maintenance { disk, n, delta } => op(&disk, n, "maintenance", delta.as_deref()),
-        MirrorCmd::Replace { disk, n, path } => op(&disk, n, "replace", Some(&path)),
+        MirrorCmd::Offline { disk, n } => {
+            op(&disk, n, "offline", None)?;
+            println!("{disk}: component {n} is offline; its writes are tracked");
+            Ok(())
+        }
+        MirrorCmd::Maintenance { disk, n, delta } => {
+            op(&disk, n, "maintenance", delta.as_deref())?;
+            println!("{disk}: component {n} is in maintenance; a delta component takes its writes");
+            Ok(())
+        }
+        MirrorCmd::Online { disk, n } => {
+            op(&disk, n, "online", None)?;
+            resync_started(&disk, n, &status(&disk)?)
+        }
+        MirrorCmd::Replace { disk, n, path } => {
+            op(&disk, n, "replace", Some(&path))?;
+            resync_started(&disk, n, &status(&disk)?)
+        }
     }
+}
+
+/// The components of a `GET /v1/disks/{name}/mirror` answer as a table.
+fn mirror_table(s: &serde_json::Value) -> Table {
+    let mut t = Table::new([
+        ("n", Align::Right),
+        ("state", Align::Left),
+        ("last LSN", Align::Right),
+        ("dirty", Align::Right),
+        ("resync", Align::Right),
+        ("bytes copied", Align::Right),
+        ("path", Align::Left),
+    ]);
+    for comp in s["components"].as_array().into_iter().flatten() {
+        let progress = comp["resync"]
+            .as_object()
+            .map(|r| {
+                let total = r["total_chunks"].as_u64().unwrap_or(0).max(1);
+                let done = r["done_chunks"].as_u64().unwrap_or(0);
+                format!("{:.1}%", 100.0 * done as f64 / total as f64)
+            })
+            .unwrap_or_else(|| "-".into());
+        let number = |k: &str| comp[k].as_u64().map_or("?".into(), |v| v.to_string());
+        t.row([
+            number("index"),
+            comp["state"].as_str().unwrap_or("?").to_string(),
+            number("last_lsn"),
+            number("dirty_chunks"),
+            progress,
+            number("resync_bytes_copied"),
+            comp["path"].as_str().unwrap_or("?").to_string(),
+        ]);
+    }
+    t
+}
+
+/// Chunks a catching-up component still needs: its plan's remainder, else its tracking bits.
+fn chunks_to_copy(comp: &serde_json::Value) -> u64 {
+    let r = &comp["resync"];
+    match (r["total_chunks"].as_u64(), r["done_chunks"].as_u64()) {
+        (Some(total), Some(done)) => total.saturating_sub(done),
+        _ => comp["dirty_chunks"].as_u64().unwrap_or(0),
+    }
+}
+
+/// After `online` or `replace`: the resync runs in the background, so say it started and how
+/// to follow it; a resync that already failed is an error (non-zero exit).
+fn resync_started(disk: &str, n: usize, s: &serde_json::Value) -> Result<(), String> {
+    let comp = &s["components"][n];
+    let state = comp["state"].as_str().unwrap_or("?");
+    if state == "failed" {
+        let why = s["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str())
+            .rfind(|e| e.contains(&format!("component {n} ")))
+            .unwrap_or("no event recorded");
+        return Err(format!("{disk}: component {n}: the resync failed: {why}"));
+    }
+    match state {
+        "in_sync" => println!("{disk}: component {n} is in sync"),
+        _ => println!(
+            "{disk}: component {n} is back ({state}); the resync copies {} chunks in the \
+             background: follow it with `keel mirror status {disk}`",
+            chunks_to_copy(comp)
+        ),
+    }
+    Ok(())
 }
 
 /// `keel resize DISK SIZE`: grow a served disk (shrinking is refused by the daemon).
@@ -353,4 +414,44 @@ pub fn diff_export(
 ) -> Result<u64, String> {
     c.download(&diff_query(disk, "export", from, to), out)
         .map_err(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_status_rows_line_up_and_end_in_a_newline() {
+        let status = serde_json::json!({
+            "components": [
+                {"index": 0, "state": "in_sync", "last_lsn": 67584, "dirty_chunks": 0,
+                 "resync": null, "resync_bytes_copied": 0, "path": "/d/a.img"},
+                {"index": 1, "state": "resyncing", "last_lsn": 7, "dirty_chunks": 128,
+                 "resync": {"total_chunks": 128, "done_chunks": 64},
+                 "resync_bytes_copied": 8388608, "path": "/d/b.img"}
+            ],
+            "events": []
+        });
+        let out = mirror_table(&status).render();
+        assert_eq!(
+            out,
+            "n  state      last LSN  dirty  resync  bytes copied  path\n\
+             0  in_sync       67584      0       -             0  /d/a.img\n\
+             1  resyncing         7    128   50.0%       8388608  /d/b.img\n"
+        );
+    }
+
+    #[test]
+    fn a_resync_that_failed_at_once_is_an_error() {
+        let status = |state: &str| {
+            serde_json::json!({
+                "components": [{}, {"state": state, "dirty_chunks": 3, "resync": null}],
+                "events": ["component 1 failed: resync write error: Invalid argument (os error 22)"]
+            })
+        };
+        let e = resync_started("d0", 1, &status("failed")).unwrap_err();
+        assert!(e.contains("os error 22"), "{e}");
+        assert!(resync_started("d0", 1, &status("stale")).is_ok());
+        assert_eq!(chunks_to_copy(&status("stale")["components"][1]), 3);
+    }
 }

@@ -28,6 +28,9 @@ pub struct FaultyStats {
     pub bytes_written: u64,
     pub flushes: u64,
     pub injected_errors: u64,
+    /// Reads and writes refused because they break O_DIRECT's alignment rules (see
+    /// [`FaultyDevice::set_direct`]): never injected, always a bug in the caller.
+    pub misaligned: u64,
 }
 
 /// A deterministic, seeded pseudo-random generator (splitmix64); good enough for fault schedules.
@@ -73,6 +76,7 @@ struct Inner {
     fail_flushes: bool,
     read_error_ppm: u32,
     write_error_ppm: u32,
+    direct: bool,
     stats: FaultyStats,
 }
 
@@ -101,6 +105,7 @@ impl FaultyDevice {
                 fail_flushes: false,
                 read_error_ppm: 0,
                 write_error_ppm: 0,
+                direct: false,
                 stats: FaultyStats::default(),
             }),
         }
@@ -139,6 +144,21 @@ impl FaultyDevice {
         let mut g = self.lock();
         g.read_error_ppm = read_ppm;
         g.write_error_ppm = write_ppm;
+    }
+
+    /// Behaves like a file opened with O_DIRECT: a read or write whose buffer address, offset
+    /// or length is not a multiple of 512 fails with EINVAL (and counts as `misaligned`).
+    pub fn set_direct(&self, on: bool) {
+        self.lock().direct = on;
+    }
+
+    /// EINVAL, as the kernel answers, for a transfer O_DIRECT would refuse.
+    fn check_direct(g: &mut Inner, buf: &[u8], offset: u64) -> io::Result<()> {
+        if g.direct && !super::file::direct_aligned(buf, offset) {
+            g.stats.misaligned += 1;
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
     }
 
     /// Simulates a power loss: unflushed writes are lost (or kept/torn per `mode`).
@@ -190,6 +210,7 @@ impl BlockDevice for FaultyDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
         let mut g = self.lock();
+        Self::check_direct(&mut g, buf, offset)?;
         let ppm = g.read_error_ppm;
         if g.fail_reads || g.rng.chance_ppm(ppm) {
             g.stats.injected_errors += 1;
@@ -204,6 +225,7 @@ impl BlockDevice for FaultyDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
         let mut g = self.lock();
+        Self::check_direct(&mut g, buf, offset)?;
         let ppm = g.write_error_ppm;
         if g.fail_writes || g.rng.chance_ppm(ppm) {
             g.stats.injected_errors += 1;
@@ -245,6 +267,26 @@ impl BlockDevice for FaultyDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_mode_refuses_what_o_direct_refuses() {
+        let d = FaultyDevice::new(8192, 1);
+        d.set_direct(true);
+        let aligned = crate::store::buf::AlignedBuf::copy_of(&[3u8; 1024]);
+        d.write_at(&aligned, 512).unwrap();
+        let odd = vec![1u8; 1025];
+        for (buf, at) in [
+            (&odd[1..], 512u64),
+            (&aligned[..1000], 512),
+            (&aligned[..], 100),
+        ] {
+            let e = d.write_at(buf, at).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        }
+        assert_eq!(d.stats().misaligned, 3);
+        d.set_direct(false);
+        d.write_at(&odd[1..], 100).unwrap();
+    }
 
     #[test]
     fn crash_drops_unflushed_writes() {

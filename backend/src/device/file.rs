@@ -1,4 +1,9 @@
 //! A [`BlockDevice`] over a regular file or a block device.
+//!
+//! Opened with O_DIRECT, it also keeps a page-cache descriptor of the same file, the way the
+//! raw engine does: a request whose buffer, offset or length is not sector-aligned, or that the
+//! kernel refuses with EINVAL for alignment (a device with larger logical blocks), goes through
+//! that descriptor instead of failing (Linux keeps the two coherent).
 
 use super::{BlockDevice, check_range};
 use std::fs::{File, OpenOptions};
@@ -7,26 +12,63 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// Memory, offset and length alignment O_DIRECT needs on common devices.
+pub const DIRECT_ALIGN: usize = 512;
+
 /// A file or block device used through positioned reads and writes.
 pub struct FileDevice {
+    /// O_DIRECT when asked for, else the page-cache descriptor.
     file: File,
+    /// The page-cache descriptor beside an O_DIRECT `file`, for requests it refuses.
+    buffered: Option<File>,
     size: u64,
 }
 
+/// Whether O_DIRECT accepts a transfer of `buf` at `offset`.
+pub fn direct_aligned(buf: &[u8], offset: u64) -> bool {
+    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
+}
+
 impl FileDevice {
-    /// Opens an existing file or block device; `direct` asks for O_DIRECT.
+    /// Opens an existing file or block device; `direct` asks for O_DIRECT (and fails with
+    /// EINVAL on a file system that refuses it).
     pub fn open(path: &Path, read_only: bool, direct: bool) -> io::Result<Self> {
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(!read_only);
-        // Paths are resolved when a config is loaded; a symlink planted since is not followed.
-        opts.custom_flags(if direct {
-            libc::O_DIRECT | libc::O_NOFOLLOW
-        } else {
-            libc::O_NOFOLLOW
-        });
-        let file = opts.open(path)?;
+        let open = |direct: bool| {
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(!read_only);
+            // Paths are resolved when a config is loaded; a symlink planted since is not
+            // followed.
+            opts.custom_flags(if direct {
+                libc::O_DIRECT | libc::O_NOFOLLOW
+            } else {
+                libc::O_NOFOLLOW
+            });
+            opts.open(path)
+        };
+        let file = open(direct)?;
+        let buffered = if direct { Some(open(false)?) } else { None };
         let size = device_size(&file)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            buffered,
+            size,
+        })
+    }
+
+    /// Whether reads and writes go around the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.buffered.is_some()
+    }
+
+    /// The descriptor for a transfer of `buf` at `offset`, and whether it is the O_DIRECT one.
+    fn fd_for(&self, buf: &[u8], offset: u64) -> (&File, bool) {
+        match &self.buffered {
+            Some(b) if !direct_aligned(buf, offset) => (b, false),
+            Some(_) => (&self.file, true),
+            None => (&self.file, false),
+        }
     }
 
     /// Creates a sparse file of `size` bytes; fails if it exists.
@@ -37,7 +79,11 @@ impl FileDevice {
             .create_new(true)
             .open(path)?;
         file.set_len(size)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            buffered: None,
+            size,
+        })
     }
 
     /// Creates a file of `size` bytes with its space reserved (`fallocate`), so the first
@@ -96,12 +142,32 @@ impl BlockDevice for FileDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
-        self.file.read_exact_at(buf, offset)
+        match self.fd_for(buf, offset) {
+            (f, true) => match f.read_exact_at(buf, offset) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                    .buffered
+                    .as_ref()
+                    .unwrap_or(f)
+                    .read_exact_at(buf, offset),
+                other => other,
+            },
+            (f, false) => f.read_exact_at(buf, offset),
+        }
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset)
+        match self.fd_for(buf, offset) {
+            (f, true) => match f.write_all_at(buf, offset) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
+                    .buffered
+                    .as_ref()
+                    .unwrap_or(f)
+                    .write_all_at(buf, offset),
+                other => other,
+            },
+            (f, false) => f.write_all_at(buf, offset),
+        }
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -132,10 +198,11 @@ impl BlockDevice for FileDevice {
         }
         // Filesystems without hole punching: write zeroes so the range still reads as zero.
         let zeroes = vec![0u8; 1 << 20];
+        let file = self.buffered.as_ref().unwrap_or(&self.file);
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(zeroes.len() as u64) as usize;
-            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            file.write_all_at(&zeroes[..n], offset + done)?;
             done += n as u64;
         }
         Ok(())
@@ -164,6 +231,34 @@ mod tests {
         dev.read_at(&mut buf, 4096).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
         assert!(buf[4096..].iter().all(|&b| b == 7));
+        dev.flush().unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn direct_serves_aligned_and_unaligned_requests() {
+        let p = temp_path("direct");
+        drop(FileDevice::create(&p, 1 << 20).unwrap());
+        let dev = match FileDevice::open(&p, false, true) {
+            Ok(d) => d,
+            // A file system without O_DIRECT (tmpfs): nothing to test here.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(dev.is_direct());
+        let aligned = crate::store::buf::AlignedBuf::copy_of(&[5u8; 8192]);
+        dev.write_at(&aligned, 8192).unwrap();
+        // A Vec at an odd address, length and offset: O_DIRECT alone would refuse all three.
+        let odd = vec![9u8; 1001];
+        dev.write_at(&odd[1..], 8192 + 100).unwrap();
+        let mut back = crate::store::buf::AlignedBuf::zeroed(8192);
+        dev.read_at(&mut back, 8192).unwrap();
+        assert!(back[..100].iter().all(|&b| b == 5));
+        assert!(back[100..1100].iter().all(|&b| b == 9));
+        assert!(back[1100..].iter().all(|&b| b == 5));
+        let mut small = [0u8; 3];
+        dev.read_at(&mut small, 8192 + 99).unwrap();
+        assert_eq!(small, [5, 9, 9]);
         dev.flush().unwrap();
         std::fs::remove_file(&p).unwrap();
     }

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
+use crate::store::buf::AlignedBuf;
 use std::io;
 use std::sync::Arc;
 
@@ -44,7 +45,7 @@ impl Engine for MirroredRawEngine {
             dev: Arc::clone(&self.dev) as Arc<dyn BlockDevice>,
             read_only: self.read_only,
             done: Vec::new(),
-            scratch: Vec::new(),
+            scratch: AlignedBuf::zeroed(0),
         }))
     }
 
@@ -57,6 +58,14 @@ impl Engine for MirroredRawEngine {
 
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         Some(self)
+    }
+}
+
+impl Drop for MirroredRawEngine {
+    fn drop(&mut self) {
+        if !self.read_only {
+            mirrored::shut_down(&self.dev);
+        }
     }
 }
 
@@ -75,7 +84,16 @@ struct DeviceQueue {
     dev: Arc<dyn BlockDevice>,
     read_only: bool,
     done: Vec<Completion>,
-    scratch: Vec<u8>,
+    /// Block-aligned, so the mirror's O_DIRECT components take the request as it is.
+    scratch: AlignedBuf,
+}
+
+/// The first `len` bytes of the bounce buffer `scratch`, grown when a request needs more.
+fn bounce(scratch: &mut AlignedBuf, len: usize) -> &mut [u8] {
+    if scratch.len() < len {
+        *scratch = AlignedBuf::scratch_len(len);
+    }
+    &mut scratch[..len]
 }
 
 impl DeviceQueue {
@@ -86,18 +104,14 @@ impl DeviceQueue {
         }
         match &req.op {
             IoOp::Read { offset } => {
-                self.scratch.resize(req.buffers.len(), 0);
-                self.dev
-                    .read_at(&mut self.scratch, *offset)
-                    .map_err(io("read"))?;
-                req.buffers.write_from(&self.scratch);
+                let buf = bounce(&mut self.scratch, req.buffers.len());
+                self.dev.read_at(buf, *offset).map_err(io("read"))?;
+                req.buffers.write_from(buf);
             }
             IoOp::Write { offset, durable } => {
-                self.scratch.resize(req.buffers.len(), 0);
-                req.buffers.read_into(&mut self.scratch);
-                self.dev
-                    .write_at(&self.scratch, *offset)
-                    .map_err(io("write"))?;
+                let buf = bounce(&mut self.scratch, req.buffers.len());
+                req.buffers.read_into(buf);
+                self.dev.write_at(buf, *offset).map_err(io("write"))?;
                 if *durable {
                     self.dev.flush().map_err(io("write"))?;
                 }

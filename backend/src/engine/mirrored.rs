@@ -5,6 +5,7 @@ use crate::config::DiskConfig;
 use crate::device::mirror::{MirrorConfig, MirrorDevice, MirrorError, ResyncScheduler};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Resync jobs of every mirrored disk of the process run here, at most this many at once.
 const RESYNC_JOBS: usize = 2;
@@ -31,6 +32,18 @@ pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineErr
     Ok(Arc::new(dev))
 }
 
+/// A clean stop: flushes and clears the write-intent bitmap, so the next open copies nothing.
+pub fn shut_down(dev: &MirrorDevice) {
+    match dev.shut_down() {
+        Ok(()) => log::info!("mirror {}: closed cleanly", dev.name()),
+        Err(e) => log::warn!(
+            "mirror {}: not closed cleanly ({e}); the next open resyncs the chunks written \
+             since the last flush",
+            dev.name()
+        ),
+    }
+}
+
 /// The mirror's status as JSON (per component: state, LSN, dirty chunks, resync progress).
 pub fn status(dev: &MirrorDevice) -> Result<serde_json::Value, AdminError> {
     serde_json::to_value(dev.status()).map_err(|e| AdminError::Failed(e.to_string()))
@@ -38,6 +51,7 @@ pub fn status(dev: &MirrorDevice) -> Result<serde_json::Value, AdminError> {
 
 /// Carries out a component operation.
 pub fn command(dev: &MirrorDevice, n: usize, cmd: MirrorCommand) -> Result<(), AdminError> {
+    let cmd_starts_resync = matches!(cmd, MirrorCommand::Online | MirrorCommand::Replace { .. });
     let result = match cmd {
         MirrorCommand::Offline => dev.offline(n),
         MirrorCommand::Online => dev.online(n),
@@ -47,8 +61,15 @@ pub fn command(dev: &MirrorDevice, n: usize, cmd: MirrorCommand) -> Result<(), A
         }
         MirrorCommand::Replace { path } => dev.replace(n, &path),
     };
-    result.map_err(from_mirror)
+    result.map_err(from_mirror)?;
+    if cmd_starts_resync {
+        dev.watch_resync(n, RESYNC_WATCH).map_err(from_mirror)?;
+    }
+    Ok(())
 }
+
+/// How long `online` and `replace` watch the resync they queued before answering.
+const RESYNC_WATCH: Duration = Duration::from_millis(500);
 
 /// `<component>.delta` beside the component, when the caller names no path.
 fn default_delta_path(dev: &MirrorDevice, n: usize) -> PathBuf {

@@ -1,4 +1,5 @@
-//! Block-aligned buffers, so the container can be opened with O_DIRECT.
+//! Block-aligned buffers, so files can be opened with O_DIRECT: the container, mirror
+//! components and their metadata, and the bounce buffers of engines that serve a device.
 
 use super::layout::BLOCK_SIZE;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -93,6 +94,28 @@ impl AlignedBuf {
         Self { ptr, len, cap }
     }
 
+    /// A zeroed buffer of exactly `len` bytes, starting on a block boundary: for I/O whose
+    /// length is set by the caller (a chunk, a request) rather than counted in blocks.
+    pub fn zeroed(len: usize) -> Self {
+        let mut b = Self::scratch_len(len);
+        b.fill(0);
+        b
+    }
+
+    /// Like [`zeroed`](Self::zeroed), with leftover contents, for callers that overwrite it all.
+    pub fn scratch_len(len: usize) -> Self {
+        let mut b = Self::scratch(len.div_ceil(BLOCK_SIZE));
+        b.len = len;
+        b
+    }
+
+    /// An aligned copy of `data`.
+    pub fn copy_of(data: &[u8]) -> Self {
+        let mut b = Self::scratch_len(data.len());
+        b.copy_from_slice(data);
+        b
+    }
+
     fn layout(len: usize) -> Layout {
         match Layout::from_size_align(len, BLOCK_SIZE) {
             Ok(l) => l,
@@ -169,6 +192,19 @@ mod tests {
         drop(b);
         let c = AlignedBuf::blocks(4);
         assert!(c.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn byte_lengths_keep_the_alignment() {
+        for len in [0usize, 1, 512, 4097, 65536] {
+            let z = AlignedBuf::zeroed(len);
+            assert_eq!(z.len(), len);
+            assert_eq!(z.as_ptr() as usize % BLOCK_SIZE, 0);
+            assert!(z.iter().all(|&x| x == 0));
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let c = AlignedBuf::copy_of(&data);
+            assert_eq!((&c[..], c.as_ptr() as usize % BLOCK_SIZE), (&data[..], 0));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 mod alloc;
 mod batch;
 pub mod btree;
-mod buf;
+pub mod buf;
 mod checkpoint;
 mod cleaner;
 mod clone;

@@ -29,7 +29,7 @@ pub struct MirrorOptions {
     /// On first open, trust that all components hold the same bytes (e.g. all freshly
     /// created); otherwise every component but 0 gets a full copy from component 0.
     pub assume_clean: bool,
-    /// O_DIRECT on file components.
+    /// O_DIRECT on file components and their sidecars, as the `direct` key defaults to.
     pub direct: bool,
     /// Fan writes of at least this many bytes out to the components at once, on writer threads
     /// started at open (`None`: no writer threads, always in turn).
@@ -55,7 +55,7 @@ impl Default for MirrorOptions {
     fn default() -> Self {
         Self {
             assume_clean: false,
-            direct: false,
+            direct: true,
             parallel_write_min: None,
             priority: ResyncPriority::Normal,
             throttle: ThrottleConfig::default(),

@@ -25,6 +25,7 @@ use super::status::ResyncCounters;
 use super::throttle::GuestActivity;
 use super::view::{ComponentRecord, MirrorView, Outage, ResyncPlan, Source};
 use crate::device::{BlockDevice, check_range};
+use crate::store::buf::AlignedBuf;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -205,6 +206,7 @@ impl Shared {
                     return;
                 }
                 start_outage(rec, ComponentState::Failed, durable, seed);
+                rec.failed_why = Some(why.to_string());
                 if let Some(rt) = st.comps.get_mut(i) {
                     rt.data = None;
                     rt.meta = None;
@@ -387,7 +389,8 @@ impl Shared {
                 // Components after the first go to the writers with a shared copy of the
                 // data; the first component, and deltas (which may need edge fills), are
                 // written here meanwhile.
-                let shared_data: Option<Arc<[u8]>> = data.map(Arc::from);
+                let shared_data: Option<Arc<AlignedBuf>> =
+                    data.map(|d| Arc::new(AlignedBuf::copy_of(d)));
                 let mut jobs: Vec<(usize, Job)> = Vec::new();
                 for (slot, (t, dev)) in targets.iter().enumerate().skip(1) {
                     if let Target::Component(_) = t {
@@ -480,7 +483,7 @@ impl Shared {
         } else {
             offset + len
         };
-        let mut buf = vec![0u8; (end - start) as usize];
+        let mut buf = AlignedBuf::zeroed((end - start) as usize);
         for (k, sources) in edges {
             let at = k * chunk;
             let n = chunk.min(self.len - at) as usize;
@@ -799,6 +802,11 @@ impl MirrorDevice {
             deltas: HashMap::new(),
             view,
         };
+        for (i, rec) in st.view.components.iter().enumerate() {
+            if rec.state == ComponentState::Failed {
+                shared.event(still_failed(&config.name, i, rec.failed_why.as_deref()));
+            }
+        }
         for (i, (d, m)) in data.into_iter().zip(metas).enumerate() {
             let blank = loaded.get(i).is_some_and(|l| l.is_none());
             let Some(rec) = st.view.components.get_mut(i) else {
@@ -819,6 +827,7 @@ impl MirrorDevice {
                     rec.last_lsn,
                     ChunkBitmap::new(chunks),
                 );
+                rec.failed_why = Some("unreachable at open".into());
                 shared.event(msg);
             } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {
                 // Fresh metadata under a set that knows this component: a replaced disk.
@@ -908,6 +917,11 @@ impl MirrorDevice {
         Ok(dev)
     }
 
+    /// The disk's name, as logs and events give it.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// LSN of the last write handed out.
     pub fn lsn(&self) -> u64 {
         self.shared.clock.last()
@@ -934,6 +948,12 @@ impl MirrorDevice {
     /// open has nothing to reconcile. Without it (a crash), the next open resyncs the chunks
     /// that had writes in flight.
     pub fn close(self) -> Result<(), MirrorError> {
+        self.shut_down()
+    }
+
+    /// What [`close`](Self::close) does, for an owner that holds the device in an `Arc` and
+    /// stops using it (an engine being dropped). Writes after it set intent bits again.
+    pub fn shut_down(&self) -> Result<(), MirrorError> {
         let s = &self.shared;
         s.flush_all()
             .map_err(|e| MirrorError::io("flushing at close", e))?;
@@ -952,6 +972,24 @@ impl MirrorDevice {
         let st = self.shared.lock_state();
         st.view.components.get(n).map(|c| PathBuf::from(&c.path))
     }
+}
+
+/// What the open says about a component that stayed failed from an earlier run: why, whose
+/// error that was, and how to bring it back. A failure is never cleared on its own, since the
+/// component may hold anything; but one caused by Keel (an I/O it issued was refused as
+/// invalid, EINVAL) says so, so it is not taken for a broken device.
+pub(super) fn still_failed(disk: &str, i: usize, why: Option<&str>) -> String {
+    let why = why.unwrap_or("no cause recorded");
+    let whose = if why.contains(&format!("os error {}", libc::EINVAL)) {
+        "the I/O Keel issued was refused as invalid: Keel's error, not the device's"
+    } else {
+        "check the device"
+    };
+    format!(
+        "component {i} is still failed from an earlier run ({why}; {whose}); its copy is not \
+         used. `keel mirror online {disk} {i}` brings it back and copies only the chunks \
+         written since"
+    )
 }
 
 /// After an unclean stop, a delta's chunks first written after its last flush may not hold
@@ -983,12 +1021,12 @@ fn repair_deltas(shared: &Shared, st: &mut State) {
         };
         let mut repaired = mirror.is_some();
         if let Some(m) = &mirror {
-            let mut buf = Vec::new();
+            let mut chunk_buf = AlignedBuf::scratch_len(chunk as usize);
             for k in tentative.iter_set() {
                 let at = k * chunk;
-                buf.resize(chunk.min(len - at) as usize, 0);
-                if m.read_at(&mut buf, at)
-                    .and_then(|()| delta.data.write_at(&buf, at))
+                let buf = &mut chunk_buf[..chunk.min(len - at) as usize];
+                if m.read_at(buf, at)
+                    .and_then(|()| delta.data.write_at(buf, at))
                     .is_err()
                 {
                     repaired = false;
@@ -1190,6 +1228,7 @@ fn fresh_view(
                         done: ChunkBitmap::new(chunks),
                     }),
                 }),
+                failed_why: None,
             }
         })
         .collect();

@@ -47,6 +47,8 @@ pub enum MirrorError {
     MetadataCorrupt(String),
     #[error("no component's metadata could be written")]
     MetadataUnwritable,
+    #[error("the resync of component {index} failed: {why}")]
+    ResyncFailed { index: usize, why: String },
 }
 
 impl MirrorError {

@@ -13,6 +13,7 @@ use super::error::MirrorError;
 use super::state::ComponentState;
 use super::view::{ComponentRecord, DeltaRecord, MirrorView, Outage, ResyncPlan, Source};
 use crate::device::BlockDevice;
+use crate::store::buf::AlignedBuf;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::sync::Arc;
@@ -20,6 +21,13 @@ use std::sync::Arc;
 const MAGIC: &[u8; 8] = b"KEELMIR1";
 const VERSION: u32 = 1;
 const FIXED: usize = 32;
+/// Slots are read and written in whole sectors of this size.
+const SECTOR: usize = 512;
+
+/// `len` rounded up to whole sectors.
+fn sectors(len: usize) -> usize {
+    len.div_ceil(SECTOR) * SECTOR
+}
 
 /// Bytes of metadata device a mirror needs: two slots, each room for the JSON header and
 /// up to five bitmaps per component (tracking, resync work, sync, delta presence and its
@@ -48,6 +56,9 @@ struct RecordHeader {
     state: ComponentState,
     last_lsn: u64,
     outage: Option<OutageHeader>,
+    /// Absent in metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_why: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,6 +108,7 @@ pub fn encode(view: &MirrorView, index: usize) -> Result<Vec<u8>, MirrorError> {
                     done: push(&p.done),
                 }),
             }),
+            failed_why: c.failed_why.clone(),
         })
         .collect();
     let deltas = view
@@ -213,6 +225,7 @@ pub fn decode(slot: &[u8]) -> Result<(MirrorView, usize), MirrorError> {
             state: c.state,
             last_lsn: c.last_lsn,
             outage,
+            failed_why: c.failed_why,
         });
     }
     let mut deltas = Vec::with_capacity(h.deltas.len());
@@ -254,10 +267,13 @@ impl MetadataStore {
 
     fn read_slot(&self, slot: u64) -> io::Result<Option<(MirrorView, usize)>> {
         let base = slot * self.slot_size;
-        let mut fixed = [0u8; FIXED];
         if self.slot_size < FIXED as u64 {
             return Ok(None);
         }
+        // Whole sectors into an aligned buffer, so an O_DIRECT sidecar takes the reads as they
+        // are; the slot's first sector holds the fixed part.
+        let first = (SECTOR as u64).min(self.slot_size) as usize;
+        let mut fixed = AlignedBuf::zeroed(first);
         self.dev.read_at(&mut fixed, base)?;
         let Some((_, body_len)) = parse_fixed(&fixed) else {
             return Ok(None);
@@ -265,9 +281,10 @@ impl MetadataStore {
         if body_len > self.slot_size - FIXED as u64 {
             return Ok(None);
         }
-        let mut buf = vec![0u8; FIXED + body_len as usize];
+        let len = FIXED + body_len as usize;
+        let mut buf = AlignedBuf::zeroed(sectors(len).min(self.slot_size as usize));
         self.dev.read_at(&mut buf, base)?;
-        match decode(&buf) {
+        match decode(&buf[..len]) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
                 log::warn!("mirror metadata slot {slot} unusable: {e}");
@@ -298,8 +315,12 @@ impl MetadataStore {
             return Err(MirrorError::MetadataTooLarge(image.len(), self.slot_size));
         }
         let at = (view.generation % 2) * self.slot_size;
+        // Padded to whole sectors (the slot has room: its size is a multiple of 4 KiB) in an
+        // aligned buffer, so an O_DIRECT sidecar takes the write as it is.
+        let mut padded = AlignedBuf::zeroed(sectors(image.len()).min(self.slot_size as usize));
+        padded[..image.len()].copy_from_slice(&image);
         self.dev
-            .write_at(&image, at)
+            .write_at(&padded, at)
             .and_then(|()| self.dev.flush())
             .map_err(|e| MirrorError::io("writing mirror metadata", e))
     }

@@ -31,6 +31,8 @@ pub mod throttle;
 pub mod view;
 
 #[cfg(test)]
+mod file_tests;
+#[cfg(test)]
 mod sim_tests;
 
 pub use config::{DEFAULT_CHUNK_SIZE, MirrorConfig, MirrorOptions};

@@ -10,6 +10,7 @@ use super::status::{ComponentStatus, DeltaStatus, MirrorStatus, ResyncStatus};
 use super::view::{DeltaRecord, Outage, ResyncPlan, Source};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 impl Shared {
     fn state_of(st: &State, n: usize) -> Result<ComponentState, MirrorError> {
@@ -244,6 +245,7 @@ impl MirrorDevice {
             let chunks = st.view.chunks();
             if let Some(rec) = st.view.components.get_mut(n) {
                 rec.state = ComponentState::Stale;
+                rec.failed_why = None;
                 let o = rec.outage.get_or_insert_with(|| Outage {
                     start_lsn: stale_lsn.unwrap_or(0),
                     tracking: ChunkBitmap::new(chunks),
@@ -299,6 +301,7 @@ impl MirrorDevice {
             if let Some(rec) = st.view.components.get_mut(n) {
                 rec.path = new_path.to_string_lossy().into_owned();
                 rec.state = ComponentState::Stale;
+                rec.failed_why = None;
                 rec.last_lsn = 0;
                 rec.outage = Some(Outage {
                     start_lsn: 0,
@@ -325,6 +328,35 @@ impl MirrorDevice {
         }
         self.queue_resync(n);
         Ok(())
+    }
+
+    /// Waits at most `within` until component `n`'s resync (queued by `online` or `replace`)
+    /// has copied a chunk, finished, or failed, and says which: a resync that cannot write to
+    /// the component fails on its first chunk, and whoever brought the component back must hear
+    /// of it. A resync still queued behind other jobs when the time is up counts as under way.
+    pub fn watch_resync(&self, n: usize, within: Duration) -> Result<(), MirrorError> {
+        let s = &self.shared;
+        let copied = |st: &State| st.comps.get(n).map(|r| r.counters.bytes_copied);
+        let before = copied(&s.lock_state()).ok_or(MirrorError::NoSuchComponent(n))?;
+        let until = Instant::now() + within;
+        loop {
+            {
+                let st = s.lock_state();
+                let state = Shared::state_of(&st, n)?;
+                if state == ComponentState::Failed {
+                    let why = st.view.components.get(n).and_then(|c| c.failed_why.clone());
+                    let why = why.unwrap_or_else(|| "no cause recorded".into());
+                    return Err(MirrorError::ResyncFailed { index: n, why });
+                }
+                if !state.is_catching_up() || copied(&st) > Some(before) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Per-component state, LSNs, dirty chunks and resync progress.

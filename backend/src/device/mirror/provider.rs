@@ -41,7 +41,33 @@ pub trait DeviceProvider: Send + Sync {
 
 /// Files (or block devices) with metadata in a `<path>.keelmirror` sidecar file.
 pub struct FileProvider {
+    /// O_DIRECT on data and sidecars (where the file system allows it).
     pub direct: bool,
+}
+
+impl FileProvider {
+    /// Opens `path`, with O_DIRECT if asked and the file system allows it.
+    fn open_file(&self, path: &Path) -> io::Result<FileDevice> {
+        match FileDevice::open(path, false, self.direct) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!(
+                    "{}: the file system refuses O_DIRECT; using the page cache",
+                    path.display()
+                );
+                FileDevice::open(path, false, false)
+            }
+            other => other,
+        }
+    }
+
+    /// Opens `path`, creating it sparse with `len` bytes first if it does not exist.
+    fn open_or_create(&self, path: &Path, len: Option<u64>) -> io::Result<Arc<dyn BlockDevice>> {
+        if let (false, Some(len)) = (path.exists(), len) {
+            // Created, then opened again as every later open will (with O_DIRECT).
+            drop(FileDevice::create(path, len)?);
+        }
+        Ok(Arc::new(self.open_file(path)?))
+    }
 }
 
 /// The sidecar metadata path of a component.
@@ -53,19 +79,11 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
 
 impl DeviceProvider for FileProvider {
     fn open_data(&self, path: &Path, create_len: Option<u64>) -> io::Result<Arc<dyn BlockDevice>> {
-        match (path.exists(), create_len) {
-            (false, Some(len)) => Ok(Arc::new(FileDevice::create(path, len)?)),
-            _ => Ok(Arc::new(FileDevice::open(path, false, self.direct)?)),
-        }
+        self.open_or_create(path, create_len)
     }
 
     fn open_meta(&self, path: &Path, len: u64) -> io::Result<Arc<dyn BlockDevice>> {
-        let side = sidecar_path(path);
-        if side.exists() {
-            Ok(Arc::new(FileDevice::open(&side, false, false)?))
-        } else {
-            Ok(Arc::new(FileDevice::create(&side, len)?))
-        }
+        self.open_or_create(&sidecar_path(path), Some(len))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

@@ -13,6 +13,7 @@ use super::state::ComponentState;
 use super::throttle::{BatchScheduling, Throttle};
 use super::view::Source;
 use crate::device::BlockDevice;
+use crate::store::buf::AlignedBuf;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -255,7 +256,8 @@ impl Shared {
         let mut cursor = 0u64;
         let mut bytes = 0u64;
         let mut budget = max_chunks;
-        let mut buf = Vec::new();
+        // Aligned, so O_DIRECT components take the copies as they are.
+        let mut chunk_buf = AlignedBuf::scratch_len(self.chunk_size as usize);
         loop {
             let step = match self.next_step(n, cursor) {
                 Ok(Next::Copy(step)) => step,
@@ -283,12 +285,17 @@ impl Shared {
                 return Ok(ResyncOutcome::Paused { bytes });
             }
             throttle.pace(step.len, &self.guest);
-            buf.resize(step.len as usize, 0);
+            let Some(buf) = chunk_buf.get_mut(..step.len as usize) else {
+                return Err(MirrorError::io(
+                    format!("resync of chunk {}", step.chunk),
+                    std::io::Error::other("chunk longer than the chunk size"),
+                ));
+            };
             let (read, wrote) = {
                 let _lock = self.chunk_locks.lock_range(step.chunk, step.chunk);
-                let read = step.from.read_at(&mut buf, step.offset);
+                let read = step.from.read_at(buf, step.offset);
                 let wrote = match read {
-                    Ok(()) => step.to.write_at(&buf, step.offset),
+                    Ok(()) => step.to.write_at(buf, step.offset),
                     Err(_) => Ok(()),
                 };
                 (read, wrote)

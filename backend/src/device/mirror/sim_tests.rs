@@ -4,6 +4,7 @@
 use super::*;
 use crate::device::BlockDevice;
 use crate::device::faulty::{CrashMode, FaultyDevice, SimRng};
+use crate::store::buf::AlignedBuf;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,21 @@ impl MemProvider {
     }
 }
 
+/// Every test checks, at its end, that no device saw a transfer O_DIRECT would refuse: such a
+/// transfer fails on files users get, whether or not the test injected faults.
+impl Drop for MemProvider {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let devs = self.devs.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, (d, m)) in devs.iter() {
+            let bad = d.stats().misaligned + m.stats().misaligned;
+            assert_eq!(bad, 0, "{}: transfers O_DIRECT refuses", path.display());
+        }
+    }
+}
+
 impl DeviceProvider for MemProvider {
     fn open_data(&self, path: &Path, create_len: Option<u64>) -> io::Result<Arc<dyn BlockDevice>> {
         let mut devs = self.devs.lock().unwrap();
@@ -65,6 +81,8 @@ impl DeviceProvider for MemProvider {
         let len = create_len.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let salt = self.seed ^ ((devs.len() as u64 + 1) * 0x51);
         let d = Arc::new(FaultyDevice::new(len as usize, salt));
+        // Like the files users get: O_DIRECT, so a misaligned buffer fails the test.
+        d.set_direct(true);
         let m = Arc::new(FaultyDevice::new(0, salt));
         devs.insert(path.to_path_buf(), (d.clone(), m));
         Ok(d)
@@ -77,6 +95,7 @@ impl DeviceProvider for MemProvider {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if entry.1.is_empty() {
             entry.1 = Arc::new(FaultyDevice::new(len as usize, self.seed ^ 0xABCD));
+            entry.1.set_direct(true);
         }
         Ok(entry.1.clone())
     }
@@ -132,16 +151,24 @@ impl Model {
     }
 }
 
-/// A seeded write: 512-byte aligned, up to three chunks long, with recognisable bytes.
-fn random_write(rng: &mut SimRng, len: u64) -> (u64, Vec<u8>) {
+/// A seeded write: 512-byte aligned (offset, length and buffer, as a guest's or the store's
+/// are), up to three chunks long, with recognisable bytes.
+fn random_write(rng: &mut SimRng, len: u64) -> (u64, AlignedBuf) {
     let sectors = len / 512;
     let n = 1 + rng.below(3 * CHUNK / 512);
     let start = rng.below(sectors - n + 1);
     let tag = rng.next_u64();
-    let data = (0..n * 512)
+    let data: Vec<u8> = (0..n * 512)
         .map(|i| (tag.wrapping_add(i / 8).wrapping_mul(31) >> 3) as u8)
         .collect();
-    (start * 512, data)
+    (start * 512, AlignedBuf::copy_of(&data))
+}
+
+/// An aligned buffer of `len` bytes of `byte`.
+fn filled(byte: u8, len: usize) -> AlignedBuf {
+    let mut b = AlignedBuf::zeroed(len);
+    b.fill(byte);
+    b
 }
 
 fn chunks_of(off: u64, len: usize) -> impl Iterator<Item = u64> {
@@ -149,9 +176,9 @@ fn chunks_of(off: u64, len: usize) -> impl Iterator<Item = u64> {
 }
 
 fn read_all(dev: &MirrorDevice) -> Vec<u8> {
-    let mut buf = vec![0u8; dev.len() as usize];
+    let mut buf = AlignedBuf::zeroed(dev.len() as usize);
     dev.read_at(&mut buf, 0).expect("read whole disk");
-    buf
+    buf.to_vec()
 }
 
 /// Chunks where two images differ (compared by crc32c per chunk).
@@ -374,7 +401,7 @@ fn unflushed_data_copied_by_a_resync_is_reconciled_after_a_crash() {
     {
         let dev = open(&p, 2, chunks);
         dev.offline(1).unwrap();
-        let data = vec![0x77u8; CHUNK as usize];
+        let data = filled(0x77, CHUNK as usize);
         dev.write_at(&data, 5 * CHUNK).unwrap();
         model.write(5 * CHUNK as usize, &data);
         dev.online(1).unwrap();
@@ -385,7 +412,7 @@ fn unflushed_data_copied_by_a_resync_is_reconciled_after_a_crash() {
         // Completing flushes the set: the write is durable everywhere.
         model.durable = model.current.clone();
         dev.offline(1).unwrap();
-        let newer = vec![0x99u8; CHUNK as usize];
+        let newer = filled(0x99, CHUNK as usize);
         dev.write_at(&newer, 9 * CHUNK).unwrap();
         dev.write_at(&newer, 40 * CHUNK).unwrap();
         dev.online(1).unwrap();
@@ -438,9 +465,9 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     for step in 0..15u64 {
         let c = (step * 7) % chunks;
         let (off, data) = if maintained.contains(&c) {
-            (c * CHUNK + 512, vec![step as u8 + 1; 1024])
+            (c * CHUNK + 512, filled(step as u8 + 1, 1024))
         } else {
-            (c * CHUNK, vec![step as u8 + 1; CHUNK as usize])
+            (c * CHUNK, filled(step as u8 + 1, CHUNK as usize))
         };
         dev.write_at(&data, off).expect("the delta takes the write");
         model.write(off as usize, &data);
@@ -448,7 +475,7 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     }
     let outside = (0..chunks).find(|c| !maintained.contains(c)).unwrap();
     assert!(
-        dev.write_at(&[1; 512], outside * CHUNK).is_err(),
+        dev.write_at(&filled(1, 512), outside * CHUNK).is_err(),
         "a partial write to a chunk only the absent component holds cannot be kept whole"
     );
     let st = dev.status();
@@ -456,9 +483,9 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     assert_eq!(st.deltas[0].chunks_held, maintained.len() as u64);
     // New data is readable from the delta alone.
     let c = *maintained.iter().next().unwrap();
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = AlignedBuf::zeroed(CHUNK as usize);
     dev.read_at(&mut buf, c * CHUNK).unwrap();
-    assert!(buf == model.current[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize]);
+    assert!(*buf == model.current[(c * CHUNK) as usize..((c + 1) * CHUNK) as usize]);
 
     dev.online(1).unwrap();
     let out = dev.run_resync(1).unwrap();
@@ -502,8 +529,8 @@ fn both_components_failing_returns_errors_and_corrupts_nothing() {
     dev.flush().unwrap();
     p.set_dead(&path(0), true);
     p.set_dead(&path(1), true);
-    assert!(dev.write_at(&[0xEE; 4096], 0).is_err());
-    let mut buf = vec![0u8; 4096];
+    assert!(dev.write_at(&filled(0xEE, 4096), 0).is_err());
+    let mut buf = AlignedBuf::zeroed(4096);
     assert!(dev.read_at(&mut buf, 0).is_err());
     assert!(dev.flush().is_err());
     let st = dev.status();
@@ -519,7 +546,7 @@ fn both_components_failing_returns_errors_and_corrupts_nothing() {
         read_all(&dev) == model.current,
         "disk differs from the model"
     );
-    dev.write_at(&[0x11; 512], 512).unwrap();
+    dev.write_at(&filled(0x11, 512), 512).unwrap();
     model.write(512, &[0x11; 512]);
     dev.flush().unwrap();
     assert_components_match(&p, 2, &model.current, seed);
@@ -639,12 +666,95 @@ fn scheduler_runs_resyncs_in_the_background() {
     cfg.options.scheduler = Some(sched.clone());
     let dev = MirrorDevice::open_with(cfg, p.clone()).unwrap();
     dev.offline(1).unwrap();
-    dev.write_at(&[5; 8192], 4096 * 10).unwrap();
+    dev.write_at(&filled(5, 8192), 4096 * 10).unwrap();
     dev.online(1).unwrap();
     sched.wait_idle();
     let st = dev.status();
     assert_eq!(st.components[1].state, ComponentState::InSync);
     assert_eq!(st.components[1].resync_bytes_copied, 2 * CHUNK);
+}
+
+#[test]
+fn watching_a_resync_reports_one_that_fails_at_once() {
+    let p = MemProvider::new(13);
+    let sched = ResyncScheduler::new(1);
+    let mut cfg = config(2, 64);
+    cfg.options.scheduler = Some(sched.clone());
+    let dev = MirrorDevice::open_with(cfg, p.clone()).unwrap();
+    dev.offline(1).unwrap();
+    dev.write_at(&filled(5, 8192), 4096 * 10).unwrap();
+    p.data(&path(1)).set_fail_writes(true);
+    dev.online(1).unwrap();
+    // The bound only matters if the scheduler never runs the job; the answer comes with the
+    // first chunk.
+    let e = dev
+        .watch_resync(1, std::time::Duration::from_secs(60))
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorError::ResyncFailed { index: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("write error"), "{e}");
+    sched.wait_idle();
+    p.data(&path(1)).set_fail_writes(false);
+    dev.online(1).unwrap();
+    dev.watch_resync(1, std::time::Duration::from_secs(60))
+        .unwrap();
+    sched.wait_idle();
+    assert_eq!(state(&dev, 1), ComponentState::InSync);
+    assert_eq!(
+        dev.status().components[1].resync_bytes_copied,
+        2 * CHUNK,
+        "after the failed attempt, still only the dirty chunks"
+    );
+    assert_components_match(&p, 2, &read_all(&dev), 13);
+}
+
+#[test]
+fn a_component_failed_in_an_earlier_run_says_why_and_how_to_bring_it_back() {
+    let p = MemProvider::new(15);
+    let dev = open(&p, 2, 64);
+    dev.offline(1).unwrap();
+    dev.write_at(&filled(7, 8192), 4096 * 20).unwrap();
+    p.data(&path(1)).set_fail_writes(true);
+    dev.online(1).unwrap();
+    assert!(dev.run_resync(1).is_err());
+    dev.close().unwrap();
+    p.data(&path(1)).set_fail_writes(false);
+    let dev = open(&p, 2, 64);
+    assert_eq!(
+        state(&dev, 1),
+        ComponentState::Failed,
+        "never cleared on its own"
+    );
+    let events = dev.status().events;
+    let said = events
+        .iter()
+        .find(|e| e.contains("component 1 is still failed from an earlier run"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(
+        said.contains("resync write error: injected write error"),
+        "{said}"
+    );
+    assert!(said.contains("keel mirror online sim 1"), "{said}");
+    dev.online(1).unwrap();
+    assert_eq!(
+        dev.run_resync(1).unwrap(),
+        ResyncOutcome::Completed { bytes: 2 * CHUNK }
+    );
+    assert_components_match(&p, 2, &read_all(&dev), 15);
+}
+
+#[test]
+fn a_refused_io_is_called_keels_error_and_a_device_error_is_not() {
+    let einval = "resync write error: Invalid argument (os error 22)";
+    assert!(device::still_failed("d0", 1, Some(einval)).contains("Keel's error"));
+    let eio = "write error: Input/output error (os error 5)";
+    let said = device::still_failed("d0", 1, Some(eio));
+    assert!(
+        !said.contains("Keel's error") && said.contains("check the device"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -655,13 +765,13 @@ fn fresh_set_without_assume_clean_copies_component_zero() {
     // Component 0 holds data before it becomes a mirror.
     p.open_data(Path::new(&path(0)), Some(32 * CHUNK))
         .unwrap()
-        .write_at(&[9; 4096], 0)
+        .write_at(&filled(9, 4096), 0)
         .unwrap();
     let dev = MirrorDevice::open_with(cfg, p.clone()).unwrap();
     assert_eq!(dev.pending_resyncs(), vec![1]);
-    let mut b = [0u8; 4096];
+    let mut b = AlignedBuf::zeroed(4096);
     dev.read_at(&mut b, 0).unwrap();
-    assert_eq!(b, [9; 4096], "reads come from the reference copy");
+    assert_eq!(b[..], [9; 4096], "reads come from the reference copy");
     dev.run_resync(1).unwrap();
     assert_eq!(p.data(&path(1)).contents()[..4096], [9; 4096]);
 }
@@ -726,11 +836,11 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize, open: Opener) {
             }
             60..72 => {
                 let (off, data) = random_write(&mut rng, len);
-                let mut buf = vec![0u8; data.len()];
+                let mut buf = AlignedBuf::zeroed(data.len());
                 dev.read_at(&mut buf, off)
                     .unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
                 let want = &model.current[off as usize..off as usize + buf.len()];
-                if buf != want {
+                if buf[..] != *want {
                     for c in 0..n {
                         let img = p.data(&path(c)).contents();
                         let same = &img[off as usize..off as usize + buf.len()] == want;

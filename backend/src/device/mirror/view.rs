@@ -58,6 +58,8 @@ pub struct ComponentRecord {
     /// The last LSN it holds durably (frozen while it is not in sync).
     pub last_lsn: u64,
     pub outage: Option<Outage>,
+    /// Why it is `failed`, kept so that the next open can say it (and only while it is).
+    pub failed_why: Option<String>,
 }
 
 /// A sparse stand-in that takes an absent component's writes during maintenance.
@@ -200,6 +202,7 @@ pub(crate) mod tests {
             state: ComponentState::InSync,
             last_lsn: 0,
             outage: None,
+            failed_why: None,
         };
         MirrorView {
             set_id: "00".into(),

@@ -188,6 +188,9 @@ impl Drop for KeelEngine {
                 self.where_
             ),
         }
+        if let Some(m) = &self.mirror {
+            super::mirrored::shut_down(m);
+        }
     }
 }
 
