@@ -81,12 +81,14 @@ pub struct SnapshotInfo {
 
 /// `POST /v1/disks/{disk}/snapshots`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     pub name: String,
 }
 
 /// `POST /v1/disks/{disk}/snapshots/{name}/revert`
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RevertSnapshot {
     /// Revert even while a frontend is attached (the guest must be told).
     #[serde(default)]
@@ -95,6 +97,7 @@ pub struct RevertSnapshot {
 
 /// `POST /v1/disks/{disk}/clone`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloneDisk {
     pub snapshot: String,
     pub new_disk: String,
@@ -114,6 +117,7 @@ pub struct CloneAnswer {
 
 /// `POST /v1/disks/{disk}/resize`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResizeDisk {
     pub size: u64,
 }
@@ -129,6 +133,7 @@ pub struct ResizeAnswer {
 
 /// `POST /v1/disks/{disk}/mirror/{n}/{op}` body, for the ops that take a path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MirrorOpBody {
     #[serde(default)]
     pub path: Option<String>,

@@ -29,12 +29,19 @@ impl FileDevice {
         Ok(Self { file, size })
     }
 
-    /// Creates a sparse file of `size` bytes; fails if it exists.
+    /// Takes the file's OFD lock (see [`super::lock`]), held until the device is dropped.
+    pub fn lock(&self, path: &Path, mode: super::lock::LockMode) -> io::Result<()> {
+        super::lock::lock_file(&self.file, path, mode)
+    }
+
+    /// Creates a sparse file of `size` bytes, readable by its owner only (it holds a guest's
+    /// disk); fails if it exists.
     pub fn create(path: &Path, size: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         file.set_len(size)?;
         Ok(Self { file, size })

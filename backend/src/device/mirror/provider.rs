@@ -1,6 +1,7 @@
 //! Where component devices come from: files with sidecar metadata in production, in-memory
 //! fault-injecting devices in simulation.
 
+use crate::device::lock::LockMode;
 use crate::device::{BlockDevice, FileDevice};
 use std::ffi::OsString;
 use std::io;
@@ -53,19 +54,23 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
 
 impl DeviceProvider for FileProvider {
     fn open_data(&self, path: &Path, create_len: Option<u64>) -> io::Result<Arc<dyn BlockDevice>> {
-        match (path.exists(), create_len) {
-            (false, Some(len)) => Ok(Arc::new(FileDevice::create(path, len)?)),
-            _ => Ok(Arc::new(FileDevice::open(path, false, self.direct)?)),
-        }
+        let dev = match (path.exists(), create_len) {
+            (false, Some(len)) => FileDevice::create(path, len)?,
+            _ => FileDevice::open(path, false, self.direct)?,
+        };
+        dev.lock(path, LockMode::Exclusive)?;
+        Ok(Arc::new(dev))
     }
 
     fn open_meta(&self, path: &Path, len: u64) -> io::Result<Arc<dyn BlockDevice>> {
         let side = sidecar_path(path);
-        if side.exists() {
-            Ok(Arc::new(FileDevice::open(&side, false, false)?))
+        let dev = if side.exists() {
+            FileDevice::open(&side, false, false)?
         } else {
-            Ok(Arc::new(FileDevice::create(&side, len)?))
-        }
+            FileDevice::create(&side, len)?
+        };
+        dev.lock(&side, LockMode::Exclusive)?;
+        Ok(Arc::new(dev))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -91,6 +96,10 @@ mod tests {
             .unwrap();
         assert_eq!((dev.data.len(), dev.meta.len()), (1 << 20, 8192));
         assert!(sidecar_path(&p).ends_with("c0.img.keelmirror"));
+        let held = FileProvider { direct: false }.open(&p, None, 1);
+        let e = held.err().expect("a component in use is refused");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        drop(dev);
         let again = FileProvider { direct: false }.open(&p, None, 1).unwrap();
         assert_eq!(again.meta.len(), 8192, "an existing sidecar keeps its size");
         FileProvider { direct: false }.remove(&p).unwrap();
