@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod client;
+mod http;
 mod route;
 mod server;
 
@@ -13,7 +14,7 @@ mod handler;
 
 pub use handler::{DaemonControl, DiskEntry};
 pub use route::{ApiCall, MirrorOp, route};
-pub use server::ControlServer;
+pub use server::{ControlServer, Limits};
 
 use thiserror::Error;
 
