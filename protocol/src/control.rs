@@ -22,6 +22,23 @@ pub struct DiskInfo {
     pub serial: String,
     /// Whether a frontend (QEMU, keel-client) is attached now.
     pub connected: bool,
+    /// Whether the disk is served, or failed to open when keeld started.
+    #[serde(default)]
+    pub state: DiskState,
+    /// Why a failed disk could not be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A configured disk's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskState {
+    /// Its socket accepts frontends.
+    #[default]
+    Serving,
+    /// It could not be opened (see `error`); the other disks are served without it.
+    Failed,
 }
 
 /// One bucket of a latency histogram: requests that took at most `le_us`.

@@ -12,7 +12,7 @@ mod server;
 
 mod handler;
 
-pub use handler::{DaemonControl, DiskEntry};
+pub use handler::{DaemonControl, DiskEntry, FailedDisk};
 pub use route::{ApiCall, MirrorOp, route};
 pub use server::{ControlServer, Limits};
 
