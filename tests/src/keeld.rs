@@ -127,14 +127,43 @@ pub struct KeeldProcess {
 impl KeeldProcess {
     /// Starts `keeld --config <config>`; stderr is captured.
     pub fn spawn(config: &Path) -> Self {
-        let child = Command::new(keeld_binary())
-            .arg("--config")
+        Self::spawn_command(Self::command(config))
+    }
+
+    /// Starts keeld allowed at most `limit` open descriptors (RLIMIT_NOFILE), as a host with
+    /// a low limit would run it.
+    pub fn spawn_with_fd_limit(config: &Path, limit: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Self::command(config);
+        let rlim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe, on a value it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_command(cmd)
+    }
+
+    fn command(config: &Path) -> Command {
+        let mut cmd = Command::new(keeld_binary());
+        cmd.arg("--config")
             .arg(config)
             .env("KEEL_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keeld");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn spawn_command(mut cmd: Command) -> Self {
+        let child = cmd.spawn().expect("spawn keeld");
         Self { child: Some(child) }
     }
 
@@ -174,6 +203,31 @@ impl Drop for KeeldProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// Path of the `keel` binary, built (once per test process) with the same profile as the tests.
+pub fn keel_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let keeld = keeld_binary();
+        let dir = keeld.parent().expect("target dir").to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", "keel"]);
+        if release {
+            cmd.arg("--release");
+        }
+        if let Some(target) = dir.parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
+        assert!(
+            cmd.status().expect("cargo").success(),
+            "building keel failed"
+        );
+        dir.join("keel")
+    })
+    .clone()
 }
 
 /// Runs `keeld --config <config>` expecting it to refuse the file; returns (exit code, stderr).

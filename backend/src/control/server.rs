@@ -49,6 +49,27 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The defaults, with the connection cap lowered to an eighth of the descriptor limit
+    /// (RLIMIT_NOFILE) where that is lower: the rest stays for the disks and their frontends.
+    pub fn for_this_process() -> Self {
+        let mut rlim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct we pass.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) };
+        let mut limits = Self::default();
+        if rc == 0 {
+            let share = usize::try_from(rlim.rlim_cur / 8).unwrap_or(usize::MAX);
+            limits.connections = limits.connections.min(share).max(MIN_CONNECTIONS);
+        }
+        limits
+    }
+}
+
+/// Connections allowed however low the descriptor limit.
+const MIN_CONNECTIONS: usize = 4;
 /// How long accepting pauses after the process ran out of descriptors (EMFILE and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections accepted per wake-up, so reading the ones already open is not starved.
@@ -65,9 +86,10 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (mode 0600) and serves calls with `handler` on a thread of its own.
+    /// Binds `path` (mode 0600) and serves calls with `handler` on a thread of its own, with
+    /// [`Limits::for_this_process`].
     pub fn start(path: &Path, handler: Arc<dyn ControlHandler>) -> io::Result<Self> {
-        Self::start_with(path, handler, Limits::default())
+        Self::start_with(path, handler, Limits::for_this_process())
     }
 
     /// [`start`](Self::start) with other limits than the defaults.
