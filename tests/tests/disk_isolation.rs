@@ -52,7 +52,7 @@ fn a_second_keeld_is_refused_a_raw_image_in_use() {
     let (code, stderr) = run_expecting_failure(&d.join("two.toml"));
     assert_eq!(code, Some(1), "{stderr}");
     let image = d.join("shared.img").display().to_string();
-    let holder = format!("{image} is locked by process {} (keeld)", first.pid());
+    let holder = format!("{image}: locked by process {} (keeld)", first.pid());
     assert!(stderr.contains(&holder), "{stderr}");
 
     // With a healthy disk beside it, that disk is served and the other listed as failed.

@@ -207,7 +207,7 @@ fn human(bytes: u64) -> String {
 
 fn open(path: &Path) -> Result<Store, String> {
     Store::open_path(path, StoreOptions::default()).map_err(|e| match e {
-        StoreError::InUse(holder) => format!("{holder} (keeld or another keel has it open)"),
+        StoreError::InUse(holder) => holder,
         e => format!("{}: {e}", path.display()),
     })
 }

@@ -30,8 +30,10 @@ impl FileDevice {
     }
 
     /// Takes the file's OFD lock (see [`super::lock`]), held until the device is dropped.
+    /// The error names `path`.
     pub fn lock(&self, path: &Path, mode: super::lock::LockMode) -> io::Result<()> {
-        super::lock::lock_file(&self.file, path, mode)
+        super::lock::lock_file(&self.file, mode)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 
     /// Creates a sparse file of `size` bytes, readable by its owner only (it holds a guest's

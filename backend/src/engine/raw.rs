@@ -172,7 +172,13 @@ impl RawEngine {
         } else {
             LockMode::Exclusive
         };
-        lock_file(&buffered, path, mode).map_err(open_err)?;
+        lock_file(&buffered, mode).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => EngineError::Setup {
+                path: path.clone(),
+                message: e.to_string(),
+            },
+            _ => open_err(e),
+        })?;
         refuse_container(&buffered, path)?;
         let is_regular = buffered.metadata().map_err(open_err)?.is_file();
         if exists

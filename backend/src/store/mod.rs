@@ -633,9 +633,9 @@ impl Store {
 /// Takes the container's exclusive lock (an OFD lock, as for every backing file keeld opens).
 fn lock_exclusive(f: &File, path: &Path) -> Result<()> {
     use crate::device::lock::{LockMode, lock_file};
-    lock_file(f, path, LockMode::Exclusive).map_err(|e| {
+    lock_file(f, LockMode::Exclusive).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
-            StoreError::InUse(e.to_string())
+            StoreError::InUse(format!("{}: {e}", path.display()))
         } else {
             e.into()
         }
