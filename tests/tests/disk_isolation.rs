@@ -104,7 +104,7 @@ fn a_second_keeld_is_refused_a_raw_image_in_use() {
 fn a_raw_disk_refuses_a_keel_container() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.keel");
-    drop(Store::create_path(&path, &CreateOptions::new(64 << 20)).unwrap());
+    Store::create_path(&path, &CreateOptions::new(64 << 20)).unwrap();
     std::fs::write(dir.path().join("keel.toml"), raw_on("r", "disk.keel")).unwrap();
     let (code, stderr) = run_expecting_failure(&dir.path().join("keel.toml"));
     assert_eq!(code, Some(1), "{stderr}");
@@ -119,7 +119,7 @@ fn a_raw_disk_refuses_a_keel_container() {
 fn a_corrupt_container_leaves_the_disk_beside_it_served() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.keel");
-    drop(Store::create_path(&path, &CreateOptions::new(64 << 20)).unwrap());
+    Store::create_path(&path, &CreateOptions::new(64 << 20)).unwrap();
     // Both superblocks overwritten.
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 8192], 0).unwrap();

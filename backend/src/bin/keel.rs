@@ -5,6 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
+use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::store::diff::RUNNING;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
@@ -452,6 +453,8 @@ fn apply(file: &Path, target: &Path, json: bool) -> Result<(), String> {
             .mode(0o600)
             .open(target)
             .map_err(|e| format!("{}: {e}", target.display()))?;
+        // The image may be one keeld or QEMU serves: take its lock as they do.
+        lock_file(&f, LockMode::Exclusive).map_err(|e| format!("{}: {e}", target.display()))?;
         let mut end = &f;
         let mut size =
             std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
