@@ -237,18 +237,27 @@ impl Loop {
         }
     }
 
-    /// Answers 408 to, and closes, the connections past their deadline.
+    /// Answers 408 to, and closes, the connections past their deadline. Each is read once more
+    /// first: a request that arrived while a long call held this thread is still served.
     fn expire(&mut self, now: Instant) {
-        let limits = self.limits;
-        self.conns.retain_mut(|c| {
-            if now < c.deadline(&limits) {
-                return true;
+        let mut i = 0;
+        while i < self.conns.len() {
+            if now < self.conns[i].deadline(&self.limits) {
+                i += 1;
+                continue;
             }
-            let what = if c.head_done { "body" } else { "head" };
-            log::debug!("control API: request {what} not received in time");
-            let _ = answer_error(&mut c.stream, 408, "the request took too long to arrive");
-            false
-        });
+            let Some(mut c) = self.conns.remove(i) else {
+                break;
+            };
+            match read_available(&mut c) {
+                Received::Waiting => {
+                    let what = if c.head_done { "body" } else { "head" };
+                    log::debug!("control API: request {what} not received in time");
+                    let _ = answer_error(&mut c.stream, 408, "the request took too long to arrive");
+                }
+                other => self.settle(c, other),
+            }
+        }
     }
 
     fn accept_some(&mut self) {
@@ -308,23 +317,24 @@ impl Loop {
             return;
         };
         let outcome = read_available(c);
+        if matches!(outcome, Received::Waiting) {
+            return;
+        }
+        if let Some(c) = self.conns.remove(i) {
+            self.settle(c, outcome);
+        }
+    }
+
+    /// Ends a connection taken out of the table according to what was read from it.
+    fn settle(&self, mut c: Conn, outcome: Received) {
         match outcome {
-            Received::Waiting => {}
-            Received::Gone => {
-                self.conns.remove(i);
-            }
+            Received::Waiting | Received::Gone => {}
             Received::Refused(status, message) => {
-                if let Some(mut c) = self.conns.remove(i) {
-                    log::debug!("control API: refused a request ({status}): {message}");
-                    let _ = prepare_answer(&c.stream, &self.limits)
-                        .and_then(|()| answer_error(&mut c.stream, status, &message));
-                }
+                log::debug!("control API: refused a request ({status}): {message}");
+                let _ = prepare_answer(&c.stream, &self.limits)
+                    .and_then(|()| answer_error(&mut c.stream, status, &message));
             }
-            Received::Request(request) => {
-                if let Some(c) = self.conns.remove(i) {
-                    self.serve(c.stream, request);
-                }
-            }
+            Received::Request(request) => self.serve(c.stream, request),
         }
     }
 

@@ -193,3 +193,50 @@ fn oversized_and_unknown_bodies_are_refused() {
     assert!(text.contains("unknown field `label`"), "{text}");
     drop(server);
 }
+
+/// Holds every call until the test lets it go.
+struct Gated {
+    gate: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ControlHandler for Gated {
+    fn call(&self, _call: ApiCall) -> Result<serde_json::Value, ApiError> {
+        let gate = self
+            .gate
+            .lock()
+            .map_err(|_| ApiError::Internal("gate".into()))?;
+        let _ = gate.recv();
+        Ok(serde_json::json!({}))
+    }
+}
+
+#[test]
+fn a_request_sent_during_a_long_call_is_served_not_timed_out() {
+    let path = socket_path("long");
+    let (open, gate) = std::sync::mpsc::channel();
+    let handler = Arc::new(Gated {
+        gate: Mutex::new(gate),
+    });
+    let limits = Limits {
+        head_timeout: Duration::from_millis(100),
+        request_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let server = ControlServer::start_with(&path, handler, limits).unwrap();
+    // Accepted first, silent for now.
+    let mut late = connect(&path);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut first = connect(&path);
+    first
+        .write_all(b"GET /v1/version HTTP/1.1\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // The first call holds the server past the late client's deadline while it sends.
+    late.write_all(b"GET /v1/version HTTP/1.1\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    open.send(()).unwrap();
+    open.send(()).unwrap();
+    assert_eq!(status_of(first), Some(200));
+    assert_eq!(status_of(late), Some(200));
+    drop(server);
+}
