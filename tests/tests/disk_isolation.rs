@@ -85,7 +85,7 @@ fn a_second_keeld_is_refused_a_raw_image_in_use() {
         .args(["-f", "raw", "-c", "read 0 4096"])
         .arg(d.join("shared.img"))
         .output()
-        .expect("qemu-img runs");
+        .expect("qemu-io runs");
     assert!(!qemu.status.success());
     let qemu_err = String::from_utf8_lossy(&qemu.stderr);
     assert!(qemu_err.contains("Failed to lock"), "{qemu_err}");
