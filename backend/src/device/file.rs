@@ -11,6 +11,8 @@ use std::path::Path;
 pub struct FileDevice {
     file: File,
     size: u64,
+    /// The file's OFD lock, on a descriptor of its own (see [`super::lock`]).
+    _lock: Option<File>,
 }
 
 impl FileDevice {
@@ -26,14 +28,18 @@ impl FileDevice {
         });
         let file = opts.open(path)?;
         let size = device_size(&file)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            size,
+            _lock: None,
+        })
     }
 
-    /// Takes the file's OFD lock (see [`super::lock`]), held until the device is dropped.
-    /// The error names `path`.
-    pub fn lock(&self, path: &Path, mode: super::lock::LockMode) -> io::Result<()> {
-        super::lock::lock_file(&self.file, mode)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    /// Takes the OFD lock of the file at `path` (see [`super::lock`]), held until the device is
+    /// dropped. The error names `path`.
+    pub fn locked(mut self, path: &Path, mode: super::lock::LockMode) -> io::Result<Self> {
+        self._lock = Some(super::lock::lock_path(path, mode)?);
+        Ok(self)
     }
 
     /// Creates a sparse file of `size` bytes, readable by its owner only (it holds a guest's
@@ -46,7 +52,11 @@ impl FileDevice {
             .mode(0o600)
             .open(path)?;
         file.set_len(size)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            size,
+            _lock: None,
+        })
     }
 
     /// Creates a file of `size` bytes with its space reserved (`fallocate`), so the first

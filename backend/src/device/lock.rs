@@ -5,11 +5,16 @@
 //! shared for a read-only disk, exclusive for a writable one. OFD locks belong to the open
 //! file description, so they are released when the file is closed and are not shared with
 //! other descriptors of the same process the way POSIX record locks are.
+//!
+//! The lock is taken on a descriptor of its own ([`lock_path`]) that no I/O goes through: an
+//! io_uring request still in flight when a process is killed keeps its file description alive
+//! for a while after the process is gone, and a lock on it would refuse the restarted keeld.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
 
 /// How a file is locked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +63,21 @@ pub fn lock_file(file: &File, mode: LockMode) -> io::Result<()> {
         }
         _ => Err(e),
     }
+}
+
+/// Opens `path` on a descriptor used for nothing but the lock, and locks it; the lock lasts as
+/// long as the returned file. Errors name `path`.
+pub fn lock_path(path: &Path, mode: LockMode) -> io::Result<File> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let file = File::options()
+        .read(true)
+        .write(mode == LockMode::Exclusive)
+        // The path was resolved when the config was loaded; a symlink planted since is refused.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(named)?;
+    lock_file(&file, mode).map_err(named)?;
+    Ok(file)
 }
 
 /// A process other than this one that holds a lock on `file`, found through
@@ -126,12 +146,16 @@ mod tests {
         lock_file(&second, LockMode::Exclusive).unwrap();
         drop(second);
 
-        let reader = File::open(&path).unwrap();
-        lock_file(&reader, LockMode::Shared).unwrap();
-        let another = File::open(&path).unwrap();
-        lock_file(&another, LockMode::Shared).unwrap();
-        let writer = open_rw();
-        assert!(lock_file(&writer, LockMode::Exclusive).is_err());
+        let reader = lock_path(&path, LockMode::Shared).unwrap();
+        let another = lock_path(&path, LockMode::Shared).unwrap();
+        let e = lock_path(&path, LockMode::Exclusive).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: locked by", path.display())),
+            "{e}"
+        );
+        drop((reader, another));
+        lock_path(&path, LockMode::Exclusive).unwrap();
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::sync_queue::SyncQueue;
 use super::uring_queue::UringQueue;
 use super::{Capabilities, Engine, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::config::DiskConfig;
-use crate::device::lock::{LockMode, lock_file};
+use crate::device::lock::{LockMode, lock_path};
 use crate::store::diff_file::is_container_start;
 
 /// Memory and offset alignment O_DIRECT needs on common devices.
@@ -62,6 +62,8 @@ pub(super) struct RawFiles {
     /// Page-cache descriptor: used for unaligned requests and when direct I/O is off.
     pub buffered: File,
     pub read_only: bool,
+    /// The image's OFD lock, on a descriptor no I/O uses.
+    pub _lock: File,
 }
 
 impl RawFiles {
@@ -166,19 +168,17 @@ impl RawEngine {
             f.set_len(size).map_err(open_err)?;
             info!("created sparse image {} of {size} bytes", path.display());
         }
-        let buffered = open_file(path, opts.read_only, false).map_err(open_err)?;
         let mode = if opts.read_only {
             LockMode::Shared
         } else {
             LockMode::Exclusive
         };
-        lock_file(&buffered, mode).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => EngineError::Setup {
-                path: path.clone(),
-                message: e.to_string(),
-            },
+        let lock = lock_path(path, mode).map_err(|e| match e.kind() {
+            // The message names the file and the holder.
+            io::ErrorKind::WouldBlock => EngineError::Locked(e.to_string()),
             _ => open_err(e),
         })?;
+        let buffered = open_file(path, opts.read_only, false).map_err(open_err)?;
         refuse_container(&buffered, path)?;
         let is_regular = buffered.metadata().map_err(open_err)?.is_file();
         if exists
@@ -234,6 +234,7 @@ impl RawEngine {
                 direct,
                 buffered,
                 read_only: opts.read_only,
+                _lock: lock,
             }),
             capacity: AtomicU64::new(capacity),
             use_uring,

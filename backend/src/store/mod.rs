@@ -279,9 +279,7 @@ impl Store {
     /// Opens (and recovers) the container in the file or block device at `path`, holding
     /// an exclusive lock on it until the store is dropped.
     pub fn open_path(path: &Path, opts: StoreOptions) -> Result<Self> {
-        // Opened for writing: an exclusive OFD lock needs it.
-        let lock_file = File::options().read(true).write(true).open(path)?;
-        lock_exclusive(&lock_file, path)?;
+        let lock_file = lock_exclusive(path)?;
         let dev = match FileDevice::open(path, false, opts.direct_io) {
             Ok(d) => d,
             Err(e) if opts.direct_io && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -630,12 +628,13 @@ impl Store {
     }
 }
 
-/// Takes the container's exclusive lock (an OFD lock, as for every backing file keeld opens).
-fn lock_exclusive(f: &File, path: &Path) -> Result<()> {
-    use crate::device::lock::{LockMode, lock_file};
-    lock_file(f, LockMode::Exclusive).map_err(|e| {
+/// Takes the container's exclusive lock (an OFD lock on a descriptor of its own, as for every
+/// backing file keeld opens).
+fn lock_exclusive(path: &Path) -> Result<File> {
+    use crate::device::lock::{LockMode, lock_path};
+    lock_path(path, LockMode::Exclusive).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
-            StoreError::InUse(format!("{}: {e}", path.display()))
+            StoreError::InUse(e.to_string())
         } else {
             e.into()
         }

@@ -58,8 +58,7 @@ impl DeviceProvider for FileProvider {
             (false, Some(len)) => FileDevice::create(path, len)?,
             _ => FileDevice::open(path, false, self.direct)?,
         };
-        dev.lock(path, LockMode::Exclusive)?;
-        Ok(Arc::new(dev))
+        Ok(Arc::new(dev.locked(path, LockMode::Exclusive)?))
     }
 
     fn open_meta(&self, path: &Path, len: u64) -> io::Result<Arc<dyn BlockDevice>> {
@@ -69,8 +68,7 @@ impl DeviceProvider for FileProvider {
         } else {
             FileDevice::create(&side, len)?
         };
-        dev.lock(&side, LockMode::Exclusive)?;
-        Ok(Arc::new(dev))
+        Ok(Arc::new(dev.locked(&side, LockMode::Exclusive)?))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
