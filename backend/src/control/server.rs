@@ -4,7 +4,7 @@
 //! buffer and its descriptor; the number of open connections is capped and each has a deadline,
 //! so the daemon's descriptors stay available for vhost-user frontends whatever a client does.
 //! Calls run one at a time on this thread, which keeps the daemon's state changes (snapshots,
-//! mirror ops) serialised; exports stream on threads of their own.
+//! mirror ops) serialised; exports and large answers are sent on threads of their own.
 
 use super::http::{self, Progress, Request};
 use super::{ApiCall, ApiError, ControlHandler, Download, route};
@@ -33,8 +33,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Time an answer may take to be written to a client that does not read.
     pub write_timeout: Duration,
-    /// Exports streaming at once.
-    pub exports: usize,
+    /// Threads sending exports or answers over [`INLINE_ANSWER`] bytes at once.
+    pub senders: usize,
 }
 
 impl Default for Limits {
@@ -44,7 +44,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
-            exports: 4,
+            senders: 4,
         }
     }
 }
@@ -70,6 +70,9 @@ impl Limits {
 
 /// Connections allowed however low the descriptor limit.
 const MIN_CONNECTIONS: usize = 4;
+/// Answers up to this size are written on the loop thread: they fit in the socket's send
+/// buffer, so writing them never waits for the client. Larger ones go to a sender thread.
+pub const INLINE_ANSWER: usize = 64 << 10;
 /// How long accepting pauses after the process ran out of descriptors (EMFILE and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections accepted per wake-up, so reading the ones already open is not starved.
@@ -109,7 +112,7 @@ impl ControlServer {
             conns: VecDeque::new(),
             paused_until: None,
             last_emfile_log: None,
-            exports: Arc::default(),
+            senders: Arc::default(),
         };
         let thread = std::thread::Builder::new()
             .name("keel-control".into())
@@ -170,8 +173,8 @@ struct Loop {
     /// Accepting is paused until then, after running out of descriptors.
     paused_until: Option<Instant>,
     last_emfile_log: Option<Instant>,
-    /// Exports streaming now.
-    exports: Arc<AtomicUsize>,
+    /// Sender threads running now.
+    senders: Arc<AtomicUsize>,
 }
 
 impl Loop {
@@ -355,7 +358,25 @@ impl Loop {
         }))
         .unwrap_or_else(|_| Err(ApiError::Internal("the call failed unexpectedly".into())));
         let written = match answer {
-            Ok(value) => http::write_json(&mut stream, 200, &value.to_string()),
+            Ok(value) => {
+                let body = value.to_string();
+                if body.len() <= INLINE_ANSWER {
+                    http::write_json(&mut stream, 200, &body)
+                } else {
+                    // A client that does not read a large answer must not hold the loop.
+                    let d = Download {
+                        len: body.len() as u64,
+                        reader: Box::new(io::Cursor::new(body.into_bytes())),
+                    };
+                    match self.sender_slot() {
+                        Some(slot) => {
+                            send_on_thread(slot, stream, d, "application/json");
+                            Ok(())
+                        }
+                        None => answer_busy(&mut stream, &self.limits),
+                    }
+                }
+            }
             Err(e) => {
                 log::debug!("control {} {}: {e}", req.method, req.url);
                 answer_error(&mut stream, e.status(), &e.to_string())
@@ -367,41 +388,70 @@ impl Loop {
     }
 
     fn export(&self, mut stream: UnixStream, req: &Request, disk: &str, from: &str, to: &str) {
-        let running = Arc::clone(&self.exports);
-        if running.fetch_add(1, Ordering::AcqRel) >= self.limits.exports {
-            running.fetch_sub(1, Ordering::AcqRel);
-            let message = format!(
-                "{} exports are running; try again later",
-                self.limits.exports
-            );
-            let _ = answer_error(&mut stream, 503, &message);
+        // Taken before the export is prepared, so a refused one costs nothing.
+        let Some(slot) = self.sender_slot() else {
+            let _ = answer_busy(&mut stream, &self.limits);
             return;
-        }
+        };
         let download =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.export(disk, from, to)))
                 .unwrap_or_else(|_| {
                     Err(ApiError::Internal("the export failed unexpectedly".into()))
                 });
-        let d = match download {
-            Ok(d) => d,
+        match download {
+            Ok(d) => send_on_thread(slot, stream, d, "application/octet-stream"),
             Err(e) => {
-                running.fetch_sub(1, Ordering::AcqRel);
                 log::debug!("control {} {}: {e}", req.method, req.url);
                 let _ = answer_error(&mut stream, e.status(), &e.to_string());
-                return;
             }
-        };
-        let spawned = std::thread::Builder::new()
-            .name("keel-export".into())
-            .spawn(move || {
-                send_download(&mut stream, d);
-                running.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            self.exports.fetch_sub(1, Ordering::AcqRel);
-            log::error!("control: cannot start an export thread: {e}");
         }
     }
+
+    /// One of the threads that write answers, if fewer than the limit are running.
+    fn sender_slot(&self) -> Option<SenderSlot> {
+        let running = Arc::clone(&self.senders);
+        if running.fetch_add(1, Ordering::AcqRel) >= self.limits.senders {
+            running.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SenderSlot(running))
+    }
+}
+
+/// A running sender thread, counted until it is dropped.
+struct SenderSlot(Arc<AtomicUsize>);
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Writes an answer of known length on a thread of its own. If the thread cannot start, the
+/// closure and with it the slot and the connection are dropped: the client sees it closed.
+fn send_on_thread(
+    slot: SenderSlot,
+    mut stream: UnixStream,
+    d: Download,
+    content_type: &'static str,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("keel-answer".into())
+        .spawn(move || {
+            let _slot = slot;
+            send_download(&mut stream, d, content_type);
+        });
+    if let Err(e) = spawned {
+        log::error!("control: cannot start a thread to send an answer: {e}");
+    }
+}
+
+fn answer_busy(stream: &mut UnixStream, limits: &Limits) -> io::Result<()> {
+    let message = format!(
+        "{} large answers or exports are being sent; try again later",
+        limits.senders
+    );
+    answer_error(stream, 503, &message)
 }
 
 /// Reads every byte the client has sent so far and parses them.
@@ -445,9 +495,9 @@ fn answer_error(stream: &mut UnixStream, status: u16, message: &str) -> io::Resu
     http::write_json(stream, status, &body)
 }
 
-/// Streams an export. Its length is sent first: a transfer cut short is seen as such.
-fn send_download(stream: &mut UnixStream, d: Download) {
-    let head = http::response_head(200, "application/octet-stream", d.len);
+/// Streams an answer. Its length is sent first: a transfer cut short is seen as such.
+fn send_download(stream: &mut UnixStream, d: Download, content_type: &str) {
+    let head = http::response_head(200, content_type, d.len);
     let sent = stream
         .write_all(head.as_bytes())
         .and_then(|()| io::copy(&mut d.reader.take(d.len), stream))
@@ -462,7 +512,7 @@ fn send_download(stream: &mut UnixStream, d: Download) {
             }
         });
     if let Err(e) = sent {
-        log::warn!("control: export stopped: {e}");
+        log::warn!("control: an answer or export stopped: {e}");
     }
 }
 

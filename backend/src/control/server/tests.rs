@@ -240,3 +240,39 @@ fn a_request_sent_during_a_long_call_is_served_not_timed_out() {
     assert_eq!(status_of(late), Some(200));
     drop(server);
 }
+
+/// Answers ListDisks with a body far larger than a socket buffer, anything else with `{}`.
+struct Big;
+
+const BIG: usize = 4 << 20;
+
+impl ControlHandler for Big {
+    fn call(&self, call: ApiCall) -> Result<serde_json::Value, ApiError> {
+        match call {
+            ApiCall::ListDisks => Ok(serde_json::Value::String("x".repeat(BIG))),
+            _ => Ok(serde_json::json!({})),
+        }
+    }
+}
+
+#[test]
+fn a_client_that_does_not_read_a_large_answer_holds_nobody_up() {
+    let path = socket_path("big");
+    let server = ControlServer::start(&path, Arc::new(Big)).unwrap();
+    let mut slow = connect(&path);
+    slow.write_all(b"GET /v1/disks HTTP/1.1\r\n\r\n").unwrap();
+    // Well under the write timeout: the slow client's answer is not written on the loop.
+    let client = ControlClient::new(&path).with_timeout(Duration::from_secs(4));
+    for _ in 0..3 {
+        let _: serde_json::Value = client.get("/v1/version").unwrap();
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &text[..80]);
+    assert!(text.ends_with(&format!("{}\"", "x".repeat(100))));
+    assert!(raw.len() > BIG, "{}", raw.len());
+    drop(server);
+}
