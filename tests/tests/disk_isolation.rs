@@ -105,14 +105,27 @@ fn a_raw_disk_refuses_a_keel_container() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.keel");
     Store::create_path(&path, &CreateOptions::new(64 << 20)).unwrap();
-    std::fs::write(dir.path().join("keel.toml"), raw_on("r", "disk.keel")).unwrap();
-    let (code, stderr) = run_expecting_failure(&dir.path().join("keel.toml"));
+    std::fs::write(dir.path().join("keel.toml.raw"), raw_on("r", "disk.keel")).unwrap();
+    let (code, stderr) = run_expecting_failure(&dir.path().join("keel.toml.raw"));
     assert_eq!(code, Some(1), "{stderr}");
     let want = format!(
         "{}: is a Keel container; use engine = \"keel\"",
         path.display()
     );
     assert!(stderr.contains(&want), "{stderr}");
+
+    // While a keeld serves the container, a raw disk on it is refused for the lock first.
+    let keel =
+        "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"disk.keel\"\n";
+    let serving = InProcess::start_in(dir, keel);
+    let (code, stderr) = run_expecting_failure(&serving.dir().join("keel.toml.raw"));
+    assert_eq!(code, Some(1), "{stderr}");
+    let holder = format!(
+        "{}: locked by process {}",
+        path.display(),
+        std::process::id()
+    );
+    assert!(stderr.contains(&holder), "{stderr}");
 }
 
 #[test]
