@@ -69,7 +69,7 @@ impl Daemon {
                     entries.push(entry);
                 }
                 Err(e) => {
-                    error!("{e}; the other disks are served without it");
+                    error!("{e}; this disk is not served");
                     failed.push(FailedDisk {
                         config: disk.clone(),
                         reason: e.to_string(),
