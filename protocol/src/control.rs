@@ -22,6 +22,23 @@ pub struct DiskInfo {
     pub serial: String,
     /// Whether a frontend (QEMU, keel-client) is attached now.
     pub connected: bool,
+    /// Whether the disk is served, or failed to open when keeld started.
+    #[serde(default)]
+    pub state: DiskState,
+    /// Why a failed disk could not be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A configured disk's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskState {
+    /// Its socket accepts frontends.
+    #[default]
+    Serving,
+    /// It could not be opened (see `error`); the other disks are served without it.
+    Failed,
 }
 
 /// One bucket of a latency histogram: requests that took at most `le_us`.
@@ -81,12 +98,14 @@ pub struct SnapshotInfo {
 
 /// `POST /v1/disks/{disk}/snapshots`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     pub name: String,
 }
 
 /// `POST /v1/disks/{disk}/snapshots/{name}/revert`
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RevertSnapshot {
     /// Revert even while a frontend is attached (the guest must be told).
     #[serde(default)]
@@ -95,6 +114,7 @@ pub struct RevertSnapshot {
 
 /// `POST /v1/disks/{disk}/clone`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloneDisk {
     pub snapshot: String,
     pub new_disk: String,
@@ -114,6 +134,7 @@ pub struct CloneAnswer {
 
 /// `POST /v1/disks/{disk}/resize`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResizeDisk {
     pub size: u64,
 }
@@ -129,6 +150,7 @@ pub struct ResizeAnswer {
 
 /// `POST /v1/disks/{disk}/mirror/{n}/{op}` body, for the ops that take a path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MirrorOpBody {
     #[serde(default)]
     pub path: Option<String>,

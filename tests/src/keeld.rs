@@ -135,14 +135,43 @@ pub struct KeeldProcess {
 impl KeeldProcess {
     /// Starts `keeld --config <config>`; stderr is captured.
     pub fn spawn(config: &Path) -> Self {
-        let child = Command::new(keeld_binary())
-            .arg("--config")
+        Self::spawn_command(Self::command(config))
+    }
+
+    /// Starts keeld allowed at most `limit` open descriptors (RLIMIT_NOFILE), as a host with
+    /// a low limit would run it.
+    pub fn spawn_with_fd_limit(config: &Path, limit: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Self::command(config);
+        let rlim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe, on a value it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_command(cmd)
+    }
+
+    fn command(config: &Path) -> Command {
+        let mut cmd = Command::new(keeld_binary());
+        cmd.arg("--config")
             .arg(config)
             .env("KEEL_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keeld");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn spawn_command(mut cmd: Command) -> Self {
+        let child = cmd.spawn().expect("spawn keeld");
         Self { child: Some(child) }
     }
 

@@ -5,12 +5,13 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
+use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::store::diff::RUNNING;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -207,10 +208,7 @@ fn human(bytes: u64) -> String {
 
 fn open(path: &Path) -> Result<Store, String> {
     Store::open_path(path, StoreOptions::default()).map_err(|e| match e {
-        StoreError::InUse => format!(
-            "{} is in use: keeld or another keel has it open",
-            path.display()
-        ),
+        StoreError::InUse(holder) => holder,
         e => format!("{}: {e}", path.display()),
     })
 }
@@ -280,6 +278,7 @@ fn export(path: &Path, raw: &Path) -> Result<(), String> {
     let out = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(raw)
         .map_err(|e| format!("{}: {e}", raw.display()))?;
     let cap = store.capacity();
@@ -313,6 +312,7 @@ fn write_export(
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(file)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     let result = fill(&mut out)
@@ -450,8 +450,11 @@ fn apply(file: &Path, target: &Path, json: bool) -> Result<(), String> {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(target)
             .map_err(|e| format!("{}: {e}", target.display()))?;
+        // The image may be one keeld or QEMU serves: take its lock as they do.
+        lock_file(&f, LockMode::Exclusive).map_err(|e| format!("{}: {e}", target.display()))?;
         let mut end = &f;
         let mut size =
             std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;

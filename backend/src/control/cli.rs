@@ -120,6 +120,9 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
             if d.connected { "yes" } else { "no" },
             d.socket
         );
+        if let Some(e) = &d.error {
+            println!("  failed: {e}");
+        }
     }
     Ok(())
 }

@@ -39,6 +39,12 @@ impl ControlClient {
         }
     }
 
+    /// The same client, giving up on an answer after `timeout` instead of the default ten minutes.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call("GET", path, None::<&()>)
     }
@@ -180,7 +186,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
     Ok((status, body))
 }
 
-/// Decodes a chunked body (tiny_http may send one for larger answers).
+/// Decodes a chunked body (keeld sends none, but HTTP allows one).
 fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, ClientError> {
     let mut out = Vec::new();
     loop {

@@ -11,7 +11,7 @@ use crate::vhost::config_change::ConfigNotifier;
 use crate::vhost::server::DiskServer;
 use crate::vhost::stats::DiskStats;
 use keel_protocol::control::{
-    CloneAnswer, DiskInfo, DiskStats as StatsBody, ResizeAnswer, VersionInfo,
+    CloneAnswer, DiskInfo, DiskState, DiskStats as StatsBody, ResizeAnswer, VersionInfo,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -49,6 +49,8 @@ impl DiskEntry {
             queues: c.queues,
             serial: c.serial.clone(),
             connected: self.attached(),
+            state: DiskState::Serving,
+            error: None,
         }
     }
 
@@ -101,9 +103,40 @@ impl DiskEntry {
     }
 }
 
+/// A configured disk that could not be opened at start: listed, not served.
+pub struct FailedDisk {
+    pub config: DiskConfig,
+    pub reason: String,
+}
+
+impl FailedDisk {
+    fn info(&self) -> DiskInfo {
+        let c = &self.config;
+        DiskInfo {
+            name: c.name.clone(),
+            engine: c.engine.name().to_string(),
+            socket: c.socket.display().to_string(),
+            paths: c
+                .backing_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            size: 0,
+            read_only: c.read_only,
+            queues: c.queues,
+            serial: c.serial.clone(),
+            connected: false,
+            state: DiskState::Failed,
+            error: Some(self.reason.clone()),
+        }
+    }
+}
+
 /// Carries out control calls over a fixed set of disks.
 pub struct DaemonControl {
     disks: RwLock<Vec<Arc<DiskEntry>>>,
+    /// The config's disks that failed to open, listed after the served ones.
+    failed: Vec<FailedDisk>,
     /// Names of the clones being copied: held apart so a copy does not lock the disk list.
     cloning: Mutex<HashSet<String>>,
     /// Servers of the disks cloned while keeld runs (the config's are the daemon's).
@@ -112,8 +145,14 @@ pub struct DaemonControl {
 
 impl DaemonControl {
     pub fn new(disks: Vec<DiskEntry>) -> Self {
+        Self::with_failed(disks, Vec::new())
+    }
+
+    /// Serves `disks` and lists `failed` with their reasons.
+    pub fn with_failed(disks: Vec<DiskEntry>, failed: Vec<FailedDisk>) -> Self {
         Self {
             disks: RwLock::new(disks.into_iter().map(Arc::new).collect()),
+            failed,
             cloning: Mutex::default(),
             clones: Mutex::default(),
         }
@@ -126,7 +165,15 @@ impl DaemonControl {
             .iter()
             .find(|d| d.config.name == name)
             .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("no such disk: {name}")))
+            .ok_or_else(
+                || match self.failed.iter().find(|f| f.config.name == name) {
+                    Some(f) => ApiError::Conflict(format!(
+                        "disk {name} is not served: it failed to open: {}",
+                        f.reason
+                    )),
+                    None => ApiError::NotFound(format!("no such disk: {name}")),
+                },
+            )
     }
 
     /// Stops the cloned disks' servers, flushing each; returns the failures (disk, error).
@@ -266,7 +313,8 @@ impl DaemonControl {
             .read()
             .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?
             .iter()
-            .any(|d| d.config.name == name);
+            .any(|d| d.config.name == name)
+            || self.failed.iter().any(|f| f.config.name == name);
         if taken {
             return Err(ApiError::Conflict(format!("disk {name} exists")));
         }
@@ -372,9 +420,19 @@ impl ControlHandler for DaemonControl {
                     .disks
                     .read()
                     .map_err(|_| ApiError::Internal("the disk list is poisoned".into()))?;
-                to_json(disks.iter().map(|d| d.info()).collect::<Vec<_>>())
+                let served = disks.iter().map(|d| d.info());
+                to_json(
+                    served
+                        .chain(self.failed.iter().map(FailedDisk::info))
+                        .collect::<Vec<_>>(),
+                )
             }
-            ApiCall::DiskInfo { disk } => to_json(self.disk(&disk)?.info()),
+            ApiCall::DiskInfo { disk } => {
+                match self.failed.iter().find(|f| f.config.name == disk) {
+                    Some(f) => to_json(f.info()),
+                    None => to_json(self.disk(&disk)?.info()),
+                }
+            }
             ApiCall::DiskStats { disk } => to_json(self.disk(&disk)?.stats()),
             ApiCall::ListSnapshots { disk } => to_json(
                 self.disk(&disk)?

@@ -6,15 +6,16 @@
 
 pub mod cli;
 pub mod client;
+mod http;
 mod route;
 mod server;
 pub mod table;
 
 mod handler;
 
-pub use handler::{DaemonControl, DiskEntry};
+pub use handler::{DaemonControl, DiskEntry, FailedDisk};
 pub use route::{ApiCall, MirrorOp, route};
-pub use server::ControlServer;
+pub use server::{ControlServer, Limits};
 
 use thiserror::Error;
 

@@ -419,4 +419,32 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn refuses_unknown_body_fields_by_name() {
+        let cases: [(&str, &[u8]); 5] = [
+            ("/v1/disks/vm1/snapshots", br#"{"name":"s1","nmae":"x"}"#),
+            ("/v1/disks/vm1/snapshots/s1/revert", br#"{"froce":true}"#),
+            (
+                "/v1/disks/vm1/clone",
+                br#"{"snapshot":"s1","new_disk":"vm2","size":1}"#,
+            ),
+            ("/v1/disks/vm1/resize", br#"{"size":4096,"shrink":true}"#),
+            (
+                "/v1/disks/vm1/mirror/0/replace",
+                br#"{"path":"/x","paht":"/y"}"#,
+            ),
+        ];
+        for (path, body) in cases {
+            let Err(ApiError::BadRequest(message)) = route("POST", path, body) else {
+                panic!("{path}: unknown field accepted");
+            };
+            assert!(message.contains("unknown field"), "{path}: {message}");
+            let field = ["nmae", "froce", "size", "shrink", "paht"];
+            assert!(
+                field.iter().any(|f| message.contains(&format!("`{f}`"))),
+                "{path}: {message}"
+            );
+        }
+    }
 }

@@ -22,6 +22,8 @@ pub struct FileDevice {
     /// The page-cache descriptor beside an O_DIRECT `file`, for requests it refuses.
     buffered: Option<File>,
     size: u64,
+    /// The file's OFD lock, on a descriptor of its own (see [`super::lock`]).
+    _lock: Option<File>,
 }
 
 /// Whether O_DIRECT accepts a transfer of `buf` at `offset`.
@@ -54,6 +56,7 @@ impl FileDevice {
             file,
             buffered,
             size,
+            _lock: None,
         })
     }
 
@@ -71,18 +74,28 @@ impl FileDevice {
         }
     }
 
-    /// Creates a sparse file of `size` bytes; fails if it exists.
+    /// Takes the OFD lock of the file at `path` (see [`super::lock`]), held until the device is
+    /// dropped. The error names `path`.
+    pub fn locked(mut self, path: &Path, mode: super::lock::LockMode) -> io::Result<Self> {
+        self._lock = Some(super::lock::lock_path(path, mode)?);
+        Ok(self)
+    }
+
+    /// Creates a sparse file of `size` bytes, readable by its owner only (it holds a guest's
+    /// disk); fails if it exists.
     pub fn create(path: &Path, size: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         file.set_len(size)?;
         Ok(Self {
             file,
             buffered: None,
             size,
+            _lock: None,
         })
     }
 

@@ -5,6 +5,7 @@
 
 pub mod faulty;
 mod file;
+pub mod lock;
 pub mod mirror;
 
 pub use file::FileDevice;

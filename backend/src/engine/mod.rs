@@ -133,6 +133,9 @@ pub enum EngineError {
     Open { path: PathBuf, source: io::Error },
     #[error("{path}: {message}")]
     Setup { path: PathBuf, message: String },
+    /// Another process holds the file's lock; the text names the file and the holder.
+    #[error("{0}")]
+    Locked(String),
     #[error("cannot set up queue {queue}: {source}")]
     Queue { queue: usize, source: io::Error },
     #[error("{op} failed: {source}")]

@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,8 @@ use super::sync_queue::SyncQueue;
 use super::uring_queue::UringQueue;
 use super::{Capabilities, Engine, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::config::DiskConfig;
+use crate::device::lock::{LockMode, lock_path};
+use crate::store::diff_file::is_container_start;
 
 /// Memory and offset alignment O_DIRECT needs on common devices.
 pub const DIRECT_ALIGN: usize = 512;
@@ -60,6 +62,8 @@ pub(super) struct RawFiles {
     /// Page-cache descriptor: used for unaligned requests and when direct I/O is off.
     pub buffered: File,
     pub read_only: bool,
+    /// The image's OFD lock, on a descriptor no I/O uses.
+    pub _lock: File,
 }
 
 impl RawFiles {
@@ -164,7 +168,18 @@ impl RawEngine {
             f.set_len(size).map_err(open_err)?;
             info!("created sparse image {} of {size} bytes", path.display());
         }
+        let mode = if opts.read_only {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        let lock = lock_path(path, mode).map_err(|e| match e.kind() {
+            // The message names the file and the holder.
+            io::ErrorKind::WouldBlock => EngineError::Locked(e.to_string()),
+            _ => open_err(e),
+        })?;
         let buffered = open_file(path, opts.read_only, false).map_err(open_err)?;
+        refuse_container(&buffered, path)?;
         let is_regular = buffered.metadata().map_err(open_err)?.is_file();
         if exists
             && opts.resize
@@ -219,6 +234,7 @@ impl RawEngine {
                 direct,
                 buffered,
                 read_only: opts.read_only,
+                _lock: lock,
             }),
             capacity: AtomicU64::new(capacity),
             use_uring,
@@ -231,6 +247,32 @@ impl RawEngine {
     pub fn path(&self) -> &Path {
         &self.files.path
     }
+}
+
+/// A keel container served raw would hand the guest Keel's metadata and let it overwrite it.
+fn refuse_container(file: &File, path: &Path) -> Result<(), EngineError> {
+    let mut start = vec![0u8; 8192];
+    let mut got = 0;
+    while got < start.len() {
+        match file.read_at(&mut start[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(EngineError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    if is_container_start(&start[..got]) {
+        return Err(EngineError::Setup {
+            path: path.to_path_buf(),
+            message: "is a Keel container; use engine = \"keel\"".into(),
+        });
+    }
+    Ok(())
 }
 
 fn open_file(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {

@@ -7,8 +7,9 @@ use std::io;
 pub enum StoreError {
     #[error("device I/O failed: {0}")]
     Io(#[from] io::Error),
-    #[error("the container is in use by another process (it is locked)")]
-    InUse,
+    /// Another process holds the container's lock; the text names the file and the holder.
+    #[error("the container is in use: {0}")]
+    InUse(String),
     #[error("no space left in the container")]
     NoSpace,
     #[error("data checksum mismatch in block at LBA {lba} (physical block {pba})")]

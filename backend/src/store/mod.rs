@@ -200,7 +200,7 @@ pub struct Store {
     last_guest_io: AtomicU64,
     /// Microseconds the last snapshot creation held the writers.
     last_snapshot_pause_us: AtomicU64,
-    /// Holds the container's exclusive flock while the store is open.
+    /// Holds the container's exclusive lock while the store is open.
     _lock: Option<File>,
 }
 
@@ -287,8 +287,7 @@ impl Store {
     /// Opens (and recovers) the container in the file or block device at `path`, holding
     /// an exclusive lock on it until the store is dropped.
     pub fn open_path(path: &Path, opts: StoreOptions) -> Result<Self> {
-        let lock_file = File::open(path)?;
-        lock_exclusive(&lock_file)?;
+        let lock_file = lock_exclusive(path)?;
         let dev = match FileDevice::open(path, false, opts.direct_io) {
             Ok(d) => d,
             Err(e) if opts.direct_io && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -685,18 +684,15 @@ impl Store {
     }
 }
 
-/// Takes an exclusive, non-blocking flock on the container.
-fn lock_exclusive(f: &File) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock only reads its integer arguments; the descriptor is owned by `f`.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(StoreError::InUse)
-    } else {
-        Err(e.into())
-    }
+/// Takes the container's exclusive lock (an OFD lock on a descriptor of its own, as for every
+/// backing file keeld opens).
+fn lock_exclusive(path: &Path) -> Result<File> {
+    use crate::device::lock::{LockMode, lock_path};
+    lock_path(path, LockMode::Exclusive).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::InUse(e.to_string())
+        } else {
+            e.into()
+        }
+    })
 }

@@ -8,8 +8,8 @@ use thiserror::Error;
 use super::backend::DiskContext;
 use super::server::{DiskServer, ServerError};
 use super::stats::DiskStats;
-use crate::config::Config;
-use crate::control::{ControlServer, DaemonControl, DiskEntry};
+use crate::config::{Config, DiskConfig};
+use crate::control::{ControlServer, DaemonControl, DiskEntry, FailedDisk};
 use crate::engine::{self, EngineError};
 
 #[derive(Debug, Error)]
@@ -32,29 +32,59 @@ pub struct Daemon {
     control: Option<ControlServer>,
     /// What the control API serves (it also owns the disks cloned at run time).
     handler: Option<Arc<DaemonControl>>,
+    /// The config's disks that could not be opened.
+    failed: Vec<String>,
+}
+
+/// Opens one disk's engine and starts serving its socket.
+fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError> {
+    let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
+        disk: disk.name.clone(),
+        source,
+    })?;
+    let ctx = Arc::new(DiskContext::new(disk, engine, Arc::default()));
+    let entry = DiskEntry {
+        config: disk.clone(),
+        engine: Arc::clone(&ctx.engine),
+        stats: Arc::clone(&ctx.stats),
+        config_change: Arc::clone(&ctx.config_change),
+    };
+    let server = DiskServer::start(ctx, disk.socket.clone())?;
+    Ok((server, entry))
 }
 
 impl Daemon {
-    /// Opens every disk's engine and starts serving its socket. If one disk fails, the ones
-    /// already started are stopped again and the error is returned.
+    /// Opens every disk's engine and starts serving its socket. A disk that cannot be opened
+    /// is logged, left out and listed as failed by the control API: the healthy disks beside
+    /// it are served. Only when no disk at all can be served is the first error returned.
     pub fn start(config: &Config) -> Result<Self, DaemonError> {
         let mut disks = Vec::with_capacity(config.disks.len());
         let mut entries = Vec::with_capacity(config.disks.len());
+        let mut failed = Vec::new();
+        let mut first_error = None;
         for disk in &config.disks {
-            let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
-                disk: disk.name.clone(),
-                source,
-            })?;
-            let ctx = Arc::new(DiskContext::new(disk, engine, Arc::default()));
-            entries.push(DiskEntry {
-                config: disk.clone(),
-                engine: Arc::clone(&ctx.engine),
-                stats: Arc::clone(&ctx.stats),
-                config_change: Arc::clone(&ctx.config_change),
-            });
-            disks.push(DiskServer::start(ctx, disk.socket.clone())?);
+            match start_disk(disk) {
+                Ok((server, entry)) => {
+                    disks.push(server);
+                    entries.push(entry);
+                }
+                Err(e) => {
+                    error!("{e}; this disk is not served");
+                    failed.push(FailedDisk {
+                        config: disk.clone(),
+                        reason: e.to_string(),
+                    });
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let handler = Arc::new(DaemonControl::new(entries));
+        if disks.is_empty()
+            && let Some(e) = first_error
+        {
+            return Err(e);
+        }
+        let failed_names: Vec<String> = failed.iter().map(|f| f.config.name.clone()).collect();
+        let handler = Arc::new(DaemonControl::with_failed(entries, failed));
         let control = match &config.server.control_socket {
             Some(path) => Some(
                 ControlServer::start(path, Arc::clone(&handler) as _).map_err(|source| {
@@ -71,7 +101,13 @@ impl Daemon {
             disks,
             control,
             handler: Some(handler),
+            failed: failed_names,
         })
+    }
+
+    /// The names of the config's disks that could not be opened.
+    pub fn failed(&self) -> &[String] {
+        &self.failed
     }
 
     /// Each disk's name and counters.

@@ -1,6 +1,7 @@
 //! Where component devices come from: files with sidecar metadata in production, in-memory
 //! fault-injecting devices in simulation.
 
+use crate::device::lock::LockMode;
 use crate::device::{BlockDevice, FileDevice};
 use std::ffi::OsString;
 use std::io;
@@ -66,7 +67,9 @@ impl FileProvider {
             // Created, then opened again as every later open will (with O_DIRECT).
             drop(FileDevice::create(path, len)?);
         }
-        Ok(Arc::new(self.open_file(path)?))
+        Ok(Arc::new(
+            self.open_file(path)?.locked(path, LockMode::Exclusive)?,
+        ))
     }
 }
 
@@ -109,6 +112,10 @@ mod tests {
             .unwrap();
         assert_eq!((dev.data.len(), dev.meta.len()), (1 << 20, 8192));
         assert!(sidecar_path(&p).ends_with("c0.img.keelmirror"));
+        let held = FileProvider { direct: false }.open(&p, None, 1);
+        let e = held.err().expect("a component in use is refused");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        drop(dev);
         let again = FileProvider { direct: false }.open(&p, None, 1).unwrap();
         assert_eq!(again.meta.len(), 8192, "an existing sidecar keeps its size");
         FileProvider { direct: false }.remove(&p).unwrap();
