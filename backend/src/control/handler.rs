@@ -49,6 +49,7 @@ impl DiskEntry {
             queues: c.queues,
             serial: c.serial.clone(),
             connected: self.attached(),
+            space: self.engine.admin().and_then(|a| a.space()),
         }
     }
 
@@ -76,6 +77,7 @@ impl DiskEntry {
             device_bytes_written: e.device_bytes_written,
             checksum_errors: e.checksum_errors,
             snapshots_being_deleted: e.snapshots_being_deleted,
+            space: self.engine.admin().and_then(|a| a.space()),
             latency: self.stats.latency.buckets(),
         }
     }

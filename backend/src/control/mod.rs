@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 mod route;
 mod server;
+pub mod space_text;
 
 mod handler;
 

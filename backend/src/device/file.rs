@@ -6,11 +6,13 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A file or block device used through positioned reads and writes.
 pub struct FileDevice {
     file: File,
-    size: u64,
+    /// Grows (never shrinks) when a container in a regular file adds segments.
+    size: AtomicU64,
 }
 
 impl FileDevice {
@@ -25,7 +27,7 @@ impl FileDevice {
             libc::O_NOFOLLOW
         });
         let file = opts.open(path)?;
-        let size = device_size(&file)?;
+        let size = AtomicU64::new(device_size(&file)?);
         Ok(Self { file, size })
     }
 
@@ -37,7 +39,10 @@ impl FileDevice {
             .create_new(true)
             .open(path)?;
         file.set_len(size)?;
-        Ok(Self { file, size })
+        Ok(Self {
+            file,
+            size: AtomicU64::new(size),
+        })
     }
 
     /// Creates a file of `size` bytes with its space reserved (`fallocate`), so the first
@@ -63,6 +68,10 @@ impl FileDevice {
             }
         }
         Ok(dev)
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
     }
 
     /// The open file, for engines that submit I/O on its descriptor directly.
@@ -91,16 +100,16 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl BlockDevice for FileDevice {
     fn len(&self) -> u64 {
-        self.size
+        self.size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.file.read_exact_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)
     }
 
@@ -112,8 +121,35 @@ impl BlockDevice for FileDevice {
         Some(self.file.as_raw_fd())
     }
 
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let now = self.size();
+        if len <= now {
+            return Ok(());
+        }
+        if !self.file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a container in a regular file can grow",
+            ));
+        }
+        let (off, add) = (now as libc::off_t, (len - now) as libc::off_t);
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by self.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, add) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+            // A file system that cannot reserve space: the new part stays sparse.
+            self.file.set_len(len)?;
+        }
+        self.file.sync_all()?;
+        self.size.store(len, Ordering::Release);
+        Ok(())
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -165,6 +201,20 @@ mod tests {
         assert!(buf[..4096].iter().all(|&b| b == 0));
         assert!(buf[4096..].iter().all(|&b| b == 7));
         dev.flush().unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_file_grows_and_its_new_end_is_writable() {
+        let p = temp_path("grow");
+        let dev = FileDevice::create(&p, 8192).unwrap();
+        assert!(dev.write_at(&[3u8; 4096], 8192).is_err());
+        dev.grow_to(16384).unwrap();
+        assert_eq!(dev.len(), 16384);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 16384);
+        dev.write_at(&[3u8; 4096], 12288).unwrap();
+        dev.grow_to(4096).unwrap();
+        assert_eq!(dev.len(), 16384, "never shrinks");
         std::fs::remove_file(&p).unwrap();
     }
 

@@ -30,6 +30,7 @@ mod read;
 mod reclaim;
 mod recovery;
 pub mod resize;
+mod space;
 mod stats;
 mod superblock;
 mod sut;
@@ -49,6 +50,7 @@ pub use fsck::FsckReport;
 pub use io::{BatchIo, DeviceIo, Gather, StartIo};
 pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
+pub use space::{SpaceOptions, state_for};
 pub use stats::Stats;
 pub use write::InFlight;
 use write::Issue;
@@ -77,6 +79,8 @@ pub struct StoreOptions {
     pub checkpoint_percent: u8,
     /// Open the container file with O_DIRECT (falls back when the filesystem refuses).
     pub direct_io: bool,
+    /// Space thresholds, growth and how long writes wait for space.
+    pub space: SpaceOptions,
 }
 
 impl Default for StoreOptions {
@@ -85,6 +89,7 @@ impl Default for StoreOptions {
             writers: 4,
             checkpoint_percent: 50,
             direct_io: true,
+            space: SpaceOptions::default(),
         }
     }
 }
@@ -150,13 +155,18 @@ pub struct Info {
     /// Deleted snapshots whose blocks are still being given back.
     pub deleting_snapshots: usize,
     pub recovery: RecoveryReport,
+    pub space: keel_protocol::control::SpaceReport,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
 pub struct Store {
     dev: Arc<dyn BlockDevice>,
-    /// The geometry opened; its capacity is the one at open (see `capacity`).
+    /// The geometry opened; its capacity and segment count are those at open (see
+    /// `capacity` and `segments`).
     geo: Geometry,
+    /// Segments in the container: `geo.segments` until the container grows (space.rs).
+    segments: AtomicU64,
+    space: space::SpaceWatch,
     /// Guest-visible size in bytes: `geo.capacity` until the disk grows online.
     capacity: AtomicU64,
     /// Held by snapshot operations that check, then journal (delete).
@@ -308,6 +318,8 @@ impl Store {
             dev,
             geo,
             capacity: AtomicU64::new(geo.capacity),
+            segments: AtomicU64::new(geo.segments),
+            space: space::SpaceWatch::default(),
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
@@ -330,7 +342,13 @@ impl Store {
             // Replayed snapshot records may have frozen dirty nodes.
             prewrite_due: AtomicBool::new(true),
             prewritten_seq: AtomicU64::new(0),
-            pins: Arc::new(SegmentPins::new(geo.segments)),
+            // Room for every segment the container may grow to.
+            pins: Arc::new(SegmentPins::new(
+                opts.space
+                    .max_container_bytes
+                    .map_or(0, |b| b / (geo.seg_blocks * BLOCK))
+                    .max(geo.segments),
+            )),
             unwritten: unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
@@ -351,6 +369,7 @@ impl Store {
     pub fn geometry(&self) -> Geometry {
         Geometry {
             capacity: self.capacity(),
+            segments: self.segments(),
             ..self.geo
         }
     }
@@ -430,6 +449,7 @@ impl Store {
         match persist::checkpoint(self, j, io) {
             Ok(written) => {
                 j.fresh_chain = false;
+                self.note_space_freed();
                 Counters::add(&self.stats.checkpoints, 1);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
@@ -567,6 +587,7 @@ impl Store {
         )?;
         self.flush()?;
         self.wake_cleaner();
+        self.note_space_freed();
         Ok(())
     }
 
@@ -625,6 +646,11 @@ impl Store {
                 .collect(),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
+            space: {
+                drop(st);
+                drop(j);
+                self.space()
+            },
         }
     }
 }
