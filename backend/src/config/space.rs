@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
+/// How long a guest write of a served disk waits for space by default.
+pub const DEFAULT_SPACE_WAIT_MS: u64 = 10_000;
 /// The longest `space_wait_ms` accepted: a guest write must never look hung.
 pub const MAX_SPACE_WAIT_MS: u64 = 120_000;
 
@@ -29,7 +31,7 @@ impl Default for DiskSpace {
         Self {
             warn_percent: d.warn_percent,
             critical_percent: d.critical_percent,
-            wait: d.wait,
+            wait: Duration::from_millis(DEFAULT_SPACE_WAIT_MS),
             max_size: d.max_container_bytes,
         }
     }

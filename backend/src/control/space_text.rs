@@ -40,7 +40,11 @@ pub fn space_lines(s: &SpaceReport) -> Vec<String> {
             "dead blocks the cleaner gives back",
         ),
         ("  free", s.free_bytes, "for guest writes"),
-        ("  spare", s.spare_bytes, "kept for checkpoints and the cleaner"),
+        (
+            "  spare",
+            s.spare_bytes,
+            "kept for checkpoints and the cleaner",
+        ),
     ];
     for (k, v, why) in rows {
         out.push(format!("{k:<23} {:>10}  ({why})", human(v)));

@@ -319,7 +319,7 @@ impl Store {
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
-            space: space::SpaceWatch::default(),
+            space: space::SpaceWatch::new(&opts.space),
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
@@ -575,6 +575,7 @@ impl Store {
                 write(&self.state).maps.delete_snapshot(id);
                 self.checkpoint_locked(&mut j)?;
                 self.wake_cleaner();
+                self.note_space_coming();
                 return Ok(());
             }
         }
@@ -587,7 +588,7 @@ impl Store {
         )?;
         self.flush()?;
         self.wake_cleaner();
-        self.note_space_freed();
+        self.note_space_coming();
         Ok(())
     }
 

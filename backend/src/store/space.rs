@@ -24,7 +24,8 @@ pub struct SpaceOptions {
     pub warn_percent: u8,
     /// `critical` from this percentage.
     pub critical_percent: u8,
-    /// How long a guest write waits for space before it fails.
+    /// How long a guest write waits for space before it fails (none by default: keeld's
+    /// `space_wait_ms` sets it for the disks it serves).
     pub wait: Duration,
     /// The size the container file may grow to; `None`: it keeps its size.
     pub max_container_bytes: Option<u64>,
@@ -35,7 +36,7 @@ impl Default for SpaceOptions {
         Self {
             warn_percent: 85,
             critical_percent: 95,
-            wait: Duration::from_secs(10),
+            wait: Duration::ZERO,
             max_container_bytes: None,
         }
     }
@@ -55,8 +56,9 @@ const GROW_RETRY: Duration = Duration::from_secs(5);
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// The space bookkeeping an open store keeps.
-#[derive(Default)]
 pub(super) struct SpaceWatch {
+    /// How long a guest write waits for space, in microseconds (`SpaceOptions::wait` at open).
+    wait_us: AtomicU64,
     /// The state last logged, as `SpaceState as u8`.
     logged: AtomicU8,
     /// Guest writes that waited for space.
@@ -69,6 +71,19 @@ pub(super) struct SpaceWatch {
     growing: Mutex<Option<Instant>>,
     /// Bumped and signalled when space may have come back.
     freed: (Mutex<u64>, Condvar),
+}
+
+impl SpaceWatch {
+    pub(super) fn new(opts: &SpaceOptions) -> Self {
+        Self {
+            wait_us: AtomicU64::new(opts.wait.as_micros() as u64),
+            logged: AtomicU8::new(0),
+            waits: AtomicU64::new(0),
+            exhausted: AtomicBool::new(false),
+            growing: Mutex::new(None),
+            freed: (Mutex::new(0), Condvar::new()),
+        }
+    }
 }
 
 fn state_code(s: SpaceState) -> u8 {
@@ -270,14 +285,24 @@ impl Store {
             geo.container_bytes(),
             new - old
         );
-        self.note_space_freed();
+        self.note_space_coming();
         Ok(new)
     }
 
-    /// Space may have come back (a snapshot deleted, segments released, the file grown):
-    /// wakes writes waiting for it.
+    /// How long a guest write that finds no space waits for some.
+    pub fn space_wait(&self) -> Duration {
+        Duration::from_micros(self.space.wait_us.load(Ordering::Relaxed))
+    }
+
+    /// Changes how long guest writes wait for space (from the next write that runs out).
+    pub fn set_space_wait(&self, wait: Duration) {
+        self.space
+            .wait_us
+            .store(wait.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Space may have come back (segments released by a checkpoint): wakes writes waiting.
     pub(super) fn note_space_freed(&self) {
-        self.space.exhausted.store(false, Ordering::Release);
         let (n, cv) = &self.space.freed;
         *lock(n) += 1;
         cv.notify_all();
@@ -287,17 +312,17 @@ impl Store {
     /// wait is over (`deadline` passed, or an earlier wait ran out and nothing came back since),
     /// else sleeps a little or until space may be back, and returns true to look again.
     pub(super) fn wait_for_space(&self, deadline: &mut Option<Instant>) -> bool {
-        if self.space.exhausted.load(Ordering::Acquire) {
+        let wait = self.space_wait();
+        if wait.is_zero() || self.space.exhausted.load(Ordering::Acquire) {
             return false;
         }
         let end = *deadline.get_or_insert_with(|| {
             self.space.waits.fetch_add(1, Ordering::Relaxed);
             log::warn!(
-                "no space left in the container: a guest write waits up to {:?} for the cleaner \
-                 or a snapshot delete",
-                self.opts.space.wait
+                "no space left in the container: a guest write waits up to {wait:?} for the \
+                 cleaner or a snapshot delete"
             );
-            Instant::now() + self.opts.space.wait
+            Instant::now() + wait
         });
         let now = Instant::now();
         if now >= end {
@@ -310,6 +335,13 @@ impl Store {
         let seen = lock(n);
         let _ = cv.wait_timeout(seen, (end - now).min(WAIT_SLICE));
         true
+    }
+
+    /// Space is coming back (a snapshot deleted, the file grown): writes that find none wait
+    /// again, and those waiting look now.
+    pub(super) fn note_space_coming(&self) {
+        self.space.exhausted.store(false, Ordering::Release);
+        self.note_space_freed();
     }
 
     /// A writer got a segment: writes wait again the next time space runs out.
