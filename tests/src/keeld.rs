@@ -94,7 +94,18 @@ impl Drop for InProcess {
 /// Path of the keeld binary, built (once per test process) with the same profile as the tests.
 pub fn keeld_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| backend_binary("keeld")).clone()
+}
+
+/// Path of the keel CLI, built (once per test process) with the same profile as the tests.
+pub fn keel_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| backend_binary("keel")).clone()
+}
+
+/// Builds one of keel-backend's binaries with the tests' profile; returns its path.
+fn backend_binary(name: &str) -> PathBuf {
+    {
         // target/<profile>/deps/<test> -> target/<profile>
         let exe = std::env::current_exe().expect("current_exe");
         let profile_dir = exe
@@ -105,7 +116,7 @@ pub fn keeld_binary() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", "keeld"]);
+        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", name]);
         if release {
             cmd.arg("--release");
         }
@@ -113,10 +124,9 @@ pub fn keeld_binary() -> PathBuf {
             cmd.arg("--target-dir").arg(target);
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building keeld failed");
-        profile_dir.join("keeld")
-    })
-    .clone()
+        assert!(status.success(), "building {name} failed");
+        profile_dir.join(name)
+    }
 }
 
 /// The keeld binary running as a child process.

@@ -352,8 +352,7 @@ fn error_message_is_one_line_with_file_line_and_key() {
     assert!(!m.contains('\n'), "{m}");
 }
 
-const KEEL_DISK: &str =
-    "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = \"1G\"\n";
+const KEEL_DISK: &str = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = \"1G\"\n";
 
 #[test]
 fn keel_disk_space_defaults_and_keys() {
