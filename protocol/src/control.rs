@@ -70,7 +70,8 @@ pub struct SpaceReport {
     pub snapshot_bytes: u64,
     /// Live tree nodes and checkpoint blocks.
     pub metadata_bytes: u64,
-    /// Dead blocks not yet given back (the cleaner's and the next checkpoint's work).
+    /// Dead blocks not yet given back (the cleaner's and the next checkpoint's work), and the
+    /// unfilled part of the segments writers have open.
     pub reclaimable_bytes: u64,
     /// Free segments guest writes may take.
     pub free_bytes: u64,

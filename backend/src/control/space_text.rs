@@ -37,7 +37,7 @@ pub fn space_lines(s: &SpaceReport) -> Vec<String> {
         (
             "  reclaimable",
             s.reclaimable_bytes,
-            "dead blocks the cleaner gives back",
+            "dead blocks, unfilled open segments",
         ),
         ("  free", s.free_bytes, "for guest writes"),
         (

@@ -346,7 +346,7 @@ impl Store {
             pins: Arc::new(SegmentPins::new(
                 opts.space
                     .max_container_bytes
-                    .map_or(0, |b| b / (geo.seg_blocks * BLOCK))
+                    .map_or(0, |b| space::segments_within(&geo, b))
                     .max(geo.segments),
             )),
             unwritten: unwritten::Unwritten::default(),
