@@ -188,3 +188,74 @@ fn keel_info_force_share_reads_a_served_container() {
     c.write(0, CHUNK as u64, &pattern(8, CHUNK)).unwrap();
     assert_eq!(c.read(0, 0, CHUNK).unwrap(), pattern(7, CHUNK));
 }
+
+/// A 64 MiB disk written in full, then pinned by snapshot `pin`: about 32 MiB of overwrites
+/// later no space is left. `space_wait_ms` as given.
+fn pinned_small_disk(wait_ms: u64) -> (InProcess, ControlClient, Client) {
+    let keeld = InProcess::start(
+        &config(&format!("space_wait_ms = {wait_ms}")).replace("size = \"1G\"", "size = \"64M\""),
+    );
+    let api = ControlClient::new(&keeld.dir().join("keel.sock"));
+    let mut c = Client::connect(&keeld.socket("k"), 1, DEPTH * CHUNK).unwrap();
+    let chunks = (64 << 20) / CHUNK as u64;
+    assert_eq!(write_chunks(&mut c, 0..chunks, 0, || true), 0);
+    snapshot(&api, "pin");
+    (keeld, api, c)
+}
+
+/// A guest write that finds no space waits; deleting the snapshot during the wait lets it
+/// (and every later write) through.
+#[test]
+fn a_write_waiting_for_space_goes_through_when_the_snapshot_is_deleted() {
+    let (keeld, api, mut c) = pinned_small_disk(120_000);
+    let control = keeld.dir().join("keel.sock");
+    let deleter = std::thread::spawn(move || {
+        let api = ControlClient::new(&control);
+        // Until a write waits; then the delete it waits for.
+        while stats(&api).space.unwrap().space_waits == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _: serde_json::Value = api.delete("/v1/disks/k/snapshots/pin").unwrap();
+    });
+    // Twice what the pinned container has room for: some write must wait.
+    for (i, chunk) in (0..(64 << 20) / CHUNK as u64).enumerate() {
+        c.write(0, chunk * CHUNK as u64, &pattern(1000 + i as u64, CHUNK))
+            .unwrap_or_else(|e| panic!("write {i} failed: {e:?}"));
+    }
+    deleter.join().unwrap();
+    let s = stats(&api);
+    assert_eq!((s.errors, s.space.unwrap().space_waits), (0, 1));
+    assert_eq!(c.read(0, 0, CHUNK).unwrap(), pattern(1000, CHUNK));
+}
+
+/// With nothing to free, a write waits `space_wait_ms` and fails with IOERR; the next one
+/// fails at once; after the snapshot is deleted writes go through again.
+#[test]
+fn a_write_fails_with_ioerr_once_its_wait_is_over() {
+    let (_keeld, api, mut c) = pinned_small_disk(200);
+    let mut failed = None;
+    for chunk in 0..(64 << 20) / CHUNK as u64 {
+        if let Err(e) = c.write(0, chunk * CHUNK as u64, &pattern(chunk, CHUNK)) {
+            failed = Some((chunk, e.0));
+            break;
+        }
+    }
+    let (chunk, ret) = failed.expect("the pinned container ran out of space");
+    assert_eq!(ret, -libc::EIO, "VIRTIO_BLK_S_IOERR");
+    let offset = chunk * CHUNK as u64;
+    assert!(c.write(0, offset, &pattern(chunk, CHUNK)).is_err());
+    let s = stats(&api);
+    let space = s.space.unwrap();
+    assert_eq!(
+        space.space_waits, 1,
+        "the second write did not wait: {space:?}"
+    );
+    // A 64 MiB container runs out a little before `critical`: the 4 MiB segments the cleaner
+    // and the metadata writers keep open are a large share of it.
+    assert_ne!(space.state, SpaceState::Ok, "{space:?}");
+    assert_eq!(space.free_bytes, 0, "{space:?}");
+    assert!(s.errors >= 2);
+    let _: serde_json::Value = api.delete("/v1/disks/k/snapshots/pin").unwrap();
+    c.write(0, offset, &pattern(chunk, CHUNK)).unwrap();
+    assert_eq!(c.read(0, offset, CHUNK).unwrap(), pattern(chunk, CHUNK));
+}
