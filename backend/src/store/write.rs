@@ -234,9 +234,13 @@ impl Store {
             }
             attempts += 1;
             let stuck = attempts > 64 || !self.make_room(use_reserve)?;
-            // Out of space: a guest write waits a bounded time for the cleaner or a snapshot
-            // delete, looking again each time it may have come back.
-            if stuck && !use_reserve && self.wait_for_space(&mut waiting) {
+            // Out of space: a container that may grow does whatever cleaning would gain, else a
+            // guest write waits a bounded time for the cleaner or a snapshot delete, looking
+            // again each time it may have come back.
+            if stuck
+                && !use_reserve
+                && (self.grow_if_short(true) || self.wait_for_space(&mut waiting))
+            {
                 attempts = 0;
                 continue;
             }

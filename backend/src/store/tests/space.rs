@@ -242,3 +242,65 @@ fn a_write_fails_once_its_wait_is_over_and_the_next_one_fails_at_once() {
     write_blocks(&s, last, 1, 9).unwrap();
     assert!(s.fsck().is_clean());
 }
+
+/// A crash at every device write of a growth (the checkpoint's blocks, its superblock), with
+/// the unflushed writes dropped or a torn prefix of them kept, leaves either the old container
+/// or the grown one: its data and snapshot intact, fsck clean, and the next growth works.
+#[test]
+fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
+    use crate::store::testing::{CrashMode, FaultyDevice, SplitMix};
+    let opts = small_opts();
+    let start = opts.geometry().unwrap();
+    let grow_opts = || StoreOptions {
+        space: SpaceOptions {
+            max_container_bytes: Some(4 * start.container_bytes()),
+            ..SpaceOptions::default()
+        },
+        ..StoreOptions::default()
+    };
+    let cap = opts.capacity / BLOCK;
+    let mut rng = SplitMix::new(7);
+    let (mut saw_old, mut saw_new) = (false, false);
+    for fail_after in 0..12u64 {
+        for mode in [CrashMode::DropAll, CrashMode::TornPrefix] {
+            let dev = Arc::new(FaultyDevice::new(start.container_bytes()));
+            Store::format(dev.as_ref(), &opts).unwrap();
+            let s = Store::open(dev.clone(), grow_opts()).unwrap();
+            write_blocks(&s, 0, cap, 1).unwrap();
+            let snap = s.create_snapshot("keep").unwrap();
+            write_blocks(&s, 0, cap / 2, 2).unwrap();
+            s.flush().unwrap();
+            // (The overwrite may have grown it already.)
+            let before = s.geometry().segments;
+            dev.fail_writes_after(Some(fail_after));
+            let _ = s.grow_container(before + 16);
+            let img = dev.crash_image(mode, &mut rng);
+            drop(s);
+
+            let dev = Arc::new(FaultyDevice::from_image(img));
+            let s = Store::open(dev, grow_opts()).unwrap();
+            let segments = s.geometry().segments;
+            assert!(segments == before || segments == before + 16, "{segments}");
+            saw_old |= segments == before;
+            saw_new |= segments > before;
+            let f = s.fsck();
+            assert!(
+                f.is_clean(),
+                "after {fail_after} writes, {mode:?}: {:?}",
+                f.problems
+            );
+            let mut b = vec![0u8; (cap * BLOCK) as usize];
+            s.read(0, &mut b).unwrap();
+            let half = (cap / 2 * BLOCK) as usize;
+            assert!(b[..half].iter().all(|x| *x == 2) && b[half..].iter().all(|x| *x == 1));
+            assert_eq!(s.list_snapshots()[0].id, snap);
+            assert_eq!(s.grow_container(before + 32).unwrap(), before + 32);
+            write_blocks(&s, 0, cap, 3).unwrap();
+            assert!(s.fsck().is_clean());
+        }
+    }
+    assert!(
+        saw_old && saw_new,
+        "crash points on both sides of the commit"
+    );
+}
