@@ -94,39 +94,37 @@ impl Drop for InProcess {
 /// Path of the keeld binary, built (once per test process) with the same profile as the tests.
 pub fn keeld_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| backend_binary("keeld")).clone()
+    BIN.get_or_init(|| built_binary("keeld")).clone()
 }
 
-/// Path of the keel CLI, built (once per test process) with the same profile as the tests.
+/// The `keel` CLI, built once with the tests' profile.
 pub fn keel_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| backend_binary("keel")).clone()
+    BIN.get_or_init(|| built_binary("keel")).clone()
 }
 
-/// Builds one of keel-backend's binaries with the tests' profile; returns its path.
-fn backend_binary(name: &str) -> PathBuf {
-    {
-        // target/<profile>/deps/<test> -> target/<profile>
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "keel-backend", "--bin", name]);
-        if release {
-            cmd.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building {name} failed");
-        profile_dir.join(name)
+/// Builds keel-backend's binary `name` with the running test's profile and target dir.
+fn built_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "keel-backend", "--bin", name]);
+    if release {
+        cmd.arg("--release");
     }
+    if let Some(target) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target);
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {name} failed");
+    profile_dir.join(name)
 }
 
 /// The keeld binary running as a child process.
