@@ -73,23 +73,23 @@ use sut::{SegKind, Sut};
 /// How an open store behaves.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// Space thresholds, growth and how long writes wait for space.
+    pub space: SpaceOptions,
     /// Writer slots (one open segment each); queue workers pass their index.
     pub writers: usize,
     /// Checkpoint when the journal is this many percent full.
     pub checkpoint_percent: u8,
     /// Open the container file with O_DIRECT (falls back when the filesystem refuses).
     pub direct_io: bool,
-    /// Space thresholds, growth and how long writes wait for space.
-    pub space: SpaceOptions,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
+            space: SpaceOptions::default(),
             writers: 4,
             checkpoint_percent: 50,
             direct_io: true,
-            space: SpaceOptions::default(),
         }
     }
 }
