@@ -161,14 +161,17 @@ impl Store {
         if before != state_code(now) {
             let held = read(&self.state).sut.held_blocks();
             let pct = self.used_percent(held);
-            let grows = match self.opts.space.max_container_bytes {
-                Some(max) => format!(", the container grows up to {max} bytes"),
-                None => String::new(),
+            let (grows, advice) = match self.opts.space.max_container_bytes {
+                Some(max) => (
+                    format!(" (growing up to {max} bytes)"),
+                    "delete snapshots or raise max_size",
+                ),
+                None => (String::new(), "delete snapshots or set max_size"),
             };
             if state_code(now) > before {
                 log::warn!(
-                    "space {}: {pct:.1}% of the container's usable space is held by the disk, \
-                     its snapshots and metadata{grows}; delete snapshots or set max_size",
+                    "space {}: {pct:.1}% of the container's usable space{grows} is held by the \
+                     disk, its snapshots and metadata; {advice}",
                     now.as_str()
                 );
             } else {
@@ -182,7 +185,11 @@ impl Store {
     /// tell its blocks from those only snapshots hold).
     pub fn space(&self) -> SpaceReport {
         let st = read(&self.state);
-        let geo = self.geometry();
+        // The table's count: a growth may have added segments it has not published yet.
+        let geo = Geometry {
+            segments: st.sut.segments(),
+            ..self.geometry()
+        };
         let (mut data, mut meta) = (0u64, 0u64);
         for seg in geo.first_data_segment()..geo.segments {
             match st.sut.kind(seg) {
@@ -200,7 +207,7 @@ impl Store {
         let free = free_segs * geo.seg_blocks - spare;
         let live = running.min(data);
         let used_percent = self.used_percent(held);
-        let max = self.max_segments();
+        let max = self.max_segments().max(geo.segments);
         SpaceReport {
             container_bytes: geo.container_bytes(),
             max_container_bytes: (max > geo.segments).then(|| max * geo.seg_blocks * BLOCK),
@@ -227,9 +234,12 @@ impl Store {
         }
         let short = {
             let st = read(&self.state);
-            let geo = self.geometry();
+            let geo = Geometry {
+                segments: st.sut.segments(),
+                ..self.geometry()
+            };
             let free = st.sut.free_count();
-            let in_use = (geo.data_segments() - free) * geo.seg_blocks;
+            let in_use = geo.data_segments().saturating_sub(free) * geo.seg_blocks;
             free < geo.reserved_segments() + GROW_BELOW_FREE
                 && st.sut.held_blocks() * 100 >= in_use * GROW_WHEN_HELD_PERCENT
         };
