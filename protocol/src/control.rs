@@ -28,6 +28,9 @@ pub struct DiskInfo {
     /// Why a failed disk could not be opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the container's space goes (keel engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<SpaceReport>,
 }
 
 /// A configured disk's state.
@@ -39,6 +42,69 @@ pub enum DiskState {
     Serving,
     /// It could not be opened (see `error`); the other disks are served without it.
     Failed,
+}
+
+/// How close a keel container is to running out of space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpaceState {
+    /// Below the `space_warn` threshold.
+    #[default]
+    Ok,
+    /// At or above `space_warn`: snapshots or growth are using up the container.
+    Low,
+    /// At or above `space_critical`: guest writes may soon wait for space, then fail.
+    Critical,
+}
+
+impl SpaceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Low => "low",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// Where a keel container's data space goes, in bytes.
+///
+/// `live_bytes + snapshot_bytes + metadata_bytes + reclaimable_bytes + free_bytes + spare_bytes`
+/// is `data_bytes`: every block of the data segments is counted once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpaceReport {
+    /// The container file's size now.
+    pub container_bytes: u64,
+    /// The size it may grow to (`max_size`), when growth is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_container_bytes: Option<u64>,
+    /// Data and metadata segments: everything but the superblocks and the journal.
+    pub data_bytes: u64,
+    /// Blocks the running disk maps.
+    pub live_bytes: u64,
+    /// Blocks only snapshots (or snapshots being deleted) still hold: overwritten or discarded
+    /// since, they would be freed by deleting those snapshots.
+    pub snapshot_bytes: u64,
+    /// Live tree nodes and checkpoint blocks.
+    pub metadata_bytes: u64,
+    /// Dead blocks not yet given back (the cleaner's and the next checkpoint's work), and the
+    /// unfilled part of the segments writers have open.
+    pub reclaimable_bytes: u64,
+    /// Free segments guest writes may take.
+    pub free_bytes: u64,
+    /// Free segments kept back for checkpoints and the cleaner (guest writes never get them).
+    pub spare_bytes: u64,
+    /// Held blocks (live, snapshot, metadata) in percent of the space guest data may use
+    /// (of the largest container when growth is on).
+    pub used_percent: f64,
+    pub state: SpaceState,
+    /// Guest writes that had to wait for space since keeld started.
+    #[serde(default)]
+    pub space_waits: u64,
+    /// True when read from a container another process has open (`keel info -U`): the
+    /// figures are those of its last checkpoint and may be slightly stale.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// One bucket of a latency histogram: requests that took at most `le_us`.
@@ -76,6 +142,9 @@ pub struct DiskStats {
     /// Deleted snapshots whose blocks are still being given back (keel engine).
     #[serde(default)]
     pub snapshots_being_deleted: u64,
+    /// Where the container's space goes (keel engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<SpaceReport>,
     /// Completion latency of reads and writes, cumulative buckets.
     pub latency: Vec<LatencyBucket>,
 }

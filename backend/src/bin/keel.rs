@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
 use keel_backend::device::lock::{LockMode, lock_file};
+use keel_backend::control::space_text;
+use keel_backend::device::FileDevice;
 use keel_backend::store::diff::RUNNING;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
@@ -37,6 +39,10 @@ enum Cmd {
         path: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Read a container another process (keeld) has open, without its lock and without
+        /// writing: the figures are those on disk and may be slightly stale.
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Check every tree, the VBA map, the segment usage table and all checksums.
     Fsck {
@@ -489,8 +495,36 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     Ok(())
 }
 
-fn info(path: &Path, json: bool) -> Result<(), String> {
-    let i = open(path)?.info();
+/// Opens `path` read-only without taking its lock, for a look at a container in use. A read
+/// that met a checkpoint being written is retried.
+fn open_shared(path: &Path) -> Result<Store, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let opened = FileDevice::open(path, true, true)
+            .or_else(|_| FileDevice::open(path, true, false))
+            .map_err(StoreError::from)
+            .and_then(|dev| {
+                let opts = StoreOptions {
+                    read_only: true,
+                    ..StoreOptions::default()
+                };
+                Store::open(std::sync::Arc::new(dev), opts)
+            });
+        match opened {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{}: {e}", path.display()),
+        }
+    }
+    Err(last)
+}
+
+fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
+    let mut i = if force_share {
+        open_shared(path)?.info()
+    } else {
+        open(path)?.info()
+    };
+    i.space.stale = force_share;
     if json {
         return print_json(&i);
     }
@@ -540,6 +574,9 @@ fn info(path: &Path, json: bool) -> Result<(), String> {
             "being deleted    {} (blocks given back when keeld next serves the disk)",
             i.deleting_snapshots
         );
+    }
+    for line in space_text::space_lines(&i.space) {
+        println!("{line}");
     }
     Ok(())
 }
@@ -621,7 +658,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 human(g.seg_blocks * 4096)
             );
         }
-        Cmd::Info { path, json } => info(&path, json)?,
+        Cmd::Info {
+            path,
+            json,
+            force_share,
+        } => info(&path, json, force_share)?,
         Cmd::Fsck { path, json } => {
             let r = open(&path)?.fsck();
             if json {

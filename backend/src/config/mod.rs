@@ -4,8 +4,10 @@
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
 mod size;
+mod space;
 
 pub use size::{SizeValue, parse_size};
+pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
 
 use std::collections::HashMap;
 use std::fs;
@@ -91,6 +93,8 @@ pub struct DiskConfig {
     pub poll_us: u32,
     /// Latency added to every request (testing and planning; 0 = none).
     pub delay_us: u32,
+    /// Space thresholds, growth and waiting (keel engine).
+    pub space: DiskSpace,
 }
 
 /// A whole, checked config file.
@@ -135,6 +139,10 @@ struct RawDisk {
     logical_block_size: Option<Spanned<u32>>,
     poll_us: Option<Spanned<u32>>,
     delay_us: Option<Spanned<u32>>,
+    max_size: Option<Spanned<SizeValue>>,
+    space_warn: Option<Spanned<space::PercentValue>>,
+    space_critical: Option<Spanned<space::PercentValue>>,
+    space_wait_ms: Option<Spanned<u64>>,
 }
 
 impl Config {
@@ -422,6 +430,7 @@ impl Checker<'_> {
             }
         };
 
+        let space = self.check_space(raw, engine, size, path.as_deref())?;
         Ok(DiskConfig {
             name,
             socket,
@@ -439,6 +448,7 @@ impl Checker<'_> {
             logical_block_size,
             poll_us,
             delay_us,
+            space,
         })
     }
 

@@ -351,3 +351,50 @@ fn error_message_is_one_line_with_file_line_and_key() {
     assert!(m.contains("keel.toml:6: `queues`:"), "{m}");
     assert!(!m.contains('\n'), "{m}");
 }
+
+const KEEL_DISK: &str = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = \"1G\"\n";
+
+#[test]
+fn keel_disk_space_defaults_and_keys() {
+    let (_dir, r) = parse(KEEL_DISK);
+    let d = &r.unwrap().disks[0];
+    assert_eq!(d.space, DiskSpace::default());
+    assert_eq!((d.space.warn_percent, d.space.critical_percent), (85, 95));
+    assert_eq!(d.space.wait, std::time::Duration::from_secs(10));
+    assert_eq!(d.space.max_size, None);
+
+    let (_dir, r) = parse(&format!(
+        "{KEEL_DISK}max_size = \"4G\"\nspace_warn = \"70%\"\nspace_critical = 90\nspace_wait_ms = 2500\n"
+    ));
+    let d = &r.unwrap().disks[0];
+    assert_eq!(d.space.max_size, Some(4 << 30));
+    assert_eq!((d.space.warn_percent, d.space.critical_percent), (70, 90));
+    assert_eq!(d.space.wait, std::time::Duration::from_millis(2500));
+}
+
+#[test]
+fn space_keys_are_checked() {
+    let bad = |extra: &str, key: &str, line: usize| {
+        let (_dir, r) = parse(&format!("{KEEL_DISK}{extra}"));
+        assert_invalid(r, key, line)
+    };
+    let m = bad("space_warn = \"eighty\"\n", "space_warn", 7);
+    assert!(m.contains("not a percentage"), "{m}");
+    let m = bad("space_critical = \"101%\"\n", "space_critical", 7);
+    assert!(m.contains("outside"), "{m}");
+    let m = bad("space_warn = 96\n", "space_warn", 7);
+    assert!(m.contains("above space_critical"), "{m}");
+    let m = bad("space_wait_ms = 600000\n", "space_wait_ms", 7);
+    assert!(m.contains("limit"), "{m}");
+    let m = bad("max_size = \"1G\"\n", "max_size", 7);
+    assert!(m.contains("below") && m.contains("starts with"), "{m}");
+    let m = bad("max_size = \"lots\"\n", "max_size", 7);
+    assert!(m.contains("not a size"), "{m}");
+
+    let (_dir, r) = parse(&format!("{NULL_DISK}space_warn = \"50%\"\n"));
+    let m = assert_invalid(r, "space_warn", 6);
+    assert!(m.contains("only the keel engine"), "{m}");
+    let (_dir, r) = parse(&format!("{NULL_DISK}max_size = \"2G\"\n"));
+    let m = assert_invalid(r, "max_size", 6);
+    assert!(m.contains("only a keel container grows"), "{m}");
+}

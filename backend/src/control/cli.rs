@@ -107,17 +107,21 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
         return print_json(&disks);
     }
     println!(
-        "{:<16} {:<6} {:>12} {:>6} {:<9} socket",
-        "disk", "engine", "size", "queues", "attached"
+        "{:<16} {:<6} {:>12} {:>6} {:<9} {:<14} socket",
+        "disk", "engine", "size", "queues", "attached", "space"
     );
     for d in disks {
+        let space = d.space.as_ref().map_or("-".to_string(), |s| {
+            format!("{} {:.0}%", s.state.as_str(), s.used_percent)
+        });
         println!(
-            "{:<16} {:<6} {:>12} {:>6} {:<9} {}",
+            "{:<16} {:<6} {:>12} {:>6} {:<9} {:<14} {}",
             d.name,
             d.engine,
             d.size,
             d.queues,
             if d.connected { "yes" } else { "no" },
+            space,
             d.socket
         );
         if let Some(e) = &d.error {
@@ -151,6 +155,9 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     ];
     for (k, v) in rows {
         println!("{k:<23} {v}");
+    }
+    for line in s.space.iter().flat_map(super::space_text::space_lines) {
+        println!("{line}");
     }
     let guest = s.writes + s.discards + s.write_zeroes;
     if guest > 0 && s.metadata_transactions > 0 {

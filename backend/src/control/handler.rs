@@ -51,6 +51,7 @@ impl DiskEntry {
             connected: self.attached(),
             state: DiskState::Serving,
             error: None,
+            space: self.engine.admin().and_then(|a| a.space()),
         }
     }
 
@@ -78,6 +79,7 @@ impl DiskEntry {
             device_bytes_written: e.device_bytes_written,
             checksum_errors: e.checksum_errors,
             snapshots_being_deleted: e.snapshots_being_deleted,
+            space: self.engine.admin().and_then(|a| a.space()),
             latency: self.stats.latency.buckets(),
         }
     }
@@ -128,6 +130,7 @@ impl FailedDisk {
             connected: false,
             state: DiskState::Failed,
             error: Some(self.reason.clone()),
+            space: None,
         }
     }
 }

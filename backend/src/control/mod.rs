@@ -10,6 +10,7 @@ mod http;
 mod route;
 mod server;
 pub mod table;
+pub mod space_text;
 
 mod handler;
 

@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Memory, offset and length alignment O_DIRECT needs on common devices.
 pub const DIRECT_ALIGN: usize = 512;
@@ -21,7 +22,8 @@ pub struct FileDevice {
     file: File,
     /// The page-cache descriptor beside an O_DIRECT `file`, for requests it refuses.
     buffered: Option<File>,
-    size: u64,
+    /// Grows (never shrinks) when a container in a regular file adds segments.
+    size: AtomicU64,
     /// The file's OFD lock, on a descriptor of its own (see [`super::lock`]).
     _lock: Option<File>,
 }
@@ -51,7 +53,7 @@ impl FileDevice {
         };
         let file = open(direct)?;
         let buffered = if direct { Some(open(false)?) } else { None };
-        let size = device_size(&file)?;
+        let size = AtomicU64::new(device_size(&file)?);
         Ok(Self {
             file,
             buffered,
@@ -94,7 +96,7 @@ impl FileDevice {
         Ok(Self {
             file,
             buffered: None,
-            size,
+            size: AtomicU64::new(size),
             _lock: None,
         })
     }
@@ -128,6 +130,10 @@ impl FileDevice {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
 }
 
 /// Size of a regular file or a block device in bytes.
@@ -150,11 +156,11 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl BlockDevice for FileDevice {
     fn len(&self) -> u64 {
-        self.size
+        self.size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         match self.fd_for(buf, offset) {
             (f, true) => match f.read_exact_at(buf, offset) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
@@ -169,7 +175,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         match self.fd_for(buf, offset) {
             (f, true) => match f.write_all_at(buf, offset) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self
@@ -187,12 +193,39 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
 
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let now = self.size();
+        if len <= now {
+            return Ok(());
+        }
+        if !self.file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a container in a regular file can grow",
+            ));
+        }
+        let (off, add) = (now as libc::off_t, (len - now) as libc::off_t);
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by self.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, add) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+            // A file system that cannot reserve space: the new part stays sparse.
+            self.file.set_len(len)?;
+        }
+        self.file.sync_all()?;
+        self.size.store(len, Ordering::Release);
+        Ok(())
+    }
+
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.file.as_raw_fd())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -284,6 +317,20 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(dev.read_at(&mut b, u64::MAX).is_err());
         assert!(dev.discard(u64::MAX, 2).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_file_grows_and_its_new_end_is_writable() {
+        let p = temp_path("grow");
+        let dev = FileDevice::create(&p, 8192).unwrap();
+        assert!(dev.write_at(&[3u8; 4096], 8192).is_err());
+        dev.grow_to(16384).unwrap();
+        assert_eq!(dev.len(), 16384);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 16384);
+        dev.write_at(&[3u8; 4096], 12288).unwrap();
+        dev.grow_to(4096).unwrap();
+        assert_eq!(dev.len(), 16384, "never shrinks");
         std::fs::remove_file(&p).unwrap();
     }
 }

@@ -44,6 +44,16 @@ pub trait BlockDevice: Send + Sync {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// Extends the device to `len` bytes with its new space reserved, so a container can
+    /// add segments. Only a regular file grows; other devices refuse.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "only a container in a regular file can grow",
+        ))
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies inside a device of `size` bytes.

@@ -52,6 +52,11 @@ pub trait EngineAdmin: Send + Sync {
         EngineCounters::default()
     }
 
+    /// Where the disk's container space goes, for engines that keep one.
+    fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
+        None
+    }
+
     fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
         unsupported("snapshots")
     }

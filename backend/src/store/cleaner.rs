@@ -121,7 +121,7 @@ impl Store {
             let mut st = write(&self.state);
             let half = (self.geo.seg_blocks / 2) as u32;
             let sparse: std::collections::HashSet<u64> = (self.geo.first_data_segment()
-                ..self.geo.segments)
+                ..self.segments())
                 .filter(|s| {
                     st.sut.kind(*s) == SegKind::Meta
                         && !st.sut.is_open(*s)
@@ -151,7 +151,7 @@ impl Store {
         let st = read(&self.state);
         let half = (self.geo.seg_blocks / 2) as u32;
         let enough = (self.geometry().reserved_segments() / 2).max(2) as usize;
-        (self.geo.first_data_segment()..self.geo.segments)
+        (self.geo.first_data_segment()..self.segments())
             .filter(|s| {
                 st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
             })
@@ -250,6 +250,11 @@ impl Drop for CleanerHandle {
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
     while !stop.load(Ordering::Acquire) {
+        store.watch_space();
+        // Growing the file is far cheaper than moving mostly live segments.
+        if store.grow_if_short(false) {
+            continue;
+        }
         let free = store.free_segments();
         let reserve = store.geometry().reserved_segments();
         let urgent = free < reserve + cfg.low_water;

@@ -142,6 +142,13 @@ impl Maps {
     }
 
     /// Fills the reverse map from the VBA map (after loading a checkpoint).
+    /// The container now has `blocks` blocks (it grew): room for their reverse entries.
+    pub fn grow_blocks(&mut self, blocks: u64) {
+        if blocks as usize > self.rmap.len() {
+            self.rmap.resize(blocks as usize, NO_VBA);
+        }
+    }
+
     pub fn rebuild_rmap(&mut self) {
         self.rmap.fill(NO_VBA);
         for (v, e) in self.vba.entries(self.vba_root) {

@@ -30,6 +30,7 @@ mod read;
 mod reclaim;
 mod recovery;
 pub mod resize;
+mod space;
 mod stats;
 mod superblock;
 mod sut;
@@ -50,6 +51,7 @@ pub use fsck::FsckReport;
 pub use io::{BatchIo, DeviceIo, Gather, StartIo};
 pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
+pub use space::{SpaceOptions, state_for};
 pub use stats::Stats;
 pub use write::InFlight;
 use write::Issue;
@@ -72,6 +74,8 @@ use sut::{SegKind, Sut};
 /// How an open store behaves.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// Space thresholds, growth and how long writes wait for space.
+    pub space: SpaceOptions,
     /// Writer slots (one open segment each); queue workers pass their index.
     pub writers: usize,
     /// Checkpoint when the journal is this many percent full.
@@ -82,15 +86,21 @@ pub struct StoreOptions {
     /// last intact state and discard the rest (`keel recover --rewind`). Off, such a
     /// container is refused.
     pub rewind: bool,
+    /// Open to look only (`keel info -U` on a container another process has open): nothing is
+    /// written at open, and what recovery would call damage is only reported (a live writer's
+    /// journal can look that way mid-write).
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
+            space: SpaceOptions::default(),
             writers: 4,
             checkpoint_percent: 50,
             direct_io: true,
             rewind: false,
+            read_only: false,
         }
     }
 }
@@ -158,13 +168,18 @@ pub struct Info {
     /// Deleted snapshots whose blocks are still being given back.
     pub deleting_snapshots: usize,
     pub recovery: RecoveryReport,
+    pub space: keel_protocol::control::SpaceReport,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
 pub struct Store {
     dev: Arc<dyn BlockDevice>,
-    /// The geometry opened; its capacity is the one at open (see `capacity`).
+    /// The geometry opened; its capacity and segment count are those at open (see
+    /// `capacity` and `segments`).
     geo: Geometry,
+    /// Segments in the container: `geo.segments` until the container grows (space.rs).
+    segments: AtomicU64,
+    space: space::SpaceWatch,
     /// Guest-visible size in bytes: `geo.capacity` until the disk grows online.
     capacity: AtomicU64,
     /// Held by snapshot operations that check, then journal (delete).
@@ -306,8 +321,12 @@ impl Store {
 
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
-        let mut loaded = recovery::load(dev.as_ref(), opts.rewind)?;
+        let mut loaded = recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
+        if opts.read_only {
+            loaded.stale_slot = None;
+            loaded.erase = None;
+        }
         // Before anything new is written: the other superblock copy made current again, and
         // the records recovery dropped erased, so no later recovery can mistake them.
         if let Some(slot) = loaded.stale_slot {
@@ -329,6 +348,8 @@ impl Store {
             dev,
             geo,
             capacity: AtomicU64::new(geo.capacity),
+            segments: AtomicU64::new(geo.segments),
+            space: space::SpaceWatch::new(&opts.space),
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
@@ -352,7 +373,13 @@ impl Store {
             // Replayed snapshot records may have frozen dirty nodes.
             prewrite_due: AtomicBool::new(true),
             prewritten_seq: AtomicU64::new(0),
-            pins: Arc::new(SegmentPins::new(geo.segments)),
+            // Room for every segment the container may grow to.
+            pins: Arc::new(SegmentPins::new(
+                opts.space
+                    .max_container_bytes
+                    .map_or(0, |b| space::segments_within(&geo, b))
+                    .max(geo.segments),
+            )),
             unwritten: unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
@@ -373,6 +400,7 @@ impl Store {
     pub fn geometry(&self) -> Geometry {
         Geometry {
             capacity: self.capacity(),
+            segments: self.segments(),
             ..self.geo
         }
     }
@@ -485,6 +513,7 @@ impl Store {
         match persist::checkpoint(self, j, io) {
             Ok(written) => {
                 j.fresh_chain = false;
+                self.note_space_freed();
                 Counters::add(&self.stats.checkpoints, 1);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
@@ -610,6 +639,7 @@ impl Store {
                 write(&self.state).maps.delete_snapshot(id);
                 self.checkpoint_locked(&mut j)?;
                 self.wake_cleaner();
+                self.note_space_coming();
                 return Ok(());
             }
         }
@@ -622,6 +652,7 @@ impl Store {
         )?;
         self.flush()?;
         self.wake_cleaner();
+        self.note_space_coming();
         Ok(())
     }
 
@@ -680,6 +711,11 @@ impl Store {
                 .collect(),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
+            space: {
+                drop(st);
+                drop(j);
+                self.space()
+            },
         }
     }
 }

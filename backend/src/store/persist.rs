@@ -273,7 +273,13 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     let mut prewriter = lock(&store.prewriter);
     let prepared = {
         let mut st = write(&store.state);
-        prepare(&mut st, &mut j.meta_writer, &store.geo, generation, lsn)?
+        prepare(
+            &mut st,
+            &mut j.meta_writer,
+            &j.superblock.geometry,
+            generation,
+            lsn,
+        )?
     };
     let encoding = t0.elapsed();
     let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;

@@ -86,12 +86,13 @@ impl Store {
             let last = (offset + len - 1) / BLOCK;
             blocks.reserve((last - first + 1) as usize);
             let st = read(&self.state);
+            let geo = self.geometry();
             for lba in first..=last {
                 let Some((vba, e)) = st.maps.lookup(lba) else {
                     blocks.push(None);
                     continue;
                 };
-                if !self.geo.is_data_block(e.pba) {
+                if !geo.is_data_block(e.pba) {
                     return Err(StoreError::corrupt(
                         "VBA map",
                         format!("LBA {lba} maps to block {} outside the segments", e.pba),

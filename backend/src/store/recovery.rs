@@ -110,7 +110,7 @@ pub fn pick_superblock(dev: &dyn BlockDevice) -> Result<Picked> {
 }
 
 /// Loads the container on `dev`. Damage that would silently lose acknowledged, flushed
-/// writes is an error, unless `rewind` accepts the loss (it is then reported).
+/// writes is an error, unless `rewind` accepts it (it is then reported in `rewound`).
 pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
     let t0 = Instant::now();
     let picked = pick_superblock(dev)?;
@@ -219,7 +219,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
                 ),
             ));
         }
-        log::warn!("rewinding: {why}");
+        log::warn!("opened past damage (a rewind, or a look at a container in use): {why}");
     }
     if !found.is_empty() {
         log::warn!(

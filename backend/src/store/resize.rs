@@ -4,7 +4,7 @@
 //! plus the segments reserved for checkpoints and the cleaner. The capacity can grow in place
 //! as long as what is left still gives the cleaner [`MIN_SPARE_PERCENT`] of spare space;
 //! beyond that the container itself would have to grow (more segments, a larger usage table),
-//! which this does not do. Shrinking is refused: the guest's data past the new end would go.
+//! which this does not do (a container file grows for space, not capacity: `space.rs`). Shrinking is refused: the guest's data past the new end would go.
 //!
 //! The new capacity is written in the superblock by a checkpoint before any write may reach it,
 //! so a crash leaves either the old size or the new one with everything below it. Online, the

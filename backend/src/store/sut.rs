@@ -29,6 +29,8 @@ pub struct Sut {
     open: BTreeSet<u64>,
     /// Decrements below zero seen (a bookkeeping bug or corruption); fsck reports them.
     pub underflows: u64,
+    /// Sum of `live`: blocks held by data and metadata, kept for the space checks.
+    held: u64,
 }
 
 impl Sut {
@@ -48,6 +50,7 @@ impl Sut {
             pending: BTreeSet::new(),
             open: BTreeSet::new(),
             underflows: 0,
+            held: 0,
         };
         s.rebuild_free();
         s
@@ -93,6 +96,7 @@ impl Sut {
         let seg = self.geo.segment_of(pba) as usize;
         if let Some(l) = self.live.get_mut(seg) {
             *l += 1;
+            self.held += 1;
             self.kind[seg] = kind;
             self.pending.remove(&(seg as u64));
         }
@@ -110,6 +114,7 @@ impl Sut {
             return;
         }
         *l -= 1;
+        self.held -= 1;
         if *l == 0 && !self.open.contains(&seg) {
             self.pending.insert(seg);
         }
@@ -212,9 +217,45 @@ impl Sut {
             }
             s.live[seg] = live;
             s.kind[seg] = kind;
+            s.held += u64::from(live);
         }
         s.rebuild_free();
         Ok(s)
+    }
+
+    /// Blocks held by data and metadata in every segment.
+    pub fn held_blocks(&self) -> u64 {
+        self.held
+    }
+
+    /// Segments in the table.
+    pub fn segments(&self) -> u64 {
+        self.geo.segments
+    }
+
+    /// Adds segments up to `segments` in all: they are pending, so they become free only
+    /// once a checkpoint that records them (and the container's new size) has committed.
+    pub fn extend(&mut self, segments: u64) {
+        if segments <= self.geo.segments {
+            return;
+        }
+        let n = segments as usize;
+        self.live.resize(n, 0);
+        self.kind.resize(n, SegKind::Free);
+        self.pending.extend(self.geo.segments..segments);
+        self.geo.segments = segments;
+    }
+
+    /// Undoes an [`extend`](Self::extend) whose checkpoint did not commit.
+    pub fn truncate(&mut self, segments: u64) {
+        if segments >= self.geo.segments {
+            return;
+        }
+        self.pending.retain(|s| *s < segments);
+        self.free.retain(|s| *s < segments);
+        self.live.truncate(segments as usize);
+        self.kind.truncate(segments as usize);
+        self.geo.segments = segments;
     }
 
     /// Live counts, for fsck.
@@ -272,6 +313,26 @@ mod tests {
     }
 
     #[test]
+    fn added_segments_are_free_only_after_a_checkpoint() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let free0 = s.free_count();
+        s.extend(g.segments + 8);
+        assert_eq!((s.free_count(), s.pending_count()), (free0, 8));
+        s.release_pending(&|_| false);
+        assert_eq!(s.free_count(), free0 + 8);
+        let seg = s.grab(SegKind::Data, true).unwrap();
+        s.add(g.segment_start(seg), SegKind::Data);
+        assert_eq!(s.held_blocks(), 1);
+        s.dec(g.segment_start(seg));
+        assert_eq!(s.held_blocks(), 0);
+        let mut undone = Sut::new(g);
+        undone.extend(g.segments + 8);
+        undone.truncate(g.segments);
+        assert_eq!((undone.free_count(), undone.pending_count()), (free0, 0));
+    }
+
+    #[test]
     fn encode_round_trip() {
         let g = geo();
         let mut s = Sut::new(g);
@@ -281,6 +342,7 @@ mod tests {
         assert!(s.encode(&mut b));
         let d = Sut::decode(g, &b).unwrap();
         assert_eq!(d.live(seg), 1);
+        assert_eq!(d.held_blocks(), 1);
         assert_eq!(d.kind(seg), SegKind::Meta);
         assert_eq!(d.free_count(), s.free_count());
     }

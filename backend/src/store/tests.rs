@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod in_flight;
 mod model;
+mod space;
 
 use super::testing::FaultyDevice;
 use super::{CreateOptions, Store, StoreOptions};

@@ -217,6 +217,7 @@ impl Store {
         use_reserve: bool,
     ) -> Result<(u64, usize)> {
         let mut attempts = 0;
+        let mut waiting = None;
         loop {
             if let Some(r) = w.take(want) {
                 return Ok(r);
@@ -224,15 +225,33 @@ impl Store {
             let seg = write(&self.state).sut.grab(SegKind::Data, use_reserve);
             if let Some(seg) = seg {
                 w.start(seg);
+                if !use_reserve {
+                    self.note_space_found();
+                }
+                continue;
+            }
+            // A container that may grow does, rather than move data that is mostly live.
+            if !use_reserve && self.grow_if_short(attempts > 0) {
                 continue;
             }
             attempts += 1;
-            if attempts > 64 || !self.make_room(use_reserve)? {
+            let stuck = attempts > 64 || !self.make_room(use_reserve)?;
+            // Out of space: a container that may grow does whatever cleaning would gain, else a
+            // guest write waits a bounded time for the cleaner or a snapshot delete, looking
+            // again each time it may have come back.
+            if stuck
+                && !use_reserve
+                && (self.grow_if_short(true) || self.wait_for_space(&mut waiting))
+            {
+                attempts = 0;
+                continue;
+            }
+            if stuck {
                 let st = read(&self.state);
                 let mut hist = [0u32; 11];
                 let mut meta = 0;
                 let mut open = 0;
-                for seg in self.geo.first_data_segment()..self.geo.segments {
+                for seg in self.geo.first_data_segment()..self.segments() {
                     match st.sut.kind(seg) {
                         SegKind::Data if st.sut.is_open(seg) => open += 1,
                         SegKind::Data => {

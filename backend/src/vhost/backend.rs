@@ -441,6 +441,7 @@ mod tests {
             logical_block_size: 512,
             poll_us: 0,
             delay_us: 0,
+            space: Default::default(),
         }
     }
 

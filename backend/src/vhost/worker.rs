@@ -581,6 +581,7 @@ mod tests {
             logical_block_size: 512,
             poll_us: 0,
             delay_us: 0,
+            space: Default::default(),
         };
         let engine = Arc::new(NullEngine::new(1 << 20, false));
         Arc::new(DiskContext::new(&cfg, engine, Arc::default()))

@@ -47,6 +47,7 @@ impl KeelEngine {
         let opts = StoreOptions {
             writers,
             direct_io: disk.direct,
+            space: disk.space.store_options(),
             ..StoreOptions::default()
         };
         let (store, mirror, where_) = if disk.mirror.is_empty() {
@@ -281,6 +282,10 @@ impl EngineAdmin for KeelEngine {
             checksum_errors: s.checksum_errors,
             snapshots_being_deleted: self.store.deleting_snapshots() as u64,
         }
+    }
+
+    fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
+        Some(self.store.space())
     }
 
     fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {

@@ -4,6 +4,7 @@
 use crate::device::{BlockDevice, check_range};
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::SplitMix;
 
@@ -33,7 +34,8 @@ struct Inner {
 
 /// An in-memory [`BlockDevice`] with crash and failure injection.
 pub struct FaultyDevice {
-    len: u64,
+    /// Grows like a container file (`grow_to`), never shrinks.
+    len: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -46,7 +48,7 @@ impl FaultyDevice {
     /// A device whose durable and visible contents are `image`.
     pub fn from_image(image: Vec<u8>) -> Self {
         Self {
-            len: image.len() as u64,
+            len: AtomicU64::new(image.len() as u64),
             inner: Mutex::new(Inner {
                 current: image.clone(),
                 durable: image,
@@ -125,11 +127,11 @@ impl FaultyDevice {
 
 impl BlockDevice for FaultyDevice {
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(Ordering::Acquire)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(self.len, offset, buf.len() as u64)?;
+        check_range(self.len(), offset, buf.len() as u64)?;
         let i = self.inner();
         let o = offset as usize;
         buf.copy_from_slice(&i.current[o..o + buf.len()]);
@@ -137,7 +139,7 @@ impl BlockDevice for FaultyDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(self.len, offset, buf.len() as u64)?;
+        check_range(self.len(), offset, buf.len() as u64)?;
         let mut i = self.inner();
         if let Some(left) = i.writes_until_failure {
             if left == 0 {
@@ -159,6 +161,17 @@ impl BlockDevice for FaultyDevice {
         for (off, data) in pending {
             let o = off as usize;
             i.durable[o..o + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    /// Extends the device with zeroes, durably at once (as a synced file extension is).
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let mut i = self.inner();
+        if len > self.len() {
+            i.current.resize(len as usize, 0);
+            i.durable.resize(len as usize, 0);
+            self.len.store(len, Ordering::Release);
         }
         Ok(())
     }
