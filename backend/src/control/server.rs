@@ -197,7 +197,8 @@ impl Loop {
             for c in &self.conns {
                 fds.push(poll_fd(c.stream.as_raw_fd(), libc::POLLIN));
             }
-            let timeout = self.poll_timeout(now);
+            // Now again: serving an expired connection's late request may have taken a while.
+            let timeout = self.poll_timeout(Instant::now());
             // SAFETY: `fds` is a live array of `fds.len()` pollfd structs that poll fills in.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if rc < 0 {
