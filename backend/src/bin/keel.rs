@@ -5,9 +5,9 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
-use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::control::space_text;
 use keel_backend::device::FileDevice;
+use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::store::diff::RUNNING;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};

@@ -9,8 +9,8 @@ pub mod client;
 mod http;
 mod route;
 mod server;
-pub mod table;
 pub mod space_text;
+pub mod table;
 
 mod handler;
 
