@@ -51,7 +51,7 @@ fn full_raw_disk_and_server_section() {
     let (dir, r) = parse(
         r#"
 [server]
-control_socket = "run/keel.sock"
+control_socket = "ctl/../keel.sock"
 log_level = "debug"
 
 [[disk]]
@@ -72,7 +72,7 @@ poll_us = 50
     let c = r.unwrap();
     assert_eq!(
         c.server.control_socket,
-        Some(dir.path().join("run/keel.sock"))
+        Some(dir.path().join("keel.sock"))
     );
     assert_eq!(c.server.log_level.as_deref(), Some("debug"));
     let d = &c.disks[0];

@@ -68,16 +68,18 @@ impl KeelEngine {
             Self::open_mirrored(disk, opts)?
         };
         if let Some(want) = disk.size
-            && want != store.capacity()
+            && want > store.capacity()
         {
             return Err(EngineError::Setup {
                 path: PathBuf::from(&where_),
                 message: format!(
-                    "the container holds a {}-byte disk, the config says {want}",
+                    "the container holds a {}-byte disk, less than size = {want}: grow it with \
+                     `keel resize` while keeld is stopped",
                     store.capacity()
                 ),
             });
         }
+        // A container larger than `size` was grown by `keel resize`: it is served whole.
         Self::serve(store, mirror, writers, disk.read_only, where_)
     }
 
