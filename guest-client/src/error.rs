@@ -13,6 +13,11 @@ pub enum Error {
     NoSocket(PathBuf),
     #[error("cannot connect to vhost-user socket {path}: {source}")]
     Connect { path: PathBuf, source: vhost::Error },
+    #[error(
+        "vhost-user {step}: the server did not answer in time (is another frontend attached? \
+         keeld serves one at a time; or is this not a vhost-user socket?)"
+    )]
+    NoAnswer { step: &'static str },
     #[error("vhost-user {step} failed: {source}")]
     Protocol {
         step: &'static str,

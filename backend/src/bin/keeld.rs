@@ -1,4 +1,5 @@
 //! keeld: serves the disks of a config file as vhost-user-blk devices until SIGTERM or SIGINT.
+//! SIGHUP does not reload the config (a restart applies it): it is logged and ignored.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use keel_backend::config::Config;
 use keel_backend::vhost::Daemon;
-use log::{error, info};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[derive(Parser)]
-#[command(version, about = "Keel's vhost-user-blk server")]
+#[command(name = "keeld", version, about = "Keel's vhost-user-blk server")]
 struct Args {
     /// The config file (see docs/config.md).
     #[arg(short, long, default_value = "keel.toml")]
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Register before starting: a signal that arrives during startup is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keeld: cannot install signal handlers: {e}");
@@ -55,8 +56,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            warn!(
+                "SIGHUP: keeld does not reload its config; restart it to apply changes to {} \
+                 (still serving as before)",
+                args.config.display()
+            );
+            continue;
+        }
         info!("signal {sig}: shutting down");
+        break;
     }
     match daemon.shutdown() {
         Ok(()) => {

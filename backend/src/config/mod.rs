@@ -7,7 +7,7 @@ mod names;
 mod paths;
 mod size;
 
-pub use names::{MAX_NAME, check_disk_name, check_log_level};
+pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
 

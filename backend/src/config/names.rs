@@ -8,12 +8,20 @@ pub const MAX_NAME: usize = 64;
 /// digit: it goes into control API paths (`/v1/disks/NAME`) unencoded, so a space, `?`, `#`,
 /// `%` or `/` would name another resource or none.
 pub fn check_disk_name(name: &str) -> Result<(), String> {
+    check_name("disk", name)
+}
+
+/// The same rule for any name that goes into an API path (`what`: "disk", "snapshot").
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let starts_well = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if name.len() > MAX_NAME || !starts_well || !name.chars().all(safe) {
         return Err(format!(
-            "{name:?} is not a disk name: use 1 to {MAX_NAME} letters, digits, '.', '_' or '-', \
-             starting with a letter or digit"
+            "{name:?} is not a {what} name: use 1 to {MAX_NAME} letters, digits, '.', '_' or \
+             '-', starting with a letter or digit"
         ));
     }
     Ok(())
@@ -51,7 +59,9 @@ pub fn check_log_level(filter: &str) -> Result<(), String> {
             None => is_level(directive),
         };
         if !ok {
-            return bad(format!("\"{directive}\" is neither a level nor module=level"));
+            return bad(format!(
+                "\"{directive}\" is neither a level nor module=level"
+            ));
         }
     }
     Ok(())
@@ -66,17 +76,40 @@ mod tests {
         for good in ["vm1", "VM-1.data_2", "0", &"a".repeat(MAX_NAME)] {
             assert_eq!(check_disk_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "vm one", "vm:1?x", "a/b", "-x", ".hidden", "é", "a%20", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "vm one",
+            "vm:1?x",
+            "a/b",
+            "-x",
+            ".hidden",
+            "é",
+            "a%20",
+            &"a".repeat(65),
+        ] {
             assert!(check_disk_name(bad).is_err(), "{bad:?} was accepted");
         }
     }
 
     #[test]
     fn log_filters() {
-        for good in ["info", "DEBUG", "keel_backend=debug", "warn,keel_backend::vhost=trace"] {
+        for good in [
+            "info",
+            "DEBUG",
+            "keel_backend=debug",
+            "warn,keel_backend::vhost=trace",
+        ] {
             assert_eq!(check_log_level(good), Ok(()), "{good}");
         }
-        for bad in ["verbose!!", "verbose", "", "info,", "keel=loud", "=info", "info/foo"] {
+        for bad in [
+            "verbose!!",
+            "verbose",
+            "",
+            "info,",
+            "keel=loud",
+            "=info",
+            "info/foo",
+        ] {
             assert!(check_log_level(bad).is_err(), "{bad:?} was accepted");
         }
     }

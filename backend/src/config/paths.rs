@@ -151,8 +151,8 @@ impl Checker<'_> {
                             path.display()
                         ),
                     )),
-                    _ if actual == 0 || actual % u64::from(logical_block_size) != 0 => {
-                        Err(self.err(
+                    _ if actual == 0 || actual % u64::from(logical_block_size) != 0 => Err(self
+                        .err(
                             span,
                             "path",
                             format!(
@@ -160,8 +160,7 @@ impl Checker<'_> {
                                  block size ({logical_block_size})",
                                 path.display()
                             ),
-                        ))
-                    }
+                        )),
                     _ => Ok(()),
                 }
             }
@@ -252,8 +251,14 @@ mod tests {
 
     #[test]
     fn normalize_drops_dots() {
-        assert_eq!(normalize(Path::new("/a/./run/a.sock")), Path::new("/a/run/a.sock"));
+        assert_eq!(
+            normalize(Path::new("/a/./run/a.sock")),
+            Path::new("/a/run/a.sock")
+        );
         assert_eq!(normalize(Path::new("/a/b/../run/x")), Path::new("/a/run/x"));
-        assert_eq!(normalize(Path::new("./run/a.sock")), Path::new("run/a.sock"));
+        assert_eq!(
+            normalize(Path::new("./run/a.sock")),
+            Path::new("run/a.sock")
+        );
     }
 }

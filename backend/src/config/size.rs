@@ -1,8 +1,8 @@
 //! Size values in keel.toml: a byte count or a string in the grammar of
 //! [`keel_protocol::size`] (`4G`, `512M`, `65536`).
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 
 pub use keel_protocol::parse_size;
@@ -85,10 +85,15 @@ mod tests {
 
     #[test]
     fn negative_and_fractional_sizes_say_what_a_size_is() {
-        assert_eq!(parse("size = -5"), Err(format!("-5 is negative; expected {EXPECTED}")));
+        assert_eq!(
+            parse("size = -5"),
+            Err(format!("-5 is negative; expected {EXPECTED}"))
+        );
         assert_eq!(
             parse("size = 1.5"),
-            Err(format!("1.5 is not a whole number of bytes; expected {EXPECTED}"))
+            Err(format!(
+                "1.5 is not a whole number of bytes; expected {EXPECTED}"
+            ))
         );
         assert!(parse("size = true").unwrap_err().contains(EXPECTED));
     }

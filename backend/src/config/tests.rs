@@ -70,10 +70,7 @@ poll_us = 50
 "#,
     );
     let c = r.unwrap();
-    assert_eq!(
-        c.server.control_socket,
-        Some(dir.path().join("keel.sock"))
-    );
+    assert_eq!(c.server.control_socket, Some(dir.path().join("keel.sock")));
     assert_eq!(c.server.log_level.as_deref(), Some("debug"));
     let d = &c.disks[0];
     assert_eq!(d.socket, PathBuf::from("/tmp/vm1.sock"));

@@ -20,6 +20,13 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("keeld sent a malformed answer: {0}")]
     BadResponse(String),
+    /// Something listens there, but it does not speak HTTP: most likely a disk's vhost-user
+    /// socket given as the control socket.
+    #[error(
+        "{path} is not keeld's control socket (it did not answer in HTTP; a disk's vhost-user \
+         socket?): give the [server] control_socket of keeld's config"
+    )]
+    NotControl { path: PathBuf },
     /// The daemon answered with an error status.
     #[error("{message}")]
     Api { status: u16, message: String },
@@ -70,10 +77,7 @@ impl ControlClient {
         };
         let (status, answer) = self.raw(method, path, &body)?;
         if status != 200 {
-            let message = serde_json::from_slice::<ErrorBody>(&answer)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, &answer));
         }
         serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
@@ -87,7 +91,7 @@ impl ControlClient {
         while !head.ends_with(b"\r\n\r\n") {
             let mut line = Vec::new();
             if r.read_until(b'\n', &mut line)? == 0 || head.len() > 64 << 10 {
-                return Err(ClientError::BadResponse("truncated header".into()));
+                return Err(self.bad_answer(&head, "truncated header"));
             }
             head.extend_from_slice(&line);
         }
@@ -109,10 +113,7 @@ impl ControlClient {
             let mut raw = head;
             r.read_to_end(&mut raw)?;
             let (status, answer) = parse_response(&raw)?;
-            let message = serde_json::from_slice::<ErrorBody>(&answer)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, &answer));
         }
         let length = length.ok_or_else(|| ClientError::BadResponse("no Content-Length".into()))?;
         let copied = std::io::copy(&mut r.take(length), out)?;
@@ -149,9 +150,42 @@ impl ControlClient {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut stream = self.send(method, path, body)?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
+        // A peer that closes without answering (a vhost-user socket) may reset the connection.
+        if let Err(e) = stream.read_to_end(&mut raw)
+            && raw.is_empty()
+            && e.kind() == std::io::ErrorKind::ConnectionReset
+        {
+            return Err(self.bad_answer(&raw, "connection reset"));
+        }
+        if !raw.starts_with(b"HTTP/") {
+            return Err(self.bad_answer(&raw, "not HTTP"));
+        }
         parse_response(&raw)
     }
+
+    /// An answer that went wrong: one that is not HTTP at all means the wrong socket.
+    fn bad_answer(&self, raw: &[u8], what: &str) -> ClientError {
+        let http = b"HTTP/";
+        if raw.len() >= http.len() && !raw.starts_with(http) || raw.is_empty() {
+            return ClientError::NotControl {
+                path: self.path.clone(),
+            };
+        }
+        ClientError::BadResponse(what.into())
+    }
+}
+
+/// An error status, with the daemon's message, or the status when it gave none.
+fn api_error(status: u16, answer: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(answer)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(answer).trim().to_owned());
+    let message = if message.is_empty() {
+        format!("keeld refused the request (HTTP {status}) without saying why")
+    } else {
+        message
+    };
+    ClientError::Api { status, message }
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {

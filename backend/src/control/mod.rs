@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod output;
 mod route;
 mod server;
 

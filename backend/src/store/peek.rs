@@ -69,20 +69,10 @@ mod tests {
 
         let c = dir.path().join("c.keel");
         Store::create_path(&c, &CreateOptions::new(16 << 20)).unwrap();
-        assert_eq!(
-            peek(&c).unwrap(),
-            Peeked::Container {
-                capacity: 16 << 20
-            }
-        );
+        assert_eq!(peek(&c).unwrap(), Peeked::Container { capacity: 16 << 20 });
         let store = Store::open_path(&c, StoreOptions::default()).unwrap();
         store.grow_in_place(17 << 20).unwrap();
-        assert_eq!(
-            peek(&c).unwrap(),
-            Peeked::Container {
-                capacity: 17 << 20
-            }
-        );
+        assert_eq!(peek(&c).unwrap(), Peeked::Container { capacity: 17 << 20 });
 
         let mut bytes = std::fs::read(&c).unwrap();
         bytes[100] ^= 0xff;
