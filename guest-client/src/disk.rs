@@ -61,6 +61,15 @@ impl Default for DiskOptions {
     }
 }
 
+/// Whether a vhost-user failure means the server closed the connection.
+fn closed_by_peer(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    matches!(
+        e,
+        vhost::Error::VhostUserProtocol(E::SocketBroken(_) | E::PartialMessage | E::Disconnected)
+    )
+}
+
 /// Ends a handshake the server does not answer: the vhost crate retries a read that times
 /// out, so instead the socket is shut down once `timeout` passes, which fails the read.
 struct Watchdog {
@@ -169,6 +178,9 @@ impl Disk {
         match result {
             Err(Error::Protocol { step, .. }) if fired => Err(Error::NoAnswer { step }),
             Err(_) if fired => Err(Error::NoAnswer { step: "setup" }),
+            Err(Error::Protocol { step, source }) if closed_by_peer(&source) => {
+                Err(Error::HungUp { step })
+            }
             other => other,
         }
     }

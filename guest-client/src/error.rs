@@ -18,6 +18,12 @@ pub enum Error {
          keeld serves one at a time; or is this not a vhost-user socket?)"
     )]
     NoAnswer { step: &'static str },
+    /// vhost-user has no error message: a server that refuses a frontend just closes.
+    #[error(
+        "vhost-user {step}: the server closed the connection (keeld serves one frontend per \
+         disk and refuses a second one: is another attached? keeld's log says why)"
+    )]
+    HungUp { step: &'static str },
     #[error("vhost-user {step} failed: {source}")]
     Protocol {
         step: &'static str,

@@ -97,3 +97,18 @@ fn read_only_null_disk_refuses_writes() {
     assert!(q.write_slice(0, &[1u8; 4096]).is_err());
     assert_eq!(q.read_vec(0, 4096).unwrap(), vec![0u8; 4096]);
 }
+
+#[test]
+fn a_second_frontend_is_told_why_it_was_refused() {
+    let keeld = InProcess::start(&raw_disk("r", "1M", ""));
+    let first = Disk::connect(keeld.socket("r"), &DiskOptions::default()).unwrap();
+    match Disk::connect(keeld.socket("r"), &DiskOptions::default()) {
+        Err(e @ keel_client::Error::HungUp { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("is another attached?"), "{message}");
+        }
+        Err(e) => panic!("expected HungUp, got {e}"),
+        Ok(_) => panic!("a second frontend attached"),
+    }
+    drop(first);
+}

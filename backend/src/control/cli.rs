@@ -60,26 +60,44 @@ impl DaemonArgs {
 pub enum MirrorCmd {
     /// Each component's state, LSN, dirty chunks and resync progress.
     Status {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Take component N out (its writes are tracked for a later resync).
-    Offline { disk: String, n: usize },
+    Offline {
+        /// A mirrored disk keeld serves.
+        disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
+        n: usize,
+    },
     /// Bring component N back: resync copies only what changed meanwhile.
-    Online { disk: String, n: usize },
+    Online {
+        /// A mirrored disk keeld serves.
+        disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
+        n: usize,
+    },
     /// Take component N down for service; a delta component takes its writes.
     Maintenance {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
         n: usize,
         /// Where the delta component lives (default: beside the component).
         #[arg(long)]
         delta: Option<PathBuf>,
     },
-    /// Replace component N by a full copy at PATH.
+    /// Replace component N by a full copy at PATH. keeld's config is not changed: name PATH
+    /// in its `mirror` list before the next start.
     Replace {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
         n: usize,
+        /// Where the new component goes (opened, or created if missing).
         path: PathBuf,
     },
 }
@@ -354,7 +372,15 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
         MirrorCmd::Offline { disk, n } => op(&disk, n, "offline", None),
         MirrorCmd::Online { disk, n } => op(&disk, n, "online", None),
         MirrorCmd::Maintenance { disk, n, delta } => op(&disk, n, "maintenance", delta.as_deref()),
-        MirrorCmd::Replace { disk, n, path } => op(&disk, n, "replace", Some(&path)),
+        MirrorCmd::Replace { disk, n, path } => {
+            op(&disk, n, "replace", Some(&path))?;
+            println!(
+                "keeld's config still names the old path of component {n}: put {} in its \
+                 `mirror` list before the next start, or the old path comes back there (failed)",
+                super::output::absolute(&path)
+            );
+            Ok(())
+        }
     }
 }
 

@@ -221,6 +221,7 @@ fn snapshot_id(store: &Store, name: &str) -> Result<u64, String> {
 }
 
 pub fn snapshot_create(path: &Path, name: &str, json: bool) -> Result<(), String> {
+    keel_backend::config::check_name("snapshot", name)?;
     let store = open(path)?;
     let id = store.create_snapshot(name).map_err(|e| e.to_string())?;
     let info = store
