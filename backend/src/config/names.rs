@@ -11,17 +11,23 @@ pub fn check_disk_name(name: &str) -> Result<(), String> {
     check_name("disk", name)
 }
 
-/// The same rule for any name that goes into an API path (`what`: "disk", "snapshot").
+/// The same rule for any name that goes into an API path (`what`: "disk", "snapshot");
+/// a snapshot name is at most what a container stores.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let max = if what == "snapshot" {
+        crate::store::journal::SNAPSHOT_NAME_MAX
+    } else {
+        MAX_NAME
+    };
     let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     let starts_well = name
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.len() > MAX_NAME || !starts_well || !name.chars().all(safe) {
+    if name.len() > max || !starts_well || !name.chars().all(safe) {
         return Err(format!(
-            "{name:?} is not a {what} name: use 1 to {MAX_NAME} letters, digits, '.', '_' or \
-             '-', starting with a letter or digit"
+            "{name:?} is not a {what} name: use 1 to {max} letters, digits, '.', '_' or '-', \
+             starting with a letter or digit"
         ));
     }
     Ok(())
@@ -89,6 +95,12 @@ mod tests {
         ] {
             assert!(check_disk_name(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn snapshot_names_fit_a_container() {
+        assert_eq!(check_name("snapshot", &"s".repeat(31)), Ok(()));
+        assert!(check_name("snapshot", &"s".repeat(32)).is_err());
     }
 
     #[test]

@@ -348,3 +348,43 @@ fn error_message_is_one_line_with_file_line_and_key() {
     assert!(m.contains("keel.toml:6: `queues`:"), "{m}");
     assert!(!m.contains('\n'), "{m}");
 }
+
+/// The keys serde expects where `probe` is an unknown one, from its error message.
+fn expected_keys(text: &str) -> Vec<String> {
+    let (_d, r) = parse(text);
+    let message = r.unwrap_err().to_string();
+    let list = message
+        .split("expected ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{message}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_config_key_is_in_the_config_doc() {
+    let doc = include_str!("../../../docs/config.md");
+    let disk_keys = expected_keys(&format!("{NULL_DISK}probe = 1\n"));
+    let server_keys = expected_keys("[server]\nprobe = 1\n");
+    assert!(disk_keys.len() >= 16 && server_keys.len() >= 2);
+    for key in disk_keys.iter().chain(&server_keys) {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "docs/config.md has no row for `{key}`"
+        );
+    }
+    for section in expected_keys("probe = 1\n") {
+        let heading = if section == "disk" {
+            "## `[[disk]]`".to_string()
+        } else {
+            format!("## `[{section}]`")
+        };
+        assert!(doc.contains(&heading), "docs/config.md has no {heading}");
+    }
+    for engine in ["raw", "null", "keel"] {
+        assert!(doc.contains(&format!("`\"{engine}\"`")), "engine {engine}");
+    }
+}

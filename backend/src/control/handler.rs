@@ -186,7 +186,6 @@ impl DaemonControl {
                 "{snapshot} is not a snapshot of disk {disk}"
             )));
         };
-        crate::config::check_disk_name(new_disk).map_err(ApiError::BadRequest)?;
         let mut guard = self.reserve(new_disk)?;
         let beside = |p: &Path, ext: &str| {
             p.parent()
@@ -397,8 +396,6 @@ impl ControlHandler for DaemonControl {
                     .map_err(from_admin)?,
             ),
             ApiCall::CreateSnapshot { disk, name } => {
-                // The name goes into API paths later: it must be addressable there.
-                crate::config::check_name("snapshot", &name).map_err(ApiError::BadRequest)?;
                 let d = self.disk(&disk)?;
                 let snap = d
                     .admin(Need::Snapshots)?

@@ -12,6 +12,9 @@ mod server;
 
 mod handler;
 
+#[cfg(test)]
+mod docs_tests;
+
 pub use handler::{DaemonControl, DiskEntry};
 pub use route::{ApiCall, MirrorOp, route};
 pub use server::ControlServer;
