@@ -317,7 +317,7 @@ impl Checker<'_> {
                         ),
                     ));
                 }
-                if engine == EngineKind::Keel && bytes % KEEL_BLOCK != 0 {
+                if engine == EngineKind::Keel && !bytes.is_multiple_of(KEEL_BLOCK) {
                     return Err(self.err(
                         v.span(),
                         "size",

@@ -36,7 +36,7 @@ fn must_be_container(path: &Path) -> Result<(), String> {
 impl GeometryArgs {
     /// The options for a container of a `size`-byte disk, refusing sizes the store would round.
     pub fn options(&self, size: u64) -> Result<CreateOptions, String> {
-        if size == 0 || size % KEEL_BLOCK != 0 {
+        if size == 0 || !size.is_multiple_of(KEEL_BLOCK) {
             return Err(format!(
                 "--size {size}: a keel disk's size is a positive multiple of 4K (4096 bytes)"
             ));
