@@ -181,6 +181,10 @@ impl Disk {
             Err(Error::Protocol { step, source }) if closed_by_peer(&source) => {
                 Err(Error::HungUp { step })
             }
+            Err(Error::Protocol {
+                step,
+                source: vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::InvalidMessage),
+            }) => Err(Error::NotVhostUser { step }),
             other => other,
         }
     }
@@ -467,6 +471,30 @@ mod tests {
             Err(Error::NoAnswer { step }) => assert_eq!(step, "GET_FEATURES"),
             Err(e) => panic!("expected NoAnswer, got {e}"),
             Ok(_) => panic!("expected NoAnswer, got a disk"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_http_answer_is_named_as_not_vhost_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Answers its first read like an HTTP server that cannot parse the request.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut first = [0u8; 12];
+            let _ = s.read_exact(&mut first);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        match Disk::connect(&path, &DiskOptions::default()) {
+            Err(e @ Error::NotVhostUser { .. }) => {
+                assert!(e.to_string().contains("speaks HTTP"), "{e}")
+            }
+            Err(e) => panic!("expected NotVhostUser, got {e:?}"),
+            Ok(_) => panic!("expected NotVhostUser, got a disk"),
         }
         server.join().unwrap();
     }

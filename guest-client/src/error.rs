@@ -24,6 +24,11 @@ pub enum Error {
          disk and refuses a second one: is another attached? keeld's log says why)"
     )]
     HungUp { step: &'static str },
+    #[error(
+        "vhost-user {step}: the answer is not a vhost-user message (is this a disk's vhost-user \
+         socket? keeld's control socket speaks HTTP)"
+    )]
+    NotVhostUser { step: &'static str },
     #[error("vhost-user {step} failed: {source}")]
     Protocol {
         step: &'static str,

@@ -112,3 +112,26 @@ fn a_second_frontend_is_told_why_it_was_refused() {
     }
     drop(first);
 }
+
+#[test]
+fn keelds_control_socket_is_not_taken_for_a_disk() {
+    let keeld = InProcess::start(&format!(
+        "[server]\ncontrol_socket = \"ctl.sock\"\n{}",
+        raw_disk("r", "1M", "")
+    ));
+    let ctl = keeld.dir().join("ctl.sock");
+    match Disk::connect_within(
+        &ctl,
+        &DiskOptions::default(),
+        std::time::Duration::from_secs(1),
+    ) {
+        Err(
+            e @ (keel_client::Error::NotVhostUser { .. } | keel_client::Error::NoAnswer { .. }),
+        ) => {
+            let message = e.to_string();
+            assert!(message.contains("not"), "{message}");
+        }
+        Err(e) => panic!("expected NotVhostUser or NoAnswer, got {e:?}"),
+        Ok(_) => panic!("the control socket served a disk"),
+    }
+}
