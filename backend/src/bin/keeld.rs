@@ -1,5 +1,6 @@
 //! keeld: serves the disks of a config file as vhost-user-blk devices until SIGTERM or SIGINT.
-//! SIGHUP does not reload the config (a restart applies it): it is logged and ignored.
+//! SIGHUP does not reload the config (a restart applies it): keeld checks the file and logs
+//! what a restart would change, and keeps serving.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,9 +60,8 @@ fn main() -> ExitCode {
     for sig in signals.forever() {
         if sig == SIGHUP {
             warn!(
-                "SIGHUP: keeld does not reload its config; restart it to apply changes to {} \
-                 (still serving as before)",
-                args.config.display()
+                "SIGHUP: keeld does not reload its config (still serving as before); {}",
+                what_a_restart_would_do(&args.config, &config)
             );
             continue;
         }
@@ -76,6 +76,21 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("keeld: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file as it is now, checked and compared with the one keeld serves.
+fn what_a_restart_would_do(path: &std::path::Path, serving: &Config) -> String {
+    match Config::load(path) {
+        Err(e) => format!("a restart would refuse the file: {e}"),
+        Ok(now) => {
+            let changes = now.changes_from(serving);
+            if changes.is_empty() {
+                format!("{} is unchanged", path.display())
+            } else {
+                format!("a restart would apply: {}", changes.join(", "))
+            }
         }
     }
 }
