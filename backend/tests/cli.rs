@@ -382,34 +382,66 @@ fn snapshot_output_is_one_table_offline_and_online() {
 }
 
 #[test]
-fn sighup_is_logged_and_ignored() {
+fn sighup_adds_and_removes_disks_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let ctl = ["--control", "ctl.sock"];
     let keeld = Keeld::start(d, &raw_disk("r1", "1M", ""));
-    keeld.signal(libc::SIGHUP);
-    assert!(
-        wait_for(|| keeld.log().contains("keel.toml is unchanged")),
-        "{}",
-        keeld.log()
-    );
-    // An edited file is checked and what a restart would change is named; nothing changes now.
-    let edited = format!(
-        "[server]\ncontrol_socket = \"ctl.sock\"\n{}{}",
-        raw_disk("r1", "1M", ""),
+    let hup = |config: &str, said: &str| {
+        fs::write(
+            d.join("keel.toml"),
+            format!("[server]\ncontrol_socket = \"ctl.sock\"\n{config}"),
+        )
+        .unwrap();
+        keeld.signal(libc::SIGHUP);
+        assert!(wait_for(|| keeld.log().contains(said)), "{}", keeld.log());
+    };
+    let names = || {
+        let disks = keel(d, &[&ctl[..], &["disks", "--json"]].concat())
+            .ok()
+            .json();
+        let list: Vec<String> = disks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_string())
+            .collect();
+        list
+    };
+    hup(&raw_disk("r1", "1M", ""), "SIGHUP: keel.toml is unchanged");
+
+    // r2 joins; r1's new setting cannot change live and is refused.
+    let both = format!(
+        "{}{}",
+        raw_disk("r1", "1M", "queues = 2"),
         raw_disk("r2", "1M", "")
     );
-    fs::write(d.join("keel.toml"), edited).unwrap();
-    keeld.signal(libc::SIGHUP);
-    let said = "SIGHUP: keeld does not reload its config (still serving as before); a restart \
-                would apply: disk r2 added";
-    assert!(wait_for(|| keeld.log().contains(said)), "{}", keeld.log());
-    assert!(!d.join("r2.sock").exists());
-    // Still serving after the signal.
-    keel(d, &["--control", "ctl.sock", "disks"]).ok();
+    let r2 = d.join("r2.sock").display().to_string();
+    hup(&both, &format!("SIGHUP: disk r2 added on {r2}"));
+    assert!(
+        keeld
+            .log()
+            .contains("SIGHUP: disk r1 changed: a restart applies it (served as before)")
+    );
+    assert_eq!(names(), ["r1", "r2"]);
+    assert!(d.join("r2.sock").exists());
+
+    // A refused file changes nothing.
+    hup(
+        "[[disk]]\nname = \"bad one\"\n",
+        "SIGHUP: not reloaded, serving as before",
+    );
+    assert_eq!(names(), ["r1", "r2"]);
+
+    // r1 leaves: its socket goes, r2 stays.
+    hup(&raw_disk("r2", "1M", ""), "SIGHUP: disk r1 removed");
+    assert_eq!(names(), ["r2"]);
+    assert!(!d.join("r1.sock").exists());
+
     let (code, log) = keeld.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("stopped cleanly"), "{log}");
-    assert!(!d.join("r1.sock").exists());
+    assert!(!d.join("r2.sock").exists());
 }
 
 #[test]

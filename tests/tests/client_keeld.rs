@@ -135,3 +135,43 @@ fn keelds_control_socket_is_not_taken_for_a_disk() {
         Ok(_) => panic!("the control socket served a disk"),
     }
 }
+
+#[test]
+fn a_reload_does_not_take_a_disk_from_an_attached_guest() {
+    use keel_backend::config::Config;
+    use keel_backend::vhost::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    std::fs::write(&file, raw_disk("r", "1M", "")).unwrap();
+    let mut daemon = Daemon::start(&Config::load(&file).unwrap()).unwrap();
+    let mut disk = Disk::connect(dir.path().join("r.sock"), &DiskOptions::default()).unwrap();
+    let mut q = disk.take_queue(0).unwrap();
+    q.write_slice(0, &pattern(5, 4096)).unwrap();
+
+    let empty = Config::parse("", &file, dir.path()).unwrap();
+    let r = daemon.reload(&empty);
+    assert!(r.applied.is_empty(), "{r:?}");
+    assert_eq!(
+        r.refused,
+        [
+            "disk r not removed: a frontend is attached: still served; detach it and send SIGHUP again"
+        ]
+    );
+    q.flush().unwrap();
+    assert!(q.read_vec(0, 4096).unwrap() == pattern(5, 4096));
+
+    // Once the guest has gone, the same reload removes the disk.
+    drop(q);
+    drop(disk);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = daemon.reload(&empty);
+        if r.applied == ["disk r removed"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!dir.path().join("r.sock").exists());
+    daemon.shutdown().unwrap();
+}

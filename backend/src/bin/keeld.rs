@@ -1,6 +1,6 @@
 //! keeld: serves the disks of a config file as vhost-user-blk devices until SIGTERM or SIGINT.
-//! SIGHUP does not reload the config (a restart applies it): keeld checks the file and logs
-//! what a restart would change, and keeps serving.
+//! SIGHUP reloads the config: disks added to the file start, disks removed from it stop; what
+//! cannot change live is refused with a log line and served as before.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start(&config) {
+    let mut daemon = match Daemon::start(&config) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
@@ -59,10 +59,7 @@ fn main() -> ExitCode {
     };
     for sig in signals.forever() {
         if sig == SIGHUP {
-            warn!(
-                "SIGHUP: keeld does not reload its config (still serving as before); {}",
-                what_a_restart_would_do(&args.config, &config)
-            );
+            reload(&mut daemon, &args.config);
             continue;
         }
         info!("signal {sig}: shutting down");
@@ -80,18 +77,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config file as it is now, checked and compared with the one keeld serves.
-fn what_a_restart_would_do(path: &std::path::Path, serving: &Config) -> String {
-    match Config::load(path) {
-        Err(e) => format!("a restart would refuse the file: {e}"),
-        Ok(now) => {
-            let changes = now.changes_from(serving);
-            if changes.is_empty() {
-                format!("{} is unchanged", path.display())
-            } else {
-                format!("a restart would apply: {}", changes.join(", "))
-            }
+/// SIGHUP: the config file is checked as at start, and its disk list applied.
+fn reload(daemon: &mut Daemon, path: &std::path::Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: not reloaded, serving as before: {e}");
+            return;
         }
+    };
+    let r = daemon.reload(&new);
+    if r.applied.is_empty() && r.refused.is_empty() {
+        info!("SIGHUP: {} is unchanged", path.display());
+    }
+    for a in &r.applied {
+        info!("SIGHUP: {a}");
+    }
+    for refused in &r.refused {
+        warn!("SIGHUP: {refused}");
     }
 }
 

@@ -3,7 +3,6 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
-mod changes;
 mod names;
 mod paths;
 mod size;

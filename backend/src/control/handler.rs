@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
+mod reload;
+
 /// One served disk, as the control API sees it.
 pub struct DiskEntry {
     pub config: DiskConfig,

@@ -1,5 +1,9 @@
 //! keeld's top level: every disk of a config, started together and stopped together.
 
+mod reload;
+
+pub use reload::Reload;
+
 use std::sync::Arc;
 
 use log::{error, info};
@@ -32,6 +36,8 @@ pub struct Daemon {
     control: Option<ControlServer>,
     /// What the control API serves (it also owns the disks cloned at run time).
     handler: Option<Arc<DaemonControl>>,
+    /// The config the disks above were started from (changed by [`Daemon::reload`]).
+    config: Config,
 }
 
 impl Daemon {
@@ -71,6 +77,7 @@ impl Daemon {
             disks,
             control,
             handler: Some(handler),
+            config: config.clone(),
         })
     }
 
