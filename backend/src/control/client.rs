@@ -151,11 +151,12 @@ impl ControlClient {
         let mut stream = self.send(method, path, body)?;
         let mut raw = Vec::new();
         // A peer that closes without answering (a vhost-user socket) may reset the connection.
-        if let Err(e) = stream.read_to_end(&mut raw)
-            && raw.is_empty()
-            && e.kind() == std::io::ErrorKind::ConnectionReset
-        {
-            return Err(self.bad_answer(&raw, "connection reset"));
+        match stream.read_to_end(&mut raw) {
+            Ok(_) => {}
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(self.bad_answer(&raw, "connection reset"));
+            }
+            Err(e) => return Err(e.into()),
         }
         if !raw.starts_with(b"HTTP/") {
             return Err(self.bad_answer(&raw, "not HTTP"));
@@ -166,7 +167,7 @@ impl ControlClient {
     /// An answer that went wrong: one that is not HTTP at all means the wrong socket.
     fn bad_answer(&self, raw: &[u8], what: &str) -> ClientError {
         let http = b"HTTP/";
-        if raw.len() >= http.len() && !raw.starts_with(http) || raw.is_empty() {
+        if raw.is_empty() || (raw.len() >= http.len() && !raw.starts_with(http)) {
             return ClientError::NotControl {
                 path: self.path.clone(),
             };
@@ -250,5 +251,48 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    /// A peer on a fresh socket that reads the request and answers `reply`.
+    fn peer(reply: &'static [u8]) -> (tempfile::TempDir, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let _ = s.write_all(reply);
+        });
+        (dir, t)
+    }
+
+    #[test]
+    fn a_socket_that_does_not_speak_http_is_named() {
+        for reply in [&b""[..], b"\x01\x00\x00\x00vhost"] {
+            let (dir, t) = peer(reply);
+            let c = ControlClient::new(&dir.path().join("s"));
+            let e = c.get::<serde_json::Value>("/v1/disks").unwrap_err();
+            assert!(matches!(e, ClientError::NotControl { .. }), "{e}");
+            assert!(
+                e.to_string().contains("is not keeld's control socket"),
+                "{e}"
+            );
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_error_without_a_message_says_its_status() {
+        let (dir, t) = peer(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        let c = ControlClient::new(&dir.path().join("s"));
+        let e = c.get::<serde_json::Value>("/v1/disks/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keeld refused the request (HTTP 400) without saying why"
+        );
+        t.join().unwrap();
     }
 }
