@@ -5,8 +5,10 @@
 //! addresses, kick and call eventfds, enable.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keel_protocol::features::{self, has};
 use keel_protocol::{BlkConfig, SECTOR_SIZE, blk_config::CONFIG_SIZE};
@@ -22,6 +24,10 @@ use crate::memory::{Carver, SharedMemory, SharedRegion};
 use crate::negotiate::{self, RingFeatures};
 use crate::queue::{Completions, DeviceLimits, Doorbell, Hangup, Queue, QueueArea, QueueSetup};
 use crate::ring::RingLayout;
+
+/// Longest the handshake may take: a server that accepts but never answers (a keeld serving
+/// another frontend, a socket that is not vhost-user) is reported, not waited on.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to set the disk up.
 #[derive(Clone, Debug)]
@@ -52,6 +58,46 @@ impl Default for DiskOptions {
             event_idx: true,
             max_segments: 128,
         }
+    }
+}
+
+/// Whether a vhost-user failure means the server closed the connection.
+fn closed_by_peer(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    matches!(
+        e,
+        vhost::Error::VhostUserProtocol(E::SocketBroken(_) | E::PartialMessage | E::Disconnected)
+    )
+}
+
+/// Ends a handshake the server does not answer: the vhost crate retries a read that times
+/// out, so instead the socket is shut down once `timeout` passes, which fails the read.
+struct Watchdog {
+    done: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn arm(stream: &UnixStream, timeout: Duration) -> std::io::Result<Self> {
+        let stream = stream.try_clone()?;
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let expired = matches!(
+                wait.recv_timeout(timeout),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if expired {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            expired
+        });
+        Ok(Self { done, thread })
+    }
+
+    /// Stops the watchdog; true if it had fired.
+    fn disarm(self) -> bool {
+        let _ = self.done.send(());
+        self.thread.join().unwrap_or(true)
     }
 }
 
@@ -107,19 +153,44 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Connects to the server listening on `socket` and sets up the queues.
+    /// Connects to the server listening on `socket` and sets up the queues; the whole
+    /// handshake must finish within [`REPLY_TIMEOUT`].
     pub fn connect(socket: impl AsRef<Path>, options: &DiskOptions) -> Result<Self> {
-        let socket = socket.as_ref();
+        Self::connect_within(socket.as_ref(), options, REPLY_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect), waiting at most `timeout` for each answer.
+    pub fn connect_within(socket: &Path, options: &DiskOptions, timeout: Duration) -> Result<Self> {
         if !RingLayout::valid_size(options.queue_size) {
             return Err(Error::BadQueueSize(options.queue_size));
         }
         if !socket.exists() {
             return Err(Error::NoSocket(socket.to_path_buf()));
         }
-        let mut fe = Frontend::connect(socket, 1).map_err(|source| Error::Connect {
+        let connect_err = |e: std::io::Error| Error::Connect {
             path: socket.to_path_buf(),
-            source,
-        })?;
+            source: vhost::Error::IOError(e),
+        };
+        let stream = UnixStream::connect(socket).map_err(connect_err)?;
+        let watchdog = Watchdog::arm(&stream, timeout).map_err(connect_err)?;
+        let result = Self::set_up(Frontend::from_stream(stream, 1), options);
+        let fired = watchdog.disarm();
+        match result {
+            Err(Error::Protocol { step, .. }) if fired => Err(Error::NoAnswer { step }),
+            Err(_) if fired => Err(Error::NoAnswer { step: "setup" }),
+            Err(Error::Protocol { step, source }) if closed_by_peer(&source) => {
+                Err(Error::HungUp { step })
+            }
+            Err(Error::Protocol {
+                step,
+                source: vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::InvalidMessage),
+            }) => Err(Error::NotVhostUser { step }),
+            other => other,
+        }
+    }
+
+    /// The handshake and ring setup on a connected frontend.
+    fn set_up(mut fe: Frontend, options: &DiskOptions) -> Result<Self> {
         fe.set_owner().map_err(Error::protocol("SET_OWNER"))?;
         let offered = fe.get_features().map_err(Error::protocol("GET_FEATURES"))?;
         let ring = RingFeatures {
@@ -376,6 +447,54 @@ mod tests {
             Err(Error::MissingFeatures(names)) => assert_eq!(names, "VERSION_1"),
             Err(e) => panic!("expected MissingFeatures, got {e}"),
             Ok(_) => panic!("expected MissingFeatures, got a disk"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_never_answers_is_reported_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Accepts and reads, never answers (a socket that speaks another protocol).
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let got = Disk::connect_within(
+            &path,
+            &DiskOptions::default(),
+            std::time::Duration::from_millis(100),
+        );
+        match got {
+            Err(Error::NoAnswer { step }) => assert_eq!(step, "GET_FEATURES"),
+            Err(e) => panic!("expected NoAnswer, got {e}"),
+            Ok(_) => panic!("expected NoAnswer, got a disk"),
+        }
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_http_answer_is_named_as_not_vhost_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Answers its first read like an HTTP server that cannot parse the request.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut first = [0u8; 12];
+            let _ = s.read_exact(&mut first);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        match Disk::connect(&path, &DiskOptions::default()) {
+            Err(e @ Error::NotVhostUser { .. }) => {
+                assert!(e.to_string().contains("speaks HTTP"), "{e}")
+            }
+            Err(e) => panic!("expected NotVhostUser, got {e:?}"),
+            Ok(_) => panic!("expected NotVhostUser, got a disk"),
         }
         server.join().unwrap();
     }

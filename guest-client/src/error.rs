@@ -13,6 +13,22 @@ pub enum Error {
     NoSocket(PathBuf),
     #[error("cannot connect to vhost-user socket {path}: {source}")]
     Connect { path: PathBuf, source: vhost::Error },
+    #[error(
+        "vhost-user {step}: the server did not answer in time (is another frontend attached? \
+         keeld serves one at a time; or is this not a vhost-user socket?)"
+    )]
+    NoAnswer { step: &'static str },
+    /// vhost-user has no error message: a server that refuses a frontend just closes.
+    #[error(
+        "vhost-user {step}: the server closed the connection (keeld serves one frontend per \
+         disk and refuses a second one: is another attached? keeld's log says why)"
+    )]
+    HungUp { step: &'static str },
+    #[error(
+        "vhost-user {step}: the answer is not a vhost-user message (is this a disk's vhost-user \
+         socket? keeld's control socket speaks HTTP)"
+    )]
+    NotVhostUser { step: &'static str },
     #[error("vhost-user {step} failed: {source}")]
     Protocol {
         step: &'static str,

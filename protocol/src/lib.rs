@@ -7,9 +7,11 @@ pub mod blk_config;
 pub mod control;
 pub mod features;
 pub mod request;
+pub mod size;
 
 pub use blk_config::BlkConfig;
 pub use request::{DiscardSegment, RequestHeader, RequestType, Status};
+pub use size::{format_size, parse_size};
 
 /// The virtio-blk sector: request offsets are always in 512-byte units.
 pub const SECTOR_SIZE: u64 = 512;

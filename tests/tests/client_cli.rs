@@ -131,7 +131,15 @@ fn verify_catches_a_block_corrupted_in_the_image() {
     img.write_all_at(&[0xde, 0xad], 77 * 4096 + 1000).unwrap();
     img.sync_all().unwrap();
 
-    let check = run(&[&args[..], &["check", "--json"]].concat());
+    // The state file records --blocks and --bs: `check` needs only the socket and the state.
+    let check = run(&[
+        "verify",
+        path(&qsd.socket),
+        "--state",
+        path(&state),
+        "check",
+        "--json",
+    ]);
     assert_eq!(check.status.code(), Some(2), "{check:?}");
     let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(v["check"]["corrupt"], 1);

@@ -97,3 +97,81 @@ fn read_only_null_disk_refuses_writes() {
     assert!(q.write_slice(0, &[1u8; 4096]).is_err());
     assert_eq!(q.read_vec(0, 4096).unwrap(), vec![0u8; 4096]);
 }
+
+#[test]
+fn a_second_frontend_is_told_why_it_was_refused() {
+    let keeld = InProcess::start(&raw_disk("r", "1M", ""));
+    let first = Disk::connect(keeld.socket("r"), &DiskOptions::default()).unwrap();
+    match Disk::connect(keeld.socket("r"), &DiskOptions::default()) {
+        Err(e @ keel_client::Error::HungUp { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("is another attached?"), "{message}");
+        }
+        Err(e) => panic!("expected HungUp, got {e}"),
+        Ok(_) => panic!("a second frontend attached"),
+    }
+    drop(first);
+}
+
+#[test]
+fn keelds_control_socket_is_not_taken_for_a_disk() {
+    let keeld = InProcess::start(&format!(
+        "[server]\ncontrol_socket = \"ctl.sock\"\n{}",
+        raw_disk("r", "1M", "")
+    ));
+    let ctl = keeld.dir().join("ctl.sock");
+    match Disk::connect_within(
+        &ctl,
+        &DiskOptions::default(),
+        std::time::Duration::from_secs(1),
+    ) {
+        Err(
+            e @ (keel_client::Error::NotVhostUser { .. } | keel_client::Error::NoAnswer { .. }),
+        ) => {
+            let message = e.to_string();
+            assert!(message.contains("not"), "{message}");
+        }
+        Err(e) => panic!("expected NotVhostUser or NoAnswer, got {e:?}"),
+        Ok(_) => panic!("the control socket served a disk"),
+    }
+}
+
+#[test]
+fn a_reload_does_not_take_a_disk_from_an_attached_guest() {
+    use keel_backend::config::Config;
+    use keel_backend::vhost::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    std::fs::write(&file, raw_disk("r", "1M", "")).unwrap();
+    let mut daemon = Daemon::start(&Config::load(&file).unwrap()).unwrap();
+    let mut disk = Disk::connect(dir.path().join("r.sock"), &DiskOptions::default()).unwrap();
+    let mut q = disk.take_queue(0).unwrap();
+    q.write_slice(0, &pattern(5, 4096)).unwrap();
+
+    let empty = Config::parse("", &file, dir.path()).unwrap();
+    let r = daemon.reload(&empty);
+    assert!(r.applied.is_empty(), "{r:?}");
+    assert_eq!(
+        r.refused,
+        [
+            "disk r not removed: a frontend is attached: still served; detach it and send SIGHUP again"
+        ]
+    );
+    q.flush().unwrap();
+    assert!(q.read_vec(0, 4096).unwrap() == pattern(5, 4096));
+
+    // Once the guest has gone, the same reload removes the disk.
+    drop(q);
+    drop(disk);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = daemon.reload(&empty);
+        if r.applied == ["disk r removed"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!dir.path().join("r.sock").exists());
+    daemon.shutdown().unwrap();
+}

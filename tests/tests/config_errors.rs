@@ -81,11 +81,11 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("wrong type: queues as string", null("queues = \"two\""), "$DIR/keel.toml: TOML parse error at line 6, column 10\n  |\n6 | queues = \"two\"\n  |          ^^^^^\ninvalid type: string \"two\", expected u16"),
         ("wrong type: read_only as string", null("read_only = \"yes\""), "$DIR/keel.toml: TOML parse error at line 6, column 13\n  |\n6 | read_only = \"yes\"\n  |             ^^^^^\ninvalid type: string \"yes\", expected a boolean"),
         ("wrong type: name as integer", "[[disk]]\nname = 7\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml: TOML parse error at line 2, column 8\n  |\n2 | name = 7\n  |        ^\ninvalid type: integer `7`, expected a string"),
-        ("wrong type: size as float", null_with("size = 1.5"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = 1.5\n  |        ^^^\ndata did not match any variant of untagged enum SizeValue"),
-        ("negative size", null_with("size = -4096"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = -4096\n  |        ^^^^^\ndata did not match any variant of untagged enum SizeValue"),
+        ("wrong type: size as float", null_with("size = 1.5"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = 1.5\n  |        ^^^\n1.5 is not a whole number of bytes; expected a size: a byte count or a string such as \"4G\", \"512M\" or \"64K\""),
+        ("negative size", null_with("size = -4096"), "$DIR/keel.toml: TOML parse error at line 5, column 8\n  |\n5 | size = -4096\n  |        ^^^^^\n-4096 is negative; expected a size: a byte count or a string such as \"4G\", \"512M\" or \"64K\""),
         ("bad size unit", null_with("size = \"4X\""), "$DIR/keel.toml:5: `size`: \"4X\" has an unknown unit \"x\" (use K, M, G, T or P)"),
-        ("size without digits", null_with("size = \"G\""), "$DIR/keel.toml:5: `size`: \"G\" is not a size (expected e.g. 4G, 512M or 65536)"),
-        ("empty size", null_with("size = \"\""), "$DIR/keel.toml:5: `size`: \"\" is not a size (expected e.g. 4G, 512M or 65536)"),
+        ("size without digits", null_with("size = \"G\""), "$DIR/keel.toml:5: `size`: \"G\" is not a size (expected e.g. 4G, 512M, 1TiB or 65536)"),
+        ("empty size", null_with("size = \"\""), "$DIR/keel.toml:5: `size`: \"\" is not a size (expected e.g. 4G, 512M, 1TiB or 65536)"),
         ("size overflows u64", null_with("size = \"99999999999999999999\""), "$DIR/keel.toml:5: `size`: \"99999999999999999999\" is too large"),
         ("size overflows with its unit", null_with("size = \"17000000P\""), "$DIR/keel.toml:5: `size`: \"17000000P\" is too large"),
         ("zero size", null_with("size = 0"), "$DIR/keel.toml:5: `size`: 0 bytes is not a positive multiple of the logical block size (512)"),
@@ -111,22 +111,31 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "[[disk]]\nname = \"abcdefghijklmnopqrstu\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(),
             "$DIR/keel.toml:2: `name`: \"abcdefghijklmnopqrstu\" is longer than 20 bytes and so cannot be the serial: set `serial`",
         ),
-        ("empty name", "[[disk]]\nname = \"\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: must be non-empty, without '/' or control characters"),
-        ("name with a slash", "[[disk]]\nname = \"a/b\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: must be non-empty, without '/' or control characters"),
-        ("duplicate name", format!("{}{}", null(""), null("").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"n\"\nserial = \"m\"")), "$DIR/keel.toml:8: `name`: \"n\" is already used by the disk at line 2"),
-        ("duplicate socket", format!("{}{}", null(""), null("").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:9: `socket`: \"$DIR/n.sock\" is already used by the disk at line 3"),
-        ("duplicate serial", format!("{}{}", null("serial = \"s\""), null("serial = \"s\"").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:12: `serial`: \"s\" is already used by the disk at line 6"),
+        ("empty name", "[[disk]]\nname = \"\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: \"\" is not a disk name: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        ("name with a slash", "[[disk]]\nname = \"a/b\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: \"a/b\" is not a disk name: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        ("name with a space", "[[disk]]\nname = \"vm one\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: \"vm one\" is not a disk name: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        ("name with URL syntax", "[[disk]]\nname = \"vm:1?x\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1G\"\n".into(), "$DIR/keel.toml:2: `name`: \"vm:1?x\" is not a disk name: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        ("log_level that is no filter", format!("[server]\nlog_level = \"verbose!!\"\n{}", null("")), "$DIR/keel.toml:2: `log_level`: \"verbose!!\" is not a log filter (\"verbose!!\" is neither a level nor module=level); use one of off, error, warn, info, debug, trace or module=level, comma-separated"),
+        ("control socket directory missing", format!("[server]\ncontrol_socket = \"nodir/c.sock\"\n{}", null("")), "$DIR/keel.toml:2: `control_socket`: directory $DIR/nodir: No such file or directory (os error 2)"),
+        ("control socket is a disk socket", format!("[server]\ncontrol_socket = \"n.sock\"\n{}", null("")), "$DIR/keel.toml:5: `socket`: \"$DIR/n.sock\" is already used at line 2"),
+        ("one socket spelled two ways", format!("{}{}", null("").replace("n.sock", "adir/n.sock"), null("").replace("name = \"n\"", "name = \"m\"").replace("n.sock", "./adir/../adir/n.sock")), "$DIR/keel.toml:9: `socket`: \"$DIR/adir/n.sock\" is already used at line 3"),
+        ("duplicate name", format!("{}{}", null(""), null("").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"n\"\nserial = \"m\"")), "$DIR/keel.toml:8: `name`: \"n\" is already used at line 2"),
+        ("duplicate socket", format!("{}{}", null(""), null("").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:9: `socket`: \"$DIR/n.sock\" is already used at line 3"),
+        ("duplicate serial", format!("{}{}", null("serial = \"s\""), null("serial = \"s\"").replace("n.sock", "m.sock").replace("name = \"n\"", "name = \"m\"")), "$DIR/keel.toml:12: `serial`: \"s\" is already used at line 6"),
         (
             "duplicate image path",
             format!("{}{}", raw("path = \"x.img\"\nsize = \"1M\""), raw("path = \"x.img\"\nsize = \"1M\"").replace("r.sock", "s.sock").replace("name = \"r\"", "name = \"s\"")),
-            "$DIR/keel.toml:11: `path`: \"$DIR/x.img\" is already used by the disk at line 5",
+            "$DIR/keel.toml:11: `path`: \"$DIR/x.img\" is already used at line 5",
         ),
         ("null engine with a path", null("path = \"x.img\""), "$DIR/keel.toml:6: `path`: the null engine stores nothing; remove `path`"),
         ("null engine without a size", null_with(""), "$DIR/keel.toml:1: `size`: missing: the null engine needs a size"),
         ("raw engine without a path", raw("size = \"1M\""), "$DIR/keel.toml:1: `path`: missing: the raw engine needs a file or block device"),
         ("raw image missing and no size", raw("path = \"missing.img\""), "$DIR/keel.toml:5: `size`: $DIR/missing.img does not exist and no `size` is given"),
         ("raw image is a directory", raw("path = \"adir\""), "$DIR/keel.toml:5: `path`: $DIR/adir is neither a regular file nor a block device"),
-        ("raw image of another size", raw("path = \"small.img\"\nsize = \"1M\""), "$DIR/keel.toml:6: `size`: $DIR/small.img is 4096 bytes, not 1048576; set `resize = true` to change it"),
+        ("raw image of another size", raw("path = \"small.img\"\nsize = \"1M\""), "$DIR/keel.toml:6: `size`: $DIR/small.img is 4096 bytes, less than 1048576; set `resize = true` to grow it, or size = 4096"),
+        ("resize asked to shrink", raw("path = \"small.img\"\nsize = 2048\nresize = true"), "$DIR/keel.toml:6: `size`: $DIR/small.img is 4096 bytes, more than 2048: `resize` only grows an image (shrinking would drop the guest's data past the new end); set size = 4096"),
+        ("keel engine on a raw image", "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"small.img\"\n".into(), "$DIR/keel.toml:5: `path`: $DIR/small.img is not a Keel container (no Keel superblock); copy a raw image into a new one with `keel import`, or serve it with engine = \"raw\""),
+        ("keel size not a multiple of 4K", "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = 1536\n".into(), "$DIR/keel.toml:6: `size`: 1536 bytes is not a multiple of 4K, a keel disk's block"),
         ("raw image not a multiple of the block size", raw("path = \"odd.img\""), "$DIR/keel.toml:5: `path`: $DIR/odd.img is 1000 bytes, not a positive multiple of the logical block size (512)"),
         ("raw image directory missing", raw("path = \"nodir/x.img\"\nsize = \"1M\""), "$DIR/keel.toml:5: `path`: directory $DIR/nodir: No such file or directory (os error 2)"),
         ("raw image through a dangling symlink", raw("path = \"dangling\""), "$DIR/keel.toml:5: `size`: $DIR/dangling does not exist and no `size` is given"),
@@ -172,6 +181,54 @@ fn missing_file_is_a_read_error() {
         e,
         format!(
             "cannot read config file {}: No such file or directory (os error 2)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn a_socket_path_too_long_to_bind_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    let name = format!("{}.sock", "s".repeat(110));
+    fs::write(&file, null("").replace("n.sock", &name)).unwrap();
+    let path = dir.path().join(&name);
+    let e = Config::load(&file).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}:3: `socket`: {} is {} bytes long; a unix socket path holds at most 107 (use a \
+             shorter directory)",
+            file.display(),
+            path.display(),
+            path.as_os_str().len()
+        )
+    );
+}
+
+#[test]
+fn a_container_grown_past_its_size_is_served_and_a_smaller_one_is_refused() {
+    use keel_backend::store::{CreateOptions, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keel.toml");
+    let container = dir.path().join("k.keel");
+    Store::create_path(&container, &CreateOptions::new(16 << 20)).unwrap();
+    let disk = |size: &str| {
+        format!(
+            "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\n\
+             size = \"{size}\"\n"
+        )
+    };
+    fs::write(&file, disk("8M")).unwrap();
+    assert_eq!(Config::load(&file).unwrap().disks[0].size, Some(8 << 20));
+    fs::write(&file, disk("32M")).unwrap();
+    let e = Config::load(&file).unwrap_err().to_string();
+    let c = container.display();
+    assert_eq!(
+        e,
+        format!(
+            "{}:6: `size`: {c} holds a 16777216-byte disk, less than 33554432: grow it with \
+             `keel resize {c} 33554432` while keeld is stopped, or set size = 16777216",
             file.display()
         )
     );

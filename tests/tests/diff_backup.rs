@@ -125,7 +125,7 @@ fn full_and_incremental_backups_restore_every_point() {
     );
     let table = ok(keel(&dir, Some(&ctl), &["diff", "k", "base", "incr"]));
     assert!(
-        table.contains("3 extents, 12288 bytes of data, 16384 bytes zeroed"),
+        table.contains("3 extents, 12.0 KiB of data, 16.0 KiB zeroed"),
         "{table}"
     );
 
@@ -140,7 +140,8 @@ fn full_and_incremental_backups_restore_every_point() {
             Some(&ctl),
             &["diff", "k", from, to, "--export", file],
         ));
-        assert!(out.starts_with(&format!("wrote {file}")), "{out}");
+        let path = dir.join(file).display().to_string();
+        assert!(out.starts_with(&format!("wrote {path}: ")), "{out}");
     }
     let (code, _, err) = keel(
         &dir,
@@ -214,7 +215,7 @@ fn resize_refuses_shrinking_and_grows_online_and_stopped() {
     // Online: into the container's spare space (nobody attached to tell), and no further.
     let out = ok(keel(&dir, Some(&ctl), &["resize", "k", "17M"]));
     assert!(
-        out.contains("k holds 17825792 bytes (no attached frontend to tell)"),
+        out.contains("k holds 17.0 MiB (17825792 bytes; no attached frontend to tell)"),
         "{out}"
     );
     let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "k", "1G"]);
@@ -243,7 +244,7 @@ fn resize_refuses_shrinking_and_grows_online_and_stopped() {
     );
     let out = ok(keel(&dir, None, &["resize", "k.keel", "17M"]));
     assert!(
-        out.contains("grown from 17825792 to 17825792 bytes"),
+        out.contains("disk grown from 17.0 MiB to 17.0 MiB (17825792 bytes)"),
         "the online growth was made durable: {out}"
     );
     let info = ok(keel(&dir, None, &["info", "k.keel", "--json"]));
@@ -266,7 +267,10 @@ fn clone_serves_a_snapshot_as_a_new_disk() {
     client.write(0, 0, &[3; 4096]).unwrap();
 
     let out = ok(keel(&dir, Some(&ctl), &["clone", "k", "gold", "copy"]));
-    assert!(out.contains("copy cloned from k@gold (3 blocks)"), "{out}");
+    assert!(
+        out.contains("copy cloned from k@gold (12.0 KiB copied in "),
+        "{out}"
+    );
     assert!(dir.join("copy.keel").exists());
     let mut copy = Client::connect(&dir.join("copy.sock"), 1, 1 << 20).unwrap();
     assert_eq!(copy.capacity(), 16 << 20);

@@ -1,4 +1,6 @@
 //! keeld: serves the disks of a config file as vhost-user-blk devices until SIGTERM or SIGINT.
+//! SIGHUP reloads the config: disks added to the file start, disks removed from it stop; what
+//! cannot change live is refused with a log line and served as before.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +8,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use keel_backend::config::Config;
 use keel_backend::vhost::Daemon;
-use log::{error, info};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[derive(Parser)]
-#[command(version, about = "Keel's vhost-user-blk server")]
+#[command(name = "keeld", version, about = "Keel's vhost-user-blk server")]
 struct Args {
     /// The config file (see docs/config.md).
     #[arg(short, long, default_value = "keel.toml")]
@@ -40,14 +42,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Register before starting: a signal that arrives during startup is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keeld: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start(&config) {
+    let mut daemon = match Daemon::start(&config) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
@@ -55,8 +57,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            reload(&mut daemon, &args.config);
+            continue;
+        }
         info!("signal {sig}: shutting down");
+        break;
     }
     match daemon.shutdown() {
         Ok(()) => {
@@ -67,6 +74,27 @@ fn main() -> ExitCode {
             eprintln!("keeld: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: the config file is checked as at start, and its disk list applied.
+fn reload(daemon: &mut Daemon, path: &std::path::Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: not reloaded, serving as before: {e}");
+            return;
+        }
+    };
+    let r = daemon.reload(&new);
+    if r.applied.is_empty() && r.refused.is_empty() {
+        info!("SIGHUP: {} is unchanged", path.display());
+    }
+    for a in &r.applied {
+        info!("SIGHUP: {a}");
+    }
+    for refused in &r.refused {
+        warn!("SIGHUP: {refused}");
     }
 }
 

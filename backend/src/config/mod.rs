@@ -3,16 +3,21 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod names;
+mod paths;
 mod size;
 mod space;
 
+pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
+pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
+
+use paths::{canonical_if_exists, check_writable_dir, normalize};
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use keel_protocol::{ID_BYTES, SECTOR_SIZE};
@@ -146,17 +151,19 @@ struct RawDisk {
 }
 
 impl Config {
-    /// Reads, parses and checks `path`. Relative paths inside resolve against its directory.
+    /// Reads, parses and checks `path`. Relative paths inside resolve against its directory
+    /// and come out absolute, so logs and answers name them the same from any directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let base = path
+        let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Self::parse(&text, path, base)
+        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        Self::parse(&text, path, &base)
     }
 
     /// Parses `text` as if read from `file`, resolving relative paths against `base`.
@@ -215,22 +222,29 @@ impl Checker<'_> {
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.base.join(p)
-        }
+        normalize(&self.base.join(p))
     }
 
     fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        if let Some(level) = &raw.server.log_level {
+            check_log_level(level.get_ref()).map_err(|m| self.err(level.span(), "log_level", m))?;
+        }
+        let mut sockets = HashMap::new();
+        let control_socket = match &raw.server.control_socket {
+            Some(s) => {
+                let path = self.resolve(s.get_ref());
+                self.check_socket(&path, s.span(), "control_socket")?;
+                sockets.insert(path.display().to_string(), self.line_of(s.span()));
+                Some(path)
+            }
+            None => None,
+        };
         let server = ServerConfig {
-            control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
+            control_socket,
             log_level: raw.server.log_level.map(Spanned::into_inner),
         };
         let mut disks = Vec::with_capacity(raw.disk.len());
         let mut names = HashMap::new();
-        let mut sockets = HashMap::new();
         let mut serials = HashMap::new();
         let mut paths = HashMap::new();
         for spanned in raw.disk {
@@ -244,7 +258,7 @@ impl Checker<'_> {
                         path: self.file.to_owned(),
                         line,
                         key: key.to_owned(),
-                        message: format!("\"{value}\" is already used by the disk at line {first}"),
+                        message: format!("\"{value}\" is already used at line {first}"),
                     }),
                     None => Ok(()),
                 }
@@ -276,13 +290,7 @@ impl Checker<'_> {
         disk_span: std::ops::Range<usize>,
     ) -> Result<DiskConfig, ConfigError> {
         let name = raw.name.get_ref().clone();
-        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
-            return Err(self.err(
-                raw.name.span(),
-                "name",
-                "must be non-empty, without '/' or control characters".into(),
-            ));
-        }
+        check_disk_name(&name).map_err(|m| self.err(raw.name.span(), "name", m))?;
         let engine = *raw.engine.get_ref();
 
         let logical_block_size = match &raw.logical_block_size {
@@ -315,6 +323,13 @@ impl Checker<'_> {
                             "{bytes} bytes is not a positive multiple of the logical block size \
                              ({logical_block_size})"
                         ),
+                    ));
+                }
+                if engine == EngineKind::Keel && !bytes.is_multiple_of(KEEL_BLOCK) {
+                    return Err(self.err(
+                        v.span(),
+                        "size",
+                        format!("{bytes} bytes is not a multiple of 4K, a keel disk's block"),
                     ));
                 }
                 Some(bytes)
@@ -374,7 +389,7 @@ impl Checker<'_> {
         };
 
         let socket = self.resolve(raw.socket.get_ref());
-        self.check_socket_dir(&socket, raw.socket.span())?;
+        self.check_socket(&socket, raw.socket.span(), "socket")?;
 
         let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
         let (mirror, resync_chunk) = self.check_mirror(raw, engine, size)?;
@@ -425,7 +440,7 @@ impl Checker<'_> {
             }
             (EngineKind::Keel, Some(p)) => {
                 let resolved = canonical_if_exists(self.resolve(p.get_ref()));
-                self.check_container_path(&resolved, p.span(), size)?;
+                self.check_container_path(&resolved, p.span(), raw, size)?;
                 Some(resolved)
             }
         };
@@ -510,151 +525,6 @@ impl Checker<'_> {
         }
         Ok((paths, chunk))
     }
-
-    /// A keel container either exists (its own header gives its size) or is created with `size`.
-    fn check_container_path(
-        &self,
-        path: &Path,
-        span: std::ops::Range<usize>,
-        size: Option<u64>,
-    ) -> Result<(), ConfigError> {
-        match fs::metadata(path) {
-            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => Ok(()),
-            Ok(_) => Err(self.err(
-                span,
-                "path",
-                format!(
-                    "{} is neither a regular file nor a block device",
-                    path.display()
-                ),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if size.is_none() {
-                    return Err(self.err(
-                        span,
-                        "size",
-                        format!("{} does not exist and no `size` is given", path.display()),
-                    ));
-                }
-                let dir = path.parent().unwrap_or(Path::new("."));
-                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
-            }
-            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
-        }
-    }
-
-    /// The socket's directory must exist and be writable, or binding fails later.
-    fn check_socket_dir(
-        &self,
-        socket: &Path,
-        span: std::ops::Range<usize>,
-    ) -> Result<(), ConfigError> {
-        let dir = socket.parent().unwrap_or(Path::new("."));
-        check_writable_dir(dir).map_err(|m| self.err(span, "socket", m))
-    }
-
-    /// A raw disk's file either exists with the configured size (or `resize`), or can be created.
-    fn check_raw_path(
-        &self,
-        path: &Path,
-        span: std::ops::Range<usize>,
-        raw: &RawDisk,
-        size: Option<u64>,
-        resize: bool,
-        logical_block_size: u32,
-    ) -> Result<(), ConfigError> {
-        match fs::metadata(path) {
-            Ok(meta) if meta.file_type().is_block_device() => {
-                if raw.size.is_some() || resize {
-                    let key_span = raw.size.as_ref().map_or(span, Spanned::span);
-                    return Err(self.err(
-                        key_span,
-                        "size",
-                        format!("{} is a block device: its size is its own", path.display()),
-                    ));
-                }
-                Ok(())
-            }
-            Ok(meta) if meta.is_file() => {
-                let actual = meta.len();
-                match size {
-                    Some(want) if want != actual && !resize => {
-                        let key_span = raw.size.as_ref().map_or(span, Spanned::span);
-                        Err(self.err(
-                            key_span,
-                            "size",
-                            format!(
-                                "{} is {actual} bytes, not {want}; set `resize = true` to change it",
-                                path.display()
-                            ),
-                        ))
-                    }
-                    None if actual == 0 || actual % u64::from(logical_block_size) != 0 => Err(self
-                        .err(
-                            span,
-                            "path",
-                            format!(
-                                "{} is {actual} bytes, not a positive multiple of the logical \
-                                 block size ({logical_block_size})",
-                                path.display()
-                            ),
-                        )),
-                    _ => Ok(()),
-                }
-            }
-            Ok(_) => Err(self.err(
-                span,
-                "path",
-                format!(
-                    "{} is neither a regular file nor a block device",
-                    path.display()
-                ),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if size.is_none() {
-                    return Err(self.err(
-                        span,
-                        "size",
-                        format!("{} does not exist and no `size` is given", path.display()),
-                    ));
-                }
-                let dir = path.parent().unwrap_or(Path::new("."));
-                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
-            }
-            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
-        }
-    }
-}
-
-/// An existing path with its symlinks resolved now (a `/dev/disk/by-id/...` link names its
-/// device), so the engine can open it without following links later.
-fn canonical_if_exists(path: PathBuf) -> PathBuf {
-    fs::canonicalize(&path).unwrap_or(path)
-}
-
-fn check_writable_dir(dir: &Path) -> Result<(), String> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
-        Err(e) => return Err(format!("directory {}: {e}", dir.display())),
-    }
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
-    if rc != 0 {
-        return Err(format!(
-            "directory {} is not writable: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

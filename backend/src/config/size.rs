@@ -1,10 +1,14 @@
-//! Byte sizes written the way people write them: `4G`, `512M`, `1T`, `65536`.
+//! Size values in keel.toml: a byte count or a string in the grammar of
+//! [`keel_protocol::size`] (`4G`, `512M`, `65536`).
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::fmt;
+
+pub use keel_protocol::parse_size;
 
 /// A size as it appears in the file: a bare integer (bytes) or a string with a binary suffix.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SizeValue {
     Bytes(u64),
     Text(String),
@@ -20,57 +24,77 @@ impl SizeValue {
     }
 }
 
-/// Parses `"4G"`, `"4GiB"`, `"512m"`, `"100"`; suffixes are powers of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    if digits.is_empty() {
-        return Err(format!(
-            "\"{text}\" is not a size (expected e.g. 4G, 512M or 65536)"
-        ));
+const EXPECTED: &str = "a size: a byte count or a string such as \"4G\", \"512M\" or \"64K\"";
+
+/// Accepts exactly integers >= 0 and strings, saying what a size is for anything else.
+struct SizeVisitor;
+
+impl Visitor<'_> for SizeVisitor {
+    type Value = SizeValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(EXPECTED)
     }
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("\"{text}\" is too large"))?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
-        other => {
-            return Err(format!(
-                "\"{text}\" has an unknown unit \"{other}\" (use K, M, G, T or P)"
-            ));
-        }
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("\"{text}\" is too large"))
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeValue, E> {
+        Ok(SizeValue::Bytes(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
+        u64::try_from(v)
+            .map(SizeValue::Bytes)
+            .map_err(|_| E::custom(format!("{v} is negative; expected {EXPECTED}")))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<SizeValue, E> {
+        Err(E::custom(format!(
+            "{v} is not a whole number of bytes; expected {EXPECTED}"
+        )))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
+        Ok(SizeValue::Text(v.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SizeVisitor)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_suffixes() {
-        assert_eq!(parse_size("4G"), Ok(4 << 30));
-        assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("8 K"), Ok(8192));
+    #[derive(Deserialize)]
+    struct One {
+        size: SizeValue,
+    }
+
+    fn parse(text: &str) -> Result<u64, String> {
+        let one: One = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        one.size.to_bytes()
     }
 
     #[test]
-    fn rejects_garbage() {
-        assert!(parse_size("").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("4X").is_err());
-        assert!(parse_size("-4G").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("17000000P").is_err());
+    fn integers_and_strings() {
+        assert_eq!(parse("size = 4096"), Ok(4096));
+        assert_eq!(parse("size = \"4GiB\""), Ok(4 << 30));
+    }
+
+    #[test]
+    fn negative_and_fractional_sizes_say_what_a_size_is() {
+        assert_eq!(
+            parse("size = -5"),
+            Err(format!("-5 is negative; expected {EXPECTED}"))
+        );
+        assert_eq!(
+            parse("size = 1.5"),
+            Err(format!(
+                "1.5 is not a whole number of bytes; expected {EXPECTED}"
+            ))
+        );
+        assert!(parse("size = true").unwrap_err().contains(EXPECTED));
     }
 }

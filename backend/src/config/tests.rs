@@ -51,7 +51,7 @@ fn full_raw_disk_and_server_section() {
     let (dir, r) = parse(
         r#"
 [server]
-control_socket = "run/keel.sock"
+control_socket = "ctl/../keel.sock"
 log_level = "debug"
 
 [[disk]]
@@ -70,10 +70,7 @@ poll_us = 50
 "#,
     );
     let c = r.unwrap();
-    assert_eq!(
-        c.server.control_socket,
-        Some(dir.path().join("run/keel.sock"))
-    );
+    assert_eq!(c.server.control_socket, Some(dir.path().join("keel.sock")));
     assert_eq!(c.server.log_level.as_deref(), Some("debug"));
     let d = &c.disks[0];
     assert_eq!(d.socket, PathBuf::from("/tmp/vm1.sock"));
@@ -397,4 +394,44 @@ fn space_keys_are_checked() {
     let (_dir, r) = parse(&format!("{NULL_DISK}max_size = \"2G\"\n"));
     let m = assert_invalid(r, "max_size", 6);
     assert!(m.contains("only a keel container grows"), "{m}");
+}
+
+/// The keys serde expects where `probe` is an unknown one, from its error message.
+fn expected_keys(text: &str) -> Vec<String> {
+    let (_d, r) = parse(text);
+    let message = r.unwrap_err().to_string();
+    let list = message
+        .split("expected ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{message}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_config_key_is_in_the_config_doc() {
+    let doc = include_str!("../../../docs/config.md");
+    let disk_keys = expected_keys(&format!("{NULL_DISK}probe = 1\n"));
+    let server_keys = expected_keys("[server]\nprobe = 1\n");
+    assert!(disk_keys.len() >= 16 && server_keys.len() >= 2);
+    for key in disk_keys.iter().chain(&server_keys) {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "docs/config.md has no row for `{key}`"
+        );
+    }
+    for section in expected_keys("probe = 1\n") {
+        let heading = if section == "disk" {
+            "## `[[disk]]`".to_string()
+        } else {
+            format!("## `[{section}]`")
+        };
+        assert!(doc.contains(&heading), "docs/config.md has no {heading}");
+    }
+    for engine in ["raw", "null", "keel"] {
+        assert!(doc.contains(&format!("`\"{engine}\"`")), "engine {engine}");
+    }
 }

@@ -4,14 +4,13 @@
 //! `[server] control_socket` of `--config FILE`.
 
 use super::client::{ClientError, ControlClient};
-use super::table::{Align, Table};
-use crate::config::Config;
+use super::output::{Align, Table, format_size, format_time, print_json};
+use crate::config::{Config, check_disk_name, check_name};
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
     CloneAnswer, CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeAnswer,
     ResizeDisk, RevertSnapshot, SnapshotInfo,
 };
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Where the daemon's control socket is, from the command line and the environment.
@@ -61,26 +60,44 @@ impl DaemonArgs {
 pub enum MirrorCmd {
     /// Each component's state, LSN, dirty chunks and resync progress.
     Status {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Take component N out (its writes are tracked for a later resync).
-    Offline { disk: String, n: usize },
+    Offline {
+        /// A mirrored disk keeld serves.
+        disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
+        n: usize,
+    },
     /// Bring component N back: resync copies only what changed meanwhile.
-    Online { disk: String, n: usize },
+    Online {
+        /// A mirrored disk keeld serves.
+        disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
+        n: usize,
+    },
     /// Take component N down for service; a delta component takes its writes.
     Maintenance {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
         n: usize,
         /// Where the delta component lives (default: beside the component).
         #[arg(long)]
         delta: Option<PathBuf>,
     },
-    /// Replace component N by a full copy at PATH.
+    /// Replace component N by a full copy at PATH. keeld's config is not changed: name PATH
+    /// in its `mirror` list before the next start.
     Replace {
+        /// A mirrored disk keeld serves.
         disk: String,
+        /// The component's number (its place in the config's `mirror` list, from 0).
         n: usize,
+        /// Where the new component goes (opened, or created if missing).
         path: PathBuf,
     },
 }
@@ -89,16 +106,32 @@ fn api(e: ClientError) -> String {
     e.to_string()
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<(), String> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
-    );
-    Ok(())
-}
-
 fn disk_path(disk: &str) -> String {
     format!("/v1/disks/{disk}")
+}
+
+/// The API path of a served disk, refusing a name no config can give a disk (it would
+/// address another resource, or none).
+fn served_disk(disk: &str) -> Result<String, String> {
+    check_disk_name(disk).map_err(|m| format!("no such disk: {m}"))?;
+    Ok(disk_path(disk))
+}
+
+/// The API path of one of a disk's snapshots.
+fn snapshot_path(disk: &str, name: &str) -> Result<String, String> {
+    check_name("snapshot", name)?;
+    Ok(format!("{}/snapshots/{name}", served_disk(disk)?))
+}
+
+/// A store's snapshot as the API describes it, so offline and online output are one.
+pub fn snapshot_info(s: crate::store::SnapshotInfo) -> SnapshotInfo {
+    SnapshotInfo {
+        name: s.name,
+        seq: s.id,
+        created: s.created,
+        owned_blocks: None,
+        pause_us: None,
+    }
 }
 
 pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
@@ -106,52 +139,67 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
     if json {
         return print_json(&disks);
     }
-    println!(
-        "{:<16} {:<6} {:>12} {:>6} {:<9} {:<14} socket",
-        "disk", "engine", "size", "queues", "attached", "space"
-    );
+    let mut t = Table::new(&[
+        ("disk", Align::Left),
+        ("engine", Align::Left),
+        ("size", Align::Right),
+        ("queues", Align::Right),
+        ("attached", Align::Left),
+        ("space", Align::Left),
+        ("socket", Align::Left),
+    ]);
+    let mut failed = Vec::new();
     for d in disks {
         let space = d.space.as_ref().map_or("-".to_string(), |s| {
             format!("{} {:.0}%", s.state.as_str(), s.used_percent)
         });
-        println!(
-            "{:<16} {:<6} {:>12} {:>6} {:<9} {:<14} {}",
+        if let Some(e) = &d.error {
+            failed.push(format!("{}: failed: {e}", d.name));
+        }
+        t.row([
             d.name,
             d.engine,
-            d.size,
-            d.queues,
-            if d.connected { "yes" } else { "no" },
+            format_size(d.size),
+            d.queues.to_string(),
+            if d.connected { "yes" } else { "no" }.into(),
             space,
-            d.socket
-        );
-        if let Some(e) = &d.error {
-            println!("  failed: {e}");
-        }
+            d.socket,
+        ]);
+    }
+    t.print();
+    for line in failed {
+        println!("{line}");
     }
     Ok(())
 }
 
 pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
-    let s: DiskStats = c.get(&format!("{}/stats", disk_path(disk))).map_err(api)?;
+    let s: DiskStats = c
+        .get(&format!("{}/stats", served_disk(disk)?))
+        .map_err(api)?;
     if json {
         return print_json(&s);
     }
-    let rows: [(&str, u64); 15] = [
-        ("reads", s.reads),
-        ("writes", s.writes),
-        ("flushes", s.flushes),
-        ("discards", s.discards),
-        ("write zeroes", s.write_zeroes),
-        ("bytes read", s.read_bytes),
-        ("bytes written", s.written_bytes),
-        ("I/O errors", s.errors),
-        ("refused requests", s.invalid_requests),
-        ("batches", s.batches),
-        ("metadata transactions", s.metadata_transactions),
-        ("device bytes written", s.device_bytes_written),
-        ("checksum errors", s.checksum_errors),
-        ("snapshots being deleted", s.snapshots_being_deleted),
-        ("get-id", s.get_ids),
+    let bytes = |n: u64| format!("{} ({n} bytes)", format_size(n));
+    let rows: [(&str, String); 15] = [
+        ("reads", s.reads.to_string()),
+        ("writes", s.writes.to_string()),
+        ("flushes", s.flushes.to_string()),
+        ("discards", s.discards.to_string()),
+        ("write zeroes", s.write_zeroes.to_string()),
+        ("bytes read", bytes(s.read_bytes)),
+        ("bytes written", bytes(s.written_bytes)),
+        ("I/O errors", s.errors.to_string()),
+        ("refused requests", s.invalid_requests.to_string()),
+        ("batches", s.batches.to_string()),
+        ("metadata transactions", s.metadata_transactions.to_string()),
+        ("device bytes written", bytes(s.device_bytes_written)),
+        ("checksum errors", s.checksum_errors.to_string()),
+        (
+            "snapshots being deleted",
+            s.snapshots_being_deleted.to_string(),
+        ),
+        ("get-id", s.get_ids.to_string()),
     ];
     for (k, v) in rows {
         println!("{k:<23} {v}");
@@ -184,33 +232,55 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
 
 pub fn snapshot_list(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     let l: Vec<SnapshotInfo> = c
-        .get(&format!("{}/snapshots", disk_path(disk)))
+        .get(&format!("{}/snapshots", served_disk(disk)?))
         .map_err(api)?;
+    print_snapshots(&l, json)
+}
+
+/// Snapshots as a table (seq, name, creation time) or as JSON; the same offline and online.
+pub fn print_snapshots(l: &[SnapshotInfo], json: bool) -> Result<(), String> {
     if json {
-        return print_json(&l);
+        return print_json(l);
     }
-    println!("{:<24} {:>8} {:>12}", "name", "seq", "created");
+    let mut t = Table::new(&[
+        ("seq", Align::Right),
+        ("name", Align::Left),
+        ("created (UTC)", Align::Left),
+    ]);
     for s in l {
-        println!("{:<24} {:>8} {:>12}", s.name, s.seq, s.created);
+        t.row([s.seq.to_string(), s.name.clone(), format_time(s.created)]);
     }
+    t.print();
     Ok(())
 }
 
-pub fn snapshot_create(c: &ControlClient, disk: &str, name: &str) -> Result<(), String> {
-    let s: SnapshotInfo = c
-        .post(
-            &format!("{}/snapshots", disk_path(disk)),
-            &CreateSnapshot { name: name.into() },
-        )
-        .map_err(api)?;
+/// The answer to a snapshot create, offline and online alike.
+pub fn print_snapshot_created(disk: &str, s: &SnapshotInfo, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(s);
+    }
     println!("snapshot {} of {disk} created (seq {})", s.name, s.seq);
     Ok(())
 }
 
-pub fn snapshot_delete(c: &ControlClient, disk: &str, name: &str) -> Result<(), String> {
-    let _: serde_json::Value = c
-        .delete(&format!("{}/snapshots/{name}", disk_path(disk)))
+pub fn snapshot_create(
+    c: &ControlClient,
+    disk: &str,
+    name: &str,
+    json: bool,
+) -> Result<(), String> {
+    check_name("snapshot", name)?;
+    let s: SnapshotInfo = c
+        .post(
+            &format!("{}/snapshots", served_disk(disk)?),
+            &CreateSnapshot { name: name.into() },
+        )
         .map_err(api)?;
+    print_snapshot_created(disk, &s, json)
+}
+
+pub fn snapshot_delete(c: &ControlClient, disk: &str, name: &str) -> Result<(), String> {
+    let _: serde_json::Value = c.delete(&snapshot_path(disk, name)?).map_err(api)?;
     println!("snapshot {name} of {disk} deleted");
     Ok(())
 }
@@ -223,7 +293,7 @@ pub fn snapshot_revert(
 ) -> Result<(), String> {
     let _: serde_json::Value = c
         .post(
-            &format!("{}/snapshots/{name}/revert", disk_path(disk)),
+            &format!("{}/revert", snapshot_path(disk, name)?),
             &RevertSnapshot { force },
         )
         .map_err(api)?;
@@ -231,20 +301,40 @@ pub fn snapshot_revert(
     Ok(())
 }
 
-pub fn clone(c: &ControlClient, disk: &str, snapshot: &str, new_disk: &str) -> Result<(), String> {
-    let a: CloneAnswer = c
-        .post(
-            &format!("{}/clone", disk_path(disk)),
-            &CloneDisk {
-                snapshot: snapshot.into(),
-                new_disk: new_disk.into(),
-            },
-        )
-        .map_err(api)?;
+pub fn clone(
+    c: &ControlClient,
+    disk: &str,
+    snapshot: &str,
+    new_disk: &str,
+    json: bool,
+) -> Result<(), String> {
+    check_disk_name(new_disk)?;
+    let path = format!("{}/clone", served_disk(disk)?);
+    // keeld answers when the copy is done: a spinner (on a terminal) says it is under way.
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("cloning {disk}@{snapshot} into {new_disk}"));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let answer: Result<CloneAnswer, _> = c.post(
+        &path,
+        &CloneDisk {
+            snapshot: snapshot.into(),
+            new_disk: new_disk.into(),
+        },
+    );
+    spinner.finish_and_clear();
+    let a = answer.map_err(api)?;
+    if json {
+        return print_json(&a);
+    }
     println!(
-        "{} cloned from {disk}@{snapshot} ({} blocks) into {}, serving on {}; add it to keeld's \
-         config to serve it after a restart",
-        a.disk, a.blocks, a.path, a.socket
+        "{} cloned from {disk}@{snapshot} ({} copied in {:.1} s) into {}, serving on {}; add it \
+         to keeld's config to serve it after a restart",
+        a.disk,
+        format_size(a.blocks * 4096),
+        started.elapsed().as_secs_f64(),
+        a.path,
+        a.socket
     );
     Ok(())
 }
@@ -287,6 +377,11 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
         }
         MirrorCmd::Replace { disk, n, path } => {
             op(&disk, n, "replace", Some(&path))?;
+            println!(
+                "keeld's config still names the old path of component {n}: put {} in its \
+                 `mirror` list before the next start, or the old path comes back there (failed)",
+                super::output::absolute(&path)
+            );
             resync_started(&disk, n, &status(&disk)?)
         }
     }
@@ -294,7 +389,7 @@ pub fn mirror(c: &ControlClient, cmd: MirrorCmd) -> Result<(), String> {
 
 /// The components of a `GET /v1/disks/{name}/mirror` answer as a table.
 fn mirror_table(s: &serde_json::Value) -> Table {
-    let mut t = Table::new([
+    let mut t = Table::new(&[
         ("n", Align::Right),
         ("state", Align::Left),
         ("last LSN", Align::Right),
@@ -362,18 +457,27 @@ fn resync_started(disk: &str, n: usize, s: &serde_json::Value) -> Result<(), Str
 }
 
 /// `keel resize DISK SIZE`: grow a served disk (shrinking is refused by the daemon).
-pub fn resize(c: &ControlClient, disk: &str, size: u64) -> Result<(), String> {
+pub fn resize(c: &ControlClient, disk: &str, size: u64, json: bool) -> Result<(), String> {
     let a: ResizeAnswer = c
-        .post(&format!("{}/resize", disk_path(disk)), &ResizeDisk { size })
+        .post(
+            &format!("{}/resize", served_disk(disk)?),
+            &ResizeDisk { size },
+        )
         .map_err(api)?;
+    if json {
+        return print_json(&a);
+    }
     let told = if a.frontend_notified {
         "the attached frontend was told"
     } else {
         "no attached frontend to tell"
     };
     println!(
-        "{disk} holds {} bytes ({told}); keeld's config must say size = {} before its next start",
-        a.size, a.size
+        "{disk} holds {} ({} bytes; {told}); keeld serves the grown image at this size after a \
+         restart too, whatever `size` its config names (set size = {} to keep them in step)",
+        format_size(a.size),
+        a.size,
+        a.size
     );
     Ok(())
 }
@@ -383,34 +487,54 @@ pub fn print_diff(r: &DiffReport, json: bool) -> Result<(), String> {
     if json {
         return print_json(r);
     }
-    println!("{:>16} {:>14}  kind", "offset", "length");
+    let mut t = Table::new(&[
+        ("offset", Align::Right),
+        ("length", Align::Right),
+        ("kind", Align::Left),
+    ]);
     for e in &r.extents {
         let kind = match e.kind {
             ExtentKind::Data => "data",
             ExtentKind::Zero => "zero",
         };
-        println!("{:>16} {:>14}  {kind}", e.offset, e.length);
+        t.row([e.offset.to_string(), format_size(e.length), kind.into()]);
     }
+    t.print();
     println!(
-        "{} to {}: {} extents, {} bytes of data, {} bytes zeroed ({} tree nodes opened, {} shared subtrees skipped)",
+        "{} to {}: {} extents, {} of data, {} zeroed ({} tree nodes opened, {} shared subtrees skipped)",
         r.from,
         r.to,
         r.extents.len(),
-        r.data_bytes,
-        r.zero_bytes,
+        format_size(r.data_bytes),
+        format_size(r.zero_bytes),
         r.nodes_opened,
         r.shared_skipped
     );
     Ok(())
 }
 
-fn diff_query(disk: &str, what: &str, from: &str, to: &str) -> String {
-    format!("{}/{what}?from={from}&to={to}", disk_path(disk))
+fn diff_query(disk: &str, what: &str, from: &str, to: &str) -> Result<String, String> {
+    let side = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'@' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    Ok(format!(
+        "{}/{what}?from={}&to={}",
+        served_disk(disk)?,
+        side(from),
+        side(to)
+    ))
 }
 
 /// `keel diff DISK FROM [TO]` on a served disk.
 pub fn diff(c: &ControlClient, disk: &str, from: &str, to: &str, json: bool) -> Result<(), String> {
-    let r: DiffReport = c.get(&diff_query(disk, "diff", from, to)).map_err(api)?;
+    let r: DiffReport = c.get(&diff_query(disk, "diff", from, to)?).map_err(api)?;
     print_diff(&r, json)
 }
 
@@ -422,7 +546,7 @@ pub fn diff_export(
     to: &str,
     out: &mut dyn std::io::Write,
 ) -> Result<u64, String> {
-    c.download(&diff_query(disk, "export", from, to), out)
+    c.download(&diff_query(disk, "export", from, to)?, out)
         .map_err(api)
 }
 

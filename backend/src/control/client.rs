@@ -20,6 +20,13 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("keeld sent a malformed answer: {0}")]
     BadResponse(String),
+    /// Something listens there, but it does not speak HTTP: most likely a disk's vhost-user
+    /// socket given as the control socket.
+    #[error(
+        "{path} is not keeld's control socket (it did not answer in HTTP; a disk's vhost-user \
+         socket?): give the [server] control_socket of keeld's config"
+    )]
+    NotControl { path: PathBuf },
     /// The daemon answered with an error status.
     #[error("{message}")]
     Api { status: u16, message: String },
@@ -76,10 +83,7 @@ impl ControlClient {
         };
         let (status, answer) = self.raw(method, path, &body)?;
         if status != 200 {
-            let message = serde_json::from_slice::<ErrorBody>(&answer)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, &answer));
         }
         serde_json::from_slice(&answer).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
@@ -93,7 +97,7 @@ impl ControlClient {
         while !head.ends_with(b"\r\n\r\n") {
             let mut line = Vec::new();
             if r.read_until(b'\n', &mut line)? == 0 || head.len() > 64 << 10 {
-                return Err(ClientError::BadResponse("truncated header".into()));
+                return Err(self.bad_answer(&head, "truncated header"));
             }
             head.extend_from_slice(&line);
         }
@@ -115,10 +119,7 @@ impl ControlClient {
             let mut raw = head;
             r.read_to_end(&mut raw)?;
             let (status, answer) = parse_response(&raw)?;
-            let message = serde_json::from_slice::<ErrorBody>(&answer)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, &answer));
         }
         let length = length.ok_or_else(|| ClientError::BadResponse("no Content-Length".into()))?;
         let copied = std::io::copy(&mut r.take(length), out)?;
@@ -155,9 +156,43 @@ impl ControlClient {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut stream = self.send(method, path, body)?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
+        // A peer that closes without answering (a vhost-user socket) may reset the connection.
+        match stream.read_to_end(&mut raw) {
+            Ok(_) => {}
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(self.bad_answer(&raw, "connection reset"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !raw.starts_with(b"HTTP/") {
+            return Err(self.bad_answer(&raw, "not HTTP"));
+        }
         parse_response(&raw)
     }
+
+    /// An answer that went wrong: one that is not HTTP at all means the wrong socket.
+    fn bad_answer(&self, raw: &[u8], what: &str) -> ClientError {
+        let http = b"HTTP/";
+        if raw.is_empty() || (raw.len() >= http.len() && !raw.starts_with(http)) {
+            return ClientError::NotControl {
+                path: self.path.clone(),
+            };
+        }
+        ClientError::BadResponse(what.into())
+    }
+}
+
+/// An error status, with the daemon's message, or the status when it gave none.
+fn api_error(status: u16, answer: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(answer)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(answer).trim().to_owned());
+    let message = if message.is_empty() {
+        format!("keeld refused the request (HTTP {status}) without saying why")
+    } else {
+        message
+    };
+    ClientError::Api { status, message }
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
@@ -222,5 +257,48 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    /// A peer on a fresh socket that reads the request and answers `reply`.
+    fn peer(reply: &'static [u8]) -> (tempfile::TempDir, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let _ = s.write_all(reply);
+        });
+        (dir, t)
+    }
+
+    #[test]
+    fn a_socket_that_does_not_speak_http_is_named() {
+        for reply in [&b""[..], b"\x01\x00\x00\x00vhost"] {
+            let (dir, t) = peer(reply);
+            let c = ControlClient::new(&dir.path().join("s"));
+            let e = c.get::<serde_json::Value>("/v1/disks").unwrap_err();
+            assert!(matches!(e, ClientError::NotControl { .. }), "{e}");
+            assert!(
+                e.to_string().contains("is not keeld's control socket"),
+                "{e}"
+            );
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_error_without_a_message_says_its_status() {
+        let (dir, t) = peer(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        let c = ControlClient::new(&dir.path().join("s"));
+        let e = c.get::<serde_json::Value>("/v1/disks/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keeld refused the request (HTTP 400) without saying why"
+        );
+        t.join().unwrap();
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
+mod reload;
+
 /// One served disk, as the control API sees it.
 pub struct DiskEntry {
     pub config: DiskConfig,
@@ -85,7 +87,7 @@ impl DiskEntry {
     }
 
     fn store(&self) -> Result<Arc<Store>, ApiError> {
-        self.admin()?.store().ok_or_else(|| {
+        self.admin(Need::Snapshots)?.store().ok_or_else(|| {
             ApiError::Unsupported(format!(
                 "disk {}: the {} engine keeps no snapshot trees to diff",
                 self.config.name,
@@ -94,13 +96,19 @@ impl DiskEntry {
         })
     }
 
-    fn admin(&self) -> Result<&dyn EngineAdmin, ApiError> {
+    /// The engine's admin side, or why this disk cannot do what `need` asks.
+    fn admin(&self, need: Need) -> Result<&dyn EngineAdmin, ApiError> {
         self.engine.admin().ok_or_else(|| {
-            ApiError::Unsupported(format!(
-                "disk {}: the {} engine has no snapshots or mirrors",
-                self.config.name,
-                self.config.engine.name()
-            ))
+            let (name, engine) = (&self.config.name, self.config.engine.name());
+            ApiError::Unsupported(match need {
+                Need::Snapshots => format!(
+                    "disk {name}: snapshots need engine = \"keel\"; this is a {engine} disk"
+                ),
+                Need::Mirror => format!(
+                    "disk {name} is not mirrored (its config names no `mirror = [...]` \
+                     components)"
+                ),
+            })
         })
     }
 }
@@ -133,6 +141,13 @@ impl FailedDisk {
             space: None,
         }
     }
+}
+
+/// What a call needs of a disk's engine, to say what is missing.
+#[derive(Clone, Copy)]
+enum Need {
+    Snapshots,
+    Mirror,
 }
 
 /// Carries out control calls over a fixed set of disks.
@@ -439,19 +454,22 @@ impl ControlHandler for DaemonControl {
             ApiCall::DiskStats { disk } => to_json(self.disk(&disk)?.stats()),
             ApiCall::ListSnapshots { disk } => to_json(
                 self.disk(&disk)?
-                    .admin()?
+                    .admin(Need::Snapshots)?
                     .list_snapshots()
                     .map_err(from_admin)?,
             ),
             ApiCall::CreateSnapshot { disk, name } => {
                 let d = self.disk(&disk)?;
-                let snap = d.admin()?.create_snapshot(&name).map_err(from_admin)?;
+                let snap = d
+                    .admin(Need::Snapshots)?
+                    .create_snapshot(&name)
+                    .map_err(from_admin)?;
                 log::info!("disk {disk}: snapshot {name} created (seq {})", snap.seq);
                 to_json(snap)
             }
             ApiCall::DeleteSnapshot { disk, name } => {
                 self.disk(&disk)?
-                    .admin()?
+                    .admin(Need::Snapshots)?
                     .delete_snapshot(&name)
                     .map_err(from_admin)?;
                 log::info!("disk {disk}: snapshot {name} deleted");
@@ -465,7 +483,9 @@ impl ControlHandler for DaemonControl {
                          revert (the guest's cached view of the disk becomes stale)"
                     )));
                 }
-                d.admin()?.revert_snapshot(&name).map_err(from_admin)?;
+                d.admin(Need::Snapshots)?
+                    .revert_snapshot(&name)
+                    .map_err(from_admin)?;
                 log::warn!("disk {disk}: reverted to snapshot {name}");
                 to_json(serde_json::json!({}))
             }
@@ -510,7 +530,7 @@ impl ControlHandler for DaemonControl {
             ))),
             ApiCall::MirrorStatus { disk } => to_json(
                 self.disk(&disk)?
-                    .admin()?
+                    .admin(Need::Mirror)?
                     .mirror_status()
                     .map_err(from_admin)?,
             ),
@@ -528,7 +548,7 @@ impl ControlHandler for DaemonControl {
                     MirrorOp::Replace { path } => MirrorCommand::Replace { path: path.into() },
                 };
                 self.disk(&disk)?
-                    .admin()?
+                    .admin(Need::Mirror)?
                     .mirror_command(component, cmd)
                     .map_err(from_admin)?;
                 to_json(serde_json::json!({}))

@@ -7,12 +7,15 @@
 pub mod cli;
 pub mod client;
 mod http;
+pub mod output;
 mod route;
 mod server;
 pub mod space_text;
-pub mod table;
 
 mod handler;
+
+#[cfg(test)]
+mod docs_tests;
 
 pub use handler::{DaemonControl, DiskEntry, FailedDisk};
 pub use route::{ApiCall, MirrorOp, route};

@@ -181,10 +181,13 @@ impl RawEngine {
         let buffered = open_file(path, opts.read_only, false).map_err(open_err)?;
         refuse_container(&buffered, path)?;
         let is_regular = buffered.metadata().map_err(open_err)?.is_file();
+        let on_disk = buffered.metadata().map_err(open_err)?.len();
+        // `resize` only ever grows: a file larger than `size` was grown (`keel resize`) and is
+        // served whole; shrinking it would drop the guest's data past the new end.
         if exists
             && opts.resize
             && is_regular
-            && let Some(size) = opts.size
+            && let Some(size) = opts.size.filter(|&s| s > on_disk)
         {
             if opts.read_only {
                 return Err(EngineError::Setup {
@@ -193,6 +196,7 @@ impl RawEngine {
                 });
             }
             buffered.set_len(size).map_err(open_err)?;
+            info!("{}: grown from {on_disk} to {size} bytes", path.display());
         }
         let direct = if opts.direct {
             match open_file(path, opts.read_only, true) {
@@ -220,12 +224,20 @@ impl RawEngine {
         }
         if let Some(size) = opts.size
             && is_regular
-            && size != len
         {
-            return Err(EngineError::Setup {
-                path: path.clone(),
-                message: format!("is {len} bytes, not {size}"),
-            });
+            if size > len {
+                return Err(EngineError::Setup {
+                    path: path.clone(),
+                    message: format!("is {len} bytes, less than size = {size}"),
+                });
+            }
+            if size < len {
+                info!(
+                    "{}: the file is {len} bytes, more than size = {size} (grown by `keel \
+                     resize`?): serving all {len} bytes",
+                    path.display()
+                );
+            }
         }
         let use_uring = UringQueue::available();
         let engine = Self {

@@ -23,6 +23,7 @@ mod io;
 pub mod journal;
 pub mod layout;
 pub mod maps;
+pub mod peek;
 mod persist;
 mod pins;
 mod prewrite;

@@ -39,6 +39,30 @@ pub struct RecoveryReport {
     pub elapsed_micros: u64,
 }
 
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "checkpoint generation {}, {} journal records ({} blocks) replayed in {} ms (stopped: {})",
+            self.superblock_generation,
+            self.records_replayed,
+            self.journal_blocks_replayed,
+            self.elapsed_micros / 1000,
+            self.stopped_because
+        )?;
+        if self.discarded_records > 0 {
+            write!(f, "; {} unflushed records dropped", self.discarded_records)?;
+        }
+        if let Some(o) = &self.other_superblock {
+            write!(f, "; {o} (rewritten)")?;
+        }
+        if let Some(r) = &self.rewound {
+            write!(f, "; REWOUND past damage: {r}")?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct Loaded {
     pub superblock: Superblock,
     pub state: State,
@@ -241,14 +265,6 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         rewound: damage,
         elapsed_micros: t0.elapsed().as_micros() as u64,
     };
-    log::info!(
-        "opened container generation {}: replayed {} journal records ({} blocks) in {:?}; stopped: {}",
-        sb.generation,
-        report.records_replayed,
-        report.journal_blocks_replayed,
-        t0.elapsed(),
-        report.stopped_because
-    );
     Ok(Loaded {
         superblock: sb,
         state,

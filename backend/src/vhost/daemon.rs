@@ -1,5 +1,9 @@
 //! keeld's top level: every disk of a config, started together and stopped together.
 
+mod reload;
+
+pub use reload::Reload;
+
 use std::sync::Arc;
 
 use log::{error, info};
@@ -34,10 +38,12 @@ pub struct Daemon {
     handler: Option<Arc<DaemonControl>>,
     /// The config's disks that could not be opened.
     failed: Vec<String>,
+    /// The config the disks above were started from (changed by [`Daemon::reload`]).
+    config: Config,
 }
 
 /// Opens one disk's engine and starts serving its socket.
-fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError> {
+pub(super) fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError> {
     let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
         disk: disk.name.clone(),
         source,
@@ -102,6 +108,7 @@ impl Daemon {
             control,
             handler: Some(handler),
             failed: failed_names,
+            config: config.clone(),
         })
     }
 

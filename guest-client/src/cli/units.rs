@@ -1,28 +1,9 @@
-//! Sizes ("4k", "1G", "512") and durations ("10s", "500ms", "2m") on the command line.
+//! Sizes ("4k", "1G", "512", the grammar of `keel_protocol::size`) and durations ("10s", "500ms", "2m") on the command line.
 
 use std::time::Duration;
 
-/// Bytes, with an optional binary suffix: k, m, g, t (any case, optional "iB"/"B").
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let body = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (digits, shift) = match body.chars().last() {
-        Some('k') => (&body[..body.len() - 1], 10),
-        Some('m') => (&body[..body.len() - 1], 20),
-        Some('g') => (&body[..body.len() - 1], 30),
-        Some('t') => (&body[..body.len() - 1], 40),
-        _ => (body, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (like 4k, 1G, 512)"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+/// Sizes follow Keel's one grammar (keel.toml and `keel` take the same).
+pub use keel_protocol::parse_size;
 
 /// A duration: a number with ms, s, m or h (seconds when bare).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

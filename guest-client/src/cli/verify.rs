@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use keel_client::verify::check::Rules;
+use keel_client::verify::state::State;
 use keel_client::verify::{self, VerifyConfig};
 
 use super::ConnectArgs;
@@ -28,16 +29,19 @@ pub struct VerifyArgs {
     /// The state file (created if missing, replaced atomically after each FLUSH).
     #[arg(long)]
     state: PathBuf,
+    /// What to do: write, check, or both.
     #[arg(value_enum, default_value = "both")]
     mode: Mode,
-    /// Blocks to use, from offset 0; default: the whole disk, at most 65536.
+    /// Blocks to use, from offset 0; default: the state file's, else the whole disk, at most
+    /// 65536.
     #[arg(long)]
     blocks: Option<u64>,
-    #[arg(long, default_value = "4k", value_parser = parse_size)]
-    bs: u64,
-    /// Run identity, stamped in every block.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Block size; default: the state file's, else 4k.
+    #[arg(long, value_parser = parse_size)]
+    bs: Option<u64>,
+    /// Run identity, stamped in every block; default: the state file's, else 1.
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, default_value_t = 32)]
     iodepth: usize,
     /// Writes between FLUSHes (one state-file update each).
@@ -52,22 +56,30 @@ pub struct VerifyArgs {
     /// Accept torn blocks whose write was in flight (for devices without atomic block writes).
     #[arg(long)]
     allow_torn: bool,
-    /// Print JSON.
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let bs = usize::try_from(args.bs)?;
-    let buffer_memory = args.iodepth as u64 * args.bs.div_ceil(4096) * 4096 + (1 << 20);
+    // A state file already records the geometry and seed: they need not be given again.
+    let saved = State::load(&args.state)?;
+    let bs_bytes = args
+        .bs
+        .or(saved.as_ref().map(|s| u64::from(s.block_size)))
+        .unwrap_or(4096);
+    let seed = args.seed.or(saved.as_ref().map(|s| s.seed)).unwrap_or(1);
+    let bs = usize::try_from(bs_bytes)?;
+    let buffer_memory = args.iodepth as u64 * bs_bytes.div_ceil(4096) * 4096 + (1 << 20);
     let mut disk = args.connect.connect(Some(1), buffer_memory)?;
     let capacity = disk.info().capacity();
     let config = VerifyConfig {
         block_size: bs,
         blocks: args
             .blocks
-            .unwrap_or((capacity / args.bs.max(1)).min(65536)),
-        seed: args.seed,
+            .or(saved.as_ref().map(State::blocks))
+            .unwrap_or((capacity / bs_bytes.max(1)).min(65536)),
+        seed,
         iodepth: args.iodepth,
         flush_every: args.flush_every,
         rounds: args.rounds,

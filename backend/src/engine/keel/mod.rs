@@ -69,16 +69,18 @@ impl KeelEngine {
             Self::open_mirrored(disk, opts)?
         };
         if let Some(want) = disk.size
-            && want != store.capacity()
+            && want > store.capacity()
         {
             return Err(EngineError::Setup {
                 path: PathBuf::from(&where_),
                 message: format!(
-                    "the container holds a {}-byte disk, the config says {want}",
+                    "the container holds a {}-byte disk, less than size = {want}: grow it with \
+                     `keel resize` while keeld is stopped",
                     store.capacity()
                 ),
             });
         }
+        // A container larger than `size` was grown by `keel resize`: it is served whole.
         Self::serve(store, mirror, writers, disk.read_only, where_)
     }
 
@@ -119,7 +121,7 @@ impl KeelEngine {
         where_: String,
     ) -> Result<Self, EngineError> {
         let r = store.recovery_report();
-        log::info!("{where_}: keel container opened: {r:?}");
+        log::info!("{where_}: keel container opened: {r}");
         let store = Arc::new(store);
         let cleaner = if read_only {
             None

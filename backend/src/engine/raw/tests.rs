@@ -186,6 +186,21 @@ fn resize_changes_the_file_and_mismatch_is_refused() {
 }
 
 #[test]
+fn a_file_larger_than_size_is_served_whole_and_never_shrunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), false);
+    opts.size = Some(2 << 20);
+    drop(RawEngine::open(&opts).unwrap());
+    // As after `keel resize`: the file grew, the config still names the old size.
+    for resize in [false, true] {
+        opts.size = Some(1 << 20);
+        opts.resize = resize;
+        assert_eq!(RawEngine::open(&opts).unwrap().capacity(), 2 << 20);
+        assert_eq!(std::fs::metadata(&opts.path).unwrap().len(), 2 << 20);
+    }
+}
+
+#[test]
 fn io_error_is_reported_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let engine = RawEngine::open(&options(dir.path(), false)).unwrap();

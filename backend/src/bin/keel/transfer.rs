@@ -1,0 +1,338 @@
+//! `keel` commands that move data between files: import, export, diff --export, apply.
+//! Each shows a progress bar on a terminal and ends with one summary line (or JSON) always.
+
+use crate::args::GeometryArgs;
+use crate::offline::open;
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_backend::control::cli as online;
+use keel_backend::control::output::{absolute, format_size as human, print_json};
+use keel_backend::device::lock::{LockMode, lock_file};
+use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
+use keel_backend::store::{Op, Store};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+pub const CHUNK: usize = 1 << 20;
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// What an import or export copied.
+#[derive(Serialize)]
+struct Copied {
+    from: String,
+    to: String,
+    /// Bytes of the image.
+    bytes: u64,
+    /// Bytes that were all zeroes (left unallocated or as holes).
+    zero_bytes: u64,
+    elapsed_ms: u64,
+}
+
+impl Copied {
+    fn print(&self, verb: &str, json: bool) -> Result<(), String> {
+        if json {
+            return print_json(self);
+        }
+        println!(
+            "{verb} {} to {}: {} ({} of it zeroes) in {:.1} s",
+            self.from,
+            self.to,
+            human(self.bytes),
+            human(self.zero_bytes),
+            self.elapsed_ms as f64 / 1000.0
+        );
+        Ok(())
+    }
+}
+
+pub fn import(raw: &Path, path: &Path, geo: &GeometryArgs, json: bool) -> Result<(), String> {
+    let started = Instant::now();
+    let mut src = File::open(raw).map_err(|e| format!("{}: {e}", raw.display()))?;
+    let raw_len = src.metadata().map_err(|e| e.to_string())?.len();
+    if !path.exists() {
+        let size = geo.size.unwrap_or(raw_len.next_multiple_of(4096));
+        let opts = geo.options(size)?;
+        Store::create_path(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let store = open(path)?;
+    if raw_len > store.capacity() {
+        return Err(format!(
+            "the image ({}, {raw_len} bytes) is larger than the disk ({}, {} bytes)",
+            human(raw_len),
+            human(store.capacity()),
+            store.capacity()
+        ));
+    }
+    let pb = progress(raw_len, "import");
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    let mut zero_bytes = 0;
+    while off < raw_len {
+        let n = (raw_len - off).min(CHUNK as u64) as usize;
+        src.read_exact(&mut buf[..n])
+            .map_err(|e| format!("{}: {e}", raw.display()))?;
+        // Sector-align the image's tail with zeroes; all-zero chunks stay unallocated.
+        let padded = n.div_ceil(512) * 512;
+        buf[n..padded].fill(0);
+        let op = if buf[..padded].iter().all(|b| *b == 0) {
+            zero_bytes += n as u64;
+            Op::WriteZeroes {
+                offset: off,
+                len: padded as u64,
+            }
+        } else {
+            Op::Write {
+                offset: off,
+                data: &buf[..padded],
+            }
+        };
+        store
+            .write_batch(0, &[op])
+            .map_err(|e| format!("writing at {off}: {e}"))?;
+        off += n as u64;
+        pb.set_position(off);
+    }
+    store.flush().map_err(|e| e.to_string())?;
+    store.checkpoint().map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    Copied {
+        from: absolute(raw),
+        to: absolute(path),
+        bytes: raw_len,
+        zero_bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+    .print("imported", json)
+}
+
+pub fn export(path: &Path, raw: &Path, json: bool) -> Result<(), String> {
+    let started = Instant::now();
+    let store = open(path)?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(raw)
+        .map_err(|e| format!("{}: {e}", raw.display()))?;
+    let cap = store.capacity();
+    out.set_len(cap).map_err(|e| e.to_string())?;
+    let pb = progress(cap, "export");
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    let mut zero_bytes = 0;
+    while off < cap {
+        let n = (cap - off).min(CHUNK as u64) as usize;
+        store
+            .read(off, &mut buf[..n])
+            .map_err(|e| format!("reading at {off}: {e}"))?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            out.write_all_at(&buf[..n], off)
+                .map_err(|e| e.to_string())?;
+        } else {
+            zero_bytes += n as u64;
+        }
+        off += n as u64;
+        pb.set_position(off);
+    }
+    out.sync_all().map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    Copied {
+        from: absolute(path),
+        to: absolute(raw),
+        bytes: cap,
+        zero_bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+    .print("exported", json)
+}
+
+/// Writes an export file with `fill`, checks it by reading it back, and removes it on any
+/// failure so no half-written backup is left behind.
+pub fn write_export(
+    file: &Path,
+    fill: &mut dyn FnMut(&mut File) -> Result<(), String>,
+) -> Result<Totals, String> {
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let result = fill(&mut out)
+        .and_then(|_| out.sync_all().map_err(|e| e.to_string()))
+        .and_then(|_| {
+            let f = File::open(file).map_err(|e| e.to_string())?;
+            diff_file::verify(std::io::BufReader::new(f))
+                .map(|(_, t)| t)
+                .map_err(|e| format!("the export does not read back: {e}"))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(file);
+    }
+    result.map_err(|e| format!("{}: {e}", file.display()))
+}
+
+pub fn print_export(file: &Path, t: &Totals, json: bool) -> Result<(), String> {
+    if json {
+        return print_json(t);
+    }
+    println!(
+        "wrote {}: {} records, {} of data, {} zeroed",
+        absolute(file),
+        t.records,
+        human(t.data_bytes),
+        human(t.zero_bytes)
+    );
+    Ok(())
+}
+
+/// `keel diff` on a container file.
+pub fn diff_offline(
+    path: &Path,
+    from: &str,
+    to: &str,
+    json: bool,
+    export: Option<&Path>,
+) -> Result<(), String> {
+    let store = open(path)?;
+    let side = |n: &str| store.tree_ref(n).map_err(|e| e.to_string());
+    let d = store
+        .diff(side(from)?, side(to)?)
+        .map_err(|e| e.to_string())?;
+    let Some(file) = export else {
+        return online::print_diff(&d.report(from, to, store.capacity()), json);
+    };
+    let header = Header {
+        disk_size: store.capacity(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs()),
+        from: from.to_string(),
+        to: to.to_string(),
+    };
+    let mut ex = Some(Exporter::new(&store, &header, d));
+    let t = write_export(file, &mut |out| {
+        let mut w = std::io::BufWriter::with_capacity(CHUNK, out);
+        if let Some(mut ex) = ex.take() {
+            std::io::copy(&mut ex, &mut w).map_err(|e| e.to_string())?;
+        }
+        w.flush().map_err(|e| e.to_string())
+    })?;
+    print_export(file, &t, json)
+}
+
+/// A raw image (file or block device) as the target of `keel apply`.
+struct RawTarget {
+    file: File,
+    size: u64,
+}
+
+impl ApplyTarget for RawTarget {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> keel_backend::store::Result<()> {
+        Ok(self.file.write_all_at(data, offset)?)
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> keel_backend::store::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+        // `self.file`.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // Block devices and some filesystems cannot punch holes: write the zeroes.
+        let zeroes = vec![0u8; CHUNK];
+        let mut off = offset;
+        while off < offset + len {
+            let n = (offset + len - off).min(CHUNK as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> keel_backend::store::Result<()> {
+        Ok(self.file.sync_all()?)
+    }
+}
+
+/// True when `path` starts with a keel superblock (either copy).
+fn is_container(path: &Path) -> Result<bool, String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut b = vec![0u8; 8192];
+    let n = f.read_at(&mut b, 0).map_err(|e| e.to_string())?;
+    Ok(diff_file::is_container_start(&b[..n]))
+}
+
+pub fn apply(file: &Path, target: &Path, json: bool) -> Result<(), String> {
+    let reader = || -> Result<std::io::BufReader<File>, String> {
+        File::open(file)
+            .map(|f| std::io::BufReader::with_capacity(CHUNK, f))
+            .map_err(|e| format!("{}: {e}", file.display()))
+    };
+    // The whole file is checked before anything is written.
+    let (header, _) =
+        diff_file::verify(reader()?).map_err(|e| format!("{}: {e}", file.display()))?;
+    let totals = if target.exists() && is_container(target)? {
+        let mut store = open(target)?;
+        diff_file::apply(reader()?, &mut store)
+    } else {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        // The image may be one keeld or QEMU serves: take its lock as they do.
+        lock_file(&f, LockMode::Exclusive).map_err(|e| format!("{}: {e}", target.display()))?;
+        let mut end = &f;
+        let mut size =
+            std::io::Seek::seek(&mut end, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        if size == 0 && f.metadata().is_ok_and(|m| m.is_file()) {
+            f.set_len(header.disk_size).map_err(|e| e.to_string())?;
+            size = header.disk_size;
+        }
+        diff_file::apply(reader()?, &mut RawTarget { file: f, size })
+    }
+    .map_err(|e| format!("{}: {e}", target.display()))?;
+    if json {
+        return print_json(&totals);
+    }
+    println!(
+        "applied {} ({} to {}) onto {}: {} records, {} of data, {} zeroed",
+        absolute(file),
+        header.from,
+        header.to,
+        absolute(target),
+        totals.records,
+        human(totals.data_bytes),
+        human(totals.zero_bytes)
+    );
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! SIGHUP: the disks of a changed config file join or leave a running keeld. What cannot
+//! change live (a served disk's settings, the `[server]` section) is refused and keeps
+//! being served as before.
+
+use std::sync::Arc;
+
+use super::Daemon;
+use crate::config::{Config, DiskConfig};
+
+/// What a reload did and what it refused, one phrase each, for keeld's log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    pub applied: Vec<String>,
+    pub refused: Vec<String>,
+}
+
+impl Daemon {
+    /// Brings the served disks in line with `new`: removed disks stop (flushed), added disks
+    /// start; anything else that differs is refused.
+    pub fn reload(&mut self, new: &Config) -> Reload {
+        let mut r = Reload::default();
+        if new.server != self.config.server {
+            r.refused
+                .push("[server] changed: a restart applies it (served as before)".into());
+        }
+        let gone: Vec<String> = self
+            .config
+            .disks
+            .iter()
+            .filter(|d| !new.disks.iter().any(|n| n.name == d.name))
+            .map(|d| d.name.clone())
+            .collect();
+        for name in gone {
+            match self.remove(&name) {
+                Ok(()) => r.applied.push(format!("disk {name} removed")),
+                Err(m) => r.refused.push(format!("disk {name} not removed: {m}")),
+            }
+        }
+        for disk in &new.disks {
+            match self.config.disks.iter().find(|d| d.name == disk.name) {
+                Some(d) if d != disk => r.refused.push(format!(
+                    "disk {} changed: a restart applies it (served as before)",
+                    disk.name
+                )),
+                Some(_) => {}
+                None => match self.add(disk) {
+                    Ok(()) => r.applied.push(format!(
+                        "disk {} added on {}",
+                        disk.name,
+                        disk.socket.display()
+                    )),
+                    Err(m) => r.refused.push(format!("disk {} not added: {m}", disk.name)),
+                },
+            }
+        }
+        r
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), String> {
+        let handler = self.handler.as_ref().ok_or("keeld is stopping")?;
+        handler.remove_disk(name)?;
+        self.config.disks.retain(|d| d.name != name);
+        let i = self
+            .disks
+            .iter()
+            .position(|s| s.context().name == name)
+            .ok_or("it is not served")?;
+        self.disks
+            .remove(i)
+            .stop()
+            .map_err(|e| format!("stopped, but its flush failed: {e}"))
+    }
+
+    fn add(&mut self, disk: &DiskConfig) -> Result<(), String> {
+        let handler = Arc::clone(self.handler.as_ref().ok_or("keeld is stopping")?);
+        let server = handler.add_disk(&disk.name, || {
+            let (server, entry) = super::start_disk(disk).map_err(|e| e.to_string())?;
+            Ok((entry, server))
+        })?;
+        self.disks.push(server);
+        self.config.disks.push(disk.clone());
+        Ok(())
+    }
+}
