@@ -6,8 +6,10 @@
 pub mod faulty;
 mod file;
 pub mod mirror;
+mod shared;
 
 pub use file::FileDevice;
+pub use shared::SharedReadView;
 
 use std::io;
 use std::os::fd::RawFd;
