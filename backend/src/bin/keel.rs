@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
 use keel_backend::control::space_text;
-use keel_backend::device::SharedReadView;
+use keel_backend::device::FileDevice;
 use keel_backend::store::diff::RUNNING;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use keel_backend::store::{CreateOptions, Op, Store, StoreError, StoreOptions};
@@ -497,7 +497,8 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
 fn open_shared(path: &Path) -> Result<Store, String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let opened = SharedReadView::open(path)
+        let opened = FileDevice::open(path, true, true)
+            .or_else(|_| FileDevice::open(path, true, false))
             .map_err(StoreError::from)
             .and_then(|dev| Store::open(std::sync::Arc::new(dev), StoreOptions::default()));
         match opened {

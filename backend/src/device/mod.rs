@@ -6,10 +6,8 @@
 pub mod faulty;
 mod file;
 pub mod mirror;
-mod shared;
 
 pub use file::FileDevice;
-pub use shared::SharedReadView;
 
 use std::io;
 use std::os::fd::RawFd;
