@@ -3,8 +3,9 @@
 //! A container's segments are sized at creation: capacity plus overprovision (20% by default)
 //! plus the segments reserved for checkpoints and the cleaner. The capacity can grow in place
 //! as long as what is left still gives the cleaner [`MIN_SPARE_PERCENT`] of spare space;
-//! beyond that the container itself would have to grow (more segments, a larger usage table),
-//! which this does not do (a container file grows for space, not capacity: `space.rs`). Shrinking is refused: the guest's data past the new end would go.
+//! beyond that the container itself has to grow (more segments, a larger usage table), which
+//! a container in a file with `max_size` does first (`space.rs`), up to that size. Shrinking is
+//! refused: the guest's data past the new end would go.
 //!
 //! The new capacity is written in the superblock by a checkpoint before any write may reach it,
 //! so a crash leaves either the old size or the new one with everything below it. Online, the
@@ -20,14 +21,20 @@ use super::{Store, write};
 /// Spare data space the cleaner keeps after growing, in percent of the capacity.
 pub const MIN_SPARE_PERCENT: u64 = 10;
 
-/// Whether geometry `geo` has room for a disk of `capacity` bytes.
-fn fits(geo: &Geometry, capacity: u64) -> bool {
+/// The segments (all of them) a container with `geo`'s layout needs for a disk of `capacity`
+/// bytes.
+fn segments_needed(geo: &Geometry, capacity: u64) -> u64 {
     let grown = Geometry { capacity, ..*geo };
     let blocks = capacity / BLOCK;
-    let want = (blocks + blocks * MIN_SPARE_PERCENT / 100).div_ceil(geo.seg_blocks)
+    let data = (blocks + blocks * MIN_SPARE_PERCENT / 100).div_ceil(geo.seg_blocks)
         + grown.reserved_segments()
         + 4;
-    want <= geo.data_segments()
+    geo.first_data_segment() + data
+}
+
+/// Whether geometry `geo` has room for a disk of `capacity` bytes.
+fn fits(geo: &Geometry, capacity: u64) -> bool {
+    segments_needed(geo, capacity) <= geo.segments
 }
 
 impl Store {
@@ -68,14 +75,19 @@ impl Store {
         if capacity == now {
             return Ok(now);
         }
+        // A container that may grow (`max_size`) first takes the segments the new size needs.
+        let need = segments_needed(&self.geometry(), capacity);
+        if capacity > self.max_capacity_in_place() && need <= self.max_segments() {
+            self.grow_container(need)?;
+        }
         let max = self.max_capacity_in_place();
         if capacity > max {
             return Err(StoreError::Invalid(format!(
                 "this container has room for a disk of at most {max} bytes (keeping \
                  {MIN_SPARE_PERCENT}% spare for the cleaner); for {capacity} the container \
-                 itself must grow: create a larger one and copy the disk into it (keel diff \
-                 PATH @empty @running --export FILE, keel create NEW --size SIZE, keel apply \
-                 FILE NEW)"
+                 itself must grow: give the disk a max_size that allows it, or create a larger \
+                 one and copy the disk into it (keel diff PATH @empty @running --export FILE, \
+                 keel create NEW --size SIZE, keel apply FILE NEW)"
             )));
         }
         let mut j = self.quiet_journal();

@@ -53,6 +53,9 @@ const GROW_WHEN_HELD_PERCENT: u64 = 75;
 const GROW_BELOW_FREE: u64 = 24;
 /// After a failed growth, the next try waits this long.
 const GROW_RETRY: Duration = Duration::from_secs(5);
+/// Percentage points under a threshold the held space must fall before the log says the
+/// state is better again.
+const LOG_HYSTERESIS: f64 = 1.0;
 /// A waiting write looks again at least this often (a delete also wakes it).
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -154,13 +157,21 @@ impl Store {
         state_for(self.used_percent(held), &self.opts.space)
     }
 
-    /// Checks the state and logs when it changed (a warning when it got worse).
+    /// Checks the state and logs when it changed (a warning when it got worse). A state logged
+    /// is left only `LOG_HYSTERESIS` points below its threshold, so that a container hovering
+    /// at one does not fill the log.
     pub fn watch_space(&self) -> SpaceState {
-        let now = self.space_state();
-        let before = self.space.logged.swap(state_code(now), Ordering::AcqRel);
+        let held = read(&self.state).sut.held_blocks();
+        let pct = self.used_percent(held);
+        let mut now = state_for(pct, &self.opts.space);
+        let before = self.space.logged.load(Ordering::Acquire);
+        if state_code(now) < before
+            && state_code(state_for(pct + LOG_HYSTERESIS, &self.opts.space)) >= before
+        {
+            now = state_for(pct + LOG_HYSTERESIS, &self.opts.space);
+        }
+        self.space.logged.store(state_code(now), Ordering::Release);
         if before != state_code(now) {
-            let held = read(&self.state).sut.held_blocks();
-            let pct = self.used_percent(held);
             let (grows, advice) = match self.opts.space.max_container_bytes {
                 Some(max) => (
                     format!(" (growing up to {max} bytes)"),

@@ -304,3 +304,37 @@ fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
         "crash points on both sides of the commit"
     );
 }
+
+/// Growing the disk past what its container holds grows the container first when `max_size`
+/// allows it; the new end is writable and survives a reopen.
+#[test]
+fn growing_the_disk_past_its_container_grows_the_container_within_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resize.keel");
+    Store::create_path(&path, &small_opts()).unwrap();
+    let start = std::fs::metadata(&path).unwrap().len();
+    let opts = |max| StoreOptions {
+        space: SpaceOptions {
+            max_container_bytes: Some(max),
+            ..SpaceOptions::default()
+        },
+        ..StoreOptions::default()
+    };
+    let s = Store::open_path(&path, opts(start)).unwrap();
+    let twice = 2 * s.capacity();
+    let e = s.grow(twice).unwrap_err().to_string();
+    assert!(e.contains("max_size"), "{e}");
+    drop(s);
+
+    let s = Store::open_path(&path, opts(4 * start)).unwrap();
+    assert_eq!(s.grow(twice).unwrap(), twice);
+    assert!(std::fs::metadata(&path).unwrap().len() > start);
+    write_blocks(&s, twice / BLOCK - 1, 1, 5).unwrap();
+    drop(s);
+    let s = Store::open_path(&path, opts(4 * start)).unwrap();
+    assert_eq!(s.capacity(), twice);
+    let mut b = vec![0u8; BLOCK as usize];
+    s.read(twice - BLOCK, &mut b).unwrap();
+    assert!(b.iter().all(|x| *x == 5));
+    assert!(s.fsck().is_clean(), "{:?}", s.fsck().problems);
+}
