@@ -19,7 +19,9 @@ pub fn open(path: &Path) -> Result<Store, String> {
 
 fn open_error(path: &Path, e: StoreError) -> String {
     match e {
-        StoreError::InUse(holder) => holder,
+        StoreError::InUse(holder) => {
+            format!("{holder} (`keel info -U` reads a container in use without its lock)")
+        }
         e => format!("{}: {e}", path.display()),
     }
 }
