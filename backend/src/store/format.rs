@@ -105,7 +105,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     let mut meta = SegmentWriter::new(geo.seg_blocks);
     // A device that held another container may hold intact records anywhere in the journal:
     // recovery takes an intact record past the chain's end for damage, so none may remain.
-    super::tail::erase(dev, &geo, (0, geo.journal_blocks()))?;
+    super::tail::erase_all_records(dev, &geo)?;
     let generation = 1;
     let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0)?;
     persist::write_runs(dev, &mut super::io::DeviceIo(dev), &prepared.runs)?;

@@ -366,3 +366,22 @@ fn a_torn_tails_survivors_are_erased_at_open() {
     let s = open(&dev).unwrap();
     assert_eq!(s.recovery_report().discarded_records, 0, "erased");
 }
+
+/// A container formatted over one that held flushed records (and their marks) finds none of
+/// them: neither replayed nor taken for proof of damage.
+#[test]
+fn formatting_over_an_old_container_erases_its_records() {
+    let (dev, s) = new_store(&small_opts());
+    for lba in 0..40 {
+        write_at(&s, lba, 7);
+        s.flush().unwrap();
+    }
+    drop(s);
+    Store::format(dev.as_ref(), &small_opts()).unwrap();
+    let s = open(&dev).unwrap();
+    let report = s.recovery_report();
+    assert_eq!((report.records_replayed, report.discarded_records), (0, 0));
+    let mut b = vec![1u8; 4096];
+    s.read(0, &mut b).unwrap();
+    assert!(b.iter().all(|x| *x == 0));
+}
