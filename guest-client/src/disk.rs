@@ -138,6 +138,16 @@ struct Connection {
     frontend: Frontend,
 }
 
+/// Whether the peer left an HTTP answer on `stream` (an HTTP server answers a vhost-user
+/// message with an error and hangs up, so the client's next write fails before it reads).
+fn answered_http(stream: &UnixStream) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    stream.set_nonblocking(true).is_ok()
+        && (&*stream).read(&mut head).is_ok_and(|n| n == head.len())
+        && &head == b"HTTP/"
+}
+
 impl Hangup for Connection {
     fn hangup_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
@@ -173,13 +183,19 @@ impl Disk {
         };
         let stream = UnixStream::connect(socket).map_err(connect_err)?;
         let watchdog = Watchdog::arm(&stream, timeout).map_err(connect_err)?;
+        // A second handle on the socket, to read what a peer that hung up had said first.
+        let probe = stream.try_clone().map_err(connect_err)?;
         let result = Self::set_up(Frontend::from_stream(stream, 1), options);
         let fired = watchdog.disarm();
         match result {
             Err(Error::Protocol { step, .. }) if fired => Err(Error::NoAnswer { step }),
             Err(_) if fired => Err(Error::NoAnswer { step: "setup" }),
             Err(Error::Protocol { step, source }) if closed_by_peer(&source) => {
-                Err(Error::HungUp { step })
+                if answered_http(&probe) {
+                    Err(Error::NotVhostUser { step })
+                } else {
+                    Err(Error::HungUp { step })
+                }
             }
             Err(Error::Protocol {
                 step,

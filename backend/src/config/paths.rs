@@ -64,15 +64,9 @@ impl Checker<'_> {
                             path.display()
                         ),
                     )),
-                    Peeked::Damaged => Err(self.err(
-                        span,
-                        "path",
-                        format!(
-                            "{}: neither superblock is valid; see `keel fsck {}`",
-                            path.display(),
-                            path.display()
-                        ),
-                    )),
+                    // Damage is that disk's failure at start (listed `failed`, the others
+                    // served), not an error of the file: `keel fsck` says more.
+                    Peeked::Damaged => Ok(()),
                     Peeked::Container { capacity } => match size {
                         Some(want) if want > capacity => {
                             let key_span = raw.size.as_ref().map_or(span, Spanned::span);

@@ -25,7 +25,11 @@ pub enum LockMode {
     Exclusive,
 }
 
-/// Locks all of `file` without waiting. A file someone else holds gives an
+/// How often, and how far apart, a held lock is asked for before it counts as taken.
+const LOCK_TRIES: u32 = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Locks all of `file`, waiting at most 0.2 s. A file someone else holds gives an
 /// [`io::ErrorKind::WouldBlock`] error naming the holder when it can be found; callers put the
 /// file's path in front.
 pub fn lock_file(file: &File, mode: LockMode) -> io::Result<()> {
@@ -38,12 +42,23 @@ pub fn lock_file(file: &File, mode: LockMode) -> io::Result<()> {
     range.l_type = kind as libc::c_short;
     range.l_whence = libc::SEEK_SET as libc::c_short;
     // l_start = 0 and l_len = 0: the whole file, however long it grows. l_pid must be 0.
-    // SAFETY: F_OFD_SETLK reads the flock we pass and nothing else; the descriptor is open.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    // A lock seen held is asked for again for a moment: a child process forked by this one
+    // holds every descriptor, and with it every OFD lock, until it execs (a few ms at most).
+    let mut tries = 0;
+    let e = loop {
+        // SAFETY: F_OFD_SETLK reads the flock we pass and nothing else; the descriptor is open.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &range) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        let held = matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES));
+        tries += 1;
+        if !held || tries >= LOCK_TRIES {
+            break e;
+        }
+        std::thread::sleep(LOCK_RETRY);
+    };
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EACCES) => {
             let holder = holder(file).map_or_else(
