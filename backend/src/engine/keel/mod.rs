@@ -154,10 +154,45 @@ impl KeelEngine {
             .geometry()
             .map_err(|e| setup(&first, e))?
             .container_bytes();
+        // A marker beside the first component lives from before the components are made
+        // until the container on them is formatted and flushed: found at open, it means a
+        // creation was cut short (keeld killed), and the half-made components are made anew.
+        let marker = creating_marker(&first);
+        let interrupted = marker.exists();
+        if interrupted {
+            log::warn!(
+                "mirror {}: the creation of its container was cut short; creating it anew",
+                disk.name
+            );
+            for p in &disk.mirror {
+                for f in [p.clone(), crate::device::mirror::sidecar_path(p)] {
+                    match std::fs::remove_file(&f) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(setup(&f, e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         let fresh = disk.mirror.iter().all(|p| !p.exists());
+        if fresh {
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| setup(&marker, e))?;
+        }
         let dev = mirrored::open(disk, container)?;
         if fresh {
             Store::format(dev.as_ref(), &create).map_err(|e| setup(&first, e))?;
+            dev.flush().map_err(|e| setup(&first, e))?;
+            std::fs::remove_file(&marker).map_err(|e| setup(&marker, e))?;
         }
         let store = Store::open(Arc::clone(&dev) as Arc<dyn BlockDevice>, opts)
             .map_err(|e| setup(&first, e))?;
@@ -347,6 +382,13 @@ impl EngineAdmin for KeelEngine {
     }
 }
 
+/// The file that marks a mirrored container being created: `<first component>.creating`.
+fn creating_marker(first: &std::path::Path) -> PathBuf {
+    let mut name = first.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    first.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +423,29 @@ mod tests {
         let mut b = vec![0u8; 3 * 8192];
         store.read(0, &mut b).unwrap();
         assert!(b.iter().all(|x| *x == 7));
+    }
+
+    /// keeld killed while it created a mirrored container leaves components with no
+    /// superblock and the marker: the next open makes the container anew.
+    #[test]
+    fn a_mirrored_container_whose_creation_was_cut_short_is_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[disk]]\nname = \"m\"\nsocket = \"m.sock\"\nengine = \"keel\"\n\
+                    mirror = [\"a.keel\", \"b.keel\"]\nsize = \"4M\"\n";
+        let cfg =
+            crate::config::Config::parse(text, &dir.path().join("k.toml"), dir.path()).unwrap();
+        let disk = &cfg.disks[0];
+        for p in &disk.mirror {
+            std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
+        }
+        std::fs::write(creating_marker(&disk.mirror[0]), b"").unwrap();
+        let engine = KeelEngine::open(disk).unwrap();
+        assert!(!creating_marker(&disk.mirror[0]).exists());
+        drop(engine);
+        // Made and closed: it opens as it is from now on.
+        let store_bytes = std::fs::metadata(&disk.mirror[1]).unwrap().len();
+        assert!(store_bytes > 1 << 20);
+        drop(KeelEngine::open(disk).unwrap());
     }
 
     #[test]
