@@ -17,6 +17,7 @@ mod codec;
 pub mod diff;
 pub mod diff_file;
 mod error;
+mod flush;
 mod format;
 mod fsck;
 mod io;
@@ -47,6 +48,7 @@ pub use batch::Op;
 pub use buf::AlignedBuf;
 pub use cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use error::{Result, StoreError};
+pub use flush::MarkWriter;
 pub use format::CreateOptions;
 pub use fsck::FsckReport;
 pub use io::{BatchIo, DeviceIo, Gather, StartIo};
@@ -129,6 +131,8 @@ pub(crate) struct JournalState {
     pub in_flight: u64,
     /// The newest record a Flushed mark covers, or the newest mark itself.
     pub marked_lsn: u64,
+    /// The newest flushed record a [`MarkWriter`] is to write a mark for.
+    pub mark_due: u64,
     /// Data segments a writer filled, with the record after which they may close.
     pub retiring: Vec<(u64, u64)>,
     pub superblock: Superblock,
@@ -189,6 +193,10 @@ pub struct Store {
     reclaim: Mutex<Option<reclaim::Progress>>,
     /// Wakes the background cleaner from its pause early (new work: a snapshot deleted).
     cleaner_wake: (Mutex<bool>, Condvar),
+    /// Set while a [`MarkWriter`] runs: flushes leave their marks to it. Its condvar goes
+    /// with the journal lock (`mark_due`).
+    async_marks: AtomicBool,
+    mark_cv: Condvar,
     state: RwLock<State>,
     journal: Mutex<JournalState>,
     /// Signalled whenever a record is applied (batches waiting for their turn, checkpoints
@@ -354,6 +362,8 @@ impl Store {
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
+            async_marks: AtomicBool::new(false),
+            mark_cv: Condvar::new(),
             state: RwLock::new(loaded.state),
             journal: Mutex::new(JournalState {
                 applied_lsn: loaded.cursor.next_lsn.saturating_sub(1),
@@ -361,6 +371,7 @@ impl Store {
                 written_ahead: Default::default(),
                 in_flight: 0,
                 marked_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                mark_due: 0,
                 retiring: Vec::new(),
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
@@ -441,50 +452,6 @@ impl Store {
     fn fail(&self, e: &StoreError) {
         log::error!("store stops accepting writes: {e}");
         self.failed.store(true, Ordering::Release);
-    }
-
-    /// Makes every write acknowledged before this call durable.
-    /// Makes every write answered so far durable: waits for the writes of batches still in
-    /// flight, then flushes the device. Fails if any write failed (the store is then failed).
-    ///
-    /// Then, when records were flushed that no mark covers yet, a one-entry record saying so
-    /// is written (not flushed: it only has to be there if the records it names are; see
-    /// tail.rs for what recovery makes of it).
-    pub fn flush(&self) -> Result<()> {
-        Counters::add(&self.stats.flushes, 1);
-        let through = self.wait_written();
-        self.ensure_ok()?;
-        self.dev.flush()?;
-        // The records are durable whatever becomes of the mark: a failed mark write fails the
-        // store (the next request sees it), not this flush.
-        if let Err(e) = self.mark_flushed(through) {
-            log::warn!("flush mark after lsn {through} not written: {e}");
-        }
-        Ok(())
-    }
-
-    /// Writes a Flushed record for `through` unless the newest mark already covers it.
-    fn mark_flushed(&self, through: u64) -> Result<()> {
-        {
-            let j = lock(&self.journal);
-            if through <= j.marked_lsn
-                || j.superblock.incompat & superblock::INCOMPAT_FLUSH_MARKS == 0
-            {
-                return Ok(());
-            }
-        }
-        let committed = self.commit_with(
-            vec![journal::Entry::Flushed { lsn: through }],
-            Vec::new(),
-            &mut Vec::new(),
-            false,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-        )?;
-        Counters::add(&self.stats.flush_marks, 1);
-        let mut j = lock(&self.journal);
-        // The mark itself needs no mark: the next flush writes one only past it.
-        j.marked_lsn = j.marked_lsn.max(committed.lsn);
-        Ok(())
     }
 
     /// [`checkpoint`](Self::checkpoint) unless a batch is in flight (false then): for a

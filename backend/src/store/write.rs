@@ -330,9 +330,9 @@ impl Store {
                 _ => true,
             });
         }
+        let mut j = j;
         if entries.is_empty() {
             // The segments were filled by records already reserved.
-            let mut j = j;
             let last = j.cursor.next_lsn.saturating_sub(1);
             self.retire(&mut j, last, retired);
             return Ok(Committed {
@@ -340,6 +340,13 @@ impl Store {
                 lsn: 0,
                 started: None,
             });
+        }
+        // A flush whose mark is still due rides along (see flush.rs): no write of its own.
+        let carried = self
+            .mark_to_carry(&j)
+            .filter(|_| !entries.iter().any(|e| matches!(e, Entry::Flushed { .. })));
+        if let Some(lsn) = carried {
+            entries.push(Entry::Flushed { lsn });
         }
         // A checkpoint the record may need first writes through the store's own device when
         // the batch's writes are only started.
@@ -349,6 +356,9 @@ impl Store {
             Issue::Start(_) => self.reserve(j, &entries, &mut device_io)?,
         };
         let lsn = reserved.lsn;
+        if let Some(through) = carried {
+            j.marked_lsn = j.marked_lsn.max(through);
+        }
         self.unwritten.add(
             lsn,
             runs.iter()
@@ -364,7 +374,7 @@ impl Store {
             &self.stats.journal_write_bytes,
             reserved.record.len() as u64,
         );
-        let count = entries.len() as u64;
+        let count = entries.len() as u64 - u64::from(carried.is_some());
         match issue {
             Issue::Wait(io) => {
                 let written =

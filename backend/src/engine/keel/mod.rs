@@ -16,7 +16,9 @@ use super::{
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
-use crate::store::{CleanerConfig, CleanerHandle, CreateOptions, Store, StoreError, StoreOptions};
+use crate::store::{
+    CleanerConfig, CleanerHandle, CreateOptions, MarkWriter, Store, StoreError, StoreOptions,
+};
 use keel_protocol::control::SnapshotInfo;
 use std::io;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ use std::sync::Arc;
 pub struct KeelEngine {
     /// The background cleaner, stopped before the closing checkpoint.
     cleaner: Option<CleanerHandle>,
+    /// Writes flush marks, so a guest's FLUSH is answered without waiting for one.
+    marks: Option<MarkWriter>,
     store: Arc<Store>,
     mirror: Option<Arc<MirrorDevice>>,
     writers: usize,
@@ -123,16 +127,21 @@ impl KeelEngine {
         let r = store.recovery_report();
         log::info!("{where_}: keel container opened: {r}");
         let store = Arc::new(store);
-        let cleaner = if read_only {
-            None
+        let threads_failed = |e| setup(std::path::Path::new(&where_), e);
+        let (cleaner, marks) = if read_only {
+            (None, None)
         } else {
-            Some(
-                CleanerHandle::spawn(Arc::clone(&store), CleanerConfig::default())
-                    .map_err(|e| setup(std::path::Path::new(&where_), e))?,
+            (
+                Some(
+                    CleanerHandle::spawn(Arc::clone(&store), CleanerConfig::default())
+                        .map_err(threads_failed)?,
+                ),
+                Some(MarkWriter::spawn(Arc::clone(&store)).map_err(threads_failed)?),
             )
         };
         Ok(Self {
             cleaner,
+            marks,
             store,
             mirror,
             writers,
@@ -206,6 +215,7 @@ impl Drop for KeelEngine {
     /// (replay rereads the data of every record to check it).
     fn drop(&mut self) {
         drop(self.cleaner.take());
+        drop(self.marks.take());
         if self.read_only {
             return;
         }

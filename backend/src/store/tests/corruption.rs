@@ -385,3 +385,55 @@ fn formatting_over_an_old_container_erases_its_records() {
     s.read(0, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0));
 }
+
+/// With a mark writer (as keeld runs a disk) the flush returns before its mark is written, and
+/// the mark still arrives and protects the flushed records.
+#[test]
+fn a_mark_writer_marks_flushes_in_the_background() {
+    let (dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    let marks = crate::store::MarkWriter::spawn(Arc::clone(&s)).unwrap();
+    write_at(&s, 0, 5);
+    write_at(&s, 1, 6);
+    s.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stats().flush_marks == 0 {
+        assert!(std::time::Instant::now() < deadline, "no mark was written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // A flush with nothing new hands over nothing.
+    s.flush().unwrap();
+    drop(marks);
+    assert_eq!(s.stats().flush_marks, 1);
+    let second_record = s.geometry().journal_start() + 1;
+    drop(s);
+    dev.corrupt(second_record * BLOCK + 50, 0x10);
+    assert!(matches!(open(&dev), Err(StoreError::Corrupt { .. })));
+}
+
+/// Under a write-and-flush load the next batch's record carries the flush's mark: no record
+/// of its own, and the flushed records are still protected.
+#[test]
+fn the_next_batch_carries_a_due_mark() {
+    let (dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    let wait = std::time::Duration::from_secs(3600);
+    let marks = crate::store::MarkWriter::spawn_with_delay(Arc::clone(&s), wait).unwrap();
+    write_at(&s, 0, 5);
+    write_at(&s, 1, 6);
+    s.flush().unwrap();
+    write_at(&s, 2, 7);
+    let journal_writes = s.stats().journal_writes;
+    assert_eq!(s.stats().flush_marks, 0, "carried, not written by itself");
+    let second_record = s.geometry().journal_start() + 1;
+    drop(marks);
+    assert_eq!(s.stats().journal_writes, journal_writes);
+    drop(s);
+    dev.corrupt(second_record * BLOCK + 50, 0x10);
+    match open(&dev) {
+        Err(StoreError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("through lsn 2 was flushed"), "{detail}")
+        }
+        other => panic!("expected a journal error, got {:?}", other.err()),
+    }
+}
