@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod device;
 pub mod engine;
+pub mod socket;
 pub mod store;
 pub mod vhost;

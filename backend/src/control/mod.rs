@@ -1,7 +1,7 @@
 //! The control socket: HTTP/1.1 + JSON on a unix socket, for `keel` and scripts.
 //!
-//! `route` turns a request line and body into an [`ApiCall`]; the daemon implements
-//! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what
+//! `route` turns a request line and body into an [`ApiCall`]; [`crate::daemon`]
+//! implements [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what
 //! `keel` uses to talk to it.
 
 pub mod cli;
@@ -12,9 +12,6 @@ mod server;
 pub mod space_text;
 pub mod table;
 
-mod handler;
-
-pub use handler::{DaemonControl, DiskEntry, FailedDisk};
 pub use route::{ApiCall, MirrorOp, route};
 pub use server::{ControlServer, Limits};
 

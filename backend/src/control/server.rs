@@ -8,7 +8,7 @@
 
 use super::http::{self, Progress, Request};
 use super::{ApiCall, ApiError, ControlHandler, Download, route};
-use crate::vhost::socket::bind_private;
+use crate::socket::bind_private;
 use keel_protocol::control::ErrorBody;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
