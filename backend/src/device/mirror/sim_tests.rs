@@ -786,8 +786,16 @@ fn randomized_model_check() {
         std::env::var("KEEL_SIM_SEED"),
         std::env::var("KEEL_SIM_SEEDS"),
     ) {
-        (Ok(s), _) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
-        (_, Ok(n)) => 0..n.parse().unwrap_or(24),
+        (Ok(s), _) => {
+            let seed: u64 = s
+                .parse()
+                .unwrap_or_else(|e| panic!("KEEL_SIM_SEED={s:?} is not a seed: {e}"));
+            seed..seed + 1
+        }
+        (_, Ok(n)) => {
+            0..n.parse()
+                .unwrap_or_else(|e| panic!("KEEL_SIM_SEEDS={n:?} is not a count: {e}"))
+        }
         _ => 0..24u64,
     };
     for seed in seeds {
