@@ -9,4 +9,6 @@ pub mod device;
 pub mod engine;
 pub mod socket;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vhost;

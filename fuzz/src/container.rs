@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use keel_backend::store::testing::FaultyDevice;
+use keel_backend::testing::FaultyDevice;
 use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 
 use crate::bytes::Reader;
@@ -54,7 +54,7 @@ fn pristine() -> &'static [u8] {
                 )
                 .expect("write after checkpoint");
         }
-        dev.image()
+        dev.contents()
     })
 }
 

@@ -35,7 +35,6 @@ mod stats;
 mod superblock;
 mod sut;
 mod tail;
-pub mod testing;
 mod unwritten;
 mod write;
 
