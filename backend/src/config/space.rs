@@ -1,7 +1,8 @@
 //! The `[[disk]]` keys about a keel container's space: when to warn, how far the container
 //! file may grow, how long guest writes wait for space.
 
-use super::{Checker, ConfigError, EngineKind, RawDisk, SizeValue};
+use super::check::Checker;
+use super::{ConfigError, EngineKind, RawDisk, SizeValue};
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;

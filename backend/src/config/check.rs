@@ -1,0 +1,509 @@
+//! Checking a parsed `keel.toml`: every key's value, the disks against each other, and the
+//! paths they name, with the key and line of the first problem.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use keel_protocol::{ID_BYTES, SECTOR_SIZE};
+
+use toml::Spanned;
+
+use super::{
+    Config, ConfigError, DEFAULT_RESYNC_CHUNK, DiskConfig, EngineKind, MAX_DELAY_US, MAX_POLL_US,
+    MAX_QUEUE_SIZE, MAX_QUEUES, RawDisk, RawFile, ServerConfig,
+};
+
+/// Validation state: turns spans into line numbers and paths into absolute ones.
+pub(super) struct Checker<'a> {
+    pub text: &'a str,
+    pub file: &'a Path,
+    pub base: &'a Path,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An optional count (0 when absent) of at most `max`.
+    fn at_most(
+        &self,
+        value: &Option<Spanned<u32>>,
+        key: &str,
+        max: u32,
+    ) -> Result<u32, ConfigError> {
+        match value {
+            Some(v) if *v.get_ref() > max => Err(self.err(
+                v.span(),
+                key,
+                format!("{} is above the limit of {max}", v.get_ref()),
+            )),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(0),
+        }
+    }
+
+    pub(super) fn err(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.to_owned(),
+            line: self.line_of(span),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    pub(super) fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
+            log_level: raw.server.log_level.map(Spanned::into_inner),
+        };
+        let mut disks = Vec::with_capacity(raw.disk.len());
+        let mut names = HashMap::new();
+        let mut sockets = HashMap::new();
+        let mut serials = HashMap::new();
+        let mut paths = HashMap::new();
+        for spanned in raw.disk {
+            let disk_span = spanned.span();
+            let raw_disk = spanned.into_inner();
+            let disk = self.check_disk(&raw_disk, disk_span.clone())?;
+            let dup = |map: &mut HashMap<String, usize>, key: &str, value: String, span| {
+                let line = self.line_of(span);
+                match map.insert(value.clone(), line) {
+                    Some(first) => Err(ConfigError::Invalid {
+                        path: self.file.to_owned(),
+                        line,
+                        key: key.to_owned(),
+                        message: format!("\"{value}\" is already used by the disk at line {first}"),
+                    }),
+                    None => Ok(()),
+                }
+            };
+            dup(&mut names, "name", disk.name.clone(), raw_disk.name.span())?;
+            let socket_span = raw_disk.socket.span();
+            dup(
+                &mut sockets,
+                "socket",
+                disk.socket.display().to_string(),
+                socket_span,
+            )?;
+            let serial_span = raw_disk
+                .serial
+                .as_ref()
+                .map_or(raw_disk.name.span(), Spanned::span);
+            dup(&mut serials, "serial", disk.serial.clone(), serial_span)?;
+            if let (Some(p), Some(raw_path)) = (&disk.path, &raw_disk.path) {
+                dup(&mut paths, "path", p.display().to_string(), raw_path.span())?;
+            }
+            disks.push(disk);
+        }
+        Ok(Config { server, disks })
+    }
+
+    fn check_disk(
+        &self,
+        raw: &RawDisk,
+        disk_span: std::ops::Range<usize>,
+    ) -> Result<DiskConfig, ConfigError> {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(self.err(
+                raw.name.span(),
+                "name",
+                "must be non-empty, without '/' or control characters".into(),
+            ));
+        }
+        let engine = *raw.engine.get_ref();
+
+        let logical_block_size = match &raw.logical_block_size {
+            None => SECTOR_SIZE as u32,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !n.is_power_of_two() || !(512..=65536).contains(&n) {
+                    return Err(self.err(
+                        v.span(),
+                        "logical_block_size",
+                        format!("{n} is not a power of two between 512 and 65536"),
+                    ));
+                }
+                n
+            }
+        };
+
+        let size = match &raw.size {
+            None => None,
+            Some(v) => {
+                let bytes = v
+                    .get_ref()
+                    .to_bytes()
+                    .map_err(|m| self.err(v.span(), "size", m))?;
+                if bytes == 0 || bytes % u64::from(logical_block_size) != 0 {
+                    return Err(self.err(
+                        v.span(),
+                        "size",
+                        format!(
+                            "{bytes} bytes is not a positive multiple of the logical block size \
+                             ({logical_block_size})"
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
+
+        let queues = raw.queues.as_ref().map_or(Ok(1), |v| {
+            let n = *v.get_ref();
+            if n == 0 || n > MAX_QUEUES {
+                Err(self.err(
+                    v.span(),
+                    "queues",
+                    format!("{n} is outside 1..={MAX_QUEUES}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let queue_size = raw.queue_size.as_ref().map_or(Ok(256), |v| {
+            let n = *v.get_ref();
+            if !n.is_power_of_two() || !(2..=MAX_QUEUE_SIZE).contains(&n) {
+                Err(self.err(
+                    v.span(),
+                    "queue_size",
+                    format!("{n} is not a power of two between 2 and {MAX_QUEUE_SIZE}"),
+                ))
+            } else {
+                Ok(n)
+            }
+        })?;
+        let poll_us = self.at_most(&raw.poll_us, "poll_us", MAX_POLL_US)?;
+        let delay_us = self.at_most(&raw.delay_us, "delay_us", MAX_DELAY_US)?;
+        let serial = match &raw.serial {
+            Some(s) => {
+                if s.get_ref().len() > ID_BYTES {
+                    return Err(self.err(
+                        s.span(),
+                        "serial",
+                        format!("\"{}\" is longer than {ID_BYTES} bytes", s.get_ref()),
+                    ));
+                }
+                s.get_ref().clone()
+            }
+            None => {
+                if name.len() > ID_BYTES {
+                    return Err(self.err(
+                        raw.name.span(),
+                        "name",
+                        format!(
+                            "\"{name}\" is longer than {ID_BYTES} bytes and so cannot be the \
+                             serial: set `serial`"
+                        ),
+                    ));
+                }
+                name.clone()
+            }
+        };
+
+        let socket = self.resolve(raw.socket.get_ref());
+        self.check_socket_dir(&socket, raw.socket.span())?;
+
+        let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
+        let (mirror, resync_chunk) = self.check_mirror(raw, engine, size)?;
+        let path = match (engine, &raw.path) {
+            (EngineKind::Raw | EngineKind::Keel, None) if !mirror.is_empty() => None,
+            (EngineKind::Raw | EngineKind::Keel, Some(p)) if !mirror.is_empty() => {
+                return Err(self.err(
+                    p.span(),
+                    "path",
+                    "give either `path` or `mirror`, not both".into(),
+                ));
+            }
+            (EngineKind::Null, Some(p)) => {
+                return Err(self.err(
+                    p.span(),
+                    "path",
+                    "the null engine stores nothing; remove `path`".into(),
+                ));
+            }
+            (EngineKind::Null, None) => {
+                if size.is_none() {
+                    return Err(self.err(
+                        disk_span,
+                        "size",
+                        "missing: the null engine needs a size".into(),
+                    ));
+                }
+                None
+            }
+            (EngineKind::Raw, None) => {
+                return Err(self.err(
+                    disk_span,
+                    "path",
+                    "missing: the raw engine needs a file or block device".into(),
+                ));
+            }
+            (EngineKind::Raw, Some(p)) => {
+                let resolved = canonical_if_exists(self.resolve(p.get_ref()));
+                self.check_raw_path(&resolved, p.span(), raw, size, resize, logical_block_size)?;
+                Some(resolved)
+            }
+            (EngineKind::Keel, None) => {
+                return Err(self.err(
+                    disk_span,
+                    "path",
+                    "missing: the keel engine needs a container file or block device".into(),
+                ));
+            }
+            (EngineKind::Keel, Some(p)) => {
+                let resolved = canonical_if_exists(self.resolve(p.get_ref()));
+                self.check_container_path(&resolved, p.span(), size)?;
+                Some(resolved)
+            }
+        };
+
+        let space = self.check_space(raw, engine, size, path.as_deref())?;
+        Ok(DiskConfig {
+            name,
+            socket,
+            engine,
+            path,
+            mirror,
+            resync_chunk,
+            size,
+            resize,
+            queues,
+            queue_size,
+            read_only: raw.read_only.as_ref().is_some_and(|v| *v.get_ref()),
+            serial,
+            direct: raw.direct.as_ref().is_none_or(|v| *v.get_ref()),
+            logical_block_size,
+            poll_us,
+            delay_us,
+            space,
+        })
+    }
+
+    /// `mirror` and `resync_chunk`: at least two distinct components, for raw and keel disks.
+    fn check_mirror(
+        &self,
+        raw: &RawDisk,
+        engine: EngineKind,
+        size: Option<u64>,
+    ) -> Result<(Vec<PathBuf>, u64), ConfigError> {
+        let chunk = match &raw.resync_chunk {
+            None => DEFAULT_RESYNC_CHUNK,
+            Some(v) => {
+                let bytes = v
+                    .get_ref()
+                    .to_bytes()
+                    .map_err(|m| self.err(v.span(), "resync_chunk", m))?;
+                if !bytes.is_power_of_two() || !(4096..=(64 << 20)).contains(&bytes) {
+                    return Err(self.err(
+                        v.span(),
+                        "resync_chunk",
+                        format!("{bytes} bytes is not a power of two between 4K and 64M"),
+                    ));
+                }
+                if raw.mirror.is_none() {
+                    return Err(self.err(
+                        v.span(),
+                        "resync_chunk",
+                        "only mirrored disks (`mirror = [...]`) have a resync chunk".into(),
+                    ));
+                }
+                bytes
+            }
+        };
+        let Some(list) = &raw.mirror else {
+            return Ok((Vec::new(), chunk));
+        };
+        let span = list.span();
+        if engine == EngineKind::Null {
+            return Err(self.err(span, "mirror", "the null engine stores nothing".into()));
+        }
+        let paths: Vec<PathBuf> = list.get_ref().iter().map(|p| self.resolve(p)).collect();
+        if paths.len() < 2 {
+            return Err(self.err(
+                span,
+                "mirror",
+                format!("needs at least 2 components, got {}", paths.len()),
+            ));
+        }
+        for (i, p) in paths.iter().enumerate() {
+            if paths[..i].contains(p) {
+                return Err(self.err(span, "mirror", format!("{} is named twice", p.display())));
+            }
+            let dir = p.parent().unwrap_or(Path::new("."));
+            check_writable_dir(dir).map_err(|m| self.err(span.clone(), "mirror", m))?;
+        }
+        if size.is_none() {
+            return Err(self.err(span, "size", "missing: a mirrored disk needs a size".into()));
+        }
+        Ok((paths, chunk))
+    }
+
+    /// A keel container either exists (its own header gives its size) or is created with `size`.
+    fn check_container_path(
+        &self,
+        path: &Path,
+        span: std::ops::Range<usize>,
+        size: Option<u64>,
+    ) -> Result<(), ConfigError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => Ok(()),
+            Ok(_) => Err(self.err(
+                span,
+                "path",
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if size.is_none() {
+                    return Err(self.err(
+                        span,
+                        "size",
+                        format!("{} does not exist and no `size` is given", path.display()),
+                    ));
+                }
+                let dir = path.parent().unwrap_or(Path::new("."));
+                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
+            }
+            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// The socket's directory must exist and be writable, or binding fails later.
+    fn check_socket_dir(
+        &self,
+        socket: &Path,
+        span: std::ops::Range<usize>,
+    ) -> Result<(), ConfigError> {
+        let dir = socket.parent().unwrap_or(Path::new("."));
+        check_writable_dir(dir).map_err(|m| self.err(span, "socket", m))
+    }
+
+    /// A raw disk's file either exists with the configured size (or `resize`), or can be created.
+    fn check_raw_path(
+        &self,
+        path: &Path,
+        span: std::ops::Range<usize>,
+        raw: &RawDisk,
+        size: Option<u64>,
+        resize: bool,
+        logical_block_size: u32,
+    ) -> Result<(), ConfigError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_block_device() => {
+                if raw.size.is_some() || resize {
+                    let key_span = raw.size.as_ref().map_or(span, Spanned::span);
+                    return Err(self.err(
+                        key_span,
+                        "size",
+                        format!("{} is a block device: its size is its own", path.display()),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(meta) if meta.is_file() => {
+                let actual = meta.len();
+                match size {
+                    Some(want) if want != actual && !resize => {
+                        let key_span = raw.size.as_ref().map_or(span, Spanned::span);
+                        Err(self.err(
+                            key_span,
+                            "size",
+                            format!(
+                                "{} is {actual} bytes, not {want}; set `resize = true` to change it",
+                                path.display()
+                            ),
+                        ))
+                    }
+                    None if actual == 0 || actual % u64::from(logical_block_size) != 0 => Err(self
+                        .err(
+                            span,
+                            "path",
+                            format!(
+                                "{} is {actual} bytes, not a positive multiple of the logical \
+                                 block size ({logical_block_size})",
+                                path.display()
+                            ),
+                        )),
+                    _ => Ok(()),
+                }
+            }
+            Ok(_) => Err(self.err(
+                span,
+                "path",
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if size.is_none() {
+                    return Err(self.err(
+                        span,
+                        "size",
+                        format!("{} does not exist and no `size` is given", path.display()),
+                    ));
+                }
+                let dir = path.parent().unwrap_or(Path::new("."));
+                check_writable_dir(dir).map_err(|m| self.err(span, "path", m))
+            }
+            Err(e) => Err(self.err(span, "path", format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// An existing path with its symlinks resolved now (a `/dev/disk/by-id/...` link names its
+/// device), so the engine can open it without following links later.
+fn canonical_if_exists(path: PathBuf) -> PathBuf {
+    fs::canonicalize(&path).unwrap_or(path)
+}
+
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("directory {}: {e}", dir.display())),
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc != 0 {
+        return Err(format!(
+            "directory {} is not writable: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
