@@ -424,7 +424,8 @@ struct SenderSlot(Arc<AtomicUsize>);
 
 impl Drop for SenderSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "control sender threads: count underflow");
     }
 }
 

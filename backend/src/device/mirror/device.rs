@@ -86,6 +86,7 @@ impl BlockDevice for MirrorDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.shared.len, offset, buf.len() as u64)?;
+        self.shared.check_healthy()?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -95,14 +96,17 @@ impl BlockDevice for MirrorDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.shared.check_healthy()?;
         self.shared.write_like(Some(buf), offset, buf.len() as u64)
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.shared.check_healthy()?;
         self.shared.flush_all()
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.shared.check_healthy()?;
         self.shared.write_like(None, offset, len)
     }
 }

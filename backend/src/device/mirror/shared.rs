@@ -21,7 +21,9 @@ use super::throttle::GuestActivity;
 use super::view::{ComponentRecord, MirrorView, Outage};
 use crate::device::BlockDevice;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LockResult, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Runtime handles of one component.
 #[derive(Default)]
@@ -76,6 +78,9 @@ pub(super) struct Shared {
     pub events: Mutex<VecDeque<String>>,
     /// Writer threads, when writes fan out (`parallel_write_min`).
     pub fanout: Option<FanOut>,
+    /// A lock was poisoned by a panic mid-update: the state may be half-changed, so every
+    /// guest request fails from then on instead of being served from it.
+    pub poisoned: AtomicBool,
 }
 
 /// Events kept for the status API.
@@ -83,21 +88,53 @@ const MAX_EVENTS: usize = 64;
 
 impl Shared {
     pub fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.unpoison(self.state.lock(), "state")
     }
 
     pub fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        self.unpoison(self.gate.read(), "gate")
     }
 
     pub fn write_gate(&self) -> RwLockWriteGuard<'_, ()> {
-        self.gate.write().unwrap_or_else(|e| e.into_inner())
+        self.unpoison(self.gate.write(), "gate")
+    }
+
+    /// The guard of a lock, poisoned or not; a poisoned one fails the mirror (see
+    /// [`Self::fail_poisoned`]), so the management calls can still look at it but no guest
+    /// request is served any more.
+    pub fn unpoison<G>(&self, locked: LockResult<G>, what: &str) -> G {
+        locked.unwrap_or_else(|e| {
+            self.fail_poisoned(what);
+            e.into_inner()
+        })
+    }
+
+    /// Fails every guest request from now on, logged once: a panic mid-update poisoned `what`.
+    fn fail_poisoned(&self, what: &str) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "mirror {}: the {what} lock was poisoned by a panic mid-update; every request \
+                 fails from now on (restart keeld to reopen the set)",
+                self.name
+            );
+        }
+    }
+
+    /// EIO once a lock was poisoned: the state it guards may be half-changed.
+    pub fn check_healthy(&self) -> io::Result<()> {
+        if self.state.is_poisoned() || self.gate.is_poisoned() {
+            self.fail_poisoned("state");
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 
     /// Records an event for the status API and the log.
     pub fn event(&self, msg: String) {
         log::warn!("mirror {}: {msg}", self.name);
-        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ev = self.unpoison(self.events.lock(), "events");
         if ev.len() == MAX_EVENTS {
             ev.pop_front();
         }

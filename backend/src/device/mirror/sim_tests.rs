@@ -745,6 +745,29 @@ fn a_component_failed_in_an_earlier_run_says_why_and_how_to_bring_it_back() {
     assert_components_match(&p, 2, &read_all(&dev), 15);
 }
 
+/// A panic while the state lock is held may leave the view half-updated: from then on every
+/// guest request fails with EIO instead of being served from it.
+#[test]
+fn a_poisoned_state_lock_fails_every_request() {
+    let p = MemProvider::new(5);
+    let dev = open(&p, 2, 8);
+    let mut b = AlignedBuf::copy_of(&[7; 4096]);
+    dev.write_at(&b, 0).unwrap();
+    let panicked = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _state = dev.shared.lock_state();
+            panic!("a panic mid-update");
+        })
+        .join()
+    });
+    assert!(panicked.is_err());
+    let eio = Some(libc::EIO);
+    assert_eq!(dev.read_at(&mut b, 0).unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.write_at(&b, 0).unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.flush().unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.discard(0, 4096).unwrap_err().raw_os_error(), eio);
+}
+
 #[test]
 fn a_refused_io_is_called_keels_error_and_a_device_error_is_not() {
     let einval = "resync write error: Invalid argument (os error 22)";
