@@ -18,7 +18,14 @@ use crate::device::BlockDevice;
 use crate::store::buf::AlignedBuf;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
+
+/// A component's data device; `None` when it could not be opened.
+type DataDevice = Option<Arc<dyn BlockDevice>>;
+
+/// A component's loaded metadata (the view and its slot); `None` when blank or unreadable.
+type LoadedView = Option<(MirrorView, usize)>;
 
 impl MirrorDevice {
     /// Opens a mirror of files, each with a `<path>.keelmirror` metadata sidecar.
@@ -42,68 +49,9 @@ impl MirrorDevice {
         if chunk < 4096 || !chunk.is_power_of_two() {
             return Err(MirrorError::BadChunkSize(chunk));
         }
-        let data: Vec<Option<Arc<dyn BlockDevice>>> = config
-            .components
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match provider.open_data(p, config.size) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    log::error!(
-                        "mirror {}: component {i} ({}): {e}",
-                        config.name,
-                        p.display()
-                    );
-                    None
-                }
-            })
-            .collect();
-        let len = match config.size {
-            Some(s) => s,
-            None => data
-                .iter()
-                .flatten()
-                .next()
-                .map(|d| d.len())
-                .ok_or(MirrorError::NoUsableComponent)?,
-        };
-        for (i, d) in data.iter().enumerate() {
-            if let Some(d) = d.as_ref().filter(|d| d.len() < len) {
-                return Err(MirrorError::TooSmall {
-                    index: i,
-                    have: d.len(),
-                    need: len,
-                });
-            }
-        }
+        let (data, len) = open_components(&config, provider.as_ref())?;
         let meta_len = metadata_len(len, chunk, n);
-        let mut metas: Vec<Option<MetadataStore>> = Vec::with_capacity(n);
-        let mut loaded = Vec::with_capacity(n);
-        for (i, (p, d)) in config.components.iter().zip(&data).enumerate() {
-            let m = d
-                .as_ref()
-                .and_then(|_| match provider.open_meta(p, meta_len) {
-                    Ok(m) => Some(MetadataStore::new(m)),
-                    Err(e) => {
-                        log::error!("mirror {}: metadata of component {i}: {e}", config.name);
-                        None
-                    }
-                });
-            let (m, l) = match m.as_ref().map(|m| m.load()) {
-                Some(Ok(l)) => (m, l),
-                Some(Err(e)) => {
-                    // Unreadable metadata: the component is treated as unreachable.
-                    log::error!(
-                        "mirror {}: reading metadata of component {i}: {e}",
-                        config.name
-                    );
-                    (None, None)
-                }
-                None => (None, None),
-            };
-            loaded.push(l);
-            metas.push(m);
-        }
+        let (metas, loaded) = load_metadata(&config, provider.as_ref(), &data, meta_len);
         let shared = Shared {
             name: config.name.clone(),
             len,
@@ -142,6 +90,7 @@ impl MirrorDevice {
                 ),
                 _ => None,
             },
+            poisoned: AtomicBool::new(false),
         };
         let newest = newest_view(&loaded)?;
         let view = match newest {
@@ -164,85 +113,9 @@ impl MirrorDevice {
                 shared.event(still_failed(&config.name, i, rec.failed_why.as_deref()));
             }
         }
-        for (i, (d, m)) in data.into_iter().zip(metas).enumerate() {
-            let blank = loaded.get(i).is_some_and(|l| l.is_none());
-            let Some(rec) = st.view.components.get_mut(i) else {
-                continue;
-            };
-            rec.path = config.components[i].to_string_lossy().into_owned();
-            let usable = d.is_some() && m.is_some();
-            let mut rt = Runtime {
-                durable_lsn: rec.last_lsn,
-                ..Runtime::default()
-            };
-            if rec.state.receives_writes() && !usable {
-                let msg = format!("component {i} is unreachable at open");
-                let chunks = len.div_ceil(chunk);
-                start_outage(
-                    rec,
-                    ComponentState::Failed,
-                    rec.last_lsn,
-                    ChunkBitmap::new(chunks),
-                );
-                rec.failed_why = Some("unreachable at open".into());
-                shared.event(msg);
-            } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {
-                // Fresh metadata under a set that knows this component: a replaced disk.
-                let chunks = st.view.len.div_ceil(st.view.chunk_size);
-                rec.state = ComponentState::Stale;
-                rec.last_lsn = 0;
-                rec.outage = Some(Outage {
-                    start_lsn: 0,
-                    tracking: ChunkBitmap::full(chunks),
-                    resync: None,
-                });
-                shared.event(format!("component {i} has no mirror metadata: full resync"));
-            }
-            if rec.state.receives_writes() {
-                rt.data = d;
-                rt.meta = m;
-            }
-            st.comps.push(rt);
-        }
-        // Catching-up components resume; a component found stale above gets its plan now.
-        for i in 0..n {
-            let needs_plan = st.view.components.get(i).is_some_and(|r| {
-                r.state.is_catching_up() && r.outage.as_ref().is_some_and(|o| o.resync.is_none())
-            });
-            if needs_plan {
-                let plan = st.view.plan_resync(i, None);
-                if let Some(o) = st
-                    .view
-                    .components
-                    .get_mut(i)
-                    .and_then(|r| r.outage.as_mut())
-                {
-                    o.resync = plan;
-                }
-            }
-            if let Some(r) = st.view.components.get_mut(i)
-                && r.state == ComponentState::Resyncing
-            {
-                r.state = ComponentState::Stale;
-            }
-        }
-        for d in st.view.deltas.iter_mut().filter(|d| !d.failed) {
-            match shared.provider.open(Path::new(&d.path), None, meta_len) {
-                Ok(dev) => {
-                    st.deltas.insert(
-                        d.for_component,
-                        DeltaRuntime {
-                            data: dev.data,
-                            meta: MetadataStore::new(dev.meta),
-                        },
-                    );
-                }
-                Err(e) => {
-                    d.failed = true;
-                    shared.event(format!("delta {} unreachable at open: {e}", d.path));
-                }
-            }
-        }
+        attach_components(&shared, &mut st, &config, data, metas, &loaded);
+        resume_resyncs(&mut st);
+        open_deltas(&shared, &mut st, meta_len);
         if st.view.in_sync().next().is_none() {
             return Err(MirrorError::NoUsableComponent);
         }
@@ -539,4 +412,186 @@ fn random_set_id() -> String {
         bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens every component's data device (an unreachable one is logged and left `None`) and
+/// settles the mirror's length: the configured size, or the first reachable component's.
+fn open_components(
+    config: &MirrorConfig,
+    provider: &dyn DeviceProvider,
+) -> Result<(Vec<DataDevice>, u64), MirrorError> {
+    let data: Vec<DataDevice> = config
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match provider.open_data(p, config.size) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::error!(
+                    "mirror {}: component {i} ({}): {e}",
+                    config.name,
+                    p.display()
+                );
+                None
+            }
+        })
+        .collect();
+    let len = match config.size {
+        Some(s) => s,
+        None => data
+            .iter()
+            .flatten()
+            .next()
+            .map(|d| d.len())
+            .ok_or(MirrorError::NoUsableComponent)?,
+    };
+    for (i, d) in data.iter().enumerate() {
+        if let Some(d) = d.as_ref().filter(|d| d.len() < len) {
+            return Err(MirrorError::TooSmall {
+                index: i,
+                have: d.len(),
+                need: len,
+            });
+        }
+    }
+    Ok((data, len))
+}
+
+/// Opens and loads each reachable component's metadata; unreadable metadata leaves the
+/// component unreachable (`None`), blank metadata loads as `None` beside an open store.
+fn load_metadata(
+    config: &MirrorConfig,
+    provider: &dyn DeviceProvider,
+    data: &[DataDevice],
+    meta_len: u64,
+) -> (Vec<Option<MetadataStore>>, Vec<LoadedView>) {
+    let n = config.components.len();
+    let mut metas: Vec<Option<MetadataStore>> = Vec::with_capacity(n);
+    let mut loaded = Vec::with_capacity(n);
+    for (i, (p, d)) in config.components.iter().zip(data).enumerate() {
+        let m = d
+            .as_ref()
+            .and_then(|_| match provider.open_meta(p, meta_len) {
+                Ok(m) => Some(MetadataStore::new(m)),
+                Err(e) => {
+                    log::error!("mirror {}: metadata of component {i}: {e}", config.name);
+                    None
+                }
+            });
+        let (m, l) = match m.as_ref().map(|m| m.load()) {
+            Some(Ok(l)) => (m, l),
+            Some(Err(e)) => {
+                // Unreadable metadata: the component is treated as unreachable.
+                log::error!(
+                    "mirror {}: reading metadata of component {i}: {e}",
+                    config.name
+                );
+                (None, None)
+            }
+            None => (None, None),
+        };
+        loaded.push(l);
+        metas.push(m);
+    }
+    (metas, loaded)
+}
+
+/// Gives each component of the view its devices; one that should take writes but cannot be
+/// reached is failed, and an in-sync one with blank metadata (a replaced disk) goes stale.
+fn attach_components(
+    shared: &Shared,
+    st: &mut State,
+    config: &MirrorConfig,
+    data: Vec<DataDevice>,
+    metas: Vec<Option<MetadataStore>>,
+    loaded: &[LoadedView],
+) {
+    let (len, chunk) = (shared.len, shared.chunk_size);
+    for (i, (d, m)) in data.into_iter().zip(metas).enumerate() {
+        let blank = loaded.get(i).is_some_and(|l| l.is_none());
+        let Some(rec) = st.view.components.get_mut(i) else {
+            continue;
+        };
+        rec.path = config.components[i].to_string_lossy().into_owned();
+        let usable = d.is_some() && m.is_some();
+        let mut rt = Runtime {
+            durable_lsn: rec.last_lsn,
+            ..Runtime::default()
+        };
+        if rec.state.receives_writes() && !usable {
+            let msg = format!("component {i} is unreachable at open");
+            let chunks = len.div_ceil(chunk);
+            start_outage(
+                rec,
+                ComponentState::Failed,
+                rec.last_lsn,
+                ChunkBitmap::new(chunks),
+            );
+            rec.failed_why = Some("unreachable at open".into());
+            shared.event(msg);
+        } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {
+            // Fresh metadata under a set that knows this component: a replaced disk.
+            let chunks = st.view.len.div_ceil(st.view.chunk_size);
+            rec.state = ComponentState::Stale;
+            rec.last_lsn = 0;
+            rec.outage = Some(Outage {
+                start_lsn: 0,
+                tracking: ChunkBitmap::full(chunks),
+                resync: None,
+            });
+            shared.event(format!("component {i} has no mirror metadata: full resync"));
+        }
+        if rec.state.receives_writes() {
+            rt.data = d;
+            rt.meta = m;
+        }
+        st.comps.push(rt);
+    }
+}
+
+/// Catching-up components resume; a component found stale at open gets its plan now.
+fn resume_resyncs(st: &mut State) {
+    let n = st.view.components.len();
+    for i in 0..n {
+        let needs_plan = st.view.components.get(i).is_some_and(|r| {
+            r.state.is_catching_up() && r.outage.as_ref().is_some_and(|o| o.resync.is_none())
+        });
+        if needs_plan {
+            let plan = st.view.plan_resync(i, None);
+            if let Some(o) = st
+                .view
+                .components
+                .get_mut(i)
+                .and_then(|r| r.outage.as_mut())
+            {
+                o.resync = plan;
+            }
+        }
+        if let Some(r) = st.view.components.get_mut(i)
+            && r.state == ComponentState::Resyncing
+        {
+            r.state = ComponentState::Stale;
+        }
+    }
+}
+
+/// Opens the deltas the view names; one that cannot be opened is marked failed.
+fn open_deltas(shared: &Shared, st: &mut State, meta_len: u64) {
+    for d in st.view.deltas.iter_mut().filter(|d| !d.failed) {
+        match shared.provider.open(Path::new(&d.path), None, meta_len) {
+            Ok(dev) => {
+                st.deltas.insert(
+                    d.for_component,
+                    DeltaRuntime {
+                        data: dev.data,
+                        meta: MetadataStore::new(dev.meta),
+                    },
+                );
+            }
+            Err(e) => {
+                d.failed = true;
+                shared.event(format!("delta {} unreachable at open: {e}", d.path));
+            }
+        }
+    }
 }
