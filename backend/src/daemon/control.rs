@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use keel_protocol::control::{ResizeAnswer, VersionInfo};
 use serde::Serialize;
 
-use super::disks::{DiskSet, FailedDisk, Missing};
+use super::disks::{DiskSet, FailedDisk, Missing, Poisoned};
 use super::served::ServedDisk;
 use crate::control::{ApiCall, ApiError, ControlHandler, Download, MirrorOp};
 use crate::engine::{AdminError, EngineError, MirrorCommand};
@@ -35,13 +35,13 @@ impl DaemonControl {
                 "disk {name} is not served: it failed to open: {reason}"
             )),
             Missing::Unknown => ApiError::NotFound(format!("no such disk: {name}")),
-            Missing::Poisoned => poisoned(m),
+            Missing::Poisoned => poisoned(Poisoned),
         })
     }
 }
 
 /// The answer when the disk list's lock was poisoned by a panic mid-update.
-pub(super) fn poisoned(_: Missing) -> ApiError {
+pub(super) fn poisoned(_: Poisoned) -> ApiError {
     ApiError::Internal("the disk list is poisoned".into())
 }
 

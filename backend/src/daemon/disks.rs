@@ -13,6 +13,11 @@ pub struct FailedDisk {
     pub reason: String,
 }
 
+/// The disk list's lock was poisoned by a panic mid-update: the list may be half-changed, so
+/// no call is served from it.
+#[derive(Debug)]
+pub struct Poisoned;
+
 /// Why a name does not give a served disk.
 pub enum Missing {
     /// No disk has this name.
@@ -38,16 +43,17 @@ impl DiskSet {
         }
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, Vec<Arc<ServedDisk>>>, Missing> {
+    fn read(&self) -> Result<RwLockReadGuard<'_, Vec<Arc<ServedDisk>>>, Poisoned> {
         self.served.read().map_err(|_| {
             log::error!("the disk list is poisoned");
-            Missing::Poisoned
+            Poisoned
         })
     }
 
     /// The served disk called `name`.
     pub fn get(&self, name: &str) -> Result<Arc<ServedDisk>, Missing> {
-        if let Some(d) = self.read()?.iter().find(|d| d.name() == name) {
+        let served = self.read().map_err(|_| Missing::Poisoned)?;
+        if let Some(d) = served.iter().find(|d| d.name() == name) {
             return Ok(Arc::clone(d));
         }
         match self.failed.iter().find(|f| f.config.name == name) {
@@ -57,7 +63,7 @@ impl DiskSet {
     }
 
     /// The served disks, in start order.
-    pub fn list(&self) -> Result<Vec<Arc<ServedDisk>>, Missing> {
+    pub fn list(&self) -> Result<Vec<Arc<ServedDisk>>, Poisoned> {
         Ok(self.read()?.clone())
     }
 
@@ -67,17 +73,17 @@ impl DiskSet {
     }
 
     /// Whether a served or failed disk has `name`.
-    pub fn has(&self, name: &str) -> Result<bool, Missing> {
+    pub fn has(&self, name: &str) -> Result<bool, Poisoned> {
         Ok(self.read()?.iter().any(|d| d.name() == name)
             || self.failed.iter().any(|f| f.config.name == name))
     }
 
     /// Adds a started disk; its name must be free (checked by the caller's reservation).
-    pub fn insert(&self, disk: ServedDisk) -> Result<Arc<ServedDisk>, Missing> {
+    pub fn insert(&self, disk: ServedDisk) -> Result<Arc<ServedDisk>, Poisoned> {
         let disk = Arc::new(disk);
         self.served
             .write()
-            .map_err(|_| Missing::Poisoned)?
+            .map_err(|_| Poisoned)?
             .push(Arc::clone(&disk));
         Ok(disk)
     }

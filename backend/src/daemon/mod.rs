@@ -15,7 +15,7 @@ mod served;
 mod tests;
 
 pub use control::DaemonControl;
-pub use disks::{DiskSet, FailedDisk, Missing};
+pub use disks::{DiskSet, FailedDisk, Missing, Poisoned};
 pub use served::{ServedDisk, start_disk};
 
 use std::sync::Arc;
@@ -159,9 +159,8 @@ impl Daemon {
     }
 }
 
-impl From<Missing> for DaemonError {
-    /// Only for calls that do not look a name up: the list itself failed.
-    fn from(_: Missing) -> Self {
+impl From<Poisoned> for DaemonError {
+    fn from(_: Poisoned) -> Self {
         Self::Poisoned
     }
 }
