@@ -130,3 +130,40 @@ fn a_failed_clone_frees_its_name_and_container() {
     assert_eq!(disk_names(&control), ["copy", "k"]);
     stop(&control);
 }
+
+/// The daemon starts, lists and stops disks by name; a name is served once.
+#[test]
+fn the_daemon_starts_lists_and_stops_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = |name: &str| {
+        format!(
+            "[[disk]]\nname = \"{name}\"\nsocket = \"{name}.sock\"\nengine = \"null\"\nsize = \"1M\"\n"
+        )
+    };
+    let config = Config::parse(&disk("a"), &dir.path().join("keel.toml"), dir.path()).unwrap();
+    let daemon = super::Daemon::start(&config).unwrap();
+    let more = Config::parse(&disk("b"), &dir.path().join("keel.toml"), dir.path()).unwrap();
+    let b = &more.disks[0];
+    daemon.start_disk(b).unwrap();
+    assert!(b.socket.exists());
+    let names = |d: &super::Daemon| -> Vec<String> {
+        d.list()
+            .unwrap()
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect()
+    };
+    assert_eq!(names(&daemon), ["a", "b"]);
+    assert!(matches!(
+        daemon.start_disk(b),
+        Err(super::DaemonError::Exists(n)) if n == "b"
+    ));
+    daemon.stop_disk("b").unwrap();
+    assert!(!b.socket.exists(), "a stopped disk's socket is removed");
+    assert_eq!(names(&daemon), ["a"]);
+    assert!(matches!(
+        daemon.stop_disk("b"),
+        Err(super::DaemonError::NotFound(n)) if n == "b"
+    ));
+    daemon.shutdown().unwrap();
+}
