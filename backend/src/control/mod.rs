@@ -1,8 +1,8 @@
 //! The control socket: HTTP/1.1 + JSON on a unix socket, for `keel` and scripts.
 //!
-//! `route` turns a request line and body into an [`ApiCall`]; [`crate::daemon`]
-//! implements [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what
-//! `keel` uses to talk to it.
+//! `route` turns a request line and body into an [`ApiCall`]; [`crate::daemon`] implements
+//! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what `keel`
+//! uses to talk to it. It knows nothing of the vhost side.
 
 pub mod cli;
 pub mod client;

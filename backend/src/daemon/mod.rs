@@ -53,6 +53,8 @@ pub struct Daemon {
     disks: Arc<DiskSet>,
     /// The control API, when the config names a socket for it.
     control: Option<ControlServer>,
+    /// Held from the name check to the insert, so two starts of one name cannot both pass.
+    starting: std::sync::Mutex<()>,
 }
 
 impl Daemon {
@@ -96,7 +98,11 @@ impl Daemon {
             None => None,
         };
         info!("serving {count} disk(s)");
-        Ok(Self { disks, control })
+        Ok(Self {
+            disks,
+            control,
+            starting: std::sync::Mutex::default(),
+        })
     }
 
     /// The set of disks this daemon serves.
@@ -106,6 +112,7 @@ impl Daemon {
 
     /// Starts serving one more disk.
     pub fn start_disk(&self, config: &DiskConfig) -> Result<Arc<ServedDisk>, DaemonError> {
+        let _one_start = self.starting.lock().map_err(|_| DaemonError::Poisoned)?;
         if self.disks.has(&config.name)? {
             return Err(DaemonError::Exists(config.name.clone()));
         }
