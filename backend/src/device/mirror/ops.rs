@@ -411,9 +411,7 @@ impl MirrorDevice {
             })
             .collect();
         let events = s
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unpoison(s.events.lock(), "events")
             .iter()
             .cloned()
             .collect();

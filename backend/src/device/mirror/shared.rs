@@ -122,7 +122,7 @@ impl Shared {
 
     /// EIO once a lock was poisoned: the state it guards may be half-changed.
     pub fn check_healthy(&self) -> io::Result<()> {
-        if self.state.is_poisoned() || self.gate.is_poisoned() {
+        if self.state.is_poisoned() || self.gate.is_poisoned() || self.flush_lock.is_poisoned() {
             self.fail_poisoned("state");
         }
         if self.poisoned.load(Ordering::Acquire) {

@@ -288,7 +288,7 @@ impl Shared {
 
     /// Makes all completed writes durable on every target, then records the flushed LSN.
     pub fn flush_all(&self) -> io::Result<()> {
-        let _one_flush = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_flush = self.unpoison(self.flush_lock.lock(), "flush");
         let (targets, lsn, present) = {
             let _gate = self.write_gate();
             let mut st = self.lock_state();
