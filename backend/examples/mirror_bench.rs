@@ -8,7 +8,7 @@
 
 use keel_backend::device::BlockDevice;
 use keel_backend::device::FileDevice;
-use keel_backend::device::faulty::SimRng;
+
 use keel_backend::device::mirror::{
     MirrorConfig, MirrorDevice, ResyncOutcome, ResyncScheduler, sidecar_path,
 };
@@ -95,13 +95,13 @@ impl Lat {
 
 /// 4 KiB random writes at depth 1 for `secs` (or until `stop` says so).
 fn random_writes(dev: &dyn BlockDevice, secs: f64, seed: u64, stop: &dyn Fn() -> bool) -> Lat {
-    let mut rng = SimRng::new(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let blocks = dev.len() / BLOCK as u64;
     let buf = vec![0xA5u8; BLOCK];
     let mut samples = Vec::new();
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs && !stop() {
-        let off = rng.below(blocks) * BLOCK as u64;
+        let off = rng.u64(0..blocks) * BLOCK as u64;
         let t = Instant::now();
         dev.write_at(&buf, off).expect("write");
         samples.push(t.elapsed());
@@ -146,11 +146,11 @@ fn dirty(dev: &MirrorDevice, fraction: f64, seed: u64) -> u64 {
     let chunk = dev.chunk_size();
     let chunks = dev.len() / chunk;
     let want = (chunks as f64 * fraction) as u64;
-    let mut rng = SimRng::new(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let buf = vec![0x5Au8; chunk as usize];
     let mut written = std::collections::HashSet::new();
     while (written.len() as u64) < want {
-        let c = rng.below(chunks);
+        let c = rng.u64(0..chunks);
         dev.write_at(&buf, c * chunk).expect("write");
         written.insert(c);
     }

@@ -4,7 +4,6 @@
 //!
 //! cargo run --release -p keel-backend --example store_bench -- [PATH] [SIZE_MIB] [BATCH] [PASSES] [WRITERS]
 
-use keel_backend::store::testing::SplitMix;
 use keel_backend::store::{CleanerConfig, CleanerHandle, CreateOptions, Op, Store, StoreOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,14 +42,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for w in 0..writers {
             let store = store.clone();
             s.spawn(move || {
-                let mut rng = SplitMix::new(0x5eed + w as u64);
+                let mut rng = fastrand::Rng::with_seed(0x5eed + w as u64);
                 let mut data = vec![0u8; batch * 4096];
                 for b in 0..per_writer {
                     for (i, chunk) in data.chunks_mut(4096).enumerate() {
                         chunk[..8].copy_from_slice(&(b * batch as u64 + i as u64).to_le_bytes());
                         chunk[8] = w as u8;
                     }
-                    let offs: Vec<u64> = (0..batch).map(|_| rng.below(blocks) * 4096).collect();
+                    let offs: Vec<u64> = (0..batch).map(|_| rng.u64(0..blocks) * 4096).collect();
                     let ops: Vec<Op<'_>> = offs
                         .iter()
                         .zip(data.chunks(4096))

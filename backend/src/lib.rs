@@ -4,7 +4,11 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod device;
 pub mod engine;
+pub mod socket;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vhost;

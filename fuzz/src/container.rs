@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use keel_backend::store::testing::FaultyDevice;
+use keel_backend::testing::FaultyDevice;
 use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 
 use crate::bytes::Reader;
@@ -17,6 +17,7 @@ fn options() -> StoreOptions {
         writers: 1,
         checkpoint_percent: 50,
         direct_io: false,
+        ..StoreOptions::default()
     }
 }
 
@@ -54,7 +55,7 @@ fn pristine() -> &'static [u8] {
                 )
                 .expect("write after checkpoint");
         }
-        dev.image()
+        dev.contents()
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use keel_backend::config::Config;
-use keel_backend::vhost::Daemon;
+use keel_backend::daemon::Daemon;
 
 /// A `[[disk]]` table for a null disk named `name` with socket `<name>.sock`.
 pub fn null_disk(name: &str, size: &str, extra: &str) -> String {

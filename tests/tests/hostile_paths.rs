@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use keel_backend::config::Config;
-use keel_backend::vhost::Daemon;
+use keel_backend::daemon::Daemon;
 use keel_tests::keeld::{InProcess, null_disk, raw_disk};
 
 #[test]

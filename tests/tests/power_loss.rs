@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use keel_backend::config::{Config, DiskConfig};
 use keel_backend::device::BlockDevice;
-use keel_backend::device::faulty::{CrashMode, FaultyDevice};
 use keel_backend::device::mirror::{DeviceProvider, MirrorConfig, MirrorDevice, ResyncScheduler};
 use keel_backend::engine::Engine;
 use keel_backend::engine::device::MirroredRawEngine;
 use keel_backend::engine::keel::KeelEngine;
+use keel_backend::testing::{CrashMode, FaultyDevice};
 use keel_backend::vhost::backend::DiskContext;
 use keel_backend::vhost::server::DiskServer;
 use keel_client::verify::check::Rules;
@@ -121,7 +121,7 @@ impl Devices {
         let n = map.len() as u64;
         Arc::clone(
             map.entry(path)
-                .or_insert_with(|| Arc::new(FaultyDevice::new(len as usize, self.seed ^ n))),
+                .or_insert_with(|| Arc::new(FaultyDevice::seeded(len, self.seed ^ n))),
         )
     }
 
@@ -386,9 +386,9 @@ impl Campaign {
         let power = Arc::clone(&boot.power);
         let devices = Arc::clone(&self.devices);
         let mode = if torn {
-            CrashMode::Torn
+            CrashMode::RandomSubset
         } else {
-            CrashMode::DropUnflushed
+            CrashMode::DropAll
         };
         let cut = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(delay));

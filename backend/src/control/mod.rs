@@ -1,8 +1,8 @@
 //! The control socket: HTTP/1.1 + JSON on a unix socket, for `keel` and scripts.
 //!
-//! `route` turns a request line and body into an [`ApiCall`]; the daemon implements
-//! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what
-//! `keel` uses to talk to it.
+//! `route` turns a request line and body into an [`ApiCall`]; [`crate::daemon`] implements
+//! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what `keel`
+//! uses to talk to it. It knows nothing of the vhost side.
 
 pub mod cli;
 pub mod client;
@@ -12,12 +12,8 @@ mod route;
 mod server;
 pub mod space_text;
 
-mod handler;
-
 #[cfg(test)]
 mod docs_tests;
-
-pub use handler::{DaemonControl, DiskEntry, FailedDisk};
 pub use route::{ApiCall, MirrorOp, route};
 pub use server::{ControlServer, Limits};
 

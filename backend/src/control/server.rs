@@ -8,7 +8,7 @@
 
 use super::http::{self, Progress, Request};
 use super::{ApiCall, ApiError, ControlHandler, Download, route};
-use crate::vhost::socket::bind_private;
+use crate::socket::bind_private;
 use keel_protocol::control::ErrorBody;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -424,7 +424,8 @@ struct SenderSlot(Arc<AtomicUsize>);
 
 impl Drop for SenderSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "control sender threads: count underflow");
     }
 }
 

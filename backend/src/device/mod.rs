@@ -3,12 +3,13 @@
 //! The store only ever talks to a [`BlockDevice`], so a fault-injecting device or a mirror
 //! can stand in for a file without the store knowing.
 
-pub mod faulty;
 mod file;
 pub mod lock;
 pub mod mirror;
 
 pub use file::FileDevice;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use file::direct_aligned;
 
 use std::io;
 use std::os::fd::RawFd;

@@ -1,9 +1,10 @@
 //! An engine over any [`BlockDevice`], run synchronously: how a raw disk is served from a
 //! mirror, which has no single file descriptor to hand to io_uring.
 
+use super::sync_queue::{RunRequest, SyncQueue};
 use super::{
-    AdminError, Capabilities, Completion, Engine, EngineAdmin, EngineError, IoOp, IoRequest,
-    MirrorCommand, QueueEngine, mirrored,
+    AdminError, Capabilities, Engine, EngineAdmin, EngineError, IoOp, IoRequest, MirrorCommand,
+    QueueEngine, mirrored,
 };
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
@@ -41,12 +42,11 @@ impl Engine for MirroredRawEngine {
     }
 
     fn queue(&self, _index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
-        Ok(Box::new(DeviceQueue {
+        Ok(Box::new(SyncQueue::new(DeviceRunner {
             dev: Arc::clone(&self.dev) as Arc<dyn BlockDevice>,
             read_only: self.read_only,
-            done: Vec::new(),
             scratch: AlignedBuf::zeroed(0),
-        }))
+        })))
     }
 
     fn flush(&self) -> Result<(), EngineError> {
@@ -79,11 +79,10 @@ impl EngineAdmin for MirroredRawEngine {
     }
 }
 
-/// One queue: every request runs to completion inside `submit`, through a bounce buffer.
-struct DeviceQueue {
+/// How one queue runs a request: to completion, through a bounce buffer.
+struct DeviceRunner {
     dev: Arc<dyn BlockDevice>,
     read_only: bool,
-    done: Vec<Completion>,
     /// Block-aligned, so the mirror's O_DIRECT components take the request as it is.
     scratch: AlignedBuf,
 }
@@ -96,8 +95,8 @@ fn bounce(scratch: &mut AlignedBuf, len: usize) -> &mut [u8] {
     &mut scratch[..len]
 }
 
-impl DeviceQueue {
-    fn execute(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+impl RunRequest for DeviceRunner {
+    fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
         let io = |op: &'static str| move |source: io::Error| EngineError::Io { op, source };
         if self.read_only && !matches!(req.op, IoOp::Read { .. } | IoOp::Flush) {
             return Err(EngineError::ReadOnly { op: req.op.name() });
@@ -132,29 +131,5 @@ impl DeviceQueue {
             }
         }
         Ok(())
-    }
-}
-
-impl QueueEngine for DeviceQueue {
-    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
-        for mut req in batch.drain(..) {
-            let result = self.execute(&mut req);
-            self.done.push(Completion {
-                token: req.token,
-                result,
-            });
-        }
-    }
-
-    fn reap(&mut self, done: &mut Vec<Completion>) {
-        done.append(&mut self.done);
-    }
-
-    fn wait(&mut self, done: &mut Vec<Completion>) {
-        self.reap(done);
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
     }
 }

@@ -1,7 +1,8 @@
 //! The null engine: no storage. Reads return zeroes, writes are dropped, everything succeeds at
 //! once. It measures the cost of the vhost-user channel and Keel's queue handling alone.
 
-use super::{Capabilities, Completion, Engine, EngineError, IoOp, IoRequest, QueueEngine};
+use super::sync_queue::{RunRequest, SyncQueue};
+use super::{Capabilities, Engine, EngineError, IoOp, IoRequest, QueueEngine};
 
 pub struct NullEngine {
     capacity: u64,
@@ -31,10 +32,9 @@ impl Engine for NullEngine {
     }
 
     fn queue(&self, _index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
-        Ok(Box::new(NullQueue {
-            done: Vec::new(),
+        Ok(Box::new(SyncQueue::new(NullRunner {
             read_only: self.read_only,
-        }))
+        })))
     }
 
     fn flush(&self) -> Result<(), EngineError> {
@@ -42,43 +42,25 @@ impl Engine for NullEngine {
     }
 }
 
-struct NullQueue {
-    done: Vec<Completion>,
+/// How a null queue runs a request: reads zeroes, refuses writes when read-only.
+struct NullRunner {
     read_only: bool,
 }
 
-impl QueueEngine for NullQueue {
-    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
-        for mut req in batch.drain(..) {
-            let result = match req.op {
-                IoOp::Read { .. } => {
-                    req.buffers.fill_zero();
-                    Ok(())
-                }
-                ref op @ (IoOp::Write { .. } | IoOp::Discard { .. } | IoOp::WriteZeroes { .. })
-                    if self.read_only =>
-                {
-                    Err(EngineError::ReadOnly { op: op.name() })
-                }
-                _ => Ok(()),
-            };
-            self.done.push(Completion {
-                token: req.token,
-                result,
-            });
+impl RunRequest for NullRunner {
+    fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+        match req.op {
+            IoOp::Read { .. } => {
+                req.buffers.fill_zero();
+                Ok(())
+            }
+            ref op @ (IoOp::Write { .. } | IoOp::Discard { .. } | IoOp::WriteZeroes { .. })
+                if self.read_only =>
+            {
+                Err(EngineError::ReadOnly { op: op.name() })
+            }
+            _ => Ok(()),
         }
-    }
-
-    fn reap(&mut self, done: &mut Vec<Completion>) {
-        done.append(&mut self.done);
-    }
-
-    fn wait(&mut self, done: &mut Vec<Completion>) {
-        self.reap(done);
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
     }
 }
 

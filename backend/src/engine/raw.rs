@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::{info, warn};
 
 use super::file_ops::{self, Direction, PUNCH_HOLE, ZERO_RANGE};
-use super::sync_queue::SyncQueue;
+use super::sync_queue::{RunRequest, SyncQueue};
 use super::uring_queue::UringQueue;
 use super::{Capabilities, Engine, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::config::DiskConfig;
@@ -127,6 +127,13 @@ impl RawFiles {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The raw engine's queue without io_uring runs each request with blocking system calls.
+impl RunRequest for Arc<RawFiles> {
+    fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+        self.execute_blocking(req)
     }
 }
 

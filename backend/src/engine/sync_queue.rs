@@ -1,28 +1,33 @@
-//! A raw-engine queue without io_uring: every request runs to completion inside `submit`.
+//! The one queue whose requests run to completion inside `submit`: the null engine, the raw
+//! engine without io_uring and the mirrored raw engine each give only how one request runs.
 
-use std::sync::Arc;
+use super::{Completion, EngineError, IoRequest, QueueEngine};
 
-use super::raw::RawFiles;
-use super::{Completion, IoRequest, QueueEngine};
+/// How one request runs, to completion, on the calling thread.
+pub(super) trait RunRequest: Send {
+    fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError>;
+}
 
-pub(super) struct SyncQueue {
-    files: Arc<RawFiles>,
+/// A queue that runs each request as it is submitted and hands the results out on the next
+/// `reap` or `wait`.
+pub(super) struct SyncQueue<R> {
+    runner: R,
     done: Vec<Completion>,
 }
 
-impl SyncQueue {
-    pub fn new(files: Arc<RawFiles>) -> Self {
+impl<R: RunRequest> SyncQueue<R> {
+    pub fn new(runner: R) -> Self {
         Self {
-            files,
+            runner,
             done: Vec::new(),
         }
     }
 }
 
-impl QueueEngine for SyncQueue {
+impl<R: RunRequest> QueueEngine for SyncQueue<R> {
     fn submit(&mut self, batch: &mut Vec<IoRequest>) {
-        for req in batch.drain(..) {
-            let result = self.files.execute_blocking(&req);
+        for mut req in batch.drain(..) {
+            let result = self.runner.run(&mut req);
             self.done.push(Completion {
                 token: req.token,
                 result,

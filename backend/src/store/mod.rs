@@ -37,7 +37,6 @@ mod stats;
 mod superblock;
 mod sut;
 mod tail;
-pub mod testing;
 mod unwritten;
 mod write;
 

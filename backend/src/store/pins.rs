@@ -36,7 +36,8 @@ impl SegmentPins {
 
     fn sub(&self, seg: u64) {
         if let Some(c) = self.counts.get(seg as usize) {
-            c.fetch_sub(1, Ordering::AcqRel);
+            let before = c.fetch_sub(1, Ordering::AcqRel);
+            assert!(before > 0, "segment {seg}: pin count underflow");
         }
     }
 }

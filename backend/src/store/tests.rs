@@ -8,8 +8,8 @@ mod in_flight;
 mod model;
 mod space;
 
-use super::testing::FaultyDevice;
 use super::{CreateOptions, Store, StoreOptions};
+use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
 /// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal.

@@ -26,7 +26,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::backend::{DiskContext, SessionState};
 use super::inflight::InflightRegion;
-use super::socket::bind_private;
+use crate::socket::bind_private;
 
 const HEADER: usize = 12;
 const GET_INFLIGHT_FD: u32 = 31;

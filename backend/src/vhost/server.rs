@@ -26,8 +26,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::backend::{BlkBackend, DiskContext};
 use super::relay::{self, Relay, Rendezvous};
 use super::sigbus;
-use super::socket::bind_private;
 use crate::engine::GuestMemory;
+use crate::socket::bind_private;
 
 /// Errors of starting or running a disk's socket.
 #[derive(Debug, Error)]

@@ -9,7 +9,7 @@
 use keel_backend::store::btree::{Forest, NodeId};
 use keel_backend::store::diff::diff_trees;
 use keel_backend::store::maps::Vba;
-use keel_backend::store::testing::SplitMix;
+
 use serde::Serialize;
 use std::time::Instant;
 
@@ -105,9 +105,9 @@ fn main() {
             let snap = running;
             // The snapshot's reference, so the writes below copy its nodes.
             f.retain(snap);
-            let mut rng = SplitMix::new(size ^ changes);
+            let mut rng = fastrand::Rng::with_seed(size ^ changes);
             for i in 0..changes {
-                f.insert(&mut run, rng.below(size), Vba(size + i), 3, 2);
+                f.insert(&mut run, rng.u64(0..size), Vba(size + i), 3, 2);
             }
             let mut times = Vec::new();
             let mut full = Vec::new();

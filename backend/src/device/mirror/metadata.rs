@@ -329,8 +329,8 @@ impl MetadataStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::faulty::{CrashMode, FaultyDevice};
     use crate::device::mirror::view::tests::two_way;
+    use crate::testing::{CrashMode, FaultyDevice};
 
     fn sample() -> MirrorView {
         let mut v = two_way(1000);
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn newest_slot_wins_and_a_torn_write_falls_back() {
         let len = metadata_len(1000 * 4096, 4096, 2) as usize;
-        let dev = Arc::new(FaultyDevice::new(len, 11));
+        let dev = Arc::new(FaultyDevice::seeded(len as u64, 11));
         let store = MetadataStore::new(dev.clone());
         assert!(store.load().unwrap().is_none());
         let mut v = sample();
@@ -386,7 +386,7 @@ mod tests {
 
         let mut torn_seen = false;
         for seed in 0..40 {
-            let dev = Arc::new(FaultyDevice::new(len, seed));
+            let dev = Arc::new(FaultyDevice::seeded(len as u64, seed));
             let store = MetadataStore::new(dev.clone());
             let mut v = sample();
             store.store(&v, 0).unwrap();
@@ -395,7 +395,7 @@ mod tests {
             v.lsn = 7;
             assert!(store.store(&v, 0).is_err());
             dev.set_fail_flushes(false);
-            dev.crash(CrashMode::Torn);
+            dev.crash(CrashMode::RandomSubset);
             let (got, _) = store.load().unwrap().expect("one slot is always intact");
             assert!(got.lsn == 7 || got.lsn == 0, "never a mix: {}", got.lsn);
             torn_seen |= got.lsn == 0;
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn too_small_slot_is_refused() {
-        let dev = Arc::new(FaultyDevice::new(256, 1));
+        let dev = Arc::new(FaultyDevice::seeded(256, 1));
         let store = MetadataStore::new(dev);
         assert!(matches!(
             store.store(&sample(), 0),

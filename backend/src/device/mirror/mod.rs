@@ -6,8 +6,10 @@
 //! - [`view`]: the set's shared state (who is current, outages, resyncs, deltas) and the
 //!   choice of resync source; [`metadata`] persists it in A/B checksummed slots.
 //! - [`provider`]: where component devices come from (files + `.keelmirror` sidecars).
-//! - `device`: [`MirrorDevice`] itself, the data path and failover; `ops`: offline, online,
-//!   maintenance, replace, status; `resync`: the copier.
+//! - `shared`: the state behind [`MirrorDevice`] and its locks; `open`: opening a set and
+//!   repairing an unclean stop; `write` and `read`: the data path and failover; `device`:
+//!   [`MirrorDevice`] itself; `ops`: offline, online, maintenance, replace, status; `resync`:
+//!   the copier.
 //! - [`chunk_locks`], [`throttle`], [`scheduler`]: what keeps the copier and the guest apart.
 //! - [`fanout`]: long-lived writer threads for writes that go to several components at once.
 //!
@@ -21,14 +23,18 @@ pub mod error;
 pub mod fanout;
 pub mod lsn;
 pub mod metadata;
+mod open;
 mod ops;
 pub mod provider;
+mod read;
 mod resync;
 pub mod scheduler;
+mod shared;
 pub mod state;
 pub mod status;
 pub mod throttle;
 pub mod view;
+mod write;
 
 #[cfg(test)]
 mod file_tests;

@@ -2,9 +2,10 @@
 //! component, bring it back online (resync), replace it, and report status.
 
 use super::chunk_bitmap::ChunkBitmap;
-use super::device::{DeltaRuntime, MirrorDevice, Shared, State, Target, start_outage};
+use super::device::MirrorDevice;
 use super::error::MirrorError;
 use super::metadata::MetadataStore;
+use super::shared::{DeltaRuntime, Shared, State, Target, start_outage};
 use super::state::ComponentState;
 use super::status::{ComponentStatus, DeltaStatus, MirrorStatus, ResyncStatus};
 use super::view::{DeltaRecord, Outage, ResyncPlan, Source};
@@ -410,9 +411,7 @@ impl MirrorDevice {
             })
             .collect();
         let events = s
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unpoison(s.events.lock(), "events")
             .iter()
             .cloned()
             .collect();

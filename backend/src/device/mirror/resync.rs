@@ -7,8 +7,9 @@
 //! target is flushed, so a bit set on disk always means the chunk's copy is durable. The copier
 //! runs in the batch scheduling class and pauses while the guest is busy (see `throttle`).
 
-use super::device::{MirrorDevice, Shared, Target};
+use super::device::MirrorDevice;
 use super::error::MirrorError;
+use super::shared::{Shared, Target};
 use super::state::ComponentState;
 use super::throttle::{BatchScheduling, Throttle};
 use super::view::Source;

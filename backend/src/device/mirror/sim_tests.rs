@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::device::BlockDevice;
-use crate::device::faulty::{CrashMode, FaultyDevice, SimRng};
 use crate::store::buf::AlignedBuf;
+use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,10 +80,10 @@ impl DeviceProvider for MemProvider {
         }
         let len = create_len.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let salt = self.seed ^ ((devs.len() as u64 + 1) * 0x51);
-        let d = Arc::new(FaultyDevice::new(len as usize, salt));
+        let d = Arc::new(FaultyDevice::seeded(len, salt));
         // Like the files users get: O_DIRECT, so a misaligned buffer fails the test.
         d.set_direct(true);
-        let m = Arc::new(FaultyDevice::new(0, salt));
+        let m = Arc::new(FaultyDevice::seeded(0, salt));
         devs.insert(path.to_path_buf(), (d.clone(), m));
         Ok(d)
     }
@@ -94,7 +94,7 @@ impl DeviceProvider for MemProvider {
             .get_mut(path)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if entry.1.is_empty() {
-            entry.1 = Arc::new(FaultyDevice::new(len as usize, self.seed ^ 0xABCD));
+            entry.1 = Arc::new(FaultyDevice::seeded(len, self.seed ^ 0xABCD));
             entry.1.set_direct(true);
         }
         Ok(entry.1.clone())
@@ -153,7 +153,7 @@ impl Model {
 
 /// A seeded write: 512-byte aligned (offset, length and buffer, as a guest's or the store's
 /// are), up to three chunks long, with recognisable bytes.
-fn random_write(rng: &mut SimRng, len: u64) -> (u64, AlignedBuf) {
+fn random_write(rng: &mut SplitMix, len: u64) -> (u64, AlignedBuf) {
     let sectors = len / 512;
     let n = 1 + rng.below(3 * CHUNK / 512);
     let start = rng.below(sectors - n + 1);
@@ -212,7 +212,7 @@ fn failed_component_mid_load_then_resync_copies_only_dirty_chunks() {
     let chunks = 256;
     let p = MemProvider::new(seed);
     let dev = open(&p, 2, chunks);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     let mut since_flush = BTreeSet::new();
     let mut expected_dirty = BTreeSet::new();
@@ -280,7 +280,7 @@ fn crash_while_degraded_resumes_from_tracking_bitmap() {
     let seed = 0x2002;
     let chunks = 128;
     let p = MemProvider::new(seed);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     {
         let dev = open(&p, 2, chunks);
@@ -297,7 +297,7 @@ fn crash_while_degraded_resumes_from_tracking_bitmap() {
             }
         }
         assert_eq!(state(&dev, 1), ComponentState::Failed);
-        p.crash_all(CrashMode::DropUnflushed);
+        p.crash_all(CrashMode::DropAll);
     }
     p.set_dead(&path(1), false);
     let dev = open(&p, 2, chunks);
@@ -330,7 +330,7 @@ fn crash_during_resync_resumes_instead_of_restarting() {
     let seed = 0x3003;
     let chunks = 256;
     let p = MemProvider::new(seed);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     let dirty;
     {
@@ -363,7 +363,7 @@ fn crash_during_resync_resumes_instead_of_restarting() {
             let (off, data) = random_write(&mut rng, chunks * CHUNK);
             dev.write_at(&data, off).unwrap();
         }
-        p.crash_all(CrashMode::DropUnflushed);
+        p.crash_all(CrashMode::DropAll);
     }
     let dev = open(&p, 2, chunks);
     let st = dev.status();
@@ -422,7 +422,7 @@ fn unflushed_data_copied_by_a_resync_is_reconciled_after_a_crash() {
             ResyncOutcome::Paused { .. }
         ));
         assert_eq!(p.data(&path(1)).contents()[9 * CHUNK as usize], 0x99);
-        p.crash_all(CrashMode::DropUnflushed);
+        p.crash_all(CrashMode::DropAll);
     }
     let dev = open(&p, 2, chunks);
     for i in dev.pending_resyncs() {
@@ -441,7 +441,7 @@ fn delta_keeps_the_data_when_the_last_mirror_fails_during_maintenance() {
     let chunks = 128;
     let p = MemProvider::new(seed);
     let dev = open(&p, 2, chunks);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     for _ in 0..40 {
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
@@ -519,7 +519,7 @@ fn both_components_failing_returns_errors_and_corrupts_nothing() {
     let chunks = 64;
     let p = MemProvider::new(seed);
     let dev = open(&p, 2, chunks);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     for _ in 0..30 {
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
@@ -557,7 +557,7 @@ fn write_intent_reconciles_copies_torn_differently_by_a_power_loss() {
     let seed = 0x7007;
     let chunks = 128;
     let p = MemProvider::new(seed);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut written = BTreeSet::new();
     {
         let dev = open(&p, 2, chunks);
@@ -574,7 +574,7 @@ fn write_intent_reconciles_copies_torn_differently_by_a_power_loss() {
             written.extend(chunks_of(off, data.len()));
         }
         // Each device keeps or tears its unflushed writes independently.
-        p.crash_all(CrashMode::Torn);
+        p.crash_all(CrashMode::RandomSubset);
     }
     let a = p.data(&path(0)).contents();
     assert!(
@@ -608,7 +608,7 @@ fn replace_copies_everything_onto_a_new_component() {
     let chunks = 64;
     let p = MemProvider::new(seed);
     let dev = open(&p, 2, chunks);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let mut model = Model::new((chunks * CHUNK) as usize);
     for _ in 0..30 {
         let (off, data) = random_write(&mut rng, chunks * CHUNK);
@@ -745,12 +745,35 @@ fn a_component_failed_in_an_earlier_run_says_why_and_how_to_bring_it_back() {
     assert_components_match(&p, 2, &read_all(&dev), 15);
 }
 
+/// A panic while the state lock is held may leave the view half-updated: from then on every
+/// guest request fails with EIO instead of being served from it.
+#[test]
+fn a_poisoned_state_lock_fails_every_request() {
+    let p = MemProvider::new(5);
+    let dev = open(&p, 2, 8);
+    let mut b = AlignedBuf::copy_of(&[7; 4096]);
+    dev.write_at(&b, 0).unwrap();
+    let panicked = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _state = dev.shared.lock_state();
+            panic!("a panic mid-update");
+        })
+        .join()
+    });
+    assert!(panicked.is_err());
+    let eio = Some(libc::EIO);
+    assert_eq!(dev.read_at(&mut b, 0).unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.write_at(&b, 0).unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.flush().unwrap_err().raw_os_error(), eio);
+    assert_eq!(dev.discard(0, 4096).unwrap_err().raw_os_error(), eio);
+}
+
 #[test]
 fn a_refused_io_is_called_keels_error_and_a_device_error_is_not() {
     let einval = "resync write error: Invalid argument (os error 22)";
-    assert!(device::still_failed("d0", 1, Some(einval)).contains("Keel's error"));
+    assert!(shared::still_failed("d0", 1, Some(einval)).contains("Keel's error"));
     let eio = "write error: Input/output error (os error 5)";
-    let said = device::still_failed("d0", 1, Some(eio));
+    let said = shared::still_failed("d0", 1, Some(eio));
     assert!(
         !said.contains("Keel's error") && said.contains("check the device"),
         "{said}"
@@ -786,8 +809,16 @@ fn randomized_model_check() {
         std::env::var("KEEL_SIM_SEED"),
         std::env::var("KEEL_SIM_SEEDS"),
     ) {
-        (Ok(s), _) => s.parse().map(|s| s..s + 1).unwrap_or(0..0),
-        (_, Ok(n)) => 0..n.parse().unwrap_or(24),
+        (Ok(s), _) => {
+            let seed: u64 = s
+                .parse()
+                .unwrap_or_else(|e| panic!("KEEL_SIM_SEED={s:?} is not a seed: {e}"));
+            seed..seed + 1
+        }
+        (_, Ok(n)) => {
+            0..n.parse()
+                .unwrap_or_else(|e| panic!("KEEL_SIM_SEEDS={n:?} is not a count: {e}"))
+        }
         _ => 0..24u64,
     };
     for seed in seeds {
@@ -808,7 +839,7 @@ type Opener = fn(&Arc<MemProvider>, usize, u64) -> MirrorDevice;
 fn run_model(seed: u64, n: usize, chunks: u64, ops: usize, open: Opener) {
     let p = MemProvider::new(seed);
     let mut dev = open(&p, n, chunks);
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix::new(seed);
     let len = chunks * CHUNK;
     let mut model = Model::new(len as usize);
     let mut broken: Option<usize> = None;
@@ -934,7 +965,7 @@ fn run_model(seed: u64, n: usize, chunks: u64, ops: usize, open: Opener) {
             }
             98..100 => {
                 drop(dev);
-                p.crash_all(CrashMode::DropUnflushed);
+                p.crash_all(CrashMode::DropAll);
                 model.current = model.durable.clone();
                 dev = open(&p, n, chunks);
             }

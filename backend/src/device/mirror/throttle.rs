@@ -57,7 +57,8 @@ impl Drop for GuestRequest<'_> {
         // Stored plus one so that zero keeps meaning "never".
         let now = self.0.epoch.elapsed().as_micros() as u64 + 1;
         self.0.last_done_us.store(now, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let before = self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "guest requests in flight: count underflow");
     }
 }
 

@@ -402,8 +402,8 @@ fn creating_marker(first: &std::path::Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::FaultyDevice;
     use crate::store::{Op, StoreOptions};
+    use crate::testing::FaultyDevice;
 
     const DISK: u64 = 4 << 20;
 
@@ -461,10 +461,10 @@ mod tests {
     #[test]
     fn a_read_only_disk_writes_nothing_when_it_closes() {
         let dev = written_engine();
-        let (writes, _) = dev.counts();
+        let writes = dev.stats().writes;
         drop(KeelEngine::on_device(dev.clone(), None, 1, true, "t").unwrap());
         assert_eq!(
-            dev.counts().0,
+            dev.stats().writes,
             writes,
             "writes while open and closing read-only"
         );

@@ -85,7 +85,8 @@ impl<V: TreeValue> Forest<V> {
             let Some(r) = self.refs.get_mut(id as usize) else {
                 continue;
             };
-            *r = r.saturating_sub(1);
+            assert!(*r > 0, "tree node {id}: reference count underflow");
+            *r -= 1;
             if *r > 0 {
                 continue;
             }

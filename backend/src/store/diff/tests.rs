@@ -4,8 +4,8 @@
 use super::*;
 use crate::store::CreateOptions;
 use crate::store::Op;
-use crate::store::testing::SplitMix;
 use crate::store::tests::{new_store, small_opts};
+use crate::testing::SplitMix;
 use std::collections::BTreeMap;
 
 /// Every entry of a tree (`None`: the empty tree).

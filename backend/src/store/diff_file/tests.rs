@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::store::diff::TreeRef;
-use crate::store::testing::SplitMix;
 use crate::store::tests::{new_store, small_opts};
+use crate::testing::SplitMix;
 
 /// A raw image in memory.
 struct Image(Vec<u8>);
@@ -242,7 +242,7 @@ proptest::proptest! {
 #[test]
 fn an_apply_cut_short_by_a_crash_completes_when_run_again() {
     use crate::store::StoreOptions;
-    use crate::store::testing::{CrashMode, FaultyDevice};
+    use crate::testing::{CrashMode, FaultyDevice};
     use std::sync::Arc;
     let (s, base, incr) = history();
     let full = export(&s, TreeRef::Empty, TreeRef::Snapshot(base));

@@ -6,9 +6,9 @@ use crate::device::BlockDevice;
 use crate::store::btree::{Body, NodeId};
 use crate::store::codec::block_crc;
 use crate::store::layout::BLOCK;
-use crate::store::testing::FaultyDevice;
 use crate::store::tests::{new_store, small_opts};
 use crate::store::{CreateOptions, Op, Store, StoreOptions, read};
+use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
 /// A 16 MiB disk whose every even block is written: 1000 entries, several leaves, keys with

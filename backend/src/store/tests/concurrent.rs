@@ -3,8 +3,8 @@
 
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
-use crate::store::testing::SplitMix;
 use crate::store::{BatchIo, Gather, Op, Store, StoreOptions};
+use crate::testing::SplitMix;
 use std::io;
 use std::sync::{Arc, Barrier};
 
@@ -106,7 +106,7 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
             t.join().unwrap();
         }
         let before = image(&store);
-        let copy = Arc::new(crate::store::testing::FaultyDevice::from_image(dev.image()));
+        let copy = Arc::new(crate::testing::FaultyDevice::from_image(dev.contents()));
         let recovered = Store::open(copy, StoreOptions::default()).unwrap();
         assert_eq!(
             recovered.recovery_report().records_replayed,

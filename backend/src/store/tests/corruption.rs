@@ -4,8 +4,8 @@
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
 use crate::store::layout::BLOCK;
-use crate::store::testing::{FaultyDevice, SplitMix};
 use crate::store::{Op, Store, StoreError, StoreOptions, read};
+use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
 /// A populated container with a checkpoint and a journal tail.
@@ -77,7 +77,7 @@ fn flipped_tree_node_sut_and_checkpoint_root() {
         (sut, "segment usage table"),
         (root, "checkpoint"),
     ] {
-        let img = dev.image();
+        let img = dev.contents();
         let d = Arc::new(FaultyDevice::from_image(img));
         d.corrupt(pba * BLOCK + 77, 0x04);
         match open(&d) {
@@ -202,7 +202,7 @@ fn random_metadata_damage_never_panics() {
     };
     let mut rng = SplitMix::new(42);
     for _ in 0..150 {
-        let d = Arc::new(FaultyDevice::from_image(base.image()));
+        let d = Arc::new(FaultyDevice::from_image(base.contents()));
         for _ in 0..1 + rng.below(4) {
             d.corrupt(rng.below(meta_end), 1 << rng.below(8));
         }
@@ -256,7 +256,7 @@ fn a_damaged_flushed_record_is_refused_until_rewound() {
     let second_record = s.geometry().journal_start() + 1;
     drop(s);
     dev.corrupt(second_record * BLOCK + 50, 0x10);
-    let image = dev.image();
+    let image = dev.contents();
     match open(&dev) {
         Err(StoreError::Corrupt { what, detail }) => {
             assert_eq!(what, "journal");
@@ -267,7 +267,7 @@ fn a_damaged_flushed_record_is_refused_until_rewound() {
         }
         other => panic!("expected a journal error, got {:?}", other.err()),
     }
-    assert!(dev.image() == image, "a refused open writes nothing");
+    assert!(dev.contents() == image, "a refused open writes nothing");
     let s = rewind(&dev).unwrap();
     let report = s.recovery_report().clone();
     assert_eq!(report.records_replayed, 1);
@@ -322,7 +322,7 @@ fn a_lost_newest_checkpoint_is_refused_not_rolled_back() {
     let (dev, s) = new_store(&small_opts());
     write_at(&s, 0, 1);
     s.checkpoint().unwrap();
-    let old_superblocks = dev.image()[..2 * BLOCK as usize].to_vec();
+    let old_superblocks = dev.contents()[..2 * BLOCK as usize].to_vec();
     write_at(&s, 1, 2);
     s.checkpoint().unwrap();
     write_at(&s, 2, 3);

@@ -12,8 +12,8 @@
 //! `KEEL_CRASH_TRACE=1` prints each step and fscks the live store before it.
 
 use super::small_opts;
-use crate::store::testing::{CrashMode, FaultyDevice, SplitMix};
 use crate::store::{Op, Store, StoreOptions};
+use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::sync::Arc;
 
 const DISK: usize = 1 << 20;

@@ -3,8 +3,8 @@
 
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
-use crate::store::testing::FaultyDevice;
 use crate::store::{Gather, Op, StartIo, Store, StoreError};
+use crate::testing::FaultyDevice;
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -105,7 +105,7 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     });
     flushed.unwrap();
     // Whatever the device did not make durable before the flush is lost; the batch is not.
-    let crashed = Arc::new(FaultyDevice::from_image(dev.image()));
+    let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
     let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
     let mut b = vec![0u8; 8192];
     s.read(2 * 4096, &mut b).unwrap();
@@ -135,7 +135,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
         .start_batch(0, &[write_op(0, &[0x66; 4096])], &mut io)
         .unwrap();
     // Power lost before the writes landed: the batch is gone, the flushed data is not.
-    let crashed = Arc::new(FaultyDevice::from_image(dev.image()));
+    let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
     io.land(&dev).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
     let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();

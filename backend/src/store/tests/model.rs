@@ -504,7 +504,7 @@ fn random_then_sequential_overwrites_never_run_out_of_space() {
     };
     let (_dev, store) = new_store(&opts);
     let blocks = 4096u64;
-    let mut rng = crate::store::testing::SplitMix::new(99);
+    let mut rng = crate::testing::SplitMix::new(99);
     for round in 0..8u8 {
         for _ in 0..3000 {
             let blk = rng.below(blocks);

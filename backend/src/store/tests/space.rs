@@ -248,7 +248,7 @@ fn a_write_fails_once_its_wait_is_over_and_the_next_one_fails_at_once() {
 /// or the grown one: its data and snapshot intact, fsck clean, and the next growth works.
 #[test]
 fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
-    use crate::store::testing::{CrashMode, FaultyDevice, SplitMix};
+    use crate::testing::{CrashMode, FaultyDevice, SplitMix};
     let opts = small_opts();
     let start = opts.geometry().unwrap();
     let grow_opts = || StoreOptions {

@@ -2,10 +2,8 @@
 //! change live (a served disk's settings, the `[server]` section) is refused and keeps
 //! being served as before.
 
-use std::sync::Arc;
-
 use super::Daemon;
-use crate::config::{Config, DiskConfig};
+use crate::config::Config;
 
 /// What a reload did and what it refused, one phrase each, for keeld's log.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -43,42 +41,36 @@ impl Daemon {
                     disk.name
                 )),
                 Some(_) => {}
-                None => match self.add(disk) {
-                    Ok(()) => r.applied.push(format!(
-                        "disk {} added on {}",
-                        disk.name,
-                        disk.socket.display()
-                    )),
-                    Err(m) => r.refused.push(format!("disk {} not added: {m}", disk.name)),
+                None => match self.start_disk(disk) {
+                    Ok(_) => {
+                        self.config.disks.push(disk.clone());
+                        r.applied.push(format!(
+                            "disk {} added on {}",
+                            disk.name,
+                            disk.socket.display()
+                        ));
+                    }
+                    Err(e) => r.refused.push(format!("disk {} not added: {e}", disk.name)),
                 },
             }
         }
         r
     }
 
+    /// Stops a disk a reload removed; refused while a frontend is attached (stopping the disk
+    /// would take it away from a running guest).
     fn remove(&mut self, name: &str) -> Result<(), String> {
-        let handler = self.handler.as_ref().ok_or("keeld is stopping")?;
-        handler.remove_disk(name)?;
-        self.config.disks.retain(|d| d.name != name);
-        let i = self
+        let served = self
             .disks
-            .iter()
-            .position(|s| s.context().name == name)
-            .ok_or("it is not served")?;
-        self.disks
-            .remove(i)
-            .stop()
-            .map_err(|e| format!("stopped, but its flush failed: {e}"))
-    }
-
-    fn add(&mut self, disk: &DiskConfig) -> Result<(), String> {
-        let handler = Arc::clone(self.handler.as_ref().ok_or("keeld is stopping")?);
-        let server = handler.add_disk(&disk.name, || {
-            let (server, entry) = super::start_disk(disk).map_err(|e| e.to_string())?;
-            Ok((entry, server))
-        })?;
-        self.disks.push(server);
-        self.config.disks.push(disk.clone());
-        Ok(())
+            .get(name)
+            .map_err(|_| "it is not served".to_string())?;
+        if served.attached() {
+            return Err(
+                "a frontend is attached: still served; detach it and send SIGHUP again".into(),
+            );
+        }
+        let stopped = self.stop_disk(name);
+        self.config.disks.retain(|d| d.name != name);
+        stopped.map_err(|e| format!("stopped, but its flush failed: {e}"))
     }
 }

@@ -1,4 +1,4 @@
-//! A tiny seeded generator (SplitMix64) so every crash run replays from its seed.
+//! A tiny seeded generator (SplitMix64) so every simulated run replays from its seed.
 
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);
@@ -24,5 +24,10 @@ impl SplitMix {
     /// True with probability `num / den`.
     pub fn chance(&mut self, num: u64, den: u64) -> bool {
         self.below(den) < num
+    }
+
+    /// True with probability `ppm` in a million.
+    pub fn chance_ppm(&mut self, ppm: u32) -> bool {
+        ppm > 0 && self.chance(u64::from(ppm), 1_000_000)
     }
 }

@@ -1,0 +1,121 @@
+//! How a served or failed disk looks through the control API (its info, stats and admin side).
+
+use std::sync::Arc;
+
+use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody};
+
+use super::disks::FailedDisk;
+use super::served::ServedDisk;
+use crate::control::ApiError;
+use crate::engine::EngineAdmin;
+use crate::store::Store;
+
+impl ServedDisk {
+    pub(super) fn info(&self) -> DiskInfo {
+        let c = &self.config;
+        DiskInfo {
+            name: c.name.clone(),
+            engine: c.engine.name().to_string(),
+            socket: c.socket.display().to_string(),
+            paths: c
+                .backing_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            size: self.engine().capacity(),
+            read_only: c.read_only,
+            queues: c.queues,
+            serial: c.serial.clone(),
+            connected: self.attached(),
+            state: DiskState::Serving,
+            error: None,
+            space: self.engine().admin().and_then(|a| a.space()),
+        }
+    }
+
+    pub(super) fn stats_body(&self) -> StatsBody {
+        let s = self.stats().snapshot();
+        let e = self
+            .engine()
+            .admin()
+            .map(|a| a.counters())
+            .unwrap_or_default();
+        StatsBody {
+            reads: s.reads,
+            writes: s.writes,
+            flushes: s.flushes,
+            discards: s.discards,
+            write_zeroes: s.write_zeroes,
+            get_ids: s.get_ids,
+            read_bytes: s.bytes_read,
+            written_bytes: s.bytes_written,
+            errors: s.io_errors,
+            unsupported: 0,
+            invalid_requests: s.rejected,
+            batches: s.batches,
+            metadata_transactions: e.metadata_transactions,
+            device_bytes_written: e.device_bytes_written,
+            checksum_errors: e.checksum_errors,
+            snapshots_being_deleted: e.snapshots_being_deleted,
+            space: self.engine().admin().and_then(|a| a.space()),
+            latency: self.stats().latency.buckets(),
+        }
+    }
+
+    pub(super) fn store(&self) -> Result<Arc<Store>, ApiError> {
+        self.admin(Need::Snapshots)?.store().ok_or_else(|| {
+            ApiError::Unsupported(format!(
+                "disk {}: the {} engine keeps no snapshot trees to diff",
+                self.config.name,
+                self.config.engine.name()
+            ))
+        })
+    }
+
+    /// The engine's admin side, or why this disk cannot do what `need` asks.
+    pub(super) fn admin(&self, need: Need) -> Result<&dyn EngineAdmin, ApiError> {
+        self.engine().admin().ok_or_else(|| {
+            let (name, engine) = (&self.config.name, self.config.engine.name());
+            ApiError::Unsupported(match need {
+                Need::Snapshots => format!(
+                    "disk {name}: snapshots need engine = \"keel\"; this is a {engine} disk"
+                ),
+                Need::Mirror => format!(
+                    "disk {name} is not mirrored (its config names no `mirror = [...]` \
+                     components)"
+                ),
+            })
+        })
+    }
+}
+
+impl FailedDisk {
+    pub(super) fn info(&self) -> DiskInfo {
+        let c = &self.config;
+        DiskInfo {
+            name: c.name.clone(),
+            engine: c.engine.name().to_string(),
+            socket: c.socket.display().to_string(),
+            paths: c
+                .backing_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            size: 0,
+            read_only: c.read_only,
+            queues: c.queues,
+            serial: c.serial.clone(),
+            connected: false,
+            state: DiskState::Failed,
+            error: Some(self.reason.clone()),
+            space: None,
+        }
+    }
+}
+
+/// What a call needs of a disk's engine, to say what is missing.
+#[derive(Clone, Copy)]
+pub(super) enum Need {
+    Snapshots,
+    Mirror,
+}
