@@ -147,6 +147,15 @@ pub struct DiskStats {
     pub space: Option<SpaceReport>,
     /// Completion latency of reads and writes, cumulative buckets.
     pub latency: Vec<LatencyBucket>,
+    /// Sum of all completion latencies, in microseconds (mean = sum / last bucket's count).
+    #[serde(default)]
+    pub latency_sum_us: u64,
+    /// Requests in all batches (batched_requests / batches = mean queue depth per batch).
+    #[serde(default)]
+    pub batched_requests: u64,
+    /// The largest batch seen.
+    #[serde(default)]
+    pub max_batch: u64,
 }
 
 /// A snapshot of a keel disk.

@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub control_socket: Option<PathBuf>,
     /// Log filter used when neither `KEEL_LOG` nor `RUST_LOG` is set (e.g. "info", "keel=debug").
     pub log_level: Option<String>,
+    /// A TCP address that serves `GET /metrics` only (e.g. "127.0.0.1:9184").
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One `[[disk]]`, with defaults applied and paths resolved.
@@ -118,6 +120,7 @@ struct RawFile {
 struct RawServer {
     control_socket: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -224,9 +227,20 @@ impl Checker<'_> {
     }
 
     fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let metrics_listen = match raw.server.metrics_listen {
+            Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                self.err(
+                    v.span(),
+                    "metrics_listen",
+                    format!("{:?} is not an IP address and port", v.get_ref()),
+                )
+            })?),
+            None => None,
+        };
         let server = ServerConfig {
             control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
             log_level: raw.server.log_level.map(Spanned::into_inner),
+            metrics_listen,
         };
         let mut disks = Vec::with_capacity(raw.disk.len());
         let mut names = HashMap::new();

@@ -81,6 +81,9 @@ impl DiskEntry {
             snapshots_being_deleted: e.snapshots_being_deleted,
             space: self.engine.admin().and_then(|a| a.space()),
             latency: self.stats.latency.buckets(),
+            latency_sum_us: self.stats.latency.sum_us(),
+            batched_requests: s.batched_requests,
+            max_batch: s.max_batch,
         }
     }
 

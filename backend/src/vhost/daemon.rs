@@ -9,6 +9,7 @@ use super::backend::DiskContext;
 use super::server::{DiskServer, ServerError};
 use super::stats::DiskStats;
 use crate::config::{Config, DiskConfig};
+use crate::control::metrics_listener::MetricsListener;
 use crate::control::{ControlServer, DaemonControl, DiskEntry, FailedDisk};
 use crate::engine::{self, EngineError};
 
@@ -18,6 +19,11 @@ pub enum DaemonError {
     Engine { disk: String, source: EngineError },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("metrics_listen {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {source}")]
     Control {
         path: std::path::PathBuf,
@@ -34,6 +40,8 @@ pub struct Daemon {
     handler: Option<Arc<DaemonControl>>,
     /// The config's disks that could not be opened.
     failed: Vec<String>,
+    /// The `metrics_listen` TCP listener, when configured.
+    metrics: Option<MetricsListener>,
 }
 
 /// Opens one disk's engine and starts serving its socket.
@@ -96,12 +104,20 @@ impl Daemon {
             ),
             None => None,
         };
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => Some(
+                MetricsListener::start(addr, Arc::clone(&handler) as _)
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         info!("serving {} disk(s)", disks.len());
         Ok(Self {
             disks,
             control,
             handler: Some(handler),
             failed: failed_names,
+            metrics,
         })
     }
 
@@ -121,6 +137,7 @@ impl Daemon {
     /// Stops every disk: no new connections, in-flight I/O finished, writes flushed.
     /// Returns the first flush error after trying every disk.
     pub fn shutdown(mut self) -> Result<(), DaemonError> {
+        drop(self.metrics.take());
         drop(self.control.take());
         let mut first = None;
         if let Some(h) = self.handler.take() {

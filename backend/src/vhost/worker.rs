@@ -23,7 +23,7 @@ use super::backend::{DiskContext, SessionState};
 use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, Limits, RequestError, RequestKind};
 use super::sigbus;
-use super::stats::BatchCounts;
+use super::stats::{BatchCounts, LocalLatency};
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
 
 /// How long a polling worker spins flat out after its last work before it starts yielding
@@ -440,6 +440,7 @@ impl QueueWorker {
         let n = self.done.len();
         let queue = state.get_queue_mut();
         let now = Instant::now();
+        let mut latency = LocalLatency::default();
         for c in self.done.drain(..) {
             let Some(p) = self.pending.try_remove(c.token as usize) else {
                 warn!(
@@ -463,10 +464,7 @@ impl QueueWorker {
                     (Status::IoErr, 1)
                 }
             };
-            self.ctx
-                .stats
-                .latency
-                .record(now.saturating_duration_since(p.taken), 1);
+            latency.record(now.saturating_duration_since(p.taken));
             write_status(&p.memory, p.status, status);
             put_used(
                 self.inflight.as_ref(),
@@ -478,6 +476,7 @@ impl QueueWorker {
                 self.index,
             );
         }
+        self.ctx.stats.latency.merge(&latency);
         n
     }
 

@@ -1,0 +1,129 @@
+use super::*;
+use crate::config::Config;
+use crate::control::{DaemonControl, DiskEntry};
+use crate::vhost::backend::DiskContext;
+use crate::vhost::stats::BatchCounts;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A daemon's control handler over a keel disk and a two-way raw mirror, with some traffic
+/// counted on the keel disk.
+fn control(dir: &Path) -> DaemonControl {
+    let toml = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\n\
+                path = \"k.keel\"\nsize = \"4M\"\n\
+                [[disk]]\nname = \"m\"\nsocket = \"m.sock\"\nengine = \"raw\"\n\
+                mirror = [\"m0.img\", \"m1.img\"]\nsize = \"1M\"\n";
+    let config = Config::parse(toml, &dir.join("keel.toml"), dir).unwrap();
+    let entries = config
+        .disks
+        .iter()
+        .map(|disk| {
+            let ctx = DiskContext::new(disk, crate::engine::open(disk).unwrap(), Arc::default());
+            DiskEntry {
+                config: disk.clone(),
+                engine: Arc::clone(&ctx.engine),
+                stats: Arc::clone(&ctx.stats),
+                config_change: Arc::clone(&ctx.config_change),
+            }
+        })
+        .collect::<Vec<_>>();
+    entries[0].stats.record_batch(&BatchCounts {
+        reads: 3,
+        writes: 2,
+        bytes_read: 3 * 4096,
+        bytes_written: 2 * 4096,
+        requests: 5,
+        ..Default::default()
+    });
+    for us in [10, 20, 300, 4000, 50_000] {
+        entries[0]
+            .stats
+            .latency
+            .record(Duration::from_micros(us), 1);
+    }
+    DaemonControl::new(entries)
+}
+
+/// Checks the exposition with Prometheus' own linter; a missing promtool is a failure
+/// (`qemu/prepare.sh` installs it).
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+}
+
+#[test]
+fn every_disk_is_reported_and_promtool_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = render(&control(dir.path()));
+    promtool_check(&text);
+    for (series, value) in [
+        (r#"keel_disk_up{disk="k"}"#, "1"),
+        (r#"keel_disk_up{disk="m"}"#, "1"),
+        (r#"keel_disk_size_bytes{disk="k"}"#, "4194304"),
+        (r#"keel_disk_requests_total{disk="k",op="read"}"#, "3"),
+        (r#"keel_disk_requests_total{disk="k",op="write"}"#, "2"),
+        (r#"keel_disk_io_bytes_total{disk="k",op="write"}"#, "8192"),
+        (r#"keel_disk_batches_total{disk="k"}"#, "1"),
+        (r#"keel_disk_batched_requests_total{disk="k"}"#, "5"),
+        (r#"keel_disk_request_latency_seconds_count{disk="k"}"#, "5"),
+        (
+            r#"keel_disk_request_latency_seconds_sum{disk="k"}"#,
+            "0.05433",
+        ),
+        (
+            r#"keel_disk_request_latency_seconds_bucket{disk="k",le="0.000016"}"#,
+            "1",
+        ),
+        (
+            r#"keel_disk_request_latency_seconds_bucket{disk="k",le="+Inf"}"#,
+            "5",
+        ),
+        (r#"keel_store_space_state{disk="k",state="ok"}"#, "1"),
+        (
+            r#"keel_mirror_component_state{disk="m",component="1",state="in_sync"}"#,
+            "1",
+        ),
+        (r#"keel_mirror_dirty_chunks{disk="m",component="0"}"#, "0"),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    // The keel engine's store figures, absent for the raw mirror.
+    assert!(sample(&text, r#"keel_store_journal_records_total{disk="k"}"#).is_some());
+    assert!(sample(&text, r#"keel_store_space_bytes{disk="k",kind="free"}"#).is_some());
+    assert!(sample(&text, r#"keel_store_journal_records_total{disk="m"}"#).is_none());
+}
+
+#[test]
+fn only_get_metrics_is_a_metrics_request() {
+    assert!(is_metrics_request("GET", "/metrics"));
+    assert!(is_metrics_request("GET", "/metrics?x=1"));
+    assert!(!is_metrics_request("POST", "/metrics"));
+    assert!(!is_metrics_request("GET", "/metricsx"));
+    assert!(!is_metrics_request("GET", "/v1/metrics"));
+}
