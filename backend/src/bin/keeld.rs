@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keel_backend::config::Config;
+use keel_backend::service::{Activation, Notifier, Watchdog, logging, notify};
 use keel_backend::vhost::Daemon;
-use log::{error, info};
+use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.server.log_level.as_deref());
+    let log_target = logging::init(config.server.log_level.as_deref(), config.server.log_format);
     if args.check {
         println!(
             "{}: {} disk(s), OK",
@@ -47,17 +48,62 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start(&config) {
+    info!(
+        "keeld {} logging to {log_target}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let notifier = match Notifier::from_env() {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            warn!("NOTIFY_SOCKET: {e}; the service manager is not told of readiness");
+            None
+        }
+        None => None,
+    };
+    let tell = |state: &str| {
+        if let Some(n) = &notifier
+            && let Err(e) = n.notify(state)
+        {
+            warn!("notifying the service manager: {e}");
+        }
+    };
+    let mut activation = match Activation::from_env() {
+        Ok(a) => a,
+        Err(e) => {
+            error!("socket activation: {e}");
+            eprintln!("keeld: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daemon = match Daemon::start_with(&config, &mut activation) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
             eprintln!("keeld: {e}");
+            tell(&format!("STATUS=failed: {e}"));
             return ExitCode::FAILURE;
         }
+    };
+    if !activation.is_empty() {
+        warn!(
+            "sockets passed for no configured disk (FileDescriptorName= must be a disk's name), \
+             closed: {}",
+            activation.remaining().join(", ")
+        );
+    }
+    drop(activation);
+    tell(&format!("READY=1\nSTATUS={}", status_line(&daemon)));
+    let watchdog = match (&notifier, notify::watchdog_interval()) {
+        (Some(n), Some(interval)) => Watchdog::start(n, interval)
+            .map_err(|e| warn!("cannot start the watchdog thread: {e}"))
+            .ok(),
+        _ => None,
     };
     if let Some(sig) = signals.forever().next() {
         info!("signal {sig}: shutting down");
     }
+    tell("STOPPING=1\nSTATUS=stopping: finishing in-flight I/O and flushing");
+    drop(watchdog);
     match daemon.shutdown() {
         Ok(()) => {
             info!("stopped cleanly");
@@ -70,13 +116,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `KEEL_LOG`, else `RUST_LOG`, else the config's `log_level`, else "info".
-fn init_logging(config_level: Option<&str>) {
-    let filter = std::env::var("KEEL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| config_level.unwrap_or("info").to_owned());
-    env_logger::Builder::new()
-        .parse_filters(&filter)
-        .format_timestamp_micros()
-        .init();
+/// The `STATUS=` line once every disk listens.
+fn status_line(daemon: &Daemon) -> String {
+    let served = daemon.stats().len();
+    match daemon.failed() {
+        [] => format!("serving {served} disk(s)"),
+        failed => format!(
+            "serving {served} disk(s); failed to open: {}",
+            failed.join(", ")
+        ),
+    }
 }

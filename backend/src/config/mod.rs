@@ -70,6 +70,16 @@ pub struct ServerConfig {
     pub log_level: Option<String>,
     /// A TCP address that serves `GET /metrics` only (e.g. "127.0.0.1:9184").
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: plain text (to the journal natively under systemd), or JSON lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// One `[[disk]]`, with defaults applied and paths resolved.
@@ -121,6 +131,7 @@ struct RawServer {
     control_socket: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +248,22 @@ impl Checker<'_> {
             })?),
             None => None,
         };
+        let log_format = match raw.server.log_format {
+            None => LogFormat::Text,
+            Some(v) => match v.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        "log_format",
+                        format!("{other:?} is not \"text\" or \"json\""),
+                    ));
+                }
+            },
+        };
         let server = ServerConfig {
+            log_format,
             control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
             log_level: raw.server.log_level.map(Spanned::into_inner),
             metrics_listen,

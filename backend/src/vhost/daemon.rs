@@ -12,6 +12,8 @@ use crate::config::{Config, DiskConfig};
 use crate::control::metrics_listener::MetricsListener;
 use crate::control::{ControlServer, DaemonControl, DiskEntry, FailedDisk};
 use crate::engine::{self, EngineError};
+use crate::service::Activation;
+use std::os::unix::net::UnixListener;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -44,8 +46,12 @@ pub struct Daemon {
     metrics: Option<MetricsListener>,
 }
 
-/// Opens one disk's engine and starts serving its socket.
-fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError> {
+/// Opens one disk's engine and starts serving its socket (`inherited`, when the service
+/// manager passed one for it).
+fn start_disk(
+    disk: &DiskConfig,
+    inherited: Option<UnixListener>,
+) -> Result<(DiskServer, DiskEntry), DaemonError> {
     let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
         disk: disk.name.clone(),
         source,
@@ -57,7 +63,7 @@ fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError>
         stats: Arc::clone(&ctx.stats),
         config_change: Arc::clone(&ctx.config_change),
     };
-    let server = DiskServer::start(ctx, disk.socket.clone())?;
+    let server = DiskServer::start_on(ctx, disk.socket.clone(), inherited)?;
     Ok((server, entry))
 }
 
@@ -66,12 +72,18 @@ impl Daemon {
     /// is logged, left out and listed as failed by the control API: the healthy disks beside
     /// it are served. Only when no disk at all can be served is the first error returned.
     pub fn start(config: &Config) -> Result<Self, DaemonError> {
+        Self::start_with(config, &mut Activation::default())
+    }
+
+    /// [`start`](Self::start), serving each disk on the socket `activation` holds under its
+    /// name, if any.
+    pub fn start_with(config: &Config, activation: &mut Activation) -> Result<Self, DaemonError> {
         let mut disks = Vec::with_capacity(config.disks.len());
         let mut entries = Vec::with_capacity(config.disks.len());
         let mut failed = Vec::new();
         let mut first_error = None;
         for disk in &config.disks {
-            match start_disk(disk) {
+            match start_disk(disk, activation.take(&disk.name)) {
                 Ok((server, entry)) => {
                     disks.push(server);
                     entries.push(entry);
