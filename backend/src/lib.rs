@@ -2,6 +2,7 @@
 //! `vhost` (socket, virtqueues, request parsing) -> `engine` (null, raw, keel)
 //! -> `store` (the log-structured core) -> `device` (file, mirror).
 
+pub mod cli_docs;
 pub mod config;
 pub mod control;
 pub mod device;

@@ -2,7 +2,7 @@
 //! container's exclusive lock and says so when keeld holds it), and online on a running keeld
 //! through its control socket (disks, stats, snapshots, mirrors).
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli::{self as online, DaemonArgs, MirrorCmd};
 use keel_backend::control::space_text;
@@ -732,7 +732,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = keel_backend::cli_docs::generate_if_asked(&argv, Cli::command) {
+        return code;
+    }
+    match run(Cli::parse_from(argv)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keel: {e}");

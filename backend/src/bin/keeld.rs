@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use keel_backend::cli_docs;
 use keel_backend::config::Config;
 use keel_backend::service::{Activation, Notifier, Watchdog, logging, notify};
 use keel_backend::vhost::Daemon;
@@ -12,7 +13,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[derive(Parser)]
-#[command(version, about = "Keel's vhost-user-blk server")]
+#[command(name = "keeld", version, about = "Keel's vhost-user-blk server")]
 struct Args {
     /// The config file (see docs/config.md).
     #[arg(short, long, default_value = "keel.toml")]
@@ -23,7 +24,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = cli_docs::generate_if_asked(&argv, Args::command) {
+        return code;
+    }
+    let args = Args::parse_from(argv);
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
