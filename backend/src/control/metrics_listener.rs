@@ -1,15 +1,16 @@
 //! `[server] metrics_listen`: a TCP listener that serves `GET /metrics` and nothing else, so
 //! Prometheus can scrape keeld without reaching the control socket.
 //!
-//! One thread answers one connection at a time; each has short read and write deadlines, so
-//! a client that stalls delays the next scrape by at most those, and can change nothing.
+//! One thread answers one connection at a time; each has 5 s to send its request and 5 s to
+//! take the answer, so a client that stalls delays the next scrape by at most that, and can
+//! change nothing.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::http::{self, Progress};
 use super::{ControlHandler, metrics};
@@ -78,11 +79,21 @@ impl Drop for MetricsListener {
 
 /// Reads one request and answers it.
 fn serve(mut stream: TcpStream, handler: &dyn ControlHandler) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    // The read timeout bounds each read; this bounds the whole request, so a client trickling
+    // bytes cannot hold the listener either.
+    let deadline = Instant::now() + IO_TIMEOUT;
     let request = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
