@@ -156,6 +156,9 @@ pub struct DiskStats {
     /// The largest batch seen.
     #[serde(default)]
     pub max_batch: u64,
+    /// Requests at the engine now.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// A snapshot of a keel disk.

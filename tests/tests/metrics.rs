@@ -98,6 +98,11 @@ fn guest_io_shows_in_the_metrics_of_both_listeners() {
         Some(8.0 * 65536.0)
     );
     assert_eq!(at(r#"keel_disk_frontend_connected{disk="vm1"}"#), Some(1.0));
+    assert_eq!(
+        at(r#"keel_disk_in_flight_requests{disk="vm1"}"#),
+        Some(0.0),
+        "every request was answered"
+    );
     // Every request served went through the latency histogram (GET_ID included).
     let served = at(r#"keel_disk_request_latency_seconds_count{disk="vm1"}"#).unwrap();
     assert!(served >= 13.0, "{served} requests in the histogram");

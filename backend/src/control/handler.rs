@@ -84,6 +84,7 @@ impl DiskEntry {
             latency_sum_us: self.stats.latency.sum_us(),
             batched_requests: s.batched_requests,
             max_batch: s.max_batch,
+            in_flight: s.in_flight,
         }
     }
 

@@ -120,6 +120,11 @@ impl Scrape {
             Gauge,
             "The largest batch seen",
         );
+        let mut in_flight = Family::new(
+            "keel_disk_in_flight_requests",
+            Gauge,
+            "Requests submitted to the engine and not completed yet",
+        );
         let mut journal = Family::new(
             "keel_store_journal_records_total",
             Counter,
@@ -215,6 +220,7 @@ impl Scrape {
                 batches.add(disk(name), s.batches);
                 batched.add(disk(name), s.batched_requests);
                 max_batch.add(disk(name), s.max_batch);
+                in_flight.add(disk(name), s.in_flight);
                 if d.info.engine == "keel" {
                     journal.add(disk(name), s.metadata_transactions);
                     device_written.add(disk(name), s.device_bytes_written);
@@ -274,6 +280,7 @@ impl Scrape {
         let mut out = String::new();
         for f in [
             &up, &connected, &size, &requests, &bytes, &errors, &batches, &batched, &max_batch,
+            &in_flight,
         ] {
             f.write(&mut out);
         }

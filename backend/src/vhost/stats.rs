@@ -34,6 +34,9 @@ pub struct DiskStats {
     pub refused_connections: AtomicU64,
     /// Requests run again after a restart because the frontend's inflight area marked them.
     pub resubmitted: AtomicU64,
+    /// Requests at the engine now, over all queues (each worker publishes its change once per
+    /// batch).
+    pub in_flight: AtomicU64,
     /// Whether a frontend is attached now (the control API refuses some operations then).
     pub attached: std::sync::atomic::AtomicBool,
     /// Completion latency of requests the engine served.
@@ -147,6 +150,7 @@ pub struct StatsSnapshot {
     pub connections: u64,
     pub refused_connections: u64,
     pub resubmitted: u64,
+    pub in_flight: u64,
 }
 
 /// Counts of one batch, gathered without atomics and published at once.
@@ -207,6 +211,7 @@ impl DiskStats {
             connections: self.connections.load(Relaxed),
             refused_connections: self.refused_connections.load(Relaxed),
             resubmitted: self.resubmitted.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
         }
     }
 }

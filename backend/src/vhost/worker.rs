@@ -69,6 +69,8 @@ pub struct QueueWorker {
     replaced_pages: u64,
     /// What requests are checked against, refreshed every wakeup (the disk may grow).
     limits: Limits,
+    /// This ring's share of the disk's in-flight gauge, as last published.
+    published_in_flight: u64,
 }
 
 impl QueueWorker {
@@ -95,6 +97,7 @@ impl QueueWorker {
             inflight_generation: 0,
             replaced_pages: sigbus::replaced_pages(),
             limits: ctx.limits_now(),
+            published_in_flight: 0,
             ctx,
         }
     }
@@ -279,6 +282,24 @@ impl QueueWorker {
         if !self.batch.is_empty() {
             self.engine.submit(&mut self.batch);
         }
+        self.publish_in_flight();
+    }
+
+    /// Brings the disk's in-flight gauge in step with this ring's requests at the engine: one
+    /// shared add per batch, only when the count changed.
+    fn publish_in_flight(&mut self) {
+        let now = self.pending.len() as u64;
+        let gauge = &self.ctx.stats.in_flight;
+        match now.cmp(&self.published_in_flight) {
+            std::cmp::Ordering::Greater => {
+                gauge.fetch_add(now - self.published_in_flight, Ordering::Relaxed);
+            }
+            std::cmp::Ordering::Less => {
+                gauge.fetch_sub(self.published_in_flight - now, Ordering::Relaxed);
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        self.published_in_flight = now;
     }
 
     /// Parses one chain taken off the ring (or handed back after a restart) and queues it for
@@ -477,6 +498,7 @@ impl QueueWorker {
             );
         }
         self.ctx.stats.latency.merge(&latency);
+        self.publish_in_flight();
         n
     }
 
@@ -502,6 +524,7 @@ impl QueueWorker {
         let Some(vring) = self.vring.clone() else {
             self.done.clear();
             self.pending.clear();
+            self.publish_in_flight();
             return;
         };
         let mut state = vring.get_mut();
@@ -509,6 +532,14 @@ impl QueueWorker {
         if self.finish(&mut state, &mem) > 0 {
             self.notify(&mut state, &mem);
         }
+    }
+}
+
+impl Drop for QueueWorker {
+    /// A worker that goes away takes its share of the in-flight gauge with it.
+    fn drop(&mut self) {
+        self.pending.clear();
+        self.publish_in_flight();
     }
 }
 
@@ -733,6 +764,7 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(s.notifications, 1, "one notification for the whole batch");
+        assert_eq!(s.in_flight, 0, "every request at the engine completed");
 
         // Nothing new: another wakeup answers nothing and does not notify.
         worker.process(&vring, false);
@@ -854,15 +886,21 @@ mod tests {
         let message = area.message();
         let first = Arc::new(SessionState::default());
         first.inflight.install(area);
+        let first_ctx = context();
         let mut worker = QueueWorker::new(
             0,
-            context(),
+            Arc::clone(&first_ctx),
             first,
             atomic.clone(),
             Box::new(HoldWrites::default()),
         );
         worker.process(&ring(0), false);
         assert_eq!(q.used().idx().load(), 1, "only the flush completed");
+        assert_eq!(
+            first_ctx.stats.snapshot().in_flight,
+            2,
+            "the two held writes"
+        );
         assert_eq!([status(0), status(1), status(2)], [0xaa, 0, 0xaa]);
         std::mem::forget(worker);
 
@@ -881,6 +919,7 @@ mod tests {
         assert_eq!([status(0), status(1), status(2)], [0, 0, 0]);
         let s = ctx.stats.snapshot();
         assert_eq!((s.writes, s.flushes, s.resubmitted), (2, 0, 2), "{s:?}");
+        assert_eq!(s.in_flight, 0, "{s:?}");
         let used: Vec<u32> = (0..3)
             .map(|i| q.used().ring().ref_at(i).unwrap().load().id())
             .collect();
