@@ -159,6 +159,19 @@ pub struct DiskStats {
     /// Requests at the engine now.
     #[serde(default)]
     pub in_flight: u64,
+    /// Completion latency by operation ("read", "write", "flush", "other": discard and
+    /// write-zeroes); together they make up `latency`.
+    #[serde(default)]
+    pub latency_by_op: Vec<OpLatency>,
+}
+
+/// The latency histogram of one operation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpLatency {
+    pub op: String,
+    /// Cumulative buckets, as in `latency`.
+    pub buckets: Vec<LatencyBucket>,
+    pub sum_us: u64,
 }
 
 /// A snapshot of a keel disk.

@@ -9,9 +9,9 @@ use crate::store::{Store, StoreError};
 use crate::vhost::backend::DiskContext;
 use crate::vhost::config_change::ConfigNotifier;
 use crate::vhost::server::DiskServer;
-use crate::vhost::stats::DiskStats;
+use crate::vhost::stats::{DiskStats, LatencyOp};
 use keel_protocol::control::{
-    CloneAnswer, DiskInfo, DiskState, DiskStats as StatsBody, ResizeAnswer, VersionInfo,
+    CloneAnswer, DiskInfo, DiskState, DiskStats as StatsBody, OpLatency, ResizeAnswer, VersionInfo,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -85,6 +85,15 @@ impl DiskEntry {
             batched_requests: s.batched_requests,
             max_batch: s.max_batch,
             in_flight: s.in_flight,
+            latency_by_op: LatencyOp::ALL
+                .iter()
+                .zip(&self.stats.latency_by_op)
+                .map(|(op, h)| OpLatency {
+                    op: op.name().to_string(),
+                    buckets: h.buckets(),
+                    sum_us: h.sum_us(),
+                })
+                .collect(),
         }
     }
 

@@ -307,36 +307,35 @@ impl Scrape {
     }
 }
 
-/// The completion latency histogram of every served disk, in seconds.
+/// The completion latency histograms of every served disk, by operation, in seconds.
 fn write_latency(out: &mut String, disks: &[DiskScrape]) {
     let samples: Vec<HistogramSample> = disks
         .iter()
-        .filter_map(|d| {
-            let s = d.stats.as_ref()?;
-            let buckets = s
-                .latency
-                .iter()
-                .map(|b| {
-                    let le = if b.le_us == u64::MAX {
-                        f64::INFINITY
-                    } else {
-                        b.le_us as f64 / 1e6
-                    };
-                    (le, b.count)
-                })
-                .collect();
-            Some(HistogramSample {
-                labels: disk(&d.info.name),
-                buckets,
-                sum: s.latency_sum_us as f64 / 1e6,
-                count: s.latency.last().map_or(0, |b| b.count),
+        .filter_map(|d| Some((d, d.stats.as_ref()?)))
+        .flat_map(|(d, s)| {
+            s.latency_by_op.iter().map(|op| HistogramSample {
+                labels: with(disk(&d.info.name), "op", &op.op),
+                buckets: op
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        let le = if b.le_us == u64::MAX {
+                            f64::INFINITY
+                        } else {
+                            b.le_us as f64 / 1e6
+                        };
+                        (le, b.count)
+                    })
+                    .collect(),
+                sum: op.sum_us as f64 / 1e6,
+                count: op.buckets.last().map_or(0, |b| b.count),
             })
         })
         .collect();
     write_histogram(
         out,
         "keel_disk_request_latency_seconds",
-        "Time from taking a request off the ring to completing it",
+        "Time from taking a request off the ring to completing it, by operation",
         &samples,
     );
 }

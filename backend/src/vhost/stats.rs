@@ -41,6 +41,32 @@ pub struct DiskStats {
     pub attached: std::sync::atomic::AtomicBool,
     /// Completion latency of requests the engine served.
     pub latency: LatencyHistogram,
+    /// The same, by operation (indexed by [`LatencyOp`]).
+    pub latency_by_op: [LatencyHistogram; LatencyOp::COUNT],
+}
+
+/// The operations latency is kept apart for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyOp {
+    Read = 0,
+    Write = 1,
+    Flush = 2,
+    /// Discard and write-zeroes.
+    Other = 3,
+}
+
+impl LatencyOp {
+    pub const COUNT: usize = 4;
+    pub const ALL: [LatencyOp; Self::COUNT] = [Self::Read, Self::Write, Self::Flush, Self::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Buckets of the latency histogram: up to 2^0 .. 2^(N-1) microseconds, then everything longer.
@@ -169,6 +195,15 @@ pub struct BatchCounts {
 }
 
 impl DiskStats {
+    /// Adds a worker's per-operation latency counts of one batch, to each operation's
+    /// histogram and to the all-operations one.
+    pub fn merge_latency(&self, by_op: &[LocalLatency; LatencyOp::COUNT]) {
+        for (shared, local) in self.latency_by_op.iter().zip(by_op) {
+            shared.merge(local);
+            self.latency.merge(local);
+        }
+    }
+
     pub fn record_batch(&self, b: &BatchCounts) {
         if b.requests == 0 {
             return;

@@ -23,7 +23,7 @@ use super::backend::{DiskContext, SessionState};
 use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, Limits, RequestError, RequestKind};
 use super::sigbus;
-use super::stats::{BatchCounts, LocalLatency};
+use super::stats::{BatchCounts, LatencyOp, LocalLatency};
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
 
 /// How long a polling worker spins flat out after its last work before it starts yielding
@@ -43,6 +43,8 @@ struct Pending {
     memory: Arc<GuestMemory>,
     /// When the request was taken off the ring (one clock read per batch).
     taken: Instant,
+    /// Which latency histogram its completion goes to.
+    kind: LatencyOp,
 }
 
 pub struct QueueWorker {
@@ -331,25 +333,37 @@ impl QueueWorker {
         match parsed {
             Ok(req) => match req.kind {
                 RequestKind::Io { op, buffers } => {
-                    match &op {
+                    let kind = match &op {
                         IoOp::Read { .. } => {
                             counts.reads += 1;
                             counts.bytes_read += buffers.len() as u64;
+                            LatencyOp::Read
                         }
                         IoOp::Write { .. } => {
                             counts.writes += 1;
                             counts.bytes_written += buffers.len() as u64;
+                            LatencyOp::Write
                         }
-                        IoOp::Flush => counts.flushes += 1,
-                        IoOp::Discard { .. } => counts.discards += 1,
-                        IoOp::WriteZeroes { .. } => counts.write_zeroes += 1,
-                    }
+                        IoOp::Flush => {
+                            counts.flushes += 1;
+                            LatencyOp::Flush
+                        }
+                        IoOp::Discard { .. } => {
+                            counts.discards += 1;
+                            LatencyOp::Other
+                        }
+                        IoOp::WriteZeroes { .. } => {
+                            counts.write_zeroes += 1;
+                            LatencyOp::Other
+                        }
+                    };
                     let token = self.pending.insert(Pending {
                         head: req.head,
                         status: req.status,
                         used_len: req.used_len,
                         memory: Arc::clone(map),
                         taken,
+                        kind,
                     }) as u64;
                     self.batch.push(IoRequest { token, op, buffers });
                 }
@@ -461,7 +475,7 @@ impl QueueWorker {
         let n = self.done.len();
         let queue = state.get_queue_mut();
         let now = Instant::now();
-        let mut latency = LocalLatency::default();
+        let mut latency: [LocalLatency; LatencyOp::COUNT] = Default::default();
         for c in self.done.drain(..) {
             let Some(p) = self.pending.try_remove(c.token as usize) else {
                 warn!(
@@ -485,7 +499,7 @@ impl QueueWorker {
                     (Status::IoErr, 1)
                 }
             };
-            latency.record(now.saturating_duration_since(p.taken));
+            latency[p.kind as usize].record(now.saturating_duration_since(p.taken));
             write_status(&p.memory, p.status, status);
             put_used(
                 self.inflight.as_ref(),
@@ -497,7 +511,7 @@ impl QueueWorker {
                 self.index,
             );
         }
-        self.ctx.stats.latency.merge(&latency);
+        self.ctx.stats.merge_latency(&latency);
         self.publish_in_flight();
         n
     }

@@ -2,7 +2,7 @@ use super::*;
 use crate::config::Config;
 use crate::control::{DaemonControl, DiskEntry};
 use crate::vhost::backend::DiskContext;
-use crate::vhost::stats::BatchCounts;
+use crate::vhost::stats::{BatchCounts, LatencyOp, LocalLatency};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -37,12 +37,11 @@ fn control(dir: &Path) -> DaemonControl {
         requests: 5,
         ..Default::default()
     });
+    let mut by_op: [LocalLatency; LatencyOp::COUNT] = Default::default();
     for us in [10, 20, 300, 4000, 50_000] {
-        entries[0]
-            .stats
-            .latency
-            .record(Duration::from_micros(us), 1);
+        by_op[LatencyOp::Read as usize].record(Duration::from_micros(us));
     }
+    entries[0].stats.merge_latency(&by_op);
     DaemonControl::new(entries)
 }
 
@@ -91,17 +90,20 @@ fn every_disk_is_reported_and_promtool_accepts_it() {
         (r#"keel_disk_io_bytes_total{disk="k",op="write"}"#, "8192"),
         (r#"keel_disk_batches_total{disk="k"}"#, "1"),
         (r#"keel_disk_batched_requests_total{disk="k"}"#, "5"),
-        (r#"keel_disk_request_latency_seconds_count{disk="k"}"#, "5"),
         (
-            r#"keel_disk_request_latency_seconds_sum{disk="k"}"#,
+            r#"keel_disk_request_latency_seconds_count{disk="k",op="read"}"#,
+            "5",
+        ),
+        (
+            r#"keel_disk_request_latency_seconds_sum{disk="k",op="read"}"#,
             "0.05433",
         ),
         (
-            r#"keel_disk_request_latency_seconds_bucket{disk="k",le="0.000016"}"#,
+            r#"keel_disk_request_latency_seconds_bucket{disk="k",op="read",le="0.000016"}"#,
             "1",
         ),
         (
-            r#"keel_disk_request_latency_seconds_bucket{disk="k",le="+Inf"}"#,
+            r#"keel_disk_request_latency_seconds_bucket{disk="k",op="read",le="+Inf"}"#,
             "5",
         ),
         (r#"keel_store_space_state{disk="k",state="ok"}"#, "1"),
@@ -113,6 +115,13 @@ fn every_disk_is_reported_and_promtool_accepts_it() {
     ] {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     }
+    assert_eq!(
+        sample(
+            &text,
+            r#"keel_disk_request_latency_seconds_count{disk="k",op="write"}"#
+        ),
+        Some("0")
+    );
     // The keel engine's store figures, absent for the raw mirror.
     assert!(sample(&text, r#"keel_store_journal_records_total{disk="k"}"#).is_some());
     assert!(sample(&text, r#"keel_store_space_bytes{disk="k",kind="free"}"#).is_some());
