@@ -8,8 +8,9 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
-# Packages whose programs the host and the guest image need.
-HOST_PACKAGES=(fio busybox-static cpio e2fsprogs kmod gzip)
+# Packages whose programs the host and the guest image need (prometheus: its promtool checks
+# keeld's /metrics in the tests).
+HOST_PACKAGES=(fio busybox-static cpio e2fsprogs kmod gzip prometheus)
 # Modules the guest loads, in any order; their dependencies are added and ordered by modprobe.
 GUEST_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
     crc32c_generic ext4)

@@ -147,6 +147,31 @@ pub struct DiskStats {
     pub space: Option<SpaceReport>,
     /// Completion latency of reads and writes, cumulative buckets.
     pub latency: Vec<LatencyBucket>,
+    /// Sum of all completion latencies, in microseconds (mean = sum / last bucket's count).
+    #[serde(default)]
+    pub latency_sum_us: u64,
+    /// Requests in all batches (batched_requests / batches = mean queue depth per batch).
+    #[serde(default)]
+    pub batched_requests: u64,
+    /// The largest batch seen.
+    #[serde(default)]
+    pub max_batch: u64,
+    /// Requests at the engine now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Completion latency by operation ("read", "write", "flush", "other": discard and
+    /// write-zeroes); together they make up `latency`.
+    #[serde(default)]
+    pub latency_by_op: Vec<OpLatency>,
+}
+
+/// The latency histogram of one operation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpLatency {
+    pub op: String,
+    /// Cumulative buckets, as in `latency`.
+    pub buckets: Vec<LatencyBucket>,
+    pub sum_us: u64,
 }
 
 /// A snapshot of a keel disk.

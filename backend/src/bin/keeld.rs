@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use keel_backend::cli_docs;
 use keel_backend::config::Config;
+use keel_backend::service::{Activation, Notifier, Watchdog, logging, notify};
 use keel_backend::vhost::Daemon;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -24,7 +26,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = cli_docs::generate_if_asked(&argv, Args::command) {
+        return code;
+    }
+    let args = Args::parse_from(argv);
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -32,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.server.log_level.as_deref());
+    let log_target = logging::init(config.server.log_level.as_deref(), config.server.log_format);
     if args.check {
         println!(
             "{}: {} disk(s), OK",
@@ -49,22 +55,68 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut daemon = match Daemon::start(&config) {
+    info!(
+        "keeld {} logging to {log_target}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let notifier = match Notifier::from_env() {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            warn!("NOTIFY_SOCKET: {e}; the service manager is not told of readiness");
+            None
+        }
+        None => None,
+    };
+    let tell = |state: &str| {
+        if let Some(n) = &notifier
+            && let Err(e) = n.notify(state)
+        {
+            warn!("notifying the service manager: {e}");
+        }
+    };
+    let mut activation = match Activation::from_env() {
+        Ok(a) => a,
+        Err(e) => {
+            error!("socket activation: {e}");
+            eprintln!("keeld: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut daemon = match Daemon::start_with(&config, &mut activation) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
             eprintln!("keeld: {e}");
+            tell(&format!("STATUS=failed: {e}"));
             return ExitCode::FAILURE;
         }
+    };
+    if !activation.is_empty() {
+        warn!(
+            "sockets passed for no configured disk (FileDescriptorName= must be a disk's name), \
+             closed: {}",
+            activation.remaining().join(", ")
+        );
+    }
+    drop(activation);
+    tell(&format!("READY=1\nSTATUS={}", status_line(&daemon)));
+    let watchdog = match (&notifier, notify::watchdog_interval()) {
+        (Some(n), Some(interval)) => Watchdog::start(n, interval)
+            .map_err(|e| warn!("cannot start the watchdog thread: {e}"))
+            .ok(),
+        _ => None,
     };
     for sig in signals.forever() {
         if sig == SIGHUP {
             reload(&mut daemon, &args.config);
+            tell(&format!("STATUS={}", status_line(&daemon)));
             continue;
         }
         info!("signal {sig}: shutting down");
         break;
     }
+    tell("STOPPING=1\nSTATUS=stopping: finishing in-flight I/O and flushing");
+    drop(watchdog);
     match daemon.shutdown() {
         Ok(()) => {
             info!("stopped cleanly");
@@ -98,13 +150,14 @@ fn reload(daemon: &mut Daemon, path: &std::path::Path) {
     }
 }
 
-/// `KEEL_LOG`, else `RUST_LOG`, else the config's `log_level`, else "info".
-fn init_logging(config_level: Option<&str>) {
-    let filter = std::env::var("KEEL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| config_level.unwrap_or("info").to_owned());
-    env_logger::Builder::new()
-        .parse_filters(&filter)
-        .format_timestamp_micros()
-        .init();
+/// The `STATUS=` line once every disk listens.
+fn status_line(daemon: &Daemon) -> String {
+    let served = daemon.stats().len();
+    match daemon.failed().as_slice() {
+        [] => format!("serving {served} disk(s)"),
+        failed => format!(
+            "serving {served} disk(s); failed to open: {}",
+            failed.join(", ")
+        ),
+    }
 }

@@ -73,6 +73,18 @@ pub struct ServerConfig {
     pub control_socket: Option<PathBuf>,
     /// Log filter used when neither `KEEL_LOG` nor `RUST_LOG` is set (e.g. "info", "keel=debug").
     pub log_level: Option<String>,
+    /// A TCP address that serves `GET /metrics` only (e.g. "127.0.0.1:9184").
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: plain text (to the journal natively under systemd), or JSON lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// One `[[disk]]`, with defaults applied and paths resolved.
@@ -123,6 +135,8 @@ struct RawFile {
 struct RawServer {
     control_socket: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -239,9 +253,35 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let metrics_listen = match raw.server.metrics_listen {
+            Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                self.err(
+                    v.span(),
+                    "metrics_listen",
+                    format!("{:?} is not an IP address and port", v.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let log_format = match raw.server.log_format {
+            None => LogFormat::Text,
+            Some(v) => match v.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        "log_format",
+                        format!("{other:?} is not \"text\" or \"json\""),
+                    ));
+                }
+            },
+        };
         let server = ServerConfig {
+            log_format,
             control_socket,
             log_level: raw.server.log_level.map(Spanned::into_inner),
+            metrics_listen,
         };
         let mut disks = Vec::with_capacity(raw.disk.len());
         let mut names = HashMap::new();

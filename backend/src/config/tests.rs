@@ -435,3 +435,29 @@ fn every_config_key_is_in_the_config_doc() {
         assert!(doc.contains(&format!("`\"{engine}\"`")), "engine {engine}");
     }
 }
+
+#[test]
+fn metrics_listen_and_log_format() {
+    let text = format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:9184\"\nlog_format = \"json\"\n{NULL_DISK}"
+    );
+    let (_d, r) = parse(&text);
+    let server = r.unwrap().server;
+    assert_eq!(
+        server.metrics_listen,
+        Some("127.0.0.1:9184".parse().unwrap())
+    );
+    assert_eq!(server.log_format, LogFormat::Json);
+    let (_d, r) = parse(NULL_DISK);
+    assert_eq!(r.unwrap().server.log_format, LogFormat::Text);
+}
+
+#[test]
+fn bad_metrics_listen_and_log_format_are_refused() {
+    let (_d, r) = parse(&format!(
+        "[server]\nmetrics_listen = \"localhost\"\n{NULL_DISK}"
+    ));
+    assert_invalid(r, "metrics_listen", 2);
+    let (_d, r) = parse(&format!("[server]\nlog_format = \"xml\"\n{NULL_DISK}"));
+    assert_invalid(r, "log_format", 2);
+}

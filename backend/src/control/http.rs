@@ -113,7 +113,17 @@ pub fn response_head(status: u16, content_type: &str, len: u64) -> String {
 
 /// Writes a whole JSON answer.
 pub fn write_json(out: &mut impl Write, status: u16, body: &str) -> io::Result<()> {
-    let mut all = response_head(status, "application/json", body.len() as u64).into_bytes();
+    write_body(out, status, "application/json", body)
+}
+
+/// Writes a whole answer of `content_type`.
+pub fn write_body(
+    out: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> io::Result<()> {
+    let mut all = response_head(status, content_type, body.len() as u64).into_bytes();
     all.extend_from_slice(body.as_bytes());
     out.write_all(&all)?;
     out.flush()

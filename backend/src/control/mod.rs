@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod client;
 mod http;
+pub mod metrics;
+pub mod metrics_listener;
 pub mod output;
 mod route;
 mod server;

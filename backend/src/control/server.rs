@@ -7,7 +7,7 @@
 //! mirror ops) serialised; exports and large answers are sent on threads of their own.
 
 use super::http::{self, Progress, Request};
-use super::{ApiCall, ApiError, ControlHandler, Download, route};
+use super::{ApiCall, ApiError, ControlHandler, Download, metrics, route};
 use crate::socket::bind_private;
 use keel_protocol::control::ErrorBody;
 use std::collections::VecDeque;
@@ -348,6 +348,18 @@ impl Loop {
             log::debug!("control API: client went away: {e}");
             return;
         }
+        if metrics::is_metrics_request(&req.method, &req.url) {
+            let handler = self.handler.as_ref();
+            let Ok(body) = std::panic::catch_unwind(AssertUnwindSafe(|| metrics::render(handler)))
+            else {
+                let _ = answer_error(&mut stream, 500, "the metrics could not be gathered");
+                return;
+            };
+            if let Err(e) = self.answer(stream, body, metrics::CONTENT_TYPE) {
+                log::debug!("control client went away: {e}");
+            }
+            return;
+        }
         let call = route(&req.method, &req.url, &req.body);
         if let Ok(ApiCall::Export { disk, from, to }) = &call {
             self.export(stream, &req, disk, from, to);
@@ -359,25 +371,7 @@ impl Loop {
         }))
         .unwrap_or_else(|_| Err(ApiError::Internal("the call failed unexpectedly".into())));
         let written = match answer {
-            Ok(value) => {
-                let body = value.to_string();
-                if body.len() <= INLINE_ANSWER {
-                    http::write_json(&mut stream, 200, &body)
-                } else {
-                    // A client that does not read a large answer must not hold the loop.
-                    let d = Download {
-                        len: body.len() as u64,
-                        reader: Box::new(io::Cursor::new(body.into_bytes())),
-                    };
-                    match self.sender_slot() {
-                        Some(slot) => {
-                            send_on_thread(slot, stream, d, "application/json");
-                            Ok(())
-                        }
-                        None => answer_busy(&mut stream, &self.limits),
-                    }
-                }
-            }
+            Ok(value) => self.answer(stream, value.to_string(), "application/json"),
             Err(e) => {
                 log::debug!("control {} {}: {e}", req.method, req.url);
                 answer_error(&mut stream, e.status(), &e.to_string())
@@ -385,6 +379,30 @@ impl Loop {
         };
         if let Err(e) = written {
             log::debug!("control client went away: {e}");
+        }
+    }
+
+    /// Sends a successful answer: on this thread when it is small, else on a sender thread
+    /// (a client that does not read a large answer must not hold the loop).
+    fn answer(
+        &self,
+        mut stream: UnixStream,
+        body: String,
+        content_type: &'static str,
+    ) -> io::Result<()> {
+        if body.len() <= INLINE_ANSWER {
+            return http::write_body(&mut stream, 200, content_type, &body);
+        }
+        let d = Download {
+            len: body.len() as u64,
+            reader: Box::new(io::Cursor::new(body.into_bytes())),
+        };
+        match self.sender_slot() {
+            Some(slot) => {
+                send_on_thread(slot, stream, d, content_type);
+                Ok(())
+            }
+            None => answer_busy(&mut stream, &self.limits),
         }
     }
 

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody};
+use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody, OpLatency};
 
 use super::disks::FailedDisk;
 use super::served::ServedDisk;
 use crate::control::ApiError;
 use crate::engine::EngineAdmin;
 use crate::store::Store;
+use crate::vhost::stats::LatencyOp;
 
 impl ServedDisk {
     pub(super) fn info(&self) -> DiskInfo {
@@ -59,6 +60,19 @@ impl ServedDisk {
             snapshots_being_deleted: e.snapshots_being_deleted,
             space: self.engine().admin().and_then(|a| a.space()),
             latency: self.stats().latency.buckets(),
+            latency_sum_us: self.stats().latency.sum_us(),
+            batched_requests: s.batched_requests,
+            max_batch: s.max_batch,
+            in_flight: s.in_flight,
+            latency_by_op: LatencyOp::ALL
+                .iter()
+                .zip(&self.stats().latency_by_op)
+                .map(|(op, h)| OpLatency {
+                    op: op.name().to_string(),
+                    buckets: h.buckets(),
+                    sum_us: h.sum_us(),
+                })
+                .collect(),
         }
     }
 

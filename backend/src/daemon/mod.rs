@@ -13,12 +13,14 @@ mod reload;
 mod served;
 
 #[cfg(test)]
+mod metrics_tests;
+#[cfg(test)]
 mod tests;
 
 pub use control::DaemonControl;
 pub use disks::{DiskSet, FailedDisk, Missing, Poisoned};
 pub use reload::Reload;
-pub use served::{ServedDisk, start_disk};
+pub use served::{ServedDisk, start_disk, start_disk_on};
 
 use std::sync::Arc;
 
@@ -27,7 +29,9 @@ use thiserror::Error;
 
 use crate::config::{Config, DiskConfig};
 use crate::control::ControlServer;
+use crate::control::metrics_listener::MetricsListener;
 use crate::engine::EngineError;
+use crate::service::Activation;
 use crate::vhost::server::ServerError;
 use crate::vhost::stats::DiskStats;
 
@@ -37,6 +41,11 @@ pub enum DaemonError {
     Engine { disk: String, source: EngineError },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("metrics_listen {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {source}")]
     Control {
         path: std::path::PathBuf,
@@ -55,6 +64,8 @@ pub struct Daemon {
     disks: Arc<DiskSet>,
     /// The control API, when the config names a socket for it.
     control: Option<ControlServer>,
+    /// The `metrics_listen` TCP listener, when configured.
+    metrics: Option<MetricsListener>,
     /// Held from the name check to the insert, so two starts of one name cannot both pass.
     starting: std::sync::Mutex<()>,
     /// The config the disks were started from (changed by [`Daemon::reload`]).
@@ -66,11 +77,17 @@ impl Daemon {
     /// is logged, left out and listed as failed by the control API: the healthy disks beside
     /// it are served. Only when no disk at all can be served is the first error returned.
     pub fn start(config: &Config) -> Result<Self, DaemonError> {
+        Self::start_with(config, &mut Activation::default())
+    }
+
+    /// [`start`](Self::start), serving each disk on the socket `activation` holds under its
+    /// name, if any (systemd socket activation).
+    pub fn start_with(config: &Config, activation: &mut Activation) -> Result<Self, DaemonError> {
         let mut served = Vec::with_capacity(config.disks.len());
         let mut failed = Vec::new();
         let mut first_error = None;
         for disk in &config.disks {
-            match start_disk(disk) {
+            match start_disk_on(disk, activation.take(&disk.name)) {
                 Ok(d) => served.push(d),
                 Err(e) => {
                     error!("{e}; this disk is not served");
@@ -89,22 +106,30 @@ impl Daemon {
         }
         let count = served.len();
         let disks = Arc::new(DiskSet::new(served, failed));
+        let handler = Arc::new(DaemonControl::new(Arc::clone(&disks)));
         let control = match &config.server.control_socket {
-            Some(path) => {
-                let handler = Arc::new(DaemonControl::new(Arc::clone(&disks)));
-                Some(ControlServer::start(path, handler).map_err(|source| {
+            Some(path) => Some(
+                ControlServer::start(path, Arc::clone(&handler) as _).map_err(|source| {
                     DaemonError::Control {
                         path: path.clone(),
                         source,
                     }
-                })?)
-            }
+                })?,
+            ),
+            None => None,
+        };
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => Some(
+                MetricsListener::start(addr, handler as _)
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
             None => None,
         };
         info!("serving {count} disk(s)");
         Ok(Self {
             disks,
             control,
+            metrics,
             starting: std::sync::Mutex::default(),
             config: config.clone(),
         })
@@ -161,6 +186,7 @@ impl Daemon {
     /// Stops every disk: no new connections, in-flight I/O finished, writes flushed.
     /// Returns the first flush error after trying every disk.
     pub fn shutdown(mut self) -> Result<(), DaemonError> {
+        drop(self.metrics.take());
         drop(self.control.take());
         let mut first = None;
         for (disk, source) in self.disks.stop_all() {

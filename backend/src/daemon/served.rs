@@ -1,6 +1,7 @@
 //! One served disk: its engine, counters and vhost-user socket, and the one function that
 //! starts it (for the config's disks at start and for disks added while keeld runs).
 
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -24,12 +25,20 @@ pub struct ServedDisk {
 
 /// Opens `config`'s engine and starts serving its socket.
 pub fn start_disk(config: &DiskConfig) -> Result<ServedDisk, DaemonError> {
+    start_disk_on(config, None)
+}
+
+/// [`start_disk`] on `inherited`, when the service manager passed a socket for the disk.
+pub fn start_disk_on(
+    config: &DiskConfig,
+    inherited: Option<UnixListener>,
+) -> Result<ServedDisk, DaemonError> {
     let engine = engine::open(config).map_err(|source| DaemonError::Engine {
         disk: config.name.clone(),
         source,
     })?;
     let ctx = Arc::new(DiskContext::new(config, engine, Arc::default()));
-    let server = DiskServer::start(Arc::clone(&ctx), config.socket.clone())?;
+    let server = DiskServer::start_on(Arc::clone(&ctx), config.socket.clone(), inherited)?;
     Ok(ServedDisk {
         config: config.clone(),
         ctx,

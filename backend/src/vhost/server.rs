@@ -59,6 +59,17 @@ pub struct DiskServer {
 impl DiskServer {
     /// Binds the disk's socket and starts its listener thread.
     pub fn start(ctx: Arc<DiskContext>, socket: PathBuf) -> Result<Self, ServerError> {
+        Self::start_on(ctx, socket, None)
+    }
+
+    /// Starts the listener thread on `inherited`, a listening socket for `socket` another
+    /// process made (systemd socket activation), or else binds `socket`. An inherited socket
+    /// is left in place at stop: its owner keeps it for the next keeld.
+    pub fn start_on(
+        ctx: Arc<DiskContext>,
+        socket: PathBuf,
+        inherited: Option<UnixListener>,
+    ) -> Result<Self, ServerError> {
         let sock_err = |source| ServerError::Socket {
             disk: ctx.name.clone(),
             path: socket.clone(),
@@ -70,7 +81,11 @@ impl DiskServer {
                  keeld): {e}"
             );
         }
-        let listener = bind_private(&socket).map_err(sock_err)?;
+        let owns_socket = inherited.is_none();
+        let listener = match inherited {
+            Some(l) => l,
+            None => bind_private(&socket).map_err(sock_err)?,
+        };
         listener.set_nonblocking(true).map_err(sock_err)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
         let ended = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
@@ -87,6 +102,7 @@ impl DiskServer {
         let mut acceptor = Acceptor {
             ctx: Arc::clone(&ctx),
             socket: socket.clone(),
+            owns_socket,
             listener,
             epoll,
             ended,
@@ -143,6 +159,8 @@ struct Session {
 struct Acceptor {
     ctx: Arc<DiskContext>,
     socket: PathBuf,
+    /// False for an inherited socket, whose file is not ours to remove.
+    owns_socket: bool,
     listener: UnixListener,
     epoll: Epoll,
     ended: EventFd,
@@ -213,7 +231,9 @@ impl Acceptor {
             }
             let _ = s.waiter.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        if self.owns_socket {
+            let _ = std::fs::remove_file(&self.socket);
+        }
         info!("disk {}: stopped", self.ctx.name);
     }
 

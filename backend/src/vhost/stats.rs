@@ -34,10 +34,39 @@ pub struct DiskStats {
     pub refused_connections: AtomicU64,
     /// Requests run again after a restart because the frontend's inflight area marked them.
     pub resubmitted: AtomicU64,
+    /// Requests at the engine now, over all queues (each worker publishes its change once per
+    /// batch).
+    pub in_flight: AtomicU64,
     /// Whether a frontend is attached now (the control API refuses some operations then).
     pub attached: std::sync::atomic::AtomicBool,
     /// Completion latency of requests the engine served.
     pub latency: LatencyHistogram,
+    /// The same, by operation (indexed by [`LatencyOp`]).
+    pub latency_by_op: [LatencyHistogram; LatencyOp::COUNT],
+}
+
+/// The operations latency is kept apart for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyOp {
+    Read = 0,
+    Write = 1,
+    Flush = 2,
+    /// Discard and write-zeroes.
+    Other = 3,
+}
+
+impl LatencyOp {
+    pub const COUNT: usize = 4;
+    pub const ALL: [LatencyOp; Self::COUNT] = [Self::Read, Self::Write, Self::Flush, Self::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Buckets of the latency histogram: up to 2^0 .. 2^(N-1) microseconds, then everything longer.
@@ -47,17 +76,46 @@ const LATENCY_BUCKETS: usize = 25;
 #[derive(Debug, Default)]
 pub struct LatencyHistogram {
     counts: [AtomicU64; LATENCY_BUCKETS + 1],
+    /// Sum of all recorded latencies, in microseconds (the histogram's `_sum`).
+    sum_us: AtomicU64,
+}
+
+/// The bucket a latency of `us` microseconds lands in: bucket i holds (2^(i-1), 2^i] us,
+/// 0 and 1 us land in bucket 0, everything over 2^(N-1) in the last.
+fn bucket_of(us: u64) -> usize {
+    ((u64::BITS - us.saturating_sub(1).leading_zeros()) as usize).min(LATENCY_BUCKETS)
+}
+
+fn micros(took: Duration) -> u64 {
+    took.as_micros().min(u64::MAX as u128) as u64
 }
 
 impl LatencyHistogram {
     /// Counts `n` requests that took `took`.
     pub fn record(&self, took: Duration, n: u64) {
-        let us = took.as_micros().min(u64::MAX as u128) as u64;
-        // Bucket i holds latencies in (2^(i-1), 2^i] us; 0 and 1 us land in bucket 0.
-        let i = (u64::BITS - us.saturating_sub(1).leading_zeros()) as usize;
-        if let Some(c) = self.counts.get(i.min(LATENCY_BUCKETS)) {
+        let us = micros(took);
+        if let Some(c) = self.counts.get(bucket_of(us)) {
             c.fetch_add(n, Relaxed);
         }
+        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
+    }
+
+    /// Adds a worker's local counts: one atomic add per bucket it used, once per batch.
+    pub fn merge(&self, local: &LocalLatency) {
+        if local.sum_us == 0 && local.counts.iter().all(|&c| c == 0) {
+            return;
+        }
+        for (shared, &n) in self.counts.iter().zip(&local.counts) {
+            if n != 0 {
+                shared.fetch_add(n, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(local.sum_us, Relaxed);
+    }
+
+    /// Sum of all recorded latencies, in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
     }
 
     /// Cumulative counts: requests that took at most `le_us` (the last bucket is u64::MAX).
@@ -81,6 +139,23 @@ impl LatencyHistogram {
     }
 }
 
+/// A worker's latency counts for one batch of completions, kept in plain integers so the
+/// data path touches no shared cache line per request; merged into the disk's histogram
+/// once per batch.
+#[derive(Clone, Debug, Default)]
+pub struct LocalLatency {
+    counts: [u64; LATENCY_BUCKETS + 1],
+    sum_us: u64,
+}
+
+impl LocalLatency {
+    pub fn record(&mut self, took: Duration) {
+        let us = micros(took);
+        self.counts[bucket_of(us)] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+}
+
 /// A copy of the counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
@@ -101,6 +176,7 @@ pub struct StatsSnapshot {
     pub connections: u64,
     pub refused_connections: u64,
     pub resubmitted: u64,
+    pub in_flight: u64,
 }
 
 /// Counts of one batch, gathered without atomics and published at once.
@@ -119,6 +195,15 @@ pub struct BatchCounts {
 }
 
 impl DiskStats {
+    /// Adds a worker's per-operation latency counts of one batch, to each operation's
+    /// histogram and to the all-operations one.
+    pub fn merge_latency(&self, by_op: &[LocalLatency; LatencyOp::COUNT]) {
+        for (shared, local) in self.latency_by_op.iter().zip(by_op) {
+            shared.merge(local);
+            self.latency.merge(local);
+        }
+    }
+
     pub fn record_batch(&self, b: &BatchCounts) {
         if b.requests == 0 {
             return;
@@ -161,6 +246,7 @@ impl DiskStats {
             connections: self.connections.load(Relaxed),
             refused_connections: self.refused_connections.load(Relaxed),
             resubmitted: self.resubmitted.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
         }
     }
 }
@@ -220,6 +306,21 @@ mod tests {
         assert_eq!(at(2), Some(1));
         assert_eq!(at(4), Some(4));
         assert_eq!(b.last().map(|x| (x.le_us, x.count)), Some((u64::MAX, 5)));
+        assert_eq!(h.sum_us(), 1 + 3 * 2 + 4 + 3_600_000_000);
+    }
+
+    #[test]
+    fn local_latency_merges_into_the_same_buckets() {
+        let direct = LatencyHistogram::default();
+        let merged = LatencyHistogram::default();
+        let mut local = LocalLatency::default();
+        for us in [0, 1, 2, 3, 1000, 5_000_000_000] {
+            direct.record(Duration::from_micros(us), 1);
+            local.record(Duration::from_micros(us));
+        }
+        merged.merge(&local);
+        assert_eq!(merged.buckets(), direct.buckets());
+        assert_eq!(merged.sum_us(), direct.sum_us());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::backend::{DiskContext, SessionState};
 use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, Limits, RequestError, RequestKind};
 use super::sigbus;
-use super::stats::BatchCounts;
+use super::stats::{BatchCounts, LatencyOp, LocalLatency};
 use crate::engine::{Completion, GuestMemory, IoOp, IoRequest, QueueEngine};
 
 /// How long a polling worker spins flat out after its last work before it starts yielding
@@ -43,6 +43,8 @@ struct Pending {
     memory: Arc<GuestMemory>,
     /// When the request was taken off the ring (one clock read per batch).
     taken: Instant,
+    /// Which latency histogram its completion goes to.
+    kind: LatencyOp,
 }
 
 pub struct QueueWorker {
@@ -69,6 +71,8 @@ pub struct QueueWorker {
     replaced_pages: u64,
     /// What requests are checked against, refreshed every wakeup (the disk may grow).
     limits: Limits,
+    /// This ring's share of the disk's in-flight gauge, as last published.
+    published_in_flight: u64,
 }
 
 impl QueueWorker {
@@ -95,6 +99,7 @@ impl QueueWorker {
             inflight_generation: 0,
             replaced_pages: sigbus::replaced_pages(),
             limits: ctx.limits_now(),
+            published_in_flight: 0,
             ctx,
         }
     }
@@ -279,6 +284,24 @@ impl QueueWorker {
         if !self.batch.is_empty() {
             self.engine.submit(&mut self.batch);
         }
+        self.publish_in_flight();
+    }
+
+    /// Brings the disk's in-flight gauge in step with this ring's requests at the engine: one
+    /// shared add per batch, only when the count changed.
+    fn publish_in_flight(&mut self) {
+        let now = self.pending.len() as u64;
+        let gauge = &self.ctx.stats.in_flight;
+        match now.cmp(&self.published_in_flight) {
+            std::cmp::Ordering::Greater => {
+                gauge.fetch_add(now - self.published_in_flight, Ordering::Relaxed);
+            }
+            std::cmp::Ordering::Less => {
+                gauge.fetch_sub(self.published_in_flight - now, Ordering::Relaxed);
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        self.published_in_flight = now;
     }
 
     /// Parses one chain taken off the ring (or handed back after a restart) and queues it for
@@ -310,25 +333,37 @@ impl QueueWorker {
         match parsed {
             Ok(req) => match req.kind {
                 RequestKind::Io { op, buffers } => {
-                    match &op {
+                    let kind = match &op {
                         IoOp::Read { .. } => {
                             counts.reads += 1;
                             counts.bytes_read += buffers.len() as u64;
+                            LatencyOp::Read
                         }
                         IoOp::Write { .. } => {
                             counts.writes += 1;
                             counts.bytes_written += buffers.len() as u64;
+                            LatencyOp::Write
                         }
-                        IoOp::Flush => counts.flushes += 1,
-                        IoOp::Discard { .. } => counts.discards += 1,
-                        IoOp::WriteZeroes { .. } => counts.write_zeroes += 1,
-                    }
+                        IoOp::Flush => {
+                            counts.flushes += 1;
+                            LatencyOp::Flush
+                        }
+                        IoOp::Discard { .. } => {
+                            counts.discards += 1;
+                            LatencyOp::Other
+                        }
+                        IoOp::WriteZeroes { .. } => {
+                            counts.write_zeroes += 1;
+                            LatencyOp::Other
+                        }
+                    };
                     let token = self.pending.insert(Pending {
                         head: req.head,
                         status: req.status,
                         used_len: req.used_len,
                         memory: Arc::clone(map),
                         taken,
+                        kind,
                     }) as u64;
                     self.batch.push(IoRequest { token, op, buffers });
                 }
@@ -440,6 +475,7 @@ impl QueueWorker {
         let n = self.done.len();
         let queue = state.get_queue_mut();
         let now = Instant::now();
+        let mut latency: [LocalLatency; LatencyOp::COUNT] = Default::default();
         for c in self.done.drain(..) {
             let Some(p) = self.pending.try_remove(c.token as usize) else {
                 warn!(
@@ -463,10 +499,7 @@ impl QueueWorker {
                     (Status::IoErr, 1)
                 }
             };
-            self.ctx
-                .stats
-                .latency
-                .record(now.saturating_duration_since(p.taken), 1);
+            latency[p.kind as usize].record(now.saturating_duration_since(p.taken));
             write_status(&p.memory, p.status, status);
             put_used(
                 self.inflight.as_ref(),
@@ -478,6 +511,8 @@ impl QueueWorker {
                 self.index,
             );
         }
+        self.ctx.stats.merge_latency(&latency);
+        self.publish_in_flight();
         n
     }
 
@@ -503,6 +538,7 @@ impl QueueWorker {
         let Some(vring) = self.vring.clone() else {
             self.done.clear();
             self.pending.clear();
+            self.publish_in_flight();
             return;
         };
         let mut state = vring.get_mut();
@@ -510,6 +546,14 @@ impl QueueWorker {
         if self.finish(&mut state, &mem) > 0 {
             self.notify(&mut state, &mem);
         }
+    }
+}
+
+impl Drop for QueueWorker {
+    /// A worker that goes away takes its share of the in-flight gauge with it.
+    fn drop(&mut self) {
+        self.pending.clear();
+        self.publish_in_flight();
     }
 }
 

@@ -7,7 +7,7 @@ mod offline;
 mod transfer;
 
 use args::{Cli, Cmd, SnapshotCmd};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use keel_backend::control::cli::{self as online, DaemonArgs};
 use keel_backend::store::diff::RUNNING;
 use std::io::Write;
@@ -130,7 +130,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let argv: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = keel_backend::cli_docs::generate_if_asked(&argv, Cli::command) {
+        return code;
+    }
+    match run(Cli::parse_from(argv)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keel: {e}");

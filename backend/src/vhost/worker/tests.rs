@@ -181,6 +181,7 @@ fn one_wakeup_serves_every_chain_in_one_batch() {
         "{s:?}"
     );
     assert_eq!(s.notifications, 1, "one notification for the whole batch");
+    assert_eq!(s.in_flight, 0, "every request at the engine completed");
 
     // Nothing new: another wakeup answers nothing and does not notify.
     worker.process(&vring, false);
@@ -301,15 +302,21 @@ fn requests_in_flight_when_keeld_died_run_again_from_the_inflight_area() {
     let message = area.message();
     let first = Arc::new(SessionState::default());
     first.inflight.install(area);
+    let first_ctx = context();
     let mut worker = QueueWorker::new(
         0,
-        context(),
+        Arc::clone(&first_ctx),
         first,
         atomic.clone(),
         Box::new(HoldWrites::default()),
     );
     worker.process(&ring(0), false);
     assert_eq!(q.used().idx().load(), 1, "only the flush completed");
+    assert_eq!(
+        first_ctx.stats.snapshot().in_flight,
+        2,
+        "the two held writes"
+    );
     assert_eq!([status(0), status(1), status(2)], [0xaa, 0, 0xaa]);
     std::mem::forget(worker);
 
@@ -328,6 +335,7 @@ fn requests_in_flight_when_keeld_died_run_again_from_the_inflight_area() {
     assert_eq!([status(0), status(1), status(2)], [0, 0, 0]);
     let s = ctx.stats.snapshot();
     assert_eq!((s.writes, s.flushes, s.resubmitted), (2, 0, 2), "{s:?}");
+    assert_eq!(s.in_flight, 0, "{s:?}");
     let used: Vec<u32> = (0..3)
         .map(|i| q.used().ring().ref_at(i).unwrap().load().id())
         .collect();
