@@ -6,5 +6,6 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod engine;
+pub mod nbd;
 pub mod store;
 pub mod vhost;

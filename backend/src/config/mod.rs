@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub control_socket: Option<PathBuf>,
     /// Log filter used when neither `KEEL_LOG` nor `RUST_LOG` is set (e.g. "info", "keel=debug").
     pub log_level: Option<String>,
+    /// Unix socket (mode 0600) where keeld exports its disks over NBD.
+    pub nbd_socket: Option<PathBuf>,
+    /// TCP address where keeld exports its disks over NBD, unauthenticated; off unless set.
+    pub nbd_listen: Option<std::net::SocketAddr>,
 }
 
 /// One `[[disk]]`, with defaults applied and paths resolved.
@@ -118,6 +122,8 @@ struct RawFile {
 struct RawServer {
     control_socket: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    nbd_socket: Option<Spanned<String>>,
+    nbd_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -224,9 +230,24 @@ impl Checker<'_> {
     }
 
     fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let nbd_listen = match &raw.server.nbd_listen {
+            None => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                self.err(
+                    s.span(),
+                    "nbd_listen",
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:10809\"",
+                        s.get_ref()
+                    ),
+                )
+            })?),
+        };
         let server = ServerConfig {
             control_socket: raw.server.control_socket.map(|s| self.resolve(s.get_ref())),
             log_level: raw.server.log_level.map(Spanned::into_inner),
+            nbd_socket: raw.server.nbd_socket.map(|s| self.resolve(s.get_ref())),
+            nbd_listen,
         };
         let mut disks = Vec::with_capacity(raw.disk.len());
         let mut names = HashMap::new();

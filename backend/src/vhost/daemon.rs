@@ -11,6 +11,7 @@ use super::stats::DiskStats;
 use crate::config::{Config, DiskConfig};
 use crate::control::{ControlServer, DaemonControl, DiskEntry, FailedDisk};
 use crate::engine::{self, EngineError};
+use crate::nbd::{self, Exports, NbdServer};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -18,6 +19,8 @@ pub enum DaemonError {
     Engine { disk: String, source: EngineError },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("NBD server: {0}")]
+    Nbd(std::io::Error),
     #[error("control socket {path}: {source}")]
     Control {
         path: std::path::PathBuf,
@@ -28,6 +31,8 @@ pub enum DaemonError {
 /// The running disks.
 pub struct Daemon {
     disks: Vec<DiskServer>,
+    /// The NBD exports of the disks, when the config names a listener for them.
+    nbd: Option<NbdServer>,
     /// The control API, when the config names a socket for it.
     control: Option<ControlServer>,
     /// What the control API serves (it also owns the disks cloned at run time).
@@ -37,7 +42,10 @@ pub struct Daemon {
 }
 
 /// Opens one disk's engine and starts serving its socket.
-fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError> {
+fn start_disk(
+    disk: &DiskConfig,
+    exports: &Exports,
+) -> Result<(DiskServer, DiskEntry), DaemonError> {
     let engine = engine::open(disk).map_err(|source| DaemonError::Engine {
         disk: disk.name.clone(),
         source,
@@ -49,7 +57,8 @@ fn start_disk(disk: &DiskConfig) -> Result<(DiskServer, DiskEntry), DaemonError>
         stats: Arc::clone(&ctx.stats),
         config_change: Arc::clone(&ctx.config_change),
     };
-    let server = DiskServer::start(ctx, disk.socket.clone())?;
+    let server = DiskServer::start(Arc::clone(&ctx), disk.socket.clone())?;
+    exports.add(disk, Arc::clone(&ctx.engine));
     Ok((server, entry))
 }
 
@@ -62,8 +71,9 @@ impl Daemon {
         let mut entries = Vec::with_capacity(config.disks.len());
         let mut failed = Vec::new();
         let mut first_error = None;
+        let exports = Arc::new(Exports::default());
         for disk in &config.disks {
-            match start_disk(disk) {
+            match start_disk(disk, &exports) {
                 Ok((server, entry)) => {
                     disks.push(server);
                     entries.push(entry);
@@ -96,9 +106,11 @@ impl Daemon {
             ),
             None => None,
         };
+        let nbd = nbd::start(&config.server, exports).map_err(DaemonError::Nbd)?;
         info!("serving {} disk(s)", disks.len());
         Ok(Self {
             disks,
+            nbd,
             control,
             handler: Some(handler),
             failed: failed_names,
@@ -122,6 +134,7 @@ impl Daemon {
     /// Returns the first flush error after trying every disk.
     pub fn shutdown(mut self) -> Result<(), DaemonError> {
         drop(self.control.take());
+        drop(self.nbd.take());
         let mut first = None;
         if let Some(h) = self.handler.take() {
             for (disk, source) in h.stop_clones() {

@@ -1,0 +1,54 @@
+//! The disks keeld exports over NBD, by name, each with the engine its vhost-user frontend uses.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::config::DiskConfig;
+use crate::engine::Engine;
+
+/// One exported disk.
+pub struct Export {
+    pub name: String,
+    pub engine: Arc<dyn Engine>,
+    /// Requests must be aligned to this (the disk's logical block size).
+    pub block_size: u32,
+}
+
+/// The exports by name; disks are added as they start.
+#[derive(Default)]
+pub struct Exports {
+    by_name: RwLock<BTreeMap<String, Arc<Export>>>,
+}
+
+impl Exports {
+    /// Exports `disk` through `engine`, the same engine its vhost-user frontend is served by,
+    /// so both see the same data under the same ordering rules.
+    pub fn add(&self, disk: &DiskConfig, engine: Arc<dyn Engine>) {
+        let export = Export {
+            name: disk.name.clone(),
+            engine,
+            block_size: disk.logical_block_size.max(512),
+        };
+        self.by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(disk.name.clone(), Arc::new(export));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Export>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
