@@ -17,6 +17,7 @@ fn options() -> StoreOptions {
         writers: 1,
         checkpoint_percent: 50,
         direct_io: false,
+        ..StoreOptions::default()
     }
 }
 

@@ -35,6 +35,14 @@ impl Exports {
             .insert(disk.name.clone(), Arc::new(export));
     }
 
+    /// Adds an export built by hand (tests, fuzzing).
+    pub fn insert(&self, export: Export) {
+        self.by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(export.name.clone(), Arc::new(export));
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Export>> {
         self.by_name
             .read()

@@ -223,7 +223,7 @@ impl Acceptor {
 }
 
 /// One connection, handshake to end; errors are logged, never passed on.
-fn serve_connection(socket: &Socket, exports: &Exports, id: usize) {
+pub fn serve_connection(socket: &Socket, exports: &Exports, id: usize) {
     let negotiated = match handshake::negotiate(socket, exports, Instant::now() + HANDSHAKE_TIMEOUT)
     {
         Ok(Some(n)) => n,

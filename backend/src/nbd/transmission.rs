@@ -248,7 +248,7 @@ impl Conn<'_> {
     fn checked_range(&self, req: &Request) -> Result<ByteRange, u32> {
         let bs = u64::from(self.n.export.block_size);
         let len = u64::from(req.length);
-        if len == 0 || req.offset % bs != 0 || len % bs != 0 {
+        if len == 0 || !req.offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(errno::EINVAL);
         }
         if matches!(req.command, cmd::READ | cmd::WRITE) && req.length > MAX_PAYLOAD {
