@@ -3,6 +3,7 @@
 //! without harm to the disk or its neighbours.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
@@ -170,6 +171,16 @@ fn keel_export_shows_what_vhost_wrote_and_qemu_io_writes_reach_vhost() {
         std::fs::read(&copy).unwrap() == expected,
         "the copy differs"
     );
+    // Block status told qemu-img where the holes are: the copy is sparse.
+    let allocated = std::fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(
+        allocated < 8 * MIB,
+        "{allocated} bytes allocated in the copy"
+    );
+    let map = qemu("qemu-img", &["map", "--output=json", "-f", "raw", &nbd]);
+    let first = r#""start": 0, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#;
+    assert!(map.contains(first), "{map}");
+    assert!(map.contains(r#""zero": true, "data": false"#), "{map}");
 
     qemu(
         "qemu-io",

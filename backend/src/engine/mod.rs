@@ -53,6 +53,13 @@ pub struct ByteRange {
     pub len: u64,
 }
 
+/// A piece of the disk as allocation queries report it: data, or a hole that reads as zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub hole: bool,
+}
+
 /// A range to zero; with `unmap` the engine may deallocate it instead of writing zeroes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZeroRange {
@@ -173,6 +180,14 @@ pub trait Engine: Send + Sync {
 
     /// Snapshots, mirrors and engine counters, for engines that have them.
     fn admin(&self) -> Option<&dyn EngineAdmin> {
+        None
+    }
+
+    /// Which parts of `range` (inside the disk) hold data and which are holes, from its start,
+    /// for tools that skip holes (NBD block status). May describe less than the whole range, at
+    /// least one extent. `None` when the engine cannot tell: everything then counts as data.
+    fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
+        let _ = range;
         None
     }
 

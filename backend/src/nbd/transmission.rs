@@ -17,7 +17,7 @@ use super::handshake::{ALLOCATION_CONTEXT_ID, MAX_PAYLOAD, Negotiated};
 use super::socket::Socket;
 use super::wire::{self, ChunkHeader, Request, WireError, cflag, chunk, cmd, errno};
 use crate::engine::{
-    self, ByteRange, Completion, EngineError, GuestBuffers, GuestMemory, IoOp, IoRequest,
+    self, ByteRange, Completion, EngineError, Extent, GuestBuffers, GuestMemory, IoOp, IoRequest,
     QueueEngine, ZeroRange,
 };
 
@@ -27,6 +27,9 @@ const ARENA: usize = 64 << 20;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest range of one discard or write-zeroes range handed to the engine (as for vhost).
 const MAX_RANGE: u64 = 1 << 30;
+/// `base:allocation` status bits: unallocated, and reads as zeroes.
+const ALLOCATION_HOLE: u32 = 1 << 0;
+const ALLOCATION_ZERO: u32 = 1 << 1;
 /// Most bytes read from the socket in one call.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -264,26 +267,50 @@ impl Conn<'_> {
         }
     }
 
-    /// `base:allocation` for the request's range. Engines do not report holes, so the whole
-    /// range is described as allocated data (a correct, if conservative, answer).
+    /// `base:allocation` for the request's range, from the engine's allocation map (all data
+    /// when the engine cannot tell). Extents are whole blocks; with `REQ_ONE`, only the first.
     fn block_status(&self, req: &Request) -> Result<Vec<u8>, u32> {
         if req.length == 0 || req.offset >= self.n.size {
             return Err(errno::EINVAL);
         }
-        let len = u64::from(req.length).min(self.n.size - req.offset) as u32;
-        let mut r = Vec::with_capacity(wire::CHUNK_HEADER_LEN + 12);
+        let len = u64::from(req.length).min(self.n.size - req.offset);
+        let range = ByteRange {
+            offset: req.offset,
+            len,
+        };
+        let bs = u64::from(self.n.export.block_size);
+        let mut extents = match self.n.export.engine.allocation(range) {
+            Some(e) if !e.is_empty() && e.iter().all(|x| x.len > 0 && x.len.is_multiple_of(bs)) => {
+                e
+            }
+            _ => vec![Extent { len, hole: false }],
+        };
+        if req.flags & cflag::REQ_ONE != 0 {
+            extents.truncate(1);
+        }
+        let mut body = Vec::with_capacity(4 + 8 * extents.len());
+        body.extend_from_slice(&ALLOCATION_CONTEXT_ID.to_be_bytes());
+        for e in &extents {
+            let status = if e.hole {
+                ALLOCATION_HOLE | ALLOCATION_ZERO
+            } else {
+                0
+            };
+            // Extents lie inside the request, whose length is a u32.
+            body.extend_from_slice(&(e.len.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+            body.extend_from_slice(&status.to_be_bytes());
+        }
+        let mut r = Vec::with_capacity(wire::CHUNK_HEADER_LEN + body.len());
         r.extend_from_slice(
             &ChunkHeader {
                 flags: chunk::FLAG_DONE,
                 kind: chunk::BLOCK_STATUS,
                 cookie: req.cookie,
-                length: 12,
+                length: body.len() as u32,
             }
             .encode(),
         );
-        r.extend_from_slice(&ALLOCATION_CONTEXT_ID.to_be_bytes());
-        r.extend_from_slice(&len.to_be_bytes());
-        r.extend_from_slice(&0u32.to_be_bytes());
+        r.extend_from_slice(&body);
         Ok(r)
     }
 

@@ -10,8 +10,8 @@ mod queue;
 mod ring;
 
 use super::{
-    AdminError, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, MirrorCommand,
-    QueueEngine, mirrored,
+    AdminError, ByteRange, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, Extent,
+    MirrorCommand, QueueEngine, mirrored,
 };
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
@@ -239,6 +239,16 @@ impl Engine for KeelEngine {
 
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         Some(self)
+    }
+
+    fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
+        // 16384 blocks (64 MiB) per query keeps one answer's map walk short.
+        let runs = self.store.allocation(range.offset, range.len, 16384);
+        Some(
+            runs.into_iter()
+                .map(|(len, mapped)| Extent { len, hole: !mapped })
+                .collect(),
+        )
     }
 }
 
