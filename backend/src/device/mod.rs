@@ -7,6 +7,7 @@ pub mod faulty;
 mod file;
 pub mod lock;
 pub mod mirror;
+pub mod nbd;
 
 pub use file::FileDevice;
 
