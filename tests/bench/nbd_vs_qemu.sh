@@ -63,7 +63,7 @@ for run in $(seq "$runs"); do
             iops=$(fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth=32 \
                 --size=1g --time_based --runtime="$runtime" --ramp_time=1 \
                 --output-format=json | python3 -c \
-                'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))')
+                'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))')
             results[$s,$name]+="$iops "
             echo "run $run $s $name: $iops IOPS"
         done

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keel_backend::device::BlockDevice;
 use keel_backend::device::nbd::{NbdDevice, NbdOptions};
-use keel_tests::keeld::wait_for_socket;
+use keel_tests::keeld::{InProcess, raw_disk, wait_for_socket};
 
 const MIB: u64 = 1 << 20;
 
@@ -99,7 +99,11 @@ fn image_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 
 fn round_trips(kind: &str) {
     let server = Server::start(kind);
-    let dev = NbdDevice::open(&server.uri(), NbdOptions::default()).unwrap();
+    round_trips_on(kind, &server.uri(), &server.image());
+}
+
+fn round_trips_on(kind: &str, uri: &str, image: &Path) {
+    let dev = NbdDevice::open(uri, NbdOptions::default()).unwrap();
     assert_eq!(dev.len(), 64 * MIB);
     assert!(!dev.read_only());
 
@@ -109,7 +113,7 @@ fn round_trips(kind: &str) {
     let mut back = vec![0u8; data.len()];
     dev.read_at(&mut back, 4 * MIB).unwrap();
     assert!(back == data, "{kind}: read back differs");
-    assert!(image_bytes(&server.image(), 4 * MIB, data.len()) == data);
+    assert!(image_bytes(image, 4 * MIB, data.len()) == data);
 
     // Many requests in flight on the one connection, from several threads.
     std::thread::scope(|s| {
@@ -140,12 +144,12 @@ fn round_trips(kind: &str) {
     dev.read_at(&mut z, 5 * MIB).unwrap();
     assert!(z.iter().all(|&b| b == 0));
     assert_eq!(
-        image_bytes(&server.image(), 5 * MIB + 4096, 4096),
+        image_bytes(image, 5 * MIB + 4096, 4096),
         data[MIB as usize + 4096..MIB as usize + 8192]
     );
     // Fast zeroing is either done or refused as unsupported, never silently slow.
     match dev.write_zeroes(8 * MIB, MIB, true, true) {
-        Ok(()) => assert_eq!(image_bytes(&server.image(), 8 * MIB, 4096), vec![0u8; 4096]),
+        Ok(()) => assert_eq!(image_bytes(image, 8 * MIB, 4096), vec![0u8; 4096]),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}"),
     }
 
@@ -163,6 +167,19 @@ fn round_trips_against_qemu_nbd() {
 #[test]
 fn round_trips_against_qemu_storage_daemon() {
     round_trips("qsd");
+}
+
+#[test]
+fn round_trips_against_keelds_own_export() {
+    let keeld = InProcess::start(&format!(
+        "[server]\nnbd_socket = \"nbd.sock\"\n{}",
+        raw_disk("d", "64M", "")
+    ));
+    let uri = format!(
+        "nbd+unix:///d?socket={}",
+        keeld.dir().join("nbd.sock").display()
+    );
+    round_trips_on("keeld", &uri, &keeld.dir().join("d.img"));
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! - [`transmission`]: requests checked, handed to the engine, answered.
 //! - [`server`]: listeners, connection threads and their limits.
 
+mod arena;
 pub mod exports;
 pub mod handshake;
 pub mod server;

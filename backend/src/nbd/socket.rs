@@ -12,6 +12,12 @@ pub struct Socket {
     fd: OwnedFd,
 }
 
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Socket {
     pub fn new(fd: impl Into<OwnedFd>) -> Self {
         Self { fd: fd.into() }
@@ -87,6 +93,16 @@ impl Socket {
                 io::ErrorKind::Interrupted => {}
                 _ => return Err(e),
             }
+        }
+    }
+
+    /// Appends what is readable now, without waiting, to `buf` (at most `max` bytes): `None`
+    /// when nothing is, `Some(0)` at end of stream.
+    pub fn try_read(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
+        match self.read_some(buf, max, Some(Instant::now())) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -6,19 +6,20 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::debug;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::arena::Arena;
 use super::handshake::{ALLOCATION_CONTEXT_ID, MAX_PAYLOAD, Negotiated};
 use super::socket::Socket;
 use super::wire::{self, ChunkHeader, Request, WireError, cflag, chunk, cmd, errno};
 use crate::engine::{
-    self, ByteRange, Completion, EngineError, Extent, GuestBuffers, GuestMemory, IoOp, IoRequest,
-    QueueEngine, ZeroRange,
+    self, ByteRange, Completion, EngineError, Extent, GuestBuffers, IoOp, IoRequest, QueueEngine,
+    ZeroRange,
 };
 
 /// Data bytes of the requests in flight at once on one connection.
@@ -30,6 +31,8 @@ const MAX_RANGE: u64 = 1 << 30;
 /// `base:allocation` status bits: unallocated, and reads as zeroes.
 const ALLOCATION_HOLE: u32 = 1 << 0;
 const ALLOCATION_ZERO: u32 = 1 << 1;
+/// The slot of a request without data.
+const NO_SLOT: u64 = u64::MAX;
 /// Most bytes read from the socket in one call.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -66,10 +69,7 @@ pub fn serve(socket: &Socket, n: &Negotiated, queue_index: usize) -> Result<(), 
         .engine
         .queue(queue_index)
         .map_err(TransmissionError::Queue)?;
-    let arena = Arc::new(
-        GuestMemory::from_ranges(&[(GuestAddress(0), ARENA)])
-            .map_err(|e| TransmissionError::Io(io::Error::other(e.to_string())))?,
-    );
+    let arena = Arena::new(ARENA)?;
     let mut conn = Conn {
         socket,
         n,
@@ -88,38 +88,103 @@ pub fn serve(socket: &Socket, n: &Negotiated, queue_index: usize) -> Result<(), 
 struct Conn<'a> {
     socket: &'a Socket,
     n: &'a Negotiated,
-    arena: Arc<GuestMemory>,
+    arena: Arena,
     inbuf: Vec<u8>,
     in_flight: HashMap<u64, InFlight>,
     next_token: u64,
 }
 
 impl Conn<'_> {
+    /// Requests are taken as they arrive and replies sent as they finish, so the engine works
+    /// while the client sends more and reads what is done.
     fn run(&mut self, queue: &mut dyn QueueEngine) -> Result<(), TransmissionError> {
         let mut batch = Vec::new();
         let mut done = Vec::new();
+        let mut out = Vec::new();
         loop {
-            let mut out = Vec::new();
-            let disconnect = self.parse_batch(&mut batch, &mut out)?;
-            if batch.is_empty() && out.is_empty() && !disconnect {
-                let deadline = (!self.inbuf.is_empty()).then(|| Instant::now() + STALL_TIMEOUT);
-                let want = self.bytes_wanted().max(READ_CHUNK);
-                if self.socket.read_some(&mut self.inbuf, want, deadline)? == 0 {
-                    return Ok(());
-                }
-                continue;
+            let (consumed, disconnect) = self.parse_batch(&mut batch, &mut out)?;
+            if !batch.is_empty() {
+                queue.submit(&mut batch);
             }
-            queue.submit(&mut batch);
-            engine::drain(queue, &mut done);
+            if disconnect {
+                engine::drain(queue, &mut done);
+            } else {
+                queue.reap(&mut done);
+            }
             for c in done.drain(..) {
                 self.complete(c, &mut out);
             }
-            self.socket
-                .write_all(&out, Instant::now() + STALL_TIMEOUT)?;
+            if !out.is_empty() {
+                self.socket
+                    .write_all(&out, Instant::now() + STALL_TIMEOUT)?;
+                out.clear();
+            }
             if disconnect {
                 return Ok(());
             }
+            if consumed {
+                continue;
+            }
+            let open = if queue.in_flight() == 0 {
+                let deadline = (!self.inbuf.is_empty()).then(|| Instant::now() + STALL_TIMEOUT);
+                let want = self.bytes_wanted().max(READ_CHUNK);
+                self.socket.read_some(&mut self.inbuf, want, deadline)? > 0
+            } else {
+                self.wait_for_input_or_completion(queue, &mut done)?
+            };
+            if !open {
+                return Ok(());
+            }
         }
+    }
+
+    /// With requests in flight: waits until the client sends more or a request finishes.
+    /// Returns false when the client closed the connection.
+    fn wait_for_input_or_completion(
+        &mut self,
+        queue: &mut dyn QueueEngine,
+        done: &mut Vec<Completion>,
+    ) -> Result<bool, TransmissionError> {
+        let want = self.bytes_wanted().max(READ_CHUNK);
+        let Some(cfd) = queue.completion_fd() else {
+            // Completions come from `wait`: take input first if there is some.
+            return match self.socket.try_read(&mut self.inbuf, want)? {
+                Some(0) => Ok(false),
+                Some(_) => Ok(true),
+                None => {
+                    queue.wait(done);
+                    Ok(true)
+                }
+            };
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: cfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds owned by this frame, for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        if fds[1].revents != 0 {
+            queue.ack_completion_fd();
+            queue.reap(done);
+        }
+        if fds[0].revents != 0 && self.socket.try_read(&mut self.inbuf, want)? == Some(0) {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Bytes missing for the next request to be complete.
@@ -144,9 +209,8 @@ impl Conn<'_> {
         &mut self,
         batch: &mut Vec<IoRequest>,
         out: &mut Vec<u8>,
-    ) -> Result<bool, TransmissionError> {
+    ) -> Result<(bool, bool), TransmissionError> {
         let mut at = 0;
-        let mut used = 0u64;
         let mut disconnect = false;
         while self.inbuf.len() - at >= wire::REQUEST_LEN {
             let head: &[u8; wire::REQUEST_LEN] = self.inbuf[at..at + wire::REQUEST_LEN]
@@ -164,15 +228,6 @@ impl Conn<'_> {
             if self.inbuf.len() - at - wire::REQUEST_LEN < payload {
                 break;
             }
-            let data_len = match req.command {
-                cmd::READ | cmd::WRITE => {
-                    u64::from(req.length.min(MAX_PAYLOAD)).next_multiple_of(4096)
-                }
-                _ => 0,
-            };
-            if used + data_len > ARENA as u64 && !batch.is_empty() {
-                break;
-            }
             let data_start = at + wire::REQUEST_LEN;
             at = data_start + payload;
             match self.check(&req) {
@@ -183,15 +238,31 @@ impl Conn<'_> {
                     break;
                 }
                 Ok(Action::Io(op)) => {
-                    let slot = used;
-                    used += data_len;
-                    let len = if data_len > 0 { req.length } else { 0 };
-                    let buffers =
-                        GuestBuffers::from_guest(&self.arena, [(GuestAddress(slot), len)])
+                    let len = match req.command {
+                        cmd::READ | cmd::WRITE => req.length,
+                        _ => 0,
+                    };
+                    let (slot, buffers) = if len == 0 {
+                        (NO_SLOT, GuestBuffers::empty())
+                    } else {
+                        let Some(slot) = self.arena.take(u64::from(len)) else {
+                            // Too much in flight: this request waits for completions.
+                            at = data_start - wire::REQUEST_LEN;
+                            break;
+                        };
+                        let buffers = self
+                            .arena
+                            .buffers(slot, len)
                             .map_err(|e| io::Error::other(e.to_string()))?;
+                        (slot, buffers)
+                    };
                     if req.command == cmd::WRITE {
                         self.arena
-                            .write_slice(&self.inbuf[data_start..at], GuestAddress(slot))
+                            .memory()
+                            .write_slice(
+                                &self.inbuf[data_start..data_start + payload],
+                                GuestAddress(slot),
+                            )
                             .map_err(|e| io::Error::other(e.to_string()))?;
                     }
                     let token = self.next_token;
@@ -203,7 +274,7 @@ impl Conn<'_> {
             }
         }
         self.inbuf.drain(..at);
-        Ok(disconnect)
+        Ok((at > 0, disconnect))
     }
 
     /// Checks a request against the export; the error is the protocol's errno.
@@ -345,7 +416,21 @@ impl Conn<'_> {
             return;
         };
         let req = f.request;
-        if let Err(e) = c.result {
+        self.reply_to(&req, f.slot, c.result, out);
+        if f.slot != NO_SLOT {
+            self.arena.give_back(f.slot);
+        }
+    }
+
+    fn reply_to(
+        &self,
+        req: &Request,
+        slot: u64,
+        result: Result<(), EngineError>,
+        out: &mut Vec<u8>,
+    ) {
+        let req = *req;
+        if let Err(e) = result {
             debug!("nbd export {}: {e}", self.n.export.name);
             out.extend_from_slice(&self.error_reply(&req, engine_errno(&e)));
             return;
@@ -373,7 +458,8 @@ impl Conn<'_> {
         out.resize(start + len, 0);
         if self
             .arena
-            .read_slice(&mut out[start..], GuestAddress(f.slot))
+            .memory()
+            .read_slice(&mut out[start..], GuestAddress(slot))
             .is_err()
         {
             // Cannot happen (the slot lies inside the arena); never send wrong data.
