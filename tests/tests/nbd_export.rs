@@ -453,3 +453,64 @@ fn structured_reads_and_allocation_status_through_a_bare_client() {
     r.request(cmd::DISC, 0, 0);
     assert!(r.closed());
 }
+
+#[test]
+fn a_snapshot_export_shows_the_snapshot_read_only() {
+    use keel_backend::control::client::ControlClient;
+    use keel_protocol::control::{CreateSnapshot, SnapshotInfo};
+    let keeld = InProcess::start(&format!(
+        "[server]\nnbd_socket = \"nbd.sock\"\ncontrol_socket = \"keel.sock\"\n\n{}",
+        keel_disk("k", "16M", "")
+    ));
+    let api = ControlClient::new(&keeld.dir().join("keel.sock"));
+    let mut c = Client::connect(&keeld.socket("k"), 1, MIB as usize).unwrap();
+    let before = pattern(4, 256 << 10);
+    c.write(0, MIB, &before).unwrap();
+    let _: SnapshotInfo = api
+        .post(
+            "/v1/disks/k/snapshots",
+            &CreateSnapshot { name: "s1".into() },
+        )
+        .unwrap();
+    c.write(0, MIB, &pattern(8, 256 << 10)).unwrap();
+    c.write(0, 8 * MIB, &pattern(9, 4096)).unwrap();
+
+    let snap = uri(&keeld, "k@s1");
+    let copy = keeld.dir().join("s1.raw");
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &snap,
+            copy.to_str().unwrap(),
+        ],
+    );
+    let mut expected = vec![0u8; 16 * MIB as usize];
+    expected[MIB as usize..MIB as usize + before.len()].copy_from_slice(&before);
+    assert!(
+        std::fs::read(&copy).unwrap() == expected,
+        "the snapshot copy differs"
+    );
+    // The running disk is unchanged by the snapshot export, and the snapshot cannot be written.
+    assert_eq!(c.read(0, 8 * MIB, 4096).unwrap(), pattern(9, 4096));
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 4k", &snap])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("wrote 4096"),
+        "a snapshot was written: {text}"
+    );
+    // An unknown snapshot is no export.
+    let missing = Command::new("qemu-img")
+        .args(["info", &uri(&keeld, "k@nope")])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}

@@ -191,6 +191,14 @@ pub trait Engine: Send + Sync {
         None
     }
 
+    /// A read-only view of snapshot `name`, served as a disk of its own (NBD `DISK@SNAPSHOT`).
+    fn snapshot(&self, name: &str) -> Result<Arc<dyn Engine>, EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "{} has no snapshot {name:?} to serve",
+            self.describe()
+        )))
+    }
+
     /// Grows the disk to at least `size` bytes while it is served; returns the new capacity.
     /// [`capacity`](Self::capacity) reports it once this returns. Shrinking is refused.
     fn grow(&self, size: u64) -> Result<u64, EngineError> {

@@ -43,12 +43,30 @@ impl Exports {
             .insert(export.name.clone(), Arc::new(export));
     }
 
+    /// The export `name`: a disk, or `DISK@SNAPSHOT` for a snapshot of a disk whose engine
+    /// serves snapshots (read-only, a view opened for this call).
     pub fn get(&self, name: &str) -> Option<Arc<Export>> {
-        self.by_name
+        if let Some(e) = self
+            .by_name
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .cloned()
+        {
+            return Some(Arc::clone(e));
+        }
+        let (disk, snapshot) = name.split_once('@')?;
+        let base = self.get(disk)?;
+        match base.engine.snapshot(snapshot) {
+            Ok(engine) => Some(Arc::new(Export {
+                name: name.to_string(),
+                engine,
+                block_size: base.block_size,
+            })),
+            Err(e) => {
+                log::debug!("NBD export {name:?}: {e}");
+                None
+            }
+        }
     }
 
     pub fn names(&self) -> Vec<String> {

@@ -8,6 +8,7 @@
 
 mod queue;
 mod ring;
+mod snapshot_view;
 
 use super::{
     AdminError, ByteRange, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, Extent,
@@ -239,6 +240,13 @@ impl Engine for KeelEngine {
 
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         Some(self)
+    }
+
+    fn snapshot(&self, name: &str) -> Result<Arc<dyn Engine>, EngineError> {
+        Ok(Arc::new(snapshot_view::SnapshotView::open(
+            Arc::clone(&self.store),
+            name,
+        )?))
     }
 
     fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
