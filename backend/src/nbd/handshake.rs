@@ -255,3 +255,6 @@ impl Options<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
