@@ -33,6 +33,8 @@ const ALLOCATION_HOLE: u32 = 1 << 0;
 const ALLOCATION_ZERO: u32 = 1 << 1;
 /// The slot of a request without data.
 const NO_SLOT: u64 = u64::MAX;
+/// Input held while requests wait for room in the arena (a largest write and some more).
+const INPUT_LIMIT: usize = MAX_PAYLOAD as usize + (4 << 20);
 /// Most bytes read from the socket in one call.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -145,6 +147,11 @@ impl Conn<'_> {
         queue: &mut dyn QueueEngine,
         done: &mut Vec<Completion>,
     ) -> Result<bool, TransmissionError> {
+        if self.inbuf.len() >= INPUT_LIMIT {
+            // Enough is queued up: a client that keeps sending waits for its replies.
+            queue.wait(done);
+            return Ok(true);
+        }
         let want = self.bytes_wanted().max(READ_CHUNK);
         let Some(cfd) = queue.completion_fd() else {
             // Completions come from `wait`: take input first if there is some.
