@@ -514,3 +514,37 @@ fn a_snapshot_export_shows_the_snapshot_read_only() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+#[test]
+fn tcp_export_when_nbd_listen_is_set() {
+    // A port of its own per test process, on loopback only.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let keeld = InProcess::start(&format!(
+        "[server]\nnbd_listen = \"127.0.0.1:{port}\"\n\n{}",
+        raw_disk("t", "8M", "")
+    ));
+    let nbd = format!("nbd://127.0.0.1:{port}/t");
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x3c 0 64k",
+            "-c",
+            "read -P 0x3c 0 64k",
+            &nbd,
+        ],
+    );
+    let mut c = Client::connect(&keeld.socket("t"), 1, MIB as usize).unwrap();
+    assert_eq!(c.read(0, 0, 65536).unwrap(), vec![0x3c; 65536]);
+    // Keel's own client device over TCP.
+    use keel_backend::device::BlockDevice;
+    use keel_backend::device::nbd::{NbdDevice, NbdOptions};
+    let dev = NbdDevice::open(&nbd, NbdOptions::default()).unwrap();
+    let mut got = vec![0u8; 4096];
+    dev.read_at(&mut got, 4096).unwrap();
+    assert_eq!(got, vec![0x3c; 4096]);
+    // No unix socket was asked for, none is made.
+    assert!(!keeld.dir().join("nbd.sock").exists());
+}
