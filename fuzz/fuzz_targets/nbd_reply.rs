@@ -1,4 +1,4 @@
-//! Arbitrary server bytes through the NBD reply parser a client uses.
+//! Arbitrary server bytes (handshake and replies) against Keel's NBD client device.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

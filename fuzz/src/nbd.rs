@@ -1,14 +1,18 @@
 //! NBD traffic from a hostile peer: arbitrary client bytes against keeld's NBD server (handshake
-//! and transmission, over a null engine), and arbitrary server bytes through the reply parsers.
+//! and transmission, over a null engine), and arbitrary server bytes against Keel's NBD client
+//! device (handshake and replies to a few requests).
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use keel_backend::device::BlockDevice;
+use keel_backend::device::nbd::{NbdDevice, NbdOptions};
 use keel_backend::engine::null::NullEngine;
 use keel_backend::nbd::server::serve_connection;
 use keel_backend::nbd::socket::Socket;
-use keel_backend::nbd::wire::{Fields, ReplyHeader};
 use keel_backend::nbd::{Export, Exports};
 
 /// Serves one connection whose client sends `data` and then closes its side.
@@ -38,23 +42,42 @@ pub fn run_server(data: &[u8]) {
     let _ = drain.join();
 }
 
-/// Parses `data` as a stream of server replies the way a client reads them.
+/// A server that sends `data` (its handshake and replies) to Keel's client device, which
+/// opens the export and issues a read, a write, a flush and a discard (cookies 1, 2, 3, 4...).
 pub fn run_replies(data: &[u8]) {
-    let mut at = 0;
-    while at < data.len() {
-        let Ok((header, used)) = ReplyHeader::parse(&data[at..], 1 << 20) else {
-            break;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let input = data.to_vec();
+    let server = std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
         };
-        at += used;
-        if let ReplyHeader::Chunk(c) = header {
-            let mut f = Fields::new(&data[at..]);
-            let Ok(body) = f.take(c.length as usize) else {
-                break;
-            };
-            let mut fields = Fields::new(body);
-            let _ = fields.u32();
-            let _ = fields.u32();
-            at += c.length as usize;
-        }
+        let mut reader = stream.try_clone().expect("clone");
+        let socket = Socket::new(stream);
+        let _ = socket.write_all(&input, Instant::now() + Duration::from_secs(2));
+        // Half-close: the client sees the end of the stream and fails what still waits.
+        // SAFETY: shutdown on a descriptor `socket` owns; it does not close it.
+        unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) };
+        let mut sink = [0u8; 64 << 10];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let options = NbdOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(2),
+    };
+    let uri = format!("nbd+unix:///d?socket={}", path.display());
+    if let Ok(dev) = NbdDevice::open(&uri, options) {
+        let len = dev.len().min(8192) as usize;
+        let mut buf = vec![0u8; len];
+        let _ = dev.read_at(&mut buf, 0);
+        let _ = dev.write_at(&buf, 0);
+        let _ = dev.flush();
+        let _ = dev.discard(0, len as u64);
+        drop(dev);
+    } else {
+        // Unblock accept if the client never connected.
+        let _ = UnixStream::connect(&path);
     }
+    let _ = server.join();
 }
