@@ -389,6 +389,26 @@ fn bad_nbd_traffic_gets_errors_and_leaves_the_disks_serving() {
     r.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert!(r.closed());
 
+    // A client stalled halfway through its handshake and one stalled halfway through a request
+    // hold only their own connections.
+    let mut stalled = Raw::connect(&keeld);
+    stalled.s.write_all(&wire::IHAVEOPT.to_be_bytes()).unwrap();
+    let mut half = Raw::connect(&keeld);
+    assert_eq!(*half.go("a").last().unwrap(), rep::ACK);
+    half.s
+        .write_all(
+            &Request {
+                flags: 0,
+                command: cmd::WRITE,
+                cookie: 1,
+                offset: 0,
+                length: 65536,
+            }
+            .encode(),
+        )
+        .unwrap();
+    half.s.write_all(&[0xaa; 1000]).unwrap();
+
     // The neighbour disk, and the export itself, still serve.
     assert_eq!(b.read(0, 0, 4096).unwrap(), vec![0x11; 4096]);
     qemu(
