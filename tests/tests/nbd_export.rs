@@ -568,3 +568,34 @@ fn tcp_export_when_nbd_listen_is_set() {
     // No unix socket was asked for, none is made.
     assert!(!keeld.dir().join("nbd.sock").exists());
 }
+
+#[test]
+fn connections_beyond_the_cap_are_closed_and_room_comes_back() {
+    use keel_backend::nbd::server::MAX_CONNECTIONS;
+    let keeld = InProcess::start(&with_nbd(&raw_disk("c", "8M", "")));
+    let sock = keeld.dir().join("nbd.sock");
+    // Each is greeted, then holds its slot by saying nothing.
+    let held: Vec<Raw> = (0..MAX_CONNECTIONS).map(|_| Raw::connect(&keeld)).collect();
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    let mut b = [0u8; 18];
+    assert!(
+        matches!(extra.read(&mut b), Ok(0) | Err(_)),
+        "a connection over the cap was served"
+    );
+    drop(held);
+    // Once the held connections are gone, clients are served again.
+    let mut served = false;
+    for _ in 0..500 {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        if matches!(s.read(&mut b), Ok(n) if n > 0) {
+            served = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(served);
+    qemu(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 0 0 4k", &uri(&keeld, "c")],
+    );
+}
