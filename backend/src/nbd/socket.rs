@@ -119,7 +119,7 @@ impl Socket {
         Ok(())
     }
 
-    /// Writes every byte of `bufs` before `deadline`.
+    /// Writes every byte of `bytes` before `deadline`.
     pub fn write_all(&self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         while !bytes.is_empty() {
             // SAFETY: `bytes` is a valid slice for the duration of the call.
