@@ -7,4 +7,5 @@ pub mod chain;
 pub mod container;
 pub mod frontend;
 pub mod guest;
+pub mod nbd;
 pub mod seeds;

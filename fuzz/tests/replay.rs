@@ -44,3 +44,15 @@ fn container_corpus() {
     let n = replay("container", keel_fuzz::container::run);
     assert!(n > 0, "no container inputs found");
 }
+
+#[test]
+fn nbd_server_corpus() {
+    let n = replay("nbd_server", keel_fuzz::nbd::run_server);
+    assert!(n > 0, "no nbd_server inputs found");
+}
+
+#[test]
+fn nbd_reply_corpus() {
+    let n = replay("nbd_reply", keel_fuzz::nbd::run_replies);
+    assert!(n > 0, "no nbd_reply inputs found");
+}

@@ -77,6 +77,10 @@ pub struct ServerConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Unix socket (mode 0600) where keeld exports its disks over NBD.
+    pub nbd_socket: Option<PathBuf>,
+    /// TCP address where keeld exports its disks over NBD, unauthenticated; off unless set.
+    pub nbd_listen: Option<std::net::SocketAddr>,
 }
 
 /// `log_format`: plain text (to the journal natively under systemd), or JSON lines.
@@ -137,6 +141,8 @@ struct RawServer {
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     log_format: Option<Spanned<String>>,
+    nbd_socket: Option<Spanned<String>>,
+    nbd_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -277,11 +283,35 @@ impl Checker<'_> {
                 }
             },
         };
+        let nbd_socket = match &raw.server.nbd_socket {
+            Some(s) => {
+                let path = self.resolve(s.get_ref());
+                self.check_socket(&path, s.span(), "nbd_socket")?;
+                sockets.insert(path.display().to_string(), self.line_of(s.span()));
+                Some(path)
+            }
+            None => None,
+        };
+        let nbd_listen = match &raw.server.nbd_listen {
+            None => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                self.err(
+                    s.span(),
+                    "nbd_listen",
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:10809\"",
+                        s.get_ref()
+                    ),
+                )
+            })?),
+        };
         let server = ServerConfig {
             log_format,
             control_socket,
             log_level: raw.server.log_level.map(Spanned::into_inner),
             metrics_listen,
+            nbd_socket,
+            nbd_listen,
         };
         let mut disks = Vec::with_capacity(raw.disk.len());
         let mut names = HashMap::new();

@@ -461,3 +461,28 @@ fn bad_metrics_listen_and_log_format_are_refused() {
     let (_d, r) = parse(&format!("[server]\nlog_format = \"xml\"\n{NULL_DISK}"));
     assert_invalid(r, "log_format", 2);
 }
+
+#[test]
+fn nbd_keys_resolve_and_parse() {
+    let (dir, r) = parse(&format!(
+        "[server]\nnbd_socket = \"run/nbd.sock\"\nnbd_listen = \"127.0.0.1:10809\"\n{NULL_DISK}"
+    ));
+    let c = r.unwrap();
+    assert_eq!(c.server.nbd_socket, Some(dir.path().join("run/nbd.sock")));
+    assert_eq!(
+        c.server.nbd_listen,
+        Some("127.0.0.1:10809".parse().unwrap())
+    );
+    let (_d, r) = parse(&format!("[server]\n{NULL_DISK}"));
+    let c = r.unwrap();
+    assert_eq!((c.server.nbd_socket, c.server.nbd_listen), (None, None));
+}
+
+#[test]
+fn nbd_listen_must_be_an_address_and_port() {
+    for bad in ["localhost", "10809", "127.0.0.1", "[::1]", "1.2.3.4:99999"] {
+        let (_d, r) = parse(&format!("[server]\nnbd_listen = \"{bad}\"\n{NULL_DISK}"));
+        let m = assert_invalid(r, "nbd_listen", 2);
+        assert!(m.contains("address:port"), "{m}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::config::{Config, DiskConfig};
 use crate::control::ControlServer;
 use crate::control::metrics_listener::MetricsListener;
 use crate::engine::EngineError;
+use crate::nbd::{self, Exports, NbdServer};
 use crate::service::Activation;
 use crate::vhost::server::ServerError;
 use crate::vhost::stats::DiskStats;
@@ -41,6 +42,8 @@ pub enum DaemonError {
     Engine { disk: String, source: EngineError },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("NBD server: {0}")]
+    Nbd(std::io::Error),
     #[error("metrics_listen {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -66,6 +69,9 @@ pub struct Daemon {
     control: Option<ControlServer>,
     /// The `metrics_listen` TCP listener, when configured.
     metrics: Option<MetricsListener>,
+    /// The disks exported over NBD (every served disk), and the server, when configured.
+    exports: Arc<Exports>,
+    nbd: Option<NbdServer>,
     /// Held from the name check to the insert, so two starts of one name cannot both pass.
     starting: std::sync::Mutex<()>,
     /// The config the disks were started from (changed by [`Daemon::reload`]).
@@ -86,9 +92,13 @@ impl Daemon {
         let mut served = Vec::with_capacity(config.disks.len());
         let mut failed = Vec::new();
         let mut first_error = None;
+        let exports = Arc::new(Exports::default());
         for disk in &config.disks {
             match start_disk_on(disk, activation.take(&disk.name)) {
-                Ok(d) => served.push(d),
+                Ok(d) => {
+                    exports.add(disk, Arc::clone(d.engine()));
+                    served.push(d);
+                }
                 Err(e) => {
                     error!("{e}; this disk is not served");
                     failed.push(FailedDisk {
@@ -125,11 +135,14 @@ impl Daemon {
             ),
             None => None,
         };
+        let nbd = nbd::start(&config.server, Arc::clone(&exports)).map_err(DaemonError::Nbd)?;
         info!("serving {count} disk(s)");
         Ok(Self {
             disks,
             control,
             metrics,
+            exports,
+            nbd,
             starting: std::sync::Mutex::default(),
             config: config.clone(),
         })
@@ -147,11 +160,13 @@ impl Daemon {
             return Err(DaemonError::Exists(config.name.clone()));
         }
         let disk = start_disk(config)?;
+        self.exports.add(config, Arc::clone(disk.engine()));
         Ok(self.disks.insert(disk)?)
     }
 
     /// Stops serving disk `name`: no new connections, in-flight I/O finished, writes flushed.
     pub fn stop_disk(&self, name: &str) -> Result<(), DaemonError> {
+        self.exports.remove(name);
         let stopped = self.disks.stop(name).map_err(|m| match m {
             Missing::Poisoned => DaemonError::Poisoned,
             Missing::Unknown | Missing::Failed(_) => DaemonError::NotFound(name.to_string()),
@@ -188,6 +203,7 @@ impl Daemon {
     pub fn shutdown(mut self) -> Result<(), DaemonError> {
         drop(self.metrics.take());
         drop(self.control.take());
+        drop(self.nbd.take());
         let mut first = None;
         for (disk, source) in self.disks.stop_all() {
             error!("disk {disk}: flush at shutdown failed: {source}");

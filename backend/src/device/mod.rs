@@ -6,6 +6,7 @@
 mod file;
 pub mod lock;
 pub mod mirror;
+pub mod nbd;
 
 pub use file::FileDevice;
 #[cfg(any(test, feature = "testing"))]

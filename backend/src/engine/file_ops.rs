@@ -162,6 +162,50 @@ fn write_zero_blocks(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// fdatasync, retried on EINTR.
+/// The data and holes of `[offset, offset + len)` in a file, found with SEEK_DATA/SEEK_HOLE;
+/// `None` where the file system (or a block device) does not tell. At most `max` extents.
+pub fn extents(fd: RawFd, offset: u64, len: u64, max: usize) -> Option<Vec<super::Extent>> {
+    let seek = |pos: u64, whence| {
+        // SAFETY: lseek on a descriptor the caller keeps open; it touches no memory. Keel's
+        // file I/O is positional, so moving the file offset disturbs no other request.
+        let r = unsafe { libc::lseek(fd, i64::try_from(pos).ok()?, whence) };
+        if r >= 0 {
+            Some(Ok(r as u64))
+        } else {
+            Some(Err(io::Error::last_os_error()))
+        }
+    };
+    let end = offset.checked_add(len)?;
+    let mut out: Vec<super::Extent> = Vec::new();
+    let mut pos = offset;
+    while pos < end && out.len() < max {
+        let data = match seek(pos, libc::SEEK_DATA)? {
+            Ok(d) => d.min(end),
+            // No data after `pos`: a hole to the end of the file.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+            Err(_) => return None,
+        };
+        if data > pos {
+            out.push(super::Extent {
+                len: data - pos,
+                hole: true,
+            });
+            pos = data;
+            continue;
+        }
+        let hole = seek(pos, libc::SEEK_HOLE)?.ok()?.min(end);
+        if hole <= pos {
+            return None;
+        }
+        out.push(super::Extent {
+            len: hole - pos,
+            hole: false,
+        });
+        pos = hole;
+    }
+    Some(out)
+}
+
 pub fn datasync(fd: RawFd) -> io::Result<()> {
     loop {
         // SAFETY: plain system call on an fd.

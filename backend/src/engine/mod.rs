@@ -53,6 +53,13 @@ pub struct ByteRange {
     pub len: u64,
 }
 
+/// A piece of the disk as allocation queries report it: data, or a hole that reads as zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub hole: bool,
+}
+
 /// A range to zero; with `unmap` the engine may deallocate it instead of writing zeroes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZeroRange {
@@ -174,6 +181,22 @@ pub trait Engine: Send + Sync {
     /// Snapshots, mirrors and engine counters, for engines that have them.
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         None
+    }
+
+    /// Which parts of `range` (inside the disk) hold data and which are holes, from its start,
+    /// for tools that skip holes (NBD block status). May describe less than the whole range, at
+    /// least one extent. `None` when the engine cannot tell: everything then counts as data.
+    fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
+        let _ = range;
+        None
+    }
+
+    /// A read-only view of snapshot `name`, served as a disk of its own (NBD `DISK@SNAPSHOT`).
+    fn snapshot(&self, name: &str) -> Result<Arc<dyn Engine>, EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "{} has no snapshot {name:?} to serve",
+            self.describe()
+        )))
     }
 
     /// Grows the disk to at least `size` bytes while it is served; returns the new capacity.

@@ -19,7 +19,10 @@ use log::{info, warn};
 use super::file_ops::{self, Direction, PUNCH_HOLE, ZERO_RANGE};
 use super::sync_queue::{RunRequest, SyncQueue};
 use super::uring_queue::UringQueue;
-use super::{Capabilities, Engine, EngineError, IoOp, IoRequest, QueueEngine};
+use super::{ByteRange, Capabilities, Engine, EngineError, Extent, IoOp, IoRequest, QueueEngine};
+
+/// Most extents one allocation query reports (the rest is asked for again).
+const MAX_EXTENTS: usize = 1024;
 use crate::config::DiskConfig;
 use crate::device::lock::{LockMode, lock_path};
 use crate::store::diff_file::is_container_start;
@@ -378,6 +381,15 @@ impl Engine for RawEngine {
             }
         }
         Ok(Box::new(SyncQueue::new(Arc::clone(&self.files))))
+    }
+
+    fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
+        file_ops::extents(
+            self.files.buffered.as_raw_fd(),
+            range.offset,
+            range.len,
+            MAX_EXTENTS,
+        )
     }
 
     fn flush(&self) -> Result<(), EngineError> {

@@ -77,6 +77,28 @@ impl Store {
         self.plan_read_unchecked(offset, len)
     }
 
+    /// Which blocks of `[offset, offset + len)` are mapped, as runs of `(bytes, mapped)` from
+    /// `offset`; scans at most `max_blocks` blocks (the runs then end early).
+    pub fn allocation(&self, offset: u64, len: u64, max_blocks: u64) -> Vec<(u64, bool)> {
+        let end = offset.saturating_add(len).min(self.capacity());
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let st = read(&self.state);
+        let mut pos = offset;
+        let mut scanned = 0;
+        while pos < end && scanned < max_blocks {
+            let lba = pos / BLOCK;
+            let next = ((lba + 1) * BLOCK).min(end);
+            let mapped = st.maps.lookup(lba).is_some();
+            match runs.last_mut() {
+                Some((bytes, m)) if *m == mapped => *bytes += next - pos,
+                _ => runs.push((next - pos, mapped)),
+            }
+            pos = next;
+            scanned += 1;
+        }
+        runs
+    }
+
     pub(super) fn plan_read_unchecked(&self, offset: u64, len: u64) -> Result<ReadPlan> {
         let mut pins = PinGuard::new(&self.pins);
         let mut blocks = Vec::new();

@@ -8,10 +8,11 @@
 
 mod queue;
 mod ring;
+mod snapshot_view;
 
 use super::{
-    AdminError, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, MirrorCommand,
-    QueueEngine, mirrored,
+    AdminError, ByteRange, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, Extent,
+    MirrorCommand, QueueEngine, mirrored,
 };
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
@@ -286,6 +287,23 @@ impl Engine for KeelEngine {
 
     fn admin(&self) -> Option<&dyn EngineAdmin> {
         Some(self)
+    }
+
+    fn snapshot(&self, name: &str) -> Result<Arc<dyn Engine>, EngineError> {
+        Ok(Arc::new(snapshot_view::SnapshotView::open(
+            Arc::clone(&self.store),
+            name,
+        )?))
+    }
+
+    fn allocation(&self, range: ByteRange) -> Option<Vec<Extent>> {
+        // 16384 blocks (64 MiB) per query keeps one answer's map walk short.
+        let runs = self.store.allocation(range.offset, range.len, 16384);
+        Some(
+            runs.into_iter()
+                .map(|(len, mapped)| Extent { len, hole: !mapped })
+                .collect(),
+        )
     }
 }
 
