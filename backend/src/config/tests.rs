@@ -464,9 +464,14 @@ fn bad_metrics_listen_and_log_format_are_refused() {
 
 #[test]
 fn nbd_keys_resolve_and_parse() {
-    let (dir, r) = parse(&format!(
-        "[server]\nnbd_socket = \"run/nbd.sock\"\nnbd_listen = \"127.0.0.1:10809\"\n{NULL_DISK}"
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    let r = parse_in(
+        dir.path(),
+        &format!(
+            "[server]\nnbd_socket = \"run/nbd.sock\"\nnbd_listen = \"127.0.0.1:10809\"\n{NULL_DISK}"
+        ),
+    );
     let c = r.unwrap();
     assert_eq!(c.server.nbd_socket, Some(dir.path().join("run/nbd.sock")));
     assert_eq!(
@@ -476,6 +481,11 @@ fn nbd_keys_resolve_and_parse() {
     let (_d, r) = parse(&format!("[server]\n{NULL_DISK}"));
     let c = r.unwrap();
     assert_eq!((c.server.nbd_socket, c.server.nbd_listen), (None, None));
+    // Like the control socket, its directory must exist.
+    let (_d, r) = parse(&format!(
+        "[server]\nnbd_socket = \"gone/nbd.sock\"\n{NULL_DISK}"
+    ));
+    assert_invalid(r, "nbd_socket", 2);
 }
 
 #[test]
