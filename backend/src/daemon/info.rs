@@ -6,6 +6,7 @@ use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody, OpLate
 
 use super::disks::FailedDisk;
 use super::served::ServedDisk;
+use crate::config::DiskConfig;
 use crate::control::ApiError;
 use crate::engine::EngineAdmin;
 use crate::store::Store;
@@ -13,24 +14,11 @@ use crate::vhost::stats::LatencyOp;
 
 impl ServedDisk {
     pub(super) fn info(&self) -> DiskInfo {
-        let c = &self.config;
         DiskInfo {
-            name: c.name.clone(),
-            engine: c.engine.name().to_string(),
-            socket: c.socket.display().to_string(),
-            paths: c
-                .backing_paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
             size: self.engine().capacity(),
-            read_only: c.read_only,
-            queues: c.queues,
-            serial: c.serial.clone(),
             connected: self.attached(),
-            state: DiskState::Serving,
-            error: None,
             space: self.engine().admin().and_then(|a| a.space()),
+            ..configured(&self.config, DiskState::Serving)
         }
     }
 
@@ -105,25 +93,32 @@ impl ServedDisk {
 
 impl FailedDisk {
     pub(super) fn info(&self) -> DiskInfo {
-        let c = &self.config;
         DiskInfo {
-            name: c.name.clone(),
-            engine: c.engine.name().to_string(),
-            socket: c.socket.display().to_string(),
-            paths: c
-                .backing_paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            size: 0,
-            read_only: c.read_only,
-            queues: c.queues,
-            serial: c.serial.clone(),
-            connected: false,
-            state: DiskState::Failed,
             error: Some(self.reason.clone()),
-            space: None,
+            ..configured(&self.config, DiskState::Failed)
         }
+    }
+}
+
+/// What the config says of a disk, in `state`; nothing measured yet.
+fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
+    DiskInfo {
+        name: c.name.clone(),
+        engine: c.engine.name().to_string(),
+        socket: c.socket.display().to_string(),
+        paths: c
+            .backing_paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        size: 0,
+        read_only: c.read_only,
+        queues: c.queues,
+        serial: c.serial.clone(),
+        connected: false,
+        state,
+        error: None,
+        space: None,
     }
 }
 

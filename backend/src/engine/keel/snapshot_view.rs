@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::engine::sync_queue::{RunRequest, SyncQueue};
 use crate::engine::{
-    ByteRange, Capabilities, Completion, Engine, EngineError, Extent, IoOp, IoRequest, QueueEngine,
+    ByteRange, Capabilities, Engine, EngineError, Extent, IoOp, IoRequest, QueueEngine,
 };
 use crate::store::diff::TreeRef;
 use crate::store::layout::BLOCK;
@@ -69,11 +70,10 @@ impl Engine for SnapshotView {
     }
 
     fn queue(&self, _index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
-        Ok(Box::new(SnapshotQueue {
+        Ok(Box::new(SyncQueue::new(SnapshotQueue {
             store: Arc::clone(&self.store),
             blocks: Arc::clone(&self.blocks),
-            done: Vec::new(),
-        }))
+        })))
     }
 
     fn flush(&self) -> Result<(), EngineError> {
@@ -101,11 +101,10 @@ impl Engine for SnapshotView {
     }
 }
 
-/// Reads run to completion inside `submit`.
+/// Reads run to completion inside `submit` (a [`SyncQueue`]).
 struct SnapshotQueue {
     store: Arc<Store>,
     blocks: Arc<BTreeMap<u64, u64>>,
-    done: Vec<Completion>,
 }
 
 impl SnapshotQueue {
@@ -126,30 +125,12 @@ impl SnapshotQueue {
     }
 }
 
-impl QueueEngine for SnapshotQueue {
-    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
-        for mut req in batch.drain(..) {
-            let result = match req.op {
-                IoOp::Read { offset } => self.read(offset, &mut req),
-                IoOp::Flush => Ok(()),
-                ref op => Err(EngineError::ReadOnly { op: op.name() }),
-            };
-            self.done.push(Completion {
-                token: req.token,
-                result,
-            });
+impl RunRequest for SnapshotQueue {
+    fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError> {
+        match req.op {
+            IoOp::Read { offset } => self.read(offset, req),
+            IoOp::Flush => Ok(()),
+            ref op => Err(EngineError::ReadOnly { op: op.name() }),
         }
-    }
-
-    fn reap(&mut self, done: &mut Vec<Completion>) {
-        done.append(&mut self.done);
-    }
-
-    fn wait(&mut self, done: &mut Vec<Completion>) {
-        self.reap(done);
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
     }
 }
