@@ -40,6 +40,20 @@ struct Live {
     count: AtomicUsize,
 }
 
+impl Live {
+    /// Shuts every open connection down, so its thread sees the end and exits.
+    fn shut_down_all(&self) {
+        for (_, s) in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            s.shut_down();
+        }
+    }
+}
+
 /// A running NBD server; dropping it closes the listeners and ends every connection (after
 /// the requests in flight finish).
 pub struct NbdServer {
@@ -93,15 +107,7 @@ impl NbdServer {
 impl Drop for NbdServer {
     fn drop(&mut self) {
         drop(self.waker.take());
-        for (_, s) in self
-            .live
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            s.shut_down();
-        }
+        self.live.shut_down_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -147,15 +153,7 @@ impl Acceptor {
             }
             self.threads.retain(|t| !t.is_finished());
         }
-        for (_, s) in self
-            .live
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            s.shut_down();
-        }
+        self.live.shut_down_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
