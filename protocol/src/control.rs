@@ -31,6 +31,18 @@ pub struct DiskInfo {
     /// Where the container's space goes (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceReport>,
+    /// A clone's copy while it runs (state `cloning`) or after it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<CloneProgress>,
+}
+
+/// How far a clone's copy has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneProgress {
+    /// `disk@snapshot` the clone copies.
+    pub source: String,
+    pub copied_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// A configured disk's state.
@@ -42,6 +54,8 @@ pub enum DiskState {
     Serving,
     /// It could not be opened (see `error`); the other disks are served without it.
     Failed,
+    /// A clone still copying its snapshot (see `clone`); served once the copy is done.
+    Cloning,
 }
 
 /// How close a keel container is to running out of space.
@@ -222,8 +236,11 @@ pub struct CloneAnswer {
     pub path: String,
     /// Its vhost-user socket, beside the source's.
     pub socket: String,
-    /// Blocks copied (those the snapshot maps).
+    /// Blocks to copy (those the snapshot maps).
     pub blocks: u64,
+    /// `cloning` while the copy runs in the background; follow it in `GET /v1/disks/{disk}`.
+    #[serde(default)]
+    pub state: DiskState,
 }
 
 /// `POST /v1/disks/{disk}/resize`

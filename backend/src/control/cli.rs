@@ -8,8 +8,8 @@ use super::output::{Align, Table, format_size, format_time, print_json};
 use crate::config::{Config, check_disk_name, check_name};
 use crate::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::{
-    CloneAnswer, CloneDisk, CreateSnapshot, DiskInfo, DiskStats, MirrorOpBody, ResizeAnswer,
-    ResizeDisk, RevertSnapshot, SnapshotInfo,
+    CloneAnswer, CloneDisk, CreateSnapshot, DiskInfo, DiskState, DiskStats, MirrorOpBody,
+    ResizeAnswer, ResizeDisk, RevertSnapshot, SnapshotInfo,
 };
 use std::path::{Path, PathBuf};
 
@@ -148,13 +148,21 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
         ("space", Align::Left),
         ("socket", Align::Left),
     ]);
-    let mut failed = Vec::new();
+    let mut notes = Vec::new();
     for d in disks {
         let space = d.space.as_ref().map_or("-".to_string(), |s| {
             format!("{} {:.0}%", s.state.as_str(), s.used_percent)
         });
         if let Some(e) = &d.error {
-            failed.push(format!("{}: failed: {e}", d.name));
+            notes.push(format!("{}: failed: {e}", d.name));
+        } else if let (DiskState::Cloning, Some(p)) = (d.state, &d.clone) {
+            notes.push(format!(
+                "{}: cloning from {}, {} of {} copied",
+                d.name,
+                p.source,
+                format_size(p.copied_bytes),
+                format_size(p.total_bytes)
+            ));
         }
         t.row([
             d.name,
@@ -167,7 +175,7 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
         ]);
     }
     t.print();
-    for line in failed {
+    for line in notes {
         println!("{line}");
     }
     Ok(())
@@ -310,22 +318,46 @@ pub fn clone(
 ) -> Result<(), String> {
     check_disk_name(new_disk)?;
     let path = format!("{}/clone", served_disk(disk)?);
-    // keeld answers when the copy is done: a spinner (on a terminal) says it is under way.
-    let spinner = indicatif::ProgressBar::new_spinner()
-        .with_message(format!("cloning {disk}@{snapshot} into {new_disk}"));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let started = std::time::Instant::now();
-    let answer: Result<CloneAnswer, _> = c.post(
-        &path,
-        &CloneDisk {
-            snapshot: snapshot.into(),
-            new_disk: new_disk.into(),
-        },
+    let a: CloneAnswer = c
+        .post(
+            &path,
+            &CloneDisk {
+                snapshot: snapshot.into(),
+                new_disk: new_disk.into(),
+            },
+        )
+        .map_err(api)?;
+    // keeld copies in the background: follow the new disk until it is served or failed,
+    // with a progress bar on a terminal.
+    let bar = indicatif::ProgressBar::new(a.blocks * 4096)
+        .with_message(format!("cloning {disk}@{snapshot} into {new_disk}"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    spinner.finish_and_clear();
-    let a = answer.map_err(api)?;
+    let info = loop {
+        let info: DiskInfo = c.get(&served_disk(new_disk)?).map_err(api)?;
+        if let Some(p) = &info.clone {
+            bar.set_position(p.copied_bytes);
+        }
+        if info.state != DiskState::Cloning {
+            break info;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    bar.finish_and_clear();
+    if info.state == DiskState::Failed {
+        return Err(format!(
+            "clone of {disk}@{snapshot} into {new_disk} failed: {}",
+            info.error.unwrap_or_default()
+        ));
+    }
     if json {
-        return print_json(&a);
+        return print_json(&CloneAnswer {
+            state: info.state,
+            ..a
+        });
     }
     println!(
         "{} cloned from {disk}@{snapshot} ({} copied in {:.1} s) into {}, serving on {}; add it \

@@ -1,9 +1,8 @@
 //! The daemon's side of the control API: carries out calls over the disks it serves.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use keel_protocol::control::{ResizeAnswer, VersionInfo};
+use keel_protocol::control::{DiskInfo, ResizeAnswer, VersionInfo};
 use serde::Serialize;
 
 use super::disks::{DiskSet, FailedDisk, Missing, Poisoned};
@@ -18,15 +17,15 @@ use crate::store::{Store, StoreError};
 /// Carries out control calls over the daemon's disks.
 pub struct DaemonControl {
     pub(super) disks: Arc<DiskSet>,
-    /// Names of the clones being copied: held apart so a copy does not lock the disk list.
-    pub(super) cloning: Mutex<HashSet<String>>,
+    /// The clones being copied (or failed): held apart so a copy does not lock the disk list.
+    pub(super) cloning: super::clone::CloneJobs,
 }
 
 impl DaemonControl {
     pub fn new(disks: Arc<DiskSet>) -> Self {
         Self {
             disks,
-            cloning: Mutex::default(),
+            cloning: Default::default(),
         }
     }
 
@@ -104,17 +103,31 @@ impl ControlHandler for DaemonControl {
             }),
             ApiCall::ListDisks => {
                 let disks = self.disks.list().map_err(poisoned)?;
-                let served = disks.iter().map(|d| d.info());
+                let served: Vec<DiskInfo> = disks.iter().map(|d| d.info()).collect();
+                // A clone that just started serving is listed once, as served.
+                let cloning = self.clone_infos()?.into_iter();
+                let cloning = cloning.filter(|c| !served.iter().any(|s| s.name == c.name));
                 to_json(
                     served
+                        .iter()
+                        .cloned()
                         .chain(self.disks.failed().iter().map(FailedDisk::info))
+                        .chain(cloning)
                         .collect::<Vec<_>>(),
                 )
             }
             ApiCall::DiskInfo { disk } => {
-                match self.disks.failed().iter().find(|f| f.config.name == disk) {
-                    Some(f) => to_json(f.info()),
-                    None => to_json(self.disk(&disk)?.info()),
+                if let Some(f) = self.disks.failed().iter().find(|f| f.config.name == disk) {
+                    return to_json(f.info());
+                }
+                match self.disk(&disk) {
+                    Err(ApiError::NotFound(m)) => {
+                        match self.clone_infos()?.into_iter().find(|c| c.name == disk) {
+                            Some(c) => to_json(c),
+                            None => Err(ApiError::NotFound(m)),
+                        }
+                    }
+                    other => to_json(other?.info()),
                 }
             }
             ApiCall::DiskStats { disk } => to_json(self.disk(&disk)?.stats_body()),

@@ -88,12 +88,6 @@ impl DiskSet {
         Ok(disk)
     }
 
-    /// Whether nobody holds the list's lock now.
-    #[cfg(test)]
-    pub(super) fn is_unlocked(&self) -> bool {
-        self.served.try_write().is_ok()
-    }
-
     /// Takes `name` out of the set and stops it.
     pub fn stop(&self, name: &str) -> Result<Result<(), EngineError>, Missing> {
         let disk = {

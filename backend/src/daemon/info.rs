@@ -101,7 +101,7 @@ impl FailedDisk {
 }
 
 /// What the config says of a disk, in `state`; nothing measured yet.
-fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
+pub(super) fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
     DiskInfo {
         name: c.name.clone(),
         engine: c.engine.name().to_string(),
@@ -119,6 +119,7 @@ fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
         state,
         error: None,
         space: None,
+        clone: None,
     }
 }
 

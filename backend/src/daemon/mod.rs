@@ -72,6 +72,8 @@ pub struct Daemon {
     /// The disks exported over NBD (every served disk), and the server, when configured.
     exports: Arc<Exports>,
     nbd: Option<NbdServer>,
+    /// The control calls' side, which also runs clones' copies.
+    handler: Arc<DaemonControl>,
     /// Held from the name check to the insert, so two starts of one name cannot both pass.
     starting: std::sync::Mutex<()>,
     /// The config the disks were started from (changed by [`Daemon::reload`]).
@@ -130,7 +132,7 @@ impl Daemon {
         };
         let metrics = match config.server.metrics_listen {
             Some(addr) => Some(
-                MetricsListener::start(addr, handler as _)
+                MetricsListener::start(addr, Arc::clone(&handler) as _)
                     .map_err(|source| DaemonError::Metrics { addr, source })?,
             ),
             None => None,
@@ -143,6 +145,7 @@ impl Daemon {
             metrics,
             exports,
             nbd,
+            handler,
             starting: std::sync::Mutex::default(),
             config: config.clone(),
         })
@@ -204,6 +207,8 @@ impl Daemon {
         drop(self.metrics.take());
         drop(self.control.take());
         drop(self.nbd.take());
+        // A clone still copying stops and takes its partial container with it.
+        self.handler.finish_clones(true);
         let mut first = None;
         for (disk, source) in self.disks.stop_all() {
             error!("disk {disk}: flush at shutdown failed: {source}");

@@ -2,19 +2,37 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use keel_protocol::control::DiskState;
+
+use super::clone::CopyStep;
 use super::{DaemonControl, DiskSet, start_disk};
 use crate::config::Config;
 use crate::control::{ApiCall, ApiError, ControlHandler};
-use crate::store::StoreError;
+use crate::store::{Op, StoreError};
 
-/// A control API over one served keel disk `k` in `dir`, with a snapshot `gold`.
+/// A control API over one served keel disk `k` in `dir`, with a snapshot `gold` of two
+/// written blocks.
 fn control_over_k(dir: &Path) -> DaemonControl {
     let toml = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\n\
                 path = \"k.keel\"\nsize = \"4M\"\ndirect = false\n";
     let config = Config::parse(toml, &dir.join("keel.toml"), dir).unwrap();
     let served = start_disk(&config.disks[0]).unwrap();
     let control = DaemonControl::new(Arc::new(DiskSet::new(vec![served], Vec::new())));
+    let store = control.disk("k").unwrap().store().unwrap();
+    for (offset, byte) in [(0, 1u8), (1 << 20, 2)] {
+        let data = vec![byte; 4096];
+        store
+            .write_batch(
+                0,
+                &[Op::Write {
+                    offset,
+                    data: &data,
+                }],
+            )
+            .unwrap();
+    }
     control
         .call(ApiCall::CreateSnapshot {
             disk: "k".into(),
@@ -48,48 +66,70 @@ fn stop(control: &DaemonControl) {
     assert!(control.disks.stop_all().is_empty());
 }
 
-/// While a clone copies, another caller lists and snapshots the disks and clones under
-/// another name; the name being cloned is refused with a Conflict.
+/// The list entry of disk `name`.
+fn entry(control: &DaemonControl, name: &str) -> serde_json::Value {
+    control
+        .call(ApiCall::DiskInfo { disk: name.into() })
+        .unwrap()
+}
+
+/// A copy step that reports `progress` blocks, says so on `reported`, then waits for `go`
+/// before copying for real.
+fn held_copy(
+    progress: u64,
+    reported: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+) -> CopyStep {
+    Box::new(move |store, blocks, path, watch| {
+        watch.copied.store(progress, Ordering::Relaxed);
+        reported.send(()).unwrap();
+        go.recv().unwrap();
+        store.clone_into(blocks, path, watch)
+    })
+}
+
+/// The clone call answers at once; while the copy runs the new disk is listed as cloning with
+/// its progress, other calls answer, and the name is refused to a second clone; then it is
+/// served.
 #[test]
-fn other_calls_answer_while_a_clone_copies() {
+fn a_clone_copies_in_the_background_and_reports_its_progress() {
     let dir = tempfile::tempdir().unwrap();
     let control = control_over_k(dir.path());
+    let (go, wait) = std::sync::mpsc::channel();
+    let (reported, on_report) = std::sync::mpsc::channel();
     let answer = control
-        .clone_disk_with("k", "gold", "copy", |store, id, path| {
-            assert!(
-                control.disks.is_unlocked(),
-                "the copy runs without the disk list's lock"
-            );
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    assert_eq!(disk_names(&control), ["k"]);
-                    control
-                        .call(ApiCall::DiskStats { disk: "k".into() })
-                        .unwrap();
-                    control
-                        .call(ApiCall::CreateSnapshot {
-                            disk: "k".into(),
-                            name: "during".into(),
-                        })
-                        .unwrap();
-                    match clone(&control, "copy") {
-                        Err(ApiError::Conflict(m)) => {
-                            assert!(m.contains("being cloned"), "{m}")
-                        }
-                        other => panic!("a name being cloned was not refused: {other:?}"),
-                    }
-                    clone(&control, "other").unwrap();
-                })
-                .join()
-                .unwrap();
-            });
-            store.clone_snapshot(id, path)
+        .clone_disk_with("k", "gold", "copy", held_copy(1, reported, wait))
+        .unwrap();
+    on_report.recv().unwrap();
+    assert_eq!(answer.disk, "copy");
+    assert_eq!(answer.state, DiskState::Cloning);
+    assert_eq!(answer.blocks, 2, "the snapshot maps two blocks");
+
+    let e = entry(&control, "copy");
+    assert_eq!(e["state"], "cloning", "{e}");
+    assert_eq!(e["clone"]["source"], "k@gold", "{e}");
+    assert_eq!(e["clone"]["copied_bytes"], 4096, "{e}");
+    assert_eq!(e["clone"]["total_bytes"], 8192, "{e}");
+    assert_eq!(disk_names(&control), ["copy", "k"]);
+    control
+        .call(ApiCall::CreateSnapshot {
+            disk: "k".into(),
+            name: "during".into(),
         })
         .unwrap();
-    assert_eq!(answer.disk, "copy");
+    match clone(&control, "copy") {
+        Err(ApiError::Conflict(m)) => assert!(m.contains("being cloned"), "{m}"),
+        other => panic!("a name being cloned was not refused: {other:?}"),
+    }
+
+    go.send(()).unwrap();
+    control.finish_clones(false);
+    let e = entry(&control, "copy");
+    assert_eq!(e["state"], "serving", "{e}");
+    assert!(e.get("clone").is_none(), "{e}");
     assert!(dir.path().join("copy.keel").exists());
-    assert_eq!(disk_names(&control), ["copy", "k", "other"]);
-    assert!(control.cloning.lock().unwrap().is_empty());
+    assert!(dir.path().join("copy.sock").exists());
+    assert_eq!(disk_names(&control), ["copy", "k"]);
     match clone(&control, "copy") {
         Err(ApiError::Conflict(m)) => assert!(m.contains("disk copy exists"), "{m}"),
         other => panic!("a registered name was not refused: {other:?}"),
@@ -97,37 +137,83 @@ fn other_calls_answer_while_a_clone_copies() {
     stop(&control);
 }
 
-/// A failed copy takes its partial container and its name with it, so the same clone can
-/// be retried; a container someone else created meanwhile is left alone.
+/// A failed copy is listed as failed with its reason and takes its partial container with
+/// it, so the same clone can be retried; a container someone else created meanwhile is left
+/// alone.
 #[test]
-fn a_failed_clone_frees_its_name_and_container() {
+fn a_failed_clone_is_listed_and_frees_its_name_and_container() {
     let dir = tempfile::tempdir().unwrap();
     let control = control_over_k(dir.path());
     let container = dir.path().join("copy.keel");
 
-    let err = control
-        .clone_disk_with("k", "gold", "copy", |_, _, path| {
-            std::fs::write(path, b"half a container")?;
-            Err(StoreError::Failed)
-        })
-        .unwrap_err();
-    assert!(matches!(err, ApiError::Internal(_)), "{err:?}");
+    control
+        .clone_disk_with(
+            "k",
+            "gold",
+            "copy",
+            Box::new(|_, _, path, _| {
+                std::fs::write(path, b"half a container")?;
+                Err(StoreError::Failed)
+            }),
+        )
+        .unwrap();
+    control.finish_clones(false);
+    let e = entry(&control, "copy");
+    assert_eq!(e["state"], "failed", "{e}");
+    assert!(!e["error"].as_str().unwrap().is_empty(), "{e}");
     assert!(!container.exists(), "the partial container was left behind");
-    assert!(control.cloning.lock().unwrap().is_empty());
 
-    let err = control
-        .clone_disk_with("k", "gold", "copy", |store, id, path| {
-            std::fs::write(path, b"not this clone's")?;
-            store.clone_snapshot(id, path)
-        })
-        .unwrap_err();
-    assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+    control
+        .clone_disk_with(
+            "k",
+            "gold",
+            "copy",
+            Box::new(|store, blocks, path, watch| {
+                std::fs::write(path, b"not this clone's")?;
+                store.clone_into(blocks, path, watch)
+            }),
+        )
+        .unwrap();
+    control.finish_clones(false);
+    let e = entry(&control, "copy");
+    assert!(e["error"].as_str().unwrap().contains("exists"), "{e}");
     assert_eq!(std::fs::read(&container).unwrap(), b"not this clone's");
-    assert!(control.cloning.lock().unwrap().is_empty());
+    match clone(&control, "copy") {
+        Err(ApiError::Conflict(m)) => assert!(m.contains("copy.keel exists"), "{m}"),
+        other => panic!("a clone over an existing file was not refused: {other:?}"),
+    }
     std::fs::remove_file(&container).unwrap();
 
     clone(&control, "copy").unwrap();
+    control.finish_clones(false);
+    assert_eq!(entry(&control, "copy")["state"], "serving");
     assert_eq!(disk_names(&control), ["copy", "k"]);
+    stop(&control);
+}
+
+/// Shutting down stops a clone mid-copy and removes what it had written.
+#[test]
+fn shutdown_cancels_a_running_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_over_k(dir.path());
+    control
+        .clone_disk_with(
+            "k",
+            "gold",
+            "copy",
+            Box::new(|store, blocks, path, watch| {
+                while !watch.cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                store.clone_into(blocks, path, watch)
+            }),
+        )
+        .unwrap();
+    control.finish_clones(true);
+    let e = entry(&control, "copy");
+    assert_eq!(e["state"], "failed", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("cancelled"), "{e}");
+    assert!(!dir.path().join("copy.keel").exists());
     stop(&control);
 }
 

@@ -7,9 +7,10 @@
 //! new container has the source's capacity and no snapshots. A failed clone removes its file.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::diff::TreeRef;
-use super::error::Result;
+use super::diff::{ChangedBlock, TreeRef};
+use super::error::{Result, StoreError};
 use super::format::CreateOptions;
 use super::layout::BLOCK;
 use super::{Op, Store, StoreOptions};
@@ -17,24 +18,53 @@ use super::{Op, Store, StoreOptions};
 /// Blocks per copy batch.
 const BATCH: usize = 256;
 
+/// What a copy running on another thread shares with whoever watches it.
+#[derive(Debug, Default)]
+pub struct CloneWatch {
+    /// Blocks copied so far.
+    pub copied: AtomicU64,
+    /// Set to stop the copy at its next batch (keeld shutting down).
+    pub cancel: AtomicBool,
+}
+
 impl Store {
     /// Writes snapshot `id`'s contents into a new container at `path` (which must not exist).
     /// Returns the number of blocks copied.
     pub fn clone_snapshot(&self, id: u64, path: &Path) -> Result<u64> {
+        let blocks = self.clone_plan(id)?;
+        self.clone_into(&blocks, path, &CloneWatch::default())
+    }
+
+    /// The blocks a clone of snapshot `id` copies: those its tree maps.
+    pub fn clone_plan(&self, id: u64) -> Result<Vec<ChangedBlock>> {
         let blocks = self.diff(TreeRef::Empty, TreeRef::Snapshot(id))?.blocks;
+        Ok(blocks.into_iter().filter(|b| b.vba.is_some()).collect())
+    }
+
+    /// Copies `blocks` (from [`Self::clone_plan`]) into a new container at `path`, counting
+    /// them in `watch`. A failed or cancelled copy removes the file it created.
+    pub fn clone_into(
+        &self,
+        blocks: &[ChangedBlock],
+        path: &Path,
+        watch: &CloneWatch,
+    ) -> Result<u64> {
         Store::create_path(path, &CreateOptions::new(self.capacity()))?;
-        let copied = self.copy_blocks(&blocks, path);
+        let copied = self.copy_blocks(blocks, path, watch);
         if copied.is_err() {
             let _ = std::fs::remove_file(path);
         }
         copied
     }
 
-    fn copy_blocks(&self, blocks: &[super::diff::ChangedBlock], path: &Path) -> Result<u64> {
+    fn copy_blocks(&self, blocks: &[ChangedBlock], path: &Path, watch: &CloneWatch) -> Result<u64> {
         let target = Store::open_path(path, StoreOptions::default())?;
         let mut buf = vec![0u8; BATCH * BLOCK as usize];
         let mut copied = 0u64;
         for chunk in blocks.chunks(BATCH) {
+            if watch.cancel.load(Ordering::Relaxed) {
+                return Err(StoreError::Invalid("the clone was cancelled".into()));
+            }
             let mapped: Vec<(u64, u64)> = chunk
                 .iter()
                 .filter_map(|b| b.vba.map(|v| (b.lba, v)))
@@ -52,6 +82,7 @@ impl Store {
                 .collect();
             target.write_batch(0, &ops)?;
             copied += ops.len() as u64;
+            watch.copied.store(copied, Ordering::Relaxed);
         }
         target.flush()?;
         Ok(copied)

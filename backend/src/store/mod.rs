@@ -13,6 +13,7 @@ pub mod buf;
 mod checkpoint;
 mod cleaner;
 mod clone;
+pub use clone::CloneWatch;
 mod codec;
 pub mod diff;
 pub mod diff_file;
