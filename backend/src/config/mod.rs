@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod mirror;
 mod names;
 mod paths;
 mod size;
@@ -13,7 +14,7 @@ pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
 
-use paths::{canonical_if_exists, check_writable_dir, normalize};
+use paths::{canonical_if_exists, normalize};
 
 use std::collections::HashMap;
 use std::fs;
@@ -535,65 +536,6 @@ impl Checker<'_> {
             delay_us,
             space,
         })
-    }
-
-    /// `mirror` and `resync_chunk`: at least two distinct components, for raw and keel disks.
-    fn check_mirror(
-        &self,
-        raw: &RawDisk,
-        engine: EngineKind,
-        size: Option<u64>,
-    ) -> Result<(Vec<PathBuf>, u64), ConfigError> {
-        let chunk = match &raw.resync_chunk {
-            None => DEFAULT_RESYNC_CHUNK,
-            Some(v) => {
-                let bytes = v
-                    .get_ref()
-                    .to_bytes()
-                    .map_err(|m| self.err(v.span(), "resync_chunk", m))?;
-                if !bytes.is_power_of_two() || !(4096..=(64 << 20)).contains(&bytes) {
-                    return Err(self.err(
-                        v.span(),
-                        "resync_chunk",
-                        format!("{bytes} bytes is not a power of two between 4K and 64M"),
-                    ));
-                }
-                if raw.mirror.is_none() {
-                    return Err(self.err(
-                        v.span(),
-                        "resync_chunk",
-                        "only mirrored disks (`mirror = [...]`) have a resync chunk".into(),
-                    ));
-                }
-                bytes
-            }
-        };
-        let Some(list) = &raw.mirror else {
-            return Ok((Vec::new(), chunk));
-        };
-        let span = list.span();
-        if engine == EngineKind::Null {
-            return Err(self.err(span, "mirror", "the null engine stores nothing".into()));
-        }
-        let paths: Vec<PathBuf> = list.get_ref().iter().map(|p| self.resolve(p)).collect();
-        if paths.len() < 2 {
-            return Err(self.err(
-                span,
-                "mirror",
-                format!("needs at least 2 components, got {}", paths.len()),
-            ));
-        }
-        for (i, p) in paths.iter().enumerate() {
-            if paths[..i].contains(p) {
-                return Err(self.err(span, "mirror", format!("{} is named twice", p.display())));
-            }
-            let dir = p.parent().unwrap_or(Path::new("."));
-            check_writable_dir(dir).map_err(|m| self.err(span.clone(), "mirror", m))?;
-        }
-        if size.is_none() {
-            return Err(self.err(span, "size", "missing: a mirrored disk needs a size".into()));
-        }
-        Ok((paths, chunk))
     }
 }
 

@@ -440,9 +440,17 @@ fn mirror_table(s: &serde_json::Value) -> Table {
             })
             .unwrap_or_else(|| "-".into());
         let number = |k: &str| comp[k].as_u64().map_or("?".into(), |v| v.to_string());
+        let mut state = comp["state"].as_str().unwrap_or("?").to_string();
+        if let Some(r) = comp["reconnect"].as_object() {
+            let tries = r["attempts"].as_u64().unwrap_or(0);
+            let next = r["next_in_secs"].as_u64().unwrap_or(0);
+            state = format!("{state} (reconnecting: {tries} tries, next in {next} s)");
+        } else if comp["remote"] == true && state == "offline" && comp["why"].is_string() {
+            state = format!("{state} (reconnecting)");
+        }
         t.row([
             number("index"),
-            comp["state"].as_str().unwrap_or("?").to_string(),
+            state,
             number("last_lsn"),
             number("dirty_chunks"),
             progress,

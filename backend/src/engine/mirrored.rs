@@ -2,6 +2,7 @@
 
 use super::{AdminError, EngineError, MirrorCommand};
 use crate::config::DiskConfig;
+use crate::device::mirror::remote::is_remote;
 use crate::device::mirror::{MirrorConfig, MirrorDevice, MirrorError, ResyncScheduler};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -16,9 +17,13 @@ fn scheduler() -> Arc<ResyncScheduler> {
 }
 
 /// Opens the mirror of `disk` with `size` bytes per component (missing files are created sparse;
-/// if every component is new they are known to be equal and need no initial copy).
+/// if every component is a new local file they are known to be equal and need no initial
+/// copy; a remote export may hold anything, so it is copied onto in full the first time).
 pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineError> {
-    let all_new = disk.mirror.iter().all(|p| !p.exists());
+    let all_new = disk
+        .mirror
+        .iter()
+        .all(|p| !p.exists() && !is_remote(&p.to_string_lossy()));
     let mut mc = MirrorConfig::new(disk.name.clone(), disk.mirror.clone());
     mc.size = Some(size);
     mc.chunk_size = disk.resync_chunk;

@@ -5,7 +5,9 @@
 //!   one-bit-per-chunk bitmaps used for tracking, sync progress and delta presence.
 //! - [`view`]: the set's shared state (who is current, outages, resyncs, deltas) and the
 //!   choice of resync source; [`metadata`] persists it in A/B checksummed slots.
-//! - [`provider`]: where component devices come from (files + `.keelmirror` sidecars).
+//! - [`provider`]: where component devices come from (files + `.keelmirror` sidecars);
+//!   [`remote`]: components on another host over NBD, and `reconnect`, which brings them
+//!   back on their own.
 //! - `shared`: the state behind [`MirrorDevice`] and its locks; `open`: opening a set and
 //!   repairing an unclean stop; `write` and `read`: the data path and failover; `device`:
 //!   [`MirrorDevice`] itself; `ops`: offline, online, maintenance, replace, status; `resync`:
@@ -27,6 +29,8 @@ mod open;
 mod ops;
 pub mod provider;
 mod read;
+mod reconnect;
+pub mod remote;
 mod resync;
 pub mod scheduler;
 mod shared;
@@ -45,6 +49,7 @@ pub use config::{DEFAULT_CHUNK_SIZE, MirrorConfig, MirrorOptions};
 pub use device::MirrorDevice;
 pub use error::MirrorError;
 pub use provider::{ComponentDevices, DeviceProvider, FileProvider, sidecar_path};
+pub use reconnect::ReconnectStatus;
 pub use resync::ResyncOutcome;
 pub use scheduler::{ResyncPriority, ResyncScheduler};
 pub use state::ComponentState;

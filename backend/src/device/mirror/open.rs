@@ -9,7 +9,8 @@ use super::error::MirrorError;
 use super::fanout::FanOut;
 use super::lsn::LsnClock;
 use super::metadata::{MetadataStore, metadata_len};
-use super::provider::{DeviceProvider, FileProvider};
+use super::provider::DeviceProvider;
+use super::remote::{ComponentProvider, is_remote};
 use super::shared::{DeltaRuntime, Runtime, Shared, State, start_outage, still_failed};
 use super::state::ComponentState;
 use super::throttle::GuestActivity;
@@ -30,9 +31,10 @@ type LoadedView = Option<(MirrorView, usize)>;
 impl MirrorDevice {
     /// Opens a mirror of files, each with a `<path>.keelmirror` metadata sidecar.
     pub fn open(config: MirrorConfig) -> Result<Self, MirrorError> {
-        let provider = Arc::new(FileProvider {
-            direct: config.options.direct,
-        });
+        let provider = Arc::new(ComponentProvider::for_components(
+            &config.components,
+            config.options.direct,
+        ));
         Self::open_with(config, provider)
     }
 
@@ -91,6 +93,7 @@ impl MirrorDevice {
                 _ => None,
             },
             poisoned: AtomicBool::new(false),
+            reconnects: Default::default(),
         };
         let newest = newest_view(&loaded)?;
         let view = match newest {
@@ -144,6 +147,7 @@ impl MirrorDevice {
         for i in dev.pending_resyncs() {
             dev.queue_resync(i);
         }
+        super::reconnect::start(&dev.shared);
         Ok(dev)
     }
 }
@@ -521,12 +525,13 @@ fn attach_components(
         if rec.state.receives_writes() && !usable {
             let msg = format!("component {i} is unreachable at open");
             let chunks = len.div_ceil(chunk);
-            start_outage(
-                rec,
-                ComponentState::Failed,
-                rec.last_lsn,
-                ChunkBitmap::new(chunks),
-            );
+            // A remote one waits offline while it is reconnected.
+            let state = if is_remote(&rec.path) {
+                ComponentState::Offline
+            } else {
+                ComponentState::Failed
+            };
+            start_outage(rec, state, rec.last_lsn, ChunkBitmap::new(chunks));
             rec.failed_why = Some("unreachable at open".into());
             shared.event(msg);
         } else if rec.state == ComponentState::InSync && blank && st.view.generation > 0 {

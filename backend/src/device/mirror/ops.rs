@@ -117,80 +117,12 @@ impl Shared {
     }
 }
 
-impl MirrorDevice {
-    pub(super) fn queue_resync(&self, n: usize) {
-        self.shared.queue_resync(n);
-    }
-
-    /// Takes component `n` down on purpose; the others track what it misses.
-    pub fn offline(&self, n: usize) -> Result<(), MirrorError> {
-        let s = &self.shared;
-        let _gate = s.write_gate();
-        let mut st = s.lock_state();
-        s.take_down(&mut st, n, ComponentState::Offline, "offline")?;
-        s.persist(&mut st)?;
-        s.event(format!("component {n} taken offline"));
-        Ok(())
-    }
-
-    /// Takes component `n` down for maintenance with a delta component at `delta_path` (a
-    /// new sparse file) that takes its writes, so new data keeps two copies meanwhile.
-    pub fn maintenance(&self, n: usize, delta_path: &Path) -> Result<(), MirrorError> {
-        let s = &self.shared;
-        let _gate = s.write_gate();
-        let mut st = s.lock_state();
-        let current = Shared::state_of(&st, n)?;
-        if current != ComponentState::InSync || st.view.delta_for(n).is_some() {
-            return Err(MirrorError::WrongState {
-                index: n,
-                state: current,
-                operation: "maintenance",
-                wanted: "in_sync without a delta",
-            });
-        }
-        if st.view.in_sync().all(|i| i == n) {
-            return Err(MirrorError::LastInSync(n));
-        }
-        let dev = s
-            .provider
-            .open(delta_path, Some(s.len), s.meta_len)
-            .map_err(|e| MirrorError::io(format!("creating delta {}", delta_path.display()), e))?;
-        s.take_down(&mut st, n, ComponentState::Maintenance, "maintenance")?;
-        let start_lsn = st
-            .view
-            .components
-            .get(n)
-            .and_then(|c| c.outage.as_ref())
-            .map_or(0, |o| o.start_lsn);
-        let chunks = st.view.chunks();
-        st.view.deltas.push(DeltaRecord {
-            for_component: n,
-            path: delta_path.to_string_lossy().into_owned(),
-            start_lsn,
-            present: ChunkBitmap::new(chunks),
-            durable: ChunkBitmap::new(chunks),
-            failed: false,
-        });
-        st.deltas.insert(
-            n,
-            DeltaRuntime {
-                data: dev.data,
-                meta: MetadataStore::new(dev.meta),
-            },
-        );
-        s.persist(&mut st)?;
-        s.event(format!(
-            "component {n} in maintenance, delta at {}",
-            delta_path.display()
-        ));
-        Ok(())
-    }
-
+impl Shared {
     /// Brings an offline, failed or maintained component back: reads its stale LSN from its
     /// own metadata, picks the source whose tracking bitmap covers it with the least work,
     /// and queues the resync (it takes writes from now on).
-    pub fn online(&self, n: usize) -> Result<(), MirrorError> {
-        let s = &self.shared;
+    pub(super) fn online(self: &Arc<Self>, n: usize) -> Result<(), MirrorError> {
+        let s = self;
         {
             let _gate = s.write_gate();
             let mut st = s.lock_state();
@@ -267,6 +199,83 @@ impl MirrorDevice {
         }
         self.queue_resync(n);
         Ok(())
+    }
+}
+
+impl MirrorDevice {
+    pub(super) fn queue_resync(&self, n: usize) {
+        self.shared.queue_resync(n);
+    }
+
+    /// Takes component `n` down on purpose; the others track what it misses.
+    pub fn offline(&self, n: usize) -> Result<(), MirrorError> {
+        let s = &self.shared;
+        let _gate = s.write_gate();
+        let mut st = s.lock_state();
+        s.take_down(&mut st, n, ComponentState::Offline, "offline")?;
+        s.persist(&mut st)?;
+        s.event(format!("component {n} taken offline"));
+        Ok(())
+    }
+
+    /// Takes component `n` down for maintenance with a delta component at `delta_path` (a
+    /// new sparse file) that takes its writes, so new data keeps two copies meanwhile.
+    pub fn maintenance(&self, n: usize, delta_path: &Path) -> Result<(), MirrorError> {
+        let s = &self.shared;
+        let _gate = s.write_gate();
+        let mut st = s.lock_state();
+        let current = Shared::state_of(&st, n)?;
+        if current != ComponentState::InSync || st.view.delta_for(n).is_some() {
+            return Err(MirrorError::WrongState {
+                index: n,
+                state: current,
+                operation: "maintenance",
+                wanted: "in_sync without a delta",
+            });
+        }
+        if st.view.in_sync().all(|i| i == n) {
+            return Err(MirrorError::LastInSync(n));
+        }
+        let dev = s
+            .provider
+            .open(delta_path, Some(s.len), s.meta_len)
+            .map_err(|e| MirrorError::io(format!("creating delta {}", delta_path.display()), e))?;
+        s.take_down(&mut st, n, ComponentState::Maintenance, "maintenance")?;
+        let start_lsn = st
+            .view
+            .components
+            .get(n)
+            .and_then(|c| c.outage.as_ref())
+            .map_or(0, |o| o.start_lsn);
+        let chunks = st.view.chunks();
+        st.view.deltas.push(DeltaRecord {
+            for_component: n,
+            path: delta_path.to_string_lossy().into_owned(),
+            start_lsn,
+            present: ChunkBitmap::new(chunks),
+            durable: ChunkBitmap::new(chunks),
+            failed: false,
+        });
+        st.deltas.insert(
+            n,
+            DeltaRuntime {
+                data: dev.data,
+                meta: MetadataStore::new(dev.meta),
+            },
+        );
+        s.persist(&mut st)?;
+        s.event(format!(
+            "component {n} in maintenance, delta at {}",
+            delta_path.display()
+        ));
+        Ok(())
+    }
+
+    /// Brings an offline, failed or maintained component back: reads its stale LSN from its
+    /// own metadata, picks the source whose tracking bitmap covers it with the least work,
+    /// and queues the resync (it takes writes from now on).
+    pub fn online(&self, n: usize) -> Result<(), MirrorError> {
+        self.shared.online(n)
     }
 
     /// Replaces component `n` with a new device at `new_path` (created sparse if absent) and
@@ -396,6 +405,9 @@ impl MirrorDevice {
                     dirty_chunks: outage.map_or(0, |o| o.tracking.count_ones()),
                     resync,
                     resync_bytes_copied: rt.counters.bytes_copied,
+                    remote: super::remote::is_remote(&rec.path),
+                    reconnect: s.reconnects.status(i),
+                    why: rec.failed_why.clone(),
                 }
             })
             .collect();

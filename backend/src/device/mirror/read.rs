@@ -1,26 +1,36 @@
-//! The mirror's read path: the lowest-numbered component holding current data for the range,
-//! falling over to the next on error.
+//! The mirror's read path: the lowest-numbered local component holding current data for the
+//! range (remote ones after the local ones), falling over to the next on error.
 
 use super::error::MirrorError;
+use super::remote::is_remote;
 use super::shared::{Shared, State, Target};
 use crate::device::BlockDevice;
 use std::io;
 use std::sync::Arc;
 
 impl Shared {
-    /// Devices that hold current data for all of `first..=last`, in preference order.
+    /// Devices that hold current data for all of `first..=last`, in preference order: local
+    /// components before remote ones, each in index order.
     pub(super) fn read_sources(
         st: &State,
         first: u64,
         last: u64,
     ) -> Vec<(Target, Arc<dyn BlockDevice>)> {
         let mut out = Vec::new();
+        let mut remote = Vec::new();
         for (i, rt) in st.comps.iter().enumerate() {
             let Some(d) = rt.data.as_ref() else { continue };
             if (first..=last).all(|c| st.view.component_valid_for(i, c)) {
-                out.push((Target::Component(i), d.clone()));
+                let far = st
+                    .view
+                    .components
+                    .get(i)
+                    .is_some_and(|c| is_remote(&c.path));
+                let to = if far { &mut remote } else { &mut out };
+                to.push((Target::Component(i), d.clone()));
             }
         }
+        out.append(&mut remote);
         for (&c, rt) in &st.deltas {
             if (first..=last).all(|k| st.view.delta_valid_for(c, k)) {
                 out.push((Target::Delta(c), rt.data.clone()));

@@ -81,6 +81,8 @@ pub(super) struct Shared {
     /// A lock was poisoned by a panic mid-update: the state may be half-changed, so every
     /// guest request fails from then on instead of being served from it.
     pub poisoned: AtomicBool,
+    /// Remote components being brought back, with their backoff.
+    pub reconnects: super::reconnect::Reconnects,
 }
 
 /// Events kept for the status API.
@@ -213,13 +215,25 @@ impl Shared {
                 if !rec.state.receives_writes() {
                     return;
                 }
-                start_outage(rec, ComponentState::Failed, durable, seed);
+                // A remote component is expected to come and go with its network: it waits
+                // offline, tracked, while it is reconnected.
+                let remote = super::remote::is_remote(&rec.path);
+                let state = if remote {
+                    ComponentState::Offline
+                } else {
+                    ComponentState::Failed
+                };
+                start_outage(rec, state, durable, seed);
                 rec.failed_why = Some(why.to_string());
                 if let Some(rt) = st.comps.get_mut(i) {
                     rt.data = None;
                     rt.meta = None;
                 }
-                self.event(format!("component {i} failed: {why}"));
+                if remote {
+                    self.event(format!("remote component {i} offline: {why}; reconnecting"));
+                } else {
+                    self.event(format!("component {i} failed: {why}"));
+                }
             }
             Target::Delta(c) => {
                 if let Some(d) = st.view.delta_for_mut(c).filter(|d| !d.failed) {

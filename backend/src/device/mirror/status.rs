@@ -30,6 +30,12 @@ pub struct ComponentStatus {
     pub resync: Option<ResyncStatus>,
     /// Bytes copied onto this component by resyncs since the mirror was opened.
     pub resync_bytes_copied: u64,
+    /// Reached over NBD (the path is its URI).
+    pub remote: bool,
+    /// A remote component that dropped out: the attempts to bring it back.
+    pub reconnect: Option<super::reconnect::ReconnectStatus>,
+    /// Why it dropped out, when it did so by itself.
+    pub why: Option<String>,
 }
 
 /// A delta component standing in for a component under maintenance.

@@ -168,6 +168,8 @@ impl KeelEngine {
         // until the container on them is formatted and flushed: found at open, it means a
         // creation was cut short (keeld killed), and the half-made components are made anew.
         let marker = creating_marker(&first);
+        let components =
+            crate::device::mirror::remote::ComponentProvider::for_components(&disk.mirror, true);
         let interrupted = marker.exists();
         if interrupted {
             log::warn!(
@@ -175,6 +177,12 @@ impl KeelEngine {
                 disk.name
             );
             for p in &disk.mirror {
+                if crate::device::mirror::remote::is_remote(&p.to_string_lossy()) {
+                    // Only what this host kept about the export goes.
+                    crate::device::mirror::DeviceProvider::remove(&components, p)
+                        .map_err(|e| setup(p, e))?;
+                    continue;
+                }
                 for f in [p.clone(), crate::device::mirror::sidecar_path(p)] {
                     match std::fs::remove_file(&f) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -185,7 +193,7 @@ impl KeelEngine {
                 }
             }
         }
-        let fresh = disk.mirror.iter().all(|p| !p.exists());
+        let fresh = disk.mirror.iter().all(|p| components.is_new(p));
         if fresh {
             std::os::unix::fs::OpenOptionsExt::mode(
                 std::fs::File::options()
