@@ -1,8 +1,8 @@
-//! A mirror with a remote leg: a local file and a `qemu-nbd` export, in the configuration
-//! users get (O_DIRECT, default chunk). qemu-nbd is killed with -9 while the guest writes: the
-//! guest sees no error, the leg goes offline and is tracked; when qemu-nbd is back the leg
-//! reconnects and resyncs on its own, copying about what was written meanwhile, and the two
-//! legs end identical.
+//! A mirror with a remote leg: a local file and an NBD export (`qemu-nbd`, or another keeld's
+//! NBD server), in the configuration users get (O_DIRECT, default chunk). The server is killed
+//! with -9 while the guest writes: the guest sees no error, the leg goes offline and is
+//! tracked; when the server is back the leg reconnects and resyncs on its own, copying about
+//! what was written meanwhile, and the two legs end identical.
 
 mod client_support;
 
@@ -17,25 +17,55 @@ use keel_tests::keeld::{InProcess, wait_for_socket};
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 64 << 10;
 
-/// `qemu-nbd` serving `image` as export `d` on `socket`, killed on drop.
-struct QemuNbd {
+/// The server of the remote leg: `qemu-nbd`, or a second keeld serving the image as a raw
+/// disk with an `nbd_socket`. Either serves export `d` on `socket`; killed on drop.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    QemuNbd,
+    Keeld,
+}
+
+struct RemoteLeg {
     child: Child,
 }
 
-impl QemuNbd {
-    fn start(image: &Path, socket: &Path) -> Self {
+impl RemoteLeg {
+    fn start(server: Server, image: &Path, socket: &Path) -> Self {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new("qemu-nbd")
-            .args(["-f", "raw", "--persistent", "-x", "d", "--cache=none", "-k"])
-            .arg(socket)
-            .arg(image)
+        let mut cmd = match server {
+            Server::QemuNbd => {
+                let mut c = Command::new("qemu-nbd");
+                c.args(["-f", "raw", "--persistent", "-x", "d", "--cache=none", "-k"])
+                    .arg(socket)
+                    .arg(image);
+                c
+            }
+            Server::Keeld => {
+                let dir = image.parent().unwrap();
+                let config = dir.join("remote.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[server]\nnbd_socket = \"{}\"\n\n[[disk]]\nname = \"d\"\n\
+                         socket = \"d.sock\"\nengine = \"raw\"\npath = \"{}\"\n",
+                        socket.display(),
+                        image.display()
+                    ),
+                )
+                .unwrap();
+                let mut c = Command::new(keel_tests::keeld::keeld_binary());
+                c.arg("--config").arg(config);
+                c
+            }
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("qemu-nbd (qemu-utils) must be installed: run qemu/prepare.sh");
+            .unwrap_or_else(|e| panic!("{server:?} (run qemu/prepare.sh): {e}"));
         assert!(
             wait_for_socket(socket, Duration::from_secs(10)),
-            "qemu-nbd did not start"
+            "{server:?} did not start"
         );
         Self { child }
     }
@@ -46,7 +76,7 @@ impl QemuNbd {
     }
 }
 
-impl Drop for QemuNbd {
+impl Drop for RemoteLeg {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -93,13 +123,20 @@ fn verify(socket: &Path, state: PathBuf, blocks: &str, seed: &str, what: &str) -
 }
 
 #[test]
-fn a_remote_leg_killed_under_writes_comes_back_and_resyncs_on_its_own() {
+fn a_qemu_nbd_leg_killed_under_writes_comes_back_and_resyncs_on_its_own() {
     for engine in ["raw", "keel"] {
-        remote_leg_comes_back(engine);
+        remote_leg_comes_back(Server::QemuNbd, engine);
     }
 }
 
-fn remote_leg_comes_back(engine: &str) {
+/// Two keelds: one's disk mirrored onto the other's NBD export; the remote keeld is killed
+/// with -9 and started again.
+#[test]
+fn a_leg_on_another_keeld_killed_under_writes_comes_back_and_resyncs_on_its_own() {
+    remote_leg_comes_back(Server::Keeld, "raw");
+}
+
+fn remote_leg_comes_back(kind: Server, engine: &str) {
     let remote_dir = tempfile::tempdir().unwrap();
     let image = remote_dir.path().join("b.img");
     std::fs::File::create(&image)
@@ -107,7 +144,7 @@ fn remote_leg_comes_back(engine: &str) {
         .set_len(export_len(engine))
         .unwrap();
     let nbd_socket = remote_dir.path().join("nbd.sock");
-    let server = QemuNbd::start(&image, &nbd_socket);
+    let server = RemoteLeg::start(kind, &image, &nbd_socket);
     let uri = format!("nbd+unix:///d?socket={}", nbd_socket.display());
     let config = format!(
         "[server]\ncontrol_socket = \"keel.sock\"\n\n[[disk]]\nname = \"m\"\nsocket = \"m.sock\"\n\
@@ -152,7 +189,7 @@ fn remote_leg_comes_back(engine: &str) {
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(table.contains("offline (reconnecting"), "{table}");
 
-    let server = QemuNbd::start(&image, &nbd_socket);
+    let server = RemoteLeg::start(kind, &image, &nbd_socket);
     wait_for(
         "the leg to reconnect and resync",
         Duration::from_secs(90),
