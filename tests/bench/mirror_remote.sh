@@ -61,9 +61,11 @@ start() { # $1 = setup: local | qemu-nbd | keeld-nbd
     done
 }
 
-stop() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+stop() { # the mirror's keeld first, so it closes cleanly while its remote leg is still there
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
     pids=()
 }
 
@@ -84,7 +86,7 @@ for run in $(seq "$runs"); do
             IFS='|' read -r name rw bs qd <<<"$w"
             out=$("$bb" "$work/s/m.sock" --client blkio --rw "$rw" --bs "$bs" --iodepth "$qd" \
                 --size $((256 << 20)) --runtime "$runtime" --warmup 1 --json)
-            read -r i l < <(python3 -c 'import json,sys; m=json.load(sys.stdin)["result"]["measurement"]; print(int(m["iops"]), round(m["lat_p99_us"]))' <<<"$out")
+            read -r i l < <(python3 -c 'import json,sys; m=json.load(sys.stdin)["result"]; print(int(m["iops"]), round(m["lat_p99_us"]))' <<<"$out")
             iops[$s,$name]+="$i "
             p99[$s,$name]+="$l "
             json_runs+=("{\"run\": $run, \"setup\": \"$s\", \"workload\": \"$name\", \"iops\": $i, \"p99_us\": $l}")

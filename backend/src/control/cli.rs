@@ -123,17 +123,6 @@ fn snapshot_path(disk: &str, name: &str) -> Result<String, String> {
     Ok(format!("{}/snapshots/{name}", served_disk(disk)?))
 }
 
-/// A store's snapshot as the API describes it, so offline and online output are one.
-pub fn snapshot_info(s: crate::store::SnapshotInfo) -> SnapshotInfo {
-    SnapshotInfo {
-        name: s.name,
-        seq: s.id,
-        created: s.created,
-        owned_blocks: None,
-        pause_us: None,
-    }
-}
-
 pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
     let disks: Vec<DiskInfo> = c.get("/v1/disks").map_err(api)?;
     if json {

@@ -144,13 +144,9 @@ pub(crate) struct JournalState {
     pub fresh_chain: bool,
 }
 
-/// A snapshot as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SnapshotInfo {
-    pub id: u64,
-    pub name: String,
-    pub created: u64,
-}
+/// A snapshot as the API shows it: `seq` is the operation sequence number it froze, which
+/// names it in the trees.
+pub use keel_protocol::control::SnapshotInfo;
 
 /// What `keel info` prints.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -576,9 +572,10 @@ impl Store {
             .snapshots
             .iter()
             .map(|s| SnapshotInfo {
-                id: s.id,
                 name: s.name.clone(),
+                seq: s.id,
                 created: s.created,
+                ..SnapshotInfo::default()
             })
             .collect()
     }
@@ -672,9 +669,10 @@ impl Store {
                 .snapshots
                 .iter()
                 .map(|s| SnapshotInfo {
-                    id: s.id,
                     name: s.name.clone(),
+                    seq: s.id,
                     created: s.created,
+                    ..SnapshotInfo::default()
                 })
                 .collect(),
             deleting_snapshots: st.maps.doomed.len(),

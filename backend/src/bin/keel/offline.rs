@@ -2,7 +2,7 @@
 
 use crate::args::GeometryArgs;
 use keel_backend::config::KEEL_BLOCK;
-use keel_backend::control::cli::{self as online, snapshot_info};
+use keel_backend::control::cli as online;
 use keel_backend::control::output::{absolute, format_size as human, format_time, print_json};
 use keel_backend::control::space_text;
 use keel_backend::device::FileDevice;
@@ -171,7 +171,7 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
     for s in &i.snapshots {
         println!(
             "  {:>4}  {}  created {}",
-            s.id,
+            s.seq,
             s.name,
             format_time(s.created)
         );
@@ -260,9 +260,9 @@ fn snapshot_id(store: &Store, name: &str) -> Result<u64, String> {
         .or_else(|| {
             name.parse::<u64>()
                 .ok()
-                .and_then(|id| list.iter().find(|s| s.id == id))
+                .and_then(|id| list.iter().find(|s| s.seq == id))
         })
-        .map(|s| s.id)
+        .map(|s| s.seq)
         .ok_or_else(|| format!("no snapshot {name:?}"))
 }
 
@@ -273,19 +273,13 @@ pub fn snapshot_create(path: &Path, name: &str, json: bool) -> Result<(), String
     let info = store
         .list_snapshots()
         .into_iter()
-        .find(|s| s.id == id)
-        .map(snapshot_info)
+        .find(|s| s.seq == id)
         .ok_or_else(|| format!("snapshot {name} vanished"))?;
     online::print_snapshot_created(&path.display().to_string(), &info, json)
 }
 
 pub fn snapshot_list(path: &Path, json: bool) -> Result<(), String> {
-    let list: Vec<_> = open(path)?
-        .list_snapshots()
-        .into_iter()
-        .map(snapshot_info)
-        .collect();
-    online::print_snapshots(&list, json)
+    online::print_snapshots(&open(path)?.list_snapshots(), json)
 }
 
 pub fn snapshot_delete(path: &Path, name: &str) -> Result<(), String> {

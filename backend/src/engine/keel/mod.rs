@@ -338,7 +338,7 @@ impl KeelEngine {
             .list_snapshots()
             .into_iter()
             .find(|s| s.name == name)
-            .map(|s| s.id)
+            .map(|s| s.seq)
             .ok_or_else(|| AdminError::NotFound(format!("no snapshot named {name}")))
     }
 }
@@ -362,18 +362,7 @@ impl EngineAdmin for KeelEngine {
     }
 
     fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
-        Ok(self
-            .store
-            .list_snapshots()
-            .into_iter()
-            .map(|s| SnapshotInfo {
-                name: s.name,
-                seq: s.id,
-                created: s.created,
-                owned_blocks: None,
-                pause_us: None,
-            })
-            .collect())
+        Ok(self.store.list_snapshots())
     }
 
     fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo, AdminError> {

@@ -294,7 +294,7 @@ fn run(seed: u64) -> Result<u64, String> {
             ));
         };
         let _ = which;
-        let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
+        let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.seq).collect();
         // A delete that failed part-way either happened or did not; from here on, it did not.
         snapshots.retain(|f| !f.maybe_deleted || listed.contains(&f.id));
         for f in &mut snapshots {

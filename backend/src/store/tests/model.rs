@@ -165,7 +165,7 @@ proptest! {
             }
             check(&store, &model)?;
         }
-        let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
+        let listed: Vec<u64> = store.list_snapshots().iter().map(|s| s.seq).collect();
         prop_assert_eq!(listed, snaps.iter().map(|s| s.0).collect::<Vec<_>>());
         let report = store.fsck();
         prop_assert!(report.is_clean(), "fsck: {:?}", report.problems);
@@ -478,7 +478,7 @@ fn a_thousand_snapshots_survive_a_reopen() {
     // Snapshot 500 froze block 500 % 8 = 4 with fill 500 % 251.
     use crate::store::diff::TreeRef;
     let d = store
-        .diff(TreeRef::Empty, TreeRef::Snapshot(snaps[500].id))
+        .diff(TreeRef::Empty, TreeRef::Snapshot(snaps[500].seq))
         .unwrap();
     let b4 = d.blocks.iter().find(|b| b.lba == 4).unwrap();
     let mut got = vec![0u8; 4096];
@@ -565,7 +565,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     );
     drop(store);
     let store = Store::open(dev, StoreOptions::default()).unwrap();
-    let ids: Vec<u64> = store.list_snapshots().iter().map(|s| s.id).collect();
+    let ids: Vec<u64> = store.list_snapshots().iter().map(|s| s.seq).collect();
     assert_eq!(ids, [c], "the replayed delete of b");
     assert_ne!(bit(&store), 0);
     assert_eq!(

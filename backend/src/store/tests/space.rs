@@ -293,7 +293,7 @@ fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
             s.read(0, &mut b).unwrap();
             let half = (cap / 2 * BLOCK) as usize;
             assert!(b[..half].iter().all(|x| *x == 2) && b[half..].iter().all(|x| *x == 1));
-            assert_eq!(s.list_snapshots()[0].id, snap);
+            assert_eq!(s.list_snapshots()[0].seq, snap);
             assert_eq!(s.grow_container(before + 32).unwrap(), before + 32);
             write_blocks(&s, 0, cap, 3).unwrap();
             assert!(s.fsck().is_clean());
