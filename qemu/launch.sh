@@ -80,18 +80,13 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
 qemu_status=$?
 set -e
 
-rm -rf "$results"
-mkdir -p "$results"
-tr -d '\r' <"$log" | awk -v dir="$results" '
-    /^KEEL-RESULT-BEGIN [A-Za-z0-9_-][A-Za-z0-9._-]*$/ { file = dir "/" $2; printf "" > file; next }
-    /^KEEL-RESULT-END / { if (file != "") close(file); file = ""; next }
-    file != "" { print >> file }'
+extract_results "$log" "$results"
 
 if [ "$qemu_status" = 124 ]; then
     log "job $job: timed out after ${timeout_s}s"
     exit 124
 fi
-status=$(tr -d '\r' <"$log" | sed -n 's/^KEEL-STATUS \([0-9]*\)$/\1/p' | tail -n 1)
+status=$(guest_status "$log")
 if [ -z "$status" ]; then
     log "job $job: the guest reported no status (exit $qemu_status); last console lines:"
     tail -n 20 "$log" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares everything needed to boot a Keel test guest, idempotently:
-#   1. host packages (QEMU 10 from bookworm-backports, fio, busybox-static, cpio, e2fsprogs, kmod),
+#   1. host packages (QEMU 10 and libvirt 11 from bookworm-backports, fio, busybox-static, cpio,
+#      e2fsprogs, kmod),
 #   2. the Debian kernel and its modules, unpacked under qemu/.cache/,
 #   3. an initramfs holding busybox, fio, e2fsprogs, the virtio/ext4 modules and the job scripts.
 # Every step is skipped when its result is already there and up to date.
@@ -104,6 +105,32 @@ install_host_packages() {
     fi
     [ "$(qemu_major)" -ge 10 ] || die "qemu-system-x86_64 is not version 10: $(qemu-system-x86_64 --version | head -n 1)"
     [ "$(qsd_major)" -ge 10 ] || die "qemu-storage-daemon is not version 10: $(qemu-storage-daemon --version | head -n 1)"
+    install_libvirt
+}
+
+libvirt_major() {
+    command -v libvirtd >/dev/null || { echo 0; return; }
+    libvirtd --version | sed -n 's/.* \([0-9][0-9]*\)\.[0-9.]*$/\1/p' | head -n 1
+}
+
+# libvirt 11 (the qemu test's libvirtd and virsh), from backports on bookworm like QEMU, so
+# that it never pulls QEMU back to 7.2.
+install_libvirt() {
+    local pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients) release
+    if [ "$(libvirt_major)" -lt 11 ] || ! command -v virt-xml-validate >/dev/null; then
+        release=$(codename)
+        apt_update_once
+        log "installing ${pkgs[*]}"
+        if [ "$release" = bookworm ]; then
+            ensure_backports_source "$release"
+            apt_update_once
+            apt_install -t "$release-backports" "${pkgs[@]}"
+        else
+            apt_install "${pkgs[@]}"
+        fi
+    fi
+    [ "$(libvirt_major)" -ge 11 ] || die "libvirtd is not version 11: $(libvirtd --version)"
+    [ "$(qemu_major)" -ge 10 ] || die "installing libvirt changed QEMU: $(qemu-system-x86_64 --version | head -n 1)"
 }
 
 # Downloads the Debian kernel package (linux-image-amd64 resolved to its linux-image-*-amd64) and

@@ -12,6 +12,8 @@ set -uo pipefail
 . "$(dirname "$0")/lib/common.sh"
 # shellcheck source=lib/backend.sh
 . "$QEMU_DIR/lib/backend.sh"
+# shellcheck source=lib/libvirt.sh
+. "$QEMU_DIR/lib/libvirt.sh"
 
 BACKEND=${KEEL_BACKEND:-$DEFAULT_BACKEND}
 WORK=$REPO_DIR/run/qemu-test
@@ -22,7 +24,7 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
     fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror
     fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest
-    fio_mirror_outage_default_config fio_verify_snapshot_space_grows)
+    fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -428,6 +430,130 @@ max_size = "3G"' || return 1
     esac
     log "the container grew from $before to $after bytes; $(echo "$stats" | grep -E '^space|pinned')"
     backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
+}
+
+# A TCG guest booting the test kernel under libvirt, its disk a keeld keel-engine disk, with
+# the domain shaped as docs/examples/keel-domain.xml (memfd shared memory, a vhostuser disk).
+libvirt_domain_xml() {
+    local job=$1 disk=$2 console=$3
+    cat <<EOF
+<domain type='qemu'>
+  <name>keel-test</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>2</vcpu>
+  <memoryBacking>
+    <source type='memfd'/>
+    <access mode='shared'/>
+  </memoryBacking>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$KERNEL_IMAGE</kernel>
+    <initrd>$INITRAMFS_IMAGE</initrd>
+    <cmdline>console=ttyS0 panic=-1 keel.job=$job keel.size=8M</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>$(command -v qemu-system-x86_64)</emulator>
+$disk
+    <serial type='file'>
+      <source path='$console'/>
+      <target port='0'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+}
+
+# A keeld disk as libvirt names it: a vhostuser disk on SOCKET as guest device DEV.
+libvirt_disk_xml() {
+    cat <<EOF
+    <disk type='vhostuser' device='disk'>
+      <driver name='qemu' type='raw' queues='1'/>
+      <source type='unix' path='$1'>
+        <reconnect enabled='yes' timeout='1'/>
+      </source>
+      <target dev='$2' bus='virtio'/>
+    </disk>
+EOF
+}
+
+# Waits for KEEL-MARK $2 on console $1 while the test domain runs.
+libvirt_wait_mark() {
+    local n=0
+    until tr -d '\r' <"$1" 2>/dev/null | grep -q "^KEEL-MARK $2\$"; do
+        [ "$(lvirsh domstate keel-test 2>/dev/null)" = running ] || return 1
+        [ $n -lt $((GUEST_TIMEOUT * 10)) ] || return 1
+        sleep 0.1
+        n=$((n + 1))
+    done
+}
+
+# libvirt runs a guest on a keeld disk: virsh define and start a domain whose guest runs fio
+# verify on it, virsh attach-device of a second keeld disk while the guest runs (the guest
+# verifies it too), virsh detach-device, and the guest's clean power-off. keeld, libvirtd and
+# QEMU run as an unprivileged user (lib/libvirt.sh).
+test_libvirt_domain_hotplug() {
+    local keeld_pid='' console=$T/console.log c=$T/keel.sock state='' waited
+    keel_cli || return 1
+    virt-xml-validate "$REPO_DIR/docs/examples/keel-domain.xml" domain >/dev/null 2>&1 ||
+        fail "docs/examples/keel-domain.xml is not a valid domain" || return 1
+    # A short directory: libvirt's monitor sockets live under it.
+    libvirt_start "$(mktemp -d "${TMPDIR:-/tmp}/keel-lv.XXXXXX")"
+    trap 'libvirt_stop; as_root pkill -KILL -u "$LIBVIRT_USER" -x keeld' EXIT
+    cat >"$T/keel.toml" <<EOF
+[server]
+control_socket = "$c"
+
+[[disk]]
+name = "d0"
+socket = "$T/d0.sock"
+engine = "keel"
+path = "$T/d0.keel"
+size = "256M"
+
+[[disk]]
+name = "d1"
+socket = "$T/d1.sock"
+engine = "raw"
+path = "$T/d1.img"
+size = "64M"
+EOF
+    as_root chown "$LIBVIRT_USER" "$T"
+    as_libvirt_user "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
+    keeld_pid=$!
+    for waited in $(seq 100); do [ -S "$T/d1.sock" ] && break; sleep 0.1; done
+    [ -S "$T/d1.sock" ] || fail "keeld did not start: $(tail -n 5 "$T/keeld.log")" || return 1
+    libvirt_domain_xml hotplug-verify "$(libvirt_disk_xml "$T/d0.sock" vda)" "$console" >"$T/domain.xml"
+    libvirt_disk_xml "$T/d1.sock" vdb >"$T/d1.xml"
+    virt-xml-validate "$T/domain.xml" domain >/dev/null 2>&1 || fail "the test domain is not valid" || return 1
+    lvirsh define "$T/domain.xml" >/dev/null || fail "virsh define failed" || return 1
+    lvirsh start keel-test >/dev/null || fail "virsh start failed" || return 1
+    libvirt_wait_mark "$console" hotplug-ready || fail "the guest did not verify vda; console: $console" || return 1
+    lvirsh attach-device keel-test "$T/d1.xml" --live >/dev/null || fail "virsh attach-device failed" || return 1
+    libvirt_wait_mark "$console" hotplug-verified || fail "the guest did not verify the hot-plugged vdb" || return 1
+    "$KEEL_BIN" --control "$c" disks | grep -Eq '^d1 .* yes ' ||
+        fail "keel disks does not show d1 attached: $("$KEEL_BIN" --control "$c" disks)" || return 1
+    lvirsh detach-device keel-test "$T/d1.xml" --live >/dev/null || fail "virsh detach-device failed" || return 1
+    for waited in $(seq $((GUEST_TIMEOUT * 10))); do
+        state=$(lvirsh domstate keel-test 2>/dev/null)
+        [ "$state" = "shut off" ] && break
+        sleep 0.1
+    done
+    [ "$state" = "shut off" ] || fail "the guest did not power off ($state)" || return 1
+    [ "$(guest_status "$console")" = 0 ] || fail "the guest job failed; console: $console" || return 1
+    extract_results "$console" "$T/results"
+    fio_clean "$T/results/fio" || return 1
+    fio_clean "$T/results/fio-hotplug" || return 1
+    "$KEEL_BIN" --control "$c" disks | grep -Eq '^d1 .* no ' || fail "d1 still attached after detach" || return 1
+    # keeld itself, not runuser (which would answer a TERM with a KILL of its child).
+    as_root pkill -TERM -u "$LIBVIRT_USER" -x keeld
+    wait "$keeld_pid" || fail "keeld did not exit 0 on SIGTERM" || return 1
 }
 
 # Runs one test in a subshell that always stops its server and guest.

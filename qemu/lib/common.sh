@@ -53,3 +53,20 @@ socket_path() {
         echo "${TMPDIR:-/tmp}/keel-$(echo "$1" | sha256sum | cut -c1-16).sock"
     fi
 }
+
+# Writes each KEEL-RESULT-BEGIN NAME ... KEEL-RESULT-END block of the guest console LOG into
+# DIR/NAME (the guest prints its results on the console; see guest/init).
+extract_results() {
+    local log=$1 dir=$2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    tr -d '\r' <"$log" | awk -v dir="$dir" '
+        /^KEEL-RESULT-BEGIN [A-Za-z0-9_-][A-Za-z0-9._-]*$/ { file = dir "/" $2; printf "" > file; next }
+        /^KEEL-RESULT-END / { if (file != "") close(file); file = ""; next }
+        file != "" { print >> file }'
+}
+
+# The status the guest reported on console LOG (KEEL-STATUS N), or nothing.
+guest_status() {
+    tr -d '\r' <"$1" | sed -n 's/^KEEL-STATUS \([0-9]*\)$/\1/p' | tail -n 1
+}
