@@ -30,6 +30,11 @@ pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineErr
     mc.options.assume_clean = all_new;
     mc.options.direct = disk.direct;
     mc.options.scheduler = Some(scheduler());
+    // A remote component's round trip would add to every write's latency if the components
+    // were written in turn: with one, writes go to all components at once.
+    if disk.mirror.iter().any(|p| is_remote(&p.to_string_lossy())) {
+        mc.options.parallel_write_min = Some(0);
+    }
     let dev = MirrorDevice::open(mc).map_err(|e| EngineError::Setup {
         path: disk.mirror.first().cloned().unwrap_or_default(),
         message: format!("opening the mirror: {e}"),
