@@ -1,0 +1,155 @@
+//! Checking a forest: what `roots` reach, whether the reference counts match, and whether every
+//! node keeps its keys in order and in its parent's range (for fsck and tests).
+
+use super::Forest;
+use super::node::{Body, INTERNAL_CAP, NodeId, TreeValue, leaf_cap};
+use std::collections::{HashMap, HashSet};
+
+impl<V: TreeValue> Forest<V> {
+    /// Every node reachable from `roots`.
+    pub fn reachable(&self, roots: &[NodeId]) -> HashSet<NodeId> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Body::Internal { children, .. } = &self.node(id).body {
+                stack.extend(children.iter().copied());
+            }
+        }
+        seen
+    }
+
+    /// Checks the reference counts against `roots` (each entry one tree's reference): every
+    /// live node is reachable and counts exactly its parents and roots. For tests and fsck.
+    pub fn check_refs(&self, roots: &[NodeId]) -> std::result::Result<(), String> {
+        let mut want: HashMap<NodeId, u32> = HashMap::new();
+        for r in roots {
+            *want.entry(*r).or_default() += 1;
+        }
+        for id in self.reachable(roots) {
+            if let Body::Internal { children, .. } = &self.node(id).body {
+                for c in children {
+                    *want.entry(*c).or_default() += 1;
+                }
+            }
+        }
+        if want.len() != self.live_nodes() {
+            return Err(format!(
+                "{} live nodes, {} reachable",
+                self.live_nodes(),
+                want.len()
+            ));
+        }
+        match want.iter().find(|(id, n)| self.refs(**id) != **n) {
+            Some((id, n)) => Err(format!(
+                "node {id} has {} references, {n} expected",
+                self.refs(*id)
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the tree's structure: sorted keys within their parent's bounds, non-empty
+    /// internal nodes, all leaves at one depth. Returns the number of entries.
+    pub fn verify(&self, root: NodeId, problems: &mut Vec<String>, name: &str) -> u64 {
+        self.verify_shared(root, problems, name, &mut HashSet::new())
+    }
+
+    /// [`verify`](Self::verify), skipping nodes already in `verified` (checked as part of
+    /// another tree that shares them) and adding the nodes it checks.
+    pub fn verify_shared(
+        &self,
+        root: NodeId,
+        problems: &mut Vec<String>,
+        name: &str,
+        verified: &mut HashSet<NodeId>,
+    ) -> u64 {
+        let mut leaf_depth = None;
+        self.verify_rec(
+            root,
+            0,
+            u64::MAX,
+            0,
+            &mut leaf_depth,
+            problems,
+            name,
+            verified,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify_rec(
+        &self,
+        id: NodeId,
+        lo: u64,
+        hi: u64,
+        depth: usize,
+        leaf_depth: &mut Option<usize>,
+        problems: &mut Vec<String>,
+        name: &str,
+        verified: &mut HashSet<NodeId>,
+    ) -> u64 {
+        if !verified.insert(id) {
+            return 0;
+        }
+        let n = self.node(id);
+        let where_ = || format!("{name}: node at {:?} (depth {depth})", n.disk);
+        let ordered = match &n.body {
+            Body::Leaf { entries } => entries.windows(2).all(|w| w[0].0 < w[1].0),
+            Body::Internal { keys, .. } => keys.windows(2).all(|w| w[0] < w[1]),
+        };
+        if !ordered {
+            problems.push(format!("{} has keys out of order", where_()));
+        }
+        match &n.body {
+            Body::Leaf { entries } => {
+                if entries.len() > leaf_cap::<V>() {
+                    problems.push(format!("{} overfull", where_()));
+                }
+                if entries.iter().any(|&(k, _)| k < lo || k >= hi) {
+                    problems.push(format!("{} has keys outside [{lo}, {hi})", where_()));
+                }
+                match leaf_depth {
+                    None => *leaf_depth = Some(depth),
+                    Some(d) if *d != depth => {
+                        problems.push(format!("{} leaf at uneven depth", where_()))
+                    }
+                    _ => {}
+                }
+                entries.len() as u64
+            }
+            Body::Internal { keys, children } => {
+                if children.is_empty() || children.len() != keys.len() || keys.len() > INTERNAL_CAP
+                {
+                    problems.push(format!("{} has {} children", where_(), children.len()));
+                    return 0;
+                }
+                let mut total = 0;
+                for (i, c) in children.iter().enumerate() {
+                    let clo = if i == 0 { lo } else { keys[i].max(lo) };
+                    let chi = keys.get(i + 1).copied().unwrap_or(hi).min(hi);
+                    if i > 0 && (keys[i] < lo || keys[i] >= hi) {
+                        problems.push(format!(
+                            "{} separator {} outside [{lo}, {hi})",
+                            where_(),
+                            keys[i]
+                        ));
+                    }
+                    total += self.verify_rec(
+                        *c,
+                        clo,
+                        chi,
+                        depth + 1,
+                        leaf_depth,
+                        problems,
+                        name,
+                        verified,
+                    );
+                }
+                total
+            }
+        }
+    }
+}
