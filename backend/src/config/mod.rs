@@ -5,6 +5,7 @@
 
 mod names;
 mod paths;
+mod qos;
 mod size;
 mod space;
 
@@ -116,6 +117,8 @@ pub struct DiskConfig {
     pub delay_us: u32,
     /// Space thresholds, growth and waiting (keel engine).
     pub space: DiskSpace,
+    /// I/O limits (QoS) and the mirror's resync rate; 0 = unlimited.
+    pub limits: keel_protocol::control::DiskLimits,
 }
 
 /// A whole, checked config file.
@@ -168,6 +171,15 @@ struct RawDisk {
     space_warn: Option<Spanned<space::PercentValue>>,
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
+    iops_limit: Option<Spanned<u64>>,
+    read_iops_limit: Option<Spanned<u64>>,
+    write_iops_limit: Option<Spanned<u64>>,
+    bps_limit: Option<Spanned<SizeValue>>,
+    read_bps_limit: Option<Spanned<SizeValue>>,
+    write_bps_limit: Option<Spanned<SizeValue>>,
+    iops_burst: Option<Spanned<u64>>,
+    burst_seconds: Option<Spanned<u64>>,
+    resync_bps_limit: Option<Spanned<SizeValue>>,
 }
 
 impl Config {
@@ -516,6 +528,7 @@ impl Checker<'_> {
         };
 
         let space = self.check_space(raw, engine, size, path.as_deref())?;
+        let limits = self.check_limits(raw, disk_span)?;
         Ok(DiskConfig {
             name,
             socket,
@@ -534,6 +547,7 @@ impl Checker<'_> {
             poll_us,
             delay_us,
             space,
+            limits,
         })
     }
 
