@@ -4,12 +4,14 @@
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
 mod names;
+mod one_disk;
 mod paths;
 mod qos;
 mod size;
 mod space;
 
 pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
+pub use one_disk::{absolute_paths, disk_from_json, disk_table_from_file};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};

@@ -25,6 +25,9 @@ pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineErr
     mc.options.assume_clean = all_new;
     mc.options.direct = disk.direct;
     mc.options.scheduler = Some(scheduler());
+    mc.options.resync_rate = Arc::new(crate::device::mirror::ResyncRate::new(
+        disk.limits.resync_bps_limit,
+    ));
     let dev = MirrorDevice::open(mc).map_err(|e| EngineError::Setup {
         path: disk.mirror.first().cloned().unwrap_or_default(),
         message: format!("opening the mirror: {e}"),

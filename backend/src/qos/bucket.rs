@@ -222,7 +222,9 @@ mod tests {
         assert!(n.abs_diff(10_000 + 50) <= 1, "{n} in 10 s at 1000/s");
         // Idle, the bucket fills to its window and no further; then each request waits 1 ms.
         let t = 20 * SEC;
-        let full = (0..100).take_while(|_| l.admit(read(4096), t).is_ok()).count();
+        let full = (0..100)
+            .take_while(|_| l.admit(read(4096), t).is_ok())
+            .count();
         assert_eq!(full, 50);
         let wait = l.admit(read(4096), t).unwrap_err();
         assert!(wait.abs_diff(1_000_000) <= 1, "{wait}");
