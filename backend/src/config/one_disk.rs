@@ -51,7 +51,8 @@ pub fn disk_table_from_file(path: &Path) -> Result<serde_json::Value, String> {
             ));
         }
     };
-    let dir = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = std::path::absolute(parent.unwrap_or(Path::new(".")))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut json = serde_json::to_value(&one).map_err(|e| format!("{}: {e}", path.display()))?;
     absolute_paths(&mut json, &dir);
