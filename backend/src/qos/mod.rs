@@ -34,7 +34,7 @@ pub fn check(l: &DiskLimits) -> Result<(), LimitError> {
     if l.iops_burst > 0 && l.iops_limit == 0 {
         return err(
             "iops_burst",
-            "a burst is above `iops_limit`: set `iops_limit` too".into(),
+            "a burst rises above `iops_limit`: set `iops_limit` too".into(),
         );
     }
     if l.iops_burst > 0 && l.iops_burst < l.iops_limit {
