@@ -46,6 +46,9 @@ pub struct ThrottledQueue {
     parked: VecDeque<IoRequest>,
     /// Since when `parked` has not been empty.
     parked_since: Option<Instant>,
+    /// When the first parked request may go: a worker that polls looks at the buckets again
+    /// only then, not on every turn.
+    next_try: Option<Instant>,
     /// Requests let through in one release, handed to `inner` together.
     ready: Vec<IoRequest>,
     timer_armed: bool,
@@ -72,6 +75,7 @@ impl ThrottledQueue {
             limited: false,
             parked: VecDeque::new(),
             parked_since: None,
+            next_try: None,
             ready: Vec::new(),
             timer_armed: false,
             timer,
@@ -117,10 +121,16 @@ impl ThrottledQueue {
         }
         match wait {
             Some(w) => {
-                let _ = self.timer.reset(w.clamp(MIN_WAIT, MAX_WAIT), None);
+                // Taken before the timer is set, so the timer never fires before it.
+                let w = w.clamp(MIN_WAIT, MAX_WAIT);
+                self.next_try = Some(Instant::now() + w);
+                let _ = self.timer.reset(w, None);
                 self.timer_armed = true;
             }
-            None => self.unpark_done(),
+            None => {
+                self.next_try = None;
+                self.unpark_done();
+            }
         }
     }
 
@@ -162,7 +172,10 @@ impl QueueEngine for ThrottledQueue {
     fn reap(&mut self, done: &mut Vec<Completion>) {
         if !self.parked.is_empty() {
             self.refresh();
-            self.release();
+            let due = !self.limited || self.next_try.is_none_or(|t| Instant::now() >= t);
+            if due {
+                self.release();
+            }
         }
         self.inner.reap(done);
     }
