@@ -67,20 +67,25 @@ pub struct LimitsArgs {
     /// Requests per second, reads and writes together.
     #[arg(long)]
     pub iops: Option<u64>,
+    /// Reads per second.
     #[arg(long)]
     pub read_iops: Option<u64>,
+    /// Writes (and discards, write-zeroes) per second.
     #[arg(long)]
     pub write_iops: Option<u64>,
     /// Bytes per second, reads and writes together, e.g. 100M.
     #[arg(long, value_parser = parse_size)]
     pub bps: Option<u64>,
+    /// Bytes read per second.
     #[arg(long, value_parser = parse_size)]
     pub read_bps: Option<u64>,
+    /// Bytes written per second.
     #[arg(long, value_parser = parse_size)]
     pub write_bps: Option<u64>,
     /// Requests per second allowed for up to --burst-seconds after a quiet time.
     #[arg(long)]
     pub iops_burst: Option<u64>,
+    /// How long a burst may last (1 to 3600).
     #[arg(long)]
     pub burst_seconds: Option<u64>,
     /// Bytes per second a mirror's resync copies, e.g. 50M.
