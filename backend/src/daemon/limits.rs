@@ -33,7 +33,7 @@ impl DaemonControl {
             }
         }
         d.qos().set(&new);
-        log::info!("disk {disk}: limits now {new:?}");
+        log::info!("disk {disk}: limits now {}", crate::qos::describe(&new));
         Ok(new)
     }
 }

@@ -55,6 +55,33 @@ pub fn check(l: &DiskLimits) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// The limits that are set, as `key=value` pairs for a log line ("none" without any).
+pub fn describe(l: &DiskLimits) -> String {
+    let keys = [
+        ("iops_limit", l.iops_limit),
+        ("read_iops_limit", l.read_iops_limit),
+        ("write_iops_limit", l.write_iops_limit),
+        ("bps_limit", l.bps_limit),
+        ("read_bps_limit", l.read_bps_limit),
+        ("write_bps_limit", l.write_bps_limit),
+        ("iops_burst", l.iops_burst),
+        ("resync_bps_limit", l.resync_bps_limit),
+    ];
+    let mut set: Vec<String> = keys
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if l.iops_burst > 0 {
+        set.push(format!("burst_seconds={}", l.burst_seconds));
+    }
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join(" ")
+    }
+}
+
 /// The limits a disk starts with when its config sets none.
 pub fn unlimited() -> DiskLimits {
     DiskLimits {
@@ -134,6 +161,8 @@ mod tests {
         assert!(check(&l).unwrap_err().message.contains("below iops_limit"));
         l.iops_limit = 50;
         assert_eq!(check(&l), Ok(()));
+        assert_eq!(describe(&l), "iops_limit=50 iops_burst=100 burst_seconds=1");
+        assert_eq!(describe(&unlimited()), "none");
         l.burst_seconds = 0;
         assert_eq!(check(&l).unwrap_err().key, "burst_seconds");
     }
