@@ -4,7 +4,7 @@
 //! Each queue's engine half is wrapped in a [`ThrottledQueue`]: a request the buckets do not let
 //! through yet is parked in the queue, in order, and a timer wakes the worker when it may go.
 //! The worker keeps serving completions and its ring meanwhile; a request is never failed for a
-//! limit. A disk without limits costs its queues one relaxed load per batch and nothing else.
+//! limit. A disk without limits costs its queues one atomic load (acquire: a plain load on x86) per batch and nothing else.
 
 mod bucket;
 mod queue;
