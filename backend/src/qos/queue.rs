@@ -156,11 +156,11 @@ impl QueueEngine for ThrottledQueue {
             self.inner.submit(batch);
             return;
         }
-        let waiting = self.parked.len();
+        let arrived = batch.len();
         self.parked.extend(batch.drain(..));
         self.release();
-        // Requests that did not go at once (every one behind a parked request waits too).
-        let held = (self.parked.len() as u64).saturating_sub(waiting as u64);
+        // The batch's requests that did not go at once: they are at the back of the queue.
+        let held = self.parked.len().min(arrived) as u64;
         if held > 0 {
             self.qos
                 .throttled_requests
@@ -261,14 +261,17 @@ mod tests {
         assert_eq!(done.len(), 5);
         assert_eq!(q.in_flight(), 5);
         assert_eq!(qos.throttled_requests(), 5);
+        // Requests arriving behind parked ones wait behind them.
+        q.submit(&mut discards(10..12));
+        assert_eq!(qos.throttled_requests(), 7);
         let fd = q.completion_fd().unwrap();
-        while done.len() < 10 {
+        while done.len() < 12 {
             assert!(readable(fd, 1000), "the timer wakes the worker");
             q.ack_completion_fd();
             q.reap(&mut done);
         }
         let tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
-        assert_eq!(tokens, (0..10).collect::<Vec<_>>());
+        assert_eq!(tokens, (0..12).collect::<Vec<_>>());
         assert!(done.iter().all(|c| c.result.is_ok()));
         assert!(qos.throttled() > Duration::ZERO);
         assert!(!readable(fd, 0), "the timer stops once nothing waits");
