@@ -1,7 +1,8 @@
 //! Disks added and removed while keeld runs, through `keel disk add|remove`: a guest uses the
 //! added disk, names, sockets and files in use are refused, bad tables get the config file's
 //! messages, an attached disk is removed only by force (its writes reach the file), and a
-//! SIGHUP reload takes an added disk copied into the file as unchanged.
+//! SIGHUP reload takes an added disk copied into the file as unchanged; added disks are exported
+//! over NBD (checked with qemu-img) until removed.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -182,5 +183,37 @@ fn a_reload_takes_an_added_disk_now_in_the_file_as_unchanged() {
     let r = daemon.reload(&Config::load(&file).unwrap());
     assert_eq!(r.applied.len(), 1, "{r:?}");
     assert!(r.applied[0].starts_with("disk a added on"), "{r:?}");
+    daemon.shutdown().unwrap();
+}
+
+#[test]
+fn an_added_disk_joins_the_nbd_exports_and_a_removed_one_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("keel.toml");
+    std::fs::write(&file, format!("{SERVER}nbd_socket = \"nbd.sock\"\n")).unwrap();
+    let daemon = Daemon::start(&Config::load(&file).unwrap()).unwrap();
+    ok(
+        d,
+        &[
+            "disk", "add", "--name", "e", "--socket", "e.sock", "--engine", "null", "--size", "2M",
+        ],
+    );
+    let uri = format!("nbd+unix:///e?socket={}", d.join("nbd.sock").display());
+    let info = |uri: &str| {
+        Command::new("qemu-img")
+            .args(["info", "--output=json", uri])
+            .output()
+            .expect("run qemu-img (is QEMU installed?)")
+    };
+    let out = info(&uri);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["virtual-size"], 2 << 20);
+    ok(d, &["disk", "remove", "e"]);
+    assert!(
+        !info(&uri).status.success(),
+        "the export went with the disk"
+    );
     daemon.shutdown().unwrap();
 }
