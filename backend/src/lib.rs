@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod device;
 pub mod engine;
 pub mod nbd;
+pub mod qos;
 pub mod service;
 pub mod socket;
 pub mod store;

@@ -177,6 +177,12 @@ pub struct DiskStats {
     /// write-zeroes); together they make up `latency`.
     #[serde(default)]
     pub latency_by_op: Vec<OpLatency>,
+    /// Seconds the disk's queues held requests back for its I/O limits (summed over queues).
+    #[serde(default)]
+    pub throttled_seconds: f64,
+    /// Requests that waited for the disk's I/O limits before reaching the engine.
+    #[serde(default)]
+    pub throttled_requests: u64,
 }
 
 /// The latency histogram of one operation.
@@ -277,4 +283,76 @@ pub struct VersionInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// A disk's I/O limits: `GET /v1/disks/{disk}/limits` answers them, the `[[disk]]` keys of the
+/// same names set them. 0 means unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLimits {
+    /// Requests per second, reads and writes together.
+    pub iops_limit: u64,
+    pub read_iops_limit: u64,
+    pub write_iops_limit: u64,
+    /// Bytes per second, reads and writes together.
+    pub bps_limit: u64,
+    pub read_bps_limit: u64,
+    pub write_bps_limit: u64,
+    /// Requests per second allowed for up to `burst_seconds` after a quiet time (at least
+    /// `iops_limit`; 0 = no burst).
+    pub iops_burst: u64,
+    /// How long a burst at `iops_burst` may last.
+    pub burst_seconds: u64,
+    /// Bytes per second a mirror's resync copies (mirrored disks only).
+    pub resync_bps_limit: u64,
+}
+
+/// `PUT /v1/disks/{disk}/limits`: the limits to change (absent keys keep their value; 0 lifts a
+/// limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_iops_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_iops_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bps_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_bps_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_bps_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_bps_limit: Option<u64>,
+}
+
+impl LimitsUpdate {
+    /// `now` with this update's keys applied.
+    pub fn apply(&self, now: &DiskLimits) -> DiskLimits {
+        let pick = |new: Option<u64>, old: u64| new.unwrap_or(old);
+        DiskLimits {
+            iops_limit: pick(self.iops_limit, now.iops_limit),
+            read_iops_limit: pick(self.read_iops_limit, now.read_iops_limit),
+            write_iops_limit: pick(self.write_iops_limit, now.write_iops_limit),
+            bps_limit: pick(self.bps_limit, now.bps_limit),
+            read_bps_limit: pick(self.read_bps_limit, now.read_bps_limit),
+            write_bps_limit: pick(self.write_bps_limit, now.write_bps_limit),
+            iops_burst: pick(self.iops_burst, now.iops_burst),
+            burst_seconds: pick(self.burst_seconds, now.burst_seconds),
+            resync_bps_limit: pick(self.resync_bps_limit, now.resync_bps_limit),
+        }
+    }
+}
+
+/// `DELETE /v1/disks/{disk}` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveAnswer {
+    pub disk: String,
+    /// Whether a frontend was attached and was detached (`?force=true`).
+    pub detached: bool,
 }

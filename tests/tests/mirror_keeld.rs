@@ -218,3 +218,50 @@ fn offline_write_online_in_the_default_config_copies_only_what_was_written() {
         assert_eq!(differing_chunks(dir.path(), chunk), 0, "{engine}");
     }
 }
+
+#[test]
+fn the_resync_rate_is_set_in_the_config_and_changed_live() {
+    let config = mirrored("raw", "64M").replace(
+        "size = \"64M\"\n",
+        "size = \"64M\"\nresync_bps_limit = \"256K\"\n",
+    );
+    let keeld = InProcess::start(&config);
+    let api = ControlClient::new(&keeld.dir().join("keel.sock"));
+    let rate = |api: &ControlClient| {
+        let status: serde_json::Value = api.get("/v1/disks/m/mirror").unwrap();
+        let limits: serde_json::Value = api.get("/v1/disks/m/limits").unwrap();
+        assert_eq!(status["resync_bps_limit"], limits["resync_bps_limit"]);
+        status["resync_bps_limit"].as_u64().unwrap()
+    };
+    assert_eq!(rate(&api), 256 << 10);
+
+    post(&api, "offline");
+    let out = Command::new(keel_client())
+        .args(["verify", s(&keeld.socket("m")), "--state"])
+        .arg(keeld.dir().join("v.state"))
+        .args(["--blocks", "1024", "write"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    post(&api, "online");
+    // 4 MiB at 256 KiB/s takes 16 s: the resync is still running.
+    let c = component(&api, 1);
+    assert_eq!(c["state"], "resyncing", "{c}");
+    assert!(c["dirty_chunks"].as_u64().unwrap() > 0, "{c}");
+
+    let _: serde_json::Value = api
+        .call(
+            "PUT",
+            "/v1/disks/m/limits",
+            Some(&serde_json::json!({"resync_bps_limit": 0})),
+        )
+        .unwrap();
+    assert_eq!(rate(&api), 0);
+    wait_for("the unlimited resync", Duration::from_secs(60), || {
+        component(&api, 1)["state"] == "in_sync"
+    });
+    assert_nothing_failed(&api, "raw");
+    let dir = keeld.stop();
+    assert_eq!(differing_chunks(dir.path(), 64 << 10), 0);
+}

@@ -5,11 +5,14 @@
 
 mod mirror;
 mod names;
+mod one_disk;
 mod paths;
+mod qos;
 mod size;
 mod space;
 
 pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
+pub use one_disk::{absolute_paths, disk_from_json, disk_table_from_file};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
@@ -117,6 +120,8 @@ pub struct DiskConfig {
     pub delay_us: u32,
     /// Space thresholds, growth and waiting (keel engine).
     pub space: DiskSpace,
+    /// I/O limits (QoS) and the mirror's resync rate; 0 = unlimited.
+    pub limits: keel_protocol::control::DiskLimits,
 }
 
 /// A whole, checked config file.
@@ -169,6 +174,15 @@ struct RawDisk {
     space_warn: Option<Spanned<space::PercentValue>>,
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
+    iops_limit: Option<Spanned<u64>>,
+    read_iops_limit: Option<Spanned<u64>>,
+    write_iops_limit: Option<Spanned<u64>>,
+    bps_limit: Option<Spanned<SizeValue>>,
+    read_bps_limit: Option<Spanned<SizeValue>>,
+    write_bps_limit: Option<Spanned<SizeValue>>,
+    iops_burst: Option<Spanned<u64>>,
+    burst_seconds: Option<Spanned<u64>>,
+    resync_bps_limit: Option<Spanned<SizeValue>>,
 }
 
 impl Config {
@@ -517,6 +531,7 @@ impl Checker<'_> {
         };
 
         let space = self.check_space(raw, engine, size, path.as_deref())?;
+        let limits = self.check_limits(raw, disk_span)?;
         Ok(DiskConfig {
             name,
             socket,
@@ -535,6 +550,7 @@ impl Checker<'_> {
             poll_us,
             delay_us,
             space,
+            limits,
         })
     }
 }

@@ -102,7 +102,7 @@ pub enum MirrorCmd {
     },
 }
 
-fn api(e: ClientError) -> String {
+pub(super) fn api(e: ClientError) -> String {
     e.to_string()
 }
 
@@ -112,7 +112,7 @@ fn disk_path(disk: &str) -> String {
 
 /// The API path of a served disk, refusing a name no config can give a disk (it would
 /// address another resource, or none).
-fn served_disk(disk: &str) -> Result<String, String> {
+pub(super) fn served_disk(disk: &str) -> Result<String, String> {
     check_disk_name(disk).map_err(|m| format!("no such disk: {m}"))?;
     Ok(disk_path(disk))
 }
@@ -178,7 +178,7 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
         return print_json(&s);
     }
     let bytes = |n: u64| format!("{} ({n} bytes)", format_size(n));
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 17] = [
         ("reads", s.reads.to_string()),
         ("writes", s.writes.to_string()),
         ("flushes", s.flushes.to_string()),
@@ -197,6 +197,8 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
             s.snapshots_being_deleted.to_string(),
         ),
         ("get-id", s.get_ids.to_string()),
+        ("throttled time", format!("{:.3} s", s.throttled_seconds)),
+        ("throttled requests", s.throttled_requests.to_string()),
     ];
     for (k, v) in rows {
         println!("{k:<23} {v}");

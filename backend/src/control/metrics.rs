@@ -125,6 +125,16 @@ impl Scrape {
             Gauge,
             "Requests submitted to the engine and not completed yet",
         );
+        let mut throttled = Family::new(
+            "keel_disk_throttled_seconds_total",
+            Counter,
+            "Time the disk's queues held requests back for its I/O limits, summed over queues",
+        );
+        let mut throttled_requests = Family::new(
+            "keel_disk_throttled_requests_total",
+            Counter,
+            "Requests that waited for the disk's I/O limits",
+        );
         let mut journal = Family::new(
             "keel_store_journal_records_total",
             Counter,
@@ -221,6 +231,8 @@ impl Scrape {
                 batched.add(disk(name), s.batched_requests);
                 max_batch.add(disk(name), s.max_batch);
                 in_flight.add(disk(name), s.in_flight);
+                throttled.add(disk(name), s.throttled_seconds);
+                throttled_requests.add(disk(name), s.throttled_requests);
                 if d.info.engine == "keel" {
                     journal.add(disk(name), s.metadata_transactions);
                     device_written.add(disk(name), s.device_bytes_written);
@@ -279,8 +291,18 @@ impl Scrape {
 
         let mut out = String::new();
         for f in [
-            &up, &connected, &size, &requests, &bytes, &errors, &batches, &batched, &max_batch,
+            &up,
+            &connected,
+            &size,
+            &requests,
+            &bytes,
+            &errors,
+            &batches,
+            &batched,
+            &max_batch,
             &in_flight,
+            &throttled,
+            &throttled_requests,
         ] {
             f.write(&mut out);
         }

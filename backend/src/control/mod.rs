@@ -5,6 +5,7 @@
 //! uses to talk to it. It knows nothing of the vhost side.
 
 pub mod cli;
+pub mod cli_disks;
 pub mod client;
 mod http;
 pub mod metrics;

@@ -3,7 +3,7 @@
 use super::ApiError;
 use crate::store::diff::{EMPTY, RUNNING};
 use keel_protocol::control::{
-    API_PREFIX, CloneDisk, CreateSnapshot, MirrorOpBody, ResizeDisk, RevertSnapshot,
+    API_PREFIX, CloneDisk, CreateSnapshot, LimitsUpdate, MirrorOpBody, ResizeDisk, RevertSnapshot,
 };
 use serde::de::DeserializeOwned;
 
@@ -74,6 +74,22 @@ pub enum ApiCall {
     MirrorStatus {
         disk: String,
     },
+    /// Starts serving a disk described like a `[[disk]]` table (a JSON object).
+    AddDisk {
+        table: serde_json::Value,
+    },
+    /// Stops serving a disk; `force` detaches an attached frontend first.
+    RemoveDisk {
+        disk: String,
+        force: bool,
+    },
+    GetLimits {
+        disk: String,
+    },
+    SetLimits {
+        disk: String,
+        update: LimitsUpdate,
+    },
     Mirror {
         disk: String,
         component: usize,
@@ -93,7 +109,17 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> 
     let call = match (method, parts.as_slice()) {
         ("GET", ["version"]) => ApiCall::Version,
         ("GET", ["disks"]) => ApiCall::ListDisks,
+        ("POST", ["disks"]) => ApiCall::AddDisk { table: json(body)? },
         ("GET", ["disks", d]) => ApiCall::DiskInfo { disk: own(d) },
+        ("DELETE", ["disks", d]) => ApiCall::RemoveDisk {
+            disk: own(d),
+            force: force_flag(query)?,
+        },
+        ("GET", ["disks", d, "limits"]) => ApiCall::GetLimits { disk: own(d) },
+        ("PUT", ["disks", d, "limits"]) => ApiCall::SetLimits {
+            disk: own(d),
+            update: json(body)?,
+        },
         ("GET", ["disks", d, "stats"]) => ApiCall::DiskStats { disk: own(d) },
         ("GET", ["disks", d, "snapshots"]) => ApiCall::ListSnapshots { disk: own(d) },
         ("POST", ["disks", d, "snapshots"]) => {
@@ -184,6 +210,17 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> 
         _ => return Err(not_found(method, path)),
     };
     Ok(call)
+}
+
+/// `?force=true` (or `false`) of a disk removal; nothing else.
+fn force_flag(query: &str) -> Result<bool, ApiError> {
+    match query {
+        "" | "force=false" => Ok(false),
+        "force=true" => Ok(true),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown query {other:?} (use force=true)"
+        ))),
+    }
 }
 
 /// `from` (required) and `to` (default: the running point) of a diff query.
@@ -358,6 +395,37 @@ mod tests {
                 to: "@running".into()
             })
         );
+        assert_eq!(
+            route("DELETE", "/v1/disks/vm1?force=true", b""),
+            Ok(ApiCall::RemoveDisk {
+                disk: "vm1".into(),
+                force: true
+            })
+        );
+        assert_eq!(
+            route("POST", "/v1/disks", br#"{"name":"vm2"}"#),
+            Ok(ApiCall::AddDisk {
+                table: serde_json::json!({"name": "vm2"})
+            })
+        );
+        assert_eq!(
+            route("PUT", "/v1/disks/vm1/limits", br#"{"iops_limit":5}"#),
+            Ok(ApiCall::SetLimits {
+                disk: "vm1".into(),
+                update: LimitsUpdate {
+                    iops_limit: Some(5),
+                    ..LimitsUpdate::default()
+                }
+            })
+        );
+        assert!(matches!(
+            route("PUT", "/v1/disks/vm1/limits", br#"{"iops":5}"#),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            route("DELETE", "/v1/disks/vm1?forse=1", b""),
+            Err(ApiError::BadRequest(_))
+        ));
         assert_eq!(
             route("POST", "/v1/disks/db/mirror/1/maintenance", b""),
             Ok(ApiCall::Mirror {

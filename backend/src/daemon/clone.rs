@@ -38,6 +38,11 @@ pub(super) struct CloneJob {
 }
 
 impl CloneJob {
+    /// Whether its copy is still under way (not failed).
+    pub(super) fn is_running(&self) -> bool {
+        self.failed.is_none()
+    }
+
     pub(super) fn info(&self) -> DiskInfo {
         let state = match self.failed {
             Some(_) => DiskState::Failed,
@@ -141,6 +146,7 @@ impl DaemonControl {
             source: format!("{disk}@{snapshot}"),
             config: config.clone(),
             disks: Arc::clone(&self.disks),
+            exports: self.exports.clone(),
             jobs: Arc::clone(&self.cloning),
             watch: Arc::clone(&watch),
         };
@@ -216,6 +222,8 @@ struct CloneRun {
     source: String,
     config: DiskConfig,
     disks: Arc<DiskSet>,
+    /// The NBD exports the served clone joins, as every served disk does.
+    exports: Option<Arc<crate::nbd::Exports>>,
     jobs: CloneJobs,
     watch: Arc<CloneWatch>,
 }
@@ -286,8 +294,12 @@ impl CloneRun {
                 });
             }
         };
+        let engine = Arc::clone(served.engine());
         if let Err(e) = self.disks.insert(served) {
             return Err(format!("cannot list the new disk: {e:?}"));
+        }
+        if let Some(exports) = &self.exports {
+            exports.add(&self.config, engine);
         }
         Ok(copied)
     }

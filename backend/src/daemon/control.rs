@@ -19,6 +19,8 @@ pub struct DaemonControl {
     pub(super) disks: Arc<DiskSet>,
     /// The clones being copied (or failed): held apart so a copy does not lock the disk list.
     pub(super) cloning: super::clone::CloneJobs,
+    /// The NBD exports disks added and removed through the API join and leave.
+    pub(super) exports: Option<Arc<crate::nbd::Exports>>,
 }
 
 impl DaemonControl {
@@ -26,7 +28,14 @@ impl DaemonControl {
         Self {
             disks,
             cloning: Default::default(),
+            exports: None,
         }
+    }
+
+    /// Disks added and removed through the API also join and leave `exports`.
+    pub fn with_exports(mut self, exports: Arc<crate::nbd::Exports>) -> Self {
+        self.exports = Some(exports);
+        self
     }
 
     pub(super) fn disk(&self, name: &str) -> Result<Arc<ServedDisk>, ApiError> {
@@ -49,7 +58,7 @@ fn to_json<T: Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn from_admin(e: AdminError) -> ApiError {
+pub(super) fn from_admin(e: AdminError) -> ApiError {
     match e {
         AdminError::NotFound(m) => ApiError::NotFound(m),
         AdminError::Conflict(m) => ApiError::Conflict(m),
@@ -207,6 +216,10 @@ impl ControlHandler for DaemonControl {
             ApiCall::Export { disk, .. } => Err(ApiError::BadRequest(format!(
                 "disk {disk}: an export is a binary answer, not a JSON call"
             ))),
+            ApiCall::AddDisk { table } => to_json(self.add_disk(&table)?),
+            ApiCall::RemoveDisk { disk, force } => to_json(self.remove_disk(&disk, force)?),
+            ApiCall::GetLimits { disk } => to_json(self.disk(&disk)?.qos().limits()),
+            ApiCall::SetLimits { disk, update } => to_json(self.set_limits(&disk, &update)?),
             ApiCall::MirrorStatus { disk } => to_json(
                 self.disk(&disk)?
                     .admin(Need::Mirror)?

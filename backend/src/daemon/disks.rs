@@ -1,6 +1,6 @@
 //! The set of served disks, one list shared by the daemon and its control API.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::config::DiskConfig;
 use crate::engine::EngineError;
@@ -28,11 +28,41 @@ pub enum Missing {
     Poisoned,
 }
 
+/// What of `new` `other` already uses, if anything.
+fn in_use(new: &DiskConfig, other: &DiskConfig) -> Option<String> {
+    if new.name == other.name {
+        return Some(format!("disk {} exists", new.name));
+    }
+    if new.socket == other.socket {
+        return Some(format!(
+            "socket {} is disk {}'s",
+            new.socket.display(),
+            other.name
+        ));
+    }
+    let theirs = other.backing_paths();
+    new.backing_paths()
+        .into_iter()
+        .find(|p| theirs.contains(p))
+        .map(|p| format!("{} is disk {}'s", p.display(), other.name))
+}
+
 /// The served disks, in start order, and the config's disks that failed to open.
 #[derive(Default)]
 pub struct DiskSet {
     served: RwLock<Vec<Arc<ServedDisk>>>,
     failed: Vec<FailedDisk>,
+    /// Held from the check that a new disk's name, socket and files are free to its insert,
+    /// so two starts (the API's, a reload's) cannot both pass the check.
+    starting: Mutex<()>,
+}
+
+/// Why a new disk was not started.
+pub enum StartError {
+    /// Its name, socket or a file is another disk's: the text says which.
+    InUse(String),
+    Start(super::DaemonError),
+    Poisoned,
 }
 
 impl DiskSet {
@@ -40,7 +70,28 @@ impl DiskSet {
         Self {
             served: RwLock::new(served.into_iter().map(Arc::new).collect()),
             failed,
+            starting: Mutex::default(),
         }
+    }
+
+    /// Starts a disk with `start` and adds it, unless its name, socket or a file it stores
+    /// in is another disk's (served or failed).
+    pub fn start_new(
+        &self,
+        config: &DiskConfig,
+        start: impl FnOnce(&DiskConfig) -> Result<ServedDisk, super::DaemonError>,
+    ) -> Result<Arc<ServedDisk>, StartError> {
+        let _one_start = self.starting.lock().map_err(|_| StartError::Poisoned)?;
+        let served = self.list().map_err(|_| StartError::Poisoned)?;
+        let configs = served
+            .iter()
+            .map(|d| &d.config)
+            .chain(self.failed.iter().map(|f| &f.config));
+        if let Some(why) = configs.filter_map(|other| in_use(config, other)).next() {
+            return Err(StartError::InUse(why));
+        }
+        let disk = start(config).map_err(StartError::Start)?;
+        self.insert(disk).map_err(|_| StartError::Poisoned)
     }
 
     fn read(&self) -> Result<RwLockReadGuard<'_, Vec<Arc<ServedDisk>>>, Poisoned> {

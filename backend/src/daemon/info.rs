@@ -61,6 +61,8 @@ impl ServedDisk {
                     sum_us: h.sum_us(),
                 })
                 .collect(),
+            throttled_seconds: self.qos().throttled().as_secs_f64(),
+            throttled_requests: self.qos().throttled_requests(),
         }
     }
 

@@ -5,10 +5,12 @@
 //! parses calls and hands them to a [`crate::control::ControlHandler`], which this module
 //! implements over its [`DiskSet`]. [`start_disk`] is the one way a disk starts.
 
+mod add_remove;
 mod clone;
 mod control;
 mod disks;
 mod info;
+mod limits;
 mod reload;
 mod served;
 
@@ -18,7 +20,7 @@ mod metrics_tests;
 mod tests;
 
 pub use control::DaemonControl;
-pub use disks::{DiskSet, FailedDisk, Missing, Poisoned};
+pub use disks::{DiskSet, FailedDisk, Missing, Poisoned, StartError};
 pub use reload::Reload;
 pub use served::{ServedDisk, start_disk, start_disk_on};
 
@@ -54,7 +56,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("disk {0} exists")]
+    /// The name, socket or a file is another disk's (the text says which).
+    #[error("{0}")]
     Exists(String),
     #[error("no such disk: {0}")]
     NotFound(String),
@@ -74,8 +77,6 @@ pub struct Daemon {
     nbd: Option<NbdServer>,
     /// The control calls' side, which also runs clones' copies.
     handler: Arc<DaemonControl>,
-    /// Held from the name check to the insert, so two starts of one name cannot both pass.
-    starting: std::sync::Mutex<()>,
     /// The config the disks were started from (changed by [`Daemon::reload`]).
     config: Config,
 }
@@ -118,7 +119,8 @@ impl Daemon {
         }
         let count = served.len();
         let disks = Arc::new(DiskSet::new(served, failed));
-        let handler = Arc::new(DaemonControl::new(Arc::clone(&disks)));
+        let handler =
+            Arc::new(DaemonControl::new(Arc::clone(&disks)).with_exports(Arc::clone(&exports)));
         let control = match &config.server.control_socket {
             Some(path) => Some(
                 ControlServer::start(path, Arc::clone(&handler) as _).map_err(|source| {
@@ -146,7 +148,6 @@ impl Daemon {
             exports,
             nbd,
             handler,
-            starting: std::sync::Mutex::default(),
             config: config.clone(),
         })
     }
@@ -156,15 +157,18 @@ impl Daemon {
         &self.disks
     }
 
-    /// Starts serving one more disk.
+    /// Starts serving one more disk; refused if its name, socket or a file is another's.
     pub fn start_disk(&self, config: &DiskConfig) -> Result<Arc<ServedDisk>, DaemonError> {
-        let _one_start = self.starting.lock().map_err(|_| DaemonError::Poisoned)?;
-        if self.disks.has(&config.name)? {
-            return Err(DaemonError::Exists(config.name.clone()));
-        }
-        let disk = start_disk(config)?;
+        let disk = self
+            .disks
+            .start_new(config, start_disk)
+            .map_err(|e| match e {
+                StartError::InUse(why) => DaemonError::Exists(why),
+                StartError::Start(e) => e,
+                StartError::Poisoned => DaemonError::Poisoned,
+            })?;
         self.exports.add(config, Arc::clone(disk.engine()));
-        Ok(self.disks.insert(disk)?)
+        Ok(disk)
     }
 
     /// Stops serving disk `name`: no new connections, in-flight I/O finished, writes flushed.

@@ -59,6 +59,11 @@ impl ServedDisk {
         &self.ctx.stats
     }
 
+    /// The disk's I/O limits and what they held back.
+    pub fn qos(&self) -> &Arc<crate::qos::DiskQos> {
+        &self.ctx.qos
+    }
+
     /// Tells the attached frontend the disk grew.
     pub fn config_change(&self) -> &ConfigNotifier {
         &self.ctx.config_change

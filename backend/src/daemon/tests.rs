@@ -242,7 +242,7 @@ fn the_daemon_starts_lists_and_stops_disks() {
     assert_eq!(names(&daemon), ["a", "b"]);
     assert!(matches!(
         daemon.start_disk(b),
-        Err(super::DaemonError::Exists(n)) if n == "b"
+        Err(super::DaemonError::Exists(n)) if n == "disk b exists"
     ));
     daemon.stop_disk("b").unwrap();
     assert!(!b.socket.exists(), "a stopped disk's socket is removed");

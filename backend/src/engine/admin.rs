@@ -82,6 +82,13 @@ pub trait EngineAdmin: Send + Sync {
         unsupported("mirroring")
     }
 
+    /// Sets the mirror's resync byte rate (0: unlimited).
+    fn set_resync_rate(&self, _bytes_per_sec: u64) -> Result<(), AdminError> {
+        Err(AdminError::Invalid(
+            "`resync_bps_limit`: this disk is not mirrored".into(),
+        ))
+    }
+
     /// The storage core behind the disk, for operations that read its trees (diff, export).
     fn store(&self) -> Option<std::sync::Arc<crate::store::Store>> {
         None

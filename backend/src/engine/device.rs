@@ -77,6 +77,11 @@ impl EngineAdmin for MirroredRawEngine {
     fn mirror_command(&self, component: usize, cmd: MirrorCommand) -> Result<(), AdminError> {
         mirrored::command(&self.dev, component, cmd)
     }
+
+    fn set_resync_rate(&self, bytes_per_sec: u64) -> Result<(), AdminError> {
+        self.dev.set_resync_rate(bytes_per_sec);
+        Ok(())
+    }
 }
 
 /// How one queue runs a request: to completion, through a bounce buffer.

@@ -35,6 +35,9 @@ pub fn open(disk: &DiskConfig, size: u64) -> Result<Arc<MirrorDevice>, EngineErr
     if disk.mirror.iter().any(|p| is_remote(&p.to_string_lossy())) {
         mc.options.parallel_write_min = Some(0);
     }
+    mc.options.resync_rate = Arc::new(crate::device::mirror::ResyncRate::new(
+        disk.limits.resync_bps_limit,
+    ));
     let dev = MirrorDevice::open(mc).map_err(|e| EngineError::Setup {
         path: disk.mirror.first().cloned().unwrap_or_default(),
         message: format!("opening the mirror: {e}"),

@@ -27,6 +27,7 @@ use super::worker::{QueueWorker, Vring};
 use crate::config::DiskConfig;
 use crate::engine::delay::DelayQueue;
 use crate::engine::{Engine, EngineError, GuestMemory};
+use crate::qos::{DiskQos, ThrottledQueue};
 
 /// Byte offset of `writeback` (WCE) in the virtio-blk config space.
 pub const WCE_OFFSET: u32 = 32;
@@ -56,6 +57,8 @@ pub struct DiskContext {
     /// The attached frontend's channel for config-change messages.
     pub config_change: Arc<ConfigNotifier>,
     pub log_limit: RateLimit,
+    /// The disk's I/O limits, shared by its queues.
+    pub qos: Arc<DiskQos>,
 }
 
 impl DiskContext {
@@ -89,6 +92,7 @@ impl DiskContext {
             delay: Duration::from_micros(u64::from(cfg.delay_us)),
             config_change: Arc::default(),
             log_limit: RateLimit::new(Duration::from_secs(1), 10),
+            qos: Arc::new(DiskQos::new(&cfg.limits)),
         }
     }
 
@@ -201,6 +205,13 @@ impl BlkBackend {
     ) -> Result<(), EngineError> {
         for (index, slot) in self.workers.iter().enumerate() {
             let mut engine = self.ctx.engine.queue(index)?;
+            let queue_error = |source| EngineError::Queue {
+                queue: index,
+                source,
+            };
+            engine = Box::new(
+                ThrottledQueue::new(engine, Arc::clone(&self.ctx.qos)).map_err(queue_error)?,
+            );
             if !self.ctx.delay.is_zero() {
                 engine = Box::new(DelayQueue::new(engine, self.ctx.delay).map_err(|source| {
                     EngineError::Queue {
@@ -442,6 +453,7 @@ mod tests {
             poll_us: 0,
             delay_us: 0,
             space: Default::default(),
+            limits: crate::qos::unlimited(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use keel_backend::control::cli::{DaemonArgs, MirrorCmd};
+use keel_backend::control::cli_disks::{DiskCmd, LimitsArgs};
 use keel_protocol::parse_size;
 use std::path::PathBuf;
 
@@ -150,6 +151,11 @@ pub enum Cmd {
     /// Mirror components of a served disk.
     #[command(subcommand)]
     Mirror(MirrorCmd),
+    /// Add a disk to a running keeld or remove one (not written to its config file).
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Show a served disk's I/O limits, or change them (0 lifts a limit).
+    Limits(LimitsArgs),
 }
 
 #[derive(Subcommand)]

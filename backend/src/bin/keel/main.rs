@@ -9,6 +9,7 @@ mod transfer;
 use args::{Cli, Cmd, SnapshotCmd};
 use clap::{CommandFactory, Parser};
 use keel_backend::control::cli::{self as online, DaemonArgs};
+use keel_backend::control::cli_disks;
 use keel_backend::store::diff::RUNNING;
 use std::io::Write;
 use std::path::Path;
@@ -32,6 +33,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             out,
         } => online::clone(&daemon.client()?, &disk, &snapshot, &new_disk, out.json)?,
         Cmd::Mirror(m) => online::mirror(&daemon.client()?, m)?,
+        Cmd::Disk(d) => cli_disks::disk(&daemon.client()?, d)?,
+        Cmd::Limits(l) => cli_disks::limits(&daemon.client()?, &l)?,
         Cmd::Resize { target, size, out } => {
             if served(&daemon, &target)? {
                 online::resize(&daemon.client()?, &target, size, out.json)?

@@ -1,7 +1,7 @@
 //! How a mirrored disk is described: its component paths, size and resync settings.
 
 use super::scheduler::{ResyncPriority, ResyncScheduler};
-use super::throttle::ThrottleConfig;
+use super::throttle::{ResyncRate, ThrottleConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,6 +36,8 @@ pub struct MirrorOptions {
     pub parallel_write_min: Option<usize>,
     pub priority: ResyncPriority,
     pub throttle: ThrottleConfig,
+    /// Bytes per second a resync copies (0: unlimited), changeable while the mirror is open.
+    pub resync_rate: Arc<ResyncRate>,
     /// Where resync jobs run; `None` leaves them to [`super::MirrorDevice::run_resync`].
     pub scheduler: Option<Arc<ResyncScheduler>>,
     /// Chunks copied between two sync-bitmap checkpoints.
@@ -59,6 +61,7 @@ impl Default for MirrorOptions {
             parallel_write_min: None,
             priority: ResyncPriority::Normal,
             throttle: ThrottleConfig::default(),
+            resync_rate: Arc::default(),
             scheduler: None,
             checkpoint_chunks: 256,
             write_intent: true,

@@ -27,6 +27,12 @@ impl MirrorDevice {
         &self.shared.name
     }
 
+    /// Sets the resync byte rate (0: unlimited); a resync running now uses it from its next
+    /// chunk.
+    pub fn set_resync_rate(&self, bytes_per_sec: u64) {
+        self.shared.options.resync_rate.set(bytes_per_sec);
+    }
+
     /// LSN of the last write handed out.
     pub fn lsn(&self) -> u64 {
         self.shared.clock.last()

@@ -54,4 +54,4 @@ pub use resync::ResyncOutcome;
 pub use scheduler::{ResyncPriority, ResyncScheduler};
 pub use state::ComponentState;
 pub use status::{ComponentStatus, DeltaStatus, MirrorStatus, ResyncStatus};
-pub use throttle::ThrottleConfig;
+pub use throttle::{ResyncRate, ThrottleConfig};

@@ -431,6 +431,7 @@ impl MirrorDevice {
             name: s.name.clone(),
             set_id: st.view.set_id.clone(),
             chunk_size: chunk,
+            resync_bps_limit: s.options.resync_rate.get(),
             lsn: s.clock.last(),
             components,
             deltas,

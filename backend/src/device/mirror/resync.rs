@@ -252,7 +252,10 @@ impl Shared {
             }
         }
         let _batch = BatchScheduling::enter();
-        let mut throttle = Throttle::new(self.options.throttle);
+        let mut throttle = Throttle::new(
+            self.options.throttle,
+            std::sync::Arc::clone(&self.options.resync_rate),
+        );
         let mut copied: Vec<u64> = Vec::new();
         let mut cursor = 0u64;
         let mut bytes = 0u64;

@@ -53,6 +53,8 @@ pub struct MirrorStatus {
     pub name: String,
     pub set_id: String,
     pub chunk_size: u64,
+    /// Bytes per second a resync copies (`resync_bps_limit`; 0 = unlimited).
+    pub resync_bps_limit: u64,
     /// LSN of the last write handed out.
     pub lsn: u64,
     pub components: Vec<ComponentStatus>,

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 /// How hard a resync may push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Bytes per second, or `None` for no limit.
-    pub rate_limit: Option<u64>,
     /// Longest pause before each chunk while guest I/O is active; zero disables yielding.
     pub max_yield: Duration,
     /// Guest I/O this recent counts as active.
@@ -24,10 +22,28 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            rate_limit: None,
             max_yield: Duration::from_millis(10),
             guest_quiet: Duration::from_millis(1),
         }
+    }
+}
+
+/// A mirror's resync byte rate (`resync_bps_limit`), read before each chunk so a change while
+/// a resync runs applies to its next chunk. 0 means unlimited.
+#[derive(Debug, Default)]
+pub struct ResyncRate(AtomicU64);
+
+impl ResyncRate {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self(AtomicU64::new(bytes_per_sec))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, bytes_per_sec: u64) {
+        self.0.store(bytes_per_sec, Ordering::Relaxed);
     }
 }
 
@@ -83,14 +99,19 @@ impl GuestActivity {
 /// Paces one resync job.
 pub struct Throttle {
     config: ThrottleConfig,
+    rate: std::sync::Arc<ResyncRate>,
+    /// The rate `started` and `bytes` count under: a new rate starts a new count.
+    counted_rate: u64,
     started: Instant,
     bytes: u64,
 }
 
 impl Throttle {
-    pub fn new(config: ThrottleConfig) -> Self {
+    pub fn new(config: ThrottleConfig, rate: std::sync::Arc<ResyncRate>) -> Self {
         Self {
             config,
+            counted_rate: rate.get(),
+            rate,
             started: Instant::now(),
             bytes: 0,
         }
@@ -104,7 +125,13 @@ impl Throttle {
 
     /// Blocks until `next` bytes may be copied.
     pub fn pace(&mut self, next: u64, guest: &GuestActivity) {
-        if let Some(rate) = self.config.rate_limit {
+        let rate = self.rate.get();
+        if rate != self.counted_rate {
+            self.counted_rate = rate;
+            self.started = Instant::now();
+            self.bytes = 0;
+        }
+        if rate > 0 {
             let d = Self::rate_delay(self.bytes, next, rate, self.started.elapsed());
             if !d.is_zero() {
                 std::thread::sleep(d);
@@ -175,6 +202,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_set_while_copying_paces_the_next_chunks() {
+        let rate = std::sync::Arc::new(ResyncRate::default());
+        let config = ThrottleConfig {
+            max_yield: Duration::ZERO,
+            ..ThrottleConfig::default()
+        };
+        let mut t = Throttle::new(config, std::sync::Arc::clone(&rate));
+        let idle = GuestActivity::default();
+        let start = Instant::now();
+        t.pace(1 << 30, &idle);
+        assert!(start.elapsed() < Duration::from_millis(500), "unlimited");
+        // 20 KiB at 100 KiB/s: at least 200 ms.
+        rate.set(100 << 10);
+        let start = Instant::now();
+        t.pace(10 << 10, &idle);
+        t.pace(10 << 10, &idle);
+        assert!(start.elapsed() >= Duration::from_millis(100), "paced");
+    }
+
+    #[test]
     fn batch_scheduling_is_entered_and_left() {
         // SAFETY: reads this thread's policy.
         let policy = || unsafe { libc::sched_getscheduler(0) };
@@ -198,7 +245,7 @@ mod tests {
             max_yield: Duration::from_millis(5),
             ..ThrottleConfig::default()
         };
-        let mut t = Throttle::new(config);
+        let mut t = Throttle::new(config, std::sync::Arc::default());
         let start = Instant::now();
         t.pace(4096, &g);
         let took = start.elapsed();

@@ -402,6 +402,18 @@ impl EngineAdmin for KeelEngine {
         }
     }
 
+    fn set_resync_rate(&self, bytes_per_sec: u64) -> Result<(), AdminError> {
+        match &self.mirror {
+            Some(m) => {
+                m.set_resync_rate(bytes_per_sec);
+                Ok(())
+            }
+            None => Err(AdminError::Invalid(
+                "`resync_bps_limit`: this disk is not mirrored".into(),
+            )),
+        }
+    }
+
     fn store(&self) -> Option<Arc<Store>> {
         Some(Arc::clone(&self.store))
     }
