@@ -203,10 +203,11 @@ END
     done
 }
 
-# Builds the keel CLI (release) unless it is there, and sets KEEL_BIN.
+# Builds the keel CLI (release; cargo makes it a no-op when it is current, KEEL_SKIP_BUILD
+# skips it when a binary is there) and sets KEEL_BIN.
 keel_cli() {
     KEEL_BIN=$REPO_DIR/target/release/keel
-    [ -x "$KEEL_BIN" ] && return 0
+    [ -n "${KEEL_SKIP_BUILD:-}" ] && [ -x "$KEEL_BIN" ] && return 0
     (cd "$REPO_DIR" && cargo build --release -q -p keel-backend --bin keel) || fail "cannot build keel"
 }
 
@@ -495,8 +496,9 @@ libvirt_wait_mark() {
 }
 
 # libvirt runs a guest on a keeld disk: virsh define and start a domain whose guest runs fio
-# verify on it, virsh attach-device of a second keeld disk while the guest runs (the guest
-# verifies it too), virsh detach-device, and the guest's clean power-off. keeld, libvirtd and
+# verify on it; a second disk added to the running keeld (keel disk add) and hot-plugged with
+# virsh attach-device (the guest verifies it too); virsh detach-device, keel disk remove, and
+# the guest's clean power-off. keeld, libvirtd and
 # QEMU run as an unprivileged user (lib/libvirt.sh).
 test_libvirt_domain_hotplug() {
     local keeld_pid='' console=$T/console.log c=$T/keel.sock state='' waited
@@ -516,25 +518,21 @@ socket = "$T/d0.sock"
 engine = "keel"
 path = "$T/d0.keel"
 size = "256M"
-
-[[disk]]
-name = "d1"
-socket = "$T/d1.sock"
-engine = "raw"
-path = "$T/d1.img"
-size = "64M"
 EOF
     as_root chown "$LIBVIRT_USER" "$T"
     as_libvirt_user "$KEELD_BIN" --config "$T/keel.toml" >>"$T/keeld.log" 2>&1 &
     keeld_pid=$!
-    for waited in $(seq 100); do [ -S "$T/d1.sock" ] && break; sleep 0.1; done
-    [ -S "$T/d1.sock" ] || fail "keeld did not start: $(tail -n 5 "$T/keeld.log")" || return 1
+    for waited in $(seq 100); do [ -S "$T/d0.sock" ] && break; sleep 0.1; done
+    [ -S "$T/d0.sock" ] || fail "keeld did not start: $(tail -n 5 "$T/keeld.log")" || return 1
     libvirt_domain_xml hotplug-verify "$(libvirt_disk_xml "$T/d0.sock" vda)" "$console" >"$T/domain.xml"
     libvirt_disk_xml "$T/d1.sock" vdb >"$T/d1.xml"
     virt-xml-validate "$T/domain.xml" domain >/dev/null 2>&1 || fail "the test domain is not valid" || return 1
     lvirsh define "$T/domain.xml" >/dev/null || fail "virsh define failed" || return 1
     lvirsh start keel-test >/dev/null || fail "virsh start failed" || return 1
     libvirt_wait_mark "$console" hotplug-ready || fail "the guest did not verify vda; console: $console" || return 1
+    # The second disk is added to the running keeld, then plugged into the running guest.
+    "$KEEL_BIN" --control "$c" disk add --name d1 --socket "$T/d1.sock" --engine raw \
+        --path "$T/d1.img" --size 64M >/dev/null || fail "keel disk add failed" || return 1
     lvirsh attach-device keel-test "$T/d1.xml" --live >/dev/null || fail "virsh attach-device failed" || return 1
     libvirt_wait_mark "$console" hotplug-verified || fail "the guest did not verify the hot-plugged vdb" || return 1
     "$KEEL_BIN" --control "$c" disks | grep -Eq '^d1 .* yes ' ||
@@ -551,6 +549,8 @@ EOF
     fio_clean "$T/results/fio" || return 1
     fio_clean "$T/results/fio-hotplug" || return 1
     "$KEEL_BIN" --control "$c" disks | grep -Eq '^d1 .* no ' || fail "d1 still attached after detach" || return 1
+    "$KEEL_BIN" --control "$c" disk remove d1 >/dev/null || fail "keel disk remove failed" || return 1
+    [ ! -e "$T/d1.sock" ] || fail "the removed disk's socket is still there" || return 1
     # keeld itself, not runuser (which would answer a TERM with a KILL of its child).
     as_root pkill -TERM -u "$LIBVIRT_USER" -x keeld
     wait "$keeld_pid" || fail "keeld did not exit 0 on SIGTERM" || return 1
