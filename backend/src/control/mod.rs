@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod cli_disks;
+pub mod cli_mirror;
 pub mod client;
 mod http;
 pub mod metrics;
