@@ -8,8 +8,8 @@
 //! - [`provider`]: where component devices come from (files + `.keelmirror` sidecars);
 //!   [`remote`]: components on another host over NBD, and `reconnect`, which brings them
 //!   back on their own.
-//! - `shared`: the state behind [`MirrorDevice`] and its locks; `open`: opening a set and
-//!   repairing an unclean stop; `write` and `read`: the data path and failover; `device`:
+//! - `shared`: the state behind [`MirrorDevice`] and its locks; `open`: opening a set, and
+//!   `repair` of what an unclean stop left; `write` and `read`: the data path and failover; `device`:
 //!   [`MirrorDevice`] itself; `ops`: offline, online, maintenance, replace, status; `resync`:
 //!   the copier.
 //! - [`chunk_locks`], [`throttle`], [`scheduler`]: what keeps the copier and the guest apart.
@@ -31,6 +31,7 @@ pub mod provider;
 mod read;
 mod reconnect;
 pub mod remote;
+mod repair;
 mod resync;
 pub mod scheduler;
 mod shared;
