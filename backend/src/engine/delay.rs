@@ -10,11 +10,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::timerfd::TimerFd;
+use super::wake::TimedWake;
 
 use super::{Completion, IoRequest, QueueEngine, Token};
 
@@ -27,30 +26,19 @@ pub struct DelayQueue {
     /// Completions the real engine reported, waiting for their deadline.
     held: Vec<(Completion, Instant)>,
     scratch: Vec<Completion>,
-    timer: TimerFd,
-    epoll: Epoll,
+    wake: TimedWake,
 }
 
 impl DelayQueue {
     pub fn new(inner: Box<dyn QueueEngine>, delay: Duration) -> io::Result<Self> {
-        let timer = TimerFd::new()?;
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            timer.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )?;
-        if let Some(fd) = inner.completion_fd() {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 1))?;
-        }
+        let wake = TimedWake::new(inner.completion_fd())?;
         Ok(Self {
             inner,
             delay,
             submitted: VecDeque::new(),
             held: Vec::new(),
             scratch: Vec::new(),
-            timer,
-            epoll,
+            wake,
         })
     }
 
@@ -86,10 +74,10 @@ impl DelayQueue {
             d.saturating_duration_since(now)
                 .max(Duration::from_micros(1))
         });
-        let _ = match arm {
-            Some(wait) => self.timer.reset(wait, None),
-            None => self.timer.clear(),
-        };
+        match arm {
+            Some(wait) => self.wake.arm(wait),
+            None => self.wake.disarm(),
+        }
     }
 }
 
@@ -133,7 +121,7 @@ impl QueueEngine for DelayQueue {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.epoll.as_raw_fd())
+        Some(self.wake.fd())
     }
 
     fn ack_completion_fd(&mut self) {

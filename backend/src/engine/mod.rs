@@ -30,6 +30,7 @@ pub mod raw;
 mod submit_ring;
 mod sync_queue;
 mod uring_queue;
+pub(crate) mod wake;
 
 pub use admin::{AdminError, EngineAdmin, EngineCounters, MirrorCommand};
 pub use buffers::{BufferError, GuestBuffers, GuestMemory};

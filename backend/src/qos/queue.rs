@@ -6,13 +6,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::timerfd::TimerFd;
+use crate::engine::wake::TimedWake;
 
 use super::{Cost, DiskQos, Kind};
 use crate::engine::{Completion, IoOp, IoRequest, QueueEngine};
@@ -51,23 +50,12 @@ pub struct ThrottledQueue {
     next_try: Option<Instant>,
     /// Requests let through in one release, handed to `inner` together.
     ready: Vec<IoRequest>,
-    timer_armed: bool,
-    timer: TimerFd,
-    epoll: Epoll,
+    wake: TimedWake,
 }
 
 impl ThrottledQueue {
     pub fn new(inner: Box<dyn QueueEngine>, qos: Arc<DiskQos>) -> io::Result<Self> {
-        let timer = TimerFd::new()?;
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            timer.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )?;
-        if let Some(fd) = inner.completion_fd() {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 1))?;
-        }
+        let wake = TimedWake::new(inner.completion_fd())?;
         let mut q = Self {
             inner,
             qos,
@@ -77,9 +65,7 @@ impl ThrottledQueue {
             parked_since: None,
             next_try: None,
             ready: Vec::new(),
-            timer_armed: false,
-            timer,
-            epoll,
+            wake,
         };
         q.refresh();
         Ok(q)
@@ -124,8 +110,7 @@ impl ThrottledQueue {
                 // Taken before the timer is set, so the timer never fires before it.
                 let w = w.clamp(MIN_WAIT, MAX_WAIT);
                 self.next_try = Some(Instant::now() + w);
-                let _ = self.timer.reset(w, None);
-                self.timer_armed = true;
+                self.wake.arm(w);
             }
             None => {
                 self.next_try = None;
@@ -142,10 +127,7 @@ impl ThrottledQueue {
                 .throttled_ns
                 .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        if self.timer_armed {
-            let _ = self.timer.clear();
-            self.timer_armed = false;
-        }
+        self.wake.disarm();
     }
 }
 
@@ -196,7 +178,7 @@ impl QueueEngine for ThrottledQueue {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.epoll.as_raw_fd())
+        Some(self.wake.fd())
     }
 
     fn ack_completion_fd(&mut self) {
