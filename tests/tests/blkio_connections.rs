@@ -1,4 +1,4 @@
-//! Connection handling: reconnects, a second frontend, several disks, the real binary.
+//! Connection handling: reconnects, a second and a third frontend, several disks, the real binary.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -33,23 +33,38 @@ fn disconnect_and_reconnect_keeps_the_data() {
     assert_eq!(s.refused_connections, 0);
 }
 
+/// A migration's destination on the same socket: it attaches beside the first frontend, its
+/// I/O waits while the first runs, and is served once the first leaves. A third is refused.
 #[test]
-fn second_frontend_is_refused_and_the_first_keeps_working() {
+fn a_second_frontend_waits_for_the_first_and_a_third_is_refused() {
     let keeld = InProcess::start(&raw_disk("d", "8M", ""));
-    let mut first = Client::connect(&keeld.socket("d"), 1, MIB).unwrap();
+    let socket = keeld.socket("d");
+    let mut first = Client::connect(&socket, 1, MIB).unwrap();
     first.write(0, 0, &[1; 4096]).unwrap();
-    let second = Client::connect(&keeld.socket("d"), 1, MIB);
-    assert!(second.is_err(), "a second frontend must not attach");
-    // The first one still works, with its rings and memory untouched.
-    first.write(0, 4096, &[2; 4096]).unwrap();
-    assert_eq!(first.read(0, 0, 8192).unwrap()[..4096], [1; 4096]);
-    assert_eq!(first.read(0, 4096, 4096).unwrap(), vec![2; 4096]);
+    let (attached, on_attach) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let mut second = Client::connect(&socket, 1, MIB).unwrap();
+        attached.send(()).unwrap();
+        second.write(0, 0, &[2; 4096]).unwrap();
+        second.read(0, 0, 8192).unwrap()
+    });
+    on_attach.recv().unwrap();
+    let third = Client::connect(&keeld.socket("d"), 1, MIB);
+    assert!(third.is_err(), "a third frontend must not attach");
+    // The first one still works, with its rings and memory untouched, and the second's write
+    // is not served meanwhile.
+    for round in 0..20u8 {
+        first.write(0, 4096, &[round; 4096]).unwrap();
+        assert_eq!(first.read(0, 0, 8192).unwrap()[..4096], [1; 4096]);
+    }
+    assert!(!waiting.is_finished(), "the second frontend was served");
     let s = keeld.daemon().stats()[0].1.snapshot();
     assert!(s.refused_connections >= 1, "{s:?}");
     drop(first);
-    // Once the first leaves, a new frontend is welcome.
-    let mut third = Client::connect(&keeld.socket("d"), 1, MIB).unwrap();
-    assert_eq!(third.read(0, 4096, 4096).unwrap(), vec![2; 4096]);
+    // Once the first leaves, the second is served: its write, then what the first wrote last.
+    let seen = waiting.join().unwrap();
+    assert_eq!(seen[..4096], [2; 4096]);
+    assert_eq!(seen[4096..], [19; 4096]);
 }
 
 #[test]
