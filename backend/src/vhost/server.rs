@@ -153,6 +153,8 @@ impl Drop for DiskServer {
 
 /// An attached frontend.
 struct Session {
+    /// The frontend's id in the disk's gate (for the log).
+    id: u64,
     /// Set by the waiter once the session is torn down.
     ended: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
@@ -254,7 +256,7 @@ impl Acceptor {
         self.sessions = attached;
         for s in ended {
             let _ = s.waiter.join();
-            info!("disk {}: frontend detached; listening again", self.ctx.name);
+            info!("disk {}: frontend {} detached", self.ctx.name, s.id);
         }
         self.ctx
             .stats
@@ -392,6 +394,7 @@ impl Acceptor {
             })
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;
         self.sessions.push(Session {
+            id,
             ended: done,
             shutdown,
             relay,
