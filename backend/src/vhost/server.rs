@@ -299,8 +299,6 @@ impl Acceptor {
         let memory = GuestMemoryAtomic::new(GuestMemory::default());
         let backend = Arc::new(BlkBackend::new(Arc::clone(&self.ctx), memory.clone()));
         let id = backend.session().frontend;
-        let waker: std::sync::Weak<dyn Wake> = Arc::downgrade(&backend) as _;
-        self.ctx.frontends.set_waker(id, waker);
         let mut daemon = VhostUserDaemon::new(self.ctx.name.clone(), Arc::clone(&backend), memory)
             .map_err(|e| fail(format!("cannot create the vhost-user device: {e}")))?;
         backend
@@ -326,13 +324,19 @@ impl Acceptor {
         let inner = rendezvous
             .accept_own()
             .map_err(|e| fail(format!("internal socket: {e}")))?;
+        // Before its messages flow (and its rings can start): the gate may have to wake them.
+        let waker: std::sync::Weak<dyn Wake> = Arc::downgrade(&backend) as _;
+        self.ctx.frontends.set_waker(id, waker);
         let relay = relay::start(
             Arc::clone(&self.ctx),
             Arc::clone(backend.session()),
             frontend,
             inner,
         )
-        .map_err(|e| fail(format!("cannot start the control relay: {e}")))?;
+        .map_err(|e| {
+            self.ctx.frontends.detach(&self.ctx.name, id);
+            fail(format!("cannot start the control relay: {e}"))
+        })?;
         let relay = Arc::new(Mutex::new(Some(relay)));
 
         self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
