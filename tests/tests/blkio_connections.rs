@@ -67,6 +67,49 @@ fn a_second_frontend_waits_for_the_first_and_a_third_is_refused() {
     assert_eq!(seen[4096..], [19; 4096]);
 }
 
+/// The guest turned the write cache off through the first frontend: a second one (a
+/// migration's destination, which reads the config space from keeld) sees it off too.
+#[test]
+fn a_second_frontend_sees_the_write_cache_the_guest_left() {
+    use keel_tests::raw_frontend::{Message, RawFrontend, code};
+    let keeld = InProcess::start(&raw_disk("d", "8M", ""));
+    let patience = Duration::from_secs(10);
+    let start = || {
+        let mut fe = RawFrontend::connect(&keeld.socket("d")).unwrap();
+        for m in [
+            Message::new(code::SET_OWNER, Vec::new()),
+            Message::new(code::GET_FEATURES, Vec::new()),
+            Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
+            Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
+        ] {
+            fe.send(&m).unwrap();
+        }
+        assert_eq!(fe.read_reply().unwrap().0, code::GET_FEATURES);
+        fe
+    };
+    let wce = |fe: &mut RawFrontend| {
+        fe.send(&Message::config(code::GET_CONFIG, 32, 1, &[0]))
+            .unwrap();
+        let (c, _, p) = fe.read_reply().unwrap();
+        assert_eq!((c, p.len()), (code::GET_CONFIG, 13));
+        p[12]
+    };
+    let mut first = start();
+    assert_eq!(wce(&mut first), 1, "write-back by default");
+    first
+        .send(&Message::config(code::SET_CONFIG, 32, 1, &[0]))
+        .unwrap();
+    assert_eq!(wce(&mut first), 0);
+    let mut second = start();
+    assert_eq!(
+        wce(&mut second),
+        0,
+        "the destination kept the guest's setting"
+    );
+    assert!(second.finish(patience));
+    assert!(first.finish(patience));
+}
+
 #[test]
 fn two_disks_are_independent() {
     let toml = format!(

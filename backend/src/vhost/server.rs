@@ -24,7 +24,7 @@ use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::backend::{BlkBackend, DiskContext};
+use super::backend::{BlkBackend, DiskContext, SessionState};
 use super::frontends::Wake;
 use super::relay::{self, Relay, Rendezvous};
 use super::sigbus;
@@ -155,6 +155,8 @@ impl Drop for DiskServer {
 struct Session {
     /// The frontend's id in the disk's gate (for the log).
     id: u64,
+    /// What its workers read (the guest's write-cache setting).
+    state: Arc<SessionState>,
     /// Set by the waiter once the session is torn down.
     ended: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
@@ -299,6 +301,15 @@ impl Acceptor {
         let memory = GuestMemoryAtomic::new(GuestMemory::default());
         let backend = Arc::new(BlkBackend::new(Arc::clone(&self.ctx), memory.clone()));
         let id = backend.session().frontend;
+        if let Some(first) = self.sessions.first() {
+            // A migration's destination continues the source's guest: its write cache is as
+            // that guest left it (QEMU reads the config space from keeld, it does not migrate it).
+            let write_through = first.state.write_through.load(Ordering::Relaxed);
+            backend
+                .session()
+                .write_through
+                .store(write_through, Ordering::Relaxed);
+        }
         let mut daemon = VhostUserDaemon::new(self.ctx.name.clone(), Arc::clone(&backend), memory)
             .map_err(|e| fail(format!("cannot create the vhost-user device: {e}")))?;
         backend
@@ -356,6 +367,7 @@ impl Acceptor {
             .try_clone()
             .map_err(|e| fail(format!("eventfd: {e}")))?;
         let name = self.ctx.name.clone();
+        let state = Arc::clone(backend.session());
         let ctx = Arc::clone(&self.ctx);
         let stats = Arc::clone(&self.ctx.stats);
         let done = Arc::new(AtomicBool::new(false));
@@ -399,6 +411,7 @@ impl Acceptor {
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;
         self.sessions.push(Session {
             id,
+            state,
             ended: done,
             shutdown,
             relay,
