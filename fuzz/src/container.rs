@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 use keel_backend::testing::FaultyDevice;
+use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 
 use crate::bytes::Reader;
 
