@@ -3,7 +3,12 @@
 #
 #   qemu/launch.sh --socket PATH --job NAME [--param key=value]... [--queues N] [--cpus N]
 #                  [--mem SIZE] [--log FILE] [--results DIR] [--timeout SECONDS]
-#                  [--reconnect-ms MS] [--pidfile FILE] [--kvm]
+#                  [--reconnect-ms MS] [--pidfile FILE] [--qmp SOCKET] [--incoming URI]
+#                  [--append KERNEL-ARGS] [--kvm]
+#
+# --qmp opens a QMP socket (qemu/lib/qmp.py talks to it); --incoming starts a live migration's
+# destination, which waits for the guest's state instead of booting it; --append adds kernel
+# arguments.
 #
 # Guest RAM is a shared memfd (vhost-user needs the backend to map it). The serial console goes to
 # --log; every KEEL-RESULT-BEGIN/END block in it is written to --results/<name>. The exit status is
@@ -14,11 +19,11 @@ set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-pidfile='' socket='' job='' queues=1 cpus='' mem=512M log='' results='' timeout_s=300 reconnect='' accel=tcg
+pidfile='' qmp='' incoming='' append='' socket='' job='' queues=1 cpus='' mem=512M log='' results='' timeout_s=300 reconnect='' accel=tcg
 params=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -33,6 +38,9 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s=$2; shift 2 ;;
     --reconnect-ms) reconnect=$2; shift 2 ;;
     --pidfile) pidfile=$2; shift 2 ;;
+    --qmp) qmp=$2; shift 2 ;;
+    --incoming) incoming=$2; shift 2 ;;
+    --append) append=$2; shift 2 ;;
     --kvm) accel=kvm; shift ;;
     -h | --help) usage ;;
     *) log "unknown argument: $1"; usage ;;
@@ -48,7 +56,7 @@ if [ ! -f "$KERNEL_IMAGE" ] || [ ! -f "$INITRAMFS_IMAGE" ]; then
     "$QEMU_DIR/prepare.sh"
 fi
 
-cmdline="console=ttyS0 panic=-1 keel.job=$job"
+cmdline="console=ttyS0 panic=-1 keel.job=$job${append:+ $append}"
 for p in "${params[@]+"${params[@]}"}"; do
     cmdline+=" keel.$p"
 done
@@ -61,6 +69,8 @@ else
 fi
 extra=()
 [ -n "$pidfile" ] && extra+=(-pidfile "$pidfile")
+[ -n "$qmp" ] && extra+=(-qmp "unix:$qmp,server=on,wait=off")
+[ -n "$incoming" ] && extra+=(-incoming "$incoming")
 chardev="socket,id=disk0,path=$socket"
 [ -n "$reconnect" ] && chardev+=",reconnect-ms=$reconnect"
 

@@ -24,7 +24,8 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_data_survives_restart_and_corruption_is_caught fio_verify_on_qsd
     fio_verify_keel_engine ext4_keel_engine_across_sigkill fio_verify_on_mirror
     fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest
-    fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug)
+    fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug
+    fio_verify_migrates_to_a_second_qemu fio_verify_survives_a_cancelled_migration)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -556,6 +557,108 @@ EOF
     wait "$keeld_pid" || fail "keeld did not exit 0 on SIGTERM" || return 1
 }
 
+# Live migration on one host, as libvirt does it: the destination QEMU names the same keeld
+# socket. The source guest runs fio write+verify (crc32c) on a keel-engine disk; the
+# destination is started with -incoming, attaches to keeld beside the source and waits.
+QMP=$QEMU_DIR/lib/qmp.py
+
+# Starts the source guest (fio-verify with the launcher arguments MIGRATION_ARGS, QMP on $T/src.qmp)
+# and waits until fio has run for $1 seconds; sets SRC_PID. The launcher's messages go to
+# $T/src.launch (one of the two QEMUs always ends without the guest's status).
+migration_source() {
+    SRC_QMP=$(socket_path "$T/src.qmp")
+    boot src fio-verify "${MIGRATION_ARGS[@]}" --qmp "$SRC_QMP" \
+        --pidfile "$T/qemu.pid" 2>"$T/src.launch" &
+    SRC_PID=$!
+    wait_console "$T/src.log" '^KEEL-JOB-BEGIN fio-verify' "$SRC_PID" "the guest never started fio; see $T/src.log" || return 1
+    sleep "$1"
+}
+
+# Starts the destination QEMU, waiting for the migration on $MIGRATE; sets DST_PID.
+migration_destination() {
+    local waited=0
+    MIGRATE=$(socket_path "$T/migrate.sock")
+    boot dst fio-verify "${MIGRATION_ARGS[@]}" --pidfile "$T/dst.pid" \
+        --incoming "unix:$MIGRATE" 2>"$T/dst.launch" &
+    DST_PID=$!
+    # QEMU listens for the guest's state once its devices are set up (attached to keeld).
+    until [ -S "$MIGRATE" ]; do
+        if ! kill -0 "$DST_PID" 2>/dev/null || [ $waited -ge 300 ]; then
+            fail "the destination QEMU did not start; see $T/dst.log"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    grep -q 'attached beside another one' "$T/keeld.log" ||
+        fail "the destination did not attach beside the source" || return 1
+}
+
+# A first boot writes the disk (fio-verify, phase write, 128 MiB per section); the second
+# verifies it and migrates 1 s into it, while fio reads the sequential section (a few seconds
+# under TCG). The verify reads go through the guest's page cache, and readahead fills pages
+# ahead of fio: keeld fills them without the guest's CPU touching them (and the kernel does not
+# zero pages it allocates: init_on_alloc=0), so only the dirty log tells QEMU to copy them
+# again; a page keeld filled after QEMU copied it, read by fio on the destination, fails the
+# verify. fio finishes on the destination with every block verified.
+test_fio_verify_migrates_to_a_second_qemu() {
+    local out
+    local MIGRATION_ARGS=(--param size=128M --param phase=verify --param direct=0
+        --append init_on_alloc=0)
+    backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    boot write fio-verify --param size=128M --param phase=write || fail "fio write phase failed" || return 1
+    fio_clean "$T/write/fio" || return 1
+    migration_source 1 || return 1
+    migration_destination || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
+        fail "migrate failed" || return 1
+    out=$(python3 "$QMP" "$SRC_QMP" migration 300) || fail "the migration did not complete: $out" || return 1
+    log "migration: $out"
+    python3 "$QMP" "$SRC_QMP" run quit >/dev/null
+    wait "$SRC_PID"
+    wait "$DST_PID" || fail "fio-verify did not finish on the destination; see $T/dst.log and $T/dst.launch" || return 1
+    fio_clean "$T/dst/fio" || return 1
+    grep -q 'dirty-page logging on' "$T/keeld.log" || fail "keeld never logged dirty pages" || return 1
+    grep -q 'takes the disk over' "$T/keeld.log" ||
+        fail "the destination never took the disk over" || return 1
+    log "fio finished on the destination; every block verified"
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
+}
+
+# A migration cancelled while it copies RAM (bandwidth capped so that it is still copying) leaves
+# the guest on the source, where fio finishes with every block verified; keeld stops logging.
+test_fio_verify_survives_a_cancelled_migration() {
+    local out MIGRATION_ARGS=(--param size=64M --param phase=all)
+    backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    migration_source 3 || return 1
+    migration_destination || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 8388608}' >/dev/null ||
+        fail "cannot cap the migration bandwidth" || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
+        fail "migrate failed" || return 1
+    python3 "$QMP" "$SRC_QMP" migration-active 60 >/dev/null || fail "the migration never started copying" || return 1
+    sleep 2
+    python3 "$QMP" "$SRC_QMP" run migrate_cancel >/dev/null || fail "migrate_cancel failed" || return 1
+    out=$(python3 "$QMP" "$SRC_QMP" migration 60)
+    case $out in
+    "status cancelled"*) log "migration: $out" ;;
+    *) fail "the migration did not end cancelled: $out" || return 1 ;;
+    esac
+    # The destination gives up (its incoming migration failed); stop it if it lingers.
+    [ -f "$T/dst.pid" ] && kill -TERM "$(cat "$T/dst.pid")" 2>/dev/null
+    wait "$DST_PID"
+    wait "$SRC_PID" || fail "fio-verify on the source failed after the cancel; see $T/src.log and $T/src.launch" || return 1
+    fio_clean "$T/src/fio" || return 1
+    grep -q 'dirty-page logging on' "$T/keeld.log" || fail "keeld never logged dirty pages" || return 1
+    grep -q 'dirty-page logging off' "$T/keeld.log" || fail "keeld did not stop logging" || return 1
+    if grep -q 'takes the disk over' "$T/keeld.log"; then
+        fail "the disk changed hands although the migration was cancelled"
+        return 1
+    fi
+    log "fio finished on the source after the cancel; every block verified"
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
+}
+
 # Runs one test in a subshell that always stops its server and guest.
 run_one() {
     local name=$1 start status
@@ -566,7 +669,7 @@ run_one() {
     start=$(date +%s)
     log "=== $name ($BACKEND)"
     (
-        trap 'backend_stop KILL >/dev/null 2>&1; [ -f "$T/qemu.pid" ] && kill -KILL "$(cat "$T/qemu.pid")" 2>/dev/null; true' EXIT
+        trap 'backend_stop KILL >/dev/null 2>&1; for p in "$T"/qemu.pid "$T"/dst.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; true' EXIT
         "test_$name"
     )
     status=$?

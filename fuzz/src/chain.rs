@@ -532,6 +532,7 @@ fn serve(
                         status,
                         kind,
                         used_len,
+                        writes: _,
                     } = req;
                     match kind {
                         RequestKind::Io { op, buffers } => {
@@ -656,6 +657,13 @@ fn check_request(
             match op {
                 IoOp::Read { offset } => {
                     assert!(in_capacity(*offset, len), "read {offset}+{len}");
+                    // The dirty log marks what a read wrote from these ranges: they must cover
+                    // the buffers exactly.
+                    let logged: u64 = req.writes.iter().map(|&(_, n)| u64::from(n)).sum();
+                    assert_eq!(
+                        logged, len,
+                        "the ranges to log differ from the read's buffers"
+                    );
                     let want = u32::try_from(len + 1).unwrap_or(u32::MAX);
                     assert_eq!(req.used_len, want);
                 }

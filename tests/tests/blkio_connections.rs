@@ -1,4 +1,4 @@
-//! Connection handling: reconnects, a second frontend, several disks, the real binary.
+//! Connection handling: reconnects, a second and a third frontend, several disks, the real binary.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -33,23 +33,81 @@ fn disconnect_and_reconnect_keeps_the_data() {
     assert_eq!(s.refused_connections, 0);
 }
 
+/// A migration's destination on the same socket: it attaches beside the first frontend, its
+/// I/O waits while the first runs, and is served once the first leaves. A third is refused.
 #[test]
-fn second_frontend_is_refused_and_the_first_keeps_working() {
+fn a_second_frontend_waits_for_the_first_and_a_third_is_refused() {
     let keeld = InProcess::start(&raw_disk("d", "8M", ""));
-    let mut first = Client::connect(&keeld.socket("d"), 1, MIB).unwrap();
+    let socket = keeld.socket("d");
+    let mut first = Client::connect(&socket, 1, MIB).unwrap();
     first.write(0, 0, &[1; 4096]).unwrap();
-    let second = Client::connect(&keeld.socket("d"), 1, MIB);
-    assert!(second.is_err(), "a second frontend must not attach");
-    // The first one still works, with its rings and memory untouched.
-    first.write(0, 4096, &[2; 4096]).unwrap();
-    assert_eq!(first.read(0, 0, 8192).unwrap()[..4096], [1; 4096]);
-    assert_eq!(first.read(0, 4096, 4096).unwrap(), vec![2; 4096]);
+    let (attached, on_attach) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let mut second = Client::connect(&socket, 1, MIB).unwrap();
+        attached.send(()).unwrap();
+        second.write(0, 0, &[2; 4096]).unwrap();
+        second.read(0, 0, 8192).unwrap()
+    });
+    on_attach.recv().unwrap();
+    let third = Client::connect(&keeld.socket("d"), 1, MIB);
+    assert!(third.is_err(), "a third frontend must not attach");
+    // The first one still works, with its rings and memory untouched, and the second's write
+    // is not served meanwhile.
+    for round in 0..20u8 {
+        first.write(0, 4096, &[round; 4096]).unwrap();
+        assert_eq!(first.read(0, 0, 8192).unwrap()[..4096], [1; 4096]);
+    }
+    assert!(!waiting.is_finished(), "the second frontend was served");
     let s = keeld.daemon().stats()[0].1.snapshot();
     assert!(s.refused_connections >= 1, "{s:?}");
     drop(first);
-    // Once the first leaves, a new frontend is welcome.
-    let mut third = Client::connect(&keeld.socket("d"), 1, MIB).unwrap();
-    assert_eq!(third.read(0, 4096, 4096).unwrap(), vec![2; 4096]);
+    // Once the first leaves, the second is served: its write, then what the first wrote last.
+    let seen = waiting.join().unwrap();
+    assert_eq!(seen[..4096], [2; 4096]);
+    assert_eq!(seen[4096..], [19; 4096]);
+}
+
+/// The guest turned the write cache off through the first frontend: a second one (a
+/// migration's destination, which reads the config space from keeld) sees it off too.
+#[test]
+fn a_second_frontend_sees_the_write_cache_the_guest_left() {
+    use keel_tests::raw_frontend::{Message, RawFrontend, code};
+    let keeld = InProcess::start(&raw_disk("d", "8M", ""));
+    let patience = Duration::from_secs(10);
+    let start = || {
+        let mut fe = RawFrontend::connect(&keeld.socket("d")).unwrap();
+        for m in [
+            Message::new(code::SET_OWNER, Vec::new()),
+            Message::new(code::GET_FEATURES, Vec::new()),
+            Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
+            Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
+        ] {
+            fe.send(&m).unwrap();
+        }
+        assert_eq!(fe.read_reply().unwrap().0, code::GET_FEATURES);
+        fe
+    };
+    let wce = |fe: &mut RawFrontend| {
+        fe.send(&Message::config(code::GET_CONFIG, 32, 1, &[0]))
+            .unwrap();
+        let (c, _, p) = fe.read_reply().unwrap();
+        assert_eq!((c, p.len()), (code::GET_CONFIG, 13));
+        p[12]
+    };
+    let mut first = start();
+    assert_eq!(wce(&mut first), 1, "write-back by default");
+    first
+        .send(&Message::config(code::SET_CONFIG, 32, 1, &[0]))
+        .unwrap();
+    assert_eq!(wce(&mut first), 0);
+    let mut second = start();
+    assert_eq!(
+        wce(&mut second),
+        0,
+        "the destination kept the guest's setting"
+    );
+    assert!(second.finish(patience));
+    assert!(first.finish(patience));
 }
 
 #[test]

@@ -99,18 +99,20 @@ fn read_only_null_disk_refuses_writes() {
 }
 
 #[test]
-fn a_second_frontend_is_told_why_it_was_refused() {
+fn a_third_frontend_is_told_why_it_was_refused() {
     let keeld = InProcess::start(&raw_disk("r", "1M", ""));
     let first = Disk::connect(keeld.socket("r"), &DiskOptions::default()).unwrap();
+    // A second one attaches (a migration's destination) and waits.
+    let second = Disk::connect(keeld.socket("r"), &DiskOptions::default()).unwrap();
     match Disk::connect(keeld.socket("r"), &DiskOptions::default()) {
         Err(e @ keel_client::Error::HungUp { .. }) => {
             let message = e.to_string();
             assert!(message.contains("is another attached?"), "{message}");
         }
         Err(e) => panic!("expected HungUp, got {e}"),
-        Ok(_) => panic!("a second frontend attached"),
+        Ok(_) => panic!("a third frontend attached"),
     }
-    drop(first);
+    drop((first, second));
 }
 
 #[test]

@@ -502,6 +502,78 @@ fn inflight_area_is_handed_out_and_only_a_sealed_one_taken_back() {
     healthy(&keeld.socket("a"), "after the inflight messages");
 }
 
+/// Live migration's dirty log: LOG_ALL and LOG_SHMFD are offered, a sealed log is mapped and
+/// answered, and a log keeld could not mark safely (not sealed, smaller than declared) ends
+/// the connection instead of being half-used.
+#[test]
+fn dirty_log_is_offered_and_only_a_sealed_log_of_the_declared_size_is_taken() {
+    let keeld = daemon();
+    let log_base = |size: u64, fd| {
+        let mut p = size.to_le_bytes().to_vec();
+        p.extend_from_slice(&0u64.to_le_bytes());
+        Message::new(code::SET_LOG_BASE, p).with_fds(vec![fd])
+    };
+    let mut fe = raw_frontend::RawFrontend::connect(&keeld.socket("a")).unwrap();
+    for m in preamble() {
+        fe.send(&m).unwrap();
+    }
+    let (c, _, p) = fe.read_reply().unwrap();
+    assert_eq!(c, code::GET_FEATURES);
+    let features = u64::from_le_bytes(p[..8].try_into().unwrap());
+    assert_ne!(features & (1 << 26), 0, "VHOST_F_LOG_ALL offered");
+    fe.send(&Message::new(code::GET_PROTOCOL_FEATURES, Vec::new()))
+        .unwrap();
+    let (_, _, p) = fe.read_reply().unwrap();
+    let protocol = u64::from_le_bytes(p[..8].try_into().unwrap());
+    assert_ne!(protocol & (1 << 1), 0, "LOG_SHMFD offered");
+    fe.send(&log_base(4096, Fd::SealedMemFd(4096))).unwrap();
+    let (c, flags, _) = fe.read_reply().unwrap();
+    assert_eq!(c, code::SET_LOG_BASE);
+    assert_ne!(flags & raw_frontend::REPLY, 0);
+    fe.send(&Message::u64(
+        code::SET_FEATURES,
+        (1 << 32) | (1 << 30) | (1 << 26),
+    ))
+    .unwrap();
+    assert!(fe.finish(PATIENCE));
+
+    for (name, msg) in [
+        ("an unsealed log", log_base(4096, Fd::MemFd(4096))),
+        (
+            "a log smaller than declared",
+            log_base(8192, Fd::SealedMemFd(4096)),
+        ),
+    ] {
+        let mut msgs = preamble();
+        msgs.push(msg);
+        let mut fe = raw_frontend::RawFrontend::connect(&keeld.socket("a")).unwrap();
+        for m in &msgs {
+            fe.send(m).unwrap();
+        }
+        // The connection ends without an answer to SET_LOG_BASE (perhaps before the one to
+        // GET_FEATURES was passed on).
+        let mut answers = Vec::new();
+        let end = loop {
+            match fe.read_reply() {
+                Ok((c, _, _)) => answers.push(c),
+                Err(e) => break e.kind(),
+            }
+        };
+        assert!(
+            matches!(
+                end,
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{name}: the connection did not end ({end:?})"
+        );
+        assert!(
+            answers.iter().all(|&c| c == code::GET_FEATURES),
+            "{name}: {answers:?}"
+        );
+        healthy(&keeld.socket("a"), name);
+    }
+}
+
 /// A frontend that truncates its guest memory after the table was checked: the request that
 /// touches the vanished pages completes (they read as zeroes), keeld and the other disk carry on.
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use keel_protocol::features::{self as f, bit};
 use keel_protocol::{BlkConfig, ID_BYTES, SECTOR_SIZE};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vm_memory::GuestMemoryAtomic;
@@ -19,7 +19,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::config_change::ConfigNotifier;
+use super::dirty_log::{LogSwitch, VHOST_F_LOG_ALL};
 use super::exit_events::ExitEvents;
+use super::frontends::{FrontendGate, Wake};
 use super::inflight::InflightSlot;
 use super::request::Limits;
 use super::stats::{DiskStats, RateLimit};
@@ -59,6 +61,8 @@ pub struct DiskContext {
     pub log_limit: RateLimit,
     /// The disk's I/O limits, shared by its queues.
     pub qos: Arc<DiskQos>,
+    /// Which attached frontend is served (two are attached during a live migration).
+    pub frontends: FrontendGate,
 }
 
 impl DiskContext {
@@ -93,6 +97,7 @@ impl DiskContext {
             config_change: Arc::default(),
             log_limit: RateLimit::new(Duration::from_secs(1), 10),
             qos: Arc::new(DiskQos::new(&cfg.limits)),
+            frontends: FrontendGate::default(),
         }
     }
 
@@ -159,6 +164,10 @@ impl DiskContext {
 /// State of one frontend connection that workers read.
 #[derive(Debug, Default)]
 pub struct SessionState {
+    /// This frontend's id in the disk's [`FrontendGate`].
+    pub frontend: u64,
+    /// Dirty-page logging for live migration (SET_LOG_BASE, LOG_ALL).
+    pub dirty: Arc<LogSwitch>,
     /// The guest turned the write cache off: writes must be durable when they complete.
     pub write_through: AtomicBool,
     /// The frontend's inflight area, if it keeps one.
@@ -187,9 +196,13 @@ fn completion_event(queues: u16) -> u16 {
 impl BlkBackend {
     pub fn new(ctx: Arc<DiskContext>, memory: GuestMemoryAtomic<GuestMemory>) -> Self {
         let workers = (0..ctx.queues).map(|_| Mutex::new(None)).collect();
+        let session = SessionState {
+            frontend: ctx.frontends.register(),
+            ..SessionState::default()
+        };
         Self {
             ctx,
-            session: Arc::new(SessionState::default()),
+            session: Arc::new(session),
             memory,
             workers,
             acked_features: AtomicU64::new(0),
@@ -279,12 +292,22 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        self.ctx.features()
+        // LOG_ALL is a vhost feature, not the device's: offered for live migration.
+        self.ctx.features() | VHOST_F_LOG_ALL
     }
 
     fn acked_features(&self, features: u64) {
         debug!("{}: guest acked {:?}", self.ctx.name, f::names(features));
         self.acked_features.store(features, Ordering::Relaxed);
+        let log_all = features & VHOST_F_LOG_ALL != 0;
+        if self.session.dirty.set_log_all(log_all) {
+            info!(
+                "disk {}: frontend {}: dirty-page logging {}",
+                self.ctx.name,
+                self.session.frontend,
+                if log_all { "on (migration)" } else { "off" }
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -294,6 +317,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -370,7 +394,14 @@ impl VhostUserBackend for BlkBackend {
             && let Some(worker) = guard.as_mut()
         {
             worker.drain_all();
+            worker.ring_stopped();
         }
+        // Its requests are done: a frontend waiting for the disk may take it now.
+        self.ctx.frontends.ring_stopped(
+            &self.ctx.name,
+            self.session.frontend,
+            queue_index as usize,
+        );
         Ok(())
     }
 
@@ -396,6 +427,19 @@ impl VhostUserBackend for BlkBackend {
             other => debug!("{}: unexpected event {other}", self.ctx.name),
         }
         Ok(())
+    }
+}
+
+impl Wake for BlkBackend {
+    /// Kicks every started ring of this frontend, so that its workers serve what waited.
+    fn wake(&self) {
+        for slot in &self.workers {
+            if let Ok(guard) = slot.lock()
+                && let Some(worker) = guard.as_ref()
+            {
+                worker.kick();
+            }
+        }
     }
 }
 

@@ -14,34 +14,41 @@ use std::sync::Mutex;
 const CONFIG_CHANGE_MSG: u32 = 2;
 const FLAG_VERSION: u32 = 0x1;
 
-/// The attached frontend's backend-request channel, if it gave one.
+/// The attached frontends' backend-request channels (two during a live migration), by
+/// frontend id.
 #[derive(Debug, Default)]
 pub struct ConfigNotifier {
-    channel: Mutex<Option<UnixStream>>,
+    channels: Mutex<Vec<(u64, UnixStream)>>,
 }
 
 impl ConfigNotifier {
-    pub fn install(&self, channel: Option<UnixStream>) {
-        if let Ok(mut c) = self.channel.lock() {
-            *c = channel;
+    /// Sets (or with `None` removes) frontend `frontend`'s channel.
+    pub fn install(&self, frontend: u64, channel: Option<UnixStream>) {
+        if let Ok(mut c) = self.channels.lock() {
+            c.retain(|(id, _)| *id != frontend);
+            if let Some(channel) = channel {
+                c.push((frontend, channel));
+            }
         }
     }
 
-    /// Sends the config-change message. `Ok(false)`: no frontend channel to send it on (none
-    /// attached, or it did not negotiate BACKEND_REQ); the guest sees the change at its next
-    /// config read or reconnect.
+    /// Sends the config-change message to every attached frontend. `Ok(false)`: no frontend
+    /// channel to send it on (none attached, or it did not negotiate BACKEND_REQ); the guest
+    /// sees the change at its next config read or reconnect.
     pub fn notify(&self) -> io::Result<bool> {
-        let Ok(mut guard) = self.channel.lock() else {
+        let Ok(mut guard) = self.channels.lock() else {
             return Ok(false);
         };
-        let Some(sock) = guard.as_mut() else {
+        if guard.is_empty() {
             return Ok(false);
-        };
+        }
         let mut msg = [0u8; 12];
         msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
         msg[4..8].copy_from_slice(&FLAG_VERSION.to_le_bytes());
-        sock.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
-        sock.write_all(&msg)?;
+        for (_, sock) in guard.iter_mut() {
+            sock.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+            sock.write_all(&msg)?;
+        }
         Ok(true)
     }
 }

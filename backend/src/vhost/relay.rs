@@ -4,7 +4,8 @@
 //! feature, GET_INFLIGHT_FD and SET_INFLIGHT_FD, which it refuses. So the crate's handler is
 //! given one end of a private connection and a relay thread sits between it and the frontend:
 //! messages pass through unchanged, file descriptors included, except those two, which the relay
-//! answers itself ([`super::inflight`]). Only control messages take this hop; the virtqueues,
+//! answers itself ([`super::inflight`]), and SET_LOG_BASE, whose log Keel marks itself
+//! ([`super::dirty_log`]). Only control messages take this hop; the virtqueues,
 //! kicks and calls use the shared memory and eventfds that pass through it.
 //!
 //! The relay reads the frontend's messages with the same limits the crate applies (a 12-byte
@@ -25,6 +26,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::backend::{DiskContext, SessionState};
+use super::dirty_log::DirtyLog;
 use super::inflight::InflightRegion;
 use crate::socket::bind_private;
 
@@ -32,6 +34,9 @@ const HEADER: usize = 12;
 const GET_INFLIGHT_FD: u32 = 31;
 const SET_INFLIGHT_FD: u32 = 32;
 const SET_BACKEND_REQ_FD: u32 = 21;
+const SET_LOG_BASE: u32 = 6;
+/// SET_LOG_BASE's payload: mmap_size, mmap_offset.
+const LOG_PAYLOAD: usize = 16;
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -261,7 +266,7 @@ impl RelayState {
         if let Err(e) = self.relay() {
             debug!("disk {}: control channel ended: {e}", self.ctx.name);
         }
-        self.ctx.config_change.install(None);
+        self.ctx.config_change.install(self.session.frontend, None);
         let _ = self.frontend.shutdown(std::net::Shutdown::Both);
         let _ = self.backend.shutdown(std::net::Shutdown::Both);
     }
@@ -308,6 +313,7 @@ impl RelayState {
     fn handle_frontend(&self, msg: Message) -> io::Result<()> {
         match msg.code() {
             GET_INFLIGHT_FD => self.get_inflight(&msg),
+            SET_LOG_BASE => self.set_log_base(msg),
             SET_INFLIGHT_FD => self.set_inflight(msg),
             SET_BACKEND_REQ_FD => {
                 // Keep a copy for config-change messages (the crate's handler gets its own).
@@ -319,11 +325,43 @@ impl RelayState {
                         .filter(|s| s.peer_addr().is_ok()),
                     _ => None,
                 };
-                self.ctx.config_change.install(channel);
+                self.ctx
+                    .config_change
+                    .install(self.session.frontend, channel);
                 write_message(&self.backend, &msg)
             }
             _ => write_message(&self.backend, &msg),
         }
+    }
+
+    /// Maps the dirty log the frontend gives before a live migration. A log keeld cannot map
+    /// ends the connection: going on would let the migration copy guest memory without the
+    /// pages keeld writes, and corrupt the guest on the destination.
+    fn set_log_base(&self, mut msg: Message) -> io::Result<()> {
+        let log = match (msg.payload.get(..LOG_PAYLOAD), msg.fds.len()) {
+            (Some(p), 1) => {
+                let size = u64::from_le_bytes(p[..8].try_into().unwrap_or_default());
+                let offset = u64::from_le_bytes(p[8..].try_into().unwrap_or_default());
+                let file = File::from(msg.fds.remove(0));
+                DirtyLog::open(file, size, offset).map_err(|e| e.to_string())
+            }
+            (None, _) => Err("a short payload".to_string()),
+            (_, n) => Err(format!("{n} file descriptors, not 1")),
+        };
+        let log = log.map_err(|e| {
+            warn!("disk {}: SET_LOG_BASE refused: {e}", self.ctx.name);
+            io::Error::new(io::ErrorKind::InvalidData, e)
+        })?;
+        info!(
+            "disk {}: frontend {}: dirty log of {} bytes (guest memory up to {} MiB)",
+            self.ctx.name,
+            self.session.frontend,
+            log.covers() / (8 * 4096),
+            log.covers() >> 20
+        );
+        self.session.dirty.set_base(log);
+        // QEMU waits for a reply (with LOG_SHMFD) and reads no payload from it.
+        write_message(&self.frontend, &msg.reply(Vec::new(), Vec::new()))
     }
 
     /// Allocates an area for the frontend. A request this disk cannot satisfy gets a zero-sized

@@ -113,6 +113,9 @@ pub struct Request {
     pub kind: RequestKind,
     /// Bytes the device writes on success (read data or id, plus the status byte).
     pub used_len: u32,
+    /// The device-writable data ranges (read data, the id), which live migration's dirty log
+    /// must mark once written.
+    pub writes: Ranges,
 }
 
 /// A refused request, with the status location if the chain had one.
@@ -124,7 +127,7 @@ pub struct Rejected {
 }
 
 /// Guest ranges as (address, length) pairs, in chain order (inline for typical chains).
-type Ranges = SmallVec<[(GuestAddress, u32); 4]>;
+pub type Ranges = SmallVec<[(GuestAddress, u32); 4]>;
 
 /// Parses one descriptor chain: the descriptors of the chain whose head is `head`, as a popped
 /// chain or [`HeadChain`](super::inflight::HeadChain) yields them. `write_through` marks writes
@@ -186,12 +189,14 @@ pub fn parse(
             max: limits.seg_max,
         }));
     }
+    let writes = writable.clone();
     parse_body(memory, limits, write_through, readable, writable)
         .map(|(kind, used_len)| Request {
             head,
             status,
             kind,
             used_len,
+            writes,
         })
         .map_err(reject)
 }

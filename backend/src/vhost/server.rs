@@ -1,16 +1,17 @@
-//! One disk's socket: accepts one frontend at a time, listens again when it leaves.
+//! One disk's socket: accepts a frontend, and a second one beside it for a live migration.
 //!
 //! A listener thread per disk waits (epoll) on the socket, a stop event and a "session ended"
-//! event. A connection arriving while no frontend is attached starts a session: a fresh
-//! vhost-user backend with its worker threads, served until the frontend hangs up. A connection
-//! arriving while one is attached is accepted and closed at once, so it cannot disturb the
-//! attached frontend's rings or memory table.
+//! event. Every accepted connection starts a session: a fresh vhost-user backend with its worker
+//! threads, set up by its frontend until the frontend hangs up. Two may be attached at once (a
+//! migration's source and destination on the same socket); the disk's
+//! [`FrontendGate`](super::frontends::FrontendGate) serves one of them. A third connection is
+//! accepted and closed at once, so it cannot disturb either.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -23,7 +24,8 @@ use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::backend::{BlkBackend, DiskContext};
+use super::backend::{BlkBackend, DiskContext, SessionState};
+use super::frontends::Wake;
 use super::relay::{self, Relay, Rendezvous};
 use super::sigbus;
 use crate::engine::GuestMemory;
@@ -45,9 +47,11 @@ pub enum ServerError {
 const EV_LISTENER: u64 = 1;
 const EV_STOP: u64 = 2;
 const EV_ENDED: u64 = 3;
-/// How long a new connection waits for the attached frontend to finish disconnecting before it
-/// is refused as a second frontend.
+/// How long a new connection waits for an attached frontend to finish disconnecting before it
+/// is refused as a third frontend.
 const RECONNECT_GRACE: Duration = Duration::from_millis(500);
+/// Frontends attached at once: the one served and, during a live migration, the other side.
+const MAX_FRONTENDS: usize = 2;
 
 /// A running disk server; [`DiskServer::stop`] ends it.
 pub struct DiskServer {
@@ -106,7 +110,7 @@ impl DiskServer {
             listener,
             epoll,
             ended,
-            session: None,
+            sessions: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name(format!("keel-{}", ctx.name))
@@ -149,6 +153,12 @@ impl Drop for DiskServer {
 
 /// An attached frontend.
 struct Session {
+    /// The frontend's id in the disk's gate (for the log).
+    id: u64,
+    /// What its workers read (the guest's write-cache setting).
+    state: Arc<SessionState>,
+    /// Set by the waiter once the session is torn down.
+    ended: Arc<AtomicBool>,
     shutdown: Option<ShutdownHandle>,
     /// Taken (and joined) by the waiter when the connection ends.
     relay: Arc<Mutex<Option<Relay>>>,
@@ -164,7 +174,7 @@ struct Acceptor {
     listener: UnixListener,
     epoll: Epoll,
     ended: EventFd,
-    session: Option<Session>,
+    sessions: Vec<Session>,
 }
 
 impl Acceptor {
@@ -186,9 +196,12 @@ impl Acceptor {
                 }
             };
             if n == 0 && grace.is_some_and(|d| Instant::now() >= d) {
-                // The attached frontend stayed: the newcomer is a second frontend.
+                // The attached frontends stayed: the newcomer is a third one.
                 grace = None;
-                self.refuse("another frontend is attached");
+                self.refuse(
+                    "two frontends are attached already (at most a migration's source and \
+                     destination may be)",
+                );
                 self.watch_listener(true);
             }
             for ev in &events[..n] {
@@ -196,17 +209,14 @@ impl Acceptor {
                     EV_STOP => break 'serve,
                     EV_ENDED => {
                         let _ = self.ended.read();
-                        if let Some(s) = self.session.take() {
-                            let _ = s.waiter.join();
-                        }
-                        info!("disk {}: frontend detached; listening again", self.ctx.name);
+                        self.reap_sessions();
                         if grace.take().is_some() {
                             self.watch_listener(true);
                         }
                     }
-                    EV_LISTENER if self.session.is_some() => {
-                        // Often the attached frontend is just leaving (a reconnect): give it a
-                        // moment before calling the newcomer a second frontend.
+                    EV_LISTENER if self.sessions.len() >= MAX_FRONTENDS => {
+                        // Often an attached frontend is just leaving (a reconnect): give it a
+                        // moment before calling the newcomer a third frontend.
                         grace = Some(Instant::now() + RECONNECT_GRACE);
                         self.watch_listener(false);
                     }
@@ -222,19 +232,38 @@ impl Acceptor {
                 }
             }
         }
-        if let Some(s) = self.session.take() {
+        for s in &self.sessions {
             if let Some(h) = &s.shutdown {
                 h.shutdown();
             }
             if let Some(r) = s.relay.lock().ok().as_ref().and_then(|r| r.as_ref()) {
                 r.close();
             }
+        }
+        for s in self.sessions.drain(..) {
             let _ = s.waiter.join();
         }
+        self.ctx.stats.attached.store(false, Ordering::Release);
         if self.owns_socket {
             let _ = std::fs::remove_file(&self.socket);
         }
         info!("disk {}: stopped", self.ctx.name);
+    }
+
+    /// Joins the sessions whose frontend left.
+    fn reap_sessions(&mut self) {
+        let (ended, attached): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .partition(|s| s.ended.load(Ordering::Acquire));
+        self.sessions = attached;
+        for s in ended {
+            let _ = s.waiter.join();
+            info!("disk {}: frontend {} detached", self.ctx.name, s.id);
+        }
+        self.ctx
+            .stats
+            .attached
+            .store(!self.sessions.is_empty(), Ordering::Release);
     }
 
     /// Adds the listening socket to (or removes it from) the epoll set.
@@ -271,6 +300,16 @@ impl Acceptor {
         };
         let memory = GuestMemoryAtomic::new(GuestMemory::default());
         let backend = Arc::new(BlkBackend::new(Arc::clone(&self.ctx), memory.clone()));
+        let id = backend.session().frontend;
+        if let Some(first) = self.sessions.first() {
+            // A migration's destination continues the source's guest: its write cache is as
+            // that guest left it (QEMU reads the config space from keeld, it does not migrate it).
+            let write_through = first.state.write_through.load(Ordering::Relaxed);
+            backend
+                .session()
+                .write_through
+                .store(write_through, Ordering::Relaxed);
+        }
         let mut daemon = VhostUserDaemon::new(self.ctx.name.clone(), Arc::clone(&backend), memory)
             .map_err(|e| fail(format!("cannot create the vhost-user device: {e}")))?;
         backend
@@ -296,25 +335,43 @@ impl Acceptor {
         let inner = rendezvous
             .accept_own()
             .map_err(|e| fail(format!("internal socket: {e}")))?;
+        // Before its messages flow (and its rings can start): the gate may have to wake them.
+        let waker: std::sync::Weak<dyn Wake> = Arc::downgrade(&backend) as _;
+        self.ctx.frontends.set_waker(id, waker);
         let relay = relay::start(
             Arc::clone(&self.ctx),
             Arc::clone(backend.session()),
             frontend,
             inner,
         )
-        .map_err(|e| fail(format!("cannot start the control relay: {e}")))?;
+        .map_err(|e| {
+            self.ctx.frontends.detach(&self.ctx.name, id);
+            fail(format!("cannot start the control relay: {e}"))
+        })?;
         let relay = Arc::new(Mutex::new(Some(relay)));
 
         self.ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.ctx.stats.attached.store(true, Ordering::Release);
-        info!("disk {}: frontend attached", self.ctx.name);
+        if self.sessions.is_empty() {
+            info!("disk {}: frontend {id} attached", self.ctx.name);
+        } else {
+            info!(
+                "disk {}: frontend {id} attached beside another one (a migration's other \
+                 side): its rings are served once the other's have stopped",
+                self.ctx.name
+            );
+        }
         let shutdown = daemon.shutdown_handle();
         let ended = self
             .ended
             .try_clone()
             .map_err(|e| fail(format!("eventfd: {e}")))?;
         let name = self.ctx.name.clone();
+        let state = Arc::clone(backend.session());
+        let ctx = Arc::clone(&self.ctx);
         let stats = Arc::clone(&self.ctx.stats);
+        let done = Arc::new(AtomicBool::new(false));
+        let waiter_done = Arc::clone(&done);
         let waiter_relay = Arc::clone(&relay);
         let waiter = thread::Builder::new()
             .name(format!("keel-{}-conn", self.ctx.name))
@@ -346,11 +403,16 @@ impl Acceptor {
                     r.join();
                 }
                 backend.shutdown();
-                stats.attached.store(false, Ordering::Release);
+                // Its requests are done: the other frontend, if one waits, may have the disk.
+                ctx.frontends.detach(&name, id);
+                waiter_done.store(true, Ordering::Release);
                 let _ = ended.write(1);
             })
             .map_err(|e| fail(format!("cannot start the connection thread: {e}")))?;
-        self.session = Some(Session {
+        self.sessions.push(Session {
+            id,
+            state,
+            ended: done,
             shutdown,
             relay,
             waiter,

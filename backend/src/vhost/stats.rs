@@ -29,7 +29,7 @@ pub struct DiskStats {
     pub max_batch: AtomicU64,
     /// Guest notifications sent.
     pub notifications: AtomicU64,
-    /// Frontend connections accepted / refused because one was already attached.
+    /// Frontend connections accepted / refused because two were already attached.
     pub connections: AtomicU64,
     pub refused_connections: AtomicU64,
     /// Requests run again after a restart because the frontend's inflight area marked them.

@@ -17,9 +17,10 @@ use slab::Slab;
 use vhost_user_backend::{VringMutex, VringStateMutGuard, VringT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::backend::{DiskContext, SessionState};
+use super::dirty_log::LogView;
 use super::inflight::{HeadChain, QueueInflight};
 use super::request::{self, Limits, RequestError, RequestKind};
 use super::sigbus;
@@ -45,6 +46,8 @@ struct Pending {
     taken: Instant,
     /// Which latency histogram its completion goes to.
     kind: LatencyOp,
+    /// Guest ranges the request's completion wrote (read data), for the dirty log.
+    written: request::Ranges,
 }
 
 pub struct QueueWorker {
@@ -73,6 +76,10 @@ pub struct QueueWorker {
     limits: Limits,
     /// This ring's share of the disk's in-flight gauge, as last published.
     published_in_flight: u64,
+    /// The disk's frontend gate let this ring be served (until it stops).
+    served: bool,
+    /// The dirty log, while a live migration has it on.
+    log: LogView,
 }
 
 impl QueueWorker {
@@ -84,6 +91,7 @@ impl QueueWorker {
         engine: Box<dyn QueueEngine>,
     ) -> Self {
         let depth = usize::from(ctx.queue_size);
+        let log = LogView::new(Arc::clone(&session.dirty));
         Self {
             index,
             session,
@@ -100,6 +108,8 @@ impl QueueWorker {
             replaced_pages: sigbus::replaced_pages(),
             limits: ctx.limits_now(),
             published_in_flight: 0,
+            served: false,
+            log,
             ctx,
         }
     }
@@ -122,7 +132,7 @@ impl QueueWorker {
             self.broken = false;
             return;
         }
-        if self.broken {
+        if self.broken || !self.may_serve() {
             return;
         }
         let mut mem = self.memory.memory().into_inner();
@@ -135,6 +145,7 @@ impl QueueWorker {
                     self.ctx.name, self.index
                 );
             }
+            guest_writes::mark_used_ring(state.get_queue(), &mut self.log);
             self.run_once(&mut state, &mem);
             if self.broken {
                 break;
@@ -142,7 +153,9 @@ impl QueueWorker {
             if !self.ctx.poll.is_zero() {
                 self.poll(&mut state, &mut mem);
             }
-            match state.get_queue_mut().enable_notification(&*mem) {
+            let enabled = state.get_queue_mut().enable_notification(&*mem);
+            guest_writes::mark_used_ring(state.get_queue(), &mut self.log);
+            match enabled {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -271,14 +284,14 @@ impl QueueWorker {
     /// Puts the chains answered without the engine on the used ring and submits the batch.
     fn hand_over(&mut self, queue: &mut Queue, mem: &GuestMemory) {
         for (head, len) in self.answered.drain(..) {
-            put_used(
+            guest_writes::put_used(
                 self.inflight.as_ref(),
                 queue,
                 mem,
                 head,
                 len,
-                &self.ctx,
-                self.index,
+                (&self.ctx.name, self.index),
+                &mut self.log,
             );
         }
         if !self.batch.is_empty() {
@@ -364,6 +377,11 @@ impl QueueWorker {
                         memory: Arc::clone(map),
                         taken,
                         kind,
+                        written: if matches!(op, IoOp::Read { .. }) {
+                            req.writes
+                        } else {
+                            request::Ranges::new()
+                        },
                     }) as u64;
                     self.batch.push(IoRequest { token, op, buffers });
                 }
@@ -371,7 +389,8 @@ impl QueueWorker {
                     counts.get_ids += 1;
                     let n = buffers.len().min(ID_BYTES);
                     buffers.write_from(&ctx.serial[..n]);
-                    write_status(map, req.status, Status::Ok);
+                    guest_writes::mark_ranges(&req.writes, &mut self.log);
+                    guest_writes::write_status(map, req.status, Status::Ok, &mut self.log);
                     self.answered.push((req.head, req.used_len));
                 }
             },
@@ -389,7 +408,7 @@ impl QueueWorker {
                 }
                 let used = match rej.status {
                     Some(addr) => {
-                        write_status(map, addr, rej.error.status());
+                        guest_writes::write_status(map, addr, rej.error.status(), &mut self.log);
                         1
                     }
                     None => 0,
@@ -500,15 +519,17 @@ impl QueueWorker {
                 }
             };
             latency[p.kind as usize].record(now.saturating_duration_since(p.taken));
-            write_status(&p.memory, p.status, status);
-            put_used(
+            // The engine has put the read data in guest memory: mark it, then the status.
+            guest_writes::mark_ranges(&p.written, &mut self.log);
+            guest_writes::write_status(&p.memory, p.status, status, &mut self.log);
+            guest_writes::put_used(
                 self.inflight.as_ref(),
                 queue,
                 mem,
                 p.head,
                 len,
-                &self.ctx,
-                self.index,
+                (&self.ctx.name, self.index),
+                &mut self.log,
             );
         }
         self.ctx.stats.merge_latency(&latency);
@@ -557,33 +578,6 @@ impl Drop for QueueWorker {
     }
 }
 
-/// Puts a chain on the used ring, keeping the inflight area (if any) in step.
-fn put_used(
-    inflight: Option<&QueueInflight>,
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    head: u16,
-    len: u32,
-    ctx: &DiskContext,
-    index: usize,
-) {
-    if let Some(track) = inflight {
-        track.before_used(head);
-    }
-    if let Err(e) = queue.add_used(mem, head, len) {
-        warn!("{} q{index}: add_used: {e}", ctx.name);
-    }
-    if let Some(track) = inflight {
-        track.after_used(head, queue.next_used());
-    }
-}
-
-fn write_status(mem: &GuestMemory, addr: GuestAddress, status: Status) {
-    // The parser checked the address; a failure here means the map changed, and the guest that
-    // changed it gets no status, which is all it could expect.
-    let _ = mem.write_obj(status.to_raw(), addr);
-}
-
 fn suppressed_note(suppressed: u64) -> String {
     if suppressed == 0 {
         String::new()
@@ -592,5 +586,9 @@ fn suppressed_note(suppressed: u64) -> String {
     }
 }
 
+mod gate;
+mod guest_writes;
+#[cfg(test)]
+mod log_tests;
 #[cfg(test)]
 mod tests;

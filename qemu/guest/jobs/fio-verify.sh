@@ -5,7 +5,8 @@
 # Parameters: keel.size (bytes each section covers, default 64M), keel.iodepth (16),
 #   keel.phase: all (default: write, then verify, in one boot), write (write only), or verify
 #   (verify only: checks what an earlier "write" boot wrote, e.g. across a server restart),
-#   keel.fsync (flush after every N writes; default 0, never).
+#   keel.fsync (flush after every N writes; default 0, never), keel.direct (1, the default: O_DIRECT;
+#   0: through the guest's page cache, whose pages the device fills without the guest's CPU).
 size=${KEEL_SIZE:-64M}
 phase=${KEEL_PHASE:-all}
 case $phase in
@@ -18,7 +19,7 @@ cat >/tmp/verify.fio <<FIO
 [global]
 filename=/dev/vda
 ioengine=libaio
-direct=1
+direct=${KEEL_DIRECT:-1}
 iodepth=${KEEL_IODEPTH:-16}
 fsync=${KEEL_FSYNC:-0}
 verify=crc32c

@@ -8,10 +8,16 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::mock::MockSplitQueue;
+use vm_memory::Bytes;
 
-const DATA: u64 = 0x10_0000;
+pub(super) const DATA: u64 = 0x10_0000;
 
-fn context() -> Arc<DiskContext> {
+pub(super) fn context() -> Arc<DiskContext> {
+    context_with(Arc::new(NullEngine::new(1 << 20, false)))
+}
+
+/// A one-queue disk of 1 MiB on `engine`.
+pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskContext> {
     let cfg = DiskConfig {
         name: "w".into(),
         socket: "w.sock".into(),
@@ -32,12 +38,11 @@ fn context() -> Arc<DiskContext> {
         space: Default::default(),
         limits: crate::qos::unlimited(),
     };
-    let engine = Arc::new(NullEngine::new(1 << 20, false));
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }
 
 /// Descriptors of one chain starting at table index `base`: (addr, len, device-writable).
-fn chain(base: u16, parts: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+pub(super) fn chain(base: u16, parts: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
     parts
         .iter()
         .enumerate()
@@ -54,13 +59,13 @@ fn chain(base: u16, parts: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
 }
 
 /// 2 MiB of guest memory at address 0.
-fn guest_memory() -> GuestMemoryAtomic<GuestMemory> {
+pub(super) fn guest_memory() -> GuestMemoryAtomic<GuestMemory> {
     GuestMemoryAtomic::new(GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap())
 }
 
 /// A started, enabled ring over `q`'s tables, continuing at `next_avail` and the used
 /// index `q` shows (as a frontend's SET_VRING_BASE and SET_VRING_ADDR leave it).
-fn ready_ring(
+pub(super) fn ready_ring(
     atomic: &GuestMemoryAtomic<GuestMemory>,
     q: &MockSplitQueue<'_, GuestMemory>,
     next_avail: u16,
