@@ -163,6 +163,37 @@ pub struct DiskStats {
     /// write-zeroes); together they make up `latency`.
     #[serde(default)]
     pub latency_by_op: Vec<OpLatency>,
+    /// A live import into the disk (`import_from`), while one runs or once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportReport>,
+}
+
+/// Where a live import stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportState {
+    /// The background copy runs; blocks not yet moved are read from the source.
+    #[default]
+    Copying,
+    /// The source failed; the copy retries (see `error`).
+    Paused,
+    /// Every block is in the container; the source is no longer used.
+    Done,
+}
+
+/// A live import's progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub state: ImportState,
+    /// Bytes of the source the copy has passed (copied, or holes skipped).
+    pub copied_bytes: u64,
+    /// The source's size.
+    pub total_bytes: u64,
+    /// Average copy rate since keeld started the import (0 once done).
+    pub rate_bytes_per_s: u64,
+    /// Why the copy is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The latency histogram of one operation.

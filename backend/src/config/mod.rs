@@ -116,6 +116,8 @@ pub struct DiskConfig {
     pub delay_us: u32,
     /// Space thresholds, growth and waiting (keel engine).
     pub space: DiskSpace,
+    /// A live import's source (keel engine): an absolute image path or an NBD URI.
+    pub import_from: Option<String>,
 }
 
 /// A whole, checked config file.
@@ -168,6 +170,7 @@ struct RawDisk {
     space_warn: Option<Spanned<space::PercentValue>>,
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
+    import_from: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -510,12 +513,15 @@ impl Checker<'_> {
             }
             (EngineKind::Keel, Some(p)) => {
                 let resolved = canonical_if_exists(self.resolve(p.get_ref()));
-                self.check_container_path(&resolved, p.span(), raw, size)?;
+                // An import makes a missing container as large as its source: no size needed.
+                let size_or_import = size.or(raw.import_from.as_ref().map(|_| 0));
+                self.check_container_path(&resolved, p.span(), raw, size_or_import)?;
                 Some(resolved)
             }
         };
 
         let space = self.check_space(raw, engine, size, path.as_deref())?;
+        let import_from = self.check_import(raw, engine, &mirror)?;
         Ok(DiskConfig {
             name,
             socket,
@@ -534,7 +540,40 @@ impl Checker<'_> {
             poll_us,
             delay_us,
             space,
+            import_from,
         })
+    }
+
+    /// `import_from`: a keel disk in one container, writable; a path resolves like `path`.
+    fn check_import(
+        &self,
+        raw: &RawDisk,
+        engine: EngineKind,
+        mirror: &[PathBuf],
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(from) = &raw.import_from else {
+            return Ok(None);
+        };
+        let refuse = |m: &str| Err(self.err(from.span(), "import_from", m.to_string()));
+        if engine != EngineKind::Keel {
+            return refuse("only keel disks import (engine = \"keel\")");
+        }
+        if !mirror.is_empty() {
+            return refuse("a mirrored disk cannot import yet; import into one container");
+        }
+        if raw.read_only.as_ref().is_some_and(|v| *v.get_ref()) {
+            return refuse("a read-only disk cannot import");
+        }
+        let text = from.get_ref();
+        if text.is_empty() {
+            return refuse("empty: give an image path or an NBD URI");
+        }
+        if crate::device::nbd::NbdAddress::is_uri(text) {
+            crate::device::nbd::NbdAddress::parse(text)
+                .map_err(|e| self.err(from.span(), "import_from", e.to_string()))?;
+            return Ok(Some(text.clone()));
+        }
+        Ok(Some(self.resolve(text).display().to_string()))
     }
 
     /// `mirror` and `resync_chunk`: at least two distinct components, for raw and keel disks.

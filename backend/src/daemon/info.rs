@@ -61,6 +61,7 @@ impl ServedDisk {
                     sum_us: h.sum_us(),
                 })
                 .collect(),
+            import: self.engine().import(),
         }
     }
 

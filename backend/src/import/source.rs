@@ -1,0 +1,193 @@
+//! Where an import reads from: a raw file or block device read directly, an NBD export, or any
+//! other image (qcow2 with its backing chain, vmdk, vhdx...) read through `qemu-nbd`, which
+//! keeld starts read-only on a private unix socket and stops when the source is dropped.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::device::lock::{LockMode, lock_path};
+use crate::device::nbd::{NbdAddress, NbdDevice, NbdOptions};
+use crate::device::{BlockDevice, FileDevice};
+
+/// Why a source cannot be opened; every message names the source.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("import source {0}: {1}")]
+    Open(String, String),
+}
+
+fn fail(name: &str, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Open(name.to_string(), e.to_string())
+}
+
+/// A `qemu-nbd` serving an image read-only on a socket in a private directory.
+struct QemuNbd {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An open import source: its bytes as one flat view, whatever the format.
+pub struct Source {
+    dev: Arc<dyn BlockDevice>,
+    name: String,
+    format: String,
+    /// Dropped after `dev` (fields drop in order): the connection closes before the server.
+    _server: Option<QemuNbd>,
+    /// Held for raw files: a shared lock, so no writer changes the image under the import.
+    _lock: Option<std::fs::File>,
+}
+
+impl Source {
+    /// Opens `spec`: an NBD URI, or the path of an image in any format QEMU reads.
+    pub fn open(spec: &str) -> Result<Self, SourceError> {
+        if NbdAddress::is_uri(spec) {
+            let dev = NbdDevice::open(spec, NbdOptions::default()).map_err(|e| fail(spec, e))?;
+            return Ok(Self {
+                dev: Arc::new(dev),
+                name: spec.to_string(),
+                format: "nbd".into(),
+                _server: None,
+                _lock: None,
+            });
+        }
+        let path = Path::new(spec).canonicalize().map_err(|e| fail(spec, e))?;
+        let format = probe_format(&path, spec)?;
+        if format == "raw" {
+            let lock = lock_path(&path, LockMode::Shared).map_err(|e| fail(spec, e))?;
+            let dev = FileDevice::open(&path, true, false).map_err(|e| fail(spec, e))?;
+            return Ok(Self {
+                dev: Arc::new(dev),
+                name: spec.to_string(),
+                format,
+                _server: None,
+                _lock: Some(lock),
+            });
+        }
+        let (server, uri) = start_qemu_nbd(&path, &format, spec)?;
+        let dev = NbdDevice::open(&uri, NbdOptions::default()).map_err(|e| fail(spec, e))?;
+        Ok(Self {
+            dev: Arc::new(dev),
+            name: spec.to_string(),
+            format,
+            _server: Some(server),
+            _lock: None,
+        })
+    }
+
+    /// The source's size in bytes (the image's virtual size).
+    pub fn len(&self) -> u64 {
+        self.dev.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The name it was given (a path or URI), for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The image format (`raw`, `qcow2`, ... or `nbd`).
+    pub fn format(&self) -> &str {
+        &self.format
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; bytes past the source's end read as zeroes.
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = self.len();
+        let inside = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        buf[inside..].fill(0);
+        if inside == 0 {
+            return Ok(());
+        }
+        // Reads are whole 512-byte sectors for devices that need them; the tail is cut off.
+        let sectors = inside.next_multiple_of(512);
+        if sectors == inside || offset + sectors as u64 > len {
+            return self.dev.read_at(&mut buf[..inside], offset);
+        }
+        let mut tmp = vec![0u8; sectors];
+        self.dev.read_at(&mut tmp, offset)?;
+        buf[..inside].copy_from_slice(&tmp[..inside]);
+        Ok(())
+    }
+}
+
+/// Asks `qemu-img info` what `path` is; a missing backing file or an unreadable image is an
+/// error naming it.
+fn probe_format(path: &Path, name: &str) -> Result<String, SourceError> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "--backing-chain"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(name, format!("running qemu-img: {e}")))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(name, why.trim()));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(name, format!("qemu-img info: {e}")))?;
+    let top = match &info {
+        serde_json::Value::Array(chain) => chain.first(),
+        v => Some(v),
+    };
+    top.and_then(|t| t.get("format"))
+        .and_then(|f| f.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| fail(name, "qemu-img info names no format"))
+}
+
+/// Starts `qemu-nbd` read-only on `path` with an export on a private socket; waits for it.
+fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, String), SourceError> {
+    let dir = tempfile::Builder::new()
+        .prefix("keel-import-")
+        .tempdir()
+        .map_err(|e| fail(name, e))?;
+    let socket: PathBuf = dir.path().join("nbd.sock");
+    let child = Command::new("qemu-nbd")
+        .arg("--read-only")
+        .arg("--persistent")
+        .arg("--shared=4")
+        .arg(format!("--format={format}"))
+        .arg("--export-name=src")
+        .arg("--socket")
+        .arg(&socket)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(name, format!("starting qemu-nbd: {e}")))?;
+    let mut server = QemuNbd { child, _dir: dir };
+    // The socket exists once qemu-nbd has bound it; connecting works once it listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(fail(
+                name,
+                format!("qemu-nbd exited ({status}) before serving it"),
+            ));
+        }
+        if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(name, "qemu-nbd did not start within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let uri = format!("nbd+unix:///src?socket={}", socket.display());
+    Ok((server, uri))
+}
