@@ -118,6 +118,9 @@ pub struct DiskConfig {
     pub space: DiskSpace,
     /// A live import's source (keel engine): an absolute image path or an NBD URI.
     pub import_from: Option<String>,
+    /// The import's background copy stays under this many bytes per second; `None`: no cap
+    /// (it still steps aside while the guest is busy).
+    pub import_rate: Option<u64>,
 }
 
 /// A whole, checked config file.
@@ -171,6 +174,7 @@ struct RawDisk {
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
     import_from: Option<Spanned<String>>,
+    import_rate: Option<Spanned<SizeValue>>,
 }
 
 impl Config {
@@ -522,6 +526,28 @@ impl Checker<'_> {
 
         let space = self.check_space(raw, engine, size, path.as_deref())?;
         let import_from = self.check_import(raw, engine, &mirror)?;
+        let import_rate = match &raw.import_rate {
+            None => None,
+            Some(_) if import_from.is_none() => {
+                return Err(self.err(
+                    disk_span,
+                    "import_rate",
+                    "only a disk with `import_from` has an import rate".into(),
+                ));
+            }
+            Some(v) => {
+                let err = |m: String| self.err(v.span(), "import_rate", m);
+                let rate = v.get_ref().to_bytes().map_err(err)?;
+                if rate < 1 << 20 {
+                    return Err(self.err(
+                        v.span(),
+                        "import_rate",
+                        "below 1M (bytes per second): the copy would never end".into(),
+                    ));
+                }
+                Some(rate)
+            }
+        };
         Ok(DiskConfig {
             name,
             socket,
@@ -541,6 +567,7 @@ impl Checker<'_> {
             delay_us,
             space,
             import_from,
+            import_rate,
         })
     }
 

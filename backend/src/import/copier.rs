@@ -19,6 +19,8 @@ const STEP_BLOCKS: u64 = 256;
 pub struct Pace {
     /// Pause after each step while the guest sent a request within the last 50 ms.
     pub yield_to_guest: bool,
+    /// Stay under this many bytes per second.
+    pub rate: Option<u64>,
 }
 
 /// Why the copy stopped before the end.
@@ -45,7 +47,14 @@ pub fn run(
     let mut lba = store.import_cursor().unwrap_or(end);
     let mut buf = vec![0u8; (STEP_BLOCKS * BLOCK) as usize];
     let mut failing = false;
+    let (started, from) = (std::time::Instant::now(), lba);
     while lba < end {
+        if let Some(rate) = pace.rate {
+            let due = Duration::from_secs_f64(((lba - from) * BLOCK) as f64 / rate as f64);
+            if let Some(early) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
         if stop.load(Ordering::Acquire) {
             return Err(CopyError::Stopped);
         }
@@ -98,12 +107,14 @@ pub fn spawn(
     import: Arc<Import>,
     stop: Arc<AtomicBool>,
     name: String,
+    rate: Option<u64>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("keel-import-{name}"))
         .spawn(move || {
             let pace = Pace {
                 yield_to_guest: true,
+                rate,
             };
             match run(&import, pace, &stop, &mut |_| {}) {
                 Ok(()) => log::info!(

@@ -108,8 +108,13 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
     let writers = usize::from(disk.queues.max(1));
     let import = Arc::new(Import::new(store, source, writers));
     let stop = Arc::new(AtomicBool::new(false));
-    let handle = copier::spawn(Arc::clone(&import), Arc::clone(&stop), disk.name.clone())
-        .map_err(|e| setup(&disk, format!("starting the copy: {e}")))?;
+    let handle = copier::spawn(
+        Arc::clone(&import),
+        Arc::clone(&stop),
+        disk.name.clone(),
+        disk.import_rate,
+    )
+    .map_err(|e| setup(&disk, format!("starting the copy: {e}")))?;
     Ok(Arc::new(ImportEngine {
         inner: Arc::new(keel),
         import,

@@ -154,3 +154,64 @@ impl Store {
         Ok(committed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{new_store, small_opts};
+    use super::super::{Op, Store, StoreOptions};
+    use crate::testing::CrashMode;
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; 4096]
+    }
+
+    #[test]
+    fn fill_absent_never_overwrites_a_written_block() {
+        let (_dev, s) = new_store(&small_opts());
+        let guest = block(7);
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: 4096,
+                data: &guest,
+            }],
+        )
+        .unwrap();
+        let src = block(1);
+        let n = s
+            .fill_absent(1, &[(0, &src), (1, &src), (2, &src)])
+            .unwrap();
+        assert_eq!(n, 2, "block 1 was the guest's");
+        let mut back = vec![0u8; 3 * 4096];
+        s.read(0, &mut back).unwrap();
+        assert!(back[..4096].iter().all(|b| *b == 1));
+        assert!(back[4096..8192].iter().all(|b| *b == 7));
+        assert!(back[8192..].iter().all(|b| *b == 1));
+        assert!(s.fill_absent(0, &[(1 << 30, &src)]).is_err());
+    }
+
+    #[test]
+    fn the_cursor_is_durable_with_the_checkpoint_and_cleared_at_the_end() {
+        let (dev, s) = new_store(&small_opts());
+        assert_eq!(s.import_cursor(), None);
+        s.begin_import().unwrap();
+        let src = block(3);
+        s.fill_absent(0, &[(10, &src)]).unwrap();
+        s.advance_import(11);
+        s.checkpoint().unwrap();
+        s.advance_import(40);
+        dev.crash(CrashMode::DropAll);
+        drop(s);
+        let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+        assert_eq!(s.import_cursor(), Some(11), "the checkpointed cursor");
+        assert!(s.is_mapped(10));
+        assert!(!s.import_finished());
+        s.finish_import().unwrap();
+        drop(s);
+        let s = Store::open(dev, StoreOptions::default()).unwrap();
+        assert_eq!(s.import_cursor(), None);
+        assert!(s.import_finished());
+        let report = s.fsck();
+        assert!(report.is_clean(), "{:?}", report.problems);
+    }
+}

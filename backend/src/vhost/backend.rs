@@ -443,6 +443,7 @@ mod tests {
             delay_us: 0,
             space: Default::default(),
             import_from: None,
+            import_rate: None,
         }
     }
 

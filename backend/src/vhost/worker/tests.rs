@@ -31,6 +31,7 @@ fn context() -> Arc<DiskContext> {
         delay_us: 0,
         space: Default::default(),
         import_from: None,
+        import_rate: None,
     };
     let engine = Arc::new(NullEngine::new(1 << 20, false));
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))

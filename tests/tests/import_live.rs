@@ -1,0 +1,253 @@
+//! Live import against real QEMU tools: a qcow2 chain of three layers written by `qemu-io`
+//! is served by keeld at once (`import_from`), read through keel-client while the copy runs,
+//! written to, killed with SIGKILL mid-copy, restarted, and left to finish; then the chain is
+//! moved away and the disk still reads right, with `import_from` still in the config, and
+//! `keel fsck` finds the container clean. The expected contents are what
+//! `qemu-img convert -O raw` makes of the chain, plus the guest's writes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_backend::control::client::ControlClient;
+use keel_client::{Disk, DiskOptions, Queue};
+use keel_protocol::control::{DiskStats, ImportState};
+use keel_tests::keeld::{KeeldProcess, keel_binary, wait_for_socket};
+use keel_tests::pattern;
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 48 * MIB;
+
+fn run(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// base.qcow2 <- mid.qcow2 <- top.qcow2, each layer writing known bytes, some over the layer
+/// below, one zeroing a range the base wrote; most of the disk stays unallocated.
+fn make_chain(dir: &Path) {
+    let size = format!("{}", SIZE);
+    run(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "base.qcow2", &size],
+    );
+    run(
+        dir,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x11 0 6M",
+            "-c",
+            "write -q -P 0x22 8M 4M",
+            "-c",
+            "write -q -P 0x12 40M 1M",
+            "base.qcow2",
+        ],
+    );
+    for (layer, backing) in [("mid.qcow2", "base.qcow2"), ("top.qcow2", "mid.qcow2")] {
+        run(
+            dir,
+            "qemu-img",
+            &[
+                "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", layer,
+            ],
+        );
+    }
+    run(
+        dir,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x33 1M 1M",
+            "-c",
+            "write -q -P 0x34 20M 2M",
+            "mid.qcow2",
+        ],
+    );
+    run(
+        dir,
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x44 3M 2M",
+            "-c",
+            "write -q -z 9M 1M",
+            "-c",
+            "write -q -P 0x45 30M 64K",
+            "top.qcow2",
+        ],
+    );
+}
+
+fn config(rate: &str) -> String {
+    format!(
+        "[server]\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\n\
+         socket = \"d.sock\"\nengine = \"keel\"\npath = \"d.keel\"\n\
+         import_from = \"top.qcow2\"\nimport_rate = \"{rate}\"\n"
+    )
+}
+
+fn start(dir: &Path) -> KeeldProcess {
+    let keeld = KeeldProcess::spawn(&dir.join("keel.toml"));
+    assert!(
+        wait_for_socket(&dir.join("d.sock"), Duration::from_secs(20)),
+        "keeld did not start"
+    );
+    keeld
+}
+
+fn connect(dir: &Path) -> Queue {
+    let started = Instant::now();
+    loop {
+        match Disk::connect(dir.join("d.sock"), &DiskOptions::default()) {
+            Ok(mut d) => return d.take_queue(0).expect("queue 0"),
+            Err(e) if started.elapsed() > Duration::from_secs(5) => panic!("connect: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn stats(dir: &Path) -> DiskStats {
+    ControlClient::new(&dir.join("control.sock"))
+        .get("/v1/disks/d/stats")
+        .expect("stats")
+}
+
+/// Every block of the disk against `want`, naming the first wrong MiB.
+fn check_all(q: &mut Queue, want: &[u8], when: &str) {
+    for off in (0..SIZE).step_by(MIB as usize) {
+        let got = q.read_vec(off, MIB as usize).unwrap();
+        let at = off as usize;
+        assert!(
+            got == want[at..at + MIB as usize],
+            "{when}: the MiB at {off} differs"
+        );
+    }
+}
+
+fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
+    q.write_slice(offset, data).unwrap();
+    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+#[test]
+fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain(dir);
+    run(
+        dir,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "top.qcow2",
+            "expected.raw",
+        ],
+    );
+    let mut want = std::fs::read(dir.join("expected.raw")).unwrap();
+    assert_eq!(want.len() as u64, SIZE);
+    // Slow enough (4 MiB/s over 48 MiB) that the copy is still running at the kill.
+    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+
+    let keeld = start(dir);
+    let mut q = connect(dir);
+    let s = stats(dir).import.expect("an import report");
+    assert_eq!(s.state, ImportState::Copying);
+    assert_eq!(s.total_bytes, SIZE);
+    check_all(&mut q, &want, "served at once");
+
+    // Writes while the copy runs: whole blocks beyond the cursor, a 512-byte write into a
+    // block the source holds (merged with it), a discard over source data, and a write over
+    // a zeroed range.
+    guest_write(&mut q, &mut want, 41 * MIB, &pattern(1, 256 * 1024));
+    guest_write(&mut q, &mut want, 30 * MIB + 1024, &pattern(2, 512));
+    q.discard(8 * MIB, 64 * 1024).unwrap();
+    want[8 * MIB as usize..8 * MIB as usize + 64 * 1024].fill(0);
+    guest_write(&mut q, &mut want, 9 * MIB + 4096, &pattern(3, 8192));
+    q.flush().unwrap();
+    check_all(&mut q, &want, "after the guest's writes");
+    let before_kill = stats(dir).import.expect("an import report");
+    assert_eq!(
+        before_kill.state,
+        ImportState::Copying,
+        "the kill must land mid-copy"
+    );
+    drop(q);
+
+    let mut keeld = keeld;
+    keeld.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+
+    // Restarted faster: the copy resumes and finishes.
+    std::fs::write(dir.join("keel.toml"), config("64M")).unwrap();
+    let keeld = start(dir);
+    let mut q = connect(dir);
+    let resumed = stats(dir).import.expect("an import report");
+    assert_ne!(resumed.state, ImportState::Paused);
+    check_all(&mut q, &want, "after kill -9");
+    guest_write(&mut q, &mut want, 47 * MIB, &pattern(4, 4096));
+    q.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = stats(dir).import.expect("an import report");
+        if s.state == ImportState::Done {
+            assert_eq!(s.copied_bytes, SIZE);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import did not finish: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_all(&mut q, &want, "import done");
+    drop(q);
+    let mut keeld = keeld;
+    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+
+    // The chain is gone; the config still names it.
+    std::fs::create_dir(dir.join("gone")).unwrap();
+    for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
+        std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
+    }
+    let keeld = start(dir);
+    let mut q = connect(dir);
+    assert_eq!(stats(dir).import, None, "a finished import is not reported");
+    check_all(&mut q, &want, "without the chain");
+    drop(q);
+    let mut keeld = keeld;
+    let (status, log) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+    assert!(
+        log.contains("finished earlier; import_from is ignored"),
+        "{log}"
+    );
+
+    let out = Command::new(keel_binary())
+        .current_dir(dir)
+        .args(["fsck", "d.keel"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fsck: {text}");
+    assert!(text.contains(" 0 problems"), "fsck: {text}");
+}
