@@ -251,3 +251,101 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     assert!(out.status.success(), "fsck: {text}");
     assert!(text.contains(" 0 problems"), "fsck: {text}");
 }
+
+fn keel(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(keel_binary())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run keel");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn mapped_bytes(dir: &Path, container: &str) -> u64 {
+    let (ok, text) = keel(dir, &["info", container, "--json"]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("info JSON");
+    v["mapped_bytes"].as_u64().expect("mapped_bytes")
+}
+
+#[test]
+fn offline_import_reads_the_same_sources_and_keeps_holes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain(dir);
+    run(
+        dir,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "top.qcow2",
+            "expected.raw",
+        ],
+    );
+    let (ok, text) = keel(dir, &["import", "top.qcow2", "chain.keel"]);
+    assert!(ok, "{text}");
+    let (ok, text) = keel(dir, &["export", "chain.keel", "chain.raw"]);
+    assert!(ok, "{text}");
+    let want = std::fs::read(dir.join("expected.raw")).unwrap();
+    assert!(std::fs::read(dir.join("chain.raw")).unwrap() == want);
+    // Only what the chain shows as data is stored: 6M + 4M + 1M + 1M + 2M + 64K minus the
+    // 1M zeroed over the base's data, the rest are holes.
+    let data = want
+        .chunks(4096)
+        .filter(|b| b.iter().any(|x| *x != 0))
+        .count() as u64
+        * 4096;
+    assert_eq!(mapped_bytes(dir, "chain.keel"), data);
+    assert!(data < SIZE / 2);
+
+    // A sparse raw file: its holes stay holes too, and the size comes from the file.
+    let raw = std::fs::File::create(dir.join("sparse.raw")).unwrap();
+    raw.set_len(16 * MIB).unwrap();
+    use std::os::unix::fs::FileExt;
+    raw.write_all_at(&pattern(9, 8192), 5 * MIB).unwrap();
+    drop(raw);
+    let (ok, text) = keel(dir, &["import", "sparse.raw", "sparse.keel"]);
+    assert!(ok, "{text}");
+    assert_eq!(mapped_bytes(dir, "sparse.keel"), 8192);
+    let (ok, text) = keel(dir, &["fsck", "sparse.keel"]);
+    assert!(ok && text.contains(" 0 problems"), "{text}");
+    // A container that holds data is not imported over.
+    let (ok, text) = keel(dir, &["import", "sparse.raw", "chain.keel"]);
+    assert!(!ok && text.contains("holds data"), "{text}");
+}
+
+#[test]
+fn a_bad_source_is_refused_at_start_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain(dir);
+    std::fs::rename(dir.join("mid.qcow2"), dir.join("mid-moved.qcow2")).unwrap();
+    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    let (code, stderr) = keel_tests::keeld::run_expecting_failure(&dir.join("keel.toml"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("top.qcow2") && stderr.contains("mid.qcow2"),
+        "the error names the image and its missing backing file: {stderr}"
+    );
+    assert!(
+        !dir.join("d.keel").exists(),
+        "no container is made for a bad source"
+    );
+
+    let (ok, text) = keel(dir, &["import", "missing.qcow2", "m.keel"]);
+    assert!(!ok && text.contains("missing.qcow2"), "{text}");
+    std::fs::write(dir.join("junk.vhdx"), b"vhdxfile but not really one").unwrap();
+    let (ok, text) = keel(dir, &["import", "junk.vhdx", "j.keel"]);
+    assert!(!ok && text.contains("junk.vhdx"), "{text}");
+}

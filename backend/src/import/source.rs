@@ -3,9 +3,11 @@
 //! keeld starts read-only on a private unix socket and stops when the source is dropped.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -26,15 +28,76 @@ fn fail(name: &str, e: impl std::fmt::Display) -> SourceError {
 }
 
 /// A `qemu-nbd` serving an image read-only on a socket in a private directory.
+///
+/// It is started by a thread of its own that lives as long as the server: the child asks the
+/// kernel for SIGKILL when the thread that forked it ends (`PR_SET_PDEATHSIG`), so a keeld
+/// killed with SIGKILL leaves no `qemu-nbd` behind, and no other thread's end stops it early.
 struct QemuNbd {
-    child: Child,
+    /// Dropping it tells the thread to stop the server.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+impl QemuNbd {
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> io::Result<(Self, u32)> {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("keel-qemu-nbd".into())
+            .spawn(move || {
+                // SAFETY: the closure runs in the forked child before exec and only calls
+                // prctl(2), which is async-signal-safe, with constant arguments.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(child.id()));
+                // Until the source is dropped (or the sender with it).
+                let _ = stop_rx.recv();
+                let _ = child.kill();
+                let _ = child.wait();
+            })?;
+        let pid = started_rx
+            .recv()
+            .map_err(|_| io::Error::other("the qemu-nbd thread ended"))??;
+        Ok((
+            Self {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+                _dir: dir,
+            },
+            pid,
+        ))
+    }
+
+    /// Whether the server is still running (an exited child stays a zombie until the thread
+    /// reaps it, so its state is read).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+    }
 }
 
 impl Drop for QemuNbd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -157,8 +220,8 @@ fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, Str
         .tempdir()
         .map_err(|e| fail(name, e))?;
     let socket: PathBuf = dir.path().join("nbd.sock");
-    let child = Command::new("qemu-nbd")
-        .arg("--read-only")
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.arg("--read-only")
         .arg("--persistent")
         .arg("--shared=4")
         .arg(format!("--format={format}"))
@@ -167,21 +230,17 @@ fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, Str
         .arg(&socket)
         .arg(path)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(name, format!("starting qemu-nbd: {e}")))?;
-    let mut server = QemuNbd { child, _dir: dir };
+        .stdout(Stdio::null());
+    let (server, pid) =
+        QemuNbd::spawn(cmd, dir).map_err(|e| fail(name, format!("starting qemu-nbd: {e}")))?;
     // The socket exists once qemu-nbd has bound it; connecting works once it listens.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(fail(
-                name,
-                format!("qemu-nbd exited ({status}) before serving it"),
-            ));
-        }
         if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             break;
+        }
+        if !QemuNbd::alive(pid) {
+            return Err(fail(name, "qemu-nbd exited before serving it"));
         }
         if Instant::now() > deadline {
             return Err(fail(name, "qemu-nbd did not start within 10 s"));
