@@ -31,6 +31,9 @@ pub struct DiskInfo {
     /// Where the container's space goes (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceReport>,
+    /// A live import into the disk, as in its stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportReport>,
 }
 
 /// A configured disk's state.

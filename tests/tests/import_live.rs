@@ -173,6 +173,12 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     let s = stats(dir).import.expect("an import report");
     assert_eq!(s.state, ImportState::Copying);
     assert_eq!(s.total_bytes, SIZE);
+    let (ok, text) = keel(dir, &["--control", "control.sock", "disks"]);
+    assert!(ok && text.contains("d: import copying"), "{text}");
+    let (ok, text) = keel(dir, &["--control", "control.sock", "stats", "d", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
+    assert!(ok && v["import"]["state"] == "copying", "{text}");
+    assert_eq!(v["import"]["total_bytes"], SIZE);
     check_all(&mut q, &want, "served at once");
 
     // Writes while the copy runs: whole blocks beyond the cursor, a 512-byte write into a

@@ -18,6 +18,7 @@ impl ServedDisk {
             size: self.engine().capacity(),
             connected: self.attached(),
             space: self.engine().admin().and_then(|a| a.space()),
+            import: self.engine().import(),
             ..configured(&self.config, DiskState::Serving)
         }
     }
@@ -120,6 +121,7 @@ fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
         state,
         error: None,
         space: None,
+        import: None,
     }
 }
 
