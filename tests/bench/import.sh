@@ -51,7 +51,7 @@ TOML
 t=$(now)
 "$bin/keeld" --config "$work/keel.toml" &
 keeld_pid=$!
-until "$bin/keel-client" bench --socket "$work/d.sock" --rw randread --iodepth 1 --queues 1 \
+until "$bin/keel-client" bench "$work/d.sock" --rw randread --iodepth 1 --queues 1 \
     --size 4k --runtime 1ms >/dev/null 2>&1; do
     sleep 0.005
 done

@@ -11,8 +11,12 @@ use super::Import;
 use crate::store::StoreError;
 use crate::store::layout::BLOCK;
 
-/// Blocks per step.
-const STEP_BLOCKS: u64 = 256;
+/// Blocks per step (4 MiB: one data write and one journal record each).
+const STEP_BLOCKS: u64 = 1024;
+/// Threads reading the source.
+const READERS: usize = 4;
+/// Steps each reader holds ready.
+const READ_AHEAD: usize = 1;
 
 /// How the copy shares the device with the guest.
 #[derive(Clone, Copy, Debug)]
@@ -42,31 +46,80 @@ pub fn run(
     step: &mut dyn FnMut(u64),
 ) -> Result<(), CopyError> {
     let store = import.store();
-    let total = import.progress.total_bytes;
-    let end = total.div_ceil(BLOCK);
-    let mut lba = store.import_cursor().unwrap_or(end);
-    let mut buf = vec![0u8; (STEP_BLOCKS * BLOCK) as usize];
-    let mut failing = false;
-    let (started, from) = (std::time::Instant::now(), lba);
-    while lba < end {
-        if let Some(rate) = pace.rate {
-            let due = Duration::from_secs_f64(((lba - from) * BLOCK) as f64 / rate as f64);
-            if let Some(early) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(early);
+    let end = import.progress.total_bytes.div_ceil(BLOCK);
+    let first = store.import_cursor().unwrap_or(end);
+    let Some(source) = import.source() else {
+        return Err(CopyError::Stopped);
+    };
+    // The source is read ahead by a few threads, each taking every READERS-th step, so reads
+    // overlap each other (an NBD server answers them in parallel) and the container's writes.
+    let copied = std::thread::scope(|scope| {
+        let mut steps = Vec::with_capacity(READERS);
+        for k in 0..READERS as u64 {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(READ_AHEAD);
+            let source = &source;
+            let from = first + k * STEP_BLOCKS;
+            scope.spawn(move || read_ahead(import, source, from, end, stop, tx));
+            steps.push(rx);
+        }
+        let (started, mut lba) = (std::time::Instant::now(), first);
+        while lba < end {
+            if let Some(rate) = pace.rate {
+                let due = Duration::from_secs_f64(((lba - first) * BLOCK) as f64 / rate as f64);
+                if let Some(early) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(early);
+                }
             }
+            if pace.yield_to_guest && import.progress.guest_idle_ms() < 50 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The reader ends early only when stopped.
+            let next = ((lba - first) / STEP_BLOCKS) as usize % READERS;
+            let Ok((at, bytes)) = steps[next].recv() else {
+                return Err(CopyError::Stopped);
+            };
+            debug_assert_eq!(at, lba);
+            let blocks: Vec<(u64, &[u8])> = bytes
+                .chunks(BLOCK as usize)
+                .enumerate()
+                .filter(|(_, b)| b.iter().any(|x| *x != 0))
+                .map(|(i, b)| (lba + i as u64, b))
+                .collect();
+            if !blocks.is_empty() {
+                store.fill_absent(import.writer, &blocks)?;
+            }
+            lba += bytes.len() as u64 / BLOCK;
+            store.advance_import(lba);
+            import.progress.advance(lba * BLOCK);
+            step(lba * BLOCK);
         }
-        if stop.load(Ordering::Acquire) {
-            return Err(CopyError::Stopped);
-        }
-        if pace.yield_to_guest && import.progress.guest_idle_ms() < 50 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        Ok(())
+    });
+    drop(source);
+    copied?;
+    store.flush()?;
+    store.finish_import()?;
+    import.progress.finish();
+    import.drop_source();
+    Ok(())
+}
+
+/// Reads every [`READERS`]-th step from `first` up to `end`, in order, into `tx`, retrying a failed read each second (the
+/// import is `paused` meanwhile), until the end, `stop`, or the receiver is gone.
+fn read_ahead(
+    import: &Import,
+    source: &super::Source,
+    first: u64,
+    end: u64,
+    stop: &AtomicBool,
+    tx: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+) {
+    let mut lba = first;
+    let mut failing = false;
+    while lba < end && !stop.load(Ordering::Acquire) {
         let n = STEP_BLOCKS.min(end - lba);
-        let bytes = &mut buf[..(n * BLOCK) as usize];
-        let Some(source) = import.source() else {
-            return Err(CopyError::Stopped);
-        };
-        if let Err(e) = source.read(bytes, lba * BLOCK) {
+        let mut bytes = vec![0u8; (n * BLOCK) as usize];
+        if let Err(e) = source.read(&mut bytes, lba * BLOCK) {
             let why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
             if !failing {
                 log::warn!("import paused: {why}; retrying each second");
@@ -81,25 +134,11 @@ pub fn run(
             failing = false;
             import.progress.pause(None);
         }
-        let blocks: Vec<(u64, &[u8])> = bytes
-            .chunks(BLOCK as usize)
-            .enumerate()
-            .filter(|(_, b)| b.iter().any(|x| *x != 0))
-            .map(|(i, b)| (lba + i as u64, b))
-            .collect();
-        if !blocks.is_empty() {
-            store.fill_absent(import.writer, &blocks)?;
+        if tx.send((lba, bytes)).is_err() {
+            return;
         }
-        lba += n;
-        store.advance_import(lba);
-        import.progress.advance(lba * BLOCK);
-        step(lba * BLOCK);
+        lba += n + (READERS as u64 - 1) * STEP_BLOCKS;
     }
-    store.flush()?;
-    store.finish_import()?;
-    import.progress.finish();
-    import.drop_source();
-    Ok(())
 }
 
 /// Runs [`run`] on a thread of its own, logging how it ended.
