@@ -23,7 +23,12 @@ now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc -l; }
 
 qemu-img create -q -f qcow2 "$work/src.qcow2" "${size_mib}M"
-qemu-io -f qcow2 -c "write -q -P 0x5a 0 ${size_mib}M" "$work/src.qcow2"
+writes=()
+for ((off = 0; off < size_mib; off += 512)); do
+    n=$((size_mib - off < 512 ? size_mib - off : 512))
+    writes+=(-c "write -q -P 0x5a ${off}M ${n}M")
+done
+qemu-io -f qcow2 "${writes[@]}" "$work/src.qcow2"
 bytes=$((size_mib * 1024 * 1024))
 
 t=$(now)
