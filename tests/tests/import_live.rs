@@ -355,3 +355,90 @@ fn a_bad_source_is_refused_at_start_naming_the_file() {
     let (ok, text) = keel(dir, &["import", "junk.vhdx", "j.keel"]);
     assert!(!ok && text.contains("junk.vhdx"), "{text}");
 }
+
+/// A `qemu-nbd` the test started; stopped when dropped.
+struct NbdServer(std::process::Child);
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `qemu-nbd` serving `image` on `socket`, as an NBD source keeld does not control.
+fn serve_nbd(dir: &Path, image: &str, socket: &str) -> NbdServer {
+    let child = Command::new("qemu-nbd")
+        .current_dir(dir)
+        .args(["--read-only", "--persistent", "--shared=8", "--format=raw"])
+        .args(["--export-name=src", "--socket"])
+        .arg(dir.join(socket))
+        .arg(image)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(dir.join(socket)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    NbdServer(child)
+}
+
+fn wait_for_state(dir: &Path, state: ImportState) -> keel_protocol::control::ImportReport {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = stats(dir).import.expect("an import report");
+        if s.state == state {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "no {state:?} state: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_nbd_source_that_goes_away_pauses_the_import_until_it_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut want = pattern(5, SIZE as usize);
+    want[20 * MIB as usize..28 * MIB as usize].fill(0);
+    std::fs::write(dir.join("src.raw"), &want).unwrap();
+    let server = serve_nbd(dir, "src.raw", "src.sock");
+    let uri = format!("nbd+unix:///src?socket={}", dir.join("src.sock").display());
+    std::fs::write(
+        dir.join("keel.toml"),
+        config("4M").replace("top.qcow2", &uri),
+    )
+    .unwrap();
+    let keeld = start(dir);
+    let mut q = connect(dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats(dir).import.expect("report").copied_bytes < 4 * MIB {
+        assert!(Instant::now() < deadline, "the copy does not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    drop(server);
+    let paused = wait_for_state(dir, ImportState::Paused);
+    assert!(paused.error.is_some_and(|e| e.contains("src.sock")));
+    // Blocks not yet moved cannot be read; moved ones and whole-block writes are served.
+    assert!(q.read_vec(44 * MIB, 4096).is_err());
+    assert!(q.read_vec(0, 4096).unwrap() == want[..4096]);
+    guest_write(&mut q, &mut want, 40 * MIB, &pattern(6, 8192));
+    q.flush().unwrap();
+
+    let _server = serve_nbd(dir, "src.raw", "src.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats(dir).import.expect("report").state == ImportState::Paused {
+        assert!(Instant::now() < deadline, "the import does not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check_all(&mut q, &want, "after the source came back");
+    drop(q);
+    let mut keeld = keeld;
+    keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+}

@@ -48,18 +48,14 @@ pub fn run(
     let store = import.store();
     let end = import.progress.total_bytes.div_ceil(BLOCK);
     let first = store.import_cursor().unwrap_or(end);
-    let Some(source) = import.source() else {
-        return Err(CopyError::Stopped);
-    };
     // The source is read ahead by a few threads, each taking every READERS-th step, so reads
     // overlap each other (an NBD server answers them in parallel) and the container's writes.
     let copied = std::thread::scope(|scope| {
         let mut steps = Vec::with_capacity(READERS);
         for k in 0..READERS as u64 {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(READ_AHEAD);
-            let source = &source;
             let from = first + k * STEP_BLOCKS;
-            scope.spawn(move || read_ahead(import, source, from, end, stop, tx));
+            scope.spawn(move || read_ahead(import, from, end, stop, tx));
             steps.push(rx);
         }
         let (started, mut lba) = (std::time::Instant::now(), first);
@@ -95,7 +91,6 @@ pub fn run(
         }
         Ok(())
     });
-    drop(source);
     copied?;
     store.flush()?;
     store.finish_import()?;
@@ -108,7 +103,6 @@ pub fn run(
 /// import is `paused` meanwhile), until the end, `stop`, or the receiver is gone.
 fn read_ahead(
     import: &Import,
-    source: &super::Source,
     first: u64,
     end: u64,
     stop: &AtomicBool,
@@ -117,16 +111,24 @@ fn read_ahead(
     let mut lba = first;
     let mut failing = false;
     while lba < end && !stop.load(Ordering::Acquire) {
+        let Some(source) = import.source() else {
+            return;
+        };
         let n = STEP_BLOCKS.min(end - lba);
         let mut bytes = vec![0u8; (n * BLOCK) as usize];
         if let Err(e) = source.read(&mut bytes, lba * BLOCK) {
-            let why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
+            let mut why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
             if !failing {
                 log::warn!("import paused: {why}; retrying each second");
             }
             failing = true;
-            import.progress.pause(Some(why));
+            import.progress.pause(Some(why.clone()));
             std::thread::sleep(Duration::from_secs(1));
+            // A connection that failed stays failed: open the source again.
+            if let Err(e) = import.reopen(&source) {
+                why = format!("{why}; opening it again: {e}");
+                import.progress.pause(Some(why));
+            }
             continue;
         }
         if failing {

@@ -32,6 +32,8 @@ pub struct Import {
     progress: Progress,
     /// The store writer slot the copier uses.
     writer: usize,
+    /// Held while the source is opened again.
+    reopening: std::sync::Mutex<()>,
 }
 
 impl Import {
@@ -45,6 +47,7 @@ impl Import {
             source: RwLock::new(Some(Arc::new(source))),
             progress,
             writer,
+            reopening: std::sync::Mutex::new(()),
         }
     }
 
@@ -62,6 +65,33 @@ impl Import {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Opens the source again after `failed` (the `Arc` a read failed on) stopped answering
+    /// (an NBD server that went away and came back, a restarted `qemu-nbd`). Readers that
+    /// failed together reopen it once; a source that changed size is refused.
+    pub fn reopen(&self, failed: &Arc<Source>) -> Result<(), SourceError> {
+        let _one = self.reopening.lock().unwrap_or_else(|e| e.into_inner());
+        match self.source() {
+            Some(now) if Arc::ptr_eq(&now, failed) => {}
+            _ => return Ok(()),
+        }
+        let fresh = Source::open(failed.name())?;
+        if fresh.len() != failed.len() {
+            return Err(SourceError::Open(
+                failed.name().to_string(),
+                format!(
+                    "its size changed from {} to {} bytes during the import",
+                    failed.len(),
+                    fresh.len()
+                ),
+            ));
+        }
+        let mut slot = self.source.write().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            *slot = Some(Arc::new(fresh));
+        }
+        Ok(())
     }
 
     /// Lets the source go (the copy is done): `qemu-nbd` stops once no reader holds it.
