@@ -442,3 +442,32 @@ fn an_nbd_source_that_goes_away_pauses_the_import_until_it_is_back() {
     let mut keeld = keeld;
     keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
 }
+
+#[test]
+fn a_source_that_changed_size_is_refused_when_the_import_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("src.raw"), pattern(8, SIZE as usize)).unwrap();
+    std::fs::write(
+        dir.join("keel.toml"),
+        config("4M").replace("top.qcow2", "src.raw"),
+    )
+    .unwrap();
+    let mut keeld = start(dir);
+    let s = stats(dir).import.expect("an import report");
+    assert_eq!(s.state, ImportState::Copying);
+    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("src.raw"))
+        .unwrap();
+    f.set_len(SIZE - MIB).unwrap();
+    drop(f);
+    let (code, stderr) = keel_tests::keeld::run_expecting_failure(&dir.join("keel.toml"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("src.raw") && stderr.contains("size changed"),
+        "{stderr}"
+    );
+}

@@ -78,9 +78,6 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
                 ),
             ));
         }
-        store
-            .begin_import()
-            .map_err(|e| setup(&disk, format!("starting the import: {e}")))?;
     }
     let source = match source {
         Some(s) => s,
@@ -95,6 +92,22 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
                 store.capacity()
             ),
         ));
+    }
+    match store.import_source_bytes() {
+        None => store
+            .begin_import(source.len())
+            .map_err(|e| setup(&disk, format!("starting the import: {e}")))?,
+        Some(began) if began != source.len() => {
+            return Err(setup(
+                &disk,
+                format!(
+                    "import source {from}: its size changed from {began} to {} bytes since the \
+                     import began; put the original back to resume",
+                    source.len()
+                ),
+            ));
+        }
+        Some(_) => {}
     }
     let cursor = store.import_cursor().unwrap_or(0);
     log::info!(

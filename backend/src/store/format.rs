@@ -119,6 +119,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         geometry: geo,
         checkpoint_pba: prepared.root_pba,
         import_cursor: 0,
+        import_source_bytes: 0,
     };
     // Both slots get it.
     persist::write_superblock(dev, &sb)?;

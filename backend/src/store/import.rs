@@ -31,12 +31,21 @@ impl Store {
         lock(&self.journal).superblock.compat & COMPAT_IMPORTED != 0
     }
 
-    /// Marks the container as being imported into, from block 0; durable when this returns.
-    pub fn begin_import(&self) -> Result<()> {
+    /// The size of the source the running import began with.
+    pub fn import_source_bytes(&self) -> Option<u64> {
+        let j = lock(&self.journal);
+        (j.superblock.incompat & INCOMPAT_IMPORTING != 0)
+            .then_some(j.superblock.import_source_bytes)
+    }
+
+    /// Marks the container as being imported into from a source of `source_bytes`, from
+    /// block 0; durable when this returns.
+    pub fn begin_import(&self, source_bytes: u64) -> Result<()> {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
         j.superblock.incompat |= INCOMPAT_IMPORTING;
         j.superblock.import_cursor = 0;
+        j.superblock.import_source_bytes = source_bytes;
         self.checkpoint_locked(&mut j)
     }
 
@@ -57,6 +66,7 @@ impl Store {
         j.superblock.incompat &= !INCOMPAT_IMPORTING;
         j.superblock.compat |= COMPAT_IMPORTED;
         j.superblock.import_cursor = 0;
+        j.superblock.import_source_bytes = 0;
         self.checkpoint_locked(&mut j)
     }
 
@@ -194,7 +204,7 @@ mod tests {
     fn the_cursor_is_durable_with_the_checkpoint_and_cleared_at_the_end() {
         let (dev, s) = new_store(&small_opts());
         assert_eq!(s.import_cursor(), None);
-        s.begin_import().unwrap();
+        s.begin_import(123 << 12).unwrap();
         let src = block(3);
         s.fill_absent(0, &[(10, &src)]).unwrap();
         s.advance_import(11);
@@ -204,12 +214,14 @@ mod tests {
         drop(s);
         let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
         assert_eq!(s.import_cursor(), Some(11), "the checkpointed cursor");
+        assert_eq!(s.import_source_bytes(), Some(123 << 12));
         assert!(s.is_mapped(10));
         assert!(!s.import_finished());
         s.finish_import().unwrap();
         drop(s);
         let s = Store::open(dev, StoreOptions::default()).unwrap();
         assert_eq!(s.import_cursor(), None);
+        assert_eq!(s.import_source_bytes(), None);
         assert!(s.import_finished());
         let report = s.fsck();
         assert!(report.is_clean(), "{:?}", report.problems);

@@ -65,6 +65,9 @@ pub struct Superblock {
     /// With [`INCOMPAT_IMPORTING`]: every block below this LBA is final (copied, written by
     /// the guest, or a hole of the source); 0 otherwise.
     pub import_cursor: u64,
+    /// With [`INCOMPAT_IMPORTING`]: the source's size when the import began, so a source that
+    /// changed is refused when the import resumes; 0 otherwise.
+    pub import_source_bytes: u64,
 }
 
 impl Superblock {
@@ -89,7 +92,8 @@ impl Superblock {
             .u64(g.journal_segments)
             .u64(g.capacity)
             .u64(self.checkpoint_pba)
-            .u64(self.import_cursor);
+            .u64(self.import_cursor)
+            .u64(self.import_source_bytes);
         debug_assert!(p.ok() && p.pos() <= CRC_OFFSET);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
         Put::at(&mut b, CRC_OFFSET).u32(crc);
@@ -127,6 +131,7 @@ impl Superblock {
         let checkpoint_pba = g.u64().ok_or_else(short)?;
         // Reserved (zero) in containers that never imported.
         let import_cursor = g.u64().ok_or_else(short)?;
+        let import_source_bytes = g.u64().ok_or_else(short)?;
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
                 "format version {version} is newer than this Keel ({FORMAT_VERSION})"
@@ -164,6 +169,7 @@ impl Superblock {
             geometry,
             checkpoint_pba,
             import_cursor,
+            import_source_bytes,
         })
     }
 }
@@ -187,6 +193,7 @@ mod tests {
             },
             checkpoint_pba: 3 * 256 + 5,
             import_cursor: 0,
+            import_source_bytes: 0,
         }
     }
 

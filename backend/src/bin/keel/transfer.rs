@@ -90,7 +90,12 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
                 path.display()
             ));
         }
-        store.begin_import().map_err(|e| e.to_string())?;
+        store.begin_import(src_len).map_err(|e| e.to_string())?;
+    } else if store.import_source_bytes() != Some(src_len) {
+        return Err(format!(
+            "{source}: its size changed since the import into {} began",
+            path.display()
+        ));
     }
     let import = Import::new(Arc::clone(&store), src, 0);
     let pb = progress(src_len, "import");
