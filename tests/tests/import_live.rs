@@ -179,6 +179,12 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     let v: serde_json::Value = serde_json::from_str(&text).expect("stats JSON");
     assert!(ok && v["import"]["state"] == "copying", "{text}");
     assert_eq!(v["import"]["total_bytes"], SIZE);
+    // The container does not hold the whole disk yet: no snapshot of it.
+    let (ok, text) = keel(
+        dir,
+        &["--control", "control.sock", "snapshot", "create", "d", "s1"],
+    );
+    assert!(!ok && text.contains("import"), "{text}");
     check_all(&mut q, &want, "served at once");
 
     // Writes while the copy runs: whole blocks beyond the cursor, a 512-byte write into a

@@ -67,6 +67,14 @@ impl ServedDisk {
     }
 
     pub(super) fn store(&self) -> Result<Arc<Store>, ApiError> {
+        if let Some(i) = self.engine().import()
+            && i.state != keel_protocol::control::ImportState::Done
+        {
+            return Err(ApiError::Conflict(format!(
+                "disk {}: its import is not done; diffs, exports and clones wait for it",
+                self.config.name
+            )));
+        }
         self.admin(Need::Snapshots)?.store().ok_or_else(|| {
             ApiError::Unsupported(format!(
                 "disk {}: the {} engine keeps no snapshot trees to diff",
