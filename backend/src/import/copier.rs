@@ -116,7 +116,13 @@ fn read_ahead(
         };
         let n = STEP_BLOCKS.min(end - lba);
         let mut bytes = vec![0u8; (n * BLOCK) as usize];
-        if let Err(e) = source.read(&mut bytes, lba * BLOCK) {
+        // A hole of a sparse raw file is not read: it stays zeroes, and zeroes are not copied.
+        let read = if source.is_hole(lba * BLOCK, n * BLOCK) {
+            Ok(())
+        } else {
+            source.read(&mut bytes, lba * BLOCK)
+        };
+        if let Err(e) = read {
             let mut why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
             if !failing {
                 log::warn!("import paused: {why}; retrying each second");

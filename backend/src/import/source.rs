@@ -168,6 +168,28 @@ impl Source {
         &self.format
     }
 
+    /// Whether `[offset, offset + len)` is known to be a hole: a raw file's range with no data
+    /// (`SEEK_DATA` finds none in it). False when the source cannot tell.
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        if self.format != "raw" {
+            return false;
+        }
+        let Some(fd) = self.dev.raw_fd() else {
+            return false;
+        };
+        let Ok(at) = libc::off_t::try_from(offset) else {
+            return false;
+        };
+        // SAFETY: lseek(2) on a descriptor this source owns (kept open by `dev`); it moves
+        // only that descriptor's file offset, which no read uses (reads are positioned).
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            // ENXIO: no data at or after `offset`. Anything else: cannot tell.
+            return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+        }
+        data as u64 >= offset.saturating_add(len)
+    }
+
     /// Reads `buf.len()` bytes at `offset`; bytes past the source's end read as zeroes.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = self.len();
