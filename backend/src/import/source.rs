@@ -36,7 +36,8 @@ struct QemuNbd {
     /// Dropping it tells the thread to stop the server.
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    /// The socket's directory, removed once keeld is connected (see [`Self::connected`]).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl QemuNbd {
@@ -76,10 +77,16 @@ impl QemuNbd {
             Self {
                 stop: Some(stop_tx),
                 thread: Some(thread),
-                _dir: dir,
+                dir: Some(dir),
             },
             pid,
         ))
+    }
+
+    /// keeld holds its one connection: the socket and its directory go now, so nothing else
+    /// can connect and a keeld killed later leaves no directory behind.
+    fn connected(&mut self) {
+        drop(self.dir.take());
     }
 
     /// Whether the server is still running (an exited child stays a zombie until the thread
@@ -138,8 +145,9 @@ impl Source {
                 _lock: Some(lock),
             });
         }
-        let (server, uri) = start_qemu_nbd(&path, &format, spec)?;
+        let (mut server, uri) = start_qemu_nbd(&path, &format, spec)?;
         let dev = NbdDevice::open(&uri, NbdOptions::default()).map_err(|e| fail(spec, e))?;
+        server.connected();
         Ok(Self {
             dev: Arc::new(dev),
             name: spec.to_string(),
