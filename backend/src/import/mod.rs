@@ -7,11 +7,14 @@
 //!   the store's durable import cursor;
 //! - [`queue`]: the disk's queues while the copy runs: blocks not yet moved are read from the
 //!   source, and the guest's writes never let a later read fall back to it;
+//! - [`layers`]: offline, a backing chain imported layer by layer, each layer below the top a
+//!   snapshot;
 //! - [`engine`]: the keel engine wrapped with the two above, and how a disk's import starts,
 //!   resumes or is found finished.
 
 pub mod copier;
 pub mod engine;
+pub mod layers;
 mod progress;
 mod queue;
 pub mod source;

@@ -9,7 +9,7 @@ use keel_backend::control::output::{absolute, format_size as human, print_json};
 use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::device::nbd::NbdAddress;
 use keel_backend::import::copier::{self, Pace};
-use keel_backend::import::{Import, Source};
+use keel_backend::import::{Import, Source, layers};
 use keel_backend::store::Store;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use serde::Serialize;
@@ -84,11 +84,17 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         ));
     }
     if store.import_cursor().is_none() {
-        if store.info().mapped_bytes > 0 {
+        let info = store.info();
+        if info.mapped_bytes > 0 || !info.snapshots.is_empty() {
             return Err(format!(
                 "{} holds data: import into a new container",
                 path.display()
             ));
+        }
+        let chain = layers::backing_chain(source).map_err(|e| e.to_string())?;
+        if chain.len() > 1 {
+            drop(src);
+            return import_chain(source, &chain, &store, path, started, json);
         }
         store.begin_import(src_len).map_err(|e| e.to_string())?;
     } else if store.import_source_bytes() != Some(src_len) {
@@ -117,6 +123,39 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         to: absolute(path),
         bytes: src_len,
         zero_bytes: src_len.saturating_sub(mapped),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+    .print("imported", json)
+}
+
+/// A backing chain, layer by layer: every layer below the top becomes a snapshot.
+fn import_chain(
+    source: &str,
+    chain: &[String],
+    store: &Store,
+    path: &Path,
+    started: Instant,
+    json: bool,
+) -> Result<(), String> {
+    let pb = progress(0, "import");
+    let made = layers::import_layers(store, chain, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })
+    .map_err(|e| format!("importing {source}: {e}"))?;
+    pb.finish_and_clear();
+    if !json {
+        println!(
+            "snapshots from the backing chain, oldest first: {}",
+            made.join(", ")
+        );
+    }
+    let bytes = store.capacity();
+    Copied {
+        from: absolute(Path::new(source)),
+        to: absolute(path),
+        bytes,
+        zero_bytes: bytes.saturating_sub(store.info().mapped_bytes),
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)
