@@ -104,10 +104,13 @@ fn config(rate: &str) -> String {
 
 fn start(dir: &Path) -> KeeldProcess {
     let keeld = KeeldProcess::spawn(&dir.join("keel.toml"));
-    assert!(
-        wait_for_socket(&dir.join("d.sock"), Duration::from_secs(20)),
-        "keeld did not start"
-    );
+    // The control socket is bound after the disks' sockets.
+    for socket in ["d.sock", "control.sock"] {
+        assert!(
+            wait_for_socket(&dir.join(socket), Duration::from_secs(20)),
+            "keeld did not start"
+        );
+    }
     keeld
 }
 
