@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod engine;
+pub mod import;
 pub mod nbd;
 pub mod qos;
 pub mod service;

@@ -34,6 +34,9 @@ pub struct DiskInfo {
     /// A clone's copy while it runs (state `cloning`) or after it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone: Option<CloneProgress>,
+    /// A live import into the disk, as in its stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportReport>,
 }
 
 /// How far a clone's copy has come.
@@ -183,6 +186,37 @@ pub struct DiskStats {
     /// Requests that waited for the disk's I/O limits before reaching the engine.
     #[serde(default)]
     pub throttled_requests: u64,
+    /// A live import into the disk (`import_from`), while one runs or once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportReport>,
+}
+
+/// Where a live import stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportState {
+    /// The background copy runs; blocks not yet moved are read from the source.
+    #[default]
+    Copying,
+    /// The source failed; the copy retries (see `error`).
+    Paused,
+    /// Every block is in the container; the source is no longer used.
+    Done,
+}
+
+/// A live import's progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub state: ImportState,
+    /// Bytes of the source the copy has passed (copied, or holes skipped).
+    pub copied_bytes: u64,
+    /// The source's size.
+    pub total_bytes: u64,
+    /// Average copy rate since keeld started the import (0 once done).
+    pub rate_bytes_per_s: u64,
+    /// Why the copy is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The latency histogram of one operation.

@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod import;
 mod mirror;
 mod names;
 mod one_disk;
@@ -122,6 +123,11 @@ pub struct DiskConfig {
     pub space: DiskSpace,
     /// I/O limits (QoS) and the mirror's resync rate; 0 = unlimited.
     pub limits: keel_protocol::control::DiskLimits,
+    /// A live import's source (keel engine): an absolute image path or an NBD URI.
+    pub import_from: Option<String>,
+    /// The import's background copy stays under this many bytes per second; `None`: no cap
+    /// (it still steps aside while the guest is busy).
+    pub import_rate: Option<u64>,
 }
 
 /// A whole, checked config file.
@@ -183,6 +189,8 @@ struct RawDisk {
     iops_burst: Option<Spanned<u64>>,
     burst_seconds: Option<Spanned<u64>>,
     resync_bps_limit: Option<Spanned<SizeValue>>,
+    import_from: Option<Spanned<String>>,
+    import_rate: Option<Spanned<SizeValue>>,
 }
 
 impl Config {
@@ -525,13 +533,17 @@ impl Checker<'_> {
             }
             (EngineKind::Keel, Some(p)) => {
                 let resolved = canonical_if_exists(self.resolve(p.get_ref()));
-                self.check_container_path(&resolved, p.span(), raw, size)?;
+                // An import makes a missing container as large as its source: no size needed.
+                let size_or_import = size.or(raw.import_from.as_ref().map(|_| 0));
+                self.check_container_path(&resolved, p.span(), raw, size_or_import)?;
                 Some(resolved)
             }
         };
 
         let space = self.check_space(raw, engine, size, path.as_deref())?;
-        let limits = self.check_limits(raw, disk_span)?;
+        let limits = self.check_limits(raw, disk_span.clone())?;
+        let import_from = self.check_import(raw, engine, &mirror)?;
+        let import_rate = self.check_import_rate(raw, import_from.is_some(), disk_span.clone())?;
         Ok(DiskConfig {
             name,
             socket,
@@ -551,6 +563,8 @@ impl Checker<'_> {
             delay_us,
             space,
             limits,
+            import_from,
+            import_rate,
         })
     }
 }

@@ -496,3 +496,39 @@ fn nbd_listen_must_be_an_address_and_port() {
         assert!(m.contains("address:port"), "{m}");
     }
 }
+
+#[test]
+fn import_keys_are_checked() {
+    // No size needed: the container is made as large as the source.
+    let keel =
+        "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\n";
+    let (dir, r) = parse(&format!(
+        "{keel}import_from = \"img/vm.qcow2\"\nimport_rate = \"64M\"\n"
+    ));
+    let d = &r.unwrap().disks[0];
+    assert_eq!(
+        d.import_from.as_deref(),
+        Some(dir.path().join("img/vm.qcow2").to_str().unwrap())
+    );
+    assert_eq!(d.import_rate, Some(64 << 20));
+    let uri = "nbd+unix:///src?socket=/run/src.sock";
+    let (_dir, r) = parse(&format!("{keel}import_from = \"{uri}\"\n"));
+    assert_eq!(r.unwrap().disks[0].import_from.as_deref(), Some(uri));
+
+    let (_dir, r) = parse(&format!("{keel}import_from = \"nbd+unix:///src\"\n"));
+    let m = assert_invalid(r, "import_from", 6);
+    assert!(m.contains("socket"), "{m}");
+    let (_dir, r) = parse(&format!(
+        "{keel}import_from = \"a.raw\"\nread_only = true\n"
+    ));
+    assert_invalid(r, "import_from", 6);
+    let (_dir, r) = parse(&format!(
+        "{keel}import_from = \"a.raw\"\nimport_rate = \"64K\"\n"
+    ));
+    assert_invalid(r, "import_rate", 7);
+    let (_dir, r) = parse(&format!("{keel}size = \"1G\"\nimport_rate = \"64M\"\n"));
+    assert_invalid(r, "import_rate", 1);
+    let (_dir, r) = parse(&format!("{NULL_DISK}import_from = \"a.raw\"\n"));
+    let m = assert_invalid(r, "import_from", 6);
+    assert!(m.contains("only keel disks"), "{m}");
+}

@@ -154,6 +154,9 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
                 format_size(p.total_bytes)
             ));
         }
+        if let Some(i) = &d.import {
+            notes.push(format!("{}: {}", d.name, import_line(i)));
+        }
         t.row([
             d.name,
             d.engine,
@@ -169,6 +172,34 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// One line on a live import: `import copying 42% (1.0 GiB of 2.4 GiB, 180.0 MiB/s)`.
+fn import_line(i: &keel_protocol::control::ImportReport) -> String {
+    use keel_protocol::control::ImportState;
+    let state = match i.state {
+        ImportState::Copying => "copying",
+        ImportState::Paused => "paused",
+        ImportState::Done => "done",
+    };
+    let percent = if i.total_bytes == 0 {
+        100.0
+    } else {
+        i.copied_bytes as f64 * 100.0 / i.total_bytes as f64
+    };
+    let mut line = format!(
+        "import {state} {percent:.0}% ({} of {}",
+        format_size(i.copied_bytes),
+        format_size(i.total_bytes)
+    );
+    if i.rate_bytes_per_s > 0 {
+        line += &format!(", {}/s", format_size(i.rate_bytes_per_s));
+    }
+    line.push(')');
+    if let Some(e) = &i.error {
+        line += &format!(": {e}");
+    }
+    line
 }
 
 pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
@@ -206,6 +237,9 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     }
     for line in s.space.iter().flat_map(super::space_text::space_lines) {
         println!("{line}");
+    }
+    if let Some(i) = &s.import {
+        println!("{:<23} {}", "import", import_line(i));
     }
     let guest = s.writes + s.discards + s.write_zeroes;
     if guest > 0 && s.metadata_transactions > 0 {

@@ -18,6 +18,7 @@ impl ServedDisk {
             size: self.engine().capacity(),
             connected: self.attached(),
             space: self.engine().admin().and_then(|a| a.space()),
+            import: self.engine().import(),
             ..configured(&self.config, DiskState::Serving)
         }
     }
@@ -63,10 +64,19 @@ impl ServedDisk {
                 .collect(),
             throttled_seconds: self.qos().throttled().as_secs_f64(),
             throttled_requests: self.qos().throttled_requests(),
+            import: self.engine().import(),
         }
     }
 
     pub(super) fn store(&self) -> Result<Arc<Store>, ApiError> {
+        if let Some(i) = self.engine().import()
+            && i.state != keel_protocol::control::ImportState::Done
+        {
+            return Err(ApiError::Conflict(format!(
+                "disk {}: its import is not done; diffs, exports and clones wait for it",
+                self.config.name
+            )));
+        }
         self.admin(Need::Snapshots)?.store().ok_or_else(|| {
             ApiError::Unsupported(format!(
                 "disk {}: the {} engine keeps no snapshot trees to diff",
@@ -122,6 +132,7 @@ pub(super) fn configured(c: &DiskConfig, state: DiskState) -> DiskInfo {
         error: None,
         space: None,
         clone: None,
+        import: None,
     }
 }
 

@@ -28,7 +28,7 @@ pub mod mirrored;
 pub mod null;
 pub mod raw;
 mod submit_ring;
-mod sync_queue;
+pub(crate) mod sync_queue;
 mod uring_queue;
 pub(crate) mod wake;
 
@@ -202,6 +202,11 @@ pub trait Engine: Send + Sync {
 
     /// Grows the disk to at least `size` bytes while it is served; returns the new capacity.
     /// [`capacity`](Self::capacity) reports it once this returns. Shrinking is refused.
+    /// Where a live import into the disk stands, for disks that import.
+    fn import(&self) -> Option<keel_protocol::control::ImportReport> {
+        None
+    }
+
     fn grow(&self, size: u64) -> Result<u64, EngineError> {
         let _ = size;
         Err(EngineError::Unsupported(format!(
@@ -266,7 +271,7 @@ pub fn open(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
         EngineKind::Raw => Ok(Arc::new(raw::RawEngine::open(
             &raw::RawOptions::from_disk(disk),
         )?)),
-        EngineKind::Keel => Ok(Arc::new(keel::KeelEngine::open(disk)?)),
+        EngineKind::Keel => crate::import::open_engine(disk),
     }
 }
 

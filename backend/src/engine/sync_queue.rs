@@ -4,13 +4,13 @@
 use super::{Completion, EngineError, IoRequest, QueueEngine};
 
 /// How one request runs, to completion, on the calling thread.
-pub(super) trait RunRequest: Send {
+pub(crate) trait RunRequest: Send {
     fn run(&mut self, req: &mut IoRequest) -> Result<(), EngineError>;
 }
 
 /// A queue that runs each request as it is submitted and hands the results out on the next
 /// `reap` or `wait`.
-pub(super) struct SyncQueue<R> {
+pub(crate) struct SyncQueue<R> {
     runner: R,
     done: Vec<Completion>,
 }

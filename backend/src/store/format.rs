@@ -6,7 +6,7 @@ use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use super::maps::Maps;
 use super::persist;
-use super::superblock::{COMPAT_SUPPORTED, FORMAT_VERSION, INCOMPAT_SUPPORTED, Superblock};
+use super::superblock::{FORMAT_VERSION, INCOMPAT_IMPORTING, INCOMPAT_SUPPORTED, Superblock};
 use super::sut::Sut;
 use crate::device::BlockDevice;
 use std::hash::{BuildHasher, Hasher};
@@ -111,12 +111,15 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     persist::write_runs(dev, &mut super::io::DeviceIo(dev), &prepared.runs)?;
     let sb = Superblock {
         version: FORMAT_VERSION,
-        incompat: INCOMPAT_SUPPORTED,
-        compat: COMPAT_SUPPORTED,
+        // Every feature but the one an import sets for its duration.
+        incompat: INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING,
+        compat: 0,
         generation,
         uuid: random_uuid(),
         geometry: geo,
         checkpoint_pba: prepared.root_pba,
+        import_cursor: 0,
+        import_source_bytes: 0,
     };
     // Both slots get it.
     persist::write_superblock(dev, &sb)?;

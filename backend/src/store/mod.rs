@@ -21,6 +21,7 @@ mod error;
 mod flush;
 mod format;
 mod fsck;
+mod import;
 mod io;
 pub mod journal;
 pub mod layout;

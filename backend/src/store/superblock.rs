@@ -33,14 +33,20 @@ pub const INCOMPAT_BACKGROUND_DELETES: u64 = 1 << 3;
 /// intact later record means damage, not a torn tail. A Keel without it would take a record
 /// holding a Flushed entry for a torn one and drop it and everything after it.
 pub const INCOMPAT_FLUSH_MARKS: u64 = 1 << 4;
+/// Incompatible feature: a live import is copying a source into the container
+/// (`import_cursor` holds its progress). Blocks at or past the cursor that the maps lack are
+/// still on the source: a Keel without it would serve them as zeroes.
+pub const INCOMPAT_IMPORTING: u64 = 1 << 5;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
     | INCOMPAT_BACKGROUND_DELETES
-    | INCOMPAT_FLUSH_MARKS;
-/// Compatible features this code writes (none yet); unknown ones are ignored.
-pub const COMPAT_SUPPORTED: u64 = 0;
+    | INCOMPAT_FLUSH_MARKS
+    | INCOMPAT_IMPORTING;
+/// Compatible feature: the container was filled by an import that finished; it no longer
+/// refers to the source.
+pub const COMPAT_IMPORTED: u64 = 1 << 0;
 
 /// Byte offset of the CRC field; the CRC covers bytes `[0, CRC_OFFSET)`.
 const CRC_OFFSET: usize = 256;
@@ -56,6 +62,12 @@ pub struct Superblock {
     pub geometry: Geometry,
     /// Block of the current checkpoint's root block.
     pub checkpoint_pba: u64,
+    /// With [`INCOMPAT_IMPORTING`]: every block below this LBA is final (copied, written by
+    /// the guest, or a hole of the source); 0 otherwise.
+    pub import_cursor: u64,
+    /// With [`INCOMPAT_IMPORTING`]: the source's size when the import began, so a source that
+    /// changed is refused when the import resumes; 0 otherwise.
+    pub import_source_bytes: u64,
 }
 
 impl Superblock {
@@ -79,7 +91,9 @@ impl Superblock {
             .u64(g.segments)
             .u64(g.journal_segments)
             .u64(g.capacity)
-            .u64(self.checkpoint_pba);
+            .u64(self.checkpoint_pba)
+            .u64(self.import_cursor)
+            .u64(self.import_source_bytes);
         debug_assert!(p.ok() && p.pos() <= CRC_OFFSET);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
         Put::at(&mut b, CRC_OFFSET).u32(crc);
@@ -115,6 +129,9 @@ impl Superblock {
             capacity: g.u64().ok_or_else(short)?,
         };
         let checkpoint_pba = g.u64().ok_or_else(short)?;
+        // Reserved (zero) in containers that never imported.
+        let import_cursor = g.u64().ok_or_else(short)?;
+        let import_source_bytes = g.u64().ok_or_else(short)?;
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
                 "format version {version} is newer than this Keel ({FORMAT_VERSION})"
@@ -151,6 +168,8 @@ impl Superblock {
             uuid,
             geometry,
             checkpoint_pba,
+            import_cursor,
+            import_source_bytes,
         })
     }
 }
@@ -173,6 +192,8 @@ mod tests {
                 capacity: 16 << 20,
             },
             checkpoint_pba: 3 * 256 + 5,
+            import_cursor: 0,
+            import_source_bytes: 0,
         }
     }
 
@@ -200,7 +221,7 @@ mod tests {
     #[test]
     fn refuses_unknown_incompat_and_small_device() {
         let mut s = sample();
-        s.incompat = 1 << 5;
+        s.incompat = 1 << 6;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();

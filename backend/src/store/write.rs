@@ -315,7 +315,7 @@ impl Store {
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
-        mut issue: Issue<'_>,
+        issue: Issue<'_>,
     ) -> Result<Committed> {
         let j = lock(&self.journal);
         self.ensure_ok()?;
@@ -330,7 +330,19 @@ impl Store {
                 _ => true,
             });
         }
-        let mut j = j;
+        self.commit_locked(j, entries, runs, retired, issue)
+    }
+
+    /// [`commit_with`](Self::commit_with) once the caller holds the journal lock and has
+    /// settled `entries` (the import's write-if-absent filters them under it).
+    pub(super) fn commit_locked(
+        &self,
+        mut j: MutexGuard<'_, JournalState>,
+        mut entries: Vec<Entry>,
+        runs: Vec<Gather<'_>>,
+        retired: &mut Vec<u64>,
+        mut issue: Issue<'_>,
+    ) -> Result<Committed> {
         if entries.is_empty() {
             // The segments were filled by records already reserved.
             let last = j.cursor.next_lsn.saturating_sub(1);

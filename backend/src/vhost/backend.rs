@@ -498,6 +498,8 @@ mod tests {
             delay_us: 0,
             space: Default::default(),
             limits: crate::qos::unlimited(),
+            import_from: None,
+            import_rate: None,
         }
     }
 

@@ -67,10 +67,12 @@ pub enum Cmd {
         #[command(flatten)]
         out: JsonArg,
     },
-    /// Copy a raw image into a container (created with the image's size if missing).
+    /// Copy an image (raw, qcow2 or any format qemu-img reads, an NBD URI) into a container
+    /// (created with the image's size if missing); an interrupted import resumes.
     Import {
-        /// The raw image to read.
-        raw: PathBuf,
+        /// The image to read: a raw file or block device, any image qemu-img reads (qcow2 with
+        /// its backing chain, vmdk, vhdx...), or an NBD URI.
+        raw: String,
         /// The container to write (created if missing).
         path: PathBuf,
         #[command(flatten)]

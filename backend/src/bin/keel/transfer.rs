@@ -7,13 +7,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use keel_backend::control::cli as online;
 use keel_backend::control::output::{absolute, format_size as human, print_json};
 use keel_backend::device::lock::{LockMode, lock_file};
+use keel_backend::device::nbd::NbdAddress;
+use keel_backend::import::copier::{self, Pace};
+use keel_backend::import::{Import, Source, layers};
+use keel_backend::store::Store;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
-use keel_backend::store::{Op, Store};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 pub const CHUNK: usize = 1 << 20;
@@ -58,61 +63,99 @@ impl Copied {
     }
 }
 
-pub fn import(raw: &Path, path: &Path, geo: &GeometryArgs, json: bool) -> Result<(), String> {
+/// Copies a source (a raw image, any image `qemu-img` reads, an NBD URI) into a container with
+/// the live import's own copier: holes stay holes, and an interrupted import resumes.
+pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Result<(), String> {
     let started = Instant::now();
-    let mut src = File::open(raw).map_err(|e| format!("{}: {e}", raw.display()))?;
-    let raw_len = src.metadata().map_err(|e| e.to_string())?.len();
+    let src = Source::open(source).map_err(|e| e.to_string())?;
+    let src_len = src.len();
     if !path.exists() {
-        let size = geo.size.unwrap_or(raw_len.next_multiple_of(4096));
+        let size = geo.size.unwrap_or(src_len.next_multiple_of(4096));
         let opts = geo.options(size)?;
         Store::create_path(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let store = open(path)?;
-    if raw_len > store.capacity() {
+    let store = Arc::new(open(path)?);
+    if src_len > store.capacity() {
         return Err(format!(
-            "the image ({}, {raw_len} bytes) is larger than the disk ({}, {} bytes)",
-            human(raw_len),
+            "the image ({}, {src_len} bytes) is larger than the disk ({}, {} bytes)",
+            human(src_len),
             human(store.capacity()),
             store.capacity()
         ));
     }
-    let pb = progress(raw_len, "import");
-    let mut buf = vec![0u8; CHUNK];
-    let mut off = 0u64;
-    let mut zero_bytes = 0;
-    while off < raw_len {
-        let n = (raw_len - off).min(CHUNK as u64) as usize;
-        src.read_exact(&mut buf[..n])
-            .map_err(|e| format!("{}: {e}", raw.display()))?;
-        // Sector-align the image's tail with zeroes; all-zero chunks stay unallocated.
-        let padded = n.div_ceil(512) * 512;
-        buf[n..padded].fill(0);
-        let op = if buf[..padded].iter().all(|b| *b == 0) {
-            zero_bytes += n as u64;
-            Op::WriteZeroes {
-                offset: off,
-                len: padded as u64,
-            }
-        } else {
-            Op::Write {
-                offset: off,
-                data: &buf[..padded],
-            }
-        };
-        store
-            .write_batch(0, &[op])
-            .map_err(|e| format!("writing at {off}: {e}"))?;
-        off += n as u64;
-        pb.set_position(off);
+    if store.import_cursor().is_none() {
+        let info = store.info();
+        if info.mapped_bytes > 0 || !info.snapshots.is_empty() {
+            return Err(format!(
+                "{} holds data: import into a new container",
+                path.display()
+            ));
+        }
+        let chain = layers::backing_chain(source).map_err(|e| e.to_string())?;
+        if chain.len() > 1 {
+            drop(src);
+            return import_chain(source, &chain, &store, path, started, json);
+        }
+        store.begin_import(src_len).map_err(|e| e.to_string())?;
+    } else if store.import_source_bytes() != Some(src_len) {
+        return Err(format!(
+            "{source}: its size changed since the import into {} began",
+            path.display()
+        ));
     }
-    store.flush().map_err(|e| e.to_string())?;
-    store.checkpoint().map_err(|e| e.to_string())?;
+    let import = Import::new(Arc::clone(&store), src, 0);
+    let pb = progress(src_len, "import");
+    let pace = Pace {
+        yield_to_guest: false,
+        rate: None,
+    };
+    let stop = AtomicBool::new(false);
+    copier::run(&import, pace, &stop, &mut |done| pb.set_position(done))
+        .map_err(|e| format!("importing {source}: {e}"))?;
     pb.finish_and_clear();
+    let mapped = store.info().mapped_bytes;
     Copied {
-        from: absolute(raw),
+        from: if NbdAddress::is_uri(source) {
+            source.to_string()
+        } else {
+            absolute(Path::new(source))
+        },
         to: absolute(path),
-        bytes: raw_len,
-        zero_bytes,
+        bytes: src_len,
+        zero_bytes: src_len.saturating_sub(mapped),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+    .print("imported", json)
+}
+
+/// A backing chain, layer by layer: every layer below the top becomes a snapshot.
+fn import_chain(
+    source: &str,
+    chain: &[String],
+    store: &Store,
+    path: &Path,
+    started: Instant,
+    json: bool,
+) -> Result<(), String> {
+    let pb = progress(0, "import");
+    let made = layers::import_layers(store, chain, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })
+    .map_err(|e| format!("importing {source}: {e}"))?;
+    pb.finish_and_clear();
+    if !json {
+        println!(
+            "snapshots from the backing chain, oldest first: {}",
+            made.join(", ")
+        );
+    }
+    let bytes = store.capacity();
+    Copied {
+        from: absolute(Path::new(source)),
+        to: absolute(path),
+        bytes,
+        zero_bytes: bytes.saturating_sub(store.info().mapped_bytes),
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)

@@ -312,7 +312,7 @@ impl Drop for NbdDevice {
                 .socket
                 .write_all(&disc, Instant::now() + Duration::from_secs(1));
         }
-        self.shared.fail("the device was closed".into());
+        self.shared.close();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

@@ -82,9 +82,20 @@ impl Shared {
 
     /// Kills the connection: every waiting request fails with `reason`, later ones at once.
     pub fn fail(&self, reason: String) {
+        self.end(reason, true);
+    }
+
+    /// Ends the connection on purpose (the device is dropped): as `fail`, without a warning.
+    pub fn close(&self) {
+        self.end("the device was closed".into(), false);
+    }
+
+    fn end(&self, reason: String, lost: bool) {
         let mut st = self.state();
         if st.failure.is_none() {
-            log::warn!("NBD connection lost: {reason}");
+            if lost {
+                log::warn!("NBD connection lost: {reason}");
+            }
             st.failure = Some(reason.clone());
         }
         for (_, p) in st.pending.drain() {

@@ -315,7 +315,7 @@ impl Engine for KeelEngine {
     }
 }
 
-pub(super) fn store_err(op: &'static str, e: StoreError) -> EngineError {
+pub(crate) fn store_err(op: &'static str, e: StoreError) -> EngineError {
     match e {
         StoreError::Io(source) => EngineError::Io { op, source },
         other => EngineError::Io {

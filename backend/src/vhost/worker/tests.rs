@@ -37,6 +37,8 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         delay_us: 0,
         space: Default::default(),
         limits: crate::qos::unlimited(),
+        import_from: None,
+        import_rate: None,
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }
