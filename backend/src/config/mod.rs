@@ -5,11 +5,13 @@
 
 mod names;
 mod paths;
+mod rbd;
 mod size;
 mod space;
 
 pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
+pub use rbd::RbdConfig;
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
 
@@ -64,6 +66,8 @@ pub enum EngineKind {
     Null,
     /// Keel's storage core: a log-structured container with snapshots and checksums.
     Keel,
+    /// A Ceph RBD image, through librbd.
+    Rbd,
 }
 
 /// The `[server]` section.
@@ -116,6 +120,8 @@ pub struct DiskConfig {
     pub delay_us: u32,
     /// Space thresholds, growth and waiting (keel engine).
     pub space: DiskSpace,
+    /// The image and cluster of an rbd disk.
+    pub rbd: Option<RbdConfig>,
 }
 
 /// A whole, checked config file.
@@ -168,6 +174,10 @@ struct RawDisk {
     space_warn: Option<Spanned<space::PercentValue>>,
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
+    image: Option<Spanned<String>>,
+    ceph_conf: Option<Spanned<String>>,
+    ceph_id: Option<Spanned<String>>,
+    keyring: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -462,6 +472,7 @@ impl Checker<'_> {
         self.check_socket(&socket, raw.socket.span(), "socket")?;
 
         let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
+        let rbd = self.check_rbd(raw, engine, disk_span.clone())?;
         let (mirror, resync_chunk) = self.check_mirror(raw, engine, size)?;
         let path = match (engine, &raw.path) {
             (EngineKind::Raw | EngineKind::Keel, None) if !mirror.is_empty() => None,
@@ -472,6 +483,7 @@ impl Checker<'_> {
                     "give either `path` or `mirror`, not both".into(),
                 ));
             }
+            (EngineKind::Rbd, _) => None,
             (EngineKind::Null, Some(p)) => {
                 return Err(self.err(
                     p.span(),
@@ -534,6 +546,7 @@ impl Checker<'_> {
             poll_us,
             delay_us,
             space,
+            rbd,
         })
     }
 
@@ -607,6 +620,7 @@ impl EngineKind {
             Self::Raw => "raw",
             Self::Null => "null",
             Self::Keel => "keel",
+            Self::Rbd => "rbd",
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod keel;
 pub mod mirrored;
 pub mod null;
 pub mod raw;
+pub mod rbd;
 mod submit_ring;
 mod sync_queue;
 mod uring_queue;
@@ -266,6 +267,7 @@ pub fn open(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
             &raw::RawOptions::from_disk(disk),
         )?)),
         EngineKind::Keel => Ok(Arc::new(keel::KeelEngine::open(disk)?)),
+        EngineKind::Rbd => Ok(Arc::new(rbd::RbdEngine::open(disk)?)),
     }
 }
 

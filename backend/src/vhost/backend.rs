@@ -442,6 +442,7 @@ mod tests {
             poll_us: 0,
             delay_us: 0,
             space: Default::default(),
+            rbd: None,
         }
     }
 

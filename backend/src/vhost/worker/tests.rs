@@ -30,6 +30,7 @@ fn context() -> Arc<DiskContext> {
         poll_us: 0,
         delay_us: 0,
         space: Default::default(),
+        rbd: None,
     };
     let engine = Arc::new(NullEngine::new(1 << 20, false));
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))

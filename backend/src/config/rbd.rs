@@ -1,0 +1,160 @@
+//! The `[[disk]]` keys of the rbd engine: which image, and how to reach its Ceph cluster.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::{Checker, ConfigError, EngineKind, RawDisk};
+
+/// The config file librados reads unless `ceph_conf` names another.
+pub const DEFAULT_CEPH_CONF: &str = "/etc/ceph/ceph.conf";
+/// The client name used unless `ceph_id` names another (as the `rbd` tool does).
+pub const DEFAULT_CEPH_ID: &str = "admin";
+
+/// Where an rbd disk's image is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RbdConfig {
+    pub pool: String,
+    pub namespace: Option<String>,
+    pub image: String,
+    pub ceph_conf: PathBuf,
+    /// Client name without the `client.` prefix.
+    pub ceph_id: String,
+    pub keyring: Option<PathBuf>,
+}
+
+impl RbdConfig {
+    /// `pool/name` or `pool/namespace/name`, as the config wrote it.
+    pub fn spec(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}/{}", self.pool, self.image),
+            None => format!("{}/{}", self.pool, self.image),
+        }
+    }
+}
+
+/// Splits `pool/name` or `pool/namespace/name`; every part non-empty, without `@` (snapshots
+/// are not served as disks) or NUL.
+fn parse_image(spec: &str) -> Result<(String, Option<String>, String), String> {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let bad =
+        |why: &str| format!("{spec:?} {why}: expected \"pool/name\" or \"pool/namespace/name\"");
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.contains('@') || p.contains('\0'))
+    {
+        return Err(bad("has an empty part, an `@` or a NUL byte"));
+    }
+    match parts.as_slice() {
+        [pool, name] => Ok((pool.to_string(), None, name.to_string())),
+        [pool, ns, name] => Ok((pool.to_string(), Some(ns.to_string()), name.to_string())),
+        _ => Err(bad("has the wrong number of parts")),
+    }
+}
+
+impl Checker<'_> {
+    /// `image`, `ceph_conf`, `ceph_id`, `keyring`: required and allowed for rbd disks only.
+    pub(super) fn check_rbd(
+        &self,
+        raw: &RawDisk,
+        engine: EngineKind,
+        disk_span: Range<usize>,
+    ) -> Result<Option<RbdConfig>, ConfigError> {
+        let keys: [(&str, Option<Range<usize>>); 4] = [
+            ("image", raw.image.as_ref().map(Spanned::span)),
+            ("ceph_conf", raw.ceph_conf.as_ref().map(Spanned::span)),
+            ("ceph_id", raw.ceph_id.as_ref().map(Spanned::span)),
+            ("keyring", raw.keyring.as_ref().map(Spanned::span)),
+        ];
+        if engine != EngineKind::Rbd {
+            if let Some((key, Some(span))) = keys.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.err(
+                    span,
+                    key,
+                    format!(
+                        "only rbd disks (engine = \"rbd\") have this key; this disk uses the {} \
+                         engine",
+                        engine.name()
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        for (key, span) in [
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("mirror", raw.mirror.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                return Err(self.err(
+                    span,
+                    key,
+                    "an rbd disk lives in its image: give `image`, not a file".into(),
+                ));
+            }
+        }
+        let Some(image) = &raw.image else {
+            return Err(self.err(
+                disk_span,
+                "image",
+                "missing: the rbd engine needs \"pool/name\" or \"pool/namespace/name\"".into(),
+            ));
+        };
+        let (pool, namespace, name) =
+            parse_image(image.get_ref()).map_err(|m| self.err(image.span(), "image", m))?;
+        let ceph_conf = match &raw.ceph_conf {
+            Some(p) => self.resolve(p.get_ref()),
+            None => PathBuf::from(DEFAULT_CEPH_CONF),
+        };
+        let ceph_id = match &raw.ceph_id {
+            Some(id) => {
+                let id = id.get_ref();
+                let bare = id.strip_prefix("client.").unwrap_or(id);
+                if bare.is_empty() || bare.contains('\0') {
+                    return Err(self.err(
+                        raw.ceph_id.as_ref().map_or(disk_span, Spanned::span),
+                        "ceph_id",
+                        format!("{id:?} is not a client name"),
+                    ));
+                }
+                bare.to_owned()
+            }
+            None => DEFAULT_CEPH_ID.to_owned(),
+        };
+        Ok(Some(RbdConfig {
+            pool,
+            namespace,
+            image: name,
+            ceph_conf,
+            ceph_id,
+            keyring: raw.keyring.as_ref().map(|k| self.resolve(k.get_ref())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_image;
+
+    #[test]
+    fn image_specs() {
+        assert_eq!(
+            parse_image("rbd/vm1").unwrap(),
+            ("rbd".into(), None, "vm1".into())
+        );
+        assert_eq!(
+            parse_image("rbd/tenant/vm1").unwrap(),
+            ("rbd".into(), Some("tenant".into()), "vm1".into())
+        );
+        for bad in [
+            "vm1",
+            "rbd/",
+            "/vm1",
+            "rbd/a/b/c",
+            "rbd/vm1@snap",
+            "rbd//vm1",
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
+    }
+}
