@@ -61,6 +61,9 @@ mon data = $dir/mon/\$name
 admin socket = $dir/run/\$name.asok
 
 [osd]
+# A killed client's watch (and with it its claim on an image's exclusive lock) expires after
+# this long; 30 s by default, shortened so the kill -9 tests restart quickly.
+osd client watch timeout = 5
 osd data = $dir/osd/\$name
 osd objectstore = bluestore
 bluestore block create = true

@@ -74,6 +74,9 @@ impl Cluster {
         let secs = opts.connect_timeout.as_secs().max(1).to_string();
         cluster.set("client_mount_timeout", &secs)?;
         cluster.set("rados_mon_op_timeout", &secs)?;
+        // A discard of part of an object zeroes it instead of being skipped: Keel's disks read
+        // discarded ranges back as zeroes, whatever the engine.
+        cluster.set("rbd_skip_partial_discard", "false")?;
         if let Some(keyring) = &opts.keyring {
             cluster.set("keyring", keyring)?;
         }
