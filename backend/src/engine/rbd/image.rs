@@ -59,18 +59,14 @@ impl Cluster {
         let mut handle: RadosT = ptr::null_mut();
         // SAFETY: `handle` is a valid out-pointer; `id` is a NUL-terminated string alive for the
         // call.
-        check(
-            unsafe { (api.rados_create)(&mut handle, id.as_ptr()) },
-            "rados_create",
-        )?;
+        let rc = unsafe { (api.rados_create)(&mut handle, id.as_ptr()) };
+        check(rc, "rados_create")?;
         let cluster = Self { api, handle };
         let conf = cstring(&opts.ceph_conf, "ceph_conf")?;
         // SAFETY: `cluster.handle` was created above and not yet shut down; `conf` outlives the
         // call.
-        check(
-            unsafe { (cluster.api.rados_conf_read_file)(cluster.handle, conf.as_ptr()) },
-            &format!("reading {}", opts.ceph_conf),
-        )?;
+        let rc = unsafe { (cluster.api.rados_conf_read_file)(cluster.handle, conf.as_ptr()) };
+        check(rc, &format!("reading {}", opts.ceph_conf))?;
         let secs = opts.connect_timeout.as_secs().max(1).to_string();
         cluster.set("client_mount_timeout", &secs)?;
         cluster.set("rados_mon_op_timeout", &secs)?;
@@ -81,21 +77,16 @@ impl Cluster {
             cluster.set("keyring", keyring)?;
         }
         // SAFETY: the handle is configured and not yet connected.
-        check(
-            unsafe { (cluster.api.rados_connect)(cluster.handle) },
-            "connecting to the Ceph cluster",
-        )?;
+        let rc = unsafe { (cluster.api.rados_connect)(cluster.handle) };
+        check(rc, "connecting to the Ceph cluster")?;
         Ok(cluster)
     }
 
     fn set(&self, option: &str, value: &str) -> io::Result<()> {
         let (o, v) = (cstring(option, option)?, cstring(value, option)?);
         // SAFETY: the handle is alive; both strings outlive the call.
-        check(
-            unsafe { (self.api.rados_conf_set)(self.handle, o.as_ptr(), v.as_ptr()) },
-            option,
-        )
-        .map(drop)
+        let rc = unsafe { (self.api.rados_conf_set)(self.handle, o.as_ptr(), v.as_ptr()) };
+        check(rc, option).map(drop)
     }
 
     /// An I/O context on `pool` (and `namespace`, if any).
@@ -103,10 +94,8 @@ impl Cluster {
         let name = cstring(pool, "pool")?;
         let mut io: IoctxT = ptr::null_mut();
         // SAFETY: the cluster is connected; `io` is a valid out-pointer.
-        check(
-            unsafe { (self.api.rados_ioctx_create)(self.handle, name.as_ptr(), &mut io) },
-            &format!("pool {pool:?}"),
-        )?;
+        let rc = unsafe { (self.api.rados_ioctx_create)(self.handle, name.as_ptr(), &mut io) };
+        check(rc, &format!("pool {pool:?}"))?;
         let ctx = IoCtx {
             cluster: Arc::clone(self),
             handle: io,
@@ -152,11 +141,9 @@ impl IoCtx {
         let n = cstring(name, "image")?;
         let mut order: c_int = 0;
         // SAFETY: the context is alive; `n` and `order` outlive the call.
-        check(
-            unsafe { (self.cluster.api.rbd_create)(self.handle, n.as_ptr(), size, &mut order) },
-            &format!("creating image {name:?}"),
-        )
-        .map(drop)
+        let rc =
+            unsafe { (self.cluster.api.rbd_create)(self.handle, n.as_ptr(), size, &mut order) };
+        check(rc, &format!("creating image {name:?}")).map(drop)
     }
 }
 
@@ -178,10 +165,9 @@ impl Image {
         let n = cstring(name, "image")?;
         let mut handle: ImageT = ptr::null_mut();
         // SAFETY: the context is alive, `handle` a valid out-pointer, no snapshot (NULL).
-        check(
-            unsafe { (ctx.cluster.api.rbd_open)(ctx.handle, n.as_ptr(), &mut handle, ptr::null()) },
-            &format!("opening image {name:?}"),
-        )?;
+        let rc =
+            unsafe { (ctx.cluster.api.rbd_open)(ctx.handle, n.as_ptr(), &mut handle, ptr::null()) };
+        check(rc, &format!("opening image {name:?}"))?;
         Ok(Self {
             ctx: Arc::clone(ctx),
             handle,
@@ -200,20 +186,15 @@ impl Image {
     pub fn size(&self) -> io::Result<u64> {
         let mut size = 0u64;
         // SAFETY: the image is open; `size` is a valid out-pointer.
-        check(
-            unsafe { (self.api().rbd_get_size)(self.handle, &mut size) },
-            "rbd_get_size",
-        )?;
+        let rc = unsafe { (self.api().rbd_get_size)(self.handle, &mut size) };
+        check(rc, "rbd_get_size")?;
         Ok(size)
     }
 
     pub fn resize(&self, size: u64) -> io::Result<()> {
         // SAFETY: the image is open.
-        check(
-            unsafe { (self.api().rbd_resize)(self.handle, size) },
-            "rbd_resize",
-        )
-        .map(drop)
+        let rc = unsafe { (self.api().rbd_resize)(self.handle, size) };
+        check(rc, "rbd_resize").map(drop)
     }
 
     pub fn flush(&self) -> io::Result<()> {

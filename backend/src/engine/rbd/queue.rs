@@ -238,7 +238,7 @@ impl QueueEngine for RbdQueue {
             let op = req.op.name();
             let writes = !matches!(req.op, IoOp::Read { .. } | IoOp::Flush);
             let empty =
-                matches!(req.op, IoOp::Read { .. } | IoOp::Write { .. }) && req.buffers.len() == 0;
+                matches!(req.op, IoOp::Read { .. } | IoOp::Write { .. }) && req.buffers.is_empty();
             if (writes && self.read_only) || empty {
                 self.done.push(Completion {
                     token: req.token,
