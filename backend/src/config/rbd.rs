@@ -135,6 +135,70 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::parse_image;
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+
+    const HEAD: &str = "[[disk]]\nname = \"r\"\nsocket = \"r.sock\"\n";
+
+    fn parse(body: &str) -> Result<Config, ConfigError> {
+        let dir = Path::new("/tmp");
+        Config::parse(&format!("{HEAD}{body}"), &dir.join("keel.toml"), dir)
+    }
+
+    /// The key and line a refusal names.
+    fn refused(body: &str) -> (String, usize) {
+        match parse(body) {
+            Err(ConfigError::Invalid { key, line, .. }) => (key, line),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rbd_disk_gets_defaults() {
+        let c = parse("engine = \"rbd\"\nimage = \"rbd/vm1\"\n").unwrap();
+        let rbd = c.disks[0].rbd.clone().unwrap();
+        assert_eq!((rbd.pool.as_str(), rbd.image.as_str()), ("rbd", "vm1"));
+        assert_eq!(rbd.namespace, None);
+        assert_eq!(rbd.ceph_conf, Path::new("/etc/ceph/ceph.conf"));
+        assert_eq!((rbd.ceph_id.as_str(), rbd.keyring), ("admin", None));
+        assert_eq!(c.disks[0].path, None);
+    }
+
+    #[test]
+    fn rbd_keys_are_taken_and_checked() {
+        let c = parse(
+            "engine = \"rbd\"\nimage = \"p/ns/i\"\nceph_conf = \"c.conf\"\n\
+             ceph_id = \"client.keel\"\nkeyring = \"k\"\nsize = \"1G\"\n",
+        )
+        .unwrap();
+        let rbd = c.disks[0].rbd.clone().unwrap();
+        assert_eq!(rbd.spec(), "p/ns/i");
+        assert_eq!(rbd.ceph_conf, Path::new("/tmp/c.conf"));
+        assert_eq!(rbd.ceph_id, "keel");
+        assert_eq!(rbd.keyring.as_deref(), Some(Path::new("/tmp/k")));
+        assert_eq!(c.disks[0].size, Some(1 << 30));
+    }
+
+    #[test]
+    fn rbd_refusals_name_the_key() {
+        assert_eq!(refused("engine = \"rbd\"\n"), ("image".into(), 1));
+        assert_eq!(
+            refused("engine = \"rbd\"\nimage = \"vm1\"\n"),
+            ("image".into(), 5)
+        );
+        assert_eq!(
+            refused("engine = \"rbd\"\nimage = \"rbd/a\"\npath = \"a.img\"\n"),
+            ("path".into(), 6)
+        );
+        assert_eq!(
+            refused("engine = \"raw\"\npath = \"a.img\"\nimage = \"rbd/a\"\n"),
+            ("image".into(), 6)
+        );
+        assert_eq!(
+            refused("engine = \"rbd\"\nimage = \"rbd/a\"\nceph_id = \"client.\"\n"),
+            ("ceph_id".into(), 6)
+        );
+    }
 
     #[test]
     fn image_specs() {
