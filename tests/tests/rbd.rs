@@ -2,7 +2,7 @@
 //! for this test binary and stopped when it exits. Without Ceph installed the tests fail and say
 //! how to install it (qemu/prepare.sh); they never skip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -14,6 +14,7 @@ use keel_client::verify::check::Rules;
 use keel_client::verify::state::State;
 use keel_client::verify::{self, VerifyConfig, VerifyError};
 use keel_client::{Disk, DiskOptions};
+use keel_tests::ceph::Cluster;
 use keel_tests::client::Client;
 use keel_tests::keeld::{KeeldProcess, keeld_binary, run_expecting_failure, wait_for_socket};
 use keel_tests::pattern;
@@ -21,31 +22,15 @@ use keel_tests::pattern;
 const MIB: usize = 1 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The cluster's config file; the cluster is started on first use.
+/// The cluster all tests of this binary share, started on first use and stopped when the
+/// binary exits.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
 fn ceph_conf() -> &'static Path {
-    static CONF: OnceLock<PathBuf> = OnceLock::new();
-    CONF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph");
-        let dir = tempfile::Builder::new()
-            .prefix("keel-ceph-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        // The script's watcher stops the cluster and removes `dir` once this process is gone.
-        let out = Command::new("bash")
-            .arg(root.join("start.sh"))
-            .arg(&dir)
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("run tests/ceph/start.sh");
-        assert!(
-            out.status.success(),
-            "tests/ceph/start.sh failed (is Ceph installed? `bash qemu/prepare.sh` installs \
-             ceph-mon and ceph-osd):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    cluster().conf()
 }
 
 /// An image name no other test of this run uses.
@@ -59,18 +44,7 @@ fn image_name(stem: &str) -> String {
 }
 
 fn rbd_cli(args: &[&str]) -> String {
-    let out = Command::new("rbd")
-        .arg("-c")
-        .arg(ceph_conf())
-        .args(args)
-        .output()
-        .expect("run rbd");
-    assert!(
-        out.status.success(),
-        "rbd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cluster().rbd(args)
 }
 
 fn image_size(image: &str) -> u64 {

@@ -178,6 +178,7 @@ struct RawDisk {
     ceph_conf: Option<Spanned<String>>,
     ceph_id: Option<Spanned<String>>,
     keyring: Option<Spanned<String>>,
+    osd_timeout_s: Option<Spanned<u32>>,
 }
 
 impl Config {

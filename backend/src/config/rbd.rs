@@ -22,7 +22,13 @@ pub struct RbdConfig {
     /// Client name without the `client.` prefix.
     pub ceph_id: String,
     pub keyring: Option<PathBuf>,
+    /// `osd_timeout_s`: a request an OSD has not answered in this long fails (IOERR); 0 waits
+    /// until the OSD is back.
+    pub osd_timeout_s: u32,
 }
+
+/// The longest `osd_timeout_s` accepted: an hour.
+pub const MAX_OSD_TIMEOUT_S: u32 = 3600;
 
 impl RbdConfig {
     /// `pool/name` or `pool/namespace/name`, as the config wrote it.
@@ -61,11 +67,15 @@ impl Checker<'_> {
         engine: EngineKind,
         disk_span: Range<usize>,
     ) -> Result<Option<RbdConfig>, ConfigError> {
-        let keys: [(&str, Option<Range<usize>>); 4] = [
+        let keys: [(&str, Option<Range<usize>>); 5] = [
             ("image", raw.image.as_ref().map(Spanned::span)),
             ("ceph_conf", raw.ceph_conf.as_ref().map(Spanned::span)),
             ("ceph_id", raw.ceph_id.as_ref().map(Spanned::span)),
             ("keyring", raw.keyring.as_ref().map(Spanned::span)),
+            (
+                "osd_timeout_s",
+                raw.osd_timeout_s.as_ref().map(Spanned::span),
+            ),
         ];
         if engine != EngineKind::Rbd {
             if let Some((key, Some(span))) = keys.into_iter().find(|(_, s)| s.is_some()) {
@@ -121,6 +131,7 @@ impl Checker<'_> {
             }
             None => DEFAULT_CEPH_ID.to_owned(),
         };
+        let osd_timeout_s = self.at_most(&raw.osd_timeout_s, "osd_timeout_s", MAX_OSD_TIMEOUT_S)?;
         Ok(Some(RbdConfig {
             pool,
             namespace,
@@ -128,6 +139,7 @@ impl Checker<'_> {
             ceph_conf,
             ceph_id,
             keyring: raw.keyring.as_ref().map(|k| self.resolve(k.get_ref())),
+            osd_timeout_s,
         }))
     }
 }
@@ -161,6 +173,7 @@ mod tests {
         assert_eq!(rbd.namespace, None);
         assert_eq!(rbd.ceph_conf, Path::new("/etc/ceph/ceph.conf"));
         assert_eq!((rbd.ceph_id.as_str(), rbd.keyring), ("admin", None));
+        assert_eq!(rbd.osd_timeout_s, 0);
         assert_eq!(c.disks[0].path, None);
     }
 
@@ -197,6 +210,10 @@ mod tests {
         assert_eq!(
             refused("engine = \"rbd\"\nimage = \"rbd/a\"\nceph_id = \"client.\"\n"),
             ("ceph_id".into(), 6)
+        );
+        assert_eq!(
+            refused("engine = \"rbd\"\nimage = \"rbd/a\"\nosd_timeout_s = 3601\n"),
+            ("osd_timeout_s".into(), 6)
         );
     }
 

@@ -37,6 +37,8 @@ pub struct ConnectOptions {
     pub keyring: Option<String>,
     /// How long connecting (finding a mon, authenticating) may take.
     pub connect_timeout: Duration,
+    /// How long an OSD may take to answer a request before it fails; `None`: no limit.
+    pub osd_timeout: Option<Duration>,
 }
 
 /// A connected cluster handle (`rados_t`).
@@ -73,6 +75,9 @@ impl Cluster {
         // A discard of part of an object zeroes it instead of being skipped: Keel's disks read
         // discarded ranges back as zeroes, whatever the engine.
         cluster.set("rbd_skip_partial_discard", "false")?;
+        if let Some(t) = opts.osd_timeout {
+            cluster.set("rados_osd_op_timeout", &t.as_secs().max(1).to_string())?;
+        }
         if let Some(keyring) = &opts.keyring {
             cluster.set("keyring", keyring)?;
         }

@@ -74,6 +74,8 @@ fn open_image(rbd: &RbdConfig, size: Option<u64>, read_only: bool) -> std::io::R
         id: rbd.ceph_id.clone(),
         keyring: rbd.keyring.as_ref().map(|k| k.display().to_string()),
         connect_timeout: CONNECT_TIMEOUT,
+        osd_timeout: (rbd.osd_timeout_s > 0)
+            .then(|| Duration::from_secs(u64::from(rbd.osd_timeout_s))),
     })?);
     let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
     match Image::open(&ctx, &rbd.image) {
