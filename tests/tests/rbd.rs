@@ -256,6 +256,12 @@ fn rbd_snapshots_create_list_revert_delete() {
     c.write(0, 8192, &pattern(2, 4096)).unwrap();
     let list: serde_json::Value = control.get("/v1/disks/d/snapshots").unwrap();
     assert_eq!(list[0]["name"], "s1", "{list}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let created = list[0]["created"].as_u64().unwrap();
+    assert!(now - created < 600, "created {created}, now {now}");
     assert!(
         rbd_cli(&["snap", "ls", &image]).contains("s1"),
         "RBD holds the snapshot"

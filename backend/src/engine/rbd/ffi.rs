@@ -50,6 +50,7 @@ pub struct Api {
     pub rbd_snap_rollback: unsafe extern "C" fn(ImageT, *const c_char) -> c_int,
     pub rbd_snap_list: unsafe extern "C" fn(ImageT, *mut SnapInfo, *mut c_int) -> c_int,
     pub rbd_snap_list_end: unsafe extern "C" fn(*mut SnapInfo),
+    pub rbd_snap_get_timestamp: unsafe extern "C" fn(ImageT, u64, *mut libc::timespec) -> c_int,
     pub rbd_aio_create_completion:
         unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     pub rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> ssize_t,
@@ -115,6 +116,7 @@ impl Api {
                 rbd_snap_rollback: symbol(&rbd, "rbd_snap_rollback")?,
                 rbd_snap_list: symbol(&rbd, "rbd_snap_list")?,
                 rbd_snap_list_end: symbol(&rbd, "rbd_snap_list_end")?,
+                rbd_snap_get_timestamp: symbol(&rbd, "rbd_snap_get_timestamp")?,
                 rbd_aio_create_completion: symbol(&rbd, "rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: symbol(&rbd, "rbd_aio_get_return_value")?,
                 rbd_aio_release: symbol(&rbd, "rbd_aio_release")?,

@@ -231,8 +231,8 @@ impl Image {
         self.snap_call(self.api().rbd_snap_rollback, name, "rbd_snap_rollback")
     }
 
-    /// The image's snapshots: (name, size in bytes), oldest first.
-    pub fn snap_list(&self) -> io::Result<Vec<(String, u64)>> {
+    /// The image's snapshots, oldest first.
+    pub fn snap_list(&self) -> io::Result<Vec<Snapshot>> {
         let mut max: c_int = 16;
         loop {
             let mut infos: Vec<SnapInfo> = (0..max)
@@ -255,7 +255,10 @@ impl Image {
                     // SAFETY: librbd filled the first `n` entries with NUL-terminated names that
                     // live until `rbd_snap_list_end`.
                     let name = unsafe { CStr::from_ptr(s.name) };
-                    (name.to_string_lossy().into_owned(), s.size)
+                    Snapshot {
+                        name: name.to_string_lossy().into_owned(),
+                        created: self.snap_timestamp(s.id),
+                    }
                 })
                 .collect();
             // SAFETY: releases the names librbd allocated for this list, once.
@@ -263,6 +266,30 @@ impl Image {
             return Ok(out);
         }
     }
+}
+
+impl Image {
+    /// When snapshot `id` was taken, in seconds since the epoch; 0 if librbd cannot say.
+    fn snap_timestamp(&self, id: u64) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the image is open; `ts` is a valid out-pointer.
+        let rc = unsafe { (self.api().rbd_snap_get_timestamp)(self.handle, id, &mut ts) };
+        if rc < 0 {
+            0
+        } else {
+            u64::try_from(ts.tv_sec).unwrap_or(0)
+        }
+    }
+}
+
+/// One RBD snapshot of an image.
+pub struct Snapshot {
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
 }
 
 impl Drop for Image {

@@ -179,10 +179,10 @@ impl EngineAdmin for RbdEngine {
         Ok(list
             .into_iter()
             .enumerate()
-            .map(|(i, (name, _size))| SnapshotInfo {
-                name,
+            .map(|(i, snap)| SnapshotInfo {
+                name: snap.name,
                 seq: i as u64 + 1,
-                created: 0,
+                created: snap.created,
                 owned_blocks: None,
                 pause_us: None,
             })
