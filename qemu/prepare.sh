@@ -10,8 +10,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
 # Packages whose programs the host and the guest image need (prometheus: its promtool checks
-# keeld's /metrics in the tests).
-HOST_PACKAGES=(fio busybox-static cpio e2fsprogs kmod gzip prometheus)
+# keeld's /metrics in the tests; ceph-mon, ceph-osd and librbd-dev: the single-node Ceph cluster
+# of tests/ceph/start.sh and the library keeld's rbd engine loads).
+HOST_PACKAGES=(fio busybox-static cpio e2fsprogs kmod gzip prometheus ceph-mon ceph-osd librbd-dev)
 # Modules the guest loads, in any order; their dependencies are added and ordered by modprobe.
 GUEST_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
     crc32c_generic ext4)
@@ -101,6 +102,20 @@ install_host_packages() {
         else
             apt_update_once
             apt_install qemu-system-x86 qemu-utils
+        fi
+    fi
+    # The storage daemon's rbd driver (the peer of keeld's rbd engine in the benchmark) is in
+    # qemu-block-extra, which must come from the same release as QEMU: bookworm's own is 7.2.
+    if ! is_installed qemu-block-extra; then
+        release=$(codename)
+        apt_update_once
+        if [ "$release" = bookworm ]; then
+            ensure_backports_source "$release"
+            apt_update_once
+            log "installing qemu-block-extra from $release-backports"
+            apt_install -t "$release-backports" qemu-block-extra
+        else
+            apt_install qemu-block-extra
         fi
     fi
     [ "$(qemu_major)" -ge 10 ] || die "qemu-system-x86_64 is not version 10: $(qemu-system-x86_64 --version | head -n 1)"

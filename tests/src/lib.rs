@@ -1,6 +1,7 @@
 //! Helpers shared by Keel's whole-system tests and benchmarks.
 
 pub mod bench;
+pub mod ceph;
 pub mod client;
 pub mod keeld;
 pub mod raw_frontend;

@@ -9,12 +9,15 @@ mod names;
 mod one_disk;
 mod paths;
 mod qos;
+mod raw;
+mod rbd;
 mod size;
 mod space;
 
 pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
 pub use one_disk::{absolute_paths, disk_from_json, disk_table_from_file};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
+pub use rbd::RbdConfig;
 pub use size::{SizeValue, parse_size};
 pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
 
@@ -26,6 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use keel_protocol::{ID_BYTES, SECTOR_SIZE};
+use raw::{RawDisk, RawFile};
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
@@ -69,6 +73,8 @@ pub enum EngineKind {
     Null,
     /// Keel's storage core: a log-structured container with snapshots and checksums.
     Keel,
+    /// A Ceph RBD image, through librbd.
+    Rbd,
 }
 
 /// The `[server]` section.
@@ -128,6 +134,8 @@ pub struct DiskConfig {
     /// The import's background copy stays under this many bytes per second; `None`: no cap
     /// (it still steps aside while the guest is busy).
     pub import_rate: Option<u64>,
+    /// The image and cluster of an rbd disk.
+    pub rbd: Option<RbdConfig>,
 }
 
 /// A whole, checked config file.
@@ -135,62 +143,6 @@ pub struct DiskConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub disks: Vec<DiskConfig>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    disk: Vec<Spanned<RawDisk>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    control_socket: Option<Spanned<String>>,
-    log_level: Option<Spanned<String>>,
-    metrics_listen: Option<Spanned<String>>,
-    log_format: Option<Spanned<String>>,
-    nbd_socket: Option<Spanned<String>>,
-    nbd_listen: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDisk {
-    name: Spanned<String>,
-    socket: Spanned<String>,
-    engine: Spanned<EngineKind>,
-    path: Option<Spanned<String>>,
-    mirror: Option<Spanned<Vec<String>>>,
-    resync_chunk: Option<Spanned<SizeValue>>,
-    size: Option<Spanned<SizeValue>>,
-    resize: Option<Spanned<bool>>,
-    queues: Option<Spanned<u16>>,
-    queue_size: Option<Spanned<u16>>,
-    read_only: Option<Spanned<bool>>,
-    serial: Option<Spanned<String>>,
-    direct: Option<Spanned<bool>>,
-    logical_block_size: Option<Spanned<u32>>,
-    poll_us: Option<Spanned<u32>>,
-    delay_us: Option<Spanned<u32>>,
-    max_size: Option<Spanned<SizeValue>>,
-    space_warn: Option<Spanned<space::PercentValue>>,
-    space_critical: Option<Spanned<space::PercentValue>>,
-    space_wait_ms: Option<Spanned<u64>>,
-    iops_limit: Option<Spanned<u64>>,
-    read_iops_limit: Option<Spanned<u64>>,
-    write_iops_limit: Option<Spanned<u64>>,
-    bps_limit: Option<Spanned<SizeValue>>,
-    read_bps_limit: Option<Spanned<SizeValue>>,
-    write_bps_limit: Option<Spanned<SizeValue>>,
-    iops_burst: Option<Spanned<u64>>,
-    burst_seconds: Option<Spanned<u64>>,
-    resync_bps_limit: Option<Spanned<SizeValue>>,
-    import_from: Option<Spanned<String>>,
-    import_rate: Option<Spanned<SizeValue>>,
 }
 
 impl Config {
@@ -485,6 +437,7 @@ impl Checker<'_> {
         self.check_socket(&socket, raw.socket.span(), "socket")?;
 
         let resize = raw.resize.as_ref().is_some_and(|v| *v.get_ref());
+        let rbd = self.check_rbd(raw, engine, disk_span.clone())?;
         let (mirror, resync_chunk) = self.check_mirror(raw, engine, size)?;
         let path = match (engine, &raw.path) {
             (EngineKind::Raw | EngineKind::Keel, None) if !mirror.is_empty() => None,
@@ -495,6 +448,7 @@ impl Checker<'_> {
                     "give either `path` or `mirror`, not both".into(),
                 ));
             }
+            (EngineKind::Rbd, _) => None,
             (EngineKind::Null, Some(p)) => {
                 return Err(self.err(
                     p.span(),
@@ -565,6 +519,7 @@ impl Checker<'_> {
             limits,
             import_from,
             import_rate,
+            rbd,
         })
     }
 }
@@ -579,6 +534,7 @@ impl EngineKind {
             Self::Raw => "raw",
             Self::Null => "null",
             Self::Keel => "keel",
+            Self::Rbd => "rbd",
         }
     }
 }

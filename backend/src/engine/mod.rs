@@ -27,6 +27,7 @@ pub mod keel;
 pub mod mirrored;
 pub mod null;
 pub mod raw;
+pub mod rbd;
 mod submit_ring;
 pub(crate) mod sync_queue;
 mod uring_queue;
@@ -272,6 +273,7 @@ pub fn open(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
             &raw::RawOptions::from_disk(disk),
         )?)),
         EngineKind::Keel => crate::import::open_engine(disk),
+        EngineKind::Rbd => Ok(Arc::new(rbd::RbdEngine::open(disk)?)),
     }
 }
 

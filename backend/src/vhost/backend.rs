@@ -500,6 +500,7 @@ mod tests {
             limits: crate::qos::unlimited(),
             import_from: None,
             import_rate: None,
+            rbd: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         limits: crate::qos::unlimited(),
         import_from: None,
         import_rate: None,
+        rbd: None,
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }

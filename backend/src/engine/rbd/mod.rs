@@ -1,0 +1,213 @@
+//! The rbd engine: the disk is a Ceph RBD image, reached through librbd's C API.
+//!
+//! Ceph replicates; Keel adds its vhost-user front and control API on top. The image is opened
+//! once per disk (one cluster connection); each queue submits librbd aio calls straight on guest
+//! memory and gets completions through an eventfd (`queue.rs`). librados and librbd are loaded
+//! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
+//! the disk is `rbd_resize`.
+
+mod ffi;
+mod image;
+mod queue;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keel_protocol::control::SnapshotInfo;
+use log::info;
+
+use super::{AdminError, Capabilities, Engine, EngineAdmin, EngineError, QueueEngine};
+use crate::config::{DiskConfig, RbdConfig};
+use image::{Cluster, ConnectOptions, Image};
+
+/// How long finding a mon and authenticating may take before the disk fails to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A served RBD image.
+pub struct RbdEngine {
+    image: Arc<Image>,
+    spec: String,
+    read_only: bool,
+    /// Bytes; grows online (`grow`).
+    capacity: AtomicU64,
+}
+
+impl RbdEngine {
+    /// Connects to the cluster and opens the image, creating it when it is missing and the disk
+    /// has a `size`.
+    pub fn open(disk: &DiskConfig) -> Result<Self, EngineError> {
+        let rbd = disk
+            .rbd
+            .as_ref()
+            .ok_or_else(|| EngineError::Unsupported("an rbd disk needs `image`".into()))?;
+        let spec = rbd.spec();
+        let setup = |message: String| EngineError::Setup {
+            path: spec.clone().into(),
+            message,
+        };
+        let image = open_image(rbd, disk.size, disk.read_only).map_err(|e| setup(e.to_string()))?;
+        let size = image.size().map_err(|e| setup(e.to_string()))?;
+        if let Some(want) = disk.size.filter(|&w| w > size) {
+            return Err(setup(format!(
+                "the image is {size} bytes, less than size = {want} (grow it with `keel resize`)"
+            )));
+        }
+        let capacity = size - size % 512;
+        if capacity == 0 {
+            return Err(setup("the image is empty".into()));
+        }
+        let engine = Self {
+            image: Arc::new(image),
+            spec,
+            read_only: disk.read_only,
+            capacity: AtomicU64::new(capacity),
+        };
+        info!("{}", engine.describe());
+        Ok(engine)
+    }
+}
+
+fn open_image(rbd: &RbdConfig, size: Option<u64>, read_only: bool) -> std::io::Result<Image> {
+    let cluster = Arc::new(Cluster::connect(&ConnectOptions {
+        ceph_conf: rbd.ceph_conf.display().to_string(),
+        id: rbd.ceph_id.clone(),
+        keyring: rbd.keyring.as_ref().map(|k| k.display().to_string()),
+        connect_timeout: CONNECT_TIMEOUT,
+        osd_timeout: (rbd.osd_timeout_s > 0)
+            .then(|| Duration::from_secs(u64::from(rbd.osd_timeout_s))),
+    })?);
+    let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
+    match Image::open(&ctx, &rbd.image) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT)
+                || e.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let Some(size) = size.filter(|_| !read_only) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "image {:?} does not exist and {}",
+                        rbd.image,
+                        if read_only {
+                            "a read-only disk is not created"
+                        } else {
+                            "no size is given to create it"
+                        }
+                    ),
+                ));
+            };
+            ctx.create(&rbd.image, size)?;
+            info!("created rbd image {} of {size} bytes", rbd.spec());
+            Image::open(&ctx, &rbd.image)
+        }
+        other => other,
+    }
+}
+
+fn admin_err(e: std::io::Error) -> AdminError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => AdminError::NotFound(e.to_string()),
+        Some(libc::EEXIST) => AdminError::Conflict(e.to_string()),
+        Some(libc::EINVAL) => AdminError::Invalid(e.to_string()),
+        _ => AdminError::Failed(e.to_string()),
+    }
+}
+
+impl Engine for RbdEngine {
+    fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all_unless(self.read_only)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "rbd engine on {} ({} bytes, librbd aio)",
+            self.spec,
+            self.capacity()
+        )
+    }
+
+    fn queue(&self, index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
+        let api = ffi::api().map_err(EngineError::Unsupported)?;
+        queue::RbdQueue::new(Arc::clone(&self.image), api, self.read_only)
+            .map(|q| Box::new(q) as Box<dyn QueueEngine>)
+            .map_err(|source| EngineError::Queue {
+                queue: index,
+                source,
+            })
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.image.flush().map_err(|source| EngineError::Io {
+            op: "flush",
+            source,
+        })
+    }
+
+    fn admin(&self) -> Option<&dyn EngineAdmin> {
+        Some(self)
+    }
+
+    /// `rbd_resize` to the new size; the daemon then tells the guest (config change).
+    fn grow(&self, size: u64) -> Result<u64, EngineError> {
+        let now = self.capacity();
+        super::refuse_shrink(now, size)?;
+        let size = size.div_ceil(512) * 512;
+        if size == now {
+            return Ok(now);
+        }
+        if self.read_only {
+            return Err(EngineError::ReadOnly { op: "grow" });
+        }
+        self.image
+            .resize(size)
+            .map_err(|source| EngineError::Io { op: "grow", source })?;
+        self.capacity.store(size, Ordering::Release);
+        info!("{}: grown from {now} to {size} bytes", self.spec);
+        Ok(size)
+    }
+}
+
+/// Snapshots are the image's RBD snapshots: taken, listed, removed and rolled back by Ceph.
+impl EngineAdmin for RbdEngine {
+    fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
+        let list = self.image.snap_list().map_err(admin_err)?;
+        Ok(list
+            .into_iter()
+            .enumerate()
+            .map(|(i, snap)| SnapshotInfo {
+                name: snap.name,
+                seq: i as u64 + 1,
+                created: snap.created,
+                owned_blocks: None,
+                pause_us: None,
+            })
+            .collect())
+    }
+
+    fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo, AdminError> {
+        if self.read_only {
+            return Err(AdminError::Invalid("the disk is read-only".into()));
+        }
+        self.image.snap_create(name).map_err(admin_err)?;
+        self.list_snapshots()?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| AdminError::Failed(format!("snapshot {name:?} vanished")))
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        self.image.snap_remove(name).map_err(admin_err)
+    }
+
+    fn revert_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        if self.read_only {
+            return Err(AdminError::Invalid("the disk is read-only".into()));
+        }
+        self.image.snap_rollback(name).map_err(admin_err)
+    }
+}

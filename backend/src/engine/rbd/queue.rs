@@ -1,0 +1,319 @@
+//! An rbd queue: every request becomes librbd aio calls straight on guest memory (readv/writev
+//! with the request's iovecs, no copy). librbd calls a completion callback on its own finisher
+//! thread; the callback only records (slot, return code) in a list shared with the queue and
+//! raises the queue's eventfd, which the worker watches in its epoll set. No thread per request.
+//!
+//! A write-through write (the guest turned its cache off) is followed by an aio flush and
+//! answered when the flush is done. A discard or write-zeroes of several ranges is one aio call
+//! per range, answered when the last one is.
+
+use std::ffi::{c_int, c_void};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use slab::Slab;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::ffi::{Api, CompletionT};
+use super::image::Image;
+use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
+
+/// What the completion callbacks share with the queue.
+struct Shared {
+    api: Arc<Api>,
+    /// (slot, librbd return value) of finished aio calls, not yet taken by the queue.
+    finished: Mutex<Vec<(usize, isize)>>,
+    eventfd: EventFd,
+}
+
+/// The argument of one aio call's callback.
+struct CallbackArg {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+/// Runs on librbd's finisher thread when an aio call completes. It must not panic (it is
+/// called from C) and must not block for long (it holds up other completions).
+unsafe extern "C" fn on_complete(c: CompletionT, arg: *mut c_void) {
+    // SAFETY: `arg` is the Box::into_raw of a CallbackArg made for this completion alone
+    // (`RbdQueue::start`); librbd calls the callback once, so it is taken back once.
+    let arg = unsafe { Box::from_raw(arg.cast::<CallbackArg>()) };
+    let api = &arg.shared.api;
+    // SAFETY: `c` is the completion this callback belongs to; it is released here, once, after
+    // its value was read, and used nowhere else after the aio call was started.
+    let rc = unsafe {
+        let rc = (api.rbd_aio_get_return_value)(c);
+        (api.rbd_aio_release)(c);
+        rc
+    };
+    let first = {
+        let mut finished = arg
+            .shared
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        finished.push((arg.slot, rc));
+        finished.len() == 1
+    };
+    // Only the first result of a list needs a wake-up: the queue takes the whole list at once,
+    // after its wake-up, so later pushes are taken with it or find the list empty again. This
+    // spares librbd's finisher thread (which runs every callback in turn) a system call per
+    // request under load. A full counter still leaves the fd readable, all the worker needs.
+    if first {
+        let _ = arg.shared.eventfd.write(1);
+    }
+}
+
+struct InFlight {
+    req: IoRequest,
+    /// Aio calls not yet completed.
+    pending: u32,
+    /// A write-through write whose flush is still to be issued.
+    flush_after: bool,
+    error: Option<EngineError>,
+}
+
+pub(super) struct RbdQueue {
+    image: Arc<Image>,
+    read_only: bool,
+    shared: Arc<Shared>,
+    slots: Slab<InFlight>,
+    /// Requests finished without librbd (refused, empty), reported at the next reap.
+    done: Vec<Completion>,
+}
+
+fn io_error(op: &'static str, rc: isize) -> EngineError {
+    EngineError::Io {
+        op,
+        source: io::Error::from_raw_os_error(-rc as i32),
+    }
+}
+
+impl RbdQueue {
+    pub fn new(image: Arc<Image>, api: Arc<Api>, read_only: bool) -> io::Result<Self> {
+        Ok(Self {
+            image,
+            read_only,
+            shared: Arc::new(Shared {
+                api,
+                finished: Mutex::new(Vec::new()),
+                eventfd: EventFd::new(EFD_NONBLOCK)?,
+            }),
+            slots: Slab::new(),
+            done: Vec::new(),
+        })
+    }
+
+    /// Starts one aio call for `slot`; `call` receives the completion to pass to librbd.
+    fn start(&self, slot: usize, call: &dyn Fn(CompletionT) -> c_int) -> Result<(), isize> {
+        let api = &self.shared.api;
+        let arg = Box::into_raw(Box::new(CallbackArg {
+            shared: Arc::clone(&self.shared),
+            slot,
+        }));
+        let mut c: CompletionT = std::ptr::null_mut();
+        // SAFETY: `c` is a valid out-pointer; `arg` stays valid until the callback takes it back
+        // (or until we do below, if the call is refused and the callback never runs).
+        let rc = unsafe { (api.rbd_aio_create_completion)(arg.cast(), on_complete, &mut c) };
+        if rc < 0 {
+            // SAFETY: no completion exists, so nothing else will take `arg` back.
+            drop(unsafe { Box::from_raw(arg) });
+            return Err(rc as isize);
+        }
+        let rc = call(c);
+        if rc < 0 {
+            // SAFETY: librbd refused the call before taking the completion: its callback will not
+            // run, so the completion and its argument are released here, once.
+            unsafe {
+                (api.rbd_aio_release)(c);
+                drop(Box::from_raw(arg));
+            }
+            return Err(rc as isize);
+        }
+        Ok(())
+    }
+
+    /// Starts the aio calls of the request in `slot`: how many started, and the return code
+    /// of the call librbd refused, if one was (the ones before it still complete).
+    fn issue(&self, slot: usize) -> (u32, Option<isize>) {
+        let api = &self.shared.api;
+        let image = self.image.raw();
+        let req = &self.slots[slot].req;
+        let einval = -(libc::EINVAL as isize);
+        let mut started = 0;
+        let mut run = |call: &dyn Fn(CompletionT) -> c_int| -> Result<(), isize> {
+            self.start(slot, call)?;
+            started += 1;
+            Ok(())
+        };
+        let result = match &req.op {
+            IoOp::Read { offset } | IoOp::Write { offset, .. } => {
+                let iov = req.buffers.iovecs();
+                let write = matches!(req.op, IoOp::Write { .. });
+                match c_int::try_from(iov.len()) {
+                    Err(_) => Err(einval),
+                    Ok(cnt) => run(&|c| {
+                        // SAFETY: the iovecs name guest memory checked when the request was
+                        // parsed; the request (and with it the memory mapping) stays in
+                        // `self.slots` until its completion is collected; the image outlives
+                        // the queue.
+                        unsafe {
+                            if write {
+                                (api.rbd_aio_writev)(image, iov.as_ptr(), cnt, *offset, c)
+                            } else {
+                                (api.rbd_aio_readv)(image, iov.as_ptr(), cnt, *offset, c)
+                            }
+                        }
+                    }),
+                }
+            }
+            // SAFETY: the image is open for the queue's whole life.
+            IoOp::Flush => run(&|c| unsafe { (api.rbd_aio_flush)(image, c) }),
+            IoOp::Discard { ranges } => ranges.iter().try_for_each(|r| {
+                // SAFETY: as above; the range was checked against the capacity.
+                run(&|c| unsafe { (api.rbd_aio_discard)(image, r.offset, r.len, c) })
+            }),
+            IoOp::WriteZeroes { ranges } => ranges.iter().try_for_each(|z| {
+                let len = usize::try_from(z.range.len).map_err(|_| einval)?;
+                // SAFETY: as above.
+                run(&|c| unsafe { (api.rbd_aio_write_zeroes)(image, z.range.offset, len, c, 0, 0) })
+            }),
+        };
+        (started, result.err())
+    }
+
+    fn finish(&mut self, slot: usize) {
+        let s = self.slots.remove(slot);
+        self.done.push(Completion {
+            token: s.req.token,
+            result: s.error.map_or(Ok(()), Err),
+        });
+    }
+
+    /// Takes the callbacks' results and finishes the requests they complete.
+    fn collect(&mut self) {
+        let finished = std::mem::take(
+            &mut *self
+                .shared
+                .finished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (slot, rc) in finished {
+            let Some(s) = self.slots.get_mut(slot) else {
+                log::error!("rbd completion for unknown slot {slot}");
+                continue;
+            };
+            if rc < 0 && s.error.is_none() {
+                s.error = Some(io_error(s.req.op.name(), rc));
+            }
+            s.pending -= 1;
+            if s.pending > 0 {
+                continue;
+            }
+            if s.flush_after && s.error.is_none() {
+                s.flush_after = false;
+                s.pending = 1;
+                let image = self.image.raw();
+                let api = Arc::clone(&self.shared.api);
+                // SAFETY: the image is open for the queue's whole life.
+                if let Err(rc) = self.start(slot, &|c| unsafe { (api.rbd_aio_flush)(image, c) }) {
+                    let s = &mut self.slots[slot];
+                    s.error = Some(io_error("flush", rc));
+                    self.finish(slot);
+                }
+                continue;
+            }
+            self.finish(slot);
+        }
+    }
+
+    fn wait_readable(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.shared.eventfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; an interrupted or failed poll only means we look again.
+        unsafe { libc::poll(&mut pfd, 1, -1) };
+        let _ = self.shared.eventfd.read();
+    }
+}
+
+impl QueueEngine for RbdQueue {
+    fn submit(&mut self, batch: &mut Vec<IoRequest>) {
+        for req in batch.drain(..) {
+            let op = req.op.name();
+            let writes = !matches!(req.op, IoOp::Read { .. } | IoOp::Flush);
+            let empty =
+                matches!(req.op, IoOp::Read { .. } | IoOp::Write { .. }) && req.buffers.is_empty();
+            if (writes && self.read_only) || empty {
+                self.done.push(Completion {
+                    token: req.token,
+                    result: if empty {
+                        Ok(())
+                    } else {
+                        Err(EngineError::ReadOnly { op })
+                    },
+                });
+                continue;
+            }
+            let flush_after = matches!(req.op, IoOp::Write { durable: true, .. });
+            let slot = self.slots.insert(InFlight {
+                req,
+                pending: 0,
+                flush_after,
+                error: None,
+            });
+            let (started, refused) = self.issue(slot);
+            let s = &mut self.slots[slot];
+            if let Some(rc) = refused {
+                s.error = Some(io_error(op, rc));
+            }
+            // Callbacks may have run already: their results are collected only by this thread,
+            // after the count is in place.
+            s.pending = started;
+            if started == 0 {
+                self.finish(slot);
+            }
+        }
+    }
+
+    fn reap(&mut self, done: &mut Vec<Completion>) {
+        self.collect();
+        done.append(&mut self.done);
+    }
+
+    fn wait(&mut self, done: &mut Vec<Completion>) {
+        self.collect();
+        if self.done.is_empty() && !self.slots.is_empty() {
+            self.wait_readable();
+        }
+        self.reap(done);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() + self.done.len()
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.shared.eventfd.as_raw_fd())
+    }
+
+    fn ack_completion_fd(&mut self) {
+        let _ = self.shared.eventfd.read();
+    }
+}
+
+impl Drop for RbdQueue {
+    /// Waits for every aio call librbd still holds: their guest buffers must stay mapped, and
+    /// their callbacks use the shared state, until they are done.
+    fn drop(&mut self) {
+        let mut sink = Vec::new();
+        while !self.slots.is_empty() {
+            self.wait(&mut sink);
+            sink.clear();
+        }
+    }
+}

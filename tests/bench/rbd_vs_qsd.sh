@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# keeld's rbd engine against qemu-storage-daemon's rbd driver, both exporting the same RBD image
+# of the same single-node cluster (tests/ceph/start.sh) over vhost-user-blk, driven by the same
+# client (keel-client bench) in the same run; `rbd bench` gives the cluster's own limit. Runs are
+# interleaved (run 1 of every server, then run 2, ...); prints a table of medians and the same
+# as JSON.
+#
+#   bash tests/bench/rbd_vs_qsd.sh [RUNS=3] [RUNTIME_SECONDS=5]
+#
+# Both servers use librbd's defaults (its cache on, writethrough until the first flush).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-3}
+runtime=${2:-5}
+cargo build --release -q -p keel-backend --bin keeld
+cargo build --release -q -p keel-client
+keeld=$PWD/target/release/keeld
+client=$PWD/target/release/keel-client
+work=$(mktemp -d)
+cluster=$work/ceph
+pids=()
+cleanup() {
+    for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
+    bash tests/ceph/stop.sh "$cluster" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# 4 GiB (sparse) for the OSD: a 3 GiB one ran out of BlueFS space under `rbd bench` random writes
+# after the runs (the OSD aborts on ENOSPC).
+conf=$(KEEL_CEPH_BLOCK_SIZE=4G bash tests/ceph/start.sh "$cluster" $$)
+image=bench
+size_mib=512
+rbd -c "$conf" create --size "${size_mib}M" "rbd/$image"
+# Reads of never-written objects never reach an OSD: fill the image first.
+rbd -c "$conf" bench --io-type write --io-size 4M --io-threads 8 --io-total "${size_mib}M" \
+    --io-pattern seq "rbd/$image" >/dev/null
+sock=$work/d.sock
+
+start_server() {
+    rm -f "$sock"
+    case $1 in
+    keeld)
+        printf '[[disk]]\nname = "d"\nsocket = "%s"\nengine = "rbd"\nimage = "rbd/%s"\nceph_conf = "%s"\n' \
+            "$sock" "$image" "$conf" >"$work/keel.toml"
+        KEEL_LOG=warn "$keeld" --config "$work/keel.toml" &
+        ;;
+    qsd)
+        qemu-storage-daemon \
+            --blockdev "driver=rbd,pool=rbd,image=$image,conf=$conf,node-name=n" \
+            --export "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=$sock,writable=on" &
+        ;;
+    esac
+    pids=($!)
+    for _ in $(seq 400); do [ -S "$sock" ] && break; sleep 0.05; done
+    [ -S "$sock" ] || { echo "$1 did not start" >&2; exit 1; }
+}
+
+stop_server() {
+    kill "${pids[0]}"
+    wait "${pids[0]}" 2>/dev/null || true
+    pids=()
+}
+
+# name rw bs iodepth
+workloads="randread-4k-qd1:randread:4k:1 randwrite-4k-qd1:randwrite:4k:1 randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 read-1m-qd8:read:1m:8 write-1m-qd8:write:1m:8"
+servers="keeld qsd"
+declare -A iops lat
+for run in $(seq "$runs"); do
+    for s in $servers; do
+        start_server "$s"
+        for w in $workloads; do
+            IFS=: read -r name rw bs depth <<<"$w"
+            read -r i l < <("$client" bench --rw "$rw" --bs "$bs" --iodepth "$depth" --queues 1 \
+                --runtime "${runtime}s" --json "$sock" | python3 -c \
+                'import json,sys; j=json.load(sys.stdin); o=j["read"] or j["write"]; print(int(j["iops"]), round(o["lat_mean_us"]))')
+            iops[$s,$name]+="$i "
+            lat[$s,$name]+="$l "
+            echo "run $run $s $name: $i IOPS, mean latency $l us" >&2
+        done
+        stop_server
+    done
+done
+
+# The cluster's own limit: librbd without any vhost-user hop (rbd bench, 4 KiB random), about as
+# many requests as one keel-client run makes.
+rbd_bench() {
+    timeout 120 rbd -c "$conf" bench --io-type "$1" --io-size 4K --io-threads "$2" \
+        --io-total "$3" --io-pattern rand "rbd/$image" | awk '/elapsed:/ { for (i = 1; i <= NF; i++) if ($i == "ops/sec:") print int($(i + 1)) }'
+}
+declare -A limit
+limit[randread-4k-qd1]=$(rbd_bench read 1 16M)
+limit[randwrite-4k-qd1]=$(rbd_bench write 1 8M)
+limit[randread-4k-qd32]=$(rbd_bench read 32 64M)
+limit[randwrite-4k-qd32]=$(rbd_bench write 32 32M)
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo
+printf '%-18s %10s %10s %8s %12s %12s %11s\n' workload keeld qsd ratio "keeld lat us" "qsd lat us" "rbd bench"
+json="{"
+for w in $workloads; do
+    name=${w%%:*}
+    k=$(echo "${iops[keeld,$name]}" | median)
+    q=$(echo "${iops[qsd,$name]}" | median)
+    kl=$(echo "${lat[keeld,$name]}" | median)
+    ql=$(echo "${lat[qsd,$name]}" | median)
+    r=$(python3 -c "print(f'{$k/max($q,1):.2f}')")
+    b=${limit[$name]:-}
+    printf '%-18s %10s %10s %7sx %12s %12s %11s\n' "$name" "$k" "$q" "$r" "$kl" "$ql" "${b:--}"
+    json+="\"$name\": {\"keeld_iops\": $k, \"qsd_iops\": $q, \"ratio\": $r, \"keeld_lat_us\": $kl, \"qsd_lat_us\": $ql, \"rbd_bench_iops\": ${b:-null}}, "
+done
+json="${json%, }}"
+echo
+echo "$json"

@@ -1,0 +1,72 @@
+//! A single-node Ceph cluster for the rbd tests (tests/ceph/start.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running cluster; stopped (and its directory removed) on drop, or by the start script's
+/// watcher once this process exits, whichever comes first.
+pub struct Cluster {
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a cluster in a new directory. Without Ceph installed this fails and says how to
+    /// install it: the rbd tests never skip.
+    pub fn start() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph");
+        let dir = tempfile::Builder::new()
+            .prefix("keel-ceph-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let out = Command::new("bash")
+            .arg(root.join("start.sh"))
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run tests/ceph/start.sh");
+        assert!(
+            out.status.success(),
+            "tests/ceph/start.sh failed (is Ceph installed? `bash qemu/prepare.sh` installs \
+             ceph-mon and ceph-osd):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Self { dir, conf }
+    }
+
+    /// The cluster's ceph.conf, for `ceph_conf` and the `rbd` tool.
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
+    /// The OSD's process id.
+    pub fn osd_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.dir.join("run/osd.0.pid")).expect("osd pid file");
+        text.trim().parse().expect("osd pid")
+    }
+
+    /// Runs the `rbd` tool on this cluster; panics with its stderr if it fails.
+    pub fn rbd(&self, args: &[&str]) -> String {
+        let out = Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run rbd");
+        assert!(
+            out.status.success(),
+            "rbd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph/stop.sh");
+        let _ = Command::new("bash").arg(stop).arg(&self.dir).status();
+    }
+}
