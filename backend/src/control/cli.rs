@@ -207,6 +207,13 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     for line in s.space.iter().flat_map(super::space_text::space_lines) {
         println!("{line}");
     }
+    for line in s
+        .cleaning
+        .iter()
+        .flat_map(super::cleaning_text::cleaning_lines)
+    {
+        println!("{line}");
+    }
     let guest = s.writes + s.discards + s.write_zeroes;
     if guest > 0 && s.metadata_transactions > 0 {
         println!(

@@ -16,7 +16,7 @@ use super::{Store, lock, now_millis_pub, read, write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One cleaned segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,11 @@ impl Store {
         };
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
+        let t0 = Instant::now();
         self.dev.read_at(&mut src, start * BLOCK)?;
+        Counters::add_since(&self.stats.cleaner_read_us, t0);
+        Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
+        let t0 = Instant::now();
         let mut moves = Vec::with_capacity(live.len());
         let mut runs = Vec::new();
         let mut i = 0;
@@ -101,6 +105,7 @@ impl Store {
                 Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
             )?
             .entries;
+        Counters::add_since(&self.stats.cleaner_write_us, t0);
         Counters::add(&self.stats.cleaner_moves, moved);
         Counters::add(&self.stats.segments_cleaned, 1);
         Ok(Some(CleanReport {

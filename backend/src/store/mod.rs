@@ -482,6 +482,8 @@ impl Store {
                 j.fresh_chain = false;
                 self.note_space_freed();
                 Counters::add(&self.stats.checkpoints, 1);
+                let us = Counters::add_since(&self.stats.checkpoint_us, t0);
+                Counters::max(&self.stats.checkpoint_max_us, us);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
                 log::debug!(

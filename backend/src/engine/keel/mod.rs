@@ -353,6 +353,26 @@ impl EngineAdmin for KeelEngine {
         Some(self.store.space())
     }
 
+    fn cleaning(&self) -> Option<keel_protocol::control::CleaningStats> {
+        let s = self.store.stats();
+        Some(keel_protocol::control::CleaningStats {
+            blocks_moved: s.cleaner_moves,
+            read_bytes: s.cleaner_read_bytes,
+            written_bytes: s.cleaner_write_bytes,
+            read_us: s.cleaner_read_us,
+            write_us: s.cleaner_write_us,
+            segments_cleaned: s.segments_cleaned,
+            segments_cleaned_by_writers: s.writer_cleaned,
+            segments_freed: s.segments_freed,
+            checkpoints: s.checkpoints,
+            checkpoint_us: s.checkpoint_us,
+            checkpoint_max_us: s.checkpoint_max_us,
+            segment_waits: s.segment_waits,
+            segment_wait_us: s.segment_wait_us,
+            write_amplification: s.write_amplification(),
+        })
+    }
+
     fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {
         Ok(self
             .store
