@@ -11,7 +11,7 @@ mod space;
 pub use names::{MAX_NAME, check_disk_name, check_log_level, check_name};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use size::{SizeValue, parse_size};
-pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
+pub use space::{DiskSpace, MAX_SPACE_WAIT_MS, create_options};
 
 use paths::{canonical_if_exists, check_writable_dir, normalize};
 
@@ -168,6 +168,7 @@ struct RawDisk {
     space_warn: Option<Spanned<space::PercentValue>>,
     space_critical: Option<Spanned<space::PercentValue>>,
     space_wait_ms: Option<Spanned<u64>>,
+    spare: Option<Spanned<SizeValue>>,
 }
 
 impl Config {

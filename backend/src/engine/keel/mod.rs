@@ -61,11 +61,12 @@ impl KeelEngine {
                 let size = disk
                     .size
                     .ok_or_else(|| setup(&path, "no size to create it with"))?;
-                Store::create_path(&path, &CreateOptions::new(size))
-                    .map_err(|e| setup(&path, e))?;
+                let create = crate::config::create_options(size, disk.space.spare);
+                Store::create_path(&path, &create).map_err(|e| setup(&path, e))?;
                 log::info!(
-                    "{}: created a keel container of {size} bytes",
-                    path.display()
+                    "{}: created a keel container of {size} bytes ({}% spare)",
+                    path.display(),
+                    create.overprovision_percent
                 );
             }
             let store = Store::open_path(&path, opts).map_err(|e| setup(&path, e))?;
@@ -159,7 +160,7 @@ impl KeelEngine {
         let size = disk
             .size
             .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
-        let create = CreateOptions::new(size);
+        let create = crate::config::create_options(size, disk.space.spare);
         let container = create
             .geometry()
             .map_err(|e| setup(&first, e))?
