@@ -8,11 +8,12 @@ use super::error::Result;
 use super::io::DeviceIo;
 use super::journal::Entry;
 use super::layout::BLOCK;
+use super::pace::{Levels, Pace};
 use super::pins::PinGuard;
 use super::stats::Counters;
 use super::sut::SegKind;
 use super::write::Issue;
-use super::{Store, lock, now_millis_pub, read, write};
+use super::{Store, lock, now_millis_pub, read, victim, write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -36,13 +37,14 @@ impl Store {
         let mut cw = lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
         let mut pin = PinGuard::new(&self.pins);
-        let (seg, live) = {
+        let (seg, live, stamp) = {
             let st = read(&self.state);
-            let Some(&(_, seg)) = st
-                .sut
-                .cleaning_candidates((seg_blocks * 9 / 10) as u32)
-                .first()
-            else {
+            let Some(seg) = victim::choose(
+                &st.sut,
+                self.geo.first_data_segment(),
+                seg_blocks,
+                (seg_blocks * 9 / 10) as u32,
+            ) else {
                 return Ok(None);
             };
             // Pinned: should the guest overwrite all of it meanwhile, it is not reused under
@@ -56,7 +58,7 @@ impl Store {
                     Some((pba, vba, e.crc))
                 })
                 .collect();
-            (seg, live)
+            (seg, live, st.sut.stamp(seg))
         };
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
@@ -70,6 +72,10 @@ impl Store {
         let mut i = 0;
         while i < live.len() {
             let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
+            // Relocated data keeps its age in its new segment.
+            write(&self.state)
+                .sut
+                .note_copied(self.geo.segment_of(dst), stamp);
             let mut ab = AlignedBuf::scratch(n);
             for j in 0..n {
                 let (pba, vba, crc) = live[i + j];
@@ -181,6 +187,9 @@ pub struct CleanerConfig {
     /// Clean without pause when fewer than this many segments beyond the reserve are free;
     /// half of it is how many cleaned segments wait before a checkpoint releases them.
     pub low_water: u64,
+    /// Clean ahead, before space is short, until this percentage of the data segments is free
+    /// beyond the urgent level (see [`pace`](super::pace)).
+    pub ahead_percent: u64,
     /// Clean opportunistically when the guest has done no I/O for this long.
     pub idle: Duration,
     /// Pause between steps when not urgent (the throttle against guest I/O).
@@ -191,6 +200,7 @@ impl Default for CleanerConfig {
     fn default() -> Self {
         Self {
             low_water: 24,
+            ahead_percent: 4,
             idle: Duration::from_millis(200),
             pause: Duration::from_millis(20),
         }
@@ -261,9 +271,17 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             continue;
         }
         let free = store.free_segments();
-        let reserve = store.geometry().reserved_segments();
+        let geo = store.geometry();
+        let reserve = geo.reserved_segments();
         let urgent = free < reserve + cfg.low_water;
         let pending = store.pending_segments();
+        let levels = Levels::new(
+            reserve,
+            geo.data_segments(),
+            cfg.low_water,
+            cfg.ahead_percent,
+        );
+        let pace = levels.pace(free, pending, cfg.pause);
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
         let worth = pending >= cfg.low_water / 2 || (pending > 0 && free <= reserve + 1);
         if urgent && release_helps && worth {
@@ -307,7 +325,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             }
             continue;
         }
-        if !(urgent || idle) {
+        if !(urgent || idle) && pace == Pace::Ahead {
             store.cleaner_nap(cfg.pause);
             continue;
         }
@@ -322,8 +340,11 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                 {
                     log::warn!("cleaner: checkpoint failed: {e}");
                 }
-                if !urgent {
-                    store.cleaner_nap(cfg.pause);
+                match pace {
+                    _ if urgent => {}
+                    Pace::Urgent => {}
+                    Pace::Behind(d) => store.cleaner_nap(d),
+                    Pace::Ahead => store.cleaner_nap(cfg.pause),
                 }
             }
             Ok(None) => store.cleaner_nap(cfg.pause * 5),

@@ -24,6 +24,7 @@ mod io;
 pub mod journal;
 pub mod layout;
 pub mod maps;
+mod pace;
 pub mod peek;
 mod persist;
 mod pins;
@@ -39,6 +40,7 @@ mod superblock;
 mod sut;
 mod tail;
 mod unwritten;
+mod victim;
 mod write;
 
 #[cfg(test)]
