@@ -6,6 +6,7 @@ mod concurrent;
 mod corruption;
 mod crash;
 mod in_flight;
+mod keep_ahead;
 mod model;
 mod space;
 
