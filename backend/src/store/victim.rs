@@ -76,7 +76,7 @@ mod tests {
         let first = geo.first_data_segment();
         // Written one after the other: as old, so the sparser goes first (greedy).
         let mut s = Sut::new(geo);
-        let fuller = fill(&mut s, &geo, 12);
+        fill(&mut s, &geo, 12);
         let sparser = fill(&mut s, &geo, 6);
         assert_eq!(choose(&s, first, 16, 14), Some(sparser));
         assert_eq!(choose(&s, first, 16, 11), Some(sparser));

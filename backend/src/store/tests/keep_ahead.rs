@@ -207,7 +207,7 @@ fn crashes_while_the_cleaner_works_recover_a_flushed_state() {
         .unwrap_or_else(|e| panic!("seed {seed} ({mode:?}): recovery failed: {e}"));
         let got = read_all(&s, model.len());
         assert!(
-            allowed.iter().any(|a| *a == got),
+            allowed.contains(&got),
             "seed {seed} ({mode:?}): the recovered disk is none of the {} states since the last flush",
             allowed.len()
         );
