@@ -332,10 +332,17 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         match store.clean_step() {
             Ok(Some(_)) => {
                 // Cleaned segments become free at a checkpoint; batch them, a checkpoint
-                // rewrites every dirty map node.
+                // rewrites every dirty map node (mostly the same ones: random guest writes
+                // dirty most leaves between two) and holds guest batches meanwhile. Cleaning
+                // ahead, twice as many wait.
                 let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= cfg.low_water / 2 || (starving && pending > 0))
+                let batch = if urgent {
+                    cfg.low_water / 2
+                } else {
+                    cfg.low_water
+                };
+                if (pending >= batch || (starving && pending > 0))
                     && let Err(e) = store.checkpoint()
                 {
                     log::warn!("cleaner: checkpoint failed: {e}");
