@@ -184,11 +184,12 @@ impl Store {
 /// When the background cleaner works.
 #[derive(Debug, Clone)]
 pub struct CleanerConfig {
-    /// Clean without pause when fewer than this many segments beyond the reserve are free;
-    /// half of it is how many cleaned segments wait before a checkpoint releases them.
+    /// The most free segments beyond the reserve under which the cleaner works without pause
+    /// (an eighth of the spare segments, at least 2); half of that margin is how many cleaned
+    /// segments wait before a checkpoint releases them.
     pub low_water: u64,
-    /// Clean ahead, before space is short, until this percentage of the data segments is free
-    /// beyond the urgent level (see [`pace`](super::pace)).
+    /// Clean ahead, before space is short, until this percentage of the spare segments (at
+    /// least 2, at most `low_water`) is free above the urgent level (see [`pace`](super::pace)).
     pub ahead_percent: u64,
     /// Clean opportunistically when the guest has done no I/O for this long.
     pub idle: Duration,
@@ -200,7 +201,7 @@ impl Default for CleanerConfig {
     fn default() -> Self {
         Self {
             low_water: 24,
-            ahead_percent: 4,
+            ahead_percent: 10,
             idle: Duration::from_millis(200),
             pause: Duration::from_millis(20),
         }
@@ -283,7 +284,8 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         );
         let pace = levels.pace(free, pending, cfg.pause);
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth = pending >= cfg.low_water / 2 || (pending > 0 && free <= reserve + 1);
+        let worth =
+            pending >= levels.release_batch(reserve, true) || (pending > 0 && free <= reserve + 1);
         if urgent && release_helps && worth {
             // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
             // frees nothing (reads still pin them), clean instead until something changes.
@@ -337,12 +339,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                 // ahead, twice as many wait.
                 let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                let batch = if urgent {
-                    cfg.low_water / 2
-                } else {
-                    cfg.low_water
-                };
-                if (pending >= batch || (starving && pending > 0))
+                if (pending >= levels.release_batch(reserve, urgent) || (starving && pending > 0))
                     && let Err(e) = store.checkpoint()
                 {
                     log::warn!("cleaner: checkpoint failed: {e}");

@@ -1,13 +1,18 @@
 //! How hard the background cleaner works: rate control by a target level of free segments.
 //!
-//! Below the *urgent* level (the reserve plus `low_water`) it cleans without pause: guest
-//! writers are close to finding no segment and cleaning for themselves. Between that and the
-//! *target* (urgent plus `ahead_percent` of the data segments, at least `low_water`) it cleans
-//! before space is short, sharing the device with the guest: the pause between two victims
-//! grows with the free space above the urgent level, so the cleaner speeds up as the guest
-//! eats into the margin and idles off as it is rebuilt. At or above the target it cleans only
-//! when the guest is idle. Segments the cleaner emptied count as free here: the next
-//! checkpoint releases them.
+//! Below the *urgent* level it cleans without pause: guest writers are close to finding no
+//! segment and cleaning for themselves. Between that and the *target* it cleans before space
+//! is short, sharing the device with the guest: the pause between two victims grows with the
+//! free space above the urgent level, so the cleaner speeds up as the guest eats into the
+//! margin and idles off as it is rebuilt. At or above the target it cleans only when the guest
+//! is idle. Segments the cleaner emptied count as free here: the next checkpoint releases them.
+//!
+//! Both margins are cut from the container's spare space, so they are a fraction of it
+//! (`spare / 8` and `ahead_percent` of it, at least 2 segments, at most `low_water`): a free
+//! segment held back is garbage room the cleaner cannot use, and victims get fuller. On a
+//! 1 GiB disk with 20 % spare (51 spare segments), keeping 24 free made the cleaner copy more
+//! than twice as much per guest write as keeping 6 (a simulation of one random overwrite after
+//! a sequential fill: 4.2 blocks against 2.2; with 10 % spare it found no victim at all).
 
 use std::time::Duration;
 
@@ -30,12 +35,21 @@ pub struct Levels {
 }
 
 impl Levels {
-    pub fn new(reserve: u64, data_segments: u64, low_water: u64, ahead_percent: u64) -> Self {
-        let urgent = reserve + low_water;
+    /// Levels above `reserve` free segments for a container with `spare` spare segments.
+    pub fn new(reserve: u64, spare: u64, low_water: u64, ahead_percent: u64) -> Self {
+        let margin = |n: u64| n.clamp(2, low_water.max(2));
+        let urgent = reserve + margin(spare / 8);
         Self {
             urgent,
-            target: urgent + (data_segments * ahead_percent / 100).max(low_water),
+            target: urgent + margin(spare * ahead_percent / 100),
         }
+    }
+
+    /// Emptied segments worth a checkpoint to release: half the urgent margin when urgent, the
+    /// whole margin when cleaning ahead (a checkpoint holds guest batches while it writes).
+    pub fn release_batch(&self, reserve: u64, urgent: bool) -> u64 {
+        let m = self.urgent - reserve;
+        if urgent { (m / 2).max(1) } else { m }
     }
 
     /// The pace for `free` free segments plus `pending` emptied ones, with `pause` the
@@ -60,23 +74,41 @@ mod tests {
 
     #[test]
     fn pauses_grow_with_the_margin_and_stop_at_the_target() {
-        let l = Levels::new(10, 1000, 24, 5);
+        // 2 GiB, 20 % spare: 102 spare segments.
+        let l = Levels::new(20, 102, 24, 10);
         assert_eq!(
             l,
             Levels {
-                urgent: 34,
-                target: 84
+                urgent: 32,
+                target: 42
             }
         );
         let p = Duration::from_millis(20);
         assert_eq!(l.pace(5, 0, p), Pace::Urgent);
-        assert_eq!(l.pace(34, 0, p), Pace::Behind(Duration::ZERO));
-        assert_eq!(l.pace(59, 0, p), Pace::Behind(Duration::from_millis(10)));
-        assert_eq!(l.pace(40, 19, p), Pace::Behind(Duration::from_millis(10)));
-        assert_eq!(l.pace(84, 0, p), Pace::Ahead);
+        assert_eq!(l.pace(32, 0, p), Pace::Behind(Duration::ZERO));
+        assert_eq!(l.pace(37, 0, p), Pace::Behind(Duration::from_millis(10)));
+        assert_eq!(l.pace(33, 4, p), Pace::Behind(Duration::from_millis(10)));
+        assert_eq!(l.pace(42, 0, p), Pace::Ahead);
         // Emptied segments waiting for a checkpoint are as good as free.
-        assert_eq!(l.pace(20, 70, p), Pace::Ahead);
-        // A small container: the margin is at least low_water.
-        assert_eq!(Levels::new(6, 20, 24, 5).target, 6 + 48);
+        assert_eq!(l.pace(20, 30, p), Pace::Ahead);
+        assert_eq!(
+            (l.release_batch(20, true), l.release_batch(20, false)),
+            (6, 12)
+        );
+        // Margins are cut from the spare: at least 2 segments each, at most low_water.
+        assert_eq!(
+            Levels::new(6, 5, 24, 10),
+            Levels {
+                urgent: 8,
+                target: 10
+            }
+        );
+        assert_eq!(
+            Levels::new(6, 4000, 24, 10),
+            Levels {
+                urgent: 30,
+                target: 54
+            }
+        );
     }
 }

@@ -70,6 +70,11 @@ fn data_segments_for_guest(geo: &Geometry) -> u64 {
         .saturating_sub(geo.reserved_segments() + 4)
 }
 
+/// Spare segments: those beyond the capacity, the reserve and creation's slack.
+pub fn spare_segments(geo: &Geometry) -> u64 {
+    data_segments_for_guest(geo).saturating_sub(geo.capacity_blocks().div_ceil(geo.seg_blocks))
+}
+
 /// The spare a container's geometry gives its disk, in whole percent of the capacity
 /// (rounded down: a container made with `p`% reads back at least `p`%).
 pub fn spare_percent(geo: &Geometry) -> u64 {

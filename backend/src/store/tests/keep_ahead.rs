@@ -14,8 +14,8 @@ const BLOCK: usize = 4096;
 /// Cleans ahead on the small container, never because the guest is idle.
 fn eager() -> CleanerConfig {
     CleanerConfig {
-        low_water: 2,
-        ahead_percent: 25,
+        low_water: 4,
+        ahead_percent: 50,
         idle: Duration::from_secs(3600),
         pause: Duration::from_millis(1),
     }
@@ -37,7 +37,7 @@ fn levels(s: &Store, cfg: &CleanerConfig) -> Levels {
     let geo = s.geometry();
     Levels::new(
         geo.reserved_segments(),
-        geo.data_segments(),
+        crate::store::spare::spare_segments(&geo),
         cfg.low_water,
         cfg.ahead_percent,
     )
