@@ -299,7 +299,7 @@ fn one_size_grammar_and_create_refuses_what_it_cannot_make() {
 
     // Spare space chosen at create, kept when the container file grows with its disk.
     keel(d, &["create", "--size", "16M", "--spare", "5%", "s.keel"])
-        .fails_with(2, "outside 10%..=400%");
+        .fails_with(2, "outside 15%..=400%");
     let made = keel(
         d,
         &[

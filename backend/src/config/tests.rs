@@ -383,7 +383,7 @@ fn spare_is_a_percentage_or_bytes_checked_against_the_size() {
         let (_dir, r) = parse(&format!("{KEEL_DISK}spare = {v}\n"));
         assert_invalid(r, "spare", 7)
     };
-    assert!(bad("\"5%\"").contains("outside 10%..=400%"));
+    assert!(bad("\"5%\"").contains("outside 15%..=400%"));
     assert!(bad("\"plenty\"").contains("not a size"));
     let (_dir, r) = parse(&format!("{NULL_DISK}spare = \"25%\"\n"));
     assert!(assert_invalid(r, "spare", 6).contains("only the keel engine"));

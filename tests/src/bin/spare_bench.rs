@@ -82,6 +82,18 @@ fn one(a: &Args, spare: &str) -> Run {
     bench::run_bytes(&sock, &wl(Pattern::RandWrite, 4096, 32, a.runtime), a.size)
         .expect("overwrite");
     let after = stats(&ctl);
+    if let Some(sp) = &after.space {
+        eprintln!(
+            "spare {spare} after the overwrite: MiB live {}, metadata {}, reclaimable {}, free {}, \
+             spare {}, data {}",
+            sp.live_bytes >> 20,
+            sp.metadata_bytes >> 20,
+            sp.reclaimable_bytes >> 20,
+            sp.free_bytes >> 20,
+            sp.spare_bytes >> 20,
+            sp.data_bytes >> 20
+        );
+    }
     let guest = (after.written_bytes - before.written_bytes).max(1) as f64;
     let moved = |s: &DiskStats| s.cleaning.as_ref().map_or(0, |c| c.blocks_moved);
     let mut steady = wl(Pattern::RandWrite, 4096, 32, a.runtime);

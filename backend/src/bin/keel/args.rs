@@ -203,7 +203,7 @@ pub struct GeometryArgs {
     #[arg(long, value_parser = parse_size)]
     pub journal_size: Option<u64>,
     /// Spare data space for the cleaner beyond the size: a percentage ("25%") or bytes
-    /// ("512M"), 10% to 400% of the size. More spare: faster random writes on a full disk,
+    /// ("512M"), 15% to 400% of the size. More spare: faster random writes on a full disk,
     /// less write amplification, more host space (docs/benchmarks.md has the trade-off).
     #[arg(long, value_parser = Spare::parse, default_value = "20%")]
     pub spare: Spare,
