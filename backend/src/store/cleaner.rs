@@ -274,14 +274,10 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let free = store.free_segments();
         let geo = store.geometry();
         let reserve = geo.reserved_segments();
-        let urgent = free < reserve + cfg.low_water;
         let pending = store.pending_segments();
-        let levels = Levels::new(
-            reserve,
-            geo.data_segments(),
-            cfg.low_water,
-            cfg.ahead_percent,
-        );
+        let spare = super::spare::spare_segments(&geo);
+        let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
+        let urgent = free < levels.urgent;
         let pace = levels.pace(free, pending, cfg.pause);
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
         let worth =
