@@ -12,7 +12,8 @@ pub const DEFAULT_SPARE_PERCENT: u64 = 20;
 pub const MIN_SPARE_PERCENT: u64 = 10;
 /// The least spare a container is made with: with 10 %, a 1 GiB disk overwritten at random
 /// after a sequential fill ran out of victims the cleaner may take (at most 90 % live) in two
-/// runs of three, and guest writes failed.
+/// runs of three, and guest writes failed (with the cleaner then holding 24 segments free; it
+/// holds a share of the spare now, but 10 % leaves little room either way).
 pub const MIN_CREATE_SPARE_PERCENT: u64 = 15;
 /// The most spare accepted at creation (five times the disk in all).
 pub const MAX_SPARE_PERCENT: u64 = 400;
