@@ -280,8 +280,8 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let urgent = free < levels.urgent;
         let pace = levels.pace(free, pending, cfg.pause);
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth =
-            pending >= levels.release_batch(reserve, true) || (pending > 0 && free <= reserve + 1);
+        let worth = pending >= levels.release_batch(spare, cfg.low_water, true)
+            || (pending > 0 && free <= reserve + 1);
         if urgent && release_helps && worth {
             // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
             // frees nothing (reads still pin them), clean instead until something changes.
@@ -335,7 +335,8 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                 // ahead, twice as many wait.
                 let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= levels.release_batch(reserve, urgent) || (starving && pending > 0))
+                if (pending >= levels.release_batch(spare, cfg.low_water, urgent)
+                    || (starving && pending > 0))
                     && let Err(e) = store.checkpoint()
                 {
                     log::warn!("cleaner: checkpoint failed: {e}");
