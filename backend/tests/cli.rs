@@ -295,6 +295,28 @@ fn one_size_grammar_and_create_refuses_what_it_cannot_make() {
         .ok()
         .json();
     assert_eq!(grown["size"], 4200 << 10);
+    assert!(grown["spare_percent"].as_u64().unwrap() >= 20, "{grown}");
+
+    // Spare space chosen at create, kept when the container file grows with its disk.
+    keel(d, &["create", "--size", "16M", "--spare", "5%", "s.keel"])
+        .fails_with(2, "outside 15%..=400%");
+    let made = keel(
+        d,
+        &[
+            "create", "--size", "16M", "--spare", "8M", "s.keel", "--json",
+        ],
+    )
+    .ok()
+    .json();
+    assert!(made["spare_percent"].as_u64().unwrap() >= 50, "{made}");
+    let grown = keel(d, &["resize", "s.keel", "64M", "--json"]).ok().json();
+    assert_eq!(grown["size"], 64 << 20);
+    assert!(grown["spare_percent"].as_u64().unwrap() >= 50, "{grown}");
+    assert_eq!(
+        grown["container_bytes"],
+        fs::metadata(d.join("s.keel")).unwrap().len(),
+        "{grown}"
+    );
 }
 
 #[test]

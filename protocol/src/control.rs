@@ -162,6 +162,10 @@ pub struct DiskStats {
     /// Where the container's space goes (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceReport>,
+    /// What keeping space free costs: the cleaner, checkpoints, writes short of space (keel
+    /// engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaning: Option<CleaningStats>,
     /// Completion latency of reads and writes, cumulative buckets.
     pub latency: Vec<LatencyBucket>,
     /// Sum of all completion latencies, in microseconds (mean = sum / last bucket's count).
@@ -217,6 +221,37 @@ pub struct ImportReport {
     /// Why the copy is paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Where a log-structured disk's write time goes besides the guest's own data, since keeld
+/// started. Times are in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleaningStats {
+    /// Live blocks the cleaner copied elsewhere (and remapped).
+    pub blocks_moved: u64,
+    /// Bytes the cleaner read from its victim segments.
+    pub read_bytes: u64,
+    /// Bytes the cleaner wrote (the copies).
+    pub written_bytes: u64,
+    pub read_us: u64,
+    /// Writing the copies and committing their moves, map updates included.
+    pub write_us: u64,
+    /// Segments the cleaner emptied.
+    pub segments_cleaned: u64,
+    /// Of those, the segments a guest writer cleaned itself because none was free.
+    pub segments_cleaned_by_writers: u64,
+    /// Segments checkpoints gave back to the free list.
+    pub segments_freed: u64,
+    pub checkpoints: u64,
+    /// Time checkpoints held the journal: no guest batch commits meanwhile.
+    pub checkpoint_us: u64,
+    pub checkpoint_max_us: u64,
+    /// Guest batches that found no free segment and waited for one (cleaning, a checkpoint,
+    /// a snapshot delete, growth).
+    pub segment_waits: u64,
+    pub segment_wait_us: u64,
+    /// Bytes written to the container per guest byte written so far.
+    pub write_amplification: f64,
 }
 
 /// The latency histogram of one operation.

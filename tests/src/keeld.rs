@@ -257,6 +257,17 @@ pub fn spawn_keel_bench_disk_with(
     stem: &str,
     size: u64,
 ) -> (crate::bench::Running, PathBuf, PathBuf) {
+    spawn_keel_bench_disk_keys(keeld, dir, stem, size, "")
+}
+
+/// [`spawn_keel_bench_disk_with`] with more `[[disk]]` keys (`extra`, whole lines).
+pub fn spawn_keel_bench_disk_keys(
+    keeld: &Path,
+    dir: &Path,
+    stem: &str,
+    size: u64,
+    extra: &str,
+) -> (crate::bench::Running, PathBuf, PathBuf) {
     let sock = dir.join(format!("{stem}.sock"));
     let ctl = dir.join("control.sock");
     let path = dir.join(format!("{stem}.keel"));
@@ -267,7 +278,7 @@ pub fn spawn_keel_bench_disk_with(
     std::fs::write(
         &cfg,
         format!(
-            "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n",
+            "[server]\ncontrol_socket = \"{}\"\n[[disk]]\nname = \"b\"\nsocket = \"{}\"\nengine = \"keel\"\npath = \"{}\"\nsize = {size}\ndirect = true\n{extra}",
             ctl.display(),
             sock.display(),
             path.display()

@@ -233,23 +233,23 @@ fn resize_refuses_shrinking_and_grows_online_and_stopped() {
     let (code, _, err) = keel(&dir, Some(&ctl), &["resize", "nope", "32M"]);
     assert!(code == 2 && err.contains("no such disk"), "{err}");
 
-    // Offline, the stopped container grows into its spare space, and no further.
+    // Offline, the stopped container file grows with its disk and keeps its spare percentage.
     let dir_handle = keeld.stop();
     let (code, _, err) = keel(&dir, None, &["resize", "k.keel", "8M"]);
     assert!(code == 2 && err.contains("shrinking"), "{err}");
-    let (code, _, err) = keel(&dir, None, &["resize", "k.keel", "1G"]);
-    assert!(
-        code == 2 && err.contains("container itself must grow"),
-        "{err}"
-    );
     let out = ok(keel(&dir, None, &["resize", "k.keel", "17M"]));
     assert!(
         out.contains("disk grown from 17.0 MiB to 17.0 MiB (17825792 bytes)"),
         "the online growth was made durable: {out}"
     );
+    let out = ok(keel(&dir, None, &["resize", "k.keel", "32M"]));
+    assert!(
+        out.contains("disk grown from 17.0 MiB to 32.0 MiB (33554432 bytes)"),
+        "{out}"
+    );
     let info = ok(keel(&dir, None, &["info", "k.keel", "--json"]));
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(info["capacity"], 17825792);
+    assert_eq!(info["capacity"], 33554432);
     drop(dir_handle);
 }
 

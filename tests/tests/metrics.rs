@@ -116,6 +116,16 @@ fn guest_io_shows_in_the_metrics_of_both_listeners() {
     assert!(latency("write", "sum").unwrap() > 0.0);
     assert!(at(r#"keel_store_journal_records_total{disk="vm1"}"#).unwrap() > 0.0);
     assert!(at(r#"keel_store_write_amplification{disk="vm1"}"#).unwrap() >= 1.0);
+    // A new disk has free segments: nothing cleaned, no batch waited for space.
+    assert_eq!(
+        at(r#"keel_store_segment_waits_total{disk="vm1"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        at(r#"keel_store_cleaner_moved_blocks_total{disk="vm1"}"#),
+        Some(0.0)
+    );
+    assert!(at(r#"keel_store_segments_total{disk="vm1",event="freed"}"#).is_some());
 
     // The control socket serves the same figures.
     let control = UnixStream::connect(keeld.dir().join("control.sock")).unwrap();

@@ -19,7 +19,7 @@ pub use one_disk::{absolute_paths, disk_from_json, disk_table_from_file};
 pub use paths::{KEEL_BLOCK, MAX_SOCKET_PATH};
 pub use rbd::RbdConfig;
 pub use size::{SizeValue, parse_size};
-pub use space::{DiskSpace, MAX_SPACE_WAIT_MS};
+pub use space::{DiskSpace, MAX_SPACE_WAIT_MS, create_options};
 
 use paths::{canonical_if_exists, normalize};
 

@@ -2,6 +2,7 @@
 //! file may grow, how long guest writes wait for space.
 
 use super::{Checker, ConfigError, EngineKind, RawDisk, SizeValue};
+use crate::store::{CreateOptions, Spare};
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub struct DiskSpace {
     pub wait: Duration,
     /// `max_size`: the container file grows up to this many bytes; `None`: it keeps its size.
     pub max_size: Option<u64>,
+    /// `spare`: the spare space a container made for this disk gets (checked against `size`
+    /// when it is known).
+    pub spare: Spare,
 }
 
 impl Default for DiskSpace {
@@ -33,6 +37,7 @@ impl Default for DiskSpace {
             critical_percent: d.critical_percent,
             wait: Duration::from_millis(DEFAULT_SPACE_WAIT_MS),
             max_size: d.max_container_bytes,
+            spare: Spare::default(),
         }
     }
 }
@@ -76,7 +81,7 @@ impl PercentValue {
 }
 
 impl Checker<'_> {
-    /// `space_warn`, `space_critical`, `space_wait_ms` and `max_size`.
+    /// `space_warn`, `space_critical`, `space_wait_ms`, `spare` and `max_size`.
     pub(super) fn check_space(
         &self,
         raw: &RawDisk,
@@ -143,8 +148,19 @@ impl Checker<'_> {
             }
             out.wait = Duration::from_millis(ms);
         }
+        if let Some(v) = &raw.spare {
+            keel_only("spare", v.span())?;
+            let err = |m: String| self.err(v.span(), "spare", m);
+            out.spare = match v.get_ref() {
+                SizeValue::Bytes(b) => Spare::Bytes(*b),
+                SizeValue::Text(t) => Spare::parse(t).map_err(&err)?,
+            };
+            if let Some(size) = size {
+                out.spare.percent_of(size).map_err(&err)?;
+            }
+        }
         if let Some(v) = &raw.max_size {
-            out.max_size = Some(self.check_max_size(v, raw, engine, size, path)?);
+            out.max_size = Some(self.check_max_size(v, raw, engine, size, path, out.spare)?);
         }
         Ok(out)
     }
@@ -156,6 +172,7 @@ impl Checker<'_> {
         engine: EngineKind,
         size: Option<u64>,
         path: Option<&Path>,
+        spare: Spare,
     ) -> Result<u64, ConfigError> {
         let span = v.span();
         let err = |m: String| self.err(span.clone(), "max_size", m);
@@ -186,7 +203,7 @@ impl Checker<'_> {
             }
         }
         if let Some(size) = size
-            && let Ok(geo) = crate::store::CreateOptions::new(size).geometry()
+            && let Ok(geo) = create_options(size, spare).geometry()
             && bytes < geo.container_bytes()
         {
             return Err(err(format!(
@@ -197,4 +214,14 @@ impl Checker<'_> {
         }
         Ok(bytes)
     }
+}
+
+/// The options a container for a `size`-byte disk is made with, with `spare` (the default
+/// when it does not fit the size: the configuration check reports that).
+pub fn create_options(size: u64, spare: Spare) -> CreateOptions {
+    let mut o = CreateOptions::new(size);
+    if let Ok(p) = spare.percent_of(size) {
+        o.overprovision_percent = p;
+    }
+    o
 }

@@ -370,6 +370,31 @@ fn keel_disk_space_defaults_and_keys() {
 }
 
 #[test]
+fn spare_is_a_percentage_or_bytes_checked_against_the_size() {
+    use crate::store::Spare;
+    let spare = |v: &str| {
+        let (_dir, r) = parse(&format!("{KEEL_DISK}spare = {v}\n"));
+        r.map(|c| c.disks[0].space.spare)
+    };
+    assert_eq!(spare("\"25%\"").unwrap(), Spare::Percent(25));
+    assert_eq!(spare("\"256M\"").unwrap(), Spare::Bytes(256 << 20));
+    assert_eq!(spare("268435456").unwrap(), Spare::Bytes(256 << 20));
+    let bad = |v: &str| {
+        let (_dir, r) = parse(&format!("{KEEL_DISK}spare = {v}\n"));
+        assert_invalid(r, "spare", 7)
+    };
+    assert!(bad("\"5%\"").contains("outside 15%..=400%"));
+    assert!(bad("\"plenty\"").contains("not a size"));
+    let (_dir, r) = parse(&format!("{NULL_DISK}spare = \"25%\"\n"));
+    assert!(assert_invalid(r, "spare", 6).contains("only the keel engine"));
+    // A container made with more spare starts larger: max_size is checked against that.
+    let (_dir, r) = parse(&format!(
+        "{KEEL_DISK}spare = \"100%\"\nmax_size = \"1300M\"\n"
+    ));
+    assert!(assert_invalid(r, "max_size", 8).contains("starts with"));
+}
+
+#[test]
 fn space_keys_are_checked() {
     let bad = |extra: &str, key: &str, line: usize| {
         let (_dir, r) = parse(&format!("{KEEL_DISK}{extra}"));

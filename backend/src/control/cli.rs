@@ -241,6 +241,13 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     if let Some(i) = &s.import {
         println!("{:<23} {}", "import", import_line(i));
     }
+    for line in s
+        .cleaning
+        .iter()
+        .flat_map(super::cleaning_text::cleaning_lines)
+    {
+        println!("{line}");
+    }
     let guest = s.writes + s.discards + s.write_zeroes;
     if guest > 0 && s.metadata_transactions > 0 {
         println!(

@@ -180,6 +180,46 @@ impl Scrape {
             Counter,
             "Guest writes that had to wait for space",
         );
+        let mut cleaner_blocks = Family::new(
+            "keel_store_cleaner_moved_blocks_total",
+            Counter,
+            "Live blocks the cleaner copied elsewhere",
+        );
+        let mut cleaner_bytes = Family::new(
+            "keel_store_cleaner_bytes_total",
+            Counter,
+            "Bytes the cleaner read from victim segments and wrote as copies (op = read, write)",
+        );
+        let mut cleaner_seconds = Family::new(
+            "keel_store_cleaner_seconds_total",
+            Counter,
+            "Time the cleaner spent reading victims and writing copies with their map updates (op = read, write)",
+        );
+        let mut segments = Family::new(
+            "keel_store_segments_total",
+            Counter,
+            "Segments cleaned (event = cleaned, cleaned_by_writer: by a guest writer short of space) and given back to the free list (event = freed)",
+        );
+        let mut checkpoint_seconds = Family::new(
+            "keel_store_checkpoint_seconds_total",
+            Counter,
+            "Time checkpoints held the journal",
+        );
+        let mut checkpoint_max = Family::new(
+            "keel_store_checkpoint_max_seconds",
+            Gauge,
+            "The longest checkpoint since keeld started",
+        );
+        let mut segment_waits = Family::new(
+            "keel_store_segment_waits_total",
+            Counter,
+            "Guest batches that found no free segment",
+        );
+        let mut segment_wait_seconds = Family::new(
+            "keel_store_segment_wait_seconds_total",
+            Counter,
+            "Time guest batches spent getting a segment",
+        );
         let mut component = Family::new(
             "keel_mirror_component_state",
             Gauge,
@@ -269,6 +309,25 @@ impl Scrape {
                     }
                     space_waits.add(disk(name), r.space_waits);
                 }
+                if let Some(c) = &s.cleaning {
+                    let secs = |us: u64| us as f64 / 1e6;
+                    cleaner_blocks.add(disk(name), c.blocks_moved);
+                    cleaner_bytes.add(with(disk(name), "op", "read"), c.read_bytes);
+                    cleaner_bytes.add(with(disk(name), "op", "write"), c.written_bytes);
+                    cleaner_seconds.add(with(disk(name), "op", "read"), secs(c.read_us));
+                    cleaner_seconds.add(with(disk(name), "op", "write"), secs(c.write_us));
+                    for (event, n) in [
+                        ("cleaned", c.segments_cleaned),
+                        ("cleaned_by_writer", c.segments_cleaned_by_writers),
+                        ("freed", c.segments_freed),
+                    ] {
+                        segments.add(with(disk(name), "event", event), n);
+                    }
+                    checkpoint_seconds.add(disk(name), secs(c.checkpoint_us));
+                    checkpoint_max.add(disk(name), secs(c.checkpoint_max_us));
+                    segment_waits.add(disk(name), c.segment_waits);
+                    segment_wait_seconds.add(disk(name), secs(c.segment_wait_us));
+                }
             }
             if let Some(m) = &d.mirror {
                 let comps = m["components"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -317,6 +376,14 @@ impl Scrape {
             &used,
             &space_state,
             &space_waits,
+            &cleaner_blocks,
+            &cleaner_bytes,
+            &cleaner_seconds,
+            &segments,
+            &checkpoint_seconds,
+            &checkpoint_max,
+            &segment_waits,
+            &segment_wait_seconds,
             &component,
             &dirty,
             &resync_total,

@@ -4,6 +4,7 @@
 //! [`ControlHandler`] to carry calls out; `server` is the socket loop and `client` is what `keel`
 //! uses to talk to it. It knows nothing of the vhost side.
 
+pub mod cleaning_text;
 pub mod cli;
 pub mod cli_disks;
 pub mod cli_mirror;

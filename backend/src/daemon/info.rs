@@ -48,6 +48,7 @@ impl ServedDisk {
             checksum_errors: e.checksum_errors,
             snapshots_being_deleted: e.snapshots_being_deleted,
             space: self.engine().admin().and_then(|a| a.space()),
+            cleaning: self.engine().admin().and_then(|a| a.cleaning()),
             latency: self.stats().latency.buckets(),
             latency_sum_us: self.stats().latency.sum_us(),
             batched_requests: s.batched_requests,

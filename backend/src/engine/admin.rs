@@ -52,6 +52,11 @@ pub trait EngineAdmin: Send + Sync {
         EngineCounters::default()
     }
 
+    /// What keeping space free costs, for log-structured engines.
+    fn cleaning(&self) -> Option<keel_protocol::control::CleaningStats> {
+        None
+    }
+
     /// Where the disk's container space goes, for engines that keep one.
     fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
         None

@@ -8,15 +8,16 @@ use super::error::Result;
 use super::io::DeviceIo;
 use super::journal::Entry;
 use super::layout::BLOCK;
+use super::pace::{Levels, Pace};
 use super::pins::PinGuard;
 use super::stats::Counters;
 use super::sut::SegKind;
 use super::write::Issue;
-use super::{Store, lock, now_millis_pub, read, write};
+use super::{Store, lock, now_millis_pub, read, victim, write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One cleaned segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +37,14 @@ impl Store {
         let mut cw = lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
         let mut pin = PinGuard::new(&self.pins);
-        let (seg, live) = {
+        let (seg, live, stamp) = {
             let st = read(&self.state);
-            let Some(&(_, seg)) = st
-                .sut
-                .cleaning_candidates((seg_blocks * 9 / 10) as u32)
-                .first()
-            else {
+            let Some(seg) = victim::choose(
+                &st.sut,
+                self.geo.first_data_segment(),
+                seg_blocks,
+                (seg_blocks * 9 / 10) as u32,
+            ) else {
                 return Ok(None);
             };
             // Pinned: should the guest overwrite all of it meanwhile, it is not reused under
@@ -56,16 +58,24 @@ impl Store {
                     Some((pba, vba, e.crc))
                 })
                 .collect();
-            (seg, live)
+            (seg, live, st.sut.stamp(seg))
         };
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
+        let t0 = Instant::now();
         self.dev.read_at(&mut src, start * BLOCK)?;
+        Counters::add_since(&self.stats.cleaner_read_us, t0);
+        Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
+        let t0 = Instant::now();
         let mut moves = Vec::with_capacity(live.len());
         let mut runs = Vec::new();
         let mut i = 0;
         while i < live.len() {
             let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
+            // Relocated data keeps its age in its new segment.
+            write(&self.state)
+                .sut
+                .note_copied(self.geo.segment_of(dst), stamp);
             let mut ab = AlignedBuf::scratch(n);
             for j in 0..n {
                 let (pba, vba, crc) = live[i + j];
@@ -101,6 +111,7 @@ impl Store {
                 Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
             )?
             .entries;
+        Counters::add_since(&self.stats.cleaner_write_us, t0);
         Counters::add(&self.stats.cleaner_moves, moved);
         Counters::add(&self.stats.segments_cleaned, 1);
         Ok(Some(CleanReport {
@@ -173,9 +184,14 @@ impl Store {
 /// When the background cleaner works.
 #[derive(Debug, Clone)]
 pub struct CleanerConfig {
-    /// Clean without pause when fewer than this many segments beyond the reserve are free;
-    /// half of it is how many cleaned segments wait before a checkpoint releases them.
+    /// The most free segments beyond the reserve under which the cleaner works without pause
+    /// (an eighth of the spare segments, at least 2). Also how many cleaned segments wait for
+    /// the checkpoint that releases them while cleaning ahead (half as many when urgent; at
+    /// most a quarter of the spare).
     pub low_water: u64,
+    /// Clean ahead, before space is short, until this percentage of the spare segments (at
+    /// least 2, at most `low_water`) is free above the urgent level (see [`pace`](super::pace)).
+    pub ahead_percent: u64,
     /// Clean opportunistically when the guest has done no I/O for this long.
     pub idle: Duration,
     /// Pause between steps when not urgent (the throttle against guest I/O).
@@ -186,6 +202,7 @@ impl Default for CleanerConfig {
     fn default() -> Self {
         Self {
             low_water: 24,
+            ahead_percent: 10,
             idle: Duration::from_millis(200),
             pause: Duration::from_millis(20),
         }
@@ -256,11 +273,16 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             continue;
         }
         let free = store.free_segments();
-        let reserve = store.geometry().reserved_segments();
-        let urgent = free < reserve + cfg.low_water;
+        let geo = store.geometry();
+        let reserve = geo.reserved_segments();
         let pending = store.pending_segments();
+        let spare = super::spare::spare_segments(&geo);
+        let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
+        let urgent = free < levels.urgent;
+        let pace = levels.pace(free, pending, cfg.pause);
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth = pending >= cfg.low_water / 2 || (pending > 0 && free <= reserve + 1);
+        let worth = pending >= levels.release_batch(spare, cfg.low_water, true)
+            || (pending > 0 && free <= reserve + 1);
         if urgent && release_helps && worth {
             // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
             // frees nothing (reads still pin them), clean instead until something changes.
@@ -302,23 +324,29 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             }
             continue;
         }
-        if !(urgent || idle) {
+        if !(urgent || idle) && pace == Pace::Ahead {
             store.cleaner_nap(cfg.pause);
             continue;
         }
         match store.clean_step() {
             Ok(Some(_)) => {
                 // Cleaned segments become free at a checkpoint; batch them, a checkpoint
-                // rewrites every dirty map node.
+                // rewrites every dirty map node (mostly the same ones: random guest writes
+                // dirty most leaves between two) and holds guest batches meanwhile. Cleaning
+                // ahead, twice as many wait.
                 let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= cfg.low_water / 2 || (starving && pending > 0))
+                if (pending >= levels.release_batch(spare, cfg.low_water, urgent)
+                    || (starving && pending > 0))
                     && let Err(e) = store.checkpoint()
                 {
                     log::warn!("cleaner: checkpoint failed: {e}");
                 }
-                if !urgent {
-                    store.cleaner_nap(cfg.pause);
+                match pace {
+                    _ if urgent => {}
+                    Pace::Urgent => {}
+                    Pace::Behind(d) => store.cleaner_nap(d),
+                    Pace::Ahead => store.cleaner_nap(cfg.pause),
                 }
             }
             Ok(None) => store.cleaner_nap(cfg.pause * 5),

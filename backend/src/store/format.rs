@@ -20,7 +20,8 @@ pub struct CreateOptions {
     pub segment_bytes: u64,
     /// Journal size in bytes; by default 1/64 of the capacity, between 2 and 16 segments.
     pub journal_bytes: Option<u64>,
-    /// Extra data space beyond the capacity, in percent, so the cleaner has room to work.
+    /// Extra data space beyond the capacity, in percent, so the cleaner has room to work
+    /// (`spare`; see [`Spare`](super::Spare)).
     pub overprovision_percent: u64,
 }
 
@@ -30,7 +31,7 @@ impl CreateOptions {
             capacity,
             segment_bytes: 4 << 20,
             journal_bytes: None,
-            overprovision_percent: 20,
+            overprovision_percent: super::spare::DEFAULT_SPARE_PERCENT,
         }
     }
 

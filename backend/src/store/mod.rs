@@ -26,6 +26,7 @@ mod io;
 pub mod journal;
 pub mod layout;
 pub mod maps;
+mod pace;
 pub mod peek;
 mod persist;
 mod pins;
@@ -35,11 +36,13 @@ mod reclaim;
 mod recovery;
 pub mod resize;
 mod space;
+pub mod spare;
 mod stats;
 mod superblock;
 mod sut;
 mod tail;
 mod unwritten;
+mod victim;
 mod write;
 
 #[cfg(test)]
@@ -56,6 +59,7 @@ pub use io::{BatchIo, DeviceIo, Gather, StartIo};
 pub use read::{ReadPlan, ReadRun};
 pub use recovery::RecoveryReport;
 pub use space::{SpaceOptions, state_for};
+pub use spare::Spare;
 pub use stats::Stats;
 pub use write::InFlight;
 use write::Issue;
@@ -480,6 +484,8 @@ impl Store {
                 j.fresh_chain = false;
                 self.note_space_freed();
                 Counters::add(&self.stats.checkpoints, 1);
+                let us = Counters::add_since(&self.stats.checkpoint_us, t0);
+                Counters::max(&self.stats.checkpoint_max_us, us);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
                 log::debug!(

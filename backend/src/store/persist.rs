@@ -312,6 +312,7 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     {
         st.sut.close(seg);
     }
-    st.sut.release_pending(&|seg| store.pins.is_pinned(seg));
+    let freed = st.sut.release_pending(&|seg| store.pins.is_pinned(seg));
+    super::stats::Counters::add(&store.stats.segments_freed, freed);
     Ok(written)
 }

@@ -1,11 +1,12 @@
 //! Growing a container's disk into the spare data space it was created with, stopped or online.
 //!
-//! A container's segments are sized at creation: capacity plus overprovision (20% by default)
-//! plus the segments reserved for checkpoints and the cleaner. The capacity can grow in place
-//! as long as what is left still gives the cleaner [`MIN_SPARE_PERCENT`] of spare space;
-//! beyond that the container itself has to grow (more segments, a larger usage table), which
-//! a container in a file with `max_size` does first (`space.rs`), up to that size. Shrinking is
-//! refused: the guest's data past the new end would go.
+//! A container's segments are sized at creation: capacity plus spare (20% by default, see
+//! [`spare`](super::spare)) plus the segments reserved for checkpoints and the cleaner. A
+//! container that may grow (a file opened with `max_size`, or offline by `keel resize`) grows
+//! with its disk so that the spare keeps its percentage: the cleaner works as it did. One that
+//! may not grows its disk in place as long as what is left still gives the cleaner
+//! [`MIN_SPARE_PERCENT`] of spare space. Shrinking is refused: the guest's data past the new
+//! end would go.
 //!
 //! The new capacity is written in the superblock by a checkpoint before any write may reach it,
 //! so a crash leaves either the old size or the new one with everything below it. Online, the
@@ -18,15 +19,14 @@ use std::sync::atomic::Ordering;
 
 use super::{Store, write};
 
-/// Spare data space the cleaner keeps after growing, in percent of the capacity.
-pub const MIN_SPARE_PERCENT: u64 = 10;
+pub use super::spare::MIN_SPARE_PERCENT;
 
 /// The segments (all of them) a container with `geo`'s layout needs for a disk of `capacity`
-/// bytes.
-fn segments_needed(geo: &Geometry, capacity: u64) -> u64 {
+/// bytes with `spare_percent` of spare space.
+fn segments_needed(geo: &Geometry, capacity: u64, spare_percent: u64) -> u64 {
     let grown = Geometry { capacity, ..*geo };
     let blocks = capacity / BLOCK;
-    let data = (blocks + blocks * MIN_SPARE_PERCENT / 100).div_ceil(geo.seg_blocks)
+    let data = (blocks + (blocks * spare_percent).div_ceil(100)).div_ceil(geo.seg_blocks)
         + grown.reserved_segments()
         + 4;
     geo.first_data_segment() + data
@@ -34,10 +34,15 @@ fn segments_needed(geo: &Geometry, capacity: u64) -> u64 {
 
 /// Whether geometry `geo` has room for a disk of `capacity` bytes.
 fn fits(geo: &Geometry, capacity: u64) -> bool {
-    segments_needed(geo, capacity) <= geo.segments
+    segments_needed(geo, capacity, MIN_SPARE_PERCENT) <= geo.segments
 }
 
 impl Store {
+    /// The container's spare space, in whole percent of its disk's capacity.
+    pub fn spare_percent(&self) -> u64 {
+        super::spare::spare_percent(&self.geometry())
+    }
+
     /// The largest capacity this container can grow to in place (at least the current one).
     pub fn max_capacity_in_place(&self) -> u64 {
         let geo = self.geometry();
@@ -75,10 +80,15 @@ impl Store {
         if capacity == now {
             return Ok(now);
         }
-        // A container that may grow (`max_size`) first takes the segments the new size needs.
-        let need = segments_needed(&self.geometry(), capacity);
-        if capacity > self.max_capacity_in_place() && need <= self.max_segments() {
-            self.grow_container(need)?;
+        // A container that may grow (`max_size`) first takes the segments the new size needs
+        // with the spare it has; if it may not grow that far, those that leave the least.
+        let geo = self.geometry();
+        let keep = segments_needed(&geo, capacity, self.spare_percent().max(MIN_SPARE_PERCENT));
+        let least = segments_needed(&geo, capacity, MIN_SPARE_PERCENT);
+        if keep > geo.segments && keep <= self.max_segments() {
+            self.grow_container(keep)?;
+        } else if capacity > self.max_capacity_in_place() && least <= self.max_segments() {
+            self.grow_container(least)?;
         }
         let max = self.max_capacity_in_place();
         if capacity > max {
@@ -214,5 +224,45 @@ mod tests {
         assert!(e.contains("container itself must grow"), "{e}");
         let s2 = Store::open(dev2, StoreOptions::default()).unwrap();
         assert_eq!(s2.capacity(), old);
+    }
+
+    #[test]
+    fn a_container_that_may_grow_keeps_its_spare_percentage() {
+        use crate::store::SpaceOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spare.keel");
+        let mut create = small_opts();
+        create.overprovision_percent = 50;
+        Store::create_path(&path, &create).unwrap();
+        let may_grow = StoreOptions {
+            space: SpaceOptions {
+                max_container_bytes: Some(1 << 30),
+                ..SpaceOptions::default()
+            },
+            ..StoreOptions::default()
+        };
+        let s = Store::open_path(&path, may_grow.clone()).unwrap();
+        let spare = s.spare_percent();
+        assert!(spare >= 50, "{spare}");
+        let twice = 2 * s.capacity();
+        assert_eq!(s.grow(twice).unwrap(), twice);
+        assert!(
+            s.spare_percent() >= 50,
+            "{}% after growing",
+            s.spare_percent()
+        );
+        drop(s);
+        let s = Store::open_path(&path, may_grow).unwrap();
+        assert_eq!(s.capacity(), twice);
+        assert!(s.spare_percent() >= 50);
+        assert!(s.fsck().is_clean());
+        drop(s);
+        // One that may not grow gives its disk part of its spare, down to the minimum.
+        let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+        let max = s.max_capacity_in_place();
+        assert!(max > twice);
+        s.grow(max).unwrap();
+        let left = s.spare_percent();
+        assert!((MIN_SPARE_PERCENT..50).contains(&left), "{left}%");
     }
 }

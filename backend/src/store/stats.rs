@@ -20,6 +20,15 @@ pub struct Counters {
     pub cleaner_moves: AtomicU64,
     pub cleaner_write_bytes: AtomicU64,
     pub segments_cleaned: AtomicU64,
+    pub cleaner_read_bytes: AtomicU64,
+    pub cleaner_read_us: AtomicU64,
+    pub cleaner_write_us: AtomicU64,
+    pub writer_cleaned: AtomicU64,
+    pub segments_freed: AtomicU64,
+    pub checkpoint_us: AtomicU64,
+    pub checkpoint_max_us: AtomicU64,
+    pub segment_waits: AtomicU64,
+    pub segment_wait_us: AtomicU64,
     pub checksum_errors: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_marks: AtomicU64,
@@ -28,6 +37,18 @@ pub struct Counters {
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// Raises `c` to `n` if it is lower (a maximum seen).
+    pub fn max(c: &AtomicU64, n: u64) {
+        c.fetch_max(n, Relaxed);
+    }
+
+    /// Adds the microseconds since `t0` to `c`; returns them.
+    pub fn add_since(c: &AtomicU64, t0: std::time::Instant) -> u64 {
+        let us = t0.elapsed().as_micros() as u64;
+        c.fetch_add(us, Relaxed);
+        us
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -48,6 +69,15 @@ impl Counters {
             cleaner_moves: g(&self.cleaner_moves),
             cleaner_write_bytes: g(&self.cleaner_write_bytes),
             segments_cleaned: g(&self.segments_cleaned),
+            cleaner_read_bytes: g(&self.cleaner_read_bytes),
+            cleaner_read_us: g(&self.cleaner_read_us),
+            cleaner_write_us: g(&self.cleaner_write_us),
+            writer_cleaned: g(&self.writer_cleaned),
+            segments_freed: g(&self.segments_freed),
+            checkpoint_us: g(&self.checkpoint_us),
+            checkpoint_max_us: g(&self.checkpoint_max_us),
+            segment_waits: g(&self.segment_waits),
+            segment_wait_us: g(&self.segment_wait_us),
             checksum_errors: g(&self.checksum_errors),
             flushes: g(&self.flushes),
             flush_marks: g(&self.flush_marks),
@@ -75,9 +105,32 @@ pub struct Stats {
     pub checkpoint_writes: u64,
     pub checkpoint_write_bytes: u64,
     pub checkpoints: u64,
+    /// Blocks the cleaner copied and remapped.
     pub cleaner_moves: u64,
     pub cleaner_write_bytes: u64,
+    /// Data segments the cleaner emptied (free at the next checkpoint).
     pub segments_cleaned: u64,
+    /// Bytes the cleaner read from its victims.
+    pub cleaner_read_bytes: u64,
+    /// Time the cleaner spent reading victims, in microseconds.
+    pub cleaner_read_us: u64,
+    /// Time the cleaner spent writing its copies and committing their moves (the map updates
+    /// included), in microseconds.
+    pub cleaner_write_us: u64,
+    /// Of `segments_cleaned`, those a guest writer cleaned itself because it found no free
+    /// segment (the guest waited for them).
+    pub writer_cleaned: u64,
+    /// Segments given back to the free list by checkpoints.
+    pub segments_freed: u64,
+    /// Time checkpoints held the journal (no record is written meanwhile), in microseconds.
+    pub checkpoint_us: u64,
+    /// The longest checkpoint, in microseconds.
+    pub checkpoint_max_us: u64,
+    /// Guest batches that found no free segment and had to make room or wait.
+    pub segment_waits: u64,
+    /// Time those batches spent getting a segment (cleaning, checkpoints, waiting), in
+    /// microseconds.
+    pub segment_wait_us: u64,
     /// Data blocks whose crc32c did not match on read.
     pub checksum_errors: u64,
     pub flushes: u64,

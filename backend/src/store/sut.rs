@@ -31,6 +31,13 @@ pub struct Sut {
     pub underflows: u64,
     /// Sum of `live`: blocks held by data and metadata, kept for the space checks.
     held: u64,
+    /// Data blocks added so far: the clock segment ages are measured in (bytes written, not
+    /// seconds: a segment is old when much has been written since). In memory only.
+    clock: u64,
+    /// Per segment, the clock when its data was written: when a guest writer opened it, or
+    /// for the cleaner's segments the newest stamp of the victims copied into it (relocated
+    /// data keeps its age). 0 after an open: every segment is then as old.
+    stamp: Vec<u64>,
 }
 
 impl Sut {
@@ -51,6 +58,8 @@ impl Sut {
             open: BTreeSet::new(),
             underflows: 0,
             held: 0,
+            clock: 0,
+            stamp: vec![0; n],
         };
         s.rebuild_free();
         s
@@ -98,6 +107,9 @@ impl Sut {
             *l += 1;
             self.held += 1;
             self.kind[seg] = kind;
+            if kind == SegKind::Data {
+                self.clock += 1;
+            }
             self.pending.remove(&(seg as u64));
         }
     }
@@ -134,8 +146,31 @@ impl Sut {
         }
         let seg = self.free.pop_front()?;
         self.kind[seg as usize] = kind;
+        // The cleaner's data takes its victims' stamps as it is copied in.
+        self.stamp[seg as usize] = if use_reserve && kind == SegKind::Data {
+            0
+        } else {
+            self.clock
+        };
         self.open.insert(seg);
         Some(seg)
+    }
+
+    /// Data stamped `stamp` was copied into `seg` (by the cleaner).
+    pub fn note_copied(&mut self, seg: u64, stamp: u64) {
+        if let Some(s) = self.stamp.get_mut(seg as usize) {
+            *s = (*s).max(stamp);
+        }
+    }
+
+    /// The clock when `seg`'s data was written (see `stamp`).
+    pub fn stamp(&self, seg: u64) -> u64 {
+        self.stamp.get(seg as usize).copied().unwrap_or(0)
+    }
+
+    /// Data blocks added since the table was loaded.
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     /// A writer is done with `seg`.
@@ -162,19 +197,6 @@ impl Sut {
             }
         }
         n
-    }
-
-    /// Sealed data segments that hold garbage, sparsest first.
-    pub fn cleaning_candidates(&self, max_live: u32) -> Vec<(u32, u64)> {
-        let mut v: Vec<(u32, u64)> = (self.geo.first_data_segment()..self.geo.segments)
-            .filter(|s| {
-                let l = self.live(*s);
-                self.kind(*s) == SegKind::Data && !self.open.contains(s) && l > 0 && l <= max_live
-            })
-            .map(|s| (self.live(s), s))
-            .collect();
-        v.sort_unstable();
-        v
     }
 
     /// Blocks the encoded table takes.
@@ -242,6 +264,7 @@ impl Sut {
         let n = segments as usize;
         self.live.resize(n, 0);
         self.kind.resize(n, SegKind::Free);
+        self.stamp.resize(n, 0);
         self.pending.extend(self.geo.segments..segments);
         self.geo.segments = segments;
     }
@@ -255,6 +278,7 @@ impl Sut {
         self.free.retain(|s| *s < segments);
         self.live.truncate(segments as usize);
         self.kind.truncate(segments as usize);
+        self.stamp.truncate(segments as usize);
         self.geo.segments = segments;
     }
 

@@ -1,10 +1,12 @@
 //! Whole-store tests: a model check with proptest, seeded crash tests on a
 //! fault-injecting device, and corruption of every kind of block.
 
+mod cleaning;
 mod concurrent;
 mod corruption;
 mod crash;
 mod in_flight;
+mod keep_ahead;
 mod model;
 mod space;
 

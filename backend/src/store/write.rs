@@ -218,8 +218,12 @@ impl Store {
     ) -> Result<(u64, usize)> {
         let mut attempts = 0;
         let mut waiting = None;
+        let mut short = None;
         loop {
             if let Some(r) = w.take(want) {
+                if let Some(t0) = short {
+                    Counters::add_since(&self.stats.segment_wait_us, t0);
+                }
                 return Ok(r);
             }
             let seg = write(&self.state).sut.grab(SegKind::Data, use_reserve);
@@ -229,6 +233,10 @@ impl Store {
                     self.note_space_found();
                 }
                 continue;
+            }
+            if !use_reserve && short.is_none() {
+                Counters::add(&self.stats.segment_waits, 1);
+                short = Some(std::time::Instant::now());
             }
             // A container that may grow does, rather than move data that is mostly live.
             if !use_reserve && self.grow_if_short(attempts > 0) {
@@ -299,6 +307,7 @@ impl Store {
         while cleaned < 8 && self.clean_step()?.is_some() {
             cleaned += 1;
         }
+        Counters::add(&self.stats.writer_cleaned, cleaned);
         if cleaned > 0 {
             self.checkpoint()?;
         }

@@ -163,6 +163,73 @@ struct RunResult {
     metadata_per_write: Option<f64>,
     /// Keel only: the same while the disk is full and the cleaner works.
     metadata_per_write_full: Option<f64>,
+    /// Keel only: where the fill's time went.
+    cleaning_fill: Option<Breakdown>,
+    /// Keel only: where the full-disk random writes' time went.
+    cleaning_full: Option<Breakdown>,
+}
+
+/// Where a phase's write time went besides the guest's own data (keeld's cleaning counters,
+/// the phase's difference), as sums over the phase: they overlap the guest's writes, the
+/// waits excepted.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Breakdown {
+    guest_mib: f64,
+    write_amplification: f64,
+    blocks_moved_per_guest_block: f64,
+    cleaner_read_ms: f64,
+    cleaner_write_ms: f64,
+    segments_cleaned: u64,
+    segments_cleaned_by_writers: u64,
+    checkpoints: u64,
+    checkpoint_ms: f64,
+    checkpoint_max_ms: f64,
+    segment_waits: u64,
+    segment_wait_ms: f64,
+}
+
+fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
+    let (b, a) = b.zip(a)?;
+    let (cb, ca) = b.cleaning.zip(a.cleaning)?;
+    let guest = (a.written_bytes - b.written_bytes).max(1);
+    let ms = |x: u64, y: u64| (x - y) as f64 / 1000.0;
+    Some(Breakdown {
+        guest_mib: guest as f64 / f64::from(1 << 20),
+        write_amplification: (a.device_bytes_written - b.device_bytes_written) as f64
+            / guest as f64,
+        blocks_moved_per_guest_block: (ca.blocks_moved - cb.blocks_moved) as f64 * 4096.0
+            / guest as f64,
+        cleaner_read_ms: ms(ca.read_us, cb.read_us),
+        cleaner_write_ms: ms(ca.write_us, cb.write_us),
+        segments_cleaned: ca.segments_cleaned - cb.segments_cleaned,
+        segments_cleaned_by_writers: ca.segments_cleaned_by_writers
+            - cb.segments_cleaned_by_writers,
+        checkpoints: ca.checkpoints - cb.checkpoints,
+        checkpoint_ms: ms(ca.checkpoint_us, cb.checkpoint_us),
+        checkpoint_max_ms: ca.checkpoint_max_us as f64 / 1000.0,
+        segment_waits: ca.segment_waits - cb.segment_waits,
+        segment_wait_ms: ms(ca.segment_wait_us, cb.segment_wait_us),
+    })
+}
+
+impl Breakdown {
+    fn row(&self, name: &str) -> String {
+        format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} |",
+            self.guest_mib,
+            self.write_amplification,
+            self.blocks_moved_per_guest_block,
+            self.cleaner_read_ms,
+            self.cleaner_write_ms,
+            self.segments_cleaned,
+            self.segments_cleaned_by_writers,
+            self.checkpoints,
+            self.checkpoint_ms,
+            self.checkpoint_max_ms,
+            self.segment_waits,
+            self.segment_wait_ms,
+        )
+    }
 }
 
 fn one_run(server: Server, a: &Args) -> RunResult {
@@ -211,14 +278,18 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     // server and every server's device took the same bytes; then let the device settle
     // (the host behind it may still be writing back).
     let fill = wl(Pattern::SeqWrite, 1 << 20, 4, a.runtime);
+    let before = stats(&s);
     let fill_seq = bench::run_bytes(&s.sock, &fill, a.size)
         .unwrap_or_else(|e| panic!("{server:?} {}: {e}", fill.label()));
     show(&fill, &fill_seq);
+    let cleaning_fill = breakdown(before, stats(&s));
     std::thread::sleep(a.settle);
     let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
     let before = stats(&s);
     let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
-    let metadata_per_write_full = per_write(before, stats(&s));
+    let after = stats(&s);
+    let cleaning_full = breakdown(before.clone(), after.clone());
+    let metadata_per_write_full = per_write(before, after);
     let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
     RunResult {
         randwrite_fresh,
@@ -228,6 +299,8 @@ fn one_run(server: Server, a: &Args) -> RunResult {
         randread_after_random,
         metadata_per_write,
         metadata_per_write_full,
+        cleaning_fill,
+        cleaning_full,
     }
 }
 
@@ -352,6 +425,23 @@ fn main() {
         println!(
             "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {fresh:.4} on the new disk, {full:.4} on the full disk"
         );
+    }
+    println!(
+        "\nWhere Keel's write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
+    );
+    println!(
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &runs[0].1 {
+        for (name, b) in [
+            ("1M seq fill", r.cleaning_fill),
+            ("4k randwrite, full disk", r.cleaning_full),
+        ] {
+            if let Some(b) = b {
+                println!("{}", b.row(name));
+            }
+        }
     }
     if let Some((amp, guest, device)) = write_amplification {
         println!(

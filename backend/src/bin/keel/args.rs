@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use keel_backend::control::cli::{DaemonArgs, MirrorCmd};
 use keel_backend::control::cli_disks::{DiskCmd, LimitsArgs};
+use keel_backend::store::Spare;
 use keel_protocol::parse_size;
 use std::path::PathBuf;
 
@@ -209,7 +210,9 @@ pub struct GeometryArgs {
     /// Journal size (default: 1/64 of the disk, 2 to 16 segments).
     #[arg(long, value_parser = parse_size)]
     pub journal_size: Option<u64>,
-    /// Spare data space for the cleaner, percent of the size.
-    #[arg(long, default_value_t = 20)]
-    pub overprovision: u64,
+    /// Spare data space for the cleaner beyond the size: a percentage ("25%") or bytes
+    /// ("512M"), 15% to 400% of the size. More spare: faster random writes on a full disk,
+    /// less write amplification, more host space (docs/benchmarks.md has the trade-off).
+    #[arg(long, value_parser = Spare::parse, default_value = "20%")]
+    pub spare: Spare,
 }

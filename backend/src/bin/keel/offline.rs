@@ -74,7 +74,7 @@ impl GeometryArgs {
             capacity: size,
             segment_bytes: self.segment_size,
             journal_bytes: self.journal_size,
-            overprovision_percent: self.overprovision,
+            overprovision_percent: self.spare.percent_of(size)?,
         })
     }
 }
@@ -87,6 +87,7 @@ struct Created {
     container_bytes: u64,
     segments: u64,
     segment_bytes: u64,
+    spare_percent: u64,
 }
 
 pub fn create(path: &Path, geometry: &GeometryArgs, json: bool) -> Result<(), String> {
@@ -105,17 +106,19 @@ pub fn create(path: &Path, geometry: &GeometryArgs, json: bool) -> Result<(), St
         container_bytes: g.container_bytes(),
         segments: g.segments,
         segment_bytes: g.seg_blocks * 4096,
+        spare_percent: keel_backend::store::spare::spare_percent(&g),
     };
     if json {
         return print_json(&made);
     }
     println!(
-        "created {}: {} disk in a {} container ({} segments of {})",
+        "created {}: {} disk in a {} container ({} segments of {}, {}% spare)",
         made.path,
         human(made.size),
         human(made.container_bytes),
         made.segments,
-        human(made.segment_bytes)
+        human(made.segment_bytes),
+        made.spare_percent
     );
     Ok(())
 }
@@ -228,26 +231,51 @@ struct Grown {
     path: String,
     old_size: u64,
     size: u64,
+    container_bytes: u64,
+    spare_percent: u64,
 }
 
 pub fn resize(path: &Path, size: u64, json: bool) -> Result<(), String> {
-    let store = open(path)?;
+    must_be_container(path)?;
+    // A container file grows with its disk, keeping its spare percentage (a block device
+    // cannot: its disk grows into the spare it has).
+    let max_container_bytes = match (peek(path), std::fs::metadata(path)) {
+        (Ok(Peeked::Container { capacity }), Ok(m)) if m.is_file() => Some(
+            m.len()
+                .saturating_mul(size.div_ceil(capacity.max(1)).saturating_add(1)),
+        ),
+        _ => None,
+    };
+    let opts = StoreOptions {
+        space: keel_backend::store::SpaceOptions {
+            max_container_bytes,
+            ..Default::default()
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open_path(path, opts).map_err(|e| open_error(path, e))?;
     let old = store.capacity();
-    let new = store.grow_in_place(size).map_err(|e| e.to_string())?;
+    let new = store.grow(size).map_err(|e| e.to_string())?;
     let g = Grown {
         path: absolute(path),
         old_size: old,
         size: new,
+        container_bytes: store.geometry().container_bytes(),
+        spare_percent: store.spare_percent(),
     };
+    drop(store);
     if json {
         return print_json(&g);
     }
     println!(
-        "{}: disk grown from {} to {} ({} bytes); keeld serves the new size on its next start",
+        "{}: disk grown from {} to {} ({} bytes), {}% spare, container {}; keeld serves the \
+         new size on its next start",
         g.path,
         human(old),
         human(new),
-        new
+        new,
+        g.spare_percent,
+        human(g.container_bytes)
     );
     Ok(())
 }

@@ -61,11 +61,12 @@ impl KeelEngine {
                 let size = disk
                     .size
                     .ok_or_else(|| setup(&path, "no size to create it with"))?;
-                Store::create_path(&path, &CreateOptions::new(size))
-                    .map_err(|e| setup(&path, e))?;
+                let create = crate::config::create_options(size, disk.space.spare);
+                Store::create_path(&path, &create).map_err(|e| setup(&path, e))?;
                 log::info!(
-                    "{}: created a keel container of {size} bytes",
-                    path.display()
+                    "{}: created a keel container of {size} bytes ({}% spare)",
+                    path.display(),
+                    create.overprovision_percent
                 );
             }
             let store = Store::open_path(&path, opts).map_err(|e| setup(&path, e))?;
@@ -159,7 +160,7 @@ impl KeelEngine {
         let size = disk
             .size
             .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
-        let create = CreateOptions::new(size);
+        let create = crate::config::create_options(size, disk.space.spare);
         let container = create
             .geometry()
             .map_err(|e| setup(&first, e))?
@@ -359,6 +360,26 @@ impl EngineAdmin for KeelEngine {
 
     fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
         Some(self.store.space())
+    }
+
+    fn cleaning(&self) -> Option<keel_protocol::control::CleaningStats> {
+        let s = self.store.stats();
+        Some(keel_protocol::control::CleaningStats {
+            blocks_moved: s.cleaner_moves,
+            read_bytes: s.cleaner_read_bytes,
+            written_bytes: s.cleaner_write_bytes,
+            read_us: s.cleaner_read_us,
+            write_us: s.cleaner_write_us,
+            segments_cleaned: s.segments_cleaned,
+            segments_cleaned_by_writers: s.writer_cleaned,
+            segments_freed: s.segments_freed,
+            checkpoints: s.checkpoints,
+            checkpoint_us: s.checkpoint_us,
+            checkpoint_max_us: s.checkpoint_max_us,
+            segment_waits: s.segment_waits,
+            segment_wait_us: s.segment_wait_us,
+            write_amplification: s.write_amplification(),
+        })
     }
 
     fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, AdminError> {

@@ -1,0 +1,125 @@
+//! How hard the background cleaner works: rate control by a target level of free segments.
+//!
+//! Below the *urgent* level it cleans without pause: guest writers are close to finding no
+//! segment and cleaning for themselves. Between that and the *target* it cleans before space
+//! is short, sharing the device with the guest: the pause between two victims grows with the
+//! free space above the urgent level, so the cleaner speeds up as the guest eats into the
+//! margin and idles off as it is rebuilt. At or above the target it cleans only when the guest
+//! is idle. Segments the cleaner emptied count as free here: the next checkpoint releases them.
+//!
+//! Both margins are cut from the container's spare space, so they are a fraction of it
+//! (`spare / 8` and `ahead_percent` of it, at least 2 segments, at most `low_water`): a free
+//! segment held back is garbage room the cleaner cannot use, and victims get fuller. On a
+//! 1 GiB disk with 20 % spare (51 spare segments), keeping 24 free made the cleaner copy more
+//! than twice as much per guest write as keeping 6 (a simulation of one random overwrite after
+//! a sequential fill: 4.2 blocks against 2.2; keeping 48, it found no victim at all).
+
+use std::time::Duration;
+
+/// What the cleaner should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Clean without pause.
+    Urgent,
+    /// Clean, pausing this long after each victim.
+    Behind(Duration),
+    /// Enough is free: clean only when the guest is idle.
+    Ahead,
+}
+
+/// Free-segment levels of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levels {
+    pub urgent: u64,
+    pub target: u64,
+}
+
+impl Levels {
+    /// Levels above `reserve` free segments for a container with `spare` spare segments.
+    pub fn new(reserve: u64, spare: u64, low_water: u64, ahead_percent: u64) -> Self {
+        let margin = |n: u64| n.clamp(2, low_water.max(2));
+        let urgent = reserve + margin(spare / 8);
+        Self {
+            urgent,
+            target: urgent + margin(spare * ahead_percent / 100),
+        }
+    }
+
+    /// Emptied segments worth a checkpoint to release: `low_water / 2` when urgent, `low_water`
+    /// when cleaning ahead, at most a quarter of the spare. A checkpoint holds guest batches
+    /// while it writes, and rewrites most map leaves under random writes however few segments
+    /// it releases: batches of half the urgent margin (6 on a 2 GiB disk) made three times as
+    /// many checkpoints as batches of 12 and 24, and the full-disk random writes no faster.
+    pub fn release_batch(&self, spare: u64, low_water: u64, urgent: bool) -> u64 {
+        let want = if urgent { low_water / 2 } else { low_water };
+        want.min(spare / 4).max(1)
+    }
+
+    /// The pace for `free` free segments plus `pending` emptied ones, with `pause` the
+    /// longest pause between victims.
+    pub fn pace(&self, free: u64, pending: u64, pause: Duration) -> Pace {
+        let have = free + pending;
+        if free < self.urgent && have < self.target {
+            Pace::Urgent
+        } else if have < self.target {
+            let above = have.saturating_sub(self.urgent);
+            let span = (self.target - self.urgent).max(1);
+            Pace::Behind(pause * above as u32 / span as u32)
+        } else {
+            Pace::Ahead
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_with_the_margin_and_stop_at_the_target() {
+        // 2 GiB, 20 % spare: 102 spare segments.
+        let l = Levels::new(20, 102, 24, 10);
+        assert_eq!(
+            l,
+            Levels {
+                urgent: 32,
+                target: 42
+            }
+        );
+        let p = Duration::from_millis(20);
+        assert_eq!(l.pace(5, 0, p), Pace::Urgent);
+        assert_eq!(l.pace(32, 0, p), Pace::Behind(Duration::ZERO));
+        assert_eq!(l.pace(37, 0, p), Pace::Behind(Duration::from_millis(10)));
+        assert_eq!(l.pace(33, 4, p), Pace::Behind(Duration::from_millis(10)));
+        assert_eq!(l.pace(42, 0, p), Pace::Ahead);
+        // Emptied segments waiting for a checkpoint are as good as free.
+        assert_eq!(l.pace(20, 30, p), Pace::Ahead);
+        assert_eq!(
+            (
+                l.release_batch(102, 24, true),
+                l.release_batch(102, 24, false)
+            ),
+            (12, 24)
+        );
+        assert_eq!(
+            l.release_batch(51, 24, false),
+            12,
+            "a quarter of the spare at most"
+        );
+        // Margins are cut from the spare: at least 2 segments each, at most low_water.
+        assert_eq!(
+            Levels::new(6, 5, 24, 10),
+            Levels {
+                urgent: 8,
+                target: 10
+            }
+        );
+        assert_eq!(
+            Levels::new(6, 4000, 24, 10),
+            Levels {
+                urgent: 30,
+                target: 54
+            }
+        );
+    }
+}
