@@ -14,8 +14,9 @@ set -euo pipefail
 # of tests/ceph/start.sh and the library keeld's rbd engine loads).
 HOST_PACKAGES=(fio busybox-static cpio e2fsprogs kmod gzip prometheus ceph-mon ceph-osd librbd-dev)
 # Modules the guest loads, in any order; their dependencies are added and ordered by modprobe.
+# (button and evdev: the ACPI power button, which `virsh shutdown` presses.)
 GUEST_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-    crc32c_generic ext4)
+    crc32c_generic ext4 button evdev)
 
 apt_updated=0
 apt_update_once() {

@@ -499,7 +499,7 @@ libvirt_wait_mark() {
 # libvirt runs a guest on a keeld disk: virsh define and start a domain whose guest runs fio
 # verify on it; a second disk added to the running keeld (keel disk add) and hot-plugged with
 # virsh attach-device (the guest verifies it too); virsh detach-device, keel disk remove, and
-# the guest's clean power-off. keeld, libvirtd and
+# virsh shutdown (the guest powers off on the ACPI power button). keeld, libvirtd and
 # QEMU run as an unprivileged user (lib/libvirt.sh).
 test_libvirt_domain_hotplug() {
     local keeld_pid='' console=$T/console.log c=$T/keel.sock state='' waited
@@ -539,12 +539,16 @@ EOF
     "$KEEL_BIN" --control "$c" disks | grep -Eq '^d1 .* yes ' ||
         fail "keel disks does not show d1 attached: $("$KEEL_BIN" --control "$c" disks)" || return 1
     lvirsh detach-device keel-test "$T/d1.xml" --live >/dev/null || fail "virsh detach-device failed" || return 1
+    libvirt_wait_mark "$console" shutdown-ready || fail "the guest did not see vdb go" || return 1
+    lvirsh shutdown keel-test >/dev/null || fail "virsh shutdown failed" || return 1
     for waited in $(seq $((GUEST_TIMEOUT * 10))); do
         state=$(lvirsh domstate keel-test 2>/dev/null)
         [ "$state" = "shut off" ] && break
         sleep 0.1
     done
     [ "$state" = "shut off" ] || fail "the guest did not power off ($state)" || return 1
+    tr -d '\r' <"$console" | grep -q '^KEEL-MARK power-button$' ||
+        fail "the guest powered off without the power button" || return 1
     [ "$(guest_status "$console")" = 0 ] || fail "the guest job failed; console: $console" || return 1
     extract_results "$console" "$T/results"
     fio_clean "$T/results/fio" || return 1

@@ -1,7 +1,8 @@
 # shellcheck shell=sh
 # fio write-and-verify on /dev/vda, then on a second disk the host plugs in while the guest runs
-# (/dev/vdb), then waits until the host has unplugged it again. Marks tell the host when to plug
-# (hotplug-ready) and unplug (hotplug-verified).
+# (/dev/vdb), then waits until the host has unplugged it again, then for the ACPI power button.
+# Marks tell the host when to plug (hotplug-ready), unplug (hotplug-verified) and shut down
+# (shutdown-ready).
 # Parameters: keel.size (bytes each fio section covers, default 16M), keel.wait (seconds to wait
 #   for each plug and unplug, default 120).
 size=${KEEL_SIZE:-16M}
@@ -53,7 +54,14 @@ while [ -b /dev/vdb ]; do
     n=$((n + 1))
 done
 mark unplugged
-# The eject completes after the device is gone from the guest: give libvirt's detach its answer
-# before the guest powers off.
-sleep 3
+# Then waits for the ACPI power button (`virsh shutdown`): the first event of the input device
+# the kernel names "Power Button" ends the job and the guest powers off.
+button=''
+for dev in /sys/class/input/event*; do
+    [ "$(cat "$dev/device/name" 2>/dev/null)" = "Power Button" ] && button=/dev/input/${dev##*/}
+done
+[ -n "$button" ] || { echo "keel: no ACPI power button"; exit 5; }
+mark shutdown-ready
+dd if="$button" bs=24 count=1 of=/dev/null 2>/dev/null
+mark power-button
 exit 0
