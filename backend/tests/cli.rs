@@ -491,7 +491,9 @@ fn import_and_export_end_with_a_summary_line() {
         d.join("c.keel").display()
     );
     assert!(imported.starts_with(&want), "{imported}");
-    let again = keel(d, &["import", "in.img", "c2.keel", "--json"]).ok().json();
+    let again = keel(d, &["import", "in.img", "c2.keel", "--json"])
+        .ok()
+        .json();
     assert_eq!(again["bytes"], 3 << 20);
     assert_eq!(again["zero_bytes"], (3 << 20) - 4096);
     let exported = keel(d, &["export", "c.keel", "out.img", "--json"])
