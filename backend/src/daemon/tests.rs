@@ -137,6 +137,24 @@ fn a_clone_copies_in_the_background_and_reports_its_progress() {
     stop(&control);
 }
 
+/// Clones `k@gold` into `copy` with the copy step `copy`, and waits for it to end.
+fn clone_with(
+    control: &DaemonControl,
+    copy: impl FnOnce(
+        &crate::store::Store,
+        &[crate::store::diff::ChangedBlock],
+        &Path,
+        &crate::store::CloneWatch,
+    ) -> Result<u64, StoreError>
+    + Send
+    + 'static,
+) {
+    control
+        .clone_disk_with("k", "gold", "copy", Box::new(copy))
+        .unwrap();
+    control.finish_clones(false);
+}
+
 /// A failed copy is listed as failed with its reason and takes its partial container with
 /// it, so the same clone can be retried; a container someone else created meanwhile is left
 /// alone.
@@ -146,35 +164,19 @@ fn a_failed_clone_is_listed_and_frees_its_name_and_container() {
     let control = control_over_k(dir.path());
     let container = dir.path().join("copy.keel");
 
-    control
-        .clone_disk_with(
-            "k",
-            "gold",
-            "copy",
-            Box::new(|_, _, path, _| {
-                std::fs::write(path, b"half a container")?;
-                Err(StoreError::Failed)
-            }),
-        )
-        .unwrap();
-    control.finish_clones(false);
+    clone_with(&control, |_, _, path, _| {
+        std::fs::write(path, b"half a container")?;
+        Err(StoreError::Failed)
+    });
     let e = entry(&control, "copy");
     assert_eq!(e["state"], "failed", "{e}");
     assert!(!e["error"].as_str().unwrap().is_empty(), "{e}");
     assert!(!container.exists(), "the partial container was left behind");
 
-    control
-        .clone_disk_with(
-            "k",
-            "gold",
-            "copy",
-            Box::new(|store, blocks, path, watch| {
-                std::fs::write(path, b"not this clone's")?;
-                store.clone_into(blocks, path, watch)
-            }),
-        )
-        .unwrap();
-    control.finish_clones(false);
+    clone_with(&control, |store, blocks, path, watch| {
+        std::fs::write(path, b"not this clone's")?;
+        store.clone_into(blocks, path, watch)
+    });
     let e = entry(&control, "copy");
     assert!(e["error"].as_str().unwrap().contains("exists"), "{e}");
     assert_eq!(std::fs::read(&container).unwrap(), b"not this clone's");

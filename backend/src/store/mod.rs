@@ -535,17 +535,7 @@ impl Store {
             journal_used_bytes: j.cursor.pos * BLOCK,
             checkpoint_generation: j.superblock.generation,
             next_lsn: j.cursor.next_lsn,
-            snapshots: st
-                .maps
-                .snapshots
-                .iter()
-                .map(|s| SnapshotInfo {
-                    name: s.name.clone(),
-                    seq: s.id,
-                    created: s.created,
-                    ..SnapshotInfo::default()
-                })
-                .collect(),
+            snapshots: snapshots::snapshot_infos(&st.maps),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
             space: {

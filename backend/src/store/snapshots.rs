@@ -76,17 +76,7 @@ impl Store {
 
     /// Snapshots, oldest first.
     pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
-        read(&self.state)
-            .maps
-            .snapshots
-            .iter()
-            .map(|s| SnapshotInfo {
-                name: s.name.clone(),
-                seq: s.id,
-                created: s.created,
-                ..SnapshotInfo::default()
-            })
-            .collect()
+        snapshot_infos(&read(&self.state).maps)
     }
 
     /// Deletes snapshot `id`; durable when this returns, the blocks only it held are given
@@ -144,4 +134,17 @@ impl Store {
         }
         self.checkpoint_locked(&mut j)
     }
+}
+
+/// The maps' snapshots as the API shows them, oldest first.
+pub(super) fn snapshot_infos(maps: &super::maps::Maps) -> Vec<SnapshotInfo> {
+    maps.snapshots
+        .iter()
+        .map(|s| SnapshotInfo {
+            name: s.name.clone(),
+            seq: s.id,
+            created: s.created,
+            ..SnapshotInfo::default()
+        })
+        .collect()
 }
