@@ -143,15 +143,8 @@ fn check_all(q: &mut Queue, want: &[u8], when: &str) {
     }
 }
 
-fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
-    q.write_slice(offset, data).unwrap();
-    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-}
-
-#[test]
-fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// The three-layer chain, and `expected.raw`: what qemu-img reads through its top.
+fn make_chain_and_its_raw_view(dir: &Path) {
     make_chain(dir);
     run(
         dir,
@@ -166,6 +159,18 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
             "expected.raw",
         ],
     );
+}
+
+fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
+    q.write_slice(offset, data).unwrap();
+    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+#[test]
+fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain_and_its_raw_view(dir);
     let mut want = std::fs::read(dir.join("expected.raw")).unwrap();
     assert_eq!(want.len() as u64, SIZE);
     // Slow enough (4 MiB/s over 48 MiB) that the copy is still running at the kill.
@@ -294,20 +299,7 @@ fn mapped_bytes(dir: &Path, container: &str) -> u64 {
 fn offline_import_reads_the_same_sources_and_keeps_holes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    make_chain(dir);
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "top.qcow2",
-            "expected.raw",
-        ],
-    );
+    make_chain_and_its_raw_view(dir);
     let (ok, text) = keel(dir, &["import", "top.qcow2", "chain.keel"]);
     assert!(ok, "{text}");
     let (ok, text) = keel(dir, &["export", "chain.keel", "chain.raw"]);
