@@ -7,6 +7,8 @@
 #       missing, starts the server in the background with its log in DIR/KIND.log and waits for
 #       SOCKET. Sets BACKEND_PID and BACKEND_KIND. ENGINE is keeld's engine (default raw).
 #       KEELD_DISK_EXTRA, if set, is appended to keeld's disk table (e.g. "delay_us = 20000").
+#       QSD_SECOND_SOCKET, if set, gives qemu-storage-daemon a second writable vhost-user-blk
+#       export of the same node on that socket (a live migration's destination attaches to it).
 #   backend_stop [SIGNAL]
 #       Sends SIGNAL (default TERM) and waits for the server; returns its exit status (a TERM that
 #       does not end it within 30 s is followed by KILL and fails).
@@ -58,6 +60,7 @@ backend_start() {
         qemu-storage-daemon \
             --blockdev "driver=file,filename=$image,node-name=file0,cache.direct=on,aio=io_uring" \
             --export "type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path=$socket,writable=on,num-queues=$queues" \
+            ${QSD_SECOND_SOCKET:+--export "type=vhost-user-blk,id=export1,node-name=file0,addr.type=unix,addr.path=$QSD_SECOND_SOCKET,writable=on,num-queues=$queues"} \
             >>"$dir/qsd.log" 2>&1 &
         ;;
     *) die "unknown backend '$kind' (keeld or qsd)" ;;
