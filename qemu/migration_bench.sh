@@ -11,7 +11,8 @@
 # run/migration-bench/report.json). A run whose fio fails or whose migration does not complete is
 # reported as failed.
 #
-#   qemu/migration_bench.sh [RUNS]        KEEL_MIGRATE_AFTER=3 (seconds of fio before migrating)
+#   qemu/migration_bench.sh [RUNS]
+#   KEEL_MIGRATE_AFTER=3 (seconds of fio before migrating)  KEEL_MIGRATION_SERVERS="keeld qsd"
 #
 # Run on demand, not by CI. Every QEMU and server it started is killed when it exits.
 set -euo pipefail
@@ -22,6 +23,7 @@ set -euo pipefail
 
 runs=${1:-3}
 after=${KEEL_MIGRATE_AFTER:-3}
+read -r -a servers <<<"${KEEL_MIGRATION_SERVERS:-keeld qsd}"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number, not '$runs'"
 dir=$REPO_DIR/run/migration-bench
 QMP=$QEMU_DIR/lib/qmp.py
@@ -31,20 +33,19 @@ src_qmp=$(socket_path "$dir/src.qmp")
 migrate=$(socket_path "$dir/migrate.sock")
 launchers=()
 
-# Kills both QEMUs (their pid files) and their launchers, then the server.
+# Kills both QEMUs (their pid files) and their launchers, then the server. Never fails.
 stop_all() {
     local p
     for p in "$dir/src.pid" "$dir/dst.pid"; do
-        [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null
+        [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null || true
         rm -f "$p"
     done
     for p in "${launchers[@]+"${launchers[@]}"}"; do
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
     done
     launchers=()
-    backend_stop KILL >/dev/null 2>&1
-    true
+    backend_stop KILL >/dev/null 2>&1 || true
 }
 trap 'stop_all; rm -f "$dir/disk.img"' EXIT
 trap 'exit 130' INT TERM
@@ -97,7 +98,10 @@ one_run() {
     if [ "$status" = completed ]; then
         python3 "$QMP" "$src_qmp" run quit >/dev/null || true
         wait "$src" || true
-        wait "$dst" || status=fio-failed
+        wait "$dst" || case $? in
+        75) status=io-stalled ;;
+        *) status=fio-failed ;;
+        esac
     else
         stop_all
     fi
@@ -108,12 +112,17 @@ one_run() {
 }
 
 "$QEMU_DIR/prepare.sh"
-backend_build_keeld
-[ "$(qsd_major)" -ge 7 ] || die "qemu-storage-daemon is missing or too old"
+for kind in "${servers[@]}"; do
+    case $kind in
+    keeld) backend_build_keeld ;;
+    qsd) [ "$(qsd_major)" -ge 7 ] || die "qemu-storage-daemon is missing or too old" ;;
+    *) die "unknown server '$kind' (keeld or qsd)" ;;
+    esac
+done
 rm -rf "$dir"
 mkdir -p "$dir"
 for run in $(seq 1 "$runs"); do
-    for kind in keeld qsd; do
+    for kind in "${servers[@]}"; do
         one_run "$kind" "$run"
     done
 done

@@ -3,7 +3,10 @@
 # the raw disk, crc32c in every block, then the verify reads of that span (fio stops on the first
 # bad block). fio logs the completion time of every I/O (write_lat_log, log_avg_msec=0); the guest
 # reduces that log to the pauses between completions, which the host compares with the migration.
-# Parameters: keel.size (span, default 64M), keel.iodepth (16).
+# A watchdog reads the disk's counters every second: when requests are in flight and none has
+# completed for keel.stall seconds (default 30), fio will not finish (a request lost on the way),
+# so the job prints a "stall" result and exits 75 instead of hanging until the host's timeout.
+# Parameters: keel.size (span, default 64M), keel.iodepth (16), keel.stall (30).
 # Results: "fio" (fio's JSON) and "gaps": a line "span FIRST_MS LAST_MS COUNT" (guest time since
 # fio started, completions logged), then "gap END_MS LENGTH_MS" for every pause of 5 ms or more
 # between two consecutive completions (END_MS: the completion that ended the pause).
@@ -29,7 +32,27 @@ write_lat_log=/tmp/io
 log_avg_msec=0
 FIO
 mark fio-start
-fio --eta=never --output-format=json --output=/tmp/fio.json /tmp/migrate.fio
+fio --eta=never --output-format=json --output=/tmp/fio.json /tmp/migrate.fio &
+fio_pid=$!
+# /sys/block/vda/stat: field 1 reads completed, 5 writes completed, 9 requests in flight.
+done_before='' still=0
+while kill -0 $fio_pid 2>/dev/null; do
+    sleep 1
+    # shellcheck disable=SC2046 # the counters, one word each
+    set -- $(cat /sys/block/vda/stat)
+    if [ "$9" -gt 0 ] && [ "$(($1 + $5))" = "$done_before" ]; then
+        still=$((still + 1))
+    else
+        still=0
+    fi
+    done_before=$(($1 + $5))
+    if [ $still -ge "${KEEL_STALL:-30}" ]; then
+        echo "no completion for $still s with $9 request(s) in flight; $done_before completed" >/tmp/stall
+        result stall /tmp/stall
+        exit 75
+    fi
+done
+wait $fio_pid
 rc=$?
 result fio /tmp/fio.json
 # One completion per line: "time_ms, latency, direction, block size, ...", in completion order.
