@@ -102,6 +102,7 @@ one_run() {
         75) status=io-stalled ;;
         *) status=fio-failed ;;
         esac
+        [ "$status" = io-stalled ] && log "$name: the guest's I/O stalled: $(cat "$dir/$name-dst/stall")"
     else
         stop_all
     fi
