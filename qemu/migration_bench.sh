@@ -37,7 +37,7 @@ launchers=()
 stop_all() {
     local p
     for p in "$dir/src.pid" "$dir/dst.pid"; do
-        [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null || true
+        if [ -f "$p" ]; then kill -KILL "$(cat "$p")" 2>/dev/null || true; fi
         rm -f "$p"
     done
     for p in "${launchers[@]+"${launchers[@]}"}"; do
