@@ -23,7 +23,7 @@ use super::error::{Result, StoreError};
 use super::layout::BLOCK;
 use super::maps::Vba;
 use super::pins::PinGuard;
-use super::{Store, read};
+use super::Store;
 use serde::{Deserialize, Serialize};
 
 /// The reserved name of the running point (what the guest sees now).
@@ -303,7 +303,7 @@ impl Store {
             EMPTY => return Ok(TreeRef::Empty),
             _ => {}
         }
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let snaps = &st.maps.snapshots;
         snaps
             .iter()
@@ -320,7 +320,7 @@ impl Store {
     /// The blocks that differ between `from` and `to`, at one instant (under the map lock,
     /// which the walk holds only for as long as the changed paths take).
     pub fn diff(&self, from: TreeRef, to: TreeRef) -> Result<TreeDiff> {
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let maps = &st.maps;
         let root = |t: TreeRef| -> Result<Option<NodeId>> {
             match t {
@@ -352,7 +352,7 @@ impl Store {
         // it is read.
         let mut pins = PinGuard::new(&self.pins);
         let entries = {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             vbas.iter()
                 .map(|v| {
                     let e = st.maps.vba.get(st.maps.vba_root, *v);

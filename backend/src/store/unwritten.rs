@@ -62,8 +62,15 @@ impl Unwritten {
         }
     }
 
+    /// The list, poisoned or not: the store checks [`Self::is_poisoned`] before every request
+    /// and fails from then on, so a half-changed list is only seen by calls already running.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Range>> {
         self.ranges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A panic while the list was locked may have left it half-changed.
+    pub fn is_poisoned(&self) -> bool {
+        self.ranges.is_poisoned()
     }
 }
 
