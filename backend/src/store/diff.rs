@@ -16,6 +16,7 @@
 //! equal data, and a rewrite with the same bytes is reported (the diff is exact about the
 //! trees, conservative about contents).
 
+use super::Store;
 use super::btree::{Body, Forest, NodeId};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
@@ -23,7 +24,6 @@ use super::error::{Result, StoreError};
 use super::layout::BLOCK;
 use super::maps::Vba;
 use super::pins::PinGuard;
-use super::Store;
 use serde::{Deserialize, Serialize};
 
 /// The reserved name of the running point (what the guest sees now).

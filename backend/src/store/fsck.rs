@@ -11,12 +11,12 @@ mod trees;
 #[cfg(test)]
 mod tests;
 
+use super::Store;
 use super::btree::{Forest, TreeValue};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::layout::BLOCK;
 use super::sut::SegKind;
-use super::Store;
 use std::collections::HashSet;
 
 /// The outcome of `keel fsck`.

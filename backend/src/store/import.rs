@@ -9,6 +9,7 @@
 //! committed only if the running point lacks it when its record is reserved, so a guest write
 //! (journaled before it, or after it and so applied after it) always wins.
 
+use super::Store;
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::error::{Result, StoreError};
@@ -17,7 +18,6 @@ use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
 use super::superblock::{COMPAT_IMPORTED, INCOMPAT_IMPORTING};
 use super::write::Issue;
-use super::Store;
 
 impl Store {
     /// The import's cursor (in blocks) while one is running; `None` otherwise.

@@ -3,6 +3,7 @@
 //! segments, the caller reads the plan's runs, [`Store::finish_read`] checks every block's
 //! crc32c and copies the requested bytes out. Unwritten and discarded blocks need no I/O.
 
+use super::Store;
 use super::batch::check_request;
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
@@ -10,7 +11,6 @@ use super::error::{Result, StoreError};
 use super::layout::BLOCK;
 use super::pins::PinGuard;
 use super::stats::Counters;
-use super::Store;
 
 /// Longest device read of one run, in blocks.
 const MAX_RUN_BLOCKS: usize = 256;

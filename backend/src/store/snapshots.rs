@@ -1,7 +1,10 @@
 //! Snapshots of the running point: create (one journal record), list, delete (blocks given
 //! back in the background), revert.
 
-use super::{DeviceIo, Issue, Result, SnapshotInfo, State, Store, StoreError, checkpoint, journal, now_secs, superblock};
+use super::{
+    DeviceIo, Issue, Result, SnapshotInfo, State, Store, StoreError, checkpoint, journal, now_secs,
+    superblock,
+};
 use std::sync::atomic::Ordering;
 
 impl Store {
@@ -90,7 +93,13 @@ impl Store {
         let _one = self.lock(&self.snapshot_ops);
         {
             let mut j = self.quiet_journal();
-            if !self.read_lock(&self.state).maps.snapshots.iter().any(|s| s.id == id) {
+            if !self
+                .read_lock(&self.state)
+                .maps
+                .snapshots
+                .iter()
+                .any(|s| s.id == id)
+            {
                 return Err(StoreError::Invalid(format!("no snapshot {id}")));
             }
             let features =

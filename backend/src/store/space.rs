@@ -8,11 +8,11 @@
 //! checkpoint names (the next growth reuses it), never a superblock naming space the file
 //! lacks, since the file is extended and synced first.
 
+use super::Store;
 use super::btree::{Body, Forest, NodeId, TreeValue};
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use super::sut::{SUT_ENTRY, SegKind, Sut};
-use super::Store;
 use keel_protocol::control::{SpaceReport, SpaceState};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -257,7 +257,10 @@ impl Store {
         if !(short || starved) {
             return false;
         }
-        if self.lock(&self.space.growing).is_some_and(|t| t.elapsed() < GROW_RETRY) {
+        if self
+            .lock(&self.space.growing)
+            .is_some_and(|t| t.elapsed() < GROW_RETRY)
+        {
             return false;
         }
         let before = self.segments();

@@ -226,7 +226,10 @@ impl Store {
                 }
                 return Ok(r);
             }
-            let seg = self.write_lock(&self.state).sut.grab(SegKind::Data, use_reserve);
+            let seg = self
+                .write_lock(&self.state)
+                .sut
+                .grab(SegKind::Data, use_reserve);
             if let Some(seg) = seg {
                 w.start(seg);
                 if !use_reserve {

@@ -549,8 +549,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     write_block(&store, 1, 3);
     let c = store.create_snapshot("c").unwrap();
     store.delete_snapshot(a).unwrap();
-    let bit =
-        |s: &Store| s.lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
+    let bit = |s: &Store| s.lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
     assert_ne!(bit(&store), 0, "the first delete marks the container");
     assert_ne!(
         store.lock(&store.journal).superblock.incompat & INCOMPAT_BACKGROUND_DELETES,
@@ -601,7 +600,8 @@ fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
         write_block(&store, b, 2);
     }
     store.delete_snapshot(a).unwrap();
-    let plan = store.read_lock(&store.state)
+    let plan = store
+        .read_lock(&store.state)
         .maps
         .reclaim_candidates(a)
         .unwrap();
