@@ -369,6 +369,7 @@ impl Store {
                 .collect::<Result<Vec<_>>>()?
         };
         self.unwritten.wait_for(entries.iter().map(|e| (e.pba, 1)));
+        self.ensure_ok()?;
         let mut i = 0;
         while i < entries.len() {
             let mut n = 1;

@@ -30,6 +30,7 @@ impl Store {
     /// Then the flush's mark is written, or handed to the [`MarkWriter`].
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
+        self.ensure_ok()?;
         let through = self.wait_written();
         self.ensure_ok()?;
         self.dev.flush()?;

@@ -133,7 +133,7 @@ impl Store {
         let j = loop {
             let mut j = self.lock(&self.journal);
             // Every record reserved so far applied: the maps show every earlier write.
-            while j.applied_lsn + 1 < j.cursor.next_lsn {
+            while j.applied_lsn + 1 < j.cursor.next_lsn && !self.poisoned() {
                 j = self.unpoison(self.journal_cv.wait(j));
             }
             let full = j.cursor.pos >= threshold || j.cursor.pos + record_blocks > journal_blocks;

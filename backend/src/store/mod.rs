@@ -456,6 +456,7 @@ impl Store {
 
     /// Folds the journal into the maps on disk and truncates it.
     pub fn checkpoint(&self) -> Result<()> {
+        self.ensure_ok()?;
         let mut j = self.quiet_journal();
         self.checkpoint_locked(&mut j)
     }

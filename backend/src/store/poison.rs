@@ -43,6 +43,8 @@ impl Store {
     }
 
     /// Latches the store failed, logged once: a panic mid-update poisoned the lock `what`.
+    /// Wakes the journal's and readers' waiters: the record the panicking call had reserved may never be
+    /// applied or written, so they stop waiting for it (see [`Self::poisoned`]).
     fn fail_poisoned(&self, what: &str, at: &Location<'_>) {
         self.failed.store(true, Ordering::Release);
         if !self.poisoned.swap(true, Ordering::AcqRel) {
@@ -51,6 +53,14 @@ impl Store {
                  every request fails from now on (reopen the container to recover)"
             );
         }
+        self.journal_cv.notify_all();
+        self.mark_cv.notify_all();
+        self.unwritten.abandon();
+    }
+
+    /// A lock was found poisoned: waits for other batches end early (they fail anyway).
+    pub(super) fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     /// Fails the store if any of its locks was poisoned, even one no call has taken since.

@@ -149,6 +149,8 @@ impl Store {
         // A batch applies its map changes while its data is being written.
         self.unwritten
             .wait_for(runs.iter().map(|r| (r.pba, r.blocks as u64)));
+        // The wait ends early once a poisoned lock failed the store.
+        self.ensure_ok()?;
         Ok(ReadPlan {
             offset,
             len,

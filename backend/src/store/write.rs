@@ -493,12 +493,13 @@ impl Store {
         Ok((j, Reserved { lsn, pba, record }))
     }
 
-    /// Waits (releasing the journal lock meanwhile) until every reserved record is applied.
+    /// Waits (releasing the journal lock meanwhile) until every reserved record is applied, or
+    /// a lock is found poisoned (the batch that panicked never finishes).
     pub(super) fn wait_quiet<'a>(
         &'a self,
         mut j: MutexGuard<'a, JournalState>,
     ) -> MutexGuard<'a, JournalState> {
-        while j.in_flight > 0 {
+        while j.in_flight > 0 && !self.poisoned() {
             j = self.unpoison(self.journal_cv.wait(j));
         }
         j
@@ -513,7 +514,7 @@ impl Store {
     /// still be in flight: readers of its blocks wait for them, see `unwritten`).
     fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
         let mut j = self.lock(&self.journal);
-        while j.applied_lsn + 1 != lsn {
+        while j.applied_lsn + 1 != lsn && !self.poisoned() {
             j = self.unpoison(self.journal_cv.wait(j));
         }
         if self.ensure_ok().is_ok() {
@@ -521,7 +522,8 @@ impl Store {
             let State { maps, sut, .. } = &mut *st;
             maps.apply(entries, sut);
         }
-        j.applied_lsn = lsn;
+        // Past a poisoned lock the batches before may never come: stop waiting for them.
+        j.applied_lsn = j.applied_lsn.max(lsn);
         drop(j);
         self.journal_cv.notify_all();
     }
@@ -532,7 +534,7 @@ impl Store {
     fn finish_commit(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
         let noted = self.note_written(lsn, written);
         let mut j = self.lock(&self.journal);
-        while j.written_lsn < lsn {
+        while j.written_lsn < lsn && !self.poisoned() {
             j = self.unpoison(self.journal_cv.wait(j));
         }
         noted
@@ -574,7 +576,7 @@ impl Store {
     pub(super) fn wait_written(&self) -> u64 {
         let mut j = self.lock(&self.journal);
         let target = j.cursor.next_lsn.saturating_sub(1);
-        while j.written_lsn < target {
+        while j.written_lsn < target && !self.poisoned() {
             j = self.unpoison(self.journal_cv.wait(j));
         }
         target

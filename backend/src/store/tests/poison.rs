@@ -1,9 +1,11 @@
 //! A panic while a store lock is held fails the store: later requests return an error instead
 //! of being served from state the panic may have left half-updated, and shutdown still works.
 
-use super::small_opts;
-use crate::store::{CleanerConfig, CleanerHandle, MarkWriter, Op, Store, StoreError, StoreOptions};
-use std::sync::Arc;
+use super::{new_store, small_opts};
+use crate::store::{
+    CleanerConfig, CleanerHandle, Gather, MarkWriter, Op, StartIo, Store, StoreError, StoreOptions,
+};
+use std::sync::{Arc, mpsc};
 
 /// Which of the store's locks a test poisons (a panic under a read guard poisons nothing: it
 /// cannot have changed what the lock guards).
@@ -113,4 +115,55 @@ fn a_poisoned_lock_fails_every_later_request_and_the_store_still_closes() {
             "{which:?}: flushed data lost"
         );
     }
+}
+
+/// Takes a batch's writes and never lands them: a queue whose batch is in flight.
+struct NeverLands;
+
+impl StartIo for NeverLands {
+    fn start_writes(&mut self, _writes: &[Gather<'_>]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A panic poisons the journal while a batch is in flight and a reader waits for that batch's
+/// blocks: the next request fails instead of waiting for a batch that may never finish, the
+/// waiting reader is released with the same error, and the batch's late completion fails too.
+#[test]
+fn a_poisoned_lock_releases_waits_for_batches_in_flight() {
+    let (_dev, s) = new_store(&small_opts());
+    let s = Arc::new(s);
+    let data = vec![7u8; 4096];
+    let batch = s
+        .start_batch(
+            0,
+            &[Op::Write {
+                offset: 0,
+                data: &data,
+            }],
+            &mut NeverLands,
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            let mut buf = vec![0u8; 4096];
+            s.read(0, &mut buf)
+        })
+    };
+    rx.recv().unwrap();
+    poison(&s, Poison::Journal);
+
+    assert_failed(Poison::Journal, "flush", s.flush());
+    assert_failed(Poison::Journal, "checkpoint", s.checkpoint());
+    assert_failed(Poison::Journal, "waiting read", reader.join().unwrap());
+    assert_failed(
+        Poison::Journal,
+        "late batch end",
+        s.finish_batch(batch, Ok(())),
+    );
+    assert!(s.is_failed());
+    drop(Arc::into_inner(s).expect("nothing else holds the store"));
 }
