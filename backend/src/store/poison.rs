@@ -4,7 +4,8 @@
 //! change applied without its segment usage, a journal cursor moved without its record). The
 //! store does not carry on from such state: the first caller to find a lock poisoned latches
 //! the store failed (the same latch a failed metadata write sets), logs which lock it was, and
-//! every later guest request and admin call returns [`StoreError::Failed`]. The guard is still
+//! every later guest request and every admin call that reads or changes the disk (snapshots,
+//! checkpoints, the cleaner, import) returns [`StoreError::Failed`]. The guard is still
 //! handed back, so the call in progress, shutdown and drop run to their end without a second
 //! panic.
 
@@ -84,12 +85,14 @@ impl Store {
 
     /// Whether the store has failed (a metadata write failed or a lock was poisoned): every
     /// request returns [`StoreError::Failed`] until the container is reopened.
+    #[track_caller]
     pub fn is_failed(&self) -> bool {
         self.check_poisoned();
         self.failed.load(Ordering::Acquire)
     }
 
     /// [`StoreError::Failed`] once the store has failed.
+    #[track_caller]
     pub(super) fn ensure_ok(&self) -> super::Result<()> {
         if self.is_failed() {
             return Err(StoreError::Failed);
