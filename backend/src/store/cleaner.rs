@@ -13,7 +13,7 @@ use super::pins::PinGuard;
 use super::stats::Counters;
 use super::sut::SegKind;
 use super::write::Issue;
-use super::{Store, lock, now_millis_pub, read, victim, write};
+use super::{Store, now_millis_pub, victim};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -34,11 +34,11 @@ impl Store {
     /// The segment becomes free at the next checkpoint.
     pub fn clean_step(&self) -> Result<Option<CleanReport>> {
         self.ensure_ok()?;
-        let mut cw = lock(&self.cleaner_writer);
+        let mut cw = self.lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
         let mut pin = PinGuard::new(&self.pins);
         let (seg, live, stamp) = {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             let Some(seg) = victim::choose(
                 &st.sut,
                 self.geo.first_data_segment(),
@@ -73,7 +73,7 @@ impl Store {
         while i < live.len() {
             let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
             // Relocated data keeps its age in its new segment.
-            write(&self.state)
+            self.write_lock(&self.state)
                 .sut
                 .note_copied(self.geo.segment_of(dst), stamp);
             let mut ab = AlignedBuf::scratch(n);
@@ -129,7 +129,7 @@ impl Store {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
         let moved = {
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             let half = (self.geo.seg_blocks / 2) as u32;
             let sparse: std::collections::HashSet<u64> = (self.geo.first_data_segment()
                 ..self.segments())
@@ -159,7 +159,7 @@ impl Store {
     /// be worth its checkpoint (which rewrites every node it moves): as many as half the
     /// reserve.
     pub fn meta_sparse(&self) -> bool {
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let half = (self.geo.seg_blocks / 2) as u32;
         let enough = (self.geometry().reserved_segments() / 2).max(2) as usize;
         (self.geo.first_data_segment()..self.segments())
@@ -172,12 +172,12 @@ impl Store {
 
     /// Free segments (the reserve included).
     pub fn free_segments(&self) -> u64 {
-        read(&self.state).sut.free_count()
+        self.read_lock(&self.state).sut.free_count()
     }
 
     /// Emptied segments waiting for the next checkpoint.
     pub fn pending_segments(&self) -> u64 {
-        read(&self.state).sut.pending_count()
+        self.read_lock(&self.state).sut.pending_count()
     }
 }
 
@@ -220,11 +220,9 @@ impl Store {
     /// Pauses the cleaner for `d`, or until [`wake_cleaner`](Self::wake_cleaner).
     fn cleaner_nap(&self, d: Duration) {
         let (flag, cv) = &self.cleaner_wake;
-        let mut woken = lock(flag);
+        let mut woken = self.lock(flag);
         if !*woken {
-            woken = cv
-                .wait_timeout(woken, d)
-                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            woken = self.unpoison(cv.wait_timeout(woken, d)).0;
         }
         *woken = false;
     }
@@ -232,7 +230,7 @@ impl Store {
     /// Ends the cleaner's pause now: there is work (a deleted snapshot's blocks) or it stops.
     pub(super) fn wake_cleaner(&self) {
         let (flag, cv) = &self.cleaner_wake;
-        *lock(flag) = true;
+        *self.lock(flag) = true;
         cv.notify_all();
     }
 }

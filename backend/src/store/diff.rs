@@ -16,6 +16,7 @@
 //! equal data, and a rewrite with the same bytes is reported (the diff is exact about the
 //! trees, conservative about contents).
 
+use super::Store;
 use super::btree::{Body, Forest, NodeId};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
@@ -23,7 +24,6 @@ use super::error::{Result, StoreError};
 use super::layout::BLOCK;
 use super::maps::Vba;
 use super::pins::PinGuard;
-use super::{Store, read};
 use serde::{Deserialize, Serialize};
 
 /// The reserved name of the running point (what the guest sees now).
@@ -303,7 +303,7 @@ impl Store {
             EMPTY => return Ok(TreeRef::Empty),
             _ => {}
         }
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let snaps = &st.maps.snapshots;
         snaps
             .iter()
@@ -320,7 +320,7 @@ impl Store {
     /// The blocks that differ between `from` and `to`, at one instant (under the map lock,
     /// which the walk holds only for as long as the changed paths take).
     pub fn diff(&self, from: TreeRef, to: TreeRef) -> Result<TreeDiff> {
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let maps = &st.maps;
         let root = |t: TreeRef| -> Result<Option<NodeId>> {
             match t {
@@ -352,7 +352,7 @@ impl Store {
         // it is read.
         let mut pins = PinGuard::new(&self.pins);
         let entries = {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             vbas.iter()
                 .map(|v| {
                     let e = st.maps.vba.get(st.maps.vba_root, *v);
@@ -369,6 +369,7 @@ impl Store {
                 .collect::<Result<Vec<_>>>()?
         };
         self.unwritten.wait_for(entries.iter().map(|e| (e.pba, 1)));
+        self.ensure_ok()?;
         let mut i = 0;
         while i < entries.len() {
             let mut n = 1;

@@ -28,7 +28,12 @@ pub enum StoreError {
     Misaligned { offset: u64, len: u64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
-    #[error("the store stopped after an earlier metadata write failed; reopen it to recover")]
+    /// A metadata write failed or a panic poisoned a lock: the state in memory may not be
+    /// what is on the device, so nothing more is served from it.
+    #[error(
+        "the store stopped after an earlier failure (a metadata write, or a panic mid-update); \
+         reopen it to recover"
+    )]
     Failed,
 }
 

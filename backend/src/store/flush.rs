@@ -15,7 +15,7 @@ use super::io::DeviceIo;
 use super::journal::Entry;
 use super::stats::Counters;
 use super::write::Issue;
-use super::{Result, Store, lock, superblock};
+use super::{Result, Store, superblock};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -30,11 +30,12 @@ impl Store {
     /// Then the flush's mark is written, or handed to the [`MarkWriter`].
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
+        self.ensure_ok()?;
         let through = self.wait_written();
         self.ensure_ok()?;
         self.dev.flush()?;
         if self.async_marks.load(Ordering::Acquire) {
-            let mut j = lock(&self.journal);
+            let mut j = self.lock(&self.journal);
             if through > j.mark_due {
                 j.mark_due = through;
                 self.mark_cv.notify_one();
@@ -52,7 +53,7 @@ impl Store {
     /// Writes a Flushed record for `through` unless the newest mark already covers it.
     fn mark_flushed(&self, through: u64) -> Result<()> {
         {
-            let j = lock(&self.journal);
+            let j = self.lock(&self.journal);
             if through <= j.marked_lsn
                 || j.superblock.incompat & superblock::INCOMPAT_FLUSH_MARKS == 0
             {
@@ -67,7 +68,7 @@ impl Store {
             Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
         )?;
         Counters::add(&self.stats.flush_marks, 1);
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         // The mark itself needs no mark: the next flush writes one only past it.
         j.marked_lsn = j.marked_lsn.max(committed.lsn);
         Ok(())
@@ -82,19 +83,16 @@ impl Store {
     /// Waits until a mark has been due for `delay` with no record carrying it (or for
     /// `stop`, then whatever is due); the LSN it covers, or `None` to stop.
     fn next_mark_due(&self, stop: &AtomicBool, delay: Duration) -> Option<u64> {
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         loop {
             let due = (j.mark_due > j.marked_lsn).then_some(j.mark_due);
             if stop.load(Ordering::Acquire) {
                 return due;
             }
             j = match due {
-                None => self.mark_cv.wait(j).unwrap_or_else(|e| e.into_inner()),
+                None => self.unpoison(self.mark_cv.wait(j)),
                 Some(lsn) => {
-                    let (g, waited) = self
-                        .mark_cv
-                        .wait_timeout(j, delay)
-                        .unwrap_or_else(|e| e.into_inner());
+                    let (g, waited) = self.unpoison(self.mark_cv.wait_timeout(j, delay));
                     if waited.timed_out() && g.mark_due == lsn && g.marked_lsn < lsn {
                         return Some(lsn);
                     }
@@ -130,7 +128,7 @@ impl MarkWriter {
                     if let Err(e) = worker.mark_flushed(through) {
                         log::warn!("flush mark after lsn {through} not written: {e}");
                         // The store has failed; nothing more will be flushed.
-                        let mut j = lock(&worker.journal);
+                        let mut j = worker.lock(&worker.journal);
                         j.marked_lsn = j.marked_lsn.max(through);
                     }
                     if stopping {
@@ -151,7 +149,7 @@ impl Drop for MarkWriter {
     fn drop(&mut self) {
         self.store.async_marks.store(false, Ordering::Release);
         {
-            let _j = lock(&self.store.journal);
+            let _j = self.store.lock(&self.store.journal);
             self.stop.store(true, Ordering::Release);
             self.store.mark_cv.notify_all();
         }

@@ -11,12 +11,12 @@ mod trees;
 #[cfg(test)]
 mod tests;
 
+use super::Store;
 use super::btree::{Forest, TreeValue};
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::layout::BLOCK;
 use super::sut::SegKind;
-use super::{Store, lock, read};
 use std::collections::HashSet;
 
 /// The outcome of `keel fsck`.
@@ -74,8 +74,8 @@ impl Store {
         // With no batch in flight, every mapped block is on the device.
         let j = self.quiet_journal();
         // A leaf written ahead counts once it is settled (see prewrite.rs).
-        let _prewriter = lock(&self.prewriter);
-        let st = read(&self.state);
+        let _prewriter = self.lock(&self.prewriter);
+        let st = self.read_lock(&self.state);
         let geo = self.geometry();
         let mut r = FsckReport::default();
         let maps = &st.maps;

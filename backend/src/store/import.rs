@@ -9,6 +9,7 @@
 //! committed only if the running point lacks it when its record is reserved, so a guest write
 //! (journaled before it, or after it and so applied after it) always wins.
 
+use super::Store;
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::error::{Result, StoreError};
@@ -17,23 +18,22 @@ use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
 use super::superblock::{COMPAT_IMPORTED, INCOMPAT_IMPORTING};
 use super::write::Issue;
-use super::{Store, lock, read, write};
 
 impl Store {
     /// The import's cursor (in blocks) while one is running; `None` otherwise.
     pub fn import_cursor(&self) -> Option<u64> {
-        let j = lock(&self.journal);
+        let j = self.lock(&self.journal);
         (j.superblock.incompat & INCOMPAT_IMPORTING != 0).then_some(j.superblock.import_cursor)
     }
 
     /// Whether an import filled this container and finished.
     pub fn import_finished(&self) -> bool {
-        lock(&self.journal).superblock.compat & COMPAT_IMPORTED != 0
+        self.lock(&self.journal).superblock.compat & COMPAT_IMPORTED != 0
     }
 
     /// The size of the source the running import began with.
     pub fn import_source_bytes(&self) -> Option<u64> {
-        let j = lock(&self.journal);
+        let j = self.lock(&self.journal);
         (j.superblock.incompat & INCOMPAT_IMPORTING != 0)
             .then_some(j.superblock.import_source_bytes)
     }
@@ -52,7 +52,7 @@ impl Store {
     /// Moves the cursor to `blocks`; the next checkpoint makes it durable. The caller has
     /// committed every block below it (or knows them to be holes).
     pub fn advance_import(&self, blocks: u64) {
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         if j.superblock.incompat & INCOMPAT_IMPORTING != 0 {
             j.superblock.import_cursor = j.superblock.import_cursor.max(blocks);
         }
@@ -72,7 +72,7 @@ impl Store {
 
     /// Whether the running point maps block `lba`.
     pub fn is_mapped(&self, lba: u64) -> bool {
-        read(&self.state).maps.lookup(lba).is_some()
+        self.read_lock(&self.state).maps.lookup(lba).is_some()
     }
 
     /// Writes `blocks` (LBA, 4096 bytes each, LBAs ascending) as one record, each block only if
@@ -98,14 +98,14 @@ impl Store {
             copies.block_mut(k).copy_from_slice(data);
         }
         let slot = &self.writers[writer % self.writers.len()];
-        let mut w = lock(slot);
+        let mut w = self.lock(slot);
         let mut entries = Vec::with_capacity(wanted.len());
         let mut runs: Vec<Gather<'_>> = Vec::new();
         let mut i = 0;
         while i < wanted.len() {
             let (pba, n) = self.take_blocks(&mut w, wanted.len() - i, false)?;
             let vba0 = {
-                let mut st = write(&self.state);
+                let mut st = self.write_lock(&self.state);
                 let v = st.maps.next_vba;
                 st.maps.next_vba += n as u64;
                 v
@@ -131,10 +131,10 @@ impl Store {
         // The filter below and the reservation must happen under one hold of the journal lock:
         // a checkpoint inside the reservation would let it go. So take it first.
         let j = loop {
-            let mut j = lock(&self.journal);
+            let mut j = self.lock(&self.journal);
             // Every record reserved so far applied: the maps show every earlier write.
-            while j.applied_lsn + 1 < j.cursor.next_lsn {
-                j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+            while j.applied_lsn + 1 < j.cursor.next_lsn && !self.poisoned() {
+                j = self.unpoison(self.journal_cv.wait(j));
             }
             let full = j.cursor.pos >= threshold || j.cursor.pos + record_blocks > journal_blocks;
             if j.fresh_chain || full {
@@ -146,7 +146,7 @@ impl Store {
         };
         self.ensure_ok()?;
         {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             entries.retain(|e| match *e {
                 Entry::Map { lba, .. } => st.maps.lookup(lba).is_none(),
                 _ => true,

@@ -30,6 +30,7 @@ mod pace;
 pub mod peek;
 mod persist;
 mod pins;
+mod poison;
 mod prewrite;
 mod read;
 mod reclaim;
@@ -76,7 +77,7 @@ use std::fs::File;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use superblock::Superblock;
 use sut::{SegKind, Sut};
 
@@ -218,7 +219,10 @@ pub struct Store {
     /// Blocks mapped by a batch whose writes are still in flight: readers wait for them.
     unwritten: unwritten::Unwritten,
     stats: Counters,
+    /// Set by a failed metadata write or a poisoned lock: every later request fails.
     failed: AtomicBool,
+    /// A lock was found poisoned (logged once; see poison.rs).
+    poisoned: AtomicBool,
     opts: StoreOptions,
     recovery: RecoveryReport,
     /// Milliseconds since the Unix epoch of the last guest read or write: the cleaner's
@@ -228,16 +232,6 @@ pub struct Store {
     last_snapshot_pause_us: AtomicU64,
     /// Holds the container's exclusive lock while the store is open.
     _lock: Option<File>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -397,6 +391,7 @@ impl Store {
             unwritten: unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             opts,
             recovery: loaded.report,
             last_guest_io: AtomicU64::new(0),
@@ -444,13 +439,6 @@ impl Store {
         &self.recovery
     }
 
-    fn ensure_ok(&self) -> Result<()> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed);
-        }
-        Ok(())
-    }
-
     fn fail(&self, e: &StoreError) {
         log::error!("store stops accepting writes: {e}");
         self.failed.store(true, Ordering::Release);
@@ -459,7 +447,7 @@ impl Store {
     /// [`checkpoint`](Self::checkpoint) unless a batch is in flight (false then): for a
     /// caller that must not wait for queues that may never finish theirs (closing).
     pub fn checkpoint_if_quiet(&self) -> Result<bool> {
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         if j.in_flight > 0 {
             return Ok(false);
         }
@@ -468,6 +456,7 @@ impl Store {
 
     /// Folds the journal into the maps on disk and truncates it.
     pub fn checkpoint(&self) -> Result<()> {
+        self.ensure_ok()?;
         let mut j = self.quiet_journal();
         self.checkpoint_locked(&mut j)
     }
@@ -509,8 +498,8 @@ impl Store {
 
     /// Space and state summary.
     pub fn info(&self) -> Info {
-        let j = lock(&self.journal);
-        let st = read(&self.state);
+        let j = self.lock(&self.journal);
+        let st = self.read_lock(&self.state);
         let geo = self.geometry();
         let used: u64 = (geo.first_data_segment()..geo.segments)
             .filter(|s| st.sut.kind(*s) == SegKind::Data)

@@ -10,7 +10,7 @@ use super::io::BatchIo;
 use super::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use super::superblock::Superblock;
 use super::sut::{SegKind, Sut};
-use super::{JournalState, State, Store, lock, write};
+use super::{JournalState, State, Store};
 use crate::device::BlockDevice;
 use std::collections::HashSet;
 
@@ -270,9 +270,9 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     let lsn = j.cursor.next_lsn - 1;
     let t0 = std::time::Instant::now();
     // No leaf written ahead is placed but unsettled while this checkpoint runs.
-    let mut prewriter = lock(&store.prewriter);
+    let mut prewriter = store.lock(&store.prewriter);
     let prepared = {
-        let mut st = write(&store.state);
+        let mut st = store.write_lock(&store.state);
         prepare(
             &mut st,
             &mut j.meta_writer,
@@ -303,7 +303,7 @@ pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> 
     j.cursor.records = 0;
     // The new checkpoint is durable: segments emptied before it may be reused now, except
     // those a read in flight still reads from (they wait for a later checkpoint).
-    let mut st = write(&store.state);
+    let mut st = store.write_lock(&store.state);
     for seg in j
         .meta_writer
         .retired

@@ -20,7 +20,7 @@ use super::io::{BatchIo, DeviceIo};
 use super::layout::BLOCK;
 use super::persist::take_meta;
 use super::sut::SegKind;
-use super::{Result, Store, lock, read, write};
+use super::{Result, Store};
 use std::sync::atomic::Ordering;
 
 /// Leaves per chunk: encoding them holds the maps for about a millisecond.
@@ -47,7 +47,7 @@ impl Store {
             return Ok(0);
         }
         let picked = {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             let after = self.prewritten_seq.load(Ordering::Acquire);
             let new: Vec<_> = (st.maps.snapshots.iter())
                 .chain(st.maps.doomed.iter())
@@ -66,9 +66,9 @@ impl Store {
     }
 
     fn prewrite_chunk(&self, chunk: &[(NodeId, u64)]) -> Result<usize> {
-        let mut w = lock(&self.prewriter);
+        let mut w = self.lock(&self.prewriter);
         let (runs, placed) = {
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             let live: Vec<(NodeId, u64)> = (chunk.iter().copied())
                 .filter(|(id, seq)| st.maps.lba.is_dirty_leaf(*id, *seq))
                 .collect();
@@ -102,7 +102,7 @@ impl Store {
         };
         let writes: Vec<(u64, &[u8])> = runs.iter().map(|(p, b)| (p * BLOCK, &b[..])).collect();
         let res = DeviceIo(self.dev.as_ref()).write_all(&writes);
-        let mut st = write(&self.state);
+        let mut st = self.write_lock(&self.state);
         let mut marked = 0;
         for (id, seq, pba) in placed {
             if res.is_ok() && st.maps.lba.is_dirty_leaf(id, seq) {

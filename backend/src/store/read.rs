@@ -3,6 +3,7 @@
 //! segments, the caller reads the plan's runs, [`Store::finish_read`] checks every block's
 //! crc32c and copies the requested bytes out. Unwritten and discarded blocks need no I/O.
 
+use super::Store;
 use super::batch::check_request;
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
@@ -10,7 +11,6 @@ use super::error::{Result, StoreError};
 use super::layout::BLOCK;
 use super::pins::PinGuard;
 use super::stats::Counters;
-use super::{Store, read};
 
 /// Longest device read of one run, in blocks.
 const MAX_RUN_BLOCKS: usize = 256;
@@ -71,6 +71,7 @@ impl Store {
     /// segments it reads from.
     pub fn plan_read(&self, offset: u64, len: u64) -> Result<ReadPlan> {
         check_request(offset, len, self.capacity())?;
+        self.ensure_ok()?;
         Counters::add(&self.stats.guest_reads, 1);
         Counters::add(&self.stats.guest_read_bytes, len);
         self.note_guest_io();
@@ -82,7 +83,7 @@ impl Store {
     pub fn allocation(&self, offset: u64, len: u64, max_blocks: u64) -> Vec<(u64, bool)> {
         let end = offset.saturating_add(len).min(self.capacity());
         let mut runs: Vec<(u64, bool)> = Vec::new();
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         let mut pos = offset;
         let mut scanned = 0;
         while pos < end && scanned < max_blocks {
@@ -107,7 +108,7 @@ impl Store {
             let first = offset / BLOCK;
             let last = (offset + len - 1) / BLOCK;
             blocks.reserve((last - first + 1) as usize);
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             let geo = self.geometry();
             for lba in first..=last {
                 let Some((vba, e)) = st.maps.lookup(lba) else {
@@ -148,6 +149,8 @@ impl Store {
         // A batch applies its map changes while its data is being written.
         self.unwritten
             .wait_for(runs.iter().map(|r| (r.pba, r.blocks as u64)));
+        // The wait ends early once a poisoned lock failed the store.
+        self.ensure_ok()?;
         Ok(ReadPlan {
             offset,
             len,

@@ -16,7 +16,7 @@ use super::io::DeviceIo;
 use super::journal::Entry;
 use super::maps::Reclaim;
 use super::write::Issue;
-use super::{Result, Store, lock, read, write};
+use super::{Result, Store};
 
 /// Candidates checked and freed per Release record: small enough that applying one holds
 /// the maps for about a millisecond.
@@ -37,16 +37,16 @@ impl Store {
 
     /// Deleted snapshots whose blocks are still being given back.
     pub fn deleting_snapshots(&self) -> usize {
-        read(&self.state).maps.doomed.len()
+        self.read_lock(&self.state).maps.doomed.len()
     }
 
     /// Gives back one chunk of the oldest deleted snapshot's blocks (at most one journal
     /// record), or drops its tree when none are left. Returns whether work remains.
     pub fn reclaim_step(&self) -> Result<bool> {
         self.ensure_ok()?;
-        let mut progress = lock(&self.reclaim);
+        let mut progress = self.lock(&self.reclaim);
         if progress.is_none() {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             let Some(first) = st.maps.doomed.first() else {
                 return Ok(false);
             };
@@ -62,14 +62,14 @@ impl Store {
         if p.done >= owned + inherited {
             let id = p.plan.id;
             *progress = None;
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             st.maps.drop_doomed(id);
             return Ok(!st.maps.doomed.is_empty());
         }
         let end = (p.done + CHUNK).min(owned + inherited);
         let o = &p.plan.owned[p.done.min(owned)..end.min(owned)];
         let i = &p.plan.inherited[p.done.saturating_sub(owned)..end.saturating_sub(owned)];
-        let free = read(&self.state).maps.unheld(p.plan.seq, o, i);
+        let free = self.read_lock(&self.state).maps.unheld(p.plan.seq, o, i);
         p.done = end;
         if !free.is_empty() {
             let entries = free.iter().map(|&vba| Entry::Release { vba }).collect();

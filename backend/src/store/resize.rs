@@ -17,7 +17,7 @@ use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use std::sync::atomic::Ordering;
 
-use super::{Store, write};
+use super::Store;
 
 pub use super::spare::MIN_SPARE_PERCENT;
 
@@ -108,7 +108,7 @@ impl Store {
         }
         drop(j);
         self.dev.flush()?;
-        write(&self.state).sut.set_capacity(capacity);
+        self.write_lock(&self.state).sut.set_capacity(capacity);
         self.capacity.store(capacity, Ordering::Release);
         log::info!("disk grown from {now} to {capacity} bytes");
         Ok(capacity)

@@ -2,8 +2,8 @@
 //! back in the background), revert.
 
 use super::{
-    DeviceIo, Issue, Result, SnapshotInfo, State, Store, StoreError, checkpoint, journal, lock,
-    now_secs, read, superblock, write,
+    DeviceIo, Issue, Result, SnapshotInfo, State, Store, StoreError, checkpoint, journal, now_secs,
+    superblock,
 };
 use std::sync::atomic::Ordering;
 
@@ -19,12 +19,12 @@ impl Store {
             // No batch may sit between taking its VBAs and committing them while the VBA
             // watermark is read: hold every writer, until the record is applied. (Writers
             // before the cleaner: a guest writer short of space runs a cleaner step.)
-            let _writers: Vec<_> = self.writers.iter().map(lock).collect();
+            let _writers: Vec<_> = self.writers.iter().map(|w| self.lock(w)).collect();
             let held = std::time::Instant::now();
-            let _cleaner = lock(&self.cleaner_writer);
+            let _cleaner = self.lock(&self.cleaner_writer);
             let mut j = self.quiet_journal();
             let id = {
-                let st = read(&self.state);
+                let st = self.read_lock(&self.state);
                 let max = checkpoint::max_snapshots(self.geo.seg_blocks);
                 if st.maps.snapshots.len() + st.maps.doomed.len() >= max {
                     return Err(StoreError::Invalid(format!(
@@ -35,7 +35,7 @@ impl Store {
             };
             if j.superblock.incompat & superblock::INCOMPAT_JOURNAL_SNAPSHOTS == 0 {
                 j.superblock.incompat |= superblock::INCOMPAT_JOURNAL_SNAPSHOTS;
-                write(&self.state)
+                self.write_lock(&self.state)
                     .maps
                     .create_snapshot(&checkpoint::clamp_name(name), now_secs());
                 self.checkpoint_locked(&mut j)?;
@@ -76,7 +76,7 @@ impl Store {
 
     /// Snapshots, oldest first.
     pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
-        snapshot_infos(&read(&self.state).maps)
+        snapshot_infos(&self.read_lock(&self.state).maps)
     }
 
     /// Deletes snapshot `id`; durable when this returns, the blocks only it held are given
@@ -90,17 +90,23 @@ impl Store {
     pub fn delete_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
         // One snapshot operation at a time: the snapshot checked here is the one deleted.
-        let _one = lock(&self.snapshot_ops);
+        let _one = self.lock(&self.snapshot_ops);
         {
             let mut j = self.quiet_journal();
-            if !read(&self.state).maps.snapshots.iter().any(|s| s.id == id) {
+            if !self
+                .read_lock(&self.state)
+                .maps
+                .snapshots
+                .iter()
+                .any(|s| s.id == id)
+            {
                 return Err(StoreError::Invalid(format!("no snapshot {id}")));
             }
             let features =
                 superblock::INCOMPAT_JOURNAL_DELETES | superblock::INCOMPAT_BACKGROUND_DELETES;
             if j.superblock.incompat & features != features {
                 j.superblock.incompat |= features;
-                write(&self.state).maps.delete_snapshot(id);
+                self.write_lock(&self.state).maps.delete_snapshot(id);
                 self.checkpoint_locked(&mut j)?;
                 self.wake_cleaner();
                 self.note_space_coming();
@@ -125,7 +131,7 @@ impl Store {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
         let found = {
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             let State { maps, sut, .. } = &mut *st;
             maps.revert_to(id, sut)
         };

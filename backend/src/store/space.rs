@@ -8,11 +8,11 @@
 //! checkpoint names (the next growth reuses it), never a superblock naming space the file
 //! lacks, since the file is extended and synced first.
 
+use super::Store;
 use super::btree::{Body, Forest, NodeId, TreeValue};
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use super::sut::{SUT_ENTRY, SegKind, Sut};
-use super::{Store, lock, read, write};
 use keel_protocol::control::{SpaceReport, SpaceState};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -153,7 +153,7 @@ impl Store {
 
     /// How close the container is to running out: cheap, for the cleaner's loop.
     pub fn space_state(&self) -> SpaceState {
-        let held = read(&self.state).sut.held_blocks();
+        let held = self.read_lock(&self.state).sut.held_blocks();
         state_for(self.used_percent(held), &self.opts.space)
     }
 
@@ -161,7 +161,7 @@ impl Store {
     /// is left only `LOG_HYSTERESIS` points below its threshold, so that a container hovering
     /// at one does not fill the log.
     pub fn watch_space(&self) -> SpaceState {
-        let held = read(&self.state).sut.held_blocks();
+        let held = self.read_lock(&self.state).sut.held_blocks();
         let pct = self.used_percent(held);
         let mut now = state_for(pct, &self.opts.space);
         let before = self.space.logged.load(Ordering::Acquire);
@@ -195,7 +195,7 @@ impl Store {
     /// Where the container's space goes. Counts the running disk's map once, leaf by leaf (to
     /// tell its blocks from those only snapshots hold).
     pub fn space(&self) -> SpaceReport {
-        let st = read(&self.state);
+        let st = self.read_lock(&self.state);
         // The table's count: a growth may have added segments it has not published yet.
         let geo = Geometry {
             segments: st.sut.segments(),
@@ -244,7 +244,7 @@ impl Store {
             return false;
         }
         let short = {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             let geo = Geometry {
                 segments: st.sut.segments(),
                 ..self.geometry()
@@ -257,7 +257,10 @@ impl Store {
         if !(short || starved) {
             return false;
         }
-        if lock(&self.space.growing).is_some_and(|t| t.elapsed() < GROW_RETRY) {
+        if self
+            .lock(&self.space.growing)
+            .is_some_and(|t| t.elapsed() < GROW_RETRY)
+        {
             return false;
         }
         let before = self.segments();
@@ -266,7 +269,7 @@ impl Store {
             Ok(now) => now > before,
             Err(e) => {
                 log::warn!("the container could not grow: {e}");
-                *lock(&self.space.growing) = Some(Instant::now());
+                *self.lock(&self.space.growing) = Some(Instant::now());
                 false
             }
         }
@@ -277,7 +280,7 @@ impl Store {
     /// count and usage table; only then are the new segments free.
     pub fn grow_container(&self, segments: u64) -> Result<u64> {
         self.ensure_ok()?;
-        let mut failed = lock(&self.space.growing);
+        let mut failed = self.lock(&self.space.growing);
         let old = self.segments();
         let new = segments.min(self.max_segments());
         if new <= old {
@@ -296,14 +299,14 @@ impl Store {
         self.dev.grow_to(geo.container_bytes())?;
         let mut j = self.quiet_journal();
         {
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             st.sut.extend(new);
             st.maps.grow_blocks(new * geo.seg_blocks);
         }
         j.superblock.geometry.segments = new;
         if let Err(e) = self.checkpoint_locked(&mut j) {
             j.superblock.geometry.segments = old;
-            write(&self.state).sut.truncate(old);
+            self.write_lock(&self.state).sut.truncate(old);
             return Err(e);
         }
         self.segments.store(new, Ordering::Release);
@@ -334,7 +337,7 @@ impl Store {
     /// Space may have come back (segments released by a checkpoint): wakes writes waiting.
     pub(super) fn note_space_freed(&self) {
         let (n, cv) = &self.space.freed;
-        *lock(n) += 1;
+        *self.lock(n) += 1;
         cv.notify_all();
     }
 
@@ -362,8 +365,8 @@ impl Store {
         }
         self.wake_cleaner();
         let (n, cv) = &self.space.freed;
-        let seen = lock(n);
-        let _ = cv.wait_timeout(seen, (end - now).min(WAIT_SLICE));
+        let seen = self.lock(n);
+        drop(self.unpoison(cv.wait_timeout(seen, (end - now).min(WAIT_SLICE))));
         true
     }
 

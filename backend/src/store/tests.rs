@@ -8,6 +8,7 @@ mod crash;
 mod in_flight;
 mod keep_ahead;
 mod model;
+mod poison;
 mod space;
 
 use super::{CreateOptions, Store, StoreOptions};

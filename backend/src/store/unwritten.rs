@@ -5,7 +5,7 @@
 //! look a block up and find a physical block still being written; it waits here until the
 //! write has finished instead of reading what was there before.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 /// Physical block ranges being written, by the LSN of the record that maps them.
@@ -15,6 +15,8 @@ pub struct Unwritten {
     /// Ranges listed: lets the common case (nothing being written) skip the lock.
     count: AtomicUsize,
     done: Condvar,
+    /// The store failed on a poisoned lock: the writes waited for may never finish.
+    abandoned: AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -48,22 +50,39 @@ impl Unwritten {
         self.done.notify_all();
     }
 
-    /// Waits until none of `runs` (first block, block count) is being written.
+    /// Waits until none of `runs` (first block, block count) is being written, or the waits
+    /// are [`abandon`](Self::abandon)ed.
     pub fn wait_for(&self, runs: impl Iterator<Item = (u64, u64)> + Clone) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut r = self.lock();
-        while runs
-            .clone()
-            .any(|(first, blocks)| r.iter().any(|x| first < x.end && x.first < first + blocks))
+        while !self.abandoned.load(Ordering::Acquire)
+            && runs
+                .clone()
+                .any(|(first, blocks)| r.iter().any(|x| first < x.end && x.first < first + blocks))
         {
             r = self.done.wait(r).unwrap_or_else(|e| e.into_inner());
         }
     }
 
+    /// The list, poisoned or not: the store checks [`Self::is_poisoned`] before every request
+    /// and fails from then on, so a half-changed list is only seen by calls already running.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Range>> {
         self.ranges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends every wait, now and later: the store failed on a poisoned lock, and a batch that
+    /// panicked never finishes its writes. The readers then fail on the store's latch.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        let _r = self.lock();
+        self.done.notify_all();
+    }
+
+    /// A panic while the list was locked may have left it half-changed.
+    pub fn is_poisoned(&self) -> bool {
+        self.ranges.is_poisoned()
     }
 }
 

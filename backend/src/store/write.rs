@@ -32,7 +32,7 @@ use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
 use super::stats::Counters;
 use super::sut::SegKind;
-use super::{JournalState, State, Store, lock, read, write};
+use super::{JournalState, State, Store};
 use std::sync::MutexGuard;
 
 /// Parts of one gathered data write at most (the kernel takes up to 1024 iovecs per write).
@@ -135,7 +135,7 @@ impl Store {
             self.read_into(lba * BLOCK, b)
         })?;
         let slot = &self.writers[writer % self.writers.len()];
-        let mut w = lock(slot);
+        let mut w = self.lock(slot);
         let mut entries: Vec<Entry> = plan
             .unmap
             .iter()
@@ -169,7 +169,7 @@ impl Store {
                 // VBAs are unique, never reused; the writer lock, held until the batch is
                 // applied, keeps them ordered with the commit (snapshot creation takes every
                 // writer lock).
-                let mut st = write(&self.state);
+                let mut st = self.write_lock(&self.state);
                 let v = st.maps.next_vba;
                 st.maps.next_vba += n as u64;
                 v
@@ -226,7 +226,10 @@ impl Store {
                 }
                 return Ok(r);
             }
-            let seg = write(&self.state).sut.grab(SegKind::Data, use_reserve);
+            let seg = self
+                .write_lock(&self.state)
+                .sut
+                .grab(SegKind::Data, use_reserve);
             if let Some(seg) = seg {
                 w.start(seg);
                 if !use_reserve {
@@ -255,7 +258,7 @@ impl Store {
                 continue;
             }
             if stuck {
-                let st = read(&self.state);
+                let st = self.read_lock(&self.state);
                 let mut hist = [0u32; 11];
                 let mut meta = 0;
                 let mut open = 0;
@@ -284,7 +287,7 @@ impl Store {
     /// Cleaning gains less than a segment per victim, so several are cleaned before the
     /// one checkpoint that releases them all.
     fn make_room(&self, for_cleaner: bool) -> Result<bool> {
-        let pending = read(&self.state).sut.pending_count();
+        let pending = self.read_lock(&self.state).sut.pending_count();
         if pending > 0 {
             // Releases them (those still pinned by a read stay pending; the caller retries).
             self.checkpoint()?;
@@ -326,10 +329,10 @@ impl Store {
         drop_stale_moves: bool,
         issue: Issue<'_>,
     ) -> Result<Committed> {
-        let j = lock(&self.journal);
+        let j = self.lock(&self.journal);
         self.ensure_ok()?;
         if drop_stale_moves {
-            let st = read(&self.state);
+            let st = self.read_lock(&self.state);
             entries.retain(|e| match *e {
                 Entry::Move { vba, old_pba, .. } => st
                     .maps
@@ -437,7 +440,7 @@ impl Store {
         if !j.retiring.iter().any(|&(lsn, _)| lsn <= j.written_lsn) {
             return;
         }
-        let mut st = write(&self.state);
+        let mut st = self.write_lock(&self.state);
         let through = j.written_lsn;
         j.retiring.retain(|&(lsn, seg)| {
             let done = lsn <= through;
@@ -490,35 +493,37 @@ impl Store {
         Ok((j, Reserved { lsn, pba, record }))
     }
 
-    /// Waits (releasing the journal lock meanwhile) until every reserved record is applied.
+    /// Waits (releasing the journal lock meanwhile) until every reserved record is applied, or
+    /// a lock is found poisoned (the batch that panicked never finishes).
     pub(super) fn wait_quiet<'a>(
         &'a self,
         mut j: MutexGuard<'a, JournalState>,
     ) -> MutexGuard<'a, JournalState> {
-        while j.in_flight > 0 {
-            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        while j.in_flight > 0 && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
         }
         j
     }
 
     /// The journal lock with no record in flight: what a checkpoint needs.
     pub(super) fn quiet_journal(&self) -> MutexGuard<'_, JournalState> {
-        self.wait_quiet(lock(&self.journal))
+        self.wait_quiet(self.lock(&self.journal))
     }
 
     /// Applies record `lsn` to the maps once every earlier one is applied (its writes may
     /// still be in flight: readers of its blocks wait for them, see `unwritten`).
     fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
-        let mut j = lock(&self.journal);
-        while j.applied_lsn + 1 != lsn {
-            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        let mut j = self.lock(&self.journal);
+        while j.applied_lsn + 1 != lsn && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
         }
         if self.ensure_ok().is_ok() {
-            let mut st = write(&self.state);
+            let mut st = self.write_lock(&self.state);
             let State { maps, sut, .. } = &mut *st;
             maps.apply(entries, sut);
         }
-        j.applied_lsn = lsn;
+        // Past a poisoned lock the batches before may never come: stop waiting for them.
+        j.applied_lsn = j.applied_lsn.max(lsn);
         drop(j);
         self.journal_cv.notify_all();
     }
@@ -528,9 +533,9 @@ impl Store {
     /// or may not be on the device, recovery decides.
     fn finish_commit(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
         let noted = self.note_written(lsn, written);
-        let mut j = lock(&self.journal);
-        while j.written_lsn < lsn {
-            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        let mut j = self.lock(&self.journal);
+        while j.written_lsn < lsn && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
         }
         noted
     }
@@ -539,7 +544,7 @@ impl Store {
     /// waiting for earlier records. A failed write fails the store.
     fn note_written(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
         self.unwritten.remove(lsn);
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         if lsn == j.written_lsn + 1 {
             j.written_lsn = lsn;
             loop {
@@ -569,10 +574,10 @@ impl Store {
     /// Waits until every record reserved so far is written (what a FLUSH covers).
     /// Waits until every record reserved so far is written; returns the newest one's LSN.
     pub(super) fn wait_written(&self) -> u64 {
-        let mut j = lock(&self.journal);
+        let mut j = self.lock(&self.journal);
         let target = j.cursor.next_lsn.saturating_sub(1);
-        while j.written_lsn < target {
-            j = self.journal_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+        while j.written_lsn < target && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
         }
         target
     }

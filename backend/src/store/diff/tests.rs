@@ -328,7 +328,7 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
             for (from, from_img) in &sides {
                 for (to, to_img) in &sides {
                     let d = s.diff(*from, *to).unwrap();
-                    let st = read(&s.state);
+                    let st = s.read_lock(&s.state);
                     let root = |t: &TreeRef| match t {
                         TreeRef::Empty => None,
                         TreeRef::Running => Some(st.maps.running),

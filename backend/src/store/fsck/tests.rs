@@ -7,7 +7,7 @@ use crate::store::btree::{Body, NodeId};
 use crate::store::codec::block_crc;
 use crate::store::layout::BLOCK;
 use crate::store::tests::{new_store, small_opts};
-use crate::store::{CreateOptions, Op, Store, StoreOptions, read};
+use crate::store::{CreateOptions, Op, Store, StoreOptions};
 use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ fn store_with_gaps() -> (Arc<FaultyDevice>, Store) {
 
 /// Children of a tree's root: (node id, disk block, first key).
 fn leaves(s: &Store, root: NodeId) -> Vec<(NodeId, u64, u64)> {
-    let st = read(&s.state);
+    let st = s.read_lock(&s.state);
     let f = &st.maps.lba;
     let Body::Internal { children, .. } = &f.node(root).body else {
         panic!("the tree should have more than one leaf");
@@ -95,8 +95,8 @@ fn reopen(dev: &Arc<FaultyDevice>) -> Store {
 #[test]
 fn a_shared_node_with_a_key_outside_its_range_is_reported_under_both_trees() {
     let (dev, s, _) = shared_history();
-    let snap_root = read(&s.state).maps.snapshots[0].root;
-    let running = read(&s.state).maps.running;
+    let snap_root = s.read_lock(&s.state).maps.snapshots[0].root;
+    let running = s.read_lock(&s.state).maps.running;
     let l = leaves(&s, snap_root);
     let (id, pba, first) = l[1];
     assert!(
@@ -105,7 +105,7 @@ fn a_shared_node_with_a_key_outside_its_range_is_reported_under_both_trees() {
     );
     let next = l[2].2;
     let last = {
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         st.maps
             .lba
             .entries(snap_root)
@@ -139,7 +139,7 @@ fn a_shared_node_with_a_key_outside_its_range_is_reported_under_both_trees() {
 fn a_shared_node_newer_than_its_snapshot_is_reported_once() {
     let (dev, s, _) = shared_history();
     let (snap_root, snap_seq) = {
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         (st.maps.snapshots[0].root, st.maps.snapshots[0].seq)
     };
     let (_, pba, _) = leaves(&s, snap_root)[0];
@@ -160,7 +160,7 @@ fn a_shared_node_newer_than_its_snapshot_is_reported_once() {
 fn an_unshared_node_is_reported_under_its_own_tree_only() {
     let (dev, s, _) = shared_history();
     let (snap_root, running) = {
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         (st.maps.snapshots[0].root, st.maps.running)
     };
     let shared: Vec<NodeId> = leaves(&s, snap_root).iter().map(|x| x.0).collect();
@@ -171,7 +171,7 @@ fn an_unshared_node_is_reported_under_its_own_tree_only() {
         "the last leaf is the running point's own copy"
     );
     let last = {
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         st.maps.lba.entries(running).last().unwrap().0
     };
     drop(s);
@@ -208,7 +208,7 @@ fn each_shared_node_is_walked_once() {
     let r = s.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
     let (distinct, leaves_per_tree) = {
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         let roots = st.maps.lba_roots();
         (
             st.maps.lba.reachable(&roots).len() as u64,

@@ -4,7 +4,7 @@
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
 use crate::store::layout::BLOCK;
-use crate::store::{Op, Store, StoreError, StoreOptions, read};
+use crate::store::{Op, Store, StoreError, StoreOptions};
 use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ fn flipped_tree_node_sut_and_checkpoint_root() {
     let (node, sut, root) = {
         let s = open(&dev).unwrap();
         s.checkpoint().unwrap();
-        let st = read(&s.state);
+        let st = s.read_lock(&s.state);
         let node = st.maps.lba.node(st.maps.running).disk.unwrap();
         (node, st.ckpt_blocks[0], *st.ckpt_blocks.last().unwrap())
     };
@@ -137,7 +137,7 @@ fn a_torn_block_inside_a_records_run_discards_the_record() {
     write(4 * 4096, &run).unwrap();
     // Not flushed: the record's data may not have landed before a crash.
     let pbas: Vec<u64> = (4..12)
-        .map(|lba| read(&s.state).maps.lookup(lba).unwrap().1.pba)
+        .map(|lba| s.read_lock(&s.state).maps.lookup(lba).unwrap().1.pba)
         .collect();
     assert!(
         pbas.windows(2).all(|w| w[1] == w[0] + 1),
@@ -177,7 +177,7 @@ fn flipped_data_block_fails_reads_and_fsck() {
         }],
     )
     .unwrap();
-    let pba = read(&s.state).maps.lookup(3).unwrap().1.pba;
+    let pba = s.read_lock(&s.state).maps.lookup(3).unwrap().1.pba;
     dev.corrupt(pba * BLOCK + 4000, 0x02);
     let mut b = vec![0u8; 4096];
     match s.read(3 * 4096, &mut b) {
@@ -300,7 +300,7 @@ fn a_flushed_records_damaged_data_is_refused() {
     write_at(&s, 0, 3);
     write_at(&s, 4, 9);
     s.flush().unwrap();
-    let pba = read(&s.state).maps.lookup(4).unwrap().1.pba;
+    let pba = s.read_lock(&s.state).maps.lookup(4).unwrap().1.pba;
     drop(s);
     dev.corrupt(pba * BLOCK + 100, 0x40);
     match open(&dev) {
@@ -348,7 +348,7 @@ fn a_torn_tails_survivors_are_erased_at_open() {
     write_at(&s, 1, 2);
     write_at(&s, 2, 3);
     let torn = {
-        let j = crate::store::lock(&s.journal);
+        let j = s.lock(&s.journal);
         s.geometry().journal_start() + j.cursor.pos - 2
     };
     drop(s);

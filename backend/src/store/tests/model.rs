@@ -534,14 +534,14 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     use crate::store::superblock::{INCOMPAT_BACKGROUND_DELETES, INCOMPAT_JOURNAL_DELETES};
     let (dev, store) = new_store(&small_opts());
     {
-        let mut j = crate::store::lock(&store.journal);
+        let mut j = store.lock(&store.journal);
         j.superblock.incompat &= !(INCOMPAT_JOURNAL_DELETES | INCOMPAT_BACKGROUND_DELETES);
         store.checkpoint_locked(&mut j).unwrap();
     }
     // Opened as a container from before both features: no record of reverts either.
     drop(store);
     let store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
-    assert!(crate::store::read(&store.state).maps.running_reverted);
+    assert!(store.read_lock(&store.state).maps.running_reverted);
     write_block(&store, 1, 1);
     let a = store.create_snapshot("a").unwrap();
     write_block(&store, 1, 2);
@@ -549,17 +549,16 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     write_block(&store, 1, 3);
     let c = store.create_snapshot("c").unwrap();
     store.delete_snapshot(a).unwrap();
-    let bit =
-        |s: &Store| crate::store::lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
+    let bit = |s: &Store| s.lock(&s.journal).superblock.incompat & INCOMPAT_JOURNAL_DELETES;
     assert_ne!(bit(&store), 0, "the first delete marks the container");
     assert_ne!(
-        crate::store::lock(&store.journal).superblock.incompat & INCOMPAT_BACKGROUND_DELETES,
+        store.lock(&store.journal).superblock.incompat & INCOMPAT_BACKGROUND_DELETES,
         0
     );
-    let records = crate::store::lock(&store.journal).cursor.records;
+    let records = store.lock(&store.journal).cursor.records;
     store.delete_snapshot(b).unwrap();
     assert_eq!(
-        crate::store::lock(&store.journal).cursor.records,
+        store.lock(&store.journal).cursor.records,
         records + 2,
         "the second delete is one journal record (and the mark of the flush that follows it)"
     );
@@ -601,7 +600,8 @@ fn a_delete_looks_only_at_what_the_snapshot_may_hold_alone() {
         write_block(&store, b, 2);
     }
     store.delete_snapshot(a).unwrap();
-    let plan = crate::store::read(&store.state)
+    let plan = store
+        .read_lock(&store.state)
         .maps
         .reclaim_candidates(a)
         .unwrap();
