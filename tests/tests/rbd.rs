@@ -378,18 +378,25 @@ fn rbd_kill_nine_under_load_loses_no_flushed_write() {
 
 /// With the guest's write cache off, a write keeld answered is in the image even if keeld is
 /// SIGKILLed right after: with `direct` at its default librbd's cache is off, so the write's own
-/// completion means the OSD has it. The guest flushes first, which would turn a librbd cache (on
-/// by Ceph's default) from write-through to write-back.
+/// completion means the OSD has it. The guest flushes first, which turns a librbd cache (on by
+/// Ceph's default) from write-through to write-back.
 #[test]
 fn rbd_write_through_write_survives_kill_nine() {
+    write_through_write_survives_kill_nine("size = \"8M\"");
+}
+
+/// As above with `direct = false`: librbd's cache is on and write-back after the guest's flush,
+/// so each write-through write is answered only after a flush of its own.
+#[test]
+fn rbd_write_through_write_survives_kill_nine_with_librbd_cache() {
+    write_through_write_survives_kill_nine("size = \"8M\"\ndirect = false");
+}
+
+fn write_through_write_survives_kill_nine(disk_keys: &str) {
     const BLOCKS: u64 = 64;
     let image = format!("rbd/{}", image_name("wt"));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("keel.toml"),
-        rbd_config(&image, "size = \"8M\""),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("keel.toml"), rbd_config(&image, disk_keys)).unwrap();
     let spawn = || {
         let keeld = Command::new(keeld_binary())
             .arg("--config")
