@@ -236,7 +236,9 @@ impl Disk {
             1
         };
         if options.write_through {
-            fe.set_config(WCE_OFFSET, VhostUserConfigFlags::WRITABLE, &[0])
+            // Flags 0, as QEMU sends for a guest's write: QEMU's own vhost-user-blk export
+            // takes any other value for a migration's and refuses it.
+            fe.set_config(WCE_OFFSET, VhostUserConfigFlags::empty(), &[0])
                 .map_err(Error::protocol("SET_CONFIG"))?;
         }
         let config = read_config(&mut fe)?;
