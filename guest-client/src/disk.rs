@@ -45,6 +45,9 @@ pub struct DiskOptions {
     pub event_idx: bool,
     /// Upper bound on data buffers per request (the device's seg_max may lower it).
     pub max_segments: usize,
+    /// Turn the device's write cache off (WCE = 0) before the rings start, as a guest with
+    /// its cache off does: every write must then be durable when it completes.
+    pub write_through: bool,
 }
 
 impl Default for DiskOptions {
@@ -57,6 +60,7 @@ impl Default for DiskOptions {
             indirect: true,
             event_idx: true,
             max_segments: 128,
+            write_through: false,
         }
     }
 }
@@ -231,6 +235,12 @@ impl Disk {
         } else {
             1
         };
+        if options.write_through {
+            // Flags 0, as QEMU sends for a guest's write: QEMU's own vhost-user-blk export
+            // takes any other value for a migration's and refuses it.
+            fe.set_config(WCE_OFFSET, VhostUserConfigFlags::empty(), &[0])
+                .map_err(Error::protocol("SET_CONFIG"))?;
+        }
         let config = read_config(&mut fe)?;
 
         let device_queues = if has(acked, features::MQ) {
@@ -349,6 +359,9 @@ impl Disk {
         self.pool.alloc(len)
     }
 }
+
+/// Offset of `writeback` (WCE) in virtio-blk's config space.
+const WCE_OFFSET: u32 = 32;
 
 fn read_config(fe: &mut Frontend) -> Result<BlkConfig> {
     let (_, payload) = fe

@@ -7,7 +7,11 @@
 #
 #   bash tests/bench/rbd_vs_qsd.sh [RUNS=3] [RUNTIME_SECONDS=5]
 #
-# Both servers use librbd's defaults (its cache on, writethrough until the first flush).
+# Both servers run with their defaults: keeld's `direct = true` turns librbd's cache off; QSD
+# without cache.direct turns it on (write-through until the first flush). The last workload turns
+# the device's write cache off first (keel-client --write-through, as a guest with WCE off), so
+# every write must be durable when answered; it runs last because QSD keeps that setting for the
+# export.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-3}
@@ -61,16 +65,16 @@ stop_server() {
     pids=()
 }
 
-# name rw bs iodepth
-workloads="randread-4k-qd1:randread:4k:1 randwrite-4k-qd1:randwrite:4k:1 randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 read-1m-qd8:read:1m:8 write-1m-qd8:write:1m:8"
+# name rw bs iodepth [extra client flag]
+workloads="randread-4k-qd1:randread:4k:1 randwrite-4k-qd1:randwrite:4k:1 randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 read-1m-qd8:read:1m:8 write-1m-qd8:write:1m:8 randwrite-4k-qd1-wt:randwrite:4k:1:--write-through"
 servers="keeld qsd"
 declare -A iops lat
 for run in $(seq "$runs"); do
     for s in $servers; do
         start_server "$s"
         for w in $workloads; do
-            IFS=: read -r name rw bs depth <<<"$w"
-            read -r i l < <("$client" bench --rw "$rw" --bs "$bs" --iodepth "$depth" --queues 1 \
+            IFS=: read -r name rw bs depth flag <<<"$w"
+            read -r i l < <("$client" bench --rw "$rw" --bs "$bs" --iodepth "$depth" --queues 1 ${flag:+"$flag"} \
                 --runtime "${runtime}s" --json "$sock" | python3 -c \
                 'import json,sys; j=json.load(sys.stdin); o=j["read"] or j["write"]; print(int(j["iops"]), round(o["lat_mean_us"]))')
             iops[$s,$name]+="$i "

@@ -375,3 +375,70 @@ fn rbd_kill_nine_under_load_loses_no_flushed_write() {
         );
     }
 }
+
+/// With the guest's write cache off, a write keeld answered is in the image even if keeld is
+/// SIGKILLed right after: with `direct` at its default librbd's cache is off, so the write's own
+/// completion means the OSD has it. The guest flushes first, which turns a librbd cache (on by
+/// Ceph's default) from write-through to write-back.
+#[test]
+fn rbd_write_through_write_survives_kill_nine() {
+    write_through_write_survives_kill_nine("size = \"8M\"");
+}
+
+/// As above with `direct = false`: librbd's cache is on and write-back after the guest's flush,
+/// so each write-through write is answered only after a flush of its own.
+#[test]
+fn rbd_write_through_write_survives_kill_nine_with_librbd_cache() {
+    write_through_write_survives_kill_nine("size = \"8M\"\ndirect = false");
+}
+
+fn write_through_write_survives_kill_nine(disk_keys: &str) {
+    const BLOCKS: u64 = 64;
+    let image = format!("rbd/{}", image_name("wt"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keel.toml"), rbd_config(&image, disk_keys)).unwrap();
+    let spawn = || {
+        let keeld = Command::new(keeld_binary())
+            .arg("--config")
+            .arg(dir.path().join("keel.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_socket(&dir.path().join("d.sock"), START_TIMEOUT));
+        keeld
+    };
+    let options = DiskOptions {
+        queues: Some(1),
+        buffer_memory: 4 << 20,
+        write_through: true,
+        ..DiskOptions::default()
+    };
+    let mut keeld = spawn();
+    let mut disk = Disk::connect(dir.path().join("d.sock"), &options).unwrap();
+    assert_eq!(disk.info().config.wce, 0, "the write cache is off");
+    let mut queue = disk.take_queue(0).unwrap();
+    queue.write_slice(0, &pattern(100, 4096)).unwrap();
+    queue.flush().unwrap();
+    for i in 0..BLOCKS {
+        queue.write_slice(i * 4096, &pattern(i, 4096)).unwrap();
+    }
+    keeld.kill().unwrap();
+    keeld.wait().unwrap();
+    drop(queue);
+    drop(disk);
+
+    let mut keeld = spawn();
+    let mut disk = Disk::connect(dir.path().join("d.sock"), &options).unwrap();
+    let mut queue = disk.take_queue(0).unwrap();
+    for i in 0..BLOCKS {
+        assert!(
+            queue.read_vec(i * 4096, 4096).unwrap() == pattern(i, 4096),
+            "block {i} of {BLOCKS}, answered before the kill, is not in the image"
+        );
+    }
+    drop(queue);
+    drop(disk);
+    keeld.kill().unwrap();
+    keeld.wait().unwrap();
+}

@@ -50,6 +50,9 @@ pub struct ConnectArgs {
     /// Do not use EVENT_IDX notification suppression even if offered.
     #[arg(long)]
     pub no_event_idx: bool,
+    /// Turn the device's write cache off first (WCE = 0), as a guest with its cache off does.
+    #[arg(long)]
+    pub write_through: bool,
 }
 
 impl ConnectArgs {
@@ -65,6 +68,7 @@ impl ConnectArgs {
             },
             indirect: !self.no_indirect,
             event_idx: !self.no_event_idx,
+            write_through: self.write_through,
             ..DiskOptions::default()
         }
     }

@@ -39,6 +39,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// How long an OSD may take to answer a request before it fails; `None`: no limit.
     pub osd_timeout: Option<Duration>,
+    /// librbd's cache (`rbd_cache`). Off, a write completes only once the OSDs have it on
+    /// stable storage; on, it may complete from the cache once the guest has flushed.
+    pub cache: bool,
 }
 
 /// A connected cluster handle (`rados_t`).
@@ -75,6 +78,9 @@ impl Cluster {
         // A discard of part of an object zeroes it instead of being skipped: Keel's disks read
         // discarded ranges back as zeroes, whatever the engine.
         cluster.set("rbd_skip_partial_discard", "false")?;
+        // Set after the config file is read, so that file cannot turn the cache on behind the
+        // engine's back: the queues rely on it being off to skip flushes (docs/rbd.md).
+        cluster.set("rbd_cache", if opts.cache { "true" } else { "false" })?;
         if let Some(t) = opts.osd_timeout {
             cluster.set("rados_osd_op_timeout", &t.as_secs().max(1).to_string())?;
         }

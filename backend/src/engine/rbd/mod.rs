@@ -31,6 +31,9 @@ pub struct RbdEngine {
     read_only: bool,
     /// Bytes; grows online (`grow`).
     capacity: AtomicU64,
+    /// librbd's cache is on (`direct = false`): a completed write may still sit in it, so a
+    /// write-through write needs a flush of its own before it is answered.
+    cache: bool,
 }
 
 impl RbdEngine {
@@ -46,7 +49,9 @@ impl RbdEngine {
             path: spec.clone().into(),
             message,
         };
-        let image = open_image(rbd, disk.size, disk.read_only).map_err(|e| setup(e.to_string()))?;
+        let cache = !disk.direct;
+        let image =
+            open_image(rbd, disk.size, disk.read_only, cache).map_err(|e| setup(e.to_string()))?;
         let size = image.size().map_err(|e| setup(e.to_string()))?;
         if let Some(want) = disk.size.filter(|&w| w > size) {
             return Err(setup(format!(
@@ -62,13 +67,19 @@ impl RbdEngine {
             spec,
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
+            cache,
         };
         info!("{}", engine.describe());
         Ok(engine)
     }
 }
 
-fn open_image(rbd: &RbdConfig, size: Option<u64>, read_only: bool) -> std::io::Result<Image> {
+fn open_image(
+    rbd: &RbdConfig,
+    size: Option<u64>,
+    read_only: bool,
+    cache: bool,
+) -> std::io::Result<Image> {
     let cluster = Arc::new(Cluster::connect(&ConnectOptions {
         ceph_conf: rbd.ceph_conf.display().to_string(),
         id: rbd.ceph_id.clone(),
@@ -76,6 +87,7 @@ fn open_image(rbd: &RbdConfig, size: Option<u64>, read_only: bool) -> std::io::R
         connect_timeout: CONNECT_TIMEOUT,
         osd_timeout: (rbd.osd_timeout_s > 0)
             .then(|| Duration::from_secs(u64::from(rbd.osd_timeout_s))),
+        cache,
     })?);
     let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
     match Image::open(&ctx, &rbd.image) {
@@ -125,15 +137,16 @@ impl Engine for RbdEngine {
 
     fn describe(&self) -> String {
         format!(
-            "rbd engine on {} ({} bytes, librbd aio)",
+            "rbd engine on {} ({} bytes, librbd aio, librbd cache {})",
             self.spec,
-            self.capacity()
+            self.capacity(),
+            if self.cache { "on" } else { "off" }
         )
     }
 
     fn queue(&self, index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
         let api = ffi::api().map_err(EngineError::Unsupported)?;
-        queue::RbdQueue::new(Arc::clone(&self.image), api, self.read_only)
+        queue::RbdQueue::new(Arc::clone(&self.image), api, self.read_only, self.cache)
             .map(|q| Box::new(q) as Box<dyn QueueEngine>)
             .map_err(|source| EngineError::Queue {
                 queue: index,

@@ -3,8 +3,10 @@
 //! thread; the callback only records (slot, return code) in a list shared with the queue and
 //! raises the queue's eventfd, which the worker watches in its epoll set. No thread per request.
 //!
-//! A write-through write (the guest turned its cache off) is followed by an aio flush and
-//! answered when the flush is done. A discard or write-zeroes of several ranges is one aio call
+//! A write-through write (the guest turned its cache off) is answered when its aio write
+//! completes if librbd's cache is off (the default, `direct = true`): the OSDs then acknowledge a
+//! write only once it is on their stable storage. With the cache on, the write is followed by an
+//! aio flush and answered when the flush is done. A discard or write-zeroes of several ranges is one aio call
 //! per range, answered when the last one is.
 
 use std::ffi::{c_int, c_void};
@@ -77,6 +79,8 @@ struct InFlight {
 pub(super) struct RbdQueue {
     image: Arc<Image>,
     read_only: bool,
+    /// librbd's cache is on: write-through writes need a flush after them.
+    cache: bool,
     shared: Arc<Shared>,
     slots: Slab<InFlight>,
     /// Requests finished without librbd (refused, empty), reported at the next reap.
@@ -91,10 +95,11 @@ fn io_error(op: &'static str, rc: isize) -> EngineError {
 }
 
 impl RbdQueue {
-    pub fn new(image: Arc<Image>, api: Arc<Api>, read_only: bool) -> io::Result<Self> {
+    pub fn new(image: Arc<Image>, api: Arc<Api>, read_only: bool, cache: bool) -> io::Result<Self> {
         Ok(Self {
             image,
             read_only,
+            cache,
             shared: Arc::new(Shared {
                 api,
                 finished: Mutex::new(Vec::new()),
@@ -259,7 +264,7 @@ impl QueueEngine for RbdQueue {
                 });
                 continue;
             }
-            let flush_after = matches!(req.op, IoOp::Write { durable: true, .. });
+            let flush_after = self.cache && matches!(req.op, IoOp::Write { durable: true, .. });
             let slot = self.slots.insert(InFlight {
                 req,
                 pending: 0,
