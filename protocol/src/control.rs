@@ -25,7 +25,7 @@ pub struct DiskInfo {
     /// Whether the disk is served, or failed to open when keeld started.
     #[serde(default)]
     pub state: DiskState,
-    /// Why a failed disk could not be opened.
+    /// Why a failed disk could not be opened, or why it stopped serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Where the container's space goes (keel engine only).
@@ -55,7 +55,9 @@ pub enum DiskState {
     /// Its socket accepts frontends.
     #[default]
     Serving,
-    /// It could not be opened (see `error`); the other disks are served without it.
+    /// It could not be opened, or its store failed while serving (a metadata write failed):
+    /// see `error`. Its requests fail until keeld restarts it; the other disks are served
+    /// without it.
     Failed,
     /// A clone still copying its snapshot (see `clone`); served once the copy is done.
     Cloning,

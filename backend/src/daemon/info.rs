@@ -14,12 +14,20 @@ use crate::vhost::stats::LatencyOp;
 
 impl ServedDisk {
     pub(super) fn info(&self) -> DiskInfo {
+        // A store that failed while serving answers every request with IOERR: say so, rather
+        // than list the disk as serving.
+        let failure = self.engine().admin().and_then(|a| a.failure());
+        let state = match failure {
+            Some(_) => DiskState::Failed,
+            None => DiskState::Serving,
+        };
         DiskInfo {
             size: self.engine().capacity(),
+            error: failure,
             connected: self.attached(),
             space: self.engine().admin().and_then(|a| a.space()),
             import: self.engine().import(),
-            ..configured(&self.config, DiskState::Serving)
+            ..configured(&self.config, state)
         }
     }
 

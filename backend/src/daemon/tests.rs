@@ -255,3 +255,41 @@ fn the_daemon_starts_lists_and_stops_disks() {
     ));
     daemon.shutdown().unwrap();
 }
+
+/// A store that fails while its disk is served (a metadata write failed, a lock was poisoned)
+/// is listed as failed with its cause, and its requests fail, rather than the disk looking
+/// healthy while every guest request gets IOERR.
+#[test]
+fn a_store_that_fails_while_serving_is_listed_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_over_k(dir.path());
+    assert_eq!(entry(&control, "k")["state"], "serving");
+    assert!(entry(&control, "k").get("error").is_none());
+
+    let store = control.disk("k").unwrap().store().unwrap();
+    store.latch_failed("a metadata write failed: injected".into());
+
+    let k = entry(&control, "k");
+    assert_eq!(k["state"], "failed", "{k}");
+    assert!(
+        k["error"].as_str().unwrap().contains("injected"),
+        "the cause is not reported: {k}"
+    );
+    let listed = control.call(ApiCall::ListDisks).unwrap();
+    assert_eq!(listed[0]["state"], "failed", "{listed}");
+    let data = vec![7u8; 4096];
+    assert!(matches!(
+        store.write_batch(
+            0,
+            &[Op::Write {
+                offset: 0,
+                data: &data
+            }]
+        ),
+        Err(StoreError::Failed)
+    ));
+    // Closing cannot checkpoint a failed store: the stop says so instead of claiming a clean
+    // close (the journal replays at the next open).
+    let errors = control.disks.stop_all();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}

@@ -52,6 +52,12 @@ pub trait EngineAdmin: Send + Sync {
         EngineCounters::default()
     }
 
+    /// Why the engine stopped serving while it ran (its store failed), or `None`: the disk is
+    /// then reported failed, with this as its error.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// What keeping space free costs, for log-structured engines.
     fn cleaning(&self) -> Option<keel_protocol::control::CleaningStats> {
         None

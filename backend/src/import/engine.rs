@@ -234,6 +234,10 @@ impl EngineAdmin for ImportEngine {
         self.inner.admin().map(|a| a.counters()).unwrap_or_default()
     }
 
+    fn failure(&self) -> Option<String> {
+        self.inner.admin().and_then(|a| a.failure())
+    }
+
     fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
         self.inner.admin().and_then(|a| a.space())
     }

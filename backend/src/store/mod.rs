@@ -221,6 +221,8 @@ pub struct Store {
     stats: Counters,
     /// Set by a failed metadata write or a poisoned lock: every later request fails.
     failed: AtomicBool,
+    /// Why the store failed (the first cause), for `keel disks`.
+    failure: std::sync::OnceLock<String>,
     /// A lock was found poisoned (logged once; see poison.rs).
     poisoned: AtomicBool,
     opts: StoreOptions,
@@ -391,6 +393,7 @@ impl Store {
             unwritten: unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
+            failure: std::sync::OnceLock::new(),
             poisoned: AtomicBool::new(false),
             opts,
             recovery: loaded.report,
@@ -441,7 +444,7 @@ impl Store {
 
     fn fail(&self, e: &StoreError) {
         log::error!("store stops accepting writes: {e}");
-        self.failed.store(true, Ordering::Release);
+        self.latch_failed(format!("a metadata write failed: {e}"));
     }
 
     /// [`checkpoint`](Self::checkpoint) unless a batch is in flight (false then): for a

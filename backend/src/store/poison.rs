@@ -47,7 +47,7 @@ impl Store {
     /// Wakes the journal's and readers' waiters: the record the panicking call had reserved may never be
     /// applied or written, so they stop waiting for it (see [`Self::poisoned`]).
     fn fail_poisoned(&self, what: &str, at: &Location<'_>) {
-        self.failed.store(true, Ordering::Release);
+        self.latch_failed(format!("a panic poisoned a store lock ({what})"));
         if !self.poisoned.swap(true, Ordering::AcqRel) {
             log::error!(
                 "store: the lock {what} was poisoned by a panic mid-update (found at {at}); \
@@ -89,6 +89,26 @@ impl Store {
     pub fn is_failed(&self) -> bool {
         self.check_poisoned();
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the store failed (its first cause), or `None` while it serves.
+    #[track_caller]
+    pub fn failure(&self) -> Option<String> {
+        if !self.is_failed() {
+            return None;
+        }
+        Some(
+            self.failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the store failed".to_string()),
+        )
+    }
+
+    /// Latches the store failed; the first `cause` is kept for [`Self::failure`].
+    pub(crate) fn latch_failed(&self, cause: String) {
+        let _ = self.failure.set(cause);
+        self.failed.store(true, Ordering::Release);
     }
 
     /// [`StoreError::Failed`] once the store has failed.

@@ -358,6 +358,10 @@ impl EngineAdmin for KeelEngine {
         }
     }
 
+    fn failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
     fn space(&self) -> Option<keel_protocol::control::SpaceReport> {
         Some(self.store.space())
     }

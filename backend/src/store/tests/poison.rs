@@ -94,6 +94,8 @@ fn a_poisoned_lock_fails_every_later_request_and_the_store_still_closes() {
             s.is_failed(),
             "{which:?}: the store does not report itself failed"
         );
+        let why = s.failure().expect("a failed store says why");
+        assert!(why.contains("poisoned"), "{which:?}: failure reads {why:?}");
         assert_failed(which, "write", write(&s, 0, 1));
         let mut buf = vec![0u8; 4096];
         assert_failed(which, "read", s.read(8192, &mut buf));
