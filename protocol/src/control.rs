@@ -182,6 +182,17 @@ pub struct DiskStats {
     /// Requests at the engine now.
     #[serde(default)]
     pub in_flight: u64,
+    /// Used-buffer notifications sent to the guest (fewer than requests when batches share one).
+    #[serde(default)]
+    pub notifications: u64,
+    /// Frontend connections accepted, and refused because the socket already had its two.
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Requests run again after a restart because the frontend's inflight area marked them.
+    #[serde(default)]
+    pub resubmitted: u64,
     /// Completion latency by operation ("read", "write", "flush", "other": discard and
     /// write-zeroes); together they make up `latency`.
     #[serde(default)]

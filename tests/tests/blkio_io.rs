@@ -98,7 +98,7 @@ fn out_of_range_requests_fail_and_the_daemon_keeps_serving() {
     let mut c = Client::connect(&keeld.socket("d"), 1, MIB).unwrap();
     assert_eq!(c.read(0, 0, 512).unwrap(), vec![7; 512]);
     let stats = &keeld.daemon().stats()[0].1;
-    assert!(stats.snapshot().rejected >= 3);
+    assert!(stats.snapshot().invalid_requests >= 3);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody, OpLatency};
+use keel_protocol::control::{DiskInfo, DiskState, DiskStats as StatsBody};
 
 use super::disks::FailedDisk;
 use super::served::ServedDisk;
@@ -10,7 +10,6 @@ use crate::config::DiskConfig;
 use crate::control::ApiError;
 use crate::engine::EngineAdmin;
 use crate::store::Store;
-use crate::vhost::stats::LatencyOp;
 
 impl ServedDisk {
     pub(super) fn info(&self) -> DiskInfo {
@@ -32,48 +31,22 @@ impl ServedDisk {
     }
 
     pub(super) fn stats_body(&self) -> StatsBody {
-        let s = self.stats().snapshot();
         let e = self
             .engine()
             .admin()
             .map(|a| a.counters())
             .unwrap_or_default();
         StatsBody {
-            reads: s.reads,
-            writes: s.writes,
-            flushes: s.flushes,
-            discards: s.discards,
-            write_zeroes: s.write_zeroes,
-            get_ids: s.get_ids,
-            read_bytes: s.bytes_read,
-            written_bytes: s.bytes_written,
-            errors: s.io_errors,
-            unsupported: 0,
-            invalid_requests: s.rejected,
-            batches: s.batches,
             metadata_transactions: e.metadata_transactions,
             device_bytes_written: e.device_bytes_written,
             checksum_errors: e.checksum_errors,
             snapshots_being_deleted: e.snapshots_being_deleted,
             space: self.engine().admin().and_then(|a| a.space()),
             cleaning: self.engine().admin().and_then(|a| a.cleaning()),
-            latency: self.stats().latency.buckets(),
-            latency_sum_us: self.stats().latency.sum_us(),
-            batched_requests: s.batched_requests,
-            max_batch: s.max_batch,
-            in_flight: s.in_flight,
-            latency_by_op: LatencyOp::ALL
-                .iter()
-                .zip(&self.stats().latency_by_op)
-                .map(|(op, h)| OpLatency {
-                    op: op.name().to_string(),
-                    buckets: h.buckets(),
-                    sum_us: h.sum_us(),
-                })
-                .collect(),
             throttled_seconds: self.qos().throttled().as_secs_f64(),
             throttled_requests: self.qos().throttled_requests(),
             import: self.engine().import(),
+            ..self.stats().snapshot()
         }
     }
 

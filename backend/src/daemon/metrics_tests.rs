@@ -28,8 +28,8 @@ fn control(dir: &Path) -> DaemonControl {
     keel_stats.record_batch(&BatchCounts {
         reads: 3,
         writes: 2,
-        bytes_read: 3 * 4096,
-        bytes_written: 2 * 4096,
+        read_bytes: 3 * 4096,
+        written_bytes: 2 * 4096,
         requests: 5,
         ..Default::default()
     });

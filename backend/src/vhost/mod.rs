@@ -23,4 +23,4 @@ pub mod worker;
 /// it from there.
 #[doc(hidden)]
 pub use crate::daemon::{Daemon, DaemonError};
-pub use stats::{DiskStats, StatsSnapshot};
+pub use stats::DiskStats;

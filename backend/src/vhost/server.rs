@@ -390,8 +390,8 @@ impl Acceptor {
                     s.reads,
                     s.writes,
                     s.flushes,
-                    s.rejected,
-                    s.io_errors,
+                    s.invalid_requests,
+                    s.errors,
                     s.batches,
                     s.batched_requests as f64 / s.batches.max(1) as f64,
                     s.notifications

@@ -1,11 +1,11 @@
 //! Per-disk counters, updated by the queue workers once per batch and readable at any time
-//! (the control API serves a [`StatsSnapshot`]).
+//! (the control API serves them as [`keel_protocol::control::DiskStats`], with the same names).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use keel_protocol::control::{DiskStats as ApiStats, OpLatency};
 
 /// Counters of one disk, shared by its queues.
 #[derive(Debug, Default)]
@@ -16,12 +16,14 @@ pub struct DiskStats {
     pub discards: AtomicU64,
     pub write_zeroes: AtomicU64,
     pub get_ids: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    /// Requests refused by parsing (malformed, out of range, unsupported).
-    pub rejected: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    /// Requests refused by parsing as malformed or out of range (IOERR).
+    pub invalid_requests: AtomicU64,
+    /// Requests of a type or with flags the disk does not offer (UNSUPP).
+    pub unsupported: AtomicU64,
     /// Requests the engine failed.
-    pub io_errors: AtomicU64,
+    pub errors: AtomicU64,
     /// Times a worker took requests off the ring and submitted them together.
     pub batches: AtomicU64,
     /// Requests in all batches (batched_requests / batches = mean batch size).
@@ -156,29 +158,6 @@ impl LocalLatency {
     }
 }
 
-/// A copy of the counters at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct StatsSnapshot {
-    pub reads: u64,
-    pub writes: u64,
-    pub flushes: u64,
-    pub discards: u64,
-    pub write_zeroes: u64,
-    pub get_ids: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub rejected: u64,
-    pub io_errors: u64,
-    pub batches: u64,
-    pub batched_requests: u64,
-    pub max_batch: u64,
-    pub notifications: u64,
-    pub connections: u64,
-    pub refused_connections: u64,
-    pub resubmitted: u64,
-    pub in_flight: u64,
-}
-
 /// Counts of one batch, gathered without atomics and published at once.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BatchCounts {
@@ -188,9 +167,10 @@ pub struct BatchCounts {
     pub discards: u64,
     pub write_zeroes: u64,
     pub get_ids: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub rejected: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub invalid_requests: u64,
+    pub unsupported: u64,
     pub requests: u64,
 }
 
@@ -219,26 +199,30 @@ impl DiskStats {
         add(&self.discards, b.discards);
         add(&self.write_zeroes, b.write_zeroes);
         add(&self.get_ids, b.get_ids);
-        add(&self.bytes_read, b.bytes_read);
-        add(&self.bytes_written, b.bytes_written);
-        add(&self.rejected, b.rejected);
+        add(&self.read_bytes, b.read_bytes);
+        add(&self.written_bytes, b.written_bytes);
+        add(&self.invalid_requests, b.invalid_requests);
+        add(&self.unsupported, b.unsupported);
         self.batches.fetch_add(1, Relaxed);
         self.batched_requests.fetch_add(b.requests, Relaxed);
         self.max_batch.fetch_max(b.requests, Relaxed);
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
+    /// The request side of the disk's stats as the control API serves them; the engine's
+    /// own counters, limits and import are added by the daemon.
+    pub fn snapshot(&self) -> ApiStats {
+        ApiStats {
             reads: self.reads.load(Relaxed),
             writes: self.writes.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
             discards: self.discards.load(Relaxed),
             write_zeroes: self.write_zeroes.load(Relaxed),
             get_ids: self.get_ids.load(Relaxed),
-            bytes_read: self.bytes_read.load(Relaxed),
-            bytes_written: self.bytes_written.load(Relaxed),
-            rejected: self.rejected.load(Relaxed),
-            io_errors: self.io_errors.load(Relaxed),
+            read_bytes: self.read_bytes.load(Relaxed),
+            written_bytes: self.written_bytes.load(Relaxed),
+            invalid_requests: self.invalid_requests.load(Relaxed),
+            unsupported: self.unsupported.load(Relaxed),
+            errors: self.errors.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batched_requests: self.batched_requests.load(Relaxed),
             max_batch: self.max_batch.load(Relaxed),
@@ -247,6 +231,18 @@ impl DiskStats {
             refused_connections: self.refused_connections.load(Relaxed),
             resubmitted: self.resubmitted.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
+            latency: self.latency.buckets(),
+            latency_sum_us: self.latency.sum_us(),
+            latency_by_op: LatencyOp::ALL
+                .iter()
+                .zip(&self.latency_by_op)
+                .map(|(op, h)| OpLatency {
+                    op: op.name().to_string(),
+                    buckets: h.buckets(),
+                    sum_us: h.sum_us(),
+                })
+                .collect(),
+            ..ApiStats::default()
         }
     }
 }
@@ -328,19 +324,19 @@ mod tests {
         let s = DiskStats::default();
         s.record_batch(&BatchCounts {
             reads: 2,
-            bytes_read: 8192,
+            read_bytes: 8192,
             requests: 2,
             ..Default::default()
         });
         s.record_batch(&BatchCounts {
             writes: 5,
-            bytes_written: 5 * 512,
+            written_bytes: 5 * 512,
             requests: 5,
             ..Default::default()
         });
         s.record_batch(&BatchCounts::default());
         let snap = s.snapshot();
-        assert_eq!((snap.reads, snap.writes, snap.bytes_read), (2, 5, 8192));
+        assert_eq!((snap.reads, snap.writes, snap.read_bytes), (2, 5, 8192));
         assert_eq!(
             (snap.batches, snap.batched_requests, snap.max_batch),
             (2, 7, 5)

@@ -349,12 +349,12 @@ impl QueueWorker {
                     let kind = match &op {
                         IoOp::Read { .. } => {
                             counts.reads += 1;
-                            counts.bytes_read += buffers.len() as u64;
+                            counts.read_bytes += buffers.len() as u64;
                             LatencyOp::Read
                         }
                         IoOp::Write { .. } => {
                             counts.writes += 1;
-                            counts.bytes_written += buffers.len() as u64;
+                            counts.written_bytes += buffers.len() as u64;
                             LatencyOp::Write
                         }
                         IoOp::Flush => {
@@ -395,7 +395,11 @@ impl QueueWorker {
                 }
             },
             Err(rej) => {
-                counts.rejected += 1;
+                if rej.error.status() == Status::Unsupp {
+                    counts.unsupported += 1;
+                } else {
+                    counts.invalid_requests += 1;
+                }
                 if let Some(suppressed) = ctx.log_limit.allow() {
                     warn!(
                         "{} q{}: refused request (descriptor {}): {}{}",
@@ -506,7 +510,7 @@ impl QueueWorker {
             let (status, len) = match c.result {
                 Ok(()) => (Status::Ok, p.used_len),
                 Err(e) => {
-                    self.ctx.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+                    self.ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
                     if let Some(suppressed) = self.ctx.log_limit.allow() {
                         warn!(
                             "{} q{}: I/O error: {e}{}",

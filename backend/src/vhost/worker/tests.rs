@@ -185,8 +185,14 @@ fn one_wakeup_serves_every_chain_in_one_batch() {
         "{s:?}"
     );
     assert_eq!(
-        (s.reads, s.writes, s.get_ids, s.rejected),
-        (1, 1, 1, 2),
+        (
+            s.reads,
+            s.writes,
+            s.get_ids,
+            s.invalid_requests,
+            s.unsupported
+        ),
+        (1, 1, 1, 1, 1),
         "{s:?}"
     );
     assert_eq!(s.notifications, 1, "one notification for the whole batch");
