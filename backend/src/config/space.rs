@@ -27,6 +27,8 @@ pub struct DiskSpace {
     /// `spare`: the spare space a container made for this disk gets (checked against `size`
     /// when it is known).
     pub spare: Spare,
+    /// `cleaner_policy`: how the cleaner picks its victims.
+    pub cleaner_policy: crate::store::VictimPolicy,
 }
 
 impl Default for DiskSpace {
@@ -38,6 +40,7 @@ impl Default for DiskSpace {
             wait: Duration::from_millis(DEFAULT_SPACE_WAIT_MS),
             max_size: d.max_container_bytes,
             spare: Spare::default(),
+            cleaner_policy: Default::default(),
         }
     }
 }
@@ -50,6 +53,7 @@ impl DiskSpace {
             critical_percent: self.critical_percent,
             wait: self.wait,
             max_container_bytes: self.max_size,
+            cleaner_policy: self.cleaner_policy,
         }
     }
 }
@@ -81,7 +85,8 @@ impl PercentValue {
 }
 
 impl Checker<'_> {
-    /// `space_warn`, `space_critical`, `space_wait_ms`, `spare` and `max_size`.
+    /// `space_warn`, `space_critical`, `space_wait_ms`, `spare`, `cleaner_policy` and
+    /// `max_size`.
     pub(super) fn check_space(
         &self,
         raw: &RawDisk,
@@ -158,6 +163,11 @@ impl Checker<'_> {
             if let Some(size) = size {
                 out.spare.percent_of(size).map_err(&err)?;
             }
+        }
+        if let Some(v) = &raw.cleaner_policy {
+            keel_only("cleaner_policy", v.span())?;
+            out.cleaner_policy = crate::store::VictimPolicy::parse(v.get_ref())
+                .map_err(|m| self.err(v.span(), "cleaner_policy", m))?;
         }
         if let Some(v) = &raw.max_size {
             out.max_size = Some(self.check_max_size(v, raw, engine, size, path, out.spare)?);

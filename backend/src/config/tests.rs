@@ -421,6 +421,31 @@ fn space_keys_are_checked() {
     assert!(m.contains("only a keel container grows"), "{m}");
 }
 
+#[test]
+fn cleaner_policy_is_cost_benefit_unless_greedy_is_asked_for() {
+    let (_dir, r) = parse(KEEL_DISK);
+    assert_eq!(
+        r.unwrap().disks[0].space.cleaner_policy,
+        crate::store::VictimPolicy::CostBenefit
+    );
+    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_policy = \"greedy\"\n"));
+    let c = r.unwrap();
+    assert_eq!(
+        c.disks[0].space.cleaner_policy,
+        crate::store::VictimPolicy::Greedy
+    );
+    assert_eq!(
+        c.disks[0].space.store_options().cleaner_policy,
+        crate::store::VictimPolicy::Greedy
+    );
+    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_policy = \"lru\"\n"));
+    let m = assert_invalid(r, "cleaner_policy", 7);
+    assert!(m.contains("not a cleaner policy"), "{m}");
+    let (_dir, r) = parse(&format!("{NULL_DISK}cleaner_policy = \"greedy\"\n"));
+    let m = assert_invalid(r, "cleaner_policy", 6);
+    assert!(m.contains("only the keel engine"), "{m}");
+}
+
 /// The keys serde expects where `probe` is an unknown one, from its error message.
 fn expected_keys(text: &str) -> Vec<String> {
     let (_d, r) = parse(text);

@@ -44,6 +44,7 @@ impl Store {
                 self.geo.first_data_segment(),
                 seg_blocks,
                 (seg_blocks * 9 / 10) as u32,
+                self.opts.space.cleaner_policy,
             ) else {
                 return Ok(None);
             };

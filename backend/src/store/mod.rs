@@ -45,6 +45,7 @@ mod sut;
 mod tail;
 mod unwritten;
 mod victim;
+pub use victim::VictimPolicy;
 mod write;
 
 #[cfg(test)]

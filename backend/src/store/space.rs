@@ -30,6 +30,8 @@ pub struct SpaceOptions {
     pub wait: Duration,
     /// The size the container file may grow to; `None`: it keeps its size.
     pub max_container_bytes: Option<u64>,
+    /// How the cleaner picks the segments it empties.
+    pub cleaner_policy: super::victim::VictimPolicy,
 }
 
 impl Default for SpaceOptions {
@@ -39,6 +41,7 @@ impl Default for SpaceOptions {
             critical_percent: 95,
             wait: Duration::ZERO,
             max_container_bytes: None,
+            cleaner_policy: Default::default(),
         }
     }
 }

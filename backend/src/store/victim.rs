@@ -13,8 +13,38 @@
 
 use super::sut::{SegKind, Sut};
 
+/// How the cleaner picks its victims.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VictimPolicy {
+    /// Benefit per cost with age (see the module doc): cold segments are cleaned at a higher
+    /// utilisation than hot ones, which are left to empty themselves.
+    #[default]
+    CostBenefit,
+    /// The segment with the fewest live blocks, whatever its age: the classic baseline, kept
+    /// to compare against (`cleaner_policy = "greedy"`).
+    Greedy,
+}
+
+impl VictimPolicy {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "cost-benefit" => Ok(Self::CostBenefit),
+            "greedy" => Ok(Self::Greedy),
+            _ => Err(format!(
+                "\"{s}\" is not a cleaner policy (expected \"cost-benefit\" or \"greedy\")"
+            )),
+        }
+    }
+}
+
 /// The segment to clean next, if any sealed data segment holds garbage.
-pub fn choose(sut: &Sut, first_data_segment: u64, seg_blocks: u64, max_live: u32) -> Option<u64> {
+pub fn choose(
+    sut: &Sut,
+    first_data_segment: u64,
+    seg_blocks: u64,
+    max_live: u32,
+    policy: VictimPolicy,
+) -> Option<u64> {
     let now = sut.clock();
     (first_data_segment..sut.segments())
         .filter(|s| {
@@ -22,10 +52,12 @@ pub fn choose(sut: &Sut, first_data_segment: u64, seg_blocks: u64, max_live: u32
             sut.kind(*s) == SegKind::Data && !sut.is_open(*s) && l > 0 && l <= max_live
         })
         .map(|s| {
-            (
-                score(sut.live(s), seg_blocks, now.saturating_sub(sut.stamp(s))),
-                s,
-            )
+            let age = match policy {
+                VictimPolicy::CostBenefit => now.saturating_sub(sut.stamp(s)),
+                // Equal ages leave only utilisation to decide.
+                VictimPolicy::Greedy => 0,
+            };
+            (score(sut.live(s), seg_blocks, age), s)
         })
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, s)| s)
@@ -66,6 +98,16 @@ mod tests {
     }
 
     #[test]
+    fn policies_parse_by_their_config_names() {
+        assert_eq!(
+            VictimPolicy::parse("cost-benefit"),
+            Ok(VictimPolicy::CostBenefit)
+        );
+        assert_eq!(VictimPolicy::parse("greedy"), Ok(VictimPolicy::Greedy));
+        assert!(VictimPolicy::parse("lru").unwrap_err().contains("greedy"));
+    }
+
+    #[test]
     fn chooses_by_cost_benefit_among_sealed_data_segments() {
         let geo = Geometry {
             seg_blocks: 16,
@@ -78,8 +120,14 @@ mod tests {
         let mut s = Sut::new(geo);
         fill(&mut s, &geo, 12);
         let sparser = fill(&mut s, &geo, 6);
-        assert_eq!(choose(&s, first, 16, 14), Some(sparser));
-        assert_eq!(choose(&s, first, 16, 11), Some(sparser));
+        assert_eq!(
+            choose(&s, first, 16, 14, VictimPolicy::CostBenefit),
+            Some(sparser)
+        );
+        assert_eq!(
+            choose(&s, first, 16, 11, VictimPolicy::CostBenefit),
+            Some(sparser)
+        );
 
         // The fuller one written long before: its data is cold, it goes first.
         let mut s = Sut::new(geo);
@@ -89,16 +137,27 @@ mod tests {
             s.release_pending(&|_| false);
         }
         let young = fill(&mut s, &geo, 6);
-        assert_eq!(choose(&s, first, 16, 14), Some(old));
         assert_eq!(
-            choose(&s, first, 16, 11),
+            choose(&s, first, 16, 14, VictimPolicy::CostBenefit),
+            Some(old)
+        );
+        assert_eq!(
+            choose(&s, first, 16, 14, VictimPolicy::Greedy),
+            Some(young),
+            "greedy looks at utilisation only"
+        );
+        assert_eq!(
+            choose(&s, first, 16, 11, VictimPolicy::CostBenefit),
             Some(young),
             "above max_live: never"
         );
         // An open segment is never chosen, nor a full one.
         let open = s.grab(SegKind::Data, false).unwrap();
         s.add(geo.segment_start(open), SegKind::Data);
-        assert_eq!(choose(&s, first, 16, 16), Some(old));
-        assert_eq!(choose(&s, first, 16, 5), None);
+        assert_eq!(
+            choose(&s, first, 16, 16, VictimPolicy::CostBenefit),
+            Some(old)
+        );
+        assert_eq!(choose(&s, first, 16, 5, VictimPolicy::CostBenefit), None);
     }
 }
