@@ -19,6 +19,12 @@ pub enum Pattern {
     RandWrite,
     SeqRead,
     SeqWrite,
+    /// Random writes with a hot set: 90 % of them go to the first 10 % of the span, the rest
+    /// anywhere in the other 90 %.
+    HotWrite,
+    /// Random writes whose blocks follow a Zipf distribution with exponent 1.2 (fio's
+    /// `random_distribution=zipf:1.2`), the popular blocks scattered over the span.
+    ZipfWrite,
 }
 
 impl Pattern {
@@ -28,7 +34,17 @@ impl Pattern {
             Self::RandWrite => "randwrite",
             Self::SeqRead => "read",
             Self::SeqWrite => "write",
+            Self::HotWrite => "randwrite-90/10",
+            Self::ZipfWrite => "randwrite-zipf1.2",
         }
+    }
+
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::RandRead | Self::SeqRead)
+    }
+
+    fn is_random(self) -> bool {
+        !matches!(self, Self::SeqRead | Self::SeqWrite)
     }
 }
 
@@ -136,11 +152,13 @@ impl Rng {
     }
 }
 
-/// Where one queue's requests go: random blocks over the whole span, or, sequentially, the
-/// queue's own slice of it (so queues do not hit the same blocks).
+/// Where one queue's requests go: random blocks over the whole span (uniform or skewed as the
+/// pattern says), or, sequentially, the queue's own slice of it (so queues do not hit the same
+/// blocks).
 struct Offsets {
     rng: Rng,
-    random: bool,
+    pattern: Pattern,
+    zipf: Option<(rand_distr::Zipf<f64>, rand::rngs::SmallRng)>,
     block_size: u64,
     first: u64,
     count: u64,
@@ -150,7 +168,15 @@ struct Offsets {
 impl Offsets {
     fn new(w: &Workload, index: usize, queues: usize) -> Self {
         let blocks = (w.span / w.block_size as u64).max(1);
-        let random = matches!(w.pattern, Pattern::RandRead | Pattern::RandWrite);
+        let random = w.pattern.is_random();
+        let zipf = (w.pattern == Pattern::ZipfWrite).then(|| {
+            use rand::SeedableRng;
+            let d = rand_distr::Zipf::new(blocks as f64, 1.2).expect("zipf over a non-empty span");
+            (
+                d,
+                rand::rngs::SmallRng::seed_from_u64(0x5eed ^ index as u64),
+            )
+        });
         let per = (blocks / queues as u64).max(1);
         let (first, count) = if random {
             (0, blocks)
@@ -159,7 +185,8 @@ impl Offsets {
         };
         Self {
             rng: Rng(0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            random,
+            pattern: w.pattern,
+            zipf,
             block_size: w.block_size as u64,
             first,
             count,
@@ -168,7 +195,21 @@ impl Offsets {
     }
 
     fn next(&mut self) -> u64 {
-        let block = if self.random {
+        let block = if let Some((zipf, rng)) = &mut self.zipf {
+            use rand::distr::Distribution;
+            // Rank 1 is the most popular; a multiplicative scramble (odd factor, so a
+            // bijection mod 2^64, then reduced) spreads the ranks over the span.
+            let rank = zipf.sample(rng) as u64 - 1;
+            rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) % self.count
+        } else if self.pattern == Pattern::HotWrite {
+            let hot = (self.count / 10).max(1);
+            let r = self.rng.next();
+            if r % 10 < 9 {
+                (r >> 8) % hot
+            } else {
+                hot + (r >> 8) % (self.count - hot).max(1)
+            }
+        } else if self.pattern.is_random() {
             self.rng.next() % self.count
         } else {
             let b = self.next;
@@ -366,7 +407,7 @@ fn drive(
     ops_limit: Option<u64>,
 ) -> Result<QueueStats, String> {
     let mut offsets = Offsets::new(w, index, queues);
-    let read = matches!(w.pattern, Pattern::RandRead | Pattern::SeqRead);
+    let read = w.pattern.is_read();
     let mut stats = QueueStats::new();
     let mut started = vec![Instant::now(); w.queue_depth];
     let mut left = ops_limit.unwrap_or(u64::MAX);
@@ -448,5 +489,63 @@ impl Drop for Running {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of `n` offsets of `pattern` over 10 000 blocks land in each block.
+    fn hits(pattern: Pattern, n: usize) -> Vec<u32> {
+        let w = Workload {
+            pattern,
+            block_size: 4096,
+            queue_depth: 1,
+            span: 10_000 * 4096,
+            runtime: Duration::ZERO,
+            warmup: Duration::ZERO,
+        };
+        let mut offsets = Offsets::new(&w, 0, 1);
+        let mut hits = vec![0u32; 10_000];
+        for _ in 0..n {
+            let off = offsets.next();
+            assert_eq!(off % 4096, 0);
+            hits[(off / 4096) as usize] += 1;
+        }
+        hits
+    }
+
+    /// The share of all hits that the `top` most-hit blocks took.
+    fn top_share(mut hits: Vec<u32>, top: usize) -> f64 {
+        let total: u32 = hits.iter().sum();
+        hits.sort_unstable_by(|a, b| b.cmp(a));
+        f64::from(hits[..top].iter().sum::<u32>()) / f64::from(total)
+    }
+
+    #[test]
+    fn the_hot_set_takes_nine_writes_in_ten() {
+        let h = hits(Pattern::HotWrite, 200_000);
+        let hot: u32 = h[..1000].iter().sum();
+        let share = f64::from(hot) / 200_000.0;
+        assert!((0.88..0.92).contains(&share), "hot share {share}");
+        assert!(
+            h[1000..].iter().filter(|&&c| c > 0).count() > 7500,
+            "the cold 90 % is written too"
+        );
+    }
+
+    #[test]
+    fn zipf_concentrates_and_uniform_does_not() {
+        let zipf = top_share(hits(Pattern::ZipfWrite, 200_000), 100);
+        let uniform = top_share(hits(Pattern::RandWrite, 200_000), 100);
+        assert!(
+            zipf > 0.5,
+            "the top 1 % of blocks took {zipf} of zipf:1.2's writes"
+        );
+        assert!(
+            uniform < 0.03,
+            "the top 1 % took {uniform} of uniform writes"
+        );
     }
 }
