@@ -1,6 +1,7 @@
 //! Helpers shared by Keel's whole-system tests and benchmarks.
 
 pub mod bench;
+pub mod bench_args;
 pub mod ceph;
 pub mod client;
 pub mod keeld;

@@ -10,38 +10,22 @@ use keel_backend::store::btree::{Forest, NodeId};
 use keel_backend::store::diff::diff_trees;
 use keel_backend::store::maps::Vba;
 
+use clap::Parser;
 use serde::Serialize;
 use std::time::Instant;
 
+/// The cost of `keel diff` against the size of the disk.
+#[derive(Parser)]
 struct Args {
+    /// Mapped blocks of the trees diffed.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 4_000_000])]
     sizes: Vec<u64>,
+    /// Blocks changed after the snapshot.
+    #[arg(long, value_delimiter = ',', default_values_t = [100u64, 10_000])]
     changes: Vec<u64>,
+    /// Runs of every case; the table shows medians.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
-}
-
-fn list(v: &str) -> Vec<u64> {
-    v.split(',')
-        .map(|x| x.trim().parse().expect("a list of numbers"))
-        .collect()
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        sizes: vec![100_000, 1_000_000, 4_000_000],
-        changes: vec![100, 10_000],
-        runs: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--sizes" => a.sizes = list(&val()),
-            "--changes" => a.changes = list(&val()),
-            "--runs" => a.runs = val().parse().expect("--runs N"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    a
 }
 
 #[derive(Serialize)]
@@ -89,7 +73,7 @@ fn full_merge(f: &Forest<Vba>, a: NodeId, b: NodeId) -> usize {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::parse();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut rows = Vec::new();
     for &size in &args.sizes {

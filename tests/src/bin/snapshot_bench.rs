@@ -27,64 +27,42 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::{CreateSnapshot, DiskStats, SnapshotInfo};
 use keel_tests::bench::{self, Measurement, Pattern, Running, Workload};
+use keel_tests::bench_args;
 use keel_tests::keeld::{spawn_keel_bench_disk, wait_for_socket};
 use serde::Serialize;
 
+/// Snapshots on a live keel disk against qcow2 internal snapshots.
+#[derive(Parser)]
 struct Args {
+    /// Data sizes of the create rows, in GiB.
+    #[arg(long = "sizes-gib", value_delimiter = ',', value_parser = bench_args::gib, default_values = ["1", "16"])]
     sizes: Vec<u64>,
+    /// Seconds each timed workload runs.
+    #[arg(long, value_parser = bench_args::secs, default_value = "4")]
     runtime: Duration,
+    /// Snapshots created under load.
+    #[arg(long, default_value_t = 20)]
     creates: usize,
+    /// Runs of the write rows; medians reported.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     runs: usize,
     /// Snapshots per write row.
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 10, 100])]
     rows: Vec<usize>,
+    /// Where the images go.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-snapshot-bench"))]
     dir: PathBuf,
 }
 
-fn parse_args() -> Args {
-    let mut a = Args {
-        sizes: vec![1 << 30, 16 << 30],
-        runtime: Duration::from_secs(4),
-        creates: 20,
-        runs: 3,
-        rows: vec![0, 10, 100],
-        dir: std::env::temp_dir().join("keel-snapshot-bench"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--sizes-gib" => {
-                a.sizes = val()
-                    .split(',')
-                    .map(|s| s.parse::<u64>().expect("--sizes-gib 1,16") << 30)
-                    .collect()
-            }
-            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
-            "--creates" => a.creates = val().parse().expect("--creates N"),
-            "--runs" => a.runs = val().parse::<usize>().expect("--runs N").max(1),
-            "--rows" => {
-                a.rows = val()
-                    .split(',')
-                    .map(|s| s.parse().expect("--rows 0,10,100"))
-                    .collect()
-            }
-            "--dir" => a.dir = PathBuf::from(val()),
-            other => {
-                if other != "--help" {
-                    eprintln!("snapshot_bench: unknown argument {other}");
-                }
-                eprintln!(
-                    "usage: snapshot_bench [--sizes-gib 1,16] [--runtime SECONDS] [--creates N] \
-                     [--runs N] [--rows 0,10,100] [--dir DIR]"
-                );
-                std::process::exit(if other == "--help" { 0 } else { 2 });
-            }
-        }
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("\"{s}\" is not a count of at least 1")),
     }
-    a
 }
 
 struct Keeld {
@@ -443,7 +421,7 @@ struct Report {
 }
 
 fn main() {
-    let a = parse_args();
+    let a = Args::parse();
     fs::create_dir_all(&a.dir).expect("bench dir");
     let creates: Vec<CreateRun> = a.sizes.iter().map(|s| create_run(&a, *s)).collect();
     let size = 1 << 30;

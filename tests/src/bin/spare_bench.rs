@@ -8,44 +8,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
 use keel_tests::bench::{self, Measurement, Pattern, Workload, median};
+use keel_tests::bench_args;
 use keel_tests::keeld::{keeld_binary_near_exe, spawn_keel_bench_disk_keys, wait_for_socket};
 
+/// What spare space buys at steady state.
+#[derive(Parser)]
 struct Args {
+    /// Runs of every spare value; the table shows medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Seconds of the timed random writes.
+    #[arg(long, value_parser = bench_args::secs, default_value = "3")]
     runtime: Duration,
+    /// The disk's size in MiB.
+    #[arg(long = "size-mib", value_parser = bench_args::mib, default_value = "1024")]
     size: u64,
+    /// Where the containers go.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-spare-bench"))]
     dir: PathBuf,
+    /// The `spare` values to measure.
+    #[arg(default_values_t = ["10%", "20%", "25%", "50%", "100%"].map(String::from))]
     spares: Vec<String>,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        runs: 3,
-        runtime: Duration::from_secs(3),
-        size: 1 << 30,
-        dir: std::env::temp_dir().join("keel-spare-bench"),
-        spares: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => a.runs = val().parse().expect("--runs N"),
-            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
-            "--size-mib" => a.size = val().parse::<u64>().expect("--size-mib N") << 20,
-            "--dir" => a.dir = PathBuf::from(val()),
-            s => a.spares.push(s.to_string()),
-        }
-    }
-    if a.spares.is_empty() {
-        a.spares = ["10%", "20%", "25%", "50%", "100%"]
-            .map(String::from)
-            .to_vec();
-    }
-    a
 }
 
 /// One run of one spare value.
@@ -110,7 +97,7 @@ fn one(a: &Args, spare: &str) -> Run {
 }
 
 fn main() {
-    let a = parse_args();
+    let a = Args::parse();
     std::fs::create_dir_all(&a.dir).expect("bench dir");
     let mut results: Vec<Vec<Run>> = a.spares.iter().map(|_| Vec::new()).collect();
     for r in 0..a.runs {

@@ -10,45 +10,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use clap::Parser;
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
 use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
+use keel_tests::bench_args;
 use keel_tests::keeld::{spawn_keel_bench_disk, wait_for_socket};
 use serde::Serialize;
 
+/// Keel's storage core against qemu-storage-daemon on raw and qcow2.
+#[derive(Parser)]
 struct Args {
+    /// Runs of every workload; the table shows medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Seconds each timed workload runs.
+    #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     runtime: Duration,
+    /// Where the images go.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-store-bench"))]
     dir: PathBuf,
+    /// The disks' size in MiB.
+    #[arg(long = "size-mib", value_parser = bench_args::mib, default_value = "2048")]
     size: u64,
+    /// Skip the write-amplification readings.
+    #[arg(long = "no-amp", action = clap::ArgAction::SetFalse)]
     amp: bool,
-    /// Pause after the fill, before the reads.
+    /// Pause after the fill, before the reads (seconds).
+    #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     settle: Duration,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        runs: 3,
-        runtime: Duration::from_secs(5),
-        dir: std::env::temp_dir().join("keel-store-bench"),
-        size: 2 << 30,
-        amp: true,
-        settle: Duration::from_secs(5),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => a.runs = val().parse().expect("--runs N"),
-            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
-            "--dir" => a.dir = PathBuf::from(val()),
-            "--size-mib" => a.size = val().parse::<u64>().expect("--size-mib N") << 20,
-            "--no-amp" => a.amp = false,
-            "--settle" => a.settle = Duration::from_secs_f64(val().parse().expect("--settle S")),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    a
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -337,7 +327,7 @@ struct Report {
 }
 
 fn main() {
-    let a = parse_args();
+    let a = Args::parse();
     fs::create_dir_all(&a.dir).expect("bench dir");
     let servers = [Server::Keel, Server::QsdRaw, Server::QsdQcow2];
     let mut runs: Vec<(Server, Vec<RunResult>)> =

@@ -9,50 +9,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use clap::Parser;
 use keel_tests::bench::{
     self, ClientKind, Measurement, Pattern, RunOptions, Running, Workload, median,
 };
+use keel_tests::bench_args;
 use keel_tests::keeld::{keeld_binary_near_exe, wait_for_socket};
 use serde::Serialize;
 
+/// keeld against qemu-storage-daemon.
+#[derive(Parser)]
 struct Args {
+    /// Runs of every workload; the table shows medians.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Seconds each workload runs.
+    #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     runtime: Duration,
+    /// Where the images go.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench"))]
     dir: PathBuf,
+    /// The raw image's size in GiB.
+    #[arg(long = "image-size", default_value_t = 1)]
     image_gib: u64,
+    /// Skip the fio rows.
+    #[arg(long = "no-fio", action = clap::ArgAction::SetFalse)]
     fio: bool,
+    /// The client library that drives the load.
+    #[arg(long, value_enum, default_value_t = ClientKind::Blkio)]
     client: ClientKind,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        runs: 3,
-        runtime: Duration::from_secs(5),
-        dir: std::env::temp_dir().join("keel-bench"),
-        image_gib: 1,
-        fio: true,
-        client: ClientKind::Blkio,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--runs" => a.runs = val().parse().expect("--runs N"),
-            "--runtime" => a.runtime = Duration::from_secs_f64(val().parse().expect("--runtime S")),
-            "--dir" => a.dir = PathBuf::from(val()),
-            "--image-size" => a.image_gib = val().parse().expect("--image-size GIB"),
-            "--no-fio" => a.fio = false,
-            "--client" => {
-                a.client = match val().as_str() {
-                    "blkio" => ClientKind::Blkio,
-                    "keel" => ClientKind::Keel,
-                    other => panic!("--client blkio|keel, not {other}"),
-                }
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    a
 }
 
 /// A server under test.
@@ -193,7 +178,7 @@ fn fio(image: &Path, w: &Workload) -> Option<Measurement> {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::parse();
     fs::create_dir_all(&args.dir).expect("bench dir");
     let size = args.image_gib << 30;
     let image = args.dir.join("bench.img");
