@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_args;
+pub mod campaign;
 pub mod ceph;
 pub mod client;
 pub mod keeld;

@@ -13,8 +13,8 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keel_backend::control::client::ControlClient;
@@ -80,21 +80,11 @@ fn config(engine: Engine, layout: Layout) -> String {
 }
 
 fn points_total() -> u64 {
-    std::env::var("KEEL_KILL_POINTS")
-        .ok()
-        .map(|v| v.parse().expect("KEEL_KILL_POINTS must be a number"))
-        .unwrap_or(DEFAULT_POINTS)
+    keel_tests::campaign::points("KEEL_KILL_POINTS", DEFAULT_POINTS)
 }
 
-/// One seed for the whole test process, so the four disks' runs replay together.
 fn base_seed() -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    *SEED.get_or_init(|| match std::env::var("KEEL_KILL_SEED") {
-        Ok(v) => v.parse().expect("KEEL_KILL_SEED must be a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007),
-    })
+    keel_tests::campaign::seed("KEEL_KILL_SEED")
 }
 
 /// A directory in memory if there is one: a SIGKILL keeps the page cache, so a disk file gives

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use keel_backend::config::{Config, DiskConfig};
@@ -41,20 +41,11 @@ const MAX_DELAY_MS: u64 = 200;
 const DEFAULT_POINTS: u64 = 200;
 
 fn points_total() -> u64 {
-    std::env::var("KEEL_POWER_POINTS")
-        .ok()
-        .map(|v| v.parse().expect("KEEL_POWER_POINTS must be a number"))
-        .unwrap_or(DEFAULT_POINTS)
+    keel_tests::campaign::points("KEEL_POWER_POINTS", DEFAULT_POINTS)
 }
 
 fn base_seed() -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    *SEED.get_or_init(|| match std::env::var("KEEL_POWER_SEED") {
-        Ok(v) => v.parse().expect("KEEL_POWER_SEED must be a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007),
-    })
+    keel_tests::campaign::seed("KEEL_POWER_SEED")
 }
 
 /// The power of one boot: every device operation holds it shared, a cut takes it exclusively,
