@@ -1,10 +1,10 @@
 //! `GET /metrics` on the control socket and on `metrics_listen`, scraped after real guest I/O
 //! through a vhost-user frontend, and checked with Prometheus' `promtool`.
 
+use keel_backend::testing::promtool_check;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 
 use keel_tests::client::Client;
 use keel_tests::keeld::InProcess;
@@ -16,29 +16,6 @@ fn http_get(mut stream: impl Read + Write, path: &str) -> (String, String) {
     stream.read_to_string(&mut answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     (head.to_string(), body.to_string())
-}
-
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) must be installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {

@@ -5,9 +5,9 @@ use super::disks::DiskSet;
 use super::served::start_disk;
 use crate::config::Config;
 use crate::control::metrics::render;
+use crate::testing::promtool_check;
 use crate::vhost::stats::{BatchCounts, LatencyOp, LocalLatency};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,32 +39,6 @@ fn control(dir: &Path) -> DaemonControl {
     }
     keel_stats.merge_latency(&by_op);
     DaemonControl::new(Arc::new(DiskSet::new(served, Vec::new())))
-}
-
-/// Checks the exposition with Prometheus' own linter; a missing promtool is a failure
-/// (`qemu/prepare.sh` installs it).
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) must be installed");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool refused the metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
