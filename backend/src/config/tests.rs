@@ -422,21 +422,21 @@ fn space_keys_are_checked() {
 }
 
 #[test]
-fn cleaner_policy_is_cost_benefit_unless_greedy_is_asked_for() {
+fn cleaner_policy_is_greedy_unless_cost_benefit_is_asked_for() {
     let (_dir, r) = parse(KEEL_DISK);
     assert_eq!(
         r.unwrap().disks[0].space.cleaner_policy,
-        crate::store::VictimPolicy::CostBenefit
+        crate::store::VictimPolicy::Greedy
     );
-    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_policy = \"greedy\"\n"));
+    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_policy = \"cost-benefit\"\n"));
     let c = r.unwrap();
     assert_eq!(
         c.disks[0].space.cleaner_policy,
-        crate::store::VictimPolicy::Greedy
+        crate::store::VictimPolicy::CostBenefit
     );
     assert_eq!(
         c.disks[0].space.store_options().cleaner_policy,
-        crate::store::VictimPolicy::Greedy
+        crate::store::VictimPolicy::CostBenefit
     );
     let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_policy = \"lru\"\n"));
     let m = assert_invalid(r, "cleaner_policy", 7);
