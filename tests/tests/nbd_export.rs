@@ -54,6 +54,12 @@ fn qemu(tool: &str, args: &[&str]) -> String {
     text
 }
 
+/// Copies what the NBD export `uri` serves into the raw file `to` with qemu-img.
+fn convert_to_raw(uri: &str, to: &Path) {
+    let to = to.to_str().expect("a UTF-8 path");
+    qemu("qemu-img", &["convert", "-f", "raw", "-O", "raw", uri, to]);
+}
+
 /// A raw image opened by QEMU beside keeld (which holds the image's lock).
 fn unlocked_image(path: &Path) -> String {
     format!(
@@ -87,18 +93,7 @@ fn raw_export_matches_the_image_and_vhost_sees_its_writes() {
     );
     assert!(out.contains("identical"), "{out}");
     let copy = keeld.dir().join("copy.raw");
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &nbd,
-            copy.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&nbd, &copy);
     assert_eq!(
         std::fs::read(&copy).unwrap(),
         std::fs::read(&image).unwrap()
@@ -151,18 +146,7 @@ fn keel_export_shows_what_vhost_wrote_and_qemu_io_writes_reach_vhost() {
     c.flush(0).unwrap();
 
     let copy = keeld.dir().join("copy.raw");
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &nbd,
-            copy.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&nbd, &copy);
     let mut expected = vec![0u8; 64 * MIB as usize];
     expected[..a.len()].copy_from_slice(&a);
     let at = (40 * MIB + 4096) as usize;
@@ -497,18 +481,7 @@ fn a_snapshot_export_shows_the_snapshot_read_only() {
 
     let snap = uri(&keeld, "k@s1");
     let copy = keeld.dir().join("s1.raw");
-    qemu(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &snap,
-            copy.to_str().unwrap(),
-        ],
-    );
+    convert_to_raw(&snap, &copy);
     let mut expected = vec![0u8; 16 * MIB as usize];
     expected[MIB as usize..MIB as usize + before.len()].copy_from_slice(&before);
     assert!(

@@ -74,6 +74,26 @@ fn rejected(res: Result<Request, Rejected>) -> Rejected {
     }
 }
 
+fn seg(sector: u64, num_sectors: u32, flags: u32) -> DiscardSegment {
+    DiscardSegment {
+        sector,
+        num_sectors,
+        flags,
+    }
+}
+
+/// A discard or write-zeroes request of one segment, which the parser must refuse.
+fn one_segment_rejected(kind: RequestType, s: DiscardSegment) -> Rejected {
+    let mem = memory();
+    header(&mem, kind, 0);
+    let len = segments(&mem, &[s]);
+    rejected(parse_with(
+        &mem,
+        &[r(HDR, 16), r(BUF, len), w(STATUS, 1)],
+        &limits(),
+    ))
+}
+
 fn segments(mem: &GuestMemory, segs: &[DiscardSegment]) -> u32 {
     for (i, s) in segs.iter().enumerate() {
         mem.write_slice(&s.to_bytes(), GuestAddress(BUF + 16 * i as u64))
@@ -173,11 +193,6 @@ fn flush_and_get_id() {
 fn discard_and_write_zeroes() {
     let mem = memory();
     header(&mem, RequestType::Discard, 0);
-    let seg = |sector, num_sectors, flags| DiscardSegment {
-        sector,
-        num_sectors,
-        flags,
-    };
     let len = segments(&mem, &[seg(0, 8, 0), seg(64, 16, 0)]);
     let req = parse_with(&mem, &[r(HDR, 16), r(BUF, len), w(STATUS, 1)], &limits()).unwrap();
     match req.kind {
@@ -429,21 +444,7 @@ fn discard_segment_count() {
 
 #[test]
 fn discard_segment_too_large() {
-    let mem = memory();
-    header(&mem, RequestType::WriteZeroes, 0);
-    let len = segments(
-        &mem,
-        &[DiscardSegment {
-            sector: 0,
-            num_sectors: 65,
-            flags: 0,
-        }],
-    );
-    let rej = rejected(parse_with(
-        &mem,
-        &[r(HDR, 16), r(BUF, len), w(STATUS, 1)],
-        &limits(),
-    ));
+    let rej = one_segment_rejected(RequestType::WriteZeroes, seg(0, 65, 0));
     assert!(matches!(
         rej.error,
         RequestError::SegmentTooLarge { sectors: 65, .. }
@@ -452,62 +453,20 @@ fn discard_segment_too_large() {
 
 #[test]
 fn discard_segment_beyond_capacity() {
-    let mem = memory();
-    header(&mem, RequestType::Discard, 0);
-    let len = segments(
-        &mem,
-        &[DiscardSegment {
-            sector: 2040,
-            num_sectors: 16,
-            flags: 0,
-        }],
-    );
-    let rej = rejected(parse_with(
-        &mem,
-        &[r(HDR, 16), r(BUF, len), w(STATUS, 1)],
-        &limits(),
-    ));
+    let rej = one_segment_rejected(RequestType::Discard, seg(2040, 16, 0));
     assert!(matches!(rej.error, RequestError::BeyondCapacity { .. }));
 }
 
 #[test]
 fn discard_reserved_flags_are_unsupported() {
-    let mem = memory();
-    header(&mem, RequestType::WriteZeroes, 0);
-    let len = segments(
-        &mem,
-        &[DiscardSegment {
-            sector: 0,
-            num_sectors: 8,
-            flags: 4,
-        }],
-    );
-    let rej = rejected(parse_with(
-        &mem,
-        &[r(HDR, 16), r(BUF, len), w(STATUS, 1)],
-        &limits(),
-    ));
+    let rej = one_segment_rejected(RequestType::WriteZeroes, seg(0, 8, 4));
     assert_eq!(rej.error, RequestError::ReservedFlags(ReservedFlags(4)));
     assert_eq!(rej.error.status(), Status::Unsupp);
 }
 
 #[test]
 fn unmap_on_discard_is_unsupported() {
-    let mem = memory();
-    header(&mem, RequestType::Discard, 0);
-    let len = segments(
-        &mem,
-        &[DiscardSegment {
-            sector: 0,
-            num_sectors: 8,
-            flags: 1,
-        }],
-    );
-    let rej = rejected(parse_with(
-        &mem,
-        &[r(HDR, 16), r(BUF, len), w(STATUS, 1)],
-        &limits(),
-    ));
+    let rej = one_segment_rejected(RequestType::Discard, seg(0, 8, 1));
     assert_eq!(rej.error, RequestError::UnmapOnDiscard);
     assert_eq!(rej.error.status(), Status::Unsupp);
 }
