@@ -4,8 +4,11 @@
 //! once per disk (one cluster connection); each queue submits librbd aio calls straight on guest
 //! memory and gets completions through an eventfd (`queue.rs`). librados and librbd are loaded
 //! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
-//! the disk is `rbd_resize`.
+//! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`) and clones are RBD
+//! layered clones (`clone.rs`).
 
+mod clone;
+mod diff;
 mod ffi;
 mod image;
 mod queue;
@@ -16,6 +19,8 @@ use std::time::Duration;
 
 use keel_protocol::control::SnapshotInfo;
 use log::info;
+
+use crate::store::diff::DiffReport;
 
 use super::{AdminError, Capabilities, Engine, EngineAdmin, EngineError, QueueEngine};
 use crate::config::{DiskConfig, RbdConfig};
@@ -92,7 +97,7 @@ fn open_image(
     let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
     match Image::open(&ctx, &rbd.image) {
         Err(e)
-            if e.raw_os_error() == Some(libc::ENOENT)
+            if image::errno(&e) == Some(libc::ENOENT)
                 || e.kind() == std::io::ErrorKind::NotFound =>
         {
             let Some(size) = size.filter(|_| !read_only) else {
@@ -118,9 +123,9 @@ fn open_image(
 }
 
 fn admin_err(e: std::io::Error) -> AdminError {
-    match e.raw_os_error() {
+    match image::errno(&e) {
         Some(libc::ENOENT) => AdminError::NotFound(e.to_string()),
-        Some(libc::EEXIST) => AdminError::Conflict(e.to_string()),
+        Some(libc::EEXIST | libc::EBUSY) => AdminError::Conflict(e.to_string()),
         Some(libc::EINVAL) => AdminError::Invalid(e.to_string()),
         _ => AdminError::Failed(e.to_string()),
     }
@@ -214,6 +219,13 @@ impl EngineAdmin for RbdEngine {
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        if self.image.snap_is_protected(name).unwrap_or(false) {
+            return Err(AdminError::Conflict(format!(
+                "snapshot {name} is protected (the parent of RBD clones): flatten or remove its \
+                 clones, then `rbd snap unprotect {}@{name}`",
+                self.spec
+            )));
+        }
         self.image.snap_remove(name).map_err(admin_err)
     }
 
@@ -222,5 +234,17 @@ impl EngineAdmin for RbdEngine {
             return Err(AdminError::Invalid("the disk is read-only".into()));
         }
         self.image.snap_rollback(name).map_err(admin_err)
+    }
+
+    fn diff(&self, from: &str, to: &str) -> Result<DiffReport, AdminError> {
+        diff::diff(&self.image, from, to, self.capacity())
+    }
+
+    fn clone_snapshot(&self, snapshot: &str, new_image: &str) -> Result<String, AdminError> {
+        clone::clone_snapshot(&self.image, &self.spec, snapshot, new_image)
+    }
+
+    fn remove_clone(&self, new_image: &str) -> Result<(), AdminError> {
+        self.image.ctx().remove(new_image).map_err(admin_err)
     }
 }
