@@ -109,11 +109,24 @@ impl Cluster {
             cluster.set("rados_osd_op_timeout", &t.as_secs().max(1).to_string())?;
         }
         if let Some(keyring) = &opts.keyring {
+            // librados would only say "permission denied" for a keyring it cannot read.
+            std::fs::File::open(keyring)
+                .map_err(|e| io::Error::new(e.kind(), format!("keyring {keyring}: {e}")))?;
             cluster.set("keyring", keyring)?;
         }
         // SAFETY: the handle is configured and not yet connected.
         let rc = unsafe { (cluster.api.rados_connect)(cluster.handle) };
-        check(rc, "connecting to the Ceph cluster")?;
+        let what = if rc == -libc::EACCES || rc == -libc::EPERM {
+            let keyring = opts.keyring.as_deref().unwrap_or("the one ceph_conf names");
+            format!(
+                "connecting to the Ceph cluster as client.{}: the cluster refused its \
+                 credentials (check ceph_id and the key in keyring {keyring})",
+                opts.id
+            )
+        } else {
+            "connecting to the Ceph cluster".to_string()
+        };
+        check(rc, &what)?;
         Ok(cluster)
     }
 

@@ -14,11 +14,11 @@ mod image;
 mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_protocol::control::SnapshotInfo;
-use log::info;
+use log::{error, info};
 
 use crate::store::diff::DiffReport;
 
@@ -29,9 +29,32 @@ use image::{Cluster, ConnectOptions, Image};
 /// How long finding a mon and authenticating may take before the disk fails to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Says once per image, in the log, that the cluster blocklisted this client: from then on
+/// every request of the disk fails (`ESHUTDOWN`, Ceph's `EBLOCKLISTED`), and the guest only
+/// sees IOERR.
+pub(super) struct Blocklist {
+    spec: String,
+    logged: AtomicBool,
+}
+
+impl Blocklist {
+    /// Called with the errno of every failed librbd call.
+    pub(super) fn note(&self, errno: i32) {
+        if errno == libc::ESHUTDOWN && !self.logged.swap(true, Ordering::Relaxed) {
+            error!(
+                "rbd image {}: the Ceph cluster blocklisted this client (another client broke \
+                 its exclusive lock, or an operator blocklisted it): every request fails with \
+                 IOERR; remove the disk (or restart keeld) to serve it again",
+                self.spec
+            );
+        }
+    }
+}
+
 /// A served RBD image.
 pub struct RbdEngine {
     image: Arc<Image>,
+    blocklist: Arc<Blocklist>,
     spec: String,
     read_only: bool,
     /// Bytes; grows online (`grow`).
@@ -69,6 +92,10 @@ impl RbdEngine {
         }
         let engine = Self {
             image: Arc::new(image),
+            blocklist: Arc::new(Blocklist {
+                spec: spec.clone(),
+                logged: AtomicBool::new(false),
+            }),
             spec,
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
@@ -151,7 +178,9 @@ impl Engine for RbdEngine {
 
     fn queue(&self, index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
         let api = ffi::api().map_err(EngineError::Unsupported)?;
-        queue::RbdQueue::new(Arc::clone(&self.image), api, self.read_only, self.cache)
+        let image = Arc::clone(&self.image);
+        let blocklist = Arc::clone(&self.blocklist);
+        queue::RbdQueue::new(image, blocklist, api, self.read_only, self.cache)
             .map(|q| Box::new(q) as Box<dyn QueueEngine>)
             .map_err(|source| EngineError::Queue {
                 queue: index,
@@ -160,9 +189,12 @@ impl Engine for RbdEngine {
     }
 
     fn flush(&self) -> Result<(), EngineError> {
-        self.image.flush().map_err(|source| EngineError::Io {
-            op: "flush",
-            source,
+        self.image.flush().map_err(|source| {
+            self.blocklist.note(image::errno(&source).unwrap_or(0));
+            EngineError::Io {
+                op: "flush",
+                source,
+            }
         })
     }
 
