@@ -148,7 +148,7 @@ fn rbd_client_that_lost_its_lock_fails_io_and_others_serve() {
     let mut keeld = start(dir.path(), &disks, &["a.sock", "b.sock", "n.sock"]);
     let mut ca = Client::connect(&dir.path().join("a.sock"), 1, MIB).unwrap();
     let mut cb = Client::connect(&dir.path().join("b.sock"), 1, MIB).unwrap();
-    // A first write makes keeld take each image's exclusive lock.
+    // keeld took each image's exclusive lock when it opened it.
     ca.write(0, 0, &pattern(1, 4096)).unwrap();
     cb.write(0, 0, &pattern(2, 4096)).unwrap();
 

@@ -22,6 +22,10 @@ pub type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> 
 
 /// `RBD_FEATURE_LAYERING` (rbd/features.h): the image can be a clone's parent.
 pub const FEATURE_LAYERING: u64 = 1 << 0;
+/// `RBD_FEATURE_EXCLUSIVE_LOCK`: one client at a time writes the image.
+pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+/// `RBD_LOCK_MODE_EXCLUSIVE` of `rbd_lock_mode_t`.
+pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
 
 /// `rbd_snap_info_t`.
 #[repr(C)]
@@ -83,6 +87,7 @@ pub struct Api {
         *const c_char,
         ImageOptionsT,
     ) -> c_int,
+    pub rbd_lock_acquire: unsafe extern "C" fn(ImageT, c_int) -> c_int,
     pub rbd_aio_create_completion:
         unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     pub rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> ssize_t,
@@ -158,6 +163,7 @@ impl Api {
                 rbd_image_options_create: symbol(&rbd, "rbd_image_options_create")?,
                 rbd_image_options_destroy: symbol(&rbd, "rbd_image_options_destroy")?,
                 rbd_clone3: symbol(&rbd, "rbd_clone3")?,
+                rbd_lock_acquire: symbol(&rbd, "rbd_lock_acquire")?,
                 rbd_aio_create_completion: symbol(&rbd, "rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: symbol(&rbd, "rbd_aio_get_return_value")?,
                 rbd_aio_release: symbol(&rbd, "rbd_aio_release")?,

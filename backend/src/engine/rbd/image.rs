@@ -327,6 +327,15 @@ impl Image {
         self.snap_call(self.api().rbd_snap_rollback, name, "rbd_snap_rollback")
     }
 
+    /// Takes the image's exclusive lock for good: librbd then refuses to hand it to another
+    /// client that asks for it (rather than passing it back and forth on each write).
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        // SAFETY: the image is open.
+        let rc =
+            unsafe { (self.api().rbd_lock_acquire)(self.handle, super::ffi::LOCK_MODE_EXCLUSIVE) };
+        check(rc, "rbd_lock_acquire").map(drop)
+    }
+
     pub fn snap_protect(&self, name: &str) -> io::Result<()> {
         self.snap_call(self.api().rbd_snap_protect, name, "rbd_snap_protect")
     }

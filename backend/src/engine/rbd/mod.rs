@@ -5,7 +5,8 @@
 //! memory and gets completions through an eventfd (`queue.rs`). librados and librbd are loaded
 //! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
 //! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`) and clones are RBD
-//! layered clones (`clone.rs`).
+//! layered clones (`clone.rs`). A writable disk holds its image's exclusive lock, so a second
+//! writer is refused at open.
 
 mod clone;
 mod diff;
@@ -90,6 +91,9 @@ impl RbdEngine {
         if capacity == 0 {
             return Err(setup("the image is empty".into()));
         }
+        if !disk.read_only {
+            take_lock(&image, &spec)?;
+        }
         let engine = Self {
             image: Arc::new(image),
             blocklist: Arc::new(Blocklist {
@@ -147,6 +151,28 @@ fn open_image(
         }
         other => other,
     }
+}
+
+/// Takes the exclusive lock of an image that has the feature, so that a second writer (another
+/// keeld on the same image) is refused at open instead of both writing in turn.
+fn take_lock(image: &Image, spec: &str) -> Result<(), EngineError> {
+    let features = image.features().map_err(|e| EngineError::Setup {
+        path: spec.into(),
+        message: e.to_string(),
+    })?;
+    if features & ffi::FEATURE_EXCLUSIVE_LOCK == 0 {
+        return Ok(());
+    }
+    image.lock_exclusive().map_err(|e| match image::errno(&e) {
+        Some(libc::EROFS | libc::EBUSY | libc::EAGAIN) => EngineError::Locked(format!(
+            "image {spec} is held by another client (its exclusive lock; `rbd lock ls {spec}` \
+             names it): stop that client first ({e})"
+        )),
+        _ => EngineError::Setup {
+            path: spec.into(),
+            message: format!("taking the exclusive lock: {e}"),
+        },
+    })
 }
 
 fn admin_err(e: std::io::Error) -> AdminError {
