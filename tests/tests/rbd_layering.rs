@@ -252,6 +252,13 @@ fn rbd_clone_is_a_layered_child_served_at_once() {
     assert_eq!(listed["engine"], "rbd", "{listed}");
     let (ok, _, err) = keel(dir.path(), &["clone", "d", "gold", &child]);
     assert!(!ok && err.contains("exists"), "{err}");
+    // The table form says nothing was copied.
+    let second = image_name("child");
+    let out = keel_ok(dir.path(), &["clone", "d", "gold", &second]);
+    assert!(
+        out.contains(&format!("into rbd/{second} (copy-on-write), serving on")),
+        "{out}"
+    );
     let (ok, _, err) = keel(dir.path(), &["clone", "d", "nosuch", &image_name("x")]);
     assert!(!ok && err.contains("no snapshot named nosuch"), "{err}");
     // The snapshot is the clone's parent (protected, as a clone v1 on this cluster needs).

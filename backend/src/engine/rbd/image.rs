@@ -417,3 +417,18 @@ impl Drop for Image {
         unsafe { (self.api().rbd_close)(self.handle) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_call_keeps_its_errno_and_says_what_failed() {
+        let e = check(-libc::ENOENT, "opening image \"x\"").unwrap_err();
+        assert_eq!(errno(&e), Some(libc::ENOENT));
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("opening image \"x\": "), "{e}");
+        assert_eq!(errno(&io::Error::other("plain")), None);
+        assert_eq!(check(3, "ok").unwrap(), 3);
+    }
+}
