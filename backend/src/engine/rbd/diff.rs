@@ -8,6 +8,7 @@
 use std::ffi::{CString, c_int, c_void};
 use std::io;
 use std::ptr;
+use std::sync::{Mutex, PoisonError};
 
 use super::image::{Image, check};
 use crate::engine::AdminError;
@@ -67,11 +68,11 @@ fn walk(image: &Image, from: Option<&str>, len: u64) -> io::Result<Vec<Extent>> 
             })
         })
         .transpose()?;
-    let mut out: Vec<Extent> = Vec::new();
+    let out: Mutex<Vec<Extent>> = Mutex::new(Vec::new());
     // SAFETY: the image is open; `from` (or NULL: since the image was created) outlives the
     // call; `collect` matches librbd's callback type and gets `out`, which lives across the call
-    // and is touched by nobody else meanwhile (librbd calls back on this thread, before
-    // returning).
+    // (librbd calls back only before it returns, from whichever of its threads: hence the
+    // mutex).
     let rc = unsafe {
         (image.api().rbd_diff_iterate2)(
             image.raw(),
@@ -81,27 +82,30 @@ fn walk(image: &Image, from: Option<&str>, len: u64) -> io::Result<Vec<Extent>> 
             1, // a clone's diff from @empty includes what it reads from its parent
             0, // exact extents, not whole objects
             collect,
-            (&mut out as *mut Vec<Extent>).cast(),
+            (&raw const out).cast_mut().cast(),
         )
     };
     check(rc, "rbd_diff_iterate2")?;
-    Ok(out)
+    Ok(out.into_inner().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Appends one reported extent to the `Vec<Extent>` behind `arg`.
+/// Appends one reported extent to the `Mutex<Vec<Extent>>` behind `arg`. Called from C: it
+/// must not panic.
 unsafe extern "C" fn collect(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `&mut Vec<Extent>` `walk` passed, alive and unaliased during the
-    // call that runs this callback.
-    let out = unsafe { &mut *arg.cast::<Vec<Extent>>() };
-    out.push(Extent {
-        offset,
-        length: len as u64,
-        kind: if exists != 0 {
-            ExtentKind::Data
-        } else {
-            ExtentKind::Zero
-        },
-    });
+    // SAFETY: `arg` is the `&Mutex<Vec<Extent>>` `walk` passed, alive until
+    // `rbd_diff_iterate2` returns, which is after its last callback.
+    let out = unsafe { &*arg.cast::<Mutex<Vec<Extent>>>() };
+    out.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Extent {
+            offset,
+            length: len as u64,
+            kind: if exists != 0 {
+                ExtentKind::Data
+            } else {
+                ExtentKind::Zero
+            },
+        });
     0
 }
 
