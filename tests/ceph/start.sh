@@ -4,6 +4,11 @@
 # none`, pool `rbd` of size 1. Everything lives in DIR and runs as the calling user.
 #
 #   tests/ceph/start.sh DIR [OWNER_PID]
+#   KEEL_CEPH_AUTH=cephx tests/ceph/start.sh DIR [OWNER_PID]
+#
+# With KEEL_CEPH_AUTH=cephx the cluster requires cephx everywhere: DIR/keyring holds the mon.
+# and client.admin keys (ceph.conf names it), and DIR/client.keel.keyring a client.keel key
+# limited to `profile rbd` on pool rbd.
 #
 # Prints the path of the cluster's ceph.conf on success. With OWNER_PID, a watcher stops the
 # cluster (tests/ceph/stop.sh DIR) once that process is gone, so a test binary that exits in any
@@ -14,6 +19,8 @@ dir=${1:?usage: start.sh DIR [OWNER_PID]}
 owner=${2:-}
 # Sparse: bluestore writes only what the tests use.
 BLOCK_SIZE=${KEEL_CEPH_BLOCK_SIZE:-3G}
+AUTH=${KEEL_CEPH_AUTH:-none}
+case "$AUTH" in none | cephx) ;; *) echo "KEEL_CEPH_AUTH must be none or cephx" >&2; exit 1 ;; esac
 
 die() { echo "tests/ceph/start.sh: $*" >&2; exit 1; }
 for p in ceph-mon ceph-osd ceph monmaptool rbd rados; do
@@ -33,9 +40,10 @@ cat >"$dir/ceph.conf" <<CONF
 [global]
 fsid = $fsid
 mon host = v2:127.0.0.1:$port
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = $AUTH
+auth service required = $AUTH
+auth client required = $AUTH
+keyring = $dir/keyring
 ms bind ipv6 = false
 ms bind msgr1 = false
 run dir = $dir/run
@@ -65,6 +73,7 @@ admin socket = $dir/run/\$name.asok
 # this long; 30 s by default, shortened so the kill -9 tests restart quickly.
 osd client watch timeout = 5
 osd data = $dir/osd/\$name
+keyring = $dir/osd/\$name/keyring
 osd objectstore = bluestore
 bluestore block create = true
 bluestore block size = $BLOCK_SIZE
@@ -83,14 +92,22 @@ cleanup_on_failure() {
 }
 trap cleanup_on_failure EXIT
 
+# The mon. and client.admin keys (unused with auth none, but harmless).
+ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+ceph-authtool "$dir/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
+    --cap mgr 'allow *' >/dev/null
+
 monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
-ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >"$dir/mon-mkfs.log" 2>&1 ||
+ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring" >"$dir/mon-mkfs.log" 2>&1 ||
     die "ceph-mon --mkfs failed: $(tail -n 5 "$dir/mon-mkfs.log")"
 ceph-mon -c "$conf" -i a || die "ceph-mon did not start: $(tail -n 5 "$dir/mon.a.log")"
 
 uuid=$(cat /proc/sys/kernel/random/uuid)
 id=$("${ceph[@]}" osd new "$uuid")
 mkdir -p "$dir/osd/osd.$id"
+ceph-authtool --create-keyring "$dir/osd/osd.$id/keyring" --gen-key -n "osd.$id" >/dev/null
+"${ceph[@]}" auth add "osd.$id" osd 'allow *' mon 'allow profile osd' \
+    -i "$dir/osd/osd.$id/keyring" >/dev/null 2>&1 || die "cannot register osd.$id's key"
 ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$uuid" >"$dir/osd-mkfs.log" 2>&1 ||
     die "ceph-osd --mkfs failed: $(tail -n 5 "$dir/osd-mkfs.log")"
 ceph-osd -c "$conf" -i "$id" || die "ceph-osd did not start: $(tail -n 5 "$dir/osd.$id.log")"
@@ -104,6 +121,8 @@ echo probe >"$dir/probe"
 timeout 120 rados -c "$conf" -p rbd put keel-probe "$dir/probe" ||
     die "no write reached the OSD in 120 s: $(tail -n 5 "$dir/osd.$id.log")"
 rados -c "$conf" -p rbd rm keel-probe
+"${ceph[@]}" auth get-or-create client.keel mon 'profile rbd' osd 'profile rbd pool=rbd' \
+    -o "$dir/client.keel.keyring" >/dev/null 2>&1 || die "cannot create client.keel"
 
 if [ -n "$owner" ]; then
     # Detached from the caller's pipes so a test harness reading them is not held open.

@@ -14,6 +14,16 @@ impl Cluster {
     /// Starts a cluster in a new directory. Without Ceph installed this fails and says how to
     /// install it: the rbd tests never skip.
     pub fn start() -> Self {
+        Self::start_with_auth("none")
+    }
+
+    /// Starts a cluster that requires cephx (`KEEL_CEPH_AUTH=cephx`): [`Self::keyring`] holds
+    /// client.keel's key.
+    pub fn start_cephx() -> Self {
+        Self::start_with_auth("cephx")
+    }
+
+    fn start_with_auth(auth: &str) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ceph");
         let dir = tempfile::Builder::new()
             .prefix("keel-ceph-")
@@ -21,6 +31,7 @@ impl Cluster {
             .expect("tempdir")
             .keep();
         let out = Command::new("bash")
+            .env("KEEL_CEPH_AUTH", auth)
             .arg(root.join("start.sh"))
             .arg(&dir)
             .arg(std::process::id().to_string())
@@ -41,6 +52,11 @@ impl Cluster {
         &self.conf
     }
 
+    /// client.keel's keyring (its key is only known to a cephx cluster).
+    pub fn keel_keyring(&self) -> PathBuf {
+        self.dir.join("client.keel.keyring")
+    }
+
     /// The OSD's process id.
     pub fn osd_pid(&self) -> i32 {
         let text = std::fs::read_to_string(self.dir.join("run/osd.0.pid")).expect("osd pid file");
@@ -49,15 +65,24 @@ impl Cluster {
 
     /// Runs the `rbd` tool on this cluster; panics with its stderr if it fails.
     pub fn rbd(&self, args: &[&str]) -> String {
-        let out = Command::new("rbd")
+        self.tool("rbd", args)
+    }
+
+    /// Runs the `ceph` tool on this cluster; panics with its stderr if it fails.
+    pub fn ceph(&self, args: &[&str]) -> String {
+        self.tool("ceph", args)
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> String {
+        let out = Command::new(tool)
             .arg("-c")
             .arg(&self.conf)
             .args(args)
             .output()
-            .expect("run rbd");
+            .expect("run a Ceph tool");
         assert!(
             out.status.success(),
-            "rbd {args:?}: {}",
+            "{tool} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -442,3 +442,52 @@ fn write_through_write_survives_kill_nine(disk_keys: &str) {
     keeld.kill().unwrap();
     keeld.wait().unwrap();
 }
+
+/// A second keeld on an image the first one serves is refused at open, naming the lock, and
+/// serves its other disks; the first keeld keeps writing. Once the first one has stopped (and
+/// released the lock), the image can be added to the second through the API.
+#[test]
+fn rbd_second_keeld_on_a_served_image_is_refused() {
+    let image = format!("rbd/{}", image_name("twice"));
+    let (first_dir, mut first) = start(&rbd_config(&image, "size = \"16M\""));
+    let mut c = Client::connect(&first_dir.path().join("d.sock"), 1, MIB).unwrap();
+    c.write(0, 0, &pattern(1, 4096)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}\n[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\nengine = \"null\"\nsize = \"1M\"\n",
+        rbd_config(&image, "")
+    );
+    std::fs::write(dir.path().join("keel.toml"), toml).unwrap();
+    let _second = KeeldProcess::spawn(&dir.path().join("keel.toml"));
+    assert!(
+        wait_for_socket(&dir.path().join("n.sock"), START_TIMEOUT),
+        "the second keeld did not serve its null disk"
+    );
+    let control = ControlClient::new(&dir.path().join("control.sock"));
+    let d: serde_json::Value = control.get("/v1/disks/d").unwrap();
+    assert_eq!(d["state"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains(&image) && error.contains("held by another client"),
+        "{error}"
+    );
+    assert!(!dir.path().join("d.sock").exists());
+
+    // The first keeld still holds the image and writes.
+    c.write(0, 4096, &pattern(2, 4096)).unwrap();
+    assert_eq!(c.read(0, 0, 4096).unwrap(), pattern(1, 4096));
+    drop(c);
+    let (status, log) = first.signal_and_wait(libc::SIGTERM, START_TIMEOUT);
+    assert!(status.success(), "{log}");
+
+    // Released: the second keeld can serve it now.
+    let table = serde_json::json!({
+        "name": "again", "socket": dir.path().join("again.sock"), "engine": "rbd",
+        "image": image, "ceph_conf": ceph_conf(),
+    });
+    let _: serde_json::Value = control.post("/v1/disks", &table).unwrap();
+    let mut c = Client::connect(&dir.path().join("again.sock"), 1, MIB).unwrap();
+    assert_eq!(c.read(0, 4096, 4096).unwrap(), pattern(2, 4096));
+    c.write(0, 8192, &pattern(3, 4096)).unwrap();
+}

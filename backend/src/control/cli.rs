@@ -392,6 +392,15 @@ pub fn clone(
             ..a
         });
     }
+    if a.state == DiskState::Serving {
+        // Made at once by the storage (an RBD layered clone): nothing was copied.
+        println!(
+            "{} cloned from {disk}@{snapshot} into {} (copy-on-write), serving on {}; add it to \
+             keeld's config to serve it after a restart",
+            a.disk, a.path, a.socket
+        );
+        return Ok(());
+    }
     println!(
         "{} cloned from {disk}@{snapshot} ({} copied in {:.1} s) into {}, serving on {}; add it \
          to keeld's config to serve it after a restart",

@@ -82,7 +82,7 @@ impl DaemonControl {
         })
     }
 
-    fn being_cloned(&self, name: &str) -> Result<bool, ApiError> {
+    pub(super) fn being_cloned(&self, name: &str) -> Result<bool, ApiError> {
         let cloning = self
             .cloning
             .lock()

@@ -3,7 +3,8 @@
 //! The call checks everything it can at once and answers; the copy runs on a thread of its own,
 //! so the control socket keeps answering while it runs. Until it is done the new disk is listed
 //! as `cloning` with its progress; a failed clone stays listed as failed, with the reason, until
-//! its name is used again.
+//! its name is used again. An rbd disk's clone is an RBD layered clone instead, made and served
+//! at once (`clone_rbd.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,6 +92,9 @@ impl DaemonControl {
         copy: CopyStep,
     ) -> Result<CloneAnswer, ApiError> {
         let src = self.disk(disk)?;
+        if src.config.rbd.is_some() {
+            return self.clone_rbd(&src, snapshot, new_disk);
+        }
         let store = src.store()?;
         let TreeRef::Snapshot(id) = side(&store, snapshot)? else {
             return Err(ApiError::BadRequest(format!(

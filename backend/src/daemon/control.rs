@@ -207,7 +207,12 @@ impl ControlHandler for DaemonControl {
                 })
             }
             ApiCall::Diff { disk, from, to } => {
-                let store = self.disk(&disk)?.store()?;
+                let d = self.disk(&disk)?;
+                let admin = d.admin(Need::Snapshots)?;
+                if admin.store().is_none() {
+                    return to_json(admin.diff(&from, &to).map_err(from_admin)?);
+                }
+                let store = d.store()?;
                 let d = store
                     .diff(side(&store, &from)?, side(&store, &to)?)
                     .map_err(from_store)?;

@@ -61,7 +61,7 @@ impl ServedDisk {
         }
         self.admin(Need::Snapshots)?.store().ok_or_else(|| {
             ApiError::Unsupported(format!(
-                "disk {}: the {} engine keeps no snapshot trees to diff",
+                "disk {}: the {} engine keeps no snapshot trees to export or copy",
                 self.config.name,
                 self.config.engine.name()
             ))

@@ -7,6 +7,7 @@
 
 mod add_remove;
 mod clone;
+mod clone_rbd;
 mod control;
 mod disks;
 mod info;

@@ -104,4 +104,22 @@ pub trait EngineAdmin: Send + Sync {
     fn store(&self) -> Option<std::sync::Arc<crate::store::Store>> {
         None
     }
+
+    /// The changed extents between two snapshots (or a snapshot and the running point), for
+    /// engines without a [`store`](Self::store) whose snapshots can be compared anyway.
+    fn diff(&self, _from: &str, _to: &str) -> Result<crate::store::diff::DiffReport, AdminError> {
+        unsupported("diffs")
+    }
+
+    /// Creates `new_image` beside the disk's own storage as a copy-on-write child of
+    /// `snapshot`, ready at once; answers where it is (what the new disk's config names).
+    fn clone_snapshot(&self, _snapshot: &str, _new_image: &str) -> Result<String, AdminError> {
+        unsupported("instant clones")
+    }
+
+    /// Removes an image [`clone_snapshot`](Self::clone_snapshot) created that could not be
+    /// served.
+    fn remove_clone(&self, _new_image: &str) -> Result<(), AdminError> {
+        unsupported("instant clones")
+    }
 }

@@ -16,6 +16,16 @@ pub type IoctxT = *mut c_void;
 pub type ImageT = *mut c_void;
 pub type CompletionT = *mut c_void;
 pub type Callback = unsafe extern "C" fn(c: CompletionT, arg: *mut c_void);
+pub type ImageOptionsT = *mut c_void;
+/// `rbd_diff_iterate2`'s callback: (offset, length, exists, arg); non-zero stops the walk.
+pub type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+
+/// `RBD_FEATURE_LAYERING` (rbd/features.h): the image can be a clone's parent.
+pub const FEATURE_LAYERING: u64 = 1 << 0;
+/// `RBD_FEATURE_EXCLUSIVE_LOCK`: one client at a time writes the image.
+pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+/// `RBD_LOCK_MODE_EXCLUSIVE` of `rbd_lock_mode_t`.
+pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
 
 /// `rbd_snap_info_t`.
 #[repr(C)]
@@ -51,6 +61,33 @@ pub struct Api {
     pub rbd_snap_list: unsafe extern "C" fn(ImageT, *mut SnapInfo, *mut c_int) -> c_int,
     pub rbd_snap_list_end: unsafe extern "C" fn(*mut SnapInfo),
     pub rbd_snap_get_timestamp: unsafe extern "C" fn(ImageT, u64, *mut libc::timespec) -> c_int,
+    pub rbd_open_read_only:
+        unsafe extern "C" fn(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int,
+    pub rbd_remove: unsafe extern "C" fn(IoctxT, *const c_char) -> c_int,
+    pub rbd_get_features: unsafe extern "C" fn(ImageT, *mut u64) -> c_int,
+    pub rbd_diff_iterate2: unsafe extern "C" fn(
+        ImageT,
+        *const c_char,
+        u64,
+        u64,
+        u8,
+        u8,
+        DiffCallback,
+        *mut c_void,
+    ) -> c_int,
+    pub rbd_snap_protect: unsafe extern "C" fn(ImageT, *const c_char) -> c_int,
+    pub rbd_snap_is_protected: unsafe extern "C" fn(ImageT, *const c_char, *mut c_int) -> c_int,
+    pub rbd_image_options_create: unsafe extern "C" fn(*mut ImageOptionsT),
+    pub rbd_image_options_destroy: unsafe extern "C" fn(ImageOptionsT),
+    pub rbd_clone3: unsafe extern "C" fn(
+        IoctxT,
+        *const c_char,
+        *const c_char,
+        IoctxT,
+        *const c_char,
+        ImageOptionsT,
+    ) -> c_int,
+    pub rbd_lock_acquire: unsafe extern "C" fn(ImageT, c_int) -> c_int,
     pub rbd_aio_create_completion:
         unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     pub rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> ssize_t,
@@ -117,6 +154,16 @@ impl Api {
                 rbd_snap_list: symbol(&rbd, "rbd_snap_list")?,
                 rbd_snap_list_end: symbol(&rbd, "rbd_snap_list_end")?,
                 rbd_snap_get_timestamp: symbol(&rbd, "rbd_snap_get_timestamp")?,
+                rbd_open_read_only: symbol(&rbd, "rbd_open_read_only")?,
+                rbd_remove: symbol(&rbd, "rbd_remove")?,
+                rbd_get_features: symbol(&rbd, "rbd_get_features")?,
+                rbd_diff_iterate2: symbol(&rbd, "rbd_diff_iterate2")?,
+                rbd_snap_protect: symbol(&rbd, "rbd_snap_protect")?,
+                rbd_snap_is_protected: symbol(&rbd, "rbd_snap_is_protected")?,
+                rbd_image_options_create: symbol(&rbd, "rbd_image_options_create")?,
+                rbd_image_options_destroy: symbol(&rbd, "rbd_image_options_destroy")?,
+                rbd_clone3: symbol(&rbd, "rbd_clone3")?,
+                rbd_lock_acquire: symbol(&rbd, "rbd_lock_acquire")?,
                 rbd_aio_create_completion: symbol(&rbd, "rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: symbol(&rbd, "rbd_aio_get_return_value")?,
                 rbd_aio_release: symbol(&rbd, "rbd_aio_release")?,

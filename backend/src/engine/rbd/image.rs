@@ -9,14 +9,38 @@ use std::time::Duration;
 
 use super::ffi::{self, Api, ImageT, IoctxT, RadosT, SnapInfo};
 
-/// Turns a librados/librbd return code into a result.
+/// A failed librados/librbd call: what was asked, and the errno it returned.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct CallError {
+    what: String,
+    errno: i32,
+    source: io::Error,
+}
+
+/// Turns a librados/librbd return code into a result; the errno stays readable ([`errno`]).
 pub fn check(rc: c_int, what: &str) -> io::Result<c_int> {
     if rc < 0 {
-        let e = io::Error::from_raw_os_error(-rc);
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+        let source = io::Error::from_raw_os_error(-rc);
+        let kind = source.kind();
+        let what = what.to_string();
+        Err(io::Error::new(
+            kind,
+            CallError {
+                what,
+                errno: -rc,
+                source,
+            },
+        ))
     } else {
         Ok(rc)
     }
+}
+
+/// The errno behind `e`, whether it came from [`check`] or from the OS.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<CallError>().map(|c| c.errno))
 }
 
 fn cstring(s: &str, what: &str) -> io::Result<CString> {
@@ -85,11 +109,24 @@ impl Cluster {
             cluster.set("rados_osd_op_timeout", &t.as_secs().max(1).to_string())?;
         }
         if let Some(keyring) = &opts.keyring {
+            // librados would only say "permission denied" for a keyring it cannot read.
+            std::fs::File::open(keyring)
+                .map_err(|e| io::Error::new(e.kind(), format!("keyring {keyring}: {e}")))?;
             cluster.set("keyring", keyring)?;
         }
         // SAFETY: the handle is configured and not yet connected.
         let rc = unsafe { (cluster.api.rados_connect)(cluster.handle) };
-        check(rc, "connecting to the Ceph cluster")?;
+        let what = if rc == -libc::EACCES || rc == -libc::EPERM {
+            let keyring = opts.keyring.as_deref().unwrap_or("the one ceph_conf names");
+            format!(
+                "connecting to the Ceph cluster as client.{}: the cluster refused its \
+                 credentials (check ceph_id and the key in keyring {keyring})",
+                opts.id
+            )
+        } else {
+            "connecting to the Ceph cluster".to_string()
+        };
+        check(rc, &what)?;
         Ok(cluster)
     }
 
@@ -133,6 +170,13 @@ pub struct IoCtx {
     handle: IoctxT,
 }
 
+impl IoCtx {
+    /// The raw handle, for calls that take a context; valid while `self` lives.
+    pub fn raw(&self) -> IoctxT {
+        self.handle
+    }
+}
+
 // SAFETY: librados I/O contexts may be used from any thread; Keel changes its namespace only
 // before sharing it.
 unsafe impl Send for IoCtx {}
@@ -156,12 +200,21 @@ impl IoCtx {
             unsafe { (self.cluster.api.rbd_create)(self.handle, n.as_ptr(), size, &mut order) };
         check(rc, &format!("creating image {name:?}")).map(drop)
     }
+
+    /// Removes image `name` (it must have no snapshots).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        let n = cstring(name, "image")?;
+        // SAFETY: the context is alive; `n` outlives the call.
+        let rc = unsafe { (self.cluster.api.rbd_remove)(self.handle, n.as_ptr()) };
+        check(rc, &format!("removing image {name:?}")).map(drop)
+    }
 }
 
 /// An open image (`rbd_image_t`).
 pub struct Image {
     ctx: Arc<IoCtx>,
     handle: ImageT,
+    name: String,
 }
 
 // SAFETY: librbd image handles are thread-safe: QEMU and others submit aio on one handle from
@@ -182,7 +235,44 @@ impl Image {
         Ok(Self {
             ctx: Arc::clone(ctx),
             handle,
+            name: name.to_string(),
         })
+    }
+
+    /// Opens snapshot `snap` of this image, read-only, on a handle of its own (the served
+    /// handle stays at the head).
+    pub fn open_snapshot(&self, snap: &str) -> io::Result<Self> {
+        let (n, s) = (cstring(&self.name, "image")?, cstring(snap, "snapshot")?);
+        let mut handle: ImageT = ptr::null_mut();
+        // SAFETY: the context is alive, `handle` a valid out-pointer, both strings outlive the
+        // call.
+        let rc = unsafe {
+            (self.api().rbd_open_read_only)(self.ctx.handle, n.as_ptr(), &mut handle, s.as_ptr())
+        };
+        check(rc, &format!("opening snapshot {snap:?}"))?;
+        Ok(Self {
+            ctx: Arc::clone(&self.ctx),
+            handle,
+            name: self.name.clone(),
+        })
+    }
+
+    /// The I/O context the image was opened on (its pool and namespace).
+    pub fn ctx(&self) -> &Arc<IoCtx> {
+        &self.ctx
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The image's feature bits (`RBD_FEATURE_*`).
+    pub fn features(&self) -> io::Result<u64> {
+        let mut bits = 0u64;
+        // SAFETY: the image is open; `bits` is a valid out-pointer.
+        let rc = unsafe { (self.api().rbd_get_features)(self.handle, &mut bits) };
+        check(rc, "rbd_get_features")?;
+        Ok(bits)
     }
 
     pub fn api(&self) -> &Api {
@@ -235,6 +325,28 @@ impl Image {
 
     pub fn snap_rollback(&self, name: &str) -> io::Result<()> {
         self.snap_call(self.api().rbd_snap_rollback, name, "rbd_snap_rollback")
+    }
+
+    /// Takes the image's exclusive lock for good: librbd then refuses to hand it to another
+    /// client that asks for it (rather than passing it back and forth on each write).
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        // SAFETY: the image is open.
+        let rc =
+            unsafe { (self.api().rbd_lock_acquire)(self.handle, super::ffi::LOCK_MODE_EXCLUSIVE) };
+        check(rc, "rbd_lock_acquire").map(drop)
+    }
+
+    pub fn snap_protect(&self, name: &str) -> io::Result<()> {
+        self.snap_call(self.api().rbd_snap_protect, name, "rbd_snap_protect")
+    }
+
+    pub fn snap_is_protected(&self, name: &str) -> io::Result<bool> {
+        let n = cstring(name, "snapshot")?;
+        let mut yes: c_int = 0;
+        // SAFETY: the image is open; `n` and `yes` outlive the call.
+        let rc = unsafe { (self.api().rbd_snap_is_protected)(self.handle, n.as_ptr(), &mut yes) };
+        check(rc, &format!("snapshot {name:?}"))?;
+        Ok(yes != 0)
     }
 
     /// The image's snapshots, oldest first.
@@ -303,5 +415,20 @@ impl Drop for Image {
         // SAFETY: the image is open and every queue that used it has finished its requests
         // (the queues hold an Arc of the engine, which holds this image).
         unsafe { (self.api().rbd_close)(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_call_keeps_its_errno_and_says_what_failed() {
+        let e = check(-libc::ENOENT, "opening image \"x\"").unwrap_err();
+        assert_eq!(errno(&e), Some(libc::ENOENT));
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("opening image \"x\": "), "{e}");
+        assert_eq!(errno(&io::Error::other("plain")), None);
+        assert_eq!(check(3, "ok").unwrap(), 3);
     }
 }

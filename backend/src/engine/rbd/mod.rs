@@ -4,18 +4,24 @@
 //! once per disk (one cluster connection); each queue submits librbd aio calls straight on guest
 //! memory and gets completions through an eventfd (`queue.rs`). librados and librbd are loaded
 //! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
-//! the disk is `rbd_resize`.
+//! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`) and clones are RBD
+//! layered clones (`clone.rs`). A writable disk holds its image's exclusive lock, so a second
+//! writer is refused at open.
 
+mod clone;
+mod diff;
 mod ffi;
 mod image;
 mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_protocol::control::SnapshotInfo;
-use log::info;
+use log::{error, info};
+
+use crate::store::diff::DiffReport;
 
 use super::{AdminError, Capabilities, Engine, EngineAdmin, EngineError, QueueEngine};
 use crate::config::{DiskConfig, RbdConfig};
@@ -24,9 +30,32 @@ use image::{Cluster, ConnectOptions, Image};
 /// How long finding a mon and authenticating may take before the disk fails to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Says once per image, in the log, that the cluster blocklisted this client: from then on
+/// every request of the disk fails (`ESHUTDOWN`, Ceph's `EBLOCKLISTED`), and the guest only
+/// sees IOERR.
+pub(super) struct Blocklist {
+    spec: String,
+    logged: AtomicBool,
+}
+
+impl Blocklist {
+    /// Called with the errno of every failed librbd call.
+    pub(super) fn note(&self, errno: i32) {
+        if errno == libc::ESHUTDOWN && !self.logged.swap(true, Ordering::Relaxed) {
+            error!(
+                "rbd image {}: the Ceph cluster blocklisted this client (another client broke \
+                 its exclusive lock, or an operator blocklisted it): every request fails with \
+                 IOERR; remove the disk (or restart keeld) to serve it again",
+                self.spec
+            );
+        }
+    }
+}
+
 /// A served RBD image.
 pub struct RbdEngine {
     image: Arc<Image>,
+    blocklist: Arc<Blocklist>,
     spec: String,
     read_only: bool,
     /// Bytes; grows online (`grow`).
@@ -62,8 +91,15 @@ impl RbdEngine {
         if capacity == 0 {
             return Err(setup("the image is empty".into()));
         }
+        if !disk.read_only {
+            take_lock(&image, &spec)?;
+        }
         let engine = Self {
             image: Arc::new(image),
+            blocklist: Arc::new(Blocklist {
+                spec: spec.clone(),
+                logged: AtomicBool::new(false),
+            }),
             spec,
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
@@ -92,7 +128,7 @@ fn open_image(
     let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
     match Image::open(&ctx, &rbd.image) {
         Err(e)
-            if e.raw_os_error() == Some(libc::ENOENT)
+            if image::errno(&e) == Some(libc::ENOENT)
                 || e.kind() == std::io::ErrorKind::NotFound =>
         {
             let Some(size) = size.filter(|_| !read_only) else {
@@ -117,10 +153,32 @@ fn open_image(
     }
 }
 
+/// Takes the exclusive lock of an image that has the feature, so that a second writer (another
+/// keeld on the same image) is refused at open instead of both writing in turn.
+fn take_lock(image: &Image, spec: &str) -> Result<(), EngineError> {
+    let features = image.features().map_err(|e| EngineError::Setup {
+        path: spec.into(),
+        message: e.to_string(),
+    })?;
+    if features & ffi::FEATURE_EXCLUSIVE_LOCK == 0 {
+        return Ok(());
+    }
+    image.lock_exclusive().map_err(|e| match image::errno(&e) {
+        Some(libc::EROFS | libc::EBUSY | libc::EAGAIN) => EngineError::Locked(format!(
+            "image {spec} is held by another client (its exclusive lock; `rbd lock ls {spec}` \
+             names it): stop that client first ({e})"
+        )),
+        _ => EngineError::Setup {
+            path: spec.into(),
+            message: format!("taking the exclusive lock: {e}"),
+        },
+    })
+}
+
 fn admin_err(e: std::io::Error) -> AdminError {
-    match e.raw_os_error() {
+    match image::errno(&e) {
         Some(libc::ENOENT) => AdminError::NotFound(e.to_string()),
-        Some(libc::EEXIST) => AdminError::Conflict(e.to_string()),
+        Some(libc::EEXIST | libc::EBUSY) => AdminError::Conflict(e.to_string()),
         Some(libc::EINVAL) => AdminError::Invalid(e.to_string()),
         _ => AdminError::Failed(e.to_string()),
     }
@@ -146,7 +204,9 @@ impl Engine for RbdEngine {
 
     fn queue(&self, index: usize) -> Result<Box<dyn QueueEngine>, EngineError> {
         let api = ffi::api().map_err(EngineError::Unsupported)?;
-        queue::RbdQueue::new(Arc::clone(&self.image), api, self.read_only, self.cache)
+        let image = Arc::clone(&self.image);
+        let blocklist = Arc::clone(&self.blocklist);
+        queue::RbdQueue::new(image, blocklist, api, self.read_only, self.cache)
             .map(|q| Box::new(q) as Box<dyn QueueEngine>)
             .map_err(|source| EngineError::Queue {
                 queue: index,
@@ -155,9 +215,12 @@ impl Engine for RbdEngine {
     }
 
     fn flush(&self) -> Result<(), EngineError> {
-        self.image.flush().map_err(|source| EngineError::Io {
-            op: "flush",
-            source,
+        self.image.flush().map_err(|source| {
+            self.blocklist.note(image::errno(&source).unwrap_or(0));
+            EngineError::Io {
+                op: "flush",
+                source,
+            }
         })
     }
 
@@ -214,6 +277,13 @@ impl EngineAdmin for RbdEngine {
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        if self.image.snap_is_protected(name).unwrap_or(false) {
+            return Err(AdminError::Conflict(format!(
+                "snapshot {name} is protected (the parent of RBD clones): flatten or remove its \
+                 clones, then `rbd snap unprotect {}@{name}`",
+                self.spec
+            )));
+        }
         self.image.snap_remove(name).map_err(admin_err)
     }
 
@@ -222,5 +292,17 @@ impl EngineAdmin for RbdEngine {
             return Err(AdminError::Invalid("the disk is read-only".into()));
         }
         self.image.snap_rollback(name).map_err(admin_err)
+    }
+
+    fn diff(&self, from: &str, to: &str) -> Result<DiffReport, AdminError> {
+        diff::diff(&self.image, from, to, self.capacity())
+    }
+
+    fn clone_snapshot(&self, snapshot: &str, new_image: &str) -> Result<String, AdminError> {
+        clone::clone_snapshot(&self.image, &self.spec, snapshot, new_image)
+    }
+
+    fn remove_clone(&self, new_image: &str) -> Result<(), AdminError> {
+        self.image.ctx().remove(new_image).map_err(admin_err)
     }
 }

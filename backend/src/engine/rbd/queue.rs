@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use slab::Slab;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::Blocklist;
 use super::ffi::{Api, CompletionT};
 use super::image::Image;
 use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
@@ -78,6 +79,7 @@ struct InFlight {
 
 pub(super) struct RbdQueue {
     image: Arc<Image>,
+    blocklist: Arc<Blocklist>,
     read_only: bool,
     /// librbd's cache is on: write-through writes need a flush after them.
     cache: bool,
@@ -95,9 +97,16 @@ fn io_error(op: &'static str, rc: isize) -> EngineError {
 }
 
 impl RbdQueue {
-    pub fn new(image: Arc<Image>, api: Arc<Api>, read_only: bool, cache: bool) -> io::Result<Self> {
+    pub fn new(
+        image: Arc<Image>,
+        blocklist: Arc<Blocklist>,
+        api: Arc<Api>,
+        read_only: bool,
+        cache: bool,
+    ) -> io::Result<Self> {
         Ok(Self {
             image,
+            blocklist,
             read_only,
             cache,
             shared: Arc::new(Shared {
@@ -211,6 +220,7 @@ impl RbdQueue {
                 continue;
             };
             if rc < 0 && s.error.is_none() {
+                self.blocklist.note(-rc as i32);
                 s.error = Some(io_error(s.req.op.name(), rc));
             }
             s.pending -= 1;
