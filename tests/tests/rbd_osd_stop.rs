@@ -32,7 +32,7 @@ fn stopped_osd_times_out_with_a_timeout_and_waits_without_one() {
         conf = cluster.conf().display()
     );
     std::fs::write(dir.path().join("keel.toml"), toml).unwrap();
-    let _keeld = KeeldProcess::spawn(&dir.path().join("keel.toml"));
+    let mut keeld = KeeldProcess::spawn(&dir.path().join("keel.toml"));
     for s in ["t.sock", "w.sock", "n.sock"] {
         assert!(
             wait_for_socket(&dir.path().join(s), Duration::from_secs(60)),
@@ -81,4 +81,32 @@ fn stopped_osd_times_out_with_a_timeout_and_waits_without_one() {
     t.write(0, 8192, &pattern(6, 4096)).unwrap();
     assert_eq!(t.read(0, 8192, 4096).unwrap(), pattern(6, 4096));
     assert_eq!(t.read(0, 0, 4096).unwrap(), pattern(1, 4096));
+
+    // A disk whose OSD stopped answering does not keep keeld from exiting: shutdown stops the
+    // other disks, gives up on this one at its deadline, says so and exits non-zero.
+    signal(osd, libc::SIGSTOP);
+    let stuck = std::thread::spawn(move || w.write(0, 12288, &pattern(7, 4096)));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, stderr) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(60));
+    let took = started.elapsed();
+    signal(osd, libc::SIGCONT);
+    assert!(
+        !status.success(),
+        "a disk that could not stop is an error: {status:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("disk w") && stderr.contains("still stopping"),
+        "the log names the disk that did not stop:\n{stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(25),
+        "it waited for the disk first: {took:?}"
+    );
+    // The request keeld never answered fails (the test client gives up on it) rather than
+    // completing.
+    assert!(
+        !matches!(stuck.join(), Ok(Ok(()))),
+        "a request to a stopped OSD completed"
+    );
 }

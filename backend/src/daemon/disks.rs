@@ -152,16 +152,20 @@ impl DiskSet {
         Ok(disk.stop())
     }
 
-    /// Stops every served disk, flushing each; returns the failures (disk, error).
+    /// Stops every served disk, flushing each, side by side and within
+    /// [`STOP_DEADLINE`](super::stop::STOP_DEADLINE); returns the failures (disk, error), a disk
+    /// still stopping at the deadline among them.
     pub fn stop_all(&self) -> Vec<(String, EngineError)> {
         let disks = match self.served.write() {
             Ok(mut s) => std::mem::take(&mut *s),
             // Stopping is all that is left to do: the disks in the list are whole.
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        disks
-            .into_iter()
-            .filter_map(|d| d.stop().err().map(|e| (d.name().to_string(), e)))
-            .collect()
+        super::stop::stop_each_within(
+            disks,
+            super::stop::STOP_DEADLINE,
+            |d| d.name().to_string(),
+            |d: Arc<ServedDisk>| d.stop(),
+        )
     }
 }

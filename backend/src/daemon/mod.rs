@@ -14,6 +14,7 @@ mod info;
 mod limits;
 mod reload;
 mod served;
+mod stop;
 
 #[cfg(test)]
 mod metrics_tests;
