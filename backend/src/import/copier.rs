@@ -1,7 +1,8 @@
-//! The background copy: moves the source into the container in 1 MiB steps from the store's
+//! The background copy: moves the source into the container in 4 MiB steps from the store's
 //! import cursor, writing only blocks the disk lacks (a guest write wins) and skipping blocks
-//! that read as zeroes (holes stay holes). Each step moves the cursor; a checkpoint makes it
-//! durable, so a restart rescans at most the steps since the last one.
+//! that read as zeroes (holes stay holes). Blocks the source reports as zeroes (a raw file's
+//! holes, NBD block status) are not even read. Each step moves the cursor; a checkpoint makes
+//! it durable, so a restart rescans at most the steps since the last one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,12 +117,11 @@ fn read_ahead(
         };
         let n = STEP_BLOCKS.min(end - lba);
         let mut bytes = vec![0u8; (n * BLOCK) as usize];
-        // A hole of a sparse raw file is not read: it stays zeroes, and zeroes are not copied.
-        let read = if source.is_hole(lba * BLOCK, n * BLOCK) {
-            Ok(())
-        } else {
-            source.read(&mut bytes, lba * BLOCK)
-        };
+        // Blocks the source reports as zeroes are not read; zeroes are not copied.
+        let read = source.read_sparse(&mut bytes, lba * BLOCK);
+        if let Ok(n) = read {
+            import.progress.note_source_read(n);
+        }
         if let Err(e) = read {
             let mut why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
             if !failing {

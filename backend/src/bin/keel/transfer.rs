@@ -43,6 +43,9 @@ struct Copied {
     bytes: u64,
     /// Bytes that were all zeroes (left unallocated or as holes).
     zero_bytes: u64,
+    /// Bytes of data an import read from its source (ranges it reports as zeroes are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_read_bytes: Option<u64>,
     elapsed_ms: u64,
 }
 
@@ -123,6 +126,7 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         to: absolute(path),
         bytes: src_len,
         zero_bytes: src_len.saturating_sub(mapped),
+        source_read_bytes: Some(import.progress().source_read_bytes()),
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)
@@ -156,6 +160,7 @@ fn import_chain(
         to: absolute(path),
         bytes,
         zero_bytes: bytes.saturating_sub(store.info().mapped_bytes),
+        source_read_bytes: None,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)
@@ -197,6 +202,7 @@ pub fn export(path: &Path, raw: &Path, json: bool) -> Result<(), String> {
         to: absolute(raw),
         bytes: cap,
         zero_bytes,
+        source_read_bytes: None,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("exported", json)
