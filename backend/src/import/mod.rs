@@ -81,7 +81,7 @@ impl Import {
             Some(now) if Arc::ptr_eq(&now, failed) => {}
             _ => return Ok(()),
         }
-        let fresh = Source::open(failed.name())?;
+        let fresh = failed.open_again()?;
         if fresh.len() != failed.len() {
             return Err(SourceError::Open(
                 failed.name().to_string(),

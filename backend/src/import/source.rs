@@ -118,6 +118,8 @@ pub struct Source {
     /// The same device when it is an NBD client, for block status.
     nbd: Option<Arc<NbdDevice>>,
     name: String,
+    /// The internal snapshot of the image read instead of its current contents.
+    internal: Option<String>,
     format: String,
     /// Dropped after `dev` (fields drop in order): the connection closes before the server.
     _server: Option<QemuNbd>,
@@ -135,6 +137,7 @@ impl Source {
                 dev: dev.clone(),
                 nbd: Some(dev),
                 name: spec.to_string(),
+                internal: None,
                 format: "nbd".into(),
                 _server: None,
                 _lock: None,
@@ -149,12 +152,38 @@ impl Source {
                 dev: Arc::new(dev),
                 nbd: None,
                 name: spec.to_string(),
+                internal: None,
                 format,
                 _server: None,
                 _lock: Some(lock),
             });
         }
-        let (mut server, uri) = start_qemu_nbd(&path, &format, spec)?;
+        Self::through_qemu_nbd(spec, &path, format, None)
+    }
+
+    /// Opens the internal snapshot `snapshot` of the image `spec` (as `qemu-img snapshot -l`
+    /// names it), read-only through `qemu-nbd --load-snapshot`.
+    pub fn open_internal_snapshot(spec: &str, snapshot: &str) -> Result<Self, SourceError> {
+        let path = Path::new(spec).canonicalize().map_err(|e| fail(spec, e))?;
+        let format = probe_format(&path, spec)?;
+        Self::through_qemu_nbd(spec, &path, format, Some(snapshot))
+    }
+
+    /// The same source opened again (after its connection failed).
+    pub fn open_again(&self) -> Result<Self, SourceError> {
+        match &self.internal {
+            Some(snapshot) => Self::open_internal_snapshot(&self.name, snapshot),
+            None => Self::open(&self.name),
+        }
+    }
+
+    fn through_qemu_nbd(
+        spec: &str,
+        path: &Path,
+        format: String,
+        internal: Option<&str>,
+    ) -> Result<Self, SourceError> {
+        let (mut server, uri) = start_qemu_nbd(path, &format, spec, internal)?;
         let dev =
             Arc::new(NbdDevice::open(&uri, NbdOptions::default()).map_err(|e| fail(spec, e))?);
         server.connected();
@@ -162,6 +191,7 @@ impl Source {
             dev: dev.clone(),
             nbd: Some(dev),
             name: spec.to_string(),
+            internal: internal.map(str::to_string),
             format,
             _server: Some(server),
             _lock: None,
@@ -299,8 +329,14 @@ fn probe_format(path: &Path, name: &str) -> Result<String, SourceError> {
         .ok_or_else(|| fail(name, "qemu-img info names no format"))
 }
 
-/// Starts `qemu-nbd` read-only on `path` with an export on a private socket; waits for it.
-fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, String), SourceError> {
+/// Starts `qemu-nbd` read-only on `path` (or on its internal snapshot `internal`) with an
+/// export on a private socket; waits for it.
+fn start_qemu_nbd(
+    path: &Path,
+    format: &str,
+    name: &str,
+    internal: Option<&str>,
+) -> Result<(QemuNbd, String), SourceError> {
     let dir = tempfile::Builder::new()
         .prefix("keel-import-")
         .tempdir()
@@ -313,10 +349,15 @@ fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, Str
         .arg(format!("--format={format}"))
         .arg("--export-name=src")
         .arg("--socket")
-        .arg(&socket)
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .arg(&socket);
+    if let Some(snapshot) = internal {
+        // QEMU's option syntax: a comma inside a value is written twice.
+        cmd.arg(format!(
+            "--load-snapshot=snapshot.name={}",
+            snapshot.replace(',', ",,")
+        ));
+    }
+    cmd.arg(path).stdin(Stdio::null()).stdout(Stdio::null());
     let (server, pid) =
         QemuNbd::spawn(cmd, dir).map_err(|e| fail(name, format!("starting qemu-nbd: {e}")))?;
     // The socket exists once qemu-nbd has bound it; connecting works once it listens.

@@ -72,6 +72,8 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     let started = Instant::now();
     let src = Source::open(source).map_err(|e| e.to_string())?;
     let src_len = src.len();
+    // Before any container is made: a chain whose views clash is refused.
+    let views = layers::views(source).map_err(|e| e.to_string())?;
     if !path.exists() {
         let size = geo.size.unwrap_or(src_len.next_multiple_of(4096));
         let opts = geo.options(size)?;
@@ -94,10 +96,9 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
                 path.display()
             ));
         }
-        let chain = layers::backing_chain(source).map_err(|e| e.to_string())?;
-        if chain.len() > 1 {
+        if views.len() > 1 {
             drop(src);
-            return import_chain(source, &chain, &store, path, started, json);
+            return import_chain(source, &views, &store, path, started, json);
         }
         store.begin_import(src_len).map_err(|e| e.to_string())?;
     } else if store.import_source_bytes() != Some(src_len) {
@@ -132,17 +133,18 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     .print("imported", json)
 }
 
-/// A backing chain, layer by layer: every layer below the top becomes a snapshot.
+/// A backing chain and the top's internal snapshots, view by view: every view but the top's
+/// current contents becomes a snapshot.
 fn import_chain(
     source: &str,
-    chain: &[String],
+    views: &[layers::View],
     store: &Store,
     path: &Path,
     started: Instant,
     json: bool,
 ) -> Result<(), String> {
     let pb = progress(0, "import");
-    let made = layers::import_layers(store, chain, &mut |done, total| {
+    let made = layers::import_layers(store, views, &mut |done, total| {
         pb.set_length(total);
         pb.set_position(done);
     })
@@ -150,7 +152,7 @@ fn import_chain(
     pb.finish_and_clear();
     if !json {
         println!(
-            "snapshots from the backing chain, oldest first: {}",
+            "snapshots made from the image, oldest first: {}",
             made.join(", ")
         );
     }
