@@ -47,7 +47,7 @@ impl View {
 }
 
 /// What `qemu-img info --backing-chain` says of `spec`: one object per layer, the top first.
-fn chain_info(spec: &str) -> Result<Vec<serde_json::Value>, SourceError> {
+pub(super) fn chain_info(spec: &str) -> Result<Vec<serde_json::Value>, SourceError> {
     let fail = |e: String| SourceError::Open(spec.to_string(), e);
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "--backing-chain"])

@@ -9,7 +9,7 @@ use keel_backend::control::output::{absolute, format_size as human, print_json};
 use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::device::nbd::NbdAddress;
 use keel_backend::import::copier::{self, Pace};
-use keel_backend::import::{Import, Source, layers};
+use keel_backend::import::{Import, Source, identity, layers};
 use keel_backend::store::Store;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use serde::Serialize;
@@ -74,6 +74,7 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     let src_len = src.len();
     // Before any container is made: a chain whose views clash is refused.
     let views = layers::views(source).map_err(|e| e.to_string())?;
+    let identity = identity::source_identity(source).map_err(|e| e.to_string())?;
     if !path.exists() {
         let size = geo.size.unwrap_or(src_len.next_multiple_of(4096));
         let opts = geo.options(size)?;
@@ -100,12 +101,19 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
             drop(src);
             return import_chain(source, &views, &store, path, started, json);
         }
-        store.begin_import(src_len).map_err(|e| e.to_string())?;
+        store
+            .begin_import_from(src_len, identity)
+            .map_err(|e| e.to_string())?;
     } else if store.import_source_bytes() != Some(src_len) {
         return Err(format!(
             "{source}: its size changed since the import into {} began",
             path.display()
         ));
+    } else if store
+        .import_source_id()
+        .is_some_and(|began| identity != Some(began))
+    {
+        return Err(identity::changed(source));
     }
     let import = Import::new(Arc::clone(&store), src, 0);
     let pb = progress(src_len, "import");
