@@ -75,7 +75,7 @@ impl ImportQueue {
                         let read = source
                             .read_sparse(bytes, start * BLOCK)
                             .map_err(|e| source_err("read", e))?;
-                        self.import.progress.note_source_read(read);
+                        self.import.progress.note_source_read(read.read_bytes);
                         i += run;
                     }
                 }
@@ -114,7 +114,7 @@ impl ImportQueue {
             let read = source
                 .read_sparse(&mut block, lba * BLOCK)
                 .map_err(|e| source_err(op, e))?;
-            self.import.progress.note_source_read(read);
+            self.import.progress.note_source_read(read.read_bytes);
             self.import
                 .store
                 .fill_absent(self.writer, &[(lba, &block)])

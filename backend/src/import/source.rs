@@ -112,6 +112,15 @@ impl Drop for QemuNbd {
     }
 }
 
+/// What [`Source::read_sparse`] did.
+pub struct SparseRead {
+    /// Bytes read from the source.
+    pub read_bytes: u64,
+    /// Block by block, whether the source reported it as zeroes (and it was not read), when
+    /// it could tell.
+    pub zero: Option<Vec<bool>>,
+}
+
 /// An open import source: its bytes as one flat view, whatever the format.
 pub struct Source {
     dev: Arc<dyn BlockDevice>,
@@ -241,11 +250,14 @@ impl Source {
     }
 
     /// Reads `buf.len()` bytes at `offset` (block-aligned) as [`Self::read`], but reads only
-    /// the blocks the source does not report as zeroes; returns the bytes read from it.
-    pub fn read_sparse(&self, buf: &mut [u8], offset: u64) -> io::Result<u64> {
+    /// the blocks the source does not report as zeroes.
+    pub fn read_sparse(&self, buf: &mut [u8], offset: u64) -> io::Result<SparseRead> {
         let Some(zero) = self.zero_blocks(offset, buf.len() as u64)? else {
             self.read(buf, offset)?;
-            return Ok(buf.len() as u64);
+            return Ok(SparseRead {
+                read_bytes: buf.len() as u64,
+                zero: None,
+            });
         };
         let mut read = 0u64;
         let (block, total) = (BLOCK as usize, buf.len());
@@ -261,7 +273,10 @@ impl Source {
             }
             i += run;
         }
-        Ok(read)
+        Ok(SparseRead {
+            read_bytes: read,
+            zero: Some(zero),
+        })
     }
 
     /// Reads `buf.len()` bytes at `offset`; bytes past the source's end read as zeroes.
