@@ -43,7 +43,8 @@ pub fn run_server(data: &[u8]) {
 }
 
 /// A server that sends `data` (its handshake and replies) to Keel's client device, which
-/// opens the export and issues a read, a write, a flush and a discard (cookies 1, 2, 3, 4...).
+/// opens the export and issues a read, a block status, a write, a flush and a discard
+/// (cookies 1, 2, 3, 4, 5...).
 pub fn run_replies(data: &[u8]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.sock");
@@ -71,6 +72,7 @@ pub fn run_replies(data: &[u8]) {
         let len = dev.len().min(8192) as usize;
         let mut buf = vec![0u8; len];
         let _ = dev.read_at(&mut buf, 0);
+        let _ = dev.block_status(0, len as u64);
         let _ = dev.write_at(&buf, 0);
         let _ = dev.flush();
         let _ = dev.discard(0, len as u64);

@@ -231,6 +231,10 @@ pub struct ImportReport {
     pub total_bytes: u64,
     /// Average copy rate since keeld started the import (0 once done).
     pub rate_bytes_per_s: u64,
+    /// Bytes of data read from the source since keeld started the import, by the copy and by
+    /// guest reads of blocks not yet moved (ranges the source reports as zeroes are not read).
+    #[serde(default)]
+    pub source_read_bytes: u64,
     /// Why the copy is paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -520,3 +520,36 @@ fn a_source_that_changed_size_is_refused_when_the_import_resumes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_chain_whose_contents_changed_is_refused_when_the_import_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain(dir);
+    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    let mut keeld = start(dir);
+    assert_eq!(
+        stats(dir).import.expect("an import report").state,
+        ImportState::Copying
+    );
+    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+    // The same size, other bytes, in a backing file.
+    run(
+        dir,
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -q -P 0x77 44M 1M", "mid.qcow2"],
+    );
+    let (code, stderr) = keel_tests::keeld::run_expecting_failure(&dir.join("keel.toml"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("top.qcow2") && stderr.contains("changed since the import began"),
+        "{stderr}"
+    );
+    // keel import resumes the same container only from the same files too.
+    let (ok, text) = keel(dir, &["import", "top.qcow2", "d.keel"]);
+    assert!(
+        !ok && text.contains("changed since the import began"),
+        "{text}"
+    );
+}

@@ -182,6 +182,52 @@ fn round_trips_against_keelds_own_export() {
     round_trips_on("keeld", &uri, &keeld.dir().join("d.img"));
 }
 
+/// What the server reports of the whole export: (offset, length, reads as zeroes), asking
+/// again from where each answer ends.
+fn allocation_map(dev: &NbdDevice) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let mut at = 0;
+    while at < dev.len() {
+        for e in dev.block_status(at, dev.len() - at).unwrap() {
+            match out.last_mut() {
+                Some(last) if last.2 == e.hole => last.1 += e.len,
+                _ => out.push((at, e.len, e.hole)),
+            }
+            at += e.len;
+        }
+    }
+    out
+}
+
+/// A fresh sparse image with 1 MiB written at 8 MiB: the server reports that MiB as data and
+/// the rest as zeroes.
+fn block_status_on(kind: &str) {
+    let server = Server::start(kind);
+    let dev = NbdDevice::open(&server.uri(), NbdOptions::default()).unwrap();
+    assert!(dev.has_block_status(), "{kind} offers base:allocation");
+    dev.write_at(&pattern(3, MIB as usize), 8 * MIB).unwrap();
+    dev.flush().unwrap();
+    assert_eq!(
+        allocation_map(&dev),
+        [
+            (0, 8 * MIB, true),
+            (8 * MIB, MIB, false),
+            (9 * MIB, 55 * MIB, true)
+        ],
+        "{kind}"
+    );
+}
+
+#[test]
+fn block_status_against_qemu_nbd() {
+    block_status_on("qemu-nbd");
+}
+
+#[test]
+fn block_status_against_qemu_storage_daemon() {
+    block_status_on("qemu-storage-daemon");
+}
+
 #[test]
 fn a_killed_server_fails_requests_instead_of_hanging() {
     let mut server = Server::start("qemu-nbd");

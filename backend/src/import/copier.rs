@@ -1,7 +1,8 @@
-//! The background copy: moves the source into the container in 1 MiB steps from the store's
+//! The background copy: moves the source into the container in 4 MiB steps from the store's
 //! import cursor, writing only blocks the disk lacks (a guest write wins) and skipping blocks
-//! that read as zeroes (holes stay holes). Each step moves the cursor; a checkpoint makes it
-//! durable, so a restart rescans at most the steps since the last one.
+//! that read as zeroes (holes stay holes). Blocks the source reports as zeroes (a raw file's
+//! holes, NBD block status) are not even read. Each step moves the cursor; a checkpoint makes
+//! it durable, so a restart rescans at most the steps since the last one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,10 @@ const STEP_BLOCKS: u64 = 1024;
 const READERS: usize = 4;
 /// Steps each reader holds ready.
 const READ_AHEAD: usize = 1;
+
+/// A step read ahead: its first block, its bytes, and which blocks the source reported as
+/// zeroes (when it could tell).
+type Step = (u64, Vec<u8>, Option<Vec<bool>>);
 
 /// How the copy shares the device with the guest.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +58,7 @@ pub fn run(
     let copied = std::thread::scope(|scope| {
         let mut steps = Vec::with_capacity(READERS);
         for k in 0..READERS as u64 {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(READ_AHEAD);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(READ_AHEAD);
             let from = first + k * STEP_BLOCKS;
             scope.spawn(move || read_ahead(import, from, end, stop, tx));
             steps.push(rx);
@@ -71,13 +76,15 @@ pub fn run(
             }
             // The reader ends early only when stopped.
             let next = ((lba - first) / STEP_BLOCKS) as usize % READERS;
-            let Ok((at, bytes)) = steps[next].recv() else {
+            let Ok((at, bytes, zero)) = steps[next].recv() else {
                 return Err(CopyError::Stopped);
             };
             debug_assert_eq!(at, lba);
+            // Blocks the source reported as zeroes are not even looked at.
             let blocks: Vec<(u64, &[u8])> = bytes
                 .chunks(BLOCK as usize)
                 .enumerate()
+                .filter(|(i, _)| zero.as_ref().is_none_or(|z| !z[*i]))
                 .filter(|(_, b)| b.iter().any(|x| *x != 0))
                 .map(|(i, b)| (lba + i as u64, b))
                 .collect();
@@ -99,14 +106,15 @@ pub fn run(
     Ok(())
 }
 
-/// Reads every [`READERS`]-th step from `first` up to `end`, in order, into `tx`, retrying a failed read each second (the
-/// import is `paused` meanwhile), until the end, `stop`, or the receiver is gone.
+/// Reads every [`READERS`]-th step from `first` up to `end`, in order, into `tx`, retrying a
+/// failed read each second (the import is `paused` meanwhile), until the end, `stop`, or the
+/// receiver is gone.
 fn read_ahead(
     import: &Import,
     first: u64,
     end: u64,
     stop: &AtomicBool,
-    tx: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    tx: std::sync::mpsc::SyncSender<Step>,
 ) {
     let mut lba = first;
     let mut failing = false;
@@ -116,33 +124,34 @@ fn read_ahead(
         };
         let n = STEP_BLOCKS.min(end - lba);
         let mut bytes = vec![0u8; (n * BLOCK) as usize];
-        // A hole of a sparse raw file is not read: it stays zeroes, and zeroes are not copied.
-        let read = if source.is_hole(lba * BLOCK, n * BLOCK) {
-            Ok(())
-        } else {
-            source.read(&mut bytes, lba * BLOCK)
+        // Blocks the source reports as zeroes are not read; zeroes are not copied.
+        let zero = match source.read_sparse(&mut bytes, lba * BLOCK) {
+            Ok(r) => {
+                import.progress.note_source_read(r.read_bytes);
+                r.zero
+            }
+            Err(e) => {
+                let mut why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
+                if !failing {
+                    log::warn!("import paused: {why}; retrying each second");
+                }
+                failing = true;
+                import.progress.pause(Some(why.clone()));
+                std::thread::sleep(Duration::from_secs(1));
+                // A connection that failed stays failed: open the source again.
+                if let Err(e) = import.reopen(&source) {
+                    why = format!("{why}; opening it again: {e}");
+                    import.progress.pause(Some(why));
+                }
+                continue;
+            }
         };
-        if let Err(e) = read {
-            let mut why = format!("reading {} at {}: {e}", source.name(), lba * BLOCK);
-            if !failing {
-                log::warn!("import paused: {why}; retrying each second");
-            }
-            failing = true;
-            import.progress.pause(Some(why.clone()));
-            std::thread::sleep(Duration::from_secs(1));
-            // A connection that failed stays failed: open the source again.
-            if let Err(e) = import.reopen(&source) {
-                why = format!("{why}; opening it again: {e}");
-                import.progress.pause(Some(why));
-            }
-            continue;
-        }
         if failing {
             log::info!("import resumed: {} reads again", source.name());
             failing = false;
             import.progress.pause(None);
         }
-        if tx.send((lba, bytes)).is_err() {
+        if tx.send((lba, bytes, zero)).is_err() {
             return;
         }
         lba += n + (READERS as u64 - 1) * STEP_BLOCKS;

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use keel_protocol::control::{ImportReport, SnapshotInfo};
 
+use super::identity::{changed, source_identity};
 use super::queue::ImportQueue;
 use super::{Import, Source, copier};
 use crate::config::DiskConfig;
@@ -93,9 +94,10 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
             ),
         ));
     }
+    let identity = source_identity(&from).map_err(|e| setup(&disk, e.to_string()))?;
     match store.import_source_bytes() {
         None => store
-            .begin_import(source.len())
+            .begin_import_from(source.len(), identity)
             .map_err(|e| setup(&disk, format!("starting the import: {e}")))?,
         Some(began) if began != source.len() => {
             return Err(setup(
@@ -107,7 +109,14 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
                 ),
             ));
         }
-        Some(_) => {}
+        Some(_) => {
+            if store
+                .import_source_id()
+                .is_some_and(|began| identity != Some(began))
+            {
+                return Err(setup(&disk, changed(&from)));
+            }
+        }
     }
     let cursor = store.import_cursor().unwrap_or(0);
     log::info!(

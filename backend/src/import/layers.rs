@@ -1,8 +1,9 @@
 //! A backing chain imported layer by layer (offline `keel import`): each layer's view (the
 //! chain up to it, flattened by `qemu-nbd`) is written over the one before, only the blocks
 //! that differ, and every layer below the top is then frozen as a snapshot named after its
-//! file (`base` for `base.qcow2`). Blocks a layer did not change stay shared with the
-//! snapshots below it: they are stored once.
+//! file (`base` for `base.qcow2`). The top image's internal snapshots come next, each its own
+//! view (`qemu-nbd --load-snapshot`) frozen under its name, then the top's current contents.
+//! Blocks a view did not change stay shared with the snapshots below it: they are stored once.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,12 +26,28 @@ pub enum LayerError {
     Store(#[from] StoreError),
 }
 
-/// The files of `spec`'s backing chain, oldest first; just `spec` for an NBD URI or an image
-/// without a backing file.
-pub fn backing_chain(spec: &str) -> Result<Vec<String>, SourceError> {
-    if NbdAddress::is_uri(spec) {
-        return Ok(vec![spec.to_string()]);
+/// One view of an image to import: a layer of its chain, or an internal snapshot of its top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The image file (or NBD URI).
+    pub spec: String,
+    /// The internal snapshot of `spec` to read instead of its current contents.
+    pub internal: Option<String>,
+    /// The Keel snapshot it becomes (unless it is the last view).
+    pub name: String,
+}
+
+impl View {
+    fn open(&self) -> Result<Source, SourceError> {
+        match &self.internal {
+            Some(snapshot) => Source::open_internal_snapshot(&self.spec, snapshot),
+            None => Source::open(&self.spec),
+        }
     }
+}
+
+/// What `qemu-img info --backing-chain` says of `spec`: one object per layer, the top first.
+pub(super) fn chain_info(spec: &str) -> Result<Vec<serde_json::Value>, SourceError> {
     let fail = |e: String| SourceError::Open(spec.to_string(), e);
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "--backing-chain"])
@@ -45,25 +62,67 @@ pub fn backing_chain(spec: &str) -> Result<Vec<String>, SourceError> {
     }
     let info: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("qemu-img info: {e}")))?;
-    let Some(chain) = info.as_array() else {
-        return Ok(vec![spec.to_string()]);
+    Ok(match info {
+        serde_json::Value::Array(chain) => chain,
+        one => vec![one],
+    })
+}
+
+/// Everything `spec` holds, oldest first: the layers of its backing chain below the top, the
+/// top's internal snapshots (in the order `qemu-img snapshot -l` lists them), then the top.
+/// Two views that would become snapshots of the same name are refused.
+pub fn views(spec: &str) -> Result<Vec<View>, SourceError> {
+    let top = View {
+        spec: spec.to_string(),
+        internal: None,
+        name: snapshot_name(spec),
     };
-    let mut files = chain
-        .iter()
-        .map(|layer| {
-            layer
-                .get("filename")
-                .and_then(|f| f.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| fail("qemu-img info names no file for a layer".into()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    files.reverse();
-    // The top is the file as given (qemu-img may spell it differently).
-    if let Some(top) = files.last_mut() {
-        *top = spec.to_string();
+    if NbdAddress::is_uri(spec) {
+        return Ok(vec![top]);
     }
-    Ok(files)
+    let fail = |e: String| SourceError::Open(spec.to_string(), e);
+    let chain = chain_info(spec)?;
+    let mut views = Vec::new();
+    // Layers below the top, oldest first.
+    for layer in chain.iter().skip(1).rev() {
+        let file = layer
+            .get("filename")
+            .and_then(|f| f.as_str())
+            .ok_or_else(|| fail("qemu-img info names no file for a layer".into()))?;
+        views.push(View {
+            spec: file.to_string(),
+            internal: None,
+            name: snapshot_name(file),
+        });
+    }
+    let internal = chain
+        .first()
+        .and_then(|t| t.get("snapshots"))
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for snapshot in internal {
+        let name = snapshot
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| fail("qemu-img info names no internal snapshot".into()))?;
+        views.push(View {
+            spec: spec.to_string(),
+            internal: Some(name.to_string()),
+            name: name.to_string(),
+        });
+    }
+    views.push(top);
+    let last = views.len() - 1;
+    for (i, v) in views[..last].iter().enumerate() {
+        if views[..i].iter().any(|w| w.name == v.name) {
+            return Err(fail(format!(
+                "two layers or internal snapshots would both become snapshot {:?}",
+                v.name
+            )));
+        }
+    }
+    Ok(views)
 }
 
 /// The snapshot name of a layer: its file name without the extension.
@@ -74,18 +133,18 @@ pub fn snapshot_name(file: &str) -> String {
         .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
 }
 
-/// Imports `layers` (oldest first) into `store`, which the caller made sure is empty; returns
+/// Imports `views` (oldest first) into `store`, which the caller made sure is empty; returns
 /// the snapshots made. `step(done, total)` follows the progress in bytes read.
 pub fn import_layers(
     store: &Store,
-    layers: &[String],
+    views: &[View],
     step: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<String>, LayerError> {
     let mut snapshots = Vec::new();
     let mut done = 0;
-    let sources = layers
+    let sources = views
         .iter()
-        .map(|l| Source::open(l))
+        .map(View::open)
         .collect::<Result<Vec<_>, _>>()?;
     let total: u64 = sources.iter().map(Source::len).sum();
     for (i, source) in sources.iter().enumerate() {
@@ -94,7 +153,7 @@ pub fn import_layers(
             step(done, total);
         })?;
         if i + 1 < sources.len() {
-            let name = snapshot_name(&layers[i]);
+            let name = views[i].name.clone();
             store.create_snapshot(&name)?;
             snapshots.push(name);
         }

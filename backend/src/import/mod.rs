@@ -5,6 +5,9 @@
 //!   chains flattened), or an NBD export;
 //! - [`copier`]: the background copy, which writes only blocks the disk still lacks and moves
 //!   the store's durable import cursor;
+//! - [`holes`]: which blocks of a source read as zeroes, neither read nor copied;
+//! - [`identity`]: the source's files, recorded when an import begins and checked when it
+//!   resumes;
 //! - [`queue`]: the disk's queues while the copy runs: blocks not yet moved are read from the
 //!   source, and the guest's writes never let a later read fall back to it;
 //! - [`layers`]: offline, a backing chain imported layer by layer, each layer below the top a
@@ -14,6 +17,8 @@
 
 pub mod copier;
 pub mod engine;
+mod holes;
+pub mod identity;
 pub mod layers;
 mod progress;
 mod queue;
@@ -79,7 +84,7 @@ impl Import {
             Some(now) if Arc::ptr_eq(&now, failed) => {}
             _ => return Ok(()),
         }
-        let fresh = Source::open(failed.name())?;
+        let fresh = failed.open_again()?;
         if fresh.len() != failed.len() {
             return Err(SourceError::Open(
                 failed.name().to_string(),

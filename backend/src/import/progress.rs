@@ -20,6 +20,8 @@ pub struct Progress {
     paused: Mutex<Option<String>>,
     /// Milliseconds since `started` of the last guest request: the copier steps aside.
     last_guest_ms: AtomicU64,
+    /// Bytes of data read from the source in this run (holes it reported are not read).
+    source_read_bytes: AtomicU64,
 }
 
 impl Progress {
@@ -32,6 +34,7 @@ impl Progress {
             finished: AtomicBool::new(finished),
             paused: Mutex::new(None),
             last_guest_ms: AtomicU64::new(0),
+            source_read_bytes: AtomicU64::new(0),
         }
     }
 
@@ -55,6 +58,15 @@ impl Progress {
 
     pub fn pause(&self, why: Option<String>) {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Counts bytes read from the source.
+    pub fn note_source_read(&self, bytes: u64) {
+        self.source_read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn source_read_bytes(&self) -> u64 {
+        self.source_read_bytes.load(Ordering::Relaxed)
     }
 
     pub fn note_guest_io(&self) {
@@ -87,6 +99,7 @@ impl Progress {
             state,
             copied_bytes: done,
             total_bytes: self.total_bytes,
+            source_read_bytes: self.source_read_bytes(),
             rate_bytes_per_s: if secs > 0.0 && !self.is_finished() {
                 ((done - self.start_bytes) as f64 / secs) as u64
             } else {

@@ -2,7 +2,8 @@
 //! not yet moved come from the source.
 //!
 //! A block is final when it lies below the import cursor or the running point maps it. Reads
-//! of other blocks go to the source. Writes go to the container; a write that covers a block
+//! of other blocks go to the source, which is not asked for the data of blocks it reports as
+//! zeroes (a raw file's holes, NBD block status). Writes go to the container; a write that covers a block
 //! only in part first brings that block from the source (write-if-absent, so a racing guest
 //! write still wins). Discards and write-zeroes become writes of zero blocks, which map the
 //! blocks: an unmapped block above a cursor that a crash may have moved back would otherwise
@@ -60,11 +61,22 @@ impl ImportQueue {
         if !from_source.is_empty() {
             match self.import.source() {
                 Some(source) => {
-                    for lba in from_source {
-                        let at = ((lba - first) * BLOCK) as usize;
-                        source
-                            .read(&mut data[at..at + BLOCK as usize], lba * BLOCK)
+                    // Runs of consecutive blocks, each one request (and one block status).
+                    let mut i = 0;
+                    while i < from_source.len() {
+                        let start = from_source[i];
+                        let run = from_source[i..]
+                            .iter()
+                            .enumerate()
+                            .take_while(|(k, l)| **l == start + *k as u64)
+                            .count();
+                        let at = ((start - first) * BLOCK) as usize;
+                        let bytes = &mut data[at..at + run * BLOCK as usize];
+                        let read = source
+                            .read_sparse(bytes, start * BLOCK)
                             .map_err(|e| source_err("read", e))?;
+                        self.import.progress.note_source_read(read.read_bytes);
+                        i += run;
                     }
                 }
                 // The copy finished meanwhile: every block is in the container now.
@@ -99,9 +111,10 @@ impl ImportQueue {
                 return Ok(());
             };
             let mut block = vec![0u8; BLOCK as usize];
-            source
-                .read(&mut block, lba * BLOCK)
+            let read = source
+                .read_sparse(&mut block, lba * BLOCK)
                 .map_err(|e| source_err(op, e))?;
+            self.import.progress.note_source_read(read.read_bytes);
             self.import
                 .store
                 .fill_absent(self.writer, &[(lba, &block)])

@@ -15,6 +15,10 @@ use thiserror::Error;
 use crate::device::lock::{LockMode, lock_path};
 use crate::device::nbd::{NbdAddress, NbdDevice, NbdOptions};
 use crate::device::{BlockDevice, FileDevice};
+use crate::engine::Extent;
+use crate::store::layout::BLOCK;
+
+use super::holes;
 
 /// Why a source cannot be opened; every message names the source.
 #[derive(Debug, Error)]
@@ -108,10 +112,23 @@ impl Drop for QemuNbd {
     }
 }
 
+/// What [`Source::read_sparse`] did.
+pub struct SparseRead {
+    /// Bytes read from the source.
+    pub read_bytes: u64,
+    /// Block by block, whether the source reported it as zeroes (and it was not read), when
+    /// it could tell.
+    pub zero: Option<Vec<bool>>,
+}
+
 /// An open import source: its bytes as one flat view, whatever the format.
 pub struct Source {
     dev: Arc<dyn BlockDevice>,
+    /// The same device when it is an NBD client, for block status.
+    nbd: Option<Arc<NbdDevice>>,
     name: String,
+    /// The internal snapshot of the image read instead of its current contents.
+    internal: Option<String>,
     format: String,
     /// Dropped after `dev` (fields drop in order): the connection closes before the server.
     _server: Option<QemuNbd>,
@@ -123,10 +140,13 @@ impl Source {
     /// Opens `spec`: an NBD URI, or the path of an image in any format QEMU reads.
     pub fn open(spec: &str) -> Result<Self, SourceError> {
         if NbdAddress::is_uri(spec) {
-            let dev = NbdDevice::open(spec, NbdOptions::default()).map_err(|e| fail(spec, e))?;
+            let dev =
+                Arc::new(NbdDevice::open(spec, NbdOptions::default()).map_err(|e| fail(spec, e))?);
             return Ok(Self {
-                dev: Arc::new(dev),
+                dev: dev.clone(),
+                nbd: Some(dev),
                 name: spec.to_string(),
+                internal: None,
                 format: "nbd".into(),
                 _server: None,
                 _lock: None,
@@ -139,18 +159,48 @@ impl Source {
             let dev = FileDevice::open(&path, true, false).map_err(|e| fail(spec, e))?;
             return Ok(Self {
                 dev: Arc::new(dev),
+                nbd: None,
                 name: spec.to_string(),
+                internal: None,
                 format,
                 _server: None,
                 _lock: Some(lock),
             });
         }
-        let (mut server, uri) = start_qemu_nbd(&path, &format, spec)?;
-        let dev = NbdDevice::open(&uri, NbdOptions::default()).map_err(|e| fail(spec, e))?;
+        Self::through_qemu_nbd(spec, &path, format, None)
+    }
+
+    /// Opens the internal snapshot `snapshot` of the image `spec` (as `qemu-img snapshot -l`
+    /// names it), read-only through `qemu-nbd --load-snapshot`.
+    pub fn open_internal_snapshot(spec: &str, snapshot: &str) -> Result<Self, SourceError> {
+        let path = Path::new(spec).canonicalize().map_err(|e| fail(spec, e))?;
+        let format = probe_format(&path, spec)?;
+        Self::through_qemu_nbd(spec, &path, format, Some(snapshot))
+    }
+
+    /// The same source opened again (after its connection failed).
+    pub fn open_again(&self) -> Result<Self, SourceError> {
+        match &self.internal {
+            Some(snapshot) => Self::open_internal_snapshot(&self.name, snapshot),
+            None => Self::open(&self.name),
+        }
+    }
+
+    fn through_qemu_nbd(
+        spec: &str,
+        path: &Path,
+        format: String,
+        internal: Option<&str>,
+    ) -> Result<Self, SourceError> {
+        let (mut server, uri) = start_qemu_nbd(path, &format, spec, internal)?;
+        let dev =
+            Arc::new(NbdDevice::open(&uri, NbdOptions::default()).map_err(|e| fail(spec, e))?);
         server.connected();
         Ok(Self {
-            dev: Arc::new(dev),
+            dev: dev.clone(),
+            nbd: Some(dev),
             name: spec.to_string(),
+            internal: internal.map(str::to_string),
             format,
             _server: Some(server),
             _lock: None,
@@ -176,26 +226,57 @@ impl Source {
         &self.format
     }
 
-    /// Whether `[offset, offset + len)` is known to be a hole: a raw file's range with no data
-    /// (`SEEK_DATA` finds none in it). False when the source cannot tell.
-    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
-        if self.format != "raw" {
-            return false;
-        }
-        let Some(fd) = self.dev.raw_fd() else {
-            return false;
+    /// Which 4 KiB blocks of `[offset, offset + len)` (block-aligned) read as zeroes, from
+    /// the source's own allocation data: a raw file's holes (`SEEK_DATA`/`SEEK_HOLE`), an NBD
+    /// server's block status (`NBD_STATE_ZERO`). Blocks past the source's end are zeroes.
+    /// `None` when the source cannot tell: every block must then be read.
+    pub fn zero_blocks(&self, offset: u64, len: u64) -> io::Result<Option<Vec<bool>>> {
+        let inside = self.len().saturating_sub(offset).min(len);
+        let extents = if inside == 0 {
+            Vec::new()
+        } else if let Some(nbd) = self.nbd.as_ref().filter(|n| n.has_block_status()) {
+            nbd_extents(nbd, offset, inside)?
+        } else if self.format == "raw"
+            && let Some(fd) = self.dev.raw_fd()
+        {
+            match holes::file_extents(fd, offset, inside) {
+                Some(e) => e,
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
         };
-        let Ok(at) = libc::off_t::try_from(offset) else {
-            return false;
+        Ok(Some(holes::zero_blocks(&extents, len, BLOCK)))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (block-aligned) as [`Self::read`], but reads only
+    /// the blocks the source does not report as zeroes.
+    pub fn read_sparse(&self, buf: &mut [u8], offset: u64) -> io::Result<SparseRead> {
+        let Some(zero) = self.zero_blocks(offset, buf.len() as u64)? else {
+            self.read(buf, offset)?;
+            return Ok(SparseRead {
+                read_bytes: buf.len() as u64,
+                zero: None,
+            });
         };
-        // SAFETY: lseek(2) on a descriptor this source owns (kept open by `dev`); it moves
-        // only that descriptor's file offset, which no read uses (reads are positioned).
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            // ENXIO: no data at or after `offset`. Anything else: cannot tell.
-            return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+        let mut read = 0u64;
+        let (block, total) = (BLOCK as usize, buf.len());
+        let mut i = 0;
+        while i < zero.len() {
+            let run = zero[i..].iter().take_while(|z| **z == zero[i]).count();
+            let bytes = &mut buf[i * block..((i + run) * block).min(total)];
+            if zero[i] {
+                bytes.fill(0);
+            } else {
+                self.read(bytes, offset + (i * block) as u64)?;
+                read += bytes.len() as u64;
+            }
+            i += run;
         }
-        data as u64 >= offset.saturating_add(len)
+        Ok(SparseRead {
+            read_bytes: read,
+            zero: Some(zero),
+        })
     }
 
     /// Reads `buf.len()` bytes at `offset`; bytes past the source's end read as zeroes.
@@ -216,6 +297,26 @@ impl Source {
         buf[..inside].copy_from_slice(&tmp[..inside]);
         Ok(())
     }
+}
+
+/// The NBD server's block status for `[offset, offset + len)`, asked again from where each
+/// answer ends until the range is covered.
+fn nbd_extents(nbd: &NbdDevice, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < offset + len {
+        let answer = nbd.block_status(at, offset + len - at)?;
+        let got: u64 = answer.iter().map(|e| e.len).sum();
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("block status at {at} answered for no bytes"),
+            ));
+        }
+        out.extend(answer);
+        at += got;
+    }
+    Ok(out)
 }
 
 /// Asks `qemu-img info` what `path` is; a missing backing file or an unreadable image is an
@@ -243,8 +344,14 @@ fn probe_format(path: &Path, name: &str) -> Result<String, SourceError> {
         .ok_or_else(|| fail(name, "qemu-img info names no format"))
 }
 
-/// Starts `qemu-nbd` read-only on `path` with an export on a private socket; waits for it.
-fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, String), SourceError> {
+/// Starts `qemu-nbd` read-only on `path` (or on its internal snapshot `internal`) with an
+/// export on a private socket; waits for it.
+fn start_qemu_nbd(
+    path: &Path,
+    format: &str,
+    name: &str,
+    internal: Option<&str>,
+) -> Result<(QemuNbd, String), SourceError> {
     let dir = tempfile::Builder::new()
         .prefix("keel-import-")
         .tempdir()
@@ -257,10 +364,15 @@ fn start_qemu_nbd(path: &Path, format: &str, name: &str) -> Result<(QemuNbd, Str
         .arg(format!("--format={format}"))
         .arg("--export-name=src")
         .arg("--socket")
-        .arg(&socket)
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .arg(&socket);
+    if let Some(snapshot) = internal {
+        // QEMU's option syntax: a comma inside a value is written twice.
+        cmd.arg(format!(
+            "--load-snapshot=snapshot.name={}",
+            snapshot.replace(',', ",,")
+        ));
+    }
+    cmd.arg(path).stdin(Stdio::null()).stdout(Stdio::null());
     let (server, pid) =
         QemuNbd::spawn(cmd, dir).map_err(|e| fail(name, format!("starting qemu-nbd: {e}")))?;
     // The socket exists once qemu-nbd has bound it; connecting works once it listens.

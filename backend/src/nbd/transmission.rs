@@ -29,8 +29,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest range of one discard or write-zeroes range handed to the engine (as for vhost).
 const MAX_RANGE: u64 = 1 << 30;
 /// `base:allocation` status bits: unallocated, and reads as zeroes.
-const ALLOCATION_HOLE: u32 = 1 << 0;
-const ALLOCATION_ZERO: u32 = 1 << 1;
+const ALLOCATION_HOLE: u32 = wire::allocation::HOLE;
+const ALLOCATION_ZERO: u32 = wire::allocation::ZERO;
 /// The slot of a request without data.
 const NO_SLOT: u64 = u64::MAX;
 /// Input held while requests wait for room in the arena (a largest write and some more).

@@ -112,8 +112,16 @@ pub mod errno {
     pub const ESHUTDOWN: u32 = 108;
 }
 
-/// The one metadata context Keel serves: which ranges are allocated.
+/// The one metadata context Keel serves (and asks a server for): which ranges are allocated.
 pub const BASE_ALLOCATION: &str = "base:allocation";
+
+/// `base:allocation` status bits of a block status descriptor.
+pub mod allocation {
+    /// Unallocated (the contents are only known with [`ZERO`] set too).
+    pub const HOLE: u32 = 1 << 0;
+    /// Reads as zeroes.
+    pub const ZERO: u32 = 1 << 1;
+}
 
 /// Bytes of a client option header (magic, option, length).
 pub const OPTION_HEADER_LEN: usize = 16;

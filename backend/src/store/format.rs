@@ -121,6 +121,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         checkpoint_pba: prepared.root_pba,
         import_cursor: 0,
         import_source_bytes: 0,
+        import_source_id: 0,
     };
     // Both slots get it.
     persist::write_superblock(dev, &sb)?;

@@ -16,7 +16,7 @@ use super::error::{Result, StoreError};
 use super::io::{DeviceIo, Gather};
 use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
-use super::superblock::{COMPAT_IMPORTED, INCOMPAT_IMPORTING};
+use super::superblock::{COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING};
 use super::write::Issue;
 
 impl Store {
@@ -38,14 +38,38 @@ impl Store {
             .then_some(j.superblock.import_source_bytes)
     }
 
+    /// The identity of the source the running import began with, if it was recorded.
+    pub fn import_source_id(&self) -> Option<u64> {
+        let j = self.lock(&self.journal);
+        let sb = &j.superblock;
+        (sb.incompat & INCOMPAT_IMPORTING != 0 && sb.compat & COMPAT_IMPORT_SOURCE_ID != 0)
+            .then_some(sb.import_source_id)
+    }
+
     /// Marks the container as being imported into from a source of `source_bytes`, from
     /// block 0; durable when this returns.
     pub fn begin_import(&self, source_bytes: u64) -> Result<()> {
+        self.begin_import_from(source_bytes, None)
+    }
+
+    /// As [`Self::begin_import`], recording the source's identity (see
+    /// [`Self::import_source_id`]) when there is one.
+    pub fn begin_import_from(&self, source_bytes: u64, source_id: Option<u64>) -> Result<()> {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
         j.superblock.incompat |= INCOMPAT_IMPORTING;
         j.superblock.import_cursor = 0;
         j.superblock.import_source_bytes = source_bytes;
+        match source_id {
+            Some(id) => {
+                j.superblock.compat |= COMPAT_IMPORT_SOURCE_ID;
+                j.superblock.import_source_id = id;
+            }
+            None => {
+                j.superblock.compat &= !COMPAT_IMPORT_SOURCE_ID;
+                j.superblock.import_source_id = 0;
+            }
+        }
         self.checkpoint_locked(&mut j)
     }
 
@@ -65,8 +89,10 @@ impl Store {
         let mut j = self.quiet_journal();
         j.superblock.incompat &= !INCOMPAT_IMPORTING;
         j.superblock.compat |= COMPAT_IMPORTED;
+        j.superblock.compat &= !COMPAT_IMPORT_SOURCE_ID;
         j.superblock.import_cursor = 0;
         j.superblock.import_source_bytes = 0;
+        j.superblock.import_source_id = 0;
         self.checkpoint_locked(&mut j)
     }
 
@@ -204,7 +230,7 @@ mod tests {
     fn the_cursor_is_durable_with_the_checkpoint_and_cleared_at_the_end() {
         let (dev, s) = new_store(&small_opts());
         assert_eq!(s.import_cursor(), None);
-        s.begin_import(123 << 12).unwrap();
+        s.begin_import_from(123 << 12, Some(0xfeed)).unwrap();
         let src = block(3);
         s.fill_absent(0, &[(10, &src)]).unwrap();
         s.advance_import(11);
@@ -215,6 +241,7 @@ mod tests {
         let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
         assert_eq!(s.import_cursor(), Some(11), "the checkpointed cursor");
         assert_eq!(s.import_source_bytes(), Some(123 << 12));
+        assert_eq!(s.import_source_id(), Some(0xfeed));
         assert!(s.is_mapped(10));
         assert!(!s.import_finished());
         s.finish_import().unwrap();
@@ -222,6 +249,7 @@ mod tests {
         let s = Store::open(dev, StoreOptions::default()).unwrap();
         assert_eq!(s.import_cursor(), None);
         assert_eq!(s.import_source_bytes(), None);
+        assert_eq!(s.import_source_id(), None);
         assert!(s.import_finished());
         let report = s.fsck();
         assert!(report.is_clean(), "{:?}", report.problems);

@@ -47,6 +47,12 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
 pub const COMPAT_IMPORTED: u64 = 1 << 0;
+/// Compatible feature: with `INCOMPAT_IMPORTING`, `import_source_id` identifies the source the
+/// import began with (a Keel without it resumes without checking it).
+pub const COMPAT_IMPORT_SOURCE_ID: u64 = 1 << 1;
+
+/// Byte offset of `import_source_id`, the last 8 bytes before the CRC.
+const SOURCE_ID_OFFSET: usize = 248;
 
 /// Byte offset of the CRC field; the CRC covers bytes `[0, CRC_OFFSET)`.
 const CRC_OFFSET: usize = 256;
@@ -68,6 +74,9 @@ pub struct Superblock {
     /// With [`INCOMPAT_IMPORTING`]: the source's size when the import began, so a source that
     /// changed is refused when the import resumes; 0 otherwise.
     pub import_source_bytes: u64,
+    /// With [`COMPAT_IMPORT_SOURCE_ID`]: a checksum of the source's files' sizes and
+    /// modification times when the import began; 0 otherwise.
+    pub import_source_id: u64,
 }
 
 impl Superblock {
@@ -94,7 +103,8 @@ impl Superblock {
             .u64(self.checkpoint_pba)
             .u64(self.import_cursor)
             .u64(self.import_source_bytes);
-        debug_assert!(p.ok() && p.pos() <= CRC_OFFSET);
+        debug_assert!(p.ok() && p.pos() <= SOURCE_ID_OFFSET);
+        Put::at(&mut b, SOURCE_ID_OFFSET).u64(self.import_source_id);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
         Put::at(&mut b, CRC_OFFSET).u32(crc);
         b
@@ -132,6 +142,7 @@ impl Superblock {
         // Reserved (zero) in containers that never imported.
         let import_cursor = g.u64().ok_or_else(short)?;
         let import_source_bytes = g.u64().ok_or_else(short)?;
+        let import_source_id = Get::at(b, SOURCE_ID_OFFSET).u64().ok_or_else(short)?;
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
                 "format version {version} is newer than this Keel ({FORMAT_VERSION})"
@@ -170,6 +181,7 @@ impl Superblock {
             checkpoint_pba,
             import_cursor,
             import_source_bytes,
+            import_source_id,
         })
     }
 }
@@ -194,6 +206,7 @@ mod tests {
             checkpoint_pba: 3 * 256 + 5,
             import_cursor: 0,
             import_source_bytes: 0,
+            import_source_id: 0,
         }
     }
 
@@ -203,6 +216,18 @@ mod tests {
         let b = s.encode();
         assert_eq!(Superblock::decode(&b, 40 * 256 * 4096).unwrap(), s);
         assert_eq!(s.slot(), 1);
+        let s = Superblock {
+            compat: COMPAT_IMPORT_SOURCE_ID,
+            incompat: INCOMPAT_IMPORTING,
+            import_source_id: 0x1234_5678_9abc,
+            ..sample()
+        };
+        let b = s.encode();
+        assert_eq!(
+            b[SOURCE_ID_OFFSET..SOURCE_ID_OFFSET + 8],
+            0x1234_5678_9abc_u64.to_le_bytes()
+        );
+        assert_eq!(Superblock::decode(&b, 40 * 256 * 4096).unwrap(), s);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use keel_backend::control::output::{absolute, format_size as human, print_json};
 use keel_backend::device::lock::{LockMode, lock_file};
 use keel_backend::device::nbd::NbdAddress;
 use keel_backend::import::copier::{self, Pace};
-use keel_backend::import::{Import, Source, layers};
+use keel_backend::import::{Import, Source, identity, layers};
 use keel_backend::store::Store;
 use keel_backend::store::diff_file::{self, ApplyTarget, Exporter, Header, Totals};
 use serde::Serialize;
@@ -43,6 +43,9 @@ struct Copied {
     bytes: u64,
     /// Bytes that were all zeroes (left unallocated or as holes).
     zero_bytes: u64,
+    /// Bytes of data an import read from its source (ranges it reports as zeroes are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_read_bytes: Option<u64>,
     elapsed_ms: u64,
 }
 
@@ -69,6 +72,9 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     let started = Instant::now();
     let src = Source::open(source).map_err(|e| e.to_string())?;
     let src_len = src.len();
+    // Before any container is made: a chain whose views clash is refused.
+    let views = layers::views(source).map_err(|e| e.to_string())?;
+    let identity = identity::source_identity(source).map_err(|e| e.to_string())?;
     if !path.exists() {
         let size = geo.size.unwrap_or(src_len.next_multiple_of(4096));
         let opts = geo.options(size)?;
@@ -91,17 +97,23 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
                 path.display()
             ));
         }
-        let chain = layers::backing_chain(source).map_err(|e| e.to_string())?;
-        if chain.len() > 1 {
+        if views.len() > 1 {
             drop(src);
-            return import_chain(source, &chain, &store, path, started, json);
+            return import_chain(source, &views, &store, path, started, json);
         }
-        store.begin_import(src_len).map_err(|e| e.to_string())?;
+        store
+            .begin_import_from(src_len, identity)
+            .map_err(|e| e.to_string())?;
     } else if store.import_source_bytes() != Some(src_len) {
         return Err(format!(
             "{source}: its size changed since the import into {} began",
             path.display()
         ));
+    } else if store
+        .import_source_id()
+        .is_some_and(|began| identity != Some(began))
+    {
+        return Err(identity::changed(source));
     }
     let import = Import::new(Arc::clone(&store), src, 0);
     let pb = progress(src_len, "import");
@@ -123,22 +135,24 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         to: absolute(path),
         bytes: src_len,
         zero_bytes: src_len.saturating_sub(mapped),
+        source_read_bytes: Some(import.progress().source_read_bytes()),
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)
 }
 
-/// A backing chain, layer by layer: every layer below the top becomes a snapshot.
+/// A backing chain and the top's internal snapshots, view by view: every view but the top's
+/// current contents becomes a snapshot.
 fn import_chain(
     source: &str,
-    chain: &[String],
+    views: &[layers::View],
     store: &Store,
     path: &Path,
     started: Instant,
     json: bool,
 ) -> Result<(), String> {
     let pb = progress(0, "import");
-    let made = layers::import_layers(store, chain, &mut |done, total| {
+    let made = layers::import_layers(store, views, &mut |done, total| {
         pb.set_length(total);
         pb.set_position(done);
     })
@@ -146,7 +160,7 @@ fn import_chain(
     pb.finish_and_clear();
     if !json {
         println!(
-            "snapshots from the backing chain, oldest first: {}",
+            "snapshots made from the image, oldest first: {}",
             made.join(", ")
         );
     }
@@ -156,6 +170,7 @@ fn import_chain(
         to: absolute(path),
         bytes,
         zero_bytes: bytes.saturating_sub(store.info().mapped_bytes),
+        source_read_bytes: None,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("imported", json)
@@ -197,6 +212,7 @@ pub fn export(path: &Path, raw: &Path, json: bool) -> Result<(), String> {
         to: absolute(raw),
         bytes: cap,
         zero_bytes,
+        source_read_bytes: None,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
     .print("exported", json)

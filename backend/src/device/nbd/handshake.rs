@@ -1,11 +1,14 @@
 //! The client's side of the fixed-newstyle handshake: structured replies if the server has
-//! them, then `NBD_OPT_GO` for the export, with its size, flags and block sizes.
+//! them, the `base:allocation` metadata context if it has that too (block status), then
+//! `NBD_OPT_GO` for the export, with its size, flags and block sizes.
 
 use std::io;
 use std::time::Instant;
 
 use crate::nbd::socket::Socket;
-use crate::nbd::wire::{self, Fields, GoRequest, OptionHeader, info, opt, rep};
+use crate::nbd::wire::{
+    self, BASE_ALLOCATION, Fields, GoRequest, MetaContextRequest, OptionHeader, info, opt, rep,
+};
 
 /// Longest option reply accepted from a server.
 const MAX_OPTION_REPLY: u32 = 64 << 10;
@@ -20,6 +23,8 @@ pub struct ExportInfo {
     pub min_block: u32,
     pub max_request: u32,
     pub structured: bool,
+    /// The id the server gave `base:allocation`, when it offers block status.
+    pub allocation_context: Option<u32>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -81,6 +86,12 @@ pub fn negotiate(socket: &Socket, export: &str, deadline: Instant) -> io::Result
     send_option(socket, opt::STRUCTURED_REPLY, &[], deadline)?;
     let (kind, _) = option_reply(socket, opt::STRUCTURED_REPLY, deadline)?;
     let structured = kind == rep::ACK;
+    // Block status needs structured replies; a server without the context is no error.
+    let allocation_context = if structured {
+        select_allocation(socket, export, deadline)?
+    } else {
+        None
+    };
 
     let mut go = Vec::with_capacity(8 + export.len());
     go.extend_from_slice(&(export.len() as u32).to_be_bytes());
@@ -138,5 +149,40 @@ pub fn negotiate(socket: &Socket, export: &str, deadline: Instant) -> io::Result
         min_block,
         max_request: max_request.max(min_block),
         structured,
+        allocation_context,
     })
+}
+
+/// Asks for `base:allocation` on `export` (`NBD_OPT_SET_META_CONTEXT`); its id, or `None` when
+/// the server refuses the option or does not select the context.
+fn select_allocation(socket: &Socket, export: &str, deadline: Instant) -> io::Result<Option<u32>> {
+    let mut data = Vec::with_capacity(12 + export.len() + BASE_ALLOCATION.len());
+    data.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    data.extend_from_slice(export.as_bytes());
+    data.extend_from_slice(&1u32.to_be_bytes());
+    data.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+    data.extend_from_slice(BASE_ALLOCATION.as_bytes());
+    debug_assert!(MetaContextRequest::parse(&data).is_ok());
+    send_option(socket, opt::SET_META_CONTEXT, &data, deadline)?;
+    let mut id = None;
+    loop {
+        let (kind, reply) = option_reply(socket, opt::SET_META_CONTEXT, deadline)?;
+        match kind {
+            rep::ACK => return Ok(id),
+            rep::META_CONTEXT => {
+                let mut f = Fields::new(&reply);
+                let context = f.u32().map_err(|e| invalid(e.to_string()))?;
+                if f.take(f.remaining()) == Ok(BASE_ALLOCATION.as_bytes()) {
+                    id = Some(context);
+                }
+            }
+            // An error reply ends the option: no context selected.
+            k if k & (1 << 31) != 0 => return Ok(None),
+            other => {
+                return Err(invalid(format!(
+                    "unexpected reply {other} to NBD_OPT_SET_META_CONTEXT"
+                )));
+            }
+        }
+    }
 }

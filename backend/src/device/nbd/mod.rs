@@ -11,6 +11,8 @@
 
 pub mod handshake;
 mod replies;
+#[cfg(test)]
+mod tests;
 pub mod uri;
 
 use std::collections::HashMap;
@@ -26,9 +28,10 @@ pub use handshake::ExportInfo;
 pub use uri::NbdAddress;
 
 use super::{BlockDevice, check_range};
+use crate::engine::Extent;
 use crate::nbd::socket::Socket;
-use crate::nbd::wire::{Request, cflag, cmd, tflag};
-use replies::{Pending, Shared};
+use crate::nbd::wire::{Request, allocation, cflag, cmd, tflag};
+use replies::{Answer, Pending, Shared};
 
 /// Timeouts of an NBD device.
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +92,11 @@ impl NbdDevice {
             .map_err(|e| io::Error::new(e.kind(), format!("{uri}: {e}")))?;
         let info = handshake::negotiate(&socket, address.export(), deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{uri}: {e}")))?;
-        let shared = Arc::new(Shared::new(socket, info.structured));
+        let shared = Arc::new(Shared::new(
+            socket,
+            info.structured,
+            info.allocation_context,
+        ));
         let for_reader = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
             .name("keel-nbd-client".into())
@@ -123,7 +130,8 @@ impl NbdDevice {
         self.shared.failure()
     }
 
-    /// Sends one request and waits for its reply; returns the data a READ brought back.
+    /// Sends one request and waits for its reply: the data a READ brought back, the
+    /// descriptors of a BLOCK_STATUS.
     fn request(
         &self,
         command: u16,
@@ -131,7 +139,7 @@ impl NbdDevice {
         offset: u64,
         len: u32,
         data: &[u8],
-    ) -> io::Result<Vec<u8>> {
+    ) -> io::Result<Answer> {
         let cookie = self.cookies.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
         let read_len = if command == cmd::READ {
@@ -143,7 +151,11 @@ impl NbdDevice {
             cookie,
             Pending {
                 offset,
-                data: vec![0u8; read_len],
+                status: command == cmd::BLOCK_STATUS,
+                answer: Answer {
+                    data: vec![0u8; read_len],
+                    extents: Vec::new(),
+                },
                 error: None,
                 done: tx,
             },
@@ -248,8 +260,8 @@ impl BlockDevice for NbdDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0usize;
         for (at, n) in self.pieces(offset, buf.len() as u64)? {
-            let data = self.request(cmd::READ, 0, at, n, &[])?;
-            buf[done..done + n as usize].copy_from_slice(&data);
+            let answer = self.request(cmd::READ, 0, at, n, &[])?;
+            buf[done..done + n as usize].copy_from_slice(&answer.data);
             done += n as usize;
         }
         Ok(())
@@ -284,6 +296,47 @@ impl BlockDevice for NbdDevice {
 }
 
 impl NbdDevice {
+    /// Whether the server reports allocation (`base:allocation` was selected).
+    pub fn has_block_status(&self) -> bool {
+        self.info.allocation_context.is_some()
+    }
+
+    /// Which parts of `[offset, offset + len)` read as zeroes (`NBD_STATE_ZERO`), from
+    /// `offset` on, cut to the range. The server may answer for a first part only: callers ask
+    /// again from where the answer ends. A hole without `NBD_STATE_ZERO` is data: its contents
+    /// are unknown.
+    pub fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        if !self.has_block_status() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the server offers no base:allocation",
+            ));
+        }
+        check_range(self.info.size, offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = u64::from(self.info.min_block);
+        // At most what a u32 length holds, in whole blocks (unless it ends at the export's end).
+        let asked = len.min(u64::from(u32::MAX) / bs * bs);
+        let answer = self.request(cmd::BLOCK_STATUS, 0, offset, asked as u32, &[])?;
+        let mut out: Vec<Extent> = Vec::with_capacity(answer.extents.len());
+        let mut covered = 0u64;
+        for (n, flags) in answer.extents {
+            if covered >= asked {
+                break;
+            }
+            let n = u64::from(n).min(asked - covered);
+            let hole = flags & allocation::ZERO != 0;
+            covered += n;
+            match out.last_mut() {
+                Some(last) if last.hole == hole => last.len += n,
+                _ => out.push(Extent { len: n, hole }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Sends TRIM: the range's contents are no longer needed (they may read back as anything).
     pub fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.info.flags & tflag::SEND_TRIM == 0 {

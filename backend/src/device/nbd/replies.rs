@@ -12,19 +12,31 @@ use crate::nbd::wire::{self, ChunkHeader, Fields, ReplyHeader, chunk, errno};
 /// Longest reply chunk accepted (a 32 MiB read and its offset, with room to spare).
 const MAX_CHUNK: u32 = (32 << 20) + 64;
 
+/// What a request brought back.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// A READ's data, filled by `OFFSET_DATA` chunks (holes stay zero).
+    pub data: Vec<u8>,
+    /// A BLOCK_STATUS's `base:allocation` descriptors: (length, status flags).
+    pub extents: Vec<(u32, u32)>,
+}
+
 /// A request waiting for its reply.
 pub struct Pending {
     pub offset: u64,
-    /// A READ's data, filled by `OFFSET_DATA` chunks (holes stay zero).
-    pub data: Vec<u8>,
+    /// Whether it is a BLOCK_STATUS (its answer must carry descriptors).
+    pub status: bool,
+    pub answer: Answer,
     pub error: Option<u32>,
-    pub done: SyncSender<io::Result<Vec<u8>>>,
+    pub done: SyncSender<io::Result<Answer>>,
 }
 
 /// What the callers and the reader thread share.
 pub struct Shared {
     pub socket: Socket,
     structured: bool,
+    /// The id of `base:allocation`, when it was selected.
+    allocation_context: Option<u32>,
     state: Mutex<State>,
 }
 
@@ -54,10 +66,11 @@ fn reply_error(value: u32) -> io::Error {
 }
 
 impl Shared {
-    pub fn new(socket: Socket, structured: bool) -> Self {
+    pub fn new(socket: Socket, structured: bool, allocation_context: Option<u32>) -> Self {
         Self {
             socket,
             structured,
+            allocation_context,
             state: Mutex::new(State::default()),
         }
     }
@@ -148,14 +161,20 @@ impl Shared {
             let _ = p.done.try_send(Err(reply_error(error)));
             return Ok(());
         }
-        if !p.data.is_empty() {
+        if p.status {
+            let _ = p
+                .done
+                .try_send(Err(invalid("block status without descriptors")));
+            return Err(invalid("a simple reply to BLOCK_STATUS"));
+        }
+        if !p.answer.data.is_empty() {
             // A simple reply to a READ: its data follows.
             if self.structured {
                 return Err(invalid("a simple reply to a structured READ"));
             }
-            self.socket.read_exact(&mut p.data, None)?;
+            self.socket.read_exact(&mut p.answer.data, None)?;
         }
-        let _ = p.done.try_send(Ok(std::mem::take(&mut p.data)));
+        let _ = p.done.try_send(Ok(std::mem::take(&mut p.answer)));
         Ok(())
     }
 
@@ -176,19 +195,45 @@ impl Shared {
                 } else {
                     u64::from(f.u32().map_err(bad)?)
                 };
+                let data = &mut p.answer.data;
                 let start = at
                     .checked_sub(p.offset)
-                    .filter(|s| s.saturating_add(len) <= p.data.len() as u64)
+                    .filter(|s| s.saturating_add(len) <= data.len() as u64)
                     .ok_or_else(|| invalid("read data outside the request"))?
                     as usize;
                 if c.kind == chunk::OFFSET_DATA {
-                    p.data[start..start + len as usize]
+                    data[start..start + len as usize]
                         .copy_from_slice(f.take(len as usize).map_err(bad)?);
                 } else {
-                    p.data[start..start + len as usize].fill(0);
+                    data[start..start + len as usize].fill(0);
                 }
             }
-            chunk::BLOCK_STATUS => {}
+            chunk::BLOCK_STATUS => {
+                if !p.status {
+                    return Err(invalid("block status in a reply to another command"));
+                }
+                let context = f.u32().map_err(bad)?;
+                if Some(context) != self.allocation_context {
+                    return Err(invalid("block status for a context that was not selected"));
+                }
+                let n = f.remaining();
+                if n == 0 || !n.is_multiple_of(8) {
+                    return Err(invalid(&format!(
+                        "a block status chunk with {n} bytes of descriptors"
+                    )));
+                }
+                if !p.answer.extents.is_empty() {
+                    return Err(invalid("two block status chunks for one context"));
+                }
+                for _ in 0..n / 8 {
+                    let len = f.u32().map_err(bad)?;
+                    let flags = f.u32().map_err(bad)?;
+                    if len == 0 {
+                        return Err(invalid("a block status descriptor of length 0"));
+                    }
+                    p.answer.extents.push((len, flags));
+                }
+            }
             kind if kind & (1 << 15) != 0 => {
                 let value = f.u32().map_err(bad)?;
                 p.error
@@ -200,7 +245,10 @@ impl Shared {
             let mut p = st.pending.remove(&c.cookie).expect("looked up above");
             let result = match p.error {
                 Some(e) => Err(reply_error(e)),
-                None => Ok(std::mem::take(&mut p.data)),
+                None if p.status && p.answer.extents.is_empty() => {
+                    Err(invalid("block status without descriptors"))
+                }
+                None => Ok(std::mem::take(&mut p.answer)),
             };
             let _ = p.done.try_send(result);
         }

@@ -36,15 +36,16 @@ fn with_server<T: Send + 'static>(
 }
 
 #[test]
-fn keels_client_and_server_agree_on_go_structured_replies_and_block_sizes() {
+fn keels_client_and_server_agree_on_go_structured_replies_block_status_and_block_sizes() {
     let (server, info) = with_server(false, |s| {
         client::negotiate(&Socket::new(s), "d", soon()).unwrap()
     });
     let n = server.unwrap().expect("an export was chosen");
     assert_eq!((n.export.name.as_str(), n.size), ("d", 8 << 20));
-    assert!(n.structured && !n.allocation);
+    assert!(n.structured && n.allocation);
     assert_eq!(info.size, 8 << 20);
     assert!(info.structured);
+    assert_eq!(info.allocation_context, Some(ALLOCATION_CONTEXT_ID));
     assert_eq!((info.min_block, info.max_request), (512, MAX_PAYLOAD));
     use wire::tflag::*;
     assert_eq!(
