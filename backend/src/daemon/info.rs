@@ -9,6 +9,7 @@ use super::served::ServedDisk;
 use crate::config::DiskConfig;
 use crate::control::ApiError;
 use crate::engine::EngineAdmin;
+use crate::engine::handover::Holding;
 use crate::store::Store;
 use crate::vhost::stats::LatencyOp;
 
@@ -19,7 +20,17 @@ impl ServedDisk {
             connected: self.attached(),
             space: self.engine().admin().and_then(|a| a.space()),
             import: self.engine().import(),
-            ..configured(&self.config, DiskState::Serving)
+            error: self.handover().and_then(|h| h.last_error()),
+            ..configured(&self.config, self.state())
+        }
+    }
+
+    /// `serving`, or for a handover disk `standby` (taking included) or `released`.
+    fn state(&self) -> DiskState {
+        match self.handover().map(|h| h.holding()) {
+            Some(Holding::Standby | Holding::Taking) => DiskState::Standby,
+            Some(Holding::Released) => DiskState::Released,
+            Some(Holding::Serving) | None => DiskState::Serving,
         }
     }
 
@@ -66,6 +77,7 @@ impl ServedDisk {
             throttled_seconds: self.qos().throttled().as_secs_f64(),
             throttled_requests: self.qos().throttled_requests(),
             import: self.engine().import(),
+            handover: self.handover().map(|h| h.holding().as_str().to_string()),
         }
     }
 
