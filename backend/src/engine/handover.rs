@@ -361,3 +361,6 @@ impl HandoverEngine {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
