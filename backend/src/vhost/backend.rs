@@ -118,8 +118,9 @@ impl DiskContext {
         }
     }
 
-    /// With every ring of every attached frontend stopped, a handover disk is given up for
-    /// the other keeld (its queues are drained: each stopped ring finished its requests).
+    /// With every ring of every attached frontend stopped (or the frontend gone), a handover
+    /// disk is given up for the other keeld (its queues are drained: each stopped ring, and
+    /// each session that ended, finished its requests).
     pub fn release_if_idle(&self) {
         if let Some(h) = &self.handover
             && !self.frontends.any_running()
