@@ -111,3 +111,56 @@ fn two_keelds_hand_a_keel_container_over_and_never_both_hold_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A raw disk mirrored on two files (`mirror`, `resync_chunk` etc. at their defaults).
+fn mirrored(dir: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"raw\"\n\
+         mirror = [\"{dir}m0.img\", \"{dir}m1.img\"]\nsize = \"16M\"\nhandover = true\n"
+    )
+}
+
+/// Whether `path` can be locked for writing now (nobody holds it).
+fn free(path: &std::path::Path) -> bool {
+    keel_backend::device::lock::lock_path(path, keel_backend::device::lock::LockMode::Exclusive)
+        .is_ok()
+}
+
+#[test]
+fn a_mirror_is_handed_over_with_every_component() {
+    let a = InProcess::start(&mirrored(""));
+    let dir = format!("{}/", a.dir().display());
+    let b = InProcess::start(&mirrored(&dir));
+    assert_eq!(holding(&a), Holding::Serving);
+    assert_eq!(holding(&b), Holding::Standby);
+    let components = [a.dir().join("m0.img"), a.dir().join("m1.img")];
+    assert!(
+        !free(&components[0]) && !free(&components[1]),
+        "a holds both"
+    );
+
+    let data = pattern(21, 128 * 1024);
+    {
+        let mut disk = Disk::connect(a.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        q.write_slice(1 << 20, &data).unwrap();
+        q.flush().unwrap();
+    }
+    until(&a, Holding::Released);
+    {
+        let mut disk = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        assert!(
+            q.read_vec(1 << 20, data.len()).unwrap() == data,
+            "a's writes"
+        );
+        assert_eq!(holding(&b), Holding::Serving);
+        assert!(
+            !free(&components[0]) && !free(&components[1]),
+            "b holds both components"
+        );
+    }
+    until(&b, Holding::Released);
+    drop(b.stop());
+    drop(a.stop());
+}
