@@ -64,6 +64,7 @@ fn two_keelds_hand_a_keel_container_over_and_never_both_hold_it() {
     }
     // a's frontend left: a drains, checkpoints and closes the container.
     until(&a, Holding::Released);
+    assert!(free(&container), "a let the container go");
     assert_eq!(
         holding(&b),
         Holding::Standby,
@@ -147,6 +148,10 @@ fn a_mirror_is_handed_over_with_every_component() {
         q.flush().unwrap();
     }
     until(&a, Holding::Released);
+    assert!(
+        free(&components[0]) && free(&components[1]),
+        "a let both go"
+    );
     {
         let mut disk = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
         let mut q = disk.take_queue(0).unwrap();
