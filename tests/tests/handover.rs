@@ -1,7 +1,7 @@
-//! Two keelds on one container (`handover = true`), driven by keel-client's guest driver: the
-//! second starts in standby, each takes the disk when its frontend starts a ring and the other
-//! has let go, what one wrote the other reads, and the container is never open for writing
-//! twice.
+//! Two keelds on one container (`handover = true`), driven by keel-client's guest driver (and,
+//! to stop a ring as QEMU does, a raw vhost-user frontend): the second starts in standby, each
+//! takes the disk when its frontend starts a ring and the other has let go, what one wrote the
+//! other reads, and the container is never open for writing twice.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use keel_backend::engine::handover::Holding;
 use keel_client::{Disk, DiskOptions};
 use keel_tests::keeld::{InProcess, keel_binary};
 use keel_tests::pattern;
+use keel_tests::raw_frontend::{Fd, Message, RawFrontend, Region, code};
 
 /// A keel disk `d` on `path`, handed over between keelds; every other key at its default.
 fn disk(path: &str) -> String {
@@ -166,6 +167,77 @@ fn a_mirror_is_handed_over_with_every_component() {
         );
     }
     until(&b, Holding::Released);
+    drop(b.stop());
+    drop(a.stop());
+}
+
+/// A vhost-user session up to a started ring 0 (8 entries, nothing available) over 1 MiB of
+/// guest memory, as a VMM sends it.
+fn session_with_a_started_ring() -> Vec<Message> {
+    let mib = 1u64 << 20;
+    let memory = Message::mem_table(
+        1,
+        &[Region {
+            guest_addr: 0,
+            size: mib,
+            user_addr: 0x7000_0000,
+            mmap_offset: 0,
+        }],
+    )
+    .with_fds(vec![Fd::MemFd(mib)]);
+    let mut msgs = vec![
+        Message::new(code::SET_OWNER, Vec::new()),
+        Message::new(code::GET_FEATURES, Vec::new()),
+        Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
+        Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
+        memory,
+        Message::vring_state(code::SET_VRING_NUM, 0, 8),
+        Message::vring_addr(0, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
+    ];
+    msgs.extend(ring_start());
+    msgs
+}
+
+/// (Re)starts ring 0 at index 0; its kick is already signalled.
+fn ring_start() -> Vec<Message> {
+    vec![
+        Message::vring_state(code::SET_VRING_BASE, 0, 0),
+        Message::vring_fd(code::SET_VRING_CALL, 0),
+        Message::vring_fd(code::SET_VRING_KICK, 0),
+        Message::vring_state(code::SET_VRING_ENABLE, 0, 1),
+    ]
+}
+
+#[test]
+fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
+    let a = InProcess::start(&disk("disk.keel"));
+    let container = a.dir().join("disk.keel");
+    let b = InProcess::start(&disk(container.to_str().unwrap()));
+    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
+    for m in session_with_a_started_ring() {
+        fe.send(&m).unwrap();
+    }
+    // The source stops the guest: GET_VRING_BASE. Replies come in order; the GET_FEATURES one
+    // first.
+    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
+        .unwrap();
+    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    assert_eq!(
+        holding(&a),
+        Holding::Released,
+        "released before the last GET_VRING_BASE is answered, the frontend still attached"
+    );
+    assert!(free(&container), "a let the container go");
+
+    // A cancelled migration: the same frontend restarts its ring; a takes the container back.
+    for m in ring_start() {
+        fe.send(&m).unwrap();
+    }
+    until(&a, Holding::Serving);
+    assert!(!free(&container));
+    assert_eq!(holding(&b), Holding::Standby);
+    drop(fe);
+    until(&a, Holding::Released);
     drop(b.stop());
     drop(a.stop());
 }
