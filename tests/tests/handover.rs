@@ -241,3 +241,43 @@ fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
     drop(b.stop());
     drop(a.stop());
 }
+
+#[test]
+fn both_keelds_asking_for_the_disk_never_both_hold_it() {
+    let a = InProcess::start(&disk("disk.keel"));
+    let container = a.dir().join("disk.keel");
+    let b = InProcess::start(&disk(container.to_str().unwrap()));
+    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
+    for m in session_with_a_started_ring() {
+        fe.send(&m).unwrap();
+    }
+    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
+        .unwrap();
+    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    assert_eq!(holding(&a), Holding::Released);
+
+    let data = pattern(31, 64 * 1024);
+    let mut disk_b = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
+    let mut q = disk_b.take_queue(0).unwrap();
+    q.write_slice(0, &data).unwrap();
+    assert_eq!(holding(&b), Holding::Serving);
+
+    // a's frontend restarts its ring while b serves: a asks for the container and waits.
+    for m in ring_start() {
+        fe.send(&m).unwrap();
+    }
+    until(&a, Holding::Taking);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(holding(&a), Holding::Taking, "a opened a container b holds");
+    assert_eq!(holding(&b), Holding::Serving);
+    assert!(q.read_vec(0, data.len()).unwrap() == data, "b still serves");
+
+    // b's frontend leaves: b lets go, and a, still asking, gets it.
+    drop(q);
+    drop(disk_b);
+    until(&a, Holding::Serving);
+    assert_eq!(holding(&b), Holding::Released);
+    drop(fe);
+    drop(b.stop());
+    drop(a.stop());
+}
