@@ -21,11 +21,10 @@ struct Inner {
 }
 
 /// What a queue shares with its engine, so that a release can take the real queue half back.
-#[derive(Default)]
 pub(super) struct QueueSlot {
     inner: Mutex<Option<Inner>>,
-    /// The queue's epoll descriptor, which watches the real queue's completions.
-    epoll_fd: Mutex<Option<RawFd>>,
+    /// The descriptor the worker watches: it watches the real queue's completions.
+    epoll: Epoll,
 }
 
 impl QueueSlot {
@@ -44,19 +43,24 @@ impl QueueSlot {
         }
     }
 
+    fn watch(&self, inner: &Inner) -> std::io::Result<()> {
+        match inner.queue.completion_fd() {
+            Some(fd) => self.epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn unwatch(&self, inner: &Inner) {
-        let (Some(fd), Ok(Some(epoll_fd))) = (
-            inner.queue.completion_fd(),
-            self.epoll_fd.lock().map(|e| *e),
-        ) else {
-            return;
-        };
-        // SAFETY: EPOLL_CTL_DEL of a descriptor from an epoll instance this queue owns (the
-        // queue outlives its slot's use); the event argument is ignored for DEL.
-        let rc =
-            unsafe { libc::epoll_ctl(epoll_fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
-        if rc != 0 {
-            debug!("epoll_ctl(DEL): {}", std::io::Error::last_os_error());
+        if let Some(fd) = inner.queue.completion_fd()
+            && let Err(e) = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        {
+            debug!("epoll_ctl(DEL): {e}");
         }
     }
 }
@@ -66,7 +70,6 @@ pub(super) struct HandoverQueue {
     index: usize,
     engine: Arc<HandoverEngine>,
     slot: Arc<QueueSlot>,
-    epoll: Epoll,
     /// Requests refused because the disk was not held (the vhost layer does not submit then).
     refused: Vec<Completion>,
 }
@@ -77,15 +80,14 @@ impl HandoverQueue {
             queue: index,
             source,
         })?;
-        let slot = Arc::new(QueueSlot::default());
-        if let Ok(mut fd) = slot.epoll_fd.lock() {
-            *fd = Some(epoll.as_raw_fd());
-        }
+        let slot = Arc::new(QueueSlot {
+            inner: Mutex::default(),
+            epoll,
+        });
         Ok(Self {
             index,
             engine,
             slot,
-            epoll,
             refused: Vec::new(),
         })
     }
@@ -112,19 +114,12 @@ impl HandoverQueue {
                 slot.unwatch(&old);
             }
             let queue = engine.queue(self.index)?;
-            if let Some(fd) = queue.completion_fd() {
-                self.epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        fd,
-                        EpollEvent::new(EventSet::IN, fd as u64),
-                    )
-                    .map_err(|source| EngineError::Queue {
-                        queue: self.index,
-                        source,
-                    })?;
-            }
-            *inner = Some(Inner { generation, queue });
+            let fresh = Inner { generation, queue };
+            slot.watch(&fresh).map_err(|source| EngineError::Queue {
+                queue: self.index,
+                source,
+            })?;
+            *inner = Some(fresh);
         }
         Ok(inner.as_mut().map(|i| f(i.queue.as_mut())))
     }
@@ -178,7 +173,7 @@ impl QueueEngine for HandoverQueue {
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.epoll.as_raw_fd())
+        Some(self.slot.epoll.as_raw_fd())
     }
 
     fn ack_completion_fd(&mut self) {
