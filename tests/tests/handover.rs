@@ -115,9 +115,9 @@ fn two_keelds_hand_a_keel_container_over_and_never_both_hold_it() {
 }
 
 /// A raw disk mirrored on two files (`mirror`, `resync_chunk` etc. at their defaults).
-fn mirrored(dir: &str) -> String {
+fn mirrored(engine: &str, dir: &str) -> String {
     format!(
-        "[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"raw\"\n\
+        "[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{engine}\"\n\
          mirror = [\"{dir}m0.img\", \"{dir}m1.img\"]\nsize = \"16M\"\nhandover = true\n"
     )
 }
@@ -129,10 +129,19 @@ fn free(path: &std::path::Path) -> bool {
 }
 
 #[test]
-fn a_mirror_is_handed_over_with_every_component() {
-    let a = InProcess::start(&mirrored(""));
+fn a_raw_mirror_is_handed_over_with_every_component() {
+    mirror_handed_over("raw");
+}
+
+#[test]
+fn a_keel_mirror_is_handed_over_with_every_component() {
+    mirror_handed_over("keel");
+}
+
+fn mirror_handed_over(engine: &str) {
+    let a = InProcess::start(&mirrored(engine, ""));
     let dir = format!("{}/", a.dir().display());
-    let b = InProcess::start(&mirrored(&dir));
+    let b = InProcess::start(&mirrored(engine, &dir));
     assert_eq!(holding(&a), Holding::Serving);
     assert_eq!(holding(&b), Holding::Standby);
     let components = [a.dir().join("m0.img"), a.dir().join("m1.img")];
