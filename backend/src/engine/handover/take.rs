@@ -143,11 +143,11 @@ impl HandoverEngine {
              start tries again",
             self.config.name
         );
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(why);
-        }
         if let Ok(mut s) = self.state.lock() {
             *s = from;
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why);
         }
     }
 }

@@ -253,3 +253,32 @@ fn a_real_keel_container_is_checkpointed_released_and_replayed_by_the_other_side
     // The container is b's: a cannot open it for writing, whatever it tries.
     assert!(crate::engine::open(&cfg).is_err());
 }
+
+#[test]
+fn a_take_that_cannot_open_goes_back_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let a = HandoverEngine::start_with(&cfg, opener()).unwrap();
+    let failing: Box<Opener> = Box::new(|cfg: &DiskConfig| {
+        if lock_path(cfg.path.as_deref().unwrap(), LockMode::Exclusive).is_ok() {
+            return Err(EngineError::Setup {
+                path: cfg.path.clone().unwrap_or_default(),
+                message: "corrupt superblock".into(),
+            });
+        }
+        Err(EngineError::Locked("held".into()))
+    });
+    let b = HandoverEngine::start_with(&cfg, failing).unwrap();
+    assert!(a.release());
+    let (woken_flag, wake) = woken();
+    b.take(wake);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.last_error().is_none() {
+        assert!(Instant::now() < deadline, "the take never gave up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(b.last_error().unwrap().contains("corrupt superblock"));
+    assert_eq!(b.holding(), Holding::Standby, "back where it was");
+    assert!(!b.serving());
+    assert!(!woken_flag.load(Ordering::Acquire), "nothing to serve");
+}
