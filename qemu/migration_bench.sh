@@ -3,6 +3,9 @@
 # (queue depth 16, 64 MiB span, guest job fio-migrate) and is live-migrated to a second QEMU about
 # 3 s into fio. Each server gets RUNS migrations (default 3), alternating:
 #   keeld  one keeld disk (raw engine, O_DIRECT); both QEMUs attach to its one socket
+#   handover  two keelds on one raw image (handover = true, O_DIRECT): the source on keeld A's
+#          socket, the destination on keeld B's; A releases the image when the source stops the
+#          guest, B takes it when the destination starts it
 #   qsd    qemu-storage-daemon with two writable vhost-user-blk exports of one file node (io_uring,
 #          O_DIRECT); the source attaches to the first, the destination to the second
 # Per run: QMP query-migrate's total time and downtime, and the largest pause between two
@@ -12,7 +15,8 @@
 # reported as failed.
 #
 #   qemu/migration_bench.sh [RUNS]
-#   KEEL_MIGRATE_AFTER=3 (seconds of fio before migrating)  KEEL_MIGRATION_SERVERS="keeld qsd"
+#   KEEL_MIGRATE_AFTER=3 (seconds of fio before migrating)
+#   KEEL_MIGRATION_SERVERS="keeld handover qsd" (the servers to run, in this order)
 #
 # Run on demand, not by CI. Every QEMU and server it started is killed when it exits.
 set -euo pipefail
@@ -23,7 +27,7 @@ set -euo pipefail
 
 runs=${1:-3}
 after=${KEEL_MIGRATE_AFTER:-3}
-read -r -a servers <<<"${KEEL_MIGRATION_SERVERS:-keeld qsd}"
+read -r -a servers <<<"${KEEL_MIGRATION_SERVERS:-keeld handover qsd}"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number, not '$runs'"
 dir=$REPO_DIR/run/migration-bench
 QMP=$QEMU_DIR/lib/qmp.py
@@ -46,6 +50,32 @@ stop_all() {
     done
     launchers=()
     backend_stop KILL >/dev/null 2>&1 || true
+    stop_keeld_b KILL
+}
+
+# Starts keeld B (handover) on the image with socket $sock2; its pid goes to $dir/b.pid.
+start_keeld_b() {
+    local waited=0
+    mkdir -p "$dir/b"
+    printf '%s\n' '[[disk]]' 'name = "vda"' "socket = \"$sock2\"" 'engine = "raw"' \
+        "path = \"$dir/disk.img\"" 'handover = true' >"$dir/b/keel.toml"
+    RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$dir/b/keel.toml" >>"$dir/b/keeld.log" 2>&1 &
+    echo $! >"$dir/b.pid"
+    until [ -S "$sock2" ]; do
+        if ! kill -0 "$(cat "$dir/b.pid")" 2>/dev/null || [ $waited -ge 300 ]; then
+            die "keeld B did not start; see $dir/b/keeld.log"
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# Stops keeld B with SIGNAL (if it runs). Never fails.
+stop_keeld_b() {
+    [ -f "$dir/b.pid" ] || return 0
+    kill -"$1" "$(cat "$dir/b.pid")" 2>/dev/null || true
+    wait "$(cat "$dir/b.pid")" 2>/dev/null || true
+    rm -f "$dir/b.pid"
 }
 trap 'stop_all; rm -f "$dir/disk.img"' EXIT
 trap 'exit 130' INT TERM
@@ -72,6 +102,10 @@ one_run() {
         dst_socket=$sock2
         QSD_SECOND_SOCKET=$sock2 backend_start qsd "$dir" "$dir/disk.img" "$sock" 1 1G
         [ -S "$sock2" ] || die "qemu-storage-daemon did not create its second export $sock2"
+    elif [ "$kind" = handover ]; then
+        dst_socket=$sock2
+        KEELD_DISK_EXTRA='handover = true' backend_start keeld "$dir" "$dir/disk.img" "$sock" 1 1G raw
+        start_keeld_b
     else
         backend_start keeld "$dir" "$dir/disk.img" "$sock" 1 1G raw
     fi
@@ -108,6 +142,7 @@ one_run() {
     fi
     launchers=()
     backend_stop TERM || log "$kind did not exit 0 on SIGTERM"
+    stop_keeld_b TERM
     # kind run status fio-start-to-migrate-ms query-migrate-fields... gaps-file
     echo "$kind $run $status $offset $out gaps=$dir/$name-dst/gaps" >>"$dir/runs.txt"
 }
@@ -115,7 +150,7 @@ one_run() {
 "$QEMU_DIR/prepare.sh"
 for kind in "${servers[@]}"; do
     case $kind in
-    keeld) backend_build_keeld ;;
+    keeld | handover) backend_build_keeld ;;
     qsd) [ "$(qsd_major)" -ge 7 ] || die "qemu-storage-daemon is missing or too old" ;;
     *) die "unknown server '$kind' (keeld or qsd)" ;;
     esac

@@ -26,6 +26,7 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_verify_across_keeld_kill fio_verify_keel_engine_across_keeld_kill online_grow_seen_by_the_guest
     fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug
     fio_verify_migrates_to_a_second_qemu fio_verify_survives_a_cancelled_migration
+    fio_verify_migrates_between_two_keelds fio_verify_survives_source_keeld_kill9
     fio_verify_during_live_import)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
@@ -613,11 +614,13 @@ migration_source() {
     sleep "$1"
 }
 
-# Starts the destination QEMU, waiting for the migration on $MIGRATE; sets DST_PID.
+# Starts the destination QEMU, waiting for the migration on $MIGRATE; sets DST_PID. Its disk
+# socket is $DST_SOCKET (default: the source's); DST_KEELD_LOG (default $T/keeld.log) must then
+# have the line DST_ATTACHED (default: the destination attached beside the source).
 migration_destination() {
     local waited=0
     MIGRATE=$(socket_path "$T/migrate.sock")
-    boot dst fio-verify "${MIGRATION_ARGS[@]}" --pidfile "$T/dst.pid" \
+    S=${DST_SOCKET:-$S} boot dst fio-verify "${MIGRATION_ARGS[@]}" --pidfile "$T/dst.pid" \
         --incoming "unix:$MIGRATE" 2>"$T/dst.launch" &
     DST_PID=$!
     # QEMU listens for the guest's state once its devices are set up (attached to keeld).
@@ -629,8 +632,8 @@ migration_destination() {
         sleep 0.1
         waited=$((waited + 1))
     done
-    grep -q 'attached beside another one' "$T/keeld.log" ||
-        fail "the destination did not attach beside the source" || return 1
+    grep -q "${DST_ATTACHED:-attached beside another one}" "${DST_KEELD_LOG:-$T/keeld.log}" ||
+        fail "the destination did not attach to its disk socket" || return 1
 }
 
 # A first boot writes the disk (fio-verify, phase write, 128 MiB per section); the second
@@ -698,6 +701,131 @@ test_fio_verify_survives_a_cancelled_migration() {
     backend_stop TERM || fail "keeld did not exit 0 on SIGTERM"
 }
 
+# Live migration between two keelds sharing one keel container (two hosts on shared storage, or
+# a keeld upgrade): keeld A (backend_start, handover = true) serves the source guest; keeld B
+# starts on the same container with its own socket and waits in standby.
+
+# Starts keeld B in $T/b on socket $1 with control socket $2, the same container and the
+# default config (direct left as it is); sets KEELD2_PID (written to $T/keeld2.pid for the trap).
+second_keeld() {
+    local socket=$1 control=$2 waited=0
+    mkdir -p "$T/b"
+    printf '%s\n' '[server]' "control_socket = \"$control\"" '' '[[disk]]' 'name = "vda"' \
+        "socket = \"$socket\"" 'engine = "keel"' "path = \"$T/disk.keel\"" 'handover = true' \
+        >"$T/b/keel.toml"
+    RUST_LOG=${RUST_LOG:-info} "$KEELD_BIN" --config "$T/b/keel.toml" >>"$T/b/keeld.log" 2>&1 &
+    KEELD2_PID=$!
+    echo "$KEELD2_PID" >"$T/keeld2.pid"
+    until [ -S "$socket" ] && [ -S "$control" ]; do
+        if ! kill -0 "$KEELD2_PID" 2>/dev/null || [ $waited -ge 300 ]; then
+            fail "keeld B did not start: $(tail -n 5 "$T/b/keeld.log")"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# Stops keeld B with SIGTERM; fails unless it exits 0.
+stop_second_keeld() {
+    kill -TERM "$KEELD2_PID" 2>/dev/null
+    wait "$KEELD2_PID" || fail "keeld B did not exit 0 on SIGTERM"
+}
+
+# The state `keel disks` gives vda on control socket $1: serving, standby or released.
+disk_state() {
+    "$KEEL_BIN" --control "$1" disks --json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])'
+}
+
+# fio write+verify (crc32c, 64 MiB per section) starts on keeld A's socket; 3 s in, the guest
+# migrates to a QEMU on keeld B's socket. A releases the container when the source stops its
+# rings (drain, flush, checkpoint, unlock), B takes it when the destination starts them (lock,
+# open, replay): fio verifies on B what the guest wrote through A. Then `keel fsck` is clean.
+test_fio_verify_migrates_between_two_keelds() {
+    local out s2 c2 MIGRATION_ARGS=(--param size=64M --param phase=all)
+    keel_cli || return 1
+    KEELD_DISK_EXTRA='handover = true' backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    s2=$(socket_path "$T/b.sock")
+    c2=$(socket_path "$T/b-control.sock")
+    second_keeld "$s2" "$c2" || return 1
+    [ "$(disk_state "$c2")" = standby ] || fail "keeld B is not in standby: $(disk_state "$c2")" || return 1
+    migration_source 3 || return 1
+    DST_SOCKET=$s2 DST_KEELD_LOG=$T/b/keeld.log DST_ATTACHED='frontend 1 attached' \
+        migration_destination || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
+        fail "migrate failed" || return 1
+    out=$(python3 "$QMP" "$SRC_QMP" migration 300) || fail "the migration did not complete: $out" || return 1
+    log "migration: $out"
+    python3 "$QMP" "$SRC_QMP" run quit >/dev/null
+    wait "$SRC_PID"
+    wait "$DST_PID" || fail "fio-verify did not finish on the destination; see $T/dst.log and $T/dst.launch" || return 1
+    fio_clean "$T/dst/fio" || return 1
+    grep -q 'released for another keeld' "$T/keeld.log" || fail "keeld A never released the container" || return 1
+    grep -q 'taken in' "$T/b/keeld.log" || fail "keeld B never took the container" || return 1
+    # The destination quit once its job ended: B let the container go as well.
+    [ "$(disk_state "$c2")" = released ] || fail "keeld B is $(disk_state "$c2"), not released" || return 1
+    log "fio finished on keeld B, every block verified; A $(grep -o 'released for another keeld in [^ ]*' "$T/keeld.log" | tail -n 1), B $(grep -o 'taken in [^ ]*' "$T/b/keeld.log" | tail -n 1)"
+    stop_second_keeld || return 1
+    backend_stop TERM || fail "keeld A did not exit 0 on SIGTERM" || return 1
+    "$KEEL_BIN" fsck "$T/disk.keel" >"$T/fsck.out" 2>&1 || fail "keel fsck: $(cat "$T/fsck.out")" || return 1
+    log "keel fsck clean"
+}
+
+# As above, but keeld A is killed with SIGKILL while QEMU copies RAM (bandwidth capped so that
+# it is still copying), and restarted at once as a service manager would. The source QEMU
+# reconnects (reconnect-ms) and gets its requests in flight back from its inflight area. Whichever
+# side carries on (the migration completes to keeld B, or fails and the guest stays on A), fio
+# verifies every block there, and `keel fsck` is clean afterwards.
+test_fio_verify_survives_source_keeld_kill9() {
+    local out s2 c2 carried MIGRATION_ARGS=(--param size=64M --param phase=all --reconnect-ms 500)
+    keel_cli || return 1
+    KEELD_DISK_EXTRA='handover = true' backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    s2=$(socket_path "$T/b.sock")
+    c2=$(socket_path "$T/b-control.sock")
+    second_keeld "$s2" "$c2" || return 1
+    migration_source 3 || return 1
+    DST_SOCKET=$s2 DST_KEELD_LOG=$T/b/keeld.log DST_ATTACHED='frontend 1 attached' \
+        migration_destination || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 8388608}' >/dev/null ||
+        fail "cannot cap the migration bandwidth" || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
+        fail "migrate failed" || return 1
+    python3 "$QMP" "$SRC_QMP" migration-active 60 >/dev/null || fail "the migration never started copying" || return 1
+    sleep 1
+    backend_stop KILL
+    log "keeld A killed with SIGKILL mid-migration; restarting it"
+    KEELD_DISK_EXTRA='handover = true' backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
+    python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 1073741824}' >/dev/null
+    out=$(python3 "$QMP" "$SRC_QMP" migration 300)
+    log "migration: $out"
+    case $out in
+    "status completed"*)
+        carried=dst
+        python3 "$QMP" "$SRC_QMP" run quit >/dev/null
+        wait "$SRC_PID"
+        ;;
+    *)
+        carried=src
+        [ -f "$T/dst.pid" ] && kill -TERM "$(cat "$T/dst.pid")" 2>/dev/null
+        wait "$DST_PID"
+        ;;
+    esac
+    if [ $carried = dst ]; then
+        wait "$DST_PID" || fail "fio-verify failed on the destination; see $T/dst.log" || return 1
+        grep -q 'taken in' "$T/b/keeld.log" || fail "keeld B never took the container" || return 1
+    else
+        wait "$SRC_PID" || fail "fio-verify failed on the source; see $T/src.log" || return 1
+        [ "$(disk_state "$c2")" = standby ] || fail "keeld B left standby: $(disk_state "$c2")" || return 1
+    fi
+    fio_clean "$T/$carried/fio" || return 1
+    log "the guest carried on at the $carried side; every block verified"
+    stop_second_keeld || return 1
+    backend_stop TERM || fail "keeld A did not exit 0 on SIGTERM" || return 1
+    "$KEEL_BIN" fsck "$T/disk.keel" >"$T/fsck.out" 2>&1 || fail "keel fsck: $(cat "$T/fsck.out")" || return 1
+    log "keel fsck clean"
+}
+
 # Runs one test in a subshell that always stops its server and guest.
 run_one() {
     local name=$1 start status
@@ -708,7 +836,7 @@ run_one() {
     start=$(date +%s)
     log "=== $name ($BACKEND)"
     (
-        trap 'backend_stop KILL >/dev/null 2>&1; for p in "$T"/qemu.pid "$T"/dst.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; true' EXIT
+        trap 'backend_stop KILL >/dev/null 2>&1; for p in "$T"/qemu.pid "$T"/dst.pid "$T"/keeld2.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; true' EXIT
         "test_$name"
     )
     status=$?

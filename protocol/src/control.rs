@@ -61,6 +61,12 @@ pub enum DiskState {
     Failed,
     /// A clone still copying its snapshot (see `clone`); served once the copy is done.
     Cloning,
+    /// A `handover = true` disk another keeld holds: its socket accepts the frontend, whose
+    /// requests wait until that frontend starts its rings and this keeld takes the disk.
+    Standby,
+    /// A `handover = true` disk given up for another keeld once its frontend stopped every
+    /// ring (a migration's source); taken back if the frontend restarts them.
+    Released,
 }
 
 /// How close a keel container is to running out of space.
@@ -206,6 +212,9 @@ pub struct DiskStats {
     /// A live import into the disk (`import_from`), while one runs or once it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportReport>,
+    /// A `handover = true` disk's state: `standby`, `taking`, `serving` or `released`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
 }
 
 /// Where a live import stands.

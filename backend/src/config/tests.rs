@@ -582,3 +582,21 @@ fn import_keys_are_checked() {
     let m = assert_invalid(r, "import_from", 6);
     assert!(m.contains("only keel disks"), "{m}");
 }
+
+#[test]
+fn handover_is_for_writable_raw_and_keel_disks() {
+    let keel = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = \"1G\"\n";
+    let (_dir, r) = parse(keel);
+    assert!(!r.unwrap().disks[0].handover, "off by default");
+    let (_dir, r) = parse(&format!("{keel}handover = true\n"));
+    assert!(r.unwrap().disks[0].handover);
+    let (_dir, r) = parse(&format!("{NULL_DISK}handover = true\n"));
+    let m = assert_invalid(r, "handover", 6);
+    assert!(m.contains("raw and keel"), "{m}");
+    let (_dir, r) = parse(&format!("{keel}read_only = true\nhandover = true\n"));
+    assert_invalid(r, "handover", 8);
+    let (_dir, r) = parse(&format!(
+        "{keel}import_from = \"img/vm.qcow2\"\nhandover = true\n"
+    ));
+    assert_invalid(r, "handover", 8);
+}

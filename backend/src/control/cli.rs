@@ -143,7 +143,9 @@ pub fn list_disks(c: &ControlClient, json: bool) -> Result<(), String> {
         let space = d.space.as_ref().map_or("-".to_string(), |s| {
             format!("{} {:.0}%", s.state.as_str(), s.used_percent)
         });
-        if let Some(e) = &d.error {
+        if let Some(note) = handover_note(&d) {
+            notes.push(note);
+        } else if let Some(e) = &d.error {
             notes.push(format!("{}: failed: {e}", d.name));
         } else if let (DiskState::Cloning, Some(p)) = (d.state, &d.clone) {
             notes.push(format!(
@@ -202,6 +204,24 @@ fn import_line(i: &keel_protocol::control::ImportReport) -> String {
     line
 }
 
+/// The line `keel disks` prints under a handover disk that this keeld does not serve now.
+fn handover_note(d: &DiskInfo) -> Option<String> {
+    let what = match d.state {
+        DiskState::Standby => {
+            "standby: another keeld holds it; taken when the frontend starts its rings"
+        }
+        DiskState::Released => {
+            "released to another keeld; taken back if the frontend restarts its rings"
+        }
+        _ => return None,
+    };
+    let why = d
+        .error
+        .as_ref()
+        .map_or(String::new(), |e| format!(" (last take failed: {e})"));
+    Some(format!("{}: {what}{why}", d.name))
+}
+
 pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     let s: DiskStats = c
         .get(&format!("{}/stats", served_disk(disk)?))
@@ -240,6 +260,9 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     }
     if let Some(i) = &s.import {
         println!("{:<23} {}", "import", import_line(i));
+    }
+    if let Some(h) = &s.handover {
+        println!("{:<23} {h}", "handover");
     }
     for line in s
         .cleaning

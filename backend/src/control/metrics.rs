@@ -82,7 +82,7 @@ impl Scrape {
         let mut up = Family::new(
             "keel_disk_up",
             Gauge,
-            "1 when the disk is served, 0 when it failed to open",
+            "1 when the disk is served, 0 when it failed to open or another keeld holds it",
         );
         let mut connected = Family::new(
             "keel_disk_frontend_connected",

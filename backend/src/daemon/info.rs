@@ -9,6 +9,7 @@ use super::served::ServedDisk;
 use crate::config::DiskConfig;
 use crate::control::ApiError;
 use crate::engine::EngineAdmin;
+use crate::engine::handover::Holding;
 use crate::store::Store;
 
 impl ServedDisk {
@@ -18,15 +19,24 @@ impl ServedDisk {
         let failure = self.engine().admin().and_then(|a| a.failure());
         let state = match failure {
             Some(_) => DiskState::Failed,
-            None => DiskState::Serving,
+            None => self.state(),
         };
         DiskInfo {
             size: self.engine().capacity(),
-            error: failure,
+            error: failure.or_else(|| self.handover().and_then(|h| h.last_error())),
             connected: self.attached(),
             space: self.engine().admin().and_then(|a| a.space()),
             import: self.engine().import(),
             ..configured(&self.config, state)
+        }
+    }
+
+    /// `serving`, or for a handover disk `standby` (taking included) or `released`.
+    fn state(&self) -> DiskState {
+        match self.handover().map(|h| h.holding()) {
+            Some(Holding::Standby | Holding::Taking) => DiskState::Standby,
+            Some(Holding::Released) => DiskState::Released,
+            Some(Holding::Serving) | None => DiskState::Serving,
         }
     }
 
@@ -46,6 +56,7 @@ impl ServedDisk {
             throttled_seconds: self.qos().throttled().as_secs_f64(),
             throttled_requests: self.qos().throttled_requests(),
             import: self.engine().import(),
+            handover: self.handover().map(|h| h.holding().as_str().to_string()),
             ..self.stats().snapshot()
         }
     }

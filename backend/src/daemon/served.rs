@@ -9,6 +9,7 @@ use log::error;
 
 use super::DaemonError;
 use crate::config::DiskConfig;
+use crate::engine::handover::HandoverEngine;
 use crate::engine::{self, Engine, EngineError};
 use crate::vhost::backend::DiskContext;
 use crate::vhost::config_change::ConfigNotifier;
@@ -33,11 +34,21 @@ pub fn start_disk_on(
     config: &DiskConfig,
     inherited: Option<UnixListener>,
 ) -> Result<ServedDisk, DaemonError> {
-    let engine = engine::open(config).map_err(|source| DaemonError::Engine {
+    let failed = |source| DaemonError::Engine {
         disk: config.name.clone(),
         source,
-    })?;
-    let ctx = Arc::new(DiskContext::new(config, engine, Arc::default()));
+    };
+    let ctx = if config.handover {
+        let engine = HandoverEngine::start(config).map_err(failed)?;
+        DiskContext::with_handover(config, engine, Arc::default())
+    } else {
+        DiskContext::new(
+            config,
+            engine::open(config).map_err(failed)?,
+            Arc::default(),
+        )
+    };
+    let ctx = Arc::new(ctx);
     let server = DiskServer::start_on(Arc::clone(&ctx), config.socket.clone(), inherited)?;
     Ok(ServedDisk {
         config: config.clone(),
@@ -69,6 +80,11 @@ impl ServedDisk {
         &self.ctx.config_change
     }
 
+    /// The handover side of a `handover = true` disk.
+    pub fn handover(&self) -> Option<&Arc<HandoverEngine>> {
+        self.ctx.handover.as_ref()
+    }
+
     /// Whether a frontend is attached now.
     pub fn attached(&self) -> bool {
         self.ctx.stats.attached.load(Ordering::Acquire)
@@ -76,6 +92,9 @@ impl ServedDisk {
 
     /// Stops accepting, ends the attached session and flushes. Stopping twice is a no-op.
     pub fn stop(&self) -> Result<(), EngineError> {
+        if let Some(h) = self.handover() {
+            h.stop();
+        }
         let server = match self.server.lock() {
             Ok(mut s) => s.take(),
             Err(poisoned) => {

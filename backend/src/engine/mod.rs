@@ -23,6 +23,7 @@ pub mod buffers;
 pub mod delay;
 pub mod device;
 mod file_ops;
+pub mod handover;
 pub mod keel;
 pub mod mirrored;
 pub mod null;

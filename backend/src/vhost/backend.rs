@@ -28,6 +28,7 @@ use super::stats::{DiskStats, RateLimit};
 use super::worker::{QueueWorker, Vring};
 use crate::config::DiskConfig;
 use crate::engine::delay::DelayQueue;
+use crate::engine::handover::HandoverEngine;
 use crate::engine::{Engine, EngineError, GuestMemory};
 use crate::qos::{DiskQos, ThrottledQueue};
 
@@ -63,6 +64,9 @@ pub struct DiskContext {
     pub qos: Arc<DiskQos>,
     /// Which attached frontend is served (two are attached during a live migration).
     pub frontends: FrontendGate,
+    /// For a `handover = true` disk, the engine that another keeld may hold in turn (`engine`
+    /// is the same object): rings are served only while this keeld holds it.
+    pub handover: Option<Arc<HandoverEngine>>,
 }
 
 impl DiskContext {
@@ -98,6 +102,30 @@ impl DiskContext {
             log_limit: RateLimit::new(Duration::from_secs(1), 10),
             qos: Arc::new(DiskQos::new(&cfg.limits)),
             frontends: FrontendGate::default(),
+            handover: None,
+        }
+    }
+
+    /// The context of a `handover = true` disk.
+    pub fn with_handover(
+        cfg: &DiskConfig,
+        engine: Arc<HandoverEngine>,
+        stats: Arc<DiskStats>,
+    ) -> Self {
+        Self {
+            handover: Some(Arc::clone(&engine)),
+            ..Self::new(cfg, engine, stats)
+        }
+    }
+
+    /// With every ring of every attached frontend stopped (or the frontend gone), a handover
+    /// disk is given up for the other keeld (its queues are drained: each stopped ring, and
+    /// each session that ended, finished its requests).
+    pub fn release_if_idle(&self) {
+        if let Some(h) = &self.handover
+            && !self.frontends.any_running()
+        {
+            h.release();
         }
     }
 
@@ -402,6 +430,7 @@ impl VhostUserBackend for BlkBackend {
             self.session.frontend,
             queue_index as usize,
         );
+        self.ctx.release_if_idle();
         Ok(())
     }
 
@@ -501,6 +530,7 @@ mod tests {
             import_from: None,
             import_rate: None,
             rbd: None,
+            handover: false,
         }
     }
 

@@ -105,6 +105,24 @@ impl FrontendGate {
         wake(waker);
     }
 
+    /// Whether any attached frontend has a started ring.
+    pub fn any_running(&self) -> bool {
+        self.state
+            .lock()
+            .map_or(true, |s| s.running.values().any(|r| !r.is_empty()))
+    }
+
+    /// Wakes the owner's workers (a ring that waited for the disk's engine may be served).
+    pub fn wake_owner(&self) {
+        let owner = self.owner.load(Ordering::Acquire);
+        let waker = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.wakers.get(&owner).and_then(Weak::upgrade));
+        wake(waker);
+    }
+
     /// Frontend `id` is gone (its requests finished): the disk passes to a waiting frontend.
     pub fn detach(&self, disk: &str, id: u64) {
         let waker = {

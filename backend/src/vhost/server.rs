@@ -405,6 +405,8 @@ impl Acceptor {
                 backend.shutdown();
                 // Its requests are done: the other frontend, if one waits, may have the disk.
                 ctx.frontends.detach(&name, id);
+                // A handover disk no frontend runs is free for the other keeld.
+                ctx.release_if_idle();
                 waiter_done.store(true, Ordering::Release);
                 let _ = ended.write(1);
             })

@@ -19,7 +19,22 @@ impl QueueWorker {
                 .frontends
                 .ring_started(&self.ctx.name, frontend, self.index);
         }
-        self.served
+        self.served && self.engine_held()
+    }
+
+    /// Whether this keeld holds the disk's engine: always, unless the disk is handed over
+    /// between keelds ([`crate::engine::handover`]). A ring started on a disk not held asks for
+    /// it; its requests wait until the take wakes this ring.
+    fn engine_held(&self) -> bool {
+        let Some(h) = &self.ctx.handover else {
+            return true;
+        };
+        if h.serving() {
+            return true;
+        }
+        let ctx = std::sync::Arc::clone(&self.ctx);
+        h.take(Box::new(move || ctx.frontends.wake_owner()));
+        false
     }
 
     /// The frontend stopped this ring (GET_VRING_BASE): it asks the gate again when restarted.

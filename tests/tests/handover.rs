@@ -1,0 +1,292 @@
+//! Two keelds on one container (`handover = true`), driven by keel-client's guest driver (and,
+//! to stop a ring as QEMU does, a raw vhost-user frontend): the second starts in standby, each
+//! takes the disk when its frontend starts a ring and the other has let go, what one wrote the
+//! other reads, and the container is never open for writing twice.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_backend::engine::handover::Holding;
+use keel_client::{Disk, DiskOptions};
+use keel_tests::keeld::{InProcess, keel_binary};
+use keel_tests::pattern;
+use keel_tests::raw_frontend::{Fd, Message, RawFrontend, Region, code};
+
+/// A keel disk `d` on `path`, handed over between keelds; every other key at its default.
+fn disk(path: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"keel\"\npath = \"{path}\"\n\
+         size = \"16M\"\nhandover = true\n"
+    )
+}
+
+fn holding(keeld: &InProcess) -> Holding {
+    let disks = keeld.daemon().list().unwrap();
+    disks[0].handover().expect("a handover disk").holding()
+}
+
+/// Waits (at most 20 s, so a broken release fails instead of hanging) for `keeld` to reach
+/// `want`.
+fn until(keeld: &InProcess, want: Holding) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holding(keeld) != want {
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}, never {want:?}",
+            holding(keeld)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `keel fsck` opens the container for writing (it replays): refused while a keeld holds it.
+fn fsck(container: &std::path::Path) -> std::process::Output {
+    Command::new(keel_binary())
+        .arg("fsck")
+        .arg(container)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn two_keelds_hand_a_keel_container_over_and_never_both_hold_it() {
+    let a = InProcess::start(&disk("disk.keel"));
+    let container = a.dir().join("disk.keel");
+    let b = InProcess::start(&disk(container.to_str().unwrap()));
+    assert_eq!(holding(&a), Holding::Serving);
+    assert_eq!(holding(&b), Holding::Standby, "the lock is a's");
+
+    let data = pattern(11, 256 * 1024);
+    {
+        let mut disk = Disk::connect(a.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        q.write_slice(4096, &data).unwrap();
+        q.flush().unwrap();
+    }
+    // a's frontend left: a drains, checkpoints and closes the container.
+    until(&a, Holding::Released);
+    assert!(free(&container), "a let the container go");
+    assert_eq!(
+        holding(&b),
+        Holding::Standby,
+        "b takes it only for its frontend"
+    );
+
+    let second = pattern(12, 64 * 1024);
+    {
+        let mut disk = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
+        assert_eq!(
+            disk.info().capacity(),
+            16 << 20,
+            "b's size came from the superblock"
+        );
+        let mut q = disk.take_queue(0).unwrap();
+        // The read waits while b takes the container (lock, open, replay), then is served.
+        assert!(q.read_vec(4096, data.len()).unwrap() == data, "a's writes");
+        assert_eq!(holding(&b), Holding::Serving);
+        assert_eq!(holding(&a), Holding::Released);
+        q.write_slice(0, &second).unwrap();
+        q.flush().unwrap();
+        let out = fsck(&container);
+        assert!(!out.status.success(), "fsck opened a container b holds");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("locked"), "{text}");
+    }
+    until(&b, Holding::Released);
+
+    // Back to a (a cancelled migration, or a second one): it reads both keelds' writes.
+    {
+        let mut disk = Disk::connect(a.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        assert!(q.read_vec(0, second.len()).unwrap() == second, "b's writes");
+        assert!(q.read_vec(65536, 4096).unwrap() == data[65536 - 4096..65536]);
+        assert_eq!(holding(&a), Holding::Serving);
+    }
+    until(&a, Holding::Released);
+    drop(b.stop());
+    let _a_dir = a.stop();
+    let out = fsck(&container);
+    assert!(
+        out.status.success(),
+        "keel fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw disk mirrored on two files (`mirror`, `resync_chunk` etc. at their defaults).
+fn mirrored(engine: &str, dir: &str) -> String {
+    format!(
+        "[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{engine}\"\n\
+         mirror = [\"{dir}m0.img\", \"{dir}m1.img\"]\nsize = \"16M\"\nhandover = true\n"
+    )
+}
+
+/// Whether `path` can be locked for writing now (nobody holds it).
+fn free(path: &std::path::Path) -> bool {
+    keel_backend::device::lock::lock_path(path, keel_backend::device::lock::LockMode::Exclusive)
+        .is_ok()
+}
+
+#[test]
+fn a_raw_mirror_is_handed_over_with_every_component() {
+    mirror_handed_over("raw");
+}
+
+#[test]
+fn a_keel_mirror_is_handed_over_with_every_component() {
+    mirror_handed_over("keel");
+}
+
+fn mirror_handed_over(engine: &str) {
+    let a = InProcess::start(&mirrored(engine, ""));
+    let dir = format!("{}/", a.dir().display());
+    let b = InProcess::start(&mirrored(engine, &dir));
+    assert_eq!(holding(&a), Holding::Serving);
+    assert_eq!(holding(&b), Holding::Standby);
+    let components = [a.dir().join("m0.img"), a.dir().join("m1.img")];
+    assert!(
+        !free(&components[0]) && !free(&components[1]),
+        "a holds both"
+    );
+
+    let data = pattern(21, 128 * 1024);
+    {
+        let mut disk = Disk::connect(a.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        q.write_slice(1 << 20, &data).unwrap();
+        q.flush().unwrap();
+    }
+    until(&a, Holding::Released);
+    assert!(
+        free(&components[0]) && free(&components[1]),
+        "a let both go"
+    );
+    {
+        let mut disk = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        assert!(
+            q.read_vec(1 << 20, data.len()).unwrap() == data,
+            "a's writes"
+        );
+        assert_eq!(holding(&b), Holding::Serving);
+        assert!(
+            !free(&components[0]) && !free(&components[1]),
+            "b holds both components"
+        );
+    }
+    until(&b, Holding::Released);
+    drop(b.stop());
+    drop(a.stop());
+}
+
+/// A vhost-user session up to a started ring 0 (8 entries, nothing available) over 1 MiB of
+/// guest memory, as a VMM sends it.
+fn session_with_a_started_ring() -> Vec<Message> {
+    let mib = 1u64 << 20;
+    let memory = Message::mem_table(
+        1,
+        &[Region {
+            guest_addr: 0,
+            size: mib,
+            user_addr: 0x7000_0000,
+            mmap_offset: 0,
+        }],
+    )
+    .with_fds(vec![Fd::MemFd(mib)]);
+    let mut msgs = vec![
+        Message::new(code::SET_OWNER, Vec::new()),
+        Message::new(code::GET_FEATURES, Vec::new()),
+        Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
+        Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
+        memory,
+        Message::vring_state(code::SET_VRING_NUM, 0, 8),
+        Message::vring_addr(0, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
+    ];
+    msgs.extend(ring_start());
+    msgs
+}
+
+/// (Re)starts ring 0 at index 0; its kick is already signalled.
+fn ring_start() -> Vec<Message> {
+    vec![
+        Message::vring_state(code::SET_VRING_BASE, 0, 0),
+        Message::vring_fd(code::SET_VRING_CALL, 0),
+        Message::vring_fd(code::SET_VRING_KICK, 0),
+        Message::vring_state(code::SET_VRING_ENABLE, 0, 1),
+    ]
+}
+
+#[test]
+fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
+    let a = InProcess::start(&disk("disk.keel"));
+    let container = a.dir().join("disk.keel");
+    let b = InProcess::start(&disk(container.to_str().unwrap()));
+    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
+    for m in session_with_a_started_ring() {
+        fe.send(&m).unwrap();
+    }
+    // The source stops the guest: GET_VRING_BASE. Replies come in order; the GET_FEATURES one
+    // first.
+    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
+        .unwrap();
+    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    assert_eq!(
+        holding(&a),
+        Holding::Released,
+        "released before the last GET_VRING_BASE is answered, the frontend still attached"
+    );
+    assert!(free(&container), "a let the container go");
+
+    // A cancelled migration: the same frontend restarts its ring; a takes the container back.
+    for m in ring_start() {
+        fe.send(&m).unwrap();
+    }
+    until(&a, Holding::Serving);
+    assert!(!free(&container));
+    assert_eq!(holding(&b), Holding::Standby);
+    drop(fe);
+    until(&a, Holding::Released);
+    drop(b.stop());
+    drop(a.stop());
+}
+
+#[test]
+fn both_keelds_asking_for_the_disk_never_both_hold_it() {
+    let a = InProcess::start(&disk("disk.keel"));
+    let container = a.dir().join("disk.keel");
+    let b = InProcess::start(&disk(container.to_str().unwrap()));
+    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
+    for m in session_with_a_started_ring() {
+        fe.send(&m).unwrap();
+    }
+    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
+        .unwrap();
+    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    assert_eq!(holding(&a), Holding::Released);
+
+    let data = pattern(31, 64 * 1024);
+    let mut disk_b = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
+    let mut q = disk_b.take_queue(0).unwrap();
+    q.write_slice(0, &data).unwrap();
+    assert_eq!(holding(&b), Holding::Serving);
+
+    // a's frontend restarts its ring while b serves: a asks for the container and waits.
+    for m in ring_start() {
+        fe.send(&m).unwrap();
+    }
+    until(&a, Holding::Taking);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(holding(&a), Holding::Taking, "a opened a container b holds");
+    assert_eq!(holding(&b), Holding::Serving);
+    assert!(q.read_vec(0, data.len()).unwrap() == data, "b still serves");
+
+    // b's frontend leaves: b lets go, and a, still asking, gets it.
+    drop(q);
+    drop(disk_b);
+    until(&a, Holding::Serving);
+    assert_eq!(holding(&b), Holding::Released);
+    drop(fe);
+    drop(b.stop());
+    drop(a.stop());
+}
