@@ -5,6 +5,7 @@ pub mod bench_args;
 pub mod campaign;
 pub mod ceph;
 pub mod client;
+pub mod disk_dir;
 pub mod keeld;
 pub mod raw_frontend;
 

@@ -10,29 +10,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_backend::control::client::ControlClient;
-use keel_client::{Disk, DiskOptions, Queue};
-use keel_protocol::control::{DiskStats, ImportReport, ImportState};
-use keel_tests::keeld::{KeeldProcess, keel_binary, wait_for_socket};
+use keel_client::Queue;
+use keel_protocol::control::{ImportReport, ImportState};
+use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
+use keel_tests::keeld::keel_binary;
 use keel_tests::pattern;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 256 * MIB;
-
-fn run(dir: &Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}: {text}");
-    text
-}
 
 /// `big.qcow2`: 256 MiB, data at 0 (1 MiB), 128 MiB (2 MiB) and 255 MiB (1 MiB), the rest
 /// unallocated; `big.raw` is what `qemu-img` reads of it.
@@ -80,33 +65,8 @@ fn make_qcow2(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("big.raw")).unwrap()
 }
 
-fn start(dir: &Path) -> KeeldProcess {
-    let keeld = KeeldProcess::spawn(&dir.join("keel.toml"));
-    for socket in ["d.sock", "control.sock"] {
-        assert!(
-            wait_for_socket(&dir.join(socket), Duration::from_secs(20)),
-            "keeld did not start"
-        );
-    }
-    keeld
-}
-
-fn connect(dir: &Path) -> Queue {
-    let started = Instant::now();
-    loop {
-        match Disk::connect(dir.join("d.sock"), &DiskOptions::default()) {
-            Ok(mut d) => return d.take_queue(0).expect("queue 0"),
-            Err(e) if started.elapsed() > Duration::from_secs(5) => panic!("connect: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 fn report(dir: &Path) -> ImportReport {
-    let stats: DiskStats = ControlClient::new(&dir.join("control.sock"))
-        .get("/v1/disks/d/stats")
-        .expect("stats");
-    stats.import.expect("an import report")
+    disk_stats(dir).import.expect("an import report")
 }
 
 /// Reads `[offset, offset + len)` in 1 MiB requests and compares it with `want`.
@@ -133,8 +93,8 @@ fn a_live_import_reads_only_what_qemu_nbd_reports_as_data() {
          import_from = \"big.qcow2\"\nimport_rate = \"16M\"\n",
     )
     .unwrap();
-    let keeld = start(dir);
-    let mut q = connect(dir);
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
     // 40 MiB around the 2 MiB of data at 128 MiB, most likely still on the source: only the
     // data is read from it, the holes are answered as zeroes.
     check(&mut q, &want, 100 * MIB, 40 * MIB, "while copying");

@@ -9,27 +9,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keel_backend::control::client::ControlClient;
-use keel_client::{Disk, DiskOptions, Queue};
-use keel_protocol::control::{DiskStats, ImportState};
-use keel_tests::keeld::{KeeldProcess, keel_binary, wait_for_socket};
+use keel_client::Queue;
+use keel_protocol::control::ImportState;
+use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
+use keel_tests::keeld::keel_binary;
 use keel_tests::pattern;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 48 * MIB;
-
-fn run(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// base.qcow2 <- mid.qcow2 <- top.qcow2, each layer writing known bytes, some over the layer
 /// below, one zeroing a range the base wrote; most of the disk stays unallocated.
@@ -102,35 +89,6 @@ fn config(rate: &str) -> String {
     )
 }
 
-fn start(dir: &Path) -> KeeldProcess {
-    let keeld = KeeldProcess::spawn(&dir.join("keel.toml"));
-    // The control socket is bound after the disks' sockets.
-    for socket in ["d.sock", "control.sock"] {
-        assert!(
-            wait_for_socket(&dir.join(socket), Duration::from_secs(20)),
-            "keeld did not start"
-        );
-    }
-    keeld
-}
-
-fn connect(dir: &Path) -> Queue {
-    let started = Instant::now();
-    loop {
-        match Disk::connect(dir.join("d.sock"), &DiskOptions::default()) {
-            Ok(mut d) => return d.take_queue(0).expect("queue 0"),
-            Err(e) if started.elapsed() > Duration::from_secs(5) => panic!("connect: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn stats(dir: &Path) -> DiskStats {
-    ControlClient::new(&dir.join("control.sock"))
-        .get("/v1/disks/d/stats")
-        .expect("stats")
-}
-
 /// Every block of the disk against `want`, naming the first wrong MiB.
 fn check_all(q: &mut Queue, want: &[u8], when: &str) {
     for off in (0..SIZE).step_by(MIB as usize) {
@@ -176,9 +134,9 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     // Slow enough (4 MiB/s over 48 MiB) that the copy is still running at the kill.
     std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
 
-    let keeld = start(dir);
-    let mut q = connect(dir);
-    let s = stats(dir).import.expect("an import report");
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
+    let s = disk_stats(dir).import.expect("an import report");
     assert_eq!(s.state, ImportState::Copying);
     assert_eq!(s.total_bytes, SIZE);
     let (ok, text) = keel(dir, &["--control", "control.sock", "disks"]);
@@ -205,7 +163,7 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     guest_write(&mut q, &mut want, 9 * MIB + 4096, &pattern(3, 8192));
     q.flush().unwrap();
     check_all(&mut q, &want, "after the guest's writes");
-    let before_kill = stats(dir).import.expect("an import report");
+    let before_kill = disk_stats(dir).import.expect("an import report");
     assert_eq!(
         before_kill.state,
         ImportState::Copying,
@@ -218,16 +176,16 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
 
     // Restarted faster: the copy resumes and finishes.
     std::fs::write(dir.join("keel.toml"), config("64M")).unwrap();
-    let keeld = start(dir);
-    let mut q = connect(dir);
-    let resumed = stats(dir).import.expect("an import report");
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
+    let resumed = disk_stats(dir).import.expect("an import report");
     assert_ne!(resumed.state, ImportState::Paused);
     check_all(&mut q, &want, "after kill -9");
     guest_write(&mut q, &mut want, 47 * MIB, &pattern(4, 4096));
     q.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = stats(dir).import.expect("an import report");
+        let s = disk_stats(dir).import.expect("an import report");
         if s.state == ImportState::Done {
             assert_eq!(s.copied_bytes, SIZE);
             break;
@@ -249,9 +207,13 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
         std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
     }
-    let keeld = start(dir);
-    let mut q = connect(dir);
-    assert_eq!(stats(dir).import, None, "a finished import is not reported");
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
+    assert_eq!(
+        disk_stats(dir).import,
+        None,
+        "a finished import is not reported"
+    );
     check_all(&mut q, &want, "without the chain");
     drop(q);
     let mut keeld = keeld;
@@ -440,7 +402,7 @@ fn serve_nbd(dir: &Path, image: &str, socket: &str) -> NbdServer {
 fn wait_for_state(dir: &Path, state: ImportState) -> keel_protocol::control::ImportReport {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = stats(dir).import.expect("an import report");
+        let s = disk_stats(dir).import.expect("an import report");
         if s.state == state {
             return s;
         }
@@ -463,10 +425,10 @@ fn an_nbd_source_that_goes_away_pauses_the_import_until_it_is_back() {
         config("4M").replace("top.qcow2", &uri),
     )
     .unwrap();
-    let keeld = start(dir);
-    let mut q = connect(dir);
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stats(dir).import.expect("report").copied_bytes < 4 * MIB {
+    while disk_stats(dir).import.expect("report").copied_bytes < 4 * MIB {
         assert!(Instant::now() < deadline, "the copy does not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -482,7 +444,7 @@ fn an_nbd_source_that_goes_away_pauses_the_import_until_it_is_back() {
 
     let _server = serve_nbd(dir, "src.raw", "src.sock");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stats(dir).import.expect("report").state == ImportState::Paused {
+    while disk_stats(dir).import.expect("report").state == ImportState::Paused {
         assert!(Instant::now() < deadline, "the import does not resume");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -502,8 +464,8 @@ fn a_source_that_changed_size_is_refused_when_the_import_resumes() {
         config("4M").replace("top.qcow2", "src.raw"),
     )
     .unwrap();
-    let mut keeld = start(dir);
-    let s = stats(dir).import.expect("an import report");
+    let mut keeld = start_keeld(dir);
+    let s = disk_stats(dir).import.expect("an import report");
     assert_eq!(s.state, ImportState::Copying);
     let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
     assert!(status.success());
@@ -527,9 +489,9 @@ fn a_chain_whose_contents_changed_is_refused_when_the_import_resumes() {
     let dir = tmp.path();
     make_chain(dir);
     std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
-    let mut keeld = start(dir);
+    let mut keeld = start_keeld(dir);
     assert_eq!(
-        stats(dir).import.expect("an import report").state,
+        disk_stats(dir).import.expect("an import report").state,
         ImportState::Copying
     );
     let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));

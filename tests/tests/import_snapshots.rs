@@ -6,24 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
+use keel_tests::disk_dir::run;
 use keel_tests::keeld::keel_binary;
 
 const MIB: u64 = 1 << 20;
-
-fn run(dir: &Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}: {text}");
-    text
-}
 
 fn keel(dir: &Path, args: &[&str]) -> String {
     run(dir, keel_binary().to_str().unwrap(), args)
