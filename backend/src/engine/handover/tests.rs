@@ -300,7 +300,11 @@ fn an_open_that_finds_the_lock_held_means_standby_and_the_take_waits_for_it() {
     let cfg = config(dir.path());
     let held = Arc::new(AtomicBool::new(true));
     let b = HandoverEngine::start_with(&cfg, open_decides(Arc::clone(&held))).unwrap();
-    assert_eq!(b.holding(), Holding::Standby, "the open found the lock held");
+    assert_eq!(
+        b.holding(),
+        Holding::Standby,
+        "the open found the lock held"
+    );
     assert_eq!(b.capacity(), SIZE);
     let (woken_flag, wake) = woken();
     b.take(wake);
