@@ -111,9 +111,11 @@ impl Keeld {
         }
     }
 
-    fn stop(mut self) {
+    /// Stops keeld (SIGTERM), which must exit cleanly; returns its log.
+    fn stop(mut self) -> String {
         let (status, log) = self.process.signal_and_wait(libc::SIGTERM, START_TIMEOUT);
         assert!(status.success(), "{log}");
+        log
     }
 }
 
@@ -209,8 +211,18 @@ fn two_keelds_hand_an_rbd_image_over_through_its_exclusive_lock() {
     }
     a.until("released");
     assert_eq!(lockers(&image), 0);
-    b.stop();
-    a.stop();
+    // Each keeld took and released the image twice (its log says how long each took).
+    for (name, log) in [("b", b.stop()), ("a", a.stop())] {
+        let lines = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("taken in") || l.contains("released for"))
+        {
+            println!("{name}: {line}");
+        }
+        assert_eq!(lines("taken in"), if name == "a" { 1 } else { 2 }, "{log}");
+        assert_eq!(lines("released for another keeld"), 2, "{log}");
+    }
 }
 
 #[test]
@@ -233,5 +245,5 @@ fn handover_needs_the_exclusive_lock_feature() {
         "{error}"
     );
     assert!(!Path::new(&keeld.socket()).exists());
-    keeld.stop();
+    drop(keeld.stop());
 }
