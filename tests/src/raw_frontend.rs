@@ -558,5 +558,7 @@ fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[OwnedFd]) -> io::Result
     Ok(())
 }
 
+pub mod session;
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,10 @@ use keel_backend::engine::handover::Holding;
 use keel_client::{Disk, DiskOptions};
 use keel_tests::keeld::{InProcess, keel_binary};
 use keel_tests::pattern;
-use keel_tests::raw_frontend::{Fd, Message, RawFrontend, Region, code};
+use keel_tests::raw_frontend::session::{
+    ring_start, with_a_started_ring as session_with_a_started_ring,
+};
+use keel_tests::raw_frontend::{Message, RawFrontend, code};
 
 /// A keel disk `d` on `path`, handed over between keelds; every other key at its default.
 fn disk(path: &str) -> String {
@@ -178,43 +181,6 @@ fn mirror_handed_over(engine: &str) {
     until(&b, Holding::Released);
     drop(b.stop());
     drop(a.stop());
-}
-
-/// A vhost-user session up to a started ring 0 (8 entries, nothing available) over 1 MiB of
-/// guest memory, as a VMM sends it.
-fn session_with_a_started_ring() -> Vec<Message> {
-    let mib = 1u64 << 20;
-    let memory = Message::mem_table(
-        1,
-        &[Region {
-            guest_addr: 0,
-            size: mib,
-            user_addr: 0x7000_0000,
-            mmap_offset: 0,
-        }],
-    )
-    .with_fds(vec![Fd::MemFd(mib)]);
-    let mut msgs = vec![
-        Message::new(code::SET_OWNER, Vec::new()),
-        Message::new(code::GET_FEATURES, Vec::new()),
-        Message::u64(code::SET_FEATURES, (1 << 32) | (1 << 30)),
-        Message::u64(code::SET_PROTOCOL_FEATURES, (1 << 9) | (1 << 3) | 1),
-        memory,
-        Message::vring_state(code::SET_VRING_NUM, 0, 8),
-        Message::vring_addr(0, 0, 0x7000_0000, 0x7000_8000, 0x7000_4000),
-    ];
-    msgs.extend(ring_start());
-    msgs
-}
-
-/// (Re)starts ring 0 at index 0; its kick is already signalled.
-fn ring_start() -> Vec<Message> {
-    vec![
-        Message::vring_state(code::SET_VRING_BASE, 0, 0),
-        Message::vring_fd(code::SET_VRING_CALL, 0),
-        Message::vring_fd(code::SET_VRING_KICK, 0),
-        Message::vring_state(code::SET_VRING_ENABLE, 0, 1),
-    ]
 }
 
 #[test]

@@ -3,8 +3,9 @@
 use super::{Checker, ConfigError, EngineKind, RawDisk};
 
 impl Checker<'_> {
-    /// `handover = true` is for writable raw and keel disks that import nothing: the disks whose
-    /// files keeld locks and can close and reopen while its socket stays.
+    /// `handover = true` is for writable raw, keel and rbd disks that import nothing: the disks
+    /// keeld locks (their files, or the image's exclusive lock) and can close and reopen while
+    /// its socket stays.
     pub(super) fn check_handover(
         &self,
         raw: &RawDisk,
@@ -18,8 +19,8 @@ impl Checker<'_> {
             return Ok(false);
         }
         let refuse = |m: &str| Err(self.err(v.span(), "handover", m.to_string()));
-        if !matches!(engine, EngineKind::Raw | EngineKind::Keel) {
-            return refuse("only raw and keel disks are handed over between keelds");
+        if !matches!(engine, EngineKind::Raw | EngineKind::Keel | EngineKind::Rbd) {
+            return refuse("only raw, keel and rbd disks are handed over between keelds");
         }
         if raw.read_only.as_ref().is_some_and(|r| *r.get_ref()) {
             return refuse(

@@ -584,7 +584,7 @@ fn import_keys_are_checked() {
 }
 
 #[test]
-fn handover_is_for_writable_raw_and_keel_disks() {
+fn handover_is_for_writable_raw_keel_and_rbd_disks() {
     let keel = "[[disk]]\nname = \"k\"\nsocket = \"k.sock\"\nengine = \"keel\"\npath = \"k.keel\"\nsize = \"1G\"\n";
     let (_dir, r) = parse(keel);
     assert!(!r.unwrap().disks[0].handover, "off by default");
@@ -592,7 +592,12 @@ fn handover_is_for_writable_raw_and_keel_disks() {
     assert!(r.unwrap().disks[0].handover);
     let (_dir, r) = parse(&format!("{NULL_DISK}handover = true\n"));
     let m = assert_invalid(r, "handover", 6);
-    assert!(m.contains("raw and keel"), "{m}");
+    assert!(m.contains("raw, keel and rbd"), "{m}");
+    let rbd = "[[disk]]\nname = \"r\"\nsocket = \"r.sock\"\nengine = \"rbd\"\nimage = \"rbd/vm\"\n";
+    let (_dir, r) = parse(&format!("{rbd}handover = true\n"));
+    assert!(r.unwrap().disks[0].handover);
+    let (_dir, r) = parse(&format!("{rbd}read_only = true\nhandover = true\n"));
+    assert_invalid(r, "handover", 7);
     let (_dir, r) = parse(&format!("{keel}read_only = true\nhandover = true\n"));
     assert_invalid(r, "handover", 8);
     let (_dir, r) = parse(&format!(

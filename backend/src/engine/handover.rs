@@ -2,9 +2,11 @@
 //! share a container or image, on one host or on shared storage.
 //!
 //! [`HandoverEngine`] stands in front of the disk's real engine and holds it only while this
-//! keeld may write the disk. Which keeld may is decided by the OFD lock every engine takes on
-//! its files ([`crate::device::lock`]): opening the engine takes it, closing the engine gives
-//! it back. The states:
+//! keeld may write the disk. Which keeld may is decided by the lock the engine takes when it
+//! opens and gives back when it closes: the OFD lock on its files ([`crate::device::lock`]) or
+//! an RBD image's exclusive lock (`engine::rbd`). An open that finds the lock held
+//! ([`EngineError::Locked`]) means another keeld holds the disk; for files a cheaper look at the
+//! locks comes first ([`take`]). The states:
 //!
 //! - **standby**: another process held the lock when the disk started. The socket accepts a
 //!   frontend and lets it set up memory and rings, but nothing is served.
@@ -96,25 +98,20 @@ impl HandoverEngine {
 
     /// [`Self::start`] with another way to open the real engine.
     pub fn start_with(config: &DiskConfig, open: Box<Opener>) -> Result<Arc<Self>, EngineError> {
-        let paths = config.backing_paths();
-        let (held, state, capacity) = match probe_locks(&paths)? {
-            LockProbe::Free => {
-                let engine = open(config)?;
-                let capacity = engine.capacity();
-                let held = Held {
-                    engine,
-                    generation: 1,
-                };
-                (Some(held), Holding::Serving, capacity)
-            }
-            LockProbe::Held(why) => {
-                info!(
-                    "disk {}: standby: {why}; served once its frontend starts its rings and \
-                     the lock is free",
-                    config.name
-                );
-                (None, Holding::Standby, standby_capacity(config)?)
-            }
+        let (held, state, capacity) = match take::look(config)? {
+            LockProbe::Free => match open(config) {
+                Ok(engine) => {
+                    let capacity = engine.capacity();
+                    let held = Held {
+                        engine,
+                        generation: 1,
+                    };
+                    (Some(held), Holding::Serving, capacity)
+                }
+                Err(EngineError::Locked(why)) => standby(config, &why)?,
+                Err(e) => return Err(e),
+            },
+            LockProbe::Held(why) => standby(config, &why)?,
         };
         let caps = match &held {
             Some(h) => h.engine.capabilities(),
@@ -249,8 +246,17 @@ impl HandoverEngine {
     }
 }
 
+/// The start of a disk another process holds: standby, with the size read without the lock.
+fn standby(config: &DiskConfig, why: &str) -> Result<(Option<Held>, Holding, u64), EngineError> {
+    info!(
+        "disk {}: standby: {why}; served once its frontend starts its rings and the lock is free",
+        config.name
+    );
+    Ok((None, Holding::Standby, standby_capacity(config)?))
+}
+
 /// The size of a disk this keeld does not hold: the container's superblock (read without
-/// locking) or the image's length.
+/// locking), the RBD image's size, or the file's length.
 fn standby_capacity(config: &DiskConfig) -> Result<u64, EngineError> {
     let paths = config.backing_paths();
     let first = paths.first().map_or(Path::new(""), |p| p.as_path());
@@ -268,6 +274,7 @@ fn standby_capacity(config: &DiskConfig) -> Result<u64, EngineError> {
                 ))),
             }
         }
+        EngineKind::Rbd => super::rbd::image_size(config),
         _ => {
             let len = std::fs::metadata(first)
                 .map_err(|e| setup(e.to_string()))?
@@ -295,12 +302,16 @@ impl Engine for HandoverEngine {
             None => format!(
                 "{} engine on {} (handover: {}, another keeld may hold it)",
                 self.config.engine.name(),
-                self.config
-                    .backing_paths()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                self.config.rbd.as_ref().map_or_else(
+                    || self
+                        .config
+                        .backing_paths()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    |r| r.spec()
+                ),
                 self.holding().as_str()
             ),
         }

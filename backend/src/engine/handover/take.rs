@@ -1,9 +1,15 @@
-//! Taking a handover disk: wait for its files' locks, open the engine, wake the rings.
+//! Taking a handover disk: wait for its lock, open the engine, wake the rings.
 //!
 //! The other keeld releases the disk when its frontend stops the guest, at about the moment
 //! this keeld's frontend starts it, so the lock may still be held for a few milliseconds (or
 //! for as long as the other keeld checkpoints). The take runs on a thread of its own, polling
 //! the lock, so no vhost event loop ever blocks on it; the guest's requests wait in their rings.
+//!
+//! Files are looked at first ([`probe_locks`], cheap) and then opened. An RBD image has no
+//! cheap look that can be trusted: who owns its exclusive lock may change right after the
+//! answer, and only `rbd_lock_acquire` asks the cluster atomically. So for rbd the open itself
+//! is the look: it connects, opens the image and asks for the lock, and a lock held by another
+//! client ends it with [`EngineError::Locked`], after which the take waits and tries again.
 
 use std::io;
 use std::path::PathBuf;
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use super::{HandoverEngine, Holding};
+use crate::config::{DiskConfig, EngineKind};
 use crate::device::lock::{LockMode, lock_path};
 use crate::engine::EngineError;
 
@@ -27,6 +34,15 @@ pub enum LockProbe {
     Free,
     /// Another process holds one (the text names the file and, when found, the process).
     Held(String),
+}
+
+/// The cheap look before an open: the files' locks; for an RBD image the open decides (see the
+/// module documentation), so it is [`LockProbe::Free`] here.
+pub(super) fn look(config: &DiskConfig) -> Result<LockProbe, EngineError> {
+    match config.engine {
+        EngineKind::Rbd => Ok(LockProbe::Free),
+        _ => probe_locks(&config.backing_paths()),
+    }
 }
 
 /// Asks for the exclusive lock of every file in `paths` and lets it go at once. A file that
@@ -86,54 +102,56 @@ impl HandoverEngine {
     fn take_now(&self, from: Holding, wake: Box<dyn FnOnce() + Send>) {
         let started = Instant::now();
         let mut reported = started;
-        let paths = self.config.backing_paths();
         loop {
             if self.stopping.load(Ordering::Acquire) {
                 self.give_up(from, "the disk is being stopped".into());
                 return;
             }
-            match probe_locks(&paths) {
-                Ok(LockProbe::Free) => {}
-                Ok(LockProbe::Held(why)) => {
-                    if reported.elapsed() >= REPORT_EVERY {
-                        reported = Instant::now();
-                        warn!(
-                            "disk {}: still waiting for the lock after {:?}: {why}",
+            let held = match look(&self.config) {
+                Ok(LockProbe::Free) => None,
+                Ok(LockProbe::Held(why)) => Some(why),
+                Err(e) => {
+                    self.give_up(from, e.to_string());
+                    return;
+                }
+            };
+            let why = match held {
+                Some(why) => why,
+                None => match (self.open)(&self.config) {
+                    Ok(engine) => {
+                        self.install(engine);
+                        if let Ok(mut s) = self.state.lock() {
+                            *s = Holding::Serving;
+                        }
+                        info!(
+                            "disk {}: taken in {:?} (locked, opened): served",
                             self.config.name,
                             started.elapsed()
                         );
+                        wake();
+                        return;
                     }
-                    std::thread::sleep(POLL);
-                    continue;
-                }
-                Err(e) => {
-                    self.give_up(from, e.to_string());
-                    return;
-                }
-            }
-            match (self.open)(&self.config) {
-                Ok(engine) => {
-                    self.install(engine);
-                    if let Ok(mut s) = self.state.lock() {
-                        *s = Holding::Serving;
+                    // Another process holds the lock (an image's), or took it between the look
+                    // and the open (a file's): wait again.
+                    Err(EngineError::Locked(why)) => why,
+                    Err(e) if matches!(look(&self.config), Ok(LockProbe::Held(_))) => {
+                        format!("lost the race for the lock: {e}")
                     }
-                    info!(
-                        "disk {}: taken in {:?} (locked, opened): served",
-                        self.config.name,
-                        started.elapsed()
-                    );
-                    wake();
-                    return;
-                }
-                // Another process took the lock between the look and the open: wait again.
-                Err(e) if matches!(probe_locks(&paths), Ok(LockProbe::Held(_))) => {
-                    warn!("disk {}: lost the race for the lock: {e}", self.config.name);
-                }
-                Err(e) => {
-                    self.give_up(from, e.to_string());
-                    return;
-                }
+                    Err(e) => {
+                        self.give_up(from, e.to_string());
+                        return;
+                    }
+                },
+            };
+            if reported.elapsed() >= REPORT_EVERY {
+                reported = Instant::now();
+                warn!(
+                    "disk {}: still waiting for the lock after {:?}: {why}",
+                    self.config.name,
+                    started.elapsed()
+                );
             }
+            std::thread::sleep(POLL);
         }
     }
 

@@ -282,3 +282,38 @@ fn a_take_that_cannot_open_goes_back_and_says_why() {
     assert!(!b.serving());
     assert!(!woken_flag.load(Ordering::Acquire), "nothing to serve");
 }
+
+/// An engine whose lock only its open can ask for (an RBD image's exclusive lock): the files'
+/// look says free, the open says held.
+fn open_decides(held: Arc<AtomicBool>) -> Box<Opener> {
+    Box::new(move |_: &DiskConfig| {
+        if held.load(Ordering::Acquire) {
+            return Err(EngineError::Locked("held by another client".into()));
+        }
+        Ok(Arc::new(NullEngine::new(SIZE, false)) as Arc<dyn Engine>)
+    })
+}
+
+#[test]
+fn an_open_that_finds_the_lock_held_means_standby_and_the_take_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let held = Arc::new(AtomicBool::new(true));
+    let b = HandoverEngine::start_with(&cfg, open_decides(Arc::clone(&held))).unwrap();
+    assert_eq!(
+        b.holding(),
+        Holding::Standby,
+        "the open found the lock held"
+    );
+    assert_eq!(b.capacity(), SIZE);
+    let (woken_flag, wake) = woken();
+    b.take(wake);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(b.holding(), Holding::Taking, "still waiting for the lock");
+    assert!(b.last_error().is_none(), "a held lock is not a failure");
+    assert!(!woken_flag.load(Ordering::Acquire));
+    held.store(false, Ordering::Release);
+    assert!(until_serving(&b));
+    assert_eq!(b.holding(), Holding::Serving);
+    assert!(woken_flag.load(Ordering::Acquire));
+}

@@ -88,6 +88,8 @@ pub struct Api {
         ImageOptionsT,
     ) -> c_int,
     pub rbd_lock_acquire: unsafe extern "C" fn(ImageT, c_int) -> c_int,
+    pub rbd_lock_release: unsafe extern "C" fn(ImageT) -> c_int,
+    pub rbd_is_exclusive_lock_owner: unsafe extern "C" fn(ImageT, *mut c_int) -> c_int,
     pub rbd_aio_create_completion:
         unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     pub rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> ssize_t,
@@ -164,6 +166,8 @@ impl Api {
                 rbd_image_options_destroy: symbol(&rbd, "rbd_image_options_destroy")?,
                 rbd_clone3: symbol(&rbd, "rbd_clone3")?,
                 rbd_lock_acquire: symbol(&rbd, "rbd_lock_acquire")?,
+                rbd_lock_release: symbol(&rbd, "rbd_lock_release")?,
+                rbd_is_exclusive_lock_owner: symbol(&rbd, "rbd_is_exclusive_lock_owner")?,
                 rbd_aio_create_completion: symbol(&rbd, "rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: symbol(&rbd, "rbd_aio_get_return_value")?,
                 rbd_aio_release: symbol(&rbd, "rbd_aio_release")?,

@@ -336,6 +336,24 @@ impl Image {
         check(rc, "rbd_lock_acquire").map(drop)
     }
 
+    /// Gives the exclusive lock back while the image stays open: from then on this handle
+    /// cannot write (librbd's standard lock policy, set by [`Self::lock_exclusive`], never
+    /// takes the lock again on its own).
+    pub fn unlock(&self) -> io::Result<()> {
+        // SAFETY: the image is open.
+        let rc = unsafe { (self.api().rbd_lock_release)(self.handle) };
+        check(rc, "rbd_lock_release").map(drop)
+    }
+
+    /// Whether this handle owns the image's exclusive lock now.
+    pub fn owns_lock(&self) -> io::Result<bool> {
+        let mut owner: c_int = 0;
+        // SAFETY: the image is open; `owner` is a valid out-pointer.
+        let rc = unsafe { (self.api().rbd_is_exclusive_lock_owner)(self.handle, &mut owner) };
+        check(rc, "rbd_is_exclusive_lock_owner")?;
+        Ok(owner != 0)
+    }
+
     pub fn snap_protect(&self, name: &str) -> io::Result<()> {
         self.snap_call(self.api().rbd_snap_protect, name, "rbd_snap_protect")
     }

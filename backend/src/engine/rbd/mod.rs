@@ -6,7 +6,8 @@
 //! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
 //! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`) and clones are RBD
 //! layered clones (`clone.rs`). A writable disk holds its image's exclusive lock, so a second
-//! writer is refused at open.
+//! writer is refused at open; a `handover = true` disk waits for that lock instead
+//! (`engine::handover`) and gives it back when it is closed.
 
 mod clone;
 mod diff;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_protocol::control::SnapshotInfo;
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::store::diff::DiffReport;
 
@@ -63,6 +64,8 @@ pub struct RbdEngine {
     /// librbd's cache is on (`direct = false`): a completed write may still sit in it, so a
     /// write-through write needs a flush of its own before it is answered.
     cache: bool,
+    /// This engine took the image's exclusive lock at open, and gives it back when dropped.
+    locked: bool,
 }
 
 impl RbdEngine {
@@ -91,9 +94,7 @@ impl RbdEngine {
         if capacity == 0 {
             return Err(setup("the image is empty".into()));
         }
-        if !disk.read_only {
-            take_lock(&image, &spec)?;
-        }
+        let locked = !disk.read_only && take_lock(&image, &spec, disk.handover)?;
         let engine = Self {
             image: Arc::new(image),
             blocklist: Arc::new(Blocklist {
@@ -104,6 +105,7 @@ impl RbdEngine {
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
             cache,
+            locked,
         };
         info!("{}", engine.describe());
         Ok(engine)
@@ -153,15 +155,46 @@ fn open_image(
     }
 }
 
+/// The size of `disk`'s image, read without taking its lock: a `handover = true` disk in
+/// standby offers it to its frontend while another keeld holds the image.
+pub fn image_size(disk: &DiskConfig) -> Result<u64, EngineError> {
+    let rbd = disk
+        .rbd
+        .as_ref()
+        .ok_or_else(|| EngineError::Unsupported("an rbd disk needs `image`".into()))?;
+    let setup = |e: std::io::Error| EngineError::Setup {
+        path: rbd.spec().into(),
+        message: e.to_string(),
+    };
+    // Read-only here only means "never create it": this handle reads the size and closes.
+    let image = open_image(rbd, None, true, false).map_err(setup)?;
+    let size = image.size().map_err(setup)?;
+    Ok(size - size % 512)
+}
+
 /// Takes the exclusive lock of an image that has the feature, so that a second writer (another
-/// keeld on the same image) is refused at open instead of both writing in turn.
-fn take_lock(image: &Image, spec: &str) -> Result<(), EngineError> {
+/// keeld on the same image) is refused at open instead of both writing in turn. Returns whether
+/// it did; a `handover` disk needs the feature, since the lock is what it is handed over by.
+///
+/// `rbd_lock_acquire` also switches this handle to librbd's standard lock policy: a peer's
+/// request for the lock is answered "no" (`EROFS`) instead of the lock moving to it, and this
+/// handle never takes the lock again on its own once it has given it back.
+fn take_lock(image: &Image, spec: &str, handover: bool) -> Result<bool, EngineError> {
     let features = image.features().map_err(|e| EngineError::Setup {
         path: spec.into(),
         message: e.to_string(),
     })?;
     if features & ffi::FEATURE_EXCLUSIVE_LOCK == 0 {
-        return Ok(());
+        if handover {
+            return Err(EngineError::Setup {
+                path: spec.into(),
+                message: format!(
+                    "handover = true needs the image's exclusive-lock feature, which hands it \
+                     over between keelds (`rbd feature enable {spec} exclusive-lock`)"
+                ),
+            });
+        }
+        return Ok(false);
     }
     image.lock_exclusive().map_err(|e| match image::errno(&e) {
         Some(libc::EROFS | libc::EBUSY | libc::EAGAIN) => EngineError::Locked(format!(
@@ -172,7 +205,33 @@ fn take_lock(image: &Image, spec: &str) -> Result<(), EngineError> {
             path: spec.into(),
             message: format!("taking the exclusive lock: {e}"),
         },
-    })
+    })?;
+    Ok(true)
+}
+
+/// Gives the exclusive lock back before the image closes, so that another keeld waiting for it
+/// (a handover) gets it as soon as this one is done. A queue half still holding the image
+/// (keeld stopping) leaves that to `rbd_close`, which also releases it once the queue is gone.
+impl Drop for RbdEngine {
+    fn drop(&mut self) {
+        if !self.locked || Arc::strong_count(&self.image) > 1 {
+            return;
+        }
+        if let Ok(false) = self.image.owns_lock() {
+            warn!(
+                "{}: the exclusive lock is no longer this client's (broken by another client?)",
+                self.spec
+            );
+            return;
+        }
+        match self.image.unlock() {
+            Ok(()) => info!("{}: exclusive lock released", self.spec),
+            Err(e) => warn!(
+                "{}: releasing the exclusive lock: {e} (closing the image releases it)",
+                self.spec
+            ),
+        }
+    }
 }
 
 fn admin_err(e: std::io::Error) -> AdminError {
