@@ -64,10 +64,13 @@ impl Keeld {
         );
         std::fs::write(dir.path().join("keel.toml"), toml).expect("config");
         let process = KeeldProcess::spawn(&dir.path().join("keel.toml"));
-        assert!(
-            wait_for_socket(&dir.path().join("n.sock"), START_TIMEOUT),
-            "keeld did not start"
-        );
+        // The control socket is bound after every disk's socket.
+        for socket in ["n.sock", "control.sock"] {
+            assert!(
+                wait_for_socket(&dir.path().join(socket), START_TIMEOUT),
+                "keeld did not start"
+            );
+        }
         let control = ControlClient::new(&dir.path().join("control.sock"));
         Self {
             dir,
