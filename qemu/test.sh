@@ -27,7 +27,7 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug
     fio_verify_migrates_to_a_second_qemu fio_verify_survives_a_cancelled_migration
     fio_verify_migrates_between_two_keelds fio_verify_survives_source_keeld_kill9
-    fio_verify_during_live_import)
+    fio_verify_during_live_import fio_verify_on_rbd)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -130,6 +130,25 @@ test_fio_verify_keel_engine() {
 # A guest boots on a keel disk imported live from a qcow2 chain (base <- top, patterns written
 # by qemu-io) and runs fio write+verify while the import's copy still runs (held to 4 MiB/s);
 # then the blocks fio did not touch read as the chain shows them, through keeld's NBD export.
+# A disk on Ceph RBD (engine "rbd", every other key at its default) under a guest's verified
+# fio, on the single-node cluster of tests/ceph/start.sh, which the test starts and stops.
+test_fio_verify_on_rbd() {
+    local conf
+    conf=$(bash "$REPO_DIR/tests/ceph/start.sh" "$T/ceph" "$$" 2>"$T/ceph-start.log") ||
+        fail "the test cluster did not start; see $T/ceph-start.log" || return 1
+    CEPH_CONF=$conf backend_start keeld "$T" "rbd/vda$$" "$S" 1 256M rbd || {
+        bash "$REPO_DIR/tests/ceph/stop.sh" "$T/ceph"
+        return 1
+    }
+    boot verify fio-verify --param size=32M || fail "fio-verify on an rbd disk failed"
+    local ok=$?
+    [ $ok -eq 0 ] && { fio_clean "$T/verify/fio"; ok=$?; }
+    backend_stop TERM || fail "keeld did not exit 0 on SIGTERM" || ok=1
+    bash "$REPO_DIR/tests/ceph/stop.sh" "$T/ceph" || fail "the test cluster did not stop" || ok=1
+    [ $ok -eq 0 ] && log "fio verified every block on the rbd image"
+    return $ok
+}
+
 test_fio_verify_during_live_import() {
     local c=$T/keel.sock state
     keel_cli || return 1

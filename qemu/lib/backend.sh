@@ -27,14 +27,21 @@ backend_build_keeld() {
 }
 
 backend_write_keeld_config() {
-    local config=$1 image=$2 socket=$3 queues=$4 size=$5 engine=$6
+    local config=$1 image=$2 socket=$3 queues=$4 size=$5 engine=$6 storage
+    # An rbd disk names its image (POOL/NAME) and the cluster (CEPH_CONF); the others a file.
+    if [ "$engine" = rbd ]; then
+        storage="image = \"$image\"
+ceph_conf = \"${CEPH_CONF:?an rbd disk needs CEPH_CONF}\""
+    else
+        storage="path = \"$image\""
+    fi
     cat >"$config" <<EOF
 # Written by qemu/lib/backend.sh: one disk for a test guest.
 [[disk]]
 name = "vda"
 socket = "$socket"
 engine = "$engine"
-path = "$image"
+$storage
 size = "$size"
 queues = $queues
 queue_size = 256
@@ -47,8 +54,8 @@ EOF
 backend_start() {
     local kind=$1 dir=$2 image=$3 socket=$4 queues=$5 size=${6:-1G} engine=${7:-raw} waited=0
     mkdir -p "$dir"
-    # A raw image is made here; keeld creates a missing keel container itself.
-    [ -e "$image" ] || [ "$engine" = keel ] || truncate -s "$size" "$image"
+    # A raw image is made here; keeld creates a missing keel container or rbd image itself.
+    [ -e "$image" ] || [ "$engine" = keel ] || [ "$engine" = rbd ] || truncate -s "$size" "$image"
     rm -f "$socket"
     case $kind in
     keeld)
