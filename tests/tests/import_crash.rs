@@ -427,22 +427,9 @@ impl Point {
     /// Reads every block and checks it against the model; then FLUSHes, so what was read is
     /// durable and becomes the model's durable content.
     fn check(&mut self, q: &mut Queue, when: &str) {
-        let mut read = Vec::with_capacity(SIZE as usize);
-        for off in (0..SIZE).step_by(MIB as usize) {
-            let got = q
-                .read_vec(off, MIB as usize)
-                .unwrap_or_else(|e| self.fail(&format!("{when}: read at {off}: {e}")));
-            read.extend_from_slice(&got);
-        }
-        let wrong: Vec<u64> = (0..BLOCKS)
-            .filter(|&b| !self.model.allowed(b, &read[Model::range(b)]))
-            .collect();
+        let (read, wrong) = self.read_and_compare(q, when);
         if !wrong.is_empty() {
-            let first: Vec<String> = wrong
-                .iter()
-                .take(8)
-                .map(|&b| self.model.describe(b, &read[Model::range(b)]))
-                .collect();
+            let first: Vec<&str> = wrong.iter().take(8).map(|(_, w)| w.as_str()).collect();
             self.fail(&format!(
                 "{when}: {} blocks wrong, the first:\n{}",
                 wrong.len(),
@@ -453,6 +440,22 @@ impl Point {
             .unwrap_or_else(|e| self.fail(&format!("{when}: flush: {e}")));
         self.model.pending.clear();
         self.model.durable = read;
+    }
+
+    /// The whole disk, and the blocks the model does not allow (with why).
+    fn read_and_compare(&self, q: &mut Queue, when: &str) -> (Vec<u8>, Vec<(u64, String)>) {
+        let mut read = Vec::with_capacity(SIZE as usize);
+        for off in (0..SIZE).step_by(MIB as usize) {
+            let got = q
+                .read_vec(off, MIB as usize)
+                .unwrap_or_else(|e| self.fail(&format!("{when}: read at {off}: {e}")));
+            read.extend_from_slice(&got);
+        }
+        let wrong = (0..BLOCKS)
+            .filter(|&b| !self.model.allowed(b, &read[Model::range(b)]))
+            .map(|b| (b, self.model.describe(b, &read[Model::range(b)])))
+            .collect();
+        (read, wrong)
     }
 
     /// Writes until the disk fails under it (keeld killed): whole blocks (one to four),
@@ -651,5 +654,44 @@ fn live_import_survives_kill_9_at_random_points() {
     assert!(
         points == 0 || totals.kills_mid_copy > 0,
         "no kill landed mid-copy"
+    );
+}
+
+/// The campaign's check can fail: after one kill, the model is told that a block of source
+/// data and a hole of the source were written by the guest and flushed (they were not); the
+/// check after the next restart must name exactly those two, as reading the source.
+#[test]
+fn the_check_finds_blocks_that_read_the_source_instead_of_a_guest_write() {
+    let mut totals = Totals::default();
+    let mut point = Point::new(0, base_seed());
+    point.kill(0, &mut totals);
+    let source = point.model.source.clone();
+    let untouched = |b: &u64| {
+        point.model.durable[Model::range(*b)] == source[Model::range(*b)]
+            && !point.model.pending.contains_key(b)
+    };
+    let is_zero = |b: &u64| source[Model::range(*b)].iter().all(|x| *x == 0);
+    let data = (0..BLOCKS)
+        .find(|b| untouched(b) && !is_zero(b))
+        .expect("a block of source data the writer left alone");
+    let hole = (0..BLOCKS)
+        .find(|b| untouched(b) && is_zero(b))
+        .expect("a hole the writer left alone");
+    for block in [data, hole] {
+        point.model.write(block, 0, &pattern(block ^ 0xbad, BLOCK));
+    }
+    point.model.flushed();
+    let keeld = point.start();
+    let mut q = point.connect();
+    let (_, wrong) = point.read_and_compare(&mut q, "tampered model");
+    drop(q);
+    keeld.kill();
+    let named: Vec<u64> = wrong.iter().map(|(b, _)| *b).collect();
+    assert_eq!(named, vec![data.min(hole), data.max(hole)], "{wrong:?}");
+    assert!(
+        wrong
+            .iter()
+            .any(|(_, w)| w.contains("the source's content (stale)")),
+        "{wrong:?}"
     );
 }
