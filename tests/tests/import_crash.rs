@@ -29,8 +29,8 @@ use keel_tests::pattern;
 const BLOCK: usize = 4096;
 const SECTOR: usize = 512;
 const MIB: u64 = 1 << 20;
-/// 32 MiB: checked whole in a few milliseconds, copied in a few seconds at `IMPORT_RATE`.
-const SIZE: u64 = 32 * MIB;
+/// 48 MiB: checked whole in a few milliseconds, copied in six seconds at `IMPORT_RATE`.
+const SIZE: u64 = 48 * MIB;
 const BLOCKS: u64 = SIZE / BLOCK as u64;
 /// The source is laid out in extents of this many blocks: data, written zeroes or a hole.
 const EXTENT_BLOCKS: u64 = 64;
@@ -40,7 +40,7 @@ const KILLS_PER_POINT: u64 = 3;
 /// Requests between FLUSHes, picked per write phase.
 const FLUSH_EVERY: [u64; 4] = [1, 4, 16, 64];
 const MIN_DELAY_MS: u64 = 30;
-const MAX_DELAY_MS: u64 = 400;
+const MAX_DELAY_MS: u64 = 1500;
 /// One kill in this many first kills a keeld that is still starting, within this window.
 const STARTUP_KILL_EVERY: u64 = 4;
 const STARTUP_WINDOW_MS: u64 = 60;
@@ -332,6 +332,8 @@ struct Totals {
     kills: u64,
     kills_at_startup: u64,
     kills_mid_copy: u64,
+    /// Restarts whose import resumed past block 0 (a checkpoint had written its cursor).
+    resumed_past_start: u64,
     writes: u64,
     flushes: u64,
 }
@@ -416,6 +418,13 @@ impl Point {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    /// Where the last start resumed the copy, as keeld logs it.
+    fn resumed_from(&self) -> Option<u64> {
+        let log = std::fs::read_to_string(self.path("keeld.log")).ok()?;
+        let (_, after) = log.rsplit_once(" from byte ")?;
+        after.split(';').next()?.trim().parse().ok()
     }
 
     fn stats(&self) -> DiskStats {
@@ -516,6 +525,9 @@ impl Point {
         }
         let keeld = self.start();
         let mut q = self.connect();
+        if self.resumed_from().is_some_and(|byte| byte > 0) {
+            totals.resumed_past_start += 1;
+        }
         self.check(&mut q, &format!("after restart, before kill {kill}"));
         let delay = rng.u64(MIN_DELAY_MS..=MAX_DELAY_MS);
         let pid = keeld.pid();
@@ -642,10 +654,11 @@ fn live_import_survives_kill_9_at_random_points() {
     }
     println!(
         "seed {seed}: {points} sources, {} kills under writes ({} mid-copy), {} at startup, \
-         {} writes, {} flushes, {:.1} s",
+         {} restarts resumed past block 0, {} writes, {} flushes, {:.1} s",
         totals.kills,
         totals.kills_mid_copy,
         totals.kills_at_startup,
+        totals.resumed_past_start,
         totals.writes,
         totals.flushes,
         started.elapsed().as_secs_f64()
