@@ -248,7 +248,7 @@ fn run(seed: u64) -> Result<u64, String> {
         }
         let image = served(&store, &source).map_err(|e| format!("{at}: {e}"))?;
         let got = hashes(&image);
-        if !allowed.iter().any(|a| *a == got) {
+        if !allowed.contains(&got) {
             let flushed = &allowed[0];
             let bad: Vec<String> = (0..BLOCKS as usize)
                 .filter(|b| flushed[*b] != got[*b])
