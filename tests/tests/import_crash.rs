@@ -123,6 +123,8 @@ struct Totals {
     /// Restarts whose import resumed past block 0 (a checkpoint had written its cursor).
     resumed_past_start: u64,
     writes: u64,
+    /// Reads during the writes, each checked against the last acknowledged writes.
+    reads: u64,
     flushes: u64,
 }
 
@@ -256,13 +258,32 @@ impl Point {
     }
 
     /// Writes until the disk fails under it (keeld killed): whole blocks (one to four),
-    /// sectors within a block and discards of a block, with a FLUSH every `flush_every`.
-    fn write_until_killed(&mut self, q: &mut Queue, rng: &mut fastrand::Rng, totals: &mut Totals) {
+    /// sectors within a block and discards of a block, with a FLUSH every `flush_every`
+    /// writes; between them, reads of one to eight blocks, each of which must hold what the
+    /// last write acknowledged left there (or the source's bytes, if none).
+    fn write_until_killed(
+        &mut self,
+        q: &mut Queue,
+        rng: &mut fastrand::Rng,
+        totals: &mut Totals,
+        kill_label: &str,
+    ) {
         let flush_every = FLUSH_EVERY[rng.usize(0..FLUSH_EVERY.len())];
         let mut generation = rng.u64(..);
-        for op in 1.. {
+        let mut writes = 0u64;
+        loop {
             generation += 1;
-            let result = match rng.u8(0..8) {
+            let result = match rng.u8(0..10) {
+                2 | 3 => {
+                    let blocks = rng.u64(1..=8);
+                    let first = rng.u64(0..=BLOCKS - blocks);
+                    let Ok(got) = q.read_vec(first * BLOCK as u64, blocks as usize * BLOCK) else {
+                        return;
+                    };
+                    self.check_read(first, &got, kill_label);
+                    totals.reads += 1;
+                    continue;
+                }
                 0 => {
                     let block = rng.u64(0..BLOCKS);
                     let offset = rng.usize(0..BLOCK / SECTOR) * SECTOR;
@@ -289,12 +310,27 @@ impl Point {
                 return;
             }
             totals.writes += 1;
-            if op % flush_every == 0 {
+            writes += 1;
+            if writes.is_multiple_of(flush_every) {
                 if q.flush().is_err() {
                     return;
                 }
                 self.model.flushed();
                 totals.flushes += 1;
+            }
+        }
+    }
+
+    /// A read that completed while the copy runs: every block as the last acknowledged write
+    /// left it, or the source's bytes where the guest never wrote.
+    fn check_read(&self, first: u64, got: &[u8], when: &str) {
+        for (i, block) in got.chunks(BLOCK).enumerate() {
+            let lba = first + i as u64;
+            if block != self.model.latest(lba).as_slice() {
+                self.fail(&format!(
+                    "a read while writing before {when}: {}",
+                    self.model.describe(lba, block)
+                ));
             }
         }
     }
@@ -331,7 +367,7 @@ impl Point {
                 kill9(pid);
             })
         };
-        self.write_until_killed(&mut q, &mut rng, totals);
+        self.write_until_killed(&mut q, &mut rng, totals, &format!("kill {kill}"));
         killer.join().expect("killer thread");
         keeld.kill();
         drop(q);
@@ -442,12 +478,13 @@ fn live_import_survives_kill_9_at_random_points() {
     }
     println!(
         "seed {seed}: {points} sources, {} kills under writes ({} mid-copy), {} at startup, \
-         {} restarts resumed past block 0, {} writes, {} flushes, {:.1} s",
+         {} restarts resumed past block 0, {} writes, {} checked reads, {} flushes, {:.1} s",
         totals.kills,
         totals.kills_mid_copy,
         totals.kills_at_startup,
         totals.resumed_past_start,
         totals.writes,
+        totals.reads,
         totals.flushes,
         started.elapsed().as_secs_f64()
     );
