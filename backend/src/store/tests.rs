@@ -5,6 +5,7 @@ mod cleaning;
 mod concurrent;
 mod corruption;
 mod crash;
+mod import_crash;
 mod in_flight;
 mod keep_ahead;
 mod model;
