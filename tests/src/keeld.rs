@@ -298,3 +298,62 @@ pub fn spawn_keel_bench_disk_keys(
         .expect("start keeld");
     (crate::bench::Running(child), sock, ctl)
 }
+
+/// keeld on `dir/keel.toml` as a child process logging (info level) to `dir/keeld.log`: the
+/// process the kill -9 campaigns kill and restart.
+pub struct LoggedKeeld {
+    child: Child,
+}
+
+impl LoggedKeeld {
+    pub fn spawn(dir: &Path) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("keeld.log"))
+            .expect("open keeld.log");
+        let child = Command::new(keeld_binary())
+            .arg("--config")
+            .arg(dir.join("keel.toml"))
+            .env("KEEL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keeld");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL and reap (so every request keeld had in the kernel has finished).
+    pub fn kill(mut self) {
+        kill9(self.pid());
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and its exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().expect("wait for keeld")
+    }
+}
+
+/// A failing check must not leave keeld running.
+impl Drop for LoggedKeeld {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SIGKILL to `pid`, a keeld child of this process not reaped yet (so the pid cannot have been
+/// reused).
+pub fn kill9(pid: i32) {
+    // SAFETY: kill(2) on our own child; it is reaped only after this returns.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}

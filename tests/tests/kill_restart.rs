@@ -11,8 +11,7 @@
 //! run (the default seed comes from the clock and is printed, as is each failing point's delay).
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use keel_client::verify::check::{CheckReport, Rules};
 use keel_client::verify::state::State;
 use keel_client::verify::{self, VerifyConfig, VerifyError};
 use keel_client::{Disk, DiskOptions, Queue};
-use keel_tests::keeld::{keeld_binary, wait_for_socket};
+use keel_tests::keeld::{LoggedKeeld, kill9, wait_for_socket};
 
 const BLOCK: usize = 4096;
 /// 8 MiB of verify blocks: small enough to check in a few milliseconds, large enough that a
@@ -94,61 +93,6 @@ fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())
         .expect("tempdir")
-}
-
-/// keeld as a child process whose stderr goes to one log file across restarts.
-struct Keeld {
-    child: Child,
-}
-
-impl Keeld {
-    fn spawn(dir: &Path) -> Self {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("keeld.log"))
-            .expect("open keeld.log");
-        let child = Command::new(keeld_binary())
-            .arg("--config")
-            .arg(dir.join("keel.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn keeld");
-        Self { child }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// SIGKILL and reap (so every request keeld had in the kernel has finished).
-    fn kill(mut self) {
-        kill9(self.pid());
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        self.child.wait().expect("wait for keeld")
-    }
-}
-
-/// A failing check must not leave keeld running.
-impl Drop for Keeld {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn kill9(pid: i32) {
-    // SAFETY: kill(2) on our own child; it is reaped only after this returns, so the pid
-    // cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// One disk's campaign: its files, the verify state and what the runs did.
@@ -227,8 +171,8 @@ impl Campaign {
         )
     }
 
-    fn start(&self, point: u64) -> Keeld {
-        let keeld = Keeld::spawn(self.dir.path());
+    fn start(&self, point: u64) -> LoggedKeeld {
+        let keeld = LoggedKeeld::spawn(self.dir.path());
         if !wait_for_socket(&self.path("d.sock"), START_TIMEOUT) {
             panic!(
                 "{}",
@@ -299,7 +243,7 @@ impl Campaign {
         let flush_every = FLUSH_EVERY[rng.usize(0..FLUSH_EVERY.len())];
 
         if at_startup {
-            let keeld = Keeld::spawn(self.dir.path());
+            let keeld = LoggedKeeld::spawn(self.dir.path());
             std::thread::sleep(Duration::from_millis(startup_delay));
             keeld.kill();
             self.kills_at_startup += 1;
