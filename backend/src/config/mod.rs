@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod encryption;
 mod import;
 mod mirror;
 mod names;
@@ -136,6 +137,9 @@ pub struct DiskConfig {
     pub import_rate: Option<u64>,
     /// The image and cluster of an rbd disk.
     pub rbd: Option<RbdConfig>,
+    /// `encryption` and `key_file`: the disk's container is encrypted (made so when it is
+    /// created) with the key read from here.
+    pub key_file: Option<crate::store::seal::KeySource>,
 }
 
 /// A whole, checked config file.
@@ -498,6 +502,7 @@ impl Checker<'_> {
         let limits = self.check_limits(raw, disk_span.clone())?;
         let import_from = self.check_import(raw, engine, &mirror)?;
         let import_rate = self.check_import_rate(raw, import_from.is_some(), disk_span.clone())?;
+        let key_file = self.check_encryption(raw, engine, disk_span.clone())?;
         Ok(DiskConfig {
             name,
             socket,
@@ -520,6 +525,7 @@ impl Checker<'_> {
             import_from,
             import_rate,
             rbd,
+            key_file,
         })
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct RawDisk {
     pub(super) resync_bps_limit: Option<Spanned<SizeValue>>,
     pub(super) import_from: Option<Spanned<String>>,
     pub(super) import_rate: Option<Spanned<SizeValue>>,
+    pub(super) encryption: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
     pub(super) image: Option<Spanned<String>>,
     pub(super) ceph_conf: Option<Spanned<String>>,
     pub(super) ceph_id: Option<Spanned<String>>,

@@ -49,7 +49,12 @@ impl Store {
         path: &Path,
         watch: &CloneWatch,
     ) -> Result<u64> {
-        Store::create_path(path, &CreateOptions::new(self.capacity()))?;
+        // The clone is encrypted with the source's key, as the source is.
+        let create = CreateOptions {
+            encryption: self.opts.key.clone(),
+            ..CreateOptions::new(self.capacity())
+        };
+        Store::create_path(path, &create)?;
         let copied = self.copy_blocks(blocks, path, watch);
         if copied.is_err() {
             let _ = std::fs::remove_file(path);
@@ -58,7 +63,11 @@ impl Store {
     }
 
     fn copy_blocks(&self, blocks: &[ChangedBlock], path: &Path, watch: &CloneWatch) -> Result<u64> {
-        let target = Store::open_path(path, StoreOptions::default())?;
+        let opts = StoreOptions {
+            key: self.opts.key.clone(),
+            ..StoreOptions::default()
+        };
+        let target = Store::open_path(path, opts)?;
         let mut buf = vec![0u8; BATCH * BLOCK as usize];
         let mut copied = 0u64;
         for chunk in blocks.chunks(BATCH) {

@@ -11,17 +11,42 @@ mod model;
 mod poison;
 mod space;
 
+use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};
 use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
-/// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal.
+/// Whether this run's store tests use encrypted containers: `KEEL_TEST_ENCRYPTED=1` (test.sh
+/// runs the store's tests both ways).
+pub(crate) fn encrypted_run() -> bool {
+    std::env::var_os("KEEL_TEST_ENCRYPTED").is_some_and(|v| v == "1")
+}
+
+/// The key of this run's containers, in an encrypted run.
+pub(crate) fn test_key() -> Option<Key> {
+    encrypted_run().then(|| {
+        let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151).wrapping_add(7)).collect();
+        Key::from_bytes(&raw).expect("a valid test key")
+    })
+}
+
+/// Options to open this run's containers with: the defaults, and the key in an encrypted run.
+pub(crate) fn store_opts() -> StoreOptions {
+    StoreOptions {
+        key: test_key(),
+        ..StoreOptions::default()
+    }
+}
+
+/// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal
+/// (encrypted in an encrypted run).
 pub(super) fn small_opts() -> CreateOptions {
     CreateOptions {
         capacity: 1 << 20,
         segment_bytes: 64 << 10,
         journal_bytes: Some(128 << 10),
         overprovision_percent: 25,
+        encryption: test_key(),
     }
 }
 
@@ -29,8 +54,16 @@ pub(super) fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
     let geo = opts.geometry().unwrap();
     let dev = Arc::new(FaultyDevice::new(geo.container_bytes()));
     Store::format(dev.as_ref(), opts).unwrap();
-    let store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    let store = Store::open(dev.clone(), opts_for(opts)).unwrap();
     (dev, store)
+}
+
+/// Options to open a container made with `create`: with its key, if it has one.
+pub(super) fn opts_for(create: &CreateOptions) -> StoreOptions {
+    StoreOptions {
+        key: create.encryption.clone(),
+        ..StoreOptions::default()
+    }
 }
 
 #[test]
@@ -76,14 +109,14 @@ fn write_read_reopen() {
     s.flush().unwrap();
     assert_eq!(s.stats().flush_marks, 1);
     drop(s);
-    let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    let s = Store::open(dev.clone(), store_opts()).unwrap();
     assert_eq!(s.recovery_report().records_replayed, 2);
     let mut r2 = vec![0u8; 3 * 4096];
     s.read(0, &mut r2).unwrap();
     assert_eq!(r, r2);
     s.checkpoint().unwrap();
     drop(s);
-    let s = Store::open(dev, StoreOptions::default()).unwrap();
+    let s = Store::open(dev, store_opts()).unwrap();
     assert_eq!(s.recovery_report().records_replayed, 0);
     let mut r3 = vec![0u8; 3 * 4096];
     s.read(0, &mut r3).unwrap();
@@ -147,10 +180,10 @@ fn a_create_interrupted_by_a_crash_leaves_nothing_at_the_path() {
     assert!(!path.exists());
     Store::create_path(&path, &small_opts()).unwrap();
     assert!(!leftover.exists(), "the temporary outlived the create");
-    let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+    let s = Store::open_path(&path, store_opts()).unwrap();
     assert_eq!(s.capacity(), small_opts().capacity);
     drop(s);
     let again = Store::create_path(&path, &small_opts());
     assert!(again.is_err(), "a second create replaced the container");
-    assert!(Store::open_path(&path, StoreOptions::default()).is_ok());
+    assert!(Store::open_path(&path, store_opts()).is_ok());
 }

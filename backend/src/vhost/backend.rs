@@ -501,6 +501,7 @@ mod tests {
             import_from: None,
             import_rate: None,
             rbd: None,
+            key_file: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
-use crate::store::{BatchIo, Gather, Op, Store, StoreOptions};
+use crate::store::{BatchIo, Gather, Op, Store};
 use crate::testing::SplitMix;
 use std::io;
 use std::sync::{Arc, Barrier};
@@ -107,7 +107,7 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
         }
         let before = image(&store);
         let copy = Arc::new(crate::testing::FaultyDevice::from_image(dev.contents()));
-        let recovered = Store::open(copy, StoreOptions::default()).unwrap();
+        let recovered = Store::open(copy, crate::store::tests::store_opts()).unwrap();
         assert_eq!(
             recovered.recovery_report().records_replayed,
             (phase + 1) * writers as u64 * rounds

@@ -106,7 +106,7 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     flushed.unwrap();
     // Whatever the device did not make durable before the flush is lost; the batch is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
-    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let s = Store::open(crashed, crate::store::tests::store_opts()).unwrap();
     let mut b = vec![0u8; 8192];
     s.read(2 * 4096, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0x33));
@@ -138,7 +138,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
     io.land(&dev).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
-    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let s = Store::open(crashed, crate::store::tests::store_opts()).unwrap();
     let mut b = vec![0u8; 4096];
     s.read(0, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0x55));

@@ -40,6 +40,7 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         import_from: None,
         import_rate: None,
         rbd: None,
+        key_file: None,
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }
