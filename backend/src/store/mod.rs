@@ -182,6 +182,8 @@ pub struct Info {
     pub deleting_snapshots: usize,
     pub recovery: RecoveryReport,
     pub space: keel_protocol::control::SpaceReport,
+    /// The cipher, for an encrypted container ("aes-xts-256").
+    pub encryption: Option<&'static str>,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
@@ -548,6 +550,7 @@ impl Store {
             snapshots: snapshots::snapshot_infos(&st.maps),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
+            encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),
             space: {
                 drop(st);
                 drop(j);

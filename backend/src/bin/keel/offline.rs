@@ -184,6 +184,7 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
         i.capacity
     );
     println!("container size   {}", human(i.container_bytes));
+    println!("encryption       {}", i.encryption.unwrap_or("none"));
     println!("mapped           {}", human(i.mapped_bytes));
     println!(
         "data in use      {} (incl. snapshots)",
