@@ -17,7 +17,9 @@ const MIB: usize = 1 << 20;
 const TEXT: &[u8] = b"KEEL-PLAINTEXT-CANARY the quick brown fox jumps over the lazy dog. ";
 
 fn key(fill: u8) -> Vec<u8> {
-    (0..64u8).map(|i| i.wrapping_mul(29).wrapping_add(fill)).collect()
+    (0..64u8)
+        .map(|i| i.wrapping_mul(29).wrapping_add(fill))
+        .collect()
 }
 
 fn encrypted_disk(name: &str, key_file: &str) -> String {
@@ -124,7 +126,8 @@ fn a_wrong_or_missing_key_fails_that_disk_alone() {
             null_disk("spare", "1G", "")
         )
     };
-    let plain_keel = "[[disk]]\nname = \"e\"\nsocket = \"e.sock\"\nengine = \"keel\"\npath = \"e.keel\"\n";
+    let plain_keel =
+        "[[disk]]\nname = \"e\"\nsocket = \"e.sock\"\nengine = \"keel\"\npath = \"e.keel\"\n";
     for (disk, want) in [
         (encrypted_disk("e", "wrong.key"), "wrong key"),
         (plain_keel.to_string(), "key required"),
@@ -192,7 +195,16 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     ] {
         let (code, out) = keel(
             d,
-            &["--key-file", file, "create", "--encryption", "aes-xts-256", "--size", "16M", "x.keel"],
+            &[
+                "--key-file",
+                file,
+                "create",
+                "--encryption",
+                "aes-xts-256",
+                "--size",
+                "16M",
+                "x.keel",
+            ],
         );
         assert_ne!(code, 0, "{out}");
         assert!(out.contains(want) && out.contains(file), "{file}: {out}");
@@ -201,7 +213,16 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     // A 32-byte key is accepted (expanded), and only that key opens the container.
     let (code, out) = keel(
         d,
-        &["--key-file", "half.key", "create", "--encryption", "aes-xts-256", "--size", "16M", "h.keel"],
+        &[
+            "--key-file",
+            "half.key",
+            "create",
+            "--encryption",
+            "aes-xts-256",
+            "--size",
+            "16M",
+            "h.keel",
+        ],
     );
     assert_eq!(code, 0, "{out}");
     let (code, out) = keel(d, &["--key-file", "half.key", "fsck", "h.keel"]);
@@ -214,7 +235,10 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = keel(d, &["--key-file", "good.key", "info", "p.keel"]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("not encrypted") && out.contains("keel export"), "{out}");
+    assert!(
+        out.contains("not encrypted") && out.contains("keel export"),
+        "{out}"
+    );
     let plain_as_encrypted = "[[disk]]\nname = \"p\"\nsocket = \"p.sock\"\nengine = \"keel\"\n\
          path = \"p.keel\"\nencryption = \"aes-xts-256\"\nkey_file = \"good.key\"\n";
     std::fs::write(d.join("p.toml"), plain_as_encrypted).unwrap();
@@ -223,9 +247,29 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     assert!(stderr.contains("not encrypted"), "{stderr}");
 
     // --encryption without a key, or a key without --encryption, makes nothing.
-    let (code, out) = keel(d, &["create", "--encryption", "aes-xts-256", "--size", "16M", "y.keel"]);
+    let (code, out) = keel(
+        d,
+        &[
+            "create",
+            "--encryption",
+            "aes-xts-256",
+            "--size",
+            "16M",
+            "y.keel",
+        ],
+    );
     assert!(code != 0 && out.contains("--key-file"), "{out}");
-    let (code, out) = keel(d, &["--key-file", "good.key", "create", "--size", "16M", "y.keel"]);
+    let (code, out) = keel(
+        d,
+        &[
+            "--key-file",
+            "good.key",
+            "create",
+            "--size",
+            "16M",
+            "y.keel",
+        ],
+    );
     assert!(code != 0 && out.contains("--encryption"), "{out}");
     assert!(!d.join("y.keel").exists());
 
@@ -234,7 +278,13 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     let out = Command::new(keel_binary())
         .current_dir(d)
         .env("KEEL_TEST_KEY", &hex)
-        .args(["--key-file", "env:KEEL_TEST_KEY", "create", "--encryption", "aes-xts-256"])
+        .args([
+            "--key-file",
+            "env:KEEL_TEST_KEY",
+            "create",
+            "--encryption",
+            "aes-xts-256",
+        ])
         .args(["--size", "16M", "v.keel"])
         .output()
         .unwrap();

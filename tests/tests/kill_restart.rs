@@ -75,9 +75,9 @@ fn config(engine: Engine, layout: Layout) -> String {
     let storage = match layout {
         Layout::Single => format!("path = \"d.{ext}\"\ndirect = false"),
         Layout::Mirror => format!("mirror = [\"d0.{ext}\", \"d1.{ext}\"]"),
-        Layout::Encrypted => format!(
-            "path = \"d.{ext}\"\nencryption = \"aes-xts-256\"\nkey_file = \"d.key\""
-        ),
+        Layout::Encrypted => {
+            format!("path = \"d.{ext}\"\nencryption = \"aes-xts-256\"\nkey_file = \"d.key\"")
+        }
     };
     format!(
         "[server]\nlog_level = \"warn\"\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{}\"\n{storage}\nsize = \"{DISK_SIZE}\"\n",

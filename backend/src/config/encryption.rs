@@ -28,7 +28,9 @@ impl Checker<'_> {
                 return Err(self.err(
                     k.span(),
                     "encryption",
-                    format!("missing: a disk with key_file is encrypted: encryption = \"{AES_XTS_256}\""),
+                    format!(
+                        "missing: a disk with key_file is encrypted: encryption = \"{AES_XTS_256}\""
+                    ),
                 ));
             }
         };
@@ -43,13 +45,19 @@ impl Checker<'_> {
             return Err(self.err(
                 cipher.span(),
                 "encryption",
-                format!("{:?} is not a cipher Keel knows: use \"{AES_XTS_256}\"", cipher.get_ref()),
+                format!(
+                    "{:?} is not a cipher Keel knows: use \"{AES_XTS_256}\"",
+                    cipher.get_ref()
+                ),
             ));
         }
-        let err = |e: crate::store::StoreError| self.err(key_file.span(), "key_file", e.to_string());
-        Ok(Some(match KeySource::parse(key_file.get_ref()).map_err(err)? {
-            KeySource::File(p) => KeySource::File(self.resolve(&p.to_string_lossy())),
-            other => other,
-        }))
+        let err =
+            |e: crate::store::StoreError| self.err(key_file.span(), "key_file", e.to_string());
+        Ok(Some(
+            match KeySource::parse(key_file.get_ref()).map_err(err)? {
+                KeySource::File(p) => KeySource::File(self.resolve(&p.to_string_lossy())),
+                other => other,
+            },
+        ))
     }
 }

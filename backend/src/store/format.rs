@@ -134,7 +134,10 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     let sealed;
     let raw = dev;
     let dev: &dyn BlockDevice = if seal.is_encrypted() {
-        sealed = SealedDevice::new(raw, std::sync::Arc::new(seal.unlock(opts.encryption.as_ref())?));
+        sealed = SealedDevice::new(
+            raw,
+            std::sync::Arc::new(seal.unlock(opts.encryption.as_ref())?),
+        );
         &sealed
     } else {
         raw

@@ -152,7 +152,8 @@ impl Superblock {
             ..SealFields::default()
         };
         seal.salt.copy_from_slice(g.bytes(16).ok_or_else(short)?);
-        seal.key_check.copy_from_slice(g.bytes(32).ok_or_else(short)?);
+        seal.key_check
+            .copy_from_slice(g.bytes(32).ok_or_else(short)?);
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
                 "format version {version} is newer than this Keel ({FORMAT_VERSION})"

@@ -25,7 +25,9 @@ pub(crate) fn encrypted_run() -> bool {
 /// The key of this run's containers, in an encrypted run.
 pub(crate) fn test_key() -> Option<Key> {
     encrypted_run().then(|| {
-        let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151).wrapping_add(7)).collect();
+        let raw: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(151).wrapping_add(7))
+            .collect();
         Key::from_bytes(&raw).expect("a valid test key")
     })
 }

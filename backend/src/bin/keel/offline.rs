@@ -7,8 +7,8 @@ use keel_backend::control::output::{absolute, format_size as human, format_time,
 use keel_backend::control::space_text;
 use keel_backend::device::FileDevice;
 use keel_backend::store::peek::{Peeked, peek};
-use keel_backend::store::{CreateOptions, Store, StoreError, StoreOptions};
 use keel_backend::store::seal::{Key, KeySource};
+use keel_backend::store::{CreateOptions, Store, StoreError, StoreOptions};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -27,7 +27,8 @@ pub fn load_key(source: Option<&str>) -> Result<(), String> {
         ),
         None => None,
     };
-    KEY.set(key).map_err(|_| "the key was read twice".to_string())
+    KEY.set(key)
+        .map_err(|_| "the key was read twice".to_string())
 }
 
 fn key() -> Option<Key> {

@@ -109,7 +109,9 @@ impl KeySource {
             return if name_ok(name) {
                 Ok(Self::Credential(name.to_string()))
             } else {
-                Err(bad_key(format!("{s:?}: credential: needs a credential name")))
+                Err(bad_key(format!(
+                    "{s:?}: credential: needs a credential name"
+                )))
             };
         }
         if s.is_empty() {
@@ -144,7 +146,9 @@ impl KeySource {
                 let v = std::env::var(name)
                     .map_err(|_| bad_key(format!("{what} is not set or not UTF-8")))?;
                 let raw = hex::decode(v.trim()).map_err(|e| {
-                    bad_key(format!("{what}: not hex ({e}); it holds 64 or 128 hex digits"))
+                    bad_key(format!(
+                        "{what}: not hex ({e}); it holds 64 or 128 hex digits"
+                    ))
                 })?;
                 Key::from_bytes(&raw).map_err(|e| from(what, e))
             }

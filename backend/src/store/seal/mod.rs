@@ -70,7 +70,12 @@ impl SealFields {
     /// Checks that the fields describe something this Keel can open (`encrypted`: the
     /// superblock's ENCRYPTED feature bit).
     pub fn validate(&self, encrypted: bool) -> Result<()> {
-        let bad = |d: &str| Err(StoreError::corrupt("superblock cipher fields", d.to_string()));
+        let bad = |d: &str| {
+            Err(StoreError::corrupt(
+                "superblock cipher fields",
+                d.to_string(),
+            ))
+        };
         if self.compression != 0 {
             return Err(StoreError::Unsupported(format!(
                 "compression {} is not supported",
@@ -101,8 +106,8 @@ impl SealFields {
 }
 
 fn key_check_mac(key: &Key, salt: &[u8; 16]) -> Hmac<Sha256> {
-    let mut mac =
-        <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.bytes())
+        .expect("HMAC takes any key length");
     mac.update(salt);
     mac
 }

@@ -11,7 +11,9 @@ fn block(fill: &str) -> Vec<u8> {
 
 #[test]
 fn round_trip_and_plaintext_gone() {
-    let s = SealFields::new(&key(1), [9; 16]).unlock(Some(&key(1))).unwrap();
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
     let plain = block("keel plaintext ");
     let mut b = plain.clone();
     s.seal(&mut b, 10 * BLOCK).unwrap();
@@ -23,7 +25,9 @@ fn round_trip_and_plaintext_gone() {
 
 #[test]
 fn the_tweak_is_the_block_address() {
-    let s = SealFields::new(&key(1), [9; 16]).unlock(Some(&key(1))).unwrap();
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
     let plain = block("same");
     let mut at = plain.clone();
     s.seal(&mut at, 10 * BLOCK).unwrap();
@@ -40,7 +44,9 @@ fn the_tweak_is_the_block_address() {
 
 #[test]
 fn superblocks_stay_plain_and_partial_blocks_are_refused() {
-    let s = SealFields::new(&key(1), [9; 16]).unlock(Some(&key(1))).unwrap();
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
     let plain = block("sb");
     let mut b = plain.clone();
     s.seal(&mut b, 0).unwrap();
@@ -61,12 +67,23 @@ fn plain_of(fill: &str) -> Vec<u8> {
 #[test]
 fn wrong_or_missing_key_is_refused() {
     let fields = SealFields::new(&key(1), [9; 16]);
-    assert!(matches!(fields.unlock(Some(&key(2))), Err(StoreError::WrongKey)));
+    assert!(matches!(
+        fields.unlock(Some(&key(2))),
+        Err(StoreError::WrongKey)
+    ));
     assert!(matches!(fields.unlock(None), Err(StoreError::KeyRequired)));
     // Another salt, another check value: equal keys do not show.
-    assert_ne!(fields.key_check, SealFields::new(&key(1), [8; 16]).key_check);
+    assert_ne!(
+        fields.key_check,
+        SealFields::new(&key(1), [8; 16]).key_check
+    );
     // The check value is not the key, nor any half of it.
-    assert!(!key(1).bytes().windows(16).any(|w| fields.key_check.windows(16).any(|c| c == w)));
+    assert!(
+        !key(1)
+            .bytes()
+            .windows(16)
+            .any(|w| fields.key_check.windows(16).any(|c| c == w))
+    );
 }
 
 #[test]
@@ -77,10 +94,22 @@ fn fields_are_validated() {
     assert!(good.validate(false).is_err());
     assert!(SealFields::default().validate(true).is_err());
     let unknown = SealFields { cipher: 7, ..good };
-    assert!(matches!(unknown.validate(true), Err(StoreError::Unsupported(_))));
-    let compressed = SealFields { compression: 1, ..good };
-    assert!(matches!(compressed.validate(true), Err(StoreError::Unsupported(_))));
-    let no_check = SealFields { key_check: [0; 32], ..good };
+    assert!(matches!(
+        unknown.validate(true),
+        Err(StoreError::Unsupported(_))
+    ));
+    let compressed = SealFields {
+        compression: 1,
+        ..good
+    };
+    assert!(matches!(
+        compressed.validate(true),
+        Err(StoreError::Unsupported(_))
+    ));
+    let no_check = SealFields {
+        key_check: [0; 32],
+        ..good
+    };
     assert!(no_check.validate(true).is_err());
 }
 
@@ -121,7 +150,10 @@ fn key_lengths_and_sources() {
     let p = dir.path().join("k");
     std::fs::write(&p, &raw64[..40]).unwrap();
     let m = KeySource::File(p.clone()).load().unwrap_err().to_string();
-    assert!(m.contains("40 bytes") && m.contains(&p.display().to_string()), "{m}");
+    assert!(
+        m.contains("40 bytes") && m.contains(&p.display().to_string()),
+        "{m}"
+    );
     std::fs::write(&p, &raw64).unwrap();
     assert_eq!(KeySource::File(p).load().unwrap().bytes(), k64.bytes());
     assert!(KeySource::File(dir.path().join("missing")).load().is_err());
