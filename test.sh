@@ -24,8 +24,8 @@ step "unit, property, crash and whole-system tests"
 cargo build --workspace --all-targets
 cargo test --workspace
 
-step "the storage core's model, crash and corruption tests on encrypted containers"
-KEEL_TEST_ENCRYPTED=1 cargo test -p keel-backend --lib store::tests::
+step "the storage core's tests (model, crash, corruption, snapshots, clone, diff) on encrypted containers"
+KEEL_TEST_ENCRYPTED=1 cargo test -p keel-backend --lib store::
 
 if [ "${KEEL_SKIP_GUEST:-0}" = 1 ] && [ "${CI:-}" != true ]; then
     step "QEMU guest tests skipped (KEEL_SKIP_GUEST=1)"

@@ -119,7 +119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clone.keel");
         assert_eq!(s.clone_snapshot(snap, &path).unwrap(), 2);
-        let c = Store::open_path(&path, StoreOptions::default()).unwrap();
+        let c = Store::open_path(&path, crate::store::tests::store_opts()).unwrap();
         assert_eq!(c.capacity(), s.capacity());
         assert!(c.list_snapshots().is_empty());
         let mut got = vec![0u8; BLOCK as usize];

@@ -133,8 +133,7 @@ fn write_read_reopen() {
 #[test]
 fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
     use super::{AlignedBuf, Op};
-    use crate::device::BlockDevice;
-    let (dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&small_opts());
     let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
     s.write_batch(
         0,
@@ -144,10 +143,12 @@ fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
         }],
     )
     .unwrap();
+    // Through the store's device: what a queue reads, opened (decrypted) if the container is
+    // encrypted.
     let read_runs = |plan: &super::ReadPlan| -> Vec<AlignedBuf> {
         let mut bufs = plan.buffers();
         for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
-            dev.read_at(b, run.offset()).unwrap();
+            s.device().read_at(b, run.offset()).unwrap();
         }
         bufs
     };

@@ -7,7 +7,7 @@ use crate::store::btree::{Body, NodeId};
 use crate::store::codec::block_crc;
 use crate::store::layout::BLOCK;
 use crate::store::tests::{new_store, small_opts};
-use crate::store::{CreateOptions, Op, Store, StoreOptions};
+use crate::store::{CreateOptions, Op, Store};
 use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
@@ -89,7 +89,7 @@ fn shared_history() -> (Arc<FaultyDevice>, Store, u64) {
 }
 
 fn reopen(dev: &Arc<FaultyDevice>) -> Store {
-    Store::open(dev.clone(), StoreOptions::default()).unwrap()
+    Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap()
 }
 
 #[test]
