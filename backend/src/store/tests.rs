@@ -60,6 +60,18 @@ pub(super) fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
     (dev, store)
 }
 
+/// The cipher of the container on `dev` in an encrypted run (with this run's key), for tests
+/// that edit blocks behind the store's back; `None` for a plaintext container.
+pub(crate) fn sealer_of(dev: &dyn crate::device::BlockDevice) -> Option<super::seal::Sealer> {
+    let fields = super::recovery::pick_superblock(dev)
+        .expect("a container")
+        .superblock
+        .seal;
+    fields
+        .is_encrypted()
+        .then(|| fields.unlock(test_key().as_ref()).expect("this run's key"))
+}
+
 /// Options to open a container made with `create`: with its key, if it has one.
 pub(super) fn opts_for(create: &CreateOptions) -> StoreOptions {
     StoreOptions {

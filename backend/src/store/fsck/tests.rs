@@ -53,10 +53,17 @@ fn leaves(s: &Store, root: NodeId) -> Vec<(NodeId, u64, u64)> {
 fn corrupt_node(dev: &FaultyDevice, pba: u64, edit: &dyn Fn(&mut [u8])) {
     let mut b = vec![0u8; BLOCK as usize];
     dev.read_at(&mut b, pba * BLOCK).unwrap();
+    let sealer = crate::store::tests::sealer_of(dev);
+    if let Some(sealer) = &sealer {
+        sealer.open(&mut b, pba * BLOCK).unwrap();
+    }
     edit(&mut b);
     b[4..8].fill(0);
     let crc = block_crc(pba, &b);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
+    if let Some(sealer) = &sealer {
+        sealer.seal(&mut b, pba * BLOCK).unwrap();
+    }
     dev.write_at(&b, pba * BLOCK).unwrap();
     dev.flush().unwrap();
 }
