@@ -182,7 +182,12 @@ fn the_same_ciphertext_as_the_xts_mode_crate() {
     let mut ours = plain.clone();
     s.seal(&mut ours, far * BLOCK).unwrap();
     let mut theirs = plain.clone();
-    reference.encrypt_area(&mut theirs, BLOCK_SIZE, u128::from(far), xts_mode::get_tweak_default);
+    reference.encrypt_area(
+        &mut theirs,
+        BLOCK_SIZE,
+        u128::from(far),
+        xts_mode::get_tweak_default,
+    );
     assert!(ours == theirs);
     s.open(&mut ours, far * BLOCK).unwrap();
     assert!(ours == plain);
