@@ -339,7 +339,7 @@ impl Store {
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
         let raw_fd = dev.raw_fd();
-        let (dev, sealer) = unseal(dev, opts.key.as_ref())?;
+        let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
         let mut loaded = recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
@@ -558,25 +558,6 @@ impl Store {
             },
         }
     }
-}
-
-/// The device the store reads and writes: `dev` itself, or, for an encrypted container whose
-/// key passes the key check, a [`seal::SealedDevice`] over it.
-fn unseal(
-    dev: Arc<dyn BlockDevice>,
-    key: Option<&seal::Key>,
-) -> Result<(Arc<dyn BlockDevice>, Option<Arc<seal::Sealer>>)> {
-    let fields = recovery::pick_superblock(dev.as_ref())?.superblock.seal;
-    if fields.is_encrypted() {
-        let sealer = Arc::new(fields.unlock(key)?);
-        let sealed: Arc<dyn BlockDevice> =
-            Arc::new(seal::SealedDevice::new(dev, Arc::clone(&sealer)));
-        return Ok((sealed, Some(sealer)));
-    }
-    if key.is_some() {
-        return Err(StoreError::NotEncrypted);
-    }
-    Ok((dev, None))
 }
 
 /// Takes the container's exclusive lock (an OFD lock on a descriptor of its own, as for every

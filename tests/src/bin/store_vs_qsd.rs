@@ -150,7 +150,7 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
                     "driver=qcow2,node-name=n,file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=on{}",
                     image.display(),
                     if server == Server::QsdQcow2Luks {
-                        ",encrypt.key-secret=sec0"
+                        ",encrypt.format=luks,encrypt.key-secret=sec0"
                     } else {
                         ""
                     }
@@ -401,7 +401,6 @@ fn main() {
     let pick = |rs: &[RunResult], f: fn(&RunResult) -> Measurement| {
         median(&rs.iter().map(f).collect::<Vec<_>>())
     };
-    type Getter = fn(&RunResult) -> Measurement;
     let rows: [(&str, Getter); 5] = [
         ("4k randwrite qd32, new disk (half of it)", |r| {
             r.randwrite_fresh
@@ -513,12 +512,12 @@ fn main() {
     );
 }
 
+/// Picks one measurement out of a run.
+type Getter = fn(&RunResult) -> Measurement;
+
 /// One row per workload, IOPS and p50 latency per server (medians of the runs), for a chosen
 /// list of servers.
-fn print_servers_table(
-    runs: &[(Server, Vec<RunResult>)],
-    rows: &[(&str, fn(&RunResult) -> Measurement)],
-) {
+fn print_servers_table(runs: &[(Server, Vec<RunResult>)], rows: &[(&str, Getter)]) {
     let head: Vec<String> = runs
         .iter()
         .map(|(s, _)| format!("{s:?} IOPS | {s:?} p50 us"))

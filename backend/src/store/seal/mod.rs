@@ -24,10 +24,12 @@ pub use key::{Key, KeySource};
 
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, BLOCK_SIZE};
+use crate::device::BlockDevice;
 use aes::Aes256;
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::sync::Arc;
 
 /// Cipher number of AES-256-XTS in the superblock's `cipher` field (0: not encrypted).
 pub const CIPHER_AES_XTS_256: u32 = 1;
@@ -188,6 +190,32 @@ impl Sealer {
         }
         Ok(())
     }
+}
+
+/// The device a store reads and writes, and the cipher of an encrypted container.
+pub(crate) struct Unsealed {
+    pub dev: Arc<dyn BlockDevice>,
+    pub sealer: Option<Arc<Sealer>>,
+}
+
+/// `dev` itself for a plaintext container, or, for an encrypted one whose key passes the key
+/// check, a [`SealedDevice`] over it. A key given for a plaintext container is refused:
+/// encryption is never turned on in place.
+pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Unsealed> {
+    let fields = super::recovery::pick_superblock(dev.as_ref())?
+        .superblock
+        .seal;
+    if fields.is_encrypted() {
+        let sealer = Arc::new(fields.unlock(key)?);
+        return Ok(Unsealed {
+            dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
+            sealer: Some(sealer),
+        });
+    }
+    if key.is_some() {
+        return Err(StoreError::NotEncrypted);
+    }
+    Ok(Unsealed { dev, sealer: None })
 }
 
 /// An encrypted container is read and written in whole blocks only.
