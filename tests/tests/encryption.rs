@@ -1,7 +1,7 @@
 //! Encryption at rest, end to end: data written through keeld (keel-client as the guest,
 //! default config, O_DIRECT) reads back but appears nowhere in the container file; the wrong
 //! key, or none, fails that disk alone with a message saying so, and every `keel` command that
-//! opens the container refuses it the same way.
+//! opens the container refuses it the same way. A mirror's components are encrypted alike.
 
 use std::path::Path;
 use std::process::Command;
@@ -301,4 +301,33 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     assert!(out.status.success(), "{out:?}");
     let (code, out) = keel(d, &["--key-file", "good.key", "fsck", "v.keel"]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// A mirror's components hold the same ciphertext: the container is what is encrypted, and
+/// each component is a copy of it.
+#[test]
+fn a_mirrored_encrypted_disk_has_no_plaintext_on_any_component() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.key"), key(4)).unwrap();
+    let table = "[[disk]]\nname = \"m\"\nsocket = \"m.sock\"\nengine = \"keel\"\n\
+                 mirror = [\"m0.keel\", \"m1.keel\"]\nsize = \"32M\"\n\
+                 encryption = \"aes-xts-256\"\nkey_file = \"m.key\"\n";
+    let keeld = InProcess::start_in(dir, table);
+    let data = text(MIB, 7);
+    {
+        let mut disk = Disk::connect(keeld.socket("m"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        for (i, chunk) in data.chunks(256 << 10).enumerate() {
+            q.write_slice((i * (256 << 10)) as u64, chunk).unwrap();
+        }
+        q.flush().unwrap();
+    }
+    let dir = keeld.stop();
+    for c in ["m0.keel", "m1.keel"] {
+        assert!(!file_contains(&dir.path().join(c), &TEXT[..24]), "{c}");
+    }
+    let keeld = InProcess::start_in(dir, table);
+    let mut disk = Disk::connect(keeld.socket("m"), &DiskOptions::default()).unwrap();
+    let mut q = disk.take_queue(0).unwrap();
+    assert!(read_all(&mut q, data.len()) == data);
 }
