@@ -24,6 +24,9 @@ step "unit, property, crash and whole-system tests"
 cargo build --workspace --all-targets
 cargo test --workspace
 
+step "the storage core's tests (model, crash, corruption, snapshots, clone, diff) on encrypted containers"
+KEEL_TEST_ENCRYPTED=1 cargo test -p keel-backend --lib store::
+
 if [ "${KEEL_SKIP_GUEST:-0}" = 1 ] && [ "${CI:-}" != true ]; then
     step "QEMU guest tests skipped (KEEL_SKIP_GUEST=1)"
 else

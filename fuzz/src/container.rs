@@ -1,10 +1,12 @@
 //! Corrupt containers: fuzz bytes written over a valid small container (superblocks, checkpoint,
 //! tree nodes, journal, data), then opened, read and checked. Every outcome must be a clean
-//! error or a working store; a panic is the finding.
+//! error or a working store; a panic is the finding. An input whose first byte is 0x80 or more
+//! patches an encrypted container (AES-256-XTS) instead, opened with its key.
 
 use std::sync::{Arc, OnceLock};
 
 use keel_backend::testing::FaultyDevice;
+use keel_backend::store::seal::Key;
 use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 
 use crate::bytes::Reader;
@@ -12,26 +14,37 @@ use crate::bytes::Reader;
 const CAPACITY: u64 = 1 << 20;
 const MAX_PATCHES: u8 = 16;
 
-fn options() -> StoreOptions {
+fn options(key: Option<Key>) -> StoreOptions {
     StoreOptions {
         writers: 1,
         checkpoint_percent: 50,
         direct_io: false,
+        key,
         ..StoreOptions::default()
     }
 }
 
+/// The encrypted container's key.
+fn key() -> Key {
+    let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(89) ^ 0xa5).collect();
+    Key::from_bytes(&raw).expect("a valid key")
+}
+
 /// A container with data, a snapshot, a checkpoint and journal records after it.
-fn pristine() -> &'static [u8] {
-    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
-    IMAGE.get_or_init(|| {
+fn pristine(encrypted: bool) -> &'static [u8] {
+    static PLAIN: OnceLock<Vec<u8>> = OnceLock::new();
+    static SEALED: OnceLock<Vec<u8>> = OnceLock::new();
+    let image = if encrypted { &SEALED } else { &PLAIN };
+    image.get_or_init(|| {
         let mut opts = CreateOptions::new(CAPACITY);
         opts.segment_bytes = 64 << 10;
+        opts.encryption = encrypted.then(key);
         let geo = opts.geometry().expect("geometry");
         let dev = Arc::new(FaultyDevice::new(geo.container_bytes()));
         Store::format(dev.as_ref(), &opts).expect("format");
         {
-            let store = Store::open(dev.clone(), options()).expect("open fresh container");
+            let store = Store::open(dev.clone(), options(opts.encryption.clone()))
+                .expect("open fresh container");
             let block: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
             let write = |offset| Op::Write {
                 offset,
@@ -61,7 +74,8 @@ fn pristine() -> &'static [u8] {
 
 /// Applies the input's patches to a copy of the pristine image, then opens, reads and checks it.
 pub fn run(data: &[u8]) {
-    let mut image = pristine().to_vec();
+    let encrypted = data.first().is_some_and(|b| *b >= 0x80);
+    let mut image = pristine(encrypted).to_vec();
     let len = image.len() as u64;
     let mut r = Reader::new(data);
     let n = r.u8() % (MAX_PATCHES + 1);
@@ -80,7 +94,7 @@ pub fn run(data: &[u8]) {
         }
     }
     let dev = Arc::new(FaultyDevice::from_image(image));
-    let Ok(store) = Store::open(dev, options()) else {
+    let Ok(store) = Store::open(dev, options(encrypted.then(key))) else {
         return;
     };
     let mut buf = vec![0u8; 8192];

@@ -3,7 +3,8 @@
 //! files and every block is checked against the verify state: each write acknowledged before a
 //! completed FLUSH must read back, and no block may be corrupt, torn, stale or newer than allowed.
 //!
-//! Four disks: the raw and keel engines, each on one file and on a mirror of two. A few kill
+//! Four disks: the raw and keel engines, each on one file and on a mirror of two; and a fifth,
+//! an encrypted keel container (AES-256-XTS, O_DIRECT as by default). A few kill
 //! points land while keeld is still starting (opening, replaying its journal, resyncing a
 //! mirror) instead of under load.
 //!
@@ -44,6 +45,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 enum Layout {
     Single,
     Mirror,
+    /// One encrypted container (keel engine), with its key in `d.key`.
+    Encrypted,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +74,9 @@ fn config(engine: Engine, layout: Layout) -> String {
     let storage = match layout {
         Layout::Single => format!("path = \"d.{ext}\"\ndirect = false"),
         Layout::Mirror => format!("mirror = [\"d0.{ext}\", \"d1.{ext}\"]"),
+        Layout::Encrypted => {
+            format!("path = \"d.{ext}\"\nencryption = \"aes-xts-256\"\nkey_file = \"d.key\"")
+        }
     };
     format!(
         "[server]\nlog_level = \"warn\"\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\nsocket = \"d.sock\"\nengine = \"{}\"\n{storage}\nsize = \"{DISK_SIZE}\"\n",
@@ -118,13 +124,15 @@ struct Campaign {
 impl Campaign {
     fn new(engine: Engine, layout: Layout, base_seed: u64, salt: u64) -> Self {
         let components = match (engine, layout) {
-            (_, Layout::Single) => Vec::new(),
+            (_, Layout::Single | Layout::Encrypted) => Vec::new(),
             (Engine::Raw, Layout::Mirror) => vec!["d0.img", "d1.img"],
             (Engine::Keel, Layout::Mirror) => vec!["d0.keel", "d1.keel"],
         };
         let seed = base_seed ^ salt;
         let dir = scratch_dir();
         std::fs::write(dir.path().join("keel.toml"), config(engine, layout)).expect("config");
+        let key: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(73) ^ 0x5c).collect();
+        std::fs::write(dir.path().join("d.key"), key).expect("key file");
         let label = format!("{} {:?}", engine.name(), layout).to_lowercase();
         Self {
             label,
@@ -413,6 +421,11 @@ fn raw_disk_keeps_every_flushed_write_across_kill_9() {
 #[test]
 fn keel_disk_keeps_every_flushed_write_across_kill_9() {
     campaign(Engine::Keel, Layout::Single, 1 << 40);
+}
+
+#[test]
+fn encrypted_keel_disk_keeps_every_flushed_write_across_kill_9() {
+    campaign(Engine::Keel, Layout::Encrypted, 5 << 40);
 }
 
 #[test]

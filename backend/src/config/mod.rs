@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod encryption;
 mod handover;
 mod import;
 mod mirror;
@@ -140,6 +141,9 @@ pub struct DiskConfig {
     /// Another keeld may serve the same container or image: start in standby while it holds
     /// the lock, release it when the frontend stops its rings (live migration between keelds).
     pub handover: bool,
+    /// `encryption` and `key_file`: the disk's container is encrypted (made so when it is
+    /// created) with the key read from here.
+    pub key_file: Option<crate::store::seal::KeySource>,
 }
 
 /// A whole, checked config file.
@@ -503,6 +507,7 @@ impl Checker<'_> {
         let import_from = self.check_import(raw, engine, &mirror)?;
         let import_rate = self.check_import_rate(raw, import_from.is_some(), disk_span.clone())?;
         let handover = self.check_handover(raw, engine, import_from.is_some())?;
+        let key_file = self.check_encryption(raw, engine, disk_span.clone())?;
         Ok(DiskConfig {
             name,
             socket,
@@ -526,6 +531,7 @@ impl Checker<'_> {
             import_rate,
             rbd,
             handover,
+            key_file,
         })
     }
 }

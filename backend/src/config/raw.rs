@@ -63,6 +63,8 @@ pub(super) struct RawDisk {
     pub(super) import_from: Option<Spanned<String>>,
     pub(super) import_rate: Option<Spanned<SizeValue>>,
     pub(super) handover: Option<Spanned<bool>>,
+    pub(super) encryption: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
     pub(super) image: Option<Spanned<String>>,
     pub(super) ceph_conf: Option<Spanned<String>>,
     pub(super) ceph_id: Option<Spanned<String>>,

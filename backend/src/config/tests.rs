@@ -605,3 +605,41 @@ fn handover_is_for_writable_raw_keel_and_rbd_disks() {
     ));
     assert_invalid(r, "handover", 8);
 }
+
+#[test]
+fn encryption_keys_are_checked() {
+    use crate::store::seal::KeySource;
+    let (dir, r) = parse(&format!(
+        "{KEEL_DISK}encryption = \"aes-xts-256\"\nkey_file = \"keys/k.key\"\n"
+    ));
+    assert_eq!(
+        r.unwrap().disks[0].key_file,
+        Some(KeySource::File(dir.path().join("keys/k.key")))
+    );
+    let (_dir, r) = parse(&format!(
+        "{KEEL_DISK}encryption = \"aes-xts-256\"\nkey_file = \"credential:vm1.key\"\n"
+    ));
+    assert_eq!(
+        r.unwrap().disks[0].key_file,
+        Some(KeySource::Credential("vm1.key".into()))
+    );
+    let (_dir, r) = parse(&format!("{KEEL_DISK}encryption = \"aes-xts-256\"\n"));
+    let m = assert_invalid(r, "key_file", 7);
+    assert!(m.contains("needs its key"), "{m}");
+    let (_dir, r) = parse(&format!("{KEEL_DISK}key_file = \"k.key\"\n"));
+    assert_invalid(r, "encryption", 7);
+    let (_dir, r) = parse(&format!(
+        "{KEEL_DISK}encryption = \"aes-cbc\"\nkey_file = \"k.key\"\n"
+    ));
+    let m = assert_invalid(r, "encryption", 7);
+    assert!(m.contains("aes-xts-256"), "{m}");
+    let (_dir, r) = parse(&format!(
+        "{KEEL_DISK}encryption = \"aes-xts-256\"\nkey_file = \"env:\"\n"
+    ));
+    assert_invalid(r, "key_file", 8);
+    let (_dir, r) = parse(&format!(
+        "{NULL_DISK}encryption = \"aes-xts-256\"\nkey_file = \"k.key\"\n"
+    ));
+    let m = assert_invalid(r, "encryption", 1);
+    assert!(m.contains("only keel disks"), "{m}");
+}

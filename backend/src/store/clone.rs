@@ -49,7 +49,12 @@ impl Store {
         path: &Path,
         watch: &CloneWatch,
     ) -> Result<u64> {
-        Store::create_path(path, &CreateOptions::new(self.capacity()))?;
+        // The clone is encrypted with the source's key, as the source is.
+        let create = CreateOptions {
+            encryption: self.opts.key.clone(),
+            ..CreateOptions::new(self.capacity())
+        };
+        Store::create_path(path, &create)?;
         let copied = self.copy_blocks(blocks, path, watch);
         if copied.is_err() {
             let _ = std::fs::remove_file(path);
@@ -58,7 +63,11 @@ impl Store {
     }
 
     fn copy_blocks(&self, blocks: &[ChangedBlock], path: &Path, watch: &CloneWatch) -> Result<u64> {
-        let target = Store::open_path(path, StoreOptions::default())?;
+        let opts = StoreOptions {
+            key: self.opts.key.clone(),
+            ..StoreOptions::default()
+        };
+        let target = Store::open_path(path, opts)?;
         let mut buf = vec![0u8; BATCH * BLOCK as usize];
         let mut copied = 0u64;
         for chunk in blocks.chunks(BATCH) {
@@ -110,7 +119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clone.keel");
         assert_eq!(s.clone_snapshot(snap, &path).unwrap(), 2);
-        let c = Store::open_path(&path, StoreOptions::default()).unwrap();
+        let c = Store::open_path(&path, crate::store::tests::store_opts()).unwrap();
         assert_eq!(c.capacity(), s.capacity());
         assert!(c.list_snapshots().is_empty());
         let mut got = vec![0u8; BLOCK as usize];

@@ -26,6 +26,20 @@ pub enum StoreError {
     },
     #[error("request {offset}+{len} is not aligned to 512-byte sectors")]
     Misaligned { offset: u64, len: u64 },
+    #[error(
+        "the container is encrypted: key required (--key-file, or key_file in the disk's config)"
+    )]
+    KeyRequired,
+    #[error("wrong key: the key does not match the container's key check value")]
+    WrongKey,
+    /// A key was given for a container made without encryption: encryption is chosen when a
+    /// container is made and never changed in place.
+    #[error(
+        "the container is not encrypted, and encryption cannot be turned on in place: \
+         `keel export` it, then `keel import` it into a container made with \
+         `keel create --encryption aes-xts-256 --key-file PATH`"
+    )]
+    NotEncrypted,
     #[error("invalid argument: {0}")]
     Invalid(String),
     /// A metadata write failed or a panic poisoned a lock: the state in memory may not be

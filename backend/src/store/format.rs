@@ -6,7 +6,8 @@ use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use super::maps::Maps;
 use super::persist;
-use super::superblock::{FORMAT_VERSION, INCOMPAT_IMPORTING, INCOMPAT_SUPPORTED, Superblock};
+use super::seal::{Key, SealFields, SealedDevice};
+use super::superblock::{FORMAT_VERSION, INCOMPAT_ENCRYPTED, INCOMPAT_NEW, Superblock};
 use super::sut::Sut;
 use crate::device::BlockDevice;
 use std::hash::{BuildHasher, Hasher};
@@ -23,6 +24,8 @@ pub struct CreateOptions {
     /// Extra data space beyond the capacity, in percent, so the cleaner has room to work
     /// (`spare`; see [`Spare`](super::Spare)).
     pub overprovision_percent: u64,
+    /// Encrypt the container (AES-256-XTS) with this key; see [`seal`](super::seal).
+    pub encryption: Option<Key>,
 }
 
 impl CreateOptions {
@@ -32,6 +35,7 @@ impl CreateOptions {
             segment_bytes: 4 << 20,
             journal_bytes: None,
             overprovision_percent: super::spare::DEFAULT_SPARE_PERCENT,
+            encryption: None,
         }
     }
 
@@ -88,6 +92,26 @@ fn random_uuid() -> [u8; 16] {
     out
 }
 
+/// 16 bytes from the kernel's random source.
+fn random_salt() -> Result<[u8; 16]> {
+    let mut out = [0u8; 16];
+    let mut got = 0;
+    while got < out.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `out`, which lives
+        // for the whole call.
+        let n = unsafe { libc::getrandom(out[got..].as_mut_ptr().cast(), out.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+            continue;
+        }
+        got += n as usize;
+    }
+    Ok(out)
+}
+
 /// Writes an empty container onto `dev`: an empty checkpoint and both superblocks.
 pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     let geo = opts.geometry()?;
@@ -103,6 +127,21 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         sut: Sut::new(geo),
         ckpt_blocks: Vec::new(),
     };
+    let seal = match &opts.encryption {
+        Some(key) => SealFields::new(key, random_salt()?),
+        None => SealFields::default(),
+    };
+    let sealed;
+    let raw = dev;
+    let dev: &dyn BlockDevice = if seal.is_encrypted() {
+        sealed = SealedDevice::new(
+            raw,
+            std::sync::Arc::new(seal.unlock(opts.encryption.as_ref())?),
+        );
+        &sealed
+    } else {
+        raw
+    };
     let mut meta = SegmentWriter::new(geo.seg_blocks);
     // A device that held another container may hold intact records anywhere in the journal:
     // recovery takes an intact record past the chain's end for damage, so none may remain.
@@ -112,8 +151,12 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     persist::write_runs(dev, &mut super::io::DeviceIo(dev), &prepared.runs)?;
     let sb = Superblock {
         version: FORMAT_VERSION,
-        // Every feature but the one an import sets for its duration.
-        incompat: INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING,
+        // Every feature but the one an import sets for its duration, and encryption if asked.
+        incompat: if seal.is_encrypted() {
+            INCOMPAT_NEW | INCOMPAT_ENCRYPTED
+        } else {
+            INCOMPAT_NEW
+        },
         compat: 0,
         generation,
         uuid: random_uuid(),
@@ -122,6 +165,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         import_cursor: 0,
         import_source_bytes: 0,
         import_source_id: 0,
+        seal,
     };
     // Both slots get it.
     persist::write_superblock(dev, &sb)?;

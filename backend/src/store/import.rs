@@ -194,7 +194,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{new_store, small_opts};
-    use super::super::{Op, Store, StoreOptions};
+    use super::super::{Op, Store};
     use crate::testing::CrashMode;
 
     fn block(byte: u8) -> Vec<u8> {
@@ -238,7 +238,7 @@ mod tests {
         s.advance_import(40);
         dev.crash(CrashMode::DropAll);
         drop(s);
-        let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+        let s = Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap();
         assert_eq!(s.import_cursor(), Some(11), "the checkpointed cursor");
         assert_eq!(s.import_source_bytes(), Some(123 << 12));
         assert_eq!(s.import_source_id(), Some(0xfeed));
@@ -246,7 +246,7 @@ mod tests {
         assert!(!s.import_finished());
         s.finish_import().unwrap();
         drop(s);
-        let s = Store::open(dev, StoreOptions::default()).unwrap();
+        let s = Store::open(dev, crate::store::tests::store_opts()).unwrap();
         assert_eq!(s.import_cursor(), None);
         assert_eq!(s.import_source_bytes(), None);
         assert_eq!(s.import_source_id(), None);

@@ -36,6 +36,7 @@ mod read;
 mod reclaim;
 mod recovery;
 pub mod resize;
+pub mod seal;
 mod snapshots;
 mod space;
 pub mod spare;
@@ -101,6 +102,9 @@ pub struct StoreOptions {
     /// written at open, and what recovery would call damage is only reported (a live writer's
     /// journal can look that way mid-write).
     pub read_only: bool,
+    /// The key of an encrypted container. Opening an encrypted container without it, or with
+    /// another key, fails; so does giving a key for a container that is not encrypted.
+    pub key: Option<seal::Key>,
 }
 
 impl Default for StoreOptions {
@@ -112,6 +116,7 @@ impl Default for StoreOptions {
             direct_io: true,
             rewind: false,
             read_only: false,
+            key: None,
         }
     }
 }
@@ -178,11 +183,18 @@ pub struct Info {
     pub deleting_snapshots: usize,
     pub recovery: RecoveryReport,
     pub space: keel_protocol::control::SpaceReport,
+    /// The cipher, for an encrypted container ("aes-xts-256").
+    pub encryption: Option<&'static str>,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
 pub struct Store {
+    /// The container: a [`seal::SealedDevice`] over the device when it is encrypted.
     dev: Arc<dyn BlockDevice>,
+    /// The device's own descriptor (see [`device_fd`](Self::device_fd)).
+    raw_fd: Option<RawFd>,
+    /// The cipher of an encrypted container.
+    sealer: Option<Arc<seal::Sealer>>,
     /// The geometry opened; its capacity and segment count are those at open (see
     /// `capacity` and `segments`).
     geo: Geometry,
@@ -329,6 +341,8 @@ impl Store {
 
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
+        let raw_fd = dev.raw_fd();
+        let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
         let mut loaded = recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
@@ -354,6 +368,8 @@ impl Store {
             .collect();
         Ok(Self {
             dev,
+            raw_fd,
+            sealer,
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
@@ -424,9 +440,16 @@ impl Store {
     }
 
     /// The container's file descriptor, when it is a plain file or block device, for queues
-    /// that issue the store's I/O on their own io_uring.
+    /// that issue the store's I/O on their own io_uring. Its bytes are ciphertext when
+    /// [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what it
+    /// reads with it.
     pub fn device_fd(&self) -> Option<RawFd> {
-        self.dev.raw_fd()
+        self.raw_fd
+    }
+
+    /// The cipher of an encrypted container.
+    pub fn sealer(&self) -> Option<&Arc<seal::Sealer>> {
+        self.sealer.as_ref()
     }
 
     fn note_guest_io(&self) {
@@ -531,6 +554,7 @@ impl Store {
             snapshots: snapshots::snapshot_infos(&st.maps),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
+            encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),
             space: {
                 drop(st);
                 drop(j);

@@ -144,7 +144,7 @@ mod tests {
         let grown = s.grow_in_place(max).unwrap();
         assert_eq!(grown, max);
 
-        let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+        let s = Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap();
         assert_eq!(s.capacity(), max);
         // The new end is writable; the old data and the snapshot are intact.
         let last = max - BLOCK;
@@ -195,7 +195,7 @@ mod tests {
         let f = s.fsck();
         assert!(f.is_clean(), "{:?}", f.problems);
         drop(s);
-        let s = Store::open(dev, StoreOptions::default()).unwrap();
+        let s = Store::open(dev, crate::store::tests::store_opts()).unwrap();
         assert_eq!(s.capacity(), max);
         let mut buf = vec![0u8; BLOCK as usize];
         s.read(max - BLOCK, &mut buf).unwrap();
@@ -213,7 +213,7 @@ mod tests {
         let (dev2, s2) = new_store(&small_opts());
         let e = s2.grow_in_place(old - BLOCK).unwrap_err().to_string();
         assert!(e.contains("shrinking") && e.contains("refused"), "{e}");
-        let s2 = Store::open(dev2.clone(), StoreOptions::default()).unwrap();
+        let s2 = Store::open(dev2.clone(), crate::store::tests::store_opts()).unwrap();
         assert_eq!(
             s2.grow_in_place(old).unwrap(),
             old,
@@ -222,7 +222,7 @@ mod tests {
         let e = s.grow_in_place(max + BLOCK).unwrap_err().to_string();
         assert!(e.contains(&format!("at most {max} bytes")), "{e}");
         assert!(e.contains("container itself must grow"), "{e}");
-        let s2 = Store::open(dev2, StoreOptions::default()).unwrap();
+        let s2 = Store::open(dev2, crate::store::tests::store_opts()).unwrap();
         assert_eq!(s2.capacity(), old);
     }
 
@@ -239,7 +239,7 @@ mod tests {
                 max_container_bytes: Some(1 << 30),
                 ..SpaceOptions::default()
             },
-            ..StoreOptions::default()
+            ..crate::store::tests::store_opts()
         };
         let s = Store::open_path(&path, may_grow.clone()).unwrap();
         let spare = s.spare_percent();
@@ -258,7 +258,7 @@ mod tests {
         assert!(s.fsck().is_clean());
         drop(s);
         // One that may not grow gives its disk part of its spare, down to the minimum.
-        let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+        let s = Store::open_path(&path, crate::store::tests::store_opts()).unwrap();
         let max = s.max_capacity_in_place();
         assert!(max > twice);
         s.grow(max).unwrap();

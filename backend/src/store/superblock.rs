@@ -9,6 +9,7 @@
 use super::codec::{Get, Put};
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK_SIZE, Geometry};
+use super::seal::SealFields;
 
 pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"KEELSB\0\x01";
 /// On-disk format version written by this code.
@@ -37,13 +38,19 @@ pub const INCOMPAT_FLUSH_MARKS: u64 = 1 << 4;
 /// (`import_cursor` holds its progress). Blocks at or past the cursor that the maps lack are
 /// still on the source: a Keel without it would serve them as zeroes.
 pub const INCOMPAT_IMPORTING: u64 = 1 << 5;
+/// Incompatible feature: every block but the superblocks is encrypted with the cipher the
+/// superblock's cipher fields name. A Keel without it would read ciphertext as metadata.
+pub const INCOMPAT_ENCRYPTED: u64 = 1 << 6;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
     | INCOMPAT_BACKGROUND_DELETES
     | INCOMPAT_FLUSH_MARKS
-    | INCOMPAT_IMPORTING;
+    | INCOMPAT_IMPORTING
+    | INCOMPAT_ENCRYPTED;
+/// Features a new container gets whatever it is made with.
+pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
 pub const COMPAT_IMPORTED: u64 = 1 << 0;
@@ -77,6 +84,8 @@ pub struct Superblock {
     /// With [`COMPAT_IMPORT_SOURCE_ID`]: a checksum of the source's files' sizes and
     /// modification times when the import began; 0 otherwise.
     pub import_source_id: u64,
+    /// The cipher and key check (with [`INCOMPAT_ENCRYPTED`]); zero otherwise.
+    pub seal: SealFields,
 }
 
 impl Superblock {
@@ -102,7 +111,11 @@ impl Superblock {
             .u64(g.capacity)
             .u64(self.checkpoint_pba)
             .u64(self.import_cursor)
-            .u64(self.import_source_bytes);
+            .u64(self.import_source_bytes)
+            .u32(self.seal.cipher)
+            .u32(self.seal.compression)
+            .bytes(&self.seal.salt)
+            .bytes(&self.seal.key_check);
         debug_assert!(p.ok() && p.pos() <= SOURCE_ID_OFFSET);
         Put::at(&mut b, SOURCE_ID_OFFSET).u64(self.import_source_id);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
@@ -142,6 +155,15 @@ impl Superblock {
         // Reserved (zero) in containers that never imported.
         let import_cursor = g.u64().ok_or_else(short)?;
         let import_source_bytes = g.u64().ok_or_else(short)?;
+        // Reserved (zero) in containers that are not encrypted.
+        let mut seal = SealFields {
+            cipher: g.u32().ok_or_else(short)?,
+            compression: g.u32().ok_or_else(short)?,
+            ..SealFields::default()
+        };
+        seal.salt.copy_from_slice(g.bytes(16).ok_or_else(short)?);
+        seal.key_check
+            .copy_from_slice(g.bytes(32).ok_or_else(short)?);
         let import_source_id = Get::at(b, SOURCE_ID_OFFSET).u64().ok_or_else(short)?;
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
@@ -154,6 +176,7 @@ impl Superblock {
                 incompat & !INCOMPAT_SUPPORTED
             )));
         }
+        seal.validate(incompat & INCOMPAT_ENCRYPTED != 0)?;
         if block_size as usize != BLOCK_SIZE {
             return Err(bad("block size is not 4096"));
         }
@@ -182,6 +205,7 @@ impl Superblock {
             import_cursor,
             import_source_bytes,
             import_source_id,
+            seal,
         })
     }
 }
@@ -207,6 +231,7 @@ mod tests {
             import_cursor: 0,
             import_source_bytes: 0,
             import_source_id: 0,
+            seal: SealFields::default(),
         }
     }
 
@@ -246,7 +271,7 @@ mod tests {
     #[test]
     fn refuses_unknown_incompat_and_small_device() {
         let mut s = sample();
-        s.incompat = 1 << 6;
+        s.incompat = 1 << 7;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();

@@ -12,17 +12,44 @@ mod model;
 mod poison;
 mod space;
 
+use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};
 use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
-/// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal.
+/// Whether this run's store tests use encrypted containers: `KEEL_TEST_ENCRYPTED=1` (test.sh
+/// runs the store's tests both ways).
+pub(crate) fn encrypted_run() -> bool {
+    std::env::var_os("KEEL_TEST_ENCRYPTED").is_some_and(|v| v == "1")
+}
+
+/// The key of this run's containers, in an encrypted run.
+pub(crate) fn test_key() -> Option<Key> {
+    encrypted_run().then(|| {
+        let raw: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(151).wrapping_add(7))
+            .collect();
+        Key::from_bytes(&raw).expect("a valid test key")
+    })
+}
+
+/// Options to open this run's containers with: the defaults, and the key in an encrypted run.
+pub(crate) fn store_opts() -> StoreOptions {
+    StoreOptions {
+        key: test_key(),
+        ..StoreOptions::default()
+    }
+}
+
+/// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal
+/// (encrypted in an encrypted run).
 pub(super) fn small_opts() -> CreateOptions {
     CreateOptions {
         capacity: 1 << 20,
         segment_bytes: 64 << 10,
         journal_bytes: Some(128 << 10),
         overprovision_percent: 25,
+        encryption: test_key(),
     }
 }
 
@@ -30,8 +57,28 @@ pub(super) fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
     let geo = opts.geometry().unwrap();
     let dev = Arc::new(FaultyDevice::new(geo.container_bytes()));
     Store::format(dev.as_ref(), opts).unwrap();
-    let store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    let store = Store::open(dev.clone(), opts_for(opts)).unwrap();
     (dev, store)
+}
+
+/// The cipher of the container on `dev` in an encrypted run (with this run's key), for tests
+/// that edit blocks behind the store's back; `None` for a plaintext container.
+pub(crate) fn sealer_of(dev: &dyn crate::device::BlockDevice) -> Option<super::seal::Sealer> {
+    let fields = super::recovery::pick_superblock(dev)
+        .expect("a container")
+        .superblock
+        .seal;
+    fields
+        .is_encrypted()
+        .then(|| fields.unlock(test_key().as_ref()).expect("this run's key"))
+}
+
+/// Options to open a container made with `create`: with its key, if it has one.
+pub(super) fn opts_for(create: &CreateOptions) -> StoreOptions {
+    StoreOptions {
+        key: create.encryption.clone(),
+        ..StoreOptions::default()
+    }
 }
 
 #[test]
@@ -77,14 +124,14 @@ fn write_read_reopen() {
     s.flush().unwrap();
     assert_eq!(s.stats().flush_marks, 1);
     drop(s);
-    let s = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    let s = Store::open(dev.clone(), store_opts()).unwrap();
     assert_eq!(s.recovery_report().records_replayed, 2);
     let mut r2 = vec![0u8; 3 * 4096];
     s.read(0, &mut r2).unwrap();
     assert_eq!(r, r2);
     s.checkpoint().unwrap();
     drop(s);
-    let s = Store::open(dev, StoreOptions::default()).unwrap();
+    let s = Store::open(dev, store_opts()).unwrap();
     assert_eq!(s.recovery_report().records_replayed, 0);
     let mut r3 = vec![0u8; 3 * 4096];
     s.read(0, &mut r3).unwrap();
@@ -99,8 +146,7 @@ fn write_read_reopen() {
 #[test]
 fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
     use super::{AlignedBuf, Op};
-    use crate::device::BlockDevice;
-    let (dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&small_opts());
     let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
     s.write_batch(
         0,
@@ -110,10 +156,12 @@ fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
         }],
     )
     .unwrap();
+    // Through the store's device: what a queue reads, opened (decrypted) if the container is
+    // encrypted.
     let read_runs = |plan: &super::ReadPlan| -> Vec<AlignedBuf> {
         let mut bufs = plan.buffers();
         for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
-            dev.read_at(b, run.offset()).unwrap();
+            s.device().read_at(b, run.offset()).unwrap();
         }
         bufs
     };
@@ -148,10 +196,10 @@ fn a_create_interrupted_by_a_crash_leaves_nothing_at_the_path() {
     assert!(!path.exists());
     Store::create_path(&path, &small_opts()).unwrap();
     assert!(!leftover.exists(), "the temporary outlived the create");
-    let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+    let s = Store::open_path(&path, store_opts()).unwrap();
     assert_eq!(s.capacity(), small_opts().capacity);
     drop(s);
     let again = Store::create_path(&path, &small_opts());
     assert!(again.is_err(), "a second create replaced the container");
-    assert!(Store::open_path(&path, StoreOptions::default()).is_ok());
+    assert!(Store::open_path(&path, store_opts()).is_ok());
 }

@@ -531,6 +531,7 @@ mod tests {
             import_rate: None,
             rbd: None,
             handover: false,
+            key_file: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! image: the same client, the same workloads, the same run. See docs/benchmarks.md.
 //!
 //! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--settle SECS]
-//! [--no-amp]
+//! [--no-amp] [--servers keel,keel-encrypted,qsd-raw,qsd-qcow2,qsd-qcow2-luks]
+//! (default: keel, qsd-raw, qsd-qcow2; other lists print one IOPS/latency table of them all)
 //! Prints a markdown table and, after a line "JSON:", the raw numbers.
 
 use std::fs;
@@ -15,7 +16,9 @@ use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
 use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
 use keel_tests::bench_args;
-use keel_tests::keeld::{spawn_keel_bench_disk, wait_for_socket};
+use keel_tests::keeld::{
+    keeld_binary_near_exe, spawn_keel_bench_disk, spawn_keel_bench_disk_keys, wait_for_socket,
+};
 use serde::Serialize;
 
 /// Keel's storage core against qemu-storage-daemon on raw and qcow2.
@@ -39,9 +42,12 @@ struct Args {
     /// Pause after the fill, before the reads (seconds).
     #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     settle: Duration,
+    /// The servers to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = DEFAULT_SERVERS)]
+    servers: Vec<Server>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 enum Server {
     /// keeld, engine "keel", container file opened O_DIRECT.
     Keel,
@@ -49,7 +55,16 @@ enum Server {
     QsdRaw,
     /// qemu-storage-daemon, qcow2 image (metadata preallocated), io_uring, O_DIRECT.
     QsdQcow2,
+    /// keeld, engine "keel", encrypted container (AES-256-XTS), O_DIRECT.
+    KeelEncrypted,
+    /// qemu-storage-daemon, qcow2 image with LUKS encryption (aes-256-xts-plain64, QEMU's
+    /// default), metadata preallocated, io_uring, O_DIRECT.
+    QsdQcow2Luks,
 }
+
+const DEFAULT_SERVERS: [Server; 3] = [Server::Keel, Server::QsdRaw, Server::QsdQcow2];
+/// The LUKS passphrase of the qcow2+LUKS image (a benchmark, not a secret).
+const LUKS_SECRET: &str = "secret,id=sec0,data=keel-bench";
 
 struct Setup {
     _proc: Running,
@@ -66,7 +81,19 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
             let (running, keel_sock, ctl) = spawn_keel_bench_disk(dir, "keel", size);
             return finish_start(running, keel_sock, Some(ControlClient::new(&ctl)), server);
         }
-        Server::QsdRaw | Server::QsdQcow2 => {
+        Server::KeelEncrypted => {
+            let key = dir.join("bench.key");
+            let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(113) ^ 0x3c).collect();
+            fs::write(&key, raw).expect("key file");
+            let keys = format!(
+                "encryption = \"aes-xts-256\"\nkey_file = \"{}\"\n",
+                key.display()
+            );
+            let (running, keel_sock, ctl) =
+                spawn_keel_bench_disk_keys(&keeld_binary_near_exe(), dir, "keelenc", size, &keys);
+            return finish_start(running, keel_sock, Some(ControlClient::new(&ctl)), server);
+        }
+        Server::QsdRaw | Server::QsdQcow2 | Server::QsdQcow2Luks => {
             let (fmt, name) = if server == Server::QsdRaw {
                 ("raw", "bench.img")
             } else {
@@ -76,7 +103,10 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
             let _ = fs::remove_file(&image);
             let mut create = Command::new("qemu-img");
             create.args(["create", "-q", "-f", fmt]);
-            if server == Server::QsdQcow2 {
+            if server == Server::QsdQcow2Luks {
+                create.args(["--object", LUKS_SECRET, "-o"]);
+                create.arg("encrypt.format=luks,encrypt.key-secret=sec0,preallocation=metadata");
+            } else if server == Server::QsdQcow2 {
                 create.args(["-o", "preallocation=metadata"]);
             } else {
                 create.args(["-o", "preallocation=falloc"]);
@@ -94,11 +124,17 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
                 )
             } else {
                 format!(
-                    "driver=qcow2,node-name=n,file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=on",
-                    image.display()
+                    "driver=qcow2,node-name=n,file.driver=file,file.filename={},file.aio=io_uring,file.cache.direct=on{}",
+                    image.display(),
+                    if server == Server::QsdQcow2Luks {
+                        ",encrypt.format=luks,encrypt.key-secret=sec0"
+                    } else {
+                        ""
+                    }
                 )
             };
             let child = Command::new("qemu-storage-daemon")
+                .args(["--object", LUKS_SECRET])
                 .arg("--blockdev")
                 .arg(blockdev)
                 .arg("--export")
@@ -329,9 +365,8 @@ struct Report {
 fn main() {
     let a = Args::parse();
     fs::create_dir_all(&a.dir).expect("bench dir");
-    let servers = [Server::Keel, Server::QsdRaw, Server::QsdQcow2];
     let mut runs: Vec<(Server, Vec<RunResult>)> =
-        servers.iter().map(|s| (*s, Vec::new())).collect();
+        a.servers.iter().map(|s| (*s, Vec::new())).collect();
     for r in 0..a.runs {
         eprintln!("== run {}", r + 1);
         for (server, results) in runs.iter_mut() {
@@ -343,7 +378,6 @@ fn main() {
     let pick = |rs: &[RunResult], f: fn(&RunResult) -> Measurement| {
         median(&rs.iter().map(f).collect::<Vec<_>>())
     };
-    type Getter = fn(&RunResult) -> Measurement;
     let rows: [(&str, Getter); 5] = [
         ("4k randwrite qd32, new disk (half of it)", |r| {
             r.randwrite_fresh
@@ -368,6 +402,10 @@ fn main() {
         a.settle.as_secs_f64(),
         a.size >> 20
     );
+    if a.servers != DEFAULT_SERVERS {
+        print_servers_table(&runs, &rows);
+        return;
+    }
     println!(
         "| workload | Keel (keel) IOPS | QSD raw IOPS | QSD qcow2 IOPS | Keel/raw | Keel/qcow2 | Keel p50 us | raw p50 us | qcow2 p50 us | Keel p99 us | raw p99 us |"
     );
@@ -449,4 +487,28 @@ fn main() {
         })
         .unwrap_or_default()
     );
+}
+
+/// Picks one measurement out of a run.
+type Getter = fn(&RunResult) -> Measurement;
+
+/// One row per workload, IOPS and p50 latency per server (medians of the runs), for a chosen
+/// list of servers.
+fn print_servers_table(runs: &[(Server, Vec<RunResult>)], rows: &[(&str, Getter)]) {
+    let head: Vec<String> = runs
+        .iter()
+        .map(|(s, _)| format!("{s:?} IOPS | {s:?} p50 us"))
+        .collect();
+    println!("| workload | {} |", head.join(" | "));
+    println!("|---|{}", "---:|".repeat(2 * runs.len()));
+    for (name, f) in rows {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, rs)| {
+                let m = median(&rs.iter().map(f).collect::<Vec<_>>());
+                format!("{:.0} | {:.1}", m.iops, m.lat_p50_us)
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
 }

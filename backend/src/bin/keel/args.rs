@@ -16,6 +16,11 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(flatten)]
     pub daemon: DaemonArgs,
+    /// The key of an encrypted container (and of a new one, with --encryption): a file of 32
+    /// or 64 raw bytes, env:NAME (the key in hex in that variable) or credential:NAME (the
+    /// systemd credential in $CREDENTIALS_DIRECTORY).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key_file: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -215,4 +220,8 @@ pub struct GeometryArgs {
     /// less write amplification, more host space (docs/benchmarks.md has the trade-off).
     #[arg(long, value_parser = Spare::parse, default_value = "20%")]
     pub spare: Spare,
+    /// Encrypt the new container with this cipher (the key comes from --key-file); chosen
+    /// once, when the container is made.
+    #[arg(long, value_parser = [keel_backend::store::seal::AES_XTS_256])]
+    pub encryption: Option<String>,
 }

@@ -23,6 +23,7 @@ fn served(daemon: &DaemonArgs, target: &str) -> Result<bool, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let daemon = cli.daemon;
+    offline::load_key(cli.key_file.as_deref())?;
     match cli.cmd {
         Cmd::Disks { out } => online::list_disks(&daemon.client()?, out.json)?,
         Cmd::Stats { disk, out } => online::stats(&daemon.client()?, &disk, out.json)?,

@@ -7,14 +7,46 @@ use keel_backend::control::output::{absolute, format_size as human, format_time,
 use keel_backend::control::space_text;
 use keel_backend::device::FileDevice;
 use keel_backend::store::peek::{Peeked, peek};
+use keel_backend::store::seal::{Key, KeySource};
 use keel_backend::store::{CreateOptions, Store, StoreError, StoreOptions};
 use serde::Serialize;
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// The key `--key-file` named, read once at start.
+static KEY: OnceLock<Option<Key>> = OnceLock::new();
+
+/// Reads the key `--key-file` names (if any) for every command that opens or makes a
+/// container.
+pub fn load_key(source: Option<&str>) -> Result<(), String> {
+    let key = match source {
+        Some(s) => Some(
+            KeySource::parse(s)
+                .and_then(|src| src.load())
+                .map_err(|e| format!("--key-file: {e}"))?,
+        ),
+        None => None,
+    };
+    KEY.set(key)
+        .map_err(|_| "the key was read twice".to_string())
+}
+
+fn key() -> Option<Key> {
+    KEY.get().cloned().flatten()
+}
+
+/// The options every offline command opens a container with: the defaults and the key.
+pub fn store_options() -> StoreOptions {
+    StoreOptions {
+        key: key(),
+        ..StoreOptions::default()
+    }
+}
 
 /// Opens a container, saying plainly when the file is none or keeld has it.
 pub fn open(path: &Path) -> Result<Store, String> {
     must_be_container(path)?;
-    Store::open_path(path, StoreOptions::default()).map_err(|e| open_error(path, e))
+    Store::open_path(path, store_options()).map_err(|e| open_error(path, e))
 }
 
 fn open_error(path: &Path, e: StoreError) -> String {
@@ -38,7 +70,7 @@ fn open_shared(path: &Path) -> Result<Store, String> {
             .and_then(|dev| {
                 let opts = StoreOptions {
                     read_only: true,
-                    ..StoreOptions::default()
+                    ..store_options()
                 };
                 Store::open(std::sync::Arc::new(dev), opts)
             });
@@ -70,11 +102,24 @@ impl GeometryArgs {
                 "--size {size}: a keel disk's size is a positive multiple of 4K (4096 bytes)"
             ));
         }
+        let encryption = match (&self.encryption, key()) {
+            (Some(_), Some(k)) => Some(k),
+            (Some(c), None) => return Err(format!("--encryption {c} needs --key-file")),
+            (None, Some(_)) => {
+                return Err(
+                    "--key-file names the key of an encrypted container; to make one, add \
+                     --encryption aes-xts-256"
+                        .into(),
+                );
+            }
+            (None, None) => None,
+        };
         Ok(CreateOptions {
             capacity: size,
             segment_bytes: self.segment_size,
             journal_bytes: self.journal_size,
             overprovision_percent: self.spare.percent_of(size)?,
+            encryption,
         })
     }
 }
@@ -140,6 +185,7 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
         i.capacity
     );
     println!("container size   {}", human(i.container_bytes));
+    println!("encryption       {}", i.encryption.unwrap_or("none"));
     println!("mapped           {}", human(i.mapped_bytes));
     println!(
         "data in use      {} (incl. snapshots)",
@@ -194,7 +240,7 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
 /// `keel fsck`: exit status 1 when the container has problems.
 pub fn fsck(path: &Path, json: bool) -> Result<bool, String> {
     must_be_container(path)?;
-    let r = match Store::open_path(path, StoreOptions::default()) {
+    let r = match Store::open_path(path, store_options()) {
         Ok(store) => store.fsck(),
         // Damage found while opening is fsck's finding, not a failure to run.
         Err(e @ StoreError::Corrupt { .. }) => keel_backend::store::FsckReport {
@@ -251,7 +297,7 @@ pub fn resize(path: &Path, size: u64, json: bool) -> Result<(), String> {
             max_container_bytes,
             ..Default::default()
         },
-        ..StoreOptions::default()
+        ..store_options()
     };
     let store = Store::open_path(path, opts).map_err(|e| open_error(path, e))?;
     let old = store.capacity();
@@ -345,7 +391,7 @@ struct Recovered {
 pub fn recover(path: &Path, rewind: bool, json: bool) -> Result<(), String> {
     let opts = StoreOptions {
         rewind,
-        ..StoreOptions::default()
+        ..store_options()
     };
     must_be_container(path)?;
     let store = Store::open_path(path, opts).map_err(|e| open_error(path, e))?;

@@ -49,10 +49,18 @@ impl KeelEngine {
     /// Opens (creating if missing) the container `disk` names and recovers it.
     pub fn open(disk: &DiskConfig) -> Result<Self, EngineError> {
         let writers = usize::from(disk.queues.max(1));
+        let key = match &disk.key_file {
+            Some(source) => Some(source.load().map_err(|e| EngineError::Setup {
+                path: PathBuf::from(format!("disk {}", disk.name)),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         let opts = StoreOptions {
             writers,
             direct_io: disk.direct,
             space: disk.space.store_options(),
+            key,
             ..StoreOptions::default()
         };
         let (store, mirror, where_) = if disk.mirror.is_empty() {
@@ -61,7 +69,10 @@ impl KeelEngine {
                 let size = disk
                     .size
                     .ok_or_else(|| setup(&path, "no size to create it with"))?;
-                let create = crate::config::create_options(size, disk.space.spare);
+                let create = CreateOptions {
+                    encryption: opts.key.clone(),
+                    ..crate::config::create_options(size, disk.space.spare)
+                };
                 Store::create_path(&path, &create).map_err(|e| setup(&path, e))?;
                 log::info!(
                     "{}: created a keel container of {size} bytes ({}% spare)",
@@ -160,7 +171,10 @@ impl KeelEngine {
         let size = disk
             .size
             .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
-        let create = crate::config::create_options(size, disk.space.spare);
+        let create = CreateOptions {
+            encryption: opts.key.clone(),
+            ..crate::config::create_options(size, disk.space.spare)
+        };
         let container = create
             .geometry()
             .map_err(|e| setup(&first, e))?

@@ -6,6 +6,11 @@
 //! pushed together, the batch's map changes are applied while they are in flight, and then
 //! they are waited for as one ([`BatchIo`]), or left in flight for the queue to finish later
 //! ([`StartIo`]); read completions that arrive meanwhile are kept.
+//!
+//! On an encrypted container the descriptor holds ciphertext: a batch's writes are sealed
+//! into buffers of the batch's own (pooled, block-aligned) instead of going straight from
+//! the guest's, and a read's buffers are opened in place once it is in, before its checksums
+//! are checked. A plaintext container takes neither step.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,6 +22,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
+use crate::store::seal::Sealer;
 use crate::store::{AlignedBuf, BatchIo, Gather, ReadPlan, StartIo, Store};
 
 use super::store_err;
@@ -45,6 +51,8 @@ struct BatchWrites {
     offsets: Vec<u64>,
     results: Vec<Option<i32>>,
     left: usize,
+    /// The ciphertext the iovecs point at, on an encrypted container.
+    _sealed: Vec<AlignedBuf>,
 }
 
 // SAFETY: the iovecs point into buffers the queue owns (its data buffers and the store's
@@ -63,6 +71,8 @@ pub(super) struct QueueRing {
     reads: Slab<ReadInFlight>,
     done: Vec<Completion>,
     scratch: Vec<u8>,
+    /// The container's cipher, when it is encrypted.
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl QueueRing {
@@ -85,6 +95,7 @@ impl QueueRing {
             reads: Slab::new(),
             done: Vec::new(),
             scratch: Vec::new(),
+            sealer: store.sealer().cloned(),
         }))
     }
 
@@ -243,13 +254,20 @@ impl QueueRing {
             return;
         };
         let res = cqe.result();
-        if res < 0 {
-            r.error.get_or_insert(io::Error::from_raw_os_error(-res));
+        let offset = r.plan.runs()[run].offset();
+        let read = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
         } else if (res as usize) < buf.len() {
-            let offset = r.plan.runs()[run].offset();
-            if let Err(e) = read_rest(fd, buf, offset, res as usize) {
-                r.error.get_or_insert(e);
-            }
+            read_rest(fd, buf, offset, res as usize)
+        } else {
+            Ok(())
+        };
+        let opened = read.and_then(|()| match &self.sealer {
+            Some(sealer) => sealer.open(buf, offset),
+            None => Ok(()),
+        });
+        if let Err(e) = opened {
+            r.error.get_or_insert(e);
         }
         r.pending -= 1;
         if r.pending == 0 {
@@ -324,6 +342,9 @@ impl BatchIo for QueueRing {
         writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
+        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
+        let sealed_gathers = gathers_of(&sealed, writes);
+        let writes = sealed_gathers.as_deref().unwrap_or(writes);
         // Gathered writes point the kernel at these iovecs: kept until every write is done.
         let iovecs = iovecs_of(writes);
         for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
@@ -371,6 +392,9 @@ impl StartIo for QueueRing {
                 "a batch is in flight on this queue already",
             ));
         }
+        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
+        let sealed_gathers = gathers_of(&sealed, writes);
+        let writes = sealed_gathers.as_deref().unwrap_or(writes);
         let iovecs = iovecs_of(writes);
         for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
             self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
@@ -380,6 +404,7 @@ impl StartIo for QueueRing {
             results: vec![None; writes.len()],
             left: writes.len(),
             iovecs,
+            _sealed: sealed,
         });
         self.submit();
         Ok(())
@@ -399,6 +424,41 @@ impl Drop for QueueRing {
             sink.clear();
         }
     }
+}
+
+/// Each write's ciphertext in a buffer of its own, on an encrypted container (none otherwise).
+fn seal_writes(sealer: Option<&Sealer>, writes: &[Gather<'_>]) -> io::Result<Vec<AlignedBuf>> {
+    let Some(sealer) = sealer else {
+        return Ok(Vec::new());
+    };
+    writes
+        .iter()
+        .map(|(offset, parts)| {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            let mut buf = AlignedBuf::scratch_len(len);
+            let mut at = 0;
+            for p in parts {
+                buf[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            sealer.seal(&mut buf, *offset)?;
+            Ok(buf)
+        })
+        .collect()
+}
+
+/// The writes of `writes` from their sealed copies, when there are any.
+fn gathers_of<'a>(sealed: &'a [AlignedBuf], writes: &[Gather<'_>]) -> Option<Vec<Gather<'a>>> {
+    if sealed.is_empty() {
+        return None;
+    }
+    Some(
+        sealed
+            .iter()
+            .zip(writes)
+            .map(|(buf, (offset, _))| (*offset, vec![&buf[..]]))
+            .collect(),
+    )
 }
 
 /// The iovecs of each gathered write.

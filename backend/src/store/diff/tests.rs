@@ -267,7 +267,7 @@ fn random_histories_against_a_model_with_a_copy_per_snapshot() {
                     let dir = tempfile::tempdir().unwrap();
                     let path = dir.path().join("clone.keel");
                     s.clone_snapshot(id, &path).unwrap();
-                    let c = Store::open_path(&path, crate::store::StoreOptions::default()).unwrap();
+                    let c = Store::open_path(&path, crate::store::tests::store_opts()).unwrap();
                     let mut got = vec![0u8; BLOCK as usize];
                     for (lba, want) in zeroes_as_none(&copies[&id]).iter().enumerate() {
                         c.read(lba as u64 * BLOCK, &mut got).unwrap();

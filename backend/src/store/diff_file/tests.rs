@@ -241,7 +241,6 @@ proptest::proptest! {
 
 #[test]
 fn an_apply_cut_short_by_a_crash_completes_when_run_again() {
-    use crate::store::StoreOptions;
     use crate::testing::{CrashMode, FaultyDevice};
     use std::sync::Arc;
     let (s, base, incr) = history();
@@ -266,7 +265,7 @@ fn an_apply_cut_short_by_a_crash_completes_when_run_again() {
             CrashMode::RandomSubset
         };
         let dev = Arc::new(FaultyDevice::from_image(dev.crash_image(mode, &mut rng)));
-        let mut t = Store::open(dev, StoreOptions::default()).unwrap();
+        let mut t = Store::open(dev, crate::store::tests::store_opts()).unwrap();
         apply(&delta[..], &mut t).unwrap();
         assert!(whole(&t) == want, "cut after {cut} writes");
         let f = t.fsck();

@@ -7,7 +7,7 @@ use crate::store::btree::{Body, NodeId};
 use crate::store::codec::block_crc;
 use crate::store::layout::BLOCK;
 use crate::store::tests::{new_store, small_opts};
-use crate::store::{CreateOptions, Op, Store, StoreOptions};
+use crate::store::{CreateOptions, Op, Store};
 use crate::testing::FaultyDevice;
 use std::sync::Arc;
 
@@ -53,10 +53,17 @@ fn leaves(s: &Store, root: NodeId) -> Vec<(NodeId, u64, u64)> {
 fn corrupt_node(dev: &FaultyDevice, pba: u64, edit: &dyn Fn(&mut [u8])) {
     let mut b = vec![0u8; BLOCK as usize];
     dev.read_at(&mut b, pba * BLOCK).unwrap();
+    let sealer = crate::store::tests::sealer_of(dev);
+    if let Some(sealer) = &sealer {
+        sealer.open(&mut b, pba * BLOCK).unwrap();
+    }
     edit(&mut b);
     b[4..8].fill(0);
     let crc = block_crc(pba, &b);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
+    if let Some(sealer) = &sealer {
+        sealer.seal(&mut b, pba * BLOCK).unwrap();
+    }
     dev.write_at(&b, pba * BLOCK).unwrap();
     dev.flush().unwrap();
 }
@@ -89,7 +96,7 @@ fn shared_history() -> (Arc<FaultyDevice>, Store, u64) {
 }
 
 fn reopen(dev: &Arc<FaultyDevice>) -> Store {
-    Store::open(dev.clone(), StoreOptions::default()).unwrap()
+    Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
-use crate::store::{BatchIo, Gather, Op, Store, StoreOptions};
+use crate::store::{BatchIo, Gather, Op, Store};
 use crate::testing::SplitMix;
 use std::io;
 use std::sync::{Arc, Barrier};
@@ -79,13 +79,13 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
         let start = Arc::new(Barrier::new(writers));
         let threads: Vec<_> = (0..writers)
             .map(|w| {
-                let (store, dev, start) =
-                    (Arc::clone(&store), Arc::clone(&dev), Arc::clone(&start));
+                let (store, start) = (Arc::clone(&store), Arc::clone(&start));
                 std::thread::spawn(move || {
                     let seed = phase * 16 + w as u64;
                     let mut rng = SplitMix::new(0xc0ffee + seed);
+                    // Through the store's device: sealed, on an encrypted container.
                     let mut io = ShuffledIo {
-                        dev: dev.as_ref(),
+                        dev: store.device(),
                         rng: SplitMix::new(7 + seed),
                     };
                     start.wait();
@@ -107,7 +107,7 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
         }
         let before = image(&store);
         let copy = Arc::new(crate::testing::FaultyDevice::from_image(dev.contents()));
-        let recovered = Store::open(copy, StoreOptions::default()).unwrap();
+        let recovered = Store::open(copy, crate::store::tests::store_opts()).unwrap();
         assert_eq!(
             recovered.recovery_report().records_replayed,
             (phase + 1) * writers as u64 * rounds
@@ -265,7 +265,7 @@ impl BatchIo for LateIo<'_> {
 #[test]
 fn a_read_of_a_block_being_written_waits_for_its_data() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let (dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&small_opts());
     let s = Arc::new(s);
     let old = vec![0x11u8; 4096];
     s.write_batch(
@@ -290,7 +290,7 @@ fn a_read_of_a_block_being_written_waits_for_its_data() {
             })
         };
         let mut io = LateIo {
-            dev: dev.as_ref(),
+            dev: s.device(),
             applied: &applied,
         };
         s.write_batch_with(

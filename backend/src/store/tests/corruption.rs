@@ -30,7 +30,7 @@ fn populated() -> Arc<FaultyDevice> {
 }
 
 fn open(dev: &Arc<FaultyDevice>) -> crate::store::Result<Store> {
-    Store::open(dev.clone(), StoreOptions::default())
+    Store::open(dev.clone(), crate::store::tests::store_opts())
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn write_at(s: &Store, lba: u64, byte: u8) {
 fn rewind(dev: &Arc<FaultyDevice>) -> crate::store::Result<Store> {
     let opts = StoreOptions {
         rewind: true,
-        ..StoreOptions::default()
+        ..crate::store::tests::store_opts()
     };
     Store::open(dev.clone(), opts)
 }

@@ -143,7 +143,7 @@ fn run(seed: u64) -> Result<u64, String> {
             dev.clone(),
             StoreOptions {
                 writers: 2,
-                ..StoreOptions::default()
+                ..crate::store::tests::store_opts()
             },
         )
         .map_err(|e| format!("cycle {cycle}: open failed: {e}"))?;
@@ -278,7 +278,7 @@ fn run(seed: u64) -> Result<u64, String> {
         drop(store);
         dev = Arc::new(FaultyDevice::from_image(img));
         crashes += 1;
-        let store = Store::open(dev.clone(), StoreOptions::default())
+        let store = Store::open(dev.clone(), crate::store::tests::store_opts())
             .map_err(|e| format!("cycle {cycle} ({mode:?}): recovery failed: {e}"))?;
         let img = read_all(&store)?;
         let got = block_hashes(&img);

@@ -2,7 +2,6 @@
 //! failures while the writes are in flight.
 
 use super::{new_store, small_opts};
-use crate::device::BlockDevice;
 use crate::store::{Gather, Op, StartIo, Store, StoreError};
 use crate::testing::FaultyDevice;
 use std::io;
@@ -30,7 +29,9 @@ impl StartIo for HeldIo {
 }
 
 impl HeldIo {
-    fn land(&mut self, dev: &FaultyDevice) -> io::Result<()> {
+    /// Writes the held blocks through `dev`, the store's device (sealed, on an encrypted
+    /// container).
+    fn land(&mut self, dev: &dyn crate::device::BlockDevice) -> io::Result<()> {
         self.writes
             .drain(..)
             .try_for_each(|(offset, bytes)| dev.write_at(&bytes, offset))
@@ -74,7 +75,7 @@ fn blocked_until_landed<T: Send + 'static>(
 
 #[test]
 fn a_read_of_a_started_batch_waits_for_its_writes() {
-    let (dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&small_opts());
     let s = Arc::new(s);
     s.write_batch(0, &[write_op(0, &[0x11; 4096])]).unwrap();
     let new = vec![0x22u8; 4096];
@@ -85,7 +86,7 @@ fn a_read_of_a_started_batch_waits_for_its_writes() {
         s.read(0, &mut b).map(|()| b[0])
     };
     let seen = blocked_until_landed(&s, "the read", read, || {
-        io.land(&dev).unwrap();
+        io.land(s.device()).unwrap();
         s.finish_batch(batch, Ok(())).unwrap();
     });
     assert_eq!(seen.unwrap(), 0x22);
@@ -100,13 +101,13 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     let mut io = HeldIo::default();
     let batch = s.start_batch(0, &[write_op(2, &data)], &mut io).unwrap();
     let flushed = blocked_until_landed(&s, "the flush", Store::flush, || {
-        io.land(&dev).unwrap();
+        io.land(s.device()).unwrap();
         s.finish_batch(batch, Ok(())).unwrap();
     });
     flushed.unwrap();
     // Whatever the device did not make durable before the flush is lost; the batch is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
-    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let s = Store::open(crashed, crate::store::tests::store_opts()).unwrap();
     let mut b = vec![0u8; 8192];
     s.read(2 * 4096, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0x33));
@@ -136,9 +137,9 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
         .unwrap();
     // Power lost before the writes landed: the batch is gone, the flushed data is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
-    io.land(&dev).unwrap();
+    io.land(s.device()).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
-    let s = Store::open(crashed, crate::store::StoreOptions::default()).unwrap();
+    let s = Store::open(crashed, crate::store::tests::store_opts()).unwrap();
     let mut b = vec![0u8; 4096];
     s.read(0, &mut b).unwrap();
     assert!(b.iter().all(|x| *x == 0x55));
@@ -150,7 +151,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
 /// `start_batch` returns (blocks merged from partial writes).
 #[test]
 fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
-    let (dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&small_opts());
     s.write_batch(0, &[write_op(2, &[0x77; 4096])]).unwrap();
     let whole = crate::store::AlignedBuf::blocks(1);
     let partial = vec![0x88u8; 512];
@@ -170,7 +171,7 @@ fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
             "a part at {ptr:#x} (+{len}) is in memory the batch does not keep"
         );
     }
-    io.land(&dev).unwrap();
+    io.land(s.device()).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
     let mut b = vec![0u8; 4096];
     s.read(2 * 4096, &mut b).unwrap();

@@ -29,7 +29,7 @@ fn served() -> StoreOptions {
             wait: Duration::from_secs(10),
             ..Default::default()
         },
-        ..StoreOptions::default()
+        ..crate::store::tests::store_opts()
     }
 }
 
@@ -202,7 +202,7 @@ fn crashes_while_the_cleaner_works_recover_a_flushed_state() {
         drop(s);
         let s = Store::open(
             Arc::new(FaultyDevice::from_image(img)),
-            StoreOptions::default(),
+            crate::store::tests::store_opts(),
         )
         .unwrap_or_else(|e| panic!("seed {seed} ({mode:?}): recovery failed: {e}"));
         let got = read_all(&s, model.len());

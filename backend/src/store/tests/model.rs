@@ -2,7 +2,7 @@
 //! checkpoints, cleaner runs, snapshots and reopens against a plain byte array.
 
 use super::{new_store, small_opts};
-use crate::store::{Op, Store, StoreOptions};
+use crate::store::{Op, Store};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ proptest! {
                 },
                 Step::Reopen => {
                     drop(store);
-                    store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+                    store = Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap();
                 }
                 Step::Snapshot => {
                     if snaps.len() < 4 {
@@ -170,7 +170,7 @@ proptest! {
         let report = store.fsck();
         prop_assert!(report.is_clean(), "fsck: {:?}", report.problems);
         drop(store);
-        let store = Store::open(dev, StoreOptions::default()).unwrap();
+        let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
         check(&store, &model)?;
         let report = store.fsck();
         prop_assert!(report.is_clean(), "fsck after reopen: {:?}", report.problems);
@@ -271,7 +271,7 @@ fn full_container_says_no_space_and_keeps_reading() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
@@ -285,6 +285,7 @@ fn mid_opts() -> crate::store::CreateOptions {
         segment_bytes: 256 << 10,
         journal_bytes: Some(1 << 20),
         overprovision_percent: 50,
+        encryption: crate::store::tests::test_key(),
     }
 }
 
@@ -359,7 +360,7 @@ fn deleting_the_snapshot_a_revert_went_back_to_keeps_its_blocks() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     check(&store, &model).unwrap();
     let r = store.fsck();
     assert!(r.is_clean(), "after reopen: {:?}", r.problems);
@@ -380,7 +381,7 @@ fn blocks_inherited_through_a_revert_are_freed_by_the_delete_of_their_last_holde
     let r = store.fsck();
     assert!(r.is_clean(), "delete of the last holder: {:?}", r.problems);
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let r = store.fsck();
     assert!(r.is_clean(), "after reopen: {:?}", r.problems);
 }
@@ -471,7 +472,7 @@ fn a_thousand_snapshots_survive_a_reopen() {
     let r = store.fsck();
     assert!(r.is_clean(), "{:?}", r.problems);
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let snaps = store.list_snapshots();
     assert_eq!(snaps.len(), 1000);
     assert_eq!(snaps[999].name, "s999");
@@ -540,7 +541,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
     }
     // Opened as a container from before both features: no record of reverts either.
     drop(store);
-    let store = Store::open(dev.clone(), StoreOptions::default()).unwrap();
+    let store = Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap();
     assert!(store.read_lock(&store.state).maps.running_reverted);
     write_block(&store, 1, 1);
     let a = store.create_snapshot("a").unwrap();
@@ -563,7 +564,7 @@ fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
         "the second delete is one journal record (and the mark of the flush that follows it)"
     );
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let ids: Vec<u64> = store.list_snapshots().iter().map(|s| s.seq).collect();
     assert_eq!(ids, [c], "the replayed delete of b");
     assert_ne!(bit(&store), 0);
@@ -635,7 +636,7 @@ fn a_block_a_revert_brought_back_survives_the_delete_of_its_first_holder() {
     assert!(r.is_clean(), "{:?}", r.problems);
     // Reopened, the revert is still known, and c still reads version 1.
     drop(store);
-    let store = Store::open(dev, StoreOptions::default()).unwrap();
+    let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let d = store
         .diff(
             crate::store::diff::TreeRef::Empty,
@@ -696,7 +697,7 @@ fn leaves_written_ahead_shorten_the_checkpoint() {
         let r = store.fsck();
         assert!(r.is_clean(), "{:?}", r.problems);
         drop(store);
-        let store = Store::open(dev, StoreOptions::default()).unwrap();
+        let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
         check(&store, &model[..]).unwrap();
         let r = store.fsck();
         assert!(r.is_clean(), "after reopen: {:?}", r.problems);

@@ -3,7 +3,7 @@
 
 use super::{new_store, small_opts};
 use crate::store::{
-    CleanerConfig, CleanerHandle, Gather, MarkWriter, Op, StartIo, Store, StoreError, StoreOptions,
+    CleanerConfig, CleanerHandle, Gather, MarkWriter, Op, StartIo, Store, StoreError,
 };
 use std::sync::{Arc, mpsc};
 
@@ -81,7 +81,7 @@ fn a_poisoned_lock_fails_every_later_request_and_the_store_still_closes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("poison.keel");
         Store::create_path(&path, &small_opts()).unwrap();
-        let s = Arc::new(Store::open_path(&path, StoreOptions::default()).unwrap());
+        let s = Arc::new(Store::open_path(&path, crate::store::tests::store_opts()).unwrap());
         let cleaner = CleanerHandle::spawn(Arc::clone(&s), CleanerConfig::default()).unwrap();
         let marks = MarkWriter::spawn(Arc::clone(&s)).unwrap();
         write(&s, 8192, 0x5a).unwrap();
@@ -109,7 +109,7 @@ fn a_poisoned_lock_fails_every_later_request_and_the_store_still_closes() {
         let s = Arc::into_inner(s).expect("the background threads let go of the store");
         drop(s);
 
-        let s = Store::open_path(&path, StoreOptions::default()).unwrap();
+        let s = Store::open_path(&path, crate::store::tests::store_opts()).unwrap();
         assert!(!s.is_failed());
         s.read(8192, &mut buf).unwrap();
         assert!(

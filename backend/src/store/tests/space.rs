@@ -101,7 +101,7 @@ fn the_state_follows_the_thresholds() {
                 critical_percent: 80,
                 ..SpaceOptions::default()
             },
-            ..StoreOptions::default()
+            ..crate::store::tests::store_opts()
         },
     )
     .unwrap();
@@ -142,7 +142,7 @@ fn a_container_file_grows_up_to_max_size_instead_of_failing_writes() {
             max_container_bytes: Some(max),
             ..SpaceOptions::default()
         },
-        ..StoreOptions::default()
+        ..crate::store::tests::store_opts()
     };
     let s = Store::open_path(&path, opts()).unwrap();
     let cap = s.capacity() / BLOCK;
@@ -256,7 +256,7 @@ fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
             max_container_bytes: Some(4 * start.container_bytes()),
             ..SpaceOptions::default()
         },
-        ..StoreOptions::default()
+        ..crate::store::tests::store_opts()
     };
     let cap = opts.capacity / BLOCK;
     let mut rng = SplitMix::new(7);
@@ -318,7 +318,7 @@ fn growing_the_disk_past_its_container_grows_the_container_within_max_size() {
             max_container_bytes: Some(max),
             ..SpaceOptions::default()
         },
-        ..StoreOptions::default()
+        ..crate::store::tests::store_opts()
     };
     let s = Store::open_path(&path, opts(start)).unwrap();
     let twice = 2 * s.capacity();

@@ -41,6 +41,7 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         import_rate: None,
         rbd: None,
         handover: false,
+        key_file: None,
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }

@@ -1,0 +1,194 @@
+use super::*;
+
+fn key(b: u8) -> Key {
+    let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ b).collect();
+    Key::from_bytes(&raw).unwrap()
+}
+
+fn block(fill: &str) -> Vec<u8> {
+    fill.bytes().cycle().take(2 * BLOCK_SIZE).collect()
+}
+
+#[test]
+fn round_trip_and_plaintext_gone() {
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
+    let plain = block("keel plaintext ");
+    let mut b = plain.clone();
+    s.seal(&mut b, 10 * BLOCK).unwrap();
+    assert_ne!(b, plain);
+    assert!(!b.windows(15).any(|w| w == b"keel plaintext "));
+    s.open(&mut b, 10 * BLOCK).unwrap();
+    assert_eq!(b, plain);
+}
+
+#[test]
+fn the_tweak_is_the_block_address() {
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
+    let plain = block("same");
+    let mut at = plain.clone();
+    s.seal(&mut at, 10 * BLOCK).unwrap();
+    // Two equal blocks in one run differ, and so does the same block one address on.
+    assert_ne!(at[..BLOCK_SIZE], at[BLOCK_SIZE..]);
+    let mut moved = plain.clone();
+    s.seal(&mut moved, 11 * BLOCK).unwrap();
+    assert_eq!(at[BLOCK_SIZE..], moved[..BLOCK_SIZE]);
+    assert_ne!(at[..BLOCK_SIZE], moved[..BLOCK_SIZE]);
+    // Opened at the wrong address, a block is garbage, not the plaintext.
+    s.open(&mut moved, 10 * BLOCK).unwrap();
+    assert_ne!(moved, plain);
+}
+
+#[test]
+fn superblocks_stay_plain_and_partial_blocks_are_refused() {
+    let s = SealFields::new(&key(1), [9; 16])
+        .unlock(Some(&key(1)))
+        .unwrap();
+    let plain = block("sb");
+    let mut b = plain.clone();
+    s.seal(&mut b, 0).unwrap();
+    assert_eq!(b, plain);
+    let mut three = block("x");
+    three.extend(block("x"));
+    s.seal(&mut three[..3 * BLOCK_SIZE], BLOCK).unwrap();
+    assert_eq!(three[..BLOCK_SIZE], plain_of("x")[..]);
+    assert_ne!(three[BLOCK_SIZE..2 * BLOCK_SIZE], plain_of("x")[..]);
+    assert!(s.seal(&mut b[..100], 8192).is_err());
+    assert!(s.open(&mut b[..BLOCK_SIZE], 8192 + 512).is_err());
+}
+
+fn plain_of(fill: &str) -> Vec<u8> {
+    fill.bytes().cycle().take(BLOCK_SIZE).collect()
+}
+
+#[test]
+fn wrong_or_missing_key_is_refused() {
+    let fields = SealFields::new(&key(1), [9; 16]);
+    assert!(matches!(
+        fields.unlock(Some(&key(2))),
+        Err(StoreError::WrongKey)
+    ));
+    assert!(matches!(fields.unlock(None), Err(StoreError::KeyRequired)));
+    // Another salt, another check value: equal keys do not show.
+    assert_ne!(
+        fields.key_check,
+        SealFields::new(&key(1), [8; 16]).key_check
+    );
+    // The check value is not the key, nor any half of it.
+    assert!(
+        !key(1)
+            .bytes()
+            .windows(16)
+            .any(|w| fields.key_check.windows(16).any(|c| c == w))
+    );
+}
+
+#[test]
+fn fields_are_validated() {
+    let good = SealFields::new(&key(1), [9; 16]);
+    good.validate(true).unwrap();
+    SealFields::default().validate(false).unwrap();
+    assert!(good.validate(false).is_err());
+    assert!(SealFields::default().validate(true).is_err());
+    let unknown = SealFields { cipher: 7, ..good };
+    assert!(matches!(
+        unknown.validate(true),
+        Err(StoreError::Unsupported(_))
+    ));
+    let compressed = SealFields {
+        compression: 1,
+        ..good
+    };
+    assert!(matches!(
+        compressed.validate(true),
+        Err(StoreError::Unsupported(_))
+    ));
+    let no_check = SealFields {
+        key_check: [0; 32],
+        ..good
+    };
+    assert!(no_check.validate(true).is_err());
+}
+
+#[test]
+fn key_lengths_and_sources() {
+    let raw64: Vec<u8> = (0..64u8).collect();
+    let k64 = Key::from_bytes(&raw64).unwrap();
+    assert_eq!(&k64.bytes()[..], &raw64[..]);
+    // 32 bytes are expanded, to two different halves.
+    let k32 = Key::from_bytes(&raw64[..32]).unwrap();
+    assert_ne!(k32.bytes()[..32], k32.bytes()[32..]);
+    assert_ne!(&k32.bytes()[..32], &raw64[..32]);
+    for bad in [0usize, 16, 31, 33, 63, 65, 128] {
+        let v = vec![7u8; bad];
+        assert!(Key::from_bytes(&v).is_err(), "{bad} bytes");
+    }
+    let mut newline = raw64.clone();
+    newline.push(b'\n');
+    let m = Key::from_bytes(&newline).unwrap_err().to_string();
+    assert!(m.contains("newline"), "{m}");
+    let mut halves = raw64[..32].to_vec();
+    halves.extend_from_slice(&raw64[..32]);
+    assert!(Key::from_bytes(&halves).is_err());
+
+    assert_eq!(
+        KeySource::parse("env:KEEL_KEY").unwrap(),
+        KeySource::Env("KEEL_KEY".into())
+    );
+    assert_eq!(
+        KeySource::parse("credential:disk.key").unwrap(),
+        KeySource::Credential("disk.key".into())
+    );
+    assert!(KeySource::parse("credential:../x").is_err());
+    assert!(KeySource::parse("env:").is_err());
+    assert!(KeySource::parse("").is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k");
+    std::fs::write(&p, &raw64[..40]).unwrap();
+    let m = KeySource::File(p.clone()).load().unwrap_err().to_string();
+    assert!(
+        m.contains("40 bytes") && m.contains(&p.display().to_string()),
+        "{m}"
+    );
+    std::fs::write(&p, &raw64).unwrap();
+    assert_eq!(KeySource::File(p).load().unwrap().bytes(), k64.bytes());
+    assert!(KeySource::File(dir.path().join("missing")).load().is_err());
+}
+
+/// The multi-block XTS here gives what the `xts-mode` crate gives (IEEE 1619, one data unit
+/// per 4096-byte block, the tweak the block number, little-endian).
+#[test]
+fn the_same_ciphertext_as_the_xts_mode_crate() {
+    use aes::cipher::KeyInit;
+    let k = key(5);
+    let s = SealFields::new(&k, [1; 16]).unlock(Some(&k)).unwrap();
+    let (k1, k2) = k.bytes().split_at(32);
+    let reference = xts_mode::Xts128::new(
+        aes::Aes256::new_from_slice(k1).unwrap(),
+        aes::Aes256::new_from_slice(k2).unwrap(),
+    );
+    let plain: Vec<u8> = (0..3 * BLOCK_SIZE).map(|i| (i * 7 % 253) as u8).collect();
+    let mut ours = plain.clone();
+    s.seal(&mut ours, 1000 * BLOCK).unwrap();
+    let mut theirs = plain.clone();
+    reference.encrypt_area(&mut theirs, BLOCK_SIZE, 1000, xts_mode::get_tweak_default);
+    assert!(ours == theirs);
+    // Another place, far into a large device.
+    let far = (1u64 << 50) + 3;
+    let mut ours = plain.clone();
+    s.seal(&mut ours, far * BLOCK).unwrap();
+    let mut theirs = plain.clone();
+    reference.encrypt_area(
+        &mut theirs,
+        BLOCK_SIZE,
+        u128::from(far),
+        xts_mode::get_tweak_default,
+    );
+    assert!(ours == theirs);
+    s.open(&mut ours, far * BLOCK).unwrap();
+    assert!(ours == plain);
+}
