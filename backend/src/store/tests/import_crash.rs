@@ -12,7 +12,7 @@
 //!
 //! `KEEL_IMPORT_STORE_SEED=<n>` replays one run; `KEEL_IMPORT_STORE_POINTS=<n>` sets how many.
 
-use super::small_opts;
+use super::{small_opts, store_opts};
 use crate::store::{Op, Store, StoreOptions};
 use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::sync::Arc;
@@ -159,7 +159,7 @@ fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
         dev.clone(),
         StoreOptions {
             writers: 2,
-            ..StoreOptions::default()
+            ..store_opts()
         },
     )
     .map_err(|e| format!("open: {e}"))
