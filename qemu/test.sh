@@ -655,6 +655,33 @@ migration_destination() {
         fail "the destination did not attach to its disk socket" || return 1
 }
 
+# Starts the migration to $MIGRATE; with `capped`, at 8 MiB/s and waits until it copies RAM
+# (so that it is still copying when the caller acts).
+start_migration() {
+    if [ "${1:-}" = capped ]; then
+        python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 8388608}' >/dev/null ||
+            fail "cannot cap the migration bandwidth" || return 1
+    fi
+    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
+        fail "migrate failed" || return 1
+    if [ "${1:-}" = capped ]; then
+        python3 "$QMP" "$SRC_QMP" migration-active 60 >/dev/null ||
+            fail "the migration never started copying" || return 1
+    fi
+}
+
+# Waits for the migration to complete, quits the source and waits for fio-verify to finish
+# cleanly on the destination.
+finish_migration_on_destination() {
+    local out
+    out=$(python3 "$QMP" "$SRC_QMP" migration 300) || fail "the migration did not complete: $out" || return 1
+    log "migration: $out"
+    python3 "$QMP" "$SRC_QMP" run quit >/dev/null
+    wait "$SRC_PID"
+    wait "$DST_PID" || fail "fio-verify did not finish on the destination; see $T/dst.log and $T/dst.launch" || return 1
+    fio_clean "$T/dst/fio"
+}
+
 # A first boot writes the disk (fio-verify, phase write, 128 MiB per section); the second
 # verifies it and migrates 1 s into it, while fio reads the sequential section (a few seconds
 # under TCG). The verify reads go through the guest's page cache, and readahead fills pages
@@ -663,7 +690,6 @@ migration_destination() {
 # again; a page keeld filled after QEMU copied it, read by fio on the destination, fails the
 # verify. fio finishes on the destination with every block verified.
 test_fio_verify_migrates_to_a_second_qemu() {
-    local out
     local MIGRATION_ARGS=(--param size=128M --param phase=verify --param direct=0
         --append init_on_alloc=0)
     backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
@@ -671,14 +697,8 @@ test_fio_verify_migrates_to_a_second_qemu() {
     fio_clean "$T/write/fio" || return 1
     migration_source 1 || return 1
     migration_destination || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
-        fail "migrate failed" || return 1
-    out=$(python3 "$QMP" "$SRC_QMP" migration 300) || fail "the migration did not complete: $out" || return 1
-    log "migration: $out"
-    python3 "$QMP" "$SRC_QMP" run quit >/dev/null
-    wait "$SRC_PID"
-    wait "$DST_PID" || fail "fio-verify did not finish on the destination; see $T/dst.log and $T/dst.launch" || return 1
-    fio_clean "$T/dst/fio" || return 1
+    start_migration || return 1
+    finish_migration_on_destination || return 1
     grep -q 'dirty-page logging on' "$T/keeld.log" || fail "keeld never logged dirty pages" || return 1
     grep -q 'takes the disk over' "$T/keeld.log" ||
         fail "the destination never took the disk over" || return 1
@@ -693,11 +713,7 @@ test_fio_verify_survives_a_cancelled_migration() {
     backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
     migration_source 3 || return 1
     migration_destination || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 8388608}' >/dev/null ||
-        fail "cannot cap the migration bandwidth" || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
-        fail "migrate failed" || return 1
-    python3 "$QMP" "$SRC_QMP" migration-active 60 >/dev/null || fail "the migration never started copying" || return 1
+    start_migration capped || return 1
     sleep 2
     python3 "$QMP" "$SRC_QMP" run migrate_cancel >/dev/null || fail "migrate_cancel failed" || return 1
     out=$(python3 "$QMP" "$SRC_QMP" migration 60)
@@ -751,6 +767,14 @@ stop_second_keeld() {
     wait "$KEELD2_PID" || fail "keeld B did not exit 0 on SIGTERM"
 }
 
+# Stops keeld B, then keeld A, each with SIGTERM, and checks the container with `keel fsck`.
+stop_both_keelds_and_fsck() {
+    stop_second_keeld || return 1
+    backend_stop TERM || fail "keeld A did not exit 0 on SIGTERM" || return 1
+    "$KEEL_BIN" fsck "$T/disk.keel" >"$T/fsck.out" 2>&1 || fail "keel fsck: $(cat "$T/fsck.out")" || return 1
+    log "keel fsck clean"
+}
+
 # The state `keel disks` gives vda on control socket $1: serving, standby or released.
 disk_state() {
     "$KEEL_BIN" --control "$1" disks --json |
@@ -762,7 +786,7 @@ disk_state() {
 # rings (drain, flush, checkpoint, unlock), B takes it when the destination starts them (lock,
 # open, replay): fio verifies on B what the guest wrote through A. Then `keel fsck` is clean.
 test_fio_verify_migrates_between_two_keelds() {
-    local out s2 c2 MIGRATION_ARGS=(--param size=64M --param phase=all)
+    local s2 c2 MIGRATION_ARGS=(--param size=64M --param phase=all)
     keel_cli || return 1
     KEELD_DISK_EXTRA='handover = true' backend_start keeld "$T" "$T/disk.keel" "$S" 1 1G keel || return 1
     s2=$(socket_path "$T/b.sock")
@@ -772,23 +796,14 @@ test_fio_verify_migrates_between_two_keelds() {
     migration_source 3 || return 1
     DST_SOCKET=$s2 DST_KEELD_LOG=$T/b/keeld.log DST_ATTACHED='frontend 1 attached' \
         migration_destination || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
-        fail "migrate failed" || return 1
-    out=$(python3 "$QMP" "$SRC_QMP" migration 300) || fail "the migration did not complete: $out" || return 1
-    log "migration: $out"
-    python3 "$QMP" "$SRC_QMP" run quit >/dev/null
-    wait "$SRC_PID"
-    wait "$DST_PID" || fail "fio-verify did not finish on the destination; see $T/dst.log and $T/dst.launch" || return 1
-    fio_clean "$T/dst/fio" || return 1
+    start_migration || return 1
+    finish_migration_on_destination || return 1
     grep -q 'released for another keeld' "$T/keeld.log" || fail "keeld A never released the container" || return 1
     grep -q 'taken in' "$T/b/keeld.log" || fail "keeld B never took the container" || return 1
     # The destination quit once its job ended: B let the container go as well.
     [ "$(disk_state "$c2")" = released ] || fail "keeld B is $(disk_state "$c2"), not released" || return 1
     log "fio finished on keeld B, every block verified; A $(grep -o 'released for another keeld in [^ ]*' "$T/keeld.log" | tail -n 1), B $(grep -o 'taken in [^ ]*' "$T/b/keeld.log" | tail -n 1)"
-    stop_second_keeld || return 1
-    backend_stop TERM || fail "keeld A did not exit 0 on SIGTERM" || return 1
-    "$KEEL_BIN" fsck "$T/disk.keel" >"$T/fsck.out" 2>&1 || fail "keel fsck: $(cat "$T/fsck.out")" || return 1
-    log "keel fsck clean"
+    stop_both_keelds_and_fsck
 }
 
 # As above, but keeld A is killed with SIGKILL while QEMU copies RAM (bandwidth capped so that
@@ -806,11 +821,7 @@ test_fio_verify_survives_source_keeld_kill9() {
     migration_source 3 || return 1
     DST_SOCKET=$s2 DST_KEELD_LOG=$T/b/keeld.log DST_ATTACHED='frontend 1 attached' \
         migration_destination || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate-set-parameters '{"max-bandwidth": 8388608}' >/dev/null ||
-        fail "cannot cap the migration bandwidth" || return 1
-    python3 "$QMP" "$SRC_QMP" run migrate '{"uri": "unix:'"$MIGRATE"'"}' >/dev/null ||
-        fail "migrate failed" || return 1
-    python3 "$QMP" "$SRC_QMP" migration-active 60 >/dev/null || fail "the migration never started copying" || return 1
+    start_migration capped || return 1
     sleep 1
     backend_stop KILL
     log "keeld A killed with SIGKILL mid-migration; restarting it"
@@ -839,10 +850,7 @@ test_fio_verify_survives_source_keeld_kill9() {
     fi
     fio_clean "$T/$carried/fio" || return 1
     log "the guest carried on at the $carried side; every block verified"
-    stop_second_keeld || return 1
-    backend_stop TERM || fail "keeld A did not exit 0 on SIGTERM" || return 1
-    "$KEEL_BIN" fsck "$T/disk.keel" >"$T/fsck.out" 2>&1 || fail "keel fsck: $(cat "$T/fsck.out")" || return 1
-    log "keel fsck clean"
+    stop_both_keelds_and_fsck
 }
 
 # Runs one test in a subshell that always stops its server and guest.

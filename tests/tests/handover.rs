@@ -51,6 +51,30 @@ fn fsck(container: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// A raw vhost-user frontend on `keeld`'s disk with ring 0 started, as QEMU's guest runs.
+fn frontend_with_a_started_ring(keeld: &InProcess) -> RawFrontend {
+    let mut fe = RawFrontend::connect(&keeld.socket("d")).unwrap();
+    for m in session_with_a_started_ring() {
+        fe.send(&m).unwrap();
+    }
+    fe
+}
+
+/// Stops ring 0 as a migration's source stops the guest (GET_VRING_BASE) and waits for the
+/// answer; replies come in order, earlier ones first.
+fn stop_the_ring(fe: &mut RawFrontend) {
+    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
+        .unwrap();
+    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+}
+
+/// Restarts ring 0 (a cancelled migration's source resuming the guest).
+fn restart_the_ring(fe: &mut RawFrontend) {
+    for m in ring_start() {
+        fe.send(&m).unwrap();
+    }
+}
+
 #[test]
 fn two_keelds_hand_a_keel_container_over_and_never_both_hold_it() {
     let a = InProcess::start(&disk("disk.keel"));
@@ -188,15 +212,9 @@ fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
     let a = InProcess::start(&disk("disk.keel"));
     let container = a.dir().join("disk.keel");
     let b = InProcess::start(&disk(container.to_str().unwrap()));
-    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
-    for m in session_with_a_started_ring() {
-        fe.send(&m).unwrap();
-    }
-    // The source stops the guest: GET_VRING_BASE. Replies come in order; the GET_FEATURES one
-    // first.
-    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
-        .unwrap();
-    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    let mut fe = frontend_with_a_started_ring(&a);
+    // The source stops the guest.
+    stop_the_ring(&mut fe);
     assert_eq!(
         holding(&a),
         Holding::Released,
@@ -205,9 +223,7 @@ fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
     assert!(free(&container), "a let the container go");
 
     // A cancelled migration: the same frontend restarts its ring; a takes the container back.
-    for m in ring_start() {
-        fe.send(&m).unwrap();
-    }
+    restart_the_ring(&mut fe);
     until(&a, Holding::Serving);
     assert!(!free(&container));
     assert_eq!(holding(&b), Holding::Standby);
@@ -217,30 +233,53 @@ fn stopping_every_ring_releases_the_disk_and_restarting_one_takes_it_back() {
     drop(a.stop());
 }
 
-#[test]
-fn both_keelds_asking_for_the_disk_never_both_hold_it() {
+/// Two keelds on one container after a's frontend stopped its ring (a released it) and b's
+/// frontend wrote `data` at 0 through b, which took it.
+struct BServing {
+    a: InProcess,
+    b: InProcess,
+    container: std::path::PathBuf,
+    /// a's frontend, its ring stopped.
+    fe: RawFrontend,
+    disk_b: Disk,
+    q: keel_client::Queue,
+}
+
+fn b_serving_after_a_released(data: &[u8]) -> BServing {
     let a = InProcess::start(&disk("disk.keel"));
     let container = a.dir().join("disk.keel");
     let b = InProcess::start(&disk(container.to_str().unwrap()));
-    let mut fe = RawFrontend::connect(&a.socket("d")).unwrap();
-    for m in session_with_a_started_ring() {
-        fe.send(&m).unwrap();
-    }
-    fe.send(&Message::vring_state(code::GET_VRING_BASE, 0, 0))
-        .unwrap();
-    while fe.read_reply().unwrap().0 != code::GET_VRING_BASE {}
+    let mut fe = frontend_with_a_started_ring(&a);
+    stop_the_ring(&mut fe);
     assert_eq!(holding(&a), Holding::Released);
-
-    let data = pattern(31, 64 * 1024);
     let mut disk_b = Disk::connect(b.socket("d"), &DiskOptions::default()).unwrap();
     let mut q = disk_b.take_queue(0).unwrap();
-    q.write_slice(0, &data).unwrap();
+    q.write_slice(0, data).unwrap();
     assert_eq!(holding(&b), Holding::Serving);
+    BServing {
+        a,
+        b,
+        container,
+        fe,
+        disk_b,
+        q,
+    }
+}
+
+#[test]
+fn both_keelds_asking_for_the_disk_never_both_hold_it() {
+    let data = pattern(31, 64 * 1024);
+    let BServing {
+        a,
+        b,
+        mut fe,
+        disk_b,
+        mut q,
+        ..
+    } = b_serving_after_a_released(&data);
 
     // a's frontend restarts its ring while b serves: a asks for the container and waits.
-    for m in ring_start() {
-        fe.send(&m).unwrap();
-    }
+    restart_the_ring(&mut fe);
     until(&a, Holding::Taking);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(holding(&a), Holding::Taking, "a opened a container b holds");
@@ -252,6 +291,38 @@ fn both_keelds_asking_for_the_disk_never_both_hold_it() {
     drop(disk_b);
     until(&a, Holding::Serving);
     assert_eq!(holding(&b), Holding::Released);
+    drop(fe);
+    drop(b.stop());
+    drop(a.stop());
+}
+
+#[test]
+fn a_take_that_ends_after_its_rings_stopped_gives_the_disk_back() {
+    let BServing {
+        a,
+        b,
+        container,
+        mut fe,
+        disk_b,
+        q,
+    } = b_serving_after_a_released(&pattern(41, 4096));
+
+    // a's frontend restarts its ring (a asks for the container and waits for b), then stops it
+    // again before b lets go: a migration to a cancelled while a still waited.
+    restart_the_ring(&mut fe);
+    until(&a, Holding::Taking);
+    stop_the_ring(&mut fe);
+    assert_eq!(holding(&a), Holding::Taking, "still waiting for b's lock");
+
+    // b lets go: a's take completes, finds no ring running, and gives the container back.
+    drop(q);
+    drop(disk_b);
+    until(&b, Holding::Released);
+    until(&a, Holding::Released);
+    assert!(
+        free(&container),
+        "a let the container go after its late take"
+    );
     drop(fe);
     drop(b.stop());
     drop(a.stop());

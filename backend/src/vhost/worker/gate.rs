@@ -33,7 +33,12 @@ impl QueueWorker {
             return true;
         }
         let ctx = std::sync::Arc::clone(&self.ctx);
-        h.take(Box::new(move || ctx.frontends.wake_owner()));
+        // The frontend may have stopped every ring (or left) while the take waited for the
+        // lock: then the disk is given straight back instead of staying held with no ring.
+        h.take(Box::new(move || {
+            ctx.frontends.wake_owner();
+            ctx.release_if_idle();
+        }));
         false
     }
 
