@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use keel_backend::testing::FaultyDevice;
 use keel_backend::store::seal::Key;
 use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
+use keel_backend::testing::FaultyDevice;
 
 use crate::bytes::Reader;
 
