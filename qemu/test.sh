@@ -27,7 +27,7 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug
     fio_verify_migrates_to_a_second_qemu fio_verify_survives_a_cancelled_migration
     fio_verify_migrates_between_two_keelds fio_verify_survives_source_keeld_kill9
-    fio_verify_during_live_import fio_verify_on_rbd)
+    fio_verify_during_live_import fio_verify_on_rbd fio_verify_encrypted_across_keeld_kill)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -390,10 +390,11 @@ test_fio_mirror_outage_default_config() {
 # whole queue depth at any instant, and completions come back out of order. QEMU
 # (reconnect-ms on its chardev) reconnects and hands back the inflight area; keeld runs the
 # requests that were in flight when it died, and fio finishes with every block verifying: the
-# guest sees nothing but pauses.
+# guest sees nothing but pauses. $3, if given, is added to keeld's disk table.
 verify_across_kill() {
     local engine=$1 image=$2 launcher mark kill again total=0 restarts=0
-    local KEELD_DISK_EXTRA="delay_us = 20000"
+    local KEELD_DISK_EXTRA="delay_us = 20000${3:+
+$3}"
     backend_start keeld "$T" "$T/$image" "$S" 1 1G "$engine" || return 1
     boot verify fio-verify --param size=32M --reconnect-ms 200 \
         --pidfile "$T/qemu.pid" &
@@ -433,6 +434,27 @@ test_fio_verify_across_keeld_kill() {
 
 test_fio_verify_keel_engine_across_keeld_kill() {
     verify_across_kill keel disk.keel
+}
+
+# The same on an encrypted keel disk (aes-xts-256, a 64-byte key file): after the kills and
+# fio's verify, `keel fsck` refuses the container without the key and finds it clean with it.
+test_fio_verify_encrypted_across_keeld_kill() {
+    local out
+    keel_cli || return 1
+    head -c 64 /dev/urandom >"$T/disk.key" || fail "cannot make the key file" || return 1
+    verify_across_kill keel disk.keel 'encryption = "aes-xts-256"
+key_file = "'"$T"'/disk.key"' || return 1
+    if out=$("$KEEL_BIN" fsck "$T/disk.keel" 2>&1); then
+        fail "keel fsck opened the encrypted container without its key: $out"
+        return 1
+    fi
+    case $out in
+    *key*) log "without the key: $out" ;;
+    *) fail "keel fsck without the key failed for another reason: $out" || return 1 ;;
+    esac
+    out=$("$KEEL_BIN" fsck --key-file "$T/disk.key" "$T/disk.keel" 2>&1) ||
+        fail "keel fsck with the key: $out" || return 1
+    log "keel fsck with the key: clean"
 }
 
 # A keel disk grows while the guest runs (`keel resize`): keeld sends the config-change message,
