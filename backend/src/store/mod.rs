@@ -1,10 +1,16 @@
 //! Keel's storage core: a log-structured virtual disk in one container.
 //!
-//! Layers, top-down: [`Store`] (`write` batches, `read` plans, flush, checkpoints, the
-//! cleaner) -> [`journal`] records and [`maps`] (LBA -> VBA B+trees with snapshots,
-//! VBA -> PBA) -> [`alloc`] (per-writer segments), [`sut`] (segment usage) and `pins` (segments
-//! reads are using) -> [`BatchIo`] / the [`BlockDevice`](crate::device::BlockDevice). The
-//! on-disk format, byte by byte, is in docs/format.md.
+//! Three layers, top-down, each calling only the ones below it:
+//! - [`admin`]: whole-disk operations (snapshots, clone, diff, import, resize, fsck);
+//! - [`log`]: the data path (`write` batches into journal records and data segments, `read`
+//!   plans from the maps), checkpoints, recovery, segment allocation, space and the cleaner;
+//! - [`map`]: the LBA -> VBA B+trees with snapshots, VBA -> PBA, segment usage, and what readers
+//!   hold (pins, blocks still being written).
+//!
+//! [`Store`] (this file) holds the state all three share and opens, formats and checkpoints
+//! a container; the shared pieces at this level (`codec`, [`layout`], `io`, [`buf`], `error`,
+//! `stats`, `poison`, [`seal`]) may be used by any layer. The on-disk format, byte by byte, is
+//! in docs/format.md.
 
 pub mod admin;
 pub mod buf;
@@ -48,8 +54,8 @@ use layout::{BLOCK, Geometry};
 use log::alloc::SegmentWriter;
 use log::journal::JournalCursor;
 use log::superblock::Superblock;
-use log::sut::{SegKind, Sut};
 use map::pins::SegmentPins;
+use map::sut::{SegKind, Sut};
 use maps::Maps;
 use stats::Counters;
 use std::fs::File;

@@ -15,8 +15,8 @@ use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::layout::BLOCK;
-use crate::store::log::sut::SegKind;
 use crate::store::map::btree::{Forest, TreeValue};
+use crate::store::map::sut::SegKind;
 use std::collections::HashSet;
 
 /// The outcome of `keel fsck`.

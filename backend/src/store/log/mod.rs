@@ -4,6 +4,7 @@
 //! It calls the map layer below it, never admin.
 
 pub(super) mod alloc;
+pub(super) mod apply;
 pub(super) mod batch;
 pub(super) mod checkpoint;
 pub(super) mod cleaner;
@@ -19,7 +20,6 @@ pub(super) mod recovery;
 pub(super) mod space;
 pub mod spare;
 pub(super) mod superblock;
-pub(super) mod sut;
 pub(super) mod tail;
 pub(super) mod victim;
 pub(super) mod write;

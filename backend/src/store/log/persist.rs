@@ -9,8 +9,8 @@ use crate::store::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::checkpoint::{self, CheckpointRoot, SnapshotRecord};
 use crate::store::log::superblock::Superblock;
-use crate::store::log::sut::{SegKind, Sut};
 use crate::store::map::btree::NodeId;
+use crate::store::map::sut::{SegKind, Sut};
 use crate::store::{JournalState, State, Store};
 use std::collections::HashSet;
 

@@ -18,8 +18,8 @@ use crate::store::buf::AlignedBuf;
 use crate::store::io::{BatchIo, DeviceIo};
 use crate::store::layout::BLOCK;
 use crate::store::log::persist::take_meta;
-use crate::store::log::sut::SegKind;
 use crate::store::map::btree::NodeId;
+use crate::store::map::sut::SegKind;
 use crate::store::{Result, Store};
 use std::sync::atomic::Ordering;
 

@@ -15,10 +15,10 @@ use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::checkpoint::CheckpointRoot;
 use crate::store::log::journal::{self, Entry, JournalCursor};
 use crate::store::log::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
-use crate::store::log::sut::Sut;
 use crate::store::log::tail;
 use crate::store::map::btree::Forest;
 use crate::store::map::maps::{Maps, Snapshot};
+use crate::store::map::sut::Sut;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -343,7 +343,7 @@ fn replay(
             return Ok(format!("record lsn {} discarded: {why}", h.lsn));
         }
         let State { maps, sut, .. } = st;
-        maps.apply(&entries, sut);
+        super::apply::apply(maps, &entries, sut);
         cur.pos += h.len_blocks as u64;
         cur.next_lsn += 1;
         cur.prev_crc = crc;

@@ -11,8 +11,8 @@
 use crate::store::Store;
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
-use crate::store::log::sut::{SUT_ENTRY, SegKind, Sut};
 use crate::store::map::btree::{Body, Forest, NodeId, TreeValue};
+use crate::store::map::sut::{SUT_ENTRY, SegKind, Sut};
 use keel_protocol::control::{SpaceReport, SpaceState};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};

@@ -21,7 +21,7 @@
 //!
 //! Segments above `max_live` are never chosen: moving a nearly full segment gains nothing.
 
-use crate::store::log::sut::{SegKind, Sut};
+use crate::store::map::sut::{SegKind, Sut};
 
 /// How the cleaner picks its victims.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

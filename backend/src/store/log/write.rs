@@ -30,7 +30,7 @@ use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::batch::{self, Op};
 use crate::store::log::journal::{self, Entry};
-use crate::store::log::sut::SegKind;
+use crate::store::map::sut::SegKind;
 use crate::store::stats::Counters;
 use crate::store::{JournalState, State, Store};
 use std::sync::MutexGuard;
@@ -520,7 +520,7 @@ impl Store {
         if self.ensure_ok().is_ok() {
             let mut st = self.write_lock(&self.state);
             let State { maps, sut, .. } = &mut *st;
-            maps.apply(entries, sut);
+            super::apply::apply(maps, entries, sut);
         }
         // Past a poisoned lock the batches before may never come: stop waiting for them.
         j.applied_lsn = j.applied_lsn.max(lsn);

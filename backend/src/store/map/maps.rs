@@ -7,11 +7,10 @@
 //! The data checksum lives in the VBA entry and is seeded with the VBA, so it survives the
 //! cleaner moving the block and catches a block read from the wrong place.
 
-use crate::store::admin::diff::diff_trees;
+use super::diff_walk::diff_trees;
 use crate::store::codec::{Get, Put};
-use crate::store::log::journal::Entry;
-use crate::store::log::sut::{SegKind, Sut};
 use crate::store::map::btree::{Forest, NodeId, TreeValue};
+use crate::store::map::sut::{SegKind, Sut};
 
 /// LBA tree value: the block's virtual address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,36 +182,7 @@ impl Maps {
             .filter(|v| *v != NO_VBA)
     }
 
-    /// Applies one journal record's entries, in order.
-    pub fn apply(&mut self, entries: &[Entry], sut: &mut Sut) {
-        self.seq += 1;
-        for e in entries {
-            match *e {
-                Entry::Map { lba, vba, pba, crc } => self.map(lba, vba, pba, crc, sut),
-                Entry::Unmap { lba, count } => self.unmap(lba, count, sut),
-                Entry::Move {
-                    vba,
-                    old_pba,
-                    new_pba,
-                } => {
-                    self.relocate(vba, old_pba, new_pba, sut);
-                }
-                // Recovery checked the id; a live store wrote the record with the next one.
-                Entry::Snapshot { id, created, name } if id == self.next_snapshot_id => {
-                    self.create_snapshot(&name.as_str(), created);
-                }
-                Entry::Snapshot { .. } => {}
-                // Recovery checked the snapshot exists.
-                Entry::DeleteSnapshot { id } => {
-                    self.delete_snapshot(id);
-                }
-                Entry::Release { vba } => self.free_vba(vba, sut),
-                Entry::Flushed { .. } => {}
-            }
-        }
-    }
-
-    fn map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+    pub(crate) fn map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
         let (seq, frozen) = (self.seq, self.frozen());
         self.vba
             .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
@@ -230,7 +200,7 @@ impl Maps {
         }
     }
 
-    fn unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
+    pub(crate) fn unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
         let (seq, frozen) = (self.seq, self.frozen());
         let mut found = Vec::new();
         self.lba
@@ -295,7 +265,7 @@ impl Maps {
                 .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
     }
 
-    fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
+    pub(crate) fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
         let seq = self.seq;
         if let Some(e) = self.vba.remove(&mut self.vba_root, vba, seq, 0) {
             if let Some(slot) = self.rmap.get_mut(e.pba as usize) {

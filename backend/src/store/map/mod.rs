@@ -3,6 +3,8 @@
 //! written). It calls nothing above it: not the log, not admin.
 
 pub mod btree;
+pub mod diff_walk;
 pub mod maps;
 pub(super) mod pins;
+pub(super) mod sut;
 pub(super) mod unwritten;

@@ -4,6 +4,8 @@
 use super::*;
 use crate::store::CreateOptions;
 use crate::store::Op;
+use crate::store::map::btree::Forest;
+use crate::store::map::maps::Vba;
 use crate::store::tests::{new_store, small_opts};
 use crate::testing::SplitMix;
 use std::collections::BTreeMap;
