@@ -1,87 +1,68 @@
 //! Keel's storage core: a log-structured virtual disk in one container.
 //!
-//! Layers, top-down: [`Store`] (`write` batches, `read` plans, flush, checkpoints, the
-//! cleaner) -> [`journal`] records and [`maps`] (LBA -> VBA B+trees with snapshots,
-//! VBA -> PBA) -> [`alloc`] (per-writer segments), [`sut`] (segment usage) and `pins` (segments
-//! reads are using) -> [`BatchIo`] / the [`BlockDevice`](crate::device::BlockDevice). The
-//! on-disk format, byte by byte, is in docs/format.md.
+//! Three layers, top-down, each calling only the ones below it:
+//! - [`admin`]: whole-disk operations (snapshots, clone, diff, import, resize, fsck);
+//! - [`log`]: the data path (`write` batches into journal records and data segments, `read`
+//!   plans from the maps), checkpoints, recovery, segment allocation, space and the cleaner;
+//! - [`map`]: the LBA -> VBA B+trees with snapshots, VBA -> PBA, segment usage, and what readers
+//!   hold (pins, blocks still being written).
+//!
+//! [`Store`] (this file) holds the state all three share and opens, formats and checkpoints
+//! a container; the shared pieces at this level (`codec`, [`layout`], `io`, [`buf`], `error`,
+//! `stats`, `poison`, [`seal`]) may be used by any layer. The on-disk format, byte by byte, is
+//! in docs/format.md.
 
-mod alloc;
-mod batch;
-pub mod btree;
+pub mod admin;
 pub mod buf;
-mod checkpoint;
-mod cleaner;
-mod clone;
-pub use clone::CloneWatch;
 mod codec;
-pub mod diff;
-pub mod diff_file;
 mod error;
-mod flush;
-mod format;
-mod fsck;
-mod import;
 mod io;
-pub mod journal;
 pub mod layout;
-pub mod maps;
-mod pace;
-pub mod peek;
-mod persist;
-mod pins;
+pub mod log;
+pub mod map;
 mod poison;
-mod prewrite;
-mod read;
-mod reclaim;
-mod recovery;
-pub mod resize;
 pub mod seal;
-mod snapshots;
-mod space;
-pub mod spare;
 mod stats;
-mod superblock;
-mod sut;
-mod tail;
-mod unwritten;
-mod victim;
-pub use victim::VictimPolicy;
-mod write;
+
+pub use admin::clone::CloneWatch;
+pub use admin::{diff, diff_file, peek, resize};
+pub use log::victim::VictimPolicy;
+pub use log::{journal, spare};
+pub use map::{btree, maps};
 
 #[cfg(test)]
 mod tests;
 
-pub use batch::Op;
+pub use admin::fsck::FsckReport;
 pub use buf::AlignedBuf;
-pub use cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use error::{Result, StoreError};
-pub use flush::MarkWriter;
-pub use format::CreateOptions;
-pub use fsck::FsckReport;
 pub use io::{BatchIo, DeviceIo, Gather, StartIo};
-pub use read::{ReadPlan, ReadRun};
-pub use recovery::RecoveryReport;
-pub use space::{SpaceOptions, state_for};
-pub use spare::Spare;
+pub use log::batch::Op;
+pub use log::cleaner::{CleanReport, CleanerConfig, CleanerHandle};
+pub use log::flush::MarkWriter;
+pub use log::format::CreateOptions;
+pub use log::read::{ReadPlan, ReadRun};
+pub use log::recovery::RecoveryReport;
+pub use log::space::{SpaceOptions, state_for};
+pub use log::spare::Spare;
+pub use log::write::InFlight;
+use log::write::Issue;
 pub use stats::Stats;
-pub use write::InFlight;
-use write::Issue;
 
 use crate::device::{BlockDevice, FileDevice};
-use alloc::SegmentWriter;
-use journal::JournalCursor;
 use layout::{BLOCK, Geometry};
+use log::alloc::SegmentWriter;
+use log::journal::JournalCursor;
+use log::superblock::Superblock;
+use map::pins::SegmentPins;
+use map::sut::{SegKind, Sut};
 use maps::Maps;
-use pins::SegmentPins;
 use stats::Counters;
 use std::fs::File;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use superblock::Superblock;
-use sut::{SegKind, Sut};
 
 /// How an open store behaves.
 #[derive(Debug, Clone)]
@@ -200,13 +181,13 @@ pub struct Store {
     geo: Geometry,
     /// Segments in the container: `geo.segments` until the container grows (space.rs).
     segments: AtomicU64,
-    space: space::SpaceWatch,
+    space: log::space::SpaceWatch,
     /// Guest-visible size in bytes: `geo.capacity` until the disk grows online.
     capacity: AtomicU64,
     /// Held by snapshot operations that check, then journal (delete).
     snapshot_ops: Mutex<()>,
     /// The deleted snapshot whose blocks are being given back, and how far that got.
-    reclaim: Mutex<Option<reclaim::Progress>>,
+    reclaim: Mutex<Option<log::reclaim::Progress>>,
     /// Wakes the background cleaner from its pause early (new work: a snapshot deleted).
     cleaner_wake: (Mutex<bool>, Condvar),
     /// Set while a [`MarkWriter`] runs: flushes leave their marks to it. Its condvar goes
@@ -230,7 +211,7 @@ pub struct Store {
     /// Segments that reads in flight read from: not reused until released.
     pins: Arc<SegmentPins>,
     /// Blocks mapped by a batch whose writes are still in flight: readers wait for them.
-    unwritten: unwritten::Unwritten,
+    unwritten: map::unwritten::Unwritten,
     stats: Counters,
     /// Set by a failed metadata write or a poisoned lock: every later request fails.
     failed: AtomicBool,
@@ -275,7 +256,7 @@ fn creating_path(path: &Path) -> std::path::PathBuf {
 impl Store {
     /// Writes a new, empty container onto `dev`.
     pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
-        format::format(dev, opts)
+        log::format::format(dev, opts)
     }
 
     /// Creates a container file at `path` (it must not exist), reserves its space and
@@ -298,7 +279,7 @@ impl Store {
         let made = FileDevice::create_allocated(&tmp, geo.container_bytes())
             .map_err(StoreError::from)
             .and_then(|dev| {
-                let geo = format::format(&dev, opts)?;
+                let geo = log::format::format(&dev, opts)?;
                 dev.flush()?;
                 Ok(geo)
             })
@@ -326,7 +307,7 @@ impl Store {
         let dev = match FileDevice::open(path, false, opts.direct_io) {
             Ok(d) => d,
             Err(e) if opts.direct_io && e.raw_os_error() == Some(libc::EINVAL) => {
-                log::warn!(
+                ::log::warn!(
                     "{}: O_DIRECT not supported here, using buffered I/O",
                     path.display()
                 );
@@ -343,7 +324,7 @@ impl Store {
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
         let raw_fd = dev.raw_fd();
         let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
-        let mut loaded = recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
+        let mut loaded = log::recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
             loaded.stale_slot = None;
@@ -353,16 +334,16 @@ impl Store {
         // the records recovery dropped erased, so no later recovery can mistake them.
         if let Some(slot) = loaded.stale_slot {
             if let Some(problem) = &loaded.report.other_superblock {
-                log::warn!("{problem}: rewritten from the valid copy");
+                ::log::warn!("{problem}: rewritten from the valid copy");
             }
-            persist::repair_superblock_copy(dev.as_ref(), &loaded.superblock, slot)?;
+            log::persist::repair_superblock_copy(dev.as_ref(), &loaded.superblock, slot)?;
         }
         if let Some(range) = loaded.erase {
-            tail::erase(dev.as_ref(), &geo, range)?;
+            log::tail::erase(dev.as_ref(), &geo, range)?;
         }
         // From the next checkpoint on (the first record written takes one) the journal holds
         // flush marks and no dropped record past its end.
-        loaded.superblock.incompat |= superblock::INCOMPAT_FLUSH_MARKS;
+        loaded.superblock.incompat |= log::superblock::INCOMPAT_FLUSH_MARKS;
         let writers = (0..opts.writers.max(1))
             .map(|_| Mutex::new(SegmentWriter::new(geo.seg_blocks)))
             .collect();
@@ -373,7 +354,7 @@ impl Store {
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
-            space: space::SpaceWatch::new(&opts.space),
+            space: log::space::SpaceWatch::new(&opts.space),
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
@@ -404,10 +385,10 @@ impl Store {
             pins: Arc::new(SegmentPins::new(
                 opts.space
                     .max_container_bytes
-                    .map_or(0, |b| space::segments_within(&geo, b))
+                    .map_or(0, |b| log::space::segments_within(&geo, b))
                     .max(geo.segments),
             )),
-            unwritten: unwritten::Unwritten::default(),
+            unwritten: map::unwritten::Unwritten::default(),
             stats: Counters::default(),
             failed: AtomicBool::new(false),
             failure: std::sync::OnceLock::new(),
@@ -467,7 +448,7 @@ impl Store {
     }
 
     fn fail(&self, e: &StoreError) {
-        log::error!("store stops accepting writes: {e}");
+        ::log::error!("store stops accepting writes: {e}");
         self.latch_failed(format!("a metadata write failed: {e}"));
     }
 
@@ -496,7 +477,7 @@ impl Store {
     fn checkpoint_with(&self, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<()> {
         self.ensure_ok()?;
         let t0 = std::time::Instant::now();
-        match persist::checkpoint(self, j, io) {
+        match log::persist::checkpoint(self, j, io) {
             Ok(written) => {
                 j.fresh_chain = false;
                 self.note_space_freed();
@@ -505,7 +486,7 @@ impl Store {
                 Counters::max(&self.stats.checkpoint_max_us, us);
                 Counters::add(&self.stats.checkpoint_writes, written.writes);
                 Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
-                log::debug!(
+                ::log::debug!(
                     "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
                     j.superblock.generation,
                     written.bytes / BLOCK,
@@ -551,7 +532,7 @@ impl Store {
             journal_used_bytes: j.cursor.pos * BLOCK,
             checkpoint_generation: j.superblock.generation,
             next_lsn: j.cursor.next_lsn,
-            snapshots: snapshots::snapshot_infos(&st.maps),
+            snapshots: admin::snapshots::snapshot_infos(&st.maps),
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
             encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),

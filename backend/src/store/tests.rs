@@ -64,7 +64,7 @@ pub(super) fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
 /// The cipher of the container on `dev` in an encrypted run (with this run's key), for tests
 /// that edit blocks behind the store's back; `None` for a plaintext container.
 pub(crate) fn sealer_of(dev: &dyn crate::device::BlockDevice) -> Option<super::seal::Sealer> {
-    let fields = super::recovery::pick_superblock(dev)
+    let fields = super::log::recovery::pick_superblock(dev)
         .expect("a container")
         .superblock
         .seal;

@@ -202,7 +202,7 @@ pub(crate) struct Unsealed {
 /// check, a [`SealedDevice`] over it. A key given for a plaintext container is refused:
 /// encryption is never turned on in place.
 pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Unsealed> {
-    let fields = super::recovery::pick_superblock(dev.as_ref())?
+    let fields = super::log::recovery::pick_superblock(dev.as_ref())?
         .superblock
         .seal;
     if fields.is_encrypted() {

@@ -193,8 +193,8 @@ fn a_snapshot_under_full_speed_writes_holds_what_had_completed() {
         let after: Vec<u64> = started.iter().map(|d| d.load(Ordering::SeqCst)).collect();
         let d = s
             .diff(
-                crate::store::diff::TreeRef::Empty,
-                crate::store::diff::TreeRef::Snapshot(id),
+                crate::store::admin::diff::TreeRef::Empty,
+                crate::store::admin::diff::TreeRef::Snapshot(id),
             )
             .unwrap();
         let mut held = vec![0u64; blocks as usize];

@@ -27,7 +27,7 @@ fn block_hashes(img: &[u8]) -> Vec<u64> {
 
 /// Snapshot `id`'s contents, block hashes as `block_hashes` gives them.
 fn snapshot_hashes(store: &Store, id: u64) -> Result<Vec<u64>, String> {
-    use crate::store::diff::TreeRef;
+    use crate::store::admin::diff::TreeRef;
     let d = store
         .diff(TreeRef::Empty, TreeRef::Snapshot(id))
         .map_err(|e| format!("snapshot {id}: {e}"))?;

@@ -3,7 +3,7 @@
 //! at any moment recovers to a state after the last completed flush.
 
 use super::small_opts;
-use crate::store::pace::Levels;
+use crate::store::log::pace::Levels;
 use crate::store::{CleanerConfig, CleanerHandle, Op, Store, StoreOptions};
 use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ fn levels(s: &Store, cfg: &CleanerConfig) -> Levels {
     let geo = s.geometry();
     Levels::new(
         geo.reserved_segments(),
-        crate::store::spare::spare_segments(&geo),
+        crate::store::log::spare::spare_segments(&geo),
         cfg.low_water,
         cfg.ahead_percent,
     )

@@ -477,7 +477,7 @@ fn a_thousand_snapshots_survive_a_reopen() {
     assert_eq!(snaps.len(), 1000);
     assert_eq!(snaps[999].name, "s999");
     // Snapshot 500 froze block 500 % 8 = 4 with fill 500 % 251.
-    use crate::store::diff::TreeRef;
+    use crate::store::admin::diff::TreeRef;
     let d = store
         .diff(TreeRef::Empty, TreeRef::Snapshot(snaps[500].seq))
         .unwrap();
@@ -532,7 +532,7 @@ fn random_then_sequential_overwrites_never_run_out_of_space() {
 /// as using them; later deletes are journal records that a reopen replays.
 #[test]
 fn deletes_upgrade_an_older_container_and_survive_a_reopen() {
-    use crate::store::superblock::{INCOMPAT_BACKGROUND_DELETES, INCOMPAT_JOURNAL_DELETES};
+    use crate::store::log::superblock::{INCOMPAT_BACKGROUND_DELETES, INCOMPAT_JOURNAL_DELETES};
     let (dev, store) = new_store(&small_opts());
     {
         let mut j = store.lock(&store.journal);
@@ -639,8 +639,8 @@ fn a_block_a_revert_brought_back_survives_the_delete_of_its_first_holder() {
     let store = Store::open(dev, crate::store::tests::store_opts()).unwrap();
     let d = store
         .diff(
-            crate::store::diff::TreeRef::Empty,
-            crate::store::diff::TreeRef::Snapshot(c),
+            crate::store::admin::diff::TreeRef::Empty,
+            crate::store::admin::diff::TreeRef::Snapshot(c),
         )
         .unwrap();
     let vba = d

@@ -1,0 +1,35 @@
+//! Applying a journal record to the maps: how the log's records become mappings, the same
+//! for a live write and for replay at open.
+
+use super::journal::Entry;
+use crate::store::map::maps::Maps;
+use crate::store::map::sut::Sut;
+
+/// Applies one journal record's entries to the maps, in order.
+pub fn apply(maps: &mut Maps, entries: &[Entry], sut: &mut Sut) {
+    maps.seq += 1;
+    for e in entries {
+        match *e {
+            Entry::Map { lba, vba, pba, crc } => maps.map(lba, vba, pba, crc, sut),
+            Entry::Unmap { lba, count } => maps.unmap(lba, count, sut),
+            Entry::Move {
+                vba,
+                old_pba,
+                new_pba,
+            } => {
+                maps.relocate(vba, old_pba, new_pba, sut);
+            }
+            // Recovery checked the id; a live store wrote the record with the next one.
+            Entry::Snapshot { id, created, name } if id == maps.next_snapshot_id => {
+                maps.create_snapshot(&name.as_str(), created);
+            }
+            Entry::Snapshot { .. } => {}
+            // Recovery checked the snapshot exists.
+            Entry::DeleteSnapshot { id } => {
+                maps.delete_snapshot(id);
+            }
+            Entry::Release { vba } => maps.free_vba(vba, sut),
+            Entry::Flushed { .. } => {}
+        }
+    }
+}

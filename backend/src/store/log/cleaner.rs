@@ -1,0 +1,359 @@
+//! The cleaner: copies the live blocks of sparse segments elsewhere, changing only the
+//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused after the
+//! next checkpoint.
+
+use super::victim;
+use crate::store::buf::AlignedBuf;
+use crate::store::codec::block_crc;
+use crate::store::error::Result;
+use crate::store::io::DeviceIo;
+use crate::store::layout::BLOCK;
+use crate::store::log::journal::Entry;
+use crate::store::log::pace::{Levels, Pace};
+use crate::store::log::write::Issue;
+use crate::store::map::pins::PinGuard;
+use crate::store::map::sut::SegKind;
+use crate::store::stats::Counters;
+use crate::store::{Store, now_millis_pub};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One cleaned segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanReport {
+    pub segment: u64,
+    /// Live blocks found in the segment.
+    pub live: u64,
+    /// Blocks copied and remapped (fewer if the guest overwrote some meanwhile).
+    pub moved: u64,
+}
+
+impl Store {
+    /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
+    /// The segment becomes free at the next checkpoint.
+    pub fn clean_step(&self) -> Result<Option<CleanReport>> {
+        self.ensure_ok()?;
+        let mut cw = self.lock(&self.cleaner_writer);
+        let seg_blocks = self.geo.seg_blocks;
+        let mut pin = PinGuard::new(&self.pins);
+        let (seg, live, stamp) = {
+            let st = self.read_lock(&self.state);
+            let Some(seg) = victim::choose(
+                &st.sut,
+                self.geo.first_data_segment(),
+                seg_blocks,
+                (seg_blocks * 9 / 10) as u32,
+                self.opts.space.cleaner_policy,
+            ) else {
+                return Ok(None);
+            };
+            // Pinned: should the guest overwrite all of it meanwhile, it is not reused under
+            // the read below.
+            pin.pin(seg);
+            let start = self.geo.segment_start(seg);
+            let live: Vec<(u64, u64, u32)> = (start..start + seg_blocks)
+                .filter_map(|pba| {
+                    let vba = st.maps.owner(pba)?;
+                    let e = st.maps.vba.get(st.maps.vba_root, vba)?;
+                    Some((pba, vba, e.crc))
+                })
+                .collect();
+            (seg, live, st.sut.stamp(seg))
+        };
+        let start = self.geo.segment_start(seg);
+        let mut src = AlignedBuf::scratch(seg_blocks as usize);
+        let t0 = Instant::now();
+        self.dev.read_at(&mut src, start * BLOCK)?;
+        Counters::add_since(&self.stats.cleaner_read_us, t0);
+        Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
+        let t0 = Instant::now();
+        let mut moves = Vec::with_capacity(live.len());
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < live.len() {
+            let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
+            // Relocated data keeps its age in its new segment.
+            self.write_lock(&self.state)
+                .sut
+                .note_copied(self.geo.segment_of(dst), stamp);
+            let mut ab = AlignedBuf::scratch(n);
+            for j in 0..n {
+                let (pba, vba, crc) = live[i + j];
+                let block = src.block((pba - start) as usize);
+                if block_crc(vba, block) != crc {
+                    // Moved as it is: reads keep failing loudly instead of the damage spreading.
+                    Counters::add(&self.stats.checksum_errors, 1);
+                    log::error!("cleaner: VBA {vba} at block {pba} fails its checksum");
+                }
+                ab.block_mut(j).copy_from_slice(block);
+                moves.push(Entry::Move {
+                    vba,
+                    old_pba: pba,
+                    new_pba: dst + j as u64,
+                });
+            }
+            Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
+            runs.push((dst, ab));
+            i += n;
+        }
+        drop(pin);
+        // The copies and the record that moves them are issued together, as a guest batch is.
+        let gathers = runs
+            .iter()
+            .map(|(p, b)| (p * BLOCK, vec![&b[..]]))
+            .collect();
+        let moved = self
+            .commit_with(
+                moves,
+                gathers,
+                &mut cw.retired,
+                true,
+                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
+            )?
+            .entries;
+        Counters::add_since(&self.stats.cleaner_write_us, t0);
+        Counters::add(&self.stats.cleaner_moves, moved);
+        Counters::add(&self.stats.segments_cleaned, 1);
+        Ok(Some(CleanReport {
+            segment: seg,
+            live: live.len() as u64,
+            moved,
+        }))
+    }
+
+    /// Frees sparse metadata segments. Tree nodes that do not change keep the segment they
+    /// were written to alive long after its other nodes were superseded; the nodes in segments
+    /// at most half live are marked dirty (with their ancestors) and the checkpoint taken here
+    /// writes them elsewhere, which empties those segments. Returns the nodes moved.
+    pub fn clean_meta(&self) -> Result<usize> {
+        self.ensure_ok()?;
+        let mut j = self.quiet_journal();
+        let moved = {
+            let mut st = self.write_lock(&self.state);
+            let half = (self.geo.seg_blocks / 2) as u32;
+            let sparse: std::collections::HashSet<u64> = (self.geo.first_data_segment()
+                ..self.segments())
+                .filter(|s| {
+                    st.sut.kind(*s) == SegKind::Meta
+                        && !st.sut.is_open(*s)
+                        && st.sut.live(*s) <= half
+                })
+                .collect();
+            if sparse.is_empty() {
+                return Ok(0);
+            }
+            let geo = self.geo;
+            let doomed = |pba: u64| sparse.contains(&geo.segment_of(pba));
+            let maps = &mut st.maps;
+            let roots = maps.lba_roots();
+            let vba_root = maps.vba_root;
+            maps.lba.evacuate(&roots, &doomed) + maps.vba.evacuate(&[vba_root], &doomed)
+        };
+        if moved > 0 {
+            self.checkpoint_locked(&mut j)?;
+        }
+        Ok(moved)
+    }
+
+    /// Whether enough metadata segments are sparse for [`clean_meta`](Self::clean_meta) to
+    /// be worth its checkpoint (which rewrites every node it moves): as many as half the
+    /// reserve.
+    pub fn meta_sparse(&self) -> bool {
+        let st = self.read_lock(&self.state);
+        let half = (self.geo.seg_blocks / 2) as u32;
+        let enough = (self.geometry().reserved_segments() / 2).max(2) as usize;
+        (self.geo.first_data_segment()..self.segments())
+            .filter(|s| {
+                st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
+            })
+            .nth(enough - 1)
+            .is_some()
+    }
+
+    /// Free segments (the reserve included).
+    pub fn free_segments(&self) -> u64 {
+        self.read_lock(&self.state).sut.free_count()
+    }
+
+    /// Emptied segments waiting for the next checkpoint.
+    pub fn pending_segments(&self) -> u64 {
+        self.read_lock(&self.state).sut.pending_count()
+    }
+}
+
+/// When the background cleaner works.
+#[derive(Debug, Clone)]
+pub struct CleanerConfig {
+    /// The most free segments beyond the reserve under which the cleaner works without pause
+    /// (an eighth of the spare segments, at least 2). Also how many cleaned segments wait for
+    /// the checkpoint that releases them while cleaning ahead (half as many when urgent; at
+    /// most a quarter of the spare).
+    pub low_water: u64,
+    /// Clean ahead, before space is short, until this percentage of the spare segments (at
+    /// least 2, at most `low_water`) is free above the urgent level (see [`pace`](crate::store::log::pace)).
+    pub ahead_percent: u64,
+    /// Clean opportunistically when the guest has done no I/O for this long.
+    pub idle: Duration,
+    /// Pause between steps when not urgent (the throttle against guest I/O).
+    pub pause: Duration,
+}
+
+impl Default for CleanerConfig {
+    fn default() -> Self {
+        Self {
+            low_water: 24,
+            ahead_percent: 10,
+            idle: Duration::from_millis(200),
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A running background cleaner; stops and joins when dropped.
+pub struct CleanerHandle {
+    stop: Arc<AtomicBool>,
+    store: Arc<Store>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Pauses the cleaner for `d`, or until [`wake_cleaner`](Self::wake_cleaner).
+    fn cleaner_nap(&self, d: Duration) {
+        let (flag, cv) = &self.cleaner_wake;
+        let mut woken = self.lock(flag);
+        if !*woken {
+            woken = self.unpoison(cv.wait_timeout(woken, d)).0;
+        }
+        *woken = false;
+    }
+
+    /// Ends the cleaner's pause now: there is work (a deleted snapshot's blocks) or it stops.
+    pub(in crate::store) fn wake_cleaner(&self) {
+        let (flag, cv) = &self.cleaner_wake;
+        *self.lock(flag) = true;
+        cv.notify_all();
+    }
+}
+
+impl CleanerHandle {
+    /// Starts cleaning `store` in a background thread.
+    pub fn spawn(store: Arc<Store>, cfg: CleanerConfig) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let worker = Arc::clone(&store);
+        let thread = std::thread::Builder::new()
+            .name("keel-cleaner".into())
+            .spawn(move || run(&worker, &cfg, &flag))?;
+        Ok(Self {
+            stop,
+            store,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for CleanerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.store.wake_cleaner();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
+    let mut release_helps = true;
+    while !stop.load(Ordering::Acquire) {
+        store.watch_space();
+        // Growing the file is far cheaper than moving mostly live segments.
+        if store.grow_if_short(false) {
+            continue;
+        }
+        let free = store.free_segments();
+        let geo = store.geometry();
+        let reserve = geo.reserved_segments();
+        let pending = store.pending_segments();
+        let spare = crate::store::log::spare::spare_segments(&geo);
+        let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
+        let urgent = free < levels.urgent;
+        let pace = levels.pace(free, pending, cfg.pause);
+        // A checkpoint rewrites every dirty map node: batch the releases, as below.
+        let worth = pending >= levels.release_batch(spare, cfg.low_water, true)
+            || (pending > 0 && free <= reserve + 1);
+        if urgent && release_helps && worth {
+            // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
+            // frees nothing (reads still pin them), clean instead until something changes.
+            match store.checkpoint() {
+                Ok(()) => release_helps = store.free_segments() > free,
+                Err(e) => {
+                    log::warn!("cleaner: checkpoint failed: {e}");
+                    release_helps = false;
+                }
+            }
+            continue;
+        }
+        release_helps = true;
+        if urgent && store.meta_sparse() {
+            if let Err(e) = store.clean_meta() {
+                log::warn!("cleaner: metadata segments: {e}");
+                store.cleaner_nap(cfg.pause);
+            }
+            continue;
+        }
+        let idle_ms = now_millis_pub().saturating_sub(store.last_guest_io.load(Ordering::Relaxed));
+        let idle = idle_ms >= cfg.idle.as_millis() as u64;
+        // Snapshot trees' dirty leaves, written ahead so the next checkpoint is short.
+        if store.prewrite_pending() {
+            if let Err(e) = store.prewrite_frozen() {
+                log::warn!("cleaner: writing snapshot tree nodes ahead: {e}");
+                store.cleaner_nap(cfg.pause * 5);
+            }
+            continue;
+        }
+        // A deleted snapshot's blocks come back before any live block is moved: a chunk at a
+        // time, paced while the guest is busy (each chunk holds the maps about 1 ms).
+        if store.reclaim_pending() {
+            if let Err(e) = store.reclaim_step() {
+                log::warn!("cleaner: giving back a deleted snapshot's blocks: {e}");
+                store.cleaner_nap(cfg.pause * 5);
+            } else if !(urgent || idle) {
+                store.cleaner_nap(cfg.pause / 4);
+            }
+            continue;
+        }
+        if !(urgent || idle) && pace == Pace::Ahead {
+            store.cleaner_nap(cfg.pause);
+            continue;
+        }
+        match store.clean_step() {
+            Ok(Some(_)) => {
+                // Cleaned segments become free at a checkpoint; batch them, a checkpoint
+                // rewrites every dirty map node (mostly the same ones: random guest writes
+                // dirty most leaves between two) and holds guest batches meanwhile. Cleaning
+                // ahead, twice as many wait.
+                let pending = store.pending_segments();
+                let starving = store.free_segments() <= reserve + 1;
+                if (pending >= levels.release_batch(spare, cfg.low_water, urgent)
+                    || (starving && pending > 0))
+                    && let Err(e) = store.checkpoint()
+                {
+                    log::warn!("cleaner: checkpoint failed: {e}");
+                }
+                match pace {
+                    _ if urgent => {}
+                    Pace::Urgent => {}
+                    Pace::Behind(d) => store.cleaner_nap(d),
+                    Pace::Ahead => store.cleaner_nap(cfg.pause),
+                }
+            }
+            Ok(None) => store.cleaner_nap(cfg.pause * 5),
+            Err(e) => {
+                log::warn!("cleaner: {e}");
+                store.cleaner_nap(cfg.pause * 5);
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The log layer: the data path over the container (a write batches into a journal record
+//! and data segments, a read plans from the maps) and everything that keeps the log going:
+//! journal, checkpoints, recovery, segment allocation and usage, space and the cleaner.
+//! It calls the map layer below it, never admin.
+
+pub(super) mod alloc;
+pub(super) mod apply;
+pub(super) mod batch;
+pub(super) mod checkpoint;
+pub(super) mod cleaner;
+pub(super) mod flush;
+pub(super) mod format;
+pub mod journal;
+pub(super) mod pace;
+pub(super) mod persist;
+pub(super) mod prewrite;
+pub(super) mod read;
+pub(super) mod reclaim;
+pub(super) mod recovery;
+pub(super) mod space;
+pub mod spare;
+pub(super) mod superblock;
+pub(super) mod tail;
+pub(super) mod victim;
+pub(super) mod write;

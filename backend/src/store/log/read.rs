@@ -1,0 +1,251 @@
+//! The read path, split in two so that the device reads can run anywhere (in this thread, or
+//! on a queue's io_uring, many at once): [`Store::plan_read`] looks the blocks up and pins their
+//! segments, the caller reads the plan's runs, [`Store::finish_read`] checks every block's
+//! crc32c and copies the requested bytes out. Unwritten and discarded blocks need no I/O.
+
+use crate::store::Store;
+use crate::store::buf::AlignedBuf;
+use crate::store::codec::block_crc;
+use crate::store::error::{Result, StoreError};
+use crate::store::layout::BLOCK;
+use crate::store::log::batch::check_request;
+use crate::store::map::pins::PinGuard;
+use crate::store::stats::Counters;
+
+/// Longest device read of one run, in blocks.
+const MAX_RUN_BLOCKS: usize = 256;
+
+/// Contiguous blocks on the device that one read needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRun {
+    /// First physical block.
+    pub pba: u64,
+    pub blocks: usize,
+}
+
+impl ReadRun {
+    /// Byte offset on the device.
+    pub fn offset(&self) -> u64 {
+        self.pba * BLOCK
+    }
+}
+
+/// Where one block of the request comes from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    vba: u64,
+    pba: u64,
+    crc: u32,
+    run: usize,
+    index: usize,
+}
+
+/// A looked-up read: its runs must be read into one buffer each before
+/// [`Store::finish_read`]. Holds its segments pinned until dropped.
+pub struct ReadPlan {
+    offset: u64,
+    len: u64,
+    /// One per 4 KiB block the request touches; `None` reads as zeroes.
+    blocks: Vec<Option<Source>>,
+    runs: Vec<ReadRun>,
+    _pins: PinGuard,
+}
+
+impl ReadPlan {
+    /// The device reads this request needs (none if it only touches unwritten blocks).
+    pub fn runs(&self) -> &[ReadRun] {
+        &self.runs
+    }
+
+    /// A buffer for each run, ready to be read into.
+    pub fn buffers(&self) -> Vec<AlignedBuf> {
+        self.runs
+            .iter()
+            .map(|r| AlignedBuf::scratch(r.blocks))
+            .collect()
+    }
+}
+
+impl Store {
+    /// Looks up `[offset, offset + len)` (multiples of 512 inside the disk) and pins the
+    /// segments it reads from.
+    pub fn plan_read(&self, offset: u64, len: u64) -> Result<ReadPlan> {
+        check_request(offset, len, self.capacity())?;
+        self.ensure_ok()?;
+        Counters::add(&self.stats.guest_reads, 1);
+        Counters::add(&self.stats.guest_read_bytes, len);
+        self.note_guest_io();
+        self.plan_read_unchecked(offset, len)
+    }
+
+    /// Which blocks of `[offset, offset + len)` are mapped, as runs of `(bytes, mapped)` from
+    /// `offset`; scans at most `max_blocks` blocks (the runs then end early).
+    pub fn allocation(&self, offset: u64, len: u64, max_blocks: u64) -> Vec<(u64, bool)> {
+        let end = offset.saturating_add(len).min(self.capacity());
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let st = self.read_lock(&self.state);
+        let mut pos = offset;
+        let mut scanned = 0;
+        while pos < end && scanned < max_blocks {
+            let lba = pos / BLOCK;
+            let next = ((lba + 1) * BLOCK).min(end);
+            let mapped = st.maps.lookup(lba).is_some();
+            match runs.last_mut() {
+                Some((bytes, m)) if *m == mapped => *bytes += next - pos,
+                _ => runs.push((next - pos, mapped)),
+            }
+            pos = next;
+            scanned += 1;
+        }
+        runs
+    }
+
+    pub(in crate::store) fn plan_read_unchecked(&self, offset: u64, len: u64) -> Result<ReadPlan> {
+        let mut pins = PinGuard::new(&self.pins);
+        let mut blocks = Vec::new();
+        let mut runs: Vec<ReadRun> = Vec::new();
+        if len > 0 {
+            let first = offset / BLOCK;
+            let last = (offset + len - 1) / BLOCK;
+            blocks.reserve((last - first + 1) as usize);
+            let st = self.read_lock(&self.state);
+            let geo = self.geometry();
+            for lba in first..=last {
+                let Some((vba, e)) = st.maps.lookup(lba) else {
+                    blocks.push(None);
+                    continue;
+                };
+                if !geo.is_data_block(e.pba) {
+                    return Err(StoreError::corrupt(
+                        "VBA map",
+                        format!("LBA {lba} maps to block {} outside the segments", e.pba),
+                    ));
+                }
+                let extends = runs.last().is_some_and(|r| {
+                    r.pba + r.blocks as u64 == e.pba
+                        && r.blocks < MAX_RUN_BLOCKS
+                        && blocks.last().is_some_and(Option::is_some)
+                });
+                if extends {
+                    let r = runs.last_mut().expect("a run to extend");
+                    r.blocks += 1;
+                } else {
+                    runs.push(ReadRun {
+                        pba: e.pba,
+                        blocks: 1,
+                    });
+                }
+                let run = runs.len() - 1;
+                pins.pin(self.geo.segment_of(e.pba));
+                blocks.push(Some(Source {
+                    vba,
+                    pba: e.pba,
+                    crc: e.crc,
+                    run,
+                    index: runs[run].blocks - 1,
+                }));
+            }
+        }
+        // A batch applies its map changes while its data is being written.
+        self.unwritten
+            .wait_for(runs.iter().map(|r| (r.pba, r.blocks as u64)));
+        // The wait ends early once a poisoned lock failed the store.
+        self.ensure_ok()?;
+        Ok(ReadPlan {
+            offset,
+            len,
+            blocks,
+            runs,
+            _pins: pins,
+        })
+    }
+
+    /// Checks the blocks read for `plan` (one buffer per run, in order) and copies the
+    /// requested bytes into `out` (`plan`'s length). A block whose checksum fails is an error.
+    pub fn finish_read(&self, plan: &ReadPlan, bufs: &[AlignedBuf], out: &mut [u8]) -> Result<()> {
+        if bufs.len() != plan.runs.len() || out.len() as u64 != plan.len {
+            return Err(StoreError::Invalid(
+                "read buffers do not fit the plan".into(),
+            ));
+        }
+        let first = plan.offset / BLOCK;
+        let end = plan.offset + plan.len;
+        for (i, src) in plan.blocks.iter().enumerate() {
+            let lba = first + i as u64;
+            let bstart = lba * BLOCK;
+            let lo = plan.offset.max(bstart);
+            let hi = end.min(bstart + BLOCK);
+            let dst = &mut out[(lo - plan.offset) as usize..(hi - plan.offset) as usize];
+            let Some(s) = src else {
+                dst.fill(0);
+                continue;
+            };
+            let block = bufs[s.run].block(s.index);
+            self.check_block(lba, s, block)?;
+            dst.copy_from_slice(&block[(lo - bstart) as usize..(hi - bstart) as usize]);
+        }
+        Ok(())
+    }
+
+    /// When `plan` is whole blocks, every one written and all in its one run, checks their
+    /// checksums and returns the run's bytes: the caller copies them to the guest as they are,
+    /// without [`finish_read`](Self::finish_read)'s copy. `None` for any other plan.
+    pub fn finished_run<'b>(
+        &self,
+        plan: &ReadPlan,
+        bufs: &'b [AlignedBuf],
+    ) -> Option<Result<&'b [u8]>> {
+        let whole = plan.offset.is_multiple_of(BLOCK) && plan.len.is_multiple_of(BLOCK);
+        let [run] = plan.runs.as_slice() else {
+            return None;
+        };
+        let [buf] = bufs else {
+            return None;
+        };
+        if !whole || run.blocks != plan.blocks.len() || buf.len() != plan.len as usize {
+            return None;
+        }
+        if plan.blocks.iter().any(Option::is_none) {
+            return None;
+        }
+        let first = plan.offset / BLOCK;
+        for (i, s) in plan.blocks.iter().flatten().enumerate() {
+            if let Err(e) = self.check_block(first + i as u64, s, buf.block(s.index)) {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(&buf[..]))
+    }
+
+    /// Checks one block read for LBA `lba` against its checksum; a mismatch is counted,
+    /// logged and an error.
+    fn check_block(&self, lba: u64, s: &Source, block: &[u8]) -> Result<()> {
+        if block_crc(s.vba, block) == s.crc {
+            return Ok(());
+        }
+        Counters::add(&self.stats.checksum_errors, 1);
+        log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
+        Err(StoreError::DataChecksum { lba, pba: s.pba })
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (both multiples of 512). Unwritten and discarded
+    /// blocks read as zeroes without I/O; a block whose checksum fails is an error.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let plan = self.plan_read(offset, buf.len() as u64)?;
+        self.read_plan(&plan, buf)
+    }
+
+    /// A read for the store's own use (read-modify-write), not counted as guest I/O.
+    pub(in crate::store) fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let plan = self.plan_read_unchecked(offset, buf.len() as u64)?;
+        self.read_plan(&plan, buf)
+    }
+
+    fn read_plan(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
+        let mut bufs = plan.buffers();
+        for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
+            self.dev.read_at(b, run.offset())?;
+        }
+        self.finish_read(plan, &bufs, buf)
+    }
+}

@@ -1,0 +1,373 @@
+//! Segment usage table: live blocks and kind per segment, plus the free and pending lists.
+//!
+//! A segment whose last live block dies is not free at once: it goes to `pending` and
+//! becomes free only when the next checkpoint commits. Until then a crash would replay
+//! journal records that still point into it, so its blocks must keep their contents.
+
+use crate::store::codec::{Get, Put};
+use crate::store::error::{Result, StoreError};
+use crate::store::layout::{BLOCK_SIZE, Geometry};
+use std::collections::{BTreeSet, VecDeque};
+
+/// What a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegKind {
+    Free = 0,
+    Data = 1,
+    Meta = 2,
+}
+
+/// Bytes per segment in the on-disk table: live (u32), kind (u8), 3 reserved.
+pub const SUT_ENTRY: usize = 8;
+
+pub struct Sut {
+    geo: Geometry,
+    live: Vec<u32>,
+    kind: Vec<SegKind>,
+    free: VecDeque<u64>,
+    pending: BTreeSet<u64>,
+    open: BTreeSet<u64>,
+    /// Decrements below zero seen (a bookkeeping bug or corruption); fsck reports them.
+    pub underflows: u64,
+    /// Sum of `live`: blocks held by data and metadata, kept for the space checks.
+    held: u64,
+    /// Data blocks added so far: the clock segment ages are measured in (bytes written, not
+    /// seconds: a segment is old when much has been written since). In memory only.
+    clock: u64,
+    /// Per segment, the clock when its data was written: when a guest writer opened it, or
+    /// for the cleaner's segments the newest stamp of the victims copied into it (relocated
+    /// data keeps its age). 0 after an open: every segment is then as old.
+    stamp: Vec<u64>,
+}
+
+impl Sut {
+    /// A table with every data segment free.
+    /// Takes the disk's new capacity (it sizes the reserve of free segments).
+    pub fn set_capacity(&mut self, capacity: u64) {
+        self.geo.capacity = capacity;
+    }
+
+    pub fn new(geo: Geometry) -> Self {
+        let n = geo.segments as usize;
+        let mut s = Self {
+            geo,
+            live: vec![0; n],
+            kind: vec![SegKind::Free; n],
+            free: VecDeque::new(),
+            pending: BTreeSet::new(),
+            open: BTreeSet::new(),
+            underflows: 0,
+            held: 0,
+            clock: 0,
+            stamp: vec![0; n],
+        };
+        s.rebuild_free();
+        s
+    }
+
+    /// Recomputes the free list from the live counts (at open, after replay).
+    pub fn rebuild_free(&mut self) {
+        self.free.clear();
+        for seg in self.geo.first_data_segment()..self.geo.segments {
+            let i = seg as usize;
+            if self.live[i] == 0 && !self.pending.contains(&seg) && !self.open.contains(&seg) {
+                self.kind[i] = SegKind::Free;
+                self.free.push_back(seg);
+            }
+        }
+    }
+
+    pub fn live(&self, seg: u64) -> u32 {
+        self.live.get(seg as usize).copied().unwrap_or(0)
+    }
+
+    pub fn kind(&self, seg: u64) -> SegKind {
+        self.kind
+            .get(seg as usize)
+            .copied()
+            .unwrap_or(SegKind::Free)
+    }
+
+    pub fn is_open(&self, seg: u64) -> bool {
+        self.open.contains(&seg)
+    }
+
+    pub fn free_count(&self) -> u64 {
+        self.free.len() as u64
+    }
+
+    pub fn pending_count(&self) -> u64 {
+        self.pending.len() as u64
+    }
+
+    /// One more live block at `pba`.
+    pub fn add(&mut self, pba: u64, kind: SegKind) {
+        let seg = self.geo.segment_of(pba) as usize;
+        if let Some(l) = self.live.get_mut(seg) {
+            *l += 1;
+            self.held += 1;
+            self.kind[seg] = kind;
+            if kind == SegKind::Data {
+                self.clock += 1;
+            }
+            self.pending.remove(&(seg as u64));
+        }
+    }
+
+    /// One live block less at `pba`; an emptied, closed segment becomes pending.
+    pub fn dec(&mut self, pba: u64) {
+        let seg = self.geo.segment_of(pba);
+        let Some(l) = self.live.get_mut(seg as usize) else {
+            self.underflows += 1;
+            return;
+        };
+        if *l == 0 {
+            self.underflows += 1;
+            return;
+        }
+        *l -= 1;
+        self.held -= 1;
+        if *l == 0 && !self.open.contains(&seg) {
+            self.pending.insert(seg);
+        }
+    }
+
+    /// Takes a free segment for a writer. Guest writers (`use_reserve == false`) leave the
+    /// reserve to checkpoints and the cleaner; the cleaner (data with `use_reserve`) leaves
+    /// the checkpoints' share of it; checkpoints (metadata) may take the last segment.
+    pub fn grab(&mut self, kind: SegKind, use_reserve: bool) -> Option<u64> {
+        let keep = match (use_reserve, kind) {
+            (false, _) => self.geo.reserved_segments(),
+            (true, SegKind::Data) => self.geo.checkpoint_reserve() / 2,
+            (true, _) => 0,
+        };
+        if keep > 0 && self.free_count() <= keep {
+            return None;
+        }
+        let seg = self.free.pop_front()?;
+        self.kind[seg as usize] = kind;
+        // The cleaner's data takes its victims' stamps as it is copied in.
+        self.stamp[seg as usize] = if use_reserve && kind == SegKind::Data {
+            0
+        } else {
+            self.clock
+        };
+        self.open.insert(seg);
+        Some(seg)
+    }
+
+    /// Data stamped `stamp` was copied into `seg` (by the cleaner).
+    pub fn note_copied(&mut self, seg: u64, stamp: u64) {
+        if let Some(s) = self.stamp.get_mut(seg as usize) {
+            *s = (*s).max(stamp);
+        }
+    }
+
+    /// The clock when `seg`'s data was written (see `stamp`).
+    pub fn stamp(&self, seg: u64) -> u64 {
+        self.stamp.get(seg as usize).copied().unwrap_or(0)
+    }
+
+    /// Data blocks added since the table was loaded.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// A writer is done with `seg`.
+    pub fn close(&mut self, seg: u64) {
+        self.open.remove(&seg);
+        if self.live(seg) == 0 {
+            self.pending.insert(seg);
+        }
+    }
+
+    /// The checkpoint committed: pending segments are free now, but for those `pinned`
+    /// says a read still uses, which stay pending.
+    pub fn release_pending(&mut self, pinned: &dyn Fn(u64) -> bool) -> u64 {
+        let mut n = 0;
+        for seg in std::mem::take(&mut self.pending) {
+            if pinned(seg) {
+                self.pending.insert(seg);
+                continue;
+            }
+            if self.live(seg) == 0 && !self.open.contains(&seg) {
+                self.kind[seg as usize] = SegKind::Free;
+                self.free.push_back(seg);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Blocks the encoded table takes.
+    pub fn encoded_blocks(geo: &Geometry) -> u64 {
+        (geo.segments * SUT_ENTRY as u64).div_ceil(BLOCK_SIZE as u64)
+    }
+
+    /// The table as stored in a checkpoint.
+    pub fn encode(&self, out: &mut [u8]) -> bool {
+        let mut p = Put::new(out);
+        for (l, k) in self.live.iter().zip(&self.kind) {
+            p.u32(*l).u8(*k as u8).bytes(&[0; 3]);
+        }
+        p.ok()
+    }
+
+    pub fn decode(geo: Geometry, b: &[u8]) -> Result<Self> {
+        let mut s = Self::new(geo);
+        let mut g = Get::new(b);
+        for seg in 0..geo.segments as usize {
+            let short = || StoreError::corrupt("segment usage table", "truncated");
+            let live = g.u32().ok_or_else(short)?;
+            let kind = match g.u8().ok_or_else(short)? {
+                0 => SegKind::Free,
+                1 => SegKind::Data,
+                2 => SegKind::Meta,
+                k => {
+                    return Err(StoreError::corrupt(
+                        "segment usage table",
+                        format!("segment {seg} has kind {k}"),
+                    ));
+                }
+            };
+            g.bytes(3).ok_or_else(short)?;
+            if live as u64 > geo.seg_blocks {
+                return Err(StoreError::corrupt(
+                    "segment usage table",
+                    format!("segment {seg} claims {live} live blocks"),
+                ));
+            }
+            s.live[seg] = live;
+            s.kind[seg] = kind;
+            s.held += u64::from(live);
+        }
+        s.rebuild_free();
+        Ok(s)
+    }
+
+    /// Blocks held by data and metadata in every segment.
+    pub fn held_blocks(&self) -> u64 {
+        self.held
+    }
+
+    /// Segments in the table.
+    pub fn segments(&self) -> u64 {
+        self.geo.segments
+    }
+
+    /// Adds segments up to `segments` in all: they are pending, so they become free only
+    /// once a checkpoint that records them (and the container's new size) has committed.
+    pub fn extend(&mut self, segments: u64) {
+        if segments <= self.geo.segments {
+            return;
+        }
+        let n = segments as usize;
+        self.live.resize(n, 0);
+        self.kind.resize(n, SegKind::Free);
+        self.stamp.resize(n, 0);
+        self.pending.extend(self.geo.segments..segments);
+        self.geo.segments = segments;
+    }
+
+    /// Undoes an [`extend`](Self::extend) whose checkpoint did not commit.
+    pub fn truncate(&mut self, segments: u64) {
+        if segments >= self.geo.segments {
+            return;
+        }
+        self.pending.retain(|s| *s < segments);
+        self.free.retain(|s| *s < segments);
+        self.live.truncate(segments as usize);
+        self.kind.truncate(segments as usize);
+        self.stamp.truncate(segments as usize);
+        self.geo.segments = segments;
+    }
+
+    /// Live counts, for fsck.
+    pub fn live_counts(&self) -> &[u32] {
+        &self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo() -> Geometry {
+        Geometry {
+            seg_blocks: 16,
+            segments: 40,
+            journal_segments: 2,
+            capacity: 64 * 4096,
+        }
+    }
+
+    #[test]
+    fn emptied_segments_wait_for_a_checkpoint() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let free0 = s.free_count();
+        let seg = s.grab(SegKind::Data, false).unwrap();
+        let pba = g.segment_start(seg);
+        s.add(pba, SegKind::Data);
+        s.add(pba + 1, SegKind::Data);
+        s.close(seg);
+        s.dec(pba);
+        s.dec(pba + 1);
+        assert_eq!(s.free_count(), free0 - 1, "not free before the checkpoint");
+        assert_eq!(s.pending_count(), 1);
+        assert_eq!(s.release_pending(&|seg| seg == pba / 16), 0, "pinned");
+        assert_eq!(s.pending_count(), 1);
+        assert_eq!(s.release_pending(&|_| false), 1);
+        assert_eq!(s.free_count(), free0);
+        s.dec(pba);
+        assert_eq!(s.underflows, 1);
+    }
+
+    #[test]
+    fn guest_writers_leave_the_reserve() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let mut n = 0;
+        while s.grab(SegKind::Data, false).is_some() {
+            n += 1;
+        }
+        assert_eq!(s.free_count(), g.reserved_segments());
+        assert!(n > 0);
+        assert!(s.grab(SegKind::Meta, true).is_some());
+    }
+
+    #[test]
+    fn added_segments_are_free_only_after_a_checkpoint() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let free0 = s.free_count();
+        s.extend(g.segments + 8);
+        assert_eq!((s.free_count(), s.pending_count()), (free0, 8));
+        s.release_pending(&|_| false);
+        assert_eq!(s.free_count(), free0 + 8);
+        let seg = s.grab(SegKind::Data, true).unwrap();
+        s.add(g.segment_start(seg), SegKind::Data);
+        assert_eq!(s.held_blocks(), 1);
+        s.dec(g.segment_start(seg));
+        assert_eq!(s.held_blocks(), 0);
+        let mut undone = Sut::new(g);
+        undone.extend(g.segments + 8);
+        undone.truncate(g.segments);
+        assert_eq!((undone.free_count(), undone.pending_count()), (free0, 0));
+    }
+
+    #[test]
+    fn encode_round_trip() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let seg = s.grab(SegKind::Meta, true).unwrap();
+        s.add(g.segment_start(seg) + 3, SegKind::Meta);
+        let mut b = vec![0u8; Sut::encoded_blocks(&g) as usize * BLOCK_SIZE];
+        assert!(s.encode(&mut b));
+        let d = Sut::decode(g, &b).unwrap();
+        assert_eq!(d.live(seg), 1);
+        assert_eq!(d.held_blocks(), 1);
+        assert_eq!(d.kind(seg), SegKind::Meta);
+        assert_eq!(d.free_count(), s.free_count());
+    }
+}
