@@ -15,6 +15,7 @@ mod cleaner;
 mod clone;
 pub use clone::CloneWatch;
 mod codec;
+pub mod compress;
 pub mod diff;
 pub mod diff_file;
 mod error;
@@ -185,6 +186,14 @@ pub struct Info {
     pub space: keel_protocol::control::SpaceReport,
     /// The cipher, for an encrypted container ("aes-xts-256").
     pub encryption: Option<&'static str>,
+    /// The codec of a compressed container ("lz4", "zstd"), or "none".
+    pub compression: &'static str,
+    /// Guest data the running point maps (`mapped_bytes`).
+    pub data_bytes_logical: u64,
+    /// What that data takes in the container: packed slots at their stored size.
+    pub data_bytes_stored: u64,
+    /// `data_bytes_logical / data_bytes_stored` (1 with nothing mapped).
+    pub compression_ratio: f64,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
@@ -195,6 +204,10 @@ pub struct Store {
     raw_fd: Option<RawFd>,
     /// The cipher of an encrypted container.
     sealer: Option<Arc<seal::Sealer>>,
+    /// The codec of a compressed container.
+    codec: Option<compress::Codec>,
+    /// Blocks that did not shrink lately: a stream of them stops being tried.
+    misses: compress::Misses,
     /// The geometry opened; its capacity and segment count are those at open (see
     /// `capacity` and `segments`).
     geo: Geometry,
@@ -370,6 +383,8 @@ impl Store {
             dev,
             raw_fd,
             sealer,
+            codec: compress::Codec::from_number(loaded.superblock.seal.compression),
+            misses: compress::Misses::default(),
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
@@ -445,6 +460,11 @@ impl Store {
     /// reads with it.
     pub fn device_fd(&self) -> Option<RawFd> {
         self.raw_fd
+    }
+
+    /// The codec of a compressed container.
+    pub fn compression(&self) -> Option<compress::Codec> {
+        self.codec
     }
 
     /// The cipher of an encrypted container.
@@ -533,9 +553,21 @@ impl Store {
             .map(|s| st.sut.live(s) as u64)
             .sum();
         let mut mapped = 0u64;
-        st.maps
-            .lba
-            .range(st.maps.running, 0, u64::MAX, &mut |_, _| mapped += 1);
+        let mut stored = 0u64;
+        let compressed = self.codec.is_some();
+        st.maps.lba.range(st.maps.running, 0, u64::MAX, &mut |_, v| {
+            mapped += 1;
+            if compressed {
+                stored += st
+                    .maps
+                    .vba
+                    .get(st.maps.vba_root, v.0)
+                    .map_or(0, |e| compress::stored_len(e.pba));
+            }
+        });
+        if !compressed {
+            stored = mapped * BLOCK;
+        }
         Info {
             capacity: geo.capacity,
             container_bytes: geo.container_bytes(),
@@ -555,6 +587,14 @@ impl Store {
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
             encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),
+            compression: compress::Codec::name_of(self.codec),
+            data_bytes_logical: mapped * BLOCK,
+            data_bytes_stored: stored,
+            compression_ratio: if stored == 0 {
+                1.0
+            } else {
+                (mapped * BLOCK) as f64 / stored as f64
+            },
             space: {
                 drop(st);
                 drop(j);

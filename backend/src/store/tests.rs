@@ -23,6 +23,13 @@ pub(crate) fn encrypted_run() -> bool {
     std::env::var_os("KEEL_TEST_ENCRYPTED").is_some_and(|v| v == "1")
 }
 
+/// The codec of this run's containers: `KEEL_TEST_COMPRESSION=lz4|zstd` (test.sh runs the
+/// store's tests compressed too); none otherwise.
+pub(crate) fn test_compression() -> Option<super::compress::Codec> {
+    let name = std::env::var("KEEL_TEST_COMPRESSION").ok()?;
+    super::compress::Codec::parse(&name).expect("KEEL_TEST_COMPRESSION: none, lz4 or zstd")
+}
+
 /// The key of this run's containers, in an encrypted run.
 pub(crate) fn test_key() -> Option<Key> {
     encrypted_run().then(|| {
@@ -42,7 +49,7 @@ pub(crate) fn store_opts() -> StoreOptions {
 }
 
 /// A small container: 1 MiB disk (256 blocks), 64 KiB segments, a 128 KiB journal
-/// (encrypted in an encrypted run).
+/// (encrypted in an encrypted run, compressed in a compressed one).
 pub(super) fn small_opts() -> CreateOptions {
     CreateOptions {
         capacity: 1 << 20,
@@ -50,6 +57,7 @@ pub(super) fn small_opts() -> CreateOptions {
         journal_bytes: Some(128 << 10),
         overprovision_percent: 25,
         encryption: test_key(),
+        compression: test_compression(),
     }
 }
 

@@ -286,6 +286,7 @@ fn mid_opts() -> crate::store::CreateOptions {
         journal_bytes: Some(1 << 20),
         overprovision_percent: 50,
         encryption: crate::store::tests::test_key(),
+        compression: crate::store::tests::test_compression(),
     }
 }
 
