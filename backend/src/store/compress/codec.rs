@@ -56,7 +56,8 @@ impl Codec {
         c.map_or("none", Self::name)
     }
 
-    /// Compresses one block into `out`; `None` when it does not fit `out`.
+    /// Compresses one block into `out` (room for the codec's worst case: two blocks);
+    /// `None` if that fails.
     pub fn compress(self, block: &[u8], out: &mut [u8]) -> Option<usize> {
         match self {
             Codec::Lz4 => lz4_flex::block::compress_into(block, out).ok(),

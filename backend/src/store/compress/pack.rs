@@ -72,10 +72,12 @@ pub(crate) fn pack_batch(codec: Codec, blocks: &[&[u8]], misses: &Misses) -> Pac
     let mut used = 0usize; // packed blocks started
     let mut open = 0usize; // where in `phys` the current packed block is
     let mut fill = SECTORS; // sectors used in the current packed block
-    let mut tmp = [0u8; MAX_SECTORS as usize * SECTOR - 2];
+    // Room for lz4's worst case (it wants it all before it starts).
+    let mut tmp = [0u8; 2 * BLOCK_SIZE];
+    let max_body = MAX_SECTORS as usize * SECTOR - 2;
     for (i, block) in blocks.iter().enumerate() {
         let len = if misses.worth_trying() {
-            let len = codec.compress(block, &mut tmp);
+            let len = codec.compress(block, &mut tmp).filter(|n| *n <= max_body);
             misses.note(len.is_some());
             len
         } else {
