@@ -15,8 +15,7 @@ impl Checker<'_> {
         let Some(c) = &raw.compression else {
             return Ok(None);
         };
-        let codec =
-            Codec::parse(c.get_ref()).map_err(|m| self.err(c.span(), "compression", m))?;
+        let codec = Codec::parse(c.get_ref()).map_err(|m| self.err(c.span(), "compression", m))?;
         if codec.is_some() && engine != EngineKind::Keel {
             return Err(self.err(
                 disk_span,

@@ -5,11 +5,11 @@
 use super::buf::AlignedBuf;
 use super::codec::block_crc;
 use super::compress::{self, place};
-use super::maps::VbaEntry;
 use super::error::Result;
 use super::io::DeviceIo;
 use super::journal::Entry;
 use super::layout::BLOCK;
+use super::maps::VbaEntry;
 use super::pace::{Levels, Pace};
 use super::pins::PinGuard;
 use super::stats::Counters;

@@ -386,7 +386,8 @@ impl Store {
                 n += 1;
             }
             let mut ab = AlignedBuf::scratch(n);
-            self.dev.read_at(&mut ab, block_of(entries[i].pba) * BLOCK)?;
+            self.dev
+                .read_at(&mut ab, block_of(entries[i].pba) * BLOCK)?;
             for j in 0..n {
                 let block = ab.block(j);
                 let stored = compress::stored_bytes(block, entries[i + j].pba);

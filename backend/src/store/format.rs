@@ -2,12 +2,12 @@
 
 use super::State;
 use super::alloc::SegmentWriter;
+use super::compress::Codec;
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, Geometry};
 use super::maps::Maps;
 use super::persist;
 use super::seal::{Key, SealFields, SealedDevice};
-use super::compress::Codec;
 use super::superblock::{
     FORMAT_VERSION, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW, Superblock,
 };

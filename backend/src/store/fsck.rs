@@ -152,8 +152,10 @@ impl Store {
             }
             let pba = block_of(e.pba);
             if !geo.is_data_block(pba) || !place::is_valid(e.pba) {
-                r.problems
-                    .push(format!("VBA {v} points outside the segments ({:#x})", e.pba));
+                r.problems.push(format!(
+                    "VBA {v} points outside the segments ({:#x})",
+                    e.pba
+                ));
                 continue;
             }
             // A raw block has one VBA; a packed one any number, counted once.
@@ -165,8 +167,7 @@ impl Store {
                 }
                 std::collections::hash_map::Entry::Occupied(o) => {
                     if !packed || !*o.get() {
-                        r.problems
-                            .push(format!("block {pba} is used by two VBAs"));
+                        r.problems.push(format!("block {pba} is used by two VBAs"));
                     }
                     false
                 }

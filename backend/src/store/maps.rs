@@ -8,8 +8,8 @@
 //! cleaner moving the block and catches a block read from the wrong place.
 
 use super::btree::{Forest, NodeId, TreeValue};
-use super::compress::{PackedOwners, block_of, place};
 use super::codec::{Get, Put};
+use super::compress::{PackedOwners, block_of, place};
 use super::diff::diff_trees;
 use super::journal::Entry;
 use super::sut::{SegKind, Sut};

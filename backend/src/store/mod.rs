@@ -555,16 +555,18 @@ impl Store {
         let mut mapped = 0u64;
         let mut stored = 0u64;
         let compressed = self.codec.is_some();
-        st.maps.lba.range(st.maps.running, 0, u64::MAX, &mut |_, v| {
-            mapped += 1;
-            if compressed {
-                stored += st
-                    .maps
-                    .vba
-                    .get(st.maps.vba_root, v.0)
-                    .map_or(0, |e| compress::stored_len(e.pba));
-            }
-        });
+        st.maps
+            .lba
+            .range(st.maps.running, 0, u64::MAX, &mut |_, v| {
+                mapped += 1;
+                if compressed {
+                    stored += st
+                        .maps
+                        .vba
+                        .get(st.maps.vba_root, v.0)
+                        .map_or(0, |e| compress::stored_len(e.pba));
+                }
+            });
         if !compressed {
             stored = mapped * BLOCK;
         }

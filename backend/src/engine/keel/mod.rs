@@ -14,10 +14,10 @@ use super::{
     AdminError, ByteRange, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, Extent,
     MirrorCommand, QueueEngine, mirrored,
 };
-use crate::store::compress::Codec;
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
+use crate::store::compress::Codec;
 use crate::store::{
     CleanerConfig, CleanerHandle, CreateOptions, MarkWriter, Store, StoreError, StoreOptions,
 };

@@ -77,8 +77,7 @@ impl Codec {
             Codec::Zstd => ZSTD.with(|z| {
                 let mut z = z.borrow_mut();
                 let (_, d) = z.as_mut().ok_or("no zstd context")?;
-                d.decompress_to_buffer(body, out)
-                    .map_err(|e| e.to_string())
+                d.decompress_to_buffer(body, out).map_err(|e| e.to_string())
             }),
         }
     }

@@ -10,8 +10,8 @@
 mod codec;
 mod owners;
 mod pack;
-mod place_batch;
 pub mod place;
+mod place_batch;
 
 pub use codec::Codec;
 pub(crate) use owners::PackedOwners;
@@ -50,9 +50,9 @@ pub fn expand(codec: Option<Codec>, block: &[u8], pba: u64, out: &mut [u8]) -> R
             format!("slot at {pba:#x} says {len} bytes, more than it holds"),
         )
     })?;
-    let n = codec.decompress(body, out).map_err(|e| {
-        StoreError::corrupt("packed block", format!("slot at {pba:#x}: {e}"))
-    })?;
+    let n = codec
+        .decompress(body, out)
+        .map_err(|e| StoreError::corrupt("packed block", format!("slot at {pba:#x}: {e}")))?;
     if n != BLOCK_SIZE {
         return Err(StoreError::corrupt(
             "packed block",

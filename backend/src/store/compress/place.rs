@@ -47,10 +47,7 @@ pub fn slot_of(pba: u64) -> Option<Slot> {
 /// The `pba` of `slot` in physical block `block`.
 pub fn packed(block: u64, slot: Slot) -> u64 {
     debug_assert!(block <= BLOCK_MASK && slot.sectors > 0);
-    block
-        | PACKED
-        | u64::from(slot.first) << FIRST_SHIFT
-        | u64::from(slot.sectors) << LEN_SHIFT
+    block | PACKED | u64::from(slot.first) << FIRST_SHIFT | u64::from(slot.sectors) << LEN_SHIFT
 }
 
 /// The same slot in another block (what the cleaner moves).
@@ -64,9 +61,7 @@ pub fn is_valid(pba: u64) -> bool {
     match slot_of(pba) {
         None => pba <= BLOCK_MASK,
         Some(s) => {
-            pba & (0x7 << 60 | 0xf << 48) == 0
-                && s.sectors > 0
-                && s.first + s.sectors <= SECTORS
+            pba & (0x7 << 60 | 0xf << 48) == 0 && s.sectors > 0 && s.first + s.sectors <= SECTORS
         }
     }
 }

@@ -118,7 +118,10 @@ fn uncompressible_streams_stop_being_tried() {
     // One block that shrinks turns attempts back on.
     let p = patterned(0);
     let mut tries = 0;
-    while !matches!(pack_batch(Codec::Lz4, &[&p], &misses).phys[0], Physical::Packed { .. }) {
+    while !matches!(
+        pack_batch(Codec::Lz4, &[&p], &misses).phys[0],
+        Physical::Packed { .. }
+    ) {
         tries += 1;
         assert!(tries < 64, "a probe comes");
     }
