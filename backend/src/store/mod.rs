@@ -552,24 +552,7 @@ impl Store {
             .filter(|s| st.sut.kind(*s) == SegKind::Data)
             .map(|s| st.sut.live(s) as u64)
             .sum();
-        let mut mapped = 0u64;
-        let mut stored = 0u64;
-        let compressed = self.codec.is_some();
-        st.maps
-            .lba
-            .range(st.maps.running, 0, u64::MAX, &mut |_, v| {
-                mapped += 1;
-                if compressed {
-                    stored += st
-                        .maps
-                        .vba
-                        .get(st.maps.vba_root, v.0)
-                        .map_or(0, |e| compress::stored_len(e.pba));
-                }
-            });
-        if !compressed {
-            stored = mapped * BLOCK;
-        }
+        let data = compress::data_bytes(&st.maps, self.codec.is_some());
         Info {
             capacity: geo.capacity,
             container_bytes: geo.container_bytes(),
@@ -580,7 +563,7 @@ impl Store {
             pending_segments: st.sut.pending_count(),
             reserved_segments: geo.reserved_segments(),
             used_data_bytes: used * BLOCK,
-            mapped_bytes: mapped * BLOCK,
+            mapped_bytes: data.logical,
             journal_bytes: geo.journal_blocks() * BLOCK,
             journal_used_bytes: j.cursor.pos * BLOCK,
             checkpoint_generation: j.superblock.generation,
@@ -590,13 +573,9 @@ impl Store {
             recovery: self.recovery.clone(),
             encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),
             compression: compress::Codec::name_of(self.codec),
-            data_bytes_logical: mapped * BLOCK,
-            data_bytes_stored: stored,
-            compression_ratio: if stored == 0 {
-                1.0
-            } else {
-                (mapped * BLOCK) as f64 / stored as f64
-            },
+            data_bytes_logical: data.logical,
+            data_bytes_stored: data.stored,
+            compression_ratio: data.ratio(),
             space: {
                 drop(st);
                 drop(j);

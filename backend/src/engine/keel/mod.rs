@@ -392,6 +392,7 @@ impl EngineAdmin for KeelEngine {
                 + s.cleaner_write_bytes,
             checksum_errors: s.checksum_errors,
             snapshots_being_deleted: self.store.deleting_snapshots() as u64,
+            data_bytes: Some(self.store.data_bytes()),
         }
     }
 

@@ -12,11 +12,14 @@ mod owners;
 mod pack;
 pub mod place;
 mod place_batch;
+mod usage;
 
 pub use codec::Codec;
 pub(crate) use owners::PackedOwners;
 pub(crate) use pack::{Misses, pack_batch};
 pub use place::{block_of, stored_len};
+pub use usage::DataBytes;
+pub(crate) use usage::data_bytes;
 
 use super::error::{Result, StoreError};
 use super::layout::BLOCK_SIZE;
