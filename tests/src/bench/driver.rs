@@ -29,8 +29,6 @@ pub enum Connection {
     Keel(Disk),
 }
 
-/// What the connection is for.
-#[derive(Clone, Copy, Debug)]
 /// Write data that does not compress (noise) instead of a repeated byte: set by a benchmark's
 /// `--data random`, for disks that compress.
 pub static NOISE_DATA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -50,6 +48,8 @@ fn fill_data(buf: &mut [u8]) {
     }
 }
 
+/// What the connection is for.
+#[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub queues: usize,
     pub slots: usize,
