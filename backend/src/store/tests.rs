@@ -9,6 +9,7 @@ mod import_crash;
 mod in_flight;
 mod keep_ahead;
 mod model;
+mod packed;
 mod poison;
 mod space;
 
