@@ -38,7 +38,7 @@ pub fn block_of(pba: u64) -> u64 {
 
 /// The slot of a packed entry; `None` for a raw block.
 pub fn slot_of(pba: u64) -> Option<Slot> {
-    (pba & PACKED != 0).then(|| Slot {
+    (pba & PACKED != 0).then_some(Slot {
         first: ((pba >> FIRST_SHIFT) & 0xf) as u8,
         sectors: ((pba >> LEN_SHIFT) & 0xf) as u8,
     })
