@@ -189,14 +189,14 @@ impl Store {
             };
             let block = bufs[s.run].block(s.index);
             self.check_block(lba, s, block)?;
-            let mut expanded = [0u8; BLOCK as usize];
-            let block = if place::slot_of(s.pba).is_some() {
+            let range = (lo - bstart) as usize..(hi - bstart) as usize;
+            if place::slot_of(s.pba).is_some() {
+                let mut expanded = [0u8; BLOCK as usize];
                 compress::expand(self.codec, block, s.pba, &mut expanded)?;
-                &expanded[..]
+                dst.copy_from_slice(&expanded[range]);
             } else {
-                block
-            };
-            dst.copy_from_slice(&block[(lo - bstart) as usize..(hi - bstart) as usize]);
+                dst.copy_from_slice(&block[range]);
+            }
         }
         Ok(())
     }
