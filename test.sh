@@ -27,6 +27,10 @@ cargo test --workspace
 step "the storage core's tests (model, crash, corruption, snapshots, clone, diff) on encrypted containers"
 KEEL_TEST_ENCRYPTED=1 cargo test -p keel-backend --lib store::
 
+step "the storage core's tests on compressed containers (zstd encrypted, lz4 plain)"
+KEEL_TEST_COMPRESSION=zstd KEEL_TEST_ENCRYPTED=1 cargo test -p keel-backend --lib store::
+KEEL_TEST_COMPRESSION=lz4 cargo test -p keel-backend --lib store::
+
 if [ "${KEEL_SKIP_GUEST:-0}" = 1 ] && [ "${CI:-}" != true ]; then
     step "QEMU guest tests skipped (KEEL_SKIP_GUEST=1)"
 else

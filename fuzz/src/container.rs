@@ -1,10 +1,12 @@
 //! Corrupt containers: fuzz bytes written over a valid small container (superblocks, checkpoint,
 //! tree nodes, journal, data), then opened, read and checked. Every outcome must be a clean
 //! error or a working store; a panic is the finding. An input whose first byte is 0x80 or more
-//! patches an encrypted container (AES-256-XTS) instead, opened with its key.
+//! patches an encrypted container (AES-256-XTS) instead, opened with its key; one whose first
+//! byte has bit 0x40 set a compressed (zstd) one, its data in packed blocks.
 
 use std::sync::{Arc, OnceLock};
 
+use keel_backend::store::compress::Codec;
 use keel_backend::store::seal::Key;
 use keel_backend::store::{CreateOptions, Op, Store, StoreOptions};
 use keel_backend::testing::FaultyDevice;
@@ -31,14 +33,14 @@ fn key() -> Key {
 }
 
 /// A container with data, a snapshot, a checkpoint and journal records after it.
-fn pristine(encrypted: bool) -> &'static [u8] {
-    static PLAIN: OnceLock<Vec<u8>> = OnceLock::new();
-    static SEALED: OnceLock<Vec<u8>> = OnceLock::new();
-    let image = if encrypted { &SEALED } else { &PLAIN };
+fn pristine(encrypted: bool, compressed: bool) -> &'static [u8] {
+    static IMAGES: [OnceLock<Vec<u8>>; 4] = [const { OnceLock::new() }; 4];
+    let image = &IMAGES[usize::from(encrypted) * 2 + usize::from(compressed)];
     image.get_or_init(|| {
         let mut opts = CreateOptions::new(CAPACITY);
         opts.segment_bytes = 64 << 10;
         opts.encryption = encrypted.then(key);
+        opts.compression = compressed.then_some(Codec::Zstd);
         let geo = opts.geometry().expect("geometry");
         let dev = Arc::new(FaultyDevice::new(geo.container_bytes()));
         Store::format(dev.as_ref(), &opts).expect("format");
@@ -75,7 +77,8 @@ fn pristine(encrypted: bool) -> &'static [u8] {
 /// Applies the input's patches to a copy of the pristine image, then opens, reads and checks it.
 pub fn run(data: &[u8]) {
     let encrypted = data.first().is_some_and(|b| *b >= 0x80);
-    let mut image = pristine(encrypted).to_vec();
+    let compressed = data.first().is_some_and(|b| *b & 0x40 != 0);
+    let mut image = pristine(encrypted, compressed).to_vec();
     let len = image.len() as u64;
     let mut r = Reader::new(data);
     let n = r.u8() % (MAX_PATCHES + 1);

@@ -167,6 +167,15 @@ pub struct DiskStats {
     /// Deleted snapshots whose blocks are still being given back (keel engine).
     #[serde(default)]
     pub snapshots_being_deleted: u64,
+    /// Guest data the running point maps (keel engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes_logical: Option<u64>,
+    /// What that data takes in the container, after compression (keel engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes_stored: Option<u64>,
+    /// `data_bytes_logical / data_bytes_stored` (keel engine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_ratio: Option<f64>,
     /// Where the container's space goes (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceReport>,

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 mod driver;
+pub use driver::NOISE_DATA;
 
 use driver::{Connection, QueueDriver, Shape};
 

@@ -3,6 +3,7 @@
 //! Loading is all-or-nothing: a file with one bad value is refused with one message that names
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
+mod compression;
 mod encryption;
 mod handover;
 mod import;
@@ -144,6 +145,8 @@ pub struct DiskConfig {
     /// `encryption` and `key_file`: the disk's container is encrypted (made so when it is
     /// created) with the key read from here.
     pub key_file: Option<crate::store::seal::KeySource>,
+    /// `compression`: the codec the disk's container compresses with (`None`: "none").
+    pub compression: Option<crate::store::compress::Codec>,
 }
 
 /// A whole, checked config file.
@@ -508,6 +511,7 @@ impl Checker<'_> {
         let import_rate = self.check_import_rate(raw, import_from.is_some(), disk_span.clone())?;
         let handover = self.check_handover(raw, engine, import_from.is_some())?;
         let key_file = self.check_encryption(raw, engine, disk_span.clone())?;
+        let compression = self.check_compression(raw, engine, disk_span.clone())?;
         Ok(DiskConfig {
             name,
             socket,
@@ -532,6 +536,7 @@ impl Checker<'_> {
             rbd,
             handover,
             key_file,
+            compression,
         })
     }
 }

@@ -65,6 +65,7 @@ pub(super) struct RawDisk {
     pub(super) handover: Option<Spanned<bool>>,
     pub(super) encryption: Option<Spanned<String>>,
     pub(super) key_file: Option<Spanned<String>>,
+    pub(super) compression: Option<Spanned<String>>,
     pub(super) image: Option<Spanned<String>>,
     pub(super) ceph_conf: Option<Spanned<String>>,
     pub(super) ceph_id: Option<Spanned<String>>,

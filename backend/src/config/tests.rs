@@ -643,3 +643,24 @@ fn encryption_keys_are_checked() {
     let m = assert_invalid(r, "encryption", 1);
     assert!(m.contains("only keel disks"), "{m}");
 }
+
+#[test]
+fn compression_is_checked() {
+    use crate::store::compress::Codec;
+    for (value, want) in [
+        ("none", None),
+        ("lz4", Some(Codec::Lz4)),
+        ("zstd", Some(Codec::Zstd)),
+    ] {
+        let (_dir, r) = parse(&format!("{KEEL_DISK}compression = \"{value}\"\n"));
+        assert_eq!(r.unwrap().disks[0].compression, want);
+    }
+    let (_dir, r) = parse(KEEL_DISK);
+    assert_eq!(r.unwrap().disks[0].compression, None);
+    let (_dir, r) = parse(&format!("{KEEL_DISK}compression = \"gzip\"\n"));
+    let m = assert_invalid(r, "compression", 7);
+    assert!(m.contains("gzip") && m.contains("zstd"), "{m}");
+    let (_dir, r) = parse(&format!("{NULL_DISK}compression = \"lz4\"\n"));
+    let m = assert_invalid(r, "compression", 1);
+    assert!(m.contains("only keel disks"), "{m}");
+}

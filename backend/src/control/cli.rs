@@ -255,6 +255,15 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
     for (k, v) in rows {
         println!("{k:<23} {v}");
     }
+    if let (Some(logical), Some(stored)) = (s.data_bytes_logical, s.data_bytes_stored) {
+        println!("{:<23} {}", "data mapped", bytes(logical));
+        println!(
+            "{:<23} {} (ratio {:.2})",
+            "data stored",
+            bytes(stored),
+            s.compression_ratio.unwrap_or(1.0)
+        );
+    }
     for line in s.space.iter().flat_map(super::space_text::space_lines) {
         println!("{line}");
     }

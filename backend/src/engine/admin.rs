@@ -38,6 +38,8 @@ pub struct EngineCounters {
     pub device_bytes_written: u64,
     pub checksum_errors: u64,
     pub snapshots_being_deleted: u64,
+    /// The running point's data, logical and stored (keel engine).
+    pub data_bytes: Option<crate::store::compress::DataBytes>,
 }
 
 fn unsupported<T>(what: &str) -> Result<T, AdminError> {

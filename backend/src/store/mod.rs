@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod buf;
 mod codec;
+pub mod compress;
 mod error;
 mod io;
 pub mod layout;
@@ -166,6 +167,14 @@ pub struct Info {
     pub space: keel_protocol::control::SpaceReport,
     /// The cipher, for an encrypted container ("aes-xts-256").
     pub encryption: Option<&'static str>,
+    /// The codec of a compressed container ("lz4", "zstd"), or "none".
+    pub compression: &'static str,
+    /// Guest data the running point maps (`mapped_bytes`).
+    pub data_bytes_logical: u64,
+    /// What that data takes in the container: packed slots at their stored size.
+    pub data_bytes_stored: u64,
+    /// `data_bytes_logical / data_bytes_stored` (1 with nothing mapped).
+    pub compression_ratio: f64,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
@@ -176,6 +185,10 @@ pub struct Store {
     raw_fd: Option<RawFd>,
     /// The cipher of an encrypted container.
     sealer: Option<Arc<seal::Sealer>>,
+    /// The codec of a compressed container.
+    codec: Option<compress::Codec>,
+    /// Blocks that did not shrink lately: a stream of them stops being tried.
+    misses: compress::Misses,
     /// The geometry opened; its capacity and segment count are those at open (see
     /// `capacity` and `segments`).
     geo: Geometry,
@@ -351,6 +364,8 @@ impl Store {
             dev,
             raw_fd,
             sealer,
+            codec: compress::Codec::from_number(loaded.superblock.seal.compression),
+            misses: compress::Misses::default(),
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
@@ -426,6 +441,11 @@ impl Store {
     /// reads with it.
     pub fn device_fd(&self) -> Option<RawFd> {
         self.raw_fd
+    }
+
+    /// The codec of a compressed container.
+    pub fn compression(&self) -> Option<compress::Codec> {
+        self.codec
     }
 
     /// The cipher of an encrypted container.
@@ -513,10 +533,7 @@ impl Store {
             .filter(|s| st.sut.kind(*s) == SegKind::Data)
             .map(|s| st.sut.live(s) as u64)
             .sum();
-        let mut mapped = 0u64;
-        st.maps
-            .lba
-            .range(st.maps.running, 0, u64::MAX, &mut |_, _| mapped += 1);
+        let data = compress::data_bytes(&st.maps, self.codec.is_some());
         Info {
             capacity: geo.capacity,
             container_bytes: geo.container_bytes(),
@@ -527,7 +544,7 @@ impl Store {
             pending_segments: st.sut.pending_count(),
             reserved_segments: geo.reserved_segments(),
             used_data_bytes: used * BLOCK,
-            mapped_bytes: mapped * BLOCK,
+            mapped_bytes: data.logical,
             journal_bytes: geo.journal_blocks() * BLOCK,
             journal_used_bytes: j.cursor.pos * BLOCK,
             checkpoint_generation: j.superblock.generation,
@@ -536,6 +553,10 @@ impl Store {
             deleting_snapshots: st.maps.doomed.len(),
             recovery: self.recovery.clone(),
             encryption: self.sealer.as_ref().map(|_| seal::AES_XTS_256),
+            compression: compress::Codec::name_of(self.codec),
+            data_bytes_logical: data.logical,
+            data_bytes_stored: data.stored,
+            compression_ratio: data.ratio(),
             space: {
                 drop(st);
                 drop(j);

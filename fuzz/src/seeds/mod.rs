@@ -49,6 +49,20 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ]
         .concat(),
     ));
+    // A first byte with bit 0x40 patches a compressed container (0x80: encrypted too); 0x44
+    // and 0xcc are 0 patches.
+    out.push(("container", "compressed-pristine", vec![0x44]));
+    out.push(("container", "compressed-encrypted-pristine", vec![0xcc]));
+    out.push((
+        "container",
+        "compressed-flip-scattered",
+        [
+            vec![0x46],
+            patch(3, 70000, &[0x80]),
+            patch(3, 200_000, &[0x40; 4]),
+        ]
+        .concat(),
+    ));
     for (name, msgs) in frontend::seeds() {
         out.push((
             "vhost_frontend",

@@ -29,6 +29,25 @@ pub enum Connection {
     Keel(Disk),
 }
 
+/// Write data that does not compress (noise) instead of a repeated byte: set by a benchmark's
+/// `--data random`, for disks that compress.
+pub static NOISE_DATA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What write buffers hold: 0x5a, or noise with [`NOISE_DATA`].
+fn fill_data(buf: &mut [u8]) {
+    if !NOISE_DATA.load(std::sync::atomic::Ordering::Relaxed) {
+        buf.fill(0x5a);
+        return;
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in buf.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+}
+
 /// What the connection is for.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -52,7 +71,7 @@ impl Connection {
         let mut c = Client::connect_with(socket, &opts).map_err(|e| format!("blkio: {e:?}"))?;
         for q in 0..shape.queues {
             // Not zeroes: a backend may shortcut zero writes.
-            c.buffer(q).fill(0x5a);
+            fill_data(c.buffer(q));
         }
         Ok(Self::Blkio(c))
     }
@@ -105,7 +124,9 @@ impl Connection {
                     let mut slots = Vec::with_capacity(shape.slots);
                     for _ in 0..shape.slots {
                         let mut b = queue.alloc(shape.block_size).map_err(|e| e.to_string())?;
-                        b.fill(0x5a).map_err(|e| e.to_string())?;
+                        let mut data = vec![0u8; shape.block_size];
+                        fill_data(&mut data);
+                        b.write_at(0, &data).map_err(|e| e.to_string())?;
                         slots.push(Some(b));
                     }
                     out.push(Box::new(KeelQueue {

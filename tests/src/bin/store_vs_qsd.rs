@@ -2,7 +2,8 @@
 //! image: the same client, the same workloads, the same run. See docs/benchmarks.md.
 //!
 //! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--settle SECS]
-//! [--no-amp] [--servers keel,keel-encrypted,qsd-raw,qsd-qcow2,qsd-qcow2-luks]
+//! [--no-amp] [--data pattern|random]
+//! [--servers keel,keel-encrypted,keel-lz4,keel-zstd,qsd-raw,qsd-qcow2,qsd-qcow2-luks]
 //! (default: keel, qsd-raw, qsd-qcow2; other lists print one IOPS/latency table of them all)
 //! Prints a markdown table and, after a line "JSON:", the raw numbers.
 
@@ -42,6 +43,10 @@ struct Args {
     /// Pause after the fill, before the reads (seconds).
     #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     settle: Duration,
+    /// What the writes hold: one repeated byte ("pattern", compresses to almost nothing) or
+    /// noise ("random", does not compress).
+    #[arg(long, value_parser = ["pattern", "random"], default_value = "pattern")]
+    data: String,
     /// The servers to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = DEFAULT_SERVERS)]
     servers: Vec<Server>,
@@ -57,6 +62,10 @@ enum Server {
     QsdQcow2,
     /// keeld, engine "keel", encrypted container (AES-256-XTS), O_DIRECT.
     KeelEncrypted,
+    /// keeld, engine "keel", container compressed with lz4, O_DIRECT.
+    KeelLz4,
+    /// keeld, engine "keel", container compressed with zstd, O_DIRECT.
+    KeelZstd,
     /// qemu-storage-daemon, qcow2 image with LUKS encryption (aes-256-xts-plain64, QEMU's
     /// default), metadata preallocated, io_uring, O_DIRECT.
     QsdQcow2Luks,
@@ -91,6 +100,17 @@ fn start(server: Server, dir: &Path, size: u64) -> Setup {
             );
             let (running, keel_sock, ctl) =
                 spawn_keel_bench_disk_keys(&keeld_binary_near_exe(), dir, "keelenc", size, &keys);
+            return finish_start(running, keel_sock, Some(ControlClient::new(&ctl)), server);
+        }
+        Server::KeelLz4 | Server::KeelZstd => {
+            let (stem, codec) = if server == Server::KeelLz4 {
+                ("keellz4", "lz4")
+            } else {
+                ("keelzstd", "zstd")
+            };
+            let keys = format!("compression = \"{codec}\"\n");
+            let (running, keel_sock, ctl) =
+                spawn_keel_bench_disk_keys(&keeld_binary_near_exe(), dir, stem, size, &keys);
             return finish_start(running, keel_sock, Some(ControlClient::new(&ctl)), server);
         }
         Server::QsdRaw | Server::QsdQcow2 | Server::QsdQcow2Luks => {
@@ -193,6 +213,8 @@ struct RunResult {
     cleaning_fill: Option<Breakdown>,
     /// Keel only: where the full-disk random writes' time went.
     cleaning_full: Option<Breakdown>,
+    /// Keel only: guest data mapped / stored at the end of the run.
+    compression_ratio: Option<f64>,
 }
 
 /// Where a phase's write time went besides the guest's own data (keeld's cleaning counters,
@@ -317,6 +339,7 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     let cleaning_full = breakdown(before.clone(), after.clone());
     let metadata_per_write_full = per_write(before, after);
     let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let compression_ratio = stats(&s).and_then(|s| s.compression_ratio);
     RunResult {
         randwrite_fresh,
         fill_seq,
@@ -327,6 +350,7 @@ fn one_run(server: Server, a: &Args) -> RunResult {
         metadata_per_write_full,
         cleaning_fill,
         cleaning_full,
+        compression_ratio,
     }
 }
 
@@ -365,6 +389,7 @@ struct Report {
 fn main() {
     let a = Args::parse();
     fs::create_dir_all(&a.dir).expect("bench dir");
+    bench::NOISE_DATA.store(a.data == "random", std::sync::atomic::Ordering::Relaxed);
     let mut runs: Vec<(Server, Vec<RunResult>)> =
         a.servers.iter().map(|s| (*s, Vec::new())).collect();
     for r in 0..a.runs {
@@ -510,5 +535,18 @@ fn print_servers_table(runs: &[(Server, Vec<RunResult>)], rows: &[(&str, Getter)
             })
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
+    }
+    for (server, rs) in runs {
+        let ratios: Vec<String> = rs
+            .iter()
+            .filter_map(|r| r.compression_ratio)
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        if !ratios.is_empty() {
+            println!(
+                "\n{server:?}: data mapped / stored per run: {}",
+                ratios.join(", ")
+            );
+        }
     }
 }

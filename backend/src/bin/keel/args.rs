@@ -224,4 +224,8 @@ pub struct GeometryArgs {
     /// once, when the container is made.
     #[arg(long, value_parser = [keel_backend::store::seal::AES_XTS_256])]
     pub encryption: Option<String>,
+    /// Compress guest blocks with this codec; chosen once, when the container is made
+    /// (another setting later means `keel export` then `keel import`).
+    #[arg(long, value_parser = ["none", "lz4", "zstd"], default_value = "none")]
+    pub compression: String,
 }

@@ -120,6 +120,7 @@ impl GeometryArgs {
             journal_bytes: self.journal_size,
             overprovision_percent: self.spare.percent_of(size)?,
             encryption,
+            compression: keel_backend::store::compress::Codec::parse(&self.compression)?,
         })
     }
 }
@@ -186,7 +187,15 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
     );
     println!("container size   {}", human(i.container_bytes));
     println!("encryption       {}", i.encryption.unwrap_or("none"));
+    println!("compression      {}", i.compression);
     println!("mapped           {}", human(i.mapped_bytes));
+    if i.compression != "none" {
+        println!(
+            "stored           {} (ratio {:.2})",
+            human(i.data_bytes_stored),
+            i.compression_ratio
+        );
+    }
     println!(
         "data in use      {} (incl. snapshots)",
         human(i.used_data_bytes)

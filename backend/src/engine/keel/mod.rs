@@ -17,6 +17,7 @@ use super::{
 use crate::config::DiskConfig;
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
+use crate::store::compress::Codec;
 use crate::store::{
     CleanerConfig, CleanerHandle, CreateOptions, MarkWriter, Store, StoreError, StoreOptions,
 };
@@ -45,6 +46,20 @@ fn setup(path: &std::path::Path, e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// Why a container is not served with another `compression` than it was made with.
+fn compression_mismatch(has: Option<Codec>, want: Option<Codec>) -> String {
+    format!(
+        "the container is compressed with {:?} but the disk says compression = {:?}: a \
+         container keeps the compression it was made with; to change it, `keel export` the \
+         disk and `keel import --compression {}` it into a new container (or set \
+         compression = {:?})",
+        Codec::name_of(has),
+        Codec::name_of(want),
+        Codec::name_of(want),
+        Codec::name_of(has),
+    )
+}
+
 impl KeelEngine {
     /// Opens (creating if missing) the container `disk` names and recovers it.
     pub fn open(disk: &DiskConfig) -> Result<Self, EngineError> {
@@ -71,6 +86,7 @@ impl KeelEngine {
                     .ok_or_else(|| setup(&path, "no size to create it with"))?;
                 let create = CreateOptions {
                     encryption: opts.key.clone(),
+                    compression: disk.compression,
                     ..crate::config::create_options(size, disk.space.spare)
                 };
                 Store::create_path(&path, &create).map_err(|e| setup(&path, e))?;
@@ -95,6 +111,12 @@ impl KeelEngine {
                      `keel resize` while keeld is stopped",
                     store.capacity()
                 ),
+            });
+        }
+        if store.compression() != disk.compression {
+            return Err(EngineError::Setup {
+                path: PathBuf::from(&where_),
+                message: compression_mismatch(store.compression(), disk.compression),
             });
         }
         // A container larger than `size` was grown by `keel resize`: it is served whole.
@@ -173,6 +195,7 @@ impl KeelEngine {
             .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
         let create = CreateOptions {
             encryption: opts.key.clone(),
+            compression: disk.compression,
             ..crate::config::create_options(size, disk.space.spare)
         };
         let container = create
@@ -369,6 +392,7 @@ impl EngineAdmin for KeelEngine {
                 + s.cleaner_write_bytes,
             checksum_errors: s.checksum_errors,
             snapshots_being_deleted: self.store.deleting_snapshots() as u64,
+            data_bytes: Some(self.store.data_bytes()),
         }
     }
 

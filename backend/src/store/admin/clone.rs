@@ -49,9 +49,11 @@ impl Store {
         path: &Path,
         watch: &CloneWatch,
     ) -> Result<u64> {
-        // The clone is encrypted with the source's key, as the source is.
+        // The clone is encrypted with the source's key, as the source is, and compressed
+        // with its codec.
         let create = CreateOptions {
             encryption: self.opts.key.clone(),
+            compression: self.codec,
             ..CreateOptions::new(self.capacity())
         };
         Store::create_path(path, &create)?;

@@ -5,10 +5,12 @@
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
+use crate::store::compress::{self, block_of, place};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::BLOCK;
 use crate::store::map::btree::NodeId;
 pub use crate::store::map::diff_walk::{ChangedBlock, TreeDiff, diff_trees};
+use crate::store::map::maps::VbaEntry;
 use crate::store::map::pins::PinGuard;
 use serde::{Deserialize, Serialize};
 
@@ -157,7 +159,7 @@ impl Store {
                 .map(|v| {
                     let e = st.maps.vba.get(st.maps.vba_root, *v);
                     if let Some(e) = e {
-                        pins.pin(self.geo.segment_of(e.pba));
+                        pins.pin(self.geo.segment_of(block_of(e.pba)));
                     }
                     e.ok_or_else(|| {
                         StoreError::Invalid(format!(
@@ -168,33 +170,45 @@ impl Store {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        self.unwritten.wait_for(entries.iter().map(|e| (e.pba, 1)));
+        self.unwritten
+            .wait_for(entries.iter().map(|e| (block_of(e.pba), 1)));
         self.ensure_ok()?;
         let mut i = 0;
         while i < entries.len() {
+            // Runs of raw blocks are read together; a packed block alone.
+            let raw = |e: &VbaEntry| place::slot_of(e.pba).is_none();
             let mut n = 1;
-            while i + n < entries.len()
+            while raw(&entries[i])
+                && i + n < entries.len()
                 && n < 256
+                && raw(&entries[i + n])
                 && entries[i + n].pba == entries[i].pba + n as u64
             {
                 n += 1;
             }
             let mut ab = AlignedBuf::scratch(n);
-            self.dev.read_at(&mut ab, entries[i].pba * BLOCK)?;
+            self.dev
+                .read_at(&mut ab, block_of(entries[i].pba) * BLOCK)?;
             for j in 0..n {
                 let block = ab.block(j);
-                if block_crc(vbas[i + j], block) != entries[i + j].crc {
+                let stored = compress::stored_bytes(block, entries[i + j].pba);
+                if block_crc(vbas[i + j], stored) != entries[i + j].crc {
                     return Err(StoreError::corrupt(
                         "data block",
                         format!(
                             "VBA {} at physical block {} fails its checksum",
                             vbas[i + j],
-                            entries[i + j].pba
+                            block_of(entries[i + j].pba)
                         ),
                     ));
                 }
                 let at = (i + j) * BLOCK as usize;
-                out[at..at + BLOCK as usize].copy_from_slice(block);
+                compress::expand(
+                    self.codec,
+                    block,
+                    entries[i + j].pba,
+                    &mut out[at..at + BLOCK as usize],
+                )?;
             }
             i += n;
         }

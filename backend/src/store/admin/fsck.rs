@@ -14,10 +14,11 @@ mod tests;
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
+use crate::store::compress::{self, block_of, place};
 use crate::store::layout::BLOCK;
 use crate::store::map::btree::{Forest, TreeValue};
 use crate::store::map::sut::SegKind;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// The outcome of `keel fsck`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -135,7 +136,7 @@ impl Store {
 
         // 3. VBA -> PBA: referenced, unique, inside data segments, reverse map agrees.
         let mut data_per_seg = vec![0u32; geo.segments as usize];
-        let mut seen_pba = HashSet::new();
+        let mut seen_pba = HashMap::new();
         let vbas = maps.vba.entries(maps.vba_root);
         r.vbas = vbas.len() as u64;
         for (v, e) in &vbas {
@@ -151,27 +152,47 @@ impl Store {
                     maps.next_vba
                 ));
             }
-            if !geo.is_data_block(e.pba) {
-                r.problems
-                    .push(format!("VBA {v} points outside the segments ({})", e.pba));
+            let pba = block_of(e.pba);
+            if !geo.is_data_block(pba) || !place::is_valid(e.pba) {
+                r.problems.push(format!(
+                    "VBA {v} points outside the segments ({:#x})",
+                    e.pba
+                ));
                 continue;
             }
-            if !seen_pba.insert(e.pba) {
+            // A raw block has one VBA; a packed one any number, counted once.
+            let packed = place::slot_of(e.pba).is_some();
+            let first = match seen_pba.entry(pba) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(packed);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    if !packed || !*o.get() {
+                        r.problems.push(format!("block {pba} is used by two VBAs"));
+                    }
+                    false
+                }
+            };
+            let agrees = if packed {
+                maps.packed_owners(pba).contains(v) && maps.owner(pba).is_none()
+            } else {
+                maps.owner(pba) == Some(*v)
+            };
+            if !agrees {
                 r.problems
-                    .push(format!("block {} is used by two VBAs", e.pba));
+                    .push(format!("reverse map disagrees for block {pba}"));
             }
-            if maps.owner(e.pba) != Some(*v) {
-                r.problems
-                    .push(format!("reverse map disagrees for block {}", e.pba));
-            }
-            let seg = geo.segment_of(e.pba);
+            let seg = geo.segment_of(pba);
             if st.sut.kind(seg) != SegKind::Data {
                 r.problems.push(format!(
                     "VBA {v} lives in segment {seg} of kind {:?}",
                     st.sut.kind(seg)
                 ));
             }
-            data_per_seg[seg as usize] += 1;
+            if first {
+                data_per_seg[seg as usize] += 1;
+            }
         }
 
         // 4. Metadata blocks: re-read and verify, count per segment.
@@ -214,26 +235,35 @@ impl Store {
         }
 
         // 6. Every data block against its checksum, read in address order.
-        let mut by_pba: Vec<(u64, u64, u32)> =
-            vbas.iter().map(|(v, e)| (e.pba, *v, e.crc)).collect();
+        // (block, map entry's pba, VBA, crc): the slots of a packed block share its read.
+        let mut by_pba: Vec<(u64, u64, u64, u32)> = vbas
+            .iter()
+            .filter(|(_, e)| geo.is_data_block(block_of(e.pba)) && place::is_valid(e.pba))
+            .map(|(v, e)| (block_of(e.pba), e.pba, *v, e.crc))
+            .collect();
         by_pba.sort_unstable();
         let mut i = 0;
         while i < by_pba.len() && r.problems.len() < MAX_PROBLEMS {
+            let first = by_pba[i].0;
             let mut n = 1;
-            while i + n < by_pba.len() && n < 256 && by_pba[i + n].0 == by_pba[i].0 + n as u64 {
+            while i + n < by_pba.len()
+                && by_pba[i + n].0 - first < 256
+                && by_pba[i + n].0 <= by_pba[i + n - 1].0 + 1
+            {
                 n += 1;
             }
-            let mut b = AlignedBuf::blocks(n);
-            if let Err(e) = self.dev.read_at(&mut b, by_pba[i].0 * BLOCK) {
+            let blocks = (by_pba[i + n - 1].0 - first + 1) as usize;
+            let mut b = AlignedBuf::blocks(blocks);
+            if let Err(e) = self.dev.read_at(&mut b, first * BLOCK) {
                 r.problems
-                    .push(format!("reading data at block {}: {e}", by_pba[i].0));
+                    .push(format!("reading data at block {first}: {e}"));
             } else {
-                for k in 0..n {
-                    let (pba, vba, crc) = by_pba[i + k];
+                for &(block, pba, vba, crc) in &by_pba[i..i + n] {
                     r.data_blocks_verified += 1;
-                    if block_crc(vba, b.block(k)) != crc {
+                    let stored = compress::stored_bytes(b.block((block - first) as usize), pba);
+                    if block_crc(vba, stored) != crc {
                         r.problems
-                            .push(format!("data block {pba} (VBA {vba}) fails its checksum"));
+                            .push(format!("data block {block} (VBA {vba}) fails its checksum"));
                     }
                 }
             }

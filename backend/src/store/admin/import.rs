@@ -127,29 +127,39 @@ impl Store {
         let mut w = self.lock(slot);
         let mut entries = Vec::with_capacity(wanted.len());
         let mut runs: Vec<Gather<'_>> = Vec::new();
-        let mut i = 0;
-        while i < wanted.len() {
-            let (pba, n) = self.take_blocks(&mut w, wanted.len() - i, false)?;
-            let vba0 = {
-                let mut st = self.write_lock(&self.state);
-                let v = st.maps.next_vba;
-                st.maps.next_vba += n as u64;
-                v
-            };
-            let mut parts = Vec::with_capacity(n);
-            for k in 0..n {
-                let vba = vba0 + k as u64;
-                let blk = copies.block(i + k);
-                entries.push(Entry::Map {
-                    lba: wanted[i + k].0,
-                    vba,
-                    pba: pba + k as u64,
-                    crc: block_crc(vba, blk),
-                });
-                parts.push(blk);
+        // A compressed container packs what it imports as it packs guest writes.
+        let sources: Vec<&[u8]> = (0..wanted.len()).map(|k| copies.block(k)).collect();
+        let packed = self
+            .codec
+            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
+        if let Some(packed) = &packed {
+            let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
+            self.place_packed(&mut w, &lbas, &sources, packed, &mut entries, &mut runs)?;
+        } else {
+            let mut i = 0;
+            while i < wanted.len() {
+                let (pba, n) = self.take_blocks(&mut w, wanted.len() - i, false)?;
+                let vba0 = {
+                    let mut st = self.write_lock(&self.state);
+                    let v = st.maps.next_vba;
+                    st.maps.next_vba += n as u64;
+                    v
+                };
+                let mut parts = Vec::with_capacity(n);
+                for k in 0..n {
+                    let vba = vba0 + k as u64;
+                    let blk = copies.block(i + k);
+                    entries.push(Entry::Map {
+                        lba: wanted[i + k].0,
+                        vba,
+                        pba: pba + k as u64,
+                        crc: block_crc(vba, blk),
+                    });
+                    parts.push(blk);
+                }
+                runs.push((pba * BLOCK, parts));
+                i += n;
             }
-            runs.push((pba * BLOCK, parts));
-            i += n;
         }
         let record_blocks = journal::record_blocks(&entries) as u64;
         let journal_blocks = self.geo.journal_blocks();

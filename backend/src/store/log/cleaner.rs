@@ -5,12 +5,14 @@
 use super::victim;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
+use crate::store::compress::{self, place};
 use crate::store::error::Result;
 use crate::store::io::DeviceIo;
 use crate::store::layout::BLOCK;
 use crate::store::log::journal::Entry;
 use crate::store::log::pace::{Levels, Pace};
 use crate::store::log::write::Issue;
+use crate::store::map::maps::VbaEntry;
 use crate::store::map::pins::PinGuard;
 use crate::store::map::sut::SegKind;
 use crate::store::stats::Counters;
@@ -53,11 +55,18 @@ impl Store {
             // the read below.
             pin.pin(seg);
             let start = self.geo.segment_start(seg);
-            let live: Vec<(u64, u64, u32)> = (start..start + seg_blocks)
+            // Per live block, the VBAs in it: one, or those packed into it (moved together).
+            let live: Vec<(u64, Vec<(u64, VbaEntry)>)> = (start..start + seg_blocks)
                 .filter_map(|pba| {
-                    let vba = st.maps.owner(pba)?;
-                    let e = st.maps.vba.get(st.maps.vba_root, vba)?;
-                    Some((pba, vba, e.crc))
+                    let owners = match st.maps.owner(pba) {
+                        Some(vba) => vec![vba],
+                        None => st.maps.packed_owners(pba).to_vec(),
+                    };
+                    let held: Vec<(u64, VbaEntry)> = owners
+                        .into_iter()
+                        .filter_map(|v| Some((v, st.maps.vba.get(st.maps.vba_root, v)?)))
+                        .collect();
+                    (!held.is_empty()).then_some((pba, held))
                 })
                 .collect();
             (seg, live, st.sut.stamp(seg))
@@ -80,19 +89,22 @@ impl Store {
                 .note_copied(self.geo.segment_of(dst), stamp);
             let mut ab = AlignedBuf::scratch(n);
             for j in 0..n {
-                let (pba, vba, crc) = live[i + j];
+                let (pba, held) = &live[i + j];
                 let block = src.block((pba - start) as usize);
-                if block_crc(vba, block) != crc {
-                    // Moved as it is: reads keep failing loudly instead of the damage spreading.
-                    Counters::add(&self.stats.checksum_errors, 1);
-                    log::error!("cleaner: VBA {vba} at block {pba} fails its checksum");
+                for (vba, e) in held {
+                    if block_crc(*vba, compress::stored_bytes(block, e.pba)) != e.crc {
+                        // Moved as it is: reads keep failing loudly instead of the damage
+                        // spreading.
+                        Counters::add(&self.stats.checksum_errors, 1);
+                        log::error!("cleaner: VBA {vba} at block {pba} fails its checksum");
+                    }
+                    moves.push(Entry::Move {
+                        vba: *vba,
+                        old_pba: e.pba,
+                        new_pba: place::moved(e.pba, dst + j as u64),
+                    });
                 }
                 ab.block_mut(j).copy_from_slice(block);
-                moves.push(Entry::Move {
-                    vba,
-                    old_pba: pba,
-                    new_pba: dst + j as u64,
-                });
             }
             Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
             runs.push((dst, ab));

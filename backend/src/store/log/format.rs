@@ -2,11 +2,14 @@
 
 use crate::device::BlockDevice;
 use crate::store::State;
+use crate::store::compress::Codec;
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::persist;
-use crate::store::log::superblock::{FORMAT_VERSION, INCOMPAT_ENCRYPTED, INCOMPAT_NEW, Superblock};
+use crate::store::log::superblock::{
+    FORMAT_VERSION, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW, Superblock,
+};
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;
 use crate::store::seal::{Key, SealFields, SealedDevice};
@@ -26,6 +29,8 @@ pub struct CreateOptions {
     pub overprovision_percent: u64,
     /// Encrypt the container (AES-256-XTS) with this key; see [`seal`](crate::store::seal).
     pub encryption: Option<Key>,
+    /// Compress guest blocks with this codec (see [`compress`](super::compress)).
+    pub compression: Option<Codec>,
 }
 
 impl CreateOptions {
@@ -36,6 +41,7 @@ impl CreateOptions {
             journal_bytes: None,
             overprovision_percent: crate::store::log::spare::DEFAULT_SPARE_PERCENT,
             encryption: None,
+            compression: None,
         }
     }
 
@@ -127,10 +133,11 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         sut: Sut::new(geo),
         ckpt_blocks: Vec::new(),
     };
-    let seal = match &opts.encryption {
+    let mut seal = match &opts.encryption {
         Some(key) => SealFields::new(key, random_salt()?),
         None => SealFields::default(),
     };
+    seal.compression = opts.compression.map_or(0, Codec::number);
     let sealed;
     let raw = dev;
     let dev: &dyn BlockDevice = if seal.is_encrypted() {
@@ -152,11 +159,17 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     let sb = Superblock {
         version: FORMAT_VERSION,
         // Every feature but the one an import sets for its duration, and encryption if asked.
-        incompat: if seal.is_encrypted() {
-            INCOMPAT_NEW | INCOMPAT_ENCRYPTED
-        } else {
-            INCOMPAT_NEW
-        },
+        incompat: INCOMPAT_NEW
+            | if seal.is_encrypted() {
+                INCOMPAT_ENCRYPTED
+            } else {
+                0
+            }
+            | if opts.compression.is_some() {
+                INCOMPAT_COMPRESSED
+            } else {
+                0
+            },
         compat: 0,
         generation,
         uuid: random_uuid(),

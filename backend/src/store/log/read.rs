@@ -6,6 +6,7 @@
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
+use crate::store::compress::{self, block_of, place};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::BLOCK;
 use crate::store::log::batch::check_request;
@@ -34,6 +35,7 @@ impl ReadRun {
 #[derive(Debug, Clone, Copy)]
 struct Source {
     vba: u64,
+    /// As the VBA map has it: a packed block's carries its slot.
     pba: u64,
     crc: u32,
     run: usize,
@@ -115,28 +117,33 @@ impl Store {
                     blocks.push(None);
                     continue;
                 };
-                if !geo.is_data_block(e.pba) {
+                let pba = block_of(e.pba);
+                if !geo.is_data_block(pba) || !place::is_valid(e.pba) {
                     return Err(StoreError::corrupt(
                         "VBA map",
-                        format!("LBA {lba} maps to block {} outside the segments", e.pba),
+                        format!("LBA {lba} maps to block {:#x} outside the segments", e.pba),
                     ));
                 }
+                let after_mapped = blocks.last().is_some_and(Option::is_some);
+                // Slots of one packed block share its read.
+                let shares = place::slot_of(e.pba).is_some()
+                    && after_mapped
+                    && runs
+                        .last()
+                        .is_some_and(|r| r.pba + r.blocks as u64 - 1 == pba);
                 let extends = runs.last().is_some_and(|r| {
-                    r.pba + r.blocks as u64 == e.pba
-                        && r.blocks < MAX_RUN_BLOCKS
-                        && blocks.last().is_some_and(Option::is_some)
+                    r.pba + r.blocks as u64 == pba && r.blocks < MAX_RUN_BLOCKS && after_mapped
                 });
-                if extends {
+                if shares {
+                    // The run's last block is this one already.
+                } else if extends {
                     let r = runs.last_mut().expect("a run to extend");
                     r.blocks += 1;
                 } else {
-                    runs.push(ReadRun {
-                        pba: e.pba,
-                        blocks: 1,
-                    });
+                    runs.push(ReadRun { pba, blocks: 1 });
                 }
                 let run = runs.len() - 1;
-                pins.pin(self.geo.segment_of(e.pba));
+                pins.pin(self.geo.segment_of(pba));
                 blocks.push(Some(Source {
                     vba,
                     pba: e.pba,
@@ -182,7 +189,14 @@ impl Store {
             };
             let block = bufs[s.run].block(s.index);
             self.check_block(lba, s, block)?;
-            dst.copy_from_slice(&block[(lo - bstart) as usize..(hi - bstart) as usize]);
+            let range = (lo - bstart) as usize..(hi - bstart) as usize;
+            if place::slot_of(s.pba).is_some() {
+                let mut expanded = [0u8; BLOCK as usize];
+                compress::expand(self.codec, block, s.pba, &mut expanded)?;
+                dst.copy_from_slice(&expanded[range]);
+            } else {
+                dst.copy_from_slice(&block[range]);
+            }
         }
         Ok(())
     }
@@ -205,7 +219,8 @@ impl Store {
         if !whole || run.blocks != plan.blocks.len() || buf.len() != plan.len as usize {
             return None;
         }
-        if plan.blocks.iter().any(Option::is_none) {
+        let raw = |b: &Option<Source>| b.is_some_and(|s| place::slot_of(s.pba).is_none());
+        if !plan.blocks.iter().all(raw) {
             return None;
         }
         let first = plan.offset / BLOCK;
@@ -220,12 +235,13 @@ impl Store {
     /// Checks one block read for LBA `lba` against its checksum; a mismatch is counted,
     /// logged and an error.
     fn check_block(&self, lba: u64, s: &Source, block: &[u8]) -> Result<()> {
-        if block_crc(s.vba, block) == s.crc {
+        if block_crc(s.vba, compress::stored_bytes(block, s.pba)) == s.crc {
             return Ok(());
         }
+        let pba = block_of(s.pba);
         Counters::add(&self.stats.checksum_errors, 1);
-        log::error!("checksum mismatch: LBA {lba} at PBA {}", s.pba);
-        Err(StoreError::DataChecksum { lba, pba: s.pba })
+        log::error!("checksum mismatch: LBA {lba} at PBA {pba}");
+        Err(StoreError::DataChecksum { lba, pba })
     }
 
     /// Reads `buf.len()` bytes at `offset` (both multiples of 512). Unwritten and discarded

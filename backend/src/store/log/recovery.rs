@@ -10,6 +10,7 @@ use crate::device::BlockDevice;
 use crate::store::State;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
+use crate::store::compress::{self, block_of, place};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::checkpoint::CheckpointRoot;
@@ -411,35 +412,42 @@ fn check_entries(
                 _ => continue,
             },
         };
-        if !geo.is_data_block(pba) {
-            return Ok(Some(format!("block {pba} outside the segments")));
+        if !geo.is_data_block(block_of(pba)) || !place::is_valid(pba) {
+            return Ok(Some(format!("block {pba:#x} outside the segments")));
         }
         blocks.push((pba, vba, crc));
     }
     check_data(dev, &mut blocks)
 }
 
-/// Reads the blocks `(pba, vba, crc)` a record points at and checks each against its crc.
+/// Reads the blocks `(pba, vba, crc)` a record points at (`pba` as the map has it: a packed
+/// slot's carries it) and checks each against its crc.
 /// A batch's data was appended in a few contiguous runs, so they are read a run at a time
 /// (one device read per run instead of one per block: replaying a journal that covers a
 /// whole disk reads the disk once, at sequential speed).
 fn check_data(dev: &dyn BlockDevice, blocks: &mut [(u64, u64, u32)]) -> Result<Option<String>> {
-    blocks.sort_unstable_by_key(|b| b.0);
+    blocks.sort_unstable_by_key(|b| (block_of(b.0), b.0));
     let mut buf = AlignedBuf::blocks(CHECK_RUN_BLOCKS as usize);
     let mut rest = &blocks[..];
-    while let Some(&(start, ..)) = rest.first() {
-        // The longest prefix of distinct, consecutive blocks (a block named twice ends a run).
+    while let Some(&(first, ..)) = rest.first() {
+        // The longest prefix of consecutive blocks (the slots of a packed block share it).
+        let start = block_of(first);
         let mut n = 1;
-        while n < rest.len() && n < CHECK_RUN_BLOCKS as usize && rest[n].0 == start + n as u64 {
+        while n < rest.len()
+            && block_of(rest[n].0) - start < CHECK_RUN_BLOCKS
+            && block_of(rest[n].0) <= block_of(rest[n - 1].0) + 1
+        {
             n += 1;
         }
-        let bytes = n * BLOCK as usize;
+        let bytes = (block_of(rest[n - 1].0) - start + 1) as usize * BLOCK as usize;
         dev.read_at(&mut buf[..bytes], start * BLOCK)?;
-        for (i, &(pba, vba, crc)) in rest[..n].iter().enumerate() {
+        for &(pba, vba, crc) in &rest[..n] {
+            let i = (block_of(pba) - start) as usize;
             let data = &buf[i * BLOCK as usize..(i + 1) * BLOCK as usize];
-            if block_crc(vba, data) != crc {
+            if block_crc(vba, compress::stored_bytes(data, pba)) != crc {
                 return Ok(Some(format!(
-                    "data at block {pba} does not match its checksum"
+                    "data at block {} does not match its checksum",
+                    block_of(pba)
                 )));
             }
         }

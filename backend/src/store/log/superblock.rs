@@ -41,6 +41,9 @@ pub const INCOMPAT_IMPORTING: u64 = 1 << 5;
 /// Incompatible feature: every block but the superblocks is encrypted with the cipher the
 /// superblock's cipher fields name. A Keel without it would read ciphertext as metadata.
 pub const INCOMPAT_ENCRYPTED: u64 = 1 << 6;
+/// Incompatible feature: guest blocks may be compressed and packed several to a block (the
+/// `compression` field names the codec; see `compress`).
+pub const INCOMPAT_COMPRESSED: u64 = 1 << 7;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
@@ -48,9 +51,11 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_BACKGROUND_DELETES
     | INCOMPAT_FLUSH_MARKS
     | INCOMPAT_IMPORTING
-    | INCOMPAT_ENCRYPTED;
+    | INCOMPAT_ENCRYPTED
+    | INCOMPAT_COMPRESSED;
 /// Features a new container gets whatever it is made with.
-pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED;
+pub const INCOMPAT_NEW: u64 =
+    INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED & !INCOMPAT_COMPRESSED;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
 pub const COMPAT_IMPORTED: u64 = 1 << 0;
@@ -176,7 +181,10 @@ impl Superblock {
                 incompat & !INCOMPAT_SUPPORTED
             )));
         }
-        seal.validate(incompat & INCOMPAT_ENCRYPTED != 0)?;
+        seal.validate(
+            incompat & INCOMPAT_ENCRYPTED != 0,
+            incompat & INCOMPAT_COMPRESSED != 0,
+        )?;
         if block_size as usize != BLOCK_SIZE {
             return Err(bad("block size is not 4096"));
         }
@@ -273,7 +281,7 @@ mod tests {
     #[test]
     fn refuses_unknown_incompat_and_small_device() {
         let mut s = sample();
-        s.incompat = 1 << 7;
+        s.incompat = 1 << 8;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();

@@ -36,7 +36,7 @@ use crate::store::{JournalState, State, Store};
 use std::sync::MutexGuard;
 
 /// Parts of one gathered data write at most (the kernel takes up to 1024 iovecs per write).
-const MAX_PARTS: usize = 256;
+pub(in crate::store) const MAX_PARTS: usize = 256;
 
 /// A journal record placed and encoded, not yet applied.
 pub(in crate::store) struct Reserved {
@@ -53,6 +53,8 @@ pub struct InFlight {
     lsn: Option<u64>,
     _record: Option<AlignedBuf>,
     _copies: AlignedBuf,
+    /// The packed blocks of a compressed batch.
+    _packed: Option<AlignedBuf>,
 }
 
 #[cfg(test)]
@@ -63,7 +65,9 @@ impl InFlight {
             let start = b.as_ptr() as usize;
             (ptr as usize) >= start && (ptr as usize) + len <= start + b.len()
         };
-        within(&self._copies) || self._record.as_ref().is_some_and(within)
+        within(&self._copies)
+            || self._record.as_ref().is_some_and(within)
+            || self._packed.as_ref().is_some_and(within)
     }
 }
 
@@ -162,35 +166,44 @@ impl Store {
             sources[i] = copies.block(k);
         }
         let mut runs: Vec<Gather<'_>> = Vec::new();
-        let mut i = 0;
-        while i < blocks.len() {
-            let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
-            let vba0 = {
-                // VBAs are unique, never reused; the writer lock, held until the batch is
-                // applied, keeps them ordered with the commit (snapshot creation takes every
-                // writer lock).
-                let mut st = self.write_lock(&self.state);
-                let v = st.maps.next_vba;
-                st.maps.next_vba += n as u64;
-                v
-            };
-            for j in 0..n {
-                let lba = blocks[i + j].0;
-                let blk = sources[i + j];
-                let vba = vba0 + j as u64;
-                entries.push(Entry::Map {
-                    lba,
-                    vba,
-                    pba: pba + j as u64,
-                    crc: block_crc(vba, blk),
-                });
+        let packed = self
+            .codec
+            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
+        let written = if let Some(packed) = &packed {
+            let lbas: Vec<u64> = blocks.iter().map(|(lba, _)| *lba).collect();
+            self.place_packed(&mut w, &lbas, &sources, packed, &mut entries, &mut runs)?
+        } else {
+            let mut i = 0;
+            while i < blocks.len() {
+                let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
+                let vba0 = {
+                    // VBAs are unique, never reused; the writer lock, held until the batch is
+                    // applied, keeps them ordered with the commit (snapshot creation takes every
+                    // writer lock).
+                    let mut st = self.write_lock(&self.state);
+                    let v = st.maps.next_vba;
+                    st.maps.next_vba += n as u64;
+                    v
+                };
+                for j in 0..n {
+                    let lba = blocks[i + j].0;
+                    let blk = sources[i + j];
+                    let vba = vba0 + j as u64;
+                    entries.push(Entry::Map {
+                        lba,
+                        vba,
+                        pba: pba + j as u64,
+                        crc: block_crc(vba, blk),
+                    });
+                }
+                for (k, chunk) in sources[i..i + n].chunks(MAX_PARTS).enumerate() {
+                    runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
+                }
+                i += n;
             }
-            for (k, chunk) in sources[i..i + n].chunks(MAX_PARTS).enumerate() {
-                runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
-            }
-            i += n;
-        }
-        let data_bytes = BLOCK * blocks.len() as u64;
+            blocks.len() as u64
+        };
+        let data_bytes = BLOCK * written;
         let data_writes = runs.len() as u64;
         let committed = self.commit_with(entries, runs, &mut w.retired, false, issue)?;
         drop(w);
@@ -205,6 +218,7 @@ impl Store {
             lsn,
             _record: record,
             _copies: copies,
+            _packed: packed.map(|p| p.buf),
         })
     }
 

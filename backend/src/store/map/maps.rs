@@ -9,6 +9,7 @@
 
 use super::diff_walk::diff_trees;
 use crate::store::codec::{Get, Put};
+use crate::store::compress::{PackedOwners, block_of, place};
 use crate::store::map::btree::{Forest, NodeId, TreeValue};
 use crate::store::map::sut::{SegKind, Sut};
 
@@ -82,8 +83,10 @@ pub struct Maps {
     pub next_snapshot_id: u64,
     /// The running point was reverted since the newest snapshot was taken.
     pub running_reverted: bool,
-    /// PBA -> VBA for every live data block (NO_VBA elsewhere).
+    /// PBA -> VBA for every live raw data block (NO_VBA elsewhere).
     rmap: Vec<u64>,
+    /// Block -> VBAs for every live packed block of a compressed container.
+    packed: PackedOwners,
 }
 
 impl Maps {
@@ -105,6 +108,7 @@ impl Maps {
             next_snapshot_id: 1,
             running_reverted: false,
             rmap: vec![NO_VBA; blocks as usize],
+            packed: PackedOwners::default(),
         }
     }
 
@@ -135,6 +139,7 @@ impl Maps {
             next_snapshot_id,
             running_reverted,
             rmap: vec![NO_VBA; blocks as usize],
+            packed: PackedOwners::default(),
         };
         m.rebuild_rmap();
         m
@@ -150,11 +155,48 @@ impl Maps {
 
     pub fn rebuild_rmap(&mut self) {
         self.rmap.fill(NO_VBA);
+        self.packed.clear();
         for (v, e) in self.vba.entries(self.vba_root) {
-            if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
+            if place::slot_of(e.pba).is_some() {
+                self.packed.add(block_of(e.pba), v);
+            } else if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
                 *slot = v;
             }
         }
+    }
+
+    /// Notes that `vba` lives at `pba` (raw or packed); the segment usage table counts a
+    /// packed block once, with its first slot.
+    fn hold(&mut self, pba: u64, vba: u64, sut: &mut Sut) {
+        if place::slot_of(pba).is_some() {
+            if self.packed.add(block_of(pba), vba) {
+                sut.add(block_of(pba), SegKind::Data);
+            }
+            return;
+        }
+        if let Some(slot) = self.rmap.get_mut(pba as usize) {
+            *slot = vba;
+        }
+        sut.add(pba, SegKind::Data);
+    }
+
+    /// Notes that `vba` left `pba`; a packed block is free once its last slot is.
+    fn unhold(&mut self, pba: u64, vba: u64, sut: &mut Sut) {
+        if place::slot_of(pba).is_some() {
+            if self.packed.remove(block_of(pba), vba) {
+                sut.dec(block_of(pba));
+            }
+            return;
+        }
+        if let Some(slot) = self.rmap.get_mut(pba as usize) {
+            *slot = NO_VBA;
+        }
+        sut.dec(pba);
+    }
+
+    /// The VBAs packed into data block `pba` (none for a raw block).
+    pub fn packed_owners(&self, pba: u64) -> &[u64] {
+        self.packed.owners(pba)
     }
 
     /// Sequence number of the newest frozen tree (0 without snapshots): a node written after
@@ -186,10 +228,7 @@ impl Maps {
         let (seq, frozen) = (self.seq, self.frozen());
         self.vba
             .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
-        if let Some(slot) = self.rmap.get_mut(pba as usize) {
-            *slot = vba;
-        }
-        sut.add(pba, SegKind::Data);
+        self.hold(pba, vba, sut);
         self.next_vba = self.next_vba.max(vba.saturating_add(1));
         if let Some(old) = self
             .lba
@@ -232,14 +271,8 @@ impl Maps {
             seq,
             0,
         );
-        if let Some(slot) = self.rmap.get_mut(old_pba as usize) {
-            *slot = NO_VBA;
-        }
-        if let Some(slot) = self.rmap.get_mut(new_pba as usize) {
-            *slot = vba;
-        }
-        sut.dec(old_pba);
-        sut.add(new_pba, SegKind::Data);
+        self.unhold(old_pba, vba, sut);
+        self.hold(new_pba, vba, sut);
         true
     }
 
@@ -268,10 +301,7 @@ impl Maps {
     pub(crate) fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
         let seq = self.seq;
         if let Some(e) = self.vba.remove(&mut self.vba_root, vba, seq, 0) {
-            if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
-                *slot = NO_VBA;
-            }
-            sut.dec(e.pba);
+            self.unhold(e.pba, vba, sut);
         }
     }
 

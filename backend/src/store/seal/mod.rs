@@ -45,7 +45,8 @@ const KEY_CHECK_LABEL: &[u8] = b"keel key check, aes-xts-256, v1";
 pub struct SealFields {
     /// 0 (none) or [`CIPHER_AES_XTS_256`].
     pub cipher: u32,
-    /// Reserved for a data transform applied before the cipher; 0 (none) is the only value.
+    /// The codec of a compressed container, applied before the cipher (see
+    /// [`compress::Codec`](super::compress::Codec)); 0 (none) otherwise.
     pub compression: u32,
     /// Random per container, so equal keys give different check values.
     pub salt: [u8; 16],
@@ -68,23 +69,32 @@ impl SealFields {
         self.cipher != 0
     }
 
-    /// Checks that the fields describe something this Keel can open (`encrypted`: the
-    /// superblock's ENCRYPTED feature bit).
-    pub fn validate(&self, encrypted: bool) -> Result<()> {
+    /// Checks that the fields describe something this Keel can open (`encrypted`,
+    /// `compressed`: the superblock's ENCRYPTED and COMPRESSED feature bits).
+    pub fn validate(&self, encrypted: bool, compressed: bool) -> Result<()> {
         let bad = |d: &str| {
             Err(StoreError::corrupt(
                 "superblock cipher fields",
                 d.to_string(),
             ))
         };
-        if self.compression != 0 {
-            return Err(StoreError::Unsupported(format!(
-                "compression {} is not supported",
-                self.compression
-            )));
+        match (compressed, self.compression) {
+            (false, 0) => {}
+            (false, _) => return bad("compression is set but the COMPRESSED feature is not"),
+            (true, 0) => return bad("the COMPRESSED feature is set but no codec is named"),
+            (true, n) if super::compress::Codec::from_number(n).is_none() => {
+                return Err(StoreError::Unsupported(format!(
+                    "compression {n} is not supported"
+                )));
+            }
+            (true, _) => {}
         }
+        let cipher_part = Self {
+            compression: 0,
+            ..*self
+        };
         match (encrypted, self.cipher) {
-            (false, 0) if *self == Self::default() => Ok(()),
+            (false, 0) if cipher_part == Self::default() => Ok(()),
             (false, _) => bad("cipher fields are set but the ENCRYPTED feature is not"),
             (true, 0) => bad("the ENCRYPTED feature is set but no cipher is named"),
             (true, CIPHER_AES_XTS_256) if self.key_check == [0; 32] => bad("no key check value"),

@@ -89,28 +89,40 @@ fn wrong_or_missing_key_is_refused() {
 #[test]
 fn fields_are_validated() {
     let good = SealFields::new(&key(1), [9; 16]);
-    good.validate(true).unwrap();
-    SealFields::default().validate(false).unwrap();
-    assert!(good.validate(false).is_err());
-    assert!(SealFields::default().validate(true).is_err());
+    good.validate(true, false).unwrap();
+    SealFields::default().validate(false, false).unwrap();
+    assert!(good.validate(false, false).is_err());
+    assert!(SealFields::default().validate(true, false).is_err());
     let unknown = SealFields { cipher: 7, ..good };
     assert!(matches!(
-        unknown.validate(true),
+        unknown.validate(true, false),
         Err(StoreError::Unsupported(_))
     ));
     let compressed = SealFields {
+        compression: 2,
+        ..good
+    };
+    compressed.validate(true, true).unwrap();
+    assert!(compressed.validate(true, false).is_err());
+    let plain_lz4 = SealFields {
         compression: 1,
+        ..SealFields::default()
+    };
+    plain_lz4.validate(false, true).unwrap();
+    assert!(SealFields::default().validate(false, true).is_err());
+    let unknown_codec = SealFields {
+        compression: 9,
         ..good
     };
     assert!(matches!(
-        compressed.validate(true),
+        unknown_codec.validate(true, true),
         Err(StoreError::Unsupported(_))
     ));
     let no_check = SealFields {
         key_check: [0; 32],
         ..good
     };
-    assert!(no_check.validate(true).is_err());
+    assert!(no_check.validate(true, false).is_err());
 }
 
 #[test]

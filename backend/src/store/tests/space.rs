@@ -1,11 +1,21 @@
 //! Space accounting, thresholds, growth of a container file and waiting for space.
 
 use super::{new_store, small_opts};
+use crate::store::CreateOptions;
 use crate::store::layout::BLOCK;
 use crate::store::{Op, SpaceOptions, Store, StoreError, StoreOptions};
 use keel_protocol::control::{SpaceReport, SpaceState};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Space is counted in physical blocks, and these tests fill them with blocks of one byte:
+/// without compression even in a compressed run, so each guest block takes one.
+fn raw_opts() -> CreateOptions {
+    CreateOptions {
+        compression: None,
+        ..small_opts()
+    }
+}
 
 fn write_blocks(s: &Store, first: u64, count: u64, fill: u8) -> crate::store::Result<()> {
     let data = vec![fill; (count * BLOCK) as usize];
@@ -33,7 +43,7 @@ fn assert_adds_up(r: &SpaceReport) {
 
 #[test]
 fn the_figures_add_up_and_a_snapshot_pins_exactly_the_overwritten_blocks() {
-    let (_dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&raw_opts());
     let empty = s.space();
     assert_adds_up(&empty);
     assert_eq!((empty.live_bytes, empty.snapshot_bytes), (0, 0));
@@ -91,7 +101,7 @@ fn the_state_follows_the_thresholds() {
     assert_eq!(crate::store::state_for(85.0, &opts), SpaceState::Low);
     assert_eq!(crate::store::state_for(95.0, &opts), SpaceState::Critical);
 
-    let (dev, s) = new_store(&small_opts());
+    let (dev, s) = new_store(&raw_opts());
     drop(s);
     let s = Store::open(
         dev,
@@ -133,7 +143,7 @@ fn the_state_follows_the_thresholds() {
 fn a_container_file_grows_up_to_max_size_instead_of_failing_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grow.keel");
-    let create = small_opts();
+    let create = raw_opts();
     Store::create_path(&path, &create).unwrap();
     let start = std::fs::metadata(&path).unwrap().len();
     let max = 4 * start;
@@ -177,7 +187,7 @@ fn a_container_file_grows_up_to_max_size_instead_of_failing_writes() {
 /// Fills a container: the disk once, then a snapshot pins it while it is overwritten until
 /// no space is left (writes do not wait: the store's default). Returns it and the snapshot.
 fn full_store() -> (Store, u64) {
-    let (_dev, s) = new_store(&small_opts());
+    let (_dev, s) = new_store(&raw_opts());
     let cap = s.capacity() / BLOCK;
     write_blocks(&s, 0, cap, 1).unwrap();
     let snap = s.create_snapshot("pin").unwrap();
@@ -249,7 +259,7 @@ fn a_write_fails_once_its_wait_is_over_and_the_next_one_fails_at_once() {
 #[test]
 fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
     use crate::testing::{CrashMode, FaultyDevice, SplitMix};
-    let opts = small_opts();
+    let opts = raw_opts();
     let start = opts.geometry().unwrap();
     let grow_opts = || StoreOptions {
         space: SpaceOptions {
@@ -311,7 +321,7 @@ fn a_crash_during_growth_leaves_the_old_container_or_the_grown_one() {
 fn growing_the_disk_past_its_container_grows_the_container_within_max_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resize.keel");
-    Store::create_path(&path, &small_opts()).unwrap();
+    Store::create_path(&path, &raw_opts()).unwrap();
     let start = std::fs::metadata(&path).unwrap().len();
     let opts = |max| StoreOptions {
         space: SpaceOptions {

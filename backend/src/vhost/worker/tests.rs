@@ -42,6 +42,7 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         rbd: None,
         handover: false,
         key_file: None,
+        compression: None,
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }

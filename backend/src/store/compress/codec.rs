@@ -1,0 +1,98 @@
+//! The two codecs a container may use, by name and by superblock number.
+
+use super::super::layout::BLOCK_SIZE;
+use std::cell::RefCell;
+
+/// zstd level: fast, still well ahead of lz4 on ratio.
+const ZSTD_LEVEL: i32 = 1;
+
+/// How a compressed container's packed slots are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    /// The superblock's `compression` field (0: none).
+    pub fn number(self) -> u32 {
+        match self {
+            Codec::Lz4 => 1,
+            Codec::Zstd => 2,
+        }
+    }
+
+    /// The codec a superblock's `compression` field names; `None` for 0 or an unknown value.
+    pub fn from_number(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Codec::Lz4),
+            2 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The name users give (`--compression`, the `compression` config key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// Parses a user's setting: `Ok(None)` for "none".
+    pub fn parse(s: &str) -> Result<Option<Self>, String> {
+        match s {
+            "none" => Ok(None),
+            "lz4" => Ok(Some(Codec::Lz4)),
+            "zstd" => Ok(Some(Codec::Zstd)),
+            other => Err(format!(
+                "unknown compression {other:?} (use \"none\", \"lz4\" or \"zstd\")"
+            )),
+        }
+    }
+
+    /// The name of an optional codec ("none" for none).
+    pub fn name_of(c: Option<Self>) -> &'static str {
+        c.map_or("none", Self::name)
+    }
+
+    /// Compresses one block into `out` (room for the codec's worst case: two blocks);
+    /// `None` if that fails.
+    pub fn compress(self, block: &[u8], out: &mut [u8]) -> Option<usize> {
+        match self {
+            Codec::Lz4 => lz4_flex::block::compress_into(block, out).ok(),
+            Codec::Zstd => ZSTD.with(|z| {
+                let mut z = z.borrow_mut();
+                let (c, _) = z.as_mut()?;
+                c.compress_to_buffer(block, out).ok()
+            }),
+        }
+    }
+
+    /// Decompresses `body` into `out`, returning the bytes written.
+    pub fn decompress(self, body: &[u8], out: &mut [u8]) -> Result<usize, String> {
+        debug_assert_eq!(out.len(), BLOCK_SIZE);
+        match self {
+            Codec::Lz4 => lz4_flex::block::decompress_into(body, out).map_err(|e| e.to_string()),
+            Codec::Zstd => ZSTD.with(|z| {
+                let mut z = z.borrow_mut();
+                let (_, d) = z.as_mut().ok_or("no zstd context")?;
+                d.decompress_to_buffer(body, out).map_err(|e| e.to_string())
+            }),
+        }
+    }
+}
+
+type ZstdContexts = (
+    zstd::bulk::Compressor<'static>,
+    zstd::bulk::Decompressor<'static>,
+);
+
+thread_local! {
+    /// zstd contexts are costly to make: each thread keeps one of each.
+    static ZSTD: RefCell<Option<ZstdContexts>> = RefCell::new(
+        zstd::bulk::Compressor::new(ZSTD_LEVEL)
+            .and_then(|c| Ok((c, zstd::bulk::Decompressor::new()?)))
+            .ok(),
+    );
+}

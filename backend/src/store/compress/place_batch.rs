@@ -1,0 +1,83 @@
+//! Placing a compressed batch: its physical blocks (packed and raw) take blocks and VBAs
+//! from the writer the way a batch without compression does, one Map entry per guest block.
+
+use super::pack::{Packed, Physical};
+use super::place;
+use crate::store::Store;
+use crate::store::codec::block_crc;
+use crate::store::error::Result;
+use crate::store::io::Gather;
+use crate::store::journal::Entry;
+use crate::store::layout::BLOCK;
+use crate::store::log::alloc::SegmentWriter;
+use crate::store::log::write::MAX_PARTS;
+
+impl Store {
+    /// Takes blocks and VBAs for `packed` (the packing of `sources`, guest blocks `lbas`),
+    /// adding its Map entries to `entries` and its writes to `runs`. Returns the physical
+    /// blocks written.
+    pub(in crate::store) fn place_packed<'a>(
+        &self,
+        w: &mut SegmentWriter,
+        lbas: &[u64],
+        sources: &[&'a [u8]],
+        packed: &'a Packed,
+        entries: &mut Vec<Entry>,
+        runs: &mut Vec<Gather<'a>>,
+    ) -> Result<u64> {
+        let phys = &packed.phys;
+        let mut i = 0;
+        while i < phys.len() {
+            let (pba, n) = self.take_blocks(w, phys.len() - i, false)?;
+            let vbas: usize = phys[i..i + n]
+                .iter()
+                .map(|p| match p {
+                    Physical::Raw(_) => 1,
+                    Physical::Packed { slots, .. } => slots.len(),
+                })
+                .sum();
+            let mut vba = {
+                // As for a batch without compression: the writer lock orders VBAs with
+                // the commit.
+                let mut st = self.write_lock(&self.state);
+                let v = st.maps.next_vba;
+                st.maps.next_vba += vbas as u64;
+                v
+            };
+            let mut parts = Vec::with_capacity(n);
+            for (j, p) in phys[i..i + n].iter().enumerate() {
+                let at = pba + j as u64;
+                match p {
+                    Physical::Raw(b) => {
+                        entries.push(Entry::Map {
+                            lba: lbas[*b],
+                            vba,
+                            pba: at,
+                            crc: block_crc(vba, sources[*b]),
+                        });
+                        vba += 1;
+                        parts.push(sources[*b]);
+                    }
+                    Physical::Packed { index, slots } => {
+                        let data = packed.buf.block(*index);
+                        for (b, slot) in slots {
+                            entries.push(Entry::Map {
+                                lba: lbas[*b],
+                                vba,
+                                pba: place::packed(at, *slot),
+                                crc: block_crc(vba, &data[slot.range()]),
+                            });
+                            vba += 1;
+                        }
+                        parts.push(data);
+                    }
+                }
+            }
+            for (k, chunk) in parts.chunks(MAX_PARTS).enumerate() {
+                runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
+            }
+            i += n;
+        }
+        Ok(phys.len() as u64)
+    }
+}
