@@ -330,6 +330,31 @@ pub struct RevertSnapshot {
     pub force: bool,
 }
 
+/// `POST /v1/disks/{disk}/apply`: replay an export file (`keel diff --export`) onto the
+/// served disk. keeld reads the file itself, so `file` is a path on keeld's host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyDiff {
+    pub file: String,
+    /// Apply even while a frontend is attached, and onto a disk that is not at the export's
+    /// FROM point (or already holds its TO snapshot).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/disks/{disk}/apply` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyAnswer {
+    /// The export's two sides, as its header names them.
+    pub from: String,
+    pub to: String,
+    pub records: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    /// The snapshot taken after the apply (named as the export's TO side), if one was.
+    pub snapshot: Option<String>,
+}
+
 /// `POST /v1/disks/{disk}/clone`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -65,21 +65,35 @@ stop_server() {
     pids=()
 }
 
+# CPU time (user + system, clock ticks) of process $1, all threads; its threads' context switches.
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }'; }
+
 # name rw bs iodepth [extra client flag]
 workloads="randread-4k-qd1:randread:4k:1 randwrite-4k-qd1:randwrite:4k:1 randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 read-1m-qd8:read:1m:8 write-1m-qd8:write:1m:8 randwrite-4k-qd1-wt:randwrite:4k:1:--write-through"
 servers="keeld qsd"
-declare -A iops lat
+declare -A iops lat cpu csw
 for run in $(seq "$runs"); do
     for s in $servers; do
         start_server "$s"
         for w in $workloads; do
             IFS=: read -r name rw bs depth flag <<<"$w"
+            c0=$(cpu_ticks "${pids[0]}")
+            w0=$(switches "${pids[0]}")
             read -r i l < <("$client" bench --rw "$rw" --bs "$bs" --iodepth "$depth" --queues 1 ${flag:+"$flag"} \
                 --runtime "${runtime}s" --json "$sock" | python3 -c \
                 'import json,sys; j=json.load(sys.stdin); o=j["read"] or j["write"]; print(int(j["iops"]), round(o["lat_mean_us"]))')
+            # The server's CPU time (all its threads, librbd's included) and thread switches
+            # per request: less noisy than IOPS on a shared machine.
+            reqs=$((i * runtime))
+            u=$(python3 -c "print(round(($(cpu_ticks "${pids[0]}") - $c0) * 1e6 / $ticks / max($reqs, 1), 1))")
+            x=$(python3 -c "print(round(($(switches "${pids[0]}") - $w0) / max($reqs, 1), 2))")
             iops[$s,$name]+="$i "
             lat[$s,$name]+="$l "
-            echo "run $run $s $name: $i IOPS, mean latency $l us" >&2
+            cpu[$s,$name]+="$u "
+            csw[$s,$name]+="$x "
+            echo "run $run $s $name: $i IOPS, mean latency $l us, server cpu $u us/request, $x switches/request" >&2
         done
         stop_server
     done
@@ -99,7 +113,7 @@ limit[randwrite-4k-qd32]=$(rbd_bench write 32 32M)
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-printf '%-18s %10s %10s %8s %12s %12s %11s\n' workload keeld qsd ratio "keeld lat us" "qsd lat us" "rbd bench"
+printf '%-18s %10s %10s %8s %12s %12s %11s %14s %14s\n' workload keeld qsd ratio "keeld lat us" "qsd lat us" "rbd bench" "keeld cpu/sw" "qsd cpu/sw"
 json="{"
 for w in $workloads; do
     name=${w%%:*}
@@ -109,8 +123,12 @@ for w in $workloads; do
     ql=$(echo "${lat[qsd,$name]}" | median)
     r=$(python3 -c "print(f'{$k/max($q,1):.2f}')")
     b=${limit[$name]:-}
-    printf '%-18s %10s %10s %7sx %12s %12s %11s\n' "$name" "$k" "$q" "$r" "$kl" "$ql" "${b:--}"
-    json+="\"$name\": {\"keeld_iops\": $k, \"qsd_iops\": $q, \"ratio\": $r, \"keeld_lat_us\": $kl, \"qsd_lat_us\": $ql, \"rbd_bench_iops\": ${b:-null}}, "
+    kc=$(echo "${cpu[keeld,$name]}" | median)
+    qc=$(echo "${cpu[qsd,$name]}" | median)
+    ks=$(echo "${csw[keeld,$name]}" | median)
+    qs=$(echo "${csw[qsd,$name]}" | median)
+    printf '%-18s %10s %10s %7sx %12s %12s %11s %14s %14s\n' "$name" "$k" "$q" "$r" "$kl" "$ql" "${b:--}" "$kc/$ks" "$qc/$qs"
+    json+="\"$name\": {\"keeld_iops\": $k, \"qsd_iops\": $q, \"ratio\": $r, \"keeld_lat_us\": $kl, \"qsd_lat_us\": $ql, \"rbd_bench_iops\": ${b:-null}, \"keeld_cpu_us\": $kc, \"qsd_cpu_us\": $qc, \"keeld_switches\": $ks, \"qsd_switches\": $qs}, "
 done
 json="${json%, }}"
 echo

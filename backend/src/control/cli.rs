@@ -538,3 +538,38 @@ pub fn diff_export(
     c.download(&diff_query(disk, "export", from, to)?, out)
         .map_err(api)
 }
+
+/// `keel apply FILE DISK` on a served disk: keeld reads FILE (an absolute path is sent) and
+/// replays it onto the disk.
+pub fn apply(
+    c: &ControlClient,
+    disk: &str,
+    file: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> Result<(), String> {
+    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let body = keel_protocol::control::ApplyDiff {
+        file: file.display().to_string(),
+        force,
+    };
+    let a: keel_protocol::control::ApplyAnswer = c
+        .post(&format!("{}/apply", served_disk(disk)?), &body)
+        .map_err(api)?;
+    if json {
+        return print_json(&a);
+    }
+    println!(
+        "applied {} ({} to {}) onto {disk}: {} records, {} of data, {} zeroed{}",
+        file.display(),
+        a.from,
+        a.to,
+        a.records,
+        format_size(a.data_bytes),
+        format_size(a.zero_bytes),
+        a.snapshot
+            .map(|s| format!("; snapshot {s} taken"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

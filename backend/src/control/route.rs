@@ -3,7 +3,8 @@
 use super::ApiError;
 use crate::store::diff::{EMPTY, RUNNING};
 use keel_protocol::control::{
-    API_PREFIX, CloneDisk, CreateSnapshot, LimitsUpdate, MirrorOpBody, ResizeDisk, RevertSnapshot,
+    API_PREFIX, ApplyDiff, CloneDisk, CreateSnapshot, LimitsUpdate, MirrorOpBody, ResizeDisk,
+    RevertSnapshot,
 };
 use serde::de::DeserializeOwned;
 
@@ -70,6 +71,12 @@ pub enum ApiCall {
         disk: String,
         from: String,
         to: String,
+    },
+    /// Replays export file `file` (a path on keeld's host) onto the disk.
+    Apply {
+        disk: String,
+        file: String,
+        force: bool,
     },
     MirrorStatus {
         disk: String,
@@ -176,6 +183,20 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiCall, ApiError> 
                 disk: own(d),
                 from,
                 to,
+            }
+        }
+        ("POST", ["disks", d, "apply"]) => {
+            let b: ApplyDiff = json(body)?;
+            if !b.file.starts_with('/') {
+                return Err(ApiError::BadRequest(format!(
+                    "\"file\" must be an absolute path on keeld's host, not {:?}",
+                    b.file
+                )));
+            }
+            ApiCall::Apply {
+                disk: own(d),
+                file: b.file,
+                force: b.force,
             }
         }
         ("GET", ["disks", d, "mirror"]) => ApiCall::MirrorStatus { disk: own(d) },
@@ -395,6 +416,18 @@ mod tests {
                 to: "@running".into()
             })
         );
+        assert_eq!(
+            route("POST", "/v1/disks/vm1/apply", br#"{"file":"/b/t.kdiff"}"#),
+            Ok(ApiCall::Apply {
+                disk: "vm1".into(),
+                file: "/b/t.kdiff".into(),
+                force: false
+            })
+        );
+        assert!(matches!(
+            route("POST", "/v1/disks/vm1/apply", br#"{"file":"t.kdiff"}"#),
+            Err(ApiError::BadRequest(_))
+        ));
         assert_eq!(
             route("DELETE", "/v1/disks/vm1?force=true", b""),
             Ok(ApiCall::RemoveDisk {

@@ -84,7 +84,20 @@ pub(super) fn side(store: &Store, name: &str) -> Result<TreeRef, ApiError> {
 
 impl ControlHandler for DaemonControl {
     fn export(&self, disk: &str, from: &str, to: &str) -> Result<Download, ApiError> {
-        let store = self.disk(disk)?.store()?;
+        let d = self.disk(disk)?;
+        let admin = d.admin(Need::Snapshots)?;
+        if admin.store().is_none() {
+            let e = admin.export(from, to).map_err(from_admin)?;
+            log::info!(
+                "disk {disk}: exporting from {from} to {to} ({} bytes)",
+                e.len
+            );
+            return Ok(Download {
+                len: e.len,
+                reader: e.reader,
+            });
+        }
+        let store = d.store()?;
         let d = store
             .diff(side(&store, from)?, side(&store, to)?)
             .map_err(from_store)?;
@@ -221,6 +234,29 @@ impl ControlHandler for DaemonControl {
             ApiCall::Export { disk, .. } => Err(ApiError::BadRequest(format!(
                 "disk {disk}: an export is a binary answer, not a JSON call"
             ))),
+            ApiCall::Apply { disk, file, force } => {
+                let d = self.disk(&disk)?;
+                if d.attached() && !force {
+                    return Err(ApiError::Conflict(format!(
+                        "disk {disk} has a frontend attached: detach it first, or force the \
+                         apply (the guest's cached view of the disk becomes stale)"
+                    )));
+                }
+                let a = d
+                    .admin(Need::Snapshots)?
+                    .apply(std::path::Path::new(&file), force)
+                    .map_err(from_admin)?;
+                log::info!(
+                    "disk {disk}: applied {file} ({} to {}): {} records, {} data bytes, {} \
+                     zeroed",
+                    a.from,
+                    a.to,
+                    a.records,
+                    a.data_bytes,
+                    a.zero_bytes
+                );
+                to_json(a)
+            }
             ApiCall::AddDisk { table } => to_json(self.add_disk(&table)?),
             ApiCall::RemoveDisk { disk, force } => to_json(self.remove_disk(&disk, force)?),
             ApiCall::GetLimits { disk } => to_json(self.disk(&disk)?.qos().limits()),

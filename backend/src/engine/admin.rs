@@ -4,7 +4,7 @@
 //! has a default that answers "not supported by this engine", so an engine implements only
 //! what it has.
 
-use keel_protocol::control::SnapshotInfo;
+use keel_protocol::control::{ApplyAnswer, SnapshotInfo};
 use thiserror::Error;
 
 /// Why a management operation failed.
@@ -40,6 +40,13 @@ pub struct EngineCounters {
     pub snapshots_being_deleted: u64,
     /// The running point's data, logical and stored (keel engine).
     pub data_bytes: Option<crate::store::compress::DataBytes>,
+}
+
+/// An export file (`keel diff --export`) made by an engine without a store: its exact length
+/// (the control API's Content-Length) and its bytes, produced as they are read.
+pub struct DiffExport {
+    pub len: u64,
+    pub reader: Box<dyn std::io::Read + Send>,
 }
 
 fn unsupported<T>(what: &str) -> Result<T, AdminError> {
@@ -111,6 +118,22 @@ pub trait EngineAdmin: Send + Sync {
     /// engines without a [`store`](Self::store) whose snapshots can be compared anyway.
     fn diff(&self, _from: &str, _to: &str) -> Result<crate::store::diff::DiffReport, AdminError> {
         unsupported("diffs")
+    }
+
+    /// The export file of the diff from `from` to `to`, for engines without a
+    /// [`store`](Self::store).
+    fn export(&self, _from: &str, _to: &str) -> Result<DiffExport, AdminError> {
+        unsupported("exports")
+    }
+
+    /// Replays export file `file` onto the served disk. `force` skips the check that the disk
+    /// is at the export's FROM point.
+    fn apply(&self, _file: &std::path::Path, _force: bool) -> Result<ApplyAnswer, AdminError> {
+        Err(AdminError::Unsupported(
+            "this disk's engine takes an export only while it is stopped: stop the disk and \
+             run `keel apply FILE` on its container or raw file"
+                .into(),
+        ))
     }
 
     /// Creates `new_image` beside the disk's own storage as a copy-on-write child of

@@ -34,7 +34,7 @@ pub(crate) mod sync_queue;
 mod uring_queue;
 pub(crate) mod wake;
 
-pub use admin::{AdminError, EngineAdmin, EngineCounters, MirrorCommand};
+pub use admin::{AdminError, DiffExport, EngineAdmin, EngineCounters, MirrorCommand};
 pub use buffers::{BufferError, GuestBuffers, GuestMemory};
 
 use std::io;

@@ -113,12 +113,18 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
     },
-    /// Replay an export file onto a raw image (created if missing) or a stopped keel container.
+    /// Replay an export file onto a raw image (created if missing), a stopped keel container,
+    /// or (with a daemon named) a served rbd disk.
     Apply {
         /// The export file `keel diff --export` wrote.
         file: PathBuf,
-        /// A raw image or block device, or a keel container nobody has open.
-        target: PathBuf,
+        /// A raw image or block device, or a keel container nobody has open; or a disk keeld
+        /// serves (rbd disks take it; keeld reads FILE itself).
+        target: String,
+        /// On a served disk: apply even while a frontend is attached, and onto a disk that is
+        /// not at the export's FROM point.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         out: JsonArg,
     },

@@ -74,7 +74,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 )?;
             }
         }
-        Cmd::Apply { file, target, out } => transfer::apply(&file, &target, out.json)?,
+        Cmd::Apply {
+            file,
+            target,
+            force,
+            out,
+        } => {
+            if served(&daemon, &target)? {
+                online::apply(&daemon.client()?, &target, &file, force, out.json)?
+            } else {
+                transfer::apply(&file, Path::new(&target), out.json)?
+            }
+        }
         Cmd::Snapshot(s) if daemon.socket()?.is_some() => {
             let c = daemon.client()?;
             match s {

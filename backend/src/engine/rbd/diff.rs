@@ -60,7 +60,7 @@ pub fn diff(image: &Image, from: &str, to: &str, disk_size: u64) -> Result<DiffR
 
 /// Calls `rbd_diff_iterate2` over `[0, len)` of `image` (at whatever it was opened on) and
 /// collects what it reports, in librbd's order.
-fn walk(image: &Image, from: Option<&str>, len: u64) -> io::Result<Vec<Extent>> {
+pub(super) fn walk(image: &Image, from: Option<&str>, len: u64) -> io::Result<Vec<Extent>> {
     let from = from
         .map(|f| {
             CString::new(f).map_err(|_| {

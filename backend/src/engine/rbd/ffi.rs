@@ -101,6 +101,9 @@ pub struct Api {
     pub rbd_aio_write_zeroes:
         unsafe extern "C" fn(ImageT, u64, usize, CompletionT, c_int, c_int) -> c_int,
     pub rbd_aio_flush: unsafe extern "C" fn(ImageT, CompletionT) -> c_int,
+    pub rbd_read: unsafe extern "C" fn(ImageT, u64, usize, *mut c_char) -> ssize_t,
+    pub rbd_write: unsafe extern "C" fn(ImageT, u64, usize, *const c_char) -> ssize_t,
+    pub rbd_write_zeroes: unsafe extern "C" fn(ImageT, u64, usize, c_int, c_int) -> ssize_t,
     /// Kept loaded as long as any pointer above may be called.
     _rados: Library,
     _rbd: Library,
@@ -176,6 +179,9 @@ impl Api {
                 rbd_aio_discard: symbol(&rbd, "rbd_aio_discard")?,
                 rbd_aio_write_zeroes: symbol(&rbd, "rbd_aio_write_zeroes")?,
                 rbd_aio_flush: symbol(&rbd, "rbd_aio_flush")?,
+                rbd_read: symbol(&rbd, "rbd_read")?,
+                rbd_write: symbol(&rbd, "rbd_write")?,
+                rbd_write_zeroes: symbol(&rbd, "rbd_write_zeroes")?,
                 _rados: rados,
                 _rbd: rbd,
             })

@@ -4,13 +4,16 @@
 //! once per disk (one cluster connection); each queue submits librbd aio calls straight on guest
 //! memory and gets completions through an eventfd (`queue.rs`). librados and librbd are loaded
 //! at run time, only when an rbd disk is opened (`ffi.rs`). Snapshots are RBD snapshots; growing
-//! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`) and clones are RBD
-//! layered clones (`clone.rs`). A writable disk holds its image's exclusive lock, so a second
+//! the disk is `rbd_resize`; diffs walk `rbd_diff_iterate2` (`diff.rs`), exports and applies
+//! of them use Keel's diff file (`export.rs`, `apply.rs`) and clones are RBD layered clones
+//! (`clone.rs`). A writable disk holds its image's exclusive lock, so a second
 //! writer is refused at open; a `handover = true` disk waits for that lock instead
 //! (`engine::handover`) and gives it back when it is closed.
 
+mod apply;
 mod clone;
 mod diff;
+mod export;
 mod ffi;
 mod image;
 mod queue;
@@ -355,6 +358,21 @@ impl EngineAdmin for RbdEngine {
 
     fn diff(&self, from: &str, to: &str) -> Result<DiffReport, AdminError> {
         diff::diff(&self.image, from, to, self.capacity())
+    }
+
+    fn export(&self, from: &str, to: &str) -> Result<super::DiffExport, AdminError> {
+        export::export(&self.image, from, to, self.capacity())
+    }
+
+    fn apply(
+        &self,
+        file: &std::path::Path,
+        force: bool,
+    ) -> Result<keel_protocol::control::ApplyAnswer, AdminError> {
+        if self.read_only {
+            return Err(AdminError::Invalid("the disk is read-only".into()));
+        }
+        apply::apply(&self.image, file, force)
     }
 
     fn clone_snapshot(&self, snapshot: &str, new_image: &str) -> Result<String, AdminError> {
