@@ -19,6 +19,15 @@ use super::layout::{BLOCK, BLOCK_SIZE};
 use super::superblock::{COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING};
 use super::write::Issue;
 
+/// The tree an import's blocks go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The running point, each block only if it lacks it (the guest's writes win).
+    RunningIfAbsent,
+    /// The staging tree, unconditionally (the guest never writes it).
+    Staging,
+}
+
 impl Store {
     /// The import's cursor (in blocks) while one is running; `None` otherwise.
     pub fn import_cursor(&self) -> Option<u64> {
@@ -105,6 +114,18 @@ impl Store {
     /// the running point lacks it when the record is reserved; returns the blocks committed.
     /// A block the guest wrote, before or concurrently, is never overwritten.
     pub fn fill_absent(&self, writer: usize, blocks: &[(u64, &[u8])]) -> Result<u64> {
+        self.write_import_blocks(writer, blocks, Target::RunningIfAbsent, Vec::new())
+    }
+
+    /// Writes `blocks` as one record into `target`, with `extra` entries after them; returns
+    /// the blocks committed.
+    pub(super) fn write_import_blocks(
+        &self,
+        writer: usize,
+        blocks: &[(u64, &[u8])],
+        target: Target,
+        extra: Vec<Entry>,
+    ) -> Result<u64> {
         self.ensure_ok()?;
         let cap_blocks = self.capacity() / BLOCK;
         for (lba, data) in blocks {
@@ -114,9 +135,11 @@ impl Store {
                 )));
             }
         }
-        let wanted: Vec<&(u64, &[u8])> =
-            blocks.iter().filter(|(l, _)| !self.is_mapped(*l)).collect();
-        if wanted.is_empty() {
+        let if_absent = target == Target::RunningIfAbsent;
+        let wanted: Vec<&(u64, &[u8])> = (blocks.iter())
+            .filter(|(l, _)| !if_absent || !self.is_mapped(*l))
+            .collect();
+        if wanted.is_empty() && extra.is_empty() {
             return Ok(0);
         }
         let mut copies = AlignedBuf::scratch(wanted.len());
@@ -140,17 +163,17 @@ impl Store {
             for k in 0..n {
                 let vba = vba0 + k as u64;
                 let blk = copies.block(i + k);
-                entries.push(Entry::Map {
-                    lba: wanted[i + k].0,
-                    vba,
-                    pba: pba + k as u64,
-                    crc: block_crc(vba, blk),
+                let (lba, pba, crc) = (wanted[i + k].0, pba + k as u64, block_crc(vba, blk));
+                entries.push(match target {
+                    Target::RunningIfAbsent => Entry::Map { lba, vba, pba, crc },
+                    Target::Staging => Entry::StageMap { lba, vba, pba, crc },
                 });
                 parts.push(blk);
             }
             runs.push((pba * BLOCK, parts));
             i += n;
         }
+        entries.extend(extra);
         let record_blocks = journal::record_blocks(&entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
@@ -178,7 +201,9 @@ impl Store {
                 _ => true,
             });
         }
-        let committed = entries.len() as u64;
+        let committed = (entries.iter())
+            .filter(|e| matches!(e, Entry::Map { .. } | Entry::StageMap { .. }))
+            .count() as u64;
         self.commit_locked(
             j,
             entries,

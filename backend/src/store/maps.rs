@@ -11,6 +11,7 @@ use super::btree::{Forest, NodeId, TreeValue};
 use super::codec::{Get, Put};
 use super::diff::diff_trees;
 use super::journal::Entry;
+use super::staging::Staging;
 use super::sut::{SegKind, Sut};
 
 /// LBA tree value: the block's virtual address.
@@ -83,6 +84,8 @@ pub struct Maps {
     pub next_snapshot_id: u64,
     /// The running point was reverted since the newest snapshot was taken.
     pub running_reverted: bool,
+    /// The tree a live import builds a chain's views in, apart from the running point.
+    pub staging: Option<Staging>,
     /// PBA -> VBA for every live data block (NO_VBA elsewhere).
     rmap: Vec<u64>,
 }
@@ -105,6 +108,7 @@ impl Maps {
             seq: 1,
             next_snapshot_id: 1,
             running_reverted: false,
+            staging: None,
             rmap: vec![NO_VBA; blocks as usize],
         }
     }
@@ -135,6 +139,7 @@ impl Maps {
             seq,
             next_snapshot_id,
             running_reverted,
+            staging: None,
             rmap: vec![NO_VBA; blocks as usize],
         };
         m.rebuild_rmap();
@@ -208,19 +213,16 @@ impl Maps {
                 }
                 Entry::Release { vba } => self.free_vba(vba, sut),
                 Entry::Flushed { .. } => {}
+                Entry::StageMap { lba, vba, pba, crc } => self.stage_map(lba, vba, pba, crc, sut),
+                Entry::StageUnmap { lba, count } => self.stage_unmap(lba, count, sut),
+                Entry::Adopt { lba, count } => self.adopt(lba, count),
             }
         }
     }
 
     fn map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        self.add_vba(vba, pba, crc, sut);
         let (seq, frozen) = (self.seq, self.frozen());
-        self.vba
-            .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
-        if let Some(slot) = self.rmap.get_mut(pba as usize) {
-            *slot = vba;
-        }
-        sut.add(pba, SegKind::Data);
-        self.next_vba = self.next_vba.max(vba.saturating_add(1));
         if let Some(old) = self
             .lba
             .insert(&mut self.running, lba, Vba(vba), seq, frozen)
@@ -228,6 +230,18 @@ impl Maps {
         {
             self.release_if_unshared(lba, old.0, sut);
         }
+    }
+
+    /// Records the new block `vba` at `pba` in the VBA map, the reverse map and the usage.
+    pub(super) fn add_vba(&mut self, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        let seq = self.seq;
+        self.vba
+            .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
+        if let Some(slot) = self.rmap.get_mut(pba as usize) {
+            *slot = vba;
+        }
+        sut.add(pba, SegKind::Data);
+        self.next_vba = self.next_vba.max(vba.saturating_add(1));
     }
 
     fn unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
@@ -283,10 +297,11 @@ impl Maps {
         }
     }
 
-    /// Whether a snapshot maps `lba` to `vba`. Only snapshots taken after the VBA was born
-    /// can, newest first (usually the first one answers).
-    fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
-        vba < self.watermark()
+    /// Whether a snapshot (or an import's staging tree) maps `lba` to `vba`. Only snapshots
+    /// taken after the VBA was born can, newest first (usually the first one answers).
+    pub(super) fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
+        self.held_by_staging(lba, vba)
+            || vba < self.watermark()
             && self
                 .snapshots
                 .iter()
@@ -295,7 +310,7 @@ impl Maps {
                 .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
     }
 
-    fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
+    pub(super) fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
         let seq = self.seq;
         if let Some(e) = self.vba.remove(&mut self.vba_root, vba, seq, 0) {
             if let Some(slot) = self.rmap.get_mut(e.pba as usize) {
@@ -462,10 +477,11 @@ impl Maps {
     }
 
     /// Every LBA tree root: the running point first, then the snapshots, then the trees of
-    /// snapshots being deleted.
+    /// snapshots being deleted, then an import's staging tree.
     pub fn lba_roots(&self) -> Vec<NodeId> {
         let mut r = self.lba_live_roots();
         r.extend(self.doomed.iter().map(|s| s.root));
+        r.extend(self.staging.as_ref().map(|s| s.root));
         r
     }
 

@@ -42,6 +42,7 @@ mod space;
 pub mod spare;
 mod stats;
 mod superblock;
+mod staging;
 mod sut;
 mod tail;
 mod unwritten;

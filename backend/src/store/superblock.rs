@@ -41,8 +41,14 @@ pub const INCOMPAT_IMPORTING: u64 = 1 << 5;
 /// Incompatible feature: every block but the superblocks is encrypted with the cipher the
 /// superblock's cipher fields name. A Keel without it would read ciphertext as metadata.
 pub const INCOMPAT_ENCRYPTED: u64 = 1 << 6;
+/// Incompatible feature: a live import is building a backing chain's views in a staging tree
+/// apart from the running point (the checkpoint root's last record, flagged; journal records
+/// may hold StageMap, StageUnmap and Adopt entries, tags 8 to 10). A Keel without it would take
+/// the staging record for a snapshot and such records for torn ones.
+pub const INCOMPAT_STAGING: u64 = 1 << 7;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
     | INCOMPAT_BACKGROUND_DELETES
@@ -50,7 +56,8 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_IMPORTING
     | INCOMPAT_ENCRYPTED;
 /// Features a new container gets whatever it is made with.
-pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED;
+pub const INCOMPAT_NEW: u64 =
+    INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
 pub const COMPAT_IMPORTED: u64 = 1 << 0;

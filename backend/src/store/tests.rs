@@ -11,6 +11,7 @@ mod keep_ahead;
 mod model;
 mod poison;
 mod space;
+mod staging;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};

@@ -1,0 +1,317 @@
+//! A live import's staging tree: an LBA tree apart from the running point, which the guest
+//! never writes, where a backing chain's views are built one after another and frozen as
+//! snapshots.
+//!
+//! The copier stages view 1 (the oldest layer), freezes the staging tree as a snapshot (the
+//! tree is shared, not copied), stages only the blocks view 2 changes (the rest stays shared
+//! with the snapshot below), freezes it, and so on. The last view staged is the top's current
+//! contents: the running point then takes its blocks where it has none ([`Store::adopt_staging`],
+//! one journal entry per range, checked when the record is applied, so a guest write before
+//! or after always wins) and the staging tree is dropped. Blocks are stored once: the snapshots,
+//! the staging tree and the running point share VBAs.
+//!
+//! Staged blocks and adoptions are journal entries like any map change; creating, freezing
+//! and dropping the staging tree are checkpoints, which also write the tree's root and how far
+//! the import got (the view being staged and its cursor) under `INCOMPAT_STAGING`.
+
+use super::btree::NodeId;
+use super::error::{Result, StoreError};
+use super::import::Target;
+use super::io::DeviceIo;
+use super::journal::Entry;
+use super::layout::{BLOCK, BLOCK_SIZE};
+use super::maps::{Maps, Snapshot, Vba};
+use super::superblock::INCOMPAT_STAGING;
+use super::sut::Sut;
+use super::write::Issue;
+use super::{Store, checkpoint, now_secs};
+
+/// The staging tree and the import's progress in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staging {
+    pub root: NodeId,
+    /// Views frozen so far: the index of the view being staged.
+    pub view: u64,
+    /// Every block of that view below this LBA is staged.
+    pub cursor: u64,
+}
+
+impl Maps {
+    /// Whether the staging tree maps `lba` to `vba`.
+    pub(super) fn held_by_staging(&self, lba: u64, vba: u64) -> bool {
+        self.staging
+            .is_some_and(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
+    }
+
+    /// Whether the running point maps `lba` to `vba`.
+    fn held_by_running(&self, lba: u64, vba: u64) -> bool {
+        self.lba.get(self.running, lba) == Some(Vba(vba))
+    }
+
+    pub(super) fn stage_map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        let Some(mut st) = self.staging else {
+            return;
+        };
+        self.add_vba(vba, pba, crc, sut);
+        let (seq, frozen) = (self.seq, self.frozen());
+        let old = self.lba.insert(&mut st.root, lba, Vba(vba), seq, frozen);
+        self.staging = Some(st);
+        if let Some(old) = old.filter(|o| o.0 != vba) {
+            self.release_staged(lba, old.0, sut);
+        }
+    }
+
+    pub(super) fn stage_unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
+        let Some(mut st) = self.staging else {
+            return;
+        };
+        let (seq, frozen) = (self.seq, self.frozen());
+        let mut found = Vec::new();
+        self.lba
+            .range(st.root, lba, lba.saturating_add(count), &mut |k, v| {
+                found.push((k, v.0))
+            });
+        for (k, _) in &found {
+            self.lba.remove(&mut st.root, *k, seq, frozen);
+        }
+        self.staging = Some(st);
+        for (k, v) in found {
+            self.release_staged(k, v, sut);
+        }
+    }
+
+    /// Frees `vba`, which the staging tree no longer maps at `lba`, unless another tree does.
+    fn release_staged(&mut self, lba: u64, vba: u64, sut: &mut Sut) {
+        if !self.held_by_a_snapshot(lba, vba) && !self.held_by_running(lba, vba) {
+            self.free_vba(vba, sut);
+        }
+    }
+
+    /// The running point takes the staging tree's blocks in `count` blocks from `lba` where
+    /// it maps none.
+    pub(super) fn adopt(&mut self, lba: u64, count: u64) {
+        let Some(st) = self.staging else {
+            return;
+        };
+        let mut staged = Vec::new();
+        self.lba
+            .range(st.root, lba, lba.saturating_add(count), &mut |k, v| {
+                staged.push((k, v))
+            });
+        let (seq, frozen) = (self.seq, self.frozen());
+        for (k, v) in staged {
+            if self.lba.get(self.running, k).is_none() {
+                self.lba.insert(&mut self.running, k, v, seq, frozen);
+            }
+        }
+    }
+
+    /// Freezes the staging tree as snapshot `name` (O(1), like a snapshot of the running
+    /// point) and moves the import on to the next view; the snapshot's id, or `None` without
+    /// a staging tree.
+    pub(super) fn freeze_staging(&mut self, name: &str, created: u64) -> Option<u64> {
+        let st = self.staging.as_mut()?;
+        st.view += 1;
+        st.cursor = 0;
+        let root = st.root;
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        self.lba.retain(root);
+        self.snapshots.push(Snapshot {
+            id,
+            name: name.to_string(),
+            seq: self.seq,
+            root,
+            vba_watermark: self.next_vba,
+            created,
+            reverted_before: false,
+        });
+        self.seq += 1;
+        Some(id)
+    }
+
+    /// Drops the staging tree: the blocks no snapshot and not the running point holds are
+    /// freed, then its nodes no other tree holds.
+    pub(super) fn end_staging(&mut self, sut: &mut Sut) {
+        let Some(st) = self.staging.take() else {
+            return;
+        };
+        self.seq += 1;
+        for (lba, v) in self.lba.entries(st.root) {
+            if !self.held_by_a_snapshot(lba, v.0) && !self.held_by_running(lba, v.0) {
+                self.free_vba(v.0, sut);
+            }
+        }
+        self.lba.unref(st.root);
+    }
+}
+
+impl Store {
+    /// The view being staged and its cursor while a staging tree exists.
+    pub fn staging_progress(&self) -> Option<(u64, u64)> {
+        let st = self.read_lock(&self.state);
+        st.maps.staging.map(|s| (s.view, s.cursor))
+    }
+
+    /// Starts an empty staging tree at view 0; durable when this returns. A staging tree that
+    /// exists already is kept (an import resuming).
+    pub fn begin_staging(&self) -> Result<()> {
+        self.ensure_ok()?;
+        let mut j = self.quiet_journal();
+        if self.read_lock(&self.state).maps.staging.is_some() {
+            return Ok(());
+        }
+        {
+            let mut st = self.write_lock(&self.state);
+            let seq = st.maps.seq;
+            let root = st.maps.lba.new_leaf(seq);
+            st.maps.staging = Some(Staging {
+                root,
+                view: 0,
+                cursor: 0,
+            });
+        }
+        j.superblock.incompat |= INCOMPAT_STAGING;
+        self.checkpoint_locked(&mut j)
+    }
+
+    /// Moves the staging cursor to `blocks`; the next checkpoint makes it durable. The caller
+    /// has staged every block of the view below it.
+    pub fn advance_staging(&self, blocks: u64) {
+        let mut st = self.write_lock(&self.state);
+        if let Some(s) = st.maps.staging.as_mut() {
+            s.cursor = s.cursor.max(blocks);
+        }
+    }
+
+    /// Writes `blocks` (LBA, 4096 bytes each, LBAs ascending) into the staging tree as one
+    /// record; a block of zeroes is unmapped there instead of stored.
+    pub fn stage_blocks(&self, writer: usize, blocks: &[(u64, &[u8])]) -> Result<()> {
+        self.require_staging()?;
+        let cap_blocks = self.capacity() / BLOCK;
+        let mut data = Vec::with_capacity(blocks.len());
+        let mut zero = Vec::new();
+        for &(lba, b) in blocks {
+            if lba >= cap_blocks || b.len() != BLOCK_SIZE {
+                return Err(StoreError::Invalid(format!(
+                    "staged block {lba} is outside the disk or not 4096 bytes"
+                )));
+            }
+            if b.iter().all(|x| *x == 0) {
+                zero.push(Entry::StageUnmap { lba, count: 1 });
+            } else {
+                data.push((lba, b));
+            }
+        }
+        self.write_import_blocks(writer, &data, Target::Staging, zero)
+            .map(|_| ())
+    }
+
+    /// Unmaps `count` blocks from `lba` in the staging tree.
+    pub fn stage_unmap(&self, lba: u64, count: u64) -> Result<()> {
+        self.require_staging()?;
+        if lba.checked_add(count).is_none_or(|end| end > self.capacity() / BLOCK) {
+            return Err(StoreError::Invalid(format!(
+                "staged unmap {lba}+{count} is outside the disk"
+            )));
+        }
+        self.commit_entry(Entry::StageUnmap { lba, count })
+    }
+
+    /// Reads block `lba` of the staging tree into `out` (4096 bytes; zeroes where unmapped).
+    pub fn read_staged(&self, lba: u64, out: &mut [u8]) -> Result<()> {
+        let vba = {
+            let st = self.read_lock(&self.state);
+            let s = st.maps.staging.ok_or_else(no_staging)?;
+            st.maps.lba.get(s.root, lba)
+        };
+        match vba {
+            Some(v) => self.read_vbas(&[v.0], out),
+            None if out.len() == BLOCK_SIZE => {
+                out.fill(0);
+                Ok(())
+            }
+            None => Err(StoreError::Invalid("a staged read is one block".into())),
+        }
+    }
+
+    /// Freezes the staging tree as snapshot `name`, listed after the snapshots before it, and
+    /// moves on to the next view (cursor 0); durable when this returns.
+    pub fn freeze_staging(&self, name: &str) -> Result<u64> {
+        self.ensure_ok()?;
+        let _one = self.lock(&self.snapshot_ops);
+        let mut j = self.quiet_journal();
+        let id = {
+            let mut st = self.write_lock(&self.state);
+            let max = checkpoint::max_snapshots(self.geo.seg_blocks);
+            // The staging record takes a snapshot's room in the checkpoint root too.
+            if st.maps.snapshots.len() + st.maps.doomed.len() + 1 >= max {
+                return Err(StoreError::Invalid(format!(
+                    "at most {max} snapshots per container"
+                )));
+            }
+            st.maps
+                .freeze_staging(&checkpoint::clamp_name(name), now_secs())
+                .ok_or_else(no_staging)?
+        };
+        self.checkpoint_locked(&mut j)?;
+        drop(j);
+        self.note_frozen_nodes();
+        Ok(id)
+    }
+
+    /// The running point takes the staging tree's blocks in `count` blocks from `lba` where it
+    /// maps none, sharing them (one journal entry; a guest write before or after it wins).
+    pub fn adopt_staging(&self, lba: u64, count: u64) -> Result<()> {
+        self.require_staging()?;
+        if lba.checked_add(count).is_none_or(|end| end > self.capacity() / BLOCK) {
+            return Err(StoreError::Invalid(format!(
+                "adopted range {lba}+{count} is outside the disk"
+            )));
+        }
+        self.commit_entry(Entry::Adopt { lba, count })
+    }
+
+    /// Drops the staging tree (after the running point adopted what it needs); durable when
+    /// this returns. Without a staging tree, nothing happens.
+    pub fn end_staging(&self) -> Result<()> {
+        self.ensure_ok()?;
+        let mut j = self.quiet_journal();
+        {
+            let mut st = self.write_lock(&self.state);
+            let super::State { maps, sut, .. } = &mut *st;
+            if maps.staging.is_none() && j.superblock.incompat & INCOMPAT_STAGING == 0 {
+                return Ok(());
+            }
+            maps.end_staging(sut);
+        }
+        j.superblock.incompat &= !INCOMPAT_STAGING;
+        self.checkpoint_locked(&mut j)?;
+        drop(j);
+        self.wake_cleaner();
+        Ok(())
+    }
+
+    fn require_staging(&self) -> Result<()> {
+        self.ensure_ok()?;
+        match self.read_lock(&self.state).maps.staging {
+            Some(_) => Ok(()),
+            None => Err(no_staging()),
+        }
+    }
+
+    fn commit_entry(&self, e: Entry) -> Result<()> {
+        self.commit_with(
+            vec![e],
+            Vec::new(),
+            &mut Vec::new(),
+            false,
+            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
+        )
+        .map(|_| ())
+    }
+}
+
+fn no_staging() -> StoreError {
+    StoreError::Invalid("no import is staging views in this container".into())
+}
