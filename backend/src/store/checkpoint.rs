@@ -23,8 +23,7 @@ const NAME_MAX: usize = 31;
 /// Snapshots a container holds at most.
 pub const MAX_SNAPSHOTS: usize = 1024;
 /// Longest root: room for [`MAX_SNAPSHOTS`] and a staging tree.
-pub const MAX_ROOT_BLOCKS: usize =
-    (HEADER + (MAX_SNAPSHOTS + 1) * SNAP_BYTES).div_ceil(BLOCK_SIZE);
+pub const MAX_ROOT_BLOCKS: usize = (HEADER + (MAX_SNAPSHOTS + 1) * SNAP_BYTES).div_ceil(BLOCK_SIZE);
 
 /// Snapshots a container with `seg_blocks`-block segments holds: [`MAX_SNAPSHOTS`], or fewer
 /// when segments are too small for that long a root (the root lies inside one segment).

@@ -302,12 +302,12 @@ impl Maps {
     pub(super) fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
         self.held_by_staging(lba, vba)
             || vba < self.watermark()
-            && self
-                .snapshots
-                .iter()
-                .rev()
-                .take_while(|s| s.vba_watermark > vba)
-                .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
+                && self
+                    .snapshots
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.vba_watermark > vba)
+                    .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
     }
 
     pub(super) fn free_vba(&mut self, vba: u64, sut: &mut Sut) {

@@ -390,13 +390,14 @@ fn check_entries(
             }
             Entry::StageMap { lba, vba, pba, crc } => {
                 if lba >= cap || st.maps.staging.is_none() {
-                    return Ok(Some(format!("staged LBA {lba} beyond the disk or no staging")));
+                    return Ok(Some(format!(
+                        "staged LBA {lba} beyond the disk or no staging"
+                    )));
                 }
                 (pba, vba, crc)
             }
             Entry::StageUnmap { lba, count } | Entry::Adopt { lba, count } => {
-                if lba.checked_add(count).is_none_or(|end| end > cap) || st.maps.staging.is_none()
-                {
+                if lba.checked_add(count).is_none_or(|end| end > cap) || st.maps.staging.is_none() {
                     return Ok(Some(format!(
                         "staging range {lba}+{count} beyond the disk or no staging"
                     )));

@@ -210,7 +210,10 @@ impl Store {
     /// Unmaps `count` blocks from `lba` in the staging tree.
     pub fn stage_unmap(&self, lba: u64, count: u64) -> Result<()> {
         self.require_staging()?;
-        if lba.checked_add(count).is_none_or(|end| end > self.capacity() / BLOCK) {
+        if lba
+            .checked_add(count)
+            .is_none_or(|end| end > self.capacity() / BLOCK)
+        {
             return Err(StoreError::Invalid(format!(
                 "staged unmap {lba}+{count} is outside the disk"
             )));
@@ -264,7 +267,10 @@ impl Store {
     /// maps none, sharing them (one journal entry; a guest write before or after it wins).
     pub fn adopt_staging(&self, lba: u64, count: u64) -> Result<()> {
         self.require_staging()?;
-        if lba.checked_add(count).is_none_or(|end| end > self.capacity() / BLOCK) {
+        if lba
+            .checked_add(count)
+            .is_none_or(|end| end > self.capacity() / BLOCK)
+        {
             return Err(StoreError::Invalid(format!(
                 "adopted range {lba}+{count} is outside the disk"
             )));
