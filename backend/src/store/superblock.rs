@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn refuses_unknown_incompat_and_small_device() {
         let mut s = sample();
-        s.incompat = 1 << 7;
+        s.incompat = 1 << 63;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();
