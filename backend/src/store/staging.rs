@@ -221,21 +221,34 @@ impl Store {
         self.commit_entry(Entry::StageUnmap { lba, count })
     }
 
-    /// Reads block `lba` of the staging tree into `out` (4096 bytes; zeroes where unmapped).
+    /// Reads the staging tree from block `lba` into `out` (whole blocks; zeroes where it maps
+    /// none).
     pub fn read_staged(&self, lba: u64, out: &mut [u8]) -> Result<()> {
-        let vba = {
+        if !out.len().is_multiple_of(BLOCK_SIZE) {
+            return Err(StoreError::Invalid(
+                "a staged read is of whole blocks".into(),
+            ));
+        }
+        let mapped: Vec<(usize, u64)> = {
             let st = self.read_lock(&self.state);
             let s = st.maps.staging.ok_or_else(no_staging)?;
-            st.maps.lba.get(s.root, lba)
+            let n = (out.len() / BLOCK_SIZE) as u64;
+            let mut m = Vec::new();
+            st.maps
+                .lba
+                .range(s.root, lba, lba.saturating_add(n), &mut |k, v| {
+                    m.push(((k - lba) as usize, v.0))
+                });
+            m
         };
-        match vba {
-            Some(v) => self.read_vbas(&[v.0], out),
-            None if out.len() == BLOCK_SIZE => {
-                out.fill(0);
-                Ok(())
-            }
-            None => Err(StoreError::Invalid("a staged read is one block".into())),
+        out.fill(0);
+        let vbas: Vec<u64> = mapped.iter().map(|(_, v)| *v).collect();
+        let mut data = vec![0u8; vbas.len() * BLOCK_SIZE];
+        self.read_vbas(&vbas, &mut data)?;
+        for ((i, _), b) in mapped.iter().zip(data.chunks(BLOCK_SIZE)) {
+            out[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].copy_from_slice(b);
         }
+        Ok(())
     }
 
     /// Freezes the staging tree as snapshot `name`, listed after the snapshots before it, and
