@@ -8,7 +8,11 @@ use crate::disk_dir::run;
 /// Creates `image` of `size` bytes.
 pub fn create(dir: &Path, image: &str, size: u64) {
     let size = size.to_string();
-    run(dir, "qemu-img", &["create", "-q", "-f", "qcow2", image, &size]);
+    run(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", image, &size],
+    );
 }
 
 /// Creates `image` over `backing` (a qcow2 in the same directory), as large as it.
@@ -16,7 +20,9 @@ pub fn create_over(dir: &Path, image: &str, backing: &str) {
     run(
         dir,
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", image],
+        &[
+            "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", image,
+        ],
     );
 }
 
@@ -46,4 +52,14 @@ pub fn to_raw(dir: &Path, image: &str, snapshot: Option<&str>, file: &str) {
     }
     args.extend([image, file]);
     run(dir, "qemu-img", &args);
+}
+
+/// Converts the raw file `raw` into the qcow2 `image` (unallocated where `raw` has holes or
+/// zeroes).
+pub fn from_raw(dir: &Path, raw: &str, image: &str) {
+    run(
+        dir,
+        "qemu-img",
+        &["convert", "-q", "-f", "raw", "-O", "qcow2", raw, image],
+    );
 }

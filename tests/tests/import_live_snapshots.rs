@@ -137,7 +137,10 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
         let mut got = std::fs::read(dir.join(&got)).unwrap();
         got.resize(SIZE as usize, 0);
         let expected = std::fs::read(dir.join(&expected)).unwrap();
-        assert!(got == expected, "snapshot {name} differs from qemu-img's view");
+        assert!(
+            got == expected,
+            "snapshot {name} differs from qemu-img's view"
+        );
     }
     let text = keel(dir, &["fsck", "d.keel"]);
     assert!(text.contains(" 0 problems"), "fsck: {text}");
