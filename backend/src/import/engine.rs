@@ -277,6 +277,8 @@ impl EngineAdmin for ImportEngine {
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        // The snapshots a chain becomes are still being built, their blocks shared.
+        self.refuse_while_copying("a snapshot delete")?;
         self.keel()?.delete_snapshot(name)
     }
 

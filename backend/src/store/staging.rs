@@ -311,6 +311,17 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses `what` (a snapshot, a delete, a revert) while a staging tree exists: the
+    /// snapshots are still being built, and a deleted one's blocks may be staged ones.
+    pub(super) fn refuse_while_staging(&self, what: &str) -> Result<()> {
+        match self.read_lock(&self.state).maps.staging {
+            Some(_) => Err(StoreError::Invalid(format!(
+                "{what} waits until the import has staged its snapshots"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn require_staging(&self) -> Result<()> {
         self.ensure_ok()?;
         match self.read_lock(&self.state).maps.staging {

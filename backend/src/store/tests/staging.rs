@@ -251,6 +251,17 @@ fn staging_refuses_without_a_staging_tree_and_bad_ranges() {
     assert!(s.freeze_staging("x").is_err());
     assert!(s.adopt_staging(0, 1).is_err());
     s.begin_staging().unwrap();
+    let id = s.freeze_staging("base").unwrap();
+    for refused in [
+        s.create_snapshot("user").err(),
+        s.delete_snapshot(id).err(),
+        s.revert_to_snapshot(id).err(),
+    ] {
+        assert!(
+            refused.is_some_and(|e| e.to_string().contains("import")),
+            "snapshot operations wait for the staged snapshots"
+        );
+    }
     assert!(s.stage_blocks(0, &[(BLOCKS, &b)]).is_err());
     assert!(s.stage_blocks(0, &[(0, &b[..100])]).is_err());
     assert!(s.adopt_staging(BLOCKS - 1, 2).is_err());
