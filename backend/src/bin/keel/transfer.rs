@@ -90,6 +90,8 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         ));
     }
     if store.import_cursor().is_none() {
+        // A live import stopped between its two beginnings leaves an empty staging tree.
+        store.end_staging().map_err(|e| e.to_string())?;
         let info = store.info();
         if info.mapped_bytes > 0 || !info.snapshots.is_empty() {
             return Err(format!(
@@ -115,7 +117,12 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     {
         return Err(identity::changed(source));
     }
-    let import = Import::new(Arc::clone(&store), src, 0);
+    // A live import that stages a chain's snapshots resumes doing so.
+    let views = match store.staging_progress() {
+        Some(_) => views,
+        None => Vec::new(),
+    };
+    let import = Import::new(Arc::clone(&store), src, 0).with_views(views);
     let pb = progress(src_len, "import");
     let pace = Pace {
         yield_to_guest: false,
