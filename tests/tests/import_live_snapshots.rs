@@ -4,7 +4,8 @@
 //! mid-staging and restarted; at the end `keel snapshot list` shows the layers and the
 //! internal snapshot oldest first, each exporting byte for byte as `qemu-img convert` reads
 //! that view, the disk reads as the top with the guest's writes over it, and `keel fsck` is
-//! clean.
+//! clean. A live import killed while staging is finished offline by `keel import` just the
+//! same.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,6 +68,49 @@ fn check_all(q: &mut Queue, want: &[u8], when: &str) {
     }
 }
 
+/// `keel snapshot list` shows the layers and the internal snapshot oldest first, each exporting
+/// byte for byte as `qemu-img` reads that view.
+fn check_snapshots(dir: &Path) {
+    let text = keel(dir, &["snapshot", "list", "d.keel", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&text).expect("snapshot JSON");
+    let names: Vec<&str> = (list.as_array().expect("a list").iter())
+        .map(|s| s["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["base", "mid", "frozen"]);
+    for (name, image, internal) in [
+        ("base", "base.qcow2", None),
+        ("mid", "mid.qcow2", None),
+        ("frozen", "top.qcow2", Some("frozen")),
+    ] {
+        let (got, expected) = (format!("got-{name}.raw"), format!("want-{name}.raw"));
+        let kx = format!("{name}.kx");
+        keel(dir, &["diff", "d.keel", "@empty", name, "--export", &kx]);
+        keel(dir, &["apply", &kx, &got]);
+        qcow2::to_raw(dir, image, internal, &expected);
+        let mut got = std::fs::read(dir.join(&got)).unwrap();
+        got.resize(SIZE as usize, 0);
+        let expected = std::fs::read(dir.join(&expected)).unwrap();
+        assert!(
+            got == expected,
+            "snapshot {name} differs from qemu-img's view"
+        );
+    }
+}
+
+/// The running disk of `d.keel`, exported to a raw file.
+fn disk_as_raw(dir: &Path) -> Vec<u8> {
+    keel(
+        dir,
+        &[
+            "diff", "d.keel", "@empty", "@running", "--export", "disk.kx",
+        ],
+    );
+    keel(dir, &["apply", "disk.kx", "disk.raw"]);
+    let mut got = std::fs::read(dir.join("disk.raw")).unwrap();
+    got.resize(SIZE as usize, 0);
+    got
+}
+
 fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
     q.write_slice(offset, data).unwrap();
     want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
@@ -118,30 +162,37 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
     assert!(status.success());
 
-    let text = keel(dir, &["snapshot", "list", "d.keel", "--json"]);
-    let list: serde_json::Value = serde_json::from_str(&text).expect("snapshot JSON");
-    let names: Vec<&str> = (list.as_array().expect("a list").iter())
-        .map(|s| s["name"].as_str().expect("a name"))
-        .collect();
-    assert_eq!(names, ["base", "mid", "frozen"]);
-    for (name, image, internal) in [
-        ("base", "base.qcow2", None),
-        ("mid", "mid.qcow2", None),
-        ("frozen", "top.qcow2", Some("frozen")),
-    ] {
-        let (got, expected) = (format!("got-{name}.raw"), format!("want-{name}.raw"));
-        let kx = format!("{name}.kx");
-        keel(dir, &["diff", "d.keel", "@empty", name, "--export", &kx]);
-        keel(dir, &["apply", &kx, &got]);
-        qcow2::to_raw(dir, image, internal, &expected);
-        let mut got = std::fs::read(dir.join(&got)).unwrap();
-        got.resize(SIZE as usize, 0);
-        let expected = std::fs::read(dir.join(&expected)).unwrap();
-        assert!(
-            got == expected,
-            "snapshot {name} differs from qemu-img's view"
-        );
-    }
+    check_snapshots(dir);
+    let text = keel(dir, &["fsck", "d.keel"]);
+    assert!(text.contains(" 0 problems"), "fsck: {text}");
+}
+
+#[test]
+fn keel_import_finishes_a_live_import_of_a_chain_killed_while_staging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_chain(dir);
+    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    let mut keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
+    let mut want = {
+        qcow2::to_raw(dir, "top.qcow2", None, "top.raw");
+        std::fs::read(dir.join("top.raw")).unwrap()
+    };
+    guest_write(&mut q, &mut want, 5 * MIB, &pattern(6, 4096));
+    q.flush().unwrap();
+    drop(q);
+    assert_eq!(
+        disk_stats(dir).import.expect("an import report").state,
+        ImportState::Copying
+    );
+    keeld.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    keel(dir, &["import", "top.qcow2", "d.keel"]);
+    check_snapshots(dir);
+    assert!(
+        disk_as_raw(dir) == want,
+        "the disk is the top with the guest's write"
+    );
     let text = keel(dir, &["fsck", "d.keel"]);
     assert!(text.contains(" 0 problems"), "fsck: {text}");
 }

@@ -87,31 +87,28 @@ fn stage_view(
         }
         let n = STEP_BLOCKS.min(end - lba);
         let bytes = (n * BLOCK) as usize;
-        let read = match &source {
-            Some(s) => s
-                .read_sparse(&mut new[..bytes], lba * BLOCK)
-                .map_err(|e| format!("reading {} at {}: {e}", view_label(view), lba * BLOCK)),
-            None => Err(String::new()),
+        let Some(src) = &source else {
+            match view.open() {
+                Ok(s) => source = Some(s),
+                Err(e) => {
+                    import.progress.pause(Some(e.to_string()));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            continue;
         };
-        match read {
+        match src.read_sparse(&mut new[..bytes], lba * BLOCK) {
             Ok(r) => {
                 import.progress.note_source_read(r.read_bytes);
                 import.progress.pause(None);
             }
-            Err(why) => {
-                if !why.is_empty() {
-                    log::warn!("import paused: {why}; retrying each second");
-                    import.progress.pause(Some(why));
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                source = match view.open() {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        import.progress.pause(Some(e.to_string()));
-                        std::thread::sleep(Duration::from_secs(1));
-                        None
-                    }
-                };
+            Err(e) => {
+                let why = format!("reading {} at {}: {e}", view_label(view), lba * BLOCK);
+                log::warn!("import paused: {why}; retrying each second");
+                import.progress.pause(Some(why));
+                std::thread::sleep(Duration::from_secs(1));
+                // A connection that failed stays failed: open the view again.
+                source = None;
                 continue;
             }
         }
