@@ -20,7 +20,7 @@ use crate::store::layout::BLOCK;
 const STEP_BLOCKS: u64 = 1024;
 
 /// Stages the views from where the store says the import is, then has the running point
-/// adopt the top view, drops the staging tree and finishes the import.
+/// adopt the top view and finishes the import (which drops the staging tree).
 pub fn run(
     import: &Import,
     views: &[View],
@@ -58,7 +58,6 @@ pub fn run(
         step(lba * BLOCK);
     }
     store.flush()?;
-    store.end_staging()?;
     store.finish_import()?;
     import.progress.finish();
     import.drop_source();

@@ -16,7 +16,9 @@ use super::error::{Result, StoreError};
 use super::io::{DeviceIo, Gather};
 use super::journal::{self, Entry};
 use super::layout::{BLOCK, BLOCK_SIZE};
-use super::superblock::{COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING};
+use super::superblock::{
+    COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
+};
 use super::write::Issue;
 
 /// The tree an import's blocks go to.
@@ -92,11 +94,17 @@ impl Store {
     }
 
     /// Ends the import: from the checkpoint this takes on, the container no longer refers to
-    /// a source (an older Keel opens it again).
+    /// a source (an older Keel opens it again), and holds no staging tree.
     pub fn finish_import(&self) -> Result<()> {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
-        j.superblock.incompat &= !INCOMPAT_IMPORTING;
+        // A staging tree the running point adopted goes with the same checkpoint.
+        {
+            let mut st = self.write_lock(&self.state);
+            let super::State { maps, sut, .. } = &mut *st;
+            maps.end_staging(sut);
+        }
+        j.superblock.incompat &= !(INCOMPAT_IMPORTING | INCOMPAT_STAGING);
         j.superblock.compat |= COMPAT_IMPORTED;
         j.superblock.compat &= !COMPAT_IMPORT_SOURCE_ID;
         j.superblock.import_cursor = 0;

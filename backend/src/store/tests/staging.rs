@@ -123,7 +123,6 @@ fn import_step(store: &Store, views: &[Vec<u8>]) -> Result<bool, String> {
         } else {
             store
                 .flush()
-                .and_then(|()| store.end_staging())
                 .and_then(|()| store.finish_import())
                 .map_err(|e| format!("end: {e}"))?;
             return Ok(false);
