@@ -105,15 +105,12 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
     let views = if views.len() > 1 { views } else { Vec::new() };
     match store.import_source_bytes() {
         None => {
-            // Staging first: a crash between the two begins the import again.
-            if !views.is_empty() {
-                store
-                    .begin_staging()
-                    .map_err(|e| setup(&disk, format!("starting the import: {e}")))?;
-            }
-            store
-                .begin_import_from(source.len(), identity)
-                .map_err(|e| setup(&disk, format!("starting the import: {e}")))?;
+            let began = if views.is_empty() {
+                store.begin_import_from(source.len(), identity)
+            } else {
+                store.begin_staged_import(source.len(), identity)
+            };
+            began.map_err(|e| setup(&disk, format!("starting the import: {e}")))?;
         }
         Some(began) if began != source.len() => {
             return Err(setup(

@@ -158,11 +158,26 @@ impl Store {
     pub fn begin_staging(&self) -> Result<()> {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
-        if self.read_lock(&self.state).maps.staging.is_some() {
-            return Ok(());
-        }
+        self.add_staging_tree(&mut j);
+        self.checkpoint_locked(&mut j)
+    }
+
+    /// [`Store::begin_import_from`] with an empty staging tree, in one checkpoint: the import
+    /// of a chain whose views become snapshots.
+    pub fn begin_staged_import(&self, source_bytes: u64, source_id: Option<u64>) -> Result<()> {
+        self.ensure_ok()?;
         {
-            let mut st = self.write_lock(&self.state);
+            let mut j = self.quiet_journal();
+            self.add_staging_tree(&mut j);
+        }
+        self.begin_import_from(source_bytes, source_id)
+    }
+
+    /// An empty staging tree in memory unless there is one, and the feature bit the next
+    /// checkpoint writes.
+    fn add_staging_tree(&self, j: &mut super::JournalState) {
+        let mut st = self.write_lock(&self.state);
+        if st.maps.staging.is_none() {
             let seq = st.maps.seq;
             let root = st.maps.lba.new_leaf(seq);
             st.maps.staging = Some(Staging {
@@ -172,7 +187,6 @@ impl Store {
             });
         }
         j.superblock.incompat |= INCOMPAT_STAGING;
-        self.checkpoint_locked(&mut j)
     }
 
     /// Moves the staging cursor to `blocks`; the next checkpoint makes it durable. The caller
@@ -289,26 +303,6 @@ impl Store {
             )));
         }
         self.commit_entry(Entry::Adopt { lba, count })
-    }
-
-    /// Drops the staging tree (after the running point adopted what it needs); durable when
-    /// this returns. Without a staging tree, nothing happens.
-    pub fn end_staging(&self) -> Result<()> {
-        self.ensure_ok()?;
-        let mut j = self.quiet_journal();
-        {
-            let mut st = self.write_lock(&self.state);
-            let super::State { maps, sut, .. } = &mut *st;
-            if maps.staging.is_none() && j.superblock.incompat & INCOMPAT_STAGING == 0 {
-                return Ok(());
-            }
-            maps.end_staging(sut);
-        }
-        j.superblock.incompat &= !INCOMPAT_STAGING;
-        self.checkpoint_locked(&mut j)?;
-        drop(j);
-        self.wake_cleaner();
-        Ok(())
     }
 
     /// Refuses `what` (a snapshot, a delete, a revert) while a staging tree exists: the

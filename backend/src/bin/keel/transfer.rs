@@ -90,8 +90,6 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
         ));
     }
     if store.import_cursor().is_none() {
-        // A live import stopped between its two beginnings leaves an empty staging tree.
-        store.end_staging().map_err(|e| e.to_string())?;
         let info = store.info();
         if info.mapped_bytes > 0 || !info.snapshots.is_empty() {
             return Err(format!(

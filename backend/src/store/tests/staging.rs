@@ -269,7 +269,7 @@ fn staging_refuses_without_a_staging_tree_and_bad_ranges() {
     write(&s, 3, &[9u8; BLOCK]).unwrap();
     s.stage_blocks(0, &[(3, &b), (4, &b)]).unwrap();
     s.adopt_staging(0, BLOCKS).unwrap();
-    s.end_staging().unwrap();
+    s.finish_import().unwrap();
     let mut back = vec![0u8; 2 * BLOCK];
     s.read(3 * BLOCK as u64, &mut back).unwrap();
     assert!(back[..BLOCK].iter().all(|x| *x == 9));
