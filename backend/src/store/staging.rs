@@ -10,9 +10,10 @@
 //! or after always wins) and the staging tree is dropped. Blocks are stored once: the snapshots,
 //! the staging tree and the running point share VBAs.
 //!
-//! Staged blocks and adoptions are journal entries like any map change; creating, freezing
-//! and dropping the staging tree are checkpoints, which also write the tree's root and how far
-//! the import got (the view being staged and its cursor) under `INCOMPAT_STAGING`.
+//! Staged blocks and adoptions are journal entries like any map change; creating the staging
+//! tree, freezing it, and dropping it (with the import's end) are checkpoints, which also write
+//! the tree's root and how far the import got (the view being staged and its cursor) under
+//! `INCOMPAT_STAGING`.
 
 use super::btree::NodeId;
 use super::error::{Result, StoreError};

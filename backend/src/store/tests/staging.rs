@@ -316,8 +316,8 @@ fn run(seed: u64) -> Result<u64, String> {
     let top = views.last().expect("views").clone();
     {
         let s = open(&dev)?;
-        s.begin_import(DISK as u64).map_err(|e| e.to_string())?;
-        s.begin_staging().map_err(|e| e.to_string())?;
+        s.begin_staged_import(DISK as u64, None)
+            .map_err(|e| e.to_string())?;
     }
     let mut model = top.clone();
     let mut crashes = 0;
