@@ -7,6 +7,7 @@ pub mod ceph;
 pub mod client;
 pub mod disk_dir;
 pub mod keeld;
+pub mod qcow2;
 pub mod raw_frontend;
 
 /// Deterministic pseudo-random bytes (xorshift) for data that must read back exactly.

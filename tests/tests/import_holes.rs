@@ -14,7 +14,7 @@ use keel_client::Queue;
 use keel_protocol::control::{ImportReport, ImportState};
 use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
 use keel_tests::keeld::keel_binary;
-use keel_tests::pattern;
+use keel_tests::{pattern, qcow2};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 256 * MIB;
@@ -22,46 +22,17 @@ const SIZE: u64 = 256 * MIB;
 /// `big.qcow2`: 256 MiB, data at 0 (1 MiB), 128 MiB (2 MiB) and 255 MiB (1 MiB), the rest
 /// unallocated; `big.raw` is what `qemu-img` reads of it.
 fn make_qcow2(dir: &Path) -> Vec<u8> {
-    run(
+    qcow2::create(dir, "big.qcow2", SIZE);
+    qcow2::qemu_io(
         dir,
-        "qemu-img",
+        "big.qcow2",
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "big.qcow2",
-            &SIZE.to_string(),
-        ],
-    );
-    run(
-        dir,
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -q -P 0x11 0 1M",
-            "-c",
             "write -q -P 0x22 128M 2M",
-            "-c",
             "write -q -P 0x33 255M 1M",
-            "big.qcow2",
         ],
     );
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "big.qcow2",
-            "big.raw",
-        ],
-    );
+    qcow2::to_raw(dir, "big.qcow2", None, "big.raw");
     std::fs::read(dir.join("big.raw")).unwrap()
 }
 

@@ -13,7 +13,7 @@ use keel_client::Queue;
 use keel_protocol::control::ImportState;
 use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
 use keel_tests::keeld::keel_binary;
-use keel_tests::pattern;
+use keel_tests::{pattern, qcow2};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 48 * MIB;
@@ -21,62 +21,30 @@ const SIZE: u64 = 48 * MIB;
 /// base.qcow2 <- mid.qcow2 <- top.qcow2, each layer writing known bytes, some over the layer
 /// below, one zeroing a range the base wrote; most of the disk stays unallocated.
 fn make_chain(dir: &Path) {
-    let size = format!("{}", SIZE);
-    run(
+    qcow2::create(dir, "base.qcow2", SIZE);
+    qcow2::qemu_io(
         dir,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "base.qcow2", &size],
-    );
-    run(
-        dir,
-        "qemu-io",
+        "base.qcow2",
         &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -q -P 0x11 0 6M",
-            "-c",
             "write -q -P 0x22 8M 4M",
-            "-c",
             "write -q -P 0x12 40M 1M",
-            "base.qcow2",
         ],
     );
-    for (layer, backing) in [("mid.qcow2", "base.qcow2"), ("top.qcow2", "mid.qcow2")] {
-        run(
-            dir,
-            "qemu-img",
-            &[
-                "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", layer,
-            ],
-        );
-    }
-    run(
+    qcow2::create_over(dir, "mid.qcow2", "base.qcow2");
+    qcow2::create_over(dir, "top.qcow2", "mid.qcow2");
+    qcow2::qemu_io(
         dir,
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -q -P 0x33 1M 1M",
-            "-c",
-            "write -q -P 0x34 20M 2M",
-            "mid.qcow2",
-        ],
+        "mid.qcow2",
+        &["write -q -P 0x33 1M 1M", "write -q -P 0x34 20M 2M"],
     );
-    run(
+    qcow2::qemu_io(
         dir,
-        "qemu-io",
+        "top.qcow2",
         &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -q -P 0x44 3M 2M",
-            "-c",
             "write -q -z 9M 1M",
-            "-c",
             "write -q -P 0x45 30M 64K",
-            "top.qcow2",
         ],
     );
 }
@@ -104,19 +72,7 @@ fn check_all(q: &mut Queue, want: &[u8], when: &str) {
 /// The three-layer chain, and `expected.raw`: what qemu-img reads through its top.
 fn make_chain_and_its_raw_view(dir: &Path) {
     make_chain(dir);
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "top.qcow2",
-            "expected.raw",
-        ],
-    );
+    qcow2::to_raw(dir, "top.qcow2", None, "expected.raw");
 }
 
 fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
@@ -497,11 +453,7 @@ fn a_chain_whose_contents_changed_is_refused_when_the_import_resumes() {
     let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
     assert!(status.success());
     // The same size, other bytes, in a backing file.
-    run(
-        dir,
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 0x77 44M 1M", "mid.qcow2"],
-    );
+    qcow2::qemu_io(dir, "mid.qcow2", &["write -q -P 0x77 44M 1M"]);
     let (code, stderr) = keel_tests::keeld::run_expecting_failure(&dir.join("keel.toml"));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

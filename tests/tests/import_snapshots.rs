@@ -8,6 +8,7 @@ use std::process::Command;
 
 use keel_tests::disk_dir::run;
 use keel_tests::keeld::keel_binary;
+use keel_tests::qcow2;
 
 const MIB: u64 = 1 << 20;
 
@@ -15,32 +16,11 @@ fn keel(dir: &Path, args: &[&str]) -> String {
     run(dir, keel_binary().to_str().unwrap(), args)
 }
 
-fn qemu_io(dir: &Path, image: &str, commands: &[&str]) {
-    let mut args = vec!["-f", "qcow2"];
-    for c in commands {
-        args.extend(["-c", c]);
-    }
-    args.push(image);
-    run(dir, "qemu-io", &args);
-}
-
 /// The Keel snapshot `name` of `container`, as a raw file `file`.
 fn snapshot_as_raw(dir: &Path, container: &str, name: &str, file: &str) {
     let kx = format!("{file}.kx");
     keel(dir, &["diff", container, "@empty", name, "--export", &kx]);
     keel(dir, &["apply", &kx, file]);
-}
-
-/// `qemu-img`'s view of `image` (its internal snapshot `snapshot`, if given) as a raw file.
-fn qemu_view(dir: &Path, image: &str, snapshot: Option<&str>, file: &str) {
-    let mut args = vec!["convert", "-f", "qcow2", "-O", "raw"];
-    let param;
-    if let Some(s) = snapshot {
-        param = format!("snapshot.name={}", s.replace(',', ",,"));
-        args.extend(["-l", &param]);
-    }
-    args.extend([image, file]);
-    run(dir, "qemu-img", &args);
 }
 
 fn snapshot_names(dir: &Path, container: &str) -> Vec<String> {
@@ -57,42 +37,20 @@ fn snapshot_names(dir: &Path, container: &str) -> Vec<String> {
 fn internal_snapshots_of_the_top_become_snapshots_after_the_backing_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let size = (32 * MIB).to_string();
-    run(
-        dir,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "base.qcow2", &size],
-    );
-    qemu_io(dir, "base.qcow2", &["write -q -P 0x11 0 4M"]);
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
-    qemu_io(dir, "top.qcow2", &["write -q -P 0x22 1M 1M"]);
-    run(dir, "qemu-img", &["snapshot", "-c", "first", "top.qcow2"]);
+    let size = 32 * MIB;
+    qcow2::create(dir, "base.qcow2", size);
+    qcow2::qemu_io(dir, "base.qcow2", &["write -q -P 0x11 0 4M"]);
+    qcow2::create_over(dir, "top.qcow2", "base.qcow2");
+    qcow2::qemu_io(dir, "top.qcow2", &["write -q -P 0x22 1M 1M"]);
+    qcow2::snapshot(dir, "top.qcow2", "first");
     // Over the base's data, and zeroes where the base had data.
-    qemu_io(
+    qcow2::qemu_io(
         dir,
         "top.qcow2",
         &["write -q -P 0x33 2M 1M", "write -q -z 0 64K"],
     );
-    run(
-        dir,
-        "qemu-img",
-        &["snapshot", "-c", "second,with comma", "top.qcow2"],
-    );
-    qemu_io(
+    qcow2::snapshot(dir, "top.qcow2", "second,with comma");
+    qcow2::qemu_io(
         dir,
         "top.qcow2",
         &["write -q -P 0x44 3M 1M", "write -q -P 0x45 20M 1M"],
@@ -111,7 +69,7 @@ fn internal_snapshots_of_the_top_become_snapshots_after_the_backing_layers() {
         let got = format!("got-{}.raw", name.len());
         let want = format!("want-{}.raw", name.len());
         snapshot_as_raw(dir, "t.keel", name, &got);
-        qemu_view(dir, image, internal, &want);
+        qcow2::to_raw(dir, image, internal, &want);
         let (got, want) = (
             std::fs::read(dir.join(&got)).unwrap(),
             std::fs::read(dir.join(&want)).unwrap(),
@@ -119,7 +77,7 @@ fn internal_snapshots_of_the_top_become_snapshots_after_the_backing_layers() {
         assert!(got == want, "snapshot {name} differs from qemu-img's view");
     }
     keel(dir, &["export", "t.keel", "now.raw"]);
-    qemu_view(dir, "top.qcow2", None, "want-now.raw");
+    qcow2::to_raw(dir, "top.qcow2", None, "want-now.raw");
     assert!(
         std::fs::read(dir.join("now.raw")).unwrap()
             == std::fs::read(dir.join("want-now.raw")).unwrap(),
@@ -134,18 +92,14 @@ fn internal_snapshots_of_the_top_become_snapshots_after_the_backing_layers() {
     assert!(fsck.contains(" 0 problems"), "{fsck}");
 
     // An image without a backing file: its internal snapshots alone.
-    run(
-        dir,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "solo.qcow2", &size],
-    );
-    qemu_io(dir, "solo.qcow2", &["write -q -P 0x55 0 1M"]);
-    run(dir, "qemu-img", &["snapshot", "-c", "only", "solo.qcow2"]);
-    qemu_io(dir, "solo.qcow2", &["write -q -P 0x66 0 512K"]);
+    qcow2::create(dir, "solo.qcow2", size);
+    qcow2::qemu_io(dir, "solo.qcow2", &["write -q -P 0x55 0 1M"]);
+    qcow2::snapshot(dir, "solo.qcow2", "only");
+    qcow2::qemu_io(dir, "solo.qcow2", &["write -q -P 0x66 0 512K"]);
     keel(dir, &["import", "solo.qcow2", "s.keel"]);
     assert_eq!(snapshot_names(dir, "s.keel"), ["only"]);
     snapshot_as_raw(dir, "s.keel", "only", "solo-only.raw");
-    qemu_view(dir, "solo.qcow2", Some("only"), "solo-only-want.raw");
+    qcow2::to_raw(dir, "solo.qcow2", Some("only"), "solo-only-want.raw");
     assert!(
         std::fs::read(dir.join("solo-only.raw")).unwrap()
             == std::fs::read(dir.join("solo-only-want.raw")).unwrap()
@@ -156,27 +110,9 @@ fn internal_snapshots_of_the_top_become_snapshots_after_the_backing_layers() {
 fn two_views_that_would_share_a_snapshot_name_are_refused_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    run(
-        dir,
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "base.qcow2", "8M"],
-    );
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
-    run(dir, "qemu-img", &["snapshot", "-c", "base", "top.qcow2"]);
+    qcow2::create(dir, "base.qcow2", 8 * MIB);
+    qcow2::create_over(dir, "top.qcow2", "base.qcow2");
+    qcow2::snapshot(dir, "top.qcow2", "base");
     let out = Command::new(keel_binary())
         .current_dir(dir)
         .args(["import", "top.qcow2", "t.keel"])

@@ -51,6 +51,9 @@ pub fn run(
     step: &mut dyn FnMut(u64),
 ) -> Result<(), CopyError> {
     let store = import.store();
+    if !import.views.is_empty() && super::staging::staging(store) {
+        return super::staging::run(import, &import.views, pace, stop, step);
+    }
     let end = import.progress.total_bytes.div_ceil(BLOCK);
     let first = store.import_cursor().unwrap_or(end);
     // The source is read ahead by a few threads, each taking every READERS-th step, so reads

@@ -14,7 +14,7 @@ use keel_protocol::control::{ImportReport, SnapshotInfo};
 
 use super::identity::{changed, source_identity};
 use super::queue::ImportQueue;
-use super::{Import, Source, copier};
+use super::{Import, Source, copier, layers};
 use crate::config::DiskConfig;
 use crate::engine::keel::KeelEngine;
 use crate::engine::sync_queue::SyncQueue;
@@ -95,10 +95,23 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
         ));
     }
     let identity = source_identity(&from).map_err(|e| setup(&disk, e.to_string()))?;
+    let begins = store.import_source_bytes().is_none();
+    // A chain or internal snapshots become snapshots: the views are staged apart.
+    let views = if begins || store.staging_progress().is_some() {
+        layers::views(&from).map_err(|e| setup(&disk, e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    let views = if views.len() > 1 { views } else { Vec::new() };
     match store.import_source_bytes() {
-        None => store
-            .begin_import_from(source.len(), identity)
-            .map_err(|e| setup(&disk, format!("starting the import: {e}")))?,
+        None => {
+            let began = if views.is_empty() {
+                store.begin_import_from(source.len(), identity)
+            } else {
+                store.begin_staged_import(source.len(), identity)
+            };
+            began.map_err(|e| setup(&disk, format!("starting the import: {e}")))?;
+        }
         Some(began) if began != source.len() => {
             return Err(setup(
                 &disk,
@@ -128,7 +141,7 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
         cursor * BLOCK
     );
     let writers = usize::from(disk.queues.max(1));
-    let import = Arc::new(Import::new(store, source, writers));
+    let import = Arc::new(Import::new(store, source, writers).with_views(views));
     let stop = Arc::new(AtomicBool::new(false));
     let handle = copier::spawn(
         Arc::clone(&import),
@@ -261,6 +274,8 @@ impl EngineAdmin for ImportEngine {
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), AdminError> {
+        // The snapshots a chain becomes are still being built, their blocks shared.
+        self.refuse_while_copying("a snapshot delete")?;
         self.keel()?.delete_snapshot(name)
     }
 

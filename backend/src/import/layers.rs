@@ -38,7 +38,8 @@ pub struct View {
 }
 
 impl View {
-    fn open(&self) -> Result<Source, SourceError> {
+    /// The view's source: the chain up to its layer, or the internal snapshot.
+    pub fn open(&self) -> Result<Source, SourceError> {
         match &self.internal {
             Some(snapshot) => Source::open_internal_snapshot(&self.spec, snapshot),
             None => Source::open(&self.spec),

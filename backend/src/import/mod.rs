@@ -12,6 +12,8 @@
 //!   source, and the guest's writes never let a later read fall back to it;
 //! - [`layers`]: offline, a backing chain imported layer by layer, each layer below the top a
 //!   snapshot;
+//! - [`staging`]: live, a chain whose layers and internal snapshots become snapshots, built in
+//!   the store's staging tree apart from the running point;
 //! - [`engine`]: the keel engine wrapped with the two above, and how a disk's import starts,
 //!   resumes or is found finished.
 
@@ -23,6 +25,7 @@ pub mod layers;
 mod progress;
 mod queue;
 pub mod source;
+pub mod staging;
 
 use std::sync::{Arc, RwLock};
 
@@ -42,6 +45,8 @@ pub struct Import {
     writer: usize,
     /// Held while the source is opened again.
     reopening: std::sync::Mutex<()>,
+    /// The views staged as snapshots (oldest first, the top last), when the store stages.
+    views: Vec<layers::View>,
 }
 
 impl Import {
@@ -56,7 +61,14 @@ impl Import {
             progress,
             writer,
             reopening: std::sync::Mutex::new(()),
+            views: Vec::new(),
         }
+    }
+
+    /// The import stages `views` (oldest first, the top last) as snapshots: see [`staging`].
+    pub fn with_views(mut self, views: Vec<layers::View>) -> Self {
+        self.views = views;
+        self
     }
 
     /// The source, while the copy still needs it.

@@ -12,6 +12,7 @@ mod model;
 mod packed;
 mod poison;
 mod space;
+mod staging;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};

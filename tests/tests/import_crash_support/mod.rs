@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
-use keel_tests::pattern;
+use keel_tests::{pattern, qcow2};
 
 pub const BLOCK: usize = 4096;
 pub const SECTOR: usize = 512;
@@ -16,19 +15,6 @@ pub const SIZE: u64 = 48 * MIB;
 pub const BLOCKS: u64 = SIZE / BLOCK as u64;
 /// The source is laid out in extents of this many blocks: data, written zeroes or a hole.
 const EXTENT_BLOCKS: u64 = 64;
-
-fn run(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// What an extent of a generated source holds.
 fn extent_kind(rng: &mut fastrand::Rng) -> u8 {
@@ -74,36 +60,9 @@ pub fn make_source(dir: &Path, qcow2: bool, rng: &mut fastrand::Rng) -> (&'stati
     // writes over parts of it with byte patterns, zeroes a few ranges and writes a few
     // sectors less than a cluster.
     write_sparse_image(&dir.join("base.raw"), rng, salt);
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "convert",
-            "-q",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "base.raw",
-            "base.qcow2",
-        ],
-    );
+    qcow2::from_raw(dir, "base.raw", "base.qcow2");
     std::fs::remove_file(dir.join("base.raw")).unwrap();
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    qcow2::create_over(dir, "top.qcow2", "base.qcow2");
     let mut commands = Vec::new();
     for i in 0..10u64 {
         let blocks = rng.u64(1..=128);
@@ -118,26 +77,9 @@ pub fn make_source(dir: &Path, qcow2: bool, rng: &mut fastrand::Rng) -> (&'stati
         let at = rng.u64(0..SIZE / SECTOR as u64) * SECTOR as u64;
         commands.push(format!("write -q -P {} {at} {SECTOR}", 0x60 + i));
     }
-    let mut args = vec!["-f", "qcow2"];
-    for c in &commands {
-        args.extend(["-c", c.as_str()]);
-    }
-    args.push("top.qcow2");
-    run(dir, "qemu-io", &args);
-    run(
-        dir,
-        "qemu-img",
-        &[
-            "convert",
-            "-q",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "top.qcow2",
-            "view.raw",
-        ],
-    );
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    qcow2::qemu_io(dir, "top.qcow2", &commands);
+    qcow2::to_raw(dir, "top.qcow2", None, "view.raw");
     let view = std::fs::read(dir.join("view.raw")).unwrap();
     std::fs::remove_file(dir.join("view.raw")).unwrap();
     ("top.qcow2", view)

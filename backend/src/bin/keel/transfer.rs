@@ -115,7 +115,12 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     {
         return Err(identity::changed(source));
     }
-    let import = Import::new(Arc::clone(&store), src, 0);
+    // A live import that stages a chain's snapshots resumes doing so.
+    let views = match store.staging_progress() {
+        Some(_) => views,
+        None => Vec::new(),
+    };
+    let import = Import::new(Arc::clone(&store), src, 0).with_views(views);
     let pb = progress(src_len, "import");
     let pace = Pace {
         yield_to_guest: false,

@@ -109,6 +109,14 @@ impl Store {
             vba_limit: maps.next_vba,
         };
         r.lba_entries = tc.check_tree(maps.running, &running);
+        if let Some(st) = &maps.staging {
+            let staging = trees::Limits {
+                name: "import staging tree".into(),
+                max_seq: maps.seq,
+                vba_limit: maps.next_vba,
+            };
+            tc.check_tree(st.root, &staging);
+        }
         r.tree_nodes_walked = tc.walked;
         r.shared_nodes_skipped = tc.skipped;
         r.problems.append(&mut tc.problems);

@@ -16,8 +16,19 @@ use crate::store::error::{Result, StoreError};
 use crate::store::io::{DeviceIo, Gather};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::{self, Entry};
-use crate::store::log::superblock::{COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING};
+use crate::store::log::superblock::{
+    COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
+};
 use crate::store::log::write::Issue;
+
+/// The tree an import's blocks go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The running point, each block only if it lacks it (the guest's writes win).
+    RunningIfAbsent,
+    /// The staging tree, unconditionally (the guest never writes it).
+    Staging,
+}
 
 impl Store {
     /// The import's cursor (in blocks) while one is running; `None` otherwise.
@@ -83,11 +94,17 @@ impl Store {
     }
 
     /// Ends the import: from the checkpoint this takes on, the container no longer refers to
-    /// a source (an older Keel opens it again).
+    /// a source (an older Keel opens it again), and holds no staging tree.
     pub fn finish_import(&self) -> Result<()> {
         self.ensure_ok()?;
         let mut j = self.quiet_journal();
-        j.superblock.incompat &= !INCOMPAT_IMPORTING;
+        // A staging tree the running point adopted goes with the same checkpoint.
+        {
+            let mut st = self.write_lock(&self.state);
+            let crate::store::State { maps, sut, .. } = &mut *st;
+            maps.end_staging(sut);
+        }
+        j.superblock.incompat &= !(INCOMPAT_IMPORTING | INCOMPAT_STAGING);
         j.superblock.compat |= COMPAT_IMPORTED;
         j.superblock.compat &= !COMPAT_IMPORT_SOURCE_ID;
         j.superblock.import_cursor = 0;
@@ -105,6 +122,18 @@ impl Store {
     /// the running point lacks it when the record is reserved; returns the blocks committed.
     /// A block the guest wrote, before or concurrently, is never overwritten.
     pub fn fill_absent(&self, writer: usize, blocks: &[(u64, &[u8])]) -> Result<u64> {
+        self.write_import_blocks(writer, blocks, Target::RunningIfAbsent, Vec::new())
+    }
+
+    /// Writes `blocks` as one record into `target`, with `extra` entries after them; returns
+    /// the blocks committed.
+    pub(super) fn write_import_blocks(
+        &self,
+        writer: usize,
+        blocks: &[(u64, &[u8])],
+        target: Target,
+        extra: Vec<Entry>,
+    ) -> Result<u64> {
         self.ensure_ok()?;
         let cap_blocks = self.capacity() / BLOCK;
         for (lba, data) in blocks {
@@ -114,9 +143,11 @@ impl Store {
                 )));
             }
         }
-        let wanted: Vec<&(u64, &[u8])> =
-            blocks.iter().filter(|(l, _)| !self.is_mapped(*l)).collect();
-        if wanted.is_empty() {
+        let if_absent = target == Target::RunningIfAbsent;
+        let wanted: Vec<&(u64, &[u8])> = (blocks.iter())
+            .filter(|(l, _)| !if_absent || !self.is_mapped(*l))
+            .collect();
+        if wanted.is_empty() && extra.is_empty() {
             return Ok(0);
         }
         let mut copies = AlignedBuf::scratch(wanted.len());
@@ -149,18 +180,22 @@ impl Store {
                 for k in 0..n {
                     let vba = vba0 + k as u64;
                     let blk = copies.block(i + k);
-                    entries.push(Entry::Map {
-                        lba: wanted[i + k].0,
-                        vba,
-                        pba: pba + k as u64,
-                        crc: block_crc(vba, blk),
-                    });
+                    let (lba, pba, crc) = (wanted[i + k].0, pba + k as u64, block_crc(vba, blk));
+                    entries.push(Entry::Map { lba, vba, pba, crc });
                     parts.push(blk);
                 }
                 runs.push((pba * BLOCK, parts));
                 i += n;
             }
         }
+        if target == Target::Staging {
+            for e in &mut entries {
+                if let Entry::Map { lba, vba, pba, crc } = *e {
+                    *e = Entry::StageMap { lba, vba, pba, crc };
+                }
+            }
+        }
+        entries.extend(extra);
         let record_blocks = journal::record_blocks(&entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
@@ -188,7 +223,9 @@ impl Store {
                 _ => true,
             });
         }
-        let committed = entries.len() as u64;
+        let committed = (entries.iter())
+            .filter(|e| matches!(e, Entry::Map { .. } | Entry::StageMap { .. }))
+            .count() as u64;
         self.commit_locked(
             j,
             entries,

@@ -10,3 +10,4 @@ pub(super) mod import;
 pub mod peek;
 pub mod resize;
 pub(super) mod snapshots;
+pub(super) mod staging;

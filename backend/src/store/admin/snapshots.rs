@@ -13,6 +13,7 @@ impl Store {
     /// takes a checkpoint instead, which also marks it as using them from then on.
     pub fn create_snapshot(&self, name: &str) -> Result<u64> {
         self.ensure_ok()?;
+        self.refuse_while_staging("a snapshot")?;
         let id = {
             // No batch may sit between taking its VBAs and committing them while the VBA
             // watermark is read: hold every writer, until the record is applied. (Writers
@@ -87,6 +88,7 @@ impl Store {
     /// instead, which also marks it as using them.
     pub fn delete_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
+        self.refuse_while_staging("a snapshot delete")?;
         // One snapshot operation at a time: the snapshot checked here is the one deleted.
         let _one = self.lock(&self.snapshot_ops);
         {
@@ -127,6 +129,7 @@ impl Store {
     /// Makes the disk's contents those of snapshot `id` again; durable when this returns.
     pub fn revert_to_snapshot(&self, id: u64) -> Result<()> {
         self.ensure_ok()?;
+        self.refuse_while_staging("a revert")?;
         let mut j = self.quiet_journal();
         let found = {
             let mut st = self.write_lock(&self.state);

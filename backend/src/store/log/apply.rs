@@ -30,6 +30,9 @@ pub fn apply(maps: &mut Maps, entries: &[Entry], sut: &mut Sut) {
             }
             Entry::Release { vba } => maps.free_vba(vba, sut),
             Entry::Flushed { .. } => {}
+            Entry::StageMap { lba, vba, pba, crc } => maps.stage_map(lba, vba, pba, crc, sut),
+            Entry::StageUnmap { lba, count } => maps.stage_unmap(lba, count, sut),
+            Entry::Adopt { lba, count } => maps.adopt(lba, count),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! root (8), VBA root (8), SUT first block (8), SUT blocks (4), snapshot count (4), root blocks
 //! (4; 0 in containers from before multi-block roots, meaning 1), 4 zero bytes, then per
 //! snapshot: id (8), seq (8), root (8), VBA watermark (8), created (8), name length (1),
-//! name (31).
+//! name (31). A live import's staging tree (with `INCOMPAT_STAGING`) is one more record of the
+//! same size, last, flagged in its name length byte: the view being staged (8), its cursor
+//! (8), its root (8), then zeroes.
 
 use crate::store::codec::{Get, Put, block_crc};
 use crate::store::error::{Result, StoreError};
@@ -20,8 +22,8 @@ const SNAP_BYTES: usize = 72;
 const NAME_MAX: usize = 31;
 /// Snapshots a container holds at most.
 pub const MAX_SNAPSHOTS: usize = 1024;
-/// Longest root: room for [`MAX_SNAPSHOTS`].
-pub const MAX_ROOT_BLOCKS: usize = (HEADER + MAX_SNAPSHOTS * SNAP_BYTES).div_ceil(BLOCK_SIZE);
+/// Longest root: room for [`MAX_SNAPSHOTS`] and a staging tree.
+pub const MAX_ROOT_BLOCKS: usize = (HEADER + (MAX_SNAPSHOTS + 1) * SNAP_BYTES).div_ceil(BLOCK_SIZE);
 
 /// Snapshots a container with `seg_blocks`-block segments holds: [`MAX_SNAPSHOTS`], or fewer
 /// when segments are too small for that long a root (the root lies inside one segment).
@@ -64,6 +66,8 @@ pub struct SnapshotRecord {
 const DELETING: u8 = 0x80;
 /// Bit of the name length byte: a revert happened just before the snapshot was taken.
 const REVERTED_BEFORE: u8 = 0x40;
+/// Bit of the name length byte: the record is an import's staging tree, not a snapshot.
+const STAGING: u8 = 0x20;
 /// Bit of the root's flags: the running point was reverted since the newest snapshot.
 const RUNNING_REVERTED: u32 = 1;
 
@@ -82,6 +86,17 @@ pub struct CheckpointRoot {
     pub sut_crc: u32,
     pub running_reverted: bool,
     pub snapshots: Vec<SnapshotRecord>,
+    pub staging: Option<StagingRecord>,
+}
+
+/// A live import's staging tree: its root and how far the import got in staging its views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagingRecord {
+    pub root: u64,
+    /// Views frozen so far (the index of the view being staged).
+    pub view: u64,
+    /// Every block below this LBA of that view is staged.
+    pub cursor: u64,
 }
 
 /// Truncates a snapshot name to what the format stores, on a character boundary.
@@ -99,7 +114,8 @@ impl CheckpointRoot {
         if self.snapshots.len() > MAX_SNAPSHOTS {
             return None;
         }
-        let blocks = root_blocks(self.snapshots.len());
+        let records = self.snapshots.len() + usize::from(self.staging.is_some());
+        let blocks = root_blocks(records);
         let mut b = vec![0u8; blocks * BLOCK_SIZE];
         let mut p = Put::new(&mut b);
         p.bytes(CHECKPOINT_MAGIC)
@@ -115,7 +131,7 @@ impl CheckpointRoot {
             .u64(self.vba_root)
             .u64(self.sut_pba)
             .u32(self.sut_blocks)
-            .u32(self.snapshots.len() as u32)
+            .u32(records as u32)
             .u32(blocks as u32)
             .u32(if self.running_reverted {
                 RUNNING_REVERTED
@@ -140,6 +156,15 @@ impl CheckpointRoot {
                         0
                     })
                 .bytes(&padded);
+        }
+        if let Some(s) = &self.staging {
+            p.u64(s.view)
+                .u64(s.cursor)
+                .u64(s.root)
+                .u64(0)
+                .u64(0)
+                .u8(STAGING)
+                .bytes(&[0u8; NAME_MAX]);
         }
         if !p.ok() {
             return None;
@@ -179,11 +204,12 @@ impl CheckpointRoot {
         let n = g.u32().ok_or_else(short)? as usize;
         let _root_blocks = g.u32().ok_or_else(short)?;
         let flags = g.u32().ok_or_else(short)?;
-        if n > MAX_SNAPSHOTS || HEADER + n * SNAP_BYTES > b.len() {
+        if n > MAX_SNAPSHOTS + 1 || HEADER + n * SNAP_BYTES > b.len() {
             return Err(bad("too many snapshots"));
         }
         let mut g = Get::at(b, HEADER);
         let mut snapshots = Vec::with_capacity(n);
+        let mut staging = None;
         for _ in 0..n {
             let id = g.u64().ok_or_else(short)?;
             let sseq = g.u64().ok_or_else(short)?;
@@ -191,6 +217,18 @@ impl CheckpointRoot {
             let vba_watermark = g.u64().ok_or_else(short)?;
             let created = g.u64().ok_or_else(short)?;
             let len_byte = g.u8().ok_or_else(short)?;
+            if len_byte == STAGING {
+                g.bytes(NAME_MAX).ok_or_else(short)?;
+                if staging.is_some() {
+                    return Err(bad("two staging trees"));
+                }
+                staging = Some(StagingRecord {
+                    view: id,
+                    cursor: sseq,
+                    root,
+                });
+                continue;
+            }
             let deleting = len_byte & DELETING != 0;
             let reverted_before = len_byte & REVERTED_BEFORE != 0;
             let len = ((len_byte & !(DELETING | REVERTED_BEFORE)) as usize).min(NAME_MAX);
@@ -221,6 +259,7 @@ impl CheckpointRoot {
             sut_crc,
             running_reverted: flags & RUNNING_REVERTED != 0,
             snapshots,
+            staging,
         })
     }
 }
@@ -266,6 +305,11 @@ mod tests {
                     reverted_before: false,
                 },
             ],
+            staging: Some(StagingRecord {
+                root: 302,
+                view: 2,
+                cursor: 4096,
+            }),
         };
         let b = c.encode(500).unwrap();
         assert_eq!(b.len(), BLOCK_SIZE);
@@ -310,6 +354,7 @@ mod tests {
             sut_crc: 8,
             running_reverted: false,
             snapshots: (0..MAX_SNAPSHOTS as u64).map(snap).collect(),
+            staging: None,
         };
         let b = c.encode(900).unwrap();
         assert_eq!(b.len(), MAX_ROOT_BLOCKS * BLOCK_SIZE);

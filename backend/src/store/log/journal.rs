@@ -23,6 +23,9 @@ const TAG_SNAPSHOT: u8 = 4;
 const TAG_DELETE_SNAPSHOT: u8 = 5;
 const TAG_RELEASE: u8 = 6;
 const TAG_FLUSHED: u8 = 7;
+const TAG_STAGE_MAP: u8 = 8;
+const TAG_STAGE_UNMAP: u8 = 9;
+const TAG_ADOPT: u8 = 10;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
 pub const SNAPSHOT_NAME_MAX: usize = 31;
@@ -88,13 +91,26 @@ pub enum Entry {
     /// Changes no map: it lets recovery tell a torn tail (never flushed, may be dropped) from
     /// damage to acknowledged, flushed records (must never be dropped silently).
     Flushed { lsn: u64 },
+    /// The import's staging tree (not the running point) maps `lba` to the new block `vba`,
+    /// stored at `pba` with data crc `crc` (see `staging.rs`).
+    StageMap {
+        lba: u64,
+        vba: u64,
+        pba: u64,
+        crc: u32,
+    },
+    /// `count` blocks from `lba` read as zeroes in the staging tree.
+    StageUnmap { lba: u64, count: u64 },
+    /// The running point takes the staging tree's blocks in `count` blocks from `lba` where
+    /// it maps none (the block is shared, not copied).
+    Adopt { lba: u64, count: u64 },
 }
 
 impl Entry {
     fn encoded_len(&self) -> usize {
         match self {
-            Entry::Map { .. } => 1 + 8 + 8 + 8 + 4,
-            Entry::Unmap { .. } => 1 + 8 + 8,
+            Entry::Map { .. } | Entry::StageMap { .. } => 1 + 8 + 8 + 8 + 4,
+            Entry::Unmap { .. } | Entry::StageUnmap { .. } | Entry::Adopt { .. } => 1 + 8 + 8,
             Entry::Move { .. } => 1 + 8 + 8 + 8,
             Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
             Entry::DeleteSnapshot { .. } | Entry::Release { .. } | Entry::Flushed { .. } => 1 + 8,
@@ -145,6 +161,11 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
             Entry::DeleteSnapshot { id } => p.u8(TAG_DELETE_SNAPSHOT).u64(id),
             Entry::Release { vba } => p.u8(TAG_RELEASE).u64(vba),
             Entry::Flushed { lsn } => p.u8(TAG_FLUSHED).u64(lsn),
+            Entry::StageMap { lba, vba, pba, crc } => {
+                p.u8(TAG_STAGE_MAP).u64(lba).u64(vba).u64(pba).u32(crc)
+            }
+            Entry::StageUnmap { lba, count } => p.u8(TAG_STAGE_UNMAP).u64(lba).u64(count),
+            Entry::Adopt { lba, count } => p.u8(TAG_ADOPT).u64(lba).u64(count),
         };
     }
     if !p.ok() {
@@ -234,6 +255,20 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
             TAG_DELETE_SNAPSHOT => Entry::DeleteSnapshot { id: g.u64()? },
             TAG_RELEASE => Entry::Release { vba: g.u64()? },
             TAG_FLUSHED => Entry::Flushed { lsn: g.u64()? },
+            TAG_STAGE_MAP => Entry::StageMap {
+                lba: g.u64()?,
+                vba: g.u64()?,
+                pba: g.u64()?,
+                crc: g.u32()?,
+            },
+            TAG_STAGE_UNMAP => Entry::StageUnmap {
+                lba: g.u64()?,
+                count: g.u64()?,
+            },
+            TAG_ADOPT => Entry::Adopt {
+                lba: g.u64()?,
+                count: g.u64()?,
+            },
             _ => return None,
         };
         entries.push(e);
@@ -278,6 +313,14 @@ mod tests {
             Entry::DeleteSnapshot { id: 2 },
             Entry::Release { vba: 77 },
             Entry::Flushed { lsn: 8 },
+            Entry::StageMap {
+                lba: 9,
+                vba: 10,
+                pba: 11,
+                crc: 12,
+            },
+            Entry::StageUnmap { lba: 13, count: 14 },
+            Entry::Adopt { lba: 15, count: 16 },
         ]
     }
 

@@ -94,7 +94,9 @@ fn assign(
         .vba
         .dirty_post_order(st.maps.vba_root, &mut vba_dirty, &mut HashSet::new());
     let sut_blocks = Sut::encoded_blocks(geo) as usize;
-    let root_blocks = checkpoint::root_blocks(st.maps.snapshots.len() + st.maps.doomed.len());
+    let root_blocks = checkpoint::root_blocks(
+        st.maps.snapshots.len() + st.maps.doomed.len() + usize::from(st.maps.staging.is_some()),
+    );
     // The table and the root each in one run inside a segment (they are read as runs).
     let mut sut_pbas = take_meta(st, meta, sut_blocks, true)?;
     let root_pbas = take_meta(st, meta, root_blocks, true)?;
@@ -157,6 +159,11 @@ fn assign(
                 reverted_before: s.reverted_before,
             })
             .collect(),
+        staging: st.maps.staging.as_ref().map(|s| checkpoint::StagingRecord {
+            root: disk(s.root),
+            view: s.view,
+            cursor: s.cursor,
+        }),
     };
     let root_bytes = root
         .encode(root_pba)

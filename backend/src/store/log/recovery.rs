@@ -19,6 +19,7 @@ use crate::store::log::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
 use crate::store::log::tail;
 use crate::store::map::btree::Forest;
 use crate::store::map::maps::{Maps, Snapshot};
+use crate::store::map::staging::Staging;
 use crate::store::map::sut::Sut;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -193,9 +194,17 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
             snapshots.push(snap);
         }
     }
+    let staging = match &root.staging {
+        Some(r) => Some(Staging {
+            root: lba.load(r.root, &mut read_node, &mut loaded)?,
+            view: r.view,
+            cursor: r.cursor,
+        }),
+        None => None,
+    };
     let mut vba = Forest::new();
     let vba_root = vba.load(root.vba_root, &mut read_node, &mut HashMap::new())?;
-    let maps = Maps::loaded(
+    let mut maps = Maps::loaded(
         lba,
         running,
         snapshots,
@@ -208,6 +217,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         root.running_reverted || !knows_reverts,
         geo.segments * geo.seg_blocks,
     );
+    maps.staging = staging;
     let mut ckpt_blocks: Vec<u64> = (root.sut_pba..root.sut_pba + root.sut_blocks as u64).collect();
     ckpt_blocks.extend(sb.checkpoint_pba..sb.checkpoint_pba + root_blocks);
     let mut state = State {
@@ -379,6 +389,22 @@ fn check_entries(
                     return Ok(Some(format!("LBA {lba} beyond the disk")));
                 }
                 (pba, vba, crc)
+            }
+            Entry::StageMap { lba, vba, pba, crc } => {
+                if lba >= cap || st.maps.staging.is_none() {
+                    return Ok(Some(format!(
+                        "staged LBA {lba} beyond the disk or no staging"
+                    )));
+                }
+                (pba, vba, crc)
+            }
+            Entry::StageUnmap { lba, count } | Entry::Adopt { lba, count } => {
+                if lba.checked_add(count).is_none_or(|end| end > cap) || st.maps.staging.is_none() {
+                    return Ok(Some(format!(
+                        "staging range {lba}+{count} beyond the disk or no staging"
+                    )));
+                }
+                continue;
             }
             Entry::Snapshot { id, .. } => {
                 if id != st.maps.next_snapshot_id

@@ -44,8 +44,14 @@ pub const INCOMPAT_ENCRYPTED: u64 = 1 << 6;
 /// Incompatible feature: guest blocks may be compressed and packed several to a block (the
 /// `compression` field names the codec; see `compress`).
 pub const INCOMPAT_COMPRESSED: u64 = 1 << 7;
+/// Incompatible feature: a live import is building a backing chain's views in a staging tree
+/// apart from the running point (the checkpoint root's last record, flagged; journal records
+/// may hold StageMap, StageUnmap and Adopt entries, tags 8 to 10). A Keel without it would take
+/// the staging record for a snapshot and such records for torn ones.
+pub const INCOMPAT_STAGING: u64 = 1 << 8;
 /// Incompatible features this code understands; a container with any other bit set is refused.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
     | INCOMPAT_BACKGROUND_DELETES
@@ -54,8 +60,11 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_ENCRYPTED
     | INCOMPAT_COMPRESSED;
 /// Features a new container gets whatever it is made with.
-pub const INCOMPAT_NEW: u64 =
-    INCOMPAT_SUPPORTED & !INCOMPAT_IMPORTING & !INCOMPAT_ENCRYPTED & !INCOMPAT_COMPRESSED;
+pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
+    & !INCOMPAT_IMPORTING
+    & !INCOMPAT_ENCRYPTED
+    & !INCOMPAT_COMPRESSED
+    & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
 pub const COMPAT_IMPORTED: u64 = 1 << 0;
@@ -281,7 +290,7 @@ mod tests {
     #[test]
     fn refuses_unknown_incompat_and_small_device() {
         let mut s = sample();
-        s.incompat = 1 << 8;
+        s.incompat = 1 << 63;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();

@@ -11,6 +11,7 @@ use super::diff_walk::diff_trees;
 use crate::store::codec::{Get, Put};
 use crate::store::compress::{PackedOwners, block_of, place};
 use crate::store::map::btree::{Forest, NodeId, TreeValue};
+use crate::store::map::staging::Staging;
 use crate::store::map::sut::{SegKind, Sut};
 
 /// LBA tree value: the block's virtual address.
@@ -83,6 +84,8 @@ pub struct Maps {
     pub next_snapshot_id: u64,
     /// The running point was reverted since the newest snapshot was taken.
     pub running_reverted: bool,
+    /// The tree a live import builds a chain's views in, apart from the running point.
+    pub staging: Option<Staging>,
     /// PBA -> VBA for every live raw data block (NO_VBA elsewhere).
     rmap: Vec<u64>,
     /// Block -> VBAs for every live packed block of a compressed container.
@@ -107,6 +110,7 @@ impl Maps {
             seq: 1,
             next_snapshot_id: 1,
             running_reverted: false,
+            staging: None,
             rmap: vec![NO_VBA; blocks as usize],
             packed: PackedOwners::default(),
         }
@@ -138,6 +142,7 @@ impl Maps {
             seq,
             next_snapshot_id,
             running_reverted,
+            staging: None,
             rmap: vec![NO_VBA; blocks as usize],
             packed: PackedOwners::default(),
         };
@@ -225,11 +230,8 @@ impl Maps {
     }
 
     pub(crate) fn map(&mut self, lba: u64, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        self.add_vba(vba, pba, crc, sut);
         let (seq, frozen) = (self.seq, self.frozen());
-        self.vba
-            .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
-        self.hold(pba, vba, sut);
-        self.next_vba = self.next_vba.max(vba.saturating_add(1));
         if let Some(old) = self
             .lba
             .insert(&mut self.running, lba, Vba(vba), seq, frozen)
@@ -237,6 +239,16 @@ impl Maps {
         {
             self.release_if_unshared(lba, old.0, sut);
         }
+    }
+
+    /// Records the new block `vba` at `pba` in the VBA map, the reverse map (or the packed
+    /// blocks' owners) and the usage.
+    pub(crate) fn add_vba(&mut self, vba: u64, pba: u64, crc: u32, sut: &mut Sut) {
+        let seq = self.seq;
+        self.vba
+            .insert(&mut self.vba_root, vba, VbaEntry { pba, crc }, seq, 0);
+        self.hold(pba, vba, sut);
+        self.next_vba = self.next_vba.max(vba.saturating_add(1));
     }
 
     pub(crate) fn unmap(&mut self, lba: u64, count: u64, sut: &mut Sut) {
@@ -286,16 +298,17 @@ impl Maps {
         }
     }
 
-    /// Whether a snapshot maps `lba` to `vba`. Only snapshots taken after the VBA was born
-    /// can, newest first (usually the first one answers).
-    fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
-        vba < self.watermark()
-            && self
-                .snapshots
-                .iter()
-                .rev()
-                .take_while(|s| s.vba_watermark > vba)
-                .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
+    /// Whether a snapshot (or an import's staging tree) maps `lba` to `vba`. Only snapshots
+    /// taken after the VBA was born can, newest first (usually the first one answers).
+    pub(super) fn held_by_a_snapshot(&self, lba: u64, vba: u64) -> bool {
+        self.held_by_staging(lba, vba)
+            || vba < self.watermark()
+                && self
+                    .snapshots
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.vba_watermark > vba)
+                    .any(|s| self.lba.get(s.root, lba) == Some(Vba(vba)))
     }
 
     pub(crate) fn free_vba(&mut self, vba: u64, sut: &mut Sut) {
@@ -462,10 +475,11 @@ impl Maps {
     }
 
     /// Every LBA tree root: the running point first, then the snapshots, then the trees of
-    /// snapshots being deleted.
+    /// snapshots being deleted, then an import's staging tree.
     pub fn lba_roots(&self) -> Vec<NodeId> {
         let mut r = self.lba_live_roots();
         r.extend(self.doomed.iter().map(|s| s.root));
+        r.extend(self.staging.as_ref().map(|s| s.root));
         r
     }
 

@@ -6,5 +6,6 @@ pub mod btree;
 pub mod diff_walk;
 pub mod maps;
 pub(super) mod pins;
+pub(super) mod staging;
 pub(super) mod sut;
 pub(super) mod unwritten;
