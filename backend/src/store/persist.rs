@@ -273,7 +273,7 @@ pub fn repair_superblock_copy(dev: &dyn BlockDevice, sb: &Superblock, slot: u64)
 /// A checkpoint frozen at one LSN: placed and encoded (the running maps go on changing, the
 /// encoded blocks do not), not yet written.
 pub struct Frozen {
-    prepared: Prepared,
+    pub(super) prepared: Prepared,
     /// The superblock that makes it take effect.
     superblock: Superblock,
     /// Journal blocks it holds: the live part of the ring when it froze.
