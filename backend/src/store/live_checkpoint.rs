@@ -16,6 +16,7 @@
 
 use super::error::{Result, StoreError};
 use super::io::DeviceIo;
+use super::layout::BLOCK;
 use super::stats::Counters;
 use super::{JournalState, Store, persist};
 use std::sync::MutexGuard;
@@ -140,5 +141,48 @@ impl Store {
             Counters::add_since(&self.stats.checkpoint_wait_us, t0);
         }
         Ok((j, placed))
+    }
+
+    /// Waits (releasing the journal lock meanwhile) until no record is in flight and no
+    /// checkpoint is freezing or running (a lock found poisoned ends the wait).
+    pub(super) fn wait_idle<'a>(
+        &'a self,
+        mut j: MutexGuard<'a, JournalState>,
+    ) -> MutexGuard<'a, JournalState> {
+        while (j.in_flight > 0 || j.freezing || j.checkpointing) && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
+        }
+        j
+    }
+
+    /// The journal lock with no record in flight and no other checkpoint running: what a
+    /// checkpoint that holds the journal throughout (and the operations that take one) needs.
+    pub(super) fn quiet_journal(&self) -> MutexGuard<'_, JournalState> {
+        self.wait_idle(self.lock(&self.journal))
+    }
+
+    /// Counts a committed checkpoint (`t0`: when it started).
+    /// `held`: how long it held the journal (new records waited).
+    pub(super) fn note_checkpoint(
+        &self,
+        j: &JournalState,
+        written: &persist::Written,
+        held: std::time::Duration,
+        t0: std::time::Instant,
+    ) {
+        self.note_space_freed();
+        Counters::add(&self.stats.checkpoints, 1);
+        let us = held.as_micros() as u64;
+        Counters::add(&self.stats.checkpoint_us, us);
+        Counters::max(&self.stats.checkpoint_max_us, us);
+        Counters::add(&self.stats.checkpoint_writes, written.writes);
+        Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
+        log::debug!(
+            "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
+            j.superblock.generation,
+            written.bytes / BLOCK,
+            t0.elapsed(),
+            written.encoding
+        );
     }
 }

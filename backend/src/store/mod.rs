@@ -527,31 +527,6 @@ impl Store {
         }
     }
 
-    /// Counts a committed checkpoint (`t0`: when it started).
-    /// `held`: how long it held the journal (new records waited).
-    fn note_checkpoint(
-        &self,
-        j: &JournalState,
-        written: &persist::Written,
-        held: std::time::Duration,
-        t0: std::time::Instant,
-    ) {
-        self.note_space_freed();
-        Counters::add(&self.stats.checkpoints, 1);
-        let us = held.as_micros() as u64;
-        Counters::add(&self.stats.checkpoint_us, us);
-        Counters::max(&self.stats.checkpoint_max_us, us);
-        Counters::add(&self.stats.checkpoint_writes, written.writes);
-        Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
-        log::debug!(
-            "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
-            j.superblock.generation,
-            written.bytes / BLOCK,
-            t0.elapsed(),
-            written.encoding
-        );
-    }
-
     /// Space and state summary.
     pub fn info(&self) -> Info {
         let j = self.lock(&self.journal);

@@ -501,24 +501,6 @@ impl Store {
         j
     }
 
-    /// Waits (releasing the journal lock meanwhile) until no record is in flight and no
-    /// checkpoint is freezing or running (a lock found poisoned ends the wait).
-    pub(super) fn wait_idle<'a>(
-        &'a self,
-        mut j: MutexGuard<'a, JournalState>,
-    ) -> MutexGuard<'a, JournalState> {
-        while (j.in_flight > 0 || j.freezing || j.checkpointing) && !self.poisoned() {
-            j = self.unpoison(self.journal_cv.wait(j));
-        }
-        j
-    }
-
-    /// The journal lock with no record in flight and no other checkpoint running: what a
-    /// checkpoint that holds the journal throughout (and the operations that take one) needs.
-    pub(super) fn quiet_journal(&self) -> MutexGuard<'_, JournalState> {
-        self.wait_idle(self.lock(&self.journal))
-    }
-
     /// Applies record `lsn` to the maps once every earlier one is applied (its writes may
     /// still be in flight: readers of its blocks wait for them, see `unwritten`).
     fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
