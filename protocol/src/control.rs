@@ -278,9 +278,15 @@ pub struct CleaningStats {
     /// Segments checkpoints gave back to the free list.
     pub segments_freed: u64,
     pub checkpoints: u64,
-    /// Time checkpoints held the journal: no guest batch commits meanwhile.
+    /// Time checkpoints held the journal (while they froze the maps): no guest batch commits
+    /// meanwhile. Their writes do not hold it.
     pub checkpoint_us: u64,
     pub checkpoint_max_us: u64,
+    /// Batches that waited for a checkpoint (one freezing the maps, or a full journal).
+    #[serde(default)]
+    pub checkpoint_waits: u64,
+    #[serde(default)]
+    pub checkpoint_wait_us: u64,
     /// Guest batches that found no free segment and waited for one (cleaning, a checkpoint,
     /// a snapshot delete, growth).
     pub segment_waits: u64,

@@ -46,6 +46,14 @@ pub fn cleaning_lines(c: &CleaningStats) -> Vec<String> {
             ),
         ),
         (
+            "  waits for checkpoint",
+            format!(
+                "{} batches, {}",
+                c.checkpoint_waits,
+                ms(c.checkpoint_wait_us)
+            ),
+        ),
+        (
             "  waits for a segment",
             format!("{} batches, {}", c.segment_waits, ms(c.segment_wait_us)),
         ),
@@ -73,6 +81,8 @@ mod tests {
             checkpoints: 4,
             checkpoint_us: 40_000,
             checkpoint_max_us: 12_300,
+            checkpoint_waits: 3,
+            checkpoint_wait_us: 2_400,
             segment_waits: 9,
             segment_wait_us: 81_000,
             write_amplification: 1.25,
@@ -86,6 +96,7 @@ mod tests {
             "  segments freed        6",
             "4 in 40.0 ms (longest 12.3 ms)",
             "9 batches, 81.0 ms",
+            "  waits for checkpoint  3 batches, 2.4 ms",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

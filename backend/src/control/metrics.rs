@@ -203,7 +203,17 @@ impl Scrape {
         let mut checkpoint_seconds = Family::new(
             "keel_store_checkpoint_seconds_total",
             Counter,
-            "Time checkpoints held the journal",
+            "Time checkpoints held the journal (while freezing the maps)",
+        );
+        let mut checkpoint_waits = Family::new(
+            "keel_store_checkpoint_waits_total",
+            Counter,
+            "Batches that waited for a checkpoint (one freezing the maps, or a full journal)",
+        );
+        let mut checkpoint_wait_seconds = Family::new(
+            "keel_store_checkpoint_wait_seconds_total",
+            Counter,
+            "Time batches waited for a checkpoint",
         );
         let mut checkpoint_max = Family::new(
             "keel_store_checkpoint_max_seconds",
@@ -325,6 +335,8 @@ impl Scrape {
                     }
                     checkpoint_seconds.add(disk(name), secs(c.checkpoint_us));
                     checkpoint_max.add(disk(name), secs(c.checkpoint_max_us));
+                    checkpoint_waits.add(disk(name), c.checkpoint_waits);
+                    checkpoint_wait_seconds.add(disk(name), secs(c.checkpoint_wait_us));
                     segment_waits.add(disk(name), c.segment_waits);
                     segment_wait_seconds.add(disk(name), secs(c.segment_wait_us));
                 }
@@ -382,6 +394,8 @@ impl Scrape {
             &segments,
             &checkpoint_seconds,
             &checkpoint_max,
+            &checkpoint_waits,
+            &checkpoint_wait_seconds,
             &segment_waits,
             &segment_wait_seconds,
             &component,

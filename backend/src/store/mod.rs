@@ -115,6 +115,14 @@ pub(crate) struct State {
 pub(crate) struct JournalState {
     /// Where the next record is reserved.
     pub cursor: JournalCursor,
+    /// The live part of the journal region, which records must not overwrite.
+    pub ring: log::journal_ring::Ring,
+    /// A checkpoint is waiting for the records in flight to finish, to freeze the maps: no
+    /// new record is reserved meanwhile.
+    pub freezing: bool,
+    /// A frozen checkpoint is being written; records go on into the ring past its freeze
+    /// point.
+    pub checkpointing: bool,
     /// The newest record applied to the maps; records apply in LSN order.
     pub applied_lsn: u64,
     /// Every record up to this one is written (its data and itself): a batch is answered
@@ -203,6 +211,10 @@ pub struct Store {
     reclaim: Mutex<Option<log::reclaim::Progress>>,
     /// Wakes the background cleaner from its pause early (new work: a snapshot deleted).
     cleaner_wake: (Mutex<bool>, Condvar),
+    /// The journal is past its threshold: the background checkpointer is to take one.
+    checkpoint_due: AtomicBool,
+    /// Set while a thread takes checkpoints in the background (the cleaner's).
+    background_checkpoints: AtomicBool,
     /// Set while a [`MarkWriter`] runs: flushes leave their marks to it. Its condvar goes
     /// with the journal lock (`mark_due`).
     async_marks: AtomicBool,
@@ -341,7 +353,7 @@ impl Store {
         let geo = loaded.superblock.geometry;
         if opts.read_only {
             loaded.stale_slot = None;
-            loaded.erase = None;
+            loaded.erase.clear();
         }
         // Before anything new is written: the other superblock copy made current again, and
         // the records recovery dropped erased, so no later recovery can mistake them.
@@ -351,12 +363,14 @@ impl Store {
             }
             log::persist::repair_superblock_copy(dev.as_ref(), &loaded.superblock, slot)?;
         }
-        if let Some(range) = loaded.erase {
-            log::tail::erase(dev.as_ref(), &geo, range)?;
+        if !loaded.erase.is_empty() {
+            log::tail::erase(dev.as_ref(), &geo, &loaded.erase)?;
         }
         // From the next checkpoint on (the first record written takes one) the journal holds
-        // flush marks and no dropped record past its end.
-        loaded.superblock.incompat |= log::superblock::INCOMPAT_FLUSH_MARKS;
+        // flush marks and no dropped record past its end, and is a ring (the checkpoint
+        // names its head).
+        loaded.superblock.incompat |=
+            log::superblock::INCOMPAT_FLUSH_MARKS | log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
         let writers = (0..opts.writers.max(1))
             .map(|_| Mutex::new(SegmentWriter::new(geo.seg_blocks)))
             .collect();
@@ -373,6 +387,8 @@ impl Store {
             snapshot_ops: Mutex::new(()),
             reclaim: Mutex::new(None),
             cleaner_wake: (Mutex::new(false), Condvar::new()),
+            checkpoint_due: AtomicBool::new(false),
+            background_checkpoints: AtomicBool::new(false),
             async_marks: AtomicBool::new(false),
             mark_cv: Condvar::new(),
             state: RwLock::new(loaded.state),
@@ -384,6 +400,9 @@ impl Store {
                 marked_lsn: loaded.cursor.next_lsn.saturating_sub(1),
                 mark_due: 0,
                 retiring: Vec::new(),
+                ring: loaded.ring,
+                freezing: false,
+                checkpointing: false,
                 cursor: loaded.cursor,
                 superblock: loaded.superblock,
                 meta_writer: SegmentWriter::new(geo.seg_blocks),
@@ -476,43 +495,26 @@ impl Store {
     /// caller that must not wait for queues that may never finish theirs (closing).
     pub fn checkpoint_if_quiet(&self) -> Result<bool> {
         let mut j = self.lock(&self.journal);
-        if j.in_flight > 0 {
+        if j.in_flight > 0 || j.freezing || j.checkpointing {
             return Ok(false);
         }
         self.checkpoint_locked(&mut j).map(|()| true)
-    }
-
-    /// Folds the journal into the maps on disk and truncates it.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.ensure_ok()?;
-        let mut j = self.quiet_journal();
-        self.checkpoint_locked(&mut j)
     }
 
     fn checkpoint_locked(&self, j: &mut JournalState) -> Result<()> {
         self.checkpoint_with(j, &mut DeviceIo(self.dev.as_ref()))
     }
 
-    /// A checkpoint whose node writes are issued by `io`; the caller holds a quiet journal.
+    /// A checkpoint whose node writes are issued by `io`, holding the journal throughout; the
+    /// caller holds a quiet journal ([`quiet_journal`](Self::quiet_journal): no checkpoint
+    /// running either).
     fn checkpoint_with(&self, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<()> {
         self.ensure_ok()?;
         let t0 = std::time::Instant::now();
         match log::persist::checkpoint(self, j, io) {
             Ok(written) => {
                 j.fresh_chain = false;
-                self.note_space_freed();
-                Counters::add(&self.stats.checkpoints, 1);
-                let us = Counters::add_since(&self.stats.checkpoint_us, t0);
-                Counters::max(&self.stats.checkpoint_max_us, us);
-                Counters::add(&self.stats.checkpoint_writes, written.writes);
-                Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
-                ::log::debug!(
-                    "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
-                    j.superblock.generation,
-                    written.bytes / BLOCK,
-                    t0.elapsed(),
-                    written.encoding
-                );
+                self.note_checkpoint(j, &written, t0.elapsed(), t0);
                 Ok(())
             }
             // Running out of metadata space is found before anything changes: not fatal.
@@ -546,7 +548,7 @@ impl Store {
             used_data_bytes: used * BLOCK,
             mapped_bytes: data.logical,
             journal_bytes: geo.journal_blocks() * BLOCK,
-            journal_used_bytes: j.cursor.pos * BLOCK,
+            journal_used_bytes: j.ring.used * BLOCK,
             checkpoint_generation: j.superblock.generation,
             next_lsn: j.cursor.next_lsn,
             snapshots: admin::snapshots::snapshot_infos(&st.maps),

@@ -27,6 +27,8 @@ pub struct Counters {
     pub segments_freed: AtomicU64,
     pub checkpoint_us: AtomicU64,
     pub checkpoint_max_us: AtomicU64,
+    pub checkpoint_waits: AtomicU64,
+    pub checkpoint_wait_us: AtomicU64,
     pub segment_waits: AtomicU64,
     pub segment_wait_us: AtomicU64,
     pub checksum_errors: AtomicU64,
@@ -76,6 +78,8 @@ impl Counters {
             segments_freed: g(&self.segments_freed),
             checkpoint_us: g(&self.checkpoint_us),
             checkpoint_max_us: g(&self.checkpoint_max_us),
+            checkpoint_waits: g(&self.checkpoint_waits),
+            checkpoint_wait_us: g(&self.checkpoint_wait_us),
             segment_waits: g(&self.segment_waits),
             segment_wait_us: g(&self.segment_wait_us),
             checksum_errors: g(&self.checksum_errors),
@@ -122,10 +126,15 @@ pub struct Stats {
     pub writer_cleaned: u64,
     /// Segments given back to the free list by checkpoints.
     pub segments_freed: u64,
-    /// Time checkpoints held the journal (no record is written meanwhile), in microseconds.
+    /// Time checkpoints held the journal (no record is reserved meanwhile), in microseconds:
+    /// while they freeze the maps (the writes that follow do not hold it).
     pub checkpoint_us: u64,
-    /// The longest checkpoint, in microseconds.
+    /// The longest such hold, in microseconds.
     pub checkpoint_max_us: u64,
+    /// Batches that waited for a checkpoint (one freezing, a full journal ring).
+    pub checkpoint_waits: u64,
+    /// Time those batches waited, in microseconds.
+    pub checkpoint_wait_us: u64,
     /// Guest batches that found no free segment and had to make room or wait.
     pub segment_waits: u64,
     /// Time those batches spent getting a segment (cleaning, checkpoints, waiting), in

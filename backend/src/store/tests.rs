@@ -8,6 +8,7 @@ mod crash;
 mod import_crash;
 mod in_flight;
 mod keep_ahead;
+mod live;
 mod model;
 mod packed;
 mod poison;

@@ -418,6 +418,8 @@ impl EngineAdmin for KeelEngine {
             checkpoints: s.checkpoints,
             checkpoint_us: s.checkpoint_us,
             checkpoint_max_us: s.checkpoint_max_us,
+            checkpoint_waits: s.checkpoint_waits,
+            checkpoint_wait_us: s.checkpoint_wait_us,
             segment_waits: s.segment_waits,
             segment_wait_us: s.segment_wait_us,
             write_amplification: s.write_amplification(),

@@ -207,7 +207,10 @@ impl Store {
             while j.applied_lsn + 1 < j.cursor.next_lsn && !self.poisoned() {
                 j = self.unpoison(self.journal_cv.wait(j));
             }
-            let full = j.cursor.pos >= threshold || j.cursor.pos + record_blocks > journal_blocks;
+            // Past this, placing the record cannot let the lock go (see `place_record`).
+            let full = j.freezing
+                || j.ring.place(j.cursor.pos, record_blocks).is_none()
+                || (j.ring.used >= threshold && !j.checkpointing);
             if j.fresh_chain || full {
                 drop(j);
                 self.checkpoint()?;

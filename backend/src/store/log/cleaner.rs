@@ -258,6 +258,8 @@ impl CleanerHandle {
         let thread = std::thread::Builder::new()
             .name("keel-cleaner".into())
             .spawn(move || run(&worker, &cfg, &flag))?;
+        // The journal's checkpoints are taken by this thread from now on.
+        store.set_background_checkpoints(true);
         Ok(Self {
             stop,
             store,
@@ -268,6 +270,7 @@ impl CleanerHandle {
 
 impl Drop for CleanerHandle {
     fn drop(&mut self) {
+        self.store.set_background_checkpoints(false);
         self.stop.store(true, Ordering::Release);
         self.store.wake_cleaner();
         if let Some(t) = self.thread.take() {
@@ -279,6 +282,14 @@ impl Drop for CleanerHandle {
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
     while !stop.load(Ordering::Acquire) {
+        // Batches go on meanwhile; only the freeze holds them.
+        if store.take_checkpoint_request() {
+            if let Err(e) = store.checkpoint() {
+                log::warn!("cleaner: checkpoint the journal asked for failed: {e}");
+                store.cleaner_nap(cfg.pause);
+            }
+            continue;
+        }
         store.watch_space();
         // Growing the file is far cheaper than moving mostly live segments.
         if store.grow_if_short(false) {

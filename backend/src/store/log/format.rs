@@ -154,7 +154,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     // recovery takes an intact record past the chain's end for damage, so none may remain.
     crate::store::log::tail::erase_all_records(dev, &geo)?;
     let generation = 1;
-    let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0)?;
+    let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0, None)?;
     persist::write_runs(dev, &mut crate::store::io::DeviceIo(dev), &prepared.runs)?;
     let sb = Superblock {
         version: FORMAT_VERSION,
@@ -179,6 +179,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         import_source_bytes: 0,
         import_source_id: 0,
         seal,
+        journal_head: 0,
     };
     // Both slots get it.
     persist::write_superblock(dev, &sb)?;

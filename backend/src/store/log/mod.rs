@@ -11,6 +11,8 @@ pub(super) mod cleaner;
 pub(super) mod flush;
 pub(super) mod format;
 pub mod journal;
+pub(super) mod journal_ring;
+pub(super) mod live_checkpoint;
 pub(super) mod pace;
 pub(super) mod persist;
 pub(super) mod prewrite;

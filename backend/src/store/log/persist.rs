@@ -8,6 +8,7 @@ use crate::store::io::BatchIo;
 use crate::store::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::checkpoint::{self, CheckpointRoot, SnapshotRecord};
+use crate::store::log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
 use crate::store::log::superblock::Superblock;
 use crate::store::map::btree::NodeId;
 use crate::store::map::sut::{SegKind, Sut};
@@ -77,12 +78,15 @@ struct Layout {
 
 /// Assigns disk blocks to every dirty node and encodes the usage table and the root: after
 /// this the in-memory state describes the new checkpoint; [`encode`] then encodes the nodes.
+/// `chain` is the crc the first record after the checkpoint chains to, when records go on
+/// from the chain as it is; `None` starts a new chain from a seed of the checkpoint's own.
 fn assign(
     st: &mut State,
     meta: &mut SegmentWriter,
     geo: &Geometry,
     generation: u64,
     lsn: u64,
+    chain: Option<u32>,
 ) -> Result<Layout> {
     let mut lba_dirty = Vec::new();
     let mut seen = HashSet::new();
@@ -131,8 +135,10 @@ fn assign(
     }
     let sut_crc = crc32c::crc32c(&table);
     let disk = |id| st.maps.lba.node(id).disk.unwrap_or(u64::MAX);
-    let chain_seed = crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
-        ^ crc32c::crc32c(&root_pba.to_le_bytes());
+    let chain_seed = chain.unwrap_or_else(|| {
+        crc32c::crc32c(&[generation.to_le_bytes(), lsn.to_le_bytes()].concat())
+            ^ crc32c::crc32c(&root_pba.to_le_bytes())
+    });
     let root = CheckpointRoot {
         running_reverted: st.maps.running_reverted,
         generation,
@@ -221,15 +227,16 @@ fn encode(st: &State, layout: Layout) -> Result<Prepared> {
 
 /// Assigns disk blocks to every dirty node and encodes the checkpoint, each block straight
 /// into its run's buffer. After this the in-memory state describes the new checkpoint; the
-/// caller writes it and flips the superblock.
+/// caller writes it and flips the superblock. `chain` as for [`assign`].
 pub fn prepare(
     st: &mut State,
     meta: &mut SegmentWriter,
     geo: &Geometry,
     generation: u64,
     lsn: u64,
+    chain: Option<u32>,
 ) -> Result<Prepared> {
-    let layout = assign(st, meta, geo, generation, lsn)?;
+    let layout = assign(st, meta, geo, generation, lsn, chain)?;
     encode(st, layout)
 }
 
@@ -271,55 +278,112 @@ pub fn repair_superblock_copy(dev: &dyn BlockDevice, sb: &Superblock, slot: u64)
     Ok(())
 }
 
-/// One checkpoint of an open store; the caller holds the journal lock.
-pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<Written> {
+/// A checkpoint frozen at one LSN: placed and encoded (the running maps go on changing, the
+/// encoded blocks do not), not yet written.
+pub struct Frozen {
+    pub(in crate::store) prepared: Prepared,
+    /// The superblock that makes it take effect.
+    superblock: Superblock,
+    /// Journal blocks it holds: the live part of the ring when it froze.
+    folded: u64,
+    /// Metadata segments writers filled before it froze: they close when it commits.
+    retired: Vec<u64>,
+    /// Segments emptied before it froze: free once it commits. Those emptied later stay
+    /// pending, records after the freeze point (which a recovery from it replays) may still
+    /// name their blocks.
+    releasable: Vec<u64>,
+    /// Time spent placing and encoding.
+    pub encoding: std::time::Duration,
+}
+
+/// Freezes the maps at the newest record (every reserved record must be applied: the caller
+/// waited for the journal to be quiet) and encodes the checkpoint. With `fresh`, the next
+/// record starts a new chain (nothing may be written until the checkpoint commits: the caller
+/// keeps the journal lock); otherwise records go on from the chain as it is, into the ring
+/// past the freeze point, while the checkpoint writes.
+pub fn freeze(store: &Store, j: &mut JournalState, fresh: bool) -> Result<Frozen> {
+    let started = std::time::Instant::now();
     let generation = j.superblock.generation + 1;
     let lsn = j.cursor.next_lsn - 1;
-    let t0 = std::time::Instant::now();
-    // No leaf written ahead is placed but unsettled while this checkpoint runs.
+    let chain = (!fresh).then_some(j.cursor.prev_crc);
+    // No leaf written ahead is placed but unsettled while this checkpoint freezes.
     let mut prewriter = store.lock(&store.prewriter);
-    let prepared = {
+    let (prepared, releasable) = {
         let mut st = store.write_lock(&store.state);
-        prepare(
+        let prepared = prepare(
             &mut st,
             &mut j.meta_writer,
             &j.superblock.geometry,
             generation,
             lsn,
-        )?
+            chain,
+        )?;
+        (prepared, st.sut.pending_segments())
     };
-    let encoding = t0.elapsed();
-    let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;
-    written.encoding = encoding;
+    let retired = (j.meta_writer.retired.drain(..))
+        .chain(prewriter.retired.drain(..))
+        .collect();
+    let mut incompat = j.superblock.incompat | INCOMPAT_CIRCULAR_JOURNAL;
     if prepared.root_blocks > 1 {
-        // In place: from this checkpoint on, a Keel that reads only one-block roots refuses
-        // the container instead of calling the root corrupt.
-        j.superblock.incompat |= crate::store::log::superblock::INCOMPAT_LONG_ROOT;
+        // From this checkpoint on, a Keel that reads only one-block roots refuses the
+        // container instead of calling the root corrupt.
+        incompat |= super::superblock::INCOMPAT_LONG_ROOT;
     }
-    let sb = Superblock {
+    let superblock = Superblock {
         generation,
         checkpoint_pba: prepared.root_pba,
+        incompat,
+        journal_head: j.cursor.pos % j.ring.blocks,
         ..j.superblock
     };
-    write_superblock(store.dev.as_ref(), &sb)?;
+    if fresh {
+        j.cursor.prev_crc = prepared.chain_seed;
+    }
+    let folded = j.ring.used;
+    j.cursor.records = 0;
+    Ok(Frozen {
+        prepared,
+        superblock,
+        folded,
+        retired,
+        releasable,
+        encoding: started.elapsed(),
+    })
+}
+
+/// Writes a frozen checkpoint's blocks and its superblock; needs no lock.
+pub fn write_frozen(store: &Store, f: &Frozen, io: &mut dyn BatchIo) -> Result<Written> {
+    let mut written = write_runs(store.dev.as_ref(), io, &f.prepared.runs)?;
+    written.encoding = f.encoding;
+    write_superblock(store.dev.as_ref(), &f.superblock)?;
     written.writes += 2;
     written.bytes += 2 * BLOCK;
-    j.superblock = sb;
-    j.cursor.pos = 0;
-    j.cursor.prev_crc = prepared.chain_seed;
-    j.cursor.records = 0;
-    // The new checkpoint is durable: segments emptied before it may be reused now, except
-    // those a read in flight still reads from (they wait for a later checkpoint).
+    Ok(written)
+}
+
+/// The frozen checkpoint is durable: the ring's head moves past what it holds, and the
+/// segments emptied before it froze may be reused, except those a read in flight still reads
+/// from (they wait for a later checkpoint). The caller holds the journal lock.
+pub fn commit(store: &Store, j: &mut JournalState, f: Frozen) {
+    j.superblock = f.superblock;
+    j.ring.fold(f.folded, f.superblock.journal_head);
     let mut st = store.write_lock(&store.state);
-    for seg in j
-        .meta_writer
-        .retired
-        .drain(..)
-        .chain(prewriter.retired.drain(..))
-    {
-        st.sut.close(seg);
+    for seg in &f.retired {
+        st.sut.close(*seg);
     }
-    let freed = st.sut.release_pending(&|seg| store.pins.is_pinned(seg));
+    let freed = st
+        .sut
+        .release_pending_of(f.releasable.iter().chain(&f.retired).copied(), &|seg| {
+            store.pins.is_pinned(seg)
+        });
     crate::store::stats::Counters::add(&store.stats.segments_freed, freed);
+}
+
+/// One checkpoint of an open store, start to end, with the journal lock held throughout (no
+/// record is written meanwhile); the next record starts a new chain.
+pub fn checkpoint(store: &Store, j: &mut JournalState, io: &mut dyn BatchIo) -> Result<Written> {
+    let frozen = freeze(store, j, true)?;
+    let written = write_frozen(store, &frozen, io)?;
+    commit(store, j, frozen);
     Ok(written)
 }

@@ -2,9 +2,9 @@
 //!
 //! A snapshot freezes the nodes the running point changed since the last checkpoint. They
 //! never change again (a write copies them), yet they stay dirty until the next checkpoint
-//! writes them, and a checkpoint holds new journal records back while it writes. With
-//! snapshots taken often, they are most of what a checkpoint writes (130 000 nodes, most of a
-//! second). The cleaner thread writes them instead, a chunk at a time while the guest goes
+//! writes them, and a checkpoint holds new journal records back while it places and encodes
+//! them (its freeze). With snapshots taken often, they are most of what a checkpoint writes
+//! (130 000 nodes, most of a second). The cleaner thread writes them instead, a chunk at a time while the guest goes
 //! on; the checkpoint then finds them clean and only names them from their parents.
 //!
 //! Only leaves are written here (an internal node needs its children's addresses first; they

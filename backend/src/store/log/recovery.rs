@@ -15,6 +15,8 @@ use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::checkpoint::CheckpointRoot;
 use crate::store::log::journal::{self, Entry, JournalCursor};
+use crate::store::log::journal_ring::{Ring, wrapped_place};
+use crate::store::log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
 use crate::store::log::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
 use crate::store::log::tail;
 use crate::store::map::btree::Forest;
@@ -69,12 +71,14 @@ pub(crate) struct Loaded {
     pub superblock: Superblock,
     pub state: State,
     pub cursor: JournalCursor,
+    /// The journal ring's live part: from the head through the replayed records.
+    pub ring: Ring,
     pub report: RecoveryReport,
     /// The superblock slot that does not hold the opened copy (damaged or one generation
     /// older), to rewrite before the container changes.
     pub stale_slot: Option<u64>,
     /// Journal blocks holding dropped records, to erase before new records are written.
-    pub erase: Option<(u64, u64)>,
+    pub erase: Vec<(u64, u64)>,
 }
 
 /// The superblock recovery opens and the state of the other copy.
@@ -225,14 +229,26 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         sut,
         ckpt_blocks,
     };
+    // A container from before the ring journal replays from block 0 and never wraps.
+    let circular = sb.incompat & INCOMPAT_CIRCULAR_JOURNAL != 0;
+    let head = if circular { sb.journal_head } else { 0 };
     let mut cursor = JournalCursor {
-        pos: 0,
+        pos: head,
         next_lsn: root.lsn + 1,
         prev_crc: root.chain_seed,
         records: 0,
     };
-    let stopped = replay(dev, &geo, &mut state, &mut cursor)?;
-    let found = tail::scan(dev, &geo, cursor.pos, cursor.next_lsn)?;
+    let mut ring = Ring::new(geo.journal_blocks(), head);
+    let stopped = replay(dev, &geo, &mut state, &mut cursor, &mut ring, circular)?;
+    // The rest of the region: in a ring, from the chain's end round to the head.
+    let rest = if circular && cursor.pos < head {
+        vec![(cursor.pos, head)]
+    } else if circular {
+        vec![(cursor.pos, geo.journal_blocks()), (0, head)]
+    } else {
+        vec![(cursor.pos, geo.journal_blocks())]
+    };
+    let found = tail::scan(dev, &geo, &rest, cursor.next_lsn)?;
     let end = tail::ChainEnd {
         pos: cursor.pos,
         next_lsn: cursor.next_lsn,
@@ -271,7 +287,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         superblock_generation: sb.generation,
         other_superblock: picked.other_problem,
         records_replayed: cursor.records,
-        journal_blocks_replayed: cursor.pos,
+        journal_blocks_replayed: ring.used,
         stopped_because: stopped,
         discarded_records: found.len() as u64,
         rewound: damage,
@@ -281,9 +297,10 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         superblock: sb,
         state,
         cursor,
+        ring,
         report,
         stale_slot: picked.stale_slot,
-        erase: tail::erase_range(&found, end.pos),
+        erase: tail::erase_ranges(&found),
     })
 }
 
@@ -310,41 +327,33 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
     Sut::decode(*geo, &b)
 }
 
-/// Replays records from the journal start; returns why it stopped.
+/// Replays records from the ring's head; returns why it stopped. With `circular`, a record
+/// that did not fit before the region's end is looked for at block 0.
 fn replay(
     dev: &dyn BlockDevice,
     geo: &Geometry,
     st: &mut State,
     cur: &mut JournalCursor,
+    ring: &mut Ring,
+    circular: bool,
 ) -> Result<String> {
     let jblocks = geo.journal_blocks();
     loop {
-        if cur.pos >= jblocks {
-            return Ok("end of the journal region".into());
-        }
-        let pba = geo.journal_start() + cur.pos;
-        let first = read_block(dev, pba)?;
-        let Some(h) = journal::decode_header(&first) else {
-            return Ok(format!("no record header at journal block {}", cur.pos));
+        let (at, h) = match next_header(dev, geo, cur, circular)? {
+            Next::Found(at, h) => (at, h),
+            Next::Stop(why) => return Ok(why),
         };
-        if h.lsn < cur.next_lsn {
+        let Some((_, added)) = ring.place(cur.pos, h.len_blocks as u64) else {
             return Ok(format!(
-                "end of the journal (block {} holds an older record, lsn {})",
-                cur.pos, h.lsn
+                "record at journal block {at} would run into the head of the ring"
+            ));
+        };
+        if at + h.len_blocks as u64 > jblocks {
+            return Ok(format!(
+                "record at journal block {at} runs past the journal"
             ));
         }
-        if h.lsn != cur.next_lsn || h.prev_crc != cur.prev_crc {
-            return Ok(format!(
-                "record at journal block {} does not continue the chain (lsn {})",
-                cur.pos, h.lsn
-            ));
-        }
-        if cur.pos + h.len_blocks as u64 > jblocks {
-            return Ok(format!(
-                "record at journal block {} runs past the journal",
-                cur.pos
-            ));
-        }
+        let pba = geo.journal_start() + at;
         let mut rec = AlignedBuf::blocks(h.len_blocks as usize);
         dev.read_at(&mut rec, pba * BLOCK)?;
         let Some((_, entries, crc)) = journal::decode(pba, &rec) else {
@@ -355,11 +364,58 @@ fn replay(
         }
         let State { maps, sut, .. } = st;
         super::apply::apply(maps, &entries, sut);
-        cur.pos += h.len_blocks as u64;
+        cur.pos = at + h.len_blocks as u64;
+        ring.used += added;
         cur.next_lsn += 1;
         cur.prev_crc = crc;
         cur.records += 1;
     }
+}
+
+/// The next record's place and header, or why the chain ends there.
+enum Next {
+    Found(u64, journal::Header),
+    Stop(String),
+}
+
+/// Reads the header that continues the chain at `cur.pos` or, in a ring, at block 0 when
+/// the record found there could not have fit before the region's end.
+fn next_header(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    cur: &JournalCursor,
+    circular: bool,
+) -> Result<Next> {
+    let jblocks = geo.journal_blocks();
+    let continues = |h: &journal::Header| h.lsn == cur.next_lsn && h.prev_crc == cur.prev_crc;
+    let here = if cur.pos < jblocks {
+        journal::decode_header(&read_block(dev, geo.journal_start() + cur.pos)?)
+    } else {
+        None
+    };
+    if let Some(h) = here.filter(continues) {
+        return Ok(Next::Found(cur.pos, h));
+    }
+    if circular && cur.pos != 0 {
+        let first = journal::decode_header(&read_block(dev, geo.journal_start())?);
+        if let Some(h) = first
+            .filter(|h| continues(h) && wrapped_place(jblocks, cur.pos, h.len_blocks as u64) == 0)
+        {
+            return Ok(Next::Found(0, h));
+        }
+    }
+    Ok(Next::Stop(match here {
+        _ if cur.pos >= jblocks => "end of the journal region".into(),
+        None => format!("no record header at journal block {}", cur.pos),
+        Some(h) if h.lsn < cur.next_lsn => format!(
+            "end of the journal (block {} holds an older record, lsn {})",
+            cur.pos, h.lsn
+        ),
+        Some(h) => format!(
+            "record at journal block {} does not continue the chain (lsn {})",
+            cur.pos, h.lsn
+        ),
+    }))
 }
 
 /// Longest run of data blocks read at once when checking a record (1 MiB).

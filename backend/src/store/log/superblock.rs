@@ -49,8 +49,14 @@ pub const INCOMPAT_COMPRESSED: u64 = 1 << 7;
 /// may hold StageMap, StageUnmap and Adopt entries, tags 8 to 10). A Keel without it would take
 /// the staging record for a snapshot and such records for torn ones.
 pub const INCOMPAT_STAGING: u64 = 1 << 8;
+/// Incompatible feature: the journal region is a ring. Replay starts at `journal_head`, not at
+/// block 0, and wraps to block 0 when the next record did not fit before the region's end;
+/// the chain of records runs on across checkpoints (a checkpoint no longer restarts it). A
+/// Keel without it would replay from block 0 and miss or misread the records.
+pub const INCOMPAT_CIRCULAR_JOURNAL: u64 = 1 << 9;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_CIRCULAR_JOURNAL
     | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
     | INCOMPAT_JOURNAL_DELETES
@@ -71,6 +77,9 @@ pub const COMPAT_IMPORTED: u64 = 1 << 0;
 /// Compatible feature: with `INCOMPAT_IMPORTING`, `import_source_id` identifies the source the
 /// import began with (a Keel without it resumes without checking it).
 pub const COMPAT_IMPORT_SOURCE_ID: u64 = 1 << 1;
+
+/// Byte offset of `journal_head`.
+const JOURNAL_HEAD_OFFSET: usize = 240;
 
 /// Byte offset of `import_source_id`, the last 8 bytes before the CRC.
 const SOURCE_ID_OFFSET: usize = 248;
@@ -100,6 +109,9 @@ pub struct Superblock {
     pub import_source_id: u64,
     /// The cipher and key check (with [`INCOMPAT_ENCRYPTED`]); zero otherwise.
     pub seal: SealFields,
+    /// With [`INCOMPAT_CIRCULAR_JOURNAL`]: the journal block (offset inside the region) where
+    /// replay starts, the place of the first record the checkpoint does not hold; 0 otherwise.
+    pub journal_head: u64,
 }
 
 impl Superblock {
@@ -130,7 +142,8 @@ impl Superblock {
             .u32(self.seal.compression)
             .bytes(&self.seal.salt)
             .bytes(&self.seal.key_check);
-        debug_assert!(p.ok() && p.pos() <= SOURCE_ID_OFFSET);
+        debug_assert!(p.ok() && p.pos() <= JOURNAL_HEAD_OFFSET);
+        Put::at(&mut b, JOURNAL_HEAD_OFFSET).u64(self.journal_head);
         Put::at(&mut b, SOURCE_ID_OFFSET).u64(self.import_source_id);
         let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
         Put::at(&mut b, CRC_OFFSET).u32(crc);
@@ -179,6 +192,8 @@ impl Superblock {
         seal.key_check
             .copy_from_slice(g.bytes(32).ok_or_else(short)?);
         let import_source_id = Get::at(b, SOURCE_ID_OFFSET).u64().ok_or_else(short)?;
+        // Reserved (zero) in containers from before the ring journal.
+        let journal_head = Get::at(b, JOURNAL_HEAD_OFFSET).u64().ok_or_else(short)?;
         if version > FORMAT_VERSION {
             return Err(StoreError::Unsupported(format!(
                 "format version {version} is newer than this Keel ({FORMAT_VERSION})"
@@ -209,7 +224,8 @@ impl Superblock {
                 .checked_mul(geometry.seg_blocks)
                 .and_then(|b| b.checked_mul(crate::store::layout::BLOCK))
                 .is_some_and(|bytes| bytes <= dev_len)
-            && geometry.is_data_block(checkpoint_pba);
+            && geometry.is_data_block(checkpoint_pba)
+            && journal_head < geometry.journal_blocks();
         if !sane {
             return Err(bad("geometry does not fit the device"));
         }
@@ -225,6 +241,7 @@ impl Superblock {
             import_source_bytes,
             import_source_id,
             seal,
+            journal_head,
         })
     }
 }
@@ -251,6 +268,7 @@ mod tests {
             import_source_bytes: 0,
             import_source_id: 0,
             seal: SealFields::default(),
+            journal_head: 0,
         }
     }
 
@@ -272,6 +290,20 @@ mod tests {
             0x1234_5678_9abc_u64.to_le_bytes()
         );
         assert_eq!(Superblock::decode(&b, 40 * 256 * 4096).unwrap(), s);
+        let s = Superblock {
+            incompat: INCOMPAT_CIRCULAR_JOURNAL,
+            journal_head: 2 * 256 - 1,
+            ..sample()
+        };
+        assert_eq!(Superblock::decode(&s.encode(), 40 * 256 * 4096).unwrap(), s);
+        let past = Superblock {
+            journal_head: 2 * 256,
+            ..s
+        };
+        assert!(
+            Superblock::decode(&past.encode(), 40 * 256 * 4096).is_err(),
+            "a head past the journal region"
+        );
     }
 
     #[test]

@@ -35,11 +35,38 @@ pub struct Found {
 /// Journal blocks read at a time while scanning.
 const SCAN_BLOCKS: u64 = 256;
 
-/// Every intact record in journal blocks `[from, end)` whose LSN is `next_lsn` or later.
-pub fn scan(dev: &dyn BlockDevice, geo: &Geometry, from: u64, next_lsn: u64) -> Result<Vec<Found>> {
-    let end = geo.journal_blocks();
-    let base = geo.journal_start();
+/// Every intact record in the journal block ranges `ranges` (`[from, to)` each) whose LSN is
+/// `next_lsn` or later.
+pub fn scan(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    ranges: &[(u64, u64)],
+    next_lsn: u64,
+) -> Result<Vec<Found>> {
     let mut found = Vec::new();
+    for &(from, to) in ranges {
+        scan_range(
+            dev,
+            geo,
+            from,
+            to.min(geo.journal_blocks()),
+            next_lsn,
+            &mut found,
+        )?;
+    }
+    Ok(found)
+}
+
+/// [`scan`] of one range `[from, end)`.
+fn scan_range(
+    dev: &dyn BlockDevice,
+    geo: &Geometry,
+    from: u64,
+    end: u64,
+    next_lsn: u64,
+    found: &mut Vec<Found>,
+) -> Result<()> {
+    let base = geo.journal_start();
     let mut chunk = AlignedBuf::blocks(SCAN_BLOCKS as usize);
     let mut pos = from;
     while pos < end {
@@ -85,7 +112,7 @@ pub fn scan(dev: &dyn BlockDevice, geo: &Geometry, from: u64, next_lsn: u64) -> 
             }
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Where the chain ended: the place and the LSN and chain crc the next record needed.
@@ -127,9 +154,8 @@ pub fn damage(found: &[Found], end: ChainEnd) -> Option<String> {
 }
 
 /// The journal blocks `[from, to)` the found records take, to erase before new records.
-pub fn erase_range(found: &[Found], from: u64) -> Option<(u64, u64)> {
-    let to = found.iter().map(|f| f.pos + f.blocks).max()?;
-    Some((from, to))
+pub fn erase_ranges(found: &[Found]) -> Vec<(u64, u64)> {
+    found.iter().map(|f| (f.pos, f.pos + f.blocks)).collect()
 }
 
 /// Writes zeroes over every block of the journal that starts with a record's magic, and
@@ -158,17 +184,19 @@ pub fn erase_all_records(dev: &dyn BlockDevice, geo: &Geometry) -> Result<()> {
     Ok(())
 }
 
-/// Writes zeroes over journal blocks `[from, to)` and flushes.
-pub fn erase(dev: &dyn BlockDevice, geo: &Geometry, (from, to): (u64, u64)) -> Result<()> {
+/// Writes zeroes over journal blocks `[from, to)` of every range, and flushes.
+pub fn erase(dev: &dyn BlockDevice, geo: &Geometry, ranges: &[(u64, u64)]) -> Result<()> {
     let zero = AlignedBuf::blocks(SCAN_BLOCKS as usize);
-    let mut pos = from;
-    while pos < to {
-        let n = SCAN_BLOCKS.min(to - pos);
-        dev.write_at(
-            &zero[..(n * BLOCK) as usize],
-            (geo.journal_start() + pos) * BLOCK,
-        )?;
-        pos += n;
+    for &(from, to) in ranges {
+        let mut pos = from;
+        while pos < to {
+            let n = SCAN_BLOCKS.min(to - pos);
+            dev.write_at(
+                &zero[..(n * BLOCK) as usize],
+                (geo.journal_start() + pos) * BLOCK,
+            )?;
+            pos += n;
+        }
     }
     dev.flush()?;
     Ok(())
@@ -199,9 +227,9 @@ mod tests {
         // 40 torn, 41 and 42 landed; the newest flush covered 39 at most.
         let f = [found(11, 41, None), found(12, 42, Some(39))];
         assert_eq!(damage(&f, END), None);
-        assert_eq!(erase_range(&f, 10), Some((10, 13)));
+        assert_eq!(erase_ranges(&f), vec![(11, 12), (12, 13)]);
         assert_eq!(damage(&[], END), None);
-        assert_eq!(erase_range(&[], 10), None);
+        assert!(erase_ranges(&[]).is_empty());
     }
 
     #[test]

@@ -465,8 +465,8 @@ impl Store {
         });
     }
 
-    /// Places and encodes the next record, checkpointing first when the journal is past its
-    /// threshold or too full for it.
+    /// Places and encodes the next record in the journal ring (see `live_checkpoint` for
+    /// the checkpoints a full-enough ring asks for).
     fn reserve<'a>(
         &'a self,
         mut j: MutexGuard<'a, JournalState>,
@@ -483,23 +483,19 @@ impl Store {
         }
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
         if j.fresh_chain {
-            j = self.wait_quiet(j);
+            j = self.wait_idle(j);
             if j.fresh_chain {
                 self.checkpoint_with(&mut j, io)?;
             }
         }
-        while j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {
-            j = self.wait_quiet(j);
-            if j.cursor.pos >= threshold || j.cursor.pos + blocks > journal_blocks {
-                self.checkpoint_with(&mut j, io)?;
-            }
-        }
-        let pba = self.geo.journal_start() + j.cursor.pos;
+        let (mut j, (at, added)) = self.place_record(j, blocks, threshold)?;
+        let pba = self.geo.journal_start() + at;
         let lsn = j.cursor.next_lsn;
         let mut record = AlignedBuf::blocks(blocks as usize);
         let crc = journal::encode(pba, lsn, j.cursor.prev_crc, entries, &mut record)
             .ok_or_else(|| StoreError::Invalid("journal record does not encode".into()))?;
-        j.cursor.pos += blocks;
+        j.cursor.pos = at + blocks;
+        j.ring.used += added;
         j.cursor.next_lsn += 1;
         j.cursor.prev_crc = crc;
         j.cursor.records += 1;
@@ -517,11 +513,6 @@ impl Store {
             j = self.unpoison(self.journal_cv.wait(j));
         }
         j
-    }
-
-    /// The journal lock with no record in flight: what a checkpoint needs.
-    pub(in crate::store) fn quiet_journal(&self) -> MutexGuard<'_, JournalState> {
-        self.wait_quiet(self.lock(&self.journal))
     }
 
     /// Applies record `lsn` to the maps once every earlier one is applied (its writes may

@@ -181,8 +181,36 @@ impl Sut {
         }
     }
 
+    /// Segments waiting for a checkpoint, in order.
+    pub fn pending_segments(&self) -> Vec<u64> {
+        self.pending.iter().copied().collect()
+    }
+
+    /// A checkpoint that froze when `segs` were pending committed: those still pending are
+    /// free now, but for those `pinned` says a read still uses, which stay pending.
+    pub fn release_pending_of(
+        &mut self,
+        segs: impl Iterator<Item = u64>,
+        pinned: &dyn Fn(u64) -> bool,
+    ) -> u64 {
+        let mut n = 0;
+        for seg in segs {
+            if pinned(seg) || !self.pending.contains(&seg) {
+                continue;
+            }
+            if self.live(seg) == 0 && !self.open.contains(&seg) {
+                self.pending.remove(&seg);
+                self.kind[seg as usize] = SegKind::Free;
+                self.free.push_back(seg);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The checkpoint committed: pending segments are free now, but for those `pinned`
     /// says a read still uses, which stay pending.
+    #[cfg(test)]
     pub fn release_pending(&mut self, pinned: &dyn Fn(u64) -> bool) -> u64 {
         let mut n = 0;
         for seg in std::mem::take(&mut self.pending) {

@@ -121,6 +121,73 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
+/// The same race with checkpoints running all along: each freezes the maps between two
+/// records and writes while the writers go on into the journal ring past it. Recovery from a
+/// copy taken at any point of that (the newest committed checkpoint, then the records after its
+/// freeze point) rebuilds the same disk.
+#[test]
+fn writers_racing_with_checkpoints_agree_with_recovery() {
+    let (dev, store) = new_store(&small_opts());
+    let store = Arc::new(store);
+    let writers = 3;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpointer = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                store.checkpoint().unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for phase in 0..10u64 {
+        let start = Arc::new(Barrier::new(writers));
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let seed = phase * 16 + w as u64;
+                    let mut rng = SplitMix::new(0xbeef + seed);
+                    let mut io = ShuffledIo {
+                        dev: store.device(),
+                        rng: SplitMix::new(11 + seed),
+                    };
+                    start.wait();
+                    for round in 0..20u64 {
+                        let blk = rng.below(6);
+                        let data = vec![(w as u8) << 6 | (round % 64) as u8; 3 * 4096];
+                        let ops = [Op::Write {
+                            offset: blk * 4096,
+                            data: &data,
+                        }];
+                        store.write_batch_with(w, &ops, &mut io).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let before = image(&store);
+        // Every write is done: a copy of the device now holds whatever a checkpoint running
+        // meanwhile has written so far, and every record.
+        let copy = Arc::new(crate::testing::FaultyDevice::from_image(dev.contents()));
+        let recovered = Store::open(copy, crate::store::tests::store_opts()).unwrap();
+        assert!(
+            image(&recovered) == before,
+            "phase {phase}: recovery rebuilt another disk ({:?})",
+            recovered.recovery_report()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let checkpoints = checkpointer.join().unwrap();
+    assert!(checkpoints > 10, "{checkpoints} checkpoints ran");
+    let report = store.fsck();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
 /// A snapshot taken while writers run flat out holds every write that completed before the
 /// create was asked for, and none that started after it answered: each block reads as a version
 /// between the last one finished before the call and the last one begun before the answer.

@@ -11,7 +11,7 @@
 //! `KEEL_CRASH_SEED=<n>` replays one run; `KEEL_CRASH_POINTS=<n>` sets how many runs;
 //! `KEEL_CRASH_TRACE=1` prints each step and fscks the live store before it.
 
-use super::small_opts;
+use super::{live, small_opts};
 use crate::store::{Op, Store, StoreOptions};
 use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::sync::Arc;
@@ -164,7 +164,7 @@ fn run(seed: u64) -> Result<u64, String> {
         }
         let steps = 1 + rng.below(40);
         for step in 0..steps {
-            let pick = rng.below(24);
+            let pick = rng.below(26);
             if trace {
                 // The first step after which the live store already fails fsck names the culprit.
                 eprintln!(
@@ -259,6 +259,48 @@ fn run(seed: u64) -> Result<u64, String> {
                 // checkpoint names them.
                 22 => {
                     if store.prewrite_frozen().is_err() {
+                        break;
+                    }
+                }
+                // A checkpoint frozen while batches (and flushes) go on into the journal past
+                // its freeze point, then cut short at a random stage: the crash that follows
+                // hits it mid-way unless it committed.
+                24 => {
+                    let Ok(frozen) = live::freeze(&store) else {
+                        break;
+                    };
+                    let mut failed = false;
+                    for after in 0..rng.below(8) {
+                        // Room without a checkpoint: one would wait for this one.
+                        if !live::room_for_a_batch(&store) {
+                            break;
+                        }
+                        if rng.chance(1, 4) {
+                            if store.flush().is_err() {
+                                failed = true;
+                                break;
+                            }
+                            allowed = vec![hashes.clone()];
+                            continue;
+                        }
+                        let tag = seed ^ (cycle << 40) ^ (step << 20) ^ (after << 8);
+                        let reqs = random_batch(&mut rng, &mut model, tag);
+                        let res = store.write_batch(rng.below(3) as usize, &as_ops(&reqs));
+                        update_hashes(&mut hashes, &model, &reqs);
+                        allowed.push(hashes.clone());
+                        if res.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    let stage = live::STAGES[rng.below(4) as usize];
+                    if trace {
+                        eprintln!("  live checkpoint cut at {stage:?}");
+                    }
+                    if failed || live::finish(&store, frozen, stage).is_err() {
+                        break;
+                    }
+                    if stage != live::Stage::Committed {
                         break;
                     }
                 }

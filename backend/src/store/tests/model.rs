@@ -26,6 +26,9 @@ enum Step {
     Reclaim,
     /// Snapshot trees' dirty leaves written ahead of the checkpoint.
     Prewrite,
+    /// A checkpoint frozen while these batches commit past its freeze point, then taken to
+    /// a stage (`live::STAGES`): short of committed, a flush and a crash follow.
+    Live(Vec<Vec<Req>>, usize),
 }
 
 const SECTORS: u64 = (1 << 20) / 512;
@@ -51,7 +54,59 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..4).prop_map(Step::Revert),
         2 => Just(Step::Reclaim),
         2 => Just(Step::Prewrite),
+        3 => (proptest::collection::vec(proptest::collection::vec(req(), 1..4), 0..5), 0usize..4)
+            .prop_map(|(b, stage)| Step::Live(b, stage)),
     ]
+}
+
+/// The data and the ops of a batch.
+fn datas_of(reqs: &[Req]) -> Vec<Vec<u8>> {
+    reqs.iter()
+        .map(|r| match r {
+            Req::Write {
+                sector,
+                sectors,
+                fill,
+            } => pattern(*sector, *sectors, *fill),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn ops_of<'a>(reqs: &[Req], datas: &'a [Vec<u8>]) -> Vec<Op<'a>> {
+    reqs.iter()
+        .zip(datas)
+        .map(|(r, d)| match *r {
+            Req::Write { sector, .. } => Op::Write {
+                offset: sector * 512,
+                data: d,
+            },
+            Req::Discard { sector, sectors } => Op::Discard {
+                offset: sector * 512,
+                len: sectors * 512,
+            },
+            Req::Zeroes { sector, sectors } => Op::WriteZeroes {
+                offset: sector * 512,
+                len: sectors * 512,
+            },
+        })
+        .collect()
+}
+
+/// What a committed batch does to the model.
+fn apply_to_model(model: &mut [u8], reqs: &[Req], datas: &[Vec<u8>]) {
+    for (r, d) in reqs.iter().zip(datas) {
+        match *r {
+            Req::Write { sector, .. } => {
+                let o = (sector * 512) as usize;
+                model[o..o + d.len()].copy_from_slice(d);
+            }
+            Req::Discard { sector, sectors } | Req::Zeroes { sector, sectors } => {
+                let o = (sector * 512) as usize;
+                model[o..o + (sectors * 512) as usize].fill(0);
+            }
+        }
+    }
 }
 
 /// Data for a write: the fill byte mixed with the sector number, so misplaced sectors show.
@@ -173,6 +228,30 @@ proptest! {
                 }
                 Step::Prewrite => {
                     store.prewrite_frozen().unwrap();
+                }
+                Step::Live(batches, stage) => {
+                    let frozen = super::live::freeze(&store).unwrap();
+                    for reqs in &batches {
+                        // Room for the batch without a checkpoint: one would wait for this one.
+                        if !super::live::room_for_a_batch(&store) {
+                            break;
+                        }
+                        let datas = datas_of(reqs);
+                        match store.write_batch(0, &ops_of(reqs, &datas)) {
+                            Ok(()) => apply_to_model(&mut model, reqs, &datas),
+                            Err(crate::store::StoreError::NoSpace) if !snaps.is_empty() => {}
+                            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                        }
+                    }
+                    let stage = super::live::STAGES[stage];
+                    store.flush().unwrap();
+                    super::live::finish(&store, frozen, stage).unwrap();
+                    if stage != super::live::Stage::Committed {
+                        // Cut short by a crash: everything was flushed, so all of it stays.
+                        drop(store);
+                        dev.crash(crate::testing::CrashMode::DropAll);
+                        store = Store::open(dev.clone(), crate::store::tests::store_opts()).unwrap();
+                    }
                 }
             }
             check(&store, &model)?;
