@@ -18,7 +18,7 @@ pub const MAX_SECTORS: u8 = 6;
 /// After this many blocks in a row that did not shrink, only one block in [`PROBE_EVERY`]
 /// is tried: data that does not compress costs (almost) no compression attempts.
 const GIVE_UP_AFTER: u32 = 32;
-const PROBE_EVERY: u32 = 16;
+pub(super) const PROBE_EVERY: u32 = 64;
 
 /// One physical block of a batch.
 #[derive(Debug)]

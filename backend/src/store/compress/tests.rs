@@ -1,4 +1,4 @@
-use super::pack::{MAX_SECTORS, Misses, Packed, Physical};
+use super::pack::{MAX_SECTORS, Misses, PROBE_EVERY, Packed, Physical};
 use super::place::{self, SECTORS, Slot};
 use super::*;
 
@@ -123,7 +123,7 @@ fn uncompressible_streams_stop_being_tried() {
         Physical::Packed { .. }
     ) {
         tries += 1;
-        assert!(tries < 64, "a probe comes");
+        assert!(tries <= PROBE_EVERY, "a probe comes");
     }
     assert!((0..PROBE_CHECK).all(|_| misses.worth_trying()));
 }
