@@ -1,14 +1,17 @@
 //! Compression, end to end: compressible data written through keeld (keel-client as the
 //! guest, default config, O_DIRECT) takes less room in the container than it maps, survives
 //! kill -9 once flushed, and on a compressed and encrypted disk appears nowhere in the file;
-//! a change of compression on an existing container is refused with the way to do it.
+//! a change of compression on an existing container is refused with the way to do it, and a
+//! disk without the key serves its container as it was made.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use keel_client::{Disk, DiskOptions, Queue};
-use keel_tests::keeld::{LoggedKeeld, keel_binary, run_expecting_failure, wait_for_socket};
+use keel_tests::keeld::{
+    InProcess, LoggedKeeld, keel_binary, run_expecting_failure, wait_for_socket,
+};
 
 const MIB: usize = 1 << 20;
 /// What the guest writes: text that would stand out in the container file.
@@ -178,12 +181,15 @@ fn a_change_of_compression_is_refused_with_the_way_to_do_it() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = keel(d, &["info", "p.keel"]);
     assert!(code == 0 && out.contains("lz4"), "{out}");
-    for setting in ["compression = \"zstd\"\n", ""] {
-        let table = format!(
+    let table = |setting: &str| {
+        format!(
             "[[disk]]\nname = \"p\"\nsocket = \"p.sock\"\nengine = \"keel\"\n\
-             path = \"p.keel\"\n{setting}"
-        );
-        std::fs::write(d.join("p.toml"), table).unwrap();
+             path = \"{}\"\n{setting}",
+            d.join("p.keel").display()
+        )
+    };
+    for setting in ["compression = \"zstd\"\n", "compression = \"none\"\n"] {
+        std::fs::write(d.join("p.toml"), table(setting)).unwrap();
         let (code, stderr) = run_expecting_failure(&d.join("p.toml"));
         assert_ne!(code, Some(0));
         assert!(
@@ -191,6 +197,19 @@ fn a_change_of_compression_is_refused_with_the_way_to_do_it() {
             "{stderr}"
         );
     }
+    // Without the key the container is served as it was made, and stays lz4.
+    let keeld = InProcess::start(&table(""));
+    let data = text(64 * 1024);
+    {
+        let mut disk = Disk::connect(keeld.socket("p"), &DiskOptions::default()).unwrap();
+        let mut q = disk.take_queue(0).unwrap();
+        q.write_slice(0, &data).unwrap();
+        q.flush().unwrap();
+        assert!(q.read_vec(0, data.len()).unwrap() == data);
+    }
+    drop(keeld.stop());
+    let (code, out) = keel(d, &["info", "p.keel"]);
+    assert!(code == 0 && out.contains("lz4"), "{out}");
     let (code, out) = keel(
         d,
         &["create", "--compression", "gzip", "--size", "16M", "q.keel"],

@@ -3,17 +3,44 @@
 use super::{Checker, ConfigError, EngineKind, RawDisk};
 use crate::store::compress::Codec;
 
+/// What a disk's `compression` key asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// No key: a new container is not compressed; an existing one is served as it was made.
+    #[default]
+    Unset,
+    /// The key names a codec (`None`: "none"): a new container gets it, and an existing one
+    /// made with another is refused (its compression cannot change in place).
+    Set(Option<Codec>),
+}
+
+impl Compression {
+    /// The codec a container created for this disk gets.
+    pub fn for_new(self) -> Option<Codec> {
+        match self {
+            Self::Unset => None,
+            Self::Set(codec) => codec,
+        }
+    }
+
+    /// Whether a container compressed with `has` contradicts the key.
+    pub fn contradicts(self, has: Option<Codec>) -> bool {
+        matches!(self, Self::Set(want) if want != has)
+    }
+}
+
 impl Checker<'_> {
-    /// `compression`: "none" (the default), "lz4" or "zstd", keel disks only. An existing
-    /// container with another setting is refused when the disk starts.
+    /// `compression`: "none", "lz4" or "zstd", keel disks only. An existing container made
+    /// with another codec than the one named is refused when the disk starts; without the key
+    /// it is served as it was made.
     pub(super) fn check_compression(
         &self,
         raw: &RawDisk,
         engine: EngineKind,
         disk_span: std::ops::Range<usize>,
-    ) -> Result<Option<Codec>, ConfigError> {
+    ) -> Result<Compression, ConfigError> {
         let Some(c) = &raw.compression else {
-            return Ok(None);
+            return Ok(Compression::Unset);
         };
         let codec = Codec::parse(c.get_ref()).map_err(|m| self.err(c.span(), "compression", m))?;
         if codec.is_some() && engine != EngineKind::Keel {
@@ -23,6 +50,6 @@ impl Checker<'_> {
                 "only keel disks are compressed (engine = \"keel\")".into(),
             ));
         }
-        Ok(codec)
+        Ok(Compression::Set(codec))
     }
 }

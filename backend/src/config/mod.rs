@@ -4,6 +4,7 @@
 //! the key and the line, so an operator never runs a half-configured daemon. See docs/config.md.
 
 mod compression;
+pub use compression::Compression;
 mod encryption;
 mod handover;
 mod import;
@@ -145,8 +146,9 @@ pub struct DiskConfig {
     /// `encryption` and `key_file`: the disk's container is encrypted (made so when it is
     /// created) with the key read from here.
     pub key_file: Option<crate::store::seal::KeySource>,
-    /// `compression`: the codec the disk's container compresses with (`None`: "none").
-    pub compression: Option<crate::store::compress::Codec>,
+    /// `compression`: the codec a new container compresses with, and the one an existing
+    /// container must have when the key is set.
+    pub compression: Compression,
 }
 
 /// A whole, checked config file.

@@ -646,6 +646,7 @@ fn encryption_keys_are_checked() {
 
 #[test]
 fn compression_is_checked() {
+    use crate::config::Compression;
     use crate::store::compress::Codec;
     for (value, want) in [
         ("none", None),
@@ -653,10 +654,10 @@ fn compression_is_checked() {
         ("zstd", Some(Codec::Zstd)),
     ] {
         let (_dir, r) = parse(&format!("{KEEL_DISK}compression = \"{value}\"\n"));
-        assert_eq!(r.unwrap().disks[0].compression, want);
+        assert_eq!(r.unwrap().disks[0].compression, Compression::Set(want));
     }
     let (_dir, r) = parse(KEEL_DISK);
-    assert_eq!(r.unwrap().disks[0].compression, None);
+    assert_eq!(r.unwrap().disks[0].compression, Compression::Unset);
     let (_dir, r) = parse(&format!("{KEEL_DISK}compression = \"gzip\"\n"));
     let m = assert_invalid(r, "compression", 7);
     assert!(m.contains("gzip") && m.contains("zstd"), "{m}");

@@ -532,7 +532,7 @@ mod tests {
             rbd: None,
             handover: false,
             key_file: None,
-            compression: None,
+            compression: Default::default(),
         }
     }
 

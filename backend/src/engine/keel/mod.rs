@@ -14,7 +14,7 @@ use super::{
     AdminError, ByteRange, Capabilities, Engine, EngineAdmin, EngineCounters, EngineError, Extent,
     MirrorCommand, QueueEngine, mirrored,
 };
-use crate::config::DiskConfig;
+use crate::config::{Compression, DiskConfig};
 use crate::device::BlockDevice;
 use crate::device::mirror::MirrorDevice;
 use crate::store::compress::Codec;
@@ -86,7 +86,7 @@ impl KeelEngine {
                     .ok_or_else(|| setup(&path, "no size to create it with"))?;
                 let create = CreateOptions {
                     encryption: opts.key.clone(),
-                    compression: disk.compression,
+                    compression: disk.compression.for_new(),
                     ..crate::config::create_options(size, disk.space.spare)
                 };
                 Store::create_path(&path, &create).map_err(|e| setup(&path, e))?;
@@ -113,10 +113,12 @@ impl KeelEngine {
                 ),
             });
         }
-        if store.compression() != disk.compression {
+        if let Compression::Set(want) = disk.compression
+            && disk.compression.contradicts(store.compression())
+        {
             return Err(EngineError::Setup {
                 path: PathBuf::from(&where_),
-                message: compression_mismatch(store.compression(), disk.compression),
+                message: compression_mismatch(store.compression(), want),
             });
         }
         // A container larger than `size` was grown by `keel resize`: it is served whole.
@@ -195,7 +197,7 @@ impl KeelEngine {
             .ok_or_else(|| setup(&first, "a mirrored disk needs a size"))?;
         let create = CreateOptions {
             encryption: opts.key.clone(),
-            compression: disk.compression,
+            compression: disk.compression.for_new(),
             ..crate::config::create_options(size, disk.space.spare)
         };
         let container = create

@@ -42,7 +42,7 @@ pub(super) fn context_with(engine: Arc<dyn crate::engine::Engine>) -> Arc<DiskCo
         rbd: None,
         handover: false,
         key_file: None,
-        compression: None,
+        compression: Default::default(),
     };
     Arc::new(DiskContext::new(&cfg, engine, Arc::default()))
 }
