@@ -27,7 +27,7 @@ ALL_TESTS=(fio_verify ext4_across_sigterm_restart ext4_across_sigkill multiqueue
     fio_mirror_outage_default_config fio_verify_snapshot_space_grows libvirt_domain_hotplug
     fio_verify_migrates_to_a_second_qemu fio_verify_survives_a_cancelled_migration
     fio_verify_migrates_between_two_keelds fio_verify_survives_source_keeld_kill9
-    fio_verify_during_live_import fio_verify_on_rbd fio_verify_encrypted_across_keeld_kill)
+    fio_verify_during_live_import fio_verify_on_rbd fio_verify_compressed_encrypted_across_keeld_kill)
 # The disk the ext4 tests use: a raw image by default; the keel-engine tests switch both.
 ENGINE=raw
 IMAGE=disk.img
@@ -436,14 +436,22 @@ test_fio_verify_keel_engine_across_keeld_kill() {
     verify_across_kill keel disk.keel
 }
 
-# The same on an encrypted keel disk (aes-xts-256, a 64-byte key file): after the kills and
-# fio's verify, `keel fsck` refuses the container without the key and finds it clean with it.
-test_fio_verify_encrypted_across_keeld_kill() {
+# The same on a compressed (zstd), encrypted (aes-xts-256, a 64-byte key file) keel disk: after
+# the kills and fio's verify, `keel info` names the codec, and `keel fsck` refuses the container
+# without the key and finds it clean with it.
+test_fio_verify_compressed_encrypted_across_keeld_kill() {
     local out
     keel_cli || return 1
     head -c 64 /dev/urandom >"$T/disk.key" || fail "cannot make the key file" || return 1
-    verify_across_kill keel disk.keel 'encryption = "aes-xts-256"
+    verify_across_kill keel disk.keel 'compression = "zstd"
+encryption = "aes-xts-256"
 key_file = "'"$T"'/disk.key"' || return 1
+    out=$("$KEEL_BIN" info --json --key-file "$T/disk.key" "$T/disk.keel" 2>&1) ||
+        fail "keel info: $out" || return 1
+    case $out in
+    *'"compression": "zstd"'* | *'"compression":"zstd"'*) ;;
+    *) fail "keel info does not name zstd: $out" || return 1 ;;
+    esac
     if out=$("$KEEL_BIN" fsck "$T/disk.keel" 2>&1); then
         fail "keel fsck opened the encrypted container without its key: $out"
         return 1

@@ -12,21 +12,12 @@ use std::io::{self, Read};
 use super::image::Image;
 use crate::engine::{AdminError, DiffExport};
 use crate::store::diff::{Extent, ExtentKind, RUNNING};
-use crate::store::diff_file::{Header, MAGIC, MAX_DATA_RECORD, VERSION};
+use crate::store::diff_file::{Header, MAX_DATA_RECORD, RecordEncoder, records_len};
 
 /// The export file's block: every extent is whole blocks of it.
 pub(super) const BLOCK: u64 = 4096;
-const TAG_DATA: u8 = b'D';
-const TAG_ZERO: u8 = b'Z';
-const TAG_END: u8 = b'E';
-/// Tag, offset, length, crc32c.
-const DATA_HEAD: u64 = 1 + 8 + 4 + 4;
-/// Tag, offset, length.
-const ZERO_LEN: u64 = 1 + 8 + 8;
 /// Tag, records, data bytes, zero bytes, crc32c.
 const END_LEN: u64 = 1 + 8 + 8 + 8 + 4;
-/// Names longer than this are cut (at a character boundary), as the format says.
-const MAX_NAME: usize = 255;
 
 /// The export of `image` from `from` to snapshot `to`.
 pub fn export(
@@ -58,20 +49,17 @@ pub fn export(
         to: to.to_string(),
     };
     let runs = blocks(&report.extents, disk_size);
-    let head = encode_header(&header);
-    let len = head.len() as u64 + END_LEN + runs.iter().map(record_bytes).sum::<u64>();
+    let (encoder, head) = RecordEncoder::start(&header);
+    let records: u64 = runs.iter().map(|r| records_len(r.kind, r.length)).sum();
     Ok(DiffExport {
-        len,
+        len: head.len() as u64 + END_LEN + records,
         reader: Box::new(Exporter {
             image: at,
             runs,
             next: 0,
-            crc: crc32c::crc32c(&head),
             pending: head,
             sent: 0,
-            records: 0,
-            data_bytes: 0,
-            zero_bytes: 0,
+            encoder,
             done: false,
         }),
     })
@@ -124,41 +112,6 @@ pub(super) fn blocks(extents: &[Extent], size: u64) -> Vec<Extent> {
     out
 }
 
-/// Bytes the records of `run` take in the file.
-fn record_bytes(run: &Extent) -> u64 {
-    match run.kind {
-        ExtentKind::Data => run.length.div_ceil(MAX_DATA_RECORD) * DATA_HEAD + run.length,
-        ExtentKind::Zero => ZERO_LEN,
-    }
-}
-
-fn name(s: &str) -> &[u8] {
-    let mut end = s.len().min(MAX_NAME);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s.as_bytes()[..end]
-}
-
-/// The header as `store/diff_file.rs` lays it out, followed by the two names.
-fn encode_header(header: &Header) -> Vec<u8> {
-    let (from, to) = (name(&header.from), name(&header.to));
-    let mut h = Vec::with_capacity(64 + from.len() + to.len());
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&VERSION.to_le_bytes());
-    h.extend_from_slice(&(BLOCK as u32).to_le_bytes());
-    h.extend_from_slice(&header.disk_size.to_le_bytes());
-    h.extend_from_slice(&header.created.to_le_bytes());
-    h.extend_from_slice(&(from.len() as u16).to_le_bytes());
-    h.extend_from_slice(&(to.len() as u16).to_le_bytes());
-    h.extend_from_slice(&[0u8; 24]);
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&h), from), to);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(from);
-    h.extend_from_slice(to);
-    h
-}
-
 /// The file's bytes after the header: one record at a time, data read from the snapshot.
 struct Exporter {
     image: Image,
@@ -166,11 +119,7 @@ struct Exporter {
     next: usize,
     pending: Vec<u8>,
     sent: usize,
-    /// crc32c of every byte produced so far, for the end record.
-    crc: u32,
-    records: u64,
-    data_bytes: u64,
-    zero_bytes: u64,
+    encoder: RecordEncoder,
     done: bool,
 }
 
@@ -180,49 +129,29 @@ impl Exporter {
         if self.done {
             return Ok(false);
         }
-        let mut r = Vec::new();
-        match self.runs.get(self.next).copied() {
+        self.pending = match self.runs.get(self.next).copied() {
             None => {
-                r.push(TAG_END);
-                r.extend_from_slice(&self.records.to_le_bytes());
-                r.extend_from_slice(&self.data_bytes.to_le_bytes());
-                r.extend_from_slice(&self.zero_bytes.to_le_bytes());
-                let crc = crc32c::crc32c_append(self.crc, &r);
-                r.extend_from_slice(&crc.to_le_bytes());
                 self.done = true;
+                self.encoder.end()
             }
             Some(run) if run.kind == ExtentKind::Zero => {
-                r.push(TAG_ZERO);
-                r.extend_from_slice(&run.offset.to_le_bytes());
-                r.extend_from_slice(&run.length.to_le_bytes());
-                self.zero_bytes += run.length;
                 self.next += 1;
+                self.encoder.zero(run.offset, run.length)
             }
             Some(run) => {
                 // One record of at most MAX_DATA_RECORD; the rest of the run stays for later.
                 let len = run.length.min(MAX_DATA_RECORD);
                 let mut data = vec![0u8; len as usize];
                 self.image.read_at(run.offset, &mut data)?;
-                r.reserve(DATA_HEAD as usize + data.len());
-                r.push(TAG_DATA);
-                r.extend_from_slice(&run.offset.to_le_bytes());
-                r.extend_from_slice(&(len as u32).to_le_bytes());
-                r.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
-                r.extend_from_slice(&data);
-                self.data_bytes += len;
                 let rest = &mut self.runs[self.next];
                 rest.offset += len;
                 rest.length -= len;
                 if rest.length == 0 {
                     self.next += 1;
                 }
+                self.encoder.data(run.offset, &data)
             }
-        }
-        if !self.done {
-            self.records += 1;
-            self.crc = crc32c::crc32c_append(self.crc, &r);
-        }
-        self.pending = r;
+        };
         self.sent = 0;
         Ok(true)
     }
@@ -295,12 +224,8 @@ mod tests {
             from: "a".into(),
             to: "b".into(),
         };
-        let mut file = encode_header(&header);
-        let mut end = vec![TAG_END];
-        end.extend_from_slice(&[0u8; 24]);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&file), &end);
-        file.extend_from_slice(&end);
-        file.extend_from_slice(&crc.to_le_bytes());
+        let (mut enc, mut file) = RecordEncoder::start(&header);
+        file.extend_from_slice(&enc.end());
         let (read, totals) = crate::store::diff_file::verify(&file[..]).unwrap();
         assert_eq!((read, totals.records), (header, 0));
     }

@@ -75,8 +75,82 @@ impl Header {
         h
     }
 
-    fn len(&self) -> u64 {
+    /// Bytes the encoded header takes.
+    pub fn encoded_len(&self) -> u64 {
         (HEADER_LEN + clamp(&self.from).len() + clamp(&self.to).len()) as u64
+    }
+}
+
+/// Bytes the records of one extent of `kind` and `length` take (data split into records of
+/// at most [`MAX_DATA_RECORD`]).
+pub fn records_len(kind: ExtentKind, length: u64) -> u64 {
+    match kind {
+        ExtentKind::Data => length.div_ceil(MAX_DATA_RECORD) * DATA_HEAD + length,
+        ExtentKind::Zero => ZERO_LEN,
+    }
+}
+
+/// Encodes an export file record by record, keeping the crc of every byte so far and the
+/// totals the end record carries: the one encoder of the format, for keel containers and for
+/// the exports of other engines.
+pub struct RecordEncoder {
+    crc: u32,
+    records: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+}
+
+impl RecordEncoder {
+    /// The encoder and the header's bytes, which the file starts with.
+    pub fn start(header: &Header) -> (Self, Vec<u8>) {
+        let head = header.encode();
+        let enc = Self {
+            crc: crc32c::crc32c(&head),
+            records: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+        };
+        (enc, head)
+    }
+
+    /// A data record: `data` (at most [`MAX_DATA_RECORD`] bytes) at byte `offset`.
+    pub fn data(&mut self, offset: u64, data: &[u8]) -> Vec<u8> {
+        debug_assert!(data.len() as u64 <= MAX_DATA_RECORD);
+        let mut r = Vec::with_capacity(DATA_HEAD as usize + data.len());
+        r.push(TAG_DATA);
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        r.extend_from_slice(data);
+        self.data_bytes += data.len() as u64;
+        self.record(r)
+    }
+
+    /// A zero record: `len` bytes at byte `offset` read as zeroes.
+    pub fn zero(&mut self, offset: u64, len: u64) -> Vec<u8> {
+        let mut r = Vec::with_capacity(ZERO_LEN as usize);
+        r.push(TAG_ZERO);
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&len.to_le_bytes());
+        self.zero_bytes += len;
+        self.record(r)
+    }
+
+    /// The end record: the totals and the crc of the whole file before its own crc.
+    pub fn end(&mut self) -> Vec<u8> {
+        let mut r = vec![TAG_END];
+        r.extend_from_slice(&self.records.to_le_bytes());
+        r.extend_from_slice(&self.data_bytes.to_le_bytes());
+        r.extend_from_slice(&self.zero_bytes.to_le_bytes());
+        let crc = crc32c::crc32c_append(self.crc, &r);
+        r.extend_from_slice(&crc.to_le_bytes());
+        r
+    }
+
+    fn record(&mut self, r: Vec<u8>) -> Vec<u8> {
+        self.records += 1;
+        self.crc = crc32c::crc32c_append(self.crc, &r);
+        r
     }
 }
 
@@ -98,14 +172,10 @@ fn le32(b: &[u8]) -> u32 {
 /// Exact size of the export of `diff` under `header`: the control API sends it as the
 /// Content-Length, so a cut-off transfer is noticed.
 pub fn export_len(header: &Header, diff: &TreeDiff) -> u64 {
-    let mut n = header.len() + END_LEN;
-    for e in diff.extents() {
-        n += match e.kind {
-            ExtentKind::Data => e.length.div_ceil(MAX_DATA_RECORD) * DATA_HEAD + e.length,
-            ExtentKind::Zero => ZERO_LEN,
-        };
-    }
-    n
+    let records: u64 = (diff.extents().iter())
+        .map(|e| records_len(e.kind, e.length))
+        .sum();
+    header.encoded_len() + END_LEN + records
 }
 
 /// The export of a diff as a byte stream, reading each block's data from the store as it
@@ -117,26 +187,20 @@ pub struct Exporter<S: Deref<Target = Store>> {
     next: usize,
     pending: Vec<u8>,
     sent: usize,
-    crc: u32,
-    records: u64,
-    data_bytes: u64,
-    zero_bytes: u64,
+    encoder: RecordEncoder,
     done: bool,
 }
 
 impl<S: Deref<Target = Store>> Exporter<S> {
     pub fn new(store: S, header: &Header, diff: TreeDiff) -> Self {
-        let pending = header.encode();
+        let (encoder, pending) = RecordEncoder::start(header);
         Self {
             store,
             diff,
             next: 0,
-            crc: crc32c::crc32c(&pending),
             pending,
             sent: 0,
-            records: 0,
-            data_bytes: 0,
-            zero_bytes: 0,
+            encoder,
             done: false,
         }
     }
@@ -150,13 +214,7 @@ impl<S: Deref<Target = Store>> Exporter<S> {
         self.sent = 0;
         let blocks = &self.diff.blocks;
         let Some(first) = blocks.get(self.next).copied() else {
-            let mut r = vec![TAG_END];
-            r.extend_from_slice(&self.records.to_le_bytes());
-            r.extend_from_slice(&self.data_bytes.to_le_bytes());
-            r.extend_from_slice(&self.zero_bytes.to_le_bytes());
-            let crc = crc32c::crc32c_append(self.crc, &r);
-            r.extend_from_slice(&crc.to_le_bytes());
-            self.pending = r;
+            self.pending = self.encoder.end();
             self.done = true;
             return Ok(true);
         };
@@ -172,27 +230,15 @@ impl<S: Deref<Target = Store>> Exporter<S> {
         }
         let run = &blocks[self.next..self.next + n];
         let len = n as u64 * BLOCK;
-        let mut r = Vec::with_capacity(DATA_HEAD as usize + len as usize);
-        if first.vba.is_some() {
+        self.pending = if first.vba.is_some() {
             let vbas: Vec<u64> = run.iter().filter_map(|b| b.vba).collect();
             let mut data = vec![0u8; len as usize];
             self.store.read_vbas(&vbas, &mut data)?;
-            r.push(TAG_DATA);
-            r.extend_from_slice(&(first.lba * BLOCK).to_le_bytes());
-            r.extend_from_slice(&(len as u32).to_le_bytes());
-            r.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
-            r.extend_from_slice(&data);
-            self.data_bytes += len;
+            self.encoder.data(first.lba * BLOCK, &data)
         } else {
-            r.push(TAG_ZERO);
-            r.extend_from_slice(&(first.lba * BLOCK).to_le_bytes());
-            r.extend_from_slice(&len.to_le_bytes());
-            self.zero_bytes += len;
-        }
-        self.records += 1;
+            self.encoder.zero(first.lba * BLOCK, len)
+        };
         self.next += n;
-        self.crc = crc32c::crc32c_append(self.crc, &r);
-        self.pending = r;
         Ok(true)
     }
 }
