@@ -4,7 +4,8 @@
 //! mid-staging and restarted; at the end `keel snapshot list` shows the layers and the
 //! internal snapshot oldest first, each exporting byte for byte as `qemu-img convert` reads
 //! that view, the disk reads as the top with the guest's writes over it, and `keel fsck` is
-//! clean. A live import killed while staging is finished offline by `keel import` just the
+//! clean; with the chain's files moved away keeld serves the same disk and `base` reverts to
+//! base.qcow2's view. A live import killed while staging is finished offline by `keel import` just the
 //! same.
 
 use std::path::Path;
@@ -165,6 +166,27 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     check_snapshots(dir);
     let text = keel(dir, &["fsck", "d.keel"]);
     assert!(text.contains(" 0 problems"), "fsck: {text}");
+
+    // The chain's files moved away: the container no longer refers to them. keeld serves the
+    // disk as before (the config still names `import_from`), and `base` reverts to base.qcow2's
+    // view without them.
+    std::fs::create_dir(dir.join("gone")).unwrap();
+    for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
+        std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
+    }
+    let keeld = start_keeld(dir);
+    let mut q = connect_queue(dir);
+    check_all(&mut q, &want, "with the chain moved away");
+    drop(q);
+    let mut keeld = keeld;
+    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success());
+    keel(dir, &["snapshot", "revert", "d.keel", "base"]);
+    let base = std::fs::read(dir.join("want-base.raw")).unwrap();
+    assert!(
+        disk_as_raw(dir) == base,
+        "the disk reverted to base is not base.qcow2's view"
+    );
 }
 
 #[test]
