@@ -8,9 +8,10 @@
 //! the place it has there: inside the parent's key range, at the right height, no newer than
 //! the tree's sequence number, no VBA allocated after the tree was frozen. So shared nodes
 //! cost O(1) per extra tree, and a node that does not fit where a tree puts it is reported
-//! under that tree's name.
+//! under that tree's name. The rules a node keeps on its own are the B+tree's
+//! ([`shape_problems`]), the same the forest's own verifier applies.
 
-use crate::store::map::btree::{Body, Forest, INTERNAL_CAP, NodeId, leaf_cap};
+use crate::store::map::btree::{Body, Forest, NodeId, child_range, children_fit, shape_problems};
 use crate::store::map::maps::{Vba, VbaEntry};
 use std::collections::{HashMap, HashSet};
 
@@ -180,15 +181,11 @@ impl<'a> TreeChecker<'a> {
                 lim.max_seq
             ));
         }
+        for p in shape_problems(&n.body, lo, hi) {
+            self.problems.push(format!("{} {p}", here()));
+        }
         match &n.body {
             Body::Leaf { entries } => {
-                if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
-                    self.problems
-                        .push(format!("{} has keys out of order", here()));
-                }
-                if entries.len() > leaf_cap::<Vba>() {
-                    self.problems.push(format!("{} is overfull", here()));
-                }
                 for &(k, v) in entries {
                     if k >= self.capacity_blocks {
                         self.problems.push(format!("LBA {k} is beyond the disk"));
@@ -205,14 +202,6 @@ impl<'a> TreeChecker<'a> {
                 s.keys = keys.clone().min().zip(keys.max());
                 s.max_vba = entries.iter().map(|e| e.1.0).max();
                 s.entries = entries.len() as u64;
-                if let Some((min, max)) = s.keys
-                    && (min < lo || max >= hi)
-                {
-                    self.problems.push(format!(
-                        "{} holds keys {min}..={max} outside its parent's range [{lo}, {hi})",
-                        here()
-                    ));
-                }
                 if let Some(v) = s.max_vba
                     && v >= lim.vba_limit
                 {
@@ -224,27 +213,12 @@ impl<'a> TreeChecker<'a> {
                 }
             }
             Body::Internal { keys, children } => {
-                if keys.windows(2).any(|w| w[0] >= w[1]) {
-                    self.problems
-                        .push(format!("{} has keys out of order", here()));
-                }
-                if children.is_empty() || children.len() != keys.len() || keys.len() > INTERNAL_CAP
-                {
-                    self.problems
-                        .push(format!("{} has {} children", here(), children.len()));
+                if !children_fit(keys, children) {
                     return s;
                 }
                 let mut child_height = None;
                 for (i, c) in children.iter().enumerate() {
-                    if i > 0 && (keys[i] < lo || keys[i] >= hi) {
-                        self.problems.push(format!(
-                            "{} has separator {} outside [{lo}, {hi})",
-                            here(),
-                            keys[i]
-                        ));
-                    }
-                    let clo = if i == 0 { lo } else { keys[i].max(lo) };
-                    let chi = keys.get(i + 1).copied().unwrap_or(hi).min(hi);
+                    let (clo, chi) = child_range(keys, i, lo, hi);
                     let cs = self.node(*c, clo, chi, depth + 1, child_height, lim);
                     child_height.get_or_insert(cs.height);
                     s.keys = match (s.keys, cs.keys) {

@@ -21,6 +21,7 @@
 mod node;
 mod search;
 mod verify;
+pub use verify::{child_range, children_fit, shape_problems};
 
 pub use node::{Body, INTERNAL_CAP, Node, NodeId, TreeValue, leaf_cap};
 

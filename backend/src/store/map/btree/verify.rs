@@ -1,5 +1,9 @@
 //! Checking a forest: what `roots` reach, whether the reference counts match, and whether every
 //! node keeps its keys in order and in its parent's range (for fsck and tests).
+//!
+//! [`shape_problems`] holds the rules one node must keep on its own; this walk and fsck's walk
+//! of the LBA trees (`admin/fsck/trees.rs`, which also checks what the entries point at and
+//! shares the work between trees) both apply it.
 
 use super::Forest;
 use super::node::{Body, INTERNAL_CAP, NodeId, TreeValue, leaf_cap};
@@ -96,21 +100,11 @@ impl<V: TreeValue> Forest<V> {
         }
         let n = self.node(id);
         let where_ = || format!("{name}: node at {:?} (depth {depth})", n.disk);
-        let ordered = match &n.body {
-            Body::Leaf { entries } => entries.windows(2).all(|w| w[0].0 < w[1].0),
-            Body::Internal { keys, .. } => keys.windows(2).all(|w| w[0] < w[1]),
-        };
-        if !ordered {
-            problems.push(format!("{} has keys out of order", where_()));
+        for p in shape_problems(&n.body, lo, hi) {
+            problems.push(format!("{} {p}", where_()));
         }
         match &n.body {
             Body::Leaf { entries } => {
-                if entries.len() > leaf_cap::<V>() {
-                    problems.push(format!("{} overfull", where_()));
-                }
-                if entries.iter().any(|&(k, _)| k < lo || k >= hi) {
-                    problems.push(format!("{} has keys outside [{lo}, {hi})", where_()));
-                }
                 match leaf_depth {
                     None => *leaf_depth = Some(depth),
                     Some(d) if *d != depth => {
@@ -121,22 +115,12 @@ impl<V: TreeValue> Forest<V> {
                 entries.len() as u64
             }
             Body::Internal { keys, children } => {
-                if children.is_empty() || children.len() != keys.len() || keys.len() > INTERNAL_CAP
-                {
-                    problems.push(format!("{} has {} children", where_(), children.len()));
+                if !children_fit(keys, children) {
                     return 0;
                 }
                 let mut total = 0;
                 for (i, c) in children.iter().enumerate() {
-                    let clo = if i == 0 { lo } else { keys[i].max(lo) };
-                    let chi = keys.get(i + 1).copied().unwrap_or(hi).min(hi);
-                    if i > 0 && (keys[i] < lo || keys[i] >= hi) {
-                        problems.push(format!(
-                            "{} separator {} outside [{lo}, {hi})",
-                            where_(),
-                            keys[i]
-                        ));
-                    }
+                    let (clo, chi) = child_range(keys, i, lo, hi);
                     total += self.verify_rec(
                         *c,
                         clo,
@@ -152,4 +136,57 @@ impl<V: TreeValue> Forest<V> {
             }
         }
     }
+}
+
+/// Whether an internal node's children match its keys (one per key, at least one, at most
+/// [`INTERNAL_CAP`]); a node that fails this is not walked further.
+pub fn children_fit(keys: &[u64], children: &[NodeId]) -> bool {
+    !children.is_empty() && children.len() == keys.len() && keys.len() <= INTERNAL_CAP
+}
+
+/// The key range `[lo, hi)` of child `i` of an internal node placed at `[lo, hi)`.
+pub fn child_range(keys: &[u64], i: usize, lo: u64, hi: u64) -> (u64, u64) {
+    let clo = if i == 0 { lo } else { keys[i].max(lo) };
+    let chi = keys.get(i + 1).copied().unwrap_or(hi).min(hi);
+    (clo, chi)
+}
+
+/// What is wrong with one node on its own, placed at key range `[lo, hi)`: keys out of order,
+/// too many entries, a leaf's keys outside the range, an internal node's children not matching
+/// its keys or a separator outside the range. Each problem reads after the node's name.
+pub fn shape_problems<V: TreeValue>(body: &Body<V>, lo: u64, hi: u64) -> Vec<String> {
+    let mut problems = Vec::new();
+    match body {
+        Body::Leaf { entries } => {
+            if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+                problems.push("has keys out of order".to_string());
+            }
+            if entries.len() > leaf_cap::<V>() {
+                problems.push("is overfull".to_string());
+            }
+            let keys = entries.iter().map(|e| e.0);
+            if let Some((min, max)) = keys.clone().min().zip(keys.max())
+                && (min < lo || max >= hi)
+            {
+                problems.push(format!(
+                    "holds keys {min}..={max} outside its parent's range [{lo}, {hi})"
+                ));
+            }
+        }
+        Body::Internal { keys, children } => {
+            if keys.windows(2).any(|w| w[0] >= w[1]) {
+                problems.push("has keys out of order".to_string());
+            }
+            if !children_fit(keys, children) {
+                problems.push(format!("has {} children", children.len()));
+                return problems;
+            }
+            for &k in &keys[1..] {
+                if k < lo || k >= hi {
+                    problems.push(format!("has separator {k} outside [{lo}, {hi})"));
+                }
+            }
+        }
+    }
+    problems
 }
