@@ -12,9 +12,9 @@
 //!
 //! `KEEL_IMPORT_STORE_SEED=<n>` replays one run; `KEEL_IMPORT_STORE_POINTS=<n>` sets how many.
 
-use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, range, served};
-use super::{small_opts, store_opts};
-use crate::store::{Op, Store, StoreOptions};
+use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, crash_and_reopen, open, range, served};
+use super::small_opts;
+use crate::store::{Op, Store};
 use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
@@ -128,17 +128,6 @@ fn guest_request(
     }
 }
 
-fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
-    Store::open(
-        dev.clone(),
-        StoreOptions {
-            writers: 2,
-            ..store_opts()
-        },
-    )
-    .map_err(|e| format!("open: {e}"))
-}
-
 /// Runs crash cycles for one seed; returns the crashes, or the first violation.
 fn run(seed: u64) -> Result<u64, String> {
     let mut rng = SplitMix::new(seed);
@@ -201,12 +190,8 @@ fn run(seed: u64) -> Result<u64, String> {
                 break;
             }
         }
-        let (mode, image) = crate::store::tests::random_crash(&dev, &mut rng);
-        drop(store);
-        dev = Arc::new(FaultyDevice::from_image(image));
+        let (store, at) = crash_and_reopen(store, &mut dev, &mut rng, cycle)?;
         crashes += 1;
-        let at = format!("cycle {cycle} ({mode:?})");
-        let store = open(&dev).map_err(|e| format!("{at}: recovery: {e}"))?;
         let recovered = store
             .import_cursor()
             .ok_or_else(|| format!("{at}: the import is no longer marked running"))?;

@@ -1,7 +1,10 @@
 //! The small disk the import tests (a crashing import, staged chains) run on, and how an
 //! import in progress serves it.
 
-use crate::store::Store;
+use super::{random_crash, store_opts};
+use crate::store::{Store, StoreOptions};
+use crate::testing::{FaultyDevice, SplitMix};
+use std::sync::Arc;
 
 pub(super) const BLOCK: usize = 4096;
 pub(super) const DISK: usize = 1 << 20;
@@ -29,4 +32,32 @@ pub(super) fn served(store: &Store, source: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     Ok(image)
+}
+
+/// Opens the container on `dev` with two writers (the guest's queue and the copier).
+pub(super) fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
+    Store::open(
+        dev.clone(),
+        StoreOptions {
+            writers: 2,
+            ..store_opts()
+        },
+    )
+    .map_err(|e| format!("open: {e}"))
+}
+
+/// Pulls the plug on `store` (a mode `rng` picks) and recovers what survived: `dev` becomes
+/// the surviving device. Returns the recovered store and where it happened, for errors.
+pub(super) fn crash_and_reopen(
+    store: Store,
+    dev: &mut Arc<FaultyDevice>,
+    rng: &mut SplitMix,
+    cycle: u64,
+) -> Result<(Store, String), String> {
+    let (mode, image) = random_crash(dev, rng);
+    drop(store);
+    *dev = Arc::new(FaultyDevice::from_image(image));
+    let at = format!("cycle {cycle} ({mode:?})");
+    let store = open(dev).map_err(|e| format!("{at}: recovery: {e}"))?;
+    Ok((store, at))
 }

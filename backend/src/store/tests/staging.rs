@@ -3,10 +3,10 @@
 //! runs of the whole sequence (`KEEL_STAGING_STORE_SEED=<n>` replays one,
 //! `KEEL_STAGING_STORE_POINTS=<n>` sets how many).
 
-use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, range, served};
+use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, crash_and_reopen, open, range, served};
 use super::{new_store, small_opts, store_opts};
 use crate::store::diff::TreeRef;
-use crate::store::{CreateOptions, Op, Store, StoreOptions};
+use crate::store::{CreateOptions, Op, Store};
 use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
@@ -258,17 +258,6 @@ fn staging_refuses_without_a_staging_tree_and_bad_ranges() {
     );
 }
 
-fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
-    Store::open(
-        dev.clone(),
-        StoreOptions {
-            writers: 2,
-            ..store_opts()
-        },
-    )
-    .map_err(|e| format!("open: {e}"))
-}
-
 fn hashes(image: &[u8]) -> Vec<u32> {
     image.chunks(BLOCK).map(crc32c::crc32c).collect()
 }
@@ -334,12 +323,8 @@ fn run(seed: u64) -> Result<u64, String> {
                 break;
             }
         }
-        let (mode, image) = crate::store::tests::random_crash(&dev, &mut rng);
-        drop(store);
-        dev = Arc::new(FaultyDevice::from_image(image));
+        let (store, at) = crash_and_reopen(store, &mut dev, &mut rng, cycle)?;
         crashes += 1;
-        let at = format!("cycle {cycle} ({mode:?})");
-        let store = open(&dev).map_err(|e| format!("{at}: recovery: {e}"))?;
         check_views(&store, &views).map_err(|e| format!("{at}: {e}"))?;
         let image = served(&store, &top).map_err(|e| format!("{at}: {e}"))?;
         if !allowed.contains(&hashes(&image)) {
