@@ -2,6 +2,25 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The cluster (no cephx) all tests of one test binary share, started on first use and stopped
+/// by the start script's watcher once the binary exits.
+pub fn shared_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// `<stem>-<pid>-<n>`: an image name no other test of this run uses.
+pub fn image_name(stem: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{stem}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// A running cluster; stopped (and its directory removed) on drop, or by the start script's
 /// watcher once this process exits, whichever comes first.

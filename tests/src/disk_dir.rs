@@ -60,3 +60,43 @@ pub fn disk_stats(dir: &Path) -> DiskStats {
         .get("/v1/disks/d/stats")
         .expect("stats")
 }
+
+/// `keel.toml` for disk `d` on `d.keel`, imported live from `top.qcow2` at `rate` bytes/s.
+pub fn live_import_config(rate: &str) -> String {
+    format!(
+        "[server]\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\n\
+         socket = \"d.sock\"\nengine = \"keel\"\npath = \"d.keel\"\n\
+         import_from = \"top.qcow2\"\nimport_rate = \"{rate}\"\n"
+    )
+}
+
+/// Every MiB of the disk against `want` (the disk's whole size), naming the first wrong one.
+pub fn check_all(q: &mut Queue, want: &[u8], when: &str) {
+    const MIB: usize = 1 << 20;
+    for at in (0..want.len()).step_by(MIB) {
+        let got = q.read_vec(at as u64, MIB).unwrap();
+        assert!(got == want[at..at + MIB], "{when}: the MiB at {at} differs");
+    }
+}
+
+/// Writes `data` at `offset` through the guest's queue and into `want`, the expected disk.
+pub fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
+    q.write_slice(offset, data).unwrap();
+    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+/// Moves the chain base.qcow2 <- mid.qcow2 <- top.qcow2 into `dir/gone`, out of the config's
+/// reach.
+pub fn move_chain_away(dir: &Path) {
+    std::fs::create_dir(dir.join("gone")).unwrap();
+    for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
+        std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
+    }
+}
+
+/// Stops keeld with SIGTERM, asserting a clean exit; returns its log.
+pub fn stop_keeld(mut keeld: KeeldProcess) -> String {
+    let (status, log) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(status.success(), "keeld: {status}\n{log}");
+    log
+}

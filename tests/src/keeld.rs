@@ -103,6 +103,25 @@ pub fn keel_binary() -> PathBuf {
     BIN.get_or_init(|| built_binary("keel")).clone()
 }
 
+/// Runs the `keel` CLI in `dir` (no `KEEL_CONTROL` from the caller's environment); returns
+/// (exit code or -1, stdout followed by stderr), so tests can assert on failures too.
+pub fn run_keel(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(keel_binary())
+        .current_dir(dir)
+        .env_remove("KEEL_CONTROL")
+        .args(args)
+        .output()
+        .expect("run keel");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Builds keel-backend's binary `name` with the running test's profile and target dir.
 fn built_binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>

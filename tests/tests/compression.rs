@@ -5,13 +5,10 @@
 //! disk without the key serves its container as it was made.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use keel_client::{Disk, DiskOptions, Queue};
-use keel_tests::keeld::{
-    InProcess, LoggedKeeld, keel_binary, run_expecting_failure, wait_for_socket,
-};
+use keel_tests::keeld::{InProcess, LoggedKeeld, run_expecting_failure, run_keel, wait_for_socket};
 
 const MIB: usize = 1 << 20;
 /// What the guest writes: text that would stand out in the container file.
@@ -24,36 +21,6 @@ fn text(len: usize) -> Vec<u8> {
         block[..12].copy_from_slice(format!("{i:012}").as_bytes());
     }
     out
-}
-
-/// Bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn keel(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(keel_binary())
-        .current_dir(dir)
-        .env_remove("KEEL_CONTROL")
-        .args(args)
-        .output()
-        .expect("run keel");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn file_contains(file: &Path, needle: &[u8]) -> bool {
@@ -90,7 +57,7 @@ fn start(dir: &Path) -> (LoggedKeeld, Disk) {
 fn info_json(dir: &Path, key: &[&str]) -> serde_json::Value {
     let mut args = key.to_vec();
     args.extend(["info", "--json", "c.keel"]);
-    let (code, out) = keel(dir, &args);
+    let (code, out) = run_keel(dir, &args);
     assert_eq!(code, 0, "{out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -112,7 +79,7 @@ fn check_disk(codec: &str, key: bool) {
     }
     std::fs::write(d.join("keel.toml"), &table).unwrap();
     let words = text(4 * MIB);
-    let random = noise(MIB, 7);
+    let random = keel_tests::pattern(7, MIB);
     let (keeld, mut disk) = start(d);
     {
         let mut q = disk.take_queue(0).unwrap();
@@ -155,7 +122,7 @@ fn check_disk(codec: &str, key: bool) {
     assert!(info["compression_ratio"].as_f64().unwrap() > 2.0, "{info}");
     let mut args = key_args.to_vec();
     args.extend(["fsck", "c.keel"]);
-    let (code, out) = keel(d, &args);
+    let (code, out) = run_keel(d, &args);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(", 0 problems"), "{out}");
 }
@@ -174,12 +141,12 @@ fn lz4_packs_and_survives_kill9() {
 fn a_change_of_compression_is_refused_with_the_way_to_do_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (code, out) = keel(
+    let (code, out) = run_keel(
         d,
         &["create", "--compression", "lz4", "--size", "16M", "p.keel"],
     );
     assert_eq!(code, 0, "{out}");
-    let (code, out) = keel(d, &["info", "p.keel"]);
+    let (code, out) = run_keel(d, &["info", "p.keel"]);
     assert!(code == 0 && out.contains("lz4"), "{out}");
     let table = |setting: &str| {
         format!(
@@ -208,9 +175,9 @@ fn a_change_of_compression_is_refused_with_the_way_to_do_it() {
         assert!(q.read_vec(0, data.len()).unwrap() == data);
     }
     drop(keeld.stop());
-    let (code, out) = keel(d, &["info", "p.keel"]);
+    let (code, out) = run_keel(d, &["info", "p.keel"]);
     assert!(code == 0 && out.contains("lz4"), "{out}");
-    let (code, out) = keel(
+    let (code, out) = run_keel(
         d,
         &["create", "--compression", "gzip", "--size", "16M", "q.keel"],
     );

@@ -10,7 +10,9 @@ use std::time::Duration;
 use keel_backend::control::client::ControlClient;
 use keel_client::{Disk, DiskOptions};
 use keel_protocol::control::{DiskInfo, DiskState};
-use keel_tests::keeld::{InProcess, KeeldProcess, keel_binary, null_disk, wait_for_socket};
+use keel_tests::keeld::{
+    InProcess, KeeldProcess, keel_binary, null_disk, run_keel, wait_for_socket,
+};
 
 const MIB: usize = 1 << 20;
 /// What the guest writes: text that would stand out in the container file.
@@ -55,23 +57,6 @@ fn file_contains(file: &Path, needle: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
-fn keel(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(keel_binary())
-        .current_dir(dir)
-        .env_remove("KEEL_CONTROL")
-        .args(args)
-        .output()
-        .expect("run keel");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn written_text_reads_back_and_is_nowhere_in_the_container() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,10 +91,10 @@ fn written_text_reads_back_and_is_nowhere_in_the_container() {
     // Offline, with the key: fsck reads every block and finds the container clean; export
     // writes the plaintext back out.
     let d = dir.path();
-    let (code, out) = keel(d, &["--key-file", "vm.key", "fsck", "e.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "vm.key", "fsck", "e.keel"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(", 0 problems"), "{out}");
-    let (code, out) = keel(d, &["--key-file", "vm.key", "export", "e.keel", "e.raw"]);
+    let (code, out) = run_keel(d, &["--key-file", "vm.key", "export", "e.keel", "e.raw"]);
     assert_eq!(code, 0, "{out}");
     let raw = std::fs::read(d.join("e.raw")).unwrap();
     assert!(raw[..data.len()] == data[..]);
@@ -170,17 +155,17 @@ fn a_wrong_or_missing_key_fails_that_disk_alone() {
         &["recover", "e.keel"],
         &["resize", "e.keel", "128M"],
     ] {
-        let (code, out) = keel(d, cmd);
+        let (code, out) = run_keel(d, cmd);
         assert_ne!(code, 0, "{cmd:?}: {out}");
         assert!(out.contains("key required"), "{cmd:?}: {out}");
         let mut wrong = vec!["--key-file", "wrong.key"];
         wrong.extend_from_slice(cmd);
-        let (code, out) = keel(d, &wrong);
+        let (code, out) = run_keel(d, &wrong);
         assert_ne!(code, 0, "{cmd:?}: {out}");
         assert!(out.contains("wrong key"), "{cmd:?}: {out}");
     }
     assert!(!d.join("out.raw").exists());
-    let (code, out) = keel(d, &["--key-file", "right.key", "info", "e.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "right.key", "info", "e.keel"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("aes-xts-256"), "{out}");
 }
@@ -203,7 +188,7 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
         ("empty.key", "empty"),
         ("missing.key", "No such file"),
     ] {
-        let (code, out) = keel(
+        let (code, out) = run_keel(
             d,
             &[
                 "--key-file",
@@ -221,7 +206,7 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
         assert!(!d.join("x.keel").exists());
     }
     // A 32-byte key is accepted (expanded), and only that key opens the container.
-    let (code, out) = keel(
+    let (code, out) = run_keel(
         d,
         &[
             "--key-file",
@@ -235,15 +220,15 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
         ],
     );
     assert_eq!(code, 0, "{out}");
-    let (code, out) = keel(d, &["--key-file", "half.key", "fsck", "h.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "half.key", "fsck", "h.keel"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = keel(d, &["--key-file", "good.key", "fsck", "h.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "good.key", "fsck", "h.keel"]);
     assert!(code != 0 && out.contains("wrong key"), "{out}");
 
     // A key for a container made without encryption: refused, with the way to encrypt it.
-    let (code, out) = keel(d, &["create", "--size", "16M", "p.keel"]);
+    let (code, out) = run_keel(d, &["create", "--size", "16M", "p.keel"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = keel(d, &["--key-file", "good.key", "info", "p.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "good.key", "info", "p.keel"]);
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("not encrypted") && out.contains("keel export"),
@@ -257,7 +242,7 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
     assert!(stderr.contains("not encrypted"), "{stderr}");
 
     // --encryption without a key, or a key without --encryption, makes nothing.
-    let (code, out) = keel(
+    let (code, out) = run_keel(
         d,
         &[
             "create",
@@ -269,7 +254,7 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
         ],
     );
     assert!(code != 0 && out.contains("--key-file"), "{out}");
-    let (code, out) = keel(
+    let (code, out) = run_keel(
         d,
         &[
             "--key-file",
@@ -299,7 +284,7 @@ fn bad_keys_and_changes_of_encryption_are_refused() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let (code, out) = keel(d, &["--key-file", "good.key", "fsck", "v.keel"]);
+    let (code, out) = run_keel(d, &["--key-file", "good.key", "fsck", "v.keel"]);
     assert_eq!(code, 0, "{out}");
 }
 

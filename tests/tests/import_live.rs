@@ -9,9 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keel_client::Queue;
 use keel_protocol::control::ImportState;
-use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
+use keel_tests::disk_dir::{
+    check_all, connect_queue, disk_stats, guest_write, live_import_config, move_chain_away, run,
+    start_keeld, stop_keeld,
+};
 use keel_tests::keeld::keel_binary;
 use keel_tests::{pattern, qcow2};
 
@@ -49,35 +51,10 @@ fn make_chain(dir: &Path) {
     );
 }
 
-fn config(rate: &str) -> String {
-    format!(
-        "[server]\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\n\
-         socket = \"d.sock\"\nengine = \"keel\"\npath = \"d.keel\"\n\
-         import_from = \"top.qcow2\"\nimport_rate = \"{rate}\"\n"
-    )
-}
-
-/// Every block of the disk against `want`, naming the first wrong MiB.
-fn check_all(q: &mut Queue, want: &[u8], when: &str) {
-    for off in (0..SIZE).step_by(MIB as usize) {
-        let got = q.read_vec(off, MIB as usize).unwrap();
-        let at = off as usize;
-        assert!(
-            got == want[at..at + MIB as usize],
-            "{when}: the MiB at {off} differs"
-        );
-    }
-}
-
 /// The three-layer chain, and `expected.raw`: what qemu-img reads through its top.
 fn make_chain_and_its_raw_view(dir: &Path) {
     make_chain(dir);
     qcow2::to_raw(dir, "top.qcow2", None, "expected.raw");
-}
-
-fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
-    q.write_slice(offset, data).unwrap();
-    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
 
 #[test]
@@ -88,7 +65,7 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     let mut want = std::fs::read(dir.join("expected.raw")).unwrap();
     assert_eq!(want.len() as u64, SIZE);
     // Slow enough (4 MiB/s over 48 MiB) that the copy is still running at the kill.
-    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("4M")).unwrap();
 
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
@@ -131,7 +108,7 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     keeld.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
 
     // Restarted faster: the copy resumes and finishes.
-    std::fs::write(dir.join("keel.toml"), config("64M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("64M")).unwrap();
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     let resumed = disk_stats(dir).import.expect("an import report");
@@ -154,15 +131,10 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     }
     check_all(&mut q, &want, "import done");
     drop(q);
-    let mut keeld = keeld;
-    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
-    assert!(status.success());
+    stop_keeld(keeld);
 
     // The chain is gone; the config still names it.
-    std::fs::create_dir(dir.join("gone")).unwrap();
-    for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
-        std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
-    }
+    move_chain_away(dir);
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     assert_eq!(
@@ -172,9 +144,7 @@ fn a_qcow2_chain_is_served_at_once_survives_kill_9_and_ends_without_its_source()
     );
     check_all(&mut q, &want, "without the chain");
     drop(q);
-    let mut keeld = keeld;
-    let (status, log) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
-    assert!(status.success());
+    let log = stop_keeld(keeld);
     assert!(
         log.contains("finished earlier; import_from is ignored"),
         "{log}"
@@ -304,7 +274,7 @@ fn a_bad_source_is_refused_at_start_naming_the_file() {
     let dir = tmp.path();
     make_chain(dir);
     std::fs::rename(dir.join("mid.qcow2"), dir.join("mid-moved.qcow2")).unwrap();
-    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("4M")).unwrap();
     let (code, stderr) = keel_tests::keeld::run_expecting_failure(&dir.join("keel.toml"));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -378,7 +348,7 @@ fn an_nbd_source_that_goes_away_pauses_the_import_until_it_is_back() {
     let uri = format!("nbd+unix:///src?socket={}", dir.join("src.sock").display());
     std::fs::write(
         dir.join("keel.toml"),
-        config("4M").replace("top.qcow2", &uri),
+        live_import_config("4M").replace("top.qcow2", &uri),
     )
     .unwrap();
     let keeld = start_keeld(dir);
@@ -417,7 +387,7 @@ fn a_source_that_changed_size_is_refused_when_the_import_resumes() {
     std::fs::write(dir.join("src.raw"), pattern(8, SIZE as usize)).unwrap();
     std::fs::write(
         dir.join("keel.toml"),
-        config("4M").replace("top.qcow2", "src.raw"),
+        live_import_config("4M").replace("top.qcow2", "src.raw"),
     )
     .unwrap();
     let mut keeld = start_keeld(dir);
@@ -444,7 +414,7 @@ fn a_chain_whose_contents_changed_is_refused_when_the_import_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_chain(dir);
-    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("4M")).unwrap();
     let mut keeld = start_keeld(dir);
     assert_eq!(
         disk_stats(dir).import.expect("an import report").state,

@@ -11,9 +11,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel_client::Queue;
 use keel_protocol::control::ImportState;
-use keel_tests::disk_dir::{connect_queue, disk_stats, run, start_keeld};
+use keel_tests::disk_dir::{
+    check_all, connect_queue, disk_stats, guest_write, live_import_config, move_chain_away, run,
+    start_keeld, stop_keeld,
+};
 use keel_tests::keeld::keel_binary;
 use keel_tests::{pattern, qcow2};
 
@@ -46,27 +48,8 @@ fn make_chain(dir: &Path) {
     );
 }
 
-fn config(rate: &str) -> String {
-    format!(
-        "[server]\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\n\
-         socket = \"d.sock\"\nengine = \"keel\"\npath = \"d.keel\"\n\
-         import_from = \"top.qcow2\"\nimport_rate = \"{rate}\"\n"
-    )
-}
-
 fn keel(dir: &Path, args: &[&str]) -> String {
     run(dir, keel_binary().to_str().unwrap(), args)
-}
-
-fn check_all(q: &mut Queue, want: &[u8], when: &str) {
-    for off in (0..SIZE).step_by(MIB as usize) {
-        let got = q.read_vec(off, MIB as usize).unwrap();
-        let at = off as usize;
-        assert!(
-            got == want[at..at + MIB as usize],
-            "{when}: the MiB at {off} differs"
-        );
-    }
 }
 
 /// `keel snapshot list` shows the layers and the internal snapshot oldest first, each exporting
@@ -112,11 +95,6 @@ fn disk_as_raw(dir: &Path) -> Vec<u8> {
     got
 }
 
-fn guest_write(q: &mut Queue, want: &mut [u8], offset: u64, data: &[u8]) {
-    q.write_slice(offset, data).unwrap();
-    want[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-}
-
 #[test]
 fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
@@ -124,8 +102,9 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     make_chain(dir);
     qcow2::to_raw(dir, "top.qcow2", None, "top.raw");
     let mut want = std::fs::read(dir.join("top.raw")).unwrap();
+    assert_eq!(want.len() as u64, SIZE);
     // 4 MiB/s over four 32 MiB views: still staging the first at the kill.
-    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("4M")).unwrap();
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     check_all(&mut q, &want, "served at once");
@@ -146,7 +125,7 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     let mut keeld = keeld;
     keeld.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
 
-    std::fs::write(dir.join("keel.toml"), config("256M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("256M")).unwrap();
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     check_all(&mut q, &want, "after kill -9");
@@ -159,9 +138,7 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     }
     check_all(&mut q, &want, "import done");
     drop(q);
-    let mut keeld = keeld;
-    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
-    assert!(status.success());
+    stop_keeld(keeld);
 
     check_snapshots(dir);
     let text = keel(dir, &["fsck", "d.keel"]);
@@ -170,17 +147,12 @@ fn a_chain_imported_live_becomes_snapshots_and_survives_kill_9() {
     // The chain's files moved away: the container no longer refers to them. keeld serves the
     // disk as before (the config still names `import_from`), and `base` reverts to base.qcow2's
     // view without them.
-    std::fs::create_dir(dir.join("gone")).unwrap();
-    for f in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
-        std::fs::rename(dir.join(f), dir.join("gone").join(f)).unwrap();
-    }
+    move_chain_away(dir);
     let keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     check_all(&mut q, &want, "with the chain moved away");
     drop(q);
-    let mut keeld = keeld;
-    let (status, _) = keeld.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
-    assert!(status.success());
+    stop_keeld(keeld);
     keel(dir, &["snapshot", "revert", "d.keel", "base"]);
     let base = std::fs::read(dir.join("want-base.raw")).unwrap();
     assert!(
@@ -194,7 +166,7 @@ fn keel_import_finishes_a_live_import_of_a_chain_killed_while_staging() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_chain(dir);
-    std::fs::write(dir.join("keel.toml"), config("4M")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("4M")).unwrap();
     let mut keeld = start_keeld(dir);
     let mut q = connect_queue(dir);
     let mut want = {

@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_backend::control::client::ControlClient;
@@ -14,7 +13,7 @@ use keel_client::verify::check::Rules;
 use keel_client::verify::state::State;
 use keel_client::verify::{self, VerifyConfig, VerifyError};
 use keel_client::{Disk, DiskOptions};
-use keel_tests::ceph::Cluster;
+use keel_tests::ceph::{image_name, shared_cluster};
 use keel_tests::client::Client;
 use keel_tests::keeld::{KeeldProcess, keeld_binary, run_expecting_failure, wait_for_socket};
 use keel_tests::pattern;
@@ -22,29 +21,12 @@ use keel_tests::pattern;
 const MIB: usize = 1 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The cluster all tests of this binary share, started on first use and stopped when the
-/// binary exits.
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
-
 fn ceph_conf() -> &'static Path {
-    cluster().conf()
-}
-
-/// An image name no other test of this run uses.
-fn image_name(stem: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{stem}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    shared_cluster().conf()
 }
 
 fn rbd_cli(args: &[&str]) -> String {
-    cluster().rbd(args)
+    shared_cluster().rbd(args)
 }
 
 fn image_size(image: &str) -> u64 {

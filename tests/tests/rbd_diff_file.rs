@@ -7,13 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_backend::store::diff::{DiffReport, ExtentKind};
 use keel_protocol::control::ApplyAnswer;
-use keel_tests::ceph::Cluster;
+use keel_tests::ceph::{image_name, shared_cluster};
 use keel_tests::client::Client;
 use keel_tests::keeld::{KeeldProcess, keel_binary, wait_for_socket};
 use keel_tests::pattern;
@@ -21,27 +19,13 @@ use keel_tests::pattern;
 const MIB: usize = 1 << 20;
 const SIZE: usize = 32 * MIB;
 
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
-
-fn image_name(stem: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{stem}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A `[[disk]]` table for rbd disk `name` on a new 32 MiB image; returns (table, image spec).
 fn rbd_disk(name: &str) -> (String, String) {
     let image = format!("rbd/{}", image_name(name));
     let table = format!(
         "[[disk]]\nname = \"{name}\"\nsocket = \"{name}.sock\"\nengine = \"rbd\"\n\
          image = \"{image}\"\nceph_conf = \"{}\"\nsize = \"32M\"\n\n",
-        cluster().conf().display()
+        shared_cluster().conf().display()
     );
     (table, image)
 }
@@ -113,7 +97,7 @@ fn export(dir: &Path, disk: &str, from: &str, to: &str, name: &str) -> PathBuf {
 fn rbd_bytes(spec: &str, scratch: &Path) -> Vec<u8> {
     let out = scratch.join("rbd-export.raw");
     let _ = std::fs::remove_file(&out);
-    cluster().rbd(&["export", spec, out.to_str().unwrap()]);
+    shared_cluster().rbd(&["export", spec, out.to_str().unwrap()]);
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     bytes

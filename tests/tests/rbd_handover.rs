@@ -5,13 +5,11 @@
 //! for the lock as the active keeld serves.
 
 use std::path::Path;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_backend::control::client::ControlClient;
 use keel_client::{Disk, DiskOptions};
-use keel_tests::ceph::Cluster;
+use keel_tests::ceph::{image_name, shared_cluster};
 use keel_tests::keeld::{KeeldProcess, wait_for_socket};
 use keel_tests::pattern;
 use keel_tests::raw_frontend::session::with_a_started_ring;
@@ -19,24 +17,14 @@ use keel_tests::raw_frontend::{Message, RawFrontend, code};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
-
 /// `rbd/<stem>-<pid>-<n>`: an image no other test of this run uses.
 fn image_spec(stem: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "rbd/{stem}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("rbd/{}", image_name(stem))
 }
 
 /// How many clients hold a lock on `image` (`rbd lock ls`; the exclusive lock is one).
 fn lockers(image: &str) -> usize {
-    let text = cluster().rbd(&["lock", "ls", "--format", "json", image]);
+    let text = shared_cluster().rbd(&["lock", "ls", "--format", "json", image]);
     match serde_json::from_str::<serde_json::Value>(&text).expect("rbd lock ls json") {
         serde_json::Value::Array(a) => a.len(),
         serde_json::Value::Object(o) => o.len(),
@@ -60,7 +48,7 @@ impl Keeld {
              socket = \"d.sock\"\nengine = \"rbd\"\nimage = \"{image}\"\nceph_conf = \"{}\"\n\
              size = \"16M\"\nhandover = true\n\n[[disk]]\nname = \"n\"\nsocket = \"n.sock\"\n\
              engine = \"null\"\nsize = \"1M\"\n",
-            cluster().conf().display()
+            shared_cluster().conf().display()
         );
         std::fs::write(dir.path().join("keel.toml"), toml).expect("config");
         let process = KeeldProcess::spawn(&dir.path().join("keel.toml"));
@@ -231,7 +219,7 @@ fn two_keelds_hand_an_rbd_image_over_through_its_exclusive_lock() {
 #[test]
 fn handover_needs_the_exclusive_lock_feature() {
     let image = image_spec("nolock");
-    cluster().rbd(&[
+    shared_cluster().rbd(&[
         "create",
         "--size",
         "16M",

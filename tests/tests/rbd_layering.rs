@@ -4,32 +4,16 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_backend::control::client::ControlClient;
 use keel_backend::store::diff::{DiffReport, Extent, ExtentKind};
-use keel_tests::ceph::Cluster;
+use keel_tests::ceph::{image_name, shared_cluster};
 use keel_tests::client::Client;
 use keel_tests::keeld::{KeeldProcess, keel_binary, wait_for_socket};
 use keel_tests::pattern;
 
 const MIB: usize = 1 << 20;
-
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
-
-fn image_name(stem: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{stem}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// keeld serving rbd disk `d` on `image` (created with `size` if given) from a new directory.
 fn start(image: &str, extra: &str) -> (tempfile::TempDir, KeeldProcess) {
@@ -37,7 +21,7 @@ fn start(image: &str, extra: &str) -> (tempfile::TempDir, KeeldProcess) {
     let toml = format!(
         "[server]\ncontrol_socket = \"control.sock\"\n\n[[disk]]\nname = \"d\"\n\
          socket = \"d.sock\"\nengine = \"rbd\"\nimage = \"{image}\"\nceph_conf = \"{}\"\n{extra}\n",
-        cluster().conf().display()
+        shared_cluster().conf().display()
     );
     std::fs::write(dir.path().join("keel.toml"), toml).unwrap();
     let keeld = KeeldProcess::spawn(&dir.path().join("keel.toml"));
@@ -213,7 +197,7 @@ fn rbd_clone_is_a_layered_child_served_at_once() {
     .unwrap();
     assert_eq!(answer["state"], "serving", "{answer}");
     assert_eq!(answer["path"], format!("rbd/{child}"));
-    let info = cluster().rbd(&["info", "--format", "json", &format!("rbd/{child}")]);
+    let info = shared_cluster().rbd(&["info", "--format", "json", &format!("rbd/{child}")]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["parent"]["image"], name.as_str(), "{info}");
     assert_eq!(info["parent"]["snapshot"], "gold", "{info}");
@@ -234,7 +218,7 @@ fn rbd_clone_is_a_layered_child_served_at_once() {
 
     // The parent's snapshot and head are untouched by the clone's writes.
     let exported = dir.path().join("gold.img");
-    cluster().rbd(&[
+    shared_cluster().rbd(&[
         "export",
         &format!("{image}@gold"),
         exported.to_str().unwrap(),
@@ -271,7 +255,7 @@ fn rbd_clone_is_a_layered_child_served_at_once() {
 fn rbd_clone_of_an_image_without_layering_is_refused() {
     let name = image_name("flat");
     let image = format!("rbd/{name}");
-    cluster().rbd(&[
+    shared_cluster().rbd(&[
         "create",
         "--size",
         "8M",
@@ -286,7 +270,7 @@ fn rbd_clone_of_an_image_without_layering_is_refused() {
     assert!(!ok, "a clone without layering succeeded");
     assert!(err.contains("lacks the layering feature"), "{err}");
     assert!(
-        !cluster().rbd(&["ls", "rbd"]).contains(&child),
+        !shared_cluster().rbd(&["ls", "rbd"]).contains(&child),
         "no image was left behind"
     );
     assert!(!dir.path().join(format!("{child}.sock")).exists());

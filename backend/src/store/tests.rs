@@ -6,6 +6,7 @@ mod concurrent;
 mod corruption;
 mod crash;
 mod import_crash;
+mod import_disk;
 mod in_flight;
 mod keep_ahead;
 mod live;
@@ -17,7 +18,7 @@ mod staging;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};
-use crate::testing::FaultyDevice;
+use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::sync::Arc;
 
 /// Whether this run's store tests use encrypted containers: `KEEL_TEST_ENCRYPTED=1` (test.sh
@@ -238,4 +239,47 @@ fn a_create_interrupted_by_a_crash_leaves_nothing_at_the_path() {
     let again = Store::create_path(&path, &small_opts());
     assert!(again.is_err(), "a second create replaced the container");
     assert!(Store::open_path(&path, store_opts()).is_ok());
+}
+
+/// Pulls the plug on `dev` in a mode `rng` picks; returns the mode and what survives of it.
+pub(super) fn random_crash(dev: &FaultyDevice, rng: &mut SplitMix) -> (CrashMode, Vec<u8>) {
+    let mode = match rng.below(3) {
+        0 => CrashMode::DropAll,
+        1 => CrashMode::TornPrefix,
+        _ => CrashMode::RandomSubset,
+    };
+    (mode, dev.crash_image(mode, rng))
+}
+
+/// Runs crash-point test `what` once per seed: only the seed in env `seed_var` when it is set
+/// (to replay a failure), else the `regressions` then `points` (env `points_var`, default
+/// `default_points`) seeds counting up from `base`. Panics with the seed that failed and how to
+/// replay it; returns the crashes all runs survived.
+pub(super) fn run_crash_points(
+    what: &str,
+    (points_var, seed_var): (&str, &str),
+    default_points: u64,
+    (base, regressions): (u64, &[u64]),
+    run: impl Fn(u64) -> Result<u64, String>,
+) -> u64 {
+    let points: u64 = std::env::var(points_var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_points);
+    let seeds: Vec<u64> = match std::env::var(seed_var).ok().and_then(|v| v.parse().ok()) {
+        Some(s) => vec![s],
+        None => regressions
+            .iter()
+            .copied()
+            .chain((0..points).map(|i| base + i))
+            .collect(),
+    };
+    let mut crashes = 0;
+    for seed in seeds {
+        match run(seed) {
+            Ok(n) => crashes += n,
+            Err(e) => panic!("{what} failed; replay with {seed_var}={seed}: {e}"),
+        }
+    }
+    crashes
 }

@@ -60,6 +60,40 @@ fn image(store: &Store) -> Vec<u8> {
     img
 }
 
+/// Races `writers` threads for `rounds` batches each of phase `phase`, all on the same 6 blocks
+/// (3 blocks a batch) through the store's device with shuffled I/O, so the order of batches
+/// decides; `seeds` are the bases of the block choice and of the I/O shuffling.
+fn race_writers(store: &Arc<Store>, writers: usize, rounds: u64, phase: u64, seeds: (u64, u64)) {
+    let start = Arc::new(Barrier::new(writers));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, start) = (Arc::clone(store), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let seed = phase * 16 + w as u64;
+                let mut rng = SplitMix::new(seeds.0 + seed);
+                // Through the store's device: sealed, on an encrypted container.
+                let mut io = ShuffledIo {
+                    dev: store.device(),
+                    rng: SplitMix::new(seeds.1 + seed),
+                };
+                start.wait();
+                for round in 0..rounds {
+                    let blk = rng.below(6);
+                    let data = vec![(w as u8) << 6 | (round % 64) as u8; 3 * 4096];
+                    let ops = [Op::Write {
+                        offset: blk * 4096,
+                        data: &data,
+                    }];
+                    store.write_batch_with(w, &ops, &mut io).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 #[test]
 fn writers_racing_on_the_same_blocks_agree_with_recovery() {
     // A journal that holds every record and room for every block written: replay alone
@@ -76,35 +110,7 @@ fn writers_racing_on_the_same_blocks_agree_with_recovery() {
     // Each phase races the writers for a few rounds, then compares the disk with what
     // recovery makes of a copy of the device: the last writes to each block decide.
     for phase in 0..15u64 {
-        let start = Arc::new(Barrier::new(writers));
-        let threads: Vec<_> = (0..writers)
-            .map(|w| {
-                let (store, start) = (Arc::clone(&store), Arc::clone(&start));
-                std::thread::spawn(move || {
-                    let seed = phase * 16 + w as u64;
-                    let mut rng = SplitMix::new(0xc0ffee + seed);
-                    // Through the store's device: sealed, on an encrypted container.
-                    let mut io = ShuffledIo {
-                        dev: store.device(),
-                        rng: SplitMix::new(7 + seed),
-                    };
-                    start.wait();
-                    for round in 0..rounds {
-                        // Every writer hits the same 8 blocks, so the order of batches decides.
-                        let blk = rng.below(6);
-                        let data = vec![(w as u8) << 6 | (round % 64) as u8; 3 * 4096];
-                        let ops = [Op::Write {
-                            offset: blk * 4096,
-                            data: &data,
-                        }];
-                        store.write_batch_with(w, &ops, &mut io).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        race_writers(&store, writers, rounds, phase, (0xc0ffee, 7));
         let before = image(&store);
         let copy = Arc::new(crate::testing::FaultyDevice::from_image(dev.contents()));
         let recovered = Store::open(copy, crate::store::tests::store_opts()).unwrap();
@@ -143,33 +149,7 @@ fn writers_racing_with_checkpoints_agree_with_recovery() {
         })
     };
     for phase in 0..10u64 {
-        let start = Arc::new(Barrier::new(writers));
-        let threads: Vec<_> = (0..writers)
-            .map(|w| {
-                let (store, start) = (Arc::clone(&store), Arc::clone(&start));
-                std::thread::spawn(move || {
-                    let seed = phase * 16 + w as u64;
-                    let mut rng = SplitMix::new(0xbeef + seed);
-                    let mut io = ShuffledIo {
-                        dev: store.device(),
-                        rng: SplitMix::new(11 + seed),
-                    };
-                    start.wait();
-                    for round in 0..20u64 {
-                        let blk = rng.below(6);
-                        let data = vec![(w as u8) << 6 | (round % 64) as u8; 3 * 4096];
-                        let ops = [Op::Write {
-                            offset: blk * 4096,
-                            data: &data,
-                        }];
-                        store.write_batch_with(w, &ops, &mut io).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        race_writers(&store, writers, 20, phase, (0xbeef, 11));
         let before = image(&store);
         // Every write is done: a copy of the device now holds whatever a checkpoint running
         // meanwhile has written so far, and every record.

@@ -320,17 +320,25 @@ fn a_flushed_records_damaged_data_is_refused() {
     }
 }
 
-/// Both copies of the newest superblock lost while the journal ring still holds every record
-/// since the older checkpoint: the chain runs on across checkpoints, so the older one replays
-/// everything, the newest writes included.
-#[test]
-fn a_lost_newest_checkpoint_replays_from_the_older_one_while_the_ring_holds_it() {
+/// A store with LBA 0 = 1 behind one checkpoint and LBA 1 = 2 behind a newer one, and both
+/// copies of the superblock as the older checkpoint left them, to put back as if the newest were
+/// lost.
+fn two_checkpoints_keeping_the_older_superblocks() -> (Arc<FaultyDevice>, Store, Vec<u8>) {
     let (dev, s) = new_store(&small_opts());
     write_at(&s, 0, 1);
     s.checkpoint().unwrap();
     let old_superblocks = dev.contents()[..2 * BLOCK as usize].to_vec();
     write_at(&s, 1, 2);
     s.checkpoint().unwrap();
+    (dev, s, old_superblocks)
+}
+
+/// Both copies of the newest superblock lost while the journal ring still holds every record
+/// since the older checkpoint: the chain runs on across checkpoints, so the older one replays
+/// everything, the newest writes included.
+#[test]
+fn a_lost_newest_checkpoint_replays_from_the_older_one_while_the_ring_holds_it() {
+    let (dev, s, old_superblocks) = two_checkpoints_keeping_the_older_superblocks();
     write_at(&s, 2, 3);
     s.flush().unwrap();
     drop(s);
@@ -349,12 +357,7 @@ fn a_lost_newest_checkpoint_replays_from_the_older_one_while_the_ring_holds_it()
 /// older data.
 #[test]
 fn a_lost_newest_checkpoint_is_refused_not_rolled_back() {
-    let (dev, s) = new_store(&small_opts());
-    write_at(&s, 0, 1);
-    s.checkpoint().unwrap();
-    let old_superblocks = dev.contents()[..2 * BLOCK as usize].to_vec();
-    write_at(&s, 1, 2);
-    s.checkpoint().unwrap();
+    let (dev, s, old_superblocks) = two_checkpoints_keeping_the_older_superblocks();
     // One-block records, more than the ring holds: the older checkpoint's records are gone.
     let ring = s.geo.journal_blocks();
     for i in 0..ring + 4 {

@@ -13,7 +13,7 @@
 
 use super::{live, small_opts};
 use crate::store::{Op, Store, StoreOptions};
-use crate::testing::{CrashMode, FaultyDevice, SplitMix};
+use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
 const DISK: usize = 1 << 20;
@@ -311,12 +311,7 @@ fn run(seed: u64) -> Result<u64, String> {
                 }
             }
         }
-        let mode = match rng.below(3) {
-            0 => CrashMode::DropAll,
-            1 => CrashMode::TornPrefix,
-            _ => CrashMode::RandomSubset,
-        };
-        let img = dev.crash_image(mode, &mut rng);
+        let (mode, img) = crate::store::tests::random_crash(&dev, &mut rng);
         drop(store);
         dev = Arc::new(FaultyDevice::from_image(img));
         crashes += 1;
@@ -408,30 +403,12 @@ const REGRESSIONS: &[u64] = &[118083237446732];
 
 #[test]
 fn crash_points_recover_to_a_flushed_prefix() {
-    let points: u64 = std::env::var("KEEL_CRASH_POINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(800);
-    let seeds: Vec<u64> = match std::env::var("KEEL_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => {
-            let base = 0x6b65_656c_0000u64;
-            REGRESSIONS
-                .iter()
-                .copied()
-                .chain((0..points).map(|i| base + i))
-                .collect()
-        }
-    };
-    let mut crashes = 0;
-    for seed in seeds {
-        match run(seed) {
-            Ok(n) => crashes += n,
-            Err(e) => panic!("crash run failed; replay with KEEL_CRASH_SEED={seed}: {e}"),
-        }
-    }
+    let crashes = crate::store::tests::run_crash_points(
+        "crash run",
+        ("KEEL_CRASH_POINTS", "KEEL_CRASH_SEED"),
+        800,
+        (0x6b65_656c_0000, REGRESSIONS),
+        run,
+    );
     eprintln!("{crashes} crash points recovered");
 }

@@ -12,16 +12,11 @@
 //!
 //! `KEEL_IMPORT_STORE_SEED=<n>` replays one run; `KEEL_IMPORT_STORE_POINTS=<n>` sets how many.
 
-use super::{small_opts, store_opts};
-use crate::store::{Op, Store, StoreOptions};
-use crate::testing::{CrashMode, FaultyDevice, SplitMix};
+use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, crash_and_reopen, open, range, served};
+use super::small_opts;
+use crate::store::{Op, Store};
+use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
-
-const BLOCK: usize = 4096;
-const DISK: usize = 1 << 20;
-const BLOCKS: u64 = (DISK / BLOCK) as u64;
-/// Blocks per copier step (the real copier's are 1024: here a run crosses several).
-const STEP: u64 = 16;
 
 /// A source of `BLOCKS` blocks: a third holes, the rest distinct per-block data.
 fn make_source(rng: &mut SplitMix) -> Vec<u8> {
@@ -44,27 +39,6 @@ fn hash(block: &[u8]) -> u64 {
 
 fn hashes(image: &[u8]) -> Vec<u64> {
     image.chunks(BLOCK).map(hash).collect()
-}
-
-fn range(lba: u64) -> std::ops::Range<usize> {
-    lba as usize * BLOCK..(lba as usize + 1) * BLOCK
-}
-
-/// The disk as the import serves it: the container for blocks below the cursor or mapped,
-/// the source for the others.
-fn served(store: &Store, source: &[u8]) -> Result<Vec<u8>, String> {
-    let mut image = vec![0u8; DISK];
-    store
-        .read(0, &mut image)
-        .map_err(|e| format!("read: {e}"))?;
-    if let Some(cursor) = store.import_cursor() {
-        for lba in cursor..BLOCKS {
-            if !store.is_mapped(lba) {
-                image[range(lba)].copy_from_slice(&source[range(lba)]);
-            }
-        }
-    }
-    Ok(image)
 }
 
 /// One copier step from `cursor`, as the copier does it: the step's data blocks written if
@@ -154,17 +128,6 @@ fn guest_request(
     }
 }
 
-fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
-    Store::open(
-        dev.clone(),
-        StoreOptions {
-            writers: 2,
-            ..store_opts()
-        },
-    )
-    .map_err(|e| format!("open: {e}"))
-}
-
 /// Runs crash cycles for one seed; returns the crashes, or the first violation.
 fn run(seed: u64) -> Result<u64, String> {
     let mut rng = SplitMix::new(seed);
@@ -227,17 +190,8 @@ fn run(seed: u64) -> Result<u64, String> {
                 break;
             }
         }
-        let mode = match rng.below(3) {
-            0 => CrashMode::DropAll,
-            1 => CrashMode::TornPrefix,
-            _ => CrashMode::RandomSubset,
-        };
-        let image = dev.crash_image(mode, &mut rng);
-        drop(store);
-        dev = Arc::new(FaultyDevice::from_image(image));
+        let (store, at) = crash_and_reopen(store, &mut dev, &mut rng, cycle)?;
         crashes += 1;
-        let at = format!("cycle {cycle} ({mode:?})");
-        let store = open(&dev).map_err(|e| format!("{at}: recovery: {e}"))?;
         let recovered = store
             .import_cursor()
             .ok_or_else(|| format!("{at}: the import is no longer marked running"))?;
@@ -311,25 +265,12 @@ fn run(seed: u64) -> Result<u64, String> {
 
 #[test]
 fn import_crash_points_recover_to_a_flushed_prefix_over_the_source() {
-    let points: u64 = std::env::var("KEEL_IMPORT_STORE_POINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let seeds: Vec<u64> = match std::env::var("KEEL_IMPORT_STORE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => (0..points).map(|i| 0x696d_706f_0000u64 + i).collect(),
-    };
-    let mut crashes = 0;
-    for seed in seeds {
-        match run(seed) {
-            Ok(n) => crashes += n,
-            Err(e) => {
-                panic!("import crash run failed; replay with KEEL_IMPORT_STORE_SEED={seed}: {e}")
-            }
-        }
-    }
+    let crashes = crate::store::tests::run_crash_points(
+        "import crash run",
+        ("KEEL_IMPORT_STORE_POINTS", "KEEL_IMPORT_STORE_SEED"),
+        100,
+        (0x696d_706f_0000, &[]),
+        run,
+    );
     eprintln!("{crashes} import crash points recovered");
 }

@@ -5,7 +5,7 @@
 use super::small_opts;
 use crate::store::log::pace::Levels;
 use crate::store::{CleanerConfig, CleanerHandle, Op, Store, StoreOptions};
-use crate::testing::{CrashMode, FaultyDevice, SplitMix};
+use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -189,13 +189,8 @@ fn crashes_while_the_cleaner_works_recover_a_flushed_state() {
                 allowed = vec![model.clone()];
             }
         }
-        let mode = match rng.below(3) {
-            0 => CrashMode::DropAll,
-            1 => CrashMode::TornPrefix,
-            _ => CrashMode::RandomSubset,
-        };
         // The plug is pulled while the cleaner may be mid-step.
-        let img = dev.crash_image(mode, &mut rng);
+        let (mode, img) = crate::store::tests::random_crash(&dev, &mut rng);
         let st = s.stats();
         cleaned += st.segments_cleaned - st.writer_cleaned;
         drop(cleaner);

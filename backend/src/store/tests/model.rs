@@ -156,16 +156,8 @@ proptest! {
         for s in steps {
             match s {
                 Step::Batch(reqs) => {
-                    let datas: Vec<Vec<u8>> = reqs.iter().map(|r| match r {
-                        Req::Write { sector, sectors, fill } => pattern(*sector, *sectors, *fill),
-                        _ => Vec::new(),
-                    }).collect();
-                    let ops: Vec<Op<'_>> = reqs.iter().zip(&datas).map(|(r, d)| match *r {
-                        Req::Write { sector, .. } => Op::Write { offset: sector * 512, data: d },
-                        Req::Discard { sector, sectors } => Op::Discard { offset: sector * 512, len: sectors * 512 },
-                        Req::Zeroes { sector, sectors } => Op::WriteZeroes { offset: sector * 512, len: sectors * 512 },
-                    }).collect();
-                    match store.write_batch(0, &ops) {
+                    let datas = datas_of(&reqs);
+                    match store.write_batch(0, &ops_of(&reqs, &datas)) {
                         Ok(()) => {}
                         // Snapshots pin old versions, so a small container may fill up; a
                         // failed batch changes nothing. Without snapshots it is a bug.
@@ -177,18 +169,7 @@ proptest! {
                         }
                         Err(e) => return Err(TestCaseError::fail(e.to_string())),
                     }
-                    for (r, d) in reqs.iter().zip(&datas) {
-                        match *r {
-                            Req::Write { sector, .. } => {
-                                let o = (sector * 512) as usize;
-                                model[o..o + d.len()].copy_from_slice(d);
-                            }
-                            Req::Discard { sector, sectors } | Req::Zeroes { sector, sectors } => {
-                                let o = (sector * 512) as usize;
-                                model[o..o + (sectors * 512) as usize].fill(0);
-                            }
-                        }
-                    }
+                    apply_to_model(&mut model, &reqs, &datas);
                 }
                 Step::Flush => store.flush().unwrap(),
                 Step::Checkpoint => store.checkpoint().unwrap(),

@@ -3,21 +3,14 @@
 //! runs of the whole sequence (`KEEL_STAGING_STORE_SEED=<n>` replays one,
 //! `KEEL_STAGING_STORE_POINTS=<n>` sets how many).
 
+use super::import_disk::{BLOCK, BLOCKS, DISK, STEP, crash_and_reopen, open, range, served};
 use super::{new_store, small_opts, store_opts};
 use crate::store::diff::TreeRef;
-use crate::store::{CreateOptions, Op, Store, StoreOptions};
-use crate::testing::{CrashMode, FaultyDevice, SplitMix};
+use crate::store::{CreateOptions, Op, Store};
+use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 
-const BLOCK: usize = 4096;
-const DISK: usize = 1 << 20;
-const BLOCKS: u64 = (DISK / BLOCK) as u64;
-const STEP: u64 = 16;
 const NAMES: [&str; 3] = ["base", "mid", "nightly"];
-
-fn range(lba: u64) -> std::ops::Range<usize> {
-    lba as usize * BLOCK..(lba as usize + 1) * BLOCK
-}
 
 fn fill(block: &mut [u8], tag: u64) {
     for (i, word) in block.chunks_mut(8).enumerate() {
@@ -67,23 +60,6 @@ fn snapshot_image(store: &Store, id: u64) -> Result<Vec<u8>, String> {
             store
                 .read_vbas(&[v], &mut image[range(b.lba)])
                 .map_err(|e| format!("snapshot {id} block {}: {e}", b.lba))?;
-        }
-    }
-    Ok(image)
-}
-
-/// The disk as the import serves it: the container below the cursor or where it maps a block,
-/// the top view elsewhere.
-fn served(store: &Store, top: &[u8]) -> Result<Vec<u8>, String> {
-    let mut image = vec![0u8; DISK];
-    store
-        .read(0, &mut image)
-        .map_err(|e| format!("read: {e}"))?;
-    if let Some(cursor) = store.import_cursor() {
-        for lba in cursor..BLOCKS {
-            if !store.is_mapped(lba) {
-                image[range(lba)].copy_from_slice(&top[range(lba)]);
-            }
         }
     }
     Ok(image)
@@ -282,17 +258,6 @@ fn staging_refuses_without_a_staging_tree_and_bad_ranges() {
     );
 }
 
-fn open(dev: &Arc<FaultyDevice>) -> Result<Store, String> {
-    Store::open(
-        dev.clone(),
-        StoreOptions {
-            writers: 2,
-            ..store_opts()
-        },
-    )
-    .map_err(|e| format!("open: {e}"))
-}
-
 fn hashes(image: &[u8]) -> Vec<u32> {
     image.chunks(BLOCK).map(crc32c::crc32c).collect()
 }
@@ -358,17 +323,8 @@ fn run(seed: u64) -> Result<u64, String> {
                 break;
             }
         }
-        let mode = match rng.below(3) {
-            0 => CrashMode::DropAll,
-            1 => CrashMode::TornPrefix,
-            _ => CrashMode::RandomSubset,
-        };
-        let image = dev.crash_image(mode, &mut rng);
-        drop(store);
-        dev = Arc::new(FaultyDevice::from_image(image));
+        let (store, at) = crash_and_reopen(store, &mut dev, &mut rng, cycle)?;
         crashes += 1;
-        let at = format!("cycle {cycle} ({mode:?})");
-        let store = open(&dev).map_err(|e| format!("{at}: recovery: {e}"))?;
         check_views(&store, &views).map_err(|e| format!("{at}: {e}"))?;
         let image = served(&store, &top).map_err(|e| format!("{at}: {e}"))?;
         if !allowed.contains(&hashes(&image)) {
@@ -408,25 +364,12 @@ fn run(seed: u64) -> Result<u64, String> {
 
 #[test]
 fn staging_crash_points_resume_to_the_chain_and_the_guest_writes() {
-    let points: u64 = std::env::var("KEEL_STAGING_STORE_POINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    let seeds: Vec<u64> = match std::env::var("KEEL_STAGING_STORE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => (0..points).map(|i| 0x7374_6167_0000u64 + i).collect(),
-    };
-    let mut crashes = 0;
-    for seed in seeds {
-        match run(seed) {
-            Ok(n) => crashes += n,
-            Err(e) => {
-                panic!("staging crash run failed; replay with KEEL_STAGING_STORE_SEED={seed}: {e}")
-            }
-        }
-    }
+    let crashes = crate::store::tests::run_crash_points(
+        "staging crash run",
+        ("KEEL_STAGING_STORE_POINTS", "KEEL_STAGING_STORE_SEED"),
+        60,
+        (0x7374_6167_0000, &[]),
+        run,
+    );
     assert!(crashes > 0);
 }
