@@ -190,3 +190,53 @@ fn keel_import_finishes_a_live_import_of_a_chain_killed_while_staging() {
     let text = keel(dir, &["fsck", "d.keel"]);
     assert!(text.contains(" 0 problems"), "fsck: {text}");
 }
+
+/// A chain whose top rewrites every block of a base that fills the disk: the base snapshot and
+/// the disk share nothing, twice what a container the size of the source holds. The container
+/// grows as the views need it (no `max_size` set), the import finishes, and both views read
+/// right.
+#[test]
+fn a_chain_that_rewrites_its_whole_base_fits_by_growing_the_container() {
+    const FULL: u64 = 16 * MIB;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    qcow2::create(dir, "base.qcow2", FULL);
+    qcow2::qemu_io(dir, "base.qcow2", &["write -q -P 0x21 0 16M"]);
+    qcow2::create_over(dir, "top.qcow2", "base.qcow2");
+    qcow2::qemu_io(dir, "top.qcow2", &["write -q -P 0x22 0 16M"]);
+    qcow2::to_raw(dir, "top.qcow2", None, "top.raw");
+    let want = std::fs::read(dir.join("top.raw")).unwrap();
+    std::fs::write(dir.join("keel.toml"), live_import_config("256M")).unwrap();
+    let keeld = start_keeld(dir);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let import = disk_stats(dir).import.expect("an import report");
+        assert!(
+            import.error.is_none(),
+            "the import failed: {:?}",
+            import.error
+        );
+        if import.state == ImportState::Done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut q = connect_queue(dir);
+    check_all(&mut q, &want, "import done");
+    drop(q);
+    stop_keeld(keeld);
+    let base = keel(
+        dir,
+        &["diff", "d.keel", "@empty", "base", "--export", "base.kx"],
+    );
+    assert!(!base.is_empty() || dir.join("base.kx").exists());
+    keel(dir, &["apply", "base.kx", "base.raw"]);
+    let got = std::fs::read(dir.join("base.raw")).unwrap();
+    assert!(
+        got.len() as u64 == FULL && got.iter().all(|&b| b == 0x21),
+        "snapshot base"
+    );
+    let text = keel(dir, &["fsck", "d.keel"]);
+    assert!(text.contains(" 0 problems"), "fsck: {text}");
+}

@@ -126,3 +126,26 @@ fn two_views_that_would_share_a_snapshot_name_are_refused_naming_it() {
     );
     assert!(!dir.join("t.keel").exists(), "no container is made");
 }
+
+/// A top that rewrites every block of a base filling the disk needs twice the disk's space:
+/// `keel import` grows the container as the views need it, and both views read right.
+#[test]
+fn a_chain_that_rewrites_its_whole_base_is_imported_by_growing_the_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    qcow2::create(dir, "base.qcow2", 16 << 20);
+    qcow2::qemu_io(dir, "base.qcow2", &["write -q -P 0x21 0 16M"]);
+    qcow2::create_over(dir, "top.qcow2", "base.qcow2");
+    qcow2::qemu_io(dir, "top.qcow2", &["write -q -P 0x22 0 16M"]);
+    keel(dir, &["import", "top.qcow2", "c.keel"]);
+    assert_eq!(snapshot_names(dir, "c.keel"), ["base"]);
+    snapshot_as_raw(dir, "c.keel", "base", "base.raw");
+    snapshot_as_raw(dir, "c.keel", "@running", "top.raw");
+    for (file, byte) in [("base.raw", 0x21u8), ("top.raw", 0x22)] {
+        let got = std::fs::read(dir.join(file)).unwrap();
+        assert!(
+            got.len() == 16 << 20 && got.iter().all(|&b| b == byte),
+            "{file} is not the view it was imported from"
+        );
+    }
+}

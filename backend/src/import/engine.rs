@@ -43,6 +43,40 @@ fn setup(disk: &DiskConfig, message: String) -> EngineError {
 
 /// Opens the keel disk `disk` names, importing from `disk.import_from` if the container says
 /// the import is not finished.
+/// A chain (or internal snapshots) becomes snapshots, which hold what each view changed on
+/// top of the disk itself: a container the size of the source may not hold them. Unless the
+/// disk's `max_size` says otherwise, a container a live import makes or still fills may grow
+/// (only as it needs to) to one copy of the disk per view.
+fn allow_room_for_views(disk: &mut DiskConfig, from: &str, path: &std::path::Path) {
+    if disk.space.max_size.is_some() {
+        return;
+    }
+    let one = if path.exists() {
+        if !crate::store::peek::importing(path).unwrap_or(false) {
+            return;
+        }
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    } else {
+        let size = disk.size.unwrap_or(0);
+        crate::config::create_options(size, disk.space.spare)
+            .geometry()
+            .map_or(0, |g| g.container_bytes())
+    };
+    let views = match layers::views(from) {
+        Ok(v) if v.len() > 1 => v.len() as u64,
+        _ => return,
+    };
+    if one > 0 {
+        disk.space.max_size = Some(one.saturating_mul(views));
+        log::info!(
+            "{}: {views} views of {from} become snapshots: the container may grow to {} bytes \
+             (max_size unset)",
+            disk.name,
+            one.saturating_mul(views)
+        );
+    }
+}
+
 pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
     let Some(from) = disk.import_from.clone() else {
         return Ok(Arc::new(KeelEngine::open(disk)?));
@@ -57,6 +91,7 @@ pub fn open_engine(disk: &DiskConfig) -> Result<Arc<dyn Engine>, EngineError> {
         disk.size = Some(disk.size.unwrap_or(0).max(size));
         source = Some(s);
     }
+    allow_room_for_views(&mut disk, &from, &path);
     let keel = KeelEngine::open(&disk)?;
     let store = keel
         .admin()

@@ -49,6 +49,15 @@ pub fn open(path: &Path) -> Result<Store, String> {
     Store::open_path(path, store_options()).map_err(|e| open_error(path, e))
 }
 
+/// [`open`], letting the container file grow up to `max_bytes` as it fills (an import whose
+/// views become snapshots may need more than the disk's size).
+pub fn open_growing(path: &Path, max_bytes: u64) -> Result<Store, String> {
+    must_be_container(path)?;
+    let mut opts = store_options();
+    opts.space.max_container_bytes = Some(max_bytes);
+    Store::open_path(path, opts).map_err(|e| open_error(path, e))
+}
+
 fn open_error(path: &Path, e: StoreError) -> String {
     match e {
         StoreError::InUse(holder) => {

@@ -75,12 +75,24 @@ pub fn import(source: &str, path: &Path, geo: &GeometryArgs, json: bool) -> Resu
     // Before any container is made: a chain whose views clash is refused.
     let views = layers::views(source).map_err(|e| e.to_string())?;
     let identity = identity::source_identity(source).map_err(|e| e.to_string())?;
-    if !path.exists() {
+    let made = !path.exists();
+    if made {
         let size = geo.size.unwrap_or(src_len.next_multiple_of(4096));
         let opts = geo.options(size)?;
         Store::create_path(path, &opts).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let store = Arc::new(open(path)?);
+    // Views that become snapshots hold what each changed on top of the disk: the container
+    // may grow (only as it needs to) to one copy of the disk per view.
+    let growing =
+        views.len() > 1 && (made || keel_backend::store::peek::importing(path).unwrap_or(false));
+    let store = Arc::new(if growing {
+        let one = std::fs::metadata(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        super::offline::open_growing(path, one.saturating_mul(views.len() as u64))?
+    } else {
+        open(path)?
+    });
     if src_len > store.capacity() {
         return Err(format!(
             "the image ({}, {src_len} bytes) is larger than the disk ({}, {} bytes)",

@@ -25,6 +25,25 @@ pub enum Peeked {
 /// Reads `path`'s superblocks. The newest valid one gives the capacity, which an online or
 /// offline grow writes there before any write may reach the new end.
 pub fn peek(path: &Path) -> io::Result<Peeked> {
+    Ok(match newest(path)? {
+        None => Peeked::NotAContainer,
+        Some(None) => Peeked::Damaged,
+        Some(Some(sb)) => Peeked::Container {
+            capacity: sb.geometry.capacity,
+        },
+    })
+}
+
+/// Whether `path` is a container a live import is still filling (its newest superblock has
+/// the `IMPORTING` feature).
+pub fn importing(path: &Path) -> io::Result<bool> {
+    Ok(matches!(newest(path)?, Some(Some(sb))
+        if sb.incompat & crate::store::log::superblock::INCOMPAT_IMPORTING != 0))
+}
+
+/// The newest valid superblock: `None` for a file that is not a container, `Some(None)` for
+/// one whose superblocks are both damaged.
+fn newest(path: &Path) -> io::Result<Option<Option<Superblock>>> {
     let f = File::open(path)?;
     let mut end = &f;
     let len = io::Seek::seek(&mut end, io::SeekFrom::End(0))?;
@@ -38,18 +57,14 @@ pub fn peek(path: &Path) -> io::Result<Peeked> {
     }
     let start = &start[..filled];
     if !crate::store::admin::diff_file::is_container_start(start) {
-        return Ok(Peeked::NotAContainer);
+        return Ok(None);
     }
-    let newest = start
-        .chunks(BOTH_SLOTS / 2)
-        .filter_map(|slot| Superblock::decode(slot, len).ok())
-        .max_by_key(|sb| sb.generation);
-    Ok(match newest {
-        Some(sb) => Peeked::Container {
-            capacity: sb.geometry.capacity,
-        },
-        None => Peeked::Damaged,
-    })
+    Ok(Some(
+        start
+            .chunks(BOTH_SLOTS / 2)
+            .filter_map(|slot| Superblock::decode(slot, len).ok())
+            .max_by_key(|sb| sb.generation),
+    ))
 }
 
 #[cfg(test)]
