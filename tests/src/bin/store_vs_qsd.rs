@@ -205,6 +205,11 @@ struct RunResult {
     randread_after_seq: Measurement,
     randwrite: Measurement,
     randread_after_random: Measurement,
+    /// The whole disk overwritten once more at random (4 KiB, depth 32), all of it timed.
+    overwrite: Measurement,
+    /// Random writes once the disk has been overwritten at random: the steady state a VM's
+    /// disk lives in (its live blocks scattered over every segment).
+    randwrite_after_overwrite: Measurement,
     /// Keel only: journal records per guest write during the fresh random-write phase.
     metadata_per_write: Option<f64>,
     /// Keel only: the same while the disk is full and the cleaner works.
@@ -213,6 +218,8 @@ struct RunResult {
     cleaning_fill: Option<Breakdown>,
     /// Keel only: where the full-disk random writes' time went.
     cleaning_full: Option<Breakdown>,
+    /// Keel only: the same after one full random overwrite.
+    cleaning_after_overwrite: Option<Breakdown>,
     /// Keel only: guest data mapped / stored at the end of the run.
     compression_ratio: Option<f64>,
 }
@@ -339,6 +346,13 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     let cleaning_full = breakdown(before.clone(), after.clone());
     let metadata_per_write_full = per_write(before, after);
     let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let whole = wl(Pattern::RandWrite, 4096, 32, a.runtime);
+    let overwrite = bench::run_bytes(&s.sock, &whole, a.size)
+        .unwrap_or_else(|e| panic!("{server:?} overwrite: {e}"));
+    show(&whole, &overwrite);
+    let before = stats(&s);
+    let randwrite_after_overwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
+    let cleaning_after_overwrite = breakdown(before, stats(&s));
     let compression_ratio = stats(&s).and_then(|s| s.compression_ratio);
     RunResult {
         randwrite_fresh,
@@ -346,10 +360,13 @@ fn one_run(server: Server, a: &Args) -> RunResult {
         randread_after_seq,
         randwrite,
         randread_after_random,
+        overwrite,
+        randwrite_after_overwrite,
         metadata_per_write,
         metadata_per_write_full,
         cleaning_fill,
         cleaning_full,
+        cleaning_after_overwrite,
         compression_ratio,
     }
 }
@@ -403,7 +420,7 @@ fn main() {
     let pick = |rs: &[RunResult], f: fn(&RunResult) -> Measurement| {
         median(&rs.iter().map(f).collect::<Vec<_>>())
     };
-    let rows: [(&str, Getter); 5] = [
+    let rows: [(&str, Getter); 7] = [
         ("4k randwrite qd32, new disk (half of it)", |r| {
             r.randwrite_fresh
         }),
@@ -418,10 +435,16 @@ fn main() {
         ("4k randread qd32, data written randomly", |r| {
             r.randread_after_random
         }),
+        ("4k randwrite qd32, the whole disk overwritten once", |r| {
+            r.overwrite
+        }),
+        ("4k randwrite qd32, after one full random overwrite", |r| {
+            r.randwrite_after_overwrite
+        }),
     ];
     println!(
-        "Median of {} runs, {} s each (new-disk writes: half the disk; the fill: the disk once \
-         over, then {} s to settle), 1 queue, blkio client, {} MiB disk, O_DIRECT everywhere.\n",
+        "Median of {} runs, {} s each (new-disk writes: half the disk; the fill and the random \
+         overwrite: the disk once over, then {} s to settle after the fill), 1 queue, blkio client, {} MiB disk, O_DIRECT everywhere.\n",
         a.runs,
         a.runtime.as_secs_f64(),
         a.settle.as_secs_f64(),
@@ -490,6 +513,7 @@ fn main() {
         for (name, b) in [
             ("1M seq fill", r.cleaning_fill),
             ("4k randwrite, full disk", r.cleaning_full),
+            ("4k randwrite, after overwrite", r.cleaning_after_overwrite),
         ] {
             if let Some(b) = b {
                 println!("{}", b.row(name));
