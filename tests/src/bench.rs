@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+mod data;
 mod driver;
-pub use driver::NOISE_DATA;
+pub use data::{DataKind, set_data_kind};
 
 use driver::{Connection, QueueDriver, Shape};
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use keel_client::queue::Completions;
 use keel_client::{Buffer, Disk, DiskOptions, Push, Queue, Request};
 
+use super::data::fill_data;
 use crate::client::{Client, Options, QueueIo};
 
 /// One queue of a connected client, driven by one thread. Request `slot` always uses the
@@ -27,25 +28,6 @@ pub trait QueueDriver: Send {
 pub enum Connection {
     Blkio(Client),
     Keel(Disk),
-}
-
-/// Write data that does not compress (noise) instead of a repeated byte: set by a benchmark's
-/// `--data random`, for disks that compress.
-pub static NOISE_DATA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// What write buffers hold: 0x5a, or noise with [`NOISE_DATA`].
-fn fill_data(buf: &mut [u8]) {
-    if !NOISE_DATA.load(std::sync::atomic::Ordering::Relaxed) {
-        buf.fill(0x5a);
-        return;
-    }
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in buf.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x >> 24) as u8;
-    }
 }
 
 /// What the connection is for.

@@ -2,7 +2,7 @@
 //! image: the same client, the same workloads, the same run. See docs/benchmarks.md.
 //!
 //! Usage: store_vs_qsd [--runs N] [--runtime SECS] [--dir DIR] [--size-mib N] [--settle SECS]
-//! [--no-amp] [--data pattern|random]
+//! [--no-amp] [--data pattern|random|text]
 //! [--servers keel,keel-encrypted,keel-lz4,keel-zstd,qsd-raw,qsd-qcow2,qsd-qcow2-luks]
 //! (default: keel, qsd-raw, qsd-qcow2; other lists print one IOPS/latency table of them all)
 //! Prints a markdown table and, after a line "JSON:", the raw numbers.
@@ -43,9 +43,9 @@ struct Args {
     /// Pause after the fill, before the reads (seconds).
     #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     settle: Duration,
-    /// What the writes hold: one repeated byte ("pattern", compresses to almost nothing) or
-    /// noise ("random", does not compress).
-    #[arg(long, value_parser = ["pattern", "random"], default_value = "pattern")]
+    /// What the writes hold: one repeated byte ("pattern", compresses to almost nothing),
+    /// noise ("random", does not compress) or English-like text ("text").
+    #[arg(long, value_parser = ["pattern", "random", "text"], default_value = "pattern")]
     data: String,
     /// The servers to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = DEFAULT_SERVERS)]
@@ -406,7 +406,7 @@ struct Report {
 fn main() {
     let a = Args::parse();
     fs::create_dir_all(&a.dir).expect("bench dir");
-    bench::NOISE_DATA.store(a.data == "random", std::sync::atomic::Ordering::Relaxed);
+    bench::set_data_kind(bench::DataKind::parse(&a.data).expect("checked by clap"));
     let mut runs: Vec<(Server, Vec<RunResult>)> =
         a.servers.iter().map(|s| (*s, Vec::new())).collect();
     for r in 0..a.runs {

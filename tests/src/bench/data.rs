@@ -1,0 +1,402 @@
+//! What a benchmark's writes hold. Storage that compresses is only measured honestly with
+//! data of a known kind: one repeated byte (compresses to almost nothing), noise (does not
+//! compress), or English-like text (compresses about as real text does, block by block).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The kind of data the write buffers hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// Every byte 0x5a.
+    Pattern = 0,
+    /// xorshift noise.
+    Random = 1,
+    /// Sentences of common English words, drawn with a skew toward the commonest.
+    Text = 2,
+}
+
+impl DataKind {
+    /// The kind a benchmark's `--data` names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "pattern" => Some(Self::Pattern),
+            "random" => Some(Self::Random),
+            "text" => Some(Self::Text),
+            _ => None,
+        }
+    }
+}
+
+static KIND: AtomicU8 = AtomicU8::new(DataKind::Pattern as u8);
+
+/// Sets what every later write buffer of this process holds.
+pub fn set_data_kind(kind: DataKind) {
+    KIND.store(kind as u8, Ordering::Relaxed);
+}
+
+/// Fills a write buffer with data of the kind set (the same bytes for a buffer of one length).
+pub fn fill_data(buf: &mut [u8]) {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    match KIND.load(Ordering::Relaxed) {
+        k if k == DataKind::Random as u8 => buf.iter_mut().for_each(|b| *b = rng.byte()),
+        k if k == DataKind::Text as u8 => fill_text(buf, &mut rng),
+        _ => buf.fill(0x5a),
+    }
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 24) as u8
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() >> 33) as usize % n
+    }
+}
+
+/// Common English words; a sentence draws from them with the product of two uniform picks,
+/// so the first words come far oftener than the last (as in real text).
+const WORDS: &[&str] = &[
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "is",
+    "that",
+    "it",
+    "for",
+    "was",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "at",
+    "be",
+    "this",
+    "from",
+    "have",
+    "or",
+    "by",
+    "one",
+    "had",
+    "not",
+    "but",
+    "what",
+    "all",
+    "were",
+    "when",
+    "we",
+    "there",
+    "can",
+    "an",
+    "your",
+    "which",
+    "their",
+    "said",
+    "if",
+    "do",
+    "will",
+    "each",
+    "about",
+    "how",
+    "up",
+    "out",
+    "them",
+    "then",
+    "she",
+    "many",
+    "some",
+    "so",
+    "these",
+    "would",
+    "other",
+    "into",
+    "has",
+    "more",
+    "her",
+    "two",
+    "like",
+    "him",
+    "see",
+    "time",
+    "could",
+    "no",
+    "make",
+    "than",
+    "first",
+    "been",
+    "its",
+    "who",
+    "now",
+    "people",
+    "my",
+    "made",
+    "over",
+    "did",
+    "down",
+    "only",
+    "way",
+    "find",
+    "use",
+    "may",
+    "water",
+    "long",
+    "little",
+    "very",
+    "after",
+    "words",
+    "called",
+    "just",
+    "where",
+    "most",
+    "know",
+    "get",
+    "through",
+    "back",
+    "much",
+    "before",
+    "go",
+    "good",
+    "new",
+    "write",
+    "our",
+    "used",
+    "me",
+    "man",
+    "too",
+    "any",
+    "day",
+    "same",
+    "right",
+    "look",
+    "think",
+    "also",
+    "around",
+    "another",
+    "came",
+    "come",
+    "work",
+    "three",
+    "word",
+    "must",
+    "because",
+    "does",
+    "part",
+    "even",
+    "place",
+    "well",
+    "such",
+    "here",
+    "take",
+    "why",
+    "things",
+    "help",
+    "put",
+    "years",
+    "different",
+    "away",
+    "again",
+    "off",
+    "went",
+    "old",
+    "number",
+    "great",
+    "tell",
+    "men",
+    "say",
+    "small",
+    "every",
+    "found",
+    "still",
+    "between",
+    "name",
+    "should",
+    "home",
+    "big",
+    "give",
+    "air",
+    "line",
+    "set",
+    "own",
+    "under",
+    "read",
+    "last",
+    "never",
+    "us",
+    "left",
+    "end",
+    "along",
+    "while",
+    "might",
+    "next",
+    "sound",
+    "below",
+    "saw",
+    "something",
+    "thought",
+    "both",
+    "few",
+    "those",
+    "always",
+    "looked",
+    "show",
+    "large",
+    "often",
+    "together",
+    "asked",
+    "house",
+    "world",
+    "going",
+    "want",
+    "school",
+    "important",
+    "until",
+    "form",
+    "food",
+    "keep",
+    "children",
+    "feet",
+    "land",
+    "side",
+    "without",
+    "boy",
+    "once",
+    "animals",
+    "life",
+    "enough",
+    "took",
+    "sometimes",
+    "four",
+    "head",
+    "above",
+    "kind",
+    "began",
+    "almost",
+    "live",
+    "page",
+    "got",
+    "earth",
+    "need",
+    "far",
+    "hand",
+    "high",
+    "year",
+    "mother",
+    "light",
+    "country",
+    "father",
+    "let",
+    "night",
+    "following",
+    "picture",
+    "being",
+    "study",
+    "second",
+    "eyes",
+    "soon",
+    "times",
+    "story",
+    "since",
+    "white",
+    "days",
+    "ever",
+    "paper",
+    "hard",
+    "near",
+    "sentence",
+    "better",
+    "best",
+    "across",
+    "during",
+    "today",
+    "however",
+    "sure",
+    "means",
+    "knew",
+    "try",
+    "told",
+    "young",
+    "miles",
+    "sun",
+    "ways",
+    "thing",
+    "whole",
+    "hear",
+    "example",
+    "heard",
+    "several",
+    "change",
+    "answer",
+    "room",
+    "sea",
+    "against",
+    "top",
+    "turned",
+    "learn",
+    "point",
+    "city",
+    "play",
+    "toward",
+    "five",
+    "himself",
+    "usually",
+];
+
+fn fill_text(buf: &mut [u8], rng: &mut XorShift) {
+    let end = buf.len();
+    let mut at = 0;
+    let mut put = |bytes: &[u8], at: &mut usize| {
+        let n = bytes.len().min(end - *at);
+        buf[*at..*at + n].copy_from_slice(&bytes[..n]);
+        *at += n;
+    };
+    while at < end {
+        let len = 6 + rng.below(13);
+        for i in 0..len {
+            let pick = rng.below(WORDS.len()) * rng.below(WORDS.len()) / WORDS.len();
+            let word = WORDS[pick].as_bytes();
+            if i == 0 {
+                put(&[word[0].to_ascii_uppercase()], &mut at);
+                put(&word[1..], &mut at);
+            } else {
+                put(b" ", &mut at);
+                put(word, &mut at);
+            }
+        }
+        put(if rng.below(5) == 0 { b".\n" } else { b". " }, &mut at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_words_and_sentences_and_noise_is_not_the_pattern() {
+        let mut text = vec![0u8; 4096];
+        let mut rng = XorShift(7);
+        fill_text(&mut text, &mut rng);
+        assert!(
+            text.iter()
+                .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n')
+        );
+        let words = text.split(|b| *b == b' ').count();
+        assert!(words > 400, "{words} words in 4 KiB");
+        assert!(text.windows(2).any(|w| w == b". "));
+        assert_eq!(DataKind::parse("text"), Some(DataKind::Text));
+        assert_eq!(DataKind::parse("zeros"), None);
+    }
+}
