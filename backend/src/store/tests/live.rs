@@ -231,7 +231,7 @@ fn a_batch_committed_while_a_checkpoint_encodes_is_recovered_exactly() {
             match l {
                 2000..2600 => (l as u8) ^ 0x77,
                 301..351 => 0,
-                _ if l % 2 == 0 => 0xc3,
+                _ if l.is_multiple_of(2) => 0xc3,
                 _ => (l as u8) ^ 0x5a,
             }
         };
