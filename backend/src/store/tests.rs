@@ -15,7 +15,6 @@ mod packed;
 mod poison;
 mod space;
 mod staging;
-mod temperature;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};

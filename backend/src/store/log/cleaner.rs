@@ -2,7 +2,6 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused after the
 //! next checkpoint.
 
-use super::temperature;
 use super::victim;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
@@ -41,7 +40,7 @@ impl Store {
         let mut cw = self.lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
         let mut pin = PinGuard::new(&self.pins);
-        let (seg, live, stamp, temp) = {
+        let (seg, live, stamp) = {
             let st = self.read_lock(&self.state);
             let Some(seg) = victim::choose(
                 &st.sut,
@@ -70,8 +69,7 @@ impl Store {
                     (!held.is_empty()).then_some((pba, held))
                 })
                 .collect();
-            let temp = temperature::of_segment(&st.sut, seg, self.young_blocks());
-            (seg, live, st.sut.stamp(seg), temp)
+            (seg, live, st.sut.stamp(seg))
         };
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
@@ -84,7 +82,7 @@ impl Store {
         let mut runs = Vec::new();
         let mut i = 0;
         while i < live.len() {
-            let (dst, n) = self.take_blocks_at(&mut cw, temp, live.len() - i, true)?;
+            let (dst, n) = self.take_blocks(&mut cw, live.len() - i, true)?;
             // Relocated data keeps its age in its new segment.
             self.write_lock(&self.state)
                 .sut

@@ -23,6 +23,5 @@ pub(super) mod space;
 pub mod spare;
 pub(super) mod superblock;
 pub(super) mod tail;
-pub(super) mod temperature;
 pub(super) mod victim;
 pub(super) mod write;

@@ -145,7 +145,7 @@ impl Store {
             .iter()
             .map(|&(lba, count)| Entry::Unmap { lba, count })
             .collect();
-        let mut blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
+        let blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
         // Blocks merged here from partial writes (owned by the plan, which is gone when a
         // started batch's writes are still in flight) and blocks not block-aligned in memory
         // are copied once into an aligned buffer that lives as long as the batch; the others
@@ -173,10 +173,9 @@ impl Store {
             let lbas: Vec<u64> = blocks.iter().map(|(lba, _)| *lba).collect();
             self.place_packed(&mut w, &lbas, &sources, packed, &mut entries, &mut runs)?
         } else {
-            let temps = self.order_by_temperature(&mut blocks, &mut sources);
             let mut i = 0;
             while i < blocks.len() {
-                let (pba, n) = self.take_blocks_by_temperature(&mut w, &temps[i..])?;
+                let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
                 let vba0 = {
                     // VBAs are unique, never reused; the writer lock, held until the batch is
                     // applied, keeps them ordered with the commit (snapshot creation takes every
