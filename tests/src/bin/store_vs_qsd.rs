@@ -241,6 +241,9 @@ struct Breakdown {
     checkpoint_max_ms: f64,
     segment_waits: u64,
     segment_wait_ms: f64,
+    /// Batches that waited for a checkpoint (its freeze, or a full journal ring), and how long.
+    checkpoint_waits: u64,
+    checkpoint_wait_ms: f64,
 }
 
 fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
@@ -264,13 +267,15 @@ fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
         checkpoint_max_ms: ca.checkpoint_max_us as f64 / 1000.0,
         segment_waits: ca.segment_waits - cb.segment_waits,
         segment_wait_ms: ms(ca.segment_wait_us, cb.segment_wait_us),
+        checkpoint_waits: ca.checkpoint_waits - cb.checkpoint_waits,
+        checkpoint_wait_ms: ms(ca.checkpoint_wait_us, cb.checkpoint_wait_us),
     })
 }
 
 impl Breakdown {
     fn row(&self, name: &str) -> String {
         format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} |",
             self.guest_mib,
             self.write_amplification,
             self.blocks_moved_per_guest_block,
@@ -283,6 +288,8 @@ impl Breakdown {
             self.checkpoint_max_ms,
             self.segment_waits,
             self.segment_wait_ms,
+            self.checkpoint_waits,
+            self.checkpoint_wait_ms,
         )
     }
 }
@@ -506,9 +513,9 @@ fn main() {
         "\nWhere Keel's write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
     );
     println!(
-        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms |"
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &runs[0].1 {
         for (name, b) in [
             ("1M seq fill", r.cleaning_fill),

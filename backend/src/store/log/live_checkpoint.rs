@@ -1,11 +1,12 @@
 //! Checkpoints that do not stop the world: the maps are frozen at the newest record (the
-//! journal is held only for that), then written out of place while new records go on into
-//! the journal ring past the freeze point (see `journal_ring`). Batches wait for a checkpoint
-//! only while it freezes, or when the ring is full.
+//! journal is held only for that), then encoded and written out of place while new records
+//! go on into the journal ring past the freeze point (see `journal_ring`). Batches wait for a
+//! checkpoint only while it freezes, or when the ring is full.
 //!
 //! The copy-on-write trees make the frozen version cheap: freezing gives every dirty node its
-//! block and encodes it; a record applied afterwards copies any node it changes, so the
-//! encoded blocks stay what the checkpoint describes. Segments emptied after the freeze stay
+//! block, encodes the usage table and the root, and pins the trees (as a snapshot would); a
+//! record applied afterwards copies any node it changes, so the nodes the checkpoint names
+//! stay as they were frozen while it encodes them, a chunk at a time under the maps' lock. Segments emptied after the freeze stay
 //! pending until the next checkpoint (records after the freeze point may still name their
 //! blocks), and the chain of records runs on across the checkpoint: a crash before its
 //! superblock lands replays from the previous checkpoint through every record after it.
@@ -179,10 +180,11 @@ impl Store {
         Counters::add(&self.stats.checkpoint_writes, written.writes);
         Counters::add(&self.stats.checkpoint_write_bytes, written.bytes);
         log::debug!(
-            "checkpoint generation {}: {} blocks in {:?} ({:?} of it encoding)",
+            "checkpoint generation {}: {} blocks in {:?} (the journal held {:?}, encoding {:?})",
             j.superblock.generation,
             written.bytes / BLOCK,
             t0.elapsed(),
+            held,
             written.encoding
         );
     }

@@ -14,12 +14,13 @@ use crate::store::map::btree::NodeId;
 use crate::store::map::sut::{SegKind, Sut};
 use crate::store::{JournalState, State, Store};
 use std::collections::HashSet;
+use std::ops::Deref;
 
 /// Device writes a checkpoint made.
 pub struct Written {
     pub writes: u64,
     pub bytes: u64,
-    /// Time spent placing and encoding, before any write (a checkpoint's, for its log line).
+    /// Time spent encoding the tree nodes, before any write (for a checkpoint's log line).
     pub encoding: std::time::Duration,
 }
 
@@ -27,8 +28,6 @@ pub struct Written {
 pub struct Prepared {
     pub runs: Vec<(u64, AlignedBuf)>,
     pub root_pba: u64,
-    pub root_blocks: usize,
-    pub chain_seed: u32,
 }
 
 /// Takes `n` blocks for metadata; `contiguous` insists on one run inside one segment.
@@ -188,9 +187,17 @@ fn assign(
     })
 }
 
+/// Blocks encoded per hold of the maps' lock while a frozen checkpoint encodes: guest
+/// records wait for the lock at most that long (well under a millisecond).
+const ENCODE_CHUNK: usize = 128;
+
 /// Encodes every block of `layout` straight into its run's buffer (runs of contiguous
-/// blocks, at most 1024), reading the nodes from `st`.
-fn encode(st: &State, layout: Layout) -> Result<Prepared> {
+/// blocks, at most 1024), reading the nodes from the state `lock` gives, taken again every
+/// [`ENCODE_CHUNK`] blocks (the nodes named must not change meanwhile: see [`freeze`]).
+fn encode<S: Deref<Target = State>>(
+    layout: &Layout,
+    mut lock: impl FnMut() -> S,
+) -> Result<Prepared> {
     let mut spans: Vec<(u64, usize, usize)> = Vec::new();
     for (i, (p, _)) in layout.blocks.iter().enumerate() {
         match spans.last_mut() {
@@ -199,9 +206,17 @@ fn encode(st: &State, layout: Layout) -> Result<Prepared> {
         }
     }
     let mut runs = Vec::with_capacity(spans.len());
+    let mut st = lock();
+    let mut since_lock = 0;
     for (start, first, n) in spans {
         let mut ab = AlignedBuf::blocks(n);
         for (k, (p, src)) in layout.blocks[first..first + n].iter().enumerate() {
+            if since_lock == ENCODE_CHUNK {
+                drop(st);
+                st = lock();
+                since_lock = 0;
+            }
+            since_lock += 1;
             let out = ab.block_mut(k);
             let ok = match *src {
                 Source::LbaNode(id) => st.maps.lba.encode_node(id, *p, out),
@@ -220,8 +235,6 @@ fn encode(st: &State, layout: Layout) -> Result<Prepared> {
     Ok(Prepared {
         runs,
         root_pba: layout.root_pba,
-        root_blocks: layout.root_blocks,
-        chain_seed: layout.chain_seed,
     })
 }
 
@@ -237,7 +250,8 @@ pub fn prepare(
     chain: Option<u32>,
 ) -> Result<Prepared> {
     let layout = assign(st, meta, geo, generation, lsn, chain)?;
-    encode(st, layout)
+    let st: &State = st;
+    encode(&layout, || st)
 }
 
 /// Writes the prepared blocks (all at once, through `io`) and flushes.
@@ -278,10 +292,10 @@ pub fn repair_superblock_copy(dev: &dyn BlockDevice, sb: &Superblock, slot: u64)
     Ok(())
 }
 
-/// A checkpoint frozen at one LSN: placed and encoded (the running maps go on changing, the
-/// encoded blocks do not), not yet written.
+/// A checkpoint frozen at one LSN: placed, its usage table and root encoded, its trees
+/// pinned (the running maps go on changing, the nodes it names do not), not yet written.
 pub struct Frozen {
-    pub(in crate::store) prepared: Prepared,
+    layout: Layout,
     /// The superblock that makes it take effect.
     superblock: Superblock,
     /// Journal blocks it holds: the live part of the ring when it froze.
@@ -292,25 +306,23 @@ pub struct Frozen {
     /// pending, records after the freeze point (which a recovery from it replays) may still
     /// name their blocks.
     releasable: Vec<u64>,
-    /// Time spent placing and encoding.
-    pub encoding: std::time::Duration,
 }
 
 /// Freezes the maps at the newest record (every reserved record must be applied: the caller
-/// waited for the journal to be quiet) and encodes the checkpoint. With `fresh`, the next
+/// waited for the journal to be quiet): places every dirty node and pins the trees, so that
+/// [`encode_frozen`] can encode them after the journal lock is let go. With `fresh`, the next
 /// record starts a new chain (nothing may be written until the checkpoint commits: the caller
 /// keeps the journal lock); otherwise records go on from the chain as it is, into the ring
-/// past the freeze point, while the checkpoint writes.
+/// past the freeze point, while the checkpoint encodes and writes.
 pub fn freeze(store: &Store, j: &mut JournalState, fresh: bool) -> Result<Frozen> {
-    let started = std::time::Instant::now();
     let generation = j.superblock.generation + 1;
     let lsn = j.cursor.next_lsn - 1;
     let chain = (!fresh).then_some(j.cursor.prev_crc);
     // No leaf written ahead is placed but unsettled while this checkpoint freezes.
     let mut prewriter = store.lock(&store.prewriter);
-    let (prepared, releasable) = {
+    let (layout, releasable) = {
         let mut st = store.write_lock(&store.state);
-        let prepared = prepare(
+        let layout = assign(
             &mut st,
             &mut j.meta_writer,
             &j.superblock.geometry,
@@ -318,43 +330,59 @@ pub fn freeze(store: &Store, j: &mut JournalState, fresh: bool) -> Result<Frozen
             lsn,
             chain,
         )?;
-        (prepared, st.sut.pending_segments())
+        let maps = &mut st.maps;
+        let (lba_roots, vba_root, seq) = (maps.lba_roots(), maps.vba_root, maps.seq);
+        maps.lba.pin(&lba_roots, seq);
+        maps.vba.pin(&[vba_root], seq);
+        (layout, st.sut.pending_segments())
     };
     let retired = (j.meta_writer.retired.drain(..))
         .chain(prewriter.retired.drain(..))
         .collect();
     let mut incompat = j.superblock.incompat | INCOMPAT_CIRCULAR_JOURNAL;
-    if prepared.root_blocks > 1 {
+    if layout.root_blocks > 1 {
         // From this checkpoint on, a Keel that reads only one-block roots refuses the
         // container instead of calling the root corrupt.
         incompat |= super::superblock::INCOMPAT_LONG_ROOT;
     }
     let superblock = Superblock {
         generation,
-        checkpoint_pba: prepared.root_pba,
+        checkpoint_pba: layout.root_pba,
         incompat,
         journal_head: j.cursor.pos % j.ring.blocks,
         ..j.superblock
     };
     if fresh {
-        j.cursor.prev_crc = prepared.chain_seed;
+        j.cursor.prev_crc = layout.chain_seed;
     }
     let folded = j.ring.used;
     j.cursor.records = 0;
     Ok(Frozen {
-        prepared,
+        layout,
         superblock,
         folded,
         retired,
         releasable,
-        encoding: started.elapsed(),
     })
 }
 
-/// Writes a frozen checkpoint's blocks and its superblock; needs no lock.
+/// Encodes a frozen checkpoint's nodes, taking the maps' lock a chunk at a time (records go
+/// on meanwhile), then unpins its trees. Needs no other lock.
+pub fn encode_frozen(store: &Store, f: &Frozen) -> Result<Prepared> {
+    let prepared = encode(&f.layout, || store.read_lock(&store.state));
+    let mut st = store.write_lock(&store.state);
+    st.maps.lba.unpin();
+    st.maps.vba.unpin();
+    prepared
+}
+
+/// Encodes and writes a frozen checkpoint's blocks and its superblock; needs no lock.
 pub fn write_frozen(store: &Store, f: &Frozen, io: &mut dyn BatchIo) -> Result<Written> {
-    let mut written = write_runs(store.dev.as_ref(), io, &f.prepared.runs)?;
-    written.encoding = f.encoding;
+    let t0 = std::time::Instant::now();
+    let prepared = encode_frozen(store, f)?;
+    let encoding = t0.elapsed();
+    let mut written = write_runs(store.dev.as_ref(), io, &prepared.runs)?;
+    written.encoding = encoding;
     write_superblock(store.dev.as_ref(), &f.superblock)?;
     written.writes += 2;
     written.bytes += 2 * BLOCK;

@@ -40,6 +40,10 @@ pub struct Forest<V> {
     free_ids: Vec<NodeId>,
     /// Disk blocks of nodes superseded since the last checkpoint.
     pub garbage: Vec<u64>,
+    /// Roots a checkpoint froze and still encodes (see [`pin`](Self::pin)).
+    pinned: Vec<NodeId>,
+    /// Sequence number the pinned trees were frozen at (0: none pinned).
+    pin_seq: u64,
 }
 
 impl<V: TreeValue> Default for Forest<V> {
@@ -55,6 +59,8 @@ impl<V: TreeValue> Forest<V> {
             refs: Vec::new(),
             free_ids: Vec::new(),
             garbage: Vec::new(),
+            pinned: Vec::new(),
+            pin_seq: 0,
         }
     }
 
@@ -137,6 +143,27 @@ impl<V: TreeValue> Forest<V> {
         })
     }
 
+    /// Keeps the trees at `roots`, as operation `seq` left them, unchanged until
+    /// [`unpin`](Self::unpin): a checkpoint encodes them after it let new records go on. Like
+    /// a snapshot, each root gains a reference and every node written up to `seq` is copied
+    /// before a later operation changes it, so nothing a pinned tree reaches changes or is freed.
+    pub fn pin(&mut self, roots: &[NodeId], seq: u64) {
+        for r in roots {
+            self.retain(*r);
+        }
+        self.pinned.extend_from_slice(roots);
+        self.pin_seq = self.pin_seq.max(seq);
+    }
+
+    /// Lets the pinned trees go: nodes only they still held are freed (their blocks are garbage
+    /// once the next checkpoint commits), and the others change in place again.
+    pub fn unpin(&mut self) {
+        self.pin_seq = 0;
+        for r in std::mem::take(&mut self.pinned) {
+            self.unref(r);
+        }
+    }
+
     /// Number of live nodes in the arena.
     pub fn live_nodes(&self) -> usize {
         self.nodes.len() - self.free_ids.len()
@@ -166,6 +193,7 @@ impl<V: TreeValue> Forest<V> {
     /// this tree: callers go top down), otherwise as a private copy that takes over the
     /// caller's reference (the caller stores the id returned where `id` was).
     fn writable(&mut self, id: NodeId, seq: u64, frozen: u64) -> NodeId {
+        let frozen = frozen.max(self.pin_seq);
         let only_here = self.refs(id) == 1;
         let n = self.node_mut(id);
         if n.seq > frozen || only_here {

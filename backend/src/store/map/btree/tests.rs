@@ -190,3 +190,61 @@ proptest! {
         prop_assert!(problems.is_empty(), "{:?}", problems);
     }
 }
+
+/// Every node reachable from `root`, encoded as if at block 0.
+fn encoded(f: &Forest<V>, root: NodeId) -> Vec<(NodeId, Vec<u8>)> {
+    let mut ids: Vec<NodeId> = f.reachable(&[root]).into_iter().collect();
+    ids.sort_unstable();
+    ids.into_iter()
+        .map(|id| {
+            let mut b = vec![0u8; BLOCK_SIZE];
+            assert!(f.encode_node(id, 0, &mut b));
+            (id, b)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pinned_tree_stays_as_frozen_while_the_running_one_changes() {
+    let mut f = Forest::<V>::new();
+    let mut running = f.new_leaf(1);
+    for k in 0..3000 {
+        f.insert(&mut running, k * 2, V(k), 1, 0);
+    }
+    // A checkpoint gave every node a block, then pinned the tree at seq 1.
+    let mut ids: Vec<NodeId> = f.reachable(&[running]).into_iter().collect();
+    ids.sort_unstable();
+    for (i, id) in ids.iter().enumerate() {
+        f.set_disk(*id, 1000 + i as u64);
+    }
+    let pinned = running;
+    f.pin(&[pinned], 1);
+    let frozen = encoded(&f, pinned);
+    // Later operations overwrite, insert (splitting leaves) and remove.
+    for k in 0..3000 {
+        f.insert(&mut running, k * 2, V(k + 7), 2, 0);
+        f.insert(&mut running, k * 2 + 1, V(k), 2, 0);
+    }
+    for k in 0..1000 {
+        f.remove(&mut running, k * 2, 3, 0);
+    }
+    assert_eq!(
+        encoded(&f, pinned),
+        frozen,
+        "the pinned nodes did not change"
+    );
+    assert_eq!(f.get(pinned, 10), Some(V(5)));
+    assert_eq!(f.get(running, 10), None);
+    assert_eq!(f.get(running, 4000), Some(V(2007)));
+    f.check_refs(&[running, pinned]).unwrap();
+    // Unpinned, the nodes only the pinned tree held are freed and their blocks are garbage.
+    f.garbage.clear();
+    f.unpin();
+    f.check_refs(&[running]).unwrap();
+    assert_eq!(f.live_nodes(), f.reachable(&[running]).len());
+    assert!(!f.garbage.is_empty(), "the superseded nodes' blocks die");
+    // And the running tree's nodes change in place again.
+    let root = running;
+    f.insert(&mut running, 1, V(1), 4, 0);
+    assert_eq!(running, root);
+}
