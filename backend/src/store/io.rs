@@ -5,7 +5,7 @@
 //! discarded). They are therefore issued together and the batch completes when all are done.
 //! A guest batch only names its writes ([`Gather`]s of a
 //! [`WritePlan`](crate::store::log::write_plan::WritePlan)): whoever holds the device issues
-//! them, a keel queue on its own io_uring for instance. A data run is gathered from the
+//! them, a keel queue on its own ring for instance. A data run is gathered from the
 //! guest's own (block-aligned) copies of its blocks, in block order, so the data is copied
 //! once on its way to the device. [`DeviceIo`] is how the store writes through its own
 //! [`BlockDevice`], one write after another: a guest batch's in [`Store::write_batch`], and

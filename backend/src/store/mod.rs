@@ -455,7 +455,7 @@ impl Store {
     }
 
     /// The device the container was opened on, for queues that issue the data path's I/O
-    /// themselves (on their own io_uring, through its descriptor). Its bytes are ciphertext
+    /// themselves (on a ring of their own, through its descriptor). Its bytes are ciphertext
     /// when [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what
     /// it reads with it.
     pub fn raw_device(&self) -> &dyn BlockDevice {

@@ -15,7 +15,7 @@
 //!
 //! The store issues no device write of a guest batch itself: steps 1 and 2 make a
 //! [`WritePlan`](super::write_plan::WritePlan) that names its writes, the caller issues them
-//! (a keel queue on its io_uring, or [`Store::write_batch`] through the store's device) and
+//! (a keel queue on its own ring, or [`Store::write_batch`] through the store's device) and
 //! has the plan applied ([`Store::apply_plan`]), which hands back an [`InFlight`] batch. The
 //! caller may answer the guest at once (a write-back cache: the writes are not durable before
 //! a FLUSH either way) and calls [`Store::finish_batch`] when its writes are done, or waits

@@ -3,7 +3,7 @@
 //! [`Store::plan_batch`] prepares the batch and reserves its journal record (steps 1 and 2 of
 //! `write.rs`) and names every device write it needs ([`WritePlan::writes`]: the data runs and
 //! the record). The caller issues them however it likes: one after another through a device,
-//! all at once on an io_uring, late, in any order. Then [`Store::apply_plan`] applies the map
+//! all at once on a ring of its own, late, in any order. Then [`Store::apply_plan`] applies the map
 //! changes in LSN order while the writes are still in flight, releases the writer, and hands
 //! back the [`InFlight`] batch that owns the buffers written from, for
 //! [`Store::finish_batch`] (or [`Store::finish_batch_in_order`]) once the writes are done.
