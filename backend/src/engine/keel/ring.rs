@@ -131,10 +131,12 @@ impl QueueRing {
             if let Some(r) = self.batch_result() {
                 return r;
             }
-            if self.batch.is_none() {
+            let Some(b) = &self.batch else {
                 return Ok(());
-            }
-            self.ring.wait_one();
+            };
+            // One sleep for all its writes still out. Completions already reaped do not count
+            // toward the wait, so it cannot outlast the batch.
+            self.ring.wait_for(b.left);
         }
     }
 
