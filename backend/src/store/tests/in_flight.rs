@@ -181,3 +181,20 @@ fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
     assert!(b[1024..1536].iter().all(|x| *x == 0x88));
     assert!(b[1536..].iter().all(|x| *x == 0x77));
 }
+
+/// A plan dropped before its writes were issued (a caller that gave up on it) fails the store
+/// instead of leaving later batches and FLUSHes waiting for a record that never comes.
+#[test]
+fn a_plan_dropped_before_its_writes_fails_the_store() {
+    let (_dev, s) = new_store(&small_opts());
+    s.write_batch(0, &[write_op(0, &[0x11; 4096])]).unwrap();
+    let plan = s.plan_batch(0, &[write_op(1, &[0x99; 4096])]).unwrap();
+    assert!(!plan.writes().is_empty());
+    drop(plan);
+    assert!(
+        s.is_failed(),
+        "a record reserved and never written went unnoticed"
+    );
+    assert!(s.flush().is_err(), "a FLUSH covered a batch never written");
+    assert!(s.write_batch(1, &[write_op(2, &[1; 4096])]).is_err());
+}
