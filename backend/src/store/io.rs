@@ -1,14 +1,17 @@
-//! How the store issues the device writes of one batch.
+//! The shape of a set of device writes, and how the store itself issues them.
 //!
 //! A batch's data runs and its journal record are independent writes: the record carries the
 //! data's checksums, so recovery can tell a record whose data never landed (it is torn and
 //! discarded). They are therefore issued together and the batch completes when all are done.
-//! While they are in flight the batch applies its map changes (`meanwhile`), so the tree
-//! updates overlap the device. A data run is gathered from the guest's own (block-aligned)
-//! copies of its blocks, in block order, so the data is copied once on its way to the device.
-//! [`DeviceIo`] does the writes one after another through any [`BlockDevice`]; a queue with
-//! its own io_uring (engine `keel`) submits them in one system call instead and runs
-//! `meanwhile` before it waits.
+//! A guest batch only names its writes ([`Gather`]s of a
+//! [`WritePlan`](crate::store::log::write_plan::WritePlan)): whoever holds the device issues
+//! them, a keel queue on its own ring for instance. A data run is gathered from the
+//! guest's own (block-aligned) copies of its blocks, in block order, so the data is copied
+//! once on its way to the device. [`DeviceIo`] is how the store writes through its own
+//! [`BlockDevice`], one write after another: a guest batch's in [`Store::write_batch`], and
+//! its own metadata (checkpoints, the cleaner's moves, snapshots).
+//!
+//! [`Store::write_batch`]: crate::store::Store::write_batch
 
 use crate::device::BlockDevice;
 use crate::store::AlignedBuf;
@@ -19,7 +22,7 @@ use std::io;
 pub type Gather<'a> = (u64, Vec<&'a [u8]>);
 
 /// Issues a set of independent writes and returns when every one has finished.
-pub trait BatchIo {
+pub(in crate::store) trait BatchIo {
     /// Issues every write, calls `meanwhile` exactly once, whatever happens to the writes,
     /// and returns when every write has finished.
     fn write_all_while(
@@ -35,17 +38,9 @@ pub trait BatchIo {
     }
 }
 
-/// Issues a batch's writes and returns at once; the caller learns later, on its own, when they
-/// are done (a queue's io_uring: see [`Store::start_batch`](super::Store::start_batch)).
-pub trait StartIo {
-    /// Issues every write without waiting for any. Every buffer named stays valid until the
-    /// caller has seen all of them finish. An error means none was issued.
-    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()>;
-}
-
 /// Writes through the [`BlockDevice`], one after another (a gathered write is assembled in
 /// one buffer first: one device write per run).
-pub struct DeviceIo<'a>(pub &'a dyn BlockDevice);
+pub(in crate::store) struct DeviceIo<'a>(pub &'a dyn BlockDevice);
 
 impl BatchIo for DeviceIo<'_> {
     fn write_all_while(

@@ -37,7 +37,8 @@ mod tests;
 pub use admin::fsck::FsckReport;
 pub use buf::AlignedBuf;
 pub use error::{Result, StoreError};
-pub use io::{BatchIo, DeviceIo, Gather, StartIo};
+pub use io::Gather;
+use io::{BatchIo, DeviceIo};
 pub use log::batch::Op;
 pub use log::cleaner::{CleanReport, CleanerConfig, CleanerHandle};
 pub use log::flush::MarkWriter;
@@ -46,8 +47,7 @@ pub use log::read::{ReadPlan, ReadRun};
 pub use log::recovery::RecoveryReport;
 pub use log::space::{SpaceOptions, state_for};
 pub use log::spare::Spare;
-pub use log::write::InFlight;
-use log::write::Issue;
+pub use log::write_plan::{InFlight, WritePlan};
 pub use stats::Stats;
 
 use crate::device::{BlockDevice, FileDevice};
@@ -60,7 +60,6 @@ use map::sut::{SegKind, Sut};
 use maps::Maps;
 use stats::Counters;
 use std::fs::File;
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -189,8 +188,9 @@ pub struct Info {
 pub struct Store {
     /// The container: a [`seal::SealedDevice`] over the device when it is encrypted.
     dev: Arc<dyn BlockDevice>,
-    /// The device's own descriptor (see [`device_fd`](Self::device_fd)).
-    raw_fd: Option<RawFd>,
+    /// The device as it was opened, beneath the cipher of an encrypted container (see
+    /// [`raw_device`](Self::raw_device)).
+    raw_dev: Arc<dyn BlockDevice>,
     /// The cipher of an encrypted container.
     sealer: Option<Arc<seal::Sealer>>,
     /// The codec of a compressed container.
@@ -347,7 +347,7 @@ impl Store {
 
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
-        let raw_fd = dev.raw_fd();
+        let raw_dev = Arc::clone(&dev);
         let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
         let mut loaded = log::recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
@@ -376,7 +376,7 @@ impl Store {
             .collect();
         Ok(Self {
             dev,
-            raw_fd,
+            raw_dev,
             sealer,
             codec: compress::Codec::from_number(loaded.superblock.seal.compression),
             misses: compress::Misses::default(),
@@ -454,12 +454,12 @@ impl Store {
         self.dev.as_ref()
     }
 
-    /// The container's file descriptor, when it is a plain file or block device, for queues
-    /// that issue the store's I/O on their own io_uring. Its bytes are ciphertext when
-    /// [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what it
-    /// reads with it.
-    pub fn device_fd(&self) -> Option<RawFd> {
-        self.raw_fd
+    /// The device the container was opened on, for queues that issue the data path's I/O
+    /// themselves (on a ring of their own, through its descriptor). Its bytes are ciphertext
+    /// when [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what
+    /// it reads with it.
+    pub fn raw_device(&self) -> &dyn BlockDevice {
+        self.raw_dev.as_ref()
     }
 
     /// The codec of a compressed container.

@@ -1,10 +1,12 @@
 //! One virtqueue worker's half of the keel engine.
 //!
-//! A kick's writes, discards and write-zeroes become one store batch (one journal record),
-//! written through the queue's io_uring when the container is a plain file or block device
-//! and through the store's device otherwise; then the kick's FLUSHes complete; then its reads
-//! start, handed to the device in doubling groups. Reads complete asynchronously on the ring,
-//! or at once without one.
+//! A kick's writes, discards and write-zeroes become one store batch (one journal record):
+//! the store plans it ([`Store::plan_batch`]), the queue's io_uring issues the writes the plan
+//! names, and the store applies the plan while they are in flight ([`Store::apply_plan`]);
+//! without a ring (a container that is not a plain file or block device) the store writes it
+//! through its device ([`Store::write_batch`]). Then the kick's FLUSHes complete; then its
+//! reads start, handed to the device in doubling groups. Reads complete asynchronously on
+//! the ring, or at once without one.
 //!
 //! With a ring and a write-back cache (the guest did not ask for write-through), a batch is
 //! answered as soon as its writes are issued and its map changes applied, and its writes are
@@ -22,7 +24,7 @@ use super::ring::QueueRing;
 use super::store_err;
 use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::store::layout::BLOCK_SIZE;
-use crate::store::{AlignedBuf, BatchIo, DeviceIo, InFlight, Op, Store, StoreError};
+use crate::store::{AlignedBuf, InFlight, Op, Store, StoreError};
 
 /// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
 const RING_DEPTH: u32 = 256;
@@ -143,7 +145,7 @@ impl KeelQueue {
             .iter()
             .any(|r| matches!(r.op, IoOp::Write { durable: true, .. }));
         if !durable && let Some(ring) = self.ring.as_mut() {
-            match self.store.start_batch(self.writer, &ops, ring) {
+            match start_on_ring(&self.store, self.writer, ring, &ops) {
                 Ok(batch) => {
                     self.flying = Some(batch);
                     drop(ops);
@@ -156,16 +158,13 @@ impl KeelQueue {
             }
         }
         let store = &*self.store;
-        let mut device_io = DeviceIo(store.device());
-        let io: &mut dyn BatchIo = match self.ring.as_mut() {
-            Some(r) => r,
-            None => &mut device_io,
-        };
+        let (writer, mut ring) = (self.writer, self.ring.as_mut());
+        let mut write = |ops: &[Op<'_>]| write_now(store, writer, ring.as_deref_mut(), ops);
         let finish = |r: Result<(), StoreError>, op| {
             r.and_then(|()| if durable { store.flush() } else { Ok(()) })
                 .map_err(|e| store_err(op, e))
         };
-        match store.write_batch_with(self.writer, &ops, io) {
+        match write(&ops) {
             Ok(()) => {
                 let r = finish(Ok(()), "write");
                 reqs.iter()
@@ -179,8 +178,7 @@ impl KeelQueue {
                 .map(|((req, buf), len)| {
                     let mut one = Vec::new();
                     Self::ops_of(&req.op, &buf[..*len], &mut one);
-                    let r = store.write_batch_with(self.writer, &one, io);
-                    finish(r, req.op.name())
+                    finish(write(&one), req.op.name())
                 })
                 .collect(),
             Err(e) => vec![Err(store_err(reqs[0].op.name(), e))],
@@ -206,6 +204,45 @@ impl Drop for KeelQueue {
     fn drop(&mut self) {
         self.settle();
     }
+}
+
+/// Plans a batch, issues its writes on `ring` and applies it: the batch is left in flight on
+/// the ring, to finish once its writes are done.
+fn start_on_ring(
+    store: &Store,
+    writer: usize,
+    ring: &mut QueueRing,
+    ops: &[Op<'_>],
+) -> Result<InFlight, StoreError> {
+    let plan = store.plan_batch(writer, ops)?;
+    let started = ring.start_writes(&plan.writes());
+    // Every reserved record is applied, whatever became of its writes: later ones wait for it.
+    let batch = store.apply_plan(plan);
+    match started {
+        Ok(()) => Ok(batch),
+        Err(e) => {
+            let failed = StoreError::Io(io::Error::new(e.kind(), e.to_string()));
+            // Fails the store: none of the batch's writes was issued.
+            let _ = store.finish_batch(batch, Err(e));
+            Err(failed)
+        }
+    }
+}
+
+/// Writes one batch and returns once it (and every record before it) is written: on the
+/// ring when there is one, else through the store's device.
+fn write_now(
+    store: &Store,
+    writer: usize,
+    ring: Option<&mut QueueRing>,
+    ops: &[Op<'_>],
+) -> Result<(), StoreError> {
+    let Some(ring) = ring else {
+        return store.write_batch(writer, ops);
+    };
+    let batch = start_on_ring(store, writer, ring, ops)?;
+    let written = ring.wait_batch();
+    store.finish_batch_in_order(batch, written)
 }
 
 /// Engine errors carry an `io::Error`, which is not `Clone`: rebuild one with the same text.

@@ -1,11 +1,13 @@
 //! A keel queue's own io_uring on the container.
 //!
+//! The ring issues the store's data-path I/O; the store names it and never sees the ring.
 //! Reads run asynchronously: each guest read becomes a [`ReadPlan`] and one entry per device
 //! run, and completes when its last run is in and its checksums pass, so a deep guest queue
-//! keeps as many device reads in flight. A write batch's data runs and journal record are
-//! pushed together, the batch's map changes are applied while they are in flight, and then
-//! they are waited for as one ([`BatchIo`]), or left in flight for the queue to finish later
-//! ([`StartIo`]); read completions that arrive meanwhile are kept.
+//! keeps as many device reads in flight. A write batch's writes (the data runs and journal
+//! record its `WritePlan` names) are pushed together and submitted in one system call
+//! ([`QueueRing::start_writes`]); the queue applies the plan while they are in flight, then
+//! waits for them or leaves them in flight to finish later. Read completions that arrive
+//! meanwhile are kept.
 //!
 //! On an encrypted container the descriptor holds ciphertext: a batch's writes are sealed
 //! into buffers of the batch's own (pooled, block-aligned) instead of going straight from
@@ -23,16 +25,14 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
 use crate::store::seal::Sealer;
-use crate::store::{AlignedBuf, BatchIo, Gather, ReadPlan, StartIo, Store};
+use crate::store::{AlignedBuf, Gather, ReadPlan, Store};
 
 use super::store_err;
 use crate::engine::submit_ring::SubmitRing;
 
 /// The container is registered as fixed file 0.
 const CONTAINER: types::Fixed = types::Fixed(0);
-/// User-data bit that marks a write of the batch being waited for.
-const WRITE_TAG: u64 = 1 << 63;
-/// User-data bit that marks a write of the batch left in flight ([`StartIo`]).
+/// User-data bit that marks a write of the batch in flight.
 const BATCH_TAG: u64 = 1 << 62;
 
 /// A guest read whose device runs are in flight.
@@ -44,7 +44,7 @@ struct ReadInFlight {
     error: Option<io::Error>,
 }
 
-/// The writes of a batch started with [`StartIo`] and not all done yet.
+/// The writes of a batch started with [`QueueRing::start_writes`] and not all done yet.
 struct BatchWrites {
     /// Kept until every write is done: the kernel reads them.
     iovecs: Vec<Vec<libc::iovec>>,
@@ -76,9 +76,10 @@ pub(super) struct QueueRing {
 }
 
 impl QueueRing {
-    /// A ring on the store's container, or `None` if the store is not on a plain descriptor.
+    /// A ring on the store's container, or `None` if the container's device is not a plain
+    /// descriptor.
     pub fn new(store: &Arc<Store>, depth: u32) -> io::Result<Option<Self>> {
-        let Some(fd) = store.device_fd() else {
+        let Some(fd) = store.raw_device().raw_fd() else {
             return Ok(None);
         };
         let entries = depth.clamp(64, 4096).next_power_of_two();
@@ -113,14 +114,14 @@ impl QueueRing {
         self.reads.len() + self.done.len() + usize::from(self.has_batch())
     }
 
-    /// Whether a batch started with [`StartIo`] has not been taken back yet.
+    /// Whether a started batch has not been taken back yet.
     pub fn has_batch(&self) -> bool {
         self.batch.is_some() || self.batch_done.is_some()
     }
 
     /// How the started batch's writes went, once they are all done (collects first).
     pub fn batch_result(&mut self) -> Option<io::Result<()>> {
-        self.drain_completions(&mut |_, _| {});
+        self.drain_completions();
         self.batch_done.take()
     }
 
@@ -130,10 +131,12 @@ impl QueueRing {
             if let Some(r) = self.batch_result() {
                 return r;
             }
-            if self.batch.is_none() {
+            let Some(b) = &self.batch else {
                 return Ok(());
-            }
-            self.ring.wait_one();
+            };
+            // One sleep for all its writes still out. Completions already reaped do not count
+            // toward the wait, so it cannot outlast the batch.
+            self.ring.wait_for(b.left);
         }
     }
 
@@ -190,7 +193,7 @@ impl QueueRing {
 
     /// Collects finished reads without blocking.
     pub fn reap(&mut self, done: &mut Vec<Completion>) {
-        self.drain_completions(&mut |_, _| {});
+        self.drain_completions();
         done.append(&mut self.done);
     }
 
@@ -207,14 +210,14 @@ impl QueueRing {
 
     fn push(&mut self, entry: squeue::Entry) {
         // SAFETY: every entry points into a buffer owned by `self.reads` (kept until its
-        // completion is reaped) or into the buffers and iovecs of the batch `write_all_while`
-        // waits for before returning; the registered descriptor belongs to the store, which
-        // `self.store` keeps open.
+        // completion is reaped) or into the iovecs of `self.batch` and the buffers they name
+        // (kept until all its writes are reaped: see `start_writes`); the registered
+        // descriptor belongs to the store's device, which `self.store` keeps open.
         unsafe { self.ring.push(entry) };
     }
 
-    /// Handles every completion in the ring; writes of a batch go to `on_write`.
-    fn drain_completions(&mut self, on_write: &mut dyn FnMut(usize, i32)) {
+    /// Handles every completion in the ring.
+    fn drain_completions(&mut self) {
         let mut n = 0;
         loop {
             let Some(cqe) = self.ring.ring.completion().next() else {
@@ -227,19 +230,15 @@ impl QueueRing {
                 break;
             };
             n += 1;
-            self.complete(&cqe, on_write);
+            self.complete(&cqe);
         }
         if n > 0 && self.ring.has_backlog() {
             self.submit();
         }
     }
 
-    fn complete(&mut self, cqe: &cqueue::Entry, on_write: &mut dyn FnMut(usize, i32)) {
+    fn complete(&mut self, cqe: &cqueue::Entry) {
         let data = cqe.user_data();
-        if data & WRITE_TAG != 0 {
-            on_write((data & !WRITE_TAG) as usize, cqe.result());
-            return;
-        }
         if data & BATCH_TAG != 0 {
             self.batch_write_done((data & !BATCH_TAG) as usize, cqe.result());
             return;
@@ -309,6 +308,36 @@ impl QueueRing {
         self.batch_done = Some(outcome);
     }
 
+    /// Issues a batch's writes (every write its plan names) without waiting for any. Every
+    /// buffer named must stay valid until the writes are done ([`batch_result`] or
+    /// [`wait_batch`]). An error means none was issued.
+    ///
+    /// [`batch_result`]: Self::batch_result
+    /// [`wait_batch`]: Self::wait_batch
+    pub fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
+        if self.has_batch() {
+            return Err(io::Error::other(
+                "a batch is in flight on this queue already",
+            ));
+        }
+        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
+        let sealed_gathers = gathers_of(&sealed, writes);
+        let writes = sealed_gathers.as_deref().unwrap_or(writes);
+        let iovecs = iovecs_of(writes);
+        for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
+            self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
+        }
+        self.batch = Some(BatchWrites {
+            offsets: writes.iter().map(|(o, _)| *o).collect(),
+            results: vec![None; writes.len()],
+            left: writes.len(),
+            iovecs,
+            _sealed: sealed,
+        });
+        self.submit();
+        Ok(())
+    }
+
     fn finish_read(&mut self, key: usize) {
         let mut r = self.reads.remove(key);
         let result = match r.error.take() {
@@ -333,81 +362,6 @@ impl QueueRing {
             token: r.req.token,
             result,
         });
-    }
-}
-
-impl BatchIo for QueueRing {
-    fn write_all_while(
-        &mut self,
-        writes: &[Gather<'_>],
-        meanwhile: &mut dyn FnMut(),
-    ) -> io::Result<()> {
-        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
-        let sealed_gathers = gathers_of(&sealed, writes);
-        let writes = sealed_gathers.as_deref().unwrap_or(writes);
-        // Gathered writes point the kernel at these iovecs: kept until every write is done.
-        let iovecs = iovecs_of(writes);
-        for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
-            self.push(write_entry(iov, *offset).user_data(WRITE_TAG | i as u64));
-        }
-        self.submit();
-        meanwhile();
-        let mut results: Vec<Option<i32>> = vec![None; writes.len()];
-        let mut left = writes.len();
-        while left > 0 {
-            self.drain_completions(&mut |i, res| {
-                if let Some(slot) = results.get_mut(i)
-                    && slot.is_none()
-                {
-                    *slot = Some(res);
-                    left -= 1;
-                }
-            });
-            if left == 0 {
-                break;
-            }
-            // The entries may still be in the kernel's hands: their buffers must outlive them,
-            // so keep waiting rather than return, whatever the wait says. Completions already
-            // reaped do not count toward the wait, so it cannot outlast the batch.
-            self.ring.wait_for(left);
-        }
-        for (((offset, _), iov), res) in writes.iter().zip(&iovecs).zip(results) {
-            let res = res.unwrap_or(-libc::EIO);
-            if res < 0 {
-                return Err(io::Error::from_raw_os_error(-res));
-            }
-            let len: usize = iov.iter().map(|v| v.iov_len).sum();
-            if (res as usize) < len {
-                write_rest(self.fd, iov, *offset, res as usize)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl StartIo for QueueRing {
-    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
-        if self.has_batch() {
-            return Err(io::Error::other(
-                "a batch is in flight on this queue already",
-            ));
-        }
-        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
-        let sealed_gathers = gathers_of(&sealed, writes);
-        let writes = sealed_gathers.as_deref().unwrap_or(writes);
-        let iovecs = iovecs_of(writes);
-        for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
-            self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
-        }
-        self.batch = Some(BatchWrites {
-            offsets: writes.iter().map(|(o, _)| *o).collect(),
-            results: vec![None; writes.len()],
-            left: writes.len(),
-            iovecs,
-            _sealed: sealed,
-        });
-        self.submit();
-        Ok(())
     }
 }
 

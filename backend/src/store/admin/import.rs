@@ -13,13 +13,12 @@ use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::error::{Result, StoreError};
-use crate::store::io::{DeviceIo, Gather};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::{self, Entry};
 use crate::store::log::superblock::{
     COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
 };
-use crate::store::log::write::Issue;
+use crate::store::log::write_plan::{Part, Run, gathers};
 
 /// The tree an import's blocks go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,15 +156,17 @@ impl Store {
         let slot = &self.writers[writer % self.writers.len()];
         let mut w = self.lock(slot);
         let mut entries = Vec::with_capacity(wanted.len());
-        let mut runs: Vec<Gather<'_>> = Vec::new();
+        let mut runs: Vec<Run<'_>> = Vec::new();
         // A compressed container packs what it imports as it packs guest writes.
         let sources: Vec<&[u8]> = (0..wanted.len()).map(|k| copies.block(k)).collect();
+        let parts: Vec<Part<'_>> = (0..wanted.len()).map(Part::Copy).collect();
         let packed = self
             .codec
             .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
         if let Some(packed) = &packed {
             let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
-            self.place_packed(&mut w, &lbas, &sources, packed, &mut entries, &mut runs)?;
+            let placed = (&lbas[..], &sources[..], &parts[..]);
+            self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?;
         } else {
             let mut i = 0;
             while i < wanted.len() {
@@ -176,15 +177,13 @@ impl Store {
                     st.maps.next_vba += n as u64;
                     v
                 };
-                let mut parts = Vec::with_capacity(n);
                 for k in 0..n {
                     let vba = vba0 + k as u64;
                     let blk = copies.block(i + k);
                     let (lba, pba, crc) = (wanted[i + k].0, pba + k as u64, block_crc(vba, blk));
                     entries.push(Entry::Map { lba, vba, pba, crc });
-                    parts.push(blk);
                 }
-                runs.push((pba * BLOCK, parts));
+                runs.push((pba * BLOCK, parts[i..i + n].to_vec()));
                 i += n;
             }
         }
@@ -229,13 +228,8 @@ impl Store {
         let committed = (entries.iter())
             .filter(|e| matches!(e, Entry::Map { .. } | Entry::StageMap { .. }))
             .count() as u64;
-        self.commit_locked(
-            j,
-            entries,
-            runs,
-            &mut w.retired,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-        )?;
+        let runs = gathers(&runs, Some(&copies), packed.as_ref().map(|p| &p.buf));
+        self.commit_locked(j, entries, runs, &mut w.retired)?;
         drop(w);
         Ok(committed)
     }

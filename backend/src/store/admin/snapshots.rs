@@ -2,7 +2,7 @@
 //! back in the background), revert.
 
 use crate::store::log::{checkpoint, journal, superblock};
-use crate::store::{DeviceIo, Issue, Result, SnapshotInfo, State, Store, StoreError, now_secs};
+use crate::store::{Result, SnapshotInfo, State, Store, StoreError, now_secs};
 use std::sync::atomic::Ordering;
 
 impl Store {
@@ -47,13 +47,7 @@ impl Store {
                 created: now_secs(),
                 name: journal::SnapName::new(name),
             };
-            self.commit_with(
-                vec![entry],
-                Vec::new(),
-                &mut Vec::new(),
-                false,
-                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-            )?;
+            self.commit_with(vec![entry], Vec::new(), &mut Vec::new(), false)?;
             self.note_snapshot_pause(held.elapsed());
             id
         };
@@ -118,7 +112,6 @@ impl Store {
             Vec::new(),
             &mut Vec::new(),
             false,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
         )?;
         self.flush()?;
         self.wake_cleaner();

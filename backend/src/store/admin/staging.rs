@@ -17,12 +17,10 @@
 
 use super::import::Target;
 use crate::store::error::{Result, StoreError};
-use crate::store::io::DeviceIo;
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::checkpoint;
 use crate::store::log::journal::Entry;
 use crate::store::log::superblock::INCOMPAT_STAGING;
-use crate::store::log::write::Issue;
 use crate::store::map::staging::Staging;
 use crate::store::{Store, now_secs};
 
@@ -205,14 +203,8 @@ impl Store {
     }
 
     fn commit_entry(&self, e: Entry) -> Result<()> {
-        self.commit_with(
-            vec![e],
-            Vec::new(),
-            &mut Vec::new(),
-            false,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-        )
-        .map(|_| ())
+        self.commit_with(vec![e], Vec::new(), &mut Vec::new(), false)
+            .map(|_| ())
     }
 }
 

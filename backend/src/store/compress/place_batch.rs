@@ -6,24 +6,23 @@ use super::place;
 use crate::store::Store;
 use crate::store::codec::block_crc;
 use crate::store::error::Result;
-use crate::store::io::Gather;
 use crate::store::journal::Entry;
 use crate::store::layout::BLOCK;
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::write::MAX_PARTS;
+use crate::store::log::write_plan::{Part, Run};
 
 impl Store {
-    /// Takes blocks and VBAs for `packed` (the packing of `sources`, guest blocks `lbas`),
-    /// adding its Map entries to `entries` and its writes to `runs`. Returns the physical
-    /// blocks written.
+    /// Takes blocks and VBAs for `packed`, the packing of the batch's blocks (`lbas`, their
+    /// bytes `sources` and where each is written from, `parts`), adding its Map entries to
+    /// `entries` and its writes to `runs`. Returns the physical blocks written.
     pub(in crate::store) fn place_packed<'a>(
         &self,
         w: &mut SegmentWriter,
-        lbas: &[u64],
-        sources: &[&'a [u8]],
-        packed: &'a Packed,
+        (lbas, sources, parts): (&[u64], &[&[u8]], &[Part<'a>]),
+        packed: &Packed,
         entries: &mut Vec<Entry>,
-        runs: &mut Vec<Gather<'a>>,
+        runs: &mut Vec<Run<'a>>,
     ) -> Result<u64> {
         let phys = &packed.phys;
         let mut i = 0;
@@ -44,7 +43,7 @@ impl Store {
                 st.maps.next_vba += vbas as u64;
                 v
             };
-            let mut parts = Vec::with_capacity(n);
+            let mut run = Vec::with_capacity(n);
             for (j, p) in phys[i..i + n].iter().enumerate() {
                 let at = pba + j as u64;
                 match p {
@@ -56,7 +55,7 @@ impl Store {
                             crc: block_crc(vba, sources[*b]),
                         });
                         vba += 1;
-                        parts.push(sources[*b]);
+                        run.push(parts[*b]);
                     }
                     Physical::Packed { index, slots } => {
                         let data = packed.buf.block(*index);
@@ -69,11 +68,11 @@ impl Store {
                             });
                             vba += 1;
                         }
-                        parts.push(data);
+                        run.push(Part::Packed(*index));
                     }
                 }
             }
-            for (k, chunk) in parts.chunks(MAX_PARTS).enumerate() {
+            for (k, chunk) in run.chunks(MAX_PARTS).enumerate() {
                 runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
             }
             i += n;

@@ -7,11 +7,9 @@ use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::compress::{self, place};
 use crate::store::error::Result;
-use crate::store::io::DeviceIo;
 use crate::store::layout::BLOCK;
 use crate::store::log::journal::Entry;
 use crate::store::log::pace::{Levels, Pace};
-use crate::store::log::write::Issue;
 use crate::store::map::maps::VbaEntry;
 use crate::store::map::pins::PinGuard;
 use crate::store::map::sut::SegKind;
@@ -117,13 +115,7 @@ impl Store {
             .map(|(p, b)| (p * BLOCK, vec![&b[..]]))
             .collect();
         let moved = self
-            .commit_with(
-                moves,
-                gathers,
-                &mut cw.retired,
-                true,
-                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-            )?
+            .commit_with(moves, gathers, &mut cw.retired, true)?
             .entries;
         Counters::add_since(&self.stats.cleaner_write_us, t0);
         Counters::add(&self.stats.cleaner_moves, moved);

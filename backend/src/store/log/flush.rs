@@ -12,9 +12,7 @@
 //! record by itself. Without a mark writer (offline tools, tests) the flush writes its mark.
 
 use super::superblock;
-use crate::store::io::DeviceIo;
 use crate::store::log::journal::Entry;
-use crate::store::log::write::Issue;
 use crate::store::stats::Counters;
 use crate::store::{Result, Store};
 use std::sync::Arc;
@@ -66,7 +64,6 @@ impl Store {
             Vec::new(),
             &mut Vec::new(),
             false,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
         )?;
         Counters::add(&self.stats.flush_marks, 1);
         let mut j = self.lock(&self.journal);

@@ -25,3 +25,4 @@ pub(super) mod superblock;
 pub(super) mod tail;
 pub(super) mod victim;
 pub(super) mod write;
+pub(super) mod write_plan;

@@ -1,5 +1,5 @@
 //! The read path, split in two so that the device reads can run anywhere (in this thread, or
-//! on a queue's io_uring, many at once): [`Store::plan_read`] looks the blocks up and pins their
+//! on a queue's own ring, many at once): [`Store::plan_read`] looks the blocks up and pins their
 //! segments, the caller reads the plan's runs, [`Store::finish_read`] checks every block's
 //! crc32c and copies the requested bytes out. Unwritten and discarded blocks need no I/O.
 

@@ -12,9 +12,7 @@
 //! diff (freeing a VBA already gone is a no-op, and one that no live tree holds never becomes
 //! held again: trees only gain new VBAs, or the ones of a live snapshot they revert to).
 
-use crate::store::io::DeviceIo;
 use crate::store::log::journal::Entry;
-use crate::store::log::write::Issue;
 use crate::store::map::maps::Reclaim;
 use crate::store::{Result, Store};
 
@@ -73,13 +71,7 @@ impl Store {
         p.done = end;
         if !free.is_empty() {
             let entries = free.iter().map(|&vba| Entry::Release { vba }).collect();
-            self.commit_with(
-                entries,
-                Vec::new(),
-                &mut Vec::new(),
-                false,
-                Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
-            )?;
+            self.commit_with(entries, Vec::new(), &mut Vec::new(), false)?;
         }
         Ok(true)
     }

@@ -13,23 +13,29 @@
 //!    when every earlier record is written too (an answered batch never depends on a record
 //!    that could still be lost).
 //!
-//! [`Store::start_batch`] stops after step 3 and hands back an [`InFlight`] batch: the caller
-//! may answer the guest at once (a write-back cache: the writes are not durable before a
-//! FLUSH either way) and calls [`Store::finish_batch`] when its writes are done. A FLUSH waits
-//! for every record reserved before it to be written, and fails if any write failed.
+//! The store issues no device write of a guest batch itself: steps 1 and 2 make a
+//! [`WritePlan`](super::write_plan::WritePlan) that names its writes, the caller issues them
+//! (a keel queue on its own ring, or [`Store::write_batch`] through the store's device) and
+//! has the plan applied ([`Store::apply_plan`]), which hands back an [`InFlight`] batch. The
+//! caller may answer the guest at once (a write-back cache: the writes are not durable before
+//! a FLUSH either way) and calls [`Store::finish_batch`] when its writes are done, or waits
+//! for every earlier record too ([`Store::finish_batch_in_order`]). A FLUSH waits for every
+//! record reserved before it to be written, and fails if any write failed. The store's own
+//! records (flush marks, the cleaner's moves, snapshots, imports) go the same way through its
+//! device ([`Store::commit_with`]).
 //!
 //! A checkpoint needs every reserved record written, so it waits for the batches in flight
 //! (never for one that has not reserved yet); a batch that reserved never waits for one that
 //! has not.
 
 use crate::store::buf::AlignedBuf;
-use crate::store::codec::block_crc;
 use crate::store::error::{Result, StoreError};
-use crate::store::io::{BatchIo, DeviceIo, Gather, StartIo};
-use crate::store::layout::{BLOCK, BLOCK_SIZE};
+use crate::store::io::{BatchIo, DeviceIo, Gather};
+use crate::store::layout::BLOCK;
 use crate::store::log::alloc::SegmentWriter;
-use crate::store::log::batch::{self, Op};
+use crate::store::log::batch::Op;
 use crate::store::log::journal::{self, Entry};
+use crate::store::log::write_plan::InFlight;
 use crate::store::map::sut::SegKind;
 use crate::store::stats::Counters;
 use crate::store::{JournalState, State, Store};
@@ -40,43 +46,14 @@ pub(in crate::store) const MAX_PARTS: usize = 256;
 
 /// A journal record placed and encoded, not yet applied.
 pub(in crate::store) struct Reserved {
-    lsn: u64,
-    pba: u64,
-    record: AlignedBuf,
-}
-
-/// A batch whose writes were issued and whose map changes are applied, its writes maybe still
-/// in flight. It owns the buffers the store wrote from (the record, copies of unaligned
-/// blocks): keep it until the writes are done, then give it to [`Store::finish_batch`].
-#[must_use = "a batch in flight must be finished"]
-pub struct InFlight {
-    lsn: Option<u64>,
-    _record: Option<AlignedBuf>,
-    _copies: AlignedBuf,
-    /// The packed blocks of a compressed batch.
-    _packed: Option<AlignedBuf>,
-}
-
-#[cfg(test)]
-impl InFlight {
-    /// Whether the bytes at `ptr..ptr + len` lie in a buffer this batch owns.
-    pub(crate) fn holds(&self, ptr: *const u8, len: usize) -> bool {
-        let within = |b: &AlignedBuf| {
-            let start = b.as_ptr() as usize;
-            (ptr as usize) >= start && (ptr as usize) + len <= start + b.len()
-        };
-        within(&self._copies)
-            || self._record.as_ref().is_some_and(within)
-            || self._packed.as_ref().is_some_and(within)
-    }
-}
-
-/// How [`Store::commit_with`] issues a batch's writes.
-pub(in crate::store) enum Issue<'a> {
-    /// Write and wait.
-    Wait(&'a mut dyn BatchIo),
-    /// Start the writes and return; the record's buffer is handed back.
-    Start(&'a mut dyn StartIo),
+    pub lsn: u64,
+    /// Where it goes, in blocks.
+    pub pba: u64,
+    pub record: AlignedBuf,
+    /// Its entries, to apply.
+    pub entries: Vec<Entry>,
+    /// Entries committed, not counting a flush mark that rode along.
+    pub count: u64,
 }
 
 /// What [`Store::commit_with`] did.
@@ -85,47 +62,22 @@ pub(in crate::store) struct Committed {
     pub entries: u64,
     /// The record's LSN (0 when nothing was committed).
     pub lsn: u64,
-    /// With [`Issue::Start`]: the record written and its buffer, to finish later.
-    pub started: Option<(u64, AlignedBuf)>,
 }
 
 impl Store {
     /// Applies one batch of guest requests as one metadata transaction, writing through the
-    /// store's device one write after another.
+    /// store's device one write after another, and returns once it and every earlier record
+    /// are written.
     pub fn write_batch(&self, writer: usize, ops: &[Op<'_>]) -> Result<()> {
-        self.write_batch_with(writer, ops, &mut DeviceIo(self.dev.as_ref()))
+        let plan = self.plan_batch(writer, ops)?;
+        let written =
+            DeviceIo(self.dev.as_ref()).write_all_while(&plan.writes(), &mut || plan.apply_maps());
+        let batch = self.apply_plan(plan);
+        self.finish_batch_in_order(batch, written)
     }
 
-    /// [`write_batch`](Self::write_batch), with the batch's device writes (data and journal
-    /// record together) issued by `io`.
-    pub fn write_batch_with(
-        &self,
-        writer: usize,
-        ops: &[Op<'_>],
-        io: &mut dyn BatchIo,
-    ) -> Result<()> {
-        self.batch(writer, ops, Issue::Wait(io)).map(|_| ())
-    }
-
-    /// Starts one batch of guest requests as one metadata transaction: its writes are issued
-    /// through `io` and its map changes applied (reads of its blocks wait for the writes);
-    /// returns without waiting for the writes. The batch's data buffers (`ops`) must stay
-    /// valid until they are done; then call [`finish_batch`](Self::finish_batch).
-    ///
-    /// The caller must not block on anything of the store's (another batch, a read, a flush)
-    /// while it has a batch in flight: the store may be waiting for that batch to finish.
-    pub fn start_batch(
-        &self,
-        writer: usize,
-        ops: &[Op<'_>],
-        io: &mut dyn StartIo,
-    ) -> Result<InFlight> {
-        self.batch(writer, ops, Issue::Start(io))
-    }
-
-    /// Ends a batch [`start_batch`](Self::start_batch) began, once its writes are done
-    /// (`written` says how they went). Never waits. A failed write fails the store: every
-    /// later request and FLUSH gets the error.
+    /// Ends a batch once its writes are done (`written` says how they went). Never waits. A
+    /// failed write fails the store: every later request and FLUSH gets the error.
     pub fn finish_batch(&self, batch: InFlight, written: std::io::Result<()>) -> Result<()> {
         match batch.lsn {
             Some(lsn) => self.note_written(lsn, written),
@@ -133,93 +85,17 @@ impl Store {
         }
     }
 
-    fn batch(&self, writer: usize, ops: &[Op<'_>], issue: Issue<'_>) -> Result<InFlight> {
-        self.ensure_ok()?;
-        let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
-            self.read_into(lba * BLOCK, b)
-        })?;
-        let slot = &self.writers[writer % self.writers.len()];
-        let mut w = self.lock(slot);
-        let mut entries: Vec<Entry> = plan
-            .unmap
-            .iter()
-            .map(|&(lba, count)| Entry::Unmap { lba, count })
-            .collect();
-        let blocks: Vec<(u64, &[u8])> = plan.data.iter().map(|(k, v)| (*k, &v[..])).collect();
-        // Blocks merged here from partial writes (owned by the plan, which is gone when a
-        // started batch's writes are still in flight) and blocks not block-aligned in memory
-        // are copied once into an aligned buffer that lives as long as the batch; the others
-        // are written straight from the caller's buffers.
-        let unaligned: Vec<usize> = plan
-            .data
-            .values()
-            .enumerate()
-            .filter(|(_, v)| matches!(v, std::borrow::Cow::Owned(_)) || !is_aligned(v))
-            .map(|(i, _)| i)
-            .collect();
-        let mut copies = AlignedBuf::scratch(unaligned.len());
-        for (k, &i) in unaligned.iter().enumerate() {
-            copies.block_mut(k).copy_from_slice(blocks[i].1);
+    /// [`finish_batch`](Self::finish_batch), returning once every earlier record is written
+    /// too: for a batch answered only when it is written (write-through).
+    pub fn finish_batch_in_order(
+        &self,
+        batch: InFlight,
+        written: std::io::Result<()>,
+    ) -> Result<()> {
+        match batch.lsn {
+            Some(lsn) => self.finish_commit(lsn, written),
+            None => written.map_err(StoreError::Io),
         }
-        let mut sources: Vec<&[u8]> = blocks.iter().map(|(_, d)| *d).collect();
-        for (k, &i) in unaligned.iter().enumerate() {
-            sources[i] = copies.block(k);
-        }
-        let mut runs: Vec<Gather<'_>> = Vec::new();
-        let packed = self
-            .codec
-            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
-        let written = if let Some(packed) = &packed {
-            let lbas: Vec<u64> = blocks.iter().map(|(lba, _)| *lba).collect();
-            self.place_packed(&mut w, &lbas, &sources, packed, &mut entries, &mut runs)?
-        } else {
-            let mut i = 0;
-            while i < blocks.len() {
-                let (pba, n) = self.take_blocks(&mut w, blocks.len() - i, false)?;
-                let vba0 = {
-                    // VBAs are unique, never reused; the writer lock, held until the batch is
-                    // applied, keeps them ordered with the commit (snapshot creation takes every
-                    // writer lock).
-                    let mut st = self.write_lock(&self.state);
-                    let v = st.maps.next_vba;
-                    st.maps.next_vba += n as u64;
-                    v
-                };
-                for j in 0..n {
-                    let lba = blocks[i + j].0;
-                    let blk = sources[i + j];
-                    let vba = vba0 + j as u64;
-                    entries.push(Entry::Map {
-                        lba,
-                        vba,
-                        pba: pba + j as u64,
-                        crc: block_crc(vba, blk),
-                    });
-                }
-                for (k, chunk) in sources[i..i + n].chunks(MAX_PARTS).enumerate() {
-                    runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
-                }
-                i += n;
-            }
-            blocks.len() as u64
-        };
-        let data_bytes = BLOCK * written;
-        let data_writes = runs.len() as u64;
-        let committed = self.commit_with(entries, runs, &mut w.retired, false, issue)?;
-        drop(w);
-        Counters::add(&self.stats.data_writes, data_writes);
-        Counters::add(&self.stats.data_write_bytes, data_bytes);
-        Counters::add(&self.stats.batches, 1);
-        Counters::add(&self.stats.guest_writes, ops.len() as u64);
-        Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
-        self.note_guest_io();
-        let (lsn, record) = committed.started.unzip();
-        Ok(InFlight {
-            lsn,
-            _record: record,
-            _copies: copies,
-            _packed: packed.map(|p| p.buf),
-        })
     }
 
     /// Takes up to `want` contiguous blocks from writer `w`, starting a new segment when
@@ -331,17 +207,16 @@ impl Store {
         Ok(cleaned > 0)
     }
 
-    /// Writes `runs` (byte offset, parts) and one journal record holding `entries` as `issue`
-    /// says, applying the record to the maps (in LSN order) while the writes are in flight.
-    /// With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
-    /// Segments in `retired` close once every record up to this one is written.
+    /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through the
+    /// store's device, applying the record to the maps (in LSN order) while the writes are in
+    /// flight. With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed
+    /// first. Segments in `retired` close once every record up to this one is written.
     pub(in crate::store) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
-        issue: Issue<'_>,
     ) -> Result<Committed> {
         let j = self.lock(&self.journal);
         self.ensure_ok()?;
@@ -356,28 +231,50 @@ impl Store {
                 _ => true,
             });
         }
-        self.commit_locked(j, entries, runs, retired, issue)
+        self.commit_locked(j, entries, runs, retired)
     }
 
     /// [`commit_with`](Self::commit_with) once the caller holds the journal lock and has
     /// settled `entries` (the import's write-if-absent filters them under it).
     pub(in crate::store) fn commit_locked(
         &self,
-        mut j: MutexGuard<'_, JournalState>,
-        mut entries: Vec<Entry>,
+        j: MutexGuard<'_, JournalState>,
+        entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
-        mut issue: Issue<'_>,
     ) -> Result<Committed> {
+        let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
+        let Some(r) = self.reserve_record(j, entries, extents, retired)? else {
+            return Ok(Committed { entries: 0, lsn: 0 });
+        };
+        // The runs' borrows outlive this call; the record's is this call's: one shorter list.
+        let mut writes: Vec<Gather<'_>> = runs;
+        writes.push((r.pba * BLOCK, vec![&r.record[..]]));
+        let written = DeviceIo(self.dev.as_ref())
+            .write_all_while(&writes, &mut || self.apply_in_order(r.lsn, &r.entries));
+        self.finish_commit(r.lsn, written)?;
+        Ok(Committed {
+            entries: r.count,
+            lsn: r.lsn,
+        })
+    }
+
+    /// Reserves the record of `entries` (held journal lock `j`; the caller checked the store),
+    /// its data blocks `extents` (first block, count) listed as being written. `None` when
+    /// there is nothing to commit. Segments in `retired` close once every record up to this
+    /// one is written.
+    pub(in crate::store) fn reserve_record(
+        &self,
+        mut j: MutexGuard<'_, JournalState>,
+        mut entries: Vec<Entry>,
+        extents: impl Iterator<Item = (u64, u64)>,
+        retired: &mut Vec<u64>,
+    ) -> Result<Option<Reserved>> {
         if entries.is_empty() {
             // The segments were filled by records already reserved.
             let last = j.cursor.next_lsn.saturating_sub(1);
             self.retire(&mut j, last, retired);
-            return Ok(Committed {
-                entries: 0,
-                lsn: 0,
-                started: None,
-            });
+            return Ok(None);
         }
         // A flush whose mark is still due rides along (see flush.rs): no write of its own.
         let carried = self
@@ -386,61 +283,23 @@ impl Store {
         if let Some(lsn) = carried {
             entries.push(Entry::Flushed { lsn });
         }
-        // A checkpoint the record may need first writes through the store's own device when
-        // the batch's writes are only started.
-        let mut device_io = DeviceIo(self.dev.as_ref());
-        let (mut j, reserved) = match issue {
-            Issue::Wait(ref mut io) => self.reserve(j, &entries, &mut **io)?,
-            Issue::Start(_) => self.reserve(j, &entries, &mut device_io)?,
-        };
-        let lsn = reserved.lsn;
+        let (mut j, (lsn, pba, record)) = self.reserve(j, &entries)?;
         if let Some(through) = carried {
             j.marked_lsn = j.marked_lsn.max(through);
         }
-        self.unwritten.add(
-            lsn,
-            runs.iter()
-                .map(|(at, parts)| (at / BLOCK, run_blocks(parts))),
-        );
+        self.unwritten.add(lsn, extents);
         self.retire(&mut j, lsn, retired);
         drop(j);
-        // The runs' borrows outlive this call; the record's is this call's: one shorter list.
-        let mut writes: Vec<Gather<'_>> = runs;
-        writes.push((reserved.pba * BLOCK, vec![&reserved.record[..]]));
         Counters::add(&self.stats.journal_writes, 1);
-        Counters::add(
-            &self.stats.journal_write_bytes,
-            reserved.record.len() as u64,
-        );
+        Counters::add(&self.stats.journal_write_bytes, record.len() as u64);
         let count = entries.len() as u64 - u64::from(carried.is_some());
-        match issue {
-            Issue::Wait(io) => {
-                let written =
-                    io.write_all_while(&writes, &mut || self.apply_in_order(lsn, &entries));
-                self.finish_commit(lsn, written)?;
-                Ok(Committed {
-                    entries: count,
-                    lsn,
-                    started: None,
-                })
-            }
-            Issue::Start(io) => {
-                let started = io.start_writes(&writes);
-                // Every reserved record is applied, whatever became of its writes: later
-                // records wait for it.
-                self.apply_in_order(lsn, &entries);
-                drop(writes);
-                if let Err(e) = started {
-                    // Fails the store and hands back the error.
-                    self.note_written(lsn, Err(e))?;
-                }
-                Ok(Committed {
-                    entries: count,
-                    lsn,
-                    started: Some((lsn, reserved.record)),
-                })
-            }
-        }
+        Ok(Some(Reserved {
+            lsn,
+            pba,
+            record,
+            entries,
+            count,
+        }))
     }
 
     /// Lists `segments` (filled by a writer) to close once record `lsn` and every record
@@ -466,13 +325,12 @@ impl Store {
     }
 
     /// Places and encodes the next record in the journal ring (see `live_checkpoint` for
-    /// the checkpoints a full-enough ring asks for).
+    /// the checkpoints a full-enough ring asks for); returns its LSN, place and bytes.
     fn reserve<'a>(
         &'a self,
         mut j: MutexGuard<'a, JournalState>,
         entries: &[Entry],
-        io: &mut dyn BatchIo,
-    ) -> Result<(MutexGuard<'a, JournalState>, Reserved)> {
+    ) -> Result<(MutexGuard<'a, JournalState>, (u64, u64, AlignedBuf))> {
         let blocks = journal::record_blocks(entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
         if blocks > journal_blocks / 2 {
@@ -485,7 +343,7 @@ impl Store {
         if j.fresh_chain {
             j = self.wait_idle(j);
             if j.fresh_chain {
-                self.checkpoint_with(&mut j, io)?;
+                self.checkpoint_locked(&mut j)?;
             }
         }
         let (mut j, (at, added)) = self.place_record(j, blocks, threshold)?;
@@ -500,7 +358,7 @@ impl Store {
         j.cursor.prev_crc = crc;
         j.cursor.records += 1;
         j.in_flight += 1;
-        Ok((j, Reserved { lsn, pba, record }))
+        Ok((j, (lsn, pba, record)))
     }
 
     /// Waits (releasing the journal lock meanwhile) until every reserved record is applied, or
@@ -517,7 +375,7 @@ impl Store {
 
     /// Applies record `lsn` to the maps once every earlier one is applied (its writes may
     /// still be in flight: readers of its blocks wait for them, see `unwritten`).
-    fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
+    pub(in crate::store) fn apply_in_order(&self, lsn: u64, entries: &[Entry]) {
         let mut j = self.lock(&self.journal);
         while j.applied_lsn + 1 != lsn && !self.poisoned() {
             j = self.unpoison(self.journal_cv.wait(j));
@@ -547,7 +405,11 @@ impl Store {
 
     /// Records that record `lsn`'s writes finished (advancing the written frontier), without
     /// waiting for earlier records. A failed write fails the store.
-    fn note_written(&self, lsn: u64, written: std::io::Result<()>) -> Result<()> {
+    pub(in crate::store) fn note_written(
+        &self,
+        lsn: u64,
+        written: std::io::Result<()>,
+    ) -> Result<()> {
         self.unwritten.remove(lsn);
         let mut j = self.lock(&self.journal);
         if lsn == j.written_lsn + 1 {
@@ -586,11 +448,6 @@ impl Store {
         }
         target
     }
-}
-
-/// Whether `bytes` may go to an O_DIRECT write as they are.
-fn is_aligned(bytes: &[u8]) -> bool {
-    (bytes.as_ptr() as usize).is_multiple_of(BLOCK_SIZE) && bytes.len().is_multiple_of(BLOCK_SIZE)
 }
 
 /// Blocks a gather list covers.

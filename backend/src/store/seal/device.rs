@@ -55,11 +55,9 @@ where
         self.inner.discard(offset, len)
     }
 
-    /// None: bytes at an offset of the descriptor are ciphertext, not this device's bytes
-    /// (a queue that issues its own I/O asks the store for the cipher too).
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
+    // No descriptor of its own (the trait's default): bytes at an offset of the one beneath
+    // are ciphertext, not this device's bytes (a queue that issues its own I/O takes the
+    // device beneath, `Store::raw_device`, and the cipher).
 
     fn grow_to(&self, len: u64) -> io::Result<()> {
         self.inner.grow_to(len)

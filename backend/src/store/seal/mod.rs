@@ -2,7 +2,7 @@
 //!
 //! The cipher sits at the two places where stored bytes are made and read back: the
 //! [`SealedDevice`] under the store (metadata, checkpoints, the journal, the cleaner, every
-//! store-issued data write and read) and a keel queue's own io_uring (guest data), which seals
+//! store-issued data write and read) and a keel queue's own ring (guest data), which seals
 //! into buffers of its own and opens what it read before the checksums are checked. Nothing
 //! above them sees ciphertext, so the maps, journal and checksums are the same whether a
 //! container is encrypted or not.

@@ -3,7 +3,7 @@
 
 use super::{new_store, small_opts};
 use crate::device::BlockDevice;
-use crate::store::{BatchIo, Gather, Op, Store};
+use crate::store::{Gather, Op, Result, Store};
 use crate::testing::SplitMix;
 use std::io;
 use std::sync::{Arc, Barrier};
@@ -15,7 +15,15 @@ struct ShuffledIo<'a> {
     rng: SplitMix,
 }
 
-impl BatchIo for ShuffledIo<'_> {
+impl ShuffledIo<'_> {
+    /// Writes one batch of `ops` on `writer` through the plan API, in its own order.
+    fn write_batch(&mut self, store: &Store, writer: usize, ops: &[Op<'_>]) -> Result<()> {
+        let plan = store.plan_batch(writer, ops)?;
+        let written = self.write_all_while(&plan.writes(), &mut || plan.apply_maps());
+        let batch = store.apply_plan(plan);
+        store.finish_batch_in_order(batch, written)
+    }
+
     fn write_all_while(
         &mut self,
         writes: &[Gather<'_>],
@@ -84,7 +92,7 @@ fn race_writers(store: &Arc<Store>, writers: usize, rounds: u64, phase: u64, see
                         offset: blk * 4096,
                         data: &data,
                     }];
-                    store.write_batch_with(w, &ops, &mut io).unwrap();
+                    io.write_batch(&store, w, &ops).unwrap();
                 }
             })
         })
@@ -292,17 +300,17 @@ struct LateIo<'a> {
     applied: &'a std::sync::atomic::AtomicBool,
 }
 
-impl BatchIo for LateIo<'_> {
-    fn write_all_while(
-        &mut self,
-        writes: &[Gather<'_>],
-        meanwhile: &mut dyn FnMut(),
-    ) -> io::Result<()> {
-        meanwhile();
+impl LateIo<'_> {
+    /// Writes one batch of `ops` on writer 0 through the plan API, late.
+    fn write_batch(&mut self, store: &Store, ops: &[Op<'_>]) -> Result<()> {
+        let plan = store.plan_batch(0, ops)?;
+        plan.apply_maps();
         self.applied
             .store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        writes.iter().try_for_each(|w| write_gather(self.dev, w))
+        let written = (plan.writes().iter()).try_for_each(|w| write_gather(self.dev, w));
+        let batch = store.apply_plan(plan);
+        store.finish_batch_in_order(batch, written)
     }
 }
 
@@ -340,13 +348,12 @@ fn a_read_of_a_block_being_written_waits_for_its_data() {
             dev: s.device(),
             applied: &applied,
         };
-        s.write_batch_with(
-            0,
+        io.write_batch(
+            &s,
             &[Op::Write {
                 offset: 0,
                 data: &new,
             }],
-            &mut io,
         )
         .unwrap();
         let seen = reader.join().unwrap();

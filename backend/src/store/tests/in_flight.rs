@@ -1,8 +1,9 @@
-//! Batches answered before their writes are done ([`Store::start_batch`]): readers, FLUSH and
-//! failures while the writes are in flight.
+//! Batches answered before their writes are done (a [`WritePlan`](crate::store::WritePlan)
+//! applied while its writes are held): readers, FLUSH and failures while the writes are in
+//! flight.
 
 use super::{new_store, small_opts};
-use crate::store::{Gather, Op, StartIo, Store, StoreError};
+use crate::store::{Gather, InFlight, Op, Store, StoreError};
 use crate::testing::FaultyDevice;
 use std::io;
 use std::sync::Arc;
@@ -17,18 +18,15 @@ struct HeldIo {
     parts: Vec<(usize, usize)>,
 }
 
-impl StartIo for HeldIo {
-    fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
+impl HeldIo {
+    fn start_writes(&mut self, writes: &[Gather<'_>]) {
         for (offset, parts) in writes {
             self.writes.push((*offset, parts.concat()));
             self.parts
                 .extend(parts.iter().map(|p| (p.as_ptr() as usize, p.len())));
         }
-        Ok(())
     }
-}
 
-impl HeldIo {
     /// Writes the held blocks through `dev`, the store's device (sealed, on an encrypted
     /// container).
     fn land(&mut self, dev: &dyn crate::device::BlockDevice) -> io::Result<()> {
@@ -36,6 +34,14 @@ impl HeldIo {
             .drain(..)
             .try_for_each(|(offset, bytes)| dev.write_at(&bytes, offset))
     }
+}
+
+/// Plans a batch on writer 0, has `io` hold its writes and applies it: the batch is answered,
+/// its writes not done.
+fn start_batch(s: &Store, ops: &[Op<'_>], io: &mut HeldIo) -> crate::store::Result<InFlight> {
+    let plan = s.plan_batch(0, ops)?;
+    io.start_writes(&plan.writes());
+    Ok(s.apply_plan(plan))
 }
 
 fn write_op(lba: u64, data: &[u8]) -> Op<'_> {
@@ -80,7 +86,7 @@ fn a_read_of_a_started_batch_waits_for_its_writes() {
     s.write_batch(0, &[write_op(0, &[0x11; 4096])]).unwrap();
     let new = vec![0x22u8; 4096];
     let mut io = HeldIo::default();
-    let batch = s.start_batch(0, &[write_op(0, &new)], &mut io).unwrap();
+    let batch = start_batch(&s, &[write_op(0, &new)], &mut io).unwrap();
     let read = |s: &Store| {
         let mut b = vec![0u8; 4096];
         s.read(0, &mut b).map(|()| b[0])
@@ -99,7 +105,7 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     let s = Arc::new(s);
     let data = vec![0x33u8; 8192];
     let mut io = HeldIo::default();
-    let batch = s.start_batch(0, &[write_op(2, &data)], &mut io).unwrap();
+    let batch = start_batch(&s, &[write_op(2, &data)], &mut io).unwrap();
     let flushed = blocked_until_landed(&s, "the flush", Store::flush, || {
         io.land(s.device()).unwrap();
         s.finish_batch(batch, Ok(())).unwrap();
@@ -117,9 +123,7 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
 fn a_failed_write_after_the_answer_fails_the_next_flush_and_every_request() {
     let (_dev, s) = new_store(&small_opts());
     let mut io = HeldIo::default();
-    let batch = s
-        .start_batch(0, &[write_op(1, &[0x44; 4096])], &mut io)
-        .unwrap();
+    let batch = start_batch(&s, &[write_op(1, &[0x44; 4096])], &mut io).unwrap();
     let failed = s.finish_batch(batch, Err(io::Error::from_raw_os_error(libc::EIO)));
     assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
     assert!(s.flush().is_err(), "a FLUSH after a lost write succeeded");
@@ -132,9 +136,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
     s.write_batch(0, &[write_op(0, &[0x55; 4096])]).unwrap();
     s.flush().unwrap();
     let mut io = HeldIo::default();
-    let batch = s
-        .start_batch(0, &[write_op(0, &[0x66; 4096])], &mut io)
-        .unwrap();
+    let batch = start_batch(&s, &[write_op(0, &[0x66; 4096])], &mut io).unwrap();
     // Power lost before the writes landed: the batch is gone, the flushed data is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
     io.land(s.device()).unwrap();
@@ -148,7 +150,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
 
 /// A device reads a started batch's buffers until its writes are done, so every part must be
 /// in the caller's buffers or in the batch itself, never in memory the store frees when
-/// `start_batch` returns (blocks merged from partial writes).
+/// the plan is applied (blocks merged from partial writes).
 #[test]
 fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
     let (_dev, s) = new_store(&small_opts());
@@ -163,7 +165,7 @@ fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
         },
     ];
     let mut io = HeldIo::default();
-    let batch = s.start_batch(0, &ops, &mut io).unwrap();
+    let batch = start_batch(&s, &ops, &mut io).unwrap();
     let caller = whole.as_ptr() as usize..whole.as_ptr() as usize + whole.len();
     for &(ptr, len) in &io.parts {
         assert!(
@@ -178,4 +180,21 @@ fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
     assert!(b[..1024].iter().all(|x| *x == 0x77));
     assert!(b[1024..1536].iter().all(|x| *x == 0x88));
     assert!(b[1536..].iter().all(|x| *x == 0x77));
+}
+
+/// A plan dropped before its writes were issued (a caller that gave up on it) fails the store
+/// instead of leaving later batches and FLUSHes waiting for a record that never comes.
+#[test]
+fn a_plan_dropped_before_its_writes_fails_the_store() {
+    let (_dev, s) = new_store(&small_opts());
+    s.write_batch(0, &[write_op(0, &[0x11; 4096])]).unwrap();
+    let plan = s.plan_batch(0, &[write_op(1, &[0x99; 4096])]).unwrap();
+    assert!(!plan.writes().is_empty());
+    drop(plan);
+    assert!(
+        s.is_failed(),
+        "a record reserved and never written went unnoticed"
+    );
+    assert!(s.flush().is_err(), "a FLUSH covered a batch never written");
+    assert!(s.write_batch(1, &[write_op(2, &[1; 4096])]).is_err());
 }

@@ -2,9 +2,7 @@
 //! of being served from state the panic may have left half-updated, and shutdown still works.
 
 use super::{new_store, small_opts};
-use crate::store::{
-    CleanerConfig, CleanerHandle, Gather, MarkWriter, Op, StartIo, Store, StoreError,
-};
+use crate::store::{CleanerConfig, CleanerHandle, MarkWriter, Op, Store, StoreError};
 use std::sync::{Arc, mpsc};
 
 /// Which of the store's locks a test poisons (a panic under a read guard poisons nothing: it
@@ -119,15 +117,6 @@ fn a_poisoned_lock_fails_every_later_request_and_the_store_still_closes() {
     }
 }
 
-/// Takes a batch's writes and never lands them: a queue whose batch is in flight.
-struct NeverLands;
-
-impl StartIo for NeverLands {
-    fn start_writes(&mut self, _writes: &[Gather<'_>]) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A panic poisons the journal while a batch is in flight and a reader waits for that batch's
 /// blocks: the next request fails instead of waiting for a batch that may never finish, the
 /// waiting reader is released with the same error, and the batch's late completion fails too.
@@ -136,16 +125,17 @@ fn a_poisoned_lock_releases_waits_for_batches_in_flight() {
     let (_dev, s) = new_store(&small_opts());
     let s = Arc::new(s);
     let data = vec![7u8; 4096];
-    let batch = s
-        .start_batch(
+    // Applied, its writes never landing: a queue whose batch is in flight.
+    let plan = s
+        .plan_batch(
             0,
             &[Op::Write {
                 offset: 0,
                 data: &data,
             }],
-            &mut NeverLands,
         )
         .unwrap();
+    let batch = s.apply_plan(plan);
     let (tx, rx) = mpsc::channel();
     let reader = {
         let s = Arc::clone(&s);

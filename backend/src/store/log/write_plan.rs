@@ -1,0 +1,276 @@
+//! A guest batch as a plan that does no I/O, shaped like the read path.
+//!
+//! [`Store::plan_batch`] prepares the batch and reserves its journal record (steps 1 and 2 of
+//! `write.rs`) and names every device write it needs ([`WritePlan::writes`]: the data runs and
+//! the record). The caller issues them however it likes: one after another through a device,
+//! all at once on a ring of its own, late, in any order. Then [`Store::apply_plan`] applies the map
+//! changes in LSN order while the writes are still in flight, releases the writer, and hands
+//! back the [`InFlight`] batch that owns the buffers written from, for
+//! [`Store::finish_batch`] (or [`Store::finish_batch_in_order`]) once the writes are done.
+
+use crate::store::Store;
+use crate::store::buf::AlignedBuf;
+use crate::store::codec::block_crc;
+use crate::store::error::Result;
+use crate::store::io::Gather;
+use crate::store::layout::{BLOCK, BLOCK_SIZE};
+use crate::store::log::alloc::SegmentWriter;
+use crate::store::log::batch::{self, Op};
+use crate::store::log::journal::Entry;
+use crate::store::log::write::{MAX_PARTS, Reserved};
+use crate::store::stats::Counters;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::MutexGuard;
+
+/// Where one block of a data write comes from.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::store) enum Part<'a> {
+    /// The caller's own (block-aligned) buffer.
+    Guest(&'a [u8]),
+    /// Block `n` of the plan's aligned copies.
+    Copy(usize),
+    /// Block `n` of the plan's packed (compressed) blocks.
+    Packed(usize),
+}
+
+/// One data write: its blocks, in order, written from byte `offset`.
+pub(in crate::store) type Run<'a> = (u64, Vec<Part<'a>>);
+
+/// A batch prepared and its record reserved, its writes not issued yet. Every write it names
+/// ([`writes`](Self::writes)) must be issued, then the plan given to [`Store::apply_plan`].
+/// It holds its writer until then. Dropped unapplied, the batch fails the store (its record
+/// was reserved and will never be written).
+#[must_use = "a planned batch must be applied"]
+pub struct WritePlan<'a> {
+    store: &'a Store,
+    /// Held until the maps are applied: it keeps the batch's VBAs in order with its record.
+    writer: Option<MutexGuard<'a, SegmentWriter>>,
+    /// The record's map changes.
+    entries: Vec<Entry>,
+    /// The record's place, in blocks.
+    record_pba: u64,
+    runs: Vec<Run<'a>>,
+    /// The buffers written from, handed on when the plan is applied.
+    batch: InFlight,
+    applied: Cell<bool>,
+}
+
+/// A batch whose map changes are applied, its writes maybe still in flight. It owns the
+/// buffers the store's writes read (the record, copies of unaligned blocks, packed blocks):
+/// keep it until the writes are done, then give it to [`Store::finish_batch`].
+#[derive(Default)]
+#[must_use = "a batch in flight must be finished"]
+pub struct InFlight {
+    pub(in crate::store) lsn: Option<u64>,
+    record: Option<AlignedBuf>,
+    copies: Option<AlignedBuf>,
+    packed: Option<AlignedBuf>,
+}
+
+#[cfg(test)]
+impl InFlight {
+    /// Whether the bytes at `ptr..ptr + len` lie in a buffer this batch owns.
+    pub(crate) fn holds(&self, ptr: *const u8, len: usize) -> bool {
+        let within = |b: &AlignedBuf| {
+            let start = b.as_ptr() as usize;
+            (ptr as usize) >= start && (ptr as usize) + len <= start + b.len()
+        };
+        [&self.record, &self.copies, &self.packed]
+            .into_iter()
+            .flatten()
+            .any(within)
+    }
+}
+
+impl WritePlan<'_> {
+    /// Every device write of the batch: its data runs, then its journal record. They are
+    /// independent (the record carries the data's checksums) and may go in any order.
+    pub fn writes(&self) -> Vec<Gather<'_>> {
+        let b = &self.batch;
+        let mut writes = gathers(&self.runs, b.copies.as_ref(), b.packed.as_ref());
+        if let Some(record) = &b.record {
+            writes.push((self.record_pba * BLOCK, vec![&record[..]]));
+        }
+        writes
+    }
+
+    /// Applies the record to the maps once every earlier record is (at most once).
+    pub(in crate::store) fn apply_maps(&self) {
+        if self.applied.replace(true) {
+            return;
+        }
+        if let Some(lsn) = self.batch.lsn {
+            self.store.apply_in_order(lsn, &self.entries);
+        }
+    }
+}
+
+impl Drop for WritePlan<'_> {
+    fn drop(&mut self) {
+        if self.applied.get() {
+            return;
+        }
+        // Later records wait for this one to apply; its place in the journal never gets it.
+        self.apply_maps();
+        if let Some(lsn) = self.batch.lsn {
+            let never = std::io::Error::other("a batch was dropped before its writes were issued");
+            let _ = self.store.note_written(lsn, Err(never));
+        }
+    }
+}
+
+impl Store {
+    /// Prepares one batch of guest requests as one metadata transaction (sorted, coalesced,
+    /// overlaps resolved in submission order; blocks, VBAs and checksums taken) and reserves
+    /// its journal record. No device write is issued: see [`WritePlan`].
+    ///
+    /// The caller must not block on anything of the store's (another batch, a read, a flush)
+    /// until it has applied the plan and while its batch is in flight: the store may be
+    /// waiting for that batch.
+    pub fn plan_batch<'a>(&'a self, writer: usize, ops: &[Op<'a>]) -> Result<WritePlan<'a>> {
+        self.ensure_ok()?;
+        let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
+            self.read_into(lba * BLOCK, b)
+        })?;
+        let slot = &self.writers[writer % self.writers.len()];
+        let mut w = self.lock(slot);
+        let mut entries: Vec<Entry> = plan
+            .unmap
+            .iter()
+            .map(|&(lba, count)| Entry::Unmap { lba, count })
+            .collect();
+        let lbas: Vec<u64> = plan.data.keys().copied().collect();
+        // Blocks merged here from partial writes (owned by the batch plan, gone when this
+        // returns) and blocks not block-aligned in memory are copied once into an aligned
+        // buffer the plan keeps; the others are written straight from the caller's buffers.
+        let mut copied = 0;
+        let parts: Vec<Part<'a>> = (plan.data.values())
+            .map(|v| match v {
+                Cow::Borrowed(b) if is_aligned(b) => Part::Guest(b),
+                _ => {
+                    copied += 1;
+                    Part::Copy(copied - 1)
+                }
+            })
+            .collect();
+        let copies = (copied > 0).then(|| {
+            let mut copies = AlignedBuf::scratch(copied);
+            for (v, part) in plan.data.values().zip(&parts) {
+                if let Part::Copy(n) = part {
+                    copies.block_mut(*n).copy_from_slice(v);
+                }
+            }
+            copies
+        });
+        let sources: Vec<&[u8]> = (parts.iter())
+            .map(|p| match (p, &copies) {
+                (Part::Copy(n), Some(c)) => c.block(*n),
+                (Part::Guest(b), _) => b,
+                _ => &[][..],
+            })
+            .collect();
+        let mut runs: Vec<Run<'a>> = Vec::new();
+        let packed = self
+            .codec
+            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
+        let written = if let Some(packed) = &packed {
+            let placed = (&lbas[..], &sources[..], &parts[..]);
+            self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
+        } else {
+            let mut i = 0;
+            while i < lbas.len() {
+                let (pba, n) = self.take_blocks(&mut w, lbas.len() - i, false)?;
+                let vba0 = {
+                    // VBAs are unique, never reused; the writer lock, held until the batch is
+                    // applied, keeps them ordered with the commit (snapshot creation takes every
+                    // writer lock).
+                    let mut st = self.write_lock(&self.state);
+                    let v = st.maps.next_vba;
+                    st.maps.next_vba += n as u64;
+                    v
+                };
+                for j in 0..n {
+                    let vba = vba0 + j as u64;
+                    entries.push(Entry::Map {
+                        lba: lbas[i + j],
+                        vba,
+                        pba: pba + j as u64,
+                        crc: block_crc(vba, sources[i + j]),
+                    });
+                }
+                for (k, chunk) in parts[i..i + n].chunks(MAX_PARTS).enumerate() {
+                    runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
+                }
+                i += n;
+            }
+            lbas.len() as u64
+        };
+        let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, parts.len() as u64));
+        let j = self.lock(&self.journal);
+        self.ensure_ok()?;
+        let reserved = self.reserve_record(j, entries, extents, &mut w.retired)?;
+        Counters::add(&self.stats.data_writes, runs.len() as u64);
+        Counters::add(&self.stats.data_write_bytes, BLOCK * written);
+        Counters::add(&self.stats.batches, 1);
+        Counters::add(&self.stats.guest_writes, ops.len() as u64);
+        Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
+        self.note_guest_io();
+        let (lsn, record_pba, record, entries) = match reserved {
+            Some(Reserved {
+                lsn,
+                pba,
+                record,
+                entries,
+                ..
+            }) => (Some(lsn), pba, Some(record), entries),
+            None => (None, 0, None, Vec::new()),
+        };
+        Ok(WritePlan {
+            store: self,
+            writer: Some(w),
+            entries,
+            record_pba,
+            runs,
+            batch: InFlight {
+                lsn,
+                record,
+                copies,
+                packed: packed.map(|p| p.buf),
+            },
+            applied: Cell::new(false),
+        })
+    }
+
+    /// Applies a planned batch's map changes, in LSN order, once its writes are issued (they
+    /// may still be in flight: reads of its blocks wait for them) and releases its writer.
+    /// Returns the batch to finish once its writes are done.
+    pub fn apply_plan(&self, mut plan: WritePlan<'_>) -> InFlight {
+        plan.apply_maps();
+        plan.writer = None;
+        std::mem::take(&mut plan.batch)
+    }
+}
+
+/// The device writes of `runs`, whose parts lie in the caller's buffers, in `copies` and in
+/// `packed`.
+pub(in crate::store) fn gathers<'b>(
+    runs: &'b [Run<'_>],
+    copies: Option<&'b AlignedBuf>,
+    packed: Option<&'b AlignedBuf>,
+) -> Vec<Gather<'b>> {
+    let block = |buf: Option<&'b AlignedBuf>, n: usize| buf.map_or(&[][..], |b| b.block(n));
+    let bytes = |part: &Part<'b>| match *part {
+        Part::Guest(b) => b,
+        Part::Copy(n) => block(copies, n),
+        Part::Packed(n) => block(packed, n),
+    };
+    (runs.iter())
+        .map(|(offset, parts)| (*offset, parts.iter().map(bytes).collect()))
+        .collect()
+}
+
+/// Whether `bytes` may go to an O_DIRECT write as they are.
+fn is_aligned(bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(BLOCK_SIZE) && bytes.len().is_multiple_of(BLOCK_SIZE)
+}
