@@ -193,6 +193,8 @@ pub struct Store {
     raw_fd: Option<RawFd>,
     /// The cipher of an encrypted container.
     sealer: Option<Arc<seal::Sealer>>,
+    /// The container's bytes as stored, and what data checksums cover.
+    data: seal::DataView,
     /// The codec of a compressed container.
     codec: Option<compress::Codec>,
     /// Blocks that did not shrink lately: a stream of them stops being tried.
@@ -348,8 +350,9 @@ impl Store {
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
         let raw_fd = dev.raw_fd();
-        let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
-        let mut loaded = log::recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
+        let seal::Unsealed { dev, sealer, data } = seal::unseal(dev, opts.key.as_ref())?;
+        let mut loaded =
+            log::recovery::load(dev.as_ref(), &data, opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
             loaded.stale_slot = None;
@@ -378,6 +381,7 @@ impl Store {
             dev,
             raw_fd,
             sealer,
+            data,
             codec: compress::Codec::from_number(loaded.superblock.seal.compression),
             misses: compress::Misses::default(),
             geo,
@@ -454,10 +458,17 @@ impl Store {
         self.dev.as_ref()
     }
 
+    /// The container's bytes as they are stored (ciphertext on an encrypted container): the
+    /// device a batch's writes go to (see [`write_batch_with`](Self::write_batch_with)).
+    pub fn raw_device(&self) -> &dyn BlockDevice {
+        self.data.raw()
+    }
+
     /// The container's file descriptor, when it is a plain file or block device, for queues
     /// that issue the store's I/O on their own io_uring. Its bytes are ciphertext when
-    /// [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what it
-    /// reads with it.
+    /// [`sealer`](Self::sealer) is some: the store hands such a queue's writes over sealed
+    /// ([`write_batch_with`](Self::write_batch_with)) and checks, then opens, what it read
+    /// ([`finish_read`](Self::finish_read)).
     pub fn device_fd(&self) -> Option<RawFd> {
         self.raw_fd
     }

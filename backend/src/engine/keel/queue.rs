@@ -156,7 +156,7 @@ impl KeelQueue {
             }
         }
         let store = &*self.store;
-        let mut device_io = DeviceIo(store.device());
+        let mut device_io = DeviceIo(store.raw_device());
         let io: &mut dyn BatchIo = match self.ring.as_mut() {
             Some(r) => r,
             None => &mut device_io,

@@ -262,7 +262,10 @@ impl Store {
             }
             let blocks = (by_pba[i + n - 1].0 - first + 1) as usize;
             let mut b = AlignedBuf::blocks(blocks);
-            if let Err(e) = self.dev.read_at(&mut b, first * BLOCK) {
+            // Checked as stored: the data of an encrypted container is not decrypted.
+            let read = (self.data.read_raw(&mut b, first * BLOCK))
+                .and_then(|()| self.data.covered(&mut b, first * BLOCK));
+            if let Err(e) = read {
                 r.problems
                     .push(format!("reading data at block {first}: {e}"));
             } else {

@@ -13,7 +13,8 @@ use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::error::{Result, StoreError};
-use crate::store::io::{DeviceIo, Gather};
+use crate::store::io::{BatchIo, DeviceIo, Gather};
+use crate::store::seal::{SealOthers, seal_for_store};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::{self, Entry};
 use crate::store::log::superblock::{
@@ -196,6 +197,22 @@ impl Store {
             }
         }
         entries.extend(extra);
+        // An encrypted container's data is sealed, and checksummed as stored, here.
+        let sealed = seal_for_store(&self.data, &mut entries, &runs)?;
+        let runs = match &sealed {
+            Some(s) => s.gathers(),
+            None => runs,
+        };
+        let mut raw_io = DeviceIo(self.data.raw());
+        let mut dev_io = DeviceIo(self.dev.as_ref());
+        let mut sealing;
+        let io: &mut dyn BatchIo = match (&sealed, self.data.sealer()) {
+            (Some(s), Some(sealer)) => {
+                sealing = SealOthers::new(&mut raw_io, sealer, s.bytes());
+                &mut sealing
+            }
+            _ => &mut dev_io,
+        };
         let record_blocks = journal::record_blocks(&entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
@@ -234,7 +251,7 @@ impl Store {
             entries,
             runs,
             &mut w.retired,
-            Issue::Wait(&mut DeviceIo(self.dev.as_ref())),
+            Issue::Wait(io),
         )?;
         drop(w);
         Ok(committed)

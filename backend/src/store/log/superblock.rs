@@ -54,8 +54,14 @@ pub const INCOMPAT_STAGING: u64 = 1 << 8;
 /// the chain of records runs on across checkpoints (a checkpoint no longer restarts it). A
 /// Keel without it would replay from block 0 and miss or misread the records.
 pub const INCOMPAT_CIRCULAR_JOURNAL: u64 = 1 << 9;
+/// Incompatible feature (with `INCOMPAT_ENCRYPTED`): data checksums cover the ciphertext as
+/// stored, so data blocks are checked without being decrypted, and the cleaner's moves carry
+/// the moved block's new checksum (journal Move entries with a crc, tag 11). A Keel without it
+/// would check those checksums against the plaintext and find every data block corrupt.
+pub const INCOMPAT_CIPHERTEXT_CRC: u64 = 1 << 10;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_CIPHERTEXT_CRC
     | INCOMPAT_CIRCULAR_JOURNAL
     | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
@@ -69,6 +75,7 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
 pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_IMPORTING
     & !INCOMPAT_ENCRYPTED
+    & !INCOMPAT_CIPHERTEXT_CRC
     & !INCOMPAT_COMPRESSED
     & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer

@@ -55,6 +55,8 @@ pub struct InFlight {
     _copies: AlignedBuf,
     /// The packed blocks of a compressed batch.
     _packed: Option<AlignedBuf>,
+    /// An encrypted container's ciphertext of the batch.
+    _sealed: Vec<AlignedBuf>,
 }
 
 #[cfg(test)]
@@ -68,6 +70,7 @@ impl InFlight {
         within(&self._copies)
             || self._record.as_ref().is_some_and(within)
             || self._packed.as_ref().is_some_and(within)
+            || self._sealed.iter().any(within)
     }
 }
 
@@ -93,11 +96,13 @@ impl Store {
     /// Applies one batch of guest requests as one metadata transaction, writing through the
     /// store's device one write after another.
     pub fn write_batch(&self, writer: usize, ops: &[Op<'_>]) -> Result<()> {
-        self.write_batch_with(writer, ops, &mut DeviceIo(self.dev.as_ref()))
+        self.write_batch_with(writer, ops, &mut DeviceIo(self.data.raw()))
     }
 
     /// [`write_batch`](Self::write_batch), with the batch's device writes (data and journal
-    /// record together) issued by `io`.
+    /// record together) issued by `io`, which writes the container's bytes as they are (a
+    /// queue's io_uring on [`device_fd`](Self::device_fd), or [`raw_device`](Self::raw_device)):
+    /// on an encrypted container the store hands it ciphertext.
     pub fn write_batch_with(
         &self,
         writer: usize,
@@ -109,8 +114,9 @@ impl Store {
 
     /// Starts one batch of guest requests as one metadata transaction: its writes are issued
     /// through `io` and its map changes applied (reads of its blocks wait for the writes);
-    /// returns without waiting for the writes. The batch's data buffers (`ops`) must stay
-    /// valid until they are done; then call [`finish_batch`](Self::finish_batch).
+    /// returns without waiting for the writes. `io` writes the container's bytes as they are
+    /// (see [`write_batch_with`](Self::write_batch_with)). The batch's data buffers (`ops`)
+    /// must stay valid until they are done; then call [`finish_batch`](Self::finish_batch).
     ///
     /// The caller must not block on anything of the store's (another batch, a read, a flush)
     /// while it has a batch in flight: the store may be waiting for that batch to finish.
@@ -205,7 +211,8 @@ impl Store {
         };
         let data_bytes = BLOCK * written;
         let data_writes = runs.len() as u64;
-        let committed = self.commit_with(entries, runs, &mut w.retired, false, issue)?;
+        // An encrypted container's data is sealed here, once, and checksummed as stored.
+        let (committed, sealed) = self.commit_sealed(entries, runs, &mut w.retired, false, issue)?;
         drop(w);
         Counters::add(&self.stats.data_writes, data_writes);
         Counters::add(&self.stats.data_write_bytes, data_bytes);
@@ -219,6 +226,7 @@ impl Store {
             _record: record,
             _copies: copies,
             _packed: packed.map(|p| p.buf),
+            _sealed: sealed,
         })
     }
 

@@ -18,9 +18,13 @@
 
 mod device;
 mod key;
+mod seal_batch;
+mod stored;
 
 pub use device::SealedDevice;
 pub use key::{Key, KeySource};
+pub(crate) use seal_batch::{SealOthers, seal_for_store};
+pub(crate) use stored::DataView;
 
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, BLOCK_SIZE};
@@ -214,22 +218,25 @@ fn whiten(chunk: &mut [u8], starts: &[Array<u8, aes::cipher::consts::U16>]) {
     }
 }
 
-/// The device a store reads and writes, and the cipher of an encrypted container.
+/// The device a store reads and writes, the cipher of an encrypted container, and how its
+/// data blocks are checked.
 pub(crate) struct Unsealed {
     pub dev: Arc<dyn BlockDevice>,
     pub sealer: Option<Arc<Sealer>>,
+    pub data: DataView,
 }
 
 /// `dev` itself for a plaintext container, or, for an encrypted one whose key passes the key
 /// check, a [`SealedDevice`] over it. A key given for a plaintext container is refused:
 /// encryption is never turned on in place.
 pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Unsealed> {
-    let fields = super::log::recovery::pick_superblock(dev.as_ref())?
-        .superblock
-        .seal;
+    let sb = super::log::recovery::pick_superblock(dev.as_ref())?.superblock;
+    let fields = sb.seal;
     if fields.is_encrypted() {
         let sealer = Arc::new(fields.unlock(key)?);
+        let over_ciphertext = sb.incompat & super::log::superblock::INCOMPAT_CIPHERTEXT_CRC != 0;
         return Ok(Unsealed {
+            data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext),
             dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
             sealer: Some(sealer),
         });
@@ -237,7 +244,11 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
     if key.is_some() {
         return Err(StoreError::NotEncrypted);
     }
-    Ok(Unsealed { dev, sealer: None })
+    Ok(Unsealed {
+        data: DataView::new(Arc::clone(&dev), None, false),
+        dev,
+        sealer: None,
+    })
 }
 
 /// An encrypted container is read and written in whole blocks only.
