@@ -15,6 +15,7 @@ mod packed;
 mod poison;
 mod space;
 mod staging;
+mod stored_crc;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};
