@@ -351,8 +351,7 @@ impl Store {
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
         let raw_fd = dev.raw_fd();
         let seal::Unsealed { dev, sealer, data } = seal::unseal(dev, opts.key.as_ref())?;
-        let mut loaded =
-            log::recovery::load(dev.as_ref(), &data, opts.rewind || opts.read_only)?;
+        let mut loaded = log::recovery::load(dev.as_ref(), &data, opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
             loaded.stale_slot = None;

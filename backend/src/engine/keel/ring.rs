@@ -309,7 +309,10 @@ impl QueueRing {
                 .map_err(|e| store_err("read", e)),
             None => {
                 self.scratch.resize(r.req.buffers.len(), 0);
-                match self.store.finish_read(&r.plan, &mut r.bufs, &mut self.scratch) {
+                match self
+                    .store
+                    .finish_read(&r.plan, &mut r.bufs, &mut self.scratch)
+                {
                     Ok(()) => {
                         r.req.buffers.write_from(&self.scratch);
                         Ok(())

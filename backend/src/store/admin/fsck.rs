@@ -12,8 +12,8 @@ mod trees;
 mod tests;
 
 use crate::store::Store;
-use crate::store::buf::AlignedBuf;
 use crate::store::admin::scrub::{StoredBlock, check_stored};
+use crate::store::buf::AlignedBuf;
 use crate::store::compress::{block_of, place};
 use crate::store::layout::BLOCK;
 use crate::store::map::btree::{Forest, TreeValue};
@@ -253,7 +253,8 @@ impl Store {
                 crc: e.crc,
             })
             .collect();
-        r.data_blocks_verified = check_stored(&self.data, &mut stored, &mut r.problems, MAX_PROBLEMS);
+        r.data_blocks_verified =
+            check_stored(&self.data, &mut stored, &mut r.problems, MAX_PROBLEMS);
         drop(j);
         r.problems.truncate(MAX_PROBLEMS);
         r

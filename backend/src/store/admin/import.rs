@@ -14,13 +14,13 @@ use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::error::{Result, StoreError};
 use crate::store::io::{BatchIo, DeviceIo, Gather};
-use crate::store::seal::{SealOthers, seal_for_store};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::{self, Entry};
 use crate::store::log::superblock::{
     COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
 };
 use crate::store::log::write::Issue;
+use crate::store::seal::{SealOthers, seal_for_store};
 
 /// The tree an import's blocks go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,13 +246,7 @@ impl Store {
         let committed = (entries.iter())
             .filter(|e| matches!(e, Entry::Map { .. } | Entry::StageMap { .. }))
             .count() as u64;
-        self.commit_locked(
-            j,
-            entries,
-            runs,
-            &mut w.retired,
-            Issue::Wait(io),
-        )?;
+        self.commit_locked(j, entries, runs, &mut w.retired, Issue::Wait(io))?;
         drop(w);
         Ok(committed)
     }

@@ -8,7 +8,8 @@ use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::persist;
 use crate::store::log::superblock::{
-    FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW, Superblock,
+    FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW,
+    Superblock,
 };
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;

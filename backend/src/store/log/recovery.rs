@@ -7,7 +7,6 @@
 //! the record write were issued together and only one of them reached the disk).
 
 use crate::device::BlockDevice;
-use crate::store::seal::DataView;
 use crate::store::State;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
@@ -24,6 +23,7 @@ use crate::store::map::btree::Forest;
 use crate::store::map::maps::{Maps, Snapshot};
 use crate::store::map::staging::Staging;
 use crate::store::map::sut::Sut;
+use crate::store::seal::DataView;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -240,7 +240,15 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
-    let stopped = replay(dev, data, &geo, &mut state, &mut cursor, &mut ring, circular)?;
+    let stopped = replay(
+        dev,
+        data,
+        &geo,
+        &mut state,
+        &mut cursor,
+        &mut ring,
+        circular,
+    )?;
     // The rest of the region: in a ring, from the chain's end round to the head.
     let rest = if circular && cursor.pos < head {
         vec![(cursor.pos, head)]
@@ -486,6 +494,11 @@ fn check_entries(
             }
             // Freeing a VBA that is gone already changes nothing.
             Entry::Release { .. } | Entry::Flushed { .. } => continue,
+            Entry::Move { vba, crc, .. } if crc.is_some() && !data.crc_over_ciphertext() => {
+                return Ok(Some(format!(
+                    "a move of VBA {vba} with a crc in a container without CIPHERTEXT_CRC"
+                )));
+            }
             Entry::Move {
                 vba,
                 old_pba,

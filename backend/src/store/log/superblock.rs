@@ -212,6 +212,9 @@ impl Superblock {
                 incompat & !INCOMPAT_SUPPORTED
             )));
         }
+        if incompat & INCOMPAT_CIPHERTEXT_CRC != 0 && incompat & INCOMPAT_ENCRYPTED == 0 {
+            return Err(bad("CIPHERTEXT_CRC is set but ENCRYPTED is not"));
+        }
         seal.validate(
             incompat & INCOMPAT_ENCRYPTED != 0,
             incompat & INCOMPAT_COMPRESSED != 0,

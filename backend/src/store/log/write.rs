@@ -212,7 +212,8 @@ impl Store {
         let data_bytes = BLOCK * written;
         let data_writes = runs.len() as u64;
         // An encrypted container's data is sealed here, once, and checksummed as stored.
-        let (committed, sealed) = self.commit_sealed(entries, runs, &mut w.retired, false, issue)?;
+        let (committed, sealed) =
+            self.commit_sealed(entries, runs, &mut w.retired, false, issue)?;
         drop(w);
         Counters::add(&self.stats.data_writes, data_writes);
         Counters::add(&self.stats.data_write_bytes, data_bytes);

@@ -7,15 +7,15 @@
 //! journal record, a checkpoint the record needed) on their way.
 
 use super::{DataView, Sealer};
+use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::compress::{self, block_of};
-use crate::store::Store;
 use crate::store::error::Result;
 use crate::store::io::{BatchIo, Gather, StartIo};
-use crate::store::log::write::{Committed, Issue};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::Entry;
+use crate::store::log::write::{Committed, Issue};
 use std::io;
 
 /// A batch's data runs as ciphertext, in one buffer.
@@ -235,7 +235,13 @@ impl Store {
         let committed = match issue {
             Issue::Wait(io) => {
                 let mut io = SealOthers::new(io, sealer, sealed.bytes());
-                self.commit_with(entries, gathers, retired, drop_stale_moves, Issue::Wait(&mut io))?
+                self.commit_with(
+                    entries,
+                    gathers,
+                    retired,
+                    drop_stale_moves,
+                    Issue::Wait(&mut io),
+                )?
             }
             Issue::Start(io) => {
                 let mut io = SealOthers::new(io, sealer, sealed.bytes());

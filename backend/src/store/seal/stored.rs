@@ -22,7 +22,11 @@ pub(crate) struct DataView {
 }
 
 impl DataView {
-    pub fn new(raw: Arc<dyn BlockDevice>, sealer: Option<Arc<Sealer>>, over_ciphertext: bool) -> Self {
+    pub fn new(
+        raw: Arc<dyn BlockDevice>,
+        sealer: Option<Arc<Sealer>>,
+        over_ciphertext: bool,
+    ) -> Self {
         Self {
             raw,
             sealer,

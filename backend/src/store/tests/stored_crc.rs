@@ -88,7 +88,11 @@ fn data_checksums_cover_the_bytes_as_stored() {
         assert_eq!(blocks.len(), LBAS as usize);
         for b in &blocks {
             let (stored, plain) = crcs_of(dev.as_ref(), b);
-            assert_eq!(stored, b.crc, "block {:#x}: crc over the stored bytes", b.pba);
+            assert_eq!(
+                stored, b.crc,
+                "block {:#x}: crc over the stored bytes",
+                b.pba
+            );
             if let Some(plain) = plain {
                 assert_ne!(plain, b.crc, "not over the plaintext");
             }
@@ -98,8 +102,14 @@ fn data_checksums_cover_the_bytes_as_stored() {
     // Half the blocks overwritten: the cleaner has live blocks to move.
     for lba in (0..LBAS).step_by(2) {
         let data = contents(lba, 1);
-        s.write_batch(0, &[Op::Write { offset: lba * BLOCK, data: &data }])
-            .unwrap();
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: lba * BLOCK,
+                data: &data,
+            }],
+        )
+        .unwrap();
     }
     let before: Vec<u64> = stored_blocks(&s).iter().map(|b| block_of(b.pba)).collect();
     while s.clean_step().unwrap().is_some() {}
@@ -153,7 +163,8 @@ fn a_flipped_byte_in_stored_data_is_found_without_the_key() {
 /// opens, reads, is cleaned and replayed, and checks clean; what it writes keeps that scheme.
 #[test]
 fn an_encrypted_container_with_plaintext_checksums_still_works() {
-    let key = super::test_key().unwrap_or_else(|| Key::from_bytes(&(0..64u8).collect::<Vec<u8>>()).unwrap());
+    let key = super::test_key()
+        .unwrap_or_else(|| Key::from_bytes(&(0..64u8).collect::<Vec<u8>>()).unwrap());
     let opts = CreateOptions {
         encryption: Some(key.clone()),
         ..small_opts()
@@ -163,7 +174,11 @@ fn an_encrypted_container_with_plaintext_checksums_still_works() {
     Store::format(dev.as_ref(), &opts).unwrap();
     // The container as the previous Keel made it: no CIPHERTEXT_CRC.
     let mut sb = recovery::pick_superblock(dev.as_ref()).unwrap().superblock;
-    assert_ne!(sb.incompat & INCOMPAT_CIPHERTEXT_CRC, 0, "new containers get it");
+    assert_ne!(
+        sb.incompat & INCOMPAT_CIPHERTEXT_CRC,
+        0,
+        "new containers get it"
+    );
     sb.incompat &= !INCOMPAT_CIPHERTEXT_CRC;
     persist::write_superblock(dev.as_ref(), &sb).unwrap();
     let sopts = || StoreOptions {
@@ -174,8 +189,14 @@ fn an_encrypted_container_with_plaintext_checksums_still_works() {
     write_round(&s, 2);
     for lba in (0..LBAS).step_by(3) {
         let data = contents(lba, 2);
-        s.write_batch(0, &[Op::Write { offset: lba * BLOCK, data: &data }])
-            .unwrap();
+        s.write_batch(
+            0,
+            &[Op::Write {
+                offset: lba * BLOCK,
+                data: &data,
+            }],
+        )
+        .unwrap();
     }
     while s.clean_step().unwrap().is_some() {}
     let unlock = |dev: &dyn BlockDevice| {
@@ -188,7 +209,11 @@ fn an_encrypted_container_with_plaintext_checksums_still_works() {
         let mut raw = vec![0u8; 4096];
         dev.read_at(&mut raw, at).unwrap();
         sealer.open(&mut raw, at).unwrap();
-        assert_eq!(block_crc(b.vba, stored_bytes(&raw, b.pba)), b.crc, "over the plaintext");
+        assert_eq!(
+            block_crc(b.vba, stored_bytes(&raw, b.pba)),
+            b.crc,
+            "over the plaintext"
+        );
     }
     assert_reads(&s, 2);
     drop(s);
@@ -199,5 +224,9 @@ fn an_encrypted_container_with_plaintext_checksums_still_works() {
     s.checkpoint().unwrap();
     drop(s);
     let sb = recovery::pick_superblock(dev.as_ref()).unwrap().superblock;
-    assert_eq!(sb.incompat & INCOMPAT_CIPHERTEXT_CRC, 0, "the scheme never changes in place");
+    assert_eq!(
+        sb.incompat & INCOMPAT_CIPHERTEXT_CRC,
+        0,
+        "the scheme never changes in place"
+    );
 }
