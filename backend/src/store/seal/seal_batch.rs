@@ -1,7 +1,7 @@
 //! Sealing a batch's data for an encrypted container, once, in the store.
 //!
-//! [`seal_for_store`] copies a batch's data runs into one buffer the batch owns, encrypts them
-//! there at the PBAs they go to and, on a container whose data crcs cover the ciphertext,
+//! [`seal_for_store`] encrypts a batch's data runs, from the caller's buffers, into one buffer
+//! the batch owns, at the PBAs they go to and, on a container whose data crcs cover the ciphertext,
 //! checksums the ciphertext into the batch's Map, StageMap and Move entries. The batch's writes
 //! then go to the container's bytes as they are; [`SealOthers`] seals the rest of them (the
 //! journal record, a checkpoint the record needed) on their way.
@@ -82,11 +82,10 @@ pub(crate) fn seal_for_store(
     let mut at = 0;
     for (offset, parts) in runs {
         let first = at;
-        for p in parts {
-            sealed.buf[at * BLOCK_SIZE..at * BLOCK_SIZE + p.len()].copy_from_slice(p);
-            at += p.len() / BLOCK_SIZE;
-        }
-        sealer.seal(
+        at += parts.iter().map(|p| p.len()).sum::<usize>() / BLOCK_SIZE;
+        // Straight from the caller's buffers into the batch's: one pass.
+        sealer.seal_from(
+            parts,
             &mut sealed.buf[first * BLOCK_SIZE..at * BLOCK_SIZE],
             *offset,
         )?;

@@ -19,7 +19,7 @@ const LBAS: u64 = 48;
 /// Block `lba`'s contents in round `round`: half noise, half text, so a compressed container
 /// packs some blocks and stores others raw.
 fn contents(lba: u64, round: u64) -> Vec<u8> {
-    if lba % 2 == 0 {
+    if lba.is_multiple_of(2) {
         noise(4096, lba * 1000 + round)
     } else {
         format!("lba {lba} round {round} ").repeat(400).into_bytes()[..4096].to_vec()
