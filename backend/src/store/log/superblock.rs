@@ -338,4 +338,14 @@ mod tests {
         let s = sample();
         assert!(Superblock::decode(&s.encode(), 1 << 20).is_err());
     }
+
+    /// Checksums over the ciphertext only mean something on an encrypted container.
+    #[test]
+    fn ciphertext_crc_without_encryption_is_corrupt() {
+        let mut s = sample();
+        s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
+        assert_eq!(s.incompat & INCOMPAT_ENCRYPTED, 0);
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+    }
 }
