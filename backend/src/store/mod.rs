@@ -188,11 +188,10 @@ pub struct Info {
 pub struct Store {
     /// The container: a [`seal::SealedDevice`] over the device when it is encrypted.
     dev: Arc<dyn BlockDevice>,
-    /// The device as it was opened, beneath the cipher of an encrypted container (see
-    /// [`raw_device`](Self::raw_device)).
-    raw_dev: Arc<dyn BlockDevice>,
     /// The cipher of an encrypted container.
     sealer: Option<Arc<seal::Sealer>>,
+    /// The container's bytes as stored, and what data checksums cover.
+    data: seal::DataView,
     /// The codec of a compressed container.
     codec: Option<compress::Codec>,
     /// Blocks that did not shrink lately: a stream of them stops being tried.
@@ -347,9 +346,8 @@ impl Store {
 
     /// Opens the container on `dev`: loads the newest checkpoint and replays the journal.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: StoreOptions) -> Result<Self> {
-        let raw_dev = Arc::clone(&dev);
-        let seal::Unsealed { dev, sealer } = seal::unseal(dev, opts.key.as_ref())?;
-        let mut loaded = log::recovery::load(dev.as_ref(), opts.rewind || opts.read_only)?;
+        let seal::Unsealed { dev, sealer, data } = seal::unseal(dev, opts.key.as_ref())?;
+        let mut loaded = log::recovery::load(dev.as_ref(), &data, opts.rewind || opts.read_only)?;
         let geo = loaded.superblock.geometry;
         if opts.read_only {
             loaded.stale_slot = None;
@@ -376,8 +374,8 @@ impl Store {
             .collect();
         Ok(Self {
             dev,
-            raw_dev,
             sealer,
+            data,
             codec: compress::Codec::from_number(loaded.superblock.seal.compression),
             misses: compress::Misses::default(),
             geo,
@@ -454,12 +452,13 @@ impl Store {
         self.dev.as_ref()
     }
 
-    /// The device the container was opened on, for queues that issue the data path's I/O
-    /// themselves (on a ring of their own, through its descriptor). Its bytes are ciphertext
-    /// when [`sealer`](Self::sealer) is some: such a queue seals what it writes and opens what
-    /// it reads with it.
+    /// The container's bytes as they are stored (ciphertext on an encrypted container), for
+    /// queues that issue the data path's I/O themselves (on a ring of their own, through the
+    /// device's descriptor): the store hands them a batch's writes sealed
+    /// ([`plan_batch`](Self::plan_batch)) and checks, then opens, what they read
+    /// ([`finish_read`](Self::finish_read)).
     pub fn raw_device(&self) -> &dyn BlockDevice {
-        self.raw_dev.as_ref()
+        self.data.raw()
     }
 
     /// The codec of a compressed container.

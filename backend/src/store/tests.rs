@@ -15,6 +15,7 @@ mod packed;
 mod poison;
 mod space;
 mod staging;
+mod stored_crc;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};
@@ -193,23 +194,22 @@ fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
         }],
     )
     .unwrap();
-    // Through the store's device: what a queue reads, opened (decrypted) if the container is
-    // encrypted.
+    // The container's bytes as stored: what a queue reads (ciphertext if it is encrypted).
     let read_runs = |plan: &super::ReadPlan| -> Vec<AlignedBuf> {
         let mut bufs = plan.buffers();
         for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
-            s.device().read_at(b, run.offset()).unwrap();
+            s.raw_device().read_at(b, run.offset()).unwrap();
         }
         bufs
     };
     let plan = s.plan_read(8192, 8192).unwrap();
-    let bufs = read_runs(&plan);
-    let got = s.finished_run(&plan, &bufs).expect("one run").unwrap();
+    let mut bufs = read_runs(&plan);
+    let got = s.finished_run(&plan, &mut bufs).expect("one run").unwrap();
     assert_eq!(got, &data[..]);
     for (offset, len) in [(8192, 512), (4096, 8192), (8192 + 512, 4096)] {
         let plan = s.plan_read(offset, len).unwrap();
         assert!(
-            s.finished_run(&plan, &read_runs(&plan)).is_none(),
+            s.finished_run(&plan, &mut read_runs(&plan)).is_none(),
             "{offset}+{len} is not one whole run"
         );
     }
@@ -217,7 +217,7 @@ fn whole_block_reads_from_one_run_skip_the_copy_and_still_check_checksums() {
     let mut bufs = read_runs(&plan);
     bufs[0][4096 + 7] ^= 1;
     assert!(matches!(
-        s.finished_run(&plan, &bufs),
+        s.finished_run(&plan, &mut bufs),
         Some(Err(super::StoreError::DataChecksum { lba: 3, .. }))
     ));
 }

@@ -9,10 +9,9 @@
 //! waits for them or leaves them in flight to finish later. Read completions that arrive
 //! meanwhile are kept.
 //!
-//! On an encrypted container the descriptor holds ciphertext: a batch's writes are sealed
-//! into buffers of the batch's own (pooled, block-aligned) instead of going straight from
-//! the guest's, and a read's buffers are opened in place once it is in, before its checksums
-//! are checked. A plaintext container takes neither step.
+//! On an encrypted container the descriptor holds ciphertext: the store hands a batch's writes
+//! over sealed (it checksums the ciphertext), and a read's buffers go to the store as they
+//! were read, which checks and then opens them. The ring itself never sees the key.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,7 +23,6 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::engine::file_ops::{self, Direction};
 use crate::engine::{Completion, EngineError, IoOp, IoRequest};
-use crate::store::seal::Sealer;
 use crate::store::{AlignedBuf, Gather, ReadPlan, Store};
 
 use super::store_err;
@@ -51,8 +49,6 @@ struct BatchWrites {
     offsets: Vec<u64>,
     results: Vec<Option<i32>>,
     left: usize,
-    /// The ciphertext the iovecs point at, on an encrypted container.
-    _sealed: Vec<AlignedBuf>,
 }
 
 // SAFETY: the iovecs point into buffers the queue owns (its data buffers and the store's
@@ -71,8 +67,6 @@ pub(super) struct QueueRing {
     reads: Slab<ReadInFlight>,
     done: Vec<Completion>,
     scratch: Vec<u8>,
-    /// The container's cipher, when it is encrypted.
-    sealer: Option<Arc<Sealer>>,
 }
 
 impl QueueRing {
@@ -96,7 +90,6 @@ impl QueueRing {
             reads: Slab::new(),
             done: Vec::new(),
             scratch: Vec::new(),
-            sealer: store.sealer().cloned(),
         }))
     }
 
@@ -261,11 +254,7 @@ impl QueueRing {
         } else {
             Ok(())
         };
-        let opened = read.and_then(|()| match &self.sealer {
-            Some(sealer) => sealer.open(buf, offset),
-            None => Ok(()),
-        });
-        if let Err(e) = opened {
+        if let Err(e) = read {
             r.error.get_or_insert(e);
         }
         r.pending -= 1;
@@ -320,9 +309,6 @@ impl QueueRing {
                 "a batch is in flight on this queue already",
             ));
         }
-        let sealed = seal_writes(self.sealer.as_deref(), writes)?;
-        let sealed_gathers = gathers_of(&sealed, writes);
-        let writes = sealed_gathers.as_deref().unwrap_or(writes);
         let iovecs = iovecs_of(writes);
         for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
             self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
@@ -332,7 +318,6 @@ impl QueueRing {
             results: vec![None; writes.len()],
             left: writes.len(),
             iovecs,
-            _sealed: sealed,
         });
         self.submit();
         Ok(())
@@ -342,14 +327,17 @@ impl QueueRing {
         let mut r = self.reads.remove(key);
         let result = match r.error.take() {
             Some(source) => Err(EngineError::Io { op: "read", source }),
-            None if let Some(run) = self.store.finished_run(&r.plan, &r.bufs) => run
+            None if let Some(run) = self.store.finished_run(&r.plan, &mut r.bufs) => run
                 .map(|bytes| {
                     r.req.buffers.write_from(bytes);
                 })
                 .map_err(|e| store_err("read", e)),
             None => {
                 self.scratch.resize(r.req.buffers.len(), 0);
-                match self.store.finish_read(&r.plan, &r.bufs, &mut self.scratch) {
+                match self
+                    .store
+                    .finish_read(&r.plan, &mut r.bufs, &mut self.scratch)
+                {
                     Ok(()) => {
                         r.req.buffers.write_from(&self.scratch);
                         Ok(())
@@ -378,41 +366,6 @@ impl Drop for QueueRing {
             sink.clear();
         }
     }
-}
-
-/// Each write's ciphertext in a buffer of its own, on an encrypted container (none otherwise).
-fn seal_writes(sealer: Option<&Sealer>, writes: &[Gather<'_>]) -> io::Result<Vec<AlignedBuf>> {
-    let Some(sealer) = sealer else {
-        return Ok(Vec::new());
-    };
-    writes
-        .iter()
-        .map(|(offset, parts)| {
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            let mut buf = AlignedBuf::scratch_len(len);
-            let mut at = 0;
-            for p in parts {
-                buf[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            sealer.seal(&mut buf, *offset)?;
-            Ok(buf)
-        })
-        .collect()
-}
-
-/// The writes of `writes` from their sealed copies, when there are any.
-fn gathers_of<'a>(sealed: &'a [AlignedBuf], writes: &[Gather<'_>]) -> Option<Vec<Gather<'a>>> {
-    if sealed.is_empty() {
-        return None;
-    }
-    Some(
-        sealed
-            .iter()
-            .zip(writes)
-            .map(|(buf, (offset, _))| (*offset, vec![&buf[..]]))
-            .collect(),
-    )
 }
 
 /// The iovecs of each gathered write.

@@ -187,8 +187,9 @@ impl Store {
                 n += 1;
             }
             let mut ab = AlignedBuf::scratch(n);
-            self.dev
-                .read_at(&mut ab, block_of(entries[i].pba) * BLOCK)?;
+            let at = block_of(entries[i].pba) * BLOCK;
+            self.data.read_raw(&mut ab, at)?;
+            self.data.covered(&mut ab, at)?;
             for j in 0..n {
                 let block = ab.block(j);
                 let stored = compress::stored_bytes(block, entries[i + j].pba);
@@ -202,6 +203,11 @@ impl Store {
                         ),
                     ));
                 }
+            }
+            // Every block checked: decrypted for the caller.
+            self.data.plaintext(&mut ab, at)?;
+            for j in 0..n {
+                let block = ab.block(j);
                 let at = (i + j) * BLOCK as usize;
                 compress::expand(
                     self.codec,

@@ -12,9 +12,9 @@ mod trees;
 mod tests;
 
 use crate::store::Store;
+use crate::store::admin::scrub::{StoredBlock, check_stored};
 use crate::store::buf::AlignedBuf;
-use crate::store::codec::block_crc;
-use crate::store::compress::{self, block_of, place};
+use crate::store::compress::{block_of, place};
 use crate::store::layout::BLOCK;
 use crate::store::map::btree::{Forest, TreeValue};
 use crate::store::map::sut::SegKind;
@@ -242,41 +242,19 @@ impl Store {
             ));
         }
 
-        // 6. Every data block against its checksum, read in address order.
-        // (block, map entry's pba, VBA, crc): the slots of a packed block share its read.
-        let mut by_pba: Vec<(u64, u64, u64, u32)> = vbas
+        // 6. Every data block against its checksum, as stored: the data of an encrypted
+        // container with CIPHERTEXT_CRC is not decrypted (see scrub.rs).
+        let mut stored: Vec<StoredBlock> = vbas
             .iter()
             .filter(|(_, e)| geo.is_data_block(block_of(e.pba)) && place::is_valid(e.pba))
-            .map(|(v, e)| (block_of(e.pba), e.pba, *v, e.crc))
+            .map(|(v, e)| StoredBlock {
+                pba: e.pba,
+                vba: *v,
+                crc: e.crc,
+            })
             .collect();
-        by_pba.sort_unstable();
-        let mut i = 0;
-        while i < by_pba.len() && r.problems.len() < MAX_PROBLEMS {
-            let first = by_pba[i].0;
-            let mut n = 1;
-            while i + n < by_pba.len()
-                && by_pba[i + n].0 - first < 256
-                && by_pba[i + n].0 <= by_pba[i + n - 1].0 + 1
-            {
-                n += 1;
-            }
-            let blocks = (by_pba[i + n - 1].0 - first + 1) as usize;
-            let mut b = AlignedBuf::blocks(blocks);
-            if let Err(e) = self.dev.read_at(&mut b, first * BLOCK) {
-                r.problems
-                    .push(format!("reading data at block {first}: {e}"));
-            } else {
-                for &(block, pba, vba, crc) in &by_pba[i..i + n] {
-                    r.data_blocks_verified += 1;
-                    let stored = compress::stored_bytes(b.block((block - first) as usize), pba);
-                    if block_crc(vba, stored) != crc {
-                        r.problems
-                            .push(format!("data block {block} (VBA {vba}) fails its checksum"));
-                    }
-                }
-            }
-            i += n;
-        }
+        r.data_blocks_verified =
+            check_stored(&self.data, &mut stored, &mut r.problems, MAX_PROBLEMS);
         drop(j);
         r.problems.truncate(MAX_PROBLEMS);
         r

@@ -19,6 +19,7 @@ use crate::store::log::superblock::{
     COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
 };
 use crate::store::log::write_plan::{Part, Run, gathers};
+use crate::store::seal::seal_for_store;
 
 /// The tree an import's blocks go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +196,13 @@ impl Store {
             }
         }
         entries.extend(extra);
+        // An encrypted container's data is sealed, and checksummed as stored, here.
+        let plain = gathers(&runs, Some(&copies), packed.as_ref().map(|p| &p.buf));
+        let sealed = seal_for_store(&self.data, &mut entries, &plain)?;
+        let runs = match &sealed {
+            Some(s) => s.gathers(),
+            None => plain,
+        };
         let record_blocks = journal::record_blocks(&entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
         let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
@@ -228,7 +236,6 @@ impl Store {
         let committed = (entries.iter())
             .filter(|e| matches!(e, Entry::Map { .. } | Entry::StageMap { .. }))
             .count() as u64;
-        let runs = gathers(&runs, Some(&copies), packed.as_ref().map(|p| &p.buf));
         self.commit_locked(j, entries, runs, &mut w.retired)?;
         drop(w);
         Ok(committed)

@@ -9,5 +9,6 @@ pub(super) mod fsck;
 pub(super) mod import;
 pub mod peek;
 pub mod resize;
+pub(super) mod scrub;
 pub(super) mod snapshots;
 pub(super) mod staging;

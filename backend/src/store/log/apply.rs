@@ -16,8 +16,9 @@ pub fn apply(maps: &mut Maps, entries: &[Entry], sut: &mut Sut) {
                 vba,
                 old_pba,
                 new_pba,
+                crc,
             } => {
-                maps.relocate(vba, old_pba, new_pba, sut);
+                maps.relocate(vba, old_pba, new_pba, crc, sut);
             }
             // Recovery checked the id; a live store wrote the record with the next one.
             Entry::Snapshot { id, created, name } if id == maps.next_snapshot_id => {

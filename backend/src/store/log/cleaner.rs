@@ -72,7 +72,9 @@ impl Store {
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
         let t0 = Instant::now();
-        self.dev.read_at(&mut src, start * BLOCK)?;
+        // Checked as stored, then decrypted: the copies are sealed again at their new place.
+        self.data.read_raw(&mut src, start * BLOCK)?;
+        self.data.covered(&mut src, start * BLOCK)?;
         Counters::add_since(&self.stats.cleaner_read_us, t0);
         Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
         let t0 = Instant::now();
@@ -100,9 +102,12 @@ impl Store {
                         vba: *vba,
                         old_pba: e.pba,
                         new_pba: place::moved(e.pba, dst + j as u64),
+                        // Set over the new ciphertext when the batch is sealed.
+                        crc: self.data.crc_over_ciphertext().then_some(e.crc),
                     });
                 }
                 ab.block_mut(j).copy_from_slice(block);
+                self.data.plaintext(ab.block_mut(j), *pba * BLOCK)?;
             }
             Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
             runs.push((dst, ab));

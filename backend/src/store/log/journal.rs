@@ -26,6 +26,8 @@ const TAG_FLUSHED: u8 = 7;
 const TAG_STAGE_MAP: u8 = 8;
 const TAG_STAGE_UNMAP: u8 = 9;
 const TAG_ADOPT: u8 = 10;
+/// A Move with the moved block's new data crc (containers with `CIPHERTEXT_CRC`).
+const TAG_MOVE_CRC: u8 = 11;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.
 pub const SNAPSHOT_NAME_MAX: usize = 31;
@@ -69,11 +71,13 @@ pub enum Entry {
     },
     /// `count` blocks from `lba` read as zeroes.
     Unmap { lba: u64, count: u64 },
-    /// The cleaner copied `vba` from `old_pba` to `new_pba`.
+    /// The cleaner copied `vba` from `old_pba` to `new_pba`; with `crc`, its data crc there
+    /// (a crc over ciphertext changes with the place), else the crc stays.
     Move {
         vba: u64,
         old_pba: u64,
         new_pba: u64,
+        crc: Option<u32>,
     },
     /// The running point was frozen as snapshot `id` (the next id), named `name`, at
     /// `created` (seconds since the Unix epoch).
@@ -111,7 +115,8 @@ impl Entry {
         match self {
             Entry::Map { .. } | Entry::StageMap { .. } => 1 + 8 + 8 + 8 + 4,
             Entry::Unmap { .. } | Entry::StageUnmap { .. } | Entry::Adopt { .. } => 1 + 8 + 8,
-            Entry::Move { .. } => 1 + 8 + 8 + 8,
+            Entry::Move { crc: None, .. } => 1 + 8 + 8 + 8,
+            Entry::Move { crc: Some(_), .. } => 1 + 8 + 8 + 8 + 4,
             Entry::Snapshot { .. } => 1 + 8 + 8 + 1 + SNAPSHOT_NAME_MAX,
             Entry::DeleteSnapshot { .. } | Entry::Release { .. } | Entry::Flushed { .. } => 1 + 8,
         }
@@ -151,7 +156,19 @@ pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u
                 vba,
                 old_pba,
                 new_pba,
+                crc: None,
             } => p.u8(TAG_MOVE).u64(vba).u64(old_pba).u64(new_pba),
+            Entry::Move {
+                vba,
+                old_pba,
+                new_pba,
+                crc: Some(crc),
+            } => p
+                .u8(TAG_MOVE_CRC)
+                .u64(vba)
+                .u64(old_pba)
+                .u64(new_pba)
+                .u32(crc),
             Entry::Snapshot { id, created, name } => p
                 .u8(TAG_SNAPSHOT)
                 .u64(id)
@@ -237,6 +254,13 @@ pub fn decode(pba: u64, record: &[u8]) -> Option<(Header, Vec<Entry>, u32)> {
                 vba: g.u64()?,
                 old_pba: g.u64()?,
                 new_pba: g.u64()?,
+                crc: None,
+            },
+            TAG_MOVE_CRC => Entry::Move {
+                vba: g.u64()?,
+                old_pba: g.u64()?,
+                new_pba: g.u64()?,
+                crc: Some(g.u32()?),
             },
             TAG_SNAPSHOT => {
                 let (id, created) = (g.u64()?, g.u64()?);
@@ -304,6 +328,13 @@ mod tests {
                 vba: 5,
                 old_pba: 6,
                 new_pba: 7,
+                crc: None,
+            },
+            Entry::Move {
+                vba: 8,
+                old_pba: 9,
+                new_pba: 10,
+                crc: Some(11),
             },
             Entry::Snapshot {
                 id: 3,

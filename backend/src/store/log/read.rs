@@ -1,7 +1,8 @@
 //! The read path, split in two so that the device reads can run anywhere (in this thread, or
 //! on a queue's own ring, many at once): [`Store::plan_read`] looks the blocks up and pins their
-//! segments, the caller reads the plan's runs, [`Store::finish_read`] checks every block's
-//! crc32c and copies the requested bytes out. Unwritten and discarded blocks need no I/O.
+//! segments, the caller reads the plan's runs (the container's bytes as stored: ciphertext on an
+//! encrypted container), [`Store::finish_read`] checks every block's crc32c, decrypts, and
+//! copies the requested bytes out. Unwritten and discarded blocks need no I/O.
 
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
@@ -167,14 +168,21 @@ impl Store {
         })
     }
 
-    /// Checks the blocks read for `plan` (one buffer per run, in order) and copies the
-    /// requested bytes into `out` (`plan`'s length). A block whose checksum fails is an error.
-    pub fn finish_read(&self, plan: &ReadPlan, bufs: &[AlignedBuf], out: &mut [u8]) -> Result<()> {
+    /// Checks the blocks read for `plan` (one buffer per run, in order, as stored), decrypts
+    /// them in place on an encrypted container, and copies the requested bytes into `out`
+    /// (`plan`'s length). A block whose checksum fails is an error.
+    pub fn finish_read(
+        &self,
+        plan: &ReadPlan,
+        bufs: &mut [AlignedBuf],
+        out: &mut [u8],
+    ) -> Result<()> {
         if bufs.len() != plan.runs.len() || out.len() as u64 != plan.len {
             return Err(StoreError::Invalid(
                 "read buffers do not fit the plan".into(),
             ));
         }
+        self.check_and_open(plan, bufs)?;
         let first = plan.offset / BLOCK;
         let end = plan.offset + plan.len;
         for (i, src) in plan.blocks.iter().enumerate() {
@@ -188,7 +196,6 @@ impl Store {
                 continue;
             };
             let block = bufs[s.run].block(s.index);
-            self.check_block(lba, s, block)?;
             let range = (lo - bstart) as usize..(hi - bstart) as usize;
             if place::slot_of(s.pba).is_some() {
                 let mut expanded = [0u8; BLOCK as usize];
@@ -207,13 +214,13 @@ impl Store {
     pub fn finished_run<'b>(
         &self,
         plan: &ReadPlan,
-        bufs: &'b [AlignedBuf],
+        bufs: &'b mut [AlignedBuf],
     ) -> Option<Result<&'b [u8]>> {
         let whole = plan.offset.is_multiple_of(BLOCK) && plan.len.is_multiple_of(BLOCK);
         let [run] = plan.runs.as_slice() else {
             return None;
         };
-        let [buf] = bufs else {
+        let [buf] = &*bufs else {
             return None;
         };
         if !whole || run.blocks != plan.blocks.len() || buf.len() != plan.len as usize {
@@ -223,13 +230,28 @@ impl Store {
         if !plan.blocks.iter().all(raw) {
             return None;
         }
+        if let Err(e) = self.check_and_open(plan, bufs) {
+            return Some(Err(e));
+        }
+        Some(Ok(&bufs[0][..]))
+    }
+
+    /// Checks every block of `plan` read into `bufs` (as stored) against its checksum, over
+    /// the bytes the checksum covers, and leaves them decrypted.
+    fn check_and_open(&self, plan: &ReadPlan, bufs: &mut [AlignedBuf]) -> Result<()> {
+        for (run, buf) in plan.runs.iter().zip(bufs.iter_mut()) {
+            self.data.covered(buf, run.offset())?;
+        }
         let first = plan.offset / BLOCK;
-        for (i, s) in plan.blocks.iter().flatten().enumerate() {
-            if let Err(e) = self.check_block(first + i as u64, s, buf.block(s.index)) {
-                return Some(Err(e));
+        for (i, src) in plan.blocks.iter().enumerate() {
+            if let Some(s) = src {
+                self.check_block(first + i as u64, s, bufs[s.run].block(s.index))?;
             }
         }
-        Some(Ok(&buf[..]))
+        for (run, buf) in plan.runs.iter().zip(bufs.iter_mut()) {
+            self.data.plaintext(buf, run.offset())?;
+        }
+        Ok(())
     }
 
     /// Checks one block read for LBA `lba` against its checksum; a mismatch is counted,
@@ -260,8 +282,8 @@ impl Store {
     fn read_plan(&self, plan: &ReadPlan, buf: &mut [u8]) -> Result<()> {
         let mut bufs = plan.buffers();
         for (run, b) in plan.runs().iter().zip(bufs.iter_mut()) {
-            self.dev.read_at(b, run.offset())?;
+            self.data.read_raw(b, run.offset())?;
         }
-        self.finish_read(plan, &bufs, buf)
+        self.finish_read(plan, &mut bufs, buf)
     }
 }

@@ -23,6 +23,7 @@ use crate::store::map::btree::Forest;
 use crate::store::map::maps::{Maps, Snapshot};
 use crate::store::map::staging::Staging;
 use crate::store::map::sut::Sut;
+use crate::store::seal::DataView;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -141,7 +142,7 @@ pub fn pick_superblock(dev: &dyn BlockDevice) -> Result<Picked> {
 
 /// Loads the container on `dev`. Damage that would silently lose acknowledged, flushed
 /// writes is an error, unless `rewind` accepts it (it is then reported in `rewound`).
-pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
+pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Result<Loaded> {
     let t0 = Instant::now();
     let picked = pick_superblock(dev)?;
     let sb = picked.superblock;
@@ -239,7 +240,15 @@ pub(crate) fn load(dev: &dyn BlockDevice, rewind: bool) -> Result<Loaded> {
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
-    let stopped = replay(dev, &geo, &mut state, &mut cursor, &mut ring, circular)?;
+    let stopped = replay(
+        dev,
+        data,
+        &geo,
+        &mut state,
+        &mut cursor,
+        &mut ring,
+        circular,
+    )?;
     // The rest of the region: in a ring, from the chain's end round to the head.
     let rest = if circular && cursor.pos < head {
         vec![(cursor.pos, head)]
@@ -331,6 +340,7 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
 /// that did not fit before the region's end is looked for at block 0.
 fn replay(
     dev: &dyn BlockDevice,
+    data: &DataView,
     geo: &Geometry,
     st: &mut State,
     cur: &mut JournalCursor,
@@ -359,7 +369,7 @@ fn replay(
         let Some((_, entries, crc)) = journal::decode(pba, &rec) else {
             return Ok(format!("torn record (bad crc) lsn {}", h.lsn));
         };
-        if let Some(why) = check_entries(dev, geo, st, &entries)? {
+        if let Some(why) = check_entries(data, geo, st, &entries)? {
             return Ok(format!("record lsn {} discarded: {why}", h.lsn));
         }
         let State { maps, sut, .. } = st;
@@ -424,7 +434,7 @@ const CHECK_RUN_BLOCKS: u64 = 256;
 /// Checks that every entry is in range and every data block it names holds the data it
 /// describes; `Some(reason)` when the record must be discarded.
 fn check_entries(
-    dev: &dyn BlockDevice,
+    data: &DataView,
     geo: &Geometry,
     st: &State,
     entries: &[Entry],
@@ -484,12 +494,18 @@ fn check_entries(
             }
             // Freeing a VBA that is gone already changes nothing.
             Entry::Release { .. } | Entry::Flushed { .. } => continue,
+            Entry::Move { vba, crc, .. } if crc.is_some() && !data.crc_over_ciphertext() => {
+                return Ok(Some(format!(
+                    "a move of VBA {vba} with a crc in a container without CIPHERTEXT_CRC"
+                )));
+            }
             Entry::Move {
                 vba,
                 old_pba,
                 new_pba,
+                crc,
             } => match st.maps.vba.get(st.maps.vba_root, vba) {
-                Some(v) if v.pba == old_pba => (new_pba, vba, v.crc),
+                Some(v) if v.pba == old_pba => (new_pba, vba, crc.unwrap_or(v.crc)),
                 // Apply skips it the same way; the cleaner never journals one.
                 _ => continue,
             },
@@ -499,15 +515,15 @@ fn check_entries(
         }
         blocks.push((pba, vba, crc));
     }
-    check_data(dev, &mut blocks)
+    check_data(data, &mut blocks)
 }
 
 /// Reads the blocks `(pba, vba, crc)` a record points at (`pba` as the map has it: a packed
-/// slot's carries it) and checks each against its crc.
+/// slot's carries it) and checks each against its crc (over the bytes `data` says it covers).
 /// A batch's data was appended in a few contiguous runs, so they are read a run at a time
 /// (one device read per run instead of one per block: replaying a journal that covers a
 /// whole disk reads the disk once, at sequential speed).
-fn check_data(dev: &dyn BlockDevice, blocks: &mut [(u64, u64, u32)]) -> Result<Option<String>> {
+fn check_data(data: &DataView, blocks: &mut [(u64, u64, u32)]) -> Result<Option<String>> {
     blocks.sort_unstable_by_key(|b| (block_of(b.0), b.0));
     let mut buf = AlignedBuf::blocks(CHECK_RUN_BLOCKS as usize);
     let mut rest = &blocks[..];
@@ -522,11 +538,12 @@ fn check_data(dev: &dyn BlockDevice, blocks: &mut [(u64, u64, u32)]) -> Result<O
             n += 1;
         }
         let bytes = (block_of(rest[n - 1].0) - start + 1) as usize * BLOCK as usize;
-        dev.read_at(&mut buf[..bytes], start * BLOCK)?;
+        data.read_raw(&mut buf[..bytes], start * BLOCK)?;
+        data.covered(&mut buf[..bytes], start * BLOCK)?;
         for &(pba, vba, crc) in &rest[..n] {
             let i = (block_of(pba) - start) as usize;
-            let data = &buf[i * BLOCK as usize..(i + 1) * BLOCK as usize];
-            if block_crc(vba, compress::stored_bytes(data, pba)) != crc {
+            let block = &buf[i * BLOCK as usize..(i + 1) * BLOCK as usize];
+            if block_crc(vba, compress::stored_bytes(block, pba)) != crc {
                 return Ok(Some(format!(
                     "data at block {} does not match its checksum",
                     block_of(pba)

@@ -54,8 +54,14 @@ pub const INCOMPAT_STAGING: u64 = 1 << 8;
 /// the chain of records runs on across checkpoints (a checkpoint no longer restarts it). A
 /// Keel without it would replay from block 0 and miss or misread the records.
 pub const INCOMPAT_CIRCULAR_JOURNAL: u64 = 1 << 9;
+/// Incompatible feature (with `INCOMPAT_ENCRYPTED`): data checksums cover the ciphertext as
+/// stored, so data blocks are checked without being decrypted, and the cleaner's moves carry
+/// the moved block's new checksum (journal Move entries with a crc, tag 11). A Keel without it
+/// would check those checksums against the plaintext and find every data block corrupt.
+pub const INCOMPAT_CIPHERTEXT_CRC: u64 = 1 << 10;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_CIPHERTEXT_CRC
     | INCOMPAT_CIRCULAR_JOURNAL
     | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
@@ -69,6 +75,7 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
 pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_IMPORTING
     & !INCOMPAT_ENCRYPTED
+    & !INCOMPAT_CIPHERTEXT_CRC
     & !INCOMPAT_COMPRESSED
     & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
@@ -205,6 +212,9 @@ impl Superblock {
                 incompat & !INCOMPAT_SUPPORTED
             )));
         }
+        if incompat & INCOMPAT_CIPHERTEXT_CRC != 0 && incompat & INCOMPAT_ENCRYPTED == 0 {
+            return Err(bad("CIPHERTEXT_CRC is set but ENCRYPTED is not"));
+        }
         seal.validate(
             incompat & INCOMPAT_ENCRYPTED != 0,
             incompat & INCOMPAT_COMPRESSED != 0,
@@ -327,5 +337,15 @@ mod tests {
         assert!(matches!(r, Err(StoreError::Unsupported(_))));
         let s = sample();
         assert!(Superblock::decode(&s.encode(), 1 << 20).is_err());
+    }
+
+    /// Checksums over the ciphertext only mean something on an encrypted container.
+    #[test]
+    fn ciphertext_crc_without_encryption_is_corrupt() {
+        let mut s = sample();
+        s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
+        assert_eq!(s.incompat & INCOMPAT_ENCRYPTED, 0);
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
     }
 }

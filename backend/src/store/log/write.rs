@@ -3,7 +3,8 @@
 //!
 //! A batch goes through four steps:
 //! 1. *prepare*, under the writer's lock: plan the batch (sorted, coalesced, overlaps resolved
-//!    in submission order), take blocks and VBAs, copy and checksum the data;
+//!    in submission order), take blocks and VBAs, copy and checksum the data (on an encrypted
+//!    container: seal it once into the batch's own buffer and checksum the ciphertext);
 //! 2. *reserve*, under the journal lock (briefly): take the record's LSN and place, encode it,
 //!    and list the batch's blocks as being written ([`Unwritten`](crate::store::map::unwritten));
 //! 3. *write* the data runs and the record at once, without any lock, and while they are in
@@ -37,6 +38,7 @@ use crate::store::log::batch::Op;
 use crate::store::log::journal::{self, Entry};
 use crate::store::log::write_plan::InFlight;
 use crate::store::map::sut::SegKind;
+use crate::store::seal::seal_for_store;
 use crate::store::stats::Counters;
 use crate::store::{JournalState, State, Store};
 use std::sync::MutexGuard;
@@ -71,7 +73,7 @@ impl Store {
     pub fn write_batch(&self, writer: usize, ops: &[Op<'_>]) -> Result<()> {
         let plan = self.plan_batch(writer, ops)?;
         let written =
-            DeviceIo(self.dev.as_ref()).write_all_while(&plan.writes(), &mut || plan.apply_maps());
+            DeviceIo(self.data.raw()).write_all_while(&plan.writes(), &mut || plan.apply_maps());
         let batch = self.apply_plan(plan);
         self.finish_batch_in_order(batch, written)
     }
@@ -209,8 +211,10 @@ impl Store {
 
     /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through the
     /// store's device, applying the record to the maps (in LSN order) while the writes are in
-    /// flight. With `drop_stale_moves`, cleaner moves whose VBA left its old block are removed
-    /// first. Segments in `retired` close once every record up to this one is written.
+    /// flight. On an encrypted container the runs are sealed first, once, and the checksums of
+    /// their entries set over the ciphertext (see `seal::seal_batch`). With
+    /// `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
+    /// Segments in `retired` close once every record up to this one is written.
     pub(in crate::store) fn commit_with(
         &self,
         mut entries: Vec<Entry>,
@@ -218,6 +222,11 @@ impl Store {
         retired: &mut Vec<u64>,
         drop_stale_moves: bool,
     ) -> Result<Committed> {
+        let sealed = seal_for_store(&self.data, &mut entries, &runs)?;
+        let runs = match &sealed {
+            Some(s) => s.gathers(),
+            None => runs,
+        };
         let j = self.lock(&self.journal);
         self.ensure_ok()?;
         if drop_stale_moves {
@@ -234,8 +243,9 @@ impl Store {
         self.commit_locked(j, entries, runs, retired)
     }
 
-    /// [`commit_with`](Self::commit_with) once the caller holds the journal lock and has
-    /// settled `entries` (the import's write-if-absent filters them under it).
+    /// [`commit_with`](Self::commit_with) once the caller holds the journal lock, has settled
+    /// `entries` (the import's write-if-absent filters them under it) and sealed `runs`: they
+    /// are written as they are.
     pub(in crate::store) fn commit_locked(
         &self,
         j: MutexGuard<'_, JournalState>,
@@ -244,19 +254,40 @@ impl Store {
         retired: &mut Vec<u64>,
     ) -> Result<Committed> {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
-        let Some(r) = self.reserve_record(j, entries, extents, retired)? else {
+        let Some(mut r) = self.reserve_record(j, entries, extents, retired)? else {
             return Ok(Committed { entries: 0, lsn: 0 });
         };
-        // The runs' borrows outlive this call; the record's is this call's: one shorter list.
-        let mut writes: Vec<Gather<'_>> = runs;
-        writes.push((r.pba * BLOCK, vec![&r.record[..]]));
-        let written = DeviceIo(self.dev.as_ref())
-            .write_all_while(&writes, &mut || self.apply_in_order(r.lsn, &r.entries));
+        let written = match self.seal_record(r.pba, &mut r.record) {
+            Ok(()) => {
+                // The runs' borrows outlive this call; the record's is this call's.
+                let mut writes: Vec<Gather<'_>> = runs;
+                writes.push((r.pba * BLOCK, vec![&r.record[..]]));
+                DeviceIo(self.data.raw())
+                    .write_all_while(&writes, &mut || self.apply_in_order(r.lsn, &r.entries))
+            }
+            Err(e) => {
+                // Later records wait for this one to apply, written or not.
+                self.apply_in_order(r.lsn, &r.entries);
+                Err(e)
+            }
+        };
         self.finish_commit(r.lsn, written)?;
         Ok(Committed {
             entries: r.count,
             lsn: r.lsn,
         })
+    }
+
+    /// Seals a journal record placed at block `pba`, on an encrypted container.
+    pub(in crate::store) fn seal_record(
+        &self,
+        pba: u64,
+        record: &mut AlignedBuf,
+    ) -> std::io::Result<()> {
+        match self.data.sealer() {
+            Some(sealer) => sealer.seal(&mut record[..], pba * BLOCK),
+            None => Ok(()),
+        }
     }
 
     /// Reserves the record of `entries` (held journal lock `j`; the caller checked the store),

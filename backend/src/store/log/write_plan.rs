@@ -18,6 +18,7 @@ use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::batch::{self, Op};
 use crate::store::log::journal::Entry;
 use crate::store::log::write::{MAX_PARTS, Reserved};
+use crate::store::seal::{SealedRuns, seal_for_store};
 use crate::store::stats::Counters;
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -66,6 +67,8 @@ pub struct InFlight {
     record: Option<AlignedBuf>,
     copies: Option<AlignedBuf>,
     packed: Option<AlignedBuf>,
+    /// An encrypted container's data runs, sealed: what is written in their place.
+    sealed: Option<SealedRuns>,
 }
 
 #[cfg(test)]
@@ -80,6 +83,11 @@ impl InFlight {
             .into_iter()
             .flatten()
             .any(within)
+            || self.sealed.as_ref().is_some_and(|s| {
+                let bytes = s.bytes();
+                let start = bytes.as_ptr() as usize;
+                (ptr as usize) >= start && (ptr as usize) + len <= start + bytes.len()
+            })
     }
 }
 
@@ -88,7 +96,10 @@ impl WritePlan<'_> {
     /// independent (the record carries the data's checksums) and may go in any order.
     pub fn writes(&self) -> Vec<Gather<'_>> {
         let b = &self.batch;
-        let mut writes = gathers(&self.runs, b.copies.as_ref(), b.packed.as_ref());
+        let mut writes = match &b.sealed {
+            Some(sealed) => sealed.gathers(),
+            None => gathers(&self.runs, b.copies.as_ref(), b.packed.as_ref()),
+        };
         if let Some(record) = &b.record {
             writes.push((self.record_pba * BLOCK, vec![&record[..]]));
         }
@@ -206,6 +217,12 @@ impl Store {
             }
             lbas.len() as u64
         };
+        let packed = packed.map(|p| p.buf);
+        // An encrypted container's data is sealed here, once, and checksummed as stored.
+        let sealed = {
+            let plain = gathers(&runs, copies.as_ref(), packed.as_ref());
+            seal_for_store(&self.data, &mut entries, &plain)?
+        };
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, parts.len() as u64));
         let j = self.lock(&self.journal);
         self.ensure_ok()?;
@@ -226,7 +243,7 @@ impl Store {
             }) => (Some(lsn), pba, Some(record), entries),
             None => (None, 0, None, Vec::new()),
         };
-        Ok(WritePlan {
+        let mut plan = WritePlan {
             store: self,
             writer: Some(w),
             entries,
@@ -236,10 +253,16 @@ impl Store {
                 lsn,
                 record,
                 copies,
-                packed: packed.map(|p| p.buf),
+                packed,
+                sealed,
             },
             applied: Cell::new(false),
-        })
+        };
+        // A record that cannot be sealed is never written: the plan, dropped, fails the store.
+        if let Some(record) = &mut plan.batch.record {
+            self.seal_record(record_pba, record)?;
+        }
+        Ok(plan)
     }
 
     /// Applies a planned batch's map changes, in LSN order, once its writes are issued (they

@@ -265,7 +265,14 @@ impl Maps {
     }
 
     /// Moves `vba` from `old_pba` to `new_pba`; false if it no longer lives at `old_pba`.
-    pub fn relocate(&mut self, vba: u64, old_pba: u64, new_pba: u64, sut: &mut Sut) -> bool {
+    pub fn relocate(
+        &mut self,
+        vba: u64,
+        old_pba: u64,
+        new_pba: u64,
+        new_crc: Option<u32>,
+        sut: &mut Sut,
+    ) -> bool {
         let Some(e) = self.vba.get(self.vba_root, vba) else {
             return false;
         };
@@ -278,7 +285,7 @@ impl Maps {
             vba,
             VbaEntry {
                 pba: new_pba,
-                crc: e.crc,
+                crc: new_crc.unwrap_or(e.crc),
             },
             seq,
             0,

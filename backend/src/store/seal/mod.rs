@@ -18,9 +18,13 @@
 
 mod device;
 mod key;
+mod seal_batch;
+mod stored;
 
 pub use device::SealedDevice;
 pub use key::{Key, KeySource};
+pub(crate) use seal_batch::{SealedRuns, seal_for_store};
+pub(crate) use stored::DataView;
 
 use super::error::{Result, StoreError};
 use super::layout::{BLOCK, BLOCK_SIZE};
@@ -169,6 +173,57 @@ impl Sealer {
         self.each_chunk(buf, offset, |units| self.data.decrypt_blocks(units))
     }
 
+    /// Encrypts `src` (whole blocks, one slice or more) into `dst` (as long), to be stored
+    /// from byte `offset` on: [`seal`](Self::seal) of a copy, with the copy folded into the
+    /// cipher's first pass over the bytes.
+    pub fn seal_from(&self, src: &[&[u8]], dst: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let len: usize = src.iter().map(|s| s.len()).sum();
+        if len != dst.len() || src.iter().any(|s| !s.len().is_multiple_of(BLOCK_SIZE)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seal_from: the source is not whole blocks as long as the destination",
+            ));
+        }
+        check_whole_blocks(dst.len(), offset)?;
+        let blocks: Vec<&[u8]> = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE)).collect();
+        if offset < PLAIN_BYTES {
+            // The superblocks are never sealed: copy, then seal the rest in place.
+            for (d, s) in dst.chunks_mut(BLOCK_SIZE).zip(&blocks) {
+                d.copy_from_slice(s);
+            }
+            return self.seal(dst, offset);
+        }
+        let mut starts = [Array([0u8; 16]); CHUNK];
+        for (c, chunk) in dst.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
+            let starts = self.start_tweaks(
+                &mut starts,
+                offset / BLOCK + (c * CHUNK) as u64,
+                chunk.len(),
+            );
+            whiten_from(&blocks[c * CHUNK..], chunk, starts);
+            self.data.encrypt_blocks(Array::cast_slice_from_core_mut(
+                chunk.as_chunks_mut::<16>().0,
+            ));
+            whiten(chunk, starts);
+        }
+        Ok(())
+    }
+
+    /// The encrypted start tweaks of the blocks of a chunk of `len` bytes at block `pba`.
+    fn start_tweaks<'s>(
+        &self,
+        starts: &'s mut [Array<u8, aes::cipher::consts::U16>; CHUNK],
+        pba: u64,
+        len: usize,
+    ) -> &'s mut [Array<u8, aes::cipher::consts::U16>] {
+        let starts = &mut starts[..len / BLOCK_SIZE];
+        for (i, t) in starts.iter_mut().enumerate() {
+            *t = Array(u128::from(pba + i as u64).to_le_bytes());
+        }
+        self.tweak.encrypt_blocks(starts);
+        starts
+    }
+
     /// XTS on each chunk of `buf`: whiten every AES block with its tweak, run `cipher` over
     /// the chunk's AES blocks, whiten again.
     fn each_chunk(
@@ -184,13 +239,7 @@ impl Sealer {
         let first = offset / BLOCK + (skip / BLOCK_SIZE) as u64;
         let mut starts = [Array([0u8; 16]); CHUNK];
         for (c, chunk) in buf[skip..].chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let blocks = chunk.len() / BLOCK_SIZE;
-            let pba = first + (c * CHUNK) as u64;
-            let starts = &mut starts[..blocks];
-            for (i, t) in starts.iter_mut().enumerate() {
-                *t = Array(u128::from(pba + i as u64).to_le_bytes());
-            }
-            self.tweak.encrypt_blocks(starts);
+            let starts = self.start_tweaks(&mut starts, first + (c * CHUNK) as u64, chunk.len());
             whiten(chunk, starts);
             cipher(Array::cast_slice_from_core_mut(
                 chunk.as_chunks_mut::<16>().0,
@@ -214,22 +263,41 @@ fn whiten(chunk: &mut [u8], starts: &[Array<u8, aes::cipher::consts::U16>]) {
     }
 }
 
-/// The device a store reads and writes, and the cipher of an encrypted container.
+/// [`whiten`], reading each block from `src` instead of `chunk` (which it fills).
+fn whiten_from(src: &[&[u8]], chunk: &mut [u8], starts: &[Array<u8, aes::cipher::consts::U16>]) {
+    for ((blk, start), from) in chunk.chunks_exact_mut(BLOCK_SIZE).zip(starts).zip(src) {
+        let mut t = u128::from_le_bytes(start.0);
+        for (unit, plain) in blk
+            .as_chunks_mut::<16>()
+            .0
+            .iter_mut()
+            .zip(from.as_chunks::<16>().0)
+        {
+            *unit = (u128::from_le_bytes(*plain) ^ t).to_le_bytes();
+            t = (t << 1) ^ (if t >> 127 == 1 { 0x87 } else { 0 });
+        }
+    }
+}
+
+/// The device a store reads and writes, the cipher of an encrypted container, and how its
+/// data blocks are checked.
 pub(crate) struct Unsealed {
     pub dev: Arc<dyn BlockDevice>,
     pub sealer: Option<Arc<Sealer>>,
+    pub data: DataView,
 }
 
 /// `dev` itself for a plaintext container, or, for an encrypted one whose key passes the key
 /// check, a [`SealedDevice`] over it. A key given for a plaintext container is refused:
 /// encryption is never turned on in place.
 pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Unsealed> {
-    let fields = super::log::recovery::pick_superblock(dev.as_ref())?
-        .superblock
-        .seal;
+    let sb = super::log::recovery::pick_superblock(dev.as_ref())?.superblock;
+    let fields = sb.seal;
     if fields.is_encrypted() {
         let sealer = Arc::new(fields.unlock(key)?);
+        let over_ciphertext = sb.incompat & super::log::superblock::INCOMPAT_CIPHERTEXT_CRC != 0;
         return Ok(Unsealed {
+            data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext),
             dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
             sealer: Some(sealer),
         });
@@ -237,7 +305,11 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
     if key.is_some() {
         return Err(StoreError::NotEncrypted);
     }
-    Ok(Unsealed { dev, sealer: None })
+    Ok(Unsealed {
+        data: DataView::new(Arc::clone(&dev), None, false),
+        dev,
+        sealer: None,
+    })
 }
 
 /// An encrypted container is read and written in whole blocks only.

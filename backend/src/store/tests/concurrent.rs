@@ -81,7 +81,7 @@ fn race_writers(store: &Arc<Store>, writers: usize, rounds: u64, phase: u64, see
                 let mut rng = SplitMix::new(seeds.0 + seed);
                 // Through the store's device: sealed, on an encrypted container.
                 let mut io = ShuffledIo {
-                    dev: store.device(),
+                    dev: store.raw_device(),
                     rng: SplitMix::new(seeds.1 + seed),
                 };
                 start.wait();
@@ -345,7 +345,7 @@ fn a_read_of_a_block_being_written_waits_for_its_data() {
             })
         };
         let mut io = LateIo {
-            dev: s.device(),
+            dev: s.raw_device(),
             applied: &applied,
         };
         io.write_batch(

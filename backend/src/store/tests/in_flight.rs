@@ -27,8 +27,7 @@ impl HeldIo {
         }
     }
 
-    /// Writes the held blocks through `dev`, the store's device (sealed, on an encrypted
-    /// container).
+    /// Writes the held blocks, as they are, to `dev` (the container's bytes as stored).
     fn land(&mut self, dev: &dyn crate::device::BlockDevice) -> io::Result<()> {
         self.writes
             .drain(..)
@@ -92,7 +91,7 @@ fn a_read_of_a_started_batch_waits_for_its_writes() {
         s.read(0, &mut b).map(|()| b[0])
     };
     let seen = blocked_until_landed(&s, "the read", read, || {
-        io.land(s.device()).unwrap();
+        io.land(s.raw_device()).unwrap();
         s.finish_batch(batch, Ok(())).unwrap();
     });
     assert_eq!(seen.unwrap(), 0x22);
@@ -107,7 +106,7 @@ fn a_flush_waits_for_a_started_batch_and_then_covers_it() {
     let mut io = HeldIo::default();
     let batch = start_batch(&s, &[write_op(2, &data)], &mut io).unwrap();
     let flushed = blocked_until_landed(&s, "the flush", Store::flush, || {
-        io.land(s.device()).unwrap();
+        io.land(s.raw_device()).unwrap();
         s.finish_batch(batch, Ok(())).unwrap();
     });
     flushed.unwrap();
@@ -139,7 +138,7 @@ fn a_started_batch_never_reaches_the_disk_without_its_writes() {
     let batch = start_batch(&s, &[write_op(0, &[0x66; 4096])], &mut io).unwrap();
     // Power lost before the writes landed: the batch is gone, the flushed data is not.
     let crashed = Arc::new(FaultyDevice::from_image(dev.contents()));
-    io.land(s.device()).unwrap();
+    io.land(s.raw_device()).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
     let s = Store::open(crashed, crate::store::tests::store_opts()).unwrap();
     let mut b = vec![0u8; 4096];
@@ -173,7 +172,7 @@ fn every_buffer_a_started_batch_writes_from_outlives_the_call() {
             "a part at {ptr:#x} (+{len}) is in memory the batch does not keep"
         );
     }
-    io.land(s.device()).unwrap();
+    io.land(s.raw_device()).unwrap();
     s.finish_batch(batch, Ok(())).unwrap();
     let mut b = vec![0u8; 4096];
     s.read(2 * 4096, &mut b).unwrap();
