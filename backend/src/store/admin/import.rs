@@ -11,7 +11,6 @@
 
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
-use crate::store::codec::block_crc;
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::{self, Entry};
@@ -164,30 +163,12 @@ impl Store {
         let packed = self
             .codec
             .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
-        if let Some(packed) = &packed {
-            let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
-            let placed = (&lbas[..], &sources[..], &parts[..]);
-            self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?;
-        } else {
-            let mut i = 0;
-            while i < wanted.len() {
-                let (pba, n) = self.take_blocks(&mut w, wanted.len() - i, false)?;
-                let vba0 = {
-                    let mut st = self.write_lock(&self.state);
-                    let v = st.maps.next_vba;
-                    st.maps.next_vba += n as u64;
-                    v
-                };
-                for k in 0..n {
-                    let vba = vba0 + k as u64;
-                    let blk = copies.block(i + k);
-                    let (lba, pba, crc) = (wanted[i + k].0, pba + k as u64, block_crc(vba, blk));
-                    entries.push(Entry::Map { lba, vba, pba, crc });
-                }
-                runs.push((pba * BLOCK, parts[i..i + n].to_vec()));
-                i += n;
-            }
-        }
+        let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
+        let placed = (&lbas[..], &sources[..], &parts[..]);
+        match &packed {
+            Some(packed) => self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?,
+            None => self.place_raw(&mut w, placed, &mut entries, &mut runs)?,
+        };
         if target == Target::Staging {
             for e in &mut entries {
                 if let Entry::Map { lba, vba, pba, crc } = *e {

@@ -189,33 +189,7 @@ impl Store {
             let placed = (&lbas[..], &sources[..], &parts[..]);
             self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
         } else {
-            let mut i = 0;
-            while i < lbas.len() {
-                let (pba, n) = self.take_blocks(&mut w, lbas.len() - i, false)?;
-                let vba0 = {
-                    // VBAs are unique, never reused; the writer lock, held until the batch is
-                    // applied, keeps them ordered with the commit (snapshot creation takes every
-                    // writer lock).
-                    let mut st = self.write_lock(&self.state);
-                    let v = st.maps.next_vba;
-                    st.maps.next_vba += n as u64;
-                    v
-                };
-                for j in 0..n {
-                    let vba = vba0 + j as u64;
-                    entries.push(Entry::Map {
-                        lba: lbas[i + j],
-                        vba,
-                        pba: pba + j as u64,
-                        crc: block_crc(vba, sources[i + j]),
-                    });
-                }
-                for (k, chunk) in parts[i..i + n].chunks(MAX_PARTS).enumerate() {
-                    runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
-                }
-                i += n;
-            }
-            lbas.len() as u64
+            self.place_raw(&mut w, (&lbas, &sources, &parts), &mut entries, &mut runs)?
         };
         let packed = packed.map(|p| p.buf);
         // An encrypted container's data is sealed here, once, and checksummed as stored.
@@ -263,6 +237,46 @@ impl Store {
             self.seal_record(record_pba, record)?;
         }
         Ok(plan)
+    }
+
+    /// Takes blocks and VBAs for a batch's blocks stored as they are (`lbas`, their bytes
+    /// `sources` and where each is written from, `parts`), adding their Map entries to
+    /// `entries` and their writes to `runs`: [`place_packed`](Self::place_packed)'s
+    /// counterpart for blocks not compressed. Returns the physical blocks written.
+    pub(in crate::store) fn place_raw<'a>(
+        &self,
+        w: &mut SegmentWriter,
+        (lbas, sources, parts): (&[u64], &[&[u8]], &[Part<'a>]),
+        entries: &mut Vec<Entry>,
+        runs: &mut Vec<Run<'a>>,
+    ) -> Result<u64> {
+        let mut i = 0;
+        while i < lbas.len() {
+            let (pba, n) = self.take_blocks(w, lbas.len() - i, false)?;
+            let vba0 = {
+                // VBAs are unique, never reused; the writer lock, held until the batch is
+                // applied, keeps them ordered with the commit (snapshot creation takes every
+                // writer lock).
+                let mut st = self.write_lock(&self.state);
+                let v = st.maps.next_vba;
+                st.maps.next_vba += n as u64;
+                v
+            };
+            for j in 0..n {
+                let vba = vba0 + j as u64;
+                entries.push(Entry::Map {
+                    lba: lbas[i + j],
+                    vba,
+                    pba: pba + j as u64,
+                    crc: block_crc(vba, sources[i + j]),
+                });
+            }
+            for (k, chunk) in parts[i..i + n].chunks(MAX_PARTS).enumerate() {
+                runs.push(((pba + (k * MAX_PARTS) as u64) * BLOCK, chunk.to_vec()));
+            }
+            i += n;
+        }
+        Ok(lbas.len() as u64)
     }
 
     /// Applies a planned batch's map changes, in LSN order, once its writes are issued (they
