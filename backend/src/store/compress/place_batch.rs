@@ -4,7 +4,6 @@
 use super::pack::{Packed, Physical};
 use super::place;
 use crate::store::Store;
-use crate::store::codec::block_crc;
 use crate::store::error::Result;
 use crate::store::journal::Entry;
 use crate::store::layout::BLOCK;
@@ -52,7 +51,7 @@ impl Store {
                             lba: lbas[*b],
                             vba,
                             pba: at,
-                            crc: block_crc(vba, sources[*b]),
+                            crc: self.prepared_crc(vba, sources[*b]),
                         });
                         vba += 1;
                         run.push(parts[*b]);
@@ -64,7 +63,7 @@ impl Store {
                                 lba: lbas[*b],
                                 vba,
                                 pba: place::packed(at, *slot),
-                                crc: block_crc(vba, &data[slot.range()]),
+                                crc: self.prepared_crc(vba, &data[slot.range()]),
                             });
                             vba += 1;
                         }

@@ -239,6 +239,16 @@ impl Store {
         Ok(plan)
     }
 
+    /// A data block's checksum as its batch is prepared: over `bytes` as they are stored, or 0
+    /// where checksums cover the ciphertext (sealing the batch sets it, see `seal_for_store`).
+    pub(in crate::store) fn prepared_crc(&self, vba: u64, bytes: &[u8]) -> u32 {
+        if self.data.crc_over_ciphertext() {
+            0
+        } else {
+            block_crc(vba, bytes)
+        }
+    }
+
     /// Takes blocks and VBAs for a batch's blocks stored as they are (`lbas`, their bytes
     /// `sources` and where each is written from, `parts`), adding their Map entries to
     /// `entries` and their writes to `runs`: [`place_packed`](Self::place_packed)'s
@@ -268,7 +278,7 @@ impl Store {
                     lba: lbas[i + j],
                     vba,
                     pba: pba + j as u64,
-                    crc: block_crc(vba, sources[i + j]),
+                    crc: self.prepared_crc(vba, sources[i + j]),
                 });
             }
             for (k, chunk) in parts[i..i + n].chunks(MAX_PARTS).enumerate() {
