@@ -2,6 +2,7 @@
 //! data of a known kind: one repeated byte (compresses to almost nothing), noise (does not
 //! compress), or English-like text (compresses about as real text does, block by block).
 
+use super::Rng;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The kind of data the write buffers hold.
@@ -36,7 +37,7 @@ pub fn set_data_kind(kind: DataKind) {
 
 /// Fills a write buffer with data of the kind set (the same bytes for a buffer of one length).
 pub fn fill_data(buf: &mut [u8]) {
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     match KIND.load(Ordering::Relaxed) {
         k if k == DataKind::Random as u8 => buf.iter_mut().for_each(|b| *b = rng.byte()),
         k if k == DataKind::Text as u8 => fill_text(buf, &mut rng),
@@ -44,16 +45,8 @@ pub fn fill_data(buf: &mut [u8]) {
     }
 }
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
+/// Bytes and small numbers from the benchmarks' xorshift generator.
+impl Rng {
     fn byte(&mut self) -> u8 {
         (self.next() >> 24) as u8
     }
@@ -63,299 +56,30 @@ impl XorShift {
     }
 }
 
-/// Common English words; a sentence draws from them with the product of two uniform picks,
+/// Common English words, separated by spaces; a sentence draws from them with the product of two uniform picks,
 /// so the first words come far oftener than the last (as in real text).
-const WORDS: &[&str] = &[
-    "the",
-    "of",
-    "and",
-    "to",
-    "a",
-    "in",
-    "is",
-    "that",
-    "it",
-    "for",
-    "was",
-    "on",
-    "are",
-    "as",
-    "with",
-    "his",
-    "they",
-    "at",
-    "be",
-    "this",
-    "from",
-    "have",
-    "or",
-    "by",
-    "one",
-    "had",
-    "not",
-    "but",
-    "what",
-    "all",
-    "were",
-    "when",
-    "we",
-    "there",
-    "can",
-    "an",
-    "your",
-    "which",
-    "their",
-    "said",
-    "if",
-    "do",
-    "will",
-    "each",
-    "about",
-    "how",
-    "up",
-    "out",
-    "them",
-    "then",
-    "she",
-    "many",
-    "some",
-    "so",
-    "these",
-    "would",
-    "other",
-    "into",
-    "has",
-    "more",
-    "her",
-    "two",
-    "like",
-    "him",
-    "see",
-    "time",
-    "could",
-    "no",
-    "make",
-    "than",
-    "first",
-    "been",
-    "its",
-    "who",
-    "now",
-    "people",
-    "my",
-    "made",
-    "over",
-    "did",
-    "down",
-    "only",
-    "way",
-    "find",
-    "use",
-    "may",
-    "water",
-    "long",
-    "little",
-    "very",
-    "after",
-    "words",
-    "called",
-    "just",
-    "where",
-    "most",
-    "know",
-    "get",
-    "through",
-    "back",
-    "much",
-    "before",
-    "go",
-    "good",
-    "new",
-    "write",
-    "our",
-    "used",
-    "me",
-    "man",
-    "too",
-    "any",
-    "day",
-    "same",
-    "right",
-    "look",
-    "think",
-    "also",
-    "around",
-    "another",
-    "came",
-    "come",
-    "work",
-    "three",
-    "word",
-    "must",
-    "because",
-    "does",
-    "part",
-    "even",
-    "place",
-    "well",
-    "such",
-    "here",
-    "take",
-    "why",
-    "things",
-    "help",
-    "put",
-    "years",
-    "different",
-    "away",
-    "again",
-    "off",
-    "went",
-    "old",
-    "number",
-    "great",
-    "tell",
-    "men",
-    "say",
-    "small",
-    "every",
-    "found",
-    "still",
-    "between",
-    "name",
-    "should",
-    "home",
-    "big",
-    "give",
-    "air",
-    "line",
-    "set",
-    "own",
-    "under",
-    "read",
-    "last",
-    "never",
-    "us",
-    "left",
-    "end",
-    "along",
-    "while",
-    "might",
-    "next",
-    "sound",
-    "below",
-    "saw",
-    "something",
-    "thought",
-    "both",
-    "few",
-    "those",
-    "always",
-    "looked",
-    "show",
-    "large",
-    "often",
-    "together",
-    "asked",
-    "house",
-    "world",
-    "going",
-    "want",
-    "school",
-    "important",
-    "until",
-    "form",
-    "food",
-    "keep",
-    "children",
-    "feet",
-    "land",
-    "side",
-    "without",
-    "boy",
-    "once",
-    "animals",
-    "life",
-    "enough",
-    "took",
-    "sometimes",
-    "four",
-    "head",
-    "above",
-    "kind",
-    "began",
-    "almost",
-    "live",
-    "page",
-    "got",
-    "earth",
-    "need",
-    "far",
-    "hand",
-    "high",
-    "year",
-    "mother",
-    "light",
-    "country",
-    "father",
-    "let",
-    "night",
-    "following",
-    "picture",
-    "being",
-    "study",
-    "second",
-    "eyes",
-    "soon",
-    "times",
-    "story",
-    "since",
-    "white",
-    "days",
-    "ever",
-    "paper",
-    "hard",
-    "near",
-    "sentence",
-    "better",
-    "best",
-    "across",
-    "during",
-    "today",
-    "however",
-    "sure",
-    "means",
-    "knew",
-    "try",
-    "told",
-    "young",
-    "miles",
-    "sun",
-    "ways",
-    "thing",
-    "whole",
-    "hear",
-    "example",
-    "heard",
-    "several",
-    "change",
-    "answer",
-    "room",
-    "sea",
-    "against",
-    "top",
-    "turned",
-    "learn",
-    "point",
-    "city",
-    "play",
-    "toward",
-    "five",
-    "himself",
-    "usually",
-];
+const WORDS: &str = "\
+    the of and to a in is that it for was on are as with his they at be this from have or by \
+    one had not but what all were when we there can an your which their said if do will each \
+    about how up out them then she many some so these would other into has more her two like \
+    him see time could no make than first been its who now people my made over did down only \
+    way find use may water long little very after words called just where most know get \
+    through back much before go good new write our used me man too any day same right look \
+    think also around another came come work three word must because does part even place \
+    well such here take why things help put years different away again off went old number \
+    great tell men say small every found still between name should home big give air line \
+    set own under read last never us left end along while might next sound below saw \
+    something thought both few those always looked show large often together asked house \
+    world going want school important until form food keep children feet land side without \
+    boy once animals life enough took sometimes four head above kind began almost live page \
+    got earth need far hand high year mother light country father let night following \
+    picture being study second eyes soon times story since white days ever paper hard near \
+    sentence better best across during today however sure means knew try told young miles \
+    sun ways thing whole hear example heard several change answer room sea against top \
+    turned learn point city play toward five himself usually";
 
-fn fill_text(buf: &mut [u8], rng: &mut XorShift) {
+fn fill_text(buf: &mut [u8], rng: &mut Rng) {
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
     let end = buf.len();
     let mut at = 0;
     let mut put = |bytes: &[u8], at: &mut usize| {
@@ -366,8 +90,8 @@ fn fill_text(buf: &mut [u8], rng: &mut XorShift) {
     while at < end {
         let len = 6 + rng.below(13);
         for i in 0..len {
-            let pick = rng.below(WORDS.len()) * rng.below(WORDS.len()) / WORDS.len();
-            let word = WORDS[pick].as_bytes();
+            let pick = rng.below(words.len()) * rng.below(words.len()) / words.len();
+            let word = words[pick].as_bytes();
             if i == 0 {
                 put(&[word[0].to_ascii_uppercase()], &mut at);
                 put(&word[1..], &mut at);
@@ -387,7 +111,7 @@ mod tests {
     #[test]
     fn text_is_words_and_sentences_and_noise_is_not_the_pattern() {
         let mut text = vec![0u8; 4096];
-        let mut rng = XorShift(7);
+        let mut rng = Rng(7);
         fill_text(&mut text, &mut rng);
         assert!(
             text.iter()
