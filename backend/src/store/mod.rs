@@ -364,6 +364,11 @@ impl Store {
         if !loaded.erase.is_empty() {
             log::tail::erase(dev.as_ref(), &geo, &loaded.erase)?;
         }
+        // Never again the VBAs a batch lost in a crash may have sealed data under.
+        if data.by_vba() && !opts.read_only {
+            let maps = &mut loaded.state.maps;
+            maps.next_vba = maps.next_vba.saturating_add(seal::lost_vbas(&geo));
+        }
         // From the next checkpoint on (the first record written takes one) the journal holds
         // flush marks and no dropped record past its end, and is a ring (the checkpoint
         // names its head).

@@ -16,6 +16,7 @@ mod poison;
 mod space;
 mod staging;
 mod stored_crc;
+mod vba_tweak;
 
 use super::seal::Key;
 use super::{CreateOptions, Store, StoreOptions};

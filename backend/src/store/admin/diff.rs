@@ -205,7 +205,9 @@ impl Store {
                 }
             }
             // Every block checked: decrypted for the caller.
-            self.data.plaintext(&mut ab, at)?;
+            self.data.plaintext(&mut ab, at, |j| {
+                Some((*vbas.get(i + j)?, entries.get(i + j)?.pba))
+            })?;
             for j in 0..n {
                 let block = ab.block(j);
                 let at = (i + j) * BLOCK as usize;

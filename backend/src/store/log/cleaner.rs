@@ -72,7 +72,8 @@ impl Store {
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
         let t0 = Instant::now();
-        // Checked as stored, then decrypted: the copies are sealed again at their new place.
+        // Checked as stored. A block tweaked by its VBA is copied as it is; any other
+        // encrypted block is decrypted and sealed again for its new place.
         self.data.read_raw(&mut src, start * BLOCK)?;
         self.data.covered(&mut src, start * BLOCK)?;
         Counters::add_since(&self.stats.cleaner_read_us, t0);
@@ -91,6 +92,8 @@ impl Store {
             for j in 0..n {
                 let (pba, held) = &live[i + j];
                 let block = src.block((pba - start) as usize);
+                // Held by one VBA, or by several packed into it: the same for all.
+                let as_stored = held.iter().all(|(_, e)| self.data.moves_as_stored(e.pba));
                 for (vba, e) in held {
                     if block_crc(*vba, compress::stored_bytes(block, e.pba)) != e.crc {
                         // Moved as it is: reads keep failing loudly instead of the damage
@@ -102,12 +105,16 @@ impl Store {
                         vba: *vba,
                         old_pba: e.pba,
                         new_pba: place::moved(e.pba, dst + j as u64),
-                        // Set over the new ciphertext when the batch is sealed.
-                        crc: self.data.crc_over_ciphertext().then_some(e.crc),
+                        // Set over the new ciphertext when the batch is sealed; a block
+                        // moved as stored keeps its checksum.
+                        crc: (self.data.crc_over_ciphertext() && !as_stored).then_some(e.crc),
                     });
                 }
                 ab.block_mut(j).copy_from_slice(block);
-                self.data.plaintext(ab.block_mut(j), *pba * BLOCK)?;
+                if !as_stored {
+                    self.data
+                        .plaintext(ab.block_mut(j), *pba * BLOCK, |_| None)?;
+                }
             }
             Counters::add(&self.stats.cleaner_write_bytes, ab.len() as u64);
             runs.push((dst, ab));

@@ -9,7 +9,7 @@ use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::persist;
 use crate::store::log::superblock::{
     FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW,
-    Superblock,
+    INCOMPAT_VBA_TWEAK, Superblock,
 };
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;
@@ -162,7 +162,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
         // Every feature but the one an import sets for its duration, and encryption if asked.
         incompat: INCOMPAT_NEW
             | if seal.is_encrypted() {
-                INCOMPAT_ENCRYPTED | INCOMPAT_CIPHERTEXT_CRC
+                INCOMPAT_ENCRYPTED | INCOMPAT_CIPHERTEXT_CRC | INCOMPAT_VBA_TWEAK
             } else {
                 0
             }

@@ -26,7 +26,8 @@ const TAG_FLUSHED: u8 = 7;
 const TAG_STAGE_MAP: u8 = 8;
 const TAG_STAGE_UNMAP: u8 = 9;
 const TAG_ADOPT: u8 = 10;
-/// A Move with the moved block's new data crc (containers with `CIPHERTEXT_CRC`).
+/// A Move with the moved block's new data crc (containers with `CIPHERTEXT_CRC`, for blocks
+/// sealed again at their new place: all of them without `VBA_TWEAK`, packed ones with it).
 const TAG_MOVE_CRC: u8 = 11;
 
 /// Longest snapshot name a journal entry (and a checkpoint) stores, in bytes.

@@ -248,8 +248,19 @@ impl Store {
                 self.check_block(first + i as u64, s, bufs[s.run].block(s.index))?;
             }
         }
-        for (run, buf) in plan.runs.iter().zip(bufs.iter_mut()) {
-            self.data.plaintext(buf, run.offset())?;
+        // Blocks tweaked by their VBA are opened under it: each run's owners, where known.
+        let mut owners: Vec<Vec<Option<(u64, u64)>>> = Vec::new();
+        if self.data.by_vba() {
+            owners = plan.runs.iter().map(|r| vec![None; r.blocks]).collect();
+            for s in plan.blocks.iter().flatten() {
+                if let Some(o) = owners.get_mut(s.run).and_then(|r| r.get_mut(s.index)) {
+                    *o = Some((s.vba, s.pba));
+                }
+            }
+        }
+        for (r, (run, buf)) in plan.runs.iter().zip(bufs.iter_mut()).enumerate() {
+            let owner = |i: usize| owners.get(r).and_then(|o| o.get(i).copied().flatten());
+            self.data.plaintext(buf, run.offset(), owner)?;
         }
         Ok(())
     }

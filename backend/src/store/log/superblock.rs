@@ -59,9 +59,16 @@ pub const INCOMPAT_CIRCULAR_JOURNAL: u64 = 1 << 9;
 /// the moved block's new checksum (journal Move entries with a crc, tag 11). A Keel without it
 /// would check those checksums against the plaintext and find every data block corrupt.
 pub const INCOMPAT_CIPHERTEXT_CRC: u64 = 1 << 10;
+/// Incompatible feature (with `INCOMPAT_ENCRYPTED` and `INCOMPAT_CIPHERTEXT_CRC`): a data
+/// block stored as it is (not packed) is encrypted under its VBA as the XTS tweak, not its
+/// place, so the cleaner moves its ciphertext unchanged (a Move entry without a crc). Packed
+/// blocks and metadata keep their place as the tweak. A Keel without it would decrypt those
+/// data blocks under the wrong tweak and serve garbage.
+pub const INCOMPAT_VBA_TWEAK: u64 = 1 << 12;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
     | INCOMPAT_CIPHERTEXT_CRC
+    | INCOMPAT_VBA_TWEAK
     | INCOMPAT_CIRCULAR_JOURNAL
     | INCOMPAT_JOURNAL_SNAPSHOTS
     | INCOMPAT_LONG_ROOT
@@ -76,6 +83,7 @@ pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_IMPORTING
     & !INCOMPAT_ENCRYPTED
     & !INCOMPAT_CIPHERTEXT_CRC
+    & !INCOMPAT_VBA_TWEAK
     & !INCOMPAT_COMPRESSED
     & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
@@ -215,6 +223,9 @@ impl Superblock {
         if incompat & INCOMPAT_CIPHERTEXT_CRC != 0 && incompat & INCOMPAT_ENCRYPTED == 0 {
             return Err(bad("CIPHERTEXT_CRC is set but ENCRYPTED is not"));
         }
+        if incompat & INCOMPAT_VBA_TWEAK != 0 && incompat & INCOMPAT_CIPHERTEXT_CRC == 0 {
+            return Err(bad("VBA_TWEAK is set but CIPHERTEXT_CRC is not"));
+        }
         seal.validate(
             incompat & INCOMPAT_ENCRYPTED != 0,
             incompat & INCOMPAT_COMPRESSED != 0,
@@ -345,6 +356,19 @@ mod tests {
         let mut s = sample();
         s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
         assert_eq!(s.incompat & INCOMPAT_ENCRYPTED, 0);
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+    }
+
+    /// VBA tweaks need the checksums over the ciphertext (the cleaner copies it without the
+    /// key) and so encryption: either missing is corruption.
+    #[test]
+    fn vba_tweak_without_ciphertext_crc_is_corrupt() {
+        let mut s = sample();
+        s.incompat |= INCOMPAT_VBA_TWEAK;
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
     }

@@ -7,9 +7,12 @@
 //! above them sees ciphertext, so the maps, journal and checksums are the same whether a
 //! container is encrypted or not.
 //!
-//! Each 4096-byte block is one AES-XTS data unit whose tweak is its physical block number: a
-//! log-structured store writes every new version of a block to a new place, so a tweak is
-//! reused only when a segment is cleaned and refilled (see docs/security.md for what that
+//! Each 4096-byte block is one AES-XTS data unit. Metadata blocks, packed (compressed) data
+//! blocks and every block of a container without `VBA_TWEAK` have their physical block number
+//! as the tweak; a data block stored as it is on a container with `VBA_TWEAK` has its VBA
+//! (bit 64 set, see [`vba_tweak`]). A VBA names one version of one guest block and is never
+//! reused, so such a block's tweak is never used for other contents, and its ciphertext does
+//! not depend on its place: the cleaner moves it as it is (see docs/security.md for what that
 //! does and does not protect).
 //!
 //! The superblock stays plaintext and holds the [`SealFields`]: which cipher, a reserved
@@ -134,7 +137,9 @@ fn key_check(key: &Key, salt: &[u8; 16]) -> [u8; 32] {
 }
 
 /// AES-256-XTS (IEEE 1619) over whole blocks, the tweak being each block's physical block
-/// number. A run is ciphered [`CHUNK`] blocks at a time: their tweaks are encrypted in one
+/// number ([`seal`](Self::seal), [`open`](Self::open)) or one given per block
+/// ([`seal_each_from`](Self::seal_each_from), [`open_each`](Self::open_each)). A run is
+/// ciphered [`CHUNK`] blocks at a time: their tweaks are encrypted in one
 /// call, every AES block is whitened, the chunk's AES blocks are encrypted in one call (the
 /// AES-NI backend prepares its round keys once per call and works on several blocks at
 /// once), and whitened again. The tests check the output against the `xts-mode` crate's.
@@ -177,29 +182,34 @@ impl Sealer {
     /// from byte `offset` on: [`seal`](Self::seal) of a copy, with the copy folded into the
     /// cipher's first pass over the bytes.
     pub fn seal_from(&self, src: &[&[u8]], dst: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let len: usize = src.iter().map(|s| s.len()).sum();
-        if len != dst.len() || src.iter().any(|s| !s.len().is_multiple_of(BLOCK_SIZE)) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seal_from: the source is not whole blocks as long as the destination",
-            ));
-        }
         check_whole_blocks(dst.len(), offset)?;
-        let blocks: Vec<&[u8]> = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE)).collect();
         if offset < PLAIN_BYTES {
             // The superblocks are never sealed: copy, then seal the rest in place.
-            for (d, s) in dst.chunks_mut(BLOCK_SIZE).zip(&blocks) {
+            check_source(src, dst.len())?;
+            let blocks = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE));
+            for (d, s) in dst.chunks_mut(BLOCK_SIZE).zip(blocks) {
                 d.copy_from_slice(s);
             }
             return self.seal(dst, offset);
         }
+        let first = offset / BLOCK;
+        self.seal_each_from(src, dst, |i| pba_tweak(first + i as u64))
+    }
+
+    /// Encrypts `src` (whole blocks, one slice or more) into `dst` (as long), block `i` under
+    /// the tweak `tweak(i)`: [`seal_from`](Self::seal_from) for blocks whose tweak is not
+    /// their place (data blocks tweaked by their VBA), batched the same way.
+    pub fn seal_each_from(
+        &self,
+        src: &[&[u8]],
+        dst: &mut [u8],
+        tweak: impl Fn(usize) -> u128,
+    ) -> std::io::Result<()> {
+        check_source(src, dst.len())?;
+        let blocks: Vec<&[u8]> = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE)).collect();
         let mut starts = [Array([0u8; 16]); CHUNK];
         for (c, chunk) in dst.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let starts = self.start_tweaks(
-                &mut starts,
-                offset / BLOCK + (c * CHUNK) as u64,
-                chunk.len(),
-            );
+            let starts = self.start_tweaks(&mut starts, |i| tweak(c * CHUNK + i), chunk.len());
             whiten_from(&blocks[c * CHUNK..], chunk, starts);
             self.data.encrypt_blocks(Array::cast_slice_from_core_mut(
                 chunk.as_chunks_mut::<16>().0,
@@ -209,23 +219,51 @@ impl Sealer {
         Ok(())
     }
 
-    /// The encrypted start tweaks of the blocks of a chunk of `len` bytes at block `pba`.
+    /// Decrypts `buf` (whole blocks) in place, block `i` under the tweak `tweak(i)`: the
+    /// inverse of [`seal_each_from`](Self::seal_each_from).
+    pub fn open_each(&self, buf: &mut [u8], tweak: impl Fn(usize) -> u128) -> std::io::Result<()> {
+        check_whole_blocks(buf.len(), 0)?;
+        self.cipher_chunks(buf, tweak, |units| self.data.decrypt_blocks(units));
+        Ok(())
+    }
+
+    /// The encrypted start tweaks of the blocks of a chunk of `len` bytes, block `i` of the
+    /// chunk having tweak `tweak(i)`: encrypted in one call.
     fn start_tweaks<'s>(
         &self,
         starts: &'s mut [Array<u8, aes::cipher::consts::U16>; CHUNK],
-        pba: u64,
+        tweak: impl Fn(usize) -> u128,
         len: usize,
     ) -> &'s mut [Array<u8, aes::cipher::consts::U16>] {
         let starts = &mut starts[..len / BLOCK_SIZE];
         for (i, t) in starts.iter_mut().enumerate() {
-            *t = Array(u128::from(pba + i as u64).to_le_bytes());
+            *t = Array(tweak(i).to_le_bytes());
         }
         self.tweak.encrypt_blocks(starts);
         starts
     }
 
-    /// XTS on each chunk of `buf`: whiten every AES block with its tweak, run `cipher` over
-    /// the chunk's AES blocks, whiten again.
+    /// XTS on each chunk of `buf` (whole blocks, block `i` under `tweak(i)`): whiten every
+    /// AES block with its tweak, run `cipher` over the chunk's AES blocks, whiten again.
+    fn cipher_chunks(
+        &self,
+        buf: &mut [u8],
+        tweak: impl Fn(usize) -> u128,
+        cipher: impl Fn(&mut [Array<u8, aes::cipher::consts::U16>]),
+    ) {
+        let mut starts = [Array([0u8; 16]); CHUNK];
+        for (c, chunk) in buf.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
+            let starts = self.start_tweaks(&mut starts, |i| tweak(c * CHUNK + i), chunk.len());
+            whiten(chunk, starts);
+            cipher(Array::cast_slice_from_core_mut(
+                chunk.as_chunks_mut::<16>().0,
+            ));
+            whiten(chunk, starts);
+        }
+    }
+
+    /// XTS on the blocks of `buf`, stored at byte `offset`, under their location tweaks;
+    /// superblocks are left as they are.
     fn each_chunk(
         &self,
         buf: &mut [u8],
@@ -237,17 +275,44 @@ impl Sealer {
         let plain = (PLAIN_BYTES.saturating_sub(offset) / BLOCK) as usize;
         let skip = plain.min(buf.len() / BLOCK_SIZE) * BLOCK_SIZE;
         let first = offset / BLOCK + (skip / BLOCK_SIZE) as u64;
-        let mut starts = [Array([0u8; 16]); CHUNK];
-        for (c, chunk) in buf[skip..].chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let starts = self.start_tweaks(&mut starts, first + (c * CHUNK) as u64, chunk.len());
-            whiten(chunk, starts);
-            cipher(Array::cast_slice_from_core_mut(
-                chunk.as_chunks_mut::<16>().0,
-            ));
-            whiten(chunk, starts);
-        }
+        self.cipher_chunks(&mut buf[skip..], |i| pba_tweak(first + i as u64), cipher);
         Ok(())
     }
+}
+
+/// The XTS tweak of the block stored at physical block `pba`: metadata, packed data blocks,
+/// and every block of a container without `VBA_TWEAK`.
+pub(crate) fn pba_tweak(pba: u64) -> u128 {
+    u128::from(pba)
+}
+
+/// The XTS tweak of a raw data block holding VBA `vba` (a container with `VBA_TWEAK`): the VBA
+/// with bit 64 set, so it never equals a location tweak under the same key.
+pub(crate) fn vba_tweak(vba: u64) -> u128 {
+    (1 << 64) | u128::from(vba)
+}
+
+/// How far past the recovered `next_vba` an open of a container with VBA tweaks starts giving
+/// out VBAs. A batch whose journal record a crash lost may have stored its data, sealed under
+/// its VBAs, and recovery gives those VBAs out again: skipping this many keeps a VBA tweak
+/// from ever sealing two contents. The lost batches wrote to blocks free at the last
+/// checkpoint, at most every block of the container, each holding at most 8 VBAs (a packed
+/// block's one-sector slots); the first record after the open takes a checkpoint, which makes
+/// the new `next_vba` durable before any data is sealed under it.
+pub(crate) fn lost_vbas(geo: &super::layout::Geometry) -> u64 {
+    (geo.segments * geo.seg_blocks).saturating_mul(8)
+}
+
+/// `src` is whole blocks, `len` bytes in all.
+fn check_source(src: &[&[u8]], len: usize) -> std::io::Result<()> {
+    let total: usize = src.iter().map(|s| s.len()).sum();
+    if total != len || src.iter().any(|s| !s.len().is_multiple_of(BLOCK_SIZE)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "seal: the source is not whole blocks as long as the destination",
+        ));
+    }
+    Ok(())
 }
 
 /// XORs each AES block of each container block of `chunk` with its tweak: the block's
@@ -296,8 +361,10 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
     if fields.is_encrypted() {
         let sealer = Arc::new(fields.unlock(key)?);
         let over_ciphertext = sb.incompat & super::log::superblock::INCOMPAT_CIPHERTEXT_CRC != 0;
+        let by_vba = sb.incompat & super::log::superblock::INCOMPAT_VBA_TWEAK != 0;
         return Ok(Unsealed {
-            data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext),
+            data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext)
+                .tweaked_by_vba(by_vba),
             dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
             sealer: Some(sealer),
         });
