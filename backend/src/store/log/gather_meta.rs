@@ -52,28 +52,34 @@ impl Store {
     pub(in crate::store) fn mark_sparse_meta(&self) -> Result<usize> {
         loop {
             self.ensure_ok()?;
-            {
-                let mut st = self.write_lock(&self.state);
-                if !st.maps.lba.is_pinned() && !st.maps.vba.is_pinned() {
-                    let t0 = Instant::now();
-                    let marked = self.mark_in(&mut st);
-                    drop(st);
-                    if marked > 0 {
-                        Counters::add(&self.stats.meta_gathers, 1);
-                        Counters::add(&self.stats.meta_nodes_marked, marked as u64);
-                        Counters::add_since(&self.stats.meta_mark_us, t0);
-                    }
-                    return Ok(marked);
-                }
+            if let Some(marked) = self.try_mark_sparse_meta() {
+                return Ok(marked);
             }
             // A checkpoint still encodes the trees it froze: wait until it is done.
             let j = self.lock(&self.journal);
-            let j = self.wait_checkpoint_done(j);
-            drop(j);
+            drop(self.wait_checkpoint_done(j));
             if self.poisoned() {
                 return Err(StoreError::Failed);
             }
         }
+    }
+
+    /// [`mark_sparse_meta`](Self::mark_sparse_meta), unless a checkpoint still encodes the
+    /// trees it froze: `None` then, and nothing is marked.
+    pub(in crate::store) fn try_mark_sparse_meta(&self) -> Option<usize> {
+        let mut st = self.write_lock(&self.state);
+        if st.maps.lba.is_pinned() || st.maps.vba.is_pinned() {
+            return None;
+        }
+        let t0 = Instant::now();
+        let marked = self.mark_in(&mut st);
+        drop(st);
+        if marked > 0 {
+            Counters::add(&self.stats.meta_gathers, 1);
+            Counters::add(&self.stats.meta_nodes_marked, marked as u64);
+            Counters::add_since(&self.stats.meta_mark_us, t0);
+        }
+        Some(marked)
     }
 
     /// The marking itself; the caller holds the maps' lock and saw no tree pinned.
