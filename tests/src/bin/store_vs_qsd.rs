@@ -244,6 +244,10 @@ struct Breakdown {
     /// Batches that waited for a checkpoint (its freeze, or a full journal ring), and how long.
     checkpoint_waits: u64,
     checkpoint_wait_ms: f64,
+    /// Sparse metadata segments gathered, and how long marking their nodes held the maps
+    /// (0 from a keeld that does not report them).
+    meta_gathers: u64,
+    meta_mark_ms: f64,
 }
 
 fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
@@ -269,13 +273,15 @@ fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
         segment_wait_ms: ms(ca.segment_wait_us, cb.segment_wait_us),
         checkpoint_waits: ca.checkpoint_waits - cb.checkpoint_waits,
         checkpoint_wait_ms: ms(ca.checkpoint_wait_us, cb.checkpoint_wait_us),
+        meta_gathers: ca.meta_gathers - cb.meta_gathers,
+        meta_mark_ms: ms(ca.meta_mark_us, cb.meta_mark_us),
     })
 }
 
 impl Breakdown {
     fn row(&self, name: &str) -> String {
         format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {:.1} |",
             self.guest_mib,
             self.write_amplification,
             self.blocks_moved_per_guest_block,
@@ -290,6 +296,8 @@ impl Breakdown {
             self.segment_wait_ms,
             self.checkpoint_waits,
             self.checkpoint_wait_ms,
+            self.meta_gathers,
+            self.meta_mark_ms,
         )
     }
 }
@@ -535,9 +543,9 @@ fn print_breakdowns(server: &str, rs: &[RunResult]) {
         "\nWhere {server}'s write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
     );
     println!(
-        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms |"
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms | metadata gathered | marking ms |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rs {
         for (name, b) in [
             ("1M seq fill", r.cleaning_fill),
