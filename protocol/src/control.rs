@@ -291,6 +291,15 @@ pub struct CleaningStats {
     /// a snapshot delete, growth).
     pub segment_waits: u64,
     pub segment_wait_us: u64,
+    /// Times sparse metadata segments were gathered: their nodes marked dirty for the next
+    /// checkpoint, which writes them elsewhere.
+    #[serde(default)]
+    pub meta_gathers: u64,
+    #[serde(default)]
+    pub meta_nodes_marked: u64,
+    /// Time the marking held the maps (batches wait to apply meanwhile; not the journal).
+    #[serde(default)]
+    pub meta_mark_us: u64,
     /// Bytes written to the container per guest byte written so far.
     pub write_amplification: f64,
 }

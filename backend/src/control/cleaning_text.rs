@@ -57,6 +57,15 @@ pub fn cleaning_lines(c: &CleaningStats) -> Vec<String> {
             "  waits for a segment",
             format!("{} batches, {}", c.segment_waits, ms(c.segment_wait_us)),
         ),
+        (
+            "  metadata gathered",
+            format!(
+                "{} times, {} nodes marked in {}",
+                c.meta_gathers,
+                c.meta_nodes_marked,
+                ms(c.meta_mark_us)
+            ),
+        ),
     ];
     rows.into_iter()
         .map(|(k, v)| format!("{k:<23} {v}"))
@@ -85,6 +94,9 @@ mod tests {
             checkpoint_wait_us: 2_400,
             segment_waits: 9,
             segment_wait_us: 81_000,
+            meta_gathers: 2,
+            meta_nodes_marked: 900,
+            meta_mark_us: 3_100,
             write_amplification: 1.25,
         };
         let text = cleaning_lines(&c).join("\n");
@@ -97,6 +109,7 @@ mod tests {
             "4 in 40.0 ms (longest 12.3 ms)",
             "9 batches, 81.0 ms",
             "  waits for checkpoint  3 batches, 2.4 ms",
+            "  metadata gathered     2 times, 900 nodes marked in 3.1 ms",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

@@ -230,6 +230,16 @@ impl Scrape {
             Counter,
             "Time guest batches spent getting a segment",
         );
+        let mut meta_gathers = Family::new(
+            "keel_store_meta_gathers_total",
+            Counter,
+            "Times sparse metadata segments were gathered (their nodes marked for the next checkpoint)",
+        );
+        let mut meta_mark_seconds = Family::new(
+            "keel_store_meta_mark_seconds_total",
+            Counter,
+            "Time marking those nodes held the maps (not the journal)",
+        );
         let mut component = Family::new(
             "keel_mirror_component_state",
             Gauge,
@@ -339,6 +349,8 @@ impl Scrape {
                     checkpoint_wait_seconds.add(disk(name), secs(c.checkpoint_wait_us));
                     segment_waits.add(disk(name), c.segment_waits);
                     segment_wait_seconds.add(disk(name), secs(c.segment_wait_us));
+                    meta_gathers.add(disk(name), c.meta_gathers);
+                    meta_mark_seconds.add(disk(name), secs(c.meta_mark_us));
                 }
             }
             if let Some(m) = &d.mirror {
@@ -398,6 +410,8 @@ impl Scrape {
             &checkpoint_wait_seconds,
             &segment_waits,
             &segment_wait_seconds,
+            &meta_gathers,
+            &meta_mark_seconds,
             &component,
             &dirty,
             &resync_total,

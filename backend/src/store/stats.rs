@@ -34,6 +34,9 @@ pub struct Counters {
     pub checksum_errors: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_marks: AtomicU64,
+    pub meta_gathers: AtomicU64,
+    pub meta_nodes_marked: AtomicU64,
+    pub meta_mark_us: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +88,9 @@ impl Counters {
             checksum_errors: g(&self.checksum_errors),
             flushes: g(&self.flushes),
             flush_marks: g(&self.flush_marks),
+            meta_gathers: g(&self.meta_gathers),
+            meta_nodes_marked: g(&self.meta_nodes_marked),
+            meta_mark_us: g(&self.meta_mark_us),
         }
     }
 }
@@ -145,6 +151,13 @@ pub struct Stats {
     pub flushes: u64,
     /// Journal records written after a flush to say which records it made durable.
     pub flush_marks: u64,
+    /// Times sparse metadata segments were gathered (nodes marked for the next checkpoint).
+    pub meta_gathers: u64,
+    /// Tree nodes those gatherings marked dirty.
+    pub meta_nodes_marked: u64,
+    /// Time the marking held the maps' lock, in microseconds (records wait to apply
+    /// meanwhile; the journal is not held).
+    pub meta_mark_us: u64,
 }
 
 impl Stats {

@@ -244,6 +244,10 @@ struct Breakdown {
     /// Batches that waited for a checkpoint (its freeze, or a full journal ring), and how long.
     checkpoint_waits: u64,
     checkpoint_wait_ms: f64,
+    /// Sparse metadata segments gathered, and how long marking their nodes held the maps
+    /// (0 from a keeld that does not report them).
+    meta_gathers: u64,
+    meta_mark_ms: f64,
 }
 
 fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
@@ -269,13 +273,15 @@ fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
         segment_wait_ms: ms(ca.segment_wait_us, cb.segment_wait_us),
         checkpoint_waits: ca.checkpoint_waits - cb.checkpoint_waits,
         checkpoint_wait_ms: ms(ca.checkpoint_wait_us, cb.checkpoint_wait_us),
+        meta_gathers: ca.meta_gathers - cb.meta_gathers,
+        meta_mark_ms: ms(ca.meta_mark_us, cb.meta_mark_us),
     })
 }
 
 impl Breakdown {
     fn row(&self, name: &str) -> String {
         format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {:.1} |",
             self.guest_mib,
             self.write_amplification,
             self.blocks_moved_per_guest_block,
@@ -290,6 +296,8 @@ impl Breakdown {
             self.segment_wait_ms,
             self.checkpoint_waits,
             self.checkpoint_wait_ms,
+            self.meta_gathers,
+            self.meta_mark_ms,
         )
     }
 }
@@ -306,11 +314,12 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     };
     let show = |w: &Workload, m: &Measurement| {
         eprintln!(
-            "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us",
+            "{server:?} {:<18} {:>9.0} IOPS {:>8.1} MiB/s p50 {:>7.1} us p99 {:>8.1} us",
             w.label(),
             m.iops,
             m.mib_per_s,
-            m.lat_p50_us
+            m.lat_p50_us,
+            m.lat_p99_us
         );
     };
     let run = |w: &Workload| {
@@ -509,24 +518,7 @@ fn main() {
             "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {fresh:.4} on the new disk, {full:.4} on the full disk"
         );
     }
-    println!(
-        "\nWhere Keel's write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
-    );
-    println!(
-        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &runs[0].1 {
-        for (name, b) in [
-            ("1M seq fill", r.cleaning_fill),
-            ("4k randwrite, full disk", r.cleaning_full),
-            ("4k randwrite, after overwrite", r.cleaning_after_overwrite),
-        ] {
-            if let Some(b) = b {
-                println!("{}", b.row(name));
-            }
-        }
-    }
+    print_breakdowns("Keel", &runs[0].1);
     if let Some((amp, guest, device)) = write_amplification {
         println!(
             "write amplification, random 4k writes filling the disk twice: {amp:.3} ({} MiB guest, {} MiB to the container)",
@@ -545,27 +537,54 @@ fn main() {
     );
 }
 
+/// Where a Keel server's write time went, per run and phase.
+fn print_breakdowns(server: &str, rs: &[RunResult]) {
+    println!(
+        "\nWhere {server}'s write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
+    );
+    println!(
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms | metadata gathered | marking ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rs {
+        for (name, b) in [
+            ("1M seq fill", r.cleaning_fill),
+            ("4k randwrite, full disk", r.cleaning_full),
+            ("4k randwrite, after overwrite", r.cleaning_after_overwrite),
+        ] {
+            if let Some(b) = b {
+                println!("{}", b.row(name));
+            }
+        }
+    }
+}
+
 /// Picks one measurement out of a run.
 type Getter = fn(&RunResult) -> Measurement;
 
-/// One row per workload, IOPS and p50 latency per server (medians of the runs), for a chosen
-/// list of servers.
+/// One row per workload, IOPS, p50 and p99 latency per server (medians of the runs), for a
+/// chosen list of servers; then, per Keel server, where its write time went.
 fn print_servers_table(runs: &[(Server, Vec<RunResult>)], rows: &[(&str, Getter)]) {
     let head: Vec<String> = runs
         .iter()
-        .map(|(s, _)| format!("{s:?} IOPS | {s:?} p50 us"))
+        .map(|(s, _)| format!("{s:?} IOPS | {s:?} p50 us | {s:?} p99 us"))
         .collect();
     println!("| workload | {} |", head.join(" | "));
-    println!("|---|{}", "---:|".repeat(2 * runs.len()));
+    println!("|---|{}", "---:|".repeat(3 * runs.len()));
     for (name, f) in rows {
         let cells: Vec<String> = runs
             .iter()
             .map(|(_, rs)| {
                 let m = median(&rs.iter().map(f).collect::<Vec<_>>());
-                format!("{:.0} | {:.1}", m.iops, m.lat_p50_us)
+                format!("{:.0} | {:.1} | {:.0}", m.iops, m.lat_p50_us, m.lat_p99_us)
             })
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
+    }
+    for (server, rs) in runs {
+        if rs.iter().any(|r| r.cleaning_full.is_some()) {
+            print_breakdowns(&format!("{server:?}"), rs);
+        }
     }
     for (server, rs) in runs {
         let ratios: Vec<String> = rs

@@ -424,6 +424,9 @@ impl EngineAdmin for KeelEngine {
             checkpoint_wait_us: s.checkpoint_wait_us,
             segment_waits: s.segment_waits,
             segment_wait_us: s.segment_wait_us,
+            meta_gathers: s.meta_gathers,
+            meta_nodes_marked: s.meta_nodes_marked,
+            meta_mark_us: s.meta_mark_us,
             write_amplification: s.write_amplification(),
         })
     }

@@ -12,7 +12,6 @@ use crate::store::log::journal::Entry;
 use crate::store::log::pace::{Levels, Pace};
 use crate::store::map::maps::VbaEntry;
 use crate::store::map::pins::PinGuard;
-use crate::store::map::sut::SegKind;
 use crate::store::stats::Counters;
 use crate::store::{Store, now_millis_pub};
 use std::sync::Arc;
@@ -137,55 +136,6 @@ impl Store {
             live: live.len() as u64,
             moved,
         }))
-    }
-
-    /// Frees sparse metadata segments. Tree nodes that do not change keep the segment they
-    /// were written to alive long after its other nodes were superseded; the nodes in segments
-    /// at most half live are marked dirty (with their ancestors) and the checkpoint taken here
-    /// writes them elsewhere, which empties those segments. Returns the nodes moved.
-    pub fn clean_meta(&self) -> Result<usize> {
-        self.ensure_ok()?;
-        let mut j = self.quiet_journal();
-        let moved = {
-            let mut st = self.write_lock(&self.state);
-            let half = (self.geo.seg_blocks / 2) as u32;
-            let sparse: std::collections::HashSet<u64> = (self.geo.first_data_segment()
-                ..self.segments())
-                .filter(|s| {
-                    st.sut.kind(*s) == SegKind::Meta
-                        && !st.sut.is_open(*s)
-                        && st.sut.live(*s) <= half
-                })
-                .collect();
-            if sparse.is_empty() {
-                return Ok(0);
-            }
-            let geo = self.geo;
-            let doomed = |pba: u64| sparse.contains(&geo.segment_of(pba));
-            let maps = &mut st.maps;
-            let roots = maps.lba_roots();
-            let vba_root = maps.vba_root;
-            maps.lba.evacuate(&roots, &doomed) + maps.vba.evacuate(&[vba_root], &doomed)
-        };
-        if moved > 0 {
-            self.checkpoint_locked(&mut j)?;
-        }
-        Ok(moved)
-    }
-
-    /// Whether enough metadata segments are sparse for [`clean_meta`](Self::clean_meta) to
-    /// be worth its checkpoint (which rewrites every node it moves): as many as half the
-    /// reserve.
-    pub fn meta_sparse(&self) -> bool {
-        let st = self.read_lock(&self.state);
-        let half = (self.geo.seg_blocks / 2) as u32;
-        let enough = (self.geometry().reserved_segments() / 2).max(2) as usize;
-        (self.geo.first_data_segment()..self.segments())
-            .filter(|s| {
-                st.sut.kind(*s) == SegKind::Meta && !st.sut.is_open(*s) && st.sut.live(*s) <= half
-            })
-            .nth(enough - 1)
-            .is_some()
     }
 
     /// Free segments (the reserve included).

@@ -30,10 +30,8 @@ impl Store {
     /// writes them while new records go on. Returns once the checkpoint committed.
     pub fn checkpoint(&self) -> Result<()> {
         self.ensure_ok()?;
-        let mut j = self.lock(&self.journal);
-        while (j.freezing || j.checkpointing) && !self.poisoned() {
-            j = self.unpoison(self.journal_cv.wait(j));
-        }
+        let j = self.lock(&self.journal);
+        let j = self.wait_checkpoint_done(j);
         if j.fresh_chain {
             drop(j);
             let mut j = self.quiet_journal();
@@ -143,6 +141,18 @@ impl Store {
             Counters::add_since(&self.stats.checkpoint_wait_us, t0);
         }
         Ok((j, placed))
+    }
+
+    /// Waits (releasing the journal lock meanwhile) until no checkpoint is freezing or
+    /// running (a lock found poisoned ends the wait).
+    pub(in crate::store) fn wait_checkpoint_done<'a>(
+        &'a self,
+        mut j: MutexGuard<'a, JournalState>,
+    ) -> MutexGuard<'a, JournalState> {
+        while (j.freezing || j.checkpointing) && !self.poisoned() {
+            j = self.unpoison(self.journal_cv.wait(j));
+        }
+        j
     }
 
     /// Waits (releasing the journal lock meanwhile) until no record is in flight and no

@@ -10,6 +10,7 @@ pub(super) mod checkpoint;
 pub(super) mod cleaner;
 pub(super) mod flush;
 pub(super) mod format;
+pub(super) mod gather_meta;
 pub mod journal;
 pub(super) mod journal_ring;
 pub(super) mod live_checkpoint;

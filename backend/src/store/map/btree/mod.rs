@@ -164,6 +164,11 @@ impl<V: TreeValue> Forest<V> {
         }
     }
 
+    /// Whether a checkpoint has trees pinned (it froze them and still encodes them).
+    pub fn is_pinned(&self) -> bool {
+        !self.pinned.is_empty()
+    }
+
     /// Number of live nodes in the arena.
     pub fn live_nodes(&self) -> usize {
         self.nodes.len() - self.free_ids.len()
