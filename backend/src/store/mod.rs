@@ -135,6 +135,11 @@ pub(crate) struct JournalState {
     pub marked_lsn: u64,
     /// The newest flushed record a [`MarkWriter`] is to write a mark for.
     pub mark_due: u64,
+    /// The highest LSN a Flushed entry of a reserved record names.
+    pub mark_reserved: u64,
+    /// The highest LSN a Flushed entry of a record on stable storage names (known to this
+    /// process: 0 after an open): segments emptied through it may be reused.
+    pub mark_durable: u64,
     /// Data segments a writer filled, with the record after which they may close.
     pub retiring: Vec<(u64, u64)>,
     pub superblock: Superblock,
@@ -396,6 +401,8 @@ impl Store {
                 written_ahead: Default::default(),
                 in_flight: 0,
                 marked_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                mark_reserved: 0,
+                mark_durable: 0,
                 mark_due: 0,
                 retiring: Vec::new(),
                 ring: loaded.ring,

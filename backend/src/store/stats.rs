@@ -34,6 +34,8 @@ pub struct Counters {
     pub checksum_errors: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_marks: AtomicU64,
+    pub mark_releases: AtomicU64,
+    pub segments_freed_by_marks: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +87,8 @@ impl Counters {
             checksum_errors: g(&self.checksum_errors),
             flushes: g(&self.flushes),
             flush_marks: g(&self.flush_marks),
+            mark_releases: g(&self.mark_releases),
+            segments_freed_by_marks: g(&self.segments_freed_by_marks),
         }
     }
 }
@@ -112,7 +116,7 @@ pub struct Stats {
     /// Blocks the cleaner copied and remapped.
     pub cleaner_moves: u64,
     pub cleaner_write_bytes: u64,
-    /// Data segments the cleaner emptied (free at the next checkpoint).
+    /// Data segments the cleaner emptied (free at the next checkpoint or durable mark).
     pub segments_cleaned: u64,
     /// Bytes the cleaner read from its victims.
     pub cleaner_read_bytes: u64,
@@ -145,6 +149,10 @@ pub struct Stats {
     pub flushes: u64,
     /// Journal records written after a flush to say which records it made durable.
     pub flush_marks: u64,
+    /// Releases of emptied data segments by a durable flush mark (instead of a checkpoint).
+    pub mark_releases: u64,
+    /// Segments those gave back to the free list.
+    pub segments_freed_by_marks: u64,
 }
 
 impl Stats {

@@ -1,6 +1,6 @@
 //! The cleaner: copies the live blocks of sparse segments elsewhere, changing only the
-//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused after the
-//! next checkpoint.
+//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
+//! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 
 use super::victim;
 use crate::store::buf::AlignedBuf;
@@ -32,7 +32,7 @@ pub struct CleanReport {
 
 impl Store {
     /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
-    /// The segment becomes free at the next checkpoint.
+    /// The segment becomes free at the next durable mark or checkpoint.
     pub fn clean_step(&self) -> Result<Option<CleanReport>> {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
@@ -186,7 +186,7 @@ impl Store {
         self.read_lock(&self.state).sut.free_count()
     }
 
-    /// Emptied segments waiting for the next checkpoint.
+    /// Emptied segments waiting for a durable mark or the next checkpoint.
     pub fn pending_segments(&self) -> u64 {
         self.read_lock(&self.state).sut.pending_count()
     }
@@ -300,16 +300,18 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
         let pace = levels.pace(free, pending, cfg.pause);
+        let by_mark = store.releases_by_mark();
         // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth = pending >= levels.release_batch(spare, cfg.low_water, true)
+        let worth = pending >= levels.release_batch(spare, cfg.low_water, true, by_mark)
             || (pending > 0 && free <= reserve + 1);
         if urgent && release_helps && worth {
-            // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
-            // frees nothing (reads still pin them), clean instead until something changes.
-            match store.checkpoint() {
+            // Emptied segments only wait for a mark or a checkpoint: far cheaper than
+            // cleaning. If that frees nothing (reads still pin them), clean instead until
+            // something changes.
+            match store.release_emptied() {
                 Ok(()) => release_helps = store.free_segments() > free,
                 Err(e) => {
-                    log::warn!("cleaner: checkpoint failed: {e}");
+                    log::warn!("cleaner: releasing emptied segments failed: {e}");
                     release_helps = false;
                 }
             }
@@ -350,17 +352,15 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         match store.clean_step() {
             Ok(Some(_)) => {
-                // Cleaned segments become free at a checkpoint; batch them, a checkpoint
-                // rewrites every dirty map node (mostly the same ones: random guest writes
-                // dirty most leaves between two) and holds guest batches meanwhile. Cleaning
-                // ahead, twice as many wait.
+                // Cleaned segments become free at a durable mark or a checkpoint; batch them
+                // (see `Levels::release_batch`).
                 let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= levels.release_batch(spare, cfg.low_water, urgent)
+                if (pending >= levels.release_batch(spare, cfg.low_water, urgent, by_mark)
                     || (starving && pending > 0))
-                    && let Err(e) = store.checkpoint()
+                    && let Err(e) = store.release_emptied()
                 {
-                    log::warn!("cleaner: checkpoint failed: {e}");
+                    log::warn!("cleaner: releasing emptied segments failed: {e}");
                 }
                 match pace {
                     _ if urgent => {}

@@ -30,9 +30,15 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
         self.ensure_ok()?;
+        // The marks records reserved so far carry are durable once this flush is done.
+        let claim = self.lock(&self.journal).mark_reserved;
         let through = self.wait_written();
         self.ensure_ok()?;
         self.dev.flush()?;
+        {
+            let mut j = self.lock(&self.journal);
+            j.mark_durable = j.mark_durable.max(claim);
+        }
         if self.async_marks.load(Ordering::Acquire) {
             let mut j = self.lock(&self.journal);
             if through > j.mark_due {

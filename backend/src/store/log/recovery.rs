@@ -13,10 +13,11 @@ use crate::store::codec::block_crc;
 use crate::store::compress::{self, block_of, place};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
+use crate::store::log::chain;
 use crate::store::log::checkpoint::CheckpointRoot;
-use crate::store::log::journal::{self, Entry, JournalCursor};
-use crate::store::log::journal_ring::{Ring, wrapped_place};
-use crate::store::log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
+use crate::store::log::journal::{Entry, JournalCursor};
+use crate::store::log::journal_ring::Ring;
+use crate::store::log::superblock::{INCOMPAT_CIRCULAR_JOURNAL, INCOMPAT_MARKED_REPLAY};
 use crate::store::log::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
 use crate::store::log::tail;
 use crate::store::map::btree::Forest;
@@ -240,6 +241,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
+    let marked = sb.incompat & INCOMPAT_MARKED_REPLAY != 0;
     let stopped = replay(
         dev,
         data,
@@ -248,6 +250,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         &mut cursor,
         &mut ring,
         circular,
+        marked,
     )?;
     // The rest of the region: in a ring, from the chain's end round to the head.
     let rest = if circular && cursor.pos < head {
@@ -337,7 +340,10 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
 }
 
 /// Replays records from the ring's head; returns why it stopped. With `circular`, a record
-/// that did not fit before the region's end is looked for at block 0.
+/// that did not fit before the region's end is looked for at block 0. With `marked` (a
+/// container with `INCOMPAT_MARKED_REPLAY`), the records a Flushed mark in the chain covers
+/// are applied without reading their data: it was flushed, and its segment may be reused.
+#[allow(clippy::too_many_arguments)]
 fn replay(
     dev: &dyn BlockDevice,
     data: &DataView,
@@ -346,98 +352,39 @@ fn replay(
     cur: &mut JournalCursor,
     ring: &mut Ring,
     circular: bool,
+    marked: bool,
 ) -> Result<String> {
-    let jblocks = geo.journal_blocks();
+    let flushed = if marked {
+        chain::highest_mark(dev, geo, *cur, *ring, circular)?
+    } else {
+        0
+    };
     loop {
-        let (at, h) = match next_header(dev, geo, cur, circular)? {
-            Next::Found(at, h) => (at, h),
-            Next::Stop(why) => return Ok(why),
+        let r = match chain::read_next(dev, geo, cur, ring, circular)? {
+            Ok(r) => r,
+            Err(why) => return Ok(why),
         };
-        let Some((_, added)) = ring.place(cur.pos, h.len_blocks as u64) else {
-            return Ok(format!(
-                "record at journal block {at} would run into the head of the ring"
-            ));
-        };
-        if at + h.len_blocks as u64 > jblocks {
-            return Ok(format!(
-                "record at journal block {at} runs past the journal"
-            ));
-        }
-        let pba = geo.journal_start() + at;
-        let mut rec = AlignedBuf::blocks(h.len_blocks as usize);
-        dev.read_at(&mut rec, pba * BLOCK)?;
-        let Some((_, entries, crc)) = journal::decode(pba, &rec) else {
-            return Ok(format!("torn record (bad crc) lsn {}", h.lsn));
-        };
-        if let Some(why) = check_entries(data, geo, st, &entries)? {
-            return Ok(format!("record lsn {} discarded: {why}", h.lsn));
+        let check = r.lsn > flushed;
+        if let Some(why) = check_entries(data, geo, st, &r.entries, check)? {
+            return Ok(format!("record lsn {} discarded: {why}", r.lsn));
         }
         let State { maps, sut, .. } = st;
-        super::apply::apply(maps, &entries, sut);
-        cur.pos = at + h.len_blocks as u64;
-        ring.used += added;
-        cur.next_lsn += 1;
-        cur.prev_crc = crc;
-        cur.records += 1;
+        super::apply::apply(maps, r.lsn, &r.entries, sut);
+        chain::advance(cur, ring, &r);
     }
-}
-
-/// The next record's place and header, or why the chain ends there.
-enum Next {
-    Found(u64, journal::Header),
-    Stop(String),
-}
-
-/// Reads the header that continues the chain at `cur.pos` or, in a ring, at block 0 when
-/// the record found there could not have fit before the region's end.
-fn next_header(
-    dev: &dyn BlockDevice,
-    geo: &Geometry,
-    cur: &JournalCursor,
-    circular: bool,
-) -> Result<Next> {
-    let jblocks = geo.journal_blocks();
-    let continues = |h: &journal::Header| h.lsn == cur.next_lsn && h.prev_crc == cur.prev_crc;
-    let here = if cur.pos < jblocks {
-        journal::decode_header(&read_block(dev, geo.journal_start() + cur.pos)?)
-    } else {
-        None
-    };
-    if let Some(h) = here.filter(continues) {
-        return Ok(Next::Found(cur.pos, h));
-    }
-    if circular && cur.pos != 0 {
-        let first = journal::decode_header(&read_block(dev, geo.journal_start())?);
-        if let Some(h) = first
-            .filter(|h| continues(h) && wrapped_place(jblocks, cur.pos, h.len_blocks as u64) == 0)
-        {
-            return Ok(Next::Found(0, h));
-        }
-    }
-    Ok(Next::Stop(match here {
-        _ if cur.pos >= jblocks => "end of the journal region".into(),
-        None => format!("no record header at journal block {}", cur.pos),
-        Some(h) if h.lsn < cur.next_lsn => format!(
-            "end of the journal (block {} holds an older record, lsn {})",
-            cur.pos, h.lsn
-        ),
-        Some(h) => format!(
-            "record at journal block {} does not continue the chain (lsn {})",
-            cur.pos, h.lsn
-        ),
-    }))
 }
 
 /// Longest run of data blocks read at once when checking a record (1 MiB).
 const CHECK_RUN_BLOCKS: u64 = 256;
 
-/// Checks that every entry is in range and every data block it names holds the data it
-/// describes; `Some(reason)` when the record must be discarded.
+/// Checks that every entry is in range and, with `check`, that every data block it names
+/// holds the data it describes; `Some(reason)` when the record must be discarded.
 fn check_entries(
     data: &DataView,
     geo: &Geometry,
     st: &State,
     entries: &[Entry],
+    check: bool,
 ) -> Result<Option<String>> {
     let cap = geo.capacity_blocks();
     // (pba, vba, crc) of every data block the record points at.
@@ -514,6 +461,9 @@ fn check_entries(
             return Ok(Some(format!("block {pba:#x} outside the segments")));
         }
         blocks.push((pba, vba, crc));
+    }
+    if !check {
+        return Ok(None);
     }
     check_data(data, &mut blocks)
 }
