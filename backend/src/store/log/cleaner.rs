@@ -300,22 +300,22 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
         let pace = levels.pace(free, pending, cfg.pause);
-        let by_mark = store.releases_by_mark();
-        // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth = pending >= levels.release_batch(spare, cfg.low_water, true, by_mark)
-            || (pending > 0 && free <= reserve + 1);
-        if urgent && release_helps && worth {
+        if urgent && release_helps {
             // Emptied segments only wait for a mark or a checkpoint: far cheaper than
             // cleaning. If that frees nothing (reads still pin them), clean instead until
             // something changes.
-            match store.release_emptied() {
-                Ok(()) => release_helps = store.free_segments() > free,
+            match release_batched(store, &levels, spare, cfg, true, free <= reserve + 1) {
+                Ok(false) => {}
+                Ok(true) => {
+                    release_helps = store.free_segments() > free;
+                    continue;
+                }
                 Err(e) => {
                     log::warn!("cleaner: releasing emptied segments failed: {e}");
                     release_helps = false;
+                    continue;
                 }
             }
-            continue;
         }
         release_helps = true;
         if urgent && store.meta_sparse() {
@@ -352,14 +352,8 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         match store.clean_step() {
             Ok(Some(_)) => {
-                // Cleaned segments become free at a durable mark or a checkpoint; batch them
-                // (see `Levels::release_batch`).
-                let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= levels.release_batch(spare, cfg.low_water, urgent, by_mark)
-                    || (starving && pending > 0))
-                    && let Err(e) = store.release_emptied()
-                {
+                if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {
                     log::warn!("cleaner: releasing emptied segments failed: {e}");
                 }
                 match pace {
@@ -376,4 +370,32 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// Releases emptied segments once enough of them wait, or any when the free segments are down
+/// to the reserve (`starving`): those a mark may release by a mark, the others by a checkpoint,
+/// each in batches of [`Levels::release_batch`] (a checkpoint rewrites every dirty map node
+/// and holds guest batches while it freezes, so its releases are batched far more). Returns
+/// whether it released (or tried to).
+fn release_batched(
+    store: &Store,
+    levels: &Levels,
+    spare: u64,
+    cfg: &CleanerConfig,
+    urgent: bool,
+    starving: bool,
+) -> crate::store::Result<bool> {
+    let (pending, markable) = store.pending_and_markable();
+    let enough = |n: u64, by_mark: bool| {
+        n > 0 && (starving || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
+    };
+    if enough(markable, true) {
+        store.release_by_mark()?;
+        return Ok(true);
+    }
+    if enough(pending - markable, false) {
+        store.checkpoint()?;
+        return Ok(true);
+    }
+    Ok(false)
 }

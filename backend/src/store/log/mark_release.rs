@@ -53,6 +53,14 @@ impl Store {
         Ok(freed)
     }
 
+    /// Emptied segments waiting, and how many of them a mark may release.
+    pub fn pending_and_markable(&self) -> (u64, u64) {
+        let by_mark = self.releases_by_mark();
+        let st = self.read_lock(&self.state);
+        let markable = if by_mark { st.sut.markable_count() } else { 0 };
+        (st.sut.pending_count(), markable)
+    }
+
     /// Releases the emptied segments: by a mark where the container allows it, else (or when
     /// only segments a checkpoint may release wait) by a checkpoint.
     pub fn release_emptied(&self) -> Result<()> {

@@ -221,6 +221,14 @@ impl Sut {
         self.pending.iter().map(|(s, l)| (*s, *l)).collect()
     }
 
+    /// Pending segments a mark covering the record that emptied them would release.
+    pub fn markable_count(&self) -> u64 {
+        self.pending
+            .values()
+            .filter(|l| **l != AT_CHECKPOINT)
+            .count() as u64
+    }
+
     /// The newest emptied-at LSN among the data segments a mark covering it would release.
     pub fn newest_markable(&self) -> Option<u64> {
         self.pending

@@ -342,12 +342,20 @@ fn a_flushed_records_damaged_data_fails_its_reads_with_marked_replay() {
     drop(s);
     dev.corrupt(stored_byte(entry, 100), 0x40);
     let s = open(&dev).unwrap();
-    assert_eq!(s.recovery_report().records_replayed, 3, "{}", s.recovery_report());
+    assert_eq!(
+        s.recovery_report().records_replayed,
+        3,
+        "{}",
+        s.recovery_report()
+    );
     let mut b = vec![0u8; 4096];
     s.read(0, &mut b).unwrap();
     assert_eq!(b[0], 3);
     assert!(
-        matches!(s.read(4 * 4096, &mut b), Err(StoreError::DataChecksum { lba: 4, .. })),
+        matches!(
+            s.read(4 * 4096, &mut b),
+            Err(StoreError::DataChecksum { lba: 4, .. })
+        ),
         "the damaged block fails its read"
     );
 }
