@@ -459,6 +459,9 @@ fn main() {
     );
     if a.servers != DEFAULT_SERVERS {
         print_servers_table(&runs, &rows);
+        if let Some((_, keel)) = runs.iter().find(|(s, _)| matches!(s, Server::Keel)) {
+            print_phases(keel);
+        }
         return;
     }
     println!(
@@ -509,24 +512,7 @@ fn main() {
             "\nmetadata transactions per guest write (4k randwrite qd32, keeld stats): {fresh:.4} on the new disk, {full:.4} on the full disk"
         );
     }
-    println!(
-        "\nWhere Keel's write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
-    );
-    println!(
-        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &runs[0].1 {
-        for (name, b) in [
-            ("1M seq fill", r.cleaning_fill),
-            ("4k randwrite, full disk", r.cleaning_full),
-            ("4k randwrite, after overwrite", r.cleaning_after_overwrite),
-        ] {
-            if let Some(b) = b {
-                println!("{}", b.row(name));
-            }
-        }
-    }
+    print_phases(&runs[0].1);
     if let Some((amp, guest, device)) = write_amplification {
         println!(
             "write amplification, random 4k writes filling the disk twice: {amp:.3} ({} MiB guest, {} MiB to the container)",
@@ -543,6 +529,28 @@ fn main() {
         })
         .unwrap_or_default()
     );
+}
+
+/// Keel's cleaning counters over each phase of each run.
+fn print_phases(runs: &[RunResult]) {
+    println!(
+        "\nWhere Keel's write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
+    );
+    println!(
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        for (name, b) in [
+            ("1M seq fill", r.cleaning_fill),
+            ("4k randwrite, full disk", r.cleaning_full),
+            ("4k randwrite, after overwrite", r.cleaning_after_overwrite),
+        ] {
+            if let Some(b) = b {
+                println!("{}", b.row(name));
+            }
+        }
+    }
 }
 
 /// Picks one measurement out of a run.

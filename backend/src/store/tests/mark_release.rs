@@ -343,7 +343,10 @@ fn the_background_cleaner_releases_by_marks() {
     drop(cleaner);
     let st = s.stats();
     assert!(st.segments_cleaned > 0, "the cleaner worked");
-    assert!(st.mark_releases > 0 && st.segments_freed_by_marks > 0, "{st:?}");
+    assert!(
+        st.mark_releases > 0 && st.segments_freed_by_marks > 0,
+        "{st:?}"
+    );
     assert_eq!(versions(&s).unwrap(), model);
     assert!(s.fsck().is_clean());
 }
