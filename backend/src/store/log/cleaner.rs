@@ -196,9 +196,9 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct CleanerConfig {
     /// The most free segments beyond the reserve under which the cleaner works without pause
-    /// (an eighth of the spare segments, at least 2). Also how many cleaned segments wait for
-    /// the checkpoint that releases them while cleaning ahead (half as many when urgent; at
-    /// most a quarter of the spare).
+    /// (an eighth of the spare segments, at least 2). Also how many emptied segments only a
+    /// checkpoint may release wait for it while cleaning ahead (half as many when urgent; at
+    /// most a quarter of the spare); those a mark may release go two at a time.
     pub low_water: u64,
     /// Clean ahead, before space is short, until this percentage of the spare segments (at
     /// least 2, at most `low_water`) is free above the urgent level (see [`pace`](crate::store::log::pace)).
