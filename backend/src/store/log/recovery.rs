@@ -4,7 +4,9 @@
 //!
 //! A record is torn when its own crc fails, when it does not chain to its predecessor, or
 //! when a data block it points at does not match the crc it carries (the data write and
-//! the record write were issued together and only one of them reached the disk).
+//! the record write were issued together and only one of them reached the disk). With
+//! `INCOMPAT_MARKED_REPLAY` the data of a record a Flushed mark in the chain covers is not
+//! checked: it was flushed, and its segment may have been reused ([`chain`]).
 
 use crate::device::BlockDevice;
 use crate::store::State;
@@ -241,7 +243,6 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
-    let marked = sb.incompat & INCOMPAT_MARKED_REPLAY != 0;
     let stopped = replay(
         dev,
         data,
@@ -249,8 +250,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         &mut state,
         &mut cursor,
         &mut ring,
-        circular,
-        marked,
+        sb.incompat,
     )?;
     // The rest of the region: in a ring, from the chain's end round to the head.
     let rest = if circular && cursor.pos < head {
@@ -339,11 +339,10 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
     Sut::decode(*geo, &b)
 }
 
-/// Replays records from the ring's head; returns why it stopped. With `circular`, a record
-/// that did not fit before the region's end is looked for at block 0. With `marked` (a
-/// container with `INCOMPAT_MARKED_REPLAY`), the records a Flushed mark in the chain covers
-/// are applied without reading their data: it was flushed, and its segment may be reused.
-#[allow(clippy::too_many_arguments)]
+/// Replays records from the ring's head; returns why it stopped. With `CIRCULAR_JOURNAL` in
+/// `incompat`, a record that did not fit before the region's end is looked for at block 0.
+/// With `MARKED_REPLAY`, the records a Flushed mark in the chain covers are applied without
+/// reading their data: it was flushed, and a segment it names may have been reused since.
 fn replay(
     dev: &dyn BlockDevice,
     data: &DataView,
@@ -351,10 +350,10 @@ fn replay(
     st: &mut State,
     cur: &mut JournalCursor,
     ring: &mut Ring,
-    circular: bool,
-    marked: bool,
+    incompat: u64,
 ) -> Result<String> {
-    let flushed = if marked {
+    let circular = incompat & INCOMPAT_CIRCULAR_JOURNAL != 0;
+    let flushed = if incompat & INCOMPAT_MARKED_REPLAY != 0 {
         chain::highest_mark(dev, geo, *cur, *ring, circular)?
     } else {
         0
