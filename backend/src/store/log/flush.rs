@@ -10,6 +10,9 @@
 //! within microseconds under a write-and-flush load) carries the Flushed entry at no cost of
 //! its own; only when none comes within [`MARK_DELAY`] does the mark writer write the mark as a
 //! record by itself. Without a mark writer (offline tools, tests) the flush writes its mark.
+//!
+//! A flush also makes durable every mark carried by a record reserved before it: with
+//! `INCOMPAT_MARKED_REPLAY` that lets emptied segments be reused (see `mark_release`).
 
 use super::superblock;
 use crate::store::log::journal::Entry;
