@@ -369,6 +369,14 @@ impl Store {
         if !loaded.erase.is_empty() {
             log::tail::erase(dev.as_ref(), &geo, &loaded.erase)?;
         }
+        // Segments emptied by replayed records a replayed mark covers were free before the
+        // crash, maybe: they are again once the chain that holds the mark is durable (the
+        // checkpoint the first record takes needs room).
+        let mark = loaded.replayed_mark;
+        if !opts.read_only && mark > 0 && loaded.state.sut.newest_markable().is_some() {
+            dev.flush()?;
+            loaded.state.sut.release_marked(mark, &|_| false);
+        }
         // From the next checkpoint on (the first record written takes one) the journal holds
         // flush marks and no dropped record past its end, and is a ring (the checkpoint
         // names its head).

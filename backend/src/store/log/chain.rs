@@ -95,14 +95,21 @@ pub fn highest_mark(
 ) -> Result<u64> {
     let mut mark = 0;
     while let Ok(r) = read_next(dev, geo, &cur, &ring, circular)? {
-        for e in &r.entries {
-            if let Entry::Flushed { lsn } = *e {
-                mark = mark.max(lsn);
-            }
-        }
+        mark = mark.max(mark_of(&r.entries));
         advance(&mut cur, &mut ring, &r);
     }
     Ok(mark)
+}
+
+/// The highest LSN a Flushed entry of `entries` names (0: none).
+pub fn mark_of(entries: &[Entry]) -> u64 {
+    (entries.iter())
+        .filter_map(|e| match *e {
+            Entry::Flushed { lsn } => Some(lsn),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The next record's place and header, or why the chain ends there.

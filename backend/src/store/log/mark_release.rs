@@ -42,7 +42,10 @@ impl Store {
             self.make_mark_durable()?;
         }
         let marked = self.lock(&self.journal).mark_durable;
-        debug_assert!(marked >= need, "a durable mark covers lsn {need}, not only {marked}");
+        debug_assert!(
+            marked >= need,
+            "a durable mark covers lsn {need}, not only {marked}"
+        );
         let freed = self
             .write_lock(&self.state)
             .sut

@@ -83,6 +83,10 @@ pub(crate) struct Loaded {
     pub stale_slot: Option<u64>,
     /// Journal blocks holding dropped records, to erase before new records are written.
     pub erase: Vec<(u64, u64)>,
+    /// With `INCOMPAT_MARKED_REPLAY`: the highest LSN a Flushed entry of a replayed record
+    /// names (0: none). Once a device flush makes the replayed records durable, the segments
+    /// records through it emptied may be reused (see `mark_release`).
+    pub replayed_mark: u64,
 }
 
 /// The superblock recovery opens and the state of the other copy.
@@ -243,7 +247,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
-    let stopped = replay(
+    let (stopped, replayed_mark) = replay(
         dev,
         data,
         &geo,
@@ -313,6 +317,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         report,
         stale_slot: picked.stale_slot,
         erase: tail::erase_ranges(&found),
+        replayed_mark,
     })
 }
 
@@ -339,7 +344,8 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
     Sut::decode(*geo, &b)
 }
 
-/// Replays records from the ring's head; returns why it stopped. With `CIRCULAR_JOURNAL` in
+/// Replays records from the ring's head; returns why it stopped, and the highest LSN a
+/// Flushed entry of a replayed record names (with `MARKED_REPLAY`). With `CIRCULAR_JOURNAL` in
 /// `incompat`, a record that did not fit before the region's end is looked for at block 0.
 /// With `MARKED_REPLAY`, the records a Flushed mark in the chain covers are applied without
 /// reading their data: it was flushed, and a segment it names may have been reused since.
@@ -351,21 +357,29 @@ fn replay(
     cur: &mut JournalCursor,
     ring: &mut Ring,
     incompat: u64,
-) -> Result<String> {
+) -> Result<(String, u64)> {
     let circular = incompat & INCOMPAT_CIRCULAR_JOURNAL != 0;
-    let flushed = if incompat & INCOMPAT_MARKED_REPLAY != 0 {
+    let marked = incompat & INCOMPAT_MARKED_REPLAY != 0;
+    let flushed = if marked {
         chain::highest_mark(dev, geo, *cur, *ring, circular)?
     } else {
         0
     };
+    let mut replayed_mark = 0;
     loop {
         let r = match chain::read_next(dev, geo, cur, ring, circular)? {
             Ok(r) => r,
-            Err(why) => return Ok(why),
+            Err(why) => return Ok((why, replayed_mark)),
         };
         let check = r.lsn > flushed;
         if let Some(why) = check_entries(data, geo, st, &r.entries, check)? {
-            return Ok(format!("record lsn {} discarded: {why}", r.lsn));
+            return Ok((
+                format!("record lsn {} discarded: {why}", r.lsn),
+                replayed_mark,
+            ));
+        }
+        if marked {
+            replayed_mark = replayed_mark.max(chain::mark_of(&r.entries));
         }
         let State { maps, sut, .. } = st;
         super::apply::apply(maps, r.lsn, &r.entries, sut);
