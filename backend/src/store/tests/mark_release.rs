@@ -322,8 +322,7 @@ fn the_background_cleaner_releases_by_marks() {
     let cleaner = CleanerHandle::spawn(Arc::clone(&s), CleanerConfig::default()).unwrap();
     let mut model = vec![0u32; LBAS as usize];
     let mut rng = SplitMix::new(11);
-    let mut version = 1;
-    for _ in 0..2000 {
+    for version in 1..2000 {
         let lba = rng.below(LBAS);
         let d = block(lba, version);
         s.write_batch(
@@ -335,7 +334,6 @@ fn the_background_cleaner_releases_by_marks() {
         )
         .unwrap();
         model[lba as usize] = version;
-        version += 1;
         if s.stats().segments_freed_by_marks >= 8 {
             break;
         }
