@@ -277,6 +277,12 @@ pub struct CleaningStats {
     pub segments_cleaned_by_writers: u64,
     /// Segments checkpoints gave back to the free list.
     pub segments_freed: u64,
+    /// Releases of emptied data segments by a durable flush mark, not a checkpoint.
+    #[serde(default)]
+    pub mark_releases: u64,
+    /// Segments those gave back to the free list.
+    #[serde(default)]
+    pub segments_freed_by_marks: u64,
     pub checkpoints: u64,
     /// Time checkpoints held the journal (while they froze the maps): no guest batch commits
     /// meanwhile. Their writes do not hold it.

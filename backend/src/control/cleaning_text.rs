@@ -37,6 +37,13 @@ pub fn cleaning_lines(c: &CleaningStats) -> Vec<String> {
         ),
         ("  segments freed", c.segments_freed.to_string()),
         (
+            "  freed by marks",
+            format!(
+                "{} in {} releases",
+                c.segments_freed_by_marks, c.mark_releases
+            ),
+        ),
+        (
             "  checkpoints",
             format!(
                 "{} in {} (longest {})",
@@ -87,6 +94,8 @@ mod tests {
             segments_cleaned: 7,
             segments_cleaned_by_writers: 2,
             segments_freed: 6,
+            mark_releases: 2,
+            segments_freed_by_marks: 5,
             checkpoints: 4,
             checkpoint_us: 40_000,
             checkpoint_max_us: 12_300,
@@ -106,6 +115,7 @@ mod tests {
             "3.0 MiB in 1.5 ms",
             "1.0 MiB in 2.5 ms",
             "  segments freed        6",
+            "  freed by marks        5 in 2 releases",
             "4 in 40.0 ms (longest 12.3 ms)",
             "9 batches, 81.0 ms",
             "  waits for checkpoint  3 batches, 2.4 ms",

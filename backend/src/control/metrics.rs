@@ -340,6 +340,7 @@ impl Scrape {
                         ("cleaned", c.segments_cleaned),
                         ("cleaned_by_writer", c.segments_cleaned_by_writers),
                         ("freed", c.segments_freed),
+                        ("freed_by_mark", c.segments_freed_by_marks),
                     ] {
                         segments.add(with(disk(name), "event", event), n);
                     }

@@ -135,6 +135,11 @@ pub(crate) struct JournalState {
     pub marked_lsn: u64,
     /// The newest flushed record a [`MarkWriter`] is to write a mark for.
     pub mark_due: u64,
+    /// The highest LSN a Flushed entry of a reserved record names.
+    pub mark_reserved: u64,
+    /// The highest LSN a Flushed entry of a record on stable storage names (known to this
+    /// process: 0 after an open): segments emptied through it may be reused.
+    pub mark_durable: u64,
     /// Data segments a writer filled, with the record after which they may close.
     pub retiring: Vec<(u64, u64)>,
     pub superblock: Superblock,
@@ -369,6 +374,14 @@ impl Store {
             let maps = &mut loaded.state.maps;
             maps.next_vba = maps.next_vba.saturating_add(seal::lost_vbas(&geo));
         }
+        // Segments emptied by replayed records a replayed mark covers were free before the
+        // crash, maybe: they are again once the chain that holds the mark is durable (the
+        // checkpoint the first record takes needs room).
+        let mark = loaded.replayed_mark;
+        if !opts.read_only && mark > 0 && loaded.state.sut.newest_markable().is_some() {
+            dev.flush()?;
+            loaded.state.sut.release_marked(mark, &|_| false);
+        }
         // From the next checkpoint on (the first record written takes one) the journal holds
         // flush marks and no dropped record past its end, and is a ring (the checkpoint
         // names its head).
@@ -401,6 +414,8 @@ impl Store {
                 written_ahead: Default::default(),
                 in_flight: 0,
                 marked_lsn: loaded.cursor.next_lsn.saturating_sub(1),
+                mark_reserved: 0,
+                mark_durable: 0,
                 mark_due: 0,
                 retiring: Vec::new(),
                 ring: loaded.ring,

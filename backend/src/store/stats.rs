@@ -37,6 +37,8 @@ pub struct Counters {
     pub meta_gathers: AtomicU64,
     pub meta_nodes_marked: AtomicU64,
     pub meta_mark_us: AtomicU64,
+    pub mark_releases: AtomicU64,
+    pub segments_freed_by_marks: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +93,8 @@ impl Counters {
             meta_gathers: g(&self.meta_gathers),
             meta_nodes_marked: g(&self.meta_nodes_marked),
             meta_mark_us: g(&self.meta_mark_us),
+            mark_releases: g(&self.mark_releases),
+            segments_freed_by_marks: g(&self.segments_freed_by_marks),
         }
     }
 }
@@ -118,7 +122,7 @@ pub struct Stats {
     /// Blocks the cleaner copied and remapped.
     pub cleaner_moves: u64,
     pub cleaner_write_bytes: u64,
-    /// Data segments the cleaner emptied (free at the next checkpoint).
+    /// Data segments the cleaner emptied (free at the next checkpoint or durable mark).
     pub segments_cleaned: u64,
     /// Bytes the cleaner read from its victims.
     pub cleaner_read_bytes: u64,
@@ -158,6 +162,10 @@ pub struct Stats {
     /// Time the marking held the maps' lock, in microseconds (records wait to apply
     /// meanwhile; the journal is not held).
     pub meta_mark_us: u64,
+    /// Releases of emptied data segments by a durable flush mark (instead of a checkpoint).
+    pub mark_releases: u64,
+    /// Segments those gave back to the free list.
+    pub segments_freed_by_marks: u64,
 }
 
 impl Stats {

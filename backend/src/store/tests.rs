@@ -10,6 +10,7 @@ mod import_disk;
 mod in_flight;
 mod keep_ahead;
 mod live;
+mod mark_release;
 mod meta_gather;
 mod model;
 mod packed;

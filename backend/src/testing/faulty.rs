@@ -52,6 +52,8 @@ struct Inner {
     fail_flushes: bool,
     /// Writes left before every write fails (`None`: never).
     writes_until_failure: Option<u64>,
+    /// Flushes left before every flush fails (`None`: never).
+    flushes_until_failure: Option<u64>,
     read_error_ppm: u32,
     write_error_ppm: u32,
     direct: bool,
@@ -98,6 +100,7 @@ impl FaultyDevice {
                 fail_writes: false,
                 fail_flushes: false,
                 writes_until_failure: None,
+                flushes_until_failure: None,
                 read_error_ppm: 0,
                 write_error_ppm: 0,
                 direct: false,
@@ -137,6 +140,11 @@ impl FaultyDevice {
     /// After `n` more successful writes, every write fails (`None`: never).
     pub fn fail_writes_after(&self, n: Option<u64>) {
         self.lock().writes_until_failure = n;
+    }
+
+    /// After `n` more successful flushes, every flush fails (`None`: never).
+    pub fn fail_flushes_after(&self, n: Option<u64>) {
+        self.lock().flushes_until_failure = n;
     }
 
     /// Random failures, in parts per million of reads and of writes.
@@ -301,7 +309,15 @@ impl BlockDevice for FaultyDevice {
 
     fn flush(&self) -> io::Result<()> {
         let mut g = self.lock();
-        if g.fail_flushes {
+        let counted_out = match g.flushes_until_failure {
+            Some(0) => true,
+            Some(left) => {
+                g.flushes_until_failure = Some(left - 1);
+                false
+            }
+            None => false,
+        };
+        if g.fail_flushes || counted_out {
             g.stats.injected_errors += 1;
             return Err(injected("flush"));
         }

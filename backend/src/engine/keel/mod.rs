@@ -417,6 +417,8 @@ impl EngineAdmin for KeelEngine {
             segments_cleaned: s.segments_cleaned,
             segments_cleaned_by_writers: s.writer_cleaned,
             segments_freed: s.segments_freed,
+            mark_releases: s.mark_releases,
+            segments_freed_by_marks: s.segments_freed_by_marks,
             checkpoints: s.checkpoints,
             checkpoint_us: s.checkpoint_us,
             checkpoint_max_us: s.checkpoint_max_us,

@@ -5,9 +5,11 @@ use super::journal::Entry;
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;
 
-/// Applies one journal record's entries to the maps, in order.
-pub fn apply(maps: &mut Maps, entries: &[Entry], sut: &mut Sut) {
+/// Applies record `lsn`'s entries to the maps, in order.
+pub fn apply(maps: &mut Maps, lsn: u64, entries: &[Entry], sut: &mut Sut) {
     maps.seq += 1;
+    // Segments it empties are released by a mark that covers it (see `mark_release`).
+    sut.applying(Some(lsn));
     for e in entries {
         match *e {
             Entry::Map { lba, vba, pba, crc } => maps.map(lba, vba, pba, crc, sut),
@@ -36,4 +38,5 @@ pub fn apply(maps: &mut Maps, entries: &[Entry], sut: &mut Sut) {
             Entry::Adopt { lba, count } => maps.adopt(lba, count),
         }
     }
+    sut.applying(None);
 }

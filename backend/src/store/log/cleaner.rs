@@ -1,6 +1,6 @@
 //! The cleaner: copies the live blocks of sparse segments elsewhere, changing only the
-//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused after the
-//! next checkpoint.
+//! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
+//! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 
 use super::victim;
 use crate::store::buf::AlignedBuf;
@@ -31,7 +31,7 @@ pub struct CleanReport {
 
 impl Store {
     /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
-    /// The segment becomes free at the next checkpoint.
+    /// The segment becomes free at the next durable mark or checkpoint.
     pub fn clean_step(&self) -> Result<Option<CleanReport>> {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
@@ -143,7 +143,7 @@ impl Store {
         self.read_lock(&self.state).sut.free_count()
     }
 
-    /// Emptied segments waiting for the next checkpoint.
+    /// Emptied segments waiting for a durable mark or the next checkpoint.
     pub fn pending_segments(&self) -> u64 {
         self.read_lock(&self.state).sut.pending_count()
     }
@@ -153,9 +153,9 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct CleanerConfig {
     /// The most free segments beyond the reserve under which the cleaner works without pause
-    /// (an eighth of the spare segments, at least 2). Also how many cleaned segments wait for
-    /// the checkpoint that releases them while cleaning ahead (half as many when urgent; at
-    /// most a quarter of the spare).
+    /// (an eighth of the spare segments, at least 2). Also how many emptied segments only a
+    /// checkpoint may release wait for it while cleaning ahead (half as many when urgent; at
+    /// most a quarter of the spare); those a mark may release go two at a time.
     pub low_water: u64,
     /// Clean ahead, before space is short, until this percentage of the spare segments (at
     /// least 2, at most `low_water`) is free above the urgent level (see [`pace`](crate::store::log::pace)).
@@ -257,20 +257,22 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
         let pace = levels.pace(free, pending, cfg.pause);
-        // A checkpoint rewrites every dirty map node: batch the releases, as below.
-        let worth = pending >= levels.release_batch(spare, cfg.low_water, true)
-            || (pending > 0 && free <= reserve + 1);
-        if urgent && release_helps && worth {
-            // Emptied segments only wait for a checkpoint: far cheaper than cleaning. If it
-            // frees nothing (reads still pin them), clean instead until something changes.
-            match store.checkpoint() {
-                Ok(()) => release_helps = store.free_segments() > free,
+        if urgent && release_helps {
+            // Emptied segments only wait for a mark or a checkpoint: far cheaper than
+            // cleaning. If that frees nothing (reads still pin them), clean instead until
+            // something changes.
+            match release_batched(store, &levels, spare, cfg, true, free <= reserve + 1) {
+                Ok(false) => {}
+                Ok(true) => {
+                    release_helps = store.free_segments() > free;
+                    continue;
+                }
                 Err(e) => {
-                    log::warn!("cleaner: checkpoint failed: {e}");
+                    log::warn!("cleaner: releasing emptied segments failed: {e}");
                     release_helps = false;
+                    continue;
                 }
             }
-            continue;
         }
         release_helps = true;
         if urgent && store.meta_sparse() {
@@ -307,17 +309,9 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         }
         match store.clean_step() {
             Ok(Some(_)) => {
-                // Cleaned segments become free at a checkpoint; batch them, a checkpoint
-                // rewrites every dirty map node (mostly the same ones: random guest writes
-                // dirty most leaves between two) and holds guest batches meanwhile. Cleaning
-                // ahead, twice as many wait.
-                let pending = store.pending_segments();
                 let starving = store.free_segments() <= reserve + 1;
-                if (pending >= levels.release_batch(spare, cfg.low_water, urgent)
-                    || (starving && pending > 0))
-                    && let Err(e) = store.checkpoint()
-                {
-                    log::warn!("cleaner: checkpoint failed: {e}");
+                if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {
+                    log::warn!("cleaner: releasing emptied segments failed: {e}");
                 }
                 match pace {
                     _ if urgent => {}
@@ -333,4 +327,32 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// Releases emptied segments once enough of them wait, or any when the free segments are down
+/// to the reserve (`starving`): those a mark may release by a mark, the others by a checkpoint,
+/// each in batches of [`Levels::release_batch`] (a checkpoint rewrites every dirty map node
+/// and holds guest batches while it freezes, so its releases are batched far more). Returns
+/// whether it released (or tried to).
+fn release_batched(
+    store: &Store,
+    levels: &Levels,
+    spare: u64,
+    cfg: &CleanerConfig,
+    urgent: bool,
+    starving: bool,
+) -> crate::store::Result<bool> {
+    let (pending, markable) = store.pending_and_markable();
+    let enough = |n: u64, by_mark: bool| {
+        n > 0 && (starving || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
+    };
+    if enough(markable, true) {
+        store.release_by_mark()?;
+        return Ok(true);
+    }
+    if enough(pending - markable, false) {
+        store.checkpoint()?;
+        return Ok(true);
+    }
+    Ok(false)
 }

@@ -10,6 +10,9 @@
 //! within microseconds under a write-and-flush load) carries the Flushed entry at no cost of
 //! its own; only when none comes within [`MARK_DELAY`] does the mark writer write the mark as a
 //! record by itself. Without a mark writer (offline tools, tests) the flush writes its mark.
+//!
+//! A flush also makes durable every mark carried by a record reserved before it: with
+//! `INCOMPAT_MARKED_REPLAY` that lets emptied segments be reused (see `mark_release`).
 
 use super::superblock;
 use crate::store::log::journal::Entry;
@@ -30,9 +33,15 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         Counters::add(&self.stats.flushes, 1);
         self.ensure_ok()?;
+        // The marks records reserved so far carry are durable once this flush is done.
+        let claim = self.lock(&self.journal).mark_reserved;
         let through = self.wait_written();
         self.ensure_ok()?;
         self.dev.flush()?;
+        {
+            let mut j = self.lock(&self.journal);
+            j.mark_durable = j.mark_durable.max(claim);
+        }
         if self.async_marks.load(Ordering::Acquire) {
             let mut j = self.lock(&self.journal);
             if through > j.mark_due {

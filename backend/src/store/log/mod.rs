@@ -6,6 +6,7 @@
 pub(super) mod alloc;
 pub(super) mod apply;
 pub(super) mod batch;
+pub(super) mod chain;
 pub(super) mod checkpoint;
 pub(super) mod cleaner;
 pub(super) mod flush;
@@ -14,6 +15,7 @@ pub(super) mod gather_meta;
 pub mod journal;
 pub(super) mod journal_ring;
 pub(super) mod live_checkpoint;
+pub(super) mod mark_release;
 pub(super) mod pace;
 pub(super) mod persist;
 pub(super) mod prewrite;

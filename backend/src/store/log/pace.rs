@@ -5,7 +5,7 @@
 //! is short, sharing the device with the guest: the pause between two victims grows with the
 //! free space above the urgent level, so the cleaner speeds up as the guest eats into the
 //! margin and idles off as it is rebuilt. At or above the target it cleans only when the guest
-//! is idle. Segments the cleaner emptied count as free here: the next checkpoint releases them.
+//! is idle. Segments the cleaner emptied count as free here: a mark or a checkpoint releases them.
 //!
 //! Both margins are cut from the container's spare space, so they are a fraction of it
 //! (`spare / 8` and `ahead_percent` of it, at least 2 segments, at most `low_water`): a free
@@ -15,6 +15,9 @@
 //! a sequential fill: 4.2 blocks against 2.2; keeping 48, it found no victim at all).
 
 use std::time::Duration;
+
+/// Emptied segments one release by a mark frees.
+const MARK_BATCH: u64 = 2;
 
 /// What the cleaner should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +48,18 @@ impl Levels {
         }
     }
 
-    /// Emptied segments worth a checkpoint to release: `low_water / 2` when urgent, `low_water`
-    /// when cleaning ahead, at most a quarter of the spare. A checkpoint holds guest batches
-    /// while it writes, and rewrites most map leaves under random writes however few segments
-    /// it releases: batches of half the urgent margin (6 on a 2 GiB disk) made three times as
-    /// many checkpoints as batches of 12 and 24, and the full-disk random writes no faster.
-    pub fn release_batch(&self, spare: u64, low_water: u64, urgent: bool) -> u64 {
+    /// Emptied segments worth a release. By a checkpoint: `low_water / 2` when urgent,
+    /// `low_water` when cleaning ahead, at most a quarter of the spare. A checkpoint holds
+    /// guest batches while it writes, and rewrites most map leaves under random writes however
+    /// few segments it releases: batches of half the urgent margin (6 on a 2 GiB disk) made
+    /// three times as many checkpoints as batches of 12 and 24, and the full-disk random
+    /// writes no faster. By a mark (`by_mark`): two device flushes and one small record,
+    /// whatever the number; a few at a time keeps the garbage room the cleaner cannot use
+    /// small.
+    pub fn release_batch(&self, spare: u64, low_water: u64, urgent: bool, by_mark: bool) -> u64 {
+        if by_mark {
+            return MARK_BATCH.min(spare / 4).max(1);
+        }
         let want = if urgent { low_water / 2 } else { low_water };
         want.min(spare / 4).max(1)
     }
@@ -96,13 +105,14 @@ mod tests {
         assert_eq!(l.pace(20, 30, p), Pace::Ahead);
         assert_eq!(
             (
-                l.release_batch(102, 24, true),
-                l.release_batch(102, 24, false)
+                l.release_batch(102, 24, true, false),
+                l.release_batch(102, 24, false, false)
             ),
             (12, 24)
         );
+        assert_eq!(l.release_batch(102, 24, false, true), MARK_BATCH);
         assert_eq!(
-            l.release_batch(51, 24, false),
+            l.release_batch(51, 24, false, false),
             12,
             "a quarter of the spare at most"
         );

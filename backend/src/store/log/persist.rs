@@ -8,10 +8,12 @@ use crate::store::io::BatchIo;
 use crate::store::layout::{BLOCK, BLOCK_SIZE, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::checkpoint::{self, CheckpointRoot, SnapshotRecord};
-use crate::store::log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
 use crate::store::log::superblock::Superblock;
+use crate::store::log::superblock::{
+    INCOMPAT_CIRCULAR_JOURNAL, INCOMPAT_FLUSH_MARKS, INCOMPAT_MARKED_REPLAY,
+};
 use crate::store::map::btree::NodeId;
-use crate::store::map::sut::{SegKind, Sut};
+use crate::store::map::sut::{AT_CHECKPOINT, SegKind, Sut};
 use crate::store::{JournalState, State, Store};
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -305,7 +307,7 @@ pub struct Frozen {
     /// Segments emptied before it froze: free once it commits. Those emptied later stay
     /// pending, records after the freeze point (which a recovery from it replays) may still
     /// name their blocks.
-    releasable: Vec<u64>,
+    releasable: Vec<(u64, u64)>,
 }
 
 /// Freezes the maps at the newest record (every reserved record must be applied: the caller
@@ -340,6 +342,10 @@ pub fn freeze(store: &Store, j: &mut JournalState, fresh: bool) -> Result<Frozen
         .chain(prewriter.retired.drain(..))
         .collect();
     let mut incompat = j.superblock.incompat | INCOMPAT_CIRCULAR_JOURNAL;
+    if incompat & INCOMPAT_FLUSH_MARKS != 0 {
+        // Every mark in the journal was written after a flush: replay may trust them all.
+        incompat |= INCOMPAT_MARKED_REPLAY;
+    }
     if layout.root_blocks > 1 {
         // From this checkpoint on, a Keel that reads only one-block roots refuses the
         // container instead of calling the root corrupt.
@@ -397,11 +403,12 @@ pub fn commit(store: &Store, j: &mut JournalState, f: Frozen) {
     j.ring.fold(f.folded, f.superblock.journal_head);
     let mut st = store.write_lock(&store.state);
     for seg in &f.retired {
-        st.sut.close(*seg);
+        st.sut.close(*seg, AT_CHECKPOINT);
     }
+    let retired = f.retired.iter().map(|s| (*s, AT_CHECKPOINT));
     let freed = st
         .sut
-        .release_pending_of(f.releasable.iter().chain(&f.retired).copied(), &|seg| {
+        .release_pending_of(f.releasable.iter().copied().chain(retired), &|seg| {
             store.pins.is_pinned(seg)
         });
     crate::store::stats::Counters::add(&store.stats.segments_freed, freed);

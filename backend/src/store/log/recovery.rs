@@ -4,7 +4,9 @@
 //!
 //! A record is torn when its own crc fails, when it does not chain to its predecessor, or
 //! when a data block it points at does not match the crc it carries (the data write and
-//! the record write were issued together and only one of them reached the disk).
+//! the record write were issued together and only one of them reached the disk). With
+//! `INCOMPAT_MARKED_REPLAY` the data of a record a Flushed mark in the chain covers is not
+//! checked: it was flushed, and its segment may have been reused ([`chain`]).
 
 use crate::device::BlockDevice;
 use crate::store::State;
@@ -13,10 +15,11 @@ use crate::store::codec::block_crc;
 use crate::store::compress::{self, block_of, place};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
+use crate::store::log::chain;
 use crate::store::log::checkpoint::CheckpointRoot;
-use crate::store::log::journal::{self, Entry, JournalCursor};
-use crate::store::log::journal_ring::{Ring, wrapped_place};
-use crate::store::log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
+use crate::store::log::journal::{Entry, JournalCursor};
+use crate::store::log::journal_ring::Ring;
+use crate::store::log::superblock::{INCOMPAT_CIRCULAR_JOURNAL, INCOMPAT_MARKED_REPLAY};
 use crate::store::log::superblock::{INCOMPAT_FLUSH_MARKS, Superblock};
 use crate::store::log::tail;
 use crate::store::map::btree::Forest;
@@ -80,6 +83,10 @@ pub(crate) struct Loaded {
     pub stale_slot: Option<u64>,
     /// Journal blocks holding dropped records, to erase before new records are written.
     pub erase: Vec<(u64, u64)>,
+    /// With `INCOMPAT_MARKED_REPLAY`: the highest LSN a Flushed entry of a replayed record
+    /// names (0: none). Once a device flush makes the replayed records durable, the segments
+    /// records through it emptied may be reused (see `mark_release`).
+    pub replayed_mark: u64,
 }
 
 /// The superblock recovery opens and the state of the other copy.
@@ -240,14 +247,14 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         records: 0,
     };
     let mut ring = Ring::new(geo.journal_blocks(), head);
-    let stopped = replay(
+    let (stopped, replayed_mark) = replay(
         dev,
         data,
         &geo,
         &mut state,
         &mut cursor,
         &mut ring,
-        circular,
+        sb.incompat,
     )?;
     // The rest of the region: in a ring, from the chain's end round to the head.
     let rest = if circular && cursor.pos < head {
@@ -310,6 +317,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         report,
         stale_slot: picked.stale_slot,
         erase: tail::erase_ranges(&found),
+        replayed_mark,
     })
 }
 
@@ -336,8 +344,11 @@ fn load_sut(dev: &dyn BlockDevice, geo: &Geometry, root: &CheckpointRoot) -> Res
     Sut::decode(*geo, &b)
 }
 
-/// Replays records from the ring's head; returns why it stopped. With `circular`, a record
-/// that did not fit before the region's end is looked for at block 0.
+/// Replays records from the ring's head; returns why it stopped, and the highest LSN a
+/// Flushed entry of a replayed record names (with `MARKED_REPLAY`). With `CIRCULAR_JOURNAL` in
+/// `incompat`, a record that did not fit before the region's end is looked for at block 0.
+/// With `MARKED_REPLAY`, the records a Flushed mark in the chain covers are applied without
+/// reading their data: it was flushed, and a segment it names may have been reused since.
 fn replay(
     dev: &dyn BlockDevice,
     data: &DataView,
@@ -345,99 +356,48 @@ fn replay(
     st: &mut State,
     cur: &mut JournalCursor,
     ring: &mut Ring,
-    circular: bool,
-) -> Result<String> {
-    let jblocks = geo.journal_blocks();
+    incompat: u64,
+) -> Result<(String, u64)> {
+    let circular = incompat & INCOMPAT_CIRCULAR_JOURNAL != 0;
+    let marked = incompat & INCOMPAT_MARKED_REPLAY != 0;
+    let flushed = if marked {
+        chain::highest_mark(dev, geo, *cur, *ring, circular)?
+    } else {
+        0
+    };
+    let mut replayed_mark = 0;
     loop {
-        let (at, h) = match next_header(dev, geo, cur, circular)? {
-            Next::Found(at, h) => (at, h),
-            Next::Stop(why) => return Ok(why),
+        let r = match chain::read_next(dev, geo, cur, ring, circular)? {
+            Ok(r) => r,
+            Err(why) => return Ok((why, replayed_mark)),
         };
-        let Some((_, added)) = ring.place(cur.pos, h.len_blocks as u64) else {
-            return Ok(format!(
-                "record at journal block {at} would run into the head of the ring"
-            ));
-        };
-        if at + h.len_blocks as u64 > jblocks {
-            return Ok(format!(
-                "record at journal block {at} runs past the journal"
+        let check = r.lsn > flushed;
+        if let Some(why) = check_entries(data, geo, st, &r.entries, check)? {
+            return Ok((
+                format!("record lsn {} discarded: {why}", r.lsn),
+                replayed_mark,
             ));
         }
-        let pba = geo.journal_start() + at;
-        let mut rec = AlignedBuf::blocks(h.len_blocks as usize);
-        dev.read_at(&mut rec, pba * BLOCK)?;
-        let Some((_, entries, crc)) = journal::decode(pba, &rec) else {
-            return Ok(format!("torn record (bad crc) lsn {}", h.lsn));
-        };
-        if let Some(why) = check_entries(data, geo, st, &entries)? {
-            return Ok(format!("record lsn {} discarded: {why}", h.lsn));
+        if marked {
+            replayed_mark = replayed_mark.max(chain::mark_of(&r.entries));
         }
         let State { maps, sut, .. } = st;
-        super::apply::apply(maps, &entries, sut);
-        cur.pos = at + h.len_blocks as u64;
-        ring.used += added;
-        cur.next_lsn += 1;
-        cur.prev_crc = crc;
-        cur.records += 1;
+        super::apply::apply(maps, r.lsn, &r.entries, sut);
+        chain::advance(cur, ring, &r);
     }
-}
-
-/// The next record's place and header, or why the chain ends there.
-enum Next {
-    Found(u64, journal::Header),
-    Stop(String),
-}
-
-/// Reads the header that continues the chain at `cur.pos` or, in a ring, at block 0 when
-/// the record found there could not have fit before the region's end.
-fn next_header(
-    dev: &dyn BlockDevice,
-    geo: &Geometry,
-    cur: &JournalCursor,
-    circular: bool,
-) -> Result<Next> {
-    let jblocks = geo.journal_blocks();
-    let continues = |h: &journal::Header| h.lsn == cur.next_lsn && h.prev_crc == cur.prev_crc;
-    let here = if cur.pos < jblocks {
-        journal::decode_header(&read_block(dev, geo.journal_start() + cur.pos)?)
-    } else {
-        None
-    };
-    if let Some(h) = here.filter(continues) {
-        return Ok(Next::Found(cur.pos, h));
-    }
-    if circular && cur.pos != 0 {
-        let first = journal::decode_header(&read_block(dev, geo.journal_start())?);
-        if let Some(h) = first
-            .filter(|h| continues(h) && wrapped_place(jblocks, cur.pos, h.len_blocks as u64) == 0)
-        {
-            return Ok(Next::Found(0, h));
-        }
-    }
-    Ok(Next::Stop(match here {
-        _ if cur.pos >= jblocks => "end of the journal region".into(),
-        None => format!("no record header at journal block {}", cur.pos),
-        Some(h) if h.lsn < cur.next_lsn => format!(
-            "end of the journal (block {} holds an older record, lsn {})",
-            cur.pos, h.lsn
-        ),
-        Some(h) => format!(
-            "record at journal block {} does not continue the chain (lsn {})",
-            cur.pos, h.lsn
-        ),
-    }))
 }
 
 /// Longest run of data blocks read at once when checking a record (1 MiB).
 const CHECK_RUN_BLOCKS: u64 = 256;
 
-/// Checks that every entry is in range and every data block it names holds the data it
-/// describes; `Some(reason)` when the record must be discarded.
+/// Checks that every entry is in range and, with `check`, that every data block it names
+/// holds the data it describes; `Some(reason)` when the record must be discarded.
 fn check_entries(
     data: &DataView,
     geo: &Geometry,
     st: &State,
     entries: &[Entry],
+    check: bool,
 ) -> Result<Option<String>> {
     let cap = geo.capacity_blocks();
     // (pba, vba, crc) of every data block the record points at.
@@ -514,6 +474,9 @@ fn check_entries(
             return Ok(Some(format!("block {pba:#x} outside the segments")));
         }
         blocks.push((pba, vba, crc));
+    }
+    if !check {
+        return Ok(None);
     }
     check_data(data, &mut blocks)
 }

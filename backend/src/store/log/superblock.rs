@@ -59,6 +59,12 @@ pub const INCOMPAT_CIRCULAR_JOURNAL: u64 = 1 << 9;
 /// the moved block's new checksum (journal Move entries with a crc, tag 11). A Keel without it
 /// would check those checksums against the plaintext and find every data block corrupt.
 pub const INCOMPAT_CIPHERTEXT_CRC: u64 = 1 << 10;
+/// Incompatible feature (with `INCOMPAT_FLUSH_MARKS`): replay does not check the data of the
+/// records a Flushed mark in the replayed chain covers, so an emptied data segment may be
+/// reused once a durable mark covers the record that emptied it, before any checkpoint. A Keel
+/// without it would check those records' blocks, find the reused segment's new data there and
+/// drop flushed records.
+pub const INCOMPAT_MARKED_REPLAY: u64 = 1 << 11;
 /// Incompatible feature (with `INCOMPAT_ENCRYPTED` and `INCOMPAT_CIPHERTEXT_CRC`): a data
 /// block stored as it is (not packed) is encrypted under its VBA as the XTS tweak, not its
 /// place, so the cleaner moves its ciphertext unchanged (a Move entry without a crc). Packed
@@ -67,6 +73,7 @@ pub const INCOMPAT_CIPHERTEXT_CRC: u64 = 1 << 10;
 pub const INCOMPAT_VBA_TWEAK: u64 = 1 << 12;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
+    | INCOMPAT_MARKED_REPLAY
     | INCOMPAT_CIPHERTEXT_CRC
     | INCOMPAT_VBA_TWEAK
     | INCOMPAT_CIRCULAR_JOURNAL
@@ -219,6 +226,9 @@ impl Superblock {
                 "incompatible features {:#x} are not supported",
                 incompat & !INCOMPAT_SUPPORTED
             )));
+        }
+        if incompat & INCOMPAT_MARKED_REPLAY != 0 && incompat & INCOMPAT_FLUSH_MARKS == 0 {
+            return Err(bad("MARKED_REPLAY is set but FLUSH_MARKS is not"));
         }
         if incompat & INCOMPAT_CIPHERTEXT_CRC != 0 && incompat & INCOMPAT_ENCRYPTED == 0 {
             return Err(bad("CIPHERTEXT_CRC is set but ENCRYPTED is not"));

@@ -102,7 +102,7 @@ mod tests {
         for b in live..16 {
             s.dec(geo.segment_start(seg) + b);
         }
-        s.close(seg);
+        s.close(seg, 0);
         seg
     }
 

@@ -177,12 +177,12 @@ impl Store {
 
     /// Frees segments for a writer that found none; false when nothing more can be done.
     /// Cleaning gains less than a segment per victim, so several are cleaned before the
-    /// one checkpoint that releases them all.
+    /// one mark or checkpoint that releases them all.
     fn make_room(&self, for_cleaner: bool) -> Result<bool> {
         let pending = self.read_lock(&self.state).sut.pending_count();
         if pending > 0 {
             // Releases them (those still pinned by a read stay pending; the caller retries).
-            self.checkpoint()?;
+            self.release_emptied()?;
             return Ok(true);
         }
         // Superseded tree nodes scattered over metadata segments: cheap to gather.
@@ -195,7 +195,7 @@ impl Store {
         // A deleted snapshot's blocks are cheaper to get back than live ones to move.
         if self.reclaim_pending() {
             self.reclaim_all()?;
-            self.checkpoint()?;
+            self.release_emptied()?;
             return Ok(true);
         }
         let mut cleaned = 0;
@@ -204,7 +204,7 @@ impl Store {
         }
         Counters::add(&self.stats.writer_cleaned, cleaned);
         if cleaned > 0 {
-            self.checkpoint()?;
+            self.release_emptied()?;
         }
         Ok(cleaned > 0)
     }
@@ -318,6 +318,11 @@ impl Store {
         if let Some(through) = carried {
             j.marked_lsn = j.marked_lsn.max(through);
         }
+        for e in &entries {
+            if let Entry::Flushed { lsn } = *e {
+                j.mark_reserved = j.mark_reserved.max(lsn);
+            }
+        }
         self.unwritten.add(lsn, extents);
         self.retire(&mut j, lsn, retired);
         drop(j);
@@ -349,7 +354,7 @@ impl Store {
         j.retiring.retain(|&(lsn, seg)| {
             let done = lsn <= through;
             if done {
-                st.sut.close(seg);
+                st.sut.close(seg, through);
             }
             !done
         });
@@ -414,7 +419,7 @@ impl Store {
         if self.ensure_ok().is_ok() {
             let mut st = self.write_lock(&self.state);
             let State { maps, sut, .. } = &mut *st;
-            super::apply::apply(maps, entries, sut);
+            super::apply::apply(maps, lsn, entries, sut);
         }
         // Past a poisoned lock the batches before may never come: stop waiting for them.
         j.applied_lsn = j.applied_lsn.max(lsn);

@@ -1,13 +1,16 @@
 //! Segment usage table: live blocks and kind per segment, plus the free and pending lists.
 //!
-//! A segment whose last live block dies is not free at once: it goes to `pending` and
-//! becomes free only when the next checkpoint commits. Until then a crash would replay
-//! journal records that still point into it, so its blocks must keep their contents.
+//! A segment whose last live block dies is not free at once: it goes to `pending`. Until it
+//! is released a crash would replay journal records that still point into it, so its blocks
+//! must keep their contents. A checkpoint that commits releases what was pending when it
+//! froze. A data segment emptied by a journal record (its LSN is kept) may also be released
+//! once a durable flush mark covers that record (see `log::mark_release`): replay no longer
+//! reads the data of the records such a mark covers.
 
 use crate::store::codec::{Get, Put};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK_SIZE, Geometry};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +23,23 @@ pub enum SegKind {
 /// Bytes per segment in the on-disk table: live (u32), kind (u8), 3 reserved.
 pub const SUT_ENTRY: usize = 8;
 
+/// The emptied-at LSN of a pending segment only a checkpoint may release: metadata, added
+/// segments, and data segments a change outside the journal (a revert, an import's end) emptied.
+pub const AT_CHECKPOINT: u64 = u64::MAX;
+
 pub struct Sut {
     geo: Geometry,
     live: Vec<u32>,
     kind: Vec<SegKind>,
     free: VecDeque<u64>,
-    pending: BTreeSet<u64>,
+    /// Emptied segments, with the LSN of the record that emptied them (or [`AT_CHECKPOINT`]).
+    pending: BTreeMap<u64, u64>,
     open: BTreeSet<u64>,
+    /// Per segment since it was last taken, the newest record that took a block out of it
+    /// ([`AT_CHECKPOINT`] once anything but a record did).
+    last_dec: Vec<u64>,
+    /// The record being applied, if any (see [`applying`](Self::applying)).
+    applying: Option<u64>,
     /// Decrements below zero seen (a bookkeeping bug or corruption); fsck reports them.
     pub underflows: u64,
     /// Sum of `live`: blocks held by data and metadata, kept for the space checks.
@@ -54,8 +67,10 @@ impl Sut {
             live: vec![0; n],
             kind: vec![SegKind::Free; n],
             free: VecDeque::new(),
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             open: BTreeSet::new(),
+            last_dec: vec![0; n],
+            applying: None,
             underflows: 0,
             held: 0,
             clock: 0,
@@ -70,7 +85,7 @@ impl Sut {
         self.free.clear();
         for seg in self.geo.first_data_segment()..self.geo.segments {
             let i = seg as usize;
-            if self.live[i] == 0 && !self.pending.contains(&seg) && !self.open.contains(&seg) {
+            if self.live[i] == 0 && !self.pending.contains_key(&seg) && !self.open.contains(&seg) {
                 self.kind[i] = SegKind::Free;
                 self.free.push_back(seg);
             }
@@ -114,6 +129,11 @@ impl Sut {
         }
     }
 
+    /// Decrements from now on are record `lsn`'s (`None`: not a record's).
+    pub fn applying(&mut self, lsn: Option<u64>) {
+        self.applying = lsn;
+    }
+
     /// One live block less at `pba`; an emptied, closed segment becomes pending.
     pub fn dec(&mut self, pba: u64) {
         let seg = self.geo.segment_of(pba);
@@ -127,8 +147,14 @@ impl Sut {
         }
         *l -= 1;
         self.held -= 1;
+        let by = match (self.kind[seg as usize], self.applying) {
+            (SegKind::Data, Some(lsn)) => lsn,
+            _ => AT_CHECKPOINT,
+        };
+        let last = &mut self.last_dec[seg as usize];
+        *last = (*last).max(by);
         if *l == 0 && !self.open.contains(&seg) {
-            self.pending.insert(seg);
+            self.pending.insert(seg, *last);
         }
     }
 
@@ -152,6 +178,7 @@ impl Sut {
         } else {
             self.clock
         };
+        self.last_dec[seg as usize] = 0;
         self.open.insert(seg);
         Some(seg)
     }
@@ -173,29 +200,66 @@ impl Sut {
         self.clock
     }
 
-    /// A writer is done with `seg`.
-    pub fn close(&mut self, seg: u64) {
+    /// A writer is done with `seg`; every record naming its blocks is `lsn` or older.
+    pub fn close(&mut self, seg: u64, lsn: u64) {
         self.open.remove(&seg);
         if self.live(seg) == 0 {
-            self.pending.insert(seg);
+            let i = seg as usize;
+            let by = match self.kind(seg) {
+                SegKind::Data => self
+                    .last_dec
+                    .get(i)
+                    .map_or(AT_CHECKPOINT, |l| (*l).max(lsn)),
+                _ => AT_CHECKPOINT,
+            };
+            self.pending.insert(seg, by);
         }
     }
 
-    /// Segments waiting for a checkpoint, in order.
-    pub fn pending_segments(&self) -> Vec<u64> {
-        self.pending.iter().copied().collect()
+    /// Segments waiting to be released, in order, with the LSN that emptied them.
+    pub fn pending_segments(&self) -> Vec<(u64, u64)> {
+        self.pending.iter().map(|(s, l)| (*s, *l)).collect()
     }
 
-    /// A checkpoint that froze when `segs` were pending committed: those still pending are
-    /// free now, but for those `pinned` says a read still uses, which stay pending.
+    /// Pending segments a mark covering the record that emptied them would release.
+    pub fn markable_count(&self) -> u64 {
+        self.pending
+            .values()
+            .filter(|l| **l != AT_CHECKPOINT)
+            .count() as u64
+    }
+
+    /// The newest emptied-at LSN among the data segments a mark covering it would release.
+    pub fn newest_markable(&self) -> Option<u64> {
+        self.pending
+            .values()
+            .copied()
+            .filter(|l| *l != AT_CHECKPOINT)
+            .max()
+    }
+
+    /// A durable flush mark covers every record through `marked`: the data segments those
+    /// emptied are free now, but for those `pinned` says a read still uses.
+    pub fn release_marked(&mut self, marked: u64, pinned: &dyn Fn(u64) -> bool) -> u64 {
+        let segs: Vec<(u64, u64)> = (self.pending.iter())
+            .filter(|&(_, l)| *l != AT_CHECKPOINT && *l <= marked)
+            .map(|(s, l)| (*s, *l))
+            .collect();
+        self.release_pending_of(segs.into_iter(), pinned)
+    }
+
+    /// A checkpoint that froze when `segs` were pending (with the LSN that emptied them)
+    /// committed: those still pending since then are free now, but for those `pinned` says a
+    /// read still uses, which stay pending. One released by a mark meanwhile, reused and
+    /// emptied again, is pending with another LSN and stays: records after the freeze name it.
     pub fn release_pending_of(
         &mut self,
-        segs: impl Iterator<Item = u64>,
+        segs: impl Iterator<Item = (u64, u64)>,
         pinned: &dyn Fn(u64) -> bool,
     ) -> u64 {
         let mut n = 0;
-        for seg in segs {
-            if pinned(seg) || !self.pending.contains(&seg) {
+        for (seg, emptied) in segs {
+            if pinned(seg) || self.pending.get(&seg) != Some(&emptied) {
                 continue;
             }
             if self.live(seg) == 0 && !self.open.contains(&seg) {
@@ -213,9 +277,9 @@ impl Sut {
     #[cfg(test)]
     pub fn release_pending(&mut self, pinned: &dyn Fn(u64) -> bool) -> u64 {
         let mut n = 0;
-        for seg in std::mem::take(&mut self.pending) {
+        for (seg, lsn) in std::mem::take(&mut self.pending) {
             if pinned(seg) {
-                self.pending.insert(seg);
+                self.pending.insert(seg, lsn);
                 continue;
             }
             if self.live(seg) == 0 && !self.open.contains(&seg) {
@@ -293,7 +357,8 @@ impl Sut {
         self.live.resize(n, 0);
         self.kind.resize(n, SegKind::Free);
         self.stamp.resize(n, 0);
-        self.pending.extend(self.geo.segments..segments);
+        self.last_dec.resize(n, 0);
+        (self.pending).extend((self.geo.segments..segments).map(|s| (s, AT_CHECKPOINT)));
         self.geo.segments = segments;
     }
 
@@ -302,11 +367,12 @@ impl Sut {
         if segments >= self.geo.segments {
             return;
         }
-        self.pending.retain(|s| *s < segments);
+        self.pending.retain(|s, _| *s < segments);
         self.free.retain(|s| *s < segments);
         self.live.truncate(segments as usize);
         self.kind.truncate(segments as usize);
         self.stamp.truncate(segments as usize);
+        self.last_dec.truncate(segments as usize);
         self.geo.segments = segments;
     }
 
@@ -338,7 +404,7 @@ mod tests {
         let pba = g.segment_start(seg);
         s.add(pba, SegKind::Data);
         s.add(pba + 1, SegKind::Data);
-        s.close(seg);
+        s.close(seg, 0);
         s.dec(pba);
         s.dec(pba + 1);
         assert_eq!(s.free_count(), free0 - 1, "not free before the checkpoint");
@@ -349,6 +415,39 @@ mod tests {
         assert_eq!(s.free_count(), free0);
         s.dec(pba);
         assert_eq!(s.underflows, 1);
+    }
+
+    #[test]
+    fn a_mark_releases_only_what_records_emptied_through_it() {
+        let g = geo();
+        let mut s = Sut::new(g);
+        let fill = |s: &mut Sut| {
+            let seg = s.grab(SegKind::Data, false).unwrap();
+            s.add(g.segment_start(seg), SegKind::Data);
+            s.close(seg, 3);
+            seg
+        };
+        let (a, b) = (fill(&mut s), fill(&mut s));
+        s.applying(Some(7));
+        s.dec(g.segment_start(a));
+        s.applying(None);
+        // Emptied outside the journal (a revert): only a checkpoint frees it.
+        s.dec(g.segment_start(b));
+        assert_eq!(s.pending_segments(), vec![(a, 7), (b, AT_CHECKPOINT)]);
+        assert_eq!(s.newest_markable(), Some(7));
+        assert_eq!(s.release_marked(6, &|_| false), 0);
+        assert_eq!(s.release_marked(7, &|seg| seg == a), 0, "pinned");
+        assert_eq!(s.release_marked(u64::MAX - 1, &|_| false), 1);
+        assert_eq!(s.pending_segments(), vec![(b, AT_CHECKPOINT)]);
+        // Reused and emptied again after a checkpoint froze: that checkpoint leaves it.
+        let free = s.free_count();
+        let c = fill(&mut s);
+        s.applying(Some(9));
+        s.dec(g.segment_start(c));
+        let frozen = vec![(c, 7)];
+        assert_eq!(s.release_pending_of(frozen.into_iter(), &|_| false), 0);
+        assert_eq!(s.release_pending_of([(c, 9)].into_iter(), &|_| false), 1);
+        assert_eq!(s.free_count(), free);
     }
 
     #[test]
