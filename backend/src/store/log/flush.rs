@@ -58,6 +58,18 @@ impl Store {
         Ok(())
     }
 
+    /// Commits a record holding only the mark `Flushed { lsn: through }`; returns its lsn.
+    pub(in crate::store) fn commit_mark(&self, through: u64) -> Result<u64> {
+        let committed = self.commit_with(
+            vec![Entry::Flushed { lsn: through }],
+            Vec::new(),
+            &mut Vec::new(),
+            false,
+        )?;
+        Counters::add(&self.stats.flush_marks, 1);
+        Ok(committed.lsn)
+    }
+
     /// Writes a Flushed record for `through` unless the newest mark already covers it.
     fn mark_flushed(&self, through: u64) -> Result<()> {
         {
@@ -68,16 +80,10 @@ impl Store {
                 return Ok(());
             }
         }
-        let committed = self.commit_with(
-            vec![Entry::Flushed { lsn: through }],
-            Vec::new(),
-            &mut Vec::new(),
-            false,
-        )?;
-        Counters::add(&self.stats.flush_marks, 1);
+        let lsn = self.commit_mark(through)?;
         let mut j = self.lock(&self.journal);
         // The mark itself needs no mark: the next flush writes one only past it.
-        j.marked_lsn = j.marked_lsn.max(committed.lsn);
+        j.marked_lsn = j.marked_lsn.max(lsn);
         Ok(())
     }
 

@@ -15,7 +15,6 @@
 //! leaf.
 
 use super::superblock::INCOMPAT_MARKED_REPLAY;
-use crate::store::log::journal::Entry;
 use crate::store::stats::Counters;
 use crate::store::{Result, Store};
 
@@ -82,13 +81,7 @@ impl Store {
         self.dev.flush()?;
         // A record that says so: one carrying a mark at least as new may be reserved already.
         if self.lock(&self.journal).mark_reserved < through {
-            self.commit_with(
-                vec![Entry::Flushed { lsn: through }],
-                Vec::new(),
-                &mut Vec::new(),
-                false,
-            )?;
-            Counters::add(&self.stats.flush_marks, 1);
+            self.commit_mark(through)?;
         }
         self.flush_reserved_marks()
     }
