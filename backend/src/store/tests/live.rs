@@ -180,7 +180,7 @@ fn a_crash_at_any_stage_of_a_checkpoint_keeps_the_records_after_its_freeze_point
 }
 
 /// Writes `value` to every block in `lbas`, 64 blocks a batch.
-fn write_all(s: &Store, lbas: &[u64], value: impl Fn(u64) -> u8) {
+pub(super) fn write_all(s: &Store, lbas: &[u64], value: impl Fn(u64) -> u8) {
     for chunk in lbas.chunks(64) {
         let data: Vec<Vec<u8>> = chunk.iter().map(|l| vec![value(*l); 4096]).collect();
         let ops: Vec<Op<'_>> = (chunk.iter().zip(&data))

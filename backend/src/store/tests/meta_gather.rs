@@ -120,18 +120,9 @@ type Model = BTreeMap<u64, u8>;
 
 /// Writes `value(lba)` to every block in `lbas`, 64 blocks a batch, and notes it in `model`.
 fn write_all(s: &Store, model: &mut Model, lbas: &[u64], value: impl Fn(u64) -> u8) {
-    for chunk in lbas.chunks(64) {
-        let data: Vec<Vec<u8>> = chunk.iter().map(|l| vec![value(*l); 4096]).collect();
-        let ops: Vec<Op<'_>> = (chunk.iter().zip(&data))
-            .map(|(l, d)| Op::Write {
-                offset: l * 4096,
-                data: d,
-            })
-            .collect();
-        s.write_batch(0, &ops).unwrap();
-        for l in chunk {
-            model.insert(*l, value(*l));
-        }
+    super::live::write_all(s, lbas, &value);
+    for l in lbas {
+        model.insert(*l, value(*l));
     }
 }
 
