@@ -425,6 +425,76 @@ fn write_through_write_survives_kill_nine(disk_keys: &str) {
     keeld.wait().unwrap();
 }
 
+/// The librbd settings keeld applies, read back from librbd itself (its admin socket): the
+/// default disk runs with librbd's cache off (every answered write is on the OSDs) and sends
+/// writes from guest memory without a copy; `zero_copy_writes = false` keeps librbd's copy;
+/// `direct = false` turns the cache on, which copies writes anyway. The ceph.conf each disk
+/// reads asks for the opposite, which keeld overrides. Each disk then round-trips a write.
+#[test]
+fn rbd_librbd_settings_are_write_through_and_zero_copy_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_conf = std::fs::read_to_string(ceph_conf()).unwrap();
+    let disks = [
+        ("d", "", "false", "false"),
+        ("e", "zero_copy_writes = false", "false", "true"),
+        ("f", "direct = false", "true", "true"),
+    ];
+    let mut toml = String::from("[server]\ncontrol_socket = \"control.sock\"\n");
+    for (name, keys, _, _) in disks {
+        let conf = dir.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "{cluster_conf}\n[client]\nadmin socket = {}\nrbd cache = true\n\
+                 rbd disable zero copy writes = true\nrbd non blocking aio = true\n",
+                dir.path().join(format!("{name}.asok")).display()
+            ),
+        )
+        .unwrap();
+        toml += &format!(
+            "\n[[disk]]\nname = \"{name}\"\nsocket = \"{name}.sock\"\nengine = \"rbd\"\n\
+             image = \"rbd/{}\"\nceph_conf = \"{}\"\nsize = \"8M\"\n{keys}\n",
+            image_name(name),
+            conf.display()
+        );
+    }
+    std::fs::write(dir.path().join("keel.toml"), toml).unwrap();
+    let _keeld = KeeldProcess::spawn(&dir.path().join("keel.toml"));
+    for (name, _, cache, copy) in disks {
+        assert!(
+            wait_for_socket(&dir.path().join(format!("{name}.sock")), START_TIMEOUT),
+            "keeld did not serve {name}.sock"
+        );
+        let setting = |option: &str| {
+            let asok = dir.path().join(format!("{name}.asok"));
+            let out = Command::new("ceph")
+                .arg("--admin-daemon")
+                .arg(&asok)
+                .args(["config", "get", option])
+                .output()
+                .expect("ceph --admin-daemon");
+            assert!(out.status.success(), "config get {option} on {name}: {out:?}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v[option].as_str().expect("a string value").to_string()
+        };
+        assert_eq!(setting("rbd_cache"), cache, "disk {name}: rbd_cache");
+        assert_eq!(
+            setting("rbd_disable_zero_copy_writes"),
+            copy,
+            "disk {name}: rbd_disable_zero_copy_writes"
+        );
+        assert_eq!(setting("rbd_non_blocking_aio"), "false", "disk {name}");
+
+        let mut c = Client::connect(&dir.path().join(format!("{name}.sock")), 1, 2 * MIB).unwrap();
+        let data = pattern(7, MIB + 4096);
+        c.write(0, (4 << 20) - 8192, &data).unwrap();
+        assert!(
+            c.read(0, (4 << 20) - 8192, data.len()).unwrap() == data,
+            "disk {name}: a write across two objects reads back"
+        );
+    }
+}
+
 /// A second keeld on an image the first one serves is refused at open, naming the lock, and
 /// serves its other disks; the first keeld keeps writing. Once the first one has stopped (and
 /// released the lock), the image can be added to the second through the API.
