@@ -473,7 +473,10 @@ fn rbd_librbd_settings_are_write_through_and_zero_copy_by_default() {
                 .args(["config", "get", option])
                 .output()
                 .expect("ceph --admin-daemon");
-            assert!(out.status.success(), "config get {option} on {name}: {out:?}");
+            assert!(
+                out.status.success(),
+                "config get {option} on {name}: {out:?}"
+            );
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             v[option].as_str().expect("a string value").to_string()
         };
