@@ -71,5 +71,4 @@ pub(super) struct RawDisk {
     pub(super) ceph_id: Option<Spanned<String>>,
     pub(super) keyring: Option<Spanned<String>>,
     pub(super) osd_timeout_s: Option<Spanned<u32>>,
-    pub(super) zero_copy_writes: Option<Spanned<bool>>,
 }

@@ -25,9 +25,6 @@ pub struct RbdConfig {
     /// `osd_timeout_s`: a request an OSD has not answered in this long fails (IOERR); 0 waits
     /// until the OSD is back.
     pub osd_timeout_s: u32,
-    /// `zero_copy_writes`: librbd sends a write straight from guest memory instead of copying
-    /// it first (only while its cache is off, `direct = true`).
-    pub zero_copy_writes: bool,
 }
 
 /// The longest `osd_timeout_s` accepted: an hour.
@@ -63,15 +60,14 @@ fn parse_image(spec: &str) -> Result<(String, Option<String>, String), String> {
 }
 
 impl Checker<'_> {
-    /// `image`, `ceph_conf`, `ceph_id`, `keyring`, `osd_timeout_s`, `zero_copy_writes`: for rbd
-    /// disks only (`image` required).
+    /// `image`, `ceph_conf`, `ceph_id`, `keyring`: required and allowed for rbd disks only.
     pub(super) fn check_rbd(
         &self,
         raw: &RawDisk,
         engine: EngineKind,
         disk_span: Range<usize>,
     ) -> Result<Option<RbdConfig>, ConfigError> {
-        let keys: [(&str, Option<Range<usize>>); 6] = [
+        let keys: [(&str, Option<Range<usize>>); 5] = [
             ("image", raw.image.as_ref().map(Spanned::span)),
             ("ceph_conf", raw.ceph_conf.as_ref().map(Spanned::span)),
             ("ceph_id", raw.ceph_id.as_ref().map(Spanned::span)),
@@ -79,10 +75,6 @@ impl Checker<'_> {
             (
                 "osd_timeout_s",
                 raw.osd_timeout_s.as_ref().map(Spanned::span),
-            ),
-            (
-                "zero_copy_writes",
-                raw.zero_copy_writes.as_ref().map(Spanned::span),
             ),
         ];
         if engine != EngineKind::Rbd {
@@ -148,7 +140,6 @@ impl Checker<'_> {
             ceph_id,
             keyring: raw.keyring.as_ref().map(|k| self.resolve(k.get_ref())),
             osd_timeout_s,
-            zero_copy_writes: raw.zero_copy_writes.as_ref().is_none_or(|v| *v.get_ref()),
         }))
     }
 }
@@ -183,7 +174,6 @@ mod tests {
         assert_eq!(rbd.ceph_conf, Path::new("/etc/ceph/ceph.conf"));
         assert_eq!((rbd.ceph_id.as_str(), rbd.keyring), ("admin", None));
         assert_eq!(rbd.osd_timeout_s, 0);
-        assert!(rbd.zero_copy_writes);
         assert_eq!(c.disks[0].path, None);
     }
 
@@ -191,12 +181,10 @@ mod tests {
     fn rbd_keys_are_taken_and_checked() {
         let c = parse(
             "engine = \"rbd\"\nimage = \"p/ns/i\"\nceph_conf = \"c.conf\"\n\
-             ceph_id = \"client.keel\"\nkeyring = \"k\"\nsize = \"1G\"\n\
-             zero_copy_writes = false\n",
+             ceph_id = \"client.keel\"\nkeyring = \"k\"\nsize = \"1G\"\n",
         )
         .unwrap();
         let rbd = c.disks[0].rbd.clone().unwrap();
-        assert!(!rbd.zero_copy_writes);
         assert_eq!(rbd.spec(), "p/ns/i");
         assert_eq!(rbd.ceph_conf, Path::new("/tmp/c.conf"));
         assert_eq!(rbd.ceph_id, "keel");
@@ -226,10 +214,6 @@ mod tests {
         assert_eq!(
             refused("engine = \"rbd\"\nimage = \"rbd/a\"\nosd_timeout_s = 3601\n"),
             ("osd_timeout_s".into(), 6)
-        );
-        assert_eq!(
-            refused("engine = \"raw\"\npath = \"a.img\"\nzero_copy_writes = false\n"),
-            ("zero_copy_writes".into(), 6)
         );
     }
 

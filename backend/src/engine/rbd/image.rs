@@ -79,10 +79,6 @@ pub struct ConnectOptions {
     /// librbd's cache (`rbd_cache`). Off, a write completes only once the OSDs have it on
     /// stable storage; on, it may complete from the cache once the guest has flushed.
     pub cache: bool,
-    /// librbd sends a write from the caller's buffer (guest memory) instead of copying it into
-    /// one of its own first. It holds the write's completion back until the messenger has let
-    /// go of the buffer, so nothing reads guest memory after the request is answered.
-    pub zero_copy_writes: bool,
 }
 
 /// A connected cluster handle (`rados_t`).
@@ -127,16 +123,11 @@ impl Cluster {
         // (docs/benchmarks.md, "RBD"). The worker then waits when librbd does (an image refresh,
         // the objecter's in-flight limit), which stalls only this queue.
         cluster.set("rbd_non_blocking_aio", "false")?;
-        // librbd copies every write by default (a buffer the caller changes while it is sent
-        // fails the messenger's checksum, and the OSD drops the connection, which librados
-        // reopens and sends again). The copy is most of the server's CPU time per large write
-        // (docs/benchmarks.md, "RBD"); a disk may keep it (`zero_copy_writes = false`).
-        let copy = if opts.zero_copy_writes {
-            "false"
-        } else {
-            "true"
-        };
-        cluster.set("rbd_disable_zero_copy_writes", copy)?;
+        // librbd copies each write before sending it, its default, kept whatever the config file
+        // says: without the copy (zero-copy writes) librbd 16 never completes a write once the
+        // cluster has blocklisted the client, and the guest's request would hang instead of
+        // failing (docs/rbd.md, "The data path").
+        cluster.set("rbd_disable_zero_copy_writes", "true")?;
         if let Some(t) = opts.osd_timeout {
             cluster.set("rados_osd_op_timeout", &t.as_secs().max(1).to_string())?;
         }

@@ -67,8 +67,6 @@ pub struct RbdEngine {
     /// librbd's cache is on (`direct = false`): a completed write may still sit in it, so a
     /// write-through write needs a flush of its own before it is answered.
     cache: bool,
-    /// librbd sends writes from guest memory without copying them (`zero_copy_writes`).
-    zero_copy: bool,
     /// This engine took the image's exclusive lock at open, and gives it back when dropped.
     locked: bool,
 }
@@ -110,7 +108,6 @@ impl RbdEngine {
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
             cache,
-            zero_copy: rbd.zero_copy_writes && !cache,
             locked,
         };
         info!("{}", engine.describe());
@@ -132,8 +129,6 @@ fn open_image(
         osd_timeout: (rbd.osd_timeout_s > 0)
             .then(|| Duration::from_secs(u64::from(rbd.osd_timeout_s))),
         cache,
-        // librbd's cache copies writes whatever this says (it keeps them after they complete).
-        zero_copy_writes: rbd.zero_copy_writes && !cache,
     })?);
     let ctx = Arc::new(cluster.ioctx(&rbd.pool, rbd.namespace.as_deref())?);
     match Image::open(&ctx, &rbd.image) {
@@ -262,15 +257,10 @@ impl Engine for RbdEngine {
 
     fn describe(&self) -> String {
         format!(
-            "rbd engine on {} ({} bytes, librbd aio, librbd cache {}{})",
+            "rbd engine on {} ({} bytes, librbd aio, librbd cache {})",
             self.spec,
             self.capacity(),
-            if self.cache { "on" } else { "off" },
-            if self.zero_copy {
-                ", zero-copy writes"
-            } else {
-                ""
-            }
+            if self.cache { "on" } else { "off" }
         )
     }
 
