@@ -17,8 +17,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:?usage: start.sh DIR [OWNER_PID]}
 owner=${2:-}
-# Sparse: bluestore writes only what the tests use.
+# Sparse: bluestore writes only what the tests use. KEEL_CEPH_BLOCK_WRITTEN=1 writes the whole
+# file first (benchmarks: no first-touch allocation in the file system under a measured run).
 BLOCK_SIZE=${KEEL_CEPH_BLOCK_SIZE:-3G}
+BLOCK_WRITTEN=${KEEL_CEPH_BLOCK_WRITTEN:-0}
 AUTH=${KEEL_CEPH_AUTH:-none}
 case "$AUTH" in none | cephx) ;; *) echo "KEEL_CEPH_AUTH must be none or cephx" >&2; exit 1 ;; esac
 
@@ -108,6 +110,10 @@ mkdir -p "$dir/osd/osd.$id"
 ceph-authtool --create-keyring "$dir/osd/osd.$id/keyring" --gen-key -n "osd.$id" >/dev/null
 "${ceph[@]}" auth add "osd.$id" osd 'allow *' mon 'allow profile osd' \
     -i "$dir/osd/osd.$id/keyring" >/dev/null 2>&1 || die "cannot register osd.$id's key"
+if [ "$BLOCK_WRITTEN" = 1 ]; then
+    head -c "$(numfmt --from=iec "$BLOCK_SIZE")" /dev/zero >"$dir/osd/osd.$id/block"
+    sync "$dir/osd/osd.$id/block"
+fi
 ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$uuid" >"$dir/osd-mkfs.log" 2>&1 ||
     die "ceph-osd --mkfs failed: $(tail -n 5 "$dir/osd-mkfs.log")"
 ceph-osd -c "$conf" -i "$id" || die "ceph-osd did not start: $(tail -n 5 "$dir/osd.$id.log")"
