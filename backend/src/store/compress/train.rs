@@ -118,6 +118,11 @@ impl DictState {
         install(&self.ready, self.dev.as_ref(), &self.uuid, bytes)
     }
 
+    /// Bytes gathered for training so far.
+    pub fn sampled(&self) -> usize {
+        self.sample.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Waits for a training in the background to finish.
     pub fn wait(&self) {
         let h = self
