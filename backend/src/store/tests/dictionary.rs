@@ -124,13 +124,12 @@ fn stored(s: &Store, lbas: std::ops::Range<u64>) -> u64 {
 }
 
 /// Whether the slot of `lba`'s block says it was compressed with the dictionary.
-fn uses_dictionary(s: &Store, dev: &FaultyDevice, lba: u64) -> bool {
+fn uses_dictionary(s: &Store, lba: u64) -> bool {
     let pba = s.read_lock(&s.state).maps.lookup(lba).unwrap().1.pba;
     let Some(slot) = place::slot_of(pba) else {
         return false;
     };
     // Packed blocks are sealed under their place, as metadata: the store's device opens them.
-    let _ = dev;
     let mut block = crate::store::AlignedBuf::scratch(1);
     s.dev
         .read_at(&mut block, place::block_of(pba) * BLOCK as u64)
@@ -148,7 +147,7 @@ fn trained(s: &Store, model: &mut Model) {
 
 #[test]
 fn the_dictionary_is_trained_and_later_text_takes_less_room() {
-    let (dev, s) = new_store(&opts());
+    let (_dev, s) = new_store(&opts());
     assert_ne!(
         s.lock(&s.journal).superblock.incompat & INCOMPAT_ZSTD_DICT,
         0,
@@ -161,13 +160,13 @@ fn the_dictionary_is_trained_and_later_text_takes_less_room() {
     assert_eq!(s.info().dictionary_bytes, Some(len));
     assert_eq!(s.data_bytes().dictionary, Some(len));
     assert!(
-        !uses_dictionary(&s, &dev, 0),
+        !uses_dictionary(&s, 0),
         "blocks before it stay as they were"
     );
     // The same kind of text again, after it.
     let n = SAMPLE_BLOCKS;
     write(&s, &mut model, n..2 * n, |l| text(l + 1_000_000));
-    assert!(uses_dictionary(&s, &dev, n));
+    assert!(uses_dictionary(&s, n));
     let (before, after) = (stored(&s, 0..n), stored(&s, n..2 * n));
     assert!(
         after * 10 <= before * 8,
@@ -275,7 +274,7 @@ fn a_crash_after_blocks_used_the_dictionary_keeps_them_readable() {
     write(&s, &mut model, SAMPLE_BLOCKS..SAMPLE_BLOCKS + 64, |l| {
         text(!l)
     });
-    assert!(uses_dictionary(&s, &dev, SAMPLE_BLOCKS));
+    assert!(uses_dictionary(&s, SAMPLE_BLOCKS));
     s.flush().unwrap();
     drop(s);
     dev.crash(CrashMode::RandomSubset);
@@ -365,4 +364,22 @@ fn a_zstd_container_without_the_feature_trains_nothing() {
     assert!(s.dictionary().is_none());
     assert_eq!(s.info().dictionary_bytes, None);
     check(&s, &model, "written");
+}
+
+/// A clone starts with its source's dictionary, and its blocks read back.
+#[test]
+fn a_clone_keeps_the_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts();
+    let (src_path, clone_path) = (dir.path().join("src.keel"), dir.path().join("clone.keel"));
+    Store::create_path(&src_path, &opts).unwrap();
+    let s = Store::open_path(&src_path, opts_for(&opts)).unwrap();
+    let mut model = Model::new();
+    trained(&s, &mut model);
+    let snap = s.create_snapshot("gold").unwrap();
+    s.clone_snapshot(snap, &clone_path).unwrap();
+    let c = Store::open_path(&clone_path, opts_for(&opts)).unwrap();
+    assert_eq!(c.dictionary(), s.dictionary());
+    assert!(uses_dictionary(&c, 0), "its first block used it");
+    check(&c, &model, "the clone");
 }
