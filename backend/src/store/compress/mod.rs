@@ -21,7 +21,9 @@ pub use dict::Dictionary;
 pub(crate) use owners::PackedOwners;
 pub(crate) use pack::Misses;
 pub use place::{block_of, stored_len};
-pub(crate) use train::{DictState, SAMPLE_BYTES};
+pub(crate) use train::DictState;
+#[cfg(test)]
+pub(crate) use train::SAMPLE_BYTES;
 pub use usage::DataBytes;
 pub(crate) use usage::data_bytes;
 

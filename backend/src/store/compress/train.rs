@@ -1,7 +1,8 @@
 //! Getting a zstd container its dictionary: the plaintext of the first blocks that compress
 //! is gathered (up to [`SAMPLE_BYTES`]), then a background thread trains the dictionary,
 //! writes it durably and only then hands it to the writers. Blocks that do not compress are
-//! never looked at, so data that does not compress pays one relaxed load per batch.
+//! never looked at: a batch of data that does not compress pays one relaxed load and a look
+//! at its (raw) physical blocks.
 
 use super::dict::{self, Dictionary, MAX_DICT_BYTES};
 use super::pack::{Packed, Physical};
@@ -77,15 +78,21 @@ impl DictState {
         if !self.sampling.load(Ordering::Relaxed) {
             return;
         }
+        let mut slots = (packed.phys.iter())
+            .filter_map(|p| match p {
+                Physical::Packed { slots, .. } => Some(slots.iter().map(|(i, _)| *i)),
+                Physical::Raw(_) => None,
+            })
+            .flatten()
+            .peekable();
+        if slots.peek().is_none() {
+            return;
+        }
         let mut sample = self.sample.lock().unwrap_or_else(|e| e.into_inner());
         if !self.sampling.load(Ordering::Relaxed) {
             return;
         }
-        let slots = packed.phys.iter().filter_map(|p| match p {
-            Physical::Packed { slots, .. } => Some(slots.iter().map(|(i, _)| *i)),
-            Physical::Raw(_) => None,
-        });
-        for i in slots.flatten() {
+        for i in slots {
             if sample.len() >= SAMPLE_BYTES {
                 break;
             }
@@ -119,6 +126,7 @@ impl DictState {
     }
 
     /// Bytes gathered for training so far.
+    #[cfg(test)]
     pub fn sampled(&self) -> usize {
         self.sample.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
