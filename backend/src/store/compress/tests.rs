@@ -129,3 +129,40 @@ fn uncompressible_streams_stop_being_tried() {
 }
 
 const PROBE_CHECK: usize = 8;
+
+/// A slot compressed with the dictionary says so in its length, reads back with it, and is
+/// an error without it (or with a codec that has none).
+#[test]
+fn a_slot_compressed_with_the_dictionary_needs_it() {
+    let words: Vec<u8> = b"the container keeps every block it was given in its log "
+        .iter()
+        .copied()
+        .cycle()
+        .take(8192)
+        .collect();
+    let dict = Dictionary::new(words[..4096].to_vec()).unwrap();
+    let data = words[4096..].to_vec();
+    let packed = pack_batch(Codec::Zstd, Some(&dict), &[&data], &Misses::default());
+    let Physical::Packed { index, slots } = &packed.phys[0] else {
+        panic!("text packs");
+    };
+    let block = packed.buf.block(*index);
+    let len = u16::from_le_bytes([block[0], block[1]]);
+    assert_ne!(
+        len & dict::DICT_SLOT,
+        0,
+        "the slot says it used the dictionary"
+    );
+    let pba = place::packed(9, slots[0].1);
+    let mut out = vec![0u8; BLOCK_SIZE];
+    expand(Some(Codec::Zstd), Some(&dict), block, pba, &mut out).unwrap();
+    assert!(out == data);
+    assert!(expand(Some(Codec::Zstd), None, block, pba, &mut out).is_err());
+    assert!(expand(Some(Codec::Lz4), Some(&dict), block, pba, &mut out).is_err());
+    let other = Dictionary::new(vec![0x5a; 4096]).unwrap();
+    let wrong = expand(Some(Codec::Zstd), Some(&other), block, pba, &mut out);
+    assert!(
+        wrong.is_err() || out != data,
+        "another dictionary does not give the block back"
+    );
+}
