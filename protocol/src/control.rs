@@ -176,6 +176,10 @@ pub struct DiskStats {
     /// `data_bytes_logical / data_bytes_stored` (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_ratio: Option<f64>,
+    /// The size of a zstd container's compression dictionary, once it has one (keel engine
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary_bytes: Option<u64>,
     /// Where the container's space goes (keel engine only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceReport>,

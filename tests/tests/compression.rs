@@ -1,6 +1,7 @@
 //! Compression, end to end: compressible data written through keeld (keel-client as the
 //! guest, default config, O_DIRECT) takes less room in the container than it maps, survives
 //! kill -9 once flushed, and on a compressed and encrypted disk appears nowhere in the file;
+//! a zstd container trains its dictionary, and fsck refuses it damaged;
 //! a change of compression on an existing container is refused with the way to do it, and a
 //! disk without the key serves its container as it was made.
 
@@ -106,6 +107,11 @@ fn check_disk(codec: &str, key: bool) {
         let mut q = disk.take_queue(0).unwrap();
         assert!(read_all(&mut q, 0, want.len()) == want);
         assert!(read_all(&mut q, 8 * MIB, random.len()) == random);
+        // More text: a zstd container that lost its dictionary's training to the kill
+        // gathers its sample again and has it written by the time keeld stops.
+        write_all(&mut q, 16 * MIB, &words[..2 * MIB]);
+        q.flush().unwrap();
+        assert!(read_all(&mut q, 16 * MIB, 2 * MIB) == words[..2 * MIB]);
     }
     drop(disk);
     assert!(keeld.terminate().success());
@@ -115,7 +121,13 @@ fn check_disk(codec: &str, key: bool) {
     assert_eq!(info["compression"], codec, "{info}");
     let logical = info["data_bytes_logical"].as_u64().unwrap();
     let stored = info["data_bytes_stored"].as_u64().unwrap();
-    assert_eq!(logical, (5 * MIB) as u64, "{info}");
+    assert_eq!(logical, (7 * MIB) as u64, "{info}");
+    let dictionary = info["dictionary_bytes"].as_u64();
+    if codec == "zstd" {
+        assert!(dictionary.is_some_and(|n| n > 0 && n <= 32 << 10), "{info}");
+    } else {
+        assert_eq!(dictionary, None, "{info}");
+    }
     // The text packs several blocks to one; the noise is stored as it is.
     assert!(stored < logical / 2, "{info}");
     assert!(stored >= MIB as u64, "{info}");
@@ -125,6 +137,15 @@ fn check_disk(codec: &str, key: bool) {
     let (code, out) = run_keel(d, &args);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(", 0 problems"), "{out}");
+    if codec == "zstd" {
+        // A flipped bit in the dictionary (block 3 of the file): fsck names it and fails.
+        let mut bytes = std::fs::read(&container).unwrap();
+        bytes[3 * 4096 + 100] ^= 0x10;
+        std::fs::write(&container, bytes).unwrap();
+        let (code, out) = run_keel(d, &args);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains("dictionary"), "{out}");
+    }
 }
 
 #[test]

@@ -264,6 +264,9 @@ pub fn stats(c: &ControlClient, disk: &str, json: bool) -> Result<(), String> {
             s.compression_ratio.unwrap_or(1.0)
         );
     }
+    if let Some(d) = s.dictionary_bytes {
+        println!("{:<23} {}", "dictionary", bytes(d));
+    }
     for line in s.space.iter().flat_map(super::space_text::space_lines) {
         println!("{line}");
     }

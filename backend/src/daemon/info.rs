@@ -54,6 +54,7 @@ impl ServedDisk {
             data_bytes_logical: e.data_bytes.map(|d| d.logical),
             data_bytes_stored: e.data_bytes.map(|d| d.stored),
             compression_ratio: e.data_bytes.map(|d| d.ratio()),
+            dictionary_bytes: e.data_bytes.and_then(|d| d.dictionary),
             space: self.engine().admin().and_then(|a| a.space()),
             cleaning: self.engine().admin().and_then(|a| a.cleaning()),
             throttled_seconds: self.qos().throttled().as_secs_f64(),

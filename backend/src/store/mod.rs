@@ -187,6 +187,8 @@ pub struct Info {
     pub data_bytes_stored: u64,
     /// `data_bytes_logical / data_bytes_stored` (1 with nothing mapped).
     pub compression_ratio: f64,
+    /// The size of a zstd container's dictionary, once it has one.
+    pub dictionary_bytes: Option<u64>,
 }
 
 /// The storage core of one virtual disk. `Send + Sync`: share it as `Arc<Store>`.
@@ -201,6 +203,8 @@ pub struct Store {
     codec: Option<compress::Codec>,
     /// Blocks that did not shrink lately: a stream of them stops being tried.
     misses: compress::Misses,
+    /// A zstd container's dictionary, or the sample it is trained from.
+    dict: compress::DictState,
     /// The geometry opened; its capacity and segment count are those at open (see
     /// `capacity` and `segments`).
     geo: Geometry,
@@ -387,6 +391,9 @@ impl Store {
         // names its head).
         loaded.superblock.incompat |=
             log::superblock::INCOMPAT_FLUSH_MARKS | log::superblock::INCOMPAT_CIRCULAR_JOURNAL;
+        let sb = &loaded.superblock;
+        let has_dict = sb.incompat & log::superblock::INCOMPAT_ZSTD_DICT != 0;
+        let dict = compress::DictState::open(dev.clone(), sb.uuid, has_dict, !opts.read_only)?;
         let writers = (0..opts.writers.max(1))
             .map(|_| Mutex::new(SegmentWriter::new(geo.seg_blocks)))
             .collect();
@@ -396,6 +403,7 @@ impl Store {
             data,
             codec: compress::Codec::from_number(loaded.superblock.seal.compression),
             misses: compress::Misses::default(),
+            dict,
             geo,
             capacity: AtomicU64::new(geo.capacity),
             segments: AtomicU64::new(geo.segments),
@@ -578,6 +586,7 @@ impl Store {
             data_bytes_logical: data.logical,
             data_bytes_stored: data.stored,
             compression_ratio: data.ratio(),
+            dictionary_bytes: self.dictionary_bytes(),
             space: {
                 drop(st);
                 drop(j);

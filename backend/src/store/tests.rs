@@ -5,6 +5,7 @@ mod cleaning;
 mod concurrent;
 mod corruption;
 mod crash;
+mod dictionary;
 mod import_crash;
 mod import_disk;
 mod in_flight;

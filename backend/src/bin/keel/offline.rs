@@ -205,6 +205,9 @@ pub fn info(path: &Path, json: bool, force_share: bool) -> Result<(), String> {
             i.compression_ratio
         );
     }
+    if let Some(d) = i.dictionary_bytes {
+        println!("dictionary       {}", human(d));
+    }
     println!(
         "data in use      {} (incl. snapshots)",
         human(i.used_data_bytes)

@@ -70,6 +70,10 @@ impl Store {
             ..StoreOptions::default()
         };
         let target = Store::open_path(path, opts)?;
+        // The clone's blocks are compressed with the source's dictionary from the first one.
+        if let Some(d) = self.dict.get() {
+            target.dict.install(d.bytes().to_vec())?;
+        }
         let mut buf = vec![0u8; BATCH * BLOCK as usize];
         let mut copied = 0u64;
         for chunk in blocks.chunks(BATCH) {

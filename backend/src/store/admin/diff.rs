@@ -213,6 +213,7 @@ impl Store {
                 let at = (i + j) * BLOCK as usize;
                 compress::expand(
                     self.codec,
+                    self.dict.get().map(|d| &**d),
                     block,
                     entries[i + j].pba,
                     &mut out[at..at + BLOCK as usize],

@@ -160,9 +160,7 @@ impl Store {
         // A compressed container packs what it imports as it packs guest writes.
         let sources: Vec<&[u8]> = (0..wanted.len()).map(|k| copies.block(k)).collect();
         let parts: Vec<Part<'_>> = (0..wanted.len()).map(Part::Copy).collect();
-        let packed = self
-            .codec
-            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
+        let packed = self.codec.map(|codec| self.pack(codec, &sources));
         let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
         let placed = (&lbas[..], &sources[..], &parts[..]);
         match &packed {

@@ -1,10 +1,12 @@
 //! The two codecs a container may use, by name and by superblock number.
 
 use super::super::layout::BLOCK_SIZE;
+use super::dict::Dictionary;
 use std::cell::RefCell;
+use zstd::zstd_safe::{CCtx, DCtx};
 
 /// zstd level: fast, still well ahead of lz4 on ratio.
-const ZSTD_LEVEL: i32 = 1;
+pub(super) const ZSTD_LEVEL: i32 = 1;
 
 /// How a compressed container's packed slots are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,43 +58,60 @@ impl Codec {
         c.map_or("none", Self::name)
     }
 
-    /// Compresses one block into `out` (room for the codec's worst case: two blocks);
-    /// `None` if that fails.
-    pub fn compress(self, block: &[u8], out: &mut [u8]) -> Option<usize> {
+    /// Compresses one block into `out` (room for the codec's worst case: two blocks), with
+    /// `dict` when given (zstd only); `None` if that fails.
+    pub fn compress(
+        self,
+        dict: Option<&Dictionary>,
+        block: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
         match self {
             Codec::Lz4 => lz4_flex::block::compress_into(block, out).ok(),
             Codec::Zstd => ZSTD.with(|z| {
                 let mut z = z.borrow_mut();
                 let (c, _) = z.as_mut()?;
-                c.compress_to_buffer(block, out).ok()
+                match dict {
+                    Some(d) => c.compress_using_cdict(out, block, d.cdict()),
+                    None => c.compress(out, block, ZSTD_LEVEL),
+                }
+                .ok()
             }),
         }
     }
 
-    /// Decompresses `body` into `out`, returning the bytes written.
-    pub fn decompress(self, body: &[u8], out: &mut [u8]) -> Result<usize, String> {
+    /// Decompresses `body` into `out` (with `dict`, which only zstd slots use), returning
+    /// the bytes written.
+    pub fn decompress(
+        self,
+        dict: Option<&Dictionary>,
+        body: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, String> {
         debug_assert_eq!(out.len(), BLOCK_SIZE);
-        match self {
-            Codec::Lz4 => lz4_flex::block::decompress_into(body, out).map_err(|e| e.to_string()),
-            Codec::Zstd => ZSTD.with(|z| {
+        match (self, dict) {
+            (Codec::Lz4, None) => {
+                lz4_flex::block::decompress_into(body, out).map_err(|e| e.to_string())
+            }
+            (Codec::Lz4, Some(_)) => Err("an lz4 slot says it uses a dictionary".into()),
+            (Codec::Zstd, dict) => ZSTD.with(|z| {
                 let mut z = z.borrow_mut();
                 let (_, d) = z.as_mut().ok_or("no zstd context")?;
-                d.decompress_to_buffer(body, out).map_err(|e| e.to_string())
+                match dict {
+                    Some(dict) => d.decompress_using_ddict(out, body, dict.ddict()),
+                    None => d.decompress(out, body),
+                }
+                .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
             }),
         }
     }
 }
 
-type ZstdContexts = (
-    zstd::bulk::Compressor<'static>,
-    zstd::bulk::Decompressor<'static>,
-);
+type ZstdContexts = (CCtx<'static>, DCtx<'static>);
 
 thread_local! {
-    /// zstd contexts are costly to make: each thread keeps one of each.
-    static ZSTD: RefCell<Option<ZstdContexts>> = RefCell::new(
-        zstd::bulk::Compressor::new(ZSTD_LEVEL)
-            .and_then(|c| Ok((c, zstd::bulk::Decompressor::new()?)))
-            .ok(),
-    );
+    /// zstd contexts are costly to make: each thread keeps one of each (a dictionary is
+    /// passed with each call, so one context serves every container).
+    static ZSTD: RefCell<Option<ZstdContexts>> =
+        RefCell::new(CCtx::try_create().zip(DCtx::try_create()));
 }

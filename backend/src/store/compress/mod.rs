@@ -8,16 +8,22 @@
 //! cipher, which sees only whole blocks.
 
 mod codec;
+pub mod dict;
 mod owners;
 mod pack;
 pub mod place;
 mod place_batch;
+mod train;
 mod usage;
 
 pub use codec::Codec;
+pub use dict::Dictionary;
 pub(crate) use owners::PackedOwners;
-pub(crate) use pack::{Misses, pack_batch};
+pub(crate) use pack::Misses;
 pub use place::{block_of, stored_len};
+pub(crate) use train::DictState;
+#[cfg(test)]
+pub(crate) use train::SAMPLE_BYTES;
 pub use usage::DataBytes;
 pub(crate) use usage::data_bytes;
 
@@ -33,8 +39,15 @@ pub fn stored_bytes(block: &[u8], pba: u64) -> &[u8] {
 }
 
 /// Writes the guest block stored at `pba` (its physical block read into `block`, its
-/// checksum already checked) into `out` (4096 bytes). A packed slot needs `codec`.
-pub fn expand(codec: Option<Codec>, block: &[u8], pba: u64, out: &mut [u8]) -> Result<()> {
+/// checksum already checked) into `out` (4096 bytes). A packed slot needs `codec`, and
+/// `dict` (the container's dictionary) if its length says it used it.
+pub fn expand(
+    codec: Option<Codec>,
+    dict: Option<&Dictionary>,
+    block: &[u8],
+    pba: u64,
+    out: &mut [u8],
+) -> Result<()> {
     let Some(slot) = place::slot_of(pba) else {
         out.copy_from_slice(block);
         return Ok(());
@@ -46,7 +59,18 @@ pub fn expand(codec: Option<Codec>, block: &[u8], pba: u64, out: &mut [u8]) -> R
         )
     })?;
     let stored = &block[slot.range()];
-    let len = u16::from_le_bytes([stored[0], stored[1]]) as usize;
+    let len = u16::from_le_bytes([stored[0], stored[1]]);
+    let dict = if len & dict::DICT_SLOT != 0 {
+        Some(dict.ok_or_else(|| {
+            StoreError::corrupt(
+                "packed block",
+                format!("slot at {pba:#x} uses a dictionary the container does not have"),
+            )
+        })?)
+    } else {
+        None
+    };
+    let len = (len & !dict::DICT_SLOT) as usize;
     let body = stored.get(2..2 + len).ok_or_else(|| {
         StoreError::corrupt(
             "packed block",
@@ -54,7 +78,7 @@ pub fn expand(codec: Option<Codec>, block: &[u8], pba: u64, out: &mut [u8]) -> R
         )
     })?;
     let n = codec
-        .decompress(body, out)
+        .decompress(dict, body, out)
         .map_err(|e| StoreError::corrupt("packed block", format!("slot at {pba:#x}: {e}")))?;
     if n != BLOCK_SIZE {
         return Err(StoreError::corrupt(

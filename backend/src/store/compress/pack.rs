@@ -2,10 +2,11 @@
 //! [`MAX_SECTORS`] sectors are laid out, in batch order, into as few physical blocks as
 //! first-fit in order gives; the others stay raw.
 //!
-//! A slot is a 2-byte little-endian length, the compressed bytes, then zeroes up to the
-//! next sector.
+//! A slot is a 2-byte little-endian length (its top bit set when the dictionary was used),
+//! the compressed bytes, then zeroes up to the next sector.
 
 use super::codec::Codec;
+use super::dict::{DICT_SLOT, Dictionary};
 use super::place::{SECTOR, SECTORS, Slot};
 use crate::store::buf::AlignedBuf;
 use crate::store::layout::BLOCK_SIZE;
@@ -65,8 +66,15 @@ impl Misses {
     }
 }
 
-/// Compresses and packs `blocks` (4096 bytes each) with `codec`.
-pub(crate) fn pack_batch(codec: Codec, blocks: &[&[u8]], misses: &Misses) -> Packed {
+/// Compresses and packs `blocks` (4096 bytes each) with `codec` and the container's
+/// dictionary `dict` (zstd only), which the slots' length says they used.
+pub(crate) fn pack_batch(
+    codec: Codec,
+    dict: Option<&Dictionary>,
+    blocks: &[&[u8]],
+    misses: &Misses,
+) -> Packed {
+    let flag = if dict.is_some() { DICT_SLOT } else { 0 };
     let mut phys = Vec::with_capacity(blocks.len());
     let mut buf: Option<AlignedBuf> = None;
     let mut used = 0usize; // packed blocks started
@@ -77,7 +85,9 @@ pub(crate) fn pack_batch(codec: Codec, blocks: &[&[u8]], misses: &Misses) -> Pac
     let max_body = MAX_SECTORS as usize * SECTOR - 2;
     for (i, block) in blocks.iter().enumerate() {
         let len = if misses.worth_trying() {
-            let len = codec.compress(block, &mut tmp).filter(|n| *n <= max_body);
+            let len = codec
+                .compress(dict, block, &mut tmp)
+                .filter(|n| *n <= max_body);
             misses.note(len.is_some());
             len
         } else {
@@ -104,7 +114,7 @@ pub(crate) fn pack_batch(codec: Codec, blocks: &[&[u8]], misses: &Misses) -> Pac
             sectors,
         };
         let at = (used - 1) * BLOCK_SIZE + slot.range().start;
-        b[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
+        b[at..at + 2].copy_from_slice(&(len as u16 | flag).to_le_bytes());
         b[at + 2..at + 2 + len].copy_from_slice(&tmp[..len]);
         fill += sectors;
         if let Physical::Packed { slots, .. } = &mut phys[open] {

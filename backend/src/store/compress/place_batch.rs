@@ -1,7 +1,8 @@
 //! Placing a compressed batch: its physical blocks (packed and raw) take blocks and VBAs
 //! from the writer the way a batch without compression does, one Map entry per guest block.
 
-use super::pack::{Packed, Physical};
+use super::codec::Codec;
+use super::pack::{Packed, Physical, pack_batch};
 use super::place;
 use crate::store::Store;
 use crate::store::error::Result;
@@ -12,6 +13,17 @@ use crate::store::log::write::MAX_PARTS;
 use crate::store::log::write_plan::{Part, Run};
 
 impl Store {
+    /// Compresses and packs a batch's blocks (`sources`) with `codec` and the container's
+    /// dictionary; without one yet, the blocks that compressed go to its sample.
+    pub(in crate::store) fn pack(&self, codec: Codec, sources: &[&[u8]]) -> Packed {
+        let dict = self.dict.get();
+        let packed = pack_batch(codec, dict.map(|d| &**d), sources, &self.misses);
+        if dict.is_none() {
+            self.dict.offer(sources, &packed);
+        }
+        packed
+    }
+
     /// Takes blocks and VBAs for `packed`, the packing of the batch's blocks (`lbas`, their
     /// bytes `sources` and where each is written from, `parts`), adding its Map entries to
     /// `entries` and its writes to `runs`. Returns the physical blocks written.

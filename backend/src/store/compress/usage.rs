@@ -11,6 +11,8 @@ use crate::store::maps::Maps;
 pub struct DataBytes {
     pub logical: u64,
     pub stored: u64,
+    /// The size of a zstd container's dictionary, once it has one (not in `stored`).
+    pub dictionary: Option<u64>,
 }
 
 impl DataBytes {
@@ -40,6 +42,7 @@ pub(crate) fn data_bytes(maps: &Maps, compressed: bool) -> DataBytes {
     DataBytes {
         logical: mapped * BLOCK,
         stored: if compressed { stored } else { mapped * BLOCK },
+        dictionary: None,
     }
 }
 
@@ -47,6 +50,24 @@ impl Store {
     /// The running point's data, logical and stored.
     pub fn data_bytes(&self) -> DataBytes {
         let st = self.read_lock(&self.state);
-        data_bytes(&st.maps, self.codec.is_some())
+        DataBytes {
+            dictionary: self.dictionary_bytes(),
+            ..data_bytes(&st.maps, self.codec.is_some())
+        }
+    }
+
+    /// The size of a zstd container's dictionary, once it has one.
+    pub fn dictionary_bytes(&self) -> Option<u64> {
+        self.dict.get().map(|d| d.bytes().len() as u64)
+    }
+
+    /// The container's dictionary, once it has one.
+    pub fn dictionary(&self) -> Option<&[u8]> {
+        self.dict.get().map(|d| d.bytes())
+    }
+
+    /// Waits for a dictionary being trained in the background to be written (or given up).
+    pub fn wait_for_dictionary(&self) {
+        self.dict.wait();
     }
 }

@@ -9,7 +9,7 @@ use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::persist;
 use crate::store::log::superblock::{
     FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW,
-    INCOMPAT_VBA_TWEAK, Superblock,
+    INCOMPAT_VBA_TWEAK, INCOMPAT_ZSTD_DICT, Superblock,
 };
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;
@@ -154,6 +154,10 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
     // A device that held another container may hold intact records anywhere in the journal:
     // recovery takes an intact record past the chain's end for damage, so none may remain.
     crate::store::log::tail::erase_all_records(dev, &geo)?;
+    // A zstd container's dictionary header says it has none yet (whatever the device held).
+    if opts.compression == Some(Codec::Zstd) {
+        crate::store::compress::dict::write_empty(dev)?;
+    }
     let generation = 1;
     let prepared = persist::prepare(&mut st, &mut meta, &geo, generation, 0, None)?;
     persist::write_runs(dev, &mut crate::store::io::DeviceIo(dev), &prepared.runs)?;
@@ -166,10 +170,10 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
             } else {
                 0
             }
-            | if opts.compression.is_some() {
-                INCOMPAT_COMPRESSED
-            } else {
-                0
+            | match opts.compression {
+                Some(Codec::Zstd) => INCOMPAT_COMPRESSED | INCOMPAT_ZSTD_DICT,
+                Some(Codec::Lz4) => INCOMPAT_COMPRESSED,
+                None => 0,
             },
         compat: 0,
         generation,

@@ -199,7 +199,13 @@ impl Store {
             let range = (lo - bstart) as usize..(hi - bstart) as usize;
             if place::slot_of(s.pba).is_some() {
                 let mut expanded = [0u8; BLOCK as usize];
-                compress::expand(self.codec, block, s.pba, &mut expanded)?;
+                compress::expand(
+                    self.codec,
+                    self.dict.get().map(|d| &**d),
+                    block,
+                    s.pba,
+                    &mut expanded,
+                )?;
                 dst.copy_from_slice(&expanded[range]);
             } else {
                 dst.copy_from_slice(&block[range]);

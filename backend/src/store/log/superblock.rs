@@ -7,6 +7,7 @@
 //! generation, whichever slot holds it.
 
 use crate::store::codec::{Get, Put};
+use crate::store::compress::Codec;
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK_SIZE, Geometry};
 use crate::store::seal::SealFields;
@@ -71,6 +72,11 @@ pub const INCOMPAT_MARKED_REPLAY: u64 = 1 << 11;
 /// blocks and metadata keep their place as the tweak. A Keel without it would decrypt those
 /// data blocks under the wrong tweak and serve garbage.
 pub const INCOMPAT_VBA_TWEAK: u64 = 1 << 12;
+/// Incompatible feature (with `INCOMPAT_COMPRESSED` and zstd): segment 0 holds the
+/// container's zstd dictionary from block 2 (a zero header until it is trained), and packed
+/// slots whose length has its top bit set were compressed with it. A Keel without it would
+/// take those lengths for slots running past their sectors.
+pub const INCOMPAT_ZSTD_DICT: u64 = 1 << 13;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
     | INCOMPAT_MARKED_REPLAY
@@ -84,7 +90,8 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
     | INCOMPAT_FLUSH_MARKS
     | INCOMPAT_IMPORTING
     | INCOMPAT_ENCRYPTED
-    | INCOMPAT_COMPRESSED;
+    | INCOMPAT_COMPRESSED
+    | INCOMPAT_ZSTD_DICT;
 /// Features a new container gets whatever it is made with.
 pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_IMPORTING
@@ -92,6 +99,7 @@ pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_CIPHERTEXT_CRC
     & !INCOMPAT_VBA_TWEAK
     & !INCOMPAT_COMPRESSED
+    & !INCOMPAT_ZSTD_DICT
     & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
@@ -240,6 +248,9 @@ impl Superblock {
             incompat & INCOMPAT_ENCRYPTED != 0,
             incompat & INCOMPAT_COMPRESSED != 0,
         )?;
+        if incompat & INCOMPAT_ZSTD_DICT != 0 && seal.compression != Codec::Zstd.number() {
+            return Err(bad("ZSTD_DICT is set but the codec is not zstd"));
+        }
         if block_size as usize != BLOCK_SIZE {
             return Err(bad("block size is not 4096"));
         }
@@ -381,5 +392,20 @@ mod tests {
         s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+    }
+
+    /// A dictionary is a zstd one: the bit on another container is corruption.
+    #[test]
+    fn zstd_dict_needs_zstd() {
+        let mut s = sample();
+        s.incompat |= INCOMPAT_ZSTD_DICT;
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        s.incompat |= INCOMPAT_COMPRESSED;
+        s.seal.compression = Codec::Lz4.number();
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        s.seal.compression = Codec::Zstd.number();
+        Superblock::decode(&s.encode(), 40 * 256 * 4096).unwrap();
     }
 }

@@ -182,9 +182,7 @@ impl Store {
             })
             .collect();
         let mut runs: Vec<Run<'a>> = Vec::new();
-        let packed = self
-            .codec
-            .map(|codec| crate::store::compress::pack_batch(codec, &sources, &self.misses));
+        let packed = self.codec.map(|codec| self.pack(codec, &sources));
         let written = if let Some(packed) = &packed {
             let placed = (&lbas[..], &sources[..], &parts[..]);
             self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
