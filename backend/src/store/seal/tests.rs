@@ -291,13 +291,11 @@ fn reference_xts(key: &[u8], plain: &[u8], tweak: u128) -> Vec<u8> {
     let mut out = Vec::with_capacity(plain.len());
     for chunk in plain.chunks(16) {
         let mut b: Array<u8, aes::cipher::consts::U16> = Array([0u8; 16]);
-        for i in 0..16 {
-            b.0[i] = chunk[i] ^ t.0[i];
+        for ((b, p), t) in b.0.iter_mut().zip(chunk).zip(&t.0) {
+            *b = p ^ t;
         }
         data.encrypt_block(&mut b);
-        for i in 0..16 {
-            out.push(b.0[i] ^ t.0[i]);
-        }
+        out.extend(b.0.iter().zip(&t.0).map(|(b, t)| b ^ t));
         // t = t * x: shift the 128-bit little-endian value left by one bit.
         let carry = t.0[15] >> 7;
         for i in (1..16).rev() {
