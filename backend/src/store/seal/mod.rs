@@ -23,6 +23,7 @@ mod device;
 mod key;
 mod seal_batch;
 mod stored;
+mod xts;
 
 pub use device::SealedDevice;
 pub use key::{Key, KeySource};
@@ -139,10 +140,10 @@ fn key_check(key: &Key, salt: &[u8; 16]) -> [u8; 32] {
 /// AES-256-XTS (IEEE 1619) over whole blocks, the tweak being each block's physical block
 /// number ([`seal`](Self::seal), [`open`](Self::open)) or one given per block
 /// ([`seal_each_from`](Self::seal_each_from), [`open_each`](Self::open_each)). A run is
-/// ciphered [`CHUNK`] blocks at a time: their tweaks are encrypted in one
-/// call, every AES block is whitened, the chunk's AES blocks are encrypted in one call (the
-/// AES-NI backend prepares its round keys once per call and works on several blocks at
-/// once), and whitened again. The tests check the output against the `xts-mode` crate's.
+/// ciphered [`CHUNK`] blocks at a time: their tweaks are encrypted in one call, then the
+/// chunk's blocks go through the data key's backend in one call ([`xts`]: each block whitened,
+/// encrypted in the backend's parallel batches and whitened again while it is in the L1
+/// cache). The tests check the output against the `xts-mode` crate's and pin known blocks.
 pub struct Sealer {
     data: Aes256,
     tweak: Aes256,
@@ -158,6 +159,13 @@ impl std::fmt::Debug for Sealer {
 /// is often one run of up to a few dozen blocks.
 const CHUNK: usize = 32;
 
+/// Which way a pass ciphers.
+#[derive(Clone, Copy)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
 impl Sealer {
     fn new(key: &Key) -> Self {
         let (k1, k2) = key.bytes().split_at(32);
@@ -170,12 +178,12 @@ impl Sealer {
     /// Encrypts `buf`, stored at byte `offset`, in place. Both must be whole blocks; blocks
     /// below [`PLAIN_BYTES`] are left as they are.
     pub fn seal(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.each_chunk(buf, offset, |units| self.data.encrypt_blocks(units))
+        self.each_chunk(buf, offset, Direction::Encrypt)
     }
 
     /// Decrypts `buf`, read from byte `offset`, in place (the inverse of [`seal`](Self::seal)).
     pub fn open(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.each_chunk(buf, offset, |units| self.data.decrypt_blocks(units))
+        self.each_chunk(buf, offset, Direction::Decrypt)
     }
 
     /// Encrypts `src` (whole blocks, one slice or more) into `dst` (as long), to be stored
@@ -207,14 +215,18 @@ impl Sealer {
     ) -> std::io::Result<()> {
         check_source(src, dst.len())?;
         let blocks: Vec<&[u8]> = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE)).collect();
-        let mut starts = [Array([0u8; 16]); CHUNK];
+        let mut tweaks = [0u128; CHUNK];
         for (c, chunk) in dst.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let starts = self.start_tweaks(&mut starts, |i| tweak(c * CHUNK + i), chunk.len());
-            whiten_from(&blocks[c * CHUNK..], chunk, starts);
-            self.data.encrypt_blocks(Array::cast_slice_from_core_mut(
-                chunk.as_chunks_mut::<16>().0,
-            ));
-            whiten(chunk, starts);
+            let tweaks = &mut tweaks[..chunk.len() / BLOCK_SIZE];
+            for (i, t) in tweaks.iter_mut().enumerate() {
+                *t = tweak(c * CHUNK + i);
+            }
+            self.cipher_chunk(
+                chunk,
+                Some(&blocks[c * CHUNK..]),
+                tweaks,
+                Direction::Encrypt,
+            );
         }
         Ok(())
     }
@@ -223,59 +235,65 @@ impl Sealer {
     /// inverse of [`seal_each_from`](Self::seal_each_from).
     pub fn open_each(&self, buf: &mut [u8], tweak: impl Fn(usize) -> u128) -> std::io::Result<()> {
         check_whole_blocks(buf.len(), 0)?;
-        self.cipher_chunks(buf, tweak, |units| self.data.decrypt_blocks(units));
+        self.cipher_chunks(buf, tweak, Direction::Decrypt);
         Ok(())
     }
 
-    /// The encrypted start tweaks of the blocks of a chunk of `len` bytes, block `i` of the
-    /// chunk having tweak `tweak(i)`: encrypted in one call.
-    fn start_tweaks<'s>(
-        &self,
-        starts: &'s mut [Array<u8, aes::cipher::consts::U16>; CHUNK],
-        tweak: impl Fn(usize) -> u128,
-        len: usize,
-    ) -> &'s mut [Array<u8, aes::cipher::consts::U16>] {
-        let starts = &mut starts[..len / BLOCK_SIZE];
-        for (i, t) in starts.iter_mut().enumerate() {
-            *t = Array(tweak(i).to_le_bytes());
+    /// XTS in place on each chunk of `buf` (whole blocks, block `i` under `tweak(i)`).
+    fn cipher_chunks(&self, buf: &mut [u8], tweak: impl Fn(usize) -> u128, dir: Direction) {
+        let mut tweaks = [0u128; CHUNK];
+        for (c, chunk) in buf.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
+            let tweaks = &mut tweaks[..chunk.len() / BLOCK_SIZE];
+            for (i, t) in tweaks.iter_mut().enumerate() {
+                *t = tweak(c * CHUNK + i);
+            }
+            self.cipher_chunk(chunk, None, tweaks, dir);
         }
-        self.tweak.encrypt_blocks(starts);
-        starts
     }
 
-    /// XTS on each chunk of `buf` (whole blocks, block `i` under `tweak(i)`): whiten every
-    /// AES block with its tweak, run `cipher` over the chunk's AES blocks, whiten again.
-    fn cipher_chunks(
+    /// XTS on one chunk (at most [`CHUNK`] blocks, block `i` under `tweaks[i]`), in place or
+    /// from `from` (its blocks, when encrypting a copy): the tweaks encrypted in one call,
+    /// the blocks ciphered in another. Not generic, so the cipher's pass is compiled once.
+    fn cipher_chunk(
         &self,
-        buf: &mut [u8],
-        tweak: impl Fn(usize) -> u128,
-        cipher: impl Fn(&mut [Array<u8, aes::cipher::consts::U16>]),
+        chunk: &mut [u8],
+        from: Option<&[&[u8]]>,
+        tweaks: &[u128],
+        dir: Direction,
     ) {
-        let mut starts = [Array([0u8; 16]); CHUNK];
-        for (c, chunk) in buf.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let starts = self.start_tweaks(&mut starts, |i| tweak(c * CHUNK + i), chunk.len());
-            whiten(chunk, starts);
-            cipher(Array::cast_slice_from_core_mut(
-                chunk.as_chunks_mut::<16>().0,
-            ));
-            whiten(chunk, starts);
+        let mut blocks = [Array([0u8; 16]); CHUNK];
+        let blocks = &mut blocks[..tweaks.len()];
+        for (b, t) in blocks.iter_mut().zip(tweaks) {
+            *b = Array(t.to_le_bytes());
+        }
+        self.tweak.encrypt_blocks(blocks);
+        let mut starts = [0u128; CHUNK];
+        let starts = &mut starts[..tweaks.len()];
+        for (s, b) in starts.iter_mut().zip(blocks.iter()) {
+            *s = u128::from_le_bytes(b.0);
+        }
+        match dir {
+            Direction::Encrypt => self.data.encrypt_with_backend(xts::EncryptUnits {
+                units: chunk,
+                from,
+                starts,
+            }),
+            Direction::Decrypt => self.data.decrypt_with_backend(xts::DecryptUnits {
+                units: chunk,
+                starts,
+            }),
         }
     }
 
     /// XTS on the blocks of `buf`, stored at byte `offset`, under their location tweaks;
     /// superblocks are left as they are.
-    fn each_chunk(
-        &self,
-        buf: &mut [u8],
-        offset: u64,
-        cipher: impl Fn(&mut [Array<u8, aes::cipher::consts::U16>]),
-    ) -> std::io::Result<()> {
+    fn each_chunk(&self, buf: &mut [u8], offset: u64, dir: Direction) -> std::io::Result<()> {
         check_whole_blocks(buf.len(), offset)?;
         // Superblocks stay plaintext.
         let plain = (PLAIN_BYTES.saturating_sub(offset) / BLOCK) as usize;
         let skip = plain.min(buf.len() / BLOCK_SIZE) * BLOCK_SIZE;
         let first = offset / BLOCK + (skip / BLOCK_SIZE) as u64;
-        self.cipher_chunks(&mut buf[skip..], |i| pba_tweak(first + i as u64), cipher);
+        self.cipher_chunks(&mut buf[skip..], |i| pba_tweak(first + i as u64), dir);
         Ok(())
     }
 }
@@ -313,35 +331,6 @@ fn check_source(src: &[&[u8]], len: usize) -> std::io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// XORs each AES block of each container block of `chunk` with its tweak: the block's
-/// encrypted start tweak in `starts`, multiplied by x once per AES block.
-fn whiten(chunk: &mut [u8], starts: &[Array<u8, aes::cipher::consts::U16>]) {
-    for (blk, start) in chunk.chunks_exact_mut(BLOCK_SIZE).zip(starts) {
-        let mut t = u128::from_le_bytes(start.0);
-        for unit in blk.as_chunks_mut::<16>().0 {
-            *unit = (u128::from_le_bytes(*unit) ^ t).to_le_bytes();
-            // Multiplication by x in GF(2^128), little-endian (IEEE 1619).
-            t = (t << 1) ^ (if t >> 127 == 1 { 0x87 } else { 0 });
-        }
-    }
-}
-
-/// [`whiten`], reading each block from `src` instead of `chunk` (which it fills).
-fn whiten_from(src: &[&[u8]], chunk: &mut [u8], starts: &[Array<u8, aes::cipher::consts::U16>]) {
-    for ((blk, start), from) in chunk.chunks_exact_mut(BLOCK_SIZE).zip(starts).zip(src) {
-        let mut t = u128::from_le_bytes(start.0);
-        for (unit, plain) in blk
-            .as_chunks_mut::<16>()
-            .0
-            .iter_mut()
-            .zip(from.as_chunks::<16>().0)
-        {
-            *unit = (u128::from_le_bytes(*plain) ^ t).to_le_bytes();
-            t = (t << 1) ^ (if t >> 127 == 1 { 0x87 } else { 0 });
-        }
-    }
 }
 
 /// The device a store reads and writes, the cipher of an encrypted container, and how its

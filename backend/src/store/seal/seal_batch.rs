@@ -15,7 +15,6 @@ use crate::store::compress::{self, block_of};
 use crate::store::io::Gather;
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::journal::Entry;
-use std::collections::HashMap;
 use std::io;
 
 /// A batch's data runs as ciphertext, in one buffer.
@@ -67,8 +66,8 @@ enum Unit {
 /// The blocks of a batch that entries name, and how each is stored: a raw block under its
 /// VBA (or, moved by the cleaner, as it was stored), a packed one under its place. A block no
 /// entry names is sealed under its place.
-fn tweaks_of(data: &DataView, entries: &[Entry]) -> HashMap<u64, Unit> {
-    let mut units = HashMap::with_capacity(entries.len());
+fn tweaks_of(data: &DataView, entries: &[Entry]) -> Units {
+    let mut units = Vec::with_capacity(entries.len());
     for e in entries {
         let (pba, unit) = match *e {
             Entry::Map { vba, pba, .. } | Entry::StageMap { vba, pba, .. } => {
@@ -80,16 +79,32 @@ fn tweaks_of(data: &DataView, entries: &[Entry]) -> HashMap<u64, Unit> {
             Entry::Move { vba, new_pba, .. } => (new_pba, Unit::Seal(data.tweak(vba, new_pba))),
             _ => continue,
         };
-        units.insert(block_of(pba), unit);
+        units.push((block_of(pba), unit));
     }
-    units
+    // Sorted, the last entry for a block first among its equals: a later entry of the batch
+    // for the same block decides, as it would have in a map.
+    units.reverse();
+    units.sort_by_key(|&(pba, _)| pba);
+    units.dedup_by_key(|&mut (pba, _)| pba);
+    Units(units)
+}
+
+/// How the blocks entries name are stored, by block number (looked up per block by binary
+/// search: a batch's blocks are few, and no hashing is needed).
+struct Units(Vec<(u64, Unit)>);
+
+impl Units {
+    fn get(&self, pba: u64) -> Option<&Unit> {
+        let i = self.0.binary_search_by_key(&pba, |&(p, _)| p).ok()?;
+        Some(&self.0[i].1)
+    }
 }
 
 /// Seals one run (`parts`, to be stored from block `first` on) into `dst`, each block as
 /// `units` says, consecutive blocks sealed together (in one call per run of them).
 fn seal_by_block(
     sealer: &Sealer,
-    units: &HashMap<u64, Unit>,
+    units: &Units,
     parts: &[&[u8]],
     dst: &mut [u8],
     first: u64,
@@ -103,7 +118,7 @@ fn seal_by_block(
     }
     // Per block: its tweak, or `None` to copy it as stored.
     let tweaks: Vec<Option<u128>> = (first..first + blocks.len() as u64)
-        .map(|pba| match units.get(&pba) {
+        .map(|pba| match units.get(pba) {
             Some(Unit::Seal(t)) => Some(*t),
             Some(Unit::AsStored) => None,
             None => Some(pba_tweak(pba)),
