@@ -2,7 +2,7 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
 //! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 
-use super::victim;
+use super::{victim, victim_read};
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::compress::{self, place};
@@ -71,12 +71,19 @@ impl Store {
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
         let t0 = Instant::now();
+        // Only the live blocks' runs are read (a sparse victim's are a fraction of it).
         // Checked as stored. A block tweaked by its VBA is copied as it is; any other
         // encrypted block is decrypted and sealed again for its new place.
-        self.data.read_raw(&mut src, start * BLOCK)?;
-        self.data.covered(&mut src, start * BLOCK)?;
+        let offsets: Vec<u64> = live.iter().map(|(pba, _)| pba - start).collect();
+        let runs = victim_read::plan(&offsets);
+        victim_read::read_runs(self.data.raw(), &mut src, start * BLOCK, &runs)?;
+        for r in &runs {
+            let bytes = r.bytes();
+            let at = start * BLOCK + bytes.start as u64;
+            self.data.covered(&mut src[bytes], at)?;
+        }
         Counters::add_since(&self.stats.cleaner_read_us, t0);
-        Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
+        Counters::add(&self.stats.cleaner_read_bytes, victim_read::bytes_of(&runs));
         let t0 = Instant::now();
         let mut moves = Vec::with_capacity(live.len());
         let mut runs = Vec::new();
@@ -235,6 +242,9 @@ impl Drop for CleanerHandle {
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
+    // Free and emptied segments when the loop last looked: falling means the guest outpaces
+    // the cleaner.
+    let mut had: Option<u64> = None;
     while !stop.load(Ordering::Acquire) {
         // Batches go on meanwhile; only the freeze holds them.
         if store.take_checkpoint_request() {
@@ -256,7 +266,9 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let spare = crate::store::log::spare::spare_segments(&geo);
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
-        let pace = levels.pace(free, pending, cfg.pause);
+        let falling = had.is_some_and(|h| free + pending < h);
+        had = Some(free + pending);
+        let pace = levels.pace(free, pending, cfg.pause).hurried(falling);
         if urgent && release_helps {
             // Emptied segments only wait for a mark or a checkpoint: far cheaper than
             // cleaning. If that frees nothing (reads still pin them), clean instead until
