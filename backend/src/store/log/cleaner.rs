@@ -341,11 +341,13 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     }
 }
 
-/// Releases emptied segments once enough of them wait, or any when the free segments are down
-/// to the reserve (`starving`): those a mark may release by a mark, the others by a checkpoint,
-/// each in batches of [`Levels::release_batch`] (a checkpoint rewrites every dirty map node
-/// and holds guest batches while it freezes, so its releases are batched far more). Returns
-/// whether it released (or tried to).
+/// Releases emptied segments once enough of them wait: those a mark may release by a mark,
+/// the others by a checkpoint, each in batches of [`Levels::release_batch`] (a checkpoint
+/// rewrites every dirty map node and holds guest batches while it freezes, so its releases are
+/// batched far more); any a checkpoint may release when the free segments are down to the
+/// reserve (`starving`). Marks keep their batch then: a writer that finds no segment releases
+/// what waits itself once it has no victim left to clean. Returns whether it released (or
+/// tried to).
 fn release_batched(
     store: &Store,
     levels: &Levels,
@@ -356,7 +358,9 @@ fn release_batched(
 ) -> crate::store::Result<bool> {
     let (pending, markable) = store.pending_and_markable();
     let enough = |n: u64, by_mark: bool| {
-        n > 0 && (starving || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
+        n > 0
+            && ((starving && !by_mark)
+                || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
     };
     if enough(markable, true) {
         store.release_by_mark()?;
