@@ -242,9 +242,6 @@ impl Drop for CleanerHandle {
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
-    // Free and emptied segments when the loop last looked: falling means the guest outpaces
-    // the cleaner.
-    let mut had: Option<u64> = None;
     while !stop.load(Ordering::Acquire) {
         // Batches go on meanwhile; only the freeze holds them.
         if store.take_checkpoint_request() {
@@ -266,9 +263,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let spare = crate::store::log::spare::spare_segments(&geo);
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
-        let falling = had.is_some_and(|h| free + pending < h);
-        had = Some(free + pending);
-        let pace = levels.pace(free, pending, cfg.pause).hurried(falling);
+        let pace = levels.pace(free, pending, cfg.pause);
         if urgent && release_helps {
             // Emptied segments only wait for a mark or a checkpoint: far cheaper than
             // cleaning. If that frees nothing (reads still pin them), clean instead until

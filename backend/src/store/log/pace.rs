@@ -47,19 +47,6 @@ pub enum Pace {
     Ahead,
 }
 
-impl Pace {
-    /// This pace, knowing whether the free and emptied segments fell since the cleaner last
-    /// looked (`falling`): the guest takes segments faster than the cleaner gives them back,
-    /// as a sequential fill does, and a pause would only let the margin run out and the
-    /// guest's writers clean for themselves. Then there is no pause short of the target.
-    pub fn hurried(self, falling: bool) -> Self {
-        match self {
-            Pace::Behind(_) if falling => Pace::Behind(Duration::ZERO),
-            p => p,
-        }
-    }
-}
-
 /// Free-segment levels of one container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Levels {
@@ -149,15 +136,6 @@ mod tests {
             12,
             "a quarter of the spare at most"
         );
-        // A guest that takes segments faster than they come back gets no pause; at the
-        // target the cleaner still waits for the guest to be idle.
-        assert_eq!(l.pace(37, 0, p).hurried(true), Pace::Behind(Duration::ZERO));
-        assert_eq!(
-            l.pace(37, 0, p).hurried(false),
-            Pace::Behind(Duration::from_millis(10))
-        );
-        assert_eq!(l.pace(42, 0, p).hurried(true), Pace::Ahead);
-        assert_eq!(l.pace(5, 0, p).hurried(true), Pace::Urgent);
         // Margins are cut from the spare: at least 2 segments each, at most low_water.
         assert_eq!(
             Levels::new(6, 5, 24, 10),
