@@ -33,6 +33,11 @@ impl Store {
     /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
     /// The segment becomes free at the next durable mark or checkpoint.
     pub fn clean_step(&self) -> Result<Option<CleanReport>> {
+        self.clean_below((self.geo.seg_blocks * 9 / 10) as u32)
+    }
+
+    /// [`clean_step`](Self::clean_step) among the segments with at most `max_live` live blocks.
+    pub(in crate::store) fn clean_below(&self, max_live: u32) -> Result<Option<CleanReport>> {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
@@ -43,7 +48,7 @@ impl Store {
                 &st.sut,
                 self.geo.first_data_segment(),
                 seg_blocks,
-                (seg_blocks * 9 / 10) as u32,
+                max_live,
                 self.opts.space.cleaner_policy,
             ) else {
                 return Ok(None);

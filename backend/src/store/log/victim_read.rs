@@ -120,6 +120,12 @@ fn read_on_ring(fd: i32, buf: &mut [u8], start: u64, runs: &[Run]) -> io::Result
             next += 1;
             in_flight += 1;
         }
+        if in_flight == 0 {
+            // Nothing went in (the ring refused an entry into an empty queue): read the rest
+            // one by one rather than wait for nothing.
+            failed.extend_from_slice(&runs[next..]);
+            break;
+        }
         if let Err(e) = ring.submit_and_wait(1) {
             // Reads in flight still write into `buf`: wait for them whatever the error.
             if in_flight == 0 {

@@ -181,7 +181,8 @@ impl Store {
     /// Cleaning gains less than a segment per victim, so several are cleaned before the
     /// one mark or checkpoint that releases them all; a guest writer also tops up emptied
     /// segments fewer than a batch ([`pace::mark_batch`]) before it releases them, since a
-    /// release costs two device flushes however many it frees.
+    /// release costs two device flushes however many it frees, but only with victims at most
+    /// half live: a fuller one costs more to move than the flushes it saves.
     fn make_room(&self, for_cleaner: bool) -> Result<bool> {
         let pending = self.read_lock(&self.state).sut.pending_count();
         let batch = match for_cleaner {
@@ -206,9 +207,12 @@ impl Store {
             self.release_emptied()?;
             return Ok(true);
         }
-        let want = if pending == 0 { 8 } else { batch - pending };
+        let (want, max_live) = match pending {
+            0 => (8, self.geo.seg_blocks * 9 / 10),
+            _ => (batch - pending, self.geo.seg_blocks / 2),
+        };
         let mut cleaned = 0;
-        while cleaned < want && self.clean_step()?.is_some() {
+        while cleaned < want && self.clean_below(max_live as u32)?.is_some() {
             cleaned += 1;
         }
         Counters::add(&self.stats.writer_cleaned, cleaned);
