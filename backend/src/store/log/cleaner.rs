@@ -2,7 +2,7 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
 //! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 
-use super::victim;
+use super::{victim, victim_read};
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
 use crate::store::compress::{self, place};
@@ -33,6 +33,11 @@ impl Store {
     /// Cleans the sparsest sealed data segment, if any holds garbage worth reclaiming.
     /// The segment becomes free at the next durable mark or checkpoint.
     pub fn clean_step(&self) -> Result<Option<CleanReport>> {
+        self.clean_below((self.geo.seg_blocks * 9 / 10) as u32)
+    }
+
+    /// [`clean_step`](Self::clean_step) among the segments with at most `max_live` live blocks.
+    pub(in crate::store) fn clean_below(&self, max_live: u32) -> Result<Option<CleanReport>> {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
         let seg_blocks = self.geo.seg_blocks;
@@ -43,7 +48,7 @@ impl Store {
                 &st.sut,
                 self.geo.first_data_segment(),
                 seg_blocks,
-                (seg_blocks * 9 / 10) as u32,
+                max_live,
                 self.opts.space.cleaner_policy,
             ) else {
                 return Ok(None);
@@ -71,12 +76,19 @@ impl Store {
         let start = self.geo.segment_start(seg);
         let mut src = AlignedBuf::scratch(seg_blocks as usize);
         let t0 = Instant::now();
+        // Only the live blocks' runs are read (a sparse victim's are a fraction of it).
         // Checked as stored. A block tweaked by its VBA is copied as it is; any other
         // encrypted block is decrypted and sealed again for its new place.
-        self.data.read_raw(&mut src, start * BLOCK)?;
-        self.data.covered(&mut src, start * BLOCK)?;
+        let offsets: Vec<u64> = live.iter().map(|(pba, _)| pba - start).collect();
+        let runs = victim_read::plan(&offsets);
+        victim_read::read_runs(self.data.raw(), &mut src, start * BLOCK, &runs)?;
+        for r in &runs {
+            let bytes = r.bytes();
+            let at = start * BLOCK + bytes.start as u64;
+            self.data.covered(&mut src[bytes], at)?;
+        }
         Counters::add_since(&self.stats.cleaner_read_us, t0);
-        Counters::add(&self.stats.cleaner_read_bytes, src.len() as u64);
+        Counters::add(&self.stats.cleaner_read_bytes, victim_read::bytes_of(&runs));
         let t0 = Instant::now();
         let mut moves = Vec::with_capacity(live.len());
         let mut runs = Vec::new();
@@ -329,11 +341,13 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     }
 }
 
-/// Releases emptied segments once enough of them wait, or any when the free segments are down
-/// to the reserve (`starving`): those a mark may release by a mark, the others by a checkpoint,
-/// each in batches of [`Levels::release_batch`] (a checkpoint rewrites every dirty map node
-/// and holds guest batches while it freezes, so its releases are batched far more). Returns
-/// whether it released (or tried to).
+/// Releases emptied segments once enough of them wait: those a mark may release by a mark,
+/// the others by a checkpoint, each in batches of [`Levels::release_batch`] (a checkpoint
+/// rewrites every dirty map node and holds guest batches while it freezes, so its releases are
+/// batched far more); any a checkpoint may release when the free segments are down to the
+/// reserve (`starving`). Marks keep their batch then: a writer that finds no segment releases
+/// what waits itself once it has no victim left to clean. Returns whether it released (or
+/// tried to).
 fn release_batched(
     store: &Store,
     levels: &Levels,
@@ -344,7 +358,9 @@ fn release_batched(
 ) -> crate::store::Result<bool> {
     let (pending, markable) = store.pending_and_markable();
     let enough = |n: u64, by_mark: bool| {
-        n > 0 && (starving || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
+        n > 0
+            && ((starving && !by_mark)
+                || n >= levels.release_batch(spare, cfg.low_water, urgent, by_mark))
     };
     if enough(markable, true) {
         store.release_by_mark()?;

@@ -27,5 +27,6 @@ pub mod spare;
 pub(super) mod superblock;
 pub(super) mod tail;
 pub(super) mod victim;
+pub(super) mod victim_read;
 pub(super) mod write;
 pub(super) mod write_plan;

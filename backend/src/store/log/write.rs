@@ -36,6 +36,8 @@ use crate::store::layout::BLOCK;
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::batch::Op;
 use crate::store::log::journal::{self, Entry};
+use crate::store::log::pace;
+use crate::store::log::spare::spare_segments;
 use crate::store::log::write_plan::InFlight;
 use crate::store::map::sut::SegKind;
 use crate::store::seal::seal_for_store;
@@ -177,10 +179,17 @@ impl Store {
 
     /// Frees segments for a writer that found none; false when nothing more can be done.
     /// Cleaning gains less than a segment per victim, so several are cleaned before the
-    /// one mark or checkpoint that releases them all.
+    /// one mark or checkpoint that releases them all; a guest writer also tops up emptied
+    /// segments fewer than a batch ([`pace::mark_batch`]) before it releases them, since a
+    /// release costs two device flushes however many it frees, but only with victims at most
+    /// half live: a fuller one costs more to move than the flushes it saves.
     fn make_room(&self, for_cleaner: bool) -> Result<bool> {
         let pending = self.read_lock(&self.state).sut.pending_count();
-        if pending > 0 {
+        let batch = match for_cleaner {
+            true => 1,
+            false => pace::mark_batch(spare_segments(&self.geometry()), true),
+        };
+        if pending >= batch {
             // Releases them (those still pinned by a read stay pending; the caller retries).
             self.release_emptied()?;
             return Ok(true);
@@ -198,15 +207,19 @@ impl Store {
             self.release_emptied()?;
             return Ok(true);
         }
+        let (want, max_live) = match pending {
+            0 => (8, self.geo.seg_blocks * 9 / 10),
+            _ => (batch - pending, self.geo.seg_blocks / 2),
+        };
         let mut cleaned = 0;
-        while cleaned < 8 && self.clean_step()?.is_some() {
+        while cleaned < want && self.clean_below(max_live as u32)?.is_some() {
             cleaned += 1;
         }
         Counters::add(&self.stats.writer_cleaned, cleaned);
-        if cleaned > 0 {
+        if cleaned + pending > 0 {
             self.release_emptied()?;
         }
-        Ok(cleaned > 0)
+        Ok(cleaned + pending > 0)
     }
 
     /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through the
