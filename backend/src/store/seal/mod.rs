@@ -364,7 +364,8 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
         let by_vba = sb.incompat & super::log::superblock::INCOMPAT_VBA_TWEAK != 0;
         return Ok(Unsealed {
             data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext)
-                .tweaked_by_vba(by_vba),
+                .tweaked_by_vba(by_vba)
+                .with_slots_of(sb.incompat),
             dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
             sealer: Some(sealer),
         });
@@ -373,7 +374,7 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
         return Err(StoreError::NotEncrypted);
     }
     Ok(Unsealed {
-        data: DataView::new(Arc::clone(&dev), None, false),
+        data: DataView::new(Arc::clone(&dev), None, false).with_slots_of(sb.incompat),
         dev,
         sealer: None,
     })
