@@ -296,11 +296,12 @@ pub(crate) fn vba_tweak(vba: u64) -> u128 {
 /// out VBAs. A batch whose journal record a crash lost may have stored its data, sealed under
 /// its VBAs, and recovery gives those VBAs out again: skipping this many keeps a VBA tweak
 /// from ever sealing two contents. The lost batches wrote to blocks free at the last
-/// checkpoint, at most every block of the container, each holding at most 8 VBAs (a packed
-/// block's one-sector slots); the first record after the open takes a checkpoint, which makes
-/// the new `next_vba` durable before any data is sealed under it.
+/// checkpoint, at most every block of the container, each holding at most 64 VBAs (a packed
+/// block's one-granule slots, see `compress::place`); the first record after the open takes a
+/// checkpoint, which makes the new `next_vba` durable before any data is sealed under it.
 pub(crate) fn lost_vbas(geo: &super::layout::Geometry) -> u64 {
-    (geo.segments * geo.seg_blocks).saturating_mul(8)
+    (geo.segments * geo.seg_blocks)
+        .saturating_mul(u64::from(crate::store::compress::place::GRANULES))
 }
 
 /// `src` is whole blocks, `len` bytes in all.
