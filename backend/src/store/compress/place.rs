@@ -106,7 +106,7 @@ pub fn slot_of(pba: u64) -> Option<Slot> {
 /// slot's start and length are multiples of).
 pub fn packed(block: u64, slot: Slot, grain: Grain) -> u64 {
     debug_assert!(block <= BLOCK_MASK && slot.len > 0);
-    debug_assert!(slot.first % grain.step() == 0 && slot.len % grain.step() == 0);
+    debug_assert!(slot.first.is_multiple_of(grain.step()) && slot.len.is_multiple_of(grain.step()));
     let bits = match grain {
         Grain::Sector => {
             u64::from(slot.first / PER_SECTOR) << SECTOR_FIRST_SHIFT
