@@ -256,6 +256,15 @@ impl QueueIo<'_> {
         (self.buf + buf_off) as *mut u8
     }
 
+    /// This queue's buffer at `buf_off`, `len` bytes (what a write is about to send).
+    pub fn buffer_mut(&mut self, buf_off: usize, len: usize) -> &mut [u8] {
+        let p = self.ptr(buf_off, len);
+        // SAFETY: `ptr` checked that the range lies in this queue's part of the mapped
+        // region, which no other queue uses and which outlives the borrow of `self`; no
+        // request in flight uses the slot being refilled.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
     /// Queues a read of `len` bytes at disk `offset` into this queue's buffer at `buf_off`.
     pub fn enqueue_read(&mut self, offset: u64, buf_off: usize, len: usize, tag: usize) {
         let p = self.ptr(buf_off, len);

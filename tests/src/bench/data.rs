@@ -1,9 +1,15 @@
 //! What a benchmark's writes hold. Storage that compresses is only measured honestly with
 //! data of a known kind: one repeated byte (compresses to almost nothing), noise (does not
 //! compress), or English-like text (compresses about as real text does, block by block).
+//!
+//! Noise and text come from a pool of distinct 4 KiB blocks that each write takes the next
+//! ones of: a compressor never sees the same block twice until the pool wraps, so its ratio
+//! is not flattered by repeats (and a dictionary is not trained on the very blocks it then
+//! compresses).
 
 use super::Rng;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// The kind of data the write buffers hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,14 +41,54 @@ pub fn set_data_kind(kind: DataKind) {
     KIND.store(kind as u8, Ordering::Relaxed);
 }
 
-/// Fills a write buffer with data of the kind set (the same bytes for a buffer of one length).
+/// Bytes of distinct data writes draw from: as much as the benchmarks' usual disk, so a fill
+/// writes no block twice.
+const POOL_BYTES: usize = 64 << 20;
+/// Granule of the pool's cursor: one guest block.
+const POOL_BLOCK: usize = 4096;
+
+static POOL: OnceLock<Vec<u8>> = OnceLock::new();
+/// The pool block the next write starts at (wraps).
+static CURSOR: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether each write takes fresh bytes ([`fill_data`] before every write): every kind but
+/// the pattern, which is one byte everywhere.
+pub fn varies() -> bool {
+    KIND.load(Ordering::Relaxed) != DataKind::Pattern as u8
+}
+
+/// Fills a write buffer with data of the kind set: the pattern, or the next `buf.len()`
+/// bytes of the pool (made on first use, so before any measurement: connecting fills).
 pub fn fill_data(buf: &mut [u8]) {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    match KIND.load(Ordering::Relaxed) {
-        k if k == DataKind::Random as u8 => buf.iter_mut().for_each(|b| *b = rng.byte()),
-        k if k == DataKind::Text as u8 => fill_text(buf, &mut rng),
-        _ => buf.fill(0x5a),
+    if !varies() {
+        buf.fill(0x5a);
+        return;
     }
+    let pool = POOL.get_or_init(make_pool);
+    let blocks = pool.len() / POOL_BLOCK;
+    let mut at = 0;
+    while at < buf.len() {
+        let want = (buf.len() - at).div_ceil(POOL_BLOCK).min(blocks);
+        let start = CURSOR.fetch_add(want, Ordering::Relaxed) % blocks;
+        // A run that would pass the pool's end starts over at its beginning.
+        let start = if start + want > blocks { 0 } else { start };
+        let n = (want * POOL_BLOCK).min(buf.len() - at);
+        let from = start * POOL_BLOCK;
+        buf[at..at + n].copy_from_slice(&pool[from..from + n]);
+        at += n;
+    }
+}
+
+/// The pool of the kind set: one stream of noise or of text, cut into distinct blocks.
+fn make_pool() -> Vec<u8> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut pool = vec![0u8; POOL_BYTES];
+    if KIND.load(Ordering::Relaxed) == DataKind::Text as u8 {
+        fill_text(&mut pool, &mut rng);
+    } else {
+        pool.iter_mut().for_each(|b| *b = rng.byte());
+    }
+    pool
 }
 
 /// Bytes and small numbers from the benchmarks' xorshift generator.
@@ -122,5 +168,30 @@ mod tests {
         assert!(text.windows(2).any(|w| w == b". "));
         assert_eq!(DataKind::parse("text"), Some(DataKind::Text));
         assert_eq!(DataKind::parse("zeros"), None);
+    }
+
+    /// Successive writes never repeat a block while the pool lasts, even across requests.
+    #[test]
+    fn successive_writes_hold_distinct_blocks() {
+        set_data_kind(DataKind::Text);
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 4 * POOL_BLOCK];
+        for _ in 0..512 {
+            fill_data(&mut buf[..POOL_BLOCK]);
+            assert!(
+                seen.insert(buf[..POOL_BLOCK].to_vec()),
+                "a 4 KiB write repeated"
+            );
+            fill_data(&mut buf);
+            for block in buf.chunks(POOL_BLOCK) {
+                assert!(
+                    seen.insert(block.to_vec()),
+                    "a block of a 16 KiB write repeated"
+                );
+            }
+        }
+        set_data_kind(DataKind::Pattern);
+        fill_data(&mut buf);
+        assert!(buf.iter().all(|b| *b == 0x5a));
     }
 }

@@ -7,11 +7,12 @@ use std::path::Path;
 use keel_client::queue::Completions;
 use keel_client::{Buffer, Disk, DiskOptions, Push, Queue, Request};
 
-use super::data::fill_data;
+use super::data::{fill_data, varies};
 use crate::client::{Client, Options, QueueIo};
 
 /// One queue of a connected client, driven by one thread. Request `slot` always uses the
-/// slot's own buffer of the workload's block size.
+/// slot's own buffer of the workload's block size, which a write refills with the next
+/// distinct data (see `data.rs`) unless the data is the constant pattern.
 pub trait QueueDriver: Send {
     /// Puts request `slot` on the ring without notifying the device.
     fn enqueue(&mut self, slot: usize, read: bool, offset: u64) -> Result<(), String>;
@@ -115,6 +116,7 @@ impl Connection {
                         queue,
                         slots,
                         done: Vec::with_capacity(shape.slots),
+                        next: vec![0u8; shape.block_size],
                     }));
                 }
                 Ok(out)
@@ -133,6 +135,9 @@ struct BlkioQueue<'a> {
 impl QueueDriver for BlkioQueue<'_> {
     fn enqueue(&mut self, slot: usize, read: bool, offset: u64) -> Result<(), String> {
         let (at, len) = (slot * self.block_size, self.block_size);
+        if !read && varies() {
+            fill_data(self.io.buffer_mut(at, len));
+        }
         if read {
             self.io.enqueue_read(offset, at, len, slot);
         } else {
@@ -167,13 +172,19 @@ struct KeelQueue {
     /// Each slot's buffer while the slot is idle; it travels with the request otherwise.
     slots: Vec<Option<Buffer>>,
     done: Vec<keel_client::Completion>,
+    /// A write's next data, copied into its buffer.
+    next: Vec<u8>,
 }
 
 impl QueueDriver for KeelQueue {
     fn enqueue(&mut self, slot: usize, read: bool, offset: u64) -> Result<(), String> {
-        let buf = self.slots[slot]
+        let mut buf = self.slots[slot]
             .take()
             .ok_or_else(|| format!("slot {slot} is already in flight"))?;
+        if !read && varies() {
+            fill_data(&mut self.next);
+            buf.write_at(0, &self.next).map_err(|e| e.to_string())?;
+        }
         let buffers = vec![buf];
         let request = if read {
             Request::Read { offset, buffers }

@@ -44,7 +44,8 @@ struct Args {
     #[arg(long, value_parser = bench_args::secs, default_value = "5")]
     settle: Duration,
     /// What the writes hold: one repeated byte ("pattern", compresses to almost nothing),
-    /// noise ("random", does not compress) or English-like text ("text").
+    /// noise ("random", does not compress) or English-like text ("text"); noise and text
+    /// writes never repeat a block until 64 MiB were written.
     #[arg(long, value_parser = ["pattern", "random", "text"], default_value = "pattern")]
     data: String,
     /// The servers to measure, comma-separated.

@@ -161,7 +161,7 @@ impl Store {
                 ));
             }
             let pba = block_of(e.pba);
-            if !geo.is_data_block(pba) || !place::is_valid(e.pba) {
+            if !geo.is_data_block(pba) || !self.data.valid_pba(e.pba) {
                 r.problems.push(format!(
                     "VBA {v} points outside the segments ({:#x})",
                     e.pba
@@ -246,7 +246,7 @@ impl Store {
         // container with CIPHERTEXT_CRC is not decrypted (see scrub.rs).
         let mut stored: Vec<StoredBlock> = vbas
             .iter()
-            .filter(|(_, e)| geo.is_data_block(block_of(e.pba)) && place::is_valid(e.pba))
+            .filter(|(_, e)| geo.is_data_block(block_of(e.pba)) && self.data.valid_pba(e.pba))
             .map(|(v, e)| StoredBlock {
                 pba: e.pba,
                 vba: *v,

@@ -5,8 +5,13 @@ use super::dict::Dictionary;
 use std::cell::RefCell;
 use zstd::zstd_safe::{CCtx, DCtx};
 
-/// zstd level: fast, still well ahead of lz4 on ratio.
+/// zstd level without a dictionary: fast, still well ahead of lz4 on ratio.
 pub(super) const ZSTD_LEVEL: i32 = 1;
+/// zstd level with the container's dictionary: on text it takes a block from about 1750
+/// bytes (level 1) to about 1570, two 64-byte granules less per block, for more CPU per
+/// compressed block. Data that does not compress never trains a dictionary, so it never
+/// pays this.
+pub(super) const DICT_LEVEL: i32 = 3;
 
 /// How a compressed container's packed slots are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,7 +53,7 @@ impl Dictionary {
         }
         let refused = || StoreError::corrupt("dictionary", "zstd refuses it".to_string());
         Ok(Self {
-            cdict: CDict::try_create(&bytes, super::codec::ZSTD_LEVEL).ok_or_else(refused)?,
+            cdict: CDict::try_create(&bytes, super::codec::DICT_LEVEL).ok_or_else(refused)?,
             ddict: DDict::try_create(&bytes).ok_or_else(refused)?,
             bytes,
         })

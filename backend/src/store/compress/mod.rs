@@ -1,10 +1,11 @@
 //! Per-block compression: guest blocks that shrink are packed, several to a 4096-byte
-//! physical block, in 512-byte sectors; the others are stored raw as without compression.
+//! physical block, in 64-byte granules (512-byte sectors in containers made before
+//! `FINE_SLOTS`); the others are stored raw as without compression.
 //!
 //! Everything else in the store keeps working in whole blocks: a packed block is allocated,
 //! written, pinned, cleaned and encrypted as one block. Only the VBA map tells a packed block
 //! from a raw one: its `pba` carries the slot (see [`place`]) and its crc covers the slot's
-//! sectors as stored, so checks never need to decompress. Compression happens before the
+//! bytes as stored, so checks never need to decompress. Compression happens before the
 //! cipher, which sees only whole blocks.
 
 mod codec;

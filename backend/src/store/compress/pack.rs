@@ -1,21 +1,21 @@
 //! Packing one write batch: each block is compressed, and those that shrink to at most
-//! [`MAX_SECTORS`] sectors are laid out, in batch order, into as few physical blocks as
+//! [`MAX_PACKED`] bytes are laid out, in batch order, into as few physical blocks as
 //! first-fit in order gives; the others stay raw.
 //!
 //! A slot is a 2-byte little-endian length (its top bit set when the dictionary was used),
-//! the compressed bytes, then zeroes up to the next sector.
+//! the compressed bytes, then zeroes up to the next granule (or sector, see [`Grain`]).
 
 use super::codec::Codec;
 use super::dict::{DICT_SLOT, Dictionary};
-use super::place::{SECTOR, SECTORS, Slot};
+use super::place::{GRANULES, Grain, Slot};
 use crate::store::buf::AlignedBuf;
 use crate::store::layout::BLOCK_SIZE;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A block is packed only if it fits this many sectors (3 KiB): less saves too little to
+/// A block is packed only if its slot fits this many bytes (3 KiB): less saves too little to
 /// pay for the decompression on every read.
-pub const MAX_SECTORS: u8 = 6;
+pub const MAX_PACKED: usize = 3072;
 /// After this many blocks in a row that did not shrink, only one block in [`PROBE_EVERY`]
 /// is tried: data that does not compress costs (almost) no compression attempts.
 const GIVE_UP_AFTER: u32 = 32;
@@ -67,10 +67,12 @@ impl Misses {
 }
 
 /// Compresses and packs `blocks` (4096 bytes each) with `codec` and the container's
-/// dictionary `dict` (zstd only), which the slots' length says they used.
+/// dictionary `dict` (zstd only), which the slots' length says they used, placing slots on
+/// the container's `grain`.
 pub(crate) fn pack_batch(
     codec: Codec,
     dict: Option<&Dictionary>,
+    grain: Grain,
     blocks: &[&[u8]],
     misses: &Misses,
 ) -> Packed {
@@ -79,10 +81,10 @@ pub(crate) fn pack_batch(
     let mut buf: Option<AlignedBuf> = None;
     let mut used = 0usize; // packed blocks started
     let mut open = 0usize; // where in `phys` the current packed block is
-    let mut fill = SECTORS; // sectors used in the current packed block
+    let mut fill = GRANULES; // granules used in the current packed block
     // Room for lz4's worst case (it wants it all before it starts).
     let mut tmp = [0u8; 2 * BLOCK_SIZE];
-    let max_body = MAX_SECTORS as usize * SECTOR - 2;
+    let max_body = MAX_PACKED - 2;
     for (i, block) in blocks.iter().enumerate() {
         let len = if misses.worth_trying() {
             let len = codec
@@ -97,9 +99,9 @@ pub(crate) fn pack_batch(
             phys.push(Physical::Raw(i));
             continue;
         };
-        let sectors = (len + 2).div_ceil(SECTOR) as u8;
+        let granules = grain.granules(len + 2);
         let b = buf.get_or_insert_with(|| AlignedBuf::scratch(blocks.len()));
-        if fill + sectors > SECTORS {
+        if fill + granules > GRANULES {
             b.block_mut(used).fill(0);
             used += 1;
             fill = 0;
@@ -111,12 +113,12 @@ pub(crate) fn pack_batch(
         }
         let slot = Slot {
             first: fill,
-            sectors,
+            len: granules,
         };
         let at = (used - 1) * BLOCK_SIZE + slot.range().start;
         b[at..at + 2].copy_from_slice(&(len as u16 | flag).to_le_bytes());
         b[at + 2..at + 2 + len].copy_from_slice(&tmp[..len]);
-        fill += sectors;
+        fill += granules;
         if let Physical::Packed { slots, .. } = &mut phys[open] {
             slots.push((i, slot));
         }

@@ -17,7 +17,8 @@ impl Store {
     /// dictionary; without one yet, the blocks that compressed go to its sample.
     pub(in crate::store) fn pack(&self, codec: Codec, sources: &[&[u8]]) -> Packed {
         let dict = self.dict.get();
-        let packed = pack_batch(codec, dict.map(|d| &**d), sources, &self.misses);
+        let grain = self.data.grain();
+        let packed = pack_batch(codec, dict.map(|d| &**d), grain, sources, &self.misses);
         if dict.is_none() {
             self.dict.offer(sources, &packed);
         }
@@ -74,7 +75,7 @@ impl Store {
                             entries.push(Entry::Map {
                                 lba: lbas[*b],
                                 vba,
-                                pba: place::packed(at, *slot),
+                                pba: place::packed(at, *slot, self.data.grain()),
                                 crc: self.prepared_crc(vba, &data[slot.range()]),
                             });
                             vba += 1;

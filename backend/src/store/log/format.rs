@@ -8,8 +8,8 @@ use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::persist;
 use crate::store::log::superblock::{
-    FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED, INCOMPAT_NEW,
-    INCOMPAT_VBA_TWEAK, INCOMPAT_ZSTD_DICT, Superblock,
+    FORMAT_VERSION, INCOMPAT_CIPHERTEXT_CRC, INCOMPAT_COMPRESSED, INCOMPAT_ENCRYPTED,
+    INCOMPAT_FINE_SLOTS, INCOMPAT_NEW, INCOMPAT_VBA_TWEAK, INCOMPAT_ZSTD_DICT, Superblock,
 };
 use crate::store::map::maps::Maps;
 use crate::store::map::sut::Sut;
@@ -171,8 +171,8 @@ pub fn format(dev: &dyn BlockDevice, opts: &CreateOptions) -> Result<Geometry> {
                 0
             }
             | match opts.compression {
-                Some(Codec::Zstd) => INCOMPAT_COMPRESSED | INCOMPAT_ZSTD_DICT,
-                Some(Codec::Lz4) => INCOMPAT_COMPRESSED,
+                Some(Codec::Zstd) => INCOMPAT_COMPRESSED | INCOMPAT_ZSTD_DICT | INCOMPAT_FINE_SLOTS,
+                Some(Codec::Lz4) => INCOMPAT_COMPRESSED | INCOMPAT_FINE_SLOTS,
                 None => 0,
             },
         compat: 0,

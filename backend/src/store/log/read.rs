@@ -119,7 +119,7 @@ impl Store {
                     continue;
                 };
                 let pba = block_of(e.pba);
-                if !geo.is_data_block(pba) || !place::is_valid(e.pba) {
+                if !geo.is_data_block(pba) || !self.data.valid_pba(e.pba) {
                     return Err(StoreError::corrupt(
                         "VBA map",
                         format!("LBA {lba} maps to block {:#x} outside the segments", e.pba),

@@ -12,7 +12,7 @@ use crate::device::BlockDevice;
 use crate::store::State;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
-use crate::store::compress::{self, block_of, place};
+use crate::store::compress::{self, block_of};
 use crate::store::error::{Result, StoreError};
 use crate::store::layout::{BLOCK, Geometry};
 use crate::store::log::chain;
@@ -470,7 +470,7 @@ fn check_entries(
                 _ => continue,
             },
         };
-        if !geo.is_data_block(block_of(pba)) || !place::is_valid(pba) {
+        if !geo.is_data_block(block_of(pba)) || !data.valid_pba(pba) {
             return Ok(Some(format!("block {pba:#x} outside the segments")));
         }
         blocks.push((pba, vba, crc));

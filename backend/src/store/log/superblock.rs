@@ -77,6 +77,10 @@ pub const INCOMPAT_VBA_TWEAK: u64 = 1 << 12;
 /// slots whose length has its top bit set were compressed with it. A Keel without it would
 /// take those lengths for slots running past their sectors.
 pub const INCOMPAT_ZSTD_DICT: u64 = 1 << 13;
+/// Incompatible feature (with `INCOMPAT_COMPRESSED`): packed slots start and end on 64-byte
+/// granules, and their addresses use the granule encoding (bit 62 set). A Keel without it
+/// would take those addresses for slots outside their block.
+pub const INCOMPAT_FINE_SLOTS: u64 = 1 << 14;
 /// Incompatible features this code understands; a container with any other bit set is refused.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
     | INCOMPAT_MARKED_REPLAY
@@ -91,7 +95,8 @@ pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_STAGING
     | INCOMPAT_IMPORTING
     | INCOMPAT_ENCRYPTED
     | INCOMPAT_COMPRESSED
-    | INCOMPAT_ZSTD_DICT;
+    | INCOMPAT_ZSTD_DICT
+    | INCOMPAT_FINE_SLOTS;
 /// Features a new container gets whatever it is made with.
 pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_IMPORTING
@@ -100,6 +105,7 @@ pub const INCOMPAT_NEW: u64 = INCOMPAT_SUPPORTED
     & !INCOMPAT_VBA_TWEAK
     & !INCOMPAT_COMPRESSED
     & !INCOMPAT_ZSTD_DICT
+    & !INCOMPAT_FINE_SLOTS
     & !INCOMPAT_STAGING;
 /// Compatible feature: the container was filled by an import that finished; it no longer
 /// refers to the source.
@@ -251,6 +257,9 @@ impl Superblock {
         if incompat & INCOMPAT_ZSTD_DICT != 0 && seal.compression != Codec::Zstd.number() {
             return Err(bad("ZSTD_DICT is set but the codec is not zstd"));
         }
+        if incompat & INCOMPAT_FINE_SLOTS != 0 && incompat & INCOMPAT_COMPRESSED == 0 {
+            return Err(bad("FINE_SLOTS is set but COMPRESSED is not"));
+        }
         if block_size as usize != BLOCK_SIZE {
             return Err(bad("block size is not 4096"));
         }
@@ -392,6 +401,18 @@ mod tests {
         s.incompat |= INCOMPAT_CIPHERTEXT_CRC;
         let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
         assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+    }
+
+    /// Fine slots are packed slots: the bit without compression is corruption.
+    #[test]
+    fn fine_slots_need_compression() {
+        let mut s = sample();
+        s.incompat |= INCOMPAT_FINE_SLOTS;
+        let r = Superblock::decode(&s.encode(), 40 * 256 * 4096);
+        assert!(matches!(&r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        s.incompat |= INCOMPAT_COMPRESSED;
+        s.seal.compression = Codec::Lz4.number();
+        Superblock::decode(&s.encode(), 40 * 256 * 4096).unwrap();
     }
 
     /// A dictionary is a zstd one: the bit on another container is corruption.

@@ -314,11 +314,12 @@ pub(crate) fn vba_tweak(vba: u64) -> u128 {
 /// out VBAs. A batch whose journal record a crash lost may have stored its data, sealed under
 /// its VBAs, and recovery gives those VBAs out again: skipping this many keeps a VBA tweak
 /// from ever sealing two contents. The lost batches wrote to blocks free at the last
-/// checkpoint, at most every block of the container, each holding at most 8 VBAs (a packed
-/// block's one-sector slots); the first record after the open takes a checkpoint, which makes
-/// the new `next_vba` durable before any data is sealed under it.
+/// checkpoint, at most every block of the container, each holding at most 64 VBAs (a packed
+/// block's one-granule slots, see `compress::place`); the first record after the open takes a
+/// checkpoint, which makes the new `next_vba` durable before any data is sealed under it.
 pub(crate) fn lost_vbas(geo: &super::layout::Geometry) -> u64 {
-    (geo.segments * geo.seg_blocks).saturating_mul(8)
+    (geo.segments * geo.seg_blocks)
+        .saturating_mul(u64::from(crate::store::compress::place::GRANULES))
 }
 
 /// `src` is whole blocks, `len` bytes in all.
@@ -353,7 +354,8 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
         let by_vba = sb.incompat & super::log::superblock::INCOMPAT_VBA_TWEAK != 0;
         return Ok(Unsealed {
             data: DataView::new(Arc::clone(&dev), Some(Arc::clone(&sealer)), over_ciphertext)
-                .tweaked_by_vba(by_vba),
+                .tweaked_by_vba(by_vba)
+                .with_slots_of(sb.incompat),
             dev: Arc::new(SealedDevice::new(dev, Arc::clone(&sealer))),
             sealer: Some(sealer),
         });
@@ -362,7 +364,7 @@ pub(crate) fn unseal(dev: Arc<dyn BlockDevice>, key: Option<&Key>) -> Result<Uns
         return Err(StoreError::NotEncrypted);
     }
     Ok(Unsealed {
-        data: DataView::new(Arc::clone(&dev), None, false),
+        data: DataView::new(Arc::clone(&dev), None, false).with_slots_of(sb.incompat),
         dev,
         sealer: None,
     })

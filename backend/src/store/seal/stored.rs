@@ -12,7 +12,8 @@
 
 use super::{Sealer, pba_tweak, vba_tweak};
 use crate::device::BlockDevice;
-use crate::store::compress::{block_of, place};
+use crate::store::compress::block_of;
+use crate::store::compress::place::{self, Grain};
 use std::io;
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub(crate) struct DataView {
     over_ciphertext: bool,
     /// Raw data blocks are tweaked by their VBA (`VBA_TWEAK`, which implies `over_ciphertext`).
     by_vba: bool,
+    /// How finely packed slots are placed (`FINE_SLOTS`): which slot addresses are valid.
+    grain: Grain,
 }
 
 impl DataView {
@@ -39,7 +42,27 @@ impl DataView {
             sealer,
             over_ciphertext,
             by_vba: false,
+            grain: Grain::Sector,
         }
+    }
+
+    /// This view for a container whose superblock has the `incompat` bits: its slot grain.
+    pub fn with_slots_of(self, incompat: u64) -> Self {
+        Self {
+            grain: Grain::of(incompat),
+            ..self
+        }
+    }
+
+    /// How finely the container places packed slots.
+    pub fn grain(&self) -> Grain {
+        self.grain
+    }
+
+    /// Whether `pba`, read from the VBA map or the journal, is a well formed address for this
+    /// container (see [`place::is_valid`]).
+    pub fn valid_pba(&self, pba: u64) -> bool {
+        place::is_valid(pba, self.grain)
     }
 
     /// This view with raw data blocks tweaked by their VBA (`VBA_TWEAK`); only meaningful
