@@ -4,23 +4,18 @@
 //!
 //! cargo run --release -p keel-backend --example seal_bench -- [BLOCKS_PER_BATCH] [BATCHES]
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use keel_backend::store::seal::{Key, SealFields};
 use std::hint::black_box;
 
 const BLOCK: usize = 4096;
 
-/// CPU time of this thread, in seconds: other processes on a shared machine slow the wall
-/// clock, not this.
+/// CPU time of this thread, in seconds.
 fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    cpu_time::cpu_secs(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

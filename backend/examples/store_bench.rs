@@ -8,6 +8,9 @@
 //!
 //! cargo run --release -p keel-backend --example store_bench -- [PATH] [SIZE_MIB] [BATCH] [PASSES] [WRITERS] [ENCRYPTED]
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 use keel_backend::store::seal::Key;
 use keel_backend::store::{CleanerConfig, CleanerHandle, CreateOptions, Op, Store, StoreOptions};
 use std::path::PathBuf;
@@ -156,12 +159,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// CPU time of the whole process (every writer, the cleaner, the checkpoints), in seconds.
 fn cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    cpu_time::cpu_secs(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
