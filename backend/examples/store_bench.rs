@@ -6,16 +6,25 @@
 //! process's CPU time per guest write is printed too, as the cost of the cipher shows there
 //! even when other work on the machine moves the IOPS.
 //!
-//! cargo run --release -p keel-backend --example store_bench -- [PATH] [SIZE_MIB] [BATCH] [PASSES] [WRITERS] [ENCRYPTED]
+//! COMPRESSION (none, lz4 or zstd; none by default) makes a compressed container. DATA says
+//! what the writes hold: `counter` (the default: the block's number, then zeroes, which
+//! compresses to almost nothing) or `random` (noise from a 64 MiB pool of distinct blocks,
+//! which does not compress: the cost of trying). Compare the CPU time per guest write.
+//!
+//! cargo run --release -p keel-backend --example store_bench -- [PATH] [SIZE_MIB] [BATCH] [PASSES] [WRITERS] [ENCRYPTED] [COMPRESSION] [DATA]
 
 #[path = "common/cpu_time.rs"]
 mod cpu_time;
 
+use keel_backend::store::compress::Codec;
 use keel_backend::store::seal::Key;
 use keel_backend::store::{CleanerConfig, CleanerHandle, CreateOptions, Op, Store, StoreOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Bytes of distinct noise the random writes draw from.
+const POOL_BYTES: usize = 64 << 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +37,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let passes: u64 = args.get(3).map_or(Ok(2), |s| s.parse())?;
     let writers: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
     let encrypted = args.get(5).is_some_and(|s| s == "1");
+    let compression = Codec::parse(args.get(6).map_or("none", |s| s.as_str()))?;
+    let random = match args.get(7).map_or("counter", |s| s.as_str()) {
+        "counter" => false,
+        "random" => true,
+        other => return Err(format!("unknown data {other:?} (use counter or random)").into()),
+    };
+    // Made before the clock starts: each write copies the next blocks of it.
+    let pool: Vec<u8> = if random {
+        let mut rng = fastrand::Rng::with_seed(0xda7a);
+        (0..POOL_BYTES).map(|_| rng.u8(..)).collect()
+    } else {
+        Vec::new()
+    };
     let key = encrypted
         .then(|| {
             let raw: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(113) ^ 0x3c).collect();
@@ -38,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_file(&path);
     let create = CreateOptions {
         encryption: key.clone(),
+        compression,
         ..CreateOptions::new(size_mib << 20)
     };
     let geo = Store::create_path(&path, &create)?;
@@ -52,23 +75,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total_batches = blocks * passes / batch as u64;
     let per_writer = total_batches / writers as u64;
     println!(
-        "container {} ({} MiB disk, {} MiB file), batch {batch}, {passes} passes, {writers} writer(s), O_DIRECT",
+        "container {} ({} MiB disk, {} MiB file), batch {batch}, {passes} passes, {writers} writer(s), compression {}, {} data, O_DIRECT",
         path.display(),
         size_mib,
-        geo.container_bytes() >> 20
+        geo.container_bytes() >> 20,
+        Codec::name_of(compression),
+        if random { "random" } else { "counter" }
     );
     let t0 = Instant::now();
     let cpu0 = cpu_secs();
     std::thread::scope(|s| {
         for w in 0..writers {
             let store = store.clone();
+            let pool = &pool;
             s.spawn(move || {
                 let mut rng = fastrand::Rng::with_seed(0x5eed + w as u64);
                 let mut data = vec![0u8; batch * 4096];
                 for b in 0..per_writer {
                     for (i, chunk) in data.chunks_mut(4096).enumerate() {
-                        chunk[..8].copy_from_slice(&(b * batch as u64 + i as u64).to_le_bytes());
-                        chunk[8] = w as u8;
+                        let n = b * batch as u64 + i as u64;
+                        if random {
+                            // Writers take turns through the pool.
+                            let k = (n * writers as u64 + w as u64) as usize;
+                            let at = (k % (POOL_BYTES / 4096)) * 4096;
+                            chunk.copy_from_slice(&pool[at..at + 4096]);
+                        } else {
+                            chunk[..8].copy_from_slice(&n.to_le_bytes());
+                            chunk[8] = w as u8;
+                        }
                     }
                     let offs: Vec<u64> = (0..batch).map(|_| rng.u64(0..blocks) * 4096).collect();
                     let ops: Vec<Op<'_>> = offs
@@ -129,10 +163,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let info = store.info();
     println!(
-        "free segments {} of {}, journal {} KiB in use",
+        "free segments {} of {}, journal {} KiB in use, data mapped / stored {:.2}",
         info.free_segments,
         info.data_segments,
-        info.journal_used_bytes >> 10
+        info.journal_used_bytes >> 10,
+        info.compression_ratio
     );
     drop(store);
     let t1 = Instant::now();
