@@ -2,6 +2,7 @@
 
 use super::super::layout::BLOCK_SIZE;
 use super::dict::Dictionary;
+use lz4_flex::block::CompressTable;
 use std::cell::RefCell;
 use zstd::zstd_safe::{CCtx, DCtx};
 
@@ -72,7 +73,10 @@ impl Codec {
         out: &mut [u8],
     ) -> Option<usize> {
         match self {
-            Codec::Lz4 => lz4_flex::block::compress_into(block, out).ok(),
+            Codec::Lz4 => LZ4.with(|t| {
+                let mut t = t.borrow_mut();
+                lz4_flex::block::compress_into_with_table(block, out, &mut t).ok()
+            }),
             Codec::Zstd => ZSTD.with(|z| {
                 let mut z = z.borrow_mut();
                 let (c, _) = z.as_mut()?;
@@ -119,4 +123,9 @@ thread_local! {
     /// passed with each call, so one context serves every container).
     static ZSTD: RefCell<Option<ZstdContexts>> =
         RefCell::new(CCtx::try_create().zip(DCtx::try_create()));
+
+    /// lz4's hash table, kept by each thread and cleared per block. Made anew for every
+    /// block, it was an 8 KiB zeroed allocation that the heap often grew into with an
+    /// mprotect and page faults: most of an attempt's time on data that does not shrink.
+    static LZ4: RefCell<CompressTable> = RefCell::new(CompressTable::default());
 }
