@@ -201,8 +201,9 @@ pub struct Store {
     data: seal::DataView,
     /// The codec of a compressed container.
     codec: Option<compress::Codec>,
-    /// Blocks that did not shrink lately: a stream of them stops being tried.
-    misses: compress::Misses,
+    /// Blocks that did not shrink lately, one count per writer (as `writers`): a writer's
+    /// stream of them stops being tried, without turning attempts off for the others.
+    misses: Vec<compress::Misses>,
     /// A zstd container's dictionary, or the sample it is trained from.
     dict: compress::DictState,
     /// The geometry opened; its capacity and segment count are those at open (see
@@ -402,7 +403,9 @@ impl Store {
             sealer,
             data,
             codec: compress::Codec::from_number(loaded.superblock.seal.compression),
-            misses: compress::Misses::default(),
+            misses: (0..opts.writers.max(1))
+                .map(|_| compress::Misses::default())
+                .collect(),
             dict,
             geo,
             capacity: AtomicU64::new(geo.capacity),

@@ -9,6 +9,7 @@ mod dictionary;
 mod import_crash;
 mod import_disk;
 mod in_flight;
+mod incompressible;
 mod keep_ahead;
 mod live;
 mod mark_release;

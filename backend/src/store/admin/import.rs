@@ -160,10 +160,10 @@ impl Store {
         // A compressed container packs what it imports as it packs guest writes.
         let sources: Vec<&[u8]> = (0..wanted.len()).map(|k| copies.block(k)).collect();
         let parts: Vec<Part<'_>> = (0..wanted.len()).map(Part::Copy).collect();
-        let packed = self.codec.map(|codec| self.pack(codec, &sources));
+        let packed = self.codec.map(|codec| self.pack(writer, codec, &sources));
         let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
         let placed = (&lbas[..], &sources[..], &parts[..]);
-        match &packed {
+        match packed.as_ref().filter(|p| p.any_packed()) {
             Some(packed) => self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?,
             None => self.place_raw(&mut w, placed, &mut entries, &mut runs)?,
         };

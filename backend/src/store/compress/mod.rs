@@ -21,6 +21,8 @@ pub use codec::Codec;
 pub use dict::Dictionary;
 pub(crate) use owners::PackedOwners;
 pub(crate) use pack::Misses;
+#[cfg(test)]
+pub(crate) use pack::PROBE_EVERY;
 pub use place::{block_of, stored_len};
 pub(crate) use train::DictState;
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub const MAX_PACKED: usize = 3072;
 /// After this many blocks in a row that did not shrink, only one block in [`PROBE_EVERY`]
 /// is tried: data that does not compress costs (almost) no compression attempts.
 const GIVE_UP_AFTER: u32 = 32;
-pub(super) const PROBE_EVERY: u32 = 64;
+pub(crate) const PROBE_EVERY: u32 = 64;
 
 /// One physical block of a batch.
 #[derive(Debug)]
@@ -39,7 +39,17 @@ pub(crate) struct Packed {
     pub phys: Vec<Physical>,
 }
 
-/// Consecutive blocks that did not shrink, across a store's batches.
+impl Packed {
+    /// Whether any block was packed: a batch where none was is placed as without
+    /// compression.
+    pub fn any_packed(&self) -> bool {
+        self.phys
+            .iter()
+            .any(|p| matches!(p, Physical::Packed { .. }))
+    }
+}
+
+/// Consecutive blocks that did not shrink, across one writer's batches.
 #[derive(Debug, Default)]
 pub struct Misses {
     run: AtomicU32,

@@ -13,12 +13,14 @@ use crate::store::log::write::MAX_PARTS;
 use crate::store::log::write_plan::{Part, Run};
 
 impl Store {
-    /// Compresses and packs a batch's blocks (`sources`) with `codec` and the container's
+    /// Compresses and packs a batch's blocks (`sources`) for `writer` (whose run of blocks
+    /// that did not shrink decides which are tried) with `codec` and the container's
     /// dictionary; without one yet, the blocks that compressed go to its sample.
-    pub(in crate::store) fn pack(&self, codec: Codec, sources: &[&[u8]]) -> Packed {
+    pub(in crate::store) fn pack(&self, writer: usize, codec: Codec, sources: &[&[u8]]) -> Packed {
         let dict = self.dict.get();
         let grain = self.data.grain();
-        let packed = pack_batch(codec, dict.map(|d| &**d), grain, sources, &self.misses);
+        let misses = &self.misses[writer % self.misses.len()];
+        let packed = pack_batch(codec, dict.map(|d| &**d), grain, sources, misses);
         if dict.is_none() {
             self.dict.offer(sources, &packed);
         }

@@ -182,14 +182,16 @@ impl Store {
             })
             .collect();
         let mut runs: Vec<Run<'a>> = Vec::new();
-        let packed = self.codec.map(|codec| self.pack(codec, &sources));
-        let written = if let Some(packed) = &packed {
-            let placed = (&lbas[..], &sources[..], &parts[..]);
-            self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
-        } else {
-            self.place_raw(&mut w, (&lbas, &sources, &parts), &mut entries, &mut runs)?
+        let packed = self.codec.map(|codec| self.pack(writer, codec, &sources));
+        // A batch where nothing shrank is placed as without compression.
+        let written = match packed.as_ref().filter(|p| p.any_packed()) {
+            Some(packed) => {
+                let placed = (&lbas[..], &sources[..], &parts[..]);
+                self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
+            }
+            None => self.place_raw(&mut w, (&lbas, &sources, &parts), &mut entries, &mut runs)?,
         };
-        let packed = packed.map(|p| p.buf);
+        let packed = packed.filter(|p| p.any_packed()).map(|p| p.buf);
         // An encrypted container's data is sealed here, once, and checksummed as stored.
         let sealed = {
             let plain = gathers(&runs, copies.as_ref(), packed.as_ref());

@@ -43,7 +43,7 @@ fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
 
 /// A block of log lines, different for every `seed`: what a dictionary helps with (the
 /// same words and shapes in every block, too few of them in one block to refer back to).
-fn text(seed: u64) -> Vec<u8> {
+pub(super) fn text(seed: u64) -> Vec<u8> {
     const LEVELS: [&str; 3] = ["INFO", "WARN", "DEBUG"];
     const WHAT: [&str; 8] = [
         "request served from the queue",
