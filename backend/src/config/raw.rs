@@ -51,6 +51,7 @@ pub(super) struct RawDisk {
     pub(super) space_wait_ms: Option<Spanned<u64>>,
     pub(super) spare: Option<Spanned<SizeValue>>,
     pub(super) cleaner_policy: Option<Spanned<String>>,
+    pub(super) cleaner_io: Option<Spanned<String>>,
     pub(super) iops_limit: Option<Spanned<u64>>,
     pub(super) read_iops_limit: Option<Spanned<u64>>,
     pub(super) write_iops_limit: Option<Spanned<u64>>,

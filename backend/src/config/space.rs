@@ -29,6 +29,8 @@ pub struct DiskSpace {
     pub spare: Spare,
     /// `cleaner_policy`: how the cleaner picks its victims.
     pub cleaner_policy: crate::store::VictimPolicy,
+    /// `cleaner_io`: the I/O priority class of the cleaner's I/O while it cleans ahead.
+    pub cleaner_io: crate::store::CleanerIo,
 }
 
 impl Default for DiskSpace {
@@ -41,6 +43,7 @@ impl Default for DiskSpace {
             max_size: d.max_container_bytes,
             spare: Spare::default(),
             cleaner_policy: Default::default(),
+            cleaner_io: Default::default(),
         }
     }
 }
@@ -54,6 +57,7 @@ impl DiskSpace {
             wait: self.wait,
             max_container_bytes: self.max_size,
             cleaner_policy: self.cleaner_policy,
+            cleaner_io: self.cleaner_io,
         }
     }
 }
@@ -85,8 +89,8 @@ impl PercentValue {
 }
 
 impl Checker<'_> {
-    /// `space_warn`, `space_critical`, `space_wait_ms`, `spare`, `cleaner_policy` and
-    /// `max_size`.
+    /// `space_warn`, `space_critical`, `space_wait_ms`, `spare`, `cleaner_policy`,
+    /// `cleaner_io` and `max_size`.
     pub(super) fn check_space(
         &self,
         raw: &RawDisk,
@@ -168,6 +172,11 @@ impl Checker<'_> {
             keel_only("cleaner_policy", v.span())?;
             out.cleaner_policy = crate::store::VictimPolicy::parse(v.get_ref())
                 .map_err(|m| self.err(v.span(), "cleaner_policy", m))?;
+        }
+        if let Some(v) = &raw.cleaner_io {
+            keel_only("cleaner_io", v.span())?;
+            out.cleaner_io = crate::store::CleanerIo::parse(v.get_ref())
+                .map_err(|m| self.err(v.span(), "cleaner_io", m))?;
         }
         if let Some(v) = &raw.max_size {
             out.max_size = Some(self.check_max_size(v, raw, engine, size, path, out.spare)?);

@@ -446,6 +446,30 @@ fn cleaner_policy_is_greedy_unless_cost_benefit_is_asked_for() {
     assert!(m.contains("only the keel engine"), "{m}");
 }
 
+#[test]
+fn cleaner_io_is_normal_unless_idle_is_asked_for() {
+    let (_dir, r) = parse(KEEL_DISK);
+    let c = r.unwrap();
+    assert_eq!(c.disks[0].space.cleaner_io, crate::store::CleanerIo::Normal);
+    assert_eq!(
+        c.disks[0].space.store_options().cleaner_io,
+        crate::store::CleanerIo::Normal
+    );
+    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_io = \"idle\"\n"));
+    let c = r.unwrap();
+    assert_eq!(c.disks[0].space.cleaner_io, crate::store::CleanerIo::Idle);
+    assert_eq!(
+        c.disks[0].space.store_options().cleaner_io,
+        crate::store::CleanerIo::Idle
+    );
+    let (_dir, r) = parse(&format!("{KEEL_DISK}cleaner_io = \"realtime\"\n"));
+    let m = assert_invalid(r, "cleaner_io", 7);
+    assert!(m.contains("not a cleaner I/O class"), "{m}");
+    let (_dir, r) = parse(&format!("{NULL_DISK}cleaner_io = \"idle\"\n"));
+    let m = assert_invalid(r, "cleaner_io", 6);
+    assert!(m.contains("only the keel engine"), "{m}");
+}
+
 /// The keys serde expects where `probe` is an unknown one, from its error message.
 fn expected_keys(text: &str) -> Vec<String> {
     let (_d, r) = parse(text);

@@ -40,6 +40,13 @@ pub(in crate::store) trait BatchIo {
 
 /// Writes through the [`BlockDevice`], one after another (a gathered write is assembled in
 /// one buffer first: one device write per run).
+///
+/// Its writes are synchronous, so `meanwhile` (a record's map changes, applied in LSN order)
+/// runs before them, not after: the batches reserved behind the record wait for it to be
+/// applied, and would otherwise wait for its writes too. A cleaner's copy of a victim is
+/// megabytes: the guest's queue, its own batch in flight, stood still until they landed.
+/// Applying first is what a ring's batch does anyway (it applies while its writes are in
+/// flight); readers of the blocks wait for the writes (`map::unwritten`).
 pub(in crate::store) struct DeviceIo<'a>(pub &'a dyn BlockDevice);
 
 impl BatchIo for DeviceIo<'_> {
@@ -48,7 +55,8 @@ impl BatchIo for DeviceIo<'_> {
         writes: &[Gather<'_>],
         meanwhile: &mut dyn FnMut(),
     ) -> io::Result<()> {
-        let written = writes
+        meanwhile();
+        writes
             .iter()
             .try_for_each(|(offset, parts)| match &parts[..] {
                 [one] => self.0.write_at(one, *offset),
@@ -63,8 +71,6 @@ impl BatchIo for DeviceIo<'_> {
                     }
                     self.0.write_at(&buf[..len], *offset)
                 }
-            });
-        meanwhile();
-        written
+            })
     }
 }

@@ -27,6 +27,7 @@ mod stats;
 
 pub use admin::clone::CloneWatch;
 pub use admin::{diff, diff_file, peek, resize};
+pub use log::io_class::CleanerIo;
 pub use log::victim::VictimPolicy;
 pub use log::{journal, spare};
 pub use map::{btree, maps};

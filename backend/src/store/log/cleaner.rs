@@ -2,6 +2,7 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
 //! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 
+use super::io_class::ClassGuard;
 use super::{victim, victim_read};
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
@@ -319,7 +320,18 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             store.cleaner_nap(cfg.pause);
             continue;
         }
-        match store.clean_step() {
+        // With `cleaner_io = "idle"`, ahead of need the guest's batches go first in the
+        // device's queue (`io_class`).
+        let class = store
+            .opts
+            .space
+            .cleaner_io
+            .class(urgent || pace == Pace::Urgent);
+        let cleaned = {
+            let _class = ClassGuard::enter(class);
+            store.clean_step()
+        };
+        match cleaned {
             Ok(Some(_)) => {
                 let starving = store.free_segments() <= reserve + 1;
                 if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {

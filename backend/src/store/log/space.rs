@@ -32,6 +32,8 @@ pub struct SpaceOptions {
     pub max_container_bytes: Option<u64>,
     /// How the cleaner picks the segments it empties.
     pub cleaner_policy: crate::store::log::victim::VictimPolicy,
+    /// The I/O priority class of the background cleaner's I/O while it cleans ahead.
+    pub cleaner_io: crate::store::log::io_class::CleanerIo,
 }
 
 impl Default for SpaceOptions {
@@ -42,6 +44,7 @@ impl Default for SpaceOptions {
             wait: Duration::ZERO,
             max_container_bytes: None,
             cleaner_policy: Default::default(),
+            cleaner_io: Default::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::small_opts;
 use crate::store::log::pace::Levels;
-use crate::store::{CleanerConfig, CleanerHandle, Op, Store, StoreOptions};
+use crate::store::{CleanerConfig, CleanerHandle, CleanerIo, Op, Store, StoreOptions};
 use crate::testing::{FaultyDevice, SplitMix};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +24,15 @@ fn eager() -> CleanerConfig {
 /// keeld's options: a guest write that finds no segment waits (10 s) for the cleaner, which
 /// may be mid-step, instead of failing at once.
 fn served() -> StoreOptions {
+    served_with(CleanerIo::default())
+}
+
+/// [`served`] with the cleaner's I/O in `io`'s class while it cleans ahead.
+fn served_with(io: CleanerIo) -> StoreOptions {
     StoreOptions {
         space: crate::store::SpaceOptions {
             wait: Duration::from_secs(10),
+            cleaner_io: io,
             ..Default::default()
         },
         ..crate::store::tests::store_opts()
@@ -121,7 +127,8 @@ fn cleans_before_space_is_short_while_the_guest_is_busy() {
 }
 
 /// Random batches with the cleaner at work in the background: every read matches the model,
-/// through reopens, and fsck stays clean.
+/// through reopens, and fsck stays clean. Every other round the cleaner's I/O goes in the idle
+/// class while it cleans ahead, and it still does the cleaning.
 #[test]
 fn the_disk_matches_the_model_while_the_cleaner_works() {
     let opts = small_opts();
@@ -130,9 +137,13 @@ fn the_disk_matches_the_model_while_the_cleaner_works() {
     Store::format(dev.as_ref(), &opts).unwrap();
     let mut model = vec![0u8; opts.capacity as usize];
     let mut rng = SplitMix::new(11);
-    let mut cleaned = 0;
+    let (mut cleaned, mut cleaned_idle) = (0, 0);
     for round in 0..4u8 {
-        let s = Arc::new(Store::open(dev.clone(), served()).unwrap());
+        let io = match round % 2 {
+            0 => CleanerIo::Normal,
+            _ => CleanerIo::Idle,
+        };
+        let s = Arc::new(Store::open(dev.clone(), served_with(io)).unwrap());
         let cleaner = CleanerHandle::spawn(Arc::clone(&s), eager()).unwrap();
         for i in 0..1500u32 {
             apply(&s, &batch(&mut rng, &mut model, round * 50 + 1)).unwrap();
@@ -149,9 +160,13 @@ fn the_disk_matches_the_model_while_the_cleaner_works() {
         assert!(f.is_clean(), "round {round}: {:?}", f.problems);
         let st = s.stats();
         cleaned += st.segments_cleaned - st.writer_cleaned;
+        if io == CleanerIo::Idle {
+            cleaned_idle += st.segments_cleaned - st.writer_cleaned;
+        }
         s.flush().unwrap();
     }
     assert!(cleaned > 0, "the background cleaner did the cleaning");
+    assert!(cleaned_idle > 0, "in the idle class too");
 }
 
 /// Crashes while the cleaner works in the background: the recovered disk is the state after
