@@ -60,12 +60,17 @@ impl Stall {
     }
 }
 
-/// The queues of one disk, each with its stall count.
-type Watched = Mutex<Vec<(Weak<QueueWatch>, Stall)>>;
+/// One queue as the watchdog follows it.
+struct Watched {
+    queue: Weak<QueueWatch>,
+    stall: Stall,
+    /// Woken since the client is known blocklisted (once is enough).
+    told: bool,
+}
 
 /// The watchdog of one disk: stops its thread when dropped.
 pub(super) struct Watchdog {
-    queues: Arc<Watched>,
+    queues: Arc<Mutex<Vec<Watched>>>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -74,7 +79,7 @@ impl Watchdog {
     /// Starts the thread; it holds the image only while it starts a probe, so the image still
     /// closes when the disk goes.
     pub fn start(image: &Arc<Image>, api: Arc<Api>, blocklist: Arc<Blocklist>) -> Self {
-        let queues: Arc<Watched> = Arc::default();
+        let queues: Arc<Mutex<Vec<Watched>>> = Arc::default();
         let (stop, stopped) = mpsc::channel();
         let image = Arc::downgrade(image);
         let watched = Arc::clone(&queues);
@@ -109,8 +114,12 @@ impl Watchdog {
     /// Watches one more queue (until it is dropped).
     pub fn watch(&self, queue: &Arc<QueueWatch>) {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        queues.retain(|(q, _)| q.strong_count() > 0);
-        queues.push((Arc::downgrade(queue), Stall::default()));
+        queues.retain(|w| w.queue.strong_count() > 0);
+        queues.push(Watched {
+            queue: Arc::downgrade(queue),
+            stall: Stall::default(),
+            told: false,
+        });
     }
 }
 
@@ -123,10 +132,11 @@ impl Drop for Watchdog {
     }
 }
 
-/// One look at the queues: wakes them once the client is known blocklisted, probes the image
-/// when one of them is stalled.
+/// One look at the queues: wakes each once when the client is known blocklisted (a request of
+/// any kind may wait behind a write librbd keeps), probes the image when one of them is
+/// stalled.
 fn tick(
-    queues: &Watched,
+    queues: &Mutex<Vec<Watched>>,
     image: &Image,
     api: &Arc<Api>,
     blocklist: &Arc<Blocklist>,
@@ -136,16 +146,19 @@ fn tick(
     let mut stalled = false;
     {
         let mut queues = queues.lock().unwrap_or_else(PoisonError::into_inner);
-        for (queue, stall) in queues.iter_mut() {
-            let Some(q) = queue.upgrade() else { continue };
-            let out = q.writes_out.load(Ordering::Acquire);
+        for w in queues.iter_mut() {
+            let Some(q) = w.queue.upgrade() else { continue };
             if blocklist.is_set() {
-                if out > 0 {
+                if !std::mem::replace(&mut w.told, true) {
                     let _ = q.wake.write(1);
                 }
                 continue;
             }
-            stalled |= stall.observe(now, out, q.progress.load(Ordering::Acquire)) >= STALL;
+            let out = q.writes_out.load(Ordering::Acquire);
+            stalled |= w
+                .stall
+                .observe(now, out, q.progress.load(Ordering::Acquire))
+                >= STALL;
         }
     }
     if stalled
