@@ -80,8 +80,8 @@ pub struct RbdEngine {
     /// This engine took the image's exclusive lock at open, and gives it back when dropped.
     locked: bool,
     /// Fails the writes of a blocklisted client that librbd would keep for ever; writable
-    /// disks only.
-    watchdog: Option<watchdog::Watchdog>,
+    /// disks only. Shared with the queues, so it runs as long as any of them may wait.
+    watchdog: Option<Arc<watchdog::Watchdog>>,
 }
 
 impl RbdEngine {
@@ -120,11 +120,11 @@ impl RbdEngine {
             None
         } else {
             let api = ffi::api().map_err(EngineError::Unsupported)?;
-            Some(watchdog::Watchdog::start(
+            Some(Arc::new(watchdog::Watchdog::start(
                 &image,
                 api,
                 Arc::clone(&blocklist),
-            ))
+            )))
         };
         let engine = Self {
             image,
@@ -302,13 +302,9 @@ impl Engine for RbdEngine {
         let api = ffi::api().map_err(EngineError::Unsupported)?;
         let image = Arc::clone(&self.image);
         let blocklist = Arc::clone(&self.blocklist);
-        queue::RbdQueue::new(image, blocklist, api, self.read_only, self.cache)
-            .map(|q| {
-                if let Some(w) = &self.watchdog {
-                    w.watch(q.watch());
-                }
-                Box::new(q) as Box<dyn QueueEngine>
-            })
+        let watchdog = self.watchdog.clone();
+        queue::RbdQueue::new(image, blocklist, api, watchdog, self.read_only, self.cache)
+            .map(|q| Box::new(q) as Box<dyn QueueEngine>)
             .map_err(|source| EngineError::Queue {
                 queue: index,
                 source,

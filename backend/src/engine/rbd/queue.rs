@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::Blocklist;
 use super::ffi::{Api, CompletionT};
 use super::image::Image;
-use super::watchdog::QueueWatch;
+use super::watchdog::{QueueWatch, Watchdog};
 use crate::engine::{Completion, EngineError, GuestBuffers, IoOp, IoRequest, QueueEngine, Token};
 
 /// What the completion callbacks share with the queue.
@@ -113,6 +113,9 @@ pub(super) struct RbdQueue {
     answered: usize,
     /// Requests finished without librbd (refused, empty), reported at the next reap.
     done: Vec<Completion>,
+    /// The disk's watchdog, kept running while this queue exists (even if the engine is
+    /// gone): a write librbd keeps is only answered through it. Dropped after `Drop::drop`.
+    _watchdog: Option<Arc<Watchdog>>,
 }
 
 /// The answer to a request of a blocklisted client.
@@ -132,6 +135,7 @@ impl RbdQueue {
         image: Arc<Image>,
         blocklist: Arc<Blocklist>,
         api: Arc<Api>,
+        watchdog: Option<Arc<Watchdog>>,
         read_only: bool,
         cache: bool,
     ) -> io::Result<Self> {
@@ -141,6 +145,9 @@ impl RbdQueue {
             progress: AtomicU64::new(0),
             wake: eventfd.try_clone()?,
         });
+        if let Some(w) = &watchdog {
+            w.watch(&watch);
+        }
         Ok(Self {
             image,
             blocklist,
@@ -155,12 +162,8 @@ impl RbdQueue {
             slots: Slab::new(),
             answered: 0,
             done: Vec::new(),
+            _watchdog: watchdog,
         })
-    }
-
-    /// The counters the disk's watchdog reads.
-    pub fn watch(&self) -> &Arc<QueueWatch> {
-        &self.shared.watch
     }
 
     /// Starts one aio call for `slot`; `call` receives the completion to pass to librbd.

@@ -68,7 +68,7 @@ struct Watched {
     told: bool,
 }
 
-/// The watchdog of one disk: stops its thread when dropped.
+/// The watchdog of one disk (shared by its engine and queues): stops its thread when dropped.
 pub(super) struct Watchdog {
     queues: Arc<Mutex<Vec<Watched>>>,
     stop: Option<mpsc::Sender<()>>,
