@@ -8,6 +8,11 @@
 #
 #   bash tests/bench/rbd_vs_qsd.sh [RUNS=3] [RUNTIME_SECONDS=5]
 #
+# KEEL_BENCH_BASELINE=/path/to/an/older/keeld adds that binary as a third server, `base`, run in
+# the same rounds (before/after comparisons on a noisy machine); the table stays keeld vs qsd,
+# the per-run lines name all three. KEEL_BENCH_WORKLOADS="write-1m-qd8 ..." runs only the
+# workloads named (and no `rbd bench`), for focused comparisons.
+#
 # Both servers run with their defaults: keeld's `direct = true` turns librbd's cache off; QSD
 # without cache.direct turns it on (write-through until the first flush). The last workload turns
 # the device's write cache off first (keel-client --write-through, as a guest with WCE off), so
@@ -45,10 +50,12 @@ sock=$work/d.sock
 start_server() {
     rm -f "$sock"
     case $1 in
-    keeld)
+    keeld | base)
         printf '[[disk]]\nname = "d"\nsocket = "%s"\nengine = "rbd"\nimage = "rbd/%s"\nceph_conf = "%s"\n' \
             "$sock" "$image" "$conf" >"$work/keel.toml"
-        KEEL_LOG=warn "$keeld" --config "$work/keel.toml" &
+        bin=$keeld
+        [ "$1" = base ] && bin=$KEEL_BENCH_BASELINE
+        KEEL_LOG=warn "$bin" --config "$work/keel.toml" &
         ;;
     qsd)
         qemu-storage-daemon \
@@ -74,7 +81,15 @@ switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ { s += $2 } END
 
 # name rw bs iodepth [extra client flag]
 workloads="randread-4k-qd1:randread:4k:1 randwrite-4k-qd1:randwrite:4k:1 randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 read-1m-qd8:read:1m:8 write-1m-qd8:write:1m:8 randwrite-4k-qd1-wt:randwrite:4k:1:--write-through"
+if [ -n "${KEEL_BENCH_WORKLOADS:-}" ]; then
+    keep=
+    for w in $workloads; do
+        case " $KEEL_BENCH_WORKLOADS " in *" ${w%%:*} "*) keep+="$w " ;; esac
+    done
+    workloads=$keep
+fi
 servers="keeld qsd"
+[ -n "${KEEL_BENCH_BASELINE:-}" ] && servers="keeld base qsd"
 declare -A iops lat cpu csw
 for run in $(seq "$runs"); do
     order=$servers
@@ -110,10 +125,12 @@ rbd_bench() {
         --io-total "$3" --io-pattern rand "rbd/$image" | awk '/elapsed:/ { for (i = 1; i <= NF; i++) if ($i == "ops/sec:") print int($(i + 1)) }'
 }
 declare -A limit
-limit[randread-4k-qd1]=$(rbd_bench read 1 16M)
-limit[randwrite-4k-qd1]=$(rbd_bench write 1 8M)
-limit[randread-4k-qd32]=$(rbd_bench read 32 64M)
-limit[randwrite-4k-qd32]=$(rbd_bench write 32 32M)
+if [ -z "${KEEL_BENCH_WORKLOADS:-}" ]; then
+    limit[randread-4k-qd1]=$(rbd_bench read 1 16M)
+    limit[randwrite-4k-qd1]=$(rbd_bench write 1 8M)
+    limit[randread-4k-qd32]=$(rbd_bench read 32 64M)
+    limit[randwrite-4k-qd32]=$(rbd_bench write 32 32M)
+fi
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo

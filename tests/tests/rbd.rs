@@ -427,9 +427,9 @@ fn write_through_write_survives_kill_nine(disk_keys: &str) {
 
 /// The librbd settings keeld applies, read back from librbd itself (its admin socket): the
 /// default disk runs with librbd's cache off (every answered write is on the OSDs), `direct =
-/// false` with it on; both keep librbd's copy of each write (without it librbd 16 never
-/// completes a write of a blocklisted client, `rbd_auth`) and start requests on the queue's
-/// worker. The ceph.conf each disk reads asks for the opposite, which keeld overrides. Each disk
+/// false` with it on; both send writes straight from guest memory (librbd's zero-copy writes,
+/// whose memory the queues keep mapped until librbd calls back) and start requests on the
+/// queue's worker. The ceph.conf each disk reads asks for the opposite, which keeld overrides. Each disk
 /// then round-trips a write.
 #[test]
 fn rbd_librbd_settings_hold_whatever_ceph_conf_says() {
@@ -443,7 +443,7 @@ fn rbd_librbd_settings_hold_whatever_ceph_conf_says() {
             &conf,
             format!(
                 "{cluster_conf}\n[client]\nadmin socket = {}\nrbd cache = true\n\
-                 rbd disable zero copy writes = false\nrbd non blocking aio = true\n",
+                 rbd disable zero copy writes = true\nrbd non blocking aio = true\n",
                 dir.path().join(format!("{name}.asok")).display()
             ),
         )
@@ -480,7 +480,7 @@ fn rbd_librbd_settings_hold_whatever_ceph_conf_says() {
         assert_eq!(setting("rbd_cache"), cache, "disk {name}: rbd_cache");
         assert_eq!(
             setting("rbd_disable_zero_copy_writes"),
-            "true",
+            "false",
             "disk {name}: rbd_disable_zero_copy_writes"
         );
         assert_eq!(setting("rbd_non_blocking_aio"), "false", "disk {name}");

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_backend::control::client::ControlClient;
 use keel_tests::ceph::Cluster;
@@ -191,6 +191,84 @@ fn rbd_client_that_lost_its_lock_fails_io_and_others_serve() {
         !status.success() && log.contains("disk a: flush failed"),
         "{status:?}:\n{log}"
     );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&a) && l.contains("blocklisted")),
+        "no log line names {a} as blocklisted:\n{log}"
+    );
+}
+
+/// With zero-copy writes (keeld's default) librbd 16 never calls back a write of a client the
+/// cluster has blocklisted. The disk's watchdog finds the blocklisting (a probe read fails with
+/// `ESHUTDOWN`) and answers such a write IOERR within seconds, small or large; the requests
+/// after it fail at once, and keeld still stops within the bound.
+#[test]
+fn rbd_zero_copy_write_of_a_blocklisted_client_fails_within_seconds() {
+    /// The watchdog's stall bound (1.5 s) and tick (0.5 s), with room for a loaded machine.
+    const QUICK: Duration = Duration::from_secs(15);
+    let dir = tempfile::tempdir().unwrap();
+    let t = tag();
+    let a = format!("rbd/z{t}");
+    let keyring = cluster().keel_keyring();
+    let mut keeld = start(
+        dir.path(),
+        &rbd_disk("a", &format!("z{t}"), "keel", &keyring),
+        &["a.sock", "n.sock"],
+    );
+    let mut ca = Client::connect(&dir.path().join("a.sock"), 1, MIB).unwrap();
+    ca.write(0, 0, &pattern(1, MIB)).unwrap();
+    assert_eq!(ca.read(0, 0, MIB).unwrap(), pattern(1, MIB));
+
+    let (id, locker) = lock_of(&a);
+    cluster().rbd(&["lock", "rm", &a, &id, &locker]);
+    cluster().rbd(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4096",
+        "--io-total",
+        "65536",
+        &a,
+    ]);
+
+    let mut ca = Some(ca);
+    for (offset, len) in [(8192, 4096), (2 * MIB as u64, MIB), (4 * MIB as u64, 4096)] {
+        let mut c = ca.take().unwrap();
+        let began = Instant::now();
+        let (c, write) = bounded("a write after the lock was lost", move || {
+            let r = c.write(0, offset, &pattern(3, len));
+            (c, r)
+        });
+        let took = began.elapsed();
+        eprintln!("a {len}-byte write of a blocklisted client failed after {took:?}");
+        assert!(
+            write.is_err(),
+            "a {len}-byte write after the lock was lost succeeded"
+        );
+        assert!(
+            took < QUICK,
+            "a {len}-byte write of a blocklisted client took {took:?} to fail"
+        );
+        ca = Some(c);
+    }
+    let mut c = ca.unwrap();
+    let began = Instant::now();
+    assert!(
+        c.read(0, 0, 4096).is_err(),
+        "a blocklisted client's read succeeded"
+    );
+    assert!(
+        began.elapsed() < QUICK,
+        "the read took {:?}",
+        began.elapsed()
+    );
+    let mut n = Client::connect(&dir.path().join("n.sock"), 1, MIB).unwrap();
+    n.write(0, 0, &[5; 512]).unwrap();
+    drop((c, n));
+
+    let (status, log) = keeld.signal_and_wait(libc::SIGTERM, BOUND);
+    assert!(!status.success(), "{status:?}:\n{log}");
     assert!(
         log.lines()
             .any(|l| l.contains(&a) && l.contains("blocklisted")),

@@ -94,6 +94,7 @@ pub struct Api {
         unsafe extern "C" fn(*mut c_void, Callback, *mut CompletionT) -> c_int,
     pub rbd_aio_get_return_value: unsafe extern "C" fn(CompletionT) -> ssize_t,
     pub rbd_aio_release: unsafe extern "C" fn(CompletionT),
+    pub rbd_aio_read: unsafe extern "C" fn(ImageT, u64, usize, *mut c_char, CompletionT) -> c_int,
     pub rbd_aio_readv: unsafe extern "C" fn(ImageT, *const iovec, c_int, u64, CompletionT) -> c_int,
     pub rbd_aio_writev:
         unsafe extern "C" fn(ImageT, *const iovec, c_int, u64, CompletionT) -> c_int,
@@ -174,6 +175,7 @@ impl Api {
                 rbd_aio_create_completion: symbol(&rbd, "rbd_aio_create_completion")?,
                 rbd_aio_get_return_value: symbol(&rbd, "rbd_aio_get_return_value")?,
                 rbd_aio_release: symbol(&rbd, "rbd_aio_release")?,
+                rbd_aio_read: symbol(&rbd, "rbd_aio_read")?,
                 rbd_aio_readv: symbol(&rbd, "rbd_aio_readv")?,
                 rbd_aio_writev: symbol(&rbd, "rbd_aio_writev")?,
                 rbd_aio_discard: symbol(&rbd, "rbd_aio_discard")?,

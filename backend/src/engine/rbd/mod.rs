@@ -17,6 +17,7 @@ mod export;
 mod ffi;
 mod image;
 mod queue;
+mod watchdog;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,18 +35,18 @@ use image::{Cluster, ConnectOptions, Image};
 /// How long finding a mon and authenticating may take before the disk fails to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Says once per image, in the log, that the cluster blocklisted this client: from then on
-/// every request of the disk fails (`ESHUTDOWN`, Ceph's `EBLOCKLISTED`), and the guest only
-/// sees IOERR.
+/// Whether the cluster blocklisted this client, learnt from the first librbd call that failed
+/// with `ESHUTDOWN` (Ceph's `EBLOCKLISTED`): from then on every request of the disk fails at
+/// once, and the guest only sees IOERR. Said once per image in the log.
 pub(super) struct Blocklist {
     spec: String,
-    logged: AtomicBool,
+    blocklisted: AtomicBool,
 }
 
 impl Blocklist {
     /// Called with the errno of every failed librbd call.
     pub(super) fn note(&self, errno: i32) {
-        if errno == libc::ESHUTDOWN && !self.logged.swap(true, Ordering::Relaxed) {
+        if errno == libc::ESHUTDOWN && !self.blocklisted.swap(true, Ordering::AcqRel) {
             error!(
                 "rbd image {}: the Ceph cluster blocklisted this client (another client broke \
                  its exclusive lock, or an operator blocklisted it): every request fails with \
@@ -53,6 +54,15 @@ impl Blocklist {
                 self.spec
             );
         }
+    }
+
+    /// The cluster blocklisted this client: no write of it can land any more.
+    pub(super) fn is_set(&self) -> bool {
+        self.blocklisted.load(Ordering::Acquire)
+    }
+
+    pub(super) fn spec(&self) -> &str {
+        &self.spec
     }
 }
 
@@ -69,6 +79,9 @@ pub struct RbdEngine {
     cache: bool,
     /// This engine took the image's exclusive lock at open, and gives it back when dropped.
     locked: bool,
+    /// Fails the writes of a blocklisted client that librbd would keep for ever; writable
+    /// disks only. Shared with the queues, so it runs as long as any of them may wait.
+    watchdog: Option<Arc<watchdog::Watchdog>>,
 }
 
 impl RbdEngine {
@@ -98,12 +111,25 @@ impl RbdEngine {
             return Err(setup("the image is empty".into()));
         }
         let locked = !disk.read_only && take_lock(&image, &spec, disk.handover)?;
+        let image = Arc::new(image);
+        let blocklist = Arc::new(Blocklist {
+            spec: spec.clone(),
+            blocklisted: AtomicBool::new(false),
+        });
+        let watchdog = if disk.read_only {
+            None
+        } else {
+            let api = ffi::api().map_err(EngineError::Unsupported)?;
+            Some(Arc::new(watchdog::Watchdog::start(
+                &image,
+                api,
+                Arc::clone(&blocklist),
+            )))
+        };
         let engine = Self {
-            image: Arc::new(image),
-            blocklist: Arc::new(Blocklist {
-                spec: spec.clone(),
-                logged: AtomicBool::new(false),
-            }),
+            image,
+            blocklist,
+            watchdog,
             spec,
             read_only: disk.read_only,
             capacity: AtomicU64::new(capacity),
@@ -217,6 +243,14 @@ fn take_lock(image: &Image, spec: &str, handover: bool) -> Result<bool, EngineEr
 /// (keeld stopping) leaves that to `rbd_close`, which also releases it once the queue is gone.
 impl Drop for RbdEngine {
     fn drop(&mut self) {
+        drop(self.watchdog.take());
+        if self.blocklist.is_set() {
+            // librbd may still hold writes of this client, and their guest memory, for ever:
+            // closing the image under them is not safe, so the handle (and its connection) is
+            // left open until keeld exits.
+            std::mem::forget(Arc::clone(&self.image));
+            return;
+        }
         if !self.locked || Arc::strong_count(&self.image) > 1 {
             return;
         }
@@ -268,7 +302,8 @@ impl Engine for RbdEngine {
         let api = ffi::api().map_err(EngineError::Unsupported)?;
         let image = Arc::clone(&self.image);
         let blocklist = Arc::clone(&self.blocklist);
-        queue::RbdQueue::new(image, blocklist, api, self.read_only, self.cache)
+        let watchdog = self.watchdog.clone();
+        queue::RbdQueue::new(image, blocklist, api, watchdog, self.read_only, self.cache)
             .map(|q| Box::new(q) as Box<dyn QueueEngine>)
             .map_err(|source| EngineError::Queue {
                 queue: index,
@@ -277,6 +312,13 @@ impl Engine for RbdEngine {
     }
 
     fn flush(&self) -> Result<(), EngineError> {
+        if self.blocklist.is_set() {
+            // rbd_flush would wait for writes librbd never lets go of.
+            return Err(EngineError::Io {
+                op: "flush",
+                source: std::io::Error::from_raw_os_error(libc::ESHUTDOWN),
+            });
+        }
         self.image.flush().map_err(|source| {
             self.blocklist.note(image::errno(&source).unwrap_or(0));
             EngineError::Io {
