@@ -49,6 +49,11 @@ pub enum StoreError {
          reopen it to recover"
     )]
     Failed,
+    /// A plan that may not wait ([`Store::try_plan_batch`](crate::store::Store::try_plan_batch))
+    /// found it would have to: the caller plans the batch again once it may wait. Never
+    /// answered to a guest.
+    #[error("the batch would wait for the store")]
+    WouldWait,
 }
 
 impl StoreError {

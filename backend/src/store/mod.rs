@@ -33,7 +33,7 @@ pub use log::{journal, spare};
 pub use map::{btree, maps};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use admin::fsck::FsckReport;
 pub use buf::AlignedBuf;

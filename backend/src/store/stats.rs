@@ -39,6 +39,8 @@ pub struct Counters {
     pub meta_mark_us: AtomicU64,
     pub mark_releases: AtomicU64,
     pub segments_freed_by_marks: AtomicU64,
+    pub plans_refused: AtomicU64,
+    pub plans_refused_late: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +97,8 @@ impl Counters {
             meta_mark_us: g(&self.meta_mark_us),
             mark_releases: g(&self.mark_releases),
             segments_freed_by_marks: g(&self.segments_freed_by_marks),
+            plans_refused: g(&self.plans_refused),
+            plans_refused_late: g(&self.plans_refused_late),
         }
     }
 }
@@ -166,6 +170,12 @@ pub struct Stats {
     pub mark_releases: u64,
     /// Segments those gave back to the free list.
     pub segments_freed_by_marks: u64,
+    /// Batches a plan that may not wait refused (a queue with a batch in flight then finished
+    /// it and planned again, waiting as needed).
+    pub plans_refused: u64,
+    /// Of those, the ones refused after their blocks were taken (another writer took the
+    /// last free segment or journal room first): their blocks are dead space.
+    pub plans_refused_late: u64,
 }
 
 impl Stats {

@@ -16,6 +16,7 @@ mod live;
 mod mark_release;
 mod meta_gather;
 mod model;
+mod no_wait;
 mod packed;
 mod poison;
 mod space;

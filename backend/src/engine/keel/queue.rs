@@ -11,23 +11,42 @@
 //! With a ring and a write-back cache (the guest did not ask for write-through), a batch is
 //! answered as soon as its writes are issued and its map changes applied, and its writes are
 //! left in flight: while the device writes it, the guest gets its answers and sends the next
-//! kick, which is parsed and copied meanwhile. A FLUSH waits for them (and fails if they
-//! failed), as a disk's volatile cache would. One batch is in flight per queue: the queue
-//! finishes it before it starts another, reads, or flushes, so a queue never blocks on the
-//! store while the store may be waiting for its batch.
+//! kick, which is parsed, copied, planned (checksummed, sealed, compressed) and started
+//! meanwhile. Up to two batches are in flight per queue ([`MAX_BATCHES`]), so the device has
+//! the next batch queued when it finishes one. A FLUSH waits for them (and fails if they
+//! failed), as a disk's volatile cache would; so do reads, a write-through batch and closing.
+//! Batches are finished in the order they were started.
+//!
+//! A queue never blocks on the store while a batch of its own is in flight: the store may be
+//! waiting for that batch (a checkpoint, a segment that needs the cleaner, a release by a
+//! mark, a snapshot, a read of a block being written all wait for records in flight), and
+//! only this thread finishes it. So a batch planned with a batch in flight is planned with
+//! [`Store::try_plan_batch`], which refuses where it would wait; the queue then finishes its
+//! batches in flight and plans it with [`Store::plan_batch`], waiting as needed.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use super::ring::QueueRing;
+use super::ring::{MAX_BATCHES, QueueRing};
 use super::store_err;
 use crate::engine::{Completion, EngineError, IoOp, IoRequest, QueueEngine};
 use crate::store::layout::BLOCK_SIZE;
 use crate::store::{AlignedBuf, InFlight, Op, Store, StoreError};
 
+#[cfg(test)]
+mod tests;
+
 /// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
 const RING_DEPTH: u32 = 256;
+
+/// Bytes of data from which a batch is started beside one in flight. A smaller kick (a few
+/// 4 KiB writes) finishes the batch in flight first, as it did before batches were
+/// pipelined: its planning overlaps little device time, and starting it at once only makes
+/// batches smaller (the guest's answers come back sooner), so more, smaller journal records
+/// fill the journal sooner per guest byte and bring checkpoints sooner.
+const PIPELINE_MIN_BYTES: usize = 256 << 10;
 
 pub(super) struct KeelQueue {
     store: Arc<Store>,
@@ -39,10 +58,14 @@ pub(super) struct KeelQueue {
     /// Block-aligned copies of the batch's write data (the store writes whole blocks straight
     /// from them), reused across batches.
     data: Vec<AlignedBuf>,
-    /// The batch left in flight on the ring, and the data buffers its writes read (the two
-    /// sets of buffers change places whenever a batch is started).
-    flying: Option<InFlight>,
-    flying_data: Vec<AlignedBuf>,
+    /// The batches left in flight on the ring, oldest first, each with the data buffers its
+    /// writes read.
+    flying: VecDeque<(InFlight, Vec<AlignedBuf>)>,
+    /// Data buffers of finished batches, for the next batches: with `data` and those in
+    /// flight, three sets rotate.
+    spare: Vec<Vec<AlignedBuf>>,
+    /// [`PIPELINE_MIN_BYTES`], or another bound in tests.
+    pipeline_min_bytes: usize,
     scratch: Vec<u8>,
 }
 
@@ -55,44 +78,52 @@ impl KeelQueue {
             ring: QueueRing::new(store, RING_DEPTH)?,
             done: Vec::new(),
             data: Vec::new(),
-            flying: None,
-            flying_data: Vec::new(),
+            flying: VecDeque::with_capacity(MAX_BATCHES),
+            spare: Vec::new(),
+            pipeline_min_bytes: PIPELINE_MIN_BYTES,
             scratch: Vec::new(),
         })
     }
 
-    /// Ends the batch left in flight once its writes are done, without waiting.
+    /// Ends the batches in flight whose writes are done, oldest first, without waiting.
     fn land(&mut self) {
-        if self.flying.is_none() {
-            return;
-        }
-        if let Some(written) = self.ring.as_mut().and_then(QueueRing::batch_result) {
-            self.finish_flying(written);
+        while !self.flying.is_empty() {
+            match self.ring.as_mut().and_then(QueueRing::oldest_result) {
+                Some(written) => self.finish_oldest(written),
+                None => return,
+            }
         }
     }
 
-    /// Waits for the batch left in flight, if any, and ends it.
-    fn settle(&mut self) {
-        if self.flying.is_none() {
+    /// Waits for the oldest batch in flight, if any, and ends it.
+    fn settle_oldest(&mut self) {
+        if self.flying.is_empty() {
             return;
         }
         let written = match self.ring.as_mut() {
-            Some(ring) => ring.wait_batch(),
+            Some(ring) => ring.wait_oldest(),
             None => Ok(()),
         };
-        self.finish_flying(written);
+        self.finish_oldest(written);
     }
 
-    fn finish_flying(&mut self, written: io::Result<()>) {
-        let Some(batch) = self.flying.take() else {
+    /// Waits for every batch in flight and ends them, oldest first.
+    fn settle(&mut self) {
+        while !self.flying.is_empty() {
+            self.settle_oldest();
+        }
+    }
+
+    fn finish_oldest(&mut self, written: io::Result<()>) {
+        let Some((batch, buffers)) = self.flying.pop_front() else {
             return;
         };
         if let Err(e) = self.store.finish_batch(batch, written) {
             // The store is failed now: later requests and the next FLUSH report it.
             log::error!("a batch's writes failed after it was answered: {e}");
         }
-        // Its buffers (still in `flying_data`) are free again: the next batch started takes
-        // them back in exchange for its own.
+        // Its buffers are free again, for a batch to come.
+        self.spare.push(buffers);
     }
 
     /// The store operations of one mutating request (`data` holds its bytes for a write).
@@ -119,42 +150,74 @@ impl KeelQueue {
     /// If the store refuses the batch, each request is retried alone so that only the ones at
     /// fault fail.
     fn commit_mutations(&mut self, reqs: &[&IoRequest]) -> Vec<Result<(), EngineError>> {
-        let mut lens = Vec::with_capacity(reqs.len());
-        self.data.truncate(reqs.len());
-        for (i, req) in reqs.iter().enumerate() {
-            let len = match req.op {
-                IoOp::Write { .. } => req.buffers.len(),
-                _ => 0,
-            };
-            let blocks = len.div_ceil(BLOCK_SIZE);
-            match self.data.get_mut(i) {
-                Some(b) if b.len() >= blocks * BLOCK_SIZE => {}
-                Some(b) => *b = AlignedBuf::scratch(blocks),
-                None => self.data.push(AlignedBuf::scratch(blocks)),
-            }
-            req.buffers.read_into(&mut self.data[i][..len]);
-            lens.push(len);
-        }
-        // The data is copied: now the batch before it must be done (the store may need it).
-        self.settle();
-        let mut ops = Vec::with_capacity(reqs.len());
-        for ((req, buf), len) in reqs.iter().zip(&self.data).zip(&lens) {
-            Self::ops_of(&req.op, &buf[..*len], &mut ops);
+        let mut data = std::mem::take(&mut self.data);
+        let lens = copy_data(reqs, &mut data);
+        // The data is copied: now the oldest batch must be done if both slots are taken.
+        if self.flying.len() >= MAX_BATCHES {
+            self.settle_oldest();
         }
         let durable = reqs
             .iter()
             .any(|r| matches!(r.op, IoOp::Write { durable: true, .. }));
-        if !durable && let Some(ring) = self.ring.as_mut() {
-            match start_on_ring(&self.store, self.writer, ring, &ops) {
-                Ok(batch) => {
-                    self.flying = Some(batch);
-                    drop(ops);
-                    std::mem::swap(&mut self.data, &mut self.flying_data);
-                    return reqs.iter().map(|_| Ok(())).collect();
+        match self.commit_copied(reqs, &data, &lens, durable) {
+            Ok(batch) => {
+                // Started: its buffers fly with it; the next batch fills a spare set.
+                self.flying.push_back((batch, data));
+                self.data = self.spare.pop().unwrap_or_default();
+                reqs.iter().map(|_| Ok(())).collect()
+            }
+            Err(results) => {
+                self.data = data;
+                results
+            }
+        }
+    }
+
+    /// Commits the batch whose data was copied into `data` (`lens`: each request's bytes).
+    /// `Ok` when it was started, to be left in flight (answered at once; the caller keeps
+    /// `data` until it is finished), else the requests' results, written.
+    fn commit_copied(
+        &mut self,
+        reqs: &[&IoRequest],
+        data: &[AlignedBuf],
+        lens: &[usize],
+        durable: bool,
+    ) -> Result<InFlight, Vec<Result<(), EngineError>>> {
+        let mut ops = Vec::with_capacity(reqs.len());
+        for ((req, buf), len) in reqs.iter().zip(data).zip(lens) {
+            Self::ops_of(&req.op, &buf[..*len], &mut ops);
+        }
+        if durable || self.ring.is_none() {
+            // Written through: every batch before it first.
+            self.settle();
+        }
+        if !durable && self.ring.is_some() {
+            let (store, writer) = (Arc::clone(&self.store), self.writer);
+            let mut started = None;
+            let bytes: usize = lens.iter().sum();
+            if !self.flying.is_empty() && bytes < self.pipeline_min_bytes {
+                self.settle();
+            }
+            if !self.flying.is_empty() {
+                // With a batch of ours in flight the plan may not wait (see the module's doc).
+                if let Some(ring) = self.ring.as_mut() {
+                    started = try_start_on_ring(&store, writer, ring, &ops).ok().flatten();
                 }
+                if started.is_none() {
+                    // Refused (or failed): with nothing of ours in flight, plan it as before.
+                    self.settle();
+                }
+            }
+            let started = match (started, self.ring.as_mut()) {
+                (Some(batch), _) => Ok(batch),
+                (None, Some(ring)) => start_on_ring(&store, writer, ring, &ops),
+                (None, None) => Err(StoreError::Failed),
+            };
+            match started {
+                Ok(batch) => return Ok(batch),
                 // Retried one by one below, waiting for each.
                 Err(_) if reqs.len() > 1 => {}
-                Err(e) => return vec![Err(store_err(reqs[0].op.name(), e))],
+                Err(e) => return Err(vec![Err(store_err(reqs[0].op.name(), e))]),
             }
         }
         let store = &*self.store;
@@ -164,7 +227,7 @@ impl KeelQueue {
             r.and_then(|()| if durable { store.flush() } else { Ok(()) })
                 .map_err(|e| store_err(op, e))
         };
-        match write(&ops) {
+        Err(match write(&ops) {
             Ok(()) => {
                 let r = finish(Ok(()), "write");
                 reqs.iter()
@@ -173,8 +236,8 @@ impl KeelQueue {
             }
             Err(_) if reqs.len() > 1 => reqs
                 .iter()
-                .zip(&self.data)
-                .zip(&lens)
+                .zip(data)
+                .zip(lens)
                 .map(|((req, buf), len)| {
                     let mut one = Vec::new();
                     Self::ops_of(&req.op, &buf[..*len], &mut one);
@@ -182,7 +245,7 @@ impl KeelQueue {
                 })
                 .collect(),
             Err(e) => vec![Err(store_err(reqs[0].op.name(), e))],
-        }
+        })
     }
 
     /// Reads one request's range at once, without the ring.
@@ -200,14 +263,37 @@ impl KeelQueue {
 }
 
 impl Drop for KeelQueue {
-    /// The batch in flight is finished before its buffers go.
+    /// The batches in flight are finished before their buffers go.
     fn drop(&mut self) {
         self.settle();
     }
 }
 
+/// Copies each request's write data into a block-aligned buffer of `data` (grown as needed);
+/// returns each request's length in bytes.
+fn copy_data(reqs: &[&IoRequest], data: &mut Vec<AlignedBuf>) -> Vec<usize> {
+    let mut lens = Vec::with_capacity(reqs.len());
+    data.truncate(reqs.len());
+    for (i, req) in reqs.iter().enumerate() {
+        let len = match req.op {
+            IoOp::Write { .. } => req.buffers.len(),
+            _ => 0,
+        };
+        let blocks = len.div_ceil(BLOCK_SIZE);
+        match data.get_mut(i) {
+            Some(b) if b.len() >= blocks * BLOCK_SIZE => {}
+            Some(b) => *b = AlignedBuf::scratch(blocks),
+            None => data.push(AlignedBuf::scratch(blocks)),
+        }
+        req.buffers.read_into(&mut data[i][..len]);
+        lens.push(len);
+    }
+    lens
+}
+
 /// Plans a batch, issues its writes on `ring` and applies it: the batch is left in flight on
-/// the ring, to finish once its writes are done.
+/// the ring, to finish once its writes are done. The plan may wait: no batch of the caller's
+/// may be in flight.
 fn start_on_ring(
     store: &Store,
     writer: usize,
@@ -215,6 +301,29 @@ fn start_on_ring(
     ops: &[Op<'_>],
 ) -> Result<InFlight, StoreError> {
     let plan = store.plan_batch(writer, ops)?;
+    start_planned(store, ring, plan)
+}
+
+/// [`start_on_ring`] with a plan that never waits (the caller has a batch in flight):
+/// `None` where it would.
+fn try_start_on_ring(
+    store: &Store,
+    writer: usize,
+    ring: &mut QueueRing,
+    ops: &[Op<'_>],
+) -> Result<Option<InFlight>, StoreError> {
+    match store.try_plan_batch(writer, ops)? {
+        Some(plan) => start_planned(store, ring, plan).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Issues a planned batch's writes on `ring` and applies it.
+fn start_planned(
+    store: &Store,
+    ring: &mut QueueRing,
+    plan: crate::store::WritePlan<'_>,
+) -> Result<InFlight, StoreError> {
     let started = ring.start_writes(&plan.writes());
     // Every reserved record is applied, whatever became of its writes: later ones wait for it.
     let batch = store.apply_plan(plan);
@@ -241,7 +350,7 @@ fn write_now(
         return store.write_batch(writer, ops);
     };
     let batch = start_on_ring(store, writer, ring, ops)?;
-    let written = ring.wait_batch();
+    let written = ring.wait_oldest();
     store.finish_batch_in_order(batch, written)
 }
 

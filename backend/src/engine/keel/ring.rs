@@ -6,13 +6,15 @@
 //! keeps as many device reads in flight. A write batch's writes (the data runs and journal
 //! record its `WritePlan` names) are pushed together and submitted in one system call
 //! ([`QueueRing::start_writes`]); the queue applies the plan while they are in flight, then
-//! waits for them or leaves them in flight to finish later. Read completions that arrive
-//! meanwhile are kept.
+//! waits for them or leaves them in flight to finish later. Up to [`MAX_BATCHES`] batches may
+//! be in flight; each entry is tagged with its batch, and the batches are handed back in the
+//! order they were started. Read completions that arrive meanwhile are kept.
 //!
 //! On an encrypted container the descriptor holds ciphertext: the store hands a batch's writes
 //! over sealed (it checksums the ciphertext), and a read's buffers go to the store as they
 //! were read, which checks and then opens them. The ring itself never sees the key.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -30,8 +32,11 @@ use crate::engine::submit_ring::SubmitRing;
 
 /// The container is registered as fixed file 0.
 const CONTAINER: types::Fixed = types::Fixed(0);
-/// User-data bit that marks a write of the batch in flight.
+/// User-data bit that marks a write of a batch in flight; the batch's number sits above
+/// bit 32, the write's index below.
 const BATCH_TAG: u64 = 1 << 62;
+/// Write batches a ring keeps in flight at most.
+pub(super) const MAX_BATCHES: usize = 2;
 
 /// A guest read whose device runs are in flight.
 struct ReadInFlight {
@@ -42,13 +47,17 @@ struct ReadInFlight {
     error: Option<io::Error>,
 }
 
-/// The writes of a batch started with [`QueueRing::start_writes`] and not all done yet.
+/// The writes of a batch started with [`QueueRing::start_writes`], until it is taken back.
 struct BatchWrites {
+    /// Its number (the user data's bits above 32, wrapping).
+    id: u32,
     /// Kept until every write is done: the kernel reads them.
     iovecs: Vec<Vec<libc::iovec>>,
     offsets: Vec<u64>,
     results: Vec<Option<i32>>,
     left: usize,
+    /// How its writes went, once all are done.
+    outcome: Option<io::Result<()>>,
 }
 
 // SAFETY: the iovecs point into buffers the queue owns (its data buffers and the store's
@@ -58,9 +67,9 @@ unsafe impl Send for BatchWrites {}
 
 pub(super) struct QueueRing {
     ring: SubmitRing,
-    batch: Option<BatchWrites>,
-    /// How the started batch's writes went, once all are done.
-    batch_done: Option<io::Result<()>>,
+    /// Started batches not taken back yet, oldest first.
+    batches: VecDeque<BatchWrites>,
+    next_batch: u32,
     eventfd: EventFd,
     fd: RawFd,
     store: Arc<Store>,
@@ -82,8 +91,8 @@ impl QueueRing {
         ring.ring.submitter().register_files(&[fd])?;
         Ok(Some(Self {
             ring,
-            batch: None,
-            batch_done: None,
+            batches: VecDeque::with_capacity(MAX_BATCHES),
+            next_batch: 0,
             eventfd,
             fd,
             store: Arc::clone(store),
@@ -101,30 +110,28 @@ impl QueueRing {
         let _ = self.eventfd.read();
     }
 
-    /// Guest reads in flight plus completions not yet handed out, plus one for a started
+    /// Guest reads in flight plus completions not yet handed out, plus one for each started
     /// batch not yet taken back.
     pub fn in_flight(&self) -> usize {
-        self.reads.len() + self.done.len() + usize::from(self.has_batch())
+        self.reads.len() + self.done.len() + self.batches.len()
     }
 
-    /// Whether a started batch has not been taken back yet.
-    pub fn has_batch(&self) -> bool {
-        self.batch.is_some() || self.batch_done.is_some()
-    }
-
-    /// How the started batch's writes went, once they are all done (collects first).
-    pub fn batch_result(&mut self) -> Option<io::Result<()>> {
+    /// How the oldest started batch's writes went, once they are all done (collects first);
+    /// the batch is then taken back.
+    pub fn oldest_result(&mut self) -> Option<io::Result<()>> {
         self.drain_completions();
-        self.batch_done.take()
+        self.batches.front()?.outcome.as_ref()?;
+        self.batches.pop_front().and_then(|b| b.outcome)
     }
 
-    /// Blocks until the started batch's writes are all done; how they went.
-    pub fn wait_batch(&mut self) -> io::Result<()> {
+    /// Blocks until the oldest started batch's writes are all done; how they went (`Ok` with
+    /// none started). The batch is taken back.
+    pub fn wait_oldest(&mut self) -> io::Result<()> {
         loop {
-            if let Some(r) = self.batch_result() {
+            if let Some(r) = self.oldest_result() {
                 return r;
             }
-            let Some(b) = &self.batch else {
+            let Some(b) = self.batches.front() else {
                 return Ok(());
             };
             // One sleep for all its writes still out. Completions already reaped do not count
@@ -193,7 +200,7 @@ impl QueueRing {
     /// Blocks until some read finishes (if one is in flight), then collects.
     pub fn wait(&mut self, done: &mut Vec<Completion>) {
         if self.done.is_empty()
-            && (!self.reads.is_empty() || self.batch.is_some())
+            && (!self.reads.is_empty() || self.batches.iter().any(|b| b.left > 0))
             && self.ring.ring.completion().is_empty()
         {
             self.ring.wait_one();
@@ -203,7 +210,7 @@ impl QueueRing {
 
     fn push(&mut self, entry: squeue::Entry) {
         // SAFETY: every entry points into a buffer owned by `self.reads` (kept until its
-        // completion is reaped) or into the iovecs of `self.batch` and the buffers they name
+        // completion is reaped) or into the iovecs of `self.batches` and the buffers they name
         // (kept until all its writes are reaped: see `start_writes`); the registered
         // descriptor belongs to the store's device, which `self.store` keeps open.
         unsafe { self.ring.push(entry) };
@@ -233,7 +240,8 @@ impl QueueRing {
     fn complete(&mut self, cqe: &cqueue::Entry) {
         let data = cqe.user_data();
         if data & BATCH_TAG != 0 {
-            self.batch_write_done((data & !BATCH_TAG) as usize, cqe.result());
+            let id = ((data & !BATCH_TAG) >> 32) as u32;
+            self.batch_write_done(id, (data & 0xffff_ffff) as usize, cqe.result());
             return;
         }
         let (key, run) = ((data >> 32) as usize, (data & 0xffff_ffff) as usize);
@@ -263,9 +271,10 @@ impl QueueRing {
         }
     }
 
-    fn batch_write_done(&mut self, i: usize, res: i32) {
-        let Some(b) = self.batch.as_mut() else {
-            log::error!("io_uring completion for a batch write with no batch in flight");
+    fn batch_write_done(&mut self, id: u32, i: usize, res: i32) {
+        let fd = self.fd;
+        let Some(b) = self.batches.iter_mut().find(|b| b.id == id) else {
+            log::error!("io_uring completion for a write of batch {id}, not in flight");
             return;
         };
         match b.results.get_mut(i) {
@@ -278,14 +287,13 @@ impl QueueRing {
         if b.left > 0 {
             return;
         }
-        let b = self.batch.take().expect("the batch just completed");
         let mut outcome = Ok(());
         for ((iov, offset), res) in b.iovecs.iter().zip(&b.offsets).zip(&b.results) {
             let res = res.unwrap_or(-libc::EIO);
             let r = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))
             } else if (res as usize) < iov.iter().map(|v| v.iov_len).sum::<usize>() {
-                write_rest(self.fd, iov, *offset, res as usize)
+                write_rest(fd, iov, *offset, res as usize)
             } else {
                 Ok(())
             };
@@ -294,29 +302,35 @@ impl QueueRing {
                 break;
             }
         }
-        self.batch_done = Some(outcome);
+        b.outcome = Some(outcome);
     }
 
     /// Issues a batch's writes (every write its plan names) without waiting for any. Every
-    /// buffer named must stay valid until the writes are done ([`batch_result`] or
-    /// [`wait_batch`]). An error means none was issued.
+    /// buffer named must stay valid until the batch is taken back ([`oldest_result`] or
+    /// [`wait_oldest`], once the batches started before it are). An error means none was
+    /// issued: [`MAX_BATCHES`] are in flight already.
     ///
-    /// [`batch_result`]: Self::batch_result
-    /// [`wait_batch`]: Self::wait_batch
+    /// [`oldest_result`]: Self::oldest_result
+    /// [`wait_oldest`]: Self::wait_oldest
     pub fn start_writes(&mut self, writes: &[Gather<'_>]) -> io::Result<()> {
-        if self.has_batch() {
-            return Err(io::Error::other(
-                "a batch is in flight on this queue already",
-            ));
+        if self.batches.len() >= MAX_BATCHES {
+            return Err(io::Error::other(format!(
+                "{MAX_BATCHES} batches are in flight on this queue already"
+            )));
         }
+        let id = self.next_batch;
+        self.next_batch = id.wrapping_add(1);
         let iovecs = iovecs_of(writes);
         for (i, ((offset, _), iov)) in writes.iter().zip(&iovecs).enumerate() {
-            self.push(write_entry(iov, *offset).user_data(BATCH_TAG | i as u64));
+            let tag = BATCH_TAG | (u64::from(id) << 32) | i as u64;
+            self.push(write_entry(iov, *offset).user_data(tag));
         }
-        self.batch = Some(BatchWrites {
+        self.batches.push_back(BatchWrites {
+            id,
             offsets: writes.iter().map(|(o, _)| *o).collect(),
             results: vec![None; writes.len()],
             left: writes.len(),
+            outcome: writes.is_empty().then_some(Ok(())),
             iovecs,
         });
         self.submit();
@@ -357,8 +371,10 @@ impl Drop for QueueRing {
     /// Waits for every read and write the kernel still holds: its buffers and guest memory
     /// must outlive the kernel's use of them.
     fn drop(&mut self) {
-        if let Err(e) = self.wait_batch() {
-            log::error!("a batch's writes failed as its queue closed: {e}");
+        while !self.batches.is_empty() {
+            if let Err(e) = self.wait_oldest() {
+                log::error!("a batch's writes failed as its queue closed: {e}");
+            }
         }
         let mut sink = Vec::new();
         while !self.reads.is_empty() {

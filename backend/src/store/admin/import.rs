@@ -17,6 +17,7 @@ use crate::store::log::journal::{self, Entry};
 use crate::store::log::superblock::{
     COMPAT_IMPORT_SOURCE_ID, COMPAT_IMPORTED, INCOMPAT_IMPORTING, INCOMPAT_STAGING,
 };
+use crate::store::log::write::Waits;
 use crate::store::log::write_plan::{Part, Run, gathers};
 use crate::store::seal::seal_for_store;
 
@@ -164,8 +165,15 @@ impl Store {
         let lbas: Vec<u64> = wanted.iter().map(|(lba, _)| *lba).collect();
         let placed = (&lbas[..], &sources[..], &parts[..]);
         match packed.as_ref().filter(|p| p.any_packed()) {
-            Some(packed) => self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?,
-            None => self.place_raw(&mut w, placed, &mut entries, &mut runs)?,
+            Some(packed) => self.place_packed(
+                &mut w,
+                placed,
+                packed,
+                &mut entries,
+                &mut runs,
+                Waits::Allowed,
+            )?,
+            None => self.place_raw(&mut w, placed, &mut entries, &mut runs, Waits::Allowed)?,
         };
         if target == Target::Staging {
             for e in &mut entries {

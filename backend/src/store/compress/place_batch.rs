@@ -9,7 +9,7 @@ use crate::store::error::Result;
 use crate::store::journal::Entry;
 use crate::store::layout::BLOCK;
 use crate::store::log::alloc::SegmentWriter;
-use crate::store::log::write::MAX_PARTS;
+use crate::store::log::write::{MAX_PARTS, Waits};
 use crate::store::log::write_plan::{Part, Run};
 
 impl Store {
@@ -29,7 +29,8 @@ impl Store {
 
     /// Takes blocks and VBAs for `packed`, the packing of the batch's blocks (`lbas`, their
     /// bytes `sources` and where each is written from, `parts`), adding its Map entries to
-    /// `entries` and its writes to `runs`. Returns the physical blocks written.
+    /// `entries` and its writes to `runs` (taking blocks as `waits` allows). Returns the
+    /// physical blocks written.
     pub(in crate::store) fn place_packed<'a>(
         &self,
         w: &mut SegmentWriter,
@@ -37,11 +38,12 @@ impl Store {
         packed: &Packed,
         entries: &mut Vec<Entry>,
         runs: &mut Vec<Run<'a>>,
+        waits: Waits,
     ) -> Result<u64> {
         let phys = &packed.phys;
         let mut i = 0;
         while i < phys.len() {
-            let (pba, n) = self.take_blocks(w, phys.len() - i, false)?;
+            let (pba, n) = self.take_guest_blocks(w, phys.len() - i, waits)?;
             let vbas: usize = phys[i..i + n]
                 .iter()
                 .map(|p| match p {

@@ -41,6 +41,14 @@ impl SegmentWriter {
         Some((seg * self.seg_blocks + first as u64, run))
     }
 
+    /// Blocks left in the open segment (none without one).
+    pub fn free(&self) -> u64 {
+        match self.seg {
+            Some(_) => self.used.count_zeros() as u64,
+            None => 0,
+        }
+    }
+
     /// Starts writing into a fresh segment.
     pub fn start(&mut self, seg: u64) {
         self.retire();
@@ -64,8 +72,11 @@ mod tests {
     fn hands_out_disjoint_runs_until_full() {
         let mut w = SegmentWriter::new(16);
         assert_eq!(w.take(1), None);
+        assert_eq!(w.free(), 0);
         w.start(3);
+        assert_eq!(w.free(), 16);
         assert_eq!(w.take(5), Some((48, 5)));
+        assert_eq!(w.free(), 11);
         assert_eq!(w.take(20), Some((53, 11)));
         assert_eq!(w.take(1), None);
         w.start(4);

@@ -22,6 +22,12 @@ impl Op<'_> {
             Op::Discard { offset, len } | Op::WriteZeroes { offset, len } => (offset, len),
         }
     }
+
+    /// Whether the request covers whole blocks only: planning it reads nothing.
+    pub fn whole_blocks(&self) -> bool {
+        let (offset, len) = self.range();
+        offset.is_multiple_of(BLOCK) && len.is_multiple_of(BLOCK)
+    }
 }
 
 /// Checks that `[offset, offset + len)` is sector-aligned and inside the disk.

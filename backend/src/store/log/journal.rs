@@ -140,6 +140,24 @@ pub fn record_blocks(entries: &[Entry]) -> usize {
     bytes.div_ceil(BLOCK_SIZE)
 }
 
+/// Blocks a record takes at most with `maps` Map and `unmaps` Unmap entries, and a flush
+/// mark that may ride along: what a batch's record needs, known before its blocks are taken.
+pub fn batch_record_blocks(maps: usize, unmaps: usize) -> usize {
+    let map = Entry::Map {
+        lba: 0,
+        vba: 0,
+        pba: 0,
+        crc: 0,
+    };
+    let unmap = Entry::Unmap { lba: 0, count: 0 };
+    let mark = Entry::Flushed { lsn: 0 };
+    let bytes = RECORD_HEADER
+        + maps * map.encoded_len()
+        + unmaps * unmap.encoded_len()
+        + mark.encoded_len();
+    bytes.div_ceil(BLOCK_SIZE)
+}
+
 /// Encodes a record for block `pba` into `out` (exactly `record_blocks(entries)` blocks).
 /// Returns the record's crc, or `None` if `out` has the wrong size.
 pub fn encode(pba: u64, lsn: u64, prev_crc: u32, entries: &[Entry], out: &mut [u8]) -> Option<u32> {
@@ -371,6 +389,23 @@ mod tests {
         let crc = encode(77, 9, 0xabc, &e, &mut b).unwrap();
         let (h, d, c) = decode(77, &b).unwrap();
         assert_eq!((h.lsn, h.prev_crc, d, c), (9, 0xabc, e, crc));
+    }
+
+    #[test]
+    fn a_batch_record_bound_covers_its_record_and_a_mark() {
+        for (maps, unmaps) in [(0, 1), (1, 0), (140, 0), (141, 3), (400, 7)] {
+            let mut e: Vec<Entry> = (0..maps as u64)
+                .map(|i| Entry::Map {
+                    lba: i,
+                    vba: i,
+                    pba: i,
+                    crc: 0,
+                })
+                .collect();
+            e.extend((0..unmaps as u64).map(|i| Entry::Unmap { lba: i, count: 1 }));
+            e.push(Entry::Flushed { lsn: 1 });
+            assert_eq!(batch_record_blocks(maps, unmaps), record_blocks(&e));
+        }
     }
 
     #[test]

@@ -100,6 +100,25 @@ impl Store {
         self.background_checkpoints.store(on, Ordering::Release);
     }
 
+    /// Ring blocks in use from which the journal asks for a checkpoint.
+    pub(in crate::store) fn checkpoint_threshold(&self) -> u64 {
+        self.geo.journal_blocks() * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100
+    }
+
+    /// Whether a record of `blocks` blocks can be reserved now without waiting: the chain
+    /// needs no first checkpoint, none is freezing, the ring has room, and the journal is not
+    /// past its threshold with no thread to take that checkpoint in the background (the
+    /// record would take it). What a plan that may not wait checks
+    /// ([`Waits::Refused`](super::write::Waits::Refused)).
+    pub(in crate::store) fn reserves_now(&self, j: &JournalState, blocks: u64) -> bool {
+        let background = self.background_checkpoints.load(Ordering::Acquire);
+        let due = j.ring.used >= self.checkpoint_threshold() && !j.checkpointing;
+        !j.fresh_chain
+            && !j.freezing
+            && j.ring.place(j.cursor.pos, blocks).is_some()
+            && (!due || background)
+    }
+
     /// Places a record of `blocks` blocks in the journal ring: its block offset inside the
     /// region and the blocks it adds to the ring's live part. A journal past its threshold
     /// asks for a checkpoint (or takes one, with no background thread); a full one waits for

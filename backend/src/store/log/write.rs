@@ -28,6 +28,16 @@
 //! A checkpoint needs every reserved record written, so it waits for the batches in flight
 //! (never for one that has not reserved yet); a batch that reserved never waits for one that
 //! has not.
+//!
+//! So does much else (a segment grab that must clean or release, a release by a mark, a
+//! snapshot, a read of a block being written), and a batch in flight is finished only by the
+//! caller that started it. A caller with a batch of its own in flight (a keel queue keeps up
+//! to two) therefore plans the next with [`Store::try_plan_batch`], which never waits: it
+//! refuses, before the record is reserved and without failing the store, wherever
+//! [`Store::plan_batch`] would wait (see [`Waits`]). The caller then finishes its batches and
+//! plans with `plan_batch`. Records are still applied in LSN order and answered batches are
+//! finished in the order they were started, so the guarantees above hold with any number of
+//! batches in flight.
 
 use crate::store::buf::AlignedBuf;
 use crate::store::error::{Result, StoreError};
@@ -47,6 +57,16 @@ use std::sync::MutexGuard;
 
 /// Parts of one gathered data write at most (the kernel takes up to 1024 iovecs per write).
 pub(in crate::store) const MAX_PARTS: usize = 256;
+
+/// Whether preparing a batch may wait for the store: for space (cleaning, releasing,
+/// growing), for a checkpoint, or for records in flight. A caller with a batch of its own in
+/// flight must not ([`Store::try_plan_batch`]): the store may be waiting for that batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) enum Waits {
+    Allowed,
+    /// Refuse with [`StoreError::WouldWait`] instead, before the record is reserved.
+    Refused,
+}
 
 /// A journal record placed and encoded, not yet applied.
 pub(in crate::store) struct Reserved {
@@ -177,6 +197,39 @@ impl Store {
         }
     }
 
+    /// Takes up to `want` contiguous blocks for a guest batch from writer `w`: as
+    /// [`take_blocks`](Self::take_blocks) does, or with [`Waits::Refused`] only from its open
+    /// segment or a free one, refusing where it would make room.
+    pub(in crate::store) fn take_guest_blocks(
+        &self,
+        w: &mut SegmentWriter,
+        want: usize,
+        waits: Waits,
+    ) -> Result<(u64, usize)> {
+        if waits == Waits::Allowed {
+            return self.take_blocks(w, want, false);
+        }
+        if let Some(r) = w.take(want) {
+            return Ok(r);
+        }
+        let seg = self.write_lock(&self.state).sut.grab(SegKind::Data, false);
+        let seg = seg.ok_or(StoreError::WouldWait)?;
+        w.start(seg);
+        self.note_space_found();
+        w.take(want).ok_or(StoreError::WouldWait)
+    }
+
+    /// Whether writer `w` can take `blocks` blocks without making room: from its open segment
+    /// and the segments free for guest data.
+    pub(in crate::store) fn has_room_now(&self, w: &SegmentWriter, blocks: u64) -> bool {
+        let short = blocks.saturating_sub(w.free());
+        if short == 0 {
+            return true;
+        }
+        let free = self.read_lock(&self.state).sut.free_for_guests();
+        short.div_ceil(self.geo.seg_blocks) <= free
+    }
+
     /// Frees segments for a writer that found none; false when nothing more can be done.
     /// Cleaning gains less than a segment per victim, so several are cleaned before the
     /// one mark or checkpoint that releases them all; a guest writer also tops up emptied
@@ -267,7 +320,7 @@ impl Store {
         retired: &mut Vec<u64>,
     ) -> Result<Committed> {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
-        let Some(mut r) = self.reserve_record(j, entries, extents, retired)? else {
+        let Some(mut r) = self.reserve_record(j, entries, extents, retired, Waits::Allowed)? else {
             return Ok(Committed { entries: 0, lsn: 0 });
         };
         let written = match self.seal_record(r.pba, &mut r.record) {
@@ -306,13 +359,15 @@ impl Store {
     /// Reserves the record of `entries` (held journal lock `j`; the caller checked the store),
     /// its data blocks `extents` (first block, count) listed as being written. `None` when
     /// there is nothing to commit. Segments in `retired` close once every record up to this
-    /// one is written.
+    /// one is written. With [`Waits::Refused`], a record that would wait (a checkpoint first,
+    /// a full ring) is refused before anything is reserved.
     pub(in crate::store) fn reserve_record(
         &self,
         mut j: MutexGuard<'_, JournalState>,
         mut entries: Vec<Entry>,
         extents: impl Iterator<Item = (u64, u64)>,
         retired: &mut Vec<u64>,
+        waits: Waits,
     ) -> Result<Option<Reserved>> {
         if entries.is_empty() {
             // The segments were filled by records already reserved.
@@ -327,7 +382,7 @@ impl Store {
         if let Some(lsn) = carried {
             entries.push(Entry::Flushed { lsn });
         }
-        let (mut j, (lsn, pba, record)) = self.reserve(j, &entries)?;
+        let (mut j, (lsn, pba, record)) = self.reserve(j, &entries, waits)?;
         if let Some(through) = carried {
             j.marked_lsn = j.marked_lsn.max(through);
         }
@@ -379,6 +434,7 @@ impl Store {
         &'a self,
         mut j: MutexGuard<'a, JournalState>,
         entries: &[Entry],
+        waits: Waits,
     ) -> Result<(MutexGuard<'a, JournalState>, (u64, u64, AlignedBuf))> {
         let blocks = journal::record_blocks(entries) as u64;
         let journal_blocks = self.geo.journal_blocks();
@@ -388,7 +444,11 @@ impl Store {
                 entries.len()
             )));
         }
-        let threshold = journal_blocks * self.opts.checkpoint_percent.clamp(1, 100) as u64 / 100;
+        // Checked under this hold of the lock: placing the record below then cannot wait.
+        if waits == Waits::Refused && !self.reserves_now(&j, blocks) {
+            return Err(StoreError::WouldWait);
+        }
+        let threshold = self.checkpoint_threshold();
         if j.fresh_chain {
             j = self.wait_idle(j);
             if j.fresh_chain {

@@ -11,18 +11,18 @@
 use crate::store::Store;
 use crate::store::buf::AlignedBuf;
 use crate::store::codec::block_crc;
-use crate::store::error::Result;
+use crate::store::error::{Result, StoreError};
 use crate::store::io::Gather;
 use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::batch::{self, Op};
-use crate::store::log::journal::Entry;
-use crate::store::log::write::{MAX_PARTS, Reserved};
+use crate::store::log::journal::{self, Entry};
+use crate::store::log::write::{MAX_PARTS, Reserved, Waits};
 use crate::store::seal::{SealedRuns, seal_for_store};
 use crate::store::stats::Counters;
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::sync::MutexGuard;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 /// Where one block of a data write comes from.
 #[derive(Debug, Clone, Copy)]
@@ -138,14 +138,97 @@ impl Store {
     ///
     /// The caller must not block on anything of the store's (another batch, a read, a flush)
     /// until it has applied the plan and while its batch is in flight: the store may be
-    /// waiting for that batch.
+    /// waiting for that batch. For the same reason it must have no batch of its own in flight
+    /// when it calls this (planning may wait for every record reserved): see
+    /// [`try_plan_batch`](Self::try_plan_batch).
     pub fn plan_batch<'a>(&'a self, writer: usize, ops: &[Op<'a>]) -> Result<WritePlan<'a>> {
         self.ensure_ok()?;
         let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
             self.read_into(lba * BLOCK, b)
         })?;
-        let slot = &self.writers[writer % self.writers.len()];
-        let mut w = self.lock(slot);
+        let w = self.lock(self.writer_slot(writer));
+        self.prepare((writer, w), plan, ops.len(), Waits::Allowed)
+    }
+
+    /// [`plan_batch`](Self::plan_batch) for a caller with batches of its own in flight: it
+    /// never waits for the store, which may be waiting for them. `None` (and nothing reserved,
+    /// the store not failed) where it would wait:
+    /// - another thread holds the writer (it may be waiting, e.g. a snapshot for the records
+    ///   in flight);
+    /// - a request covers part of a block: the block is read first, and a block being written
+    ///   is waited for (it may be one of the caller's);
+    /// - the writer's open segment and the segments free for guest data cannot hold the batch
+    ///   (a writer then cleans, releases, grows or waits for space);
+    /// - the record cannot be reserved at once: the journal needs a checkpoint first, is
+    ///   frozen for one, is full, or is past its threshold with no background thread to take
+    ///   the checkpoint.
+    ///
+    /// The space and the journal are checked before anything is taken. Another writer may
+    /// still take the last free segment or journal room in between: the plan is then refused
+    /// with blocks and VBAs already taken. They are left as dead space: no record names them,
+    /// so they hold nothing live (the cleaner counts them as garbage when it empties their
+    /// segment) and recovery never sees them; VBAs are never reused, so the skipped ones stay
+    /// unused. The segments the writer filled meanwhile close with its next record.
+    ///
+    /// The caller then finishes its batches in flight and plans with `plan_batch`.
+    pub fn try_plan_batch<'a>(
+        &'a self,
+        writer: usize,
+        ops: &[Op<'a>],
+    ) -> Result<Option<WritePlan<'a>>> {
+        self.ensure_ok()?;
+        // Whole blocks only: nothing is read (a read would refuse the batch anyway).
+        let plan = match ops.iter().all(Op::whole_blocks) {
+            true => batch::plan(ops, self.capacity(), &mut |_, _| Err(StoreError::WouldWait)),
+            false => Err(StoreError::WouldWait),
+        };
+        let plan = match plan {
+            Err(StoreError::WouldWait) => {
+                Counters::add(&self.stats.plans_refused, 1);
+                return Ok(None);
+            }
+            other => other?,
+        };
+        let refused = || {
+            Counters::add(&self.stats.plans_refused, 1);
+            Ok(None)
+        };
+        let w = match self.writer_slot(writer).try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::WouldBlock) => return refused(),
+            Err(TryLockError::Poisoned(e)) => self.unpoison(Err(e)),
+        };
+        // Packing takes at most a block per block; the record's size is known from the plan.
+        let record = journal::batch_record_blocks(plan.data.len(), plan.unmap.len()) as u64;
+        if !self.has_room_now(&w, plan.data.len() as u64)
+            || !self.reserves_now(&self.lock(&self.journal), record)
+        {
+            return refused();
+        }
+        match self.prepare((writer, w), plan, ops.len(), Waits::Refused) {
+            Ok(p) => Ok(Some(p)),
+            Err(StoreError::WouldWait) => {
+                Counters::add(&self.stats.plans_refused_late, 1);
+                refused()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn writer_slot(&self, writer: usize) -> &Mutex<SegmentWriter> {
+        &self.writers[writer % self.writers.len()]
+    }
+
+    /// Takes blocks and VBAs for the batch `plan` (of `requests` guest requests) with writer
+    /// `w` (number `writer`, whose compression misses it counts), checksums (and seals) its data and reserves its record, waiting for the store only
+    /// as `waits` allows.
+    pub(in crate::store) fn prepare<'a>(
+        &'a self,
+        (writer, mut w): (usize, MutexGuard<'a, SegmentWriter>),
+        plan: batch::Plan<'a>,
+        requests: usize,
+        waits: Waits,
+    ) -> Result<WritePlan<'a>> {
         let mut entries: Vec<Entry> = plan
             .unmap
             .iter()
@@ -184,12 +267,12 @@ impl Store {
         let mut runs: Vec<Run<'a>> = Vec::new();
         let packed = self.codec.map(|codec| self.pack(writer, codec, &sources));
         // A batch where nothing shrank is placed as without compression.
+        let placed = (&lbas[..], &sources[..], &parts[..]);
         let written = match packed.as_ref().filter(|p| p.any_packed()) {
             Some(packed) => {
-                let placed = (&lbas[..], &sources[..], &parts[..]);
-                self.place_packed(&mut w, placed, packed, &mut entries, &mut runs)?
+                self.place_packed(&mut w, placed, packed, &mut entries, &mut runs, waits)?
             }
-            None => self.place_raw(&mut w, (&lbas, &sources, &parts), &mut entries, &mut runs)?,
+            None => self.place_raw(&mut w, placed, &mut entries, &mut runs, waits)?,
         };
         let packed = packed.filter(|p| p.any_packed()).map(|p| p.buf);
         // An encrypted container's data is sealed here, once, and checksummed as stored.
@@ -200,11 +283,11 @@ impl Store {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, parts.len() as u64));
         let j = self.lock(&self.journal);
         self.ensure_ok()?;
-        let reserved = self.reserve_record(j, entries, extents, &mut w.retired)?;
+        let reserved = self.reserve_record(j, entries, extents, &mut w.retired, waits)?;
         Counters::add(&self.stats.data_writes, runs.len() as u64);
         Counters::add(&self.stats.data_write_bytes, BLOCK * written);
         Counters::add(&self.stats.batches, 1);
-        Counters::add(&self.stats.guest_writes, ops.len() as u64);
+        Counters::add(&self.stats.guest_writes, requests as u64);
         Counters::add(&self.stats.guest_write_bytes, plan.guest_bytes);
         self.note_guest_io();
         let (lsn, record_pba, record, entries) = match reserved {
@@ -252,17 +335,19 @@ impl Store {
     /// Takes blocks and VBAs for a batch's blocks stored as they are (`lbas`, their bytes
     /// `sources` and where each is written from, `parts`), adding their Map entries to
     /// `entries` and their writes to `runs`: [`place_packed`](Self::place_packed)'s
-    /// counterpart for blocks not compressed. Returns the physical blocks written.
+    /// counterpart for blocks not compressed (taking blocks as `waits` allows). Returns the
+    /// physical blocks written.
     pub(in crate::store) fn place_raw<'a>(
         &self,
         w: &mut SegmentWriter,
         (lbas, sources, parts): (&[u64], &[&[u8]], &[Part<'a>]),
         entries: &mut Vec<Entry>,
         runs: &mut Vec<Run<'a>>,
+        waits: Waits,
     ) -> Result<u64> {
         let mut i = 0;
         while i < lbas.len() {
-            let (pba, n) = self.take_blocks(w, lbas.len() - i, false)?;
+            let (pba, n) = self.take_guest_blocks(w, lbas.len() - i, waits)?;
             let vba0 = {
                 // VBAs are unique, never reused; the writer lock, held until the batch is
                 // applied, keeps them ordered with the commit (snapshot creation takes every

@@ -158,6 +158,13 @@ impl Sut {
         }
     }
 
+    /// Free segments a guest writer may still take ([`grab`](Self::grab) without the
+    /// reserve).
+    pub fn free_for_guests(&self) -> u64 {
+        self.free_count()
+            .saturating_sub(self.geo.reserved_segments())
+    }
+
     /// Takes a free segment for a writer. Guest writers (`use_reserve == false`) leave the
     /// reserve to checkpoints and the cleaner; the cleaner (data with `use_reserve`) leaves
     /// the checkpoints' share of it; checkpoints (metadata) may take the last segment.
