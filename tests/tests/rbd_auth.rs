@@ -134,6 +134,23 @@ fn lock_of(image: &str) -> (String, String) {
     )
 }
 
+/// Another client breaks keeld's lock on `image` (Ceph blocklists the old holder) and writes
+/// to it.
+fn steal_lock(image: &str) {
+    let (id, locker) = lock_of(image);
+    cluster().rbd(&["lock", "rm", image, &id, &locker]);
+    cluster().rbd(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4096",
+        "--io-total",
+        "65536",
+        image,
+    ]);
+}
+
 #[test]
 fn rbd_client_that_lost_its_lock_fails_io_and_others_serve() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,18 +170,7 @@ fn rbd_client_that_lost_its_lock_fails_io_and_others_serve() {
     cb.write(0, 0, &pattern(2, 4096)).unwrap();
 
     // Another client breaks keeld's lock on `a` (Ceph blocklists the old holder) and writes.
-    let (id, locker) = lock_of(&a);
-    cluster().rbd(&["lock", "rm", &a, &id, &locker]);
-    cluster().rbd(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4096",
-        "--io-total",
-        "65536",
-        &a,
-    ]);
+    steal_lock(&a);
 
     // keeld's requests on `a` now fail; none hangs.
     let (ca, write) = bounded("a write after the lock was lost", move || {
@@ -219,18 +225,7 @@ fn rbd_zero_copy_write_of_a_blocklisted_client_fails_within_seconds() {
     ca.write(0, 0, &pattern(1, MIB)).unwrap();
     assert_eq!(ca.read(0, 0, MIB).unwrap(), pattern(1, MIB));
 
-    let (id, locker) = lock_of(&a);
-    cluster().rbd(&["lock", "rm", &a, &id, &locker]);
-    cluster().rbd(&[
-        "bench",
-        "--io-type",
-        "write",
-        "--io-size",
-        "4096",
-        "--io-total",
-        "65536",
-        &a,
-    ]);
+    steal_lock(&a);
 
     let mut ca = Some(ca);
     for (offset, len) in [(8192, 4096), (2 * MIB as u64, MIB), (4 * MIB as u64, 4096)] {
