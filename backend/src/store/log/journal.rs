@@ -391,17 +391,22 @@ mod tests {
         assert_eq!((h.lsn, h.prev_crc, d, c), (9, 0xabc, e, crc));
     }
 
+    /// `n` Map entries of blocks 0..n.
+    fn map_entries(n: u64) -> Vec<Entry> {
+        (0..n)
+            .map(|i| Entry::Map {
+                lba: i,
+                vba: i,
+                pba: i,
+                crc: 0,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batch_record_bound_covers_its_record_and_a_mark() {
         for (maps, unmaps) in [(0, 1), (1, 0), (140, 0), (141, 3), (400, 7)] {
-            let mut e: Vec<Entry> = (0..maps as u64)
-                .map(|i| Entry::Map {
-                    lba: i,
-                    vba: i,
-                    pba: i,
-                    crc: 0,
-                })
-                .collect();
+            let mut e = map_entries(maps as u64);
             e.extend((0..unmaps as u64).map(|i| Entry::Unmap { lba: i, count: 1 }));
             e.push(Entry::Flushed { lsn: 1 });
             assert_eq!(batch_record_blocks(maps, unmaps), record_blocks(&e));
@@ -410,14 +415,7 @@ mod tests {
 
     #[test]
     fn large_records_span_blocks() {
-        let e: Vec<Entry> = (0..400)
-            .map(|i| Entry::Map {
-                lba: i,
-                vba: i,
-                pba: i,
-                crc: 0,
-            })
-            .collect();
+        let e = map_entries(400);
         assert_eq!(record_blocks(&e), 3);
         let mut b = vec![0u8; 3 * BLOCK_SIZE];
         encode(5, 1, 0, &e, &mut b).unwrap();
