@@ -310,6 +310,17 @@ pub struct CleaningStats {
     /// Time the marking held the maps (batches wait to apply meanwhile; not the journal).
     #[serde(default)]
     pub meta_mark_us: u64,
+    /// Guest batches planned while one of the same queue was still in flight (a second batch
+    /// in flight), and those such a plan refused because it would have waited (the queue then
+    /// finished its batch first and planned again).
+    #[serde(default)]
+    pub batches_pipelined: u64,
+    #[serde(default)]
+    pub pipelined_refused: u64,
+    /// Of the refused, those refused after taking their blocks (another writer took the last
+    /// free segment or journal room first): those blocks are dead space until cleaned.
+    #[serde(default)]
+    pub pipelined_refused_late: u64,
     /// Bytes written to the container per guest byte written so far.
     pub write_amplification: f64,
 }

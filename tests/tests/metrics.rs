@@ -103,6 +103,11 @@ fn guest_io_shows_in_the_metrics_of_both_listeners() {
         Some(0.0)
     );
     assert!(at(r#"keel_store_segments_total{disk="vm1",event="freed"}"#).is_some());
+    for outcome in ["planned", "refused", "refused_late"] {
+        let name =
+            format!(r#"keel_store_pipelined_batches_total{{disk="vm1",outcome="{outcome}"}}"#);
+        assert!(at(&name).is_some(), "{name} missing");
+    }
 
     // The control socket serves the same figures.
     let control = UnixStream::connect(keeld.dir().join("control.sock")).unwrap();

@@ -73,6 +73,13 @@ pub fn cleaning_lines(c: &CleaningStats) -> Vec<String> {
                 ms(c.meta_mark_us)
             ),
         ),
+        (
+            "  pipelined batches",
+            format!(
+                "{} planned beside one in flight, {} refused ({} after taking blocks)",
+                c.batches_pipelined, c.pipelined_refused, c.pipelined_refused_late
+            ),
+        ),
     ];
     rows.into_iter()
         .map(|(k, v)| format!("{k:<23} {v}"))
@@ -106,6 +113,9 @@ mod tests {
             meta_gathers: 2,
             meta_nodes_marked: 900,
             meta_mark_us: 3_100,
+            batches_pipelined: 40,
+            pipelined_refused: 6,
+            pipelined_refused_late: 1,
             write_amplification: 1.25,
         };
         let text = cleaning_lines(&c).join("\n");
@@ -120,6 +130,7 @@ mod tests {
             "9 batches, 81.0 ms",
             "  waits for checkpoint  3 batches, 2.4 ms",
             "  metadata gathered     2 times, 900 nodes marked in 3.1 ms",
+            "  pipelined batches     40 planned beside one in flight, 6 refused (1 after taking blocks)",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

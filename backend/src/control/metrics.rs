@@ -235,6 +235,11 @@ impl Scrape {
             Counter,
             "Times sparse metadata segments were gathered (their nodes marked for the next checkpoint)",
         );
+        let mut pipelined = Family::new(
+            "keel_store_pipelined_batches_total",
+            Counter,
+            "Guest batches planned beside one in flight on the same queue (outcome = planned), refused because planning would wait (refused), and of those refused after taking their blocks (refused_late)",
+        );
         let mut meta_mark_seconds = Family::new(
             "keel_store_meta_mark_seconds_total",
             Counter,
@@ -352,6 +357,13 @@ impl Scrape {
                     segment_wait_seconds.add(disk(name), secs(c.segment_wait_us));
                     meta_gathers.add(disk(name), c.meta_gathers);
                     meta_mark_seconds.add(disk(name), secs(c.meta_mark_us));
+                    for (outcome, n) in [
+                        ("planned", c.batches_pipelined),
+                        ("refused", c.pipelined_refused),
+                        ("refused_late", c.pipelined_refused_late),
+                    ] {
+                        pipelined.add(with(disk(name), "outcome", outcome), n);
+                    }
                 }
             }
             if let Some(m) = &d.mirror {
@@ -413,6 +425,7 @@ impl Scrape {
             &segment_wait_seconds,
             &meta_gathers,
             &meta_mark_seconds,
+            &pipelined,
             &component,
             &dirty,
             &resync_total,

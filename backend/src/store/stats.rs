@@ -39,6 +39,7 @@ pub struct Counters {
     pub meta_mark_us: AtomicU64,
     pub mark_releases: AtomicU64,
     pub segments_freed_by_marks: AtomicU64,
+    pub plans_pipelined: AtomicU64,
     pub plans_refused: AtomicU64,
     pub plans_refused_late: AtomicU64,
 }
@@ -97,6 +98,7 @@ impl Counters {
             meta_mark_us: g(&self.meta_mark_us),
             mark_releases: g(&self.mark_releases),
             segments_freed_by_marks: g(&self.segments_freed_by_marks),
+            plans_pipelined: g(&self.plans_pipelined),
             plans_refused: g(&self.plans_refused),
             plans_refused_late: g(&self.plans_refused_late),
         }
@@ -170,6 +172,9 @@ pub struct Stats {
     pub mark_releases: u64,
     /// Segments those gave back to the free list.
     pub segments_freed_by_marks: u64,
+    /// Batches planned beside one in flight on the same queue (a plan that may not wait,
+    /// accepted).
+    pub plans_pipelined: u64,
     /// Batches a plan that may not wait refused (a queue with a batch in flight then finished
     /// it and planned again, waiting as needed).
     pub plans_refused: u64,

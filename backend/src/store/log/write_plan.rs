@@ -206,7 +206,10 @@ impl Store {
             return refused();
         }
         match self.prepare((writer, w), plan, ops.len(), Waits::Refused) {
-            Ok(p) => Ok(Some(p)),
+            Ok(p) => {
+                Counters::add(&self.stats.plans_pipelined, 1);
+                Ok(Some(p))
+            }
             Err(StoreError::WouldWait) => {
                 Counters::add(&self.stats.plans_refused_late, 1);
                 refused()

@@ -207,6 +207,11 @@ fn the_next_kick_is_started_while_the_last_one_is_in_flight() {
     kick(&mut q, 40, 8 * BLOCK, &mut model);
     assert_eq!(q.flying.len(), 2);
     assert_eq!(store.stats().plans_refused, 0);
+    assert_eq!(
+        store.stats().plans_pipelined,
+        2,
+        "both planned beside one in flight"
+    );
     // A write of part of a block must read the block first: refused, the queue finishes
     // its batches and plans it the old way.
     kick(&mut q, 17, 1024, &mut model);
@@ -231,6 +236,7 @@ fn the_next_kick_is_started_while_the_last_one_is_in_flight() {
         "a kick at the bound flies beside the last"
     );
     assert_eq!(store.stats().plans_refused, 1);
+    assert_eq!(store.stats().plans_pipelined, 3);
     // A read finishes them all, and sees every write.
     let mut k = Kick::new(&mem, token);
     k.read(0, model.at(0, 48 * BLOCK));
