@@ -310,6 +310,12 @@ pub struct CleaningStats {
     /// Time the marking held the maps (batches wait to apply meanwhile; not the journal).
     #[serde(default)]
     pub meta_mark_us: u64,
+    /// Guest batches delayed a little to the cleaner's pace because free space was low
+    /// (instead of waiting, later, for a segment), and the time they were delayed.
+    #[serde(default)]
+    pub paced_batches: u64,
+    #[serde(default)]
+    pub paced_us: u64,
     /// Guest batches planned while one of the same queue was still in flight (a second batch
     /// in flight), and those such a plan refused because it would have waited (the queue then
     /// finished its batch first and planned again).

@@ -65,6 +65,10 @@ pub fn cleaning_lines(c: &CleaningStats) -> Vec<String> {
             format!("{} batches, {}", c.segment_waits, ms(c.segment_wait_us)),
         ),
         (
+            "  paced to the cleaner",
+            format!("{} batches, {}", c.paced_batches, ms(c.paced_us)),
+        ),
+        (
             "  metadata gathered",
             format!(
                 "{} times, {} nodes marked in {}",
@@ -113,6 +117,8 @@ mod tests {
             meta_gathers: 2,
             meta_nodes_marked: 900,
             meta_mark_us: 3_100,
+            paced_batches: 12,
+            paced_us: 4_500,
             batches_pipelined: 40,
             pipelined_refused: 6,
             pipelined_refused_late: 1,
@@ -129,6 +135,7 @@ mod tests {
             "4 in 40.0 ms (longest 12.3 ms)",
             "9 batches, 81.0 ms",
             "  waits for checkpoint  3 batches, 2.4 ms",
+            "  paced to the cleaner  12 batches, 4.5 ms",
             "  metadata gathered     2 times, 900 nodes marked in 3.1 ms",
             "  pipelined batches     40 planned beside one in flight, 6 refused (1 after taking blocks)",
         ] {

@@ -235,6 +235,16 @@ impl Scrape {
             Counter,
             "Times sparse metadata segments were gathered (their nodes marked for the next checkpoint)",
         );
+        let mut paced = Family::new(
+            "keel_store_paced_batches_total",
+            Counter,
+            "Guest batches delayed to the cleaner's pace because free space was low",
+        );
+        let mut paced_seconds = Family::new(
+            "keel_store_paced_seconds_total",
+            Counter,
+            "Time guest batches were delayed to the cleaner's pace",
+        );
         let mut pipelined = Family::new(
             "keel_store_pipelined_batches_total",
             Counter,
@@ -357,6 +367,8 @@ impl Scrape {
                     segment_wait_seconds.add(disk(name), secs(c.segment_wait_us));
                     meta_gathers.add(disk(name), c.meta_gathers);
                     meta_mark_seconds.add(disk(name), secs(c.meta_mark_us));
+                    paced.add(disk(name), c.paced_batches);
+                    paced_seconds.add(disk(name), secs(c.paced_us));
                     for (outcome, n) in [
                         ("planned", c.batches_pipelined),
                         ("refused", c.pipelined_refused),
@@ -425,6 +437,8 @@ impl Scrape {
             &segment_wait_seconds,
             &meta_gathers,
             &meta_mark_seconds,
+            &paced,
+            &paced_seconds,
             &pipelined,
             &component,
             &dirty,

@@ -225,6 +225,8 @@ pub struct Store {
     checkpoint_due: AtomicBool,
     /// Set while a thread takes checkpoints in the background (the cleaner's).
     background_checkpoints: AtomicBool,
+    /// Guest batches paced to the cleaner's rate when free space runs low.
+    guest_pace: log::guest_pace::GuestPace,
     /// Set while a [`MarkWriter`] runs: flushes leave their marks to it. Its condvar goes
     /// with the journal lock (`mark_due`).
     async_marks: AtomicBool,
@@ -417,6 +419,7 @@ impl Store {
             cleaner_wake: (Mutex::new(false), Condvar::new()),
             checkpoint_due: AtomicBool::new(false),
             background_checkpoints: AtomicBool::new(false),
+            guest_pace: Default::default(),
             async_marks: AtomicBool::new(false),
             mark_cv: Condvar::new(),
             state: RwLock::new(loaded.state),

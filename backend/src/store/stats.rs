@@ -39,6 +39,8 @@ pub struct Counters {
     pub meta_mark_us: AtomicU64,
     pub mark_releases: AtomicU64,
     pub segments_freed_by_marks: AtomicU64,
+    pub paced_batches: AtomicU64,
+    pub paced_us: AtomicU64,
     pub plans_pipelined: AtomicU64,
     pub plans_refused: AtomicU64,
     pub plans_refused_late: AtomicU64,
@@ -98,6 +100,8 @@ impl Counters {
             meta_mark_us: g(&self.meta_mark_us),
             mark_releases: g(&self.mark_releases),
             segments_freed_by_marks: g(&self.segments_freed_by_marks),
+            paced_batches: g(&self.paced_batches),
+            paced_us: g(&self.paced_us),
             plans_pipelined: g(&self.plans_pipelined),
             plans_refused: g(&self.plans_refused),
             plans_refused_late: g(&self.plans_refused_late),
@@ -172,6 +176,10 @@ pub struct Stats {
     pub mark_releases: u64,
     /// Segments those gave back to the free list.
     pub segments_freed_by_marks: u64,
+    /// Guest batches delayed to the cleaner's pace because free space ran low, and the
+    /// time they were delayed, in microseconds.
+    pub paced_batches: u64,
+    pub paced_us: u64,
     /// Batches planned beside one in flight on the same queue (a plan that may not wait,
     /// accepted).
     pub plans_pipelined: u64,

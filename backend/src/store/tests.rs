@@ -7,6 +7,7 @@ mod concurrent;
 mod corruption;
 mod crash;
 mod dictionary;
+mod guest_pace;
 mod import_crash;
 mod import_disk;
 mod in_flight;

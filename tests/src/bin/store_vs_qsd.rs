@@ -249,6 +249,9 @@ struct Breakdown {
     /// (0 from a keeld that does not report them).
     meta_gathers: u64,
     meta_mark_ms: f64,
+    /// Batches delayed to the cleaner's pace, and for how long.
+    paced_batches: u64,
+    paced_ms: f64,
     /// Batches planned beside one in flight on their queue, and such plans refused.
     batches_pipelined: u64,
     pipelined_refused: u64,
@@ -279,6 +282,8 @@ fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
         checkpoint_wait_ms: ms(ca.checkpoint_wait_us, cb.checkpoint_wait_us),
         meta_gathers: ca.meta_gathers - cb.meta_gathers,
         meta_mark_ms: ms(ca.meta_mark_us, cb.meta_mark_us),
+        paced_batches: ca.paced_batches - cb.paced_batches,
+        paced_ms: ms(ca.paced_us, cb.paced_us),
         batches_pipelined: ca.batches_pipelined - cb.batches_pipelined,
         pipelined_refused: ca.pipelined_refused - cb.pipelined_refused,
     })
@@ -287,7 +292,7 @@ fn breakdown(b: Option<DiskStats>, a: Option<DiskStats>) -> Option<Breakdown> {
 impl Breakdown {
     fn row(&self, name: &str) -> String {
         format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {} ({}) |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} ({}) | {} | {:.0} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {} | {:.0} | {} ({}) |",
             self.guest_mib,
             self.write_amplification,
             self.blocks_moved_per_guest_block,
@@ -304,6 +309,8 @@ impl Breakdown {
             self.checkpoint_wait_ms,
             self.meta_gathers,
             self.meta_mark_ms,
+            self.paced_batches,
+            self.paced_ms,
             self.batches_pipelined,
             self.pipelined_refused,
         )
@@ -551,7 +558,7 @@ fn print_breakdowns(server: &str, rs: &[RunResult]) {
         "\nWhere {server}'s write time went, per run (keeld's cleaning counters over the phase; times are sums, cleaner work overlaps guest writes, waits for a segment do not):\n"
     );
     println!(
-        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms | metadata gathered | marking ms | batches pipelined (refused) |"
+        "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms | metadata gathered | marking ms | batches paced | paced ms | batches pipelined (refused) |"
     );
     println!(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -429,6 +429,8 @@ impl EngineAdmin for KeelEngine {
             meta_gathers: s.meta_gathers,
             meta_nodes_marked: s.meta_nodes_marked,
             meta_mark_us: s.meta_mark_us,
+            paced_batches: s.paced_batches,
+            paced_us: s.paced_us,
             batches_pipelined: s.plans_pipelined,
             pipelined_refused: s.plans_refused,
             pipelined_refused_late: s.plans_refused_late,

@@ -237,6 +237,7 @@ impl CleanerHandle {
 
 impl Drop for CleanerHandle {
     fn drop(&mut self) {
+        self.store.guest_pace.disable();
         self.store.set_background_checkpoints(false);
         self.stop.store(true, Ordering::Release);
         self.store.wake_cleaner();
@@ -269,6 +270,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let spare = crate::store::log::spare::spare_segments(&geo);
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
+        store.guest_pace.enable(&levels, reserve);
         let pace = levels.pace(free, pending, cfg.pause);
         if urgent && release_helps {
             // Emptied segments only wait for a mark or a checkpoint: far cheaper than
@@ -327,12 +329,17 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             .space
             .cleaner_io
             .class(urgent || pace == Pace::Urgent);
+        let t0 = Instant::now();
         let cleaned = {
             let _class = ClassGuard::enter(class);
             store.clean_step()
         };
         match cleaned {
-            Ok(Some(_)) => {
+            Ok(Some(r)) => {
+                // What a step costs per block it wins back sets the guest's pace when space
+                // runs low (`guest_pace`).
+                let net = geo.seg_blocks.saturating_sub(r.moved);
+                store.guest_pace.note_step(net, t0.elapsed());
                 let starving = store.free_segments() <= reserve + 1;
                 if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {
                     log::warn!("cleaner: releasing emptied segments failed: {e}");

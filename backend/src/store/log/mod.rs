@@ -12,6 +12,7 @@ pub(super) mod cleaner;
 pub(super) mod flush;
 pub(super) mod format;
 pub(super) mod gather_meta;
+pub(super) mod guest_pace;
 pub mod io_class;
 pub mod journal;
 pub(super) mod journal_ring;

@@ -143,6 +143,12 @@ impl Store {
     /// [`try_plan_batch`](Self::try_plan_batch).
     pub fn plan_batch<'a>(&'a self, writer: usize, ops: &[Op<'a>]) -> Result<WritePlan<'a>> {
         self.ensure_ok()?;
+        let delay = self.guest_delay(ops);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+            Counters::add(&self.stats.paced_batches, 1);
+            Counters::add(&self.stats.paced_us, delay.as_micros() as u64);
+        }
         let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
             self.read_into(lba * BLOCK, b)
         })?;
@@ -177,6 +183,11 @@ impl Store {
         ops: &[Op<'a>],
     ) -> Result<Option<WritePlan<'a>>> {
         self.ensure_ok()?;
+        // A batch to be paced waits, and so must be planned by `plan_batch`.
+        if !self.guest_delay(ops).is_zero() {
+            Counters::add(&self.stats.plans_refused, 1);
+            return Ok(None);
+        }
         // Whole blocks only: nothing is read (a read would refuse the batch anyway).
         let plan = match ops.iter().all(Op::whole_blocks) {
             true => batch::plan(ops, self.capacity(), &mut |_, _| Err(StoreError::WouldWait)),
@@ -408,4 +419,26 @@ pub(in crate::store) fn gathers<'b>(
 /// Whether `bytes` may go to an O_DIRECT write as they are.
 fn is_aligned(bytes: &[u8]) -> bool {
     (bytes.as_ptr() as usize).is_multiple_of(BLOCK_SIZE) && bytes.len().is_multiple_of(BLOCK_SIZE)
+}
+
+impl Store {
+    /// How long a guest batch of `ops` is delayed before it is planned: free space is low
+    /// and the cleaner sets the pace ([`guest_pace`](super::guest_pace)).
+    fn guest_delay(&self, ops: &[Op<'_>]) -> std::time::Duration {
+        if !self.guest_pace.is_on() {
+            return std::time::Duration::ZERO;
+        }
+        let blocks: u64 = ops
+            .iter()
+            .map(|op| match op {
+                Op::Write { data, .. } => (data.len() as u64).div_ceil(BLOCK),
+                _ => 0,
+            })
+            .sum();
+        let free = {
+            let st = self.read_lock(&self.state);
+            st.sut.free_count() + st.sut.pending_count()
+        };
+        self.guest_pace.delay(free, blocks)
+    }
 }
