@@ -249,6 +249,7 @@ impl Drop for CleanerHandle {
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
     let mut release_helps = true;
+    let mut has_victims = true;
     while !stop.load(Ordering::Acquire) {
         // Batches go on meanwhile; only the freeze holds them.
         if store.take_checkpoint_request() {
@@ -270,7 +271,12 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         let spare = crate::store::log::spare::spare_segments(&geo);
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);
         let urgent = free < levels.urgent;
-        store.guest_pace.enable(&levels, reserve);
+        // Guests are paced to the cleaner only while it finds victims: when it finds none,
+        // slowing them gains no room.
+        match has_victims {
+            true => store.guest_pace.enable(&levels, reserve),
+            false => store.guest_pace.disable(),
+        }
         let pace = levels.pace(free, pending, cfg.pause);
         if urgent && release_helps {
             // Emptied segments only wait for a mark or a checkpoint: far cheaper than
@@ -340,6 +346,7 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                 // runs low (`guest_pace`).
                 let net = geo.seg_blocks.saturating_sub(r.moved);
                 store.guest_pace.note_step(net, t0.elapsed());
+                has_victims = true;
                 let starving = store.free_segments() <= reserve + 1;
                 if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {
                     log::warn!("cleaner: releasing emptied segments failed: {e}");
@@ -351,7 +358,10 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
                     Pace::Ahead => store.cleaner_nap(cfg.pause),
                 }
             }
-            Ok(None) => store.cleaner_nap(cfg.pause * 5),
+            Ok(None) => {
+                has_victims = false;
+                store.cleaner_nap(cfg.pause * 5);
+            }
             Err(e) => {
                 log::warn!("cleaner: {e}");
                 store.cleaner_nap(cfg.pause * 5);
