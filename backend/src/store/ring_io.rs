@@ -14,10 +14,13 @@ use crate::store::io::{BatchIo, DeviceIo, Gather};
 use io_uring::{IoUring, opcode, types};
 use std::io;
 
-/// The longest write request (1 MiB).
-pub(in crate::store) const PIECE_BYTES: usize = 1 << 20;
+/// The longest write request (512 KiB).
+pub(in crate::store) const PIECE_BYTES: usize = 512 << 10;
 /// Writes in flight at once.
 const RING_DEPTH: u32 = 32;
+/// Bytes in flight at most: enough to keep the device busy, few enough that a guest request
+/// queued behind them does not wait long.
+const BYTES_IN_FLIGHT: usize = 4 << 20;
 
 /// Writes through the [`BlockDevice`]'s file descriptor on an io_uring, the pieces of every
 /// write in flight together; through [`DeviceIo`] on a device without one.
@@ -100,9 +103,12 @@ fn write_on_ring(
 ) -> Vec<usize> {
     let depth = ring.params().sq_entries() as usize;
     let mut failed = Vec::new();
-    let (mut next, mut in_flight) = (0, 0usize);
+    let (mut next, mut in_flight, mut queued) = (0, 0usize, 0usize);
     while next < pieces.len() || in_flight > 0 {
-        while next < pieces.len() && in_flight < depth {
+        while next < pieces.len()
+            && in_flight < depth
+            && (in_flight == 0 || queued + pieces[next].0.len() <= BYTES_IN_FLIGHT)
+        {
             let (bytes, offset) = pieces[next];
             let entry = opcode::Write::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
                 .offset(offset)
@@ -116,6 +122,7 @@ fn write_on_ring(
             }
             next += 1;
             in_flight += 1;
+            queued += pieces[next - 1].0.len();
         }
         if in_flight == 0 {
             // Nothing went in (the ring refused an entry into an empty queue): write the rest
@@ -142,6 +149,7 @@ fn write_on_ring(
         for cqe in ring.completion() {
             in_flight -= 1;
             let i = cqe.user_data() as usize;
+            queued -= pieces[i].0.len();
             if cqe.result() < 0 || cqe.result() as usize != pieces[i].0.len() {
                 failed.push(i);
             }

@@ -2,10 +2,10 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
 //! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 //!
-//! A step takes up to [`MAX_VICTIMS`] segments: their live runs are read together (in pieces,
-//! all in flight, `victim_read`), their copies go to the cleaner's own open segment and are
-//! written with several writes in flight (`ring_io`) beside the **one** record that moves them
-//! all. The record is applied while they are in flight; moves the guest overtook since the
+//! A step takes one segment, or up to [`MAX_VICTIMS`] for a writer short of space: their live
+//! runs are read in pieces, all in flight (`victim_read`), their copies go to the cleaner's own
+//! open segment and are written with several writes in flight (`ring_io`) beside the **one**
+//! record that moves them all. The record is applied while they are in flight; moves the guest overtook since the
 //! reads are dropped under the journal lock, so a guest write is never rolled back.
 
 use super::io_class::ClassGuard;
@@ -38,9 +38,9 @@ pub struct CleanReport {
     pub moved: u64,
 }
 
-/// Most victims one cleaning step empties. Their live runs are read together and their
-/// copies written together, with one record: one victim at a time kept the device at depth 1
-/// (docs/benchmarks.md, "Several victims per step"). Buffers: twice a segment per victim.
+/// Most victims one cleaning step empties (a writer short of space takes such steps; the
+/// background cleaner one victim a step). Their live runs are read together and their copies
+/// written together, with one record. Buffers: twice a segment per victim.
 pub const MAX_VICTIMS: usize = 4;
 
 /// Per live block of a victim, the VBAs in it: one, or those packed into it (moved together).
@@ -461,29 +461,28 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
             .space
             .cleaner_io
             .class(urgent || pace == Pace::Urgent);
-        // Several victims per step while short of the target, never more than it lacks: a
-        // victim frees less than a segment.
-        let want = levels.victims(free, pending, MAX_VICTIMS as u64) as usize;
+        // One victim a step: a step of four applies a record four times the size under the
+        // journal lock, and doubled the guest's p99 without raising its rate
+        // (docs/benchmarks.md, "Several victims per step"). Writers short of space, which
+        // wait for the cleaning anyway, take steps of several.
         let cleaned = {
             let _class = ClassGuard::enter(class);
-            store.clean_several(want)
+            store.clean_step()
         };
         match cleaned {
-            Ok(done) if !done.is_empty() => {
-                let steps = done.len() as u32;
+            Ok(Some(_)) => {
                 let starving = store.free_segments() <= reserve + 1;
                 if let Err(e) = release_batched(store, &levels, spare, cfg, urgent, starving) {
                     log::warn!("cleaner: releasing emptied segments failed: {e}");
                 }
-                // The pause is per victim: a step of K counts as K.
                 match pace {
                     _ if urgent => {}
                     Pace::Urgent => {}
-                    Pace::Behind(d) => store.cleaner_nap(d * steps),
+                    Pace::Behind(d) => store.cleaner_nap(d),
                     Pace::Ahead => store.cleaner_nap(cfg.pause),
                 }
             }
-            Ok(_) => store.cleaner_nap(cfg.pause * 5),
+            Ok(None) => store.cleaner_nap(cfg.pause * 5),
             Err(e) => {
                 log::warn!("cleaner: {e}");
                 store.cleaner_nap(cfg.pause * 5);

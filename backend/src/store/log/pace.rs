@@ -81,15 +81,6 @@ impl Levels {
         want.min(spare / 4).max(1)
     }
 
-    /// Victims worth cleaning in one step with `free` free segments plus `pending` emptied
-    /// ones: as many segments as the target lacks (a victim frees less than one), at least one
-    /// and at most `max`.
-    pub fn victims(&self, free: u64, pending: u64, max: u64) -> u64 {
-        self.target
-            .saturating_sub(free + pending)
-            .clamp(1, max.max(1))
-    }
-
     /// The pace for `free` free segments plus `pending` emptied ones, with `pause` the
     /// longest pause between victims.
     pub fn pace(&self, free: u64, pending: u64, pause: Duration) -> Pace {
@@ -145,12 +136,6 @@ mod tests {
             12,
             "a quarter of the spare at most"
         );
-        // Several victims per step only while short of the target, no more than it lacks.
-        assert_eq!(l.victims(5, 0, 4), 4);
-        assert_eq!(l.victims(38, 2, 4), 2);
-        assert_eq!(l.victims(39, 2, 4), 1);
-        assert_eq!(l.victims(42, 0, 4), 1, "ahead: one at a time, as when idle");
-        assert_eq!(l.victims(5, 0, 0), 1);
         // Margins are cut from the spare: at least 2 segments each, at most low_water.
         assert_eq!(
             Levels::new(6, 5, 24, 10),

@@ -26,6 +26,9 @@ const REQUEST_BLOCKS: u64 = 3;
 const RING_DEPTH: u32 = 64;
 /// The longest read request, in blocks (512 KiB): a dense victim is read in eight pieces.
 pub const PIECE_BLOCKS: u64 = 128;
+/// Bytes the victims' reads have in flight at most: enough to keep the device busy, few
+/// enough that a guest request queued behind them does not wait long.
+const BYTES_IN_FLIGHT: u64 = 4 << 20;
 
 /// A stretch of a segment to read: its first block (counted from the segment's start) and
 /// how many blocks.
@@ -134,9 +137,12 @@ fn read_on_ring(
     let mut ring = IoUring::new(depth)?;
     let bases: Vec<*mut u8> = segments.iter_mut().map(|s| s.buf.as_mut_ptr()).collect();
     let mut failed = Vec::new();
-    let (mut next, mut in_flight) = (0, 0usize);
+    let (mut next, mut in_flight, mut queued) = (0, 0usize, 0u64);
     while next < pieces.len() || in_flight > 0 {
-        while next < pieces.len() && in_flight < depth as usize {
+        while next < pieces.len()
+            && in_flight < depth as usize
+            && (in_flight == 0 || queued + pieces[next].1.blocks * BLOCK <= BYTES_IN_FLIGHT)
+        {
             let (i, r) = pieces[next];
             let range = r.bytes();
             // SAFETY: `read_segments` checked the run lies within segment `i`'s buffer, which
@@ -154,6 +160,7 @@ fn read_on_ring(
             }
             next += 1;
             in_flight += 1;
+            queued += r.blocks * BLOCK;
         }
         if in_flight == 0 {
             // Nothing went in (the ring refused an entry into an empty queue): read the rest
@@ -171,6 +178,7 @@ fn read_on_ring(
         for cqe in ring.completion() {
             in_flight -= 1;
             let (i, r) = pieces[cqe.user_data() as usize];
+            queued -= r.blocks * BLOCK;
             if cqe.result() < 0 || cqe.result() as u64 != r.blocks * BLOCK {
                 failed.push((i, r));
             }
