@@ -5,8 +5,9 @@
 //! A step takes one segment, or up to [`MAX_VICTIMS`] for a writer short of space: their live
 //! runs are read in pieces, all in flight (`victim_read`), their copies go to the cleaner's own
 //! open segment and are written with several writes in flight (`ring_io`) beside the **one**
-//! record that moves them all. The record is applied while they are in flight; moves the guest overtook since the
-//! reads are dropped under the journal lock, so a guest write is never rolled back.
+//! record that moves them all. The record is applied while they are in flight; moves the guest
+//! overtook since the reads are dropped under the journal lock (and skipped by apply), so a
+//! guest write is never rolled back.
 
 use super::io_class::ClassGuard;
 use super::{victim, victim_read};
