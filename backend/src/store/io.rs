@@ -9,7 +9,8 @@
 //! guest's own (block-aligned) copies of its blocks, in block order, so the data is copied
 //! once on its way to the device. [`DeviceIo`] is how the store writes through its own
 //! [`BlockDevice`], one write after another: a guest batch's in [`Store::write_batch`], and
-//! its own metadata (checkpoints, the cleaner's moves, snapshots).
+//! its own metadata (checkpoints, flush marks, snapshots). The cleaner's copies, megabytes a
+//! step, go with several writes in flight ([`RingIo`](crate::store::ring_io::RingIo)).
 //!
 //! [`Store::write_batch`]: crate::store::Store::write_batch
 

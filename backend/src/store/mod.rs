@@ -22,6 +22,7 @@ pub mod layout;
 pub mod log;
 pub mod map;
 mod poison;
+mod ring_io;
 pub mod seal;
 mod stats;
 

@@ -20,6 +20,7 @@ mod model;
 mod no_wait;
 mod packed;
 mod poison;
+mod several_victims;
 mod space;
 mod staging;
 mod stored_crc;

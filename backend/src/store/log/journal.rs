@@ -112,7 +112,7 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Entry::Map { .. } | Entry::StageMap { .. } => 1 + 8 + 8 + 8 + 4,
             Entry::Unmap { .. } | Entry::StageUnmap { .. } | Entry::Adopt { .. } => 1 + 8 + 8,

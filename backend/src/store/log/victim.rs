@@ -46,16 +46,18 @@ impl VictimPolicy {
     }
 }
 
-/// The segment to clean next, if any sealed data segment holds garbage.
-pub fn choose(
+/// Up to `n` distinct sealed data segments holding garbage to clean next, best first: each
+/// is the one to choose once the ones before it are cleaned.
+pub fn choose_many(
     sut: &Sut,
     first_data_segment: u64,
     seg_blocks: u64,
     max_live: u32,
     policy: VictimPolicy,
-) -> Option<u64> {
+    n: usize,
+) -> Vec<u64> {
     let now = sut.clock();
-    (first_data_segment..sut.segments())
+    let mut scored: Vec<(f64, u64)> = (first_data_segment..sut.segments())
         .filter(|s| {
             let l = sut.live(*s);
             sut.kind(*s) == SegKind::Data && !sut.is_open(*s) && l > 0 && l <= max_live
@@ -68,8 +70,15 @@ pub fn choose(
             };
             (score(sut.live(s), seg_blocks, age), s)
         })
-        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
-        .map(|(_, s)| s)
+        .collect();
+    // Best score first; among equals, the lowest segment.
+    let best = |a: &(f64, u64), b: &(f64, u64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if n < scored.len() {
+        scored.select_nth_unstable_by(n, best);
+        scored.truncate(n);
+    }
+    scored.sort_unstable_by(best);
+    scored.into_iter().map(|(_, s)| s).collect()
 }
 
 /// Benefit per cost of emptying a segment with `live` of `seg_blocks` blocks live, whose data
@@ -83,6 +92,19 @@ pub fn score(live: u32, seg_blocks: u64, age: u64) -> f64 {
 mod tests {
     use super::*;
     use crate::store::layout::Geometry;
+
+    /// The one segment to clean next.
+    fn choose(
+        sut: &Sut,
+        first_data_segment: u64,
+        seg_blocks: u64,
+        max_live: u32,
+        policy: VictimPolicy,
+    ) -> Option<u64> {
+        choose_many(sut, first_data_segment, seg_blocks, max_live, policy, 1)
+            .first()
+            .copied()
+    }
 
     #[test]
     fn sparser_wins_at_equal_age_and_older_wins_at_equal_use() {
@@ -168,5 +190,32 @@ mod tests {
             Some(old)
         );
         assert_eq!(choose(&s, first, 16, 5, VictimPolicy::CostBenefit), None);
+    }
+
+    #[test]
+    fn several_victims_come_best_first_and_distinct() {
+        let geo = Geometry {
+            seg_blocks: 16,
+            segments: 40,
+            journal_segments: 2,
+            capacity: 64 * 4096,
+        };
+        let first = geo.first_data_segment();
+        let mut s = Sut::new(geo);
+        let segs: Vec<u64> = [9, 3, 12, 3, 7]
+            .iter()
+            .map(|l| fill(&mut s, &geo, *l))
+            .collect();
+        let greedy = |n| choose_many(&s, first, 16, 10, VictimPolicy::Greedy, n);
+        // Equal live counts: the lower segment first; 12 live is above max_live.
+        assert_eq!(greedy(3), vec![segs[1], segs[3], segs[4]]);
+        assert_eq!(greedy(9), vec![segs[1], segs[3], segs[4], segs[0]]);
+        assert_eq!(greedy(1), vec![segs[1]]);
+        assert_eq!(greedy(0), Vec::<u64>::new());
+        assert_eq!(
+            choose(&s, first, 16, 10, VictimPolicy::Greedy),
+            Some(segs[1]),
+            "the first of several is the one victim"
+        );
     }
 }

@@ -10,6 +10,10 @@
 //! read. So live blocks that close together are read by one request, gaps included: a gap
 //! read along costs no more than the request it saves, so the runs never cost more than the
 //! whole segment, and a dense segment's runs merge into (nearly) the whole of it.
+//!
+//! A long run is read in pieces of [`PIECE_BLOCKS`], all in flight together with the runs of
+//! every victim of the step: one 4 MiB request at depth 1 kept the device at a third of what
+//! it sustains at depth (docs/benchmarks.md, "Several victims per step").
 
 use crate::device::BlockDevice;
 use crate::store::layout::BLOCK;
@@ -18,8 +22,13 @@ use std::io;
 
 /// What one read request costs the device beyond its bytes, in blocks read sequentially.
 const REQUEST_BLOCKS: u64 = 3;
-/// Reads in flight at once on the victim's ring.
+/// Reads in flight at once on the victims' ring.
 const RING_DEPTH: u32 = 64;
+/// The longest read request, in blocks (512 KiB): a dense victim is read in eight pieces.
+pub const PIECE_BLOCKS: u64 = 128;
+/// Bytes the victims' reads have in flight at most: enough to keep the device busy, few
+/// enough that a guest request queued behind them does not wait long.
+const BYTES_IN_FLIGHT: u64 = 4 << 20;
 
 /// A stretch of a segment to read: its first block (counted from the segment's start) and
 /// how many blocks.
@@ -60,56 +69,88 @@ pub fn bytes_of(runs: &[Run]) -> u64 {
     runs.iter().map(|r| r.blocks * BLOCK).sum()
 }
 
-/// Reads `runs` of the segment at byte `start` of `dev` into `buf`, the segment's buffer,
-/// each run at its place (the rest of `buf` is left as it was). On a device with a file
-/// descriptor the runs are read together on a short-lived io_uring; a run the ring did not
-/// read whole, or every run on another device, is read with [`BlockDevice::read_at`].
-pub fn read_runs(
-    dev: &dyn BlockDevice,
-    buf: &mut [u8],
-    start: u64,
-    runs: &[Run],
-) -> io::Result<()> {
-    if let Some(r) = runs.iter().find(|r| r.bytes().end > buf.len()) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("run {r:?} beyond a segment buffer of {} bytes", buf.len()),
-        ));
+/// Runs no longer than `max_blocks` blocks covering exactly what `runs` covers.
+pub fn split(runs: &[Run], max_blocks: u64) -> Vec<Run> {
+    let max = max_blocks.max(1);
+    runs.iter()
+        .flat_map(|r| {
+            (r.first..r.first + r.blocks)
+                .step_by(max as usize)
+                .map(move |first| Run {
+                    first,
+                    blocks: max.min(r.first + r.blocks - first),
+                })
+        })
+        .collect()
+}
+
+/// One segment to read: its buffer, its first byte on the device, and the runs to read
+/// into the buffer, each at its place.
+pub struct SegmentRead<'a> {
+    pub buf: &'a mut [u8],
+    pub start: u64,
+    pub runs: Vec<Run>,
+}
+
+/// Reads the runs of every segment in `segments`, each into its buffer at its place (the
+/// rest of a buffer is left as it was), in pieces of at most [`PIECE_BLOCKS`]. On a device
+/// with a file descriptor the pieces are read together on a short-lived io_uring; a piece the
+/// ring did not read whole, or every piece on another device, is read with
+/// [`BlockDevice::read_at`].
+pub fn read_segments(dev: &dyn BlockDevice, segments: &mut [SegmentRead<'_>]) -> io::Result<()> {
+    let mut pieces = Vec::new();
+    for (i, s) in segments.iter().enumerate() {
+        if let Some(r) = s.runs.iter().find(|r| r.bytes().end > s.buf.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("run {r:?} beyond a segment buffer of {} bytes", s.buf.len()),
+            ));
+        }
+        pieces.extend(split(&s.runs, PIECE_BLOCKS).into_iter().map(|r| (i, r)));
     }
-    let again: Vec<Run> = match (dev.raw_fd(), runs) {
-        (Some(fd), [_, _, ..]) => match read_on_ring(fd, buf, start, runs) {
+    let again: Vec<(usize, Run)> = match (dev.raw_fd(), &pieces[..]) {
+        (Some(fd), [_, _, ..]) => match read_on_ring(fd, segments, &pieces) {
             Ok(failed) => failed,
             Err(e) => {
                 log::debug!("cleaner: no ring for a victim's reads ({e}); reading one by one");
-                runs.to_vec()
+                pieces
             }
         },
-        _ => runs.to_vec(),
+        _ => pieces,
     };
-    for r in again {
-        dev.read_at(&mut buf[r.bytes()], start + r.first * BLOCK)?;
+    for (i, r) in again {
+        let s = &mut segments[i];
+        dev.read_at(&mut s.buf[r.bytes()], s.start + r.first * BLOCK)?;
     }
     Ok(())
 }
 
-/// Reads every run on a ring of its own, `RING_DEPTH` at a time, and returns the runs it did
-/// not read whole. Returns only once no read it issued is in flight.
-fn read_on_ring(fd: i32, buf: &mut [u8], start: u64, runs: &[Run]) -> io::Result<Vec<Run>> {
-    let depth = RING_DEPTH.min(runs.len().next_power_of_two() as u32);
+/// Reads every piece (segment index, run) on a ring of its own, `RING_DEPTH` at a time, and
+/// returns the pieces it did not read whole. Returns only once no read it issued is in
+/// flight.
+fn read_on_ring(
+    fd: i32,
+    segments: &mut [SegmentRead<'_>],
+    pieces: &[(usize, Run)],
+) -> io::Result<Vec<(usize, Run)>> {
+    let depth = RING_DEPTH.min(pieces.len().next_power_of_two() as u32);
     let mut ring = IoUring::new(depth)?;
-    let base = buf.as_mut_ptr();
+    let bases: Vec<*mut u8> = segments.iter_mut().map(|s| s.buf.as_mut_ptr()).collect();
     let mut failed = Vec::new();
-    let (mut next, mut in_flight) = (0, 0usize);
-    while next < runs.len() || in_flight > 0 {
-        while next < runs.len() && in_flight < depth as usize {
-            let r = runs[next];
+    let (mut next, mut in_flight, mut queued) = (0, 0usize, 0u64);
+    while next < pieces.len() || in_flight > 0 {
+        while next < pieces.len()
+            && in_flight < depth as usize
+            && (in_flight == 0 || queued + pieces[next].1.blocks * BLOCK <= BYTES_IN_FLIGHT)
+        {
+            let (i, r) = pieces[next];
             let range = r.bytes();
-            // SAFETY: `read_runs` checked the run lies within `buf`, which this function
-            // borrows mutably until every read pushed here has completed (the loop ends only
-            // with none in flight).
-            let at = unsafe { base.add(range.start) };
+            // SAFETY: `read_segments` checked the run lies within segment `i`'s buffer, which
+            // this function borrows mutably until every read pushed here has completed (the
+            // loop ends only with none in flight).
+            let at = unsafe { bases[i].add(range.start) };
             let entry = opcode::Read::new(types::Fd(fd), at, range.len() as u32)
-                .offset(start + r.first * BLOCK)
+                .offset(segments[i].start + r.first * BLOCK)
                 .build()
                 .user_data(next as u64);
             // SAFETY: as above: the buffer outlives the read; the file is the device's, open
@@ -119,18 +160,16 @@ fn read_on_ring(fd: i32, buf: &mut [u8], start: u64, runs: &[Run]) -> io::Result
             }
             next += 1;
             in_flight += 1;
+            queued += r.blocks * BLOCK;
         }
         if in_flight == 0 {
             // Nothing went in (the ring refused an entry into an empty queue): read the rest
             // one by one rather than wait for nothing.
-            failed.extend_from_slice(&runs[next..]);
+            failed.extend_from_slice(&pieces[next..]);
             break;
         }
         if let Err(e) = ring.submit_and_wait(1) {
-            // Reads in flight still write into `buf`: wait for them whatever the error.
-            if in_flight == 0 {
-                return Err(e);
-            }
+            // Reads in flight still write into the buffers: wait for them whatever the error.
             if e.kind() != io::ErrorKind::Interrupted {
                 log::debug!("cleaner: waiting for a victim's reads: {e}");
             }
@@ -138,9 +177,10 @@ fn read_on_ring(fd: i32, buf: &mut [u8], start: u64, runs: &[Run]) -> io::Result
         }
         for cqe in ring.completion() {
             in_flight -= 1;
-            let r = runs[cqe.user_data() as usize];
+            let (i, r) = pieces[cqe.user_data() as usize];
+            queued -= r.blocks * BLOCK;
             if cqe.result() < 0 || cqe.result() as u64 != r.blocks * BLOCK {
-                failed.push(r);
+                failed.push((i, r));
             }
         }
     }
@@ -151,6 +191,17 @@ fn read_on_ring(fd: i32, buf: &mut [u8], start: u64, runs: &[Run]) -> io::Result
 mod tests {
     use super::*;
     use crate::device::FileDevice;
+
+    /// Reads `runs` of the one segment at byte `start` of `dev` into `buf`.
+    fn read_runs(
+        dev: &dyn BlockDevice,
+        buf: &mut [u8],
+        start: u64,
+        runs: &[Run],
+    ) -> io::Result<()> {
+        let runs = runs.to_vec();
+        read_segments(dev, &mut [SegmentRead { buf, start, runs }])
+    }
 
     fn run(first: u64, blocks: u64) -> Run {
         Run { first, blocks }
@@ -213,5 +264,53 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         // The ring's short read at the end of the file is read again, and fails there.
         assert!(read_runs(&dev, &mut buf, 40 * BLOCK, &[run(0, 1), run(30, 2)]).is_err());
+    }
+
+    #[test]
+    fn long_runs_are_split_into_pieces() {
+        assert_eq!(split(&[], 4), vec![]);
+        assert_eq!(
+            split(&[run(0, 10), run(12, 2), run(20, 4)], 4),
+            vec![run(0, 4), run(4, 4), run(8, 2), run(12, 2), run(20, 4)]
+        );
+        let whole = split(&[run(0, 1024)], PIECE_BLOCKS);
+        assert_eq!(whole.len(), 8);
+        assert_eq!(bytes_of(&whole), 1024 * BLOCK);
+    }
+
+    #[test]
+    fn several_segments_are_read_at_once_each_into_its_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = numbered_file(dir.path());
+        // Two "segments" of 32 blocks: blocks 0..32 and 32..64 of the file, one read whole
+        // (split in pieces), one by two runs.
+        let mut a = crate::store::AlignedBuf::zeroed(32 * BLOCK as usize);
+        let mut b = crate::store::AlignedBuf::zeroed(32 * BLOCK as usize);
+        b.fill(0xee);
+        let mut segs = [
+            SegmentRead {
+                buf: &mut a,
+                start: 0,
+                runs: vec![run(0, 32)],
+            },
+            SegmentRead {
+                buf: &mut b,
+                start: 32 * BLOCK,
+                runs: vec![run(1, 2), run(30, 2)],
+            },
+        ];
+        read_segments(&dev, &mut segs).unwrap();
+        for blk in 0..32usize {
+            let at = blk * BLOCK as usize;
+            assert!(a[at..at + BLOCK as usize].iter().all(|x| *x == blk as u8));
+            let want = match blk {
+                1 | 2 | 30 | 31 => 32 + blk as u8,
+                _ => 0xee,
+            };
+            assert!(
+                b[at..at + BLOCK as usize].iter().all(|x| *x == want),
+                "block {blk}"
+            );
+        }
     }
 }

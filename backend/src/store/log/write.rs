@@ -86,6 +86,9 @@ pub(in crate::store) struct Committed {
     pub entries: u64,
     /// The record's LSN (0 when nothing was committed).
     pub lsn: u64,
+    /// The entries of the record as applied (stale moves dropped, a flush mark that rode
+    /// along included).
+    pub applied: Vec<Entry>,
 }
 
 impl Store {
@@ -265,8 +268,13 @@ impl Store {
             _ => (batch - pending, self.geo.seg_blocks / 2),
         };
         let mut cleaned = 0;
-        while cleaned < want && self.clean_below(max_live as u32)?.is_some() {
-            cleaned += 1;
+        while cleaned < want {
+            let n = (want - cleaned).min(super::cleaner::MAX_VICTIMS as u64) as usize;
+            let done = self.clean_victims(n, max_live as u32)?.len() as u64;
+            if done == 0 {
+                break;
+            }
+            cleaned += done;
         }
         Counters::add(&self.stats.writer_cleaned, cleaned);
         if cleaned + pending > 0 {
@@ -283,6 +291,19 @@ impl Store {
     /// Segments in `retired` close once every record up to this one is written.
     pub(in crate::store) fn commit_with(
         &self,
+        entries: Vec<Entry>,
+        runs: Vec<Gather<'_>>,
+        retired: &mut Vec<u64>,
+        drop_stale_moves: bool,
+    ) -> Result<Committed> {
+        let io = &mut DeviceIo(self.data.raw());
+        self.commit_through(io, entries, runs, retired, drop_stale_moves)
+    }
+
+    /// [`commit_with`](Self::commit_with), issuing the writes through `io`.
+    pub(in crate::store) fn commit_through(
+        &self,
+        io: &mut dyn BatchIo,
         mut entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
@@ -306,7 +327,7 @@ impl Store {
                 _ => true,
             });
         }
-        self.commit_locked(j, entries, runs, retired)
+        self.commit_locked_through(io, j, entries, runs, retired)
     }
 
     /// [`commit_with`](Self::commit_with) once the caller holds the journal lock, has settled
@@ -319,17 +340,32 @@ impl Store {
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
     ) -> Result<Committed> {
+        self.commit_locked_through(&mut DeviceIo(self.data.raw()), j, entries, runs, retired)
+    }
+
+    /// [`commit_locked`](Self::commit_locked), issuing the writes through `io`.
+    fn commit_locked_through(
+        &self,
+        io: &mut dyn BatchIo,
+        j: MutexGuard<'_, JournalState>,
+        entries: Vec<Entry>,
+        runs: Vec<Gather<'_>>,
+        retired: &mut Vec<u64>,
+    ) -> Result<Committed> {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
         let Some(mut r) = self.reserve_record(j, entries, extents, retired, Waits::Allowed)? else {
-            return Ok(Committed { entries: 0, lsn: 0 });
+            return Ok(Committed {
+                entries: 0,
+                lsn: 0,
+                applied: Vec::new(),
+            });
         };
         let written = match self.seal_record(r.pba, &mut r.record) {
             Ok(()) => {
                 // The runs' borrows outlive this call; the record's is this call's.
                 let mut writes: Vec<Gather<'_>> = runs;
                 writes.push((r.pba * BLOCK, vec![&r.record[..]]));
-                DeviceIo(self.data.raw())
-                    .write_all_while(&writes, &mut || self.apply_in_order(r.lsn, &r.entries))
+                io.write_all_while(&writes, &mut || self.apply_in_order(r.lsn, &r.entries))
             }
             Err(e) => {
                 // Later records wait for this one to apply, written or not.
@@ -341,6 +377,7 @@ impl Store {
         Ok(Committed {
             entries: r.count,
             lsn: r.lsn,
+            applied: r.entries,
         })
     }
 

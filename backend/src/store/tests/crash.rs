@@ -1,7 +1,7 @@
 //! Seeded crash tests. Each run drives a store on a [`FaultyDevice`] with random batches,
-//! flushes, checkpoints, cleaner steps and snapshot create/delete/revert (sometimes with an
-//! injected write failure, which also cuts a delete or revert short), pulls the plug, recovers,
-//! and checks:
+//! flushes, checkpoints, cleaner steps (of one victim or several, moved by one record) and
+//! snapshot create/delete/revert (sometimes with an injected write failure, which also cuts a
+//! delete or revert short), pulls the plug, recovers, and checks:
 //! - the disk equals the state after some batch at or after the last completed flush
 //!   (so every write acknowledged before that flush reads back, nothing torn or invented
 //!   reads back, and batches are atomic);
@@ -305,7 +305,12 @@ fn run(seed: u64) -> Result<u64, String> {
                     }
                 }
                 _ => {
-                    if store.clean_step().is_err() {
+                    // One victim, or several moved by one record.
+                    let n = 1 + rng.below(crate::store::log::cleaner::MAX_VICTIMS as u64);
+                    if trace {
+                        eprintln!("  clean up to {n} victims");
+                    }
+                    if store.clean_several(n as usize).is_err() {
                         break;
                     }
                 }
