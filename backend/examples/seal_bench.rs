@@ -1,6 +1,8 @@
 //! Cipher benchmark: what sealing a batch of 4 KiB guest blocks costs on this CPU, against
 //! copying the same bytes and against the AES alone (no XTS whitening), so the share of each
-//! step of the store's write-path encryption shows without a disk or a client.
+//! step of the store's write-path encryption shows without a disk or a client. Then the wall
+//! time of one batch sealed on one thread against shared with the helper threads (what a
+//! batch waits for on its serial path), alternating, to place the split's threshold.
 //!
 //! cargo run --release -p keel-backend --example seal_bench -- [BLOCKS_PER_BATCH] [BATCHES]
 
@@ -10,6 +12,7 @@ mod cpu_time;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use keel_backend::store::seal::{Key, SealFields};
 use std::hint::black_box;
+use std::time::Instant;
 
 const BLOCK: usize = 4096;
 
@@ -92,5 +95,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     report("crc32c (for scale)", cpu_secs() - t);
+
+    // Wall time per batch, one thread against shared (from any size on), in alternating
+    // rounds: other processes slow both alike.
+    let one = SealFields::new(&key, [7; 16])
+        .unlock(Some(&key))?
+        .split_from(usize::MAX);
+    let shared = SealFields::new(&key, [7; 16])
+        .unlock(Some(&key))?
+        .split_from(1);
+    let rounds = 5;
+    let per_round = (batches / rounds).max(1);
+    let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (s, wall) in [&one, &shared].into_iter().zip(walls.iter_mut()) {
+            let t = Instant::now();
+            for n in 0..per_round {
+                let base = (1u128 << 64) | (n as u128 * 4099);
+                s.seal_each_from(&sources, &mut dst, |i| base + i as u128 * 17)?;
+                black_box(&mut dst);
+            }
+            wall.push(t.elapsed().as_secs_f64() * 1e6 / per_round as f64);
+        }
+    }
+    for (what, wall) in ["one thread", "shared"].into_iter().zip(walls.iter_mut()) {
+        wall.sort_by(f64::total_cmp);
+        println!(
+            "seal_each_from, {what:<10} {per_batch:>5} blocks: {:>8.1} us per batch (wall, median of {rounds} rounds)",
+            wall[rounds / 2]
+        );
+    }
     Ok(())
 }
