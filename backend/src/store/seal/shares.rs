@@ -6,7 +6,7 @@
 //! [`CHUNK`] each, which the caller's thread and the helpers claim one at a time: the caller
 //! never waits for a helper that has not started (on a busy machine the caller ciphers every
 //! piece itself), only for the pieces a helper has claimed. A smaller pass stays on the
-//! caller's thread: waking a helper costs a few microseconds. XTS ciphers every block on its
+//! caller's thread: a helper woken from sleep starts too late to take a share of it. XTS ciphers every block on its
 //! own, so the output does not depend on how a pass was shared.
 //!
 //! The pool is `rayon-core`'s; the claiming is here because a rayon scope waits for every job
@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
-/// Blocks from which a pass is shared (`seal_bench`'s wall-time rows, docs/benchmarks.md):
-/// below it the hand-off costs about what the share saves.
-pub const SPLIT_MIN_BLOCKS: usize = 64;
+/// Blocks from which a pass is shared (1 MiB; `seal_bench`'s wall-time rows,
+/// docs/benchmarks.md): a helper asleep between batches took 100-150 us to start on this
+/// 2-CPU machine, so a pass much shorter than that (about 0.7 us per block) gains nothing.
+pub const SPLIT_MIN_BLOCKS: usize = 256;
 
 /// Helper threads at most, however many CPUs there are: each queue's batches are sealed on
 /// its own thread as well, and the cipher passes are a fraction of a batch's time.
