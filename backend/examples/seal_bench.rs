@@ -1,6 +1,10 @@
 //! Cipher benchmark: what sealing a batch of 4 KiB guest blocks costs on this CPU, against
 //! copying the same bytes and against the AES alone (no XTS whitening), so the share of each
-//! step of the store's write-path encryption shows without a disk or a client.
+//! step of the store's write-path encryption shows without a disk or a client. Then the wall
+//! time of one batch sealed on one thread against shared with the helper threads (what a
+//! batch waits for on its serial path), alternating, to place the split's threshold.
+//!
+//! Sizes around the threshold: for n in 32 64 96 128 192 256 1024; do seal_bench $n 2000; done
 //!
 //! cargo run --release -p keel-backend --example seal_bench -- [BLOCKS_PER_BATCH] [BATCHES]
 
@@ -10,6 +14,7 @@ mod cpu_time;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use keel_backend::store::seal::{Key, SealFields};
 use std::hint::black_box;
+use std::time::Instant;
 
 const BLOCK: usize = 4096;
 
@@ -92,5 +97,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     report("crc32c (for scale)", cpu_secs() - t);
+
+    // Wall time of one batch, one thread against shared (from any size on), alternating
+    // batch by batch, each after a pause as between a queue's batches (a fill's 4 MiB kicks
+    // come every few milliseconds), so a helper is woken from sleep as it is in keeld.
+    let one = SealFields::new(&key, [7; 16])
+        .unlock(Some(&key))?
+        .split_from(usize::MAX);
+    let shared = SealFields::new(&key, [7; 16])
+        .unlock(Some(&key))?
+        .split_from(1);
+    let pause = std::time::Duration::from_millis(2);
+    let timed = (batches / 10).clamp(50, 1000);
+    let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for n in 0..timed {
+        for (s, wall) in [&one, &shared].into_iter().zip(walls.iter_mut()) {
+            std::thread::sleep(pause);
+            let base = (1u128 << 64) | (n as u128 * 4099);
+            let t = Instant::now();
+            s.seal_each_from(&sources, &mut dst, |i| base + i as u128 * 17)?;
+            wall.push(t.elapsed().as_secs_f64() * 1e6);
+            black_box(&mut dst);
+        }
+    }
+    for (what, wall) in ["one thread", "shared"].into_iter().zip(walls.iter_mut()) {
+        wall.sort_by(f64::total_cmp);
+        println!(
+            "seal_each_from, {what:<10} {per_batch:>5} blocks: {:>8.1} us per batch (wall, median of {timed}; p90 {:.1})",
+            wall[timed / 2],
+            wall[timed * 9 / 10]
+        );
+    }
     Ok(())
 }

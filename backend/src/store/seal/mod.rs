@@ -22,12 +22,14 @@
 mod device;
 mod key;
 mod seal_batch;
+mod shares;
 mod stored;
 mod xts;
 
 pub use device::SealedDevice;
 pub use key::{Key, KeySource};
 pub(crate) use seal_batch::{SealedRuns, seal_for_store};
+pub use shares::SPLIT_MIN_BLOCKS;
 pub(crate) use stored::DataView;
 
 use super::error::{Result, StoreError};
@@ -143,10 +145,13 @@ fn key_check(key: &Key, salt: &[u8; 16]) -> [u8; 32] {
 /// ciphered [`CHUNK`] blocks at a time: their tweaks are encrypted in one call, then the
 /// chunk's blocks go through the data key's backend in one call ([`xts`]: each block whitened,
 /// encrypted in the backend's parallel batches and whitened again while it is in the L1
-/// cache). The tests check the output against the `xts-mode` crate's and pin known blocks.
+/// cache). A pass over [`SPLIT_MIN_BLOCKS`] blocks or more is shared with helper threads
+/// ([`shares`]). The tests check the output against the `xts-mode` crate's and pin known
+/// blocks.
 pub struct Sealer {
     data: Aes256,
     tweak: Aes256,
+    shares: shares::Shares,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -172,6 +177,17 @@ impl Sealer {
         Self {
             data: Aes256::new_from_slice(k1).expect("32-byte AES-256 key"),
             tweak: Aes256::new_from_slice(k2).expect("32-byte AES-256 key"),
+            shares: shares::Shares::from(SPLIT_MIN_BLOCKS),
+        }
+    }
+
+    /// This sealer with its passes shared between threads from `blocks` blocks on
+    /// (`usize::MAX`: never), instead of [`SPLIT_MIN_BLOCKS`]: for benchmarks and tests of
+    /// both paths. The output is the same either way.
+    pub fn split_from(self, blocks: usize) -> Self {
+        Self {
+            shares: shares::Shares::from(blocks),
+            ..self
         }
     }
 
@@ -211,43 +227,59 @@ impl Sealer {
         &self,
         src: &[&[u8]],
         dst: &mut [u8],
-        tweak: impl Fn(usize) -> u128,
+        tweak: impl Fn(usize) -> u128 + Sync,
     ) -> std::io::Result<()> {
         check_source(src, dst.len())?;
         let blocks: Vec<&[u8]> = src.iter().flat_map(|s| s.chunks(BLOCK_SIZE)).collect();
-        let mut tweaks = [0u128; CHUNK];
-        for (c, chunk) in dst.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
-            let tweaks = &mut tweaks[..chunk.len() / BLOCK_SIZE];
-            for (i, t) in tweaks.iter_mut().enumerate() {
-                *t = tweak(c * CHUNK + i);
-            }
-            self.cipher_chunk(
-                chunk,
-                Some(&blocks[c * CHUNK..]),
-                tweaks,
-                Direction::Encrypt,
-            );
-        }
-        Ok(())
+        self.shares.run(dst, |first, share| {
+            let from = Some(&blocks[first..]);
+            self.cipher_run(share, from, |i| tweak(first + i), Direction::Encrypt);
+            Ok(())
+        })
     }
 
     /// Decrypts `buf` (whole blocks) in place, block `i` under the tweak `tweak(i)`: the
     /// inverse of [`seal_each_from`](Self::seal_each_from).
-    pub fn open_each(&self, buf: &mut [u8], tweak: impl Fn(usize) -> u128) -> std::io::Result<()> {
+    pub fn open_each(
+        &self,
+        buf: &mut [u8],
+        tweak: impl Fn(usize) -> u128 + Sync,
+    ) -> std::io::Result<()> {
         check_whole_blocks(buf.len(), 0)?;
-        self.cipher_chunks(buf, tweak, Direction::Decrypt);
-        Ok(())
+        self.cipher_chunks(buf, tweak, Direction::Decrypt)
     }
 
-    /// XTS in place on each chunk of `buf` (whole blocks, block `i` under `tweak(i)`).
-    fn cipher_chunks(&self, buf: &mut [u8], tweak: impl Fn(usize) -> u128, dir: Direction) {
+    /// XTS in place on `buf` (whole blocks, block `i` under `tweak(i)`), shared between
+    /// threads when it is large.
+    fn cipher_chunks(
+        &self,
+        buf: &mut [u8],
+        tweak: impl Fn(usize) -> u128 + Sync,
+        dir: Direction,
+    ) -> std::io::Result<()> {
+        self.shares.run(buf, |first, share| {
+            self.cipher_run(share, None, |i| tweak(first + i), dir);
+            Ok(())
+        })
+    }
+
+    /// XTS on one thread over `run` (whole blocks, block `i` under `tweak(i)`), in place or
+    /// from `from` (its blocks), [`CHUNK`] blocks per call into the backend.
+    fn cipher_run(
+        &self,
+        run: &mut [u8],
+        from: Option<&[&[u8]]>,
+        tweak: impl Fn(usize) -> u128,
+        dir: Direction,
+    ) {
         let mut tweaks = [0u128; CHUNK];
-        for (c, chunk) in buf.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
+        for (c, chunk) in run.chunks_mut(CHUNK * BLOCK_SIZE).enumerate() {
             let tweaks = &mut tweaks[..chunk.len() / BLOCK_SIZE];
             for (i, t) in tweaks.iter_mut().enumerate() {
                 *t = tweak(c * CHUNK + i);
             }
-            self.cipher_chunk(chunk, None, tweaks, dir);
+            let from = from.map(|f| &f[c * CHUNK..]);
+            self.cipher_chunk(chunk, from, tweaks, dir);
         }
     }
 
@@ -293,8 +325,7 @@ impl Sealer {
         let plain = (PLAIN_BYTES.saturating_sub(offset) / BLOCK) as usize;
         let skip = plain.min(buf.len() / BLOCK_SIZE) * BLOCK_SIZE;
         let first = offset / BLOCK + (skip / BLOCK_SIZE) as u64;
-        self.cipher_chunks(&mut buf[skip..], |i| pba_tweak(first + i as u64), dir);
-        Ok(())
+        self.cipher_chunks(&mut buf[skip..], |i| pba_tweak(first + i as u64), dir)
     }
 }
 

@@ -133,7 +133,7 @@ impl DataView {
         &self,
         buf: &mut [u8],
         offset: u64,
-        owner: impl Fn(usize) -> Option<(u64, u64)>,
+        owner: impl Fn(usize) -> Option<(u64, u64)> + Sync,
     ) -> io::Result<()> {
         match &self.sealer {
             Some(sealer) if self.over_ciphertext && self.by_vba => {

@@ -374,3 +374,85 @@ fn tweak_sequence_is_repeated_doubling() {
         }
     }
 }
+
+/// A pass large enough to be shared between threads gives, byte for byte, what the same pass
+/// on one thread gives and what the `xts-mode` crate gives, for every sealing and opening
+/// path, at sizes below, at and above the threshold (and not a multiple of a chunk).
+#[test]
+fn shared_passes_give_the_one_thread_ciphertext() {
+    use aes::cipher::KeyInit;
+    let k = key(8);
+    let fields = SealFields::new(&k, [3; 16]);
+    let shared = fields
+        .unlock(Some(&k))
+        .unwrap()
+        .split_from(SPLIT_MIN_BLOCKS);
+    let single = fields.unlock(Some(&k)).unwrap().split_from(usize::MAX);
+    let (k1, k2) = k.bytes().split_at(32);
+    let reference = xts_mode::Xts128::new(
+        aes::Aes256::new_from_slice(k1).unwrap(),
+        aes::Aes256::new_from_slice(k2).unwrap(),
+    );
+    for blocks in [
+        SPLIT_MIN_BLOCKS - 1,
+        SPLIT_MIN_BLOCKS,
+        3 * SPLIT_MIN_BLOCKS + CHUNK / 2 + 1,
+        1024,
+    ] {
+        let plain: Vec<u8> = (0..blocks * BLOCK_SIZE)
+            .map(|i| (i * 11 % 241 + i / BLOCK_SIZE) as u8)
+            .collect();
+        // The source in uneven parts, as a batch's requests are.
+        let parts: Vec<&[u8]> = vec![&plain[..BLOCK_SIZE], &plain[BLOCK_SIZE..]];
+        let tweak = |i: usize| vba_tweak(i as u64 * 7919 % 100_003 + (i as u64 >> 3 << 32));
+        let mut by_vba = vec![0u8; plain.len()];
+        shared.seal_each_from(&parts, &mut by_vba, tweak).unwrap();
+        let mut one_thread = vec![0u8; plain.len()];
+        single
+            .seal_each_from(&parts, &mut one_thread, tweak)
+            .unwrap();
+        assert!(by_vba == one_thread, "seal_each_from, {blocks} blocks");
+        for (i, (got, plain)) in by_vba
+            .chunks(BLOCK_SIZE)
+            .zip(plain.chunks(BLOCK_SIZE))
+            .enumerate()
+        {
+            let mut theirs = plain.to_vec();
+            reference.encrypt_sector(&mut theirs, Array(tweak(i).to_le_bytes()));
+            assert!(got == theirs, "{blocks} blocks, block {i}");
+        }
+        shared.open_each(&mut by_vba, tweak).unwrap();
+        assert!(by_vba == plain, "open_each, {blocks} blocks");
+
+        // Location tweaks: sealed from a source, in place, and opened.
+        let at = 5000 * BLOCK;
+        let mut from = vec![0u8; plain.len()];
+        shared.seal_from(&parts, &mut from, at).unwrap();
+        let mut theirs = plain.clone();
+        reference.encrypt_area(&mut theirs, BLOCK_SIZE, 5000, xts_mode::get_tweak_default);
+        assert!(from == theirs, "seal_from, {blocks} blocks");
+        let mut in_place = plain.clone();
+        shared.seal(&mut in_place, at).unwrap();
+        assert!(in_place == theirs, "seal, {blocks} blocks");
+        shared.open(&mut in_place, at).unwrap();
+        assert!(in_place == plain, "open, {blocks} blocks");
+    }
+}
+
+/// A bad pass is refused before it is shared: an error, not a panic in a helper.
+#[test]
+fn a_bad_shared_pass_is_an_error() {
+    let s = SealFields::new(&key(8), [3; 16])
+        .unlock(Some(&key(8)))
+        .unwrap()
+        .split_from(1);
+    let plain = vec![7u8; 4 * SPLIT_MIN_BLOCKS * BLOCK_SIZE];
+    let mut dst = vec![0u8; plain.len()];
+    // A source a block short, or with a part not whole blocks.
+    let short = [&plain[..plain.len() - BLOCK_SIZE]];
+    assert!(s.seal_each_from(&short, &mut dst, |_| 1).is_err());
+    let ragged = [&plain[..100], &plain[100..]];
+    assert!(s.seal_each_from(&ragged, &mut dst, |_| 1).is_err());
+    assert!(s.open_each(&mut dst[..plain.len() - 1], |_| 1).is_err());
+    assert!(s.seal(&mut dst, 3 * BLOCK + 512).is_err());
+}
