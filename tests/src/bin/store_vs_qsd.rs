@@ -560,9 +560,7 @@ fn print_breakdowns(server: &str, rs: &[RunResult]) {
     println!(
         "| phase | guest MiB | write amp. | moved/guest block | cleaner read ms | cleaner write ms | segments cleaned (by writers) | checkpoints | checkpoint ms | longest checkpoint ms (so far) | batches waiting for a segment | wait ms | batches waiting for a checkpoint | wait ms | metadata gathered | marking ms | batches paced | paced ms | batches pipelined (refused) |"
     );
-    println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    println!("|---|{}", "---:|".repeat(18));
     for r in rs {
         for (name, b) in [
             ("1M seq fill", r.cleaning_fill),
