@@ -23,6 +23,7 @@ pub mod log;
 pub mod map;
 mod poison;
 mod ring_io;
+mod ring_pieces;
 pub mod seal;
 mod stats;
 

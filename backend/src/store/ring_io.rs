@@ -11,6 +11,7 @@
 use crate::device::BlockDevice;
 use crate::store::AlignedBuf;
 use crate::store::io::{BatchIo, DeviceIo, Gather};
+use crate::store::ring_pieces::run_pieces;
 use io_uring::{IoUring, opcode, types};
 use std::io;
 
@@ -101,61 +102,26 @@ fn write_on_ring(
     pieces: &[(&[u8], u64)],
     once: &mut Option<&mut dyn FnMut()>,
 ) -> Vec<usize> {
-    let depth = ring.params().sq_entries() as usize;
-    let mut failed = Vec::new();
-    let (mut next, mut in_flight, mut queued) = (0, 0usize, 0usize);
-    while next < pieces.len() || in_flight > 0 {
-        while next < pieces.len()
-            && in_flight < depth
-            && (in_flight == 0 || queued + pieces[next].0.len() <= BYTES_IN_FLIGHT)
-        {
-            let (bytes, offset) = pieces[next];
-            let entry = opcode::Write::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-                .offset(offset)
-                .build()
-                .user_data(next as u64);
-            // SAFETY: the bytes are borrowed for this whole call, which returns only once no
-            // write pushed here is in flight; the file is the device's, open for as long as
-            // the device is borrowed.
-            if unsafe { ring.submission().push(&entry) }.is_err() {
-                break;
-            }
-            next += 1;
-            in_flight += 1;
-            queued += pieces[next - 1].0.len();
-        }
-        if in_flight == 0 {
-            // Nothing went in (the ring refused an entry into an empty queue): write the rest
-            // one by one rather than wait for nothing.
-            failed.extend(next..pieces.len());
-            break;
-        }
-        if let Some(f) = once.take() {
-            // The first writes are on their way before the record is applied.
-            if let Err(e) = ring.submit()
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                log::debug!("submitting the store's writes: {e}");
-            }
-            f();
-        }
-        if let Err(e) = ring.submit_and_wait(1) {
-            // Writes in flight still read the buffers: wait for them whatever the error.
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::debug!("waiting for the store's writes: {e}");
-            }
-            continue;
-        }
-        for cqe in ring.completion() {
-            in_flight -= 1;
-            let i = cqe.user_data() as usize;
-            queued -= pieces[i].0.len();
-            if cqe.result() < 0 || cqe.result() as usize != pieces[i].0.len() {
-                failed.push(i);
-            }
-        }
+    let mut entry = |i: usize| {
+        let (bytes, offset) = pieces[i];
+        let e = opcode::Write::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+            .offset(offset)
+            .build();
+        (e, bytes.len())
+    };
+    // SAFETY: the pieces' bytes are borrowed for this whole call, which `run_pieces` returns
+    // from only once no write is in flight; the file is the device's, open for as long as the
+    // device is borrowed.
+    unsafe {
+        run_pieces(
+            ring,
+            pieces.len(),
+            BYTES_IN_FLIGHT,
+            &mut entry,
+            once,
+            "the store's writes",
+        )
     }
-    failed
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 use crate::device::BlockDevice;
 use crate::store::layout::BLOCK;
+use crate::store::ring_pieces::run_pieces;
 use io_uring::{IoUring, opcode, types};
 use std::io;
 
@@ -136,55 +137,31 @@ fn read_on_ring(
     let depth = RING_DEPTH.min(pieces.len().next_power_of_two() as u32);
     let mut ring = IoUring::new(depth)?;
     let bases: Vec<*mut u8> = segments.iter_mut().map(|s| s.buf.as_mut_ptr()).collect();
-    let mut failed = Vec::new();
-    let (mut next, mut in_flight, mut queued) = (0, 0usize, 0u64);
-    while next < pieces.len() || in_flight > 0 {
-        while next < pieces.len()
-            && in_flight < depth as usize
-            && (in_flight == 0 || queued + pieces[next].1.blocks * BLOCK <= BYTES_IN_FLIGHT)
-        {
-            let (i, r) = pieces[next];
-            let range = r.bytes();
-            // SAFETY: `read_segments` checked the run lies within segment `i`'s buffer, which
-            // this function borrows mutably until every read pushed here has completed (the
-            // loop ends only with none in flight).
-            let at = unsafe { bases[i].add(range.start) };
-            let entry = opcode::Read::new(types::Fd(fd), at, range.len() as u32)
-                .offset(segments[i].start + r.first * BLOCK)
-                .build()
-                .user_data(next as u64);
-            // SAFETY: as above: the buffer outlives the read; the file is the device's, open
-            // for as long as `dev` is borrowed.
-            if unsafe { ring.submission().push(&entry) }.is_err() {
-                break;
-            }
-            next += 1;
-            in_flight += 1;
-            queued += r.blocks * BLOCK;
-        }
-        if in_flight == 0 {
-            // Nothing went in (the ring refused an entry into an empty queue): read the rest
-            // one by one rather than wait for nothing.
-            failed.extend_from_slice(&pieces[next..]);
-            break;
-        }
-        if let Err(e) = ring.submit_and_wait(1) {
-            // Reads in flight still write into the buffers: wait for them whatever the error.
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::debug!("cleaner: waiting for a victim's reads: {e}");
-            }
-            continue;
-        }
-        for cqe in ring.completion() {
-            in_flight -= 1;
-            let (i, r) = pieces[cqe.user_data() as usize];
-            queued -= r.blocks * BLOCK;
-            if cqe.result() < 0 || cqe.result() as u64 != r.blocks * BLOCK {
-                failed.push((i, r));
-            }
-        }
-    }
-    Ok(failed)
+    let starts: Vec<u64> = segments.iter().map(|s| s.start).collect();
+    let mut entry = |n: usize| {
+        let (i, r) = pieces[n];
+        let range = r.bytes();
+        // SAFETY: `read_segments` checked the run lies within segment `i`'s buffer.
+        let at = unsafe { bases[i].add(range.start) };
+        let e = opcode::Read::new(types::Fd(fd), at, range.len() as u32)
+            .offset(starts[i] + r.first * BLOCK)
+            .build();
+        (e, range.len())
+    };
+    // SAFETY: the segments' buffers are borrowed mutably for this whole call, which
+    // `run_pieces` returns from only once no read is in flight; the file is the device's,
+    // open for as long as `dev` is borrowed.
+    let failed = unsafe {
+        run_pieces(
+            &mut ring,
+            pieces.len(),
+            BYTES_IN_FLIGHT as usize,
+            &mut entry,
+            &mut None,
+            "a victim's reads",
+        )
+    };
+    Ok(failed.into_iter().map(|n| pieces[n]).collect())
 }
 
 #[cfg(test)]
