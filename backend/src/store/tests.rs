@@ -8,6 +8,7 @@ mod corruption;
 mod crash;
 mod dictionary;
 mod guest_pace;
+mod hold;
 mod import_crash;
 mod import_disk;
 mod in_flight;

@@ -1,50 +1,21 @@
 //! A cleaner's move is applied to the maps before its copies are written: guest batches
 //! reserved behind it apply in LSN order, and must not wait for the megabytes it writes.
 
+use super::hold::Hold;
 use super::{opts_for, small_opts};
 use crate::device::BlockDevice;
 use crate::store::{Op, Store};
 use crate::testing::FaultyDevice;
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// The thread whose writes [`HeldWrites`] holds.
 const CLEANER: &str = "cleaner-held";
 
-#[derive(Default)]
-struct Gate {
-    held: bool,
-    open: bool,
-    /// The cleaner returned (without a write, if not `held`).
-    done: bool,
-}
-
 /// A device that holds the first write of the [`CLEANER`] thread until the test lets it go.
 struct HeldWrites {
     inner: Arc<FaultyDevice>,
-    gate: Mutex<Gate>,
-    cv: Condvar,
-}
-
-impl HeldWrites {
-    /// Waits until the cleaner is held at a write; false if it returned without one.
-    fn wait_held(&self) -> bool {
-        let mut g = self.gate.lock().unwrap();
-        while !g.held && !g.done {
-            g = self.cv.wait(g).unwrap();
-        }
-        g.held
-    }
-
-    fn done(&self) {
-        self.gate.lock().unwrap().done = true;
-        self.cv.notify_all();
-    }
-
-    fn release(&self) {
-        self.gate.lock().unwrap().open = true;
-        self.cv.notify_all();
-    }
+    hold: Hold,
 }
 
 impl BlockDevice for HeldWrites {
@@ -58,12 +29,7 @@ impl BlockDevice for HeldWrites {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         if std::thread::current().name() == Some(CLEANER) {
-            let mut g = self.gate.lock().unwrap();
-            g.held = true;
-            self.cv.notify_all();
-            while !g.open {
-                g = self.cv.wait(g).unwrap();
-            }
+            self.hold.hold(false);
         }
         self.inner.write_at(buf, offset)
     }
@@ -104,8 +70,7 @@ fn a_guest_batch_behind_a_cleaners_move_does_not_wait_for_its_copies() {
     Store::format(inner.as_ref(), &opts).unwrap();
     let dev = Arc::new(HeldWrites {
         inner: Arc::clone(&inner),
-        gate: Mutex::new(Gate::default()),
-        cv: Condvar::new(),
+        hold: Hold::default(),
     });
     let s = Arc::new(Store::open(dev.clone(), opts_for(&opts)).unwrap());
     // Half the disk once, then all but every fourth block of it again: the first segments
@@ -124,13 +89,13 @@ fn a_guest_batch_behind_a_cleaners_move_does_not_wait_for_its_copies() {
             .name(CLEANER.into())
             .spawn(move || {
                 let r = s.clean_step();
-                dev.done();
+                dev.hold.done();
                 r
             })
             .unwrap()
     };
     assert!(
-        dev.wait_held(),
+        dev.hold.wait_held(),
         "the cleaner wrote nothing: {:?}",
         cleaner.join()
     );
@@ -162,7 +127,7 @@ fn a_guest_batch_behind_a_cleaners_move_does_not_wait_for_its_copies() {
         let dev = Arc::clone(&dev);
         std::thread::spawn(move || {
             let stuck = waited.recv_timeout(Duration::from_secs(20)).is_err();
-            dev.release();
+            dev.hold.release();
             stuck
         })
     };

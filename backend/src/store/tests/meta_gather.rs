@@ -3,6 +3,7 @@
 //! flushes, a crash then recovers exactly what was written, and the gathered segments are
 //! free once it commits.
 
+use super::hold::Hold;
 use super::live::{STAGES, Stage, finish, freeze};
 use super::{new_store, opts_for, small_opts, store_opts};
 use crate::device::BlockDevice;
@@ -10,7 +11,7 @@ use crate::store::map::sut::SegKind;
 use crate::store::{CreateOptions, Op, Store};
 use crate::testing::{CrashMode, FaultyDevice, SplitMix};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 /// The name of the thread whose device calls [`HeldDevice`] holds.
 const GATHERER: &str = "meta-gatherer";
@@ -25,12 +26,11 @@ enum HoldAt {
     Flush(u32),
 }
 
+/// The gathering thread's device calls so far.
 #[derive(Default)]
-struct Gate {
+struct Calls {
     writes: u32,
     flushes: u32,
-    held: bool,
-    open: bool,
 }
 
 /// A [`FaultyDevice`] whose writes and flushes from the [`GATHERER`] thread stop at one
@@ -38,8 +38,8 @@ struct Gate {
 struct HeldDevice {
     inner: Arc<FaultyDevice>,
     at: HoldAt,
-    gate: Mutex<Gate>,
-    cv: Condvar,
+    calls: Mutex<Calls>,
+    hold: Hold,
 }
 
 impl HeldDevice {
@@ -47,8 +47,8 @@ impl HeldDevice {
         Self {
             inner,
             at,
-            gate: Mutex::new(Gate::default()),
-            cv: Condvar::new(),
+            calls: Mutex::new(Calls::default()),
+            hold: Hold::default(),
         }
     }
 
@@ -57,36 +57,22 @@ impl HeldDevice {
         if std::thread::current().name() != Some(GATHERER) {
             return;
         }
-        let mut g = self.gate.lock().unwrap();
-        let hit = match self.at {
-            HoldAt::FirstWrite => !flush && g.writes == 0,
-            HoldAt::Flush(n) => flush && g.flushes + 1 == n,
-        };
-        if flush {
-            g.flushes += 1;
-        } else {
-            g.writes += 1;
-        }
-        if hit {
-            g.held = true;
-            self.cv.notify_all();
-            while !g.open {
-                g = self.cv.wait(g).unwrap();
+        let hit = {
+            let mut g = self.calls.lock().unwrap();
+            let hit = match self.at {
+                HoldAt::FirstWrite => !flush && g.writes == 0,
+                HoldAt::Flush(n) => flush && g.flushes + 1 == n,
+            };
+            if flush {
+                g.flushes += 1;
+            } else {
+                g.writes += 1;
             }
+            hit
+        };
+        if hit {
+            self.hold.hold(false);
         }
-    }
-
-    /// Waits until the gathering thread is held.
-    fn wait_held(&self) {
-        let mut g = self.gate.lock().unwrap();
-        while !g.held {
-            g = self.cv.wait(g).unwrap();
-        }
-    }
-
-    fn release(&self) {
-        self.gate.lock().unwrap().open = true;
-        self.cv.notify_all();
     }
 }
 
@@ -220,7 +206,7 @@ fn batches_commit_while_a_gathering_checkpoint_writes_and_a_crash_recovers_them(
                 .spawn(move || s.clean_meta())
                 .unwrap()
         };
-        held.wait_held();
+        assert!(held.hold.wait_held());
         // Committed while the gathering checkpoint is held, then made durable.
         let even: Vec<u64> = (0..2400).step_by(2).collect();
         write_all(&s, &mut model, &even, |l| (l as u8) ^ 0xc3);
@@ -234,7 +220,7 @@ fn batches_commit_while_a_gathering_checkpoint_writes_and_a_crash_recovers_them(
         check(&r, &model, &format!("{at:?}, crashed while held"));
         drop(r);
 
-        held.release();
+        held.hold.release();
         let marked = gatherer.join().unwrap().unwrap();
         assert!(marked > 0, "{at:?}: nodes marked");
         for seg in &sparse {

@@ -2,11 +2,12 @@
 //! reads back, before and after recovery; a guest overwrite made while the step reads is not
 //! rolled back by its moves.
 
+use super::hold::Hold;
 use super::{noise, opts_for, small_opts};
 use crate::device::{BlockDevice, FileDevice};
 use crate::store::{CreateOptions, Op, Store};
 use crate::testing::FaultyDevice;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 const BLOCK: u64 = 4096;
 /// Segments of the victims (small_opts: 16 blocks each).
@@ -124,31 +125,10 @@ fn one_step_empties_several_victims_on_a_file() {
 /// The thread whose reads [`HeldReads`] holds.
 const CLEANER: &str = "cleaner-held-read";
 
-#[derive(Default)]
-struct Gate {
-    held: bool,
-    open: bool,
-}
-
 /// A device that holds the [`CLEANER`] thread after its first read, until the test lets it go.
 struct HeldReads {
     inner: FaultyDevice,
-    gate: Mutex<Gate>,
-    cv: Condvar,
-}
-
-impl HeldReads {
-    fn wait_held(&self) {
-        let mut g = self.gate.lock().unwrap();
-        while !g.held {
-            g = self.cv.wait(g).unwrap();
-        }
-    }
-
-    fn release(&self) {
-        self.gate.lock().unwrap().open = true;
-        self.cv.notify_all();
-    }
+    hold: Hold,
 }
 
 impl BlockDevice for HeldReads {
@@ -159,14 +139,7 @@ impl BlockDevice for HeldReads {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let res = self.inner.read_at(buf, offset);
         if std::thread::current().name() == Some(CLEANER) {
-            let mut g = self.gate.lock().unwrap();
-            if !g.held {
-                g.held = true;
-                self.cv.notify_all();
-                while !g.open {
-                    g = self.cv.wait(g).unwrap();
-                }
-            }
+            self.hold.hold(true);
         }
         res
     }
@@ -192,8 +165,7 @@ fn a_guest_overwrite_during_a_step_is_not_rolled_back() {
     let opts = small_opts();
     let dev = Arc::new(HeldReads {
         inner: FaultyDevice::new(opts.geometry().unwrap().container_bytes()),
-        gate: Mutex::new(Gate::default()),
-        cv: Condvar::new(),
+        hold: Hold::default(),
     });
     Store::format(dev.as_ref(), &opts).unwrap();
     let s = Arc::new(Store::open(dev.clone(), opts_for(&opts)).unwrap());
@@ -208,13 +180,13 @@ fn a_guest_overwrite_during_a_step_is_not_rolled_back() {
             .spawn(move || s.clean_several(4))
             .unwrap()
     };
-    dev.wait_held();
+    assert!(dev.hold.wait_held());
     // The first victim (greedy, equal live counts: the lowest segment) holds LBAs 0..16.
     let newer: Vec<u64> = vec![0, 4, 8, 12, seg_lbas + 4];
     for &lba in &newer {
         write(&s, lba, 3);
     }
-    dev.release();
+    dev.hold.release();
     let done = cleaner.join().unwrap().unwrap();
     assert_eq!(done.len(), VICTIMS as usize, "{done:?}");
     let moved: Vec<u64> = done.iter().map(|r| r.moved).collect();
