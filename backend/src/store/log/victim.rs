@@ -138,15 +138,20 @@ mod tests {
         assert!(VictimPolicy::parse("lru").unwrap_err().contains("greedy"));
     }
 
-    #[test]
-    fn chooses_by_cost_benefit_among_sealed_data_segments() {
+    /// A small geometry of 16-block segments, and its first data segment.
+    fn small() -> (Geometry, u64) {
         let geo = Geometry {
             seg_blocks: 16,
             segments: 40,
             journal_segments: 2,
             capacity: 64 * 4096,
         };
-        let first = geo.first_data_segment();
+        (geo, geo.first_data_segment())
+    }
+
+    #[test]
+    fn chooses_by_cost_benefit_among_sealed_data_segments() {
+        let (geo, first) = small();
         // Written one after the other: as old, so the sparser goes first (greedy).
         let mut s = Sut::new(geo);
         fill(&mut s, &geo, 12);
@@ -194,13 +199,7 @@ mod tests {
 
     #[test]
     fn several_victims_come_best_first_and_distinct() {
-        let geo = Geometry {
-            seg_blocks: 16,
-            segments: 40,
-            journal_segments: 2,
-            capacity: 64 * 4096,
-        };
-        let first = geo.first_data_segment();
+        let (geo, first) = small();
         let mut s = Sut::new(geo);
         let segs: Vec<u64> = [9, 3, 12, 3, 7]
             .iter()
