@@ -143,12 +143,7 @@ impl Store {
     /// [`try_plan_batch`](Self::try_plan_batch).
     pub fn plan_batch<'a>(&'a self, writer: usize, ops: &[Op<'a>]) -> Result<WritePlan<'a>> {
         self.ensure_ok()?;
-        let delay = self.guest_delay(ops);
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-            Counters::add(&self.stats.paced_batches, 1);
-            Counters::add(&self.stats.paced_us, delay.as_micros() as u64);
-        }
+        self.pace_guest(ops);
         let plan = batch::plan(ops, self.capacity(), &mut |lba, b| {
             self.read_into(lba * BLOCK, b)
         })?;
@@ -183,11 +178,9 @@ impl Store {
         ops: &[Op<'a>],
     ) -> Result<Option<WritePlan<'a>>> {
         self.ensure_ok()?;
-        // A batch to be paced waits, and so must be planned by `plan_batch`.
-        if !self.guest_delay(ops).is_zero() {
-            Counters::add(&self.stats.plans_refused, 1);
-            return Ok(None);
-        }
+        // Pacing only sleeps: it waits for nothing of the store's, so the batches in flight
+        // go on meanwhile.
+        self.pace_guest(ops);
         // Whole blocks only: nothing is read (a read would refuse the batch anyway).
         let plan = match ops.iter().all(Op::whole_blocks) {
             true => batch::plan(ops, self.capacity(), &mut |_, _| Err(StoreError::WouldWait)),
@@ -422,6 +415,16 @@ fn is_aligned(bytes: &[u8]) -> bool {
 }
 
 impl Store {
+    /// Delays a guest batch of `ops` while free space is low ([`guest_delay`](Self::guest_delay)).
+    fn pace_guest(&self, ops: &[Op<'_>]) {
+        let delay = self.guest_delay(ops);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+            Counters::add(&self.stats.paced_batches, 1);
+            Counters::add(&self.stats.paced_us, delay.as_micros() as u64);
+        }
+    }
+
     /// How long a guest batch of `ops` is delayed before it is planned: free space is low
     /// and the cleaner sets the pace ([`guest_pace`](super::guest_pace)).
     fn guest_delay(&self, ops: &[Op<'_>]) -> std::time::Duration {

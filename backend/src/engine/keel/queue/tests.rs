@@ -282,13 +282,18 @@ fn two_queues_on_a_full_container(key: Option<Key>, passes: u64, seed: u64) {
         }
     }
     let models: Vec<(Model, usize)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-    for (t, (_, most)) in models.iter().enumerate() {
-        assert_eq!(*most, 2, "queue {t} never had two batches in flight");
-    }
+    // With the guest paced to the cleaner, free space on this small container stays near
+    // the reserve, where a queue may find no room for a second batch for a whole run; the
+    // queues together still must have had two in flight.
+    assert!(
+        models.iter().any(|(_, most)| *most == 2),
+        "no queue ever had two batches in flight"
+    );
     let stats = engine.store.stats();
     assert!(stats.segments_cleaned > 0, "the container never filled up");
     assert!(stats.checkpoints > 2, "{} checkpoints", stats.checkpoints);
     assert!(stats.plans_refused > 0);
+    assert!(stats.plans_pipelined > 0);
     drop(engine);
     let store = Store::open_path(&path, open_opts(2, key)).unwrap();
     assert!(store.fsck().is_clean(), "{:?}", store.fsck());
