@@ -1,6 +1,7 @@
 //! Whole-store tests: a model check with proptest, seeded crash tests on a
 //! fault-injecting device, and corruption of every kind of block.
 
+mod clean_ahead;
 mod cleaner_apply;
 mod cleaning;
 mod concurrent;

@@ -12,8 +12,10 @@
 //! answered as soon as its writes are issued and its map changes applied, and its writes are
 //! left in flight: while the device writes it, the guest gets its answers and sends the next
 //! kick, which is parsed, copied, planned (checksummed, sealed, compressed) and started
-//! meanwhile. Up to two batches are in flight per queue ([`MAX_BATCHES`]), so the device has
-//! the next batch queued when it finishes one. A FLUSH waits for them (and fails if they
+//! meanwhile, whatever its size. Up to [`MAX_BATCHES`] batches (and [`MAX_BYTES_IN_FLIGHT`]
+//! of their data) are in flight per queue: on a full disk a batch's writes can wait
+//! milliseconds in the device's queue behind the cleaner's, and with two in flight the guest
+//! waited for them (docs/benchmarks.md, "More batches in flight"). A FLUSH waits for them (and fails if they
 //! failed), as a disk's volatile cache would; so do reads, a write-through batch and closing.
 //! Batches are finished in the order they were started.
 //!
@@ -41,12 +43,9 @@ mod tests;
 /// Submission entries the ring is sized for (reads in flight beyond it wait in a backlog).
 const RING_DEPTH: u32 = 256;
 
-/// Bytes of data from which a batch is started beside one in flight. A smaller kick (a few
-/// 4 KiB writes) finishes the batch in flight first, as it did before batches were
-/// pipelined: its planning overlaps little device time, and starting it at once only makes
-/// batches smaller (the guest's answers come back sooner), so more, smaller journal records
-/// fill the journal sooner per guest byte and bring checkpoints sooner.
-const PIPELINE_MIN_BYTES: usize = 256 << 10;
+/// Bytes of data the batches in flight on a queue hold at most: a kick that would take more
+/// finishes the oldest first.
+const MAX_BYTES_IN_FLIGHT: usize = 8 << 20;
 
 pub(super) struct KeelQueue {
     store: Arc<Store>,
@@ -59,13 +58,13 @@ pub(super) struct KeelQueue {
     /// from them), reused across batches.
     data: Vec<AlignedBuf>,
     /// The batches left in flight on the ring, oldest first, each with the data buffers its
-    /// writes read.
-    flying: VecDeque<(InFlight, Vec<AlignedBuf>)>,
+    /// writes read and the bytes of data they hold.
+    flying: VecDeque<(InFlight, Vec<AlignedBuf>, usize)>,
     /// Data buffers of finished batches, for the next batches: with `data` and those in
-    /// flight, three sets rotate.
+    /// flight, up to [`MAX_BATCHES`] + 1 sets rotate.
     spare: Vec<Vec<AlignedBuf>>,
-    /// [`PIPELINE_MIN_BYTES`], or another bound in tests.
-    pipeline_min_bytes: usize,
+    /// [`MAX_BYTES_IN_FLIGHT`], or another bound in tests.
+    max_bytes_in_flight: usize,
     scratch: Vec<u8>,
 }
 
@@ -80,7 +79,7 @@ impl KeelQueue {
             data: Vec::new(),
             flying: VecDeque::with_capacity(MAX_BATCHES),
             spare: Vec::new(),
-            pipeline_min_bytes: PIPELINE_MIN_BYTES,
+            max_bytes_in_flight: MAX_BYTES_IN_FLIGHT,
             scratch: Vec::new(),
         })
     }
@@ -114,8 +113,13 @@ impl KeelQueue {
         }
     }
 
+    /// The bytes of data of the batches in flight.
+    fn bytes_in_flight(&self) -> usize {
+        self.flying.iter().map(|(_, _, bytes)| bytes).sum()
+    }
+
     fn finish_oldest(&mut self, written: io::Result<()>) {
-        let Some((batch, buffers)) = self.flying.pop_front() else {
+        let Some((batch, buffers, _)) = self.flying.pop_front() else {
             return;
         };
         if let Err(e) = self.store.finish_batch(batch, written) {
@@ -152,8 +156,13 @@ impl KeelQueue {
     fn commit_mutations(&mut self, reqs: &[&IoRequest]) -> Vec<Result<(), EngineError>> {
         let mut data = std::mem::take(&mut self.data);
         let lens = copy_data(reqs, &mut data);
-        // The data is copied: now the oldest batch must be done if both slots are taken.
-        if self.flying.len() >= MAX_BATCHES {
+        // The data is copied: now the oldest batches must be done if every slot is taken, or
+        // if this one's data would take the queue past its bound.
+        let bytes: usize = lens.iter().sum();
+        while self.flying.len() >= MAX_BATCHES
+            || (!self.flying.is_empty()
+                && self.bytes_in_flight() + bytes > self.max_bytes_in_flight)
+        {
             self.settle_oldest();
         }
         let durable = reqs
@@ -162,7 +171,7 @@ impl KeelQueue {
         match self.commit_copied(reqs, &data, &lens, durable) {
             Ok(batch) => {
                 // Started: its buffers fly with it; the next batch fills a spare set.
-                self.flying.push_back((batch, data));
+                self.flying.push_back((batch, data, bytes));
                 self.data = self.spare.pop().unwrap_or_default();
                 reqs.iter().map(|_| Ok(())).collect()
             }
@@ -194,10 +203,6 @@ impl KeelQueue {
         if !durable && self.ring.is_some() {
             let (store, writer) = (Arc::clone(&self.store), self.writer);
             let mut started = None;
-            let bytes: usize = lens.iter().sum();
-            if !self.flying.is_empty() && bytes < self.pipeline_min_bytes {
-                self.settle();
-            }
             if !self.flying.is_empty() {
                 // With a batch of ours in flight the plan may not wait (see the module's doc).
                 if let Some(ring) = self.ring.as_mut() {

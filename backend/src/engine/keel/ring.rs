@@ -36,7 +36,7 @@ const CONTAINER: types::Fixed = types::Fixed(0);
 /// bit 32, the write's index below.
 const BATCH_TAG: u64 = 1 << 62;
 /// Write batches a ring keeps in flight at most.
-pub(super) const MAX_BATCHES: usize = 2;
+pub(super) const MAX_BATCHES: usize = 8;
 
 /// A guest read whose device runs are in flight.
 struct ReadInFlight {

@@ -9,6 +9,7 @@
 //! overtook since the reads are dropped under the journal lock (and skipped by apply), so a
 //! guest write is never rolled back.
 
+use super::clean_ahead::CleanAhead;
 use super::io_class::ClassGuard;
 use super::{victim, victim_read};
 use crate::store::buf::AlignedBuf;
@@ -47,6 +48,23 @@ pub const MAX_VICTIMS: usize = 4;
 /// Per live block of a victim, the VBAs in it: one, or those packed into it (moved together).
 type LiveBlocks = Vec<(u64, Vec<(u64, VbaEntry)>)>;
 
+/// Victims chosen, pinned, listed and read: what the second half of a cleaning step copies.
+pub(in crate::store) struct ReadVictims {
+    victims: Vec<Victim>,
+    /// Each victim's segment as read (only its live runs).
+    srcs: Vec<AlignedBuf>,
+    moves_listed: u64,
+    /// The victims, pinned until their moves are applied or dropped.
+    _pin: PinGuard,
+}
+
+impl ReadVictims {
+    /// The segments read.
+    pub fn segments(&self) -> Vec<u64> {
+        self.victims.iter().map(|v| v.seg).collect()
+    }
+}
+
 /// A victim chosen, pinned and listed.
 struct Victim {
     seg: u64,
@@ -66,7 +84,12 @@ impl Store {
     /// copies of all of them moved by one record; fewer when the cleaner's room or the
     /// journal would not take them. Nothing when no segment holds garbage worth reclaiming.
     pub fn clean_several(&self, n: usize) -> Result<Vec<CleanReport>> {
-        self.clean_victims(n, (self.geo.seg_blocks * 9 / 10) as u32)
+        self.clean_victims(n, self.clean_max_live())
+    }
+
+    /// The most live blocks a segment may hold to be worth cleaning.
+    pub(in crate::store) fn clean_max_live(&self) -> u32 {
+        (self.geo.seg_blocks * 9 / 10) as u32
     }
 
     /// [`clean_several`](Self::clean_several) among the segments with at most `max_live` live
@@ -78,28 +101,52 @@ impl Store {
     ) -> Result<Vec<CleanReport>> {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
+        match self.read_victims(n, max_live, cw.free(), &[])? {
+            Some(read) => self.write_victims(&mut cw, read),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The first half of a cleaning step: chooses up to `n` victims (not those in `exclude`)
+    /// among the segments with at most `max_live` live blocks, pins them, lists their live
+    /// blocks and reads them. `cleaner_room` is what the cleaner's open segment still takes.
+    /// Nothing when no segment holds garbage worth reclaiming.
+    ///
+    /// Takes no lock the second half holds, so the background cleaner reads its next victim
+    /// while the copies of the last are written (`cleaner_ahead`). Whatever happens between
+    /// the two halves, the victims stay pinned (never reused) until written, and the second
+    /// half drops every move the guest overtook.
+    pub(in crate::store) fn read_victims(
+        &self,
+        n: usize,
+        max_live: u32,
+        cleaner_room: u64,
+        exclude: &[u64],
+    ) -> Result<Option<ReadVictims>> {
+        self.ensure_ok()?;
         let seg_blocks = self.geo.seg_blocks;
-        // Pinned until read: should the guest overwrite all of one meanwhile, it is not reused
-        // under the reads below.
+        // Pinned until written: should the guest overwrite all of one meanwhile, it is not
+        // reused under the reads below, nor before its moves are applied or dropped.
         let mut pin = PinGuard::new(&self.pins);
         let chosen: Vec<(u64, u64)> = {
             let st = self.read_lock(&self.state);
+            let n = n.clamp(1, MAX_VICTIMS);
             let picks = victim::choose_many(
                 &st.sut,
                 self.geo.first_data_segment(),
                 seg_blocks,
                 max_live,
                 self.opts.space.cleaner_policy,
-                n.clamp(1, MAX_VICTIMS),
+                n + exclude.len(),
             );
             // Every copy must find room in the cleaner's open segment and the free segments
             // it may take before any victim is released; the first victim is tried whatever
             // (taking blocks makes room if it can).
             let keep = self.geo.checkpoint_reserve() / 2 + 1;
-            let room = cw.free() + st.sut.free_count().saturating_sub(keep) * seg_blocks;
+            let room = cleaner_room + st.sut.free_count().saturating_sub(keep) * seg_blocks;
             let mut need = 0;
-            let mut chosen = Vec::with_capacity(picks.len());
-            for seg in picks {
+            let mut chosen = Vec::with_capacity(n);
+            for seg in picks.into_iter().filter(|s| !exclude.contains(s)).take(n) {
                 need += u64::from(st.sut.live(seg));
                 if !chosen.is_empty() && need > room {
                     break;
@@ -131,7 +178,7 @@ impl Store {
             victims.push(Victim { seg, stamp, live });
         }
         if victims.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut srcs: Vec<AlignedBuf> = victims
             .iter()
@@ -139,8 +186,7 @@ impl Store {
             .collect();
         let t0 = Instant::now();
         // Only the live blocks' runs are read (a sparse victim's are a fraction of it), every
-        // victim's at once. Checked as stored. A block tweaked by its VBA is copied as it is;
-        // any other encrypted block is decrypted and sealed again for its new place.
+        // victim's at once. Checked as stored.
         let mut reads: Vec<victim_read::SegmentRead<'_>> = victims
             .iter()
             .zip(srcs.iter_mut())
@@ -167,14 +213,37 @@ impl Store {
         drop(reads);
         Counters::add_since(&self.stats.cleaner_read_us, t0);
         Counters::add(&self.stats.cleaner_read_bytes, read_bytes);
+        Ok(Some(ReadVictims {
+            victims,
+            srcs,
+            moves_listed,
+            _pin: pin,
+        }))
+    }
+
+    /// The second half of a cleaning step: copies the victims `read` into blocks of the
+    /// cleaner's writer `cw` and commits their moves with the copies. A block tweaked by its
+    /// VBA is copied as it is; any other encrypted block is decrypted and sealed again for
+    /// its new place.
+    pub(in crate::store) fn write_victims(
+        &self,
+        cw: &mut SegmentWriter,
+        read: ReadVictims,
+    ) -> Result<Vec<CleanReport>> {
+        self.ensure_ok()?;
+        let ReadVictims {
+            victims,
+            srcs,
+            moves_listed,
+            _pin: pin,
+        } = read;
         let t0 = Instant::now();
         let mut moves = Vec::with_capacity(moves_listed as usize);
         let mut runs = Vec::new();
         for (v, src) in victims.iter().zip(&srcs) {
-            self.copy_victim(&mut cw, v, src, &mut moves, &mut runs)?;
+            self.copy_victim(cw, v, src, &mut moves, &mut runs)?;
         }
         drop(srcs);
-        drop(pin);
         // The copies and the record that moves them are issued together, as a guest batch is,
         // with several writes in flight.
         let gathers = runs
@@ -188,6 +257,7 @@ impl Store {
             &mut cw.retired,
             true,
         )?;
+        drop(pin);
         Counters::add_since(&self.stats.cleaner_write_us, t0);
         Counters::add(&self.stats.cleaner_moves, committed.entries);
         Counters::add(&self.stats.segments_cleaned, victims.len() as u64);
@@ -383,6 +453,7 @@ impl Drop for CleanerHandle {
 }
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
+    let mut ahead = CleanAhead::default();
     let mut release_helps = true;
     let mut has_victims = true;
     while !stop.load(Ordering::Acquire) {
@@ -474,10 +545,12 @@ fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
         // journal lock, and doubled the guest's p99 without raising its rate
         // (docs/benchmarks.md, "Several victims per step"). Writers short of space, which
         // wait for the cleaning anyway, take steps of several.
+        // The next victim is read during this step when another follows at once.
+        let read_next = urgent || matches!(pace, Pace::Urgent | Pace::Behind(_));
         let t0 = Instant::now();
         let cleaned = {
             let _class = ClassGuard::enter(class);
-            store.clean_step()
+            ahead.step(store, class, read_next)
         };
         match cleaned {
             Ok(Some(r)) => {

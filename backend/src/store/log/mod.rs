@@ -8,6 +8,7 @@ pub(super) mod apply;
 pub(super) mod batch;
 pub(super) mod chain;
 pub(super) mod checkpoint;
+pub(super) mod clean_ahead;
 pub(super) mod cleaner;
 pub(super) mod flush;
 pub(super) mod format;

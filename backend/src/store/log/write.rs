@@ -287,8 +287,11 @@ impl Store {
     /// store's device, applying the record to the maps (in LSN order) while the writes are in
     /// flight. On an encrypted container the runs are sealed first, once, and the checksums of
     /// their entries set over the ciphertext (see `seal::seal_batch`). With
-    /// `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first.
-    /// Segments in `retired` close once every record up to this one is written.
+    /// `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first, and
+    /// the commit returns once its own writes are done: the cleaner's record answers no one,
+    /// so it need not wait for the guest batches still in flight before it. Any other commit
+    /// returns once every earlier record is written too. Segments in `retired` close once
+    /// every record up to this one is written.
     pub(in crate::store) fn commit_with(
         &self,
         entries: Vec<Entry>,
@@ -327,7 +330,11 @@ impl Store {
                 _ => true,
             });
         }
-        self.commit_locked_through(io, j, entries, runs, retired)
+        let answer = match drop_stale_moves {
+            true => Answer::Own,
+            false => Answer::InOrder,
+        };
+        self.commit_locked_through(io, j, entries, runs, retired, answer)
     }
 
     /// [`commit_with`](Self::commit_with) once the caller holds the journal lock, has settled
@@ -340,7 +347,8 @@ impl Store {
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
     ) -> Result<Committed> {
-        self.commit_locked_through(&mut DeviceIo(self.data.raw()), j, entries, runs, retired)
+        let io = &mut DeviceIo(self.data.raw());
+        self.commit_locked_through(io, j, entries, runs, retired, Answer::InOrder)
     }
 
     /// [`commit_locked`](Self::commit_locked), issuing the writes through `io`.
@@ -351,6 +359,7 @@ impl Store {
         entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
+        answer: Answer,
     ) -> Result<Committed> {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
         let Some(mut r) = self.reserve_record(j, entries, extents, retired, Waits::Allowed)? else {
@@ -373,7 +382,10 @@ impl Store {
                 Err(e)
             }
         };
-        self.finish_commit(r.lsn, written)?;
+        match answer {
+            Answer::InOrder => self.finish_commit(r.lsn, written)?,
+            Answer::Own => self.note_written(r.lsn, written)?,
+        }
         Ok(Committed {
             entries: r.count,
             lsn: r.lsn,
@@ -594,6 +606,16 @@ impl Store {
         }
         target
     }
+}
+
+/// When a commit returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once every earlier record is written too: what it wrote is answered to a guest, and
+    /// an answered batch never depends on a record that could still be lost.
+    InOrder,
+    /// Once its own writes are done (the cleaner's moves).
+    Own,
 }
 
 /// Blocks a gather list covers.

@@ -1,0 +1,121 @@
+//! The background cleaner's read-ahead (`log::clean_ahead`): the victim read during one step
+//! is written by the next, stays pinned until then, and never brings back a block the guest
+//! overwrote in between.
+
+use super::super::Op;
+use super::{new_store, small_opts};
+use crate::store::log::clean_ahead::CleanAhead;
+use crate::store::log::io_class::IoClass;
+
+const BLOCK: usize = 4096;
+
+/// A block whose bytes say which LBA and which round wrote it.
+fn block(lba: u64, round: u8) -> Vec<u8> {
+    let mut b = vec![round; BLOCK];
+    b[..8].copy_from_slice(&lba.to_le_bytes());
+    b
+}
+
+fn write_block(s: &super::Store, lba: u64, round: u8) {
+    let data = block(lba, round);
+    let op = Op::Write {
+        offset: lba * BLOCK as u64,
+        data: &data,
+    };
+    s.write_batch(0, &[op]).unwrap();
+}
+
+/// Four segments of blocks of which one in four survives an overwrite: sparse victims.
+fn sparse_victims(s: &super::Store, seg_blocks: u64) -> u64 {
+    let lbas = 4 * seg_blocks;
+    for lba in 0..lbas {
+        write_block(s, lba, 1);
+    }
+    for lba in (0..lbas).filter(|l| l % 4 != 0) {
+        write_block(s, lba, 2);
+    }
+    lbas
+}
+
+#[test]
+fn the_victim_read_ahead_is_written_by_the_next_step_without_undoing_guest_writes() {
+    let opts = small_opts();
+    let (_dev, s) = new_store(&opts);
+    let seg_blocks = opts.segment_bytes / BLOCK as u64;
+    let lbas = sparse_victims(&s, seg_blocks);
+    let before = s.stats();
+    let mut ahead = CleanAhead::default();
+    let first = ahead
+        .step(&s, IoClass::Normal, true)
+        .unwrap()
+        .expect("a victim");
+    let next = ahead.read_ahead();
+    assert_eq!(next.len(), 1, "the next victim was read meanwhile");
+    let next = next[0];
+    assert_ne!(next, first.segment, "never the victim being written");
+    assert!(s.pins.is_pinned(next), "read ahead, pinned until written");
+    assert!(!s.pins.is_pinned(first.segment));
+    let st = s.stats();
+    assert_eq!(st.segments_cleaned - before.segments_cleaned, 1);
+    assert!(
+        st.cleaner_read_bytes - before.cleaner_read_bytes > first.live * BLOCK as u64,
+        "two victims read"
+    );
+    // The guest overwrites half of what survived, everywhere: some of it in the victim read
+    // ahead, after its read.
+    for lba in (0..lbas).step_by(8) {
+        write_block(&s, lba, 3);
+    }
+    let second = ahead
+        .step(&s, IoClass::Normal, false)
+        .unwrap()
+        .expect("the victim read ahead");
+    assert_eq!(second.segment, next);
+    assert!(ahead.read_ahead().is_empty());
+    assert!(!s.pins.is_pinned(next));
+    assert!(
+        second.moved < second.live,
+        "the blocks overwritten since the read are not moved: {second:?}"
+    );
+    assert!(second.moved > 0, "the others are: {second:?}");
+    for lba in 0..lbas {
+        let want = match lba {
+            l if l % 8 == 0 => 3,
+            l if l % 4 == 0 => 1,
+            _ => 2,
+        };
+        let mut b = vec![0u8; BLOCK];
+        s.read(lba * BLOCK as u64, &mut b).unwrap();
+        assert_eq!(b, block(lba, want), "LBA {lba}");
+    }
+    let report = s.fsck();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn a_victim_read_ahead_and_never_written_is_let_go() {
+    let opts = small_opts();
+    let (_dev, s) = new_store(&opts);
+    let seg_blocks = opts.segment_bytes / BLOCK as u64;
+    let lbas = sparse_victims(&s, seg_blocks);
+    let mut ahead = CleanAhead::default();
+    ahead
+        .step(&s, IoClass::Normal, true)
+        .unwrap()
+        .expect("a victim");
+    let next = ahead.read_ahead();
+    assert_eq!(next.len(), 1);
+    drop(ahead);
+    assert!(!s.pins.is_pinned(next[0]), "unpinned when dropped");
+    // Nothing of it was moved: it is still a victim, and cleaning goes on to the end.
+    let mut cleaned = vec![];
+    while let Some(r) = s.clean_step().unwrap() {
+        cleaned.push(r.segment);
+    }
+    assert!(cleaned.contains(&next[0]), "{cleaned:?}");
+    for lba in 0..lbas {
+        let mut b = vec![0u8; BLOCK];
+        s.read(lba * BLOCK as u64, &mut b).unwrap();
+        assert_eq!(b, block(lba, if lba % 4 == 0 { 1 } else { 2 }), "LBA {lba}");
+    }
+}
