@@ -2,12 +2,14 @@
 //! VBA -> PBA map (snapshot trees are untouched), so the segments can be reused once a
 //! durable flush mark covers the move (see `mark_release`), or after the next checkpoint.
 //!
-//! A step takes one segment, or up to [`MAX_VICTIMS`] for a writer short of space: their live
-//! runs are read in pieces, all in flight (`victim_read`), their copies go to the cleaner's own
-//! open segment and are written with several writes in flight (`ring_io`) beside the **one**
-//! record that moves them all. The record is applied while they are in flight; moves the guest
-//! overtook since the reads are dropped under the journal lock (and skipped by apply), so a
-//! guest write is never rolled back.
+//! A step takes one segment, or up to [`MAX_VICTIMS`] for a writer short of space, in two
+//! halves: [`read_victims`](Store::read_victims) chooses, pins and lists them and reads their
+//! live runs in pieces, all in flight (`victim_read`); [`write_victims`](Store::write_victims)
+//! copies them to the cleaner's own open segment and writes the copies with several writes in
+//! flight (`ring_io`) beside the **one** record that moves them all. The background cleaner
+//! reads its next victim while the last one is written (`clean_ahead`). The record is applied
+//! while its writes are in flight; moves the guest overtook since the reads are dropped under
+//! the journal lock (and skipped by apply), so a guest write is never rolled back.
 
 use super::clean_ahead::CleanAhead;
 use super::io_class::ClassGuard;

@@ -2,47 +2,34 @@
 //! is written by the next, stays pinned until then, and never brings back a block the guest
 //! overwrote in between.
 
-use super::super::Op;
+use super::cleaning::{block, read_block, write_block};
 use super::{new_store, small_opts};
+use crate::store::Store;
 use crate::store::log::clean_ahead::CleanAhead;
 use crate::store::log::io_class::IoClass;
+use crate::testing::FaultyDevice;
+use std::sync::Arc;
 
 const BLOCK: usize = 4096;
 
-/// A block whose bytes say which LBA and which round wrote it.
-fn block(lba: u64, round: u8) -> Vec<u8> {
-    let mut b = vec![round; BLOCK];
-    b[..8].copy_from_slice(&lba.to_le_bytes());
-    b
-}
-
-fn write_block(s: &super::Store, lba: u64, round: u8) {
-    let data = block(lba, round);
-    let op = Op::Write {
-        offset: lba * BLOCK as u64,
-        data: &data,
-    };
-    s.write_batch(0, &[op]).unwrap();
-}
-
-/// Four segments of blocks of which one in four survives an overwrite: sparse victims.
-fn sparse_victims(s: &super::Store, seg_blocks: u64) -> u64 {
-    let lbas = 4 * seg_blocks;
+/// A small store holding four segments of blocks of which one in four survives an overwrite
+/// (sparse victims), and how many LBAs they cover.
+fn sparse_victims() -> (Arc<FaultyDevice>, Store, u64) {
+    let opts = small_opts();
+    let (dev, s) = new_store(&opts);
+    let lbas = 4 * opts.segment_bytes / BLOCK as u64;
     for lba in 0..lbas {
-        write_block(s, lba, 1);
+        write_block(&s, lba, 1);
     }
     for lba in (0..lbas).filter(|l| l % 4 != 0) {
-        write_block(s, lba, 2);
+        write_block(&s, lba, 2);
     }
-    lbas
+    (dev, s, lbas)
 }
 
 #[test]
 fn the_victim_read_ahead_is_written_by_the_next_step_without_undoing_guest_writes() {
-    let opts = small_opts();
-    let (_dev, s) = new_store(&opts);
-    let seg_blocks = opts.segment_bytes / BLOCK as u64;
-    let lbas = sparse_victims(&s, seg_blocks);
+    let (_dev, s, lbas) = sparse_victims();
     let before = s.stats();
     let mut ahead = CleanAhead::default();
     let first = ahead
@@ -84,9 +71,7 @@ fn the_victim_read_ahead_is_written_by_the_next_step_without_undoing_guest_write
             l if l % 4 == 0 => 1,
             _ => 2,
         };
-        let mut b = vec![0u8; BLOCK];
-        s.read(lba * BLOCK as u64, &mut b).unwrap();
-        assert_eq!(b, block(lba, want), "LBA {lba}");
+        assert_eq!(read_block(&s, lba), block(lba, want), "LBA {lba}");
     }
     let report = s.fsck();
     assert!(report.is_clean(), "{report:?}");
@@ -94,10 +79,7 @@ fn the_victim_read_ahead_is_written_by_the_next_step_without_undoing_guest_write
 
 #[test]
 fn a_victim_read_ahead_and_never_written_is_let_go() {
-    let opts = small_opts();
-    let (_dev, s) = new_store(&opts);
-    let seg_blocks = opts.segment_bytes / BLOCK as u64;
-    let lbas = sparse_victims(&s, seg_blocks);
+    let (_dev, s, lbas) = sparse_victims();
     let mut ahead = CleanAhead::default();
     ahead
         .step(&s, IoClass::Normal, true)
@@ -114,8 +96,7 @@ fn a_victim_read_ahead_and_never_written_is_let_go() {
     }
     assert!(cleaned.contains(&next[0]), "{cleaned:?}");
     for lba in 0..lbas {
-        let mut b = vec![0u8; BLOCK];
-        s.read(lba * BLOCK as u64, &mut b).unwrap();
-        assert_eq!(b, block(lba, if lba % 4 == 0 { 1 } else { 2 }), "LBA {lba}");
+        let want = if lba % 4 == 0 { 1 } else { 2 };
+        assert_eq!(read_block(&s, lba), block(lba, want), "LBA {lba}");
     }
 }

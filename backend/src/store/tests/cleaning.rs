@@ -7,13 +7,13 @@ use super::{new_store, small_opts};
 const BLOCK: usize = 4096;
 
 /// A block whose bytes say which LBA and which round wrote it.
-fn block(lba: u64, round: u8) -> Vec<u8> {
+pub(super) fn block(lba: u64, round: u8) -> Vec<u8> {
     let mut b = vec![round; BLOCK];
     b[..8].copy_from_slice(&lba.to_le_bytes());
     b
 }
 
-fn write_block(s: &super::Store, lba: u64, round: u8) {
+pub(super) fn write_block(s: &super::Store, lba: u64, round: u8) {
     let data = block(lba, round);
     s.write_batch(
         0,
@@ -25,7 +25,7 @@ fn write_block(s: &super::Store, lba: u64, round: u8) {
     .unwrap();
 }
 
-fn read_block(s: &super::Store, lba: u64) -> Vec<u8> {
+pub(super) fn read_block(s: &super::Store, lba: u64) -> Vec<u8> {
     let mut b = vec![0u8; BLOCK];
     s.read(lba * BLOCK as u64, &mut b).unwrap();
     b

@@ -227,7 +227,11 @@ fn the_next_kick_is_started_while_the_last_one_is_in_flight() {
     // that would pass it finishes the oldest first, as many as it takes.
     q.max_bytes_in_flight = (24 * BLOCK) as usize;
     kick(&mut q, 20, 16 * BLOCK, &mut model);
-    assert_eq!(q.flying.len(), 2, "16 blocks and 1 KiB in flight: within it");
+    assert_eq!(
+        q.flying.len(),
+        2,
+        "16 blocks and 1 KiB in flight: within it"
+    );
     kick(&mut q, 36, 16 * BLOCK, &mut model);
     assert_eq!(
         q.flying.len(),
