@@ -15,8 +15,9 @@
 //! meanwhile, whatever its size. Up to [`MAX_BATCHES`] batches (and [`MAX_BYTES_IN_FLIGHT`]
 //! of their data) are in flight per queue: on a full disk a batch's writes can wait
 //! milliseconds in the device's queue behind the cleaner's, and with two in flight the guest
-//! waited for them (docs/benchmarks.md, "More batches in flight"). A FLUSH waits for them (and fails if they
-//! failed), as a disk's volatile cache would; so do reads, a write-through batch and closing.
+//! waited for them (docs/benchmarks.md, "More batches in flight"). A FLUSH waits for them
+//! (and fails if they failed), as a disk's volatile cache would; so do reads, a write-through
+//! batch and closing.
 //! Batches are finished in the order they were started.
 //!
 //! A queue never blocks on the store while a batch of its own is in flight: the store may be
