@@ -1,6 +1,7 @@
 //! Snapshots of the running point: create (one journal record), list, delete (blocks given
 //! back in the background), revert.
 
+use crate::store::log::write::Committer;
 use crate::store::log::{checkpoint, journal, superblock};
 use crate::store::{Result, SnapshotInfo, State, Store, StoreError, now_secs};
 use std::sync::atomic::Ordering;
@@ -47,7 +48,7 @@ impl Store {
                 created: now_secs(),
                 name: journal::SnapName::new(name),
             };
-            self.commit_with(vec![entry], Vec::new(), &mut Vec::new(), false)?;
+            self.commit_with(vec![entry], Vec::new(), &mut Vec::new(), Committer::InOrder)?;
             self.note_snapshot_pause(held.elapsed());
             id
         };
@@ -111,7 +112,7 @@ impl Store {
             vec![journal::Entry::DeleteSnapshot { id }],
             Vec::new(),
             &mut Vec::new(),
-            false,
+            Committer::InOrder,
         )?;
         self.flush()?;
         self.wake_cleaner();

@@ -21,6 +21,7 @@ use crate::store::layout::{BLOCK, BLOCK_SIZE};
 use crate::store::log::checkpoint;
 use crate::store::log::journal::Entry;
 use crate::store::log::superblock::INCOMPAT_STAGING;
+use crate::store::log::write::Committer;
 use crate::store::map::staging::Staging;
 use crate::store::{Store, now_secs};
 
@@ -203,7 +204,7 @@ impl Store {
     }
 
     fn commit_entry(&self, e: Entry) -> Result<()> {
-        self.commit_with(vec![e], Vec::new(), &mut Vec::new(), false)
+        self.commit_with(vec![e], Vec::new(), &mut Vec::new(), Committer::InOrder)
             .map(|_| ())
     }
 }

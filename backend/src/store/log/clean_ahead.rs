@@ -5,6 +5,11 @@
 //! than the blocks those steps won back (docs/benchmarks.md, "More batches in flight, the next
 //! victim read ahead").
 //!
+//! The reads run on one thread kept for the cleaner's life (`keel-clean-read`), not one per
+//! step: a step comes every few milliseconds under load, and the segment-sized buffers a read
+//! fills go back to that thread once their copies are written, so its buffer pool serves the
+//! next read instead of a fresh, zeroed allocation each time.
+//!
 //! The two halves of a step share nothing but the store: the read-ahead victim stays pinned
 //! until its own step writes it, and that step drops every move the guest overtook meanwhile,
 //! so reading it early only costs copies that may have died since.
@@ -12,18 +17,66 @@
 use super::cleaner::{CleanReport, ReadVictims};
 use super::io_class::{ClassGuard, IoClass};
 use crate::store::Store;
+use crate::store::buf::AlignedBuf;
 use crate::store::error::Result;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::{Scope, ScopedJoinHandle};
 
-/// The victim read for the cleaner's next step, if any.
-#[derive(Default)]
-pub(in crate::store) struct CleanAhead {
+/// The cleaner's steps, with the victim read for the next one, if any.
+pub(in crate::store) struct CleanAhead<'scope> {
     next: Option<ReadVictims>,
+    /// The thread that reads ahead; none if it could not be started or has failed.
+    reader: Option<Reader<'scope>>,
+    /// Buffers of victims written, for the reader's pool.
+    used: Vec<AlignedBuf>,
 }
 
-impl CleanAhead {
+/// What the reader is asked for: the next victim, not one of `exclude`.
+struct Request {
+    class: IoClass,
+    max_live: u32,
+    exclude: Vec<u64>,
+    /// Buffers to give back to the reader's pool (dropped on its thread).
+    used: Vec<AlignedBuf>,
+}
+
+type Answer = Result<Option<ReadVictims>>;
+
+struct Reader<'scope> {
+    requests: Sender<Request>,
+    answers: Receiver<Answer>,
+    thread: ScopedJoinHandle<'scope, ()>,
+}
+
+impl<'scope> CleanAhead<'scope> {
+    /// Steps of cleaning `store`, reading ahead on a thread of `scope` (which outlives them).
+    pub fn new(scope: &'scope Scope<'scope, '_>, store: &'scope Store) -> Self {
+        let (requests, asked) = channel::<Request>();
+        let (answer, answers) = channel::<Answer>();
+        let spawned = std::thread::Builder::new()
+            .name("keel-clean-read".into())
+            .spawn_scoped(scope, move || serve(store, &asked, &answer));
+        let reader = match spawned {
+            Ok(thread) => Some(Reader {
+                requests,
+                answers,
+                thread,
+            }),
+            Err(e) => {
+                log::warn!("cleaner: no thread to read ahead, reading in turn ({e})");
+                None
+            }
+        };
+        Self {
+            next: None,
+            reader,
+            used: Vec::new(),
+        }
+    }
+
     /// One cleaning step of one victim: writes the one read ahead (or reads one now) and, with
-    /// `read_next`, reads the next one on a thread of its own (its I/O in `class` too) while
-    /// this one's copies are written. Nothing when no segment holds garbage worth reclaiming.
+    /// `read_next`, has the next one read (its I/O in `class` too) while this one's copies are
+    /// written. Nothing when no segment holds garbage worth reclaiming.
     pub fn step(
         &mut self,
         store: &Store,
@@ -38,43 +91,60 @@ impl CleanAhead {
                 None => return Ok(None),
             },
         };
-        let write = |current| {
+        let asked = read_next && self.ask(class, max_live, current.segments());
+        let written = {
             let mut cw = store.lock(&store.cleaner_writer);
-            store
-                .write_victims(&mut cw, current)
-                .map(|r| r.into_iter().next())
+            store.write_victims(&mut cw, current, &mut self.used)
         };
-        if !read_next {
-            return write(current);
+        if asked {
+            self.next = self.answer();
         }
-        let exclude = current.segments();
-        let (written, next) = std::thread::scope(|s| {
-            let reader = std::thread::Builder::new()
-                .name("keel-clean-read".into())
-                .spawn_scoped(s, || {
-                    let _class = ClassGuard::enter(class);
-                    store.read_victims(1, max_live, 0, &exclude)
-                });
-            let written = write(current);
-            let next = match reader.map(|h| h.join()) {
-                Ok(Ok(Ok(next))) => next,
-                Ok(Ok(Err(e))) => {
-                    log::warn!("cleaner: reading the next victim ahead: {e}");
-                    None
-                }
-                Ok(Err(_)) => {
-                    log::error!("cleaner: the thread reading ahead panicked");
-                    None
-                }
-                Err(e) => {
-                    log::debug!("cleaner: no thread to read ahead ({e})");
-                    None
-                }
-            };
-            (written, next)
-        });
-        self.next = next;
-        written
+        written.map(|r| r.into_iter().next())
+    }
+
+    /// Asks the reader for the next victim; whether it took the request.
+    fn ask(&mut self, class: IoClass, max_live: u32, exclude: Vec<u64>) -> bool {
+        let Some(reader) = &self.reader else {
+            return false;
+        };
+        let request = Request {
+            class,
+            max_live,
+            exclude,
+            used: std::mem::take(&mut self.used),
+        };
+        if reader.requests.send(request).is_ok() {
+            return true;
+        }
+        self.reader_failed();
+        false
+    }
+
+    /// The reader's answer to the request it took.
+    fn answer(&mut self) -> Option<ReadVictims> {
+        let reader = self.reader.as_ref()?;
+        match reader.answers.recv() {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => {
+                log::warn!("cleaner: reading the next victim ahead: {e}");
+                None
+            }
+            Err(_) => {
+                self.reader_failed();
+                None
+            }
+        }
+    }
+
+    /// The reader is gone (it only stops on its own by panicking): the steps go on reading
+    /// in turn.
+    fn reader_failed(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            drop(reader.requests);
+            if reader.thread.join().is_err() {
+                log::error!("cleaner: the thread reading ahead panicked; reading in turn");
+            }
+        }
     }
 
     /// The segments of the victim read ahead (none if none is).
@@ -84,5 +154,23 @@ impl CleanAhead {
             .as_ref()
             .map(ReadVictims::segments)
             .unwrap_or_default()
+    }
+
+    /// Whether reads ahead run on their thread.
+    #[cfg(test)]
+    pub fn reads_ahead(&self) -> bool {
+        self.reader.is_some()
+    }
+}
+
+/// The reader's life: one victim read per request, until the cleaner goes.
+fn serve(store: &Store, requests: &Receiver<Request>, answers: &Sender<Answer>) {
+    while let Ok(request) = requests.recv() {
+        drop(request.used);
+        let _class = ClassGuard::enter(request.class);
+        let read = store.read_victims(1, request.max_live, 0, &request.exclude);
+        if answers.send(read).is_err() {
+            return;
+        }
     }
 }

@@ -22,6 +22,7 @@ use crate::store::layout::BLOCK;
 use crate::store::log::alloc::SegmentWriter;
 use crate::store::log::journal::Entry;
 use crate::store::log::pace::{Levels, Pace};
+use crate::store::log::write::Committer;
 use crate::store::map::maps::VbaEntry;
 use crate::store::map::pins::PinGuard;
 use crate::store::ring_io::RingIo;
@@ -104,7 +105,7 @@ impl Store {
         self.ensure_ok()?;
         let mut cw = self.lock(&self.cleaner_writer);
         match self.read_victims(n, max_live, cw.free(), &[])? {
-            Some(read) => self.write_victims(&mut cw, read),
+            Some(read) => self.write_victims(&mut cw, read, &mut Vec::new()),
             None => Ok(Vec::new()),
         }
     }
@@ -115,7 +116,7 @@ impl Store {
     /// Nothing when no segment holds garbage worth reclaiming.
     ///
     /// Takes no lock the second half holds, so the background cleaner reads its next victim
-    /// while the copies of the last are written (`cleaner_ahead`). Whatever happens between
+    /// while the copies of the last are written (`clean_ahead`). Whatever happens between
     /// the two halves, the victims stay pinned (never reused) until written, and the second
     /// half drops every move the guest overtook.
     pub(in crate::store) fn read_victims(
@@ -226,11 +227,12 @@ impl Store {
     /// The second half of a cleaning step: copies the victims `read` into blocks of the
     /// cleaner's writer `cw` and commits their moves with the copies. A block tweaked by its
     /// VBA is copied as it is; any other encrypted block is decrypted and sealed again for
-    /// its new place.
+    /// its new place. The buffers the victims were read into go to `used` once copied.
     pub(in crate::store) fn write_victims(
         &self,
         cw: &mut SegmentWriter,
         read: ReadVictims,
+        used: &mut Vec<AlignedBuf>,
     ) -> Result<Vec<CleanReport>> {
         self.ensure_ok()?;
         let ReadVictims {
@@ -245,7 +247,7 @@ impl Store {
         for (v, src) in victims.iter().zip(&srcs) {
             self.copy_victim(cw, v, src, &mut moves, &mut runs)?;
         }
-        drop(srcs);
+        used.extend(srcs);
         // The copies and the record that moves them are issued together, as a guest batch is,
         // with several writes in flight.
         let gathers = runs
@@ -257,7 +259,7 @@ impl Store {
             moves,
             gathers,
             &mut cw.retired,
-            true,
+            Committer::Cleaner,
         )?;
         drop(pin);
         Counters::add_since(&self.stats.cleaner_write_us, t0);
@@ -455,7 +457,18 @@ impl Drop for CleanerHandle {
 }
 
 fn run(store: &Store, cfg: &CleanerConfig, stop: &AtomicBool) {
-    let mut ahead = CleanAhead::default();
+    std::thread::scope(|scope| {
+        clean_until_stopped(store, cfg, stop, CleanAhead::new(scope, store))
+    });
+}
+
+/// The cleaner's loop, its steps reading ahead through `ahead`.
+fn clean_until_stopped(
+    store: &Store,
+    cfg: &CleanerConfig,
+    stop: &AtomicBool,
+    mut ahead: CleanAhead<'_>,
+) {
     let mut release_helps = true;
     let mut has_victims = true;
     while !stop.load(Ordering::Acquire) {

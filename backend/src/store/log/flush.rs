@@ -16,6 +16,7 @@
 
 use super::superblock;
 use crate::store::log::journal::Entry;
+use crate::store::log::write::Committer;
 use crate::store::stats::Counters;
 use crate::store::{Result, Store};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ impl Store {
             vec![Entry::Flushed { lsn: through }],
             Vec::new(),
             &mut Vec::new(),
-            false,
+            Committer::InOrder,
         )?;
         Counters::add(&self.stats.flush_marks, 1);
         Ok(committed.lsn)

@@ -13,6 +13,7 @@
 //! held again: trees only gain new VBAs, or the ones of a live snapshot they revert to).
 
 use crate::store::log::journal::Entry;
+use crate::store::log::write::Committer;
 use crate::store::map::maps::Reclaim;
 use crate::store::{Result, Store};
 
@@ -71,7 +72,7 @@ impl Store {
         p.done = end;
         if !free.is_empty() {
             let entries = free.iter().map(|&vba| Entry::Release { vba }).collect();
-            self.commit_with(entries, Vec::new(), &mut Vec::new(), false)?;
+            self.commit_with(entries, Vec::new(), &mut Vec::new(), Committer::InOrder)?;
         }
         Ok(true)
     }

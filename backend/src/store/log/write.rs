@@ -286,21 +286,18 @@ impl Store {
     /// Writes `runs` (byte offset, parts) and one journal record holding `entries` through the
     /// store's device, applying the record to the maps (in LSN order) while the writes are in
     /// flight. On an encrypted container the runs are sealed first, once, and the checksums of
-    /// their entries set over the ciphertext (see `seal::seal_batch`). With
-    /// `drop_stale_moves`, cleaner moves whose VBA left its old block are removed first, and
-    /// the commit returns once its own writes are done: the cleaner's record answers no one,
-    /// so it need not wait for the guest batches still in flight before it. Any other commit
-    /// returns once every earlier record is written too. Segments in `retired` close once
-    /// every record up to this one is written.
+    /// their entries set over the ciphertext (see `seal::seal_batch`). `by` says what the
+    /// record may drop and when the call returns (see [`Committer`]). Segments in `retired`
+    /// close once every record up to this one is written.
     pub(in crate::store) fn commit_with(
         &self,
         entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
-        drop_stale_moves: bool,
+        by: Committer,
     ) -> Result<Committed> {
         let io = &mut DeviceIo(self.data.raw());
-        self.commit_through(io, entries, runs, retired, drop_stale_moves)
+        self.commit_through(io, entries, runs, retired, by)
     }
 
     /// [`commit_with`](Self::commit_with), issuing the writes through `io`.
@@ -310,7 +307,7 @@ impl Store {
         mut entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
-        drop_stale_moves: bool,
+        by: Committer,
     ) -> Result<Committed> {
         let sealed = seal_for_store(&self.data, &mut entries, &runs)?;
         let runs = match &sealed {
@@ -319,7 +316,7 @@ impl Store {
         };
         let j = self.lock(&self.journal);
         self.ensure_ok()?;
-        if drop_stale_moves {
+        if by == Committer::Cleaner {
             let st = self.read_lock(&self.state);
             entries.retain(|e| match *e {
                 Entry::Move { vba, old_pba, .. } => st
@@ -330,11 +327,7 @@ impl Store {
                 _ => true,
             });
         }
-        let answer = match drop_stale_moves {
-            true => Answer::Own,
-            false => Answer::InOrder,
-        };
-        self.commit_locked_through(io, j, entries, runs, retired, answer)
+        self.commit_locked_through(io, j, entries, runs, retired, by)
     }
 
     /// [`commit_with`](Self::commit_with) once the caller holds the journal lock, has settled
@@ -348,7 +341,7 @@ impl Store {
         retired: &mut Vec<u64>,
     ) -> Result<Committed> {
         let io = &mut DeviceIo(self.data.raw());
-        self.commit_locked_through(io, j, entries, runs, retired, Answer::InOrder)
+        self.commit_locked_through(io, j, entries, runs, retired, Committer::InOrder)
     }
 
     /// [`commit_locked`](Self::commit_locked), issuing the writes through `io`.
@@ -359,7 +352,7 @@ impl Store {
         entries: Vec<Entry>,
         runs: Vec<Gather<'_>>,
         retired: &mut Vec<u64>,
-        answer: Answer,
+        by: Committer,
     ) -> Result<Committed> {
         let extents = (runs.iter()).map(|(at, parts)| (at / BLOCK, run_blocks(parts)));
         let Some(mut r) = self.reserve_record(j, entries, extents, retired, Waits::Allowed)? else {
@@ -382,9 +375,9 @@ impl Store {
                 Err(e)
             }
         };
-        match answer {
-            Answer::InOrder => self.finish_commit(r.lsn, written)?,
-            Answer::Own => self.note_written(r.lsn, written)?,
+        match by {
+            Committer::InOrder => self.finish_commit(r.lsn, written)?,
+            Committer::Cleaner => self.note_written(r.lsn, written)?,
         }
         Ok(Committed {
             entries: r.count,
@@ -608,14 +601,18 @@ impl Store {
     }
 }
 
-/// When a commit returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    /// Once every earlier record is written too: what it wrote is answered to a guest, and
-    /// an answered batch never depends on a record that could still be lost.
+/// Who commits a record: what it may drop and when the commit returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::store) enum Committer {
+    /// Guest batches, flush marks and administrative records: kept whole, and returned once
+    /// every earlier record is written too, since what they wrote is answered and an answered
+    /// batch never depends on a record that could still be lost.
     InOrder,
-    /// Once its own writes are done (the cleaner's moves).
-    Own,
+    /// The cleaner's moves: those whose VBA left its old block since they were listed (the
+    /// guest overtook them) are dropped under the journal lock, and the commit returns once
+    /// its own writes are done; its record answers no one, so it need not wait for the guest
+    /// batches still in flight before it.
+    Cleaner,
 }
 
 /// Blocks a gather list covers.
