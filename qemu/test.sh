@@ -492,7 +492,7 @@ size = "1G"' || return 1
 
 # The snapshot-space probe in a real guest: a 1 GiB keel disk (default spare) written in full and
 # snapshotted, served with max_size; fio in the guest writes 640 MiB over the snapshotted data
-# (three times what the container had free) and verifies it: no write fails, the container file
+# (two and a half times what the container had free) and verifies it: no write fails, the container file
 # grows, and `keel stats` shows the blocks the snapshot pins.
 test_fio_verify_snapshot_space_grows() {
     local before after stats

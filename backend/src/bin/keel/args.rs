@@ -224,7 +224,7 @@ pub struct GeometryArgs {
     /// Spare data space for the cleaner beyond the size: a percentage ("25%") or bytes
     /// ("512M"), 15% to 400% of the size. More spare: faster random writes on a full disk,
     /// less write amplification, more host space (docs/benchmarks.md has the trade-off).
-    #[arg(long, value_parser = Spare::parse, default_value = "20%")]
+    #[arg(long, value_parser = Spare::parse, default_value = "25%")]
     pub spare: Spare,
     /// Encrypt the new container with this cipher (the key comes from --key-file); chosen
     /// once, when the container is made.
