@@ -7,8 +7,8 @@ use crate::store::layout::{BLOCK, Geometry};
 
 /// Spare space of a container made with no choice given, in percent of the capacity: guest
 /// data then fills 80 % of the data space. A 2 GiB disk overwritten at random after a
-/// sequential fill costs the cleaner 1.72 moved blocks per guest block at 25 %, 2.29 at 20 %
-/// (docs/benchmarks.md, "Spare space"), for 4 % more host space.
+/// sequential fill costs the cleaner 1.71 moved blocks per guest block at 25 %, 2.22 at 20 %
+/// (docs/benchmarks.md, "A default spare of 25 %"), for 4 % more host space.
 pub const DEFAULT_SPARE_PERCENT: u64 = 25;
 /// The least spare a container's disk grows down to in place (`keel resize` on a container
 /// that cannot grow).
