@@ -38,7 +38,13 @@ pub fn mark_batch(spare: u64, urgent: bool) -> u64 {
     } else {
         MARK_BATCH
     };
-    want.min(spare / 16).max(1)
+    want.min(urgent_share(spare) / 2).max(1)
+}
+
+/// The share of a container's `spare` segments kept free above the reserve before the cleaner
+/// works without pause (the urgent margin, before [`Levels::new`] clamps it).
+fn urgent_share(spare: u64) -> u64 {
+    spare / 8
 }
 
 /// What the cleaner should do now.
@@ -63,7 +69,7 @@ impl Levels {
     /// Levels above `reserve` free segments for a container with `spare` spare segments.
     pub fn new(reserve: u64, spare: u64, low_water: u64, ahead_percent: u64) -> Self {
         let margin = |n: u64| n.clamp(2, low_water.max(2));
-        let urgent = reserve + margin(spare / 8);
+        let urgent = reserve + margin(urgent_share(spare));
         Self {
             urgent,
             target: urgent + margin(spare * ahead_percent / 100),
