@@ -374,8 +374,73 @@ impl<V: TreeValue> Forest<V> {
             children.remove(idx);
         } else {
             children[idx] = wc;
+            self.merge_sparse_leaf(id, idx, seq, frozen);
         }
         old
+    }
+
+    /// Merges child `idx` of internal node `id` (private to this operation) into a neighbour
+    /// when it is a leaf under a quarter full and the two fit in three quarters of a leaf.
+    /// Keys removed at random from a tree only ever appended to (the VBA map: a block's VBA
+    /// dies when it is overwritten, and new ones are handed out at the end) would otherwise
+    /// leave leaves that never refill: under random overwrites such a tree settled at about a
+    /// sixth of its leaves' room, and a checkpoint rewrote six times the nodes. Only a
+    /// neighbour this operation may change in place is merged into: copying one a snapshot
+    /// shares would cost a node to save one.
+    fn merge_sparse_leaf(&mut self, id: NodeId, idx: usize, seq: u64, frozen: u64) {
+        let cap = leaf_cap::<V>();
+        let children = match &self.node(id).body {
+            Body::Internal { children, .. } => children.clone(),
+            Body::Leaf { .. } => return,
+        };
+        let len = |f: &Self, c: NodeId| match &f.node(c).body {
+            Body::Leaf { entries } => Some(entries.len()),
+            Body::Internal { .. } => None,
+        };
+        let Some(mine) = len(self, children[idx]) else {
+            return;
+        };
+        if mine * 4 >= cap {
+            return;
+        }
+        let fits = |f: &Self, c: NodeId| {
+            f.changes_in_place(c, frozen) && len(f, c).is_some_and(|n| (n + mine) * 4 <= cap * 3)
+        };
+        // The left one of the pair keeps the entries (its first key stays the pair's least).
+        let left = match (idx.checked_sub(1), children.get(idx + 1)) {
+            (Some(l), _) if fits(self, children[l]) => l,
+            (_, Some(&r)) if fits(self, r) => idx,
+            _ => return,
+        };
+        let (lid, rid) = (children[left], children[left + 1]);
+        let (lid, rid) = (
+            self.writable(lid, seq, frozen),
+            self.writable(rid, seq, frozen),
+        );
+        let Body::Leaf { entries: moved } = std::mem::replace(
+            &mut self.node_mut(rid).body,
+            Body::Leaf {
+                entries: Vec::new(),
+            },
+        ) else {
+            unreachable!("node {rid} changed kind during a merge")
+        };
+        if let Body::Leaf { entries } = &mut self.node_mut(lid).body {
+            entries.extend(moved);
+        }
+        self.unref(rid);
+        let Body::Internal { keys, children } = &mut self.node_mut(id).body else {
+            unreachable!("node {id} changed kind during a merge")
+        };
+        children[left] = lid;
+        keys.remove(left + 1);
+        children.remove(left + 1);
+    }
+
+    /// Whether the operation may change node `id` in place ([`writable`](Self::writable)
+    /// would not copy it), reached through a parent private to it.
+    fn changes_in_place(&self, id: NodeId, frozen: u64) -> bool {
+        self.node(id).seq > frozen.max(self.pin_seq) || self.refs(id) == 1
     }
 
     /// Calls `f` for every entry with `lo <= key < hi`, in key order.

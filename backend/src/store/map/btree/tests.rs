@@ -44,6 +44,51 @@ fn insert_lookup_range_remove() {
     );
 }
 
+/// Keys handed out in order and removed at random, as a disk's VBAs are under random
+/// overwrites: sparse leaves merge, so the tree keeps its leaves about half full instead of
+/// settling at a sixth (without merging, a leaf lives until its last key is removed).
+#[test]
+fn random_removals_from_an_appended_tree_keep_its_leaves_filled() {
+    let cap = leaf_cap::<V>() as u64;
+    let live_keys = 40 * cap;
+    let mut f = Forest::<V>::new();
+    let mut root = f.new_leaf(1);
+    let mut model = BTreeMap::new();
+    let mut live = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..live_keys {
+        f.insert(&mut root, next, V(next), 1, 0);
+        model.insert(next, V(next));
+        live.push(next);
+        next += 1;
+    }
+    let packed = f.live_nodes();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..8 * live_keys {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let victim = live.swap_remove((x % live.len() as u64) as usize);
+        assert_eq!(
+            f.remove(&mut root, victim, 2 + round, 0),
+            model.remove(&victim)
+        );
+        f.insert(&mut root, next, V(next), 2 + round, 0);
+        model.insert(next, V(next));
+        live.push(next);
+        next += 1;
+    }
+    let mut problems = Vec::new();
+    assert_eq!(f.verify(root, &mut problems, "t"), live_keys);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(f.entries(root), model.into_iter().collect::<Vec<_>>());
+    let nodes = f.live_nodes();
+    assert!(
+        nodes * 3 < packed * 7,
+        "{nodes} nodes for {live_keys} keys, {packed} when packed"
+    );
+}
+
 /// A tree of 1000 keys written at seq 1 and frozen as a snapshot: (forest, running, snapshot).
 fn snapshotted_tree() -> (Forest<V>, NodeId, NodeId) {
     let mut f = Forest::<V>::new();
