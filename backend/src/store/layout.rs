@@ -73,7 +73,10 @@ impl Geometry {
 
     /// Segments kept back from guest writes so checkpoints and the cleaner can always run:
     /// room for a complete second copy of both maps at half-full nodes plus a few segments
-    /// for the cleaner's moves.
+    /// for the cleaner's moves. This sizes the container; a running store keeps back less
+    /// once it knows how large its trees are ([`Sut::reserved_segments`]).
+    ///
+    /// [`Sut::reserved_segments`]: crate::store::map::sut::Sut::reserved_segments
     pub fn reserved_segments(&self) -> u64 {
         self.checkpoint_reserve() + 4
     }
@@ -87,6 +90,13 @@ impl Geometry {
         // twice (the old checkpoint stays live until the new one commits).
         let tree_blocks = entries / 100 + entries / 80;
         (2 * tree_blocks).div_ceil(self.seg_blocks) + 2
+    }
+
+    /// Segments one checkpoint of `blocks` blocks (tree nodes, usage table, root) may fill:
+    /// the table and the root each go in one run inside a segment, so up to two segments'
+    /// tails may be left behind.
+    pub fn checkpoint_segments(&self, blocks: u64) -> u64 {
+        blocks.div_ceil(self.seg_blocks) + 2
     }
 }
 

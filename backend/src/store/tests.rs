@@ -26,6 +26,7 @@ mod several_victims;
 mod space;
 mod staging;
 mod stored_crc;
+mod tree_reserve;
 mod vba_tweak;
 
 use super::seal::Key;

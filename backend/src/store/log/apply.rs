@@ -39,4 +39,17 @@ pub fn apply(maps: &mut Maps, lsn: u64, entries: &[Entry], sut: &mut Sut) {
         }
     }
     sut.applying(None);
+    note_trees(maps, sut);
+}
+
+/// Tells the usage table how large the trees are, which sizes the free space kept for the
+/// next checkpoint. Skipped while a checkpoint holds trees pinned: it placed their nodes
+/// when it froze, and the copies made since replace nodes it frees.
+pub fn note_trees(maps: &Maps, sut: &mut Sut) {
+    if maps.lba.is_pinned() || maps.vba.is_pinned() {
+        return;
+    }
+    let roots = maps.snapshots.len() + maps.doomed.len() + usize::from(maps.staging.is_some());
+    let nodes = maps.lba.live_nodes() + maps.vba.live_nodes();
+    sut.note_trees(nodes as u64, super::checkpoint::root_blocks(roots) as u64);
 }

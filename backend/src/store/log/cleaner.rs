@@ -145,7 +145,7 @@ impl Store {
             // Every copy must find room in the cleaner's open segment and the free segments
             // it may take before any victim is released; the first victim is tried whatever
             // (taking blocks makes room if it can).
-            let keep = self.geo.checkpoint_reserve() / 2 + 1;
+            let keep = st.sut.cleaner_keep() + 1;
             let room = cleaner_room + st.sut.free_count().saturating_sub(keep) * seg_blocks;
             let mut need = 0;
             let mut chosen = Vec::with_capacity(n);
@@ -365,6 +365,12 @@ impl Store {
         self.read_lock(&self.state).sut.free_count()
     }
 
+    /// Free segments guest writes leave to checkpoints and the cleaner, sized from the trees
+    /// as they now are ([`Sut::reserved_segments`](crate::store::map::sut::Sut::reserved_segments)).
+    pub fn reserved_segments(&self) -> u64 {
+        self.read_lock(&self.state).sut.reserved_segments()
+    }
+
     /// Emptied segments waiting for a durable mark or the next checkpoint.
     pub fn pending_segments(&self) -> u64 {
         self.read_lock(&self.state).sut.pending_count()
@@ -487,7 +493,7 @@ fn clean_until_stopped(
         }
         let free = store.free_segments();
         let geo = store.geometry();
-        let reserve = geo.reserved_segments();
+        let reserve = store.reserved_segments();
         let pending = store.pending_segments();
         let spare = crate::store::log::spare::spare_segments(&geo);
         let levels = Levels::new(reserve, spare, cfg.low_water, cfg.ahead_percent);

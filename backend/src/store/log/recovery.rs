@@ -299,6 +299,7 @@ pub(crate) fn load(dev: &dyn BlockDevice, data: &DataView, rewind: bool) -> Resu
         );
     }
     state.sut.rebuild_free();
+    super::apply::note_trees(&state.maps, &mut state.sut);
     let report = RecoveryReport {
         superblock_generation: sb.generation,
         other_superblock: picked.other_problem,

@@ -218,9 +218,10 @@ impl Store {
         let running = count_entries(&st.maps.lba, st.maps.running);
         let held = st.sut.held_blocks();
         let free_segs = st.sut.free_count();
+        let reserve = st.sut.reserved_segments();
         drop(st);
         let total = geo.data_segments() * geo.seg_blocks;
-        let spare = free_segs.min(geo.reserved_segments()) * geo.seg_blocks;
+        let spare = free_segs.min(reserve) * geo.seg_blocks;
         let free = free_segs * geo.seg_blocks - spare;
         let live = running.min(data);
         let used_percent = self.used_percent(held);
@@ -257,7 +258,7 @@ impl Store {
             };
             let free = st.sut.free_count();
             let in_use = geo.data_segments().saturating_sub(free) * geo.seg_blocks;
-            free < geo.reserved_segments() + GROW_BELOW_FREE
+            free < st.sut.reserved_segments() + GROW_BELOW_FREE
                 && st.sut.held_blocks() * 100 >= in_use * GROW_WHEN_HELD_PERCENT
         };
         if !(short || starved) {

@@ -51,6 +51,9 @@ pub struct Sut {
     /// for the cleaner's segments the newest stamp of the victims copied into it (relocated
     /// data keeps its age). 0 after an open: every segment is then as old.
     stamp: Vec<u64>,
+    /// Blocks a checkpoint of the trees as they now are would write at most (every node, the
+    /// usage table, the root), once the store has told it (see [`note_trees`](Self::note_trees)).
+    checkpoint_blocks: Option<u64>,
 }
 
 impl Sut {
@@ -75,6 +78,7 @@ impl Sut {
             held: 0,
             clock: 0,
             stamp: vec![0; n],
+            checkpoint_blocks: None,
         };
         s.rebuild_free();
         s
@@ -158,11 +162,52 @@ impl Sut {
         }
     }
 
+    /// The trees now have `nodes` nodes and a root of `root_blocks` blocks: a checkpoint
+    /// writes at most those and the usage table. Called as records are applied, while no
+    /// checkpoint holds trees pinned (a pinned checkpoint already placed its nodes, and the
+    /// copies made meanwhile replace nodes it frees).
+    pub fn note_trees(&mut self, nodes: u64, root_blocks: u64) {
+        self.checkpoint_blocks = Some(nodes + root_blocks + Self::encoded_blocks(&self.geo));
+    }
+
+    /// Segments one checkpoint of the trees may fill: as measured from them once known, and
+    /// never more than the container's worst case (a copy of both maps at half-full nodes).
+    fn checkpoint_room(&self) -> u64 {
+        let worst = self.geo.checkpoint_reserve() / 2;
+        match self.checkpoint_blocks {
+            Some(b) => self.geo.checkpoint_segments(b).min(worst),
+            None => worst,
+        }
+    }
+
+    /// Free segments the cleaner leaves to checkpoints: room for one of the trees as they
+    /// are, which then may take the last free segment. The segments the cleaner empties come
+    /// back only when a checkpoint or a mark releases them, so using up that room would
+    /// leave none for the checkpoint that releases its work.
+    pub fn cleaner_keep(&self) -> u64 {
+        self.checkpoint_room()
+    }
+
+    /// Free segments guest writes leave to checkpoints and the cleaner: the cleaner's share
+    /// ([`cleaner_keep`](Self::cleaner_keep)) and half as much again, plus four segments for
+    /// the cleaner's moves. Sized from the trees as they are, not from the container's
+    /// worst case ([`Geometry::reserved_segments`], kept once the trees are that large, and
+    /// before they are known): on a full 2 GiB disk
+    /// the maps take about 7 segments while that worst case keeps back 30, free segments
+    /// the cleaner could not use as room for garbage.
+    pub fn reserved_segments(&self) -> u64 {
+        let worst = self.geo.reserved_segments();
+        let room = self.checkpoint_room();
+        match self.checkpoint_blocks {
+            Some(_) if room < self.geo.checkpoint_reserve() / 2 => (room + room / 2 + 4).min(worst),
+            _ => worst,
+        }
+    }
+
     /// Free segments a guest writer may still take ([`grab`](Self::grab) without the
     /// reserve).
     pub fn free_for_guests(&self) -> u64 {
-        self.free_count()
-            .saturating_sub(self.geo.reserved_segments())
+        self.free_count().saturating_sub(self.reserved_segments())
     }
 
     /// Takes a free segment for a writer. Guest writers (`use_reserve == false`) leave the
@@ -170,8 +215,8 @@ impl Sut {
     /// the checkpoints' share of it; checkpoints (metadata) may take the last segment.
     pub fn grab(&mut self, kind: SegKind, use_reserve: bool) -> Option<u64> {
         let keep = match (use_reserve, kind) {
-            (false, _) => self.geo.reserved_segments(),
-            (true, SegKind::Data) => self.geo.checkpoint_reserve() / 2,
+            (false, _) => self.reserved_segments(),
+            (true, SegKind::Data) => self.cleaner_keep(),
             (true, _) => 0,
         };
         if keep > 0 && self.free_count() <= keep {
@@ -467,6 +512,54 @@ mod tests {
         }
         assert_eq!(s.free_count(), g.reserved_segments());
         assert!(n > 0);
+        assert!(s.grab(SegKind::Meta, true).is_some());
+    }
+
+    #[test]
+    fn the_reserve_follows_the_trees_and_never_exceeds_the_worst_case() {
+        // 64 MiB in 64 KiB segments: the worst case keeps back far more than small trees need.
+        let g = Geometry {
+            seg_blocks: 16,
+            segments: 1400,
+            journal_segments: 2,
+            capacity: 64 << 20,
+        };
+        let mut s = Sut::new(g);
+        assert_eq!(
+            s.reserved_segments(),
+            g.reserved_segments(),
+            "trees not known yet"
+        );
+        assert_eq!(s.cleaner_keep(), g.checkpoint_reserve() / 2);
+        // 100 nodes, a one-block root, the table's three blocks: 104 blocks, 7 segments, and
+        // two for the table's and the root's runs.
+        s.note_trees(100, 1);
+        assert_eq!(Sut::encoded_blocks(&g), 3);
+        assert_eq!(s.cleaner_keep(), 9);
+        assert_eq!(s.reserved_segments(), 9 + 4 + 4);
+        assert!(s.reserved_segments() < g.reserved_segments());
+        let mut taken = 0;
+        while s.grab(SegKind::Data, false).is_some() {
+            taken += 1;
+        }
+        assert_eq!(
+            s.free_count(),
+            17,
+            "guest writers leave the reserve the trees need"
+        );
+        assert!(taken > 0);
+        // The cleaner leaves the checkpoints' share; a checkpoint may take the rest.
+        while s.grab(SegKind::Data, true).is_some() {}
+        assert_eq!(s.free_count(), 9);
+        // Trees that grew (a snapshot's copies) raise both, up to the worst case.
+        s.note_trees(1_000_000, 1);
+        assert_eq!(s.cleaner_keep(), g.checkpoint_reserve() / 2);
+        assert_eq!(s.reserved_segments(), g.reserved_segments());
+        assert_eq!(s.free_for_guests(), 0);
+        assert!(
+            s.grab(SegKind::Data, true).is_none(),
+            "below the cleaner's share now"
+        );
         assert!(s.grab(SegKind::Meta, true).is_some());
     }
 

@@ -42,7 +42,7 @@ fn served_with(io: CleanerIo) -> StoreOptions {
 fn levels(s: &Store, cfg: &CleanerConfig) -> Levels {
     let geo = s.geometry();
     Levels::new(
-        geo.reserved_segments(),
+        s.reserved_segments(),
         crate::store::log::spare::spare_segments(&geo),
         cfg.low_water,
         cfg.ahead_percent,

@@ -79,7 +79,7 @@ pub(crate) fn ring_room(s: &Store) -> u64 {
 /// free segments beyond the reserve (a writer that found none would take a checkpoint, which
 /// waits for the frozen one).
 pub(crate) fn room_for_a_batch(s: &Store) -> bool {
-    ring_room(s) >= 8 && s.free_segments() >= s.geometry().reserved_segments() + 8
+    ring_room(s) >= 8 && s.free_segments() >= s.reserved_segments() + 8
 }
 
 fn write(s: &Store, lba: u64, byte: u8) {

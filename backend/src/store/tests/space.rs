@@ -55,7 +55,7 @@ fn the_figures_add_up_and_a_snapshot_pins_exactly_the_overwritten_blocks() {
     );
     assert_eq!(
         empty.spare_bytes,
-        geo.reserved_segments() * geo.seg_blocks * BLOCK
+        s.reserved_segments() * geo.seg_blocks * BLOCK
     );
 
     write_blocks(&s, 0, 64, 1).unwrap();
