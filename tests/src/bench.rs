@@ -116,6 +116,10 @@ pub struct RunOptions {
     /// keel-client only: indirect descriptors and EVENT_IDX when the device offers them.
     pub indirect: bool,
     pub event_idx: bool,
+    /// Mixed into the random offsets' seed: runs with the same seed write the same blocks in
+    /// the same order (as fio's `randrepeat`), so a measurement after an overwrite with the
+    /// same seed rewrites the blocks that overwrite wrote first. 0 by default.
+    pub seed: u64,
 }
 
 impl RunOptions {
@@ -127,6 +131,7 @@ impl RunOptions {
             poll,
             indirect: true,
             event_idx: true,
+            seed: 0,
         }
     }
 }
@@ -168,7 +173,7 @@ struct Offsets {
 }
 
 impl Offsets {
-    fn new(w: &Workload, index: usize, queues: usize) -> Self {
+    fn new(w: &Workload, index: usize, queues: usize, seed: u64) -> Self {
         let blocks = (w.span / w.block_size as u64).max(1);
         let random = w.pattern.is_random();
         let zipf = (w.pattern == Pattern::ZipfWrite).then(|| {
@@ -176,7 +181,7 @@ impl Offsets {
             let d = rand_distr::Zipf::new(blocks as f64, 1.2).expect("zipf over a non-empty span");
             (
                 d,
-                rand::rngs::SmallRng::seed_from_u64(0x5eed ^ index as u64),
+                rand::rngs::SmallRng::seed_from_u64(0x5eed ^ index as u64 ^ seed << 32),
             )
         });
         let per = (blocks / queues as u64).max(1);
@@ -186,7 +191,9 @@ impl Offsets {
             ((index as u64 * per).min(blocks - 1), per.min(blocks))
         };
         Self {
-            rng: Rng(0x2545_f491_4f6c_dd1d ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            rng: Rng(0x2545_f491_4f6c_dd1d
+                ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ seed.wrapping_mul(0xd1b5_4a32_d192_ed03)),
             pattern: w.pattern,
             zipf,
             block_size: w.block_size as u64,
@@ -302,7 +309,7 @@ fn run_limited(
             .map(|(i, mut q)| {
                 s.spawn(move || {
                     let limit = ops_limit.map(|n| n.div_ceil(opts.queues as u64));
-                    drive(q.as_mut(), w, i, opts.queues, opts.poll, window, limit)
+                    drive(q.as_mut(), w, (i, opts), window, limit)
                 })
             })
             .collect();
@@ -402,13 +409,12 @@ fn wait_polling(q: &mut dyn QueueDriver, out: &mut Vec<(usize, bool)>) -> Result
 fn drive(
     q: &mut dyn QueueDriver,
     w: &Workload,
-    index: usize,
-    queues: usize,
-    poll: bool,
+    (index, opts): (usize, &RunOptions),
     (measure_from, end): (Instant, Instant),
     ops_limit: Option<u64>,
 ) -> Result<QueueStats, String> {
-    let mut offsets = Offsets::new(w, index, queues);
+    let poll = opts.poll;
+    let mut offsets = Offsets::new(w, index, opts.queues, opts.seed);
     let read = w.pattern.is_read();
     let mut stats = QueueStats::new();
     let mut started = vec![Instant::now(); w.queue_depth];
@@ -499,6 +505,36 @@ mod tests {
     use super::*;
 
     /// How many of `n` offsets of `pattern` over 10 000 blocks land in each block.
+    /// The first `n` offsets of `pattern` with `seed`.
+    fn sequence(pattern: Pattern, seed: u64, n: usize) -> Vec<u64> {
+        let w = Workload {
+            pattern,
+            block_size: 4096,
+            queue_depth: 1,
+            span: 1 << 30,
+            runtime: Duration::ZERO,
+            warmup: Duration::ZERO,
+        };
+        let mut offsets = Offsets::new(&w, 0, 1, seed);
+        (0..n).map(|_| offsets.next()).collect()
+    }
+
+    #[test]
+    fn a_seed_draws_its_own_sequence_and_the_same_seed_replays_it() {
+        for pattern in [Pattern::RandWrite, Pattern::ZipfWrite, Pattern::HotWrite] {
+            let (a, b) = (sequence(pattern, 5, 1000), sequence(pattern, 6, 1000));
+            assert_eq!(a, sequence(pattern, 5, 1000), "{pattern:?}");
+            let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+            assert!(same < 100, "{pattern:?}: {same} of 1000 offsets alike");
+        }
+        let seq = sequence(Pattern::SeqWrite, 0, 10);
+        assert_eq!(
+            seq,
+            sequence(Pattern::SeqWrite, 9, 10),
+            "sequential runs ignore it"
+        );
+    }
+
     fn hits(pattern: Pattern, n: usize) -> Vec<u32> {
         let w = Workload {
             pattern,
@@ -508,7 +544,7 @@ mod tests {
             runtime: Duration::ZERO,
             warmup: Duration::ZERO,
         };
-        let mut offsets = Offsets::new(&w, 0, 1);
+        let mut offsets = Offsets::new(&w, 0, 1, 0);
         let mut hits = vec![0u32; 10_000];
         for _ in 0..n {
             let off = offsets.next();

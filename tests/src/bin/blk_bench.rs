@@ -59,6 +59,9 @@ struct Args {
     /// keel-client: no EVENT_IDX notification suppression.
     #[arg(long)]
     no_event_idx: bool,
+    /// Seed of the random offsets: the same seed writes the same blocks in the same order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[arg(long)]
     json: bool,
 }
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         poll: args.poll,
         indirect: !args.no_indirect,
         event_idx: !args.no_event_idx,
+        seed: args.seed,
     };
     let r = match args.bytes {
         Some(bytes) => bench::run_bytes_with(&args.socket, &w, &opts, bytes),

@@ -15,7 +15,9 @@ use std::time::Duration;
 use clap::Parser;
 use keel_backend::control::client::ControlClient;
 use keel_protocol::control::DiskStats;
-use keel_tests::bench::{self, Measurement, Pattern, Running, Workload, median};
+use keel_tests::bench::{
+    self, ClientKind, Measurement, Pattern, RunOptions, Running, Workload, median,
+};
 use keel_tests::bench_args;
 use keel_tests::keeld::{
     keeld_binary_near_exe, spawn_keel_bench_disk, spawn_keel_bench_disk_keys, wait_for_socket,
@@ -337,8 +339,16 @@ fn one_run(server: Server, a: &Args) -> RunResult {
             m.lat_p99_us
         );
     };
-    let run = |w: &Workload| {
-        let m = bench::run(&s.sock, w, false)
+    // Every phase draws its own random offsets: one that replayed an earlier phase's
+    // sequence would read (or rewrite) the blocks that phase wrote in the order it wrote
+    // them, which in a log is the order they lie on the device.
+    let seeded = |seed| RunOptions {
+        seed,
+        ..RunOptions::new(ClientKind::Blkio, false)
+    };
+    let run = |w: &Workload, seed: u64| {
+        let m = bench::run_with(&s.sock, w, &seeded(seed))
+            .map(|r| r.measurement)
             .unwrap_or_else(|e| panic!("{server:?} {}: {e}", w.label()));
         std::thread::sleep(Duration::from_millis(100));
         show(w, &m);
@@ -355,7 +365,8 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     // than the container holds before Keel's cleaner must start (a timed run wrote more, the
     // faster the server).
     let fresh = wl(Pattern::RandWrite, 4096, 32, a.runtime);
-    let randwrite_fresh = bench::run_bytes(&s.sock, &fresh, a.size / 2)
+    let randwrite_fresh = bench::run_bytes_with(&s.sock, &fresh, &seeded(1), a.size / 2)
+        .map(|r| r.measurement)
         .unwrap_or_else(|e| panic!("{server:?} {}: {e}", fresh.label()));
     std::thread::sleep(Duration::from_millis(100));
     show(&fresh, &randwrite_fresh);
@@ -370,19 +381,20 @@ fn one_run(server: Server, a: &Args) -> RunResult {
     show(&fill, &fill_seq);
     let cleaning_fill = breakdown(before, stats(&s));
     std::thread::sleep(a.settle);
-    let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let randread_after_seq = run(&wl(Pattern::RandRead, 4096, 32, a.runtime), 2);
     let before = stats(&s);
-    let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
+    let randwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime), 3);
     let after = stats(&s);
     let cleaning_full = breakdown(before.clone(), after.clone());
     let metadata_per_write_full = per_write(before, after);
-    let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime));
+    let randread_after_random = run(&wl(Pattern::RandRead, 4096, 32, a.runtime), 4);
     let whole = wl(Pattern::RandWrite, 4096, 32, a.runtime);
-    let overwrite = bench::run_bytes(&s.sock, &whole, a.size)
+    let overwrite = bench::run_bytes_with(&s.sock, &whole, &seeded(5), a.size)
+        .map(|r| r.measurement)
         .unwrap_or_else(|e| panic!("{server:?} overwrite: {e}"));
     show(&whole, &overwrite);
     let before = stats(&s);
-    let randwrite_after_overwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime));
+    let randwrite_after_overwrite = run(&wl(Pattern::RandWrite, 4096, 32, a.runtime), 6);
     let cleaning_after_overwrite = breakdown(before, stats(&s));
     let compression_ratio = stats(&s).and_then(|s| s.compression_ratio);
     RunResult {
