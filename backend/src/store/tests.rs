@@ -102,6 +102,13 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The first `len` bytes of the disk.
+pub(super) fn read_all(s: &Store, len: usize) -> Vec<u8> {
+    let mut img = vec![0u8; len];
+    s.read(0, &mut img).unwrap();
+    img
+}
+
 pub(super) fn new_store(opts: &CreateOptions) -> (Arc<FaultyDevice>, Store) {
     let geo = opts.geometry().unwrap();
     let dev = Arc::new(FaultyDevice::new(geo.container_bytes()));

@@ -2,7 +2,7 @@
 //! the guest to go idle; with it at work, the disk always reads as the model says, and a crash
 //! at any moment recovers to a state after the last completed flush.
 
-use super::small_opts;
+use super::{read_all, small_opts};
 use crate::store::log::pace::Levels;
 use crate::store::{CleanerConfig, CleanerHandle, CleanerIo, Op, Store, StoreOptions};
 use crate::testing::{FaultyDevice, SplitMix};
@@ -84,12 +84,6 @@ fn apply(s: &Store, reqs: &[(u64, Option<Vec<u8>>)]) -> crate::store::Result<()>
         })
         .collect();
     s.write_batch(0, &ops)
-}
-
-fn read_all(s: &Store, len: usize) -> Vec<u8> {
-    let mut img = vec![0u8; len];
-    s.read(0, &mut img).unwrap();
-    img
 }
 
 /// Below the target but above the urgent level, with the guest still counted busy, the

@@ -2,7 +2,7 @@
 //! writes and the cleaner get the room the container's worst case would hold back, every
 //! checkpoint still finds room, and trees that grow (a snapshot's copies) raise the reserve.
 
-use super::noise;
+use super::{noise, read_all};
 use crate::store::tests::opts_for;
 use crate::store::{CleanerConfig, CleanerHandle, CreateOptions, Op, SpaceOptions, Store};
 use crate::testing::{FaultyDevice, SplitMix};
@@ -47,12 +47,6 @@ fn write(s: &Store, model: &mut [u8], lba: u64, seed: u64) {
         }],
     )
     .unwrap();
-}
-
-fn read_all(s: &Store, len: usize) -> Vec<u8> {
-    let mut img = vec![0u8; len];
-    s.read(0, &mut img).unwrap();
-    img
 }
 
 #[test]

@@ -389,30 +389,36 @@ impl<V: TreeValue> Forest<V> {
     /// shares would cost a node to save one.
     fn merge_sparse_leaf(&mut self, id: NodeId, idx: usize, seq: u64, frozen: u64) {
         let cap = leaf_cap::<V>();
-        let children = match &self.node(id).body {
-            Body::Internal { children, .. } => children.clone(),
+        // This child and its neighbours (no copy of the parent's children: this runs on
+        // every removal).
+        let (before, mine, after) = match &self.node(id).body {
+            Body::Internal { children, .. } => (
+                idx.checked_sub(1).map(|i| children[i]),
+                children[idx],
+                children.get(idx + 1).copied(),
+            ),
             Body::Leaf { .. } => return,
         };
         let len = |f: &Self, c: NodeId| match &f.node(c).body {
             Body::Leaf { entries } => Some(entries.len()),
             Body::Internal { .. } => None,
         };
-        let Some(mine) = len(self, children[idx]) else {
+        let Some(mine_len) = len(self, mine) else {
             return;
         };
-        if mine * 4 >= cap {
+        if mine_len * 4 >= cap {
             return;
         }
         let fits = |f: &Self, c: NodeId| {
-            f.changes_in_place(c, frozen) && len(f, c).is_some_and(|n| (n + mine) * 4 <= cap * 3)
+            f.changes_in_place(c, frozen)
+                && len(f, c).is_some_and(|n| (n + mine_len) * 4 <= cap * 3)
         };
         // The left one of the pair keeps the entries (its first key stays the pair's least).
-        let left = match (idx.checked_sub(1), children.get(idx + 1)) {
-            (Some(l), _) if fits(self, children[l]) => l,
-            (_, Some(&r)) if fits(self, r) => idx,
+        let (left, lid, rid) = match (before, after) {
+            (Some(l), _) if fits(self, l) => (idx - 1, l, mine),
+            (_, Some(r)) if fits(self, r) => (idx, mine, r),
             _ => return,
         };
-        let (lid, rid) = (children[left], children[left + 1]);
         let (lid, rid) = (
             self.writable(lid, seq, frozen),
             self.writable(rid, seq, frozen),
